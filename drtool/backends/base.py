@@ -1,0 +1,94 @@
+"""The storage interface every repository lives on.
+
+A backend is a flat namespace of immutable named objects ("packs/ab/abcd…").
+It knows nothing of encryption, snapshots or packs; it only has to make a put
+atomic (an object is either absent or complete) and report honestly.  The
+interface is shaped by S3: no rename, no append, ranged reads, listing that
+may lag writes.  Callers must never treat ``list`` as proof of existence.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    size: int
+
+
+@dataclass
+class RequestStats:
+    """Counts of backend requests, reported in --json summaries (cost awareness)."""
+
+    puts: int = 0
+    gets: int = 0
+    lists: int = 0
+    deletes: int = 0
+    heads: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    retries: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Backend(abc.ABC):
+    """Object store.  Names use '/' separators and never start with '/'."""
+
+    url: str = ""
+    stats: RequestStats
+
+    def __init__(self) -> None:
+        self.stats = RequestStats()
+
+    @abc.abstractmethod
+    def put(self, name: str, data: bytes) -> None:
+        """Store ``data`` atomically under ``name``, replacing any old object."""
+
+    @abc.abstractmethod
+    def get(self, name: str) -> bytes:
+        """Return the whole object; raise ObjectMissing if it does not exist."""
+
+    @abc.abstractmethod
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes at ``offset``; ObjectMissing if absent.
+
+        Implementations must return exactly ``length`` bytes or raise.
+        """
+
+    @abc.abstractmethod
+    def stat(self, name: str) -> ObjectInfo | None:
+        """Size of the object, or None if it does not exist."""
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove the object; deleting a missing object is not an error."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose names start with ``prefix`` (any order)."""
+
+    def exists(self) -> bool:
+        """True when the repository location holds a drtool config object."""
+        return self.stat("config") is not None
+
+    def create_location(self) -> None:
+        """Prepare an empty location (mkdir, bucket check).  Default: nothing."""
+
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Store only if no object of that name exists; True when stored.
+
+        The default is check-then-put, which is racy; backends that support a
+        conditional create override it.
+        """
+        if self.stat(name) is not None:
+            return False
+        self.put(name, data)
+        return True
+
+    def close(self) -> None:
+        """Release connections and pools."""

@@ -1,0 +1,154 @@
+"""Local directory backend: atomic puts by temp file + fsync + rename.
+
+Used for the embedded default and for NFS-mounted second sites.  A crash
+mid-put leaves only a ``.tmp-*`` file, which listing ignores and ``prune``
+may remove.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from drtool.backends.base import Backend, ObjectInfo
+from drtool.errors import BackendError, ObjectMissing, RepositoryNotFound
+
+TMP_PREFIX = ".tmp-"
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.root = Path(root).absolute()
+        self.url = f"file://{self.root}"
+
+    def _path(self, name: str) -> Path:
+        if name.startswith("/") or ".." in name.split("/"):
+            raise BackendError(f"invalid object name {name!r}")
+        return self.root / name
+
+    def create_location(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f"cannot create repository directory {self.root}: {exc.strerror}") from None
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        self.stats.puts += 1
+        self.stats.bytes_up += len(data)
+        if not self.root.is_dir():
+            raise RepositoryNotFound(f"repository directory {self.root} does not exist")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, path)
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise BackendError(f"repository disk is full while writing {name}",
+                                   hint="free space on the repository file system; nothing was committed") from None
+            raise BackendError(f"cannot write {name} in {self.root}: {exc.strerror}") from None
+
+    def get(self, name: str) -> bytes:
+        self.stats.gets += 1
+        try:
+            data = self._path(name).read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {name} is missing from the repository") from None
+        except OSError as exc:
+            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+        self.stats.bytes_down += len(data)
+        return data
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        self.stats.gets += 1
+        try:
+            with open(self._path(name), "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(length)
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {name} is missing from the repository") from None
+        except OSError as exc:
+            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+        if len(data) != length:
+            raise ObjectMissing(f"object {name} is shorter than expected "
+                                f"({offset + len(data)} < {offset + length} bytes)")
+        self.stats.bytes_down += len(data)
+        return data
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        self.stats.heads += 1
+        try:
+            return ObjectInfo(name, self._path(name).stat().st_size)
+        except FileNotFoundError:
+            return None
+
+    def delete(self, name: str) -> None:
+        self.stats.deletes += 1
+        _unlink_quietly(self._path(name))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self.stats.lists += 1
+        base = self.root
+        start = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base
+        if not start.is_dir():
+            return
+        for dirpath, _dirnames, filenames in os.walk(start):
+            rel_dir = os.path.relpath(dirpath, base)
+            for filename in filenames:
+                if filename.startswith(TMP_PREFIX):
+                    continue
+                name = filename if rel_dir == "." else f"{rel_dir}/{filename}"
+                if name.startswith(prefix):
+                    try:
+                        size = os.stat(os.path.join(dirpath, filename)).st_size
+                    except FileNotFoundError:
+                        continue
+                    yield ObjectInfo(name, size)
+
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Exclusive create via link(2), which is atomic on POSIX file systems."""
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            self.stats.puts += 1
+            _fsync_dir(path.parent)
+            return True
+        finally:
+            _unlink_quietly(tmp)
+
+
+def _unlink_quietly(path: str | os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

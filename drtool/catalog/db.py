@@ -1,0 +1,91 @@
+"""Opening the catalog: URL resolution, SQLite tuning, integrity, migrations.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: the catalog is a cache
+of the repository, so losing the last transaction on power loss costs a
+re-sync, never data.  A damaged file is detected on open (``PRAGMA
+quick_check``) and reported with the fix: ``drtool catalog rebuild``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import DatabaseError, OperationalError
+
+from drtool.errors import CatalogError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+HEAD_REVISION = "0001"
+
+
+def default_catalog_path(repo_id: str) -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "drtool" / repo_id / "catalog.sqlite"
+
+
+def catalog_url(value: str | None, repo_id: str) -> str:
+    """A bare path (or nothing) means SQLite; anything with '://' is an SQLAlchemy URL."""
+    if value and "://" in value:
+        return value
+    path = Path(value) if value else default_catalog_path(repo_id)
+    return f"sqlite:///{path.absolute()}"
+
+
+def _prepare_sqlite_file(url: str) -> Path:
+    path = Path(url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)
+    return path
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def open_engine(url: str) -> Engine:
+    is_sqlite = url.startswith("sqlite:")
+    path = _prepare_sqlite_file(url) if is_sqlite else None
+    engine = create_engine(url, future=True, pool_pre_ping=not is_sqlite)
+    if is_sqlite:
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        with engine.connect() as conn:
+            if is_sqlite:
+                result = conn.execute(text("PRAGMA quick_check")).scalar()
+                if result != "ok":
+                    raise CatalogError(f"the catalog {path} is damaged ({result})")
+            _migrate(conn)
+    except CatalogError:
+        raise
+    except (DatabaseError, OperationalError) as exc:
+        where = path or url.split("@")[-1]
+        raise CatalogError(f"the catalog {where} cannot be used: {_short(exc)}") from None
+    return engine
+
+
+def _migrate(conn) -> None:  # type: ignore[no-untyped-def]
+    """Run alembic only when the schema is not at head (alembic import is slow)."""
+    if inspect(conn).has_table("alembic_version"):
+        current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        if current == HEAD_REVISION:
+            return
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")
+    conn.commit()
+
+
+def _short(exc: Exception) -> str:
+    text_ = str(getattr(exc, "orig", exc)) or type(exc).__name__
+    return text_.splitlines()[0]

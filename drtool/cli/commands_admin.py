@@ -1,0 +1,116 @@
+"""catalog rebuild, key add|list|remove|passwd, unlock."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from drtool import api
+from drtool.cli.context import CliState, emit
+from drtool.cli.options import json_option
+from drtool.errors import UsageError
+from drtool.repository.locks import remove_locks
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+@click.group("catalog")
+def catalog_group() -> None:
+    """Manage the local catalog (a rebuildable cache plus run history)."""
+
+
+@catalog_group.command("rebuild")
+@json_option
+@pass_state
+def catalog_rebuild(state: CliState, as_json: bool) -> None:
+    """Reconstruct the catalog from the repository alone."""
+    result = api.rebuild_catalog(state.session())
+    emit(result.as_dict(), as_json,
+         f"catalog rebuilt: {result.snapshots} snapshot(s), {result.index_objects} index object(s), "
+         f"{result.packs_reindexed} unindexed pack(s) indexed"
+         + "".join(f"\nwarning: {d}" for d in result.damaged))
+
+
+def _new_passphrase() -> bytes:
+    """The new passphrase: DRTOOL_NEW_PASSWORD(_FILE) or a confirmed prompt, never argv."""
+    if os.environ.get("DRTOOL_NEW_PASSWORD"):
+        return os.environ["DRTOOL_NEW_PASSWORD"].encode()
+    if os.environ.get("DRTOOL_NEW_PASSWORD_FILE"):
+        return Path(os.environ["DRTOOL_NEW_PASSWORD_FILE"]).read_bytes().rstrip(b"\r\n")
+    if sys.stdin.isatty():
+        return click.prompt("New passphrase", hide_input=True, confirmation_prompt=True, err=True).encode()
+    raise UsageError("no new passphrase given", hint="set DRTOOL_NEW_PASSWORD_FILE")
+
+
+@click.group("key")
+def key_group() -> None:
+    """Manage key slots (passphrases that open the repository)."""
+
+
+@key_group.command("list")
+@json_option
+@pass_state
+def key_list(state: CliState, as_json: bool) -> None:
+    session = state.session()
+    slots = session.repo.list_key_slots()
+    rows = [{"id": s.slot_id, "created": s.created, "label": s.label,
+             "current": s.slot_id == session.repo.slot_id,
+             "kdf": {"memory_kib": s.params.memory_kib, "iterations": s.params.iterations}}
+            for s in slots]
+    emit(rows, as_json, "\n".join(f"{'*' if r['current'] else ' '} {r['id']}  {r['created']}  {r['label']}"
+                                  for r in rows))
+
+
+@key_group.command("add")
+@click.option("--label", default="", help="A note to tell the slots apart (no secrets).")
+@json_option
+@pass_state
+def key_add(state: CliState, label: str, as_json: bool) -> None:
+    slot = state.session().repo.add_key_slot(_new_passphrase(), label=label)
+    emit({"id": slot.slot_id}, as_json, f"added key slot {slot.slot_id}")
+
+
+@key_group.command("remove")
+@click.argument("slot_id")
+@json_option
+@pass_state
+def key_remove(state: CliState, slot_id: str, as_json: bool) -> None:
+    session = state.session()
+    if slot_id == session.repo.slot_id:
+        raise UsageError("refusing to remove the key slot in use",
+                         hint="open the repository with another passphrase first")
+    session.repo.remove_key_slot(slot_id)
+    emit({"removed": slot_id}, as_json, f"removed key slot {slot_id}")
+
+
+@key_group.command("passwd")
+@json_option
+@pass_state
+def key_passwd(state: CliState, as_json: bool) -> None:
+    """Change the passphrase of the slot in use (adds the new slot before removing the old)."""
+    repo = state.session().repo
+    old = repo.slot_id
+    slot = repo.add_key_slot(_new_passphrase(), label="passwd")
+    repo.backend.delete(f"keys/{old}")
+    emit({"id": slot.slot_id, "replaced": old}, as_json, f"passphrase changed (slot {slot.slot_id})")
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="Remove all locks, also live ones (dangerous).")
+@json_option
+@pass_state
+def unlock(state: CliState, force: bool, as_json: bool) -> None:
+    """Remove stale locks (or all with --force)."""
+    if force:
+        click.echo("drtool: warning: removing all locks; a running backup or prune may be harmed",
+                   err=True)
+    removed = remove_locks(state.session().repo, force=force)
+    emit([r.describe() for r in removed], as_json,
+         "\n".join(f"removed {r.describe()}" for r in removed) or "no stale locks")
+
+
+def register(group: click.Group) -> None:
+    for command in (catalog_group, key_group, unlock):
+        group.add_command(command)

@@ -1,0 +1,168 @@
+"""init, backup, snapshots, restore, check: thin wrappers over drtool.api."""
+from __future__ import annotations
+
+import click
+
+from drtool import api
+from drtool.cli.context import CliState, emit
+from drtool.cli.options import dry_run_option, json_option, name_option, tag_option, target_option
+from drtool.cli.progress import byte_progress, walk_progress
+from drtool.crypto.keys import KdfParams
+from drtool.errors import PartialSuccess, UsageError
+from drtool.snapshot.timeparse import parse_point_in_time
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+@click.command()
+@click.option("--kdf-memory-kib", type=int, default=None, hidden=True)
+@click.option("--kdf-iterations", type=int, default=None, hidden=True)
+@json_option
+@pass_state
+def init(state: CliState, kdf_memory_kib: int | None, kdf_iterations: int | None, as_json: bool) -> None:
+    """Create a new encrypted repository."""
+    kdf = None
+    if kdf_memory_kib or kdf_iterations:
+        base = KdfParams()
+        kdf = KdfParams(kdf_memory_kib or base.memory_kib, kdf_iterations or base.iterations,
+                        1 if kdf_memory_kib and kdf_memory_kib < 8192 else base.lanes)
+    repo = state.repository()
+    repo_id = api.init(repo, state.passphrase(confirm=True), catalog=state.settings.catalog, kdf=kdf,
+                       backend_options=state.settings.backend_options)
+    emit({"repository": repo, "id": repo_id}, as_json,
+         f"created repository {repo_id[:8]} at {repo}\n"
+         "Keep the passphrase safe: without it the backups cannot be read.")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--name", required=True, metavar="NAME", help="Snapshot series name (e.g. db/wiki).")
+@click.option("--from-command", "command", metavar="CMD",
+              help="Back up this command's stdout as one file (e.g. 'pg_dump wiki').")
+@click.option("--filename", metavar="NAME", help="File name for --from-command output.")
+@tag_option
+@json_option
+@pass_state
+def backup(state: CliState, paths: tuple[str, ...], name: str, command: str | None,
+           filename: str | None, tags: tuple[str, ...], as_json: bool) -> None:
+    """Back up PATHs (or a command's output) as a new snapshot."""
+    if bool(paths) == bool(command):
+        raise UsageError("give either PATH... or --from-command CMD")
+    session = state.session()
+    if command:
+        result = api.backup_command(session, command, name, filename, list(tags))
+    else:
+        with walk_progress(f"backing up {name}") as progress:
+            result = api.backup(session, list(paths), name, list(tags), progress)
+    snap = result.snapshot
+    s = snap.summary
+    emit(result.as_dict(), as_json,
+         f"snapshot {snap.short_id} saved ({snap.name}): {s['files']} files, {_mib(s['size'])}, "
+         f"{s.get('files_unchanged', 0)} unchanged, added {_mib(s['bytes_added'])} "
+         f"in {s['duration']:.1f}s")
+    for line in result.changed:
+        click.echo(f"drtool: warning: {line} changed while it was read", err=True)
+    if result.unreadable:
+        for line in result.unreadable:
+            click.echo(f"drtool: warning: unreadable: {line}", err=True)
+        raise PartialSuccess(f"snapshot {snap.short_id} saved, but {len(result.unreadable)} "
+                             f"item(s) could not be read", hint="see the warnings above")
+
+
+@click.command()
+@name_option
+@json_option
+@pass_state
+def snapshots(state: CliState, name: str | None, as_json: bool) -> None:
+    """List snapshots, oldest first."""
+    snaps = api.snapshots(state.session(), name)
+    if as_json:
+        emit([s.listing() for s in snaps], True)
+        return
+    click.echo(f"{'ID':8}  {'TIME':25}  {'NAME':20}  {'HOST':12}  {'FILES':>7}  {'SIZE':>11}  TAGS")
+    for s in snaps:
+        item = s.listing()
+        click.echo(f"{s.short_id:8}  {item['time']:25}  {s.name:20}  {s.host[:12]:12}  "
+                   f"{item['files']:>7}  {_mib(item['size']):>11}  {','.join(s.tags)}")
+    click.echo(f"{len(snaps)} snapshot(s)")
+
+
+@click.command()
+@click.argument("snapshot", required=False)
+@target_option
+@name_option
+@click.option("--point-in-time", "when", metavar="TIME",
+              help="Newest snapshot at or before TIME (ISO 8601; local zone if none).")
+@click.option("--include", "includes", multiple=True, metavar="PATH", help="Restore only this path.")
+@click.option("--allow-partial", is_flag=True, help="Restore what is intact; exit 3 listing the rest.")
+@dry_run_option
+@json_option
+@pass_state
+def restore(state: CliState, snapshot: str | None, target: str, name: str | None, when: str | None,
+            includes: tuple[str, ...], allow_partial: bool, dry_run: bool, as_json: bool) -> None:
+    """Restore SNAPSHOT (an id, or 'latest') or the snapshot at --point-in-time."""
+    if snapshot and when:
+        raise UsageError("give either SNAPSHOT or --point-in-time, not both")
+    point = parse_point_in_time(when) if when else None
+    session = state.session()
+    if dry_run:
+        result = api.restore_plan(session, snapshot, target, name=name, point_in_time=point,
+                                  includes=list(includes))
+    else:
+        session.repo.load_index()
+        pick = api._pick(session, snapshot, name, point)
+        if not as_json:
+            click.echo(f"restoring snapshot {pick.short_id} ({pick.name}, "
+                       f"{pick.time.astimezone().isoformat()}) to {target}", err=True)
+        with byte_progress("restoring", pick.summary.get("size")) as progress:
+            result = api.restore(session, pick.id, target, includes=list(includes),
+                                 allow_partial=allow_partial, progress=progress)
+    _report_restore(result, as_json)
+
+
+def _report_restore(result: api._restore.RestoreResult, as_json: bool) -> None:
+    snap = result.snapshot
+    verb = "would restore" if result.plan_only else "restored"
+    emit(result.as_dict(), as_json,
+         f"{verb} snapshot {snap.short_id} ({snap.name}, {snap.time.astimezone().isoformat()}): "
+         f"{result.files} files, {result.dirs} dirs, {_mib(result.bytes)}"
+         + (f" from {result.packs} pack(s)" if result.plan_only else "")
+         + f" to {result.target}")
+    for line in result.skipped:
+        click.echo(f"drtool: warning: skipped {line}", err=True)
+    if result.damaged:
+        for line in result.damaged:
+            click.echo(f"drtool: damaged, not restored: {line}", err=True)
+        raise PartialSuccess(f"{len(result.damaged)} file(s) were damaged and not restored")
+
+
+@click.command()
+@click.option("--read-data", is_flag=True, help="Download and verify every pack.")
+@click.option("--read-data-subset", type=click.FloatRange(0, 100, min_open=True), metavar="PERCENT",
+              help="Download and verify this percentage of packs (random).")
+@json_option
+@pass_state
+def check(state: CliState, read_data: bool, read_data_subset: float | None, as_json: bool) -> None:
+    """Verify the repository's structure (and data with --read-data)."""
+    fraction = 1.0 if read_data else (read_data_subset or 0.0) / 100
+    report = api.check(state.session(), fraction)
+    lines = [f"checked {report.snapshots} snapshot(s), {report.packs} pack(s); "
+             f"read {report.packs_read} pack(s), {report.blobs_read} blob(s)"]
+    lines += [f"warning: {w}" for w in report.warnings] if state.verbose else []
+    lines += [f"error: {e}" for e in report.errors]
+    lines.append("no errors found" if report.ok else f"{len(report.errors)} error(s) found")
+    emit(report.as_dict(), as_json, "\n".join(lines))
+    if not report.ok:
+        from drtool.errors import IntegrityError
+        raise IntegrityError(f"check found {len(report.errors)} error(s); damaged objects: "
+                             f"{', '.join(report.damaged_objects[:5]) or 'see above'}",
+                             hint="restore affected data from another copy; see docs/operations.md")
+
+
+def register(group: click.Group) -> None:
+    for command in (init, backup, snapshots, restore, check):
+        group.add_command(command)

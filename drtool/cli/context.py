@@ -1,0 +1,71 @@
+"""Per-invocation state: resolved settings, output mode, lazily opened session."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from drtool.config import Settings, read_passphrase, resolve
+from drtool.errors import UsageError
+from drtool.ops.session import OpenOptions, Session
+
+log = logging.getLogger("drtool")
+
+
+@dataclass
+class CliState:
+    repo_option: str | None
+    config_option: str | None
+    verbose: int
+    lock_wait: float = 0.0
+    settings: Settings = field(init=False)
+    _session: Session | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = resolve(self.repo_option, self.config_option)
+
+    def repository(self) -> str:
+        if not self.settings.repository:
+            raise UsageError("no repository given", hint="pass --repo URL or set DRTOOL_REPOSITORY")
+        return self.settings.repository
+
+    def passphrase(self, confirm: bool = False) -> bytes:
+        prompt = None
+        if sys.stdin.isatty():
+            def prompt() -> str:
+                return click.prompt("Repository passphrase", hide_input=True,
+                                    confirmation_prompt=confirm, err=True)
+        return read_passphrase(self.settings, prompt)
+
+    def open_options(self) -> OpenOptions:
+        options = OpenOptions(self.repository(), self.passphrase(), self.settings.catalog,
+                              backend_options=self.settings.backend_options, lock_wait=self.lock_wait)
+        if self.settings.host:
+            options.host = self.settings.host
+        return options
+
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = Session.open(self.open_options())
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+def emit(data: Any, as_json: bool, text: str | None = None) -> None:
+    """Print JSON (for scripts) or text (for people) on stdout."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif text is not None:
+        click.echo(text)
+
+
+def show_progress() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,81 @@
+"""``drtool`` entry point: global options, error → exit code translation."""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import click
+
+from drtool import __version__
+from drtool.cli.context import CliState
+from drtool.errors import EXIT_ERROR, EXIT_USAGE, DrtoolError
+
+
+def _parse_lock_wait(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float:
+    if not value:
+        return 0.0
+    from drtool.snapshot.timeparse import parse_duration
+    try:
+        return parse_duration(value).total_seconds()
+    except DrtoolError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--repo", "repo", metavar="URL", envvar=None,
+              help="Repository path, file:// or s3://bucket/prefix (or DRTOOL_REPOSITORY).")
+@click.option("--config", "config", metavar="FILE", help="TOML config file (or DRTOOL_CONFIG).")
+@click.option("-v", "--verbose", count=True, help="More output; -vv for debug logs.")
+@click.option("--lock-wait", metavar="DURATION", callback=_parse_lock_wait,
+              help="Wait this long for a conflicting lock (e.g. 10m).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              help="Log lines on stderr as text or JSON (for journald).")
+@click.version_option(__version__, prog_name="drtool")
+@click.pass_context
+def cli(ctx: click.Context, repo: str | None, config: str | None, verbose: int, lock_wait: float,
+        log_format: str) -> None:
+    """drtool: encrypted, deduplicated disaster-recovery backups you can restore."""
+    from drtool.cli.logs import setup_logging
+    setup_logging(verbose, log_format)
+    state = CliState(repo, config, verbose, lock_wait)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+def _register() -> None:
+    from drtool.cli import commands_core, commands_admin
+    commands_core.register(cli)
+    commands_admin.register(cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    verbose = argv is not None and "-v" in argv
+    try:
+        cli.main(args=argv, prog_name="drtool", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("drtool: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+    except DrtoolError as exc:
+        click.echo(f"drtool: error: {exc.one_line()}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("drtool: interrupted; nothing half-written was committed", err=True)
+        return 130
+    except Exception as exc:  # last resort: one line, traceback only with -v
+        if verbose or logging.getLogger("drtool").isEnabledFor(logging.DEBUG):
+            traceback.print_exc()
+        click.echo(f"drtool: internal error: {type(exc).__name__}: {exc} "
+                   f"(re-run with -vv for details and report it)", err=True)
+        return EXIT_ERROR
+    return 0
+
+
+def run() -> None:
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,100 @@
+"""One exception hierarchy for drtool; every class carries its exit code.
+
+The CLI turns any :class:`DrtoolError` into a one-line message and exits with
+its ``exit_code``, so lower layers raise meaning, not process behaviour.
+Exit codes are part of the public contract (README "Exit codes").
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_REPO_NOT_FOUND = 10
+EXIT_LOCKED = 11
+EXIT_WRONG_PASSWORD = 12
+
+
+class DrtoolError(Exception):
+    """Base class: a problem the user can act on, reported without a traceback."""
+
+    exit_code: int = EXIT_ERROR
+    hint: str = ""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def one_line(self) -> str:
+        text = str(self)
+        return f"{text}; {self.hint}" if self.hint else text
+
+
+class UsageError(DrtoolError):
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """Malformed configuration file or option values."""
+
+
+class RepositoryNotFound(DrtoolError):
+    exit_code = EXIT_REPO_NOT_FOUND
+    hint = "check --repo / DRTOOL_REPOSITORY, or create one with 'drtool init'"
+
+
+class RepositoryExists(DrtoolError):
+    hint = "choose an empty location, or use the existing repository"
+
+
+class WrongPassword(DrtoolError):
+    exit_code = EXIT_WRONG_PASSWORD
+    hint = "check DRTOOL_PASSWORD / DRTOOL_PASSWORD_FILE / DRTOOL_PASSWORD_COMMAND"
+
+
+class LockHeld(DrtoolError):
+    exit_code = EXIT_LOCKED
+    hint = "wait for the other run, use --lock-wait, or 'drtool unlock' if it is stale"
+
+
+class IntegrityError(DrtoolError):
+    """Stored data failed authentication or does not match its id."""
+
+    hint = "run 'drtool check --read-data' to list damaged objects and affected snapshots"
+
+
+class ObjectMissing(IntegrityError):
+    """An object that the repository references is not in the backend."""
+
+
+class BackendError(DrtoolError):
+    """The storage backend failed (I/O, network, permissions)."""
+
+
+class TransientBackendError(BackendError):
+    """A failure that may succeed on retry (timeouts, 5xx, resets)."""
+
+
+class SourceError(DrtoolError):
+    """A backup source could not be read (dump command failed, path missing)."""
+
+
+class RestoreTargetError(DrtoolError):
+    """The restore target cannot be written (permissions, disk full)."""
+
+    hint = "free space or choose another --target; re-running restore resumes"
+
+
+class SnapshotNotFound(DrtoolError):
+    hint = "list snapshots with 'drtool snapshots'"
+
+
+class CatalogError(DrtoolError):
+    hint = "run 'drtool catalog rebuild' to reconstruct it from the repository"
+
+
+class PartialSuccess(DrtoolError):
+    """The operation finished but some items were skipped (exit 3)."""
+
+    exit_code = EXIT_PARTIAL

@@ -1,0 +1,177 @@
+"""Backup use cases: file trees and command output streams.
+
+The write order is enforced here: every blob (data, then trees) goes to
+packs, ``repo.flush()`` stores the packs and then the index, and only then
+is the snapshot written.  Anything that fails before the snapshot write
+leaves unreferenced packs at worst, never a snapshot that lies.
+"""
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from drtool import __version__
+from drtool.errors import SourceError
+from drtool.ops.pipeline import ChunkPipeline
+from drtool.ops.session import Session
+from drtool.ops.treewalk import ProgressFn, TreeWalker, WalkStats
+from drtool.snapshot.model import FILE, Node, Snapshot
+from drtool.snapshot.store import save_snapshot, store_tree
+from drtool.testing_hooks import crash_point
+
+STDERR_TAIL = 2000
+
+
+@dataclass
+class BackupResult:
+    snapshot: Snapshot
+    unreadable: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    requests: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = self.snapshot.listing()
+        data.update(unreadable=self.unreadable, changed=self.changed, requests=self.requests)
+        return data
+
+
+def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] | None = None,
+                 progress: ProgressFn | None = None) -> BackupResult:
+    started = time.monotonic()
+    when = datetime.now(timezone.utc)
+    repo = session.repo
+    with session.lock("backup") as lock:
+        repo.load_index()
+        parents = session.snapshots(name)
+        parent = parents[-1] if parents else None
+        pipeline = ChunkPipeline(repo)
+        try:
+            walker = TreeWalker(repo, pipeline, progress)
+            tree_id = walker.backup_roots(paths, parent.tree if parent else None)
+        finally:
+            pipeline.close()
+        crash_point("backup-before-flush")
+        repo.flush()
+        crash_point("backup-before-snapshot")
+        lock.ensure_held()
+        snap = _snapshot(session, name, when, tree_id, "files", parent, tags, walker.stats,
+                         started, paths=[_abs(p) for p in paths])
+        save_snapshot(repo, snap)
+        crash_point("backup-after-snapshot")
+    session.catalog.add_snapshots([snap])
+    return BackupResult(snap, walker.stats.unreadable, walker.stats.changed, repo.backend.stats.as_dict())
+
+
+def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
+                  tags: list[str] | None = None, kind: str = "stream",
+                  meta: dict[str, Any] | None = None, verify: Any = None) -> BackupResult:
+    """Store one byte stream as a single file; ``verify()`` may raise to veto the commit."""
+    started = time.monotonic()
+    when = datetime.now(timezone.utc)
+    repo = session.repo
+    with session.lock("backup") as lock:
+        repo.load_index()
+        parents = session.snapshots(name)
+        parent = parents[-1] if parents else None
+        pipeline = ChunkPipeline(repo)
+        try:
+            futures = [pipeline.submit(c) for c in pipeline.text_chunker.split(_reader(stream))]
+            node = Node(name=filename, type=FILE, mode=0o600, mtime_ns=time.time_ns())
+            node.content = [f.result().hex() for f in futures]
+            node.size = sum(repo.locate(bytes.fromhex(c)).raw_length for c in node.content)
+        finally:
+            pipeline.close()
+        if verify is not None:
+            verify()
+        tree_id = store_tree(repo, [node])
+        repo.flush()
+        crash_point("backup-before-snapshot")
+        lock.ensure_held()
+        stats = WalkStats(files=1, size=node.size, files_read=1)
+        snap = _snapshot(session, name, when, tree_id, kind, parent, tags, stats, started,
+                         paths=[filename], meta=meta)
+        save_snapshot(repo, snap)
+    session.catalog.add_snapshots([snap])
+    return BackupResult(snap, requests=repo.backend.stats.as_dict())
+
+
+def _reader(stream: IO[bytes]):  # type: ignore[no-untyped-def]
+    read = getattr(stream, "read1", stream.read)
+
+    def read_some(size: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < size:
+            piece = read(size - len(buf))
+            if not piece:
+                break
+            buf += piece
+        return bytes(buf)
+    return read_some
+
+
+def backup_command(session: Session, command: list[str] | str, name: str, filename: str,
+                   tags: list[str] | None = None, env: dict[str, str] | None = None,
+                   kind: str = "stream", meta: dict[str, Any] | None = None) -> BackupResult:
+    """Back up a command's stdout; a non-zero exit means no snapshot (exit 1, stderr tail)."""
+    shell = isinstance(command, str)
+    try:
+        proc = subprocess.Popen(command, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, env=env)
+    except OSError as exc:
+        raise SourceError(f"cannot start the dump command: {exc.strerror}",
+                          hint="check the command and PATH") from None
+    tail = _StderrTail(proc.stderr)  # type: ignore[arg-type]
+
+    def verify() -> None:
+        code = proc.wait()
+        tail.join()
+        if code != 0:
+            raise SourceError(f"the dump command exited with status {code}; no snapshot was "
+                              f"written. stderr: {tail.text() or '(empty)'}",
+                              hint="fix the command; the repository is unchanged")
+    try:
+        return backup_stream(session, proc.stdout, name, filename, tags, kind, meta,  # type: ignore[arg-type]
+                             verify=verify)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class _StderrTail(threading.Thread):
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.buf = b""
+        self.start()
+
+    def run(self) -> None:
+        for piece in iter(lambda: self.stream.read(4096), b""):
+            self.buf = (self.buf + piece)[-STDERR_TAIL:]
+
+    def text(self) -> str:
+        return " | ".join(self.buf.decode(errors="replace").strip().splitlines()[-5:])
+
+
+def _snapshot(session: Session, name: str, when: datetime, tree_id: str, kind: str,
+              parent: Snapshot | None, tags: list[str] | None, stats: WalkStats, started: float,
+              paths: list[str], meta: dict[str, Any] | None = None) -> Snapshot:
+    repo = session.repo
+    summary = {"files": stats.files, "dirs": stats.dirs, "size": stats.size,
+               "files_read": stats.files_read, "files_unchanged": stats.files_unchanged,
+               "blobs_added": repo.new_blobs, "bytes_added": repo.new_bytes_stored,
+               "bytes_added_raw": repo.new_bytes_raw, "unreadable": len(stats.unreadable),
+               "changed_during_backup": len(stats.changed),
+               "duration": round(time.monotonic() - started, 3)}
+    return Snapshot(name=name, host=session.host, time=when, tree=tree_id, kind=kind, paths=paths,
+                    parent=parent.id if parent else None, tags=sorted(set(tags or [])),
+                    summary=summary, meta=meta or {}, program_version=__version__)
+
+
+def _abs(path: str) -> str:
+    import os
+    return os.path.abspath(path)

@@ -1,0 +1,71 @@
+"""``drtool catalog rebuild``: the catalog from the repository alone.
+
+Also repairs the repository's index: packs that no index object lists (an
+interrupted backup that stored packs but not its index) are read and a new
+index object is written for them, so their blobs are reused, not re-uploaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drtool.errors import DrtoolError
+from drtool.ops.session import Session
+from drtool.repository.index import PackRecord
+from drtool.repository.packfile import pack_id_from_name
+from drtool.snapshot.store import list_snapshot_ids, load_snapshot
+from drtool.testing_hooks import crash_point
+
+
+@dataclass
+class RebuildResult:
+    snapshots: int
+    index_objects: int
+    packs_reindexed: int
+    damaged: list[str]
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def rebuild_catalog(session: Session) -> RebuildResult:
+    repo, catalog = session.repo, session.catalog
+    with session.lock("rebuild"):
+        catalog.clear_cache()
+        crash_point("rebuild-after-clear")
+        damaged: list[str] = []
+        index_ids = repo.list_objects("index")
+        for index_id in index_ids:
+            try:
+                packs = repo.read_index_object(index_id)
+            except DrtoolError as exc:
+                damaged.append(str(exc))
+                continue
+            catalog.store_index(index_id, packs)
+            for pack in packs:
+                repo.index.add_pack(pack)
+        reindexed = _index_loose_packs(session, damaged)
+        snaps = []
+        for snap_id in list_snapshot_ids(repo):
+            try:
+                snaps.append(load_snapshot(repo, snap_id))
+            except DrtoolError as exc:
+                damaged.append(str(exc))
+        catalog.add_snapshots(snaps)
+    return RebuildResult(len(snaps), len(index_ids), reindexed, damaged)
+
+
+def _index_loose_packs(session: Session, damaged: list[str]) -> int:
+    repo = session.repo
+    loose = [pack_id_from_name(i.name) for i in repo.backend.list("packs/")
+             if pack_id_from_name(i.name) not in repo.index.packs]
+    records = []
+    for pack_id in loose:
+        try:
+            records.append(PackRecord(pack_id, repo.read_pack_entries(pack_id)))
+        except DrtoolError as exc:
+            damaged.append(str(exc))
+    if records:
+        repo.write_index(records)
+        for record in records:
+            repo.index.add_pack(record)
+    return len(records)

@@ -1,0 +1,102 @@
+"""An open repository plus its catalog: what every use case starts from."""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from drtool.backends.base import Backend
+from drtool.backends.registry import open_backend
+from drtool.catalog.store import Catalog
+from drtool.crypto.keys import KdfParams
+from drtool.errors import SnapshotNotFound
+from drtool.repository.locks import Lock
+from drtool.repository.repo import RepoConfig, Repository
+from drtool.snapshot.model import Snapshot
+from drtool.snapshot.store import list_snapshot_ids, load_snapshot, resolve_snapshot_id
+
+
+@dataclass
+class OpenOptions:
+    repository: str
+    passphrase: bytes
+    catalog: str | None = None
+    host: str = field(default_factory=socket.gethostname)
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    lock_wait: float = 0.0
+
+
+class Session:
+    def __init__(self, repo: Repository, catalog: Catalog, options: OpenOptions) -> None:
+        self.repo = repo
+        self.catalog = catalog
+        self.options = options
+        self.host = options.host
+        self._synced = False
+
+    @classmethod
+    def open(cls, options: OpenOptions, backend: Backend | None = None) -> "Session":
+        backend = backend or open_backend(options.repository, options.backend_options)
+        catalog: Catalog | None = None
+        repo = Repository.open(backend, options.passphrase)
+        try:
+            catalog = Catalog.open(options.catalog, repo.config.repo_id)
+        except BaseException:
+            repo.close()
+            raise
+        repo.cache = catalog
+        return cls(repo, catalog, options)
+
+    @staticmethod
+    def init(options: OpenOptions, kdf: KdfParams | None = None,
+             config: RepoConfig | None = None) -> Repository:
+        backend = open_backend(options.repository, options.backend_options)
+        repo = Repository.init(backend, options.passphrase, kdf=kdf, config=config)
+        Catalog.open(options.catalog, repo.config.repo_id).close()
+        return repo
+
+    def lock(self, command: str, exclusive: bool = False) -> Lock:
+        return Lock(self.repo, exclusive, command, host=self.host).acquire(wait=self.options.lock_wait)
+
+    def sync(self) -> None:
+        """Bring the catalog's snapshot list in line with the repository (one LIST)."""
+        if not self._synced:
+            ids = set(list_snapshot_ids(self.repo))
+            self.catalog.sync_snapshots(ids, lambda i: load_snapshot(self.repo, i))
+            self._synced = True
+
+    def snapshots(self, name: str | None = None) -> list[Snapshot]:
+        self.sync()
+        return self.catalog.snapshots(name)
+
+    def find_snapshot(self, ref: str, name: str | None = None) -> Snapshot:
+        snaps = self.snapshots(name)
+        if ref == "latest":
+            if not snaps:
+                where = f" named {name!r}" if name else ""
+                raise SnapshotNotFound(f"the repository has no snapshot{where}")
+            return snaps[-1]
+        snap_id = resolve_snapshot_id([s.id for s in snaps], ref)
+        return next(s for s in snaps if s.id == snap_id)
+
+    def snapshot_at(self, when: datetime, name: str | None) -> Snapshot:
+        """Newest snapshot at or before ``when`` (point-in-time selection)."""
+        snaps = [s for s in self.snapshots(name) if s.time <= when]
+        if not snaps:
+            first = self.snapshots(name)
+            detail = f"; the first is from {first[0].time.isoformat()}" if first else ""
+            raise SnapshotNotFound(f"no snapshot{' named ' + repr(name) if name else ''} "
+                                   f"at or before {when.isoformat()}{detail}")
+        return snaps[-1]
+
+    def close(self) -> None:
+        self.repo.close()
+        self.catalog.close()
+        self.repo.backend.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,190 @@
+"""Walk source trees into tree blobs without waiting on the worker pool.
+
+Directories are finished in post-order from a queue: a directory is sealed
+as soon as all its files' chunk futures are done, so the walking thread
+keeps feeding workers instead of draining the pipeline at every directory.
+Unchanged files (size, mtime, ctime, inode equal to the parent snapshot's
+node, all blobs present) are taken over without being read.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+from drtool.errors import DrtoolError
+from drtool.ops.pipeline import ChunkPipeline
+from drtool.repository.repo import Repository
+from drtool.snapshot.model import DIR, FILE, Node
+from drtool.snapshot.store import load_tree, store_tree
+from drtool.sources import files as fs
+
+SMALL_FILE = 256 * 1024
+
+
+@dataclass
+class WalkStats:
+    files: int = 0
+    dirs: int = 0
+    size: int = 0
+    files_read: int = 0
+    files_unchanged: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DirJob:
+    nodes: list[Node] = field(default_factory=list)
+    pending: list[tuple[Node, list[Future[bytes]]]] = field(default_factory=list)
+    children: list[tuple[Node, "DirJob"]] = field(default_factory=list)
+    tree_id: str | None = None
+
+    def ready(self) -> bool:
+        return all(f.done() for _node, futures in self.pending for f in futures)
+
+
+ProgressFn = Callable[[WalkStats], None]
+
+
+class TreeWalker:
+    def __init__(self, repo: Repository, pipeline: ChunkPipeline,
+                 progress: ProgressFn | None = None) -> None:
+        self.repo = repo
+        self.pipeline = pipeline
+        self.stats = WalkStats()
+        self.progress = progress
+        self._queue: deque[DirJob] = deque()
+        self._links: dict[str, list[Future[bytes]] | list[str]] = {}
+
+    def backup_roots(self, roots: list[str], parent_tree: str | None) -> str:
+        """Store the given paths as one root tree; return its id."""
+        old_root = self._old_nodes(parent_tree)
+        root = DirJob()
+        seen: set[str] = set()
+        for name, path in fs.iter_paths(roots):
+            if name in seen:
+                raise DrtoolError(f"two backup paths share the name {name!r}",
+                                  hint="back them up under separate --name values")
+            seen.add(name)
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                raise DrtoolError(f"backup path {os.fsdecode(path)} cannot be read: {exc.strerror}",
+                                  hint="check the path exists and is readable") from None
+            self._add_entry(root, fs.Entry(path, name, st), old_root.get(name))
+        self._queue.append(root)
+        self._drain(block=True)
+        assert root.tree_id is not None
+        return root.tree_id
+
+    def _old_nodes(self, tree_id: str | None) -> dict[str, Node]:
+        if not tree_id:
+            return {}
+        try:
+            return {n.name: n for n in load_tree(self.repo, tree_id)}
+        except DrtoolError:
+            return {}  # a damaged parent only costs re-reading, never correctness
+
+    def _walk_dir(self, path: bytes, old_tree: str | None) -> DirJob:
+        job = DirJob()
+        old = self._old_nodes(old_tree)
+        try:
+            entries = fs.scan_dir(path)
+        except fs.Unreadable as exc:
+            self.stats.unreadable.append(str(exc))
+            entries = []
+        for entry in entries:
+            self._add_entry(job, entry, old.get(entry.name))
+        self._queue.append(job)
+        self._drain(block=False)
+        return job
+
+    def _add_entry(self, job: DirJob, entry: fs.Entry, old: Node | None) -> None:
+        try:
+            node = fs.node_from_stat(entry.name, entry.path, entry.st)
+        except fs.Unreadable as exc:
+            self.stats.unreadable.append(str(exc))
+            return
+        if node.type == DIR:
+            self.stats.dirs += 1
+            child = self._walk_dir(entry.path, old.subtree if old and old.type == DIR else None)
+            job.children.append((node, child))
+        elif node.type == FILE:
+            futures = self._file_content(node, entry, old)
+            if futures is None:
+                return
+            if futures:
+                job.pending.append((node, futures))
+            self.stats.files += 1
+            self.stats.size += node.size
+        job.nodes.append(node)
+
+    def _file_content(self, node: Node, entry: fs.Entry, old: Node | None) -> list[Future[bytes]] | None:
+        """Futures of the file's chunk ids, [] if content was reused, None if unreadable."""
+        if node.link_key and node.link_key in self._links:
+            shared = self._links[node.link_key]
+            if shared and isinstance(shared[0], str):
+                node.content = list(shared)  # type: ignore[arg-type]
+                return []
+            return list(shared)  # type: ignore[arg-type]
+        if fs.unchanged(node, old) and old is not None and self._all_stored(old.content):
+            node.content = list(old.content)
+            self.stats.files_unchanged += 1
+            if node.link_key:
+                self._links[node.link_key] = list(old.content)
+            return []
+        try:
+            futures = self._read_file(node, entry)
+        except fs.Unreadable as exc:
+            self.stats.unreadable.append(str(exc))
+            return None
+        if node.link_key:
+            self._links[node.link_key] = futures
+        return futures
+
+    def _all_stored(self, content: list[str]) -> bool:
+        index = self.repo.index
+        return all(bytes.fromhex(c) in index for c in content)
+
+    def _read_file(self, node: Node, entry: fs.Entry) -> list[Future[bytes]]:
+        fd = fs.open_for_backup(entry.path)
+        try:
+            read = fs.reader(fd, entry.path)
+            first = read(SMALL_FILE)
+            if len(first) < SMALL_FILE:
+                futures = [self.pipeline.submit(first)] if first else []
+                total = len(first)
+            else:
+                chunker = self.pipeline.chunker_for(first)
+                futures, total = [], 0
+                for chunk in chunker.split(read, first):
+                    total += len(chunk)
+                    futures.append(self.pipeline.submit(chunk))
+            if total != node.size or fs.changed_since(fd, entry.st):
+                node.changed = True
+                node.size = total
+                self.stats.changed.append(os.fsdecode(entry.path))
+        finally:
+            os.close(fd)
+        self.stats.files_read += 1
+        if self.progress:
+            self.progress(self.stats)
+        return futures
+
+    def _drain(self, block: bool) -> None:
+        while self._queue and (block or self._queue[0].ready()):
+            self._finish(self._queue.popleft())
+
+    def _finish(self, job: DirJob) -> None:
+        for node, futures in job.pending:
+            node.content = [f.result().hex() for f in futures]
+        for node, child in job.children:
+            node.subtree = child.tree_id
+        job.tree_id = store_tree(self.repo, job.nodes)
+        job.pending.clear()
+        job.children.clear()
+        job.nodes = []
+

@@ -1,0 +1,84 @@
+"""The one envelope every stored byte goes through: compress, then AEAD.
+
+Compression happens before encryption (ciphertext does not compress) and is
+skipped when it does not pay: a cheap trial on a sample detects JPEG-like
+data so incompressible media costs one small zstd call, not a full one.
+The associated data is ``kind + id``, which is what makes swapping,
+relabelling and replaying objects detectable.
+"""
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from drtool.crypto.aead import Aead, AuthenticationFailed
+
+RAW = 0
+ZSTD = 1
+SAMPLE_SIZE = 16 * 1024
+SAMPLE_MIN_SAVING = 0.03
+KEEP_RAW_RATIO = 0.97
+
+
+class EnvelopeError(Exception):
+    """Authentication or decompression failed: the object is damaged or forged."""
+
+
+class Envelope:
+    def __init__(self, encryption_key: bytes, level: int = 3) -> None:
+        self._aead = Aead(encryption_key)
+        self.level = level
+        self._local = threading.local()
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        comp = getattr(self._local, "comp", None)
+        if comp is None:
+            comp = self._local.comp = zstandard.ZstdCompressor(level=self.level)
+        return comp
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        decomp = getattr(self._local, "decomp", None)
+        if decomp is None:
+            decomp = self._local.decomp = zstandard.ZstdDecompressor()
+        return decomp
+
+    def compress(self, data: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+        """Return (mode, payload); RAW when zstd would not save at least 3 %."""
+        size = len(data)
+        if size < 64:
+            return RAW, data
+        comp = self._compressor()
+        if size > 4 * SAMPLE_SIZE:
+            middle = size // 2
+            sample = comp.compress(data[middle:middle + SAMPLE_SIZE])
+            if len(sample) > SAMPLE_SIZE * (1 - SAMPLE_MIN_SAVING):
+                return RAW, data
+        packed = comp.compress(data)
+        if len(packed) >= size * KEEP_RAW_RATIO:
+            return RAW, data
+        return ZSTD, packed
+
+    def seal(self, kind: bytes, object_id: bytes, data: bytes | memoryview,
+             compress: bool = True) -> bytes:
+        mode, payload = self.compress(data) if compress else (RAW, data)
+        return self._aead.seal(bytes([mode]) + bytes(payload), _context(kind, object_id))
+
+    def open(self, kind: bytes, object_id: bytes, sealed: bytes | memoryview) -> bytes:
+        try:
+            inner = self._aead.open(sealed, _context(kind, object_id))
+        except AuthenticationFailed as exc:
+            raise EnvelopeError(str(exc)) from None
+        mode, payload = inner[0], memoryview(inner)[1:]
+        if mode == RAW:
+            return bytes(payload)
+        if mode == ZSTD:
+            try:
+                return self._decompressor().decompress(payload)
+            except zstandard.ZstdError as exc:
+                raise EnvelopeError(f"decompression failed: {exc}") from None
+        raise EnvelopeError(f"unknown compression mode {mode}")
+
+
+def _context(kind: bytes, object_id: bytes) -> bytes:
+    return b"drtool/v1\0" + kind + b"\0" + object_id

@@ -1,0 +1,97 @@
+"""Blob → pack index: in memory while running, ``index/<id>`` objects at rest.
+
+Index objects are a cache of what pack trailers say; they exist so a backup
+does not have to read every pack to know what is stored.  An index object
+lists whole packs, so it is written only after those packs are safely stored
+(write order packs → index → snapshot).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Iterable, Iterator, NamedTuple, Protocol
+
+from drtool.crypto.ids import ID_SIZE
+from drtool.repository.packfile import ENTRY, BlobEntry
+
+PACK_HEADER = struct.Struct(f"<{ID_SIZE}sI")
+INDEX_KIND = b"index"
+
+
+class Location(NamedTuple):
+    pack_id: bytes
+    blob_type: int
+    offset: int
+    length: int
+    raw_length: int
+
+
+@dataclass
+class PackRecord:
+    pack_id: bytes
+    entries: list[BlobEntry]
+
+
+def encode_index(packs: Iterable[PackRecord]) -> bytes:
+    parts: list[bytes] = []
+    for pack in packs:
+        parts.append(PACK_HEADER.pack(pack.pack_id, len(pack.entries)))
+        parts.extend(ENTRY.pack(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length)
+                     for e in pack.entries)
+    return b"".join(parts)
+
+
+def decode_index(raw: bytes) -> list[PackRecord]:
+    """Raise ValueError when the plaintext is not a well-formed index."""
+    packs: list[PackRecord] = []
+    pos = 0
+    while pos < len(raw):
+        if pos + PACK_HEADER.size > len(raw):
+            raise ValueError("index ends inside a pack header")
+        pack_id, count = PACK_HEADER.unpack_from(raw, pos)
+        pos += PACK_HEADER.size
+        end = pos + count * ENTRY.size
+        if end > len(raw):
+            raise ValueError("index ends inside a pack's entries")
+        entries = [BlobEntry(*ENTRY.unpack_from(raw, off)) for off in range(pos, end, ENTRY.size)]
+        packs.append(PackRecord(pack_id, entries))
+        pos = end
+    return packs
+
+
+class IndexCache(Protocol):
+    """Somewhere to keep decoded index objects between runs (the catalog implements it)."""
+
+    def cached_index_ids(self) -> set[str]: ...
+
+    def cached_packs(self, index_ids: set[str]) -> Iterator[PackRecord]: ...
+
+    def store_index(self, index_id: str, packs: list[PackRecord]) -> None: ...
+
+    def drop_indexes(self, index_ids: set[str]) -> None: ...
+
+
+class MemoryIndex:
+    """blob id → Location, plus which packs exist.  ~100 bytes per blob."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[bytes, Location] = {}
+        self.packs: dict[bytes, int] = {}
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        return blob_id in self._blobs
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def get(self, blob_id: bytes) -> Location | None:
+        return self._blobs.get(blob_id)
+
+    def add_pack(self, pack: PackRecord) -> None:
+        self.packs[pack.pack_id] = len(pack.entries)
+        for e in pack.entries:
+            self._blobs.setdefault(e.blob_id, Location(pack.pack_id, e.blob_type, e.offset,
+                                                       e.length, e.raw_length))
+
+    def items(self) -> Iterator[tuple[bytes, Location]]:
+        return iter(self._blobs.items())

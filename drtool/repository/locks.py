@@ -1,0 +1,151 @@
+"""Repository locks: shared (backup, restore, check) and exclusive (prune).
+
+A lock is a sealed object ``locks/<id>`` holding host, pid and a heartbeat
+that a background thread refreshes.  A lock whose heartbeat is older than
+``stale_after`` is ignored with a warning, so a crashed cron job never blocks
+the next night.  If the holder cannot refresh its own lock it flags itself
+lost; long operations check :meth:`Lock.ensure_held` before committing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from drtool.errors import DrtoolError, IntegrityError, LockHeld
+from drtool.repository.repo import Repository
+
+LOCK_KIND = b"lock"
+REFRESH_SECONDS = 60.0
+STALE_SECONDS = 300.0
+
+
+@dataclass
+class LockInfo:
+    lock_id: str
+    host: str
+    pid: int
+    exclusive: bool
+    command: str
+    created: float
+    heartbeat: float
+
+    def age(self, now: float) -> float:
+        return now - self.heartbeat
+
+    def describe(self) -> str:
+        kind = "exclusive" if self.exclusive else "shared"
+        return f"{kind} lock {self.lock_id[:8]} by {self.command} (pid {self.pid} on {self.host})"
+
+
+class Lock:
+    def __init__(self, repo: Repository, exclusive: bool, command: str, *,
+                 clock: Callable[[], float] = time.time, refresh: float = REFRESH_SECONDS,
+                 stale_after: float = STALE_SECONDS, host: str | None = None) -> None:
+        self.repo = repo
+        self.exclusive = exclusive
+        self.command = command
+        self.clock = clock
+        self.refresh_interval = refresh
+        self.stale_after = stale_after
+        self.host = host or socket.gethostname()
+        self.lock_id = secrets.token_hex(16)
+        self.created = clock()
+        self.lost: str | None = None
+        self.warnings: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _write(self) -> None:
+        body = json.dumps({"host": self.host, "pid": os.getpid(), "exclusive": self.exclusive,
+                           "command": self.command, "created": self.created,
+                           "heartbeat": self.clock()}).encode()
+        self.repo.put_object("locks", LOCK_KIND, body, object_id=self.lock_id)
+
+    def acquire(self, wait: float = 0.0, poll: float = 5.0) -> "Lock":
+        deadline = self.clock() + wait
+        while True:
+            self._write()
+            conflict = self._conflicts()
+            if not conflict:
+                break
+            self.repo.backend.delete(f"locks/{self.lock_id}")
+            if self.clock() >= deadline:
+                raise LockHeld(f"repository is locked: {conflict.describe()}, "
+                               f"heartbeat {conflict.age(self.clock()):.0f}s ago")
+            time.sleep(min(poll, max(0.1, deadline - self.clock())))
+        self._thread = threading.Thread(target=self._heartbeat, name="lock-refresh", daemon=True)
+        self._thread.start()
+        return self
+
+    def _conflicts(self) -> LockInfo | None:
+        now = self.clock()
+        for info in read_locks(self.repo):
+            if info.lock_id == self.lock_id:
+                continue
+            if info.age(now) > self.stale_after:
+                self.warnings.append(f"ignoring stale {info.describe()}")
+                continue
+            if self.exclusive or info.exclusive:
+                return info
+        return None
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.refresh_interval):
+            try:
+                self._write()
+            except DrtoolError as exc:
+                self.lost = f"could not refresh the repository lock: {exc}"
+                return
+
+    def ensure_held(self) -> None:
+        """Abort before a commit if the lock could not be kept fresh."""
+        if self.lost:
+            raise LockHeld(self.lost, hint="the run was stopped before doing harm; run it again")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        try:
+            self.repo.backend.delete(f"locks/{self.lock_id}")
+        except DrtoolError:
+            pass  # a leftover lock goes stale and is ignored
+
+    def __enter__(self) -> "Lock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def read_locks(repo: Repository) -> list[LockInfo]:
+    locks = []
+    for lock_id in repo.list_objects("locks"):
+        try:
+            data = json.loads(repo.get_object("locks", LOCK_KIND, lock_id))
+        except (DrtoolError, ValueError):
+            continue  # vanished between list and get, or damaged: not a live lock
+        locks.append(LockInfo(lock_id, str(data["host"]), int(data["pid"]), bool(data["exclusive"]),
+                              str(data.get("command", "?")), float(data["created"]),
+                              float(data["heartbeat"])))
+    return locks
+
+
+def remove_locks(repo: Repository, *, force: bool, clock: Callable[[], float] = time.time,
+                 stale_after: float = STALE_SECONDS) -> list[LockInfo]:
+    removed = []
+    now = clock()
+    for info in read_locks(repo):
+        if force or info.age(now) > stale_after:
+            repo.backend.delete(f"locks/{info.lock_id}")
+            removed.append(info)
+    return removed
+
+
+__all__ = ["IntegrityError", "Lock", "LockInfo", "read_locks", "remove_locks"]

@@ -1,0 +1,322 @@
+"""The repository: keys, config, blobs in packs, index, sealed objects.
+
+Everything above this layer speaks in blobs and objects; everything below in
+bytes and names.  This is where the write order lives: :meth:`flush` stores
+every pending pack and then the index object that names them, and only after
+``flush`` returns may a caller commit a snapshot that references new blobs.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+from drtool.backends.base import Backend
+from drtool.crypto.ids import IdMaker
+from drtool.crypto.keys import (AuthenticationFailed, KdfParams, KeySlot, MasterKey,
+                                unwrap_master_key, wrap_master_key)
+from drtool.errors import (BackendError, DrtoolError, IntegrityError, ObjectMissing,
+                           RepositoryExists, RepositoryNotFound, WrongPassword)
+from drtool.repository.envelope import Envelope, EnvelopeError
+from drtool.repository.index import (INDEX_KIND, IndexCache, Location, MemoryIndex, PackRecord,
+                                     decode_index, encode_index)
+from drtool.repository.packfile import (PackBuilder, PackFormatError, blob_kind, pack_name,
+                                        read_trailer)
+
+FORMAT_VERSION = 1
+PACK_TARGET_SIZE = 16 * 1024 * 1024
+INDEX_EVERY_PACKS = 64
+MAX_PENDING_UPLOADS = 4
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    repo_id: str
+    version: int = FORMAT_VERSION
+    file_chunk_avg: int = 1024 * 1024
+    stream_chunk_avg: int = 64 * 1024
+    compression_level: int = 3
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "RepoConfig":
+        data = json.loads(raw)
+        if data.get("version") != FORMAT_VERSION:
+            raise DrtoolError(f"repository format version {data.get('version')} is not supported",
+                              hint="upgrade drtool")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+class Repository:
+    def __init__(self, backend: Backend, master: MasterKey, config: RepoConfig,
+                 slot_id: str, cache: IndexCache | None = None) -> None:
+        self.backend = backend
+        self.master = master
+        self.config = config
+        self.slot_id = slot_id
+        self.envelope = Envelope(master.encryption_key, config.compression_level)
+        self.ids = IdMaker(master.id_key)
+        self.index = MemoryIndex()
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._builders: dict[int, PackBuilder] = {}
+        self._in_flight: set[bytes] = set()
+        self._uploads: list[Future[PackRecord]] = []
+        self._unindexed: list[PackRecord] = []
+        self._uploader = ThreadPoolExecutor(max_workers=MAX_PENDING_UPLOADS, thread_name_prefix="upload")
+        self._upload_slots = threading.BoundedSemaphore(MAX_PENDING_UPLOADS + 1)
+        self.new_blobs = 0
+        self.new_bytes_stored = 0
+        self.new_bytes_raw = 0
+
+    # ----- creation and opening -------------------------------------------------
+    @classmethod
+    def init(cls, backend: Backend, passphrase: bytes, *, kdf: KdfParams | None = None,
+             config: RepoConfig | None = None) -> "Repository":
+        backend.create_location()
+        if backend.exists() or any(True for _ in backend.list("keys/")):
+            raise RepositoryExists(f"a repository already exists at {backend.url}")
+        master = MasterKey.generate()
+        config = config or RepoConfig(repo_id=secrets.token_hex(16))
+        slot = wrap_master_key(master, passphrase, params=kdf, label="initial")
+        backend.put(f"keys/{slot.slot_id}", slot.to_bytes())
+        envelope = Envelope(master.encryption_key)
+        backend.put("config", envelope.seal(b"config", b"", config.to_json(), compress=False))
+        return cls(backend, master, config, slot.slot_id)
+
+    @classmethod
+    def open(cls, backend: Backend, passphrase: bytes, cache: IndexCache | None = None) -> "Repository":
+        if not backend.exists():
+            raise RepositoryNotFound(f"no drtool repository at {backend.url}")
+        master, slot_id = _unlock(backend, passphrase)
+        envelope = Envelope(master.encryption_key)
+        try:
+            config = RepoConfig.from_json(envelope.open(b"config", b"", backend.get("config")))
+        except EnvelopeError:
+            raise IntegrityError("the repository config object is damaged or was replaced") from None
+        return cls(backend, master, config, slot_id, cache)
+
+    # ----- key slots --------------------------------------------------------------
+    def list_key_slots(self) -> list[KeySlot]:
+        slots = []
+        for info in self.backend.list("keys/"):
+            slot_id = info.name.split("/", 1)[1]
+            try:
+                slots.append(KeySlot.from_bytes(slot_id, self.backend.get(info.name)))
+            except ValueError:
+                slots.append(KeySlot(slot_id, b"", KdfParams(), b"", "", label="<damaged>"))
+        return sorted(slots, key=lambda s: s.created)
+
+    def add_key_slot(self, passphrase: bytes, *, kdf: KdfParams | None = None, label: str = "") -> KeySlot:
+        slot = wrap_master_key(self.master, passphrase, params=kdf, label=label)
+        self.backend.put(f"keys/{slot.slot_id}", slot.to_bytes())
+        return slot
+
+    def remove_key_slot(self, slot_id: str) -> None:
+        ids = [s.slot_id for s in self.list_key_slots()]
+        if slot_id not in ids:
+            raise DrtoolError(f"no key slot {slot_id}", hint="see 'drtool key list'")
+        if len(ids) == 1:
+            raise DrtoolError("refusing to remove the last key slot",
+                              hint="add another key first, or the repository becomes unreadable")
+        self.backend.delete(f"keys/{slot_id}")
+
+    # ----- index ------------------------------------------------------------------
+    def load_index(self) -> None:
+        """Read every index object (through the cache) into memory."""
+        names = {info.name.split("/", 1)[1] for info in self.backend.list("index/")}
+        cached = self.cache.cached_index_ids() & names if self.cache else set()
+        if self.cache:
+            self.cache.drop_indexes(self.cache.cached_index_ids() - names)
+            for pack in self.cache.cached_packs(cached):
+                self.index.add_pack(pack)
+        for index_id in sorted(names - cached):
+            packs = self.read_index_object(index_id)
+            for pack in packs:
+                self.index.add_pack(pack)
+            if self.cache:
+                self.cache.store_index(index_id, packs)
+
+    def read_index_object(self, index_id: str) -> list[PackRecord]:
+        raw = self.get_object("index", INDEX_KIND, index_id)
+        try:
+            return decode_index(raw)
+        except ValueError as exc:
+            raise IntegrityError(f"index object index/{index_id} is malformed: {exc}") from None
+
+    def write_index(self, packs: list[PackRecord]) -> str:
+        plaintext = encode_index(packs)
+        index_id = self.put_object("index", INDEX_KIND, plaintext)
+        if self.cache:
+            self.cache.store_index(index_id, packs)
+        return index_id
+
+    # ----- blobs --------------------------------------------------------------------
+    def has_blob(self, blob_id: bytes) -> bool:
+        return blob_id in self.index
+
+    def seal_blob(self, blob_type: int, data: bytes | memoryview) -> tuple[bytes, bytes | None]:
+        """Id the plaintext and seal it unless it is already stored (thread-safe, GIL-free work)."""
+        blob_id = self.ids.blob_id(data)
+        if blob_id in self.index or blob_id in self._in_flight:
+            return blob_id, None
+        return blob_id, self.envelope.seal(blob_kind(blob_type), blob_id, data)
+
+    def add_sealed(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> bool:
+        """Queue a sealed blob for a pack; False when it is a duplicate."""
+        full: PackBuilder | None = None
+        with self._lock:
+            if blob_id in self.index or blob_id in self._in_flight:
+                return False
+            self._in_flight.add(blob_id)
+            builder = self._builders.setdefault(blob_type, PackBuilder())
+            builder.add(blob_type, blob_id, sealed, raw_length)
+            self.new_blobs += 1
+            self.new_bytes_stored += len(sealed)
+            self.new_bytes_raw += raw_length
+            if builder.size >= PACK_TARGET_SIZE:
+                full = self._builders.pop(blob_type)
+        if full is not None:
+            self._submit_pack(full)
+        return True
+
+    def store_blob(self, blob_type: int, data: bytes | memoryview) -> bytes:
+        blob_id, sealed = self.seal_blob(blob_type, data)
+        if sealed is not None:
+            self.add_sealed(blob_type, blob_id, sealed, len(data))
+        return blob_id
+
+    def _submit_pack(self, builder: PackBuilder) -> None:
+        self._upload_slots.acquire()
+        future = self._uploader.submit(self._upload_pack, builder)
+        future.add_done_callback(lambda _f: self._upload_slots.release())
+        with self._lock:
+            self._uploads.append(future)
+
+    def _upload_pack(self, builder: PackBuilder) -> PackRecord:
+        pack_id, data = builder.finish(self.envelope)
+        self.backend.put(pack_name(pack_id), data)
+        record = PackRecord(pack_id, builder.entries)
+        with self._lock:
+            self.index.add_pack(record)
+            for entry in builder.entries:
+                self._in_flight.discard(entry.blob_id)
+        return record
+
+    def flush(self) -> None:
+        """Store all pending packs, then the index naming them (the write-order barrier)."""
+        with self._lock:
+            builders = [b for b in self._builders.values() if len(b)]
+            self._builders.clear()
+        for builder in builders:
+            self._submit_pack(builder)
+        self._collect_uploads(final=True)
+
+    def _collect_uploads(self, final: bool) -> None:
+        with self._lock:
+            uploads, self._uploads = self._uploads, []
+        error: BaseException | None = None
+        for future in uploads:
+            try:
+                self._unindexed.append(future.result())
+            except BaseException as exc:  # keep waiting for the rest before re-raising
+                error = error or exc
+        if error is not None:
+            raise error
+        if self._unindexed and (final or len(self._unindexed) >= INDEX_EVERY_PACKS):
+            self.write_index(self._unindexed)
+            self._unindexed = []
+
+    def locate(self, blob_id: bytes) -> Location:
+        loc = self.index.get(blob_id)
+        if loc is None:
+            raise ObjectMissing(f"blob {blob_id.hex()[:16]} is not in any pack of the index")
+        return loc
+
+    def read_blob(self, blob_id: bytes) -> bytes:
+        loc = self.locate(blob_id)
+        sealed = self.backend.get_range(pack_name(loc.pack_id), loc.offset, loc.length)
+        return self.open_blob(blob_id, loc, sealed)
+
+    def open_blob(self, blob_id: bytes, loc: Location, sealed: bytes | memoryview) -> bytes:
+        """Decrypt and verify that the plaintext's keyed id is the one asked for."""
+        try:
+            data = self.envelope.open(blob_kind(loc.blob_type), blob_id, sealed)
+        except EnvelopeError as exc:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} in pack {loc.pack_id.hex()[:16]} "
+                                 f"is damaged ({exc})") from None
+        if self.ids.blob_id(data) != blob_id or len(data) != loc.raw_length:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
+        return data
+
+    def read_blob_run(self, blob_ids: list[bytes]) -> Iterator[bytes]:
+        """Read blobs that lie back to back in one pack with a single ranged request."""
+        locs = [self.locate(b) for b in blob_ids]
+        start = locs[0].offset
+        end = locs[-1].offset + locs[-1].length
+        raw = memoryview(self.backend.get_range(pack_name(locs[0].pack_id), start, end - start))
+        for blob_id, loc in zip(blob_ids, locs):
+            yield self.open_blob(blob_id, loc, raw[loc.offset - start:loc.offset - start + loc.length])
+
+    def read_pack_entries(self, pack_id: bytes) -> list[Any]:
+        data = self.backend.get(pack_name(pack_id))
+        try:
+            return read_trailer(self.envelope, data)
+        except (PackFormatError, EnvelopeError) as exc:
+            raise IntegrityError(f"pack {pack_id.hex()} is damaged: {exc}") from None
+
+    # ----- sealed whole objects (snapshots, index, rehearsals, log segments) ----------
+    def put_object(self, prefix: str, kind: bytes, plaintext: bytes, object_id: str | None = None) -> str:
+        object_id = object_id or self.ids.object_id(kind.decode(), plaintext).hex()
+        sealed = self.envelope.seal(kind, object_id.encode(), plaintext)
+        self.backend.put(f"{prefix}/{object_id}", sealed)
+        return object_id
+
+    def get_object(self, prefix: str, kind: bytes, object_id: str) -> bytes:
+        sealed = self.backend.get(f"{prefix}/{object_id}")
+        try:
+            return self.envelope.open(kind, object_id.encode(), sealed)
+        except EnvelopeError:
+            raise IntegrityError(f"object {prefix}/{object_id} is damaged, forged, or "
+                                 f"stored under another name") from None
+
+    def list_objects(self, prefix: str) -> list[str]:
+        return sorted(info.name.split("/", 1)[1] for info in self.backend.list(prefix + "/"))
+
+    def close(self) -> None:
+        self._uploader.shutdown(wait=True)
+
+
+def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
+    damaged: list[str] = []
+    slots = list(backend.list("keys/"))
+    if not slots:
+        raise IntegrityError(f"the repository at {backend.url} has no key slots",
+                             hint="restore keys/ from a copy of the repository")
+    for info in slots:
+        slot_id = info.name.split("/", 1)[1]
+        try:
+            slot = KeySlot.from_bytes(slot_id, backend.get(info.name))
+        except (ValueError, BackendError):
+            damaged.append(slot_id)
+            continue
+        try:
+            return unwrap_master_key(slot, passphrase), slot_id
+        except AuthenticationFailed:
+            continue
+        except (ValueError, KeyError):
+            damaged.append(slot_id)
+    if damaged and len(damaged) == len(slots):
+        raise IntegrityError(f"every key slot is damaged ({', '.join(damaged)})",
+                             hint="restore keys/ from a copy of the repository")
+    raise WrongPassword("wrong passphrase: it opens none of the repository's key slots"
+                        + (f" (damaged slots: {', '.join(damaged)})" if damaged else ""))
+
+
+def iter_pack_names(backend: Backend) -> Iterable[str]:
+    return (info.name for info in backend.list("packs/"))

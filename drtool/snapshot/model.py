@@ -1,0 +1,118 @@
+"""Snapshots and trees: what a backup *is*, independent of how it is stored.
+
+A snapshot manifest names a root tree; a tree is the sorted list of one
+directory's entries, stored as one encrypted blob, so file names never leave
+the host in clear and unchanged directories deduplicate to the same blob.
+Names are kept as ``os.fsdecode`` strings (surrogate escapes survive JSON),
+so non-UTF-8 names round-trip byte for byte.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+FIFO = "fifo"
+SOCKET = "socket"
+CHARDEV = "chardev"
+BLOCKDEV = "blockdev"
+NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, SOCKET, CHARDEV, BLOCKDEV)
+
+
+@dataclass
+class Node:
+    name: str
+    type: str
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    inode: int = 0
+    size: int = 0
+    content: list[str] = field(default_factory=list)
+    subtree: str | None = None
+    target: str | None = None
+    links: int = 1
+    link_key: str | None = None
+    rdev: int = 0
+    changed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if v not in (None, [], False) or k == "name"}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Node":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        node = cls(**known)
+        if node.type not in NODE_TYPES:
+            raise ValueError(f"unknown node type {node.type!r}")
+        return node
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    """Deterministic encoding, so an unchanged directory gives the same blob id."""
+    ordered = sorted(nodes, key=lambda n: n.name)
+    return json.dumps({"nodes": [n.to_dict() for n in ordered]}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def decode_tree(raw: bytes) -> list[Node]:
+    data = json.loads(raw)
+    return [Node.from_dict(item) for item in data["nodes"]]
+
+
+@dataclass
+class Snapshot:
+    name: str
+    host: str
+    time: datetime
+    tree: str
+    kind: str = "files"
+    paths: list[str] = field(default_factory=list)
+    parent: str | None = None
+    tags: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    program_version: str = ""
+    id: str = ""
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data.pop("id")
+        data["time"] = self.time.astimezone(timezone.utc).isoformat()
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, snapshot_id: str) -> "Snapshot":
+        data = json.loads(raw)
+        data["time"] = datetime.fromisoformat(data["time"])
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(id=snapshot_id, **known)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    def listing(self) -> dict[str, Any]:
+        """The public JSON shape of ``drtool snapshots --json``."""
+        return {
+            "id": self.id,
+            "short_id": self.short_id,
+            "name": self.name,
+            "host": self.host,
+            "time": self.time.astimezone().isoformat(),
+            "kind": self.kind,
+            "paths": self.paths,
+            "parent": self.parent,
+            "tags": self.tags,
+            "size": int(self.summary.get("size", 0)),
+            "files": int(self.summary.get("files", 0)),
+            "summary": self.summary,
+            "meta": self.meta,
+        }

@@ -1,0 +1,136 @@
+"""A real HTTP S3 endpoint for tests: moto's server in a subprocess on 127.0.0.1.
+
+We run moto as a separate server rather than ``mock_aws`` in-process because
+the point is to exercise the real wire path (HTTP, retries, timeouts, the
+fault proxy) and because nothing may be monkey-patched.  Import the fixtures
+into a test module (``from tests.s3server import moto_server, s3_bucket``) or
+re-export them from conftest.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+import pytest
+
+DUMMY_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class MotoServer:
+    """A running moto server; ``url`` is its endpoint."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def start_moto(timeout: float = 30.0) -> MotoServer:
+    """Start moto on a free port and wait until it answers HTTP."""
+    port = free_port()
+    env = dict(os.environ, **DUMMY_ENV)
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    server = MotoServer(proc, port)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with code {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"{server.url}/moto-api/", timeout=1).close()
+            return server
+        except urllib.error.HTTPError:
+            return server  # any HTTP answer means it is serving
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError("moto server did not start in time")
+
+
+def make_client(endpoint: str):  # type: ignore[no-untyped-def]
+    """A plain boto3 client for test setup (outside drtool's own S3 code)."""
+    import boto3
+
+    return boto3.session.Session(**{"aws_access_key_id": "testing",
+                                    "aws_secret_access_key": "testing",
+                                    "region_name": "us-east-1"}).client(
+        "s3", endpoint_url=endpoint)
+
+
+def create_bucket(endpoint: str, name: str | None = None, *, object_lock: bool = False) -> str:
+    """Create a uniquely named bucket (optionally Object Lock enabled); returns its name."""
+    bucket = name or f"drtool-test-{uuid.uuid4().hex[:12]}"
+    client = make_client(endpoint)
+    try:
+        kwargs = {"Bucket": bucket}
+        if object_lock:
+            kwargs["ObjectLockEnabledForBucket"] = True  # type: ignore[assignment]
+        client.create_bucket(**kwargs)
+    finally:
+        client.close()
+    return bucket
+
+
+def set_dummy_env(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Dummy credentials and endpoint so boto3's standard chain finds them."""
+    for key, value in DUMMY_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = start_moto()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket per test, with the environment pointing boto3 at moto."""
+    set_dummy_env(monkeypatch, moto_server.url)
+    return create_bucket(moto_server.url)
+
+
+@pytest.fixture
+def s3_lock_bucket(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh Object-Lock-enabled bucket per test."""
+    set_dummy_env(monkeypatch, moto_server.url)
+    return create_bucket(moto_server.url, object_lock=True)
