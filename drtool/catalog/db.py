@@ -16,7 +16,11 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from drtool.errors import CatalogError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0001"
+
+
+def head_revision() -> str:
+    """Revisions are named NNNN_*.py with revision id NNNN, so the head is the highest."""
+    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
 
 def default_catalog_path(repo_id: str) -> Path:
@@ -74,7 +78,7 @@ def _migrate(conn) -> None:  # type: ignore[no-untyped-def]
     """Run alembic only when the schema is not at head (alembic import is slow)."""
     if inspect(conn).has_table("alembic_version"):
         current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        if current == HEAD_REVISION:
+        if current == head_revision():
             return
     from alembic import command
     from alembic.config import Config

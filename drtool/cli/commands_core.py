@@ -86,7 +86,8 @@ def snapshots(state: CliState, name: str | None, as_json: bool) -> None:
     click.echo(f"{'ID':8}  {'TIME':25}  {'NAME':20}  {'HOST':12}  {'FILES':>7}  {'SIZE':>11}  TAGS")
     for s in snaps:
         item = s.listing()
-        click.echo(f"{s.short_id:8}  {item['time']:25}  {s.name:20}  {s.host[:12]:12}  "
+        when = s.time.astimezone().isoformat(timespec="seconds")
+        click.echo(f"{s.short_id:8}  {when:25}  {s.name:20}  {s.host[:12]:12}  "
                    f"{item['files']:>7}  {_mib(item['size']):>11}  {','.join(s.tags)}")
     click.echo(f"{len(snaps)} snapshot(s)")
 
@@ -105,9 +106,9 @@ def snapshots(state: CliState, name: str | None, as_json: bool) -> None:
 def restore(state: CliState, snapshot: str | None, target: str, name: str | None, when: str | None,
             includes: tuple[str, ...], allow_partial: bool, dry_run: bool, as_json: bool) -> None:
     """Restore SNAPSHOT (an id, or 'latest') or the snapshot at --point-in-time."""
-    if snapshot and when:
+    if snapshot and when is not None:
         raise UsageError("give either SNAPSHOT or --point-in-time, not both")
-    point = parse_point_in_time(when) if when else None
+    point = parse_point_in_time(when) if when is not None else None
     session = state.session()
     if dry_run:
         result = api.restore_plan(session, snapshot, target, name=name, point_in_time=point,

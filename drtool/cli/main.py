@@ -43,10 +43,20 @@ def cli(ctx: click.Context, repo: str | None, config: str | None, verbose: int, 
     ctx.call_on_close(state.close)
 
 
+COMMAND_MODULES = ("commands_core", "commands_admin", "commands_db", "commands_ops",
+                   "commands_rehearse", "commands_remote")
+_registered = False
+
+
 def _register() -> None:
-    from drtool.cli import commands_core, commands_admin
-    commands_core.register(cli)
-    commands_admin.register(cli)
+    global _registered
+    if _registered:
+        return
+    import importlib
+    for module_name in COMMAND_MODULES:
+        module = importlib.import_module(f"drtool.cli.{module_name}")
+        module.register(cli)
+    _registered = True
 
 
 def main(argv: list[str] | None = None) -> int:

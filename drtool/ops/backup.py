@@ -79,10 +79,12 @@ def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
         parent = parents[-1] if parents else None
         pipeline = ChunkPipeline(repo)
         try:
-            futures = [pipeline.submit(c) for c in pipeline.text_chunker.split(_reader(stream))]
-            node = Node(name=filename, type=FILE, mode=0o600, mtime_ns=time.time_ns())
+            futures, size = [], 0
+            for chunk in pipeline.text_chunker.split(_reader(stream)):
+                size += len(chunk)
+                futures.append(pipeline.submit(chunk))
+            node = Node(name=filename, type=FILE, mode=0o600, mtime_ns=time.time_ns(), size=size)
             node.content = [f.result().hex() for f in futures]
-            node.size = sum(repo.locate(bytes.fromhex(c)).raw_length for c in node.content)
         finally:
             pipeline.close()
         if verify is not None:

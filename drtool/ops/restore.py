@@ -229,6 +229,8 @@ class Restorer:
 
     def _file_failed(self, job: _FileJob) -> None:
         error = job.error
+        if isinstance(error, OSError):
+            error = _target_error(error, job.path)
         with self._lock:
             if isinstance(error, IntegrityError) and self.allow_partial:
                 self.result.damaged.append(f"{job.path}: {error}")

@@ -1,0 +1,22 @@
+# Sourced by scripts/*: make sure ./.venv exists with drtool (and extras) installed.
+# usage: ensure_venv [extras]   e.g. ensure_venv test
+ensure_venv() {
+  local extras="${1:-}"
+  local spec="."
+  [ -n "$extras" ] && spec=".[$extras]"
+  if [ ! -x .venv/bin/python ]; then
+    echo "setting up a virtualenv in .venv" >&2
+    python3 -m venv .venv
+  fi
+  local stamp=".venv/.drtool-installed${extras:+-$extras}"
+  if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+           .venv/bin/python -m pip install -q -e "$spec"; } >.venv/pip.log 2>&1; then
+      cat .venv/pip.log >&2
+      echo "pip install failed (log above)" >&2
+      return 1
+    fi
+    touch "$stamp"
+  fi
+  export PATH="$PWD/.venv/bin:$PATH"
+}

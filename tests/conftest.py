@@ -1,0 +1,115 @@
+"""Shared fixtures: real repositories on the real file system, the CLI run
+in-process (fast) or as a subprocess (for kill tests)."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from drtool import api
+from drtool.crypto.keys import KdfParams
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery staple"
+FAST_KDF = ["--kdf-memory-kib", "1024", "--kdf-iterations", "1"]
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class DrEnv:
+    """A repository directory, catalog file and environment for one test."""
+
+    tmp: Path
+    repo: Path
+    catalog: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> CliResult:
+        """Run the CLI in-process with this environment (monkeypatch-free: os.environ swap)."""
+        from drtool.cli.main import main
+
+        full = {**self.env, **(env or {})}
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(full)
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with redirect_stdout(out), redirect_stderr(err):
+                code = main(list(args))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the CLI as a separate process (needed for kill -9 crash tests)."""
+        return subprocess.run([sys.executable, "-m", "drtool", *args], env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout, cwd=self.tmp)
+
+    def init(self) -> CliResult:
+        result = self.run("init", *FAST_KDF)
+        assert result.code == 0, result.err
+        return result
+
+    def session(self) -> api.Session:
+        return api.open_repository(str(self.repo), PASSWORD.encode(), catalog=str(self.catalog))
+
+
+def make_env(tmp: Path) -> DrEnv:
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRTOOL_")}
+    env.update(DRTOOL_REPOSITORY=str(tmp / "repo"), DRTOOL_PASSWORD=PASSWORD,
+               DRTOOL_CATALOG=str(tmp / "catalog.sqlite"), PYTHONPATH=str(ROOT),
+               XDG_STATE_HOME=str(tmp / "state"))
+    return DrEnv(tmp, tmp / "repo", tmp / "catalog.sqlite", env)
+
+
+@pytest.fixture
+def dr(tmp_path: Path) -> DrEnv:
+    return make_env(tmp_path / "dr")
+
+
+@pytest.fixture
+def repo_env(dr: DrEnv) -> DrEnv:
+    dr.init()
+    return dr
+
+
+def fast_init(repo: str, catalog: str) -> str:
+    return api.init(repo, PASSWORD.encode(), catalog=catalog, kdf=KdfParams.fast_for_tests())
+
+
+def spawn_without_override(env: DrEnv, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI so file permissions apply even as root (DAC override capabilities dropped)."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    return subprocess.run([*prefix, sys.executable, "-m", "drtool", *args], env=env.env,
+                          capture_output=True, text=True, timeout=120, cwd=env.tmp)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path):
+    """A 2 MiB tmpfs (real ENOSPC); yields its path; needs root (CI runs as root)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.fail("the disk-full tests need root to mount a tmpfs (scripts/test runs them in CI as root)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
