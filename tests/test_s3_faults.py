@@ -34,7 +34,7 @@ except ImportError:  # tests/ imported as a package
                                 set_dummy_env)
 
 MiB = 1024 * 1024
-FAST = {"addressing_style": "path", "read_timeout": 1, "connect_timeout": 1, "max_attempts": 3,
+FAST = {"addressing_style": "path", "read_timeout": 1, "connect_timeout": 1, "max_attempts": 2,
         "read_attempts": 3, "read_retry_backoff": 0.05,
         "multipart_threshold": 5 * MiB, "multipart_chunksize": 5 * MiB}
 SMALL = random.Random(1).randbytes(40_000)
@@ -43,7 +43,7 @@ LARGE = random.Random(2).randbytes(6 * MiB + 17)
 
 @pytest.fixture(scope="module")
 def proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
-    fp = FaultProxy(moto_server.url, stall_seconds=2.0).start()
+    fp = FaultProxy(moto_server.url, stall_seconds=1.5).start()
     yield fp
     fp.stop()
 
@@ -114,8 +114,9 @@ def _prepare(be: S3Backend, kind: str) -> Callable[[], None]:
 
 KINDS = ["put", "initiate", "part", "complete", "get", "range_get", "head", "list", "delete"]
 FAULTS = ["500", "503", "reset", "stall", "truncate", "error200"]
-NOT_APPLICABLE = {("head", "truncate"), ("get", "error200"), ("range_get", "error200"),
-                  ("head", "error200")}  # HEAD has no body; S3 never sends 200-errors on GET
+# HEAD and 204 (DELETE) replies have no body to truncate; S3 never sends 200-errors on GET.
+NOT_APPLICABLE = {("head", "truncate"), ("delete", "truncate"), ("get", "error200"),
+                  ("range_get", "error200"), ("head", "error200")}
 MATRIX = [(k, f) for k in KINDS for f in FAULTS if (k, f) not in NOT_APPLICABLE]
 
 
@@ -147,8 +148,10 @@ def test_transient_fault_is_survived(faulty_s3: S3Backend, proxy: FaultProxy,
     assert faulty_s3.stats.retries >= 1
 
 
-PERSISTENT = [(k, f) for k in KINDS for f in ("500", "reset", "truncate", "error200")
-              if (k, f) not in NOT_APPLICABLE] + [("put", "stall"), ("get", "stall")]
+# Persistent faults cost a full retry budget each, so one or two per request kind.
+PERSISTENT = [("put", "500"), ("put", "stall"), ("put", "503"), ("initiate", "truncate"),
+              ("part", "reset"), ("complete", "error200"), ("get", "truncate"), ("get", "stall"),
+              ("range_get", "reset"), ("head", "500"), ("list", "error200"), ("delete", "reset")]
 
 
 @pytest.mark.parametrize("kind,fault", PERSISTENT)
@@ -210,7 +213,8 @@ def test_permanent_403_fails_fast(faulty_s3: S3Backend, proxy: FaultProxy,
         assert not isinstance(info.value, TransientBackendError)
         assert "credentials" in info.value.one_line()
         assert "SuperSecret" not in info.value.one_line()
-    assert len(proxy.requests) == 4  # one request each: no retries on 403
+    kinds = [kind for kind, _ in proxy.requests]
+    assert len(kinds) == len(set(kinds)) <= 5  # one request each: no retries on 403
 
 
 def test_no_such_bucket(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:

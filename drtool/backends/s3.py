@@ -373,7 +373,20 @@ class S3Backend(Backend):
             expected_etag = _md5(data).hex()
             args.update(Body=data, ContentMD5=base64.b64encode(_md5(data)).decode("ascii"))
             self._conditional_call("uploading", name, self.client.put_object, args)
-        self._verify_upload(name, len(data), expected_etag)
+        head = self._verify_upload(name, len(data), expected_etag)
+        if self.opts["object_lock_mode"]:
+            self._ensure_retention(name, head, args["ObjectLockRetainUntilDate"])
+
+    def _ensure_retention(self, name: str, head: Mapping[str, Any], until: dt.datetime) -> None:
+        """Some servers drop lock headers (notably on multipart uploads): set it explicitly."""
+        current = self._until_from_head(head)
+        if current is not None and current >= until - dt.timedelta(minutes=5):
+            return
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name), "Retention": {
+            "Mode": self.opts["object_lock_mode"], "RetainUntilDate": until}}
+        if head.get("VersionId"):
+            kwargs["VersionId"] = head["VersionId"]
+        self._call("setting retention of", name, self.client.put_object_retention, **kwargs)
 
     def _conditional_call(self, action: str, name: str, fn: Callable[..., Any],
                           args: dict[str, Any]) -> Any:
@@ -465,7 +478,7 @@ class S3Backend(Backend):
         except (bce.BotoCoreError, bce.ClientError, OSError):
             pass  # best effort: a lifecycle rule for incomplete uploads is the backstop
 
-    def _verify_upload(self, name: str, size: int, expected_etag: str) -> None:
+    def _verify_upload(self, name: str, size: int, expected_etag: str) -> Mapping[str, Any]:
         """HEAD after write: a 200 is not proof that the stored object is complete."""
         resp = self._call("verifying", name, self.client.head_object,
                           Bucket=self.bucket, Key=self._key(name))
@@ -476,6 +489,7 @@ class S3Backend(Backend):
                 f"S3 upload of {name} did not verify: stored {got_size} bytes, sent {size}")
         if self.opts["sse"] != "aws:kms" and etag and etag != expected_etag:
             raise TransientBackendError(f"S3 upload of {name} did not verify: ETag mismatch")
+        return resp
 
     # -- reads -------------------------------------------------------------
 

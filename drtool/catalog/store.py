@@ -51,11 +51,12 @@ class Catalog:
                 conn.execute(delete(SnapshotRow).where(SnapshotRow.repo_id == self.repo_id,
                                                        SnapshotRow.id.in_(ids)))
 
-    def sync_snapshots(self, repo_ids: set[str], load: Callable[[str], Snapshot]) -> None:
-        """Make the catalog list exactly the snapshots the repository holds."""
+    def sync_snapshots(self, repo_ids: set[str], load: Callable[[str], Snapshot | None]) -> None:
+        """Make the catalog list exactly the readable snapshots the repository holds."""
         known = self.snapshot_ids()
         self.remove_snapshots(known - repo_ids)
-        self.add_snapshots(load(i) for i in sorted(repo_ids - known))
+        loaded = (load(i) for i in sorted(repo_ids - known))
+        self.add_snapshots(s for s in loaded if s is not None)
 
     def snapshots(self, name: str | None = None) -> list[Snapshot]:
         query = select(SnapshotRow.id, SnapshotRow.manifest).where(SnapshotRow.repo_id == self.repo_id)

@@ -1,6 +1,7 @@
 """An open repository plus its catalog: what every use case starts from."""
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,11 +11,13 @@ from drtool.backends.base import Backend
 from drtool.backends.registry import open_backend
 from drtool.catalog.store import Catalog
 from drtool.crypto.keys import KdfParams
-from drtool.errors import SnapshotNotFound
+from drtool.errors import DrtoolError, SnapshotNotFound
 from drtool.repository.locks import Lock
 from drtool.repository.repo import RepoConfig, Repository
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot, resolve_snapshot_id
+
+log = logging.getLogger("drtool")
 
 
 @dataclass
@@ -63,7 +66,16 @@ class Session:
         """Bring the catalog's snapshot list in line with the repository (one LIST)."""
         if not self._synced:
             ids = set(list_snapshot_ids(self.repo))
-            self.catalog.sync_snapshots(ids, lambda i: load_snapshot(self.repo, i))
+            self.damaged_snapshots: list[str] = []
+
+            def load(snapshot_id: str) -> Snapshot | None:
+                try:
+                    return load_snapshot(self.repo, snapshot_id)
+                except DrtoolError as exc:  # one bad object must not hide the good ones
+                    log.warning("%s (skipped; run 'drtool check')", exc)
+                    self.damaged_snapshots.append(snapshot_id)
+                    return None
+            self.catalog.sync_snapshots(ids, load)
             self._synced = True
 
     def snapshots(self, name: str | None = None) -> list[Snapshot]:

@@ -91,6 +91,9 @@ class Lock:
             if info.age(now) > self.stale_after:
                 self.warnings.append(f"ignoring stale {info.describe()}")
                 continue
+            if info.host == self.host and not _process_alive(info.pid):
+                self.warnings.append(f"ignoring {info.describe()}: that process no longer exists")
+                continue
             if self.exclusive or info.exclusive:
                 return info
         return None
@@ -122,6 +125,16 @@ class Lock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_locks(repo: Repository) -> list[LockInfo]:

@@ -1,0 +1,96 @@
+"""The catalog is a cache plus history: losing it costs a rebuild, never data."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from conftest import DrEnv
+
+
+def populate(env: DrEnv, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_bytes(os.urandom(50_000))
+        assert env.run("backup", str(src), "--name", "media", "--tag", f"n{i}").code == 0
+    assert env.run("backup", "--from-command", "echo dump", "--name", "db/wiki").code == 0
+
+
+def listing(env: DrEnv) -> list[dict]:
+    result = env.run("snapshots", "--json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def test_catalog_file_is_private(repo_env: DrEnv) -> None:
+    assert stat.S_IMODE(repo_env.catalog.stat().st_mode) == 0o600
+
+
+def test_deleted_catalog_rebuilds_to_the_same_listing(repo_env: DrEnv, tmp_path: Path) -> None:
+    populate(repo_env, tmp_path)
+    before = listing(repo_env)
+    assert len(before) == 4
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(repo_env.catalog) + suffix).unlink(missing_ok=True)
+    result = repo_env.run("catalog", "rebuild", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["snapshots"] == 4
+    assert listing(repo_env) == before
+
+
+def test_snapshots_json_contract(repo_env: DrEnv, tmp_path: Path) -> None:
+    populate(repo_env, tmp_path)
+    for item in listing(repo_env):
+        assert {"id", "name", "time", "size", "files"} <= set(item)
+        assert item["time"][-6] in "+-"  # ISO 8601 with zone offset
+    assert [s["name"] for s in listing(repo_env)].count("media") == 3
+
+
+def test_overwritten_catalog_is_detected_with_the_fix(repo_env: DrEnv, tmp_path: Path) -> None:
+    populate(repo_env, tmp_path)
+    repo_env.run("snapshots")  # make sure everything is checkpointed into the main file
+    data = bytearray(repo_env.catalog.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = os.urandom(4096)
+    repo_env.catalog.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        Path(str(repo_env.catalog) + suffix).unlink(missing_ok=True)
+    result = repo_env.run("snapshots")
+    assert result.code == 1
+    assert "catalog rebuild" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_truncated_catalog_is_detected(repo_env: DrEnv, tmp_path: Path) -> None:
+    populate(repo_env, tmp_path)
+    repo_env.catalog.write_bytes(repo_env.catalog.read_bytes()[:1000])
+    for suffix in ("-wal", "-shm"):
+        Path(str(repo_env.catalog) + suffix).unlink(missing_ok=True)
+    result = repo_env.run("snapshots")
+    assert result.code == 1 and "catalog rebuild" in result.err
+
+
+def test_catalog_follows_another_hosts_backups(repo_env: DrEnv, tmp_path: Path) -> None:
+    """Two hosts with their own catalogs see each other's snapshots (the repository is the truth)."""
+    other_catalog = tmp_path / "other.sqlite"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    assert repo_env.run("backup", str(src), "--name", "a").code == 0
+    result = repo_env.run("backup", str(src), "--name", "b",
+                          env={"DRTOOL_CATALOG": str(other_catalog), "DRTOOL_HOST": "host-two"})
+    assert result.code == 0
+    names = {(s["name"], s["host"]) for s in listing(repo_env)}
+    assert ("b", "host-two") in names and len(names) == 2
+
+
+def test_index_cache_is_used_and_rebuilt(repo_env: DrEnv, tmp_path: Path) -> None:
+    populate(repo_env, tmp_path)
+    session = repo_env.session()
+    try:
+        cached = session.catalog.cached_index_ids()
+        assert cached == set(session.repo.list_objects("index"))
+    finally:
+        session.close()
