@@ -77,27 +77,27 @@ def start_moto(timeout: float = 30.0) -> MotoServer:
     raise RuntimeError("moto server did not start in time")
 
 
+_CLIENTS: dict[str, object] = {}
+
+
 def make_client(endpoint: str):  # type: ignore[no-untyped-def]
-    """A plain boto3 client for test setup (outside drtool's own S3 code)."""
+    """A plain boto3 client for test setup (outside drtool's own S3 code); cached per endpoint."""
     import boto3
 
-    return boto3.session.Session(**{"aws_access_key_id": "testing",
-                                    "aws_secret_access_key": "testing",
-                                    "region_name": "us-east-1"}).client(
-        "s3", endpoint_url=endpoint)
+    if endpoint not in _CLIENTS:
+        session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                        region_name="us-east-1")
+        _CLIENTS[endpoint] = session.client("s3", endpoint_url=endpoint)
+    return _CLIENTS[endpoint]
 
 
 def create_bucket(endpoint: str, name: str | None = None, *, object_lock: bool = False) -> str:
     """Create a uniquely named bucket (optionally Object Lock enabled); returns its name."""
     bucket = name or f"drtool-test-{uuid.uuid4().hex[:12]}"
-    client = make_client(endpoint)
-    try:
-        kwargs = {"Bucket": bucket}
-        if object_lock:
-            kwargs["ObjectLockEnabledForBucket"] = True  # type: ignore[assignment]
-        client.create_bucket(**kwargs)
-    finally:
-        client.close()
+    kwargs: dict[str, object] = {"Bucket": bucket}
+    if object_lock:
+        kwargs["ObjectLockEnabledForBucket"] = True
+    make_client(endpoint).create_bucket(**kwargs)
     return bucket
 
 

@@ -126,11 +126,7 @@ def _check_invariants(be: S3Backend, kind: str, moto_server: MotoServer) -> None
         info = be.stat(name)
         if info is not None:
             assert be.get(name) == data, f"wrong data visible for {name}"
-    client = make_client(moto_server.url)
-    try:
-        uploads = client.list_multipart_uploads(Bucket=be.bucket).get("Uploads", [])
-    finally:
-        client.close()
+    uploads = make_client(moto_server.url).list_multipart_uploads(Bucket=be.bucket).get("Uploads", [])
     assert uploads == [], "multipart upload left behind"
 
 

@@ -14,7 +14,7 @@ from drtool.catalog.db import catalog_url, open_engine
 from drtool.catalog.models import IndexFileRow, IndexPackRow, RunRow, SnapshotRow
 from drtool.errors import CatalogError
 from drtool.repository.index import PackRecord
-from drtool.repository.packfile import ENTRY, BlobEntry
+from drtool.repository.packfile import pack_entries, unpack_entries
 from drtool.snapshot.model import Snapshot
 
 
@@ -90,14 +90,13 @@ class Catalog:
         with self.engine.connect() as conn:
             for row in conn.execute(query):
                 if row.index_id in index_ids:
-                    entries = [BlobEntry(*f) for f in ENTRY.iter_unpack(row.entries)]
+                    entries = unpack_entries(row.entries)
                     yield PackRecord(bytes.fromhex(row.pack_id), entries)
 
     def store_index(self, index_id: str, packs: list[PackRecord]) -> None:
         """One transaction per index object (batched, WAL mode)."""
         rows = [{"repo_id": self.repo_id, "index_id": index_id, "pack_id": p.pack_id.hex(),
-                 "entries": b"".join(ENTRY.pack(e.blob_type, e.blob_id, e.offset, e.length,
-                                                e.raw_length) for e in p.entries)} for p in packs]
+                 "entries": pack_entries(p.entries)} for p in packs]
         with self._begin() as conn:
             conn.execute(delete(IndexPackRow).where(IndexPackRow.repo_id == self.repo_id,
                                                     IndexPackRow.index_id == index_id))

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from drtool import __version__
 from drtool.errors import SourceError
@@ -40,9 +40,11 @@ class BackupResult:
 
 
 def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] | None = None,
-                 progress: ProgressFn | None = None) -> BackupResult:
+                 progress: ProgressFn | None = None,
+                 clock: Callable[[], datetime] | None = None) -> BackupResult:
+    """``clock`` gives the snapshot time (injected by tests that need old snapshots)."""
     started = time.monotonic()
-    when = datetime.now(timezone.utc)
+    when = clock() if clock else datetime.now(timezone.utc)
     repo = session.repo
     with session.lock("backup") as lock:
         repo.load_index()
@@ -68,10 +70,11 @@ def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] 
 
 def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
                   tags: list[str] | None = None, kind: str = "stream",
-                  meta: dict[str, Any] | None = None, verify: Any = None) -> BackupResult:
+                  meta: dict[str, Any] | None = None, verify: Any = None,
+                  clock: Callable[[], datetime] | None = None) -> BackupResult:
     """Store one byte stream as a single file; ``verify()`` may raise to veto the commit."""
     started = time.monotonic()
-    when = datetime.now(timezone.utc)
+    when = clock() if clock else datetime.now(timezone.utc)
     repo = session.repo
     with session.lock("backup") as lock:
         repo.load_index()

@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from drtool.crypto.ids import content_hash
-from drtool.errors import DrtoolError, IntegrityError
+from drtool.errors import DrtoolError
 from drtool.ops.session import Session
-from drtool.repository.index import Location
-from drtool.repository.packfile import PackFormatError, pack_id_from_name, pack_name, read_trailer
-from drtool.repository.envelope import EnvelopeError
+from drtool.repository.packfile import pack_id_from_name, pack_name
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot, load_tree
@@ -144,22 +142,12 @@ class Checker:
         if content_hash(data) != pack_id:
             self.bad_packs.add(pack_id)
             self._damaged(name, f"pack {name} does not match its name (bytes changed)")
-        try:
-            entries = read_trailer(self.repo.envelope, data)
-        except (PackFormatError, EnvelopeError) as exc:
+        entries, problems = self.repo.verify_pack(pack_id, data)
+        if problems:
             self.bad_packs.add(pack_id)
-            self._damaged(name, f"pack {name} has a damaged trailer ({exc})")
-            return
-        view = memoryview(data)
-        for e in entries:
-            loc = Location(pack_id, e.blob_type, e.offset, e.length, e.raw_length)
-            try:
-                self.repo.open_blob(e.blob_id, loc, view[e.offset:e.offset + e.length])
-                self.report.blobs_read += 1
-            except IntegrityError as exc:
-                self.bad_blobs.add(e.blob_id)
-                if name not in self.report.damaged_objects:
-                    self._damaged(name, f"pack {name}: {exc}")
+            self._damaged(name, f"pack {name}: {problems[0]}"
+                          + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        self.report.blobs_read += len(entries)
 
     def _find_affected(self) -> None:
         for snap in self.snaps:

@@ -17,7 +17,7 @@ from drtool.repository.chunker import Chunker
 from drtool.repository.packfile import DATA_BLOB
 from drtool.repository.repo import Repository
 
-DEFAULT_INFLIGHT_BYTES = 96 * 1024 * 1024
+DEFAULT_INFLIGHT_BYTES = 48 * 1024 * 1024
 TEXT_PROBE = 32 * 1024
 TEXT_RATIO = 0.6
 
@@ -62,17 +62,17 @@ class ChunkPipeline:
         return future
 
     def _process(self, chunk: memoryview | bytes) -> bytes:
-        blob_id, sealed = self.repo.seal_blob(DATA_BLOB, chunk)
-        if sealed is not None:
-            self.repo.add_sealed(DATA_BLOB, blob_id, sealed, len(chunk))
+        blob_id = self.repo.ids.blob_id(chunk)
+        self.repo.add_blob(DATA_BLOB, blob_id, chunk)
         return blob_id
 
     def chunker_for(self, first_block: bytes) -> Chunker:
         """Small chunks for compressible (dump-like) data, large ones otherwise.
 
         Scattered row edits in a SQL dump touch nearly every 1 MiB chunk, so
-        text-like data gets ~64 KiB chunks and stores only the edited
-        neighbourhoods again; media keeps 1 MiB chunks (less index overhead).
+        text-like data gets ~16 KiB chunks and stores only the edited
+        neighbourhoods again (compression still sees ~4 MiB groups); media
+        keeps 1 MiB chunks, which keeps the index small.
         """
         probe = first_block[:TEXT_PROBE]
         if len(probe) < TEXT_PROBE:

@@ -24,7 +24,6 @@ from drtool.snapshot.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SY
 from drtool.snapshot.store import walk_tree
 
 SEGMENT_BYTES = 32 * 1024 * 1024
-RUN_BYTES = 8 * 1024 * 1024
 MAX_INFLIGHT_TASKS = 64
 PART_PREFIX = ".drtool-part-"
 
@@ -202,15 +201,14 @@ class Restorer:
             self._complete(job)
 
     def _write_blobs(self, job: _FileJob, offset: int, ids: list[bytes]) -> None:
-        for run in _runs(self.repo, ids):
-            for blob_id, data in zip(run, self.repo.read_blob_run(run)):
-                if blob_id in self._zero_blobs or data.count(0) == len(data):
-                    self._zero_blobs.add(blob_id)
-                else:
-                    os.pwrite(job.fd, data, offset)
-                offset += len(data)
-                if self.progress:
-                    self.progress(len(data))
+        for blob_id, data in zip(ids, self.repo.read_blobs(ids)):
+            if blob_id in self._zero_blobs or data.count(0) == len(data):
+                self._zero_blobs.add(blob_id)  # leave a hole: the file stays sparse
+            else:
+                os.pwrite(job.fd, data, offset)
+            offset += len(data)
+            if self.progress:
+                self.progress(len(data))
 
     def _complete(self, job: _FileJob) -> None:
         try:
@@ -271,25 +269,6 @@ def _segments(repo: Repository, content: list[str]) -> Iterator[tuple[int, list[
             start, ids, size = offset, [], 0
     if ids:
         yield start, ids
-
-
-def _runs(repo: Repository, ids: list[bytes]) -> Iterator[list[bytes]]:
-    """Group blobs stored back to back in one pack, so one ranged GET fetches them."""
-    run: list[bytes] = []
-    prev = None
-    size = 0
-    for blob_id in ids:
-        loc = repo.locate(blob_id)
-        contiguous = (prev is not None and loc.pack_id == prev.pack_id
-                      and loc.offset == prev.offset + prev.length and size < RUN_BYTES)
-        if run and not contiguous:
-            yield run
-            run, size = [], 0
-        run.append(blob_id)
-        size += loc.length
-        prev = loc
-    if run:
-        yield run
 
 
 def _content_matches(repo: Repository, dest: str, node: Node) -> bool:

@@ -515,7 +515,7 @@ def _steps(ctx: _Ctx, data: dict[str, Any], name: str) -> list[Step]:
     if "steps" not in data:
         if "source" not in data:
             raise ctx.error(("source",), "missing key 'source' (or use [[steps]] for several restores)")
-        single = {k: v for k, v in data.items() if k in STEP_KEYS and k not in ("name", "objectives")}
+        single = {k: v for k, v in data.items() if k in STEP_KEYS and k != "name"}
         return [_step(ctx, (), single, name)]
     stray = [k for k in STEP_KEYS - {"name", "objectives"} if k in data]
     if stray:

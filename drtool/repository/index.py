@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple, Protocol
 
 from drtool.crypto.ids import ID_SIZE
-from drtool.repository.packfile import ENTRY, BlobEntry
+from drtool.repository.packfile import ENTRY, BlobEntry, pack_entries, unpack_entries
 
 PACK_HEADER = struct.Struct(f"<{ID_SIZE}sI")
 INDEX_KIND = b"index"
@@ -21,8 +21,9 @@ INDEX_KIND = b"index"
 class Location(NamedTuple):
     pack_id: bytes
     blob_type: int
-    offset: int
-    length: int
+    offset: int        # sealed group's offset in the pack
+    length: int        # sealed group's length
+    inner: int         # blob's offset in the group plaintext
     raw_length: int
 
 
@@ -36,8 +37,7 @@ def encode_index(packs: Iterable[PackRecord]) -> bytes:
     parts: list[bytes] = []
     for pack in packs:
         parts.append(PACK_HEADER.pack(pack.pack_id, len(pack.entries)))
-        parts.extend(ENTRY.pack(e.blob_type, e.blob_id, e.offset, e.length, e.raw_length)
-                     for e in pack.entries)
+        parts.append(pack_entries(pack.entries))
     return b"".join(parts)
 
 
@@ -53,7 +53,7 @@ def decode_index(raw: bytes) -> list[PackRecord]:
         end = pos + count * ENTRY.size
         if end > len(raw):
             raise ValueError("index ends inside a pack's entries")
-        entries = [BlobEntry(*ENTRY.unpack_from(raw, off)) for off in range(pos, end, ENTRY.size)]
+        entries = unpack_entries(raw[pos:end])
         packs.append(PackRecord(pack_id, entries))
         pos = end
     return packs
@@ -91,7 +91,7 @@ class MemoryIndex:
         self.packs[pack.pack_id] = len(pack.entries)
         for e in pack.entries:
             self._blobs.setdefault(e.blob_id, Location(pack.pack_id, e.blob_type, e.offset,
-                                                       e.length, e.raw_length))
+                                                       e.length, e.inner, e.raw_length))
 
     def items(self) -> Iterator[tuple[bytes, Location]]:
         return iter(self._blobs.items())

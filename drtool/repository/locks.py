@@ -5,11 +5,19 @@ that a background thread refreshes.  A lock whose heartbeat is older than
 ``stale_after`` is ignored with a warning, so a crashed cron job never blocks
 the next night.  If the holder cannot refresh its own lock it flags itself
 lost; long operations check :meth:`Lock.ensure_held` before committing.
+
+A holder also counts itself lost when its own last successful refresh is
+older than ``stale_after`` (the process was suspended, or the clock jumped):
+other hosts may already have treated the lock as stale and started an
+exclusive prune, so committing now could reference data being deleted.  And
+a refresh that finds its lock object gone (``drtool unlock --force``) does not
+silently recreate it: the run is flagged lost instead.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import socket
 import threading
@@ -57,18 +65,27 @@ class Lock:
         self.lock_id = secrets.token_hex(16)
         self.created = clock()
         self.lost: str | None = None
+        self.last_refresh = self.created
         self.warnings: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _write(self) -> None:
+        now = self.clock()
         body = json.dumps({"host": self.host, "pid": os.getpid(), "exclusive": self.exclusive,
                            "command": self.command, "created": self.created,
-                           "heartbeat": self.clock()}).encode()
+                           "heartbeat": now}).encode()
         self.repo.put_object("locks", LOCK_KIND, body, object_id=self.lock_id)
+        self.last_refresh = now
 
     def acquire(self, wait: float = 0.0, poll: float = 5.0) -> "Lock":
+        """Take the lock, retrying for ``wait`` seconds.
+
+        Polling starts at half a second and backs off (with jitter, so two
+        waiters do not retry in lockstep) up to ``poll`` seconds.
+        """
         deadline = self.clock() + wait
+        delay = min(0.5, poll)
         while True:
             self._write()
             conflict = self._conflicts()
@@ -78,7 +95,8 @@ class Lock:
             if self.clock() >= deadline:
                 raise LockHeld(f"repository is locked: {conflict.describe()}, "
                                f"heartbeat {conflict.age(self.clock()):.0f}s ago")
-            time.sleep(min(poll, max(0.1, deadline - self.clock())))
+            time.sleep(min(delay * random.uniform(0.8, 1.2), max(0.1, deadline - self.clock())))
+            delay = min(poll, delay * 2)
         self._thread = threading.Thread(target=self._heartbeat, name="lock-refresh", daemon=True)
         self._thread.start()
         return self
@@ -101,13 +119,28 @@ class Lock:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.refresh_interval):
             try:
-                self._write()
+                self.refresh()
             except DrtoolError as exc:
-                self.lost = f"could not refresh the repository lock: {exc}"
+                self.lost = f"could not refresh the repository lock: {exc.one_line()}"
                 return
 
+    def refresh(self) -> None:
+        """Rewrite the heartbeat; refuse to resurrect a lock someone removed."""
+        if self.repo.backend.stat(f"locks/{self.lock_id}") is None:
+            raise LockHeld(f"lock {self.lock_id[:8]} was removed by another process "
+                           f"(drtool unlock?)")
+        self._write()
+
     def ensure_held(self) -> None:
-        """Abort before a commit if the lock could not be kept fresh."""
+        """Abort before a commit if the lock could not be kept fresh.
+
+        Besides a failed refresh, a last refresh older than ``stale_after``
+        also counts: others may already have ignored this lock as stale.
+        """
+        if not self.lost and self.clock() - self.last_refresh > self.stale_after:
+            self.lost = (f"the repository lock was last refreshed "
+                         f"{self.clock() - self.last_refresh:.0f}s ago, longer than the "
+                         f"{self.stale_after:.0f}s after which others treat it as stale")
         if self.lost:
             raise LockHeld(self.lost, hint="the run was stopped before doing harm; run it again")
 

@@ -12,7 +12,7 @@ import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from drtool.backends.base import Backend
 from drtool.crypto.ids import IdMaker
@@ -23,13 +23,15 @@ from drtool.errors import (BackendError, DrtoolError, IntegrityError, ObjectMiss
 from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (INDEX_KIND, IndexCache, Location, MemoryIndex, PackRecord,
                                      decode_index, encode_index)
-from drtool.repository.packfile import (PackBuilder, PackFormatError, blob_kind, pack_name,
-                                        read_trailer)
+from drtool.repository.packfile import (BlobEntry, PackBuilder, PackFormatError, groups_of,
+                                        open_group, pack_name, read_trailer, seal_group)
 
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 16 * 1024 * 1024
 INDEX_EVERY_PACKS = 64
-MAX_PENDING_UPLOADS = 4
+MAX_PENDING_UPLOADS = 2
+GROUP_TARGET_SIZE = 4 * 1024 * 1024
+RUN_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class RepoConfig:
     repo_id: str
     version: int = FORMAT_VERSION
     file_chunk_avg: int = 1024 * 1024
-    stream_chunk_avg: int = 64 * 1024
+    stream_chunk_avg: int = 16 * 1024
     compression_level: int = 3
 
     def to_json(self) -> bytes:
@@ -65,7 +67,9 @@ class Repository:
         self.cache = cache
         self._lock = threading.Lock()
         self._builders: dict[int, PackBuilder] = {}
-        self._in_flight: set[bytes] = set()
+        self._groups: dict[int, list[tuple[bytes, bytes | memoryview]]] = {}
+        self._group_sizes: dict[int, int] = {}
+        self._pending: set[bytes] = set()
         self._uploads: list[Future[PackRecord]] = []
         self._unindexed: list[PackRecord] = []
         self._uploader = ThreadPoolExecutor(max_workers=MAX_PENDING_UPLOADS, thread_name_prefix="upload")
@@ -160,36 +164,49 @@ class Repository:
     def has_blob(self, blob_id: bytes) -> bool:
         return blob_id in self.index
 
-    def seal_blob(self, blob_type: int, data: bytes | memoryview) -> tuple[bytes, bytes | None]:
-        """Id the plaintext and seal it unless it is already stored (thread-safe, GIL-free work)."""
-        blob_id = self.ids.blob_id(data)
-        if blob_id in self.index or blob_id in self._in_flight:
-            return blob_id, None
-        return blob_id, self.envelope.seal(blob_kind(blob_type), blob_id, data)
+    def is_known(self, blob_id: bytes) -> bool:
+        """Stored or queued in this run (a cheap pre-check before sealing work)."""
+        return blob_id in self.index or blob_id in self._pending
 
-    def add_sealed(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> bool:
-        """Queue a sealed blob for a pack; False when it is a duplicate."""
+    def add_blob(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bool:
+        """Queue a blob for its compression group; False when it is a duplicate.
+
+        Thread-safe.  The caller whose blob fills a group seals it, so
+        compression and encryption run on the worker threads in parallel.
+        """
+        full: list[tuple[bytes, bytes | memoryview]] | None = None
+        with self._lock:
+            if blob_id in self.index or blob_id in self._pending:
+                return False
+            self._pending.add(blob_id)
+            group = self._groups.setdefault(blob_type, [])
+            group.append((blob_id, data))
+            self._group_sizes[blob_type] = self._group_sizes.get(blob_type, 0) + len(data)
+            self.new_blobs += 1
+            self.new_bytes_raw += len(data)
+            if self._group_sizes[blob_type] >= GROUP_TARGET_SIZE:
+                full = self._groups.pop(blob_type)
+                self._group_sizes[blob_type] = 0
+        if full is not None:
+            self._pack_group(blob_type, full)
+        return True
+
+    def store_blob(self, blob_type: int, data: bytes | memoryview) -> bytes:
+        blob_id = self.ids.blob_id(data)
+        self.add_blob(blob_type, blob_id, data)
+        return blob_id
+
+    def _pack_group(self, blob_type: int, blobs: list[tuple[bytes, bytes | memoryview]]) -> None:
+        group = seal_group(self.envelope, blob_type, blobs)
         full: PackBuilder | None = None
         with self._lock:
-            if blob_id in self.index or blob_id in self._in_flight:
-                return False
-            self._in_flight.add(blob_id)
             builder = self._builders.setdefault(blob_type, PackBuilder())
-            builder.add(blob_type, blob_id, sealed, raw_length)
-            self.new_blobs += 1
-            self.new_bytes_stored += len(sealed)
-            self.new_bytes_raw += raw_length
+            builder.add(group)
+            self.new_bytes_stored += len(group.sealed)
             if builder.size >= PACK_TARGET_SIZE:
                 full = self._builders.pop(blob_type)
         if full is not None:
             self._submit_pack(full)
-        return True
-
-    def store_blob(self, blob_type: int, data: bytes | memoryview) -> bytes:
-        blob_id, sealed = self.seal_blob(blob_type, data)
-        if sealed is not None:
-            self.add_sealed(blob_type, blob_id, sealed, len(data))
-        return blob_id
 
     def _submit_pack(self, builder: PackBuilder) -> None:
         self._upload_slots.acquire()
@@ -205,11 +222,18 @@ class Repository:
         with self._lock:
             self.index.add_pack(record)
             for entry in builder.entries:
-                self._in_flight.discard(entry.blob_id)
+                self._pending.discard(entry.blob_id)
         return record
 
     def flush(self) -> None:
-        """Store all pending packs, then the index naming them (the write-order barrier)."""
+        """Store all pending groups and packs, then the index naming them (the write-order barrier)."""
+        with self._lock:
+            groups = list(self._groups.items())
+            self._groups.clear()
+            self._group_sizes.clear()
+        for blob_type, blobs in groups:
+            if blobs:
+                self._pack_group(blob_type, blobs)
         with self._lock:
             builders = [b for b in self._builders.values() if len(b)]
             self._builders.clear()
@@ -239,31 +263,73 @@ class Repository:
         return loc
 
     def read_blob(self, blob_id: bytes) -> bytes:
-        loc = self.locate(blob_id)
-        sealed = self.backend.get_range(pack_name(loc.pack_id), loc.offset, loc.length)
-        return self.open_blob(blob_id, loc, sealed)
+        return next(self.read_blobs([blob_id]))
 
-    def open_blob(self, blob_id: bytes, loc: Location, sealed: bytes | memoryview) -> bytes:
-        """Decrypt and verify that the plaintext's keyed id is the one asked for."""
+    def read_blobs(self, blob_ids: list[bytes]) -> Iterator[bytes]:
+        """Blobs in order; neighbouring groups of one pack come with one ranged read."""
+        locs = [self.locate(b) for b in blob_ids]
+        start = 0
+        while start < len(locs):
+            end = start + 1
+            lo, hi = locs[start].offset, locs[start].offset + locs[start].length
+            while end < len(locs):
+                loc = locs[end]
+                if loc.pack_id != locs[start].pack_id or not (lo <= loc.offset <= hi):
+                    break
+                if max(hi, loc.offset + loc.length) - lo > RUN_BYTES:
+                    break
+                hi = max(hi, loc.offset + loc.length)
+                end += 1
+            yield from self._read_run(blob_ids[start:end], locs[start:end], lo, hi)
+            start = end
+
+    def _read_run(self, blob_ids: list[bytes], locs: list[Location], lo: int, hi: int) -> Iterator[bytes]:
+        pack_id = locs[0].pack_id
+        raw = memoryview(self.backend.get_range(pack_name(pack_id), lo, hi - lo))
+        opened: dict[int, bytes] = {}
+        for blob_id, loc in zip(blob_ids, locs):
+            plain = opened.get(loc.offset)
+            if plain is None:
+                plain = opened[loc.offset] = self._open_group(
+                    loc, raw[loc.offset - lo:loc.offset - lo + loc.length])
+            yield self._blob_from_group(blob_id, loc, plain)
+
+    def _open_group(self, loc: Location, sealed: bytes | memoryview) -> bytes:
         try:
-            data = self.envelope.open(blob_kind(loc.blob_type), blob_id, sealed)
+            return open_group(self.envelope, loc.blob_type, sealed)
         except EnvelopeError as exc:
+            raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is damaged at offset {loc.offset} "
+                                 f"({exc})") from None
+
+    def _blob_from_group(self, blob_id: bytes, loc: Location, plain: bytes) -> bytes:
+        """Cut one blob out of its group and check it is the one asked for."""
+        data = plain[loc.inner:loc.inner + loc.raw_length]
+        if len(data) != loc.raw_length or self.ids.blob_id(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} in pack {loc.pack_id.hex()[:16]} "
-                                 f"is damaged ({exc})") from None
-        if self.ids.blob_id(data) != blob_id or len(data) != loc.raw_length:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
+                                 f"does not match its id")
         return data
 
-    def read_blob_run(self, blob_ids: list[bytes]) -> Iterator[bytes]:
-        """Read blobs that lie back to back in one pack with a single ranged request."""
-        locs = [self.locate(b) for b in blob_ids]
-        start = locs[0].offset
-        end = locs[-1].offset + locs[-1].length
-        raw = memoryview(self.backend.get_range(pack_name(locs[0].pack_id), start, end - start))
-        for blob_id, loc in zip(blob_ids, locs):
-            yield self.open_blob(blob_id, loc, raw[loc.offset - start:loc.offset - start + loc.length])
+    def verify_pack(self, pack_id: bytes, data: bytes) -> tuple[list[BlobEntry], list[str]]:
+        """Authenticate every group and blob of a whole pack; return (entries, problems)."""
+        try:
+            entries = read_trailer(self.envelope, data)
+        except (PackFormatError, EnvelopeError) as exc:
+            return [], [f"damaged trailer ({exc})"]
+        problems: list[str] = []
+        view = memoryview(data)
+        for members in groups_of(entries):
+            first = members[0]
+            loc = Location(pack_id, first.blob_type, first.offset, first.length, 0, 0)
+            try:
+                plain = self._open_group(loc, view[first.offset:first.offset + first.length])
+                for e in members:
+                    self._blob_from_group(e.blob_id, loc._replace(inner=e.inner, raw_length=e.raw_length),
+                                          plain)
+            except IntegrityError as exc:
+                problems.append(str(exc))
+        return entries, problems
 
-    def read_pack_entries(self, pack_id: bytes) -> list[Any]:
+    def read_pack_entries(self, pack_id: bytes) -> list[BlobEntry]:
         data = self.backend.get(pack_name(pack_id))
         try:
             return read_trailer(self.envelope, data)

@@ -1,0 +1,205 @@
+"""Archived database log segments (PostgreSQL WAL, MariaDB binlogs) in the catalog.
+
+Point-in-time restore needs an unbroken run of log segments from a base
+backup (or dump) to the requested time.  The repository holds the segments
+themselves (``wal/…``, ``binlog/…``); these rows are a cache of their small
+``.info`` companions, so a recovery window or a gap can be computed without
+downloading a single segment.  Rows are rebuilt from the repository by
+``drtool.ops.logarchive.rebuild_log_segments``.
+
+The gap logic is pure (no database) so it is easy to test: segments carry a
+``seq`` — the absolute WAL segment number or the binlog file number — and a
+gap is any missing number between two present ones.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, delete, insert, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from drtool.catalog.models import Base
+from drtool.catalog.store import Catalog
+
+WAL = "wal"
+BINLOG = "binlog"
+
+
+class LogSegmentRow(Base):
+    """One archived log file of one source (WAL segment, history file, binlog)."""
+
+    __tablename__ = "log_segments"
+    repo_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    object_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(255))
+    timeline: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    first_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    start_pos: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    end_pos: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    extra: Mapped[str] = mapped_column(Text, default="{}")
+
+
+Index("ix_log_segments_source", LogSegmentRow.repo_id, LogSegmentRow.source, LogSegmentRow.kind,
+      LogSegmentRow.seq)
+
+
+@dataclass
+class Segment:
+    """A log segment as the planning code sees it (times always UTC-aware)."""
+
+    source: str
+    kind: str
+    name: str
+    object_id: str
+    size: int
+    archived_at: datetime
+    timeline: int | None = None
+    seq: int | None = None
+    first_time: datetime | None = None
+    last_time: datetime | None = None
+    start_pos: str | None = None
+    end_pos: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def newest_time(self) -> datetime:
+        """The latest moment this segment is known to cover (falls back to archive time)."""
+        return self.last_time or self.archived_at
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items()}
+        for key in ("archived_at", "first_time", "last_time"):
+            if data[key] is not None:
+                data[key] = data[key].isoformat()
+        return data
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Missing sequence numbers ``first..last`` between two archived segments."""
+
+    first: int
+    last: int
+    before: str
+    after: str
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite drops the zone of DateTime(timezone=True) values; they are stored as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(timezone.utc) if value is not None else None
+
+
+def _from_row(row: LogSegmentRow) -> Segment:
+    return Segment(source=row.source, kind=row.kind, name=row.name, object_id=row.object_id,
+                   size=row.size, archived_at=_aware(row.archived_at) or datetime.now(timezone.utc),
+                   timeline=row.timeline, seq=row.seq, first_time=_aware(row.first_time),
+                   last_time=_aware(row.last_time), start_pos=row.start_pos, end_pos=row.end_pos,
+                   extra=json.loads(row.extra or "{}"))
+
+
+class LogCatalog:
+    """Queries on ``log_segments`` for one repository (rows keyed by ``repo_id``)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.repo_id = catalog.repo_id
+
+    def known_object_ids(self) -> set[str]:
+        with self.catalog.engine.connect() as conn:
+            rows = conn.execute(select(LogSegmentRow.object_id)
+                                .where(LogSegmentRow.repo_id == self.repo_id))
+            return {r[0] for r in rows}
+
+    def add(self, segments: Iterable[Segment]) -> int:
+        rows = [self._row(s) for s in segments]
+        if rows:
+            ids = [r["object_id"] for r in rows]
+            with self.catalog._begin() as conn:
+                conn.execute(delete(LogSegmentRow).where(LogSegmentRow.repo_id == self.repo_id,
+                                                         LogSegmentRow.object_id.in_(ids)))
+                conn.execute(insert(LogSegmentRow), rows)
+        return len(rows)
+
+    def remove(self, object_ids: Iterable[str]) -> None:
+        ids = list(object_ids)
+        if ids:
+            with self.catalog._begin() as conn:
+                conn.execute(delete(LogSegmentRow).where(LogSegmentRow.repo_id == self.repo_id,
+                                                         LogSegmentRow.object_id.in_(ids)))
+
+    def clear(self) -> None:
+        with self.catalog._begin() as conn:
+            conn.execute(delete(LogSegmentRow).where(LogSegmentRow.repo_id == self.repo_id))
+
+    def segments(self, source: str | None = None, kind: str | None = None) -> list[Segment]:
+        query = select(LogSegmentRow).where(LogSegmentRow.repo_id == self.repo_id)
+        if source is not None:
+            query = query.where(LogSegmentRow.source == source)
+        if kind is not None:
+            query = query.where(LogSegmentRow.kind == kind)
+        with self.catalog.engine.connect() as conn:
+            rows = conn.execute(query.order_by(LogSegmentRow.seq, LogSegmentRow.name)).scalars().all()
+        return [_from_row(r) for r in rows]
+
+    def _row(self, seg: Segment) -> dict[str, Any]:
+        return {"repo_id": self.repo_id, "object_id": seg.object_id, "source": seg.source,
+                "kind": seg.kind, "name": seg.name, "timeline": seg.timeline, "seq": seg.seq,
+                "first_time": _utc(seg.first_time), "last_time": _utc(seg.last_time),
+                "start_pos": seg.start_pos, "end_pos": seg.end_pos, "size": seg.size,
+                "archived_at": _utc(seg.archived_at), "extra": json.dumps(seg.extra, sort_keys=True)}
+
+
+# ----- pure planning helpers ---------------------------------------------------------
+def by_seq(segments: Iterable[Segment], min_timeline: int = 0) -> dict[int, Segment]:
+    """One segment per sequence number: the highest timeline wins (what recovery follows)."""
+    chosen: dict[int, Segment] = {}
+    for seg in segments:
+        if seg.seq is None or (seg.timeline or 0) < min_timeline:
+            continue
+        old = chosen.get(seg.seq)
+        if old is None or (seg.timeline or 0) > (old.timeline or 0):
+            chosen[seg.seq] = seg
+    return chosen
+
+
+def find_gaps(segments: Iterable[Segment], start: int | None = None) -> list[Gap]:
+    """Missing sequence numbers between present ones (from ``start`` if given)."""
+    present = by_seq(segments)
+    numbers = sorted(n for n in present if start is None or n >= start)
+    gaps: list[Gap] = []
+    if start is not None and numbers and numbers[0] > start:
+        gaps.append(Gap(start, numbers[0] - 1, "(backup start)", present[numbers[0]].name))
+    for prev, cur in zip(numbers, numbers[1:]):
+        if cur != prev + 1:
+            gaps.append(Gap(prev + 1, cur - 1, present[prev].name, present[cur].name))
+    return gaps
+
+
+def contiguous_run(segments: Iterable[Segment], start: int, min_timeline: int = 0) -> list[Segment]:
+    """Segments ``start, start+1, …`` up to the first missing number."""
+    present = by_seq(segments, min_timeline)
+    run: list[Segment] = []
+    seq = start
+    while seq in present:
+        run.append(present[seq])
+        seq += 1
+    return run

@@ -1,0 +1,316 @@
+"""MariaDB / MySQL as a backup source: configuration, dump and binlog commands, parsing.
+
+A dump is ``mariadb-dump --single-transaction --master-data=2 --gtid``: one
+consistent snapshot whose binlog coordinates (file, position, GTID) are
+written as comments near the top of the dump; drtool reads them from the
+stream into the snapshot's ``meta`` so a restore knows where binlog replay
+starts.  A dump without the final ``-- Dump completed`` line was cut short
+and never becomes a snapshot.
+
+Credentials come from option files only: ``defaults_file`` (an option file
+of the user's) or ``password_file`` (the bare password, turned into a private
+short-lived option file).  Option files are the only way to give the MariaDB
+tools a password without putting it in argv.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+from drtool.errors import ConfigError, SourceError
+
+KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
+        "defaults_file", "bindir", "binlog_dir", "options", "pitr"}
+DUMP_END_MARKER = b"-- Dump completed"
+_COORD_RE = re.compile(rb"CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+)")
+_GTID_RE = re.compile(rb"SET GLOBAL gtid_slave_pos='([^']*)'")
+_EVENT_RE = re.compile(r"^#(\d{6})\s+(\d{1,2}):(\d\d):(\d\d) server id (\d+)\s+end_log_pos (\d+)(.*)$")
+_GTID_EVENT_RE = re.compile(r"\sGTID (\d+-\d+-\d+)")
+_GTID_LIST_RE = re.compile(r"\sGtid list \[([^\]]*)\]")
+BINLOG_SEQ_RE = re.compile(r"\.(\d+)$")
+
+
+@dataclass
+class MariaSource:
+    """One ``[sources.NAME]`` table of ``type = "mariadb"`` (or ``"mysql"``)."""
+
+    name: str
+    host: str | None = None
+    port: int | None = None
+    socket: str | None = None
+    user: str | None = None
+    dbname: str | None = None
+    databases: list[str] = field(default_factory=list)
+    all: bool = False
+    password_file: str | None = None
+    defaults_file: str | None = None
+    bindir: str | None = None
+    binlog_dir: str | None = None
+    options: list[str] = field(default_factory=list)
+    pitr: bool = True
+
+    @classmethod
+    def from_config(cls, name: str, table: dict[str, Any]) -> "MariaSource":
+        unknown = set(table) - KEYS
+        if unknown:
+            raise ConfigError(f"[sources.{name}]: unknown key(s) {', '.join(sorted(unknown))}",
+                              hint=f"known keys: {', '.join(sorted(KEYS))}")
+        if "password" in table:
+            raise ConfigError(f"[sources.{name}]: put the password in password_file, not the config")
+        src = cls(name=name, host=table.get("host"), port=table.get("port"), socket=table.get("socket"),
+                  user=table.get("user"), dbname=table.get("dbname"),
+                  databases=list(table.get("databases", [])), all=bool(table.get("all", False)),
+                  password_file=table.get("password_file"), defaults_file=table.get("defaults_file"),
+                  bindir=table.get("bindir"), binlog_dir=table.get("binlog_dir"),
+                  options=list(table.get("options", [])), pitr=bool(table.get("pitr", True)))
+        if sum([bool(src.dbname), bool(src.databases), src.all]) != 1:
+            raise ConfigError(f"[sources.{name}]: give exactly one of dbname, databases or all = true")
+        return src
+
+    @property
+    def single_database(self) -> str | None:
+        """The database of a one-database dump (no CREATE DATABASE / USE in it)."""
+        return self.dbname if self.dbname and not self.databases and not self.all else None
+
+
+def find_binary(name: str, bindir: str | None = None) -> str:
+    """A MariaDB program from bindir, PATH, /usr/sbin or /usr/local/{bin,sbin}."""
+    if bindir:
+        path = os.path.join(bindir, name)
+        if os.access(path, os.X_OK):
+            return path
+        raise SourceError(f"{name} not found in bindir {bindir}", hint="fix 'bindir' in the source")
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"):
+        path = os.path.join(folder, name)
+        if os.access(path, os.X_OK):
+            return path
+    raise SourceError(f"MariaDB program {name} not found",
+                      hint="install the MariaDB client/server packages or set 'bindir'")
+
+
+def _option_value(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@contextmanager
+def client_options(src: MariaSource) -> Iterator[list[str]]:
+    """Leading options for every MariaDB tool: the credentials as an option file.
+
+    ``--defaults-extra-file`` must be the first argument; the user's own
+    ``defaults_file`` is pulled in with ``!include`` so both can be combined.
+    """
+    if not src.password_file:
+        yield [f"--defaults-extra-file={src.defaults_file}"] if src.defaults_file else []
+        return
+    try:
+        with open(src.password_file, encoding="utf-8") as handle:
+            password = handle.read().rstrip("\r\n")
+    except OSError as exc:
+        raise SourceError(f"cannot read password_file {src.password_file}: {exc.strerror}") from None
+    fd, path = tempfile.mkstemp(prefix="drtool-my-", suffix=".cnf")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            if src.defaults_file:
+                handle.write(f"!include {src.defaults_file}\n")
+            handle.write(f"[client]\npassword={_option_value(password)}\n")
+        yield [f"--defaults-extra-file={path}"]
+    finally:
+        os.unlink(path)
+
+
+def conn_args(src: MariaSource) -> list[str]:
+    args = []
+    if src.socket:
+        args.append(f"--socket={src.socket}")
+    if src.host:
+        args.append(f"--host={src.host}")
+    if src.port:
+        args.append(f"--port={src.port}")
+    if src.user:
+        args.append(f"--user={src.user}")
+    return args
+
+
+def dump_command(src: MariaSource, opts: list[str]) -> list[str]:
+    cmd = [find_binary("mariadb-dump", src.bindir), *opts, *conn_args(src), "--single-transaction",
+           "--routines", "--triggers", "--events", "--hex-blob"]
+    if src.pitr:
+        cmd += ["--master-data=2", "--gtid"]
+    cmd += src.options
+    if src.all:
+        return cmd + ["--all-databases"]
+    if src.databases:
+        return cmd + ["--databases", *src.databases]
+    return cmd + [src.dbname or ""]
+
+
+def client_command(src: MariaSource, opts: list[str], database: str | None = None,
+                   extra: list[str] | None = None) -> list[str]:
+    cmd = [find_binary("mariadb", src.bindir), *opts, *conn_args(src), *(extra or [])]
+    return cmd + ([database] if database else [])
+
+
+def parse_dump_coordinates(head: bytes) -> dict[str, Any]:
+    """Binlog file/position and GTID position written by ``--master-data=2 --gtid``."""
+    meta: dict[str, Any] = {}
+    match = _COORD_RE.search(head)
+    if match:
+        meta["binlog_file"] = match.group(1).decode()
+        meta["binlog_pos"] = int(match.group(2))
+    gtid = _GTID_RE.search(head)
+    if gtid:
+        meta["gtid_pos"] = gtid.group(1).decode()
+    return meta
+
+
+def dump_is_complete(tail: bytes) -> bool:
+    return DUMP_END_MARKER in tail[-4096:]
+
+
+def binlog_seq(name: str) -> int | None:
+    match = BINLOG_SEQ_RE.search(name)
+    return int(match.group(1)) if match else None
+
+
+# ----- binlogs on the server -----------------------------------------------------------------
+def run_sql(src: MariaSource, sql: str) -> list[list[str]]:
+    """Run SQL with the ``mariadb`` client in batch mode; rows as lists of strings."""
+    with client_options(src) as opts:
+        cmd = client_command(src, opts, extra=["--batch", "--skip-column-names", "-e", sql])
+        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=300, check=False)
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        raise SourceError(f"mariadb client failed for source {src.name}: {tail or proc.returncode}")
+    return [line.split("\t") for line in proc.stdout.splitlines() if line]
+
+
+def binary_logs(src: MariaSource) -> tuple[list[tuple[str, int]], str]:
+    """(name, size) of every binlog the server still has, and ``@@log_bin_basename``."""
+    rows = run_sql(src, "SHOW BINARY LOGS; SELECT @@log_bin_basename;")
+    logs = [(r[0], int(r[1])) for r in rows if len(r) >= 2 and r[1].isdigit()]
+    basename = next((r[0] for r in rows if len(r) == 1), "")
+    if not logs:
+        raise SourceError(f"source {src.name}: the server has no binary logs",
+                          hint="start mariadbd with log_bin (and binlog_format=ROW) for point-in-time restore")
+    return logs, basename
+
+
+def binlog_path(src: MariaSource, name: str, basename: str, workdir: str) -> str:
+    """A readable copy of one binlog: the local file if we can read it, else a remote raw copy."""
+    folder = src.binlog_dir or (os.path.dirname(basename) if basename and basename != "NULL" else "")
+    local = os.path.join(folder, name) if folder else ""
+    if local and os.access(local, os.R_OK):
+        return local
+    with client_options(src) as opts:
+        cmd = [find_binary("mariadb-binlog", src.bindir), *opts, *conn_args(src),
+               "--read-from-remote-server", "--raw", f"--result-file={workdir}/", name]
+        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=3600, check=False)
+    copy = os.path.join(workdir, name)
+    if proc.returncode != 0 or not os.path.exists(copy):
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        raise SourceError(f"cannot read binlog {name} of source {src.name}: {tail or proc.returncode}")
+    return copy
+
+
+@dataclass
+class BinlogInfo:
+    first_time: datetime | None = None
+    last_time: datetime | None = None
+    first_gtid: str | None = None
+    last_gtid: str | None = None
+    gtid_list: str | None = None
+    end_pos: int = 0
+    events: int = 0
+
+
+def _event_time(match: re.Match[str]) -> datetime | None:
+    day = match.group(1)
+    if day == "700101":
+        return None  # fake events (rotate of a remote read) carry timestamp 0
+    return datetime(2000 + int(day[:2]), int(day[2:4]), int(day[4:]), int(match.group(2)),
+                    int(match.group(3)), int(match.group(4)), tzinfo=timezone.utc)
+
+
+def scan_binlog(path: str, bindir: str | None = None) -> BinlogInfo:
+    """Event times, positions and GTIDs of one binlog file (``mariadb-binlog`` headers, UTC)."""
+    cmd = [find_binary("mariadb-binlog", bindir), "--no-defaults", "--base64-output=decode-rows", path]
+    info = BinlogInfo()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, TZ="UTC"))
+    assert proc.stdout is not None and proc.stderr is not None
+    for raw in proc.stdout:
+        if not raw.startswith(b"#"):
+            continue
+        match = _EVENT_RE.match(raw.decode("utf-8", "replace").rstrip("\n"))
+        if match:
+            _note_event(info, match)
+    err = proc.stderr.read().decode("utf-8", "replace")
+    if proc.wait() != 0:
+        raise SourceError(f"mariadb-binlog cannot read {os.path.basename(path)}: "
+                          f"{' | '.join(err.strip().splitlines()[-3:])}")
+    return info
+
+
+def _note_event(info: BinlogInfo, match: re.Match[str]) -> None:
+    info.events += 1
+    stamp = _event_time(match)
+    if stamp is not None:
+        info.first_time = info.first_time or stamp
+        info.last_time = max(info.last_time or stamp, stamp)
+    info.end_pos = max(info.end_pos, int(match.group(6)))
+    rest = match.group(7)
+    gtid = _GTID_EVENT_RE.search(rest)
+    if gtid:
+        info.first_gtid = info.first_gtid or gtid.group(1)
+        info.last_gtid = gtid.group(1)
+    glist = _GTID_LIST_RE.search(rest)
+    if glist and info.gtid_list is None:
+        info.gtid_list = glist.group(1)
+
+
+def replay_command(files: list[str], start_pos: int | None, stop: datetime | None,
+                   database: str | None, rewrite_to: str | None, bindir: str | None) -> list[str]:
+    """``mariadb-binlog`` turning binlogs into SQL; run it with TZ=UTC (times are local to it)."""
+    cmd = [find_binary("mariadb-binlog", bindir), "--no-defaults"]
+    if start_pos is not None:
+        cmd.append(f"--start-position={start_pos}")
+    if stop is not None:
+        cmd.append(f"--stop-datetime={stop.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}")
+    if database:
+        cmd.append(f"--database={database}")
+        if rewrite_to and rewrite_to != database:
+            cmd.append(f"--rewrite-db={database}->{rewrite_to}")
+    return cmd + files
+
+
+# ----- a fresh throwaway instance (restore target) ---------------------------------------------
+def _user_args() -> list[str]:
+    if os.geteuid() == 0:
+        return ["--user=root"]  # mariadbd refuses root unless told to; files stay root's
+    return []
+
+
+def install_command(datadir: str, bindir: str | None = None) -> list[str]:
+    return [find_binary("mariadb-install-db", bindir), "--no-defaults", f"--datadir={datadir}",
+            "--auth-root-authentication-method=normal", "--skip-test-db", *_user_args()]
+
+
+def server_command(datadir: str, socket: str, port: int | None, bindir: str | None = None) -> list[str]:
+    cmd = [find_binary("mariadbd", bindir), "--no-defaults", f"--datadir={datadir}", f"--socket={socket}",
+           f"--pid-file={os.path.join(datadir, 'mariadbd.pid')}",
+           f"--log-error={os.path.join(datadir, 'mariadbd.err')}", *_user_args()]
+    if port:
+        return cmd + [f"--port={port}", "--bind-address=127.0.0.1"]
+    return cmd + ["--skip-networking"]

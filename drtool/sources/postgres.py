@@ -1,0 +1,345 @@
+"""PostgreSQL as a backup source: configuration, commands, WAL and label parsing.
+
+Nothing here writes to the repository; the ops layer streams the commands'
+output into it.  Credentials come from files only (``password_file`` — turned
+into a private, short-lived pgpass file — or ``passfile``/PGPASSFILE), never
+from argv, where every local user could read them in ``ps``.
+
+Base backups are ``pg_basebackup -D - -Ft -X none``: one tar on stdout, WAL
+left to the archive (``drtool pg wal-push``).  PostgreSQL only returns from
+such a backup once the WAL it needs is archived ("all required WAL segments
+have been archived"), so a committed ``pg-base`` snapshot is restorable as
+long as the archive is.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+from drtool.errors import ConfigError, SourceError
+
+METHODS = ("dump", "basebackup")
+KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
+        "passfile", "bindir", "method", "options"}
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
+BACKUP_RE = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup$")
+PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial$")
+LSN_RE = re.compile(r"^([0-9A-F]{1,8})/([0-9A-F]{1,8})$", re.IGNORECASE)
+_XACT_RE = re.compile(r"desc: (?:COMMIT|ABORT)(?: PREPARED)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+_MANIFEST_WAL_RE = re.compile(rb'"Timeline":\s*(\d+),\s*"Start-LSN":\s*"([0-9A-F]+/[0-9A-F]+)",\s*'
+                              rb'"End-LSN":\s*"([0-9A-F]+/[0-9A-F]+)"')
+
+
+@dataclass
+class PgSource:
+    """One ``[sources.NAME]`` table of ``type = "postgresql"``."""
+
+    name: str
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    dbname: str | None = None
+    databases: list[str] = field(default_factory=list)
+    all: bool = False
+    password_file: str | None = None
+    passfile: str | None = None
+    bindir: str | None = None
+    method: str = "dump"
+    options: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, name: str, table: dict[str, Any]) -> "PgSource":
+        unknown = set(table) - KEYS
+        if unknown:
+            raise ConfigError(f"[sources.{name}]: unknown key(s) {', '.join(sorted(unknown))}",
+                              hint=f"known keys: {', '.join(sorted(KEYS))}")
+        if "password" in table:
+            raise ConfigError(f"[sources.{name}]: put the password in password_file, not the config")
+        src = cls(name=name, host=table.get("socket") or table.get("host"), port=table.get("port"),
+                  user=table.get("user"), dbname=table.get("dbname"),
+                  databases=list(table.get("databases", [])), all=bool(table.get("all", False)),
+                  password_file=table.get("password_file"), passfile=table.get("passfile"),
+                  bindir=table.get("bindir"), method=table.get("method", "dump"),
+                  options=list(table.get("options", [])))
+        if src.method not in METHODS:
+            raise ConfigError(f"[sources.{name}]: method must be one of {', '.join(METHODS)}")
+        if src.method == "dump" and sum([bool(src.dbname), bool(src.databases), src.all]) != 1:
+            raise ConfigError(f"[sources.{name}]: give exactly one of dbname, databases or all = true")
+        return src
+
+    def snapshot_names(self, databases: list[str]) -> dict[str, str]:
+        """database → snapshot name: the source name for one dbname, NAME/db for several."""
+        if self.dbname and not self.all and not self.databases:
+            return {self.dbname: self.name}
+        return {db: f"{self.name}/{db}" for db in databases}
+
+
+# ----- binaries and connections --------------------------------------------------------
+def find_binary(name: str, bindir: str | None = None) -> str:
+    """A PostgreSQL program: configured bindir, PATH, ``pg_config --bindir``, Debian layout."""
+    if bindir:
+        path = os.path.join(bindir, name)
+        if os.access(path, os.X_OK):
+            return path
+        raise SourceError(f"{name} not found in bindir {bindir}", hint="fix 'bindir' in the source")
+    found = shutil.which(name)
+    if found:
+        return found
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        proc = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        path = os.path.join(proc.stdout.strip(), name)
+        if proc.returncode == 0 and os.access(path, os.X_OK):
+            return path
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                        key=lambda p: int(re.sub(r"\D", "", p.split("/")[4]) or 0))
+    if candidates:
+        return candidates[-1]
+    raise SourceError(f"PostgreSQL program {name} not found",
+                      hint="install the PostgreSQL client/server packages or set 'bindir'")
+
+
+def conn_args(src: PgSource) -> list[str]:
+    args = ["--no-password"]
+    if src.host:
+        args += ["-h", src.host]
+    if src.port:
+        args += ["-p", str(src.port)]
+    if src.user:
+        args += ["-U", src.user]
+    return args
+
+
+def _pgpass_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@contextmanager
+def credentials_env(src: PgSource, base: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """The environment for libpq programs: a private pgpass file, never a password in argv."""
+    env = dict(os.environ if base is None else base)
+    env.pop("PGPASSWORD", None)
+    if src.passfile:
+        env["PGPASSFILE"] = src.passfile
+    if not src.password_file:
+        yield env
+        return
+    try:
+        with open(src.password_file, encoding="utf-8") as handle:
+            password = handle.read().rstrip("\r\n")
+    except OSError as exc:
+        raise SourceError(f"cannot read password_file {src.password_file}: {exc.strerror}") from None
+    fd, path = tempfile.mkstemp(prefix="drtool-pgpass-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"*:*:*:*:{_pgpass_escape(password)}\n")
+        env["PGPASSFILE"] = path
+        yield env
+    finally:
+        os.unlink(path)
+
+
+def dump_command(src: PgSource, database: str) -> list[str]:
+    """Custom format, uncompressed: drtool compresses after deduplication, and zlib output
+    would change completely after every small edit (no dedup night to night)."""
+    return [find_binary("pg_dump", src.bindir), *conn_args(src), "-Fc", "-Z0", *src.options,
+            "-d", database]
+
+
+def globals_command(src: PgSource) -> list[str]:
+    return [find_binary("pg_dumpall", src.bindir), *conn_args(src), "--globals-only"]
+
+
+def list_databases_command(src: PgSource) -> list[str]:
+    return [find_binary("psql", src.bindir), *conn_args(src), "-d", src.dbname or "postgres",
+            "-At", "-c", "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
+                         "ORDER BY datname"]
+
+
+def basebackup_command(src: PgSource, label: str) -> list[str]:
+    return [find_binary("pg_basebackup", src.bindir), *conn_args(src), "-D", "-", "-Ft", "-X", "none",
+            "-c", "fast", "-l", label, *src.options]
+
+
+# ----- WAL file names and LSNs --------------------------------------------------------------
+def parse_lsn(text: str) -> int:
+    match = LSN_RE.match(text.strip())
+    if not match:
+        raise ValueError(f"not an LSN: {text!r}")
+    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
+
+
+def format_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def segments_per_xlogid(segment_size: int) -> int:
+    return 0x100000000 // segment_size
+
+
+def parse_segment(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int] | None:
+    """(timeline, absolute segment number) of a WAL segment file name, else None."""
+    match = SEGMENT_RE.match(name)
+    if not match:
+        return None
+    tli, log, seg = (int(g, 16) for g in match.groups())
+    return tli, log * segments_per_xlogid(segment_size) + seg
+
+
+def segment_name(timeline: int, segno: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    per = segments_per_xlogid(segment_size)
+    return f"{timeline:08X}{segno // per:08X}{segno % per:08X}"
+
+
+def segment_of_lsn(lsn: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+    return lsn // segment_size
+
+
+def wal_file_kind(name: str) -> str | None:
+    """segment, history, backup (history of a base backup), partial — or None if unknown."""
+    for kind, regex in (("segment", SEGMENT_RE), ("history", HISTORY_RE), ("backup", BACKUP_RE),
+                        ("partial", PARTIAL_RE)):
+        if regex.match(name):
+            return kind
+    return None
+
+
+def transaction_times(path: str, bindir: str | None = None) -> list[datetime]:
+    """Commit/abort timestamps in one WAL file, via ``pg_waldump`` (best effort: [] if absent).
+
+    These bound what a ``recovery_target_time`` can reach: PostgreSQL stops *before*
+    the first commit later than the target, so a target needs a later commit archived.
+    """
+    try:
+        waldump = find_binary("pg_waldump", bindir)
+    except SourceError:
+        return []
+    env = dict(os.environ, TZ="UTC", LC_ALL="C")
+    try:
+        proc = subprocess.run([waldump, "--rmgr=Transaction", path], capture_output=True, text=True,
+                              env=env, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    times = []
+    for match in _XACT_RE.finditer(proc.stdout):
+        stamp = datetime.fromisoformat(match.group(1)).replace(tzinfo=timezone.utc)
+        times.append(stamp)
+    return times
+
+
+# ----- base backup metadata -----------------------------------------------------------------------
+def parse_backup_label(text: str) -> dict[str, Any]:
+    """START WAL LOCATION / CHECKPOINT / START TIME / START TIMELINE of a backup_label."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:
+            values[key.strip()] = value.strip()
+    meta: dict[str, Any] = {}
+    start = values.get("START WAL LOCATION", "")
+    match = re.match(r"([0-9A-F]+/[0-9A-F]+) \(file ([0-9A-F]{24})\)", start)
+    if match:
+        meta["start_lsn"], meta["start_wal"] = match.group(1), match.group(2)
+    if "CHECKPOINT LOCATION" in values:
+        meta["checkpoint_lsn"] = values["CHECKPOINT LOCATION"]
+    if "START TIMELINE" in values:
+        meta["timeline"] = int(values["START TIMELINE"])
+    if "START TIME" in values:
+        meta["label_time"] = values["START TIME"]
+    if "LABEL" in values:
+        meta["label"] = values["LABEL"]
+    return meta
+
+
+def backup_label_from_tar_head(head: bytes) -> str | None:
+    """pg_basebackup puts backup_label first in the main tar: read it from the stream's head."""
+    import tarfile
+    if len(head) < 512:
+        return None
+    try:
+        info = tarfile.TarInfo.frombuf(head[:512], "utf-8", "surrogateescape")
+    except tarfile.TarError:
+        return None
+    if info.name.rstrip("/") != "backup_label" or len(head) < 512 + info.size:
+        return None
+    return head[512:512 + info.size].decode("utf-8", "replace")
+
+
+def wal_range_from_tail(tail: bytes) -> dict[str, Any]:
+    """The backup manifest (last member of the tar) names the WAL range the backup needs."""
+    matches = list(_MANIFEST_WAL_RE.finditer(tail))
+    if not matches:
+        return {}
+    last = matches[-1]
+    return {"end_timeline": int(last.group(1)), "end_lsn": last.group(3).decode()}
+
+
+# ----- recovery configuration ------------------------------------------------------------------
+def quote_conf(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def recovery_settings(restore_command: str, target_time: datetime | None, inclusive: bool,
+                      port: int | None) -> dict[str, str]:
+    """Lines appended to postgresql.auto.conf for a point-in-time (or latest) recovery.
+
+    Archiving is switched off in the restored cluster: a drill or a side-by-side
+    restore must not push a second history into the production archive.
+    """
+    settings = {"restore_command": quote_conf(restore_command),
+                "recovery_target_timeline": quote_conf("latest"),
+                "archive_mode": "off"}
+    if target_time is not None:
+        settings["recovery_target_time"] = quote_conf(
+            target_time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00"))
+        settings["recovery_target_inclusive"] = "on" if inclusive else "off"
+        settings["recovery_target_action"] = quote_conf("promote")
+    if port is not None:
+        settings["port"] = str(port)
+    return settings
+
+
+def write_recovery_files(datadir: str, settings: dict[str, str]) -> None:
+    auto = os.path.join(datadir, "postgresql.auto.conf")
+    with open(auto, "a", encoding="utf-8") as handle:
+        handle.write("\n# added by drtool restore (point-in-time recovery)\n")
+        for key, value in settings.items():
+            handle.write(f"{key} = {value}\n")
+    conf = os.path.join(datadir, "postgresql.conf")
+    if not os.path.exists(conf):  # Debian keeps it in /etc/postgresql: give the copy a minimal one
+        with open(conf, "w", encoding="utf-8") as handle:
+            handle.write("# minimal configuration written by drtool restore\n"
+                         "listen_addresses = 'localhost'\n")
+    open(os.path.join(datadir, "recovery.signal"), "w").close()
+
+
+def pg_ctl_command(datadir: str, action: str, bindir: str | None, log_file: str | None = None,
+                   timeout: int = 600) -> list[str]:
+    cmd = [find_binary("pg_ctl", bindir), "-D", datadir, "-w", "-t", str(timeout)]
+    if log_file:
+        cmd += ["-l", log_file]
+    if action == "stop":
+        cmd += ["-m", "fast"]
+    return cmd + [action]
+
+
+def recovery_outcome(log_text: str) -> dict[str, str]:
+    """What the server log says about where recovery stopped (for the restore report)."""
+    found: dict[str, str] = {}
+    for line in log_text.splitlines():
+        for key, marker in (("stopped", "recovery stopping"), ("last_transaction", "last completed transaction"),
+                            ("fatal", "FATAL:"), ("redo_done", "redo done at")):
+            if marker in line:
+                found[key] = line.split(marker, 1)[1].strip(" :") if key != "fatal" else \
+                    line.split("FATAL:", 1)[1].strip()
+    return found
