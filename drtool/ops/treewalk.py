@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
 from drtool.errors import DrtoolError
-from drtool.ops.pipeline import ChunkPipeline
+from drtool.ops.pipeline import ChunkPipeline, ChunkRef, resolve
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, Node
 from drtool.snapshot.store import load_tree, store_tree
@@ -38,12 +37,12 @@ class WalkStats:
 @dataclass
 class DirJob:
     nodes: list[Node] = field(default_factory=list)
-    pending: list[tuple[Node, list[Future[bytes]]]] = field(default_factory=list)
+    pending: list[tuple[Node, list[ChunkRef]]] = field(default_factory=list)
     children: list[tuple[Node, "DirJob"]] = field(default_factory=list)
     tree_id: str | None = None
 
     def ready(self) -> bool:
-        return all(f.done() for _node, futures in self.pending for f in futures)
+        return all(batch.done() for _node, refs in self.pending for batch, _i in refs)
 
 
 ProgressFn = Callable[[WalkStats], None]
@@ -57,7 +56,7 @@ class TreeWalker:
         self.stats = WalkStats()
         self.progress = progress
         self._queue: deque[DirJob] = deque()
-        self._links: dict[str, list[Future[bytes]] | list[str]] = {}
+        self._links: dict[str, list[ChunkRef] | list[str]] = {}
 
     def backup_roots(self, roots: list[str], parent_tree: str | None) -> str:
         """Store the given paths as one root tree; return its id."""
@@ -122,8 +121,8 @@ class TreeWalker:
             self.stats.size += node.size
         job.nodes.append(node)
 
-    def _file_content(self, node: Node, entry: fs.Entry, old: Node | None) -> list[Future[bytes]] | None:
-        """Futures of the file's chunk ids, [] if content was reused, None if unreadable."""
+    def _file_content(self, node: Node, entry: fs.Entry, old: Node | None) -> list[ChunkRef] | None:
+        """References to the file's chunk ids, [] if content was reused, None if unreadable."""
         if node.link_key and node.link_key in self._links:
             shared = self._links[node.link_key]
             if shared and isinstance(shared[0], str):
@@ -149,20 +148,20 @@ class TreeWalker:
         index = self.repo.index
         return all(bytes.fromhex(c) in index for c in content)
 
-    def _read_file(self, node: Node, entry: fs.Entry) -> list[Future[bytes]]:
+    def _read_file(self, node: Node, entry: fs.Entry) -> list[ChunkRef]:
         fd = fs.open_for_backup(entry.path)
         try:
             read = fs.reader(fd, entry.path)
             first = read(SMALL_FILE)
             if len(first) < SMALL_FILE:
-                futures = [self.pipeline.submit(first)] if first else []
+                futures = [self.pipeline.add(first)] if first else []
                 total = len(first)
             else:
                 chunker = self.pipeline.chunker_for(first)
                 futures, total = [], 0
                 for chunk in chunker.split(read, first):
                     total += len(chunk)
-                    futures.append(self.pipeline.submit(chunk))
+                    futures.append(self.pipeline.add(chunk))
             if total != node.size or fs.changed_since(fd, entry.st):
                 node.changed = True
                 node.size = total
@@ -175,12 +174,14 @@ class TreeWalker:
         return futures
 
     def _drain(self, block: bool) -> None:
+        if block:
+            self.pipeline.submit_batch()
         while self._queue and (block or self._queue[0].ready()):
             self._finish(self._queue.popleft())
 
     def _finish(self, job: DirJob) -> None:
         for node, futures in job.pending:
-            node.content = [f.result().hex() for f in futures]
+            node.content = resolve(futures)
         for node, child in job.children:
             node.subtree = child.tree_id
         job.tree_id = store_tree(self.repo, job.nodes)

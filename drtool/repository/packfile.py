@@ -115,11 +115,13 @@ class PackBuilder:
     def finish(self, envelope: Envelope) -> tuple[bytes, bytes]:
         """Return (pack id, pack bytes)."""
         sealed_trailer = envelope.seal(TRAILER_KIND, b"", pack_entries(self.entries))
-        self._parts.append(sealed_trailer)
-        self._parts.append(FOOTER.pack(len(sealed_trailer), MAGIC))
-        data = b"".join(self._parts)
-        self._parts = []
-        return content_hash(data), data
+        parts, self._parts = self._parts, []
+        parts.append(sealed_trailer)
+        parts.append(FOOTER.pack(len(sealed_trailer), MAGIC))
+        data = bytearray()
+        while parts:  # move, don't duplicate: peak stays ~one pack, not two
+            data += parts.pop(0)
+        return content_hash(data), data  # type: ignore[return-value]  (bytes-like)
 
 
 class PackFormatError(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -70,10 +71,11 @@ class Repository:
         self._groups: dict[int, list[tuple[bytes, bytes | memoryview]]] = {}
         self._group_sizes: dict[int, int] = {}
         self._pending: set[bytes] = set()
+        self._group_cache = GroupCache()
         self._uploads: list[Future[PackRecord]] = []
         self._unindexed: list[PackRecord] = []
         self._uploader = ThreadPoolExecutor(max_workers=MAX_PENDING_UPLOADS, thread_name_prefix="upload")
-        self._upload_slots = threading.BoundedSemaphore(MAX_PENDING_UPLOADS + 1)
+        self._upload_slots = threading.BoundedSemaphore(MAX_PENDING_UPLOADS)
         self.new_blobs = 0
         self.new_bytes_stored = 0
         self.new_bytes_raw = 0
@@ -180,7 +182,8 @@ class Repository:
                 return False
             self._pending.add(blob_id)
             group = self._groups.setdefault(blob_type, [])
-            group.append((blob_id, data))
+            # copy out of the read buffer: a view would pin the whole 8 MiB block
+            group.append((blob_id, bytes(data) if isinstance(data, memoryview) else data))
             self._group_sizes[blob_type] = self._group_sizes.get(blob_type, 0) + len(data)
             self.new_blobs += 1
             self.new_bytes_raw += len(data)
@@ -285,6 +288,11 @@ class Repository:
 
     def _read_run(self, blob_ids: list[bytes], locs: list[Location], lo: int, hi: int) -> Iterator[bytes]:
         pack_id = locs[0].pack_id
+        cached = self._group_cache.get((pack_id, lo))
+        if cached is not None and all(loc.offset == lo for loc in locs):
+            for blob_id, loc in zip(blob_ids, locs):
+                yield self._blob_from_group(blob_id, loc, cached)
+            return
         raw = memoryview(self.backend.get_range(pack_name(pack_id), lo, hi - lo))
         opened: dict[int, bytes] = {}
         for blob_id, loc in zip(blob_ids, locs):
@@ -292,6 +300,7 @@ class Repository:
             if plain is None:
                 plain = opened[loc.offset] = self._open_group(
                     loc, raw[loc.offset - lo:loc.offset - lo + loc.length])
+                self._group_cache.put((pack_id, loc.offset), plain)
             yield self._blob_from_group(blob_id, loc, plain)
 
     def _open_group(self, loc: Location, sealed: bytes | memoryview) -> bytes:
@@ -356,6 +365,33 @@ class Repository:
 
     def close(self) -> None:
         self._uploader.shutdown(wait=True)
+
+
+class GroupCache:
+    """A few recently opened groups: tree walks and small files hit the same group often."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[bytes, int]) -> bytes | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[bytes, int], value: bytes) -> None:
+        with self._lock:
+            if key in self._items or len(value) > self.max_bytes // 2:
+                return
+            self._items[key] = value
+            self._size += len(value)
+            while self._size > self.max_bytes:
+                _old_key, old = self._items.popitem(last=False)
+                self._size -= len(old)
 
 
 def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
