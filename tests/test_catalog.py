@@ -94,3 +94,20 @@ def test_index_cache_is_used_and_rebuilt(repo_env: DrEnv, tmp_path: Path) -> Non
         assert cached == set(session.repo.list_objects("index"))
     finally:
         session.close()
+
+
+def test_runs_are_recorded_in_history(repo_env: DrEnv, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    assert repo_env.run("backup", str(src), "--name", "n").code == 0
+    assert repo_env.run("restore", "nope", "--target", str(tmp_path / "o")).code == 1
+    session = repo_env.session()
+    try:
+        runs = session.catalog.runs()
+    finally:
+        session.close()
+    by_command = {r.command: r for r in runs}
+    assert by_command["backup"].status == "ok" and by_command["backup"].exit_code == 0
+    assert by_command["restore"].status == "failed" and "no snapshot" in by_command["restore"].message
+    assert "correct horse" not in " ".join(r.message + r.stats for r in runs)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import Session as OrmSession
 
 from drtool.catalog.db import catalog_url, open_engine
 from drtool.catalog.models import IndexFileRow, IndexPackRow, RunRow, SnapshotRow
@@ -134,8 +135,8 @@ class Catalog:
         query = select(RunRow).where(RunRow.repo_id == self.repo_id)
         if command:
             query = query.where(RunRow.command == command)
-        with self.engine.connect() as conn:
-            return list(conn.execute(query.order_by(RunRow.id.desc()).limit(limit)).scalars())
+        with OrmSession(self.engine, expire_on_commit=False) as orm:
+            return list(orm.scalars(query.order_by(RunRow.id.desc()).limit(limit)))
 
     # ----- rebuild ----------------------------------------------------------------
     def clear_cache(self) -> None:

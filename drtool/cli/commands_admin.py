@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -11,7 +12,7 @@ from drtool import api
 from drtool.cli.context import CliState, emit
 from drtool.cli.options import json_option
 from drtool.errors import UsageError
-from drtool.repository.locks import remove_locks
+from drtool.repository.locks import STALE_SECONDS, remove_locks
 
 pass_state = click.make_pass_decorator(CliState)
 
@@ -102,13 +103,17 @@ def key_passwd(state: CliState, as_json: bool) -> None:
 @json_option
 @pass_state
 def unlock(state: CliState, force: bool, as_json: bool) -> None:
-    """Remove stale locks (or all with --force)."""
+    """Remove stale locks (or all with --force); 'drtool locks' lists them first."""
     if force:
-        click.echo("drtool: warning: removing all locks; a running backup or prune may be harmed",
-                   err=True)
+        click.echo("drtool: warning: removing all locks; a running backup or prune may be harmed "
+                   "(it aborts before committing when it notices)", err=True)
+    now = time.time()
     removed = remove_locks(state.session().repo, force=force)
-    emit([r.describe() for r in removed], as_json,
-         "\n".join(f"removed {r.describe()}" for r in removed) or "no stale locks")
+    rows = [{"lock": r.describe(), "id": r.lock_id, "heartbeat_age_seconds": round(r.age(now), 1),
+             "stale": r.age(now) > STALE_SECONDS} for r in removed]
+    emit(rows, as_json,
+         "\n".join(f"removed {r['lock']} (heartbeat {r['heartbeat_age_seconds']:.0f}s ago"
+                   f"{'' if r['stale'] else ', still live'})" for r in rows) or "no stale locks")
 
 
 def register(group: click.Group) -> None:

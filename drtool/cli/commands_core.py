@@ -5,7 +5,7 @@ import click
 
 from drtool import api
 from drtool.cli.context import CliState, emit
-from drtool.cli.options import dry_run_option, json_option, name_option, tag_option, target_option
+from drtool.cli.options import dry_run_option, json_option, name_option, tag_option
 from drtool.cli.progress import byte_progress, walk_progress
 from drtool.crypto.keys import KdfParams
 from drtool.errors import PartialSuccess, UsageError
@@ -40,16 +40,26 @@ def init(state: CliState, kdf_memory_kib: int | None, kdf_iterations: int | None
 
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path())
-@click.option("--name", required=True, metavar="NAME", help="Snapshot series name (e.g. db/wiki).")
+@click.option("--name", metavar="NAME", help="Snapshot series name (e.g. db/wiki).")
 @click.option("--from-command", "command", metavar="CMD",
               help="Back up this command's stdout as one file (e.g. 'pg_dump wiki').")
 @click.option("--filename", metavar="NAME", help="File name for --from-command output.")
+@click.option("--source", metavar="NAME", help="Back up the configured [sources.NAME].")
+@click.option("--all", "all_sources", is_flag=True, help="Back up every configured source.")
 @tag_option
 @json_option
 @pass_state
-def backup(state: CliState, paths: tuple[str, ...], name: str, command: str | None,
-           filename: str | None, tags: tuple[str, ...], as_json: bool) -> None:
-    """Back up PATHs (or a command's output) as a new snapshot."""
+def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: str | None,
+           filename: str | None, source: str | None, all_sources: bool, tags: tuple[str, ...],
+           as_json: bool) -> None:
+    """Back up PATHs (or a command's output, or configured sources) as new snapshots."""
+    if source or all_sources:
+        if paths or command or name:
+            raise UsageError("--source/--all take no PATH, --from-command or --name")
+        from drtool.cli.commands_db import run_source_backup
+        return run_source_backup(state, source, all_sources, list(tags), as_json)
+    if not name:
+        raise UsageError("--name is required (or use --source NAME / --all)")
     if bool(paths) == bool(command):
         raise UsageError("give either PATH... or --from-command CMD")
     session = state.session()
@@ -94,18 +104,36 @@ def snapshots(state: CliState, name: str | None, as_json: bool) -> None:
 
 @click.command()
 @click.argument("snapshot", required=False)
-@target_option
+@click.option("--target", type=click.Path(file_okay=False), help="Directory to restore into.")
 @name_option
 @click.option("--point-in-time", "when", metavar="TIME",
               help="Newest snapshot at or before TIME (ISO 8601; local zone if none).")
 @click.option("--include", "includes", multiple=True, metavar="PATH", help="Restore only this path.")
 @click.option("--allow-partial", is_flag=True, help="Restore what is intact; exit 3 listing the rest.")
+@click.option("--source", metavar="NAME", help="Database source: point-in-time restore (see docs/databases.md).")
+@click.option("--latest", is_flag=True, help="With --source: replay every archived log.")
+@click.option("--exclusive", is_flag=True, help="With --source: stop just before TIME.")
+@click.option("--start", is_flag=True, help="With --source: start the restored server and wait for recovery.")
+@click.option("--port", type=int, help="With --source: port for the restored server.")
+@click.option("--target-db", metavar="DB", help="With a MariaDB --source: load into this new database.")
 @dry_run_option
 @json_option
 @pass_state
-def restore(state: CliState, snapshot: str | None, target: str, name: str | None, when: str | None,
-            includes: tuple[str, ...], allow_partial: bool, dry_run: bool, as_json: bool) -> None:
+def restore(state: CliState, snapshot: str | None, target: str | None, name: str | None, when: str | None,
+            includes: tuple[str, ...], allow_partial: bool, source: str | None, latest: bool,
+            exclusive: bool, start: bool, port: int | None, target_db: str | None, dry_run: bool,
+            as_json: bool) -> None:
     """Restore SNAPSHOT (an id, or 'latest') or the snapshot at --point-in-time."""
+    if source:
+        if snapshot or name or includes or allow_partial:
+            raise UsageError("--source takes no SNAPSHOT, --name, --include or --allow-partial")
+        from drtool.cli.commands_db import run_source_restore
+        return run_source_restore(state, source, target, when, latest, exclusive, start, port,
+                                  target_db, dry_run, as_json)
+    if latest or exclusive or start or port or target_db:
+        raise UsageError("--latest, --exclusive, --start, --port and --target-db need --source")
+    if not target:
+        raise UsageError("--target is required")
     if snapshot and when is not None:
         raise UsageError("give either SNAPSHOT or --point-in-time, not both")
     point = parse_point_in_time(when) if when is not None else None

@@ -1,8 +1,179 @@
-"""Placeholder: commands of this area are registered here."""
+"""``drtool pg …`` and ``drtool mariadb …``: log archiving and recovery windows.
+
+Also the ``--source`` / ``--all`` branches of ``backup`` and ``restore``
+(called from commands_core), so database options stay out of that module.
+Thin: parsing and printing only, the work is in drtool.ops.
+"""
 from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
 
 import click
 
+from drtool.cli.context import CliState, emit
+from drtool.cli.options import json_option
+from drtool.errors import DrtoolError, SourceError, UsageError
+from drtool.ops import logarchive, pitr, sources_run
+from drtool.snapshot.timeparse import parse_point_in_time
+
+pass_state = click.make_pass_decorator(CliState)
+log = logging.getLogger("drtool")
+source_option = click.option("--source", "source", required=True, envvar="DRTOOL_SOURCE", metavar="NAME",
+                             help="Source name (the [sources.NAME] table; also DRTOOL_SOURCE).")
+
+
+def _source_table(state: CliState, source: str) -> dict[str, Any]:
+    table = state.settings.section("sources").get(source, {})
+    return table if isinstance(table, dict) else {}
+
+
+@click.group("pg")
+def pg_group() -> None:
+    """PostgreSQL: WAL archiving for point-in-time restore."""
+
+
+@pg_group.command("wal-push")
+@source_option
+@click.argument("path", type=click.Path(dir_okay=False))
+@pass_state
+def wal_push(state: CliState, source: str, path: str) -> None:
+    """Archive one WAL file (archive_command = 'drtool pg wal-push --source NAME %p').
+
+    Exit 0 only once the file is stored; re-pushing identical content is a
+    success, different content under the same name is an error.
+    """
+    repo = logarchive.open_repository_only(state.open_options())
+    try:
+        result = logarchive.wal_push(repo, source, path, _source_table(state, source).get("bindir"))
+    finally:
+        repo.close()
+    log.info("%s %s (%d bytes)", result.status, result.name, result.size)
+
+
+@pg_group.command("wal-fetch")
+@source_option
+@click.argument("name")
+@click.argument("dest", type=click.Path(dir_okay=False))
+@pass_state
+def wal_fetch(state: CliState, source: str, name: str, dest: str) -> None:
+    """Restore one archived WAL file (restore_command: ... wal-fetch --source NAME %f %p).
+
+    Exit 1 when the file is not archived (PostgreSQL then ends recovery);
+    126 when the repository cannot be read, so PostgreSQL stops instead of
+    promoting early.
+    """
+    try:
+        repo = logarchive.open_repository_only(state.open_options())
+        try:
+            logarchive.wal_fetch(repo, source, name, dest)
+        finally:
+            repo.close()
+    except logarchive.SegmentNotArchived:
+        raise
+    except DrtoolError as exc:
+        raise logarchive.FetchFailed(exc.one_line()) from None
+
+
+def _print_window(window: Any, as_json: bool) -> None:
+    lines = [f"source {window.source} ({window.kind}): {window.bases} base(s), {window.segments} archived file(s)"]
+    if window.intervals:
+        lines += [f"recoverable: {a.astimezone().isoformat()} .. {b.astimezone().isoformat()}"
+                  for a, b in window.intervals]
+    else:
+        lines.append("recoverable: nothing yet (no base with its logs)")
+    lines += [f"gap: {g['count']} file(s) missing from {g['first_missing']} (after {g['after']})"
+              for g in window.gaps]
+    emit(window.as_dict(), as_json, "\n".join(lines))
+
+
+@pg_group.command("window")
+@source_option
+@json_option
+@pass_state
+def pg_window(state: CliState, source: str, as_json: bool) -> None:
+    """Show the recoverable window and WAL gaps of a source."""
+    _print_window(pitr.recoverable_window(state.session(), source, "postgresql"), as_json)
+
+
+@click.group("mariadb")
+def mariadb_group() -> None:
+    """MariaDB: binlog archiving for point-in-time restore."""
+
+
+@mariadb_group.command("binlog-push")
+@source_option
+@json_option
+@pass_state
+def binlog_push(state: CliState, source: str, as_json: bool) -> None:
+    """Archive every closed binlog of the source not yet in the repository (run it often)."""
+    src = sources_run.get_source(state.settings, source)
+    if sources_run.source_type(src) != "mariadb":
+        raise UsageError(f"source {source} is not a mariadb source")
+    repo = logarchive.open_repository_only(state.open_options())
+    try:
+        results = logarchive.binlog_push(repo, src)  # type: ignore[arg-type]
+    finally:
+        repo.close()
+    stored = [r for r in results if r.status == "stored"]
+    emit([r.as_dict() for r in results], as_json,
+         f"{len(stored)} binlog(s) archived, {len(results) - len(stored)} already archived"
+         + "".join(f"\n  {r.name} ({r.size} bytes)" for r in stored))
+
+
+@mariadb_group.command("window")
+@source_option
+@json_option
+@pass_state
+def mariadb_window(state: CliState, source: str, as_json: bool) -> None:
+    """Show the recoverable window and binlog gaps of a source."""
+    _print_window(pitr.recoverable_window(state.session(), source, "mariadb"), as_json)
+
+
+# ----- backup / restore --source (dispatched from commands_core) ---------------------------------
+def run_source_backup(state: CliState, source: str | None, all_sources: bool, tags: list[str],
+                      as_json: bool) -> None:
+    if source and all_sources:
+        raise UsageError("give either --source NAME or --all")
+    run = sources_run.backup_sources(state.session(), state.settings, None if all_sources else [source or ""],
+                                     tags)
+    lines = []
+    for name, results in run.results.items():
+        for result in results:
+            snap, s = result.snapshot, result.snapshot.summary
+            ratio = s["bytes_added_raw"] / s["size"] if s.get("size") else 0.0
+            lines.append(f"{name}: snapshot {snap.short_id} ({snap.name}, {snap.kind}) "
+                         f"{s['size'] / 2**20:.1f} MiB, new {s['bytes_added_raw'] / 2**20:.1f} MiB "
+                         f"({ratio:.0%}), stored {s['bytes_added'] / 2**20:.1f} MiB")
+    emit(run.as_dict(), as_json, "\n".join(lines) if lines else None)
+    for name, message in run.failures.items():
+        click.echo(f"drtool: error: source {name}: {message}", err=True)
+    if run.failures:
+        raise SourceError(f"{len(run.failures)} of {len(run.failures) + len(run.results)} source(s) failed: "
+                          f"{', '.join(run.failures)}")
+
+
+def run_source_restore(state: CliState, source: str, target: str | None, when: str | None, latest: bool,
+                       exclusive: bool, start: bool, port: int | None, target_db: str | None,
+                       dry_run: bool, as_json: bool) -> None:
+    if bool(when) == latest:
+        raise UsageError("give either --point-in-time TIME or --latest with --source")
+    src = sources_run.get_source(state.settings, source)
+    if isinstance(src, (sources_run.FilesSource, sources_run.CommandSource)):
+        raise UsageError(f"source {source} is a {sources_run.source_type(src)} source",
+                         hint=f"use 'drtool restore --name {source} --point-in-time TIME --target DIR'")
+    point: datetime | None = parse_point_in_time(when) if when else None
+    session = state.session()
+    if dry_run:
+        plan = pitr.plan_from_config(session, src, point, not exclusive)
+        emit(plan.as_dict(), as_json, "\n".join(["plan (dry run, nothing restored):", *plan.lines()]))
+        return
+    result = pitr.restore_pitr(session, state.settings, src, point, inclusive=not exclusive, target=target,
+                               target_db=target_db, start=start, port=port)
+    emit(result.as_dict(), as_json, "\n".join([*result.plan.lines(), *result.lines()]))
+
 
 def register(group: click.Group) -> None:
-    """No commands yet."""
+    group.add_command(pg_group)
+    group.add_command(mariadb_group)

@@ -22,6 +22,7 @@ class CliState:
     config_option: str | None
     verbose: int
     lock_wait: float = 0.0
+    command: str | None = None
     settings: Settings = field(init=False)
     _session: Session | None = field(default=None, init=False)
 
@@ -52,6 +53,19 @@ class CliState:
         if self._session is None:
             self._session = Session.open(self.open_options())
         return self._session
+
+    def finish(self, command: str | None, exit_code: int, message: str = "") -> None:
+        """Record the run in the catalog's history (best effort), then close."""
+        session = self._session
+        if session is not None and command:
+            try:
+                run_id = session.catalog.start_run(command, session.host)
+                status = "ok" if exit_code == 0 else "partial" if exit_code == 3 else "failed"
+                session.catalog.finish_run(run_id, status, exit_code, message=message,
+                                           stats=session.repo.backend.stats.as_dict())
+            except Exception as exc:  # history must never turn a good run into a failure
+                log.debug("could not record the run: %s", exc)
+        self.close()
 
     def close(self) -> None:
         if self._session is not None:

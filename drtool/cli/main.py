@@ -38,11 +38,13 @@ def cli(ctx: click.Context, repo: str | None, config: str | None, verbose: int, 
     """drtool: encrypted, deduplicated disaster-recovery backups you can restore."""
     from drtool.cli.logs import setup_logging
     setup_logging(verbose, log_format)
+    global _state
     state = CliState(repo, config, verbose, lock_wait)
-    ctx.obj = state
-    ctx.call_on_close(state.close)
+    state.command = ctx.invoked_subcommand
+    ctx.obj = _state = state
 
 
+_state: CliState | None = None
 COMMAND_MODULES = ("commands_core", "commands_admin", "commands_db", "commands_ops",
                    "commands_rehearse", "commands_remote")
 _registered = False
@@ -60,31 +62,42 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code.  Never lets a traceback reach the user."""
+    global _state
     _register()
+    _state = None
+    code, message = _invoke(argv)
+    if _state is not None:
+        _state.finish(getattr(_state, "command", None), code, message)
+        _state = None
+    return code
+
+
+def _invoke(argv: list[str] | None) -> tuple[int, str]:
     verbose = argv is not None and "-v" in argv
     try:
-        cli.main(args=argv, prog_name="drtool", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="drtool", standalone_mode=False)
     except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
+        return int(exc.exit_code), ""
     except click.exceptions.Abort:
         click.echo("drtool: aborted", err=True)
-        return 130
+        return 130, "aborted"
     except click.ClickException as exc:
         exc.show()
-        return EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+        return (EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code), exc.format_message()
     except DrtoolError as exc:
         click.echo(f"drtool: error: {exc.one_line()}", err=True)
-        return exc.exit_code
+        return exc.exit_code, exc.one_line()
     except KeyboardInterrupt:
         click.echo("drtool: interrupted; nothing half-written was committed", err=True)
-        return 130
-    except Exception as exc:  # last resort: one line, traceback only with -v
+        return 130, "interrupted"
+    except Exception as exc:  # last resort: one line, traceback only with -vv
         if verbose or logging.getLogger("drtool").isEnabledFor(logging.DEBUG):
             traceback.print_exc()
         click.echo(f"drtool: internal error: {type(exc).__name__}: {exc} "
                    f"(re-run with -vv for details and report it)", err=True)
-        return EXIT_ERROR
-    return 0
+        return EXIT_ERROR, f"internal error: {type(exc).__name__}"
+    return (result if isinstance(result, int) else 0), ""
 
 
 def _tune_malloc() -> None:
