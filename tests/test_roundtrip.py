@@ -129,3 +129,33 @@ def test_hypothesis_contents_and_names_round_trip(tmp_path_factory, files: dict[
     for name, data in files.items():
         assert (base / "out" / "src" / name).read_bytes() == data
     assert sorted(os.listdir(base / "out" / "src")) == sorted(files)
+
+
+def test_file_growing_during_backup_is_reported(repo_env: DrEnv, tmp_path: Path) -> None:
+    import threading
+
+    from drtool import api
+
+    src = tmp_path / "src"
+    src.mkdir()
+    growing = src / "app.log"
+    growing.write_bytes(os.urandom(40 * 2**20))
+    stop = threading.Event()
+
+    def append() -> None:
+        with open(growing, "ab") as handle:
+            while not stop.is_set():
+                handle.write(b"log line\n" * 100)
+                handle.flush()
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    session = repo_env.session()
+    try:
+        result = api.backup(session, [str(src)], name="logs")
+    finally:
+        stop.set()
+        writer.join()
+        session.close()
+    assert result.changed == [str(growing)]
+    assert result.snapshot.summary["changed_during_backup"] == 1
