@@ -22,7 +22,7 @@ from drtool.backends.local import LocalBackend
 from drtool.backends.memory import MemoryBackend
 from drtool.backends.s3 import S3Backend
 from drtool.errors import (BackendError, DrtoolError, ObjectMissing, RepositoryNotFound,
-                           TransientBackendError)
+                           TransientBackendError, UsageError)
 from drtool.ops.validate_backend import validate_backend
 
 try:
@@ -34,7 +34,7 @@ except ImportError:  # tests/ imported as a package
                                 set_dummy_env)
 
 MiB = 1024 * 1024
-FAST = {"addressing_style": "path", "read_timeout": 1, "connect_timeout": 1, "max_attempts": 2,
+FAST = {"addressing_style": "path", "read_timeout": 1.5, "connect_timeout": 2, "max_attempts": 2,
         "read_attempts": 3, "read_retry_backoff": 0.05,
         "multipart_threshold": 5 * MiB, "multipart_chunksize": 5 * MiB}
 SMALL = random.Random(1).randbytes(40_000)
@@ -43,7 +43,7 @@ LARGE = random.Random(2).randbytes(6 * MiB + 17)
 
 @pytest.fixture(scope="module")
 def proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
-    fp = FaultProxy(moto_server.url, stall_seconds=1.5).start()
+    fp = FaultProxy(moto_server.url, stall_seconds=2.0).start()
     yield fp
     fp.stop()
 
@@ -358,3 +358,16 @@ def test_faulty_backend_random_mode_is_reproducible() -> None:
         return outcome
 
     assert run(5) == run(5) and "fail" in run(5) and "ok" in run(5)
+
+
+def test_options_are_validated() -> None:
+    for opts in ({"object_lock_day": 3}, {"sse": "des"}, {"object_lock_mode": "GOVERNANCE"},
+                 {"multipart_chunksize": 1024}, {"max_attempts": "many"}):
+        with pytest.raises(UsageError):
+            S3Backend.from_url("s3://bucket/prefix", opts)
+    with pytest.raises(UsageError):
+        S3Backend.from_url("s3:///nobucket", {})
+    be = S3Backend.from_url("s3://b/p", {"max_connections": "4", "create_bucket": "true",
+                                         "endpoint_url": "http://127.0.0.1:9"})
+    assert be.opts["max_connections"] == 4 and be.opts["create_bucket"] is True
+    assert be.url == "s3://b/p"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import http.client
 import os
 import random
 import threading
@@ -25,8 +26,6 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlparse
-
-import http.client
 
 import boto3
 import botocore.exceptions as bce
@@ -53,10 +52,11 @@ _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "E
                "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
                "RequestTimeTooSkewed", "403"}
 _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
-                    "Throttling", "ThrottlingException", "RequestTimeTooSkewed_", "500", "502",
-                    "503", "504", "OperationAborted", "ConditionalRequestConflict"}
+                    "Throttling", "ThrottlingException", "500", "502", "503", "504",
+                    "OperationAborted", "ConditionalRequestConflict"}
 _NETWORK_ERRORS = (bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError)
 _BODY_ERRORS = (bce.IncompleteReadError, bce.ResponseStreamingError, bce.ReadTimeoutError,
+                bce.FlexibleChecksumError,
                 bce.ConnectionClosedError, bce.HTTPClientError, OSError,
                 urllib3.exceptions.HTTPError, http.client.HTTPException)
 _CREDENTIAL_HINT = ("check the AWS credentials (AWS_PROFILE / AWS_ACCESS_KEY_ID / instance role), "
@@ -68,8 +68,7 @@ _STAT_FIELDS = {"PutObject": "puts", "UploadPart": "puts", "CreateMultipartUploa
                 "PutObjectRetention": "puts", "CreateBucket": "puts", "GetObject": "gets",
                 "GetObjectRetention": "gets", "GetObjectLockConfiguration": "gets",
                 "HeadObject": "heads", "HeadBucket": "heads", "ListObjectsV2": "lists",
-                "ListMultipartUploads": "lists",
-                "DeleteObject": "deletes"}
+                "ListMultipartUploads": "lists", "DeleteObject": "deletes"}
 
 
 def _error_code(exc: bce.ClientError) -> tuple[str, int]:
@@ -85,6 +84,19 @@ def _attempt_number(header: str) -> int:
         if key == "attempt" and value.isdigit():
             return int(value)
     return 1
+
+
+def _until(head: Mapping[str, Any]) -> dt.datetime | None:
+    until = head.get("ObjectLockRetainUntilDate")
+    if not isinstance(until, dt.datetime):
+        return None
+    return until if until.tzinfo else until.replace(tzinfo=dt.timezone.utc)
+
+
+def _locked(head: Mapping[str, Any]) -> bool:
+    until = _until(head)
+    return (until is not None and until > dt.datetime.now(dt.timezone.utc)) \
+        or head.get("ObjectLockLegalHoldStatus") == "ON"
 
 
 def _md5(data: bytes) -> bytes:
@@ -115,33 +127,30 @@ def _parse_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return opts
 
 
+_CHOICES = {"addressing_style": ("auto", "path", "virtual"), "sse": ("AES256", "aws:kms"),
+            "object_lock_mode": ("GOVERNANCE", "COMPLIANCE"),
+            "retry_mode": ("standard", "adaptive", "legacy")}
+
+
 def _check_option_values(opts: dict[str, Any]) -> None:
     def bad(msg: str) -> None:
         raise UsageError(f"invalid S3 option: {msg}")
 
-    if opts["addressing_style"] not in (None, "auto", "path", "virtual"):
-        bad("addressing_style must be auto, path or virtual")
-    if opts["sse"] not in (None, "AES256", "aws:kms"):
-        bad("sse must be AES256 or aws:kms")
+    if opts["object_lock_mode"]:
+        opts["object_lock_mode"] = opts["object_lock_mode"].upper()
+    for key, allowed in _CHOICES.items():
+        if opts[key] is not None and opts[key] not in allowed:
+            bad(f"{key} must be one of {', '.join(allowed)}")
     if opts["sse_kms_key_id"] and opts["sse"] != "aws:kms":
         bad("sse_kms_key_id requires sse=aws:kms")
-    mode = opts["object_lock_mode"]
-    if mode is not None:
-        opts["object_lock_mode"] = mode = mode.upper()
-    if mode not in (None, "GOVERNANCE", "COMPLIANCE"):
-        bad("object_lock_mode must be GOVERNANCE or COMPLIANCE")
-    if (mode is None) != (opts["object_lock_days"] is None):
+    if (opts["object_lock_mode"] is None) != (opts["object_lock_days"] is None):
         bad("object_lock_mode and object_lock_days must be given together")
-    if opts["object_lock_days"] is not None and opts["object_lock_days"] <= 0:
-        bad("object_lock_days must be positive")
-    if opts["retry_mode"] not in (None, "standard", "adaptive", "legacy"):
-        bad("retry_mode must be standard or adaptive")
+    for key in ("object_lock_days", "multipart_threshold", "max_connections", "max_attempts",
+                "read_attempts"):
+        if opts[key] is not None and opts[key] < 1:
+            bad(f"{key} must be positive")
     if opts["multipart_chunksize"] < MIN_PART:
         bad("multipart_chunksize must be at least 5 MiB (an S3 limit)")
-    if opts["multipart_threshold"] < 1 or opts["max_connections"] < 1 or opts["max_attempts"] < 1:
-        bad("multipart_threshold, max_connections and max_attempts must be positive")
-    if opts["read_attempts"] < 1:
-        bad("read_attempts must be positive")
 
 
 class S3Backend(Backend):
@@ -379,11 +388,14 @@ class S3Backend(Backend):
 
     def _ensure_retention(self, name: str, head: Mapping[str, Any], until: dt.datetime) -> None:
         """Some servers drop lock headers (notably on multipart uploads): set it explicitly."""
-        current = self._until_from_head(head)
-        if current is not None and current >= until - dt.timedelta(minutes=5):
-            return
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name), "Retention": {
-            "Mode": self.opts["object_lock_mode"], "RetainUntilDate": until}}
+        current = _until(head)
+        if current is None or current < until - dt.timedelta(minutes=5):
+            self._set_retention(name, head, until)
+
+    def _set_retention(self, name: str, head: Mapping[str, Any], until: dt.datetime) -> None:
+        mode = head.get("ObjectLockMode") or self.opts["object_lock_mode"] or "GOVERNANCE"
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name),
+                                  "Retention": {"Mode": mode, "RetainUntilDate": until}}
         if head.get("VersionId"):
             kwargs["VersionId"] = head["VersionId"]
         self._call("setting retention of", name, self.client.put_object_retention, **kwargs)
@@ -399,6 +411,8 @@ class S3Backend(Backend):
                 raise _Precondition() from None
             if "IfNoneMatch" in args and (code == "NotImplemented" or status == 501):
                 raise _NotSupported() from None
+            if code == "NoSuchUpload" and "UploadId" in args:
+                raise _UploadGone() from None
             raise self._map(exc, action, name) from None
         except (bce.BotoCoreError, OSError) as exc:
             raise self._map(exc, action, name) from None
@@ -409,18 +423,22 @@ class S3Backend(Backend):
         upload_id, retried = self._create_upload(name, args)
         chunk = self._chunk_size(len(data))
         try:
-            parts, digests = [], []
+            parts = []
             for number, offset in enumerate(range(0, len(data), chunk), start=1):
-                piece = data[offset:offset + chunk]
-                digests.append(_md5(piece))
-                etag = self._upload_part(name, args["Key"], upload_id, number, piece)
+                etag = self._upload_part(name, args["Key"], upload_id, number,
+                                         data[offset:offset + chunk])
                 parts.append({"PartNumber": number, "ETag": etag})
             complete = {"Bucket": self.bucket, "Key": args["Key"], "UploadId": upload_id,
                         "MultipartUpload": {"Parts": parts}}
             if conditional:
                 complete["IfNoneMatch"] = conditional
-            resp = self._conditional_call("completing upload of", name,
-                                          self.client.complete_multipart_upload, complete)
+            try:
+                resp = self._conditional_call("completing upload of", name,
+                                              self.client.complete_multipart_upload, complete)
+            except _UploadGone:
+                # A retried Complete whose first attempt succeeded: the HEAD
+                # verification in _store decides whether the object is ours.
+                resp = {"ETag": "unknown"}
             if not resp.get("ETag"):
                 raise TransientBackendError(f"S3 completing upload of {name} returned no ETag")
         except BaseException:
@@ -429,7 +447,7 @@ class S3Backend(Backend):
         finally:
             if retried:
                 self._abort_orphans(args["Key"], keep=upload_id)
-        return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(parts)}"
+        return self._multipart_etag(data)
 
     def _create_upload(self, name: str, args: dict[str, Any]) -> tuple[str, bool]:
         """Start an upload; say whether botocore retried (then orphans may exist)."""
@@ -459,18 +477,15 @@ class S3Backend(Backend):
                 self._abort(key, upload["UploadId"])
 
     def _upload_part(self, name: str, key: str, upload_id: str, number: int, piece: bytes) -> str:
-        """Upload one part with Content-MD5 and check the returned ETag matches it."""
+        """Upload one part (botocore retries it alone) and check the ETag matches its MD5."""
         digest = _md5(piece)
-        for attempt in range(self.opts["read_attempts"]):
-            resp = self._call(f"uploading part {number} of", name, self.client.upload_part,
-                              Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                              Body=piece, ContentMD5=base64.b64encode(digest).decode("ascii"))
-            etag = str(resp.get("ETag", "")).strip('"')
-            if etag == digest.hex() or self.opts["sse"] == "aws:kms":
-                return resp["ETag"]
-            self._add_stat("retries", 1)
-            self._backoff(attempt)
-        raise TransientBackendError(f"S3 part {number} of {name} kept coming back with a wrong ETag")
+        resp = self._call(f"uploading part {number} of", name, self.client.upload_part,
+                          Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                          Body=piece, ContentMD5=base64.b64encode(digest).decode("ascii"))
+        etag = str(resp.get("ETag", "")).strip('"')
+        if etag != digest.hex() and self.opts["sse"] != "aws:kms":
+            raise TransientBackendError(f"S3 part {number} of {name} stored with a wrong ETag")
+        return str(resp["ETag"])
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -525,16 +540,27 @@ class S3Backend(Backend):
             expected = int(resp.get("ContentLength", -1))
             if len(data) != expected:
                 last = f"short body {len(data)} of {expected} bytes"
-                continue
-            if length is None and not self._etag_matches(resp, data):
+            elif length is None and not self._etag_matches(resp, data):
                 last = "body does not match its ETag"
-                continue
-            self._add_stat("bytes_down", len(data))
-            if length is not None and len(data) != length:
-                raise ObjectMissing(f"object {name} is shorter than expected "
-                                    f"({offset}+{len(data)} < {offset}+{length} bytes)")
-            return data
+            else:
+                self._add_stat("bytes_down", len(data))
+                return data if offset is None else self._exact_range(name, resp, data, offset, length)
         raise TransientBackendError(f"S3 reading {name} from {self._where()} kept failing: {last}")
+
+    @staticmethod
+    def _exact_range(name: str, resp: Mapping[str, Any], data: bytes, offset: int,
+                     length: int | None) -> bytes:
+        """Return exactly the requested bytes, or raise; servers may ignore or clip Range."""
+        content_range = str(resp.get("ContentRange") or "")
+        if not content_range:  # 200 with the whole object: Range was ignored
+            data = data[offset:]
+        elif not content_range.startswith(f"bytes {offset}-"):
+            raise BackendError(f"S3 returned range {content_range!r} for {name}, "
+                               f"asked for offset {offset}")
+        if length is None or len(data) < length:
+            raise ObjectMissing(f"object {name} is shorter than expected "
+                                f"({offset}+{len(data)} < {offset}+{length} bytes)")
+        return data[:length]
 
     @staticmethod
     def _read_body(resp: Mapping[str, Any]) -> bytes:
@@ -597,53 +623,36 @@ class S3Backend(Backend):
         head = self._head(name)
         if head is None:
             return
-        until = self._until_from_head(head)
-        if until is not None and until > dt.datetime.now(dt.timezone.utc) \
-                or head.get("ObjectLockLegalHoldStatus") == "ON":
-            raise BackendError(f"object {name} is locked (Object Lock) until {until}; not deleted")
+        if _locked(head):
+            raise BackendError(f"object {name} is locked (Object Lock) until {_until(head)}; "
+                               "not deleted")
         kwargs = {"Bucket": self.bucket, "Key": key}
         if head.get("VersionId"):
             kwargs["VersionId"] = head["VersionId"]
         self._call("deleting", name, self.client.delete_object, **kwargs)
 
-    @staticmethod
-    def _until_from_head(head: Mapping[str, Any]) -> dt.datetime | None:
-        until = head.get("ObjectLockRetainUntilDate")
-        if isinstance(until, dt.datetime) and until.tzinfo is None:
-            until = until.replace(tzinfo=dt.timezone.utc)
-        return until if isinstance(until, dt.datetime) else None
+    def _head_required(self, name: str) -> dict[str, Any]:
+        head = self._head(name)
+        if head is None:
+            raise ObjectMissing(f"object {name} is missing from the repository")
+        return head
 
     def retention_until(self, name: str) -> dt.datetime | None:
         """End of the object's Object Lock retention, or None when it has none."""
-        head = self._head(name)
-        if head is None:
-            raise ObjectMissing(f"object {name} is missing from the repository")
-        return self._until_from_head(head)
+        return _until(self._head_required(name))
 
     def is_locked(self, name: str) -> bool:
         head = self._head(name)
-        if head is None:
-            return False
-        until = self._until_from_head(head)
-        return (until is not None and until > dt.datetime.now(dt.timezone.utc)) \
-            or head.get("ObjectLockLegalHoldStatus") == "ON"
+        return head is not None and _locked(head)
 
     def extend_retention(self, name: str, until: dt.datetime) -> None:
-        """Push retention out (never shortens: S3 forbids that in COMPLIANCE anyway)."""
+        """Push retention out; never shortens it (COMPLIANCE mode forbids that anyway)."""
         if until.tzinfo is None:
             until = until.replace(tzinfo=dt.timezone.utc)
-        head = self._head(name)
-        if head is None:
-            raise ObjectMissing(f"object {name} is missing from the repository")
-        current = self._until_from_head(head)
-        if current is not None and current >= until:
-            return
-        mode = head.get("ObjectLockMode") or self.opts["object_lock_mode"] or "GOVERNANCE"
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name),
-                                  "Retention": {"Mode": mode, "RetainUntilDate": until}}
-        if head.get("VersionId"):
-            kwargs["VersionId"] = head["VersionId"]
-        self._call("extending retention of", name, self.client.put_object_retention, **kwargs)
+        head = self._head_required(name)
+        current = _until(head)
+        if current is None or current < until:
+            self._set_retention(name, head, until)
 
     def close(self) -> None:
         try:
@@ -654,6 +663,10 @@ class S3Backend(Backend):
 
 class _Precondition(Exception):
     """The conditional create found an existing object."""
+
+
+class _UploadGone(Exception):
+    """CompleteMultipartUpload says the upload no longer exists."""
 
 
 class _NotSupported(Exception):

@@ -16,7 +16,7 @@ from typing import IO, Any, Callable
 
 from drtool import __version__
 from drtool.errors import SourceError
-from drtool.ops.pipeline import ChunkPipeline, resolve
+from drtool.ops.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
 from drtool.ops.session import Session
 from drtool.ops.treewalk import ProgressFn, TreeWalker, WalkStats
 from drtool.snapshot.model import FILE, Node, Snapshot
@@ -83,10 +83,10 @@ def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
         pipeline = ChunkPipeline(repo)
         try:
             refs, size = [], 0
-            for chunk in pipeline.text_chunker.split(_reader(stream)):
-                size += len(chunk)
-                refs.append(pipeline.add(chunk))
-            pipeline.submit_batch()
+            read = _reader(stream)
+            for segment in iter(lambda: read(SEGMENT_BYTES), b""):
+                size += len(segment)
+                refs.append(pipeline.add_segment(segment, pipeline.text_chunker))
             node = Node(name=filename, type=FILE, mode=0o600, mtime_ns=time.time_ns(), size=size)
             node.content = resolve(refs)
         finally:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from drtool.errors import DrtoolError
-from drtool.ops.pipeline import ChunkPipeline, ChunkRef, resolve
+from drtool.ops.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, Node
 from drtool.snapshot.store import load_tree, store_tree
@@ -39,10 +39,22 @@ class DirJob:
     nodes: list[Node] = field(default_factory=list)
     pending: list[tuple[Node, list[ChunkRef]]] = field(default_factory=list)
     children: list[tuple[Node, "DirJob"]] = field(default_factory=list)
+    batches: deque[Batch] = field(default_factory=deque)
     tree_id: str | None = None
 
+    def track(self, refs: list[ChunkRef]) -> None:
+        """Remember each distinct batch once (a 660 MiB dump has 40k refs but ~700 batches)."""
+        last = self.batches[-1] if self.batches else None
+        for batch, _index in refs:
+            if batch is not last:
+                self.batches.append(batch)
+                last = batch
+
     def ready(self) -> bool:
-        return all(batch.done() for _node, refs in self.pending for batch, _i in refs)
+        """Amortised O(1): finished batches are dropped from the front."""
+        while self.batches and self.batches[0].done():
+            self.batches.popleft()
+        return not self.batches
 
 
 ProgressFn = Callable[[WalkStats], None]
@@ -117,6 +129,7 @@ class TreeWalker:
                 return
             if futures:
                 job.pending.append((node, futures))
+                job.track(futures)
             self.stats.files += 1
             self.stats.size += node.size
         job.nodes.append(node)
@@ -157,11 +170,7 @@ class TreeWalker:
                 futures = [self.pipeline.add(first)] if first else []
                 total = len(first)
             else:
-                chunker = self.pipeline.chunker_for(first)
-                futures, total = [], 0
-                for chunk in chunker.split(read, first):
-                    total += len(chunk)
-                    futures.append(self.pipeline.add(chunk))
+                futures, total = self._submit_segments(read, first)
             if total != node.size or fs.changed_since(fd, entry.st):
                 node.changed = True
                 node.size = total
@@ -172,6 +181,17 @@ class TreeWalker:
         if self.progress:
             self.progress(self.stats)
         return futures
+
+    def _submit_segments(self, read: Callable[[int], bytes], first: bytes) -> tuple[list[ChunkRef], int]:
+        chunker = self.pipeline.chunker_for(first)
+        refs: list[ChunkRef] = []
+        total = 0
+        segment = first + read(SEGMENT_BYTES - len(first))
+        while segment:
+            total += len(segment)
+            refs.append(self.pipeline.add_segment(segment, chunker))
+            segment = read(SEGMENT_BYTES)
+        return refs, total
 
     def _drain(self, block: bool) -> None:
         if block:

@@ -1,10 +1,10 @@
 """Content-defined chunking with a compiled FastCDC, keyed by the repository.
 
 The gear table is perturbed by a per-repository secret seed, so chunk
-boundaries (and thus chunk sizes, visible in the bucket as blob lengths)
-cannot be used to fingerprint known files as easily as with a public table.
-Data is cut in large blocks; the last piece of each block is carried into
-the next so boundaries stay content-defined across block edges.
+boundaries cannot be used to fingerprint known files as easily as with a
+public table.  The backup pipeline cuts large files in independent 8 MiB
+segments on worker threads (``cut``); ``split`` carries the tail of each
+block into the next for callers that need fully content-defined cuts.
 """
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ class Chunker:
         self.avg_size = avg_size
         self._cdc = FastCDC(avg_size, min_size=max(64, avg_size // 4),
                             max_size=min(16 * 1024 * 1024, avg_size * 4), seed=seed)
+
+    def cut(self, data: bytes | memoryview) -> Iterator[memoryview]:
+        """Chunks of one buffer, the last one ending at its end."""
+        view = memoryview(data)
+        for cut in self._cdc.cut_buf(view):
+            yield view[cut.offset:cut.offset + cut.length]
 
     def split(self, read: Callable[[int], bytes], first: bytes = b"") -> Iterator[memoryview]:
         """Yield chunks of everything ``read`` returns until it returns b''."""
