@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from drtool import api
-from drtool.cli.context import CliState, emit
+from drtool.cli.context import CliState, emit, tune_malloc_for_backup
 from drtool.cli.options import dry_run_option, json_option, name_option, tag_option
 from drtool.cli.progress import byte_progress, walk_progress
 from drtool.crypto.keys import KdfParams
@@ -62,6 +62,7 @@ def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: s
         raise UsageError("--name is required (or use --source NAME / --all)")
     if bool(paths) == bool(command):
         raise UsageError("give either PATH... or --from-command CMD")
+    tune_malloc_for_backup()
     session = state.session()
     if command:
         result = api.backup_command(session, command, name, filename, list(tags))

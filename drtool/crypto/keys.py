@@ -107,7 +107,7 @@ def wrap_master_key(master: MasterKey, passphrase: bytes, *, params: KdfParams |
     slot_id = secrets.token_hex(16)
     salt = os.urandom(16)
     kek = derive_wrapping_key(passphrase, salt, params)
-    wrapped = Aead(kek).seal(master.to_json(), _slot_context(slot_id))
+    wrapped = bytes(Aead(kek).seal(master.to_json(), _slot_context(slot_id)))
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return KeySlot(slot_id, salt, params, wrapped, created, label)
 
@@ -115,7 +115,8 @@ def wrap_master_key(master: MasterKey, passphrase: bytes, *, params: KdfParams |
 def unwrap_master_key(slot: KeySlot, passphrase: bytes) -> MasterKey:
     """Raise AuthenticationFailed when the passphrase does not open this slot."""
     kek = derive_wrapping_key(passphrase, slot.salt, slot.params)
-    return MasterKey.from_json(Aead(kek).open(slot.wrapped, _slot_context(slot.slot_id)))
+    _flags, plaintext = Aead(kek).open(slot.wrapped, _slot_context(slot.slot_id))
+    return MasterKey.from_json(bytes(plaintext))
 
 
 def _slot_context(slot_id: str) -> bytes:

@@ -60,18 +60,17 @@ class Envelope:
         return ZSTD, packed
 
     def seal(self, kind: bytes, object_id: bytes, data: bytes | memoryview,
-             compress: bool = True) -> bytes:
+             compress: bool = True) -> bytearray:
         mode, payload = self.compress(data) if compress else (RAW, data)
-        return self._aead.seal(bytes([mode]) + bytes(payload), _context(kind, object_id))
+        return self._aead.seal(payload, _context(kind, object_id), flags=mode)
 
-    def open(self, kind: bytes, object_id: bytes, sealed: bytes | memoryview) -> bytes:
+    def open(self, kind: bytes, object_id: bytes, sealed: bytes | bytearray | memoryview) -> bytes | bytearray:
         try:
-            inner = self._aead.open(sealed, _context(kind, object_id))
+            mode, payload = self._aead.open(sealed, _context(kind, object_id))
         except AuthenticationFailed as exc:
             raise EnvelopeError(str(exc)) from None
-        mode, payload = inner[0], memoryview(inner)[1:]
         if mode == RAW:
-            return bytes(payload)
+            return payload
         if mode == ZSTD:
             try:
                 return self._decompressor().decompress(payload)
@@ -81,4 +80,4 @@ class Envelope:
 
 
 def _context(kind: bytes, object_id: bytes) -> bytes:
-    return b"drtool/v1\0" + kind + b"\0" + object_id
+    return b"drtool/v1\0" + kind + b"\0" + object_id + b"\0"

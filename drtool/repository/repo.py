@@ -92,7 +92,7 @@ class Repository:
         slot = wrap_master_key(master, passphrase, params=kdf, label="initial")
         backend.put(f"keys/{slot.slot_id}", slot.to_bytes())
         envelope = Envelope(master.encryption_key)
-        backend.put("config", envelope.seal(b"config", b"", config.to_json(), compress=False))
+        backend.put("config", bytes(envelope.seal(b"config", b"", config.to_json(), compress=False)))
         return cls(backend, master, config, slot.slot_id)
 
     @classmethod
@@ -102,7 +102,7 @@ class Repository:
         master, slot_id = _unlock(backend, passphrase)
         envelope = Envelope(master.encryption_key)
         try:
-            config = RepoConfig.from_json(envelope.open(b"config", b"", backend.get("config")))
+            config = RepoConfig.from_json(bytes(envelope.open(b"config", b"", backend.get("config"))))
         except EnvelopeError:
             raise IntegrityError("the repository config object is damaged or was replaced") from None
         return cls(backend, master, config, slot_id, cache)
@@ -266,10 +266,13 @@ class Repository:
         return loc
 
     def read_blob(self, blob_id: bytes) -> bytes:
-        return next(self.read_blobs([blob_id]))
+        return bytes(next(self.read_blobs([blob_id])))
 
-    def read_blobs(self, blob_ids: list[bytes]) -> Iterator[bytes]:
-        """Blobs in order; neighbouring groups of one pack come with one ranged read."""
+    def read_blobs(self, blob_ids: list[bytes]) -> Iterator[memoryview]:
+        """Verified blobs in order, as views into their group (valid while referenced).
+
+        Neighbouring groups of one pack come with one ranged read.
+        """
         locs = [self.locate(b) for b in blob_ids]
         start = 0
         while start < len(locs):
@@ -286,7 +289,8 @@ class Repository:
             yield from self._read_run(blob_ids[start:end], locs[start:end], lo, hi)
             start = end
 
-    def _read_run(self, blob_ids: list[bytes], locs: list[Location], lo: int, hi: int) -> Iterator[bytes]:
+    def _read_run(self, blob_ids: list[bytes], locs: list[Location], lo: int,
+                  hi: int) -> Iterator[memoryview]:
         pack_id = locs[0].pack_id
         cached = self._group_cache.get((pack_id, lo))
         if cached is not None and all(loc.offset == lo for loc in locs):
@@ -294,7 +298,7 @@ class Repository:
                 yield self._blob_from_group(blob_id, loc, cached)
             return
         raw = memoryview(self.backend.get_range(pack_name(pack_id), lo, hi - lo))
-        opened: dict[int, bytes] = {}
+        opened: dict[int, bytes | bytearray] = {}
         for blob_id, loc in zip(blob_ids, locs):
             plain = opened.get(loc.offset)
             if plain is None:
@@ -303,16 +307,16 @@ class Repository:
                 self._group_cache.put((pack_id, loc.offset), plain)
             yield self._blob_from_group(blob_id, loc, plain)
 
-    def _open_group(self, loc: Location, sealed: bytes | memoryview) -> bytes:
+    def _open_group(self, loc: Location, sealed: bytes | memoryview) -> bytes | bytearray:
         try:
             return open_group(self.envelope, loc.blob_type, sealed)
         except EnvelopeError as exc:
             raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is damaged at offset {loc.offset} "
                                  f"({exc})") from None
 
-    def _blob_from_group(self, blob_id: bytes, loc: Location, plain: bytes) -> bytes:
-        """Cut one blob out of its group and check it is the one asked for."""
-        data = plain[loc.inner:loc.inner + loc.raw_length]
+    def _blob_from_group(self, blob_id: bytes, loc: Location, plain: bytes | bytearray) -> memoryview:
+        """Cut one blob out of its group (no copy) and check it is the one asked for."""
+        data = memoryview(plain)[loc.inner:loc.inner + loc.raw_length]
         if len(data) != loc.raw_length or self.ids.blob_id(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} in pack {loc.pack_id.hex()[:16]} "
                                  f"does not match its id")
@@ -349,13 +353,13 @@ class Repository:
     def put_object(self, prefix: str, kind: bytes, plaintext: bytes, object_id: str | None = None) -> str:
         object_id = object_id or self.ids.object_id(kind.decode(), plaintext).hex()
         sealed = self.envelope.seal(kind, object_id.encode(), plaintext)
-        self.backend.put(f"{prefix}/{object_id}", sealed)
+        self.backend.put(f"{prefix}/{object_id}", bytes(sealed))
         return object_id
 
     def get_object(self, prefix: str, kind: bytes, object_id: str) -> bytes:
         sealed = self.backend.get(f"{prefix}/{object_id}")
         try:
-            return self.envelope.open(kind, object_id.encode(), sealed)
+            return bytes(self.envelope.open(kind, object_id.encode(), sealed))
         except EnvelopeError:
             raise IntegrityError(f"object {prefix}/{object_id} is damaged, forged, or "
                                  f"stored under another name") from None
@@ -372,18 +376,18 @@ class GroupCache:
 
     def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._items: OrderedDict[tuple[bytes, int], bytes | bytearray] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[bytes, int]) -> bytes | None:
+    def get(self, key: tuple[bytes, int]) -> bytes | bytearray | None:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key: tuple[bytes, int], value: bytes) -> None:
+    def put(self, key: tuple[bytes, int], value: bytes | bytearray) -> None:
         with self._lock:
             if key in self._items or len(value) > self.max_bytes // 2:
                 return
