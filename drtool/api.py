@@ -21,7 +21,7 @@ from drtool.ops.session import OpenOptions, Session
 from drtool.snapshot.model import Snapshot
 
 __all__ = ["KdfParams", "Session", "backup", "backup_command", "check", "init", "open_repository",
-           "rebuild_catalog", "restore", "restore_plan", "snapshots"]
+           "pick_snapshot", "rebuild_catalog", "restore", "restore_plan", "snapshots"]
 
 
 def init(repository: str, passphrase: bytes, *, catalog: str | None = None,
@@ -57,8 +57,9 @@ def snapshots(session: Session, name: str | None = None) -> list[Snapshot]:
     return session.snapshots(name)
 
 
-def _pick(session: Session, snapshot: str | None, name: str | None,
+def pick_snapshot(session: Session, snapshot: str | None, name: str | None,
           point_in_time: datetime | None) -> Snapshot:
+    """The snapshot a restore means: by id or 'latest', or the newest at or before a time."""
     if point_in_time is not None:
         return session.snapshot_at(point_in_time, name)
     return session.find_snapshot(snapshot or "latest", name)
@@ -68,7 +69,7 @@ def restore_plan(session: Session, snapshot: str | None, target: str, *, name: s
                  point_in_time: datetime | None = None,
                  includes: list[str] | None = None) -> _restore.RestoreResult:
     session.repo.load_index()
-    snap = _pick(session, snapshot, name, point_in_time)
+    snap = pick_snapshot(session, snapshot, name, point_in_time)
     return _restore.plan(session, snap, target, includes or [])
 
 
@@ -76,7 +77,7 @@ def restore(session: Session, snapshot: str | None, target: str, *, name: str | 
             point_in_time: datetime | None = None, includes: list[str] | None = None,
             allow_partial: bool = False,
             progress: Callable[[int], None] | None = None) -> _restore.RestoreResult:
-    snap = _pick(session, snapshot, name, point_in_time)
+    snap = pick_snapshot(session, snapshot, name, point_in_time)
     return _restore.restore(session, snap, target, includes=includes, allow_partial=allow_partial,
                             progress=progress)
 

@@ -8,6 +8,7 @@ from drtool.cli.context import CliState, emit, tune_malloc_for_backup
 from drtool.cli.options import dry_run_option, json_option, name_option, tag_option
 from drtool.cli.progress import byte_progress, walk_progress
 from drtool.crypto.keys import KdfParams
+from drtool.ops.notify import log_backup_summary
 from drtool.errors import PartialSuccess, UsageError
 from drtool.snapshot.timeparse import parse_point_in_time
 
@@ -63,12 +64,14 @@ def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: s
     if bool(paths) == bool(command):
         raise UsageError("give either PATH... or --from-command CMD")
     tune_malloc_for_backup()
+    state.run_name = name
     session = state.session()
     if command:
         result = api.backup_command(session, command, name, filename, list(tags))
     else:
         with walk_progress(f"backing up {name}") as progress:
             result = api.backup(session, list(paths), name, list(tags), progress)
+    log_backup_summary(result)
     snap = result.snapshot
     s = snap.summary
     emit(result.as_dict(), as_json,
@@ -143,8 +146,7 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
         result = api.restore_plan(session, snapshot, target, name=name, point_in_time=point,
                                   includes=list(includes))
     else:
-        session.repo.load_index()
-        pick = api._pick(session, snapshot, name, point)
+        pick = api.pick_snapshot(session, snapshot, name, point)
         if not as_json:
             click.echo(f"restoring snapshot {pick.short_id} ({pick.name}, "
                        f"{pick.time.astimezone().isoformat()}) to {target}", err=True)

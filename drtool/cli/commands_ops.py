@@ -102,9 +102,13 @@ def forget(state: CliState, name: str | None, keep_last: int | None, keep_hourly
                              hint="or configure [retention] / [sources.NAME.retention]")
     tz = forget_ops.zone_from_config(data)
     result = forget_ops.forget(state.session(), policy_for, name=name, tz=tz, dry_run=dry_run)
-    emit(result.as_dict(), as_json, _forget_text(result, tz))
-    if then_prune and not dry_run:
-        _run_prune(state, prune_options(state, False, None, None), as_json)
+    if not (then_prune and not dry_run):
+        emit(result.as_dict(), as_json, _forget_text(result, tz))
+        return
+    if not as_json:
+        click.echo(_forget_text(result, tz))
+    report = _run_prune(state, prune_options(state, False, None, None), as_json=False, quiet=as_json)
+    emit({"forget": result.as_dict(), "prune": report.as_dict()}, as_json)
 
 
 def _any_policy(data: dict[str, Any]) -> bool:
@@ -144,8 +148,11 @@ def prune(state: CliState, max_unused: str | None, grace: str | None, dry_run: b
     _run_prune(state, prune_options(state, dry_run, max_unused, grace), as_json)
 
 
-def _run_prune(state: CliState, options: prune_ops.PruneOptions, as_json: bool) -> None:
+def _run_prune(state: CliState, options: prune_ops.PruneOptions, as_json: bool,
+               quiet: bool = False) -> prune_ops.PruneReport:
     report = prune_ops.prune(state.session(), options)
+    if quiet:
+        return report
     r = report
     verb = "would " if r.dry_run else ""
     lines = [f"{r.snapshots} snapshot(s), {r.packs} pack(s): {_mib(r.used_bytes)} used, "
@@ -163,6 +170,7 @@ def _run_prune(state: CliState, options: prune_ops.PruneOptions, as_json: bool) 
         lines.append(f"{r.locked_skipped} object(s) under Object Lock retention were not deleted")
     lines += [f"warning: {w}" for w in r.warnings]
     emit(r.as_dict(), as_json, "\n".join(lines))
+    return report
 
 
 # ----- locks ------------------------------------------------------------------------------

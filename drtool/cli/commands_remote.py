@@ -1,8 +1,164 @@
-"""Placeholder: commands of this area are registered here."""
+"""copy (second-site copies) and repo validate (is this storage fit for backups?)."""
 from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
 
 import click
 
+from drtool.backends.registry import open_backend
+from drtool.cli.context import CliState, emit
+from drtool.cli.options import json_option, name_option
+from drtool.config import Settings, read_passphrase
+from drtool.crypto.keys import KdfParams
+from drtool.errors import BackendError, ConfigError, DrtoolError, UsageError
+from drtool.ops import copy as copy_ops
+from drtool.ops.session import OpenOptions
+from drtool.ops.validate_backend import CheckResult, validate_backend
+
+pass_state = click.make_pass_decorator(CliState)
+log = logging.getLogger("drtool")
+
+# [copy] keys that describe the destination itself; any other key is an S3 option.
+COPY_KEYS = {"repository", "catalog", "password_file", "password_command", "s3"}
+TO_PASSWORD_VARS = ("DRTOOL_TO_PASSWORD", "DRTOOL_TO_PASSWORD_FILE", "DRTOOL_TO_PASSWORD_COMMAND")
+
+
+# ----- copy -----------------------------------------------------------------------------
+def _destination_url(state: CliState, to: str | None, conf: dict[str, Any]) -> str:
+    url = to or conf.get("repository")
+    if not url or not isinstance(url, str):
+        raise UsageError("no destination repository given",
+                         hint="pass --to URL or set repository in the config's [copy] table")
+    if "://" in url:
+        return url
+    if to is None and state.settings.path:  # relative to the config file, like [repository]
+        return str((Path(state.settings.path).parent / url).resolve())
+    return os.path.abspath(url)
+
+
+def _destination_backend_options(conf: dict[str, Any]) -> dict[str, Any]:
+    """``[copy]`` keys other than the destination's own, overlaid by ``[copy.s3]``."""
+    nested = conf.get("s3", {})
+    if not isinstance(nested, dict):
+        raise ConfigError("[copy.s3] must be a table")
+    options = {k: v for k, v in conf.items() if k not in COPY_KEYS}
+    options.update(nested)
+    return options
+
+
+def _destination_passphrase(state: CliState, conf: dict[str, Any]) -> bytes:
+    """DRTOOL_TO_PASSWORD(_FILE|_COMMAND), then [copy] password_file/_command, else the source's.
+
+    Reusing the source passphrase keeps the break-glass kit small (bucket,
+    credentials, one passphrase); the keys themselves still differ.
+    """
+    env = {var.replace("_TO_", "_"): os.environ.get(var, "") for var in TO_PASSWORD_VARS}
+    settings = Settings(password_file=conf.get("password_file"),
+                        password_command=conf.get("password_command"))
+    if any(env.values()) or settings.password_file or settings.password_command:
+        return read_passphrase(settings, None, env)
+    log.info("destination passphrase: the source's (set DRTOOL_TO_PASSWORD_FILE for another)")
+    return state.passphrase()
+
+
+def destination_options(state: CliState, to: str | None) -> OpenOptions:
+    conf = state.settings.section("copy")
+    options = OpenOptions(_destination_url(state, to, conf), _destination_passphrase(state, conf),
+                          os.environ.get("DRTOOL_TO_CATALOG") or conf.get("catalog"),
+                          backend_options=_destination_backend_options(conf),
+                          lock_wait=state.lock_wait)
+    if state.settings.host:
+        options.host = state.settings.host
+    return options
+
+
+@click.command("copy")
+@click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...")
+@click.option("--to", "to", metavar="URL",
+              help="Destination repository (or [copy] repository); created if absent.")
+@name_option
+@click.option("--kdf-memory-kib", type=int, default=None, hidden=True)
+@click.option("--kdf-iterations", type=int, default=None, hidden=True)
+@json_option
+@pass_state
+def copy(state: CliState, snapshots: tuple[str, ...], to: str | None, name: str | None,
+         kdf_memory_kib: int | None, kdf_iterations: int | None, as_json: bool) -> None:
+    """Copy snapshots (default: all; or ids / 'latest') to a second repository.
+
+    Only data the destination lacks is transferred; snapshots already copied
+    are skipped.  The destination has its own keys; its passphrase comes from
+    DRTOOL_TO_PASSWORD_FILE / DRTOOL_TO_PASSWORD_COMMAND (else the source's).
+    """
+    source = state.session()
+    dest = destination_options(state, to)
+    kdf = None
+    if kdf_memory_kib or kdf_iterations:
+        base = KdfParams()
+        kdf = KdfParams(kdf_memory_kib or base.memory_kib, kdf_iterations or base.iterations,
+                        1 if kdf_memory_kib and kdf_memory_kib < 8192 else base.lanes)
+    dst, created = copy_ops.open_destination(dest, kdf)
+    try:
+        report = copy_ops.copy_snapshots(source, dst, copy_ops.CopyOptions(list(snapshots), name))
+    finally:
+        dst.close()
+    report.initialized = created
+    text = copy_ops.summary_line(report)
+    if created:
+        text = f"created repository at {report.destination}\n{text}"
+    emit(report.as_dict(), as_json, text)
+
+
+# ----- repo validate ----------------------------------------------------------------------
+@click.group("repo")
+def repo_group() -> None:
+    """Inspect the storage a repository lives on."""
+
+
+def _location_check(url: str, options: dict[str, Any]) -> tuple[Any, CheckResult]:
+    """Open the backend and prepare its location (as init would); never raises."""
+    try:
+        backend = open_backend(url, options)
+    except DrtoolError as exc:
+        return None, CheckResult("location", False, exc.one_line())
+    try:
+        backend.create_location()
+    except DrtoolError as exc:
+        backend.close()
+        return None, CheckResult("location", False, exc.one_line())
+    return backend, CheckResult("location", True, f"{backend.url} is reachable")
+
+
+@repo_group.command("validate")
+@json_option
+@pass_state
+def repo_validate(state: CliState, as_json: bool) -> None:
+    """Check the storage behaves as drtool needs (atomic puts, ranges, listing, clock, locks).
+
+    Test objects go under validate/ and are removed afterwards (Object Lock
+    may keep them until their retention ends).  Exit 1 if any check fails.
+    """
+    url = state.repository()
+    backend, location = _location_check(url, state.settings.backend_options)
+    results = [location]
+    if backend is not None:
+        try:
+            results += validate_backend(backend)
+        finally:
+            backend.close()
+    failed = [r.name for r in results if not r.ok]
+    width = max(len(r.name) for r in results)
+    emit({"repository": url, "ok": not failed,
+          "checks": [{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results]},
+         as_json, "\n".join(f"{'ok' if r.ok else 'FAIL':4}  {r.name:{width}}  {r.detail}"
+                            for r in results))
+    if failed:
+        raise BackendError(f"{len(failed)} storage check(s) failed: {', '.join(failed)}",
+                           hint="fix the storage (or its configuration) before trusting backups to it")
+
 
 def register(group: click.Group) -> None:
-    """No commands yet."""
+    for command in (copy, repo_group):
+        group.add_command(command)

@@ -14,6 +14,7 @@ from drtool.errors import UsageError
 from drtool.ops.session import OpenOptions, Session
 
 log = logging.getLogger("drtool")
+NOTIFY_COMMANDS = frozenset({"backup", "forget", "prune", "check", "copy", "rehearse", "pg", "mariadb"})
 
 
 @dataclass
@@ -23,6 +24,7 @@ class CliState:
     verbose: int
     lock_wait: float = 0.0
     command: str | None = None
+    run_name: str | None = None
     settings: Settings = field(init=False)
     _session: Session | None = field(default=None, init=False)
 
@@ -55,11 +57,14 @@ class CliState:
         return self._session
 
     def finish(self, command: str | None, exit_code: int, message: str = "") -> None:
-        """Record the run in the catalog's history (best effort), then close."""
+        """Record the run in the catalog's history and notify on failure (best effort), then close."""
+        if command in NOTIFY_COMMANDS and exit_code not in (0, 2):
+            from drtool.ops.notify import notify_failure
+            notify_failure(self.settings.data, command, message, exit_code, host=self.settings.host)
         session = self._session
         if session is not None and command:
             try:
-                run_id = session.catalog.start_run(command, session.host)
+                run_id = session.catalog.start_run(command, session.host, self.run_name)
                 status = "ok" if exit_code == 0 else "partial" if exit_code == 3 else "failed"
                 session.catalog.finish_run(run_id, status, exit_code, message=message,
                                            stats=session.repo.backend.stats.as_dict())

@@ -134,7 +134,12 @@ class Repository:
 
     # ----- index ------------------------------------------------------------------
     def load_index(self) -> None:
-        """Read every index object (through the cache) into memory."""
+        """Read every index object (through the cache) into memory, forgetting stale entries.
+
+        Starting from an empty index matters for long-lived sessions: packs
+        that a prune deleted must not be deduplicated against.
+        """
+        self.index = MemoryIndex()
         names = {info.name.split("/", 1)[1] for info in self.backend.list("index/")}
         cached = self.cache.cached_index_ids() & names if self.cache else set()
         if self.cache:

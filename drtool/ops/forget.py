@@ -1,0 +1,162 @@
+"""Forget: apply retention policies and delete the snapshots they drop.
+
+Each snapshot name is its own series (``db/wiki`` never competes with
+``media`` for a "daily" slot).  The policy for a series comes from the
+command line, else ``[sources.NAME.retention]``, else the top-level
+``[retention]``; a series without any policy is left alone, because "no
+rule" must never mean "delete".  Bucket arithmetic happens in the
+configured ``timezone`` (default UTC) so "daily" means the operator's days.
+
+Forgetting only deletes ``snapshots/<id>`` objects (then the catalog rows);
+the data stays until ``prune``.  That is why a shared lock suffices: a
+concurrent backup may still use a forgotten snapshot as its parent, and the
+blobs it reuses stay until a prune, which needs the exclusive lock.
+
+**PITR pinning hook.**  ``pinned(snapshot) -> str | None`` lets the database
+layer keep base backups that a point-in-time window still needs (their WAL or
+binlog chain reaches into the window): a non-None reason keeps the snapshot
+("pinned: <reason>") without consuming any keep-N slot.  Default: nothing
+pinned.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
+from typing import Any, Callable, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from drtool.errors import ConfigError, DrtoolError, UsageError
+from drtool.ops.session import Session
+from drtool.snapshot.model import Snapshot
+from drtool.snapshot.retention import Decision, RetentionPolicy, SnapshotRef, apply_policy
+from drtool.testing_hooks import crash_point
+
+log = logging.getLogger("drtool.forget")
+
+PinFn = Callable[[Snapshot], "str | None"]
+PolicyFn = Callable[[str], "RetentionPolicy | None"]
+
+
+@dataclass
+class SeriesResult:
+    name: str
+    policy: str
+    decisions: list[Decision] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    not_removed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "policy": self.policy,
+                "keep": [_decision(d) for d in self.decisions if d.keep],
+                "remove": [_decision(d) for d in self.decisions if not d.keep],
+                "removed": self.removed, "not_removed": self.not_removed}
+
+
+@dataclass
+class ForgetResult:
+    dry_run: bool
+    series: list[SeriesResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def removed(self) -> list[str]:
+        return [i for s in self.series for i in s.removed]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "series": [s.as_dict() for s in self.series],
+                "skipped_series": self.skipped, "removed": len(self.removed)}
+
+
+def _decision(d: Decision) -> dict[str, Any]:
+    return {"id": d.snapshot.id, "time": d.snapshot.time.isoformat(), "reasons": list(d.reasons)}
+
+
+def zone_from_config(data: Mapping[str, Any]) -> tzinfo:
+    """The calendar zone for retention buckets: top-level ``timezone`` (default UTC)."""
+    name = data.get("timezone", "UTC")
+    if not isinstance(name, str):
+        raise ConfigError("config: timezone must be a string such as \"Europe/Berlin\"")
+    if name.upper() == "UTC":
+        return timezone.utc
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"config: unknown timezone {name!r}",
+                          hint="use an IANA zone name such as Europe/Berlin") from None
+
+
+def config_policy(data: Mapping[str, Any], name: str) -> RetentionPolicy | None:
+    """``[sources.NAME.retention]``, else top-level ``[retention]``, else None."""
+    sources = data.get("sources", {})
+    source = sources.get(name, {}) if isinstance(sources, dict) else {}
+    table = source.get("retention") if isinstance(source, dict) else None
+    if table is None:
+        table = data.get("retention")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"config: retention for {name!r} must be a table")
+    try:
+        return RetentionPolicy.from_mapping(table)
+    except UsageError as exc:
+        raise ConfigError(f"config: retention for {name!r}: {exc}") from None
+
+
+def forget(session: Session, policy_for: PolicyFn, *, name: str | None = None,
+           tz: tzinfo = timezone.utc, now: datetime | None = None, dry_run: bool = False,
+           pinned: PinFn | None = None) -> ForgetResult:
+    """Decide per series, then delete the dropped snapshots (unless ``dry_run``)."""
+    now = now or datetime.now(timezone.utc)
+    result = ForgetResult(dry_run)
+    with session.lock("forget") as lock:
+        session.sync()
+        by_name: dict[str, list[Snapshot]] = {}
+        for snap in session.snapshots(name):
+            by_name.setdefault(snap.name, []).append(snap)
+        for series, snaps in sorted(by_name.items()):
+            policy = policy_for(series)
+            if policy is None:
+                result.skipped.append(series)
+                continue
+            result.series.append(_decide(series, snaps, policy, now, tz, pinned))
+        if name and not by_name:
+            log.warning("no snapshots named %r", name)
+        if not dry_run:
+            for series_result in result.series:
+                _remove(session, lock, series_result)
+    log.info("forget finished: %d snapshot(s) removed", len(result.removed),
+             extra={"fields": {"event": "forget", "removed": len(result.removed),
+                               "dry_run": dry_run, "series": [s.name for s in result.series]}})
+    return result
+
+
+def _decide(series: str, snaps: list[Snapshot], policy: RetentionPolicy, now: datetime,
+            tz: tzinfo, pinned: PinFn | None) -> SeriesResult:
+    refs = [SnapshotRef(s.id, s.time, frozenset(s.tags), pinned(s) if pinned else None)
+            for s in snaps]
+    decisions = apply_policy(refs, policy, now=now, tz=tz)
+    return SeriesResult(series, policy.describe(), decisions)
+
+
+def _remove(session: Session, lock: Any, series: SeriesResult) -> None:
+    """Delete manifests first, catalog rows second: the repository is the truth."""
+    backend = session.repo.backend
+    is_locked = getattr(backend, "is_locked", None)
+    for decision in series.decisions:
+        if decision.keep:
+            continue
+        snap_id = decision.snapshot.id
+        lock.ensure_held()
+        name = f"snapshots/{snap_id}"
+        try:
+            if is_locked is not None and is_locked(name):
+                series.not_removed.append(f"{snap_id[:8]}: under Object Lock retention")
+                continue
+            backend.delete(name)
+        except DrtoolError as exc:
+            series.not_removed.append(f"{snap_id[:8]}: {exc}")
+            continue
+        series.removed.append(snap_id)
+        crash_point("forget-mid-delete")
+    session.catalog.remove_snapshots(series.removed)
