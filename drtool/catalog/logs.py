@@ -14,6 +14,7 @@ gap is any missing number between two present ones.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -23,9 +24,15 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from drtool.catalog.models import Base
 from drtool.catalog.store import Catalog
+from drtool.snapshot.model import Snapshot
 
 WAL = "wal"
 BINLOG = "binlog"
+PG_BASE = "pg-base"
+MARIADB_DUMP = "mariadb-dump"
+DEFAULT_WAL_SEGMENT = 16 * 1024 * 1024
+_LSN_RE = re.compile(r"^([0-9A-F]{1,8})/([0-9A-F]{1,8})$", re.IGNORECASE)
+_BINLOG_SEQ_RE = re.compile(r"\.(\d+)$")
 
 
 class LogSegmentRow(Base):
@@ -108,7 +115,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(timezone.utc) if value is not None else None
 
 
-def _from_row(row: LogSegmentRow) -> Segment:
+def _from_row(row: Any) -> Segment:
     return Segment(source=row.source, kind=row.kind, name=row.name, object_id=row.object_id,
                    size=row.size, archived_at=_aware(row.archived_at) or datetime.now(timezone.utc),
                    timeline=row.timeline, seq=row.seq, first_time=_aware(row.first_time),
@@ -157,7 +164,7 @@ class LogCatalog:
         if kind is not None:
             query = query.where(LogSegmentRow.kind == kind)
         with self.catalog.engine.connect() as conn:
-            rows = conn.execute(query.order_by(LogSegmentRow.seq, LogSegmentRow.name)).scalars().all()
+            rows = conn.execute(query.order_by(LogSegmentRow.seq, LogSegmentRow.name)).all()
         return [_from_row(r) for r in rows]
 
     def _row(self, seg: Segment) -> dict[str, Any]:
@@ -203,3 +210,166 @@ def contiguous_run(segments: Iterable[Segment], start: int, min_timeline: int = 
         run.append(present[seq])
         seq += 1
     return run
+
+
+# ----- recovery bases and windows (pure; the catalog supplies snapshots and segments) ----------
+def lsn_value(text: str) -> int:
+    match = _LSN_RE.match(text.strip())
+    if not match:
+        raise ValueError(f"not an LSN: {text!r}")
+    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
+
+
+def binlog_number(name: str) -> int | None:
+    match = _BINLOG_SEQ_RE.search(name)
+    return int(match.group(1)) if match else None
+
+
+def wal_segment_size(segments: list[Segment]) -> int:
+    sizes = [s.extra.get("segment_size") for s in segments if s.extra.get("segment_size")]
+    return int(sizes[0]) if sizes else DEFAULT_WAL_SEGMENT
+
+
+@dataclass
+class RecoveryBase:
+    """A snapshot recovery can start from: where its logs begin, when it is consistent.
+
+    ``required_seq`` is the last log file the base itself needs (the end of a
+    base backup's WAL range); a base whose required logs are missing is useless.
+    """
+
+    snapshot: Snapshot
+    start_seq: int
+    timeline: int
+    consistent_at: datetime
+    required_seq: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"snapshot": self.snapshot.id, "kind": self.snapshot.kind,
+                "time": self.snapshot.time.isoformat(), "consistent_at": self.consistent_at.isoformat()}
+
+
+def _pg_base(snap: Snapshot, seg_size: int) -> RecoveryBase | None:
+    meta = snap.meta
+    if "start_lsn" not in meta:
+        return None
+    start = lsn_value(meta["start_lsn"]) // seg_size
+    required = lsn_value(meta["end_lsn"]) // seg_size if meta.get("end_lsn") else start
+    consistent = datetime.fromisoformat(meta["end_time"]) if meta.get("end_time") else snap.time
+    return RecoveryBase(snap, start, int(meta.get("timeline", 1)), consistent, required)
+
+
+def _mariadb_base(snap: Snapshot) -> RecoveryBase | None:
+    seq = binlog_number(snap.meta.get("binlog_file", ""))
+    if seq is None:
+        return None
+    return RecoveryBase(snap, seq, 0, snap.time, seq - 1)
+
+
+def recovery_bases(snapshots: Iterable[Snapshot], kind: str, segments: list[Segment]) -> list[RecoveryBase]:
+    """Restorable starting points among ``snapshots`` for log kind ``kind``, oldest first."""
+    snap_kind = PG_BASE if kind == WAL else MARIADB_DUMP
+    seg_size = wal_segment_size(segments)
+    found = []
+    for snap in snapshots:
+        if snap.kind != snap_kind:
+            continue
+        base = _pg_base(snap, seg_size) if kind == WAL else _mariadb_base(snap)
+        if base is not None:
+            found.append(base)
+    return sorted(found, key=lambda b: b.consistent_at)
+
+
+def reach(base: RecoveryBase, chain: list[Segment]) -> datetime | None:
+    """Latest time recovery from ``base`` over ``chain`` reaches; None if the base is incomplete.
+
+    For WAL this is the newest archived commit (PostgreSQL can only stop before
+    a later commit); for binlogs the newest archived event.
+    """
+    if base.required_seq >= base.start_seq and (not chain or (chain[-1].seq or 0) < base.required_seq):
+        return None
+    times = [s.last_time for s in chain if s.last_time is not None]
+    if times:
+        return max(max(times), base.consistent_at)
+    return base.consistent_at
+
+
+@dataclass
+class Window:
+    """What a source can be restored to: merged intervals plus the gaps in its log archive."""
+
+    source: str
+    kind: str
+    intervals: list[tuple[datetime, datetime]] = field(default_factory=list)
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    segments: int = 0
+    bases: int = 0
+
+    @property
+    def start(self) -> datetime | None:
+        return self.intervals[0][0] if self.intervals else None
+
+    @property
+    def end(self) -> datetime | None:
+        return self.intervals[-1][1] if self.intervals else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "kind": self.kind, "segments": self.segments, "bases": self.bases,
+                "start": self.start.isoformat() if self.start else None,
+                "end": self.end.isoformat() if self.end else None,
+                "intervals": [[a.isoformat(), b.isoformat()] for a, b in self.intervals],
+                "gaps": self.gaps}
+
+
+def _merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    merged: list[tuple[datetime, datetime]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def gap_file_name(kind: str, gap: Gap, timeline: int, seg_size: int) -> str:
+    """The first missing file of a gap, named as the server names it."""
+    if kind == WAL:
+        per = 0x100000000 // seg_size
+        return f"{timeline:08X}{gap.first // per:08X}{gap.first % per:08X}"
+    match = re.match(r"^(.*\.)(\d+)$", gap.before) or re.match(r"^(.*\.)(\d+)$", gap.after)
+    if not match:
+        return f"#{gap.first}"
+    return f"{match.group(1)}{gap.first:0{len(match.group(2))}d}"
+
+
+def compute_window(source: str, kind: str, snapshots: Iterable[Snapshot], segments: list[Segment]) -> Window:
+    found = recovery_bases(snapshots, kind, segments)
+    intervals = []
+    for base in found:
+        end = reach(base, contiguous_run(segments, base.start_seq, base.timeline))
+        if end is not None:
+            intervals.append((base.consistent_at, end))
+    window = Window(source, kind, _merge(intervals), segments=len(segments), bases=len(found))
+    start = found[0].start_seq if found else None
+    seg_size, timeline = wal_segment_size(segments), (found[0].timeline if found else 1)
+    window.gaps = [{"first_missing": gap_file_name(kind, g, timeline, seg_size), "count": g.count,
+                    "after": g.before, "before": g.after} for g in find_gaps(segments, start)]
+    return window
+
+
+def recoverable_window(catalog: Catalog, source: str) -> Window | None:
+    """Recoverable window of a database source from the catalog alone (None: not a PITR source).
+
+    The catalog follows the repository: ``drtool.ops.pitr.recoverable_window``
+    syncs the log rows first; this variant is for cheap status checks.
+    """
+    snaps = catalog.snapshots(source)
+    segments_all = LogCatalog(catalog).segments(source)
+    kinds = {s.kind for s in snaps}
+    if PG_BASE in kinds or any(s.kind == WAL for s in segments_all):
+        kind = WAL
+    elif MARIADB_DUMP in kinds or any(s.kind == BINLOG for s in segments_all):
+        kind = BINLOG
+    else:
+        return None
+    return compute_window(source, kind, snaps, [s for s in segments_all if s.kind == kind])

@@ -30,7 +30,8 @@ def catalog_rebuild(state: CliState, as_json: bool) -> None:
     result = api.rebuild_catalog(state.session())
     emit(result.as_dict(), as_json,
          f"catalog rebuilt: {result.snapshots} snapshot(s), {result.index_objects} index object(s), "
-         f"{result.packs_reindexed} unindexed pack(s) indexed"
+         f"{result.packs_reindexed} unindexed pack(s) indexed, {result.log_segments} archived "
+         f"log file(s), {result.rehearsals} rehearsal(s)"
          + "".join(f"\nwarning: {d}" for d in result.damaged))
 
 

@@ -22,6 +22,8 @@ class RebuildResult:
     index_objects: int
     packs_reindexed: int
     damaged: list[str]
+    log_segments: int = 0
+    rehearsals: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -51,7 +53,27 @@ def rebuild_catalog(session: Session) -> RebuildResult:
             except DrtoolError as exc:
                 damaged.append(str(exc))
         catalog.add_snapshots(snaps)
-    return RebuildResult(len(snaps), len(index_ids), reindexed, damaged)
+        logs, rehearsals = _rebuild_history(session, damaged)
+    return RebuildResult(len(snaps), len(index_ids), reindexed, damaged, logs, rehearsals)
+
+
+def _rebuild_history(session: Session, damaged: list[str]) -> tuple[int, int]:
+    """Archived WAL/binlog ranges and rehearsal results also live in the repository."""
+    from drtool.ops.logarchive import rebuild_log_segments
+    from drtool.ops.rehearse import rebuild_rehearsals
+
+    logs = rehearsals = 0
+    try:
+        logs = rebuild_log_segments(session)
+    except DrtoolError as exc:
+        damaged.append(f"archived log list: {exc}")
+    try:
+        result = rebuild_rehearsals(session)
+        rehearsals = result.total
+        damaged.extend(f"rehearsal {d}" for d in result.damaged)
+    except DrtoolError as exc:
+        damaged.append(f"rehearsal history: {exc}")
+    return logs, rehearsals
 
 
 def _index_loose_packs(session: Session, damaged: list[str]) -> int:

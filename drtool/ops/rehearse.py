@@ -29,8 +29,8 @@ from drtool.catalog.rehearsals import (RehearsalSummary, add_rehearsals, last_re
                                        rehearsal_ids)
 from drtool.errors import DrtoolError, SnapshotNotFound
 from drtool.ops.runbook import Objectives, Runbook, Step
-from drtool.ops.sandbox import (FILE_CHECKS, CheckResult, CheckRunner, Sandbox, make_sandbox,
-                               sigterm_as_interrupt)
+from drtool.ops.sandbox import (FILE_CHECKS, CheckResult, CheckRunner, Sandbox, SandboxContext,
+                               make_sandbox, sigterm_as_interrupt)
 from drtool.ops.session import Session
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.timeparse import format_duration, parse_point_in_time
@@ -64,6 +64,8 @@ class RehearseOptions:
     sandbox_root: str | None = None
     #: configured sources (the config file's [sources] table): name → settings
     sources: dict[str, Any] = field(default_factory=dict)
+    #: drtool.config.Settings, for database sandboxes that hand settings to a restore_command
+    settings: Any = None
     clock: Clock = utc_now
     log: Callable[[str], None] | None = None
 
@@ -223,17 +225,28 @@ class Rehearsal:
             self.log(f"{where}: snapshot {snap.short_id} of {snap.time.isoformat()} "
                      f"for target {res.target.isoformat()}")
             phase = "creating the sandbox"
-            sandbox = make_sandbox(step.sandbox, f"{self.book.name}-{step.name}", self.options.sandbox_root)
+            context = SandboxContext(series, _conf(step.source, self.options.sources), self.options.settings)
+            sandbox = make_sandbox(step.sandbox, f"{self.book.name}-{step.name}", self.options.sandbox_root,
+                                   context)
             self.sandboxes.append((res, sandbox))
             sandbox.create()
             phase = "restoring"
             self._restore(where, res, sandbox, snap)
+            runner = CheckRunner(self.session, sandbox, snap, self.rng, self.clock, self._chained_env())
+            phase = "checking the restored files"
+            self._run_checks(where, step, res, runner, [c for c in step.checks if c.type in FILE_CHECKS])
+            phase = f"starting the {sandbox.kind} sandbox"
+            res.recovered_to = self._bring_up(where, step, res, sandbox, snap)
             phase = "validating"
-            self._validate(where, step, res, sandbox, snap)
-        except DrtoolError as exc:
-            res.error = f"{phase}: {exc.one_line()}"
+            self._run_checks(where, step, res, runner, [c for c in step.checks if c.type not in FILE_CHECKS])
+        except (DrtoolError, OSError) as exc:
+            text = exc.one_line() if isinstance(exc, DrtoolError) else f"{exc.strerror or exc} ({exc.filename})"
+            res.error = f"{phase}: {text}"
             res.failed.append(f"step {step.name!r} failed while {res.error}")
             self.log(f"{where}: FAILED while {res.error}")
+            done = {c.where for c in res.checks}
+            res.checks += [CheckResult(c.name, c.type, "skipped", "not run: the step failed earlier", 0.0,
+                                       c.where) for c in step.checks if c.where not in done]
         res.validated = self.clock()
         self._step_objectives(res)
         res.status = "failed" if res.failed else "passed"
@@ -268,18 +281,15 @@ class Rehearsal:
         self.log(f"{where}: restored {restored.files} file(s), {restored.dirs} dir(s), "
                  f"{restored.bytes / 2**20:.1f} MiB")
 
-    def _validate(self, where: str, step: Step, res: StepResult, sandbox: Sandbox,
-                  snap: Snapshot) -> None:
-        early = [c for c in step.checks if c.type in FILE_CHECKS]
-        late = [c for c in step.checks if c.type not in FILE_CHECKS]
-        runner = CheckRunner(self.session, sandbox, snap, self.rng, self.clock,
-                                     self._chained_env())
-        self._run_checks(where, step, res, runner, early)
+    def _bring_up(self, where: str, step: Step, res: StepResult, sandbox: Sandbox,
+                  snap: Snapshot) -> datetime:
         if sandbox.kind != "directory":
             self.log(f"{where}: starting the {sandbox.kind} sandbox server")
         assert res.target is not None
-        res.recovered_to = sandbox.bring_up(self.session, snap, res.target)
-        self._run_checks(where, step, res, runner, late)
+        recovered = sandbox.bring_up(self.session, snap, res.target, step.point.mode == "latest")
+        if recovered != snap.time:
+            self.log(f"{where}: data recovered to {recovered.isoformat()}")
+        return recovered
 
     def _run_checks(self, where: str, step: Step, res: StepResult, runner: CheckRunner,
                     checks: list[Any]) -> None:
@@ -346,10 +356,16 @@ def _missed(label: str, objectives: Objectives, rto: float | None, rpo: float | 
     return lines
 
 
-def _series(source: str, sources: dict[str, Any]) -> str:
-    """A configured source's snapshot series name (default: the source name itself)."""
+def _conf(source: str, sources: dict[str, Any]) -> dict[str, Any] | None:
     conf = sources.get(source)
-    if isinstance(conf, dict) and isinstance(conf.get("name"), str):
+    return conf if isinstance(conf, dict) else None
+
+
+def _series(source: str, sources: dict[str, Any]) -> str:
+    """The snapshot series of a source: configured sources name their snapshots after
+    themselves (a multi-database source's series are "NAME/db": name those directly)."""
+    conf = _conf(source, sources)
+    if conf is not None and isinstance(conf.get("name"), str):
         return str(conf["name"])
     return source
 

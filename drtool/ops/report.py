@@ -9,6 +9,7 @@ passes the documents and the current time.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from html import escape
@@ -109,8 +110,10 @@ def svg_chart(title: str, points: list[tuple[datetime, float | None, bool]],
               goal: float | None) -> str:
     """A small line chart: measured values over time, objective as a dashed line."""
     values = [v for _t, v, _ok in points if v is not None]
-    top = max(values + ([goal] if goal is not None else []) + [1.0]) * 1.15
-    scale, unit = _unit(top)
+    highest = max(values + ([goal] if goal is not None else []) + [1.0]) * 1.1
+    scale, unit = _unit(highest)
+    step = _nice_step(highest / scale / 4)
+    top = step * math.ceil(highest / scale / step) * scale
     times = [t for t, _v, _ok in points]
     t0, t1 = min(times), max(times)
     span = (t1 - t0).total_seconds() or 1.0
@@ -126,7 +129,7 @@ def svg_chart(title: str, points: list[tuple[datetime, float | None, bool]],
              f'<rect width="{CHART_W}" height="{CHART_H}" fill="#ffffff"/>',
              f'<text x="{PAD_L}" y="16" font-size="13" font-weight="600">{escape(title)} '
              f'({unit})</text>']
-    parts += _grid(top, scale, y)
+    parts += _grid(top, scale, step, y)
     parts.append(f'<text x="{PAD_L}" y="{CHART_H - 8}" font-size="11" fill="#59636e">'
                  f'{t0:%Y-%m-%d}</text>')
     if t1 != t0:
@@ -149,15 +152,22 @@ def svg_chart(title: str, points: list[tuple[datetime, float | None, bool]],
     return "".join(parts)
 
 
-def _grid(top: float, scale: float, y: Any) -> list[str]:
+def _nice_step(raw: float) -> float:
+    """1, 2, 2.5 or 5 times a power of ten: axis labels people can read at a glance."""
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+
+
+def _grid(top: float, scale: float, step: float, y: Any) -> list[str]:
     parts = [f'<line x1="{PAD_L}" x2="{PAD_L}" y1="{PAD_T}" y2="{CHART_H - PAD_B}" stroke="#8c959f"/>',
              f'<line x1="{PAD_L}" x2="{CHART_W - PAD_R}" y1="{CHART_H - PAD_B}" y2="{CHART_H - PAD_B}" '
              f'stroke="#8c959f"/>']
-    for i in range(1, 5):
-        value = top * i / 4
+    ticks = int(round(top / scale / step))
+    for i in range(1, ticks + 1):
+        value = i * step * scale
         parts.append(f'<line x1="{PAD_L}" x2="{CHART_W - PAD_R}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
                      f'stroke="#eaeef2"/><text x="{PAD_L - 6}" y="{y(value) + 4:.1f}" font-size="11" '
-                     f'fill="#59636e" text-anchor="end">{value / scale:.3g}</text>')
+                     f'fill="#59636e" text-anchor="end">{i * step:g}</text>')
     return parts
 
 

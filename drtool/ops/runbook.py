@@ -30,8 +30,8 @@ POINT_KEYS = ("latest", "random_within", "point_in_time")
 STEP_KEYS = {"name", "source", "sandbox", "validations", "objectives", *POINT_KEYS}
 TOP_KEYS = STEP_KEYS | {"description", "seed", "steps"}
 SANDBOX_KEYS = {"directory": {"type", "path"},
-                "postgresql": {"type", "path", "database", "user"},
-                "mariadb": {"type", "path", "database", "user"}}
+                "postgresql": {"type", "path", "database"},
+                "mariadb": {"type", "path", "database"}}
 CHECK_KEYS = {"sql": {"query", "expect", "min", "max", "database"},
               "files": {"tolerance"},
               "sample": {"count"},
@@ -83,7 +83,6 @@ class SandboxSpec:
     type: str = "directory"
     path: str | None = None
     database: str | None = None
-    user: str | None = None
 
 
 @dataclass
@@ -389,7 +388,7 @@ def _sandbox(ctx: _Ctx, key: PathKey, value: Any) -> SandboxSpec:
                                          f"{', '.join(SANDBOX_TYPES)}")
     _table(ctx, key, table, SANDBOX_KEYS[kind])
     strings = {k: _want(ctx, key + (k,), table[k], str, "a string")
-               for k in ("path", "database", "user") if k in table}
+               for k in ("path", "database") if k in table}
     return SandboxSpec(kind, **strings)
 
 

@@ -1,4 +1,4 @@
-"""Sandboxes: throwaway places a rehearsal restores into.
+"""Sandboxes: throwaway places a rehearsal restores into, and the validations run there.
 
 A rehearsal must never touch production, and must never leave debris: a
 sandbox is created fresh (a new temporary directory, a throwaway database
@@ -9,8 +9,8 @@ path out -- success, failure, Ctrl-C or SIGTERM (see :func:`sigterm_as_interrupt
 Every sandbox restores the snapshot's files into ``data_dir`` first (so the
 file-level checks see exactly what came out of the repository), then
 ``bring_up`` turns them into a running service where that applies.  Database
-sandboxes plug in through :data:`SANDBOX_TYPES`; they delegate server
-handling to ``drtool.ops.pitr``.
+sandboxes (``drtool.ops.sandbox_db``) subclass :class:`Sandbox`, overriding
+``bring_up``, ``env``, ``query`` and ``teardown``.
 """
 from __future__ import annotations
 
@@ -36,6 +36,16 @@ from drtool.snapshot.store import walk_tree
 
 SANDBOX_ROOT_ENV = "DRTOOL_SANDBOX_ROOT"
 PREFIX = "drtool-rehearsal-"
+LABEL_MAX = 32
+
+
+@dataclass
+class SandboxContext:
+    """What a sandbox may need beyond its spec: the configured source and settings."""
+
+    source: str = ""
+    source_conf: dict[str, Any] | None = None
+    settings: Any = None
 
 
 class Sandbox:
@@ -43,9 +53,11 @@ class Sandbox:
 
     kind = "directory"
 
-    def __init__(self, spec: SandboxSpec, label: str, root: str | None = None) -> None:
+    def __init__(self, spec: SandboxSpec, label: str, root: str | None = None,
+                 context: SandboxContext | None = None) -> None:
         self.spec = spec
-        self.label = "".join(c if c.isalnum() or c in "-_." else "-" for c in label)[:60]
+        self.context = context or SandboxContext()
+        self.label = "".join(c if c.isalnum() or c in "-_." else "-" for c in label)[:LABEL_MAX]
         self.root = spec.path or root or os.environ.get(SANDBOX_ROOT_ENV) or tempfile.gettempdir()
         self.path = ""
         self.snapshot: Snapshot | None = None
@@ -68,8 +80,12 @@ class Sandbox:
         self.snapshot = snap
         return restore(session, snap, self.data_dir)
 
-    def bring_up(self, session: Session, snap: Snapshot, target: datetime) -> datetime:
-        """Make the restored data usable; return the moment the data now reflects."""
+    def bring_up(self, session: Session, snap: Snapshot, target: datetime, latest: bool) -> datetime:
+        """Make the restored data usable; return the moment the data now reflects.
+
+        ``latest`` means "everything the repository has" (database sandboxes
+        then replay every archived log), else recover to ``target``.
+        """
         return snap.time
 
     def env(self) -> dict[str, str]:
@@ -92,84 +108,13 @@ class Sandbox:
             remove_tree(self.path)
 
 
-class DatabaseSandbox(Sandbox):
-    """A throwaway database server loaded from the restored snapshot.
-
-    The server itself (initdb / install-db, start on a private socket, load a
-    dump or replay WAL / binlogs up to the target time, stop) belongs to
-    ``drtool.ops.pitr``; this class adapts it to the rehearsal's life cycle.
-    """
-
-    kind = "database"
-
-    def __init__(self, spec: SandboxSpec, label: str, root: str | None = None) -> None:
-        super().__init__(spec, label, root)
-        self.instance: Any = None
-
-    def bring_up(self, session: Session, snap: Snapshot, target: datetime) -> datetime:
-        engine = database_engine(self.kind)
-        self.instance, recovered_to = engine(session, snap, target, self)
-        return recovered_to
-
-    def env(self) -> dict[str, str]:
-        env = super().env()
-        if self.instance is not None:
-            env.update(self.instance.env())
-        return env
-
-    def query(self, sql: str, database: str | None = None) -> list[tuple[Any, ...]]:
-        if self.instance is None:
-            raise DrtoolError("the sandbox database server is not running")
-        return list(self.instance.query(sql, database or self.spec.database))
-
-    def describe(self) -> str:
-        text = super().describe()
-        if self.instance is not None:
-            text += f"; {self.instance.describe()}"
-        return text
-
-    def teardown(self) -> None:
-        try:
-            if self.instance is not None:
-                self.instance.stop()
-                self.instance = None
-        finally:
-            super().teardown()
-
-
-class PostgresSandbox(DatabaseSandbox):
-    kind = "postgresql"
-
-
-class MariadbSandbox(DatabaseSandbox):
-    kind = "mariadb"
-
-
-SANDBOX_TYPES: dict[str, type[Sandbox]] = {"directory": Sandbox, "postgresql": PostgresSandbox,
-                                           "mariadb": MariadbSandbox}
-
-#: kind → callable(session, snapshot, target_time, sandbox) -> (instance, recovered_to).
-#: ``instance`` has env(), query(sql, database), describe() and stop().
-DatabaseEngine = Callable[[Session, Snapshot, datetime, Sandbox], tuple[Any, datetime]]
-
-
-def database_engine(kind: str) -> DatabaseEngine:
-    """Find the server handling for ``kind`` in drtool.ops.pitr (imported lazily)."""
-    try:
-        from drtool.ops import pitr  # type: ignore[attr-defined]
-    except ImportError:
-        pitr = None
-    engine = getattr(pitr, "rehearsal_engine", None) if pitr is not None else None
-    found = engine(kind) if callable(engine) else None
-    if found is None:
-        raise DrtoolError(f"{kind} sandboxes are not available in this build of drtool "
-                          f"(drtool.ops.pitr provides no {kind} server support)",
-                          hint="use a directory sandbox with a command validation meanwhile")
-    return found  # type: ignore[no-any-return]
-
-
-def make_sandbox(spec: SandboxSpec, label: str, root: str | None = None) -> Sandbox:
-    return SANDBOX_TYPES[spec.type](spec, label, root)
+def make_sandbox(spec: SandboxSpec, label: str, root: str | None = None,
+                 context: SandboxContext | None = None) -> Sandbox:
+    """Database sandboxes live in drtool.ops.sandbox_db (imported only when used)."""
+    if spec.type == "directory":
+        return Sandbox(spec, label, root, context)
+    from drtool.ops import sandbox_db
+    return sandbox_db.SANDBOX_TYPES[spec.type](spec, label, root, context)
 
 
 def remove_tree(path: str) -> None:
@@ -292,6 +237,7 @@ class CheckRunner:
     def _sql(self, check: Check) -> tuple[bool, str]:
         rows = self.sandbox.query(check.query, check.database)
         value: Any = rows[0][0] if rows and rows[0] else None
+        got = value
         if check.expect is not UNSET:
             got = _rows_for(check.expect, rows, value)
             if not _same(got, check.expect):
@@ -304,7 +250,7 @@ class CheckRunner:
                 return False, f"got {number:g}, below the minimum {check.min:g}"
             if check.max is not None and number > check.max:
                 return False, f"got {number:g}, above the maximum {check.max:g}"
-        return True, f"got {value!r}"
+        return True, f"got {got!r}"
 
 
 def count_files(root: str) -> tuple[int, int]:

@@ -280,6 +280,12 @@ def _add_window(status: SourceStatus, session: Session, now: datetime) -> None:
     if fn is None:
         return
     try:
+        from drtool.ops.logarchive import sync_log_segments
+        sync_log_segments(session)  # wal-push writes only to the repository
+    except Exception as exc:  # noqa: BLE001 - status must still report what it can
+        status.raise_to(WARNING, f"archived log list could not be read ({exc})")
+        return
+    try:
         window = fn(session.catalog, status.name)
     except Exception:  # noqa: BLE001 - optional helper, see module doc
         return

@@ -17,14 +17,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from drtool.errors import ConfigError, SourceError
+from drtool.errors import ConfigError, RestoreTargetError, SourceError
 
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
         "defaults_file", "bindir", "binlog_dir", "options", "pitr"}
@@ -302,15 +304,89 @@ def _user_args() -> list[str]:
     return []
 
 
-def install_command(datadir: str, bindir: str | None = None) -> list[str]:
+def install_command(datadir: str, bindir: str | None = None, tmpdir: str | None = None) -> list[str]:
+    """A private ``tmpdir``: bootstrap temp-table names can collide with other servers' in /tmp."""
+    tmp = [f"--tmpdir={tmpdir}"] if tmpdir else []
     return [find_binary("mariadb-install-db", bindir), "--no-defaults", f"--datadir={datadir}",
-            "--auth-root-authentication-method=normal", "--skip-test-db", *_user_args()]
+            "--auth-root-authentication-method=normal", "--skip-test-db", *tmp, *_user_args()]
 
 
-def server_command(datadir: str, socket: str, port: int | None, bindir: str | None = None) -> list[str]:
+def server_command(datadir: str, socket: str, port: int | None, bindir: str | None = None,
+                   tmpdir: str | None = None) -> list[str]:
     cmd = [find_binary("mariadbd", bindir), "--no-defaults", f"--datadir={datadir}", f"--socket={socket}",
            f"--pid-file={os.path.join(datadir, 'mariadbd.pid')}",
            f"--log-error={os.path.join(datadir, 'mariadbd.err')}", *_user_args()]
+    if tmpdir:
+        cmd.append(f"--tmpdir={tmpdir}")
     if port:
         return cmd + [f"--port={port}", "--bind-address=127.0.0.1"]
     return cmd + ["--skip-networking"]
+
+
+class Instance:
+    """A throwaway mariadbd on a fresh data directory (restore target ``--target DIR``)."""
+
+    def __init__(self, root: str, port: int | None = None, bindir: str | None = None) -> None:
+        self.root = os.path.abspath(root)
+        self.datadir = os.path.join(self.root, "data")
+        self.tmpdir = os.path.join(self.root, "tmp")
+        self.socket = os.path.join(self.root, "mysqld.sock")
+        self.port = port
+        self.bindir = bindir
+        if len(self.socket) > 100:
+            raise RestoreTargetError(f"--target {root} is too long for a unix socket path",
+                                     hint="use a shorter directory")
+
+    def source(self, name: str) -> MariaSource:
+        return MariaSource(name=name, socket=self.socket, user="root", all=True, bindir=self.bindir)
+
+    def install(self) -> None:
+        if os.path.exists(self.root) and os.listdir(self.root):
+            raise RestoreTargetError(f"restore target {self.root} is not empty",
+                                     hint="choose a new --target for the fresh MariaDB instance")
+        os.makedirs(self.tmpdir, mode=0o700, exist_ok=True)
+        _check_run(install_command(self.datadir, self.bindir, self.tmpdir), "mariadb-install-db")
+
+    def start(self, timeout: float = 60.0) -> None:
+        cmd = server_command(self.datadir, self.socket, self.port, self.bindir, self.tmpdir)
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        probe = self.source("probe")
+        while True:
+            try:
+                run_sql(probe, "SELECT 1")
+                return
+            except SourceError:
+                if time.monotonic() > deadline:
+                    raise RestoreTargetError(f"the MariaDB instance in {self.root} did not start",
+                                             hint=f"see {self.datadir}/mariadbd.err") from None
+                time.sleep(0.2)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        pid_file = os.path.join(self.datadir, "mariadbd.pid")
+        try:
+            with open(pid_file, encoding="ascii") as handle:
+                pid = int(handle.read().strip())
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + timeout
+        while os.path.exists(pid_file) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _check_run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        raise RestoreTargetError(f"{what} failed: {' | '.join(proc.stderr.strip().splitlines()[-3:])}")
+
+
+def database_exists(src: MariaSource, database: str) -> bool:
+    escaped = database.replace("\\", "\\\\").replace("'", "\\'")
+    rows = run_sql(src, f"SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='{escaped}'")
+    return bool(rows)
+
+
+def quote_ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"

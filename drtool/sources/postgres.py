@@ -16,15 +16,18 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import tarfile
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
-from drtool.errors import ConfigError, SourceError
+from drtool.errors import ConfigError, RestoreTargetError, SourceError
 
 METHODS = ("dump", "basebackup")
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
@@ -263,7 +266,6 @@ def parse_backup_label(text: str) -> dict[str, Any]:
 
 def backup_label_from_tar_head(head: bytes) -> str | None:
     """pg_basebackup puts backup_label first in the main tar: read it from the stream's head."""
-    import tarfile
     if len(head) < 512:
         return None
     try:
@@ -340,6 +342,102 @@ def recovery_outcome(log_text: str) -> dict[str, str]:
         for key, marker in (("stopped", "recovery stopping"), ("last_transaction", "last completed transaction"),
                             ("fatal", "FATAL:"), ("redo_done", "redo done at")):
             if marker in line:
-                found[key] = line.split(marker, 1)[1].strip(" :") if key != "fatal" else \
-                    line.split("FATAL:", 1)[1].strip()
+                found[key] = line[line.index(marker):].removeprefix("FATAL:").strip()
     return found
+
+
+# ----- restore side ----------------------------------------------------------------------------------
+def prepare_datadir(target: str) -> None:
+    """An absent or empty directory, mode 0700 (PostgreSQL refuses a group/world-readable one)."""
+    if os.path.exists(target) and os.listdir(target):
+        raise RestoreTargetError(f"restore target {target} is not empty",
+                                 hint="PostgreSQL needs a fresh data directory: choose a new --target")
+    try:
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        os.chmod(target, 0o700)
+    except OSError as exc:
+        raise RestoreTargetError(f"cannot create {target}: {exc.strerror}") from None
+
+
+class _NoChownTar(tarfile.TarFile):
+    """Files belong to whoever restores (run restore as the PostgreSQL OS user), not to the
+    uid recorded in the tar, which may not exist or mean someone else on this host."""
+
+    def chown(self, tarinfo, targetpath, numeric_owner):  # type: ignore[no-untyped-def, override]
+        return None
+
+
+def extract_base_tar(fileobj: IO[bytes], target: str) -> int:
+    """Unpack a pg_basebackup tar stream (no seeking) into ``target``; return the member count."""
+    count = 0
+    with _NoChownTar.open(fileobj=fileobj, mode="r|") as tar:
+        for member in tar:
+            if member.name.startswith("/") or ".." in member.name.split("/"):
+                raise RestoreTargetError(f"base backup member {member.name!r} points outside the target")
+            if not (member.isfile() or member.isdir() or member.issym()):
+                continue
+            if hasattr(tarfile, "tar_filter"):
+                tar.extract(member, target, set_attrs=True, filter="tar")
+            else:  # Python without extraction filters: the name checks above must do
+                tar.extract(member, target, set_attrs=True)
+            count += 1
+    return count
+
+
+def write_fetch_script(target: str, source: str, env: dict[str, str], python: str) -> str:
+    """restore_command wrapper: repository settings in the environment, no secret in the file."""
+    path = os.path.join(target, "drtool-wal-fetch.sh")
+    lines = ["#!/bin/sh",
+             f"# Written by 'drtool restore': PostgreSQL restore_command for source {source}.",
+             "# No secret here: the passphrase comes from DRTOOL_PASSWORD_FILE / _COMMAND.",
+             "unset DRTOOL_PASSWORD"]
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
+    lines.append(f"exec {shlex.quote(python)} -m drtool pg wal-fetch --source {shlex.quote(source)} "
+                 f"\"$1\" \"$2\"")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    os.chmod(path, 0o700)
+    return path
+
+
+def start_and_wait(target: str, bindir: str | None, timeout: float) -> dict[str, str]:
+    """Start the restored cluster and wait until recovery ended and it was promoted."""
+    log_file = os.path.join(target, "drtool-recovery.log")
+    proc = subprocess.run(pg_ctl_command(target, "start", bindir, log_file, int(timeout)),
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        raise RestoreTargetError(f"PostgreSQL did not start from {target}: "
+                                 f"{_why(log_file) or proc.stderr.strip().splitlines()[-1:]}",
+                                 hint=f"see {log_file}")
+    deadline = time.monotonic() + timeout
+    while cluster_state(target, bindir) != "in production":
+        if not os.path.exists(os.path.join(target, "postmaster.pid")):
+            raise RestoreTargetError(f"recovery failed: {_why(log_file) or 'the server exited'}",
+                                     hint=f"see {log_file}")
+        if time.monotonic() > deadline:
+            raise RestoreTargetError(f"recovery did not finish within {timeout:.0f}s",
+                                     hint=f"the server is still running; see {log_file}")
+        time.sleep(0.2)
+    return recovery_outcome(_read(log_file))
+
+
+def cluster_state(datadir: str, bindir: str | None) -> str:
+    """'in archive recovery' until promotion has finished, then 'in production' (pg_control)."""
+    proc = subprocess.run([find_binary("pg_controldata", bindir), "-D", datadir], capture_output=True,
+                          text=True, env=dict(os.environ, LC_ALL="C"), check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("Database cluster state:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def _why(log_file: str) -> str:
+    return recovery_outcome(_read(log_file)).get("fatal", "")

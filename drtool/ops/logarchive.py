@@ -1,0 +1,287 @@
+"""Archiving database log files: PostgreSQL WAL (wal-push / wal-fetch) and MariaDB binlogs.
+
+Each log file is its own sealed object, not a blob in a pack: PostgreSQL
+calls ``archive_command`` once per 16 MiB segment and waits for it, so the
+push must be one PUT with no index load and no lock round trips.  Objects
+live under ``wal/<source key>/<name id>`` (``binlog/…`` for binlogs) where
+both parts are keyed MACs: the bucket shows neither source names nor file
+names.  Because the object name is a function of (source, file name), a
+retried push finds its earlier upload and compares contents — identical is
+success (PostgreSQL retries after crashes), different is a loud error
+(two clusters writing into one source, or a corrupted file).
+
+Each data object has a small ``<id>.info`` companion (times, positions,
+GTIDs) written *after* it, so the catalog can be rebuilt from the repository
+without downloading segments; an ``.info`` always implies its data object.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import struct
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from drtool.backends.registry import open_backend
+from drtool.catalog.logs import BINLOG, WAL, LogCatalog, Segment
+from drtool.errors import DrtoolError, IntegrityError, ObjectMissing, UsageError
+from drtool.ops.session import OpenOptions, Session
+from drtool.repository.repo import Repository
+from drtool.sources import mariadb, postgres
+from drtool.testing_hooks import crash_point
+
+log = logging.getLogger("drtool")
+INFO_KIND = b"log-info"
+HEADER_LEN = struct.Struct(">I")
+KINDS = (WAL, BINLOG)
+
+
+class SegmentConflict(DrtoolError):
+    """The archive already holds this file name for this source with other content."""
+
+    hint = "two servers may be archiving into one source name; give each its own --source"
+
+
+class SegmentNotArchived(DrtoolError):
+    """wal-fetch: the file is not in the archive (PostgreSQL then ends recovery)."""
+
+
+class FetchFailed(DrtoolError):
+    """wal-fetch could not tell whether the file exists: PostgreSQL must abort, not promote.
+
+    PostgreSQL treats a restore_command exit status above 125 as fatal; any
+    lower status means "no such file", which would end recovery early.
+    """
+
+    exit_code = 126
+
+
+@dataclass
+class PushResult:
+    name: str
+    status: str  # "stored" or "already-archived"
+    size: int
+    object_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def open_repository_only(options: OpenOptions) -> Repository:
+    """The repository without catalog or index: all wal-push / wal-fetch need."""
+    return Repository.open(open_backend(options.repository, options.backend_options), options.passphrase)
+
+
+# ----- naming and encoding ------------------------------------------------------------------
+def source_prefix(repo: Repository, kind: str, source: str) -> str:
+    return f"{kind}/{repo.ids.object_id(f'{kind}-source', source.encode()).hex()[:32]}"
+
+
+def segment_object_id(repo: Repository, kind: str, source: str, name: str) -> str:
+    return repo.ids.object_id(f"{kind}-name", f"{source}/{name}".encode()).hex()
+
+
+def encode_segment(header: dict[str, Any], payload: bytes) -> bytes:
+    raw = json.dumps(header, sort_keys=True).encode()
+    return HEADER_LEN.pack(len(raw)) + raw + payload
+
+
+def decode_segment(plaintext: bytes) -> tuple[dict[str, Any], bytes]:
+    try:
+        (length,) = HEADER_LEN.unpack_from(plaintext)
+        header = json.loads(plaintext[HEADER_LEN.size:HEADER_LEN.size + length])
+    except (struct.error, ValueError) as exc:
+        raise IntegrityError(f"archived log object has a malformed header: {exc}") from None
+    return header, plaintext[HEADER_LEN.size + length:]
+
+
+def store_segment(repo: Repository, seg: Segment, payload: bytes) -> str:
+    """Store data then info, idempotently; return "stored" or "already-archived"."""
+    prefix = source_prefix(repo, seg.kind, seg.source)
+    data_name = f"{prefix}/{seg.object_id}"
+    status = "stored"
+    if repo.backend.stat(data_name) is not None:
+        header, stored = decode_segment(repo.get_object(prefix, seg.kind.encode(), seg.object_id))
+        if stored != payload or header.get("name") != seg.name:
+            raise SegmentConflict(f"{seg.kind} file {seg.name} of source {seg.source} is already archived "
+                                  f"with different content ({len(stored)} bytes stored, {len(payload)} "
+                                  f"bytes now); refusing to overwrite it")
+        status = "already-archived"
+    else:
+        header = {"source": seg.source, "kind": seg.kind, "name": seg.name, "size": len(payload),
+                  "time": seg.archived_at.isoformat()}
+        repo.put_object(prefix, seg.kind.encode(), encode_segment(header, payload), seg.object_id)
+        crash_point(f"{'wal-push' if seg.kind == WAL else 'binlog-push'}-after-put")
+    if repo.backend.stat(f"{data_name}.info") is None:
+        info = json.dumps(seg.as_dict(), sort_keys=True).encode()
+        repo.put_object(prefix, INFO_KIND, info, f"{seg.object_id}.info")
+    return status
+
+
+def fetch_segment(repo: Repository, kind: str, source: str, name: str) -> bytes:
+    prefix = source_prefix(repo, kind, source)
+    object_id = segment_object_id(repo, kind, source, name)
+    try:
+        plaintext = repo.get_object(prefix, kind.encode(), object_id)
+    except ObjectMissing:
+        raise SegmentNotArchived(f"{kind} file {name} of source {source} is not in the archive") from None
+    header, payload = decode_segment(plaintext)
+    if header.get("name") != name or header.get("source") != source or header.get("size") != len(payload):
+        raise IntegrityError(f"archived {kind} file {name} of source {source} does not match its header")
+    return payload
+
+
+# ----- PostgreSQL WAL -------------------------------------------------------------------------------
+def wal_segment_record(repo: Repository, source: str, path: str, payload: bytes,
+                       bindir: str | None) -> Segment:
+    """What the catalog needs to know about one WAL file (times from pg_waldump, best effort)."""
+    name = os.path.basename(path)
+    file_kind = postgres.wal_file_kind(name)
+    if file_kind is None:
+        raise UsageError(f"{name} is not a PostgreSQL WAL file name",
+                         hint="use archive_command = 'drtool pg wal-push --source NAME %p'")
+    seg = Segment(source=source, kind=WAL, name=name, object_id=segment_object_id(repo, WAL, source, name),
+                  size=len(payload), archived_at=datetime.now(timezone.utc), extra={"file": file_kind})
+    if file_kind in ("segment", "partial"):
+        parsed = postgres.parse_segment(name[:24], len(payload))
+        if parsed and file_kind == "segment":
+            seg.timeline, seg.seq = parsed
+            seg.start_pos = postgres.format_lsn(parsed[1] * len(payload))
+            seg.end_pos = postgres.format_lsn((parsed[1] + 1) * len(payload))
+            seg.extra["segment_size"] = len(payload)
+        times = postgres.transaction_times(path, bindir)
+        if times:
+            seg.first_time, seg.last_time = min(times), max(times)
+            seg.extra["transactions"] = len(times)
+    elif file_kind == "history":
+        seg.timeline = int(name[:8], 16)
+    elif file_kind == "backup":
+        seg.extra.update(_backup_history(payload))
+    return seg
+
+
+def _backup_history(payload: bytes) -> dict[str, Any]:
+    text = payload.decode("utf-8", "replace")
+    out: dict[str, Any] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key in ("START WAL LOCATION", "STOP WAL LOCATION", "STOP TIME", "START TIME"):
+            out[key.lower().replace(" ", "_")] = value.strip()
+    return out
+
+
+def wal_push(repo: Repository, source: str, path: str, bindir: str | None = None) -> PushResult:
+    """archive_command: store one WAL file; exit 0 only when it is safely stored."""
+    try:
+        with open(path, "rb") as handle:
+            payload = handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read WAL file {path}: {exc.strerror}") from None
+    seg = wal_segment_record(repo, source, path, payload, bindir)
+    status = store_segment(repo, seg, payload)
+    return PushResult(seg.name, status, len(payload), seg.object_id)
+
+
+def wal_fetch(repo: Repository, source: str, name: str, dest: str) -> int:
+    """restore_command: write archived file ``name`` to ``dest`` atomically; return its size."""
+    payload = fetch_segment(repo, WAL, source, name)
+    folder = os.path.dirname(os.path.abspath(dest))
+    tmp = os.path.join(folder, f".drtool-fetch-{secrets.token_hex(6)}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except OSError as exc:
+        _unlink(tmp)
+        raise FetchFailed(f"cannot write {dest}: {exc.strerror}") from None
+    return len(payload)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# ----- MariaDB binlogs -------------------------------------------------------------------------------
+def binlog_record(repo: Repository, src: mariadb.MariaSource, name: str, path: str, size: int) -> Segment:
+    info = mariadb.scan_binlog(path, src.bindir)
+    return Segment(source=src.name, kind=BINLOG, name=name,
+                   object_id=segment_object_id(repo, BINLOG, src.name, name), size=size,
+                   archived_at=datetime.now(timezone.utc), seq=mariadb.binlog_seq(name),
+                   first_time=info.first_time, last_time=info.last_time, start_pos="4",
+                   end_pos=str(info.end_pos),
+                   extra={"first_gtid": info.first_gtid, "last_gtid": info.last_gtid,
+                          "gtid_list": info.gtid_list, "events": info.events})
+
+
+def binlog_push(repo: Repository, src: mariadb.MariaSource) -> list[PushResult]:
+    """Ship every closed binlog (all but the server's current one) not yet archived."""
+    logs, basename = mariadb.binary_logs(src)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="drtool-binlog-") as work:
+        for name, _size in logs[:-1]:
+            object_id = segment_object_id(repo, BINLOG, src.name, name)
+            data_name = f"{source_prefix(repo, BINLOG, src.name)}/{object_id}"
+            if repo.backend.stat(f"{data_name}.info") is not None:
+                results.append(PushResult(name, "already-archived", _size, object_id))
+                continue
+            path = mariadb.binlog_path(src, name, basename, work)
+            with open(path, "rb") as handle:
+                payload = handle.read()
+            seg = binlog_record(repo, src, name, path, len(payload))
+            results.append(PushResult(name, store_segment(repo, seg, payload), len(payload), object_id))
+            if path.startswith(work):
+                os.unlink(path)
+    return results
+
+
+# ----- catalog -------------------------------------------------------------------------------------------
+def _info_objects(repo: Repository) -> dict[str, str]:
+    """data object id → prefix, for every ``.info`` object in the repository (one LIST per kind)."""
+    found: dict[str, str] = {}
+    for kind in KINDS:
+        for item in repo.backend.list(f"{kind}/"):
+            parts = item.name.split("/")
+            if len(parts) == 3 and parts[2].endswith(".info"):
+                found[parts[2][:-len(".info")]] = f"{parts[0]}/{parts[1]}"
+    return found
+
+
+def _load_info(repo: Repository, prefix: str, object_id: str) -> Segment:
+    raw = json.loads(repo.get_object(prefix, INFO_KIND, f"{object_id}.info"))
+    for key in ("archived_at", "first_time", "last_time"):
+        if raw.get(key):
+            raw[key] = datetime.fromisoformat(raw[key])
+    return Segment(**{k: v for k, v in raw.items() if k in Segment.__dataclass_fields__})
+
+
+def sync_log_segments(session: Session) -> LogCatalog:
+    """Make the catalog list exactly the archived log files the repository holds."""
+    logs = LogCatalog(session.catalog)
+    present = _info_objects(session.repo)
+    known = logs.known_object_ids()
+    logs.remove(known - present.keys())
+    new = []
+    for object_id in sorted(present.keys() - known):
+        try:
+            new.append(_load_info(session.repo, present[object_id], object_id))
+        except (DrtoolError, ValueError, TypeError) as exc:
+            log.warning("skipping damaged log info object %s: %s", object_id[:16], exc)
+    logs.add(new)
+    return logs
+
+
+def rebuild_log_segments(session: Session) -> int:
+    """Catalog rebuild hook: drop and re-create every log_segments row from the repository."""
+    logs = LogCatalog(session.catalog)
+    logs.clear()
+    sync_log_segments(session)
+    return len(logs.known_object_ids())

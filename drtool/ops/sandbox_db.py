@@ -1,0 +1,362 @@
+"""Database sandboxes: a throwaway MariaDB or PostgreSQL server per rehearsal step.
+
+The snapshot's files are already restored into ``data_dir`` (and checked)
+when :meth:`bring_up` runs.  Then:
+
+* a base for point-in-time recovery (``mariadb-dump`` with binlog
+  coordinates, ``pg-base`` with archived WAL) goes through
+  ``drtool.ops.pitr``: the same code path as ``drtool restore`` for
+  databases, so a rehearsal tests exactly what on-call will run, including
+  log replay up to the recovery point;
+* any other snapshot (a plain SQL dump, a ``pg_dump -Fc`` file) is loaded into
+  a fresh server: ``mariadb < file`` / ``pg_restore`` or ``psql -f``.
+
+Servers listen only on a private Unix socket inside the sandbox (no TCP
+port to collide with production) and are stopped before the sandbox
+directory is removed.  PostgreSQL refuses to run as root; as root, the
+server runs in a user namespace (``unshare --user``), as the database tests do.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Iterator
+
+from drtool.errors import DrtoolError, RestoreTargetError, SourceError
+from drtool.ops import pitr
+from drtool.ops.sandbox import Sandbox, remove_tree
+from drtool.ops.session import Session
+from drtool.snapshot.model import Snapshot
+from drtool.sources import mariadb, postgres
+
+SOCKET_DIR_MAX = 80
+QUERY_TIMEOUT = 300
+LOAD_TIMEOUT = 6 * 3600
+PG_DUMP_MAGIC = b"PGDMP"
+NAMESPACE_UID = 1000
+CLIENT_ENV = ("MYSQL_HOME", "MYSQL_UNIX_PORT", "MYSQL_PWD")
+
+
+class DatabaseSandbox(Sandbox):
+    """Common life cycle: a short server directory, env, teardown that stops first."""
+
+    kind = "database"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.server_dir = ""
+        self._outside = False  # server_dir lives outside the sandbox (short socket path)
+        self.database = self.spec.database
+        self.running = False
+
+    def make_server_dir(self, outside: bool = False) -> str:
+        """A directory for the server whose socket path fits the 107-byte limit (or one
+        outside the sandbox, e.g. for a server user that cannot enter the sandbox)."""
+        inside = os.path.join(self.path, "srv")
+        if len(inside) <= SOCKET_DIR_MAX and not outside:
+            os.makedirs(inside, mode=0o700)
+            self.server_dir = inside
+        else:
+            self.server_dir = tempfile.mkdtemp(prefix="drdb-", dir="/tmp")
+            self._outside = True
+        return self.server_dir
+
+    def restored_files(self) -> list[str]:
+        found = []
+        for dirpath, _dirs, names in os.walk(self.data_dir):
+            found += [os.path.join(dirpath, n) for n in names if os.path.isfile(os.path.join(dirpath, n))]
+        if not found:
+            raise RestoreTargetError(f"snapshot {self.snapshot.short_id if self.snapshot else ''} "
+                                     f"holds no dump file to load")
+        return sorted(found)
+
+    def source_conf(self) -> dict[str, Any]:
+        conf = dict(self.context.source_conf or {})
+        return conf if conf.get("type") in ("mariadb", "mysql", "postgresql") else {}
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.database:
+            env["DRTOOL_SANDBOX_DATABASE"] = self.database
+        return env
+
+    def describe(self) -> str:
+        text = super().describe()
+        if self.running:
+            text += f"; {self.kind} server running in {self.server_dir} ({self.stop_hint()})"
+        return text
+
+    def stop_hint(self) -> str:
+        return ""
+
+    def stop(self) -> None:
+        """Stop the server (idempotent)."""
+
+    def teardown(self) -> None:
+        try:
+            self.stop()
+        finally:
+            if self._outside and os.path.lexists(self.server_dir):
+                remove_tree(self.server_dir)
+            super().teardown()
+
+
+def _run(cmd: list[str], what: str, *, stdin: Any = subprocess.DEVNULL, timeout: float = LOAD_TIMEOUT,
+         prefix: list[str] | None = None, error: type[DrtoolError] = RestoreTargetError) -> str:
+    cmd = [*(prefix or []), *cmd]
+    try:
+        proc = subprocess.run(cmd, stdin=stdin, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise error(f"{what} did not finish within {timeout:.0f}s", hint="") from None
+    except OSError as exc:
+        raise error(f"{what} could not run: {exc.strerror or exc}", hint="") from None
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.decode(errors="replace").strip().splitlines()[-3:])
+        raise error(f"{what} failed (exit {proc.returncode}): {tail or '(no message)'}", hint="")
+    return proc.stdout.decode(errors="replace")
+
+
+# ----- MariaDB ---------------------------------------------------------------------------------
+class MariadbSandbox(DatabaseSandbox):
+    kind = "mariadb"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance: mariadb.Instance | None = None
+
+    def _source(self) -> mariadb.MariaSource:
+        conf = self.source_conf()
+        if conf:
+            return mariadb.MariaSource.from_config(self.context.source, conf)
+        return mariadb.MariaSource(name=self.context.source or "sandbox", all=True)
+
+    def bring_up(self, session: Session, snap: Snapshot, target: datetime, latest: bool) -> datetime:
+        src = self._source()
+        self.instance = mariadb.Instance(os.path.join(self.make_server_dir(), "db"), None, src.bindir)
+        self.running = True  # from here on teardown must try to stop a server
+        with self._client_env():
+            if snap.kind == pitr.MARIADB_DUMP and snap.meta.get("binlog_file") and src.pitr:
+                plan = pitr.plan_pitr(session, snap.name, "mariadb", None if latest else target)
+                result = pitr.restore_mariadb(session, plan, src, target_db=None,
+                                              target_dir=self.instance.root, start=True)
+                self.database = self.database or result.target_db
+                return plan.recoverable_until if latest else min(target, plan.recoverable_until)
+            self.instance.install()
+            self.instance.start()
+            self._load_dumps(self.instance.source(src.name))
+        return snap.time
+
+    def _load_dumps(self, server: mariadb.MariaSource) -> None:
+        if self.database:
+            mariadb.run_sql(server, f"CREATE DATABASE IF NOT EXISTS {mariadb.quote_ident(self.database)}")
+        for path in self.restored_files():
+            with mariadb.client_options(server) as opts, open(path, "rb") as dump:
+                _run(mariadb.client_command(server, opts, self.database, extra=["--binary-mode"]),
+                     f"loading {os.path.basename(path)} into MariaDB", stdin=dump)
+
+    @contextmanager
+    def _client_env(self) -> Iterator[None]:
+        """Client tools read $MYSQL_HOME/my.cnf: point it at the sandbox's own, so an
+        operator's settings for production (socket, password) never reach the
+        throwaway server.  (~/.my.cnf is read too; keep production passwords in
+        the sources' password_file instead.)"""
+        saved = {k: os.environ.get(k) for k in CLIENT_ENV}
+        os.environ.update(self._client_settings())
+        os.environ.pop("MYSQL_PWD", None)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def _client_settings(self) -> dict[str, str]:
+        assert self.instance is not None
+        home = os.path.join(self.server_dir, "client")
+        if not os.path.exists(home):
+            os.makedirs(home, mode=0o700)
+            with open(os.path.join(home, "my.cnf"), "w", encoding="utf-8") as handle:
+                handle.write(f"[client]\nsocket={self.instance.socket}\nuser=root\npassword=\n")
+        return {"MYSQL_HOME": home, "MYSQL_UNIX_PORT": self.instance.socket}
+
+    def query(self, sql: str, database: str | None = None) -> list[tuple[Any, ...]]:
+        if self.instance is None:
+            raise DrtoolError("the sandbox MariaDB server is not running")
+        server = self.instance.source("sandbox")
+        with self._client_env(), mariadb.client_options(server) as opts:
+            cmd = mariadb.client_command(server, opts, database or self.database,
+                                         extra=["--batch", "--skip-column-names", "-e", sql])
+            out = _run(cmd, "the SQL probe", timeout=QUERY_TIMEOUT, error=DrtoolError)
+        return [tuple(line.split("\t")) for line in out.splitlines() if line]
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.instance is not None:
+            env.update(self._client_settings(), DRTOOL_SANDBOX_SOCKET=self.instance.socket)
+        return env
+
+    def stop_hint(self) -> str:
+        pid = os.path.join(self.instance.datadir, "mariadbd.pid") if self.instance else "?"
+        return f"stop with: kill $(cat '{pid}')"
+
+    def stop(self) -> None:
+        if self.instance is not None and self.running:
+            self.instance.stop()
+            self.running = False
+
+
+# ----- PostgreSQL -------------------------------------------------------------------------------
+def _server_prefix() -> list[str]:
+    """PostgreSQL will not run as root: as root, run it in a user namespace instead.
+
+    Inside, the server is an ordinary uid; outside, its files stay root's, so
+    nothing needs chowning and its restore_command can read the repository
+    exactly as the rehearsal can.
+    """
+    if os.geteuid() != 0:
+        return []
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise RestoreTargetError("PostgreSQL refuses to run as root and 'unshare' (util-linux) is missing",
+                                 hint="run the rehearsal as the PostgreSQL OS user")
+    uid = str(NAMESPACE_UID)
+    return [unshare, "--user", f"--map-user={uid}", f"--map-group={uid}"]
+
+
+class PostgresSandbox(DatabaseSandbox):
+    kind = "postgresql"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pgdata = ""
+        self.prefix: list[str] = []
+        self.bindir: str | None = None
+
+    def _source(self) -> postgres.PgSource | None:
+        conf = self.source_conf()
+        return postgres.PgSource.from_config(self.context.source, conf) if conf else None
+
+    def bring_up(self, session: Session, snap: Snapshot, target: datetime, latest: bool) -> datetime:
+        self.prefix = _server_prefix()
+        src = self._source()
+        self.bindir = src.bindir if src else None
+        self.pgdata = os.path.join(self.make_server_dir(), "pgdata")
+        if snap.kind == pitr.PG_BASE:
+            return self._recover(session, snap, target, latest, src)
+        self._initdb()
+        self._start()
+        self.database = self.database or "restored"
+        self._psql("postgres", f'CREATE DATABASE "{self.database}"')
+        for path in self.restored_files():
+            self._load(path)
+        return snap.time
+
+    def _recover(self, session: Session, snap: Snapshot, target: datetime, latest: bool,
+                 src: postgres.PgSource | None) -> datetime:
+        """Base backup + WAL replay through drtool.ops.pitr, as 'drtool restore' does."""
+        plan = pitr.plan_pitr(session, snap.name, "postgresql", None if latest else target)
+        fetch_env = pitr.fetch_environment(self.context.settings) if self.context.settings else {}
+        if not fetch_env:
+            raise RestoreTargetError("a postgresql sandbox for a base backup needs the drtool settings")
+        src = src or postgres.PgSource(name=snap.name, method="basebackup")
+        pitr.restore_postgres(session, plan, src, self.pgdata, fetch_env=fetch_env, start=False)
+        self._write_conf(recovery=True)
+        self._start(wait_recovery=True)
+        self.database = self.database or "postgres"
+        return plan.recoverable_until if latest else min(target, plan.recoverable_until)
+
+    def _bin(self, name: str) -> str:
+        return postgres.find_binary(name, self.bindir)
+
+    def _initdb(self) -> None:
+        _run([self._bin("initdb"), "-D", self.pgdata, "-U", "postgres", "--auth=trust", "-E", "UTF8",
+              "--no-sync"], "initdb of the sandbox cluster", prefix=self.prefix)
+        self._write_conf(recovery=False)
+
+    def _write_conf(self, recovery: bool) -> None:
+        with open(os.path.join(self.pgdata, "postgresql.auto.conf"), "a", encoding="utf-8") as handle:
+            handle.write("\n# drtool rehearsal sandbox: private socket only, no archiving\n"
+                         f"listen_addresses = ''\nunix_socket_directories = '{self.server_dir}'\n"
+                         "port = 5432\narchive_mode = off\nfsync = off\n")
+
+    def _start(self, wait_recovery: bool = False) -> None:
+        log_file = os.path.join(self.server_dir, "postgres.log")
+        self.running = True
+        _run(postgres.pg_ctl_command(self.pgdata, "start", self.bindir, log_file), "starting PostgreSQL",
+             prefix=self.prefix)
+        if wait_recovery:
+            _wait_for_promotion(self.pgdata, log_file)
+
+    def _psql(self, database: str, sql: str) -> str:
+        return _run([self._bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-F", "\t",
+                     "-h", self.server_dir, "-U", "postgres", "-d", database, "-c", sql],
+                    "the SQL probe", timeout=QUERY_TIMEOUT, prefix=self.prefix, error=DrtoolError)
+
+    def _load(self, path: str) -> None:
+        """Feed the dump on stdin: the server user need not be able to read the sandbox."""
+        with open(path, "rb") as probe:
+            custom = probe.read(len(PG_DUMP_MAGIC)) == PG_DUMP_MAGIC
+        with open(path, "rb", buffering=0) as handle:
+            conn = ["-h", self.server_dir, "-U", "postgres", "-d", str(self.database)]
+            if custom:
+                cmd = [self._bin("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", *conn]
+            else:
+                cmd = [self._bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", *conn, "-f", "-"]
+            _run(cmd, f"loading {os.path.basename(path)} into PostgreSQL", stdin=handle, prefix=self.prefix)
+
+    def query(self, sql: str, database: str | None = None) -> list[tuple[Any, ...]]:
+        if not self.running:
+            raise DrtoolError("the sandbox PostgreSQL server is not running")
+        out = self._psql(database or self.database or "postgres", sql)
+        return [tuple(line.split("\t")) for line in out.splitlines() if line]
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.running:
+            env.update(PGHOST=self.server_dir, PGPORT="5432", PGUSER="postgres",
+                       PGDATABASE=self.database or "postgres", DRTOOL_SANDBOX_SOCKET=self.server_dir)
+        return env
+
+    def stop_hint(self) -> str:
+        return f"stop with: pg_ctl -D '{self.pgdata}' stop -m fast"
+
+    def stop(self) -> None:
+        pid_file = os.path.join(self.pgdata, "postmaster.pid") if self.pgdata else ""
+        if self.running and os.path.exists(pid_file):
+            try:
+                _run(postgres.pg_ctl_command(self.pgdata, "stop", self.bindir, None, 60),
+                     "stopping PostgreSQL", prefix=self.prefix, timeout=90)
+            except (RestoreTargetError, SourceError):
+                _kill_postmaster(pid_file)
+        self.running = False
+
+
+def _wait_for_promotion(pgdata: str, log_file: str) -> None:
+    """WAL replay is over when the server removed recovery.signal and is still up."""
+    deadline = time.monotonic() + LOAD_TIMEOUT
+    while os.path.exists(os.path.join(pgdata, "recovery.signal")):
+        if not os.path.exists(os.path.join(pgdata, "postmaster.pid")):
+            raise RestoreTargetError("PostgreSQL recovery failed: the server exited", hint=f"see {log_file}")
+        if time.monotonic() > deadline:
+            raise RestoreTargetError(f"PostgreSQL recovery did not finish within {LOAD_TIMEOUT}s")
+        time.sleep(0.2)
+
+
+def _kill_postmaster(pid_file: str) -> None:
+    """Last resort when a fast shutdown failed: the sandbox must not leak a server."""
+    try:
+        with open(pid_file, encoding="ascii") as handle:
+            os.kill(int(handle.readline().strip()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+SANDBOX_TYPES: dict[str, type[Sandbox]] = {"mariadb": MariadbSandbox, "postgresql": PostgresSandbox}
