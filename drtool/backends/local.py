@@ -42,14 +42,8 @@ class LocalBackend(Backend):
         if not self.root.is_dir():
             raise RepositoryNotFound(f"repository directory {self.root} does not exist")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+            tmp = self._write_temp(path, data)
             try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.chmod(tmp, 0o600)
                 os.replace(tmp, path)
             except BaseException:
                 _unlink_quietly(tmp)
@@ -118,9 +112,9 @@ class LocalBackend(Backend):
                         continue
                     yield ObjectInfo(name, size)
 
-    def put_if_absent(self, name: str, data: bytes) -> bool:
-        """Exclusive create via link(2), which is atomic on POSIX file systems."""
-        path = self._path(name)
+    @staticmethod
+    def _write_temp(path: Path, data: bytes) -> str:
+        """A durable, private temporary file beside ``path`` (renamed or linked into place)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
         try:
@@ -128,6 +122,16 @@ class LocalBackend(Backend):
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return tmp
+
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Exclusive create via link(2), which is atomic on POSIX file systems."""
+        path = self._path(name)
+        tmp = self._write_temp(path, data)
+        try:
             try:
                 os.link(tmp, path)
             except FileExistsError:

@@ -7,18 +7,21 @@ leaves unreferenced packs at worst, never a snapshot that lies.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from drtool import __version__
 from drtool.errors import SourceError
 from drtool.ops.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
 from drtool.ops.session import Session
 from drtool.ops.treewalk import ProgressFn, TreeWalker, WalkStats
+from drtool.repository.locks import Lock
 from drtool.snapshot.model import FILE, Node, Snapshot
 from drtool.snapshot.store import save_snapshot, store_tree
 from drtool.testing_hooks import crash_point
@@ -39,33 +42,44 @@ class BackupResult:
         return data
 
 
+@contextmanager
+def _backup_frame(session: Session, name: str) -> Iterator[tuple[Lock, Snapshot | None, ChunkPipeline]]:
+    """Shared lock, fresh index, the parent snapshot of the series, and a pipeline."""
+    with session.lock("backup") as lock:
+        session.repo.load_index()
+        parents = session.snapshots(name)
+        pipeline = ChunkPipeline(session.repo)
+        try:
+            yield lock, (parents[-1] if parents else None), pipeline
+        finally:
+            pipeline.close()
+
+
+def _commit(session: Session, lock: Lock, snap: Snapshot) -> None:
+    """Packs and index first, then the snapshot: the write order that makes crashes harmless."""
+    crash_point("backup-before-flush")
+    session.repo.flush()
+    crash_point("backup-before-snapshot")
+    lock.ensure_held()
+    save_snapshot(session.repo, snap)
+    crash_point("backup-after-snapshot")
+
+
 def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] | None = None,
                  progress: ProgressFn | None = None,
                  clock: Callable[[], datetime] | None = None) -> BackupResult:
     """``clock`` gives the snapshot time (injected by tests that need old snapshots)."""
     started = time.monotonic()
     when = clock() if clock else datetime.now(timezone.utc)
-    repo = session.repo
-    with session.lock("backup") as lock:
-        repo.load_index()
-        parents = session.snapshots(name)
-        parent = parents[-1] if parents else None
-        pipeline = ChunkPipeline(repo)
-        try:
-            walker = TreeWalker(repo, pipeline, progress)
-            tree_id = walker.backup_roots(paths, parent.tree if parent else None)
-        finally:
-            pipeline.close()
-        crash_point("backup-before-flush")
-        repo.flush()
-        crash_point("backup-before-snapshot")
-        lock.ensure_held()
+    with _backup_frame(session, name) as (lock, parent, pipeline):
+        walker = TreeWalker(session.repo, pipeline, progress)
+        tree_id = walker.backup_roots(paths, parent.tree if parent else None)
         snap = _snapshot(session, name, when, tree_id, "files", parent, tags, walker.stats,
-                         started, paths=[_abs(p) for p in paths])
-        save_snapshot(repo, snap)
-        crash_point("backup-after-snapshot")
+                         started, paths=[os.path.abspath(p) for p in paths])
+        _commit(session, lock, snap)
     session.catalog.add_snapshots([snap])
-    return BackupResult(snap, walker.stats.unreadable, walker.stats.changed, repo.backend.stats.as_dict())
+    return BackupResult(snap, walker.stats.unreadable, walker.stats.changed,
+                        session.repo.backend.stats.as_dict())
 
 
 def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
@@ -75,34 +89,23 @@ def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
     """Store one byte stream as a single file; ``verify()`` may raise to veto the commit."""
     started = time.monotonic()
     when = clock() if clock else datetime.now(timezone.utc)
-    repo = session.repo
-    with session.lock("backup") as lock:
-        repo.load_index()
-        parents = session.snapshots(name)
-        parent = parents[-1] if parents else None
-        pipeline = ChunkPipeline(repo)
-        try:
-            refs, size = [], 0
-            read = _reader(stream)
-            for segment in iter(lambda: read(SEGMENT_BYTES), b""):
-                size += len(segment)
-                refs.append(pipeline.add_segment(segment, pipeline.text_chunker))
-            node = Node(name=filename, type=FILE, mode=0o600, mtime_ns=time.time_ns(), size=size)
-            node.content = resolve(refs)
-        finally:
-            pipeline.close()
+    with _backup_frame(session, name) as (lock, parent, pipeline):
+        refs, size = [], 0
+        read = _reader(stream)
+        for segment in iter(lambda: read(SEGMENT_BYTES), b""):
+            size += len(segment)
+            refs.append(pipeline.add_segment(segment, pipeline.text_chunker))
+        node = Node(name=filename, type=FILE, mode=0o600, mtime_ns=time.time_ns(), size=size)
+        node.content = resolve(refs)
         if verify is not None:
             verify()
-        tree_id = store_tree(repo, [node])
-        repo.flush()
-        crash_point("backup-before-snapshot")
-        lock.ensure_held()
+        tree_id = store_tree(session.repo, [node])
         stats = WalkStats(files=1, size=node.size, files_read=1)
         snap = _snapshot(session, name, when, tree_id, kind, parent, tags, stats, started,
                          paths=[filename], meta=meta)
-        save_snapshot(repo, snap)
+        _commit(session, lock, snap)
     session.catalog.add_snapshots([snap])
-    return BackupResult(snap, requests=repo.backend.stats.as_dict())
+    return BackupResult(snap, requests=session.repo.backend.stats.as_dict())
 
 
 def _reader(stream: IO[bytes]):  # type: ignore[no-untyped-def]
@@ -176,8 +179,3 @@ def _snapshot(session: Session, name: str, when: datetime, tree_id: str, kind: s
     return Snapshot(name=name, host=session.host, time=when, tree=tree_id, kind=kind, paths=paths,
                     parent=parent.id if parent else None, tags=sorted(set(tags or [])),
                     summary=summary, meta=meta or {}, program_version=__version__)
-
-
-def _abs(path: str) -> str:
-    import os
-    return os.path.abspath(path)
