@@ -254,6 +254,27 @@ def test_prune_dry_run_changes_nothing(repo_env: DrEnv, tmp_path: Path) -> None:
     assert before == after
 
 
+def backup_with_index_as_loaded(session: Session, src: Path, name: str, when: dt.datetime) -> str:
+    """A backup whose index view predates the prune mark (say its lock went stale mid-run):
+    what backup_paths does, minus reloading the index at the start."""
+    from drtool.ops.pipeline import ChunkPipeline
+    from drtool.ops.treewalk import TreeWalker
+    from drtool.snapshot.model import Snapshot
+    from drtool.snapshot.store import save_snapshot
+
+    repo = session.repo
+    pipeline = ChunkPipeline(repo)
+    try:
+        walker = TreeWalker(repo, pipeline)
+        tree = walker.backup_roots([str(src)], None)
+    finally:
+        pipeline.close()
+    repo.flush()
+    snap = Snapshot(name=name, host=session.host, time=when, tree=tree, paths=[str(src)],
+                    summary={"files": walker.stats.files, "size": walker.stats.size})
+    return save_snapshot(repo, snap)
+
+
 def test_prune_spares_blob_reused_by_backup_with_stale_index(repo_env: DrEnv, tmp_path: Path) -> None:
     """A backup that loaded the index before the mark dedups against a condemned pack;
     its snapshot lands after the mark, so the sweep must keep (and re-index) that pack."""
@@ -269,7 +290,7 @@ def test_prune_spares_blob_reused_by_backup_with_stale_index(repo_env: DrEnv, tm
         mark = run_prune(repo_env, T + 2 * DAY)
         assert mark.packs_condemned >= 1
         expected = write_tree(src, {"f": payload})
-        late = backup_paths(stale, [str(src)], "files", clock=lambda: T + 2 * DAY).snapshot.id
+        late = backup_with_index_as_loaded(stale, src, "files", T + 2 * DAY)
     sweep = run_prune(repo_env, T + 4 * DAY)
     assert sweep.packs_spared >= 1
     assert_check_ok(repo_env)
