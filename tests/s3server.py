@@ -3,11 +3,17 @@
 We run moto as a separate server rather than ``mock_aws`` in-process because
 the point is to exercise the real wire path (HTTP, retries, timeouts, the
 fault proxy) and because nothing may be monkey-patched.  Import the fixtures
-into a test module (``from tests.s3server import moto_server, s3_bucket``) or
-re-export them from conftest.
+into a test module (``from s3server import moto_server, s3_bucket``).
+
+However many modules import the fixtures (pytest then sees one session
+fixture per module), only one moto server runs per test session: the
+fixtures share a module-level singleton, stopped at interpreter exit.  The
+module registers itself under both import names (``s3server`` and
+``tests.s3server``) so the singleton is never duplicated by import paths.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
@@ -17,7 +23,6 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from typing import Iterator
 
 import pytest
 
@@ -77,6 +82,27 @@ def start_moto(timeout: float = 30.0) -> MotoServer:
     raise RuntimeError("moto server did not start in time")
 
 
+_SHARED: list[MotoServer] = []
+sys.modules.setdefault("s3server", sys.modules[__name__])
+sys.modules.setdefault("tests.s3server", sys.modules[__name__])
+
+
+def shared_moto() -> MotoServer:
+    """The session's one moto server, started on first use (restarted if it died)."""
+    if _SHARED and _SHARED[0].process.poll() is None:
+        return _SHARED[0]
+    server = start_moto()
+    _SHARED[:] = [server]
+    atexit.register(server.stop)
+    return server
+
+
+def client_env(endpoint: str) -> dict[str, str]:
+    """Environment for a drtool process (or DrEnv.run) talking to ``endpoint`` with dummy keys."""
+    return {**DUMMY_ENV, "AWS_ENDPOINT_URL": endpoint, "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}
+
+
 _CLIENTS: dict[str, object] = {}
 
 
@@ -114,12 +140,8 @@ def set_dummy_env(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
-    server = start_moto()
-    try:
-        yield server
-    finally:
-        server.stop()
+def moto_server() -> MotoServer:
+    return shared_moto()
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ may lag writes.  Callers must never treat ``list`` as proof of existence.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+import datetime as dt
+from dataclasses import dataclass
 from typing import Iterator
 
 
@@ -89,6 +90,14 @@ class Backend(abc.ABC):
             return False
         self.put(name, data)
         return True
+
+    def server_time(self) -> dt.datetime | None:
+        """The store's clock, when it has one (S3: the HTTP Date header); None otherwise.
+
+        Used to detect clock skew, which breaks request signing, lock
+        staleness and Object Lock dates.
+        """
+        return None
 
     def close(self) -> None:
         """Release connections and pools."""

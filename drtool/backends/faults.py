@@ -80,6 +80,10 @@ class FaultyBackend(Backend):
         self._random = random.Random(seed)
         self._lock = threading.Lock()
 
+    def server_time(self) -> Any:
+        """Forwarded explicitly: Backend defines a default, so __getattr__ never sees it."""
+        return self.inner.server_time()
+
     def __getattr__(self, attr: str) -> Any:
         # Backend-specific extras (server_time, retention_until, ...) pass through.
         if attr == "inner":

@@ -72,13 +72,15 @@ def prune_options(state: CliState, dry_run: bool, max_unused: str | None,
 @click.option("--keep-within", metavar="DURATION", help="Keep all within DURATION of the newest.")
 @click.option("--keep-tag", "keep_tags", multiple=True, metavar="TAG", help="Keep snapshots with TAG.")
 @click.option("--prune", "then_prune", is_flag=True, help="Run prune afterwards.")
+@click.option("--keep-log-segments", is_flag=True,
+              help="Do not expire archived WAL/binlog files older than the kept base backups.")
 @dry_run_option
 @json_option
 @pass_state
 def forget(state: CliState, name: str | None, keep_last: int | None, keep_hourly: int | None,
            keep_daily: int | None, keep_weekly: int | None, keep_monthly: int | None,
            keep_yearly: int | None, keep_within: str | None, keep_tags: tuple[str, ...],
-           then_prune: bool, dry_run: bool, as_json: bool) -> None:
+           then_prune: bool, keep_log_segments: bool, dry_run: bool, as_json: bool) -> None:
     """Remove snapshots a retention policy does not keep (data goes with prune).
 
     Without --keep options the policy comes from [sources.NAME.retention] or
@@ -101,7 +103,8 @@ def forget(state: CliState, name: str | None, keep_last: int | None, keep_hourly
             raise UsageError("refusing to forget everything: give at least one --keep option",
                              hint="or configure [retention] / [sources.NAME.retention]")
     tz = forget_ops.zone_from_config(data)
-    result = forget_ops.forget(state.session(), policy_for, name=name, tz=tz, dry_run=dry_run)
+    result = forget_ops.forget(state.session(), policy_for, name=name, tz=tz, dry_run=dry_run,
+                               keep_log_segments=keep_log_segments)
     if not (then_prune and not dry_run):
         emit(result.as_dict(), as_json, _forget_text(result, tz))
         return
@@ -127,6 +130,7 @@ def _forget_text(result: forget_ops.ForgetResult, tz: tzinfo) -> str:
             lines.append(f"  {verb}  {d.snapshot.id[:8]}  {when}  {', '.join(d.reasons)}")
         lines += [f"  not removed: {line}" for line in series.not_removed]
     lines += [f"{name}: no retention policy configured; all snapshots kept" for name in result.skipped]
+    lines += result.log_lines()
     count = sum(1 for s in result.series for d in s.decisions if not d.keep)
     lines.append(f"would remove {count} snapshot(s) (dry run)" if result.dry_run
                  else f"removed {len(result.removed)} snapshot(s)")

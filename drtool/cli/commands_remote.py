@@ -13,7 +13,7 @@ from drtool.cli.context import CliState, emit
 from drtool.cli.options import json_option, name_option
 from drtool.config import Settings, read_passphrase
 from drtool.crypto.keys import KdfParams
-from drtool.errors import BackendError, ConfigError, DrtoolError, UsageError
+from drtool.errors import BackendError, ConfigError, DrtoolError, UsageError, WrongPassword
 from drtool.ops import copy as copy_ops
 from drtool.ops.session import OpenOptions
 from drtool.ops.validate_backend import CheckResult, validate_backend
@@ -99,7 +99,12 @@ def copy(state: CliState, snapshots: tuple[str, ...], to: str | None, name: str 
         base = KdfParams()
         kdf = KdfParams(kdf_memory_kib or base.memory_kib, kdf_iterations or base.iterations,
                         1 if kdf_memory_kib and kdf_memory_kib < 8192 else base.lanes)
-    dst, created = copy_ops.open_destination(dest, kdf)
+    try:
+        dst, created = copy_ops.open_destination(dest, kdf)
+    except WrongPassword as exc:
+        raise WrongPassword(f"destination {dest.repository}: {exc}",
+                            hint="check DRTOOL_TO_PASSWORD_FILE / DRTOOL_TO_PASSWORD_COMMAND or "
+                                 "[copy] password_file (default: the source passphrase)") from None
     try:
         report = copy_ops.copy_snapshots(source, dst, copy_ops.CopyOptions(list(snapshots), name))
     finally:

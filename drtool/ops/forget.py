@@ -12,11 +12,12 @@ the data stays until ``prune``.  That is why a shared lock suffices: a
 concurrent backup may still use a forgotten snapshot as its parent, and the
 blobs it reuses stay until a prune, which needs the exclusive lock.
 
-**PITR pinning hook.**  ``pinned(snapshot) -> str | None`` lets the database
-layer keep base backups that a point-in-time window still needs (their WAL or
-binlog chain reaches into the window): a non-None reason keeps the snapshot
-("pinned: <reason>") without consuming any keep-N slot.  Default: nothing
-pinned.
+**PITR.**  ``pinned(snapshot) -> str | None`` keeps a snapshot ("pinned:
+<reason>") without consuming any keep-N slot.  Default: the pins of
+``drtool.ops.pitr_retention`` — the base backup / dump a database series'
+keep_within window starts from.  After deleting snapshots, forget also deletes
+the WAL / binlog files older than the oldest kept base of each database series
+(``keep_log_segments=True`` opts out); they are listed with reasons in dry runs.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drtool.errors import ConfigError, DrtoolError, UsageError
+from drtool.ops import pitr_retention
+from drtool.ops.pitr_retention import LogExpiry
 from drtool.ops.session import Session
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.retention import Decision, RetentionPolicy, SnapshotRef, apply_policy
@@ -58,14 +61,30 @@ class ForgetResult:
     dry_run: bool
     series: list[SeriesResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    logs: list[LogExpiry] = field(default_factory=list)
 
     @property
     def removed(self) -> list[str]:
         return [i for s in self.series for i in s.removed]
 
+    @property
+    def expired_segments(self) -> list[str]:
+        return [name for e in self.logs for name in e.expired]
+
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "series": [s.as_dict() for s in self.series],
-                "skipped_series": self.skipped, "removed": len(self.removed)}
+                "skipped_series": self.skipped, "removed": len(self.removed),
+                "log_segments": [e.as_dict() for e in self.logs],
+                "expired_segments": len(self.expired_segments)}
+
+    def log_lines(self) -> list[str]:
+        """Text listing of the WAL / binlog expiry (the CLI appends it to its own)."""
+        lines = [line for e in self.logs for line in e.lines(self.dry_run)]
+        if self.logs:
+            count = sum(len(e.expire) for e in self.logs)
+            lines.append(f"would expire {count} log file(s) (dry run)" if self.dry_run
+                         else f"expired {len(self.expired_segments)} log file(s)")
+        return lines
 
 
 def _decision(d: Decision) -> dict[str, Any]:
@@ -105,8 +124,9 @@ def config_policy(data: Mapping[str, Any], name: str) -> RetentionPolicy | None:
 
 def forget(session: Session, policy_for: PolicyFn, *, name: str | None = None,
            tz: tzinfo = timezone.utc, now: datetime | None = None, dry_run: bool = False,
-           pinned: PinFn | None = None) -> ForgetResult:
-    """Decide per series, then delete the dropped snapshots (unless ``dry_run``)."""
+           pinned: PinFn | None = None, keep_log_segments: bool = False) -> ForgetResult:
+    """Decide per series, then delete the dropped snapshots and the log files no kept
+    base needs (unless ``dry_run``).  ``pinned`` replaces the PITR pins."""
     now = now or datetime.now(timezone.utc)
     result = ForgetResult(dry_run)
     with session.lock("forget") as lock:
@@ -114,21 +134,44 @@ def forget(session: Session, policy_for: PolicyFn, *, name: str | None = None,
         by_name: dict[str, list[Snapshot]] = {}
         for snap in session.snapshots(name):
             by_name.setdefault(snap.name, []).append(snap)
+        policies = {series: policy_for(series) for series in sorted(by_name)}
+        pins = pinned or pitr_retention.pitr_pins(by_name, policies, now, tz)
         for series, snaps in sorted(by_name.items()):
-            policy = policy_for(series)
+            policy = policies[series]
             if policy is None:
                 result.skipped.append(series)
                 continue
-            result.series.append(_decide(series, snaps, policy, now, tz, pinned))
+            result.series.append(_decide(series, snaps, policy, now, tz, pins))
         if name and not by_name:
             log.warning("no snapshots named %r", name)
         if not dry_run:
             for series_result in result.series:
                 _remove(session, lock, series_result)
-    log.info("forget finished: %d snapshot(s) removed", len(result.removed),
+        if not keep_log_segments:
+            result.logs = pitr_retention.expire_log_segments(
+                session, lock, _pitr_series(result, by_name), dry_run=dry_run)
+    log.info("forget finished: %d snapshot(s) removed, %d log file(s) expired", len(result.removed),
+             len(result.expired_segments),
              extra={"fields": {"event": "forget", "removed": len(result.removed),
+                               "expired_segments": len(result.expired_segments),
                                "dry_run": dry_run, "series": [s.name for s in result.series]}})
     return result
+
+
+def _pitr_series(result: ForgetResult, by_name: dict[str, list[Snapshot]]
+                 ) -> list[pitr_retention.PitrSeries]:
+    """Database series and what stays of them: the keeps in a dry run; otherwise everything
+    not actually removed (a snapshot under Object Lock still exists, so do its logs)."""
+    found = []
+    for series in result.series:
+        if result.dry_run:
+            kept = {d.snapshot.id for d in series.decisions if d.keep}
+        else:
+            kept = {s.id for s in by_name[series.name]} - set(series.removed)
+        item = pitr_retention.pitr_series(series.name, by_name[series.name], kept)
+        if item is not None:
+            found.append(item)
+    return found
 
 
 def _decide(series: str, snaps: list[Snapshot], policy: RetentionPolicy, now: datetime,

@@ -276,32 +276,45 @@ class Repository:
     def read_blobs(self, blob_ids: list[bytes]) -> Iterator[memoryview]:
         """Verified blobs in order, as views into their group (valid while referenced).
 
-        Neighbouring groups of one pack come with one ranged read.
+        Blobs whose group was opened recently come from the cache; other
+        neighbouring groups of one pack come with one ranged read.
         """
         locs = [self.locate(b) for b in blob_ids]
         start = 0
         while start < len(locs):
-            end = start + 1
-            lo, hi = locs[start].offset, locs[start].offset + locs[start].length
-            while end < len(locs):
-                loc = locs[end]
-                if loc.pack_id != locs[start].pack_id or not (lo <= loc.offset <= hi):
-                    break
-                if max(hi, loc.offset + loc.length) - lo > RUN_BYTES:
-                    break
-                hi = max(hi, loc.offset + loc.length)
-                end += 1
+            first = locs[start]
+            cached = self._group_cache.get((first.pack_id, first.offset))
+            if cached is not None:
+                while start < len(locs) and locs[start][:3] == first[:3]:
+                    yield self._blob_from_group(blob_ids[start], locs[start], cached)
+                    start += 1
+                continue
+            end = self._run_end(locs, start)
+            lo = first.offset
+            hi = max(loc.offset + loc.length for loc in locs[start:end])
             yield from self._read_run(blob_ids[start:end], locs[start:end], lo, hi)
             start = end
+
+    def _run_end(self, locs: list[Location], start: int) -> int:
+        """End of the run of blobs one ranged read should fetch (same pack, contiguous, bounded)."""
+        first = locs[start]
+        lo, hi = first.offset, first.offset + first.length
+        end = start + 1
+        while end < len(locs):
+            loc = locs[end]
+            if loc.pack_id != first.pack_id or not (lo <= loc.offset <= hi):
+                break
+            if max(hi, loc.offset + loc.length) - lo > RUN_BYTES:
+                break
+            if loc.offset != locs[end - 1].offset and self._group_cache.get((loc.pack_id, loc.offset)):
+                break  # the next group is cached: do not download it again
+            hi = max(hi, loc.offset + loc.length)
+            end += 1
+        return end
 
     def _read_run(self, blob_ids: list[bytes], locs: list[Location], lo: int,
                   hi: int) -> Iterator[memoryview]:
         pack_id = locs[0].pack_id
-        cached = self._group_cache.get((pack_id, lo))
-        if cached is not None and all(loc.offset == lo for loc in locs):
-            for blob_id, loc in zip(blob_ids, locs):
-                yield self._blob_from_group(blob_id, loc, cached)
-            return
         raw = memoryview(self.backend.get_range(pack_name(pack_id), lo, hi - lo))
         opened: dict[int, bytes | bytearray] = {}
         for blob_id, loc in zip(blob_ids, locs):

@@ -57,6 +57,7 @@ class MariaSource:
     binlog_dir: str | None = None
     options: list[str] = field(default_factory=list)
     pitr: bool = True
+    no_defaults: bool = False  # a throwaway instance of drtool's own: ignore the host's option files
 
     @classmethod
     def from_config(cls, name: str, table: dict[str, Any]) -> "MariaSource":
@@ -110,9 +111,18 @@ def client_options(src: MariaSource) -> Iterator[list[str]]:
 
     ``--defaults-extra-file`` must be the first argument; the user's own
     ``defaults_file`` is pulled in with ``!include`` so both can be combined.
+    A throwaway instance (``no_defaults``) gets ``--no-defaults`` (or
+    ``--defaults-file``: only that file) instead: the operator's ``~/.my.cnf``
+    or ``$MYSQL_HOME/my.cnf`` holds production's password or socket, which
+    would make drtool's own probe and load fail against the passwordless
+    instance (or reach the wrong server).
     """
+    flag = "--defaults-file" if src.no_defaults else "--defaults-extra-file"
     if not src.password_file:
-        yield [f"--defaults-extra-file={src.defaults_file}"] if src.defaults_file else []
+        if src.defaults_file:
+            yield [f"{flag}={src.defaults_file}"]
+        else:
+            yield ["--no-defaults"] if src.no_defaults else []
         return
     try:
         with open(src.password_file, encoding="utf-8") as handle:
@@ -125,7 +135,7 @@ def client_options(src: MariaSource) -> Iterator[list[str]]:
             if src.defaults_file:
                 handle.write(f"!include {src.defaults_file}\n")
             handle.write(f"[client]\npassword={_option_value(password)}\n")
-        yield [f"--defaults-extra-file={path}"]
+        yield [f"{flag}={path}"]
     finally:
         os.unlink(path)
 
@@ -338,7 +348,8 @@ class Instance:
                                      hint="use a shorter directory")
 
     def source(self, name: str) -> MariaSource:
-        return MariaSource(name=name, socket=self.socket, user="root", all=True, bindir=self.bindir)
+        return MariaSource(name=name, socket=self.socket, user="root", all=True, bindir=self.bindir,
+                           no_defaults=True)
 
     def install(self) -> None:
         if os.path.exists(self.root) and os.listdir(self.root):
@@ -359,6 +370,7 @@ class Instance:
                 return
             except SourceError:
                 if time.monotonic() > deadline:
+                    self.stop()  # it may be up yet unreachable: never leave a stray server behind
                     raise RestoreTargetError(f"the MariaDB instance in {self.root} did not start",
                                              hint=f"see {self.datadir}/mariadbd.err") from None
                 time.sleep(0.2)

@@ -1,0 +1,296 @@
+"""PITR-aware retention: keep the base a recovery window needs, expire the logs no base needs.
+
+``drtool forget`` thins out snapshots; for database sources a snapshot alone
+is not the whole backup.  Point-in-time recovery to a moment T replays the
+archived WAL / binlogs from the newest base (``pg-base`` snapshot, or
+``mariadb-dump`` with binlog coordinates) that was consistent at or before T.
+Two consequences, one per half of this module:
+
+* **Pins (pure).**  ``keep_within`` promises "any point of the last N days",
+  but its window usually starts *between* two bases: the base that makes the
+  window's first moment recoverable is just outside it and the policy alone
+  would forget it.  :func:`base_pins` keeps it (reason ``pitr base for window
+  starting …``) without consuming a keep-N slot.  For PostgreSQL the base
+  counts from its *consistent* point (the end of ``pg_basebackup``), not its
+  start time.  Bucket rules keep bases themselves, so the windows they imply
+  start at a kept base and need no pin.
+* **Expiry.**  After forgetting, a log file *entirely older* than the start of
+  the oldest kept base (PostgreSQL: that base's start WAL file; MariaDB: the
+  binlog file of the dump's coordinates) can never be replayed by any restore,
+  so :func:`expire_log_segments` deletes it.  Conservative on purpose: every
+  log file from the oldest kept base on stays (a chain, not just each base's
+  own range, so the whole span between kept bases remains recoverable);
+  timeline ``.history`` files and the newest archived file always stay; a
+  source with no kept base keeps everything; objects under Object Lock are
+  skipped; every deletion checks the forget lock is still held.
+
+Deletion runs in the reverse of the write order (``wal-push`` writes data,
+then ``.info``, then the catalog learns of it): ``.info`` first — so the
+archive never claims a file it lacks — then the data object, then the catalog
+rows.  A crash between the two deletes leaves a data object without ``.info``:
+invisible to planning, and deleted by the next forget (the row this catalog
+still had tells it which object to finish).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from drtool.catalog.logs import (BINLOG, MARIADB_DUMP, PG_BASE, WAL, LogCatalog, RecoveryBase, Segment,
+                                 recovery_bases, wal_segment_size)
+from drtool.errors import DrtoolError
+from drtool.ops.logarchive import source_prefix, sync_log_segments
+from drtool.ops.session import Session
+from drtool.repository.locks import Lock
+from drtool.snapshot.model import Snapshot
+from drtool.snapshot.retention import RetentionPolicy, SnapshotRef, apply_policy
+from drtool.sources import postgres
+from drtool.testing_hooks import crash_point
+
+log = logging.getLogger("drtool.forget")
+
+PinFn = Callable[[Snapshot], "str | None"]
+CRASH_AFTER_INFO = "forget-expire-after-info-delete"
+_BINLOG_STEM_RE = re.compile(r"^(.*)\.\d+$")
+
+
+# ----- pins (pure) ------------------------------------------------------------------------------------
+def log_kind(snapshots: Iterable[Snapshot]) -> str | None:
+    """WAL for a series of base backups, BINLOG for dumps with coordinates, else None."""
+    kinds = {s.kind for s in snapshots if s.kind == PG_BASE
+             or (s.kind == MARIADB_DUMP and s.meta.get("binlog_file"))}
+    if PG_BASE in kinds:
+        return WAL
+    return BINLOG if kinds else None
+
+
+def window_start(snapshots: Sequence[Snapshot], policy: RetentionPolicy, now: datetime) -> datetime | None:
+    """First moment of the keep_within window, anchored as apply_policy anchors it
+    (the newest snapshot, capped at now), so pins and keeps agree."""
+    if policy.keep_within is None or not snapshots:
+        return None
+    return min(max(s.time for s in snapshots), now) - policy.keep_within
+
+
+def usable_bases(snapshots: Iterable[Snapshot], kind: str, segments: list[Segment]) -> list[RecoveryBase]:
+    """Recovery bases oldest first; a snapshot with unreadable coordinates is skipped, not fatal
+    (it cannot start a recovery anyway, and one odd manifest must not stop retention)."""
+    found: list[RecoveryBase] = []
+    for snap in snapshots:
+        try:
+            found += recovery_bases([snap], kind, segments)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("snapshot %s: unreadable recovery coordinates (%s); not treated as a base",
+                        snap.short_id, exc)
+    return sorted(found, key=lambda b: b.consistent_at)
+
+
+def base_pins(snapshots: Sequence[Snapshot], policy: RetentionPolicy, now: datetime,
+              tz: tzinfo) -> dict[str, str]:
+    """{snapshot id: reason} for the one base the series' keep_within window needs, if the
+    policy would otherwise forget it."""
+    kind = log_kind(snapshots)
+    start = window_start(snapshots, policy, now)
+    if kind is None or start is None or policy.is_empty():
+        return {}
+    before = [b for b in usable_bases(snapshots, kind, []) if b.consistent_at <= start]
+    if not before:
+        return {}  # the window starts before the first base: nothing older can help
+    base = before[-1]
+    refs = [SnapshotRef(s.id, s.time, frozenset(s.tags)) for s in snapshots]
+    kept = {d.snapshot.id for d in apply_policy(refs, policy, now=now, tz=tz) if d.keep}
+    if base.snapshot.id in kept:
+        return {}
+    return {base.snapshot.id: f"pitr base for window starting {_stamp(start)}"}
+
+
+def pitr_pins(by_series: Mapping[str, Sequence[Snapshot]],
+              policies: Mapping[str, RetentionPolicy | None], now: datetime,
+              tz: tzinfo = timezone.utc) -> PinFn:
+    """forget's ``pinned`` hook for every database series that has a policy."""
+    pins: dict[str, str] = {}
+    for series, snaps in by_series.items():
+        policy = policies.get(series)
+        if policy is not None:
+            pins.update(base_pins(snaps, policy, now, tz))
+    return lambda snap: pins.get(snap.id)
+
+
+def _stamp(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ----- which log files expire (pure) -------------------------------------------------------------
+@dataclass
+class ExpiredSegment:
+    name: str
+    object_id: str
+    size: int
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class LogExpiry:
+    """One source's log files that forget deletes (or would, in a dry run), and why."""
+
+    source: str
+    kind: str
+    keep_from: str | None = None   # the first log file kept: where the oldest kept base starts
+    base: str | None = None        # that base's snapshot id
+    expire: list[ExpiredSegment] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    not_expired: list[str] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def expired_bytes(self) -> int:
+        done = set(self.expired)
+        return sum(s.size for s in self.expire if s.name in done)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "kind": self.kind, "keep_from": self.keep_from, "base": self.base,
+                "expire": [s.as_dict() for s in self.expire], "expired": self.expired,
+                "not_expired": self.not_expired, "note": self.note}
+
+    def lines(self, dry_run: bool) -> list[str]:
+        """Text for the forget listing."""
+        head = f"{self.source} ({'WAL' if self.kind == WAL else 'binlogs'})"
+        if self.note:
+            return [f"{head}: {self.note}"]
+        out = [f"{head}: keeping log files from {self.keep_from} (base {(self.base or '')[:8]})"]
+        verb = "expire" if dry_run else "expired"
+        done = set(self.expired)
+        out += [f"  {verb}  {s.name}  {s.reason}" for s in self.expire if dry_run or s.name in done]
+        out += [f"  not expired: {line}" for line in self.not_expired]
+        return out
+
+
+def _number(kind: str, seg: Segment, seg_size: int) -> int | None:
+    """Where a log file sits in the chain; None for files that never expire (.history)."""
+    if kind == BINLOG:
+        return seg.seq
+    file_kind = seg.extra.get("file") or postgres.wal_file_kind(seg.name)
+    if file_kind == "segment":
+        return seg.seq
+    if file_kind in ("backup", "partial"):
+        parsed = postgres.parse_segment(seg.name[:24], seg_size)
+        return parsed[1] if parsed else None
+    return None
+
+
+def _stem(name: str) -> str:
+    match = _BINLOG_STEM_RE.match(name)
+    return match.group(1) if match else name
+
+
+def plan_expiry(source: str, kind: str, segments: list[Segment], bases: list[RecoveryBase]) -> LogExpiry:
+    """The log files of ``source`` entirely older than the oldest of ``bases`` (the kept ones)."""
+    plan = LogExpiry(source, kind)
+    if not bases:
+        plan.note = "no base kept; log files left alone"
+        return plan
+    seg_size = wal_segment_size(segments)
+    oldest = min(bases, key=lambda b: (b.start_seq, b.consistent_at))
+    plan.base = oldest.snapshot.id
+    binlog_file = str(oldest.snapshot.meta.get("binlog_file", ""))
+    plan.keep_from = (postgres.segment_name(oldest.timeline, oldest.start_seq, seg_size) if kind == WAL
+                      else binlog_file)
+    numbered = [(seg, _number(kind, seg, seg_size)) for seg in segments]
+    newest = max((n for _, n in numbered if n is not None), default=None)
+    reason = f"before {plan.keep_from}, where the oldest kept base {oldest.snapshot.short_id} starts"
+    for seg, number in sorted(numbered, key=lambda p: (p[1] if p[1] is not None else -1, p[0].name)):
+        if number is None or number >= oldest.start_seq or number == newest:
+            continue
+        if kind == BINLOG and _stem(seg.name) != _stem(binlog_file):
+            continue  # another binlog basename: its numbers are not comparable
+        plan.expire.append(ExpiredSegment(seg.name, seg.object_id, seg.size, reason))
+    return plan
+
+
+# ----- expiry against the repository ------------------------------------------------------------------
+@dataclass
+class PitrSeries:
+    """A database series after forget's decisions: what stays decides what logs stay."""
+
+    source: str
+    kind: str
+    kept: list[Snapshot]
+
+
+def pitr_series(source: str, snapshots: Sequence[Snapshot], kept_ids: set[str]) -> PitrSeries | None:
+    kind = log_kind(snapshots)
+    if kind is None:
+        return None
+    return PitrSeries(source, kind, [s for s in snapshots if s.id in kept_ids])
+
+
+def expire_log_segments(session: Session, lock: Lock, series: Sequence[PitrSeries], *,
+                        dry_run: bool) -> list[LogExpiry]:
+    """Delete (unless ``dry_run``) each source's log files that no kept base can replay.
+
+    Runs under forget's lock; the log rows are synced from the repository
+    first, because ``wal-push`` / ``binlog-push`` write only to the repository.
+    """
+    if not series:
+        return []
+    logs = LogCatalog(session.catalog)
+    rows_before = logs.segments()
+    present = sync_log_segments(session).known_object_ids()
+    results = []
+    for item in series:
+        segments = logs.segments(item.source, item.kind)
+        prefix = source_prefix(session.repo, item.kind, item.source)
+        leftovers = _leftovers(session, prefix, item, rows_before, present)
+        plan = plan_expiry(item.source, item.kind, segments + leftovers,
+                           usable_bases(item.kept, item.kind, segments))
+        leftover_ids = {s.object_id for s in leftovers}
+        for seg in plan.expire:
+            if seg.object_id in leftover_ids:
+                seg.reason += " (its .info was deleted by an interrupted forget)"
+        if not dry_run:
+            _delete(session, lock, prefix, plan)
+        results.append(plan)
+    return results
+
+
+def _leftovers(session: Session, prefix: str, item: PitrSeries, rows_before: list[Segment],
+               present: set[str]) -> list[Segment]:
+    """Rows whose ``.info`` vanished but whose data object is still there: a crash between
+    the two deletes.  (Only this catalog remembers them; the residue is one file per crash.)"""
+    found = []
+    for seg in rows_before:
+        if seg.source != item.source or seg.kind != item.kind or seg.object_id in present:
+            continue
+        if session.repo.backend.stat(f"{prefix}/{seg.object_id}") is not None:
+            found.append(seg)
+    return found
+
+
+def _delete(session: Session, lock: Lock, prefix: str, plan: LogExpiry) -> None:
+    """``.info`` first, data second, catalog rows last (see the module docstring)."""
+    backend = session.repo.backend
+    is_locked = getattr(backend, "is_locked", None)
+    done: list[str] = []
+    for seg in plan.expire:
+        names = (f"{prefix}/{seg.object_id}.info", f"{prefix}/{seg.object_id}")
+        lock.ensure_held()
+        try:
+            if is_locked is not None and any(is_locked(name) for name in names):
+                plan.not_expired.append(f"{seg.name}: under Object Lock retention")
+                continue
+            backend.delete(names[0])
+            crash_point(CRASH_AFTER_INFO)
+            backend.delete(names[1])
+        except DrtoolError as exc:
+            plan.not_expired.append(f"{seg.name}: {exc}")
+            continue
+        plan.expired.append(seg.name)
+        done.append(seg.object_id)
+        log.info("expired %s file %s of source %s (%s)", plan.kind, seg.name, plan.source, seg.reason)
+    LogCatalog(session.catalog).remove(done)
