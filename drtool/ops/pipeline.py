@@ -125,14 +125,14 @@ class ChunkPipeline:
         return (batch, WHOLE_BATCH)
 
     def _process_segment(self, data: bytes, chunker: Chunker) -> list[bytes]:
-        return self._process_batch(list(chunker.cut(data)))
+        return self._process_batch(list(chunker.cut(data)), text=chunker is self.text_chunker)
 
-    def _process_batch(self, chunks: list[memoryview | bytes]) -> list[bytes]:
+    def _process_batch(self, chunks: list[memoryview | bytes], text: bool = False) -> list[bytes]:
         ids = []
         repo = self.repo
         for chunk in chunks:
             blob_id = repo.ids.blob_id(chunk)
-            repo.add_blob(DATA_BLOB, blob_id, chunk)
+            repo.add_blob(DATA_BLOB, blob_id, chunk, text)
             ids.append(blob_id)
         return ids
 

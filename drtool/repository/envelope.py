@@ -31,10 +31,23 @@ class Envelope:
         self.level = level
         self._local = threading.local()
 
-    def _compressor(self) -> zstandard.ZstdCompressor:
-        comp = getattr(self._local, "comp", None)
+    def _compressor(self, long: bool = False) -> zstandard.ZstdCompressor:
+        """Per-thread compressors; ``long`` adds a 16 MiB window with long-distance matching.
+
+        Long mode is for text groups (dumps): sentences and rows repeat far
+        apart, and LDM finds them (bench dump: 0.286 → 0.221 of its size in
+        16 MiB groups, ~20 % slower to compress).
+        """
+        attr = "long" if long else "comp"
+        comp = getattr(self._local, attr, None)
         if comp is None:
-            comp = self._local.comp = zstandard.ZstdCompressor(level=self.level)
+            if long:
+                params = zstandard.ZstdCompressionParameters.from_level(
+                    self.level, window_log=24, enable_ldm=True)
+                comp = zstandard.ZstdCompressor(compression_params=params)
+            else:
+                comp = zstandard.ZstdCompressor(level=self.level)
+            setattr(self._local, attr, comp)
         return comp
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
@@ -43,12 +56,12 @@ class Envelope:
             decomp = self._local.decomp = zstandard.ZstdDecompressor()
         return decomp
 
-    def compress(self, data: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+    def compress(self, data: bytes | memoryview, long: bool = False) -> tuple[int, bytes | memoryview]:
         """Return (mode, payload); RAW when zstd would not save at least 3 %."""
         size = len(data)
         if size < 64:
             return RAW, data
-        comp = self._compressor()
+        comp = self._compressor(long)
         if size > 4 * SAMPLE_SIZE:
             middle = size // 2
             sample = comp.compress(data[middle:middle + SAMPLE_SIZE])
@@ -60,8 +73,8 @@ class Envelope:
         return ZSTD, packed
 
     def seal(self, kind: bytes, object_id: bytes, data: bytes | memoryview,
-             compress: bool = True) -> bytearray:
-        mode, payload = self.compress(data) if compress else (RAW, data)
+             compress: bool = True, long: bool = False) -> bytearray:
+        mode, payload = self.compress(data, long) if compress else (RAW, data)
         return self._aead.seal(payload, _context(kind, object_id), flags=mode)
 
     def open(self, kind: bytes, object_id: bytes, sealed: bytes | bytearray | memoryview) -> bytes | bytearray:

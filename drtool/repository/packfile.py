@@ -79,14 +79,16 @@ class SealedGroup:
     raw_size: int
 
 
-def seal_group(envelope: Envelope, blob_type: int, blobs: list[tuple[bytes, bytes | memoryview]]) -> SealedGroup:
+def seal_group(envelope: Envelope, blob_type: int, blobs: list[tuple[bytes, bytes | memoryview]],
+               long: bool = False) -> SealedGroup:
     """Compress and encrypt consecutive blobs as one message (called on worker threads)."""
     members, inner = [], 0
     for blob_id, data in blobs:
         members.append((blob_id, inner, len(data)))
         inner += len(data)
     plaintext = b"".join(data for _blob_id, data in blobs)
-    return SealedGroup(blob_type, members, envelope.seal(group_kind(blob_type), b"", plaintext), inner)
+    return SealedGroup(blob_type, members, envelope.seal(group_kind(blob_type), b"", plaintext,
+                                                         long=long), inner)
 
 
 def open_group(envelope: Envelope, blob_type: int, sealed: bytes | memoryview) -> bytes:

@@ -32,6 +32,7 @@ PACK_TARGET_SIZE = 16 * 1024 * 1024
 INDEX_EVERY_PACKS = 64
 MAX_PENDING_UPLOADS = 2
 GROUP_TARGET_SIZE = 4 * 1024 * 1024
+TEXT_GROUP_TARGET_SIZE = 16 * 1024 * 1024
 RUN_BYTES = 16 * 1024 * 1024
 
 
@@ -68,8 +69,8 @@ class Repository:
         self.cache = cache
         self._lock = threading.Lock()
         self._builders: dict[int, PackBuilder] = {}
-        self._groups: dict[int, list[tuple[bytes, bytes | memoryview]]] = {}
-        self._group_sizes: dict[int, int] = {}
+        self._groups: dict[tuple[int, bool], list[tuple[bytes, bytes | memoryview]]] = {}
+        self._group_sizes: dict[tuple[int, bool], int] = {}
         self._pending: set[bytes] = set()
         self._group_cache = GroupCache()
         self._uploads: list[Future[PackRecord]] = []
@@ -175,28 +176,31 @@ class Repository:
         """Stored or queued in this run (a cheap pre-check before sealing work)."""
         return blob_id in self.index or blob_id in self._pending
 
-    def add_blob(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bool:
+    def add_blob(self, blob_type: int, blob_id: bytes, data: bytes | memoryview,
+                 text: bool = False) -> bool:
         """Queue a blob for its compression group; False when it is a duplicate.
 
         Thread-safe.  The caller whose blob fills a group seals it, so
         compression and encryption run on the worker threads in parallel.
+        ``text`` blobs (dump-like data) go to 16 MiB long-window groups.
         """
+        key = (blob_type, text)
         full: list[tuple[bytes, bytes | memoryview]] | None = None
         with self._lock:
             if blob_id in self.index or blob_id in self._pending:
                 return False
             self._pending.add(blob_id)
-            group = self._groups.setdefault(blob_type, [])
+            group = self._groups.setdefault(key, [])
             # copy out of the read buffer: a view would pin the whole 8 MiB block
             group.append((blob_id, bytes(data) if isinstance(data, memoryview) else data))
-            self._group_sizes[blob_type] = self._group_sizes.get(blob_type, 0) + len(data)
+            self._group_sizes[key] = self._group_sizes.get(key, 0) + len(data)
             self.new_blobs += 1
             self.new_bytes_raw += len(data)
-            if self._group_sizes[blob_type] >= GROUP_TARGET_SIZE:
-                full = self._groups.pop(blob_type)
-                self._group_sizes[blob_type] = 0
+            if self._group_sizes[key] >= (TEXT_GROUP_TARGET_SIZE if text else GROUP_TARGET_SIZE):
+                full = self._groups.pop(key)
+                self._group_sizes[key] = 0
         if full is not None:
-            self._pack_group(blob_type, full)
+            self._pack_group(key, full)
         return True
 
     def store_blob(self, blob_type: int, data: bytes | memoryview) -> bytes:
@@ -204,8 +208,9 @@ class Repository:
         self.add_blob(blob_type, blob_id, data)
         return blob_id
 
-    def _pack_group(self, blob_type: int, blobs: list[tuple[bytes, bytes | memoryview]]) -> None:
-        group = seal_group(self.envelope, blob_type, blobs)
+    def _pack_group(self, key: tuple[int, bool], blobs: list[tuple[bytes, bytes | memoryview]]) -> None:
+        blob_type, text = key
+        group = seal_group(self.envelope, blob_type, blobs, long=text)
         full: PackBuilder | None = None
         with self._lock:
             builder = self._builders.setdefault(blob_type, PackBuilder())
@@ -239,9 +244,9 @@ class Repository:
             groups = list(self._groups.items())
             self._groups.clear()
             self._group_sizes.clear()
-        for blob_type, blobs in groups:
+        for key, blobs in groups:
             if blobs:
-                self._pack_group(blob_type, blobs)
+                self._pack_group(key, blobs)
         with self._lock:
             builders = [b for b in self._builders.values() if len(b)]
             self._builders.clear()
