@@ -74,11 +74,29 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
+MIGRATION_LOCK = 0x64727463  # "drtc": PostgreSQL advisory lock key for schema upgrades
+
+
+def _at_head(conn) -> bool:  # type: ignore[no-untyped-def]
+    if not inspect(conn).has_table("alembic_version"):
+        return False
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
+
+
 def _migrate(conn) -> None:  # type: ignore[no-untyped-def]
-    """Run alembic only when the schema is not at head (alembic import is slow)."""
-    if inspect(conn).has_table("alembic_version"):
-        current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        if current == head_revision():
+    """Run alembic only when the schema is not at head (alembic import is slow).
+
+    On a shared PostgreSQL catalog many hosts may open an old (or empty)
+    schema at the same moment; without serialisation all but one fail with
+    duplicate-key errors from the system catalogs.  A transaction-scoped
+    advisory lock lets one upgrade while the others wait, then find it done.
+    """
+    if _at_head(conn):
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        if _at_head(conn):
+            conn.commit()
             return
     from alembic import command
     from alembic.config import Config

@@ -3,12 +3,13 @@ follows it (``sync_snapshots``) and can be dropped and rebuilt at any time.
 """
 from __future__ import annotations
 
+import importlib
 import json
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import Engine, delete, insert, select, update
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session as OrmSession
 
 from drtool.catalog.db import catalog_url, open_engine
@@ -43,7 +44,7 @@ class Catalog:
         rows = [self._row(s) for s in snaps]
         if rows:
             with self._begin() as conn:
-                conn.execute(insert(SnapshotRow), rows)
+                _insert_new(conn, SnapshotRow, rows)
 
     def remove_snapshots(self, ids: Iterable[str]) -> None:
         ids = list(ids)
@@ -104,8 +105,8 @@ class Catalog:
             conn.execute(delete(IndexFileRow).where(IndexFileRow.repo_id == self.repo_id,
                                                     IndexFileRow.index_id == index_id))
             if rows:
-                conn.execute(insert(IndexPackRow), rows)
-            conn.execute(insert(IndexFileRow), [{"repo_id": self.repo_id, "index_id": index_id}])
+                _insert_new(conn, IndexPackRow, rows)
+            _insert_new(conn, IndexFileRow, [{"repo_id": self.repo_id, "index_id": index_id}])
 
     def drop_indexes(self, index_ids: set[str]) -> None:
         if not index_ids:
@@ -150,3 +151,25 @@ class Catalog:
             return self.engine.begin()
         except (DatabaseError, OperationalError) as exc:
             raise CatalogError(f"the catalog cannot be written: {exc}") from None
+
+
+def _insert_new(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+    """INSERT that skips rows another process inserted first.
+
+    A shared catalog (PostgreSQL, or one SQLite file used by several runs)
+    is written by many hosts at once: two backups sync the same new
+    snapshot, or cache the same index object, between one's SELECT and its
+    INSERT.  Every such row caches an immutable repository object, so a row
+    that already exists is already right.
+    """
+    dialect = conn.dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        module = importlib.import_module(f"sqlalchemy.dialects.{dialect}")
+        conn.execute(module.insert(table).on_conflict_do_nothing(), rows)
+        return
+    for row in rows:  # other databases: one savepoint per row
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(table), [row])
+        except IntegrityError:
+            pass

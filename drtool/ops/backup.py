@@ -35,10 +35,12 @@ class BackupResult:
     unreadable: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     requests: dict[str, int] = field(default_factory=dict)
+    vanished: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         data = self.snapshot.listing()
-        data.update(unreadable=self.unreadable, changed=self.changed, requests=self.requests)
+        data.update(unreadable=self.unreadable, changed=self.changed, vanished=self.vanished,
+                    requests=self.requests)
         return data
 
 
@@ -58,7 +60,11 @@ def _backup_frame(session: Session, name: str) -> Iterator[tuple[Lock, Snapshot 
 def _commit(session: Session, lock: Lock, snap: Snapshot) -> None:
     """Packs and index first, then the snapshot: the write order that makes crashes harmless."""
     crash_point("backup-before-flush")
-    session.repo.flush()
+    repo = session.repo
+    repo.flush()
+    # groups (16 MiB for text) are sealed by flush: only now are the stored byte counts final
+    snap.summary.update(blobs_added=repo.new_blobs, bytes_added=repo.new_bytes_stored,
+                        bytes_added_raw=repo.new_bytes_raw)
     crash_point("backup-before-snapshot")
     lock.ensure_held()
     save_snapshot(session.repo, snap)
@@ -79,7 +85,7 @@ def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] 
         _commit(session, lock, snap)
     session.catalog.add_snapshots([snap])
     return BackupResult(snap, walker.stats.unreadable, walker.stats.changed,
-                        session.repo.backend.stats.as_dict())
+                        session.repo.backend.stats.as_dict(), walker.stats.vanished)
 
 
 def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
@@ -174,7 +180,7 @@ def _snapshot(session: Session, name: str, when: datetime, tree_id: str, kind: s
                "files_read": stats.files_read, "files_unchanged": stats.files_unchanged,
                "blobs_added": repo.new_blobs, "bytes_added": repo.new_bytes_stored,
                "bytes_added_raw": repo.new_bytes_raw, "unreadable": len(stats.unreadable),
-               "changed_during_backup": len(stats.changed),
+               "changed_during_backup": len(stats.changed), "vanished": len(stats.vanished),
                "duration": round(time.monotonic() - started, 3)}
     return Snapshot(name=name, host=session.host, time=when, tree=tree_id, kind=kind, paths=paths,
                     parent=parent.id if parent else None, tags=sorted(set(tags or [])),

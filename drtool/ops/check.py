@@ -101,25 +101,28 @@ class Checker:
             self.report.snapshots += 1
             self._check_tree(snap.tree, seen_trees)
 
-    def _check_tree(self, tree_id: str, seen: set[str]) -> None:
-        if tree_id in seen:
-            return
-        seen.add(tree_id)
-        try:
-            nodes = load_tree(self.repo, tree_id)
-        except DrtoolError as exc:
-            self.bad_blobs.add(bytes.fromhex(tree_id))
-            self.report.errors.append(f"tree {tree_id[:16]}: {exc}")
-            return
-        for node in nodes:
-            for hexid in node.content:
-                blob_id = bytes.fromhex(hexid)
-                if blob_id not in self.repo.index:
-                    if blob_id not in self.bad_blobs:
-                        self.report.errors.append(f"data blob {hexid[:16]} is not in any index")
-                    self.bad_blobs.add(blob_id)
-            if node.subtree:
-                self._check_tree(node.subtree, seen)
+    def _check_tree(self, root: str, seen: set[str]) -> None:
+        stack = [root]  # not recursive: trees may be deeper than the recursion limit
+        while stack:
+            tree_id = stack.pop()
+            if tree_id in seen:
+                continue
+            seen.add(tree_id)
+            try:
+                nodes = load_tree(self.repo, tree_id)
+            except DrtoolError as exc:
+                self.bad_blobs.add(bytes.fromhex(tree_id))
+                self.report.errors.append(f"tree {tree_id[:16]}: {exc}")
+                continue
+            for node in nodes:
+                for hexid in node.content:
+                    blob_id = bytes.fromhex(hexid)
+                    if blob_id not in self.repo.index:
+                        if blob_id not in self.bad_blobs:
+                            self.report.errors.append(f"data blob {hexid[:16]} is not in any index")
+                        self.bad_blobs.add(blob_id)
+                if node.subtree:
+                    stack.append(node.subtree)
 
     def _read_packs(self, pack_ids: list[bytes], fraction: float, seed: int | None) -> None:
         if fraction < 1.0:

@@ -5,22 +5,30 @@ as soon as all its files' chunk futures are done, so the walking thread
 keeps feeding workers instead of draining the pipeline at every directory.
 Unchanged files (size, mtime, ctime, inode equal to the parent snapshot's
 node, all blobs present) are taken over without being read.
+
+The walk keeps its own stack instead of recursing, so a tree may be as deep
+as paths allow (PATH_MAX), not as deep as Python's recursion limit.  Entries
+that vanish while the backup runs are left out with a warning (the snapshot
+shows the tree as found); entries that cannot be read make the run exit 3.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from drtool.errors import DrtoolError
 from drtool.ops.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
+from drtool.repository.chunker import Chunker
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, Node
 from drtool.snapshot.store import load_tree, store_tree
 from drtool.sources import files as fs
 
 SMALL_FILE = 256 * 1024
+log = logging.getLogger("drtool")
 
 
 @dataclass
@@ -32,6 +40,7 @@ class WalkStats:
     files_unchanged: int = 0
     unreadable: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +67,7 @@ class DirJob:
 
 
 ProgressFn = Callable[[WalkStats], None]
+Frame = tuple[DirJob, Iterator[tuple[fs.Entry, Node | None]]]
 
 
 class TreeWalker:
@@ -69,6 +79,7 @@ class TreeWalker:
         self.progress = progress
         self._queue: deque[DirJob] = deque()
         self._links: dict[str, list[ChunkRef] | list[str]] = {}
+        self._zeros: dict[Chunker, ChunkRef] = {}
 
     def backup_roots(self, roots: list[str], parent_tree: str | None) -> str:
         """Store the given paths as one root tree; return its id."""
@@ -85,7 +96,9 @@ class TreeWalker:
             except OSError as exc:
                 raise DrtoolError(f"backup path {os.fsdecode(path)} cannot be read: {exc.strerror}",
                                   hint="check the path exists and is readable") from None
-            self._add_entry(root, fs.Entry(path, name, st), old_root.get(name))
+            frame = self._add_entry(root, fs.Entry(path, name, st), old_root.get(name))
+            if frame is not None:
+                self._walk(frame)
         self._queue.append(root)
         self._drain(block=True)
         assert root.tree_id is not None
@@ -99,40 +112,67 @@ class TreeWalker:
         except DrtoolError:
             return {}  # a damaged parent only costs re-reading, never correctness
 
-    def _walk_dir(self, path: bytes, old_tree: str | None) -> DirJob:
-        job = DirJob()
-        old = self._old_nodes(old_tree)
-        try:
-            entries = fs.scan_dir(path)
-        except fs.Unreadable as exc:
+    def _problem(self, exc: fs.Unreadable) -> None:
+        if isinstance(exc, fs.Vanished):
+            self.stats.vanished.append(str(exc))
+            log.warning("%s; not in this snapshot", exc)
+        else:
             self.stats.unreadable.append(str(exc))
-            entries = []
-        for entry in entries:
-            self._add_entry(job, entry, old.get(entry.name))
-        self._queue.append(job)
-        self._drain(block=False)
-        return job
 
-    def _add_entry(self, job: DirJob, entry: fs.Entry, old: Node | None) -> None:
+    def _scan(self, path: bytes, old_tree: str | None) -> Frame:
+        """Read one directory; raises Unreadable (Vanished) if it cannot be listed."""
+        old = self._old_nodes(old_tree)
+        entries, problems = fs.scan_dir(path)
+        for problem in problems:
+            self._problem(problem)
+        return DirJob(), ((entry, old.get(entry.name)) for entry in entries)
+
+    def _walk(self, top: Frame) -> None:
+        """Depth first with an explicit stack; a directory is queued after its subdirectories."""
+        stack = [top]
+        while stack:
+            job, entries = stack[-1]
+            item = next(entries, None)
+            if item is None:
+                stack.pop()
+                self._queue.append(job)
+                self._drain(block=False)
+                continue
+            frame = self._add_entry(job, *item)
+            if frame is not None:
+                stack.append(frame)
+
+    def _add_entry(self, job: DirJob, entry: fs.Entry, old: Node | None) -> Frame | None:
+        """Record one entry in ``job``; for a directory return its frame to walk next."""
         try:
             node = fs.node_from_stat(entry.name, entry.path, entry.st)
         except fs.Unreadable as exc:
-            self.stats.unreadable.append(str(exc))
-            return
+            self._problem(exc)
+            return None
+        frame: Frame | None = None
         if node.type == DIR:
+            try:
+                frame = self._scan(entry.path, old.subtree if old and old.type == DIR else None)
+            except fs.Vanished as exc:
+                self._problem(exc)
+                return None
+            except fs.Unreadable as exc:
+                self._problem(exc)  # an unreadable directory is kept, empty
+                frame = (DirJob(), iter(()))
+        if frame is not None:
             self.stats.dirs += 1
-            child = self._walk_dir(entry.path, old.subtree if old and old.type == DIR else None)
-            job.children.append((node, child))
+            job.children.append((node, frame[0]))
         elif node.type == FILE:
             futures = self._file_content(node, entry, old)
             if futures is None:
-                return
+                return None
             if futures:
                 job.pending.append((node, futures))
                 job.track(futures)
             self.stats.files += 1
             self.stats.size += node.size
         job.nodes.append(node)
+        return frame
 
     def _file_content(self, node: Node, entry: fs.Entry, old: Node | None) -> list[ChunkRef] | None:
         """References to the file's chunk ids, [] if content was reused, None if unreadable."""
@@ -151,7 +191,7 @@ class TreeWalker:
         try:
             futures = self._read_file(node, entry)
         except fs.Unreadable as exc:
-            self.stats.unreadable.append(str(exc))
+            self._problem(exc)
             return None
         if node.link_key:
             self._links[node.link_key] = futures
@@ -170,7 +210,7 @@ class TreeWalker:
                 futures = [self.pipeline.add(first)] if first else []
                 total = len(first)
             else:
-                futures, total = self._submit_segments(read, first)
+                futures, total = self._submit_segments(fd, read, first)
             if total != node.size or fs.changed_since(fd, entry.st):
                 node.changed = True
                 node.size = total
@@ -182,7 +222,14 @@ class TreeWalker:
             self.progress(self.stats)
         return futures
 
-    def _submit_segments(self, read: Callable[[int], bytes], first: bytes) -> tuple[list[ChunkRef], int]:
+    def _submit_segments(self, fd: int, read: Callable[[int], bytes],
+                         first: bytes) -> tuple[list[ChunkRef], int]:
+        """Segments of a large file; whole segments in a hole are not read.
+
+        Segments are cut independently, so a segment of zeros always yields
+        the same chunks: holes reuse one zero segment's result (same ids as
+        reading the zeros, at the cost of an lseek).
+        """
         chunker = self.pipeline.chunker_for(first)
         refs: list[ChunkRef] = []
         total = 0
@@ -190,8 +237,18 @@ class TreeWalker:
         while segment:
             total += len(segment)
             refs.append(self.pipeline.add_segment(segment, chunker))
+            holes = fs.whole_holes(fd, total, SEGMENT_BYTES) if len(segment) == SEGMENT_BYTES else 0
+            if holes:
+                refs.extend([self._zero_segment(chunker)] * holes)
+                total += holes * SEGMENT_BYTES
             segment = read(SEGMENT_BYTES)
         return refs, total
+
+    def _zero_segment(self, chunker: Chunker) -> ChunkRef:
+        ref = self._zeros.get(chunker)
+        if ref is None:
+            ref = self._zeros[chunker] = self.pipeline.add_segment(bytes(SEGMENT_BYTES), chunker)
+        return ref
 
     def _drain(self, block: bool) -> None:
         if block:

@@ -53,9 +53,19 @@ def load_tree(repo: Repository, tree_id: str) -> list[Node]:
 
 
 def walk_tree(repo: Repository, tree_id: str, prefix: str = "") -> Iterator[tuple[str, Node]]:
-    """Depth-first (path, node) pairs; directories come before their contents."""
-    for node in load_tree(repo, tree_id):
-        path = f"{prefix}/{node.name}" if prefix else node.name
+    """Depth-first (path, node) pairs; directories come before their contents.
+
+    An explicit stack, not recursion: trees can be deeper than Python's
+    recursion limit (a backup accepts any depth the file system allows).
+    """
+    stack: list[tuple[str, Iterator[Node]]] = [(prefix, iter(load_tree(repo, tree_id)))]
+    while stack:
+        base, nodes = stack[-1]
+        node = next(nodes, None)
+        if node is None:
+            stack.pop()
+            continue
+        path = f"{base}/{node.name}" if base else node.name
         yield path, node
         if node.subtree:
-            yield from walk_tree(repo, node.subtree, path)
+            stack.append((path, iter(load_tree(repo, node.subtree))))

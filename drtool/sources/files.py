@@ -5,6 +5,7 @@ devices, sparse files, names that are not UTF-8) live in one place.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -29,15 +30,51 @@ class Unreadable(Exception):
         self.reason = reason
 
 
-def scan_dir(path: bytes) -> list[Entry]:
-    """List a directory sorted by name, with lstat results; raise Unreadable."""
+class Vanished(Unreadable):
+    """The entry was deleted (or replaced by another kind of file) between listing
+    and reading it.  A live file system changes under a backup: the snapshot
+    shows the tree as found, the entry is left out with a warning, no exit 3."""
+
+
+# ENOENT/ENOTDIR: deleted (or a parent was); ELOOP (O_NOFOLLOW), ENXIO (a socket),
+# EINVAL (readlink): the name now points at another kind of file.
+_VANISHED = {errno.ENOENT: "vanished during the backup", errno.ENOTDIR: "vanished during the backup",
+             errno.ELOOP: "replaced by a symbolic link during the backup",
+             errno.ENXIO: "replaced by a special file during the backup",
+             errno.EINVAL: "replaced by another kind of file during the backup"}
+
+
+def _error(path: bytes, exc: OSError, vanished: frozenset[int] = frozenset(_VANISHED)) -> Unreadable:
+    if exc.errno in vanished:
+        return Vanished(path, _VANISHED[exc.errno])
+    return Unreadable(path, exc.strerror or str(exc))
+
+
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR})
+
+
+def scan_dir(path: bytes) -> tuple[list[Entry], list[Unreadable]]:
+    """List a directory sorted by name, with lstat results.
+
+    Raises Unreadable (Vanished) when the directory itself cannot be listed.
+    An entry that cannot be stat'ed -- typically deleted between readdir and
+    lstat -- is returned among the problems; it never hides its siblings.
+    """
+    entries: list[Entry] = []
+    problems: list[Unreadable] = []
     try:
         with os.scandir(path) as it:
-            entries = [Entry(e.path, os.fsdecode(e.name), e.stat(follow_symlinks=False)) for e in it]
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError as exc:
+                    problems.append(_error(e.path, exc, _GONE))
+                    continue
+                entries.append(Entry(e.path, os.fsdecode(e.name), st))
     except OSError as exc:
-        raise Unreadable(path, exc.strerror or str(exc)) from None
+        raise _error(path, exc, _GONE) from None
     entries.sort(key=lambda e: e.name)
-    return entries
+    return entries, problems
 
 
 def node_type(mode: int) -> str | None:
@@ -69,7 +106,7 @@ def node_from_stat(name: str, path: bytes, st: os.stat_result) -> Node:
         try:
             node.target = os.fsdecode(os.readlink(path))
         except OSError as exc:
-            raise Unreadable(path, exc.strerror or str(exc)) from None
+            raise _error(path, exc) from None
     elif kind in (CHARDEV, BLOCKDEV):
         node.rdev = st.st_rdev
     if kind == FILE and st.st_nlink > 1:
@@ -85,18 +122,48 @@ def unchanged(node: Node, old: Node | None) -> bool:
 
 
 def open_for_backup(path: bytes) -> int:
-    flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0) | getattr(os, "O_NOFOLLOW", 0)
+    """Open a file found as regular for reading.
+
+    O_NONBLOCK: if the name was replaced by a FIFO since the scan, opening
+    it must not wait forever for a writer (no effect on regular files).
+    Anything but a regular file behind the descriptor counts as vanished.
+    """
+    base = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    flags = base | getattr(os, "O_NOATIME", 0)
     try:
-        return os.open(path, flags)
+        fd = os.open(path, flags)
     except PermissionError:
-        if flags & getattr(os, "O_NOATIME", 0):  # O_NOATIME needs ownership
-            try:
-                return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            except OSError as exc:
-                raise Unreadable(path, exc.strerror or str(exc)) from None
-        raise Unreadable(path, "permission denied") from None
+        if flags == base:
+            raise Unreadable(path, "permission denied") from None
+        try:  # O_NOATIME needs ownership
+            fd = os.open(path, base)
+        except OSError as exc:
+            raise _error(path, exc) from None
     except OSError as exc:
-        raise Unreadable(path, exc.strerror or str(exc)) from None
+        raise _error(path, exc) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Vanished(path, "replaced by another kind of file during the backup")
+    return fd
+
+
+def whole_holes(fd: int, offset: int, block: int) -> int:
+    """How many whole ``block``-sized pieces from ``offset`` lie in a hole.
+
+    Uses SEEK_DATA (a file system without it reports everything as data).
+    Leaves the file position after the holes, so a 5 GiB sparse image is not
+    read, cut and hashed as 5 GiB of zeros.
+    """
+    size = os.fstat(fd).st_size
+    if offset + block > size:
+        return 0
+    try:
+        data = os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        data = size if exc.errno == errno.ENXIO else offset  # ENXIO: a hole up to the end
+    count = max(0, min(data, size) - offset) // block
+    os.lseek(fd, offset + count * block, os.SEEK_SET)
+    return count
 
 
 def reader(fd: int, path: bytes) -> Callable[[int], bytes]:
@@ -104,7 +171,7 @@ def reader(fd: int, path: bytes) -> Callable[[int], bytes]:
         try:
             return os.read(fd, size)
         except OSError as exc:
-            raise Unreadable(path, exc.strerror or str(exc)) from None
+            raise _error(path, exc, _GONE) from None
     return read
 
 
