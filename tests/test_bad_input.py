@@ -199,3 +199,25 @@ def test_usage_errors_exit_2(repo_env: DrEnv) -> None:
     assert repo_env.run("backup", "--name", "x").code == 2  # neither paths nor command
     assert repo_env.run("restore").code == 2  # --target missing
     assert repo_env.run("no-such-command").code == 2
+
+
+def test_init_killed_before_config_can_be_rerun(dr: DrEnv) -> None:
+    """A key slot without a config is an interrupted init: init again succeeds."""
+    first = dr.run("init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1")
+    assert first.code == 0
+    (dr.repo / "config").unlink()  # what a kill between the two writes leaves
+    assert dr.run("snapshots").code == 10
+    again = dr.run("init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1")
+    assert again.code == 0, again.err
+    assert len(list((dr.repo / "keys").iterdir())) == 1
+    assert dr.run("snapshots").code == 0
+
+
+def test_init_refuses_data_without_config(repo_env: DrEnv, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    repo_env.run("backup", str(src), "--name", "n")
+    (repo_env.repo / "config").unlink()
+    result = repo_env.run("init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1")
+    assert result.code == 1 and "holds repository data" in result.err

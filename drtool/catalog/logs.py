@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, delete, insert, select
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from drtool.catalog.models import Base
-from drtool.catalog.store import Catalog
+from drtool.catalog.store import Catalog, insert_new
 from drtool.snapshot.model import Snapshot
 
 WAL = "wal"
@@ -143,7 +143,7 @@ class LogCatalog:
             with self.catalog._begin() as conn:
                 conn.execute(delete(LogSegmentRow).where(LogSegmentRow.repo_id == self.repo_id,
                                                          LogSegmentRow.object_id.in_(ids)))
-                conn.execute(insert(LogSegmentRow), rows)
+                insert_new(conn, LogSegmentRow, rows)  # another host may sync the same rows
         return len(rows)
 
     def remove(self, object_ids: Iterable[str]) -> None:

@@ -44,7 +44,7 @@ class Catalog:
         rows = [self._row(s) for s in snaps]
         if rows:
             with self._begin() as conn:
-                _insert_new(conn, SnapshotRow, rows)
+                insert_new(conn, SnapshotRow, rows)
 
     def remove_snapshots(self, ids: Iterable[str]) -> None:
         ids = list(ids)
@@ -105,8 +105,8 @@ class Catalog:
             conn.execute(delete(IndexFileRow).where(IndexFileRow.repo_id == self.repo_id,
                                                     IndexFileRow.index_id == index_id))
             if rows:
-                _insert_new(conn, IndexPackRow, rows)
-            _insert_new(conn, IndexFileRow, [{"repo_id": self.repo_id, "index_id": index_id}])
+                insert_new(conn, IndexPackRow, rows)
+            insert_new(conn, IndexFileRow, [{"repo_id": self.repo_id, "index_id": index_id}])
 
     def drop_indexes(self, index_ids: set[str]) -> None:
         if not index_ids:
@@ -153,7 +153,7 @@ class Catalog:
             raise CatalogError(f"the catalog cannot be written: {exc}") from None
 
 
-def _insert_new(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+def insert_new(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
     """INSERT that skips rows another process inserted first.
 
     A shared catalog (PostgreSQL, or one SQLite file used by several runs)

@@ -86,8 +86,9 @@ class Repository:
     def init(cls, backend: Backend, passphrase: bytes, *, kdf: KdfParams | None = None,
              config: RepoConfig | None = None) -> "Repository":
         backend.create_location()
-        if backend.exists() or any(True for _ in backend.list("keys/")):
+        if backend.exists():
             raise RepositoryExists(f"a repository already exists at {backend.url}")
+        _clear_interrupted_init(backend)
         master = MasterKey.generate()
         config = config or RepoConfig(repo_id=secrets.token_hex(16))
         slot = wrap_master_key(master, passphrase, params=kdf, label="initial")
@@ -419,6 +420,24 @@ class GroupCache:
             while self._size > self.max_bytes:
                 _old_key, old = self._items.popitem(last=False)
                 self._size -= len(old)
+
+
+def _clear_interrupted_init(backend: Backend) -> None:
+    """An init killed between its key slot and its config leaves only ``keys/``.
+
+    Nothing was ever encrypted with that master key (the config is written
+    last and nothing else exists), so the orphan slots are removed and init
+    starts over; any other object means a real repository and is refused.
+    """
+    slots = [info.name for info in backend.list("keys/")]
+    if not slots:
+        return
+    for prefix in ("snapshots/", "index/", "packs/", "locks/"):
+        if any(True for _ in backend.list(prefix)):
+            raise RepositoryExists(f"{backend.url} holds repository data but no config",
+                                   hint="restore the config object from a copy; do not re-init")
+    for name in slots:
+        backend.delete(name)
 
 
 def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
