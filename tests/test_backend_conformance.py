@@ -73,6 +73,14 @@ def test_put_get_roundtrip(backend: Backend, size: int) -> None:
     assert backend.stat("data/obj") == ObjectInfo("data/obj", size)
 
 
+def test_put_parts_stores_the_concatenation(backend: Backend) -> None:
+    parts = [_blob(1000, 1), bytearray(_blob(70_000, 2)), b"", _blob(5, 3)]
+    backend.put_parts("data/parts", parts)
+    joined = b"".join(bytes(p) for p in parts)
+    assert backend.get("data/parts") == joined
+    assert backend.stat("data/parts") == ObjectInfo("data/parts", len(joined))
+
+
 def test_overwrite_replaces_whole_object(backend: Backend) -> None:
     backend.put("config", _blob(5000, 1))
     backend.put("config", b"short")

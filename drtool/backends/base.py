@@ -50,6 +50,14 @@ class Backend(abc.ABC):
     def put(self, name: str, data: bytes) -> None:
         """Store ``data`` atomically under ``name``, replacing any old object."""
 
+    def put_parts(self, name: str, parts: list[bytes | bytearray]) -> None:
+        """Store the concatenation of ``parts`` atomically.
+
+        The default joins them; backends that can stream parts override it
+        to avoid holding a second copy of a 16 MiB pack.
+        """
+        self.put(name, b"".join(parts))
+
     @abc.abstractmethod
     def get(self, name: str) -> bytes:
         """Return the whole object; raise ObjectMissing if it does not exist."""

@@ -36,13 +36,16 @@ class LocalBackend(Backend):
             raise BackendError(f"cannot create repository directory {self.root}: {exc.strerror}") from None
 
     def put(self, name: str, data: bytes) -> None:
+        self.put_parts(name, [data])
+
+    def put_parts(self, name: str, parts: list[bytes | bytearray]) -> None:
         path = self._path(name)
         self.stats.puts += 1
-        self.stats.bytes_up += len(data)
+        self.stats.bytes_up += sum(len(p) for p in parts)
         if not self.root.is_dir():
             raise RepositoryNotFound(f"repository directory {self.root} does not exist")
         try:
-            tmp = self._write_temp(path, data)
+            tmp = self._write_temp(path, parts)
             try:
                 os.replace(tmp, path)
             except BaseException:
@@ -113,13 +116,14 @@ class LocalBackend(Backend):
                     yield ObjectInfo(name, size)
 
     @staticmethod
-    def _write_temp(path: Path, data: bytes) -> str:
+    def _write_temp(path: Path, parts: list[bytes | bytearray]) -> str:
         """A durable, private temporary file beside ``path`` (renamed or linked into place)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                for part in parts:
+                    handle.write(part)
                 handle.flush()
                 os.fsync(handle.fileno())
         except BaseException:
@@ -130,7 +134,7 @@ class LocalBackend(Backend):
     def put_if_absent(self, name: str, data: bytes) -> bool:
         """Exclusive create via link(2), which is atomic on POSIX file systems."""
         path = self._path(name)
-        tmp = self._write_temp(path, data)
+        tmp = self._write_temp(path, [data])
         try:
             try:
                 os.link(tmp, path)

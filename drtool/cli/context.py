@@ -87,15 +87,16 @@ def emit(data: Any, as_json: bool, text: str | None = None) -> None:
 
 
 def tune_malloc_for_backup() -> None:
-    """Pin glibc's mmap threshold (default 1 MiB; DRTOOL_MMAP_THRESHOLD, 0 = leave glibc alone).
+    """Pin glibc's mmap threshold (default 8 MiB; DRTOOL_MMAP_THRESHOLD, 0 = leave glibc alone).
 
     glibc raises the threshold after the first large free; afterwards the
-    multi-MiB segment, group and pack buffers of a backup come from the heap
-    and fragment it (peak RSS of the full bench backup ~310 → ~220 MiB).  It
-    costs some system time in page faults, so only backups use it.
+    16 MiB text groups and pack parts of a backup come from the heap and
+    fragment it.  Measured on the full bench night 1: glibc's default 4.0 s
+    and ~300 MiB peak RSS; 8 MiB 4.5 s and ~258 MiB; 1 MiB 4.8 s and ~212 MiB
+    (page faults of fresh mappings cost system time).  Only backups use it.
     """
     import os
-    threshold = int(os.environ.get("DRTOOL_MMAP_THRESHOLD", 1024 * 1024))
+    threshold = int(os.environ.get("DRTOOL_MMAP_THRESHOLD", 8 * 1024 * 1024))
     if threshold <= 0:
         return
     try:

@@ -8,6 +8,7 @@ depth, never on the size of the data set.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -20,6 +21,7 @@ from drtool.repository.repo import Repository
 DEFAULT_INFLIGHT_BYTES = 32 * 1024 * 1024
 BATCH_BYTES = 1024 * 1024
 SEGMENT_BYTES = 8 * 1024 * 1024
+SEGMENT_BUFFERS = 4
 TEXT_PROBE = 32 * 1024
 TEXT_RATIO = 0.6
 
@@ -87,6 +89,9 @@ class ChunkPipeline:
         self.text_chunker = Chunker(repo.config.stream_chunk_avg, seed)
         self._probe = zstandard.ZstdCompressor(level=1)
         self._batch = Batch()
+        self._buffers: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(SEGMENT_BUFFERS):
+            self._buffers.put(bytearray(SEGMENT_BYTES))
 
     def add(self, chunk: memoryview | bytes) -> ChunkRef:
         batch = self._batch
@@ -124,8 +129,33 @@ class ChunkPipeline:
         batch.future.add_done_callback(lambda _f: self._budget.release(size))
         return (batch, WHOLE_BATCH)
 
-    def _process_segment(self, data: bytes, chunker: Chunker) -> list[bytes]:
+    def _process_segment(self, data: bytes | memoryview, chunker: Chunker) -> list[bytes]:
         return self._process_batch(list(chunker.cut(data)), text=chunker is self.text_chunker)
+
+    def take_buffer(self) -> bytearray:
+        """A recycled 8 MiB segment buffer (blocks while all are in flight).
+
+        Reading into a few reused buffers instead of fresh 8 MiB objects
+        avoids ~1.3 GB of page-faulted allocations per night of the bench.
+        """
+        return self._buffers.get()
+
+    def give_buffer(self, buf: bytearray) -> None:
+        self._buffers.put(buf)
+
+    def add_buffer_segment(self, buf: bytearray, length: int, chunker: Chunker) -> ChunkRef:
+        """Like add_segment for a pooled buffer, which returns to the pool once processed
+        (every new blob is copied into its compression group by then)."""
+        batch = Batch()
+        batch.future = self._pool.submit(self._process_buffer, buf, length, chunker)
+        return (batch, WHOLE_BATCH)
+
+    def _process_buffer(self, buf: bytearray, length: int, chunker: Chunker) -> list[bytes]:
+        try:
+            with memoryview(buf) as view:
+                return self._process_segment(view[:length], chunker)
+        finally:
+            self.give_buffer(buf)
 
     def _process_batch(self, chunks: list[memoryview | bytes], text: bool = False) -> list[bytes]:
         ids = []

@@ -210,7 +210,7 @@ class TreeWalker:
                 futures = [self.pipeline.add(first)] if first else []
                 total = len(first)
             else:
-                futures, total = self._submit_segments(fd, read, first)
+                futures, total = self._submit_segments(fd, entry.path, first)
             if total != node.size or fs.changed_since(fd, entry.st):
                 node.changed = True
                 node.size = total
@@ -222,8 +222,7 @@ class TreeWalker:
             self.progress(self.stats)
         return futures
 
-    def _submit_segments(self, fd: int, read: Callable[[int], bytes],
-                         first: bytes) -> tuple[list[ChunkRef], int]:
+    def _submit_segments(self, fd: int, path: bytes, first: bytes) -> tuple[list[ChunkRef], int]:
         """Segments of a large file; whole segments in a hole are not read.
 
         Segments are cut independently, so a segment of zeros always yields
@@ -233,15 +232,27 @@ class TreeWalker:
         chunker = self.pipeline.chunker_for(first)
         refs: list[ChunkRef] = []
         total = 0
-        segment = first + read(SEGMENT_BYTES - len(first))
-        while segment:
-            total += len(segment)
-            refs.append(self.pipeline.add_segment(segment, chunker))
-            holes = fs.whole_holes(fd, total, SEGMENT_BYTES) if len(segment) == SEGMENT_BYTES else 0
-            if holes:
-                refs.extend([self._zero_segment(chunker)] * holes)
-                total += holes * SEGMENT_BYTES
-            segment = read(SEGMENT_BYTES)
+        buf = self.pipeline.take_buffer()
+        try:
+            buf[:len(first)] = first
+            with memoryview(buf) as view:
+                length = len(first) + fs.read_into(fd, path, view[len(first):])
+            while length:
+                total += length
+                refs.append(self.pipeline.add_buffer_segment(buf, length, chunker))
+                buf = None
+                if length < SEGMENT_BYTES:
+                    break
+                holes = fs.whole_holes(fd, total, SEGMENT_BYTES)
+                if holes:
+                    refs.extend([self._zero_segment(chunker)] * holes)
+                    total += holes * SEGMENT_BYTES
+                buf = self.pipeline.take_buffer()
+                with memoryview(buf) as view:
+                    length = fs.read_into(fd, path, view)
+        finally:
+            if buf is not None:
+                self.pipeline.give_buffer(buf)
         return refs, total
 
     def _zero_segment(self, chunker: Chunker) -> ChunkRef:

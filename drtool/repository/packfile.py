@@ -24,6 +24,8 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+import blake3
+
 from drtool.crypto.ids import ID_SIZE, content_hash
 from drtool.repository.envelope import Envelope
 
@@ -79,16 +81,36 @@ class SealedGroup:
     raw_size: int
 
 
+class OpenGroup:
+    """A group being filled: blobs are copied once, straight into one growing buffer."""
+
+    __slots__ = ("buf", "members")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.members: list[tuple[bytes, int, int]] = []
+
+    def add(self, blob_id: bytes, data: bytes | memoryview) -> None:
+        self.members.append((blob_id, len(self.buf), len(data)))
+        self.buf += data
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+
+def seal_open_group(envelope: Envelope, blob_type: int, group: OpenGroup,
+                    long: bool = False) -> SealedGroup:
+    """Compress and encrypt a group as one message (called on worker threads)."""
+    sealed = envelope.seal(group_kind(blob_type), b"", group.buf, long=long)
+    return SealedGroup(blob_type, group.members, sealed, len(group.buf))
+
+
 def seal_group(envelope: Envelope, blob_type: int, blobs: list[tuple[bytes, bytes | memoryview]],
                long: bool = False) -> SealedGroup:
-    """Compress and encrypt consecutive blobs as one message (called on worker threads)."""
-    members, inner = [], 0
+    group = OpenGroup()
     for blob_id, data in blobs:
-        members.append((blob_id, inner, len(data)))
-        inner += len(data)
-    plaintext = b"".join(data for _blob_id, data in blobs)
-    return SealedGroup(blob_type, members, envelope.seal(group_kind(blob_type), b"", plaintext,
-                                                         long=long), inner)
+        group.add(blob_id, data)
+    return seal_open_group(envelope, blob_type, group, long)
 
 
 def open_group(envelope: Envelope, blob_type: int, sealed: bytes | memoryview) -> bytes:
@@ -113,6 +135,21 @@ class PackBuilder:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def finish_parts(self, envelope: Envelope) -> tuple[bytes, list[bytes | bytearray]]:
+        """Return (pack id, the pack as a list of parts), without joining them.
+
+        Joining would duplicate a 16 MiB pack in memory right before upload;
+        backends that can write parts in sequence (local files) never need it.
+        """
+        sealed_trailer = envelope.seal(TRAILER_KIND, b"", pack_entries(self.entries))
+        parts, self._parts = self._parts, []
+        parts.append(sealed_trailer)
+        parts.append(FOOTER.pack(len(sealed_trailer), MAGIC))
+        hasher = blake3.blake3()
+        for part in parts:
+            hasher.update(part)
+        return hasher.digest(), parts
 
     def finish(self, envelope: Envelope) -> tuple[bytes, bytes]:
         """Return (pack id, pack bytes)."""

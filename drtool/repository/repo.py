@@ -24,8 +24,9 @@ from drtool.errors import (BackendError, DrtoolError, IntegrityError, ObjectMiss
 from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (INDEX_KIND, IndexCache, Location, MemoryIndex, PackRecord,
                                      decode_index, encode_index)
-from drtool.repository.packfile import (BlobEntry, PackBuilder, PackFormatError, groups_of,
-                                        open_group, pack_name, read_trailer, seal_group)
+from drtool.repository.packfile import (BlobEntry, OpenGroup, PackBuilder, PackFormatError,
+                                        groups_of, open_group, pack_name, read_trailer,
+                                        seal_open_group)
 
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 16 * 1024 * 1024
@@ -69,8 +70,7 @@ class Repository:
         self.cache = cache
         self._lock = threading.Lock()
         self._builders: dict[int, PackBuilder] = {}
-        self._groups: dict[tuple[int, bool], list[tuple[bytes, bytes | memoryview]]] = {}
-        self._group_sizes: dict[tuple[int, bool], int] = {}
+        self._groups: dict[tuple[int, bool], OpenGroup] = {}
         self._pending: set[bytes] = set()
         self._group_cache = GroupCache()
         self._uploads: list[Future[PackRecord]] = []
@@ -186,20 +186,19 @@ class Repository:
         ``text`` blobs (dump-like data) go to 16 MiB long-window groups.
         """
         key = (blob_type, text)
-        full: list[tuple[bytes, bytes | memoryview]] | None = None
+        full: OpenGroup | None = None
         with self._lock:
             if blob_id in self.index or blob_id in self._pending:
                 return False
             self._pending.add(blob_id)
-            group = self._groups.setdefault(key, [])
-            # copy out of the read buffer: a view would pin the whole 8 MiB block
-            group.append((blob_id, bytes(data) if isinstance(data, memoryview) else data))
-            self._group_sizes[key] = self._group_sizes.get(key, 0) + len(data)
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = OpenGroup()
+            group.add(blob_id, data)  # the one copy out of the (recycled) read buffer
             self.new_blobs += 1
             self.new_bytes_raw += len(data)
-            if self._group_sizes[key] >= (TEXT_GROUP_TARGET_SIZE if text else GROUP_TARGET_SIZE):
+            if len(group) >= (TEXT_GROUP_TARGET_SIZE if text else GROUP_TARGET_SIZE):
                 full = self._groups.pop(key)
-                self._group_sizes[key] = 0
         if full is not None:
             self._pack_group(key, full)
         return True
@@ -209,9 +208,9 @@ class Repository:
         self.add_blob(blob_type, blob_id, data)
         return blob_id
 
-    def _pack_group(self, key: tuple[int, bool], blobs: list[tuple[bytes, bytes | memoryview]]) -> None:
+    def _pack_group(self, key: tuple[int, bool], open_group_: OpenGroup) -> None:
         blob_type, text = key
-        group = seal_group(self.envelope, blob_type, blobs, long=text)
+        group = seal_open_group(self.envelope, blob_type, open_group_, long=text)
         full: PackBuilder | None = None
         with self._lock:
             builder = self._builders.setdefault(blob_type, PackBuilder())
@@ -230,8 +229,8 @@ class Repository:
             self._uploads.append(future)
 
     def _upload_pack(self, builder: PackBuilder) -> PackRecord:
-        pack_id, data = builder.finish(self.envelope)
-        self.backend.put(pack_name(pack_id), data)
+        pack_id, parts = builder.finish_parts(self.envelope)
+        self.backend.put_parts(pack_name(pack_id), parts)
         record = PackRecord(pack_id, builder.entries)
         with self._lock:
             self.index.add_pack(record)
@@ -244,10 +243,9 @@ class Repository:
         with self._lock:
             groups = list(self._groups.items())
             self._groups.clear()
-            self._group_sizes.clear()
-        for key, blobs in groups:
-            if blobs:
-                self._pack_group(key, blobs)
+        for key, group in groups:
+            if len(group.members):
+                self._pack_group(key, group)
         with self._lock:
             builders = [b for b in self._builders.values() if len(b)]
             self._builders.clear()
@@ -398,7 +396,9 @@ class Repository:
 class GroupCache:
     """A few recently opened groups: tree walks and small files hit the same group often."""
 
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 80 * 1024 * 1024) -> None:
+        """Room for a few 16 MiB text groups: a night-2 dump alternates between
+        the old group holding unchanged rows and the new one holding edits."""
         self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[bytes, int], bytes | bytearray] = OrderedDict()
         self._size = 0
@@ -413,7 +413,7 @@ class GroupCache:
 
     def put(self, key: tuple[bytes, int], value: bytes | bytearray) -> None:
         with self._lock:
-            if key in self._items or len(value) > self.max_bytes // 2:
+            if key in self._items or len(value) > self.max_bytes // 4:
                 return
             self._items[key] = value
             self._size += len(value)

@@ -166,6 +166,20 @@ def whole_holes(fd: int, offset: int, block: int) -> int:
     return count
 
 
+def read_into(fd: int, path: bytes, view: memoryview) -> int:
+    """Fill ``view`` from ``fd`` (short only at end of file); return the byte count."""
+    filled = 0
+    while filled < len(view):
+        try:
+            got = os.readv(fd, [view[filled:]])
+        except OSError as exc:
+            raise _error(path, exc, _GONE) from None
+        if got == 0:
+            break
+        filled += got
+    return filled
+
+
 def reader(fd: int, path: bytes) -> Callable[[int], bytes]:
     def read(size: int) -> bytes:
         try:
