@@ -262,6 +262,7 @@ class TreeWalker:
         return ref
 
     def _drain(self, block: bool) -> None:
+        self.repo.checkpoint()
         if block:
             self.pipeline.submit_batch()
         while self._queue and (block or self._queue[0].ready()):

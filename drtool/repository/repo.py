@@ -30,7 +30,7 @@ from drtool.repository.packfile import (BlobEntry, OpenGroup, PackBuilder, PackF
 
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 16 * 1024 * 1024
-INDEX_EVERY_PACKS = 64
+INDEX_EVERY_PACKS = 8  # bounds the trailer entries held in memory (~200 B per blob)
 MAX_PENDING_UPLOADS = 2
 GROUP_TARGET_SIZE = 4 * 1024 * 1024
 TEXT_GROUP_TARGET_SIZE = 16 * 1024 * 1024
@@ -253,9 +253,25 @@ class Repository:
             self._submit_pack(builder)
         self._collect_uploads(final=True)
 
-    def _collect_uploads(self, final: bool) -> None:
+    def checkpoint(self) -> None:
+        """Index packs already uploaded, every INDEX_EVERY_PACKS of them (call from one thread).
+
+        Keeps memory bounded on long backups (their trailer entries are
+        dropped once indexed) and lets an interrupted backup's stored data be
+        reused by the next run without a rebuild.
+        """
         with self._lock:
-            uploads, self._uploads = self._uploads, []
+            done = [f for f in self._uploads if f.done()]
+        if len(done) + len(self._unindexed) >= INDEX_EVERY_PACKS:
+            self._collect_uploads(final=False, only_done=True)
+
+    def _collect_uploads(self, final: bool, only_done: bool = False) -> None:
+        with self._lock:
+            if only_done:
+                uploads = [f for f in self._uploads if f.done()]
+                self._uploads = [f for f in self._uploads if not f.done()]
+            else:
+                uploads, self._uploads = self._uploads, []
         error: BaseException | None = None
         for future in uploads:
             try:
