@@ -99,6 +99,19 @@ def test_restore_between_t2_and_t3_into_new_database(scenario: Scenario) -> None
     assert again.code == 1 and "already exists" in again.err
 
 
+def test_named_snapshot_restores_the_dump_without_replay(scenario: Scenario) -> None:
+    (snap,) = json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json").out)
+    plan = scenario.dr.run("restore", snap["id"][:8], "--source", SOURCE, "--target-db", "wiki_named",
+                           "--dry-run", "--json")
+    assert plan.code == 0, plan.err
+    result = scenario.dr.run("restore", snap["id"][:8], "--source", SOURCE, "--target-db", "wiki_named")
+    assert result.code == 0, result.err
+    rows = scenario.server.sql("SELECT tag, count(*) FROM wiki_named.events GROUP BY tag ORDER BY tag")
+    assert rows == [("t0", 5)]  # as dumped: nothing after the dump's coordinates
+    wrong = scenario.dr.run("restore", "deadbeef", "--source", SOURCE, "--target-db", "wiki_x")
+    assert wrong.code == 1 and "not a single" in wrong.err
+
+
 def test_latest_into_a_fresh_instance(scenario: Scenario) -> None:
     target = Path(scenario.server.root) / "fresh"
     result = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", str(target),

@@ -113,6 +113,18 @@ def test_restore_between_t2_and_t3_gives_exactly_t1_and_t2(scenario: Scenario) -
         shutil.rmtree(target, ignore_errors=True)
 
 
+def test_named_base_backup_plans_recovery_to_its_end_only(scenario: Scenario) -> None:
+    (snap,) = json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json").out)
+    named = scenario.dr.run("restore", snap["id"][:10], "--source", SOURCE, "--target", "/nonexistent",
+                            "--dry-run", "--json")
+    latest = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", "/nonexistent",
+                             "--dry-run", "--json")
+    assert named.code == 0 and latest.code == 0, named.err + latest.err
+    named_plan, latest_plan = json.loads(named.out), json.loads(latest.out)
+    assert snap["id"].startswith(named_plan["base"]["snapshot"][:8])
+    assert 0 < len(named_plan["segments"]) < len(latest_plan["segments"])
+
+
 def test_latest_dry_run_lists_every_archived_segment(scenario: Scenario) -> None:
     result = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", "/nonexistent",
                              "--dry-run", "--json")

@@ -129,11 +129,11 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
             as_json: bool) -> None:
     """Restore SNAPSHOT (an id, or 'latest') or the snapshot at --point-in-time."""
     if source:
-        if snapshot or name or includes or allow_partial:
-            raise UsageError("--source takes no SNAPSHOT, --name, --include or --allow-partial")
+        if name or includes or allow_partial:
+            raise UsageError("--source takes no --name, --include or --allow-partial")
         from drtool.cli.commands_db import run_source_restore
         return run_source_restore(state, source, target, when, latest, exclusive, start, port,
-                                  target_db, dry_run, as_json)
+                                  target_db, dry_run, as_json, snapshot)
     if latest or exclusive or start or port or target_db:
         raise UsageError("--latest, --exclusive, --start, --port and --target-db need --source")
     if not target:

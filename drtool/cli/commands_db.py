@@ -156,9 +156,9 @@ def run_source_backup(state: CliState, source: str | None, all_sources: bool, ta
 
 def run_source_restore(state: CliState, source: str, target: str | None, when: str | None, latest: bool,
                        exclusive: bool, start: bool, port: int | None, target_db: str | None,
-                       dry_run: bool, as_json: bool) -> None:
-    if bool(when) == latest:
-        raise UsageError("give either --point-in-time TIME or --latest with --source")
+                       dry_run: bool, as_json: bool, snapshot: str | None = None) -> None:
+    if (bool(when) + latest + bool(snapshot)) != 1:
+        raise UsageError("give one of SNAPSHOT, --point-in-time TIME or --latest with --source")
     src = sources_run.get_source(state.settings, source)
     if isinstance(src, (sources_run.FilesSource, sources_run.CommandSource)):
         raise UsageError(f"source {source} is a {sources_run.source_type(src)} source",
@@ -166,11 +166,11 @@ def run_source_restore(state: CliState, source: str, target: str | None, when: s
     point: datetime | None = parse_point_in_time(when) if when else None
     session = state.session()
     if dry_run:
-        plan = pitr.plan_from_config(session, src, point, not exclusive)
+        plan = pitr.plan_from_config(session, src, point, not exclusive, snapshot)
         emit(plan.as_dict(), as_json, "\n".join(["plan (dry run, nothing restored):", *plan.lines()]))
         return
     result = pitr.restore_pitr(session, state.settings, src, point, inclusive=not exclusive, target=target,
-                               target_db=target_db, start=start, port=port)
+                               target_db=target_db, start=start, port=port, snapshot=snapshot)
     emit(result.as_dict(), as_json, "\n".join([*result.plan.lines(), *result.lines()]))
 
 

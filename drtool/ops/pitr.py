@@ -135,8 +135,12 @@ class PitrPlan:
 
 
 def plan_pitr(session: Session, source: str, source_type: str, when: datetime | None,
-              inclusive: bool = True) -> PitrPlan:
-    """Choose the base and the log files for a restore to ``when`` (None: latest)."""
+              inclusive: bool = True, snapshot: str | None = None) -> PitrPlan:
+    """Choose the base and the log files for a restore to ``when`` (None: latest).
+
+    With ``snapshot`` (an id prefix) that base is restored to the moment it
+    became consistent: no later log is replayed.
+    """
     kind = _log_kind(source_type)
     segments = sync_log_segments(session).segments(source, kind)
     found = recovery_bases(session.snapshots(source), kind, segments)
@@ -144,6 +148,12 @@ def plan_pitr(session: Session, source: str, source_type: str, when: datetime | 
     if not found:
         raise SnapshotNotFound(f"source {source} has no {label} in the repository",
                                hint=f"run 'drtool backup --source {source}' first")
+    if snapshot is not None:
+        chosen = [b for b in found if b.snapshot.id.startswith(snapshot)]
+        if len(chosen) != 1:
+            raise SnapshotNotFound(f"snapshot {snapshot!r} is not a single {label} of source {source}",
+                                   hint=f"list them with 'drtool snapshots --name {source}'")
+        found, when = chosen, chosen[0].consistent_at
     candidates = [b for b in found if when is None or b.consistent_at <= when]
     if not candidates:
         raise SnapshotNotFound(f"no {label} of source {source} was consistent at or before "
@@ -157,6 +167,9 @@ def plan_pitr(session: Session, source: str, source_type: str, when: datetime | 
             raise _missing_base_wal(source, base, segments)
     else:
         raise _missing_base_wal(source, candidates[-1], segments)
+    if snapshot is not None and source_type == "mariadb":
+        # a dump is consistent by itself; binlog stop times have 1 s resolution
+        return PitrPlan(source, source_type, base, [], when, inclusive, end)
     if when is not None:
         _check_reachable(source, source_type, base, segments, when, end, inclusive)
     return PitrPlan(source, source_type, base, _needed(chain, when, source_type), when, inclusive, end)
@@ -212,7 +225,8 @@ def binlog_stop_time(when: datetime, inclusive: bool) -> datetime:
     return whole if when.microsecond == 0 else whole + timedelta(seconds=math.ceil(when.microsecond / 1e6))
 
 
-def plan_from_config(session: Session, src: Any, when: datetime | None, inclusive: bool) -> PitrPlan:
+def plan_from_config(session: Session, src: Any, when: datetime | None, inclusive: bool,
+                     snapshot: str | None = None) -> PitrPlan:
     source_type = "postgresql" if isinstance(src, postgres.PgSource) else "mariadb"
     if source_type == "postgresql" and src.method != "basebackup":
         raise UsageError(f"source {src.name} makes pg_dump dumps (method = \"dump\"): point-in-time "
@@ -220,7 +234,7 @@ def plan_from_config(session: Session, src: Any, when: datetime | None, inclusiv
                          hint=f"restore the dump file with 'drtool restore latest --name {src.name} --target DIR'")
     if source_type == "mariadb" and not src.pitr:
         raise UsageError(f"source {src.name} has pitr = false: its dumps carry no binlog coordinates")
-    return plan_pitr(session, src.name, source_type, when, inclusive)
+    return plan_pitr(session, src.name, source_type, when, inclusive, snapshot)
 
 
 # ----- executing a plan ----------------------------------------------------------------------------
@@ -427,9 +441,9 @@ def _replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSourc
 
 def restore_pitr(session: Session, settings: Settings, src: Any, when: datetime | None, *,
                  inclusive: bool = True, target: str | None = None, target_db: str | None = None,
-                 start: bool = False, port: int | None = None) -> PitrResult:
-    """``drtool restore --source NAME --point-in-time TIME|--latest`` for database sources."""
-    plan = plan_from_config(session, src, when, inclusive)
+                 start: bool = False, port: int | None = None, snapshot: str | None = None) -> PitrResult:
+    """``drtool restore [SNAPSHOT] --source NAME --point-in-time TIME|--latest`` for databases."""
+    plan = plan_from_config(session, src, when, inclusive, snapshot)
     if plan.source_type == "postgresql":
         if not target:
             raise UsageError("PostgreSQL restore needs --target DIR (the new data directory)")
