@@ -159,3 +159,31 @@ def test_file_growing_during_backup_is_reported(repo_env: DrEnv, tmp_path: Path)
         session.close()
     assert result.changed == [str(growing)]
     assert result.snapshot.summary["changed_during_backup"] == 1
+
+
+def test_small_file_grown_since_stat_is_read_whole(repo_env: DrEnv, tmp_path: Path) -> None:
+    """The walker reads what stat promised plus one byte; a file that grew is read on."""
+    from drtool.ops.pipeline import ChunkPipeline, resolve
+    from drtool.ops.treewalk import TreeWalker
+    from drtool.sources import files as fs
+
+    path = tmp_path / "grows"
+    path.write_bytes(b"a" * 10)
+    stale = os.lstat(path)
+    payload = os.urandom(100_000)
+    path.write_bytes(payload)
+    session = repo_env.session()
+    try:
+        session.repo.load_index()
+        pipeline = ChunkPipeline(session.repo)
+        walker = TreeWalker(session.repo, pipeline)
+        node = fs.node_from_stat("grows", os.fsencode(str(path)), stale)
+        refs = walker._read_file(node, fs.Entry(os.fsencode(str(path)), "grows", stale))
+        pipeline.submit_batch()
+        ids = [bytes.fromhex(h) for h in resolve(refs)]
+        pipeline.close()
+        session.repo.flush()
+        assert node.changed and node.size == len(payload)
+        assert b"".join(bytes(b) for b in session.repo.read_blobs(ids)) == payload
+    finally:
+        session.close()

@@ -205,8 +205,14 @@ class TreeWalker:
         fd = fs.open_for_backup(entry.path)
         try:
             read = fs.reader(fd, entry.path)
-            first = read(SMALL_FILE)
-            if len(first) < SMALL_FILE:
+            # ask for what stat promised (+1 to see growth): a 4 KiB file must not
+            # cost a 256 KiB buffer, 200,000 times over
+            want = min(SMALL_FILE, node.size + 1)
+            first = read(want)
+            if len(first) == want < SMALL_FILE:  # it grew since stat: read on
+                first += read(SMALL_FILE - want)
+                want = SMALL_FILE
+            if len(first) < want:
                 futures = [self.pipeline.add(first)] if first else []
                 total = len(first)
             else:
