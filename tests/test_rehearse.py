@@ -1,6 +1,6 @@
 """Rehearsals: restore into a sandbox, validate, measure RTO/RPO, record, tear down.
 
-Clocks are injected (no sleeping, no mock.patch): the fake clock advances when
+Clocks are injected (no sleeping, no patching of drtool code): the fake clock advances when
 the rehearsal logs that the restore finished, so RTO and RPO are exact.
 """
 from __future__ import annotations

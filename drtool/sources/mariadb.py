@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from drtool.errors import ConfigError, RestoreTargetError, SourceError
+from drtool.errors import RestoreTargetError, SourceError
+from drtool.sources.common import check_one_database_choice, check_table
 
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
         "defaults_file", "bindir", "binlog_dir", "options", "pitr"}
@@ -61,20 +62,14 @@ class MariaSource:
 
     @classmethod
     def from_config(cls, name: str, table: dict[str, Any]) -> "MariaSource":
-        unknown = set(table) - KEYS
-        if unknown:
-            raise ConfigError(f"[sources.{name}]: unknown key(s) {', '.join(sorted(unknown))}",
-                              hint=f"known keys: {', '.join(sorted(KEYS))}")
-        if "password" in table:
-            raise ConfigError(f"[sources.{name}]: put the password in password_file, not the config")
+        check_table(name, table, KEYS)
         src = cls(name=name, host=table.get("host"), port=table.get("port"), socket=table.get("socket"),
                   user=table.get("user"), dbname=table.get("dbname"),
                   databases=list(table.get("databases", [])), all=bool(table.get("all", False)),
                   password_file=table.get("password_file"), defaults_file=table.get("defaults_file"),
                   bindir=table.get("bindir"), binlog_dir=table.get("binlog_dir"),
                   options=list(table.get("options", [])), pitr=bool(table.get("pitr", True)))
-        if sum([bool(src.dbname), bool(src.databases), src.all]) != 1:
-            raise ConfigError(f"[sources.{name}]: give exactly one of dbname, databases or all = true")
+        check_one_database_choice(name, src.dbname, src.databases, src.all)
         return src
 
     @property

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, Iterator
 
 from drtool.errors import ConfigError, RestoreTargetError, SourceError
+from drtool.sources.common import check_one_database_choice, check_table
 
 METHODS = ("dump", "basebackup")
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
@@ -62,12 +63,7 @@ class PgSource:
 
     @classmethod
     def from_config(cls, name: str, table: dict[str, Any]) -> "PgSource":
-        unknown = set(table) - KEYS
-        if unknown:
-            raise ConfigError(f"[sources.{name}]: unknown key(s) {', '.join(sorted(unknown))}",
-                              hint=f"known keys: {', '.join(sorted(KEYS))}")
-        if "password" in table:
-            raise ConfigError(f"[sources.{name}]: put the password in password_file, not the config")
+        check_table(name, table, KEYS)
         src = cls(name=name, host=table.get("socket") or table.get("host"), port=table.get("port"),
                   user=table.get("user"), dbname=table.get("dbname"),
                   databases=list(table.get("databases", [])), all=bool(table.get("all", False)),
@@ -76,8 +72,8 @@ class PgSource:
                   options=list(table.get("options", [])))
         if src.method not in METHODS:
             raise ConfigError(f"[sources.{name}]: method must be one of {', '.join(METHODS)}")
-        if src.method == "dump" and sum([bool(src.dbname), bool(src.databases), src.all]) != 1:
-            raise ConfigError(f"[sources.{name}]: give exactly one of dbname, databases or all = true")
+        if src.method == "dump":
+            check_one_database_choice(name, src.dbname, src.databases, src.all)
         return src
 
     def snapshot_names(self, databases: list[str]) -> dict[str, str]:
