@@ -1,0 +1,35 @@
+"""[sources.NAME] tables are validated before anything runs: typos, inline passwords,
+ambiguous database choices are usage errors naming the table."""
+from __future__ import annotations
+
+import pytest
+
+from drtool.errors import ConfigError
+from drtool.sources.mariadb import MariaSource
+from drtool.sources.postgres import PgSource
+
+
+@pytest.mark.parametrize("cls", [PgSource, MariaSource])
+def test_unknown_key_names_the_table_and_the_key(cls: type) -> None:
+    with pytest.raises(ConfigError) as err:
+        cls.from_config("wiki", {"dbname": "wiki", "hots": "db1"})
+    assert "[sources.wiki]" in str(err.value) and "hots" in str(err.value)
+
+
+@pytest.mark.parametrize("cls", [PgSource, MariaSource])
+def test_inline_password_is_refused(cls: type) -> None:
+    with pytest.raises(ConfigError) as err:
+        cls.from_config("wiki", {"dbname": "wiki", "password": "hunter2"})
+    assert "password_file" in str(err.value) and "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize("cls", [PgSource, MariaSource])
+@pytest.mark.parametrize("table", [{}, {"dbname": "a", "all": True}, {"dbname": "a", "databases": ["b"]}])
+def test_exactly_one_database_choice(cls: type, table: dict) -> None:
+    with pytest.raises(ConfigError, match="exactly one of dbname, databases or all"):
+        cls.from_config("wiki", table)
+
+
+def test_valid_tables_parse() -> None:
+    assert PgSource.from_config("svc", {"dbname": "svc", "port": 5433}).port == 5433
+    assert MariaSource.from_config("wiki", {"all": True, "socket": "/run/mysqld.sock"}).all
