@@ -9,12 +9,12 @@ from drtool.errors import ConfigError
 def check_table(name: str, table: dict[str, Any], keys: frozenset[str] | set[str]) -> None:
     """Unknown keys are typos that would silently change what is backed up; a password
     in the config would end up in backups of /etc and in shell histories."""
+    if "password" in table:
+        raise ConfigError(f"[sources.{name}]: put the password in password_file, not the config")
     unknown = set(table) - set(keys)
     if unknown:
         raise ConfigError(f"[sources.{name}]: unknown key(s) {', '.join(sorted(unknown))}",
                           hint=f"known keys: {', '.join(sorted(keys))}")
-    if "password" in table:
-        raise ConfigError(f"[sources.{name}]: put the password in password_file, not the config")
 
 
 def check_one_database_choice(name: str, dbname: str | None, databases: list[str], all_: bool) -> None:
