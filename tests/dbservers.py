@@ -301,3 +301,13 @@ def write_config(path: Path, repository: str, sources: dict[str, dict[str, Any]]
         lines += [f"{k} = {value(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def insert_events(server: MariaServer, tag: str, count: int, database: str = "wiki") -> None:
+    """Rows (tag, 0..count-1) in ``events``: the PITR scenarios' marker for "written at tN"."""
+    conn = server.connect(database)
+    try:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO events (tag, n) VALUES (%s, %s)", [(tag, i) for i in range(count)])
+    finally:
+        conn.close()

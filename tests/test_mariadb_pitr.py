@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from conftest import DrEnv, make_env
-from dbservers import MariaServer, mariadb_server, write_config
+from dbservers import MariaServer, insert_events, mariadb_server, write_config
 
 SOURCE = "wiki"
 
@@ -32,14 +32,6 @@ class Scenario:
     between: datetime
 
 
-def _insert(server: MariaServer, tag: str, count: int) -> None:
-    conn = server.connect("wiki")
-    try:
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO events (tag, n) VALUES (%s, %s)", [(tag, i) for i in range(count)])
-    finally:
-        conn.close()
-
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
@@ -50,18 +42,18 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         dr.env["DRTOOL_CONFIG"] = str(config)
         server.sql("CREATE DATABASE wiki")
         server.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
-        _insert(server, "t0", 5)
+        insert_events(server, "t0", 5)
         result = dr.run("backup", "--source", SOURCE)
         assert result.code == 0, result.err
-        _insert(server, "t1", 10)
+        insert_events(server, "t1", 10)
         server.sql("FLUSH BINARY LOGS")
         time.sleep(1.1)
-        _insert(server, "t2", 20)
+        insert_events(server, "t2", 20)
         server.sql("FLUSH BINARY LOGS")
         time.sleep(1.1)
         between = datetime.now(timezone.utc)
         time.sleep(1.1)
-        _insert(server, "t3", 30)
+        insert_events(server, "t3", 30)
         server.sql("FLUSH BINARY LOGS")
         pushed = dr.run("mariadb", "binlog-push", "--source", SOURCE, "--json")
         assert pushed.code == 0, pushed.err

@@ -23,8 +23,8 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import PASSWORD, DrEnv, make_env
-from dbservers import (MariaServer, PgServer, drtool_env, free_port, mariadb_server, postgres_server,
-                       run_as_server_user, stop_postgres, write_config)
+from dbservers import (MariaServer, PgServer, drtool_env, free_port, insert_events, mariadb_server,
+                       postgres_server, run_as_server_user, stop_postgres, write_config)
 from drtool.backends.local import LocalBackend
 from drtool.catalog.logs import BINLOG, WAL, LogCatalog, RecoveryBase, Segment
 from drtool.errors import BackendError
@@ -382,14 +382,6 @@ class MariaScenario:
     inside: dt.datetime
 
 
-def _maria_insert(server: MariaServer, tag: str, count: int) -> None:
-    conn = server.connect("wiki")
-    try:
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO events (tag, n) VALUES (%s, %s)", [(tag, i) for i in range(count)])
-    finally:
-        conn.close()
-
 
 @pytest.fixture(scope="module")
 def maria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaScenario]:
@@ -403,7 +395,7 @@ def maria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaScenario]:
         server.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
 
         def step(tag: str, count: int, backup: bool) -> None:
-            _maria_insert(server, tag, count)
+            insert_events(server, tag, count)
             if backup:
                 result = dr.run("backup", "--source", "wiki")
                 assert result.code == 0, result.err

@@ -412,14 +412,6 @@ def test_cli_help_lists_the_commands(dr: DrEnv) -> None:
 
 
 # ----- database sandboxes (real throwaway servers from tests/dbservers.py) ----------------
-def _maria_insert(server: "dbservers.MariaServer", tag: str, count: int) -> None:
-    conn = server.connect("wiki")
-    try:
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO events (tag, n) VALUES (%s, %s)", [(tag, i) for i in range(count)])
-    finally:
-        conn.close()
-
 
 def test_mariadb_sandbox_replays_binlogs_to_the_recovery_point(repo_env: DrEnv) -> None:
     with dbservers.mariadb_server() as server:
@@ -428,14 +420,14 @@ def test_mariadb_sandbox_replays_binlogs_to_the_recovery_point(repo_env: DrEnv) 
         repo_env.env["DRTOOL_CONFIG"] = str(config)
         server.sql("CREATE DATABASE wiki")
         server.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
-        _maria_insert(server, "t0", 5)
+        dbservers.insert_events(server, "t0", 5)
         assert repo_env.run("backup", "--source", "wiki").code == 0
-        _maria_insert(server, "t1", 10)
+        dbservers.insert_events(server, "t1", 10)
         server.sql("FLUSH BINARY LOGS")
         time.sleep(1.1)
         between = datetime.now(timezone.utc)
         time.sleep(1.1)
-        _maria_insert(server, "t2", 20)
+        dbservers.insert_events(server, "t2", 20)
         server.sql("FLUSH BINARY LOGS")
         assert repo_env.run("mariadb", "binlog-push", "--source", "wiki").code == 0
     root = repo_env.tmp / "sandboxes"
