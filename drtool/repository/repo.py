@@ -24,7 +24,7 @@ from drtool.errors import (BackendError, DrtoolError, IntegrityError, ObjectMiss
 from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (INDEX_KIND, IndexCache, Location, MemoryIndex, PackRecord,
                                      decode_index, encode_index)
-from drtool.repository.packfile import (BlobEntry, OpenGroup, PackBuilder, PackFormatError,
+from drtool.repository.packfile import (BlobEntry, BufferPool, OpenGroup, PackBuilder, PackFormatError,
                                         groups_of, open_group, pack_name, read_trailer,
                                         seal_open_group)
 
@@ -71,6 +71,7 @@ class Repository:
         self._lock = threading.Lock()
         self._builders: dict[int, PackBuilder] = {}
         self._groups: dict[tuple[int, bool], OpenGroup] = {}
+        self._group_buffers = BufferPool()
         self._pending: set[bytes] = set()
         self._group_cache = GroupCache()
         self._uploads: list[Future[PackRecord]] = []
@@ -193,15 +194,19 @@ class Repository:
             self._pending.add(blob_id)
             group = self._groups.get(key)
             if group is None:
-                group = self._groups[key] = OpenGroup()
+                group = self._groups[key] = OpenGroup(self._group_capacity(text), self._group_buffers)
             group.add(blob_id, data)  # the one copy out of the (recycled) read buffer
             self.new_blobs += 1
             self.new_bytes_raw += len(data)
-            if len(group) >= (TEXT_GROUP_TARGET_SIZE if text else GROUP_TARGET_SIZE):
+            if len(group) >= _group_target(text):
                 full = self._groups.pop(key)
         if full is not None:
             self._pack_group(key, full)
         return True
+
+    def _group_capacity(self, text: bool) -> int:
+        """Room for a full group plus the largest chunk that can overflow it."""
+        return _group_target(text) + 4 * (self.config.stream_chunk_avg if text else self.config.file_chunk_avg)
 
     def store_blob(self, blob_type: int, data: bytes | memoryview) -> bytes:
         blob_id = self.ids.blob_id(data)
@@ -407,6 +412,10 @@ class Repository:
 
     def close(self) -> None:
         self._uploader.shutdown(wait=True)
+
+
+def _group_target(text: bool) -> int:
+    return TEXT_GROUP_TARGET_SIZE if text else GROUP_TARGET_SIZE
 
 
 class GroupCache:

@@ -1,0 +1,34 @@
+"""The lazy command table in cli/main.py must name every command and its real module."""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from drtool.cli import main as cli_main
+
+
+def test_command_table_matches_what_each_module_registers() -> None:
+    registered: dict[str, str] = {}
+    for module_name in cli_main.COMMAND_MODULES:
+        probe = click.Group("probe")
+        importlib.import_module(f"drtool.cli.{module_name}").register(probe)
+        for name in probe.commands:
+            registered[name] = module_name
+    assert registered == cli_main.COMMAND_MODULE_OF
+
+
+def test_running_one_command_imports_only_its_module(capsys) -> None:  # type: ignore[no-untyped-def]
+    cli_main._registered_modules.clear()
+    cli_main.cli.commands.clear()
+    assert cli_main.main(["snapshots", "--help"]) == 0
+    assert cli_main._registered_modules == {"commands_core"}
+    assert "Usage" in capsys.readouterr().out
+    assert cli_main.main(["--help"]) == 0
+    assert cli_main._registered_modules == set(cli_main.COMMAND_MODULES)
+    assert "rehearse" in capsys.readouterr().out
+
+
+def test_unknown_command_still_suggests_a_close_match(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert cli_main.main(["snapshot"]) == 2
+    assert "snapshots" in capsys.readouterr().err

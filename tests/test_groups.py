@@ -1,0 +1,46 @@
+"""Compression groups: recycled buffers, oversized blobs, and what lands in the pack."""
+from __future__ import annotations
+
+import os
+
+from drtool.backends.memory import MemoryBackend
+from drtool.crypto.keys import KdfParams
+from drtool.repository.packfile import DATA_BLOB, BufferPool, OpenGroup, open_group, seal_open_group
+from drtool.repository.repo import GROUP_TARGET_SIZE, RepoConfig, Repository
+
+
+def _repo() -> Repository:
+    config = RepoConfig(repo_id="groups", file_chunk_avg=64 * 1024, stream_chunk_avg=4096)
+    return Repository.init(MemoryBackend(), b"pw", kdf=KdfParams.fast_for_tests(), config=config)
+
+
+def test_a_blob_larger_than_the_group_buffer_grows_it_and_reads_back() -> None:
+    repo = _repo()
+    small, huge = os.urandom(1000), os.urandom(GROUP_TARGET_SIZE * 3)  # far beyond capacity
+    ids = [repo.store_blob(DATA_BLOB, small), repo.store_blob(DATA_BLOB, huge)]
+    repo.flush()
+    assert [bytes(b) for b in repo.read_blobs(ids)] == [small, huge]
+
+
+def test_recycled_buffers_never_leak_old_bytes_into_a_new_group() -> None:
+    repo = _repo()
+    envelope = repo.envelope
+    pool = BufferPool(keep=1)
+    first = OpenGroup(1 << 20, pool)
+    first.add(b"a" * 32, b"\xff" * 700_000)
+    seal_open_group(envelope, DATA_BLOB, first)
+    second = OpenGroup(1 << 20, pool)
+    assert second.buf is first.buf  # the same buffer came back from the pool
+    second.add(b"b" * 32, b"short")
+    sealed = seal_open_group(envelope, DATA_BLOB, second)
+    assert bytes(open_group(envelope, DATA_BLOB, sealed.sealed)) == b"short"
+    assert sealed.raw_size == 5
+
+
+def test_pool_keeps_at_most_its_limit() -> None:
+    pool = BufferPool(keep=2)
+    buffers = [pool.take(4096) for _ in range(5)]
+    for buf in buffers:
+        pool.give(buf)
+    kept = {id(pool.take(4096)) for _ in range(3)}
+    assert len(kept & {id(b) for b in buffers}) == 2
