@@ -37,6 +37,26 @@ class RequestStats:
         return dict(self.__dict__)
 
 
+class StagedObject(abc.ABC):
+    """An object written piece by piece before its name is known (a pack named by its hash).
+
+    Nothing is visible under any name until ``commit``; ``abort`` (or a
+    crash) leaves at most a temporary file that listing ignores.
+    """
+
+    @abc.abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``."""
+
+    @abc.abstractmethod
+    def commit(self, name: str) -> None:
+        """Make everything written durable and visible as ``name``."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Discard what was written (idempotent, never raises)."""
+
+
 class Backend(abc.ABC):
     """Object store.  Names use '/' separators and never start with '/'."""
 
@@ -49,6 +69,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def put(self, name: str, data: bytes) -> None:
         """Store ``data`` atomically under ``name``, replacing any old object."""
+
+    def stage(self, prefix: str) -> StagedObject | None:
+        """Start an object under ``prefix`` that is streamed out as it is produced.
+
+        ``None`` (the default) means the backend cannot, and callers keep the
+        object in memory for ``put_parts``.  The local backend streams packs
+        into a temporary file, so a backup does not hold whole packs in RAM.
+        """
+        return None
 
     def put_parts(self, name: str, parts: list[bytes | bytearray]) -> None:
         """Store the concatenation of ``parts`` atomically.

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from drtool.backends.base import Backend, ObjectInfo
+from drtool.backends.base import Backend, ObjectInfo, StagedObject
 from drtool.errors import BackendError, ObjectMissing, RepositoryNotFound
 
 TMP_PREFIX = ".tmp-"
@@ -38,6 +38,17 @@ class LocalBackend(Backend):
     def put(self, name: str, data: bytes) -> None:
         self.put_parts(name, [data])
 
+    def stage(self, prefix: str) -> StagedObject:
+        folder = self._path(prefix.strip("/"))
+        try:
+            if not self.root.is_dir():
+                raise RepositoryNotFound(f"repository directory {self.root} does not exist")
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+        except OSError as exc:
+            raise _write_error(exc, prefix) from None
+        return _LocalStagedObject(self, fd, tmp)
+
     def put_parts(self, name: str, parts: list[bytes | bytearray]) -> None:
         path = self._path(name)
         self.stats.puts += 1
@@ -53,10 +64,7 @@ class LocalBackend(Backend):
                 raise
             _fsync_dir(path.parent)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise BackendError(f"repository disk is full while writing {name}",
-                                   hint="free space on the repository file system; nothing was committed") from None
-            raise BackendError(f"cannot write {name} in {self.root}: {exc.strerror}") from None
+            raise _write_error(exc, f"{name} in {self.root}") from None
 
     def get(self, name: str) -> bytes:
         self.stats.gets += 1
@@ -145,6 +153,56 @@ class LocalBackend(Backend):
             return True
         finally:
             _unlink_quietly(tmp)
+
+
+class _LocalStagedObject(StagedObject):
+    """A pack streamed into ``.tmp-*`` beside its final folder, then fsync'ed and renamed."""
+
+    def __init__(self, backend: LocalBackend, fd: int, tmp: str) -> None:
+        self._backend, self._fd, self._tmp = backend, fd, tmp
+        self._size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+                self._size += written
+        except OSError as exc:
+            self.abort()
+            raise _write_error(exc, f"a pack in {self._backend.root}") from None
+
+    def commit(self, name: str) -> None:
+        path = self._backend._path(name)
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            self.abort()
+            raise _write_error(exc, f"{name} in {self._backend.root}") from None
+        self._backend.stats.puts += 1
+        self._backend.stats.bytes_up += self._size
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+        _unlink_quietly(self._tmp)
+
+
+def _write_error(exc: OSError, what: str) -> BackendError:
+    if exc.errno == errno.ENOSPC:
+        return BackendError(f"repository disk is full while writing {what}",
+                            hint="free space on the repository file system; nothing was committed")
+    return BackendError(f"cannot write {what}: {exc.strerror}")
 
 
 def _unlink_quietly(path: str | os.PathLike[str]) -> None:

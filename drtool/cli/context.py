@@ -92,18 +92,19 @@ TRIM_THRESHOLD = 16 * 1024 * 1024
 def tune_malloc_for_backup() -> None:
     """Pin glibc's mmap and trim thresholds (DRTOOL_MMAP_THRESHOLD, 0 = leave glibc alone).
 
-    glibc raises the mmap threshold after the first large free; afterwards
-    the 16 MiB text groups and pack parts of a backup come from the heap and
-    fragment it.  Measured on the full bench night 1: glibc's default 4.0 s
-    and ~300 MiB peak RSS; 8 MiB 4.5 s and ~258 MiB; 1 MiB 4.8 s and ~212 MiB
-    (page faults of fresh mappings cost system time).  The trim threshold
-    keeps up to 16 MiB of freed heap per arena instead of returning it to
-    the kernel after every sealed group and faulting it in again: night 1
-    went from ~460 k to ~240 k minor faults (with the recycled group
-    buffers of the repository, ~150 k).  Only backups use it.
+    Fresh pages are what a backup pays for in system time (and, on a VM
+    whose balloon takes free memory back, in host faults): every mmap'ed
+    buffer is faulted in and zeroed, every trimmed heap re-faulted.  The
+    mmap threshold (20 MiB) keeps the 16 MiB group buffers and zstd's
+    16 MiB output bound on the heap, where they are reused; the trim
+    threshold keeps up to 16 MiB of freed heap per arena.  With recycled
+    group buffers and packs streamed to disk, night 1 of the full bench
+    went from ~460 k to ~90 k minor faults at ~215 MiB peak RSS (glibc's
+    dynamic threshold once let freed 16 MiB buffers fragment the heap to
+    ~300 MiB, which is why it is pinned).  Only backups use it.
     """
     import os
-    threshold = int(os.environ.get("DRTOOL_MMAP_THRESHOLD", 8 * 1024 * 1024))
+    threshold = int(os.environ.get("DRTOOL_MMAP_THRESHOLD", 20 * 1024 * 1024))
     if threshold <= 0:
         return
     try:

@@ -27,6 +27,7 @@ from typing import Iterable, Iterator
 
 import blake3
 
+from drtool.backends.base import StagedObject
 from drtool.crypto.ids import ID_SIZE, content_hash
 from drtool.repository.envelope import Envelope
 
@@ -132,6 +133,10 @@ class OpenGroup:
         self.buf[self.size:end] = data
         self.size = end
 
+    @property
+    def capacity(self) -> int:
+        return len(self.buf)
+
     def view(self) -> memoryview:
         return memoryview(self.buf)[:self.size]
 
@@ -170,19 +175,54 @@ def open_group(envelope: Envelope, blob_type: int, sealed: bytes | memoryview) -
 
 
 class PackBuilder:
-    """Accumulates sealed groups in memory until the pack is big enough."""
+    """Collects sealed groups until the pack is big enough.
 
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
+    With a ``sink`` (a backend's staged object) each group is written out as
+    it is added and only its trailer entries stay in memory, so a backup
+    holds no whole packs in RAM (perf/tracemalloc: 27-43 MiB of sealed
+    groups waiting in builders and uploads).  Without one, the groups are
+    kept for ``finish_parts``.  ``lock`` and ``closed`` let worker threads
+    add to a shared builder while one of them retires it.
+    """
+
+    def __init__(self, sink: StagedObject | None = None) -> None:
+        self._parts: list[bytes | bytearray] = []
         self.entries: list[BlobEntry] = []
         self.size = 0
+        self._sink = sink
+        self._hasher = blake3.blake3() if sink is not None else None
+        self.lock = threading.Lock()
+        self.closed = False
+
+    @property
+    def streaming(self) -> bool:
+        return self._sink is not None
 
     def add(self, group: SealedGroup) -> None:
         for blob_id, inner, raw_length in group.members:
             self.entries.append(BlobEntry(group.blob_type, blob_id, self.size, len(group.sealed),
                                           inner, raw_length))
-        self._parts.append(group.sealed)
+        if self._sink is not None and self._hasher is not None:
+            self._sink.write(group.sealed)
+            self._hasher.update(group.sealed)
+        else:
+            self._parts.append(group.sealed)
         self.size += len(group.sealed)
+
+    def commit_staged(self, envelope: Envelope) -> bytes:
+        """Append the trailer, name the streamed pack by its hash and make it visible."""
+        assert self._sink is not None and self._hasher is not None
+        sealed_trailer = envelope.seal(TRAILER_KIND, b"", pack_entries(self.entries))
+        for part in (sealed_trailer, FOOTER.pack(len(sealed_trailer), MAGIC)):
+            self._sink.write(part)
+            self._hasher.update(part)
+        pack_id = self._hasher.digest()
+        self._sink.commit(pack_name(pack_id))
+        return pack_id
+
+    def abort(self) -> None:
+        if self._sink is not None:
+            self._sink.abort()
 
     def __len__(self) -> int:
         return len(self.entries)

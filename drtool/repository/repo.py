@@ -187,26 +187,29 @@ class Repository:
         ``text`` blobs (dump-like data) go to 16 MiB long-window groups.
         """
         key = (blob_type, text)
-        full: OpenGroup | None = None
+        full: list[OpenGroup] = []
         with self._lock:
             if blob_id in self.index or blob_id in self._pending:
                 return False
             self._pending.add(blob_id)
             group = self._groups.get(key)
+            if group is not None and len(group) + len(data) > group.capacity:
+                full.append(self._groups.pop(key))  # sealed as it is: its buffer never grows
+                group = None
             if group is None:
                 group = self._groups[key] = OpenGroup(self._group_capacity(text), self._group_buffers)
             group.add(blob_id, data)  # the one copy out of the (recycled) read buffer
             self.new_blobs += 1
             self.new_bytes_raw += len(data)
             if len(group) >= _group_target(text):
-                full = self._groups.pop(key)
-        if full is not None:
-            self._pack_group(key, full)
+                full.append(self._groups.pop(key))
+        for group in full:
+            self._pack_group(key, group)
         return True
 
     def _group_capacity(self, text: bool) -> int:
-        """Room for a full group plus the largest chunk that can overflow it."""
-        return _group_target(text) + 4 * (self.config.stream_chunk_avg if text else self.config.file_chunk_avg)
+        """A full group plus one average chunk; a blob that does not fit starts the next group."""
+        return _group_target(text) + (4 * self.config.stream_chunk_avg if text else self.config.file_chunk_avg)
 
     def store_blob(self, blob_type: int, data: bytes | memoryview) -> bytes:
         blob_id = self.ids.blob_id(data)
@@ -216,15 +219,23 @@ class Repository:
     def _pack_group(self, key: tuple[int, bool], open_group_: OpenGroup) -> None:
         blob_type, text = key
         group = seal_open_group(self.envelope, blob_type, open_group_, long=text)
-        full: PackBuilder | None = None
+        while True:
+            with self._lock:
+                builder = self._builders.get(blob_type)
+                if builder is None:
+                    builder = self._builders[blob_type] = PackBuilder(self.backend.stage("packs"))
+            with builder.lock:  # writing a streamed group must not hold up add_blob
+                if builder.closed:
+                    continue  # another thread just retired it: take the next one
+                builder.add(group)
+                full = builder.closed = builder.size >= PACK_TARGET_SIZE
+            break
         with self._lock:
-            builder = self._builders.setdefault(blob_type, PackBuilder())
-            builder.add(group)
             self.new_bytes_stored += len(group.sealed)
-            if builder.size >= PACK_TARGET_SIZE:
-                full = self._builders.pop(blob_type)
-        if full is not None:
-            self._submit_pack(full)
+            if full and self._builders.get(blob_type) is builder:
+                del self._builders[blob_type]
+        if full:
+            self._submit_pack(builder)
 
     def _submit_pack(self, builder: PackBuilder) -> None:
         self._upload_slots.acquire()
@@ -234,8 +245,11 @@ class Repository:
             self._uploads.append(future)
 
     def _upload_pack(self, builder: PackBuilder) -> PackRecord:
-        pack_id, parts = builder.finish_parts(self.envelope)
-        self.backend.put_parts(pack_name(pack_id), parts)
+        if builder.streaming:
+            pack_id = builder.commit_staged(self.envelope)
+        else:
+            pack_id, parts = builder.finish_parts(self.envelope)
+            self.backend.put_parts(pack_name(pack_id), parts)
         record = PackRecord(pack_id, builder.entries)
         with self._lock:
             self.index.add_pack(record)
@@ -252,10 +266,15 @@ class Repository:
             if len(group.members):
                 self._pack_group(key, group)
         with self._lock:
-            builders = [b for b in self._builders.values() if len(b)]
+            builders = list(self._builders.values())
             self._builders.clear()
         for builder in builders:
-            self._submit_pack(builder)
+            with builder.lock:
+                builder.closed = True
+            if len(builder):
+                self._submit_pack(builder)
+            else:
+                builder.abort()
         self._collect_uploads(final=True)
 
     def checkpoint(self) -> None:
@@ -411,7 +430,13 @@ class Repository:
         return sorted(info.name.split("/", 1)[1] for info in self.backend.list(prefix + "/"))
 
     def close(self) -> None:
+        """Wait for uploads; discard packs still being streamed (a failed run: nothing refers to them)."""
         self._uploader.shutdown(wait=True)
+        with self._lock:
+            builders = list(self._builders.values())
+            self._builders.clear()
+        for builder in builders:
+            builder.abort()
 
 
 def _group_target(text: bool) -> int:
