@@ -312,3 +312,32 @@ def test_s3_endpoint_from_specific_env(moto_server: MotoServer, monkeypatch: pyt
     be = S3Backend.from_url(f"s3://{bucket}", {})
     be.put("x", b"1")
     assert be.get("x") == b"1" and moto_server.url in be.endpoint
+
+
+def test_staged_object_is_invisible_until_commit(backend: Backend) -> None:
+    staged = backend.stage("packs")
+    if staged is None:  # memory and S3 keep packs in memory and use put_parts
+        assert not isinstance(backend, LocalBackend)
+        return
+    staged.write(b"first ")
+    staged.write(memoryview(b"second"))
+    assert _names(backend, "packs/") == set()
+    staged.commit("packs/ab/abcdef")
+    assert backend.get("packs/ab/abcdef") == b"first second"
+    assert _names(backend, "packs/") == {"packs/ab/abcdef"}
+
+
+def test_local_aborted_stage_leaves_nothing(tmp_path: Path) -> None:
+    be = LocalBackend(tmp_path)
+    be.create_location()
+    staged = be.stage("packs")
+    staged.write(b"partial pack")
+    staged.abort()
+    staged.abort()  # idempotent
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    puts = be.stats.puts
+    committed = be.stage("packs")
+    committed.write(b"x" * 10)
+    committed.commit("packs/cd/cdef")
+    assert be.stats.puts == puts + 1 and be.stats.bytes_up >= 10
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["cdef"]

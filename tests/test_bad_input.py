@@ -221,3 +221,22 @@ def test_init_refuses_data_without_config(repo_env: DrEnv, tmp_path: Path) -> No
     (repo_env.repo / "config").unlink()
     result = repo_env.run("init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1")
     assert result.code == 1 and "holds repository data" in result.err
+
+
+def test_backup_into_a_full_repository_disk_commits_nothing(tmp_path: Path, tiny_fs: Path) -> None:
+    """ENOSPC while a pack is streamed to disk: one line, exit 1, no pack, no temp file, no snapshot."""
+    from conftest import fast_init, make_env
+    env = make_env(tmp_path / "env")
+    env.env["DRTOOL_REPOSITORY"] = str(tiny_fs / "repo")
+    fast_init(str(tiny_fs / "repo"), str(env.catalog))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024))  # more than the 2 MiB disk holds
+    result = env.run("backup", str(src), "--name", "n")
+    assert result.code == 1
+    assert_one_line(result.err)
+    assert "repository disk is full" in result.err
+    leftovers = [p for p in (tiny_fs / "repo").rglob("*") if p.is_file() and p.name.startswith(".tmp-")]
+    assert leftovers == []
+    assert not list((tiny_fs / "repo" / "snapshots").glob("*"))
+    assert not [p for p in (tiny_fs / "repo" / "packs").rglob("*") if p.is_file()]
