@@ -44,3 +44,61 @@ def test_pool_keeps_at_most_its_limit() -> None:
         pool.give(buf)
     kept = {id(pool.take(4096)) for _ in range(3)}
     assert len(kept & {id(b) for b in buffers}) == 2
+
+
+def test_group_cache_loads_a_group_once_for_concurrent_readers() -> None:
+    import threading
+    import time
+
+    from drtool.repository.repo import GroupCache
+    cache = GroupCache(max_bytes=1 << 20)
+    calls: list[int] = []
+    started = threading.Event()
+
+    def slow_load() -> bytes:
+        calls.append(1)
+        started.set()
+        time.sleep(0.2)  # the second reader arrives while this one is still loading
+        return b"group"
+
+    results: list[bytes | bytearray] = []
+    first = threading.Thread(target=lambda: results.append(cache.get_or_load((b"p", 0), slow_load)))
+    first.start()
+    started.wait()
+    results.append(cache.get_or_load((b"p", 0), slow_load))
+    first.join()
+    assert results == [b"group", b"group"] and len(calls) == 1
+
+
+def test_group_cache_failed_load_is_retried_by_the_waiting_reader() -> None:
+    import threading
+    import time
+
+    import pytest
+
+    from drtool.repository.repo import GroupCache
+    cache = GroupCache(max_bytes=1 << 20)
+    started = threading.Event()
+
+    def failing_load() -> bytes:
+        started.set()
+        time.sleep(0.2)
+        raise ValueError("damaged")
+
+    errors: list[BaseException] = []
+
+    def first_reader() -> None:
+        try:
+            cache.get_or_load((b"p", 0), failing_load)
+        except ValueError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=first_reader)
+    thread.start()
+    started.wait()
+    assert cache.get_or_load((b"p", 0), lambda: b"good") == b"good"
+    thread.join()
+    assert len(errors) == 1
+    with pytest.raises(ValueError):
+        cache.get_or_load((b"q", 0), failing_load)
+    assert cache.get_or_load((b"q", 0), lambda: b"later") == b"later"  # nothing left marked as loading
