@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Iterator
 
 from drtool.backends.base import Backend, ObjectInfo, StagedObject
+from drtool.backends.local_staged import DIRECT_IO_DEFAULT, LocalStagedObject, fsync_dir
 from drtool.errors import BackendError, ObjectMissing, RepositoryNotFound
 
 TMP_PREFIX = ".tmp-"
 
 
 class LocalBackend(Backend):
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], direct_io: bool = DIRECT_IO_DEFAULT) -> None:
+        """``direct_io``: stream packs with O_DIRECT (DRTOOL_DIRECT_IO=0 turns it off)."""
         super().__init__()
+        self.direct_io = direct_io
         self.root = Path(root).absolute()
         self.url = f"file://{self.root}"
 
@@ -44,10 +47,15 @@ class LocalBackend(Backend):
             if not self.root.is_dir():
                 raise RepositoryNotFound(f"repository directory {self.root} does not exist")
             folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+            return LocalStagedObject(folder, self._path, self._count_put,
+                                     lambda exc, what: _write_error(exc, f"{what} in {self.root}"),
+                                     direct_io=self.direct_io)
         except OSError as exc:
             raise _write_error(exc, prefix) from None
-        return _LocalStagedObject(self, fd, tmp)
+
+    def _count_put(self, size: int) -> None:
+        self.stats.puts += 1
+        self.stats.bytes_up += size
 
     def put_parts(self, name: str, parts: list[bytes | bytearray]) -> None:
         path = self._path(name)
@@ -62,7 +70,7 @@ class LocalBackend(Backend):
             except BaseException:
                 _unlink_quietly(tmp)
                 raise
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             raise _write_error(exc, f"{name} in {self.root}") from None
 
@@ -149,53 +157,10 @@ class LocalBackend(Backend):
             except FileExistsError:
                 return False
             self.stats.puts += 1
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return True
         finally:
             _unlink_quietly(tmp)
-
-
-class _LocalStagedObject(StagedObject):
-    """A pack streamed into ``.tmp-*`` beside its final folder, then fsync'ed and renamed."""
-
-    def __init__(self, backend: LocalBackend, fd: int, tmp: str) -> None:
-        self._backend, self._fd, self._tmp = backend, fd, tmp
-        self._size = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-                self._size += written
-        except OSError as exc:
-            self.abort()
-            raise _write_error(exc, f"a pack in {self._backend.root}") from None
-
-    def commit(self, name: str) -> None:
-        path = self._backend._path(name)
-        try:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._tmp, path)
-            _fsync_dir(path.parent)
-        except OSError as exc:
-            self.abort()
-            raise _write_error(exc, f"{name} in {self._backend.root}") from None
-        self._backend.stats.puts += 1
-        self._backend.stats.bytes_up += self._size
-
-    def abort(self) -> None:
-        if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = -1
-        _unlink_quietly(self._tmp)
 
 
 def _write_error(exc: OSError, what: str) -> BackendError:
@@ -210,11 +175,3 @@ def _unlink_quietly(path: str | os.PathLike[str]) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,0 +1,162 @@
+"""Packs streamed into a local repository, bypassing the page cache where possible.
+
+A pack is written once and read again only by a restore or ``check``, often
+weeks later.  Written through the page cache it evicts what the machine is
+actually using (the database a nightly backup runs beside) and costs a
+kernel copy into freshly allocated cache pages: on the benchmark VM 768 MiB
+took 2.0 s of system time buffered and 0.06 s with ``O_DIRECT`` (dd), and
+night 1 of the bench spent ~1 s of its CPU in that copy.  So groups are
+gathered in one page-aligned 4 MiB buffer and written with ``O_DIRECT``;
+the last block is padded and the file truncated to its real length before
+fsync and rename.  File systems that refuse ``O_DIRECT`` (open or write
+fails with EINVAL) get ordinary buffered writes.
+"""
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable
+
+from drtool.backends.base import StagedObject
+from drtool.errors import BackendError
+
+BLOCK = 4096                    # O_DIRECT alignment that every Linux block device accepts
+BUFFER_SIZE = 4 * 1024 * 1024   # one aligned write per 4 MiB
+DIRECT_IO_DEFAULT = os.environ.get("DRTOOL_DIRECT_IO", "1") != "0"
+
+_free_buffers: list[mmap.mmap] = []
+_free_lock = threading.Lock()
+
+
+def _take_buffer() -> mmap.mmap:
+    with _free_lock:
+        if _free_buffers:
+            return _free_buffers.pop()
+    return mmap.mmap(-1, BUFFER_SIZE)  # anonymous mappings are page-aligned
+
+
+def _give_buffer(buf: mmap.mmap) -> None:
+    with _free_lock:
+        if len(_free_buffers) < 4:
+            _free_buffers.append(buf)
+            return
+    buf.close()
+
+
+class LocalStagedObject(StagedObject):
+    """A pack streamed into ``.tmp-*`` in its prefix folder, then fsync'ed and renamed."""
+
+    def __init__(self, folder: Path, final_path: Callable[[str], Path],
+                 on_commit: Callable[[int], None], error: Callable[[OSError, str], BackendError],
+                 direct_io: bool = True) -> None:
+        self._final_path, self._on_commit, self._error = final_path, on_commit, error
+        fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        self._fd = fd
+        self._direct = direct_io and _enable_direct(fd)
+        self._buf: mmap.mmap | None = _take_buffer() if self._direct else None
+        self._filled = 0
+        self._size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        self._size += len(view)
+        try:
+            if self._buf is None:
+                _write_all(self._fd, view)
+            else:
+                while view:
+                    take = min(len(view), BUFFER_SIZE - self._filled)
+                    self._buf[self._filled:self._filled + take] = view[:take]
+                    self._filled += take
+                    view = view[take:]
+                    if self._filled == BUFFER_SIZE:
+                        self._flush_buffer(BUFFER_SIZE)
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc, "a pack") from None
+
+    def _flush_buffer(self, length: int) -> None:
+        """Write the first ``length`` bytes of the aligned buffer (a multiple of BLOCK)."""
+        assert self._buf is not None
+        try:
+            _write_all(self._fd, memoryview(self._buf)[:length])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not self._direct:
+                raise
+            self._direct = False  # refused at write time: carry on buffered
+            _disable_direct(self._fd)
+            _write_all(self._fd, memoryview(self._buf)[:length])
+        self._filled = 0
+
+    def commit(self, name: str) -> None:
+        path = self._final_path(name)
+        try:
+            if self._buf is not None and self._filled:
+                padded = -(-self._filled // BLOCK) * BLOCK
+                self._buf[self._filled:padded] = bytes(padded - self._filled)
+                self._flush_buffer(padded)
+                os.ftruncate(self._fd, self._size)
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, path)
+            fsync_dir(path.parent)
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc, name) from None
+        self._release_buffer()
+        self._on_commit(self._size)
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+        self._release_buffer()
+        try:
+            os.unlink(self._tmp)
+        except OSError:
+            pass
+
+    def _release_buffer(self) -> None:
+        if self._buf is not None:
+            _give_buffer(self._buf)
+            self._buf = None
+
+
+def _enable_direct(fd: int) -> bool:
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    try:
+        import fcntl
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | flag)
+        return True
+    except OSError:
+        return False  # e.g. a file system without direct I/O
+
+
+def _disable_direct(fd: int) -> None:
+    import fcntl
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
