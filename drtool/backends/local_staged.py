@@ -6,7 +6,7 @@ actually using (the database a nightly backup runs beside) and costs a
 kernel copy into freshly allocated cache pages: on the benchmark VM 768 MiB
 took 2.0 s of system time buffered and 0.06 s with ``O_DIRECT`` (dd), and
 night 1 of the bench spent ~1 s of its CPU in that copy.  So groups are
-gathered in one page-aligned 4 MiB buffer and written with ``O_DIRECT``;
+gathered in one page-aligned 1 MiB buffer and written with ``O_DIRECT``;
 the last block is padded and the file truncated to its real length before
 fsync and rename.  File systems that refuse ``O_DIRECT`` (open or write
 fails with EINVAL) get ordinary buffered writes.
@@ -25,7 +25,7 @@ from drtool.backends.base import StagedObject
 from drtool.errors import BackendError
 
 BLOCK = 4096                    # O_DIRECT alignment that every Linux block device accepts
-BUFFER_SIZE = 4 * 1024 * 1024   # one aligned write per 4 MiB
+BUFFER_SIZE = 1024 * 1024       # one aligned write per MiB (one buffer per open pack)
 DIRECT_IO_DEFAULT = os.environ.get("DRTOOL_DIRECT_IO", "1") != "0"
 
 _free_buffers: list[mmap.mmap] = []
