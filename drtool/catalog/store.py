@@ -16,7 +16,7 @@ from drtool.catalog.db import catalog_url, open_engine
 from drtool.catalog.models import IndexFileRow, IndexPackRow, RunRow, SnapshotRow
 from drtool.errors import CatalogError
 from drtool.repository.index import PackRecord
-from drtool.repository.packfile import pack_entries, unpack_entries
+from drtool.repository.packfile import pack_entries
 from drtool.snapshot.model import Snapshot
 
 
@@ -84,7 +84,7 @@ class Catalog:
             rows = conn.execute(select(IndexFileRow.index_id).where(IndexFileRow.repo_id == self.repo_id))
             return {r[0] for r in rows}
 
-    def cached_packs(self, index_ids: set[str]) -> Iterator[PackRecord]:
+    def cached_pack_entries(self, index_ids: set[str]) -> Iterator[tuple[bytes, bytes]]:
         if not index_ids:
             return
         query = select(IndexPackRow.index_id, IndexPackRow.pack_id, IndexPackRow.entries).where(
@@ -92,8 +92,7 @@ class Catalog:
         with self.engine.connect() as conn:
             for row in conn.execute(query):
                 if row.index_id in index_ids:
-                    entries = unpack_entries(row.entries)
-                    yield PackRecord(bytes.fromhex(row.pack_id), entries)
+                    yield bytes.fromhex(row.pack_id), bytes(row.entries)
 
     def store_index(self, index_id: str, packs: list[PackRecord]) -> None:
         """One transaction per index object (batched, WAL mode)."""

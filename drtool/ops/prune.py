@@ -564,7 +564,7 @@ class _CapturedIndexes:
     def cached_index_ids(self) -> set[str]:
         return set()
 
-    def cached_packs(self, index_ids: set[str]) -> Any:
+    def cached_pack_entries(self, index_ids: set[str]) -> Any:
         return iter(())
 
     def store_index(self, index_id: str, packs: list[PackRecord]) -> None:

@@ -64,7 +64,9 @@ class IndexCache(Protocol):
 
     def cached_index_ids(self) -> set[str]: ...
 
-    def cached_packs(self, index_ids: set[str]) -> Iterator[PackRecord]: ...
+    def cached_pack_entries(self, index_ids: set[str]) -> Iterator[tuple[bytes, bytes]]:
+        """(pack id, its trailer entries as packed by ``pack_entries``) of the given index objects."""
+        ...
 
     def store_index(self, index_id: str, packs: list[PackRecord]) -> None: ...
 
@@ -101,12 +103,32 @@ class MemoryIndex:
         number, blob_type, offset, length, inner, raw_length = _RECORD.unpack(record)
         return Location(self._pack_ids[number], blob_type, offset, length, inner, raw_length)
 
+    def _pack_number(self, pack_id: bytes) -> int:
+        number = self._pack_numbers.get(pack_id)
+        if number is None:
+            number = self._pack_numbers[pack_id] = len(self._pack_ids)
+            self._pack_ids.append(pack_id)
+        return number
+
+    def add_packed(self, pack_id: bytes, raw_entries: bytes) -> None:
+        """Add a pack from its packed trailer entries, without a BlobEntry per blob.
+
+        Loading the index from the catalog is on every command's start-up
+        path: building ~50 k BlobEntry objects only to re-pack them cost
+        0.05 s on the bench repository (cProfile), ~1 s per million blobs.
+        """
+        if len(raw_entries) % ENTRY.size:
+            raise ValueError("partial blob entry")
+        number = self._pack_number(pack_id)
+        blobs, record = self._blobs, _RECORD.pack
+        for blob_type, blob_id, offset, length, inner, raw_length in ENTRY.iter_unpack(raw_entries):
+            if blob_id not in blobs:
+                blobs[blob_id] = record(number, blob_type, offset, length, inner, raw_length)
+        self.packs[pack_id] = len(raw_entries) // ENTRY.size
+
     def add_pack(self, pack: PackRecord) -> None:
         self.packs[pack.pack_id] = len(pack.entries)
-        number = self._pack_numbers.get(pack.pack_id)
-        if number is None:
-            number = self._pack_numbers[pack.pack_id] = len(self._pack_ids)
-            self._pack_ids.append(pack.pack_id)
+        number = self._pack_number(pack.pack_id)
         blobs = self._blobs
         for e in pack.entries:
             if e.blob_id not in blobs:

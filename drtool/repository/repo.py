@@ -147,8 +147,12 @@ class Repository:
         cached = self.cache.cached_index_ids() & names if self.cache else set()
         if self.cache:
             self.cache.drop_indexes(self.cache.cached_index_ids() - names)
-            for pack in self.cache.cached_packs(cached):
-                self.index.add_pack(pack)
+            for pack_id, raw_entries in self.cache.cached_pack_entries(cached):
+                try:
+                    self.index.add_packed(pack_id, raw_entries)
+                except ValueError:
+                    raise IntegrityError("the catalog's index cache is damaged",
+                                         hint="run 'drtool catalog rebuild'") from None
         for index_id in sorted(names - cached):
             packs = self.read_index_object(index_id)
             for pack in packs:
