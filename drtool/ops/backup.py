@@ -18,6 +18,7 @@ from typing import IO, Any, Callable, Iterator
 
 from drtool import __version__
 from drtool.errors import SourceError
+from drtool.ops.heap import collector_paused
 from drtool.ops.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
 from drtool.ops.session import Session
 from drtool.ops.treewalk import ProgressFn, TreeWalker, WalkStats
@@ -52,7 +53,8 @@ def _backup_frame(session: Session, name: str) -> Iterator[tuple[Lock, Snapshot 
         parents = session.snapshots(name)
         pipeline = ChunkPipeline(session.repo)
         try:
-            yield lock, (parents[-1] if parents else None), pipeline
+            with collector_paused():
+                yield lock, (parents[-1] if parents else None), pipeline
         finally:
             pipeline.close()
 

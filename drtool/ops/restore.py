@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from drtool.errors import DrtoolError, IntegrityError, RestoreTargetError
+from drtool.ops.heap import collector_paused
 from drtool.ops.session import Session
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Snapshot
@@ -401,5 +402,6 @@ def restore(session: Session, snap: Snapshot, target: str, *, includes: list[str
             allow_partial: bool = False, progress: Callable[[int], None] | None = None) -> RestoreResult:
     with session.lock("restore"):
         session.repo.load_index()
-        return Restorer(session, snap, target, includes=includes or [], allow_partial=allow_partial,
-                        progress=progress).run()
+        with collector_paused():
+            return Restorer(session, snap, target, includes=includes or [], allow_partial=allow_partial,
+                            progress=progress).run()
