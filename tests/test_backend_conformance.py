@@ -100,6 +100,19 @@ def test_get_range_exact(backend: Backend) -> None:
         assert len(got) == length
 
 
+def test_get_range_view_matches_get_range(backend: Backend) -> None:
+    """Views (mapped by the local backend from 1 MiB on) hold exactly the bytes of get_range."""
+    data = _blob(3 * 1024 * 1024 + 77, 9)
+    backend.put("packs/bb/view", data)
+    for offset, length in [(0, 10), (4097, 2 * 1024 * 1024), (1, len(data) - 1), (len(data) - 1024 * 1024, 1024 * 1024)]:
+        view = backend.get_range_view("packs/bb/view", offset, length)
+        assert bytes(view) == data[offset:offset + length] == backend.get_range("packs/bb/view", offset, length)
+    with pytest.raises(ObjectMissing):
+        backend.get_range_view("packs/bb/view", 1024 * 1024, len(data))
+    with pytest.raises(ObjectMissing):
+        backend.get_range_view("packs/bb/absent", 0, 2 * 1024 * 1024)
+
+
 @pytest.mark.parametrize("offset,length", [(95, 10), (100, 1), (5000, 10)])
 def test_get_range_past_end_raises(backend: Backend, offset: int, length: int) -> None:
     backend.put("small", _blob(100))

@@ -70,6 +70,10 @@ class Backend(abc.ABC):
     def put(self, name: str, data: bytes) -> None:
         """Store ``data`` atomically under ``name``, replacing any old object."""
 
+    def get_range_view(self, name: str, offset: int, length: int) -> memoryview:
+        """``get_range`` as a read-only view; backends may map the bytes instead of copying them."""
+        return memoryview(self.get_range(name, offset, length))
+
     def stage(self, prefix: str) -> StagedObject | None:
         """Start an object under ``prefix`` that is streamed out as it is produced.
 

@@ -7,6 +7,7 @@ may remove.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import tempfile
 from pathlib import Path
@@ -17,6 +18,8 @@ from drtool.backends.local_staged import DIRECT_IO_DEFAULT, LocalStagedObject, f
 from drtool.errors import BackendError, ObjectMissing, RepositoryNotFound
 
 TMP_PREFIX = ".tmp-"
+MAP_MIN_BYTES = 1024 * 1024
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 class LocalBackend(Backend):
@@ -100,6 +103,34 @@ class LocalBackend(Backend):
                                 f"({offset + len(data)} < {offset + length} bytes)")
         self.stats.bytes_down += len(data)
         return data
+
+    def get_range_view(self, name: str, offset: int, length: int) -> memoryview:
+        """Large ranges are mapped (MAP_POPULATE), not copied: a restore reads every pack once
+        and the copy was ~6 % of its CPU (perf: ``_copy_to_iter``).  Packs are immutable and
+        replaced only by rename, so a mapping never sees its file shrink."""
+        if length < MAP_MIN_BYTES:
+            return memoryview(self.get_range(name, offset, length))
+        self.stats.gets += 1
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {name} is missing from the repository") from None
+        except OSError as exc:
+            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if offset + length > size:
+                raise ObjectMissing(f"object {name} is shorter than expected "
+                                    f"({size} < {offset + length} bytes)")
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            mapped = mmap.mmap(fd, offset + length - start, flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                               prot=mmap.PROT_READ, offset=start)
+        except OSError as exc:
+            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        self.stats.bytes_down += length
+        return memoryview(mapped)[offset - start:]
 
     def stat(self, name: str) -> ObjectInfo | None:
         self.stats.heads += 1

@@ -363,7 +363,7 @@ class Repository:
     def _read_run(self, blob_ids: list[bytes], locs: list[Location], lo: int,
                   hi: int) -> Iterator[memoryview]:
         pack_id = locs[0].pack_id
-        raw = memoryview(self.backend.get_range(pack_name(pack_id), lo, hi - lo))
+        raw = self.backend.get_range_view(pack_name(pack_id), lo, hi - lo)
         opened: dict[int, bytes | bytearray] = {}
         for blob_id, loc in zip(blob_ids, locs):
             plain = opened.get(loc.offset)
