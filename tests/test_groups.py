@@ -102,3 +102,15 @@ def test_group_cache_failed_load_is_retried_by_the_waiting_reader() -> None:
     with pytest.raises(ValueError):
         cache.get_or_load((b"q", 0), failing_load)
     assert cache.get_or_load((b"q", 0), lambda: b"later") == b"later"  # nothing left marked as loading
+
+
+def test_group_cache_resize_evicts_down_to_the_new_limit() -> None:
+    from drtool.repository.repo import GroupCache
+    cache = GroupCache(max_bytes=100)
+    for n in range(4):
+        cache.put((b"p", n), bytes(20))
+    cache.resize(50)
+    kept = [n for n in range(4) if cache.get((b"p", n)) is not None]
+    assert kept == [2, 3]  # the oldest went first
+    cache.put((b"p", 9), bytes(20))  # a group larger than a quarter of the limit is not kept
+    assert cache.get((b"p", 9)) is None

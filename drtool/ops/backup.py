@@ -27,6 +27,8 @@ from drtool.snapshot.model import FILE, Node, Snapshot
 from drtool.snapshot.store import save_snapshot, store_tree
 from drtool.testing_hooks import crash_point
 
+BACKUP_GROUP_CACHE = 24 * 1024 * 1024 # parent trees, read in walk order (Repository.limit_group_cache)
+
 STDERR_TAIL = 2000
 
 
@@ -50,6 +52,7 @@ def _backup_frame(session: Session, name: str) -> Iterator[tuple[Lock, Snapshot 
     """Shared lock, fresh index, the parent snapshot of the series, and a pipeline."""
     with session.lock("backup") as lock:
         session.repo.load_index()
+        session.repo.limit_group_cache(BACKUP_GROUP_CACHE)
         parents = session.snapshots(name)
         pipeline = ChunkPipeline(session.repo)
         try:

@@ -32,6 +32,7 @@ WRITE_BATCH = 256  # buffers per pwritev (IOV_MAX is 1024)
 # (measured on the full bench: 2 workers 3.7 s, 4 workers 5.6 s, 6 workers 8.8 s).
 RESTORE_WORKERS = int(os.environ.get("DRTOOL_RESTORE_WORKERS", "0")) or None
 PART_PREFIX = ".drtool-part-"
+RESTORE_GROUP_CACHE = 128 * 1024 * 1024  # see Repository.limit_group_cache
 
 
 @dataclass
@@ -412,6 +413,7 @@ def restore(session: Session, snap: Snapshot, target: str, *, includes: list[str
             allow_partial: bool = False, progress: Callable[[int], None] | None = None) -> RestoreResult:
     with session.lock("restore"):
         session.repo.load_index()
+        session.repo.limit_group_cache(RESTORE_GROUP_CACHE)
         with collector_paused():
             return Restorer(session, snap, target, includes=includes or [], allow_partial=allow_partial,
                             progress=progress).run()

@@ -318,6 +318,18 @@ class Repository:
             raise ObjectMissing(f"blob {blob_id.hex()[:16]} is not in any pack of the index")
         return loc
 
+    def limit_group_cache(self, max_bytes: int) -> None:
+        """How much opened-group plaintext to keep for re-use.
+
+        A restore wants room for eight 16 MiB text groups: a night-2 dump
+        alternates between old groups holding unchanged rows and a new one
+        holding the edits, which both workers need at once (bench: 80 MiB
+        re-opened 32 of 187 groups, 128 MiB 6).  A backup reads only parent
+        trees, in walk order, and a few MiB do (a 128 MiB cache was 48 MiB of
+        the 200,000-file re-run's peak memory, tracemalloc).
+        """
+        self._group_cache.resize(max_bytes)
+
     def read_blob(self, blob_id: bytes) -> bytes:
         return bytes(next(self.read_blobs([blob_id])))
 
@@ -450,11 +462,8 @@ def _group_target(text: bool) -> int:
 class GroupCache:
     """A few recently opened groups: tree walks and small files hit the same group often."""
 
-    def __init__(self, max_bytes: int = 128 * 1024 * 1024) -> None:
-        """Room for eight 16 MiB text groups: a night-2 dump alternates between
-        old groups holding unchanged rows and a new one holding the edits,
-        which two restore workers need at once (night-2 restore of the bench:
-        80 MiB re-opened 32 of 187 groups, 128 MiB 6)."""
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        """``max_bytes`` is set per use case (``Repository.limit_group_cache``)."""
         self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[bytes, int], bytes | bytearray] = OrderedDict()
         self._size = 0
@@ -500,6 +509,13 @@ class GroupCache:
             if value is not None:
                 self._items.move_to_end(key)
             return value
+
+    def resize(self, max_bytes: int) -> None:
+        with self._lock:
+            self.max_bytes = max_bytes
+            while self._size > self.max_bytes and self._items:
+                _old_key, old = self._items.popitem(last=False)
+                self._size -= len(old)
 
     def put(self, key: tuple[bytes, int], value: bytes | bytearray) -> None:
         with self._lock:
