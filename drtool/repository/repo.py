@@ -30,7 +30,7 @@ from drtool.repository.packfile import (BlobEntry, BufferPool, OpenGroup, PackBu
 
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 16 * 1024 * 1024
-INDEX_EVERY_PACKS = 8  # bounds the trailer entries held in memory (~200 B per blob)
+INDEX_EVERY_PACKS = 4  # bounds the trailer entries held in memory (~200 B per blob)
 MAX_PENDING_UPLOADS = 2
 GROUP_TARGET_SIZE = 4 * 1024 * 1024
 TEXT_GROUP_TARGET_SIZE = 16 * 1024 * 1024
