@@ -512,3 +512,24 @@ def test_prune_record_is_sealed(repo_env: DrEnv, tmp_path: Path) -> None:
     tampered = run_prune(repo_env, T + 4 * DAY)
     assert tampered.packs_deleted == 0 and any("unreadable prune record" in w for w in tampered.warnings)
     assert tampered.packs_pending >= 1  # condemned anew: the grace period starts again
+
+
+def test_prune_removes_temporaries_of_killed_writes_once_they_are_old(repo_env: DrEnv,
+                                                                       tmp_path: Path) -> None:
+    """A killed backup leaves the pack it was streaming as packs/.tmp-*; prune cleans it up."""
+    src = tmp_path / "src"
+    write_tree(src, {"f": os.urandom(50_000)})
+    backup_at(repo_env, src, "files", T)
+    packs = repo_env.repo / "packs"
+    old, fresh = packs / ".tmp-killed-long-ago", packs / ".tmp-being-written"
+    old.write_bytes(os.urandom(4096))
+    fresh.write_bytes(os.urandom(4096))
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+
+    dry = run_prune(repo_env, T + DAY, dry_run=True)
+    assert dry.temporaries_removed == 0 and old.exists()  # a dry run deletes nothing
+    report = run_prune(repo_env, T + DAY)
+    assert report.temporaries_removed == 1
+    assert not old.exists() and fresh.exists()  # younger than the grace period: maybe still in use
+    assert_check_ok(repo_env)

@@ -74,6 +74,15 @@ class Backend(abc.ABC):
         """``get_range`` as a read-only view; backends may map the bytes instead of copying them."""
         return memoryview(self.get_range(name, offset, length))
 
+    def remove_abandoned_temporaries(self, older_than_seconds: float) -> int:
+        """Delete what killed writers left half-written, if untouched for this long; return how many.
+
+        Only backends whose puts go through temporary objects have any (the
+        local one: ``.tmp-*`` files, including packs a killed backup was
+        streaming).  Call it under the exclusive lock.
+        """
+        return 0
+
     def stage(self, prefix: str) -> StagedObject | None:
         """Start an object under ``prefix`` that is streamed out as it is produced.
 

@@ -10,6 +10,7 @@ import errno
 import mmap
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -55,6 +56,22 @@ class LocalBackend(Backend):
                                      direct_io=self.direct_io)
         except OSError as exc:
             raise _write_error(exc, prefix) from None
+
+    def remove_abandoned_temporaries(self, older_than_seconds: float) -> int:
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for filename in filenames:
+                if not filename.startswith(TMP_PREFIX):
+                    continue
+                path = os.path.join(dirpath, filename)
+                try:
+                    if os.lstat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
 
     def _count_put(self, size: int) -> None:
         self.stats.puts += 1

@@ -172,6 +172,8 @@ def _run_prune(state: CliState, options: prune_ops.PruneOptions, as_json: bool,
         lines.append(f"{r.packs_spared} condemned pack(s) were referenced again and kept")
     if r.locked_skipped:
         lines.append(f"{r.locked_skipped} object(s) under Object Lock retention were not deleted")
+    if r.temporaries_removed:
+        lines.append(f"removed {r.temporaries_removed} temporary file(s) left by interrupted writes")
     lines += [f"warning: {w}" for w in r.warnings]
     emit(r.as_dict(), as_json, "\n".join(lines))
     return report

@@ -49,6 +49,7 @@ log = logging.getLogger("drtool.prune")
 PRUNE_KIND = b"prune"
 RECORD_VERSION = 1
 DEFAULT_GRACE = timedelta(hours=24)
+MIN_TEMPORARY_AGE = timedelta(hours=1)
 DEFAULT_MAX_UNUSED = 10.0
 INDEX_PACKS_PER_OBJECT = 4096
 CRASH_POINTS = ("prune-after-repack", "prune-after-index-write", "prune-after-record",
@@ -155,6 +156,7 @@ class PruneReport:
     index_deleted: int = 0
     locked_skipped: int = 0
     retention_extended: int = 0
+    temporaries_removed: int = 0
     next_deletion: datetime | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -214,6 +216,10 @@ class Pruner:
             self._delete_old_indexes(final_ids, rewritten)
             self._delete_packs()
             self._extend_retention(final_ids)
+            # Leftovers of killed writers (e.g. a pack a killed backup was streaming);
+            # the exclusive lock rules out live writers, the age rules out stale-lock ones.
+            self.report.temporaries_removed = self.backend.remove_abandoned_temporaries(
+                max(self.opt.grace, MIN_TEMPORARY_AGE).total_seconds())
         return self._finish_report()
 
     # ----- loading ------------------------------------------------------------------
