@@ -550,7 +550,7 @@ def summary(phases: dict[str, Tally], labs: list[Lab], args: argparse.Namespace,
     lines += [tally.row(name) for name, tally in phases.items()] + [total.row("total")]
     lines.append(f"snapshots forgotten by forget: {total.forgotten}; WAL files verified: "
                  f"{total.wal_verified}; copy: {'exercised' if copy else 'not available'}")
-    lines.append(f"stray temp files of killed puts (local backend, not removed by prune): "
+    lines.append(f"temp files of killed puts still present (prune removes them after its grace period): "
                  f"{stray_temporaries(labs)}")
     lines += [f"LOST: {line}" for line in total.lost] + [f"PROBLEM: {line}" for line in total.problems]
     lines.append(f"data lost: {len(total.lost)}")
