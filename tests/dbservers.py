@@ -92,6 +92,25 @@ def drtool_env(dr_env: dict[str, str], password_file: str) -> dict[str, str]:
     return env
 
 
+def archive_env(dr_tmp: Path, dr_env: dict[str, str], passphrase: str) -> dict[str, str]:
+    """``drtool_env`` with the passphrase written to a file under ``dr_tmp``."""
+    password_file = dr_tmp / "drtool-password"
+    password_file.write_text(passphrase + "\n")
+    return drtool_env(dr_env, str(password_file))
+
+
+def stop_restored_mariadb(target: Path) -> None:
+    """Stop a server that ``restore --start`` left running in ``target`` and remove it."""
+    pid = target / "data" / "mariadbd.pid"
+    if pid.exists():
+        os.kill(int(pid.read_text()), signal.SIGTERM)
+        for _ in range(300):
+            if not pid.exists():
+                break
+            time.sleep(0.1)
+    shutil.rmtree(target, ignore_errors=True)
+
+
 def run_as_server_user(args: list[str], env: dict[str, str], timeout: float = 300,
                        cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m drtool ARGS`` the way an operator would as the database OS user."""

@@ -46,6 +46,16 @@ def backup_at(dr: DrEnv, src: Path, name: str, when: dt.datetime, tags: list[str
         return backup_paths(session, [str(src)], name, tags, clock=lambda: when).snapshot.id
 
 
+def forget_first_of_two(dr: DrEnv, src: Path, first: dict[str, bytes], second: dict[str, bytes]) -> str:
+    """Back up ``first`` at T and ``second`` at T + DAY, forget the first; return the second's id."""
+    write_tree(src, first)
+    backup_at(dr, src, "files", T)
+    write_tree(src, second)
+    keep = backup_at(dr, src, "files", T + DAY)
+    assert dr.run("forget", "--keep-last", "1").code == 0
+    return keep
+
+
 def snapshot_ids(dr: DrEnv, name: str | None = None) -> list[str]:
     args = ["snapshots", "--json"] + (["--name", name] if name else [])
     return [s["id"] for s in json.loads(dr.run(*args).out)]
@@ -242,11 +252,7 @@ def test_prune_max_unused_tolerates_waste(repo_env: DrEnv, tmp_path: Path) -> No
 
 def test_prune_dry_run_changes_nothing(repo_env: DrEnv, tmp_path: Path) -> None:
     src = tmp_path / "src"
-    write_tree(src, {"a": os.urandom(300_000)})
-    backup_at(repo_env, src, "files", T)
-    write_tree(src, {"b": os.urandom(300_000)})
-    backup_at(repo_env, src, "files", T + DAY)
-    assert repo_env.run("forget", "--keep-last", "1").code == 0
+    forget_first_of_two(repo_env, src, {"a": os.urandom(300_000)}, {"b": os.urandom(300_000)})
     before = {p: (repo_env.repo / p).read_bytes() for p in repo_files(repo_env) if not p.startswith("locks/")}
     result = repo_env.run("prune", "--dry-run", "--grace", "0s")
     assert result.code == 0 and "would condemn" in result.out
@@ -280,11 +286,7 @@ def test_prune_spares_blob_reused_by_backup_with_stale_index(repo_env: DrEnv, tm
     its snapshot lands after the mark, so the sweep must keep (and re-index) that pack."""
     src = tmp_path / "src"
     payload = os.urandom(400_000)
-    write_tree(src, {"f": payload})
-    backup_at(repo_env, src, "files", T)
-    write_tree(src, {"g": os.urandom(1000)})
-    backup_at(repo_env, src, "files", T + DAY)
-    assert repo_env.run("forget", "--keep-last", "1").code == 0
+    forget_first_of_two(repo_env, src, {"f": payload}, {"g": os.urandom(1000)})
     with repo_env.session() as stale:
         stale.repo.load_index()  # this host's view from before the prune
         mark = run_prune(repo_env, T + 2 * DAY)
@@ -466,11 +468,7 @@ class LockingBackend(LocalBackend):
 
 def test_prune_respects_and_extends_object_lock(repo_env: DrEnv, tmp_path: Path) -> None:
     src = tmp_path / "src"
-    write_tree(src, {"a": os.urandom(300_000)})
-    backup_at(repo_env, src, "files", T)
-    write_tree(src, {"b": os.urandom(300_000)})
-    keep = backup_at(repo_env, src, "files", T + DAY)
-    assert repo_env.run("forget", "--keep-last", "1").code == 0
+    keep = forget_first_of_two(repo_env, src, {"a": os.urandom(300_000)}, {"b": os.urandom(300_000)})
     backend = LockingBackend(repo_env.repo, T + 2 * DAY)
     for name in repo_files(repo_env):
         backend.until[name] = T + 3 * DAY  # everything written under a short retention
@@ -499,11 +497,7 @@ def test_prune_respects_and_extends_object_lock(repo_env: DrEnv, tmp_path: Path)
 
 def test_prune_record_is_sealed(repo_env: DrEnv, tmp_path: Path) -> None:
     src = tmp_path / "src"
-    write_tree(src, {"a": os.urandom(100_000)})
-    backup_at(repo_env, src, "files", T)
-    write_tree(src, {"b": os.urandom(100_000)})
-    backup_at(repo_env, src, "files", T + DAY)
-    assert repo_env.run("forget", "--keep-last", "1").code == 0
+    forget_first_of_two(repo_env, src, {"a": os.urandom(100_000)}, {"b": os.urandom(100_000)})
     run_prune(repo_env, T + 2 * DAY)
     (record,) = repo_files(repo_env, "prune/")
     raw = (repo_env.repo / record).read_bytes()

@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from conftest import DrEnv, make_env
-from dbservers import MariaServer, insert_events, mariadb_server, write_config
+from dbservers import MariaServer, insert_events, mariadb_server, stop_restored_mariadb, write_config
 
 SOURCE = "wiki"
 
@@ -118,14 +118,7 @@ def test_latest_into_a_fresh_instance(scenario: Scenario) -> None:
             assert list(cur.fetchall()) == [("t0", 5), ("t1", 10), ("t2", 20), ("t3", 30)]
         conn.close()
     finally:
-        pid = Path(target, "data", "mariadbd.pid")
-        if pid.exists():
-            os.kill(int(pid.read_text()), 15)
-            for _ in range(300):
-                if not pid.exists():
-                    break
-                time.sleep(0.1)
-        shutil.rmtree(target, ignore_errors=True)
+        stop_restored_mariadb(Path(target))
 
 
 def test_point_after_last_pushed_binlog_is_refused(scenario: Scenario) -> None:

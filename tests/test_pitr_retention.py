@@ -23,8 +23,9 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import PASSWORD, DrEnv, make_env
-from dbservers import (MariaServer, PgServer, drtool_env, free_port, insert_events, mariadb_server,
-                       postgres_server, run_as_server_user, stop_postgres, write_config)
+from dbservers import (MariaServer, PgServer, archive_env, free_port, insert_events, mariadb_server,
+                       postgres_server, run_as_server_user, stop_postgres, stop_restored_mariadb,
+                       write_config)
 from drtool.backends.local import LocalBackend
 from drtool.catalog.logs import BINLOG, WAL, LogCatalog, RecoveryBase, Segment
 from drtool.errors import BackendError
@@ -326,9 +327,7 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgScenario]:
     """Bases B0, B1, B2 with WAL between and after; ``inside`` lies between t1 and t2."""
     dr = make_env(tmp_path_factory.mktemp("pgret"))
     dr.init()
-    password_file = dr.tmp / "drtool-password"
-    password_file.write_text(PASSWORD + "\n")
-    env = drtool_env(dr.env, str(password_file))
+    env = archive_env(dr.tmp, dr.env, PASSWORD)
     with postgres_server(archive_env=env, source="pg") as server:
         config = write_config(dr.tmp / "drtool.toml", str(dr.repo), {"pg": server.source(method="basebackup")})
         env["DRTOOL_CONFIG"] = dr.env["DRTOOL_CONFIG"] = str(config)
@@ -436,11 +435,4 @@ def test_mariadb_forget_keeps_window_dump_and_binlogs_then_pitr_works(maria: Mar
             assert list(cur.fetchall()) == [("t0", 5), ("t1", 10), ("t2", 20)]
         conn.close()
     finally:
-        pid = target / "data" / "mariadbd.pid"
-        if pid.exists():
-            os.kill(int(pid.read_text()), 15)
-            for _ in range(300):
-                if not pid.exists():
-                    break
-                time.sleep(0.1)
-        shutil.rmtree(target, ignore_errors=True)
+        stop_restored_mariadb(Path(target))

@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from conftest import PASSWORD, DrEnv, make_env
-from dbservers import (PgServer, drtool_env, free_port, postgres_server, run_as_server_user,
+from dbservers import (PgServer, archive_env, free_port, postgres_server, run_as_server_user,
                        stop_postgres, write_config)
 
 SOURCE = "pg"
@@ -43,9 +43,7 @@ def _insert(server: PgServer, tag: str, count: int) -> None:
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     dr = make_env(tmp_path_factory.mktemp("pgpitr"))
     dr.init()
-    password_file = dr.tmp / "drtool-password"
-    password_file.write_text(PASSWORD + "\n")
-    env = drtool_env(dr.env, str(password_file))
+    env = archive_env(dr.tmp, dr.env, PASSWORD)
     with postgres_server(archive_env=env, source=SOURCE) as server:
         config = write_config(dr.tmp / "drtool.toml", str(dr.repo),
                               {SOURCE: server.source(method="basebackup")})
