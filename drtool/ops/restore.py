@@ -21,8 +21,9 @@ from typing import Callable, Iterator
 from drtool.errors import DrtoolError, IntegrityError, RestoreTargetError
 from drtool.ops.heap import collector_paused
 from drtool.ops.session import Session
+from drtool.repository.index import Location
 from drtool.repository.repo import Repository
-from drtool.snapshot.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Snapshot
+from drtool.snapshot.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Snapshot
 from drtool.snapshot.store import walk_tree
 
 SEGMENT_BYTES = 32 * 1024 * 1024
@@ -193,9 +194,9 @@ class Restorer:
         if not segments:
             self._complete(job)
             return
-        for offset, ids in segments:
+        for offset, ids, locations in segments:
             self._slots.acquire()
-            future = self._pool.submit(self._write_segment, job, offset, ids)
+            future = self._pool.submit(self._write_segment, job, offset, ids, locations)
             future.add_done_callback(lambda _f: self._slots.release())
             self._futures.append(future)
         if len(self._futures) > 4 * MAX_INFLIGHT_TASKS:
@@ -210,10 +211,11 @@ class Restorer:
             return False
         return _content_matches(self.repo, dest, node)
 
-    def _write_segment(self, job: _FileJob, offset: int, ids: list[bytes]) -> None:
+    def _write_segment(self, job: _FileJob, offset: int, ids: list[bytes],
+                       locations: list[Location]) -> None:
         try:
             if job.error is None and self._fatal is None:
-                self._write_blobs(job, offset, ids)
+                self._write_blobs(job, offset, ids, locations)
         except BaseException as exc:  # recorded per file; decided on in _complete
             job.error = job.error or exc
         with job.lock:
@@ -222,11 +224,12 @@ class Restorer:
         if last:
             self._complete(job)
 
-    def _write_blobs(self, job: _FileJob, offset: int, ids: list[bytes]) -> None:
+    def _write_blobs(self, job: _FileJob, offset: int, ids: list[bytes],
+                     locations: list[Location]) -> None:
         """Write verified blobs, coalescing neighbours into one pwritev; zero blobs become holes."""
         pending: list[memoryview] = []
         start = offset
-        for blob_id, data in zip(ids, self.repo.read_blobs(ids)):
+        for blob_id, data in zip(ids, self.repo.read_blobs(ids, locations)):
             if blob_id in self._zero_blobs or _all_zero(data):
                 self._zero_blobs.add(blob_id)  # leave a hole: the file stays sparse
                 _write_locked(job, pending, start)
@@ -288,20 +291,27 @@ class Restorer:
             _apply_metadata(dest, node)
 
 
-def _segments(repo: Repository, content: list[str]) -> Iterator[tuple[int, list[bytes]]]:
-    """Split a file's blobs into ~32 MiB pieces that can be written in parallel."""
-    offset, start, ids, size = 0, 0, [], 0
+def _segments(repo: Repository, content: list[str]) -> Iterator[tuple[int, list[bytes], list[Location]]]:
+    """Split a file's blobs into ~32 MiB pieces that can be written in parallel.
+
+    The locations found here travel with each piece, so the workers do not
+    look every blob up in the index a second time.
+    """
+    offset, start, size = 0, 0, 0
+    ids: list[bytes] = []
+    locations: list[Location] = []
     for hexid in content:
         blob_id = bytes.fromhex(hexid)
-        length = repo.locate(blob_id).raw_length
+        location = repo.locate(blob_id)
         ids.append(blob_id)
-        size += length
-        offset += length
+        locations.append(location)
+        size += location.raw_length
+        offset += location.raw_length
         if size >= SEGMENT_BYTES:
-            yield start, ids
-            start, ids, size = offset, [], 0
+            yield start, ids, locations
+            start, ids, locations, size = offset, [], [], 0
     if ids:
-        yield start, ids
+        yield start, ids, locations
 
 
 def _all_zero(data: memoryview) -> bool:

@@ -333,13 +333,15 @@ class Repository:
     def read_blob(self, blob_id: bytes) -> bytes:
         return bytes(next(self.read_blobs([blob_id])))
 
-    def read_blobs(self, blob_ids: list[bytes]) -> Iterator[memoryview]:
+    def read_blobs(self, blob_ids: list[bytes],
+                   locations: list[Location] | None = None) -> Iterator[memoryview]:
         """Verified blobs in order, as views into their group (valid while referenced).
 
         Blobs whose group was opened recently come from the cache; other
-        neighbouring groups of one pack come with one ranged read.
+        neighbouring groups of one pack come with one ranged read.  Callers
+        that already located the blobs pass ``locations``.
         """
-        locs = [self.locate(b) for b in blob_ids]
+        locs = locations if locations is not None else [self.locate(b) for b in blob_ids]
         start = 0
         while start < len(locs):
             first = locs[start]
