@@ -50,7 +50,7 @@ def test_group_cache_loads_a_group_once_for_concurrent_readers() -> None:
     import threading
     import time
 
-    from drtool.repository.repo import GroupCache
+    from drtool.repository.reading import GroupCache
     cache = GroupCache(max_bytes=1 << 20)
     calls: list[int] = []
     started = threading.Event()
@@ -76,7 +76,7 @@ def test_group_cache_failed_load_is_retried_by_the_waiting_reader() -> None:
 
     import pytest
 
-    from drtool.repository.repo import GroupCache
+    from drtool.repository.reading import GroupCache
     cache = GroupCache(max_bytes=1 << 20)
     started = threading.Event()
 
@@ -105,7 +105,7 @@ def test_group_cache_failed_load_is_retried_by_the_waiting_reader() -> None:
 
 
 def test_group_cache_resize_evicts_down_to_the_new_limit() -> None:
-    from drtool.repository.repo import GroupCache
+    from drtool.repository.reading import GroupCache
     cache = GroupCache(max_bytes=100)
     for n in range(4):
         cache.put((b"p", n), bytes(20))

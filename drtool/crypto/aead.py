@@ -52,14 +52,32 @@ class Aead:
 
     def open(self, sealed: bytes | bytearray | memoryview, associated: bytes) -> tuple[int, bytearray]:
         """Return (flags, plaintext)."""
+        out = bytearray(plaintext_size(sealed))
+        return self.open_into(sealed, associated, out), out
+
+    def open_into(self, sealed: bytes | bytearray | memoryview, associated: bytes,
+                  out: bytearray | memoryview) -> int:
+        """Decrypt into the first ``plaintext_size(sealed)`` bytes of ``out``; return the flags.
+
+        Restores open thousands of multi-MiB groups: a fresh buffer for each
+        is faulted in, zeroed and unmapped again (perf: ~10 % of a restore's
+        CPU), where a recycled one costs nothing.
+        """
         view = memoryview(sealed)
         if len(view) < OVERHEAD or view[0] != FORMAT_VERSION:
             raise AuthenticationFailed("not a drtool ciphertext or unknown format version")
         flags = view[1]
-        out = bytearray(len(view) - OVERHEAD)
+        size = len(view) - OVERHEAD
+        if len(out) < size:
+            raise ValueError("output buffer too small for the plaintext")
         try:
-            self._cipher.decrypt_into(view[2:HEADER_SIZE], view[HEADER_SIZE:],
-                                      associated + bytes([flags]), out)
+            with memoryview(out) as target:
+                self._cipher.decrypt_into(view[2:HEADER_SIZE], view[HEADER_SIZE:],
+                                          associated + bytes([flags]), target[:size])
         except InvalidTag:
             raise AuthenticationFailed("authentication tag mismatch") from None
-        return flags, out
+        return flags
+
+
+def plaintext_size(sealed: bytes | bytearray | memoryview) -> int:
+    return max(len(sealed) - OVERHEAD, 0)

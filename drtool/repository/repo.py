@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from drtool.backends.base import Backend
 from drtool.crypto.ids import IdMaker
@@ -25,8 +24,9 @@ from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (INDEX_KIND, IndexCache, Location, MemoryIndex, PackRecord,
                                      decode_index, encode_index)
 from drtool.repository.packfile import (BlobEntry, BufferPool, OpenGroup, PackBuilder, PackFormatError,
-                                        groups_of, open_group, pack_name, read_trailer,
+                                        group_kind, groups_of, open_group, pack_name, read_trailer,
                                         seal_open_group)
+from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
 
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 16 * 1024 * 1024
@@ -394,13 +394,38 @@ class Repository:
             raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is damaged at offset {loc.offset} "
                                  f"({exc})") from None
 
-    def _blob_from_group(self, blob_id: bytes, loc: Location, plain: bytes | bytearray) -> memoryview:
+    def _blob_from_group(self, blob_id: bytes, loc: Location,
+                         plain: bytes | bytearray | memoryview) -> memoryview:
         """Cut one blob out of its group (no copy) and check it is the one asked for."""
-        data = memoryview(plain)[loc.inner:loc.inner + loc.raw_length]
-        if len(data) != loc.raw_length or self.ids.blob_id(data) != blob_id:
+        data = self.cut_blob(blob_id, loc.inner, loc.raw_length, memoryview(plain))
+        if data is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} in pack {loc.pack_id.hex()[:16]} "
                                  f"does not match its id")
         return data
+
+    def cut_blob(self, blob_id: bytes, inner: int, raw_length: int, plain: memoryview) -> memoryview | None:
+        """The blob at ``inner`` of an opened group, or None when it is not the one named."""
+        data = plain[inner:inner + raw_length]
+        if len(data) != raw_length or self.ids.blob_id(data) != blob_id:
+            return None
+        return data
+
+    def open_group_recycled(self, loc: Location, buffers: ScratchPool) -> OpenedGroup:
+        """The plaintext of the group at ``loc``, decrypted and decompressed into pooled buffers.
+
+        A restore opens each group it needs once (it plans which of its
+        blobs go where first), so it neither caches groups nor allocates a
+        fresh buffer per group.  Blobs still have to be checked against
+        their ids (:meth:`cut_blob`): the group's AEAD proves it was written
+        with this key, not that it is the group the index points at.
+        """
+        sealed = self.backend.get_range_view(pack_name(loc.pack_id), loc.offset, loc.length)
+        try:
+            plain, held = self.envelope.open_recycled(group_kind(loc.blob_type), b"", sealed, buffers)
+        except EnvelopeError as exc:
+            raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is damaged at offset {loc.offset} "
+                                 f"({exc})") from None
+        return OpenedGroup(plain, held, buffers)
 
     def verify_pack(self, pack_id: bytes, data: bytes) -> tuple[list[BlobEntry], list[str]]:
         """Authenticate every group and blob of a whole pack; return (entries, problems)."""
@@ -459,75 +484,6 @@ class Repository:
 
 def _group_target(text: bool) -> int:
     return TEXT_GROUP_TARGET_SIZE if text else GROUP_TARGET_SIZE
-
-
-class GroupCache:
-    """A few recently opened groups: tree walks and small files hit the same group often."""
-
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
-        """``max_bytes`` is set per use case (``Repository.limit_group_cache``)."""
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[bytes, int], bytes | bytearray] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-        self._loading: dict[tuple[bytes, int], threading.Event] = {}
-
-    def get_or_load(self, key: tuple[bytes, int],
-                    load: Callable[[], bytes | bytearray]) -> bytes | bytearray:
-        """The cached group, or ``load()`` it -- once, even when several threads want it.
-
-        Restore workers write neighbouring pieces of one file and so need the
-        same groups at the same moment; without this, a night-2 restore opened
-        263 groups for 175 distinct ones (each a 16 MiB decompression).
-        """
-        while True:
-            with self._lock:
-                value = self._items.get(key)
-                if value is not None:
-                    self._items.move_to_end(key)
-                    return value
-                loading = self._loading.get(key)
-                if loading is None:
-                    loading = self._loading[key] = threading.Event()
-                    break
-            loading.wait()  # another thread is opening it; then look again
-            with self._lock:
-                value = self._items.get(key)
-            if value is not None:
-                return value
-            return load()  # it failed there or was too big to cache: do it here
-        try:
-            value = load()
-            self.put(key, value)
-            return value
-        finally:
-            with self._lock:
-                del self._loading[key]
-            loading.set()
-
-    def get(self, key: tuple[bytes, int]) -> bytes | bytearray | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def resize(self, max_bytes: int) -> None:
-        with self._lock:
-            self.max_bytes = max_bytes
-            while self._size > self.max_bytes and self._items:
-                _old_key, old = self._items.popitem(last=False)
-                self._size -= len(old)
-
-    def put(self, key: tuple[bytes, int], value: bytes | bytearray) -> None:
-        with self._lock:
-            if key in self._items or len(value) > self.max_bytes // 4:
-                return
-            self._items[key] = value
-            self._size += len(value)
-            while self._size > self.max_bytes:
-                _old_key, old = self._items.popitem(last=False)
-                self._size -= len(old)
 
 
 def _clear_interrupted_init(backend: Backend) -> None:
