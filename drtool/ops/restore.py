@@ -2,10 +2,11 @@
 
 Each file is written to a hidden temporary name and renamed into place only
 after every blob was authenticated and written, so a restored file that
-exists under its real name is always complete.  Runs of blobs that lie back
-to back in one pack are fetched with one ranged read.  All-zero blobs become
-holes.  A file already present with matching content is kept, which makes
-re-running an interrupted restore cheap.
+exists under its real name is always complete.  The walk plans which blobs
+of each compression group go where, and workers open every group once
+(``restore_groups``).  All-zero blobs become holes.  A file already present
+with matching content is kept, which makes re-running an interrupted
+restore cheap.
 """
 from __future__ import annotations
 
@@ -14,26 +15,24 @@ import itertools
 import os
 import secrets
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 from drtool.errors import DrtoolError, IntegrityError, RestoreTargetError
 from drtool.ops.heap import collector_paused
+from drtool.ops.restore_groups import Aborted, FileJob, GroupPlanner, GroupWriter
 from drtool.ops.session import Session
-from drtool.repository.index import Location
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Snapshot
 from drtool.snapshot.store import walk_tree
 
-SEGMENT_BYTES = 32 * 1024 * 1024
-MAX_INFLIGHT_TASKS = 256
-WRITE_BATCH = 256  # buffers per pwritev (IOV_MAX is 1024)
 # One worker per core: more threads only add GIL handoffs and page-fault churn
 # (measured on the full bench: 2 workers 3.7 s, 4 workers 5.6 s, 6 workers 8.8 s).
 RESTORE_WORKERS = int(os.environ.get("DRTOOL_RESTORE_WORKERS", "0")) or None
+MAX_OPEN_FILES = 256  # temporaries open at once (each waits for its groups to be handed out)
 PART_PREFIX = ".drtool-part-"
-RESTORE_GROUP_CACHE = 128 * 1024 * 1024  # see Repository.limit_group_cache
+# Only tree blobs go through the group cache now; data groups are opened once each.
+RESTORE_GROUP_CACHE = 16 * 1024 * 1024
 
 
 @dataclass
@@ -81,34 +80,23 @@ def plan(session: Session, snap: Snapshot, target: str, includes: list[str]) -> 
     return result
 
 
-class _FileJob:
-    def __init__(self, path: str, node: Node, fd: int, tmp: str, parts: int) -> None:
-        self.path, self.node, self.fd, self.tmp = path, node, fd, tmp
-        self.remaining = parts
-        self.error: BaseException | None = None
-        self.lock = threading.Lock()
-        # One writer per file at a time: ext4 serialises buffered writes to an
-        # inode anyway, and a second writer spins on the inode lock (perf:
-        # ~5 % of restore CPU) where a Python lock lets it sleep.
-        self.write_lock = threading.Lock()
-
-
 class Restorer:
     def __init__(self, session: Session, snap: Snapshot, target: str, *, includes: list[str],
                  allow_partial: bool = False, progress: Callable[[int], None] | None = None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, max_open_files: int = MAX_OPEN_FILES) -> None:
         self.repo: Repository = session.repo
         self.snap = snap
         self.target = os.path.abspath(target)
         self.includes = [i.strip("/") for i in includes]
         self.allow_partial = allow_partial
-        self.progress = progress
         self.result = RestoreResult(snap, self.target)
-        self._pool = ThreadPoolExecutor(max_workers=workers or RESTORE_WORKERS or max(2, os.cpu_count() or 2),
-                                        thread_name_prefix="restore")
-        self._slots = threading.BoundedSemaphore(MAX_INFLIGHT_TASKS)
-        self._futures: list[Future[None]] = []
-        self._zero_blobs: set[bytes] = set()
+        self._writer = GroupWriter(self.repo, workers or RESTORE_WORKERS or max(2, os.cpu_count() or 2),
+                                   on_file_done=self._complete, progress=progress)
+        self._planner = GroupPlanner(self._writer.submit)
+        # Files whose temporary is open; bounded, because a file stays open
+        # until the planner has handed out every group it needs.
+        self._open_jobs: set[FileJob] = set()
+        self._open_slots = threading.BoundedSemaphore(max_open_files)
         self._links: dict[str, str] = {}
         self._pending_links: list[tuple[str, str]] = []
         self._dirs: list[tuple[str, Node]] = []
@@ -124,18 +112,33 @@ class Restorer:
         _prepare_target(self.target)
         _remove_stale_parts(self.target)
         try:
-            for path, node in walk_tree(self.repo, self.snap.tree):
-                if self._fatal:
-                    break
-                if selected(path, self.includes):
-                    self._restore_node(path, node)
-            self._wait()
+            try:
+                self._walk()
+            except DrtoolError as exc:
+                self._set_fatal(exc)
+            # Also after an error: files already started are finished where
+            # they can be, so that re-running the restore resumes from them.
+            self._planner.flush()
+            self._writer.wait()
         finally:
-            self._pool.shutdown(wait=True)
+            self._writer.aborted = True  # only when an exception escaped: skip what is still queued
+            self._writer.shutdown()
+            self._discard_unfinished()
         if self._fatal:
             raise self._fatal
         self._finish_links_and_dirs()
         return self.result
+
+    def _walk(self) -> None:
+        for path, node in walk_tree(self.repo, self.snap.tree):
+            if self._fatal:
+                return
+            if selected(path, self.includes):
+                self._restore_node(path, node)
+
+    def _set_fatal(self, error: BaseException) -> None:
+        with self._lock:
+            self._fatal = self._fatal or error
 
     def _dest(self, path: str) -> str:
         return os.path.join(self.target, os.fsdecode(os.fsencode(path)))
@@ -186,21 +189,43 @@ class Restorer:
         if folder not in self._fresh_dirs and self._existing_matches(dest, node):
             self.result.files_skipped_existing += 1
             return
+        job = self._open_job(dest, folder, node)
+        self._plan_blobs(job)
+
+    def _open_job(self, dest: str, folder: str, node: Node) -> FileJob:
+        if not self._open_slots.acquire(blocking=False):
+            self._planner.flush()  # the open files finish only once their groups are handed out
+            self._open_slots.acquire()
         tmp = os.path.join(folder, f"{PART_PREFIX}{self._run_token}-{next(self._part_numbers)}")
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_EXCL, 0o600)
-        os.ftruncate(fd, node.size)
-        segments = list(_segments(self.repo, node.content))
-        job = _FileJob(dest, node, fd, tmp, len(segments))
-        if not segments:
-            self._complete(job)
-            return
-        for offset, ids, locations in segments:
-            self._slots.acquire()
-            future = self._pool.submit(self._write_segment, job, offset, ids, locations)
-            future.add_done_callback(lambda _f: self._slots.release())
-            self._futures.append(future)
-        if len(self._futures) > 4 * MAX_INFLIGHT_TASKS:
-            self._futures = [f for f in self._futures if not f.done()]
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_EXCL, 0o600)
+        except BaseException:
+            self._open_slots.release()
+            raise
+        # Every blob reference, plus one for planning itself: the file cannot
+        # complete while its blobs are still being handed out.
+        job = FileJob(dest, node, fd, tmp, len(node.content) + 1)
+        with self._lock:
+            self._open_jobs.add(job)
+        return job
+
+    def _plan_blobs(self, job: FileJob) -> None:
+        """Hand every blob of the file to the planner; a blob missing from the index fails the file."""
+        planned = 0
+        try:
+            os.ftruncate(job.fd, job.node.size)
+            offset = 0
+            locate, add = self.repo.locate, self._planner.add
+            for hexid in job.node.content:
+                blob_id = bytes.fromhex(hexid)
+                loc = locate(blob_id)
+                add(loc, (job, offset, loc.inner, loc.raw_length, blob_id))
+                planned += 1
+                offset += loc.raw_length
+        except (IntegrityError, OSError) as exc:
+            job.error = job.error or exc
+        finally:
+            self._writer.settle(job, len(job.node.content) + 1 - planned)
 
     def _existing_matches(self, dest: str, node: Node) -> bool:
         try:
@@ -211,42 +236,11 @@ class Restorer:
             return False
         return _content_matches(self.repo, dest, node)
 
-    def _write_segment(self, job: _FileJob, offset: int, ids: list[bytes],
-                       locations: list[Location]) -> None:
-        try:
-            if job.error is None and self._fatal is None:
-                self._write_blobs(job, offset, ids, locations)
-        except BaseException as exc:  # recorded per file; decided on in _complete
-            job.error = job.error or exc
-        with job.lock:
-            job.remaining -= 1
-            last = job.remaining == 0
-        if last:
-            self._complete(job)
-
-    def _write_blobs(self, job: _FileJob, offset: int, ids: list[bytes],
-                     locations: list[Location]) -> None:
-        """Write verified blobs, coalescing neighbours into one pwritev; zero blobs become holes."""
-        pending: list[memoryview] = []
-        start = offset
-        for blob_id, data in zip(ids, self.repo.read_blobs(ids, locations)):
-            if blob_id in self._zero_blobs or _all_zero(data):
-                self._zero_blobs.add(blob_id)  # leave a hole: the file stays sparse
-                _write_locked(job, pending, start)
-                pending = []
-                start = offset + len(data)
-            else:
-                pending.append(data)
-                if len(pending) >= WRITE_BATCH:
-                    _write_locked(job, pending, start)
-                    pending = []
-                    start = offset + len(data)
-            offset += len(data)
-            if self.progress:
-                self.progress(len(data))
-        _write_locked(job, pending, start)
-
-    def _complete(self, job: _FileJob) -> None:
+    def _complete(self, job: FileJob) -> None:
+        """Every blob of the file is written (or failed): rename it into place, or discard it."""
+        with self._lock:
+            self._open_jobs.discard(job)
+        self._open_slots.release()
         try:
             if job.error is None:
                 _apply_metadata_fd(job.fd, job.node)
@@ -261,8 +255,10 @@ class Restorer:
             _unlink_quietly(job.tmp)
         self._file_failed(job)
 
-    def _file_failed(self, job: _FileJob) -> None:
+    def _file_failed(self, job: FileJob) -> None:
         error = job.error
+        if isinstance(error, Aborted):
+            return  # another error stopped the restore; that one is reported
         if isinstance(error, OSError):
             error = _target_error(error, job.path)
         with self._lock:
@@ -276,9 +272,16 @@ class Restorer:
                                                 "to restore everything else")
                 self._fatal = error
 
-    def _wait(self) -> None:
-        for future in self._futures:
-            future.result()
+    def _discard_unfinished(self) -> None:
+        """After an error: files whose blobs were never all handed out leave no temporary behind."""
+        with self._lock:
+            jobs, self._open_jobs = list(self._open_jobs), set()
+        for job in jobs:
+            try:
+                os.close(job.fd)
+            except OSError:
+                pass
+            _unlink_quietly(job.tmp)
 
     def _finish_links_and_dirs(self) -> None:
         for first, dest in self._pending_links:
@@ -289,54 +292,6 @@ class Restorer:
                 raise _target_error(exc, dest) from None
         for dest, node in reversed(self._dirs):
             _apply_metadata(dest, node)
-
-
-def _segments(repo: Repository, content: list[str]) -> Iterator[tuple[int, list[bytes], list[Location]]]:
-    """Split a file's blobs into ~32 MiB pieces that can be written in parallel.
-
-    The locations found here travel with each piece, so the workers do not
-    look every blob up in the index a second time.
-    """
-    offset, start, size = 0, 0, 0
-    ids: list[bytes] = []
-    locations: list[Location] = []
-    for hexid in content:
-        blob_id = bytes.fromhex(hexid)
-        location = repo.locate(blob_id)
-        ids.append(blob_id)
-        locations.append(location)
-        size += location.raw_length
-        offset += location.raw_length
-        if size >= SEGMENT_BYTES:
-            yield start, ids, locations
-            start, ids, locations, size = offset, [], [], 0
-    if ids:
-        yield start, ids, locations
-
-
-def _all_zero(data: memoryview) -> bool:
-    """Cheap reject on the ends first: random data almost never starts and ends with 0."""
-    if not len(data) or data[0] or data[-1]:
-        return not len(data)
-    return data == bytes(len(data))
-
-
-def _write_locked(job: _FileJob, buffers: list[memoryview], offset: int) -> None:
-    if buffers:
-        with job.write_lock:
-            _pwritev_all(job.fd, buffers, offset)
-
-
-def _pwritev_all(fd: int, buffers: list[memoryview], offset: int) -> None:
-    """pwritev until everything is written (short writes happen on some file systems)."""
-    while buffers:
-        written = os.pwritev(fd, buffers, offset)
-        offset += written
-        while buffers and written >= len(buffers[0]):
-            written -= len(buffers[0])
-            buffers = buffers[1:]
-        if buffers and written:
-            buffers = [buffers[0][written:], *buffers[1:]]
 
 
 def _content_matches(repo: Repository, dest: str, node: Node) -> bool:
