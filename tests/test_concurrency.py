@@ -27,7 +27,7 @@ from dbservers import PgServer, postgres_server
 from sqlalchemy import insert
 
 from drtool.catalog.db import head_revision
-from drtool.catalog.models import IndexFileRow
+from drtool.catalog.models import index_file_table
 from drtool.catalog.store import Catalog
 from drtool.repository.index import PackRecord
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot
@@ -207,7 +207,7 @@ def test_catalog_rows_inserted_by_another_host_meanwhile_are_fine(repo_env: DrEn
         assert {s.id for s in host_a.snapshots()} == ids == {s.id for s in host_b.snapshots()}
         errors: list[BaseException] = []
         with host_b.engine.connect() as conn:  # B caches index "ii…" and has not committed yet
-            conn.execute(insert(IndexFileRow), [{"repo_id": repo_id, "index_id": "ii" * 32}])
+            conn.execute(insert(index_file_table), [{"repo_id": repo_id, "index_id": "ii" * 32}])
             writer = threading.Thread(target=_store_index, args=(host_a, "ii" * 32, record, errors))
             writer.start()
             time.sleep(0.5)  # A now waits on B's uncommitted row

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text, delete, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import delete, select
 
-from drtool.catalog.models import Base
+from drtool.catalog.models import log_segment_table
 from drtool.catalog.store import Catalog, insert_new
 from drtool.snapshot.model import Snapshot
 
@@ -33,30 +32,6 @@ MARIADB_DUMP = "mariadb-dump"
 DEFAULT_WAL_SEGMENT = 16 * 1024 * 1024
 _LSN_RE = re.compile(r"^([0-9A-F]{1,8})/([0-9A-F]{1,8})$", re.IGNORECASE)
 _BINLOG_SEQ_RE = re.compile(r"\.(\d+)$")
-
-
-class LogSegmentRow(Base):
-    """One archived log file of one source (WAL segment, history file, binlog)."""
-
-    __tablename__ = "log_segments"
-    repo_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    object_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    source: Mapped[str] = mapped_column(String(255))
-    kind: Mapped[str] = mapped_column(String(16))
-    name: Mapped[str] = mapped_column(String(255))
-    timeline: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    first_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    last_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    start_pos: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    end_pos: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    size: Mapped[int] = mapped_column(BigInteger, default=0)
-    archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    extra: Mapped[str] = mapped_column(Text, default="{}")
-
-
-Index("ix_log_segments_source", LogSegmentRow.repo_id, LogSegmentRow.source, LogSegmentRow.kind,
-      LogSegmentRow.seq)
 
 
 @dataclass
@@ -132,8 +107,8 @@ class LogCatalog:
 
     def known_object_ids(self) -> set[str]:
         with self.catalog.engine.connect() as conn:
-            rows = conn.execute(select(LogSegmentRow.object_id)
-                                .where(LogSegmentRow.repo_id == self.repo_id))
+            rows = conn.execute(select(log_segment_table.c.object_id)
+                                .where(log_segment_table.c.repo_id == self.repo_id))
             return {r[0] for r in rows}
 
     def add(self, segments: Iterable[Segment]) -> int:
@@ -141,30 +116,30 @@ class LogCatalog:
         if rows:
             ids = [r["object_id"] for r in rows]
             with self.catalog._begin() as conn:
-                conn.execute(delete(LogSegmentRow).where(LogSegmentRow.repo_id == self.repo_id,
-                                                         LogSegmentRow.object_id.in_(ids)))
-                insert_new(conn, LogSegmentRow, rows)  # another host may sync the same rows
+                conn.execute(delete(log_segment_table).where(log_segment_table.c.repo_id == self.repo_id,
+                                                         log_segment_table.c.object_id.in_(ids)))
+                insert_new(conn, log_segment_table, rows)  # another host may sync the same rows
         return len(rows)
 
     def remove(self, object_ids: Iterable[str]) -> None:
         ids = list(object_ids)
         if ids:
             with self.catalog._begin() as conn:
-                conn.execute(delete(LogSegmentRow).where(LogSegmentRow.repo_id == self.repo_id,
-                                                         LogSegmentRow.object_id.in_(ids)))
+                conn.execute(delete(log_segment_table).where(log_segment_table.c.repo_id == self.repo_id,
+                                                         log_segment_table.c.object_id.in_(ids)))
 
     def clear(self) -> None:
         with self.catalog._begin() as conn:
-            conn.execute(delete(LogSegmentRow).where(LogSegmentRow.repo_id == self.repo_id))
+            conn.execute(delete(log_segment_table).where(log_segment_table.c.repo_id == self.repo_id))
 
     def segments(self, source: str | None = None, kind: str | None = None) -> list[Segment]:
-        query = select(LogSegmentRow).where(LogSegmentRow.repo_id == self.repo_id)
+        query = select(log_segment_table).where(log_segment_table.c.repo_id == self.repo_id)
         if source is not None:
-            query = query.where(LogSegmentRow.source == source)
+            query = query.where(log_segment_table.c.source == source)
         if kind is not None:
-            query = query.where(LogSegmentRow.kind == kind)
+            query = query.where(log_segment_table.c.kind == kind)
         with self.catalog.engine.connect() as conn:
-            rows = conn.execute(query.order_by(LogSegmentRow.seq, LogSegmentRow.name)).all()
+            rows = conn.execute(query.order_by(log_segment_table.c.seq, log_segment_table.c.name)).all()
         return [_from_row(r) for r in rows]
 
     def _row(self, seg: Segment) -> dict[str, Any]:

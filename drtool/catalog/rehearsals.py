@@ -14,41 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import DateTime, Float, Integer, String, Text, delete, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlalchemy.orm import Mapped, mapped_column
 
-from drtool.catalog.models import Base
+from drtool.catalog.models import rehearsal_step_table, rehearsal_table
 from drtool.catalog.store import Catalog
 from drtool.errors import CatalogError
-
-
-class RehearsalRow(Base):
-    __tablename__ = "rehearsals"
-    repo_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    runbook: Mapped[str] = mapped_column(String(255), index=True)
-    host: Mapped[str] = mapped_column(String(255))
-    started: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    finished: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16))
-    rto_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    rpo_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    document: Mapped[str] = mapped_column(Text)
-
-
-class RehearsalStepRow(Base):
-    __tablename__ = "rehearsal_steps"
-    repo_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    rehearsal_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    position: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(255))
-    source: Mapped[str] = mapped_column(String(255), index=True)
-    snapshot_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    started: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    status: Mapped[str] = mapped_column(String(16))
-    rto_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    rpo_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 @dataclass
@@ -106,9 +77,9 @@ def add_rehearsals(catalog: Catalog, documents: Iterable[dict[str, Any]]) -> int
         steps.extend(_step_rows(catalog.repo_id, doc))
     if rows:
         with _begin(catalog) as conn:
-            conn.execute(insert(RehearsalRow), rows)
+            conn.execute(insert(rehearsal_table), rows)
             if steps:
-                conn.execute(insert(RehearsalStepRow), steps)
+                conn.execute(insert(rehearsal_step_table), steps)
     return len(rows)
 
 
@@ -131,28 +102,28 @@ def remove_rehearsals(catalog: Catalog, ids: Iterable[str]) -> None:
     ids = list(ids)
     if ids:
         with _begin(catalog) as conn:
-            for table, column in ((RehearsalStepRow, RehearsalStepRow.rehearsal_id),
-                                  (RehearsalRow, RehearsalRow.id)):
-                conn.execute(delete(table).where(table.repo_id == catalog.repo_id, column.in_(ids)))
+            for table, column in ((rehearsal_step_table, rehearsal_step_table.c.rehearsal_id),
+                                  (rehearsal_table, rehearsal_table.c.id)):
+                conn.execute(delete(table).where(table.c.repo_id == catalog.repo_id, column.in_(ids)))
 
 
 def rehearsal_ids(catalog: Catalog) -> set[str]:
     with catalog.engine.connect() as conn:
-        rows = conn.execute(select(RehearsalRow.id).where(RehearsalRow.repo_id == catalog.repo_id))
+        rows = conn.execute(select(rehearsal_table.c.id).where(rehearsal_table.c.repo_id == catalog.repo_id))
         return {r[0] for r in rows}
 
 
 def rehearsal_history(catalog: Catalog, source: str | None = None, since: datetime | None = None,
                       limit: int | None = None) -> list[dict[str, Any]]:
     """Rehearsal documents, oldest first; with ``source`` only drills that restored it."""
-    query = select(RehearsalRow.document).where(RehearsalRow.repo_id == catalog.repo_id)
+    query = select(rehearsal_table.c.document).where(rehearsal_table.c.repo_id == catalog.repo_id)
     if source:
-        ids = select(RehearsalStepRow.rehearsal_id).where(
-            RehearsalStepRow.repo_id == catalog.repo_id, RehearsalStepRow.source == source)
-        query = query.where(RehearsalRow.id.in_(ids))
+        ids = select(rehearsal_step_table.c.rehearsal_id).where(
+            rehearsal_step_table.c.repo_id == catalog.repo_id, rehearsal_step_table.c.source == source)
+        query = query.where(rehearsal_table.c.id.in_(ids))
     if since is not None:
-        query = query.where(RehearsalRow.started >= since.astimezone(timezone.utc))
-    query = query.order_by(RehearsalRow.started.desc(), RehearsalRow.id)
+        query = query.where(rehearsal_table.c.started >= since.astimezone(timezone.utc))
+    query = query.order_by(rehearsal_table.c.started.desc(), rehearsal_table.c.id)
     if limit:
         query = query.limit(limit)
     with catalog.engine.connect() as conn:
@@ -162,11 +133,11 @@ def rehearsal_history(catalog: Catalog, source: str | None = None, since: dateti
 
 def last_rehearsal(catalog: Catalog, source: str) -> RehearsalSummary | None:
     """The most recent rehearsal that restored ``source`` (for ``drtool status``)."""
-    query = (select(RehearsalRow.document, RehearsalStepRow.position)
-             .join(RehearsalStepRow, (RehearsalStepRow.repo_id == RehearsalRow.repo_id)
-                   & (RehearsalStepRow.rehearsal_id == RehearsalRow.id))
-             .where(RehearsalRow.repo_id == catalog.repo_id, RehearsalStepRow.source == source)
-             .order_by(RehearsalRow.started.desc(), RehearsalStepRow.position.desc()).limit(1))
+    query = (select(rehearsal_table.c.document, rehearsal_step_table.c.position)
+             .join(rehearsal_step_table, (rehearsal_step_table.c.repo_id == rehearsal_table.c.repo_id)
+                   & (rehearsal_step_table.c.rehearsal_id == rehearsal_table.c.id))
+             .where(rehearsal_table.c.repo_id == catalog.repo_id, rehearsal_step_table.c.source == source)
+             .order_by(rehearsal_table.c.started.desc(), rehearsal_step_table.c.position.desc()).limit(1))
     with catalog.engine.connect() as conn:
         row = conn.execute(query).first()
     if row is None:

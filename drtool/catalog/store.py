@@ -10,10 +10,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session as OrmSession
 
 from drtool.catalog.db import catalog_url, open_engine
-from drtool.catalog.models import IndexFileRow, IndexPackRow, RunRow, SnapshotRow
+from drtool.catalog.models import index_file_table, index_pack_table, run_table, snapshot_table
 from drtool.errors import CatalogError
 from drtool.repository.index import PackRecord
 from drtool.repository.packfile import pack_entries
@@ -37,21 +36,21 @@ class Catalog:
     # ----- snapshots ----------------------------------------------------------
     def snapshot_ids(self) -> set[str]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(SnapshotRow.id).where(SnapshotRow.repo_id == self.repo_id))
+            rows = conn.execute(select(snapshot_table.c.id).where(snapshot_table.c.repo_id == self.repo_id))
             return {r[0] for r in rows}
 
     def add_snapshots(self, snaps: Iterable[Snapshot]) -> None:
         rows = [self._row(s) for s in snaps]
         if rows:
             with self._begin() as conn:
-                insert_new(conn, SnapshotRow, rows)
+                insert_new(conn, snapshot_table, rows)
 
     def remove_snapshots(self, ids: Iterable[str]) -> None:
         ids = list(ids)
         if ids:
             with self._begin() as conn:
-                conn.execute(delete(SnapshotRow).where(SnapshotRow.repo_id == self.repo_id,
-                                                       SnapshotRow.id.in_(ids)))
+                conn.execute(delete(snapshot_table).where(snapshot_table.c.repo_id == self.repo_id,
+                                                       snapshot_table.c.id.in_(ids)))
 
     def sync_snapshots(self, repo_ids: set[str], load: Callable[[str], Snapshot | None]) -> None:
         """Make the catalog list exactly the readable snapshots the repository holds."""
@@ -61,11 +60,12 @@ class Catalog:
         self.add_snapshots(s for s in loaded if s is not None)
 
     def snapshots(self, name: str | None = None) -> list[Snapshot]:
-        query = select(SnapshotRow.id, SnapshotRow.manifest).where(SnapshotRow.repo_id == self.repo_id)
+        cols = snapshot_table.c
+        query = select(cols.id, cols.manifest).where(cols.repo_id == self.repo_id)
         if name:
-            query = query.where(SnapshotRow.name == name)
+            query = query.where(cols.name == name)
         with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(SnapshotRow.time, SnapshotRow.id)).all()
+            rows = conn.execute(query.order_by(cols.time, cols.id)).all()
         return [Snapshot.from_json(r.manifest.encode(), r.id) for r in rows]
 
     def _row(self, snap: Snapshot) -> dict[str, Any]:
@@ -81,14 +81,15 @@ class Catalog:
     # ----- index cache (implements repository.index.IndexCache) ---------------
     def cached_index_ids(self) -> set[str]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(IndexFileRow.index_id).where(IndexFileRow.repo_id == self.repo_id))
+            rows = conn.execute(select(index_file_table.c.index_id)
+                                .where(index_file_table.c.repo_id == self.repo_id))
             return {r[0] for r in rows}
 
     def cached_pack_entries(self, index_ids: set[str]) -> Iterator[tuple[bytes, bytes]]:
         if not index_ids:
             return
-        query = select(IndexPackRow.index_id, IndexPackRow.pack_id, IndexPackRow.entries).where(
-            IndexPackRow.repo_id == self.repo_id)
+        cols = index_pack_table.c
+        query = select(cols.index_id, cols.pack_id, cols.entries).where(cols.repo_id == self.repo_id)
         with self.engine.connect() as conn:
             for row in conn.execute(query):
                 if row.index_id in index_ids:
@@ -99,26 +100,26 @@ class Catalog:
         rows = [{"repo_id": self.repo_id, "index_id": index_id, "pack_id": p.pack_id.hex(),
                  "entries": pack_entries(p.entries)} for p in packs]
         with self._begin() as conn:
-            conn.execute(delete(IndexPackRow).where(IndexPackRow.repo_id == self.repo_id,
-                                                    IndexPackRow.index_id == index_id))
-            conn.execute(delete(IndexFileRow).where(IndexFileRow.repo_id == self.repo_id,
-                                                    IndexFileRow.index_id == index_id))
+            conn.execute(delete(index_pack_table).where(index_pack_table.c.repo_id == self.repo_id,
+                                                    index_pack_table.c.index_id == index_id))
+            conn.execute(delete(index_file_table).where(index_file_table.c.repo_id == self.repo_id,
+                                                    index_file_table.c.index_id == index_id))
             if rows:
-                insert_new(conn, IndexPackRow, rows)
-            insert_new(conn, IndexFileRow, [{"repo_id": self.repo_id, "index_id": index_id}])
+                insert_new(conn, index_pack_table, rows)
+            insert_new(conn, index_file_table, [{"repo_id": self.repo_id, "index_id": index_id}])
 
     def drop_indexes(self, index_ids: set[str]) -> None:
         if not index_ids:
             return
         with self._begin() as conn:
-            for table in (IndexPackRow, IndexFileRow):
-                conn.execute(delete(table).where(table.repo_id == self.repo_id,
-                                                 table.index_id.in_(list(index_ids))))
+            for table in (index_pack_table, index_file_table):
+                conn.execute(delete(table).where(table.c.repo_id == self.repo_id,
+                                                 table.c.index_id.in_(list(index_ids))))
 
     # ----- run history ----------------------------------------------------------
     def start_run(self, command: str, host: str, name: str | None = None) -> int:
         with self._begin() as conn:
-            result = conn.execute(insert(RunRow).values(
+            result = conn.execute(insert(run_table).values(
                 repo_id=self.repo_id, command=command, name=name, host=host,
                 started=datetime.now(timezone.utc), status="running"))
             return int(result.inserted_primary_key[0])
@@ -126,24 +127,25 @@ class Catalog:
     def finish_run(self, run_id: int, status: str, exit_code: int, *, snapshot_id: str | None = None,
                    bytes_added: int = 0, message: str = "", stats: dict[str, Any] | None = None) -> None:
         with self._begin() as conn:
-            conn.execute(update(RunRow).where(RunRow.id == run_id).values(
+            conn.execute(update(run_table).where(run_table.c.id == run_id).values(
                 finished=datetime.now(timezone.utc), status=status, exit_code=exit_code,
                 snapshot_id=snapshot_id, bytes_added=bytes_added, message=message[:2000],
                 stats=json.dumps(stats or {})))
 
-    def runs(self, command: str | None = None, limit: int = 100) -> list[RunRow]:
-        query = select(RunRow).where(RunRow.repo_id == self.repo_id)
+    def runs(self, command: str | None = None, limit: int = 100) -> list[Any]:
+        """Run history rows, newest first (attributes named as the ``runs`` columns)."""
+        query = select(run_table).where(run_table.c.repo_id == self.repo_id)
         if command:
-            query = query.where(RunRow.command == command)
-        with OrmSession(self.engine, expire_on_commit=False) as orm:
-            return list(orm.scalars(query.order_by(RunRow.id.desc()).limit(limit)))
+            query = query.where(run_table.c.command == command)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query.order_by(run_table.c.id.desc()).limit(limit)))
 
     # ----- rebuild ----------------------------------------------------------------
     def clear_cache(self) -> None:
         """Forget everything rebuildable for this repository (keeps run history)."""
         with self._begin() as conn:
-            for table in (SnapshotRow, IndexPackRow, IndexFileRow):
-                conn.execute(delete(table).where(table.repo_id == self.repo_id))
+            for table in (snapshot_table, index_pack_table, index_file_table):
+                conn.execute(delete(table).where(table.c.repo_id == self.repo_id))
 
     def _begin(self):  # type: ignore[no-untyped-def]
         try:
