@@ -30,3 +30,40 @@ def test_add_packed_matches_add_pack() -> None:
 def test_add_packed_rejects_a_partial_entry() -> None:
     with pytest.raises(ValueError):
         MemoryIndex().add_packed(os.urandom(32), pack_entries(_entries(2))[:-1])
+
+
+def test_many_blobs_split_buckets_and_all_stay_findable() -> None:
+    entries = _entries(20_000)  # far past one bucket: thousands of splits
+    index = MemoryIndex()
+    for start in range(0, len(entries), 700):  # packs added in slices, as uploads do
+        index.add_entries(b"p" * 32, entries[start:start + 700])
+    assert index.packs == {b"p" * 32: 20_000}
+    for e in entries[::97]:
+        loc = index.get(e.blob_id)
+        assert loc is not None and (loc.offset, loc.raw_length) == (e.offset, e.raw_length)
+    assert all(e.blob_id in index for e in entries)
+    assert index.has_all(e.blob_id.hex() for e in entries[:500])
+    strangers = [os.urandom(32) for _ in range(2000)]
+    assert not any(s in index for s in strangers)
+    assert not index.has_all([entries[0].blob_id.hex(), strangers[0].hex()])
+    assert {blob_id for blob_id, _loc in index.items()} == {e.blob_id for e in entries}
+
+
+def test_a_reserved_index_finds_the_same_and_the_first_pack_wins() -> None:
+    entries = _entries(3000)
+    first, second = os.urandom(32), os.urandom(32)
+    index = MemoryIndex()
+    index.reserve(len(entries) + 10)
+    index.add_packed(first, pack_entries(entries))
+    index.add_packed(second, pack_entries(entries[:10]))  # the same blobs, stored again
+    assert all(index.get(e.blob_id).pack_id == first for e in entries[:10])  # type: ignore[union-attr]
+    assert len(dict(index.items())) == 3000
+
+
+def test_ids_of_another_length_are_never_found() -> None:
+    entries = _entries(50)
+    index = MemoryIndex()
+    index.add_pack(PackRecord(os.urandom(32), entries))
+    prefix = entries[7].blob_id[:16]  # a substring of a stored id
+    assert prefix not in index and index.get(prefix) is None
+    assert not index.has_all([prefix.hex()])

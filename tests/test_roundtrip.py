@@ -54,6 +54,25 @@ def test_unchanged_tree_adds_nothing(repo_env: DrEnv, tmp_path: Path) -> None:
     assert second["summary"]["files_read"] == 0
 
 
+def test_a_changed_mode_deep_down_changes_exactly_the_trees_above_it(repo_env: DrEnv,
+                                                                      tmp_path: Path) -> None:
+    """Unchanged directories keep their parent tree id without re-encoding; a directory
+    with one changed entry (here only its mode) must not, nor any directory above it."""
+    src = tmp_path / "src"
+    (src / "a" / "b" / "c").mkdir(parents=True)
+    (src / "x" / "y").mkdir(parents=True)
+    (src / "a" / "b" / "c" / "deep.txt").write_text("deep")
+    (src / "x" / "y" / "other.txt").write_text("other")
+    repo_env.run("backup", str(src), "--name", "n")
+    os.chmod(src / "a" / "b" / "c" / "deep.txt", 0o600)
+    second = json.loads(repo_env.run("backup", str(src), "--name", "n", "--json").out)
+    assert second["summary"]["files_read"] == 1  # chmod changed its ctime: read again, same blob
+    assert second["summary"]["blobs_added"] == 5  # trees c, b, a, src and the root; x, y reused
+    out = tmp_path / "out"
+    assert repo_env.run("restore", "latest", "--target", str(out)).code == 0
+    assert (out / "src" / "a" / "b" / "c" / "deep.txt").stat().st_mode & 0o777 == 0o600
+
+
 def test_point_in_time_picks_newest_at_or_before(repo_env: DrEnv, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -74,34 +74,123 @@ class IndexCache(Protocol):
 
 
 _RECORD = struct.Struct("<IBQIII")  # pack number, type, offset, length, inner, raw length
+_SLOT = ID_SIZE + _RECORD.size       # one entry: blob id, then its record
+BUCKET_CAPACITY = 16                 # entries before a bucket splits (~0.9 KiB: one find ~0.3 us)
+_FILL_AFTER_RESERVE = 10             # entries per bucket a reserved directory is sized for
+
+
+class _Bucket(bytearray):
+    """Entries back to back; ``depth`` low hash bits are shared by all of them."""
+
+    __slots__ = ("depth",)
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.depth = depth
 
 
 class MemoryIndex:
     """blob id → Location, plus which packs exist.
 
-    Entries are packed 25-byte records with interned pack ids (about 110
-    bytes per blob with the dict and key, against ~250 for tuples), because
-    at millions of files the index is most of a backup's memory.
+    At millions of files the index is most of a backup's memory, so entries
+    are not Python objects: each is 57 bytes (id + packed record) in a
+    bucket (a ``bytearray``) chosen by the low bits of the id's hash, with
+    extendible hashing -- a full bucket splits on its next bit, and the
+    directory of buckets doubles (pointers only) when a bucket is as deep as
+    it.  About 70 bytes per blob, where a ``dict[bytes, bytes]`` took ~180
+    (the 200,000-file backup: ~36 MiB → ~14 MiB); a lookup is one
+    ``bytearray.find`` in a bucket of at most ~0.9 KiB (~1 us, against
+    ~0.1 us for the dict: 0.2 s per million lookups).
+
+    Entries are appended without a lookup (every caller adds blobs it knows
+    to be new, or whole packs at load time).  A blob stored in two packs
+    therefore has two entries; lookups find the first, so the first pack
+    added wins, as it always did.
     """
 
     def __init__(self) -> None:
-        self._blobs: dict[bytes, bytes] = {}
+        self._mask = 0  # directory index = hash(id) & mask; len(_dir) == mask + 1
+        self._dir: list[_Bucket] = [_Bucket(0)]
+        self._entries = 0
         self.packs: dict[bytes, int] = {}
         self._pack_ids: list[bytes] = []
         self._pack_numbers: dict[bytes, int] = {}
 
+    def reserve(self, entries: int) -> None:
+        """Size the directory for about ``entries`` more blobs, so loading them splits no bucket.
+
+        Only on an empty index: the start-up load of a large repository
+        (splitting moves each entry about 1.4 times: 2.7 us per entry
+        instead of ~1).
+        """
+        if self._entries:
+            return
+        depth = max(0, (entries // _FILL_AFTER_RESERVE).bit_length())
+        self._mask = (1 << depth) - 1
+        self._dir = [_Bucket(depth) for _ in range(1 << depth)]
+
     def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self._blobs
+        bucket = self._dir[hash(blob_id) & self._mask]
+        pos = bucket.find(blob_id)
+        while pos > 0 and pos % _SLOT:  # a match must start on an entry boundary
+            pos = bucket.find(blob_id, pos + 1)
+        return pos >= 0 and len(blob_id) == ID_SIZE
+
+    def has_all(self, hex_ids: Iterable[str]) -> bool:
+        """Whether every blob (hex ids, as trees list them) is in the index.
+
+        The parent-snapshot skip asks this for every unchanged file; one
+        loop here instead of a method call per id halves its cost.
+        """
+        directory, mask, fromhex = self._dir, self._mask, bytes.fromhex
+        for hex_id in hex_ids:
+            blob_id = fromhex(hex_id)
+            bucket = directory[hash(blob_id) & mask]
+            pos = bucket.find(blob_id)
+            while pos > 0 and pos % _SLOT:
+                pos = bucket.find(blob_id, pos + 1)
+            if pos < 0 or len(blob_id) != ID_SIZE:
+                return False
+        return True
 
     def __len__(self) -> int:
-        return len(self._blobs)
+        """Entries stored (a blob in two packs counts twice)."""
+        return self._entries
 
     def get(self, blob_id: bytes) -> Location | None:
-        record = self._blobs.get(blob_id)
-        if record is None:
+        bucket = self._dir[hash(blob_id) & self._mask]
+        pos = bucket.find(blob_id)
+        while pos > 0 and pos % _SLOT:
+            pos = bucket.find(blob_id, pos + 1)
+        if pos < 0 or len(blob_id) != ID_SIZE:
             return None
-        number, blob_type, offset, length, inner, raw_length = _RECORD.unpack(record)
+        number, blob_type, offset, length, inner, raw_length = _RECORD.unpack_from(bucket, pos + ID_SIZE)
         return Location(self._pack_ids[number], blob_type, offset, length, inner, raw_length)
+
+    def _append(self, blob_id: bytes, record: bytes) -> None:
+        bucket = self._dir[hash(blob_id) & self._mask]
+        bucket += blob_id
+        bucket += record
+        self._entries += 1
+        if len(bucket) > BUCKET_CAPACITY * _SLOT:
+            self._split(bucket)
+
+    def _split(self, bucket: _Bucket) -> None:
+        depth = bucket.depth
+        if depth >= 60:
+            return  # 60 equal hash bits: only possible for one blob added again and again
+        if depth == self._mask.bit_length():  # as deep as the directory: double it (pointers only)
+            self._dir = self._dir + self._dir
+            self._mask = (self._mask << 1) | 1
+        low, high = _Bucket(depth + 1), _Bucket(depth + 1)
+        bit = 1 << depth
+        for pos in range(0, len(bucket), _SLOT):  # entries keep their order: the first still wins
+            half = high if hash(bytes(bucket[pos:pos + ID_SIZE])) & bit else low
+            half += bucket[pos:pos + _SLOT]
+        # the directory slots that pointed at the old bucket share its low `depth` bits
+        first = hash(bytes(bucket[:ID_SIZE])) & (bit - 1)
+        for i in range(first, len(self._dir), bit):
+            self._dir[i] = high if i & bit else low
 
     def _pack_number(self, pack_id: bytes) -> int:
         number = self._pack_numbers.get(pack_id)
@@ -120,21 +209,33 @@ class MemoryIndex:
         if len(raw_entries) % ENTRY.size:
             raise ValueError("partial blob entry")
         number = self._pack_number(pack_id)
-        blobs, record = self._blobs, _RECORD.pack
+        append, record = self._append, _RECORD.pack
         for blob_type, blob_id, offset, length, inner, raw_length in ENTRY.iter_unpack(raw_entries):
-            if blob_id not in blobs:
-                blobs[blob_id] = record(number, blob_type, offset, length, inner, raw_length)
+            append(blob_id, record(number, blob_type, offset, length, inner, raw_length))
         self.packs[pack_id] = len(raw_entries) // ENTRY.size
 
     def add_pack(self, pack: PackRecord) -> None:
-        self.packs[pack.pack_id] = len(pack.entries)
-        number = self._pack_number(pack.pack_id)
-        blobs = self._blobs
-        for e in pack.entries:
-            if e.blob_id not in blobs:
-                blobs[e.blob_id] = _RECORD.pack(number, e.blob_type, e.offset, e.length, e.inner,
-                                                e.raw_length)
+        self.packs[pack.pack_id] = 0
+        self.add_entries(pack.pack_id, pack.entries)
+
+    def add_entries(self, pack_id: bytes, entries: list[BlobEntry]) -> None:
+        """Add some of a pack's entries (a pack may be added in several slices)."""
+        self.packs[pack_id] = self.packs.get(pack_id, 0) + len(entries)
+        number = self._pack_number(pack_id)
+        append, record = self._append, _RECORD.pack
+        for e in entries:
+            append(e.blob_id, record(number, e.blob_type, e.offset, e.length, e.inner, e.raw_length))
 
     def items(self) -> Iterator[tuple[bytes, Location]]:
-        for blob_id in self._blobs:
-            yield blob_id, self.get(blob_id)  # type: ignore[misc]
+        """Every blob once, with the location lookups give (for checks and tests, not hot paths)."""
+        done: set[int] = set()
+        seen: set[bytes] = set()
+        for bucket in self._dir:
+            if id(bucket) in done:  # a bucket fills several directory slots
+                continue
+            done.add(id(bucket))
+            for pos in range(0, len(bucket), _SLOT):
+                blob_id = bytes(bucket[pos:pos + ID_SIZE])
+                if blob_id not in seen:
+                    seen.add(blob_id)
+                    yield blob_id, self.get(blob_id)  # type: ignore[misc]

@@ -9,7 +9,7 @@ so non-UTF-8 names round-trip byte for byte.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -48,14 +48,27 @@ class Node:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Node":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        node = cls(**known)
+        """Defaults, then the stored fields (unknown ones from newer versions ignored).
+
+        Filled in directly rather than through ``__init__``: decoding parent
+        trees is on every incremental backup's walking thread (200,000
+        nodes: ~1.6 s with ``cls(**known)``).
+        """
+        if "name" not in data or "type" not in data:
+            raise ValueError("tree node without name or type")
+        node = object.__new__(cls)
+        attrs = node.__dict__
+        attrs.update(_DEFAULTS)
+        attrs["content"] = []
+        attrs.update(data if data.keys() <= _FIELDS else {k: v for k, v in data.items() if k in _FIELDS})
         if node.type not in NODE_TYPES:
             raise ValueError(f"unknown node type {node.type!r}")
         return node
 
 
 _ZERO_KEPT = frozenset({"mode", "uid", "gid", "mtime_ns", "ctime_ns", "inode", "size"})
+_FIELDS = frozenset(Node.__dataclass_fields__)
+_DEFAULTS = {name: f.default for name, f in Node.__dataclass_fields__.items() if f.default is not MISSING}
 
 
 def encode_tree(nodes: list[Node]) -> bytes:

@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 from drtool.snapshot.model import (BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node)
 
@@ -121,12 +121,15 @@ def unchanged(node: Node, old: Node | None) -> bool:
             and old.inode == node.inode)
 
 
-def open_for_backup(path: bytes) -> int:
+def open_for_backup(path: bytes, check_regular: bool = True) -> int:
     """Open a file found as regular for reading.
 
     O_NONBLOCK: if the name was replaced by a FIFO since the scan, opening
     it must not wait forever for a writer (no effect on regular files).
     Anything but a regular file behind the descriptor counts as vanished.
+    Callers that read only a bounded amount may skip the check here and
+    make it after reading (:func:`stat_after_read`): one ``fstat`` per
+    small file instead of two.
     """
     base = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
     flags = base | getattr(os, "O_NOATIME", 0)
@@ -141,10 +144,20 @@ def open_for_backup(path: bytes) -> int:
             raise _error(path, exc) from None
     except OSError as exc:
         raise _error(path, exc) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise Vanished(path, "replaced by another kind of file during the backup")
+    if check_regular:
+        try:
+            ensure_regular(fd, path)
+        except Vanished:
+            os.close(fd)
+            raise
     return fd
+
+
+def ensure_regular(fd: int, path: bytes) -> os.stat_result:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise Vanished(path, "replaced by another kind of file during the backup")
+    return st
 
 
 def whole_holes(fd: int, offset: int, block: int) -> int:
@@ -180,18 +193,18 @@ def read_into(fd: int, path: bytes, view: memoryview) -> int:
     return filled
 
 
-def reader(fd: int, path: bytes) -> Callable[[int], bytes]:
-    def read(size: int) -> bytes:
-        try:
-            return os.read(fd, size)
-        except OSError as exc:
-            raise _error(path, exc, _GONE) from None
-    return read
+def read_some(fd: int, path: bytes, view: memoryview) -> int:
+    """One read into ``view`` (a regular file reads short only at its end); the byte count."""
+    try:
+        return os.readv(fd, [view])
+    except OSError as exc:
+        raise _error(path, exc, _GONE) from None
 
 
-def changed_since(fd: int, before: os.stat_result) -> bool:
-    """True when the file was modified while we read it (torn read)."""
-    after = os.fstat(fd)
+def changed_since(fd: int, path: bytes, before: os.stat_result) -> bool:
+    """True when the file was modified while we read it (torn read); Vanished if it is
+    no longer a regular file (the check :func:`open_for_backup` may have left to us)."""
+    after = ensure_regular(fd, path)
     return (after.st_size != before.st_size or after.st_mtime_ns != before.st_mtime_ns
             or after.st_ctime_ns != before.st_ctime_ns)
 
