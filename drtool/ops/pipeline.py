@@ -210,7 +210,7 @@ class ChunkPipeline:
 
         Scattered row edits in a SQL dump touch nearly every 1 MiB chunk, so
         text-like data gets ~16 KiB chunks and stores only the edited
-        neighbourhoods again (compression still sees ~4 MiB groups); media
+        neighbourhoods again (compression still sees 16 MiB groups); media
         keeps 1 MiB chunks, which keeps the index small.
         """
         probe = first_block[:TEXT_PROBE]

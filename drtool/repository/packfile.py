@@ -5,7 +5,7 @@ Layout::
     [group 0 sealed][group 1 sealed]...[trailer sealed][u32 trailer length]["DRP2"]
 
 Deduplication works on chunks (blobs), but compression works on *groups*
-of consecutive new blobs (up to ~4 MiB): a 16 KiB chunk of a SQL dump
+of consecutive new blobs (2 MiB, or 16 MiB for dump-like data): a 16 KiB chunk of a SQL dump
 compresses poorly on its own, while a group keeps zstd's window wide enough
 to find the long-range redundancy of dumps and small files.  Measured on the
 bench dump: 16 KiB chunks compressed one by one need 59 MiB, grouped 38 MiB.
