@@ -113,6 +113,21 @@ def test_get_range_view_matches_get_range(backend: Backend) -> None:
         backend.get_range_view("packs/bb/absent", 0, 2 * 1024 * 1024)
 
 
+def test_get_range_into_a_reused_buffer_matches_get_range(backend: Backend) -> None:
+    """Restores read every group into one of a few recycled buffers: stale bytes must never show."""
+    data = _blob(3 * 1024 * 1024 + 77, 11)
+    backend.put("packs/cc/into", data)
+    buf = bytearray(b"\xee" * (3 * 1024 * 1024 + 100))
+    for offset, length in [(0, 10), (4097, 2 * 1024 * 1024), (1, len(data) - 1), (len(data) - 5, 5)]:
+        view = backend.get_range_into("packs/cc/into", offset, length, buf)
+        assert len(view) == length and bytes(view) == data[offset:offset + length]
+        del view
+    with pytest.raises(ObjectMissing):
+        backend.get_range_into("packs/cc/into", 1024 * 1024, len(data), buf)
+    with pytest.raises(ObjectMissing):
+        backend.get_range_into("packs/cc/absent", 0, 1000, buf)
+
+
 @pytest.mark.parametrize("offset,length", [(95, 10), (100, 1), (5000, 10)])
 def test_get_range_past_end_raises(backend: Backend, offset: int, length: int) -> None:
     backend.put("small", _blob(100))

@@ -74,6 +74,13 @@ class Backend(abc.ABC):
         """``get_range`` as a read-only view; backends may map the bytes instead of copying them."""
         return memoryview(self.get_range(name, offset, length))
 
+    def get_range_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
+        """The range as a view, read into ``buf`` (at least ``length`` bytes) where that saves work.
+
+        Backends that download into fresh memory anyway (S3) may ignore ``buf``.
+        """
+        return memoryview(self.get_range(name, offset, length))
+
     def remove_abandoned_temporaries(self, older_than_seconds: float) -> int:
         """Delete what killed writers left half-written, if untouched for this long; return how many.
 

@@ -149,6 +149,33 @@ class LocalBackend(Backend):
         self.stats.bytes_down += length
         return memoryview(mapped)[offset - start:]
 
+    def get_range_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
+        """``preadv`` into a recycled buffer: a restore reads each group once, and mapping
+        each range cost a TLB shoot-down per unmap on every core (perf, 2 MiB groups:
+        ``smp_call_function_many_cond`` ~5 % of the restore's CPU) where a copy is cheaper."""
+        self.stats.gets += 1
+        view = memoryview(buf)[:length]
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {name} is missing from the repository") from None
+        except OSError as exc:
+            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+        try:
+            done = 0
+            while done < length:
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got == 0:
+                    raise ObjectMissing(f"object {name} is shorter than expected "
+                                        f"({offset + done} < {offset + length} bytes)")
+                done += got
+        except OSError as exc:
+            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        self.stats.bytes_down += length
+        return view
+
     def stat(self, name: str) -> ObjectInfo | None:
         self.stats.heads += 1
         try:

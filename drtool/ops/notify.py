@@ -19,8 +19,6 @@ import logging
 import os
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -77,6 +75,8 @@ def _run_command(command: str, payload: dict[str, Any], timeout: float) -> list[
 
 
 def _post_webhook(url: str, payload: dict[str, Any], timeout: float) -> list[str]:
+    import urllib.error  # only here: urllib.request and its ssl/http/email cost every command ~40 ms
+    import urllib.request
     if not url.startswith(("http://", "https://")):
         return [f"on_failure webhook {url!r} is not an http(s) URL"]
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",

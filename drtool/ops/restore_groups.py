@@ -122,7 +122,7 @@ class GroupWriter:
         self.aborted = False
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore")
         self._slots = threading.BoundedSemaphore(2 * workers + 1)
-        self._buffers = ScratchPool(keep=2 * workers + 2)
+        self._buffers = ScratchPool(keep=3 * workers + 2)
         self._futures: list[Future[None]] = []
         self._zero_blobs: set[bytes] = set()
 

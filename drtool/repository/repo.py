@@ -432,12 +432,15 @@ class Repository:
         their ids (:meth:`cut_blob`): the group's AEAD proves it was written
         with this key, not that it is the group the index points at.
         """
-        sealed = self.backend.get_range_view(pack_name(loc.pack_id), loc.offset, loc.length)
+        raw = buffers.take(loc.length)
         try:
+            sealed = self.backend.get_range_into(pack_name(loc.pack_id), loc.offset, loc.length, raw)
             plain, held = self.envelope.open_recycled(group_kind(loc.blob_type), b"", sealed, buffers)
         except EnvelopeError as exc:
             raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is damaged at offset {loc.offset} "
                                  f"({exc})") from None
+        finally:
+            buffers.give(raw)  # decrypted into another buffer: the sealed bytes are done with
         return OpenedGroup(plain, held, buffers)
 
     def verify_pack(self, pack_id: bytes, data: bytes) -> tuple[list[BlobEntry], list[str]]:
