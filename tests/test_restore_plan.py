@@ -20,7 +20,9 @@ from conftest import PASSWORD, DrEnv
 from drtool.backends.faults import FaultyBackend
 from drtool.backends.memory import MemoryBackend
 from drtool.backends.registry import open_backend
+from drtool import api
 from drtool.crypto.keys import KdfParams
+from drtool.errors import IntegrityError
 from drtool.ops.restore import Restorer
 from drtool.ops.restore_groups import GroupPlanner
 from drtool.ops.session import OpenOptions, Session
@@ -197,6 +199,32 @@ def test_a_wrong_place_in_the_index_cache_is_caught_by_the_blob_id(repo_env: DrE
                 break
         else:
             pytest.fail("both files' blobs should share one group")
-    result = repo_env.run("restore", "latest", "--target", str(tmp_path / "out"))
-    assert result.code == 1 and "does not match its id" in result.err
+    # A session with its catalog (as for S3 repositories) loads the index from the cache.
+    with _session(repo_env) as session:
+        with pytest.raises(IntegrityError, match="does not match its id"):
+            api.restore(session, "latest", str(tmp_path / "out"))
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    # The CLI restores from a local repository without the catalog: the tampered cache is not read.
+    result = repo_env.run("restore", "latest", "--target", str(tmp_path / "cli"))
+    assert result.code == 0, result.err
+    assert (tmp_path / "cli" / "src" / "a.bin").read_bytes() == (src / "a.bin").read_bytes()
+
+
+def test_a_local_restore_needs_no_catalog_and_leaves_it_alone(repo_env: DrEnv, tmp_path: Path) -> None:
+    """At 3 a.m. the catalog (a cache) may be gone or damaged: the restore reads the
+    repository, and neither creates nor touches the catalog."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("needed at 3 a.m.")
+    assert repo_env.run("backup", str(src), "--name", "t").code == 0
+    repo_env.catalog.write_bytes(b"this is not an SQLite database" * 100)
+    damaged = repo_env.catalog.read_bytes()
+    assert repo_env.run("snapshots").code != 0  # the catalog is really unusable
+    for args in (["--dry-run"], []):
+        result = repo_env.run("restore", "latest", "--name", "t", "--target", str(tmp_path / "out"), *args)
+        assert result.code == 0, result.err
+    assert (tmp_path / "out" / "src" / "f.txt").read_text() == "needed at 3 a.m."
+    assert repo_env.catalog.read_bytes() == damaged
+    repo_env.catalog.unlink()
+    assert repo_env.run("restore", "latest", "--target", str(tmp_path / "again")).code == 0
+    assert not repo_env.catalog.exists()

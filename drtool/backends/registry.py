@@ -15,12 +15,18 @@ from drtool.errors import UsageError
 _MEMORY_STORES: dict[str, Backend] = {}
 
 
+def is_local_url(url: str) -> bool:
+    """A path or ``file://`` URL: a repository on this machine's file system."""
+    scheme = urlparse(url).scheme.lower()
+    return scheme in ("", "file") or (len(scheme) == 1 and url[1:3] == ":\\")
+
+
 def open_backend(url: str, options: Mapping[str, Any] | None = None) -> Backend:
     if not url:
         raise UsageError("no repository given", hint="pass --repo URL or set DRTOOL_REPOSITORY")
     parsed = urlparse(url)
     scheme = parsed.scheme.lower()
-    if scheme in ("", "file") or (len(scheme) == 1 and url[1:3] == ":\\"):
+    if is_local_url(url):
         from drtool.backends.local import LocalBackend
 
         path = unquote(parsed.path) if scheme == "file" else url

@@ -141,7 +141,7 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
     if snapshot and when is not None:
         raise UsageError("give either SNAPSHOT or --point-in-time, not both")
     point = parse_point_in_time(when) if when is not None else None
-    session = state.session()
+    session = state.session(defer_catalog=True)  # local repositories: snapshot and index from the repository
     if dry_run:
         result = api.restore_plan(session, snapshot, target, name=name, point_in_time=point,
                                   includes=list(includes))

@@ -34,6 +34,12 @@ class LazyGroup(click.Group):
         _register()
         return super().list_commands(ctx)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple:  # type: ignore[type-arg]
+        """Start deriving the repository key before the command's modules are imported."""
+        if args and args[0] not in NO_SESSION_COMMANDS and not HELP_FLAGS.intersection(args):
+            _state_for(ctx).start_unlock()
+        return super().resolve_command(ctx, args)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module_name = COMMAND_MODULE_OF.get(cmd_name)
         if module_name is None:
@@ -59,13 +65,22 @@ def cli(ctx: click.Context, repo: str | None, config: str | None, verbose: int, 
     """drtool: encrypted, deduplicated disaster-recovery backups you can restore."""
     from drtool.cli.logs import setup_logging
     setup_logging(verbose, log_format)
+    _state_for(ctx).command = ctx.invoked_subcommand
+
+
+def _state_for(ctx: click.Context) -> CliState:
+    """The invocation's state, made from the global options on first need."""
     global _state
-    state = CliState(repo, config, verbose, lock_wait)
-    state.command = ctx.invoked_subcommand
-    ctx.obj = _state = state
+    if ctx.obj is None:
+        params = ctx.params
+        ctx.obj = _state = CliState(params.get("repo"), params.get("config"), params.get("verbose", 0),
+                                    params.get("lock_wait") or 0.0)
+    return ctx.obj
 
 
 _state: CliState | None = None
+NO_SESSION_COMMANDS = frozenset({"init"})
+HELP_FLAGS = frozenset({"-h", "--help"})
 # Top-level command name -> the module whose register() adds it (a test keeps this true).
 COMMAND_MODULE_OF = {
     **dict.fromkeys(("init", "backup", "snapshots", "restore", "check"), "commands_core"),

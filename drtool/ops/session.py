@@ -34,25 +34,82 @@ class OpenOptions:
 
 
 class Session:
-    def __init__(self, repo: Repository, catalog: Catalog, options: OpenOptions) -> None:
+    """The repository plus its catalog.
+
+    The catalog is opened on first use.  A restore from a local repository
+    does not wait for it (``defer_catalog``): it finds its snapshot and
+    loads the index from the repository itself -- which is as fast there as
+    the cache, and works when the catalog is lost or damaged -- while the
+    catalog (SQLAlchemy: ~0.25 s to import) is opened in the background
+    for the run history (:meth:`warm_catalog`).
+    """
+
+    def __init__(self, repo: Repository, catalog: Catalog | None, options: OpenOptions) -> None:
         self.repo = repo
-        self.catalog = catalog
         self.options = options
         self.host = options.host
+        self._catalog = catalog
+        self._catalog_opening: threading.Thread | None = None
+        self._catalog_result: dict[str, Any] = {}
         self._synced = False
+        self.damaged_snapshots: list[str] = []
 
     @classmethod
-    def open(cls, options: OpenOptions, backend: Backend | None = None) -> "Session":
-        backend = backend or open_backend(options.repository, options.backend_options)
-        repo = _open_repository_while_importing_catalog(backend, options.passphrase)
+    def open(cls, options: OpenOptions, backend: Backend | None = None, *,
+             repository: Repository | None = None, defer_catalog: bool = False) -> "Session":
+        """``repository``: one already unlocked (the CLI derives the key while it starts up)."""
+        if repository is not None:
+            repo = repository
+        elif defer_catalog:
+            repo = Repository.open(backend or open_backend(options.repository, options.backend_options),
+                                   options.passphrase)
+        else:
+            repo = _open_repository_while_importing_catalog(
+                backend or open_backend(options.repository, options.backend_options), options.passphrase)
+        session = cls(repo, None, options)
+        if not defer_catalog:
+            try:
+                session.catalog  # noqa: B018  (opens it: errors belong to the open)
+            except BaseException:
+                repo.close()
+                raise
+        return session
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            if self._catalog_opening is not None:
+                self._catalog_opening.join()
+                self._catalog_opening = None
+                if "error" in self._catalog_result:
+                    raise self._catalog_result.pop("error")
+                self._catalog = self._catalog_result.pop("catalog")
+            else:
+                self._catalog = self._open_catalog()
+            self.repo.cache = self._catalog
+        return self._catalog
+
+    def _open_catalog(self) -> Catalog:
         from drtool.catalog.store import Catalog
-        try:
-            catalog = Catalog.open(options.catalog, repo.config.repo_id)
-        except BaseException:
-            repo.close()
-            raise
-        repo.cache = catalog
-        return cls(repo, catalog, options)
+        return Catalog.open(self.options.catalog, self.repo.config.repo_id)
+
+    def warm_catalog(self) -> None:
+        """Start opening the catalog in the background (it is needed only at the end)."""
+        if self._catalog is not None or self._catalog_opening is not None:
+            return
+
+        def opener() -> None:
+            try:
+                self._catalog_result["catalog"] = self._open_catalog()
+            except BaseException as exc:  # re-raised where the catalog is first used
+                self._catalog_result["error"] = exc
+
+        self._catalog_opening = threading.Thread(target=opener, name="catalog", daemon=True)
+        self._catalog_opening.start()
+
+    @property
+    def catalog_deferred(self) -> bool:
+        return self._catalog is None
 
     @staticmethod
     def init(options: OpenOptions, kdf: KdfParams | None = None,
@@ -70,19 +127,25 @@ class Session:
         """Bring the catalog's snapshot list in line with the repository (one LIST)."""
         if not self._synced:
             ids = set(list_snapshot_ids(self.repo))
-            self.damaged_snapshots: list[str] = []
-
-            def load(snapshot_id: str) -> Snapshot | None:
-                try:
-                    return load_snapshot(self.repo, snapshot_id)
-                except DrtoolError as exc:  # one bad object must not hide the good ones
-                    log.warning("%s (skipped; run 'drtool check')", exc)
-                    self.damaged_snapshots.append(snapshot_id)
-                    return None
-            self.catalog.sync_snapshots(ids, load)
+            self.damaged_snapshots = []
+            self.catalog.sync_snapshots(ids, self._load_snapshot)
             self._synced = True
 
+    def _load_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        try:
+            return load_snapshot(self.repo, snapshot_id)
+        except DrtoolError as exc:  # one bad object must not hide the good ones
+            log.warning("%s (skipped; run 'drtool check')", exc)
+            self.damaged_snapshots.append(snapshot_id)
+            return None
+
     def snapshots(self, name: str | None = None) -> list[Snapshot]:
+        """Snapshots oldest first (by time, then id); from the catalog unless it is deferred."""
+        if self.catalog_deferred:
+            self.damaged_snapshots = []
+            loaded = (self._load_snapshot(i) for i in list_snapshot_ids(self.repo))
+            found = [s for s in loaded if s is not None and (not name or s.name == name)]
+            return sorted(found, key=lambda s: (s.time, s.id))
         self.sync()
         return self.catalog.snapshots(name)
 
@@ -108,7 +171,12 @@ class Session:
 
     def close(self) -> None:
         self.repo.close()
-        self.catalog.close()
+        if self._catalog_opening is not None:
+            self._catalog_opening.join()
+            self._catalog_opening = None
+            self._catalog = self._catalog_result.pop("catalog", None)
+        if self._catalog is not None:
+            self._catalog.close()
         self.repo.backend.close()
 
     def __enter__(self) -> "Session":

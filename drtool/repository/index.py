@@ -43,7 +43,12 @@ def encode_index(packs: Iterable[PackRecord]) -> bytes:
 
 def decode_index(raw: bytes) -> list[PackRecord]:
     """Raise ValueError when the plaintext is not a well-formed index."""
-    packs: list[PackRecord] = []
+    return [PackRecord(pack_id, unpack_entries(entries)) for pack_id, entries in decode_index_packed(raw)]
+
+
+def decode_index_packed(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """(pack id, its entries still packed) for each pack; ValueError when malformed."""
+    packs: list[tuple[bytes, bytes]] = []
     pos = 0
     while pos < len(raw):
         if pos + PACK_HEADER.size > len(raw):
@@ -53,8 +58,7 @@ def decode_index(raw: bytes) -> list[PackRecord]:
         end = pos + count * ENTRY.size
         if end > len(raw):
             raise ValueError("index ends inside a pack's entries")
-        entries = unpack_entries(raw[pos:end])
-        packs.append(PackRecord(pack_id, entries))
+        packs.append((pack_id, raw[pos:end]))
         pos = end
     return packs
 

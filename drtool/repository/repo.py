@@ -22,9 +22,9 @@ from drtool.errors import (BackendError, DrtoolError, IntegrityError, ObjectMiss
                            RepositoryExists, RepositoryNotFound, WrongPassword)
 from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (INDEX_KIND, IndexCache, Location, MemoryIndex, PackRecord,
-                                     decode_index, encode_index)
+                                     decode_index, decode_index_packed, encode_index)
 from drtool.repository.packfile import (ENTRY, BlobEntry, BufferPool, OpenGroup, PackBuilder,
-                                        PackFormatError,
+                                        PackFormatError, unpack_entries,
                                         group_kind, groups_of, open_group, pack_name, read_trailer,
                                         seal_open_group)
 from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
@@ -145,28 +145,39 @@ class Repository:
         """Read every index object (through the cache) into memory, forgetting stale entries.
 
         Starting from an empty index matters for long-lived sessions: packs
-        that a prune deleted must not be deduplicated against.
+        that a prune deleted must not be deduplicated against.  Entries go
+        in packed, never as one Python object per blob, and the index is
+        sized for all of them first (see ``MemoryIndex.reserve``).
         """
         self.index = MemoryIndex()
         names = {info.name.split("/", 1)[1] for info in self.backend.list("index/")}
         cached = self.cache.cached_index_ids() & names if self.cache else set()
+        rows: list[tuple[bytes, bytes]] = []
         if self.cache:
             self.cache.drop_indexes(self.cache.cached_index_ids() - names)
             rows = list(self.cache.cached_pack_entries(cached))
-            self.index.reserve(sum(len(raw) for _pack, raw in rows) // ENTRY.size)
-            for pack_id, raw_entries in rows:
-                try:
-                    self.index.add_packed(pack_id, raw_entries)
-                except ValueError:
-                    raise IntegrityError("the catalog's index cache is damaged",
-                                         hint="run 'drtool catalog rebuild'") from None
-            del rows
-        for index_id in sorted(names - cached):
-            packs = self.read_index_object(index_id)
-            for pack in packs:
-                self.index.add_pack(pack)
+        fetched = [(index_id, self._read_index_packed(index_id)) for index_id in sorted(names - cached)]
+        self.index.reserve((sum(len(raw) for _pack, raw in rows)
+                            + sum(len(raw) for _id, packs in fetched for _pack, raw in packs)) // ENTRY.size)
+        for pack_id, raw_entries in rows:
+            try:
+                self.index.add_packed(pack_id, raw_entries)
+            except ValueError:
+                raise IntegrityError("the catalog's index cache is damaged",
+                                     hint="run 'drtool catalog rebuild'") from None
+        del rows
+        for index_id, packs in fetched:
+            for pack_id, raw_entries in packs:
+                self.index.add_packed(pack_id, raw_entries)
             if self.cache:
-                self.cache.store_index(index_id, packs)
+                self.cache.store_index(index_id, [PackRecord(p, unpack_entries(raw)) for p, raw in packs])
+
+    def _read_index_packed(self, index_id: str) -> list[tuple[bytes, bytes]]:
+        raw = self.get_object("index", INDEX_KIND, index_id)
+        try:
+            return decode_index_packed(raw)
+        except ValueError as exc:
+            raise IntegrityError(f"index object index/{index_id} is malformed: {exc}") from None
 
     def read_index_object(self, index_id: str) -> list[PackRecord]:
         raw = self.get_object("index", INDEX_KIND, index_id)
