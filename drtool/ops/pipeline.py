@@ -18,7 +18,7 @@ from drtool.repository.chunker import Chunker
 from drtool.repository.packfile import DATA_BLOB
 from drtool.repository.repo import Repository
 
-DEFAULT_INFLIGHT_BYTES = 32 * 1024 * 1024
+DEFAULT_INFLIGHT_BYTES = 16 * 1024 * 1024
 BATCH_BYTES = 1024 * 1024
 BATCH_BUFFER = BATCH_BYTES + 256 * 1024  # a batch closes past 1 MiB; a small file is < 256 KiB
 BATCH_BUFFERS_KEPT = 6
