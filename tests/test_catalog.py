@@ -111,3 +111,48 @@ def test_runs_are_recorded_in_history(repo_env: DrEnv, tmp_path: Path) -> None:
     assert by_command["backup"].status == "ok" and by_command["backup"].exit_code == 0
     assert by_command["restore"].status == "failed" and "no snapshot" in by_command["restore"].message
     assert "correct horse" not in " ".join(r.message + r.stats for r in runs)
+
+
+def test_rebuild_replaces_a_damaged_catalog_file(repo_env: DrEnv, tmp_path: Path) -> None:
+    """Every catalog error says 'run drtool catalog rebuild': that must work on a file beyond repair."""
+    populate(repo_env, tmp_path)
+    repo_env.catalog.write_bytes(b"\x00garbage, not SQLite" * 512)
+    broken = repo_env.run("snapshots")
+    assert broken.code == 1 and "catalog rebuild" in broken.err and "Traceback" not in broken.err
+    rebuilt = repo_env.run("catalog", "rebuild")
+    assert rebuilt.code == 0, rebuilt.err
+    assert "moved to" in rebuilt.err
+    assert len(listing(repo_env)) == 4
+    kept = list(repo_env.catalog.parent.glob(repo_env.catalog.name + ".damaged-*"))
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(b"\x00garbage")
+
+
+def test_a_locked_catalog_is_never_moved_aside(repo_env: DrEnv, tmp_path: Path) -> None:
+    """Only damage replaces the file: a rebuild waits for a catalog another process holds locked."""
+    import sqlite3
+    import threading
+    populate(repo_env, tmp_path)
+    holder = sqlite3.connect(repo_env.catalog, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    releaser = threading.Timer(1.5, holder.rollback)
+    releaser.start()
+    try:
+        result = repo_env.run("catalog", "rebuild")
+    finally:
+        releaser.join()
+        holder.close()
+    assert result.code == 0, result.err
+    assert not list(repo_env.catalog.parent.glob("*.damaged-*"))
+    assert len(listing(repo_env)) == 4
+
+
+def test_a_backup_with_a_damaged_catalog_is_committed_and_says_so(repo_env: DrEnv, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("kept safe")
+    repo_env.catalog.write_bytes(b"not a database" * 100)
+    result = repo_env.run("backup", str(src), "--name", "n")
+    assert result.code == 1
+    assert "is saved in the repository" in result.err and "catalog rebuild" in result.err
+    assert repo_env.run("catalog", "rebuild").code == 0
+    assert [s["name"] for s in listing(repo_env)] == ["n"]

@@ -7,7 +7,9 @@ quick_check``) and reported with the fix: ``drtool catalog rebuild``.
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
@@ -16,6 +18,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from drtool.errors import CatalogError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("drtool")
 
 
 def head_revision() -> str:
@@ -53,7 +56,34 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cursor.close()
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, replace_damaged: bool = False) -> Engine:
+    """An engine on a usable, migrated catalog.
+
+    ``replace_damaged`` (``drtool catalog rebuild``): a damaged SQLite file is
+    moved aside (``catalog.sqlite.damaged-<time>``, kept for inspection) and
+    a new one created, so the command every error message recommends also
+    works when the file is beyond repair.  Only damage counts: a catalog
+    that is locked or unreadable is never moved.
+    """
+    try:
+        return _open_engine(url)
+    except _DamagedCatalog:
+        if not (replace_damaged and url.startswith("sqlite:")):
+            raise
+        path = Path(url.removeprefix("sqlite:///"))
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+        log.warning("the damaged catalog was moved to %s; a new one is built", aside)
+        return _open_engine(url)
+
+
+class _DamagedCatalog(CatalogError):
+    """Not an SQLite database, or pages that fail the integrity check."""
+
+
+def _open_engine(url: str) -> Engine:
     is_sqlite = url.startswith("sqlite:")
     path = _prepare_sqlite_file(url) if is_sqlite else None
     engine = create_engine(url, future=True, pool_pre_ping=not is_sqlite)
@@ -64,13 +94,18 @@ def open_engine(url: str) -> Engine:
             if is_sqlite:
                 result = conn.execute(text("PRAGMA quick_check")).scalar()
                 if result != "ok":
-                    raise CatalogError(f"the catalog {path} is damaged ({result})")
+                    raise _DamagedCatalog(f"the catalog {path} is damaged ({result})")
             _migrate(conn)
     except CatalogError:
+        engine.dispose()
         raise
     except (DatabaseError, OperationalError) as exc:
+        engine.dispose()
         where = path or url.split("@")[-1]
-        raise CatalogError(f"the catalog {where} cannot be used: {_short(exc)}") from None
+        message = f"the catalog {where} cannot be used: {_short(exc)}"
+        damaged = is_sqlite and not isinstance(exc, OperationalError) and any(
+            sign in _short(exc) for sign in ("not a database", "malformed"))
+        raise (_DamagedCatalog if damaged else CatalogError)(message) from None
     return engine
 
 

@@ -27,8 +27,8 @@ class Catalog:
         self.repo_id = repo_id
 
     @classmethod
-    def open(cls, value: str | None, repo_id: str) -> "Catalog":
-        return cls(open_engine(catalog_url(value, repo_id)), repo_id)
+    def open(cls, value: str | None, repo_id: str, replace_damaged: bool = False) -> "Catalog":
+        return cls(open_engine(catalog_url(value, repo_id), replace_damaged), repo_id)
 
     def close(self) -> None:
         self.engine.dispose()

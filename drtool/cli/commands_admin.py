@@ -27,7 +27,7 @@ def catalog_group() -> None:
 @pass_state
 def catalog_rebuild(state: CliState, as_json: bool) -> None:
     """Reconstruct the catalog from the repository alone."""
-    result = api.rebuild_catalog(state.session())
+    result = api.rebuild_catalog(state.session(replace_damaged_catalog=True))
     emit(result.as_dict(), as_json,
          f"catalog rebuilt: {result.snapshots} snapshot(s), {result.index_objects} index object(s), "
          f"{result.packs_reindexed} unindexed pack(s) indexed, {result.log_segments} archived "

@@ -108,15 +108,16 @@ class CliState:
             options.host = self.settings.host
         return options
 
-    def session(self, defer_catalog: bool = False) -> Session:
-        """The session; ``defer_catalog`` (restores) applies to local repositories only."""
+    def session(self, defer_catalog: bool = False, replace_damaged_catalog: bool = False) -> Session:
+        """The session; ``defer_catalog`` (restores, backups) applies to local repositories only."""
         if self._session is None:
             from drtool.backends.registry import is_local_url
             from drtool.ops.session import Session
             options = self.open_options()
             repo = self._take_unlocked()
             self._session = Session.open(options, repository=repo,
-                                         defer_catalog=defer_catalog and is_local_url(options.repository))
+                                         defer_catalog=defer_catalog and is_local_url(options.repository),
+                                         replace_damaged_catalog=replace_damaged_catalog)
         return self._session
 
     def finish(self, command: str | None, exit_code: int, message: str = "") -> None:

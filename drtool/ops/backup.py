@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, Callable, Iterator
 
 from drtool import __version__
-from drtool.errors import SourceError
+from drtool.errors import CatalogError, SourceError
 from drtool.ops.heap import collector_paused
 from drtool.ops.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
 from drtool.ops.session import Session
@@ -52,6 +52,7 @@ def _backup_frame(session: Session, name: str) -> Iterator[tuple[Lock, Snapshot 
     """Shared lock, fresh index, the parent snapshot of the series, and a pipeline."""
     with session.lock("backup") as lock:
         session.repo.load_index()
+        session.warm_catalog()  # a deferred catalog opens while the data is read (needed at the end)
         session.repo.limit_group_cache(BACKUP_GROUP_CACHE)
         parents = session.snapshots(name)
         pipeline = ChunkPipeline(session.repo)
@@ -62,10 +63,22 @@ def _backup_frame(session: Session, name: str) -> Iterator[tuple[Lock, Snapshot 
             pipeline.close()
 
 
+def _record_in_catalog(session: Session, snap: Snapshot) -> None:
+    """The snapshot is committed to the repository by now; say so if the catalog fails."""
+    try:
+        session.catalog.add_snapshots([snap])
+    except CatalogError as exc:
+        raise CatalogError(f"snapshot {snap.short_id} is saved in the repository, but {exc}") from None
+
+
 def _commit(session: Session, lock: Lock, snap: Snapshot) -> None:
     """Packs and index first, then the snapshot: the write order that makes crashes harmless."""
     crash_point("backup-before-flush")
     repo = session.repo
+    try:  # a deferred catalog: its cache should get the last index object too
+        session.catalog  # noqa: B018
+    except CatalogError:
+        pass  # reported once the snapshot is saved (_record_in_catalog)
     repo.flush()
     # groups (16 MiB for text) are sealed by flush: only now are the stored byte counts final
     snap.summary.update(blobs_added=repo.new_blobs, bytes_added=repo.new_bytes_stored,
@@ -88,7 +101,7 @@ def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] 
         snap = _snapshot(session, name, when, tree_id, "files", parent, tags, walker.stats,
                          started, paths=[os.path.abspath(p) for p in paths])
         _commit(session, lock, snap)
-    session.catalog.add_snapshots([snap])
+    _record_in_catalog(session, snap)
     return BackupResult(snap, walker.stats.unreadable, walker.stats.changed,
                         session.repo.backend.stats.as_dict(), walker.stats.vanished)
 
@@ -115,7 +128,7 @@ def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
         snap = _snapshot(session, name, when, tree_id, kind, parent, tags, stats, started,
                          paths=[filename], meta=meta)
         _commit(session, lock, snap)
-    session.catalog.add_snapshots([snap])
+    _record_in_catalog(session, snap)
     return BackupResult(snap, requests=session.repo.backend.stats.as_dict())
 
 

@@ -44,9 +44,11 @@ class Session:
     for the run history (:meth:`warm_catalog`).
     """
 
-    def __init__(self, repo: Repository, catalog: Catalog | None, options: OpenOptions) -> None:
+    def __init__(self, repo: Repository, catalog: Catalog | None, options: OpenOptions,
+                 replace_damaged_catalog: bool = False) -> None:
         self.repo = repo
         self.options = options
+        self.replace_damaged_catalog = replace_damaged_catalog
         self.host = options.host
         self._catalog = catalog
         self._catalog_opening: threading.Thread | None = None
@@ -56,8 +58,13 @@ class Session:
 
     @classmethod
     def open(cls, options: OpenOptions, backend: Backend | None = None, *,
-             repository: Repository | None = None, defer_catalog: bool = False) -> "Session":
-        """``repository``: one already unlocked (the CLI derives the key while it starts up)."""
+             repository: Repository | None = None, defer_catalog: bool = False,
+             replace_damaged_catalog: bool = False) -> "Session":
+        """``repository``: one already unlocked (the CLI derives the key while it starts up).
+
+        ``replace_damaged_catalog``: a damaged SQLite catalog file is moved
+        aside and started afresh (``drtool catalog rebuild``).
+        """
         if repository is not None:
             repo = repository
         elif defer_catalog:
@@ -66,7 +73,7 @@ class Session:
         else:
             repo = _open_repository_while_importing_catalog(
                 backend or open_backend(options.repository, options.backend_options), options.passphrase)
-        session = cls(repo, None, options)
+        session = cls(repo, None, options, replace_damaged_catalog)
         if not defer_catalog:
             try:
                 session.catalog  # noqa: B018  (opens it: errors belong to the open)
@@ -91,7 +98,7 @@ class Session:
 
     def _open_catalog(self) -> Catalog:
         from drtool.catalog.store import Catalog
-        return Catalog.open(self.options.catalog, self.repo.config.repo_id)
+        return Catalog.open(self.options.catalog, self.repo.config.repo_id, self.replace_damaged_catalog)
 
     def warm_catalog(self) -> None:
         """Start opening the catalog in the background (it is needed only at the end)."""
@@ -100,7 +107,8 @@ class Session:
 
         def opener() -> None:
             try:
-                self._catalog_result["catalog"] = self._open_catalog()
+                catalog = self._catalog_result["catalog"] = self._open_catalog()
+                self.repo.cache = catalog  # index objects written from now on are cached
             except BaseException as exc:  # re-raised where the catalog is first used
                 self._catalog_result["error"] = exc
 
