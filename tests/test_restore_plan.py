@@ -2,7 +2,8 @@
 
 Promises: every group a restore needs is read once even when a file
 alternates between groups; the planner hands a group out once the walk has
-left it and never holds more references than its bound; recycled buffers
+left it (sooner while many files wait for their groups) and never holds
+more references than its bound; recycled buffers
 give the same plaintext as the allocating path and go back to their pool on
 damage; a restore with more files than it may keep open still finishes; an
 index cache that points a blob at the wrong place in its group is caught
@@ -70,6 +71,23 @@ class TestPlanner:
         assert sum(handed) >= 1000 - 50
         planner.flush()
         assert sum(handed) == 1000
+
+
+    def test_while_crowded_groups_go_out_after_the_shorter_lag(self) -> None:
+        """Many files waiting: groups the walk left crowded_lag_bytes ago go out, newer ones stay."""
+        out: list[int] = []
+        crowded = [False]
+        planner = GroupPlanner(lambda loc, refs: out.append(loc.offset // 1000), lag_bytes=10_000,
+                               crowded=lambda: crowded[0], crowded_lag_bytes=300)
+        for i in range(10):  # one group per 100 bytes of walk: 1000 bytes, far below the long lag
+            planner.add(_loc(i), ("job", i, 0, 100, b"x"))  # type: ignore[arg-type]
+        assert out == []
+        crowded[0] = True
+        planner.add(_loc(10), ("job", 10, 0, 100, b"x"))  # type: ignore[arg-type]
+        assert out == list(range(9))  # left 300 bytes ago or more; 9 and 10 are recent
+        crowded[0] = False
+        planner.add(_loc(11), ("job", 11, 0, 100, b"x"))  # type: ignore[arg-type]
+        assert out == list(range(9))  # not crowded: the long lag again
 
 
 def _repo() -> Repository:
