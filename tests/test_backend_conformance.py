@@ -414,3 +414,25 @@ def test_local_staged_write_error_in_the_background_is_raised_and_cleaned_up(tin
             staged.write(os.urandom(1024 * 1024))
         staged.commit("packs/ff/ffee")
     assert [p for p in (tiny_fs / "repo").rglob("*") if p.is_file()] == []
+
+
+def test_local_pack_staged_before_a_sibling_failed_is_not_committed(tiny_fs: Path) -> None:
+    """A full disk met by one pack's background write refuses the commit of every pack staged
+    before it (a backup's small tree pack must not land while its data pack failed); packs
+    staged afterwards, once space is free again, commit normally."""
+    be = LocalBackend(tiny_fs / "repo")
+    be.create_location()
+    tree_pack = be.stage("packs")
+    tree_pack.write(b"tree blobs")
+    data_pack = be.stage("packs")
+    with pytest.raises(BackendError, match="full"):
+        for _ in range(8):
+            data_pack.write(os.urandom(1024 * 1024))
+        data_pack.commit("packs/da/da7a")
+    with pytest.raises(BackendError, match="full"):
+        tree_pack.commit("packs/7e/7ee5")
+    assert [p for p in (tiny_fs / "repo").rglob("*") if p.is_file()] == []
+    later = be.stage("packs")
+    later.write(b"after the disk was freed")
+    later.commit("packs/1a/1a7e")
+    assert be.get("packs/1a/1a7e") == b"after the disk was freed"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from drtool.backends.base import Backend, ObjectInfo, StagedObject
-from drtool.backends.local_staged import DIRECT_IO_DEFAULT, LocalStagedObject, fsync_dir
+from drtool.backends.local_staged import DIRECT_IO_DEFAULT, LocalStagedObject, WriteFailures, fsync_dir
 from drtool.errors import BackendError, ObjectMissing, RepositoryNotFound
 
 TMP_PREFIX = ".tmp-"
@@ -28,6 +28,7 @@ class LocalBackend(Backend):
         """``direct_io``: stream packs with O_DIRECT (DRTOOL_DIRECT_IO=0 turns it off)."""
         super().__init__()
         self.direct_io = direct_io
+        self._write_failures = WriteFailures()  # background pack writes that failed
         self.root = Path(root).absolute()
         self.url = f"file://{self.root}"
 
@@ -53,7 +54,7 @@ class LocalBackend(Backend):
             folder.mkdir(parents=True, exist_ok=True)
             return LocalStagedObject(folder, self._path, self._count_put,
                                      lambda exc, what: _write_error(exc, f"{what} in {self.root}"),
-                                     direct_io=self.direct_io)
+                                     direct_io=self.direct_io, failures=self._write_failures)
         except OSError as exc:
             raise _write_error(exc, prefix) from None
 

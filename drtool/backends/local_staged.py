@@ -17,7 +17,10 @@ time in the write), so full buffers go to one write-behind thread and the
 worker goes back to compressing; a few buffers in flight bound the memory
 and slow the workers down only when the disk cannot keep up.  ``commit``
 and ``abort`` wait for the object's writes first, and a failed write
-(ENOSPC, EIO) is raised by the next ``write`` or by ``commit``.
+(ENOSPC, EIO) is raised by the next ``write`` or by ``commit`` -- of that
+pack and of every other pack of the same repository staged before the
+failure: a backup that hit a full disk must not commit a tree pack that
+merely finished first.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import queue
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from drtool.backends.base import StagedObject
 from drtool.errors import BackendError
@@ -57,11 +60,23 @@ def _give_buffer(buf: mmap.mmap) -> None:
     buf.close()
 
 
+class WriteFailures:
+    """Background write failures of one repository directory (shared by its staged packs)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: OSError | None = None
+
+    def record(self, exc: OSError) -> None:
+        self.last = exc
+        self.count += 1
+
+
 class _WriteBehind:
     """The thread that writes full aligned buffers of every open pack, in the order queued."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[LocalStagedObject, mmap.mmap, int, int]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Any, Any, int, int]] = queue.SimpleQueue()
         self._slots = threading.BoundedSemaphore(WRITES_IN_FLIGHT)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -74,13 +89,26 @@ class _WriteBehind:
                 self._thread.start()
         self._queue.put((staged, buf, length, offset))
 
+    def drain(self) -> None:
+        """Wait until every write queued so far (for any pack) is done."""
+        with self._lock:
+            running = self._thread is not None and self._thread.is_alive()
+        if running:
+            done = threading.Event()
+            self._queue.put((None, done, 0, 0))
+            done.wait()
+
     def _run(self) -> None:
         while True:
             staged, buf, length, offset = self._queue.get()
+            if staged is None:
+                buf.set()  # a drain() marker
+                continue
             try:
                 staged._write_at(buf, length, offset)
             except OSError as exc:
                 staged._failed = staged._failed or exc
+                staged._failures.record(exc)
             finally:
                 _give_buffer(buf)
                 self._slots.release()
@@ -95,8 +123,10 @@ class LocalStagedObject(StagedObject):
 
     def __init__(self, folder: Path, final_path: Callable[[str], Path],
                  on_commit: Callable[[int], None], error: Callable[[OSError, str], BackendError],
-                 direct_io: bool = True) -> None:
+                 direct_io: bool = True, failures: WriteFailures | None = None) -> None:
         self._final_path, self._on_commit, self._error = final_path, on_commit, error
+        self._failures = failures or WriteFailures()
+        self._failures_before = self._failures.count
         fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
         self._fd = fd
         self._direct = direct_io and _enable_direct(fd)
@@ -112,8 +142,7 @@ class LocalStagedObject(StagedObject):
         view = memoryview(data).cast("B")
         self._size += len(view)
         try:
-            if self._failed is not None:
-                raise self._failed
+            self._raise_background_failure()
             if self._buf is None:
                 _write_all(self._fd, view)
             else:
@@ -155,6 +184,13 @@ class LocalStagedObject(StagedObject):
             self._pending -= 1
             self._idle.notify_all()
 
+    def _raise_background_failure(self) -> None:
+        """This pack's own failed write, or one of a sibling pack since this one was staged."""
+        if self._failed is not None:
+            raise self._failed
+        if self._failures.count != self._failures_before and self._failures.last is not None:
+            raise self._failures.last
+
     def _wait_for_writes(self) -> None:
         with self._idle:
             while self._pending:
@@ -164,8 +200,8 @@ class LocalStagedObject(StagedObject):
         path = self._final_path(name)
         try:
             self._wait_for_writes()
-            if self._failed is not None:
-                raise self._failed
+            _write_behind.drain()  # a sibling pack's queued write may still fail
+            self._raise_background_failure()
             if self._buf is not None and self._filled:
                 padded = -(-self._filled // BLOCK) * BLOCK
                 self._buf[self._filled:padded] = bytes(padded - self._filled)
