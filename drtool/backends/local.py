@@ -122,6 +122,14 @@ class LocalBackend(Backend):
         self.stats.bytes_down += len(data)
         return data
 
+    def _open_for_reading(self, name: str) -> int:
+        try:
+            return os.open(self._path(name), os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {name} is missing from the repository") from None
+        except OSError as exc:
+            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+
     def get_range_view(self, name: str, offset: int, length: int) -> memoryview:
         """Large ranges are mapped (MAP_POPULATE), not copied: a restore reads every pack once
         and the copy was ~6 % of its CPU (perf: ``_copy_to_iter``).  Packs are immutable and
@@ -129,12 +137,7 @@ class LocalBackend(Backend):
         if length < MAP_MIN_BYTES:
             return memoryview(self.get_range(name, offset, length))
         self.stats.gets += 1
-        try:
-            fd = os.open(self._path(name), os.O_RDONLY)
-        except FileNotFoundError:
-            raise ObjectMissing(f"object {name} is missing from the repository") from None
-        except OSError as exc:
-            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+        fd = self._open_for_reading(name)
         try:
             size = os.fstat(fd).st_size
             if offset + length > size:
@@ -156,12 +159,7 @@ class LocalBackend(Backend):
         ``smp_call_function_many_cond`` ~5 % of the restore's CPU) where a copy is cheaper."""
         self.stats.gets += 1
         view = memoryview(buf)[:length]
-        try:
-            fd = os.open(self._path(name), os.O_RDONLY)
-        except FileNotFoundError:
-            raise ObjectMissing(f"object {name} is missing from the repository") from None
-        except OSError as exc:
-            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+        fd = self._open_for_reading(name)
         try:
             done = 0
             while done < length:

@@ -199,8 +199,7 @@ class LocalStagedObject(StagedObject):
     def commit(self, name: str) -> None:
         path = self._final_path(name)
         try:
-            self._wait_for_writes()
-            _write_behind.drain()  # a sibling pack's queued write may still fail
+            _write_behind.drain()  # this pack's writes, and a sibling's that may still fail
             self._raise_background_failure()
             if self._buf is not None and self._filled:
                 padded = -(-self._filled // BLOCK) * BLOCK

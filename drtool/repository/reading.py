@@ -30,9 +30,10 @@ class GroupCache:
                     load: Callable[[], bytes | bytearray]) -> bytes | bytearray:
         """The cached group, or ``load()`` it -- once, even when several threads want it.
 
-        Restore workers write neighbouring pieces of one file and so need the
-        same groups at the same moment; without this, a night-2 restore opened
-        263 groups for 175 distinct ones (each a 16 MiB decompression).
+        A repository may be read from several threads (API users); two that
+        miss on the same 16 MiB group would both decompress it.  (Restores,
+        whose workers once hit exactly that, now plan groups and bypass this
+        cache: see ``ops/restore_groups.py``.)
         """
         while True:
             with self._lock:

@@ -128,7 +128,7 @@ def open_for_backup(path: bytes, check_regular: bool = True) -> int:
     it must not wait forever for a writer (no effect on regular files).
     Anything but a regular file behind the descriptor counts as vanished.
     Callers that read only a bounded amount may skip the check here and
-    make it after reading (:func:`stat_after_read`): one ``fstat`` per
+    make it after reading (:func:`changed_since`): one ``fstat`` per
     small file instead of two.
     """
     base = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
