@@ -53,6 +53,12 @@ class WrongPassword(DrtoolError):
     hint = "check DRTOOL_PASSWORD / DRTOOL_PASSWORD_FILE / DRTOOL_PASSWORD_COMMAND"
 
 
+class KeyDerivationError(DrtoolError):
+    """The passphrase's key could not be derived (Argon2id out of memory or failed)."""
+
+    hint = "the key derivation needs 64 MiB of memory by default: check the process's memory limit and retry"
+
+
 class LockHeld(DrtoolError):
     exit_code = EXIT_LOCKED
     hint = "wait for the other run, use --lock-wait, or 'drtool unlock' if it is stale"

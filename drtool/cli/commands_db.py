@@ -7,8 +7,12 @@ Thin: parsing and printing only, the work is in drtool.ops.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -24,6 +28,52 @@ source_option = click.option("--source", "source", required=True, envvar="DRTOOL
                              help="Source name (the [sources.NAME] table; also DRTOOL_SOURCE).")
 
 
+WAL_TIMEOUT = 120.0
+BINLOG_TIMEOUT = 900.0
+timeout_option = click.option(
+    "--timeout", "timeout", metavar="DURATION", default=None,
+    help="Give up after this long (default: log_timeout of the source's table, else 120s for WAL, "
+         "15m for binlog-push): a hung run must not block the database's archiver forever.")
+
+
+def _timeout_seconds(state: CliState, source: str, value: str | None, default: float = WAL_TIMEOUT) -> float:
+    from drtool.snapshot.timeparse import parse_duration
+    text = value or _source_table(state, source).get("log_timeout")
+    if not text:
+        return default
+    seconds = parse_duration(str(text)).total_seconds()
+    if seconds <= 0:
+        raise UsageError(f"--timeout must be positive, not {text!r}")
+    return seconds
+
+
+@contextmanager
+def deadline(seconds: float, what: str, exit_code: int) -> Iterator[None]:
+    """End the process with ``exit_code`` if the block runs longer than ``seconds``.
+
+    A thread, not a signal: a hang inside C code (a stalled socket, a key
+    derivation) never returns to the interpreter to run a signal handler.
+    Exiting hard is safe here: every object is put atomically (a killed push
+    leaves at most a temporary file that prune removes), and the archiver
+    retries a failed push.
+    """
+    done = threading.Event()
+
+    def watchdog() -> None:
+        if not done.wait(seconds):
+            sys.stderr.write(f"drtool: error: {what} did not finish within {seconds:g}s; giving up "
+                             f"(the database retries; see --timeout)\n")
+            sys.stderr.flush()
+            os._exit(exit_code)
+
+    thread = threading.Thread(target=watchdog, name="deadline", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 def _source_table(state: CliState, source: str) -> dict[str, Any]:
     table = state.settings.section("sources").get(source, {})
     return table if isinstance(table, dict) else {}
@@ -36,44 +86,56 @@ def pg_group() -> None:
 
 @pg_group.command("wal-push")
 @source_option
+@timeout_option
 @click.argument("path", type=click.Path(dir_okay=False))
 @pass_state
-def wal_push(state: CliState, source: str, path: str) -> None:
+def wal_push(state: CliState, source: str, timeout: str | None, path: str) -> None:
     """Archive one WAL file (archive_command = 'drtool pg wal-push --source NAME %p').
 
     Exit 0 only once the file is stored; re-pushing identical content is a
     success, different content under the same name is an error.
     """
-    repo = logarchive.open_repository_only(state.open_options())
-    try:
-        result = logarchive.wal_push(repo, source, path, _source_table(state, source).get("bindir"))
-    finally:
-        repo.close()
+    with deadline(_timeout_seconds(state, source, timeout), f"wal-push of {os.path.basename(path)}", 1):
+        repo = state.repository_only()
+        try:
+            result = logarchive.wal_push(repo, source, path, _source_table(state, source).get("bindir"))
+        finally:
+            repo.close()
     log.info("%s %s (%d bytes)", result.status, result.name, result.size)
 
 
 @pg_group.command("wal-fetch")
 @source_option
+@timeout_option
+@click.option("--absent-exit-code", type=click.IntRange(1, 125), default=1, show_default=True,
+              help="Exit status for 'this file is not archived' (every other failure exits 126).")
 @click.argument("name")
 @click.argument("dest", type=click.Path(dir_okay=False))
 @pass_state
-def wal_fetch(state: CliState, source: str, name: str, dest: str) -> None:
+def wal_fetch(state: CliState, source: str, timeout: str | None, absent_exit_code: int, name: str,
+              dest: str) -> None:
     """Restore one archived WAL file (restore_command: ... wal-fetch --source NAME %f %p).
 
-    Exit 1 when the file is not archived (PostgreSQL then ends recovery);
-    126 when the repository cannot be read, so PostgreSQL stops instead of
-    promoting early.
+    Exit 1 only when the repository was read and the file is not in it
+    (PostgreSQL then ends recovery); every other failure (key, network,
+    lock, damaged object, timeout, internal error) exits 126, which
+    PostgreSQL treats as fatal instead of promoting early with missing WAL.
     """
     try:
-        repo = logarchive.open_repository_only(state.open_options())
-        try:
-            logarchive.wal_fetch(repo, source, name, dest)
-        finally:
-            repo.close()
-    except logarchive.SegmentNotArchived:
+        with deadline(_timeout_seconds(state, source, timeout), f"wal-fetch of {name}",
+                      logarchive.FetchFailed.exit_code):
+            repo = state.repository_only()
+            try:
+                logarchive.wal_fetch(repo, source, name, dest)
+            finally:
+                repo.close()
+    except logarchive.SegmentNotArchived as exc:
+        exc.exit_code = absent_exit_code
         raise
     except DrtoolError as exc:
         raise logarchive.FetchFailed(exc.one_line()) from None
+    except Exception as exc:  # anything unexpected must stop recovery, not end it
+        raise logarchive.FetchFailed(f"internal error: {type(exc).__name__}: {exc}") from None
 
 
 def _print_window(window: Any, as_json: bool) -> None:
@@ -104,18 +166,20 @@ def mariadb_group() -> None:
 
 @mariadb_group.command("binlog-push")
 @source_option
+@timeout_option
 @json_option
 @pass_state
-def binlog_push(state: CliState, source: str, as_json: bool) -> None:
+def binlog_push(state: CliState, source: str, timeout: str | None, as_json: bool) -> None:
     """Archive every closed binlog of the source not yet in the repository (run it often)."""
     src = sources_run.get_source(state.settings, source)
     if sources_run.source_type(src) != "mariadb":
         raise UsageError(f"source {source} is not a mariadb source")
-    repo = logarchive.open_repository_only(state.open_options())
-    try:
-        results = logarchive.binlog_push(repo, src)  # type: ignore[arg-type]
-    finally:
-        repo.close()
+    with deadline(_timeout_seconds(state, source, timeout, BINLOG_TIMEOUT), f"binlog-push of source {source}", 1):
+        repo = state.repository_only()
+        try:
+            results = logarchive.binlog_push(repo, src)  # type: ignore[arg-type]
+        finally:
+            repo.close()
     stored = [r for r in results if r.status == "stored"]
     emit([r.as_dict() for r in results], as_json,
          f"{len(stored)} binlog(s) archived, {len(results) - len(stored)} already archived"

@@ -82,6 +82,20 @@ class CliState:
             raise self._unlocked.pop("error")
         return self._unlocked.pop("repo", None)
 
+    def repository_only(self) -> Repository:
+        """The unlocked repository without catalog or index (log archiving needs no more).
+
+        Takes the key the start-up thread derived when there is one: a
+        command derives its key once, never twice and never concurrently.
+        """
+        repo = self._take_unlocked()
+        if repo is not None:
+            return repo
+        from drtool.backends.registry import open_backend
+        from drtool.repository.repo import Repository
+        options = self.open_options()
+        return Repository.open(open_backend(options.repository, options.backend_options), options.passphrase)
+
     def repository(self) -> str:
         if not self.settings.repository:
             raise UsageError("no repository given", hint="pass --repo URL or set DRTOOL_REPOSITORY")

@@ -111,38 +111,50 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code.  Never lets a traceback reach the user."""
     global _state
     _state = None
-    code, message = _invoke(argv)
+    code, message, error = _invoke(argv)
+    if code != 0 and _is_restore_command(argv) and not getattr(error, "definitely_absent", False):
+        code = FETCH_FAILED  # PostgreSQL reads 1..125 as "not archived" and would end recovery early
     if _state is not None:
         _state.finish(getattr(_state, "command", None), code, message)
         _state = None
     return code
 
 
-def _invoke(argv: list[str] | None) -> tuple[int, str]:
+FETCH_FAILED = 126
+
+
+def _is_restore_command(argv: list[str] | None) -> bool:
+    """``drtool … pg wal-fetch …``: the one command whose low exit codes PostgreSQL trusts."""
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    return any(a == "pg" and b == "wal-fetch" for a, b in zip(words, words[1:]))
+
+
+def _invoke(argv: list[str] | None) -> tuple[int, str, BaseException | None]:
     verbose = argv is not None and "-v" in argv
     try:
         result = cli.main(args=argv, prog_name="drtool", standalone_mode=False)
     except click.exceptions.Exit as exc:
-        return int(exc.exit_code), ""
-    except click.exceptions.Abort:
+        return int(exc.exit_code), "", None
+    except click.exceptions.Abort as exc:
         click.echo("drtool: aborted", err=True)
-        return 130, "aborted"
+        return 130, "aborted", exc
     except click.ClickException as exc:
         exc.show()
-        return (EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code), exc.format_message()
+        code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+        return code, exc.format_message(), exc
     except DrtoolError as exc:
         click.echo(f"drtool: error: {exc.one_line()}", err=True)
-        return exc.exit_code, exc.one_line()
-    except KeyboardInterrupt:
+        return exc.exit_code, exc.one_line(), exc
+    except KeyboardInterrupt as exc:
         click.echo("drtool: interrupted; nothing half-written was committed", err=True)
-        return 130, "interrupted"
+        return 130, "interrupted", exc
     except Exception as exc:  # last resort: one line, traceback only with -vv
         if verbose or logging.getLogger("drtool").isEnabledFor(logging.DEBUG):
             traceback.print_exc()
         click.echo(f"drtool: internal error: {type(exc).__name__}: {exc} "
                    f"(re-run with -vv for details and report it)", err=True)
-        return EXIT_ERROR, f"internal error: {type(exc).__name__}"
-    return (result if isinstance(result, int) else 0), ""
+        return EXIT_ERROR, f"internal error: {type(exc).__name__}", exc
+    return (result if isinstance(result, int) else 0), "", None
 
 
 def run() -> None:

@@ -8,9 +8,11 @@ a passphrase re-wraps one slot; the data never needs re-encryption.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -95,10 +97,51 @@ class KeySlot:
             raise ValueError(f"malformed key slot: {exc}") from None
 
 
+class KeyDerivationFailed(Exception):
+    """Argon2id could not run (memory, thread or library failure): not a wrong passphrase."""
+
+
+# One derivation at a time per process.  Two concurrent multi-lane Argon2id
+# derivations in one process deadlock (or fail with "Not enough memory to
+# derive key") in the OpenSSL 3.2+ that cryptography's wheels ship: both
+# threads block inside OpenSSL's Argon2 thread pool.  The CLI derives the key
+# early on a thread while it imports a command; any second derivation of the
+# same (passphrase, salt, parameters) then reuses that result instead of
+# deriving again, so a command never pays twice and never races.
+_KDF_LOCK = threading.Lock()
+_DERIVED: dict[bytes, bytes] = {}
+
+
+def _derivation_key(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
+    """A private memo key: the passphrase itself is never held as a dictionary key."""
+    context = f"{params.memory_kib}/{params.iterations}/{params.lanes}".encode()
+    return hashlib.blake2b(passphrase, key=salt[:64], person=b"drtool-kdf-memo",
+                           digest_size=32).digest() + hashlib.sha256(context).digest()
+
+
 def derive_wrapping_key(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
-    kdf = Argon2id(salt=salt, length=32, iterations=params.iterations, lanes=params.lanes,
-                   memory_cost=params.memory_kib)
-    return kdf.derive(passphrase)
+    """Argon2id, serialised per process and remembered for the life of the process.
+
+    Raises KeyDerivationFailed (never MemoryError or a library error) so the
+    caller reports one clear line instead of an internal error.
+    """
+    memo = _derivation_key(passphrase, salt, params)
+    with _KDF_LOCK:
+        cached = _DERIVED.get(memo)
+        if cached is not None:
+            return cached
+        try:
+            kdf = Argon2id(salt=salt, length=32, iterations=params.iterations, lanes=params.lanes,
+                           memory_cost=params.memory_kib)
+            derived = kdf.derive(passphrase)
+        except (MemoryError, ValueError, OSError, RuntimeError) as exc:
+            raise KeyDerivationFailed(
+                f"Argon2id ({params.memory_kib} KiB, {params.iterations} passes, {params.lanes} lanes) "
+                f"failed: {exc}") from None
+        except Exception as exc:  # cryptography's InternalError and friends
+            raise KeyDerivationFailed(f"Argon2id failed: {type(exc).__name__}: {exc}") from None
+        _DERIVED[memo] = derived
+        return derived
 
 
 def wrap_master_key(master: MasterKey, passphrase: bytes, *, params: KdfParams | None = None,
@@ -131,5 +174,5 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text, validate=True)
 
 
-__all__ = ["AuthenticationFailed", "KdfParams", "KeySlot", "MasterKey", "unwrap_master_key",
+__all__ = ["AuthenticationFailed", "KdfParams", "KeyDerivationFailed", "KeySlot", "MasterKey", "unwrap_master_key",
            "wrap_master_key"]

@@ -47,7 +47,9 @@ class SegmentConflict(DrtoolError):
 
 
 class SegmentNotArchived(DrtoolError):
-    """wal-fetch: the file is not in the archive (PostgreSQL then ends recovery)."""
+    """wal-fetch: the repository was read and the file is not in it (PostgreSQL then ends recovery)."""
+
+    definitely_absent = True
 
 
 class FetchFailed(DrtoolError):

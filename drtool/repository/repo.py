@@ -16,9 +16,9 @@ from typing import Iterable, Iterator
 
 from drtool.backends.base import Backend
 from drtool.crypto.ids import IdMaker
-from drtool.crypto.keys import (AuthenticationFailed, KdfParams, KeySlot, MasterKey,
+from drtool.crypto.keys import (AuthenticationFailed, KdfParams, KeyDerivationFailed, KeySlot, MasterKey,
                                 unwrap_master_key, wrap_master_key)
-from drtool.errors import (BackendError, DrtoolError, IntegrityError, ObjectMissing,
+from drtool.errors import (BackendError, DrtoolError, IntegrityError, KeyDerivationError, ObjectMissing,
                            RepositoryExists, RepositoryNotFound, WrongPassword)
 from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (INDEX_KIND, IndexCache, Location, MemoryIndex, PackRecord,
@@ -97,7 +97,7 @@ class Repository:
         _clear_interrupted_init(backend)
         master = MasterKey.generate()
         config = config or RepoConfig(repo_id=secrets.token_hex(16))
-        slot = wrap_master_key(master, passphrase, params=kdf, label="initial")
+        slot = _wrap(master, passphrase, kdf, "initial")
         backend.put(f"keys/{slot.slot_id}", slot.to_bytes())
         envelope = Envelope(master.encryption_key)
         backend.put("config", bytes(envelope.seal(b"config", b"", config.to_json(), compress=False)))
@@ -127,7 +127,7 @@ class Repository:
         return sorted(slots, key=lambda s: s.created)
 
     def add_key_slot(self, passphrase: bytes, *, kdf: KdfParams | None = None, label: str = "") -> KeySlot:
-        slot = wrap_master_key(self.master, passphrase, params=kdf, label=label)
+        slot = _wrap(self.master, passphrase, kdf, label)
         self.backend.put(f"keys/{slot.slot_id}", slot.to_bytes())
         return slot
 
@@ -531,6 +531,13 @@ def _clear_interrupted_init(backend: Backend) -> None:
         backend.delete(name)
 
 
+def _wrap(master: MasterKey, passphrase: bytes, kdf: KdfParams | None, label: str) -> KeySlot:
+    try:
+        return wrap_master_key(master, passphrase, params=kdf, label=label)
+    except KeyDerivationFailed as exc:
+        raise KeyDerivationError(f"cannot derive a key for the new slot: {exc}") from None
+
+
 def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
     damaged: list[str] = []
     slots = list(backend.list("keys/"))
@@ -548,6 +555,8 @@ def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
             return unwrap_master_key(slot, passphrase), slot_id
         except AuthenticationFailed:
             continue
+        except KeyDerivationFailed as exc:
+            raise KeyDerivationError(f"cannot derive the key of slot {slot_id}: {exc}") from None
         except (ValueError, KeyError):
             damaged.append(slot_id)
     if damaged and len(damaged) == len(slots):

@@ -380,6 +380,9 @@ def extract_base_tar(fileobj: IO[bytes], target: str) -> int:
     return count
 
 
+FETCH_ABSENT = 99
+
+
 def write_fetch_script(target: str, source: str, env: dict[str, str], python: str) -> str:
     """restore_command wrapper: repository settings in the environment, no secret in the file."""
     path = os.path.join(target, "drtool-wal-fetch.sh")
@@ -388,8 +391,11 @@ def write_fetch_script(target: str, source: str, env: dict[str, str], python: st
              "# No secret here: the passphrase comes from DRTOOL_PASSWORD_FILE / _COMMAND.",
              "unset DRTOOL_PASSWORD"]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
-    lines.append(f"exec {shlex.quote(python)} -m drtool pg wal-fetch --source {shlex.quote(source)} "
-                 f"\"$1\" \"$2\"")
+    # Only a definite "not archived" may reach PostgreSQL as 1 (end of recovery);
+    # anything else (a broken interpreter or install exits 1 too) becomes 126, fatal.
+    lines.append(f"{shlex.quote(python)} -m drtool pg wal-fetch --source {shlex.quote(source)} "
+                 f"--absent-exit-code {FETCH_ABSENT} \"$1\" \"$2\"")
+    lines += ["rc=$?", f'case $rc in 0) exit 0 ;; {FETCH_ABSENT}) exit 1 ;; *) exit 126 ;; esac']
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     os.chmod(path, 0o700)
