@@ -134,8 +134,9 @@ class PgServer:
         return psycopg.connect(host=host or self.root, port=port or self.port, user="postgres",
                                password=self.password, dbname=dbname, autocommit=True)
 
-    def sql(self, query: str, dbname: str = "postgres", port: int | None = None) -> list[tuple[Any, ...]]:
-        with self.connect(dbname, port) as conn:
+    def sql(self, query: str, dbname: str = "postgres", port: int | None = None,
+            host: str | None = None) -> list[tuple[Any, ...]]:
+        with self.connect(dbname, port, host) as conn:
             cur = conn.execute(query)
             return list(cur.fetchall()) if cur.description else []
 

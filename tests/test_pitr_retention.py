@@ -367,7 +367,8 @@ def test_postgres_forget_keeps_window_base_and_wal_then_pitr_works(pg: PgScenari
     try:
         assert proc.returncode == 0, proc.stderr + pg.server.log_tail()
         assert json.loads(proc.stdout)["plan"]["base"]["snapshot"] == snaps[1]["id"]
-        rows = pg.server.sql("SELECT tag, count(*) FROM events GROUP BY tag ORDER BY tag", port=port)
+        rows = pg.server.sql("SELECT tag, count(*) FROM events GROUP BY tag ORDER BY tag", port=port,
+                             host=json.loads(proc.stdout)["socket_dir"])
         assert rows == [("t0", 10), ("t1", 20)]
     finally:
         stop_postgres(pg.server.bindir, str(target))

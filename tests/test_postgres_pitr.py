@@ -97,9 +97,13 @@ def test_restore_between_t2_and_t3_gives_exactly_t1_and_t2(scenario: Scenario) -
         assert proc.returncode == 0, proc.stderr + scenario.server.log_tail()
         report = json.loads(proc.stdout)
         assert report["started"] and "stopping before commit" in report["outcome"]["stopped"]
-        rows = scenario.server.sql("SELECT tag, count(*) FROM events GROUP BY tag ORDER BY tag", port=port)
+        assert report["reached"] == report["outcome"]["stopped"]  # verified from the server's own log
+        # the restored server has its own socket directory, printed, never the original's
+        assert report["port"] == port and report["socket_dir"] == str(target)
+        rows = scenario.server.sql("SELECT tag, count(*) FROM events GROUP BY tag ORDER BY tag", port=port,
+                                   host=report["socket_dir"])
         assert rows == [("t1", 10), ("t2", 20)]
-        assert scenario.server.sql("SELECT pg_is_in_recovery()", port=port) == [(False,)]
+        assert scenario.server.sql("SELECT pg_is_in_recovery()", port=port, host=str(target)) == [(False,)]
         auto = (target / "postgresql.auto.conf").read_text()
         script = Path(report["restore_command"]).read_text()
         assert "recovery_target_time" in auto and "recovery_target_inclusive = on" in auto
@@ -163,6 +167,49 @@ def test_missing_segment_is_a_gap_and_restore_past_it_fails(scenario: Scenario, 
     assert not (tmp_path / "never").exists()
 
 
+def test_latest_restore_replays_every_archived_transaction(scenario: Scenario) -> None:
+    target = Path(scenario.server.root) / "latest"
+    proc = run_as_server_user(["restore", "--source", SOURCE, "--latest", "--target", str(target), "--start",
+                               "--json"], scenario.env)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["reached"].startswith("all archived WAL replayed")
+        rows = scenario.server.sql("SELECT tag, count(*) FROM events GROUP BY tag ORDER BY tag",
+                                   port=report["port"], host=report["socket_dir"])
+        assert rows == [("t1", 10), ("t2", 20), ("t3", 30)]
+    finally:
+        stop_postgres(scenario.server.bindir, str(target))
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def test_latest_restore_short_of_the_archive_fails_and_stops_the_server(scenario: Scenario,
+                                                                        tmp_path: Path) -> None:
+    """A WAL file the plan counts on reads as "not archived" (its data object is gone, its .info
+    kept): PostgreSQL ends recovery early and promotes; drtool must notice and fail, not report
+    a successful --latest restore with the t3 rows missing."""
+    copy = make_env(tmp_path / "copy")
+    shutil.copytree(scenario.dr.repo, copy.repo)
+    os.chmod(tmp_path, 0o777)
+    env = {**scenario.env, "DRTOOL_REPOSITORY": str(copy.repo), "DRTOOL_CATALOG": str(copy.catalog)}
+    session = copy.session()
+    try:
+        from drtool.ops import logarchive
+        prefix = logarchive.source_prefix(session.repo, "wal", SOURCE)
+        object_id = logarchive.segment_object_id(session.repo, "wal", SOURCE, scenario.t3_segment)
+    finally:
+        session.close()
+    os.unlink(copy.repo / prefix / object_id)  # the .info stays: the plan still lists the segment
+    target = tmp_path / "short"
+    proc = run_as_server_user(["restore", "--source", SOURCE, "--latest", "--target", str(target),
+                               "--start"], env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "short of --latest" in proc.stderr and "server stopped" in proc.stderr
+    assert str(target / "drtool-recovery.log") in proc.stderr and (target / "drtool-recovery.log").exists()
+    assert not (target / "postmaster.pid").exists()  # nothing left running that looks like a restore
+    assert proc.stderr.count("\n") == 1  # one line, no traceback
+
+
 def _segment_with(session: object, tag: str, scenario: Scenario) -> str:
     """The archived segment holding the commit of the ``tag`` rows: the first one whose
     newest commit is at or after the rows' insert time."""
@@ -209,19 +256,26 @@ def _wal_objects(dr: DrEnv) -> list[str]:
 
 def test_exclusive_restore_without_start_writes_recovery_settings(scenario: Scenario, tmp_path: Path) -> None:
     target = tmp_path / "excl"
-    result = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.between.isoformat(),
-                             "--target", str(target), "--exclusive",
-                             env={"DRTOOL_PASSWORD_FILE": scenario.env["DRTOOL_PASSWORD_FILE"]})
-    assert result.code == 0, result.err
+    args = ["restore", "--source", SOURCE, "--point-in-time", scenario.between.isoformat(),
+            "--target", str(target), "--exclusive"]
+    if os.geteuid() == 0:  # as root: refused before anything is unpacked, with the command that works
+        as_root = scenario.dr.run(*args, env={"DRTOOL_PASSWORD_FILE": scenario.env["DRTOOL_PASSWORD_FILE"]})
+        assert as_root.code == 2 and not target.exists()
+        assert "runuser -u postgres -- drtool restore --source pg" in as_root.err
+    os.chmod(tmp_path, 0o777)
+    result = run_as_server_user(args, scenario.env)
+    assert result.returncode == 0, result.stderr
     auto = (target / "postgresql.auto.conf").read_text()
     assert "recovery_target_inclusive = off" in auto and "archive_mode = off" in auto
+    assert f"unix_socket_directories = '{target}'" in auto
     assert (target / "recovery.signal").exists() and (target / "PG_VERSION").exists()
-    assert "pg_ctl -D" in result.out  # tells the operator how to start it
-    again = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", str(target),
-                            env={"DRTOOL_PASSWORD_FILE": scenario.env["DRTOOL_PASSWORD_FILE"]})
-    assert again.code == 1 and "not empty" in again.err
-    no_file = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", str(tmp_path / "nf"))
-    assert no_file.code == 2 and "DRTOOL_PASSWORD_FILE" in no_file.err
+    assert f"pg_ctl -D {target}" in result.stdout and f"socket directory {target}" in result.stdout
+    again = run_as_server_user(["restore", "--source", SOURCE, "--latest", "--target", str(target)], scenario.env)
+    assert again.returncode == 1 and "not empty" in again.stderr
+    no_file = run_as_server_user(["restore", "--source", SOURCE, "--latest", "--target", str(tmp_path / "nf")],
+                                 {k: v for k, v in scenario.env.items() if k != "DRTOOL_PASSWORD_FILE"}
+                                 | {"DRTOOL_PASSWORD": PASSWORD})
+    assert no_file.returncode == 2 and "DRTOOL_PASSWORD_FILE" in no_file.stderr
 
 
 # ----- pure planning helpers ------------------------------------------------------------------

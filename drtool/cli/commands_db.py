@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import click
 
-from drtool.cli.context import CliState, emit
+from drtool.cli.context import CliState, command_line, emit
 from drtool.cli.options import json_option
 from drtool.errors import DrtoolError, SourceError, UsageError
 from drtool.ops import logarchive, pitr, sources_run
@@ -234,7 +234,8 @@ def run_source_restore(state: CliState, source: str, target: str | None, when: s
         emit(plan.as_dict(), as_json, "\n".join(["plan (dry run, nothing restored):", *plan.lines()]))
         return
     result = pitr.restore_pitr(session, state.settings, src, point, inclusive=not exclusive, target=target,
-                               target_db=target_db, start=start, port=port, snapshot=snapshot)
+                               target_db=target_db, start=start, port=port, snapshot=snapshot,
+                               command_line=command_line())
     emit(result.as_dict(), as_json, "\n".join([*result.plan.lines(), *result.lines()]))
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from drtool.repository.repo import Repository
 
 log = logging.getLogger("drtool")
+COMMAND_LINE: list[str] = []  # this invocation's arguments, for messages that say "run this instead"
 NOTIFY_COMMANDS = frozenset({"backup", "forget", "prune", "check", "copy", "rehearse", "pg", "mariadb"})
 
 
@@ -165,6 +166,12 @@ class CliState:
                 unused.close()
                 unused.backend.close()
         self._unlocked.clear()
+
+
+def command_line() -> str:
+    """This invocation as a shell command a user can copy."""
+    import shlex
+    return " ".join(shlex.quote(word) for word in ["drtool", *COMMAND_LINE])
 
 
 def emit(data: Any, as_json: bool, text: str | None = None) -> None:

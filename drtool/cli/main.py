@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code.  Never lets a traceback reach the user."""
     global _state
     _state = None
+    from drtool.cli import context
+    context.COMMAND_LINE[:] = sys.argv[1:] if argv is None else list(argv)
     code, message, error = _invoke(argv)
     if code != 0 and _is_restore_command(argv) and not getattr(error, "definitely_absent", False):
         code = FETCH_FAILED  # PostgreSQL reads 1..125 as "not archived" and would end recovery early

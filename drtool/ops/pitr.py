@@ -91,10 +91,15 @@ class PitrPlan:
     target_time: datetime | None
     inclusive: bool
     recoverable_until: datetime
+    immediate: bool = False  # a named base backup: stop as soon as it is consistent
 
     @property
     def latest(self) -> bool:
-        return self.target_time is None
+        return self.target_time is None and not self.immediate
+
+    def last_archived_commit(self) -> datetime | None:
+        """The newest commit (or abort) time in the planned WAL: what --latest must reach."""
+        return max((s.last_time for s in self.segments if s.last_time is not None), default=None)
 
     def data_loss_window(self, now: datetime | None = None) -> tuple[datetime, datetime] | None:
         """Changes in this interval are not in the archive and will not be restored (--latest)."""
@@ -108,14 +113,19 @@ class PitrPlan:
         return {"source": self.source, "type": self.source_type, "base": self.base.as_dict(),
                 "segments": [s.name for s in self.segments],
                 "segment_bytes": sum(s.size for s in self.segments),
-                "target_time": self.target_time.isoformat() if self.target_time else "latest",
+                "target_time": (self.target_time.isoformat() if self.target_time
+                                else "immediate" if self.immediate else "latest"),
                 "inclusive": self.inclusive, "recoverable_until": self.recoverable_until.isoformat(),
                 "data_loss_window": [loss[0].isoformat(), loss[1].isoformat()] if loss else None}
 
     def lines(self) -> list[str]:
         snap = self.base.snapshot
-        what = "latest archived state" if self.latest else (
-            f"{self.target_time.isoformat()} ({'inclusive' if self.inclusive else 'exclusive'})")  # type: ignore[union-attr]
+        if self.immediate:
+            what = "the base as it became consistent (no later log replayed)"
+        elif self.latest:
+            what = "latest archived state"
+        else:
+            what = f"{self.target_time.isoformat()} ({'inclusive' if self.inclusive else 'exclusive'})"  # type: ignore[union-attr]
         out = [f"source {self.source} ({self.source_type}): recover to {what}",
                f"base: snapshot {snap.short_id} ({snap.kind}, {snap.time.isoformat()}, "
                f"consistent from {self.base.consistent_at.isoformat()})"]
@@ -169,7 +179,11 @@ def plan_pitr(session: Session, source: str, source_type: str, when: datetime | 
         raise _missing_base_wal(source, candidates[-1], segments)
     if snapshot is not None and source_type == "mariadb":
         # a dump is consistent by itself; binlog stop times have 1 s resolution
-        return PitrPlan(source, source_type, base, [], when, inclusive, end)
+        return PitrPlan(source, source_type, base, [], when, inclusive, end, immediate=True)
+    if snapshot is not None:
+        # recovery_target = 'immediate': replay only the WAL the base backup itself needs
+        needed = [seg for seg in chain if (seg.seq or 0) <= base.required_seq]
+        return PitrPlan(source, source_type, base, needed, None, inclusive, base.consistent_at, immediate=True)
     if when is not None:
         _check_reachable(source, source_type, base, segments, when, end, inclusive)
     return PitrPlan(source, source_type, base, _needed(chain, when, source_type), when, inclusive, end)
@@ -248,26 +262,80 @@ class PitrResult:
     members: int = 0
     script: str | None = None
     socket: str | None = None
+    port: int | None = None
+    socket_dir: str | None = None
+    reached: str | None = None  # verified end point of the replay ("" when not verified)
+    log_file: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        data = {"plan": self.plan.as_dict(), "target": self.target, "target_db": self.target_db,
+        return {"plan": self.plan.as_dict(), "target": self.target, "target_db": self.target_db,
                 "started": self.started, "outcome": self.outcome, "restore_command": self.script,
-                "socket": self.socket}
-        return data
+                "socket": self.socket, "port": self.port, "socket_dir": self.socket_dir,
+                "reached": self.reached, "log": self.log_file}
 
     def lines(self) -> list[str]:
         where = self.target_db or self.target
         out = [f"restored source {self.plan.source} from snapshot {self.plan.base.snapshot.short_id} "
                f"with {len(self.plan.segments)} log file(s) into {where}"]
         if self.plan.source_type == "postgresql" and not self.started:
-            out.append(f"start it with: pg_ctl -D {self.target} start  (PostgreSQL replays WAL via "
-                       f"{self.script}, then promotes)")
+            out.append(f"start it with: pg_ctl -D {self.target} -l {self.log_file} start  (PostgreSQL replays "
+                       f"WAL via {self.script}, then promotes; port {self.port or 'from its configuration'}, "
+                       f"socket directory {self.socket_dir})")
         for key in ("stopped", "last_transaction"):
             if key in self.outcome:
                 out.append(f"recovery: {self.outcome[key]}")
+        if self.reached:
+            out.append(f"verified: {self.reached}")
+        if self.started and self.plan.source_type == "postgresql":
+            out.append(f"PostgreSQL running from {self.target}: port {self.port}, socket directory "
+                       f"{self.socket_dir}; connect with: psql -h {self.socket_dir} -p {self.port} "
+                       f"(stop: pg_ctl -D {self.target} stop)")
         if self.started and self.socket:
             out.append(f"MariaDB instance running on socket {self.socket}")
         return out
+
+
+class RecoveryShort(DrtoolError):
+    """Replay ended before the point the plan promised: never reported as a successful restore."""
+
+    hint = ("check that every WAL file of the plan is archived ('drtool pg window') and that "
+            "drtool-wal-fetch.sh works as the PostgreSQL OS user; the server log names the last file")
+
+
+def verify_postgres_recovery(plan: PitrPlan, outcome: dict[str, str]) -> str:
+    """What PostgreSQL's own log says recovery reached; RecoveryShort if it fell short of the plan.
+
+    A restore_command that reports "not archived" for a file that is (a
+    failed fetch read as absence) makes PostgreSQL end recovery early and
+    promote: for a time target it refuses ("recovery ended before configured
+    recovery target was reached"), but for --latest nothing would notice.
+    So --latest must have replayed the last archived commit and read into
+    the last archived segment.
+    """
+    last = postgres.last_transaction_time(outcome)
+    redo = postgres.redo_end_lsn(outcome)
+    if plan.immediate:
+        if "consistency" in outcome.get("stopped", ""):
+            return "stopped at the consistent end of the base backup"
+        raise RecoveryShort(f"recovery did not stop at the end of base backup {plan.base.snapshot.short_id}: "
+                            f"{outcome.get('stopped') or outcome.get('redo_done') or 'no recovery end logged'}")
+    if not plan.latest:
+        if "stopped" not in outcome:
+            raise RecoveryShort(f"recovery ended without reaching {plan.target_time.isoformat()} "  # type: ignore[union-attr]
+                                f"(last replayed transaction: {last.isoformat() if last else 'none'})")
+        return outcome["stopped"]
+    expected = plan.last_archived_commit()
+    if expected is not None and (last is None or last < expected):
+        raise RecoveryShort(f"recovery ended at the transaction of {last.isoformat() if last else '(none)'}, "
+                            f"but the archive holds transactions up to {expected.isoformat()}: "
+                            f"the restored server is short of --latest")
+    if plan.segments and plan.segments[-1].start_pos:
+        needed = postgres.parse_lsn(plan.segments[-1].start_pos)
+        if redo is None or redo < needed:
+            raise RecoveryShort(f"recovery replayed WAL up to {postgres.format_lsn(redo) if redo else '(unknown)'}, "
+                                f"short of the last archived segment {plan.segments[-1].name}")
+    return (f"all archived WAL replayed (last transaction {last.isoformat() if last else 'none'}, "
+            f"redo done at {postgres.format_lsn(redo) if redo is not None else 'unknown'})")
 
 
 class _SnapshotReader(io.RawIOBase):
@@ -327,10 +395,39 @@ def fetch_environment(settings: Settings, env: dict[str, str] | None = None) -> 
     return out
 
 
+def refuse_root_for_postgres(command_line: str | None, os_user: str = "postgres") -> None:
+    """Before anything is unpacked: PostgreSQL will not run as root, and root-owned files
+    would need chown before it could.  Name the command that works."""
+    if os.geteuid() != 0:
+        return
+    suggestion = f"runuser -u {os_user} -- {command_line}" if command_line else \
+        f"runuser -u {os_user} -- drtool restore --source …"
+    raise UsageError("PostgreSQL restores must run as the PostgreSQL OS user, not root (the server refuses "
+                     "root and the files must belong to it)", hint=f"run: {suggestion}")
+
+
+def _socket_dir_for(target: str) -> str:
+    """The restored server's own socket directory (never the production one).
+
+    Unix socket paths are limited to 107 bytes (``.s.PGSQL.NNNNN`` included):
+    a long target gets a private directory under /tmp instead.
+    """
+    if len(os.fsencode(target)) + len("/.s.PGSQL.65535") < 100:
+        return target
+    return tempfile.mkdtemp(prefix="drtool-pg-")
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def restore_postgres(session: Session, plan: PitrPlan, src: postgres.PgSource, target: str, *,
                      fetch_env: dict[str, str], start: bool = False, port: int | None = None,
                      timeout: float = 600.0) -> PitrResult:
-    """Unpack the base backup and configure recovery; with ``start``, run it to promotion."""
+    """Unpack the base backup and configure recovery; with ``start``, run it to promotion and verify."""
     target = os.path.abspath(target)
     postgres.prepare_datadir(target)
     with session.lock("restore"):
@@ -342,11 +439,21 @@ def restore_postgres(session: Session, plan: PitrPlan, src: postgres.PgSource, t
         if os.path.exists(os.path.join(target, stale)):
             os.unlink(os.path.join(target, stale))
     script = postgres.write_fetch_script(target, plan.source, fetch_env, sys.executable)
-    settings = postgres.recovery_settings(f"{shlex.quote(script)} %f %p", plan.target_time, plan.inclusive, port)
+    if start and port is None:
+        port = _free_port()  # never collide with the production server's 5432
+    socket_dir = _socket_dir_for(target)
+    settings = postgres.recovery_settings(f"{shlex.quote(script)} %f %p", plan.target_time, plan.inclusive, port,
+                                          socket_dir, immediate=plan.immediate)
     postgres.write_recovery_files(target, settings)
-    result = PitrResult(plan, target, members=members, script=script)
+    result = PitrResult(plan, target, members=members, script=script, port=port, socket_dir=socket_dir,
+                        log_file=postgres.recovery_log(target))
     if start:
         result.outcome = postgres.start_and_wait(target, src.bindir, timeout)
+        try:
+            result.reached = verify_postgres_recovery(plan, result.outcome)
+        except RecoveryShort as exc:
+            postgres.stop_server(target, src.bindir)
+            raise RecoveryShort(f"{exc} (server stopped; its log is {result.log_file})") from None
         result.started = True
     return result
 
@@ -373,13 +480,14 @@ def restore_mariadb(session: Session, plan: PitrPlan, src: mariadb.MariaSource, 
         with session.lock("restore"):
             session.repo.load_index()
             _pipe_into_client(server, database, snapshot_chunks(session.repo, plan.base.snapshot), "dump load")
-            _replay_binlogs(session, plan, server, single, database)
+            reached = _replay_binlogs(session, plan, server, single, database)
     finally:
         if instance is not None and not start:
             instance.stop()
     return PitrResult(plan, instance.root if instance else None, target_db=database,
                       started=start and instance is not None,
-                      socket=instance.socket if instance else None)
+                      socket=instance.socket if instance else None,
+                      reached=reached or "the dump's consistent point (no binlog replayed)")
 
 
 def _create_database(server: mariadb.MariaSource, database: str | None, fresh: bool) -> None:
@@ -412,13 +520,15 @@ def _pipe_into_client(server: mariadb.MariaSource, database: str | None, chunks:
 
 
 def _replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSource, single: str | None,
-                    database: str | None) -> None:
+                    database: str | None) -> str | None:
+    """Replay the planned binlogs; return what was verifiably reached."""
     if not plan.segments:
-        return
+        return None
     meta = plan.base.snapshot.meta
+    progress = mariadb.ReplayProgress()
     with tempfile.TemporaryDirectory(prefix="drtool-replay-") as work:
         files = []
-        for seg in plan.segments:
+        for seg in plan.segments:  # a binlog that cannot be fetched fails the restore, never shortens it
             path = os.path.join(work, seg.name)
             with open(path, "wb") as handle:
                 handle.write(fetch_segment(session.repo, BINLOG, plan.source, seg.name))
@@ -430,18 +540,50 @@ def _replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSourc
                                     stdin=subprocess.DEVNULL, env=dict(os.environ, TZ="UTC"))
         assert producer.stdout is not None and producer.stderr is not None
         errors = _Stderr(producer.stderr)
+
+        def chunks() -> Iterator[bytes]:
+            for chunk in iter(lambda: producer.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+                progress.feed(chunk)
+                yield chunk
+
         try:
-            _pipe_into_client(server, database, iter(lambda: producer.stdout.read(1 << 20), b""),  # type: ignore[union-attr]
-                              "binlog replay")
+            _pipe_into_client(server, database, chunks(), "binlog replay")
         finally:
             code = producer.wait()
         if code != 0:
             raise RestoreTargetError(f"mariadb-binlog failed (exit {code}): {errors.text()}")
+    return verify_binlog_replay(plan, progress, stop)
+
+
+def verify_binlog_replay(plan: PitrPlan, progress: mariadb.ReplayProgress, stop: datetime | None) -> str:
+    """Every planned binlog event before ``stop`` went through the replay, or RecoveryShort.
+
+    A file whose events all precede the stop time must have been read to its
+    last event (its recorded end position); a file with any event before it
+    must have been started.  --latest therefore ends at the last archived event.
+    """
+    seen = progress.file_end_pos
+    for index, seg in enumerate(plan.segments):
+        end = int(seg.end_pos or 0)
+        must_finish = stop is None or (seg.last_time is not None and seg.last_time < stop)
+        must_start = stop is None or seg.first_time is None or seg.first_time < stop
+        reached = seen[index] if index < len(seen) else None
+        if must_start and reached is None:
+            raise RecoveryShort(f"binlog replay never reached {seg.name} (read {len(seen)} of "
+                                f"{len(plan.segments)} planned file(s))")
+        if must_finish and end and reached is not None and reached < end:
+            raise RecoveryShort(f"binlog replay stopped in {seg.name} at position {reached}, before its last "
+                                f"event at {end}")
+    last = progress.last_time.isoformat() if progress.last_time else "none"
+    if stop is None:
+        return f"all archived binlog events replayed (last event {last}, {plan.segments[-1].name})"
+    return f"binlog events before {stop.isoformat()} replayed (last event {last})"
 
 
 def restore_pitr(session: Session, settings: Settings, src: Any, when: datetime | None, *,
                  inclusive: bool = True, target: str | None = None, target_db: str | None = None,
-                 start: bool = False, port: int | None = None, snapshot: str | None = None) -> PitrResult:
+                 start: bool = False, port: int | None = None, snapshot: str | None = None,
+                 command_line: str | None = None) -> PitrResult:
     """``drtool restore [SNAPSHOT] --source NAME --point-in-time TIME|--latest`` for databases."""
     plan = plan_from_config(session, src, when, inclusive, snapshot)
     if plan.source_type == "postgresql":
@@ -449,6 +591,7 @@ def restore_pitr(session: Session, settings: Settings, src: Any, when: datetime 
             raise UsageError("PostgreSQL restore needs --target DIR (the new data directory)")
         if target_db:
             raise UsageError("--target-db is for MariaDB sources")
+        refuse_root_for_postgres(command_line)
         return restore_postgres(session, plan, src, target, fetch_env=fetch_environment(settings),
                                 start=start, port=port)
     return restore_mariadb(session, plan, src, target_db=target_db, target_dir=target, start=start, port=port)

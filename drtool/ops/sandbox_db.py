@@ -270,6 +270,8 @@ class PostgresSandbox(DatabaseSandbox):
         pitr.restore_postgres(session, plan, src, self.pgdata, fetch_env=fetch_env, start=False)
         self._write_conf(recovery=True)
         self._start(wait_recovery=True)
+        log_text = _read_text(os.path.join(self.server_dir, "postgres.log"))
+        pitr.verify_postgres_recovery(plan, postgres.recovery_outcome(log_text))  # a drill never passes short
         self.database = self.database or "postgres"
         return plan.recoverable_until if latest else min(target, plan.recoverable_until)
 
@@ -348,6 +350,14 @@ def _wait_for_promotion(pgdata: str, log_file: str) -> None:
         if time.monotonic() > deadline:
             raise RestoreTargetError(f"PostgreSQL recovery did not finish within {LOAD_TIMEOUT}s")
         time.sleep(0.2)
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
 
 
 def _kill_postmaster(pid_file: str) -> None:

@@ -302,6 +302,48 @@ def replay_command(files: list[str], start_pos: int | None, stop: datetime | Non
     return cmd + files
 
 
+_HEADER_RE = re.compile(rb"^#(\d{6})\s+(\d{1,2}):(\d\d):(\d\d) server id \d+\s+end_log_pos (\d+)([^\n]*)",
+                        re.MULTILINE)
+_MAX_CARRY = 4096
+
+
+class ReplayProgress:
+    """What a ``mariadb-binlog`` replay stream contained, read as it passes to the client.
+
+    Per binlog file (a format description event, "Start: binlog", opens
+    each): the last end position seen; plus the newest event time.  Event
+    headers are printed even for events that ``--database`` filters out, so
+    a fully read file ends at its last event's end position (its Rotate).
+    """
+
+    def __init__(self) -> None:
+        self.file_end_pos: list[int] = []
+        self.last_time: datetime | None = None
+        self._carry = b""
+        self._carry_cut = False
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._carry + chunk
+        cut = data.rfind(b"\n") + 1
+        start = 0
+        if self._carry_cut:  # the carry began mid-line: skip to the next line start
+            start = data.find(b"\n") + 1
+        for match in _HEADER_RE.finditer(data, start, cut):
+            self._note(match)
+        rest = data[cut:]
+        self._carry_cut = len(rest) > _MAX_CARRY
+        self._carry = rest[-_MAX_CARRY:]
+
+    def _note(self, match: re.Match[bytes]) -> None:
+        if b"\tStart: binlog" in match.group(6) or not self.file_end_pos:
+            self.file_end_pos.append(0)
+        self.file_end_pos[-1] = int(match.group(5))
+        day = match.group(1).decode()
+        if day != "700101":
+            self.last_time = datetime(2000 + int(day[:2]), int(day[2:4]), int(day[4:]), int(match.group(2)),
+                                      int(match.group(3)), int(match.group(4)), tzinfo=timezone.utc)
+
+
 # ----- a fresh throwaway instance (restore target) ---------------------------------------------
 def _user_args() -> list[str]:
     if os.geteuid() == 0:

@@ -288,22 +288,33 @@ def quote_conf(value: str) -> str:
 
 
 def recovery_settings(restore_command: str, target_time: datetime | None, inclusive: bool,
-                      port: int | None) -> dict[str, str]:
+                      port: int | None, socket_dir: str | None = None,
+                      immediate: bool = False) -> dict[str, str]:
     """Lines appended to postgresql.auto.conf for a point-in-time (or latest) recovery.
 
     Archiving is switched off in the restored cluster: a drill or a side-by-side
-    restore must not push a second history into the production archive.
+    restore must not push a second history into the production archive.  The
+    server logs to the file drtool reads (no logging collector, UTC times) so
+    that the recovery's outcome can be verified from its own words; its socket
+    goes to ``socket_dir`` so it never shares the production socket directory.
     """
     settings = {"restore_command": quote_conf(restore_command),
                 "recovery_target_timeline": quote_conf("latest"),
-                "archive_mode": "off"}
-    if target_time is not None:
+                "archive_mode": "off",
+                "logging_collector": "off", "log_destination": quote_conf("stderr"),
+                "log_min_messages": quote_conf("warning"), "log_timezone": quote_conf("UTC")}
+    if immediate:
+        settings["recovery_target"] = quote_conf("immediate")
+        settings["recovery_target_action"] = quote_conf("promote")
+    elif target_time is not None:
         settings["recovery_target_time"] = quote_conf(
             target_time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00"))
         settings["recovery_target_inclusive"] = "on" if inclusive else "off"
         settings["recovery_target_action"] = quote_conf("promote")
     if port is not None:
         settings["port"] = str(port)
+    if socket_dir is not None:
+        settings["unix_socket_directories"] = quote_conf(socket_dir)
     return settings
 
 
@@ -331,15 +342,38 @@ def pg_ctl_command(datadir: str, action: str, bindir: str | None, log_file: str 
     return cmd + [action]
 
 
+_LOG_TIME = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?[+-]\d\d(?::?\d\d)?)"
+_LAST_XACT_RE = re.compile(r"last completed transaction was at log time " + _LOG_TIME)
+_REDO_DONE_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
+
+
 def recovery_outcome(log_text: str) -> dict[str, str]:
     """What the server log says about where recovery stopped (for the restore report)."""
     found: dict[str, str] = {}
     for line in log_text.splitlines():
         for key, marker in (("stopped", "recovery stopping"), ("last_transaction", "last completed transaction"),
-                            ("fatal", "FATAL:"), ("redo_done", "redo done at")):
+                            ("fatal", "FATAL:"), ("redo_done", "redo done at"),
+                            ("consistent", "consistent recovery state reached")):
             if marker in line:
                 found[key] = line[line.index(marker):].removeprefix("FATAL:").strip()
     return found
+
+
+def last_transaction_time(outcome: dict[str, str]) -> datetime | None:
+    """The commit time of the last transaction recovery replayed ("last completed transaction ...")."""
+    match = _LAST_XACT_RE.search(outcome.get("last_transaction", ""))
+    if not match:
+        return None
+    text = match.group(1)
+    if re.search(r"[+-]\d\d$", text):
+        text += ":00"
+    return datetime.fromisoformat(text).astimezone(timezone.utc)
+
+
+def redo_end_lsn(outcome: dict[str, str]) -> int | None:
+    """The LSN of the last WAL record recovery replayed ("redo done at X/Y")."""
+    match = _REDO_DONE_RE.search(outcome.get("redo_done", ""))
+    return parse_lsn(match.group(1)) if match else None
 
 
 # ----- restore side ----------------------------------------------------------------------------------
@@ -403,24 +437,43 @@ def write_fetch_script(target: str, source: str, env: dict[str, str], python: st
 
 
 def start_and_wait(target: str, bindir: str | None, timeout: float) -> dict[str, str]:
-    """Start the restored cluster and wait until recovery ended and it was promoted."""
-    log_file = os.path.join(target, "drtool-recovery.log")
+    """Start the restored cluster and wait until recovery ended and it was promoted.
+
+    On every failure the server is stopped (a half-recovered server left
+    running would look like a restore) and the message names the log, which
+    stays in the data directory.
+    """
+    log_file = recovery_log(target)
     proc = subprocess.run(pg_ctl_command(target, "start", bindir, log_file, int(timeout)),
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
+        stop_server(target, bindir)
         raise RestoreTargetError(f"PostgreSQL did not start from {target}: "
-                                 f"{_why(log_file) or proc.stderr.strip().splitlines()[-1:]}",
-                                 hint=f"see {log_file}")
+                                 f"{_why(log_file) or ' '.join(proc.stderr.strip().splitlines()[-1:])}",
+                                 hint=f"server stopped; its log is {log_file}")
     deadline = time.monotonic() + timeout
     while cluster_state(target, bindir) != "in production":
         if not os.path.exists(os.path.join(target, "postmaster.pid")):
             raise RestoreTargetError(f"recovery failed: {_why(log_file) or 'the server exited'}",
-                                     hint=f"see {log_file}")
+                                     hint=f"the server is not running; its log is {log_file}")
         if time.monotonic() > deadline:
+            stop_server(target, bindir)
             raise RestoreTargetError(f"recovery did not finish within {timeout:.0f}s",
-                                     hint=f"the server is still running; see {log_file}")
+                                     hint=f"server stopped; its log is {log_file}")
         time.sleep(0.2)
     return recovery_outcome(_read(log_file))
+
+
+def recovery_log(target: str) -> str:
+    return os.path.join(target, "drtool-recovery.log")
+
+
+def stop_server(target: str, bindir: str | None) -> None:
+    """Stop a server drtool started in ``target`` (immediate: its state is being discarded)."""
+    if not os.path.exists(os.path.join(target, "postmaster.pid")):
+        return
+    subprocess.run([find_binary("pg_ctl", bindir), "-D", target, "-w", "-t", "60", "-m", "immediate", "stop"],
+                   capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
 
 
 def cluster_state(datadir: str, bindir: str | None) -> str:
