@@ -7,15 +7,12 @@ themselves (``wal/…``, ``binlog/…``); these rows are a cache of their small
 downloading a single segment.  Rows are rebuilt from the repository by
 ``drtool.ops.logarchive.rebuild_log_segments``.
 
-The gap logic is pure (no database) so it is easy to test: segments carry a
-``seq`` — the absolute WAL segment number or the binlog file number — and a
-gap is any missing number between two present ones.
+The gap and window logic is pure and lives in ``drtool.snapshot.logwindow``;
+this module keeps the rows.
 """
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
@@ -23,61 +20,9 @@ from sqlalchemy import delete, select
 
 from drtool.catalog.models import log_segment_table
 from drtool.catalog.store import Catalog, insert_new
-from drtool.snapshot.model import Snapshot
-
-WAL = "wal"
-BINLOG = "binlog"
-PG_BASE = "pg-base"
-MARIADB_DUMP = "mariadb-dump"
-DEFAULT_WAL_SEGMENT = 16 * 1024 * 1024
-_LSN_RE = re.compile(r"^([0-9A-F]{1,8})/([0-9A-F]{1,8})$", re.IGNORECASE)
-_BINLOG_SEQ_RE = re.compile(r"\.(\d+)$")
-
-
-@dataclass
-class Segment:
-    """A log segment as the planning code sees it (times always UTC-aware)."""
-
-    source: str
-    kind: str
-    name: str
-    object_id: str
-    size: int
-    archived_at: datetime
-    timeline: int | None = None
-    seq: int | None = None
-    first_time: datetime | None = None
-    last_time: datetime | None = None
-    start_pos: str | None = None
-    end_pos: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def newest_time(self) -> datetime:
-        """The latest moment this segment is known to cover (falls back to archive time)."""
-        return self.last_time or self.archived_at
-
-    def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items()}
-        for key in ("archived_at", "first_time", "last_time"):
-            if data[key] is not None:
-                data[key] = data[key].isoformat()
-        return data
-
-
-@dataclass(frozen=True)
-class Gap:
-    """Missing sequence numbers ``first..last`` between two archived segments."""
-
-    first: int
-    last: int
-    before: str
-    after: str
-
-    @property
-    def count(self) -> int:
-        return self.last - self.first + 1
-
+from drtool.snapshot.logwindow import (BINLOG, DEFAULT_WAL_SEGMENT, MARIADB_DUMP, PG_BASE, WAL, Gap,  # noqa: F401
+                                       RecoveryBase, Segment, Window, by_seq, compute_window, contiguous_run,
+                                       find_gaps, gap_file_name, reach, recovery_bases, wal_segment_size)
 
 def _aware(value: datetime | None) -> datetime | None:
     """SQLite drops the zone of DateTime(timezone=True) values; they are stored as UTC."""
@@ -148,188 +93,6 @@ class LogCatalog:
                 "first_time": _utc(seg.first_time), "last_time": _utc(seg.last_time),
                 "start_pos": seg.start_pos, "end_pos": seg.end_pos, "size": seg.size,
                 "archived_at": _utc(seg.archived_at), "extra": json.dumps(seg.extra, sort_keys=True)}
-
-
-# ----- pure planning helpers ---------------------------------------------------------
-def by_seq(segments: Iterable[Segment], min_timeline: int = 0) -> dict[int, Segment]:
-    """One segment per sequence number: the highest timeline wins (what recovery follows)."""
-    chosen: dict[int, Segment] = {}
-    for seg in segments:
-        if seg.seq is None or (seg.timeline or 0) < min_timeline:
-            continue
-        old = chosen.get(seg.seq)
-        if old is None or (seg.timeline or 0) > (old.timeline or 0):
-            chosen[seg.seq] = seg
-    return chosen
-
-
-def find_gaps(segments: Iterable[Segment], start: int | None = None) -> list[Gap]:
-    """Missing sequence numbers between present ones (from ``start`` if given)."""
-    present = by_seq(segments)
-    numbers = sorted(n for n in present if start is None or n >= start)
-    gaps: list[Gap] = []
-    if start is not None and numbers and numbers[0] > start:
-        gaps.append(Gap(start, numbers[0] - 1, "(backup start)", present[numbers[0]].name))
-    for prev, cur in zip(numbers, numbers[1:]):
-        if cur != prev + 1:
-            gaps.append(Gap(prev + 1, cur - 1, present[prev].name, present[cur].name))
-    return gaps
-
-
-def contiguous_run(segments: Iterable[Segment], start: int, min_timeline: int = 0) -> list[Segment]:
-    """Segments ``start, start+1, …`` up to the first missing number."""
-    present = by_seq(segments, min_timeline)
-    run: list[Segment] = []
-    seq = start
-    while seq in present:
-        run.append(present[seq])
-        seq += 1
-    return run
-
-
-# ----- recovery bases and windows (pure; the catalog supplies snapshots and segments) ----------
-def lsn_value(text: str) -> int:
-    match = _LSN_RE.match(text.strip())
-    if not match:
-        raise ValueError(f"not an LSN: {text!r}")
-    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
-
-
-def binlog_number(name: str) -> int | None:
-    match = _BINLOG_SEQ_RE.search(name)
-    return int(match.group(1)) if match else None
-
-
-def wal_segment_size(segments: list[Segment]) -> int:
-    sizes = [s.extra.get("segment_size") for s in segments if s.extra.get("segment_size")]
-    return int(sizes[0]) if sizes else DEFAULT_WAL_SEGMENT
-
-
-@dataclass
-class RecoveryBase:
-    """A snapshot recovery can start from: where its logs begin, when it is consistent.
-
-    ``required_seq`` is the last log file the base itself needs (the end of a
-    base backup's WAL range); a base whose required logs are missing is useless.
-    """
-
-    snapshot: Snapshot
-    start_seq: int
-    timeline: int
-    consistent_at: datetime
-    required_seq: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot.id, "kind": self.snapshot.kind,
-                "time": self.snapshot.time.isoformat(), "consistent_at": self.consistent_at.isoformat()}
-
-
-def _pg_base(snap: Snapshot, seg_size: int) -> RecoveryBase | None:
-    meta = snap.meta
-    if "start_lsn" not in meta:
-        return None
-    start = lsn_value(meta["start_lsn"]) // seg_size
-    required = lsn_value(meta["end_lsn"]) // seg_size if meta.get("end_lsn") else start
-    consistent = datetime.fromisoformat(meta["end_time"]) if meta.get("end_time") else snap.time
-    return RecoveryBase(snap, start, int(meta.get("timeline", 1)), consistent, required)
-
-
-def _mariadb_base(snap: Snapshot) -> RecoveryBase | None:
-    seq = binlog_number(snap.meta.get("binlog_file", ""))
-    if seq is None:
-        return None
-    return RecoveryBase(snap, seq, 0, snap.time, seq - 1)
-
-
-def recovery_bases(snapshots: Iterable[Snapshot], kind: str, segments: list[Segment]) -> list[RecoveryBase]:
-    """Restorable starting points among ``snapshots`` for log kind ``kind``, oldest first."""
-    snap_kind = PG_BASE if kind == WAL else MARIADB_DUMP
-    seg_size = wal_segment_size(segments)
-    found = []
-    for snap in snapshots:
-        if snap.kind != snap_kind:
-            continue
-        base = _pg_base(snap, seg_size) if kind == WAL else _mariadb_base(snap)
-        if base is not None:
-            found.append(base)
-    return sorted(found, key=lambda b: b.consistent_at)
-
-
-def reach(base: RecoveryBase, chain: list[Segment]) -> datetime | None:
-    """Latest time recovery from ``base`` over ``chain`` reaches; None if the base is incomplete.
-
-    For WAL this is the newest archived commit (PostgreSQL can only stop before
-    a later commit); for binlogs the newest archived event.
-    """
-    if base.required_seq >= base.start_seq and (not chain or (chain[-1].seq or 0) < base.required_seq):
-        return None
-    times = [s.last_time for s in chain if s.last_time is not None]
-    if times:
-        return max(max(times), base.consistent_at)
-    return base.consistent_at
-
-
-@dataclass
-class Window:
-    """What a source can be restored to: merged intervals plus the gaps in its log archive."""
-
-    source: str
-    kind: str
-    intervals: list[tuple[datetime, datetime]] = field(default_factory=list)
-    gaps: list[dict[str, Any]] = field(default_factory=list)
-    segments: int = 0
-    bases: int = 0
-
-    @property
-    def start(self) -> datetime | None:
-        return self.intervals[0][0] if self.intervals else None
-
-    @property
-    def end(self) -> datetime | None:
-        return self.intervals[-1][1] if self.intervals else None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "kind": self.kind, "segments": self.segments, "bases": self.bases,
-                "start": self.start.isoformat() if self.start else None,
-                "end": self.end.isoformat() if self.end else None,
-                "intervals": [[a.isoformat(), b.isoformat()] for a, b in self.intervals],
-                "gaps": self.gaps}
-
-
-def _merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
-    merged: list[tuple[datetime, datetime]] = []
-    for start, end in sorted(intervals):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def gap_file_name(kind: str, gap: Gap, timeline: int, seg_size: int) -> str:
-    """The first missing file of a gap, named as the server names it."""
-    if kind == WAL:
-        per = 0x100000000 // seg_size
-        return f"{timeline:08X}{gap.first // per:08X}{gap.first % per:08X}"
-    match = re.match(r"^(.*\.)(\d+)$", gap.before) or re.match(r"^(.*\.)(\d+)$", gap.after)
-    if not match:
-        return f"#{gap.first}"
-    return f"{match.group(1)}{gap.first:0{len(match.group(2))}d}"
-
-
-def compute_window(source: str, kind: str, snapshots: Iterable[Snapshot], segments: list[Segment]) -> Window:
-    found = recovery_bases(snapshots, kind, segments)
-    intervals = []
-    for base in found:
-        end = reach(base, contiguous_run(segments, base.start_seq, base.timeline))
-        if end is not None:
-            intervals.append((base.consistent_at, end))
-    window = Window(source, kind, _merge(intervals), segments=len(segments), bases=len(found))
-    start = found[0].start_seq if found else None
-    seg_size, timeline = wal_segment_size(segments), (found[0].timeline if found else 1)
-    window.gaps = [{"first_missing": gap_file_name(kind, g, timeline, seg_size), "count": g.count,
-                    "after": g.before, "before": g.after} for g in find_gaps(segments, start)]
-    return window
 
 
 def recoverable_window(catalog: Catalog, source: str) -> Window | None:

@@ -19,8 +19,10 @@ import click
 from drtool.cli.context import CliState, command_line, emit
 from drtool.cli.options import json_option
 from drtool.errors import DrtoolError, SourceError, UsageError
-from drtool.ops import logarchive, pitr, sources_run
-from drtool.snapshot.timeparse import parse_point_in_time
+from drtool.ops import logarchive
+
+# pitr and sources_run pull in the catalog (SQLAlchemy): imported where used, so that
+# wal-push / wal-fetch, run once per WAL file, start without them.
 
 pass_state = click.make_pass_decorator(CliState)
 log = logging.getLogger("drtool")
@@ -156,6 +158,7 @@ def _print_window(window: Any, as_json: bool) -> None:
 @pass_state
 def pg_window(state: CliState, source: str, as_json: bool) -> None:
     """Show the recoverable window and WAL gaps of a source."""
+    from drtool.ops import pitr
     _print_window(pitr.recoverable_window(state.session(), source, "postgresql"), as_json)
 
 
@@ -171,6 +174,7 @@ def mariadb_group() -> None:
 @pass_state
 def binlog_push(state: CliState, source: str, timeout: str | None, as_json: bool) -> None:
     """Archive every closed binlog of the source not yet in the repository (run it often)."""
+    from drtool.ops import sources_run
     src = sources_run.get_source(state.settings, source)
     if sources_run.source_type(src) != "mariadb":
         raise UsageError(f"source {source} is not a mariadb source")
@@ -192,12 +196,14 @@ def binlog_push(state: CliState, source: str, timeout: str | None, as_json: bool
 @pass_state
 def mariadb_window(state: CliState, source: str, as_json: bool) -> None:
     """Show the recoverable window and binlog gaps of a source."""
+    from drtool.ops import pitr
     _print_window(pitr.recoverable_window(state.session(), source, "mariadb"), as_json)
 
 
 # ----- backup / restore --source (dispatched from commands_core) ---------------------------------
 def run_source_backup(state: CliState, source: str | None, all_sources: bool, tags: list[str],
                       as_json: bool) -> None:
+    from drtool.ops import sources_run
     if source and all_sources:
         raise UsageError("give either --source NAME or --all")
     run = sources_run.backup_sources(state.session(), state.settings, None if all_sources else [source or ""],
@@ -221,6 +227,8 @@ def run_source_backup(state: CliState, source: str | None, all_sources: bool, ta
 def run_source_restore(state: CliState, source: str, target: str | None, when: str | None, latest: bool,
                        exclusive: bool, start: bool, port: int | None, target_db: str | None,
                        dry_run: bool, as_json: bool, snapshot: str | None = None) -> None:
+    from drtool.ops import pitr, sources_run
+    from drtool.snapshot.timeparse import parse_point_in_time
     if (bool(when) + latest + bool(snapshot)) != 1:
         raise UsageError("give one of SNAPSHOT, --point-in-time TIME or --latest with --source")
     src = sources_run.get_source(state.settings, source)

@@ -24,15 +24,18 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drtool.backends.registry import open_backend
-from drtool.catalog.logs import BINLOG, WAL, LogCatalog, Segment
+from drtool.snapshot.logwindow import BINLOG, WAL, Segment
 from drtool.errors import DrtoolError, IntegrityError, ObjectMissing, UsageError
-from drtool.ops.session import OpenOptions, Session
 from drtool.repository.repo import Repository
 from drtool.sources import mariadb, postgres
 from drtool.testing_hooks import crash_point
+
+if TYPE_CHECKING:  # the catalog (SQLAlchemy, ~0.3 s to import) is not needed to push or fetch a file
+    from drtool.catalog.logs import LogCatalog
+    from drtool.ops.session import OpenOptions, Session
 
 log = logging.getLogger("drtool")
 INFO_KIND = b"log-info"
@@ -267,6 +270,7 @@ def _load_info(repo: Repository, prefix: str, object_id: str) -> Segment:
 
 def sync_log_segments(session: Session) -> LogCatalog:
     """Make the catalog list exactly the archived log files the repository holds."""
+    from drtool.catalog.logs import LogCatalog
     logs = LogCatalog(session.catalog)
     present = _info_objects(session.repo)
     known = logs.known_object_ids()
@@ -283,6 +287,7 @@ def sync_log_segments(session: Session) -> LogCatalog:
 
 def rebuild_log_segments(session: Session) -> int:
     """Catalog rebuild hook: drop and re-create every log_segments row from the repository."""
+    from drtool.catalog.logs import LogCatalog
     logs = LogCatalog(session.catalog)
     logs.clear()
     sync_log_segments(session)

@@ -1,0 +1,96 @@
+"""drtool as deployed: installed by scripts/install, run as the OS user the docs name.
+
+The test virtualenv's interpreter lives under /root (mode 0700), which the
+``postgres`` or ``mysql`` user cannot reach, exactly like a developer's
+checkout on a real host.  These helpers install drtool the documented way
+(``scripts/install``, a venv from the system interpreter in a shared prefix)
+and run it with ``runuser`` (present on minimal Debian, unlike sudo).
+Default key-derivation parameters throughout: nothing here is tuned for speed.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def install_drtool() -> Iterator[Path]:
+    """``scripts/install --prefix P --no-link`` into a fresh world-readable prefix; yields P/bin."""
+    if os.geteuid() != 0:
+        pytest.fail("the deployed-profile tests run commands as other OS users: run them as root "
+                    "(scripts/test does in CI)")
+    top = Path(tempfile.mkdtemp(prefix="drtool-install-", dir="/tmp"))
+    os.chmod(top, 0o755)
+    try:
+        proc = subprocess.run([str(ROOT / "scripts" / "install"), "--prefix", str(top / "venv"), "--no-link"],
+                              capture_output=True, text=True, timeout=900, check=False)
+        assert proc.returncode == 0, f"scripts/install failed: {proc.stdout}\n{proc.stderr}"
+        yield top / "venv" / "bin"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def os_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pytest.fail(f"OS user {name!r} is missing: install the Debian package that creates it "
+                    f"(scripts/test installs postgresql and mariadb-server)")
+
+
+def shared_dir(prefix: str, owner: str) -> Path:
+    """A short directory under /tmp owned by ``owner`` (socket paths must stay short)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    user = os_user(owner)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    os.chmod(path, 0o755)
+    return path
+
+
+def runuser() -> str:
+    path = shutil.which("runuser") or "/usr/sbin/runuser"
+    if not os.access(path, os.X_OK):
+        pytest.fail("runuser (util-linux) is missing")
+    return path
+
+
+def run_as(user: str, args: list[str], env: dict[str, str], timeout: float = 600, cwd: str | None = None,
+           check: bool = False) -> subprocess.CompletedProcess[str]:
+    """``runuser -u USER -- ARGS`` with ``env`` (runuser keeps it but HOME/USER/SHELL/LOGNAME)."""
+    proc = subprocess.run([runuser(), "-u", user, "--", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or "/", check=False)
+    if check:
+        assert proc.returncode == 0, f"{' '.join(args)} as {user} exited {proc.returncode}:\n{proc.stderr}"
+    return proc
+
+
+def popen_as(user: str, args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([runuser(), "-u", user, "--", *args], env=env, text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def doc_setting(doc: str, key: str) -> str:
+    """The value of ``key = '...'`` as a doc prints it (e.g. archive_command in databases.md)."""
+    text = (DOCS / doc).read_text()
+    match = re.search(rf"^\s*{re.escape(key)} = '(.*)'\s*$", text, re.MULTILINE)
+    assert match, f"docs/{doc} no longer shows {key} = '...'"
+    return match.group(1)
+
+
+def doc_command(doc: str, pattern: str) -> str:
+    """The first command line in ``doc`` matching ``pattern`` (a regex), prompt stripped."""
+    text = (DOCS / doc).read_text()
+    for line in text.splitlines():
+        line = line.strip().removeprefix("$ ")
+        if re.search(pattern, line):
+            return line
+    raise AssertionError(f"docs/{doc} has no command matching {pattern!r}")
