@@ -154,7 +154,8 @@ def pg_cluster(drtool_bin: Path) -> Iterator[PgCluster]:
     (root / "drtool.toml").write_text(
         f'repository = "{root}/repo"\npassword_file = "{root}/passphrase"\ncatalog = "{root}/catalog.sqlite"\n\n'
         f'[sources.{SOURCE}]\ntype = "postgresql"\nmethod = "basebackup"\nhost = "{root}"\n'
-        f'port = {cluster.port}\nuser = "postgres"\nbindir = "{bindir}"\n')
+        f'port = {cluster.port}\nuser = "postgres"\nbindir = "{bindir}"\n'
+        f'archive_async = true\nspool_dir = "{root}/spool"\n')  # as docs/databases.md recommends
     pg = os_user("postgres")
     for name in ("passphrase", "drtool.toml"):
         os.chown(root / name, pg.pw_uid, pg.pw_gid)

@@ -89,21 +89,79 @@ def pg_group() -> None:
 @pg_group.command("wal-push")
 @source_option
 @timeout_option
+@click.option("--async", "use_async", is_flag=True,
+              help="Wait for the archive worker instead of storing the file here (also: archive_async = true "
+                   "in the source's table).")
 @click.argument("path", type=click.Path(dir_okay=False))
 @pass_state
-def wal_push(state: CliState, source: str, timeout: str | None, path: str) -> None:
+def wal_push(state: CliState, source: str, timeout: str | None, use_async: bool, path: str) -> None:
     """Archive one WAL file (archive_command = 'drtool pg wal-push --source NAME %p').
 
     Exit 0 only once the file is stored; re-pushing identical content is a
-    success, different content under the same name is an error.
+    success, different content under the same name is an error.  With
+    asynchronous archiving a long-lived worker stores the files and this
+    command only waits for its verdict on PATH (no key derivation per file).
     """
-    with deadline(_timeout_seconds(state, source, timeout), f"wal-push of {os.path.basename(path)}", 1):
+    table = _source_table(state, source)
+    seconds = _timeout_seconds(state, source, timeout)
+    if use_async or table.get("archive_async"):
+        from drtool.ops import archive_async
+        spool = archive_async.Spool.open(table.get("spool_dir"), source)
+        status = archive_async.push_async(spool, path, seconds,
+                                          lambda: _spawn_worker(state, source, os.path.dirname(os.path.abspath(path)),
+                                                                spool.log_path))
+        log.info("%s %s (asynchronous)", status, os.path.basename(path))
+        return
+    with deadline(seconds, f"wal-push of {os.path.basename(path)}", 1):
         repo = state.repository_only()
         try:
-            result = logarchive.wal_push(repo, source, path, _source_table(state, source).get("bindir"))
+            result = logarchive.wal_push(repo, source, path, table.get("bindir"))
         finally:
             repo.close()
     log.info("%s %s (%d bytes)", result.status, result.name, result.size)
+
+
+def _spawn_worker(state: CliState, source: str, wal_dir: str, log_path: str) -> None:
+    """Start ``drtool pg archive-worker`` detached: its own session, no inherited descriptors."""
+    import subprocess
+    from drtool.ops.archive_async import trim_log
+    env = dict(os.environ)
+    if state.settings.path:
+        env["DRTOOL_CONFIG"] = os.path.abspath(state.settings.path)
+    if state.repo_option:
+        env["DRTOOL_REPOSITORY"] = state.repo_option
+    trim_log(log_path)
+    with open(log_path, "ab") as log_file:
+        subprocess.Popen([sys.executable, "-m", "drtool", "--log-format", "json", "pg", "archive-worker",
+                          "--source", source, "--wal-dir", wal_dir], env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True, close_fds=True,
+                         cwd="/")
+
+
+@pg_group.command("archive-worker", hidden=True)
+@source_option
+@click.option("--wal-dir", required=True, type=click.Path(file_okay=False),
+              help="The server's pg_wal directory (its archive_status/ names the ready files).")
+@pass_state
+def archive_worker(state: CliState, source: str, wal_dir: str) -> None:
+    """Store every ready WAL file ahead of archive_command (started by wal-push with archive_async)."""
+    from drtool.ops import archive_async
+    table = _source_table(state, source)
+    spool = archive_async.Spool.open(table.get("spool_dir"), source)
+    if spool.worker_running():
+        return
+    try:
+        repo = state.repository_only()
+    except DrtoolError as exc:  # reported by the waiting archive_command, then retried by PostgreSQL
+        spool.fail_worker(exc.one_line())
+        raise
+    try:
+        stored = archive_async.run_worker(
+            spool, wal_dir, lambda path: logarchive.wal_push(repo, source, path, table.get("bindir")),
+            parallel=int(table.get("archive_parallel", archive_async.DEFAULT_PARALLEL)))
+    finally:
+        repo.close()
+    log.info("archive worker for %s exits after storing %d file(s)", source, stored)
 
 
 @pg_group.command("wal-fetch")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 
@@ -36,7 +37,8 @@ class LazyGroup(click.Group):
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple:  # type: ignore[type-arg]
         """Start deriving the repository key before the command's modules are imported."""
-        if args and args[0] not in NO_SESSION_COMMANDS and not HELP_FLAGS.intersection(args):
+        if args and args[0] not in NO_SESSION_COMMANDS and not HELP_FLAGS.intersection(args) \
+                and not _async_wal_push(_state_for(ctx), args):
             _state_for(ctx).start_unlock()
         return super().resolve_command(ctx, args)
 
@@ -66,6 +68,25 @@ def cli(ctx: click.Context, repo: str | None, config: str | None, verbose: int, 
     from drtool.cli.logs import setup_logging
     setup_logging(verbose, log_format)
     _state_for(ctx).command = ctx.invoked_subcommand
+
+
+def _async_wal_push(state: CliState, args: list[str]) -> bool:
+    """``pg wal-push`` with asynchronous archiving derives no key: the worker holds it."""
+    if args[:2] != ["pg", "wal-push"]:
+        return False
+    if "--async" in args:
+        return True
+    source = os.environ.get("DRTOOL_SOURCE")
+    for i, arg in enumerate(args):
+        if arg == "--source" and i + 1 < len(args):
+            source = args[i + 1]
+        elif arg.startswith("--source="):
+            source = arg.split("=", 1)[1]
+    try:
+        table = state.settings.section("sources").get(source or "", {})
+    except DrtoolError:
+        return False
+    return isinstance(table, dict) and bool(table.get("archive_async"))
 
 
 def _state_for(ctx: click.Context) -> CliState:

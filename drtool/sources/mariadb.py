@@ -30,7 +30,7 @@ from drtool.errors import RestoreTargetError, SourceError
 from drtool.sources.common import check_one_database_choice, check_table
 
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
-        "defaults_file", "bindir", "binlog_dir", "options", "pitr"}
+        "defaults_file", "bindir", "binlog_dir", "options", "pitr", "log_timeout"}
 DUMP_END_MARKER = b"-- Dump completed"
 _COORD_RE = re.compile(rb"CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+)")
 _GTID_RE = re.compile(rb"SET GLOBAL gtid_slave_pos='([^']*)'")

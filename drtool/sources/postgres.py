@@ -32,7 +32,8 @@ from drtool.sources.common import check_one_database_choice, check_table
 
 METHODS = ("dump", "basebackup")
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
-        "passfile", "bindir", "method", "options"}
+        "passfile", "bindir", "method", "options", "archive_async", "spool_dir", "archive_parallel",
+        "log_timeout"}
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
