@@ -56,3 +56,29 @@ def test_key_slot_stores_no_secret_in_clear(repo_env: DrEnv) -> None:
     data = json.loads(key.read_text())
     assert data["kdf"] == "argon2id" and "salt" in data and "wrapped" in data
     assert "correct horse" not in key.read_text()
+
+
+def test_concurrent_default_derivations_in_one_process_neither_hang_nor_fail() -> None:
+    """Two 4-lane Argon2id derivations at once deadlocked (or failed with "Not enough memory to
+    derive key") in the OpenSSL that cryptography ships; the CLI's start-up thread and a command
+    derive concurrently, so derivations are serialised and remembered per process."""
+    import threading
+    from drtool.crypto.keys import KdfParams, derive_wrapping_key
+    params = KdfParams()  # the default: 64 MiB, 3 passes, 4 lanes
+    results: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def derive(i: int) -> None:
+        try:
+            results[i] = derive_wrapping_key(f"passphrase {i % 2}".encode(), b"s" * 16, params)
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever happened
+            errors.append(exc)
+
+    threads = [threading.Thread(target=derive, args=(i,), daemon=True) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a key derivation hung"
+    assert not errors, errors
+    assert results[0] == results[2] and results[1] == results[3] and results[0] != results[1]

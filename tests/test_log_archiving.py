@@ -229,3 +229,23 @@ def test_archive_command_while_a_nightly_backup_runs(tmp_path: Path) -> None:
     out, err = backup.communicate(timeout=300)
     assert backup.returncode == 0, err
     assert [p.returncode for p in pushes] == [0] * len(names), [p.stderr for p in pushes if p.returncode]
+
+
+def test_key_derivation_out_of_memory_is_one_clear_line(tmp_path: Path) -> None:
+    """Argon2id needs 64 MiB: under a tight address-space limit the failure is a message with
+    its exit code (126 for restore_command), not "internal error: MemoryError"."""
+    dr = _env(tmp_path / "dr")
+    seen_failure = False
+    for limit_mib in (100, 110, 120):
+        for args, code in ((["snapshots"], 1),
+                           (["pg", "wal-fetch", "--source", "db1", "000000010000000000000001",
+                             str(tmp_path / "x")], 126)):
+            proc = subprocess.run(["prlimit", f"--as={limit_mib * 2**20}", sys.executable, "-m", "drtool", *args],
+                                  env=dr.env, capture_output=True, text=True, timeout=120, check=False)
+            if "cannot derive the key" in proc.stderr:
+                seen_failure = True
+                assert proc.returncode == code, proc.stderr
+                assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+            else:  # too little memory to even load the libraries, or enough to succeed
+                assert "Traceback" not in proc.stderr, proc.stderr
+    assert seen_failure, "no limit made the key derivation fail: the test no longer tests anything"

@@ -272,3 +272,223 @@ def test_postgres_restore_to_each_point_is_exact(pg_cluster: PgCluster, pg_histo
     assert sorted(tables) == sorted(expected), "tables differ (a dropped table came back, or one is missing)"
     for table in expected:
         assert tables[table] == expected[table], f"table {table} differs at point {which}"
+
+
+# ----- MariaDB --------------------------------------------------------------------------------------
+MARIA_SOURCE = "wiki"  # the name docs/databases.md uses
+MARIA_TABLES = ("page", "revision", "user_account")
+
+
+@dataclass
+class MariaCluster:
+    root: Path
+    socket: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    pushes: list[int] = field(default_factory=list)
+    push_errors: list[str] = field(default_factory=list)
+    running: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    ops: int = 0
+
+    def connect(self, database: str | None = "wiki") -> Any:
+        import pymysql
+        return pymysql.connect(unix_socket=self.socket, user="root", password=MARIA_PASSWORD, database=database,
+                               autocommit=True)
+
+    def sql(self, query: str, database: str | None = "wiki") -> list[tuple[Any, ...]]:
+        conn = self.connect(database)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def drtool(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_as("mysql", ["drtool", *args], self.env, timeout=900)
+
+    def workload(self) -> None:
+        """Mixed writes on several tables, one transaction at a time, DDL now and then."""
+        import random
+        rng = random.Random(5)
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                while not self.stop.is_set():
+                    if not self.running.wait(0.1):
+                        continue
+                    self._one_operation(cur, rng)
+                    self.ops += 1
+        finally:
+            conn.close()
+
+    def _one_operation(self, cur: Any, rng: Any) -> None:
+        roll = rng.random()
+        if roll < 0.35:
+            cur.execute("INSERT INTO page (title, body) VALUES (%s, %s)", (f"Page_{rng.random()}", "x" * rng.randint(10, 900)))
+        elif roll < 0.6:
+            cur.execute("INSERT INTO revision (page_id, comment) SELECT id, %s FROM page ORDER BY RAND(%s) LIMIT 3",
+                        (f"edit {rng.random()}", rng.randint(0, 10**6)))
+        elif roll < 0.8:
+            cur.execute("UPDATE page SET body = CONCAT(body, 'y'), touched = touched + 1 WHERE id %% 17 = %s",
+                        (rng.randint(0, 16),))
+        elif roll < 0.95:
+            cur.execute("DELETE FROM revision WHERE id %% 23 = %s ORDER BY id LIMIT 2", (rng.randint(0, 22),))
+        elif roll < 0.98:
+            cur.execute("UPDATE user_account SET edits = edits + 1 WHERE id = %s", (rng.randint(1, 50),))
+        else:
+            cur.execute("CREATE TABLE IF NOT EXISTS scratch (id INT PRIMARY KEY, v INT)")
+            cur.execute("REPLACE INTO scratch VALUES (%s, %s)", (rng.randint(1, 20), rng.randint(0, 99)))
+            cur.execute("FLUSH BINARY LOGS")
+
+    def push_timer(self) -> None:
+        """binlog-push every 2 s, as the systemd timer does, while the workload runs."""
+        while not self.stop.wait(2.0):
+            proc = self.drtool("mariadb", "binlog-push", "--source", MARIA_SOURCE)
+            self.pushes.append(proc.returncode)
+            if proc.returncode:
+                self.push_errors.append(proc.stderr)
+
+
+MARIA_PASSWORD = "maria: production 'password'"
+
+
+def maria_fingerprint(cluster: MariaCluster, database: str) -> dict[str, tuple[int, str]]:
+    import hashlib
+    out = {}
+    for (table,) in cluster.sql("SHOW TABLES", database):
+        rows = cluster.sql(f"SELECT * FROM `{table}` ORDER BY 1", database)
+        out[table] = (len(rows), hashlib.sha256(repr(rows).encode()).hexdigest())
+    return out
+
+
+@pytest.fixture(scope="module")
+def maria_cluster(drtool_bin: Path) -> Iterator[MariaCluster]:
+    from dbservers import maria_binary
+    mysql = os_user("mysql")
+    root = shared_dir("drprod-my-", "mysql")
+    cluster = MariaCluster(root, str(root / "mysqld.sock"), {})
+    cluster.env = {"PATH": f"{drtool_bin}:/usr/bin:/bin:/usr/sbin", "LANG": "C.UTF-8",
+                   "DRTOOL_CONFIG": str(root / "drtool.toml")}
+    (root / "passphrase").write_text(secrets.token_urlsafe(24) + "\n")
+    (root / "mypassword").write_text(MARIA_PASSWORD + "\n")
+    (root / "drtool.toml").write_text(
+        f'repository = "{root}/repo"\npassword_file = "{root}/passphrase"\ncatalog = "{root}/catalog.sqlite"\n\n'
+        f'[sources.{MARIA_SOURCE}]\ntype = "mariadb"\nsocket = "{cluster.socket}"\nuser = "root"\n'
+        f'password_file = "{root}/mypassword"\ndbname = "wiki"\n')
+    for name in ("passphrase", "mypassword", "drtool.toml"):
+        os.chown(root / name, mysql.pw_uid, mysql.pw_gid)
+        os.chmod(root / name, 0o600)
+    datadir, tmpdir = root / "data", root / "tmp"
+    tmpdir.mkdir()
+    os.chown(tmpdir, mysql.pw_uid, mysql.pw_gid)
+    try:
+        install = subprocess.run([maria_binary("mariadb-install-db"), "--no-defaults", f"--datadir={datadir}",
+                                  "--user=mysql", "--auth-root-authentication-method=normal", "--skip-test-db",
+                                  f"--tmpdir={tmpdir}"], capture_output=True, text=True, timeout=300, check=False)
+        assert install.returncode == 0, install.stderr
+        cluster.proc = subprocess.Popen(
+            [maria_binary("mariadbd"), "--no-defaults", "--user=mysql", f"--datadir={datadir}",
+             f"--socket={cluster.socket}", "--skip-networking", f"--pid-file={root}/mysqld.pid",
+             f"--log-error={root}/err.log", f"--log-bin={datadir}/binlog", "--server-id=1", "--binlog-format=ROW",
+             "--max-binlog-size=1M", "--innodb-buffer-pool-size=64M", f"--tmpdir={tmpdir}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_maria(cluster)
+        import pymysql
+        conn = pymysql.connect(unix_socket=cluster.socket, user="root", password="", autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute("ALTER USER root@localhost IDENTIFIED BY %s", (MARIA_PASSWORD,))
+        conn.close()
+        run_as("mysql", ["drtool", "init"], cluster.env, check=True)  # default Argon2id parameters
+        yield cluster
+    finally:
+        cluster.stop.set()
+        if cluster.proc is not None:
+            cluster.proc.terminate()
+            try:
+                cluster.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                cluster.proc.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_for_maria(cluster: MariaCluster) -> None:
+    import pymysql
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert cluster.proc is not None and cluster.proc.poll() is None, \
+            (cluster.root / "err.log").read_text()[-2000:]
+        try:
+            pymysql.connect(unix_socket=cluster.socket, user="root", password="").close()
+            return
+        except pymysql.err.MySQLError:
+            time.sleep(0.2)
+    raise AssertionError("mariadbd did not come up")
+
+
+def _maria_quiet_point(cluster: MariaCluster) -> Point:
+    """Pause the workload; binlog times have one-second resolution, so leave a clear second."""
+    cluster.running.clear()
+    time.sleep(1.3)
+    when = datetime.now(timezone.utc)
+    tables = maria_fingerprint(cluster, "wiki")
+    time.sleep(1.3)
+    cluster.running.set()
+    return Point(when, tables)
+
+
+@pytest.fixture(scope="module")
+def maria_history(maria_cluster: MariaCluster) -> Iterator[tuple[list[Point], Point]]:
+    c = maria_cluster
+    c.sql("CREATE DATABASE wiki", None)
+    c.sql("CREATE TABLE page (id INT AUTO_INCREMENT PRIMARY KEY, title VARCHAR(255), body TEXT, touched INT DEFAULT 0)")
+    c.sql("CREATE TABLE revision (id INT AUTO_INCREMENT PRIMARY KEY, page_id INT, comment VARCHAR(255))")
+    c.sql("CREATE TABLE user_account (id INT PRIMARY KEY, name VARCHAR(64), edits INT)")
+    c.sql("INSERT INTO user_account VALUES " + ", ".join(f"({i}, 'user{i}', 0)" for i in range(1, 51)))
+    c.sql("INSERT INTO page (title, body) VALUES " + ", ".join(f"('Seed_{i}', 'seed')" for i in range(300)))
+    threads = [threading.Thread(target=c.workload, daemon=True), threading.Thread(target=c.push_timer, daemon=True)]
+    c.running.set()
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    backup = c.drtool("backup", "--source", MARIA_SOURCE)  # the nightly dump, under load
+    assert backup.returncode == 0, backup.stderr
+    points = []
+    for _ in range(3):
+        time.sleep(4)
+        points.append(_maria_quiet_point(c))
+    time.sleep(3)
+    c.running.clear()
+    time.sleep(0.5)
+    c.sql("DROP TABLE user_account")  # the operator's mistakes
+    c.sql("DELETE FROM revision WHERE id % 3 = 0")
+    latest = Point(datetime.now(timezone.utc), maria_fingerprint(c, "wiki"))
+    c.stop.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    c.sql("FLUSH BINARY LOGS", None)
+    final = c.drtool("mariadb", "binlog-push", "--source", MARIA_SOURCE)
+    assert final.returncode == 0, final.stderr
+    print(f"\nMariaDB: {c.ops} operations, {len(c.pushes)} binlog-push runs during the load, "
+          f"{sum(1 for p in c.pushes if p)} failed")
+    assert not c.push_errors, c.push_errors[:3]
+    assert c.pushes, "the binlog-push timer never ran"
+    yield points, latest
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, "latest"])
+def test_mariadb_restore_to_each_point_is_exact(maria_cluster: MariaCluster,
+                                                maria_history: tuple[list[Point], Point], which: int | str) -> None:
+    points, latest = maria_history
+    database = f"wiki_restored_{which}"
+    when = ["--latest"] if which == "latest" else ["--point-in-time", points[int(which)].when.isoformat()]
+    proc = maria_cluster.drtool("restore", "--source", MARIA_SOURCE, *when, "--target-db", database, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    expected = latest.tables if which == "latest" else points[int(which)].tables
+    tables = maria_fingerprint(maria_cluster, database)
+    assert "replayed" in report["reached"]
+    assert sorted(tables) == sorted(expected)
+    for table in expected:
+        assert tables[table] == expected[table], f"table {table} differs at point {which}"
