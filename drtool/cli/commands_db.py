@@ -19,10 +19,9 @@ import click
 from drtool.cli.context import CliState, command_line, emit
 from drtool.cli.options import json_option
 from drtool.errors import DrtoolError, SourceError, UsageError
-from drtool.ops import logarchive
-
-# pitr and sources_run pull in the catalog (SQLAlchemy): imported where used, so that
-# wal-push / wal-fetch, run once per WAL file, start without them.
+# The use cases are imported where used: wal-push / wal-fetch run once per WAL file, and
+# pitr / sources_run pull in the catalog (SQLAlchemy), logarchive the repository layer,
+# which an asynchronous wal-push (it only waits for the worker) does not need at all.
 
 pass_state = click.make_pass_decorator(CliState)
 log = logging.getLogger("drtool")
@@ -112,6 +111,7 @@ def wal_push(state: CliState, source: str, timeout: str | None, use_async: bool,
                                                                 spool.log_path))
         log.info("%s %s (asynchronous)", status, os.path.basename(path))
         return
+    from drtool.ops import logarchive
     with deadline(seconds, f"wal-push of {os.path.basename(path)}", 1):
         repo = state.repository_only()
         try:
@@ -145,6 +145,7 @@ def _spawn_worker(state: CliState, source: str, wal_dir: str, log_path: str) -> 
 @pass_state
 def archive_worker(state: CliState, source: str, wal_dir: str) -> None:
     """Store every ready WAL file ahead of archive_command (started by wal-push with archive_async)."""
+    from drtool.ops import logarchive
     from drtool.ops import archive_async
     table = _source_table(state, source)
     spool = archive_async.Spool.open(table.get("spool_dir"), source)
@@ -181,6 +182,7 @@ def wal_fetch(state: CliState, source: str, timeout: str | None, absent_exit_cod
     lock, damaged object, timeout, internal error) exits 126, which
     PostgreSQL treats as fatal instead of promoting early with missing WAL.
     """
+    from drtool.ops import logarchive
     try:
         with deadline(_timeout_seconds(state, source, timeout), f"wal-fetch of {name}",
                       logarchive.FetchFailed.exit_code):
@@ -232,6 +234,7 @@ def mariadb_group() -> None:
 @pass_state
 def binlog_push(state: CliState, source: str, timeout: str | None, as_json: bool) -> None:
     """Archive every closed binlog of the source not yet in the repository (run it often)."""
+    from drtool.ops import logarchive
     from drtool.ops import sources_run
     src = sources_run.get_source(state.settings, source)
     if sources_run.source_type(src) != "mariadb":
