@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from drtool import api  # noqa: E402
-from drtool.catalog.logs import WAL  # noqa: E402
+from drtool.snapshot.logwindow import WAL  # noqa: E402
 from drtool.errors import DrtoolError, LockHeld  # noqa: E402
-from drtool.ops import logarchive  # noqa: E402
+from drtool.databases import logarchive  # noqa: E402
 from drtool.ops.session import OpenOptions  # noqa: E402
 
 PASSWORD = "torture passphrase"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, DrEnv, make_env
-from drtool.ops import archive_async
+from drtool.databases import archive_async
 
 SEGMENT = 1024 * 1024  # initdb --wal-segsize=1 is a valid PostgreSQL segment size
 

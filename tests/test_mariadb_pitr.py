@@ -136,7 +136,7 @@ def test_missing_binlog_is_a_gap_and_restore_past_it_fails(scenario: Scenario, t
     assert window["gaps"] == [] and window["segments"] >= 3
     session = copy.session()
     try:
-        from drtool.ops import logarchive
+        from drtool.databases import logarchive
         segs = logarchive.sync_log_segments(session).segments(SOURCE, "binlog")
         second = segs[1].name
         prefix = logarchive.source_prefix(session.repo, "binlog", SOURCE)
@@ -155,8 +155,9 @@ def test_missing_binlog_is_a_gap_and_restore_past_it_fails(scenario: Scenario, t
 
 def test_log_segments_rebuild_from_the_repository_alone(scenario: Scenario, tmp_path: Path) -> None:
     from drtool import api
-    from drtool.catalog.logs import LogCatalog, recoverable_window
-    from drtool.ops.logarchive import rebuild_log_segments
+    from drtool.catalog.logs import LogCatalog
+    from drtool.databases.planner import window_from_catalog
+    from drtool.databases.logarchive import rebuild_log_segments
     from conftest import PASSWORD
     fresh = api.open_repository(str(scenario.dr.repo), PASSWORD.encode(), catalog=str(tmp_path / "new.sqlite"))
     try:
@@ -166,7 +167,7 @@ def test_log_segments_rebuild_from_the_repository_alone(scenario: Scenario, tmp_
         assert [s.seq for s in segs] == list(range(1, len(segs) + 1))
         assert all(s.first_time and s.last_time and s.extra.get("last_gtid") for s in segs)
         fresh.sync()  # snapshots (catalog rebuild does this part)
-        window = recoverable_window(fresh.catalog, SOURCE)  # the catalog-only variant used by status
+        window = window_from_catalog(fresh.catalog, SOURCE)  # the catalog-only variant used by status
         assert window is not None and window.end is not None and window.end > scenario.between
     finally:
         fresh.close()

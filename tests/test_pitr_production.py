@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from dbservers import free_port, pg_bindir
+from dbservers import MariaServer, free_port, pg_bindir
 from deployed import doc_command, doc_setting, install_drtool, os_user, popen_as, run_as, shared_dir
 
 pytestmark = pytest.mark.slow
@@ -296,14 +296,7 @@ class MariaCluster:
         return pymysql.connect(unix_socket=self.socket, user="root", password=MARIA_PASSWORD, database=database,
                                autocommit=True)
 
-    def sql(self, query: str, database: str | None = "wiki") -> list[tuple[Any, ...]]:
-        conn = self.connect(database)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(query)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
+    sql = MariaServer.sql  # same query helper as the other MariaDB tests, over this connection
 
     def drtool(self, *args: str) -> subprocess.CompletedProcess[str]:
         return run_as("mysql", ["drtool", *args], self.env, timeout=900)
@@ -442,11 +435,12 @@ def _maria_quiet_point(cluster: MariaCluster) -> Point:
 def maria_history(maria_cluster: MariaCluster) -> Iterator[tuple[list[Point], Point]]:
     c = maria_cluster
     c.sql("CREATE DATABASE wiki", None)
-    c.sql("CREATE TABLE page (id INT AUTO_INCREMENT PRIMARY KEY, title VARCHAR(255), body TEXT, touched INT DEFAULT 0)")
-    c.sql("CREATE TABLE revision (id INT AUTO_INCREMENT PRIMARY KEY, page_id INT, comment VARCHAR(255))")
-    c.sql("CREATE TABLE user_account (id INT PRIMARY KEY, name VARCHAR(64), edits INT)")
-    c.sql("INSERT INTO user_account VALUES " + ", ".join(f"({i}, 'user{i}', 0)" for i in range(1, 51)))
-    c.sql("INSERT INTO page (title, body) VALUES " + ", ".join(f"('Seed_{i}', 'seed')" for i in range(300)))
+    c.sql("CREATE TABLE page (id INT AUTO_INCREMENT PRIMARY KEY, title VARCHAR(255), body TEXT, "
+          "touched INT DEFAULT 0)", "wiki")
+    c.sql("CREATE TABLE revision (id INT AUTO_INCREMENT PRIMARY KEY, page_id INT, comment VARCHAR(255))", "wiki")
+    c.sql("CREATE TABLE user_account (id INT PRIMARY KEY, name VARCHAR(64), edits INT)", "wiki")
+    c.sql("INSERT INTO user_account VALUES " + ", ".join(f"({i}, 'user{i}', 0)" for i in range(1, 51)), "wiki")
+    c.sql("INSERT INTO page (title, body) VALUES " + ", ".join(f"('Seed_{i}', 'seed')" for i in range(300)), "wiki")
     threads = [threading.Thread(target=c.workload, daemon=True), threading.Thread(target=c.push_timer, daemon=True)]
     c.running.set()
     for thread in threads:
@@ -461,8 +455,8 @@ def maria_history(maria_cluster: MariaCluster) -> Iterator[tuple[list[Point], Po
     time.sleep(3)
     c.running.clear()
     time.sleep(0.5)
-    c.sql("DROP TABLE user_account")  # the operator's mistakes
-    c.sql("DELETE FROM revision WHERE id % 3 = 0")
+    c.sql("DROP TABLE user_account", "wiki")  # the operator's mistakes
+    c.sql("DELETE FROM revision WHERE id % 3 = 0", "wiki")
     latest = Point(datetime.now(timezone.utc), maria_fingerprint(c, "wiki"))
     c.stop.set()
     for thread in threads:

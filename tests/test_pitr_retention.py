@@ -27,10 +27,14 @@ from dbservers import (MariaServer, PgServer, archive_env, free_port, insert_eve
                        postgres_server, run_as_server_user, stop_postgres, stop_restored_mariadb,
                        write_config)
 from drtool.backends.local import LocalBackend
-from drtool.catalog.logs import BINLOG, WAL, LogCatalog, RecoveryBase, Segment
+from drtool.catalog.logs import LogCatalog
+from drtool.databases.mariadb import MARIADB
+from drtool.databases.postgresql import POSTGRESQL
+from drtool.snapshot.logwindow import BINLOG, WAL, RecoveryBase, Segment
 from drtool.errors import BackendError
 from drtool.ops import forget as forget_ops
-from drtool.ops import logarchive, pitr_retention
+from drtool.databases import logarchive
+from drtool.databases import retention as pitr_retention
 from drtool.ops.backup import backup_stream
 from drtool.ops.session import OpenOptions, Session
 from drtool.snapshot.model import Snapshot
@@ -121,8 +125,11 @@ def _wal(name: str, size: int = 16 * MIB) -> Segment:
                    seq=parsed[1] if parsed else None, extra={"file": kind})
 
 
+ENGINE_OF = {WAL: POSTGRESQL, BINLOG: MARIADB}
+
+
 def _base(snap: Snapshot, kind: str) -> RecoveryBase:
-    return pitr_retention.usable_bases([snap], kind, [])[0]
+    return pitr_retention.usable_bases([snap], ENGINE_OF[kind], [])[0]
 
 
 def test_expiry_keeps_everything_from_the_oldest_kept_base() -> None:
@@ -131,14 +138,14 @@ def test_expiry_keeps_everything_from_the_oldest_kept_base() -> None:
                                            _wal(f"{names[1]}.00000028.backup", 300),
                                            _wal(f"{names[4]}.00000028.backup", 300)]
     bases = [_base(pg_base("b5", T, seq=5), WAL), _base(pg_base("b7", T + DAY, seq=7), WAL)]
-    plan = pitr_retention.plan_expiry("pg", WAL, segments, bases)
+    plan = pitr_retention.plan_expiry("pg", POSTGRESQL, segments, bases)
     assert plan.keep_from == names[4] and plan.base == "b5"
     assert [s.name for s in plan.expire] == names[:2] + [f"{names[1]}.00000028.backup"] + names[2:4]
     assert plan.expire[0].reason == f"before {names[4]}, where the oldest kept base b5 starts"
-    nothing = pitr_retention.plan_expiry("pg", WAL, segments, [])
+    nothing = pitr_retention.plan_expiry("pg", POSTGRESQL, segments, [])
     assert nothing.expire == [] and nothing.note == "no base kept; log files left alone"
     # The newest archived file is never expired, even if a (broken) base claims to start later.
-    late = pitr_retention.plan_expiry("pg", WAL, segments[:3], [_base(pg_base("b9", T, seq=9), WAL)])
+    late = pitr_retention.plan_expiry("pg", POSTGRESQL, segments[:3], [_base(pg_base("b9", T, seq=9), WAL)])
     assert [s.name for s in late.expire] == names[:2]
 
 
@@ -146,7 +153,7 @@ def test_binlog_expiry_compares_only_the_same_basename() -> None:
     def binlog(name: str) -> Segment:
         return Segment("wiki", BINLOG, name, f"id-{name}", 100, T, seq=int(name.rsplit(".", 1)[1]))
     segments = [binlog(f"binlog.{n:06d}") for n in range(1, 6)] + [binlog("mysql-bin.000001")]
-    plan = pitr_retention.plan_expiry("wiki", BINLOG, segments, [_base(maria_dump("d", T, 3), BINLOG)])
+    plan = pitr_retention.plan_expiry("wiki", MARIADB, segments, [_base(maria_dump("d", T, 3), BINLOG)])
     assert plan.keep_from == "binlog.000003"
     assert [s.name for s in plan.expire] == ["binlog.000001", "binlog.000002"]
 

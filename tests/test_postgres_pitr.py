@@ -149,7 +149,7 @@ def test_missing_segment_is_a_gap_and_restore_past_it_fails(scenario: Scenario, 
     copy.env["DRTOOL_REPOSITORY"] = str(copy.repo)
     session = copy.session()
     try:
-        from drtool.ops import logarchive
+        from drtool.databases import logarchive
         t2_segment = _segment_with(session, "t2", scenario)
         prefix = logarchive.source_prefix(session.repo, "wal", SOURCE)
         object_id = logarchive.segment_object_id(session.repo, "wal", SOURCE, t2_segment)
@@ -194,7 +194,7 @@ def test_latest_restore_short_of_the_archive_fails_and_stops_the_server(scenario
     env = {**scenario.env, "DRTOOL_REPOSITORY": str(copy.repo), "DRTOOL_CATALOG": str(copy.catalog)}
     session = copy.session()
     try:
-        from drtool.ops import logarchive
+        from drtool.databases import logarchive
         prefix = logarchive.source_prefix(session.repo, "wal", SOURCE)
         object_id = logarchive.segment_object_id(session.repo, "wal", SOURCE, scenario.t3_segment)
     finally:
@@ -214,7 +214,7 @@ def _segment_with(session: object, tag: str, scenario: Scenario) -> str:
     """The archived segment holding the commit of the ``tag`` rows: the first one whose
     newest commit is at or after the rows' insert time."""
     at = scenario.server.sql(f"SELECT max(at) FROM events WHERE tag = '{tag}'")[0][0]
-    from drtool.ops.logarchive import sync_log_segments
+    from drtool.databases.logarchive import sync_log_segments
     for seg in sync_log_segments(session).segments(SOURCE, "wal"):  # type: ignore[arg-type]
         if seg.last_time and seg.last_time >= at:
             return seg.name
@@ -280,7 +280,7 @@ def test_exclusive_restore_without_start_writes_recovery_settings(scenario: Scen
 
 # ----- pure planning helpers ------------------------------------------------------------------
 def _seg(name: str, seq: int, tli: int = 1, last: int | None = None) -> "object":
-    from drtool.catalog.logs import Segment
+    from drtool.snapshot.logwindow import Segment
     when = datetime(2026, 1, 1, tzinfo=timezone.utc)
     from datetime import timedelta
     return Segment("s", "wal", name, name, 16, when, timeline=tli, seq=seq,
@@ -288,7 +288,7 @@ def _seg(name: str, seq: int, tli: int = 1, last: int | None = None) -> "object"
 
 
 def test_gaps_and_runs_follow_the_highest_timeline() -> None:
-    from drtool.catalog.logs import contiguous_run, find_gaps
+    from drtool.snapshot.logwindow import contiguous_run, find_gaps
     segs = [_seg("a", 2), _seg("b", 3), _seg("c", 5), _seg("d", 6), _seg("e", 4, tli=2), _seg("f", 8)]
     assert [s.name for s in contiguous_run(segs, 2)] == ["a", "b", "e", "c", "d"]  # type: ignore[attr-defined]
     assert [s.name for s in contiguous_run(segs, 2, min_timeline=2)] == []  # type: ignore[attr-defined]
@@ -298,7 +298,7 @@ def test_gaps_and_runs_follow_the_highest_timeline() -> None:
 
 
 def test_wal_names_and_binlog_stop_times() -> None:
-    from drtool.ops.pitr import binlog_stop_time
+    from drtool.databases.mariadb import binlog_stop_time
     from drtool.sources import postgres
     assert postgres.parse_segment("0000000200000001000000FF") == (2, 0x1FF)
     assert postgres.segment_name(2, 0x1FF) == "0000000200000001000000FF"

@@ -11,8 +11,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from drtool.catalog.logs import BINLOG, WAL, RecoveryBase, Segment
-from drtool.ops.pitr import PitrPlan, RecoveryShort, verify_binlog_replay, verify_postgres_recovery
+from drtool.databases.mariadb import MARIADB
+from drtool.databases.mariadb import verify_replay as verify_binlog_replay
+from drtool.databases.planner import PitrPlan, RecoveryShort
+from drtool.databases.postgresql import POSTGRESQL
+from drtool.databases.postgresql import verify_recovery as verify_postgres_recovery
+from drtool.snapshot.logwindow import BINLOG, WAL, RecoveryBase, Segment
 from drtool.snapshot.model import Snapshot
 from drtool.sources import mariadb, postgres
 
@@ -23,7 +27,7 @@ MB = 16 * 1024 * 1024
 def _plan(kind: str, segments: list[Segment], target: datetime | None, immediate: bool = False) -> PitrPlan:
     snap = Snapshot("src", "host", T0, "tree", kind="pg-base" if kind == WAL else "mariadb-dump", id="ab" * 32)
     base = RecoveryBase(snap, 1, 1, T0, 1)
-    return PitrPlan("src", "postgresql" if kind == WAL else "mariadb", base, segments, target, True,
+    return PitrPlan("src", POSTGRESQL if kind == WAL else MARIADB, base, segments, target, True,
                     T0 + timedelta(minutes=5), immediate=immediate)
 
 

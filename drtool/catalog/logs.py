@@ -20,9 +20,7 @@ from sqlalchemy import delete, select
 
 from drtool.catalog.models import log_segment_table
 from drtool.catalog.store import Catalog, insert_new
-from drtool.snapshot.logwindow import (BINLOG, DEFAULT_WAL_SEGMENT, MARIADB_DUMP, PG_BASE, WAL, Gap,  # noqa: F401
-                                       RecoveryBase, Segment, Window, by_seq, compute_window, contiguous_run,
-                                       find_gaps, gap_file_name, reach, recovery_bases, wal_segment_size)
+from drtool.snapshot.logwindow import Segment
 
 def _aware(value: datetime | None) -> datetime | None:
     """SQLite drops the zone of DateTime(timezone=True) values; they are stored as UTC."""
@@ -93,21 +91,3 @@ class LogCatalog:
                 "first_time": _utc(seg.first_time), "last_time": _utc(seg.last_time),
                 "start_pos": seg.start_pos, "end_pos": seg.end_pos, "size": seg.size,
                 "archived_at": _utc(seg.archived_at), "extra": json.dumps(seg.extra, sort_keys=True)}
-
-
-def recoverable_window(catalog: Catalog, source: str) -> Window | None:
-    """Recoverable window of a database source from the catalog alone (None: not a PITR source).
-
-    The catalog follows the repository: ``drtool.ops.pitr.recoverable_window``
-    syncs the log rows first; this variant is for cheap status checks.
-    """
-    snaps = catalog.snapshots(source)
-    segments_all = LogCatalog(catalog).segments(source)
-    kinds = {s.kind for s in snaps}
-    if PG_BASE in kinds or any(s.kind == WAL for s in segments_all):
-        kind = WAL
-    elif MARIADB_DUMP in kinds or any(s.kind == BINLOG for s in segments_all):
-        kind = BINLOG
-    else:
-        return None
-    return compute_window(source, kind, snaps, [s for s in segments_all if s.kind == kind])

@@ -20,7 +20,7 @@ from drtool.cli.context import CliState, command_line, emit
 from drtool.cli.options import json_option
 from drtool.errors import DrtoolError, SourceError, UsageError
 # The use cases are imported where used: wal-push / wal-fetch run once per WAL file, and
-# pitr / sources_run pull in the catalog (SQLAlchemy), logarchive the repository layer,
+# databases / sources_run pull in the catalog (SQLAlchemy), logarchive the repository layer,
 # which an asynchronous wal-push (it only waits for the worker) does not need at all.
 
 pass_state = click.make_pass_decorator(CliState)
@@ -104,14 +104,14 @@ def wal_push(state: CliState, source: str, timeout: str | None, use_async: bool,
     table = _source_table(state, source)
     seconds = _timeout_seconds(state, source, timeout)
     if use_async or table.get("archive_async"):
-        from drtool.ops import archive_async
+        from drtool.databases import archive_async
         spool = archive_async.Spool.open(table.get("spool_dir"), source)
         status = archive_async.push_async(spool, path, seconds,
                                           lambda: _spawn_worker(state, source, os.path.dirname(os.path.abspath(path)),
                                                                 spool.log_path))
         log.info("%s %s (asynchronous)", status, os.path.basename(path))
         return
-    from drtool.ops import logarchive
+    from drtool.databases import logarchive
     with deadline(seconds, f"wal-push of {os.path.basename(path)}", 1):
         repo = state.repository_only()
         try:
@@ -124,7 +124,7 @@ def wal_push(state: CliState, source: str, timeout: str | None, use_async: bool,
 def _spawn_worker(state: CliState, source: str, wal_dir: str, log_path: str) -> None:
     """Start ``drtool pg archive-worker`` detached: its own session, no inherited descriptors."""
     import subprocess
-    from drtool.ops.archive_async import trim_log
+    from drtool.databases.archive_async import trim_log
     env = dict(os.environ)
     if state.settings.path:
         env["DRTOOL_CONFIG"] = os.path.abspath(state.settings.path)
@@ -145,8 +145,8 @@ def _spawn_worker(state: CliState, source: str, wal_dir: str, log_path: str) -> 
 @pass_state
 def archive_worker(state: CliState, source: str, wal_dir: str) -> None:
     """Store every ready WAL file ahead of archive_command (started by wal-push with archive_async)."""
-    from drtool.ops import logarchive
-    from drtool.ops import archive_async
+    from drtool.databases import logarchive
+    from drtool.databases import archive_async
     table = _source_table(state, source)
     spool = archive_async.Spool.open(table.get("spool_dir"), source)
     if spool.worker_running():
@@ -182,7 +182,7 @@ def wal_fetch(state: CliState, source: str, timeout: str | None, absent_exit_cod
     lock, damaged object, timeout, internal error) exits 126, which
     PostgreSQL treats as fatal instead of promoting early with missing WAL.
     """
-    from drtool.ops import logarchive
+    from drtool.databases import logarchive
     try:
         with deadline(_timeout_seconds(state, source, timeout), f"wal-fetch of {name}",
                       logarchive.FetchFailed.exit_code):
@@ -218,8 +218,9 @@ def _print_window(window: Any, as_json: bool) -> None:
 @pass_state
 def pg_window(state: CliState, source: str, as_json: bool) -> None:
     """Show the recoverable window and WAL gaps of a source."""
-    from drtool.ops import pitr
-    _print_window(pitr.recoverable_window(state.session(), source, "postgresql"), as_json)
+    from drtool.databases.engine import engine_named
+    from drtool.databases.planner import recoverable_window
+    _print_window(recoverable_window(state.session(), source, engine_named("postgresql")), as_json)
 
 
 @click.group("mariadb")
@@ -234,7 +235,7 @@ def mariadb_group() -> None:
 @pass_state
 def binlog_push(state: CliState, source: str, timeout: str | None, as_json: bool) -> None:
     """Archive every closed binlog of the source not yet in the repository (run it often)."""
-    from drtool.ops import logarchive
+    from drtool.databases import logarchive
     from drtool.ops import sources_run
     src = sources_run.get_source(state.settings, source)
     if sources_run.source_type(src) != "mariadb":
@@ -257,8 +258,9 @@ def binlog_push(state: CliState, source: str, timeout: str | None, as_json: bool
 @pass_state
 def mariadb_window(state: CliState, source: str, as_json: bool) -> None:
     """Show the recoverable window and binlog gaps of a source."""
-    from drtool.ops import pitr
-    _print_window(pitr.recoverable_window(state.session(), source, "mariadb"), as_json)
+    from drtool.databases.engine import engine_named
+    from drtool.databases.planner import recoverable_window
+    _print_window(recoverable_window(state.session(), source, engine_named("mariadb")), as_json)
 
 
 # ----- backup / restore --source (dispatched from commands_core) ---------------------------------
@@ -288,7 +290,9 @@ def run_source_backup(state: CliState, source: str | None, all_sources: bool, ta
 def run_source_restore(state: CliState, source: str, target: str | None, when: str | None, latest: bool,
                        exclusive: bool, start: bool, port: int | None, target_db: str | None,
                        dry_run: bool, as_json: bool, snapshot: str | None = None) -> None:
-    from drtool.ops import pitr, sources_run
+    from drtool.databases import planner
+    from drtool.databases.engine import RestoreRequest
+    from drtool.ops import sources_run
     from drtool.snapshot.timeparse import parse_point_in_time
     if (bool(when) + latest + bool(snapshot)) != 1:
         raise UsageError("give one of SNAPSHOT, --point-in-time TIME or --latest with --source")
@@ -299,12 +303,13 @@ def run_source_restore(state: CliState, source: str, target: str | None, when: s
     point: datetime | None = parse_point_in_time(when) if when else None
     session = state.session()
     if dry_run:
-        plan = pitr.plan_from_config(session, src, point, not exclusive, snapshot)
+        plan = planner.plan_from_config(session, src, point, not exclusive, snapshot)
         emit(plan.as_dict(), as_json, "\n".join(["plan (dry run, nothing restored):", *plan.lines()]))
         return
-    result = pitr.restore_pitr(session, state.settings, src, point, inclusive=not exclusive, target=target,
-                               target_db=target_db, start=start, port=port, snapshot=snapshot,
-                               command_line=command_line())
+    request = RestoreRequest(target=target, target_db=target_db, start=start, port=port,
+                             command_line=command_line())
+    result = planner.restore_pitr(session, state.settings, src, point, request, inclusive=not exclusive,
+                                  snapshot=snapshot)
     emit(result.as_dict(), as_json, "\n".join([*result.plan.lines(), *result.lines()]))
 
 

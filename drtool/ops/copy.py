@@ -37,7 +37,7 @@ from drtool.backends.registry import open_backend
 from drtool.catalog.logs import LogCatalog
 from drtool.crypto.keys import KdfParams
 from drtool.errors import DrtoolError, UsageError
-from drtool.ops.logarchive import fetch_segment, segment_object_id, store_segment, sync_log_segments
+from drtool.databases.logarchive import fetch_segment, segment_object_id, store_segment, sync_log_segments
 from drtool.ops.rehearse import REHEARSAL_KIND, REHEARSAL_PREFIX
 from drtool.ops.session import OpenOptions, Session
 from drtool.repository.locks import Lock

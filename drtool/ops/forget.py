@@ -14,7 +14,7 @@ blobs it reuses stay until a prune, which needs the exclusive lock.
 
 **PITR.**  ``pinned(snapshot) -> str | None`` keeps a snapshot ("pinned:
 <reason>") without consuming any keep-N slot.  Default: the pins of
-``drtool.ops.pitr_retention`` — the base backup / dump a database series'
+``drtool.databases.retention`` — the base backup / dump a database series'
 keep_within window starts from.  After deleting snapshots, forget also deletes
 the WAL / binlog files older than the oldest kept base of each database series
 (``keep_log_segments=True`` opts out); they are listed with reasons in dry runs.
@@ -28,8 +28,8 @@ from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drtool.errors import ConfigError, DrtoolError, UsageError
-from drtool.ops import pitr_retention
-from drtool.ops.pitr_retention import LogExpiry
+from drtool.databases import retention as pitr_retention
+from drtool.databases.retention import LogExpiry
 from drtool.ops.session import Session
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.retention import Decision, RetentionPolicy, SnapshotRef, apply_policy

@@ -59,7 +59,7 @@ def rebuild_catalog(session: Session) -> RebuildResult:
 
 def _rebuild_history(session: Session, damaged: list[str]) -> tuple[int, int]:
     """Archived WAL/binlog ranges and rehearsal results also live in the repository."""
-    from drtool.ops.logarchive import rebuild_log_segments
+    from drtool.databases.logarchive import rebuild_log_segments
     from drtool.ops.rehearse import rebuild_rehearsals
 
     logs = rehearsals = 0

@@ -5,7 +5,7 @@ when :meth:`bring_up` runs.  Then:
 
 * a base for point-in-time recovery (``mariadb-dump`` with binlog
   coordinates, ``pg-base`` with archived WAL) goes through
-  ``drtool.ops.pitr``: the same code path as ``drtool restore`` for
+  ``drtool.databases``: the same code path as ``drtool restore`` for
   databases, so a rehearsal tests exactly what on-call will run, including
   log replay up to the recovery point;
 * any other snapshot (a plain SQL dump, a ``pg_dump -Fc`` file) is loaded into
@@ -29,7 +29,9 @@ from datetime import datetime
 from typing import Any, Iterator
 
 from drtool.errors import DrtoolError, RestoreTargetError, SourceError
-from drtool.ops import pitr
+from drtool.databases import planner
+from drtool.databases.mariadb import MARIADB, restore_dump
+from drtool.databases.postgresql import POSTGRESQL, fetch_environment, restore_datadir, verify_recovery
 from drtool.ops.sandbox import Sandbox, remove_tree
 from drtool.ops.session import Session
 from drtool.snapshot.model import Snapshot
@@ -141,10 +143,10 @@ class MariadbSandbox(DatabaseSandbox):
         self.instance = mariadb.Instance(os.path.join(self.make_server_dir(), "db"), None, src.bindir)
         self.running = True  # from here on teardown must try to stop a server
         with self._client_env():
-            if snap.kind == pitr.MARIADB_DUMP and snap.meta.get("binlog_file") and src.pitr:
-                plan = pitr.plan_pitr(session, snap.name, "mariadb", None if latest else target)
-                result = pitr.restore_mariadb(session, plan, src, target_db=None,
-                                              target_dir=self.instance.root, start=True)
+            if snap.kind == MARIADB.base_kind and snap.meta.get("binlog_file") and src.pitr:
+                plan = planner.plan_pitr(session, snap.name, MARIADB, None if latest else target)
+                result = restore_dump(session, plan, src, target_db=None, target_dir=self.instance.root,
+                                      start=True)
                 self.database = self.database or result.target_db
                 return plan.recoverable_until if latest else min(target, plan.recoverable_until)
             self.instance.install()
@@ -249,7 +251,7 @@ class PostgresSandbox(DatabaseSandbox):
         src = self._source()
         self.bindir = src.bindir if src else None
         self.pgdata = os.path.join(self.make_server_dir(), "pgdata")
-        if snap.kind == pitr.PG_BASE:
+        if snap.kind == POSTGRESQL.base_kind:
             return self._recover(session, snap, target, latest, src)
         self._initdb()
         self._start()
@@ -261,17 +263,17 @@ class PostgresSandbox(DatabaseSandbox):
 
     def _recover(self, session: Session, snap: Snapshot, target: datetime, latest: bool,
                  src: postgres.PgSource | None) -> datetime:
-        """Base backup + WAL replay through drtool.ops.pitr, as 'drtool restore' does."""
-        plan = pitr.plan_pitr(session, snap.name, "postgresql", None if latest else target)
-        fetch_env = pitr.fetch_environment(self.context.settings) if self.context.settings else {}
+        """Base backup + WAL replay through drtool.databases, as 'drtool restore' does."""
+        plan = planner.plan_pitr(session, snap.name, POSTGRESQL, None if latest else target)
+        fetch_env = fetch_environment(self.context.settings) if self.context.settings else {}
         if not fetch_env:
             raise RestoreTargetError("a postgresql sandbox for a base backup needs the drtool settings")
         src = src or postgres.PgSource(name=snap.name, method="basebackup")
-        pitr.restore_postgres(session, plan, src, self.pgdata, fetch_env=fetch_env, start=False)
+        restore_datadir(session, plan, src, self.pgdata, fetch_env=fetch_env, start=False)
         self._write_conf(recovery=True)
         self._start(wait_recovery=True)
-        log_text = _read_text(os.path.join(self.server_dir, "postgres.log"))
-        pitr.verify_postgres_recovery(plan, postgres.recovery_outcome(log_text))  # a drill never passes short
+        log_text = postgres.read_log(os.path.join(self.server_dir, "postgres.log"))
+        verify_recovery(plan, postgres.recovery_outcome(log_text))  # a drill never passes short
         self.database = self.database or "postgres"
         return plan.recoverable_until if latest else min(target, plan.recoverable_until)
 
@@ -350,14 +352,6 @@ def _wait_for_promotion(pgdata: str, log_file: str) -> None:
         if time.monotonic() > deadline:
             raise RestoreTargetError(f"PostgreSQL recovery did not finish within {LOAD_TIMEOUT}s")
         time.sleep(0.2)
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return ""
 
 
 def _kill_postmaster(pid_file: str) -> None:

@@ -15,11 +15,8 @@ mariadb dump (no ``-- Dump completed``) is refused before the commit point.
 """
 from __future__ import annotations
 
-import os
 import subprocess
-import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import IO, Any, Callable
 
 from drtool.config import Settings
@@ -27,6 +24,7 @@ from drtool.errors import ConfigError, DrtoolError, SourceError
 from drtool.ops.backup import BackupResult, backup_command, backup_paths, backup_stream
 from drtool.ops.session import Session
 from drtool.sources import mariadb, postgres
+from drtool.sources.common import StderrTail
 
 TYPES = ("files", "command", "postgresql", "mariadb", "mysql")
 HEAD_BYTES = 1024 * 1024
@@ -64,9 +62,8 @@ def parse_source(name: str, table: Any) -> Source:
         if not table.get("command"):
             raise ConfigError(f"[sources.{name}]: a command source needs command = \"...\"")
         return CommandSource(name, table["command"], table.get("filename") or name.rsplit("/", 1)[-1])
-    if kind == "postgresql":
-        return postgres.PgSource.from_config(name, table)
-    return mariadb.MariaSource.from_config(name, table)
+    from drtool.databases.engine import engine_named
+    return engine_named(kind).source_from_config(name, table)
 
 
 def load_sources(settings: Settings) -> dict[str, Source]:
@@ -83,10 +80,10 @@ def get_source(settings: Settings, name: str) -> Source:
 
 
 def source_type(src: Source) -> str:
-    if isinstance(src, postgres.PgSource):
-        return "postgresql"
-    if isinstance(src, mariadb.MariaSource):
-        return "mariadb"
+    from drtool.databases.engine import engine_of_source
+    engine = engine_of_source(src)
+    if engine is not None:
+        return engine.name
     return "files" if isinstance(src, FilesSource) else "command"
 
 
@@ -116,21 +113,6 @@ class StreamTap:
     read = read1
 
 
-class _Stderr(threading.Thread):
-    def __init__(self, stream: IO[bytes]) -> None:
-        super().__init__(daemon=True)
-        self.stream, self.buf = stream, b""
-        self.start()
-
-    def run(self) -> None:
-        for piece in iter(lambda: self.stream.read(4096), b""):
-            self.buf = (self.buf + piece)[-4000:]
-
-    def text(self) -> str:
-        self.join(timeout=5)
-        return " | ".join(self.buf.decode(errors="replace").strip().splitlines()[-5:])
-
-
 def run_dump(session: Session, command: list[str], env: dict[str, str], name: str, filename: str,
              kind: str, meta: dict[str, Any], tags: list[str],
              finish: Callable[[StreamTap, dict[str, Any]], None] | None = None) -> BackupResult:
@@ -141,7 +123,7 @@ def run_dump(session: Session, command: list[str], env: dict[str, str], name: st
     except OSError as exc:
         raise SourceError(f"cannot start {command[0]}: {exc.strerror}") from None
     assert proc.stdout is not None and proc.stderr is not None
-    tap, errors = StreamTap(proc.stdout), _Stderr(proc.stderr)
+    tap, errors = StreamTap(proc.stdout), StderrTail(proc.stderr)
     program = command[0].rsplit("/", 1)[-1]
 
     def verify() -> None:
@@ -160,74 +142,16 @@ def run_dump(session: Session, command: list[str], env: dict[str, str], name: st
             proc.wait()
 
 
-def _mariadb_finish(tap: StreamTap, meta: dict[str, Any]) -> None:
-    if not mariadb.dump_is_complete(bytes(tap.tail)):
-        raise SourceError(f"the mariadb dump of {meta['source']} has no '-- Dump completed' line: it "
-                          f"was cut short; no snapshot was written")
-    coords = mariadb.parse_dump_coordinates(bytes(tap.head))
-    if meta.get("pitr") and "binlog_file" not in coords:
-        raise SourceError(f"the mariadb dump of {meta['source']} carries no binlog coordinates",
-                          hint="enable log_bin on the server, or set pitr = false for this source")
-    meta.update(coords)
-
-
-def _basebackup_finish(tap: StreamTap, meta: dict[str, Any]) -> None:
-    label = postgres.backup_label_from_tar_head(bytes(tap.head))
-    if label is None:
-        raise SourceError(f"the base backup of {meta['source']} does not start with backup_label; "
-                          f"no snapshot was written")
-    meta.update(postgres.parse_backup_label(label))
-    meta.update(postgres.wal_range_from_tail(bytes(tap.tail)))
-    meta["end_time"] = datetime.now(timezone.utc).isoformat()
-
-
-# ----- per type ----------------------------------------------------------------------------------
-def backup_postgres(session: Session, src: postgres.PgSource, tags: list[str]) -> list[BackupResult]:
-    base_meta = {"source": src.name, "source_type": "postgresql"}
-    with postgres.credentials_env(src) as env:
-        if src.method == "basebackup":
-            label = f"drtool {src.name} {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
-            return [run_dump(session, postgres.basebackup_command(src, label), env, src.name, "base.tar",
-                             "pg-base", dict(base_meta, method="basebackup"), tags, _basebackup_finish)]
-        databases = [src.dbname] if src.dbname and not src.all and not src.databases else src.databases
-        results = []
-        if src.all:
-            results.append(run_dump(session, postgres.globals_command(src), env, f"{src.name}/globals",
-                                    "globals.sql", "pg-globals", dict(base_meta), tags))
-            databases = _list_databases(src, env)
-        for database, snap_name in src.snapshot_names(databases).items():
-            meta = dict(base_meta, database=database, format="custom")
-            results.append(run_dump(session, postgres.dump_command(src, database), env, snap_name,
-                                    f"{database}.dump", "pg-dump", meta, tags))
-        return results
-
-
-def _list_databases(src: postgres.PgSource, env: dict[str, str]) -> list[str]:
-    proc = subprocess.run(postgres.list_databases_command(src), capture_output=True, text=True, env=env,
-                          stdin=subprocess.DEVNULL, timeout=300, check=False)
-    if proc.returncode != 0:
-        raise SourceError(f"cannot list the databases of {src.name}: "
-                          f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}")
-    return [line for line in proc.stdout.splitlines() if line]
-
-
-def backup_mariadb(session: Session, src: mariadb.MariaSource, tags: list[str]) -> list[BackupResult]:
-    meta = {"source": src.name, "source_type": "mariadb", "pitr": src.pitr,
-            "database": src.single_database, "databases": src.databases, "all": src.all}
-    with mariadb.client_options(src) as opts:
-        return [run_dump(session, mariadb.dump_command(src, opts), dict(os.environ), src.name,
-                         "dump.sql", "mariadb-dump", meta, tags, _mariadb_finish)]
-
-
 def backup_source(session: Session, src: Source, tags: list[str]) -> list[BackupResult]:
     if isinstance(src, FilesSource):
         return [backup_paths(session, src.paths, src.name, tags)]
     if isinstance(src, CommandSource):
         return [backup_command(session, src.command, src.name, src.filename, tags,
                                meta={"source": src.name, "source_type": "command"})]
-    if isinstance(src, postgres.PgSource):
-        return backup_postgres(session, src, tags)
-    return backup_mariadb(session, src, tags)
+    from drtool.databases.engine import engine_of_source
+    engine = engine_of_source(src)
+    assert engine is not None, src
+    return engine.backup(session, src, tags)
 
 
 @dataclass

@@ -19,7 +19,7 @@ over ``[status]`` over the defaults):
 
 Rehearsal results and log windows come from modules other areas provide
 (``drtool.catalog.rehearsals.last_rehearsal`` and
-``drtool.catalog.logs.recoverable_window``); they are imported lazily and a
+``drtool.databases.planner.window_from_catalog``); they are imported lazily and a
 missing or incompatible one counts as "unknown", never as an error.
 """
 from __future__ import annotations
@@ -276,11 +276,11 @@ def describe_rehearsal(found: Any) -> dict[str, Any] | None:
 
 
 def _add_window(status: SourceStatus, session: Session, now: datetime) -> None:
-    fn = _optional("drtool.catalog.logs", "recoverable_window")
+    fn = _optional("drtool.databases.planner", "window_from_catalog")
     if fn is None:
         return
     try:
-        from drtool.ops.logarchive import sync_log_segments
+        from drtool.databases.logarchive import sync_log_segments
         sync_log_segments(session)  # wal-push writes only to the repository
     except Exception as exc:  # noqa: BLE001 - status must still report what it can
         status.raise_to(WARNING, f"archived log list could not be read ({exc})")

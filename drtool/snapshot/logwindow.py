@@ -4,16 +4,16 @@ Point-in-time restore needs an unbroken run of log segments from a base
 backup (or dump) to the requested time.  Segments carry a ``seq`` — the
 absolute WAL segment number or the binlog file number — and a gap is any
 missing number between two present ones.  The catalog stores ``Segment``
-rows (``drtool.catalog.logs``); planning, windows and gaps are computed here
+rows (``drtool.catalog.logs``); windows and gaps are computed here, generic
+over an engine's :class:`LogRules` (``drtool.databases`` holds the engines),
 so that log archiving (``wal-push``, which must start fast) and tests need
 no SQL layer.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from drtool.snapshot.model import Snapshot
 
@@ -22,8 +22,6 @@ BINLOG = "binlog"
 PG_BASE = "pg-base"
 MARIADB_DUMP = "mariadb-dump"
 DEFAULT_WAL_SEGMENT = 16 * 1024 * 1024
-_LSN_RE = re.compile(r"^([0-9A-F]{1,8})/([0-9A-F]{1,8})$", re.IGNORECASE)
-_BINLOG_SEQ_RE = re.compile(r"\.(\d+)$")
 
 
 @dataclass
@@ -109,18 +107,6 @@ def contiguous_run(segments: Iterable[Segment], start: int, min_timeline: int = 
 
 
 # ----- recovery bases and windows (pure; the catalog supplies snapshots and segments) ----------
-def lsn_value(text: str) -> int:
-    match = _LSN_RE.match(text.strip())
-    if not match:
-        raise ValueError(f"not an LSN: {text!r}")
-    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
-
-
-def binlog_number(name: str) -> int | None:
-    match = _BINLOG_SEQ_RE.search(name)
-    return int(match.group(1)) if match else None
-
-
 def wal_segment_size(segments: list[Segment]) -> int:
     sizes = [s.extra.get("segment_size") for s in segments if s.extra.get("segment_size")]
     return int(sizes[0]) if sizes else DEFAULT_WAL_SEGMENT
@@ -145,32 +131,29 @@ class RecoveryBase:
                 "time": self.snapshot.time.isoformat(), "consistent_at": self.consistent_at.isoformat()}
 
 
-def _pg_base(snap: Snapshot, seg_size: int) -> RecoveryBase | None:
-    meta = snap.meta
-    if "start_lsn" not in meta:
-        return None
-    start = lsn_value(meta["start_lsn"]) // seg_size
-    required = lsn_value(meta["end_lsn"]) // seg_size if meta.get("end_lsn") else start
-    consistent = datetime.fromisoformat(meta["end_time"]) if meta.get("end_time") else snap.time
-    return RecoveryBase(snap, start, int(meta.get("timeline", 1)), consistent, required)
+class LogRules(Protocol):
+    """What one database engine's log archive means (``drtool.databases`` implements it).
+
+    Everything here is generic over these few rules: which snapshots are
+    bases and where their logs start, and how the server names a missing file.
+    """
+
+    log_kind: str
+    base_kind: str
+
+    def base_of(self, snap: Snapshot, segment_size: int) -> RecoveryBase | None: ...
+
+    def first_missing_name(self, gap: Gap, timeline: int, segment_size: int) -> str: ...
 
 
-def _mariadb_base(snap: Snapshot) -> RecoveryBase | None:
-    seq = binlog_number(snap.meta.get("binlog_file", ""))
-    if seq is None:
-        return None
-    return RecoveryBase(snap, seq, 0, snap.time, seq - 1)
-
-
-def recovery_bases(snapshots: Iterable[Snapshot], kind: str, segments: list[Segment]) -> list[RecoveryBase]:
-    """Restorable starting points among ``snapshots`` for log kind ``kind``, oldest first."""
-    snap_kind = PG_BASE if kind == WAL else MARIADB_DUMP
+def recovery_bases(snapshots: Iterable[Snapshot], rules: LogRules, segments: list[Segment]) -> list[RecoveryBase]:
+    """Restorable starting points among ``snapshots``, oldest first."""
     seg_size = wal_segment_size(segments)
     found = []
     for snap in snapshots:
-        if snap.kind != snap_kind:
+        if snap.kind != rules.base_kind:
             continue
-        base = _pg_base(snap, seg_size) if kind == WAL else _mariadb_base(snap)
+        base = rules.base_of(snap, seg_size)
         if base is not None:
             found.append(base)
     return sorted(found, key=lambda b: b.consistent_at)
@@ -227,27 +210,17 @@ def _merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, d
     return merged
 
 
-def gap_file_name(kind: str, gap: Gap, timeline: int, seg_size: int) -> str:
-    """The first missing file of a gap, named as the server names it."""
-    if kind == WAL:
-        per = 0x100000000 // seg_size
-        return f"{timeline:08X}{gap.first // per:08X}{gap.first % per:08X}"
-    match = re.match(r"^(.*\.)(\d+)$", gap.before) or re.match(r"^(.*\.)(\d+)$", gap.after)
-    if not match:
-        return f"#{gap.first}"
-    return f"{match.group(1)}{gap.first:0{len(match.group(2))}d}"
-
-
-def compute_window(source: str, kind: str, snapshots: Iterable[Snapshot], segments: list[Segment]) -> Window:
-    found = recovery_bases(snapshots, kind, segments)
+def compute_window(source: str, rules: LogRules, snapshots: Iterable[Snapshot],
+                   segments: list[Segment]) -> Window:
+    found = recovery_bases(snapshots, rules, segments)
     intervals = []
     for base in found:
         end = reach(base, contiguous_run(segments, base.start_seq, base.timeline))
         if end is not None:
             intervals.append((base.consistent_at, end))
-    window = Window(source, kind, _merge(intervals), segments=len(segments), bases=len(found))
+    window = Window(source, rules.log_kind, _merge(intervals), segments=len(segments), bases=len(found))
     start = found[0].start_seq if found else None
     seg_size, timeline = wal_segment_size(segments), (found[0].timeline if found else 1)
-    window.gaps = [{"first_missing": gap_file_name(kind, g, timeline, seg_size), "count": g.count,
+    window.gaps = [{"first_missing": rules.first_missing_name(g, timeline, seg_size), "count": g.count,
                     "after": g.before, "before": g.after} for g in find_gaps(segments, start)]
     return window

@@ -1,13 +1,14 @@
 """Reading and writing snapshot manifests and trees through a repository."""
 from __future__ import annotations
 
+import io
 import json
-from typing import Iterator
+from typing import Any, Iterator
 
 from drtool.errors import IntegrityError, SnapshotNotFound
 from drtool.repository.packfile import TREE_BLOB
 from drtool.repository.repo import Repository
-from drtool.snapshot.model import Node, Snapshot, decode_tree, encode_tree
+from drtool.snapshot.model import FILE, Node, Snapshot, decode_tree, encode_tree
 
 SNAPSHOT_KIND = b"snapshot"
 
@@ -69,3 +70,34 @@ def walk_tree(repo: Repository, tree_id: str, prefix: str = "") -> Iterator[tupl
         yield path, node
         if node.subtree:
             stack.append((path, iter(load_tree(repo, node.subtree))))
+
+
+def stream_chunks(repo: Repository, snap: Snapshot) -> Iterator[bytes]:
+    """The plaintext of a stream snapshot (a dump, a base backup: one file), blob by blob, verified."""
+    nodes = [n for n in load_tree(repo, snap.tree) if n.type == FILE]
+    if len(nodes) != 1:
+        raise IntegrityError(f"snapshot {snap.short_id} is not a single-file stream ({len(nodes)} files)")
+    for hexid in nodes[0].content:
+        yield repo.read_blob(bytes.fromhex(hexid))
+
+
+class StreamReader(io.RawIOBase):
+    """A stream snapshot as a sequential, non-seekable file object (``tarfile.open(mode="r|")``)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._buf:
+            self._buf = next(self._chunks, b"")
+            if not self._buf:
+                return 0
+        n = min(len(buffer), len(self._buf))
+        buffer[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n

@@ -1,7 +1,8 @@
-"""Validation shared by the database source tables (``[sources.NAME]``)."""
+"""Shared by the database sources: ``[sources.NAME]`` table validation, child stderr capture."""
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import IO, Any
 
 from drtool.errors import ConfigError
 
@@ -20,3 +21,20 @@ def check_table(name: str, table: dict[str, Any], keys: frozenset[str] | set[str
 def check_one_database_choice(name: str, dbname: str | None, databases: list[str], all_: bool) -> None:
     if sum([bool(dbname), bool(databases), all_]) != 1:
         raise ConfigError(f"[sources.{name}]: give exactly one of dbname, databases or all = true")
+
+
+class StderrTail(threading.Thread):
+    """Collects the last few KiB of a child's stderr while it runs (for one-line error messages)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.buf = stream, b""
+        self.start()
+
+    def run(self) -> None:
+        for piece in iter(lambda: self.stream.read(4096), b""):
+            self.buf = (self.buf + piece)[-4000:]
+
+    def text(self) -> str:
+        self.join(timeout=5)
+        return " | ".join(self.buf.decode(errors="replace").strip().splitlines()[-5:])

@@ -462,7 +462,7 @@ def start_and_wait(target: str, bindir: str | None, timeout: float) -> dict[str,
             raise RestoreTargetError(f"recovery did not finish within {timeout:.0f}s",
                                      hint=f"server stopped; its log is {log_file}")
         time.sleep(0.2)
-    return recovery_outcome(_read(log_file))
+    return recovery_outcome(read_log(log_file))
 
 
 def recovery_log(target: str) -> str:
@@ -487,7 +487,8 @@ def cluster_state(datadir: str, bindir: str | None) -> str:
     return ""
 
 
-def _read(path: str) -> str:
+def read_log(path: str) -> str:
+    """A server log as text ("" when it is not there)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return handle.read()
@@ -496,4 +497,4 @@ def _read(path: str) -> str:
 
 
 def _why(log_file: str) -> str:
-    return recovery_outcome(_read(log_file)).get("fatal", "")
+    return recovery_outcome(read_log(log_file)).get("fatal", "")

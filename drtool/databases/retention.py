@@ -34,37 +34,32 @@ still had tells it which object to finish).
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from drtool.catalog.logs import (BINLOG, MARIADB_DUMP, PG_BASE, WAL, LogCatalog, RecoveryBase, Segment,
-                                 recovery_bases, wal_segment_size)
+from drtool.databases.engine import DatabaseEngine, detect_engine
+from drtool.databases.logarchive import source_prefix, sync_log_segments
 from drtool.errors import DrtoolError
-from drtool.ops.logarchive import source_prefix, sync_log_segments
-from drtool.ops.session import Session
 from drtool.repository.locks import Lock
+from drtool.snapshot.logwindow import RecoveryBase, Segment, recovery_bases, wal_segment_size
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.retention import RetentionPolicy, SnapshotRef, apply_policy
-from drtool.sources import postgres
 from drtool.testing_hooks import crash_point
+
+if TYPE_CHECKING:
+    from drtool.ops.session import Session
 
 log = logging.getLogger("drtool.forget")
 
 PinFn = Callable[[Snapshot], "str | None"]
 CRASH_AFTER_INFO = "forget-expire-after-info-delete"
-_BINLOG_STEM_RE = re.compile(r"^(.*)\.\d+$")
 
 
 # ----- pins (pure) ------------------------------------------------------------------------------------
-def log_kind(snapshots: Iterable[Snapshot]) -> str | None:
-    """WAL for a series of base backups, BINLOG for dumps with coordinates, else None."""
-    kinds = {s.kind for s in snapshots if s.kind == PG_BASE
-             or (s.kind == MARIADB_DUMP and s.meta.get("binlog_file"))}
-    if PG_BASE in kinds:
-        return WAL
-    return BINLOG if kinds else None
+def series_engine(snapshots: Iterable[Snapshot]) -> DatabaseEngine | None:
+    """The engine of a series of recovery bases (None: not a point-in-time series)."""
+    return detect_engine(snapshots, [])
 
 
 def window_start(snapshots: Sequence[Snapshot], policy: RetentionPolicy, now: datetime) -> datetime | None:
@@ -75,13 +70,14 @@ def window_start(snapshots: Sequence[Snapshot], policy: RetentionPolicy, now: da
     return min(max(s.time for s in snapshots), now) - policy.keep_within
 
 
-def usable_bases(snapshots: Iterable[Snapshot], kind: str, segments: list[Segment]) -> list[RecoveryBase]:
+def usable_bases(snapshots: Iterable[Snapshot], engine: DatabaseEngine,
+                 segments: list[Segment]) -> list[RecoveryBase]:
     """Recovery bases oldest first; a snapshot with unreadable coordinates is skipped, not fatal
     (it cannot start a recovery anyway, and one odd manifest must not stop retention)."""
     found: list[RecoveryBase] = []
     for snap in snapshots:
         try:
-            found += recovery_bases([snap], kind, segments)
+            found += recovery_bases([snap], engine, segments)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("snapshot %s: unreadable recovery coordinates (%s); not treated as a base",
                         snap.short_id, exc)
@@ -92,11 +88,11 @@ def base_pins(snapshots: Sequence[Snapshot], policy: RetentionPolicy, now: datet
               tz: tzinfo) -> dict[str, str]:
     """{snapshot id: reason} for the one base the series' keep_within window needs, if the
     policy would otherwise forget it."""
-    kind = log_kind(snapshots)
+    engine = series_engine(snapshots)
     start = window_start(snapshots, policy, now)
-    if kind is None or start is None or policy.is_empty():
+    if engine is None or start is None or policy.is_empty():
         return {}
-    before = [b for b in usable_bases(snapshots, kind, []) if b.consistent_at <= start]
+    before = [b for b in usable_bases(snapshots, engine, []) if b.consistent_at <= start]
     if not before:
         return {}  # the window starts before the first base: nothing older can help
     base = before[-1]
@@ -160,7 +156,7 @@ class LogExpiry:
 
     def lines(self, dry_run: bool) -> list[str]:
         """Text for the forget listing."""
-        head = f"{self.source} ({'WAL' if self.kind == WAL else 'binlogs'})"
+        head = f"{self.source} ({self.kind} files)"
         if self.note:
             return [f"{head}: {self.note}"]
         out = [f"{head}: keeping log files from {self.keep_from} (base {(self.base or '')[:8]})"]
@@ -171,44 +167,23 @@ class LogExpiry:
         return out
 
 
-def _number(kind: str, seg: Segment, seg_size: int) -> int | None:
-    """Where a log file sits in the chain; None for files that never expire (.history)."""
-    if kind == BINLOG:
-        return seg.seq
-    file_kind = seg.extra.get("file") or postgres.wal_file_kind(seg.name)
-    if file_kind == "segment":
-        return seg.seq
-    if file_kind in ("backup", "partial"):
-        parsed = postgres.parse_segment(seg.name[:24], seg_size)
-        return parsed[1] if parsed else None
-    return None
-
-
-def _stem(name: str) -> str:
-    match = _BINLOG_STEM_RE.match(name)
-    return match.group(1) if match else name
-
-
-def plan_expiry(source: str, kind: str, segments: list[Segment], bases: list[RecoveryBase]) -> LogExpiry:
+def plan_expiry(source: str, engine: DatabaseEngine, segments: list[Segment],
+                bases: list[RecoveryBase]) -> LogExpiry:
     """The log files of ``source`` entirely older than the oldest of ``bases`` (the kept ones)."""
-    plan = LogExpiry(source, kind)
+    plan = LogExpiry(source, engine.log_kind)
     if not bases:
         plan.note = "no base kept; log files left alone"
         return plan
     seg_size = wal_segment_size(segments)
     oldest = min(bases, key=lambda b: (b.start_seq, b.consistent_at))
     plan.base = oldest.snapshot.id
-    binlog_file = str(oldest.snapshot.meta.get("binlog_file", ""))
-    plan.keep_from = (postgres.segment_name(oldest.timeline, oldest.start_seq, seg_size) if kind == WAL
-                      else binlog_file)
-    numbered = [(seg, _number(kind, seg, seg_size)) for seg in segments]
+    plan.keep_from = engine.keep_from(oldest, seg_size)
+    numbered = [(seg, engine.expiry_position(seg, oldest, seg_size)) for seg in segments]
     newest = max((n for _, n in numbered if n is not None), default=None)
     reason = f"before {plan.keep_from}, where the oldest kept base {oldest.snapshot.short_id} starts"
     for seg, number in sorted(numbered, key=lambda p: (p[1] if p[1] is not None else -1, p[0].name)):
         if number is None or number >= oldest.start_seq or number == newest:
             continue
-        if kind == BINLOG and _stem(seg.name) != _stem(binlog_file):
-            continue  # another binlog basename: its numbers are not comparable
         plan.expire.append(ExpiredSegment(seg.name, seg.object_id, seg.size, reason))
     return plan
 
@@ -219,15 +194,19 @@ class PitrSeries:
     """A database series after forget's decisions: what stays decides what logs stay."""
 
     source: str
-    kind: str
+    engine: DatabaseEngine
     kept: list[Snapshot]
+
+    @property
+    def kind(self) -> str:
+        return self.engine.log_kind
 
 
 def pitr_series(source: str, snapshots: Sequence[Snapshot], kept_ids: set[str]) -> PitrSeries | None:
-    kind = log_kind(snapshots)
-    if kind is None:
+    engine = series_engine(snapshots)
+    if engine is None:
         return None
-    return PitrSeries(source, kind, [s for s in snapshots if s.id in kept_ids])
+    return PitrSeries(source, engine, [s for s in snapshots if s.id in kept_ids])
 
 
 def expire_log_segments(session: Session, lock: Lock, series: Sequence[PitrSeries], *,
@@ -239,6 +218,7 @@ def expire_log_segments(session: Session, lock: Lock, series: Sequence[PitrSerie
     """
     if not series:
         return []
+    from drtool.catalog.logs import LogCatalog
     logs = LogCatalog(session.catalog)
     rows_before = logs.segments()
     present = sync_log_segments(session).known_object_ids()
@@ -247,8 +227,8 @@ def expire_log_segments(session: Session, lock: Lock, series: Sequence[PitrSerie
         segments = logs.segments(item.source, item.kind)
         prefix = source_prefix(session.repo, item.kind, item.source)
         leftovers = _leftovers(session, prefix, item, rows_before, present)
-        plan = plan_expiry(item.source, item.kind, segments + leftovers,
-                           usable_bases(item.kept, item.kind, segments))
+        plan = plan_expiry(item.source, item.engine, segments + leftovers,
+                           usable_bases(item.kept, item.engine, segments))
         leftover_ids = {s.object_id for s in leftovers}
         for seg in plan.expire:
             if seg.object_id in leftover_ids:
@@ -293,4 +273,5 @@ def _delete(session: Session, lock: Lock, prefix: str, plan: LogExpiry) -> None:
         plan.expired.append(seg.name)
         done.append(seg.object_id)
         log.info("expired %s file %s of source %s (%s)", plan.kind, seg.name, plan.source, seg.reason)
+    from drtool.catalog.logs import LogCatalog
     LogCatalog(session.catalog).remove(done)

@@ -1,0 +1,132 @@
+"""The database engine protocol, and the registry of engines by name and log kind.
+
+Everything that differs between PostgreSQL and MariaDB lives behind
+:class:`DatabaseEngine`: which snapshots are bases and where their logs
+start, how the server names log files, when a point is reachable, which log
+files a replay needs, how a source is backed up and how a plan is restored.
+Callers hold an engine, never an engine name to branch on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
+
+from drtool.errors import ConfigError, SnapshotNotFound
+from drtool.snapshot.logwindow import Gap, RecoveryBase, Segment
+from drtool.snapshot.model import Snapshot
+
+if TYPE_CHECKING:
+    from drtool.config import Settings
+    from drtool.databases.planner import PitrPlan, PitrResult
+    from drtool.ops.backup import BackupResult
+    from drtool.ops.session import Session
+
+
+@dataclass
+class RestoreRequest:
+    """Where and how a planned recovery is restored (``drtool restore --source …``)."""
+
+    target: str | None = None
+    target_db: str | None = None
+    start: bool = False
+    port: int | None = None
+    command_line: str | None = None  # this invocation, for "run it as … instead" messages
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Labels:
+    """How messages name an engine's things."""
+
+    base: str           # "base backup", "dump with binlog coordinates"
+    log_file: str       # "WAL segment", "binlog"
+    event: str          # "transaction", "binlog event"
+    archive_more: str   # how to archive the newest log now
+
+
+class DatabaseEngine(Protocol):
+    name: str            # the [sources.NAME] type
+    log_kind: str        # repository prefix and envelope kind of the archived logs
+    base_kind: str       # snapshot kind of a recovery base
+    labels: Labels
+
+    # ----- configuration and backup
+    def owns(self, src: Any) -> bool: ...
+
+    def source_from_config(self, name: str, table: dict[str, Any]) -> Any: ...
+
+    def check_pitr_source(self, src: Any) -> None:
+        """Raise UsageError when the source's backups cannot start a point-in-time recovery."""
+
+    def backup(self, session: Session, src: Any, tags: list[str]) -> list[BackupResult]: ...
+
+    # ----- the log archive (pure rules; ``drtool.snapshot.logwindow.LogRules``)
+    def base_of(self, snap: Snapshot, segment_size: int) -> RecoveryBase | None: ...
+
+    def first_missing_name(self, gap: Gap, timeline: int, segment_size: int) -> str: ...
+
+    def reachable(self, when: datetime, reach: datetime, inclusive: bool) -> bool:
+        """Can replay stop at ``when`` when the archive's newest event is at ``reach``?"""
+
+    def needed(self, chain: list[Segment], when: datetime | None) -> list[Segment]:
+        """The prefix of ``chain`` that a replay to ``when`` (None: everything) reads."""
+
+    def immediate(self, chain: list[Segment], base: RecoveryBase) -> list[Segment]:
+        """The log files a base needs to be restored as it became consistent."""
+
+    def keep_from(self, base: RecoveryBase, segment_size: int) -> str:
+        """The first log file retention must keep for ``base``."""
+
+    def expiry_position(self, seg: Segment, base: RecoveryBase, segment_size: int) -> int | None:
+        """Where ``seg`` sits in ``base``'s chain (comparable with base.start_seq); None: never expires."""
+
+    # ----- restore
+    def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: Any,
+                request: RestoreRequest) -> PitrResult: ...
+
+
+def _registry() -> dict[str, DatabaseEngine]:
+    from drtool.databases.mariadb import MARIADB
+    from drtool.databases.postgresql import POSTGRESQL
+    return {"postgresql": POSTGRESQL, "mariadb": MARIADB, "mysql": MARIADB}
+
+
+def engine_named(name: str) -> DatabaseEngine:
+    """The engine of a ``[sources.NAME]`` type."""
+    engines = _registry()
+    if name not in engines:
+        raise ConfigError(f"unknown database type {name!r}", hint=f"use one of {', '.join(sorted(engines))}")
+    return engines[name]
+
+
+def engines() -> list[DatabaseEngine]:
+    return list(dict.fromkeys(_registry().values()))
+
+
+def engine_of_source(src: Any) -> DatabaseEngine | None:
+    """The engine a parsed source belongs to (None: a files or command source)."""
+    return next((e for e in engines() if e.owns(src)), None)
+
+
+def engine_of_log_kind(kind: str) -> DatabaseEngine:
+    return next(e for e in engines() if e.log_kind == kind)
+
+
+def detect_engine(snapshots: Iterable[Snapshot], segments: Iterable[Segment]) -> DatabaseEngine | None:
+    """The engine of a source known only by its repository contents (bases first, then logs)."""
+    snaps = list(snapshots)
+    kinds = {s.kind for s in snaps}
+    for engine in engines():
+        if engine.base_kind in kinds and any(engine.base_of(s, 16 * 2**20) for s in snaps
+                                             if s.kind == engine.base_kind):
+            return engine
+    log_kinds = {s.kind for s in segments}
+    return next((e for e in engines() if e.log_kind in log_kinds), None)
+
+
+def require_engine(snapshots: Iterable[Snapshot], segments: Iterable[Segment], source: str) -> DatabaseEngine:
+    engine = detect_engine(snapshots, segments)
+    if engine is None:
+        raise SnapshotNotFound(f"source {source!r} has no base backup, dump or archived log in the repository")
+    return engine

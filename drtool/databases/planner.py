@@ -1,0 +1,254 @@
+"""Point-in-time restore of database sources: the plan, the windows, the dispatch to an engine.
+
+A restore point needs two things: a *base* taken before it (a ``pg-base``
+snapshot that finished before the time, or a ``mariadb-dump`` with binlog
+coordinates) and an unbroken run of archived log files from that base to
+past the time.  Planning uses the catalog only (log-segment rows synced from
+the small ``.info`` objects), so ``--dry-run`` and ``recoverable_window`` cost
+a few LISTs; restoring then fetches exactly the files the plan names.  What
+differs between engines (when a point is reachable, which files a replay
+reads, how it is restored and verified) is asked of the engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from drtool.databases.engine import DatabaseEngine, RestoreRequest, engine_of_source, require_engine
+from drtool.databases.logarchive import sync_log_segments
+from drtool.errors import DrtoolError, SnapshotNotFound, UsageError
+from drtool.snapshot.logwindow import (RecoveryBase, Segment, Window, compute_window, contiguous_run,
+                                       find_gaps, reach, recovery_bases, wal_segment_size)
+
+if TYPE_CHECKING:
+    from drtool.catalog.store import Catalog
+    from drtool.config import Settings
+    from drtool.ops.session import Session
+
+
+class RecoveryPointUnreachable(DrtoolError):
+    """The archive cannot bring any base to the requested time (gap, or not archived yet)."""
+
+
+class RecoveryShort(DrtoolError):
+    """Replay ended before the point the plan promised: never reported as a successful restore."""
+
+    hint = ("check that every log file of the plan is archived ('drtool pg window' / 'drtool mariadb "
+            "window') and readable by the user running the restore; the server log names the last file")
+
+
+# ----- windows ----------------------------------------------------------------------------------------
+def recoverable_window(session: Session, source: str, engine: DatabaseEngine | None = None) -> Window:
+    """Times the source can be restored to from the repository, and the gaps that limit it."""
+    logs = sync_log_segments(session)
+    snapshots = session.snapshots(source)
+    engine = engine or require_engine(snapshots, logs.segments(source), source)
+    return compute_window(source, engine, snapshots, logs.segments(source, engine.log_kind))
+
+
+def window_from_catalog(catalog: Catalog, source: str) -> Window | None:
+    """The window from the catalog's rows alone, without syncing (cheap status checks).
+
+    None when the source is not a point-in-time source.
+    """
+    from drtool.catalog.logs import LogCatalog
+    from drtool.databases.engine import detect_engine
+    snapshots = catalog.snapshots(source)
+    segments = LogCatalog(catalog).segments(source)
+    engine = detect_engine(snapshots, segments)
+    if engine is None:
+        return None
+    return compute_window(source, engine, snapshots, [s for s in segments if s.kind == engine.log_kind])
+
+
+# ----- planning ---------------------------------------------------------------------------------------
+@dataclass
+class PitrPlan:
+    source: str
+    engine: DatabaseEngine
+    base: RecoveryBase
+    segments: list[Segment]
+    target_time: datetime | None
+    inclusive: bool
+    recoverable_until: datetime
+    immediate: bool = False  # a named base: restored as it became consistent, no later log
+
+    @property
+    def latest(self) -> bool:
+        return self.target_time is None and not self.immediate
+
+    @property
+    def source_type(self) -> str:
+        return self.engine.name
+
+    def last_archived_commit(self) -> datetime | None:
+        """The newest commit (or event) time in the planned logs: what --latest must reach."""
+        return max((s.last_time for s in self.segments if s.last_time is not None), default=None)
+
+    def data_loss_window(self, now: datetime | None = None) -> tuple[datetime, datetime] | None:
+        """Changes in this interval are not in the archive and will not be restored (--latest)."""
+        if not self.latest:
+            return None
+        now = now or datetime.now(timezone.utc)
+        return (self.recoverable_until, now) if now > self.recoverable_until else None
+
+    def as_dict(self) -> dict[str, Any]:
+        loss = self.data_loss_window()
+        target = (self.target_time.isoformat() if self.target_time and not self.immediate
+                  else "immediate" if self.immediate else "latest")
+        return {"source": self.source, "type": self.engine.name, "base": self.base.as_dict(),
+                "segments": [s.name for s in self.segments],
+                "segment_bytes": sum(s.size for s in self.segments),
+                "target_time": target, "inclusive": self.inclusive,
+                "recoverable_until": self.recoverable_until.isoformat(),
+                "data_loss_window": [loss[0].isoformat(), loss[1].isoformat()] if loss else None}
+
+    def lines(self) -> list[str]:
+        snap = self.base.snapshot
+        if self.immediate:
+            what = "the base as it became consistent (no later log replayed)"
+        elif self.latest:
+            what = "latest archived state"
+        else:
+            what = f"{self.target_time.isoformat()} ({'inclusive' if self.inclusive else 'exclusive'})"  # type: ignore[union-attr]
+        out = [f"source {self.source} ({self.engine.name}): recover to {what}",
+               f"base: snapshot {snap.short_id} ({snap.kind}, {snap.time.isoformat()}, "
+               f"consistent from {self.base.consistent_at.isoformat()})"]
+        if self.segments:
+            out.append(f"logs: {len(self.segments)} file(s) {self.segments[0].name} .. {self.segments[-1].name} "
+                       f"({sum(s.size for s in self.segments) / 2**20:.1f} MiB)")
+        else:
+            out.append("logs: none needed")
+        out.append(f"archive reaches: {self.recoverable_until.isoformat()}")
+        loss = self.data_loss_window()
+        if loss:
+            out.append(f"data-loss window: changes after {loss[0].isoformat()} are not archived "
+                       f"({(loss[1] - loss[0]).total_seconds():.0f}s before now)")
+        elif self.latest:
+            out.append("data-loss window: none known")
+        return out
+
+
+def plan_pitr(session: Session, source: str, engine: DatabaseEngine, when: datetime | None,
+              inclusive: bool = True, snapshot: str | None = None) -> PitrPlan:
+    """Choose the base and the log files for a restore to ``when`` (None: latest).
+
+    With ``snapshot`` (an id prefix) that base is restored to the moment it
+    became consistent: no later log is replayed.
+    """
+    segments = sync_log_segments(session).segments(source, engine.log_kind)
+    found = recovery_bases(session.snapshots(source), engine, segments)
+    if not found:
+        raise SnapshotNotFound(f"source {source} has no {engine.labels.base} in the repository",
+                               hint=f"run 'drtool backup --source {source}' first")
+    if snapshot is not None:
+        found = [b for b in found if b.snapshot.id.startswith(snapshot)]
+        if len(found) != 1:
+            raise SnapshotNotFound(f"snapshot {snapshot!r} is not a single {engine.labels.base} of source "
+                                   f"{source}", hint=f"list them with 'drtool snapshots --name {source}'")
+        when = found[0].consistent_at
+    base, chain, end = _choose_base(source, engine, found, segments, when)
+    if snapshot is not None:
+        return PitrPlan(source, engine, base, engine.immediate(chain, base), when, inclusive, end, immediate=True)
+    if when is not None and not engine.reachable(when, end, inclusive):
+        raise _unreachable(source, engine, base, segments, when, end)
+    return PitrPlan(source, engine, base, engine.needed(chain, when), when, inclusive, end)
+
+
+def _choose_base(source: str, engine: DatabaseEngine, found: list[RecoveryBase], segments: list[Segment],
+                 when: datetime | None) -> tuple[RecoveryBase, list[Segment], datetime]:
+    """The newest base consistent by ``when`` whose own logs are all archived."""
+    candidates = [b for b in found if when is None or b.consistent_at <= when]
+    if not candidates:
+        raise SnapshotNotFound(f"no {engine.labels.base} of source {source} was consistent at or before "
+                               f"{when.isoformat()}; the first is from {found[0].consistent_at.isoformat()}")  # type: ignore[union-attr]
+    for base in reversed(candidates):
+        chain = contiguous_run(segments, base.start_seq, base.timeline)
+        end = reach(base, chain)
+        if end is not None:
+            return base, chain, end
+        if when is not None:
+            break
+    base = candidates[-1]
+    missing = engine.first_missing_name(_gap_at(base), base.timeline, wal_segment_size(segments))
+    raise RecoveryPointUnreachable(
+        f"{engine.labels.log_file} files needed to make {engine.labels.base} {base.snapshot.short_id} of source "
+        f"{source} consistent are missing from the archive (from {missing})",
+        hint=f"check the log archiving ({engine.labels.archive_more}); take a new base")
+
+
+def _gap_at(base: RecoveryBase) -> Any:
+    from drtool.snapshot.logwindow import Gap
+    return Gap(base.start_seq, base.start_seq, "(backup start)", "")
+
+
+def _unreachable(source: str, engine: DatabaseEngine, base: RecoveryBase, segments: list[Segment],
+                 when: datetime, end: datetime) -> DrtoolError:
+    gaps = find_gaps(segments, base.start_seq)
+    if gaps:
+        missing = engine.first_missing_name(gaps[0], base.timeline, wal_segment_size(segments))
+        return RecoveryPointUnreachable(
+            f"{engine.labels.log_file} {missing} of source {source} is missing from the archive (gap after "
+            f"{gaps[0].before}): from snapshot {base.snapshot.short_id} recovery reaches at most "
+            f"{end.isoformat()}, not {when.isoformat()}",
+            hint="choose an earlier --point-in-time, or a base taken after the gap")
+    return RecoveryPointUnreachable(
+        f"point in time {when.isoformat()} is after the last archived {engine.labels.event} of source {source} "
+        f"({end.isoformat()})",
+        hint=f"use --latest to recover everything archived, or archive more first ({engine.labels.archive_more})")
+
+
+def plan_from_config(session: Session, src: Any, when: datetime | None, inclusive: bool,
+                     snapshot: str | None = None) -> PitrPlan:
+    engine = _engine_of(src)
+    engine.check_pitr_source(src)
+    return plan_pitr(session, src.name, engine, when, inclusive, snapshot)
+
+
+def _engine_of(src: Any) -> DatabaseEngine:
+    engine = engine_of_source(src)
+    if engine is None:
+        raise UsageError(f"source {src.name} is not a database source",
+                         hint=f"use 'drtool restore --name {src.name} --point-in-time TIME --target DIR'")
+    return engine
+
+
+# ----- restoring ----------------------------------------------------------------------------------------
+@dataclass
+class PitrResult:
+    plan: PitrPlan
+    target: str | None = None
+    target_db: str | None = None
+    started: bool = False
+    outcome: dict[str, str] = field(default_factory=dict)
+    members: int = 0
+    script: str | None = None
+    socket: str | None = None
+    port: int | None = None
+    socket_dir: str | None = None
+    reached: str | None = None  # what replay verifiably reached
+    log_file: str | None = None
+    notes: list[str] = field(default_factory=list)  # the engine's next steps for the operator
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.as_dict(), "target": self.target, "target_db": self.target_db,
+                "started": self.started, "outcome": self.outcome, "restore_command": self.script,
+                "socket": self.socket, "port": self.port, "socket_dir": self.socket_dir,
+                "reached": self.reached, "log": self.log_file}
+
+    def lines(self) -> list[str]:
+        where = self.target_db or self.target
+        out = [f"restored source {self.plan.source} from snapshot {self.plan.base.snapshot.short_id} "
+               f"with {len(self.plan.segments)} log file(s) into {where}"]
+        out += [f"recovery: {self.outcome[key]}" for key in ("stopped", "last_transaction") if key in self.outcome]
+        if self.reached:
+            out.append(f"verified: {self.reached}")
+        return out + self.notes
+
+
+def restore_pitr(session: Session, settings: Settings, src: Any, when: datetime | None,
+                 request: RestoreRequest, *, inclusive: bool = True, snapshot: str | None = None) -> PitrResult:
+    """``drtool restore [SNAPSHOT] --source NAME --point-in-time TIME|--latest`` for databases."""
+    plan = plan_from_config(session, src, when, inclusive, snapshot)
+    return plan.engine.restore(session, settings, plan, src, request)

@@ -1,0 +1,291 @@
+"""PostgreSQL as a database engine: base backups, WAL rules, restore with verified replay.
+
+PostgreSQL replays WAL itself: drtool unpacks the base backup, writes
+``recovery.signal`` plus ``restore_command`` (a wrapper script around
+``drtool pg wal-fetch``) and the recovery target, and optionally starts the
+server, waits for promotion and reads the server's own log to verify that
+replay reached what was planned.  PostgreSQL stops *before* the first commit
+later than the target, so a target is reachable only if a later commit is
+archived; planning checks that instead of letting the server fail with
+"recovery ended before configured recovery target was reached".
+"""
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from drtool.databases.engine import Labels, RestoreRequest
+from drtool.databases.planner import PitrPlan, PitrResult, RecoveryShort
+from drtool.errors import SourceError, UsageError
+from drtool.snapshot.logwindow import WAL, Gap, RecoveryBase, Segment
+from drtool.snapshot.model import Snapshot
+from drtool.snapshot.store import StreamReader, stream_chunks
+from drtool.sources import postgres
+
+if TYPE_CHECKING:
+    from drtool.config import Settings
+    from drtool.ops.backup import BackupResult
+    from drtool.ops.session import Session
+    from drtool.ops.sources_run import StreamTap
+
+PG_BASE = "pg-base"
+PG_DUMP = "pg-dump"
+PG_GLOBALS = "pg-globals"
+START_TIMEOUT = 600.0
+
+
+class PostgresEngine:
+    name = "postgresql"
+    log_kind = WAL
+    base_kind = PG_BASE
+    labels = Labels(base="base backup", log_file="WAL segment", event="transaction",
+                    archive_more="pg_switch_wal / archive_timeout")
+
+    # ----- configuration and backup -----------------------------------------------------------
+    def owns(self, src: Any) -> bool:
+        return isinstance(src, postgres.PgSource)
+
+    def source_from_config(self, name: str, table: dict[str, Any]) -> postgres.PgSource:
+        return postgres.PgSource.from_config(name, table)
+
+    def check_pitr_source(self, src: postgres.PgSource) -> None:
+        if src.method != "basebackup":
+            raise UsageError(f"source {src.name} makes pg_dump dumps (method = \"dump\"): point-in-time "
+                             f"restore needs method = \"basebackup\" and WAL archiving",
+                             hint=f"restore the dump file with 'drtool restore latest --name {src.name} "
+                                  f"--target DIR'")
+
+    def backup(self, session: Session, src: postgres.PgSource, tags: list[str]) -> list[BackupResult]:
+        """A base backup (``method = "basebackup"``), or pg_dump per database plus globals."""
+        from drtool.ops.sources_run import run_dump
+        base_meta = {"source": src.name, "source_type": self.name}
+        with postgres.credentials_env(src) as env:
+            if src.method == "basebackup":
+                label = f"drtool {src.name} {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+                return [run_dump(session, postgres.basebackup_command(src, label), env, src.name, "base.tar",
+                                 PG_BASE, dict(base_meta, method="basebackup"), tags, _basebackup_finish)]
+            databases = [src.dbname] if src.dbname and not src.all and not src.databases else src.databases
+            results = []
+            if src.all:
+                results.append(run_dump(session, postgres.globals_command(src), env, f"{src.name}/globals",
+                                        "globals.sql", PG_GLOBALS, dict(base_meta), tags))
+                databases = _list_databases(src, env)
+            for database, snap_name in src.snapshot_names(databases).items():
+                meta = dict(base_meta, database=database, format="custom")
+                results.append(run_dump(session, postgres.dump_command(src, database), env, snap_name,
+                                        f"{database}.dump", PG_DUMP, meta, tags))
+            return results
+
+    # ----- WAL rules ------------------------------------------------------------------------------
+    def base_of(self, snap: Snapshot, segment_size: int) -> RecoveryBase | None:
+        meta = snap.meta
+        if "start_lsn" not in meta:
+            return None
+        start = postgres.parse_lsn(meta["start_lsn"]) // segment_size
+        required = postgres.parse_lsn(meta["end_lsn"]) // segment_size if meta.get("end_lsn") else start
+        consistent = datetime.fromisoformat(meta["end_time"]) if meta.get("end_time") else snap.time
+        return RecoveryBase(snap, start, int(meta.get("timeline", 1)), consistent, required)
+
+    def first_missing_name(self, gap: Gap, timeline: int, segment_size: int) -> str:
+        return postgres.segment_name(timeline, gap.first, segment_size)
+
+    def reachable(self, when: datetime, reach: datetime, inclusive: bool) -> bool:
+        """Recovery stops before the first commit after the target: an inclusive target needs one."""
+        return when < reach if inclusive else when <= reach
+
+    def needed(self, chain: list[Segment], when: datetime | None) -> list[Segment]:
+        if when is None:
+            return chain
+        for index, seg in enumerate(chain):
+            if seg.last_time is not None and seg.last_time > when:
+                return chain[:index + 1]
+        return chain
+
+    def immediate(self, chain: list[Segment], base: RecoveryBase) -> list[Segment]:
+        """recovery_target = 'immediate' replays only the WAL the base backup itself needs."""
+        return [seg for seg in chain if (seg.seq or 0) <= base.required_seq]
+
+    def keep_from(self, base: RecoveryBase, segment_size: int) -> str:
+        return postgres.segment_name(base.timeline, base.start_seq, segment_size)
+
+    def expiry_position(self, seg: Segment, base: RecoveryBase, segment_size: int) -> int | None:
+        """Segments by number; .backup and .partial files by the segment they belong to;
+        .history files never expire."""
+        file_kind = seg.extra.get("file") or postgres.wal_file_kind(seg.name)
+        if file_kind == "segment":
+            return seg.seq
+        if file_kind in ("backup", "partial"):
+            parsed = postgres.parse_segment(seg.name[:24], segment_size)
+            return parsed[1] if parsed else None
+        return None
+
+    # ----- restore ----------------------------------------------------------------------------------
+    def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: postgres.PgSource,
+                request: RestoreRequest) -> PitrResult:
+        refuse_root(request.command_line)
+        if not request.target:
+            raise UsageError("PostgreSQL restore needs --target DIR (the new data directory)")
+        if request.target_db:
+            raise UsageError("--target-db is for MariaDB sources")
+        return restore_datadir(session, plan, src, request.target, fetch_env=fetch_environment(settings),
+                               start=request.start, port=request.port)
+
+
+POSTGRESQL = PostgresEngine()
+
+
+def _basebackup_finish(tap: StreamTap, meta: dict[str, Any]) -> None:
+    label = postgres.backup_label_from_tar_head(bytes(tap.head))
+    if label is None:
+        raise SourceError(f"the base backup of {meta['source']} does not start with backup_label; "
+                          f"no snapshot was written")
+    meta.update(postgres.parse_backup_label(label))
+    meta.update(postgres.wal_range_from_tail(bytes(tap.tail)))
+    meta["end_time"] = datetime.now(timezone.utc).isoformat()
+
+
+def _list_databases(src: postgres.PgSource, env: dict[str, str]) -> list[str]:
+    proc = subprocess.run(postgres.list_databases_command(src), capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=300, check=False)
+    if proc.returncode != 0:
+        raise SourceError(f"cannot list the databases of {src.name}: "
+                          f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}")
+    return [line for line in proc.stdout.splitlines() if line]
+
+
+# ----- restoring a data directory ------------------------------------------------------------------------
+def refuse_root(command_line: str | None, os_user: str = "postgres") -> None:
+    """Before anything is unpacked: PostgreSQL will not run as root, and root-owned files
+    would need chown before it could.  Name the command that works."""
+    if os.geteuid() != 0:
+        return
+    suggestion = f"runuser -u {os_user} -- {command_line}" if command_line else \
+        f"runuser -u {os_user} -- drtool restore --source …"
+    raise UsageError("PostgreSQL restores must run as the PostgreSQL OS user, not root (the server refuses "
+                     "root and the files must belong to it)", hint=f"run: {suggestion}")
+
+
+def fetch_environment(settings: Settings, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Settings the restore_command wrapper needs; the passphrase only as a file or a command."""
+    env = dict(os.environ) if env is None else env
+    out: dict[str, str] = {}
+    if settings.repository:
+        repo = settings.repository
+        out["DRTOOL_REPOSITORY"] = repo if "://" in repo else os.path.abspath(repo)
+    if settings.path:
+        out["DRTOOL_CONFIG"] = os.path.abspath(settings.path)
+    password_file = env.get("DRTOOL_PASSWORD_FILE") or settings.password_file
+    password_command = env.get("DRTOOL_PASSWORD_COMMAND") or settings.password_command
+    if password_file:
+        out["DRTOOL_PASSWORD_FILE"] = os.path.abspath(password_file)
+    elif password_command:
+        out["DRTOOL_PASSWORD_COMMAND"] = password_command
+    else:
+        raise UsageError("PostgreSQL point-in-time restore needs the passphrase in a file",
+                         hint="set DRTOOL_PASSWORD_FILE (readable by the PostgreSQL OS user) or "
+                              "DRTOOL_PASSWORD_COMMAND; it is never written into the data directory")
+    for key in ("PYTHONPATH", "DRTOOL_HOST", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+                "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_CA_BUNDLE"):
+        if env.get(key):
+            out[key] = env[key]
+    return out
+
+
+def socket_dir_for(target: str) -> str:
+    """The restored server's own socket directory (never the production one).
+
+    Unix socket paths are limited to 107 bytes (``.s.PGSQL.NNNNN`` included):
+    a long target gets a private directory under /tmp instead.
+    """
+    if len(os.fsencode(target)) + len("/.s.PGSQL.65535") < 100:
+        return target
+    return tempfile.mkdtemp(prefix="drtool-pg-")
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, target: str, *,
+                    fetch_env: dict[str, str], start: bool = False, port: int | None = None,
+                    timeout: float = START_TIMEOUT) -> PitrResult:
+    """Unpack the base backup and configure recovery; with ``start``, run it to promotion and verify."""
+    target = os.path.abspath(target)
+    postgres.prepare_datadir(target)
+    with session.lock("restore"):
+        session.repo.load_index()
+        reader = io.BufferedReader(StreamReader(stream_chunks(session.repo, plan.base.snapshot)),
+                                   buffer_size=1024 * 1024)
+        members = postgres.extract_base_tar(reader, target)
+    for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
+        if os.path.exists(os.path.join(target, stale)):
+            os.unlink(os.path.join(target, stale))
+    script = postgres.write_fetch_script(target, plan.source, fetch_env, sys.executable)
+    if start and port is None:
+        port = free_port()  # never collide with the production server's 5432
+    socket_dir = socket_dir_for(target)
+    settings = postgres.recovery_settings(f"{shlex.quote(script)} %f %p", plan.target_time, plan.inclusive, port,
+                                          socket_dir, immediate=plan.immediate)
+    postgres.write_recovery_files(target, settings)
+    result = PitrResult(plan, target, members=members, script=script, port=port, socket_dir=socket_dir,
+                        log_file=postgres.recovery_log(target))
+    if not start:
+        result.notes.append(f"start it with: pg_ctl -D {target} -l {result.log_file} start  (PostgreSQL replays "
+                            f"WAL via {script}, then promotes; port {port or 'from its configuration'}, "
+                            f"socket directory {socket_dir})")
+        return result
+    result.outcome = postgres.start_and_wait(target, src.bindir, timeout)
+    try:
+        result.reached = verify_recovery(plan, result.outcome)
+    except RecoveryShort as exc:
+        postgres.stop_server(target, src.bindir)
+        raise RecoveryShort(f"{exc} (server stopped; its log is {result.log_file})") from None
+    result.started = True
+    result.notes.append(f"PostgreSQL running from {target}: port {port}, socket directory {socket_dir}; "
+                        f"connect with: psql -h {socket_dir} -p {port} (stop: pg_ctl -D {target} stop)")
+    return result
+
+
+def verify_recovery(plan: PitrPlan, outcome: dict[str, str]) -> str:
+    """What PostgreSQL's own log says recovery reached; RecoveryShort if it fell short of the plan.
+
+    A restore_command that reports "not archived" for a file that is (a
+    failed fetch read as absence) makes PostgreSQL end recovery early and
+    promote: for a time target it refuses ("recovery ended before configured
+    recovery target was reached"), but for --latest nothing would notice.
+    So --latest must have replayed the last archived commit and read into
+    the last archived segment.
+    """
+    last = postgres.last_transaction_time(outcome)
+    redo = postgres.redo_end_lsn(outcome)
+    if plan.immediate:
+        if "consistency" in outcome.get("stopped", ""):
+            return "stopped at the consistent end of the base backup"
+        raise RecoveryShort(f"recovery did not stop at the end of base backup {plan.base.snapshot.short_id}: "
+                            f"{outcome.get('stopped') or outcome.get('redo_done') or 'no recovery end logged'}")
+    if not plan.latest:
+        if "stopped" not in outcome:
+            raise RecoveryShort(f"recovery ended without reaching {plan.target_time.isoformat()} "  # type: ignore[union-attr]
+                                f"(last replayed transaction: {last.isoformat() if last else 'none'})")
+        return outcome["stopped"]
+    expected = plan.last_archived_commit()
+    if expected is not None and (last is None or last < expected):
+        raise RecoveryShort(f"recovery ended at the transaction of {last.isoformat() if last else '(none)'}, "
+                            f"but the archive holds transactions up to {expected.isoformat()}: "
+                            f"the restored server is short of --latest")
+    if plan.segments and plan.segments[-1].start_pos:
+        needed = postgres.parse_lsn(plan.segments[-1].start_pos)
+        if redo is None or redo < needed:
+            raise RecoveryShort(f"recovery replayed WAL up to {postgres.format_lsn(redo) if redo else '(unknown)'}, "
+                                f"short of the last archived segment {plan.segments[-1].name}")
+    return (f"all archived WAL replayed (last transaction {last.isoformat() if last else 'none'}, "
+            f"redo done at {postgres.format_lsn(redo) if redo is not None else 'unknown'})")
