@@ -13,11 +13,11 @@ from datetime import datetime
 from typing import Any, Callable
 
 from drtool.crypto.keys import KdfParams
-from drtool.ops import backup as _backup
-from drtool.ops import check as _check
-from drtool.ops import rebuild as _rebuild
-from drtool.ops import restore as _restore
-from drtool.ops.session import OpenOptions, Session
+from drtool.backup import run as _backup
+from drtool.maintain import check as _check
+from drtool.maintain import rebuild as _rebuild
+from drtool.restore import run as _restore
+from drtool.core.session import OpenOptions, Session
 from drtool.snapshot.model import Snapshot
 
 __all__ = ["KdfParams", "Session", "backup", "backup_command", "check", "init", "open_repository",

@@ -41,7 +41,7 @@ from drtool import api  # noqa: E402
 from drtool.snapshot.logwindow import WAL  # noqa: E402
 from drtool.errors import DrtoolError, LockHeld  # noqa: E402
 from drtool.databases import logarchive  # noqa: E402
-from drtool.ops.session import OpenOptions  # noqa: E402
+from drtool.core.session import OpenOptions  # noqa: E402
 
 PASSWORD = "torture passphrase"
 FAST_KDF = ["--kdf-memory-kib", "1024", "--kdf-iterations", "1"]

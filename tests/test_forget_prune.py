@@ -17,10 +17,10 @@ from conftest import PASSWORD, DrEnv
 from drtool import api
 from drtool.backends.local import LocalBackend
 from drtool.errors import BackendError
-from drtool.ops import forget as forget_ops
-from drtool.ops import prune as prune_ops
-from drtool.ops.backup import backup_paths
-from drtool.ops.session import OpenOptions, Session
+from drtool.maintain import forget as forget_ops
+from drtool.maintain import prune as prune_ops
+from drtool.backup.run import backup_paths
+from drtool.core.session import OpenOptions, Session
 from drtool.repository.index import PackRecord
 from drtool.repository.packfile import DATA_BLOB, PackBuilder, pack_name, seal_group
 from drtool.snapshot.retention import RetentionPolicy
@@ -263,8 +263,8 @@ def test_prune_dry_run_changes_nothing(repo_env: DrEnv, tmp_path: Path) -> None:
 def backup_with_index_as_loaded(session: Session, src: Path, name: str, when: dt.datetime) -> str:
     """A backup whose index view predates the prune mark (say its lock went stale mid-run):
     what backup_paths does, minus reloading the index at the start."""
-    from drtool.ops.pipeline import ChunkPipeline
-    from drtool.ops.treewalk import TreeWalker
+    from drtool.backup.pipeline import ChunkPipeline
+    from drtool.backup.treewalk import TreeWalker
     from drtool.snapshot.model import Snapshot
     from drtool.snapshot.store import save_snapshot
 

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import PASSWORD, DrEnv, spawn_without_override
 from drtool import api
-from drtool.ops.treewalk import WalkStats
+from drtool.backup.treewalk import WalkStats
 from drtool.snapshot.model import FIFO, SOCKET
 from drtool.snapshot.store import walk_tree
 from treegen import allocated_bytes, describe

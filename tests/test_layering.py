@@ -20,14 +20,20 @@ RANK = {
     "repository": 2,
     "snapshot": 3, "catalog": 3, "config": 3,
     "sources": 4,
-    "ops": 5, "databases": 5,
-    "api": 6,
-    "cli": 7, "__main__": 8,
+    "core": 5,
+    # the feature folders (use cases)
+    "backup": 6, "restore": 6, "databases": 6, "rehearse": 6, "maintain": 6, "monitor": 6,
+    "api": 7,
+    "cli": 8, "__main__": 9,
 }
 # Sideways arrows between packages of equal rank (from, to).  Anything else sideways fails.
 ALLOWED = {
     ("catalog", "snapshot"), ("catalog", "config"),
-    ("ops", "databases"), ("databases", "ops"),
+    ("databases", "backup"),                 # engines stream their dumps through backup.streams
+    ("rehearse", "restore"), ("rehearse", "databases"),   # drills restore into sandboxes
+    ("maintain", "databases"),               # forget expires logs, rebuild and copy handle them
+    ("maintain", "rehearse"),                # rebuild refills the rehearsal history
+    ("monitor", "databases"),                # status reports recoverable windows
 }
 LAZY_LOADERS = {"import_module", "_optional", "__import__"}
 
@@ -114,12 +120,13 @@ def test_every_import_form_is_seen() -> None:
     """The checker itself: each form of a back-arrow is caught (a checker that misses one is no check)."""
     forms = ["import drtool.cli.main", "from drtool.cli import main", "from drtool import api",
              "from ..cli import main", "import importlib\nimportlib.import_module('drtool.cli.main')",
-             "def f():\n    from drtool.ops import session\n",
+             "def f():\n    from drtool.core import session\n",
              "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from drtool.api import init\n"]
     for form in forms:
         assert check_module("drtool.crypto.probe", form), f"not caught: {form!r}"
     assert check_module("drtool.crypto.probe", "from drtool import __version__\nimport drtool.errors") == []
-    assert check_module("drtool.ops.probe", "from drtool.catalog import store") == []
+    assert check_module("drtool.maintain.probe", "from drtool.catalog import store") == []
+    assert check_module("drtool.backup.probe", "from drtool.databases import engine")  # not an arrow
 
 
 def test_third_party_boundaries() -> None:

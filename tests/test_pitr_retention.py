@@ -32,11 +32,11 @@ from drtool.databases.mariadb import MARIADB
 from drtool.databases.postgresql import POSTGRESQL
 from drtool.snapshot.logwindow import BINLOG, WAL, RecoveryBase, Segment
 from drtool.errors import BackendError
-from drtool.ops import forget as forget_ops
+from drtool.maintain import forget as forget_ops
 from drtool.databases import logarchive
 from drtool.databases import retention as pitr_retention
-from drtool.ops.backup import backup_stream
-from drtool.ops.session import OpenOptions, Session
+from drtool.backup.run import backup_stream
+from drtool.core.session import OpenOptions, Session
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.retention import RetentionPolicy
 from drtool.sources import postgres

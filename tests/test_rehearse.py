@@ -21,9 +21,9 @@ import dbservers
 from conftest import PASSWORD, ROOT, DrEnv
 from drtool.catalog.rehearsals import last_rehearsal, rehearsal_history, remove_rehearsals
 from drtool.errors import UsageError
-from drtool.ops.rehearse import RehearseOptions, rebuild_rehearsals, rehearse
-from drtool.ops.runbook import Check, SandboxSpec, load_runbook, parse_runbook
-from drtool.ops.sandbox import CheckRunner, Sandbox
+from drtool.rehearse.drill import RehearseOptions, rebuild_rehearsals, rehearse
+from drtool.rehearse.runbook import Check, SandboxSpec, load_runbook, parse_runbook
+from drtool.rehearse.sandbox import CheckRunner, Sandbox
 from drtool.repository.packfile import pack_name
 from drtool.snapshot.store import walk_tree
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import DrEnv
-from drtool.ops.rehearse import record
-from drtool.ops.report import render_html
+from drtool.rehearse.drill import record
+from drtool.rehearse.report import render_html
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 

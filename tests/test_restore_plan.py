@@ -24,9 +24,9 @@ from drtool.backends.registry import open_backend
 from drtool import api
 from drtool.crypto.keys import KdfParams
 from drtool.errors import IntegrityError
-from drtool.ops.restore import Restorer
-from drtool.ops.restore_groups import GroupPlanner
-from drtool.ops.session import OpenOptions, Session
+from drtool.restore.run import Restorer
+from drtool.restore.groups import GroupPlanner
+from drtool.core.session import OpenOptions, Session
 from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import Location
 from drtool.repository.packfile import ENTRY, DATA_BLOB

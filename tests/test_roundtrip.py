@@ -182,8 +182,8 @@ def test_file_growing_during_backup_is_reported(repo_env: DrEnv, tmp_path: Path)
 
 def test_small_file_grown_since_stat_is_read_whole(repo_env: DrEnv, tmp_path: Path) -> None:
     """The walker reads what stat promised plus one byte; a file that grew is read on."""
-    from drtool.ops.pipeline import ChunkPipeline, resolve
-    from drtool.ops.treewalk import TreeWalker
+    from drtool.backup.pipeline import ChunkPipeline, resolve
+    from drtool.backup.treewalk import TreeWalker
     from drtool.sources import files as fs
 
     path = tmp_path / "grows"

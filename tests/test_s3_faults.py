@@ -23,7 +23,7 @@ from drtool.backends.memory import MemoryBackend
 from drtool.backends.s3 import S3Backend
 from drtool.errors import (BackendError, DrtoolError, ObjectMissing, RepositoryNotFound,
                            TransientBackendError, UsageError)
-from drtool.ops.validate_backend import validate_backend
+from drtool.monitor.validate import validate_backend
 
 try:
     from fault_proxy import FaultProxy

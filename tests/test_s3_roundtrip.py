@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from conftest import FAST_KDF, DrEnv, make_env
-from drtool.ops.rehearse import record
+from drtool.rehearse.drill import record
 from fault_proxy import FaultProxy
 from s3server import MotoServer, client_env, create_bucket, make_client, moto_server  # noqa: F401
 from treegen import describe, make_rich_tree

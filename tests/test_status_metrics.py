@@ -15,8 +15,8 @@ import pytest
 
 from conftest import DrEnv
 from drtool.cli.logs import JsonFormatter
-from drtool.ops import notify, status
-from drtool.ops.backup import backup_paths
+from drtool.monitor import notify, status
+from drtool.backup.run import backup_paths
 
 UTC = dt.timezone.utc
 REQUIRED = ("drtool_last_success_timestamp_seconds", "drtool_snapshot_size_bytes", "drtool_bytes_added",

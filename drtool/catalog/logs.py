@@ -5,7 +5,7 @@ backup (or dump) to the requested time.  The repository holds the segments
 themselves (``wal/…``, ``binlog/…``); these rows are a cache of their small
 ``.info`` companions, so a recovery window or a gap can be computed without
 downloading a single segment.  Rows are rebuilt from the repository by
-``drtool.ops.logarchive.rebuild_log_segments``.
+``drtool.databases.logarchive.rebuild_log_segments``.
 
 The gap and window logic is pure and lives in ``drtool.snapshot.logwindow``;
 this module keeps the rows.

@@ -8,7 +8,7 @@ from drtool.cli.context import CliState, emit, tune_malloc_for_backup
 from drtool.cli.options import dry_run_option, json_option, name_option, tag_option
 from drtool.cli.progress import byte_progress, walk_progress
 from drtool.crypto.keys import KdfParams
-from drtool.ops.notify import log_backup_summary
+from drtool.monitor.notify import log_backup_summary
 from drtool.errors import PartialSuccess, UsageError
 from drtool.snapshot.timeparse import parse_point_in_time
 

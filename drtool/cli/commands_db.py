@@ -236,9 +236,10 @@ def mariadb_group() -> None:
 def binlog_push(state: CliState, source: str, timeout: str | None, as_json: bool) -> None:
     """Archive every closed binlog of the source not yet in the repository (run it often)."""
     from drtool.databases import logarchive
-    from drtool.ops import sources_run
-    src = sources_run.get_source(state.settings, source)
-    if sources_run.source_type(src) != "mariadb":
+    from drtool.backup import configured as sources_run
+    from drtool.databases.engine import source_engines
+    src = sources_run.get_source(state.settings, source, source_engines())
+    if sources_run.source_type(src, source_engines()) != "mariadb":
         raise UsageError(f"source {source} is not a mariadb source")
     with deadline(_timeout_seconds(state, source, timeout, BINLOG_TIMEOUT), f"binlog-push of source {source}", 1):
         repo = state.repository_only()
@@ -266,11 +267,12 @@ def mariadb_window(state: CliState, source: str, as_json: bool) -> None:
 # ----- backup / restore --source (dispatched from commands_core) ---------------------------------
 def run_source_backup(state: CliState, source: str | None, all_sources: bool, tags: list[str],
                       as_json: bool) -> None:
-    from drtool.ops import sources_run
+    from drtool.backup import configured as sources_run
     if source and all_sources:
         raise UsageError("give either --source NAME or --all")
+    from drtool.databases.engine import source_engines
     run = sources_run.backup_sources(state.session(), state.settings, None if all_sources else [source or ""],
-                                     tags)
+                                     tags, source_engines())
     lines = []
     for name, results in run.results.items():
         for result in results:
@@ -292,13 +294,14 @@ def run_source_restore(state: CliState, source: str, target: str | None, when: s
                        dry_run: bool, as_json: bool, snapshot: str | None = None) -> None:
     from drtool.databases import planner
     from drtool.databases.engine import RestoreRequest
-    from drtool.ops import sources_run
+    from drtool.backup import configured as sources_run
     from drtool.snapshot.timeparse import parse_point_in_time
     if (bool(when) + latest + bool(snapshot)) != 1:
         raise UsageError("give one of SNAPSHOT, --point-in-time TIME or --latest with --source")
-    src = sources_run.get_source(state.settings, source)
+    from drtool.databases.engine import source_engines
+    src = sources_run.get_source(state.settings, source, source_engines())
     if isinstance(src, (sources_run.FilesSource, sources_run.CommandSource)):
-        raise UsageError(f"source {source} is a {sources_run.source_type(src)} source",
+        raise UsageError(f"source {source} is a {sources_run.source_type(src, source_engines())} source",
                          hint=f"use 'drtool restore --name {source} --point-in-time TIME --target DIR'")
     point: datetime | None = parse_point_in_time(when) if when else None
     session = state.session()

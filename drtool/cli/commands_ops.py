@@ -10,10 +10,10 @@ import click
 from drtool.cli.context import CliState, emit
 from drtool.cli.options import dry_run_option, json_option, name_option
 from drtool.errors import DrtoolError, UsageError
-from drtool.ops import forget as forget_ops
-from drtool.ops import metrics as metrics_ops
-from drtool.ops import prune as prune_ops
-from drtool.ops import status as status_ops
+from drtool.maintain import forget as forget_ops
+from drtool.monitor import metrics as metrics_ops
+from drtool.maintain import prune as prune_ops
+from drtool.monitor import status as status_ops
 from drtool.repository.locks import STALE_SECONDS, read_locks
 from drtool.snapshot.retention import RetentionPolicy
 from drtool.snapshot.timeparse import format_duration, parse_duration

@@ -12,10 +12,10 @@ from drtool.catalog.rehearsals import rehearsal_history
 from drtool.cli.context import CliState, emit
 from drtool.cli.options import json_option
 from drtool.errors import DrtoolError, UsageError
-from drtool.ops.rehearse import (RehearsalResult, RehearseOptions, fmt_seconds, rebuild_rehearsals,
+from drtool.rehearse.drill import (RehearsalResult, RehearseOptions, fmt_seconds, rebuild_rehearsals,
                                  rehearse as run_rehearsal)
-from drtool.ops.report import render_html
-from drtool.ops.runbook import load_runbook
+from drtool.rehearse.report import render_html
+from drtool.rehearse.runbook import load_runbook
 from drtool.snapshot.timeparse import parse_duration
 
 pass_state = click.make_pass_decorator(CliState)

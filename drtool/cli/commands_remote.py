@@ -14,9 +14,9 @@ from drtool.cli.options import json_option, name_option
 from drtool.config import Settings, read_passphrase
 from drtool.crypto.keys import KdfParams
 from drtool.errors import BackendError, ConfigError, DrtoolError, UsageError, WrongPassword
-from drtool.ops import copy as copy_ops
-from drtool.ops.session import OpenOptions
-from drtool.ops.validate_backend import CheckResult, validate_backend
+from drtool.maintain import copy as copy_ops
+from drtool.core.session import OpenOptions
+from drtool.monitor.validate import CheckResult, validate_backend
 
 pass_state = click.make_pass_decorator(CliState)
 log = logging.getLogger("drtool")

@@ -15,7 +15,7 @@ from drtool.config import Settings, read_passphrase, resolve
 from drtool.errors import UsageError
 
 if TYPE_CHECKING:
-    from drtool.ops.session import OpenOptions, Session
+    from drtool.core.session import OpenOptions, Session
     from drtool.repository.repo import Repository
 
 log = logging.getLogger("drtool")
@@ -116,7 +116,7 @@ class CliState:
         return passphrase
 
     def open_options(self) -> OpenOptions:
-        from drtool.ops.session import OpenOptions
+        from drtool.core.session import OpenOptions
         options = OpenOptions(self.repository(), self.passphrase(), self.settings.catalog,
                               backend_options=self.settings.backend_options, lock_wait=self.lock_wait)
         if self.settings.host:
@@ -127,7 +127,7 @@ class CliState:
         """The session; ``defer_catalog`` (restores, backups) applies to local repositories only."""
         if self._session is None:
             from drtool.backends.registry import is_local_url
-            from drtool.ops.session import Session
+            from drtool.core.session import Session
             options = self.open_options()
             repo = self._take_unlocked()
             self._session = Session.open(options, repository=repo,
@@ -138,7 +138,7 @@ class CliState:
     def finish(self, command: str | None, exit_code: int, message: str = "") -> None:
         """Record the run in the catalog's history and notify on failure (best effort), then close."""
         if command in NOTIFY_COMMANDS and exit_code not in (0, 2):
-            from drtool.ops.notify import notify_failure
+            from drtool.monitor.notify import notify_failure
             notify_failure(self.settings.data, command, message, exit_code, host=self.settings.host)
         session = self._session
         # A restore that succeeded without the catalog is not recorded in its

@@ -19,8 +19,8 @@ from drtool.snapshot.model import Snapshot
 if TYPE_CHECKING:
     from drtool.config import Settings
     from drtool.databases.planner import PitrPlan, PitrResult
-    from drtool.ops.backup import BackupResult
-    from drtool.ops.session import Session
+    from drtool.backup.run import BackupResult
+    from drtool.core.session import Session
 
 
 @dataclass
@@ -90,6 +90,11 @@ def _registry() -> dict[str, DatabaseEngine]:
     from drtool.databases.mariadb import MARIADB
     from drtool.databases.postgresql import POSTGRESQL
     return {"postgresql": POSTGRESQL, "mariadb": MARIADB, "mysql": MARIADB}
+
+
+def source_engines() -> dict[str, DatabaseEngine]:
+    """Engines by ``[sources.NAME]`` type, for the configured-source backups (``backup.configured``)."""
+    return _registry()
 
 
 def engine_named(name: str) -> DatabaseEngine:

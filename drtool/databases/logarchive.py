@@ -35,7 +35,7 @@ from drtool.testing_hooks import crash_point
 
 if TYPE_CHECKING:  # the catalog (SQLAlchemy, ~0.3 s to import) is not needed to push or fetch a file
     from drtool.catalog.logs import LogCatalog
-    from drtool.ops.session import OpenOptions, Session
+    from drtool.core.session import OpenOptions, Session
 
 log = logging.getLogger("drtool")
 INFO_KIND = b"log-info"

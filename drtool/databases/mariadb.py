@@ -30,9 +30,9 @@ from drtool.sources.common import StderrTail
 
 if TYPE_CHECKING:
     from drtool.config import Settings
-    from drtool.ops.backup import BackupResult
-    from drtool.ops.session import Session
-    from drtool.ops.sources_run import StreamTap
+    from drtool.backup.run import BackupResult
+    from drtool.core.session import Session
+    from drtool.backup.streams import StreamTap
 
 MARIADB_DUMP = "mariadb-dump"
 _STEM_RE = re.compile(r"^(.*)\.(\d+)$")
@@ -57,7 +57,7 @@ class MariadbEngine:
             raise UsageError(f"source {src.name} has pitr = false: its dumps carry no binlog coordinates")
 
     def backup(self, session: Session, src: mariadb.MariaSource, tags: list[str]) -> list[BackupResult]:
-        from drtool.ops.sources_run import run_dump
+        from drtool.backup.streams import run_dump
         meta = {"source": src.name, "source_type": self.name, "pitr": src.pitr,
                 "database": src.single_database, "databases": src.databases, "all": src.all}
         with mariadb.client_options(src) as opts:

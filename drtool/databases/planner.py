@@ -24,7 +24,7 @@ from drtool.snapshot.logwindow import (RecoveryBase, Segment, Window, compute_wi
 if TYPE_CHECKING:
     from drtool.catalog.store import Catalog
     from drtool.config import Settings
-    from drtool.ops.session import Session
+    from drtool.core.session import Session
 
 
 class RecoveryPointUnreachable(DrtoolError):

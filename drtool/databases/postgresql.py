@@ -30,9 +30,9 @@ from drtool.sources import postgres
 
 if TYPE_CHECKING:
     from drtool.config import Settings
-    from drtool.ops.backup import BackupResult
-    from drtool.ops.session import Session
-    from drtool.ops.sources_run import StreamTap
+    from drtool.backup.run import BackupResult
+    from drtool.core.session import Session
+    from drtool.backup.streams import StreamTap
 
 PG_BASE = "pg-base"
 PG_DUMP = "pg-dump"
@@ -63,7 +63,7 @@ class PostgresEngine:
 
     def backup(self, session: Session, src: postgres.PgSource, tags: list[str]) -> list[BackupResult]:
         """A base backup (``method = "basebackup"``), or pg_dump per database plus globals."""
-        from drtool.ops.sources_run import run_dump
+        from drtool.backup.streams import run_dump
         base_meta = {"source": src.name, "source_type": self.name}
         with postgres.credentials_env(src) as env:
             if src.method == "basebackup":

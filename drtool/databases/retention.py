@@ -48,7 +48,7 @@ from drtool.snapshot.retention import RetentionPolicy, SnapshotRef, apply_policy
 from drtool.testing_hooks import crash_point
 
 if TYPE_CHECKING:
-    from drtool.ops.session import Session
+    from drtool.core.session import Session
 
 log = logging.getLogger("drtool.forget")
 

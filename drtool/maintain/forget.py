@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from drtool.errors import ConfigError, DrtoolError, UsageError
 from drtool.databases import retention as pitr_retention
 from drtool.databases.retention import LogExpiry
-from drtool.ops.session import Session
+from drtool.core.session import Session
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.retention import Decision, RetentionPolicy, SnapshotRef, apply_policy
 from drtool.testing_hooks import crash_point

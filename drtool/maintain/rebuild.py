@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from drtool.errors import DrtoolError
-from drtool.ops.session import Session
+from drtool.core.session import Session
 from drtool.repository.index import PackRecord
 from drtool.repository.packfile import pack_id_from_name
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot
@@ -60,7 +60,7 @@ def rebuild_catalog(session: Session) -> RebuildResult:
 def _rebuild_history(session: Session, damaged: list[str]) -> tuple[int, int]:
     """Archived WAL/binlog ranges and rehearsal results also live in the repository."""
     from drtool.databases.logarchive import rebuild_log_segments
-    from drtool.ops.rehearse import rebuild_rehearsals
+    from drtool.rehearse.drill import rebuild_rehearsals
 
     logs = rehearsals = 0
     try:

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from drtool.errors import DrtoolError, IntegrityError, RestoreTargetError
-from drtool.ops.heap import collector_paused
-from drtool.ops.restore_groups import Aborted, FileJob, GroupPlanner, GroupWriter
-from drtool.ops.session import Session
+from drtool.core.heap import collector_paused
+from drtool.restore.groups import Aborted, FileJob, GroupPlanner, GroupWriter
+from drtool.core.session import Session
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Snapshot
 from drtool.snapshot.store import walk_tree

@@ -14,7 +14,7 @@ from typing import Callable
 
 from drtool.crypto.ids import content_hash
 from drtool.errors import DrtoolError
-from drtool.ops.session import Session
+from drtool.core.session import Session
 from drtool.repository.packfile import pack_id_from_name, pack_name
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import Snapshot

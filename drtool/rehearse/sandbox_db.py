@@ -32,8 +32,8 @@ from drtool.errors import DrtoolError, RestoreTargetError, SourceError
 from drtool.databases import planner
 from drtool.databases.mariadb import MARIADB, restore_dump
 from drtool.databases.postgresql import POSTGRESQL, fetch_environment, restore_datadir, verify_recovery
-from drtool.ops.sandbox import Sandbox, remove_tree
-from drtool.ops.session import Session
+from drtool.rehearse.sandbox import Sandbox, remove_tree
+from drtool.core.session import Session
 from drtool.snapshot.model import Snapshot
 from drtool.sources import mariadb, postgres
 

@@ -18,10 +18,10 @@ from typing import IO, Any, Callable, Iterator
 
 from drtool import __version__
 from drtool.errors import CatalogError, SourceError
-from drtool.ops.heap import collector_paused
-from drtool.ops.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
-from drtool.ops.session import Session
-from drtool.ops.treewalk import ProgressFn, TreeWalker, WalkStats
+from drtool.core.heap import collector_paused
+from drtool.backup.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
+from drtool.core.session import Session
+from drtool.backup.treewalk import ProgressFn, TreeWalker, WalkStats
 from drtool.repository.locks import Lock
 from drtool.snapshot.model import FILE, Node, Snapshot
 from drtool.snapshot.store import save_snapshot, store_tree

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from drtool.errors import ConfigError, DrtoolError
-from drtool.ops.session import Session
+from drtool.core.session import Session
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.timeparse import format_duration, parse_duration
 

@@ -9,7 +9,7 @@ path out -- success, failure, Ctrl-C or SIGTERM (see :func:`sigterm_as_interrupt
 Every sandbox restores the snapshot's files into ``data_dir`` first (so the
 file-level checks see exactly what came out of the repository), then
 ``bring_up`` turns them into a running service where that applies.  Database
-sandboxes (``drtool.ops.sandbox_db``) subclass :class:`Sandbox`, overriding
+sandboxes (``drtool.rehearse.sandbox_db``) subclass :class:`Sandbox`, overriding
 ``bring_up``, ``env``, ``query`` and ``teardown``.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ from datetime import datetime
 from typing import Any, Callable, Iterator
 
 from drtool.errors import DrtoolError, RestoreTargetError, UsageError
-from drtool.ops.restore import RestoreResult, restore
-from drtool.ops.runbook import UNSET, Check, SandboxSpec
-from drtool.ops.session import Session
+from drtool.restore.run import RestoreResult, restore
+from drtool.rehearse.runbook import UNSET, Check, SandboxSpec
+from drtool.core.session import Session
 from drtool.snapshot.model import FILE, Node, Snapshot
 from drtool.snapshot.store import walk_tree
 
@@ -110,10 +110,10 @@ class Sandbox:
 
 def make_sandbox(spec: SandboxSpec, label: str, root: str | None = None,
                  context: SandboxContext | None = None) -> Sandbox:
-    """Database sandboxes live in drtool.ops.sandbox_db (imported only when used)."""
+    """Database sandboxes live in drtool.rehearse.sandbox_db (imported only when used)."""
     if spec.type == "directory":
         return Sandbox(spec, label, root, context)
-    from drtool.ops import sandbox_db
+    from drtool.rehearse import sandbox_db
     return sandbox_db.SANDBOX_TYPES[spec.type](spec, label, root, context)
 
 

@@ -38,8 +38,8 @@ from drtool.catalog.logs import LogCatalog
 from drtool.crypto.keys import KdfParams
 from drtool.errors import DrtoolError, UsageError
 from drtool.databases.logarchive import fetch_segment, segment_object_id, store_segment, sync_log_segments
-from drtool.ops.rehearse import REHEARSAL_KIND, REHEARSAL_PREFIX
-from drtool.ops.session import OpenOptions, Session
+from drtool.rehearse.drill import REHEARSAL_KIND, REHEARSAL_PREFIX
+from drtool.core.session import OpenOptions, Session
 from drtool.repository.locks import Lock
 from drtool.repository.packfile import DATA_BLOB
 from drtool.snapshot.model import Node, Snapshot

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from drtool.errors import DrtoolError, IntegrityError, ObjectMissing, UsageError
-from drtool.ops.session import Session
+from drtool.core.session import Session
 from drtool.repository.envelope import EnvelopeError
 from drtool.repository.index import MemoryIndex, PackRecord
 from drtool.repository.locks import Lock

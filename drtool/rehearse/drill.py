@@ -28,10 +28,10 @@ from drtool import __version__
 from drtool.catalog.rehearsals import (RehearsalSummary, add_rehearsals, last_rehearsal,
                                        rehearsal_ids)
 from drtool.errors import DrtoolError, SnapshotNotFound
-from drtool.ops.runbook import Objectives, Runbook, Step
-from drtool.ops.sandbox import (FILE_CHECKS, CheckResult, CheckRunner, Sandbox, SandboxContext,
+from drtool.rehearse.runbook import Objectives, Runbook, Step
+from drtool.rehearse.sandbox import (FILE_CHECKS, CheckResult, CheckRunner, Sandbox, SandboxContext,
                                make_sandbox, sigterm_as_interrupt)
-from drtool.ops.session import Session
+from drtool.core.session import Session
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.timeparse import format_duration, parse_point_in_time
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from drtool.errors import DrtoolError
-from drtool.ops.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
+from drtool.backup.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
 from drtool.repository.chunker import Chunker
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, Node

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from drtool.errors import DrtoolError
-from drtool.ops.status import StatusReport
+from drtool.monitor.status import StatusReport
 
 _HELP = {
     "drtool_repository_up": "1 if the repository could be opened and read, else 0.",

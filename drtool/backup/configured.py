@@ -1,0 +1,136 @@
+"""``drtool backup --source NAME`` / ``--all``: named sources from the config file.
+
+A source is a ``[sources.NAME]`` table with a ``type``:
+
+* ``files``      — ``paths = [...]``: a file-tree snapshot named NAME;
+* ``command``    — ``command = "..."`` (+ ``filename``): its stdout as one file;
+* any database engine's type (``postgresql``, ``mariadb``/``mysql``): the
+  engine parses its table and makes its backups (``drtool.databases``).
+
+The engines are handed in by the caller (``drtool.api``) as a mapping from
+type to engine, so backups do not depend on the databases package (which
+depends on them: engines stream their dumps through ``backup.streams``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+from drtool.backup.run import BackupResult, backup_command, backup_paths
+from drtool.config import Settings
+from drtool.core.session import Session
+from drtool.errors import ConfigError, DrtoolError
+
+
+class SourceEngine(Protocol):
+    """What backups need of a database engine (``drtool.databases.engine.DatabaseEngine``)."""
+
+    name: str
+
+    def owns(self, src: Any) -> bool: ...
+
+    def source_from_config(self, name: str, table: dict[str, Any]) -> Any: ...
+
+    def backup(self, session: Session, src: Any, tags: list[str]) -> list[BackupResult]: ...
+
+
+Engines = Mapping[str, SourceEngine]
+
+
+@dataclass
+class FilesSource:
+    name: str
+    paths: list[str]
+
+
+@dataclass
+class CommandSource:
+    name: str
+    command: str | list[str]
+    filename: str
+
+
+Source = Any  # FilesSource, CommandSource, or an engine's source (PgSource, MariaSource, ...)
+
+
+def parse_source(name: str, table: Any, engines: Engines) -> Source:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[sources.{name}] must be a table")
+    kind = table.get("type")
+    types = ("files", "command", *engines)
+    if kind not in types:
+        raise ConfigError(f"[sources.{name}]: type must be one of {', '.join(types)}")
+    if kind == "files":
+        paths = table.get("paths")
+        if not isinstance(paths, list) or not paths:
+            raise ConfigError(f"[sources.{name}]: a files source needs paths = [\"/dir\", ...]")
+        return FilesSource(name, [str(p) for p in paths])
+    if kind == "command":
+        if not table.get("command"):
+            raise ConfigError(f"[sources.{name}]: a command source needs command = \"...\"")
+        return CommandSource(name, table["command"], table.get("filename") or name.rsplit("/", 1)[-1])
+    return engines[kind].source_from_config(name, table)
+
+
+def load_sources(settings: Settings, engines: Engines) -> dict[str, Source]:
+    return {name: parse_source(name, table, engines) for name, table in settings.section("sources").items()}
+
+
+def get_source(settings: Settings, name: str, engines: Engines) -> Source:
+    table = settings.section("sources").get(name)
+    if table is None:
+        known = ", ".join(sorted(settings.section("sources"))) or "none"
+        raise ConfigError(f"no source named {name!r} in the config (configured: {known})",
+                          hint="add a [sources.NAME] table to the config file (see docs/databases.md)")
+    return parse_source(name, table, engines)
+
+
+def engine_of(src: Source, engines: Engines) -> SourceEngine | None:
+    return next((e for e in engines.values() if e.owns(src)), None)
+
+
+def source_type(src: Source, engines: Engines) -> str:
+    engine = engine_of(src, engines)
+    if engine is not None:
+        return engine.name
+    return "files" if isinstance(src, FilesSource) else "command"
+
+
+def backup_source(session: Session, src: Source, tags: list[str], engines: Engines) -> list[BackupResult]:
+    if isinstance(src, FilesSource):
+        return [backup_paths(session, src.paths, src.name, tags)]
+    if isinstance(src, CommandSource):
+        return [backup_command(session, src.command, src.name, src.filename, tags,
+                               meta={"source": src.name, "source_type": "command"})]
+    engine = engine_of(src, engines)
+    assert engine is not None, src
+    return engine.backup(session, src, tags)
+
+
+@dataclass
+class SourcesRun:
+    """Outcome of backing up several sources: one failure does not stop the others."""
+
+    results: dict[str, list[BackupResult]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sources": {n: [r.as_dict() for r in rs] for n, rs in self.results.items()},
+                "failures": self.failures}
+
+
+def backup_sources(session: Session, settings: Settings, names: list[str] | None, tags: list[str],
+                   engines: Engines) -> SourcesRun:
+    """Back up the named sources (all configured ones when ``names`` is None)."""
+    sources = (load_sources(settings, engines) if names is None
+               else {n: get_source(settings, n, engines) for n in names})
+    if not sources:
+        raise ConfigError("the config defines no [sources.NAME] tables",
+                          hint="see docs/databases.md for examples")
+    run = SourcesRun()
+    for name, src in sources.items():
+        try:
+            run.results[name] = backup_source(session, src, tags, engines)
+        except DrtoolError as exc:
+            run.failures[name] = exc.one_line()
+    return run

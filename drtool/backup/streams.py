@@ -1,0 +1,74 @@
+"""Running a dump program into a stream snapshot: no temporary file, and no commit on a bad dump.
+
+The stream is tapped on its way into the repository: the head and tail are
+kept so that the snapshot ``meta`` can record what the dump says about
+itself (binlog coordinates, a base backup's WAL range) and so that a
+truncated dump is refused before the commit point.  The program's exit
+status and a ``finish`` check decide whether the snapshot is written.
+"""
+from __future__ import annotations
+
+import subprocess
+from typing import IO, Any, Callable
+
+from drtool.backup.run import BackupResult, backup_stream
+from drtool.core.session import Session
+from drtool.errors import SourceError
+from drtool.sources.common import StderrTail
+
+HEAD_BYTES = 1024 * 1024
+TAIL_BYTES = 64 * 1024
+
+
+class StreamTap:
+    """A pass-through reader that keeps the first and last bytes of a stream."""
+
+    def __init__(self, stream: IO[bytes], head: int = HEAD_BYTES, tail: int = TAIL_BYTES) -> None:
+        self.stream = stream
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+        self._head_limit, self._tail_limit = head, tail
+        self._read = getattr(stream, "read1", stream.read)
+
+    def read1(self, size: int = -1) -> bytes:
+        data = self._read(size)
+        if data:
+            self.total += len(data)
+            if len(self.head) < self._head_limit:
+                self.head += data[:self._head_limit - len(self.head)]
+            self.tail += data
+            if len(self.tail) > 2 * self._tail_limit:
+                del self.tail[:-self._tail_limit]
+        return data
+
+    read = read1
+
+
+def run_dump(session: Session, command: list[str], env: dict[str, str], name: str, filename: str,
+             kind: str, meta: dict[str, Any], tags: list[str],
+             finish: Callable[[StreamTap, dict[str, Any]], None] | None = None) -> BackupResult:
+    """Stream a dump command into a snapshot; exit status and ``finish`` may veto the commit."""
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, env=env)
+    except OSError as exc:
+        raise SourceError(f"cannot start {command[0]}: {exc.strerror}") from None
+    assert proc.stdout is not None and proc.stderr is not None
+    tap, errors = StreamTap(proc.stdout), StderrTail(proc.stderr)
+    program = command[0].rsplit("/", 1)[-1]
+
+    def verify() -> None:
+        code = proc.wait()
+        if code != 0:
+            raise SourceError(f"{program} for {name} exited with status {code}; no snapshot was written. "
+                              f"stderr: {errors.text() or '(empty)'}", hint="the repository is unchanged")
+        if finish is not None:
+            finish(tap, meta)
+        meta["dump_bytes"] = tap.total
+    try:
+        return backup_stream(session, tap, name, filename, tags, kind, meta, verify=verify)  # type: ignore[arg-type]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
