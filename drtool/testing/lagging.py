@@ -68,6 +68,13 @@ class LaggingListings(Backend):
         with self._lock:
             return [change.name for change in self._pending]
 
+    def settle(self) -> None:
+        """Let listings catch up: show every change now (as a store does after a while)."""
+        with self._lock:
+            for change in self._pending:
+                self._apply(change)
+            self._pending = []
+
     def _changed(self, name: str, size: int | None) -> None:
         with self._lock:
             if self.lag and name.startswith(self.prefixes):
