@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import os
 
-from drtool.backends.memory import MemoryBackend
 from drtool.crypto.keys import KdfParams
 from drtool.repository.packfile import DATA_BLOB, BufferPool, OpenGroup, open_group, seal_open_group
 from drtool.repository.repo import GROUP_TARGET_SIZE, RepoConfig, Repository
+from drtool.testing import MemoryBackend
 
 
 def _repo() -> Repository:

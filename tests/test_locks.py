@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, DrEnv
-from drtool.backends.faults import FaultyBackend
 from drtool.backends.local import LocalBackend
 from drtool.errors import LockHeld
 from drtool.maintain import prune as prune_ops
 from drtool.backup.run import backup_paths
 from drtool.core.session import OpenOptions, Session
 from drtool.repository.locks import Lock, read_locks
+from drtool.testing import FaultyBackend
 
 T0 = 1_800_000_000.0
 

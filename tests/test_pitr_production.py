@@ -250,8 +250,9 @@ def _restore_and_fingerprint(cluster: PgCluster, when: str | None, target: Path)
 
 def test_documented_restore_command_form(pg_cluster: PgCluster) -> None:
     """The test below restores with the command form docs/databases.md prints."""
-    line = doc_command("databases.md", r"^drtool restore --source pg-main --point-in-time \S+ --target \S+ --start")
-    assert line.split()[:4] == ["drtool", "restore", "--source", SOURCE]
+    line = doc_command("databases.md", r"^runuser -u postgres -- drtool restore --source pg-main "
+                                       r"--point-in-time \S+ --target \S+ --start")
+    assert line.split()[3:7] == ["drtool", "restore", "--source", SOURCE]
 
 
 @pytest.mark.parametrize("which", [0, 1, 2, "latest"])

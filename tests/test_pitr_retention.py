@@ -227,6 +227,13 @@ class LockedWal(LocalBackend):
     def is_locked(self, name: str) -> bool:
         return name in self.locked
 
+    def retention_until(self, name: str) -> dt.datetime | None:
+        """The rest of the ObjectLock capability (drtool.backends.capabilities): a day ahead."""
+        return dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1) if name in self.locked else None
+
+    def extend_retention(self, name: str, until: dt.datetime) -> None:
+        self.locked.add(name)
+
     def delete(self, name: str) -> None:
         if name in self.locked:
             raise BackendError(f"object {name} is locked")

@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, DrEnv
-from drtool.backends.faults import FaultyBackend
-from drtool.backends.memory import MemoryBackend
 from drtool.backends.registry import open_backend
 from drtool import api
 from drtool.crypto.keys import KdfParams
@@ -34,6 +32,7 @@ from drtool.repository.reading import ScratchPool
 from drtool.repository.repo import RepoConfig, Repository
 from drtool.snapshot.model import FILE
 from drtool.snapshot.store import walk_tree
+from drtool.testing import FaultyBackend, MemoryBackend
 
 MiB = 1024 * 1024
 
@@ -137,7 +136,7 @@ class RecordingBackend(FaultyBackend):
         super().__init__(inner)
         self.ranges: list[tuple[str, int]] = []
 
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
+    def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if name.startswith("packs/"):
             self.ranges.append((name, offset))
         return super().get_range(name, offset, length)

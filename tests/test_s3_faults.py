@@ -17,13 +17,13 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from drtool.backends.base import Backend
-from drtool.backends.faults import FaultyBackend
 from drtool.backends.local import LocalBackend
-from drtool.backends.memory import MemoryBackend
 from drtool.backends.s3 import S3Backend
 from drtool.errors import (BackendError, DrtoolError, ObjectMissing, RepositoryNotFound,
                            TransientBackendError, UsageError)
 from drtool.monitor.validate import validate_backend
+from drtool.repository.repo import repository_exists
+from drtool.testing import FaultyBackend, MemoryBackend
 
 try:
     from fault_proxy import FaultProxy
@@ -220,7 +220,7 @@ def test_no_such_bucket(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
                lambda: list(be.list("")), be.create_location, be.server_time):
         with pytest.raises(RepositoryNotFound, match="does not exist"):
             op()
-    assert be.stat("config") is None and not be.exists()
+    assert be.stat("config") is None and not repository_exists(be)
 
 
 def test_put_if_absent_falls_back_when_unsupported(faulty_s3: S3Backend, proxy: FaultProxy) -> None:

@@ -1,15 +1,23 @@
-"""The storage interface every repository lives on.
+"""The storage contract every repository lives on: five operations, nothing else.
 
-A backend is a flat namespace of immutable named objects ("packs/ab/abcd…").
+A backend is a flat namespace of immutable named objects (``packs/ab/abcd…``).
 It knows nothing of encryption, snapshots or packs; it only has to make a put
 atomic (an object is either absent or complete) and report honestly.  The
-interface is shaped by S3: no rename, no append, ranged reads, listing that
-may lag writes.  Callers must never treat ``list`` as proof of existence.
+contract is shaped by S3, as restic's backend interface and kopia's
+``blob.Storage`` are: no rename, no append, ranged reads, and listings that
+may lag writes.  Callers must never treat ``list`` as proof of existence (or
+of absence): ``stat`` and ``get`` are the truth.
+
+The abstract core is exactly ``get_range``, ``put``, ``list``, ``delete`` and
+``stat``.  What some stores can do better (stream a pack, map a range, create
+an object only if absent, lock objects, tell the time) are optional
+capabilities in :mod:`drtool.backends.capabilities`, each with one shared
+fallback, so a new backend is correct as soon as it implements the core and
+:func:`drtool.testing.verify_backend` passes.
 """
 from __future__ import annotations
 
 import abc
-import datetime as dt
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -41,7 +49,8 @@ class StagedObject(abc.ABC):
     """An object written piece by piece before its name is known (a pack named by its hash).
 
     Nothing is visible under any name until ``commit``; ``abort`` (or a
-    crash) leaves at most a temporary file that listing ignores.
+    crash) leaves at most a temporary that listing ignores.  Backends that
+    can stream have the ``StagedWrites`` capability.
     """
 
     @abc.abstractmethod
@@ -58,7 +67,12 @@ class StagedObject(abc.ABC):
 
 
 class Backend(abc.ABC):
-    """Object store.  Names use '/' separators and never start with '/'."""
+    """Object store.  Names use '/' separators and never start with '/'.
+
+    Errors are drtool's: ``ObjectMissing`` for an absent object (or a range
+    past its end), ``TransientBackendError`` for what a retry may cure,
+    ``BackendError`` for the rest.  ``stats`` counts requests.
+    """
 
     url: str = ""
     stats: RequestStats
@@ -67,94 +81,34 @@ class Backend(abc.ABC):
         self.stats = RequestStats()
 
     @abc.abstractmethod
+    def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """``length`` bytes at ``offset`` (``None``: to the end); ObjectMissing if absent.
+
+        Exactly ``length`` bytes or an error: a range past the end raises
+        ObjectMissing (a truncated object), never returns fewer bytes.  With
+        ``length=None`` an ``offset`` beyond the end raises too; at the end
+        it returns ``b""``.
+        """
+
+    @abc.abstractmethod
     def put(self, name: str, data: bytes) -> None:
         """Store ``data`` atomically under ``name``, replacing any old object."""
 
-    def get_range_view(self, name: str, offset: int, length: int) -> memoryview:
-        """``get_range`` as a read-only view; backends may map the bytes instead of copying them."""
-        return memoryview(self.get_range(name, offset, length))
-
-    def get_range_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
-        """The range as a view, read into ``buf`` (at least ``length`` bytes) where that saves work.
-
-        Backends that download into fresh memory anyway (S3) may ignore ``buf``.
-        """
-        return memoryview(self.get_range(name, offset, length))
-
-    def remove_abandoned_temporaries(self, older_than_seconds: float) -> int:
-        """Delete what killed writers left half-written, if untouched for this long; return how many.
-
-        Only backends whose puts go through temporary objects have any (the
-        local one: ``.tmp-*`` files, including packs a killed backup was
-        streaming).  Call it under the exclusive lock.
-        """
-        return 0
-
-    def stage(self, prefix: str) -> StagedObject | None:
-        """Start an object under ``prefix`` that is streamed out as it is produced.
-
-        ``None`` (the default) means the backend cannot, and callers keep the
-        object in memory for ``put_parts``.  The local backend streams packs
-        into a temporary file, so a backup does not hold whole packs in RAM.
-        """
-        return None
-
-    def put_parts(self, name: str, parts: list[bytes | bytearray]) -> None:
-        """Store the concatenation of ``parts`` atomically.
-
-        The default joins them; backends that can stream parts override it
-        to avoid holding a second copy of a 16 MiB pack.
-        """
-        self.put(name, b"".join(parts))
-
     @abc.abstractmethod
-    def get(self, name: str) -> bytes:
-        """Return the whole object; raise ObjectMissing if it does not exist."""
-
-    @abc.abstractmethod
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
-        """Return ``length`` bytes at ``offset``; ObjectMissing if absent.
-
-        Implementations must return exactly ``length`` bytes or raise.
-        """
-
-    @abc.abstractmethod
-    def stat(self, name: str) -> ObjectInfo | None:
-        """Size of the object, or None if it does not exist."""
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose names start with ``prefix`` (any order; may lag puts and deletes)."""
 
     @abc.abstractmethod
     def delete(self, name: str) -> None:
         """Remove the object; deleting a missing object is not an error."""
 
     @abc.abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Objects whose names start with ``prefix`` (any order)."""
+    def stat(self, name: str) -> ObjectInfo | None:
+        """Size of the object, or None if it does not exist (never lags a put or delete)."""
 
-    def exists(self) -> bool:
-        """True when the repository location holds a drtool config object."""
-        return self.stat("config") is not None
-
-    def create_location(self) -> None:
-        """Prepare an empty location (mkdir, bucket check).  Default: nothing."""
-
-    def put_if_absent(self, name: str, data: bytes) -> bool:
-        """Store only if no object of that name exists; True when stored.
-
-        The default is check-then-put, which is racy; backends that support a
-        conditional create override it.
-        """
-        if self.stat(name) is not None:
-            return False
-        self.put(name, data)
-        return True
-
-    def server_time(self) -> dt.datetime | None:
-        """The store's clock, when it has one (S3: the HTTP Date header); None otherwise.
-
-        Used to detect clock skew, which breaks request signing, lock
-        staleness and Object Lock dates.
-        """
-        return None
+    def get(self, name: str) -> bytes:
+        """The whole object; ObjectMissing if absent.  Backends may override it for speed."""
+        return self.get_range(name)
 
     def close(self) -> None:
         """Release connections and pools."""

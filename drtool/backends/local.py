@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from drtool.backends.base import Backend, ObjectInfo, StagedObject
 from drtool.backends.local_staged import DIRECT_IO_DEFAULT, LocalStagedObject, WriteFailures, fsync_dir
@@ -24,6 +24,10 @@ _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 class LocalBackend(Backend):
+    """Capabilities beyond the core contract (``drtool.backends.capabilities``): staged and
+    part writes, mapped and buffered reads, conditional create, location setup and
+    removal of abandoned temporaries."""
+
     def __init__(self, root: str | os.PathLike[str], direct_io: bool = DIRECT_IO_DEFAULT) -> None:
         """``direct_io``: stream packs with O_DIRECT (DRTOOL_DIRECT_IO=0 turns it off)."""
         super().__init__()
@@ -78,7 +82,7 @@ class LocalBackend(Backend):
         self.stats.puts += 1
         self.stats.bytes_up += size
 
-    def put_parts(self, name: str, parts: list[bytes | bytearray]) -> None:
+    def put_parts(self, name: str, parts: Sequence[bytes | bytearray]) -> None:
         path = self._path(name)
         self.stats.puts += 1
         self.stats.bytes_up += sum(len(p) for p in parts)
@@ -106,17 +110,24 @@ class LocalBackend(Backend):
         self.stats.bytes_down += len(data)
         return data
 
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
+    def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise BackendError(f"invalid range {offset}+{length} for {name}")
         self.stats.gets += 1
         try:
             with open(self._path(name), "rb") as handle:
+                if not length:  # to the end, or empty: only the size tells a range past the end
+                    size = os.fstat(handle.fileno()).st_size
+                    if offset > size:
+                        raise ObjectMissing(f"object {name} is shorter than expected "
+                                            f"({size} < {offset} bytes)")
                 handle.seek(offset)
-                data = handle.read(length)
+                data = handle.read(-1 if length is None else length)
         except FileNotFoundError:
             raise ObjectMissing(f"object {name} is missing from the repository") from None
         except OSError as exc:
             raise BackendError(f"cannot read {name}: {exc.strerror}") from None
-        if len(data) != length:
+        if length is not None and len(data) != length:
             raise ObjectMissing(f"object {name} is shorter than expected "
                                 f"({offset + len(data)} < {offset + length} bytes)")
         self.stats.bytes_down += len(data)
@@ -206,7 +217,7 @@ class LocalBackend(Backend):
                     yield ObjectInfo(name, size)
 
     @staticmethod
-    def _write_temp(path: Path, parts: list[bytes | bytearray]) -> str:
+    def _write_temp(path: Path, parts: Sequence[bytes | bytearray]) -> str:
         """A durable, private temporary file beside ``path`` (renamed or linked into place)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)

@@ -1,8 +1,10 @@
 """Turn a repository URL into a Backend.
 
-Accepted: a plain path, ``file:///path``, ``memory://name`` (tests) and
-``s3://bucket/prefix``.  The S3 module is imported lazily so boto3's import
-cost is only paid by S3 users.
+Accepted: a plain path, ``file:///path`` and ``s3://bucket/prefix``.  The
+S3 module is imported lazily so boto3's import cost is only paid by S3
+users.  Test fakes (``drtool.testing``) have no URL: they are passed in as
+objects, so no deployed command can write into a store that vanishes with
+its process.
 """
 from __future__ import annotations
 
@@ -11,8 +13,6 @@ from urllib.parse import unquote, urlparse
 
 from drtool.backends.base import Backend
 from drtool.errors import UsageError
-
-_MEMORY_STORES: dict[str, Backend] = {}
 
 
 def is_local_url(url: str) -> bool:
@@ -31,13 +31,6 @@ def open_backend(url: str, options: Mapping[str, Any] | None = None) -> Backend:
 
         path = unquote(parsed.path) if scheme == "file" else url
         return LocalBackend(path)
-    if scheme == "memory":
-        from drtool.backends.memory import MemoryBackend
-
-        key = parsed.netloc or "default"
-        if key not in _MEMORY_STORES:
-            _MEMORY_STORES[key] = MemoryBackend(key)
-        return _MEMORY_STORES[key]
     if scheme == "s3":
         from drtool.backends.s3 import S3Backend
 

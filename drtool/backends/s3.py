@@ -35,6 +35,7 @@ import botocore.exceptions as bce
 from botocore.config import Config
 
 from drtool.backends.base import Backend, ObjectInfo
+from drtool.backends.capabilities import check_then_put
 from drtool.backends.s3_errors import (BODY_ERRORS, CLIENT_ERRORS, STAT_FIELDS, ErrorMapper,
                                        NotSupported, Precondition, attempt_number,
                                        classify_conditional, error_code, is_missing)
@@ -44,7 +45,10 @@ from drtool.errors import (BackendError, ObjectMissing, RepositoryNotFound, Tran
                            UsageError)
 
 # Mutable, short-lived objects: never put under retention (a lock must be deletable).
+# The repository's names (drtool/repository/objects.py, which a backend may not
+# import); tests/test_objects.py checks that the two agree.
 UNLOCKED_PREFIXES = ("locks/",)
+PACKS_PREFIX = "packs/"  # the only objects that get the configured storage class
 MAX_VERSIONS_DELETED = 10_000
 
 
@@ -70,7 +74,11 @@ def _error_document(resp: Mapping[str, Any], data: bytes) -> bool:
 
 
 class S3Backend(Backend):
-    """Objects live at ``s3://bucket/prefix/<name>``; one client shared by all threads."""
+    """Objects live at ``s3://bucket/prefix/<name>``; one client shared by all threads.
+
+    Capabilities beyond the core contract: conditional create, Object Lock,
+    server clock and location setup (``drtool.backends.capabilities``).
+    """
 
     def __init__(self, bucket: str, prefix: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -219,7 +227,7 @@ class S3Backend(Backend):
     def _put_args(self, name: str) -> dict[str, Any]:
         o = self.opts
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name)}
-        if o["storage_class"] and name.startswith("packs/"):
+        if o["storage_class"] and name.startswith(PACKS_PREFIX):
             args["StorageClass"] = o["storage_class"]
         if o["sse"]:
             args["ServerSideEncryption"] = o["sse"]
@@ -245,7 +253,7 @@ class S3Backend(Backend):
                 return self._already_ours(name, data)
             except NotSupported:
                 self._conditional_put = False
-        return super().put_if_absent(name, data)
+        return check_then_put(self, name, data)
 
     def _already_ours(self, name: str, data: bytes) -> bool:
         """After a 412, tell "someone else's object" from "our own write, retried".
@@ -319,13 +327,17 @@ class S3Backend(Backend):
     def get(self, name: str) -> bytes:
         return self._fetch(name, None, None)
 
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
+    def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
             raise BackendError(f"invalid range {offset}+{length} for {name}")
-        if length == 0:
+        if length is None and offset == 0:
+            return self.get(name)
+        if not length:  # empty, or "to the end" from an offset: S3 cannot express either as a Range
             info = self.stat(name)
             if info is None or info.size < offset:
                 raise ObjectMissing(f"object {name} is missing or shorter than expected")
+            if length is None and info.size > offset:
+                return self._fetch(name, offset, info.size - offset)
             return b""
         return self._fetch(name, offset, length)
 

@@ -13,6 +13,7 @@ from drtool.cli.context import CliState, emit
 from drtool.cli.options import json_option
 from drtool.errors import UsageError
 from drtool.repository.locks import STALE_SECONDS, remove_locks
+from drtool.repository.objects import key_name
 
 pass_state = click.make_pass_decorator(CliState)
 
@@ -95,7 +96,7 @@ def key_passwd(state: CliState, as_json: bool) -> None:
     repo = state.session().repo
     old = repo.slot_id
     slot = repo.add_key_slot(_new_passphrase(), label="passwd")
-    repo.backend.delete(f"keys/{old}")
+    repo.backend.delete(key_name(old))
     emit({"id": slot.slot_id, "replaced": old}, as_json, f"passphrase changed (slot {slot.slot_id})")
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from drtool.backends.capabilities import create_location
 from drtool.backends.registry import open_backend
 from drtool.cli.context import CliState, emit
 from drtool.cli.options import json_option, name_option
@@ -129,7 +130,7 @@ def _location_check(url: str, options: dict[str, Any]) -> tuple[Any, CheckResult
     except DrtoolError as exc:
         return None, CheckResult("location", False, exc.one_line())
     try:
-        backend.create_location()
+        create_location(backend)
     except DrtoolError as exc:
         backend.close()
         return None, CheckResult("location", False, exc.one_line())

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from drtool.backends.registry import open_backend
 from drtool.snapshot.logwindow import BINLOG, WAL, Segment
 from drtool.errors import DrtoolError, IntegrityError, ObjectMissing, UsageError
+from drtool.repository.objects import (INFO_SUFFIX, LOG_INFO_KIND, LOG_KINDS, log_kind, log_prefix,
+                                       object_name)
 from drtool.repository.repo import Repository
 from drtool.sources import mariadb, postgres
 from drtool.testing_hooks import crash_point
@@ -38,9 +40,7 @@ if TYPE_CHECKING:  # the catalog (SQLAlchemy, ~0.3 s to import) is not needed to
     from drtool.core.session import OpenOptions, Session
 
 log = logging.getLogger("drtool")
-INFO_KIND = b"log-info"
 HEADER_LEN = struct.Struct(">I")
-KINDS = (WAL, BINLOG)
 
 
 class SegmentConflict(DrtoolError):
@@ -83,7 +83,7 @@ def open_repository_only(options: OpenOptions) -> Repository:
 
 # ----- naming and encoding ------------------------------------------------------------------
 def source_prefix(repo: Repository, kind: str, source: str) -> str:
-    return f"{kind}/{repo.ids.object_id(f'{kind}-source', source.encode()).hex()[:32]}"
+    return log_prefix(kind, repo.ids.object_id(f"{kind}-source", source.encode()).hex()[:32])
 
 
 def segment_object_id(repo: Repository, kind: str, source: str, name: str) -> str:
@@ -107,10 +107,10 @@ def decode_segment(plaintext: bytes) -> tuple[dict[str, Any], bytes]:
 def store_segment(repo: Repository, seg: Segment, payload: bytes) -> str:
     """Store data then info, idempotently; return "stored" or "already-archived"."""
     prefix = source_prefix(repo, seg.kind, seg.source)
-    data_name = f"{prefix}/{seg.object_id}"
+    data_name = object_name(prefix, seg.object_id)
     status = "stored"
     if repo.backend.stat(data_name) is not None:
-        header, stored = decode_segment(repo.get_object(prefix, seg.kind.encode(), seg.object_id))
+        header, stored = decode_segment(repo.get_object(prefix, log_kind(seg.kind), seg.object_id))
         if stored != payload or header.get("name") != seg.name:
             raise SegmentConflict(f"{seg.kind} file {seg.name} of source {seg.source} is already archived "
                                   f"with different content ({len(stored)} bytes stored, {len(payload)} "
@@ -119,11 +119,11 @@ def store_segment(repo: Repository, seg: Segment, payload: bytes) -> str:
     else:
         header = {"source": seg.source, "kind": seg.kind, "name": seg.name, "size": len(payload),
                   "time": seg.archived_at.isoformat()}
-        repo.put_object(prefix, seg.kind.encode(), encode_segment(header, payload), seg.object_id)
+        repo.put_object(prefix, log_kind(seg.kind), encode_segment(header, payload), seg.object_id)
         crash_point(f"{'wal-push' if seg.kind == WAL else 'binlog-push'}-after-put")
-    if repo.backend.stat(f"{data_name}.info") is None:
+    if repo.backend.stat(data_name + INFO_SUFFIX) is None:
         info = json.dumps(seg.as_dict(), sort_keys=True).encode()
-        repo.put_object(prefix, INFO_KIND, info, f"{seg.object_id}.info")
+        repo.put_object(prefix, LOG_INFO_KIND, info, seg.object_id + INFO_SUFFIX)
     return status
 
 
@@ -131,7 +131,7 @@ def fetch_segment(repo: Repository, kind: str, source: str, name: str) -> bytes:
     prefix = source_prefix(repo, kind, source)
     object_id = segment_object_id(repo, kind, source, name)
     try:
-        plaintext = repo.get_object(prefix, kind.encode(), object_id)
+        plaintext = repo.get_object(prefix, log_kind(kind), object_id)
     except ObjectMissing:
         raise SegmentNotArchived(f"{kind} file {name} of source {source} is not in the archive") from None
     header, payload = decode_segment(plaintext)
@@ -234,8 +234,8 @@ def binlog_push(repo: Repository, src: mariadb.MariaSource) -> list[PushResult]:
     with tempfile.TemporaryDirectory(prefix="drtool-binlog-") as work:
         for name, _size in logs[:-1]:
             object_id = segment_object_id(repo, BINLOG, src.name, name)
-            data_name = f"{source_prefix(repo, BINLOG, src.name)}/{object_id}"
-            if repo.backend.stat(f"{data_name}.info") is not None:
+            data_name = object_name(source_prefix(repo, BINLOG, src.name), object_id)
+            if repo.backend.stat(data_name + INFO_SUFFIX) is not None:
                 results.append(PushResult(name, "already-archived", _size, object_id))
                 continue
             path = mariadb.binlog_path(src, name, basename, work)
@@ -252,16 +252,16 @@ def binlog_push(repo: Repository, src: mariadb.MariaSource) -> list[PushResult]:
 def _info_objects(repo: Repository) -> dict[str, str]:
     """data object id → prefix, for every ``.info`` object in the repository (one LIST per kind)."""
     found: dict[str, str] = {}
-    for kind in KINDS:
+    for kind in LOG_KINDS:
         for item in repo.backend.list(f"{kind}/"):
             parts = item.name.split("/")
-            if len(parts) == 3 and parts[2].endswith(".info"):
-                found[parts[2][:-len(".info")]] = f"{parts[0]}/{parts[1]}"
+            if len(parts) == 3 and parts[2].endswith(INFO_SUFFIX):
+                found[parts[2][:-len(INFO_SUFFIX)]] = log_prefix(parts[0], parts[1])
     return found
 
 
 def _load_info(repo: Repository, prefix: str, object_id: str) -> Segment:
-    raw = json.loads(repo.get_object(prefix, INFO_KIND, f"{object_id}.info"))
+    raw = json.loads(repo.get_object(prefix, LOG_INFO_KIND, object_id + INFO_SUFFIX))
     for key in ("archived_at", "first_time", "last_time"):
         if raw.get(key):
             raw[key] = datetime.fromisoformat(raw[key])

@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+from drtool.backends import capabilities
 from drtool.databases.engine import DatabaseEngine, detect_engine
 from drtool.databases.logarchive import source_prefix, sync_log_segments
 from drtool.errors import DrtoolError
 from drtool.repository.locks import Lock
+from drtool.repository.objects import INFO_SUFFIX, object_name
 from drtool.snapshot.logwindow import RecoveryBase, Segment, recovery_bases, wal_segment_size
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.retention import RetentionPolicy, SnapshotRef, apply_policy
@@ -247,7 +249,7 @@ def _leftovers(session: Session, prefix: str, item: PitrSeries, rows_before: lis
     for seg in rows_before:
         if seg.source != item.source or seg.kind != item.kind or seg.object_id in present:
             continue
-        if session.repo.backend.stat(f"{prefix}/{seg.object_id}") is not None:
+        if session.repo.backend.stat(object_name(prefix, seg.object_id)) is not None:
             found.append(seg)
     return found
 
@@ -255,13 +257,12 @@ def _leftovers(session: Session, prefix: str, item: PitrSeries, rows_before: lis
 def _delete(session: Session, lock: Lock, prefix: str, plan: LogExpiry) -> None:
     """``.info`` first, data second, catalog rows last (see the module docstring)."""
     backend = session.repo.backend
-    is_locked = getattr(backend, "is_locked", None)
     done: list[str] = []
     for seg in plan.expire:
-        names = (f"{prefix}/{seg.object_id}.info", f"{prefix}/{seg.object_id}")
+        names = (object_name(prefix, seg.object_id) + INFO_SUFFIX, object_name(prefix, seg.object_id))
         lock.ensure_held()
         try:
-            if is_locked is not None and any(is_locked(name) for name in names):
+            if any(capabilities.is_locked(backend, name) for name in names):
                 plan.not_expired.append(f"{seg.name}: under Object Lock retention")
                 continue
             backend.delete(names[0])

@@ -15,7 +15,8 @@ from typing import Callable
 from drtool.crypto.ids import content_hash
 from drtool.errors import DrtoolError
 from drtool.core.session import Session
-from drtool.repository.packfile import pack_id_from_name, pack_name
+from drtool.repository.objects import (INDEX, PACKS, SNAPSHOTS, key_name, object_name, pack_id_from_name,
+                                       pack_name)
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot, load_tree
@@ -52,7 +53,7 @@ class Checker:
     def run(self, read_fraction: float = 0.0, seed: int | None = None) -> CheckReport:
         self._check_keys()
         self._load_indexes()
-        pack_sizes = {pack_id_from_name(i.name): i.size for i in self.repo.backend.list("packs/")}
+        pack_sizes = {pack_id_from_name(i.name): i.size for i in self.repo.backend.list(f"{PACKS}/")}
         self._check_packs_exist(pack_sizes)
         self._check_snapshots()
         if read_fraction > 0:
@@ -68,15 +69,15 @@ class Checker:
     def _check_keys(self) -> None:
         for slot in self.repo.list_key_slots():
             if slot.label == "<damaged>":
-                self._damaged(f"keys/{slot.slot_id}", f"key slot keys/{slot.slot_id} is damaged")
+                self._damaged(key_name(slot.slot_id), f"key slot {key_name(slot.slot_id)} is damaged")
 
     def _load_indexes(self) -> None:
-        for index_id in self.repo.list_objects("index"):
+        for index_id in self.repo.list_objects(INDEX):
             try:
                 for pack in self.repo.read_index_object(index_id):
                     self.repo.index.add_pack(pack)
             except DrtoolError as exc:
-                self._damaged(f"index/{index_id}", str(exc))
+                self._damaged(object_name(INDEX, index_id), str(exc))
 
     def _check_packs_exist(self, pack_sizes: dict[bytes, int]) -> None:
         self.report.packs = len(pack_sizes)
@@ -95,7 +96,7 @@ class Checker:
             try:
                 snap = load_snapshot(self.repo, snap_id)
             except DrtoolError as exc:
-                self._damaged(f"snapshots/{snap_id}", str(exc))
+                self._damaged(object_name(SNAPSHOTS, snap_id), str(exc))
                 continue
             self.snaps.append(snap)
             self.report.snapshots += 1

@@ -38,10 +38,11 @@ from drtool.catalog.logs import LogCatalog
 from drtool.crypto.keys import KdfParams
 from drtool.errors import DrtoolError, UsageError
 from drtool.databases.logarchive import fetch_segment, segment_object_id, store_segment, sync_log_segments
-from drtool.rehearse.drill import REHEARSAL_KIND, REHEARSAL_PREFIX
 from drtool.core.session import OpenOptions, Session
 from drtool.repository.locks import Lock
+from drtool.repository.objects import REHEARSAL_KIND, REHEARSALS
 from drtool.repository.packfile import DATA_BLOB
+from drtool.repository.repo import repository_exists
 from drtool.snapshot.model import Node, Snapshot
 from drtool.snapshot.store import load_tree, save_snapshot, store_tree
 from drtool.testing_hooks import crash_point
@@ -115,7 +116,7 @@ def open_destination(options: OpenOptions, kdf: KdfParams | None = None) -> tupl
     backend = open_backend(options.repository, options.backend_options)
     created = False
     try:
-        if not backend.exists():
+        if not repository_exists(backend):
             Session.init(options, kdf=kdf).close()
             created = True
     finally:
@@ -338,13 +339,13 @@ class Copier:
     # ----- rehearsal records and archived logs ---------------------------------------------
     def _copy_rehearsals(self) -> None:
         """Rehearsal history is part of the DR record: it travels with a full copy."""
-        present = set(self.dst.repo.list_objects(REHEARSAL_PREFIX))
+        present = set(self.dst.repo.list_objects(REHEARSALS))
         kind = REHEARSAL_KIND.decode()
-        for object_id in self.src.repo.list_objects(REHEARSAL_PREFIX):
-            raw = self.src.repo.get_object(REHEARSAL_PREFIX, REHEARSAL_KIND, object_id)
+        for object_id in self.src.repo.list_objects(REHEARSALS):
+            raw = self.src.repo.get_object(REHEARSALS, REHEARSAL_KIND, object_id)
             if self.dst.repo.ids.object_id(kind, raw).hex() in present:
                 continue
-            self.dst.repo.put_object(REHEARSAL_PREFIX, REHEARSAL_KIND, raw)
+            self.dst.repo.put_object(REHEARSALS, REHEARSAL_KIND, raw)
             self.report.rehearsals_copied += 1
 
     def _copy_logs(self) -> None:

@@ -27,10 +27,12 @@ from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from drtool.backends import capabilities
 from drtool.errors import ConfigError, DrtoolError, UsageError
 from drtool.databases import retention as pitr_retention
 from drtool.databases.retention import LogExpiry
 from drtool.core.session import Session
+from drtool.repository.objects import SNAPSHOTS, object_name
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.retention import Decision, RetentionPolicy, SnapshotRef, apply_policy
 from drtool.testing_hooks import crash_point
@@ -185,15 +187,14 @@ def _decide(series: str, snaps: list[Snapshot], policy: RetentionPolicy, now: da
 def _remove(session: Session, lock: Any, series: SeriesResult) -> None:
     """Delete manifests first, catalog rows second: the repository is the truth."""
     backend = session.repo.backend
-    is_locked = getattr(backend, "is_locked", None)
     for decision in series.decisions:
         if decision.keep:
             continue
         snap_id = decision.snapshot.id
         lock.ensure_held()
-        name = f"snapshots/{snap_id}"
+        name = object_name(SNAPSHOTS, snap_id)
         try:
-            if is_locked is not None and is_locked(name):
+            if capabilities.is_locked(backend, name):
                 series.not_removed.append(f"{snap_id[:8]}: under Object Lock retention")
                 continue
             backend.delete(name)

@@ -33,20 +33,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from drtool.backends import capabilities
 from drtool.errors import DrtoolError, IntegrityError, ObjectMissing, UsageError
 from drtool.core.session import Session
-from drtool.repository.envelope import EnvelopeError
 from drtool.repository.index import MemoryIndex, PackRecord
 from drtool.repository.locks import Lock
-from drtool.repository.packfile import (BLOB_TYPE_NAMES, FOOTER, MAGIC, TRAILER_KIND, BlobEntry,
-                                        PackFormatError, pack_id_from_name, pack_name, unpack_entries)
+from drtool.repository.objects import (CONFIG, INDEX, KEYS, PACKS, PRUNE, PRUNE_KIND, SNAPSHOTS, object_name,
+                                       pack_id_from_name, pack_name)
+from drtool.repository.packfile import BlobEntry
 from drtool.repository.repo import Repository
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot, load_tree
 from drtool.testing_hooks import crash_point
 
 log = logging.getLogger("drtool.prune")
 
-PRUNE_KIND = b"prune"
 RECORD_VERSION = 1
 DEFAULT_GRACE = timedelta(hours=24)
 MIN_TEMPORARY_AGE = timedelta(hours=1)
@@ -218,19 +218,19 @@ class Pruner:
             self._extend_retention(final_ids)
             # Leftovers of killed writers (e.g. a pack a killed backup was streaming);
             # the exclusive lock rules out live writers, the age rules out stale-lock ones.
-            self.report.temporaries_removed = self.backend.remove_abandoned_temporaries(
-                max(self.opt.grace, MIN_TEMPORARY_AGE).total_seconds())
+            self.report.temporaries_removed = capabilities.remove_abandoned_temporaries(
+                self.backend, max(self.opt.grace, MIN_TEMPORARY_AGE).total_seconds())
         return self._finish_report()
 
     # ----- loading ------------------------------------------------------------------
     def _load_packs(self) -> None:
         listed: dict[bytes, int] = {}
-        for info in self.backend.list("packs/"):
+        for info in self.backend.list(f"{PACKS}/"):
             try:
                 listed[pack_id_from_name(info.name)] = info.size
             except ValueError:
                 self.report.warnings.append(f"ignoring unexpected object {info.name}")
-        for index_id in self.repo.list_objects("index"):
+        for index_id in self.repo.list_objects(INDEX):
             self._read_index(index_id)
         for pack_id, info in self.packs.items():
             info.exists = pack_id in listed or self.backend.stat(pack_name(pack_id)) is not None
@@ -253,31 +253,22 @@ class Pruner:
 
     def _load_loose(self, pack_id: bytes, size: int) -> None:
         """A pack no index lists (interrupted backup, or condemned): read its trailer only."""
-        name = pack_name(pack_id)
         try:
-            trailer_len, magic = FOOTER.unpack(self.backend.get_range(name, size - FOOTER.size,
-                                                                     FOOTER.size))
-            if magic != MAGIC or trailer_len > size - FOOTER.size:
-                raise PackFormatError("pack footer is damaged")
-            start = size - FOOTER.size - trailer_len
-            raw = self.repo.envelope.open(TRAILER_KIND, b"", self.backend.get_range(name, start,
-                                                                                   trailer_len))
-            entries = unpack_entries(raw)
-            if any(e.offset + e.length > start or e.blob_type not in BLOB_TYPE_NAMES for e in entries):
-                raise PackFormatError("pack trailer points outside the pack")
+            entries = self.repo.read_pack_trailer(pack_id, size)
         except ObjectMissing:
             return  # deleted since listing
-        except (PackFormatError, EnvelopeError, DrtoolError, ValueError) as exc:
+        except DrtoolError as exc:
             self.unreadable.add(pack_id)
-            self.report.warnings.append(f"unindexed pack {name} cannot be read ({exc}); left alone")
+            self.report.warnings.append(f"unindexed pack {pack_name(pack_id)} cannot be read ({exc}); "
+                                        "left alone")
             return
         self.packs[pack_id] = PackInfo(entries, exists=True, indexed=False, size=size)
 
     def _load_state(self) -> PruneState:
         records: list[tuple[str, dict[str, Any]]] = []
-        for record_id in self.repo.list_objects("prune"):
+        for record_id in self.repo.list_objects(PRUNE):
             try:
-                data = json.loads(self.repo.get_object("prune", PRUNE_KIND, record_id))
+                data = json.loads(self.repo.get_object(PRUNE, PRUNE_KIND, record_id))
                 if data.get("version") != RECORD_VERSION:
                     raise ValueError(f"unknown version {data.get('version')}")
             except (DrtoolError, ValueError) as exc:
@@ -462,13 +453,13 @@ class Pruner:
                     "indexes": sorted(set(self.index_contents) | set(final_ids)),
                     "condemned": {p.hex(): t.isoformat() for p, t in sorted(condemned.items())}}
             self.lock.ensure_held()
-            new_id = self.repo.put_object("prune", PRUNE_KIND, json.dumps(body, sort_keys=True).encode())
+            new_id = self.repo.put_object(PRUNE, PRUNE_KIND, json.dumps(body, sort_keys=True).encode())
             crash_point("prune-after-record")
         else:
             new_id = ""
         for record_id in self.state.record_ids:
             if record_id != new_id:
-                self._delete(f"prune/{record_id}")
+                self._delete(object_name(PRUNE, record_id))
 
     def _delete_old_indexes(self, final_ids: list[str], rewritten: bool) -> None:
         remaining = set(final_ids)
@@ -477,7 +468,7 @@ class Pruner:
             for index_id in self.index_contents:
                 if index_id in remaining:
                     continue
-                if self._delete(f"index/{index_id}"):
+                if self._delete(object_name(INDEX, index_id)):
                     deleted.add(index_id)
                     self.report.index_deleted += 1
                 else:
@@ -507,9 +498,8 @@ class Pruner:
     def _delete(self, name: str) -> bool:
         """Delete one object unless Object Lock protects it; True when it is gone."""
         self.lock.ensure_held()
-        is_locked = getattr(self.backend, "is_locked", None)
         try:
-            if is_locked is not None and is_locked(name):
+            if capabilities.is_locked(self.backend, name):
                 self.report.locked_skipped += 1
                 return False
             self.backend.delete(name)
@@ -525,21 +515,21 @@ class Pruner:
         ``object_lock_days`` from now; unreferenced ones are left to expire so
         a later sweep can delete them.
         """
-        extend = getattr(self.backend, "extend_retention", None)
-        until_of = getattr(self.backend, "retention_until", None)
-        if extend is None or until_of is None or not self.opt.object_lock_days:
+        lock = capabilities.object_lock(self.backend)
+        if lock is None or not self.opt.object_lock_days:
             return
         condemned = set(self.state.condemned) | self.new_condemned
         names = [pack_name(p) for p, i in self.packs.items() if i.exists and p not in condemned]
-        names += [f"index/{i}" for i in final_ids] + [f"snapshots/{s}" for s in self.snapshot_ids]
-        names += [info.name for info in self.backend.list("keys/")] + ["config"]
+        names += [object_name(INDEX, i) for i in final_ids]
+        names += [object_name(SNAPSHOTS, s) for s in self.snapshot_ids]
+        names += [info.name for info in self.backend.list(f"{KEYS}/")] + [CONFIG]
         horizon = self.now + self.opt.renew_within
         new_until = self.now + timedelta(days=self.opt.object_lock_days)
         for name in names:
             try:
-                until = until_of(name)
+                until = lock.retention_until(name)
                 if until is not None and until < horizon:
-                    extend(name, new_until)
+                    lock.extend_retention(name, new_until)
                     self.report.retention_extended += 1
             except DrtoolError as exc:
                 self.report.warnings.append(f"could not extend retention of {name}: {exc}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from drtool.errors import DrtoolError
 from drtool.core.session import Session
 from drtool.repository.index import PackRecord
-from drtool.repository.packfile import pack_id_from_name
+from drtool.repository.objects import INDEX, PACKS, pack_id_from_name
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot
 from drtool.testing_hooks import crash_point
 
@@ -35,7 +35,7 @@ def rebuild_catalog(session: Session) -> RebuildResult:
         catalog.clear_cache()
         crash_point("rebuild-after-clear")
         damaged: list[str] = []
-        index_ids = repo.list_objects("index")
+        index_ids = repo.list_objects(INDEX)
         for index_id in index_ids:
             try:
                 packs = repo.read_index_object(index_id)
@@ -78,7 +78,7 @@ def _rebuild_history(session: Session, damaged: list[str]) -> tuple[int, int]:
 
 def _index_loose_packs(session: Session, damaged: list[str]) -> int:
     repo = session.repo
-    loose = [pack_id_from_name(i.name) for i in repo.backend.list("packs/")
+    loose = [pack_id_from_name(i.name) for i in repo.backend.list(f"{PACKS}/")
              if pack_id_from_name(i.name) not in repo.index.packs]
     records = []
     for pack_id in loose:

@@ -18,8 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from drtool.backends import capabilities
 from drtool.backends.base import Backend
+from drtool.backends.capabilities import ConditionalCreate, supports
 from drtool.errors import BackendError, DrtoolError, ObjectMissing
+from drtool.repository.objects import VALIDATE
 
 SIZES = (0, 1, 4096, 300_000)
 
@@ -39,7 +42,7 @@ class _Ctx:
         self.backend = backend
         self.clock = clock
         self.sleep = sleep
-        self.base = f"validate/{os.urandom(6).hex()}/"
+        self.base = f"{VALIDATE}/{os.urandom(6).hex()}/"
         self.written: set[str] = set()
         self.blobs: dict[str, bytes] = {}
         self.locked = False
@@ -109,8 +112,8 @@ def _check_read_after_write(ctx: _Ctx) -> str:
         got = ctx.backend.get(name)
         _expect(got == ctx.blobs[name], f"{name}: read {len(got)} bytes back, wrote {size} "
                                         "(or content differs)")
-    retention = getattr(ctx.backend, "retention_until", None)
-    if callable(retention) and retention(ctx.name(f"rw-{SIZES[-1]}")) is not None:
+    lock = capabilities.object_lock(ctx.backend)
+    if lock is not None and lock.retention_until(ctx.name(f"rw-{SIZES[-1]}")) is not None:
         ctx.locked = True
     return f"{len(SIZES)} objects of {min(SIZES)}..{max(SIZES)} bytes read back intact"
 
@@ -205,18 +208,18 @@ def _check_listing(ctx: _Ctx) -> str:
 def _check_conditional_create(ctx: _Ctx) -> str:
     name = ctx.name("cond")
     ctx.written.add(name)
-    _expect(ctx.backend.put_if_absent(name, b"first") is True, "put_if_absent of a new object returned False")
-    _expect(ctx.backend.put_if_absent(name, b"second") is False,
+    _expect(capabilities.put_if_absent(ctx.backend, name, b"first") is True,
+            "put_if_absent of a new object returned False")
+    _expect(capabilities.put_if_absent(ctx.backend, name, b"second") is False,
             "put_if_absent over an existing object returned True")
     _expect(ctx.backend.get(name) == b"first", "put_if_absent replaced an existing object")
-    if type(ctx.backend).put_if_absent is Backend.put_if_absent:
+    if not supports(ctx.backend, ConditionalCreate):
         return "semantics correct, but check-then-put only (not atomic under races)"
     return "create-if-absent is honoured"
 
 
 def _check_clock(ctx: _Ctx, max_skew: float) -> str:
-    server_time = getattr(ctx.backend, "server_time", None)
-    now: Any = server_time() if callable(server_time) else None
+    now: Any = capabilities.server_time(ctx.backend)
     if now is None:
         return "backend has no server clock (local or in-memory): skipped"
     if isinstance(now, dt.datetime):
@@ -230,12 +233,13 @@ def _check_clock(ctx: _Ctx, max_skew: float) -> str:
 
 
 def _check_object_lock(ctx: _Ctx) -> str:
-    if not ctx.locked:
+    lock = capabilities.object_lock(ctx.backend)
+    if not ctx.locked or lock is None:
         return "not configured: skipped"
     name = ctx.name(f"rw-{SIZES[-1]}")
-    until = ctx.backend.retention_until(name)  # type: ignore[attr-defined]
+    until = lock.retention_until(name)
     _expect(until is not None and until.timestamp() > ctx.clock(), f"retention of {name} is {until}")
-    _expect(bool(ctx.backend.is_locked(name)), "is_locked is False for a fresh object")  # type: ignore[attr-defined]
+    _expect(bool(lock.is_locked(name)), "is_locked is False for a fresh object")
     try:
         ctx.backend.delete(name)
     except BackendError:
@@ -244,8 +248,8 @@ def _check_object_lock(ctx: _Ctx) -> str:
         raise _Failed("delete of a locked object did not fail")
     _expect(ctx.backend.get(name) == ctx.blobs[name], "locked object changed after a refused delete")
     later = until + dt.timedelta(days=1)
-    ctx.backend.extend_retention(name, later)  # type: ignore[attr-defined]
-    now_until = ctx.backend.retention_until(name)  # type: ignore[attr-defined]
+    lock.extend_retention(name, later)
+    now_until = lock.retention_until(name)
     _expect(now_until is not None and now_until >= later, "extend_retention did not extend")
     return f"retention until {until:%Y-%m-%d}; delete refused; extension works"
 

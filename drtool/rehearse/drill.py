@@ -32,14 +32,13 @@ from drtool.rehearse.runbook import Objectives, Runbook, Step
 from drtool.rehearse.sandbox import (FILE_CHECKS, CheckResult, CheckRunner, Sandbox, SandboxContext,
                                make_sandbox, sigterm_as_interrupt)
 from drtool.core.session import Session
+from drtool.repository.objects import REHEARSAL_KIND, REHEARSALS, object_name
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.timeparse import format_duration, parse_point_in_time
 
 __all__ = ["RehearseOptions", "RehearsalResult", "last_rehearsal", "rebuild_rehearsals", "rehearse",
            "RehearsalSummary"]
 
-REHEARSAL_PREFIX = "rehearsals"
-REHEARSAL_KIND = b"rehearsal"
 DOCUMENT_FORMAT = 1
 Clock = Callable[[], datetime]
 
@@ -385,7 +384,7 @@ def rehearse(session: Session, runbook: Runbook, options: RehearseOptions | None
 def record(session: Session, document: dict[str, Any]) -> str:
     """Store a rehearsal document as a sealed object, then index it in the catalog."""
     raw = json.dumps(document, sort_keys=True).encode()
-    object_id = session.repo.put_object(REHEARSAL_PREFIX, REHEARSAL_KIND, raw)
+    object_id = session.repo.put_object(REHEARSALS, REHEARSAL_KIND, raw)
     add_rehearsals(session.catalog, [dict(document, id=object_id)])
     return object_id
 
@@ -408,16 +407,16 @@ def rebuild_rehearsals(session: Session) -> RehearsalRebuild:
     shared with a copy of the repository keeps its history.
     """
     repo = session.repo
-    ids = repo.list_objects(REHEARSAL_PREFIX)
+    ids = repo.list_objects(REHEARSALS)
     missing = sorted(set(ids) - rehearsal_ids(session.catalog))
     docs, damaged = [], []
     for object_id in missing:
         try:
-            doc = json.loads(repo.get_object(REHEARSAL_PREFIX, REHEARSAL_KIND, object_id))
+            doc = json.loads(repo.get_object(REHEARSALS, REHEARSAL_KIND, object_id))
             if not isinstance(doc, dict) or "steps" not in doc:
                 raise ValueError("not a rehearsal document")
             docs.append(dict(doc, id=object_id))
         except (DrtoolError, ValueError) as exc:
-            damaged.append(f"{REHEARSAL_PREFIX}/{object_id}: {exc}")
+            damaged.append(f"{object_name(REHEARSALS, object_id)}: {exc}")
     added = add_rehearsals(session.catalog, docs)
     return RehearsalRebuild(added, len(ids), damaged)

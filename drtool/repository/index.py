@@ -15,7 +15,6 @@ from drtool.crypto.ids import ID_SIZE
 from drtool.repository.packfile import ENTRY, BlobEntry, pack_entries, unpack_entries
 
 PACK_HEADER = struct.Struct(f"<{ID_SIZE}sI")
-INDEX_KIND = b"index"
 
 
 class Location(NamedTuple):

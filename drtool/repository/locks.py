@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from drtool.errors import DrtoolError, IntegrityError, LockHeld
+from drtool.repository.objects import LOCK_KIND, LOCKS, object_name
 from drtool.repository.repo import Repository
 
-LOCK_KIND = b"lock"
 REFRESH_SECONDS = 60.0
 STALE_SECONDS = 300.0
 
@@ -75,7 +75,7 @@ class Lock:
         body = json.dumps({"host": self.host, "pid": os.getpid(), "exclusive": self.exclusive,
                            "command": self.command, "created": self.created,
                            "heartbeat": now}).encode()
-        self.repo.put_object("locks", LOCK_KIND, body, object_id=self.lock_id)
+        self.repo.put_object(LOCKS, LOCK_KIND, body, object_id=self.lock_id)
         self.last_refresh = now
 
     def acquire(self, wait: float = 0.0, poll: float = 5.0) -> "Lock":
@@ -91,7 +91,7 @@ class Lock:
             conflict = self._conflicts()
             if not conflict:
                 break
-            self.repo.backend.delete(f"locks/{self.lock_id}")
+            self.repo.backend.delete(object_name(LOCKS, self.lock_id))
             if self.clock() >= deadline:
                 raise LockHeld(f"repository is locked: {conflict.describe()}, "
                                f"heartbeat {conflict.age(self.clock()):.0f}s ago")
@@ -126,7 +126,7 @@ class Lock:
 
     def refresh(self) -> None:
         """Rewrite the heartbeat; refuse to resurrect a lock someone removed."""
-        if self.repo.backend.stat(f"locks/{self.lock_id}") is None:
+        if self.repo.backend.stat(object_name(LOCKS, self.lock_id)) is None:
             raise LockHeld(f"lock {self.lock_id[:8]} was removed by another process "
                            f"(drtool unlock?)")
         self._write()
@@ -149,7 +149,7 @@ class Lock:
         if self._thread:
             self._thread.join(timeout=5)
         try:
-            self.repo.backend.delete(f"locks/{self.lock_id}")
+            self.repo.backend.delete(object_name(LOCKS, self.lock_id))
         except DrtoolError:
             pass  # a leftover lock goes stale and is ignored
 
@@ -172,9 +172,9 @@ def _process_alive(pid: int) -> bool:
 
 def read_locks(repo: Repository) -> list[LockInfo]:
     locks = []
-    for lock_id in repo.list_objects("locks"):
+    for lock_id in repo.list_objects(LOCKS):
         try:
-            data = json.loads(repo.get_object("locks", LOCK_KIND, lock_id))
+            data = json.loads(repo.get_object(LOCKS, LOCK_KIND, lock_id))
         except (DrtoolError, ValueError):
             continue  # vanished between list and get, or damaged: not a live lock
         locks.append(LockInfo(lock_id, str(data["host"]), int(data["pid"]), bool(data["exclusive"]),
@@ -189,7 +189,7 @@ def remove_locks(repo: Repository, *, force: bool, clock: Callable[[], float] = 
     now = clock()
     for info in read_locks(repo):
         if force or info.age(now) > stale_after:
-            repo.backend.delete(f"locks/{info.lock_id}")
+            repo.backend.delete(object_name(LOCKS, info.lock_id))
             removed.append(info)
     return removed
 

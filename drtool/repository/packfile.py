@@ -30,15 +30,16 @@ import blake3
 from drtool.backends.base import StagedObject
 from drtool.crypto.ids import ID_SIZE, content_hash
 from drtool.repository.envelope import Envelope
+from drtool.repository.objects import GROUP_DATA_KIND, GROUP_TREE_KIND, TRAILER_KIND, pack_name
 
 MAGIC = b"DRP2"
 FOOTER = struct.Struct("<I4s")
 ENTRY = struct.Struct(f"<B{ID_SIZE}sQIII")
-TRAILER_KIND = b"pack-trailer"
 
 DATA_BLOB = 0
 TREE_BLOB = 1
 BLOB_TYPE_NAMES = {DATA_BLOB: "data", TREE_BLOB: "tree"}
+_GROUP_KINDS = {DATA_BLOB: GROUP_DATA_KIND, TREE_BLOB: GROUP_TREE_KIND}
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,8 @@ def unpack_entries(raw: bytes) -> list[BlobEntry]:
 
 
 def group_kind(blob_type: int) -> bytes:
-    return b"group-" + BLOB_TYPE_NAMES[blob_type].encode()
-
-
-def pack_name(pack_id: bytes) -> str:
-    hexid = pack_id.hex()
-    return f"packs/{hexid[:2]}/{hexid}"
-
-
-def pack_id_from_name(name: str) -> bytes:
-    return bytes.fromhex(name.rsplit("/", 1)[1])
+    """The envelope kind of a compression group of ``blob_type`` (KeyError for an unknown type)."""
+    return _GROUP_KINDS[blob_type]
 
 
 @dataclass
@@ -258,15 +251,32 @@ class PackFormatError(Exception):
     pass
 
 
-def read_trailer(envelope: Envelope, pack_bytes: bytes) -> list[BlobEntry]:
+def read_trailer(envelope: Envelope, pack_bytes: bytes | memoryview) -> list[BlobEntry]:
     """Parse a whole pack's trailer; raise PackFormatError or EnvelopeError when damaged."""
-    if len(pack_bytes) < FOOTER.size:
+    start, length = trailer_span(pack_bytes[-FOOTER.size:], len(pack_bytes))
+    return parse_trailer(envelope, pack_bytes[start:start + length], start)
+
+
+def trailer_span(footer: bytes | memoryview, pack_size: int) -> tuple[int, int]:
+    """(offset, length) of the sealed trailer, from the pack's last ``FOOTER.size`` bytes.
+
+    Together with :func:`parse_trailer` this reads a pack's entries with two
+    ranged reads instead of downloading the pack (prune, for unindexed packs).
+    """
+    if pack_size < FOOTER.size or len(footer) != FOOTER.size:
         raise PackFormatError("pack is shorter than its footer")
-    trailer_len, magic = FOOTER.unpack_from(pack_bytes, len(pack_bytes) - FOOTER.size)
-    if magic != MAGIC or trailer_len > len(pack_bytes) - FOOTER.size:
+    trailer_len, magic = FOOTER.unpack(footer)
+    if magic != MAGIC or trailer_len > pack_size - FOOTER.size:
         raise PackFormatError("pack footer is damaged")
-    start = len(pack_bytes) - FOOTER.size - trailer_len
-    raw = envelope.open(TRAILER_KIND, b"", pack_bytes[start:start + trailer_len])
+    return pack_size - FOOTER.size - trailer_len, trailer_len
+
+
+def parse_trailer(envelope: Envelope, sealed: bytes | memoryview, start: int) -> list[BlobEntry]:
+    """Open and check a sealed trailer found at ``start``; entries must lie before it.
+
+    Raises PackFormatError, or EnvelopeError when it fails authentication.
+    """
+    raw = envelope.open(TRAILER_KIND, b"", sealed)
     try:
         entries = unpack_entries(raw)
     except ValueError as exc:

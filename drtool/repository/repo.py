@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from drtool.backends import capabilities
 from drtool.backends.base import Backend
 from drtool.crypto.ids import IdMaker
 from drtool.crypto.keys import (AuthenticationFailed, KdfParams, KeyDerivationFailed, KeySlot, MasterKey,
@@ -21,12 +22,13 @@ from drtool.crypto.keys import (AuthenticationFailed, KdfParams, KeyDerivationFa
 from drtool.errors import (BackendError, DrtoolError, IntegrityError, KeyDerivationError, ObjectMissing,
                            RepositoryExists, RepositoryNotFound, WrongPassword)
 from drtool.repository.envelope import Envelope, EnvelopeError
-from drtool.repository.index import (INDEX_KIND, IndexCache, Location, MemoryIndex, PackRecord,
-                                     decode_index, decode_index_packed, encode_index)
-from drtool.repository.packfile import (ENTRY, BlobEntry, BufferPool, OpenGroup, PackBuilder,
-                                        PackFormatError, unpack_entries,
-                                        group_kind, groups_of, open_group, pack_name, read_trailer,
-                                        seal_open_group)
+from drtool.repository.index import (IndexCache, Location, MemoryIndex, PackRecord, decode_index,
+                                     decode_index_packed, encode_index)
+from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, KEYS, LOCKS, PACKS, SNAPSHOTS,
+                                       key_name, object_name, pack_name)
+from drtool.repository.packfile import (ENTRY, FOOTER, BlobEntry, BufferPool, OpenGroup, PackBuilder,
+                                        PackFormatError, group_kind, groups_of, open_group, parse_trailer,
+                                        read_trailer, seal_open_group, trailer_span, unpack_entries)
 from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
 
 FORMAT_VERSION = 1
@@ -91,26 +93,26 @@ class Repository:
     @classmethod
     def init(cls, backend: Backend, passphrase: bytes, *, kdf: KdfParams | None = None,
              config: RepoConfig | None = None) -> "Repository":
-        backend.create_location()
-        if backend.exists():
+        capabilities.create_location(backend)
+        if repository_exists(backend):
             raise RepositoryExists(f"a repository already exists at {backend.url}")
         _clear_interrupted_init(backend)
         master = MasterKey.generate()
         config = config or RepoConfig(repo_id=secrets.token_hex(16))
         slot = _wrap(master, passphrase, kdf, "initial")
-        backend.put(f"keys/{slot.slot_id}", slot.to_bytes())
+        backend.put(key_name(slot.slot_id), slot.to_bytes())
         envelope = Envelope(master.encryption_key)
-        backend.put("config", bytes(envelope.seal(b"config", b"", config.to_json(), compress=False)))
+        backend.put(CONFIG, bytes(envelope.seal(CONFIG_KIND, b"", config.to_json(), compress=False)))
         return cls(backend, master, config, slot.slot_id)
 
     @classmethod
     def open(cls, backend: Backend, passphrase: bytes, cache: IndexCache | None = None) -> "Repository":
-        if not backend.exists():
+        if not repository_exists(backend):
             raise RepositoryNotFound(f"no drtool repository at {backend.url}")
         master, slot_id = _unlock(backend, passphrase)
         envelope = Envelope(master.encryption_key)
         try:
-            config = RepoConfig.from_json(bytes(envelope.open(b"config", b"", backend.get("config"))))
+            config = RepoConfig.from_json(bytes(envelope.open(CONFIG_KIND, b"", backend.get(CONFIG))))
         except EnvelopeError:
             raise IntegrityError("the repository config object is damaged or was replaced") from None
         return cls(backend, master, config, slot_id, cache)
@@ -118,7 +120,7 @@ class Repository:
     # ----- key slots --------------------------------------------------------------
     def list_key_slots(self) -> list[KeySlot]:
         slots = []
-        for info in self.backend.list("keys/"):
+        for info in self.backend.list(f"{KEYS}/"):
             slot_id = info.name.split("/", 1)[1]
             try:
                 slots.append(KeySlot.from_bytes(slot_id, self.backend.get(info.name)))
@@ -128,7 +130,7 @@ class Repository:
 
     def add_key_slot(self, passphrase: bytes, *, kdf: KdfParams | None = None, label: str = "") -> KeySlot:
         slot = _wrap(self.master, passphrase, kdf, label)
-        self.backend.put(f"keys/{slot.slot_id}", slot.to_bytes())
+        self.backend.put(key_name(slot.slot_id), slot.to_bytes())
         return slot
 
     def remove_key_slot(self, slot_id: str) -> None:
@@ -138,7 +140,7 @@ class Repository:
         if len(ids) == 1:
             raise DrtoolError("refusing to remove the last key slot",
                               hint="add another key first, or the repository becomes unreadable")
-        self.backend.delete(f"keys/{slot_id}")
+        self.backend.delete(key_name(slot_id))
 
     # ----- index ------------------------------------------------------------------
     def load_index(self) -> None:
@@ -150,7 +152,7 @@ class Repository:
         sized for all of them first (see ``MemoryIndex.reserve``).
         """
         self.index = MemoryIndex()
-        names = {info.name.split("/", 1)[1] for info in self.backend.list("index/")}
+        names = {info.name.split("/", 1)[1] for info in self.backend.list(f"{INDEX}/")}
         cached = self.cache.cached_index_ids() & names if self.cache else set()
         rows: list[tuple[bytes, bytes]] = []
         if self.cache:
@@ -173,14 +175,14 @@ class Repository:
                 self.cache.store_index(index_id, [PackRecord(p, unpack_entries(raw)) for p, raw in packs])
 
     def _read_index_packed(self, index_id: str) -> list[tuple[bytes, bytes]]:
-        raw = self.get_object("index", INDEX_KIND, index_id)
+        raw = self.get_object(INDEX, INDEX_KIND, index_id)
         try:
             return decode_index_packed(raw)
         except ValueError as exc:
             raise IntegrityError(f"index object index/{index_id} is malformed: {exc}") from None
 
     def read_index_object(self, index_id: str) -> list[PackRecord]:
-        raw = self.get_object("index", INDEX_KIND, index_id)
+        raw = self.get_object(INDEX, INDEX_KIND, index_id)
         try:
             return decode_index(raw)
         except ValueError as exc:
@@ -188,7 +190,7 @@ class Repository:
 
     def write_index(self, packs: list[PackRecord]) -> str:
         plaintext = encode_index(packs)
-        index_id = self.put_object("index", INDEX_KIND, plaintext)
+        index_id = self.put_object(INDEX, INDEX_KIND, plaintext)
         if self.cache:
             self.cache.store_index(index_id, packs)
         return index_id
@@ -246,7 +248,7 @@ class Repository:
             with self._lock:
                 builder = self._builders.get(blob_type)
                 if builder is None:
-                    builder = self._builders[blob_type] = PackBuilder(self.backend.stage("packs"))
+                    builder = self._builders[blob_type] = PackBuilder(capabilities.stage(self.backend, PACKS))
             with builder.lock:  # writing a streamed group must not hold up add_blob
                 if builder.closed:
                     continue  # another thread just retired it: take the next one
@@ -272,7 +274,7 @@ class Repository:
             pack_id = builder.commit_staged(self.envelope)
         else:
             pack_id, parts = builder.finish_parts(self.envelope)
-            self.backend.put_parts(pack_name(pack_id), parts)
+            capabilities.put_parts(self.backend, pack_name(pack_id), parts)
         record = PackRecord(pack_id, builder.entries)
         # In slices, releasing the lock in between: indexing a pack of 5,000
         # small files at once held up every add_blob (and the walking
@@ -401,7 +403,7 @@ class Repository:
     def _read_run(self, blob_ids: list[bytes], locs: list[Location], lo: int,
                   hi: int) -> Iterator[memoryview]:
         pack_id = locs[0].pack_id
-        raw = self.backend.get_range_view(pack_name(pack_id), lo, hi - lo)
+        raw = capabilities.read_view(self.backend, pack_name(pack_id), lo, hi - lo)
         opened: dict[int, bytes | bytearray] = {}
         for blob_id, loc in zip(blob_ids, locs):
             plain = opened.get(loc.offset)
@@ -445,7 +447,7 @@ class Repository:
         """
         raw = buffers.take(loc.length)
         try:
-            sealed = self.backend.get_range_into(pack_name(loc.pack_id), loc.offset, loc.length, raw)
+            sealed = capabilities.read_into(self.backend, pack_name(loc.pack_id), loc.offset, loc.length, raw)
             plain, held = self.envelope.open_recycled(group_kind(loc.blob_type), b"", sealed, buffers)
         except EnvelopeError as exc:
             raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is damaged at offset {loc.offset} "
@@ -481,15 +483,30 @@ class Repository:
         except (PackFormatError, EnvelopeError) as exc:
             raise IntegrityError(f"pack {pack_id.hex()} is damaged: {exc}") from None
 
+    def read_pack_trailer(self, pack_id: bytes, size: int) -> list[BlobEntry]:
+        """A pack's entries from its footer and trailer alone: two ranged reads, no groups.
+
+        ``size``: the pack's size (from a listing).  ObjectMissing when the pack
+        is gone; IntegrityError, with what is wrong, when it is damaged or forged.
+        """
+        name = pack_name(pack_id)
+        if size < FOOTER.size:
+            raise IntegrityError("pack is shorter than its footer")
+        try:
+            start, length = trailer_span(self.backend.get_range(name, size - FOOTER.size, FOOTER.size), size)
+            return parse_trailer(self.envelope, self.backend.get_range(name, start, length), start)
+        except (PackFormatError, EnvelopeError) as exc:
+            raise IntegrityError(str(exc)) from None
+
     # ----- sealed whole objects (snapshots, index, rehearsals, log segments) ----------
     def put_object(self, prefix: str, kind: bytes, plaintext: bytes, object_id: str | None = None) -> str:
         object_id = object_id or self.ids.object_id(kind.decode(), plaintext).hex()
         sealed = self.envelope.seal(kind, object_id.encode(), plaintext)
-        self.backend.put(f"{prefix}/{object_id}", bytes(sealed))
+        self.backend.put(object_name(prefix, object_id), bytes(sealed))
         return object_id
 
     def get_object(self, prefix: str, kind: bytes, object_id: str) -> bytes:
-        sealed = self.backend.get(f"{prefix}/{object_id}")
+        sealed = self.backend.get(object_name(prefix, object_id))
         try:
             return bytes(self.envelope.open(kind, object_id.encode(), sealed))
         except EnvelopeError:
@@ -520,11 +537,11 @@ def _clear_interrupted_init(backend: Backend) -> None:
     last and nothing else exists), so the orphan slots are removed and init
     starts over; any other object means a real repository and is refused.
     """
-    slots = [info.name for info in backend.list("keys/")]
+    slots = [info.name for info in backend.list(f"{KEYS}/")]
     if not slots:
         return
-    for prefix in ("snapshots/", "index/", "packs/", "locks/"):
-        if any(True for _ in backend.list(prefix)):
+    for prefix in (SNAPSHOTS, INDEX, PACKS, LOCKS):
+        if any(True for _ in backend.list(f"{prefix}/")):
             raise RepositoryExists(f"{backend.url} holds repository data but no config",
                                    hint="restore the config object from a copy; do not re-init")
     for name in slots:
@@ -540,7 +557,7 @@ def _wrap(master: MasterKey, passphrase: bytes, kdf: KdfParams | None, label: st
 
 def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
     damaged: list[str] = []
-    slots = list(backend.list("keys/"))
+    slots = list(backend.list(f"{KEYS}/"))
     if not slots:
         raise IntegrityError(f"the repository at {backend.url} has no key slots",
                              hint="restore keys/ from a copy of the repository")
@@ -567,4 +584,9 @@ def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
 
 
 def iter_pack_names(backend: Backend) -> Iterable[str]:
-    return (info.name for info in backend.list("packs/"))
+    return (info.name for info in backend.list(f"{PACKS}/"))
+
+
+def repository_exists(backend: Backend) -> bool:
+    """True when the location holds a drtool config object (``stat``, never a listing)."""
+    return backend.stat(CONFIG) is not None

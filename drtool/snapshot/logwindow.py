@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Protocol
 
+from drtool.repository.objects import BINLOG, WAL  # noqa: F401 - re-exported; log kinds are object prefixes too
 from drtool.snapshot.model import Snapshot
 
-WAL = "wal"
-BINLOG = "binlog"
 PG_BASE = "pg-base"
 MARIADB_DUMP = "mariadb-dump"
 DEFAULT_WAL_SEGMENT = 16 * 1024 * 1024

@@ -6,21 +6,20 @@ import json
 from typing import Any, Iterator
 
 from drtool.errors import IntegrityError, SnapshotNotFound
+from drtool.repository.objects import SNAPSHOT_KIND, SNAPSHOTS
 from drtool.repository.packfile import TREE_BLOB
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import FILE, Node, Snapshot, decode_tree, encode_tree
 
-SNAPSHOT_KIND = b"snapshot"
-
 
 def save_snapshot(repo: Repository, snap: Snapshot) -> str:
     """Commit point of a backup: call only after ``repo.flush()``."""
-    snap.id = repo.put_object("snapshots", SNAPSHOT_KIND, snap.to_json())
+    snap.id = repo.put_object(SNAPSHOTS, SNAPSHOT_KIND, snap.to_json())
     return snap.id
 
 
 def load_snapshot(repo: Repository, snapshot_id: str) -> Snapshot:
-    raw = repo.get_object("snapshots", SNAPSHOT_KIND, snapshot_id)
+    raw = repo.get_object(SNAPSHOTS, SNAPSHOT_KIND, snapshot_id)
     try:
         return Snapshot.from_json(raw, snapshot_id)
     except (ValueError, KeyError, TypeError) as exc:
@@ -28,7 +27,7 @@ def load_snapshot(repo: Repository, snapshot_id: str) -> Snapshot:
 
 
 def list_snapshot_ids(repo: Repository) -> list[str]:
-    return repo.list_objects("snapshots")
+    return repo.list_objects(SNAPSHOTS)
 
 
 def resolve_snapshot_id(ids: list[str], prefix: str) -> str:

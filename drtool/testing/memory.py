@@ -1,14 +1,16 @@
-"""In-memory backend for tests and dry runs; behaves like a consistent store."""
+"""In-memory backend for tests: a consistent store (listings never lag) with conditional create."""
 from __future__ import annotations
 
 import threading
 from typing import Iterator
 
 from drtool.backends.base import Backend, ObjectInfo
-from drtool.errors import ObjectMissing
+from drtool.errors import BackendError, ObjectMissing
 
 
 class MemoryBackend(Backend):
+    """Objects in a dict.  ``url`` names it in messages; no URL opens it (pass the object)."""
+
     def __init__(self, name: str = "default") -> None:
         super().__init__()
         self.url = f"memory://{name}"
@@ -25,16 +27,20 @@ class MemoryBackend(Backend):
         with self._lock:
             self.stats.gets += 1
             try:
-                return self.objects[name]
+                data = self.objects[name]
             except KeyError:
                 raise ObjectMissing(f"object {name} is missing from the repository") from None
+            self.stats.bytes_down += len(data)
+            return data
 
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
+    def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise BackendError(f"invalid range {offset}+{length} for {name}")
         data = self.get(name)
-        piece = data[offset:offset + length]
-        if len(piece) != length:
-            raise ObjectMissing(f"object {name} is shorter than expected")
-        return piece
+        end = len(data) if length is None else offset + length
+        if offset > len(data) or end > len(data):
+            raise ObjectMissing(f"object {name} is shorter than expected ({len(data)} < {end} bytes)")
+        return data[offset:end]
 
     def stat(self, name: str) -> ObjectInfo | None:
         with self._lock:
@@ -54,9 +60,11 @@ class MemoryBackend(Backend):
         return iter(items)
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Atomic under the store's lock (the ``ConditionalCreate`` capability)."""
         with self._lock:
             if name in self.objects:
                 return False
             self.stats.puts += 1
+            self.stats.bytes_up += len(data)
             self.objects[name] = bytes(data)
             return True

@@ -6,6 +6,13 @@ test wraps its backend in :class:`FaultyBackend` and adds rules.  Rules fire
 on the Nth matching call so failures are reproducible; ``fail_rate`` with a
 seed gives repeatable "flaky network" runs.  Every injected fault is recorded
 in ``injected`` so a test can assert the fault actually happened.
+
+The wrapper has the core operations and ``put_if_absent``, all of which
+rules can hit, and mirrors the inner backend's Object Lock, server clock,
+location setup and temporaries cleanup (:mod:`drtool.testing.mirror`).  It
+deliberately lacks staged and part writes and mapped or buffered reads:
+callers then take the shared fallbacks, which go through ``put`` and
+``get_range``, where the rules fire.
 """
 from __future__ import annotations
 
@@ -14,8 +21,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from drtool.backends import capabilities
 from drtool.backends.base import Backend, ObjectInfo
+from drtool.backends.capabilities import LocationSetup, ObjectLock, ServerClock, TemporaryCleanup
 from drtool.errors import BackendError, DrtoolError, TransientBackendError
+from drtool.testing.mirror import mirrored_class
 
 OPS = ("put", "put_if_absent", "get", "get_range", "stat", "delete", "list")
 ACTIONS = ("fail", "fail_after", "truncate", "flip", "drop")
@@ -67,6 +77,11 @@ class Injected:
 class FaultyBackend(Backend):
     """Wraps ``inner``; behaves exactly like it except where a rule fires."""
 
+    MIRRORED = (ObjectLock, ServerClock, LocationSetup, TemporaryCleanup)
+
+    def __new__(cls, inner: Backend, *args: Any, **kwargs: Any) -> "FaultyBackend":
+        return super().__new__(mirrored_class(cls, inner, cls.MIRRORED))  # type: ignore[no-any-return]
+
     def __init__(self, inner: Backend, *, fail_rate: float = 0.0, seed: int = 0,
                  random_ops: tuple[str, ...] = OPS) -> None:
         super().__init__()
@@ -79,16 +94,6 @@ class FaultyBackend(Backend):
         self.random_ops = random_ops
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-
-    def server_time(self) -> Any:
-        """Forwarded explicitly: Backend defines a default, so __getattr__ never sees it."""
-        return self.inner.server_time()
-
-    def __getattr__(self, attr: str) -> Any:
-        # Backend-specific extras (server_time, retention_until, ...) pass through.
-        if attr == "inner":
-            raise AttributeError(attr)
-        return getattr(self.inner, attr)
 
     # -- rule helpers ------------------------------------------------------
 
@@ -177,13 +182,14 @@ class FaultyBackend(Backend):
         self._write("put", name, data, lambda d: self.inner.put(name, d))
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Atomic exactly when the inner backend's is (its capability, or the racy fallback)."""
         return bool(self._write("put_if_absent", name, data,
-                                lambda d: self.inner.put_if_absent(name, d)))
+                                lambda d: capabilities.put_if_absent(self.inner, name, d)))
 
     def get(self, name: str) -> bytes:
         return self._read("get", name, lambda: self.inner.get(name))
 
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
+    def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._read("get_range", name, lambda: self.inner.get_range(name, offset, length))
 
     def stat(self, name: str) -> ObjectInfo | None:
@@ -210,9 +216,6 @@ class FaultyBackend(Backend):
         if rule is not None and rule.action == "fail_after":
             self._raise(rule, "list", prefix)
         return iter(items)
-
-    def create_location(self) -> None:
-        self.inner.create_location()
 
     def close(self) -> None:
         self.inner.close()

@@ -1,0 +1,235 @@
+"""Optional backend capabilities, and the one fallback each has where a backend lacks it.
+
+The storage contract (:class:`drtool.backends.base.Backend`) is five
+operations.  Some stores can do more, and drtool uses it where it matters:
+the local backend streams packs to disk as they are sealed and maps or
+``preadv``s the ranges a restore reads (docs/performance.md measures both);
+S3 creates objects only if absent and locks them against deletion.  Each such
+ability is a small :class:`typing.Protocol` here, like restic's optional
+backend interfaces and kopia's ``blob.Storage`` extensions.
+
+Callers never probe with ``getattr``: they call the helper function of the
+same name (``read_into(backend, ...)``, ``put_if_absent(backend, ...)``), which
+uses the capability when the backend has it and the shared fallback
+otherwise.  A capability belongs to the backend's *class* (see
+:func:`supports`): checking a class is cached, so the helpers cost well under
+a microsecond on the data path, where checking an instance against a
+protocol costs 10-30 µs.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol, Sequence, runtime_checkable
+
+from drtool.backends.base import Backend, StagedObject
+
+
+@runtime_checkable
+class StagedWrites(Protocol):
+    """Write an object as it is produced, naming it at the end (a pack named by its hash).
+
+    The local backend streams packs into a temporary file with ``O_DIRECT``,
+    so a backup holds no whole pack in memory.  Fallback: the caller keeps
+    the pieces and stores them with :func:`put_parts`.
+    """
+
+    def stage(self, prefix: str) -> StagedObject:
+        """Start an object under ``prefix``; nothing is visible until it is committed."""
+
+
+@runtime_checkable
+class PartWrites(Protocol):
+    """Store the concatenation of parts without joining them first (no second 16 MiB copy).
+
+    Fallback: ``put(name, b"".join(parts))``.
+    """
+
+    def put_parts(self, name: str, parts: Sequence[bytes | bytearray]) -> None:
+        """Store the parts, in order, atomically as one object."""
+
+
+@runtime_checkable
+class ViewReads(Protocol):
+    """A range as a read-only view the backend may map instead of copy (local: ``mmap``).
+
+    Fallback: ``memoryview(get_range(...))``.
+    """
+
+    def get_range_view(self, name: str, offset: int, length: int) -> memoryview:
+        """Exactly the range, as a view; ObjectMissing like ``get_range``."""
+
+
+@runtime_checkable
+class BufferedReads(Protocol):
+    """A range read into the caller's recycled buffer (local: ``preadv``).
+
+    Fallback: ``memoryview(get_range(...))``, ignoring the buffer (S3 downloads
+    into fresh memory anyway).
+    """
+
+    def get_range_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
+        """Exactly the range, as a view of ``buf`` (at least ``length`` bytes)."""
+
+
+@runtime_checkable
+class ConditionalCreate(Protocol):
+    """Create an object only if no object of that name exists, atomically.
+
+    Local: ``link(2)``; S3: ``If-None-Match: *`` (learning once when a server
+    lacks it, then the fallback).  Fallback: :func:`check_then_put`, which
+    two writers can both win.
+    """
+
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Store ``data`` unless ``name`` exists; True when stored."""
+
+
+@runtime_checkable
+class ObjectLock(Protocol):
+    """Retention dates that forbid deleting or replacing objects (S3 Object Lock).
+
+    Having the capability does not mean objects are locked: ``retention_until``
+    says so per object.  Fallback: nothing is ever locked.
+    """
+
+    def retention_until(self, name: str) -> dt.datetime | None:
+        """End of the object's retention (UTC-aware), or None; ObjectMissing if absent."""
+
+    def is_locked(self, name: str) -> bool:
+        """True while retention or a legal hold forbids deleting the object."""
+
+    def extend_retention(self, name: str, until: dt.datetime) -> None:
+        """Push retention out to ``until``; never shortens it."""
+
+
+@runtime_checkable
+class ServerClock(Protocol):
+    """The store's own clock (S3: the HTTP ``Date`` header), to detect clock skew.
+
+    Skew breaks request signing, lock staleness and Object Lock dates.
+    Fallback: no clock (None).
+    """
+
+    def server_time(self) -> dt.datetime | None:
+        """The store's current time, or None when it did not say."""
+
+
+@runtime_checkable
+class LocationSetup(Protocol):
+    """Prepare an empty location before a repository is created (mkdir, bucket check).
+
+    Fallback: nothing to prepare.
+    """
+
+    def create_location(self) -> None:
+        """Make the location usable, or raise a clear error saying why it is not."""
+
+
+@runtime_checkable
+class TemporaryCleanup(Protocol):
+    """Remove what killed writers left half-written (local: ``.tmp-*`` files, staged packs).
+
+    Only backends whose writes go through temporaries have any.  Fallback:
+    nothing to remove.
+    """
+
+    def remove_abandoned_temporaries(self, older_than_seconds: float) -> int:
+        """Delete temporaries untouched for this long; return how many.  Call it under the
+        repository's exclusive lock."""
+
+
+CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ConditionalCreate,
+                                  ObjectLock, ServerClock, LocationSetup, TemporaryCleanup)
+
+
+def supports(backend: Backend, capability: type) -> bool:
+    """Whether the backend's class implements ``capability`` (ABC-cached per class)."""
+    return issubclass(type(backend), capability)
+
+
+# ----- writes ------------------------------------------------------------------------------------
+def stage(backend: Backend, prefix: str) -> StagedObject | None:
+    """A staged object under ``prefix``, or None: then keep the pieces for :func:`put_parts`."""
+    if supports(backend, StagedWrites):
+        return backend.stage(prefix)  # type: ignore[attr-defined, no-any-return]
+    return None
+
+
+def put_parts(backend: Backend, name: str, parts: Sequence[bytes | bytearray]) -> None:
+    """Store the concatenation of ``parts`` atomically under ``name``."""
+    if supports(backend, PartWrites):
+        backend.put_parts(name, parts)  # type: ignore[attr-defined]
+    else:
+        backend.put(name, b"".join(parts))
+
+
+def put_if_absent(backend: Backend, name: str, data: bytes) -> bool:
+    """Store ``data`` only if ``name`` does not exist; True when stored.
+
+    Atomic on backends with :class:`ConditionalCreate`; elsewhere
+    :func:`check_then_put`, whose race is documented there.
+    """
+    if supports(backend, ConditionalCreate):
+        return bool(backend.put_if_absent(name, data))  # type: ignore[attr-defined]
+    return check_then_put(backend, name, data)
+
+
+def check_then_put(backend: Backend, name: str, data: bytes) -> bool:
+    """The fallback of :func:`put_if_absent`: ``stat``, then ``put`` when absent.
+
+    Racy: two writers can both see the name free and both put, the later
+    one winning while both believe they created it.  Nothing in drtool's
+    correctness rests on it; ``repo validate`` reports a backend that has
+    only this.
+    """
+    if backend.stat(name) is not None:
+        return False
+    backend.put(name, data)
+    return True
+
+
+# ----- reads -------------------------------------------------------------------------------------
+def read_view(backend: Backend, name: str, offset: int, length: int) -> memoryview:
+    """Exactly the range as a read-only view (mapped, not copied, where the backend can)."""
+    if supports(backend, ViewReads):
+        return backend.get_range_view(name, offset, length)  # type: ignore[attr-defined, no-any-return]
+    return memoryview(backend.get_range(name, offset, length))
+
+
+def read_into(backend: Backend, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
+    """Exactly the range as a view, read into ``buf`` where that saves a copy."""
+    if supports(backend, BufferedReads):
+        return backend.get_range_into(name, offset, length, buf)  # type: ignore[attr-defined, no-any-return]
+    return memoryview(backend.get_range(name, offset, length))
+
+
+# ----- object lock, clock, location, temporaries -----------------------------------------------
+def object_lock(backend: Backend) -> ObjectLock | None:
+    """The backend as an :class:`ObjectLock`, or None when it cannot lock objects."""
+    return backend if supports(backend, ObjectLock) else None  # type: ignore[return-value]
+
+
+def is_locked(backend: Backend, name: str) -> bool:
+    """True when Object Lock forbids deleting ``name`` now (never on backends without it)."""
+    lock = object_lock(backend)
+    return lock is not None and bool(lock.is_locked(name))
+
+
+def server_time(backend: Backend) -> dt.datetime | None:
+    """The store's clock, or None when it has none."""
+    if supports(backend, ServerClock):
+        return backend.server_time()  # type: ignore[attr-defined, no-any-return]
+    return None
+
+
+def create_location(backend: Backend) -> None:
+    """Prepare the location for a new repository (nothing to do on backends without setup)."""
+    if supports(backend, LocationSetup):
+        backend.create_location()  # type: ignore[attr-defined]
+
+
+def remove_abandoned_temporaries(backend: Backend, older_than_seconds: float) -> int:
+    """Remove temporaries killed writers left, older than this; how many (0 without any)."""
+    if supports(backend, TemporaryCleanup):
+        return int(backend.remove_abandoned_temporaries(older_than_seconds))  # type: ignore[attr-defined]
+    return 0
