@@ -248,7 +248,7 @@ def _restore_and_fingerprint(cluster: PgCluster, when: str | None, target: Path)
         run_as("postgres", ["pg_ctl", "-D", str(target), "-m", "fast", "-w", "stop"], cluster.env)
 
 
-def test_documented_restore_command_form(pg_cluster: PgCluster) -> None:
+def test_documented_restore_command_form() -> None:
     """The test below restores with the command form docs/databases.md prints."""
     line = doc_command("databases.md", r"^runuser -u postgres -- drtool restore --source pg-main "
                                        r"--point-in-time \S+ --target \S+ --start")
