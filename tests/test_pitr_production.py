@@ -252,7 +252,7 @@ def test_documented_restore_command_form() -> None:
     """The test below restores with the command form docs/databases.md prints."""
     line = doc_command("databases.md", r"^runuser -u postgres -- drtool restore --source pg-main "
                                        r"--point-in-time \S+ --target \S+ --start")
-    assert line.split()[3:7] == ["drtool", "restore", "--source", SOURCE]
+    assert line.split()[4:8] == ["drtool", "restore", "--source", SOURCE]
 
 
 @pytest.mark.parametrize("which", [0, 1, 2, "latest"])
