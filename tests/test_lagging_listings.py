@@ -20,7 +20,6 @@ import pytest
 
 from conftest import PASSWORD, DrEnv
 from drtool.backends.local import LocalBackend
-from drtool.errors import ObjectMissing
 from drtool.maintain import prune as prune_ops
 from drtool.backup.run import backup_paths
 from drtool.core.session import OpenOptions, Session
@@ -162,11 +161,6 @@ def test_backups_and_both_phases_of_prune_under_lagging_listings(repo_env: DrEnv
     assert _restored(repo_env, two, tmp_path / "two") == second
 
 
-@pytest.mark.xfail(strict=True, raises=ObjectMissing,
-                   reason="Repository.load_index believes the index listing: an index object prune "
-                          "deleted but a lagging listing still shows makes the next backup fail with "
-                          "'object index/... is missing' (prune's own _read_index skips it); "
-                          "left for a decision, the refactor of issue 17 changes no behaviour")
 def test_a_backup_right_after_prune_while_deleted_index_objects_are_still_listed(
         repo_env: DrEnv, tmp_path: Path) -> None:
     src = tmp_path / "src"

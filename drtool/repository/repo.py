@@ -8,6 +8,7 @@ every pending pack and then the index object that names them, and only after
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,8 @@ from drtool.repository.packfile import (ENTRY, FOOTER, BlobEntry, BufferPool, Op
                                         PackFormatError, group_kind, groups_of, open_group, parse_trailer,
                                         read_trailer, seal_open_group, trailer_span, unpack_entries)
 from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
+
+log = logging.getLogger("drtool")
 
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 16 * 1024 * 1024
@@ -158,7 +161,14 @@ class Repository:
         if self.cache:
             self.cache.drop_indexes(self.cache.cached_index_ids() - names)
             rows = list(self.cache.cached_pack_entries(cached))
-        fetched = [(index_id, self._read_index_packed(index_id)) for index_id in sorted(names - cached)]
+        fetched = []
+        for index_id in sorted(names - cached):
+            try:
+                fetched.append((index_id, self._read_index_packed(index_id)))
+            except ObjectMissing:
+                # Listed but gone: a prune deleted it and the store's listing lags (S3-compatible
+                # stores may).  Its packs were repacked or deleted; nothing may dedup against them.
+                log.debug("index object %s is listed but missing; skipped", index_id[:16])
         self.index.reserve((sum(len(raw) for _pack, raw in rows)
                             + sum(len(raw) for _id, packs in fetched for _pack, raw in packs)) // ENTRY.size)
         for pack_id, raw_entries in rows:
