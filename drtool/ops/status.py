@@ -32,6 +32,7 @@ from typing import Any, Mapping
 from drtool.errors import ConfigError, DrtoolError
 from drtool.ops.session import Session
 from drtool.snapshot.model import Snapshot
+from drtool.snapshot.names import display
 from drtool.snapshot.timeparse import format_duration, parse_duration
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -176,8 +177,8 @@ def collect(session: Session, data: Mapping[str, Any], *, source: str | None = N
     configured = set(_table(data.get("sources"), "sources"))
     by_name: dict[str, list[Snapshot]] = {}
     for snap in session.snapshots(source):
-        by_name.setdefault(snap.name, []).append(snap)
-    names = {source} if source else configured | set(by_name)
+        by_name.setdefault(display(snap.name), []).append(snap)  # escaped: a listing never breaks
+    names = {display(source)} if source else configured | set(by_name)
     runs = _failed_runs(session)
     results = []
     for name in sorted(names):
