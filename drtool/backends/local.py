@@ -16,7 +16,7 @@ from typing import Iterator
 
 from drtool.backends.base import Backend, ObjectInfo, StagedObject
 from drtool.backends.local_staged import DIRECT_IO_DEFAULT, LocalStagedObject, WriteFailures, fsync_dir
-from drtool.errors import BackendError, ObjectMissing, RepositoryNotFound
+from drtool.errors import BackendError, ObjectMissing, ReadOnlyRepository, RepositoryNotFound
 
 TMP_PREFIX = ".tmp-"
 MAP_MIN_BYTES = 1024 * 1024
@@ -241,6 +241,8 @@ def _write_error(exc: OSError, what: str) -> BackendError:
     if exc.errno == errno.ENOSPC:
         return BackendError(f"repository disk is full while writing {what}",
                             hint="free space on the repository file system; nothing was committed")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return ReadOnlyRepository(f"cannot write {what}: {exc.strerror}")
     return BackendError(f"cannot write {what}: {exc.strerror}")
 
 

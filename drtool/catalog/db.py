@@ -15,7 +15,10 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DatabaseError, OperationalError
 
+from drtool.catalog.location import catalog_url, default_catalog_path
 from drtool.errors import CatalogError
+
+__all__ = ["catalog_url", "default_catalog_path", "head_revision", "open_engine"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("drtool")
@@ -24,19 +27,6 @@ log = logging.getLogger("drtool")
 def head_revision() -> str:
     """Revisions are named NNNN_*.py with revision id NNNN, so the head is the highest."""
     return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
-
-
-def default_catalog_path(repo_id: str) -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "drtool" / repo_id / "catalog.sqlite"
-
-
-def catalog_url(value: str | None, repo_id: str) -> str:
-    """A bare path (or nothing) means SQLite; anything with '://' is an SQLAlchemy URL."""
-    if value and "://" in value:
-        return value
-    path = Path(value) if value else default_catalog_path(repo_id)
-    return f"sqlite:///{path.absolute()}"
 
 
 def _prepare_sqlite_file(url: str) -> Path:

@@ -12,7 +12,7 @@ from drtool import api
 from drtool.cli.context import CliState, emit
 from drtool.cli.options import json_option
 from drtool.errors import UsageError
-from drtool.repository.locks import STALE_SECONDS, remove_locks
+from drtool.repository.locks import read_locks, remove_locks, stale_reason
 
 pass_state = click.make_pass_decorator(CliState)
 
@@ -32,7 +32,7 @@ def catalog_rebuild(state: CliState, as_json: bool) -> None:
          f"catalog rebuilt: {result.snapshots} snapshot(s), {result.index_objects} index object(s), "
          f"{result.packs_reindexed} unindexed pack(s) indexed, {result.log_segments} archived "
          f"log file(s), {result.rehearsals} rehearsal(s)"
-         + "".join(f"\nwarning: {d}" for d in result.damaged))
+         + "".join(f"\nwarning: {d}" for d in result.damaged + result.vanished))
 
 
 def _new_passphrase() -> bytes:
@@ -109,12 +109,18 @@ def unlock(state: CliState, force: bool, as_json: bool) -> None:
         click.echo("drtool: warning: removing all locks; a running backup or prune may be harmed "
                    "(it aborts before committing when it notices)", err=True)
     now = time.time()
-    removed = remove_locks(state.session().repo, force=force)
+    session = state.session()
+    removed = remove_locks(session.repo, force=force, host=session.host)
     rows = [{"lock": r.describe(), "id": r.lock_id, "heartbeat_age_seconds": round(r.age(now), 1),
-             "stale": r.age(now) > STALE_SECONDS} for r in removed]
-    emit(rows, as_json,
-         "\n".join(f"removed {r['lock']} (heartbeat {r['heartbeat_age_seconds']:.0f}s ago"
-                   f"{'' if r['stale'] else ', still live'})" for r in rows) or "no stale locks")
+             "stale": reason is not None, "reason": reason} for r, reason in removed]
+    live = [] if force else [i for i in read_locks(session.repo)
+                             if stale_reason(i, now, session.host) is None]
+    text = "\n".join(f"removed {r['lock']} ({r['reason'] or 'still live'})" for r in rows)
+    if not rows:
+        text = "no stale locks" + "".join(
+            f"\nlive: {i.describe()}, heartbeat {i.age(now):.0f}s ago (remove with --force only if "
+            f"you are sure its process is gone)" for i in live)
+    emit(rows, as_json, text)
 
 
 def register(group: click.Group) -> None:

@@ -58,10 +58,12 @@ class LazyGroup(click.Group):
               help="Wait this long for a conflicting lock (e.g. 10m).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               help="Log lines on stderr as text or JSON (for journald).")
+@click.option("--no-lock", is_flag=True,
+              help="Restore/check without a repository lock (read-only repositories are detected anyway).")
 @click.version_option(__version__, prog_name="drtool")
 @click.pass_context
 def cli(ctx: click.Context, repo: str | None, config: str | None, verbose: int, lock_wait: float,
-        log_format: str) -> None:
+        log_format: str, no_lock: bool) -> None:
     """drtool: encrypted, deduplicated disaster-recovery backups you can restore."""
     from drtool.cli.logs import setup_logging
     setup_logging(verbose, log_format)
@@ -74,7 +76,7 @@ def _state_for(ctx: click.Context) -> CliState:
     if ctx.obj is None:
         params = ctx.params
         ctx.obj = _state = CliState(params.get("repo"), params.get("config"), params.get("verbose", 0),
-                                    params.get("lock_wait") or 0.0)
+                                    params.get("lock_wait") or 0.0, no_lock=bool(params.get("no_lock")))
     return ctx.obj
 
 

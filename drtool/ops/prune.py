@@ -34,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from drtool.errors import DrtoolError, IntegrityError, ObjectMissing, UsageError
+from drtool.ops.rollback import record_forgotten
 from drtool.ops.session import Session
 from drtool.repository.envelope import EnvelopeError
 from drtool.repository.index import MemoryIndex, PackRecord
@@ -41,6 +42,7 @@ from drtool.repository.locks import Lock
 from drtool.repository.packfile import (BLOB_TYPE_NAMES, FOOTER, MAGIC, TRAILER_KIND, BlobEntry,
                                         PackFormatError, pack_id_from_name, pack_name, unpack_entries)
 from drtool.repository.repo import Repository
+from drtool.repository.tombstones import write_tombstone
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot, load_tree
 from drtool.testing_hooks import crash_point
 
@@ -474,9 +476,11 @@ class Pruner:
         remaining = set(final_ids)
         if rewritten:
             deleted = set()
-            for index_id in self.index_contents:
-                if index_id in remaining:
-                    continue
+            doomed = [i for i in self.index_contents if i not in remaining]
+            if doomed:  # every catalog that remembers them learns drtool removed them (ops.rollback)
+                self.lock.ensure_held()
+                write_tombstone(self.repo, "prune", indexes=doomed, host=self.session.host)
+            for index_id in doomed:
                 if self._delete(f"index/{index_id}"):
                     deleted.add(index_id)
                     self.report.index_deleted += 1
@@ -484,6 +488,7 @@ class Pruner:
                     remaining.add(index_id)
             if self.session.catalog is not None:
                 self.session.catalog.drop_indexes(deleted)
+                record_forgotten(self.session, "index", sorted(deleted), "prune")
             crash_point("prune-after-index-delete")
         else:
             remaining.update(self.index_contents)
