@@ -38,10 +38,24 @@ class LocalBackend(Backend):
         return self.root / name
 
     def create_location(self) -> None:
+        self._refuse_non_directory()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create repository directory {self.root}: {exc.strerror}") from None
+
+    def _refuse_non_directory(self) -> None:
+        """``--repo`` naming a file (or a path through one) is a wrong path, not an internal error."""
+        for path in (self.root, *self.root.parents):
+            if path.exists() or path.is_symlink():
+                if not path.is_dir():
+                    raise RepositoryNotFound(f"no drtool repository at {self.url}: {path} is a file, "
+                                             f"not a directory", hint="--repo must name a directory (or an s3:// URL)")
+                return
+
+    def exists(self) -> bool:
+        self._refuse_non_directory()
+        return super().exists()
 
     def put(self, name: str, data: bytes) -> None:
         self.put_parts(name, [data])

@@ -29,7 +29,7 @@ class Catalog:
 
     @classmethod
     def open(cls, value: str | None, repo_id: str, replace_damaged: bool = False) -> "Catalog":
-        return cls(open_engine(catalog_url(value, repo_id), replace_damaged), repo_id)
+        return cls(open_engine(catalog_url(value, repo_id), replace_damaged, explicit=bool(value)), repo_id)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import click
 
 from drtool import api
 from drtool.cli.context import CliState, emit
 from drtool.cli.options import json_option
+from drtool.config import Settings, read_passphrase
 from drtool.errors import UsageError
 from drtool.repository.locks import read_locks, remove_locks, stale_reason
 
@@ -36,14 +36,20 @@ def catalog_rebuild(state: CliState, as_json: bool) -> None:
 
 
 def _new_passphrase() -> bytes:
-    """The new passphrase: DRTOOL_NEW_PASSWORD(_FILE) or a confirmed prompt, never argv."""
-    if os.environ.get("DRTOOL_NEW_PASSWORD"):
-        return os.environ["DRTOOL_NEW_PASSWORD"].encode()
-    if os.environ.get("DRTOOL_NEW_PASSWORD_FILE"):
-        return Path(os.environ["DRTOOL_NEW_PASSWORD_FILE"]).read_bytes().rstrip(b"\r\n")
+    """The new passphrase: DRTOOL_NEW_PASSWORD(_FILE) or a confirmed prompt, never argv, never empty."""
+    env = {"DRTOOL_PASSWORD": os.environ.get("DRTOOL_NEW_PASSWORD", ""),
+           "DRTOOL_PASSWORD_FILE": os.environ.get("DRTOOL_NEW_PASSWORD_FILE", "")}
+    prompt = None
     if sys.stdin.isatty():
-        return click.prompt("New passphrase", hide_input=True, confirmation_prompt=True, err=True).encode()
-    raise UsageError("no new passphrase given", hint="set DRTOOL_NEW_PASSWORD_FILE")
+        def prompt() -> str:
+            return click.prompt("New passphrase", hide_input=True, confirmation_prompt=True, err=True)
+    if not any(env.values()) and prompt is None:
+        raise UsageError("no new passphrase given", hint="set DRTOOL_NEW_PASSWORD_FILE")
+    try:
+        return read_passphrase(Settings(), prompt, env, new=True)
+    except UsageError as exc:
+        raise UsageError(str(exc).replace("the password file", "the new password file (DRTOOL_NEW_PASSWORD_FILE)"),
+                         hint=exc.hint) from None
 
 
 @click.group("key")

@@ -111,7 +111,7 @@ class CliState:
             def prompt() -> str:
                 return click.prompt("Repository passphrase", hide_input=True,
                                     confirmation_prompt=confirm, err=True)
-        passphrase = read_passphrase(self.settings, prompt)
+        passphrase = read_passphrase(self.settings, prompt, new=confirm)
         if not confirm:
             self._passphrase = passphrase
         return passphrase

@@ -65,6 +65,8 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, repo: str | None, config: str | None, verbose: int, lock_wait: float,
         log_format: str, no_lock: bool) -> None:
     """drtool: encrypted, deduplicated disaster-recovery backups you can restore."""
+    from drtool.cli.entry import allow_interrupts
+    allow_interrupts()  # the command's modules are imported: start-up is over
     from drtool.cli.logs import setup_logging
     setup_logging(verbose, log_format)
     _state_for(ctx).command = ctx.invoked_subcommand
@@ -138,6 +140,9 @@ def _invoke(argv: list[str] | None) -> tuple[int, str, BaseException | None]:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code), "", None
     except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            click.echo("drtool: interrupted; nothing half-written was committed", err=True)
+            return 130, "interrupted", exc
         click.echo("drtool: aborted", err=True)
         return 130, "aborted", exc
     except click.ClickException as exc:
@@ -160,4 +165,5 @@ def _invoke(argv: list[str] | None) -> tuple[int, str, BaseException | None]:
 
 
 def run() -> None:
-    sys.exit(main(sys.argv[1:]))
+    from drtool.cli.entry import run as entry_run
+    entry_run()

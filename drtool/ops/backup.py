@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, Callable, Iterator
 
 from drtool import __version__
+from drtool.childenv import child_environment
 from drtool.errors import CatalogError, SourceError, UsageError
 from drtool.ops.heap import collector_paused
 from drtool.ops.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
@@ -178,7 +179,7 @@ def backup_command(session: Session, command: list[str] | str, name: str, filena
     shell = isinstance(command, str)
     try:
         proc = subprocess.Popen(command, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=env)
+                                stdin=subprocess.DEVNULL, env=child_environment(base=env))
     except OSError as exc:
         raise SourceError(f"cannot start the dump command: {exc.strerror}",
                           hint="check the command and PATH") from None

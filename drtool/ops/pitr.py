@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
+from drtool.childenv import child_environment
 from drtool.catalog.logs import (BINLOG, MARIADB_DUMP, PG_BASE, WAL, LogCatalog, RecoveryBase, Segment,
                                  Window, compute_window, contiguous_run, gap_file_name, reach,
                                  recovery_bases, wal_segment_size)
@@ -395,7 +396,8 @@ def _pipe_into_client(server: mariadb.MariaSource, database: str | None, chunks:
                       what: str) -> None:
     with mariadb.client_options(server) as opts:
         cmd = mariadb.client_command(server, opts, database, extra=["--binary-mode"])
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=child_environment())
         assert proc.stdin is not None and proc.stderr is not None
         errors = _Stderr(proc.stderr)
         try:
@@ -427,7 +429,7 @@ def _replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSourc
         stop = binlog_stop_time(plan.target_time, plan.inclusive) if plan.target_time else None
         cmd = mariadb.replay_command(files, start, stop, single, database, server.bindir)
         producer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL, env=dict(os.environ, TZ="UTC"))
+                                    stdin=subprocess.DEVNULL, env=child_environment({"TZ": "UTC"}))
         assert producer.stdout is not None and producer.stderr is not None
         errors = _Stderr(producer.stderr)
         try:

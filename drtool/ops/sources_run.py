@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, Callable
 
+from drtool.childenv import child_environment
 from drtool.config import Settings
 from drtool.errors import ConfigError, DrtoolError, SourceError
 from drtool.ops.backup import BackupResult, backup_command, backup_paths, backup_stream
@@ -137,7 +138,7 @@ def run_dump(session: Session, command: list[str], env: dict[str, str], name: st
     """Stream a dump command into a snapshot; exit status and ``finish`` may veto the commit."""
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=env)
+                                stdin=subprocess.DEVNULL, env=child_environment(base=env))
     except OSError as exc:
         raise SourceError(f"cannot start {command[0]}: {exc.strerror}") from None
     assert proc.stdout is not None and proc.stderr is not None
@@ -203,7 +204,8 @@ def backup_postgres(session: Session, src: postgres.PgSource, tags: list[str]) -
 
 
 def _list_databases(src: postgres.PgSource, env: dict[str, str]) -> list[str]:
-    proc = subprocess.run(postgres.list_databases_command(src), capture_output=True, text=True, env=env,
+    proc = subprocess.run(postgres.list_databases_command(src), capture_output=True, text=True,
+                          env=child_environment(base=env),
                           stdin=subprocess.DEVNULL, timeout=300, check=False)
     if proc.returncode != 0:
         raise SourceError(f"cannot list the databases of {src.name}: "
