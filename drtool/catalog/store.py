@@ -67,7 +67,10 @@ class Catalog:
         cols = snapshot_table.c
         query = select(cols.id, cols.manifest).where(cols.repo_id == self.repo_id)
         if name:  # as stored, or in the escaped form listings show (names.matches)
-            query = query.where(or_(cols.name == name, cols.name == display(name)))
+            forms = {display(name)}
+            if name.isascii() or _encodable(name):
+                forms.add(name)
+            query = query.where(or_(*(cols.name == form for form in sorted(forms))))
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(cols.time, cols.id)).all()
         return [Snapshot.from_json(r.manifest.encode(), r.id) for r in rows]
@@ -200,6 +203,14 @@ class Catalog:
             return self.engine.begin()
         except (DatabaseError, OperationalError) as exc:
             raise CatalogError(f"the catalog cannot be written: {exc}") from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _slices(items: list[str], size: int = 500) -> Iterator[list[str]]:

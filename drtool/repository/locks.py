@@ -24,6 +24,7 @@ silently recreate it: the run is flagged lost instead.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import secrets
@@ -36,6 +37,7 @@ from typing import Callable
 from drtool.errors import DrtoolError, IntegrityError, LockHeld
 from drtool.repository.repo import Repository
 
+log = logging.getLogger("drtool")
 LOCK_KIND = b"lock"
 REFRESH_SECONDS = 60.0
 STALE_SECONDS = 300.0
@@ -119,7 +121,10 @@ class Lock:
                 continue
             reason = stale_reason(info, now, self.host, self.stale_after)
             if reason is not None:
-                self.warnings.append(f"ignoring stale {info.describe()}: {reason}")
+                warning = f"ignoring stale {info.describe()}: {reason} ('drtool unlock' removes it)"
+                if warning not in self.warnings:
+                    self.warnings.append(warning)
+                    log.warning("%s", warning)
                 continue
             if self.exclusive or info.exclusive:
                 return info
