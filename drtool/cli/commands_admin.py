@@ -121,11 +121,10 @@ def unlock(state: CliState, force: bool, as_json: bool) -> None:
              "stale": reason is not None, "reason": reason} for r, reason in removed]
     live = [] if force else [i for i in read_locks(session.repo)
                              if stale_reason(i, now, session.host) is None]
-    text = "\n".join(f"removed {r['lock']} ({r['reason'] or 'still live'})" for r in rows)
-    if not rows:
-        text = "no stale locks" + "".join(
-            f"\nlive: {i.describe()}, heartbeat {i.age(now):.0f}s ago (remove with --force only if "
-            f"you are sure its process is gone)" for i in live)
+    lines = [f"removed {r['lock']} ({r['reason'] or 'still live'})" for r in rows] or ["no stale locks"]
+    lines += [f"live: {i.describe()}, heartbeat {i.age(now):.0f}s ago (remove with --force only if you are "
+              f"sure its process is gone)" for i in live]
+    text = "\n".join(lines)
     emit(rows, as_json, text)
 
 

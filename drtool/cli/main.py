@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code.  Never lets a traceback reach the user."""
     global _state
     _state = None
+    _escape_unprintable_output()
     code, message, error = _invoke(argv)
     if code != 0 and _is_restore_command(argv) and not getattr(error, "definitely_absent", False):
         code = FETCH_FAILED  # PostgreSQL reads 1..125 as "not archived" and would end recovery early
@@ -125,6 +126,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 FETCH_FAILED = 126
+
+
+def _escape_unprintable_output() -> None:
+    """A name that cannot be encoded (not UTF-8, surrogate escapes) is printed escaped, never fatal.
+
+    Names are escaped where they are shown (``snapshot.names.display``);
+    this is the net under everything else that prints (log lines, messages).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError, AttributeError):
+                pass
 
 
 def _is_restore_command(argv: list[str] | None) -> bool:

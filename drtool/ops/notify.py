@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from drtool.childenv import child_environment
+
 log = logging.getLogger("drtool.notify")
 
 DEFAULT_TIMEOUT = 30.0
