@@ -30,6 +30,8 @@ def test_deleting_the_newest_snapshot_is_noticed(repo_env: DrEnv, tmp_path: Path
     assert restored.code == 0, restored.err
     assert f"snapshot {newest[:8]}" in restored.err and "run 'drtool check'" in restored.err
     assert (tmp_path / "out" / "src" / "f.txt").read_text() == "monday\n"  # what 'latest' now means
+    status = repo_env.run("status")  # monitoring sees it too (Nagios CRITICAL)
+    assert status.code == 2 and f"snapshot {newest[:8]} (n, " in status.out and "vanished without a forget" in status.out
     checked = repo_env.run("check", "--read-data", "--json")
     assert checked.code == 1
     report = json.loads(checked.out)

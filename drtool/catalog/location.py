@@ -18,7 +18,7 @@ def catalog_url(value: str | None, repo_id: str) -> str:
     return f"sqlite:///{path.absolute()}"
 
 
-def catalog_exists(value: str | None, repo_id: str) -> bool:
-    """False only for an SQLite catalog whose file is missing (a server catalog is assumed to exist)."""
+def sqlite_path(value: str | None, repo_id: str) -> Path | None:
+    """The catalog's file when it is SQLite, else None."""
     url = catalog_url(value, repo_id)
-    return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists()
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None

@@ -155,11 +155,9 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
         raise UsageError("which snapshot? give a snapshot id, 'latest', or --point-in-time TIME")
     point = parse_point_in_time(when) if when is not None else None
     session = state.session(defer_catalog=True)  # local repositories: snapshot and index from the repository
-    # 'latest' may not be the newest backup if one vanished: the catalog's memory says, at the end.
-    # A local restore never creates a catalog, and never takes its index from it.
-    newest = (snapshot == "latest" or point is not None) and session.catalog_exists()
-    if newest:
-        session.warm_catalog(index_cache=False)
+    # 'latest' may not be the newest backup if one vanished: the catalog's memory says, at the end
+    # (a local restore only reads an SQLite catalog; it never creates one or takes its index from it).
+    newest = snapshot == "latest" or point is not None
     if dry_run:
         result = api.restore_plan(session, snapshot, target, name=name, point_in_time=point,
                                   includes=list(includes), overwrite=overwrite)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from drtool.ops.session import Session
 from drtool.repository.tombstones import deletions, read_tombstones
@@ -38,6 +38,11 @@ class Missing:
     label: str
     first_seen: datetime | None
     since: datetime | None
+
+    @property
+    def series(self) -> str:
+        """The snapshot's series name as listings show it (labels are "name, time")."""
+        return self.label.rsplit(", ", 1)[0]
 
     def describe(self) -> str:
         seen = f" on {_utc(self.first_seen).date().isoformat()}" if self.first_seen else ""
@@ -74,23 +79,27 @@ class RollbackReport:
 
 
 def detect(session: Session, *, snapshot_ids: set[str] | None = None,
-           index_ids: set[str] | None = None) -> RollbackReport:
+           index_ids: set[str] | None = None, read_only: bool = False) -> RollbackReport:
     """Compare the listed objects with the catalog's memory, and update the memory.
 
     ``snapshot_ids`` / ``index_ids``: what the repository lists now (None:
     not checked).  Tombstones are read only when something remembered is
     missing, so the common case costs one query of the catalog.
+    ``read_only`` (a restore that never opened the catalog): an SQLite
+    catalog is read with the standard library and nothing is updated.
     """
-    catalog = session.catalog
+    peek = _peeker(session) if read_only else None
+    catalog = None if peek is not None else session.catalog
     report = RollbackReport()
     gone: dict[str, dict[str, Any]] = {}
     for kind, listed in ((SNAPSHOT, snapshot_ids), (INDEX, index_ids)):
         if listed is None:
             continue
-        rows = catalog.seen(kind)
+        rows = peek(kind) if peek is not None else catalog.seen(kind)  # type: ignore[union-attr]
         gone[kind] = {i: r for i, r in rows.items() if r.state in (PRESENT, VANISHED) and i not in listed}
         back = [i for i, r in rows.items() if r.state == VANISHED and i in listed]
-        catalog.mark_seen(kind, back, PRESENT, "back in the repository")
+        if catalog is not None:
+            catalog.mark_seen(kind, back, PRESENT, "back in the repository")
         if kind == SNAPSHOT:
             report.resurrected = [
                 f"snapshot {i[:8]} ({rows[i].label}) was forgotten ({rows[i].note or 'by drtool'}) but is in "
@@ -111,6 +120,8 @@ def detect(session: Session, *, snapshot_ids: set[str] | None = None,
                 continue
             report.missing.append(Missing(kind, object_id, row.label or "", row.first_seen,
                                           row.state_time if row.state == VANISHED else now))
+        if catalog is None:
+            continue
         for note, ids in accounted.items():
             catalog.mark_seen(kind, ids, FORGOTTEN, note)
         catalog.mark_seen(kind, [m.object_id for m in report.missing
@@ -118,6 +129,21 @@ def detect(session: Session, *, snapshot_ids: set[str] | None = None,
                           VANISHED, f"missing since {now.isoformat(timespec='seconds')}")
     report.missing.sort(key=lambda m: (m.kind != SNAPSHOT, m.label, m.object_id))
     return report
+
+
+def _peeker(session: Session) -> Callable[[str], dict[str, Any]] | None:
+    """A read-only reader of an SQLite catalog that is not open yet; None: use ``session.catalog``."""
+    if not session.catalog_deferred:
+        return None
+    from drtool.catalog.location import sqlite_path
+    from drtool.catalog.peek import peek_seen
+    path = sqlite_path(session.options.catalog, session.repo.config.repo_id)
+    if path is None:
+        return None
+    if not path.exists():
+        return lambda kind: {}  # no catalog, no memory: nothing to compare with
+    repo_id = session.repo.config.repo_id
+    return lambda kind: peek_seen(path, repo_id, kind)
 
 
 def record_forgotten(session: Session, kind: str, ids: list[str], command: str,

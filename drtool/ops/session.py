@@ -124,33 +124,20 @@ class Session:
         from drtool.catalog.store import Catalog
         return Catalog.open(self.options.catalog, self.repo.config.repo_id, self.replace_damaged_catalog)
 
-    def warm_catalog(self, index_cache: bool = True) -> None:
-        """Start opening the catalog in the background (it is needed only at the end).
-
-        ``index_cache=False`` (a restore that consults only the catalog's
-        memory of committed snapshots): the index keeps coming from the
-        repository, never from the catalog's cache.
-        """
+    def warm_catalog(self) -> None:
+        """Start opening the catalog in the background (it is needed only at the end)."""
         if self._catalog is not None or self._catalog_opening is not None:
             return
 
         def opener() -> None:
             try:
                 catalog = self._catalog_result["catalog"] = self._open_catalog()
-                if index_cache:
-                    self.repo.cache = catalog  # index objects written from now on are cached
+                self.repo.cache = catalog  # index objects written from now on are cached
             except BaseException as exc:  # re-raised where the catalog is first used
                 self._catalog_result["error"] = exc
 
         self._catalog_opening = threading.Thread(target=opener, name="catalog", daemon=True)
         self._catalog_opening.start()
-
-    def catalog_exists(self) -> bool:
-        """Is there a catalog to consult?  (An SQLite catalog is created on first open.)"""
-        if self._catalog is not None or self._catalog_opening is not None:
-            return True
-        from drtool.catalog.location import catalog_exists
-        return catalog_exists(self.options.catalog, self.repo.config.repo_id)
 
     @property
     def catalog_deferred(self) -> bool:
@@ -204,10 +191,11 @@ class Session:
             self._synced = True
 
     def rollback_report(self) -> RollbackReport:
-        """Vanished snapshots, also for a session that never synced (a restore without the catalog)."""
+        """Vanished snapshots, also for a session that never synced (a restore without the catalog:
+        an SQLite catalog is then only read, never opened for writing)."""
         if self.rollback is None:
             from drtool.ops.rollback import detect
-            self.rollback = detect(self, snapshot_ids=set(list_snapshot_ids(self.repo)))
+            self.rollback = detect(self, snapshot_ids=set(list_snapshot_ids(self.repo)), read_only=True)
         return self.rollback
 
     def _load_snapshot(self, snapshot_id: str) -> Snapshot | None:

@@ -188,8 +188,19 @@ def collect(session: Session, data: Mapping[str, Any], *, source: str | None = N
         _add_window(status, session, now)
         _check_rpo(status)
         results.append(status)
+    _add_vanished(results, session)
     state = max((s.state for s in results), default=UNKNOWN)
     return StatusReport(state, results, now)
+
+
+def _add_vanished(results: list[SourceStatus], session: Session) -> None:
+    """A snapshot the catalog saw committed is gone without a forget: CRITICAL (ops.rollback)."""
+    by_name = {s.name: s for s in results}
+    for missing in session.rollback.missing_snapshots if session.rollback else []:
+        status = by_name.get(missing.series)
+        if status is not None:
+            status.raise_to(CRITICAL, f"snapshot {missing.object_id[:8]} ({missing.label}) vanished "
+                                      f"without a forget; run 'drtool check'")
 
 
 def _judge(status: SourceStatus, snaps: list[Snapshot], now: datetime,
