@@ -34,6 +34,10 @@ def entry_name_problem(name: object) -> str | None:
         return "is empty"
     if name in (".", ".."):
         return f"is {name!r}"
+    if name.startswith("/"):
+        return "is an absolute path"
+    if ".." in name.split("/"):
+        return "leads out of its directory ('..')"
     if "/" in name:
         return "contains '/'"
     if "\0" in name:
