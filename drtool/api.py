@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from drtool.crypto.keys import KdfParams
+from drtool.errors import UsageError
 from drtool.backup import run as _backup
 from drtool.maintain import check as _check
 from drtool.maintain import rebuild as _rebuild
@@ -62,24 +63,27 @@ def pick_snapshot(session: Session, snapshot: str | None, name: str | None,
     """The snapshot a restore means: by id or 'latest', or the newest at or before a time."""
     if point_in_time is not None:
         return session.snapshot_at(point_in_time, name)
+    if snapshot is not None and not snapshot.strip():
+        raise UsageError("an empty snapshot id was given", hint="give a snapshot id or 'latest'")
     return session.find_snapshot(snapshot or "latest", name)
 
 
 def restore_plan(session: Session, snapshot: str | None, target: str, *, name: str | None = None,
-                 point_in_time: datetime | None = None,
-                 includes: list[str] | None = None) -> _restore.RestoreResult:
-    session.repo.load_index()
+                 point_in_time: datetime | None = None, includes: list[str] | None = None,
+                 overwrite: str = _restore.DEFAULT_POLICY) -> _restore.RestoreResult:
+    """What ``restore`` would do: files and directories to create, replace, and leave as they are."""
     snap = pick_snapshot(session, snapshot, name, point_in_time)
-    return _restore.plan(session, snap, target, includes or [])
+    return _restore.plan(session, snap, target, includes or [], overwrite=overwrite)
 
 
 def restore(session: Session, snapshot: str | None, target: str, *, name: str | None = None,
             point_in_time: datetime | None = None, includes: list[str] | None = None,
-            allow_partial: bool = False,
-            progress: Callable[[int], None] | None = None) -> _restore.RestoreResult:
+            allow_partial: bool = False, progress: Callable[[int], None] | None = None,
+            overwrite: str = _restore.DEFAULT_POLICY) -> _restore.RestoreResult:
+    """Restore into ``target``; ``overwrite``: never (default) | if-newer | if-changed | always."""
     snap = pick_snapshot(session, snapshot, name, point_in_time)
     return _restore.restore(session, snap, target, includes=includes, allow_partial=allow_partial,
-                            progress=progress)
+                            progress=progress, overwrite=overwrite)
 
 
 def check(session: Session, read_fraction: float = 0.0, seed: int | None = None) -> _check.CheckReport:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from drtool.childenv import child_environment, running_groups
 from drtool.errors import ConfigError, UsageError
 
 KNOWN_TOP_KEYS = {"repository", "catalog", "password_file", "password_command", "host",
@@ -53,6 +55,11 @@ def load_config(path: str | None) -> Settings:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at "
+                          f"offset {exc.start})", hint="TOML files are UTF-8; re-save it as UTF-8") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     unknown = set(data) - KNOWN_TOP_KEYS
@@ -79,31 +86,104 @@ def resolve(repo_option: str | None, config_option: str | None,
     return settings
 
 
+PASSWORD_COMMAND_TIMEOUT = 60.0  # seconds; DRTOOL_PASSWORD_COMMAND_TIMEOUT overrides
+ALLOW_EMPTY_ENV = "DRTOOL_INSECURE_EMPTY_PASSWORD"
+
+
 def read_passphrase(settings: Settings, prompt: Callable[[], str] | None,
-                    env: dict[str, str] | None = None) -> bytes:
+                    env: dict[str, str] | None = None, new: bool = False) -> bytes:
+    """The passphrase from the environment, a file, a command or a prompt, never empty.
+
+    An empty passphrase protects nothing and is almost always a mistake (a
+    0-byte file, a command that printed nothing): it is refused.  ``new``
+    (a passphrase for a new key slot) never accepts one; opening a
+    repository that an older version created with an empty passphrase needs
+    ``DRTOOL_INSECURE_EMPTY_PASSWORD=1`` -- then add a real key with
+    ``drtool key passwd``.
+    """
     env = dict(os.environ) if env is None else env
     if env.get("DRTOOL_PASSWORD"):
         return env["DRTOOL_PASSWORD"].encode()
     file_ = env.get("DRTOOL_PASSWORD_FILE") or settings.password_file
     if file_:
         try:
-            return Path(file_).read_bytes().rstrip(b"\r\n")
+            value = Path(file_).read_bytes().rstrip(b"\r\n")
         except OSError as exc:
             raise UsageError(f"cannot read the password file {file_}: {exc.strerror}") from None
+        return _not_empty(value, f"the password file {file_}", env, new)
     command = env.get("DRTOOL_PASSWORD_COMMAND") or settings.password_command
     if command:
-        return _password_from_command(command)
+        return _not_empty(_password_from_command(command, _command_timeout(env)),
+                          "the password command's output", env, new)
     if prompt is not None:
-        return prompt().encode()
+        return _not_empty(prompt().encode(), "the passphrase typed", env, new)
     raise UsageError("no passphrase given",
                      hint="set DRTOOL_PASSWORD_FILE or DRTOOL_PASSWORD_COMMAND (or run on a terminal)")
 
 
-def _password_from_command(command: str) -> bytes:
+def _not_empty(value: bytes, where: str, env: dict[str, str], new: bool) -> bytes:
+    if value:
+        return value
+    if not new and env.get(ALLOW_EMPTY_ENV) == "1":
+        return value
+    raise UsageError(f"{where} is empty: an empty passphrase is refused",
+                     hint="put the passphrase there" + ("" if new else
+                          f" (a repository made with an empty passphrase by an older version opens with "
+                          f"{ALLOW_EMPTY_ENV}=1; then set a real one with 'drtool key passwd')"))
+
+
+def _command_timeout(env: dict[str, str]) -> float:
+    raw = env.get("DRTOOL_PASSWORD_COMMAND_TIMEOUT")
+    if not raw:
+        return PASSWORD_COMMAND_TIMEOUT
     try:
-        proc = subprocess.run(shlex.split(command), capture_output=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UsageError(f"the password command could not run: {exc}") from None
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise UsageError(f"DRTOOL_PASSWORD_COMMAND_TIMEOUT={raw!r} is not a number of seconds (1..86400)")
+    return value
+
+
+def _password_from_command(command: str, timeout: float = PASSWORD_COMMAND_TIMEOUT) -> bytes:
+    """Run the password command in its own process group, without drtool's secrets, bounded in time.
+
+    On timeout the whole group is killed -- a shell's children too, which
+    would otherwise keep the output pipe open and hang drtool.
+    """
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise UsageError(f"the password command cannot be parsed: {exc}") from None
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=child_environment(), start_new_session=True)
+    except OSError as exc:
+        raise UsageError(f"the password command could not run: {exc.strerror}") from None
+    running_groups.add(proc.pid)
+    try:
+        out, _err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise UsageError(f"the password command did not finish within {timeout:.0f}s and was killed",
+                         hint="check the command (a prompt it waits for?); "
+                              "DRTOOL_PASSWORD_COMMAND_TIMEOUT sets the limit in seconds") from None
+    except BaseException:  # interrupted: the command does not outlive drtool
+        _kill_group(proc)
+        raise
+    finally:
+        running_groups.discard(proc.pid)
     if proc.returncode != 0:
         raise UsageError(f"the password command exited with status {proc.returncode}")
-    return proc.stdout.rstrip(b"\r\n")
+    return out.rstrip(b"\r\n")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    proc.wait()

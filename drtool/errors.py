@@ -82,6 +82,14 @@ class TransientBackendError(BackendError):
     """A failure that may succeed on retry (timeouts, 5xx, resets)."""
 
 
+class ReadOnlyRepository(BackendError):
+    """The repository cannot be written by this process (read-only mount, permissions, a
+    restore-only S3 policy).  Restore and check go on without a lock; writers fail."""
+
+    hint = ("mount the repository read-write (or use credentials that may write) for this command; "
+            "restore and check work on a read-only repository")
+
+
 class SourceError(DrtoolError):
     """A backup source could not be read (dump command failed, path missing)."""
 

@@ -240,3 +240,153 @@ def test_backup_into_a_full_repository_disk_commits_nothing(tmp_path: Path, tiny
     assert leftovers == []
     assert not list((tiny_fs / "repo" / "snapshots").glob("*"))
     assert not [p for p in (tiny_fs / "repo" / "packs").rglob("*") if p.is_file()]
+
+
+# ----- issue #15, item 8: no "success" with nothing done ----------------------------------------
+def test_include_that_matches_nothing_is_an_error(repo_env: DrEnv, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "photos").mkdir(parents=True)
+    (src / "photos" / "a.jpg").write_bytes(b"jpeg")
+    assert repo_env.run("backup", str(src), "--name", "n").code == 0
+    target = tmp_path / "out"
+    for args in ([], ["--dry-run"]):
+        result = repo_env.run("restore", "latest", "--target", str(target), "--include", "src/photo", *args)
+        assert result.code == 1
+        assert_one_line(result.err)
+        assert "--include 'src/photo' matches nothing in snapshot" in result.err
+        assert "src holds: photos" in result.err
+        assert not target.exists() or not any(target.iterdir())
+    wrong_kind = repo_env.run("restore", "latest", "--target", str(target), "--include", "src/photos/a.jpg/x")
+    assert wrong_kind.code == 1 and "is not a directory" in wrong_kind.err
+    parent = repo_env.run("restore", "latest", "--target", str(target), "--include", "../src")
+    assert parent.code == 2 and "is not a path inside the snapshot" in parent.err
+    ok = repo_env.run("restore", "latest", "--target", str(target), "--include", "/src/photos/")
+    assert ok.code == 0 and (target / "src" / "photos" / "a.jpg").read_bytes() == b"jpeg"
+
+
+def test_an_empty_or_missing_snapshot_argument_is_a_usage_error(repo_env: DrEnv, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    assert repo_env.run("backup", str(src), "--name", "n").code == 0
+    empty = repo_env.run("restore", "", "--target", str(tmp_path / "out"))
+    assert empty.code == 2 and "an empty snapshot id was given" in empty.err
+    none = repo_env.run("restore", "--target", str(tmp_path / "out"))
+    assert none.code == 2 and "give a snapshot id, 'latest', or --point-in-time" in none.err
+    assert not (tmp_path / "out").exists()
+    forget = repo_env.run("forget", " ")
+    assert forget.code == 2 and "an empty snapshot id" in forget.err
+    assert len(json.loads(repo_env.run("snapshots", "--json").out)) == 1
+
+
+def test_source_root_deleted_during_the_backup_writes_no_snapshot(repo_env: DrEnv, tmp_path: Path) -> None:
+    """rm -rf racing the backup: the walk saw a few files of a tree that is gone; no 'success'."""
+    import shutil
+
+    from drtool import api
+    from drtool.errors import SourceError
+    src = tmp_path / "src"
+    for d in range(30):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for f in range(100):
+            (src / f"d{d:02}" / f"f{f}").write_text(f"{d}/{f}\n")
+    deleted = []
+
+    def rm_rf_after_a_few_files(stats: object) -> None:
+        if not deleted and getattr(stats, "files_read", 0) >= 7:
+            shutil.rmtree(src)
+            deleted.append(True)
+
+    with repo_env.session() as session:
+        with pytest.raises(SourceError) as caught:
+            api.backup(session, [str(src)], "n", progress=rm_rf_after_a_few_files)
+    assert caught.value.exit_code == 1
+    assert f"backup path {src} vanished during the backup" in str(caught.value)
+    assert "no snapshot was written" in str(caught.value)
+    assert json.loads(repo_env.run("snapshots", "--json").out) == []
+    assert repo_env.run("check").code == 0
+
+
+# ----- issue #15, item 9: a message instead of "internal error" --------------------------------
+def test_config_file_that_is_not_utf8(repo_env: DrEnv, tmp_path: Path) -> None:
+    config = tmp_path / "drtool.toml"
+    config.write_bytes(b'repository = "/srv/r\xe9po"\n')  # saved as Latin-1
+    result = repo_env.run("--config", str(config), "snapshots")
+    assert result.code == 2
+    assert_one_line(result.err)
+    assert "is not valid UTF-8 (byte 0xe9 at offset 20)" in result.err
+
+
+def test_repo_pointing_at_a_regular_file(dr: DrEnv, tmp_path: Path) -> None:
+    afile = tmp_path / "not-a-repo"
+    afile.write_text("hello")
+    for args in (["snapshots"], ["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"]):
+        result = dr.run("--repo", str(afile), *args)
+        assert result.code == 10, result.err
+        assert_one_line(result.err)
+        assert f"{afile} is a file, not a directory" in result.err
+    assert afile.read_text() == "hello"
+
+
+def test_catalog_settings_that_cannot_work(repo_env: DrEnv, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "catalog.sqlite"
+    result = repo_env.run("snapshots", env={"DRTOOL_CATALOG": str(missing)})
+    assert result.code == 2
+    assert_one_line(result.err)
+    assert f"the catalog's directory {missing.parent} does not exist" in result.err
+    assert not missing.parent.exists()  # not created behind the operator's back
+    for url, text in (("mysql://x", "unsupported catalog URL scheme 'mysql'"),
+                      ("postgresql+nosuchdriver://u:secret@h/db", "the catalog URL cannot be used")):
+        bad = repo_env.run("snapshots", env={"DRTOOL_CATALOG": url})
+        assert bad.code == 2, bad.err
+        assert_one_line(bad.err)
+        assert text in bad.err and "secret" not in bad.err
+
+
+def test_a_restic_repository_is_named_as_such(dr: DrEnv, tmp_path: Path) -> None:
+    restic_repo = tmp_path / "restic-repo"
+    made = subprocess.run(["restic", "init", "--repo", str(restic_repo)], capture_output=True, text=True,
+                          env={**os.environ, "RESTIC_PASSWORD": "restic's own"}, check=False)
+    assert made.returncode == 0, made.stderr
+    for args in (["snapshots"], ["restore", "latest", "--target", str(tmp_path / "out")]):
+        result = dr.run("--repo", str(restic_repo), *args)
+        assert result.code == 10
+        assert_one_line(result.err)
+        assert "is a restic repository, not a drtool one" in result.err
+
+
+def test_copy_into_the_source_repository_is_refused(repo_env: DrEnv, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    assert repo_env.run("backup", str(src), "--name", "n").code == 0
+    before = sorted(str(p.relative_to(repo_env.repo)) for p in repo_env.repo.rglob("*"))
+    for to in (repo_env.repo / "snapshots", repo_env.repo, tmp_path):
+        result = repo_env.run("copy", "--to", str(to), "--kdf-memory-kib", "1024", "--kdf-iterations", "1")
+        assert result.code == 2, result.err
+        assert_one_line(result.err)
+        assert "overlaps the source repository" in result.err
+    assert sorted(str(p.relative_to(repo_env.repo)) for p in repo_env.repo.rglob("*")) == before
+    assert repo_env.run("check", "--read-data").code == 0
+
+
+def test_interrupt_during_start_up_is_one_line_and_exit_130(repo_env: DrEnv) -> None:
+    """SIGINT while drtool imports its modules, derives the key or runs the password command."""
+    import signal
+    import sys
+    import time
+    env = {**repo_env.env, "DRTOOL_PASSWORD": "", "DRTOOL_PASSWORD_COMMAND": "sh -c 'sleep 1.5; echo pw'"}
+    outcomes = []
+    for delay in (0.15, 0.25, 0.4, 0.6, 0.9, 1.2):
+        proc = subprocess.Popen([sys.executable, "-m", "drtool", "snapshots"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        outcomes.append((delay, proc.returncode, err))
+        assert "Traceback" not in err, (delay, err)
+        assert proc.returncode == 130, (delay, proc.returncode, err)
+        assert len([line for line in err.splitlines() if line.startswith("drtool:")]) == 1, err
+        assert "interrupted" in err
+    assert len(outcomes) == 6

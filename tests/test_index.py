@@ -67,3 +67,23 @@ def test_ids_of_another_length_are_never_found() -> None:
     prefix = entries[7].blob_id[:16]  # a substring of a stored id
     assert prefix not in index and index.get(prefix) is None
     assert not index.has_all([prefix.hex()])
+
+
+def test_one_blob_in_many_packs_keeps_the_directory_small() -> None:
+    """Many hosts backing up the same file at once each store it in a pack of their own; loading
+    such an index used to double the bucket directory once per copy past 16 (45 copies: 4 GiB)."""
+    shared = _entries(1)[0]
+    others = _entries(3000)
+    alone = MemoryIndex()
+    for _ in range(2000):
+        alone.add_pack(PackRecord(os.urandom(32), [shared]))
+    assert len(alone._dir) <= 2 and len(alone) == 2000  # copies only: nothing to split
+    index = MemoryIndex()
+    first_pack = os.urandom(32)
+    index.add_pack(PackRecord(first_pack, [shared]))
+    for i in range(2000):
+        index.add_pack(PackRecord(os.urandom(32), [shared, *others[i:i + 1]]))
+    assert len(index._dir) <= 2 ** 16  # pointers for ~2,000 distinct ids, not 2**2000 of them
+    assert index.get(shared.blob_id).pack_id == first_pack  # type: ignore[union-attr]
+    assert all(e.blob_id in index for e in others[:2000])
+    assert len(dict(index.items())) == 2001

@@ -123,7 +123,13 @@ def test_restore_resumes_and_keeps_correct_files(repo_env: DrEnv, tmp_path: Path
     out = tmp_path / "out"
     repo_env.run("restore", "latest", "--target", str(out))
     (out / "src" / "dir" / "hello.txt").write_text("tampered locally")
-    result = repo_env.run("restore", "latest", "--target", str(out), "--json")
+    kept = repo_env.run("restore", "latest", "--target", str(out), "--json")
+    assert kept.code == 3, kept.err  # --overwrite never (the default) leaves the local edit alone
+    data = json.loads(kept.out)
+    assert data["files_skipped_existing"] >= 3 and data["not_overwritten_count"] == 3  # and its 2 hard links
+    assert (out / "src" / "dir" / "hello.txt").read_text() == "tampered locally"
+    result = repo_env.run("restore", "latest", "--target", str(out), "--json", "--overwrite", "always")
+    assert result.code == 0, result.err
     data = json.loads(result.out)
     assert data["files_skipped_existing"] >= 3
     assert describe(out / "src") == describe(src)

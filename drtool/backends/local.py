@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 from drtool.backends.base import Backend, ObjectInfo, StagedObject
 from drtool.backends.local_staged import DIRECT_IO_DEFAULT, LocalStagedObject, WriteFailures, fsync_dir
-from drtool.errors import BackendError, ObjectMissing, RepositoryNotFound
+from drtool.errors import BackendError, ObjectMissing, ReadOnlyRepository, RepositoryNotFound
 
 TMP_PREFIX = ".tmp-"
 MAP_MIN_BYTES = 1024 * 1024
@@ -42,10 +42,20 @@ class LocalBackend(Backend):
         return self.root / name
 
     def create_location(self) -> None:
+        self._refuse_non_directory()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create repository directory {self.root}: {exc.strerror}") from None
+
+    def _refuse_non_directory(self) -> None:
+        """``--repo`` naming a file (or a path through one) is a wrong path, not an internal error."""
+        for path in (self.root, *self.root.parents):
+            if path.exists() or path.is_symlink():
+                if not path.is_dir():
+                    raise RepositoryNotFound(f"no drtool repository at {self.url}: {path} is a file, "
+                                             f"not a directory", hint="--repo must name a directory (or an s3:// URL)")
+                return
 
     def put(self, name: str, data: bytes) -> None:
         self.put_parts(name, [data])
@@ -192,6 +202,10 @@ class LocalBackend(Backend):
             return ObjectInfo(name, self._path(name).stat().st_size)
         except FileNotFoundError:
             return None
+        except NotADirectoryError:
+            self._refuse_non_directory()  # --repo names a file: RepositoryNotFound
+            raise BackendError(f"cannot read {name} in {self.root}: a file stands where a directory belongs",
+                               hint="run 'drtool check'") from None
 
     def delete(self, name: str) -> None:
         self.stats.deletes += 1
@@ -252,6 +266,8 @@ def _write_error(exc: OSError, what: str) -> BackendError:
     if exc.errno == errno.ENOSPC:
         return BackendError(f"repository disk is full while writing {what}",
                             hint="free space on the repository file system; nothing was committed")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return ReadOnlyRepository(f"cannot write {what}: {exc.strerror}")
     return BackendError(f"cannot write {what}: {exc.strerror}")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import botocore.exceptions as bce
 import urllib3.exceptions
 
-from drtool.errors import (BackendError, DrtoolError, ObjectMissing, RepositoryNotFound,
+from drtool.errors import (BackendError, DrtoolError, ObjectMissing, ReadOnlyRepository, RepositoryNotFound,
                            TransientBackendError)
 
 AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
@@ -24,6 +24,7 @@ TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTi
                    "Throttling", "ThrottlingException", "500", "502", "503", "504",
                    "OperationAborted", "ConditionalRequestConflict"}
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+WRITE_ACTIONS = ("uploading", "starting multipart upload", "completing upload")
 NETWORK_ERRORS = (bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError)
 # Errors while streaming a GET body: botocore does not retry these, we do.
 BODY_ERRORS = (bce.IncompleteReadError, bce.ResponseStreamingError, bce.ReadTimeoutError,
@@ -123,6 +124,9 @@ class ErrorMapper:
             return ObjectMissing(f"object {name} is missing from the repository")
         if code == "InvalidRange":
             return ObjectMissing(f"object {name} is shorter than the requested range")
+        if code == "AccessDenied" and what.startswith(WRITE_ACTIONS):
+            # A restore-only role may read but not write: restore and check go on without a lock.
+            return ReadOnlyRepository(f"S3 {what} was denied ({code}) on bucket {self.bucket}")
         if code in AUTH_CODES or status == 403:
             return BackendError(f"S3 {what} was denied ({code}) on bucket {self.bucket}",
                                 hint=CREDENTIAL_HINT)

@@ -17,13 +17,15 @@ from datetime import datetime, timezone
 from typing import IO, Any, Callable, Iterator
 
 from drtool import __version__
-from drtool.errors import CatalogError, SourceError
+from drtool.childenv import child_environment
+from drtool.errors import CatalogError, SourceError, UsageError
 from drtool.core.heap import collector_paused
 from drtool.backup.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
 from drtool.core.session import Session
 from drtool.backup.treewalk import ProgressFn, TreeWalker, WalkStats
 from drtool.repository.locks import Lock
 from drtool.snapshot.model import FILE, Node, Snapshot
+from drtool.snapshot.names import display, entry_name_problem, label_problem
 from drtool.snapshot.store import save_snapshot, store_tree
 from drtool.testing_hooks import crash_point
 
@@ -63,6 +65,27 @@ def _backup_frame(session: Session, name: str) -> Iterator[tuple[Lock, Snapshot 
             pipeline.close()
 
 
+def check_labels(session: Session, name: str, tags: list[str] | None, filename: str | None = None) -> None:
+    """Refuse names a restore or a listing could not handle, before anything is run or written.
+
+    ``filename`` (a stream's file name) becomes a path under ``--target`` on
+    restore: one plain component only, never absolute, never ``..``.
+    """
+    checks = [("snapshot name", name, label_problem(name, series=True)),
+              ("host name", session.host, label_problem(session.host))]
+    checks += [("tag", tag, label_problem(tag, tag=True)) for tag in tags or []]
+    if filename is not None:
+        checks.append(("--filename", filename, entry_name_problem(filename)))
+    for what, value, problem in checks:
+        if problem is not None:
+            shown = display(value) if isinstance(value, str) else repr(value)
+            hint = ("give a plain file name such as wiki.sql (no '/', not '..')" if what == "--filename"
+                    else "use printable UTF-8 without control characters or backslashes (DRTOOL_HOST "
+                         "sets the host name)" if what == "host name"
+                    else "use printable UTF-8 without control characters or backslashes")
+            raise UsageError(f"{what} '{shown}' {problem}; nothing was backed up", hint=hint)
+
+
 def _record_in_catalog(session: Session, snap: Snapshot) -> None:
     """The snapshot is committed to the repository by now; say so if the catalog fails."""
     try:
@@ -93,6 +116,7 @@ def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] 
                  progress: ProgressFn | None = None,
                  clock: Callable[[], datetime] | None = None) -> BackupResult:
     """``clock`` gives the snapshot time (injected by tests that need old snapshots)."""
+    check_labels(session, name, tags)
     started = time.monotonic()
     when = clock() if clock else datetime.now(timezone.utc)
     with _backup_frame(session, name) as (lock, parent, pipeline):
@@ -111,6 +135,7 @@ def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
                   meta: dict[str, Any] | None = None, verify: Any = None,
                   clock: Callable[[], datetime] | None = None) -> BackupResult:
     """Store one byte stream as a single file; ``verify()`` may raise to veto the commit."""
+    check_labels(session, name, tags, filename)
     started = time.monotonic()
     when = clock() if clock else datetime.now(timezone.utc)
     with _backup_frame(session, name) as (lock, parent, pipeline):
@@ -150,10 +175,11 @@ def backup_command(session: Session, command: list[str] | str, name: str, filena
                    tags: list[str] | None = None, env: dict[str, str] | None = None,
                    kind: str = "stream", meta: dict[str, Any] | None = None) -> BackupResult:
     """Back up a command's stdout; a non-zero exit means no snapshot (exit 1, stderr tail)."""
+    check_labels(session, name, tags, filename)
     shell = isinstance(command, str)
     try:
         proc = subprocess.Popen(command, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=env)
+                                stdin=subprocess.DEVNULL, env=child_environment(base=env))
     except OSError as exc:
         raise SourceError(f"cannot start the dump command: {exc.strerror}",
                           hint="check the command and PATH") from None

@@ -12,6 +12,7 @@ import subprocess
 from typing import IO, Any, Callable
 
 from drtool.backup.run import BackupResult, backup_stream
+from drtool.childenv import child_environment
 from drtool.core.session import Session
 from drtool.errors import SourceError
 from drtool.sources.common import StderrTail
@@ -51,7 +52,7 @@ def run_dump(session: Session, command: list[str], env: dict[str, str], name: st
     """Stream a dump command into a snapshot; exit status and ``finish`` may veto the commit."""
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=env)
+                                stdin=subprocess.DEVNULL, env=child_environment(base=env))
     except OSError as exc:
         raise SourceError(f"cannot start {command[0]}: {exc.strerror}") from None
     assert proc.stdout is not None and proc.stderr is not None

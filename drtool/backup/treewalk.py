@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from drtool.errors import DrtoolError
+from drtool.errors import DrtoolError, SourceError
 from drtool.backup.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
 from drtool.repository.chunker import Chunker
 from drtool.repository.repo import Repository
@@ -102,10 +102,30 @@ class TreeWalker:
             frame = self._add_entry(root, fs.Entry(path, name, st), old_root.get(name))
             if frame is not None:
                 self._walk(frame)
+            self._root_still_there(path, st)
         self._queue.append(root)
         self._drain(block=True)
         assert root.tree_id is not None
         return root.tree_id
+
+    def _root_still_there(self, path: bytes, before: os.stat_result) -> None:
+        """A backup path deleted (or unmounted, or replaced) while it was walked is no snapshot.
+
+        Entries vanishing under a live tree are normal and only warned
+        about; the root itself vanishing means what was walked is a fragment
+        of a tree that no longer exists (an ``rm -rf`` racing the backup: 7
+        of ~3,060 files), and committing it would look like success.
+        """
+        try:
+            now = os.lstat(path)
+            gone = (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino)
+        except OSError:
+            gone = True
+        if gone:
+            raise SourceError(f"backup path {os.fsdecode(path)} vanished during the backup (deleted, "
+                              f"unmounted or replaced; {len(self.stats.vanished)} entries vanished with it); "
+                              f"no snapshot was written",
+                              hint="re-run once the path is back")
 
     def _old_nodes(self, tree_id: str | None) -> list[Node]:
         if not tree_id:

@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
-from drtool.errors import CatalogError
+from drtool.catalog.location import catalog_url, default_catalog_path
+from drtool.errors import CatalogError, ConfigError
+
+__all__ = ["catalog_url", "default_catalog_path", "head_revision", "open_engine"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("drtool")
@@ -26,25 +29,42 @@ def head_revision() -> str:
     return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
 
-def default_catalog_path(repo_id: str) -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "drtool" / repo_id / "catalog.sqlite"
+SUPPORTED_DIALECTS = ("sqlite", "postgresql")
 
 
-def catalog_url(value: str | None, repo_id: str) -> str:
-    """A bare path (or nothing) means SQLite; anything with '://' is an SQLAlchemy URL."""
-    if value and "://" in value:
-        return value
-    path = Path(value) if value else default_catalog_path(repo_id)
-    return f"sqlite:///{path.absolute()}"
+def check_url(url: str, explicit: bool) -> None:
+    """Refuse catalog settings drtool cannot use, with the reason (exit 2), before connecting.
+
+    ``explicit``: the path was configured (DRTOOL_CATALOG / ``catalog``), so
+    a missing directory is a typo to report, not something to create -- a
+    new empty catalog elsewhere would silently lose the run history and the
+    memory of committed snapshots.  The default location is created.
+    """
+    dialect = url.split("://", 1)[0].split("+", 1)[0].lower()
+    if dialect not in SUPPORTED_DIALECTS:
+        raise ConfigError(f"unsupported catalog URL scheme {dialect!r}",
+                          hint="the catalog is a file path (SQLite) or postgresql+psycopg://user@host/db; "
+                               "check DRTOOL_CATALOG / the config's catalog")
+    if dialect != "sqlite" or not explicit:
+        return
+    parent = Path(url.removeprefix("sqlite:///")).parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise ConfigError(f"the catalog's directory {parent} {what}",
+                          hint="create it, or fix DRTOOL_CATALOG / the config's catalog")
 
 
 def _prepare_sqlite_file(url: str) -> Path:
     path = Path(url.removeprefix("sqlite:///"))
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    os.chmod(path, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise CatalogError(f"the catalog {path} cannot be created: {exc.strerror}",
+                           hint="check DRTOOL_CATALOG / XDG_STATE_HOME and the permissions of its "
+                                "directory") from None
     return path
 
 
@@ -56,7 +76,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cursor.close()
 
 
-def open_engine(url: str, replace_damaged: bool = False) -> Engine:
+def open_engine(url: str, replace_damaged: bool = False, explicit: bool = False) -> Engine:
     """An engine on a usable, migrated catalog.
 
     ``replace_damaged`` (``drtool catalog rebuild``): a damaged SQLite file is
@@ -65,6 +85,7 @@ def open_engine(url: str, replace_damaged: bool = False) -> Engine:
     works when the file is beyond repair.  Only damage counts: a catalog
     that is locked or unreadable is never moved.
     """
+    check_url(url, explicit)
     try:
         return _open_engine(url)
     except _DamagedCatalog:
@@ -86,7 +107,12 @@ class _DamagedCatalog(CatalogError):
 def _open_engine(url: str) -> Engine:
     is_sqlite = url.startswith("sqlite:")
     path = _prepare_sqlite_file(url) if is_sqlite else None
-    engine = create_engine(url, future=True, pool_pre_ping=not is_sqlite)
+    try:
+        engine = create_engine(url, future=True, pool_pre_ping=not is_sqlite)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(f"the catalog URL cannot be used: {_short(exc)}",
+                          hint="the catalog is a file path (SQLite) or postgresql+psycopg://user@host/db "
+                               "(pip install drtool[postgresql])") from None
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     try:

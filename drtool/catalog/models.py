@@ -1,7 +1,7 @@
 """Catalog tables.  Every row carries ``repo_id`` so one shared catalog (for
 example on PostgreSQL) can serve many repositories and many hosts.
 
-Everything here except ``runs`` and rehearsal history is a cache of the
+Everything here except ``runs``, rehearsal history and ``seen_objects`` is a cache of the
 repository and can be rebuilt from it with ``drtool catalog rebuild``.
 
 The tables are SQLAlchemy Core ``Table`` objects, not ORM classes: every
@@ -48,6 +48,22 @@ index_pack_table = Table(
     Column("pack_id", String(64), primary_key=True),
     Column("entries", LargeBinary),
 )
+
+# Memory of every snapshot and index object this catalog saw committed, and
+# what became of it (present / forgotten by drtool / vanished without a
+# tombstone).  History, not cache: ``catalog rebuild`` keeps it.
+seen_table = Table(
+    "seen_objects", metadata,
+    Column("repo_id", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("object_id", String(64), primary_key=True),
+    Column("label", Text, default=""),
+    Column("first_seen", DateTime(timezone=True)),
+    Column("state", String(16), default="present"),
+    Column("state_time", DateTime(timezone=True), nullable=True),
+    Column("note", Text, default=""),
+)
+Index("ix_seen_objects_state", seen_table.c.repo_id, seen_table.c.state)
 
 # History of commands (backup, restore, check, prune): not rebuildable.
 run_table = Table(

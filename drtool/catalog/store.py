@@ -8,15 +8,17 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
 from drtool.catalog.db import catalog_url, open_engine
-from drtool.catalog.models import index_file_table, index_pack_table, run_table, snapshot_table
+from drtool.catalog.models import index_file_table, index_pack_table, run_table, seen_table, snapshot_table
 from drtool.errors import CatalogError
 from drtool.repository.index import PackRecord
+from drtool.repository.objects import INDEX, object_name
 from drtool.repository.packfile import pack_entries
 from drtool.snapshot.model import Snapshot
+from drtool.snapshot.names import display
 
 
 class Catalog:
@@ -28,7 +30,7 @@ class Catalog:
 
     @classmethod
     def open(cls, value: str | None, repo_id: str, replace_damaged: bool = False) -> "Catalog":
-        return cls(open_engine(catalog_url(value, repo_id), replace_damaged), repo_id)
+        return cls(open_engine(catalog_url(value, repo_id), replace_damaged, explicit=bool(value)), repo_id)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -40,10 +42,13 @@ class Catalog:
             return {r[0] for r in rows}
 
     def add_snapshots(self, snaps: Iterable[Snapshot]) -> None:
+        """Cache the manifests, and remember that these snapshots were committed."""
+        snaps = list(snaps)
         rows = [self._row(s) for s in snaps]
         if rows:
             with self._begin() as conn:
                 insert_new(conn, snapshot_table, rows)
+                self._remember(conn, "snapshot", {s.id: _snapshot_label(s) for s in snaps})
 
     def remove_snapshots(self, ids: Iterable[str]) -> None:
         ids = list(ids)
@@ -62,15 +67,19 @@ class Catalog:
     def snapshots(self, name: str | None = None) -> list[Snapshot]:
         cols = snapshot_table.c
         query = select(cols.id, cols.manifest).where(cols.repo_id == self.repo_id)
-        if name:
-            query = query.where(cols.name == name)
+        if name:  # as stored, or in the escaped form listings show (names.matches)
+            forms = {display(name)}
+            if name.isascii() or _encodable(name):
+                forms.add(name)
+            query = query.where(or_(*(cols.name == form for form in sorted(forms))))
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(cols.time, cols.id)).all()
         return [Snapshot.from_json(r.manifest.encode(), r.id) for r in rows]
 
     def _row(self, snap: Snapshot) -> dict[str, Any]:
         return {
-            "repo_id": self.repo_id, "id": snap.id, "name": snap.name, "host": snap.host,
+            # Escaped: a name an older version accepted (not UTF-8) must not break the insert.
+            "repo_id": self.repo_id, "id": snap.id, "name": display(snap.name), "host": display(snap.host),
             "time": snap.time.astimezone(timezone.utc), "kind": snap.kind, "parent": snap.parent,
             "tree": snap.tree, "size": int(snap.summary.get("size", 0)),
             "files": int(snap.summary.get("files", 0)),
@@ -107,6 +116,7 @@ class Catalog:
             if rows:
                 insert_new(conn, index_pack_table, rows)
             insert_new(conn, index_file_table, [{"repo_id": self.repo_id, "index_id": index_id}])
+            self._remember(conn, "index", {index_id: object_name(INDEX, index_id)})
 
     def drop_indexes(self, index_ids: set[str]) -> None:
         if not index_ids:
@@ -115,6 +125,48 @@ class Catalog:
             for table in (index_pack_table, index_file_table):
                 conn.execute(delete(table).where(table.c.repo_id == self.repo_id,
                                                  table.c.index_id.in_(list(index_ids))))
+
+    # ----- memory of committed objects (rollback and deletion detection) ---------
+    def _remember(self, conn: Connection, kind: str, labels: dict[str, str]) -> None:
+        """New objects are remembered as present; ones that had gone missing are present again."""
+        now = datetime.now(timezone.utc)
+        insert_new(conn, seen_table, [{"repo_id": self.repo_id, "kind": kind, "object_id": object_id,
+                                       "label": label, "first_seen": now, "state": "present",
+                                       "state_time": None, "note": ""}
+                                      for object_id, label in labels.items()])
+        cols = seen_table.c
+        for part in _slices(list(labels)):
+            conn.execute(update(seen_table).where(cols.repo_id == self.repo_id, cols.kind == kind,
+                                                  cols.state == "vanished", cols.object_id.in_(part))
+                         .values(state="present", state_time=now, note="back in the repository"))
+
+    def seen(self, kind: str) -> dict[str, Any]:
+        """Every remembered object of ``kind`` (rows with object_id, label, first_seen, state, ...)."""
+        cols = seen_table.c
+        query = select(seen_table).where(cols.repo_id == self.repo_id, cols.kind == kind)
+        with self.engine.connect() as conn:
+            return {row.object_id: row for row in conn.execute(query)}
+
+    def mark_seen(self, kind: str, ids: Iterable[str], state: str, note: str,
+                  labels: dict[str, str] | None = None) -> None:
+        """Record what became of remembered objects (``forgotten`` by drtool, ``vanished``, ...).
+
+        Objects not remembered yet (``drtool forget`` of an id this catalog
+        never saw) get a row, so the memory says how they went.
+        """
+        ids = list(ids)
+        if not ids:
+            return
+        now = datetime.now(timezone.utc)
+        cols = seen_table.c
+        with self._begin() as conn:
+            insert_new(conn, seen_table, [{"repo_id": self.repo_id, "kind": kind, "object_id": i,
+                                           "label": (labels or {}).get(i, ""), "first_seen": now,
+                                           "state": state, "state_time": now, "note": note} for i in ids])
+            for part in _slices(ids):
+                conn.execute(update(seen_table).where(cols.repo_id == self.repo_id, cols.kind == kind,
+                                                      cols.object_id.in_(part), cols.state != state)
+                             .values(state=state, state_time=now, note=note))
 
     # ----- run history ----------------------------------------------------------
     def start_run(self, command: str, host: str, name: str | None = None) -> int:
@@ -154,6 +206,25 @@ class Catalog:
             raise CatalogError(f"the catalog cannot be written: {exc}") from None
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _slices(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """IN lists of bounded length (SQLite limits the parameters of one statement)."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _snapshot_label(snap: Snapshot) -> str:
+    """How a vanished snapshot is named in warnings (its manifest may be gone by then)."""
+    return f"{display(snap.name)}, {snap.time.astimezone(timezone.utc).isoformat(timespec='seconds')}"
+
+
 def insert_new(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
     """INSERT that skips rows another process inserted first.
 
@@ -163,6 +234,8 @@ def insert_new(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None
     INSERT.  Every such row caches an immutable repository object, so a row
     that already exists is already right.
     """
+    if not rows:
+        return
     dialect = conn.dialect.name
     if dialect in ("postgresql", "sqlite"):
         module = importlib.import_module(f"sqlalchemy.dialects.{dialect}")

@@ -4,15 +4,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import click
 
 from drtool import api
 from drtool.cli.context import CliState, emit
 from drtool.cli.options import json_option
+from drtool.config import Settings, read_passphrase
 from drtool.errors import UsageError
-from drtool.repository.locks import STALE_SECONDS, remove_locks
+from drtool.repository.locks import read_locks, remove_locks, stale_reason
 from drtool.repository.objects import key_name
 
 pass_state = click.make_pass_decorator(CliState)
@@ -33,18 +33,24 @@ def catalog_rebuild(state: CliState, as_json: bool) -> None:
          f"catalog rebuilt: {result.snapshots} snapshot(s), {result.index_objects} index object(s), "
          f"{result.packs_reindexed} unindexed pack(s) indexed, {result.log_segments} archived "
          f"log file(s), {result.rehearsals} rehearsal(s)"
-         + "".join(f"\nwarning: {d}" for d in result.damaged))
+         + "".join(f"\nwarning: {d}" for d in result.damaged + result.vanished))
 
 
 def _new_passphrase() -> bytes:
-    """The new passphrase: DRTOOL_NEW_PASSWORD(_FILE) or a confirmed prompt, never argv."""
-    if os.environ.get("DRTOOL_NEW_PASSWORD"):
-        return os.environ["DRTOOL_NEW_PASSWORD"].encode()
-    if os.environ.get("DRTOOL_NEW_PASSWORD_FILE"):
-        return Path(os.environ["DRTOOL_NEW_PASSWORD_FILE"]).read_bytes().rstrip(b"\r\n")
+    """The new passphrase: DRTOOL_NEW_PASSWORD(_FILE) or a confirmed prompt, never argv, never empty."""
+    env = {"DRTOOL_PASSWORD": os.environ.get("DRTOOL_NEW_PASSWORD", ""),
+           "DRTOOL_PASSWORD_FILE": os.environ.get("DRTOOL_NEW_PASSWORD_FILE", "")}
+    prompt = None
     if sys.stdin.isatty():
-        return click.prompt("New passphrase", hide_input=True, confirmation_prompt=True, err=True).encode()
-    raise UsageError("no new passphrase given", hint="set DRTOOL_NEW_PASSWORD_FILE")
+        def prompt() -> str:
+            return click.prompt("New passphrase", hide_input=True, confirmation_prompt=True, err=True)
+    if not any(env.values()) and prompt is None:
+        raise UsageError("no new passphrase given", hint="set DRTOOL_NEW_PASSWORD_FILE")
+    try:
+        return read_passphrase(Settings(), prompt, env, new=True)
+    except UsageError as exc:
+        raise UsageError(str(exc).replace("the password file", "the new password file (DRTOOL_NEW_PASSWORD_FILE)"),
+                         hint=exc.hint) from None
 
 
 @click.group("key")
@@ -110,12 +116,17 @@ def unlock(state: CliState, force: bool, as_json: bool) -> None:
         click.echo("drtool: warning: removing all locks; a running backup or prune may be harmed "
                    "(it aborts before committing when it notices)", err=True)
     now = time.time()
-    removed = remove_locks(state.session().repo, force=force)
+    session = state.session()
+    removed = remove_locks(session.repo, force=force, host=session.host)
     rows = [{"lock": r.describe(), "id": r.lock_id, "heartbeat_age_seconds": round(r.age(now), 1),
-             "stale": r.age(now) > STALE_SECONDS} for r in removed]
-    emit(rows, as_json,
-         "\n".join(f"removed {r['lock']} (heartbeat {r['heartbeat_age_seconds']:.0f}s ago"
-                   f"{'' if r['stale'] else ', still live'})" for r in rows) or "no stale locks")
+             "stale": reason is not None, "reason": reason} for r, reason in removed]
+    live = [] if force else [i for i in read_locks(session.repo)
+                             if stale_reason(i, now, session.host) is None]
+    lines = [f"removed {r['lock']} ({r['reason'] or 'still live'})" for r in rows] or ["no stale locks"]
+    lines += [f"live: {i.describe()}, heartbeat {i.age(now):.0f}s ago (remove with --force only if you are "
+              f"sure its process is gone)" for i in live]
+    text = "\n".join(lines)
+    emit(rows, as_json, text)
 
 
 def register(group: click.Group) -> None:

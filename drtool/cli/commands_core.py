@@ -9,7 +9,9 @@ from drtool.cli.options import dry_run_option, json_option, name_option, tag_opt
 from drtool.cli.progress import byte_progress, walk_progress
 from drtool.crypto.keys import KdfParams
 from drtool.monitor.notify import log_backup_summary
-from drtool.errors import PartialSuccess, UsageError
+from drtool.errors import DrtoolError, PartialSuccess, UsageError
+from drtool.restore.target import DEFAULT_POLICY, POLICIES
+from drtool.snapshot.names import display
 from drtool.snapshot.timeparse import parse_point_in_time
 
 pass_state = click.make_pass_decorator(CliState)
@@ -75,7 +77,7 @@ def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: s
     snap = result.snapshot
     s = snap.summary
     emit(result.as_dict(), as_json,
-         f"snapshot {snap.short_id} saved ({snap.name}): {s['files']} files, {_mib(s['size'])}, "
+         f"snapshot {snap.short_id} saved ({display(snap.name)}): {s['files']} files, {_mib(s['size'])}, "
          f"{s.get('files_unchanged', 0)} unchanged, added {_mib(s['bytes_added'])} "
          f"in {s['duration']:.1f}s")
     for line in result.changed:
@@ -93,7 +95,10 @@ def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: s
 @pass_state
 def snapshots(state: CliState, name: str | None, as_json: bool) -> None:
     """List snapshots, oldest first."""
-    snaps = api.snapshots(state.session(), name)
+    session = state.session()
+    snaps = api.snapshots(session, name)
+    for line in session.rollback.warnings() if session.rollback else []:
+        click.echo(f"drtool: warning: {line}; run 'drtool check'", err=True)
     if as_json:
         emit([s.listing() for s in snaps], True)
         return
@@ -101,8 +106,8 @@ def snapshots(state: CliState, name: str | None, as_json: bool) -> None:
     for s in snaps:
         item = s.listing()
         when = s.time.astimezone().isoformat(timespec="seconds")
-        click.echo(f"{s.short_id:8}  {when:25}  {s.name:20}  {s.host[:12]:12}  "
-                   f"{item['files']:>7}  {_mib(item['size']):>11}  {','.join(s.tags)}")
+        click.echo(f"{s.short_id:8}  {when:25}  {display(s.name):20}  {display(s.host)[:12]:12}  "
+                   f"{item['files']:>7}  {_mib(item['size']):>11}  {','.join(map(display, s.tags))}")
     click.echo(f"{len(snaps)} snapshot(s)")
 
 
@@ -114,6 +119,9 @@ def snapshots(state: CliState, name: str | None, as_json: bool) -> None:
               help="Newest snapshot at or before TIME (ISO 8601; local zone if none).")
 @click.option("--include", "includes", multiple=True, metavar="PATH", help="Restore only this path.")
 @click.option("--allow-partial", is_flag=True, help="Restore what is intact; exit 3 listing the rest.")
+@click.option("--overwrite", type=click.Choice(POLICIES), default=DEFAULT_POLICY, show_default=True,
+              help="Existing files that differ: keep them and exit 3 (never), replace older ones "
+                   "(if-newer), replace unless size and mtime match (if-changed), or replace (always).")
 @click.option("--source", metavar="NAME", help="Database source: point-in-time restore (see docs/databases.md).")
 @click.option("--latest", is_flag=True, help="With --source: replay every archived log.")
 @click.option("--exclusive", is_flag=True, help="With --source: stop just before TIME.")
@@ -124,13 +132,13 @@ def snapshots(state: CliState, name: str | None, as_json: bool) -> None:
 @json_option
 @pass_state
 def restore(state: CliState, snapshot: str | None, target: str | None, name: str | None, when: str | None,
-            includes: tuple[str, ...], allow_partial: bool, source: str | None, latest: bool,
+            includes: tuple[str, ...], allow_partial: bool, overwrite: str, source: str | None, latest: bool,
             exclusive: bool, start: bool, port: int | None, target_db: str | None, dry_run: bool,
             as_json: bool) -> None:
-    """Restore SNAPSHOT (an id, or 'latest') or the snapshot at --point-in-time."""
+    """Restore SNAPSHOT (an id, or 'latest') or the snapshot at --point-in-time into --target."""
     if source:
-        if name or includes or allow_partial:
-            raise UsageError("--source takes no --name, --include or --allow-partial")
+        if name or includes or allow_partial or overwrite != DEFAULT_POLICY:
+            raise UsageError("--source takes no --name, --include, --allow-partial or --overwrite")
         from drtool.cli.commands_db import run_source_restore
         return run_source_restore(state, source, target, when, latest, exclusive, start, port,
                                   target_db, dry_run, as_json, snapshot)
@@ -138,38 +146,83 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
         raise UsageError("--latest, --exclusive, --start, --port and --target-db need --source")
     if not target:
         raise UsageError("--target is required")
+    if snapshot is not None and not snapshot.strip():
+        raise UsageError("an empty snapshot id was given",
+                         hint="give a snapshot id, 'latest', or --point-in-time TIME")
     if snapshot and when is not None:
         raise UsageError("give either SNAPSHOT or --point-in-time, not both")
+    if snapshot is None and when is None:
+        raise UsageError("which snapshot? give a snapshot id, 'latest', or --point-in-time TIME")
     point = parse_point_in_time(when) if when is not None else None
     session = state.session(defer_catalog=True)  # local repositories: snapshot and index from the repository
+    # 'latest' may not be the newest backup if one vanished: the catalog's memory says, at the end
+    # (a local restore only reads an SQLite catalog; it never creates one or takes its index from it).
+    newest = snapshot == "latest" or point is not None
     if dry_run:
         result = api.restore_plan(session, snapshot, target, name=name, point_in_time=point,
-                                  includes=list(includes))
+                                  includes=list(includes), overwrite=overwrite)
     else:
         pick = api.pick_snapshot(session, snapshot, name, point)
         if not as_json:
-            click.echo(f"restoring snapshot {pick.short_id} ({pick.name}, "
+            click.echo(f"restoring snapshot {pick.short_id} ({display(pick.name)}, "
                        f"{pick.time.astimezone().isoformat()}) to {target}", err=True)
         with byte_progress("restoring", pick.summary.get("size")) as progress:
             result = api.restore(session, pick.id, target, includes=list(includes),
-                                 allow_partial=allow_partial, progress=progress)
+                                 allow_partial=allow_partial, progress=progress, overwrite=overwrite)
+    if newest:
+        warn_vanished(session)
     _report_restore(result, as_json)
+
+
+def warn_vanished(session: api.Session) -> None:
+    """Snapshots the catalog saw committed that are gone: 'latest' may not be the newest backup."""
+    try:
+        report = session.rollback_report()
+    except DrtoolError as exc:  # the memory is advice here: never fail a finished restore over it
+        click.echo(f"drtool: warning: could not compare with the catalog's memory: {exc.one_line()}", err=True)
+        return
+    for line in report.warnings():
+        click.echo(f"drtool: warning: {line}; run 'drtool check'", err=True)
 
 
 def _report_restore(result: api._restore.RestoreResult, as_json: bool) -> None:
     snap = result.snapshot
     verb = "would restore" if result.plan_only else "restored"
     emit(result.as_dict(), as_json,
-         f"{verb} snapshot {snap.short_id} ({snap.name}, {snap.time.astimezone().isoformat()}): "
+         f"{verb} snapshot {snap.short_id} ({display(snap.name)}, {snap.time.astimezone().isoformat()}): "
          f"{result.files} files, {result.dirs} dirs, {_mib(result.bytes)}"
          + (f" from {result.packs} pack(s)" if result.plan_only else "")
-         + f" to {result.target}")
+         + f" to {result.target}"
+         + (f"; {result.files_skipped_existing} file(s) already there unchanged"
+            if result.files_skipped_existing else ""))
+    if not as_json:
+        would = "would be " if result.plan_only else ""
+        for line in result.overwritten:
+            click.echo(f"{would}overwritten: {line}", err=not result.plan_only)
+        _more(result.overwritten_count - len(result.overwritten), not result.plan_only)
+        for line in result.not_overwritten:
+            click.echo(f"{'would be ' if result.plan_only else ''}left as it is (differs from the snapshot, "
+                       f"--overwrite {result.overwrite}): {line}", err=not result.plan_only)
+        _more(result.not_overwritten_count - len(result.not_overwritten), not result.plan_only)
     for line in result.skipped:
         click.echo(f"drtool: warning: skipped {line}", err=True)
+    problems = []
     if result.damaged:
         for line in result.damaged:
             click.echo(f"drtool: damaged, not restored: {line}", err=True)
-        raise PartialSuccess(f"{len(result.damaged)} file(s) were damaged and not restored")
+        problems.append(f"{len(result.damaged)} file(s) were damaged and not restored")
+    if result.not_overwritten_count and not result.plan_only:
+        problems.append(f"{result.not_overwritten_count} existing item(s) differ from the snapshot and were "
+                        f"left as they are (--overwrite {result.overwrite})")
+    if problems:
+        hint = ("re-run with --overwrite always to replace them (--dry-run lists them first)"
+                if result.not_overwritten_count else None)
+        raise PartialSuccess("; ".join(problems), hint=hint)
+
+
+def _more(count: int, err: bool) -> None:
+    if count > 0:
+        click.echo(f"... and {count} more (the JSON output lists the first {api._restore.LIST_LIMIT})", err=err)
 
 
 @click.command()

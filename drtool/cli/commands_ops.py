@@ -14,7 +14,8 @@ from drtool.maintain import forget as forget_ops
 from drtool.monitor import metrics as metrics_ops
 from drtool.maintain import prune as prune_ops
 from drtool.monitor import status as status_ops
-from drtool.repository.locks import STALE_SECONDS, read_locks
+from drtool.repository.locks import read_locks, stale_reason
+from drtool.snapshot.names import display
 from drtool.snapshot.retention import RetentionPolicy
 from drtool.snapshot.timeparse import format_duration, parse_duration
 
@@ -62,6 +63,7 @@ def prune_options(state: CliState, dry_run: bool, max_unused: str | None,
 
 # ----- forget -------------------------------------------------------------------------
 @click.command()
+@click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT]...")
 @name_option
 @click.option("--keep-last", type=int, metavar="N", help="Keep the N newest snapshots.")
 @click.option("--keep-hourly", type=int, metavar="N", help="Keep the newest of each of N hours.")
@@ -77,20 +79,30 @@ def prune_options(state: CliState, dry_run: bool, max_unused: str | None,
 @dry_run_option
 @json_option
 @pass_state
-def forget(state: CliState, name: str | None, keep_last: int | None, keep_hourly: int | None,
-           keep_daily: int | None, keep_weekly: int | None, keep_monthly: int | None,
-           keep_yearly: int | None, keep_within: str | None, keep_tags: tuple[str, ...],
-           then_prune: bool, keep_log_segments: bool, dry_run: bool, as_json: bool) -> None:
-    """Remove snapshots a retention policy does not keep (data goes with prune).
+def forget(state: CliState, snapshot_ids: tuple[str, ...], name: str | None, keep_last: int | None,
+           keep_hourly: int | None, keep_daily: int | None, keep_weekly: int | None,
+           keep_monthly: int | None, keep_yearly: int | None, keep_within: str | None,
+           keep_tags: tuple[str, ...], then_prune: bool, keep_log_segments: bool, dry_run: bool,
+           as_json: bool) -> None:
+    """Remove snapshots a retention policy does not keep, or the SNAPSHOTs given (data goes with prune).
 
     Without --keep options the policy comes from [sources.NAME.retention] or
-    [retention] in the config; series without a policy are left alone.
+    [retention] in the config; series without a policy are left alone.  Ids
+    of snapshots that 'drtool check' reports missing acknowledge their loss.
     """
     counts = dict(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
                   keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly)
     given = {k: v for k, v in counts.items() if v is not None}
     within = _duration(keep_within, "--keep-within")
     data = state.settings.data
+    if snapshot_ids:
+        if given or within or keep_tags or name or keep_log_segments:
+            raise UsageError("give either SNAPSHOT ids or a policy (--keep-*, --name), not both")
+        if any(not ref.strip() for ref in snapshot_ids):
+            raise UsageError("an empty snapshot id was given", hint="list snapshots with 'drtool snapshots'")
+        result = forget_ops.forget_ids(state.session(), list(snapshot_ids), dry_run=dry_run)
+        _emit_forget(state, result, forget_ops.zone_from_config(data), then_prune, dry_run, as_json)
+        return
     if given or within or keep_tags:
         cli_policy = RetentionPolicy(**given, keep_within=within, keep_tags=frozenset(keep_tags))
 
@@ -105,6 +117,11 @@ def forget(state: CliState, name: str | None, keep_last: int | None, keep_hourly
     tz = forget_ops.zone_from_config(data)
     result = forget_ops.forget(state.session(), policy_for, name=name, tz=tz, dry_run=dry_run,
                                keep_log_segments=keep_log_segments)
+    _emit_forget(state, result, tz, then_prune, dry_run, as_json)
+
+
+def _emit_forget(state: CliState, result: forget_ops.ForgetResult, tz: tzinfo, then_prune: bool,
+                 dry_run: bool, as_json: bool) -> None:
     if not (then_prune and not dry_run):
         emit(result.as_dict(), as_json, _forget_text(result, tz))
         return
@@ -123,13 +140,13 @@ def _any_policy(data: dict[str, Any]) -> bool:
 def _forget_text(result: forget_ops.ForgetResult, tz: tzinfo) -> str:
     lines = []
     for series in result.series:
-        lines.append(f"{series.name} (policy: {series.policy})")
+        lines.append(f"{display(series.name)} (policy: {series.policy})")
         for d in series.decisions:
             verb = "keep  " if d.keep else "remove"
             when = d.snapshot.time.astimezone(tz).isoformat(timespec="seconds")
             lines.append(f"  {verb}  {d.snapshot.id[:8]}  {when}  {', '.join(d.reasons)}")
         lines += [f"  not removed: {line}" for line in series.not_removed]
-    lines += [f"{name}: no retention policy configured; all snapshots kept" for name in result.skipped]
+    lines += [f"{display(name)}: no retention policy configured; all snapshots kept" for name in result.skipped]
     lines += result.log_lines()
     count = sum(1 for s in result.series for d in s.decisions if not d.keep)
     lines.append(f"would remove {count} snapshot(s) (dry run)" if result.dry_run
@@ -186,15 +203,17 @@ def _run_prune(state: CliState, options: prune_ops.PruneOptions, as_json: bool,
 def locks(state: CliState, as_json: bool) -> None:
     """List repository locks with their age (see 'drtool unlock')."""
     now = time.time()
-    infos = sorted(read_locks(state.session().repo), key=lambda i: i.created)
+    session = state.session()
+    infos = sorted(read_locks(session.repo), key=lambda i: i.created)
+    reasons = {i.lock_id: stale_reason(i, now, session.host) for i in infos}
     rows = [{"id": i.lock_id, "exclusive": i.exclusive, "command": i.command, "host": i.host,
              "pid": i.pid, "created": i.created, "heartbeat": i.heartbeat,
              "age_seconds": round(now - i.created, 1), "heartbeat_age_seconds": round(i.age(now), 1),
-             "stale": i.age(now) > STALE_SECONDS} for i in infos]
+             "stale": reasons[i.lock_id] is not None, "stale_reason": reasons[i.lock_id]} for i in infos]
     lines = [f"{r['id'][:8]}  {'exclusive' if r['exclusive'] else 'shared':9}  {r['command']:10}  "
-             f"{r['host']}:{r['pid']}  age {format_duration(timedelta(seconds=r['age_seconds']))}, "
+             f"{display(r['host'])}:{r['pid']}  age {format_duration(timedelta(seconds=r['age_seconds']))}, "
              f"heartbeat {format_duration(timedelta(seconds=r['heartbeat_age_seconds']))} ago"
-             + ("  STALE" if r["stale"] else "") for r in rows]
+             + (f"  STALE ({r['stale_reason']})" if r["stale"] else "") for r in rows]
     emit(rows, as_json, "\n".join(lines) or "no locks")
 
 

@@ -93,8 +93,9 @@ def copy(state: CliState, snapshots: tuple[str, ...], to: str | None, name: str 
     are skipped.  The destination has its own keys; its passphrase comes from
     DRTOOL_TO_PASSWORD_FILE / DRTOOL_TO_PASSWORD_COMMAND (else the source's).
     """
-    source = state.session()
     dest = destination_options(state, to)
+    copy_ops.check_apart(state.repository(), dest.repository)  # before anything is opened or created
+    source = state.session()
     kdf = None
     if kdf_memory_kib or kdf_iterations:
         base = KdfParams()

@@ -13,6 +13,7 @@ import click
 
 from drtool.config import Settings, read_passphrase, resolve
 from drtool.errors import UsageError
+from drtool.snapshot.names import display, label_problem
 
 if TYPE_CHECKING:
     from drtool.core.session import OpenOptions, Session
@@ -30,6 +31,7 @@ class CliState:
     verbose: int
     lock_wait: float = 0.0
     command: str | None = None
+    no_lock: bool = False
     run_name: str | None = None
     settings: Settings = field(init=False)
     _session: Session | None = field(default=None, init=False)
@@ -110,15 +112,21 @@ class CliState:
             def prompt() -> str:
                 return click.prompt("Repository passphrase", hide_input=True,
                                     confirmation_prompt=confirm, err=True)
-        passphrase = read_passphrase(self.settings, prompt)
+        passphrase = read_passphrase(self.settings, prompt, new=confirm)
         if not confirm:
             self._passphrase = passphrase
         return passphrase
 
     def open_options(self) -> OpenOptions:
         from drtool.core.session import OpenOptions
+        if self.settings.host:
+            problem = label_problem(self.settings.host)
+            if problem is not None:
+                raise UsageError(f"host name '{display(self.settings.host)}' (DRTOOL_HOST or the config's "
+                                 f"host) {problem}", hint="use printable UTF-8 without control characters")
         options = OpenOptions(self.repository(), self.passphrase(), self.settings.catalog,
-                              backend_options=self.settings.backend_options, lock_wait=self.lock_wait)
+                              backend_options=self.settings.backend_options, lock_wait=self.lock_wait,
+                              no_lock=self.no_lock)
         if self.settings.host:
             options.host = self.settings.host
         return options

@@ -60,11 +60,15 @@ class LazyGroup(click.Group):
               help="Wait this long for a conflicting lock (e.g. 10m).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               help="Log lines on stderr as text or JSON (for journald).")
+@click.option("--no-lock", is_flag=True,
+              help="Restore/check without a repository lock (read-only repositories are detected anyway).")
 @click.version_option(__version__, prog_name="drtool")
 @click.pass_context
 def cli(ctx: click.Context, repo: str | None, config: str | None, verbose: int, lock_wait: float,
-        log_format: str) -> None:
+        log_format: str, no_lock: bool) -> None:
     """drtool: encrypted, deduplicated disaster-recovery backups you can restore."""
+    from drtool.cli.entry import allow_interrupts
+    allow_interrupts()  # the command's modules are imported: start-up is over
     from drtool.cli.logs import setup_logging
     setup_logging(verbose, log_format)
     _state_for(ctx).command = ctx.invoked_subcommand
@@ -95,7 +99,7 @@ def _state_for(ctx: click.Context) -> CliState:
     if ctx.obj is None:
         params = ctx.params
         ctx.obj = _state = CliState(params.get("repo"), params.get("config"), params.get("verbose", 0),
-                                    params.get("lock_wait") or 0.0)
+                                    params.get("lock_wait") or 0.0, no_lock=bool(params.get("no_lock")))
     return ctx.obj
 
 
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     _state = None
     from drtool.cli import context
     context.COMMAND_LINE[:] = sys.argv[1:] if argv is None else list(argv)
+    _escape_unprintable_output()
     code, message, error = _invoke(argv)
     if code != 0 and _is_restore_command(argv) and not getattr(error, "definitely_absent", False):
         code = FETCH_FAILED  # PostgreSQL reads 1..125 as "not archived" and would end recovery early
@@ -144,6 +149,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 FETCH_FAILED = 126
+
+
+def _escape_unprintable_output() -> None:
+    """A name that cannot be encoded (not UTF-8, surrogate escapes) is printed escaped, never fatal.
+
+    Names are escaped where they are shown (``snapshot.names.display``);
+    this is the net under everything else that prints (log lines, messages).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError, AttributeError):
+                pass
 
 
 def _is_restore_command(argv: list[str] | None) -> bool:
@@ -159,6 +179,9 @@ def _invoke(argv: list[str] | None) -> tuple[int, str, BaseException | None]:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code), "", None
     except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            click.echo("drtool: interrupted; nothing half-written was committed", err=True)
+            return 130, "interrupted", exc
         click.echo("drtool: aborted", err=True)
         return 130, "aborted", exc
     except click.ClickException as exc:
@@ -181,4 +204,5 @@ def _invoke(argv: list[str] | None) -> tuple[int, str, BaseException | None]:
 
 
 def run() -> None:
-    sys.exit(main(sys.argv[1:]))
+    from drtool.cli.entry import run as entry_run
+    entry_run()

@@ -11,14 +11,16 @@ from typing import TYPE_CHECKING, Any
 from drtool.backends.base import Backend
 from drtool.backends.registry import open_backend
 from drtool.crypto.keys import KdfParams
-from drtool.errors import DrtoolError, SnapshotNotFound
+from drtool.errors import DrtoolError, ReadOnlyRepository, SnapshotNotFound, UsageError
 from drtool.repository.locks import Lock
 from drtool.repository.repo import RepoConfig, Repository
 from drtool.snapshot.model import Snapshot
+from drtool.snapshot.names import matches
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot, resolve_snapshot_id
 
 if TYPE_CHECKING:
     from drtool.catalog.store import Catalog
+    from drtool.core.rollback import RollbackReport
 
 log = logging.getLogger("drtool")
 
@@ -31,6 +33,25 @@ class OpenOptions:
     host: str = field(default_factory=socket.gethostname)
     backend_options: dict[str, Any] = field(default_factory=dict)
     lock_wait: float = 0.0
+    no_lock: bool = False  # --no-lock: read-only commands take no lock at all
+
+
+class NoLock:
+    """What a read-only command holds when it cannot (read-only repository) or must not (--no-lock) lock."""
+
+    warnings: list[str] = []
+
+    def ensure_held(self) -> None:
+        """Nothing to lose."""
+
+    def release(self) -> None:
+        """Nothing to remove."""
+
+    def __enter__(self) -> "NoLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 class Session:
@@ -55,6 +76,9 @@ class Session:
         self._catalog_result: dict[str, Any] = {}
         self._synced = False
         self.damaged_snapshots: list[str] = []
+        # Snapshots / index objects the catalog saw committed that are gone (ops.rollback);
+        # set by sync() and by rollback_report().
+        self.rollback: RollbackReport | None = None
 
     @classmethod
     def open(cls, options: OpenOptions, backend: Backend | None = None, *,
@@ -128,16 +152,51 @@ class Session:
         Catalog.open(options.catalog, repo.config.repo_id).close()
         return repo
 
-    def lock(self, command: str, exclusive: bool = False) -> Lock:
-        return Lock(self.repo, exclusive, command, host=self.host).acquire(wait=self.options.lock_wait)
+    def lock(self, command: str, exclusive: bool = False, read_only_ok: bool = False) -> Lock | NoLock:
+        """The repository lock for ``command``.
+
+        ``read_only_ok`` (restore, check: they never write the repository):
+        with ``--no-lock``, or when the lock cannot be written because the
+        repository is read-only for this process (read-only mount, a
+        restore-only S3 role), run without a lock and say so.  In an
+        emergency the copy you can read is the one you restore from.
+        """
+        if self.options.no_lock:
+            if not read_only_ok:
+                raise UsageError(f"--no-lock is only for commands that never write the repository "
+                                 f"(restore, check); '{command}' does",
+                                 hint="drop --no-lock; use --lock-wait to wait for another run")
+            return NoLock()
+        try:
+            return Lock(self.repo, exclusive, command, host=self.host).acquire(wait=self.options.lock_wait)
+        except ReadOnlyRepository as exc:
+            if not read_only_ok:
+                raise
+            log.warning("the repository is read-only here (%s): %s runs without a lock; a prune on "
+                        "another host could remove data it reads", exc, command)
+            return NoLock()
 
     def sync(self) -> None:
-        """Bring the catalog's snapshot list in line with the repository (one LIST)."""
+        """Bring the catalog's snapshot list in line with the repository (one LIST).
+
+        Also compares the list with the catalog's memory of committed
+        snapshots: ``self.rollback`` names any that vanished without a forget.
+        """
         if not self._synced:
+            from drtool.core.rollback import detect
             ids = set(list_snapshot_ids(self.repo))
             self.damaged_snapshots = []
             self.catalog.sync_snapshots(ids, self._load_snapshot)
+            self.rollback = detect(self, snapshot_ids=ids)
             self._synced = True
+
+    def rollback_report(self) -> RollbackReport:
+        """Vanished snapshots, also for a session that never synced (a restore without the catalog:
+        an SQLite catalog is then only read, never opened for writing)."""
+        if self.rollback is None:
+            from drtool.core.rollback import detect
+            self.rollback = detect(self, snapshot_ids=set(list_snapshot_ids(self.repo)), read_only=True)
+        return self.rollback
 
     def _load_snapshot(self, snapshot_id: str) -> Snapshot | None:
         try:
@@ -152,7 +211,7 @@ class Session:
         if self.catalog_deferred:
             self.damaged_snapshots = []
             loaded = (self._load_snapshot(i) for i in list_snapshot_ids(self.repo))
-            found = [s for s in loaded if s is not None and (not name or s.name == name)]
+            found = [s for s in loaded if s is not None and (not name or matches(s.name, name))]
             return sorted(found, key=lambda s: (s.time, s.id))
         self.sync()
         return self.catalog.snapshots(name)

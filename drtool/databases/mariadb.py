@@ -18,6 +18,7 @@ import tempfile
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterator
 
+from drtool.childenv import child_environment
 from drtool.databases.engine import Labels, RestoreRequest
 from drtool.databases.logarchive import fetch_segment
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryShort
@@ -61,7 +62,7 @@ class MariadbEngine:
         meta = {"source": src.name, "source_type": self.name, "pitr": src.pitr,
                 "database": src.single_database, "databases": src.databases, "all": src.all}
         with mariadb.client_options(src) as opts:
-            return [run_dump(session, mariadb.dump_command(src, opts), dict(os.environ), src.name,
+            return [run_dump(session, mariadb.dump_command(src, opts), child_environment(), src.name,
                              "dump.sql", MARIADB_DUMP, meta, tags, _dump_finish)]
 
     # ----- binlog rules -----------------------------------------------------------------------------
@@ -182,7 +183,8 @@ def pipe_into_client(server: mariadb.MariaSource, database: str | None, chunks: 
                      what: str) -> None:
     with mariadb.client_options(server) as opts:
         cmd = mariadb.client_command(server, opts, database, extra=["--binary-mode"])
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=child_environment())
         assert proc.stdin is not None and proc.stderr is not None
         errors = StderrTail(proc.stderr)
         try:
@@ -216,7 +218,7 @@ def _replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSourc
         stop = binlog_stop_time(plan.target_time, plan.inclusive) if plan.target_time else None
         cmd = mariadb.replay_command(files, start, stop, single, database, server.bindir)
         producer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL, env=dict(os.environ, TZ="UTC"))
+                                    stdin=subprocess.DEVNULL, env=child_environment({"TZ": "UTC"}))
         assert producer.stdout is not None and producer.stderr is not None
         errors = StderrTail(producer.stderr)
 

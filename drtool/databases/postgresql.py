@@ -20,6 +20,7 @@ import tempfile
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from drtool.childenv import child_environment
 from drtool.databases.engine import Labels, RestoreRequest
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryShort
 from drtool.errors import SourceError, UsageError
@@ -151,8 +152,8 @@ def _basebackup_finish(tap: StreamTap, meta: dict[str, Any]) -> None:
 
 
 def _list_databases(src: postgres.PgSource, env: dict[str, str]) -> list[str]:
-    proc = subprocess.run(postgres.list_databases_command(src), capture_output=True, text=True, env=env,
-                          stdin=subprocess.DEVNULL, timeout=300, check=False)
+    proc = subprocess.run(postgres.list_databases_command(src), capture_output=True, text=True,
+                          env=child_environment(base=env), stdin=subprocess.DEVNULL, timeout=300, check=False)
     if proc.returncode != 0:
         raise SourceError(f"cannot list the databases of {src.name}: "
                           f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}")

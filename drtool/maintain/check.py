@@ -14,12 +14,14 @@ from typing import Callable
 
 from drtool.crypto.ids import content_hash
 from drtool.errors import DrtoolError
+from drtool.core.rollback import detect
 from drtool.core.session import Session
 from drtool.repository.objects import (INDEX, PACKS, SNAPSHOTS, key_name, object_name, pack_id_from_name,
                                        pack_name)
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import Snapshot
-from drtool.snapshot.store import list_snapshot_ids, load_snapshot, load_tree
+from drtool.snapshot.names import display
+from drtool.snapshot.store import list_snapshot_ids, load_snapshot, load_tree, load_tree_checked
 
 
 @dataclass
@@ -32,6 +34,7 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     damaged_objects: list[str] = field(default_factory=list)
     affected_snapshots: dict[str, list[str]] = field(default_factory=dict)
+    vanished: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -43,6 +46,7 @@ class CheckReport:
 
 class Checker:
     def __init__(self, session: Session, progress: Callable[[str], None] | None = None) -> None:
+        self.session = session
         self.repo: Repository = session.repo
         self.report = CheckReport()
         self.progress = progress
@@ -56,6 +60,7 @@ class Checker:
         pack_sizes = {pack_id_from_name(i.name): i.size for i in self.repo.backend.list(f"{PACKS}/")}
         self._check_packs_exist(pack_sizes)
         self._check_snapshots()
+        self._check_memory()
         if read_fraction > 0:
             self._read_packs(sorted(pack_sizes), read_fraction, seed)
         if self.bad_blobs or self.bad_packs:
@@ -102,6 +107,19 @@ class Checker:
             self.report.snapshots += 1
             self._check_tree(snap.tree, seen_trees)
 
+    def _check_memory(self) -> None:
+        """Snapshots and index objects the catalog saw committed must still be there (ops.rollback)."""
+        report = detect(self.session, snapshot_ids=set(list_snapshot_ids(self.repo)),
+                        index_ids=set(self.repo.list_objects(INDEX)))
+        for missing in report.missing:
+            fix = (f"restore it from a copy of the repository, or acknowledge the loss with "
+                   f"'drtool forget {missing.object_id[:8]}'" if missing.kind == "snapshot" else
+                   "'drtool catalog rebuild' re-indexes its packs (and acknowledges it)")
+            name = object_name(SNAPSHOTS if missing.kind == "snapshot" else INDEX, missing.object_id)
+            self._damaged(name, f"{missing.describe()}: {fix}")
+        self.report.warnings.extend(report.resurrected + report.tombstone_problems)
+        self.report.vanished = [m.as_dict() for m in report.missing]
+
     def _check_tree(self, root: str, seen: set[str]) -> None:
         stack = [root]  # not recursive: trees may be deeper than the recursion limit
         while stack:
@@ -110,7 +128,7 @@ class Checker:
                 continue
             seen.add(tree_id)
             try:
-                nodes = load_tree(self.repo, tree_id)
+                nodes = load_tree_checked(self.repo, tree_id)
             except DrtoolError as exc:
                 self.bad_blobs.add(bytes.fromhex(tree_id))
                 self.report.errors.append(f"tree {tree_id[:16]}: {exc}")
@@ -157,7 +175,7 @@ class Checker:
         for snap in self.snaps:
             hurt = self._tree_hurt(snap.tree, {})
             if hurt:
-                label = f"{snap.short_id} ({snap.name} {snap.time.isoformat()})"
+                label = f"{snap.short_id} ({display(snap.name)} {snap.time.isoformat()})"
                 self.report.affected_snapshots[snap.id] = [label]
                 self.report.errors.append(f"snapshot {label} is affected by damaged data")
 
@@ -186,5 +204,5 @@ class Checker:
 
 def check(session: Session, read_fraction: float = 0.0, seed: int | None = None,
           progress: Callable[[str], None] | None = None) -> CheckReport:
-    with session.lock("check"):
+    with session.lock("check", read_only_ok=True):
         return Checker(session, progress).run(read_fraction, seed)

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+from urllib.parse import unquote, urlsplit
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from drtool.backends.registry import open_backend
+from drtool.backends.registry import is_local_url, open_backend
 from drtool.catalog.logs import LogCatalog
 from drtool.crypto.keys import KdfParams
 from drtool.errors import DrtoolError, UsageError
@@ -109,6 +111,35 @@ class IdMap:
 
     def get(self, src: bytes) -> bytes | None:
         return self._pairs.get(src)
+
+
+def check_apart(source: str, destination: str) -> None:
+    """Refuse a destination inside the source repository (or the other way round).
+
+    ``copy --to REPO/snapshots`` would create a second repository *inside*
+    the first: its objects land in the source's ``snapshots/`` and
+    ``keys/``, and the source no longer opens.  Checked before anything is
+    created; paths are compared after resolving links, S3 URLs by bucket and
+    prefix.
+    """
+    a, b = _location(source), _location(destination)
+    if a is None or b is None or a[0] != b[0]:
+        return
+    inner = a[1] == b[1] or b[1].startswith(a[1].rstrip("/") + "/") or a[1].startswith(b[1].rstrip("/") + "/")
+    if inner or not a[1] or not b[1]:
+        raise UsageError(f"the destination {destination} overlaps the source repository {source}",
+                         hint="--to must name a separate place (not inside the source, nor around it)")
+
+
+def _location(url: str) -> tuple[str, str] | None:
+    """(namespace, path) to compare: ("file", real path) or ("s3:<bucket>", prefix)."""
+    if is_local_url(url):
+        path = urlsplit(url).path if url.lower().startswith("file:") else url
+        return "file", os.path.realpath(unquote(path))
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "s3":
+        return f"s3:{parts.netloc}", parts.path.strip("/")
+    return None
 
 
 def open_destination(options: OpenOptions, kdf: KdfParams | None = None) -> tuple[Session, bool]:

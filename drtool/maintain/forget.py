@@ -31,10 +31,13 @@ from drtool.backends import capabilities
 from drtool.errors import ConfigError, DrtoolError, UsageError
 from drtool.databases import retention as pitr_retention
 from drtool.databases.retention import LogExpiry
+from drtool.core.rollback import record_forgotten
 from drtool.core.session import Session
 from drtool.repository.objects import SNAPSHOTS, object_name
+from drtool.repository.tombstones import write_tombstone
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.retention import Decision, RetentionPolicy, SnapshotRef, apply_policy
+from drtool.snapshot.store import list_snapshot_ids, resolve_snapshot_id
 from drtool.testing_hooks import crash_point
 
 log = logging.getLogger("drtool.forget")
@@ -184,13 +187,22 @@ def _decide(series: str, snaps: list[Snapshot], policy: RetentionPolicy, now: da
     return SeriesResult(series, policy.describe(), decisions)
 
 
-def _remove(session: Session, lock: Any, series: SeriesResult) -> None:
-    """Delete manifests first, catalog rows second: the repository is the truth."""
+def _remove(session: Session, lock: Any, series: SeriesResult,
+            labels: dict[str, str] | None = None) -> None:
+    """Tombstone first, then manifests, then catalog rows: the repository is the truth.
+
+    The tombstone tells every catalog that remembers these snapshots that
+    drtool removed them (``ops.rollback``); it is written before anything
+    is deleted, so no host ever sees one vanish unexplained.
+    """
     backend = session.repo.backend
-    for decision in series.decisions:
-        if decision.keep:
-            continue
-        snap_id = decision.snapshot.id
+    doomed = [d.snapshot.id for d in series.decisions if not d.keep]
+    if not doomed:
+        return
+    lock.ensure_held()
+    write_tombstone(session.repo, "forget", snapshots=doomed, host=session.host)
+    crash_point("forget-after-tombstone")
+    for snap_id in doomed:
         lock.ensure_held()
         name = object_name(SNAPSHOTS, snap_id)
         try:
@@ -204,3 +216,34 @@ def _remove(session: Session, lock: Any, series: SeriesResult) -> None:
         series.removed.append(snap_id)
         crash_point("forget-mid-delete")
     session.catalog.remove_snapshots(series.removed)
+    record_forgotten(session, "snapshot", series.removed, "forget", labels)
+
+
+def forget_ids(session: Session, refs: list[str], *, dry_run: bool = False) -> ForgetResult:
+    """``drtool forget ID...``: remove these snapshots, whatever any policy says.
+
+    Also takes the id of a snapshot that is already missing (one that
+    ``check`` reports as vanished): forgetting it acknowledges the loss, so
+    ``check`` stops failing on it.  A snapshot whose manifest cannot be read
+    (damaged, or with a name that older versions accepted) can be forgotten
+    by id as well.
+    """
+    result = ForgetResult(dry_run)
+    with session.lock("forget") as lock:
+        session.sync()
+        snaps = {s.id: s for s in session.snapshots()}
+        vanished = {m.object_id: m for m in (session.rollback.missing_snapshots if session.rollback else [])}
+        listed = set(list_snapshot_ids(session.repo))
+        candidates = sorted(listed | set(vanished))
+        chosen = list(dict.fromkeys(resolve_snapshot_id(candidates, ref) for ref in refs))
+        series = SeriesResult("(given by id)", "explicit ids")
+        for snap_id in chosen:
+            snap = snaps.get(snap_id)
+            when = snap.time if snap else datetime.now(timezone.utc)
+            reason = ("given by id" if snap_id in listed else "given by id (already missing: acknowledged)")
+            series.decisions.append(Decision(SnapshotRef(snap_id, when), False, (reason,)))
+        result.series.append(series)
+        if dry_run:
+            return result
+        _remove(session, lock, series, {i: m.label for i, m in vanished.items()})
+    return result

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from drtool.backends import capabilities
 from drtool.errors import DrtoolError, IntegrityError, ObjectMissing, UsageError
+from drtool.core.rollback import record_forgotten
 from drtool.core.session import Session
 from drtool.repository.index import MemoryIndex, PackRecord
 from drtool.repository.locks import Lock
@@ -42,6 +43,7 @@ from drtool.repository.objects import (CONFIG, INDEX, KEYS, PACKS, PRUNE, PRUNE_
                                        pack_id_from_name, pack_name)
 from drtool.repository.packfile import BlobEntry
 from drtool.repository.repo import Repository
+from drtool.repository.tombstones import write_tombstone
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot, load_tree
 from drtool.testing_hooks import crash_point
 
@@ -465,9 +467,11 @@ class Pruner:
         remaining = set(final_ids)
         if rewritten:
             deleted = set()
-            for index_id in self.index_contents:
-                if index_id in remaining:
-                    continue
+            doomed = [i for i in self.index_contents if i not in remaining]
+            if doomed:  # every catalog that remembers them learns drtool removed them (ops.rollback)
+                self.lock.ensure_held()
+                write_tombstone(self.repo, "prune", indexes=doomed, host=self.session.host)
+            for index_id in doomed:
                 if self._delete(object_name(INDEX, index_id)):
                     deleted.add(index_id)
                     self.report.index_deleted += 1
@@ -475,6 +479,7 @@ class Pruner:
                     remaining.add(index_id)
             if self.session.catalog is not None:
                 self.session.catalog.drop_indexes(deleted)
+                record_forgotten(self.session, "index", sorted(deleted), "prune")
             crash_point("prune-after-index-delete")
         else:
             remaining.update(self.index_contents)

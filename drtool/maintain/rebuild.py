@@ -3,12 +3,19 @@
 Also repairs the repository's index: packs that no index object lists (an
 interrupted backup that stored packs but not its index) are read and a new
 index object is written for them, so their blobs are reused, not re-uploaded.
+
+The catalog's memory of committed snapshots and index objects (``ops.rollback``)
+is history, not cache: it survives the rebuild.  Missing snapshots stay
+reported (only ``drtool forget ID`` acknowledges one); a missing index object
+is acknowledged here, because its packs have just been re-indexed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from drtool.errors import DrtoolError
+from drtool.core.rollback import FORGOTTEN, detect
+from drtool.core.rollback import INDEX as SEEN_INDEX
 from drtool.core.session import Session
 from drtool.repository.index import PackRecord
 from drtool.repository.objects import INDEX, PACKS, pack_id_from_name
@@ -24,6 +31,7 @@ class RebuildResult:
     damaged: list[str]
     log_segments: int = 0
     rehearsals: int = 0
+    vanished: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -54,7 +62,21 @@ def rebuild_catalog(session: Session) -> RebuildResult:
                 damaged.append(str(exc))
         catalog.add_snapshots(snaps)
         logs, rehearsals = _rebuild_history(session, damaged)
-    return RebuildResult(len(snaps), len(index_ids), reindexed, damaged, logs, rehearsals)
+        vanished = _compare_with_memory(session, set(index_ids))
+    return RebuildResult(len(snaps), len(index_ids), reindexed, damaged, logs, rehearsals, vanished)
+
+
+def _compare_with_memory(session: Session, index_ids: set[str]) -> list[str]:
+    """Report what the memory misses; accept missing index objects (their packs are indexed now)."""
+    report = detect(session, snapshot_ids=set(list_snapshot_ids(session.repo)),
+                    index_ids=index_ids | set(session.repo.list_objects(INDEX)))
+    lost_indexes = [m.object_id for m in report.missing if m.kind == SEEN_INDEX]
+    session.catalog.mark_seen(SEEN_INDEX, lost_indexes, FORGOTTEN,
+                              "accepted by catalog rebuild (unindexed packs were indexed again)")
+    lines = [m.describe() + ("; its packs were indexed again, the loss is acknowledged"
+                             if m.kind == SEEN_INDEX else "; restore it from a copy, or 'drtool forget "
+                             f"{m.object_id[:8]}' to acknowledge the loss") for m in report.missing]
+    return lines + report.resurrected + report.tombstone_problems
 
 
 def _rebuild_history(session: Session, damaged: list[str]) -> tuple[int, int]:

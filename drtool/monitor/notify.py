@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import subprocess
 from datetime import datetime, timezone
 from typing import Any, Mapping
+
+from drtool.childenv import child_environment
 
 log = logging.getLogger("drtool.notify")
 
@@ -61,8 +62,8 @@ def _problems(problems: list[str]) -> list[str]:
 
 
 def _run_command(command: str, payload: dict[str, Any], timeout: float) -> list[str]:
-    env = dict(os.environ, DRTOOL_FAILED_COMMAND=payload["command"], DRTOOL_ERROR=payload["error"],
-               DRTOOL_EXIT_CODE=str(payload["exit_code"]), DRTOOL_HOST=payload["host"])
+    env = child_environment({"DRTOOL_FAILED_COMMAND": payload["command"], "DRTOOL_ERROR": payload["error"],
+                             "DRTOOL_EXIT_CODE": str(payload["exit_code"]), "DRTOOL_HOST": payload["host"]})
     try:
         proc = subprocess.run(command, shell=True, input=json.dumps(payload).encode(), env=env,
                               capture_output=True, timeout=timeout, check=False)

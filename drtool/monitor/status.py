@@ -32,6 +32,7 @@ from typing import Any, Mapping
 from drtool.errors import ConfigError, DrtoolError
 from drtool.core.session import Session
 from drtool.snapshot.model import Snapshot
+from drtool.snapshot.names import display
 from drtool.snapshot.timeparse import format_duration, parse_duration
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -176,8 +177,8 @@ def collect(session: Session, data: Mapping[str, Any], *, source: str | None = N
     configured = set(_table(data.get("sources"), "sources"))
     by_name: dict[str, list[Snapshot]] = {}
     for snap in session.snapshots(source):
-        by_name.setdefault(snap.name, []).append(snap)
-    names = {source} if source else configured | set(by_name)
+        by_name.setdefault(display(snap.name), []).append(snap)  # escaped: a listing never breaks
+    names = {display(source)} if source else configured | set(by_name)
     runs = _failed_runs(session)
     results = []
     for name in sorted(names):
@@ -187,8 +188,19 @@ def collect(session: Session, data: Mapping[str, Any], *, source: str | None = N
         _add_window(status, session, now)
         _check_rpo(status)
         results.append(status)
+    _add_vanished(results, session)
     state = max((s.state for s in results), default=UNKNOWN)
     return StatusReport(state, results, now)
+
+
+def _add_vanished(results: list[SourceStatus], session: Session) -> None:
+    """A snapshot the catalog saw committed is gone without a forget: CRITICAL (ops.rollback)."""
+    by_name = {s.name: s for s in results}
+    for missing in session.rollback.missing_snapshots if session.rollback else []:
+        status = by_name.get(missing.series)
+        if status is not None:
+            status.raise_to(CRITICAL, f"snapshot {missing.object_id[:8]} ({missing.label}) vanished "
+                                      f"without a forget; run 'drtool check'")
 
 
 def _judge(status: SourceStatus, snaps: list[Snapshot], now: datetime,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterator
 
+from drtool.childenv import child_environment
 from drtool.errors import DrtoolError, RestoreTargetError, UsageError
 from drtool.restore.run import RestoreResult, restore
 from drtool.rehearse.runbook import UNSET, Check, SandboxSpec
@@ -228,7 +229,7 @@ class CheckRunner:
         return ""
 
     def _command(self, check: Check) -> tuple[bool, str]:
-        env = dict(os.environ, **self.extra_env, **self.sandbox.env())
+        env = child_environment({**self.extra_env, **self.sandbox.env()})
         code, output = run_command(check.run, env, self.sandbox.data_dir, check.timeout)
         if code is None:
             return False, f"timed out after {check.timeout:g}s" + (f": {output}" if output else "")

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator
 
+from drtool.childenv import child_environment
 from drtool.errors import DrtoolError, RestoreTargetError, SourceError
 from drtool.databases import planner
 from drtool.databases.mariadb import MARIADB, restore_dump
@@ -113,7 +114,8 @@ def _run(cmd: list[str], what: str, *, stdin: Any = subprocess.DEVNULL, timeout:
          prefix: list[str] | None = None, error: type[DrtoolError] = RestoreTargetError) -> str:
     cmd = [*(prefix or []), *cmd]
     try:
-        proc = subprocess.run(cmd, stdin=stdin, capture_output=True, timeout=timeout, check=False)
+        proc = subprocess.run(cmd, stdin=stdin, capture_output=True, timeout=timeout, check=False,
+                              env=child_environment())
     except subprocess.TimeoutExpired:
         raise error(f"{what} did not finish within {timeout:.0f}s", hint="") from None
     except OSError as exc:

@@ -83,13 +83,19 @@ _FILL_AFTER_RESERVE = 10             # entries per bucket a reserved directory i
 
 
 class _Bucket(bytearray):
-    """Entries back to back; ``depth`` low hash bits are shared by all of them."""
+    """Entries back to back; ``depth`` low hash bits are shared by all of them.
 
-    __slots__ = ("depth",)
+    ``single``: the bucket was found to hold copies of this one blob id only
+    (a blob stored in many packs): splitting cannot separate equal ids, so it
+    is not tried again until another id arrives.
+    """
+
+    __slots__ = ("depth", "single")
 
     def __init__(self, depth: int) -> None:
         super().__init__()
         self.depth = depth
+        self.single: bytes | None = None
 
 
 class MemoryIndex:
@@ -177,13 +183,27 @@ class MemoryIndex:
         bucket += blob_id
         bucket += record
         self._entries += 1
-        if len(bucket) > BUCKET_CAPACITY * _SLOT:
+        if len(bucket) > BUCKET_CAPACITY * _SLOT and bucket.single != blob_id:
             self._split(bucket)
 
     def _split(self, bucket: _Bucket) -> None:
+        """Split a full bucket on its next hash bit, doubling the directory when needed.
+
+        A bucket that holds nothing but copies of one blob (stored in many
+        packs: concurrent backups of one file on many hosts, re-indexed
+        packs of interrupted runs, or a forged repository) is left to grow:
+        splitting it would double the directory on every further copy (45
+        copies of one blob took 4 GiB) and never separate anything.
+        """
         depth = bucket.depth
         if depth >= 60:
             return  # 60 equal hash bits: only possible for one blob added again and again
+        first = bytes(bucket[:ID_SIZE])
+        with memoryview(bucket) as view:
+            alone = all(view[pos:pos + ID_SIZE] == first for pos in range(_SLOT, len(bucket), _SLOT))
+        if alone:
+            bucket.single = first
+            return
         if depth == self._mask.bit_length():  # as deep as the directory: double it (pointers only)
             self._dir = self._dir + self._dir
             self._mask = (self._mask << 1) | 1

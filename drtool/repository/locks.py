@@ -6,6 +6,14 @@ that a background thread refreshes.  A lock whose heartbeat is older than
 the next night.  If the holder cannot refresh its own lock it flags itself
 lost; long operations check :meth:`Lock.ensure_held` before committing.
 
+Whether a lock of *this* host is stale does not wait for its heartbeat to
+age: the lock records the process's start time (``/proc/<pid>/stat``) and
+the kernel's boot id, so a lock whose process is gone, whose pid now
+belongs to another program, or that was taken before a reboot is stale at
+once.  ``drtool unlock`` removes exactly the locks :func:`stale_reason`
+calls stale, which is the rule every waiting run applies.  Locks written by
+older versions (no start time, no boot id) are judged by pid and heartbeat.
+
 A holder also counts itself lost when its own last successful refresh is
 older than ``stale_after`` (the process was suspended, or the clock jumped):
 other hosts may already have treated the lock as stale and started an
@@ -16,6 +24,7 @@ silently recreate it: the run is flagged lost instead.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import secrets
@@ -29,6 +38,7 @@ from drtool.errors import DrtoolError, IntegrityError, LockHeld
 from drtool.repository.objects import LOCK_KIND, LOCKS, object_name
 from drtool.repository.repo import Repository
 
+log = logging.getLogger("drtool")
 REFRESH_SECONDS = 60.0
 STALE_SECONDS = 300.0
 
@@ -42,6 +52,8 @@ class LockInfo:
     command: str
     created: float
     heartbeat: float
+    start_time: int | None = None  # the holder's start, in clock ticks after boot (/proc/<pid>/stat)
+    boot_id: str | None = None     # /proc/sys/kernel/random/boot_id of the holder's host
 
     def age(self, now: float) -> float:
         return now - self.heartbeat
@@ -72,9 +84,10 @@ class Lock:
 
     def _write(self) -> None:
         now = self.clock()
-        body = json.dumps({"host": self.host, "pid": os.getpid(), "exclusive": self.exclusive,
-                           "command": self.command, "created": self.created,
-                           "heartbeat": now}).encode()
+        pid = os.getpid()
+        body = json.dumps({"host": self.host, "pid": pid, "exclusive": self.exclusive,
+                           "command": self.command, "created": self.created, "heartbeat": now,
+                           "start_time": process_start_time(pid), "boot_id": boot_id()}).encode()
         self.repo.put_object(LOCKS, LOCK_KIND, body, object_id=self.lock_id)
         self.last_refresh = now
 
@@ -106,11 +119,12 @@ class Lock:
         for info in read_locks(self.repo):
             if info.lock_id == self.lock_id:
                 continue
-            if info.age(now) > self.stale_after:
-                self.warnings.append(f"ignoring stale {info.describe()}")
-                continue
-            if info.host == self.host and not _process_alive(info.pid):
-                self.warnings.append(f"ignoring {info.describe()}: that process no longer exists")
+            reason = stale_reason(info, now, self.host, self.stale_after)
+            if reason is not None:
+                warning = f"ignoring stale {info.describe()}: {reason} ('drtool unlock' removes it)"
+                if warning not in self.warnings:
+                    self.warnings.append(warning)
+                    log.warning("%s", warning)
                 continue
             if self.exclusive or info.exclusive:
                 return info
@@ -170,6 +184,51 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks after boot (field 22 of /proc/<pid>/stat); None if unknown.
+
+    Together with the pid it names one process: a pid reused by another
+    program has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            raw = handle.read()
+        return int(raw[raw.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def boot_id() -> str | None:
+    """This boot of this host's kernel (Linux); a lock from an earlier boot is dead."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+def stale_reason(info: LockInfo, now: float, host: str, stale_after: float = STALE_SECONDS) -> str | None:
+    """Why ``info`` no longer holds the repository, or None while it may.
+
+    The heartbeat rule applies to every host; the process rules only to
+    locks of this host (same host name), where the pid can be looked up.
+    """
+    if info.age(now) > stale_after:
+        return f"no heartbeat for {info.age(now):.0f}s"
+    if info.host != host:
+        return None
+    mine = boot_id()
+    if info.boot_id and mine and info.boot_id != mine:
+        return "this host has rebooted since it was taken"
+    if not _process_alive(info.pid):
+        return f"process {info.pid} no longer exists"
+    if info.start_time is not None:
+        started = process_start_time(info.pid)
+        if started is not None and started != info.start_time:
+            return f"process {info.pid} has ended and the pid now belongs to another program"
+    return None
+
+
 def read_locks(repo: Repository) -> list[LockInfo]:
     locks = []
     for lock_id in repo.list_objects(LOCKS):
@@ -177,21 +236,31 @@ def read_locks(repo: Repository) -> list[LockInfo]:
             data = json.loads(repo.get_object(LOCKS, LOCK_KIND, lock_id))
         except (DrtoolError, ValueError):
             continue  # vanished between list and get, or damaged: not a live lock
-        locks.append(LockInfo(lock_id, str(data["host"]), int(data["pid"]), bool(data["exclusive"]),
-                              str(data.get("command", "?")), float(data["created"]),
-                              float(data["heartbeat"])))
+        try:
+            start = data.get("start_time")  # absent in locks of older versions
+            locks.append(LockInfo(lock_id, str(data["host"]), int(data["pid"]), bool(data["exclusive"]),
+                                  str(data.get("command", "?")), float(data["created"]),
+                                  float(data["heartbeat"]), int(start) if start is not None else None,
+                                  str(data["boot_id"]) if data.get("boot_id") else None))
+        except (KeyError, TypeError, ValueError):
+            continue  # not a lock this version can judge; never blocks anyone
     return locks
 
 
-def remove_locks(repo: Repository, *, force: bool, clock: Callable[[], float] = time.time,
-                 stale_after: float = STALE_SECONDS) -> list[LockInfo]:
+def remove_locks(repo: Repository, *, force: bool, host: str | None = None,
+                 clock: Callable[[], float] = time.time,
+                 stale_after: float = STALE_SECONDS) -> list[tuple[LockInfo, str | None]]:
+    """Remove stale locks (all with ``force``); return each removed lock with why it was stale."""
     removed = []
     now = clock()
+    here = host or socket.gethostname()
     for info in read_locks(repo):
-        if force or info.age(now) > stale_after:
+        reason = stale_reason(info, now, here, stale_after)
+        if force or reason is not None:
             repo.backend.delete(object_name(LOCKS, info.lock_id))
-            removed.append(info)
+            removed.append((info, reason))
     return removed
 
 
-__all__ = ["IntegrityError", "Lock", "LockInfo", "read_locks", "remove_locks"]
+__all__ = ["IntegrityError", "Lock", "LockInfo", "boot_id", "process_start_time", "read_locks", "remove_locks",
+           "stale_reason"]

@@ -21,7 +21,7 @@ from drtool.crypto.ids import IdMaker
 from drtool.crypto.keys import (AuthenticationFailed, KdfParams, KeyDerivationFailed, KeySlot, MasterKey,
                                 unwrap_master_key, wrap_master_key)
 from drtool.errors import (BackendError, DrtoolError, IntegrityError, KeyDerivationError, ObjectMissing,
-                           RepositoryExists, RepositoryNotFound, WrongPassword)
+                           RepositoryExists, RepositoryNotFound, UsageError, WrongPassword)
 from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (IndexCache, Location, MemoryIndex, PackRecord, decode_index,
                                      decode_index_packed, encode_index)
@@ -559,16 +559,50 @@ def _clear_interrupted_init(backend: Backend) -> None:
 
 
 def _wrap(master: MasterKey, passphrase: bytes, kdf: KdfParams | None, label: str) -> KeySlot:
+    if not passphrase:
+        raise UsageError("an empty passphrase is refused for a new key slot",
+                         hint="choose a real passphrase: without it nobody can read the backups, "
+                              "with an empty one everybody can")
     try:
         return wrap_master_key(master, passphrase, params=kdf, label=label)
     except KeyDerivationFailed as exc:
         raise KeyDerivationError(f"cannot derive a key for the new slot: {exc}") from None
 
 
+def _foreign_format(backend: Backend) -> str | None:
+    """The backup tool whose repository this is, when it is recognisably not drtool's.
+
+    restic keeps scrypt key files in ``keys/`` beside an encrypted
+    ``config``; borg a plain-text ``config`` starting with ``[repository]``.
+    Telling the operator so beats "every key slot is damaged".
+    """
+    try:
+        if backend.get(CONFIG).startswith(b"[repository]"):  # the other tools' names happen to match ours
+            return "borg"
+        for info in list(backend.list(f"{KEYS}/"))[:4]:
+            try:
+                data = json.loads(backend.get(info.name))
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("kdf") == "scrypt" and "data" in data:
+                return "restic"
+    except DrtoolError:
+        return None
+    return None
+
+
+def _not_drtool(backend: Backend) -> None:
+    kind = _foreign_format(backend)
+    if kind is not None:
+        raise RepositoryNotFound(f"{backend.url} is a {kind} repository, not a drtool one",
+                                 hint=f"read it with {kind}; check --repo / DRTOOL_REPOSITORY")
+
+
 def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
     damaged: list[str] = []
     slots = list(backend.list(f"{KEYS}/"))
     if not slots:
+        _not_drtool(backend)
         raise IntegrityError(f"the repository at {backend.url} has no key slots",
                              hint="restore keys/ from a copy of the repository")
     for info in slots:
@@ -587,6 +621,7 @@ def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
         except (ValueError, KeyError):
             damaged.append(slot_id)
     if damaged and len(damaged) == len(slots):
+        _not_drtool(backend)
         raise IntegrityError(f"every key slot is damaged ({', '.join(damaged)})",
                              hint="restore keys/ from a copy of the repository")
     raise WrongPassword("wrong passphrase: it opens none of the repository's key slots"

@@ -21,7 +21,7 @@ import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
 from drtool.errors import IntegrityError
 from drtool.repository.index import Location
@@ -39,10 +39,14 @@ WRITE_BATCH = 512          # buffers per pwritev (IOV_MAX is 1024)
 class FileJob:
     """A file being restored: its temporary, and how many blob references are still to be written."""
 
-    __slots__ = ("path", "node", "fd", "tmp", "remaining", "error", "lock", "write_lock")
+    __slots__ = ("path", "node", "fd", "tmp", "remaining", "error", "lock", "write_lock", "parent", "name")
 
-    def __init__(self, path: str, node: Node, fd: int, tmp: str, remaining: int) -> None:
+    def __init__(self, path: str, node: Node, fd: int, tmp: str, remaining: int,
+                 parent: Any = None, name: str = "") -> None:
+        """``parent``: the target directory's handle (``restore_target.DirHandle``), in which the
+        temporary ``tmp`` is renamed to ``name``; ``path`` is for messages only."""
         self.path, self.node, self.fd, self.tmp = path, node, fd, tmp
+        self.parent, self.name = parent, name
         self.remaining = remaining
         self.error: BaseException | None = None
         self.lock = threading.Lock()

@@ -10,6 +10,7 @@ from drtool.repository.objects import SNAPSHOT_KIND, SNAPSHOTS
 from drtool.repository.packfile import TREE_BLOB
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import FILE, Node, Snapshot, decode_tree, encode_tree
+from drtool.snapshot.names import tree_names_problem
 
 
 def save_snapshot(repo: Repository, snap: Snapshot) -> str:
@@ -52,13 +53,34 @@ def load_tree(repo: Repository, tree_id: str) -> list[Node]:
         raise IntegrityError(f"tree {tree_id[:16]} is malformed: {exc}") from None
 
 
+def load_tree_checked(repo: Repository, tree_id: str) -> list[Node]:
+    """A tree whose entry names are safe to join under a directory (see ``snapshot.names``).
+
+    Backups never write a bad name, so one means a tree forged by someone
+    holding the key (or a bug): every caller that turns names into paths
+    reads trees through here.
+    """
+    nodes = load_tree(repo, tree_id)
+    problem = tree_names_problem([n.name for n in nodes])
+    for node in nodes:
+        if problem is not None:
+            break
+        problem = _node_problem(node)
+    if problem is not None:
+        raise IntegrityError(f"tree {tree_id[:16]} is malformed: {problem}",
+                             hint="a backup never writes such a name: the repository was tampered with "
+                                  "by someone holding the key; run 'drtool check'")
+    return nodes
+
+
 def walk_tree(repo: Repository, tree_id: str, prefix: str = "") -> Iterator[tuple[str, Node]]:
     """Depth-first (path, node) pairs; directories come before their contents.
 
     An explicit stack, not recursion: trees can be deeper than Python's
     recursion limit (a backup accepts any depth the file system allows).
+    Entry names are checked (:func:`load_tree_checked`): paths never escape.
     """
-    stack: list[tuple[str, Iterator[Node]]] = [(prefix, iter(load_tree(repo, tree_id)))]
+    stack: list[tuple[str, Iterator[Node]]] = [(prefix, iter(load_tree_checked(repo, tree_id)))]
     while stack:
         base, nodes = stack[-1]
         node = next(nodes, None)
@@ -68,7 +90,37 @@ def walk_tree(repo: Repository, tree_id: str, prefix: str = "") -> Iterator[tupl
         path = f"{base}/{node.name}" if base else node.name
         yield path, node
         if node.subtree:
-            stack.append((path, iter(load_tree(repo, node.subtree))))
+            stack.append((path, iter(load_tree_checked(repo, node.subtree))))
+
+
+_INT_FIELDS = ("mode", "uid", "gid", "mtime_ns", "size", "rdev")
+
+
+def _node_problem(node: Node) -> str | None:
+    """Field types a restore relies on (a forged node must fail here, not deep inside a write)."""
+    for name in _INT_FIELDS:
+        value = getattr(node, name)
+        if type(value) is not int or value < 0:
+            return f"entry {node.name!r}: {name} is not a non-negative integer"
+    if not isinstance(node.content, list) or not all(_is_blob_id(c) for c in node.content):
+        return f"entry {node.name!r}: content is not a list of blob ids"
+    if node.subtree is not None and not _is_blob_id(node.subtree):
+        return f"entry {node.name!r}: subtree is not a tree id"
+    if node.target is not None and (not isinstance(node.target, str) or "\0" in node.target):
+        return f"entry {node.name!r}: symbolic link target is not a string"
+    if node.link_key is not None and not isinstance(node.link_key, str):
+        return f"entry {node.name!r}: link key is not a string"
+    return None
+
+
+def _is_blob_id(value: object) -> bool:
+    if not isinstance(value, str) or len(value) != 64:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
 
 
 def stream_chunks(repo: Repository, snap: Snapshot) -> Iterator[bytes]:

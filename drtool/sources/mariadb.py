@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
+from drtool.childenv import child_environment
 from drtool.errors import RestoreTargetError, SourceError
 from drtool.sources.common import check_one_database_choice, check_table
 
@@ -195,7 +196,7 @@ def run_sql(src: MariaSource, sql: str) -> list[list[str]]:
     with client_options(src) as opts:
         cmd = client_command(src, opts, extra=["--batch", "--skip-column-names", "-e", sql])
         proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=300, check=False)
+                              timeout=300, check=False, env=child_environment())
     if proc.returncode != 0:
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
         raise SourceError(f"mariadb client failed for source {src.name}: {tail or proc.returncode}")
@@ -223,7 +224,7 @@ def binlog_path(src: MariaSource, name: str, basename: str, workdir: str) -> str
         cmd = [find_binary("mariadb-binlog", src.bindir), *opts, *conn_args(src),
                "--read-from-remote-server", "--raw", f"--result-file={workdir}/", name]
         proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=3600, check=False)
+                              timeout=3600, check=False, env=child_environment())
     copy = os.path.join(workdir, name)
     if proc.returncode != 0 or not os.path.exists(copy):
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
@@ -255,7 +256,7 @@ def scan_binlog(path: str, bindir: str | None = None) -> BinlogInfo:
     cmd = [find_binary("mariadb-binlog", bindir), "--no-defaults", "--base64-output=decode-rows", path]
     info = BinlogInfo()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=dict(os.environ, TZ="UTC"))
+                            env=child_environment({"TZ": "UTC"}))
     assert proc.stdout is not None and proc.stderr is not None
     for raw in proc.stdout:
         if not raw.startswith(b"#"):
@@ -398,7 +399,7 @@ class Instance:
     def start(self, timeout: float = 60.0) -> None:
         cmd = server_command(self.datadir, self.socket, self.port, self.bindir, self.tmpdir)
         subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+                         stderr=subprocess.DEVNULL, start_new_session=True, env=child_environment())
         deadline = time.monotonic() + timeout
         probe = self.source("probe")
         while True:
@@ -426,7 +427,8 @@ class Instance:
 
 
 def _check_run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False,
+                          env=child_environment())
     if proc.returncode != 0:
         raise RestoreTargetError(f"{what} failed: {' | '.join(proc.stderr.strip().splitlines()[-3:])}")
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, Iterator
 
+from drtool.childenv import child_environment
 from drtool.errors import ConfigError, RestoreTargetError, SourceError
 from drtool.sources.common import check_one_database_choice, check_table
 
@@ -97,7 +98,8 @@ def find_binary(name: str, bindir: str | None = None) -> str:
         return found
     pg_config = shutil.which("pg_config")
     if pg_config:
-        proc = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        proc = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False,
+                              env=child_environment())
         path = os.path.join(proc.stdout.strip(), name)
         if proc.returncode == 0 and os.access(path, os.X_OK):
             return path
@@ -127,7 +129,7 @@ def _pgpass_escape(value: str) -> str:
 @contextmanager
 def credentials_env(src: PgSource, base: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
     """The environment for libpq programs: a private pgpass file, never a password in argv."""
-    env = dict(os.environ if base is None else base)
+    env = child_environment(base=base)
     env.pop("PGPASSWORD", None)
     if src.passfile:
         env["PGPASSFILE"] = src.passfile
@@ -224,7 +226,7 @@ def transaction_times(path: str, bindir: str | None = None) -> list[datetime]:
         waldump = find_binary("pg_waldump", bindir)
     except SourceError:
         return []
-    env = dict(os.environ, TZ="UTC", LC_ALL="C")
+    env = child_environment({"TZ": "UTC", "LC_ALL": "C"})
     try:
         proc = subprocess.run([waldump, "--rmgr=Transaction", path], capture_output=True, text=True,
                               env=env, timeout=120, check=False)
@@ -446,7 +448,8 @@ def start_and_wait(target: str, bindir: str | None, timeout: float) -> dict[str,
     """
     log_file = recovery_log(target)
     proc = subprocess.run(pg_ctl_command(target, "start", bindir, log_file, int(timeout)),
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False,
+                          env=child_environment())
     if proc.returncode != 0:
         stop_server(target, bindir)
         raise RestoreTargetError(f"PostgreSQL did not start from {target}: "
@@ -474,13 +477,13 @@ def stop_server(target: str, bindir: str | None) -> None:
     if not os.path.exists(os.path.join(target, "postmaster.pid")):
         return
     subprocess.run([find_binary("pg_ctl", bindir), "-D", target, "-w", "-t", "60", "-m", "immediate", "stop"],
-                   capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+                   capture_output=True, text=True, stdin=subprocess.DEVNULL, env=child_environment(), check=False)
 
 
 def cluster_state(datadir: str, bindir: str | None) -> str:
     """'in archive recovery' until promotion has finished, then 'in production' (pg_control)."""
     proc = subprocess.run([find_binary("pg_controldata", bindir), "-D", datadir], capture_output=True,
-                          text=True, env=dict(os.environ, LC_ALL="C"), check=False)
+                          text=True, env=child_environment({"LC_ALL": "C"}), check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("Database cluster state:"):
             return line.split(":", 1)[1].strip()
