@@ -73,8 +73,12 @@ class CliState:
             except BaseException as exc:  # raised in the command's thread, if it opens a session
                 self._unlocked["error"] = exc
 
-        self._unlock = threading.Thread(target=unlock, name="unlock", daemon=True)
-        self._unlock.start()
+        thread = threading.Thread(target=unlock, name="unlock", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no memory for another thread: the command unlocks on its own thread
+            return
+        self._unlock = thread
 
     def _take_unlocked(self) -> Repository | None:
         if self._unlock is None:

@@ -39,9 +39,19 @@ def allow_interrupts() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _looks_like_no_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "failed to map segment" in str(exc)
+
+
 def run() -> None:
     quiet_interrupts()
-    from drtool.cli.main import main
-    code = main(sys.argv[1:])
+    try:
+        from drtool.cli.main import main
+        code = main(sys.argv[1:])
+    except Exception as exc:  # noqa: BLE001 - e.g. no memory left to import the command's modules
+        what = (f"{type(exc).__name__}: {exc}" if not _looks_like_no_memory(exc) else
+                "not enough memory to load drtool (raise ulimit -v / the unit's MemoryMax)")
+        os.write(2, f"drtool: error: cannot run: {what}\n".encode("utf-8", "replace"))
+        code = 126 if "wal-fetch" in sys.argv else 1
     quiet_interrupts()
     sys.exit(code)

@@ -143,9 +143,39 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0 and _is_restore_command(argv) and not getattr(error, "definitely_absent", False):
         code = FETCH_FAILED  # PostgreSQL reads 1..125 as "not archived" and would end recovery early
     if _state is not None:
-        _state.finish(getattr(_state, "command", None), code, message)
-        _state = None
+        state, _state = _state, None
+        try:
+            state.finish(getattr(state, "command", None), code, message)
+        except Exception as exc:  # noqa: BLE001 - history and notification never change the outcome
+            if not (_out_of_memory(exc) and message == "not enough memory"):  # said once already
+                click.echo(f"drtool: warning: could not record or announce this run: "
+                           f"{_describe_internal(exc)}", err=True)
     return code
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A limit on memory shows as MemoryError, or as an import that cannot map a library."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    if isinstance(exc, RuntimeError):
+        return "can't start new thread" in text
+    return isinstance(exc, (ImportError, OSError)) and (
+        "failed to map segment" in text or "Cannot allocate memory" in text)
+
+
+def _start_up_ran_out_of_memory() -> bool:
+    """The key thread ran out of memory: what the command's thread then meets (a half-imported
+    module, say) is that, not a bug."""
+    error = getattr(_state, "_unlocked", {}).get("error") if _state is not None else None
+    return error is not None and _out_of_memory(error)
+
+
+def _describe_internal(exc: BaseException) -> str:
+    if _out_of_memory(exc):
+        return ("not enough memory (the process's memory limit was reached; "
+                "raise ulimit -v / the unit's MemoryMax)")
+    return f"{type(exc).__name__}: {exc}"
 
 
 FETCH_FAILED = 126
@@ -197,6 +227,9 @@ def _invoke(argv: list[str] | None) -> tuple[int, str, BaseException | None]:
     except Exception as exc:  # last resort: one line, traceback only with -vv
         if verbose or logging.getLogger("drtool").isEnabledFor(logging.DEBUG):
             traceback.print_exc()
+        if _out_of_memory(exc) or _start_up_ran_out_of_memory():
+            click.echo(f"drtool: error: {_describe_internal(MemoryError())}", err=True)
+            return EXIT_ERROR, "not enough memory", exc
         click.echo(f"drtool: internal error: {type(exc).__name__}: {exc} "
                    f"(re-run with -vv for details and report it)", err=True)
         return EXIT_ERROR, f"internal error: {type(exc).__name__}", exc
