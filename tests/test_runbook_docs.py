@@ -11,6 +11,11 @@ Conventions (docs/rehearsals.md, "Human runbooks"):
   created); the working directory holds a copy of ``runbooks/``;
 * ``<!-- requires: a, b -->`` before a block asks for mariadb, postgresql, s3 or
   drtool-copy; the test provides each or FAILS naming what it could not provide;
+* ``postgresql`` is provided as deployed: drtool installed by ``scripts/install``
+  first on PATH, the server running as the OS user ``postgres`` (its
+  archive_command too), the repository shared with group ``postgres`` by the
+  chgrp/chmod lines of docs/operations.md, and no PGHOST/PGPORT/PGUSER: the
+  runbook says itself what runs as postgres (``runuser``) and where to connect;
 * ``<!-- not-run: reason -->`` skips a block: only for destructive or
   interactive commands, at most two per file.
 """
@@ -22,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +38,7 @@ import pytest
 import dbservers
 import s3server
 from conftest import PASSWORD, ROOT, DrEnv, make_env
+from deployed import doc_command, install_drtool
 
 DOCS = sorted((ROOT / "runbooks").glob("*.md"))
 REQUIREMENTS = ("mariadb", "postgresql", "s3", "drtool-copy")
@@ -137,7 +143,9 @@ class Workspace:
 
 
 def workspace(template: DrEnv, tmp: Path) -> Workspace:
-    """A private copy of the template repository and catalog, a shell environment for it."""
+    """A private copy of the template repository and catalog, a shell environment for it.
+
+    ``tmp`` must be reachable by the ``postgres`` user when the runbook needs PostgreSQL."""
     home, work, state, tmpdir, bin_dir = (tmp / n for n in ("home", "work", "state", "tmp", "bin"))
     for folder in (home, work, state, tmpdir, bin_dir):
         folder.mkdir(parents=True)
@@ -213,19 +221,47 @@ def provide_mariadb(ws: Workspace, stack: ExitStack) -> Callable[[str], None]:
     return lambda title: server.sql(f"INSERT INTO wiki.page (page_title) VALUES ('{title}')")
 
 
+def os_user_home(name: str) -> str:
+    import pwd
+    return pwd.getpwnam(name).pw_dir
+
+
+def share_repository_with(ws: Workspace, group: str) -> None:
+    """The chgrp/chmod lines docs/operations.md prints for sharing an existing repository."""
+    repo = ws.env["DRTOOL_REPOSITORY"]
+    for pattern in (r"^chgrp -R drtool ", r"^find \S+ -type d -exec chmod 2770", r"^find \S+ -type f -exec chmod 0640"):
+        line = doc_command("operations.md", pattern).replace("/srv/backup/repo", repo)
+        line = line.replace("chgrp -R drtool", f"chgrp -R {group}")
+        proc = subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, f"{line}: {proc.stderr}"
+
+
 def provide_postgresql(ws: Workspace, stack: ExitStack) -> Callable[[str], None]:
-    """A live PostgreSQL archiving WAL into the repository, source 'services'."""
+    """A live PostgreSQL run by the OS user postgres, archiving WAL into the repository (source
+    'services') with the installed drtool, which comes first on PATH for the runbook too."""
+    bin_dir = stack.enter_context(contextmanager(install_drtool)())
+    catalogs = Path(os_user_home("postgres"), ".local", "state", "drtool")
+    before = set(catalogs.iterdir()) if catalogs.is_dir() else set()
+    stack.callback(lambda: [shutil.rmtree(p, ignore_errors=True) for p in
+                            (set(catalogs.iterdir()) if catalogs.is_dir() else set()) - before])
+    share_repository_with(ws, "postgres")
     password_file = ws.state / "drtool-password"
     password_file.write_text(PASSWORD + "\n")
-    archive_env = dbservers.drtool_env(ws.env, str(password_file))
-    server = stack.enter_context(dbservers.postgres_server(archive_env=archive_env, source="services"))
-    stack.callback(dbservers.stop_postgres, server.bindir, str(Path(ws.env["SANDBOX"]) / "pg-restore"))
+    shutil.chown(password_file, group="postgres")
+    password_file.chmod(0o640)
+    pg_state = ws.state / "postgres-state"
+    pg_state.mkdir()
+    shutil.chown(pg_state, "postgres")
+    archive_env = {k: v for k, v in dbservers.drtool_env(ws.env, str(password_file)).items()
+                   if k != "DRTOOL_CATALOG"}
+    archive_env["XDG_STATE_HOME"] = str(pg_state)
+    server = stack.enter_context(dbservers.postgres_server(archive_env=archive_env, source="services",
+                                                           os_user="postgres", drtool=str(bin_dir / "drtool")))
+    stack.callback(dbservers.stop_postgres, server.bindir, str(Path(ws.env["SANDBOX"]) / "pg-restore"), "postgres")
     server.sql("CREATE DATABASE services")
     server.sql("CREATE TABLE orders (id serial PRIMARY KEY, item text)", "services")
     ws.sources["services"] = server.source(method="basebackup")
-    ws.env.update(PGHOST=server.root, PGUSER="postgres", DRTOOL_PASSWORD_FILE=str(password_file),
-                  AS_POSTGRES=" ".join(dbservers.server_prefix()),
-                  PATH=f"{server.bindir}{os.pathsep}{ws.env['PATH']}")
+    ws.env.update(DRTOOL_PASSWORD_FILE=str(password_file), PATH=f"{bin_dir}{os.pathsep}{ws.env['PATH']}")
 
     def write(item: str) -> None:
         server.sql(f"INSERT INTO orders (item) VALUES ('{item}')", "services")
@@ -284,13 +320,18 @@ def test_runbook_sh_blocks_run(doc: Path, template: DrEnv, tmp_path: Path) -> No
     for block in skipped:
         assert re.match(r"(destructive|interactive)\b", block.not_run or ""), \
             f"{doc.name}:{block.line}: not-run is only for destructive or interactive commands"
-    ws = workspace(template, tmp_path)
+    needed = set().union(*(b.requires for b in runnable))
     with ExitStack() as stack:
-        provide(ws, set().union(*(b.requires for b in runnable)), stack)
+        if "postgresql" in needed:  # pytest's tmp_path is private to root
+            tmp_path = Path(dbservers.short_tmpdir("drrb-"))
+            tmp_path.chmod(0o755)
+            stack.callback(shutil.rmtree, tmp_path, True)
+        ws = workspace(template, tmp_path)
+        provide(ws, needed, stack)
         for block in runnable:
             proc = run_block(ws, block)
             assert proc.returncode == 0, (
                 f"{doc.name}:{block.line}: block exited {proc.returncode}\n--- block ---\n{block.code}"
                 f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
-    leftovers = sorted(p.name for p in ws.tmpdir.iterdir() if p.name.startswith("drtool-rehearsal-"))
-    assert not leftovers, f"{doc.name}: rehearsal sandboxes left behind: {leftovers}"
+        leftovers = sorted(p.name for p in ws.tmpdir.iterdir() if p.name.startswith("drtool-rehearsal-"))
+        assert not leftovers, f"{doc.name}: rehearsal sandboxes left behind: {leftovers}"
