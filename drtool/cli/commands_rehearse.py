@@ -15,7 +15,8 @@ from drtool.errors import DrtoolError, UsageError
 from drtool.rehearse.drill import (RehearsalResult, RehearseOptions, fmt_seconds, rebuild_rehearsals,
                                  rehearse as run_rehearsal)
 from drtool.rehearse.report import render_html
-from drtool.rehearse.runbook import load_runbooks, parse_assignments
+from drtool.rehearse.runbook import load_runbooks
+from drtool.rehearse.variables import parse_assignments
 from drtool.snapshot.timeparse import parse_duration
 
 pass_state = click.make_pass_decorator(CliState)

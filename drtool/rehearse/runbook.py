@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import bisect
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Union
 
 from drtool.errors import UsageError
+from drtool.rehearse.variables import declared_names, declared_values, substitute
 from drtool.snapshot.timeparse import parse_duration, parse_point_in_time, system_local_zone
 
 PathKey = tuple[Union[str, int], ...]
@@ -30,7 +30,6 @@ CHECK_TYPES = ("sql", "files", "sample", "command")
 POINT_KEYS = ("latest", "random_within", "point_in_time")
 STEP_KEYS = {"name", "source", "sandbox", "validations", "objectives", *POINT_KEYS}
 TOP_KEYS = STEP_KEYS | {"description", "seed", "steps", "variables"}
-VARIABLE = re.compile(r"\$\$|\$\{([a-z][a-z0-9_]*)\}")  # ${name}; $$ is a literal $; ${UPPER} is the shell's
 SANDBOX_KEYS = {"directory": {"type", "path"},
                 "postgresql": {"type", "path", "database"},
                 "mariadb": {"type", "path", "database"}}
@@ -509,50 +508,14 @@ def parse_runbook(text: str, path: str, overrides: dict[str, str] | None = None)
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     ctx = _Ctx(path, KeyLines(text))
     _table(ctx, (), data, TOP_KEYS)
-    variables = _variables(ctx, data.get("variables", {}), overrides or {})
-    data = {k: (v if k == "variables" else _substitute(ctx, (k,), v, variables)) for k, v in data.items()}
+    variables = declared_values(data.get("variables", {}), overrides or {}, ctx.path, ctx.error)
+    data = {k: (v if k == "variables" else substitute((k,), v, variables, ctx.error)) for k, v in data.items()}
     stem = os.path.splitext(os.path.basename(path))[0]
     name = _want(ctx, ("name",), data.get("name", stem), str, "a string")
     description = _want(ctx, ("description",), data.get("description", ""), str, "a string")
     seed = _want(ctx, ("seed",), data["seed"], int, "an integer") if "seed" in data else None
     objectives = _objectives(ctx, ("objectives",), data.get("objectives", {}))
     return Runbook(path, name, description, _steps(ctx, data, name), objectives, seed, variables)
-
-
-def _variables(ctx: _Ctx, value: Any, overrides: dict[str, str]) -> dict[str, str]:
-    table = _want(ctx, ("variables",), value, dict, "a table of NAME = \"default\"")
-    out: dict[str, str] = {}
-    for name, default in table.items():
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-            raise ctx.error(("variables", name), "variable names are lower case letters, digits and _")
-        out[name] = _want(ctx, ("variables", name), default, str, "a string (the default value)")
-    for name, given in overrides.items():
-        if name not in out:
-            declared = ", ".join(sorted(out)) or "none"
-            raise UsageError(f"{ctx.path}: --set {name}: the runbook has no variable {name!r} "
-                             f"(its [variables]: {declared})")
-        out[name] = given
-    return out
-
-
-def _substitute(ctx: _Ctx, key: PathKey, value: Any, variables: dict[str, str]) -> Any:
-    """``${name}`` → the variable's value in every string under ``value``."""
-    if isinstance(value, dict):
-        return {k: _substitute(ctx, key + (k,), v, variables) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(ctx, key + (i,), v, variables) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        if name not in variables:
-            raise ctx.error(key, f"${{{name}}} is not declared in [variables]"
-                                 + (f" (declared: {', '.join(sorted(variables))})" if variables else ""))
-        return variables[name]
-    return VARIABLE.sub(replace, value)
 
 
 def _steps(ctx: _Ctx, data: dict[str, Any], name: str) -> list[Step]:
@@ -584,33 +547,13 @@ def load_runbooks(paths: list[str], overrides: dict[str, str]) -> list[Runbook]:
     """Every runbook, each given the ``--set`` values it declares; a value no runbook
     declares is an error (a typo must not run the default silently)."""
     texts = [(path, _read(path)) for path in paths]
-    declared = {path: set(_declared_variables(text)) for path, text in texts}
+    declared = {path: set(declared_names(text)) for path, text in texts}
     unused = sorted(set(overrides) - set().union(*declared.values()))
     if unused:
         raise UsageError(f"--set {unused[0]}: no runbook given declares a variable {unused[0]!r}",
                          hint="see the [variables] table of the runbook")
     return [parse_runbook(text, path, {k: v for k, v in overrides.items() if k in declared[path]})
             for path, text in texts]
-
-
-def _declared_variables(text: str) -> list[str]:
-    try:
-        table = tomllib.loads(text).get("variables", {})
-    except tomllib.TOMLDecodeError:
-        return []  # parse_runbook reports it with its position
-    return list(table) if isinstance(table, dict) else []
-
-
-def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """``NAME=VALUE`` strings (``--set``) as a dict."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[a-z][a-z0-9_]*", name.strip()):
-            raise UsageError(f"--set {item!r}: expected NAME=VALUE with a lower-case variable name",
-                             hint="e.g. --set source=db/wiki")
-        out[name.strip()] = value
-    return out
 
 
 def load_runbook(path: str) -> Runbook:
