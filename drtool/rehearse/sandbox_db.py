@@ -339,6 +339,17 @@ class PostgresSandbox(DatabaseSandbox):
              prefix=self.prefix)
         if wait_recovery:
             _wait_for_promotion(self.pgdata, log_file)
+            self._wait_until_writable()
+
+    def _wait_until_writable(self) -> None:
+        """recovery.signal goes before the end-of-recovery checkpoint: until that is done the
+        server still answers ``pg_is_in_recovery() = t`` and refuses writes, and a drill's
+        first validation raced it."""
+        deadline = time.monotonic() + LOAD_TIMEOUT
+        while self._psql("postgres", "SELECT pg_is_in_recovery()").strip() != "f":
+            if time.monotonic() > deadline:
+                raise RestoreTargetError(f"PostgreSQL did not leave recovery within {LOAD_TIMEOUT}s")
+            time.sleep(0.1)
 
     def _psql(self, database: str, sql: str) -> str:
         return _run([self._bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-F", "\t",
