@@ -26,11 +26,11 @@ import pytest
 
 from dbservers import free_port, pg_bindir
 from deployed import doc_command, doc_setting, install_drtool, os_user, run_as, shared_dir
-from drtool.backends.capabilities import share_with_group
+from drtool.backends.capabilities import share_with_group, stage
+from drtool.backends.local import LocalBackend
 from drtool.errors import UsageError
 from drtool.testing.memory import MemoryBackend
 
-pytestmark = pytest.mark.slow
 GROUP = "drtool"
 SOURCE = "pg-main"  # the name docs/databases.md uses
 
@@ -108,6 +108,7 @@ def _assert_group_shared(repo: Path) -> None:
             assert stat.S_IMODE(info.st_mode) == 0o640, f"{path}: mode {oct(info.st_mode)}"
 
 
+@pytest.mark.slow
 def test_archive_as_postgres_and_nightly_backup_as_drtool_share_one_repository(drtool_bin: Path) -> None:
     os_user("postgres")
     _documented_users()
@@ -152,6 +153,7 @@ def test_archive_as_postgres_and_nightly_backup_as_drtool_share_one_repository(d
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_without_group_the_database_user_is_locked_out(drtool_bin: Path, tmp_path: Path) -> None:
     """The control: a repository made without --group is private to the backup user."""
     os_user("postgres")
@@ -176,6 +178,7 @@ def test_without_group_the_database_user_is_locked_out(drtool_bin: Path, tmp_pat
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_init_group_refusals(drtool_bin: Path) -> None:
     """Unknown group, a user outside the group, a store without modes: exit 2, one line, no repository."""
     os_user("postgres")
@@ -197,3 +200,30 @@ def test_init_group_refusals(drtool_bin: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
     with pytest.raises(UsageError, match="--group is for repositories in a local directory"):
         share_with_group(MemoryBackend(), GROUP)
+
+
+def test_local_backend_keeps_group_modes_whatever_the_umask(tmp_path: Path) -> None:
+    """Fast, no other users: what the slow tests rely on, under PostgreSQL's umask 077."""
+    group = grp.getgrgid(os.getgid()).gr_name
+    backend = LocalBackend(tmp_path / "repo")
+    backend.create_location()
+    previous = os.umask(0o077)
+    try:
+        backend.share_with_group(group)
+        backend.put("keys/k1", b"slot")
+        later = LocalBackend(tmp_path / "repo")  # a later run learns it from the directory
+        later.put("wal/src/0001", b"wal")
+        staged = stage(later, "packs/ab")
+        assert staged is not None
+        staged.write(b"x" * 5000)
+        staged.commit("packs/ab/abcdef")
+        assert later.put_if_absent("locks/l1", b"lock")
+    finally:
+        os.umask(previous)
+    for path in [tmp_path / "repo", *(tmp_path / "repo").rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o2770 if path.is_dir() else 0o640), f"{path}: {oct(mode)}"
+    private = LocalBackend(tmp_path / "private")
+    private.create_location()
+    private.put("keys/k1", b"slot")
+    assert stat.S_IMODE((tmp_path / "private" / "keys" / "k1").stat().st_mode) == 0o600

@@ -102,7 +102,8 @@ class LocalBackend(Backend):
             try:
                 os.mkdir(path, SHARED_DIR_MODE)
             except FileExistsError:
-                continue  # another writer made it (and sets its mode)
+                _await_group_access(path)  # another writer made it and is about to chmod it
+                continue
             os.chmod(path, SHARED_DIR_MODE)  # mkdir's mode went through the umask
 
     def _refuse_non_directory(self) -> None:
@@ -330,6 +331,19 @@ def _write_error(exc: OSError, what: str) -> BackendError:
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return ReadOnlyRepository(f"cannot write {what}: {exc.strerror}")
     return BackendError(f"cannot write {what}: {exc.strerror}")
+
+
+def _await_group_access(path: Path, timeout: float = 2.0) -> None:
+    """Between another writer's mkdir and its chmod the directory may still lack the group's
+    bits (its umask); wait that moment out rather than fail to write into it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if stat.S_IMODE(os.stat(path).st_mode) & 0o070 == 0o070:
+                return
+        except OSError:
+            return
+        time.sleep(0.01)
 
 
 def _read_error(exc: OSError, name: str) -> BackendError:
