@@ -111,6 +111,41 @@ def test_every_runbook_is_covered() -> None:
                      "site-lost.md"}
 
 
+# Inputs a runbook may take from the operator's environment without defining them (the
+# conventions of docs/rehearsals.md, "Human runbooks"); anything else it must set itself, or
+# demand with ${NAME:?...} before use, so it runs as written on a fresh host.
+CONVENTION_INPUTS = {"DRTOOL_REPOSITORY", "DRTOOL_PASSWORD", "DRTOOL_PASSWORD_FILE", "DRTOOL_CATALOG",
+                     "DRTOOL_CONFIG", "PATH", "HOME"}
+USED = re.compile(r"\$\{?([A-Z_][A-Z0-9_]*)")
+DEFINED = re.compile(r"(?:^|[\s;(])(?:export\s+)?([A-Z_][A-Z0-9_]*)=|\$\{([A-Z_][A-Z0-9_]*):[?=]|read\s+-\w+\s+'[^']*'\s+([A-Z_]+)")
+
+
+def undefined_variables(blocks: list[Block]) -> list[str]:
+    """``$NAME`` used in a block before any block of the runbook defines or demands it."""
+    known = set(CONVENTION_INPUTS)
+    problems = []
+    for block in blocks:
+        for number, line in enumerate(block.code.splitlines(), block.line + 1):
+            known |= {name for groups in DEFINED.findall(line) for name in groups if name}
+            for name in USED.findall(line):
+                if name not in known and not name.startswith("AWS_"):
+                    problems.append(f"line {number}: ${name} is used but never defined or demanded")
+                    known.add(name)
+    return problems
+
+
+def test_undefined_variable_detection() -> None:
+    blocks, _ = extract_blocks("```sh\nmkdir -p \"$SANDBOX\"\n```\n```sh\nexport X=1\n"
+                               ": \"${WHEN:?give WHEN}\"\necho $X $WHEN $DRTOOL_CATALOG\n```\n")
+    assert undefined_variables(blocks) == ["line 2: $SANDBOX is used but never defined or demanded"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
+def test_runbook_defines_every_variable_it_uses(doc: Path) -> None:
+    blocks, _ = extract_blocks(doc.read_text())
+    assert undefined_variables(blocks) == [], f"{doc.name}: runs as written only with these defined"
+
+
 # ----- the sandbox repository ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> DrEnv:
