@@ -31,7 +31,6 @@ def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: s
     if source or all_sources:
         if paths or command or name:
             raise UsageError("--source/--all take no PATH, --from-command or --name")
-        from drtool.cli.commands_db import run_source_backup
         return run_source_backup(state, source, all_sources, list(tags), as_json)
     if not name:
         raise UsageError("--name is required (or use --source NAME / --all)")
@@ -61,7 +60,7 @@ def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: s
                              f"item(s) could not be read", hint="see the warnings above")
 
 
-# ----- backup / restore --source (dispatched from commands_core) ---------------------------------
+# ----- backup --source / --all: the configured sources -----------------------------------------
 def run_source_backup(state: CliState, source: str | None, all_sources: bool, tags: list[str],
                       as_json: bool) -> None:
     from drtool.api import backing_up
