@@ -134,3 +134,47 @@ def test_restore_one_prefix_into_the_same_bucket(moto_server: MotoServer, proxy:
     assert s3.get_object(Bucket=bucket, Key="media/x/2")["Body"].read() == b"media/x/2"
     assert s3.get_object(Bucket=bucket, Key="media/x/2")["Metadata"] == {"k": "media/x/2"}
     assert s3.get_object(Bucket=bucket, Key="media/y/1")["Body"].read() == b"kept as it is now"
+
+
+def test_cut_off_bodies_are_fetched_again_and_bad_keys_are_reported(
+        moto_server: MotoServer, proxy: FaultProxy, tmp_path: Path) -> None:  # noqa: F811
+    bucket = create_bucket(moto_server.url)
+    put(moto_server.url, bucket, "media/ok", b"whole body " * 100)
+    put(moto_server.url, bucket, "media/a", b"a file named a")
+    put(moto_server.url, bucket, "media/a/b", b"cannot live under the file a")
+    put(moto_server.url, bucket, "media/x//y", b"empty path component")
+    dr = source_env(tmp_path, proxy.url, bucket)
+    proxy.add("get", "truncate", count=1)  # the first GET's body is cut off: fetched again
+    result = dr.run("backup", "--source", "wiki-media")
+    assert result.code == 3, result.err
+    assert "media/a/b" in result.err and "media/x//y" in result.err
+    assert len(gets(proxy, bucket)) == 3  # two objects, one of them twice
+    restored = tmp_path / "r"
+    assert dr.run("restore", "latest", "--source", "wiki-media", "--target", str(restored)).code == 0
+    assert (restored / "ok").read_bytes() == b"whole body " * 100
+    assert (restored / "a").read_bytes() == b"a file named a"
+    assert sorted(p.name for p in restored.iterdir()) == ["a", "ok"]
+
+
+@pytest.mark.parametrize("table, problem", [
+    ({"bucket": "b", "secret_key": "s3cr3t"}, "credentials do not belong in the config"),
+    ({"bucket": "b", "connections": 0}, "connections must be a whole number"),
+    ({"prefix": "media/"}, "needs bucket"),
+    ({"bucket": "b", "endpoint": "http://key:secret@host"}, "without credentials"),
+    ({"bucket": "b", "prefx": "media/"}, "unknown key(s) prefx"),
+])
+def test_bad_tables_are_refused_naming_the_problem(table: dict, problem: str) -> None:
+    from drtool.backup.configured import parse_source
+    from drtool.errors import ConfigError
+    with pytest.raises(ConfigError) as caught:
+        parse_source("media", {"type": "s3", **table}, {})
+    assert problem in caught.value.one_line()
+    assert "s3cr3t" not in caught.value.one_line() and "secret@" not in caught.value.one_line()
+
+
+def test_to_bucket_needs_an_object_store_source(tmp_path: Path, moto_server: MotoServer) -> None:  # noqa: F811
+    dr = source_env(tmp_path, moto_server.url, create_bucket(moto_server.url))
+    result = dr.run("restore", "latest", "--to-bucket", "s3://elsewhere", "--name", "x")
+    assert result.code == 2 and "needs an object-store --source" in result.err
+    result = dr.run("restore", "latest", "--source", "wiki-media", "--to-bucket", "http://not-s3/x")
+    assert result.code == 2 and "not an s3://BUCKET" in result.err

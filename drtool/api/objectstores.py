@@ -17,7 +17,7 @@ from drtool.snapshot.model import Snapshot
 from drtool.sources.objectstore import ObjectStoreSource
 
 __all__ = ["BucketRestoreResult", "ObjectStoreSource", "backup_object_store", "object_source",
-           "restore_into_bucket"]
+           "parse_bucket_url", "restore_into_bucket"]
 
 
 def object_source(settings: Settings, name: str) -> ObjectStoreSource | None:

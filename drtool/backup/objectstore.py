@@ -30,7 +30,7 @@ from drtool.backup.run import (BackupResult, _backup_frame, _commit, _record_in_
                                check_labels)
 from drtool.backup.treewalk import SMALL_FILE, WalkStats
 from drtool.core.session import Session
-from drtool.errors import DrtoolError, SourceError
+from drtool.errors import DrtoolError, TransientBackendError
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, Node
 from drtool.snapshot.store import load_tree, store_tree
@@ -38,6 +38,7 @@ from drtool.sources import objectstore as obj
 
 log = logging.getLogger("drtool")
 WINDOW_PER_CONNECTION = 4
+FETCH_ATTEMPTS = 3
 
 ClientFactory = Callable[[obj.ObjectStoreSource], S3SourceClient]
 
@@ -169,13 +170,31 @@ class ObjectTreeBuilder:
         self._window.append(Fetch(directory, listed, name, self._pool.submit(self._fetch, listed.key)))
 
     def _fetch(self, key: str) -> tuple[FetchedObject, bytes | list[ChunkRef]] | None:
+        """GET with a few attempts: botocore retries failed requests, not bodies cut off mid-read.
+
+        A large object's blobs from a failed attempt stay unreferenced
+        (``prune`` removes them); the node only ever names a whole body.
+        """
+        for attempt in range(1, FETCH_ATTEMPTS + 1):
+            try:
+                return self._fetch_once(key)
+            except TransientBackendError:
+                if attempt == FETCH_ATTEMPTS:
+                    raise
+                time.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
+
+    def _fetch_once(self, key: str) -> tuple[FetchedObject, bytes | list[ChunkRef]] | None:
         """On a GET thread: the whole body of a small object, or chunk refs of a large one."""
         fetched = self.client.open_object(key)
         if fetched is None:
             return None
         try:
             head = _read_exactly(fetched, min(SMALL_FILE, fetched.size + 1))
-            if len(head) <= fetched.size and len(head) < SMALL_FILE:
+            if len(head) < SMALL_FILE:
+                if len(head) != fetched.size:
+                    raise TransientBackendError(f"reading object {key} gave {len(head)} of "
+                                                f"{fetched.size} bytes")
                 return fetched, head
             with self._probe_lock:
                 chunker = self.pipeline.chunker_for(head)
@@ -188,7 +207,8 @@ class ObjectTreeBuilder:
                 if len(segment) < SEGMENT_BYTES:
                     break
                 segment = _read_exactly(fetched, SEGMENT_BYTES)
-            fetched.size = total
+            if total != fetched.size:
+                raise TransientBackendError(f"reading object {key} gave {total} of {fetched.size} bytes")
             return fetched, refs
         finally:
             fetched.close()
@@ -285,5 +305,3 @@ def backup_object_store(session: Session, src: obj.ObjectStoreSource, tags: list
     return BackupResult(snap, builder.stats.unreadable, builder.stats.changed, requests,
                         builder.stats.vanished)
 
-
-__all__ = ["SourceError", "backup_object_store", "make_client"]

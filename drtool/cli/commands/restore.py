@@ -207,6 +207,7 @@ def run_bucket_restore(state: CliState, src: ObjectStoreSource, url: str, snapsh
     from drtool.api import objectstores
     if target or dry_run:
         raise UsageError("--to-bucket takes no --target or --dry-run")
+    objectstores.parse_bucket_url(url)  # a bad URL fails before the repository is opened
     point = _which_point(snapshot, when)
     session = state.session()
     pick = api.pick_snapshot(session, snapshot, src.name, point)
