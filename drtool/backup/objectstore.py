@@ -231,9 +231,12 @@ class ObjectTreeBuilder:
             fetched, body = result
             refs = ([self.pipeline.add(body)] if body else []) if isinstance(body, bytes) else body
             size = len(body) if isinstance(body, bytes) else fetched.size
-            node = obj.object_node(fetch.name, size, fetched.mtime_ns, fetched.etag,
-                                   fetched.content_type, fetched.metadata)
-            if fetched.etag != fetch.listed.etag:
+            # The listing's Last-Modified, which the next run compares with (a GET's header may be
+            # rounded differently, as Swift's S3 API does); the GET's if the object was replaced.
+            as_listed = fetched.etag == fetch.listed.etag
+            node = obj.object_node(fetch.name, size, fetch.listed.mtime_ns if as_listed else fetched.mtime_ns,
+                                   fetched.etag, fetched.content_type, fetched.metadata)
+            if not as_listed:
                 self.stats.changed.append(f"s3://{self.client.bucket}/{fetch.listed.key}")
             fetch.directory.nodes.append(node)
             if refs:
