@@ -5,10 +5,9 @@ scripts/test), one replica, one device in a temporary directory, tempauth
 (user ``test:tester``, key ``testing``) and the s3api middleware, each server
 on a free loopback port.  The servers read their ``swift.conf`` from the
 temporary directory (``swift_dir``), run as the current user, and log to
-files there (shown when start-up fails).  No memcached: the cache
-middleware points at a closed port, so every lookup misses; tempauth's
-tokens (the native Swift API) need a real one, S3 signatures do not, so
-the S3 API is what the tests use.
+files there (shown when start-up fails).  A memcached on a free port
+holds tempauth's tokens (the native Swift API needs them; S3 signatures
+do not).
 
 The servers run under Debian's /usr/bin/python3 (the packages' own
 interpreter), not the test virtualenv.
@@ -27,7 +26,7 @@ from pathlib import Path
 from s3server import free_port
 
 KINDS = ("account", "container", "object")
-ACCESS_KEY, SECRET_KEY = "test:tester", "testing"
+ACCESS_KEY, SECRET_KEY = "test:tester", "drtool-swift-s3cr3t"
 
 
 @dataclass
@@ -61,6 +60,7 @@ def _common(base: Path, port: int) -> str:
 
 
 def write_config(base: Path, ports: dict[str, int]) -> None:
+    """Rings (one device, one replica) and the four servers' configuration files in ``base``."""
     (base / "srv" / "sdb1").mkdir(parents=True)
     (base / "swift.conf").write_text("[swift-hash]\nswift_hash_path_suffix = drtooltest\n"
                                      "swift_hash_path_prefix = drtooltest\n"
@@ -83,9 +83,7 @@ def write_config(base: Path, ports: dict[str, int]) -> None:
         _common(base, ports["proxy"])
         + "[pipeline:main]\npipeline = catch_errors healthcheck proxy-logging cache s3api tempauth "
           "proxy-logging proxy-server\n"
-          # s3api and tempauth need a cache object in the request; with no memcached behind it every
-          # lookup misses, which S3-signed requests do not mind (a closed port fails fast)
-          f"[filter:cache]\nuse = egg:swift#memcache\nmemcache_servers = 127.0.0.1:{free_port()}\n"
+          f"[filter:cache]\nuse = egg:swift#memcache\nmemcache_servers = 127.0.0.1:{ports['memcached']}\n"
           "[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n"
           f"[filter:tempauth]\nuse = egg:swift#tempauth\nuser_test_tester = {SECRET_KEY} .admin\n"
           "[filter:s3api]\nuse = egg:swift#s3api\n"
@@ -100,9 +98,11 @@ def _env() -> dict[str, str]:
 
 
 def start_swift(base: Path, timeout: float = 120.0) -> SwiftServer:
-    ports = {kind: free_port() for kind in (*KINDS, "proxy")}
+    ports = {kind: free_port() for kind in (*KINDS, "proxy", "memcached")}
     write_config(base, ports)
-    processes = []
+    processes = [subprocess.Popen(["memcached", "-l", "127.0.0.1", "-p", str(ports["memcached"]), "-U", "0",
+                                   "-m", "16", "-u", getpass.getuser()], env=_env(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     for kind in (*KINDS, "proxy"):
         log = open(base / f"{kind}.log", "wb")  # noqa: SIM115 - handed to the child
         processes.append(subprocess.Popen([f"/usr/bin/swift-{kind}-server", str(base / f"{kind}-server.conf"),

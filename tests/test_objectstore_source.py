@@ -162,6 +162,11 @@ def test_cut_off_bodies_are_fetched_again_and_bad_keys_are_reported(
     ({"prefix": "media/"}, "needs bucket"),
     ({"bucket": "b", "endpoint": "http://key:secret@host"}, "without credentials"),
     ({"bucket": "b", "prefx": "media/"}, "unknown key(s) prefx"),
+    ({"type": "swift", "container": "c", "user": "a:u"}, "auth_url must be a URL"),
+    ({"type": "swift", "container": "c", "auth_url": "http://h/auth/v1.0"}, "needs user"),
+    ({"type": "swift", "container": "c", "auth_url": "http://h/auth/v1.0", "user": "a:u", "key": "s3cr3t"},
+     "credentials do not belong in the config"),
+    ({"type": "swift", "bucket": "c", "auth_url": "http://h/auth/v1.0", "user": "a:u"}, "unknown key(s) bucket"),
 ])
 def test_bad_tables_are_refused_naming_the_problem(table: dict, problem: str) -> None:
     from drtool.backup.configured import parse_source

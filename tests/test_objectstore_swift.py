@@ -78,3 +78,63 @@ def test_swift_bucket_backup_incremental_and_restore(swift: SwiftServer, tmp_pat
         assert got["Body"].read() == body
         assert got["ContentType"] == ("image/webp" if key == "0/0a/3.png" else "image/png")
         assert got["Metadata"] == {"sha1": "new" if key == "0/0a/3.png" else key.replace("/", "-")}
+
+
+def native_env(tmp: Path, proxy_url: str, container: str) -> DrEnv:
+    env = make_env(tmp / "dr")
+    config = tmp / "drtool.toml"
+    config.write_text(f'[sources.commons]\ntype = "swift"\nauth_url = "{proxy_url}/auth/v1.0"\n'
+                      f'user = "{ACCESS_KEY}"\ncontainer = "{container}"\nprefix = "thumbs/"\nconnections = 3\n')
+    env.env.update(ST_KEY=SECRET_KEY, DRTOOL_CONFIG=str(config))
+    env.init()
+    return env
+
+
+def test_native_swift_api_with_tempauth(swift: SwiftServer, tmp_path: Path) -> None:
+    import swiftclient.client
+    conn = swiftclient.client.Connection(authurl=f"{swift.url}/auth/v1.0", user=ACCESS_KEY, key=SECRET_KEY)
+    conn.put_container("native")
+    objects = {f"thumbs/{i % 3}/{i}.jpg": os.urandom(300 + i) for i in range(9)}
+    for key, body in objects.items():
+        conn.put_object("native", key, body, content_type="image/jpeg", headers={"X-Object-Meta-Width": "120"})
+    conn.put_object("native", "originals/big.tif", b"not under the prefix")
+    proxy = FaultProxy(swift.url).start()
+
+    def object_gets() -> list[str]:  # GET /v1/AUTH_test/native/KEY (listings carry a query string)
+        return sorted(what.split()[1].split("/native/", 1)[1] for _kind, what in proxy.requests
+                      if what.startswith("GET /v1/") and "?" not in what)
+    try:
+        dr = native_env(tmp_path, proxy.url, "native")
+        result = dr.run("backup", "--source", "commons")
+        assert result.code == 0, result.err
+        assert object_gets() == sorted(objects)
+        assert key_nowhere_stored(dr, SECRET_KEY)
+        conn.put_object("native", "thumbs/1/4.jpg", b"smaller", content_type="image/webp",
+                        headers={"X-Object-Meta-Width": "60"})
+        conn.delete_object("native", "thumbs/2/5.jpg")
+        objects["thumbs/1/4.jpg"] = b"smaller"
+        del objects["thumbs/2/5.jpg"]
+        proxy.reset()
+        result = dr.run("backup", "--source", "commons")
+        assert result.code == 0, result.err
+        assert object_gets() == ["thumbs/1/4.jpg"]
+        conn.put_container("restored-native")
+        result = dr.run("restore", "latest", "--source", "commons", "--to-bucket", "swift://restored-native/copy")
+        assert result.code == 0, result.err
+    finally:
+        proxy.stop()
+    _headers, listing = conn.get_container("restored-native")
+    assert sorted(item["name"] for item in listing) == sorted(f"copy/{k[len('thumbs/'):]}" for k in objects)
+    for key, body in objects.items():
+        headers, got = conn.get_object("restored-native", f"copy/{key[len('thumbs/'):]}")
+        assert got == body
+        assert headers["content-type"] == ("image/webp" if key == "thumbs/1/4.jpg" else "image/jpeg")
+        assert headers["x-object-meta-width"] == ("60" if key == "thumbs/1/4.jpg" else "120")
+
+
+def key_nowhere_stored(dr: DrEnv, key: str) -> bool:
+    """The Swift key is nowhere in the catalog or the repository's clear-text files."""
+    for path in [dr.catalog, *dr.repo.rglob("*")]:
+        if path.is_file() and key.encode() in path.read_bytes():
+            return False
+    return True

@@ -7,6 +7,8 @@ directory is the ordinary file restore of the series named after the source).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from drtool.backup.configured import get_source
 from drtool.backup.objectstore import backup_object_store, make_client
 from drtool.config import Settings
@@ -28,13 +30,10 @@ def object_source(settings: Settings, name: str) -> ObjectStoreSource | None:
 
 def restore_into_bucket(session: Session, snap: Snapshot, src: ObjectStoreSource, url: str,
                         includes: list[str]) -> BucketRestoreResult:
-    """Put ``snap``'s objects under ``url`` (s3://bucket/prefix) on the source's endpoint,
-    with its credentials and connection count."""
-    bucket, prefix = parse_bucket_url(url)
-    client = make_client(ObjectStoreSource(name=src.name, type=src.type, bucket=bucket,
-                                           endpoint=src.endpoint, prefix=prefix, region=src.region,
-                                           profile=src.profile, connections=src.connections,
-                                           addressing_style=src.addressing_style))
+    """Put ``snap``'s objects under ``url`` (s3://bucket/prefix, swift://container/prefix) on the
+    source's endpoint, with its credentials and connection count."""
+    bucket, prefix = parse_bucket_url(url, src.scheme)
+    client = make_client(replace(src, bucket=bucket, prefix=prefix))
     try:
         return restore_to_bucket(session, snap, client, prefix, includes)
     finally:

@@ -94,6 +94,7 @@ class S3SourceClient:
                  profile: str | None = None, connections: int = 8,
                  addressing_style: str | None = None) -> None:
         self.bucket = bucket
+        self.scheme = "s3"
         self.connections = connections
         self.stats = SourceStats()
         where = endpoint or "AWS S3"

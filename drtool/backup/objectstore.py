@@ -44,6 +44,13 @@ ClientFactory = Callable[[obj.ObjectStoreSource], S3SourceClient]
 
 
 def make_client(src: obj.ObjectStoreSource) -> S3SourceClient:
+    """The S3 client, or for ``type = "swift"`` the native Swift one (the same interface)."""
+    if src.type == "swift":
+        from drtool.backends.swift_source import SwiftSourceClient  # python-swiftclient only when used
+        assert src.auth_url is not None and src.user is not None
+        return SwiftSourceClient(src.bucket, auth_url=src.auth_url, user=src.user,  # type: ignore[return-value]
+                                 auth_version=src.auth_version, os_options=src.keystone,
+                                 connections=src.connections)
     return S3SourceClient(src.endpoint, src.bucket, region=src.region, profile=src.profile,
                           connections=src.connections, addressing_style=src.addressing_style)
 
@@ -98,6 +105,9 @@ class ObjectTreeBuilder:
         assert root.tree_id is not None
         return root.tree_id
 
+    def _where(self, key: str) -> str:
+        return f"{self.client.scheme}://{self.client.bucket}/{key}"
+
     def _old_nodes(self, tree_id: str | None) -> dict[str, Node]:
         if not tree_id:
             return {}
@@ -110,7 +120,7 @@ class ObjectTreeBuilder:
         try:
             parts, marker = obj.key_parts(listed.key, self.prefix)
         except obj.KeyProblem as exc:
-            self.stats.unreadable.append(f"s3://{self.client.bucket}/{listed.key}: key {exc}")
+            self.stats.unreadable.append(f"{self._where(listed.key)}: key {exc}")
             return
         dirs = parts if marker else parts[:-1]
         depth = 0
@@ -121,7 +131,7 @@ class ObjectTreeBuilder:
         for name in dirs[depth:]:
             opened = self._open_dir(stack[-1][1], name)
             if opened is None:
-                self.stats.unreadable.append(f"s3://{self.client.bucket}/{listed.key}: '{name}' is "
+                self.stats.unreadable.append(f"{self._where(listed.key)}: '{name}' is "
                                              f"also an object; the key cannot be a path")
                 return
             stack.append((name, opened))
@@ -151,7 +161,7 @@ class ObjectTreeBuilder:
 
     def _add_object(self, directory: OpenDir, name: str, listed: ListedObject) -> None:
         if name in directory.names:
-            self.stats.unreadable.append(f"s3://{self.client.bucket}/{listed.key}: '{name}' is also "
+            self.stats.unreadable.append(f"{self._where(listed.key)}: '{name}' is also "
                                          f"a directory; the key cannot be a path")
             return
         directory.names.add(name)
@@ -221,12 +231,12 @@ class ObjectTreeBuilder:
             try:
                 result = fetch.future.result()
             except DrtoolError as exc:
-                self.stats.unreadable.append(f"s3://{self.client.bucket}/{fetch.listed.key}: {exc.one_line()}")
+                self.stats.unreadable.append(f"{self._where(fetch.listed.key)}: {exc.one_line()}")
                 continue
             if result is None:
-                self.stats.vanished.append(f"s3://{self.client.bucket}/{fetch.listed.key}")
-                log.warning("s3://%s/%s was deleted during the backup; not in this snapshot",
-                            self.client.bucket, fetch.listed.key)
+                self.stats.vanished.append(self._where(fetch.listed.key))
+                log.warning("%s was deleted during the backup; not in this snapshot",
+                            self._where(fetch.listed.key))
                 continue
             fetched, body = result
             refs = ([self.pipeline.add(body)] if body else []) if isinstance(body, bytes) else body
@@ -237,7 +247,7 @@ class ObjectTreeBuilder:
             node = obj.object_node(fetch.name, size, fetch.listed.mtime_ns if as_listed else fetched.mtime_ns,
                                    fetched.etag, fetched.content_type, fetched.metadata)
             if not as_listed:
-                self.stats.changed.append(f"s3://{self.client.bucket}/{fetch.listed.key}")
+                self.stats.changed.append(f"{self._where(fetch.listed.key)}")
             fetch.directory.nodes.append(node)
             if refs:
                 fetch.directory.pending.append((node, refs))

@@ -43,12 +43,12 @@ class BucketRestoreResult:
                 "bytes": self.bytes, "folder_markers": self.markers, "failed": self.failed}
 
 
-def parse_bucket_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` -> (bucket, "prefix/"); the prefix may be empty."""
+def parse_bucket_url(url: str, scheme: str = "s3") -> tuple[str, str]:
+    """``s3://bucket/prefix`` (``swift://container/prefix``) -> (bucket, "prefix/"); the prefix may be empty."""
     parsed = urlparse(url)
-    if parsed.scheme != "s3" or not parsed.netloc or parsed.query or parsed.fragment:
-        raise UsageError(f"--to-bucket {url!r} is not an s3://BUCKET[/PREFIX] URL",
-                         hint="e.g. --to-bucket s3://media-restored/2024")
+    if parsed.scheme != scheme or not parsed.netloc or parsed.query or parsed.fragment:
+        raise UsageError(f"--to-bucket {url!r} is not an {scheme}://BUCKET[/PREFIX] URL",
+                         hint=f"e.g. --to-bucket {scheme}://media-restored/2024")
     prefix = parsed.path.strip("/")
     if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
         raise UsageError(f"--to-bucket {url!r}: the prefix has an empty, '.' or '..' part")
@@ -71,7 +71,7 @@ def restore_to_bucket(session: Session, snap: Snapshot, client: S3SourceClient, 
 
 def _restore_locked(session: Session, snap: Snapshot, client: S3SourceClient, prefix: str,
                     includes: list[str]) -> BucketRestoreResult:
-    result = BucketRestoreResult(snap, f"s3://{client.bucket}/{prefix}")
+    result = BucketRestoreResult(snap, f"{client.scheme}://{client.bucket}/{prefix}")
     wanted = normalize_includes(session.repo, snap, includes)
     window: deque[tuple[str, Future[None]]] = deque()
     limit = client.connections * WINDOW_PER_CONNECTION

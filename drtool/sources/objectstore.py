@@ -23,11 +23,13 @@ from drtool.snapshot.model import DIR, FILE, Node
 from drtool.snapshot.names import entry_name_problem
 from drtool.sources.common import check_table
 
-OBJECT_STORE_TYPES = ("s3",)
-KEYS = frozenset({"type", "endpoint", "bucket", "prefix", "region", "profile", "connections",
-                  "addressing_style"})
+OBJECT_STORE_TYPES = ("s3", "swift")
+KEYS = {"s3": frozenset({"type", "endpoint", "bucket", "prefix", "region", "profile", "connections",
+                         "addressing_style"}),
+        "swift": frozenset({"type", "auth_url", "auth_version", "user", "container", "prefix", "connections",
+                            "project_name", "user_domain_name", "project_domain_name", "region"})}
 SECRET_KEYS = ("access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key",
-               "session_token", "aws_session_token")
+               "session_token", "aws_session_token", "key", "os_password", "token")
 DEFAULT_CONNECTIONS = 8
 MAX_CONNECTIONS = 256
 FILE_MODE = 0o644
@@ -40,17 +42,25 @@ class ObjectStoreSource:
 
     name: str
     type: str
-    bucket: str
+    bucket: str                     # the Swift container for type = "swift"
     endpoint: str | None = None
     prefix: str = ""
     region: str | None = None
     profile: str | None = None      # a profile of the AWS shared credentials file
     connections: int = DEFAULT_CONNECTIONS
     addressing_style: str | None = None
+    auth_url: str | None = None     # swift: tempauth (.../auth/v1.0) or Keystone v3
+    auth_version: str = "1.0"
+    user: str | None = None
+    keystone: dict[str, str] | None = None  # project_name, user_domain_name, ... (Keystone v3)
+
+    @property
+    def scheme(self) -> str:
+        return "swift" if self.type == "swift" else "s3"
 
     @property
     def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        return f"{self.scheme}://{self.bucket}/{self.prefix}" if self.prefix else f"{self.scheme}://{self.bucket}"
 
 
 def source_from_table(name: str, table: dict[str, Any]) -> ObjectStoreSource:
@@ -60,10 +70,12 @@ def source_from_table(name: str, table: dict[str, Any]) -> ObjectStoreSource:
             raise ConfigError(f"[sources.{name}]: credentials do not belong in the config ({key})",
                               hint="use the AWS environment variables, an instance role, or "
                                    "profile = \"NAME\" from the AWS shared credentials file")
-    check_table(name, table, KEYS)
-    bucket = table.get("bucket")
+    kind = str(table["type"])
+    check_table(name, table, KEYS[kind])
+    holder = "container" if kind == "swift" else "bucket"
+    bucket = table.get(holder)
     if not isinstance(bucket, str) or not bucket or "/" in bucket:
-        raise ConfigError(f"[sources.{name}]: an s3 source needs bucket = \"NAME\" (no '/')")
+        raise ConfigError(f"[sources.{name}]: an {kind} source needs {holder} = \"NAME\" (no '/')")
     prefix = table.get("prefix", "")
     if not isinstance(prefix, str) or prefix.startswith("/"):
         raise ConfigError(f"[sources.{name}]: prefix must be a key prefix such as \"media/\" "
@@ -77,15 +89,35 @@ def source_from_table(name: str, table: dict[str, Any]) -> ObjectStoreSource:
     style = table.get("addressing_style")
     if style is not None and style not in ("auto", "path", "virtual"):
         raise ConfigError(f"[sources.{name}]: addressing_style must be auto, path or virtual")
-    endpoint = table.get("endpoint")
-    if endpoint is not None and (not isinstance(endpoint, str) or "://" not in endpoint
-                                 or "@" in endpoint.split("://", 1)[1].split("/", 1)[0]):
-        raise ConfigError(f"[sources.{name}]: endpoint must be a URL such as \"https://s3.example.org\" "
+    url_key = "auth_url" if kind == "swift" else "endpoint"
+    endpoint = table.get(url_key)
+    if (endpoint is not None or kind == "swift") and (
+            not isinstance(endpoint, str) or "://" not in endpoint
+            or "@" in endpoint.split("://", 1)[1].split("/", 1)[0]):
+        raise ConfigError(f"[sources.{name}]: {url_key} must be a URL such as \"https://store.example.org\" "
                           f"(without credentials)")
-    return ObjectStoreSource(name=name, type=str(table["type"]), bucket=bucket, endpoint=endpoint,
-                             prefix=prefix, region=_opt_str(table, "region"),
-                             profile=_opt_str(table, "profile"), connections=connections,
-                             addressing_style=style)
+    src = ObjectStoreSource(name=name, type=kind, bucket=bucket, prefix=prefix,
+                            region=_opt_str(table, "region"), connections=connections)
+    if kind == "swift":
+        return _swift_fields(name, table, src, endpoint)
+    src.endpoint, src.profile, src.addressing_style = endpoint, _opt_str(table, "profile"), style
+    return src
+
+
+def _swift_fields(name: str, table: dict[str, Any], src: ObjectStoreSource, auth_url: str) -> ObjectStoreSource:
+    version = str(table.get("auth_version", "1.0"))
+    if version not in ("1.0", "3"):
+        raise ConfigError(f"[sources.{name}]: auth_version must be \"1.0\" (tempauth) or \"3\" (Keystone)")
+    user = _opt_str(table, "user")
+    if user is None:
+        raise ConfigError(f"[sources.{name}]: a swift source needs user = \"ACCOUNT:USER\" (tempauth) "
+                          f"or the Keystone user name")
+    keystone = {k: str(table[k]) for k in ("project_name", "user_domain_name", "project_domain_name")
+                if k in table}
+    if src.region:
+        keystone["region_name"] = src.region
+    src.auth_url, src.auth_version, src.user, src.keystone = auth_url, version, user, keystone
+    return src
 
 
 def _opt_str(table: dict[str, Any], key: str) -> str | None:

@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 @click.option("--port", type=int, help="With --source: port for the restored server.")
 @click.option("--target-db", metavar="DB", help="With a MariaDB --source: load into this new database.")
 @click.option("--to-bucket", metavar="URL",
-              help="With an object-store --source: put the objects under s3://BUCKET[/PREFIX].")
+              help="With an object-store --source: put the objects under s3://BUCKET[/PREFIX] "
+                   "(swift://CONTAINER[/PREFIX] for a swift source).")
 @dry_run_option
 @json_option
 @pass_state
@@ -207,7 +208,7 @@ def run_bucket_restore(state: CliState, src: ObjectStoreSource, url: str, snapsh
     from drtool.api import objectstores
     if target or dry_run:
         raise UsageError("--to-bucket takes no --target or --dry-run")
-    objectstores.parse_bucket_url(url)  # a bad URL fails before the repository is opened
+    objectstores.parse_bucket_url(url, src.scheme)  # a bad URL fails before the repository is opened
     point = _which_point(snapshot, when)
     session = state.session()
     pick = api.pick_snapshot(session, snapshot, src.name, point)
