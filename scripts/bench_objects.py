@@ -75,11 +75,13 @@ def fill(url: str, bucket: str, keys: list[str], size: int) -> None:
                                               ContentType="image/jpeg", Metadata={"sha1": k[-12:]}), keys))
 
 
-def run_drtool(env: dict[str, str], *args: str) -> tuple[dict[str, Any], float, float]:
+def run_drtool(env: dict[str, str], *args: str, python: list[str] | None = None
+               ) -> tuple[dict[str, Any], float, float]:
     """(JSON output, seconds, peak RSS MiB of this one child, from wait4)."""
     start = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "drtool", *args, "--json"], env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, *(python or []), "-m", "drtool", *args, "--json"], env=env,
+                                stdout=out,
                                 stderr=err)
         _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -100,6 +102,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=20_000)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the unchanged re-run into FILE")
     opts = parser.parse_args()
     proc, url = start_moto()
     work = Path(tempfile.mkdtemp(prefix="bench-objects-"))
@@ -129,7 +132,8 @@ def main() -> None:
             if label == "one_percent_changed":
                 fill(url, "media", keys[::100], opts.size)
             repo_before = tree_bytes(work / "repo")
-            out, took, rss = run_drtool(env, "backup", "--source", "media")
+            profile = ["-m", "cProfile", "-o", opts.profile] if opts.profile and label == "unchanged" else []
+            out, took, rss = run_drtool(env, "backup", "--source", "media", python=profile)
             snap = out["sources"]["media"][0]
             req = snap["meta"]["requests"]
             runs[label] = {"seconds": round(took, 2), "peak_rss_mib": round(rss, 1),
@@ -162,7 +166,11 @@ def main() -> None:
                 print(f"{key}: {value}")
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
 
