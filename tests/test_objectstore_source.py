@@ -183,3 +183,20 @@ def test_to_bucket_needs_an_object_store_source(tmp_path: Path, moto_server: Mot
     assert result.code == 2 and "needs an object-store --source" in result.err
     result = dr.run("restore", "latest", "--source", "wiki-media", "--to-bucket", "http://not-s3/x")
     assert result.code == 2 and "not an s3://BUCKET" in result.err
+
+
+def test_the_documented_tables_parse() -> None:
+    """docs/scale.md's configuration example is what drtool accepts (and says what it is)."""
+    import re
+    import tomllib
+
+    from drtool.backup.configured import parse_source, source_type
+    text = (Path(__file__).resolve().parent.parent / "docs" / "scale.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", text, re.S)
+    assert block is not None
+    sources = tomllib.loads(block.group(1))["sources"]
+    parsed = {name: parse_source(name, table, {}) for name, table in sources.items()}
+    assert {name: source_type(src, {}) for name, src in parsed.items()} == {
+        "commons-media": "s3", "commons-thumbs": "swift"}
+    assert parsed["commons-media"].url == "s3://wiki-media/originals/"
+    assert parsed["commons-thumbs"].url == "swift://wiki-thumbs/thumbs/"
