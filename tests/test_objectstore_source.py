@@ -134,6 +134,12 @@ def test_restore_one_prefix_into_the_same_bucket(moto_server: MotoServer, proxy:
     assert s3.get_object(Bucket=bucket, Key="media/x/2")["Body"].read() == b"media/x/2"
     assert s3.get_object(Bucket=bucket, Key="media/x/2")["Metadata"] == {"k": "media/x/2"}
     assert s3.get_object(Bucket=bucket, Key="media/y/1")["Body"].read() == b"kept as it is now"
+    other = create_bucket(moto_server.url)  # one object
+    result = dr.run("restore", "latest", "--source", "wiki-media", "--to-bucket", f"s3://{other}",
+                    "--include", "y/1")
+    assert result.code == 0, result.err
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=other)["Contents"]] == ["y/1"]
+    assert s3.get_object(Bucket=other, Key="y/1")["Body"].read() == b"media/y/1"
 
 
 def test_cut_off_bodies_are_fetched_again_and_bad_keys_are_reported(
