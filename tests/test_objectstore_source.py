@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import DrEnv, make_env
+from conftest import DrEnv, dr, make_env  # noqa: F401 - fixture
 from fault_proxy import FaultProxy
 from s3server import DUMMY_ENV, MotoServer, create_bucket, make_client, moto_server  # noqa: F401 - fixture
 
@@ -75,6 +75,7 @@ def test_backup_incremental_deletions_and_restores(moto_server: MotoServer, prox
     for key, body in objects.items():
         put(moto_server.url, bucket, key, body, "image/jpeg", {"author": "Ada", "licence": "CC-BY-SA"})
     put(moto_server.url, bucket, "media/empty/", b"")          # a console's folder marker
+    put(moto_server.url, bucket, "media/", b"")                # ... and the prefix's own
     put(moto_server.url, bucket, "other/not-under-prefix", b"x")
     dr = source_env(tmp_path, proxy.url, bucket)
 
@@ -206,3 +207,40 @@ def test_the_documented_tables_parse() -> None:
         "commons-media": "s3", "commons-thumbs": "swift"}
     assert parsed["commons-media"].url == "s3://wiki-media/originals/"
     assert parsed["commons-thumbs"].url == "swift://wiki-thumbs/thumbs/"
+
+
+class OutOfOrderStore:
+    """A store whose listing is not in key order (the tree builder relies on that order)."""
+
+    bucket, scheme, connections = "misordered", "s3", 2
+
+    def __init__(self) -> None:
+        from drtool.backends.s3_source import SourceStats
+        self.stats = SourceStats()
+
+    def check_bucket(self) -> None:
+        pass
+
+    def iter_objects(self, prefix: str) -> Iterator[object]:
+        from drtool.backends.s3_source import ListedObject
+        for key in ("b/1", "a/1"):
+            yield ListedObject(key, 1, "etag", 0)
+
+    def open_object(self, key: str) -> None:
+        return None  # as if deleted since the listing: the order check must fire regardless
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_listing_out_of_key_order_writes_no_snapshot(dr: DrEnv) -> None:
+    from drtool.backup.objectstore import backup_object_store
+    from drtool.errors import SourceError
+    from drtool.sources.objectstore import ObjectStoreSource
+    dr.init()
+    with dr.session() as session:
+        with pytest.raises(SourceError) as caught:
+            backup_object_store(session, ObjectStoreSource("m", "s3", "misordered"),
+                                client_factory=lambda _src: OutOfOrderStore())  # type: ignore[arg-type,return-value]
+        assert "not in key order" in caught.value.one_line()
+        assert session.snapshots("m") == []

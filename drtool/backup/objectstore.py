@@ -30,7 +30,7 @@ from drtool.backup.run import (BackupResult, _backup_frame, _commit, _record_in_
                                check_labels)
 from drtool.backup.treewalk import SMALL_FILE, WalkStats
 from drtool.core.session import Session
-from drtool.errors import DrtoolError, TransientBackendError
+from drtool.errors import DrtoolError, SourceError, TransientBackendError
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, Node
 from drtool.snapshot.store import load_tree, store_tree
@@ -91,8 +91,14 @@ class ObjectTreeBuilder:
     def build(self, parent_tree: str | None) -> str:
         root = OpenDir(None, parent_tree, self._old_nodes(parent_tree))
         stack: list[tuple[str, OpenDir]] = [("", root)]
+        last = ""
         try:
             for listed in self.client.iter_objects(self.prefix):
+                if listed.key <= last:
+                    raise SourceError(f"the listing of {self._where(self.prefix)} is not in key order "
+                                      f"({listed.key!r} after {last!r}); no snapshot was written",
+                                      hint="the store must list keys in UTF-8 byte order, as S3 and Swift do")
+                last = listed.key
                 self._add(stack, listed)
             while len(stack) > 1:
                 self._close(stack.pop()[1])
@@ -137,8 +143,8 @@ class ObjectTreeBuilder:
             stack.append((name, opened))
         if marker:
             node = stack[-1][1].node
-            assert node is not None
-            node.xmeta = obj.marker_meta(listed.etag, listed.mtime_ns)
+            if node is not None:  # the prefix's own marker is the root, which has no node
+                node.xmeta = obj.marker_meta(listed.etag, listed.mtime_ns)
             return
         self._add_object(stack[-1][1], parts[-1], listed)
         self._harvest(block=False)

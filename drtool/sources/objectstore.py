@@ -133,14 +133,14 @@ def key_parts(key: str, prefix: str) -> tuple[list[str], bool]:
     """Path components of ``key`` below ``prefix``, and whether it is a folder marker.
 
     A zero-byte key ending in '/' (what consoles create for "folders") is a
-    directory; any other key with an empty, '.' or '..' component, or a NUL,
+    directory (the prefix's own marker gives no parts: it is the root); any other key with an empty, '.' or '..' component, or a NUL,
     cannot be a file name and raises KeyProblem.
     """
     rel = key[len(prefix):]
+    if not rel:  # the prefix's own folder marker ("media/"): the snapshot's root
+        return [], True
     marker = rel.endswith("/")
     parts = (rel[:-1] if marker else rel).split("/")
-    if not rel or (marker and rel == "/"):
-        raise KeyProblem("is the prefix itself")
     for part in parts:
         problem = entry_name_problem(part)
         if problem is not None:
