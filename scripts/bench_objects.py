@@ -97,6 +97,48 @@ def tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def backups(env: dict[str, str], url: str, keys: list[str], size: int, profile: str | None,
+            work: Path) -> dict[str, Any]:
+    """The three backups: first, unchanged, 1 % of the objects rewritten."""
+    runs: dict[str, Any] = {}
+    for label in ("first", "unchanged", "one_percent_changed"):
+        if label == "one_percent_changed":
+            fill(url, "media", keys[::100], size)
+        repo_before = tree_bytes(work / "repo")
+        python = ["-m", "cProfile", "-o", profile] if profile and label == "unchanged" else []
+        out, took, rss = run_drtool(env, "backup", "--source", "media", python=python)
+        snap = out["sources"]["media"][0]
+        req = snap["meta"]["requests"]
+        runs[label] = {"seconds": round(took, 2), "peak_rss_mib": round(rss, 1),
+                       "gets": req["gets"], "lists": req["lists"], "files_read": snap["summary"]["files_read"],
+                       "repository_bytes_added": tree_bytes(work / "repo") - repo_before}
+    return runs
+
+
+def per_object(n: int, size: int, runs: dict[str, Any], catalog_growth: int) -> dict[str, float]:
+    return {
+        "gets_per_object_first": round(runs["first"]["gets"] / n, 3),
+        "gets_per_object_unchanged": round(runs["unchanged"]["gets"] / n, 3),
+        "repository_bytes_per_object_first": round(runs["first"]["repository_bytes_added"] / n, 1),
+        "metadata_bytes_per_object_first": round((runs["first"]["repository_bytes_added"] - n * size) / n, 1),
+        "repository_bytes_per_object_unchanged_run": round(runs["unchanged"]["repository_bytes_added"] / n, 2),
+        "catalog_bytes_per_object": round(catalog_growth / n, 2),
+        "ms_per_object_first": round(runs["first"]["seconds"] / n * 1000, 3),
+        "ms_per_object_unchanged": round(runs["unchanged"]["seconds"] / n * 1000, 3),
+    }
+
+
+def timed_listing(url: str) -> tuple[int, float]:
+    """Keys listed by drtool's own client, and the seconds it took (no backup around it)."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.update(DUMMY)
+    from drtool.backends.s3_source import S3SourceClient
+    lister = S3SourceClient(url, "media", addressing_style="path")
+    start = time.monotonic()
+    listed = sum(1 for _ in lister.iter_objects("media/"))
+    return listed, time.monotonic() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=20_000)
@@ -107,63 +149,27 @@ def main() -> None:
     proc, url = start_moto()
     work = Path(tempfile.mkdtemp(prefix="bench-objects-"))
     try:
-        s3 = client(url)
-        s3.create_bucket(Bucket="media")
+        client(url).create_bucket(Bucket="media")
         keys = [f"media/{i // 100:05d}/{i:08d}.jpg" for i in range(opts.objects)]
-        t = time.monotonic()
+        start = time.monotonic()
         fill(url, "media", keys, opts.size)
-        fill_s = time.monotonic() - t
+        fill_s = time.monotonic() - start
         (work / "drtool.toml").write_text(f'[sources.media]\ntype = "s3"\nendpoint = "{url}"\n'
                                           f'bucket = "media"\nprefix = "media/"\naddressing_style = "path"\n')
         env = {**os.environ, **DUMMY, "DRTOOL_REPOSITORY": str(work / "repo"), "DRTOOL_PASSWORD": "bench",
                "DRTOOL_CATALOG": str(work / "catalog.sqlite"), "DRTOOL_CONFIG": str(work / "drtool.toml"),
                "PYTHONPATH": str(ROOT), "XDG_STATE_HOME": str(work / "state")}
         subprocess.run([sys.executable, "-m", "drtool", "init"], env=env, check=True, capture_output=True)
-        sys.path.insert(0, str(ROOT))
-        os.environ.update(DUMMY)
-        from drtool.backends.s3_source import S3SourceClient
-        lister = S3SourceClient(url, "media", addressing_style="path")
-        t = time.monotonic()
-        listed = sum(1 for _ in lister.iter_objects("media/"))
-        list_s = time.monotonic() - t
-        repo0, cat0 = tree_bytes(work / "repo"), (work / "catalog.sqlite").stat().st_size
-        runs: dict[str, Any] = {}
-        for label in ("first", "unchanged", "one_percent_changed"):
-            if label == "one_percent_changed":
-                fill(url, "media", keys[::100], opts.size)
-            repo_before = tree_bytes(work / "repo")
-            profile = ["-m", "cProfile", "-o", opts.profile] if opts.profile and label == "unchanged" else []
-            out, took, rss = run_drtool(env, "backup", "--source", "media", python=profile)
-            snap = out["sources"]["media"][0]
-            req = snap["meta"]["requests"]
-            runs[label] = {"seconds": round(took, 2), "peak_rss_mib": round(rss, 1),
-                           "gets": req["gets"], "lists": req["lists"],
-                           "files_read": snap["summary"]["files_read"],
-                           "repository_bytes_added": tree_bytes(work / "repo") - repo_before}
+        listed, list_s = timed_listing(url)
+        catalog_before = (work / "catalog.sqlite").stat().st_size
+        runs = backups(env, url, keys, opts.size, opts.profile, work)
         n = opts.objects
-        report = {
-            "objects": n, "object_bytes": opts.size, "listed": listed, "fill_seconds": round(fill_s, 1),
-            "listing_seconds": round(list_s, 2), "listing_us_per_object": round(list_s / n * 1e6, 1),
-            "runs": runs,
-            "gets_per_object_first": round(runs["first"]["gets"] / n, 3),
-            "gets_per_object_unchanged": round(runs["unchanged"]["gets"] / n, 3),
-            "repository_bytes_per_object_first": round((tree_bytes(work / "repo") - repo0
-                                                        - runs["unchanged"]["repository_bytes_added"]
-                                                        - runs["one_percent_changed"]["repository_bytes_added"])
-                                                       / n, 1),
-            "metadata_bytes_per_object_first": round((runs["first"]["repository_bytes_added"] - n * opts.size)
-                                                     / n, 1),
-            "repository_bytes_per_object_unchanged_run": round(
-                runs["unchanged"]["repository_bytes_added"] / n, 2),
-            "catalog_bytes_per_object": round(((work / "catalog.sqlite").stat().st_size - cat0) / n, 2),
-            "ms_per_object_first": round(runs["first"]["seconds"] / n * 1000, 3),
-            "ms_per_object_unchanged": round(runs["unchanged"]["seconds"] / n * 1000, 3),
-        }
-        if opts.json:
-            print(json.dumps(report, indent=2))
-        else:
-            for key, value in report.items():
-                print(f"{key}: {value}")
+        report = {"objects": n, "object_bytes": opts.size, "listed": listed, "fill_seconds": round(fill_s, 1),
+                  "listing_seconds": round(list_s, 2), "listing_us_per_object": round(list_s / n * 1e6, 1),
+                  "runs": runs,
+                  **per_object(n, opts.size, runs, (work / "catalog.sqlite").stat().st_size - catalog_before)}
+        print(json.dumps(report, indent=2) if opts.json else
+              "\n".join(f"{key}: {value}" for key, value in report.items()))
     finally:
         proc.terminate()
         try:
