@@ -202,11 +202,12 @@ def socket_dir_for(target: str) -> str:
     """The restored server's own socket directory (never the production one).
 
     Unix socket paths are limited to 107 bytes (``.s.PGSQL.NNNNN`` included):
-    a long target gets a private directory under /tmp instead.
+    a long target gets a private directory under /tmp instead -- /tmp itself,
+    not $TMPDIR, which may be as long as the target.
     """
     if len(os.fsencode(target)) + len("/.s.PGSQL.65535") < 100:
         return target
-    return tempfile.mkdtemp(prefix="drtool-pg-")
+    return tempfile.mkdtemp(prefix="drtool-pg-", dir="/tmp")
 
 
 def free_port() -> int:
