@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 
+STALE_INSTALL_SECONDS = 2 * 3600
 INSTALL_INPUTS = ("drtool", "setup.cfg", "pyproject.toml", "scripts/install", "scripts/drtool-nightly")
 
 
@@ -48,7 +49,8 @@ def install_drtool() -> Iterator[Path]:
     One install per source tree, shared by every test module and xdist worker
     (a pip install takes ~45 s here): ``/tmp/drtool-install-<digest of the
     sources>``, made under an exclusive lock by whoever comes first; an edited
-    tree gets a fresh one.  Installs of other trees untouched for a day go.
+    tree gets a fresh one.  Installs of other trees unused for two hours go
+    (each use touches its ``complete`` marker; a CI run takes ~20 minutes).
     """
     if os.geteuid() != 0:
         pytest.fail("the deployed-profile tests run commands as other OS users: run them as root "
@@ -64,6 +66,7 @@ def install_drtool() -> Iterator[Path]:
                                   capture_output=True, text=True, timeout=900, check=False)
             assert proc.returncode == 0, f"scripts/install failed: {proc.stdout}\n{proc.stderr}"
             (top / "complete").write_text("")
+        os.utime(top / "complete")  # in use: not stale
         fcntl.flock(lock, fcntl.LOCK_UN)
     _remove_stale_installs(keep=top)
     yield top / "venv" / "bin"
@@ -74,7 +77,8 @@ def _remove_stale_installs(keep: Path) -> None:
         if old == keep or old.suffix == ".lock" or not old.is_dir():
             continue
         try:
-            if time.time() - old.stat().st_mtime < 86400:
+            marker = old / "complete"
+            if time.time() - (marker if marker.exists() else old).stat().st_mtime < STALE_INSTALL_SECONDS:
                 continue
             with open(f"{old}.lock", "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

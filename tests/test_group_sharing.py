@@ -227,3 +227,4 @@ def test_local_backend_keeps_group_modes_whatever_the_umask(tmp_path: Path) -> N
     private.create_location()
     private.put("keys/k1", b"slot")
     assert stat.S_IMODE((tmp_path / "private" / "keys" / "k1").stat().st_mode) == 0o600
+    assert (later.shared_group(), private.shared_group()) == (os.getgid(), None)

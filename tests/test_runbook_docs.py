@@ -11,13 +11,12 @@ Conventions (docs/rehearsals.md, "Human runbooks"):
   created); the working directory holds a copy of ``runbooks/``;
 * ``<!-- requires: a, b -->`` before a block asks for mariadb, postgresql, s3 or
   drtool-copy; the test provides each or FAILS naming what it could not provide;
-* ``postgresql``: a server archiving WAL into the repository as source
-  ``services``, and no PGHOST/PGPORT/PGUSER: a runbook says itself where to
-  connect.  Where the runbook runs commands as the OS user postgres
-  (``runuser -u postgres``), it is provided as deployed: drtool installed by
-  ``scripts/install`` first on PATH, the server running as ``postgres`` (its
-  archive_command too), the repository shared with group ``postgres`` by the
-  chgrp/chmod lines of docs/operations.md;
+* ``postgresql`` is provided as deployed: drtool installed by ``scripts/install``
+  first on PATH, a server running as the OS user ``postgres`` whose
+  archive_command stores WAL as source ``services``, the repository shared
+  with group ``postgres`` by the chgrp/chmod lines of docs/operations.md, and
+  no PGHOST/PGPORT/PGUSER: a runbook says itself what runs as postgres
+  (``runuser``) and where to connect;
 * ``<!-- not-run: reason -->`` skips a block: only for destructive or
   interactive commands, at most two per file.
 """
@@ -273,12 +272,9 @@ def share_repository_with(ws: Workspace, group: str) -> None:
         assert proc.returncode == 0, f"{line}: {proc.stderr}"
 
 
-def provide_postgresql(ws: Workspace, stack: ExitStack, as_postgres: bool) -> Callable[[str], None]:
-    """A live PostgreSQL archiving WAL into the repository (source 'services'); ``as_postgres``:
-    run by the OS user postgres with the installed drtool, which comes first on PATH for the
-    runbook too."""
-    if not as_postgres:
-        return _provide_postgresql_in_namespace(ws, stack)
+def provide_postgresql(ws: Workspace, stack: ExitStack) -> Callable[[str], None]:
+    """A live PostgreSQL run by the OS user postgres, archiving WAL into the repository (source
+    'services') with the installed drtool, which comes first on PATH for the runbook too."""
     bin_dir = stack.enter_context(contextmanager(install_drtool)())
     catalogs = Path(os_user_home("postgres"), ".local", "state", "drtool")
     before = set(catalogs.iterdir()) if catalogs.is_dir() else set()
@@ -309,25 +305,7 @@ def provide_postgresql(ws: Workspace, stack: ExitStack, as_postgres: bool) -> Ca
     return write
 
 
-def _provide_postgresql_in_namespace(ws: Workspace, stack: ExitStack) -> Callable[[str], None]:
-    """The server as an unprivileged uid in a user namespace (root outside), for runbooks whose
-    commands all run as the operator (drills: their sandboxes do the same)."""
-    password_file = ws.state / "drtool-password"
-    password_file.write_text(PASSWORD + "\n")
-    archive_env = dbservers.drtool_env(ws.env, str(password_file))
-    server = stack.enter_context(dbservers.postgres_server(archive_env=archive_env, source="services"))
-    server.sql("CREATE DATABASE services")
-    server.sql("CREATE TABLE orders (id serial PRIMARY KEY, item text)", "services")
-    ws.sources["services"] = server.source(method="basebackup")
-    ws.env.update(DRTOOL_PASSWORD_FILE=str(password_file))
-
-    def write(item: str) -> None:
-        server.sql(f"INSERT INTO orders (item) VALUES ('{item}')", "services")
-        server.switch_wal_and_wait()
-    return write
-
-
-def provide(ws: Workspace, needed: set[str], stack: ExitStack, as_postgres: bool = False) -> None:
+def provide(ws: Workspace, needed: set[str], stack: ExitStack) -> None:
     unknown = needed - set(REQUIREMENTS)
     assert not unknown, f"unknown requirement(s) {sorted(unknown)}; known: {', '.join(REQUIREMENTS)}"
     writers = []
@@ -338,7 +316,7 @@ def provide(ws: Workspace, needed: set[str], stack: ExitStack, as_postgres: bool
     if "mariadb" in needed:
         writers.append(provide_mariadb(ws, stack))
     if "postgresql" in needed:
-        writers.append(provide_postgresql(ws, stack, as_postgres))
+        writers.append(provide_postgresql(ws, stack))
     if ws.sources:
         _configure_sources(ws)
     if writers:
@@ -379,14 +357,13 @@ def test_runbook_sh_blocks_run(doc: Path, template: DrEnv, tmp_path: Path) -> No
         assert re.match(r"(destructive|interactive)\b", block.not_run or ""), \
             f"{doc.name}:{block.line}: not-run is only for destructive or interactive commands"
     needed = set().union(*(b.requires for b in runnable))
-    as_postgres = "postgresql" in needed and "runuser -u postgres" in doc.read_text()
     with ExitStack() as stack:
-        if as_postgres:  # pytest's tmp_path is private to root
+        if "postgresql" in needed:  # pytest's tmp_path is private to root: postgres must reach it
             tmp_path = Path(dbservers.short_tmpdir("drrb-"))
             tmp_path.chmod(0o755)
             stack.callback(shutil.rmtree, tmp_path, True)
         ws = workspace(template, tmp_path)
-        provide(ws, needed, stack, as_postgres)
+        provide(ws, needed, stack)
         for block in runnable:
             proc = run_block(ws, block)
             assert proc.returncode == 0, (

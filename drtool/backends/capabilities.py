@@ -153,6 +153,9 @@ class GroupSharing(Protocol):
         """Give ``group`` read and write access to the (new, empty) location; clear error if not
         possible (unknown group, not a member)."""
 
+    def shared_group(self) -> int | None:
+        """The id of the group the location is shared with, or None when it is private."""
+
 
 CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ConditionalCreate,
                                   ObjectLock, ServerClock, LocationSetup, TemporaryCleanup, GroupSharing)
@@ -251,6 +254,13 @@ def share_with_group(backend: Backend, group: str) -> None:
                          hint="give every user its own credentials for the store instead (S3: an IAM "
                               "policy per user, docs/s3.md)")
     backend.share_with_group(group)  # type: ignore[attr-defined]
+
+
+def shared_group(backend: Backend) -> int | None:
+    """The group id a repository is shared with (``init --group``), or None."""
+    if supports(backend, GroupSharing):
+        return backend.shared_group()  # type: ignore[attr-defined, no-any-return]
+    return None
 
 
 def remove_abandoned_temporaries(backend: Backend, older_than_seconds: float) -> int:

@@ -78,6 +78,9 @@ class LocalBackend(Backend):
                              hint=f"usermod -aG {group} {_user_name()} (then log in again), or run init as root")
         self._shared = True
 
+    def shared_group(self) -> int | None:
+        return self.root.stat().st_gid if self._is_shared() else None
+
     def _is_shared(self) -> bool:
         if self._shared is None:
             try:

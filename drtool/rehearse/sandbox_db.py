@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator
 
+from drtool.backends import capabilities
 from drtool.childenv import child_environment
 from drtool.errors import DrtoolError, RestoreTargetError, SourceError
 from drtool.databases import planner
@@ -257,12 +258,15 @@ class MariadbSandbox(DatabaseSandbox):
 
 
 # ----- PostgreSQL -------------------------------------------------------------------------------
-def _server_prefix() -> list[str]:
+def _server_prefix(shared_group: int | None = None) -> list[str]:
     """PostgreSQL will not run as root: as root, run it in a user namespace instead.
 
     Inside, the server is an ordinary uid; outside, its files stay root's, so
-    nothing needs chowning and its restore_command can read the repository
-    exactly as the rehearsal can.
+    nothing needs chowning and its restore_command can read the repository's
+    root-owned files.  It has none of root's power over other users' files,
+    though: in a repository shared with a group (``init --group``: WAL written by
+    ``postgres``, mode 0640) it reads them as a member of that group, which
+    ``setpriv --groups`` gives it before the namespace is entered.
     """
     if os.geteuid() != 0:
         return []
@@ -271,7 +275,11 @@ def _server_prefix() -> list[str]:
         raise RestoreTargetError("PostgreSQL refuses to run as root and 'unshare' (util-linux) is missing",
                                  hint="run the rehearsal as the PostgreSQL OS user")
     uid = str(NAMESPACE_UID)
-    return [unshare, "--user", f"--map-user={uid}", f"--map-group={uid}"]
+    prefix = [unshare, "--user", f"--map-user={uid}", f"--map-group={uid}"]
+    setpriv = shutil.which("setpriv")
+    if shared_group is not None and setpriv is not None:
+        prefix = [setpriv, f"--groups={shared_group}", *prefix]
+    return prefix
 
 
 class PostgresSandbox(DatabaseSandbox):
@@ -288,7 +296,7 @@ class PostgresSandbox(DatabaseSandbox):
         return postgres.PgSource.from_config(self.context.source, conf) if conf else None
 
     def bring_up(self, session: Session, snap: Snapshot, target: datetime, latest: bool) -> datetime:
-        self.prefix = _server_prefix()
+        self.prefix = _server_prefix(capabilities.shared_group(session.repo.backend))
         src = self._source()
         self.bindir = src.bindir if src else None
         self.pgdata = os.path.join(self.make_server_dir(), "pgdata")

@@ -73,6 +73,9 @@ class _GroupSharing:
     def share_with_group(self, group: str) -> None:
         self.inner.share_with_group(group)
 
+    def shared_group(self) -> int | None:
+        return self.inner.shared_group()  # type: ignore[no-any-return]
+
 
 FORWARDERS: dict[type, type] = {
     ViewReads: _ViewReads, BufferedReads: _BufferedReads, ObjectLock: _ObjectLock,
