@@ -21,7 +21,7 @@ from drtool.restore import run as _restore
 from drtool.core.session import OpenOptions, Session
 from drtool.snapshot.model import Snapshot
 
-__all__ = ["KdfParams", "Session", "backup", "backup_command", "check", "init", "open_repository",
+__all__ = ["KdfParams", "Session", "backup", "backup_command", "check", "fleet", "init", "open_repository",
            "pick_snapshot", "rebuild_catalog", "restore", "restore_plan", "snapshots"]
 
 
@@ -92,3 +92,12 @@ def check(session: Session, read_fraction: float = 0.0, seed: int | None = None)
 
 def rebuild_catalog(session: Session) -> _rebuild.RebuildResult:
     return _rebuild.rebuild_catalog(session)
+
+
+def __getattr__(name: str) -> Any:
+    """``api.fleet`` (fleet rehearsals, coverage) is imported on first use: it pulls in the
+    drill and monitoring code, which would double every command's start-up."""
+    if name == "fleet":
+        import importlib
+        return importlib.import_module("drtool.api.fleet")
+    raise AttributeError(f"module 'drtool.api' has no attribute {name!r}")

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from drtool import api
 from drtool.catalog.rehearsals import rehearsal_history
 from drtool.cli.context import CliState, emit
 from drtool.cli.options import json_option
@@ -27,22 +28,41 @@ def _configured_sources(state: CliState) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("runbooks", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("runbooks", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--sample", type=click.IntRange(1), metavar="N",
+              help="Instead of runbooks: rehearse N configured sources, least recently rehearsed first.")
+@click.option("--window", metavar="DURATION",
+              help="With --sample: a random snapshot (files) or moment (databases) within this "
+                   "period; default 30d.")
 @click.option("--keep", is_flag=True, help="Leave the sandboxes in place and print where they are.")
 @click.option("--seed", type=int, help="Seed for random_within and file sampling (repeat a drill).")
 @click.option("--sandbox-root", type=click.Path(file_okay=False), metavar="DIR",
               help="Create sandboxes under DIR (or DRTOOL_SANDBOX_ROOT; default: the temp dir).")
 @json_option
 @pass_state
-def rehearse(state: CliState, runbooks: tuple[str, ...], keep: bool, seed: int | None,
-             sandbox_root: str | None, as_json: bool) -> None:
-    """Restore into a sandbox, validate, and measure RTO/RPO for each RUNBOOK."""
+def rehearse(state: CliState, runbooks: tuple[str, ...], sample: int | None, window: str | None,
+             keep: bool, seed: int | None, sandbox_root: str | None, as_json: bool) -> None:
+    """Restore into a sandbox, validate, and measure RTO/RPO for each RUNBOOK (or --sample N sources)."""
+    if sample is None and window is not None:
+        raise UsageError("--window goes with --sample", hint="drtool rehearse --sample 3 --window 30d")
+    if (sample is None) == (not runbooks):
+        raise UsageError("give runbook file(s) or --sample N, not both" if runbooks else
+                         "give runbook file(s) or --sample N",
+                         hint="e.g. drtool rehearse runbooks/media-files.toml, or drtool rehearse --sample 3")
     books = [load_runbook(path) for path in runbooks]  # every runbook is checked before any runs
+    period = parse_duration(window) if window else None
     session = state.session()
 
     def log(line: str) -> None:
         click.echo(line, err=as_json)
     results: list[RehearsalResult] = []
+    if sample is not None:
+        options = RehearseOptions(keep=keep, seed=seed, sandbox_root=sandbox_root,
+                                  sources=_configured_sources(state), settings=state.settings, log=log)
+        results = api.fleet.rehearse_sample(session, options.sources, sample,
+                                            period or api.fleet.DEFAULT_WINDOW, options)
+        if not as_json:
+            click.echo("\n".join(_summary(r) for r in results))
     for book in books:
         options = RehearseOptions(keep=keep, seed=seed, sandbox_root=sandbox_root,
                                   sources=_configured_sources(state), settings=state.settings, log=log)

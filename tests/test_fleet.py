@@ -1,0 +1,162 @@
+"""Fleet rehearsals (``rehearse --sample N``) and rehearsal coverage (``rehearse_every``):
+which sources a night picks, which recovery point, and how status, metrics and JSON report
+sources whose restores were not proven recently enough.  Real repository, real restores."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import DrEnv
+from drtool import api
+from drtool.backup.run import backup_paths
+from drtool.monitor import metrics, status
+from drtool.rehearse.fleet import order_sources, recovery_point
+
+UTC = dt.timezone.utc
+NAMES = ("alpha", "beta", "gamma")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+@pytest.fixture
+def fleet(repo_env: DrEnv, tmp_path: Path) -> DrEnv:
+    """Three configured file sources, backed up; alpha and beta must pass a rehearsal every 7 days."""
+    lines = ['[status]\nmax_age = "60d"\n']
+    for name in NAMES:
+        src = tmp_path / "src" / name
+        src.mkdir(parents=True)
+        for i in range(3):
+            (src / f"{name}-{i}.dat").write_bytes(name.encode() * (100 + i))
+        lines.append(f'[sources.{name}]\ntype = "files"\npaths = ["{src}"]\n'
+                     + ('rehearse_every = "7d"\n' if name != "gamma" else ""))
+    config = tmp_path / "drtool.toml"
+    config.write_text("".join(lines))
+    repo_env.env.update(DRTOOL_CONFIG=str(config), DRTOOL_SANDBOX_ROOT=str(tmp_path / "sandboxes"))
+    assert repo_env.run("backup", "--all").code == 0
+    return repo_env
+
+
+def sampled_sources(out: str) -> list[str]:
+    return [json.loads(out)[i]["steps"][0]["source"] for i in range(len(json.loads(out)))]
+
+
+def test_status_warns_until_every_scheduled_source_passed_a_rehearsal(fleet: DrEnv) -> None:
+    before = fleet.run("status", "--json")
+    assert before.code == 1, before.out  # WARNING: the documented Nagios exit code
+    doc = json.loads(before.out)
+    cov = {s["name"]: s["coverage"] for s in doc["sources"]}
+    assert cov["alpha"]["state"] == "never" and cov["alpha"]["overdue"] is True
+    assert cov["gamma"]["state"] == "unscheduled" and cov["gamma"]["overdue"] is False
+    assert "alpha: no passing rehearsal recorded (rehearse_every 7d)" in doc["summary"]
+
+    first = fleet.run("rehearse", "--sample", "2", "--seed", "11", "--json")
+    assert first.code == 0, first.err
+    picked = sampled_sources(first.out)
+    assert len(picked) == 2 and len(set(picked)) == 2
+    assert re.search(r"sample: 2 of 3 configured source\(s\), least recently rehearsed first: "
+                     r"\w+ \(never rehearsed\), \w+ \(never rehearsed\)", first.err)
+    second = fleet.run("rehearse", "--sample", "1", "--json")
+    assert second.code == 0, second.err
+    assert sampled_sources(second.out) == sorted(set(NAMES) - set(picked))  # the one never rehearsed
+    third = fleet.run("rehearse", "--sample", "1", "--json")
+    assert sampled_sources(third.out) == [picked[0]] or sampled_sources(third.out) == [picked[1]]
+    assert sampled_sources(third.out) != sampled_sources(second.out)  # least recently, not random
+
+    after = fleet.run("status", "--json")
+    assert after.code == 0, after.out
+    cov = {s["name"]: s["coverage"] for s in json.loads(after.out)["sources"]}
+    for name in NAMES:
+        assert cov[name]["last_pass"] is not None and cov[name]["last_fail"] is None
+    due = dt.datetime.fromisoformat(cov["alpha"]["due"]) - dt.datetime.fromisoformat(cov["alpha"]["last_pass"])
+    assert due == dt.timedelta(days=7) and cov["alpha"]["state"] == "ok"
+    history = fleet.run("rehearsals", "--source", "beta", "--json")
+    assert [d["runbook"] for d in json.loads(history.out)] == ["sampled"] * len(json.loads(history.out))
+
+
+def test_overdue_and_failed_rehearsals_in_status_and_metrics(fleet: DrEnv, tmp_path: Path) -> None:
+    assert fleet.run("rehearse", "--sample", "3", "--seed", "1").code == 0
+    data = {"status": {"max_age": "60d"},
+            "sources": {n: {"type": "files", "paths": ["/x"], "rehearse_every": "7d"} for n in NAMES}}
+    with fleet.session() as session:
+        report = status.collect(session, data, now=now() + dt.timedelta(days=8))
+    assert report.state == status.WARNING
+    assert any(m.startswith("no passing rehearsal for 8d") and m.endswith("(rehearse_every 7d)")
+               for m in report.sources[0].messages), report.sources[0].messages
+    text = metrics.render(report)
+    assert re.search(r'^drtool_rehearsal_overdue\{name="alpha"\} 1$', text, re.M)
+    assert re.search(r'^drtool_rehearsal_last_pass_timestamp_seconds\{name="gamma"\} \d+', text, re.M)
+    assert "drtool_rehearsal_last_fail_timestamp_seconds" not in text
+
+    # a source that was never backed up: its sampled rehearsal fails, and counts as a fail
+    cfg = Path(fleet.env["DRTOOL_CONFIG"])
+    cfg.write_text(cfg.read_text() + '[sources.delta]\ntype = "files"\npaths = ["/nonexistent"]\n'
+                   'rehearse_every = "1d"\n')
+    failed = fleet.run("rehearse", "--sample", "1", "--json")
+    assert failed.code == 1 and sampled_sources(failed.out) == ["delta"]
+    assert "no snapshot named 'delta'" in failed.err
+    result = fleet.run("status", "--json")
+    cov = {s["name"]: s["coverage"] for s in json.loads(result.out)["sources"]}
+    assert cov["delta"]["last_fail"] is not None and cov["delta"]["state"] == "never"
+    assert cov["delta"]["last_pass"] is None and cov["alpha"]["last_fail"] is None
+
+
+def test_recovery_point_is_a_random_snapshot_within_the_window(repo_env: DrEnv, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with repo_env.session() as session:
+        for days in (60, 20, 10, 3, 1):
+            (src / "f").write_bytes(str(days).encode())
+            backup_paths(session, [str(src)], "media", clock=lambda d=days: now() - dt.timedelta(days=d))
+        snaps = session.snapshots("media")
+    chosen = set()
+    for seed in range(30):
+        point, note = recovery_point("directory", snaps, dt.timedelta(days=30), now(), random.Random(seed))
+        assert point.mode == "point_in_time" and note == ""
+        assert now() - point.when < dt.timedelta(days=30)  # never the 60-day-old snapshot
+        chosen.add(point.when)
+    assert chosen == {s.time for s in snaps[1:]}  # every snapshot in the window gets its turn
+    point, note = recovery_point("directory", snaps, dt.timedelta(days=30), now() + dt.timedelta(days=90),
+                                 random.Random(1))
+    assert point.when == snaps[-1].time and note.startswith("no snapshot within 30d; using the newest")
+    db_point, _ = recovery_point("mariadb", snaps, dt.timedelta(days=30), now(), random.Random(1))
+    assert db_point.mode == "random_within" and db_point.window == dt.timedelta(days=30)
+
+
+def test_order_is_least_recently_rehearsed_first_then_random() -> None:
+    t = now()
+    last = {"a": t - dt.timedelta(days=1), "b": None, "c": t - dt.timedelta(days=9), "d": None,
+            "e": t - dt.timedelta(days=9)}
+    orders = {tuple(p.source for p in order_sources(sorted(last), last, random.Random(s))) for s in range(20)}
+    for order in orders:
+        assert set(order[:2]) == {"b", "d"} and set(order[2:4]) == {"c", "e"} and order[4] == "a"
+    assert len(orders) == 4  # ties are broken at random, both ways
+
+
+def test_sample_needs_configured_sources_and_rejects_mixing(repo_env: DrEnv, tmp_path: Path) -> None:
+    result = repo_env.run("rehearse", "--sample", "2")
+    assert result.code == 2 and "the config has no [sources.*]" in result.err
+    assert "Traceback" not in result.err
+    book = tmp_path / "x.toml"
+    book.write_text('source = "x"\n')
+    mixed = repo_env.run("rehearse", "--sample", "1", str(book))
+    assert mixed.code == 2 and "not both" in mixed.err
+    assert repo_env.run("rehearse", "--window", "3d", str(book)).code == 2
+    assert repo_env.run("rehearse", "--sample", "0").code == 2
+
+
+def test_bad_rehearse_every_is_reported(repo_env: DrEnv, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[sources.m]\ntype = "files"\npaths = ["/srv"]\nrehearse_every = "weekly"\n')
+    result = repo_env.run("--config", str(config), "status")
+    assert result.code == 3 and "[sources.m] rehearse_every:" in result.out
+    with repo_env.session() as session:
+        rows = api.fleet.coverage(session, {"sources": {"m": {"rehearse_every": "2d"}}}, now())
+    assert rows == [{"source": "m", "state": "never", "rehearse_every_seconds": 172800.0, "last_pass": None,
+                     "last_fail": None, "due": None, "overdue": True}]
