@@ -7,11 +7,13 @@ import datetime as dt
 import json
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import DrEnv
+from conftest import ROOT, DrEnv
 from drtool import api
 from drtool.backup.run import backup_paths
 from drtool.monitor import metrics, status
@@ -160,3 +162,71 @@ def test_bad_rehearse_every_is_reported(repo_env: DrEnv, tmp_path: Path) -> None
         rows = api.fleet.coverage(session, {"sources": {"m": {"rehearse_every": "2d"}}}, now())
     assert rows == [{"source": "m", "state": "never", "rehearse_every_seconds": 172800.0, "last_pass": None,
                      "last_fail": None, "due": None, "overdue": True}]
+
+
+# ----- the shipped schedules run the documented commands --------------------------------------
+def unit_settings(path: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    env: dict[str, str] = {}
+    keys: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" not in line or line.startswith("#") or line.startswith("["):
+            continue
+        key, value = line.split("=", 1)
+        keys.setdefault(key, []).append(value)
+        if key == "Environment":
+            name, val = value.split("=", 1)
+            env[name] = val
+    return env, keys
+
+
+def as_argv(command: str, env: dict[str, str]) -> list[str]:
+    for name, value in env.items():
+        command = command.replace("${" + name + "}", value)
+    argv = command.lstrip("-").split()
+    assert argv[0] == "/usr/local/bin/drtool"
+    return [sys.executable, "-m", "drtool", *argv[1:]]
+
+
+def test_systemd_timer_and_service_run_the_sampled_rehearsal(fleet: DrEnv, tmp_path: Path) -> None:
+    env, keys = unit_settings(ROOT / "scripts/systemd/drtool-rehearse@.service")
+    _tenv, timer = unit_settings(ROOT / "scripts/systemd/drtool-rehearse@.timer")
+    calendar = subprocess.run(["systemd-analyze", "calendar", timer["OnCalendar"][0]], capture_output=True,
+                              text=True, env=fleet.env)
+    assert calendar.returncode == 0, calendar.stderr
+    assert env["DRTOOL_CONFIG"] == "/etc/drtool/%i.toml" and env["DRTOOL_REHEARSE_SAMPLE"] == "3"
+    env.update(DRTOOL_METRICS_TEXTFILE=str(tmp_path / "drtool.prom"), DRTOOL_SANDBOX_ROOT=str(tmp_path / "var-tmp"))
+    (tmp_path / "var-tmp").mkdir()
+    run_env = {**fleet.env, **{k: v for k, v in env.items() if k != "DRTOOL_CONFIG"}}
+    start = subprocess.run(as_argv(keys["ExecStart"][0], env), env=run_env, capture_output=True, text=True,
+                           timeout=300)
+    assert start.returncode == 0, start.stderr + start.stdout
+    assert start.stdout.count("rehearsal sampled: PASSED") == 3
+    post = subprocess.run(as_argv(keys["ExecStopPost"][0], env), env=run_env, capture_output=True, text=True,
+                          timeout=120)
+    assert post.returncode == 0, post.stderr
+    prom = (tmp_path / "drtool.prom").read_text()
+    assert 'drtool_rehearsal_overdue{name="alpha"} 0' in prom
+    assert list((tmp_path / "var-tmp").iterdir()) == []  # every sandbox was removed
+
+
+def test_cron_line_runs_the_sampled_rehearsal_and_is_quiet_on_success(fleet: DrEnv, tmp_path: Path) -> None:
+    line = next(l for l in (ROOT / "scripts/cron.example").read_text().splitlines()
+                if "rehearse --sample" in l and not l.startswith("#"))
+    fields = line.split(None, 6)
+    assert fields[5] == "drtool"
+    command = fields[6].replace("/var/lib/prometheus/node-exporter/drtool.prom", str(tmp_path / "m.prom"))
+    command = command.replace("DRTOOL_SANDBOX_ROOT=/var/tmp", f"DRTOOL_SANDBOX_ROOT={tmp_path}")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "drtool").write_text(f'#!/bin/sh\nexec {sys.executable} -m drtool "$@"\n')
+    (bindir / "drtool").chmod(0o755)
+    env = {**fleet.env, "PATH": f"{bindir}:/usr/bin:/bin"}
+    quiet = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == "", quiet.stdout + quiet.stderr
+    assert "drtool_rehearsal_last_pass_timestamp_seconds" in (tmp_path / "m.prom").read_text()
+    history = fleet.run("rehearsals", "--json")
+    assert len(json.loads(history.out)) == 3
+    Path(fleet.env["DRTOOL_CONFIG"]).write_text(Path(fleet.env["DRTOOL_CONFIG"]).read_text()
+                                                + '[sources.never]\ntype = "files"\npaths = ["/nonexistent"]\n')
+    loud = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300)
+    assert "no snapshot named 'never'" in loud.stdout  # a failure prints, so cron mails it
