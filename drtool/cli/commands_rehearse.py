@@ -176,7 +176,8 @@ def report(state: CliState, html_file: str, since: str, as_json: bool) -> None:
     rebuild_rehearsals(session)
     now = datetime.now(timezone.utc)
     docs = rehearsal_history(session.catalog, since=now - window)
-    page = render_html(docs, now, window, repository=state.repository())
+    page = render_html(docs, now, window, repository=state.repository(),
+                       coverage=api.fleet.coverage(session, state.settings.data, now))
     _write_atomically(html_file, page)
     sources = sorted({s["source"] for d in docs for s in d.get("steps", [])})
     emit({"file": html_file, "rehearsals": len(docs), "sources": sources}, as_json,
