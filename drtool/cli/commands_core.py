@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from drtool import api
+from drtool.cli.complete import snapshot_ids, source_names
 from drtool.cli.context import CliState, emit, tune_malloc_for_backup
 from drtool.cli.options import dry_run_option, json_option, name_option, tag_option
 from drtool.cli.progress import byte_progress, walk_progress
@@ -47,7 +48,8 @@ def init(state: CliState, kdf_memory_kib: int | None, kdf_iterations: int | None
 @click.option("--from-command", "command", metavar="CMD",
               help="Back up this command's stdout as one file (e.g. 'pg_dump wiki').")
 @click.option("--filename", metavar="NAME", help="File name for --from-command output.")
-@click.option("--source", metavar="NAME", help="Back up the configured [sources.NAME].")
+@click.option("--source", metavar="NAME", help="Back up the configured [sources.NAME].",
+              shell_complete=source_names)
 @click.option("--all", "all_sources", is_flag=True, help="Back up every configured source.")
 @tag_option
 @json_option
@@ -112,7 +114,7 @@ def snapshots(state: CliState, name: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("snapshot", required=False)
+@click.argument("snapshot", required=False, shell_complete=snapshot_ids)
 @click.option("--target", type=click.Path(file_okay=False), help="Directory to restore into.")
 @name_option
 @click.option("--point-in-time", "when", metavar="TIME",
@@ -122,7 +124,8 @@ def snapshots(state: CliState, name: str | None, as_json: bool) -> None:
 @click.option("--overwrite", type=click.Choice(POLICIES), default=DEFAULT_POLICY, show_default=True,
               help="Existing files that differ: keep them and exit 3 (never), replace older ones "
                    "(if-newer), replace unless size and mtime match (if-changed), or replace (always).")
-@click.option("--source", metavar="NAME", help="Database source: point-in-time restore (see docs/databases.md).")
+@click.option("--source", metavar="NAME", help="Database source: point-in-time restore (see docs/databases.md).",
+              shell_complete=source_names)
 @click.option("--latest", is_flag=True, help="With --source: replay every archived log.")
 @click.option("--exclusive", is_flag=True, help="With --source: stop just before TIME.")
 @click.option("--start", is_flag=True, help="With --source: start the restored server and wait for recovery.")

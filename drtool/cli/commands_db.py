@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import click
 
+from drtool.cli.complete import source_names
 from drtool.cli.context import CliState, command_line, emit
 from drtool.cli.options import json_option
 from drtool.errors import DrtoolError, SourceError, UsageError
@@ -26,7 +27,8 @@ from drtool.errors import DrtoolError, SourceError, UsageError
 pass_state = click.make_pass_decorator(CliState)
 log = logging.getLogger("drtool")
 source_option = click.option("--source", "source", required=True, envvar="DRTOOL_SOURCE", metavar="NAME",
-                             help="Source name (the [sources.NAME] table; also DRTOOL_SOURCE).")
+                             help="Source name (the [sources.NAME] table; also DRTOOL_SOURCE).",
+                             shell_complete=source_names)
 
 
 WAL_TIMEOUT = 120.0

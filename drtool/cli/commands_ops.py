@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from drtool.cli.complete import snapshot_ids as complete_snapshot_ids, source_names
 from drtool.cli.context import CliState, emit
 from drtool.cli.options import dry_run_option, json_option, name_option
 from drtool.errors import DrtoolError, UsageError
@@ -63,7 +64,7 @@ def prune_options(state: CliState, dry_run: bool, max_unused: str | None,
 
 # ----- forget -------------------------------------------------------------------------
 @click.command()
-@click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT]...")
+@click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT]...", shell_complete=complete_snapshot_ids)
 @name_option
 @click.option("--keep-last", type=int, metavar="N", help="Keep the N newest snapshots.")
 @click.option("--keep-hourly", type=int, metavar="N", help="Keep the newest of each of N hours.")
@@ -228,7 +229,8 @@ def _collect(state: CliState, source: str | None, max_age: str | None) -> status
 
 
 @click.command()
-@click.option("--source", metavar="NAME", help="Only this source / snapshot series.")
+@click.option("--source", metavar="NAME", help="Only this source / snapshot series.",
+              shell_complete=source_names)
 @click.option("--max-age", metavar="DURATION",
               help="CRITICAL when the newest snapshot is older (WARNING at 80%); default 36h.")
 @json_option

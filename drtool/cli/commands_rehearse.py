@@ -10,6 +10,7 @@ import click
 
 from drtool import api
 from drtool.catalog.rehearsals import rehearsal_history
+from drtool.cli.complete import source_names
 from drtool.cli.context import CliState, emit
 from drtool.cli.options import json_option
 from drtool.errors import DrtoolError, UsageError
@@ -119,7 +120,8 @@ def _since(value: str | None) -> datetime | None:
 
 
 @click.command()
-@click.option("--source", metavar="NAME", help="Only rehearsals that restored this source.")
+@click.option("--source", metavar="NAME", help="Only rehearsals that restored this source.",
+              shell_complete=source_names)
 @click.option("--since", metavar="DURATION", help="Only rehearsals started in this period (e.g. 90d).")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @json_option

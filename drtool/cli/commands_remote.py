@@ -10,6 +10,7 @@ import click
 
 from drtool.backends.capabilities import create_location
 from drtool.backends.registry import open_backend
+from drtool.cli.complete import snapshot_ids
 from drtool.cli.context import CliState, emit
 from drtool.cli.options import json_option, name_option
 from drtool.config import Settings, read_passphrase
@@ -77,7 +78,7 @@ def destination_options(state: CliState, to: str | None) -> OpenOptions:
 
 
 @click.command("copy")
-@click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...")
+@click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...", shell_complete=snapshot_ids)
 @click.option("--to", "to", metavar="URL",
               help="Destination repository (or [copy] repository); created if absent.")
 @name_option
