@@ -1,6 +1,8 @@
 """init, backup, snapshots, restore, check: thin wrappers over drtool.api."""
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
 from drtool import api
@@ -13,7 +15,7 @@ from drtool.monitor.notify import log_backup_summary
 from drtool.errors import DrtoolError, PartialSuccess, UsageError
 from drtool.restore.target import DEFAULT_POLICY, POLICIES
 from drtool.snapshot.names import display
-from drtool.snapshot.timeparse import parse_point_in_time
+from drtool.snapshot.timeparse import in_utc_and_host, parse_point_in_time, zone_note
 
 pass_state = click.make_pass_decorator(CliState)
 
@@ -156,7 +158,7 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
         raise UsageError("give either SNAPSHOT or --point-in-time, not both")
     if snapshot is None and when is None:
         raise UsageError("which snapshot? give a snapshot id, 'latest', or --point-in-time TIME")
-    point = parse_point_in_time(when) if when is not None else None
+    point = resolve_point(when)
     session = state.session(defer_catalog=True)  # local repositories: snapshot and index from the repository
     # 'latest' may not be the newest backup if one vanished: the catalog's memory says, at the end
     # (a local restore only reads an SQLite catalog; it never creates one or takes its index from it).
@@ -167,14 +169,28 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
     else:
         pick = api.pick_snapshot(session, snapshot, name, point)
         if not as_json:
-            click.echo(f"restoring snapshot {pick.short_id} ({display(pick.name)}, "
-                       f"{pick.time.astimezone().isoformat()}) to {target}", err=True)
+            if point is not None:
+                click.echo(f"point in time: {in_utc_and_host(point)}", err=True)
+            click.echo(f"restoring snapshot {pick.short_id} ({display(pick.name)}, taken "
+                       f"{in_utc_and_host(pick.time)}) to {target}", err=True)
         with byte_progress("restoring", pick.summary.get("size")) as progress:
             result = api.restore(session, pick.id, target, includes=list(includes),
                                  allow_partial=allow_partial, progress=progress, overwrite=overwrite)
     if newest:
         warn_vanished(session)
-    _report_restore(result, as_json)
+    _report_restore(result, as_json, point)
+
+
+def resolve_point(when: str | None) -> datetime | None:
+    """``--point-in-time`` as an instant; a time without a zone on a host not in UTC says which
+    zone it was read in (on stderr, before anything is restored)."""
+    if when is None:
+        return None
+    point = parse_point_in_time(when)
+    note = zone_note(when, point)
+    if note:
+        click.echo(f"drtool: note: {note}", err=True)
+    return point
 
 
 def warn_vanished(session: api.Session) -> None:
@@ -188,11 +204,16 @@ def warn_vanished(session: api.Session) -> None:
         click.echo(f"drtool: warning: {line}; run 'drtool check'", err=True)
 
 
-def _report_restore(result: api._restore.RestoreResult, as_json: bool) -> None:
+def _report_restore(result: api._restore.RestoreResult, as_json: bool, point: datetime | None = None) -> None:
     snap = result.snapshot
     verb = "would restore" if result.plan_only else "restored"
-    emit(result.as_dict(), as_json,
-         f"{verb} snapshot {snap.short_id} ({display(snap.name)}, {snap.time.astimezone().isoformat()}): "
+    doc = result.as_dict()
+    if point is not None:
+        doc["point_in_time"] = point.isoformat()
+    if result.plan_only and point is not None and not as_json:
+        click.echo(f"point in time: {in_utc_and_host(point)}")
+    emit(doc, as_json,
+         f"{verb} snapshot {snap.short_id} ({display(snap.name)}, taken {in_utc_and_host(snap.time)}): "
          f"{result.files} files, {result.dirs} dirs, {_mib(result.bytes)}"
          + (f" from {result.packs} pack(s)" if result.plan_only else "")
          + f" to {result.target}"

@@ -297,7 +297,6 @@ def run_source_restore(state: CliState, source: str, target: str | None, when: s
     from drtool.databases import planner
     from drtool.databases.engine import RestoreRequest
     from drtool.backup import configured as sources_run
-    from drtool.snapshot.timeparse import parse_point_in_time
     if (bool(when) + latest + bool(snapshot)) != 1:
         raise UsageError("give one of SNAPSHOT, --point-in-time TIME or --latest with --source")
     from drtool.databases.engine import source_engines
@@ -305,7 +304,8 @@ def run_source_restore(state: CliState, source: str, target: str | None, when: s
     if isinstance(src, (sources_run.FilesSource, sources_run.CommandSource)):
         raise UsageError(f"source {source} is a {sources_run.source_type(src, source_engines())} source",
                          hint=f"use 'drtool restore --name {source} --point-in-time TIME --target DIR'")
-    point: datetime | None = parse_point_in_time(when) if when else None
+    from drtool.cli.commands_core import resolve_point
+    point: datetime | None = resolve_point(when) if when else None
     session = state.session()
     if dry_run:
         plan = planner.plan_from_config(session, src, point, not exclusive, snapshot)
