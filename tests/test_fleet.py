@@ -127,8 +127,15 @@ def test_recovery_point_is_a_random_snapshot_within_the_window(repo_env: DrEnv, 
     point, note = recovery_point("directory", snaps, dt.timedelta(days=30), now() + dt.timedelta(days=90),
                                  random.Random(1))
     assert point.when == snaps[-1].time and note.startswith("no snapshot within 30d; using the newest")
-    db_point, _ = recovery_point("mariadb", snaps, dt.timedelta(days=30), now(), random.Random(1))
-    assert db_point.mode == "random_within" and db_point.window == dt.timedelta(days=30)
+    archived = [(now() - dt.timedelta(days=50), now() - dt.timedelta(days=25)),
+                (now() - dt.timedelta(days=12), now() - dt.timedelta(days=11))]
+    moments = {recovery_point("mariadb", snaps, dt.timedelta(days=30), now(), random.Random(s),
+                              archived)[0].when for s in range(40)}
+    assert all(archived[0][0] + dt.timedelta(days=20) <= m <= archived[0][1] or
+               archived[1][0] <= m <= archived[1][1] for m in moments)  # recoverable and within 30d
+    assert any(m > archived[1][0] for m in moments) and any(m < archived[0][1] for m in moments)
+    dump_point, _ = recovery_point("mariadb", snaps, dt.timedelta(days=30), now(), random.Random(1), [])
+    assert dump_point.mode == "point_in_time" and dump_point.when in {s.time for s in snaps[1:]}
 
 
 def test_order_is_least_recently_rehearsed_first_then_random() -> None:
@@ -230,3 +237,40 @@ def test_cron_line_runs_the_sampled_rehearsal_and_is_quiet_on_success(fleet: DrE
                                                 + '[sources.never]\ntype = "files"\npaths = ["/nonexistent"]\n')
     loud = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300)
     assert "no snapshot named 'never'" in loud.stdout  # a failure prints, so cron mails it
+
+
+def test_sampled_database_source_replays_to_a_random_moment(repo_env: DrEnv, tmp_path: Path) -> None:
+    """A MariaDB source with archived binlogs: the sample restores it into a throwaway server at a
+    random moment of the window (base + binlog replay), next to a files source."""
+    import time
+
+    import dbservers
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "a.jpg").write_bytes(b"jpeg" * 100)
+    with dbservers.mariadb_server() as server:
+        config = dbservers.write_config(tmp_path / "drtool.toml", str(repo_env.repo), {
+            "wiki": {**server.source(dbname="wiki"), "rehearse_every": "1d"},
+            "media": {"type": "files", "paths": [str(media)]}})
+        repo_env.env.update(DRTOOL_CONFIG=str(config), DRTOOL_SANDBOX_ROOT=str(tmp_path / "sandboxes"))
+        server.sql("CREATE DATABASE wiki")
+        server.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
+        dbservers.insert_events(server, "t0", 5)
+        assert repo_env.run("backup", "--all").code == 0
+        dbservers.insert_events(server, "t1", 10)
+        time.sleep(1.1)
+        server.sql("FLUSH BINARY LOGS")
+        assert repo_env.run("mariadb", "binlog-push", "--source", "wiki").code == 0
+    (tmp_path / "sandboxes").mkdir()
+    result = repo_env.run("rehearse", "--sample", "2", "--window", "1d", "--seed", "4", "--json")
+    assert result.code == 0, result.err
+    steps = {d["steps"][0]["source"]: d["steps"][0] for d in json.loads(result.out)}
+    wiki = steps["wiki"]
+    assert wiki["sandbox"] == "mariadb" and wiki["status"] == "passed"
+    assert wiki["recovery_point"].startswith("point in time") and wiki["recovered_to"] == wiki["target"]
+    assert wiki["snapshot_time"] <= wiki["recovered_to"] and wiki["rpo_seconds"] == 0
+    assert steps["media"]["sandbox"] == "directory"
+    assert [c["type"] for c in steps["media"]["checks"]] == ["files", "sample"]
+    assert list((tmp_path / "sandboxes").iterdir()) == []
+    status = json.loads(repo_env.run("status", "--json").out)
+    assert {s["name"]: s["coverage"]["state"] for s in status["sources"]}["wiki"] == "ok"

@@ -10,10 +10,12 @@ window (default 30 days):
 * files and command sources: a random snapshot taken within the window,
   restored into a directory sandbox and checked against its manifest (file
   count and size, and a re-hashed sample of files);
-* database sources: a random *moment* within the window, restored into a
-  throwaway server of the source's engine -- a base plus archived logs is
-  replayed to that moment (so the WAL/binlog chain is exercised too), a dump
-  is loaded.
+* database sources: a random *moment* of the recoverable window (a base plus
+  archived logs, ``drtool.databases.planner.window_from_catalog``) within the
+  sampling window, restored into a throwaway server of the source's engine
+  and replayed to that moment -- so the WAL/binlog chain is exercised too;
+  sources without archived logs (plain dumps): a random dump of the window,
+  loaded into the throwaway server.
 
 When a source has no snapshot within the window its newest one is used (and
 the log says so).  Each source is one recorded rehearsal (runbook name
@@ -31,6 +33,8 @@ from typing import Any, Mapping
 from drtool.catalog.coverage import coverage_rows
 from drtool.core.session import Session
 from drtool.databases.engine import source_engines
+from drtool.databases.logarchive import sync_log_segments
+from drtool.databases.planner import window_from_catalog
 from drtool.errors import ConfigError, UsageError
 from drtool.rehearse.drill import RehearsalResult, RehearseOptions, rebuild_rehearsals, rehearse
 from drtool.rehearse.runbook import (DB_SANDBOXES, Check, Objectives, RecoveryPoint, Runbook, SandboxSpec,
@@ -93,11 +97,30 @@ def series_of(name: str, table: dict[str, Any], names_in_repo: set[str],
     return child, child
 
 
+def random_moment(intervals: list[tuple[datetime, datetime]], earliest: datetime, latest: datetime,
+                  rng: random.Random) -> datetime | None:
+    """A moment drawn uniformly from the recoverable intervals clipped to [earliest, latest]."""
+    clipped = [(max(a, earliest), min(b, latest)) for a, b in intervals if b >= earliest and a <= latest]
+    if not clipped:
+        return None
+    total = sum((b - a).total_seconds() for a, b in clipped)
+    offset = rng.random() * total
+    for start, end in clipped:
+        length = (end - start).total_seconds()
+        if offset <= length:
+            return start + timedelta(seconds=offset)
+        offset -= length
+    return clipped[-1][1]
+
+
 def recovery_point(sandbox: str, snaps: list[Snapshot], window: timedelta, now: datetime,
-                   rng: random.Random) -> tuple[RecoveryPoint, str]:
-    """A random snapshot within the window (files) or a random moment in it (databases)."""
-    if sandbox != "directory":
-        return RecoveryPoint("random_within", window=window), ""
+                   rng: random.Random,
+                   intervals: list[tuple[datetime, datetime]] | None = None) -> tuple[RecoveryPoint, str]:
+    """A random moment of the recoverable window (databases with archived logs), else a random
+    snapshot taken within the window."""
+    moment = random_moment(intervals or [], now - window, now, rng)
+    if sandbox != "directory" and moment is not None:
+        return RecoveryPoint("point_in_time", when=moment), ""
     if not snaps:
         return RecoveryPoint(), ""
     recent = [s for s in snaps if s.time >= now - window]
@@ -143,16 +166,26 @@ def rehearse_sample(session: Session, sources: Mapping[str, Any], count: int,
     _log(options, f"sample: {len(picks)} of {len(sources)} configured source(s), least recently "
                   f"rehearsed first: " + ", ".join(f"{p.source} ({p.reason(now)})" for p in picks))
     names_in_repo = {s.name for s in session.snapshots()}
+    if any(kind != "directory" for kind in kinds.values()):
+        sync_log_segments(session)  # wal-push / binlog-push write only to the repository
     results = []
     for pick in picks:
         table = sources[pick.source]
         step_source, series = series_of(pick.source, table, names_in_repo, rng)
-        point, note = recovery_point(kinds[pick.source], session.snapshots(series), window, now, rng)
+        intervals = _recoverable(session, series) if kinds[pick.source] != "directory" else []
+        point, note = recovery_point(kinds[pick.source], session.snapshots(series), window, now, rng,
+                                     intervals)
         if note:
             _log(options, f"sample: {pick.source}: {note}")
         book = sampled_runbook(pick.source, step_source, kinds[pick.source], point, window)
         results.append(rehearse(session, book, replace(options, seed=rng.randrange(2**31))))
     return results
+
+
+def _recoverable(session: Session, series: str) -> list[tuple[datetime, datetime]]:
+    """The intervals a database series can be recovered to (base + archived logs); none for dumps."""
+    window = window_from_catalog(session.catalog, series)
+    return list(window.intervals) if window is not None else []
 
 
 def _last(*times: datetime | None) -> datetime | None:
