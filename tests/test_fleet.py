@@ -274,3 +274,16 @@ def test_sampled_database_source_replays_to_a_random_moment(repo_env: DrEnv, tmp
     assert list((tmp_path / "sandboxes").iterdir()) == []
     status = json.loads(repo_env.run("status", "--json").out)
     assert {s["name"]: s["coverage"]["state"] for s in status["sources"]}["wiki"] == "ok"
+
+
+def test_a_database_series_counts_for_its_configured_source(repo_env: DrEnv) -> None:
+    """``pg-dumps/wiki`` (a series of the multi-database source pg-dumps) proves pg-dumps."""
+    from test_report_html import synthetic
+    from drtool.rehearse.drill import record
+    data = {"sources": {"pg-dumps": {"type": "postgresql", "databases": ["wiki"], "rehearse_every": "7d"},
+                        "pg": {"type": "postgresql", "dbname": "x", "rehearse_every": "7d"}}}
+    with repo_env.session() as session:
+        record(session, synthetic("sampled", now() - dt.timedelta(days=1), [("pg-dumps/wiki", 5.0, 0.0, True)]))
+        cov = status.source_coverage(session, data, ["pg", "pg-dumps", "pg-dumps/wiki"], now())
+    assert cov["pg-dumps"].state == "ok" and cov["pg-dumps/wiki"].last_pass is not None
+    assert cov["pg"].state == "never" and cov["pg"].last_pass is None  # "pg" is not a prefix of "pg-dumps/"

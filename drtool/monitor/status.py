@@ -300,9 +300,11 @@ def source_coverage(session: Session, data: Mapping[str, Any], names: list[str],
                     now: datetime) -> dict[str, Coverage]:
     """Every name's rehearsal coverage (last pass, last fail, due) under its ``rehearse_every``."""
     sources = _table(data.get("sources"), "sources")
-    every = {name: rehearse_every(sources, name) for name in names}  # a bad value: exit 2 first
-    try:
-        rows = coverage_rows(session.catalog, names)
+    every = {name: rehearse_every(sources, name) for name in names}  # a bad value: UNKNOWN
+    configured = [n for n in names if n in sources]
+    try:  # a NAME/db series' rehearsal counts for its configured source NAME and for itself
+        rows = {**coverage_rows(session.catalog, [n for n in names if n not in sources]),
+                **coverage_rows(session.catalog, configured)}
     except DrtoolError:
         rows = {}
     return {name: judge(name, every[name], getattr(rows.get(name), "last_pass", None),
