@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, DrEnv
-from drtool import api
+from drtool.api import fleet as fleet_api
 from drtool.backup.run import backup_paths
 from drtool.monitor import metrics, status
 from drtool.rehearse.fleet import order_sources, recovery_point
@@ -166,7 +166,7 @@ def test_bad_rehearse_every_is_reported(repo_env: DrEnv, tmp_path: Path) -> None
     result = repo_env.run("--config", str(config), "status")
     assert result.code == 3 and "[sources.m] rehearse_every:" in result.out
     with repo_env.session() as session:
-        rows = api.fleet.coverage(session, {"sources": {"m": {"rehearse_every": "2d"}}}, now())
+        rows = fleet_api.coverage(session, {"sources": {"m": {"rehearse_every": "2d"}}}, now())
     assert rows == [{"source": "m", "state": "never", "rehearse_every_seconds": 172800.0, "last_pass": None,
                      "last_fail": None, "due": None, "overdue": True}]
 

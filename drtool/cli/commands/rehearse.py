@@ -1,4 +1,4 @@
-"""rehearse, rehearsals, report: DR drills and their history (docs/rehearsals.md)."""
+"""``drtool rehearse``, ``rehearsals`` and ``report``: restore drills, their history, the HTML report."""
 from __future__ import annotations
 
 import os
@@ -8,19 +8,22 @@ from typing import Any
 
 import click
 
-from drtool import api
-from drtool.catalog.rehearsals import rehearsal_history
+from drtool.api.rehearsals import (
+    RehearsalResult,
+    RehearseOptions,
+    fmt_seconds,
+    load_runbook,
+    rebuild_rehearsals,
+    rehearsal_history,
+    render_html,
+)
+from drtool.api.rehearsals import rehearse as run_rehearsal
+from drtool.api import fleet
+from drtool.api.settings import parse_duration
 from drtool.cli.complete import source_names
-from drtool.cli.context import CliState, emit
+from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import json_option
 from drtool.errors import DrtoolError, UsageError
-from drtool.rehearse.drill import (RehearsalResult, RehearseOptions, fmt_seconds, rebuild_rehearsals,
-                                 rehearse as run_rehearsal)
-from drtool.rehearse.report import render_html
-from drtool.rehearse.runbook import load_runbook
-from drtool.snapshot.timeparse import parse_duration
-
-pass_state = click.make_pass_decorator(CliState)
 
 
 def _configured_sources(state: CliState) -> dict[str, Any]:
@@ -60,8 +63,8 @@ def rehearse(state: CliState, runbooks: tuple[str, ...], sample: int | None, win
     if sample is not None:
         options = RehearseOptions(keep=keep, seed=seed, sandbox_root=sandbox_root,
                                   sources=_configured_sources(state), settings=state.settings, log=log)
-        results = api.fleet.rehearse_sample(session, options.sources, sample,
-                                            period or api.fleet.DEFAULT_WINDOW, options)
+        results = fleet.rehearse_sample(session, options.sources, sample,
+                                            period or fleet.DEFAULT_WINDOW, options)
         if not as_json:
             click.echo("\n".join(_summary(r) for r in results))
     for book in books:
@@ -179,7 +182,7 @@ def report(state: CliState, html_file: str, since: str, as_json: bool) -> None:
     now = datetime.now(timezone.utc)
     docs = rehearsal_history(session.catalog, since=now - window)
     page = render_html(docs, now, window, repository=state.repository(),
-                       coverage=api.fleet.coverage(session, state.settings.data, now))
+                       coverage=fleet.coverage(session, state.settings.data, now))
     _write_atomically(html_file, page)
     sources = sorted({s["source"] for d in docs for s in d.get("steps", [])})
     emit({"file": html_file, "rehearsals": len(docs), "sources": sources}, as_json,
@@ -199,5 +202,6 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (rehearse, rehearsals, report):
-        group.add_command(command)
+    group.add_command(rehearse)
+    group.add_command(rehearsals)
+    group.add_command(report)
