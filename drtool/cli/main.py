@@ -32,6 +32,8 @@ class LazyGroup(click.Group):
     """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        if ctx.resilient_parsing:  # shell completion: the names alone; get_command imports the few that match
+            return sorted(COMMAND_MODULE_OF)
         _register()
         return super().list_commands(ctx)
 
