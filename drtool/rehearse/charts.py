@@ -47,14 +47,16 @@ def human(seconds: float | None) -> str:
     return format_duration(timedelta(seconds=round(seconds)))
 
 
-def tick_label(seconds: float) -> str:
-    """Short axis labels: 0, 0.5s, 30s, 1.5m, 2h, 7d."""
+UNITS = {86400.0: "d", 3600.0: "h", 60.0: "m", 1.0: "s"}
+
+
+def tick_label(seconds: float, unit: float | None = None) -> str:
+    """Short axis labels: 0, 0.5s, 30s, 1.5m, 2h, 7d; in ``unit`` when the axis has one."""
     if seconds == 0:
         return "0"
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
-        if seconds >= size:
-            return f"{seconds / size:.3g}{unit}"
-    return f"{seconds:.3g}s"
+    if unit is None:
+        unit = next((size for size in UNITS if seconds >= size), 1.0)
+    return f"{seconds / unit:.3g}{UNITS[unit]}"
 
 
 class Axis:
@@ -67,14 +69,16 @@ class Axis:
         lowest = min(positive, default=highest)
         self.top_px, self.bottom_px = top_px, bottom_px
         self.log = highest / lowest > LOG_RATIO
+        self.unit: float | None = None  # log axes label each tick in its own unit
         if self.log:
             floor = lowest / 3
             self.lo = max(v for v in LOG_TICKS if v <= floor) if floor >= LOG_TICKS[0] \
                 else 10 ** math.floor(math.log10(floor))
             self.hi = min((v for v in LOG_TICKS if v >= highest * 1.3), default=highest * 2)
             self.ticks = _thin([v for v in LOG_TICKS if self.lo <= v <= self.hi])
-        else:
-            step = _nice_step(highest * 1.15 / 4)
+        else:  # a round step in the unit the labels use (30m, not 1800s; 12h, not 0.58d)
+            unit = self.unit = next((size for size in (86400.0, 3600.0, 60.0) if highest >= 1.5 * size), 1.0)
+            step = _nice_step(highest * 1.15 / 4 / unit) * unit
             self.lo, self.hi = 0.0, step * math.ceil(highest * 1.15 / step)
             self.ticks = [i * step for i in range(1, int(round(self.hi / step)) + 1)]
 
@@ -142,7 +146,7 @@ def svg_chart(title: str, points: list[Point], goal: float | None) -> str:
                      f'fill="#59636e" text-anchor="{anchor}">{escape(label)}</text>')
     if goal is not None:
         parts.append(_goal_line(goal, axis))
-    parts += _marks(measured, x, axis)
+    parts += _marks(measured, x, axis, axis(goal) if goal is not None else None)
     parts.append("</svg>")
     return "".join(parts)
 
@@ -152,14 +156,14 @@ def _grid(axis: Axis) -> list[str]:
     parts = [f'<line x1="{PAD_L}" x2="{PAD_L}" y1="{PAD_T}" y2="{bottom}" stroke="#8c959f"/>',
              f'<line x1="{PAD_L}" x2="{CHART_W - PAD_R}" y1="{bottom}" y2="{bottom}" stroke="#8c959f"/>',
              f'<text class="tick" x="{PAD_L - 6}" y="{bottom + 4}" font-size="11" fill="#59636e" '
-             f'text-anchor="end">{escape(tick_label(axis.lo))}</text>']
+             f'text-anchor="end">{escape(tick_label(axis.lo, axis.unit))}</text>']
     for value in axis.ticks:
         if value == axis.lo:
             continue
         y = axis(value)
         parts.append(f'<line x1="{PAD_L}" x2="{CHART_W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>'
                      f'<text class="tick" x="{PAD_L - 6}" y="{y + 4:.1f}" font-size="11" fill="#59636e" '
-                     f'text-anchor="end">{escape(tick_label(value))}</text>')
+                     f'text-anchor="end">{escape(tick_label(value, axis.unit))}</text>')
     return parts
 
 
@@ -171,7 +175,8 @@ def _goal_line(goal: float, axis: Axis) -> str:
             f'text-anchor="end">objective {escape(human(goal))}</text>')
 
 
-def _marks(measured: list[Point], x: Callable[[datetime], float], axis: Axis) -> list[str]:
+def _marks(measured: list[Point], x: Callable[[datetime], float], axis: Axis,
+           goal_y: float | None) -> list[str]:
     """The line, one marker per rehearsal (green passed, red failed), the newest value labelled."""
     if not measured:
         return [f'<text x="{PAD_L + 8}" y="{PAD_T + 16}" font-size="12" fill="{FAIL_COLOR}">'
@@ -191,6 +196,9 @@ def _marks(measured: list[Point], x: Callable[[datetime], float], axis: Axis) ->
     px, py = x(t), axis(v)
     anchor = "end" if px > CHART_W - PAD_R - 60 else "start"
     dx = -8 if anchor == "end" else 8
-    parts.append(f'<text class="value" x="{px + dx:.1f}" y="{max(py - 6, PAD_T + 10):.1f}" font-size="11" '
+    label_y = max(py - 6, PAD_T + 10)
+    if goal_y is not None and abs(label_y - goal_y) < 14:  # not on top of the objective's label
+        label_y = py + 16 if py + 16 < CHART_H - PAD_B else py - 18
+    parts.append(f'<text class="value" x="{px + dx:.1f}" y="{label_y:.1f}" font-size="11" '
                  f'font-weight="600" fill="#1f2328" text-anchor="{anchor}">{escape(human(v))}</text>')
     return parts
