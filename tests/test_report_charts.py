@@ -13,7 +13,8 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from drtool.rehearse.charts import CHART_H, CHART_W, PAD_B, PAD_T, Axis, svg_chart, time_labels
+from drtool.rehearse.charts import (CHART_H, CHART_W, PAD_B, PAD_T, Axis, svg_chart, tick_label,
+                                    time_labels)
 from drtool.rehearse.report import render_html
 from test_report_html import chromium_args, decode_png, synthetic
 
@@ -89,6 +90,8 @@ def test_axis_and_labels_pure() -> None:
     assert axis(4 * 3600.0) > PAD_T  # the objective is inside the plot
     linear = Axis([300.0, 420.0], 900.0, PAD_T, BOTTOM)
     assert not linear.log and linear(0) == BOTTOM and linear.hi >= 900
+    hours = Axis([80000.0, 100000.0], 93600.0, PAD_T, BOTTOM)
+    assert [tick_label(t, hours.unit) for t in hours.ticks] == ["10h", "20h", "30h", "40h"]
     assert time_labels(T0, T0) == [(0.5, "2026-11-20 09:00 UTC")]
     same_day = [text for _s, text in time_labels(T0, T0 + timedelta(hours=3))]
     assert len(set(same_day)) == len(same_day) == 3
