@@ -73,6 +73,9 @@ def test_status_warns_until_every_scheduled_source_passed_a_rehearsal(fleet: DrE
 
     after = fleet.run("status", "--json")
     assert after.code == 0, after.out
+    text = fleet.run("status").out
+    assert re.search(r"^OK: alpha: newest backup \d+s ago, 1 snapshot\(s\), restore proven \d+s ago "
+                     r"\(next due in 6d 23h\)$", text, re.M), text
     cov = {s["name"]: s["coverage"] for s in json.loads(after.out)["sources"]}
     for name in NAMES:
         assert cov[name]["last_pass"] is not None and cov[name]["last_fail"] is None

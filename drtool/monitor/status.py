@@ -134,7 +134,7 @@ class StatusReport:
         return " ".join(parts)
 
     def details(self) -> list[str]:
-        return [f"{STATE_NAMES[s.state]}: {s.name}: " + ("; ".join(s.messages) or _ok_text(s))
+        return [f"{STATE_NAMES[s.state]}: {s.name}: " + ("; ".join(s.messages) or _ok_text(s, self.now))
                 for s in self.sources]
 
     def as_dict(self) -> dict[str, Any]:
@@ -349,10 +349,14 @@ def _check_rpo(status: SourceStatus) -> None:
         status.raise_to(CRITICAL, f"RPO {_ago(status.rpo)} exceeds {_ago(t.max_rpo)}")
 
 
-def _ok_text(s: SourceStatus) -> str:
+def _ok_text(s: SourceStatus, now: datetime) -> str:
     if s.age is None:
         return "no snapshots"
-    return f"newest backup {_ago(s.age)} ago, {s.snapshots} snapshot(s)"
+    text = f"newest backup {_ago(s.age)} ago, {s.snapshots} snapshot(s)"
+    cov = s.coverage
+    if cov is not None and cov.due is not None and cov.last_pass is not None:
+        text += f", restore proven {_ago(now - cov.last_pass)} ago (next due in {_ago(cov.due - now)})"
+    return text
 
 
 def _ago(td: timedelta) -> str:
