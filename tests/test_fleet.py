@@ -290,3 +290,16 @@ def test_a_database_series_counts_for_its_configured_source(repo_env: DrEnv) -> 
         cov = status.source_coverage(session, data, ["pg", "pg-dumps", "pg-dumps/wiki"], now())
     assert cov["pg-dumps"].state == "ok" and cov["pg-dumps/wiki"].last_pass is not None
     assert cov["pg"].state == "never" and cov["pg"].last_pass is None  # "pg" is not a prefix of "pg-dumps/"
+
+
+def test_database_sources_accept_the_keys_every_source_may_have() -> None:
+    """status thresholds, retention and rehearse_every were documented for every source, but a
+    PostgreSQL or MariaDB table holding them was refused as 'unknown key(s)'."""
+    from drtool.errors import ConfigError
+    from drtool.sources.mariadb import MariaSource
+    from drtool.sources.postgres import PgSource
+    shared = {"status": {"max_age": "2d"}, "retention": {"keep_daily": 7}, "rehearse_every": "7d"}
+    assert PgSource.from_config("pg", {"type": "postgresql", "dbname": "app", **shared}).dbname == "app"
+    assert MariaSource.from_config("wiki", {"type": "mariadb", "dbname": "wiki", **shared}).name == "wiki"
+    with pytest.raises(ConfigError, match="unknown key"):
+        PgSource.from_config("pg", {"type": "postgresql", "dbname": "app", "rehearse_evry": "7d"})
