@@ -141,6 +141,17 @@ def test_recovery_point_is_a_random_snapshot_within_the_window(repo_env: DrEnv, 
     assert dump_point.mode == "point_in_time" and dump_point.when in {s.time for s in snaps[1:]}
 
 
+def test_every_source_type_has_a_sandbox() -> None:
+    from drtool.errors import ConfigError
+    from drtool.rehearse.fleet import sandbox_type
+    kinds = {t: sandbox_type("x", {"type": t}) for t in ("files", "command", "s3", "swift", "postgresql",
+                                                         "mariadb", "mysql")}
+    assert kinds == {"files": "directory", "command": "directory", "s3": "directory", "swift": "directory",
+                     "postgresql": "postgresql", "mariadb": "mariadb", "mysql": "mariadb"}
+    with pytest.raises(ConfigError, match="cannot be rehearsed"):
+        sandbox_type("x", {"type": "tape"})
+
+
 def test_order_is_least_recently_rehearsed_first_then_random() -> None:
     t = now()
     last = {"a": t - dt.timedelta(days=1), "b": None, "c": t - dt.timedelta(days=9), "d": None,

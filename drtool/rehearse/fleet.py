@@ -7,7 +7,8 @@ recently rehearsed first** (never-rehearsed ones before all others, ties in
 random order), and for each a recovery point chosen at random within a
 window (default 30 days):
 
-* files and command sources: a random snapshot taken within the window,
+* files, command and object-store (s3, swift) sources: a random snapshot
+  taken within the window,
   restored into a directory sandbox and checked against its manifest (file
   count and size, and a re-hashed sample of files);
 * database sources: a random *moment* of the recoverable window (a base plus
@@ -40,12 +41,13 @@ from drtool.rehearse.drill import RehearsalResult, RehearseOptions, rebuild_rehe
 from drtool.rehearse.runbook import (DB_SANDBOXES, Check, Objectives, RecoveryPoint, Runbook, SandboxSpec,
                                      Step)
 from drtool.snapshot.model import Snapshot
+from drtool.sources.objectstore import OBJECT_STORE_TYPES
 from drtool.snapshot.timeparse import format_duration
 
 DEFAULT_WINDOW = timedelta(days=30)
 RUNBOOK_NAME = "sampled"
 FILE_SAMPLE = 10
-FILE_TYPES = ("files", "command")
+FILE_TYPES = ("files", "command", *OBJECT_STORE_TYPES)  # snapshots of file trees: a directory sandbox
 
 
 @dataclass
