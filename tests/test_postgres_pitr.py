@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -87,9 +88,11 @@ def test_restore_between_t2_and_t3_gives_exactly_t1_and_t2(scenario: Scenario) -
     target = Path(scenario.server.root) / "restored"
     port = free_port()
     plan = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.between.isoformat(),
-                           "--target", str(target), "--dry-run")
+                           "--target", str(target), "--dry-run", env={"TZ": "America/New_York"})
     assert plan.code == 0, plan.err
     assert "plan (dry run" in plan.out and "base: snapshot" in plan.out and not target.exists()
+    # the resolved instant in UTC and in the host's zone (issue 16)
+    assert re.search(r"recover to \S+Z \(UTC\) = \S+-0[45]:00 \(America/New_York\) \(inclusive\)", plan.out)
     proc = run_as_server_user(["restore", "--source", SOURCE, "--point-in-time", scenario.between.isoformat(),
                                "--target", str(target), "--start", "--port", str(port), "--json"],
                               scenario.env)

@@ -9,7 +9,8 @@ from drtool.backends.registry import is_local_url
 from drtool.childenv import kill_running_groups
 from drtool.config import Settings, read_passphrase, resolve
 from drtool.snapshot.names import display, label_problem
-from drtool.snapshot.timeparse import format_duration, parse_duration, parse_point_in_time
+from drtool.snapshot.timeparse import (format_duration, in_utc_and_host, parse_duration, parse_point_in_time,
+                                       zone_note)
 
-__all__ = ["Settings", "display", "format_duration", "is_local_url", "kill_running_groups",
-           "label_problem", "parse_duration", "parse_point_in_time", "read_passphrase", "resolve"]
+__all__ = ["Settings", "display", "format_duration", "in_utc_and_host", "is_local_url", "kill_running_groups",
+           "label_problem", "parse_duration", "parse_point_in_time", "read_passphrase", "resolve", "zone_note"]

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import click
 
+from drtool.cli.complete import source_names
 from drtool.cli.context import CliState, emit
 from drtool.errors import UsageError
 
@@ -17,7 +18,8 @@ log = logging.getLogger("drtool")
 
 
 source_option = click.option("--source", "source", required=True, envvar="DRTOOL_SOURCE", metavar="NAME",
-                             help="Source name (the [sources.NAME] table; also DRTOOL_SOURCE).")
+                             help="Source name (the [sources.NAME] table; also DRTOOL_SOURCE).",
+                             shell_complete=source_names)
 
 
 WAL_TIMEOUT = 120.0

@@ -32,13 +32,16 @@ class LazyGroup(click.Group):
     """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        if ctx.resilient_parsing:  # shell completion: the names alone; get_command imports the few that match
+            return sorted(COMMAND_MODULE_OF)
         _register()
         return super().list_commands(ctx)
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple:  # type: ignore[type-arg]
         """Start deriving the repository key before the command's modules are imported."""
         if args and args[0] not in NO_SESSION_COMMANDS and not HELP_FLAGS.intersection(args) \
-                and not _async_wal_push(_state_for(ctx), args):
+                and not ctx.resilient_parsing and not _async_wal_push(_state_for(ctx), args):
+            # (resilient parsing: shell completion, which must never derive a key or prompt)
             _state_for(ctx).start_unlock()
         return super().resolve_command(ctx, args)
 

@@ -122,7 +122,11 @@ class Session:
 
     def _open_catalog(self) -> Catalog:
         from drtool.catalog.store import Catalog
-        return Catalog.open(self.options.catalog, self.repo.config.repo_id, self.replace_damaged_catalog)
+        catalog = Catalog.open(self.options.catalog, self.repo.config.repo_id, self.replace_damaged_catalog)
+        if not self.options.catalog:  # shell completion finds a default-location catalog by its marker
+            from drtool.catalog.location import remember_repository
+            remember_repository(self.repo.config.repo_id, self.options.repository)
+        return catalog
 
     def warm_catalog(self) -> None:
         """Start opening the catalog in the background (it is needed only at the end)."""

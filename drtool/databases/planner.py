@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from drtool.databases.engine import DatabaseEngine, RestoreRequest, engine_of_source, require_engine
 from drtool.databases.logarchive import sync_log_segments
 from drtool.errors import DrtoolError, SnapshotNotFound, UsageError
+from drtool.snapshot.timeparse import in_utc_and_host
 from drtool.snapshot.logwindow import (RecoveryBase, Segment, Window, compute_window, contiguous_run,
                                        find_gaps, reach, recovery_bases, wal_segment_size)
 
@@ -111,9 +112,10 @@ class PitrPlan:
         elif self.latest:
             what = "latest archived state"
         else:
-            what = f"{self.target_time.isoformat()} ({'inclusive' if self.inclusive else 'exclusive'})"  # type: ignore[union-attr]
+            what = (f"{in_utc_and_host(self.target_time)} "  # type: ignore[arg-type]
+                    f"({'inclusive' if self.inclusive else 'exclusive'})")
         out = [f"source {self.source} ({self.engine.name}): recover to {what}",
-               f"base: snapshot {snap.short_id} ({snap.kind}, {snap.time.isoformat()}, "
+               f"base: snapshot {snap.short_id} ({snap.kind}, taken {in_utc_and_host(snap.time)}, "
                f"consistent from {self.base.consistent_at.isoformat()})"]
         if self.segments:
             out.append(f"logs: {len(self.segments)} file(s) {self.segments[0].name} .. {self.segments[-1].name} "

@@ -15,6 +15,10 @@ Metrics (labels: ``name`` = snapshot series):
     drtool_backup_duration_seconds            how long the newest backup took
     drtool_rpo_seconds                        data-loss window if disaster struck now
     drtool_rehearsal_success                  1/0 for the last rehearsal (absent if none)
+    drtool_rehearsal_last_pass_timestamp_seconds   last passing rehearsal (absent if none)
+    drtool_rehearsal_last_fail_timestamp_seconds   last failing rehearsal (absent if none)
+    drtool_rehearsal_due_timestamp_seconds    when a passing rehearsal is next due (rehearse_every)
+    drtool_rehearsal_overdue                  1 if no passing rehearsal within rehearse_every
     drtool_snapshots                          number of snapshots in the series
     drtool_status                             Nagios state of the series (0..3)
 """
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from drtool.errors import DrtoolError
 from drtool.monitor.status import StatusReport
+from drtool.snapshot.coverage import Coverage
 
 _HELP = {
     "drtool_repository_up": "1 if the repository could be opened and read, else 0.",
@@ -36,6 +41,12 @@ _HELP = {
     "drtool_backup_duration_seconds": "Duration of the backup that made the newest snapshot.",
     "drtool_rpo_seconds": "Seconds of data that would be lost if disaster struck now.",
     "drtool_rehearsal_success": "1 if the last restore rehearsal succeeded, 0 if it failed.",
+    "drtool_rehearsal_last_pass_timestamp_seconds": "Unix time of the last passing rehearsal of the source.",
+    "drtool_rehearsal_last_fail_timestamp_seconds": "Unix time of the last failing rehearsal of the source.",
+    "drtool_rehearsal_due_timestamp_seconds": "Unix time by which the next passing rehearsal is due "
+                                              "(last pass + rehearse_every).",
+    "drtool_rehearsal_overdue": "1 if the source has no passing rehearsal within its rehearse_every "
+                                "(or none ever), else 0; absent without rehearse_every.",
     "drtool_snapshots": "Number of snapshots in the series.",
     "drtool_status": "Nagios-style state of the series: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
 }
@@ -68,6 +79,7 @@ def render(report: StatusReport) -> str:
             samples["drtool_rpo_seconds"].append((s.name, round(s.rpo.total_seconds(), 3)))
         if s.rehearsal and isinstance(s.rehearsal.get("success"), bool):
             samples["drtool_rehearsal_success"].append((s.name, 1 if s.rehearsal["success"] else 0))
+        _coverage_samples(samples, s.name, s.coverage)
     lines = []
     for family, values in samples.items():
         if not values:
@@ -78,6 +90,19 @@ def render(report: StatusReport) -> str:
             label = "" if name is None else f'{{name="{_escape(name)}"}}'
             lines.append(f"{family}{label} {_number(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _coverage_samples(samples: dict[str, list[tuple[str | None, float]]], name: str,
+                      coverage: Coverage | None) -> None:
+    if coverage is None:
+        return
+    for family, when in (("drtool_rehearsal_last_pass_timestamp_seconds", coverage.last_pass),
+                         ("drtool_rehearsal_last_fail_timestamp_seconds", coverage.last_fail),
+                         ("drtool_rehearsal_due_timestamp_seconds", coverage.due)):
+        if when is not None:
+            samples[family].append((name, round(when.timestamp(), 3)))
+    if coverage.every is not None:
+        samples["drtool_rehearsal_overdue"].append((name, 1 if coverage.needs_attention else 0))
 
 
 def write_textfile(path: str, text: str) -> None:

@@ -13,6 +13,9 @@ over ``[status]`` over the defaults):
   directory or an exploding log table all show up here first);
 * the last recorded backup run failed after the newest snapshot → WARNING;
 * the last rehearsal failed → WARNING (unknown when none is recorded);
+* ``rehearse_every`` set for the source and no passing rehearsal within it
+  (or none ever) → WARNING (coverage rows: ``drtool.catalog.coverage``,
+  judged by ``drtool.snapshot.coverage``);
 * ``max_rpo`` (optional): for databases with archived logs the RPO is the
   time since the end of the recoverable window, else the snapshot age;
   above it → CRITICAL.
@@ -29,8 +32,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
+from drtool.catalog.coverage import coverage_rows
 from drtool.errors import ConfigError, DrtoolError
 from drtool.core.session import Session
+from drtool.snapshot.coverage import Coverage, judge, rehearse_every
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.names import display
 from drtool.snapshot.timeparse import format_duration, parse_duration
@@ -68,6 +73,7 @@ class SourceStatus:
     rpo: timedelta | None = None
     window: tuple[datetime, datetime] | None = None
     rehearsal: dict[str, Any] | None = None
+    coverage: Coverage | None = None
 
     def raise_to(self, state: int, message: str) -> None:
         self.state = max(self.state, state)
@@ -85,6 +91,7 @@ class SourceStatus:
             "size_change_percent": self.size_change_percent, "rpo_seconds": _secs(self.rpo),
             "recoverable_window": [t.isoformat() for t in self.window] if self.window else None,
             "rehearsal": self.rehearsal,
+            "coverage": self.coverage.as_dict() if self.coverage else None,
             "max_age_seconds": _secs(self.thresholds.max_age),
             "warn_age_seconds": _secs(self.thresholds.warn_age),
         }
@@ -127,7 +134,7 @@ class StatusReport:
         return " ".join(parts)
 
     def details(self) -> list[str]:
-        return [f"{STATE_NAMES[s.state]}: {s.name}: " + ("; ".join(s.messages) or _ok_text(s))
+        return [f"{STATE_NAMES[s.state]}: {s.name}: " + ("; ".join(s.messages) or _ok_text(s, self.now))
                 for s in self.sources]
 
     def as_dict(self) -> dict[str, Any]:
@@ -180,11 +187,13 @@ def collect(session: Session, data: Mapping[str, Any], *, source: str | None = N
         by_name.setdefault(display(snap.name), []).append(snap)  # escaped: a listing never breaks
     names = {display(source)} if source else configured | set(by_name)
     runs = _failed_runs(session)
+    coverage = source_coverage(session, data, sorted(names), now)
     results = []
     for name in sorted(names):
         status = SourceStatus(name, name in configured, thresholds_for(data, name, max_age))
         _judge(status, by_name.get(name, []), now, runs.get(name))
         _add_rehearsal(status, session)
+        _add_coverage(status, coverage.get(name), now)
         _add_window(status, session, now)
         _check_rpo(status)
         results.append(status)
@@ -287,6 +296,27 @@ def describe_rehearsal(found: Any) -> dict[str, Any] | None:
             "failed_checks": list(get("failed_checks", None) or [])}
 
 
+def source_coverage(session: Session, data: Mapping[str, Any], names: list[str],
+                    now: datetime) -> dict[str, Coverage]:
+    """Every name's rehearsal coverage (last pass, last fail, due) under its ``rehearse_every``."""
+    sources = _table(data.get("sources"), "sources")
+    every = {name: rehearse_every(sources, name) for name in names}  # a bad value: UNKNOWN
+    configured = [n for n in names if n in sources]
+    try:  # a NAME/db series' rehearsal counts for its configured source NAME and for itself
+        rows = {**coverage_rows(session.catalog, [n for n in names if n not in sources]),
+                **coverage_rows(session.catalog, configured)}
+    except DrtoolError:
+        rows = {}
+    return {name: judge(name, every[name], getattr(rows.get(name), "last_pass", None),
+                        getattr(rows.get(name), "last_fail", None), now) for name in names}
+
+
+def _add_coverage(status: SourceStatus, coverage: Coverage | None, now: datetime) -> None:
+    status.coverage = coverage
+    if coverage is not None and coverage.needs_attention:
+        status.raise_to(WARNING, coverage.message(now))
+
+
 def _add_window(status: SourceStatus, session: Session, now: datetime) -> None:
     fn = _optional("drtool.databases.planner", "window_from_catalog")
     if fn is None:
@@ -319,10 +349,14 @@ def _check_rpo(status: SourceStatus) -> None:
         status.raise_to(CRITICAL, f"RPO {_ago(status.rpo)} exceeds {_ago(t.max_rpo)}")
 
 
-def _ok_text(s: SourceStatus) -> str:
+def _ok_text(s: SourceStatus, now: datetime) -> str:
     if s.age is None:
         return "no snapshots"
-    return f"newest backup {_ago(s.age)} ago, {s.snapshots} snapshot(s)"
+    text = f"newest backup {_ago(s.age)} ago, {s.snapshots} snapshot(s)"
+    cov = s.coverage
+    if cov is not None and cov.due is not None and cov.last_pass is not None:
+        text += f", restore proven {_ago(now - cov.last_pass)} ago (next due in {_ago(cov.due - now)})"
+    return text
 
 
 def _ago(td: timedelta) -> str:

@@ -9,17 +9,14 @@ passes the documents and the current time.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from html import escape
 from typing import Any
 
+from drtool.rehearse.charts import human, svg_chart
 from drtool.snapshot.timeparse import format_duration
 
-CHART_W, CHART_H = 520, 190
-PAD_L, PAD_R, PAD_T, PAD_B = 58, 16, 26, 34
-PASS_COLOR, FAIL_COLOR = "#1a7f37", "#cf222e"
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1f2328;background:#fff}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px}
@@ -74,14 +71,6 @@ def entries_by_source(docs: list[dict[str, Any]]) -> dict[str, list[Entry]]:
     return dict(sorted(found.items()))
 
 
-def human(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    return format_duration(timedelta(seconds=round(seconds)))
-
-
 def _versus(measured: float | None, goal: float | None) -> str:
     if measured is None:
         return '<span class="miss">not recovered</span>'
@@ -96,81 +85,6 @@ def _versus(measured: float | None, goal: float | None) -> str:
 def _badge(status: str) -> str:
     return '<span class="badge pass">PASS</span>' if status == "passed" else \
         '<span class="badge fail">FAIL</span>'
-
-
-def _unit(max_seconds: float) -> tuple[float, str]:
-    if max_seconds >= 2 * 86400:
-        return 86400.0, "days"
-    if max_seconds >= 2 * 3600:
-        return 3600.0, "hours"
-    if max_seconds >= 120:
-        return 60.0, "minutes"
-    return 1.0, "seconds"
-
-
-def svg_chart(title: str, points: list[tuple[datetime, float | None, bool]],
-              goal: float | None) -> str:
-    """A small line chart: measured values over time, objective as a dashed line."""
-    values = [v for _t, v, _ok in points if v is not None]
-    highest = max(values + ([goal] if goal is not None else []) + [1.0]) * 1.1
-    scale, unit = _unit(highest)
-    step = _nice_step(highest / scale / 4)
-    top = step * math.ceil(highest / scale / step) * scale
-    times = [t for t, _v, _ok in points]
-    t0, t1 = min(times), max(times)
-    span = (t1 - t0).total_seconds() or 1.0
-    plot_w, plot_h = CHART_W - PAD_L - PAD_R, CHART_H - PAD_T - PAD_B
-
-    def x(t: datetime) -> float:
-        return PAD_L + (plot_w / 2 if t0 == t1 else (t - t0).total_seconds() / span * plot_w)
-
-    def y(v: float) -> float:
-        return PAD_T + plot_h - v / top * plot_h
-    parts = [f'<svg width="{CHART_W}" height="{CHART_H}" '
-             f'viewBox="0 0 {CHART_W} {CHART_H}" role="img" aria-label="{escape(title)}">',
-             f'<rect width="{CHART_W}" height="{CHART_H}" fill="#ffffff"/>',
-             f'<text x="{PAD_L}" y="16" font-size="13" font-weight="600">{escape(title)} '
-             f'({unit})</text>']
-    parts += _grid(top, scale, step, y)
-    parts.append(f'<text x="{PAD_L}" y="{CHART_H - 8}" font-size="11" fill="#59636e">'
-                 f'{t0:%Y-%m-%d}</text>')
-    if t1 != t0:
-        parts.append(f'<text x="{CHART_W - PAD_R}" y="{CHART_H - 8}" font-size="11" fill="#59636e" '
-                     f'text-anchor="end">{t1:%Y-%m-%d}</text>')
-    if goal is not None:
-        parts.append(f'<line x1="{PAD_L}" x2="{CHART_W - PAD_R}" y1="{y(goal):.1f}" y2="{y(goal):.1f}" '
-                     f'stroke="#bf8700" stroke-width="1.5" stroke-dasharray="6 4"/>'
-                     f'<text x="{CHART_W - PAD_R}" y="{y(goal) - 4:.1f}" font-size="11" fill="#9a6700" '
-                     f'text-anchor="end">objective {escape(human(goal))}</text>')
-    line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v, _ok in points if v is not None)
-    if line:
-        parts.append(f'<polyline points="{line}" fill="none" stroke="#0969da" stroke-width="2"/>')
-    for t, v, ok in points:
-        if v is not None:
-            color = PASS_COLOR if ok else FAIL_COLOR
-            parts.append(f'<circle cx="{x(t):.1f}" cy="{y(v):.1f}" r="4" fill="{color}">'
-                         f'<title>{t:%Y-%m-%d %H:%M} UTC: {escape(human(v))}</title></circle>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _nice_step(raw: float) -> float:
-    """1, 2, 2.5 or 5 times a power of ten: axis labels people can read at a glance."""
-    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
-    return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-
-
-def _grid(top: float, scale: float, step: float, y: Any) -> list[str]:
-    parts = [f'<line x1="{PAD_L}" x2="{PAD_L}" y1="{PAD_T}" y2="{CHART_H - PAD_B}" stroke="#8c959f"/>',
-             f'<line x1="{PAD_L}" x2="{CHART_W - PAD_R}" y1="{CHART_H - PAD_B}" y2="{CHART_H - PAD_B}" '
-             f'stroke="#8c959f"/>']
-    ticks = int(round(top / scale / step))
-    for i in range(1, ticks + 1):
-        value = i * step * scale
-        parts.append(f'<line x1="{PAD_L}" x2="{CHART_W - PAD_R}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
-                     f'stroke="#eaeef2"/><text x="{PAD_L - 6}" y="{y(value) + 4:.1f}" font-size="11" '
-                     f'fill="#59636e" text-anchor="end">{i * step:g}</text>')
-    return parts
 
 
 def _summary_table(sources: dict[str, list[Entry]]) -> str:
@@ -204,9 +118,9 @@ def _source_section(source: str, entries: list[Entry]) -> str:
             + (f'<ul class="failed">{failed}</ul>' if failed else "")
             + (f'<details class="server-log"><summary>Server log of the failed step (end)</summary>'
                f'<pre>{escape(last.server_log)}</pre></details>' if last.server_log else "")
-            + '<div class="charts">'
-            + svg_chart(f"RTO of {source}", rto_points, last.rto_goal)
-            + svg_chart(f"RPO of {source}", rpo_points, last.rpo_goal) + "</div></section>")
+            + '<div class="charts">\n'
+            + svg_chart(f"RTO of {source}", rto_points, last.rto_goal) + "\n"
+            + svg_chart(f"RPO of {source}", rpo_points, last.rpo_goal) + "\n</div></section>")
 
 
 def _history_table(docs: list[dict[str, Any]]) -> str:
@@ -222,9 +136,33 @@ def _history_table(docs: list[dict[str, Any]]) -> str:
             "<th>RTO</th><th>RPO</th><th>Failed checks</th></tr>" + "".join(rows) + "</table>")
 
 
+_COVERAGE_STATE = {"ok": '<span class="ok">within</span>', "unscheduled": "<small>no rehearse_every</small>",
+                   "overdue": '<span class="miss">OVERDUE</span>', "never": '<span class="miss">NEVER PASSED</span>'}
+
+
+def _stamp(text: str | None) -> str:
+    return f"{_time(text):%Y-%m-%d %H:%M}" if text else "–"
+
+
+def coverage_table(coverage: list[dict[str, Any]]) -> str:
+    """Every configured source: last pass, last fail, rehearse_every and when the next pass is due
+    (``drtool.snapshot.coverage`` documents), overdue ones first."""
+    order = {"never": 0, "overdue": 1, "ok": 2, "unscheduled": 3}
+    rows = []
+    for cov in sorted(coverage, key=lambda c: (order.get(c["state"], 9), c["source"])):
+        every = cov.get("rehearse_every_seconds")
+        rows.append(f"<tr><td>{escape(cov['source'])}</td><td>{escape(human(every) if every else '–')}</td>"
+                    f"<td>{_stamp(cov.get('last_pass'))}</td><td>{_stamp(cov.get('last_fail'))}</td>"
+                    f"<td>{_stamp(cov.get('due'))}</td><td>{_COVERAGE_STATE.get(cov['state'], '')}</td></tr>\n")
+    return ("<table class=\"coverage\"><tr><th>Source</th><th>Rehearse every</th><th>Last pass (UTC)</th>"
+            "<th>Last fail (UTC)</th><th>Next pass due (UTC)</th><th>Coverage</th></tr>\n"
+            + "".join(rows) + "</table>")
+
+
 def render_html(docs: list[dict[str, Any]], generated: datetime, since: timedelta | None = None,
-                repository: str = "") -> str:
-    """The whole report page for ``docs`` (rehearsal documents, oldest first)."""
+                repository: str = "", coverage: list[dict[str, Any]] | None = None) -> str:
+    """The whole report page for ``docs`` (rehearsal documents, oldest first); ``coverage``: every
+    configured source's rehearsal coverage, whatever the period (none: no coverage section)."""
     sources = entries_by_source(docs)
     period = f"the last {format_duration(since)}" if since else "all recorded history"
     failing = [s for s, e in sources.items() if e[-1].status != "passed"]
@@ -236,10 +174,15 @@ def render_html(docs: list[dict[str, Any]], generated: datetime, since: timedelt
             f"{generated.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC, covering {period}"
             + (f"; repository {escape(repository)}" if repository else "")
             + f"; {len(docs)} rehearsal(s).</div><p>{verdict}</p>"]
+    if coverage:
+        overdue = sum(1 for c in coverage if c["state"] in ("overdue", "never"))
+        body += ["<h2>Coverage</h2>", f"<p>{overdue} of {len(coverage)} configured source(s) lack a passing "
+                                      f"rehearsal within their <code>rehearse_every</code>.</p>",
+                 coverage_table(coverage)]
     if sources:
         body += ["<h2>Sources</h2>", _summary_table(sources)]
         body += [_source_section(s, e) for s, e in sources.items()]
         body += ["<h2>All rehearsals</h2>", _history_table(docs)]
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<title>drtool DR drill report</title>"
-            f"<style>{STYLE}</style></head><body>" + "".join(body) + "</body></html>\n")
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

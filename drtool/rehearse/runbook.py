@@ -57,7 +57,8 @@ class RecoveryPoint:
             from drtool.snapshot.timeparse import format_duration
             return f"random within {format_duration(self.window or timedelta())}"
         if self.mode == "point_in_time":
-            return f"point in time {self.when if isinstance(self.when, str) else self.when}"
+            when = self.when if isinstance(self.when, str) else self.when.isoformat(timespec="seconds")
+            return f"point in time {when}"
         return "latest"
 
 

@@ -19,10 +19,13 @@ from drtool.errors import UsageError
 __all__ = [
     "FUTURE_TOLERANCE",
     "format_duration",
+    "in_utc_and_host",
+    "names_zone",
     "parse_duration",
     "parse_point_in_time",
     "system_local_zone",
     "to_iso",
+    "zone_note",
 ]
 
 #: Clock skew allowed between the caller's clock and the requested time.
@@ -265,3 +268,48 @@ def _fixed_zone(text: str) -> tzinfo:
     if minutes >= 60:
         raise ValueError("offset minutes out of range")
     return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+# ----- saying which instant was meant ------------------------------------------------
+#: zone keys that mean "this host keeps UTC"
+UTC_KEYS = frozenset({"UTC", "Etc/UTC", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu", "UCT", "Etc/UCT",
+                      "GMT", "Etc/GMT", "Etc/GMT+0", "Etc/GMT-0", "Etc/GMT0", "GMT0", "Greenwich"})
+
+
+def zone_label(zone: tzinfo) -> str:
+    """The IANA name when known (America/New_York), else the zone's abbreviation."""
+    return str(getattr(zone, "key", None) or zone.tzname(None) or "local time")
+
+
+def is_utc_zone(zone: tzinfo) -> bool:
+    return zone is timezone.utc or zone_label(zone) in UTC_KEYS
+
+
+def names_zone(text: str) -> bool:
+    """Does this point in time say its zone?  ``now`` and relative times need none."""
+    value = text.strip()
+    if not value or value.lower() == "now" or value.startswith("-"):
+        return True
+    match = _ISO_RE.fullmatch(value)
+    return match is None or bool(match.group("zone"))
+
+
+def in_utc_and_host(when: datetime, zone: tzinfo | None = None) -> str:
+    """``2026-11-20T19:05:00Z (UTC) = 2026-11-20T14:05:00-05:00 (America/New_York)``; the UTC part
+    alone on a host that keeps UTC.  Restores print this so nobody wonders which 14:05 was meant."""
+    zone = zone if zone is not None else system_local_zone()
+    utc = when.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    if is_utc_zone(zone):
+        return f"{utc} (UTC)"
+    return f"{utc} (UTC) = {to_iso(when.astimezone(zone))} ({zone_label(zone)})"
+
+
+def zone_note(text: str, when: datetime, zone: tzinfo | None = None) -> str | None:
+    """When a time without a zone was read in a host zone other than UTC: which zone, and what
+    it came to (None otherwise)."""
+    zone = zone if zone is not None else system_local_zone()
+    if names_zone(text) or is_utc_zone(zone):
+        return None
+    return (f"{text.strip()!r} names no zone: read in this host's zone {zone_label(zone)} "
+            f"(UTC{to_iso(when.astimezone(zone))[-6:]}), i.e. {in_utc_and_host(when, zone).split(' = ')[0]}; "
+            f"add Z for UTC or an offset such as +01:00 to mean another zone")

@@ -6,13 +6,18 @@ from typing import IO, Any
 
 from drtool.errors import ConfigError
 
+#: keys every [sources.NAME] table may have, whatever its type: what monitoring (status
+#: thresholds, rehearse_every), retention and rehearsals read about the source
+SHARED_KEYS = frozenset({"status", "retention", "rehearse_every"})
+
 
 def check_table(name: str, table: dict[str, Any], keys: frozenset[str] | set[str]) -> None:
     """Unknown keys are typos that would silently change what is backed up; a password
     in the config would end up in backups of /etc and in shell histories."""
     if "password" in table:
         raise ConfigError(f"[sources.{name}]: put the password in password_file, not the config")
-    unknown = set(table) - set(keys)
+    keys = set(keys) | SHARED_KEYS
+    unknown = set(table) - keys
     if unknown:
         raise ConfigError(f"[sources.{name}]: unknown key(s) {', '.join(sorted(unknown))}",
                           hint=f"known keys: {', '.join(sorted(keys))}")

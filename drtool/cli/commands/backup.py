@@ -6,6 +6,7 @@ import click
 from drtool import api
 from drtool.api.backing_up import log_backup_summary
 from drtool.api.settings import display
+from drtool.cli.complete import source_names
 from drtool.cli.context import CliState, emit, pass_state, tune_malloc_for_backup
 from drtool.cli.options import json_option, tag_option
 from drtool.cli.progress import walk_progress
@@ -19,7 +20,8 @@ from drtool.errors import PartialSuccess, SourceError, UsageError
 @click.option("--from-command", "command", metavar="CMD",
               help="Back up this command's stdout as one file (e.g. 'pg_dump wiki').")
 @click.option("--filename", metavar="NAME", help="File name for --from-command output.")
-@click.option("--source", metavar="NAME", help="Back up the configured [sources.NAME].")
+@click.option("--source", metavar="NAME", help="Back up the configured [sources.NAME].",
+              shell_complete=source_names)
 @click.option("--all", "all_sources", is_flag=True, help="Back up every configured source.")
 @tag_option
 @json_option

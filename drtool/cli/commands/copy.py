@@ -11,6 +11,7 @@ import click
 from drtool.api import maintenance
 from drtool.api.repo_access import KdfParams, OpenOptions
 from drtool.api.settings import Settings, read_passphrase
+from drtool.cli.complete import snapshot_ids
 from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import json_option, name_option
 from drtool.errors import ConfigError, UsageError, WrongPassword
@@ -75,7 +76,7 @@ def destination_options(state: CliState, to: str | None) -> OpenOptions:
 
 
 @click.command("copy")
-@click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...")
+@click.argument("snapshots", nargs=-1, metavar="[SNAPSHOT]...", shell_complete=snapshot_ids)
 @click.option("--to", "to", metavar="URL",
               help="Destination repository (or [copy] repository); created if absent.")
 @name_option

@@ -10,6 +10,7 @@ from drtool.api import maintenance
 from drtool.api.maintenance import RetentionPolicy
 from drtool.api.settings import display
 from drtool.cli.commands.prune import prune_options, run_prune
+from drtool.cli.complete import snapshot_ids as complete_snapshot_ids
 from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import dry_run_option, json_option, name_option
 from drtool.cli.values import duration_value
@@ -18,7 +19,7 @@ from drtool.errors import UsageError
 
 # ----- forget -------------------------------------------------------------------------
 @click.command()
-@click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT]...")
+@click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT]...", shell_complete=complete_snapshot_ids)
 @name_option
 @click.option("--keep-last", type=int, metavar="N", help="Keep the N newest snapshots.")
 @click.option("--keep-hourly", type=int, metavar="N", help="Keep the newest of each of N hours.")

@@ -19,7 +19,9 @@ from drtool.api.rehearsals import (
     render_html,
 )
 from drtool.api.rehearsals import rehearse as run_rehearsal
+from drtool.api import fleet
 from drtool.api.settings import parse_duration
+from drtool.cli.complete import source_names
 from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import json_option
 from drtool.errors import DrtoolError, UsageError
@@ -31,7 +33,12 @@ def _configured_sources(state: CliState) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("runbooks", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("runbooks", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--sample", type=click.IntRange(1), metavar="N",
+              help="Instead of runbooks: rehearse N configured sources, least recently rehearsed first.")
+@click.option("--window", metavar="DURATION",
+              help="With --sample: a random snapshot (files) or moment (databases) within this "
+                   "period; default 30d.")
 @click.option("--keep", is_flag=True, help="Leave the sandboxes in place and print where they are.")
 @click.option("--seed", type=int, help="Seed for random_within and file sampling (repeat a drill).")
 @click.option("--sandbox-root", type=click.Path(file_okay=False), metavar="DIR",
@@ -41,16 +48,33 @@ def _configured_sources(state: CliState) -> dict[str, Any]:
               help="Set a variable the runbook declares in [variables] (e.g. --set source=db/wiki).")
 @json_option
 @pass_state
-def rehearse(state: CliState, runbooks: tuple[str, ...], keep: bool, seed: int | None,
-             sandbox_root: str | None, assignments: tuple[str, ...], as_json: bool) -> None:
-    """Restore into a sandbox, validate, and measure RTO/RPO for each RUNBOOK."""
+def rehearse(state: CliState, runbooks: tuple[str, ...], sample: int | None, window: str | None,
+             keep: bool, seed: int | None, sandbox_root: str | None, assignments: tuple[str, ...],
+             as_json: bool) -> None:
+    """Restore into a sandbox, validate, and measure RTO/RPO for each RUNBOOK (or --sample N sources)."""
+    if sample is None and window is not None:
+        raise UsageError("--window goes with --sample", hint="drtool rehearse --sample 3 --window 30d")
+    if (sample is None) == (not runbooks):
+        raise UsageError("give runbook file(s) or --sample N, not both" if runbooks else
+                         "give runbook file(s) or --sample N",
+                         hint="e.g. drtool rehearse runbooks/media-files.toml, or drtool rehearse --sample 3")
+    if sample is not None and assignments:
+        raise UsageError("--set fills a runbook's [variables]; --sample runs no runbook file")
     # every runbook is checked (with its --set values) before any runs
-    books = load_runbooks(list(runbooks), parse_assignments(assignments))
+    books = load_runbooks(list(runbooks), parse_assignments(assignments)) if runbooks else []
+    period = parse_duration(window) if window else None
     session = state.session()
 
     def log(line: str) -> None:
         click.echo(line, err=as_json)
     results: list[RehearsalResult] = []
+    if sample is not None:
+        options = RehearseOptions(keep=keep, seed=seed, sandbox_root=sandbox_root,
+                                  sources=_configured_sources(state), settings=state.settings, log=log)
+        results = fleet.rehearse_sample(session, options.sources, sample,
+                                            period or fleet.DEFAULT_WINDOW, options)
+        if not as_json:
+            click.echo("\n".join(_summary(r) for r in results))
     for book in books:
         options = RehearseOptions(keep=keep, seed=seed, sandbox_root=sandbox_root,
                                   sources=_configured_sources(state), settings=state.settings, log=log)
@@ -107,7 +131,8 @@ def _since(value: str | None) -> datetime | None:
 
 
 @click.command()
-@click.option("--source", metavar="NAME", help="Only rehearsals that restored this source.")
+@click.option("--source", metavar="NAME", help="Only rehearsals that restored this source.",
+              shell_complete=source_names)
 @click.option("--since", metavar="DURATION", help="Only rehearsals started in this period (e.g. 90d).")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @json_option
@@ -164,7 +189,8 @@ def report(state: CliState, html_file: str, since: str, as_json: bool) -> None:
     rebuild_rehearsals(session)
     now = datetime.now(timezone.utc)
     docs = rehearsal_history(session.catalog, since=now - window)
-    page = render_html(docs, now, window, repository=state.repository())
+    page = render_html(docs, now, window, repository=state.repository(),
+                       coverage=fleet.coverage(session, state.settings.data, now))
     _write_atomically(html_file, page)
     sources = sorted({s["source"] for d in docs for s in d.get("steps", [])})
     emit({"file": html_file, "rehearsals": len(docs), "sources": sources}, as_json,

@@ -15,7 +15,8 @@ import click
 from drtool import api
 from drtool.api import restoring
 from drtool.api.restoring import DEFAULT_POLICY, POLICIES, RestoreRequest
-from drtool.api.settings import display, parse_point_in_time
+from drtool.api.settings import display, in_utc_and_host, parse_point_in_time, zone_note
+from drtool.cli.complete import snapshot_ids, source_names
 from drtool.cli.context import CliState, command_line, emit, pass_state
 from drtool.cli.options import dry_run_option, json_option, name_option
 from drtool.cli.progress import byte_progress
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.argument("snapshot", required=False)
+@click.argument("snapshot", required=False, shell_complete=snapshot_ids)
 @click.option("--target", type=click.Path(file_okay=False), help="Directory to restore into.")
 @name_option
 @click.option("--point-in-time", "when", metavar="TIME",
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
               help="Existing files that differ: keep them and exit 3 (never), replace older ones "
                    "(if-newer), replace unless size and mtime match (if-changed), or replace (always).")
 @click.option("--source", metavar="NAME",
-              help="Configured source: a database (point-in-time restore, docs/databases.md) or an object store.")
+              help="Configured source: a database (point-in-time restore, docs/databases.md) or an object store.",
+              shell_complete=source_names)
 @click.option("--latest", is_flag=True, help="With --source: replay every archived log.")
 @click.option("--exclusive", is_flag=True, help="With --source: stop just before TIME.")
 @click.option("--start", is_flag=True, help="With --source: start the restored server and wait for recovery.")
@@ -88,8 +90,10 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
         result = restoring.restore_snapshot(session, pick, request)
     else:
         if not as_json:
-            click.echo(f"restoring snapshot {pick.short_id} ({display(pick.name)}, "
-                       f"{pick.time.astimezone().isoformat()}) to {target}", err=True)
+            if point is not None:
+                click.echo(f"point in time: {in_utc_and_host(point)}", err=True)
+            click.echo(f"restoring snapshot {pick.short_id} ({display(pick.name)}, taken "
+                       f"{in_utc_and_host(pick.time)}) to {target}", err=True)
         with byte_progress("restoring", pick.summary.get("size")) as progress:
             request.progress = progress
             result = restoring.restore_snapshot(session, pick, request)
@@ -97,7 +101,7 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
     # (a local restore only reads an SQLite catalog; it never creates one or takes its index from it).
     if snapshot == "latest" or point is not None:
         warn_vanished(session)
-    _report_restore(result, as_json)
+    _report_restore(result, as_json, point)
 
 
 def _which_point(snapshot: str | None, when: str | None) -> datetime | None:
@@ -109,7 +113,19 @@ def _which_point(snapshot: str | None, when: str | None) -> datetime | None:
         raise UsageError("give either SNAPSHOT or --point-in-time, not both")
     if snapshot is None and when is None:
         raise UsageError("which snapshot? give a snapshot id, 'latest', or --point-in-time TIME")
-    return parse_point_in_time(when) if when is not None else None
+    return resolve_point(when)
+
+
+def resolve_point(when: str | None) -> datetime | None:
+    """``--point-in-time`` as an instant; a time without a zone on a host not in UTC says which
+    zone it was read in (on stderr, before anything is restored)."""
+    if when is None:
+        return None
+    point = parse_point_in_time(when)
+    note = zone_note(when, point)
+    if note:
+        click.echo(f"drtool: note: {note}", err=True)
+    return point
 
 
 def warn_vanished(session: api.Session) -> None:
@@ -123,11 +139,16 @@ def warn_vanished(session: api.Session) -> None:
         click.echo(f"drtool: warning: {line}; run 'drtool check'", err=True)
 
 
-def _report_restore(result: restoring.RestoreResult, as_json: bool) -> None:
+def _report_restore(result: restoring.RestoreResult, as_json: bool, point: datetime | None = None) -> None:
     snap = result.snapshot
     verb = "would restore" if result.plan_only else "restored"
-    emit(result.as_dict(), as_json,
-         f"{verb} snapshot {snap.short_id} ({display(snap.name)}, {snap.time.astimezone().isoformat()}): "
+    doc = result.as_dict()
+    if point is not None:
+        doc["point_in_time"] = point.isoformat()
+    if result.plan_only and point is not None and not as_json:
+        click.echo(f"point in time: {in_utc_and_host(point)}")
+    emit(doc, as_json,
+         f"{verb} snapshot {snap.short_id} ({display(snap.name)}, taken {in_utc_and_host(snap.time)}): "
          f"{result.files} files, {result.dirs} dirs, {mib(result.bytes)}"
          + (f" from {result.packs} pack(s)" if result.plan_only else "")
          + f" to {result.target}"
@@ -189,7 +210,7 @@ def run_source_restore(state: CliState, request: SourceRestore) -> None:
     if isinstance(src, (backing_up.FilesSource, backing_up.CommandSource)):
         raise UsageError(f"source {request.source} is a {backing_up.source_type(src, engines)} source",
                          hint=f"use 'drtool restore --name {request.source} --point-in-time TIME --target DIR'")
-    point: datetime | None = parse_point_in_time(request.when) if request.when else None
+    point: datetime | None = resolve_point(request.when) if request.when else None
     session = state.session()
     if request.dry_run:
         plan = databases.plan_from_config(session, src, point, request.inclusive, request.snapshot)
@@ -213,8 +234,10 @@ def run_bucket_restore(state: CliState, src: ObjectStoreSource, url: str, snapsh
     session = state.session()
     pick = api.pick_snapshot(session, snapshot, src.name, point)
     if not as_json:
-        click.echo(f"restoring snapshot {pick.short_id} ({display(pick.name)}, "
-                   f"{pick.time.astimezone().isoformat()}) to {url}", err=True)
+        if point is not None:
+            click.echo(f"point in time: {in_utc_and_host(point)}", err=True)
+        click.echo(f"restoring snapshot {pick.short_id} ({display(pick.name)}, taken "
+                   f"{in_utc_and_host(pick.time)}) to {url}", err=True)
     result = objectstores.restore_into_bucket(session, pick, src, url, includes)
     emit(result.as_dict(), as_json,
          f"restored snapshot {pick.short_id}: {result.objects} objects, {mib(result.bytes)}"

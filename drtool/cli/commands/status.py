@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from drtool.api import monitoring
+from drtool.cli.complete import source_names
 from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import json_option
 from drtool.cli.values import duration_value
@@ -21,7 +22,8 @@ def collect_report(state: CliState, source: str | None, max_age: str | None) -> 
 
 
 @click.command()
-@click.option("--source", metavar="NAME", help="Only this source / snapshot series.")
+@click.option("--source", metavar="NAME", help="Only this source / snapshot series.",
+              shell_complete=source_names)
 @click.option("--max-age", metavar="DURATION",
               help="CRITICAL when the newest snapshot is older (WARNING at 80%); default 36h.")
 @json_option
