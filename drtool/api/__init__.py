@@ -20,9 +20,11 @@ from drtool.maintain import rebuild as _rebuild
 from drtool.restore import run as _restore
 from drtool.core.session import OpenOptions, Session
 from drtool.snapshot.model import Snapshot
+from drtool.api.browse import diff, dump, find_files, index_files, ls, parse_size
 
-__all__ = ["KdfParams", "Session", "backup", "backup_command", "check", "init", "open_repository",
-           "pick_snapshot", "rebuild_catalog", "restore", "restore_plan", "snapshots"]
+__all__ = ["KdfParams", "Session", "backup", "backup_command", "check", "diff", "dump", "find_files",
+           "index_files", "init", "ls", "open_repository", "parse_size", "pick_snapshot", "rebuild_catalog",
+           "restore", "restore_plan", "snapshots"]
 
 
 def init(repository: str, passphrase: bytes, *, catalog: str | None = None,

@@ -7,6 +7,7 @@ leaves unreferenced packs at worst, never a snapshot that lies.
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import threading
@@ -18,7 +19,8 @@ from typing import IO, Any, Callable, Iterator
 
 from drtool import __version__
 from drtool.childenv import child_environment
-from drtool.errors import CatalogError, SourceError, UsageError
+from drtool.browse.index import index_new_snapshot
+from drtool.errors import CatalogError, DrtoolError, SourceError, UsageError
 from drtool.core.heap import collector_paused
 from drtool.backup.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
 from drtool.core.session import Session
@@ -32,6 +34,7 @@ from drtool.testing_hooks import crash_point
 BACKUP_GROUP_CACHE = 24 * 1024 * 1024 # parent trees, read in walk order (Repository.limit_group_cache)
 
 STDERR_TAIL = 2000
+log = logging.getLogger("drtool")
 
 
 @dataclass
@@ -87,11 +90,20 @@ def check_labels(session: Session, name: str, tags: list[str] | None, filename: 
 
 
 def _record_in_catalog(session: Session, snap: Snapshot) -> None:
-    """The snapshot is committed to the repository by now; say so if the catalog fails."""
+    """The snapshot is committed to the repository by now; say so if the catalog fails.
+
+    The per-file index (``drtool find``) is brought up to date here; if that
+    fails the backup still succeeds: ``find`` indexes what is missing when next run.
+    """
     try:
         session.catalog.add_snapshots([snap])
     except CatalogError as exc:
         raise CatalogError(f"snapshot {snap.short_id} is saved in the repository, but {exc}") from None
+    try:
+        index_new_snapshot(session, snap)
+    except DrtoolError as exc:
+        log.warning("snapshot %s is saved, but the file index was not updated (%s); "
+                    "'drtool find' will index it when next run", snap.short_id, exc)
 
 
 def _commit(session: Session, lock: Lock, snap: Snapshot) -> None:

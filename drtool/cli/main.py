@@ -114,6 +114,7 @@ COMMAND_MODULE_OF = {
     **dict.fromkeys(("forget", "prune", "locks", "status", "metrics"), "commands_ops"),
     **dict.fromkeys(("rehearse", "rehearsals", "report"), "commands_rehearse"),
     **dict.fromkeys(("copy", "repo"), "commands_remote"),
+    "ls": "commands.ls", "find": "commands.find", "diff": "commands.diff", "dump": "commands.dump",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMAND_MODULE_OF.values()))
 _registered_modules: set[str] = set()

@@ -43,6 +43,7 @@ class Node:
     link_key: str | None = None
     rdev: int = 0
     changed: bool = False
+    hash: str | None = None  # "sha256:<hex>" / "sha1:<hex>" when the source asks for content hashes
 
     def to_dict(self) -> dict[str, Any]:
         """Shallow and sparse: defaults are omitted (asdict's deep copy cost 80 µs a node)."""

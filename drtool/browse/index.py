@@ -1,0 +1,131 @@
+"""Keeping the per-file index (``catalog/files.py``) in step with the snapshots.
+
+A snapshot is indexed by comparing its tree with the previous indexed
+snapshot of its series (``trees.tree_changes``): only paths that appear,
+change or disappear touch the index.  Backups index their snapshot as they
+record it; snapshots that arrive otherwise (another host, ``copy``, a catalog
+that predates the index) are indexed when the index is next used, and
+``catalog rebuild`` recreates it from the repository alone.  A snapshot that
+sorts before the series' last indexed one (a copied old snapshot) makes the
+series be indexed again from its first snapshot.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from drtool.browse.trees import content_id, tree_changes
+from drtool.catalog.files import FileIndex, IndexedSnapshot
+from drtool.core.session import Session
+from drtool.errors import DrtoolError
+from drtool.snapshot.model import Node, Snapshot
+from drtool.snapshot.names import display
+
+log = logging.getLogger("drtool")
+
+
+@dataclass
+class IndexResult:
+    snapshots: int = 0
+    versions_added: int = 0
+    versions_closed: int = 0
+    series_reindexed: int = 0
+
+
+def version_row(path: str, node: Node) -> dict[str, Any]:
+    return {"path": path, "basename": path.rsplit("/", 1)[-1], "type": node.type, "size": node.size,
+            "mtime_ns": node.mtime_ns, "mode": node.mode, "content": content_id(node),
+            "hash": node.hash or None}
+
+
+def series_of(snap: Snapshot) -> str:
+    """The series key, spelled as the catalog stores snapshot names."""
+    return display(snap.name)
+
+
+def _index_one(session: Session, index: FileIndex, snap: Snapshot, last: IndexedSnapshot | None,
+               result: IndexResult) -> IndexedSnapshot:
+    closed: list[str] = []
+    added: list[dict[str, Any]] = []
+    for path, before, after in tree_changes(session.repo, last.tree if last else None, snap.tree):
+        if before is not None:
+            closed.append(path)
+        if after is not None:
+            added.append(version_row(path, after))
+    entry = IndexedSnapshot(snap.id, series_of(snap), last.seq + 1 if last else 1, snap.tree, snap.time)
+    index.record(entry, closed, added)
+    result.snapshots += 1
+    result.versions_added += len(added)
+    result.versions_closed += len(closed)
+    return entry
+
+
+def index_series(session: Session, index: FileIndex, snaps: list[Snapshot],
+                 result: IndexResult | None = None) -> IndexResult:
+    """Index the snapshots of one series that the index lacks (``snaps``: all of them, oldest first)."""
+    result = result or IndexResult()
+    if not snaps:
+        return result
+    series = series_of(snaps[0])
+    done = index.indexed(series)
+    known = {e.snapshot_id for e in done}
+    pending = [s for s in snaps if s.id not in known]
+    if not pending:
+        return result
+    last = done[-1] if done else None
+    if last is not None and (pending[0].time, pending[0].id) < (last.time, last.snapshot_id):
+        index.drop_series(series)  # an older snapshot arrived: intervals must be recounted
+        result.series_reindexed += 1
+        last, pending = None, snaps
+    for snap in pending:
+        try:
+            last = _index_one(session, index, snap, last, result)
+        except DrtoolError as exc:
+            if last is None or last.snapshot_id == snap.id:
+                raise
+            log.info("file index: the previous snapshot of %s cannot be read (%s); re-indexing the series",
+                     series, exc)
+            index.drop_series(series)
+            result.series_reindexed += 1
+            return index_series(session, index, snaps, result)
+    return result
+
+
+def catch_up(session: Session, names: Iterable[str] | None = None, load_index: bool = True) -> IndexResult:
+    """Index every snapshot the catalog lists but the file index lacks (or those of ``names``).
+
+    ``load_index``: read the repository's blob index first (once, and only if
+    something is to be indexed); ``catalog rebuild`` has just built it.
+    """
+    index = FileIndex(session.catalog)
+    snaps = session.snapshots()
+    wanted = set(names) if names is not None else None
+    by_series: dict[str, list[Snapshot]] = {}
+    for snap in snaps:
+        if wanted is None or snap.name in wanted or series_of(snap) in wanted:
+            by_series.setdefault(series_of(snap), []).append(snap)
+    result = IndexResult()
+    indexed = {e.snapshot_id for e in index.indexed()}
+    for series_snaps in by_series.values():
+        if any(s.id not in indexed for s in series_snaps):
+            if load_index:
+                session.repo.load_index()
+                load_index = False
+            index_series(session, index, series_snaps, result)
+    return result
+
+
+def index_new_snapshot(session: Session, snap: Snapshot) -> IndexResult:
+    """After a backup: index its series from what the catalog lists (no repository listing)."""
+    snaps = [s for s in session.catalog.snapshots(snap.name) if s.name == snap.name]
+    if all(s.id != snap.id for s in snaps):
+        snaps.append(snap)
+    snaps.sort(key=lambda s: (s.time, s.id))
+    return index_series(session, FileIndex(session.catalog), snaps)
+
+
+def rebuild(session: Session) -> IndexResult:
+    """The whole index again from the repository's trees (``drtool catalog rebuild``)."""
+    FileIndex(session.catalog).clear()
+    return catch_up(session, load_index=False)

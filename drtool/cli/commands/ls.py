@@ -1,0 +1,33 @@
+"""``drtool ls SNAPSHOT [PATH]``: what a snapshot holds, like ``ls`` (-l, -R, --json)."""
+from __future__ import annotations
+
+import click
+
+from drtool import api
+from drtool.cli.context import CliState, emit
+from drtool.cli.options import json_option, name_option
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+@click.command("ls")
+@click.argument("snapshot")
+@click.argument("path", required=False, default="")
+@click.option("-l", "--long", "long_format", is_flag=True, help="Mode, owner, size and mtime, like ls -l.")
+@click.option("-R", "--recursive", is_flag=True, help="Everything below PATH, not only its entries.")
+@name_option
+@json_option
+@pass_state
+def ls(state: CliState, snapshot: str, path: str, long_format: bool, recursive: bool, name: str | None,
+       as_json: bool) -> None:
+    """List PATH in SNAPSHOT (an id, or 'latest' with --name); paths as restore --include takes them."""
+    entries = api.ls(state.session(), snapshot, path, name=name, recursive=recursive)
+    if as_json:
+        emit([e.as_dict() for e in entries], True)
+        return
+    for entry in entries:
+        click.echo(entry.long_line() if long_format else entry.short_line())
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(ls)
