@@ -47,8 +47,10 @@ def open_repository(repository: str, passphrase: bytes, *, catalog: str | None =
 
 
 def backup(session: Session, paths: list[str], name: str, tags: list[str] | None = None,
-           progress: Callable[..., None] | None = None) -> _backup.BackupResult:
-    return _backup.backup_paths(session, paths, name, tags, progress)
+           progress: Callable[..., None] | None = None,
+           content_hash: str | None = None) -> _backup.BackupResult:
+    """``content_hash``: 'sha256' or 'sha1' records each file's hash (``drtool find --hash``)."""
+    return _backup.backup_paths(session, paths, name, tags, progress, content_hash=content_hash)
 
 
 def backup_command(session: Session, command: str | list[str], name: str, filename: str | None = None,

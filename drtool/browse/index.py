@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from drtool.browse.trees import content_id, tree_changes
+from drtool.browse.trees import content_id, data_signature, meta_signature, tree_changes
 from drtool.catalog.files import FileIndex, IndexedSnapshot
 from drtool.core.session import Session
 from drtool.errors import DrtoolError
@@ -39,6 +39,11 @@ def version_row(path: str, node: Node) -> dict[str, Any]:
             "hash": node.hash or None}
 
 
+def same_version(before: Node, after: Node) -> bool:
+    return before.type == after.type and data_signature(before) == data_signature(after) \
+        and meta_signature(before) == meta_signature(after)
+
+
 def series_of(snap: Snapshot) -> str:
     """The series key, spelled as the catalog stores snapshot names."""
     return display(snap.name)
@@ -48,13 +53,18 @@ def _index_one(session: Session, index: FileIndex, snap: Snapshot, last: Indexed
                result: IndexResult) -> IndexedSnapshot:
     closed: list[str] = []
     added: list[dict[str, Any]] = []
-    for path, before, after in tree_changes(session.repo, last.tree if last else None, snap.tree):
+    hashed: dict[str, str] = {}
+    for path, before, after in tree_changes(session.repo, last.tree if last else None, snap.tree,
+                                            with_hashes=True):
+        if before is not None and after is not None and after.hash and same_version(before, after):
+            hashed[path] = after.hash  # only the hash is new: the version stays, now with its hash
+            continue
         if before is not None:
             closed.append(path)
         if after is not None:
             added.append(version_row(path, after))
     entry = IndexedSnapshot(snap.id, series_of(snap), last.seq + 1 if last else 1, snap.tree, snap.time)
-    index.record(entry, closed, added)
+    index.record(entry, closed, added, hashed)
     result.snapshots += 1
     result.versions_added += len(added)
     result.versions_closed += len(closed)

@@ -45,10 +45,11 @@ def meta_signature(node: Node) -> tuple[object, ...]:
 
 
 def tree_changes(repo: Repository, old_tree: str | None, new_tree: str | None,
-                 prefix: str = "") -> Iterator[Change]:
+                 prefix: str = "", with_hashes: bool = False) -> Iterator[Change]:
     """(path, old node, new node) for every entry added (old None), removed (new None) or
     changed in data or metadata, parents before children; paths as ``restore --include``
-    takes them (relative to the snapshot's root, '/'-separated)."""
+    takes them (relative to the snapshot's root, '/'-separated).  ``with_hashes``: also an
+    entry whose recorded content hash differs (first recorded: the file index keeps it)."""
     stack: list[tuple[str, str | None, str | None]] = [(prefix, old_tree, new_tree)]
     while stack:
         base, old_id, new_id = stack.pop()
@@ -62,7 +63,8 @@ def tree_changes(repo: Repository, old_tree: str | None, new_tree: str | None,
             path = f"{base}/{name}" if base else name
             if before is None or after is None or before.type != after.type \
                     or data_signature(before) != data_signature(after) \
-                    or meta_signature(before) != meta_signature(after):
+                    or meta_signature(before) != meta_signature(after) \
+                    or with_hashes and before.hash != after.hash:
                 yield path, before, after
             old_sub = before.subtree if before is not None and before.type == DIR else None
             new_sub = after.subtree if after is not None and after.type == DIR else None

@@ -68,10 +68,16 @@ class FileIndex:
             rows = conn.execute(query.order_by(cols.series, cols.seq)).all()
         return [IndexedSnapshot(r.snapshot_id, r.series, r.seq, r.tree, _utc(r.time)) for r in rows]
 
-    def record(self, entry: IndexedSnapshot, closed: list[str], added: list[dict[str, Any]]) -> None:
-        """One snapshot's changes in one transaction: close old versions, insert new ones."""
+    def record(self, entry: IndexedSnapshot, closed: list[str], added: list[dict[str, Any]],
+               hashed: dict[str, str] | None = None) -> None:
+        """One snapshot's changes in one transaction: close old versions, insert new ones, and
+        add content hashes first recorded for unchanged versions (``hashed``: path -> hash)."""
         vcols = version_table.c
         with self.catalog._begin() as conn:
+            for path, digest in (hashed or {}).items():
+                conn.execute(update(version_table).where(
+                    vcols.repo_id == self.repo_id, vcols.series == entry.series, vcols.path == path,
+                    vcols.end_seq.is_(None)).values(hash=digest))
             for part in _slices(closed):
                 conn.execute(update(version_table).where(
                     vcols.repo_id == self.repo_id, vcols.series == entry.series, vcols.path.in_(part),

@@ -1,0 +1,253 @@
+"""Browsing and single-file recovery: the per-file index, ls, find, diff and dump.
+
+Real repositories (local directory, and S3 over HTTP through moto), the CLI
+as documented, default key derivation.  The index is checked for what it
+promises: a row per file *version* (not per file per snapshot), the same
+answers after ``catalog rebuild`` or with no catalog at all, and the same
+idea of what a path holds as ``restore --include``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import DrEnv, make_env
+from drtool.backup.run import backup_paths
+from drtool.catalog.files import FileIndex
+from s3server import MotoServer, client_env, create_bucket, moto_server  # noqa: F401
+
+
+def ok(result: Any) -> Any:
+    assert result.code == 0, f"exit {result.code}\n{result.out}\n{result.err}"
+    return json.loads(result.out) if result.out.lstrip().startswith(("{", "[")) else result.out
+
+
+def make_tree(root: Path, files: int = 40) -> Path:
+    for i in range(files):
+        folder = root / f"d{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"file{i}.txt").write_text(f"content of file {i}\n" * (i + 1))
+    (root / "d0" / "photo.JPG").write_bytes(os.urandom(300_000))
+    (root / "d1" / "link").symlink_to("file1.txt")
+    return root
+
+
+def sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def spawn_bytes(dr: DrEnv, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """The CLI as a process, stdout kept as bytes (dump writes binary data)."""
+    return subprocess.run([sys.executable, "-m", "drtool", *args], env=dr.env, capture_output=True,
+                          timeout=120, cwd=dr.tmp)
+
+
+def versions(dr: DrEnv, *args: str) -> list[dict[str, Any]]:
+    return ok(dr.run("find", *args, "--json"))
+
+
+def index_rows(dr: DrEnv) -> int:
+    with dr.session() as session:
+        return FileIndex(session.catalog).counts()["versions"]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> DrEnv:
+    dr = make_env(tmp_path / "dr")
+    ok(dr.run("init"))
+    return dr
+
+
+def test_versions_are_intervals_and_the_index_grows_with_changes(env: DrEnv, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    entries = sum(len(dirs) + len(files) for _, dirs, files in os.walk(src)) + 1  # + the root directory
+    s1 = ok(env.run("backup", str(src), "--name", "media", "--json"))
+    assert index_rows(env) == entries
+    (src / "d1" / "file5.txt").write_text("edited\n")
+    (src / "d2" / "file6.txt").unlink()
+    (src / "d3" / "new.txt").write_text("new\n")
+    s2 = ok(env.run("backup", str(src), "--name", "media", "--json"))
+    assert index_rows(env) == entries + 2   # the edited file's new version and the new file, nothing else
+    s3 = ok(env.run("backup", str(src), "--name", "media", "--json"))
+    assert index_rows(env) == entries + 2   # nothing changed: not a single row
+
+    edited = versions(env, "file5.txt")
+    assert [(v["size"], v["first"]["id"], v["last"]["id"], v["snapshots"]) for v in edited] == [
+        (len("content of file 5\n" * 6), s1["id"], s1["id"], 1), (7, s2["id"], s3["id"], 2)]
+    deleted = versions(env, "file6.txt")
+    assert [(v["path"], v["first"]["id"], v["last"]["id"]) for v in deleted] == [
+        ("src/d2/file6.txt", s1["id"], s1["id"])]
+    same = versions(env, "file7.txt")
+    assert [(v["first"]["id"], v["last"]["id"], v["snapshots"]) for v in same] == [(s1["id"], s3["id"], 3)]
+
+    everything = versions(env, "*")
+    ok(env.run("catalog", "rebuild"))
+    assert versions(env, "*") == everything
+    for leftover in env.catalog.parent.glob(env.catalog.name + "*"):
+        leftover.unlink()
+    assert versions(env, "*") == everything   # a new catalog: find indexes the snapshots first
+
+    ok(env.run("forget", s1["id"]))
+    assert versions(env, "file6.txt") == []
+    assert [(v["first"]["id"], v["snapshots"]) for v in versions(env, "file7.txt")] == [(s2["id"], 2)]
+
+
+def test_find_filters(env: DrEnv, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    ok(env.run("backup", str(src), "--name", "media", "--content-hash", "sha256"))
+    other = make_tree(tmp_path / "other" / "src", files=3)
+    ok(env.run("backup", str(other), "--name", "other", "--content-hash", "sha1"),)
+    assert {v["name"] for v in versions(env, "file1.txt")} == {"media", "other"}
+    assert {v["name"] for v in versions(env, "file1.txt", "--name", "other")} == {"other"}
+    assert [v["path"] for v in versions(env, "*.JPG", "--name", "media")] == ["src/d0/photo.JPG"]
+    assert versions(env, "*.jpg", "--name", "media") == []            # globs are case-sensitive
+    assert {v["path"] for v in versions(env, "file1[0-2].txt")} == {
+        "src/d2/file10.txt", "src/d3/file11.txt", "src/d0/file12.txt"}
+    assert [v["path"] for v in versions(env, "src/d1/file1*", "--name", "media")] == [
+        "src/d1/file1.txt", "src/d1/file13.txt", "src/d1/file17.txt"]
+    big = versions(env, "--path", "src", "--min-size", "200k")
+    assert [v["path"] for v in big] == ["src/d0/photo.JPG", "src/d0/photo.JPG"]
+    assert all(v["size"] <= 100 for v in versions(env, "*.txt", "--max-size", "100"))
+    assert {v["path"] for v in versions(env, "--path", "src/d1/", "--name", "media")} == {
+        "src/d1"} | {f"src/d1/{n}" for n in os.listdir(src / "d1")}
+    photo = src / "d0" / "photo.JPG"
+    assert [v["path"] for v in versions(env, "--hash", sha256(photo)[:20])] == ["src/d0/photo.JPG"]
+    assert versions(env, "--hash", sha256(photo)) == versions(env, "--hash", sha256(photo)[7:])
+    sha1 = hashlib.sha1((other / "d0" / "file0.txt").read_bytes()).hexdigest()
+    assert [(v["name"], v["hash"]) for v in versions(env, "--hash", "sha1:" + sha1)] == [
+        ("other", "sha1:" + sha1)]
+    assert versions(env, "file1.txt", "--since", "-1h", "--until", "now")
+    assert versions(env, "file1.txt", "--until", "-1h") == []
+    assert versions(env, "file1.txt", "--newer", "-1h")
+    assert versions(env, "file1.txt", "--older", "-1h") == []
+    host = versions(env, "file1.txt", "--host", "no-such-host")
+    assert host == []
+    for args, words in ([("find",), "needs a PATTERN"], [("find", "--hash", "xyz"), "not a hex digest"],
+                        [("find", "x", "--min-size", "lots"), "is not a size"],
+                        [("find", "x", "--path", "../etc"), "not a path inside"]):
+        result = env.run(*args)
+        assert result.code == 2 and words in result.err and "Traceback" not in result.err, result.err
+
+
+def test_restore_include_and_find_agree_on_what_a_path_holds(env: DrEnv, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    ok(env.run("backup", str(src), "--name", "media", "--content-hash", "sha256"))
+    (src / "d1" / "file1.txt").write_text("changed later\n")
+    (src / "d1" / "extra.txt").write_text("only in the second snapshot\n")
+    second = ok(env.run("backup", str(src), "--name", "media", "--content-hash", "sha256", "--json"))
+    for include in ("src/d1", "src/d1/file1.txt", "src"):
+        found = {(v["path"], v["hash"]) for v in versions(env, "--path", include)
+                 if v["last"]["id"] == second["id"] and v["type"] == "file"}
+        target = tmp_path / "restored" / include.replace("/", "_")
+        ok(env.run("restore", second["id"][:8], "--include", include, "--target", str(target)))
+        restored = {(str(p.relative_to(target)), sha256(p)) for p in target.rglob("*")
+                    if p.is_file() and not p.is_symlink()}
+        assert found == restored and found, include
+
+
+def test_ls_long_recursive_and_json(env: DrEnv, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    os.chmod(src / "d2" / "file2.txt", 0o600)
+    ok(env.run("backup", str(src), "--name", "media"))
+    top = ok(env.run("ls", "latest", "--name", "media")).splitlines()
+    assert top == ["src/"]
+    listed = ok(env.run("ls", "latest", "src", "-R", "--name", "media")).splitlines()
+    on_disk = sorted(str(p.relative_to(src.parent)) + ("/" if p.is_dir() and not p.is_symlink() else "")
+                     for p in src.rglob("*"))
+    assert sorted(listed) == on_disk
+    entries = ok(env.run("ls", "latest", "src/d2", "--json", "--name", "media"))
+    stats = {e["name"]: e for e in entries}
+    assert set(stats) == set(os.listdir(src / "d2"))
+    assert stats["file2.txt"]["mode"] == "0600" and stats["file2.txt"]["size"] == (src / "d2" / "file2.txt").stat().st_size
+    long_lines = ok(env.run("ls", "-l", "latest", "src/d1", "--name", "media")).splitlines()
+    link = next(line for line in long_lines if line.endswith("src/d1/link -> file1.txt"))
+    assert link.startswith("lrwxrwxrwx")
+    file_line = next(line for line in long_lines if line.endswith(" src/d1/file1.txt"))
+    assert file_line.startswith("-rw-r--r--") and f" {(src / 'd1' / 'file1.txt').stat().st_size} " in file_line
+    one = ok(env.run("ls", "latest", "src/d2/file2.txt", "-l", "--name", "media")).splitlines()
+    assert len(one) == 1 and one[0].startswith("-rw-------")
+    missing = env.run("ls", "latest", "src/nope", "--name", "media")
+    assert missing.code == 1 and "has no 'src/nope'" in missing.err and "d0" in missing.err
+
+
+def test_diff_added_removed_modified_metadata(env: DrEnv, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    first = ok(env.run("backup", str(src), "--name", "media", "--json"))
+    (src / "d0" / "file0.txt").write_text("new content\n")
+    os.chmod(src / "d1" / "file1.txt", 0o640)
+    (src / "d2" / "file2.txt").unlink()
+    (src / "d3" / "added").mkdir()
+    (src / "d3" / "added" / "a.txt").write_text("a\n")
+    second = ok(env.run("backup", str(src), "--name", "media", "--json"))
+    text = ok(env.run("diff", first["id"][:8], second["id"][:8])).splitlines()
+    assert text == ["M    src/d0/file0.txt", "U    src/d1/file1.txt", "-    src/d2/file2.txt",
+                    "+    src/d3/added", "+    src/d3/added/a.txt",
+                    "2 added, 1 removed, 1 modified, 1 metadata only"]
+    data = ok(env.run("diff", first["id"], "latest", "--name", "media", "--json"))
+    assert data["summary"] == {"added": 2, "removed": 1, "modified": 1, "metadata": 1}
+    assert data["metadata"][0]["before"]["mode"] == "0644" and data["metadata"][0]["after"]["mode"] == "0640"
+    assert ok(env.run("diff", "latest", "latest", "--name", "media", "--json"))["summary"] == {
+        "added": 0, "removed": 0, "modified": 0, "metadata": 0}
+
+
+def test_dump_file_directory_and_stream(env: DrEnv, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    big = src / "d3" / "big.bin"
+    big.write_bytes(os.urandom(3_000_000) * 3)   # several chunks, deduplicated
+    ok(env.run("backup", str(src), "--name", "media"))
+    out = spawn_bytes(env, "dump", "latest", "src/d3/big.bin", "--name", "media")
+    assert out.returncode == 0 and out.stdout == big.read_bytes(), out.stderr
+    tar = spawn_bytes(env, "dump", "latest", "src/d1", "--name", "media")
+    assert tar.returncode == 0, tar.stderr
+    target = tmp_path / "untarred"
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout), mode="r|") as archive:
+        archive.extractall(target, filter="tar")
+    assert sorted(os.listdir(target / "d1")) == sorted(os.listdir(src / "d1"))
+    for name in os.listdir(src / "d1"):
+        assert os.readlink(target / "d1" / name) == os.readlink(src / "d1" / name) \
+            if (src / "d1" / name).is_symlink() else (target / "d1" / name).read_bytes() == (src / "d1" / name).read_bytes()
+    dump_file = tmp_path / "wiki.sql"
+    dump_file.write_text("".join(f"INSERT INTO page VALUES ({i}, 'row {i}');\n" for i in range(50_000)))
+    ok(env.run("backup", "--from-command", f"cat {dump_file}", "--name", "db/wiki", "--filename", "wiki.sql"))
+    piped = subprocess.run(f"{sys.executable} -m drtool dump latest --name db/wiki | cmp - {dump_file}",
+                           shell=True, env=env.env, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0, piped.stdout + piped.stderr
+    wrong = spawn_bytes(env, "dump", "latest", "src/d9", "--name", "media")
+    assert wrong.returncode == 1 and wrong.stderr.startswith(b"drtool: error: snapshot") and not wrong.stdout
+
+
+def test_an_older_snapshot_arriving_late_reindexes_its_series(env: DrEnv, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", files=4)
+    ok(env.run("backup", str(src), "--name", "media"))
+    (src / "d0" / "file0.txt").write_text("as it was last week\n")
+    with env.session() as session:  # a copied snapshot from last week, say
+        old = backup_paths(session, [str(src)], "media",
+                           clock=lambda: datetime.now(timezone.utc) - timedelta(days=7)).snapshot
+    found = versions(env, "file0.txt")
+    assert [(v["size"], v["first"]["id"]) for v in found] == [(20, old.id), (18, found[1]["first"]["id"])]
+    assert found[1]["first"]["id"] != old.id and found[1]["snapshots"] == 1
+
+
+def test_browse_on_s3(moto_server: MotoServer, tmp_path: Path) -> None:  # noqa: F811
+    dr = make_env(tmp_path / "dr")
+    dr.env.update(client_env(moto_server.url), DRTOOL_REPOSITORY=f"s3://{create_bucket(moto_server.url)}/r")
+    ok(dr.run("init"))
+    src = make_tree(tmp_path / "src", files=8)
+    first = ok(dr.run("backup", str(src), "--name", "media", "--json"))
+    (src / "d1" / "file1.txt").write_text("edited on s3\n")
+    ok(dr.run("backup", str(src), "--name", "media"))
+    assert [v["size"] for v in versions(dr, "file1.txt")] == [len("content of file 1\n" * 2), 13]
+    assert "src/d1/file1.txt" in ok(dr.run("ls", "latest", "src/d1", "--name", "media"))
+    assert ok(dr.run("diff", first["id"], "latest", "--name", "media", "--json"))["summary"]["modified"] == 1
+    out = spawn_bytes(dr, "dump", first["id"][:8], "src/d1/file1.txt")
+    assert out.returncode == 0 and out.stdout == b"content of file 1\n" * 2, out.stderr
