@@ -104,6 +104,8 @@ def test_versions_are_intervals_and_the_index_grows_with_changes(env: DrEnv, tmp
 
 def test_find_filters(env: DrEnv, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src")
+    with open(os.path.join(os.fsencode(src), b"d2", b"caf\xe9.txt"), "wb") as odd_file:
+        odd_file.write(b"not UTF-8 in the name\n")
     ok(env.run("backup", str(src), "--name", "media", "--content-hash", "sha256"))
     other = make_tree(tmp_path / "other" / "src", files=3)
     ok(env.run("backup", str(other), "--name", "other", "--content-hash", "sha1"),)
@@ -130,6 +132,8 @@ def test_find_filters(env: DrEnv, tmp_path: Path) -> None:
     assert versions(env, "file1.txt", "--until", "-1h") == []
     assert versions(env, "file1.txt", "--newer", "-1h")
     assert versions(env, "file1.txt", "--older", "-1h") == []
+    odd = versions(env, "caf*")   # a name that is not UTF-8 is found, and shown escaped
+    assert [v["path"] for v in odd] == ["src/d2/caf\\xe9.txt"]
     host = versions(env, "file1.txt", "--host", "no-such-host")
     assert host == []
     for args, words in ([("find",), "needs a PATTERN"], [("find", "--hash", "xyz"), "not a hex digest"],

@@ -9,7 +9,7 @@ one *version* with the first and last snapshot it is in.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from typing import Any
@@ -78,7 +78,7 @@ class Version:
                 f"({_shown(self.first.time)}, {display(self.first.host)})")
         if self.snapshots > 1:
             span += f", last {self.last.id[:8]} ({_shown(self.last.time)}, {display(self.last.host)})"
-        return f"{display(self.path)}  {self.size} bytes  mtime {when}{digest}\n    {span}"
+        return f"{self.path}  {self.size} bytes  mtime {when}{digest}\n    {span}"
 
 
 def _shown(when: datetime) -> str:
@@ -112,6 +112,11 @@ def like_pattern(glob: str) -> str | None:
     return "".join(out)
 
 
+def _shown_path(path: str) -> str:
+    """Paths and globs as the index stores paths (``names.display``: escaped, one-to-one)."""
+    return display(normal_path(path))
+
+
 def normal_path(path: str) -> str:
     """A path inside a snapshot as ``restore --include`` takes it: no leading '/', no '.' or '..'."""
     parts = [p for p in path.strip().split("/") if p]
@@ -130,7 +135,7 @@ def _filter(query: FindQuery) -> VersionFilter:
         wanted.basename_equal = [p for p in basenames if like_pattern(p) is None] or None
         wanted.basename_like = [like for p in basenames if (like := like_pattern(p)) is not None] or None
     if query.path is not None:
-        prefix = normal_path(query.path)
+        prefix = _shown_path(query.path)
         if prefix:
             wanted.path_like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     if query.newer is not None:
@@ -155,7 +160,7 @@ def _hash_prefixes(text: str) -> list[str]:
 
 def _matches(query: FindQuery, path: str) -> bool:
     if query.path is not None:
-        prefix = normal_path(query.path)
+        prefix = _shown_path(query.path)
         if prefix and not (path == prefix or path.startswith(prefix + "/")):
             return False
     if not query.patterns:
@@ -171,6 +176,7 @@ def find(session: Session, query: FindQuery) -> list[Version]:
         raise UsageError("find needs a PATTERN, --path or --hash",
                          hint="e.g. drtool find '*.jpg' --name media, or --path media/photos")
     catch_up(session)
+    query = replace(query, patterns=[display(p) for p in query.patterns])
     found: dict[int, Version] = {}
     for row in FileIndex(session.catalog).versions(_filter(query)):
         if row.id in found:

@@ -34,6 +34,8 @@ class IndexResult:
 
 
 def version_row(path: str, node: Node) -> dict[str, Any]:
+    """``path``: in the escaped form of ``names.display`` (printable UTF-8, one-to-one), as
+    every catalog column: a name that is not UTF-8 cannot be stored as it is."""
     return {"path": path, "basename": path.rsplit("/", 1)[-1], "type": node.type, "size": node.size,
             "mtime_ns": node.mtime_ns, "mode": node.mode, "content": content_id(node),
             "hash": node.hash or None}
@@ -54,8 +56,9 @@ def _index_one(session: Session, index: FileIndex, snap: Snapshot, last: Indexed
     closed: list[str] = []
     added: list[dict[str, Any]] = []
     hashed: dict[str, str] = {}
-    for path, before, after in tree_changes(session.repo, last.tree if last else None, snap.tree,
-                                            with_hashes=True):
+    for raw_path, before, after in tree_changes(session.repo, last.tree if last else None, snap.tree,
+                                                with_hashes=True):
+        path = display(raw_path)
         if before is not None and after is not None and after.hash and same_version(before, after):
             hashed[path] = after.hash  # only the hash is new: the version stays, now with its hash
             continue
