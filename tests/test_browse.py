@@ -8,12 +8,15 @@ idea of what a path holds as ``restore --include``.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import tarfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -255,3 +258,67 @@ def test_browse_on_s3(moto_server: MotoServer, tmp_path: Path) -> None:  # noqa:
     assert ok(dr.run("diff", first["id"], "latest", "--name", "media", "--json"))["summary"]["modified"] == 1
     out = spawn_bytes(dr, "dump", first["id"][:8], "src/d1/file1.txt")
     assert out.returncode == 0 and out.stdout == b"content of file 1\n" * 2, out.stderr
+
+
+def _wait_for_mount(proc: subprocess.Popen[bytes], mountpoint: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mountpoint):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"drtool mount did not mount: {proc.communicate()[1].decode()}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("stop", ["umount", "ctrl-c"])
+def test_mount_read_with_ordinary_tools(env: DrEnv, tmp_path: Path, stop: str) -> None:
+    src = make_tree(tmp_path / "src", files=12)
+    big = src / "d3" / "big.bin"
+    big.write_bytes(os.urandom(2_500_000) * 2)
+    first = ok(env.run("backup", str(src), "--name", "media", "--json"))
+    (src / "d0" / "file0.txt").write_text("second version\n")
+    ok(env.run("backup", str(src), "--name", "media", "--tag", "nightly"))
+    ok(env.run("backup", "--from-command", f"cat {big}", "--name", "db/wiki", "--filename", "wiki.sql"))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "drtool", "mount", str(mnt)], env=env.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_mount(proc, mnt)
+        assert sorted(os.listdir(mnt)) == ["by-host", "by-name", "by-time", "ids", "latest"]
+        latest = mnt / "latest" / "media"
+        for tool in (["cmp", str(latest / "src" / "d3" / "big.bin"), str(big)],
+                     ["cmp", str(mnt / "latest" / "db" / "wiki" / "wiki.sql"), str(big)],
+                     ["diff", "-r", "--no-dereference", str(latest / "src"), str(src)]):
+            assert subprocess.run(tool, capture_output=True, env=env.env).returncode == 0, tool
+        old = mnt / "ids" / first["id"][:8] / "src" / "d0" / "file0.txt"
+        assert subprocess.run(["cat", str(old)], capture_output=True).stdout == b"content of file 0\n"
+        found = subprocess.run(["find", str(mnt / "by-name" / "media"), "-name", "file0.txt"],
+                               capture_output=True, text=True).stdout.split()
+        assert len(found) == 2 and all(p.startswith(str(mnt / "by-name" / "media")) for p in found)
+        assert os.readlink(latest / "src" / "d1" / "link") == "file1.txt"
+        assert len(os.listdir(mnt / "by-time")) == 3 and len(os.listdir(mnt / "by-host")) == 1
+        host = mnt / "by-host" / os.listdir(mnt / "by-host")[0]
+        assert sorted(os.listdir(host)) == ["db", "media"] and len(os.listdir(host / "media")) == 2
+        with pytest.raises(OSError) as refused:
+            (latest / "src" / "new.txt").write_text("no")
+        assert refused.value.errno == errno.EROFS
+    finally:
+        if stop == "umount":
+            subprocess.run(["umount", str(mnt)], check=False)
+        else:
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    assert code == 0 and not os.path.ismount(mnt), proc.stderr.read() if proc.stderr else ""
+
+
+def test_mount_without_fuse_is_one_clear_error(env: DrEnv, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = subprocess.run([sys.executable, "-m", "drtool", "mount", str(mnt)], capture_output=True,
+                            text=True, timeout=60,
+                            env={**env.env, "FUSE_LIBRARY_PATH": str(tmp_path / "no-libfuse3.so")})
+    assert result.returncode == 1 and not os.path.ismount(mnt)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("drtool: error: FUSE is not available here") and "drtool dump" in last
+    missing = env.run("mount", str(tmp_path / "nowhere"))
+    assert missing.code == 2 and "is not a directory" in missing.err

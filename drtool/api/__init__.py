@@ -20,10 +20,10 @@ from drtool.maintain import rebuild as _rebuild
 from drtool.restore import run as _restore
 from drtool.core.session import OpenOptions, Session
 from drtool.snapshot.model import Snapshot
-from drtool.api.browse import diff, dump, find_files, index_files, ls, parse_size
+from drtool.api.browse import diff, dump, find_files, index_files, ls, mount, parse_size
 
 __all__ = ["KdfParams", "Session", "backup", "backup_command", "check", "diff", "dump", "find_files",
-           "index_files", "init", "ls", "open_repository", "parse_size", "pick_snapshot", "rebuild_catalog",
+           "index_files", "init", "ls", "mount", "open_repository", "parse_size", "pick_snapshot", "rebuild_catalog",
            "restore", "restore_plan", "snapshots"]
 
 

@@ -19,7 +19,7 @@ from drtool.core.session import Session
 from drtool.errors import UsageError
 from drtool.snapshot.timeparse import parse_point_in_time
 
-__all__ = ["diff", "dump", "find_files", "ls", "parse_size"]
+__all__ = ["diff", "dump", "find_files", "index_files", "ls", "mount", "parse_size"]
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,
           "t": 2**40, "tib": 2**40}
@@ -94,3 +94,12 @@ def _snapshot_ref(ref: str) -> str:
     if not ref.strip():
         raise UsageError("an empty snapshot id was given", hint="give a snapshot id or 'latest'")
     return ref
+
+
+def mount(session: Session, mountpoint: str) -> None:
+    """Serve the repository read-only at ``mountpoint`` until it is unmounted (blocks)."""
+    from drtool.browse import mount as _mount
+    snaps = session.snapshots()
+    with session.lock("mount", read_only_ok=True):
+        session.repo.load_index()
+        _mount.mount(session.repo, snaps, mountpoint)
