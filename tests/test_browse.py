@@ -296,7 +296,10 @@ def test_mount_read_with_ordinary_tools(env: DrEnv, tmp_path: Path, stop: str) -
                                capture_output=True, text=True).stdout.split()
         assert len(found) == 2 and all(p.startswith(str(mnt / "by-name" / "media")) for p in found)
         assert os.readlink(latest / "src" / "d1" / "link") == "file1.txt"
-        assert len(os.listdir(mnt / "by-time")) == 3 and len(os.listdir(mnt / "by-host")) == 1
+        assert len(os.listdir(mnt / "ids")) == 3 and len(os.listdir(mnt / "by-host")) == 1
+        in_time_tree = subprocess.run(["find", str(mnt / "by-time"), "-name", "file0.txt"],
+                                      capture_output=True, text=True).stdout.split()
+        assert len(in_time_tree) == 2   # both media snapshots, even when taken in the same second
         host = mnt / "by-host" / os.listdir(mnt / "by-host")[0]
         assert sorted(os.listdir(host)) == ["db", "media"] and len(os.listdir(host / "media")) == 2
         with pytest.raises(OSError) as refused:
