@@ -26,6 +26,7 @@ import pytest
 
 from conftest import DrEnv, make_env
 from drtool.backup.run import backup_paths
+from drtool.browse.listing import resolve
 from drtool.catalog.files import FileIndex
 from s3server import MotoServer, client_env, create_bucket, moto_server  # noqa: F401
 
@@ -260,6 +261,19 @@ def test_browse_on_s3(moto_server: MotoServer, tmp_path: Path) -> None:  # noqa:
     assert out.returncode == 0 and out.stdout == b"content of file 1\n" * 2, out.stderr
 
 
+def _blobs_of(dr: DrEnv, snapshot_id: str, path: str) -> list[str]:
+    with dr.session() as session:
+        session.repo.load_index()
+        snap = session.find_snapshot(snapshot_id)
+        return list(resolve(session.repo, snap, path).content)
+
+
+def _stored(dr: DrEnv, blobs: list[str]) -> list[bool]:
+    with dr.session() as session:
+        session.repo.load_index()
+        return [bytes.fromhex(b) in session.repo.index for b in blobs]
+
+
 def _wait_for_mount(proc: subprocess.Popen[bytes], mountpoint: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not os.path.ismount(mountpoint):
@@ -325,3 +339,54 @@ def test_mount_without_fuse_is_one_clear_error(env: DrEnv, tmp_path: Path) -> No
     assert last.startswith("drtool: error: FUSE is not available here") and "drtool dump" in last
     missing = env.run("mount", str(tmp_path / "nowhere"))
     assert missing.code == 2 and "is not a directory" in missing.err
+
+
+def test_rewrite_takes_a_file_out_of_every_snapshot(env: DrEnv, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", files=8)
+    secret = src / "d1" / "leaked.txt"
+    secret.write_bytes(os.urandom(5000))
+    s1 = ok(env.run("backup", str(src), "--name", "media", "--tag", "nightly", "--json"))
+    (src / "d0" / "file0.txt").write_text("edited\n")
+    s2 = ok(env.run("backup", str(src), "--name", "media", "--tag", "nightly", "--json"))
+    secret.unlink()
+    s3 = ok(env.run("backup", str(src), "--name", "media", "--json"))
+    other = ok(env.run("backup", str(make_tree(tmp_path / "other" / "src", files=2)), "--name", "other", "--json"))
+    before = ok(env.run("snapshots", "--json"))
+    leaked_blobs = _blobs_of(env, s1["id"], "src/d1/leaked.txt")
+    assert leaked_blobs and _stored(env, leaked_blobs) == [True] * len(leaked_blobs)
+    plan = ok(env.run("rewrite", "--exclude", "src/d1/leaked.txt", "--reason", "takedown T1", "--dry-run",
+                      "--json"))
+    assert [a["id"] for a in plan["affected"]] == [s1["id"], s2["id"]] and plan["unaffected"] == 2
+    assert plan["affected"][0]["files"] == 1 and plan["affected"][0]["bytes"] == 5000
+    assert ok(env.run("snapshots", "--json")) == before            # a dry run changes nothing
+    leaked = versions(env, "leaked.txt")
+    assert len(leaked) == 1 and leaked[0]["snapshots"] == 2
+    done = ok(env.run("rewrite", "--exclude", "src/d1/leaked.txt", "--reason", "takedown T1", "--json"))
+    assert done["complete"] and all(a["original_deleted"] for a in done["affected"])
+    after = {s["id"]: s for s in ok(env.run("snapshots", "--json"))}
+    assert s1["id"] not in after and s2["id"] not in after and {s3["id"], other["id"]} <= set(after)
+    for original, item in zip((s1, s2), done["affected"]):
+        new = after[item["new_id"]]
+        assert (new["name"], new["host"], new["time"], new["tags"]) == (
+            original["name"], original["host"], original["time"], original["tags"])
+        mark = new["meta"]["rewritten"][0]
+        assert mark["from"] == original["id"] and mark["reason"] == "takedown T1"
+        assert mark["excluded"] == ["src/d1/leaked.txt"] and new["files"] == original["files"] - 1
+    assert versions(env, "leaked.txt") == []
+    assert ok(env.run("diff", done["affected"][0]["new_id"], s3["id"], "--json"))["summary"]["removed"] == 0
+    target = tmp_path / "restored"
+    ok(env.run("restore", done["affected"][1]["new_id"][:8], "--target", str(target)))
+    assert not (target / "src" / "d1" / "leaked.txt").exists()
+    assert (target / "src" / "d0" / "file0.txt").read_text() == "edited\n"
+    history = ok(env.run("rewrite", "--history", "--json"))
+    assert [(h["original_id"], h["reason"], h["outcome"]) for h in history] == [
+        (s1["id"], "takedown T1", "original forgotten"), (s2["id"], "takedown T1", "original forgotten")]
+    again = ok(env.run("rewrite", "--exclude", "src/d1/leaked.txt", "--reason", "takedown T1", "--json"))
+    assert again["affected"] == [] and again["unaffected"] == 4
+    assert all(_stored(env, leaked_blobs))       # rewrite alone frees nothing: prune does
+    for _ in range(2):                            # two phases: mark, then sweep
+        ok(env.run("prune", "--grace", "0s", "--max-unused", "0%"))
+    assert not any(_stored(env, leaked_blobs))
+    assert ok(env.run("check", "--read-data", "--json"))["ok"]
+    bad = env.run("rewrite", "--exclude", "src/d1/leaked.txt")
+    assert bad.code == 2 and "--reason is required" in bad.err

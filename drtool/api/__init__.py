@@ -20,11 +20,12 @@ from drtool.maintain import rebuild as _rebuild
 from drtool.restore import run as _restore
 from drtool.core.session import OpenOptions, Session
 from drtool.snapshot.model import Snapshot
-from drtool.api.browse import diff, dump, find_files, index_files, ls, mount, parse_size
+from drtool.api.browse import (diff, dump, find_files, index_files, ls, mount, parse_size, rewrite,
+                               rewrite_history)
 
 __all__ = ["KdfParams", "Session", "backup", "backup_command", "check", "diff", "dump", "find_files",
            "index_files", "init", "ls", "mount", "open_repository", "parse_size", "pick_snapshot", "rebuild_catalog",
-           "restore", "restore_plan", "snapshots"]
+           "restore", "restore_plan", "rewrite", "rewrite_history", "snapshots"]
 
 
 def init(repository: str, passphrase: bytes, *, catalog: str | None = None,

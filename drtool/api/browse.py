@@ -15,11 +15,13 @@ from drtool.browse import dump as _dump
 from drtool.browse import find as _find
 from drtool.browse import index as _index
 from drtool.browse import listing as _listing
+from drtool.browse import rewrite as _rewrite
 from drtool.core.session import Session
 from drtool.errors import UsageError
 from drtool.snapshot.timeparse import parse_point_in_time
 
-__all__ = ["diff", "dump", "find_files", "index_files", "ls", "mount", "parse_size"]
+__all__ = ["diff", "dump", "find_files", "index_files", "ls", "mount", "parse_size", "rewrite",
+           "rewrite_history"]
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,
           "t": 2**40, "tib": 2**40}
@@ -103,3 +105,20 @@ def mount(session: Session, mountpoint: str) -> None:
     with session.lock("mount", read_only_ok=True):
         session.repo.load_index()
         _mount.mount(session.repo, snaps, mountpoint)
+
+
+def rewrite(session: Session, excludes: list[str], snapshots: list[str] | None = None, *,
+            name: str | None = None, reason: str, dry_run: bool = False,
+            command: str = "") -> "_rewrite.RewriteResult":
+    """Replace the snapshots holding ``excludes`` by ones without them (takedowns); see
+    ``drtool.browse.rewrite``.  ``command`` is recorded in the audit trail."""
+    return _rewrite.rewrite(session, excludes, list(snapshots or []), name=name, reason=reason,
+                            dry_run=dry_run, command=command)
+
+
+def rewrite_history(session: Session) -> list[dict[str, object]]:
+    """The audit trail of rewrites, oldest first."""
+    from drtool.catalog.files import rewrites
+    return [{"time": r.time.isoformat(), "host": r.host, "command": r.command, "reason": r.reason,
+             "excluded": r.excluded, "original_id": r.original_id, "new_id": r.new_id, "outcome": r.outcome}
+            for r in rewrites(session.catalog)]

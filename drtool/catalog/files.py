@@ -19,6 +19,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 
 from drtool.catalog.models import file_index_snapshot_table as indexed_table
 from drtool.catalog.models import file_version_table as version_table
+from drtool.catalog.models import rewrite_table
 from drtool.catalog.models import snapshot_table
 from drtool.catalog.store import Catalog, _slices
 
@@ -164,3 +165,17 @@ def _conditions(wanted: VersionFilter) -> Iterable[Any]:
 def _utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes: they were stored in UTC."""
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def record_rewrite(catalog: Catalog, rows: list[dict[str, Any]]) -> None:
+    """Audit trail of a takedown: who removed which paths from which snapshot, why, and the outcome."""
+    if rows:
+        with catalog._begin() as conn:
+            conn.execute(insert(rewrite_table), [dict(row, repo_id=catalog.repo_id) for row in rows])
+
+
+def rewrites(catalog: Catalog) -> list[Any]:
+    """The audit trail, oldest first."""
+    query = select(rewrite_table).where(rewrite_table.c.repo_id == catalog.repo_id)
+    with catalog.engine.connect() as conn:
+        return list(conn.execute(query.order_by(rewrite_table.c.id)))

@@ -169,3 +169,18 @@ file_index_snapshot_table = Table(
 )
 Index("ix_file_index_snapshots_series", file_index_snapshot_table.c.repo_id,
       file_index_snapshot_table.c.series, file_index_snapshot_table.c.seq)
+
+# Audit trail of ``drtool rewrite`` (takedowns): history, not cache; ``catalog rebuild`` keeps it.
+rewrite_table = Table(
+    "rewrites", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("repo_id", String(64), index=True),
+    Column("time", DateTime(timezone=True)),
+    Column("host", String(255)),
+    Column("command", Text, default=""),
+    Column("reason", Text, default=""),
+    Column("excluded", Text, default="[]"),
+    Column("original_id", String(64)),
+    Column("new_id", String(64), nullable=True),
+    Column("outcome", Text, default=""),
+)

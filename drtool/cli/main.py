@@ -115,7 +115,7 @@ COMMAND_MODULE_OF = {
     **dict.fromkeys(("rehearse", "rehearsals", "report"), "commands_rehearse"),
     **dict.fromkeys(("copy", "repo"), "commands_remote"),
     "ls": "commands.ls", "find": "commands.find", "diff": "commands.diff", "dump": "commands.dump",
-    "mount": "commands.mount",
+    "mount": "commands.mount", "rewrite": "commands.rewrite",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMAND_MODULE_OF.values()))
 _registered_modules: set[str] = set()

@@ -1,10 +1,11 @@
-"""Per-file index for ls/find: file versions as intervals of snapshots per series.
+"""Per-file index for ls/find: file versions as intervals of snapshots per series; rewrite audit.
 
 Revision ID: 0005
 Revises: 0004
 
-A cache of the snapshot trees (rebuilt by ``drtool catalog rebuild`` and filled in
-lazily for snapshots that predate it), so the upgrade creates empty tables.
+The index is a cache of the snapshot trees (rebuilt by ``drtool catalog rebuild`` and
+filled in lazily for snapshots that predate it), so the upgrade creates empty tables;
+``rewrites`` is the audit trail of ``drtool rewrite`` (history, kept by rebuilds).
 """
 import sqlalchemy as sa
 from alembic import op
@@ -45,9 +46,23 @@ def upgrade() -> None:
         sa.Column("time", sa.DateTime(timezone=True)),
     )
     op.create_index("ix_file_index_snapshots_series", "file_index_snapshots", ["repo_id", "series", "seq"])
+    op.create_table(
+        "rewrites",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("repo_id", sa.String(64), index=True),
+        sa.Column("time", sa.DateTime(timezone=True)),
+        sa.Column("host", sa.String(255)),
+        sa.Column("command", sa.Text, default=""),
+        sa.Column("reason", sa.Text, default=""),
+        sa.Column("excluded", sa.Text, default="[]"),
+        sa.Column("original_id", sa.String(64)),
+        sa.Column("new_id", sa.String(64), nullable=True),
+        sa.Column("outcome", sa.Text, default=""),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("rewrites")
     op.drop_index("ix_file_index_snapshots_series", "file_index_snapshots")
     op.drop_table("file_index_snapshots")
     op.drop_index("ix_file_versions_hash", "file_versions")
