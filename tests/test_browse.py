@@ -390,3 +390,39 @@ def test_rewrite_takes_a_file_out_of_every_snapshot(env: DrEnv, tmp_path: Path) 
     assert ok(env.run("check", "--read-data", "--json"))["ok"]
     bad = env.run("rewrite", "--exclude", "src/d1/leaked.txt")
     assert bad.code == 2 and "--reason is required" in bad.err
+
+
+def test_rewrite_under_object_lock_says_what_stays_until_when(moto_server: MotoServer,  # noqa: F811
+                                                              tmp_path: Path) -> None:
+    bucket = create_bucket(moto_server.url, object_lock=True)
+    dr = make_env(tmp_path / "dr")
+    dr.env.update(client_env(moto_server.url))
+    config = tmp_path / "drtool.toml"
+    config.write_text(f'repository = "s3://{bucket}/worm"\n\n[s3]\naddressing_style = "path"\n'
+                      'object_lock_mode = "GOVERNANCE"\nobject_lock_days = 1\n')
+    dr.env.pop("DRTOOL_REPOSITORY")
+    dr.env["DRTOOL_CONFIG"] = str(config)
+    ok(dr.run("init"))
+    src = make_tree(tmp_path / "src", files=4)
+    (src / "d2" / "leaked.txt").write_text("must go\n")
+    original = ok(dr.run("backup", str(src), "--name", "media", "--json"))
+    plan = ok(dr.run("rewrite", "--exclude", "src/d2/leaked.txt", "--reason", "T2", "--dry-run", "--json"))
+    locked = {item["object"]: item["until"] for item in plan["affected"][0]["locked"]}
+    tomorrow = datetime.now(timezone.utc) + timedelta(hours=23)
+    assert f"worm/snapshots/{original['id']}".endswith(next(n for n in locked if n.startswith("snapshots/")))
+    assert any(n.startswith("packs/") for n in locked)
+    assert all(datetime.fromisoformat(until) > tomorrow for until in locked.values())
+    result = dr.run("rewrite", "--exclude", "src/d2/leaked.txt", "--reason", "T2")
+    assert result.code == 3, result.err
+    assert f"snapshots/{original['id']} is under Object Lock until " in result.out
+    assert "cannot be deleted before then" in result.out and "Object Lock keeps" in result.err
+    snaps = ok(dr.run("snapshots", "--json"))
+    assert len(snaps) == 2 and original["id"] in {s["id"] for s in snaps}   # kept: it is locked
+    rewritten = next(s for s in snaps if s["id"] != original["id"])
+    assert rewritten["meta"]["rewritten"][0]["from"] == original["id"]
+    assert [v["first"]["id"] for v in versions(dr, "leaked.txt")] == [original["id"]]
+    rerun = dr.run("rewrite", "--exclude", "src/d2/leaked.txt", "--reason", "T2", "--json")
+    assert rerun.code == 3 and len(ok(dr.run("snapshots", "--json"))) == 2   # no second replacement
+    assert json.loads(rerun.out)["affected"][0]["new_id"] == rewritten["id"]
+    history = ok(dr.run("rewrite", "--history", "--json"))
+    assert len(history) == 2 and all("locked until" in h["outcome"] for h in history)
