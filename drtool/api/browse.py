@@ -8,17 +8,25 @@
 """
 from __future__ import annotations
 
+import importlib
 from datetime import datetime
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from drtool.browse import dump as _dump
-from drtool.browse import find as _find
-from drtool.browse import index as _index
-from drtool.browse import listing as _listing
-from drtool.browse import rewrite as _rewrite
 from drtool.core.session import Session
 from drtool.errors import UsageError
 from drtool.snapshot.timeparse import parse_point_in_time
+
+if TYPE_CHECKING:
+    from drtool.browse import find as _find
+    from drtool.browse import index as _index
+    from drtool.browse import listing as _listing
+    from drtool.browse import rewrite as _rewrite
+
+
+def _feature(name: str) -> Any:
+    """The browse module, imported on first use: its catalog queries pull in SQLAlchemy (~0.3 s),
+    which ``drtool.api`` must not cost commands that never browse (``pg wal-push``)."""
+    return importlib.import_module(f"drtool.browse.{name}")
 
 __all__ = ["diff", "dump", "find_files", "index_files", "ls", "mount", "parse_size", "rewrite",
            "rewrite_history"]
@@ -51,7 +59,7 @@ def ls(session: Session, snapshot: str, path: str = "", *, name: str | None = No
     snap = session.find_snapshot(_snapshot_ref(snapshot), name)
     with session.lock("ls", read_only_ok=True):
         session.repo.load_index()
-        return list(_listing.ls(session.repo, snap, path, recursive))
+        return list(_feature("listing").ls(session.repo, snap, path, recursive))
 
 
 def find_files(session: Session, patterns: list[str], *, path: str | None = None,
@@ -61,13 +69,14 @@ def find_files(session: Session, patterns: list[str], *, path: str | None = None
                hash: str | None = None) -> list[_find.Version]:
     """File versions matching every condition given (globs, sizes like '10M', times like
     '2026-11-20' or '-7d'), each with the first and last snapshot holding it."""
-    query = _find.FindQuery(patterns=list(patterns), path=path, names=list(names or []), host=host,
+    find = _feature("find")
+    query = find.FindQuery(patterns=list(patterns), path=path, names=list(names or []), host=host,
                             since=_time(since), until=_time(until),
                             min_size=parse_size(min_size, "--min-size") if min_size else None,
                             max_size=parse_size(max_size, "--max-size") if max_size else None,
                             newer=_time(newer), older=_time(older), hash=hash)
     with session.lock("find", read_only_ok=True):
-        return _find.find(session, query)
+        return find.find(session, query)  # type: ignore[no-any-return]
 
 
 def diff(session: Session, first: str, second: str, *, name: str | None = None) -> _listing.DiffResult:
@@ -75,7 +84,7 @@ def diff(session: Session, first: str, second: str, *, name: str | None = None) 
     new = session.find_snapshot(_snapshot_ref(second), name)
     with session.lock("diff", read_only_ok=True):
         session.repo.load_index()
-        return _listing.diff(session.repo, old, new)
+        return _feature("listing").diff(session.repo, old, new)  # type: ignore[no-any-return]
 
 
 def dump(session: Session, snapshot: str, path: str | None, out: BinaryIO, *,
@@ -84,12 +93,12 @@ def dump(session: Session, snapshot: str, path: str | None, out: BinaryIO, *,
     snap = session.find_snapshot(_snapshot_ref(snapshot), name)
     with session.lock("dump", read_only_ok=True):
         session.repo.load_index()
-        return _dump.dump(session.repo, snap, path, out)
+        return _feature("dump").dump(session.repo, snap, path, out)  # type: ignore[no-any-return]
 
 
 def index_files(session: Session) -> _index.IndexResult:
     """Bring the per-file index up to date (``find`` does this itself)."""
-    return _index.catch_up(session)
+    return _feature("index").catch_up(session)  # type: ignore[no-any-return]
 
 
 def _snapshot_ref(ref: str) -> str:
@@ -100,11 +109,10 @@ def _snapshot_ref(ref: str) -> str:
 
 def mount(session: Session, mountpoint: str) -> None:
     """Serve the repository read-only at ``mountpoint`` until it is unmounted (blocks)."""
-    from drtool.browse import mount as _mount
     snaps = session.snapshots()
     with session.lock("mount", read_only_ok=True):
         session.repo.load_index()
-        _mount.mount(session.repo, snaps, mountpoint)
+        _feature("mount").mount(session.repo, snaps, mountpoint)
 
 
 def rewrite(session: Session, excludes: list[str], snapshots: list[str] | None = None, *,
@@ -112,13 +120,13 @@ def rewrite(session: Session, excludes: list[str], snapshots: list[str] | None =
             command: str = "") -> "_rewrite.RewriteResult":
     """Replace the snapshots holding ``excludes`` by ones without them (takedowns); see
     ``drtool.browse.rewrite``.  ``command`` is recorded in the audit trail."""
-    return _rewrite.rewrite(session, excludes, list(snapshots or []), name=name, reason=reason,
+    return _feature("rewrite").rewrite(session, excludes, list(snapshots or []), name=name, reason=reason,
                             dry_run=dry_run, command=command)
 
 
 def rewrite_history(session: Session) -> list[dict[str, object]]:
     """The audit trail of rewrites, oldest first."""
-    from drtool.catalog.files import rewrites
+    rewrites = importlib.import_module("drtool.catalog.files").rewrites
     return [{"time": r.time.isoformat(), "host": r.host, "command": r.command, "reason": r.reason,
              "excluded": r.excluded, "original_id": r.original_id, "new_id": r.new_id, "outcome": r.outcome}
             for r in rewrites(session.catalog)]

@@ -19,7 +19,6 @@ from typing import IO, Any, Callable, Iterator
 
 from drtool import __version__
 from drtool.childenv import child_environment
-from drtool.browse.index import index_new_snapshot
 from drtool.errors import CatalogError, DrtoolError, SourceError, UsageError
 from drtool.core.heap import collector_paused
 from drtool.backup.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
@@ -105,6 +104,7 @@ def _record_in_catalog(session: Session, snap: Snapshot) -> None:
         session.catalog.add_snapshots([snap])
     except CatalogError as exc:
         raise CatalogError(f"snapshot {snap.short_id} is saved in the repository, but {exc}") from None
+    from drtool.browse.index import index_new_snapshot  # imports SQLAlchemy: not at start-up
     try:
         index_new_snapshot(session, snap)
     except DrtoolError as exc:

@@ -57,7 +57,7 @@ def _index_one(session: Session, index: FileIndex, snap: Snapshot, last: Indexed
     added: list[dict[str, Any]] = []
     hashed: dict[str, str] = {}
     for raw_path, before, after in tree_changes(session.repo, last.tree if last else None, snap.tree,
-                                                with_hashes=True):
+                                                with_hashes=True, checked=False):
         path = display(raw_path)
         if before is not None and after is not None and after.hash and same_version(before, after):
             hashed[path] = after.hash  # only the hash is new: the version stays, now with its hash

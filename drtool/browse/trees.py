@@ -12,13 +12,18 @@ from typing import Iterator
 
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, SYMLINK, Node
-from drtool.snapshot.store import load_tree_checked
+from drtool.snapshot.store import load_tree, load_tree_checked
 
 Change = tuple[str, "Node | None", "Node | None"]
 
 
 def content_id(node: Node) -> str:
-    """A short id of what a file holds (its blob ids) or where a link points; '' for the rest."""
+    """A short id of what a file holds (its blob ids) or where a link points; '' for the rest.
+
+    A file of one blob (every file under 256 KiB) is named by its blob id, a keyed
+    hash of the content already: no hashing per file while indexing."""
+    if node.type == FILE and len(node.content) == 1:
+        return node.content[0][:32]
     if node.type == FILE:
         digest = hashlib.blake2b(digest_size=16)
         for blob in node.content:
@@ -45,18 +50,21 @@ def meta_signature(node: Node) -> tuple[object, ...]:
 
 
 def tree_changes(repo: Repository, old_tree: str | None, new_tree: str | None,
-                 prefix: str = "", with_hashes: bool = False) -> Iterator[Change]:
+                 prefix: str = "", with_hashes: bool = False, checked: bool = True) -> Iterator[Change]:
     """(path, old node, new node) for every entry added (old None), removed (new None) or
     changed in data or metadata, parents before children; paths as ``restore --include``
     takes them (relative to the snapshot's root, '/'-separated).  ``with_hashes``: also an
-    entry whose recorded content hash differs (first recorded: the file index keeps it)."""
+    entry whose recorded content hash differs (first recorded: the file index keeps it).
+    ``checked=False`` skips the entry-name checks of ``load_tree_checked`` (a third of the
+    cost): for the file index, which only records names and never turns them into paths."""
+    load = load_tree_checked if checked else load_tree
     stack: list[tuple[str, str | None, str | None]] = [(prefix, old_tree, new_tree)]
     while stack:
         base, old_id, new_id = stack.pop()
         if old_id == new_id:
             continue
-        old = {n.name: n for n in load_tree_checked(repo, old_id)} if old_id else {}
-        new = {n.name: n for n in load_tree_checked(repo, new_id)} if new_id else {}
+        old = {n.name: n for n in load(repo, old_id)} if old_id else {}
+        new = {n.name: n for n in load(repo, new_id)} if new_id else {}
         below: list[tuple[str, str | None, str | None]] = []
         for name in sorted(old.keys() | new.keys()):
             before, after = old.get(name), new.get(name)
