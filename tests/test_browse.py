@@ -392,7 +392,6 @@ def test_rewrite_takes_a_file_out_of_every_snapshot(env: DrEnv, tmp_path: Path) 
     assert bad.code == 2 and "--reason is required" in bad.err
 
 
-@pytest.mark.slow
 def test_rewrite_under_object_lock_says_what_stays_until_when(moto_server: MotoServer,  # noqa: F811
                                                               tmp_path: Path) -> None:
     bucket = create_bucket(moto_server.url, object_lock=True)

@@ -18,7 +18,7 @@ pass_state = click.make_pass_decorator(CliState)
 @pass_state
 def diff(state: CliState, first: str, second: str, name: str | None, as_json: bool) -> None:
     """Added (+), removed (-), modified (M) and metadata-only (U) entries from FIRST to SECOND."""
-    result = api.diff(state.session(), first, second, name=name)
+    result = api.diff(state.session(defer_catalog=True), first, second, name=name)
     if as_json:
         emit(result.as_dict(), True)
         return

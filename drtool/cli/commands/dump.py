@@ -27,7 +27,7 @@ def dump(state: CliState, snapshot: str, path: str | None, name: str | None) -> 
         raise UsageError("dump writes binary data to stdout, which is a terminal",
                          hint="redirect it: drtool dump SNAPSHOT PATH > file, or pipe it into a program")
     sys.stdout.flush()
-    api.dump(state.session(), snapshot, path, out, name=name)
+    api.dump(state.session(defer_catalog=True), snapshot, path, out, name=name)
 
 
 def register(cli: click.Group) -> None:

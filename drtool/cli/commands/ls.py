@@ -21,7 +21,8 @@ pass_state = click.make_pass_decorator(CliState)
 def ls(state: CliState, snapshot: str, path: str, long_format: bool, recursive: bool, name: str | None,
        as_json: bool) -> None:
     """List PATH in SNAPSHOT (an id, or 'latest' with --name); paths as restore --include takes them."""
-    entries = api.ls(state.session(), snapshot, path, name=name, recursive=recursive)
+    # local repositories: trees and index straight from the repository (no catalog, as restore)
+    entries = api.ls(state.session(defer_catalog=True), snapshot, path, name=name, recursive=recursive)
     if as_json:
         emit([e.as_dict() for e in entries], True)
         return

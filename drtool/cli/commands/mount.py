@@ -15,7 +15,7 @@ pass_state = click.make_pass_decorator(CliState)
 def mount(state: CliState, mountpoint: str) -> None:
     """Mount the repository read-only at MOUNTPOINT (by-name/, by-host/, by-time/, latest/, ids/)
     and serve it until 'umount MOUNTPOINT' or Ctrl-C."""
-    session = state.session()
+    session = state.session(defer_catalog=True)  # local repositories: no catalog needed
     click.echo(f"serving the repository at {mountpoint} (read-only); umount or Ctrl-C to stop", err=True)
     api.mount(session, mountpoint)
 
