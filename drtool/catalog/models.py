@@ -155,7 +155,8 @@ file_version_table = Table(
 Index("ix_file_versions_path", file_version_table.c.repo_id, file_version_table.c.series,
       file_version_table.c.path, file_version_table.c.end_seq)
 Index("ix_file_versions_basename", file_version_table.c.repo_id, file_version_table.c.basename)
-Index("ix_file_versions_hash", file_version_table.c.repo_id, file_version_table.c.hash)
+Index("ix_file_versions_hash", file_version_table.c.repo_id, file_version_table.c.hash,
+      sqlite_where=file_version_table.c.hash.isnot(None), postgresql_where=file_version_table.c.hash.isnot(None))
 
 # Which snapshots the file index covers, and each one's position in its series.
 file_index_snapshot_table = Table(

@@ -35,7 +35,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_file_versions_path", "file_versions", ["repo_id", "series", "path", "end_seq"])
     op.create_index("ix_file_versions_basename", "file_versions", ["repo_id", "basename"])
-    op.create_index("ix_file_versions_hash", "file_versions", ["repo_id", "hash"])
+    # partial: most sources record no hash, and an index entry per row slowed the first insert
+    op.create_index("ix_file_versions_hash", "file_versions", ["repo_id", "hash"],
+                    sqlite_where=sa.text("hash IS NOT NULL"), postgresql_where=sa.text("hash IS NOT NULL"))
     op.create_table(
         "file_index_snapshots",
         sa.Column("repo_id", sa.String(64), primary_key=True),
