@@ -426,3 +426,24 @@ def test_rewrite_under_object_lock_says_what_stays_until_when(moto_server: MotoS
     assert json.loads(rerun.out)["affected"][0]["new_id"] == rewritten["id"]
     history = ok(dr.run("rewrite", "--history", "--json"))
     assert len(history) == 2 and all("locked until" in h["outcome"] for h in history)
+
+
+def test_file_index_on_a_postgresql_catalog(tmp_path: Path) -> None:
+    """A shared catalog on PostgreSQL: the index's bulk inserts and interval queries work there too."""
+    from dbservers import postgres_server
+    with postgres_server() as server:
+        server.sql("CREATE DATABASE browse_catalog")
+        dr = make_env(tmp_path / "dr")
+        dr.env["DRTOOL_CATALOG"] = f"postgresql+psycopg://postgres@/browse_catalog?host={server.root}&port={server.port}"
+        ok(dr.run("init"))
+        src = make_tree(tmp_path / "src", files=6)
+        first = ok(dr.run("backup", str(src), "--name", "media", "--content-hash", "sha1", "--json"))
+        (src / "d1" / "file1.txt").write_text("edited\n")
+        second = ok(dr.run("backup", str(src), "--name", "media", "--content-hash", "sha1", "--json"))
+        found = versions(dr, "file1.txt")
+        assert [(v["first"]["id"], v["last"]["id"]) for v in found] == [(first["id"], first["id"]),
+                                                                        (second["id"], second["id"])]
+        assert found[1]["hash"] == "sha1:" + hashlib.sha1(b"edited\n").hexdigest()
+        assert [v["snapshots"] for v in versions(dr, "file2.txt")] == [2]
+        ok(dr.run("catalog", "rebuild"))
+        assert versions(dr, "file1.txt") == found

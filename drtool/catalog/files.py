@@ -16,12 +16,14 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from drtool.catalog.models import file_index_snapshot_table as indexed_table
 from drtool.catalog.models import file_version_table as version_table
 from drtool.catalog.models import rewrite_table
 from drtool.catalog.models import snapshot_table
 from drtool.catalog.store import Catalog, _slices
+from drtool.errors import CatalogError
 
 INSERT_BATCH = 5000
 
@@ -73,9 +75,17 @@ class FileIndex:
                hashed: dict[str, str] | None = None) -> None:
         """One snapshot's changes in one transaction: close old versions, insert new ones, and
         add content hashes first recorded for unchanged versions (``hashed``: path -> hash)."""
+        try:
+            self._record(entry, closed, added, hashed or {})
+        except IntegrityError:
+            raise CatalogError(f"another run indexed a snapshot of {entry.series} at the same time; "
+                               f"snapshot {entry.snapshot_id[:8]} is indexed when 'drtool find' next runs") from None
+
+    def _record(self, entry: IndexedSnapshot, closed: list[str], added: list[dict[str, Any]],
+                hashed: dict[str, str]) -> None:
         vcols = version_table.c
         with self.catalog._begin() as conn:
-            for path, digest in (hashed or {}).items():
+            for path, digest in hashed.items():
                 conn.execute(update(version_table).where(
                     vcols.repo_id == self.repo_id, vcols.series == entry.series, vcols.path == path,
                     vcols.end_seq.is_(None)).values(hash=digest))

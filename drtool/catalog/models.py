@@ -169,7 +169,7 @@ file_index_snapshot_table = Table(
     Column("time", DateTime(timezone=True)),
 )
 Index("ix_file_index_snapshots_series", file_index_snapshot_table.c.repo_id,
-      file_index_snapshot_table.c.series, file_index_snapshot_table.c.seq)
+      file_index_snapshot_table.c.series, file_index_snapshot_table.c.seq, unique=True)
 
 # Audit trail of ``drtool rewrite`` (takedowns): history, not cache; ``catalog rebuild`` keeps it.
 rewrite_table = Table(

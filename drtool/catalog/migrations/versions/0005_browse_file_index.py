@@ -47,7 +47,9 @@ def upgrade() -> None:
         sa.Column("tree", sa.String(64)),
         sa.Column("time", sa.DateTime(timezone=True)),
     )
-    op.create_index("ix_file_index_snapshots_series", "file_index_snapshots", ["repo_id", "series", "seq"])
+    # unique: two backups of one series indexing at once cannot both take the next position
+    op.create_index("ix_file_index_snapshots_series", "file_index_snapshots", ["repo_id", "series", "seq"],
+                    unique=True)
     op.create_table(
         "rewrites",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
