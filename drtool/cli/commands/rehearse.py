@@ -1,4 +1,4 @@
-"""rehearse, rehearsals, report: DR drills and their history (docs/rehearsals.md)."""
+"""``drtool rehearse``, ``rehearsals`` and ``report``: restore drills, their history, the HTML report."""
 from __future__ import annotations
 
 import os
@@ -8,17 +8,21 @@ from typing import Any
 
 import click
 
-from drtool.catalog.rehearsals import rehearsal_history
-from drtool.cli.context import CliState, emit
+from drtool.api.rehearsals import (
+    RehearsalResult,
+    RehearseOptions,
+    fmt_seconds,
+    load_runbooks,
+    parse_assignments,
+    rebuild_rehearsals,
+    rehearsal_history,
+    render_html,
+)
+from drtool.api.rehearsals import rehearse as run_rehearsal
+from drtool.api.settings import parse_duration
+from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import json_option
 from drtool.errors import DrtoolError, UsageError
-from drtool.rehearse.drill import (RehearsalResult, RehearseOptions, fmt_seconds, rebuild_rehearsals,
-                                 rehearse as run_rehearsal)
-from drtool.rehearse.report import render_html
-from drtool.rehearse.runbook import load_runbook
-from drtool.snapshot.timeparse import parse_duration
-
-pass_state = click.make_pass_decorator(CliState)
 
 
 def _configured_sources(state: CliState) -> dict[str, Any]:
@@ -31,13 +35,17 @@ def _configured_sources(state: CliState) -> dict[str, Any]:
 @click.option("--keep", is_flag=True, help="Leave the sandboxes in place and print where they are.")
 @click.option("--seed", type=int, help="Seed for random_within and file sampling (repeat a drill).")
 @click.option("--sandbox-root", type=click.Path(file_okay=False), metavar="DIR",
-              help="Create sandboxes under DIR (or DRTOOL_SANDBOX_ROOT; default: the temp dir).")
+              help="Create sandboxes under DIR (else DRTOOL_SANDBOX_ROOT, $SANDBOX, [rehearse] sandbox_root, "
+                   "the temp dir).")
+@click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
+              help="Set a variable the runbook declares in [variables] (e.g. --set source=db/wiki).")
 @json_option
 @pass_state
 def rehearse(state: CliState, runbooks: tuple[str, ...], keep: bool, seed: int | None,
-             sandbox_root: str | None, as_json: bool) -> None:
+             sandbox_root: str | None, assignments: tuple[str, ...], as_json: bool) -> None:
     """Restore into a sandbox, validate, and measure RTO/RPO for each RUNBOOK."""
-    books = [load_runbook(path) for path in runbooks]  # every runbook is checked before any runs
+    # every runbook is checked (with its --set values) before any runs
+    books = load_runbooks(list(runbooks), parse_assignments(assignments))
     session = state.session()
 
     def log(line: str) -> None:
@@ -176,5 +184,6 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (rehearse, rehearsals, report):
-        group.add_command(command)
+    group.add_command(rehearse)
+    group.add_command(rehearsals)
+    group.add_command(report)
