@@ -4,10 +4,8 @@ from __future__ import annotations
 import click
 
 from drtool import api
-from drtool.cli.context import CliState, emit
+from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import json_option, name_option
-
-pass_state = click.make_pass_decorator(CliState)
 
 
 @click.command("diff")

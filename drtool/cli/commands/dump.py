@@ -6,11 +6,9 @@ import sys
 import click
 
 from drtool import api
-from drtool.cli.context import CliState
+from drtool.cli.context import CliState, pass_state
 from drtool.cli.options import name_option
 from drtool.errors import UsageError
-
-pass_state = click.make_pass_decorator(CliState)
 
 
 @click.command("dump")

@@ -4,9 +4,7 @@ from __future__ import annotations
 import click
 
 from drtool import api
-from drtool.cli.context import CliState
-
-pass_state = click.make_pass_decorator(CliState)
+from drtool.cli.context import CliState, pass_state
 
 
 @click.command("mount")

@@ -4,11 +4,9 @@ from __future__ import annotations
 import click
 
 from drtool import api
-from drtool.cli.context import CliState, command_line, emit
+from drtool.cli.context import CliState, command_line, emit, pass_state
 from drtool.cli.options import dry_run_option, json_option, name_option
 from drtool.errors import PartialSuccess
-
-pass_state = click.make_pass_decorator(CliState)
 
 
 @click.command("rewrite")
