@@ -259,6 +259,18 @@ def test_browse_on_s3(moto_server: MotoServer, tmp_path: Path) -> None:  # noqa:
     assert ok(dr.run("diff", first["id"], "latest", "--name", "media", "--json"))["summary"]["modified"] == 1
     out = spawn_bytes(dr, "dump", first["id"][:8], "src/d1/file1.txt")
     assert out.returncode == 0 and out.stdout == b"content of file 1\n" * 2, out.stderr
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "drtool", "mount", str(mnt)], env=dr.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for_mount(proc, mnt)
+        assert (mnt / "ids" / first["short_id"] / "src" / "d1" / "file1.txt").read_bytes() == \
+            b"content of file 1\n" * 2
+        assert (mnt / "latest" / "media" / "src" / "d1" / "file1.txt").read_text() == "edited on s3\n"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        assert proc.wait(timeout=30) == 0
 
 
 def _blobs_of(dr: DrEnv, snapshot_id: str, path: str) -> list[str]:
@@ -390,6 +402,9 @@ def test_rewrite_takes_a_file_out_of_every_snapshot(env: DrEnv, tmp_path: Path) 
     assert ok(env.run("check", "--read-data", "--json"))["ok"]
     bad = env.run("rewrite", "--exclude", "src/d1/leaked.txt")
     assert bad.code == 2 and "--reason is required" in bad.err
+    typo = env.run("rewrite", "--exclude", "src/d1/leakd.txt", "--reason", "takedown T2")
+    assert typo.code == 1 and "matches nothing in the 4 snapshot(s)" in typo.err
+    assert len(ok(env.run("snapshots", "--json"))) == 4
 
 
 def test_rewrite_under_object_lock_says_what_stays_until_when(moto_server: MotoServer,  # noqa: F811

@@ -12,7 +12,7 @@ series be indexed again from its first snapshot.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from drtool.browse.trees import content_id, data_signature, meta_signature, tree_changes
@@ -31,6 +31,7 @@ class IndexResult:
     versions_added: int = 0
     versions_closed: int = 0
     series_reindexed: int = 0
+    failed: list[str] = field(default_factory=list)
 
 
 def version_row(path: str, node: Node) -> dict[str, Any]:
@@ -120,12 +121,16 @@ def catch_up(session: Session, names: Iterable[str] | None = None, load_index: b
             by_series.setdefault(series_of(snap), []).append(snap)
     result = IndexResult()
     indexed = {e.snapshot_id for e in index.indexed()}
-    for series_snaps in by_series.values():
+    for series, series_snaps in by_series.items():
         if any(s.id not in indexed for s in series_snaps):
             if load_index:
                 session.repo.load_index()
                 load_index = False
-            index_series(session, index, series_snaps, result)
+            try:
+                index_series(session, index, series_snaps, result)
+            except DrtoolError as exc:  # one damaged snapshot must not hide every other series
+                log.warning("file index: %s could not be indexed (%s); run 'drtool check'", series, exc)
+                result.failed.append(f"{series}: {exc}")
     return result
 
 

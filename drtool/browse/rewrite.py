@@ -192,7 +192,10 @@ def rewrite(session: Session, excludes: list[str], refs: list[str], *, name: str
         chosen = [session.find_snapshot(r, name) for r in refs] if refs else session.snapshots(name)
         chosen = list({s.id: s for s in chosen}.values())
         result.affected, result.unaffected = plan(session, paths, chosen, all_snaps, now, store=not dry_run)
-        if dry_run or not result.affected:
+        if not result.affected:
+            _nothing_matched(paths, chosen, all_snaps)
+            return result
+        if dry_run:
             return result
         _write_replacements(session, result, now)
         lock.ensure_held()
@@ -200,6 +203,17 @@ def rewrite(session: Session, excludes: list[str], refs: list[str], *, name: str
     _audit(session, result, command, now)
     catch_up(session, {a.original.name for a in result.affected})
     return result
+
+
+def _nothing_matched(paths: list[str], chosen: list[Snapshot], all_snaps: list[Snapshot]) -> None:
+    """A path in no snapshot is a typo (exit 1), unless an earlier rewrite already took it out."""
+    done = any(sorted(r.get("excluded_asked", [])) == paths for s in all_snaps
+               for r in s.meta.get("rewritten", []) if isinstance(r, dict))
+    if not done:
+        raise DrtoolError(f"--exclude {', '.join(paths)} matches nothing in the {len(chosen)} snapshot(s) "
+                          f"considered; nothing was rewritten",
+                          hint="check the path with 'drtool find NAME' (paths start with the backed-up "
+                               "directory's name)")
 
 
 def _checked_paths(excludes: list[str]) -> list[str]:

@@ -73,7 +73,9 @@ def _rebuild_file_index(session: Session, damaged: list[str]) -> int:
     """The per-file index (``drtool find``) from the snapshot trees."""
     from drtool.browse.index import rebuild
     try:
-        return rebuild(session).versions_added
+        result = rebuild(session)
+        damaged.extend(f"file index: {problem}" for problem in result.failed)
+        return result.versions_added
     except DrtoolError as exc:
         damaged.append(f"file index: {exc}")
         return 0
