@@ -230,6 +230,10 @@ def test_dump_file_directory_and_stream(env: DrEnv, tmp_path: Path) -> None:
     piped = subprocess.run(f"{sys.executable} -m drtool dump latest --name db/wiki | cmp - {dump_file}",
                            shell=True, env=env.env, capture_output=True, text=True, timeout=120)
     assert piped.returncode == 0, piped.stdout + piped.stderr
+    early = subprocess.run(["bash", "-c", f"{sys.executable} -m drtool dump latest src/d3/big.bin --name media "
+                            f"| head -c 10 >/dev/null; echo ${{PIPESTATUS[0]}}"],
+                           env=env.env, capture_output=True, text=True, timeout=120)
+    assert early.stdout.strip() == "141" and early.stderr == ""   # a reader that stops: as SIGPIPE, quiet
     wrong = spawn_bytes(env, "dump", "latest", "src/d9", "--name", "media")
     assert wrong.returncode == 1 and wrong.stderr.startswith(b"drtool: error: snapshot") and not wrong.stdout
 

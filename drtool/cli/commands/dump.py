@@ -1,6 +1,8 @@
 """``drtool dump SNAPSHOT [PATH]``: a file, a directory (tar) or a dump, to stdout."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import click
@@ -25,7 +27,12 @@ def dump(state: CliState, snapshot: str, path: str | None, name: str | None) -> 
         raise UsageError("dump writes binary data to stdout, which is a terminal",
                          hint="redirect it: drtool dump SNAPSHOT PATH > file, or pipe it into a program")
     sys.stdout.flush()
-    api.dump(state.session(defer_catalog=True), snapshot, path, out, name=name)
+    try:
+        api.dump(state.session(defer_catalog=True), snapshot, path, out, name=name)
+    except BrokenPipeError:
+        # the reader stopped (``| head``): end as a process killed by SIGPIPE would, without a message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(128 + signal.SIGPIPE) from None
 
 
 def register(cli: click.Group) -> None:
