@@ -75,8 +75,8 @@ def find_files(session: Session, patterns: list[str], *, path: str | None = None
                             min_size=parse_size(min_size, "--min-size") if min_size else None,
                             max_size=parse_size(max_size, "--max-size") if max_size else None,
                             newer=_time(newer), older=_time(older), hash=hash)
-    with session.lock("find", read_only_ok=True):
-        return find.find(session, query)  # type: ignore[no-any-return]
+    return find.find(session, query,  # type: ignore[no-any-return]
+                     lock=lambda: session.lock("find", read_only_ok=True))
 
 
 def diff(session: Session, first: str, second: str, *, name: str | None = None) -> _listing.DiffResult:
@@ -98,7 +98,8 @@ def dump(session: Session, snapshot: str, path: str | None, out: BinaryIO, *,
 
 def index_files(session: Session) -> _index.IndexResult:
     """Bring the per-file index up to date (``find`` does this itself)."""
-    return _feature("index").catch_up(session)  # type: ignore[no-any-return]
+    return _feature("index").catch_up(  # type: ignore[no-any-return]
+        session, lock=lambda: session.lock("index", read_only_ok=True))
 
 
 def _snapshot_ref(ref: str) -> str:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 from drtool.browse.index import catch_up
 from drtool.catalog.files import FileIndex, VersionFilter
@@ -170,12 +170,14 @@ def _matches(query: FindQuery, path: str) -> bool:
                for p in query.patterns)
 
 
-def find(session: Session, query: FindQuery) -> list[Version]:
-    """Every matching file version, with the snapshots it is in (first and last by time)."""
+def find(session: Session, query: FindQuery,
+         lock: Callable[[], ContextManager[Any]] | None = None) -> list[Version]:
+    """Every matching file version, with the snapshots it is in (first and last by time).
+    ``lock``: the repository lock, taken only if snapshots must be indexed first."""
     if not query.patterns and query.path is None and query.hash is None:
         raise UsageError("find needs a PATTERN, --path or --hash",
                          hint="e.g. drtool find '*.jpg' --name media, or --path media/photos")
-    catch_up(session)
+    catch_up(session, lock=lock)
     query = replace(query, patterns=[display(p) for p in query.patterns])
     found: dict[int, Version] = {}
     for row in FileIndex(session.catalog).versions(_filter(query)):

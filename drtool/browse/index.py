@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Iterable
 
 from drtool.browse.trees import content_id, data_signature, meta_signature, tree_changes
 from drtool.catalog.files import FileIndex, IndexedSnapshot
@@ -106,11 +107,14 @@ def index_series(session: Session, index: FileIndex, snaps: list[Snapshot],
     return result
 
 
-def catch_up(session: Session, names: Iterable[str] | None = None, load_index: bool = True) -> IndexResult:
+def catch_up(session: Session, names: Iterable[str] | None = None, load_index: bool = True,
+             lock: Callable[[], ContextManager[Any]] | None = None) -> IndexResult:
     """Index every snapshot the catalog lists but the file index lacks (or those of ``names``).
 
     ``load_index``: read the repository's blob index first (once, and only if
     something is to be indexed); ``catalog rebuild`` has just built it.
+    ``lock``: taken only when trees must be read (``find`` on an index that is
+    up to date reads the catalog alone and writes no lock object).
     """
     index = FileIndex(session.catalog)
     snaps = session.snapshots()
@@ -121,11 +125,13 @@ def catch_up(session: Session, names: Iterable[str] | None = None, load_index: b
             by_series.setdefault(series_of(snap), []).append(snap)
     result = IndexResult()
     indexed = {e.snapshot_id for e in index.indexed()}
-    for series, series_snaps in by_series.items():
-        if any(s.id not in indexed for s in series_snaps):
-            if load_index:
-                session.repo.load_index()
-                load_index = False
+    pending = {series: snaps for series, snaps in by_series.items() if any(s.id not in indexed for s in snaps)}
+    if not pending:
+        return result
+    with lock() if lock is not None else nullcontext():
+        if load_index:
+            session.repo.load_index()
+        for series, series_snaps in pending.items():
             try:
                 index_series(session, index, series_snaps, result)
             except DrtoolError as exc:  # one damaged snapshot must not hide every other series
