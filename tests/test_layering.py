@@ -23,6 +23,7 @@ RANK = {
     "core": 5,
     # the feature folders (use cases)
     "backup": 6, "restore": 6, "databases": 6, "rehearse": 6, "maintain": 6, "monitor": 6,
+    "browse": 6,
     "api": 7,
     "cli": 8, "__main__": 9,
     "testing": 10,  # fakes and backend checks: may import anything, imported by no product module
@@ -35,6 +36,8 @@ ALLOWED = {
     ("maintain", "databases"),               # forget expires logs, rebuild and copy handle them
     ("maintain", "rehearse"),                # rebuild refills the rehearsal history
     ("monitor", "databases"),                # status reports recoverable windows
+    ("backup", "browse"),                    # a backup adds its snapshot's file versions to the file index
+    ("maintain", "browse"),                  # catalog rebuild recreates the file index
 }
 LAZY_LOADERS = {"import_module", "_optional", "__import__"}
 

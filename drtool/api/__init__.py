@@ -8,7 +8,7 @@
 The CLI imports nothing else below it (tests/test_layering.py): what a
 command needs is exported by one module per feature -- ``settings`` (light:
 configuration, names, times), ``repo_access``, ``backing_up``, ``restoring``,
-``databases``, ``maintenance``, ``monitoring``, ``rehearsals``, ``objectstores``.  Names are
+``databases``, ``maintenance``, ``monitoring``, ``rehearsals``, ``objectstores``, ``browse``.  Names are
 resolved lazily, so ``drtool pg wal-push`` does not pay for the restore
 engine it never runs.  Every failure is a :class:`drtool.errors.DrtoolError`
 with an ``exit_code``.
@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from drtool.api.backing_up import backup, backup_command
+    from drtool.api.browse import (diff, dump, find_files, index_files, ls, mount, parse_size, rewrite,
+                                   rewrite_history)
     from drtool.api.maintenance import check, rebuild_catalog
     from drtool.api.repo_access import KdfParams, Session, init, open_repository, snapshots
     from drtool.api.restoring import RestoreRequest, pick_snapshot, restore, restore_plan
@@ -31,6 +33,8 @@ _HOME = {
     "RestoreRequest": "restoring", "pick_snapshot": "restoring", "restore": "restoring",
     "restore_plan": "restoring",
     "check": "maintenance", "rebuild_catalog": "maintenance",
+    **dict.fromkeys(("diff", "dump", "find_files", "index_files", "ls", "mount", "parse_size", "rewrite",
+                     "rewrite_history"), "browse"),
 }
 __all__ = sorted(_HOME)
 

@@ -16,8 +16,9 @@ __all__ = ["BackupResult", "CommandSource", "FilesSource", "backup", "backup_com
 
 
 def backup(session: Session, paths: list[str], name: str, tags: list[str] | None = None,
-           progress: Callable[..., None] | None = None) -> BackupResult:
-    return _backup.backup_paths(session, paths, name, tags, progress)
+           progress: Callable[..., None] | None = None, content_hash: str | None = None) -> BackupResult:
+    """``content_hash``: 'sha256' or 'sha1' records each file's hash (``drtool find --hash``)."""
+    return _backup.backup_paths(session, paths, name, tags, progress, content_hash=content_hash)
 
 
 def backup_command(session: Session, command: str | list[str], name: str, filename: str | None = None,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
 from drtool.backup.run import BackupResult, backup_command, backup_paths
+from drtool.backup.treewalk import CONTENT_HASHES
 from drtool.config import Settings
 from drtool.core.session import Session
 from drtool.errors import ConfigError, DrtoolError
@@ -44,6 +45,7 @@ Engines = Mapping[str, SourceEngine]
 class FilesSource:
     name: str
     paths: list[str]
+    content_hash: str | None = None  # "sha256" / "sha1": per-file hashes for drtool find --hash
 
 
 @dataclass
@@ -67,7 +69,10 @@ def parse_source(name: str, table: Any, engines: Engines) -> Source:
         paths = table.get("paths")
         if not isinstance(paths, list) or not paths:
             raise ConfigError(f"[sources.{name}]: a files source needs paths = [\"/dir\", ...]")
-        return FilesSource(name, [str(p) for p in paths])
+        content_hash = table.get("content_hash")
+        if content_hash is not None and content_hash not in CONTENT_HASHES:
+            raise ConfigError(f"[sources.{name}]: content_hash must be one of {', '.join(CONTENT_HASHES)}")
+        return FilesSource(name, [str(p) for p in paths], content_hash)
     if kind == "command":
         if not table.get("command"):
             raise ConfigError(f"[sources.{name}]: a command source needs command = \"...\"")
@@ -105,7 +110,7 @@ def source_type(src: Source, engines: Engines) -> str:
 
 def backup_source(session: Session, src: Source, tags: list[str], engines: Engines) -> list[BackupResult]:
     if isinstance(src, FilesSource):
-        return [backup_paths(session, src.paths, src.name, tags)]
+        return [backup_paths(session, src.paths, src.name, tags, content_hash=src.content_hash)]
     if isinstance(src, ObjectStoreSource):
         from drtool.backup.objectstore import backup_object_store  # boto3 only when a bucket is backed up
         return [backup_object_store(session, src, tags)]

@@ -7,6 +7,7 @@ leaves unreferenced packs at worst, never a snapshot that lies.
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import threading
@@ -18,11 +19,11 @@ from typing import IO, Any, Callable, Iterator
 
 from drtool import __version__
 from drtool.childenv import child_environment
-from drtool.errors import CatalogError, SourceError, UsageError
+from drtool.errors import CatalogError, DrtoolError, SourceError, UsageError
 from drtool.core.heap import collector_paused
 from drtool.backup.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
 from drtool.core.session import Session
-from drtool.backup.treewalk import ProgressFn, TreeWalker, WalkStats
+from drtool.backup.treewalk import CONTENT_HASHES, ProgressFn, TreeWalker, WalkStats
 from drtool.repository.locks import Lock
 from drtool.snapshot.model import FILE, Node, Snapshot
 from drtool.snapshot.names import display, entry_name_problem, label_problem
@@ -32,6 +33,7 @@ from drtool.testing_hooks import crash_point
 BACKUP_GROUP_CACHE = 24 * 1024 * 1024 # parent trees, read in walk order (Repository.limit_group_cache)
 
 STDERR_TAIL = 2000
+log = logging.getLogger("drtool")
 
 
 @dataclass
@@ -86,12 +88,28 @@ def check_labels(session: Session, name: str, tags: list[str] | None, filename: 
             raise UsageError(f"{what} '{shown}' {problem}; nothing was backed up", hint=hint)
 
 
+def check_content_hash(content_hash: str | None) -> None:
+    if content_hash is not None and content_hash not in CONTENT_HASHES:
+        raise UsageError(f"content hash {content_hash!r} is not one drtool computes; nothing was backed up",
+                         hint=f"use one of: {', '.join(CONTENT_HASHES)}")
+
+
 def _record_in_catalog(session: Session, snap: Snapshot) -> None:
-    """The snapshot is committed to the repository by now; say so if the catalog fails."""
+    """The snapshot is committed to the repository by now; say so if the catalog fails.
+
+    The per-file index (``drtool find``) is brought up to date here; if that
+    fails the backup still succeeds: ``find`` indexes what is missing when next run.
+    """
     try:
         session.catalog.add_snapshots([snap])
     except CatalogError as exc:
         raise CatalogError(f"snapshot {snap.short_id} is saved in the repository, but {exc}") from None
+    from drtool.browse.index import index_new_snapshot  # imports SQLAlchemy: not at start-up
+    try:
+        index_new_snapshot(session, snap)
+    except DrtoolError as exc:
+        log.warning("snapshot %s is saved, but the file index was not updated (%s); "
+                    "'drtool find' will index it when next run", snap.short_id, exc)
 
 
 def _commit(session: Session, lock: Lock, snap: Snapshot) -> None:
@@ -114,13 +132,16 @@ def _commit(session: Session, lock: Lock, snap: Snapshot) -> None:
 
 def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] | None = None,
                  progress: ProgressFn | None = None,
-                 clock: Callable[[], datetime] | None = None) -> BackupResult:
-    """``clock`` gives the snapshot time (injected by tests that need old snapshots)."""
+                 clock: Callable[[], datetime] | None = None,
+                 content_hash: str | None = None) -> BackupResult:
+    """``clock`` gives the snapshot time (injected by tests that need old snapshots);
+    ``content_hash`` ('sha256', 'sha1') records each file's hash for ``drtool find --hash``."""
     check_labels(session, name, tags)
+    check_content_hash(content_hash)
     started = time.monotonic()
     when = clock() if clock else datetime.now(timezone.utc)
     with _backup_frame(session, name) as (lock, parent, pipeline):
-        walker = TreeWalker(session.repo, pipeline, progress)
+        walker = TreeWalker(session.repo, pipeline, progress, content_hash)
         tree_id = walker.backup_roots(paths, parent.tree if parent else None)
         snap = _snapshot(session, name, when, tree_id, "files", parent, tags, walker.stats,
                          started, paths=[os.path.abspath(p) for p in paths])

@@ -13,11 +13,13 @@ shows the tree as found); entries that cannot be read make the run exit 3.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from functools import cache
+from typing import Any, Callable, Iterator
 
 from drtool.errors import DrtoolError, SourceError
 from drtool.backup.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
@@ -28,6 +30,7 @@ from drtool.snapshot.store import load_tree, store_tree
 from drtool.sources import files as fs
 
 SMALL_FILE = 256 * 1024
+CONTENT_HASHES = ("sha256", "sha1")  # sha1: what MediaWiki records for uploaded files
 log = logging.getLogger("drtool")
 
 
@@ -74,7 +77,13 @@ Frame = tuple[DirJob, Iterator[tuple[fs.Entry, Node | None]]]
 
 class TreeWalker:
     def __init__(self, repo: Repository, pipeline: ChunkPipeline,
-                 progress: ProgressFn | None = None) -> None:
+                 progress: ProgressFn | None = None, content_hash: str | None = None) -> None:
+        """``content_hash``: also record each file's sha256/sha1 (for ``drtool find --hash``),
+        computed on the walking thread from the buffers it reads anyway (hashlib drops the GIL)."""
+        if content_hash is not None and content_hash not in CONTENT_HASHES:
+            raise ValueError(f"unknown content hash {content_hash!r}")
+        self.content_hash = content_hash
+        self._link_hashes: dict[str, str | None] = {}
         self.repo = repo
         self.pipeline = pipeline
         self.stats = WalkStats()
@@ -202,12 +211,15 @@ class TreeWalker:
         """References to the file's chunk ids, [] if content was reused, None if unreadable."""
         if node.link_key and node.link_key in self._links:
             shared = self._links[node.link_key]
+            node.hash = self._link_hashes.get(node.link_key)
             if shared and isinstance(shared[0], str):
                 node.content = list(shared)  # type: ignore[arg-type]
                 return []
             return list(shared)  # type: ignore[arg-type]
-        if fs.unchanged(node, old) and old is not None and self._all_stored(old.content):
+        if fs.unchanged(node, old) and old is not None and self._all_stored(old.content) \
+                and self._hash_known(old):
             node.content = list(old.content)
+            node.hash = old.hash
             self.stats.files_unchanged += 1
             if node.link_key:
                 self._links[node.link_key] = list(old.content)
@@ -219,7 +231,12 @@ class TreeWalker:
             return None
         if node.link_key:
             self._links[node.link_key] = futures
+            self._link_hashes[node.link_key] = node.hash
         return futures
+
+    def _hash_known(self, old: Node) -> bool:
+        """An unchanged file is read once more if its hash is asked for and not yet recorded."""
+        return self.content_hash is None or (old.hash or "").startswith(self.content_hash + ":")
 
     def _all_stored(self, content: list[str]) -> bool:
         return self.repo.index.has_all(content)
@@ -230,8 +247,9 @@ class TreeWalker:
         # read further is checked first.
         small = node.size < SMALL_FILE
         fd = fs.open_for_backup(entry.path, check_regular=not small)
+        digest = hashlib.new(self.content_hash) if self.content_hash else None
         try:
-            futures, total = self._read_content(fd, entry.path, node.size, small)
+            futures, total = self._read_content(fd, entry.path, node.size, small, digest)
             changed = fs.changed_since(fd, entry.path, entry.st)  # first: it raises if not regular
             if changed or total != node.size:
                 node.changed = True
@@ -239,12 +257,15 @@ class TreeWalker:
                 self.stats.changed.append(os.fsdecode(entry.path))
         finally:
             os.close(fd)
+        if digest is not None:
+            node.hash = f"{self.content_hash}:{digest.hexdigest()}"
         self.stats.files_read += 1
         if self.progress:
             self.progress(self.stats)
         return futures
 
-    def _read_content(self, fd: int, path: bytes, size: int, small: bool) -> tuple[list[ChunkRef], int]:
+    def _read_content(self, fd: int, path: bytes, size: int, small: bool,
+                      digest: Any = None) -> tuple[list[ChunkRef], int]:
         """Chunk references and bytes read; small files in one read into one reused buffer."""
         want = min(SMALL_FILE, size + 1)  # what stat promised, +1 to see growth
         try:
@@ -257,12 +278,15 @@ class TreeWalker:
                 fs.ensure_regular(fd, path)
             raise
         if got < want:
+            if digest is not None:
+                digest.update(self._scratch[:got])
             return ([self.pipeline.add(self._scratch[:got])] if got else []), got
         if small:
             fs.ensure_regular(fd, path)  # before reading on without bound
-        return self._submit_segments(fd, path, self._scratch[:got])
+        return self._submit_segments(fd, path, self._scratch[:got], digest)
 
-    def _submit_segments(self, fd: int, path: bytes, first: memoryview) -> tuple[list[ChunkRef], int]:
+    def _submit_segments(self, fd: int, path: bytes, first: memoryview,
+                         digest: Any = None) -> tuple[list[ChunkRef], int]:
         """Segments of a large file; whole segments in a hole are not read.
 
         Segments are cut independently, so a segment of zeros always yields
@@ -279,6 +303,9 @@ class TreeWalker:
                 length = len(first) + fs.read_into(fd, path, view[len(first):])
             while length:
                 total += length
+                if digest is not None:  # before the buffer is handed to a worker
+                    with memoryview(buf) as view:
+                        digest.update(view[:length])
                 refs.append(self.pipeline.add_buffer_segment(buf, length, chunker))
                 buf = None
                 if length < SEGMENT_BYTES:
@@ -286,6 +313,8 @@ class TreeWalker:
                 holes = fs.whole_holes(fd, total, SEGMENT_BYTES)
                 if holes:
                     refs.extend([self._zero_segment(chunker)] * holes)
+                    for _ in range(holes if digest is not None else 0):
+                        digest.update(_zeros())
                     total += holes * SEGMENT_BYTES
                 buf = self.pipeline.take_buffer()
                 with memoryview(buf) as view:
@@ -332,3 +361,9 @@ class TreeWalker:
             return None
         return job.old_tree
 
+
+
+@cache
+def _zeros() -> bytes:
+    """One segment of zeros, for hashing the holes of sparse files that are not read."""
+    return bytes(SEGMENT_BYTES)

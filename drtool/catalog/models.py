@@ -132,3 +132,56 @@ rehearsal_step_table = Table(
     Column("rto_seconds", Float, nullable=True),
     Column("rpo_seconds", Float, nullable=True),
 )
+
+# Per-file index for ls/find (browse): one row per file *version*, valid in the snapshots of its
+# series whose position ``seq`` is in [first_seq, end_seq) (end_seq NULL: still present).
+# A cache of the snapshot trees: ``catalog rebuild`` recreates it.
+file_version_table = Table(
+    "file_versions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("repo_id", String(64), nullable=False),
+    Column("series", String(255), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("basename", Text, nullable=False),
+    Column("type", String(16)),
+    Column("size", BigInteger, default=0),
+    Column("mtime_ns", BigInteger, default=0),
+    Column("mode", Integer, default=0),
+    Column("content", String(64), default=""),
+    Column("hash", String(160), nullable=True),
+    Column("first_seq", Integer, nullable=False),
+    Column("end_seq", Integer, nullable=True),
+)
+Index("ix_file_versions_path", file_version_table.c.repo_id, file_version_table.c.series,
+      file_version_table.c.path, file_version_table.c.end_seq)
+Index("ix_file_versions_basename", file_version_table.c.repo_id, file_version_table.c.basename)
+Index("ix_file_versions_hash", file_version_table.c.repo_id, file_version_table.c.hash,
+      sqlite_where=file_version_table.c.hash.isnot(None), postgresql_where=file_version_table.c.hash.isnot(None))
+
+# Which snapshots the file index covers, and each one's position in its series.
+file_index_snapshot_table = Table(
+    "file_index_snapshots", metadata,
+    Column("repo_id", String(64), primary_key=True),
+    Column("snapshot_id", String(64), primary_key=True),
+    Column("series", String(255), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("tree", String(64)),
+    Column("time", DateTime(timezone=True)),
+)
+Index("ix_file_index_snapshots_series", file_index_snapshot_table.c.repo_id,
+      file_index_snapshot_table.c.series, file_index_snapshot_table.c.seq, unique=True)
+
+# Audit trail of ``drtool rewrite`` (takedowns): history, not cache; ``catalog rebuild`` keeps it.
+rewrite_table = Table(
+    "rewrites", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("repo_id", String(64), index=True),
+    Column("time", DateTime(timezone=True)),
+    Column("host", String(255)),
+    Column("command", Text, default=""),
+    Column("reason", Text, default=""),
+    Column("excluded", Text, default="[]"),
+    Column("original_id", String(64)),
+    Column("new_id", String(64), nullable=True),
+    Column("outcome", Text, default=""),
+)

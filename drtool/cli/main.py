@@ -116,6 +116,7 @@ COMMAND_MODULE_OF = {
     "pg": "pg", "mariadb": "mariadb", "forget": "forget", "prune": "prune", "status": "status",
     "metrics": "metrics", "rehearse": "rehearse", "rehearsals": "rehearse", "report": "rehearse",
     "copy": "copy", "repo": "repo",
+    "ls": "ls", "find": "find", "diff": "diff", "dump": "dump", "mount": "mount", "rewrite": "rewrite",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMAND_MODULE_OF.values()))
 _registered_modules: set[str] = set()

@@ -32,6 +32,7 @@ class RebuildResult:
     log_segments: int = 0
     rehearsals: int = 0
     vanished: list[str] = field(default_factory=list)
+    file_versions: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -63,7 +64,21 @@ def rebuild_catalog(session: Session) -> RebuildResult:
         catalog.add_snapshots(snaps)
         logs, rehearsals = _rebuild_history(session, damaged)
         vanished = _compare_with_memory(session, set(index_ids))
-    return RebuildResult(len(snaps), len(index_ids), reindexed, damaged, logs, rehearsals, vanished)
+        versions = _rebuild_file_index(session, damaged)
+    return RebuildResult(len(snaps), len(index_ids), reindexed, damaged, logs, rehearsals, vanished,
+                         versions)
+
+
+def _rebuild_file_index(session: Session, damaged: list[str]) -> int:
+    """The per-file index (``drtool find``) from the snapshot trees."""
+    from drtool.browse.index import rebuild
+    try:
+        result = rebuild(session)
+        damaged.extend(f"file index: {problem}" for problem in result.failed)
+        return result.versions_added
+    except DrtoolError as exc:
+        damaged.append(f"file index: {exc}")
+        return 0
 
 
 def _compare_with_memory(session: Session, index_ids: set[str]) -> list[str]:

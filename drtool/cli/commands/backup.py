@@ -23,13 +23,18 @@ from drtool.errors import PartialSuccess, SourceError, UsageError
 @click.option("--source", metavar="NAME", help="Back up the configured [sources.NAME].",
               shell_complete=source_names)
 @click.option("--all", "all_sources", is_flag=True, help="Back up every configured source.")
+@click.option("--content-hash", type=click.Choice(["sha256", "sha1"]),
+              help="Record each file's hash for 'drtool find --hash' (or content_hash in [sources.NAME]).")
 @tag_option
 @json_option
 @pass_state
 def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: str | None,
-           filename: str | None, source: str | None, all_sources: bool, tags: tuple[str, ...],
-           as_json: bool) -> None:
+           filename: str | None, source: str | None, all_sources: bool, content_hash: str | None,
+           tags: tuple[str, ...], as_json: bool) -> None:
     """Back up PATHs (or a command's output, or configured sources) as new snapshots."""
+    if content_hash and (source or all_sources or command):
+        raise UsageError("--content-hash is for backups of PATHs",
+                         hint="for configured sources set content_hash = \"sha256\" in [sources.NAME]")
     if source or all_sources:
         if paths or command or name:
             raise UsageError("--source/--all take no PATH, --from-command or --name")
@@ -45,7 +50,7 @@ def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: s
         result = api.backup_command(session, command, name, filename, list(tags))
     else:
         with walk_progress(f"backing up {name}") as progress:
-            result = api.backup(session, list(paths), name, list(tags), progress)
+            result = api.backup(session, list(paths), name, list(tags), progress, content_hash=content_hash)
     log_backup_summary(result)
     snap = result.snapshot
     s = snap.summary

@@ -1,0 +1,214 @@
+"""The per-file index behind ``drtool find``: file versions as intervals of snapshots.
+
+A version row (path, size, mtime, mode, content id, optional content hash) is
+written when a path appears or changes in a series, and closed (``end_seq``)
+when it changes again or disappears; unchanged files cost nothing per
+snapshot, so 200 nightly snapshots of a million files cost about as much as
+their changes (a row per file per snapshot would be 200 million rows).  Each
+indexed snapshot has a position ``seq`` in its series; a version exists in
+the snapshots whose position lies in ``[first_seq, end_seq)`` and that are
+still in the catalog's snapshot list (a forgotten snapshot simply drops out).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from drtool.catalog.models import file_index_snapshot_table as indexed_table
+from drtool.catalog.models import file_version_table as version_table
+from drtool.catalog.models import rewrite_table
+from drtool.catalog.models import snapshot_table
+from drtool.catalog.store import Catalog, _slices
+from drtool.errors import CatalogError
+
+INSERT_BATCH = 5000
+
+
+@dataclass
+class IndexedSnapshot:
+    snapshot_id: str
+    series: str
+    seq: int
+    tree: str
+    time: datetime
+
+
+@dataclass
+class VersionFilter:
+    """What ``find`` asks for; every field optional.  Globs are matched again in Python."""
+    basename_like: list[str] | None = None
+    basename_equal: list[str] | None = None
+    path_like: str | None = None
+    series: list[str] | None = None
+    host: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    mtime_after_ns: int | None = None
+    mtime_before_ns: int | None = None
+    hash_prefixes: list[str] | None = None  # "sha256:ab12", "sha1:..." or a content id prefix
+
+
+class FileIndex:
+    """Queries on the file index of one repository's catalog."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.repo_id = catalog.repo_id
+
+    def indexed(self, series: str | None = None) -> list[IndexedSnapshot]:
+        cols = indexed_table.c
+        query = select(cols.snapshot_id, cols.series, cols.seq, cols.tree, cols.time).where(
+            cols.repo_id == self.repo_id)
+        if series is not None:
+            query = query.where(cols.series == series)
+        with self.catalog.engine.connect() as conn:
+            rows = conn.execute(query.order_by(cols.series, cols.seq)).all()
+        return [IndexedSnapshot(r.snapshot_id, r.series, r.seq, r.tree, _utc(r.time)) for r in rows]
+
+    def record(self, entry: IndexedSnapshot, closed: list[str], added: list[dict[str, Any]],
+               hashed: dict[str, str] | None = None) -> None:
+        """One snapshot's changes in one transaction: close old versions, insert new ones, and
+        add content hashes first recorded for unchanged versions (``hashed``: path -> hash)."""
+        try:
+            self._record(entry, closed, added, hashed or {})
+        except IntegrityError:
+            raise CatalogError(f"another run indexed a snapshot of {entry.series} at the same time; "
+                               f"snapshot {entry.snapshot_id[:8]} is indexed when 'drtool find' next runs") from None
+
+    def _record(self, entry: IndexedSnapshot, closed: list[str], added: list[dict[str, Any]],
+                hashed: dict[str, str]) -> None:
+        vcols = version_table.c
+        with self.catalog._begin() as conn:
+            for path, digest in hashed.items():
+                conn.execute(update(version_table).where(
+                    vcols.repo_id == self.repo_id, vcols.series == entry.series, vcols.path == path,
+                    vcols.end_seq.is_(None)).values(hash=digest))
+            for part in _slices(closed):
+                conn.execute(update(version_table).where(
+                    vcols.repo_id == self.repo_id, vcols.series == entry.series, vcols.path.in_(part),
+                    vcols.end_seq.is_(None)).values(end_seq=entry.seq))
+            _insert_versions(conn, self.repo_id, entry, added)
+            conn.execute(insert(indexed_table), [{
+                "repo_id": self.repo_id, "snapshot_id": entry.snapshot_id, "series": entry.series,
+                "seq": entry.seq, "tree": entry.tree, "time": entry.time.astimezone(timezone.utc)}])
+
+    def drop_series(self, series: str) -> None:
+        with self.catalog._begin() as conn:
+            for table in (version_table, indexed_table):
+                conn.execute(delete(table).where(table.c.repo_id == self.repo_id, table.c.series == series))
+
+    def clear(self) -> None:
+        with self.catalog._begin() as conn:
+            for table in (version_table, indexed_table):
+                conn.execute(delete(table).where(table.c.repo_id == self.repo_id))
+
+    def counts(self) -> dict[str, int]:
+        """Rows in the index (for ``catalog rebuild`` and the growth measurements)."""
+        with self.catalog.engine.connect() as conn:
+            versions = conn.execute(select(func.count()).select_from(version_table).where(
+                version_table.c.repo_id == self.repo_id)).scalar_one()
+            snaps = conn.execute(select(func.count()).select_from(indexed_table).where(
+                indexed_table.c.repo_id == self.repo_id)).scalar_one()
+        return {"versions": int(versions), "snapshots": int(snaps)}
+
+    def versions(self, wanted: VersionFilter) -> Iterator[Any]:
+        """Rows of (version columns, snapshot id, host, time) for every snapshot a version is in.
+
+        Ordered by version then snapshot time, so callers can group them.
+        """
+        v, f, s = version_table.c, indexed_table.c, snapshot_table.c
+        query = (select(v.id, v.series, v.path, v.basename, v.type, v.size, v.mtime_ns, v.mode,
+                        v.content, v.hash, s.id.label("snapshot_id"), s.host, s.time)
+                 .select_from(version_table
+                              .join(indexed_table, and_(f.repo_id == v.repo_id, f.series == v.series,
+                                                        f.seq >= v.first_seq,
+                                                        or_(v.end_seq.is_(None), f.seq < v.end_seq)))
+                              .join(snapshot_table, and_(s.repo_id == f.repo_id, s.id == f.snapshot_id)))
+                 .where(v.repo_id == self.repo_id))
+        for condition in _conditions(wanted):
+            query = query.where(condition)
+        with self.catalog.engine.connect() as conn:
+            yield from conn.execute(query.order_by(v.series, v.path, v.id, s.time, s.id))
+
+
+_VERSION_COLUMNS = ("repo_id", "series", "path", "basename", "type", "size", "mtime_ns", "mode", "content",
+                    "hash", "first_seq")
+
+
+def _insert_versions(conn: Any, repo_id: str, entry: IndexedSnapshot, added: list[dict[str, Any]]) -> None:
+    """Plain DB-API ``executemany`` in batches: the first snapshot of 200,000 files inserts
+    200,000 rows, and SQLAlchemy's per-row parameter handling cost ~4x the insert itself
+    (20,000 rows: 0.79 s against 0.2 s)."""
+    marks = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
+    if marks is None:  # any other driver: the portable way
+        for start in range(0, len(added), INSERT_BATCH):
+            conn.execute(insert(version_table), [dict(row, repo_id=repo_id, series=entry.series,
+                                                      first_seq=entry.seq) for row in added[start:start + INSERT_BATCH]])
+        return
+    statement = (f"INSERT INTO file_versions ({', '.join(_VERSION_COLUMNS)}) "
+                 f"VALUES ({', '.join([marks] * len(_VERSION_COLUMNS))})")
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        for start in range(0, len(added), INSERT_BATCH):
+            cursor.executemany(statement, [
+                (repo_id, entry.series, r["path"], r["basename"], r["type"], r["size"], r["mtime_ns"],
+                 r["mode"], r["content"], r["hash"], entry.seq) for r in added[start:start + INSERT_BATCH]])
+    finally:
+        cursor.close()
+
+
+def _conditions(wanted: VersionFilter) -> Iterable[Any]:
+    v, s = version_table.c, snapshot_table.c
+    names: list[Any] = []
+    if wanted.basename_equal:
+        names.append(v.basename.in_(wanted.basename_equal))
+    for pattern in wanted.basename_like or []:
+        names.append(v.basename.like(pattern, escape="\\"))
+    if names:
+        yield or_(*names)
+    if wanted.path_like is not None:
+        yield v.path.like(wanted.path_like, escape="\\")
+    if wanted.series:
+        yield v.series.in_(wanted.series)
+    if wanted.host is not None:
+        yield s.host == wanted.host
+    if wanted.since is not None:
+        yield s.time >= wanted.since.astimezone(timezone.utc)
+    if wanted.until is not None:
+        yield s.time <= wanted.until.astimezone(timezone.utc)
+    if wanted.min_size is not None:
+        yield v.size >= wanted.min_size
+    if wanted.max_size is not None:
+        yield v.size <= wanted.max_size
+    if wanted.mtime_after_ns is not None:
+        yield v.mtime_ns >= wanted.mtime_after_ns
+    if wanted.mtime_before_ns is not None:
+        yield v.mtime_ns <= wanted.mtime_before_ns
+    if wanted.hash_prefixes:
+        yield or_(*(column.like(prefix + "%") for prefix in wanted.hash_prefixes
+                    for column in (v.hash, v.content)))
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes: they were stored in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def record_rewrite(catalog: Catalog, rows: list[dict[str, Any]]) -> None:
+    """Audit trail of a takedown: who removed which paths from which snapshot, why, and the outcome."""
+    if rows:
+        with catalog._begin() as conn:
+            conn.execute(insert(rewrite_table), [dict(row, repo_id=catalog.repo_id) for row in rows])
+
+
+def rewrites(catalog: Catalog) -> list[Any]:
+    """The audit trail, oldest first."""
+    query = select(rewrite_table).where(rewrite_table.c.repo_id == catalog.repo_id)
+    with catalog.engine.connect() as conn:
+        return list(conn.execute(query.order_by(rewrite_table.c.id)))
