@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Callable
 
+from drtool.api import databases
 from drtool.crypto.keys import KdfParams
 from drtool.errors import UsageError
 from drtool.backup import run as _backup
@@ -21,7 +22,7 @@ from drtool.restore import run as _restore
 from drtool.core.session import OpenOptions, Session
 from drtool.snapshot.model import Snapshot
 
-__all__ = ["KdfParams", "Session", "backup", "backup_command", "check", "init", "open_repository",
+__all__ = ["KdfParams", "databases", "Session", "backup", "backup_command", "check", "init", "open_repository",
            "pick_snapshot", "rebuild_catalog", "restore", "restore_plan", "snapshots"]
 
 

@@ -5,7 +5,7 @@ import click
 
 from drtool import api
 from drtool.cli.context import CliState, emit, tune_malloc_for_backup
-from drtool.cli.options import dry_run_option, json_option, name_option, tag_option
+from drtool.cli.options import dry_run_option, json_option, name_option, recovery_target_options, tag_option
 from drtool.cli.progress import byte_progress, walk_progress
 from drtool.crypto.keys import KdfParams
 from drtool.monitor.notify import log_backup_summary
@@ -128,6 +128,7 @@ def snapshots(state: CliState, name: str | None, as_json: bool) -> None:
 @click.option("--start", is_flag=True, help="With --source: start the restored server and wait for recovery.")
 @click.option("--port", type=int, help="With --source: port for the restored server.")
 @click.option("--target-db", metavar="DB", help="With a MariaDB --source: load into this new database.")
+@recovery_target_options
 @dry_run_option
 @json_option
 @pass_state
@@ -141,9 +142,11 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
             raise UsageError("--source takes no --name, --include, --allow-partial or --overwrite")
         from drtool.cli.commands_db import run_source_restore
         return run_source_restore(state, source, target, when, latest, exclusive, start, port,
-                                  target_db, dry_run, as_json, snapshot)
-    if latest or exclusive or start or port or target_db:
-        raise UsageError("--latest, --exclusive, --start, --port and --target-db need --source")
+                                  target_db, dry_run, as_json, snapshot,
+                                  **click.get_current_context().meta.get("recovery_targets", {}))
+    if latest or exclusive or start or port or target_db or click.get_current_context().meta.get("recovery_targets"):
+        raise UsageError("--latest, --exclusive, --start, --port, --target-db, --target-* and --timeline "
+                         "need --source")
     if not target:
         raise UsageError("--target is required")
     if snapshot is not None and not snapshot.strip():

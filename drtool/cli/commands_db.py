@@ -291,13 +291,21 @@ def run_source_backup(state: CliState, source: str | None, all_sources: bool, ta
 
 def run_source_restore(state: CliState, source: str, target: str | None, when: str | None, latest: bool,
                        exclusive: bool, start: bool, port: int | None, target_db: str | None,
-                       dry_run: bool, as_json: bool, snapshot: str | None = None) -> None:
+                       dry_run: bool, as_json: bool, snapshot: str | None = None, *,
+                       target_lsn: str | None = None, target_xid: str | None = None,
+                       target_name: str | None = None, timeline: int | None = None) -> None:
+    from drtool import api
     from drtool.databases import planner
     from drtool.databases.engine import RestoreRequest
     from drtool.backup import configured as sources_run
     from drtool.snapshot.timeparse import parse_point_in_time
-    if (bool(when) + latest + bool(snapshot)) != 1:
-        raise UsageError("give one of SNAPSHOT, --point-in-time TIME or --latest with --source")
+    recovery_target = api.databases.recovery_target(target_lsn, target_xid, target_name)
+    if recovery_target is not None and (when or latest or exclusive and recovery_target.kind == "name"):
+        raise UsageError("--target-lsn/--target-xid/--target-name take no --point-in-time or --latest"
+                         + (" (and a restore point takes no --exclusive)" if exclusive else ""))
+    if recovery_target is None and (bool(when) + latest + bool(snapshot)) != 1:
+        raise UsageError("give one of SNAPSHOT, --point-in-time TIME, --latest, --target-lsn, --target-xid "
+                         "or --target-name with --source")
     from drtool.databases.engine import source_engines
     src = sources_run.get_source(state.settings, source, source_engines())
     if isinstance(src, (sources_run.FilesSource, sources_run.CommandSource)):
@@ -306,16 +314,18 @@ def run_source_restore(state: CliState, source: str, target: str | None, when: s
     point: datetime | None = parse_point_in_time(when) if when else None
     session = state.session()
     if dry_run:
-        plan = planner.plan_from_config(session, src, point, not exclusive, snapshot)
+        plan = planner.plan_from_config(session, src, point, not exclusive, snapshot, recovery_target, timeline)
         emit(plan.as_dict(), as_json, "\n".join(["plan (dry run, nothing restored):", *plan.lines()]))
         return
     request = RestoreRequest(target=target, target_db=target_db, start=start, port=port,
                              command_line=command_line())
     result = planner.restore_pitr(session, state.settings, src, point, request, inclusive=not exclusive,
-                                  snapshot=snapshot)
+                                  snapshot=snapshot, target=recovery_target, timeline=timeline)
     emit(result.as_dict(), as_json, "\n".join([*result.plan.lines(), *result.lines()]))
 
 
 def register(group: click.Group) -> None:
+    from drtool.cli.commands import pg_restore_point
+    pg_restore_point.add_to(pg_group)
     group.add_command(pg_group)
     group.add_command(mariadb_group)

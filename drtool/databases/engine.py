@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from drtool.databases.planner import PitrPlan, PitrResult
     from drtool.backup.run import BackupResult
     from drtool.core.session import Session
+    from drtool.databases.targets import RecoveryTarget, TargetPosition
 
 
 @dataclass
@@ -80,6 +81,14 @@ class DatabaseEngine(Protocol):
 
     def expiry_position(self, seg: Segment, base: RecoveryBase, segment_size: int) -> int | None:
         """Where ``seg`` sits in ``base``'s chain (comparable with base.start_seq); None: never expires."""
+
+    # ----- recovery targets other than a time (drtool.databases.targets)
+    def resolve_target(self, target: RecoveryTarget | None, timeline: int | None, segments: list[Segment],
+                       segment_size: int) -> TargetPosition | None:
+        """Where ``target`` lies in the archive; UsageError when the engine has no such targets."""
+
+    def base_precedes(self, base: RecoveryBase, position: TargetPosition) -> bool:
+        """Was ``base`` consistent at or before ``position``?"""
 
     # ----- restore
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: Any,

@@ -95,6 +95,17 @@ class MariadbEngine:
     def keep_from(self, base: RecoveryBase, segment_size: int) -> str:
         return str(base.snapshot.meta.get("binlog_file", ""))
 
+    def resolve_target(self, target: Any, timeline: int | None, segments: list[Segment],
+                       segment_size: int) -> Any:
+        """LSNs, transaction ids, restore points and timelines are PostgreSQL's."""
+        if target is not None or timeline is not None:
+            raise UsageError("--target-lsn, --target-xid, --target-name and --timeline are for PostgreSQL "
+                             "sources", hint="restore a MariaDB source with --point-in-time TIME or --latest")
+        return None
+
+    def base_precedes(self, base: RecoveryBase, position: Any) -> bool:
+        return False  # resolve_target never gives a position
+
     def expiry_position(self, seg: Segment, base: RecoveryBase, segment_size: int) -> int | None:
         """Binlogs by number, but only those of the base's own basename (others are not comparable)."""
         if _stem(seg.name) != _stem(self.keep_from(base, segment_size)):
