@@ -133,3 +133,59 @@ def test_unusable_targets_are_refused_before_anything_is_written(scenario: Scena
     assert result.code == code, result.err
     assert message in result.err and "Traceback" not in result.err
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+def test_timeline_after_a_failover(scenario: Scenario, tmp_path: Path) -> None:
+    """A restored copy promoted to timeline 2 archives into the same source (a failover), in a
+    copy of the repository: --latest follows timeline 2, --timeline 1 recovers the old history."""
+    copy = make_env(tmp_path / "copy")
+    shutil.copytree(scenario.dr.repo, copy.repo)
+    copy.env["DRTOOL_CONFIG"] = scenario.env["DRTOOL_CONFIG"]
+    env = {**scenario.env, "DRTOOL_REPOSITORY": str(copy.repo), "DRTOOL_CATALOG": str(copy.catalog)}
+    failover = Scenario(copy, scenario.server, env, scenario.t2_xid, scenario.t2_lsn)
+    report, rows, promoted = _restore(failover, "promoted", "--latest")
+    try:
+        assert rows == [("t1", 10), ("t2", 20), ("t3", 30)]
+        _archive_on_new_timeline(failover, promoted, report)
+    finally:
+        _drop(failover, promoted)
+    plans = {tl: json.loads(copy.run("restore", "--source", SOURCE, "--latest", *tl, "--target", "/nonexistent",
+                                     "--dry-run", "--json").out) for tl in ((), ("--timeline", "1"))}
+    assert plans[()]["segments"][-1].startswith("00000002")
+    assert all(name.startswith("00000001") for name in plans[("--timeline", "1")]["segments"])
+    report, rows, path = _restore(failover, "timeline-1", "--latest", "--timeline", "1")
+    auto = (path / "postgresql.auto.conf").read_text()
+    _drop(failover, path)
+    assert rows == [("t1", 10), ("t2", 20), ("t3", 30)]
+    assert "recovery_target_timeline = '1'" in auto
+    report, rows, path = _restore(failover, "timeline-2", "--latest")
+    _drop(failover, path)
+    assert rows == [("t1", 10), ("t2", 20), ("t3", 30), ("t4", 40)]
+
+
+def _archive_on_new_timeline(scenario: Scenario, datadir: Path, report: dict[str, Any]) -> None:
+    """Turn archiving on in the promoted copy (into the scenario's repository), write t4, archive it."""
+    import sys
+    from dbservers import pg_ctl
+    port, host = report["port"], report["socket_dir"]
+    scenario.server.sql("ALTER SYSTEM SET archive_mode = on", port=port, host=host)
+    scenario.server.sql(f"ALTER SYSTEM SET archive_command = '{sys.executable} -m drtool pg wal-push "
+                        f"--source {SOURCE} %p'", port=port, host=host)
+    restarted = pg_ctl(scenario.server.bindir, str(datadir), "restart", scenario.env, str(datadir / "restart.log"))
+    assert restarted.returncode == 0, restarted.stderr
+    # archiving was off when the copy was promoted: push its history file by hand (docs/databases.md)
+    pushed = run_as_server_user(["pg", "wal-push", "--source", SOURCE, str(datadir / "pg_wal" / "00000002.history")],
+                                scenario.env)
+    assert pushed.returncode == 0, pushed.stderr
+    scenario.server.sql("INSERT INTO events SELECT 't4', g FROM generate_series(1, 40) g", port=port, host=host)
+    wal_file = scenario.server.sql("SELECT pg_walfile_name(pg_switch_wal())", port=port, host=host)[0][0]
+    assert wal_file.startswith("00000002")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        last = scenario.server.sql("SELECT last_archived_wal FROM pg_stat_archiver", port=port, host=host)[0][0]
+        if last and last >= wal_file:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{wal_file} was not archived from the promoted copy")
+
