@@ -49,7 +49,8 @@ class Labels:
 class DatabaseEngine(Protocol):
     name: str            # the [sources.NAME] type
     log_kind: str        # repository prefix and envelope kind of the archived logs
-    base_kind: str       # snapshot kind of a recovery base
+    base_kind: str       # snapshot kind of a recovery base (the engine's first)
+    base_kinds: tuple[str, ...]  # every snapshot kind that can be a recovery base
     labels: Labels
 
     # ----- configuration and backup
@@ -132,8 +133,8 @@ def detect_engine(snapshots: Iterable[Snapshot], segments: Iterable[Segment]) ->
     snaps = list(snapshots)
     kinds = {s.kind for s in snaps}
     for engine in engines():
-        if engine.base_kind in kinds and any(engine.base_of(s, 16 * 2**20) for s in snaps
-                                             if s.kind == engine.base_kind):
+        if kinds & set(engine.base_kinds) and any(engine.base_of(s, 16 * 2**20) for s in snaps
+                                                  if s.kind in engine.base_kinds):
             return engine
     log_kinds = {s.kind for s in segments}
     return next((e for e in engines() if e.log_kind in log_kinds), None)

@@ -47,6 +47,7 @@ class PostgresEngine:
     name = "postgresql"
     log_kind = WAL
     base_kind = PG_BASE
+    base_kinds = (PG_BASE,)
     labels = Labels(base="base backup", log_file="WAL segment", event="transaction",
                     archive_more="pg_switch_wal / archive_timeout")
 
