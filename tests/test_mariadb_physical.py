@@ -117,3 +117,46 @@ def test_prepare_tool_of_another_series_is_refused_before_anything_is_written(sc
 def test_physical_restore_refuses_target_db(scenario: Scenario) -> None:
     result = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target-db", "wiki_x")
     assert result.code == 2 and "restores a whole server" in result.err
+
+
+def test_physical_backup_of_a_replica_records_the_primary_coordinates(tmp_path: Path) -> None:
+    """Backed up on a replica (--slave-info): the primary's GTID position is recorded beside the
+    replica's own binlog coordinates, and the copy restores."""
+    from dbservers import replicate
+    dr = make_env(tmp_path / "dr")
+    dr.init()
+    with mariadb_server() as primary, mariadb_server(server_id=2, extra=["--log-slave-updates"]) as replica:
+        replicate(replica, primary)
+        primary.sql("CREATE DATABASE wiki")
+        primary.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
+        insert_events(primary, "p1", 7)
+        from dbservers import wait_caught_up
+        wait_caught_up(replica, primary)
+        dr.env["DRTOOL_CONFIG"] = str(write_config(dr.tmp / "drtool.toml", str(dr.repo),
+                                                   {SOURCE: replica.source(method="physical")}))
+        result = dr.run("backup", "--source", SOURCE)
+        assert result.code == 0, result.err
+        (snap,) = json.loads(dr.run("snapshots", "--name", SOURCE, "--json").out)
+        meta = snap["meta"]
+        assert meta["replica"] is True
+        # replicating by GTID, the GTID is the primary's coordinate (file/position only by position)
+        assert meta["primary_gtid_pos"] == primary.sql("SELECT @@gtid_binlog_pos")[0][0]
+        assert "primary_binlog_file" not in meta
+        assert meta["binlog_file"] == replica.sql("SHOW MASTER STATUS")[0][0]  # the replica's own
+        target = Path(replica.root) / "restored"
+        try:
+            restored = dr.run("restore", snap["id"][:8], "--source", SOURCE, "--target", str(target), "--start",
+                              "--json")
+            assert restored.code == 0, restored.err
+            conn = pymysql.connect(unix_socket=json.loads(restored.out)["socket"], user="root",
+                                   password=replica.password)
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM wiki.events WHERE tag = 'p1'")
+                assert cur.fetchone() == (7,)
+            with conn.cursor(pymysql.cursors.DictCursor) as cur:
+                cur.execute("SHOW ALL SLAVES STATUS")  # a copy of a replica does not replicate on its own
+                states = [(row["Slave_IO_Running"], row["Slave_SQL_Running"]) for row in cur.fetchall()]
+                assert all(state == ("No", "No") for state in states), states
+            conn.close()
+        finally:
+            stop_restored_mariadb(target)

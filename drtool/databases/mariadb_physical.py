@@ -11,6 +11,8 @@ written, ``mbstream -x`` of the stored stream into ``DIR/data``,
 private start with ``--skip-grant-tables`` and no networking (the copied
 accounts have production's passwords, which drtool does not hold), replay,
 stop; with ``--start`` the server is started normally for the operator.
+Always with ``--skip-slave-start``: a copy of a replica must never start
+replicating from production on its own.
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
     _run(mariabackup.prepare_command(instance.datadir, src.bindir), "mariabackup --prepare")
     reached = "the backup's consistent point (no binlog replayed)"
     if plan.segments:
-        instance.start(extra=["--skip-grant-tables"])
+        instance.start(extra=["--skip-grant-tables", "--skip-slave-start"])
         try:
             with session.lock("restore"):
                 reached = replay_binlogs(session, plan, instance.source(src.name), None, None) or reached
@@ -105,7 +107,7 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
     result = PitrResult(plan, instance.root, socket=instance.socket, reached=reached)
     if request.start:
         instance.port = request.port
-        instance.start(own_users=True)
+        instance.start(extra=["--skip-slave-start"], own_users=True)
         result.started, result.port = True, request.port
         result.notes.append(f"MariaDB running from {instance.datadir} on socket {instance.socket} with the "
                             f"backed-up server's accounts (stop: kill $(cat {instance.datadir}/mariadbd.pid))")
