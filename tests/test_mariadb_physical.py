@@ -160,3 +160,28 @@ def test_physical_backup_of_a_replica_records_the_primary_coordinates(tmp_path: 
             conn.close()
         finally:
             stop_restored_mariadb(target)
+
+
+def test_rehearsal_restores_the_physical_backup_to_the_point(scenario: Scenario, tmp_path: Path) -> None:
+    """A mariadb sandbox for a physical snapshot: extract, prepare, replay, validate, remove."""
+    root = tmp_path / "sandboxes"
+    root.mkdir()
+    runbook = tmp_path / "physical.toml"
+    runbook.write_text(f'''source = "{SOURCE}"
+point_in_time = "{scenario.between.isoformat()}"
+sandbox = {{ type = "mariadb", database = "wiki", path = "{root}" }}
+[[validations]]
+type = "sql"
+query = "SELECT COUNT(*) FROM events"
+expect = 35
+[[validations]]
+type = "sql"
+query = "SELECT COUNT(*) FROM events WHERE tag = 't3'"
+expect = 0
+''')
+    result = scenario.dr.run("rehearse", str(runbook), "--json")
+    assert result.code == 0, result.out + result.err
+    (doc,) = json.loads(result.out)
+    assert doc["status"] == "passed"
+    assert doc["steps"][0]["recovered_to"] == scenario.between.isoformat()
+    assert list(root.iterdir()) == []
