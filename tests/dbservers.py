@@ -171,6 +171,16 @@ def pg_ctl(bindir: str, datadir: str, action: str, env: dict[str, str] | None = 
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=120)
 
 
+def wait_for(condition: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``condition()`` until it is true (replication catching up, a file archived)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not met within {timeout}s")
+
+
 def stop_postgres(bindir: str, datadir: str) -> None:
     """pg_ctl stop, then SIGKILL the postmaster if it is still there."""
     if not os.path.exists(os.path.join(datadir, "postmaster.pid")):

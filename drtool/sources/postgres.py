@@ -311,6 +311,8 @@ def parse_backup_label(text: str) -> dict[str, Any]:
         meta["label_time"] = values["START TIME"]
     if "LABEL" in values:
         meta["label"] = values["LABEL"]
+    if "BACKUP FROM" in values:  # "standby" for a base backup taken from a streaming replica
+        meta["backup_from"] = values["BACKUP FROM"]
     return meta
 
 
