@@ -44,7 +44,6 @@ from drtool.databases import logarchive  # noqa: E402
 from drtool.core.session import OpenOptions  # noqa: E402
 
 PASSWORD = "torture passphrase"
-FAST_KDF = ["--kdf-memory-kib", "1024", "--kdf-iterations", "1"]
 CRASH_POINTS = {
     "backup": ["backup-before-flush", "backup-before-snapshot", "backup-after-snapshot"],
     "prune": ["prune-after-repack", "prune-after-index-write", "prune-after-record",
@@ -346,7 +345,7 @@ def copy_available(lab: Lab) -> bool:
 
 def op_copy(lab: Lab, mirror: Lab, kill_rate: float) -> Outcome:
     env = {"DRTOOL_TO_CATALOG": mirror.catalog}
-    return run_killable(lab, "copy", ["copy", "--to", mirror.url, *FAST_KDF], kill_rate, env)
+    return run_killable(lab, "copy", ["copy", "--to", mirror.url], kill_rate, env)
 
 
 SIMPLE_OPS = {"forget": ["forget", "--name", "files", "--keep-last", "3", "--keep-tag", "keep"],
@@ -380,7 +379,7 @@ def one_s3_op(lab: Lab, source: Source) -> Outcome | None:
 
 # ----- phases -----------------------------------------------------------------------------------
 def init_lab(lab: Lab) -> None:
-    result = lab.cli(["init", *FAST_KDF])
+    result = lab.cli(["init"])
     if result.returncode != 0:
         raise SystemExit(f"torture: cannot create the {lab.name} repository: {result.stderr.strip()}")
 
