@@ -16,9 +16,11 @@ replicating from production on its own.
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
+import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from drtool.childenv import child_environment
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from drtool.core.session import Session
     from drtool.databases.engine import RestoreRequest
 
+log = logging.getLogger("drtool")
 MARIADB_PHYSICAL = "mariadb-physical"
 PREPARE_TIMEOUT = 6 * 3600
 
@@ -91,11 +94,16 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
         raise RestoreTargetError(f"restore target {instance.root} is not empty",
                                  hint="choose a new --target for the restored MariaDB server")
     os.makedirs(instance.datadir, mode=0o700, exist_ok=True)
+    started = time.monotonic()
     with session.lock("restore"):
         session.repo.load_index()
         _pipe(mariabackup.extract_command(instance.datadir, src.bindir), stream_chunks(session.repo, plan.base.snapshot),
               "mbstream -x")
+    log.info("extracted snapshot %s into %s in %.1fs", plan.base.snapshot.short_id, instance.datadir,
+             time.monotonic() - started)
+    started = time.monotonic()
     _run(mariabackup.prepare_command(instance.datadir, src.bindir), "mariabackup --prepare")
+    log.info("prepared %s in %.1fs", instance.datadir, time.monotonic() - started)
     reached = "the backup's consistent point (no binlog replayed)"
     if plan.segments:
         instance.start(extra=["--skip-grant-tables", "--skip-slave-start"])

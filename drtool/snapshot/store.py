@@ -123,13 +123,18 @@ def _is_blob_id(value: object) -> bool:
     return True
 
 
+STREAM_BATCH = 256
+
+
 def stream_chunks(repo: Repository, snap: Snapshot) -> Iterator[bytes]:
     """The plaintext of a stream snapshot (a dump, a base backup: one file), blob by blob, verified."""
     nodes = [n for n in load_tree(repo, snap.tree) if n.type == FILE]
     if len(nodes) != 1:
         raise IntegrityError(f"snapshot {snap.short_id} is not a single-file stream ({len(nodes)} files)")
-    for hexid in nodes[0].content:
-        yield repo.read_blob(bytes.fromhex(hexid))
+    ids = [bytes.fromhex(hexid) for hexid in nodes[0].content]
+    for start in range(0, len(ids), STREAM_BATCH):  # neighbouring blobs of a pack in one ranged read
+        for view in repo.read_blobs(ids[start:start + STREAM_BATCH]):
+            yield bytes(view)
 
 
 class StreamReader(io.RawIOBase):
