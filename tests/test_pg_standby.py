@@ -14,10 +14,19 @@ import subprocess
 from pathlib import Path
 
 from conftest import PASSWORD, make_env
-from dbservers import (archive_env, free_port, pg_ctl, postgres_server, run_as_server_user, server_prefix,
+from dbservers import (PgServer, archive_env, free_port, pg_ctl, postgres_server, run_as_server_user, server_prefix,
                        stop_postgres, wait_for, write_config)
 
 SOURCE = "pg"
+
+
+def _replicated(primary: PgServer, standby: str, port: int) -> bool:
+    """The standby shows the primary's 10 rows (the table may not be there yet)."""
+    import psycopg
+    try:
+        return primary.sql("SELECT count(*) FROM events", host=standby, port=port) == [(10,)]
+    except psycopg.Error:
+        return False
 
 
 def test_base_backup_from_a_standby_restores_with_the_primary_wal(tmp_path: Path) -> None:
@@ -38,7 +47,7 @@ def test_base_backup_from_a_standby_restores_with_the_primary_wal(tmp_path: Path
             assert started.returncode == 0, started.stderr
             primary.sql("CREATE TABLE events (tag text, n int)")
             primary.sql("INSERT INTO events SELECT 'before', g FROM generate_series(1, 10) g")
-            wait_for(lambda: primary.sql("SELECT count(*) FROM events", host=standby, port=port) == [(10,)])
+            wait_for(lambda: _replicated(primary, standby, port), what="the standby replaying the rows")
             config = write_config(dr.tmp / "drtool.toml", str(dr.repo),
                                   {SOURCE: {**primary.source(method="basebackup"), "host": standby, "port": port}})
             env["DRTOOL_CONFIG"] = dr.env["DRTOOL_CONFIG"] = str(config)
