@@ -60,7 +60,7 @@ def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: s
                              f"item(s) could not be read", hint="see the warnings above")
 
 
-# ----- backup --source / --all --------------------------------------------------------------------------------------------
+# ----- backup --source / --all: the configured sources -----------------------------------------
 def run_source_backup(state: CliState, source: str | None, all_sources: bool, tags: list[str],
                       as_json: bool) -> None:
     from drtool.api import backing_up
