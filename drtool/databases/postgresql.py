@@ -27,7 +27,7 @@ from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import SnapshotNotFound, SourceError, UsageError
 from drtool.snapshot.logwindow import WAL, Gap, RecoveryBase, Segment
 from drtool.snapshot.model import Snapshot
-from drtool.snapshot.store import StreamReader, stream_chunks
+from drtool.snapshot.store import StreamReader, prefetched, stream_chunks
 from drtool.sources import postgres
 
 if TYPE_CHECKING:
@@ -301,7 +301,7 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
     postgres.prepare_datadir(target)
     with session.lock("restore"):
         session.repo.load_index()
-        reader = io.BufferedReader(StreamReader(stream_chunks(session.repo, plan.base.snapshot)),
+        reader = io.BufferedReader(StreamReader(prefetched(stream_chunks(session.repo, plan.base.snapshot))),
                                    buffer_size=1024 * 1024)
         members = postgres.extract_base_tar(reader, target)
     for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):

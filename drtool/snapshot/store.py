@@ -137,6 +137,52 @@ def stream_chunks(repo: Repository, snap: Snapshot) -> Iterator[bytes]:
             yield bytes(view)
 
 
+def prefetched(chunks: Iterator[bytes], depth: int = 16) -> Iterator[bytes]:
+    """``chunks`` read ahead by a thread, so reading, verifying and decompressing the next blobs
+    overlaps with whatever consumes these (a pipe into mbstream, tar extraction).
+
+    Errors of the reader (a damaged blob) are raised here, in order; stopping
+    early (the consumer failed) lets the thread finish its current blob and end.
+    """
+    import queue
+    import threading
+    items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        items.put(("data", chunk), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            items.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="stream-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(0.1)
+
+
 class StreamReader(io.RawIOBase):
     """A stream snapshot as a sequential, non-seekable file object (``tarfile.open(mode="r|")``)."""
 
