@@ -252,11 +252,6 @@ def wal_transactions(path: str, bindir: str | None = None) -> WalTransactions:
     return found
 
 
-def transaction_times(path: str, bindir: str | None = None) -> list[datetime]:
-    """Commit/abort timestamps in one WAL file (see :func:`wal_transactions`)."""
-    return wal_transactions(path, bindir).times
-
-
 def parse_restore_point_output(text: str) -> dict[str, Any]:
     """``lsn|time|walfile`` (first line of :func:`restore_point_command`'s output)."""
     lines = [line for line in text.splitlines() if "|" in line]
