@@ -119,6 +119,7 @@ def test_physical_restore_refuses_target_db(scenario: Scenario) -> None:
     assert result.code == 2 and "restores a whole server" in result.err
 
 
+@pytest.mark.slow
 def test_physical_backup_of_a_replica_records_the_primary_coordinates(tmp_path: Path) -> None:
     """Backed up on a replica (--slave-info): the primary's GTID position is recorded beside the
     replica's own binlog coordinates, and the copy restores."""
@@ -162,6 +163,7 @@ def test_physical_backup_of_a_replica_records_the_primary_coordinates(tmp_path: 
             stop_restored_mariadb(target)
 
 
+@pytest.mark.slow
 def test_rehearsal_restores_the_physical_backup_to_the_point(scenario: Scenario, tmp_path: Path) -> None:
     """A mariadb sandbox for a physical snapshot: extract, prepare, replay, validate, remove."""
     root = tmp_path / "sandboxes"

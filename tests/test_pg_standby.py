@@ -13,6 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import PASSWORD, make_env
 from dbservers import (PgServer, archive_env, free_port, pg_ctl, postgres_server, run_as_server_user, server_prefix,
                        stop_postgres, wait_for, write_config)
@@ -29,6 +31,7 @@ def _replicated(primary: PgServer, standby: str, port: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_base_backup_from_a_standby_restores_with_the_primary_wal(tmp_path: Path) -> None:
     dr = make_env(tmp_path / "dr")
     dr.init()
