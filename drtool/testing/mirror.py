@@ -15,8 +15,8 @@ import functools
 from typing import Any, Iterable
 
 from drtool.backends.base import Backend
-from drtool.backends.capabilities import (BufferedReads, LocationSetup, ObjectLock, ServerClock,
-                                          TemporaryCleanup, ViewReads, supports)
+from drtool.backends.capabilities import (BufferedReads, GroupSharing, LocationSetup, ObjectLock,
+                                          ServerClock, TemporaryCleanup, ViewReads, supports)
 
 
 class _ViewReads:
@@ -67,9 +67,17 @@ class _TemporaryCleanup:
         return int(self.inner.remove_abandoned_temporaries(older_than_seconds))
 
 
+class _GroupSharing:
+    inner: Any
+
+    def share_with_group(self, group: str) -> None:
+        self.inner.share_with_group(group)
+
+
 FORWARDERS: dict[type, type] = {
     ViewReads: _ViewReads, BufferedReads: _BufferedReads, ObjectLock: _ObjectLock,
     ServerClock: _ServerClock, LocationSetup: _LocationSetup, TemporaryCleanup: _TemporaryCleanup,
+    GroupSharing: _GroupSharing,
 }
 
 
