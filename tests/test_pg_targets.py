@@ -108,6 +108,7 @@ def test_restore_to_restore_point_gives_t1_only(scenario: Scenario) -> None:
         _drop(scenario, path)
 
 
+@pytest.mark.slow
 def test_restore_to_transaction_and_lsn_gives_t1_and_t2(scenario: Scenario) -> None:
     report, rows, path = _restore(scenario, "by-xid", "--target-xid", str(scenario.t2_xid))
     _drop(scenario, path)
