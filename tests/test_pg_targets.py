@@ -175,10 +175,6 @@ def _archive_on_new_timeline(scenario: Scenario, datadir: Path, report: dict[str
                         f"--source {SOURCE} %p'", port=port, host=host)
     restarted = pg_ctl(scenario.server.bindir, str(datadir), "restart", scenario.env, str(datadir / "restart.log"))
     assert restarted.returncode == 0, restarted.stderr
-    # archiving was off when the copy was promoted: push its history file by hand (docs/databases.md)
-    pushed = run_as_server_user(["pg", "wal-push", "--source", SOURCE, str(datadir / "pg_wal" / "00000002.history")],
-                                scenario.env)
-    assert pushed.returncode == 0, pushed.stderr
     scenario.server.sql("INSERT INTO events SELECT 't4', g FROM generate_series(1, 40) g", port=port, host=host)
     wal_file = scenario.server.sql("SELECT pg_walfile_name(pg_switch_wal())", port=port, host=host)[0][0]
     assert wal_file.startswith("00000002")
@@ -186,7 +182,15 @@ def _archive_on_new_timeline(scenario: Scenario, datadir: Path, report: dict[str
     while time.monotonic() < deadline:
         last = scenario.server.sql("SELECT last_archived_wal FROM pg_stat_archiver", port=port, host=host)[0][0]
         if last and last >= wal_file:
-            return
+            break
         time.sleep(0.1)
-    raise AssertionError(f"{wal_file} was not archived from the promoted copy")
+    else:
+        raise AssertionError(f"{wal_file} was not archived from the promoted copy")
+    # archiving was off when the copy was promoted: its history file is not archived, and planning says so
+    plan = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", "/nonexistent", "--dry-run")
+    assert plan.code == 1 and "history file 00000002.history is not" in plan.err, plan.err
+    # pushed by hand (docs/databases.md), recovery can follow timeline 2
+    pushed = run_as_server_user(["pg", "wal-push", "--source", SOURCE, str(datadir / "pg_wal" / "00000002.history")],
+                                scenario.env)
+    assert pushed.returncode == 0, pushed.stderr
 

@@ -91,6 +91,9 @@ class DatabaseEngine(Protocol):
     def base_precedes(self, base: RecoveryBase, position: TargetPosition) -> bool:
         """Was ``base`` consistent at or before ``position``?"""
 
+    def check_chain(self, source: str, chain: list[Segment], segments: list[Segment]) -> None:
+        """Raise when the archive holds the planned files but recovery could still not follow them."""
+
     # ----- restore
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: Any,
                 request: RestoreRequest) -> PitrResult: ...

@@ -110,6 +110,9 @@ class MariadbEngine:
     def base_precedes(self, base: RecoveryBase, position: Any) -> bool:
         return False  # resolve_target never gives a position
 
+    def check_chain(self, source: str, chain: list[Segment], segments: list[Segment]) -> None:
+        return None  # binlogs follow each other by number
+
     def expiry_position(self, seg: Segment, base: RecoveryBase, segment_size: int) -> int | None:
         """Binlogs by number, but only those of the base's own basename (others are not comparable)."""
         if _stem(seg.name) != _stem(self.keep_from(base, segment_size)):

@@ -176,7 +176,9 @@ def plan_pitr(session: Session, source: str, engine: DatabaseEngine, when: datet
                         timeline=timeline)
     if when is not None and not engine.reachable(when, end, inclusive):
         raise _unreachable(source, engine, base, segments, when, end)
-    return PitrPlan(source, engine, base, engine.needed(chain, when), when, inclusive, end, timeline=timeline)
+    needed = engine.needed(chain, when)
+    engine.check_chain(source, needed, segments)
+    return PitrPlan(source, engine, base, needed, when, inclusive, end, timeline=timeline)
 
 
 def _plan_target(source: str, engine: DatabaseEngine, found: list[RecoveryBase], segments: list[Segment],
@@ -197,6 +199,7 @@ def _plan_target(source: str, engine: DatabaseEngine, found: list[RecoveryBase],
             f"{engine.labels.log_file} {missing} is not in the archive ({position.note})",
             hint=f"archive it first ({engine.labels.archive_more}), or check the value")
     needed = [s for s in chain if (s.seq or 0) <= position.seq + 1]
+    engine.check_chain(source, needed, segments)
     return PitrPlan(source, engine, base, needed, None, inclusive, end, target=target, position=position,
                     timeline=timeline)
 

@@ -135,6 +135,24 @@ class PostgresEngine:
             return _restore_point_position(target.value, segments, segment_size)
         return _xid_position(target.value, segments, segment_size)
 
+    def check_chain(self, source: str, chain: list[Segment], segments: list[Segment]) -> None:
+        """Recovery follows a later timeline only through its archived ``.history`` file.
+
+        A copy promoted with archiving off never archives its history file:
+        without it PostgreSQL stays on the old timeline and ends early.
+        """
+        timelines = sorted({s.timeline for s in chain if s.timeline})
+        histories = {s.timeline for s in segments
+                     if (s.extra.get("file") or postgres.wal_file_kind(s.name)) == "history"}
+        missing = [t for t in timelines[1:] if t not in histories]
+        if missing:
+            name = f"{missing[0]:08X}.history"
+            raise RecoveryPointUnreachable(
+                f"WAL of timeline {missing[0]} of source {source} is archived, but its history file {name} "
+                f"is not: recovery cannot follow that timeline",
+                hint=f"archive it (drtool pg wal-push --source {source} $PGDATA/pg_wal/{name} on the server of "
+                     f"that timeline), or restore along an older one with --timeline {timelines[0]}")
+
     def base_precedes(self, base: RecoveryBase, position: TargetPosition) -> bool:
         """The base was consistent (its end LSN) at or before the target."""
         end = base.snapshot.meta.get("end_lsn")
