@@ -178,6 +178,16 @@ def pg_ctl(bindir: str, datadir: str, action: str, env: dict[str, str] | None = 
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=120)
 
 
+def wait_for(condition: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``condition()`` until it is true (replication catching up, a file archived)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not met within {timeout}s")
+
+
 def stop_postgres(bindir: str, datadir: str, os_user: str | None = None) -> None:
     """pg_ctl stop, then SIGKILL the postmaster if it is still there."""
     if not os.path.exists(os.path.join(datadir, "postmaster.pid")):
@@ -281,8 +291,10 @@ def _wait_for_socket(server: MariaServer, proc: subprocess.Popen[bytes], timeout
 
 
 @contextmanager
-def mariadb_server() -> Iterator[MariaServer]:
-    """mariadb-install-db + mariadbd with binlogs (ROW format) on a private socket and port."""
+def mariadb_server(server_id: int = 1, extra: list[str] | None = None) -> Iterator[MariaServer]:
+    """mariadb-install-db + mariadbd with binlogs (ROW format) on a private socket and port.
+
+    ``server_id`` and ``extra`` server options make replicas (see :func:`replicate`)."""
     root = short_tmpdir("drmy-")
     password = "my secret \"quoted\""
     server = MariaServer(root, os.path.join(root, "data"), os.path.join(root, "mysqld.sock"), free_port(),
@@ -301,8 +313,8 @@ def mariadb_server() -> Iterator[MariaServer]:
         proc = subprocess.Popen([maria_binary("mariadbd"), "--no-defaults", f"--datadir={server.datadir}",
                                  f"--socket={server.socket}", f"--port={server.port}", "--bind-address=127.0.0.1",
                                  f"--pid-file={server.pid_file}", f"--log-error={server.datadir}/err.log",
-                                 f"--log-bin={server.datadir}/binlog", "--server-id=1", "--binlog-format=ROW",
-                                 "--innodb-buffer-pool-size=32M", f"--tmpdir={tmpdir}", *user],
+                                 f"--log-bin={server.datadir}/binlog", f"--server-id={server_id}", "--binlog-format=ROW",
+                                 "--innodb-buffer-pool-size=32M", f"--tmpdir={tmpdir}", *user, *(extra or [])],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_socket(server, proc)
         import pymysql
@@ -320,6 +332,29 @@ def mariadb_server() -> Iterator[MariaServer]:
                 proc.kill()
                 proc.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def replicate(replica: MariaServer, primary: MariaServer) -> None:
+    """Make ``replica`` replicate ``primary`` by GTID (a replication user on the primary)."""
+    primary.sql("CREATE USER IF NOT EXISTS repl@'127.0.0.1' IDENTIFIED BY 'repl-pw'")
+    primary.sql("GRANT REPLICATION SLAVE ON *.* TO repl@'127.0.0.1'")
+    replica.sql(f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='repl', "
+                f"MASTER_PASSWORD='repl-pw', MASTER_USE_GTID=slave_pos")
+    replica.sql("START SLAVE")
+    wait_caught_up(replica, primary)
+
+
+def wait_caught_up(replica: MariaServer, primary: MariaServer, timeout: float = 60.0) -> None:
+    """Until the replica has applied everything the primary has logged."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        want = primary.sql("SELECT @@gtid_binlog_pos")[0][0]
+        have = replica.sql("SELECT @@gtid_slave_pos")[0][0]
+        if want == have:
+            return
+        time.sleep(0.1)
+    status = replica.sql("SHOW SLAVE STATUS")
+    raise AssertionError(f"replica did not catch up ({want} vs {have}): {status}")
 
 
 def write_config(path: Path, repository: str, sources: dict[str, dict[str, Any]]) -> Path:

@@ -243,7 +243,8 @@ def provide_drtool_copy(ws: Workspace, stack: ExitStack) -> None:
 
 
 def provide_mariadb(ws: Workspace, stack: ExitStack) -> Callable[[str], None]:
-    """A live MariaDB with binlogs, source 'wikidb' backed up; returns the row writer."""
+    """A live MariaDB with binlogs, sources 'wikidb' (dump) and 'wikidb-phys' (mariabackup) backed up;
+    returns the row writer."""
     server = stack.enter_context(dbservers.mariadb_server())
     server.sql("CREATE DATABASE wiki")
     server.sql("CREATE TABLE wiki.page (page_id INT AUTO_INCREMENT PRIMARY KEY, page_title VARCHAR(255))")
@@ -254,6 +255,7 @@ def provide_mariadb(ws: Workspace, stack: ExitStack) -> Callable[[str], None]:
     (cnf / "my.cnf").write_text(f'[client]\nsocket={server.socket}\nuser=root\npassword="{password}"\n')
     ws.env.update(MYSQL_HOME=str(cnf), MYSQL_UNIX_PORT=server.socket)
     ws.sources["wikidb"] = server.source(dbname="wiki")
+    ws.sources["wikidb-phys"] = server.source(method="physical")  # quarterly-drill.toml's physical step
     return lambda title: server.sql(f"INSERT INTO wiki.page (page_title) VALUES ('{title}')")
 
 

@@ -1,10 +1,40 @@
-"""Databases: archiving logs, recoverable windows and point-in-time restores."""
+"""Databases: archiving logs, recoverable windows, point-in-time restores and restore points."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from drtool.databases.engine import RestoreRequest as DatabaseRestoreRequest
 from drtool.databases.engine import engine_named, source_engines
 from drtool.databases.logarchive import FetchFailed, SegmentNotArchived, binlog_push, wal_fetch, wal_push
 from drtool.databases.planner import plan_from_config, recoverable_window, restore_pitr
+from drtool.databases.targets import RecoveryTarget, target_from_options
+from drtool.errors import UsageError
 
-__all__ = ["DatabaseRestoreRequest", "FetchFailed", "SegmentNotArchived", "binlog_push", "engine_named",
-           "plan_from_config", "recoverable_window", "restore_pitr", "source_engines", "wal_fetch", "wal_push"]
+if TYPE_CHECKING:
+    from drtool.config import Settings
+    from drtool.repository.repo import Repository
+
+__all__ = ["DatabaseRestoreRequest", "FetchFailed", "RecoveryTarget", "SegmentNotArchived", "binlog_push",
+           "create_restore_point", "engine_named", "plan_from_config", "recoverable_window", "recovery_target",
+           "restore_pitr", "source_engines", "wal_fetch", "wal_push"]
+
+
+def create_restore_point(repo: Repository, settings: Settings, source: str, name: str) -> dict[str, Any]:
+    """Create a named restore point on a PostgreSQL source and record it for planning.
+
+    ``drtool restore --source SOURCE --target-name NAME`` then starts from the
+    newest base backup taken before it.
+    """
+    from drtool.backup.configured import get_source
+    from drtool.databases.postgresql import POSTGRESQL
+    from drtool.databases.postgresql import create_restore_point as create
+    src = get_source(settings, source, source_engines())
+    if not POSTGRESQL.owns(src) or src.method != "basebackup":  # type: ignore[union-attr]
+        raise UsageError(f"source {source} is not a PostgreSQL source with method = \"basebackup\"",
+                         hint="restore points are for point-in-time recovery from base backups and WAL")
+    return create(repo, src, name)  # type: ignore[arg-type]
+
+
+def recovery_target(lsn: str | None, xid: str | None, name: str | None) -> RecoveryTarget | None:
+    """``--target-lsn`` / ``--target-xid`` / ``--target-name`` (at most one) as a recovery target."""
+    return target_from_options(lsn, xid, name)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from drtool.databases.planner import PitrPlan, PitrResult
     from drtool.backup.run import BackupResult
     from drtool.core.session import Session
+    from drtool.databases.targets import RecoveryTarget, TargetPosition
 
 
 @dataclass
@@ -48,7 +49,8 @@ class Labels:
 class DatabaseEngine(Protocol):
     name: str            # the [sources.NAME] type
     log_kind: str        # repository prefix and envelope kind of the archived logs
-    base_kind: str       # snapshot kind of a recovery base
+    base_kind: str       # snapshot kind of a recovery base (the engine's first)
+    base_kinds: tuple[str, ...]  # every snapshot kind that can be a recovery base
     labels: Labels
 
     # ----- configuration and backup
@@ -80,6 +82,17 @@ class DatabaseEngine(Protocol):
 
     def expiry_position(self, seg: Segment, base: RecoveryBase, segment_size: int) -> int | None:
         """Where ``seg`` sits in ``base``'s chain (comparable with base.start_seq); None: never expires."""
+
+    # ----- recovery targets other than a time (drtool.databases.targets)
+    def resolve_target(self, target: RecoveryTarget | None, timeline: int | None, segments: list[Segment],
+                       segment_size: int) -> TargetPosition | None:
+        """Where ``target`` lies in the archive; UsageError when the engine has no such targets."""
+
+    def base_precedes(self, base: RecoveryBase, position: TargetPosition) -> bool:
+        """Was ``base`` consistent at or before ``position``?"""
+
+    def check_chain(self, source: str, chain: list[Segment], segments: list[Segment]) -> None:
+        """Raise when the archive holds the planned files but recovery could still not follow them."""
 
     # ----- restore
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: Any,
@@ -123,8 +136,8 @@ def detect_engine(snapshots: Iterable[Snapshot], segments: Iterable[Segment]) ->
     snaps = list(snapshots)
     kinds = {s.kind for s in snaps}
     for engine in engines():
-        if engine.base_kind in kinds and any(engine.base_of(s, 16 * 2**20) for s in snaps
-                                             if s.kind == engine.base_kind):
+        if kinds & set(engine.base_kinds) and any(engine.base_of(s, 16 * 2**20) for s in snaps
+                                                  if s.kind in engine.base_kinds):
             return engine
     log_kinds = {s.kind for s in segments}
     return next((e for e in engines() if e.log_kind in log_kinds), None)

@@ -158,10 +158,12 @@ def wal_segment_record(repo: Repository, source: str, path: str, payload: bytes,
             seg.start_pos = postgres.format_lsn(parsed[1] * len(payload))
             seg.end_pos = postgres.format_lsn((parsed[1] + 1) * len(payload))
             seg.extra["segment_size"] = len(payload)
-        times = postgres.transaction_times(path, bindir)
-        if times:
-            seg.first_time, seg.last_time = min(times), max(times)
-            seg.extra["transactions"] = len(times)
+        found = postgres.wal_transactions(path, bindir)
+        if found.times:
+            seg.first_time, seg.last_time = min(found.times), max(found.times)
+            seg.extra["transactions"] = len(found.times)
+        if found.committed:  # where a recovery_target_xid stops (planning picks the base before)
+            seg.extra["xid_min"], seg.extra["xid_max"] = min(found.committed), max(found.committed)
     elif file_kind == "history":
         seg.timeline = int(name[:8], 16)
     elif file_kind == "backup":
@@ -189,6 +191,33 @@ def wal_push(repo: Repository, source: str, path: str, bindir: str | None = None
     seg = wal_segment_record(repo, source, path, payload, bindir)
     status = store_segment(repo, seg, payload)
     return PushResult(seg.name, status, len(payload), seg.object_id)
+
+
+RESTORE_POINT_PREFIX = "restore-point:"
+
+
+def record_restore_point(repo: Repository, source: str, name: str, point: dict[str, Any]) -> PushResult:
+    """Store a restore point (name, LSN, time, timeline) beside the source's WAL.
+
+    It lives in the WAL archive as a small file of its own (``restore-point:NAME``)
+    so the planner finds it in the catalog's log rows and picks the base
+    before it, ``copy`` carries it along, and its name is as hidden as a WAL
+    file name.  A name is recorded once: PostgreSQL would stop at the first
+    of two points with one name, so a second one is refused.
+    """
+    file_name = RESTORE_POINT_PREFIX + name
+    object_id = segment_object_id(repo, WAL, source, file_name)
+    prefix = source_prefix(repo, WAL, source)
+    if repo.backend.stat(object_name(prefix, object_id) + INFO_SUFFIX) is not None:
+        raise UsageError(f"restore point {name!r} of source {source} is already recorded",
+                         hint="restore point names must be unique per source: choose another name")
+    payload = json.dumps(dict(point, name=name), sort_keys=True).encode()
+    seg = Segment(source=source, kind=WAL, name=file_name, object_id=object_id, size=len(payload),
+                  archived_at=datetime.now(timezone.utc), timeline=int(point["timeline"]),
+                  first_time=datetime.fromisoformat(point["time"]),
+                  last_time=datetime.fromisoformat(point["time"]), start_pos=point["lsn"], end_pos=point["lsn"],
+                  extra={"file": "restore-point", "restore_point": name, "wal_file": point["wal_file"]})
+    return PushResult(file_name, store_segment(repo, seg, payload), len(payload), object_id)
 
 
 def wal_fetch(repo: Repository, source: str, name: str, dest: str) -> int:

@@ -43,6 +43,7 @@ class MariadbEngine:
     name = "mariadb"
     log_kind = BINLOG
     base_kind = MARIADB_DUMP
+    base_kinds = (MARIADB_DUMP, "mariadb-physical")  # a dump, or a mariabackup (mariadb_physical)
     labels = Labels(base="dump with binlog coordinates", log_file="binlog", event="binlog event",
                     archive_more="FLUSH BINARY LOGS; drtool mariadb binlog-push")
 
@@ -59,6 +60,9 @@ class MariadbEngine:
 
     def backup(self, session: Session, src: mariadb.MariaSource, tags: list[str]) -> list[BackupResult]:
         from drtool.backup.streams import run_dump
+        if src.method == "physical":
+            from drtool.databases.mariadb_physical import backup_physical
+            return backup_physical(session, src, tags, self.name)
         meta = {"source": src.name, "source_type": self.name, "pitr": src.pitr,
                 "database": src.single_database, "databases": src.databases, "all": src.all}
         with mariadb.client_options(src) as opts:
@@ -95,6 +99,20 @@ class MariadbEngine:
     def keep_from(self, base: RecoveryBase, segment_size: int) -> str:
         return str(base.snapshot.meta.get("binlog_file", ""))
 
+    def resolve_target(self, target: Any, timeline: int | None, segments: list[Segment],
+                       segment_size: int) -> Any:
+        """LSNs, transaction ids, restore points and timelines are PostgreSQL's."""
+        if target is not None or timeline is not None:
+            raise UsageError("--target-lsn, --target-xid, --target-name and --timeline are for PostgreSQL "
+                             "sources", hint="restore a MariaDB source with --point-in-time TIME or --latest")
+        return None
+
+    def base_precedes(self, base: RecoveryBase, position: Any) -> bool:
+        return False  # resolve_target never gives a position
+
+    def check_chain(self, source: str, chain: list[Segment], segments: list[Segment]) -> None:
+        return None  # binlogs follow each other by number
+
     def expiry_position(self, seg: Segment, base: RecoveryBase, segment_size: int) -> int | None:
         """Binlogs by number, but only those of the base's own basename (others are not comparable)."""
         if _stem(seg.name) != _stem(self.keep_from(base, segment_size)):
@@ -104,6 +122,9 @@ class MariadbEngine:
     # ----- restore ----------------------------------------------------------------------------------
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: mariadb.MariaSource,
                 request: RestoreRequest) -> PitrResult:
+        if plan.base.snapshot.kind != MARIADB_DUMP:
+            from drtool.databases.mariadb_physical import restore_physical
+            return restore_physical(session, plan, src, request)
         return restore_dump(session, plan, src, target_db=request.target_db, target_dir=request.target,
                             start=request.start, port=request.port)
 
@@ -158,7 +179,7 @@ def restore_dump(session: Session, plan: PitrPlan, src: mariadb.MariaSource, *, 
         with session.lock("restore"):
             session.repo.load_index()
             pipe_into_client(server, database, stream_chunks(session.repo, plan.base.snapshot), "dump load")
-            reached = _replay_binlogs(session, plan, server, single, database)
+            reached = replay_binlogs(session, plan, server, single, database)
     finally:
         if instance is not None and not start:
             instance.stop()
@@ -200,7 +221,7 @@ def pipe_into_client(server: mariadb.MariaSource, database: str | None, chunks: 
                                  f"{errors.text() or '(no message)'}")
 
 
-def _replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSource, single: str | None,
+def replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSource, single: str | None,
                     database: str | None) -> str | None:
     """Replay the planned binlogs; return what was verifiably reached."""
     if not plan.segments:

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from drtool.databases.engine import DatabaseEngine, RestoreRequest, engine_of_source, require_engine
 from drtool.databases.logarchive import sync_log_segments
+from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import DrtoolError, SnapshotNotFound, UsageError
 from drtool.snapshot.timeparse import in_utc_and_host
-from drtool.snapshot.logwindow import (RecoveryBase, Segment, Window, compute_window, contiguous_run,
+from drtool.snapshot.logwindow import (Gap, RecoveryBase, Segment, Window, compute_window, contiguous_run,
                                        find_gaps, reach, recovery_bases, wal_segment_size)
 
 if TYPE_CHECKING:
@@ -74,10 +75,13 @@ class PitrPlan:
     inclusive: bool
     recoverable_until: datetime
     immediate: bool = False  # a named base: restored as it became consistent, no later log
+    target: RecoveryTarget | None = None     # an LSN, transaction or restore point instead of a time
+    position: TargetPosition | None = None   # where the archive holds ``target``
+    timeline: int | None = None              # None: follow the latest timeline
 
     @property
     def latest(self) -> bool:
-        return self.target_time is None and not self.immediate
+        return self.target_time is None and not self.immediate and self.target is None
 
     @property
     def source_type(self) -> str:
@@ -97,23 +101,28 @@ class PitrPlan:
     def as_dict(self) -> dict[str, Any]:
         loss = self.data_loss_window()
         target = (self.target_time.isoformat() if self.target_time and not self.immediate
-                  else "immediate" if self.immediate else "latest")
+                  else "immediate" if self.immediate else self.target.describe() if self.target else "latest")
         return {"source": self.source, "type": self.engine.name, "base": self.base.as_dict(),
                 "segments": [s.name for s in self.segments],
                 "segment_bytes": sum(s.size for s in self.segments),
                 "target_time": target, "inclusive": self.inclusive,
                 "recoverable_until": self.recoverable_until.isoformat(),
+                "target": self.target.as_dict() if self.target else None, "timeline": self.timeline,
                 "data_loss_window": [loss[0].isoformat(), loss[1].isoformat()] if loss else None}
 
     def lines(self) -> list[str]:
         snap = self.base.snapshot
         if self.immediate:
             what = "the base as it became consistent (no later log replayed)"
+        elif self.target is not None:
+            what = f"{self.target.describe()} ({self.position.note if self.position else 'position unknown'})"
         elif self.latest:
             what = "latest archived state"
         else:
             what = (f"{in_utc_and_host(self.target_time)} "  # type: ignore[arg-type]
                     f"({'inclusive' if self.inclusive else 'exclusive'})")
+        if self.timeline is not None:
+            what += f" on timeline {self.timeline}"
         out = [f"source {self.source} ({self.engine.name}): recover to {what}",
                f"base: snapshot {snap.short_id} ({snap.kind}, taken {in_utc_and_host(snap.time)}, "
                f"consistent from {self.base.consistent_at.isoformat()})"]
@@ -133,29 +142,68 @@ class PitrPlan:
 
 
 def plan_pitr(session: Session, source: str, engine: DatabaseEngine, when: datetime | None,
-              inclusive: bool = True, snapshot: str | None = None) -> PitrPlan:
-    """Choose the base and the log files for a restore to ``when`` (None: latest).
+              inclusive: bool = True, snapshot: str | None = None, target: RecoveryTarget | None = None,
+              timeline: int | None = None) -> PitrPlan:
+    """Choose the base and the log files for a restore to ``when`` (None: latest) or ``target``.
 
     With ``snapshot`` (an id prefix) that base is restored to the moment it
-    became consistent: no later log is replayed.
+    became consistent (no later log is replayed), or to ``target`` if given.
+    ``timeline`` restricts the plan to log files of that timeline and its
+    ancestors (PostgreSQL follows ``recovery_target_timeline``).
     """
     segments = sync_log_segments(session).segments(source, engine.log_kind)
+    if timeline is not None:
+        segments = [s for s in segments if s.timeline is None or s.timeline <= timeline]
+    position = engine.resolve_target(target, timeline, segments, wal_segment_size(segments))
     found = recovery_bases(session.snapshots(source), engine, segments)
+    if timeline is not None:
+        found = [b for b in found if b.timeline <= timeline]
     if not found:
-        raise SnapshotNotFound(f"source {source} has no {engine.labels.base} in the repository",
+        raise SnapshotNotFound(f"source {source} has no {engine.labels.base} in the repository"
+                               + (f" on timeline {timeline} or before" if timeline is not None else ""),
                                hint=f"run 'drtool backup --source {source}' first")
     if snapshot is not None:
         found = [b for b in found if b.snapshot.id.startswith(snapshot)]
         if len(found) != 1:
             raise SnapshotNotFound(f"snapshot {snapshot!r} is not a single {engine.labels.base} of source "
                                    f"{source}", hint=f"list them with 'drtool snapshots --name {source}'")
-        when = found[0].consistent_at
+        if target is None:
+            when = found[0].consistent_at
+    if target is not None and position is not None:
+        return _plan_target(source, engine, found, segments, target, position, inclusive, timeline,
+                            explicit_base=snapshot is not None)
     base, chain, end = _choose_base(source, engine, found, segments, when)
     if snapshot is not None:
-        return PitrPlan(source, engine, base, engine.immediate(chain, base), when, inclusive, end, immediate=True)
+        return PitrPlan(source, engine, base, engine.immediate(chain, base), when, inclusive, end, immediate=True,
+                        timeline=timeline)
     if when is not None and not engine.reachable(when, end, inclusive):
         raise _unreachable(source, engine, base, segments, when, end)
-    return PitrPlan(source, engine, base, engine.needed(chain, when), when, inclusive, end)
+    needed = engine.needed(chain, when)
+    engine.check_chain(source, needed, segments)
+    return PitrPlan(source, engine, base, needed, when, inclusive, end, timeline=timeline)
+
+
+def _plan_target(source: str, engine: DatabaseEngine, found: list[RecoveryBase], segments: list[Segment],
+                 target: RecoveryTarget, position: TargetPosition, inclusive: bool, timeline: int | None,
+                 explicit_base: bool) -> PitrPlan:
+    """The newest base consistent before the target whose chain reaches the target's log file."""
+    if not explicit_base:
+        found = [b for b in found if engine.base_precedes(b, position)]
+        if not found:
+            raise SnapshotNotFound(f"no {engine.labels.base} of source {source} was consistent before "
+                                   f"{target.describe()} ({position.note})")
+    base, chain, end = _choose_base(source, engine, found, segments, None)
+    if not chain or (chain[-1].seq or 0) < position.seq:
+        missing = engine.first_missing_name(Gap((chain[-1].seq or 0) + 1 if chain else base.start_seq,
+                                                position.seq, "", ""), base.timeline, wal_segment_size(segments))
+        raise RecoveryPointUnreachable(
+            f"{target.describe()} of source {source} is not reachable from snapshot {base.snapshot.short_id}: "
+            f"{engine.labels.log_file} {missing} is not in the archive ({position.note})",
+            hint=f"archive it first ({engine.labels.archive_more}), or check the value")
+    needed = [s for s in chain if (s.seq or 0) <= position.seq + 1]
+    engine.check_chain(source, needed, segments)
+    return PitrPlan(source, engine, base, needed, None, inclusive, end, target=target, position=position,
+                    timeline=timeline)
 
 
 def _choose_base(source: str, engine: DatabaseEngine, found: list[RecoveryBase], segments: list[Segment],
@@ -181,7 +229,6 @@ def _choose_base(source: str, engine: DatabaseEngine, found: list[RecoveryBase],
 
 
 def _gap_at(base: RecoveryBase) -> Any:
-    from drtool.snapshot.logwindow import Gap
     return Gap(base.start_seq, base.start_seq, "(backup start)", "")
 
 
@@ -202,10 +249,11 @@ def _unreachable(source: str, engine: DatabaseEngine, base: RecoveryBase, segmen
 
 
 def plan_from_config(session: Session, src: Any, when: datetime | None, inclusive: bool,
-                     snapshot: str | None = None) -> PitrPlan:
+                     snapshot: str | None = None, target: RecoveryTarget | None = None,
+                     timeline: int | None = None) -> PitrPlan:
     engine = _engine_of(src)
     engine.check_pitr_source(src)
-    return plan_pitr(session, src.name, engine, when, inclusive, snapshot)
+    return plan_pitr(session, src.name, engine, when, inclusive, snapshot, target, timeline)
 
 
 def _engine_of(src: Any) -> DatabaseEngine:
@@ -250,7 +298,8 @@ class PitrResult:
 
 
 def restore_pitr(session: Session, settings: Settings, src: Any, when: datetime | None,
-                 request: RestoreRequest, *, inclusive: bool = True, snapshot: str | None = None) -> PitrResult:
-    """``drtool restore [SNAPSHOT] --source NAME --point-in-time TIME|--latest`` for databases."""
-    plan = plan_from_config(session, src, when, inclusive, snapshot)
+                 request: RestoreRequest, *, inclusive: bool = True, snapshot: str | None = None,
+                 target: RecoveryTarget | None = None, timeline: int | None = None) -> PitrResult:
+    """``drtool restore [SNAPSHOT] --source NAME --point-in-time TIME|--latest|--target-…`` for databases."""
+    plan = plan_from_config(session, src, when, inclusive, snapshot, target, timeline)
     return plan.engine.restore(session, settings, plan, src, request)

@@ -22,15 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 from drtool.childenv import child_environment
 from drtool.databases.engine import Labels, RestoreRequest
-from drtool.databases.planner import PitrPlan, PitrResult, RecoveryShort
-from drtool.errors import SourceError, UsageError
+from drtool.databases.planner import PitrPlan, PitrResult, RecoveryPointUnreachable, RecoveryShort
+from drtool.databases.targets import RecoveryTarget, TargetPosition
+from drtool.errors import SnapshotNotFound, SourceError, UsageError
 from drtool.snapshot.logwindow import WAL, Gap, RecoveryBase, Segment
 from drtool.snapshot.model import Snapshot
-from drtool.snapshot.store import StreamReader, stream_chunks
+from drtool.snapshot.store import StreamReader, prefetched, stream_chunks
 from drtool.sources import postgres
 
 if TYPE_CHECKING:
     from drtool.config import Settings
+    from drtool.repository.repo import Repository
     from drtool.backup.run import BackupResult
     from drtool.core.session import Session
     from drtool.backup.streams import StreamTap
@@ -45,6 +47,7 @@ class PostgresEngine:
     name = "postgresql"
     log_kind = WAL
     base_kind = PG_BASE
+    base_kinds = (PG_BASE,)
     labels = Labels(base="base backup", log_file="WAL segment", event="transaction",
                     archive_more="pg_switch_wal / archive_timeout")
 
@@ -115,15 +118,59 @@ class PostgresEngine:
     def keep_from(self, base: RecoveryBase, segment_size: int) -> str:
         return postgres.segment_name(base.timeline, base.start_seq, segment_size)
 
+    # ----- other recovery targets (drtool.databases.targets) --------------------------------------
+    def resolve_target(self, target: RecoveryTarget | None, timeline: int | None, segments: list[Segment],
+                       segment_size: int) -> TargetPosition | None:
+        """Where an LSN, a committed transaction or a recorded restore point lies in the archive."""
+        if target is None:
+            return None
+        if target.kind == "lsn":
+            try:
+                lsn = postgres.parse_lsn(target.value)
+            except ValueError:
+                raise UsageError(f"--target-lsn {target.value!r} is not an LSN",
+                                 hint="write it as PostgreSQL prints it, e.g. 0/3000148") from None
+            return TargetPosition(lsn // segment_size, lsn, "given")
+        if target.kind == "name":
+            return _restore_point_position(target.value, segments, segment_size)
+        return _xid_position(target.value, segments, segment_size)
+
+    def check_chain(self, source: str, chain: list[Segment], segments: list[Segment]) -> None:
+        """Recovery follows a later timeline only through its archived ``.history`` file.
+
+        A copy promoted with archiving off never archives its history file:
+        without it PostgreSQL stays on the old timeline and ends early.
+        """
+        timelines = sorted({s.timeline for s in chain if s.timeline})
+        histories = {s.timeline for s in segments
+                     if (s.extra.get("file") or postgres.wal_file_kind(s.name)) == "history"}
+        missing = [t for t in timelines[1:] if t not in histories]
+        if missing:
+            name = f"{missing[0]:08X}.history"
+            raise RecoveryPointUnreachable(
+                f"WAL of timeline {missing[0]} of source {source} is archived, but its history file {name} "
+                f"is not: recovery cannot follow that timeline",
+                hint=f"archive it (drtool pg wal-push --source {source} $PGDATA/pg_wal/{name} on the server of "
+                     f"that timeline), or restore along an older one with --timeline {timelines[0]}")
+
+    def base_precedes(self, base: RecoveryBase, position: TargetPosition) -> bool:
+        """The base was consistent (its end LSN) at or before the target."""
+        end = base.snapshot.meta.get("end_lsn")
+        if end:
+            return postgres.parse_lsn(end) <= position.position
+        return base.required_seq < position.seq
+
     def expiry_position(self, seg: Segment, base: RecoveryBase, segment_size: int) -> int | None:
-        """Segments by number; .backup and .partial files by the segment they belong to;
-        .history files never expire."""
+        """Segments by number; .backup and .partial files by the segment they belong to; restore
+        points by the segment they are in; .history files never expire."""
         file_kind = seg.extra.get("file") or postgres.wal_file_kind(seg.name)
         if file_kind == "segment":
             return seg.seq
         if file_kind in ("backup", "partial"):
             parsed = postgres.parse_segment(seg.name[:24], segment_size)
             return parsed[1] if parsed else None
+        if file_kind == "restore-point" and seg.start_pos:
+            return postgres.parse_lsn(seg.start_pos) // segment_size
         return None
 
     # ----- restore ----------------------------------------------------------------------------------
@@ -139,6 +186,54 @@ class PostgresEngine:
 
 
 POSTGRESQL = PostgresEngine()
+
+
+def create_restore_point(repo: Repository, src: postgres.PgSource, name: str) -> dict[str, Any]:
+    """``pg_create_restore_point`` on the source's server, then record it beside its WAL.
+
+    The WAL file is switched so the point reaches the archive at once (the
+    planner needs that file archived before a restore can stop there).
+    """
+    from drtool.databases.logarchive import record_restore_point
+    postgres.check_restore_point_name(name)
+    with postgres.credentials_env(src) as env:
+        proc = subprocess.run(postgres.restore_point_command(src, name), capture_output=True, text=True,
+                              env=env, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise SourceError(f"cannot create restore point {name!r} on source {src.name}: "
+                          f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}",
+                          hint="the user needs superuser or EXECUTE on pg_create_restore_point and pg_switch_wal")
+    point = postgres.parse_restore_point_output(proc.stdout)
+    record_restore_point(repo, src.name, name, point)
+    return dict(point, name=name, source=src.name)
+
+
+def _restore_point_position(name: str, segments: list[Segment], segment_size: int) -> TargetPosition:
+    for seg in segments:
+        if seg.extra.get("file") == "restore-point" and seg.extra.get("restore_point") == name:
+            lsn = postgres.parse_lsn(seg.start_pos or "0/0")
+            return TargetPosition(lsn // segment_size, lsn, f"recorded {seg.first_time.isoformat() if seg.first_time else ''} "
+                                                            f"at {seg.start_pos}".replace("  ", " "))
+    raise SnapshotNotFound(f"restore point {name!r} is not recorded for this source",
+                           hint="create restore points with 'drtool pg restore-point --source NAME POINT'; for "
+                                "one made otherwise, name the base: 'drtool restore SNAPSHOT --source NAME "
+                                "--target-name POINT …'")
+
+
+def _xid_position(value: str, segments: list[Segment], segment_size: int) -> TargetPosition:
+    """The first archived WAL file whose committed-transaction range holds ``value``."""
+    if not value.isdigit() or int(value) < 3:
+        raise UsageError(f"--target-xid {value!r} is not a transaction id", hint="give a number such as 745")
+    xid = int(value)
+    holding = sorted((s for s in segments if s.seq is not None and "xid_min" in s.extra
+                      and s.extra["xid_min"] <= xid <= s.extra["xid_max"]), key=lambda s: s.seq or 0)
+    if not holding:
+        raise RecoveryPointUnreachable(
+            f"no archived WAL file records a commit of transaction {xid}",
+            hint="check the id (SELECT pg_current_xact_id() in the transaction, or pg_waldump), wait for its WAL "
+                 "to be archived, or name the base: 'drtool restore SNAPSHOT --source NAME --target-xid …'")
+    seg = holding[0]
+    return TargetPosition(seg.seq or 0, (seg.seq or 0) * segment_size, f"committed in {seg.name}")
 
 
 def _basebackup_finish(tap: StreamTap, meta: dict[str, Any]) -> None:
@@ -225,7 +320,7 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
     postgres.prepare_datadir(target)
     with session.lock("restore"):
         session.repo.load_index()
-        reader = io.BufferedReader(StreamReader(stream_chunks(session.repo, plan.base.snapshot)),
+        reader = io.BufferedReader(StreamReader(prefetched(stream_chunks(session.repo, plan.base.snapshot))),
                                    buffer_size=1024 * 1024)
         members = postgres.extract_base_tar(reader, target)
     for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
@@ -236,7 +331,9 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
         port = free_port()  # never collide with the production server's 5432
     socket_dir = socket_dir_for(target)
     settings = postgres.recovery_settings(f"{shlex.quote(script)} %f %p", plan.target_time, plan.inclusive, port,
-                                          socket_dir, immediate=plan.immediate)
+                                          socket_dir, immediate=plan.immediate,
+                                          target=(plan.target.kind, plan.target.value) if plan.target else None,
+                                          timeline=plan.timeline)
     postgres.write_recovery_files(target, settings)
     result = PitrResult(plan, target, members=members, script=script, port=port, socket_dir=socket_dir,
                         log_file=postgres.recovery_log(target))
@@ -286,6 +383,8 @@ def verify_recovery(plan: PitrPlan, outcome: dict[str, str]) -> str:
             return "stopped at the consistent end of the base backup"
         raise RecoveryShort(f"recovery did not stop at the end of base backup {plan.base.snapshot.short_id}: "
                             f"{outcome.get('stopped') or outcome.get('redo_done') or 'no recovery end logged'}")
+    if plan.target is not None:
+        return _verify_target(plan.target, outcome, last)
     if not plan.latest:
         if "stopped" not in outcome:
             raise RecoveryShort(f"recovery ended without reaching {plan.target_time.isoformat()} "  # type: ignore[union-attr]
@@ -303,3 +402,15 @@ def verify_recovery(plan: PitrPlan, outcome: dict[str, str]) -> str:
                                 f"short of the last archived segment {plan.segments[-1].name}")
     return (f"all archived WAL replayed (last transaction {last.isoformat() if last else 'none'}, "
             f"redo done at {postgres.format_lsn(redo) if redo is not None else 'unknown'})")
+
+
+def _verify_target(target: RecoveryTarget, outcome: dict[str, str], last: datetime | None) -> str:
+    """The log must say recovery stopped at *this* target (an LSN, transaction or restore point)."""
+    stopped = outcome.get("stopped", "")
+    expected = {"lsn": "WAL location", "xid": f"transaction {target.value},",
+                "name": f'restore point "{target.value}"'}[target.kind]
+    if expected not in stopped:
+        raise RecoveryShort(f"recovery ended without reaching {target.describe()} "
+                            f"({stopped or outcome.get('fatal') or 'no recovery stop logged'}; last replayed "
+                            f"transaction: {last.isoformat() if last else 'none'})")
+    return stopped

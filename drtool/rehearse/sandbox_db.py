@@ -32,7 +32,9 @@ from drtool.backends import capabilities
 from drtool.childenv import child_environment
 from drtool.errors import DrtoolError, RestoreTargetError, SourceError
 from drtool.databases import planner
+from drtool.databases.engine import RestoreRequest
 from drtool.databases.mariadb import MARIADB, restore_dump
+from drtool.databases.mariadb_physical import MARIADB_PHYSICAL, restore_physical
 from drtool.databases.postgresql import POSTGRESQL, fetch_environment, restore_datadir, verify_recovery
 from drtool.rehearse.sandbox import Sandbox, remove_tree
 from drtool.core.session import Session
@@ -180,6 +182,8 @@ class MariadbSandbox(DatabaseSandbox):
         self.instance = mariadb.Instance(os.path.join(self.make_server_dir(), "db"), None, src.bindir)
         self.running = True  # from here on teardown must try to stop a server
         with self._client_env():
+            if snap.kind == MARIADB_PHYSICAL:
+                return self._bring_up_physical(session, snap, src, target, latest)
             if snap.kind == MARIADB.base_kind and snap.meta.get("binlog_file") and src.pitr:
                 plan = planner.plan_pitr(session, snap.name, MARIADB, None if latest else target)
                 result = restore_dump(session, plan, src, target_db=None, target_dir=self.instance.root,
@@ -190,6 +194,24 @@ class MariadbSandbox(DatabaseSandbox):
             self.instance.start()
             self._load_dumps(self.instance.source(src.name))
         return snap.time
+
+    def _bring_up_physical(self, session: Session, snap: Snapshot, src: mariadb.MariaSource, target: datetime,
+                           latest: bool) -> datetime:
+        """mariabackup copy: extract, prepare, replay binlogs as 'drtool restore' does, then start.
+
+        The copy holds production's accounts and passwords: the sandbox server
+        runs with --skip-grant-tables, reachable only on its private socket.
+        """
+        assert self.instance is not None
+        if src.pitr and snap.meta.get("binlog_file"):
+            plan = planner.plan_pitr(session, snap.name, MARIADB, None if latest else target)
+        else:
+            plan = planner.plan_pitr(session, snap.name, MARIADB, None, snapshot=snap.id)
+        restore_physical(session, plan, src, RestoreRequest(target=self.instance.root))
+        self.instance.start(extra=["--skip-grant-tables", "--skip-slave-start"])
+        if plan.immediate:
+            return plan.base.consistent_at
+        return plan.recoverable_until if latest else min(target, plan.recoverable_until)
 
     def _load_dumps(self, server: mariadb.MariaSource) -> None:
         if self.database:

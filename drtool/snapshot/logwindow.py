@@ -139,6 +139,7 @@ class LogRules(Protocol):
 
     log_kind: str
     base_kind: str
+    base_kinds: tuple[str, ...]
 
     def base_of(self, snap: Snapshot, segment_size: int) -> RecoveryBase | None: ...
 
@@ -150,7 +151,7 @@ def recovery_bases(snapshots: Iterable[Snapshot], rules: LogRules, segments: lis
     seg_size = wal_segment_size(segments)
     found = []
     for snap in snapshots:
-        if snap.kind != rules.base_kind:
+        if snap.kind not in rules.base_kinds:
             continue
         base = rules.base_of(snap, seg_size)
         if base is not None:

@@ -123,13 +123,64 @@ def _is_blob_id(value: object) -> bool:
     return True
 
 
+STREAM_BATCH = 256
+
+
 def stream_chunks(repo: Repository, snap: Snapshot) -> Iterator[bytes]:
     """The plaintext of a stream snapshot (a dump, a base backup: one file), blob by blob, verified."""
     nodes = [n for n in load_tree(repo, snap.tree) if n.type == FILE]
     if len(nodes) != 1:
         raise IntegrityError(f"snapshot {snap.short_id} is not a single-file stream ({len(nodes)} files)")
-    for hexid in nodes[0].content:
-        yield repo.read_blob(bytes.fromhex(hexid))
+    ids = [bytes.fromhex(hexid) for hexid in nodes[0].content]
+    for start in range(0, len(ids), STREAM_BATCH):  # neighbouring blobs of a pack in one ranged read
+        for view in repo.read_blobs(ids[start:start + STREAM_BATCH]):
+            yield bytes(view)
+
+
+def prefetched(chunks: Iterator[bytes], depth: int = 16) -> Iterator[bytes]:
+    """``chunks`` read ahead by a thread, so reading, verifying and decompressing the next blobs
+    overlaps with whatever consumes these (a pipe into mbstream, tar extraction).
+
+    Errors of the reader (a damaged blob) are raised here, in order; stopping
+    early (the consumer failed) lets the thread finish its current blob and end.
+    """
+    import queue
+    import threading
+    items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        items.put(("data", chunk), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            items.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="stream-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(0.1)
 
 
 class StreamReader(io.RawIOBase):

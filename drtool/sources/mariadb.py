@@ -27,11 +27,12 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from drtool.childenv import child_environment
-from drtool.errors import RestoreTargetError, SourceError
+from drtool.errors import ConfigError, RestoreTargetError, SourceError
 from drtool.sources.common import check_one_database_choice, check_table
 
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
-        "defaults_file", "bindir", "binlog_dir", "options", "pitr", "log_timeout"}
+        "defaults_file", "bindir", "binlog_dir", "options", "pitr", "log_timeout", "method"}
+METHODS = ("dump", "physical")
 DUMP_END_MARKER = b"-- Dump completed"
 _COORD_RE = re.compile(rb"CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+)")
 _GTID_RE = re.compile(rb"SET GLOBAL gtid_slave_pos='([^']*)'")
@@ -59,6 +60,7 @@ class MariaSource:
     binlog_dir: str | None = None
     options: list[str] = field(default_factory=list)
     pitr: bool = True
+    method: str = "dump"       # or "physical": mariabackup of the whole server
     no_defaults: bool = False  # a throwaway instance of drtool's own: ignore the host's option files
 
     @classmethod
@@ -69,8 +71,16 @@ class MariaSource:
                   databases=list(table.get("databases", [])), all=bool(table.get("all", False)),
                   password_file=table.get("password_file"), defaults_file=table.get("defaults_file"),
                   bindir=table.get("bindir"), binlog_dir=table.get("binlog_dir"),
-                  options=list(table.get("options", [])), pitr=bool(table.get("pitr", True)))
-        check_one_database_choice(name, src.dbname, src.databases, src.all)
+                  options=list(table.get("options", [])), pitr=bool(table.get("pitr", True)),
+                  method=table.get("method", "dump"))
+        if src.method not in METHODS:
+            raise ConfigError(f"[sources.{name}]: method must be one of {', '.join(METHODS)}")
+        if src.method == "physical":
+            if src.dbname or src.databases or src.all:
+                raise ConfigError(f"[sources.{name}]: a physical backup copies the whole server: "
+                                  f"drop dbname / databases / all")
+        else:
+            check_one_database_choice(name, src.dbname, src.databases, src.all)
         return src
 
     @property
@@ -360,10 +370,10 @@ def install_command(datadir: str, bindir: str | None = None, tmpdir: str | None 
 
 
 def server_command(datadir: str, socket: str, port: int | None, bindir: str | None = None,
-                   tmpdir: str | None = None) -> list[str]:
+                   tmpdir: str | None = None, extra: list[str] | None = None) -> list[str]:
     cmd = [find_binary("mariadbd", bindir), "--no-defaults", f"--datadir={datadir}", f"--socket={socket}",
            f"--pid-file={os.path.join(datadir, 'mariadbd.pid')}",
-           f"--log-error={os.path.join(datadir, 'mariadbd.err')}", *_user_args()]
+           f"--log-error={os.path.join(datadir, 'mariadbd.err')}", *_user_args(), *(extra or [])]
     if tmpdir:
         cmd.append(f"--tmpdir={tmpdir}")
     if port:
@@ -396,15 +406,28 @@ class Instance:
         os.makedirs(self.tmpdir, mode=0o700, exist_ok=True)
         _check_run(install_command(self.datadir, self.bindir, self.tmpdir), "mariadb-install-db")
 
-    def start(self, timeout: float = 60.0) -> None:
-        cmd = server_command(self.datadir, self.socket, self.port, self.bindir, self.tmpdir)
+    def start(self, timeout: float = 60.0, extra: list[str] | None = None, own_users: bool = False) -> None:
+        """Start mariadbd and wait until it answers.
+
+        ``own_users``: the data directory is a restored server's, whose accounts
+        and passwords are production's; readiness is then read from the error
+        log ("ready for connections") instead of a passwordless probe.
+        """
+        os.makedirs(self.tmpdir, mode=0o700, exist_ok=True)
+        log_file = os.path.join(self.datadir, "mariadbd.err")
+        log_start = os.path.getsize(log_file) if os.path.exists(log_file) else 0
+        cmd = server_command(self.datadir, self.socket, self.port, self.bindir, self.tmpdir, extra)
         subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True, env=child_environment())
         deadline = time.monotonic() + timeout
         probe = self.source("probe")
         while True:
             try:
-                run_sql(probe, "SELECT 1")
+                if own_users:
+                    if not _logged_ready(log_file, log_start):
+                        raise SourceError("not ready")
+                else:
+                    run_sql(probe, "SELECT 1")
                 return
             except SourceError:
                 if time.monotonic() > deadline:
@@ -424,6 +447,15 @@ class Instance:
         deadline = time.monotonic() + timeout
         while os.path.exists(pid_file) and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def _logged_ready(log_file: str, offset: int) -> bool:
+    try:
+        with open(log_file, "rb") as handle:
+            handle.seek(offset)
+            return b"ready for connections" in handle.read()
+    except OSError:
+        return False
 
 
 def _check_run(cmd: list[str], what: str) -> None:

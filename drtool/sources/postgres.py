@@ -41,7 +41,9 @@ HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
 BACKUP_RE = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup$")
 PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial$")
 LSN_RE = re.compile(r"^([0-9A-F]{1,8})/([0-9A-F]{1,8})$", re.IGNORECASE)
-_XACT_RE = re.compile(r"desc: (?:COMMIT|ABORT)(?: PREPARED)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+_XACT_RE = re.compile(r"tx:\s*(\d+),.*?desc: (COMMIT|ABORT)(?: PREPARED)? "
+                      r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+RESTORE_POINT_MAX = 63  # PostgreSQL's MAXFNAMELEN - 1
 _MANIFEST_WAL_RE = re.compile(rb'"Timeline":\s*(\d+),\s*"Start-LSN":\s*"([0-9A-F]+/[0-9A-F]+)",\s*'
                               rb'"End-LSN":\s*"([0-9A-F]+/[0-9A-F]+)"')
 
@@ -216,27 +218,71 @@ def wal_file_kind(name: str) -> str | None:
     return None
 
 
-def transaction_times(path: str, bindir: str | None = None) -> list[datetime]:
-    """Commit/abort timestamps in one WAL file, via ``pg_waldump`` (best effort: [] if absent).
+@dataclass
+class WalTransactions:
+    """Commit/abort times and committed transaction ids found in one WAL file."""
 
-    These bound what a ``recovery_target_time`` can reach: PostgreSQL stops *before*
-    the first commit later than the target, so a target needs a later commit archived.
+    times: list[datetime] = field(default_factory=list)
+    committed: list[int] = field(default_factory=list)
+
+
+def wal_transactions(path: str, bindir: str | None = None) -> WalTransactions:
+    """Commits and aborts in one WAL file, via ``pg_waldump`` (best effort: empty if absent).
+
+    The times bound what a ``recovery_target_time`` can reach: PostgreSQL stops
+    *before* the first commit later than the target, so a target needs a later
+    commit archived.  The committed ids say which file a ``recovery_target_xid``
+    stops in, so planning can pick a base taken before it.
     """
+    found = WalTransactions()
     try:
         waldump = find_binary("pg_waldump", bindir)
     except SourceError:
-        return []
+        return found
     env = child_environment({"TZ": "UTC", "LC_ALL": "C"})
     try:
         proc = subprocess.run([waldump, "--rmgr=Transaction", path], capture_output=True, text=True,
                               env=env, timeout=120, check=False)
     except (OSError, subprocess.TimeoutExpired):
-        return []
-    times = []
+        return found
     for match in _XACT_RE.finditer(proc.stdout):
-        stamp = datetime.fromisoformat(match.group(1)).replace(tzinfo=timezone.utc)
-        times.append(stamp)
-    return times
+        found.times.append(datetime.fromisoformat(match.group(3)).replace(tzinfo=timezone.utc))
+        if match.group(2) == "COMMIT":
+            found.committed.append(int(match.group(1)))
+    return found
+
+
+def parse_restore_point_output(text: str) -> dict[str, Any]:
+    """``lsn|time|walfile`` (first line of :func:`restore_point_command`'s output)."""
+    lines = [line for line in text.splitlines() if "|" in line]
+    if not lines:
+        raise SourceError(f"unexpected output from pg_create_restore_point: {text.strip()[:200]!r}")
+    lsn, when, walfile = lines[0].split("|")[:3]
+    stamp = datetime.fromisoformat(re.sub(r"([+-]\d\d)$", r"\1:00", when.strip()))
+    return {"lsn": format_lsn(parse_lsn(lsn)), "time": stamp.astimezone(timezone.utc).isoformat(),
+            "timeline": int(walfile.strip()[:8], 16), "wal_file": walfile.strip()}
+
+
+def check_restore_point_name(name: str) -> str:
+    """A name ``pg_create_restore_point`` accepts and a config line can carry."""
+    if not name or len(name.encode()) > RESTORE_POINT_MAX or not name.isprintable():
+        raise ConfigError(f"restore point name {name!r} is not usable",
+                          hint=f"use 1 to {RESTORE_POINT_MAX} printable characters")
+    return name
+
+
+def restore_point_command(src: PgSource, name: str) -> list[str]:
+    """psql creating a named restore point, then closing the WAL file so it gets archived.
+
+    Prints the restore point's LSN, the server time and the WAL file it is in
+    (whose name carries the timeline).  The name is an SQL literal
+    (standard_conforming_strings).
+    """
+    literal = "'" + check_restore_point_name(name).replace("'", "''") + "'"
+    sql = (f"SELECT lsn, now(), pg_walfile_name(lsn) FROM pg_create_restore_point({literal}) lsn; "
+           f"SELECT pg_switch_wal()")
+    return [find_binary("psql", src.bindir), *conn_args(src), "-d", src.dbname or "postgres", "-X", "-At",
+            "-v", "ON_ERROR_STOP=1", "-F", "|", "-c", sql]
 
 
 # ----- base backup metadata -----------------------------------------------------------------------
@@ -260,6 +306,8 @@ def parse_backup_label(text: str) -> dict[str, Any]:
         meta["label_time"] = values["START TIME"]
     if "LABEL" in values:
         meta["label"] = values["LABEL"]
+    if "BACKUP FROM" in values:  # "standby" for a base backup taken from a streaming replica
+        meta["backup_from"] = values["BACKUP FROM"]
     return meta
 
 
@@ -291,8 +339,8 @@ def quote_conf(value: str) -> str:
 
 
 def recovery_settings(restore_command: str, target_time: datetime | None, inclusive: bool,
-                      port: int | None, socket_dir: str | None = None,
-                      immediate: bool = False) -> dict[str, str]:
+                      port: int | None, socket_dir: str | None = None, immediate: bool = False,
+                      target: tuple[str, str] | None = None, timeline: int | None = None) -> dict[str, str]:
     """Lines appended to postgresql.auto.conf for a point-in-time (or latest) recovery.
 
     Archiving is switched off in the restored cluster: a drill or a side-by-side
@@ -300,14 +348,21 @@ def recovery_settings(restore_command: str, target_time: datetime | None, inclus
     server logs to the file drtool reads (no logging collector, UTC times) so
     that the recovery's outcome can be verified from its own words; its socket
     goes to ``socket_dir`` so it never shares the production socket directory.
+    ``target`` is another recovery target (``("lsn", "0/3000148")``, ``("xid", "745")``,
+    ``("name", "before-upgrade")``); ``timeline`` replaces the default ``latest``.
     """
     settings = {"restore_command": quote_conf(restore_command),
-                "recovery_target_timeline": quote_conf("latest"),
+                "recovery_target_timeline": quote_conf(str(timeline) if timeline else "latest"),
                 "archive_mode": "off",
                 "logging_collector": "off", "log_destination": quote_conf("stderr"),
                 "log_min_messages": quote_conf("warning"), "log_timezone": quote_conf("UTC")}
     if immediate:
         settings["recovery_target"] = quote_conf("immediate")
+        settings["recovery_target_action"] = quote_conf("promote")
+    elif target is not None:
+        settings[f"recovery_target_{target[0]}"] = quote_conf(target[1])
+        if target[0] != "name":
+            settings["recovery_target_inclusive"] = "on" if inclusive else "off"
         settings["recovery_target_action"] = quote_conf("promote")
     elif target_time is not None:
         settings["recovery_target_time"] = quote_conf(

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from drtool.cli.context import CliState, pass_state
+from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.dbsupport import (
     deadline,
     print_window,
@@ -156,6 +156,28 @@ def pg_window(state: CliState, source: str, as_json: bool) -> None:
     """Show the recoverable window and WAL gaps of a source."""
     from drtool.api.databases import engine_named, recoverable_window
     print_window(recoverable_window(state.session(), source, engine_named("postgresql")), as_json)
+
+
+@pg_group.command("restore-point")
+@source_option
+@click.argument("name")
+@json_option
+@pass_state
+def restore_point(state: CliState, source: str, name: str, as_json: bool) -> None:
+    """Create restore point NAME on the source's server (pg_create_restore_point) and record it.
+
+    The WAL file is switched so the point is archived at once; later,
+    'drtool restore --source SOURCE --target-name NAME' starts from the newest
+    base backup taken before it and stops there.  Names are unique per source.
+    """
+    from drtool.api import databases
+    repo = state.repository_only()
+    try:
+        point = databases.create_restore_point(repo, state.settings, source, name)
+    finally:
+        repo.close()
+    emit(point, as_json, f"restore point {name!r} of source {source} at {point['lsn']} "
+                         f"(timeline {point['timeline']}, {point['time']}, WAL file {point['wal_file']})")
 
 
 def register(group: click.Group) -> None:

@@ -18,7 +18,7 @@ from drtool.api.restoring import DEFAULT_POLICY, POLICIES, RestoreRequest
 from drtool.api.settings import display, in_utc_and_host, parse_point_in_time, zone_note
 from drtool.cli.complete import snapshot_ids, source_names
 from drtool.cli.context import CliState, command_line, emit, pass_state
-from drtool.cli.options import dry_run_option, json_option, name_option
+from drtool.cli.options import dry_run_option, json_option, name_option, recovery_target_options
 from drtool.cli.progress import byte_progress
 from drtool.cli.values import mib
 from drtool.errors import DrtoolError, PartialSuccess, UsageError
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 @click.option("--start", is_flag=True, help="With --source: start the restored server and wait for recovery.")
 @click.option("--port", type=int, help="With --source: port for the restored server.")
 @click.option("--target-db", metavar="DB", help="With a MariaDB --source: load into this new database.")
+@recovery_target_options
 @click.option("--to-bucket", metavar="URL",
               help="With an object-store --source: put the objects under s3://BUCKET[/PREFIX] "
                    "(swift://CONTAINER[/PREFIX] for a swift source).")
@@ -76,10 +77,12 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
             raise UsageError("--source takes no --name, --include, --allow-partial or --overwrite")
         request = SourceRestore(source=source, snapshot=snapshot, when=when, latest=latest,
                                 inclusive=not exclusive, dry_run=dry_run, as_json=as_json,
-                                target=target, target_db=target_db, start=start, port=port)
+                                target=target, target_db=target_db, start=start, port=port,
+                                **click.get_current_context().meta.get("recovery_targets", {}))
         return run_source_restore(state, request)
-    if latest or exclusive or start or port or target_db:
-        raise UsageError("--latest, --exclusive, --start, --port and --target-db need --source")
+    if latest or exclusive or start or port or target_db or click.get_current_context().meta.get("recovery_targets"):
+        raise UsageError("--latest, --exclusive, --start, --port, --target-db, --target-* and --timeline "
+                         "need --source")
     if not target:
         raise UsageError("--target is required")
     point = _which_point(snapshot, when)
@@ -199,12 +202,21 @@ class SourceRestore:
     target_db: str | None
     start: bool
     port: int | None
+    target_lsn: str | None = None   # PostgreSQL recovery targets other than a time
+    target_xid: str | None = None
+    target_name: str | None = None
+    timeline: int | None = None
 
 
 def run_source_restore(state: CliState, request: SourceRestore) -> None:
     from drtool.api import backing_up, databases
-    if (bool(request.when) + request.latest + bool(request.snapshot)) != 1:
-        raise UsageError("give one of SNAPSHOT, --point-in-time TIME or --latest with --source")
+    target = databases.recovery_target(request.target_lsn, request.target_xid, request.target_name)
+    if target is not None and (request.when or request.latest or not request.inclusive and target.kind == "name"):
+        raise UsageError("--target-lsn/--target-xid/--target-name take no --point-in-time or --latest"
+                         + (" (and a restore point takes no --exclusive)" if not request.inclusive else ""))
+    if target is None and (bool(request.when) + request.latest + bool(request.snapshot)) != 1:
+        raise UsageError("give one of SNAPSHOT, --point-in-time TIME, --latest, --target-lsn, --target-xid "
+                         "or --target-name with --source")
     engines = backing_up.source_engines()
     src = backing_up.get_source(state.settings, request.source, engines)
     if isinstance(src, (backing_up.FilesSource, backing_up.CommandSource)):
@@ -213,13 +225,14 @@ def run_source_restore(state: CliState, request: SourceRestore) -> None:
     point: datetime | None = resolve_point(request.when) if request.when else None
     session = state.session()
     if request.dry_run:
-        plan = databases.plan_from_config(session, src, point, request.inclusive, request.snapshot)
+        plan = databases.plan_from_config(session, src, point, request.inclusive, request.snapshot, target,
+                                          request.timeline)
         emit(plan.as_dict(), request.as_json, "\n".join(["plan (dry run, nothing restored):", *plan.lines()]))
         return
     server = databases.DatabaseRestoreRequest(target=request.target, target_db=request.target_db,
                                               start=request.start, port=request.port, command_line=command_line())
-    result = databases.restore_pitr(session, state.settings, src, point, server,
-                                    inclusive=request.inclusive, snapshot=request.snapshot)
+    result = databases.restore_pitr(session, state.settings, src, point, server, inclusive=request.inclusive,
+                                    snapshot=request.snapshot, target=target, timeline=request.timeline)
     emit(result.as_dict(), request.as_json, "\n".join([*result.plan.lines(), *result.lines()]))
 
 

@@ -1,0 +1,149 @@
+"""MariaDB physical backups (mariabackup) as recovery bases: backup, restore, binlog replay.
+
+``method = "physical"``: ``mariabackup --backup --stream=mbstream`` is stored
+as it streams (``run_dump``: no temporary copy; the snapshot is written only
+after mariabackup exited 0 and the stream's closing ``xtrabackup_info`` was
+seen).  Its binlog coordinates make it a base like a dump's, so binlog
+replay after it is the same as after a dump.  Restoring is: the prepare
+tool's version checked against the backup's server *before* anything is
+written, ``mbstream -x`` of the stored stream into ``DIR/data``,
+``mariabackup --prepare``, then — when binlogs are to be replayed — a
+private start with ``--skip-grant-tables`` and no networking (the copied
+accounts have production's passwords, which drtool does not hold), replay,
+stop; with ``--start`` the server is started normally for the operator.
+Always with ``--skip-slave-start``: a copy of a replica must never start
+replicating from production on its own.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+
+from drtool.childenv import child_environment
+from drtool.databases.planner import PitrPlan, PitrResult
+from drtool.errors import RestoreTargetError, SourceError, UsageError
+from drtool.snapshot.store import prefetched, stream_chunks
+from drtool.sources import mariabackup, mariadb
+from drtool.sources.common import StderrTail
+
+if TYPE_CHECKING:
+    from drtool.backup.run import BackupResult
+    from drtool.backup.streams import StreamTap
+    from drtool.core.session import Session
+    from drtool.databases.engine import RestoreRequest
+
+log = logging.getLogger("drtool")
+MARIADB_PHYSICAL = "mariadb-physical"
+PREPARE_TIMEOUT = 6 * 3600
+
+
+def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str], engine: str) -> list[BackupResult]:
+    """Stream mariabackup of the whole server into one snapshot (``backup.mbstream``)."""
+    from drtool.backup.streams import run_dump
+    datadir, replica = _server_facts(src)
+    meta: dict[str, Any] = {"source": src.name, "source_type": engine, "method": "physical", "pitr": src.pitr,
+                            "replica": replica}
+    with mariadb.client_options(src) as opts, tempfile.TemporaryDirectory(prefix="drtool-mariabackup-") as work:
+        command = mariabackup.backup_command(src, opts, datadir, work, replica)
+        return [run_dump(session, command, child_environment(), src.name, "backup.mbstream", MARIADB_PHYSICAL,
+                         meta, tags, _physical_finish)]
+
+
+def _server_facts(src: mariadb.MariaSource) -> tuple[str, bool]:
+    """The server's data directory (mariabackup reads its files) and whether it replicates."""
+    rows = mariadb.run_sql(src, "SELECT @@datadir")
+    datadir = rows[0][0] if rows and rows[0] else ""
+    if not datadir:
+        raise SourceError(f"source {src.name}: the server did not name its data directory")
+    if not os.access(datadir, os.R_OK | os.X_OK):
+        raise SourceError(f"source {src.name}: cannot read the data directory {datadir}",
+                          hint="a physical backup runs on the database host as a user who can read it "
+                               "(e.g. the mysql OS user)")
+    replica = bool(mariadb.run_sql(src, "SHOW ALL SLAVES STATUS"))
+    return datadir, replica
+
+
+def _physical_finish(tap: StreamTap, meta: dict[str, Any]) -> None:
+    files = mariabackup.stream_files(bytes(tap.tail), (mariabackup.INFO_FILE, mariabackup.SLAVE_INFO_FILE))
+    info = files.get(mariabackup.INFO_FILE)
+    if info is None:
+        raise SourceError(f"the mariabackup stream of {meta['source']} does not end with xtrabackup_info: it "
+                          f"was cut short; no snapshot was written")
+    meta.update(mariabackup.parse_backup_info(info.decode("utf-8", "replace")))
+    if mariabackup.SLAVE_INFO_FILE in files:
+        meta.update(mariabackup.parse_slave_info(files[mariabackup.SLAVE_INFO_FILE].decode("utf-8", "replace")))
+    if meta.get("pitr") and "binlog_file" not in meta:
+        raise SourceError(f"the mariabackup stream of {meta['source']} carries no binlog coordinates",
+                          hint="enable log_bin on the server, or set pitr = false for this source")
+
+
+def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
+                     request: RestoreRequest) -> PitrResult:
+    """Extract, prepare, replay binlogs (if planned) and optionally start the restored server."""
+    from drtool.databases.mariadb import replay_binlogs
+    if request.target_db or not request.target:
+        raise UsageError("a physical MariaDB backup restores a whole server: give --target DIR (not --target-db)")
+    meta = plan.base.snapshot.meta
+    mariabackup.check_prepare_version(str(meta.get("server_version", "")), mariabackup.tool_version(src.bindir))
+    instance = mariadb.Instance(request.target, None, src.bindir)
+    if os.path.exists(instance.root) and os.listdir(instance.root):
+        raise RestoreTargetError(f"restore target {instance.root} is not empty",
+                                 hint="choose a new --target for the restored MariaDB server")
+    os.makedirs(instance.datadir, mode=0o700, exist_ok=True)
+    started = time.monotonic()
+    with session.lock("restore"):
+        session.repo.load_index()
+        _pipe(mariabackup.extract_command(instance.datadir, src.bindir),
+              prefetched(stream_chunks(session.repo, plan.base.snapshot)), "mbstream -x")
+    log.info("extracted snapshot %s into %s in %.1fs", plan.base.snapshot.short_id, instance.datadir,
+             time.monotonic() - started)
+    started = time.monotonic()
+    _run(mariabackup.prepare_command(instance.datadir, src.bindir), "mariabackup --prepare")
+    log.info("prepared %s in %.1fs", instance.datadir, time.monotonic() - started)
+    reached = "the backup's consistent point (no binlog replayed)"
+    if plan.segments:
+        instance.start(extra=["--skip-grant-tables", "--skip-slave-start"])
+        try:
+            with session.lock("restore"):
+                reached = replay_binlogs(session, plan, instance.source(src.name), None, None) or reached
+        finally:
+            instance.stop()
+    result = PitrResult(plan, instance.root, socket=instance.socket, reached=reached)
+    if request.start:
+        instance.port = request.port
+        instance.start(extra=["--skip-slave-start"], own_users=True)
+        result.started, result.port = True, request.port
+        result.notes.append(f"MariaDB running from {instance.datadir} on socket {instance.socket} with the "
+                            f"backed-up server's accounts (stop: kill $(cat {instance.datadir}/mariadbd.pid))")
+    else:
+        result.notes.append(f"prepared data directory {instance.datadir}: start mariadbd --datadir on it")
+    return result
+
+
+def _pipe(cmd: list[str], chunks: Iterator[bytes], what: str) -> None:
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=child_environment())
+    assert proc.stdin is not None and proc.stderr is not None
+    errors = StderrTail(proc.stderr)
+    try:
+        for chunk in chunks:
+            proc.stdin.write(chunk)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    finally:
+        code = proc.wait()
+    if code != 0:
+        raise RestoreTargetError(f"{what} failed (exit {code}): {errors.text() or '(no message)'}")
+
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False,
+                          env=child_environment(), timeout=PREPARE_TIMEOUT)
+    if proc.returncode != 0:
+        raise RestoreTargetError(f"{what} failed (exit {proc.returncode}): "
+                                 f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}")

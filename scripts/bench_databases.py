@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""Database RTO: drtool's physical and logical backups and restores against the native tools.
+
+    scripts/bench --databases [--maria-rows N] [--pg-scale S] [--json] [--work DIR]
+
+MariaDB: sysbench-schema tables (``sbtest1..4``: id, k, c CHAR(120), pad CHAR(60)),
+filled with the sequence engine (no sysbench needed).  PostgreSQL: ``pgbench -i -s S``.
+Both in throwaway servers under --work (default /var/tmp/drtool-bench-db); drtool uses
+its default key derivation and a local repository.
+
+Measured, in one run on the machine as it is:
+
+* backup night 1: ``drtool backup --source`` (physical: mariabackup / pg_basebackup
+  streamed into the repository; logical: mariadb-dump) vs the native tool writing
+  into a local directory (``mariabackup --backup --target-dir``, ``pg_basebackup -D``);
+* night 2 after updating 1 % of the rows: time and bytes stored (compressed,
+  encrypted) as a share of the data size;
+* restore: drtool physical (extract + prepare / unpack) and logical (load into a new
+  database) vs the floor by hand: ``cp -a`` of the native backup (+ ``mariabackup
+  --prepare`` for MariaDB);
+* PITR replay rate: binlog written after the base, replayed by ``drtool restore
+  --latest`` (MiB of binlog per second, the physical restore time subtracted).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+PASSWORD = "bench-only-not-a-secret"
+ROOT_PW = "bench-root-pw"
+
+
+def log(msg: str) -> None:
+    print(f"[bench-db {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, **kw)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd[:4])} failed ({proc.returncode}): {proc.stderr[-1500:]}")
+    return proc
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.monotonic()
+    fn()
+    return time.monotonic() - start
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+class Drtool:
+    def __init__(self, work: Path, config: Path) -> None:
+        self.repo, self.env = work / "repo", dict(os.environ)
+        pw = work / "password"
+        pw.write_text(PASSWORD + "\n")
+        self.env.update(DRTOOL_REPOSITORY=str(self.repo), DRTOOL_PASSWORD_FILE=str(pw),
+                        DRTOOL_CATALOG=str(work / "catalog.sqlite"), DRTOOL_CONFIG=str(config),
+                        PYTHONPATH=str(REPO_ROOT), XDG_STATE_HOME=str(work / "state"))
+        self.env.pop("DRTOOL_PASSWORD", None)
+
+    def __call__(self, *args: str, prefix: list[str] | None = None) -> str:
+        proc = run([*(prefix or []), PY, "-m", "drtool", *args], self.env)
+        for line in proc.stderr.splitlines():
+            if "INFO" in line or "warning" in line:
+                log(line)
+        return proc.stdout
+
+    def stored(self, source: str) -> int:
+        """Bytes the newest snapshot of ``source`` added to the repository (compressed, encrypted)."""
+        snaps = json.loads(self("snapshots", "--name", source, "--json"))
+        return int(snaps[-1]["summary"]["bytes_added"])
+
+
+# ----- MariaDB --------------------------------------------------------------------------------------
+def mariadb_bench(work: Path, rows: int) -> dict[str, Any]:
+    root = work / "maria"
+    data, sock, tmp = root / "data", root / "m.sock", root / "tmp"
+    tmp.mkdir(parents=True)
+    user = ["--user=root"] if os.geteuid() == 0 else []
+    run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=normal",
+         "--skip-test-db", f"--tmpdir={tmp}", *user])
+    server = subprocess.Popen(["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={sock}",
+                               "--skip-networking", f"--log-bin={data}/binlog", "--server-id=1",
+                               "--binlog-format=ROW", "--innodb-buffer-pool-size=256M", f"--tmpdir={tmp}",
+                               f"--pid-file={root}/m.pid", f"--log-error={root}/err.log", *user],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            if subprocess.run(["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-e", "SELECT 1"],
+                              capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+
+        def sql(query: str, database: str = "") -> str:
+            return run(["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", f"-p{ROOT_PW}", "-N", "-e",
+                        query, *([database] if database else [])]).stdout
+        run(["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-e",
+             f"ALTER USER root@localhost IDENTIFIED BY '{ROOT_PW}'"])
+        sql("CREATE DATABASE sbtest")
+        for t in range(1, 5):
+            sql(f"CREATE TABLE sbtest{t} (id INT PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL, "
+                f"pad CHAR(60) NOT NULL, KEY k_{t}(k)) ENGINE=InnoDB", "sbtest")
+            sql(f"INSERT INTO sbtest{t} SELECT seq, FLOOR(RAND(seq)*{rows}), "
+                f"SUBSTRING(REPEAT(SHA2(seq, 256), 2), 1, 120), SUBSTRING(SHA2(seq * 7, 256), 1, 60) "
+                f"FROM seq_1_to_{rows}", "sbtest")
+        size = int(sql("SELECT SUM(data_length + index_length) FROM information_schema.tables "
+                       "WHERE table_schema = 'sbtest'").strip())
+        log(f"MariaDB: 4 tables x {rows} rows, {size / 2**20:.0f} MiB (data + index)")
+        pw = root / "rootpw"
+        pw.write_text(ROOT_PW + "\n")
+        cnf = root / "client.cnf"
+        cnf.write_text(f'[client]\npassword="{ROOT_PW}"\n')
+        config = work / "drtool.toml"
+        base = f'type = "mariadb"\nsocket = "{sock}"\nuser = "root"\npassword_file = "{pw}"\n'
+        config.write_text(f'repository = "{work / "repo"}"\n[sources.phys]\n{base}method = "physical"\n'
+                          f'[sources.dump]\n{base}dbname = "sbtest"\n')
+        dr = Drtool(work, config)
+        dr("init")
+        out: dict[str, Any] = {"data_bytes": size, "rows": 4 * rows}
+        native = root / "native"
+        out["native_backup_s"] = timed(lambda: run(["mariabackup", f"--defaults-extra-file={cnf}", "--backup",
+                                                    f"--target-dir={native}", f"--datadir={data}",
+                                                    f"--socket={sock}", "--user=root"]))
+        out["physical_backup_s"] = timed(lambda: dr("backup", "--source", "phys"))
+        out["physical_night1_stored"] = dr.stored("phys")
+        out["logical_backup_s"] = timed(lambda: dr("backup", "--source", "dump"))
+        out["logical_night1_stored"] = dr.stored("dump")
+        for t in range(1, 5):  # 1 % of the rows, scattered
+            sql(f"UPDATE sbtest{t} SET k = k + 1, c = REVERSE(c) WHERE id % 100 = 0", "sbtest")
+        out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "phys"))
+        out["physical_night2_stored"] = dr.stored("phys")
+        out["logical_night2_s"] = timed(lambda: dr("backup", "--source", "dump"))
+        out["logical_night2_stored"] = dr.stored("dump")
+        # binlog written after night 2's physical base, archived, for the replay rate
+        for t in range(1, 5):
+            sql(f"UPDATE sbtest{t} SET k = k + 1 WHERE id % 20 = 1", "sbtest")
+        sql("FLUSH BINARY LOGS")
+        dr("mariadb", "binlog-push", "--source", "phys")
+        phys = json.loads(dr("snapshots", "--name", "phys", "--json"))[-1]["id"]
+        dump = json.loads(dr("snapshots", "--name", "dump", "--json"))[-1]["id"]
+        copy = root / "floor"
+
+        def floor() -> None:
+            run(["cp", "-a", str(native), str(copy)])
+            run(["mariabackup", "--no-defaults", "--prepare", f"--target-dir={copy}"])
+        out["floor_restore_s"] = timed(floor)
+        out["physical_restore_s"] = timed(lambda: dr("-v", "restore", phys[:12], "--source", "phys",
+                                                     "--target", str(root / "r-phys")))
+        plan = json.loads(dr("restore", "--source", "phys", "--latest", "--target", "/nonexistent",
+                             "--dry-run", "--json"))
+        out["replay_bytes"] = plan["segment_bytes"]
+        out["physical_latest_s"] = timed(lambda: dr("restore", "--source", "phys", "--latest",
+                                                    "--target", str(root / "r-latest")))
+        out["logical_restore_s"] = timed(lambda: dr("restore", dump[:12], "--source", "dump",
+                                                    "--target-db", "sbtest_restored"))
+        replay = out["physical_latest_s"] - out["physical_restore_s"]
+        out["replay_mib_s"] = out["replay_bytes"] / 2**20 / replay if replay > 0 else None
+        return out
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+
+
+# ----- PostgreSQL ----------------------------------------------------------------------------------
+def pg_bindir() -> str:
+    out = run(["pg_config", "--bindir"]).stdout.strip()
+    for folder in [out, *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]:
+        if folder and os.access(os.path.join(folder, "initdb"), os.X_OK):
+            return str(folder)
+    raise SystemExit("bench: PostgreSQL server binaries not found")
+
+
+def pg_bench(work: Path, scale: int) -> dict[str, Any]:
+    bindir, root = pg_bindir(), work / "pg"
+    as_pg = ["unshare", "--user", "--map-user=1000", "--map-group=1000"] if os.geteuid() == 0 else []
+    data, port = root / "data", free_port()
+    root.mkdir(parents=True)
+    pw = root / "pgpw"
+    pw.write_text("pgpw\n")
+    run([*as_pg, f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"])
+    config = work / "drtool.toml"
+    config.write_text(f'repository = "{work / "repo"}"\n[sources.pg]\ntype = "postgresql"\nmethod = "basebackup"\n'
+                      f'host = "{root}"\nport = {port}\nuser = "postgres"\nbindir = "{bindir}"\n'
+                      f'archive_async = true\nspool_dir = "{root / "spool"}"\n')
+    dr = Drtool(work, config)
+    dr("init")
+    with open(data / "postgresql.conf", "a", encoding="utf-8") as conf:
+        conf.write(f"\nport = {port}\nlisten_addresses = ''\nunix_socket_directories = '{root}'\n"
+                   f"wal_level = replica\narchive_mode = on\nmax_wal_size = 4GB\n"
+                   f"archive_command = '{PY} -m drtool pg wal-push --source pg %p'\n")
+    run([*as_pg, f"{bindir}/pg_ctl", "-D", str(data), "-w", "-l", str(root / "log"), "start"], dr.env)
+    try:
+        psql = [*as_pg, f"{bindir}/psql", "-h", str(root), "-p", str(port), "-U", "postgres", "-At", "-c"]
+        run([*as_pg, f"{bindir}/pgbench", "-i", "-s", str(scale), "-h", str(root), "-p", str(port),
+             "-U", "postgres", "postgres"])
+        size = int(run([*psql, "SELECT pg_database_size('postgres')"]).stdout.strip())
+        log(f"PostgreSQL: pgbench -i -s {scale}, {size / 2**20:.0f} MiB")
+        out: dict[str, Any] = {"data_bytes": size, "scale": scale}
+        native = root / "native"
+        out["native_backup_s"] = timed(lambda: run([*as_pg, f"{bindir}/pg_basebackup", "-D", str(native),
+                                                    "-h", str(root), "-p", str(port), "-U", "postgres",
+                                                    "-X", "none", "-c", "fast"]))
+        out["physical_backup_s"] = timed(lambda: dr("backup", "--source", "pg"))
+        out["physical_night1_stored"] = dr.stored("pg")
+        run([*psql, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0"])
+        out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "pg"))
+        out["physical_night2_stored"] = dr.stored("pg")
+        snap = json.loads(dr("snapshots", "--name", "pg", "--json"))[-1]["id"]
+        out["floor_restore_s"] = timed(lambda: run(["cp", "-a", str(native), str(root / "floor")]))
+        out["physical_restore_s"] = timed(lambda: dr("restore", snap[:12], "--source", "pg",
+                                                     "--target", str(root / "r-phys"), prefix=as_pg))
+        return out
+    finally:
+        subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+
+
+def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
+    def mib(n: float) -> str:
+        return f"{n / 2**20:.0f} MiB"
+    lines = ["| | MariaDB | PostgreSQL |", "|---|---|---|"]
+
+    def row(label: str, fn: Callable[[dict[str, Any]], str]) -> None:
+        cells = [fn(d) if d else "—" for d in (maria, pg)]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+
+    def ratio(d: dict[str, Any], a: str, b: str) -> str:
+        return f"{d[a]:.1f} s ({d[a] / d[b]:.2f}×)" if d.get(a) is not None else "—"
+    row("data size (data + indexes)", lambda d: mib(d["data_bytes"]))
+    row("native backup into a local directory", lambda d: f"{d['native_backup_s']:.1f} s")
+    row("drtool physical backup, night 1 (× native)", lambda d: ratio(d, "physical_backup_s", "native_backup_s"))
+    row("  stored", lambda d: mib(d["physical_night1_stored"]))
+    row("drtool physical, night 2 after 1 % rows changed", lambda d: f"{d['physical_night2_s']:.1f} s")
+    row("  stored (share of data size)", lambda d: f"{mib(d['physical_night2_stored'])} "
+                                                 f"({d['physical_night2_stored'] / d['data_bytes']:.1%})")
+    row("drtool logical backup night 1 / night 2", lambda d: f"{d['logical_backup_s']:.1f} s / "
+                                                            f"{d['logical_night2_s']:.1f} s"
+        if "logical_backup_s" in d else "—")
+    row("  logical night 2 stored", lambda d: mib(d["logical_night2_stored"]) if "logical_night2_stored" in d else "—")
+    row("restore floor by hand (cp -a [+ prepare])", lambda d: f"{d['floor_restore_s']:.1f} s")
+    row("drtool physical restore (× floor)", lambda d: ratio(d, "physical_restore_s", "floor_restore_s"))
+    row("drtool logical restore (load)", lambda d: f"{d['logical_restore_s']:.1f} s" if "logical_restore_s" in d else "—")
+    row("PITR replay rate", lambda d: f"{d['replay_mib_s']:.1f} MiB/s of binlog ({mib(d['replay_bytes'])})"
+        if d.get("replay_mib_s") else "—")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scripts/bench --databases", description=__doc__.splitlines()[0])
+    ap.add_argument("--maria-rows", type=int, default=2_500_000, help="rows per sbtest table (4 tables; "
+                    "2.5M ≈ 2 GiB)")
+    ap.add_argument("--pg-scale", type=int, default=130, help="pgbench scale (130 ≈ 2 GiB)")
+    ap.add_argument("--skip", choices=("mariadb", "postgresql"), action="append", default=[])
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/var/tmp")) / "drtool-bench-db")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    results: dict[str, Any] = {}
+    try:
+        if "mariadb" not in args.skip:
+            (args.work / "m").mkdir(parents=True)
+            results["mariadb"] = mariadb_bench(args.work / "m", args.maria_rows)
+        if "postgresql" not in args.skip:
+            (args.work / "p").mkdir(parents=True)
+            results["postgresql"] = pg_bench(args.work / "p", args.pg_scale)
+    finally:
+        shutil.rmtree(args.work, ignore_errors=True)
+    print(json.dumps(results, indent=2) if args.json else table(results.get("mariadb"), results.get("postgresql")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

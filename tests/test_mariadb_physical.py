@@ -1,0 +1,189 @@
+"""MariaDB physical backups (mariabackup) against a real throwaway server.
+
+A ``method = "physical"`` backup streamed into the repository, then rows at
+t1, t2, t3 with ``FLUSH BINARY LOGS`` between and binlogs shipped by
+``binlog-push``.  Restoring to a time between t2 and t3 extracts, prepares,
+replays binlogs from the backup's coordinates and starts the server with
+the backed-up accounts: it must hold exactly the t0 + t1 + t2 rows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import pymysql
+import pytest
+
+from conftest import DrEnv, make_env
+from dbservers import (MariaServer, insert_events, maria_binary, mariadb_server, stop_restored_mariadb,
+                       write_config)
+
+SOURCE = "wikiphys"
+
+
+@dataclass
+class Scenario:
+    dr: DrEnv
+    server: MariaServer
+    between: datetime
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    dr = make_env(tmp_path_factory.mktemp("myphys"))
+    dr.init()
+    with mariadb_server() as server:
+        config = write_config(dr.tmp / "drtool.toml", str(dr.repo), {SOURCE: server.source(method="physical")})
+        dr.env["DRTOOL_CONFIG"] = str(config)
+        server.sql("CREATE DATABASE wiki")
+        server.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
+        insert_events(server, "t0", 5)
+        result = dr.run("backup", "--source", SOURCE)
+        assert result.code == 0, result.err
+        insert_events(server, "t1", 10)
+        server.sql("FLUSH BINARY LOGS")
+        time.sleep(1.1)
+        insert_events(server, "t2", 20)
+        server.sql("FLUSH BINARY LOGS")
+        time.sleep(1.1)
+        between = datetime.now(timezone.utc)
+        time.sleep(1.1)
+        insert_events(server, "t3", 30)
+        server.sql("FLUSH BINARY LOGS")
+        pushed = dr.run("mariadb", "binlog-push", "--source", SOURCE)
+        assert pushed.code == 0, pushed.err
+        yield Scenario(dr, server, between)
+
+
+def test_physical_snapshot_records_version_and_binlog_coordinates(scenario: Scenario) -> None:
+    (snap,) = json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json").out)
+    assert snap["kind"] == "mariadb-physical"
+    meta = snap["meta"]
+    assert meta["binlog_file"].startswith("binlog.") and meta["binlog_pos"] > 4
+    assert meta["gtid_pos"].startswith("0-1-") and meta["replica"] is False
+    version = scenario.server.sql("SELECT VERSION()")[0][0]
+    assert meta["server_version"] == version
+    assert meta["dump_bytes"] > 1_000_000  # the whole server's files, streamed
+
+
+def test_point_in_time_restore_from_a_physical_base(scenario: Scenario) -> None:
+    target = Path(scenario.server.root) / "phys"
+    try:
+        result = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.between.isoformat(),
+                                 "--target", str(target), "--start", "--json")
+        assert result.code == 0, result.err
+        report = json.loads(result.out)
+        assert report["plan"]["base"]["kind"] == "mariadb-physical" and report["plan"]["segments"]
+        assert report["reached"].startswith("binlog events before")
+        # the restored server has the backed-up accounts: production's root password works, none does not
+        conn = pymysql.connect(unix_socket=report["socket"], user="root", password=scenario.server.password)
+        with conn.cursor() as cur:
+            cur.execute("SELECT tag, count(*) FROM wiki.events GROUP BY tag ORDER BY tag")
+            assert list(cur.fetchall()) == [("t0", 5), ("t1", 10), ("t2", 20)]
+        conn.close()
+        with pytest.raises(pymysql.err.OperationalError):
+            pymysql.connect(unix_socket=report["socket"], user="root", password="")
+    finally:
+        stop_restored_mariadb(target)
+
+
+def test_prepare_tool_of_another_series_is_refused_before_anything_is_written(scenario: Scenario,
+                                                                                tmp_path: Path) -> None:
+    """A mariabackup of another server series cannot prepare this backup: one clear line, no target."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for program in ("mbstream", "mariadbd", "mariadb", "mariadb-binlog", "mariadb-install-db"):
+        os.symlink(maria_binary(program), bindir / program)
+    fake = bindir / "mariabackup"
+    fake.write_text("#!/bin/sh\necho 'mariabackup based on MariaDB server 11.4.2-MariaDB debian-linux-gnu' >&2\n")
+    fake.chmod(0o755)
+    config = write_config(tmp_path / "drtool.toml", str(scenario.dr.repo),
+                          {SOURCE: scenario.server.source(method="physical", bindir=str(bindir))})
+    target = tmp_path / "never"
+    result = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", str(target),
+                             env={"DRTOOL_CONFIG": str(config)})
+    version = scenario.server.sql("SELECT VERSION()")[0][0]
+    assert result.code == 1, result.err
+    assert f"taken from MariaDB {version}" in result.err and "is 11.4.2-MariaDB" in result.err
+    assert f"same series ({'.'.join(version.split('.')[:2])})" in result.err
+    assert not target.exists()
+
+
+def test_physical_restore_refuses_target_db(scenario: Scenario) -> None:
+    result = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target-db", "wiki_x")
+    assert result.code == 2 and "restores a whole server" in result.err
+
+
+@pytest.mark.slow
+def test_physical_backup_of_a_replica_records_the_primary_coordinates(tmp_path: Path) -> None:
+    """Backed up on a replica (--slave-info): the primary's GTID position is recorded beside the
+    replica's own binlog coordinates, and the copy restores."""
+    from dbservers import replicate
+    dr = make_env(tmp_path / "dr")
+    dr.init()
+    with mariadb_server() as primary, mariadb_server(server_id=2, extra=["--log-slave-updates"]) as replica:
+        replicate(replica, primary)
+        primary.sql("CREATE DATABASE wiki")
+        primary.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
+        insert_events(primary, "p1", 7)
+        from dbservers import wait_caught_up
+        wait_caught_up(replica, primary)
+        dr.env["DRTOOL_CONFIG"] = str(write_config(dr.tmp / "drtool.toml", str(dr.repo),
+                                                   {SOURCE: replica.source(method="physical")}))
+        result = dr.run("backup", "--source", SOURCE)
+        assert result.code == 0, result.err
+        (snap,) = json.loads(dr.run("snapshots", "--name", SOURCE, "--json").out)
+        meta = snap["meta"]
+        assert meta["replica"] is True
+        # replicating by GTID, the GTID is the primary's coordinate (file/position only by position)
+        assert meta["primary_gtid_pos"] == primary.sql("SELECT @@gtid_binlog_pos")[0][0]
+        assert "primary_binlog_file" not in meta
+        assert meta["binlog_file"] == replica.sql("SHOW MASTER STATUS")[0][0]  # the replica's own
+        target = Path(replica.root) / "restored"
+        try:
+            restored = dr.run("restore", snap["id"][:8], "--source", SOURCE, "--target", str(target), "--start",
+                              "--json")
+            assert restored.code == 0, restored.err
+            conn = pymysql.connect(unix_socket=json.loads(restored.out)["socket"], user="root",
+                                   password=replica.password)
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM wiki.events WHERE tag = 'p1'")
+                assert cur.fetchone() == (7,)
+            with conn.cursor(pymysql.cursors.DictCursor) as cur:
+                cur.execute("SHOW ALL SLAVES STATUS")  # a copy of a replica does not replicate on its own
+                states = [(row["Slave_IO_Running"], row["Slave_SQL_Running"]) for row in cur.fetchall()]
+                assert all(state == ("No", "No") for state in states), states
+            conn.close()
+        finally:
+            stop_restored_mariadb(target)
+
+
+@pytest.mark.slow
+def test_rehearsal_restores_the_physical_backup_to_the_point(scenario: Scenario, tmp_path: Path) -> None:
+    """A mariadb sandbox for a physical snapshot: extract, prepare, replay, validate, remove."""
+    root = tmp_path / "sandboxes"
+    root.mkdir()
+    runbook = tmp_path / "physical.toml"
+    runbook.write_text(f'''source = "{SOURCE}"
+point_in_time = "{scenario.between.isoformat()}"
+sandbox = {{ type = "mariadb", database = "wiki", path = "{root}" }}
+[[validations]]
+type = "sql"
+query = "SELECT COUNT(*) FROM events"
+expect = 35
+[[validations]]
+type = "sql"
+query = "SELECT COUNT(*) FROM events WHERE tag = 't3'"
+expect = 0
+''')
+    result = scenario.dr.run("rehearse", str(runbook), "--json")
+    assert result.code == 0, result.out + result.err
+    (doc,) = json.loads(result.out)
+    assert doc["status"] == "passed"
+    assert doc["steps"][0]["recovered_to"] == scenario.between.isoformat()
+    assert list(root.iterdir()) == []
