@@ -165,8 +165,8 @@ class S3Drtool(bench.Drtool):
         if self.profile is None:
             return argv
         self.profile.mkdir(parents=True, exist_ok=True)
-        return ["py-spy", "record", "--idle", "--threads", "-r", "50", "-o",
-                str(self.profile / f"drtool-{what}.svg"), "--"] + argv
+        return ["py-spy", "record", "--idle", "--threads", "-r", "50", "--format", "raw", "-o",
+                str(self.profile / f"drtool-{what}.folded"), "--"] + argv
 
 
 class S3Restic(bench.Restic):

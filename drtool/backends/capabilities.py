@@ -72,6 +72,21 @@ class BufferedReads(Protocol):
 
 
 @runtime_checkable
+class ConcurrentReads(Protocol):
+    """A store whose every read pays a round trip (S3): keep several large ranged reads in flight.
+
+    A restore then coalesces neighbouring groups of a pack into requests of
+    about ``request_bytes`` and keeps ``connections`` of them in flight,
+    overlapped with decryption and writing; its memory for downloads is
+    bounded by ``connections * request_bytes``.  Fallback (local stores):
+    None, and each group is read where it is decrypted.
+    """
+
+    def read_concurrency(self) -> tuple[int, int]:
+        """(requests to keep in flight, bytes per request)."""
+
+
+@runtime_checkable
 class ConditionalCreate(Protocol):
     """Create an object only if no object of that name exists, atomically.
 
@@ -138,8 +153,9 @@ class TemporaryCleanup(Protocol):
         repository's exclusive lock."""
 
 
-CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ConditionalCreate,
-                                  ObjectLock, ServerClock, LocationSetup, TemporaryCleanup)
+CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ConcurrentReads,
+                                  ConditionalCreate, ObjectLock, ServerClock, LocationSetup,
+                                  TemporaryCleanup)
 
 
 def supports(backend: Backend, capability: type) -> bool:
@@ -201,6 +217,13 @@ def read_into(backend: Backend, name: str, offset: int, length: int, buf: bytear
     if supports(backend, BufferedReads):
         return backend.get_range_into(name, offset, length, buf)  # type: ignore[attr-defined, no-any-return]
     return memoryview(backend.get_range(name, offset, length))
+
+
+def read_concurrency(backend: Backend) -> tuple[int, int] | None:
+    """(requests in flight, bytes per request) for stores where reads pay a round trip; else None."""
+    if supports(backend, ConcurrentReads):
+        return backend.read_concurrency()  # type: ignore[attr-defined, no-any-return]
+    return None
 
 
 # ----- object lock, clock, location, temporaries -----------------------------------------------

@@ -41,6 +41,7 @@ from drtool.backends.s3_errors import (BODY_ERRORS, CLIENT_ERRORS, STAT_FIELDS, 
                                        classify_conditional, error_code, is_missing)
 from drtool.backends.s3_options import MIN_PART, parse_options
 from drtool.backends.s3_upload import MultipartUpload, md5, multipart_etag
+from drtool.backends.throttle import CHUNK, ThrottledBody, TokenBucket
 from drtool.errors import (BackendError, ObjectMissing, RepositoryNotFound, TransientBackendError,
                            UsageError)
 
@@ -49,6 +50,12 @@ from drtool.errors import (BackendError, ObjectMissing, RepositoryNotFound, Tran
 # import); tests/test_objects.py checks that the two agree.
 UNLOCKED_PREFIXES = ("locks/",)
 PACKS_PREFIX = "packs/"  # the only objects that get the configured storage class
+# A restore reads neighbouring groups with one ranged GET of up to this size (about a pack):
+# per-request costs (a round trip, botocore's ~1 ms, and on some servers a read of the whole
+# object per ranged GET) then stay small, and `connections` of them in flight (4 x 16 MiB by
+# default) bound the memory a restore spends on downloads.
+READ_REQUEST_BYTES = 16 * 1024 * 1024
+SPARE_CONNECTIONS = 4  # beyond `connections`: lock heartbeat, index and snapshot reads
 MAX_VERSIONS_DELETED = 10_000
 
 
@@ -91,6 +98,10 @@ class S3Backend(Backend):
         self._stats_lock = threading.Lock()
         self._conditional_put: bool | None = None  # unknown until the server tells us
         self._bucket_locking: bool | None = None
+        self.upload_limit = self._limit(self.opts["limit_upload"])
+        self.download_limit = self._limit(self.opts["limit_download"])
+        self.stats.limit_upload = self.opts["limit_upload"] or 0
+        self.stats.limit_download = self.opts["limit_download"] or 0
         self.client = self._make_client()
         where = self.endpoint or str(getattr(self.client.meta, "endpoint_url", "AWS S3"))
         self.errors = ErrorMapper(bucket, self.url, where)
@@ -110,7 +121,7 @@ class S3Backend(Backend):
         config = Config(
             region_name=o["region"], signature_version="s3v4", s3=s3_config or None,
             retries={"mode": o["retry_mode"] or "standard", "max_attempts": o["max_attempts"]},
-            max_pool_connections=o["max_connections"], connect_timeout=o["connect_timeout"],
+            max_pool_connections=o["connections"] + SPARE_CONNECTIONS, connect_timeout=o["connect_timeout"],
             read_timeout=o["read_timeout"], tcp_keepalive=True,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_supported")
@@ -121,6 +132,19 @@ class S3Backend(Backend):
             raise UsageError(f"cannot configure S3 client: {exc}") from None
         client.meta.events.register("before-send.s3", self._count_request)
         return client
+
+    def read_concurrency(self) -> tuple[int, int]:
+        """``connections`` ranged reads of up to 16 MiB in flight (capability ConcurrentReads)."""
+        return int(self.opts["connections"]), READ_REQUEST_BYTES
+
+    def body(self, data: bytes | memoryview) -> bytes | memoryview | ThrottledBody:
+        """A request body, read through the upload limit when there is one."""
+        return data if self.upload_limit is None else ThrottledBody(data, self.upload_limit)
+
+    def _limit(self, rate: int | None) -> TokenBucket | None:
+        if not rate:
+            return None
+        return TokenBucket(rate, account=lambda seconds: self._add_stat("throttled_seconds", seconds))
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -136,7 +160,7 @@ class S3Backend(Backend):
             if attempt_number(header) > 1:
                 self.stats.retries += 1
 
-    def _add_stat(self, field: str, amount: int) -> None:
+    def _add_stat(self, field: str, amount: float) -> None:
         with self._stats_lock:
             setattr(self.stats, field, getattr(self.stats, field) + amount)
 
@@ -292,7 +316,7 @@ class S3Backend(Backend):
         self._add_stat("bytes_up", len(data))
         if len(data) >= self.opts["multipart_threshold"] and len(data) > MIN_PART:
             return MultipartUpload(self, name, data, args).run()
-        args.update(Body=data, ContentMD5=base64.b64encode(md5(data)).decode("ascii"))
+        args.update(Body=self.body(data), ContentMD5=base64.b64encode(md5(data)).decode("ascii"))
         self.conditional_call("uploading", name, self.client.put_object, args)
         return md5(data).hex()
 
@@ -341,6 +365,53 @@ class S3Backend(Backend):
             return b""
         return self._fetch(name, offset, length)
 
+    def get_range_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
+        """A ranged GET streamed into ``buf`` (capability BufferedReads): a restore recycles a
+        few buffers instead of allocating (and joining) every response afresh."""
+        if offset < 0 or length <= 0 or len(buf) < length:
+            return memoryview(self.get_range(name, offset, length))
+        args = {"Bucket": self.bucket, "Key": self._key(name),
+                "Range": f"bytes={offset}-{offset + length - 1}"}
+        view = memoryview(buf)[:length]
+        last = ""
+        for attempt in range(self.opts["read_attempts"]):
+            if attempt:
+                self._add_stat("retries", 1)
+                self._backoff(attempt - 1)
+            resp = self.call("reading", name, self.client.get_object, **args)
+            content_range = str(resp.get("ContentRange") or "")
+            if int(resp.get("ContentLength", -1)) != length or not content_range.startswith(f"bytes {offset}-"):
+                resp["Body"].close()  # an ignored or clipped Range: the careful path sorts it out
+                return memoryview(self._fetch(name, offset, length))
+            try:
+                got = self._read_body_into(resp, view)
+            except BODY_ERRORS as exc:
+                last = type(exc).__name__
+                continue
+            if got != length:
+                last = f"short body {got} of {length} bytes"
+                continue
+            self._add_stat("bytes_down", length)
+            return view
+        raise TransientBackendError(f"S3 reading {name} from {self.errors.where} kept failing: {last}")
+
+    def _read_body_into(self, resp: Mapping[str, Any], view: memoryview) -> int:
+        """Stream the body into ``view`` in CHUNK steps (each waits for the download limit)."""
+        body = resp["Body"]
+        got = 0
+        try:
+            while got < len(view):
+                if self.download_limit is not None:
+                    self.download_limit.take(min(CHUNK, len(view) - got))
+                piece = body.read(min(CHUNK, len(view) - got))
+                if not piece:
+                    break
+                view[got:got + len(piece)] = piece
+                got += len(piece)
+        finally:
+            body.close()
+        return got
+
     def _fetch(self, name: str, offset: int | None, length: int | None) -> bytes:
         """GET with body-length checks; truncated bodies are re-fetched (botocore won't)."""
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name)}
@@ -384,11 +455,18 @@ class S3Backend(Backend):
                                 f"({offset}+{len(data)} < {offset}+{length} bytes)")
         return data[:length]
 
-    @staticmethod
-    def _read_body(resp: Mapping[str, Any]) -> bytes:
+    def _read_body(self, resp: Mapping[str, Any]) -> bytes:
         body = resp["Body"]
         try:
-            return bytes(body.read())
+            if self.download_limit is None:
+                return bytes(body.read())
+            pieces = []
+            while True:  # the tokens first: TCP then slows the sender down to the limit
+                self.download_limit.take(CHUNK)
+                piece = body.read(CHUNK)
+                if not piece:
+                    return b"".join(pieces)
+                pieces.append(piece)
         finally:
             body.close()
 

@@ -143,7 +143,8 @@ class Restorer:
         self._writer = GroupWriter(self.repo, workers or RESTORE_WORKERS or max(2, os.cpu_count() or 2),
                                    on_file_done=self._complete, progress=progress)
         self._planner = GroupPlanner(self._writer.submit,
-                                     crowded=lambda: len(self._open_jobs) >= max_open_files // 2)
+                                     crowded=lambda: len(self._open_jobs) >= max_open_files // 2,
+                                     after_flush=self._writer.flush)
         # Files whose temporary is open; bounded, because a file stays open
         # until the planner has handed out every group it needs.
         self._open_jobs: set[FileJob] = set()

@@ -15,8 +15,8 @@ import functools
 from typing import Any, Iterable
 
 from drtool.backends.base import Backend
-from drtool.backends.capabilities import (BufferedReads, LocationSetup, ObjectLock, ServerClock,
-                                          TemporaryCleanup, ViewReads, supports)
+from drtool.backends.capabilities import (BufferedReads, ConcurrentReads, LocationSetup, ObjectLock,
+                                          ServerClock, TemporaryCleanup, ViewReads, supports)
 
 
 class _ViewReads:
@@ -31,6 +31,13 @@ class _BufferedReads:
 
     def get_range_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
         return self.inner.get_range_into(name, offset, length, buf)  # type: ignore[no-any-return]
+
+
+class _ConcurrentReads:
+    inner: Any
+
+    def read_concurrency(self) -> tuple[int, int]:
+        return self.inner.read_concurrency()  # type: ignore[no-any-return]
 
 
 class _ObjectLock:
@@ -68,7 +75,8 @@ class _TemporaryCleanup:
 
 
 FORWARDERS: dict[type, type] = {
-    ViewReads: _ViewReads, BufferedReads: _BufferedReads, ObjectLock: _ObjectLock,
+    ViewReads: _ViewReads, BufferedReads: _BufferedReads, ConcurrentReads: _ConcurrentReads,
+    ObjectLock: _ObjectLock,
     ServerClock: _ServerClock, LocationSetup: _LocationSetup, TemporaryCleanup: _TemporaryCleanup,
 }
 
