@@ -60,7 +60,7 @@ def parse_options(options: Mapping[str, Any]) -> dict[str, Any]:
         value = options.get(key)
         opts[key] = str(value) if value not in (None, "") else None
     for key in RATE_OPTIONS:
-        opts[key] = parse_rate(options.get(key), f"S3 option {key}")
+        opts[key] = parse_rate(options.get(key), f"--{key.replace('_', '-')} ([s3] {key})")
     flag = options.get("create_bucket", "")
     opts["create_bucket"] = flag is True or str(flag).lower() in ("1", "true", "yes", "on")
     _check_values(opts)

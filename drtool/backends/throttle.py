@@ -37,6 +37,8 @@ def parse_rate(value: object, what: str) -> int | None:
         raise UsageError(f"{what} {value!r} is not a rate in bytes per second",
                          hint="give a number of bytes per second, optionally with a unit: "
                               "500000, 800KiB, 12.5MB, 1GiB") from None
+    if rate == 0:
+        return None
     if rate < 1024:
         raise UsageError(f"{what} {value!r} is below 1 KiB per second",
                          hint="give bytes per second, e.g. 10MiB; 0 means no limit")

@@ -66,6 +66,7 @@ class RestoreResult:
     not_overwritten: list[str] = field(default_factory=list)
     overwritten_count: int = 0
     not_overwritten_count: int = 0
+    requests: dict[str, float] = field(default_factory=dict)  # the backend's counts (cost, limits)
 
     def note(self, replaced: bool, line: str) -> None:
         """An existing entry that was (or would be) replaced, or kept although it differs."""
@@ -86,7 +87,7 @@ class RestoreResult:
                 "skipped": self.skipped, "dry_run": self.plan_only, "overwrite": self.overwrite,
                 "overwritten": self.overwritten, "overwritten_count": self.overwritten_count,
                 "not_overwritten": self.not_overwritten,
-                "not_overwritten_count": self.not_overwritten_count}
+                "not_overwritten_count": self.not_overwritten_count, "requests": self.requests}
 
 
 def selected(path: str, includes: list[str]) -> bool:
@@ -521,5 +522,7 @@ def restore(session: Session, snap: Snapshot, target: str, *, includes: list[str
         session.repo.load_index()
         session.repo.limit_group_cache(RESTORE_GROUP_CACHE)
         with collector_paused():
-            return Restorer(session, snap, target, includes=includes or [], allow_partial=allow_partial,
-                            progress=progress, overwrite=overwrite).run()
+            result = Restorer(session, snap, target, includes=includes or [], allow_partial=allow_partial,
+                              progress=progress, overwrite=overwrite).run()
+        result.requests = session.repo.backend.stats.as_dict()
+        return result
