@@ -143,7 +143,7 @@ def test_each_backend_has_its_capabilities(tmp_path: Path, moto_server: MotoServ
                                        "ConditionalCreate", "LocationSetup", "TemporaryCleanup"}
     s3 = S3Backend.from_url("s3://bucket/prefix", {})
     assert _capabilities_of(s3) == {"ConditionalCreate", "ObjectLock", "ServerClock", "LocationSetup",
-                                    "BufferedReads", "ConcurrentReads"}
+                                    "BufferedReads", "ConcurrentReads", "PartWrites"}
     assert capabilities.read_concurrency(s3) == (4, 16 * 1024 * 1024)  # [s3] connections, ~a pack
     assert capabilities.read_concurrency(local) is None  # local restores read on the decrypting threads
     assert _capabilities_of(MemoryBackend()) == {"ConditionalCreate"}

@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 import boto3
@@ -41,7 +41,7 @@ from drtool.backends.s3_errors import (BODY_ERRORS, CLIENT_ERRORS, STAT_FIELDS, 
                                        classify_conditional, error_code, is_missing)
 from drtool.backends.s3_options import MIN_PART, parse_options
 from drtool.backends.s3_upload import MultipartUpload, md5, multipart_etag
-from drtool.backends.throttle import CHUNK, ThrottledBody, TokenBucket
+from drtool.backends.throttle import CHUNK, PartsBody, TokenBucket, throttled
 from drtool.errors import (BackendError, ObjectMissing, RepositoryNotFound, TransientBackendError,
                            UsageError)
 
@@ -137,9 +137,13 @@ class S3Backend(Backend):
         """``connections`` ranged reads of up to 16 MiB in flight (capability ConcurrentReads)."""
         return int(self.opts["connections"]), READ_REQUEST_BYTES
 
-    def body(self, data: bytes | memoryview) -> bytes | memoryview | ThrottledBody:
+    def body(self, data: bytes | memoryview | PartsBody) -> bytes | memoryview | PartsBody:
         """A request body, read through the upload limit when there is one."""
-        return data if self.upload_limit is None else ThrottledBody(data, self.upload_limit)
+        if isinstance(data, PartsBody):
+            data.seek(0)
+            data.bucket = self.upload_limit
+            return data
+        return data if self.upload_limit is None else throttled(data, self.upload_limit)
 
     def _limit(self, rate: int | None) -> TokenBucket | None:
         if not rate:
@@ -266,6 +270,15 @@ class S3Backend(Backend):
     def put(self, name: str, data: bytes) -> None:
         self._store(name, bytes(data), conditional=False)
 
+    def put_parts(self, name: str, parts: Sequence[bytes | bytearray]) -> None:
+        """One PUT whose body is read from the parts in turn (capability PartWrites): a pack goes
+        up without being joined into a second 16 MiB copy first."""
+        body = PartsBody(parts)
+        if len(body) >= self.opts["multipart_threshold"]:
+            self.put(name, b"".join(parts))  # rare (packs are ~16 MiB); multipart wants bytes
+        else:
+            self._store(name, body, conditional=False)
+
     def put_if_absent(self, name: str, data: bytes) -> bool:
         """Conditional create (If-None-Match: *); HEAD-then-PUT on servers without it."""
         if self._conditional_put is not False:
@@ -292,7 +305,7 @@ class S3Backend(Backend):
         etag = str(head.get("ETag", "")).strip('"')
         return etag in (md5(data).hex(), multipart_etag(self.opts, data))
 
-    def _store(self, name: str, data: bytes, conditional: bool) -> None:
+    def _store(self, name: str, data: bytes | PartsBody, conditional: bool) -> None:
         """Upload, then verify with a HEAD; an upload that does not verify is sent again."""
         problem = ""
         for attempt in range(self.opts["read_attempts"]):
@@ -311,14 +324,15 @@ class S3Backend(Backend):
                 return
         raise TransientBackendError(f"S3 upload of {name} did not verify: {problem}")
 
-    def _upload(self, name: str, data: bytes, args: dict[str, Any]) -> str:
+    def _upload(self, name: str, data: bytes | PartsBody, args: dict[str, Any]) -> str:
         """One upload (single PUT or multipart); return the ETag the object must then have."""
         self._add_stat("bytes_up", len(data))
-        if len(data) >= self.opts["multipart_threshold"] and len(data) > MIN_PART:
+        if isinstance(data, bytes) and len(data) >= self.opts["multipart_threshold"] and len(data) > MIN_PART:
             return MultipartUpload(self, name, data, args).run()
-        args.update(Body=self.body(data), ContentMD5=base64.b64encode(md5(data)).decode("ascii"))
+        digest = data.md5() if isinstance(data, PartsBody) else md5(data)
+        args.update(Body=self.body(data), ContentMD5=base64.b64encode(digest).decode("ascii"))
         self.conditional_call("uploading", name, self.client.put_object, args)
-        return md5(data).hex()
+        return digest.hex()
 
     def _verify_problem(self, head: Mapping[str, Any] | None, size: int, expected_etag: str) -> str:
         """Why the stored object is not what we sent ("" when it is): a 200 is not proof."""

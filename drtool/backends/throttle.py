@@ -12,9 +12,11 @@ sleep are injected so that tests can check the arithmetic without waiting.
 """
 from __future__ import annotations
 
+import bisect
+import hashlib
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from drtool.errors import UsageError
 
@@ -75,28 +77,48 @@ class TokenBucket:
             self._sleep(wait)
 
 
-class ThrottledBody:
-    """A request body (bytes) read through a token bucket: botocore and http.client read it in
-    blocks, each block waits for its tokens.  Seekable, so botocore can resend it on a retry."""
+class PartsBody:
+    """A request body given as parts (a pack's groups, trailer and footer), read in sequence
+    without joining them: no second 16 MiB copy of every pack on its way up.  Reads go through
+    a token bucket when there is one.  Seekable, so botocore can resend it on a retry."""
 
-    def __init__(self, data: bytes | memoryview, bucket: TokenBucket) -> None:
-        self._data = memoryview(data)
-        self._bucket = bucket
+    def __init__(self, parts: Sequence[bytes | bytearray | memoryview], bucket: TokenBucket | None = None) -> None:
+        self._parts = [memoryview(p).cast("B") for p in parts if len(p)]
+        self._starts = []
+        total = 0
+        for part in self._parts:
+            self._starts.append(total)
+            total += len(part)
+        self._size = total
         self._pos = 0
+        self.bucket = bucket
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._size
+
+    def md5(self) -> bytes:
+        digest = hashlib.md5(usedforsecurity=False)
+        for part in self._parts:
+            digest.update(part)
+        return digest.digest()
 
     def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size is None or size < 0 else min(len(self._data), self._pos + size)
-        piece = self._data[self._pos:end]
-        self._bucket.take(len(piece))
-        self._pos = end
-        return bytes(piece)
+        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        pieces = []
+        index = bisect.bisect_right(self._starts, self._pos) - 1 if self._parts else 0
+        while self._pos < end:
+            part, start = self._parts[index], self._starts[index]
+            piece = part[self._pos - start:min(len(part), end - start)]
+            pieces.append(piece)
+            self._pos += len(piece)
+            index += 1
+        if self.bucket is not None:
+            self.bucket.take(sum(len(p) for p in pieces))
+        return b"".join(pieces)
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: len(self._data)}[whence]
-        self._pos = max(0, min(len(self._data), base + offset))
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, min(self._size, base + offset))
         return self._pos
 
     def tell(self) -> int:
@@ -107,3 +129,8 @@ class ThrottledBody:
 
     def readable(self) -> bool:
         return True
+
+
+def throttled(data: bytes | bytearray | memoryview, bucket: TokenBucket) -> PartsBody:
+    """``data`` as a body whose reads wait for ``bucket``."""
+    return PartsBody([data], bucket)
