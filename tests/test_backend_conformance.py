@@ -19,7 +19,8 @@ import pytest
 
 from drtool.backends import capabilities
 from drtool.backends.base import Backend, ObjectInfo
-from drtool.backends.capabilities import (CAPABILITIES, BufferedReads, ConcurrentReads, ConditionalCreate,
+from drtool.backends.capabilities import (CAPABILITIES, BufferedReads, ColdStorage, ConcurrentReads,
+                                          ConditionalCreate,
                                           LocationSetup,
                                           ObjectLock, PartWrites, ServerClock, StagedWrites, TemporaryCleanup,
                                           ViewReads, supports)
@@ -143,7 +144,7 @@ def test_each_backend_has_its_capabilities(tmp_path: Path, moto_server: MotoServ
                                        "ConditionalCreate", "LocationSetup", "TemporaryCleanup"}
     s3 = S3Backend.from_url("s3://bucket/prefix", {})
     assert _capabilities_of(s3) == {"ConditionalCreate", "ObjectLock", "ServerClock", "LocationSetup",
-                                    "BufferedReads", "ConcurrentReads", "PartWrites"}
+                                    "BufferedReads", "ConcurrentReads", "PartWrites", "ColdStorage"}
     assert capabilities.read_concurrency(s3) == (4, 16 * 1024 * 1024)  # [s3] connections, ~a pack
     assert capabilities.read_concurrency(local) is None  # local restores read on the decrypting threads
     assert _capabilities_of(MemoryBackend()) == {"ConditionalCreate"}
@@ -177,7 +178,8 @@ def test_wrappers_mirror_exactly_the_capabilities_of_what_they_wrap(tmp_path: Pa
     faulty = FaultyBackend(Locking())
     assert supports(faulty, ObjectLock) and capabilities.is_locked(faulty, "snapshots/kept")
     assert not capabilities.is_locked(FaultyBackend(MemoryBackend()), "snapshots/kept")
-    for cap in (PartWrites, ConditionalCreate, ConcurrentReads, LocationSetup, ServerClock, TemporaryCleanup):
+    for cap in (PartWrites, ConditionalCreate, ConcurrentReads, ColdStorage, LocationSetup, ServerClock,
+                TemporaryCleanup):
         assert cap in CAPABILITIES
 
 

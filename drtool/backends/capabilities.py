@@ -87,6 +87,24 @@ class ConcurrentReads(Protocol):
 
 
 @runtime_checkable
+class ColdStorage(Protocol):
+    """Objects that may sit in an archive tier (S3 GLACIER, DEEP_ARCHIVE) and must be warmed
+    (RestoreObject) before they can be read.  Fallback: everything is always readable.
+    """
+
+    def cold_state(self, name: str) -> str:
+        """``"hot"`` (readable now), ``"cold"`` (must be warmed) or ``"warming"`` (requested);
+        ObjectMissing when absent."""
+
+    def request_warm(self, name: str) -> None:
+        """Ask the store to make ``name`` readable for a while (its configured days and tier;
+        idempotent: a request already under way is fine)."""
+
+    def warm_profile(self) -> tuple[str, str, int]:
+        """(archive class of new packs or "", retrieval tier, days kept readable), for estimates."""
+
+
+@runtime_checkable
 class ConditionalCreate(Protocol):
     """Create an object only if no object of that name exists, atomically.
 
@@ -154,7 +172,7 @@ class TemporaryCleanup(Protocol):
 
 
 CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ConcurrentReads,
-                                  ConditionalCreate, ObjectLock, ServerClock, LocationSetup,
+                                  ColdStorage, ConditionalCreate, ObjectLock, ServerClock, LocationSetup,
                                   TemporaryCleanup)
 
 
@@ -224,6 +242,11 @@ def read_concurrency(backend: Backend) -> tuple[int, int] | None:
     if supports(backend, ConcurrentReads):
         return backend.read_concurrency()  # type: ignore[attr-defined, no-any-return]
     return None
+
+
+def cold_storage(backend: Backend) -> ColdStorage | None:
+    """The backend as a :class:`ColdStorage`, or None when nothing it holds is ever cold."""
+    return backend if supports(backend, ColdStorage) else None  # type: ignore[return-value]
 
 
 # ----- object lock, clock, location, temporaries -----------------------------------------------

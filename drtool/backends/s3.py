@@ -34,6 +34,7 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
+from drtool.backends import s3_cold
 from drtool.backends.base import Backend, ObjectInfo
 from drtool.backends.capabilities import check_then_put
 from drtool.backends.s3_errors import (BODY_ERRORS, CLIENT_ERRORS, STAT_FIELDS, ErrorMapper,
@@ -144,6 +145,19 @@ class S3Backend(Backend):
             data.bucket = self.upload_limit
             return data
         return data if self.upload_limit is None else throttled(data, self.upload_limit)
+
+    # -- archive classes (capability ColdStorage; see s3_cold) --------------
+
+    def cold_state(self, name: str) -> str:
+        return s3_cold.cold_state(self, name)
+
+    def request_warm(self, name: str) -> None:
+        s3_cold.request_warm(self, name)
+
+    def warm_profile(self) -> tuple[str, str, int]:
+        storage_class = self.opts["storage_class"] or ""
+        return (storage_class if storage_class in s3_cold.ARCHIVE_CLASSES else "",
+                self.opts["restore_tier"], int(self.opts["restore_days"]))
 
     def _limit(self, rate: int | None) -> TokenBucket | None:
         if not rate:

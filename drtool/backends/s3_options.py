@@ -18,10 +18,10 @@ MAX_PARTS = 10_000
 
 INT_OPTIONS: dict[str, int | None] = {
     "object_lock_days": None, "multipart_threshold": 64 * MiB, "multipart_chunksize": 16 * MiB,
-    "connections": 4, "max_attempts": 6, "read_attempts": 4}
+    "connections": 4, "max_attempts": 6, "read_attempts": 4, "restore_days": 7}
 FLOAT_OPTIONS = {"connect_timeout": 10.0, "read_timeout": 60.0, "read_retry_backoff": 0.2}
 STR_OPTIONS = {"endpoint_url", "region", "addressing_style", "storage_class", "sse",
-               "sse_kms_key_id", "object_lock_mode", "retry_mode"}
+               "sse_kms_key_id", "object_lock_mode", "retry_mode", "restore_tier"}
 RATE_OPTIONS = ("limit_upload", "limit_download")  # bytes per second; None = no limit
 # Older names still accepted in configs: old -> new.
 ALIASES = {"max_connections": "connections"}
@@ -29,8 +29,9 @@ KNOWN_OPTIONS = (set(INT_OPTIONS) | set(FLOAT_OPTIONS) | STR_OPTIONS | set(RATE_
                  | {"create_bucket"})
 CHOICES = {"addressing_style": ("auto", "path", "virtual"), "sse": ("AES256", "aws:kms"),
            "object_lock_mode": ("GOVERNANCE", "COMPLIANCE"),
-           "retry_mode": ("standard", "adaptive", "legacy")}
-POSITIVE = ("object_lock_days", "multipart_threshold", "connections", "max_attempts",
+           "retry_mode": ("standard", "adaptive", "legacy"),
+           "restore_tier": ("Expedited", "Standard", "Bulk")}
+POSITIVE = ("object_lock_days", "multipart_threshold", "connections", "max_attempts", "restore_days",
             "read_attempts")
 
 
@@ -73,6 +74,7 @@ def _check_values(opts: dict[str, Any]) -> None:
 
     if opts["object_lock_mode"]:
         opts["object_lock_mode"] = opts["object_lock_mode"].upper()
+    opts["restore_tier"] = (opts["restore_tier"] or "Standard").capitalize()
     for key, allowed in CHOICES.items():
         if opts[key] is not None and opts[key] not in allowed:
             bad(f"{key} must be one of {', '.join(allowed)}")

@@ -28,6 +28,8 @@ from typing import Callable, Iterator
 
 from drtool.errors import DrtoolError, IntegrityError, RestoreTargetError, UsageError
 from drtool.core.heap import collector_paused
+from drtool.backends import capabilities
+from drtool.repository import warming
 from drtool.restore.groups import Aborted, FileJob, GroupPlanner, GroupWriter
 from drtool.restore.target import (CONFLICT, CREATE_FLAGS, DEFAULT_POLICY, KEEP, NEW, REPLACE,
                                        DirHandle, Existing, check_policy, enter_dir, judge_file,
@@ -37,7 +39,7 @@ from drtool.core.session import Session
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Snapshot
 from drtool.snapshot.names import display
-from drtool.snapshot.store import load_tree_checked
+from drtool.snapshot.store import load_tree_checked, walk_tree
 
 # One worker per core: more threads only add GIL handoffs and page-fault churn
 # (measured on the full bench: 2 workers 3.7 s, 4 workers 5.6 s, 6 workers 8.8 s).
@@ -67,6 +69,7 @@ class RestoreResult:
     overwritten_count: int = 0
     not_overwritten_count: int = 0
     requests: dict[str, float] = field(default_factory=dict)  # the backend's counts (cost, limits)
+    warm: dict[str, object] | None = None  # packs in an archive class that were (to be) warmed
 
     def note(self, replaced: bool, line: str) -> None:
         """An existing entry that was (or would be) replaced, or kept although it differs."""
@@ -87,7 +90,8 @@ class RestoreResult:
                 "skipped": self.skipped, "dry_run": self.plan_only, "overwrite": self.overwrite,
                 "overwritten": self.overwritten, "overwritten_count": self.overwritten_count,
                 "not_overwritten": self.not_overwritten,
-                "not_overwritten_count": self.not_overwritten_count, "requests": self.requests}
+                "not_overwritten_count": self.not_overwritten_count, "requests": self.requests,
+                "warm": self.warm}
 
 
 def selected(path: str, includes: list[str]) -> bool:
@@ -508,11 +512,49 @@ def _target_error(exc: OSError, path: str) -> DrtoolError:
     return RestoreTargetError(f"cannot write {path}: {exc.strerror}")
 
 
+def cold_packs(repo: Repository, snap: Snapshot, includes: list[str], *,
+               wait: bool) -> warming.WarmPlan | None:
+    """Packs of the snapshot in an archive class: warmed and waited for (``wait``) or only planned.
+
+    Trees come first (a snapshot cannot be walked before its tree packs are
+    readable), then the data packs of the files selected.  On a store with
+    archive classes but none configured, the tree packs are the sample: when
+    none is cold (no lifecycle rule moved them) the data packs are not asked.
+    """
+    store = capabilities.cold_storage(repo.backend)
+    if store is None:
+        return None
+    step = warming.warm if wait else warming.plan
+    trees = step(repo, warming.tree_packs(repo))
+    assert trees is not None
+    trees.scope = "trees"
+    if not store.warm_profile()[0] and not trees.needed:
+        return trees
+    if trees.needed and not wait:
+        return trees  # the data packs are known only once the trees can be read
+    includes = normalize_includes(repo, snap, includes)
+    data: set[bytes] = set()
+    for path, node in walk_tree(repo, snap.tree):
+        if node.type == FILE and (not includes or selected(path, includes)):
+            data.update(repo.locate(bytes.fromhex(c)).pack_id for c in node.content)
+    return step(repo, data)
+
+
 def plan(session: Session, snap: Snapshot, target: str, includes: list[str],
          overwrite: str = DEFAULT_POLICY) -> RestoreResult:
-    """What a restore would do, without writing anything (``--dry-run``): the same walk, read-only."""
+    """What a restore would do, without writing anything (``--dry-run``): the same walk, read-only.
+
+    With tree packs still in an archive class nothing can be walked: the
+    result then only says which tree packs must be warmed first.
+    """
     session.repo.load_index()
-    return Restorer(session, snap, target, includes=includes, overwrite=overwrite, dry_run=True).run()
+    warm = cold_packs(session.repo, snap, includes, wait=False)
+    if warm is not None and warm.scope == "trees" and warm.needed:
+        result = RestoreResult(snap, os.path.abspath(target), plan_only=True)
+    else:
+        result = Restorer(session, snap, target, includes=includes, overwrite=overwrite, dry_run=True).run()
+    result.warm = warm.as_dict() if warm is not None else None
+    return result
 
 
 def restore(session: Session, snap: Snapshot, target: str, *, includes: list[str] | None = None,
@@ -521,8 +563,10 @@ def restore(session: Session, snap: Snapshot, target: str, *, includes: list[str
     with session.lock("restore", read_only_ok=True):
         session.repo.load_index()
         session.repo.limit_group_cache(RESTORE_GROUP_CACHE)
+        warm = cold_packs(session.repo, snap, includes or [], wait=True)
         with collector_paused():
             result = Restorer(session, snap, target, includes=includes or [], allow_partial=allow_partial,
                               progress=progress, overwrite=overwrite).run()
         result.requests = session.repo.backend.stats.as_dict()
+        result.warm = warm.as_dict() if warm is not None else None
         return result
