@@ -76,11 +76,18 @@ def test_cold_packs_are_warmed_before_a_restore(moto_server: MotoServer, tmp_pat
     assert "must warm first:" in text.out and "tree packs" in text.out
     assert not (tmp_path / "out").exists()
 
+    copy = dr.run("copy", "--to", str(tmp_path / "hot-copy"), "--json")  # a cold source: warmed first
+    assert copy.code == 0, copy.err
+    copied = json.loads(copy.out)
+    assert copied["warm"]["scope"] == "data" and copied["warm"]["packs_to_warm"] >= 1
+    assert len(copied["copied"]) == 1
+    assert "restore requested (Bulk tier, readable for 2 days)" in copy.err
+
     restore = dr.run("restore", "latest", "--target", str(tmp_path / "out"), "--json")
     assert restore.code == 0, restore.err
     result = json.loads(restore.out)
-    assert result["warm"]["scope"] == "data" and result["files"] == 2
-    assert "restore requested (Bulk tier, readable for 2 days)" in restore.err
+    assert result["warm"]["scope"] == "data" and result["warm"]["packs_checked"] >= 1
+    assert result["warm"]["packs_to_warm"] == 0 and result["files"] == 2  # the copy warmed them
     assert (tmp_path / "out" / "src" / "media" / "a.bin").read_bytes() == (src / "media" / "a.bin").read_bytes()
     assert (tmp_path / "out" / "src" / "notes.txt").read_text() == (src / "notes.txt").read_text()
     client = make_client(moto_server.url)

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 from drtool.errors import DrtoolError, IntegrityError, RestoreTargetError, UsageError
 from drtool.core.heap import collector_paused
-from drtool.backends import capabilities
+from drtool.core import coldpacks
 from drtool.repository import warming
 from drtool.restore.groups import Aborted, FileJob, GroupPlanner, GroupWriter
 from drtool.restore.target import (CONFLICT, CREATE_FLAGS, DEFAULT_POLICY, KEEP, NEW, REPLACE,
@@ -39,7 +39,7 @@ from drtool.core.session import Session
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Snapshot
 from drtool.snapshot.names import display
-from drtool.snapshot.store import load_tree_checked, walk_tree
+from drtool.snapshot.store import load_tree_checked
 
 # One worker per core: more threads only add GIL handoffs and page-fault churn
 # (measured on the full bench: 2 workers 3.7 s, 4 workers 5.6 s, 6 workers 8.8 s).
@@ -514,30 +514,14 @@ def _target_error(exc: OSError, path: str) -> DrtoolError:
 
 def cold_packs(repo: Repository, snap: Snapshot, includes: list[str], *,
                wait: bool) -> warming.WarmPlan | None:
-    """Packs of the snapshot in an archive class: warmed and waited for (``wait``) or only planned.
-
-    Trees come first (a snapshot cannot be walked before its tree packs are
-    readable), then the data packs of the files selected.  On a store with
-    archive classes but none configured, the tree packs are the sample: when
-    none is cold (no lifecycle rule moved them) the data packs are not asked.
-    """
-    store = capabilities.cold_storage(repo.backend)
-    if store is None:
-        return None
-    step = warming.warm if wait else warming.plan
-    trees = step(repo, warming.tree_packs(repo))
-    assert trees is not None
-    trees.scope = "trees"
-    if not store.warm_profile()[0] and not trees.needed:
+    """Packs of the snapshot in an archive class: warmed and waited for (``wait``) or only planned
+    (``--dry-run``: then, with tree packs still cold, only those are known)."""
+    trees = coldpacks.warm_trees(repo, wait=wait)
+    if trees is None or not coldpacks.data_needs_checking(repo, trees) or (trees.needed and not wait):
         return trees
-    if trees.needed and not wait:
-        return trees  # the data packs are known only once the trees can be read
     includes = normalize_includes(repo, snap, includes)
-    data: set[bytes] = set()
-    for path, node in walk_tree(repo, snap.tree):
-        if node.type == FILE and (not includes or selected(path, includes)):
-            data.update(repo.locate(bytes.fromhex(c)).pack_id for c in node.content)
-    return step(repo, data)
+    return coldpacks.warm_data(repo, [snap.tree], (lambda path: selected(path, includes)) if includes else None,
+                               wait=wait)
 
 
 def plan(session: Session, snap: Snapshot, target: str, includes: list[str],
