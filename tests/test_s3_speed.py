@@ -218,3 +218,40 @@ def test_limits_slow_a_real_transfer_and_show_in_json(moto_server: MotoServer, t
     assert requests["limit_download"] == MiB and requests["bytes_down"] > 2 * MiB
     assert down_seconds >= (requests["bytes_down"] / MiB) * 0.95 - 0.25
     assert (tmp_path / "out" / "src" / "photo.raw").read_bytes() == (src / "photo.raw").read_bytes()
+
+
+class _PackReader:
+    """Just what RangeFetcher needs of a repository: ranged reads of packs, recorded."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[bytes, int, int]] = []
+
+    def read_pack_range_into(self, pack_id: bytes, offset: int, length: int, buf: bytearray) -> memoryview:
+        self.reads.append((pack_id, offset, length))
+        view = memoryview(buf)[:length]
+        view[:] = bytes((offset + i) % 251 for i in range(length))
+        return view
+
+
+def test_fetcher_merges_a_group_handed_out_twice_and_cuts_spans_at_gaps() -> None:
+    from drtool.repository.index import Location
+    from drtool.restore.fetch import MAX_GAP, RangeFetcher
+    reader = _PackReader()
+    delivered: list[tuple[int, list, bytes]] = []
+
+    def deliver(loc, refs, sealed, error, done):  # type: ignore[no-untyped-def]
+        assert error is None
+        delivered.append((loc.offset, refs, bytes(sealed)))
+        done()
+
+    fetcher = RangeFetcher(reader, 2, 1000, deliver)  # type: ignore[arg-type]
+    pack = b"p" * 32
+    for offset, ref in ((0, "a"), (100, "b"), (0, "c"), (200 + MAX_GAP + 1, "d")):
+        fetcher.add(Location(pack, 0, offset, 100, 0, 0), [ref])
+    fetcher.wait()
+    fetcher.shutdown()
+    assert reader.reads == [(pack, 0, 200), (pack, 200 + MAX_GAP + 1, 100)]  # the gap splits, 0 read once
+    assert sorted((o, r) for o, r, _ in delivered) == [(0, ["a", "c"]), (100, ["b"]), (200 + MAX_GAP + 1, ["d"])]
+    for offset, _refs, data in delivered:  # each group gets exactly its own bytes of the span
+        assert data == bytes((offset + i) % 251 for i in range(100))
+    assert fetcher.budget.used == 0 and fetcher.budget.peak <= 2 * 1000

@@ -115,8 +115,16 @@ class RangeFetcher:
             self._send_pack(next(iter(self._pending)))
 
     def _send_pack(self, pack: bytes) -> None:
-        groups = sorted(self._pending.pop(pack), key=lambda g: g[0].offset)
+        """Send the groups held for ``pack`` as spans; a group handed out again while held (the
+        walk came back to it: blobs shared by many files) is read and opened once."""
+        merged: dict[int, tuple[Location, list]] = {}
+        for loc, refs in self._pending.pop(pack):
+            if loc.offset in merged:
+                merged[loc.offset][1].extend(refs)
+            else:
+                merged[loc.offset] = (loc, list(refs))
         self._held -= self._pending_bytes.pop(pack)
+        groups = sorted(merged.values(), key=lambda g: g[0].offset)
         span = Span(*groups[0])
         for loc, refs in groups[1:]:
             if span.takes(loc, self.request_bytes):

@@ -160,7 +160,7 @@ class GroupWriter:
         if self.fetcher is not None:
             # Sealed bytes arrive in the fetcher's buffers: a worker holds only its plaintext and
             # zstd's input, so fewer spare buffers do (each may be a 16 MiB text group).
-            self._buffers.keep = 2 * workers
+            self._buffers.keep = workers
 
     def submit(self, loc: Location, refs: list[BlobRef]) -> None:
         if self.fetcher is not None:
