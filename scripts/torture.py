@@ -44,7 +44,6 @@ from drtool.databases import logarchive  # noqa: E402
 from drtool.core.session import OpenOptions  # noqa: E402
 
 PASSWORD = "torture passphrase"
-FAST_KDF = ["--kdf-memory-kib", "1024", "--kdf-iterations", "1"]
 CRASH_POINTS = {
     "backup": ["backup-before-flush", "backup-before-snapshot", "backup-after-snapshot"],
     "prune": ["prune-after-repack", "prune-after-index-write", "prune-after-record",
@@ -346,7 +345,7 @@ def copy_available(lab: Lab) -> bool:
 
 def op_copy(lab: Lab, mirror: Lab, kill_rate: float) -> Outcome:
     env = {"DRTOOL_TO_CATALOG": mirror.catalog}
-    return run_killable(lab, "copy", ["copy", "--to", mirror.url, *FAST_KDF], kill_rate, env)
+    return run_killable(lab, "copy", ["copy", "--to", mirror.url], kill_rate, env)
 
 
 SIMPLE_OPS = {"forget": ["forget", "--name", "files", "--keep-last", "3", "--keep-tag", "keep"],
@@ -380,22 +379,23 @@ def one_s3_op(lab: Lab, source: Source) -> Outcome | None:
 
 # ----- phases -----------------------------------------------------------------------------------
 def init_lab(lab: Lab) -> None:
-    result = lab.cli(["init", *FAST_KDF])
+    result = lab.cli(["init"])
     if result.returncode != 0:
         raise SystemExit(f"torture: cannot create the {lab.name} repository: {result.stderr.strip()}")
 
 
-def local_phase(work: Path, rng: random.Random, tally: Tally, deadline: float) -> list[Lab]:
+def local_phase(work: Path, rng: random.Random, tally: Tally, deadline: float, min_runs: int = 0) -> list[Lab]:
     expected: dict[str, dict[str, str]] = {}
     lab = Lab("local", work, str(work / "repo"), tally, rng, expected)
     init_lab(lab)
     source = Source(work / "src", rng)
     mirror = Lab("mirror", work, str(work / "mirror"), tally, rng, expected) if copy_available(lab) else None
-    quiet = 0
-    while time.monotonic() < deadline:
+    quiet = runs = 0
+    while time.monotonic() < deadline or runs < min_runs:
         kind, outcome = one_local_op(lab, source, mirror, kill_rate=0.5)
         if outcome is None:
             continue
+        runs += 1
         touched = [lab] + ([mirror] if kind == "copy" and mirror and mirror_exists(mirror) else [])
         for each in touched:
             if outcome.killed:
@@ -467,7 +467,7 @@ def create_bucket(endpoint: str) -> str:
     return bucket
 
 
-def s3_phase(work: Path, rng: random.Random, tally: Tally, deadline: float) -> list[Lab]:
+def s3_phase(work: Path, rng: random.Random, tally: Tally, deadline: float, min_runs: int = 0) -> list[Lab]:
     from fault_proxy import FAULTS, FaultProxy
 
     work.mkdir(parents=True, exist_ok=True)
@@ -489,7 +489,9 @@ def s3_phase(work: Path, rng: random.Random, tally: Tally, deadline: float) -> l
         init_lab(lab)
         source = Source(work / "src", rng)
         switch = FaultSwitch(proxy, FAULTS, tally)
-        while time.monotonic() < deadline:
+        runs = 0
+        while time.monotonic() < deadline or runs < min_runs:
+            runs += 1
             switch.on()
             outcome = one_s3_op(lab, source)
             switch.off()  # the promises are checked without faults
@@ -568,6 +570,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 + fault proxy phase")
     parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    parser.add_argument("--min-runs", type=int, default=0, metavar="N",
+                        help="run at least N operations per phase, however slow the machine (short CI runs)")
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2 ** 31)
@@ -586,11 +590,11 @@ def main(argv: list[str] | None = None) -> int:
     labs: list[Lab] = []
     print(f"drtool torture: seed {args.seed}, work {work} (host {socket.gethostname()})", flush=True)
     try:
-        labs += local_phase(work / "local", rng, phases["local"], started + max(5.0, budget - s3_time))
+        labs += local_phase(work / "local", rng, phases["local"], started + max(5.0, budget - s3_time), args.min_runs)
         copy = any(lab.name == "mirror" for lab in labs) or copy_available(labs[0])
         if not args.no_s3:
             phases["s3"] = Tally()
-            labs += s3_phase(work / "s3", rng, phases["s3"], time.monotonic() + s3_time)
+            labs += s3_phase(work / "s3", rng, phases["s3"], time.monotonic() + s3_time, args.min_runs)
         data = summary(phases, labs, args, work, copy)
     finally:
         if not args.keep:

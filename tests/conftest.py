@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 
 from drtool import api
-from drtool.crypto.keys import KdfParams
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
-FAST_KDF = ["--kdf-memory-kib", "1024", "--kdf-iterations", "1"]
 
 
 @dataclass
@@ -60,7 +58,7 @@ class DrEnv:
                               capture_output=True, text=True, timeout=timeout, cwd=self.tmp)
 
     def init(self) -> CliResult:
-        result = self.run("init", *FAST_KDF)
+        result = self.run("init")
         assert result.code == 0, result.err
         return result
 
@@ -88,8 +86,8 @@ def repo_env(dr: DrEnv) -> DrEnv:
     return dr
 
 
-def fast_init(repo: str, catalog: str) -> str:
-    return api.init(repo, PASSWORD.encode(), catalog=catalog, kdf=KdfParams.fast_for_tests())
+def init_repo(repo: str, catalog: str) -> str:
+    return api.init(repo, PASSWORD.encode(), catalog=catalog)  # the default key derivation, as deployed
 
 
 def spawn_without_override(env: DrEnv, *args: str) -> subprocess.CompletedProcess[str]:

@@ -108,7 +108,7 @@ def persist(env: DrEnv, *args: str, tries: int = 5) -> list[subprocess.Completed
 
 def test_backups_and_restores_at_10_percent_faults(s3_env: tuple[DrEnv, FaultProxy], tmp_path: Path) -> None:
     env, proxy = s3_env
-    init = cli(env, "init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1")
+    init = cli(env, "init")
     assert init.returncode == 0, init.stderr
     for fault in FAULTS:
         proxy.add("*", fault, rate=PER_KIND)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 
-from drtool.crypto.keys import KdfParams
 from drtool.repository.packfile import DATA_BLOB, BufferPool, OpenGroup, open_group, seal_open_group
 from drtool.repository.repo import GROUP_TARGET_SIZE, RepoConfig, Repository
 from drtool.testing import MemoryBackend
@@ -11,7 +10,7 @@ from drtool.testing import MemoryBackend
 
 def _repo() -> Repository:
     config = RepoConfig(repo_id="groups", file_chunk_avg=64 * 1024, stream_chunk_avg=4096)
-    return Repository.init(MemoryBackend(), b"pw", kdf=KdfParams.fast_for_tests(), config=config)
+    return Repository.init(MemoryBackend(), b"pw", config=config)
 
 
 def test_a_blob_larger_than_the_group_buffer_grows_it_and_reads_back() -> None:

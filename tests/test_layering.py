@@ -146,3 +146,30 @@ def test_third_party_boundaries() -> None:
             for name in names:
                 if name in rules:
                     assert rel.startswith(rules[name]), f"{rel} imports {name}"
+
+
+# The CLI goes through one door: drtool.api (and the exit codes in drtool.errors).
+DOORS = {"cli": {"api", "errors", "cli", "__init__"}, "__main__": {"cli"}}
+
+
+def door_violations(module: str, source: str, is_package: bool = False) -> list[str]:
+    allowed = DOORS.get(layer_of(module))
+    if allowed is None:
+        return []
+    return [f"{module} imports {imported}: the {layer_of(module)} layer may use only "
+            f"{', '.join(sorted(allowed - {'__init__'}))}"
+            for imported in imports_of(module, source, is_package)
+            if imported != "drtool" and layer_of(imported) not in allowed]
+
+
+def test_the_cli_uses_only_the_api_door() -> None:
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        module = module_name(path)
+        found += door_violations(module, path.read_text(), path.name == "__init__.py")
+    assert not found, "\n".join(found)
+    # the checker can fail: a CLI module reaching past the door is caught in every form
+    for form in ("from drtool.maintain import prune", "import drtool.core.session",
+                 "def f():\n    from drtool.databases import logarchive\n"):
+        assert door_violations("drtool.cli.commands.probe", form), form
+    assert door_violations("drtool.cli.commands.probe", "from drtool.api import maintenance") == []

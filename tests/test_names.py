@@ -86,8 +86,7 @@ def test_a_repository_holding_a_name_that_is_not_utf8_stays_usable(repo_env: DrE
     restored = spawn(repo_env, "restore", "latest", "--name", "x\\xff", "--target", str(tmp_path / "out"))
     assert restored.returncode == 0, restored.stderr
     assert (tmp_path / "out" / "src" / "f.txt").read_text() == "good data\n"
-    copied = spawn(repo_env, "copy", "--to", str(tmp_path / "second"), "--kdf-memory-kib", "1024",
-                   "--kdf-iterations", "1")
+    copied = spawn(repo_env, "copy", "--to", str(tmp_path / "second"))
     assert copied.returncode == 0, copied.stderr
     second = spawn(repo_env, "snapshots", extra={"DRTOOL_REPOSITORY": str(tmp_path / "second"),
                                                  "DRTOOL_CATALOG": str(tmp_path / "second.sqlite")})

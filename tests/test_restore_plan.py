@@ -20,7 +20,6 @@ import pytest
 from conftest import PASSWORD, DrEnv
 from drtool.backends.registry import open_backend
 from drtool import api
-from drtool.crypto.keys import KdfParams
 from drtool.errors import IntegrityError
 from drtool.restore.run import Restorer
 from drtool.restore.groups import GroupPlanner
@@ -91,7 +90,7 @@ class TestPlanner:
 
 def _repo() -> Repository:
     config = RepoConfig(repo_id="plan", file_chunk_avg=64 * 1024, stream_chunk_avg=4096)
-    return Repository.init(MemoryBackend(), b"pw", kdf=KdfParams.fast_for_tests(), config=config)
+    return Repository.init(MemoryBackend(), b"pw", config=config)
 
 
 class TestRecycledOpen:

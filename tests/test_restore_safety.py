@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import PASSWORD, DrEnv, fast_init, make_env
+from conftest import PASSWORD, DrEnv, init_repo, make_env
 from drtool import api
 from drtool.errors import DrtoolError
 from drtool.repository.packfile import DATA_BLOB
@@ -135,7 +135,7 @@ def entries(depth: int) -> st.SearchStrategy[tuple[Forged, ...]]:
 @pytest.fixture(scope="module")
 def forged_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DrEnv]:
     env = make_env(tmp_path_factory.mktemp("forged"))
-    fast_init(str(env.repo), str(env.catalog))
+    init_repo(str(env.repo), str(env.catalog))
     yield env
 
 

@@ -195,7 +195,7 @@ def provide_drtool_copy(ws: Workspace, stack: ExitStack) -> None:
     if probe.returncode != 0:
         pytest.fail("requirement 'drtool-copy': 'drtool copy' is not available in this build "
                     f"(exit {probe.returncode}: {probe.stderr.strip()[-200:]}); it is built in "
-                    f"drtool/cli/commands_remote.py")
+                    f"drtool/cli/commands/copy.py")
 
 
 def provide_mariadb(ws: Workspace, stack: ExitStack) -> Callable[[str], None]:

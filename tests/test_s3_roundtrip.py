@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from conftest import FAST_KDF, DrEnv, make_env
+from conftest import DrEnv, make_env
 from drtool.rehearse.drill import record
 from fault_proxy import FaultProxy
 from s3server import MotoServer, client_env, create_bucket, make_client, moto_server  # noqa: F401
@@ -90,7 +90,7 @@ def test_cli_round_trip_on_s3(moto_server: MotoServer, bucket: str, proxy: Fault
     dr = s3_env(tmp_path / "dr", proxy.url, f"s3://{bucket}/prod")
     src = tmp_path / "src"
     make_rich_tree(src)
-    ok(dr.run("init", *FAST_KDF))
+    ok(dr.run("init"))
     first = ok(dr.run("backup", str(src), "--name", "rich", "--json"))
     assert first["requests"]["puts"] >= 4 and first["requests"]["bytes_up"] > 3 * MiB
     (src / "dir" / "added.txt").write_text("new file\n")
@@ -135,7 +135,7 @@ def test_config_file_s3_table(moto_server: MotoServer, bucket: str, tmp_path: Pa
                            "region": "us-east-1", "storage_class": "STANDARD_IA", "sse": "AES256"})
     dr.env["DRTOOL_CONFIG"] = str(config)
     src = make_source(tmp_path / "src", files=2)
-    ok(dr.run("init", *FAST_KDF))
+    ok(dr.run("init"))
     ok(dr.run("backup", str(src), "--name", "cfg"))
     assert len(ok(dr.run("snapshots", "--json"))) == 1
     packs = [k for k in keys(moto_server.url, bucket, "cfg/") if k.startswith("cfg/packs/")]
@@ -150,7 +150,7 @@ def test_config_file_s3_table(moto_server: MotoServer, bucket: str, tmp_path: Pa
 # ----- copy ----------------------------------------------------------------------------------------
 def _local_with_two_snapshots(tmp: Path) -> tuple[DrEnv, Path]:
     dr = make_env(tmp / "local")
-    ok(dr.run("init", *FAST_KDF))
+    ok(dr.run("init"))
     src = make_source(tmp / "src")
     ok(dr.run("backup", str(src), "--name", "media"))
     (src / "f0.bin").write_bytes(random.Random(99).randbytes(300_000))
@@ -169,7 +169,7 @@ def test_copy_local_to_s3_and_back(moto_server: MotoServer, bucket: str, tmp_pat
     local.env.update(client_env(moto_server.url))
     to_env = {"DRTOOL_TO_PASSWORD": TO_PASSWORD}
     url = f"s3://{bucket}/site2"
-    first = ok(local.run("copy", "--to", url, *FAST_KDF, "--json", env=to_env))
+    first = ok(local.run("copy", "--to", url, "--json", env=to_env))
     assert first["initialized"] and len(first["copied"]) == 2 and first["blobs_copied"] > 0
     packs = [k for k in keys(moto_server.url, bucket, "site2/packs/")]
     again = ok(local.run("copy", "--to", url, "--json", env=to_env))
@@ -185,7 +185,7 @@ def test_copy_local_to_s3_and_back(moto_server: MotoServer, bucket: str, tmp_pat
     assert dst_snaps[1]["parent"] == dst_snaps[0]["id"]
     assert dst_snaps[0]["meta"]["copied_from"]["snapshot"] == first["copied"][0]["source"]
     # S3 -> a new local repository, and S3 -> back to the origin (nothing to do)
-    back = ok(site2.run("copy", "--to", str(tmp_path / "site3"), *FAST_KDF, "--json",
+    back = ok(site2.run("copy", "--to", str(tmp_path / "site3"), "--json",
                         env={"DRTOOL_TO_PASSWORD": "third"}))
     assert len(back["copied"]) == 2
     site3 = make_env(tmp_path / "site3env")
@@ -205,7 +205,7 @@ def test_copy_incremental_reads_only_changes(tmp_path: Path) -> None:
     local, src = _local_with_two_snapshots(tmp_path)
     to_env = {"DRTOOL_TO_PASSWORD": TO_PASSWORD}
     dest = str(tmp_path / "second")
-    ok(local.run("copy", "--to", dest, *FAST_KDF, env=to_env))
+    ok(local.run("copy", "--to", dest, env=to_env))
     (src / "deep" / "er" / "notes.txt").write_text("changed\n")
     ok(local.run("backup", str(src), "--name", "media"))
     third = ok(local.run("copy", "--to", dest, "--name", "media", "latest", "--json", env=to_env))
@@ -230,7 +230,7 @@ def test_copy_config_table_logs_and_rehearsals(tmp_path: Path) -> None:
     config = tmp_path / "drtool.toml"
     config.write_text(f'[copy]\nrepository = "second"\npassword_file = "{tmp_path / "to.pass"}"\n')
     local.env["DRTOOL_CONFIG"] = str(config)
-    report = ok(local.run("copy", *FAST_KDF, "--json"))
+    report = ok(local.run("copy", "--json"))
     assert report["destination"] == f"file://{tmp_path / 'second'}" and len(report["copied"]) == 2
     assert report["log_files_copied"] == 1 and report["rehearsals_copied"] == 1
     again = ok(local.run("copy", "--json"))
@@ -250,7 +250,7 @@ def test_copy_interrupted_then_rerun(moto_server: MotoServer, bucket: str, tmp_p
     local, src = _local_with_two_snapshots(tmp_path)
     local.env.update(client_env(moto_server.url), DRTOOL_TO_PASSWORD=TO_PASSWORD)
     url = f"s3://{bucket}/site2"
-    proc = local.spawn("copy", "--to", url, *FAST_KDF, env={"DRTOOL_CRASH_AT": "copy-before-snapshot"})
+    proc = local.spawn("copy", "--to", url, env={"DRTOOL_CRASH_AT": "copy-before-snapshot"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert keys(moto_server.url, bucket, "site2/snapshots/") == []
     assert keys(moto_server.url, bucket, "site2/index/")  # packs and index were flushed
@@ -287,7 +287,7 @@ def test_backup_under_random_wire_faults(moto_server: MotoServer, bucket: str, p
                           {"endpoint_url": proxy.url, "addressing_style": "path", **FLAKY})
     dr.env["DRTOOL_CONFIG"] = str(config)
     src = make_source(tmp_path / "src", files=4, size=2 * MiB)
-    ok(dr.run("init", *FAST_KDF))
+    ok(dr.run("init"))
     proxy.add("*", fault, rate=0.10)
     outcomes = []
     for _ in range(2):  # a failed run is followed by a second one, which reuses what it stored
@@ -323,7 +323,7 @@ def test_object_lock_backup_and_prune(moto_server: MotoServer, tmp_path: Path) -
                            "object_lock_days": 1})
     dr.env["DRTOOL_CONFIG"] = str(config)
     src = make_source(tmp_path / "src", files=2)
-    ok(dr.run("init", *FAST_KDF))
+    ok(dr.run("init"))
     ok(dr.run("backup", str(src), "--name", "worm"))
     client = make_client(moto_server.url)
     pack = keys(moto_server.url, bucket, "worm/packs/")[0]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_KDF, PASSWORD, ROOT, DrEnv, make_env
+from conftest import PASSWORD, ROOT, DrEnv, make_env
 from dbservers import maria_binary, mariadb_server, postgres_server, write_config
 from drtool.childenv import child_environment, is_secret
-from drtool.crypto.keys import KdfParams, wrap_master_key
+from drtool.crypto.keys import wrap_master_key
 
 SECRETS = {"DRTOOL_PASSWORD": PASSWORD, "DRTOOL_NEW_PASSWORD": "new secret", "DRTOOL_TO_PASSWORD": "to secret"}
 
@@ -27,13 +27,13 @@ def repo_files(env: DrEnv) -> list[str]:
 def test_init_refuses_an_empty_password_file(dr: DrEnv, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    result = dr.run("init", *FAST_KDF, env={"DRTOOL_PASSWORD": "", "DRTOOL_PASSWORD_FILE": str(empty)})
+    result = dr.run("init", env={"DRTOOL_PASSWORD": "", "DRTOOL_PASSWORD_FILE": str(empty)})
     assert result.code == 2
     assert f"the password file {empty} is empty: an empty passphrase is refused" in result.err
     assert not (dr.repo / "config").exists() and not list(dr.repo.glob("keys/*"))
     newline_only = tmp_path / "newline"
     newline_only.write_bytes(b"\n")
-    again = dr.run("init", *FAST_KDF, env={"DRTOOL_PASSWORD": "", "DRTOOL_PASSWORD_FILE": str(newline_only)})
+    again = dr.run("init", env={"DRTOOL_PASSWORD": "", "DRTOOL_PASSWORD_FILE": str(newline_only)})
     assert again.code == 2 and "is empty" in again.err
     assert not (dr.repo / "config").exists()
 
@@ -52,13 +52,13 @@ def test_key_add_and_passwd_refuse_an_empty_passphrase(repo_env: DrEnv, tmp_path
     assert repo_env.run("snapshots").code == 0  # the old passphrase still opens it
     with repo_env.session() as session:  # the API refuses too
         with pytest.raises(Exception, match="empty passphrase is refused"):
-            session.repo.add_key_slot(b"", kdf=KdfParams.fast_for_tests())
+            session.repo.add_key_slot(b"", )
 
 
 def test_a_repository_made_with_an_empty_passphrase_opens_only_when_asked(repo_env: DrEnv, tmp_path: Path) -> None:
     """An older version accepted a 0-byte passphrase file; such a key slot must stay usable."""
     with repo_env.session() as session:
-        slot = wrap_master_key(session.repo.master, b"", params=KdfParams.fast_for_tests(), label="old")
+        slot = wrap_master_key(session.repo.master, b"", label="old")
         session.repo.backend.put(f"keys/{slot.slot_id}", slot.to_bytes())
     empty = tmp_path / "empty"
     empty.write_bytes(b"")

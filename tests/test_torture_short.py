@@ -18,9 +18,9 @@ def test_short_torture_run_loses_nothing(tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRTOOL_")}
     env["PYTHON"] = sys.executable
-    proc = subprocess.run([str(ROOT / "scripts" / "torture"), "--minutes", "0.5", "--seed", "20240301",
+    proc = subprocess.run([str(ROOT / "scripts" / "torture"), "--minutes", "0.5", "--min-runs", "8", "--seed", "20240301",
                            "--work", str(tmp_path / "work"), "--json", str(summary)],
-                          env=env, capture_output=True, text=True, timeout=240)
+                          env=env, capture_output=True, text=True, timeout=600)
     print(proc.stdout[-3000:])
     total = json.loads(summary.read_text())["total"]
     assert total["data_lost"] == 0, proc.stdout[-3000:]

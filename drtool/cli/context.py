@@ -11,13 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from drtool.config import Settings, read_passphrase, resolve
+from drtool.api.settings import (
+    Settings,
+    display,
+    label_problem,
+    read_passphrase,
+    resolve,
+)
 from drtool.errors import UsageError
-from drtool.snapshot.names import display, label_problem
 
 if TYPE_CHECKING:
-    from drtool.core.session import OpenOptions, Session
-    from drtool.repository.repo import Repository
+    from drtool.api.repo_access import OpenOptions, Repository, Session
 
 log = logging.getLogger("drtool")
 COMMAND_LINE: list[str] = []  # this invocation's arguments, for messages that say "run this instead"
@@ -52,7 +56,7 @@ class CliState:
         repository is reported when the command opens its session, exactly
         as it would be without this.
         """
-        from drtool.backends.registry import is_local_url
+        from drtool.api.settings import is_local_url
         url = self.settings.repository
         if self._unlock is not None or not url or not is_local_url(url):
             return
@@ -67,8 +71,7 @@ class CliState:
 
         def unlock() -> None:
             try:
-                from drtool.backends.registry import open_backend
-                from drtool.repository.repo import Repository
+                from drtool.api.repo_access import Repository, open_backend
                 self._unlocked["repo"] = Repository.open(open_backend(url, options), passphrase)
             except BaseException as exc:  # raised in the command's thread, if it opens a session
                 self._unlocked["error"] = exc
@@ -98,8 +101,7 @@ class CliState:
         repo = self._take_unlocked()
         if repo is not None:
             return repo
-        from drtool.backends.registry import open_backend
-        from drtool.repository.repo import Repository
+        from drtool.api.repo_access import Repository, open_backend
         options = self.open_options()
         return Repository.open(open_backend(options.repository, options.backend_options), options.passphrase)
 
@@ -122,7 +124,7 @@ class CliState:
         return passphrase
 
     def open_options(self) -> OpenOptions:
-        from drtool.core.session import OpenOptions
+        from drtool.api.repo_access import OpenOptions
         if self.settings.host:
             problem = label_problem(self.settings.host)
             if problem is not None:
@@ -138,8 +140,8 @@ class CliState:
     def session(self, defer_catalog: bool = False, replace_damaged_catalog: bool = False) -> Session:
         """The session; ``defer_catalog`` (restores, backups) applies to local repositories only."""
         if self._session is None:
-            from drtool.backends.registry import is_local_url
-            from drtool.core.session import Session
+            from drtool.api.repo_access import Session
+            from drtool.api.settings import is_local_url
             options = self.open_options()
             repo = self._take_unlocked()
             self._session = Session.open(options, repository=repo,
@@ -150,7 +152,7 @@ class CliState:
     def finish(self, command: str | None, exit_code: int, message: str = "") -> None:
         """Record the run in the catalog's history and notify on failure (best effort), then close."""
         if command in NOTIFY_COMMANDS and exit_code not in (0, 2):
-            from drtool.monitor.notify import notify_failure
+            from drtool.api.monitoring import notify_failure
             notify_failure(self.settings.data, command, message, exit_code, host=self.settings.host)
         session = self._session
         # A restore that succeeded without the catalog is not recorded in its
@@ -231,3 +233,6 @@ def tune_malloc_for_backup() -> None:
 
 def show_progress() -> bool:
     return sys.stderr.isatty()
+
+
+pass_state = click.make_pass_decorator(CliState)

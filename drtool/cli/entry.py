@@ -18,7 +18,7 @@ import sys
 
 def _quiet_exit(_signum: int, _frame: object) -> None:
     try:
-        from drtool.childenv import kill_running_groups
+        from drtool.api.settings import kill_running_groups
         kill_running_groups()  # a password command that is still running
     except Exception:  # noqa: BLE001 - exiting anyway
         pass

@@ -16,7 +16,7 @@ from drtool.errors import EXIT_ERROR, EXIT_USAGE, DrtoolError
 def _parse_lock_wait(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float:
     if not value:
         return 0.0
-    from drtool.snapshot.timeparse import parse_duration
+    from drtool.api.settings import parse_duration
     try:
         return parse_duration(value).total_seconds()
     except DrtoolError as exc:
@@ -112,14 +112,13 @@ def _state_for(ctx: click.Context) -> CliState:
 _state: CliState | None = None
 NO_SESSION_COMMANDS = frozenset({"init"})
 HELP_FLAGS = frozenset({"-h", "--help"})
-# Top-level command name -> the module whose register() adds it (a test keeps this true).
+# Top-level command name -> its module in drtool/cli/commands/ (one per noun; a test keeps this true).
 COMMAND_MODULE_OF = {
-    **dict.fromkeys(("init", "backup", "snapshots", "restore", "check"), "commands_core"),
-    **dict.fromkeys(("catalog", "key", "unlock"), "commands_admin"),
-    **dict.fromkeys(("pg", "mariadb"), "commands_db"),
-    **dict.fromkeys(("forget", "prune", "locks", "status", "metrics"), "commands_ops"),
-    **dict.fromkeys(("rehearse", "rehearsals", "report"), "commands_rehearse"),
-    **dict.fromkeys(("copy", "repo"), "commands_remote"),
+    "init": "init", "backup": "backup", "snapshots": "snapshots", "restore": "restore", "check": "check",
+    "catalog": "catalog", "key": "key", "locks": "locks", "unlock": "locks",
+    "pg": "pg", "mariadb": "mariadb", "forget": "forget", "prune": "prune", "status": "status",
+    "metrics": "metrics", "rehearse": "rehearse", "rehearsals": "rehearse", "report": "rehearse",
+    "copy": "copy", "repo": "repo",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMAND_MODULE_OF.values()))
 _registered_modules: set[str] = set()
@@ -129,7 +128,7 @@ def _register_module(module_name: str) -> None:
     if module_name in _registered_modules:
         return
     import importlib
-    importlib.import_module(f"drtool.cli.{module_name}").register(cli)
+    importlib.import_module(f"drtool.cli.commands.{module_name}").register(cli)
     _registered_modules.add(module_name)
 
 

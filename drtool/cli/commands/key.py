@@ -1,39 +1,16 @@
-"""catalog rebuild, key add|list|remove|passwd, unlock."""
+"""``drtool key``: passphrase slots (list, add, remove, passwd)."""
 from __future__ import annotations
 
 import os
 import sys
-import time
 
 import click
 
-from drtool import api
-from drtool.cli.context import CliState, emit
+from drtool.api.repo_access import key_name
+from drtool.api.settings import Settings, read_passphrase
+from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import json_option
-from drtool.config import Settings, read_passphrase
 from drtool.errors import UsageError
-from drtool.repository.locks import read_locks, remove_locks, stale_reason
-from drtool.repository.objects import key_name
-
-pass_state = click.make_pass_decorator(CliState)
-
-
-@click.group("catalog")
-def catalog_group() -> None:
-    """Manage the local catalog (a rebuildable cache plus run history)."""
-
-
-@catalog_group.command("rebuild")
-@json_option
-@pass_state
-def catalog_rebuild(state: CliState, as_json: bool) -> None:
-    """Reconstruct the catalog from the repository alone."""
-    result = api.rebuild_catalog(state.session(replace_damaged_catalog=True))
-    emit(result.as_dict(), as_json,
-         f"catalog rebuilt: {result.snapshots} snapshot(s), {result.index_objects} index object(s), "
-         f"{result.packs_reindexed} unindexed pack(s) indexed, {result.log_segments} archived "
-         f"log file(s), {result.rehearsals} rehearsal(s)"
-         + "".join(f"\nwarning: {d}" for d in result.damaged + result.vanished))
 
 
 def _new_passphrase() -> bytes:
@@ -106,29 +83,5 @@ def key_passwd(state: CliState, as_json: bool) -> None:
     emit({"id": slot.slot_id, "replaced": old}, as_json, f"passphrase changed (slot {slot.slot_id})")
 
 
-@click.command()
-@click.option("--force", is_flag=True, help="Remove all locks, also live ones (dangerous).")
-@json_option
-@pass_state
-def unlock(state: CliState, force: bool, as_json: bool) -> None:
-    """Remove stale locks (or all with --force); 'drtool locks' lists them first."""
-    if force:
-        click.echo("drtool: warning: removing all locks; a running backup or prune may be harmed "
-                   "(it aborts before committing when it notices)", err=True)
-    now = time.time()
-    session = state.session()
-    removed = remove_locks(session.repo, force=force, host=session.host)
-    rows = [{"lock": r.describe(), "id": r.lock_id, "heartbeat_age_seconds": round(r.age(now), 1),
-             "stale": reason is not None, "reason": reason} for r, reason in removed]
-    live = [] if force else [i for i in read_locks(session.repo)
-                             if stale_reason(i, now, session.host) is None]
-    lines = [f"removed {r['lock']} ({r['reason'] or 'still live'})" for r in rows] or ["no stale locks"]
-    lines += [f"live: {i.describe()}, heartbeat {i.age(now):.0f}s ago (remove with --force only if you are "
-              f"sure its process is gone)" for i in live]
-    text = "\n".join(lines)
-    emit(rows, as_json, text)
-
-
 def register(group: click.Group) -> None:
-    for command in (catalog_group, key_group, unlock):
-        group.add_command(command)
+    group.add_command(key_group)

@@ -1,4 +1,4 @@
-"""rehearse, rehearsals, report: DR drills and their history (docs/rehearsals.md)."""
+"""``drtool rehearse``, ``rehearsals`` and ``report``: restore drills, their history, the HTML report."""
 from __future__ import annotations
 
 import os
@@ -8,17 +8,20 @@ from typing import Any
 
 import click
 
-from drtool.catalog.rehearsals import rehearsal_history
-from drtool.cli.context import CliState, emit
+from drtool.api.rehearsals import (
+    RehearsalResult,
+    RehearseOptions,
+    fmt_seconds,
+    load_runbook,
+    rebuild_rehearsals,
+    rehearsal_history,
+    render_html,
+)
+from drtool.api.rehearsals import rehearse as run_rehearsal
+from drtool.api.settings import parse_duration
+from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import json_option
 from drtool.errors import DrtoolError, UsageError
-from drtool.rehearse.drill import (RehearsalResult, RehearseOptions, fmt_seconds, rebuild_rehearsals,
-                                 rehearse as run_rehearsal)
-from drtool.rehearse.report import render_html
-from drtool.rehearse.runbook import load_runbook
-from drtool.snapshot.timeparse import parse_duration
-
-pass_state = click.make_pass_decorator(CliState)
 
 
 def _configured_sources(state: CliState) -> dict[str, Any]:
@@ -176,5 +179,6 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (rehearse, rehearsals, report):
-        group.add_command(command)
+    group.add_command(rehearse)
+    group.add_command(rehearsals)
+    group.add_command(report)

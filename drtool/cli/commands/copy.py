@@ -1,4 +1,4 @@
-"""copy (second-site copies) and repo validate (is this storage fit for backups?)."""
+"""``drtool copy``: snapshots to a second repository (another site, another key)."""
 from __future__ import annotations
 
 import logging
@@ -8,22 +8,20 @@ from typing import Any
 
 import click
 
-from drtool.backends.capabilities import create_location
-from drtool.backends.registry import open_backend
-from drtool.cli.context import CliState, emit
+from drtool.api import maintenance
+from drtool.api.repo_access import KdfParams, OpenOptions
+from drtool.api.settings import Settings, read_passphrase
+from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import json_option, name_option
-from drtool.config import Settings, read_passphrase
-from drtool.crypto.keys import KdfParams
-from drtool.errors import BackendError, ConfigError, DrtoolError, UsageError, WrongPassword
-from drtool.maintain import copy as copy_ops
-from drtool.core.session import OpenOptions
-from drtool.monitor.validate import CheckResult, validate_backend
+from drtool.errors import ConfigError, UsageError, WrongPassword
 
-pass_state = click.make_pass_decorator(CliState)
 log = logging.getLogger("drtool")
+
 
 # [copy] keys that describe the destination itself; any other key is an S3 option.
 COPY_KEYS = {"repository", "catalog", "password_file", "password_command", "s3"}
+
+
 TO_PASSWORD_VARS = ("DRTOOL_TO_PASSWORD", "DRTOOL_TO_PASSWORD_FILE", "DRTOOL_TO_PASSWORD_COMMAND")
 
 
@@ -94,7 +92,7 @@ def copy(state: CliState, snapshots: tuple[str, ...], to: str | None, name: str 
     DRTOOL_TO_PASSWORD_FILE / DRTOOL_TO_PASSWORD_COMMAND (else the source's).
     """
     dest = destination_options(state, to)
-    copy_ops.check_apart(state.repository(), dest.repository)  # before anything is opened or created
+    maintenance.check_apart(state.repository(), dest.repository)  # before anything is opened or created
     source = state.session()
     kdf = None
     if kdf_memory_kib or kdf_iterations:
@@ -102,70 +100,21 @@ def copy(state: CliState, snapshots: tuple[str, ...], to: str | None, name: str 
         kdf = KdfParams(kdf_memory_kib or base.memory_kib, kdf_iterations or base.iterations,
                         1 if kdf_memory_kib and kdf_memory_kib < 8192 else base.lanes)
     try:
-        dst, created = copy_ops.open_destination(dest, kdf)
+        dst, created = maintenance.open_destination(dest, kdf)
     except WrongPassword as exc:
         raise WrongPassword(f"destination {dest.repository}: {exc}",
                             hint="check DRTOOL_TO_PASSWORD_FILE / DRTOOL_TO_PASSWORD_COMMAND or "
                                  "[copy] password_file (default: the source passphrase)") from None
     try:
-        report = copy_ops.copy_snapshots(source, dst, copy_ops.CopyOptions(list(snapshots), name))
+        report = maintenance.copy_snapshots(source, dst, maintenance.CopyOptions(list(snapshots), name))
     finally:
         dst.close()
     report.initialized = created
-    text = copy_ops.summary_line(report)
+    text = maintenance.summary_line(report)
     if created:
         text = f"created repository at {report.destination}\n{text}"
     emit(report.as_dict(), as_json, text)
 
 
-# ----- repo validate ----------------------------------------------------------------------
-@click.group("repo")
-def repo_group() -> None:
-    """Inspect the storage a repository lives on."""
-
-
-def _location_check(url: str, options: dict[str, Any]) -> tuple[Any, CheckResult]:
-    """Open the backend and prepare its location (as init would); never raises."""
-    try:
-        backend = open_backend(url, options)
-    except DrtoolError as exc:
-        return None, CheckResult("location", False, exc.one_line())
-    try:
-        create_location(backend)
-    except DrtoolError as exc:
-        backend.close()
-        return None, CheckResult("location", False, exc.one_line())
-    return backend, CheckResult("location", True, f"{backend.url} is reachable")
-
-
-@repo_group.command("validate")
-@json_option
-@pass_state
-def repo_validate(state: CliState, as_json: bool) -> None:
-    """Check the storage behaves as drtool needs (atomic puts, ranges, listing, clock, locks).
-
-    Test objects go under validate/ and are removed afterwards (Object Lock
-    may keep them until their retention ends).  Exit 1 if any check fails.
-    """
-    url = state.repository()
-    backend, location = _location_check(url, state.settings.backend_options)
-    results = [location]
-    if backend is not None:
-        try:
-            results += validate_backend(backend)
-        finally:
-            backend.close()
-    failed = [r.name for r in results if not r.ok]
-    width = max(len(r.name) for r in results)
-    emit({"repository": url, "ok": not failed,
-          "checks": [{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results]},
-         as_json, "\n".join(f"{'ok' if r.ok else 'FAIL':4}  {r.name:{width}}  {r.detail}"
-                            for r in results))
-    if failed:
-        raise BackendError(f"{len(failed)} storage check(s) failed: {', '.join(failed)}",
-                           hint="fix the storage (or its configuration) before trusting backups to it")
-
-
 def register(group: click.Group) -> None:
-    for command in (copy, repo_group):
-        group.add_command(command)
+    group.add_command(copy)

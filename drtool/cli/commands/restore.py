@@ -1,0 +1,196 @@
+"""``drtool restore``: files from a snapshot, or a database to a point in time (``--source``).
+
+The snapshot is picked here once and handed on; file restores go through
+:class:`drtool.api.restoring.RestoreRequest`, database restores through
+:class:`SourceRestore`, so no long positional argument lists cross the door.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import click
+
+from drtool import api
+from drtool.api import restoring
+from drtool.api.restoring import DEFAULT_POLICY, POLICIES, RestoreRequest
+from drtool.api.settings import display, parse_point_in_time
+from drtool.cli.context import CliState, command_line, emit, pass_state
+from drtool.cli.options import dry_run_option, json_option, name_option
+from drtool.cli.progress import byte_progress
+from drtool.cli.values import mib
+from drtool.errors import DrtoolError, PartialSuccess, UsageError
+
+
+@click.command()
+@click.argument("snapshot", required=False)
+@click.option("--target", type=click.Path(file_okay=False), help="Directory to restore into.")
+@name_option
+@click.option("--point-in-time", "when", metavar="TIME",
+              help="Newest snapshot at or before TIME (ISO 8601; local zone if none).")
+@click.option("--include", "includes", multiple=True, metavar="PATH", help="Restore only this path.")
+@click.option("--allow-partial", is_flag=True, help="Restore what is intact; exit 3 listing the rest.")
+@click.option("--overwrite", type=click.Choice(POLICIES), default=DEFAULT_POLICY, show_default=True,
+              help="Existing files that differ: keep them and exit 3 (never), replace older ones "
+                   "(if-newer), replace unless size and mtime match (if-changed), or replace (always).")
+@click.option("--source", metavar="NAME", help="Database source: point-in-time restore (see docs/databases.md).")
+@click.option("--latest", is_flag=True, help="With --source: replay every archived log.")
+@click.option("--exclusive", is_flag=True, help="With --source: stop just before TIME.")
+@click.option("--start", is_flag=True, help="With --source: start the restored server and wait for recovery.")
+@click.option("--port", type=int, help="With --source: port for the restored server.")
+@click.option("--target-db", metavar="DB", help="With a MariaDB --source: load into this new database.")
+@dry_run_option
+@json_option
+@pass_state
+def restore(state: CliState, snapshot: str | None, target: str | None, name: str | None, when: str | None,
+            includes: tuple[str, ...], allow_partial: bool, overwrite: str, source: str | None, latest: bool,
+            exclusive: bool, start: bool, port: int | None, target_db: str | None, dry_run: bool,
+            as_json: bool) -> None:
+    """Restore SNAPSHOT (an id, or 'latest') or the snapshot at --point-in-time into --target."""
+    if source:
+        if name or includes or allow_partial or overwrite != DEFAULT_POLICY:
+            raise UsageError("--source takes no --name, --include, --allow-partial or --overwrite")
+        request = SourceRestore(source=source, snapshot=snapshot, when=when, latest=latest,
+                                inclusive=not exclusive, dry_run=dry_run, as_json=as_json,
+                                target=target, target_db=target_db, start=start, port=port)
+        return run_source_restore(state, request)
+    if latest or exclusive or start or port or target_db:
+        raise UsageError("--latest, --exclusive, --start, --port and --target-db need --source")
+    if not target:
+        raise UsageError("--target is required")
+    point = _which_point(snapshot, when)
+    request = RestoreRequest(target, list(includes), overwrite, allow_partial=allow_partial, dry_run=dry_run)
+    session = state.session(defer_catalog=True)  # local repositories: snapshot and index from the repository
+    pick = api.pick_snapshot(session, snapshot, name, point)  # picked once, handed on as it is
+    if dry_run:
+        result = restoring.restore_snapshot(session, pick, request)
+    else:
+        if not as_json:
+            click.echo(f"restoring snapshot {pick.short_id} ({display(pick.name)}, "
+                       f"{pick.time.astimezone().isoformat()}) to {target}", err=True)
+        with byte_progress("restoring", pick.summary.get("size")) as progress:
+            request.progress = progress
+            result = restoring.restore_snapshot(session, pick, request)
+    # 'latest' may not be the newest backup if one vanished: the catalog's memory says, at the end
+    # (a local restore only reads an SQLite catalog; it never creates one or takes its index from it).
+    if snapshot == "latest" or point is not None:
+        warn_vanished(session)
+    _report_restore(result, as_json)
+
+
+def _which_point(snapshot: str | None, when: str | None) -> datetime | None:
+    """Exactly one of SNAPSHOT and --point-in-time; the time parsed."""
+    if snapshot is not None and not snapshot.strip():
+        raise UsageError("an empty snapshot id was given",
+                         hint="give a snapshot id, 'latest', or --point-in-time TIME")
+    if snapshot and when is not None:
+        raise UsageError("give either SNAPSHOT or --point-in-time, not both")
+    if snapshot is None and when is None:
+        raise UsageError("which snapshot? give a snapshot id, 'latest', or --point-in-time TIME")
+    return parse_point_in_time(when) if when is not None else None
+
+
+def warn_vanished(session: api.Session) -> None:
+    """Snapshots the catalog saw committed that are gone: 'latest' may not be the newest backup."""
+    try:
+        report = session.rollback_report()
+    except DrtoolError as exc:  # the memory is advice here: never fail a finished restore over it
+        click.echo(f"drtool: warning: could not compare with the catalog's memory: {exc.one_line()}", err=True)
+        return
+    for line in report.warnings():
+        click.echo(f"drtool: warning: {line}; run 'drtool check'", err=True)
+
+
+def _warm_line(warm: dict) -> str:  # type: ignore[type-arg]
+    """--dry-run on packs in an archive class: what must be warmed first, how long, roughly what cost."""
+    which = "tree packs (the data packs are known once these are readable)" if warm["scope"] == "trees" \
+        else "packs"
+    return (f"must warm first: {warm['packs_to_warm']} {which}, {warm['packs_warming']} already warming, "
+            f"{mib(int(warm['bytes']))}; {warm['tier']} tier, typically {warm['estimated_hours']} h, "
+            f"about ${warm['estimated_cost_usd']:.2f} (list prices)")
+
+
+def _report_restore(result: restoring.RestoreResult, as_json: bool) -> None:
+    snap = result.snapshot
+    verb = "would restore" if result.plan_only else "restored"
+    emit(result.as_dict(), as_json,
+         f"{verb} snapshot {snap.short_id} ({display(snap.name)}, {snap.time.astimezone().isoformat()}): "
+         f"{result.files} files, {result.dirs} dirs, {mib(result.bytes)}"
+         + (f" from {result.packs} pack(s)" if result.plan_only else "")
+         + f" to {result.target}"
+         + (f"; {result.files_skipped_existing} file(s) already there unchanged"
+            if result.files_skipped_existing else ""))
+    if not as_json and result.plan_only and result.warm and (result.warm["packs_to_warm"]
+                                                             or result.warm["packs_warming"]):
+        click.echo(_warm_line(result.warm))
+    if not as_json:
+        would = "would be " if result.plan_only else ""
+        for line in result.overwritten:
+            click.echo(f"{would}overwritten: {line}", err=not result.plan_only)
+        _more(result.overwritten_count - len(result.overwritten), not result.plan_only)
+        for line in result.not_overwritten:
+            click.echo(f"{'would be ' if result.plan_only else ''}left as it is (differs from the snapshot, "
+                       f"--overwrite {result.overwrite}): {line}", err=not result.plan_only)
+        _more(result.not_overwritten_count - len(result.not_overwritten), not result.plan_only)
+    for line in result.skipped:
+        click.echo(f"drtool: warning: skipped {line}", err=True)
+    problems = []
+    if result.damaged:
+        for line in result.damaged:
+            click.echo(f"drtool: damaged, not restored: {line}", err=True)
+        problems.append(f"{len(result.damaged)} file(s) were damaged and not restored")
+    if result.not_overwritten_count and not result.plan_only:
+        problems.append(f"{result.not_overwritten_count} existing item(s) differ from the snapshot and were "
+                        f"left as they are (--overwrite {result.overwrite})")
+    if problems:
+        hint = ("re-run with --overwrite always to replace them (--dry-run lists them first)"
+                if result.not_overwritten_count else None)
+        raise PartialSuccess("; ".join(problems), hint=hint)
+
+
+def _more(count: int, err: bool) -> None:
+    if count > 0:
+        click.echo(f"... and {count} more (the JSON output lists the first {restoring.LIST_LIMIT})", err=err)
+
+
+@dataclass
+class SourceRestore:
+    """``restore --source``: which moment of a configured database, and the server to restore into."""
+
+    source: str
+    snapshot: str | None
+    when: str | None
+    latest: bool
+    inclusive: bool
+    dry_run: bool
+    as_json: bool
+    target: str | None
+    target_db: str | None
+    start: bool
+    port: int | None
+
+
+def run_source_restore(state: CliState, request: SourceRestore) -> None:
+    from drtool.api import backing_up, databases
+    if (bool(request.when) + request.latest + bool(request.snapshot)) != 1:
+        raise UsageError("give one of SNAPSHOT, --point-in-time TIME or --latest with --source")
+    engines = backing_up.source_engines()
+    src = backing_up.get_source(state.settings, request.source, engines)
+    if isinstance(src, (backing_up.FilesSource, backing_up.CommandSource)):
+        raise UsageError(f"source {request.source} is a {backing_up.source_type(src, engines)} source",
+                         hint=f"use 'drtool restore --name {request.source} --point-in-time TIME --target DIR'")
+    point: datetime | None = parse_point_in_time(request.when) if request.when else None
+    session = state.session()
+    if request.dry_run:
+        plan = databases.plan_from_config(session, src, point, request.inclusive, request.snapshot)
+        emit(plan.as_dict(), request.as_json, "\n".join(["plan (dry run, nothing restored):", *plan.lines()]))
+        return
+    server = databases.DatabaseRestoreRequest(target=request.target, target_db=request.target_db,
+                                              start=request.start, port=request.port, command_line=command_line())
+    result = databases.restore_pitr(session, state.settings, src, point, server,
+                                    inclusive=request.inclusive, snapshot=request.snapshot)
+    emit(result.as_dict(), request.as_json, "\n".join([*result.plan.lines(), *result.lines()]))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(restore)
