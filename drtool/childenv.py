@@ -4,8 +4,8 @@ Dump commands (``--from-command``, pg_dump, mariadb-dump), the password
 command, notification hooks, rehearsal checks and database servers started
 for a restore all run with drtool's environment minus every variable that
 unlocks something: the passphrases (``DRTOOL_*PASSWORD*``: the passphrase
-itself, its file and its command, the new and the copy destination's) and a
-catalog URL that carries a database password.  A hook that needs drtool
+itself, its file and its command, the new and the copy destination's), a
+catalog URL that carries a database password, and the Swift source's key.  A hook that needs drtool
 itself must be given its own ``DRTOOL_PASSWORD_FILE``.
 
 Every ``subprocess`` call in drtool passes ``env=`` built here
@@ -19,10 +19,14 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 CATALOG_VARIABLES = ("DRTOOL_CATALOG", "DRTOOL_TO_CATALOG")
+# The Swift source's key (tempauth) and password (Keystone): no child of drtool needs them.  The
+# AWS_* variables stay: a PostgreSQL server started for a restore runs 'drtool pg wal-fetch', which
+# reads an S3 repository with them.
+SOURCE_SECRETS = ("ST_KEY", "OS_PASSWORD")
 
 
 def is_secret(name: str, value: str) -> bool:
-    if name.startswith("DRTOOL_") and "PASSWORD" in name:
+    if name.startswith("DRTOOL_") and "PASSWORD" in name or name in SOURCE_SECRETS:
         return True
     if name in CATALOG_VARIABLES and "://" in value:
         try:

@@ -21,7 +21,7 @@ from drtool.errors import ConfigError, UsageError
 
 KNOWN_TOP_KEYS = {"repository", "catalog", "password_file", "password_command", "host",
                   "s3", "sources", "retention", "timezone", "status", "on_failure", "copy",
-                  "prune", "lock"}
+                  "prune", "lock", "rehearse"}
 
 
 @dataclass

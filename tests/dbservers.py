@@ -164,18 +164,25 @@ class PgServer:
             return ""
 
 
+def user_prefix(os_user: str | None) -> list[str]:
+    """``runuser -u USER --`` for a real OS user (as the docs say), else :func:`server_prefix`."""
+    if os_user is None:
+        return server_prefix()
+    return [shutil.which("runuser") or "/usr/sbin/runuser", "-u", os_user, "--"]
+
+
 def pg_ctl(bindir: str, datadir: str, action: str, env: dict[str, str] | None = None,
-           log: str | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [*server_prefix(), os.path.join(bindir, "pg_ctl"), "-D", datadir, "-w", "-t", "60"]
+           log: str | None = None, os_user: str | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [*user_prefix(os_user), os.path.join(bindir, "pg_ctl"), "-D", datadir, "-w", "-t", "60"]
     cmd += (["-l", log] if log else []) + (["-m", "immediate"] if action == "stop" else []) + [action]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=120)
 
 
-def stop_postgres(bindir: str, datadir: str) -> None:
+def stop_postgres(bindir: str, datadir: str, os_user: str | None = None) -> None:
     """pg_ctl stop, then SIGKILL the postmaster if it is still there."""
     if not os.path.exists(os.path.join(datadir, "postmaster.pid")):
         return
-    pg_ctl(bindir, datadir, "stop")
+    pg_ctl(bindir, datadir, "stop", os_user=os_user)
     try:
         pid = int(Path(datadir, "postmaster.pid").read_text().split()[0])
         os.kill(pid, signal.SIGKILL)
@@ -184,37 +191,47 @@ def stop_postgres(bindir: str, datadir: str) -> None:
 
 
 @contextmanager
-def postgres_server(archive_env: dict[str, str] | None = None, source: str = "pg") -> Iterator[PgServer]:
-    """initdb + pg_ctl start; with ``archive_env``, WAL goes to ``drtool pg wal-push``."""
+def postgres_server(archive_env: dict[str, str] | None = None, source: str = "pg", os_user: str | None = None,
+                    drtool: str | None = None) -> Iterator[PgServer]:
+    """initdb + pg_ctl start; with ``archive_env``, WAL goes to ``drtool pg wal-push``.
+
+    ``os_user``: run the server as that real OS user (``runuser``), with ``drtool``
+    (an installed drtool that user can execute) in its archive_command."""
     bindir = pg_bindir()
     root = short_tmpdir("drpg-")
+    if os_user is not None:
+        os.chmod(root, 0o755)
+        shutil.chown(root, os_user)
     password = "pg secret: with 'quotes'"
     password_file = os.path.join(root, "pgpassword")
     Path(password_file).write_text(password + "\n")
+    if os_user is not None:
+        shutil.chown(password_file, os_user)
+        os.chmod(password_file, 0o600)
     server = PgServer(root, os.path.join(root, "data"), free_port(), bindir, password, password_file)
     try:
-        init = subprocess.run([*server_prefix(), os.path.join(bindir, "initdb"), "-D", server.datadir,
+        init = subprocess.run([*user_prefix(os_user), os.path.join(bindir, "initdb"), "-D", server.datadir,
                                "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
                                f"--pwfile={password_file}", "--no-sync"],
                               capture_output=True, text=True, check=False, timeout=120)
         assert init.returncode == 0, f"initdb failed: {init.stderr}"
-        _configure_postgres(server, archive_env is not None, source)
+        _configure_postgres(server, archive_env is not None, source, drtool)
         env = dict(archive_env or os.environ)
-        started = pg_ctl(bindir, server.datadir, "start", env, os.path.join(root, "server.log"))
+        started = pg_ctl(bindir, server.datadir, "start", env, os.path.join(root, "server.log"), os_user)
         assert started.returncode == 0, f"PostgreSQL did not start: {started.stderr} {server.log_tail()}"
         yield server
     finally:
-        stop_postgres(bindir, server.datadir)
+        stop_postgres(bindir, server.datadir, os_user)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _configure_postgres(server: PgServer, archive: bool, source: str) -> None:
+def _configure_postgres(server: PgServer, archive: bool, source: str, drtool: str | None) -> None:
     lines = [f"port = {server.port}", "listen_addresses = '127.0.0.1'",
              f"unix_socket_directories = '{server.root}'", "wal_level = replica", "fsync = off",
              "max_wal_senders = 4", "shared_buffers = 16MB", "log_min_messages = warning"]
     if archive:
         lines += ["archive_mode = on",
-                  f"archive_command = '{sys.executable} -m drtool pg wal-push --source {source} %p'"]
+                  f"archive_command = '{drtool or sys.executable + ' -m drtool'} pg wal-push --source {source} %p'"]
     with open(os.path.join(server.datadir, "postgresql.conf"), "a", encoding="utf-8") as handle:
         handle.write("\n" + "\n".join(lines) + "\n")
 

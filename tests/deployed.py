@@ -9,12 +9,15 @@ Default key-derivation parameters throughout: nothing here is tuned for speed.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import pwd
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -24,20 +27,60 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 
+INSTALL_INPUTS = ("drtool", "setup.cfg", "pyproject.toml", "scripts/install", "scripts/drtool-nightly")
+
+
+def _tree_key() -> str:
+    """A digest of everything ``scripts/install`` puts into the prefix."""
+    digest = hashlib.sha256()
+    for name in INSTALL_INPUTS:
+        path = ROOT / name
+        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
+            if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def install_drtool() -> Iterator[Path]:
-    """``scripts/install --prefix P --no-link`` into a fresh world-readable prefix; yields P/bin."""
+    """``scripts/install --prefix P --no-link`` into a world-readable prefix; yields P/bin.
+
+    One install per source tree, shared by every test module and xdist worker
+    (a pip install takes ~45 s here): ``/tmp/drtool-install-<digest of the
+    sources>``, made under an exclusive lock by whoever comes first; an edited
+    tree gets a fresh one.  Installs of other trees untouched for a day go.
+    """
     if os.geteuid() != 0:
         pytest.fail("the deployed-profile tests run commands as other OS users: run them as root "
                     "(scripts/test does in CI)")
-    top = Path(tempfile.mkdtemp(prefix="drtool-install-", dir="/tmp"))
-    os.chmod(top, 0o755)
-    try:
-        proc = subprocess.run([str(ROOT / "scripts" / "install"), "--prefix", str(top / "venv"), "--no-link"],
-                              capture_output=True, text=True, timeout=900, check=False)
-        assert proc.returncode == 0, f"scripts/install failed: {proc.stdout}\n{proc.stderr}"
-        yield top / "venv" / "bin"
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+    top = Path(f"/tmp/drtool-install-{_tree_key()}")
+    with open(f"{top}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (top / "complete").exists():
+            shutil.rmtree(top, ignore_errors=True)
+            top.mkdir(mode=0o755)
+            os.chmod(top, 0o755)
+            proc = subprocess.run([str(ROOT / "scripts" / "install"), "--prefix", str(top / "venv"), "--no-link"],
+                                  capture_output=True, text=True, timeout=900, check=False)
+            assert proc.returncode == 0, f"scripts/install failed: {proc.stdout}\n{proc.stderr}"
+            (top / "complete").write_text("")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    _remove_stale_installs(keep=top)
+    yield top / "venv" / "bin"
+
+
+def _remove_stale_installs(keep: Path) -> None:
+    for old in Path("/tmp").glob("drtool-install-*"):
+        if old == keep or old.suffix == ".lock" or not old.is_dir():
+            continue
+        try:
+            if time.time() - old.stat().st_mtime < 86400:
+                continue
+            with open(f"{old}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue  # another run holds it
 
 
 def os_user(name: str) -> pwd.struct_passwd:

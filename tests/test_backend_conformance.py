@@ -141,7 +141,7 @@ def test_each_backend_has_its_capabilities(tmp_path: Path, moto_server: MotoServ
     set_dummy_env(monkeypatch, moto_server.url)
     local = LocalBackend(tmp_path)
     assert _capabilities_of(local) == {"StagedWrites", "PartWrites", "ViewReads", "BufferedReads",
-                                       "ConditionalCreate", "LocationSetup", "TemporaryCleanup"}
+                                       "ConditionalCreate", "LocationSetup", "TemporaryCleanup", "GroupSharing"}
     s3 = S3Backend.from_url("s3://bucket/prefix", {})
     assert _capabilities_of(s3) == {"ConditionalCreate", "ObjectLock", "ServerClock", "LocationSetup",
                                     "BufferedReads", "ConcurrentReads", "PartWrites", "ColdStorage"}
@@ -157,10 +157,11 @@ def test_wrappers_mirror_exactly_the_capabilities_of_what_they_wrap(tmp_path: Pa
     """A wrapper must send callers down the path production takes with the wrapped backend,
     except where the fault wrapper must see the data (it has no staged, part or mapped I/O)."""
     local = LocalBackend(tmp_path)
-    assert _capabilities_of(FaultyBackend(local)) == {"ConditionalCreate", "LocationSetup", "TemporaryCleanup"}
+    assert _capabilities_of(FaultyBackend(local)) == {"ConditionalCreate", "LocationSetup", "TemporaryCleanup",
+                                                      "GroupSharing"}
     assert _capabilities_of(FaultyBackend(MemoryBackend())) == {"ConditionalCreate"}
     assert _capabilities_of(LaggingListings(local)) == {"ViewReads", "BufferedReads", "ConditionalCreate",
-                                                        "LocationSetup", "TemporaryCleanup"}
+                                                        "LocationSetup", "TemporaryCleanup", "GroupSharing"}
     assert _capabilities_of(LaggingListings()) == {"ConditionalCreate"}
     assert type(FaultyBackend(local)) is type(FaultyBackend(LocalBackend(tmp_path / "b")))  # one class per mix
     assert isinstance(FaultyBackend(local), FaultyBackend) and type(FaultyBackend(local)).__name__ == "FaultyBackend"

@@ -11,6 +11,13 @@ Conventions (docs/rehearsals.md, "Human runbooks"):
   created); the working directory holds a copy of ``runbooks/``;
 * ``<!-- requires: a, b -->`` before a block asks for mariadb, postgresql, s3 or
   drtool-copy; the test provides each or FAILS naming what it could not provide;
+* ``postgresql``: a server archiving WAL into the repository as source
+  ``services``, and no PGHOST/PGPORT/PGUSER: a runbook says itself where to
+  connect.  Where the runbook runs commands as the OS user postgres
+  (``runuser -u postgres``), it is provided as deployed: drtool installed by
+  ``scripts/install`` first on PATH, the server running as ``postgres`` (its
+  archive_command too), the repository shared with group ``postgres`` by the
+  chgrp/chmod lines of docs/operations.md;
 * ``<!-- not-run: reason -->`` skips a block: only for destructive or
   interactive commands, at most two per file.
 """
@@ -22,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +40,7 @@ import pytest
 import dbservers
 import s3server
 from conftest import PASSWORD, ROOT, DrEnv, make_env
+from deployed import doc_command, install_drtool
 
 DOCS = sorted((ROOT / "runbooks").glob("*.md"))
 REQUIREMENTS = ("mariadb", "postgresql", "s3", "drtool-copy")
@@ -103,6 +111,41 @@ def test_every_runbook_is_covered() -> None:
                      "site-lost.md"}
 
 
+# Inputs a runbook may take from the operator's environment without defining them (the
+# conventions of docs/rehearsals.md, "Human runbooks"); anything else it must set itself, or
+# demand with ${NAME:?...} before use, so it runs as written on a fresh host.
+CONVENTION_INPUTS = {"DRTOOL_REPOSITORY", "DRTOOL_PASSWORD", "DRTOOL_PASSWORD_FILE", "DRTOOL_CATALOG",
+                     "DRTOOL_CONFIG", "PATH", "HOME"}
+USED = re.compile(r"\$\{?([A-Z_][A-Z0-9_]*)")
+DEFINED = re.compile(r"(?:^|[\s;(])(?:export\s+)?([A-Z_][A-Z0-9_]*)=|\$\{([A-Z_][A-Z0-9_]*):[?=]|read\s+-\w+\s+'[^']*'\s+([A-Z_]+)")
+
+
+def undefined_variables(blocks: list[Block]) -> list[str]:
+    """``$NAME`` used in a block before any block of the runbook defines or demands it."""
+    known = set(CONVENTION_INPUTS)
+    problems = []
+    for block in blocks:
+        for number, line in enumerate(block.code.splitlines(), block.line + 1):
+            known |= {name for groups in DEFINED.findall(line) for name in groups if name}
+            for name in USED.findall(line):
+                if name not in known and not name.startswith("AWS_"):
+                    problems.append(f"line {number}: ${name} is used but never defined or demanded")
+                    known.add(name)
+    return problems
+
+
+def test_undefined_variable_detection() -> None:
+    blocks, _ = extract_blocks("```sh\nmkdir -p \"$SANDBOX\"\n```\n```sh\nexport X=1\n"
+                               ": \"${WHEN:?give WHEN}\"\necho $X $WHEN $DRTOOL_CATALOG\n```\n")
+    assert undefined_variables(blocks) == ["line 2: $SANDBOX is used but never defined or demanded"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
+def test_runbook_defines_every_variable_it_uses(doc: Path) -> None:
+    blocks, _ = extract_blocks(doc.read_text())
+    assert undefined_variables(blocks) == [], f"{doc.name}: runs as written only with these defined"
+
+
 # ----- the sandbox repository ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> DrEnv:
@@ -137,7 +180,9 @@ class Workspace:
 
 
 def workspace(template: DrEnv, tmp: Path) -> Workspace:
-    """A private copy of the template repository and catalog, a shell environment for it."""
+    """A private copy of the template repository and catalog, a shell environment for it.
+
+    ``tmp`` must be reachable by the ``postgres`` user when the runbook needs PostgreSQL."""
     home, work, state, tmpdir, bin_dir = (tmp / n for n in ("home", "work", "state", "tmp", "bin"))
     for folder in (home, work, state, tmpdir, bin_dir):
         folder.mkdir(parents=True)
@@ -213,19 +258,50 @@ def provide_mariadb(ws: Workspace, stack: ExitStack) -> Callable[[str], None]:
     return lambda title: server.sql(f"INSERT INTO wiki.page (page_title) VALUES ('{title}')")
 
 
-def provide_postgresql(ws: Workspace, stack: ExitStack) -> Callable[[str], None]:
-    """A live PostgreSQL archiving WAL into the repository, source 'services'."""
+def os_user_home(name: str) -> str:
+    import pwd
+    return pwd.getpwnam(name).pw_dir
+
+
+def share_repository_with(ws: Workspace, group: str) -> None:
+    """The chgrp/chmod lines docs/operations.md prints for sharing an existing repository."""
+    repo = ws.env["DRTOOL_REPOSITORY"]
+    for pattern in (r"^chgrp -R drtool ", r"^find \S+ -type d -exec chmod 2770", r"^find \S+ -type f -exec chmod 0640"):
+        line = doc_command("operations.md", pattern).replace("/srv/backup/repo", repo)
+        line = line.replace("chgrp -R drtool", f"chgrp -R {group}")
+        proc = subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, f"{line}: {proc.stderr}"
+
+
+def provide_postgresql(ws: Workspace, stack: ExitStack, as_postgres: bool) -> Callable[[str], None]:
+    """A live PostgreSQL archiving WAL into the repository (source 'services'); ``as_postgres``:
+    run by the OS user postgres with the installed drtool, which comes first on PATH for the
+    runbook too."""
+    if not as_postgres:
+        return _provide_postgresql_in_namespace(ws, stack)
+    bin_dir = stack.enter_context(contextmanager(install_drtool)())
+    catalogs = Path(os_user_home("postgres"), ".local", "state", "drtool")
+    before = set(catalogs.iterdir()) if catalogs.is_dir() else set()
+    stack.callback(lambda: [shutil.rmtree(p, ignore_errors=True) for p in
+                            (set(catalogs.iterdir()) if catalogs.is_dir() else set()) - before])
+    share_repository_with(ws, "postgres")
     password_file = ws.state / "drtool-password"
     password_file.write_text(PASSWORD + "\n")
-    archive_env = dbservers.drtool_env(ws.env, str(password_file))
-    server = stack.enter_context(dbservers.postgres_server(archive_env=archive_env, source="services"))
-    stack.callback(dbservers.stop_postgres, server.bindir, str(Path(ws.env["SANDBOX"]) / "pg-restore"))
+    shutil.chown(password_file, group="postgres")
+    password_file.chmod(0o640)
+    pg_state = ws.state / "postgres-state"
+    pg_state.mkdir()
+    shutil.chown(pg_state, "postgres")
+    archive_env = {k: v for k, v in dbservers.drtool_env(ws.env, str(password_file)).items()
+                   if k != "DRTOOL_CATALOG"}
+    archive_env["XDG_STATE_HOME"] = str(pg_state)
+    server = stack.enter_context(dbservers.postgres_server(archive_env=archive_env, source="services",
+                                                           os_user="postgres", drtool=str(bin_dir / "drtool")))
+    stack.callback(dbservers.stop_postgres, server.bindir, str(Path(ws.env["SANDBOX"]) / "pg-restore"), "postgres")
     server.sql("CREATE DATABASE services")
     server.sql("CREATE TABLE orders (id serial PRIMARY KEY, item text)", "services")
     ws.sources["services"] = server.source(method="basebackup")
-    ws.env.update(PGHOST=server.root, PGUSER="postgres", DRTOOL_PASSWORD_FILE=str(password_file),
-                  AS_POSTGRES=" ".join(dbservers.server_prefix()),
-                  PATH=f"{server.bindir}{os.pathsep}{ws.env['PATH']}")
+    ws.env.update(DRTOOL_PASSWORD_FILE=str(password_file), PATH=f"{bin_dir}{os.pathsep}{ws.env['PATH']}")
 
     def write(item: str) -> None:
         server.sql(f"INSERT INTO orders (item) VALUES ('{item}')", "services")
@@ -233,7 +309,25 @@ def provide_postgresql(ws: Workspace, stack: ExitStack) -> Callable[[str], None]
     return write
 
 
-def provide(ws: Workspace, needed: set[str], stack: ExitStack) -> None:
+def _provide_postgresql_in_namespace(ws: Workspace, stack: ExitStack) -> Callable[[str], None]:
+    """The server as an unprivileged uid in a user namespace (root outside), for runbooks whose
+    commands all run as the operator (drills: their sandboxes do the same)."""
+    password_file = ws.state / "drtool-password"
+    password_file.write_text(PASSWORD + "\n")
+    archive_env = dbservers.drtool_env(ws.env, str(password_file))
+    server = stack.enter_context(dbservers.postgres_server(archive_env=archive_env, source="services"))
+    server.sql("CREATE DATABASE services")
+    server.sql("CREATE TABLE orders (id serial PRIMARY KEY, item text)", "services")
+    ws.sources["services"] = server.source(method="basebackup")
+    ws.env.update(DRTOOL_PASSWORD_FILE=str(password_file))
+
+    def write(item: str) -> None:
+        server.sql(f"INSERT INTO orders (item) VALUES ('{item}')", "services")
+        server.switch_wal_and_wait()
+    return write
+
+
+def provide(ws: Workspace, needed: set[str], stack: ExitStack, as_postgres: bool = False) -> None:
     unknown = needed - set(REQUIREMENTS)
     assert not unknown, f"unknown requirement(s) {sorted(unknown)}; known: {', '.join(REQUIREMENTS)}"
     writers = []
@@ -244,7 +338,7 @@ def provide(ws: Workspace, needed: set[str], stack: ExitStack) -> None:
     if "mariadb" in needed:
         writers.append(provide_mariadb(ws, stack))
     if "postgresql" in needed:
-        writers.append(provide_postgresql(ws, stack))
+        writers.append(provide_postgresql(ws, stack, as_postgres))
     if ws.sources:
         _configure_sources(ws)
     if writers:
@@ -284,13 +378,21 @@ def test_runbook_sh_blocks_run(doc: Path, template: DrEnv, tmp_path: Path) -> No
     for block in skipped:
         assert re.match(r"(destructive|interactive)\b", block.not_run or ""), \
             f"{doc.name}:{block.line}: not-run is only for destructive or interactive commands"
-    ws = workspace(template, tmp_path)
+    needed = set().union(*(b.requires for b in runnable))
+    as_postgres = "postgresql" in needed and "runuser -u postgres" in doc.read_text()
     with ExitStack() as stack:
-        provide(ws, set().union(*(b.requires for b in runnable)), stack)
+        if as_postgres:  # pytest's tmp_path is private to root
+            tmp_path = Path(dbservers.short_tmpdir("drrb-"))
+            tmp_path.chmod(0o755)
+            stack.callback(shutil.rmtree, tmp_path, True)
+        ws = workspace(template, tmp_path)
+        provide(ws, needed, stack, as_postgres)
         for block in runnable:
             proc = run_block(ws, block)
             assert proc.returncode == 0, (
                 f"{doc.name}:{block.line}: block exited {proc.returncode}\n--- block ---\n{block.code}"
                 f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
-    leftovers = sorted(p.name for p in ws.tmpdir.iterdir() if p.name.startswith("drtool-rehearsal-"))
-    assert not leftovers, f"{doc.name}: rehearsal sandboxes left behind: {leftovers}"
+        sandbox = Path(ws.env["SANDBOX"])
+        leftovers = sorted(p.name for folder in (ws.tmpdir, sandbox) if folder.is_dir()
+                           for p in folder.iterdir() if p.name.startswith("drtool-rehearsal-"))
+        assert not leftovers, f"{doc.name}: rehearsal sandboxes left behind: {leftovers}"

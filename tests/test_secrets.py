@@ -148,7 +148,7 @@ def test_child_environment_rules() -> None:
         "PATH": "/bin", "DRTOOL_PASSWORD": "x", "DRTOOL_PASSWORD_FILE": "/f", "DRTOOL_PASSWORD_COMMAND": "c",
         "DRTOOL_NEW_PASSWORD_FILE": "/n", "DRTOOL_TO_PASSWORD": "t", "DRTOOL_REPOSITORY": "/r",
         "DRTOOL_CATALOG": "postgresql+psycopg://u:pw@h/db", "DRTOOL_TO_CATALOG": "/var/lib/c.sqlite",
-        "PGPASSWORD": "kept for libpq callers to drop"})
+        "PGPASSWORD": "kept for libpq callers to drop", "ST_KEY": "swift key", "OS_PASSWORD": "keystone"})
     assert env == {"PATH": "/bin", "DRTOOL_REPOSITORY": "/r", "DRTOOL_TO_CATALOG": "/var/lib/c.sqlite",
                    "PGPASSWORD": "kept for libpq callers to drop", "EXTRA": "1"}
     assert not is_secret("DRTOOL_CATALOG", "postgresql+psycopg://u@h/db")  # no password in it

@@ -18,10 +18,12 @@ __all__ = ["KdfParams", "OpenOptions", "Repository", "Session", "Snapshot", "cre
 
 
 def init(repository: str, passphrase: bytes, *, catalog: str | None = None,
-         kdf: KdfParams | None = None, backend_options: dict[str, Any] | None = None) -> str:
-    """Create a repository; return its id."""
+         kdf: KdfParams | None = None, backend_options: dict[str, Any] | None = None,
+         group: str | None = None) -> str:
+    """Create a repository; return its id.  ``group``: an OS group sharing a local repository
+    (the backup user and the database user write it both; docs/operations.md)."""
     options = OpenOptions(repository, passphrase, catalog, backend_options=backend_options or {})
-    repo = Session.init(options, kdf=kdf)
+    repo = Session.init(options, kdf=kdf, group=group)
     repo.close()
     return repo.config.repo_id
 

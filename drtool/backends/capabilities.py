@@ -22,6 +22,7 @@ import datetime as dt
 from typing import Protocol, Sequence, runtime_checkable
 
 from drtool.backends.base import Backend, StagedObject
+from drtool.errors import UsageError
 
 
 @runtime_checkable
@@ -171,9 +172,24 @@ class TemporaryCleanup(Protocol):
         repository's exclusive lock."""
 
 
+@runtime_checkable
+class GroupSharing(Protocol):
+    """Let a second OS user (the database's: ``postgres`` runs ``archive_command``) write the
+    repository the backup user created (local: setgid directories, group-readable files).
+
+    Chosen once at ``init --group``; the backend remembers it in the location itself so that
+    every later writer, whatever its umask, keeps files and directories usable by the group.
+    Fallback: none -- stores with their own access control (S3: IAM) refuse ``--group``.
+    """
+
+    def share_with_group(self, group: str) -> None:
+        """Give ``group`` read and write access to the (new, empty) location; clear error if not
+        possible (unknown group, not a member)."""
+
+
 CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ConcurrentReads,
                                   ColdStorage, ConditionalCreate, ObjectLock, ServerClock, LocationSetup,
-                                  TemporaryCleanup)
+                                  TemporaryCleanup, GroupSharing)
 
 
 def supports(backend: Backend, capability: type) -> bool:
@@ -272,6 +288,15 @@ def create_location(backend: Backend) -> None:
     """Prepare the location for a new repository (nothing to do on backends without setup)."""
     if supports(backend, LocationSetup):
         backend.create_location()  # type: ignore[attr-defined]
+
+
+def share_with_group(backend: Backend, group: str) -> None:
+    """Share a new repository with an OS group, or refuse clearly where the store cannot."""
+    if not supports(backend, GroupSharing):
+        raise UsageError(f"--group is for repositories in a local directory, not {backend.url}",
+                         hint="give every user its own credentials for the store instead (S3: an IAM "
+                              "policy per user, docs/s3.md)")
+    backend.share_with_group(group)  # type: ignore[attr-defined]
 
 
 def remove_abandoned_temporaries(backend: Backend, older_than_seconds: float) -> int:

@@ -7,8 +7,10 @@ may remove.
 from __future__ import annotations
 
 import errno
+import grp
 import mmap
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -16,17 +18,24 @@ from typing import Iterator, Sequence
 
 from drtool.backends.base import Backend, ObjectInfo, StagedObject
 from drtool.backends.local_staged import DIRECT_IO_DEFAULT, LocalStagedObject, WriteFailures, fsync_dir
-from drtool.errors import BackendError, ObjectMissing, ReadOnlyRepository, RepositoryNotFound
+from drtool.errors import BackendError, ObjectMissing, ReadOnlyRepository, RepositoryNotFound, UsageError
 
 TMP_PREFIX = ".tmp-"
+SHARED_DIR_MODE = 0o2770   # group-shared repository: setgid keeps the group on new entries
+SHARED_FILE_MODE = 0o640   # objects are immutable (replaced by rename): the group only reads them
 MAP_MIN_BYTES = 1024 * 1024
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 class LocalBackend(Backend):
     """Capabilities beyond the core contract (``drtool.backends.capabilities``): staged and
-    part writes, mapped and buffered reads, conditional create, location setup and
-    removal of abandoned temporaries."""
+    part writes, mapped and buffered reads, conditional create, location setup, group
+    sharing and removal of abandoned temporaries.
+
+    A group-shared repository (``init --group``) is recognised by its top directory:
+    setgid with group ``rwx``.  Every writer then creates directories ``2770`` and files
+    ``0640`` whatever its umask (PostgreSQL runs ``archive_command`` with umask 077), so
+    the backup user and the database user keep reading each other's objects."""
 
     def __init__(self, root: str | os.PathLike[str], direct_io: bool = DIRECT_IO_DEFAULT) -> None:
         """``direct_io``: stream packs with O_DIRECT (DRTOOL_DIRECT_IO=0 turns it off)."""
@@ -35,6 +44,7 @@ class LocalBackend(Backend):
         self._write_failures = WriteFailures()  # background pack writes that failed
         self.root = Path(root).absolute()
         self.url = f"file://{self.root}"
+        self._shared: bool | None = None  # group-shared? learnt from the top directory once
 
     def _path(self, name: str) -> Path:
         if name.startswith("/") or ".." in name.split("/"):
@@ -47,6 +57,54 @@ class LocalBackend(Backend):
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"cannot create repository directory {self.root}: {exc.strerror}") from None
+
+    def share_with_group(self, group: str) -> None:
+        """Hand the (new) repository directory to ``group``: setgid, group ``rwx``."""
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise UsageError(f"there is no OS group {group!r}",
+                             hint=f"create it (groupadd --system {group}) and add the backup and database "
+                                  f"users to it (usermod -aG {group} postgres)") from None
+        try:
+            os.chown(self.root, -1, gid)
+            os.chmod(self.root, SHARED_DIR_MODE)
+            mode = self.root.stat().st_mode
+        except PermissionError:
+            mode = 0
+        if not mode & stat.S_ISGID or stat.S_IMODE(mode) & 0o070 != 0o070:  # non-members lose setgid
+            raise UsageError(f"cannot give group {group} the repository directory {self.root}: "
+                             f"this user is not a member of it",
+                             hint=f"usermod -aG {group} {_user_name()} (then log in again), or run init as root")
+        self._shared = True
+
+    def _is_shared(self) -> bool:
+        if self._shared is None:
+            try:
+                mode = self.root.stat().st_mode
+            except OSError:
+                return False  # no repository yet: ask again later
+            self._shared = bool(mode & stat.S_ISGID) and stat.S_IMODE(mode) & 0o070 == 0o070
+        return self._shared
+
+    def _make_dirs(self, folder: Path) -> None:
+        """``mkdir -p`` inside the repository; group-shared: each new directory ``2770``."""
+        if folder.is_dir():
+            return
+        if not self._is_shared():
+            folder.mkdir(parents=True, exist_ok=True)
+            return
+        missing = []
+        while not folder.is_dir() and folder != self.root:
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, SHARED_DIR_MODE)
+            except FileExistsError:
+                _await_group_access(path)  # another writer made it and is about to chmod it
+                continue
+            os.chmod(path, SHARED_DIR_MODE)  # mkdir's mode went through the umask
 
     def _refuse_non_directory(self) -> None:
         """``--repo`` naming a file (or a path through one) is a wrong path, not an internal error."""
@@ -65,10 +123,12 @@ class LocalBackend(Backend):
         try:
             if not self.root.is_dir():
                 raise RepositoryNotFound(f"repository directory {self.root} does not exist")
-            folder.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(folder)
             return LocalStagedObject(folder, self._path, self._count_put,
                                      lambda exc, what: _write_error(exc, f"{what} in {self.root}"),
-                                     direct_io=self.direct_io, failures=self._write_failures)
+                                     direct_io=self.direct_io, failures=self._write_failures,
+                                     make_dirs=self._make_dirs,
+                                     file_mode=SHARED_FILE_MODE if self._is_shared() else None)
         except OSError as exc:
             raise _write_error(exc, prefix) from None
 
@@ -116,7 +176,7 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             raise ObjectMissing(f"object {name} is missing from the repository") from None
         except OSError as exc:
-            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+            raise _read_error(exc, name) from None
         self.stats.bytes_down += len(data)
         return data
 
@@ -136,7 +196,7 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             raise ObjectMissing(f"object {name} is missing from the repository") from None
         except OSError as exc:
-            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+            raise _read_error(exc, name) from None
         if length is not None and len(data) != length:
             raise ObjectMissing(f"object {name} is shorter than expected "
                                 f"({offset + len(data)} < {offset + length} bytes)")
@@ -149,7 +209,7 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             raise ObjectMissing(f"object {name} is missing from the repository") from None
         except OSError as exc:
-            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+            raise _read_error(exc, name) from None
 
     def get_range_view(self, name: str, offset: int, length: int) -> memoryview:
         """Large ranges are mapped (MAP_POPULATE), not copied: a restore reads every pack once
@@ -168,7 +228,7 @@ class LocalBackend(Backend):
             mapped = mmap.mmap(fd, offset + length - start, flags=mmap.MAP_SHARED | _MAP_POPULATE,
                                prot=mmap.PROT_READ, offset=start)
         except OSError as exc:
-            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+            raise _read_error(exc, name) from None
         finally:
             os.close(fd)
         self.stats.bytes_down += length
@@ -190,7 +250,7 @@ class LocalBackend(Backend):
                                         f"({offset + done} < {offset + length} bytes)")
                 done += got
         except OSError as exc:
-            raise BackendError(f"cannot read {name}: {exc.strerror}") from None
+            raise _read_error(exc, name) from None
         finally:
             os.close(fd)
         self.stats.bytes_down += length
@@ -230,12 +290,14 @@ class LocalBackend(Backend):
                         continue
                     yield ObjectInfo(name, size)
 
-    @staticmethod
-    def _write_temp(path: Path, parts: Sequence[bytes | bytearray]) -> str:
-        """A durable, private temporary file beside ``path`` (renamed or linked into place)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _write_temp(self, path: Path, parts: Sequence[bytes | bytearray]) -> str:
+        """A durable temporary file beside ``path`` (renamed or linked into place); private,
+        or readable by the group of a group-shared repository."""
+        self._make_dirs(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
         try:
+            if self._is_shared():
+                os.fchmod(fd, SHARED_FILE_MODE)
             with os.fdopen(fd, "wb") as handle:
                 for part in parts:
                     handle.write(part)
@@ -269,6 +331,35 @@ def _write_error(exc: OSError, what: str) -> BackendError:
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return ReadOnlyRepository(f"cannot write {what}: {exc.strerror}")
     return BackendError(f"cannot write {what}: {exc.strerror}")
+
+
+def _await_group_access(path: Path, timeout: float = 2.0) -> None:
+    """Between another writer's mkdir and its chmod the directory may still lack the group's
+    bits (its umask); wait that moment out rather than fail to write into it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if stat.S_IMODE(os.stat(path).st_mode) & 0o070 == 0o070:
+                return
+        except OSError:
+            return
+        time.sleep(0.01)
+
+
+def _read_error(exc: OSError, name: str) -> BackendError:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return BackendError(f"cannot read {name}: permission denied for OS user {_user_name()}",
+                            hint="a repository shared by several OS users needs 'drtool init --group' "
+                                 "(or the chgrp/chmod of docs/operations.md, 'One repository, two writers')")
+    return BackendError(f"cannot read {name}: {exc.strerror}")
+
+
+def _user_name() -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _unlink_quietly(path: str | os.PathLike[str]) -> None:

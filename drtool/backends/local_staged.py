@@ -123,12 +123,18 @@ class LocalStagedObject(StagedObject):
 
     def __init__(self, folder: Path, final_path: Callable[[str], Path],
                  on_commit: Callable[[int], None], error: Callable[[OSError, str], BackendError],
-                 direct_io: bool = True, failures: WriteFailures | None = None) -> None:
+                 direct_io: bool = True, failures: WriteFailures | None = None,
+                 make_dirs: Callable[[Path], None] | None = None, file_mode: int | None = None) -> None:
+        """``make_dirs`` creates the final folder (group-shared repositories set its mode);
+        ``file_mode``: the pack's mode when not private (``0640`` when group-shared)."""
         self._final_path, self._on_commit, self._error = final_path, on_commit, error
+        self._make_dirs = make_dirs or (lambda folder: folder.mkdir(parents=True, exist_ok=True))
         self._failures = failures or WriteFailures()
         self._failures_before = self._failures.count
         fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
         self._fd = fd
+        if file_mode is not None:
+            os.fchmod(fd, file_mode)
         self._direct = direct_io and _enable_direct(fd)
         self._buf: mmap.mmap | None = _take_buffer() if self._direct else None
         self._filled = 0
@@ -209,7 +215,7 @@ class LocalStagedObject(StagedObject):
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(path.parent)
             os.replace(self._tmp, path)
             fsync_dir(path.parent)
         except OSError as exc:

@@ -4,6 +4,8 @@ A source is a ``[sources.NAME]`` table with a ``type``:
 
 * ``files``      — ``paths = [...]``: a file-tree snapshot named NAME;
 * ``command``    — ``command = "..."`` (+ ``filename``): its stdout as one file;
+* ``s3``         — ``bucket``, ``prefix``, ``endpoint``: the objects as files
+  (``drtool.sources.objectstore``, ``drtool.backup.objectstore``);
 * any database engine's type (``postgresql``, ``mariadb``/``mysql``): the
   engine parses its table and makes its backups (``drtool.databases``).
 
@@ -20,6 +22,7 @@ from drtool.backup.run import BackupResult, backup_command, backup_paths
 from drtool.config import Settings
 from drtool.core.session import Session
 from drtool.errors import ConfigError, DrtoolError
+from drtool.sources.objectstore import OBJECT_STORE_TYPES, ObjectStoreSource, source_from_table
 
 
 class SourceEngine(Protocol):
@@ -57,7 +60,7 @@ def parse_source(name: str, table: Any, engines: Engines) -> Source:
     if not isinstance(table, dict):
         raise ConfigError(f"[sources.{name}] must be a table")
     kind = table.get("type")
-    types = ("files", "command", *engines)
+    types = ("files", "command", *OBJECT_STORE_TYPES, *engines)
     if kind not in types:
         raise ConfigError(f"[sources.{name}]: type must be one of {', '.join(types)}")
     if kind == "files":
@@ -69,6 +72,8 @@ def parse_source(name: str, table: Any, engines: Engines) -> Source:
         if not table.get("command"):
             raise ConfigError(f"[sources.{name}]: a command source needs command = \"...\"")
         return CommandSource(name, table["command"], table.get("filename") or name.rsplit("/", 1)[-1])
+    if kind in OBJECT_STORE_TYPES:
+        return source_from_table(name, table)
     return engines[kind].source_from_config(name, table)
 
 
@@ -93,12 +98,17 @@ def source_type(src: Source, engines: Engines) -> str:
     engine = engine_of(src, engines)
     if engine is not None:
         return engine.name
+    if isinstance(src, ObjectStoreSource):
+        return src.type
     return "files" if isinstance(src, FilesSource) else "command"
 
 
 def backup_source(session: Session, src: Source, tags: list[str], engines: Engines) -> list[BackupResult]:
     if isinstance(src, FilesSource):
         return [backup_paths(session, src.paths, src.name, tags)]
+    if isinstance(src, ObjectStoreSource):
+        from drtool.backup.objectstore import backup_object_store  # boto3 only when a bucket is backed up
+        return [backup_object_store(session, src, tags)]
     if isinstance(src, CommandSource):
         return [backup_command(session, src.command, src.name, src.filename, tags,
                                meta={"source": src.name, "source_type": "command"})]

@@ -145,9 +145,9 @@ class Session:
 
     @staticmethod
     def init(options: OpenOptions, kdf: KdfParams | None = None,
-             config: RepoConfig | None = None) -> Repository:
+             config: RepoConfig | None = None, group: str | None = None) -> Repository:
         backend = open_backend(options.repository, options.backend_options)
-        repo = Repository.init(backend, options.passphrase, kdf=kdf, config=config)
+        repo = Repository.init(backend, options.passphrase, kdf=kdf, config=config, group=group)
         from drtool.catalog.store import Catalog
         Catalog.open(options.catalog, repo.config.repo_id).close()
         return repo

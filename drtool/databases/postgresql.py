@@ -202,11 +202,12 @@ def socket_dir_for(target: str) -> str:
     """The restored server's own socket directory (never the production one).
 
     Unix socket paths are limited to 107 bytes (``.s.PGSQL.NNNNN`` included):
-    a long target gets a private directory under /tmp instead.
+    a long target gets a private directory under /tmp instead -- /tmp itself,
+    not $TMPDIR, which may be as long as the target.
     """
     if len(os.fsencode(target)) + len("/.s.PGSQL.65535") < 100:
         return target
-    return tempfile.mkdtemp(prefix="drtool-pg-")
+    return tempfile.mkdtemp(prefix="drtool-pg-", dir="/tmp")
 
 
 def free_port() -> int:
@@ -251,9 +252,21 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
         postgres.stop_server(target, src.bindir)
         raise RecoveryShort(f"{exc} (server stopped; its log is {result.log_file})") from None
     result.started = True
+    pg_ctl = postgres.find_binary("pg_ctl", src.bindir)
     result.notes.append(f"PostgreSQL running from {target}: port {port}, socket directory {socket_dir}; "
-                        f"connect with: psql -h {socket_dir} -p {port} (stop: pg_ctl -D {target} stop)")
+                        f"connect with: psql -h {socket_dir} -p {port} (stop: {pg_ctl} -D {target} stop)")
+    result.notes.append(f"connection: {conninfo(host=socket_dir, port=str(port))}")
     return result
+
+
+def conninfo(**params: str) -> str:
+    """A libpq connection string (``host=... port=...``): what runbooks pass to psql as is, so
+    nothing depends on PGHOST/PGPORT left over from production."""
+    def quote(value: str) -> str:
+        if value and not any(c in value for c in " '\\\t\n"):
+            return value
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return " ".join(f"{key}={quote(value)}" for key, value in params.items())
 
 
 def verify_recovery(plan: PitrPlan, outcome: dict[str, str]) -> str:

@@ -30,7 +30,7 @@ from drtool.catalog.rehearsals import (RehearsalSummary, add_rehearsals, last_re
 from drtool.errors import DrtoolError, SnapshotNotFound
 from drtool.rehearse.runbook import Objectives, Runbook, Step
 from drtool.rehearse.sandbox import (FILE_CHECKS, CheckResult, CheckRunner, Sandbox, SandboxContext,
-                               make_sandbox, sigterm_as_interrupt)
+                               make_sandbox, sandbox_root, sigterm_as_interrupt)
 from drtool.core.session import Session
 from drtool.repository.objects import REHEARSAL_KIND, REHEARSALS, object_name
 from drtool.snapshot.model import Snapshot
@@ -40,6 +40,7 @@ __all__ = ["RehearseOptions", "RehearsalResult", "last_rehearsal", "rebuild_rehe
            "RehearsalSummary"]
 
 DOCUMENT_FORMAT = 1
+LOG_LINES_SHOWN = 10
 Clock = Callable[[], datetime]
 
 
@@ -88,6 +89,7 @@ class StepResult:
     error: str | None = None
     failed: list[str] = field(default_factory=list)
     kept: str | None = None
+    server_log: str | None = None  # the end of a failed step's server log (the sandbox goes)
 
     @property
     def rto_seconds(self) -> float | None:
@@ -112,7 +114,7 @@ class StepResult:
                 "rpo_seconds": self.rpo_seconds, "objectives": self.objectives.as_dict(),
                 "status": self.status, "error": self.error, "restored": self.restored,
                 "checks": [c.as_dict() for c in self.checks], "failed": self.failed,
-                "kept": self.kept}
+                "kept": self.kept, "server_log": self.server_log}
 
 
 @dataclass
@@ -127,6 +129,7 @@ class RehearsalResult:
     drill_failed: list[str] = field(default_factory=list)
     id: str = ""
     record_error: str | None = None
+    sandbox_root: str = ""  # where the sandboxes went, and which setting said so
 
     @property
     def status(self) -> str:
@@ -158,6 +161,7 @@ class RehearsalResult:
                 "rto_seconds": self.rto_seconds, "rpo_seconds": self.rpo_seconds,
                 "objectives": book.objectives.as_dict(), "failed_checks": self.failed_checks,
                 "drill_failed": self.drill_failed, "program_version": __version__,
+                "variables": book.variables, "sandbox_root": self.sandbox_root,
                 "steps": [s.as_dict() for s in self.steps]}
 
     def as_dict(self) -> dict[str, Any]:
@@ -197,7 +201,11 @@ class Rehearsal:
 
     def run(self) -> RehearsalResult:
         book, result = self.book, self.result
-        self.log(f"rehearsal {book.name} ({book.path}): {len(book.steps)} step(s), seed {self.seed}")
+        self.log(f"rehearsal {book.name} ({book.path}): {len(book.steps)} step(s), seed {self.seed}"
+                 + "".join(f", {k}={v}" for k, v in sorted(book.variables.items())))
+        root, why = sandbox_root(self.options.sandbox_root, self.options.settings)
+        result.sandbox_root = f"{root} ({why})"
+        self.log(f"sandboxes under {result.sandbox_root}")
         with sigterm_as_interrupt(), ExitStack() as stack:
             stack.callback(self._teardown)
             for index, step in enumerate(book.steps, 1):
@@ -225,8 +233,8 @@ class Rehearsal:
                      f"for target {res.target.isoformat()}")
             phase = "creating the sandbox"
             context = SandboxContext(series, _conf(step.source, self.options.sources), self.options.settings)
-            sandbox = make_sandbox(step.sandbox, f"{self.book.name}-{step.name}", self.options.sandbox_root,
-                                   context)
+            sandbox = make_sandbox(step.sandbox, f"{self.book.name}-{step.name}",
+                                   sandbox_root(self.options.sandbox_root, self.options.settings)[0], context)
             self.sandboxes.append((res, sandbox))
             sandbox.create()
             phase = "restoring"
@@ -243,6 +251,7 @@ class Rehearsal:
             res.error = f"{phase}: {text}"
             res.failed.append(f"step {step.name!r} failed while {res.error}")
             self.log(f"{where}: FAILED while {res.error}")
+            self._keep_server_log(where, res)
             done = {c.where for c in res.checks}
             res.checks += [CheckResult(c.name, c.type, "skipped", "not run: the step failed earlier", 0.0,
                                        c.where) for c in step.checks if c.where not in done]
@@ -252,6 +261,16 @@ class Rehearsal:
         self.log(f"{where}: {res.status}, RTO {fmt_seconds(res.rto_seconds)}, "
                  f"RPO {fmt_seconds(res.rpo_seconds)}")
         return res
+
+    def _keep_server_log(self, where: str, res: StepResult) -> None:
+        """Copy the end of the step's server log into its result before any teardown."""
+        sandbox = next((sb for r, sb in self.sandboxes if r is res), None)
+        res.server_log = sandbox.server_log() if sandbox is not None else None
+        if res.server_log:
+            tail = res.server_log.strip().splitlines()[-LOG_LINES_SHOWN:]
+            self.log(f"{where}: server log (last {len(tail)} lines; all kept in the rehearsal record):")
+            for line in tail:
+                self.log(f"{where}:   {line}")
 
     def _pick(self, step: Step, series: str, now: datetime) -> tuple[Snapshot, datetime]:
         snaps = self.session.snapshots(series)

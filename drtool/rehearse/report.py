@@ -50,6 +50,7 @@ class Entry:
     rpo_goal: float | None
     failed: list[str] = field(default_factory=list)
     snapshot: str | None = None
+    server_log: str | None = None  # end of a failed step's server log (the sandbox is gone)
 
 
 def _time(text: str) -> datetime:
@@ -66,7 +67,8 @@ def entries_by_source(docs: list[dict[str, Any]]) -> dict[str, list[Entry]]:
             found.setdefault(step["source"], []).append(Entry(
                 _time(doc["started"]), doc["runbook"], doc.get("id", ""), step["status"],
                 step.get("rto_seconds"), step.get("rpo_seconds"), goals.get("rto"), goals.get("rpo"),
-                list(step.get("failed", [])) + list(doc.get("drill_failed", [])), step.get("snapshot")))
+                list(step.get("failed", [])) + list(doc.get("drill_failed", [])), step.get("snapshot"),
+                step.get("server_log")))
     for entries in found.values():
         entries.sort(key=lambda e: e.started)
     return dict(sorted(found.items()))
@@ -200,6 +202,8 @@ def _source_section(source: str, entries: list[Entry]) -> str:
             f'RTO {_versus(last.rto, last.rto_goal)}, RPO {_versus(last.rpo, last.rpo_goal)}. '
             f'{passed} of {len(entries)} rehearsal(s) in this period passed.</p>'
             + (f'<ul class="failed">{failed}</ul>' if failed else "")
+            + (f'<details class="server-log"><summary>Server log of the failed step (end)</summary>'
+               f'<pre>{escape(last.server_log)}</pre></details>' if last.server_log else "")
             + '<div class="charts">'
             + svg_chart(f"RTO of {source}", rto_points, last.rto_goal)
             + svg_chart(f"RPO of {source}", rpo_points, last.rpo_goal) + "</div></section>")

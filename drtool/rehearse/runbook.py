@@ -19,6 +19,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Union
 
 from drtool.errors import UsageError
+from drtool.rehearse.variables import declared_names, declared_values, substitute
 from drtool.snapshot.timeparse import parse_duration, parse_point_in_time, system_local_zone
 
 PathKey = tuple[Union[str, int], ...]
@@ -28,7 +29,7 @@ DB_SANDBOXES = ("postgresql", "mariadb")
 CHECK_TYPES = ("sql", "files", "sample", "command")
 POINT_KEYS = ("latest", "random_within", "point_in_time")
 STEP_KEYS = {"name", "source", "sandbox", "validations", "objectives", *POINT_KEYS}
-TOP_KEYS = STEP_KEYS | {"description", "seed", "steps"}
+TOP_KEYS = STEP_KEYS | {"description", "seed", "steps", "variables"}
 SANDBOX_KEYS = {"directory": {"type", "path"},
                 "postgresql": {"type", "path", "database"},
                 "mariadb": {"type", "path", "database"}}
@@ -114,6 +115,7 @@ class Runbook:
     steps: list[Step]
     objectives: Objectives
     seed: int | None = None
+    variables: dict[str, str] = field(default_factory=dict)  # the values this run used
 
 
 # ----- key → line map -------------------------------------------------------------
@@ -494,20 +496,26 @@ def _step(ctx: _Ctx, key: PathKey, table: dict[str, Any], default_name: str) -> 
     return Step(name, source, _point(ctx, key, table), sandbox, checks, objectives, ctx.where(key))
 
 
-def parse_runbook(text: str, path: str) -> Runbook:
-    """Parse and validate a runbook; raise UsageError naming file, line and key."""
+def parse_runbook(text: str, path: str, overrides: dict[str, str] | None = None) -> Runbook:
+    """Parse and validate a runbook; raise UsageError naming file, line and key.
+
+    ``overrides`` (``rehearse --set NAME=VALUE``) replace the defaults of the runbook's
+    ``[variables]``; every ``${name}`` in a string value is replaced by its value, so
+    one runbook serves every site without edited copies."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     ctx = _Ctx(path, KeyLines(text))
     _table(ctx, (), data, TOP_KEYS)
+    variables = declared_values(data.get("variables", {}), overrides or {}, ctx.path, ctx.error)
+    data = {k: (v if k == "variables" else substitute((k,), v, variables, ctx.error)) for k, v in data.items()}
     stem = os.path.splitext(os.path.basename(path))[0]
     name = _want(ctx, ("name",), data.get("name", stem), str, "a string")
     description = _want(ctx, ("description",), data.get("description", ""), str, "a string")
     seed = _want(ctx, ("seed",), data["seed"], int, "an integer") if "seed" in data else None
     objectives = _objectives(ctx, ("objectives",), data.get("objectives", {}))
-    return Runbook(path, name, description, _steps(ctx, data, name), objectives, seed)
+    return Runbook(path, name, description, _steps(ctx, data, name), objectives, seed, variables)
 
 
 def _steps(ctx: _Ctx, data: dict[str, Any], name: str) -> list[Step]:
@@ -535,12 +543,28 @@ def _steps(ctx: _Ctx, data: dict[str, Any], name: str) -> list[Step]:
     return steps
 
 
+def load_runbooks(paths: list[str], overrides: dict[str, str]) -> list[Runbook]:
+    """Every runbook, each given the ``--set`` values it declares; a value no runbook
+    declares is an error (a typo must not run the default silently)."""
+    texts = [(path, _read(path)) for path in paths]
+    declared = {path: set(declared_names(text)) for path, text in texts}
+    unused = sorted(set(overrides) - set().union(*declared.values()))
+    if unused:
+        raise UsageError(f"--set {unused[0]}: no runbook given declares a variable {unused[0]!r}",
+                         hint="see the [variables] table of the runbook")
+    return [parse_runbook(text, path, {k: v for k, v in overrides.items() if k in declared[path]})
+            for path, text in texts]
+
+
 def load_runbook(path: str) -> Runbook:
+    return parse_runbook(_read(path), path)
+
+
+def _read(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            return handle.read()
     except FileNotFoundError:
         raise UsageError(f"runbook {path} does not exist", hint="see runbooks/*.toml") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"runbook {path} cannot be read: {exc}") from None
-    return parse_runbook(text, path)

@@ -36,6 +36,7 @@ from drtool.snapshot.model import FILE, Node, Snapshot
 from drtool.snapshot.store import walk_tree
 
 SANDBOX_ROOT_ENV = "DRTOOL_SANDBOX_ROOT"
+RUNBOOK_SANDBOX_ENV = "SANDBOX"  # the human runbooks' scratch directory (runbooks/*.md)
 PREFIX = "drtool-rehearsal-"
 LABEL_MAX = 32
 
@@ -59,7 +60,7 @@ class Sandbox:
         self.spec = spec
         self.context = context or SandboxContext()
         self.label = "".join(c if c.isalnum() or c in "-_." else "-" for c in label)[:LABEL_MAX]
-        self.root = spec.path or root or os.environ.get(SANDBOX_ROOT_ENV) or tempfile.gettempdir()
+        self.root = spec.path or root or sandbox_root(None)[0]
         self.path = ""
         self.snapshot: Snapshot | None = None
 
@@ -73,8 +74,8 @@ class Sandbox:
             self.path = tempfile.mkdtemp(prefix=PREFIX + self.label + "-", dir=self.root)
         except OSError as exc:
             raise RestoreTargetError(f"cannot create a sandbox under {self.root}: {exc.strerror}",
-                                     hint="set sandbox.path in the runbook or DRTOOL_SANDBOX_ROOT "
-                                          "to a writable directory") from None
+                                     hint="give --sandbox-root (or $SANDBOX, [rehearse] sandbox_root) "
+                                          "a writable directory") from None
 
     def restore_files(self, session: Session, snap: Snapshot) -> RestoreResult:
         """Restore the snapshot's tree into ``data_dir`` (verified by the restorer)."""
@@ -104,9 +105,31 @@ class Sandbox:
     def describe(self) -> str:
         return f"{self.kind} sandbox at {self.path} (remove with: rm -rf '{self.path}')"
 
+    def server_log(self) -> str | None:
+        """The end of the sandbox server's log (database sandboxes); None without a server."""
+        return None
+
     def teardown(self) -> None:
         if self.path and os.path.lexists(self.path):
             remove_tree(self.path)
+
+
+def sandbox_root(option: str | None, settings: Any = None) -> tuple[str, str]:
+    """Where sandboxes go, and which setting said so: ``--sandbox-root``, then
+    DRTOOL_SANDBOX_ROOT, then $SANDBOX (the runbooks' scratch directory), then the config's
+    ``[rehearse] sandbox_root``; the system temp directory only when none is set (a full
+    restore rarely fits in a tmpfs /tmp)."""
+    if option:
+        return option, "--sandbox-root"
+    for name in (SANDBOX_ROOT_ENV, RUNBOOK_SANDBOX_ENV):
+        if os.environ.get(name):
+            return os.environ[name], f"${name}"
+    configured = settings.section("rehearse").get("sandbox_root") if settings is not None else None
+    if configured:
+        if not isinstance(configured, str):
+            raise UsageError(f"{settings.path}: [rehearse] sandbox_root must be a string (a directory)")
+        return configured, f"[rehearse] sandbox_root in {settings.path}"
+    return tempfile.gettempdir(), "the system temp directory; set --sandbox-root, $SANDBOX or [rehearse] sandbox_root"
 
 
 def make_sandbox(spec: SandboxSpec, label: str, root: str | None = None,

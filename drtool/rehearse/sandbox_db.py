@@ -39,6 +39,7 @@ from drtool.snapshot.model import Snapshot
 from drtool.sources import mariadb, postgres
 
 SOCKET_DIR_MAX = 80
+LOG_TAIL_BYTES = 8192  # of a failed server's log, kept in the rehearsal record
 QUERY_TIMEOUT = 300
 LOAD_TIMEOUT = 6 * 3600
 PG_DUMP_MAGIC = b"PGDMP"
@@ -90,13 +91,46 @@ class DatabaseSandbox(Sandbox):
         return env
 
     def describe(self) -> str:
+        """What --keep leaves: says the server runs only when its process is alive."""
         text = super().describe()
-        if self.running:
+        if self.is_running():
             text += f"; {self.kind} server running in {self.server_dir} ({self.stop_hint()})"
+        elif self.server_dir:
+            text += f"; the {self.kind} server is not running (its log: {self.log_path()})"
         return text
 
     def stop_hint(self) -> str:
         return ""
+
+    def pid_file(self) -> str:
+        return ""
+
+    def log_path(self) -> str:
+        return ""
+
+    def is_running(self) -> bool:
+        """The server's process exists (its pid file names a live process)."""
+        try:
+            with open(self.pid_file(), encoding="ascii") as handle:
+                os.kill(int(handle.readline().strip()), 0)
+            return True
+        except PermissionError:
+            return True  # alive, owned by another user
+        except (OSError, ValueError):
+            return False
+
+    def server_log(self) -> str | None:
+        """The end of the server's log, for the rehearsal record: the sandbox (and the log
+        with it) is removed when the rehearsal ends."""
+        path = self.log_path()
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - LOG_TAIL_BYTES))
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return None
 
     def stop(self) -> None:
         """Stop the server (idempotent)."""
@@ -208,8 +242,13 @@ class MariadbSandbox(DatabaseSandbox):
         return env
 
     def stop_hint(self) -> str:
-        pid = os.path.join(self.instance.datadir, "mariadbd.pid") if self.instance else "?"
-        return f"stop with: kill $(cat '{pid}')"
+        return f"stop with: kill $(cat '{self.pid_file() or '?'}')"
+
+    def pid_file(self) -> str:
+        return os.path.join(self.instance.datadir, "mariadbd.pid") if self.instance else ""
+
+    def log_path(self) -> str:
+        return os.path.join(self.instance.datadir, "mariadbd.err") if self.instance else ""
 
     def stop(self) -> None:
         if self.instance is not None and self.running:
@@ -300,6 +339,17 @@ class PostgresSandbox(DatabaseSandbox):
              prefix=self.prefix)
         if wait_recovery:
             _wait_for_promotion(self.pgdata, log_file)
+            self._wait_until_writable()
+
+    def _wait_until_writable(self) -> None:
+        """recovery.signal goes before the end-of-recovery checkpoint: until that is done the
+        server still answers ``pg_is_in_recovery() = t`` and refuses writes, and a drill's
+        first validation raced it."""
+        deadline = time.monotonic() + LOAD_TIMEOUT
+        while self._psql("postgres", "SELECT pg_is_in_recovery()").strip() != "f":
+            if time.monotonic() > deadline:
+                raise RestoreTargetError(f"PostgreSQL did not leave recovery within {LOAD_TIMEOUT}s")
+            time.sleep(0.1)
 
     def _psql(self, database: str, sql: str) -> str:
         return _run([self._bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-F", "\t",
@@ -332,7 +382,13 @@ class PostgresSandbox(DatabaseSandbox):
         return env
 
     def stop_hint(self) -> str:
-        return f"stop with: pg_ctl -D '{self.pgdata}' stop -m fast"
+        return f"stop with: {self._bin('pg_ctl')} -D '{self.pgdata}' stop -m fast"
+
+    def pid_file(self) -> str:
+        return os.path.join(self.pgdata, "postmaster.pid") if self.pgdata else ""
+
+    def log_path(self) -> str:
+        return os.path.join(self.server_dir, "postgres.log") if self.server_dir else ""
 
     def stop(self) -> None:
         pid_file = os.path.join(self.pgdata, "postmaster.pid") if self.pgdata else ""
@@ -350,7 +406,8 @@ def _wait_for_promotion(pgdata: str, log_file: str) -> None:
     deadline = time.monotonic() + LOAD_TIMEOUT
     while os.path.exists(os.path.join(pgdata, "recovery.signal")):
         if not os.path.exists(os.path.join(pgdata, "postmaster.pid")):
-            raise RestoreTargetError("PostgreSQL recovery failed: the server exited", hint=f"see {log_file}")
+            raise RestoreTargetError("PostgreSQL recovery failed: the server exited",
+                                     hint="its log is in the step's record (drtool rehearsals --json)")
         if time.monotonic() > deadline:
             raise RestoreTargetError(f"PostgreSQL recovery did not finish within {LOAD_TIMEOUT}s")
         time.sleep(0.2)

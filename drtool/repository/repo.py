@@ -95,11 +95,15 @@ class Repository:
     # ----- creation and opening -------------------------------------------------
     @classmethod
     def init(cls, backend: Backend, passphrase: bytes, *, kdf: KdfParams | None = None,
-             config: RepoConfig | None = None) -> "Repository":
+             config: RepoConfig | None = None, group: str | None = None) -> "Repository":
+        """``group``: an OS group that may read and write it too (the database's OS user runs
+        ``archive_command`` into the backup user's repository); local directories only."""
         capabilities.create_location(backend)
         if repository_exists(backend):
             raise RepositoryExists(f"a repository already exists at {backend.url}")
         _clear_interrupted_init(backend)
+        if group is not None:
+            capabilities.share_with_group(backend, group)
         master = MasterKey.generate()
         config = config or RepoConfig(repo_id=secrets.token_hex(16))
         slot = _wrap(master, passphrase, kdf, "initial")
@@ -614,6 +618,7 @@ def _not_drtool(backend: Backend) -> None:
 
 def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
     damaged: list[str] = []
+    unreadable: list[BackendError] = []  # a slot this user may not read is not a damaged one
     slots = list(backend.list(f"{KEYS}/"))
     if not slots:
         _not_drtool(backend)
@@ -623,8 +628,11 @@ def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
         slot_id = info.name.split("/", 1)[1]
         try:
             slot = KeySlot.from_bytes(slot_id, backend.get(info.name))
-        except (ValueError, BackendError):
+        except ValueError:
             damaged.append(slot_id)
+            continue
+        except BackendError as exc:
+            unreadable.append(exc)
             continue
         try:
             return unwrap_master_key(slot, passphrase), slot_id
@@ -634,6 +642,8 @@ def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
             raise KeyDerivationError(f"cannot derive the key of slot {slot_id}: {exc}") from None
         except (ValueError, KeyError):
             damaged.append(slot_id)
+    if unreadable:
+        raise unreadable[0]
     if damaged and len(damaged) == len(slots):
         _not_drtool(backend)
         raise IntegrityError(f"every key slot is damaged ({', '.join(damaged)})",

@@ -43,6 +43,10 @@ class Node:
     link_key: str | None = None
     rdev: int = 0
     changed: bool = False
+    # Extended metadata of an entry that is not a file-system file: for an object-store source,
+    # {"etag", "content_type", "user"} (drtool.sources.objectstore). Absent (None) for files,
+    # so file trees encode as before; older versions ignore it (unknown keys are skipped).
+    xmeta: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Shallow and sparse: defaults are omitted (asdict's deep copy cost 80 µs a node)."""

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from drtool.backends import capabilities
 from drtool.backends.base import Backend, ObjectInfo
-from drtool.backends.capabilities import (ConcurrentReads, LocationSetup, ObjectLock, ServerClock,
+from drtool.backends.capabilities import (ConcurrentReads, GroupSharing, LocationSetup, ObjectLock, ServerClock,
                                           TemporaryCleanup)
 from drtool.errors import BackendError, DrtoolError, TransientBackendError
 from drtool.testing.mirror import mirrored_class
@@ -78,7 +78,7 @@ class Injected:
 class FaultyBackend(Backend):
     """Wraps ``inner``; behaves exactly like it except where a rule fires."""
 
-    MIRRORED = (ConcurrentReads, ObjectLock, ServerClock, LocationSetup, TemporaryCleanup)
+    MIRRORED = (ConcurrentReads, ObjectLock, ServerClock, LocationSetup, TemporaryCleanup, GroupSharing)
 
     def __new__(cls, inner: Backend, *args: Any, **kwargs: Any) -> "FaultyBackend":
         return super().__new__(mirrored_class(cls, inner, cls.MIRRORED))  # type: ignore[no-any-return]

@@ -15,7 +15,7 @@ import functools
 from typing import Any, Iterable
 
 from drtool.backends.base import Backend
-from drtool.backends.capabilities import (BufferedReads, ConcurrentReads, LocationSetup, ObjectLock,
+from drtool.backends.capabilities import (BufferedReads, ConcurrentReads, GroupSharing, LocationSetup, ObjectLock,
                                           ServerClock, TemporaryCleanup, ViewReads, supports)
 
 
@@ -74,10 +74,18 @@ class _TemporaryCleanup:
         return int(self.inner.remove_abandoned_temporaries(older_than_seconds))
 
 
+class _GroupSharing:
+    inner: Any
+
+    def share_with_group(self, group: str) -> None:
+        self.inner.share_with_group(group)
+
+
 FORWARDERS: dict[type, type] = {
     ViewReads: _ViewReads, BufferedReads: _BufferedReads, ConcurrentReads: _ConcurrentReads,
     ObjectLock: _ObjectLock,
     ServerClock: _ServerClock, LocationSetup: _LocationSetup, TemporaryCleanup: _TemporaryCleanup,
+    GroupSharing: _GroupSharing,
 }
 
 

@@ -78,11 +78,17 @@ def run_source_backup(state: CliState, source: str | None, all_sources: bool, ta
                          f"{s['size'] / 2**20:.1f} MiB, new {s['bytes_added_raw'] / 2**20:.1f} MiB "
                          f"({ratio:.0%}), stored {s['bytes_added'] / 2**20:.1f} MiB")
     emit(run.as_dict(), as_json, "\n".join(lines) if lines else None)
+    unreadable = [line for results in run.results.values() for r in results for line in r.unreadable]
+    for line in unreadable:
+        click.echo(f"drtool: warning: unreadable: {line}", err=True)
     for name, message in run.failures.items():
         click.echo(f"drtool: error: source {name}: {message}", err=True)
     if run.failures:
         raise SourceError(f"{len(run.failures)} of {len(run.failures) + len(run.results)} source(s) failed: "
                           f"{', '.join(run.failures)}")
+    if unreadable:
+        raise PartialSuccess(f"snapshots saved, but {len(unreadable)} entries could not be read "
+                             f"and are not in them (listed above)")
 
 
 def register(group: click.Group) -> None:

@@ -12,7 +12,8 @@ from drtool.api.rehearsals import (
     RehearsalResult,
     RehearseOptions,
     fmt_seconds,
-    load_runbook,
+    load_runbooks,
+    parse_assignments,
     rebuild_rehearsals,
     rehearsal_history,
     render_html,
@@ -34,13 +35,17 @@ def _configured_sources(state: CliState) -> dict[str, Any]:
 @click.option("--keep", is_flag=True, help="Leave the sandboxes in place and print where they are.")
 @click.option("--seed", type=int, help="Seed for random_within and file sampling (repeat a drill).")
 @click.option("--sandbox-root", type=click.Path(file_okay=False), metavar="DIR",
-              help="Create sandboxes under DIR (or DRTOOL_SANDBOX_ROOT; default: the temp dir).")
+              help="Create sandboxes under DIR (else DRTOOL_SANDBOX_ROOT, $SANDBOX, [rehearse] sandbox_root, "
+                   "the temp dir).")
+@click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
+              help="Set a variable the runbook declares in [variables] (e.g. --set source=db/wiki).")
 @json_option
 @pass_state
 def rehearse(state: CliState, runbooks: tuple[str, ...], keep: bool, seed: int | None,
-             sandbox_root: str | None, as_json: bool) -> None:
+             sandbox_root: str | None, assignments: tuple[str, ...], as_json: bool) -> None:
     """Restore into a sandbox, validate, and measure RTO/RPO for each RUNBOOK."""
-    books = [load_runbook(path) for path in runbooks]  # every runbook is checked before any runs
+    # every runbook is checked (with its --set values) before any runs
+    books = load_runbooks(list(runbooks), parse_assignments(assignments))
     session = state.session()
 
     def log(line: str) -> None:

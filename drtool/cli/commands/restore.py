@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +22,9 @@ from drtool.cli.progress import byte_progress
 from drtool.cli.values import mib
 from drtool.errors import DrtoolError, PartialSuccess, UsageError
 
+if TYPE_CHECKING:
+    from drtool.api.objectstores import ObjectStoreSource
+
 
 @click.command()
 @click.argument("snapshot", required=False)
@@ -33,20 +37,38 @@ from drtool.errors import DrtoolError, PartialSuccess, UsageError
 @click.option("--overwrite", type=click.Choice(POLICIES), default=DEFAULT_POLICY, show_default=True,
               help="Existing files that differ: keep them and exit 3 (never), replace older ones "
                    "(if-newer), replace unless size and mtime match (if-changed), or replace (always).")
-@click.option("--source", metavar="NAME", help="Database source: point-in-time restore (see docs/databases.md).")
+@click.option("--source", metavar="NAME",
+              help="Configured source: a database (point-in-time restore, docs/databases.md) or an object store.")
 @click.option("--latest", is_flag=True, help="With --source: replay every archived log.")
 @click.option("--exclusive", is_flag=True, help="With --source: stop just before TIME.")
 @click.option("--start", is_flag=True, help="With --source: start the restored server and wait for recovery.")
 @click.option("--port", type=int, help="With --source: port for the restored server.")
 @click.option("--target-db", metavar="DB", help="With a MariaDB --source: load into this new database.")
+@click.option("--to-bucket", metavar="URL",
+              help="With an object-store --source: put the objects under s3://BUCKET[/PREFIX] "
+                   "(swift://CONTAINER[/PREFIX] for a swift source).")
 @dry_run_option
 @json_option
 @pass_state
 def restore(state: CliState, snapshot: str | None, target: str | None, name: str | None, when: str | None,
             includes: tuple[str, ...], allow_partial: bool, overwrite: str, source: str | None, latest: bool,
-            exclusive: bool, start: bool, port: int | None, target_db: str | None, dry_run: bool,
-            as_json: bool) -> None:
+            exclusive: bool, start: bool, port: int | None, target_db: str | None, to_bucket: str | None,
+            dry_run: bool, as_json: bool) -> None:
     """Restore SNAPSHOT (an id, or 'latest') or the snapshot at --point-in-time into --target."""
+    if source:
+        from drtool.api import objectstores
+        object_source = objectstores.object_source(state.settings, source)
+        if object_source is not None:
+            if name or latest or exclusive or start or port or target_db:
+                raise UsageError("an object-store --source takes no --name, --latest, --exclusive, "
+                                 "--start, --port or --target-db")
+            if to_bucket is None:  # into a directory: the ordinary file restore of the series NAME
+                name, source = source, None
+            else:
+                return run_bucket_restore(state, object_source, to_bucket, snapshot, when, list(includes),
+                                          dry_run, as_json, target)
+    if to_bucket:
+        raise UsageError("--to-bucket needs an object-store --source (its endpoint and credentials)")
     if source:
         if name or includes or allow_partial or overwrite != DEFAULT_POLICY:
             raise UsageError("--source takes no --name, --include, --allow-partial or --overwrite")
@@ -190,6 +212,30 @@ def run_source_restore(state: CliState, request: SourceRestore) -> None:
     result = databases.restore_pitr(session, state.settings, src, point, server,
                                     inclusive=request.inclusive, snapshot=request.snapshot)
     emit(result.as_dict(), request.as_json, "\n".join([*result.plan.lines(), *result.lines()]))
+
+
+def run_bucket_restore(state: CliState, src: ObjectStoreSource, url: str, snapshot: str | None, when: str | None,
+                       includes: list[str], dry_run: bool, as_json: bool, target: str | None) -> None:
+    """``restore --source NAME --to-bucket URL``: the series NAME's snapshot, objects put under URL."""
+    from drtool.api import objectstores
+    if target or dry_run:
+        raise UsageError("--to-bucket takes no --target or --dry-run")
+    objectstores.parse_bucket_url(url, src.scheme)  # a bad URL fails before the repository is opened
+    point = _which_point(snapshot, when)
+    session = state.session()
+    pick = api.pick_snapshot(session, snapshot, src.name, point)
+    if not as_json:
+        click.echo(f"restoring snapshot {pick.short_id} ({display(pick.name)}, "
+                   f"{pick.time.astimezone().isoformat()}) to {url}", err=True)
+    result = objectstores.restore_into_bucket(session, pick, src, url, includes)
+    emit(result.as_dict(), as_json,
+         f"restored snapshot {pick.short_id}: {result.objects} objects, {mib(result.bytes)}"
+         + (f", {result.markers} folder markers" if result.markers else "") + f" to {result.url}")
+    for line in result.failed:
+        click.echo(f"drtool: error: not restored: {line}", err=True)
+    if result.failed:
+        raise PartialSuccess(f"{len(result.failed)} object(s) could not be put into {result.url}",
+                             hint="re-run the restore; objects already there are simply written again")
 
 
 def register(group: click.Group) -> None:
