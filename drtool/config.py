@@ -34,9 +34,18 @@ class Settings:
     data: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
 
+    s3_overrides: dict[str, Any] = field(default_factory=dict)  # from options (--limit-upload ...)
+
     @property
     def backend_options(self) -> dict[str, Any]:
-        return dict(self.data.get("s3", {}))
+        return {**self.data.get("s3", {}), **self.s3_overrides}
+
+    def override_s3(self, **options: Any) -> None:
+        """S3 options given on the command line win over the config's ``[s3]`` table."""
+        from drtool.backends.throttle import parse_rate
+        for key, value in options.items():
+            if value not in (None, ""):  # checked now: a local repository would never look at them
+                self.s3_overrides[key] = parse_rate(value, f"--{key.replace('_', '-')}")
 
     def section(self, name: str) -> dict[str, Any]:
         value = self.data.get(name, {})

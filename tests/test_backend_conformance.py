@@ -19,7 +19,9 @@ import pytest
 
 from drtool.backends import capabilities
 from drtool.backends.base import Backend, ObjectInfo
-from drtool.backends.capabilities import (CAPABILITIES, BufferedReads, ConditionalCreate, LocationSetup,
+from drtool.backends.capabilities import (CAPABILITIES, BufferedReads, ColdStorage, ConcurrentReads,
+                                          ConditionalCreate,
+                                          LocationSetup,
                                           ObjectLock, PartWrites, ServerClock, StagedWrites, TemporaryCleanup,
                                           ViewReads, supports)
 from drtool.backends.local import TMP_PREFIX, LocalBackend
@@ -141,7 +143,10 @@ def test_each_backend_has_its_capabilities(tmp_path: Path, moto_server: MotoServ
     assert _capabilities_of(local) == {"StagedWrites", "PartWrites", "ViewReads", "BufferedReads",
                                        "ConditionalCreate", "LocationSetup", "TemporaryCleanup", "GroupSharing"}
     s3 = S3Backend.from_url("s3://bucket/prefix", {})
-    assert _capabilities_of(s3) == {"ConditionalCreate", "ObjectLock", "ServerClock", "LocationSetup"}
+    assert _capabilities_of(s3) == {"ConditionalCreate", "ObjectLock", "ServerClock", "LocationSetup",
+                                    "BufferedReads", "ConcurrentReads", "PartWrites", "ColdStorage"}
+    assert capabilities.read_concurrency(s3) == (4, 16 * 1024 * 1024)  # [s3] connections, ~a pack
+    assert capabilities.read_concurrency(local) is None  # local restores read on the decrypting threads
     assert _capabilities_of(MemoryBackend()) == {"ConditionalCreate"}
     for backend, cap in ((local, StagedWrites), (local, BufferedReads), (s3, ObjectLock)):
         assert isinstance(backend, cap)  # the protocols also hold structurally
@@ -174,7 +179,8 @@ def test_wrappers_mirror_exactly_the_capabilities_of_what_they_wrap(tmp_path: Pa
     faulty = FaultyBackend(Locking())
     assert supports(faulty, ObjectLock) and capabilities.is_locked(faulty, "snapshots/kept")
     assert not capabilities.is_locked(FaultyBackend(MemoryBackend()), "snapshots/kept")
-    for cap in (PartWrites, ConditionalCreate, LocationSetup, ServerClock, TemporaryCleanup):
+    for cap in (PartWrites, ConditionalCreate, ConcurrentReads, ColdStorage, LocationSetup, ServerClock,
+                TemporaryCleanup):
         assert cap in CAPABILITIES
 
 

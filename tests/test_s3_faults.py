@@ -367,7 +367,12 @@ def test_options_are_validated() -> None:
             S3Backend.from_url("s3://bucket/prefix", opts)
     with pytest.raises(UsageError):
         S3Backend.from_url("s3:///nobucket", {})
-    be = S3Backend.from_url("s3://b/p", {"max_connections": "4", "create_bucket": "true",
+    be = S3Backend.from_url("s3://b/p", {"connections": "6", "create_bucket": "true",
                                          "endpoint_url": "http://127.0.0.1:9"})
-    assert be.opts["max_connections"] == 4 and be.opts["create_bucket"] is True
+    assert be.opts["connections"] == 6 and be.opts["create_bucket"] is True
+    assert S3Backend.from_url("s3://b/p", {"max_connections": 3}).opts["connections"] == 3  # the old name
+    with pytest.raises(UsageError):
+        S3Backend.from_url("s3://b/p", {"max_connections": 3, "connections": 3})
+    with pytest.raises(UsageError):
+        S3Backend.from_url("s3://b/p", {"limit_download": "quick"})
     assert be.url == "s3://b/p"

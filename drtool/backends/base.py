@@ -40,8 +40,11 @@ class RequestStats:
     bytes_up: int = 0
     bytes_down: int = 0
     retries: int = 0
+    limit_upload: int = 0  # bytes per second, 0 = none (--limit-upload)
+    limit_download: int = 0
+    throttled_seconds: float = 0.0  # time spent waiting for a bandwidth limit
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
 
 

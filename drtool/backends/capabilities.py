@@ -73,6 +73,39 @@ class BufferedReads(Protocol):
 
 
 @runtime_checkable
+class ConcurrentReads(Protocol):
+    """A store whose every read pays a round trip (S3): keep several large ranged reads in flight.
+
+    A restore then coalesces neighbouring groups of a pack into requests of
+    about ``request_bytes`` and keeps ``connections`` of them in flight,
+    overlapped with decryption and writing; its memory for downloads is
+    bounded by ``connections * request_bytes``.  Fallback (local stores):
+    None, and each group is read where it is decrypted.
+    """
+
+    def read_concurrency(self) -> tuple[int, int]:
+        """(requests to keep in flight, bytes per request)."""
+
+
+@runtime_checkable
+class ColdStorage(Protocol):
+    """Objects that may sit in an archive tier (S3 GLACIER, DEEP_ARCHIVE) and must be warmed
+    (RestoreObject) before they can be read.  Fallback: everything is always readable.
+    """
+
+    def cold_state(self, name: str) -> str:
+        """``"hot"`` (readable now), ``"cold"`` (must be warmed) or ``"warming"`` (requested);
+        ObjectMissing when absent."""
+
+    def request_warm(self, name: str) -> None:
+        """Ask the store to make ``name`` readable for a while (its configured days and tier;
+        idempotent: a request already under way is fine)."""
+
+    def warm_profile(self) -> tuple[str, str, int]:
+        """(archive class of new packs or "", retrieval tier, days kept readable), for estimates."""
+
+
+@runtime_checkable
 class ConditionalCreate(Protocol):
     """Create an object only if no object of that name exists, atomically.
 
@@ -157,8 +190,9 @@ class GroupSharing(Protocol):
         """The id of the group the location is shared with, or None when it is private."""
 
 
-CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ConditionalCreate,
-                                  ObjectLock, ServerClock, LocationSetup, TemporaryCleanup, GroupSharing)
+CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ConcurrentReads,
+                                  ColdStorage, ConditionalCreate, ObjectLock, ServerClock, LocationSetup,
+                                  TemporaryCleanup, GroupSharing)
 
 
 def supports(backend: Backend, capability: type) -> bool:
@@ -220,6 +254,18 @@ def read_into(backend: Backend, name: str, offset: int, length: int, buf: bytear
     if supports(backend, BufferedReads):
         return backend.get_range_into(name, offset, length, buf)  # type: ignore[attr-defined, no-any-return]
     return memoryview(backend.get_range(name, offset, length))
+
+
+def read_concurrency(backend: Backend) -> tuple[int, int] | None:
+    """(requests in flight, bytes per request) for stores where reads pay a round trip; else None."""
+    if supports(backend, ConcurrentReads):
+        return backend.read_concurrency()  # type: ignore[attr-defined, no-any-return]
+    return None
+
+
+def cold_storage(backend: Backend) -> ColdStorage | None:
+    """The backend as a :class:`ColdStorage`, or None when nothing it holds is ever cold."""
+    return backend if supports(backend, ColdStorage) else None  # type: ignore[return-value]
 
 
 # ----- object lock, clock, location, temporaries -----------------------------------------------

@@ -27,13 +27,14 @@ import random
 import threading
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
+from drtool.backends import s3_cold
 from drtool.backends.base import Backend, ObjectInfo
 from drtool.backends.capabilities import check_then_put
 from drtool.backends.s3_errors import (BODY_ERRORS, CLIENT_ERRORS, STAT_FIELDS, ErrorMapper,
@@ -41,6 +42,7 @@ from drtool.backends.s3_errors import (BODY_ERRORS, CLIENT_ERRORS, STAT_FIELDS, 
                                        classify_conditional, error_code, is_missing)
 from drtool.backends.s3_options import MIN_PART, parse_options
 from drtool.backends.s3_upload import MultipartUpload, md5, multipart_etag
+from drtool.backends.throttle import CHUNK, PartsBody, TokenBucket, throttled
 from drtool.errors import (BackendError, ObjectMissing, RepositoryNotFound, TransientBackendError,
                            UsageError)
 
@@ -49,6 +51,12 @@ from drtool.errors import (BackendError, ObjectMissing, RepositoryNotFound, Tran
 # import); tests/test_objects.py checks that the two agree.
 UNLOCKED_PREFIXES = ("locks/",)
 PACKS_PREFIX = "packs/"  # the only objects that get the configured storage class
+# A restore reads neighbouring groups with one ranged GET of up to this size (about a pack):
+# per-request costs (a round trip, botocore's ~1 ms, and on some servers a read of the whole
+# object per ranged GET) then stay small, and `connections` of them in flight (4 x 16 MiB by
+# default) bound the memory a restore spends on downloads.
+READ_REQUEST_BYTES = 16 * 1024 * 1024
+SPARE_CONNECTIONS = 4  # beyond `connections`: lock heartbeat, index and snapshot reads
 MAX_VERSIONS_DELETED = 10_000
 
 
@@ -91,6 +99,10 @@ class S3Backend(Backend):
         self._stats_lock = threading.Lock()
         self._conditional_put: bool | None = None  # unknown until the server tells us
         self._bucket_locking: bool | None = None
+        self.upload_limit = self._limit(self.opts["limit_upload"])
+        self.download_limit = self._limit(self.opts["limit_download"])
+        self.stats.limit_upload = self.opts["limit_upload"] or 0
+        self.stats.limit_download = self.opts["limit_download"] or 0
         self.client = self._make_client()
         where = self.endpoint or str(getattr(self.client.meta, "endpoint_url", "AWS S3"))
         self.errors = ErrorMapper(bucket, self.url, where)
@@ -110,7 +122,7 @@ class S3Backend(Backend):
         config = Config(
             region_name=o["region"], signature_version="s3v4", s3=s3_config or None,
             retries={"mode": o["retry_mode"] or "standard", "max_attempts": o["max_attempts"]},
-            max_pool_connections=o["max_connections"], connect_timeout=o["connect_timeout"],
+            max_pool_connections=o["connections"] + SPARE_CONNECTIONS, connect_timeout=o["connect_timeout"],
             read_timeout=o["read_timeout"], tcp_keepalive=True,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_supported")
@@ -121,6 +133,36 @@ class S3Backend(Backend):
             raise UsageError(f"cannot configure S3 client: {exc}") from None
         client.meta.events.register("before-send.s3", self._count_request)
         return client
+
+    def read_concurrency(self) -> tuple[int, int]:
+        """``connections`` ranged reads of up to 16 MiB in flight (capability ConcurrentReads)."""
+        return int(self.opts["connections"]), READ_REQUEST_BYTES
+
+    def body(self, data: bytes | memoryview | PartsBody) -> bytes | memoryview | PartsBody:
+        """A request body, read through the upload limit when there is one."""
+        if isinstance(data, PartsBody):
+            data.seek(0)
+            data.bucket = self.upload_limit
+            return data
+        return data if self.upload_limit is None else throttled(data, self.upload_limit)
+
+    # -- archive classes (capability ColdStorage; see s3_cold) --------------
+
+    def cold_state(self, name: str) -> str:
+        return s3_cold.cold_state(self, name)
+
+    def request_warm(self, name: str) -> None:
+        s3_cold.request_warm(self, name)
+
+    def warm_profile(self) -> tuple[str, str, int]:
+        storage_class = self.opts["storage_class"] or ""
+        return (storage_class if storage_class in s3_cold.ARCHIVE_CLASSES else "",
+                self.opts["restore_tier"], int(self.opts["restore_days"]))
+
+    def _limit(self, rate: int | None) -> TokenBucket | None:
+        if not rate:
+            return None
+        return TokenBucket(rate, account=lambda seconds: self._add_stat("throttled_seconds", seconds))
 
     # -- bookkeeping -------------------------------------------------------
 
@@ -136,7 +178,7 @@ class S3Backend(Backend):
             if attempt_number(header) > 1:
                 self.stats.retries += 1
 
-    def _add_stat(self, field: str, amount: int) -> None:
+    def _add_stat(self, field: str, amount: float) -> None:
         with self._stats_lock:
             setattr(self.stats, field, getattr(self.stats, field) + amount)
 
@@ -242,6 +284,15 @@ class S3Backend(Backend):
     def put(self, name: str, data: bytes) -> None:
         self._store(name, bytes(data), conditional=False)
 
+    def put_parts(self, name: str, parts: Sequence[bytes | bytearray]) -> None:
+        """One PUT whose body is read from the parts in turn (capability PartWrites): a pack goes
+        up without being joined into a second 16 MiB copy first."""
+        body = PartsBody(parts)
+        if len(body) >= self.opts["multipart_threshold"]:
+            self.put(name, b"".join(parts))  # rare (packs are ~16 MiB); multipart wants bytes
+        else:
+            self._store(name, body, conditional=False)
+
     def put_if_absent(self, name: str, data: bytes) -> bool:
         """Conditional create (If-None-Match: *); HEAD-then-PUT on servers without it."""
         if self._conditional_put is not False:
@@ -268,7 +319,7 @@ class S3Backend(Backend):
         etag = str(head.get("ETag", "")).strip('"')
         return etag in (md5(data).hex(), multipart_etag(self.opts, data))
 
-    def _store(self, name: str, data: bytes, conditional: bool) -> None:
+    def _store(self, name: str, data: bytes | PartsBody, conditional: bool) -> None:
         """Upload, then verify with a HEAD; an upload that does not verify is sent again."""
         problem = ""
         for attempt in range(self.opts["read_attempts"]):
@@ -287,14 +338,15 @@ class S3Backend(Backend):
                 return
         raise TransientBackendError(f"S3 upload of {name} did not verify: {problem}")
 
-    def _upload(self, name: str, data: bytes, args: dict[str, Any]) -> str:
+    def _upload(self, name: str, data: bytes | PartsBody, args: dict[str, Any]) -> str:
         """One upload (single PUT or multipart); return the ETag the object must then have."""
         self._add_stat("bytes_up", len(data))
-        if len(data) >= self.opts["multipart_threshold"] and len(data) > MIN_PART:
+        if isinstance(data, bytes) and len(data) >= self.opts["multipart_threshold"] and len(data) > MIN_PART:
             return MultipartUpload(self, name, data, args).run()
-        args.update(Body=data, ContentMD5=base64.b64encode(md5(data)).decode("ascii"))
+        digest = data.md5() if isinstance(data, PartsBody) else md5(data)
+        args.update(Body=self.body(data), ContentMD5=base64.b64encode(digest).decode("ascii"))
         self.conditional_call("uploading", name, self.client.put_object, args)
-        return md5(data).hex()
+        return digest.hex()
 
     def _verify_problem(self, head: Mapping[str, Any] | None, size: int, expected_etag: str) -> str:
         """Why the stored object is not what we sent ("" when it is): a 200 is not proof."""
@@ -341,6 +393,53 @@ class S3Backend(Backend):
             return b""
         return self._fetch(name, offset, length)
 
+    def get_range_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
+        """A ranged GET streamed into ``buf`` (capability BufferedReads): a restore recycles a
+        few buffers instead of allocating (and joining) every response afresh."""
+        if offset < 0 or length <= 0 or len(buf) < length:
+            return memoryview(self.get_range(name, offset, length))
+        args = {"Bucket": self.bucket, "Key": self._key(name),
+                "Range": f"bytes={offset}-{offset + length - 1}"}
+        view = memoryview(buf)[:length]
+        last = ""
+        for attempt in range(self.opts["read_attempts"]):
+            if attempt:
+                self._add_stat("retries", 1)
+                self._backoff(attempt - 1)
+            resp = self.call("reading", name, self.client.get_object, **args)
+            content_range = str(resp.get("ContentRange") or "")
+            if int(resp.get("ContentLength", -1)) != length or not content_range.startswith(f"bytes {offset}-"):
+                resp["Body"].close()  # an ignored or clipped Range: the careful path sorts it out
+                return memoryview(self._fetch(name, offset, length))
+            try:
+                got = self._read_body_into(resp, view)
+            except BODY_ERRORS as exc:
+                last = type(exc).__name__
+                continue
+            if got != length:
+                last = f"short body {got} of {length} bytes"
+                continue
+            self._add_stat("bytes_down", length)
+            return view
+        raise TransientBackendError(f"S3 reading {name} from {self.errors.where} kept failing: {last}")
+
+    def _read_body_into(self, resp: Mapping[str, Any], view: memoryview) -> int:
+        """Stream the body into ``view`` in CHUNK steps (each waits for the download limit)."""
+        body = resp["Body"]
+        got = 0
+        try:
+            while got < len(view):
+                if self.download_limit is not None:
+                    self.download_limit.take(min(CHUNK, len(view) - got))
+                piece = body.read(min(CHUNK, len(view) - got))
+                if not piece:
+                    break
+                view[got:got + len(piece)] = piece
+                got += len(piece)
+        finally:
+            body.close()
+        return got
+
     def _fetch(self, name: str, offset: int | None, length: int | None) -> bytes:
         """GET with body-length checks; truncated bodies are re-fetched (botocore won't)."""
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name)}
@@ -384,11 +483,18 @@ class S3Backend(Backend):
                                 f"({offset}+{len(data)} < {offset}+{length} bytes)")
         return data[:length]
 
-    @staticmethod
-    def _read_body(resp: Mapping[str, Any]) -> bytes:
+    def _read_body(self, resp: Mapping[str, Any]) -> bytes:
         body = resp["Body"]
         try:
-            return bytes(body.read())
+            if self.download_limit is None:
+                return bytes(body.read())
+            pieces = []
+            while True:  # the tokens first: TCP then slows the sender down to the limit
+                self.download_limit.take(CHUNK)
+                piece = body.read(CHUNK)
+                if not piece:
+                    return b"".join(pieces)
+                pieces.append(piece)
         finally:
             body.close()
 

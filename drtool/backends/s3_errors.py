@@ -43,7 +43,7 @@ STAT_FIELDS = {"PutObject": "puts", "UploadPart": "puts", "CreateMultipartUpload
                "GetObjectRetention": "gets", "GetObjectLockConfiguration": "gets",
                "HeadObject": "heads", "HeadBucket": "heads", "ListObjectsV2": "lists",
                "ListObjectVersions": "lists", "ListMultipartUploads": "lists",
-               "DeleteObject": "deletes"}
+               "DeleteObject": "deletes", "RestoreObject": "puts"}
 
 
 class Precondition(Exception):
@@ -122,6 +122,11 @@ class ErrorMapper:
             return self.not_found()
         if code in MISSING_CODES and name:
             return ObjectMissing(f"object {name} is missing from the repository")
+        if code == "InvalidObjectState":
+            return BackendError(f"object {name} is in an archive storage class and must be restored "
+                                f"(warmed) before it can be read",
+                                hint="drtool restore warms the packs it needs and waits; "
+                                     "'drtool restore --dry-run' lists them with a rough cost")
         if code == "InvalidRange":
             return ObjectMissing(f"object {name} is shorter than the requested range")
         if code == "AccessDenied" and what.startswith(WRITE_ACTIONS):

@@ -94,7 +94,7 @@ class MultipartUpload:
         digest = md5(piece)
         resp = self.be.call(f"uploading part {number} of", self.name, self.client.upload_part,
                             Bucket=self.be.bucket, Key=self.key, UploadId=upload_id,
-                            PartNumber=number, Body=piece,
+                            PartNumber=number, Body=self.be.body(piece),
                             ContentMD5=base64.b64encode(digest).decode("ascii"))
         etag = str(resp.get("ETag", "")).strip('"')
         if etag != digest.hex() and self.be.opts["sse"] != "aws:kms":

@@ -65,10 +65,14 @@ class LazyGroup(click.Group):
               help="Log lines on stderr as text or JSON (for journald).")
 @click.option("--no-lock", is_flag=True,
               help="Restore/check without a repository lock (read-only repositories are detected anyway).")
+@click.option("--limit-upload", metavar="RATE",
+              help="S3: at most this many bytes per second up (e.g. 20MiB; or [s3] limit_upload).")
+@click.option("--limit-download", metavar="RATE",
+              help="S3: at most this many bytes per second down (e.g. 50MB; or [s3] limit_download).")
 @click.version_option(__version__, prog_name="drtool")
 @click.pass_context
 def cli(ctx: click.Context, repo: str | None, config: str | None, verbose: int, lock_wait: float,
-        log_format: str, no_lock: bool) -> None:
+        log_format: str, no_lock: bool, limit_upload: str | None, limit_download: str | None) -> None:
     """drtool: encrypted, deduplicated disaster-recovery backups you can restore."""
     from drtool.cli.entry import allow_interrupts
     allow_interrupts()  # the command's modules are imported: start-up is over
@@ -103,6 +107,8 @@ def _state_for(ctx: click.Context) -> CliState:
         params = ctx.params
         ctx.obj = _state = CliState(params.get("repo"), params.get("config"), params.get("verbose", 0),
                                     params.get("lock_wait") or 0.0, no_lock=bool(params.get("no_lock")))
+        _state.settings.override_s3(limit_upload=params.get("limit_upload"),
+                                    limit_download=params.get("limit_download"))
     return ctx.obj
 
 

@@ -37,6 +37,7 @@ from typing import Any, Iterator
 
 from drtool.backends.registry import is_local_url, open_backend
 from drtool.catalog.logs import LogCatalog
+from drtool.core.coldpacks import warm_snapshots
 from drtool.crypto.keys import KdfParams
 from drtool.errors import DrtoolError, UsageError
 from drtool.databases.logarchive import fetch_segment, segment_object_id, store_segment, sync_log_segments
@@ -90,9 +91,14 @@ class CopyReport:
     id_map_full: bool = False
     source_requests: dict[str, int] = field(default_factory=dict)
     destination_requests: dict[str, int] = field(default_factory=dict)
+    warm: dict[str, Any] | None = None  # source packs in an archive class that were warmed first
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _warm_dict(plan: Any) -> dict[str, Any] | None:
+    return plan.as_dict() if plan is not None else None
 
 
 class IdMap:
@@ -187,6 +193,9 @@ class Copier:
         self.dst.repo.load_index()
         selected = self._select(options)
         self._find_copied()
+        # A cold source (packs in GLACIER): warm what the snapshots to copy need, and wait.
+        self.report.warm = _warm_dict(warm_snapshots(self.src.repo, [s.tree for s in selected
+                                                                     if s.id not in self.done]))
         for snap in selected:
             if snap.id in self.done:
                 self.report.skipped.append(_brief(snap, self.done[snap.id]))

@@ -462,12 +462,26 @@ class Repository:
         raw = buffers.take(loc.length)
         try:
             sealed = capabilities.read_into(self.backend, pack_name(loc.pack_id), loc.offset, loc.length, raw)
+            return self.open_group_sealed(loc, sealed, buffers)
+        finally:
+            buffers.give(raw)  # decrypted into another buffer: the sealed bytes are done with
+
+    def read_pack_range_into(self, pack_id: bytes, offset: int, length: int, buf: bytearray) -> memoryview:
+        """Sealed bytes of a pack (several neighbouring groups) read into ``buf`` where the backend
+        can, for :meth:`open_group_sealed`."""
+        return capabilities.read_into(self.backend, pack_name(pack_id), offset, length, buf)
+
+    def open_group_sealed(self, loc: Location, sealed: bytes | memoryview, buffers: ScratchPool) -> OpenedGroup:
+        """Like :meth:`open_group_recycled` for a group the caller already read (a restore
+        from S3 fetches several neighbouring groups with one ranged read)."""
+        if len(sealed) != loc.length:
+            raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is shorter than the index says "
+                                 f"(group at offset {loc.offset})")
+        try:
             plain, held = self.envelope.open_recycled(group_kind(loc.blob_type), b"", sealed, buffers)
         except EnvelopeError as exc:
             raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is damaged at offset {loc.offset} "
                                  f"({exc})") from None
-        finally:
-            buffers.give(raw)  # decrypted into another buffer: the sealed bytes are done with
         return OpenedGroup(plain, held, buffers)
 
     def verify_pack(self, pack_id: bytes, data: bytes) -> tuple[list[BlobEntry], list[str]]:

@@ -23,10 +23,12 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
+from drtool.backends import capabilities
 from drtool.errors import IntegrityError
 from drtool.repository.index import Location
 from drtool.repository.reading import ScratchPool
 from drtool.repository.repo import Repository
+from drtool.restore.fetch import RangeFetcher
 from drtool.snapshot.model import Node
 
 MiB = 1024 * 1024
@@ -75,7 +77,8 @@ class GroupPlanner:
     def __init__(self, dispatch: Callable[[Location, list[BlobRef]], None], *,
                  lag_bytes: int = LAG_BYTES, max_refs: int = MAX_PENDING_REFS,
                  crowded: Callable[[], bool] = lambda: False,
-                 crowded_lag_bytes: int = CROWDED_LAG_BYTES) -> None:
+                 crowded_lag_bytes: int = CROWDED_LAG_BYTES,
+                 after_flush: Callable[[], None] = lambda: None) -> None:
         """``crowded`` says when many files are open and waiting for their groups.
 
         Small files reach the open-file limit long before the walk has moved
@@ -87,6 +90,7 @@ class GroupPlanner:
         again.
         """
         self._dispatch = dispatch
+        self._after_flush = after_flush  # the writer may hold groups back to read them together
         self.lag_bytes = lag_bytes
         self.max_refs = max_refs
         self._crowded = crowded
@@ -112,6 +116,7 @@ class GroupPlanner:
     def flush(self) -> None:
         """Hand out every pending group (end of the walk, or before waiting for files to finish)."""
         self._hand_out(everything=True)
+        self._after_flush()
 
     def _hand_out(self, everything: bool) -> None:
         lag = self.lag_bytes
@@ -147,15 +152,39 @@ class GroupWriter:
         self._slots = threading.BoundedSemaphore(2 * workers + 1)
         self._buffers = ScratchPool(keep=3 * workers + 2)
         self._futures: list[Future[None]] = []
+        self._futures_lock = threading.Lock()
         self._zero_blobs: set[bytes] = set()
+        # Remote stores: groups are read ahead, coalesced, on the fetcher's own threads.
+        shape = capabilities.read_concurrency(repo.backend)
+        self.fetcher = RangeFetcher(repo, shape[0], shape[1], self._submit_fetched) if shape else None
+        if self.fetcher is not None:
+            # Sealed bytes arrive in the fetcher's buffers: a worker holds only its plaintext and
+            # zstd's input, so fewer spare buffers do (each may be a 16 MiB text group).
+            self._buffers.keep = workers
 
     def submit(self, loc: Location, refs: list[BlobRef]) -> None:
+        if self.fetcher is not None:
+            self.fetcher.add(loc, refs)
+        else:
+            self._submit(self._run, loc, refs)
+
+    def flush(self) -> None:
+        """Groups held back to be read together go out now (files are waiting for them)."""
+        if self.fetcher is not None:
+            self.fetcher.flush()
+
+    def _submit_fetched(self, loc: Location, refs: list[BlobRef], sealed: memoryview | None,
+                        error: BaseException | None, done: Callable[[], None]) -> None:
+        self._submit(self._run, loc, refs, sealed, error, done)
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         self._slots.acquire()
-        future = self._pool.submit(self._run, loc, refs)
+        future = self._pool.submit(fn, *args)
         future.add_done_callback(lambda _f: self._slots.release())
-        self._futures.append(future)
-        if len(self._futures) > 256:
-            self._futures = [f for f in self._futures if not f.done()]
+        with self._futures_lock:
+            self._futures.append(future)
+            if len(self._futures) > 256:
+                self._futures = [f for f in self._futures if not f.done()]
 
     def settle(self, job: FileJob, count: int) -> None:
         """``count`` references of ``job`` are done (written, failed or never planned)."""
@@ -166,31 +195,44 @@ class GroupWriter:
             self.on_file_done(job)
 
     def wait(self) -> None:
-        for future in self._futures:
+        if self.fetcher is not None:
+            self.fetcher.wait()  # every fetched group is submitted to the workers by then
+        with self._futures_lock:
+            futures, self._futures = self._futures, []
+        for future in futures:
             future.result()  # _run records every error on its files; this surfaces bugs only
-        self._futures = []
 
     def shutdown(self) -> None:
+        if self.fetcher is not None:
+            self.fetcher.shutdown()
         self._pool.shutdown(wait=True)
 
-    def _run(self, loc: Location, refs: list[BlobRef]) -> None:
+    def _run(self, loc: Location, refs: list[BlobRef], sealed: memoryview | None = None,
+             error: BaseException | None = None, done: Callable[[], None] | None = None) -> None:
+        """Open, check and write one group; ``sealed``/``error``: what the fetcher read for it."""
         counts: dict[FileJob, int] = {}
         for ref in refs:
             counts[ref[0]] = counts.get(ref[0], 0) + 1
         try:
-            self._open_check_write(loc, refs)
+            if error is not None:
+                raise error
+            self._open_check_write(loc, refs, sealed)
             if self.progress:
                 self.progress(sum(ref[3] for ref in refs))
         except BaseException as exc:  # recorded on every file of the group; decided on per file
             for job in counts:
                 job.error = job.error or exc
+        finally:
+            if done is not None:
+                done()
         for job, count in counts.items():
             self.settle(job, count)
 
-    def _open_check_write(self, loc: Location, refs: list[BlobRef]) -> None:
+    def _open_check_write(self, loc: Location, refs: list[BlobRef], sealed: memoryview | None) -> None:
         if self.aborted:
             raise Aborted("restore aborted")
-        opened = self.repo.open_group_recycled(loc, self._buffers)
+        opened = (self.repo.open_group_recycled(loc, self._buffers) if sealed is None
+                  else self.repo.open_group_sealed(loc, sealed, self._buffers))
         try:
             runs, bad = self._checked_runs(opened.plain, refs)
             for job, blob_id in bad:

@@ -28,6 +28,8 @@ from typing import Callable, Iterator
 
 from drtool.errors import DrtoolError, IntegrityError, RestoreTargetError, UsageError
 from drtool.core.heap import collector_paused
+from drtool.core import coldpacks
+from drtool.repository import warming
 from drtool.restore.groups import Aborted, FileJob, GroupPlanner, GroupWriter
 from drtool.restore.target import (CONFLICT, CREATE_FLAGS, DEFAULT_POLICY, KEEP, NEW, REPLACE,
                                        DirHandle, Existing, check_policy, enter_dir, judge_file,
@@ -66,6 +68,8 @@ class RestoreResult:
     not_overwritten: list[str] = field(default_factory=list)
     overwritten_count: int = 0
     not_overwritten_count: int = 0
+    requests: dict[str, float] = field(default_factory=dict)  # the backend's counts (cost, limits)
+    warm: dict[str, object] | None = None  # packs in an archive class that were (to be) warmed
 
     def note(self, replaced: bool, line: str) -> None:
         """An existing entry that was (or would be) replaced, or kept although it differs."""
@@ -86,7 +90,8 @@ class RestoreResult:
                 "skipped": self.skipped, "dry_run": self.plan_only, "overwrite": self.overwrite,
                 "overwritten": self.overwritten, "overwritten_count": self.overwritten_count,
                 "not_overwritten": self.not_overwritten,
-                "not_overwritten_count": self.not_overwritten_count}
+                "not_overwritten_count": self.not_overwritten_count, "requests": self.requests,
+                "warm": self.warm}
 
 
 def selected(path: str, includes: list[str]) -> bool:
@@ -143,7 +148,8 @@ class Restorer:
         self._writer = GroupWriter(self.repo, workers or RESTORE_WORKERS or max(2, os.cpu_count() or 2),
                                    on_file_done=self._complete, progress=progress)
         self._planner = GroupPlanner(self._writer.submit,
-                                     crowded=lambda: len(self._open_jobs) >= max_open_files // 2)
+                                     crowded=lambda: len(self._open_jobs) >= max_open_files // 2,
+                                     after_flush=self._writer.flush)
         # Files whose temporary is open; bounded, because a file stays open
         # until the planner has handed out every group it needs.
         self._open_jobs: set[FileJob] = set()
@@ -506,11 +512,33 @@ def _target_error(exc: OSError, path: str) -> DrtoolError:
     return RestoreTargetError(f"cannot write {path}: {exc.strerror}")
 
 
+def cold_packs(repo: Repository, snap: Snapshot, includes: list[str], *,
+               wait: bool) -> warming.WarmPlan | None:
+    """Packs of the snapshot in an archive class: warmed and waited for (``wait``) or only planned
+    (``--dry-run``: then, with tree packs still cold, only those are known)."""
+    trees = coldpacks.warm_trees(repo, wait=wait)
+    if trees is None or not coldpacks.data_needs_checking(repo, trees) or (trees.needed and not wait):
+        return trees
+    includes = normalize_includes(repo, snap, includes)
+    return coldpacks.warm_data(repo, [snap.tree], (lambda path: selected(path, includes)) if includes else None,
+                               wait=wait)
+
+
 def plan(session: Session, snap: Snapshot, target: str, includes: list[str],
          overwrite: str = DEFAULT_POLICY) -> RestoreResult:
-    """What a restore would do, without writing anything (``--dry-run``): the same walk, read-only."""
+    """What a restore would do, without writing anything (``--dry-run``): the same walk, read-only.
+
+    With tree packs still in an archive class nothing can be walked: the
+    result then only says which tree packs must be warmed first.
+    """
     session.repo.load_index()
-    return Restorer(session, snap, target, includes=includes, overwrite=overwrite, dry_run=True).run()
+    warm = cold_packs(session.repo, snap, includes, wait=False)
+    if warm is not None and warm.scope == "trees" and warm.needed:
+        result = RestoreResult(snap, os.path.abspath(target), plan_only=True)
+    else:
+        result = Restorer(session, snap, target, includes=includes, overwrite=overwrite, dry_run=True).run()
+    result.warm = warm.as_dict() if warm is not None else None
+    return result
 
 
 def restore(session: Session, snap: Snapshot, target: str, *, includes: list[str] | None = None,
@@ -519,6 +547,10 @@ def restore(session: Session, snap: Snapshot, target: str, *, includes: list[str
     with session.lock("restore", read_only_ok=True):
         session.repo.load_index()
         session.repo.limit_group_cache(RESTORE_GROUP_CACHE)
+        warm = cold_packs(session.repo, snap, includes or [], wait=True)
         with collector_paused():
-            return Restorer(session, snap, target, includes=includes or [], allow_partial=allow_partial,
-                            progress=progress, overwrite=overwrite).run()
+            result = Restorer(session, snap, target, includes=includes or [], allow_partial=allow_partial,
+                              progress=progress, overwrite=overwrite).run()
+        result.requests = session.repo.backend.stats.as_dict()
+        result.warm = warm.as_dict() if warm is not None else None
+        return result

@@ -8,8 +8,8 @@ seed gives repeatable "flaky network" runs.  Every injected fault is recorded
 in ``injected`` so a test can assert the fault actually happened.
 
 The wrapper has the core operations and ``put_if_absent``, all of which
-rules can hit, and mirrors the inner backend's Object Lock, server clock,
-location setup and temporaries cleanup (:mod:`drtool.testing.mirror`).  It
+rules can hit, and mirrors the inner backend's read concurrency, Object Lock,
+server clock, location setup and temporaries cleanup (:mod:`drtool.testing.mirror`).  It
 deliberately lacks staged and part writes and mapped or buffered reads:
 callers then take the shared fallbacks, which go through ``put`` and
 ``get_range``, where the rules fire.
@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator
 
 from drtool.backends import capabilities
 from drtool.backends.base import Backend, ObjectInfo
-from drtool.backends.capabilities import GroupSharing, LocationSetup, ObjectLock, ServerClock, TemporaryCleanup
+from drtool.backends.capabilities import (ConcurrentReads, GroupSharing, LocationSetup, ObjectLock, ServerClock,
+                                          TemporaryCleanup)
 from drtool.errors import BackendError, DrtoolError, TransientBackendError
 from drtool.testing.mirror import mirrored_class
 
@@ -77,7 +78,7 @@ class Injected:
 class FaultyBackend(Backend):
     """Wraps ``inner``; behaves exactly like it except where a rule fires."""
 
-    MIRRORED = (ObjectLock, ServerClock, LocationSetup, TemporaryCleanup, GroupSharing)
+    MIRRORED = (ConcurrentReads, ObjectLock, ServerClock, LocationSetup, TemporaryCleanup, GroupSharing)
 
     def __new__(cls, inner: Backend, *args: Any, **kwargs: Any) -> "FaultyBackend":
         return super().__new__(mirrored_class(cls, inner, cls.MIRRORED))  # type: ignore[no-any-return]

@@ -28,8 +28,8 @@ from typing import Any, Iterator
 
 from drtool.backends import capabilities
 from drtool.backends.base import Backend, ObjectInfo
-from drtool.backends.capabilities import (BufferedReads, GroupSharing, LocationSetup, ObjectLock, ServerClock,
-                                          TemporaryCleanup, ViewReads)
+from drtool.backends.capabilities import (BufferedReads, ConcurrentReads, GroupSharing, LocationSetup, ObjectLock,
+                                          ServerClock, TemporaryCleanup, ViewReads)
 from drtool.testing.memory import MemoryBackend
 from drtool.testing.mirror import mirrored_class
 
@@ -44,8 +44,8 @@ class _Change:
 class LaggingListings(Backend):
     """Wraps ``inner`` (default: a fresh :class:`MemoryBackend`); only its listings lag."""
 
-    MIRRORED = (ViewReads, BufferedReads, ObjectLock, ServerClock, LocationSetup, TemporaryCleanup,
-                GroupSharing)
+    MIRRORED = (ViewReads, BufferedReads, ConcurrentReads, ObjectLock, ServerClock, LocationSetup,
+                TemporaryCleanup, GroupSharing)
 
     def __new__(cls, inner: Backend | None = None, *args: Any, **kwargs: Any) -> "LaggingListings":
         return super().__new__(mirrored_class(cls, inner, cls.MIRRORED))  # type: ignore[no-any-return]

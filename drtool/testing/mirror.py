@@ -15,7 +15,7 @@ import functools
 from typing import Any, Iterable
 
 from drtool.backends.base import Backend
-from drtool.backends.capabilities import (BufferedReads, GroupSharing, LocationSetup, ObjectLock,
+from drtool.backends.capabilities import (BufferedReads, ConcurrentReads, GroupSharing, LocationSetup, ObjectLock,
                                           ServerClock, TemporaryCleanup, ViewReads, supports)
 
 
@@ -31,6 +31,13 @@ class _BufferedReads:
 
     def get_range_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
         return self.inner.get_range_into(name, offset, length, buf)  # type: ignore[no-any-return]
+
+
+class _ConcurrentReads:
+    inner: Any
+
+    def read_concurrency(self) -> tuple[int, int]:
+        return self.inner.read_concurrency()  # type: ignore[no-any-return]
 
 
 class _ObjectLock:
@@ -78,7 +85,8 @@ class _GroupSharing:
 
 
 FORWARDERS: dict[type, type] = {
-    ViewReads: _ViewReads, BufferedReads: _BufferedReads, ObjectLock: _ObjectLock,
+    ViewReads: _ViewReads, BufferedReads: _BufferedReads, ConcurrentReads: _ConcurrentReads,
+    ObjectLock: _ObjectLock,
     ServerClock: _ServerClock, LocationSetup: _LocationSetup, TemporaryCleanup: _TemporaryCleanup,
     GroupSharing: _GroupSharing,
 }

@@ -142,6 +142,15 @@ def warn_vanished(session: api.Session) -> None:
         click.echo(f"drtool: warning: {line}; run 'drtool check'", err=True)
 
 
+def _warm_line(warm: dict) -> str:  # type: ignore[type-arg]
+    """--dry-run on packs in an archive class: what must be warmed first, how long, roughly what cost."""
+    which = "tree packs (the data packs are known once these are readable)" if warm["scope"] == "trees" \
+        else "packs"
+    return (f"must warm first: {warm['packs_to_warm']} {which}, {warm['packs_warming']} already warming, "
+            f"{mib(int(warm['bytes']))}; {warm['tier']} tier, typically {warm['estimated_hours']} h, "
+            f"about ${warm['estimated_cost_usd']:.2f} (list prices)")
+
+
 def _report_restore(result: restoring.RestoreResult, as_json: bool, point: datetime | None = None) -> None:
     snap = result.snapshot
     verb = "would restore" if result.plan_only else "restored"
@@ -157,6 +166,9 @@ def _report_restore(result: restoring.RestoreResult, as_json: bool, point: datet
          + f" to {result.target}"
          + (f"; {result.files_skipped_existing} file(s) already there unchanged"
             if result.files_skipped_existing else ""))
+    if not as_json and result.plan_only and result.warm and (result.warm["packs_to_warm"]
+                                                             or result.warm["packs_warming"]):
+        click.echo(_warm_line(result.warm))
     if not as_json:
         would = "would be " if result.plan_only else ""
         for line in result.overwritten:

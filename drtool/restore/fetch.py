@@ -1,0 +1,178 @@
+"""Restore from a remote store: neighbouring groups in one ranged read, several reads in flight.
+
+On S3 every read pays a round trip, and a group is often small (2 MiB of
+media), so reading group by group on the decrypting threads left the link
+idle most of the time (bench: drtool 2.3x slower than restic, 7x its GETs).
+Here the groups the planner hands out are coalesced into *spans*: runs of
+groups of one pack, in ascending order, at most ``request_bytes`` long and
+with gaps small enough that fetching them costs less than another request
+(restic's restorer and kopia's "fetch whole pack when most of it is needed"
+do the same).  ``connections`` spans are fetched at once on their own threads
+while the writer's workers decrypt and write what already arrived.
+
+Memory is bounded by a byte budget of ``connections * request_bytes``: a
+span takes its bytes before it is fetched and gives them back when the last
+of its groups is decrypted, however many packs the snapshot has.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+from drtool.repository.index import Location
+from drtool.repository.reading import ScratchPool
+from drtool.repository.repo import Repository
+
+MAX_GAP = 256 * 1024  # unneeded bytes between two groups that one read may carry along
+
+# (location, the group's sealed bytes or None, the read's error or None, call when done with them)
+Deliver = Callable[[Location, list, "memoryview | None", "BaseException | None", Callable[[], None]], None]
+
+
+class ByteBudget:
+    """Bytes in flight; a request larger than the whole budget still goes, alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, amount: int) -> None:
+        with self._cond:
+            while self.used and self.used + amount > self.limit:
+                self._cond.wait()
+            self.used += amount
+            self.peak = max(self.peak, self.used)
+
+    def release(self, amount: int) -> None:
+        with self._cond:
+            self.used -= amount
+            self._cond.notify_all()
+
+
+class Span:
+    """Neighbouring groups of one pack, read with one request."""
+
+    __slots__ = ("pack_id", "lo", "hi", "groups")
+
+    def __init__(self, loc: Location, refs: list) -> None:
+        self.pack_id = loc.pack_id
+        self.lo = loc.offset
+        self.hi = loc.offset + loc.length
+        self.groups: list[tuple[Location, list]] = [(loc, refs)]
+
+    def takes(self, loc: Location, request_bytes: int) -> bool:
+        """Whether ``loc`` extends this span without a backwards jump, a big gap or a long read."""
+        return (loc.pack_id == self.pack_id and self.hi <= loc.offset <= self.hi + MAX_GAP
+                and loc.offset + loc.length - self.lo <= request_bytes)
+
+    def add(self, loc: Location, refs: list) -> None:
+        self.groups.append((loc, refs))
+        self.hi = loc.offset + loc.length
+
+
+class RangeFetcher:
+    """Coalesces planned groups into spans and fetches ``connections`` of them at a time.
+
+    Groups arrive in the order the walk leaves them, which is close to, not
+    exactly, their order in the packs (a backup's workers seal groups side
+    by side), so they are held per pack until a request's worth of one pack
+    is pending (or ``hold_bytes`` of all packs), then sorted and cut into
+    spans.  Only references are held back, never data.
+    """
+
+    def __init__(self, repo: Repository, connections: int, request_bytes: int, deliver: Deliver) -> None:
+        self.repo = repo
+        self.request_bytes = request_bytes
+        self.hold_bytes = 2 * request_bytes
+        self.deliver = deliver
+        self.budget = ByteBudget(connections * request_bytes)
+        self.requests = 0
+        self._buffers = ScratchPool(keep=connections)
+        self._pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="fetch")
+        self._pending: OrderedDict[bytes, list[tuple[Location, list]]] = OrderedDict()
+        self._pending_bytes: dict[bytes, int] = {}
+        self._held = 0
+        self._futures: list[Future[None]] = []
+
+    def add(self, loc: Location, refs: list) -> None:
+        """Called by the planning thread for every group it hands out, in hand-out order."""
+        pack = loc.pack_id
+        self._pending.setdefault(pack, []).append((loc, refs))
+        self._pending_bytes[pack] = self._pending_bytes.get(pack, 0) + loc.length
+        self._held += loc.length
+        if self._pending_bytes[pack] >= self.request_bytes:
+            self._send_pack(pack)
+        while self._held > self.hold_bytes:
+            self._send_pack(next(iter(self._pending)))
+
+    def flush(self) -> None:
+        """Send everything held back (the planner flushed: files wait for these groups)."""
+        while self._pending:
+            self._send_pack(next(iter(self._pending)))
+
+    def _send_pack(self, pack: bytes) -> None:
+        """Send the groups held for ``pack`` as spans; a group handed out again while held (the
+        walk came back to it: blobs shared by many files) is read and opened once."""
+        merged: dict[int, tuple[Location, list]] = {}
+        for loc, refs in self._pending.pop(pack):
+            if loc.offset in merged:
+                merged[loc.offset][1].extend(refs)
+            else:
+                merged[loc.offset] = (loc, list(refs))
+        self._held -= self._pending_bytes.pop(pack)
+        groups = sorted(merged.values(), key=lambda g: g[0].offset)
+        span = Span(*groups[0])
+        for loc, refs in groups[1:]:
+            if span.takes(loc, self.request_bytes):
+                span.add(loc, refs)
+            else:
+                self._send(span)
+                span = Span(loc, refs)
+        self._send(span)
+
+    def _send(self, span: Span) -> None:
+        # Buffers are whole requests, recycled: the budget counts what they hold, used or not.
+        size = span.hi - span.lo
+        self.budget.acquire(max(size, self.request_bytes))
+        self.requests += 1
+        self._futures.append(self._pool.submit(self._fetch, span, size))
+        if len(self._futures) > 256:
+            self._futures = [f for f in self._futures if not f.done()]
+
+    def wait(self) -> None:
+        """Every span sent is fetched and handed on (not necessarily decrypted yet)."""
+        self.flush()
+        for future in self._futures:
+            future.result()
+        self._futures = []
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _fetch(self, span: Span, size: int) -> None:
+        data: memoryview | None = None
+        error: BaseException | None = None
+        buf = self._buffers.take(max(size, self.request_bytes))
+        try:
+            data = self.repo.read_pack_range_into(span.pack_id, span.lo, size, buf)
+        except BaseException as exc:  # every group of the span fails with it, file by file
+            error = exc
+        left = [len(span.groups)]
+        lock = threading.Lock()
+
+        def done() -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self._buffers.give(buf)
+                self.budget.release(max(size, self.request_bytes))
+
+        for loc, refs in span.groups:
+            start = loc.offset - span.lo
+            sealed = data[start:start + loc.length] if data is not None else None
+            self.deliver(loc, refs, sealed, error, done)
