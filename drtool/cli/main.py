@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             state.finish(getattr(state, "command", None), code, message)
         except Exception as exc:  # noqa: BLE001 - history and notification never change the outcome
-            if not (_out_of_memory(exc) and message == "not enough memory"):  # said once already
+            if not (_out_of_memory(exc) and code != 0):  # a failed run out of memory has said so once
                 click.echo(f"drtool: warning: could not record or announce this run: "
                            f"{_describe_internal(exc)}", err=True)
     return code
