@@ -27,7 +27,7 @@ from drtool.snapshot.logwindow import BINLOG, Gap, RecoveryBase, Segment
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.store import stream_chunks
 from drtool.sources import mariadb
-from drtool.sources.common import StderrTail
+from drtool.sources.common import StderrTail, feed_stdin
 
 if TYPE_CHECKING:
     from drtool.config import Settings
@@ -204,21 +204,10 @@ def pipe_into_client(server: mariadb.MariaSource, database: str | None, chunks: 
                      what: str) -> None:
     with mariadb.client_options(server) as opts:
         cmd = mariadb.client_command(server, opts, database, extra=["--binary-mode"])
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env=child_environment())
-        assert proc.stdin is not None and proc.stderr is not None
-        errors = StderrTail(proc.stderr)
-        try:
-            for chunk in chunks:
-                proc.stdin.write(chunk)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        finally:
-            code = proc.wait()
+        code, errors = feed_stdin(cmd, chunks)
     if code != 0:
         raise RestoreTargetError(f"{what} into {database or 'the server'} failed (mariadb exit {code}): "
-                                 f"{errors.text() or '(no message)'}")
+                                 f"{errors or '(no message)'}")
 
 
 def replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSource, single: str | None,

@@ -28,7 +28,7 @@ from drtool.databases.planner import PitrPlan, PitrResult
 from drtool.errors import RestoreTargetError, SourceError, UsageError
 from drtool.snapshot.store import prefetched, stream_chunks
 from drtool.sources import mariabackup, mariadb
-from drtool.sources.common import StderrTail
+from drtool.sources.common import feed_stdin
 
 if TYPE_CHECKING:
     from drtool.backup.run import BackupResult
@@ -125,20 +125,9 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
 
 
 def _pipe(cmd: list[str], chunks: Iterator[bytes], what: str) -> None:
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=child_environment())
-    assert proc.stdin is not None and proc.stderr is not None
-    errors = StderrTail(proc.stderr)
-    try:
-        for chunk in chunks:
-            proc.stdin.write(chunk)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    finally:
-        code = proc.wait()
+    code, errors = feed_stdin(cmd, chunks)
     if code != 0:
-        raise RestoreTargetError(f"{what} failed (exit {code}): {errors.text() or '(no message)'}")
+        raise RestoreTargetError(f"{what} failed (exit {code}): {errors or '(no message)'}")
 
 
 def _run(cmd: list[str], what: str) -> None:

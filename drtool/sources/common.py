@@ -1,8 +1,11 @@
 """Shared by the database sources: ``[sources.NAME]`` table validation, child stderr capture."""
 from __future__ import annotations
 
+import subprocess
 import threading
-from typing import IO, Any
+from typing import IO, Any, Iterable
+
+from drtool.childenv import child_environment
 
 from drtool.errors import ConfigError
 
@@ -43,3 +46,24 @@ class StderrTail(threading.Thread):
     def text(self) -> str:
         self.join(timeout=5)
         return " | ".join(self.buf.decode(errors="replace").strip().splitlines()[-5:])
+
+
+def feed_stdin(cmd: list[str], chunks: Iterable[bytes]) -> tuple[int, str]:
+    """Run ``cmd`` with ``chunks`` as its standard input; return its exit code and stderr's tail.
+
+    A child that stops reading early (it failed) is not an error of ours:
+    its exit code and message say what happened.
+    """
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=child_environment())
+    assert proc.stdin is not None and proc.stderr is not None
+    errors = StderrTail(proc.stderr)
+    try:
+        for chunk in chunks:
+            proc.stdin.write(chunk)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    finally:
+        code = proc.wait()
+    return code, errors.text()
