@@ -16,7 +16,8 @@ Design choices, each for a DR reason:
   (aws-chunked trailing CRC32), while Content-MD5 is universally supported.
 * Object Lock: every object but ``locks/`` is written with a retention date;
   deleting on a lock-enabled (hence versioned) bucket removes every version
-  of the key, so neither space nor an older lock version survives a delete.
+  of the key, so neither space nor an older lock version survives a delete
+  (``s3_lock``).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from botocore.config import Config
 from drtool.backends import s3_cold
 from drtool.backends.base import Backend, ObjectInfo
 from drtool.backends.capabilities import check_then_put
+from drtool.backends.s3_lock import ObjectLockMethods
 from drtool.backends.s3_errors import (BODY_ERRORS, CLIENT_ERRORS, STAT_FIELDS, ErrorMapper,
                                        NotSupported, Precondition, attempt_number,
                                        classify_conditional, error_code, is_missing)
@@ -57,20 +59,6 @@ PACKS_PREFIX = "packs/"  # the only objects that get the configured storage clas
 # default) bound the memory a restore spends on downloads.
 READ_REQUEST_BYTES = 16 * 1024 * 1024
 SPARE_CONNECTIONS = 4  # beyond `connections`: lock heartbeat, index and snapshot reads
-MAX_VERSIONS_DELETED = 10_000
-
-
-def _until(head: Mapping[str, Any]) -> dt.datetime | None:
-    until = head.get("ObjectLockRetainUntilDate")
-    if not isinstance(until, dt.datetime):
-        return None
-    return until if until.tzinfo else until.replace(tzinfo=dt.timezone.utc)
-
-
-def _locked(head: Mapping[str, Any]) -> bool:
-    until = _until(head)
-    return (until is not None and until > dt.datetime.now(dt.timezone.utc)) \
-        or head.get("ObjectLockLegalHoldStatus") == "ON"
 
 
 def _error_document(resp: Mapping[str, Any], data: bytes) -> bool:
@@ -81,7 +69,7 @@ def _error_document(resp: Mapping[str, Any], data: bytes) -> bool:
     return not resp.get("ETag") and data[:5] == b"<?xml" and b"<Error>" in data[:1024]
 
 
-class S3Backend(Backend):
+class S3Backend(ObjectLockMethods, Backend):
     """Objects live at ``s3://bucket/prefix/<name>``; one client shared by all threads.
 
     Capabilities beyond the core contract: conditional create, Object Lock,
@@ -236,25 +224,6 @@ class S3Backend(Backend):
             kwargs["ObjectLockEnabledForBucket"] = True
         self.call("creating bucket", None, self.client.create_bucket, **kwargs)
 
-    def _lock_enabled_on_bucket(self) -> bool:
-        """Whether objects here can be locked; cached, checked at most once per backend."""
-        if self._bucket_locking is None:
-            try:
-                cfg = self.client.get_object_lock_configuration(Bucket=self.bucket)
-                status = cfg.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
-                self._bucket_locking = status == "Enabled"
-            except bce.ClientError as exc:
-                code, _ = error_code(exc)
-                if code == "NoSuchBucket":
-                    raise self.errors.map(exc, "reading Object Lock configuration") from None
-                if code == "ObjectLockConfigurationNotFoundError":
-                    self._bucket_locking = False
-                else:  # not allowed to ask: trust the configuration
-                    self._bucket_locking = bool(self.opts["object_lock_mode"])
-            except (bce.BotoCoreError, OSError) as exc:
-                raise self.errors.map(exc, "reading Object Lock configuration") from None
-        return self._bucket_locking
-
     def server_time(self) -> dt.datetime | None:
         """The server's clock (HTTP Date header), to detect skew that breaks signing and locks."""
         resp = self.call("checking bucket", None, self.client.head_bucket, Bucket=self.bucket)
@@ -359,20 +328,6 @@ class S3Backend(Backend):
         if self.opts["sse"] != "aws:kms" and etag and etag != expected_etag:
             return "ETag mismatch"
         return ""
-
-    def _ensure_retention(self, name: str, head: Mapping[str, Any], until: dt.datetime) -> None:
-        """Some servers drop lock headers (notably on multipart uploads): set it explicitly."""
-        current = _until(head)
-        if current is None or current < until - dt.timedelta(minutes=5):
-            self._set_retention(name, head, until)
-
-    def _set_retention(self, name: str, head: Mapping[str, Any], until: dt.datetime) -> None:
-        mode = head.get("ObjectLockMode") or self.opts["object_lock_mode"] or "GOVERNANCE"
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name),
-                                  "Retention": {"Mode": mode, "RetainUntilDate": until}}
-        if head.get("VersionId"):
-            kwargs["VersionId"] = head["VersionId"]
-        self.call("setting retention of", name, self.client.put_object_retention, **kwargs)
 
     # -- reads -------------------------------------------------------------
 
@@ -535,79 +490,6 @@ class S3Backend(Backend):
                         yield ObjectInfo(key[len(base):], int(item.get("Size", 0)))
         except CLIENT_ERRORS as exc:
             raise self.errors.map(exc, "listing", prefix or None) from None
-
-    # -- delete and Object Lock ---------------------------------------------
-
-    def delete(self, name: str) -> None:
-        """Delete; on lock-enabled buckets remove every version, refusing locked objects.
-
-        A plain DELETE on a versioned bucket only adds a delete marker and
-        "succeeds", which would make prune believe it freed space it did not;
-        deleting only the newest version lets an older one resurface (a lock
-        object would come back to life with an old heartbeat).
-        """
-        key = self._key(name)
-        if not self._lock_enabled_on_bucket():
-            self.call("deleting", name, self.client.delete_object, Bucket=self.bucket, Key=key)
-            return
-        head = self._head(name)
-        if head is None:
-            return
-        if _locked(head):
-            raise BackendError(f"object {name} is locked (Object Lock) until {_until(head)}; "
-                               "not deleted")
-        for version_id in self._versions(name, key):
-            self._delete_version(name, key, version_id)
-
-    def _versions(self, name: str, key: str) -> list[str]:
-        """Version and delete-marker ids of exactly ``key``, oldest first."""
-        found: list[tuple[Any, str]] = []
-        paginator = self.client.get_paginator("list_object_versions")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=key):
-                for item in (page.get("Versions") or []) + (page.get("DeleteMarkers") or []):
-                    if item.get("Key") == key and item.get("VersionId"):
-                        found.append((item.get("LastModified") or 0, str(item["VersionId"])))
-                if len(found) > MAX_VERSIONS_DELETED:
-                    break
-        except CLIENT_ERRORS as exc:
-            raise self.errors.map(exc, "listing versions of", name) from None
-        return [version for _when, version in sorted(found, key=lambda f: str(f[0]))]
-
-    def _delete_version(self, name: str, key: str, version_id: str) -> None:
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
-        except bce.ClientError as exc:
-            code, status = error_code(exc)
-            if code == "AccessDenied" or status == 403:
-                raise BackendError(f"an older version of {name} is still under Object Lock or the "
-                                   f"credentials may not delete versions; not fully deleted") from None
-            raise self.errors.map(exc, "deleting", name) from None
-        except (bce.BotoCoreError, OSError) as exc:
-            raise self.errors.map(exc, "deleting", name) from None
-
-    def _head_required(self, name: str) -> dict[str, Any]:
-        head = self._head(name)
-        if head is None:
-            raise ObjectMissing(f"object {name} is missing from the repository")
-        return head
-
-    def retention_until(self, name: str) -> dt.datetime | None:
-        """End of the object's Object Lock retention (UTC-aware), or None when it has none."""
-        return _until(self._head_required(name))
-
-    def is_locked(self, name: str) -> bool:
-        head = self._head(name)
-        return head is not None and _locked(head)
-
-    def extend_retention(self, name: str, until: dt.datetime) -> None:
-        """Push retention out; never shortens it (COMPLIANCE mode forbids that anyway)."""
-        if until.tzinfo is None:
-            until = until.replace(tzinfo=dt.timezone.utc)
-        head = self._head_required(name)
-        current = _until(head)
-        if current is None or current < until:
-            self._set_retention(name, head, until)
 
     def close(self) -> None:
         try:

@@ -18,15 +18,14 @@ from typing import Iterable, Iterator
 from drtool.backends import capabilities
 from drtool.backends.base import Backend
 from drtool.crypto.ids import IdMaker
-from drtool.crypto.keys import (AuthenticationFailed, KdfParams, KeyDerivationFailed, KeySlot, MasterKey,
-                                unwrap_master_key, wrap_master_key)
-from drtool.errors import (BackendError, DrtoolError, IntegrityError, KeyDerivationError, ObjectMissing,
-                           RepositoryExists, RepositoryNotFound, UsageError, WrongPassword)
+from drtool.crypto.keys import KdfParams, KeySlot, MasterKey
+from drtool.errors import DrtoolError, IntegrityError, ObjectMissing, RepositoryExists, RepositoryNotFound
 from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (IndexCache, Location, MemoryIndex, PackRecord, decode_index,
                                      decode_index_packed, encode_index)
-from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, KEYS, LOCKS, PACKS, SNAPSHOTS,
-                                       key_name, object_name, pack_name)
+from drtool.repository.keyslots import clear_interrupted_init, unlock_master, wrap_slot
+from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, KEYS, PACKS, key_name,
+                                       object_name, pack_name)
 from drtool.repository.packfile import (ENTRY, FOOTER, BlobEntry, BufferPool, OpenGroup, PackBuilder,
                                         PackFormatError, group_kind, groups_of, open_group, parse_trailer,
                                         read_trailer, seal_open_group, trailer_span, unpack_entries)
@@ -101,12 +100,12 @@ class Repository:
         capabilities.create_location(backend)
         if repository_exists(backend):
             raise RepositoryExists(f"a repository already exists at {backend.url}")
-        _clear_interrupted_init(backend)
+        clear_interrupted_init(backend)
         if group is not None:
             capabilities.share_with_group(backend, group)
         master = MasterKey.generate()
         config = config or RepoConfig(repo_id=secrets.token_hex(16))
-        slot = _wrap(master, passphrase, kdf, "initial")
+        slot = wrap_slot(master, passphrase, kdf, "initial")
         backend.put(key_name(slot.slot_id), slot.to_bytes())
         envelope = Envelope(master.encryption_key)
         backend.put(CONFIG, bytes(envelope.seal(CONFIG_KIND, b"", config.to_json(), compress=False)))
@@ -116,7 +115,7 @@ class Repository:
     def open(cls, backend: Backend, passphrase: bytes, cache: IndexCache | None = None) -> "Repository":
         if not repository_exists(backend):
             raise RepositoryNotFound(f"no drtool repository at {backend.url}")
-        master, slot_id = _unlock(backend, passphrase)
+        master, slot_id = unlock_master(backend, passphrase)
         envelope = Envelope(master.encryption_key)
         try:
             config = RepoConfig.from_json(bytes(envelope.open(CONFIG_KIND, b"", backend.get(CONFIG))))
@@ -136,7 +135,7 @@ class Repository:
         return sorted(slots, key=lambda s: s.created)
 
     def add_key_slot(self, passphrase: bytes, *, kdf: KdfParams | None = None, label: str = "") -> KeySlot:
-        slot = _wrap(self.master, passphrase, kdf, label)
+        slot = wrap_slot(self.master, passphrase, kdf, label)
         self.backend.put(key_name(slot.slot_id), slot.to_bytes())
         return slot
 
@@ -556,100 +555,6 @@ class Repository:
 
 def _group_target(text: bool) -> int:
     return TEXT_GROUP_TARGET_SIZE if text else GROUP_TARGET_SIZE
-
-
-def _clear_interrupted_init(backend: Backend) -> None:
-    """An init killed between its key slot and its config leaves only ``keys/``.
-
-    Nothing was ever encrypted with that master key (the config is written
-    last and nothing else exists), so the orphan slots are removed and init
-    starts over; any other object means a real repository and is refused.
-    """
-    slots = [info.name for info in backend.list(f"{KEYS}/")]
-    if not slots:
-        return
-    for prefix in (SNAPSHOTS, INDEX, PACKS, LOCKS):
-        if any(True for _ in backend.list(f"{prefix}/")):
-            raise RepositoryExists(f"{backend.url} holds repository data but no config",
-                                   hint="restore the config object from a copy; do not re-init")
-    for name in slots:
-        backend.delete(name)
-
-
-def _wrap(master: MasterKey, passphrase: bytes, kdf: KdfParams | None, label: str) -> KeySlot:
-    if not passphrase:
-        raise UsageError("an empty passphrase is refused for a new key slot",
-                         hint="choose a real passphrase: without it nobody can read the backups, "
-                              "with an empty one everybody can")
-    try:
-        return wrap_master_key(master, passphrase, params=kdf, label=label)
-    except KeyDerivationFailed as exc:
-        raise KeyDerivationError(f"cannot derive a key for the new slot: {exc}") from None
-
-
-def _foreign_format(backend: Backend) -> str | None:
-    """The backup tool whose repository this is, when it is recognisably not drtool's.
-
-    restic keeps scrypt key files in ``keys/`` beside an encrypted
-    ``config``; borg a plain-text ``config`` starting with ``[repository]``.
-    Telling the operator so beats "every key slot is damaged".
-    """
-    try:
-        if backend.get(CONFIG).startswith(b"[repository]"):  # the other tools' names happen to match ours
-            return "borg"
-        for info in list(backend.list(f"{KEYS}/"))[:4]:
-            try:
-                data = json.loads(backend.get(info.name))
-            except ValueError:
-                continue
-            if isinstance(data, dict) and data.get("kdf") == "scrypt" and "data" in data:
-                return "restic"
-    except DrtoolError:
-        return None
-    return None
-
-
-def _not_drtool(backend: Backend) -> None:
-    kind = _foreign_format(backend)
-    if kind is not None:
-        raise RepositoryNotFound(f"{backend.url} is a {kind} repository, not a drtool one",
-                                 hint=f"read it with {kind}; check --repo / DRTOOL_REPOSITORY")
-
-
-def _unlock(backend: Backend, passphrase: bytes) -> tuple[MasterKey, str]:
-    damaged: list[str] = []
-    unreadable: list[BackendError] = []  # a slot this user may not read is not a damaged one
-    slots = list(backend.list(f"{KEYS}/"))
-    if not slots:
-        _not_drtool(backend)
-        raise IntegrityError(f"the repository at {backend.url} has no key slots",
-                             hint="restore keys/ from a copy of the repository")
-    for info in slots:
-        slot_id = info.name.split("/", 1)[1]
-        try:
-            slot = KeySlot.from_bytes(slot_id, backend.get(info.name))
-        except ValueError:
-            damaged.append(slot_id)
-            continue
-        except BackendError as exc:
-            unreadable.append(exc)
-            continue
-        try:
-            return unwrap_master_key(slot, passphrase), slot_id
-        except AuthenticationFailed:
-            continue
-        except KeyDerivationFailed as exc:
-            raise KeyDerivationError(f"cannot derive the key of slot {slot_id}: {exc}") from None
-        except (ValueError, KeyError):
-            damaged.append(slot_id)
-    if unreadable:
-        raise unreadable[0]
-    if damaged and len(damaged) == len(slots):
-        _not_drtool(backend)
-        raise IntegrityError(f"every key slot is damaged ({', '.join(damaged)})",
-                             hint="restore keys/ from a copy of the repository")
-    raise WrongPassword("wrong passphrase: it opens none of the repository's key slots"
-                        + (f" (damaged slots: {', '.join(damaged)})" if damaged else ""))
 
 
 def iter_pack_names(backend: Backend) -> Iterable[str]:
