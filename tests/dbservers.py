@@ -27,7 +27,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -383,3 +384,25 @@ def insert_events(server: MariaServer, tag: str, count: int, database: str = "wi
             cur.executemany("INSERT INTO events (tag, n) VALUES (%s, %s)", [(tag, i) for i in range(count)])
     finally:
         conn.close()
+
+
+def wiki_history_t0_to_t3(server: MariaServer, backup: Callable[[], None]) -> datetime:
+    """The MariaDB PITR scenario: t0 rows, ``backup()``, then t1, t2, a moment, t3, each in binlogs.
+
+    Returns the moment between t2 and t3 (UTC): a restore to it must hold t0..t2 only.
+    """
+    server.sql("CREATE DATABASE wiki")
+    server.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
+    insert_events(server, "t0", 5)
+    backup()
+    insert_events(server, "t1", 10)
+    server.sql("FLUSH BINARY LOGS")
+    time.sleep(1.1)
+    insert_events(server, "t2", 20)
+    server.sql("FLUSH BINARY LOGS")
+    time.sleep(1.1)
+    between = datetime.now(timezone.utc)
+    time.sleep(1.1)
+    insert_events(server, "t3", 30)
+    server.sql("FLUSH BINARY LOGS")
+    return between

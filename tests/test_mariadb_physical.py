@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -21,7 +20,7 @@ import pytest
 
 from conftest import DrEnv, make_env
 from dbservers import (MariaServer, insert_events, maria_binary, mariadb_server, stop_restored_mariadb,
-                       write_config)
+                       wiki_history_t0_to_t3, write_config)
 
 SOURCE = "wikiphys"
 
@@ -40,21 +39,10 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     with mariadb_server() as server:
         config = write_config(dr.tmp / "drtool.toml", str(dr.repo), {SOURCE: server.source(method="physical")})
         dr.env["DRTOOL_CONFIG"] = str(config)
-        server.sql("CREATE DATABASE wiki")
-        server.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
-        insert_events(server, "t0", 5)
-        result = dr.run("backup", "--source", SOURCE)
-        assert result.code == 0, result.err
-        insert_events(server, "t1", 10)
-        server.sql("FLUSH BINARY LOGS")
-        time.sleep(1.1)
-        insert_events(server, "t2", 20)
-        server.sql("FLUSH BINARY LOGS")
-        time.sleep(1.1)
-        between = datetime.now(timezone.utc)
-        time.sleep(1.1)
-        insert_events(server, "t3", 30)
-        server.sql("FLUSH BINARY LOGS")
+        def backup() -> None:
+            result = dr.run("backup", "--source", SOURCE)
+            assert result.code == 0, result.err
+        between = wiki_history_t0_to_t3(server, backup)
         pushed = dr.run("mariadb", "binlog-push", "--source", SOURCE)
         assert pushed.code == 0, pushed.err
         yield Scenario(dr, server, between)
