@@ -148,12 +148,17 @@ class PgServer:
 
     def switch_wal_and_wait(self, timeout: float = 30.0) -> str:
         """Close the current segment and wait until archive_command stored it."""
-        name = self.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+        name = str(self.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
+        self.wait_archived(name, timeout)
+        return name
+
+    def wait_archived(self, name: str, timeout: float = 30.0) -> None:
+        """Wait until archive_command stored WAL file ``name`` (or a later one)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             row = self.sql("SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver")[0]
             if row[0] and row[0] >= name:
-                return str(name)
+                return
             time.sleep(0.1)
         raise AssertionError(f"WAL {name} was not archived in {timeout}s; last failed: {row[1]}; "
                              f"log: {self.log_tail()}")

@@ -35,16 +35,6 @@ class Scenario:
     t2_lsn: str
 
 
-def _wait_archived(server: PgServer, wal_file: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last = server.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
-        if last and last >= wal_file:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{wal_file} not archived: {server.log_tail()}")
-
-
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     dr = make_env(tmp_path_factory.mktemp("pgtargets"))
@@ -58,7 +48,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         server.sql("INSERT INTO events SELECT 't1', g FROM generate_series(1, 10) g")
         point = dr.run("pg", "restore-point", "--source", SOURCE, "before t2 'quoted'", "--json")
         assert point.code == 0, point.err
-        _wait_archived(server, json.loads(point.out)["wal_file"])
+        server.wait_archived(json.loads(point.out)["wal_file"])
         with server.connect() as conn:
             conn.autocommit = False
             conn.execute("INSERT INTO events SELECT 't2', g FROM generate_series(1, 20) g")
