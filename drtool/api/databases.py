@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DatabaseRestoreRequest", "FetchFailed", "RecoveryTarget", "SegmentNotArchived", "binlog_push",
            "create_restore_point", "engine_named", "plan_from_config", "recoverable_window", "recovery_target",
-           "restore_pitr", "source_engines", "wal_fetch", "wal_push"]
+           "restore_pitr", "source_engines", "tablespace_map", "wal_fetch", "wal_push"]
 
 
 def create_restore_point(repo: Repository, settings: Settings, source: str, name: str) -> dict[str, Any]:
@@ -38,3 +38,9 @@ def create_restore_point(repo: Repository, settings: Settings, source: str, name
 def recovery_target(lsn: str | None, xid: str | None, name: str | None) -> RecoveryTarget | None:
     """``--target-lsn`` / ``--target-xid`` / ``--target-name`` (at most one) as a recovery target."""
     return target_from_options(lsn, xid, name)
+
+
+def tablespace_map(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``--tablespace-map OLD=NEW`` options (OLD: a tablespace's location, name or oid) as a mapping."""
+    from drtool.databases.pg_tablespaces import parse_mapping
+    return parse_mapping(items)

@@ -157,25 +157,52 @@ def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
                   clock: Callable[[], datetime] | None = None) -> BackupResult:
     """Store one byte stream as a single file; ``verify()`` may raise to veto the commit."""
     check_labels(session, name, tags, filename)
+    return backup_streams(session, iter([(filename, stream)]), name, tags, kind, meta, verify, clock)
+
+
+def backup_streams(session: Session, streams: Iterator[tuple[str, IO[bytes]]], name: str,
+                   tags: list[str] | None = None, kind: str = "stream",
+                   meta: dict[str, Any] | None = None, verify: Any = None,
+                   clock: Callable[[], datetime] | None = None) -> BackupResult:
+    """Store streams that arrive one after another as the files of one snapshot.
+
+    A program that writes several archives in turn (pg_basebackup with
+    tablespaces: one tar per tablespace) is stored as it writes, each
+    ``(filename, stream)`` read to its end before the next is taken;
+    ``verify()`` may raise to veto the commit.
+    """
+    check_labels(session, name, tags)
     started = time.monotonic()
     when = clock() if clock else datetime.now(timezone.utc)
     with _backup_frame(session, name) as (lock, parent, pipeline):
-        refs, size = [], 0
-        read = _reader(stream)
-        for segment in iter(lambda: read(SEGMENT_BYTES), b""):
-            size += len(segment)
-            refs.append(pipeline.add_segment(segment, pipeline.text_chunker))
-        node = Node(name=filename, type=FILE, mode=0o600, mtime_ns=time.time_ns(), size=size)
-        node.content = resolve(refs)
+        nodes: list[Node] = []
+        for filename, stream in streams:
+            check_labels(session, name, tags, filename)
+            if any(node.name == filename for node in nodes):
+                raise SourceError(f"the backup of {name} wrote {filename} twice; no snapshot was written")
+            nodes.append(_store_stream(pipeline, stream, filename))
         if verify is not None:
             verify()
-        tree_id = store_tree(session.repo, [node])
-        stats = WalkStats(files=1, size=node.size, files_read=1)
+        nodes.sort(key=lambda node: node.name)
+        tree_id = store_tree(session.repo, nodes)
+        stats = WalkStats(files=len(nodes), size=sum(node.size for node in nodes), files_read=len(nodes))
         snap = _snapshot(session, name, when, tree_id, kind, parent, tags, stats, started,
-                         paths=[filename], meta=meta)
+                         paths=[node.name for node in nodes], meta=meta)
         _commit(session, lock, snap)
     _record_in_catalog(session, snap)
     return BackupResult(snap, requests=session.repo.backend.stats.as_dict())
+
+
+def _store_stream(pipeline: ChunkPipeline, stream: IO[bytes], filename: str) -> Node:
+    """Cut one stream into 8 MiB segments for the workers; its node once all are stored."""
+    refs, size = [], 0
+    read = _reader(stream)
+    for segment in iter(lambda: read(SEGMENT_BYTES), b""):
+        size += len(segment)
+        refs.append(pipeline.add_segment(segment, pipeline.text_chunker))
+    node = Node(name=filename, type=FILE, mode=0o600, mtime_ns=time.time_ns(), size=size)
+    node.content = resolve(refs)
+    return node
 
 
 def _reader(stream: IO[bytes]):  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ target_option = click.option("--target", required=True, type=click.Path(file_oka
 def recovery_target_options(command: Any) -> Any:
     """``restore --source``'s targets other than a time (PostgreSQL), collected in ``recovery_targets``."""
     def collect(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        if value is not None:
+        if value is not None and value != ():
             ctx.meta.setdefault("recovery_targets", {})[param.name] = value
         return value
     options = [
@@ -32,6 +32,9 @@ def recovery_target_options(command: Any) -> Any:
                      help="With a PostgreSQL --source: stop at this restore point (drtool pg restore-point)."),
         click.option("--timeline", type=click.IntRange(1), expose_value=False, callback=collect,
                      help="With a PostgreSQL --source: recover along this timeline (default: the latest)."),
+        click.option("--tablespace-map", metavar="OLD=NEW", multiple=True, expose_value=False, callback=collect,
+                     help="With a PostgreSQL --source: restore the tablespace at location (or named) OLD "
+                          "into NEW (repeatable; default: its original location, which must be empty)."),
     ]
     for option in reversed(options):
         command = option(command)

@@ -33,6 +33,7 @@ class RestoreRequest:
     start: bool = False
     port: int | None = None
     command_line: str | None = None  # this invocation, for "run it as … instead" messages
+    tablespace_map: dict[str, str] = field(default_factory=dict)  # PostgreSQL: OLD (location/name/oid) → NEW
     extra: dict[str, Any] = field(default_factory=dict)
 
 

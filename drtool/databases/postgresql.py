@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from drtool.childenv import child_environment
+from drtool.databases import pg_tablespaces
 from drtool.databases.engine import Labels, RestoreRequest
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryPointUnreachable, RecoveryShort
 from drtool.databases.targets import RecoveryTarget, TargetPosition
@@ -72,6 +73,10 @@ class PostgresEngine:
         with postgres.credentials_env(src) as env:
             if src.method == "basebackup":
                 label = f"drtool {src.name} {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+                spaces = pg_tablespaces.list_tablespaces(src, env)
+                if spaces:  # pg_basebackup writes one tar per tablespace, not one stream
+                    return [pg_tablespaces.backup_with_tablespaces(
+                        session, src, env, label, dict(base_meta, method="basebackup"), tags, spaces, PG_BASE)]
                 return [run_dump(session, postgres.basebackup_command(src, label), env, src.name, "base.tar",
                                  PG_BASE, dict(base_meta, method="basebackup"), tags, _basebackup_finish)]
             databases = [src.dbname] if src.dbname and not src.all and not src.databases else src.databases
@@ -182,7 +187,7 @@ class PostgresEngine:
         if request.target_db:
             raise UsageError("--target-db is for MariaDB sources")
         return restore_datadir(session, plan, src, request.target, fetch_env=fetch_environment(settings),
-                               start=request.start, port=request.port)
+                               start=request.start, port=request.port, tablespace_map=request.tablespace_map)
 
 
 POSTGRESQL = PostgresEngine()
@@ -314,15 +319,26 @@ def free_port() -> int:
 
 def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, target: str, *,
                     fetch_env: dict[str, str], start: bool = False, port: int | None = None,
-                    timeout: float = START_TIMEOUT) -> PitrResult:
-    """Unpack the base backup and configure recovery; with ``start``, run it to promotion and verify."""
+                    timeout: float = START_TIMEOUT, tablespace_map: dict[str, str] | None = None) -> PitrResult:
+    """Unpack the base backup and configure recovery; with ``start``, run it to promotion and verify.
+
+    Tablespaces go to their original locations or where ``tablespace_map``
+    (OLD location, name or oid → NEW) puts them; each must be new or empty.
+    """
     target = os.path.abspath(target)
+    snap = plan.base.snapshot
+    places = pg_tablespaces.locations(snap, tablespace_map or {})
+    pg_tablespaces.check_locations(target, places)
     postgres.prepare_datadir(target)
     with session.lock("restore"):
         session.repo.load_index()
-        reader = io.BufferedReader(StreamReader(prefetched(stream_chunks(session.repo, plan.base.snapshot))),
+        base = pg_tablespaces.BASE_TAR if "tablespaces" in snap.meta else None
+        reader = io.BufferedReader(StreamReader(prefetched(stream_chunks(session.repo, snap, base))),
                                    buffer_size=1024 * 1024)
         members = postgres.extract_base_tar(reader, target)
+        members += pg_tablespaces.extract_tablespaces(session, snap, places, postgres.extract_base_tar)
+    if places:
+        pg_tablespaces.write_tablespace_map(target, places)
     for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
         if os.path.exists(os.path.join(target, stale)):
             os.unlink(os.path.join(target, stale))

@@ -340,7 +340,9 @@ class PostgresSandbox(DatabaseSandbox):
         if not fetch_env:
             raise RestoreTargetError("a postgresql sandbox for a base backup needs the drtool settings")
         src = src or postgres.PgSource(name=snap.name, method="basebackup")
-        restore_datadir(session, plan, src, self.pgdata, fetch_env=fetch_env, start=False)
+        spaces = plan.base.snapshot.meta.get("tablespaces") or []  # never production's locations
+        places = {space["oid"]: os.path.join(self.server_dir, "tablespaces", space["oid"]) for space in spaces}
+        restore_datadir(session, plan, src, self.pgdata, fetch_env=fetch_env, start=False, tablespace_map=places)
         self._write_conf(recovery=True)
         self._start(wait_recovery=True)
         log_text = postgres.read_log(os.path.join(self.server_dir, "postgres.log"))

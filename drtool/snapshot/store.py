@@ -126,9 +126,17 @@ def _is_blob_id(value: object) -> bool:
 STREAM_BATCH = 256
 
 
-def stream_chunks(repo: Repository, snap: Snapshot) -> Iterator[bytes]:
-    """The plaintext of a stream snapshot (a dump, a base backup: one file), blob by blob, verified."""
+def stream_chunks(repo: Repository, snap: Snapshot, filename: str | None = None) -> Iterator[bytes]:
+    """The plaintext of a stream snapshot (a dump, a base backup: one file), blob by blob, verified.
+
+    ``filename`` picks one file of a snapshot of several streams (a base
+    backup with tablespaces: one tar per tablespace).
+    """
     nodes = [n for n in load_tree(repo, snap.tree) if n.type == FILE]
+    if filename is not None:
+        nodes = [n for n in nodes if n.name == filename]
+        if not nodes:
+            raise IntegrityError(f"snapshot {snap.short_id} has no file {filename}")
     if len(nodes) != 1:
         raise IntegrityError(f"snapshot {snap.short_id} is not a single-file stream ({len(nodes)} files)")
     ids = [bytes.fromhex(hexid) for hexid in nodes[0].content]

@@ -218,6 +218,7 @@ class SourceRestore:
     target_xid: str | None = None
     target_name: str | None = None
     timeline: int | None = None
+    tablespace_map: tuple[str, ...] = ()
 
 
 def run_source_restore(state: CliState, request: SourceRestore) -> None:
@@ -242,7 +243,8 @@ def run_source_restore(state: CliState, request: SourceRestore) -> None:
         emit(plan.as_dict(), request.as_json, "\n".join(["plan (dry run, nothing restored):", *plan.lines()]))
         return
     server = databases.DatabaseRestoreRequest(target=request.target, target_db=request.target_db,
-                                              start=request.start, port=request.port, command_line=command_line())
+                                              start=request.start, port=request.port, command_line=command_line(),
+                                              tablespace_map=databases.tablespace_map(request.tablespace_map))
     result = databases.restore_pitr(session, state.settings, src, point, server, inclusive=request.inclusive,
                                     snapshot=request.snapshot, target=target, timeline=request.timeline)
     emit(result.as_dict(), request.as_json, "\n".join([*result.plan.lines(), *result.lines()]))
