@@ -15,7 +15,7 @@ from drtool.backup.run import BackupResult, backup_stream
 from drtool.childenv import child_environment
 from drtool.core.session import Session
 from drtool.errors import SourceError
-from drtool.sources.common import StderrTail
+from drtool.sources.common import StderrTail, widen_pipe
 
 HEAD_BYTES = 1024 * 1024
 TAIL_BYTES = 64 * 1024
@@ -35,15 +35,33 @@ class StreamTap:
     def read1(self, size: int = -1) -> bytes:
         data = self._read(size)
         if data:
-            self.total += len(data)
-            if len(self.head) < self._head_limit:
-                self.head += data[:self._head_limit - len(self.head)]
-            self.tail += data
-            if len(self.tail) > 2 * self._tail_limit:
-                del self.tail[:-self._tail_limit]
+            self._keep(data)
         return data
 
     read = read1
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Into the caller's buffer (the backup's recycled segments), no copy but the tap's."""
+        readinto = getattr(self.stream, "readinto1", None) or getattr(self.stream, "readinto", None)
+        if readinto is None:
+            data = self.read1(len(buffer))
+            buffer[:len(data)] = data
+            return len(data)
+        count = readinto(buffer) or 0
+        if count:
+            self._keep(buffer[:count])
+        return count
+
+    def _keep(self, data: bytes | memoryview) -> None:
+        self.total += len(data)
+        if len(self.head) < self._head_limit:
+            self.head += data[:self._head_limit - len(self.head)]
+        if len(data) >= self._tail_limit:
+            self.tail[:] = data[-self._tail_limit:]
+        else:
+            self.tail += data
+            if len(self.tail) > 2 * self._tail_limit:
+                del self.tail[:-self._tail_limit]
 
 
 def run_dump(session: Session, command: list[str], env: dict[str, str], name: str, filename: str,
@@ -56,6 +74,7 @@ def run_dump(session: Session, command: list[str], env: dict[str, str], name: st
     except OSError as exc:
         raise SourceError(f"cannot start {command[0]}: {exc.strerror}") from None
     assert proc.stdout is not None and proc.stderr is not None
+    widen_pipe(proc.stdout.fileno())
     tap, errors = StreamTap(proc.stdout), StderrTail(proc.stderr)
     program = command[0].rsplit("/", 1)[-1]
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from drtool.childenv import child_environment
 from drtool.databases.planner import PitrPlan, PitrResult
 from drtool.errors import RestoreTargetError, SourceError, UsageError
-from drtool.snapshot.store import prefetched, stream_chunks
+from drtool.snapshot.streamread import read_stream
 from drtool.sources import mariabackup, mariadb
 from drtool.sources.common import feed_stdin
 
@@ -98,7 +98,7 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
     with session.lock("restore"):
         session.repo.load_index()
         _pipe(mariabackup.extract_command(instance.datadir, src.bindir),
-              prefetched(stream_chunks(session.repo, plan.base.snapshot)), "mbstream -x")
+              read_stream(session.repo, plan.base.snapshot), "mbstream -x")
     log.info("extracted snapshot %s into %s in %.1fs", plan.base.snapshot.short_id, instance.datadir,
              time.monotonic() - started)
     started = time.monotonic()

@@ -33,9 +33,10 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from drtool.childenv import child_environment
 from drtool.errors import RestoreTargetError, SourceError, UsageError
-from drtool.snapshot.store import StreamReader, prefetched, stream_chunks
+from drtool.snapshot.store import StreamReader
+from drtool.snapshot.streamread import read_stream
 from drtool.sources import postgres
-from drtool.sources.common import StderrTail
+from drtool.sources.common import StderrTail, widen_pipe
 
 if TYPE_CHECKING:
     from drtool.backup.run import BackupResult
@@ -162,6 +163,7 @@ class _Pipes:
 
     def _open(self, name: str) -> None:
         handle = open(os.path.join(self.out, name), "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        widen_pipe(handle.fileno())
         self._handles.append(handle)
         self._ready.put((name, handle))  # type: ignore[arg-type]
 
@@ -306,9 +308,7 @@ def extract_tablespaces(session: Session, snap: Snapshot, places: dict[str, str]
     for oid, place in places.items():
         os.makedirs(place, mode=0o700, exist_ok=True)
         os.chmod(place, 0o700)
-        reader = io.BufferedReader(StreamReader(prefetched(stream_chunks(session.repo, snap, f"{oid}.tar"))),
-                                   buffer_size=1024 * 1024)
-        members += extract(reader, place)
+        members += extract(StreamReader(read_stream(session.repo, snap, f"{oid}.tar")), place)
     return members
 
 

@@ -11,7 +11,6 @@ archived; planning checks that instead of letting the server fail with
 """
 from __future__ import annotations
 
-import io
 import os
 import shlex
 import subprocess
@@ -28,7 +27,8 @@ from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import SnapshotNotFound, SourceError, UsageError
 from drtool.snapshot.logwindow import WAL, Gap, RecoveryBase, Segment
 from drtool.snapshot.model import Snapshot
-from drtool.snapshot.store import StreamReader, prefetched, stream_chunks
+from drtool.snapshot.store import StreamReader
+from drtool.snapshot.streamread import read_stream
 from drtool.sources import postgres
 
 if TYPE_CHECKING:
@@ -333,9 +333,7 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
     with session.lock("restore"):
         session.repo.load_index()
         base = pg_tablespaces.BASE_TAR if "tablespaces" in snap.meta else None
-        reader = io.BufferedReader(StreamReader(prefetched(stream_chunks(session.repo, snap, base))),
-                                   buffer_size=1024 * 1024)
-        members = postgres.extract_base_tar(reader, target)
+        members = postgres.extract_base_tar(StreamReader(read_stream(session.repo, snap, base)), target)
         members += pg_tablespaces.extract_tablespaces(session, snap, places, postgres.extract_base_tar)
     if places:
         pg_tablespaces.write_tablespace_map(target, places)

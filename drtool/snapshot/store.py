@@ -194,20 +194,24 @@ def prefetched(chunks: Iterator[bytes], depth: int = 16) -> Iterator[bytes]:
 class StreamReader(io.RawIOBase):
     """A stream snapshot as a sequential, non-seekable file object (``tarfile.open(mode="r|")``)."""
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Iterator[bytes] | Iterator[memoryview]) -> None:
         super().__init__()
         self._chunks = chunks
-        self._buf = b""
+        self._buf = memoryview(b"")
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        while not self._buf:
-            self._buf = next(self._chunks, b"")
-            if not self._buf:
+        """Copies out of the current chunk by offset (slicing off the rest each time was
+        quadratic in the chunk size: windows are several MiB)."""
+        while self._pos >= len(self._buf):
+            chunk = next(self._chunks, None)
+            if chunk is None:
                 return 0
-        n = min(len(buffer), len(self._buf))
-        buffer[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
+            self._buf, self._pos = memoryview(chunk), 0
+        n = min(len(buffer), len(self._buf) - self._pos)
+        buffer[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
         return n

@@ -447,6 +447,9 @@ def prepare_datadir(target: str) -> None:
         raise RestoreTargetError(f"cannot create {target}: {exc.strerror}") from None
 
 
+TAR_BUFFER = 1024 * 1024
+
+
 class _NoChownTar(tarfile.TarFile):
     """Files belong to whoever restores (run restore as the PostgreSQL OS user), not to the
     uid recorded in the tar, which may not exist or mean someone else on this host."""
@@ -458,7 +461,9 @@ class _NoChownTar(tarfile.TarFile):
 def extract_base_tar(fileobj: IO[bytes], target: str) -> int:
     """Unpack a pg_basebackup tar stream (no seeking) into ``target``; return the member count."""
     count = 0
-    with _NoChownTar.open(fileobj=fileobj, mode="r|") as tar:
+    # 1 MiB reads, and file copies of the same size: tarfile's 10 KiB stream blocks and 16 KiB
+    # copies cost more than the decryption (and re-sliced a larger read buffer per copy).
+    with _NoChownTar.open(fileobj=fileobj, mode="r|", bufsize=TAR_BUFFER, copybufsize=TAR_BUFFER) as tar:
         for member in tar:
             if member.name.startswith("/") or ".." in member.name.split("/"):
                 raise RestoreTargetError(f"base backup member {member.name!r} points outside the target")
