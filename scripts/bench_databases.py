@@ -17,7 +17,10 @@ Measured, in one run on the machine as it is:
   encrypted) as a share of the data size;
 * restore: drtool physical (extract + prepare / unpack) and logical (load into a new
   database) vs the floor by hand: ``cp -a`` of the native backup (+ ``mariabackup
-  --prepare`` for MariaDB);
+  --prepare`` for MariaDB: drtool's physical restore prepares, so the floor does too;
+  neither starts the server);
+* the fixed cost of one drtool command (``snapshots``: start-up, key derivation,
+  index), which every drtool figure above includes and the native tools do not pay;
 * PITR replay rate: binlog written after the base, replayed by ``drtool restore
   --latest`` (MiB of binlog per second, the physical restore time subtracted).
 """
@@ -143,6 +146,7 @@ def mariadb_bench(work: Path, rows: int) -> dict[str, Any]:
                                                     f"--socket={sock}", "--user=root"]))
         out["physical_backup_s"] = timed(lambda: dr("backup", "--source", "phys"))
         out["physical_night1_stored"] = dr.stored("phys")
+        out["fixed_s"] = timed(lambda: dr("snapshots", "--name", "phys", "--json"))
         out["logical_backup_s"] = timed(lambda: dr("backup", "--source", "dump"))
         out["logical_night1_stored"] = dr.stored("dump")
         for t in range(1, 5):  # 1 % of the rows, scattered
@@ -222,6 +226,7 @@ def pg_bench(work: Path, scale: int) -> dict[str, Any]:
                                                     "-X", "none", "-c", "fast"]))
         out["physical_backup_s"] = timed(lambda: dr("backup", "--source", "pg"))
         out["physical_night1_stored"] = dr.stored("pg")
+        out["fixed_s"] = timed(lambda: dr("snapshots", "--name", "pg", "--json"))
         run([*psql, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0"])
         out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "pg"))
         out["physical_night2_stored"] = dr.stored("pg")
@@ -256,6 +261,8 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
                                                             f"{d['logical_night2_s']:.1f} s"
         if "logical_backup_s" in d else "—")
     row("  logical night 2 stored", lambda d: mib(d["logical_night2_stored"]) if "logical_night2_stored" in d else "—")
+    row("drtool fixed cost per command (start-up, key derivation, index)", lambda d: f"{d['fixed_s']:.1f} s"
+        if "fixed_s" in d else "—")
     row("restore floor by hand (cp -a [+ prepare])", lambda d: f"{d['floor_restore_s']:.1f} s")
     row("drtool physical restore (× floor)", lambda d: ratio(d, "physical_restore_s", "floor_restore_s"))
     row("drtool logical restore (load)", lambda d: f"{d['logical_restore_s']:.1f} s" if "logical_restore_s" in d else "—")
