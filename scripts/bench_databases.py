@@ -95,7 +95,7 @@ class Drtool:
 
 
 # ----- MariaDB --------------------------------------------------------------------------------------
-def mariadb_bench(work: Path, rows: int) -> dict[str, Any]:
+def mariadb_bench(work: Path, rows: int, logical: bool = True) -> dict[str, Any]:
     root = work / "maria"
     data, sock, tmp = root / "data", root / "m.sock", root / "tmp"
     tmp.mkdir(parents=True)
@@ -147,21 +147,22 @@ def mariadb_bench(work: Path, rows: int) -> dict[str, Any]:
         out["physical_backup_s"] = timed(lambda: dr("backup", "--source", "phys"))
         out["physical_night1_stored"] = dr.stored("phys")
         out["fixed_s"] = timed(lambda: dr("snapshots", "--name", "phys", "--json"))
-        out["logical_backup_s"] = timed(lambda: dr("backup", "--source", "dump"))
-        out["logical_night1_stored"] = dr.stored("dump")
+        if logical:
+            out["logical_backup_s"] = timed(lambda: dr("backup", "--source", "dump"))
+            out["logical_night1_stored"] = dr.stored("dump")
         for t in range(1, 5):  # 1 % of the rows, scattered
             sql(f"UPDATE sbtest{t} SET k = k + 1, c = REVERSE(c) WHERE id % 100 = 0", "sbtest")
         out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "phys"))
         out["physical_night2_stored"] = dr.stored("phys")
-        out["logical_night2_s"] = timed(lambda: dr("backup", "--source", "dump"))
-        out["logical_night2_stored"] = dr.stored("dump")
+        if logical:
+            out["logical_night2_s"] = timed(lambda: dr("backup", "--source", "dump"))
+            out["logical_night2_stored"] = dr.stored("dump")
         # binlog written after night 2's physical base, archived, for the replay rate
         for t in range(1, 5):
             sql(f"UPDATE sbtest{t} SET k = k + 1 WHERE id % 20 = 1", "sbtest")
         sql("FLUSH BINARY LOGS")
         dr("mariadb", "binlog-push", "--source", "phys")
         phys = json.loads(dr("snapshots", "--name", "phys", "--json"))[-1]["id"]
-        dump = json.loads(dr("snapshots", "--name", "dump", "--json"))[-1]["id"]
         copy = root / "floor"
 
         def floor() -> None:
@@ -175,8 +176,10 @@ def mariadb_bench(work: Path, rows: int) -> dict[str, Any]:
         out["replay_bytes"] = plan["segment_bytes"]
         out["physical_latest_s"] = timed(lambda: dr("restore", "--source", "phys", "--latest",
                                                     "--target", str(root / "r-latest")))
-        out["logical_restore_s"] = timed(lambda: dr("restore", dump[:12], "--source", "dump",
-                                                    "--target-db", "sbtest_restored"))
+        if logical:
+            dump = json.loads(dr("snapshots", "--name", "dump", "--json"))[-1]["id"]
+            out["logical_restore_s"] = timed(lambda: dr("restore", dump[:12], "--source", "dump",
+                                                        "--target-db", "sbtest_restored"))
         replay = out["physical_latest_s"] - out["physical_restore_s"]
         out["replay_mib_s"] = out["replay_bytes"] / 2**20 / replay if replay > 0 else None
         return out
@@ -276,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--maria-rows", type=int, default=2_500_000, help="rows per sbtest table (4 tables; "
                     "2.5M ≈ 2 GiB)")
     ap.add_argument("--pg-scale", type=int, default=130, help="pgbench scale (130 ≈ 2 GiB)")
-    ap.add_argument("--skip", choices=("mariadb", "postgresql"), action="append", default=[])
+    ap.add_argument("--skip", choices=("mariadb", "postgresql", "logical"), action="append", default=[],
+                    help="leave out a server, or MariaDB's logical dump and load (slow at full size)")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/var/tmp")) / "drtool-bench-db")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "mariadb" not in args.skip:
             (args.work / "m").mkdir(parents=True)
-            results["mariadb"] = mariadb_bench(args.work / "m", args.maria_rows)
+            results["mariadb"] = mariadb_bench(args.work / "m", args.maria_rows, "logical" not in args.skip)
         if "postgresql" not in args.skip:
             (args.work / "p").mkdir(parents=True)
             results["postgresql"] = pg_bench(args.work / "p", args.pg_scale)

@@ -87,3 +87,24 @@ def test_read_stream_reports_a_damaged_pack_in_order(repo_env) -> None:  # type:
                 assert bytes(view) == data[got:got + len(view)]  # what came before the damage is right
                 got += len(view)
     assert got < len(data)
+
+
+def test_binary_streams_compress_without_long_matching_and_only_for_their_run(repo_env) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from drtool.backup.run import backup_stream
+    from drtool.backup.streams import binary_streams
+    from drtool.snapshot.streamread import read_stream
+    data = _stream_data(3 * 1024 * 1024)
+    with repo_env.session() as session:
+        envelope = session.repo.envelope
+        with pytest.raises(RuntimeError), binary_streams(session):
+            assert envelope.text_ldm is False
+            raise RuntimeError("the dump program failed")
+        assert envelope.text_ldm is True
+        with binary_streams(session):
+            snap = backup_stream(session, io.BytesIO(data), "phys", "backup.mbstream").snapshot
+        assert envelope.text_ldm is True
+        session.repo.load_index()
+        assert b"".join(bytes(v) for v in read_stream(session.repo, snap)) == data
+        assert snap.summary["bytes_added"] < len(data)  # compressed all the same (hex: about half)

@@ -9,7 +9,8 @@ status and a ``finish`` check decide whether the snapshot is written.
 from __future__ import annotations
 
 import subprocess
-from typing import IO, Any, Callable
+from contextlib import contextmanager
+from typing import IO, Any, Callable, Iterator
 
 from drtool.backup.run import BackupResult, backup_stream
 from drtool.childenv import child_environment
@@ -92,3 +93,15 @@ def run_dump(session: Session, command: list[str], env: dict[str, str], name: st
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def binary_streams(session: Session) -> Iterator[None]:
+    """Physical backups (mariabackup, pg_basebackup): data-file pages, for which zstd's
+    long-distance matching costs half the compression speed and saves nothing."""
+    envelope = session.repo.envelope
+    before, envelope.text_ldm = envelope.text_ldm, False
+    try:
+        yield
+    finally:
+        envelope.text_ldm = before

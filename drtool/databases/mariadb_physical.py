@@ -43,11 +43,12 @@ PREPARE_TIMEOUT = 6 * 3600
 
 def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str], engine: str) -> list[BackupResult]:
     """Stream mariabackup of the whole server into one snapshot (``backup.mbstream``)."""
-    from drtool.backup.streams import run_dump
+    from drtool.backup.streams import binary_streams, run_dump
     datadir, replica = _server_facts(src)
     meta: dict[str, Any] = {"source": src.name, "source_type": engine, "method": "physical", "pitr": src.pitr,
                             "replica": replica}
-    with mariadb.client_options(src) as opts, tempfile.TemporaryDirectory(prefix="drtool-mariabackup-") as work:
+    with mariadb.client_options(src) as opts, tempfile.TemporaryDirectory(prefix="drtool-mariabackup-") as work, \
+            binary_streams(session):
         command = mariabackup.backup_command(src, opts, datadir, work, replica)
         return [run_dump(session, command, child_environment(), src.name, "backup.mbstream", MARIADB_PHYSICAL,
                          meta, tags, _physical_finish)]

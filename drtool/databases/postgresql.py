@@ -72,13 +72,7 @@ class PostgresEngine:
         base_meta = {"source": src.name, "source_type": self.name}
         with postgres.credentials_env(src) as env:
             if src.method == "basebackup":
-                label = f"drtool {src.name} {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
-                spaces = pg_tablespaces.list_tablespaces(src, env)
-                if spaces:  # pg_basebackup writes one tar per tablespace, not one stream
-                    return [pg_tablespaces.backup_with_tablespaces(
-                        session, src, env, label, dict(base_meta, method="basebackup"), tags, spaces, PG_BASE)]
-                return [run_dump(session, postgres.basebackup_command(src, label), env, src.name, "base.tar",
-                                 PG_BASE, dict(base_meta, method="basebackup"), tags, _basebackup_finish)]
+                return [self._base_backup(session, src, env, dict(base_meta, method="basebackup"), tags)]
             databases = [src.dbname] if src.dbname and not src.all and not src.databases else src.databases
             results = []
             if src.all:
@@ -90,6 +84,17 @@ class PostgresEngine:
                 results.append(run_dump(session, postgres.dump_command(src, database), env, snap_name,
                                         f"{database}.dump", PG_DUMP, meta, tags))
             return results
+
+    def _base_backup(self, session: Session, src: postgres.PgSource, env: dict[str, str], meta: dict[str, Any],
+                     tags: list[str]) -> BackupResult:
+        from drtool.backup.streams import binary_streams, run_dump
+        label = f"drtool {src.name} {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+        spaces = pg_tablespaces.list_tablespaces(src, env)
+        with binary_streams(session):
+            if spaces:  # pg_basebackup writes one tar per tablespace, not one stream
+                return pg_tablespaces.backup_with_tablespaces(session, src, env, label, meta, tags, spaces, PG_BASE)
+            return run_dump(session, postgres.basebackup_command(src, label), env, src.name, "base.tar",
+                            PG_BASE, meta, tags, _basebackup_finish)
 
     # ----- WAL rules ------------------------------------------------------------------------------
     def base_of(self, snap: Snapshot, segment_size: int) -> RecoveryBase | None:
