@@ -70,10 +70,17 @@ def timed(fn: Callable[[], Any]) -> float:
 REPEAT = 1  # --repeat: restores and the native/floor runs are timed this often, the best kept
 
 
-def best(fn: Callable[[int], Any], repeat: int | None = None) -> float:
-    """The best of ``repeat`` timed runs of ``fn(i)`` (a fresh target per run): on a shared
-    host the minimum is the figure least disturbed by other jobs."""
-    return min(timed(lambda: fn(i)) for i in range(repeat or REPEAT))
+def best(fn: Callable[[int], Any], *made: Path) -> float:
+    """The best of ``REPEAT`` timed runs of ``fn(i)`` (a fresh target per run): on a shared
+    host the minimum is the figure least disturbed by other jobs.  ``made``: what a run
+    creates (suffixed with ``i``), removed after every run but the last (disk space)."""
+    times = []
+    for i in range(REPEAT):
+        times.append(timed(lambda: fn(i)))
+        if i + 1 < REPEAT:
+            for path in made:
+                shutil.rmtree(f"{path}{i}", ignore_errors=True)
+    return min(times)
 
 
 def du(path: Path) -> int:
@@ -179,9 +186,11 @@ def mariadb_bench(work: Path, rows: int, logical: bool = True) -> dict[str, Any]
         def floor(i: int) -> None:
             run(["cp", "-a", str(native), f"{copy}{i}"])
             run(["mariabackup", "--no-defaults", "--prepare", f"--target-dir={copy}{i}"])
-        out["floor_restore_s"] = best(floor)
+        out["floor_restore_s"] = best(floor, copy)
         out["physical_restore_s"] = best(lambda i: dr("-v", "restore", phys[:12], "--source", "phys",
-                                                      "--target", str(root / f"r-phys{i}")))
+                                                      "--target", str(root / f"r-phys{i}")), root / "r-phys")
+        shutil.rmtree(f"{copy}{REPEAT - 1}", ignore_errors=True)
+        shutil.rmtree(f"{root / 'r-phys'}{REPEAT - 1}", ignore_errors=True)
         plan = json.loads(dr("restore", "--source", "phys", "--latest", "--target", "/nonexistent",
                              "--dry-run", "--json"))
         out["replay_bytes"] = plan["segment_bytes"]
@@ -247,9 +256,11 @@ def pg_bench(work: Path, scale: int) -> dict[str, Any]:
         out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "pg"))
         out["physical_night2_stored"] = dr.stored("pg")
         snap = json.loads(dr("snapshots", "--name", "pg", "--json"))[-1]["id"]
-        out["floor_restore_s"] = best(lambda i: run(["cp", "-a", str(native), str(root / f"floor{i}")]))
+        out["floor_restore_s"] = best(lambda i: run(["cp", "-a", str(native), str(root / f"floor{i}")]),
+                                      root / "floor")
         out["physical_restore_s"] = best(lambda i: dr("restore", snap[:12], "--source", "pg",
-                                                      "--target", str(root / f"r-phys{i}"), prefix=as_pg))
+                                                      "--target", str(root / f"r-phys{i}"), prefix=as_pg),
+                                         root / "r-phys")
         return out
     finally:
         subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
@@ -308,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         if "mariadb" not in args.skip:
             (args.work / "m").mkdir(parents=True)
             results["mariadb"] = mariadb_bench(args.work / "m", args.maria_rows, "logical" not in args.skip)
+            shutil.rmtree(args.work / "m", ignore_errors=True)  # ~5 copies of the data: room for the next
         if "postgresql" not in args.skip:
             (args.work / "p").mkdir(parents=True)
             results["postgresql"] = pg_bench(args.work / "p", args.pg_scale)
