@@ -118,3 +118,20 @@ def test_unusable_tablespace_locations_are_refused_first(scenario: Scenario, map
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not target.exists()
     assert sorted(os.listdir(scenario.location)) != []  # production's tablespace untouched
+
+
+def test_rehearsal_sandbox_maps_the_tablespace_inside_itself(scenario: Scenario) -> None:
+    """A drill reads the table in the tablespace at T, and never writes to production's location."""
+    root = scenario.dr.tmp / "sandboxes"
+    before = sorted(os.listdir(scenario.location))
+    runbook = scenario.dr.tmp / "pg.toml"
+    runbook.write_text(f'source = "{SOURCE}"\npoint_in_time = "{scenario.moment.isoformat()}"\n'
+                       f'sandbox = {{ type = "postgresql", path = "{root}" }}\n'
+                       '[[validations]]\ntype = "sql"\nquery = "SELECT count(*) FROM pages"\nexpect = 1020\n')
+    env = dict(scenario.dr.env, DRTOOL_CONFIG=scenario.env["DRTOOL_CONFIG"],
+               DRTOOL_PASSWORD_FILE=scenario.env["DRTOOL_PASSWORD_FILE"])
+    result = scenario.dr.run("rehearse", str(runbook), "--json", env=env)
+    assert result.code == 0, result.out + result.err
+    assert json.loads(result.out)[0]["steps"][0]["status"] == "passed"
+    assert sorted(os.listdir(scenario.location)) == before
+    assert list(root.iterdir()) == []
