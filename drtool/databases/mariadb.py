@@ -203,7 +203,7 @@ def _create_database(server: mariadb.MariaSource, database: str | None, fresh: b
 def pipe_into_client(server: mariadb.MariaSource, database: str | None, chunks: Iterator[bytes],
                      what: str) -> None:
     with mariadb.client_options(server) as opts:
-        cmd = mariadb.client_command(server, opts, database, extra=["--binary-mode"])
+        cmd = mariadb.client_command(server, opts, database, extra=["--binary-mode", "--max-allowed-packet=1G"])
         code, errors = feed_stdin(cmd, chunks)
     if code != 0:
         raise RestoreTargetError(f"{what} into {database or 'the server'} failed (mariadb exit {code}): "
@@ -240,6 +240,7 @@ def replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSource
         try:
             pipe_into_client(server, database, chunks(), "binlog replay")
         finally:
+            producer.stdout.close()  # a client that failed stopped reading: mariadb-binlog must not block
             code = producer.wait()
         if code != 0:
             raise RestoreTargetError(f"mariadb-binlog failed (exit {code}): {errors.text()}")

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("drtool")
 MARIADB_PHYSICAL = "mariadb-physical"
 PREPARE_TIMEOUT = 6 * 3600
+REPLAY_PACKET = "1G"  # the server's maximum
 
 
 def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str], engine: str) -> list[BackupResult]:
@@ -107,7 +108,9 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
     log.info("prepared %s in %.1fs", instance.datadir, time.monotonic() - started)
     reached = "the backup's consistent point (no binlog replayed)"
     if plan.segments:
-        instance.start(extra=["--skip-grant-tables", "--skip-slave-start"])
+        # a transaction's row events come out of mariadb-binlog as one BINLOG statement: an
+        # UPDATE of 125,000 rows is ~50 MB, past the 16 MiB default ("server has gone away")
+        instance.start(extra=["--skip-grant-tables", "--skip-slave-start", f"--max-allowed-packet={REPLAY_PACKET}"])
         try:
             with session.lock("restore"):
                 reached = replay_binlogs(session, plan, instance.source(src.name), None, None) or reached
