@@ -1,0 +1,236 @@
+"""Sharded sources: many workers, one snapshot set (docs/scale.md "Many hosts, one repository").
+
+* 4 worker processes against moto's S3 server with a throwaway PostgreSQL
+  catalog; one of them is killed with SIGKILL while it holds a shard (its
+  data written and indexed, its snapshot not yet): the others take the
+  shard over once the lease expires, the set commits, the restore equals
+  the bucket, no shard has two snapshots and no blob is indexed twice.
+* One host on SQLite, a file tree: two workers at once, a worker killed
+  after writing its shard's snapshot but before marking the shard done
+  (the snapshot is adopted, not made twice), incremental re-runs per
+  shard, forget keeping whole sets.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import DrEnv, make_env
+from dbservers import PgServer, postgres_server, wait_for
+from s3server import DUMMY_ENV, MotoServer, create_bucket, make_client, moto_server  # noqa: F401 - fixture
+
+from drtool import api
+from drtool.api import shardsets
+from drtool.catalog.shardsets import ShardSets
+from drtool.repository.objects import INDEX
+from drtool.sources.shards import shard_of
+
+LEASE = 3  # seconds: short, so the test waits little for the dead worker's lease (default: 300)
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    with postgres_server() as server:
+        yield server
+
+
+def write_config(env: DrEnv, table: str) -> None:
+    config = env.tmp / "drtool.toml"
+    config.write_text(table)
+    env.env["DRTOOL_CONFIG"] = str(config)
+
+
+def spawn(env: DrEnv, *args: str, extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "drtool", *args], env={**env.env, **(extra or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=env.tmp)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def leases(env: DrEnv) -> list[dict]:
+    session = env.session()
+    try:
+        sets = ShardSets(session.catalog)
+        return [row for s in sets.sets() for row in sets.shards(s.id)]
+    finally:
+        session.close()
+
+
+def indexed_blob_ids(session: api.Session) -> list[bytes]:
+    """Every blob id of every index object in the repository (duplicates kept)."""
+    ids: list[bytes] = []
+    for info in session.repo.backend.list(INDEX + "/"):
+        for pack in session.repo.read_index_object(info.name.rsplit("/", 1)[-1]):
+            ids += [entry.blob_id for entry in pack.entries]
+    return ids
+
+
+# ----- 4 workers, S3 source, PostgreSQL catalog, one killed --------------------------------------
+def test_four_workers_one_killed_mid_shard(moto_server: MotoServer, pg: PgServer,  # noqa: F811 - fixture
+                                           tmp_path: Path) -> None:
+    shards = 8
+    bucket = create_bucket(moto_server.url)
+    s3 = make_client(moto_server.url)
+    objects = {f"media/{d:x}/{d:x}{e:x}/file-{i}.jpg": os.urandom(600 + 37 * i + d)
+               for d in range(16) for e in range(2) for i in range(3)}
+    objects["media/top.txt"] = b"an object above the unit level"
+    for key, body in objects.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="image/jpeg", Metadata={"k": key[-8:]})
+    units = {shard_of(k[len("media/"):].split("/")[0] + ("/" if "/" in k[len("media/"):] else ""), shards)
+             for k in objects}
+    assert len(units) >= 5  # the keys really spread over the shards
+
+    pg.sql("CREATE DATABASE shard_catalog")
+    env = make_env(tmp_path / "dr")
+    env.env.update(DUMMY_ENV, AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+                   AWS_EC2_METADATA_DISABLED="true",
+                   DRTOOL_CATALOG=f"postgresql+psycopg://postgres@/shard_catalog?host={pg.root}&port={pg.port}")
+    env.catalog = env.env["DRTOOL_CATALOG"]  # type: ignore[assignment]
+    write_config(env, f"""
+[sources.media]
+type = "s3"
+endpoint = "{moto_server.url}"
+bucket = "{bucket}"
+prefix = "media/"
+addressing_style = "path"
+connections = 2
+shards = {shards}
+lease_seconds = {LEASE}
+""")
+    env.init()
+
+    # the victim starts first and claims shard 0; it dies (SIGKILL) after its shard's packs and
+    # index are stored, before the snapshot is written: the crash point kills it like a power cut
+    victim = spawn(env, "backup", "--source", "media", "--json", extra={"DRTOOL_CRASH_AT": "backup-before-snapshot"})
+    wait_for(lambda: any(r["state"] == "leased" for r in leases(env)), timeout=60, what="the victim's lease")
+    workers = [spawn(env, "backup", "--source", "media", "--json") for _ in range(3)]
+    code, _out, err = finish(victim)
+    assert code == -9, err
+    outcomes = [finish(w) for w in workers]
+    for code, _out, err in outcomes:
+        assert code == 0, err
+    docs = [json.loads(out) for _c, out, _e in outcomes]
+    assert len({d["set"] for d in docs}) == 1  # all joined the victim's set
+    assert sum(d["committed_here"] for d in docs) == 1
+    assert all(d["state"] == "committed" for d in docs)
+    rows = leases(env)
+    assert [r["state"] for r in rows] == ["done"] * shards
+    taken_over = [r for r in rows if r["attempts"] > 1]
+    assert len(taken_over) == 1 and taken_over[0]["shard"] == 0  # the victim's shard, after the lease expired
+
+    session = env.session()
+    try:
+        (snapset,) = shardsets.snapshot_sets(session, "media")
+        assert snapset.complete and not snapset.extra  # one snapshot per shard, no duplicates
+        assert len(session.snapshots()) == shards
+        blobs = indexed_blob_ids(session)
+        assert len(blobs) == len(set(blobs))  # nothing stored twice: the taker found the victim's blobs
+        assert len(set(blobs)) >= len(objects)
+    finally:
+        session.close()
+
+    target = tmp_path / "restored"
+    result = env.run("restore", snapset.id, "--target", str(target))
+    assert result.code == 0, result.err
+    found = {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert found == {k[len("media/"):]: v for k, v in objects.items()}
+
+    copy = create_bucket(moto_server.url)
+    result = env.run("restore", "latest", "--source", "media", "--to-bucket", f"s3://{copy}/back")
+    assert result.code == 0, result.err
+    for key, body in objects.items():
+        got = s3.get_object(Bucket=copy, Key=f"back/{key[len('media/'):]}")
+        assert got["Body"].read() == body and got["Metadata"] == {"k": key[-8:]}
+
+    # a second set: one worker alone, incremental per shard (no GET, no new blob)
+    s3.put_object(Bucket=bucket, Key="media/3/30/file-0.jpg", Body=b"changed")
+    code, out, err = finish(spawn(env, "backup", "--source", "media", "--json"))
+    assert code == 0, err
+    second = json.loads(out)
+    assert second["set"] != snapset.id and second["state"] == "committed"
+    gets = sum(s["requests"]["source_gets"] for s in second["snapshots"])
+    assert gets == 1
+    assert sum(s["summary"]["files_unchanged"] for s in second["snapshots"]) == len(objects) - 1
+    listing = env.run("snapshots")
+    assert listing.code == 0 and listing.out.count("set-") == 2, listing.out
+
+
+# ----- one host, SQLite catalog, a file tree ---------------------------------------------------
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {}
+    for top in range(12):
+        for i in range(4):
+            rel = f"d{top:02d}/sub/f{i}.bin" if top % 3 else f"f{top:02d}-{i}.txt"
+            files[rel] = os.urandom(300 + top * 10 + i)
+    for rel, body in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+    return files
+
+
+def test_sqlite_single_host_file_tree_sets(tmp_path: Path) -> None:
+    src = tmp_path / "wiki"
+    files = make_tree(src)
+    env = make_env(tmp_path / "dr")
+    write_config(env, f"""
+[sources.tree]
+type = "files"
+paths = ["{src}"]
+shards = 4
+lease_seconds = {LEASE}
+
+[sources.tree.retention]
+keep_last = 1
+""")
+    env.init()
+    # one worker dies after writing its shard's snapshot, before marking the shard done
+    victim = spawn(env, "backup", "--source", "tree", extra={"DRTOOL_CRASH_AT": "shard-before-done"})
+    assert finish(victim)[0] == -9
+    both = [spawn(env, "backup", "--source", "tree", "--json") for _ in range(2)]
+    docs = []
+    for proc in both:
+        code, out, err = finish(proc)
+        assert code == 0, err
+        docs.append(json.loads(out))
+    assert sum(len(d["adopted_shards"]) for d in docs) == 1  # the dead worker's snapshot, not a second one
+    assert sum(len(d["snapshots"]) for d in docs) == 3
+    session = env.session()
+    try:
+        (snapset,) = shardsets.snapshot_sets(session, "tree")
+        assert snapset.complete and not snapset.extra
+    finally:
+        session.close()
+
+    (src / "d01" / "sub" / "f0.bin").write_bytes(b"new")
+    code, out, err = finish(spawn(env, "backup", "--source", "tree", "--json"))
+    assert code == 0, err
+    second = json.loads(out)
+    assert sum(s["summary"]["files_unchanged"] for s in second["snapshots"]) == len(files) - 1
+    assert all(s["parent"] for s in second["snapshots"])  # each shard's parent: its previous snapshot
+    files["d01/sub/f0.bin"] = b"new"
+
+    target = tmp_path / "out"
+    result = env.run("restore", "latest", "--source", "tree", "--target", str(target))
+    assert result.code == 0, result.err
+    found = {str(p.relative_to(target / "wiki")): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert found == files
+
+    result = env.run("forget", "--json")  # keep_last = 1 keeps the newest *set*: all its 4 shards
+    assert result.code == 0, result.err
+    session = env.session()
+    try:
+        (kept,) = shardsets.snapshot_sets(session, "tree")
+        assert kept.id == second["set"] and kept.complete and len(session.snapshots()) == 4
+    finally:
+        session.close()
