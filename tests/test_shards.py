@@ -76,6 +76,7 @@ def indexed_blob_ids(session: api.Session) -> list[bytes]:
 
 
 # ----- 4 workers, S3 source, PostgreSQL catalog, one killed --------------------------------------
+@pytest.mark.slow  # ~40 s idle (PostgreSQL start, 5 worker processes, a lease expiry); 64 s loaded
 def test_four_workers_one_killed_mid_shard(moto_server: MotoServer, pg: PgServer,  # noqa: F811 - fixture
                                            tmp_path: Path) -> None:
     shards = 8
@@ -234,3 +235,13 @@ keep_last = 1
         assert kept.id == second["set"] and kept.complete and len(session.snapshots()) == 4
     finally:
         session.close()
+
+    # a rehearsal restores the whole set into one sandbox and checks it as one unit
+    env.env["DRTOOL_SANDBOX_ROOT"] = str(tmp_path / "sandboxes")
+    rehearsal = env.run("rehearse", "--sample", "1", "--json")
+    assert rehearsal.code == 0, rehearsal.err
+    step = json.loads(rehearsal.out)[0]["steps"][0]
+    assert step["status"] == "passed" and step["restored"]["files"] == len(files), step
+    status = env.run("status", "--json")
+    (tree,) = [s for s in json.loads(status.out)["sources"] if s["name"] == "tree"]
+    assert tree["snapshots"] == 1 and "never backed up" not in status.out, status.out

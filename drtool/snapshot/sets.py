@@ -10,7 +10,7 @@ one counts and the other is listed in ``extra`` (it goes with the set).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
@@ -53,6 +53,15 @@ class SnapshotSet:
                 "bytes_added": sum(int(s.summary.get("bytes_added", 0)) for s in snaps),
                 "snapshots": {str(i): s.id for i, s in sorted(self.members.items())},
                 "extra": [s.id for s in self.extra]}
+
+
+def stand_in(snapset: SnapshotSet) -> Snapshot:
+    """One snapshot standing for a set where a series of snapshots is expected (status, rehearsal
+    sampling): the first shard's, at the set's time, with the set's summed size and file count."""
+    first = snapset.members[min(snapset.members)]
+    listing = snapset.listing()
+    summary = dict(first.summary, files=listing["files"], size=listing["size"])
+    return replace(first, time=snapset.time, summary=summary)
 
 
 def set_of(snap: Snapshot) -> dict[str, Any] | None:
