@@ -51,6 +51,7 @@ from drtool.sources.shards import Sharding, set_meta, shard_of, shard_series
 from drtool.testing_hooks import crash_point
 
 log = logging.getLogger("drtool")
+POLL_SECONDS = 5.0  # a worker with nothing to claim looks again this often (one catalog query)
 ShardedSource = FilesSource | ObjectStoreSource
 
 
@@ -111,7 +112,7 @@ def run_worker(session: Session, src: ShardedSource, tags: list[str] | None = No
             if state != "open" or not options.wait or prog.leased == 0:
                 result.state, result.progress = state, prog
                 return result
-            options.sleep(min(max(prog.next_expiry_in or 0.0, 0.2), sharding.heartbeat_seconds))
+            options.sleep(min(max(prog.next_expiry_in or 0.0, 0.2), sharding.heartbeat_seconds, POLL_SECONDS))
             continue
         if not _work_on(session, src, row, lease, sets, tags, options, result):
             result.state, result.progress = (sets.get_set(row.id) or row).state, sets.progress(row.id)
