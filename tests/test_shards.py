@@ -30,8 +30,11 @@ from drtool import api
 from drtool.api import shardsets
 from drtool.catalog.shardsets import ShardSets
 from drtool.repository.objects import INDEX
+from drtool.backends.s3_source import ListedObject
+from drtool.backup.shards import shard_listing
 from drtool.sources.shards import shard_of
 
+PINNED = {"a/": 29, "a/ab/": 190, "Foo.jpg": 117}  # BLAKE2b-64 mod 256: pinned, never to change
 LEASE = 3  # seconds: short, so the test waits little for the dead worker's lease (default: 300)
 
 
@@ -245,3 +248,92 @@ keep_last = 1
     status = env.run("status", "--json")
     (tree,) = [s for s in json.loads(status.out)["sources"] if s["name"] == "tree"]
     assert tree["snapshots"] == 1 and "never backed up" not in status.out, status.out
+
+
+# ----- the pieces: unit hash, shard listing, leases -----------------------------------------------
+def test_unit_hash_is_pinned_and_config_is_checked() -> None:
+    # the hash decides which series (parent) a key's object is compared with: it must never change
+    pinned = {u: shard_of(u, 256) for u in ("a/", "a/ab/", "Foo.jpg")}
+    assert pinned == PINNED, pinned
+    from drtool.errors import ConfigError
+    from drtool.sources.shards import sharding_from_table, shard_series
+    assert shard_series("media", 7, 256) == "media/shard-007-of-256"
+    assert sharding_from_table("m", {}) is None
+    assert sharding_from_table("m", {"shards": 4}).lease_seconds == 300  # type: ignore[union-attr]
+    for bad in ({"shards": 0}, {"shards": True}, {"shards": 4, "shard_depth": 9}, {"shards": 4, "lease_seconds": 0},
+                {"lease_seconds": 5}):
+        with pytest.raises(ConfigError):
+            sharding_from_table("m", bad)
+
+
+class FakeStore:
+    """The listing interface of the object-store clients over a sorted key list."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = sorted(keys)
+
+    def iter_objects(self, prefix: str) -> Iterator[ListedObject]:
+        return (ListedObject(k, 1, "e", 0) for k in self.keys if k.startswith(prefix))
+
+    def iter_level(self, prefix: str) -> Iterator[tuple[str, ListedObject | None]]:
+        seen = set()
+        for key in self.keys:
+            if not key.startswith(prefix):
+                continue
+            rest = key[len(prefix):]
+            if "/" in rest:
+                sub = prefix + rest.split("/", 1)[0] + "/"
+                if sub not in seen:
+                    seen.add(sub)
+                    yield sub, None
+            else:
+                yield key, ListedObject(key, 1, "e", 0)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_shard_listings_partition_the_bucket_in_key_order(depth: int) -> None:
+    keys = [f"m/{a}/{a}{b}/f{i}" for a in "0a-/" if a != "/" for b in "01" for i in range(3)]
+    keys += ["m/top", "m/0", "m/0-x", "m/a!", "m/", "m/z/", "other/x"]
+    store = FakeStore(keys)
+    parts = [list(shard_listing(store, i, 5, depth)("m/")) for i in range(5)]  # type: ignore[arg-type]
+    for part in parts:
+        assert [o.key for o in part] == sorted(o.key for o in part)  # the tree builder needs key order
+    got = sorted(o.key for part in parts for o in part)
+    assert got == sorted(k for k in keys if k.startswith("m/"))  # every key once, nothing outside
+    assert sum(1 for part in parts if part) >= 3
+
+
+def test_leases_expire_are_taken_over_and_guard_every_write(tmp_path: Path) -> None:
+    env = make_env(tmp_path / "dr")
+    env.init()
+    session = env.session()
+    try:
+        sets = ShardSets(session.catalog)
+        first = sets.open_set("media", 2, "h1")
+        assert first is not None and sets.open_set("media", 2, "h2") == first  # one open set per source
+        from drtool.errors import ConfigError
+        with pytest.raises(ConfigError):
+            sets.open_set("media", 3, "h2")
+        a = sets.claim(first.id, "h1:1", 0.5)
+        b = sets.claim(first.id, "h2:2", 30)
+        assert a is not None and b is not None and {a.shard, b.shard} == {0, 1}
+        assert sets.claim(first.id, "h3:3", 30) is None  # both held
+        time.sleep(0.7)  # a's lease expires (its worker "died")
+        c = sets.claim(first.id, "h3:3", 30)
+        assert c is not None and c.shard == a.shard and c.attempt == 2
+        assert not sets.renew(a, 30) and not sets.holds(a) and not sets.finish(a, "x" * 64)  # a lost it
+        assert not sets.release(a, "late error")
+        assert sets.finish(c, "c" * 64) and not sets.try_commit(first.id)  # b is still working
+        assert sets.renew(b, 30) and sets.holds(b) and sets.finish(b, "b" * 64)
+        assert sets.try_commit(first.id) and not sets.try_commit(first.id)  # committed exactly once
+        second = sets.open_set("media", 2, "h1")
+        assert second is not None and second.id != first.id
+        lease = sets.claim(second.id, "h1:1", 30)
+        assert lease is not None
+        for _attempt in range(3):  # a shard that keeps failing fails the set
+            failed = sets.release(lease, "bucket gone")
+            lease = sets.claim(second.id, "h1:1", 30) or lease
+        assert failed and sets.get_set(second.id).state == "failed"  # type: ignore[union-attr]
+        assert sets.open_set("media", 2, "h1", join_only=True) is None
+    finally:
+        session.close()

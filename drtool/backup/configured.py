@@ -114,7 +114,7 @@ def backup_source(session: Session, src: Source, tags: list[str], engines: Engin
     if isinstance(src, (FilesSource, ObjectStoreSource)) and src.sharding is not None:
         from drtool.backup.shards import run_worker  # a worker of the source's snapshot set
         worker = run_worker(session, src, tags)
-        if worker.state == "failed" or worker.failures:
+        if worker.state == "failed" or (worker.failures and worker.state != "committed"):
             raise SourceError(f"snapshot set {worker.set_id}: {'; '.join(worker.failures) or worker.state}")
         return worker.results
     if isinstance(src, FilesSource):

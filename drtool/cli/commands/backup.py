@@ -148,12 +148,12 @@ def run_shard_worker(state: CliState, source: str, join_only: bool, abandon: boo
         log_backup_summary(result)
         for line in result.unreadable:
             click.echo(f"drtool: warning: unreadable: {line}", err=True)
-    for line in worker.failures:
-        click.echo(f"drtool: error: {source}: {line}", err=True)
+    for line in worker.failures:  # an attempt that failed and was retried is only a warning
+        click.echo(f"drtool: {'warning' if worker.state == 'committed' else 'error'}: {source}: {line}", err=True)
     if worker.state == "failed":
         raise SourceError(f"snapshot set {worker.set_id} of {source} failed",
                           hint="see the errors above; the next run opens a new set")
-    if worker.failures:
+    if worker.failures and worker.state != "committed":
         raise SourceError(f"{len(worker.failures)} shard attempt(s) failed; other workers retry them")
     if any(r.unreadable for r in worker.results):
         raise PartialSuccess("snapshots saved, but some entries could not be read and are not in them")
