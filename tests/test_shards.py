@@ -225,6 +225,9 @@ keep_last = 1
     files["d01/sub/f0.bin"] = b"new"
 
     target = tmp_path / "out"
+    plan = env.run("restore", "latest", "--source", "tree", "--target", str(target), "--dry-run", "--json")
+    assert plan.code == 0 and not target.exists(), plan.err
+    assert sum(r["files"] for r in json.loads(plan.out)["results"]) == len(files)
     result = env.run("restore", "latest", "--source", "tree", "--target", str(target))
     assert result.code == 0, result.err
     found = {str(p.relative_to(target / "wiki")): p.read_bytes() for p in target.rglob("*") if p.is_file()}
@@ -248,6 +251,10 @@ keep_last = 1
     status = env.run("status", "--json")
     (tree,) = [s for s in json.loads(status.out)["sources"] if s["name"] == "tree"]
     assert tree["snapshots"] == 1 and "never backed up" not in status.out, status.out
+
+    result = env.run("forget", kept.id[:12])  # by set id: every shard goes
+    assert result.code == 0, result.err
+    assert env.run("snapshots", "--json").out.strip() == "[]"
 
 
 # ----- the pieces: unit hash, shard listing, leases -----------------------------------------------

@@ -34,18 +34,19 @@ def snapshots(state: CliState, name: str | None, show_shards: bool, as_json: boo
     if as_json:
         emit([{"id": item.id, **item.listing()} for _t, _i, item in rows], True)
         return
-    click.echo(f"{'ID':8}  {'TIME':25}  {'NAME':20}  {'HOST':12}  {'FILES':>7}  {'SIZE':>11}  TAGS")
+    width = 20 if sets else 8  # set ids: "set-" and 16 hex digits
+    click.echo(f"{'ID':{width}}  {'TIME':25}  {'NAME':20}  {'HOST':12}  {'FILES':>7}  {'SIZE':>11}  TAGS")
     for _t, _i, item in rows:
         listing = item.listing()
         when = item.time.astimezone().isoformat(timespec="seconds")
         if isinstance(item, shardsets.SnapshotSet):
             hosts = ",".join(listing["hosts"])
             state_text = "complete" if item.complete else f"INCOMPLETE, {len(item.missing)} missing"
-            click.echo(f"{item.id}  {when:25}  {display(item.source):20}  {display(hosts)[:12]:12}  "
+            click.echo(f"{item.id:{width}}  {when:25}  {display(item.source):20}  {display(hosts)[:12]:12}  "
                        f"{listing['files']:>7}  {mib(listing['size']):>11}  [set of {item.shards} shards, "
                        f"{state_text}]")
             continue
-        click.echo(f"{item.short_id:8}  {when:25}  {display(item.name):20}  {display(item.host)[:12]:12}  "
+        click.echo(f"{item.short_id:{width}}  {when:25}  {display(item.name):20}  {display(item.host)[:12]:12}  "
                    f"{listing['files']:>7}  {mib(listing['size']):>11}  {','.join(map(display, item.tags))}")
     click.echo(f"{len(snaps)} snapshot(s)" + (f", {len(sets)} snapshot set(s)" if sets else ""))
 
