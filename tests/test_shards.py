@@ -209,6 +209,9 @@ keep_last = 1
         docs.append(json.loads(out))
     assert sum(len(d["adopted_shards"]) for d in docs) == 1  # the dead worker's snapshot, not a second one
     assert sum(len(d["snapshots"]) for d in docs) == 3
+    for snap in (s for d in docs for s in d["snapshots"]):  # each shard counts its own new blobs (file
+        summary = snap["summary"]                            # bodies, trees), not its worker's running total
+        assert summary["blobs_added"] <= summary["files"] + summary["dirs"] + 2, summary
     session = env.session()
     try:
         (snapset,) = shardsets.snapshot_sets(session, "tree")

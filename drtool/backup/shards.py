@@ -215,6 +215,8 @@ class _Guard:
 
 def _backup_shard(session: Session, src: ShardedSource, row: SetRow, lease: Lease, tags: list[str] | None,
                   beat: Heartbeat, options: WorkerOptions) -> BackupResult:
+    repo = session.repo  # one process backs up many shards: each snapshot's summary counts its own
+    repo.new_blobs = repo.new_bytes_stored = repo.new_bytes_raw = 0
     series = shard_series(src.name, lease.shard, row.shards)
     meta = {"source": src.name, "set": set_meta(row.id, src.name, lease.shard, row.shards,
                                                 row.created.isoformat())}
