@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -319,6 +320,7 @@ def test_leases_expire_are_taken_over_and_guard_every_write(tmp_path: Path) -> N
     session = env.session()
     try:
         sets = ShardSets(session.catalog)
+        started = datetime.now(timezone.utc)
         first = sets.open_set("media", 2, "h1")
         assert first is not None and sets.open_set("media", 2, "h2") == first  # one open set per source
         from drtool.errors import ConfigError
@@ -336,6 +338,8 @@ def test_leases_expire_are_taken_over_and_guard_every_write(tmp_path: Path) -> N
         assert sets.finish(c, "c" * 64) and not sets.try_commit(first.id)  # b is still working
         assert sets.renew(b, 30) and sets.holds(b) and sets.finish(b, "b" * 64)
         assert sets.try_commit(first.id) and not sets.try_commit(first.id)  # committed exactly once
+        late = sets.open_set("media", 2, "h4", since=started)  # started with the others, came late
+        assert late is not None and late.id == first.id and late.state == "committed"
         second = sets.open_set("media", 2, "h1")
         assert second is not None and second.id != first.id
         lease = sets.claim(second.id, "h1:1", 30)

@@ -36,10 +36,15 @@ def sharded_source(settings: Settings, name: str) -> Any:
 
 
 def work_on_source(session: Session, src: Any, tags: list[str], join_only: bool = False,
-                   wait: bool = True) -> WorkerResult:
-    """One worker of the source's open set (opening one unless ``join_only``)."""
-    from drtool.backup.shards import WorkerOptions, run_worker
-    return run_worker(session, src, tags, WorkerOptions(join_only=join_only, wait=wait))
+                   wait: bool = True, since_process_start: bool = True) -> WorkerResult:
+    """One worker of the source's open set (opening one unless ``join_only``).
+
+    ``since_process_start``: a set committed after this process started is
+    this run's work, done by others (the CLI: one process, one run); a
+    long-lived caller passes False and opens a new set when none is open."""
+    from drtool.backup.shards import WorkerOptions, process_started_at, run_worker
+    since = process_started_at() if since_process_start else None
+    return run_worker(session, src, tags, WorkerOptions(join_only=join_only, wait=wait, since=since))
 
 
 def abandon_set(session: Session, source: str) -> SetRow | None:

@@ -112,8 +112,8 @@ def source_type(src: Source, engines: Engines) -> str:
 
 def backup_source(session: Session, src: Source, tags: list[str], engines: Engines) -> list[BackupResult]:
     if isinstance(src, (FilesSource, ObjectStoreSource)) and src.sharding is not None:
-        from drtool.backup.shards import run_worker  # a worker of the source's snapshot set
-        worker = run_worker(session, src, tags)
+        from drtool.backup.shards import WorkerOptions, process_started_at, run_worker  # a worker of its set
+        worker = run_worker(session, src, tags, WorkerOptions(since=process_started_at()))
         if worker.state == "failed" or (worker.failures and worker.state != "committed"):
             raise SourceError(f"snapshot set {worker.set_id}: {'; '.join(worker.failures) or worker.state}")
         return worker.results

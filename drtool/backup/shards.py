@@ -41,7 +41,7 @@ from drtool.backup.treewalk import TreeWalker
 from drtool.catalog.shardsets import Lease, Progress, SetRow, ShardSets
 from drtool.core.session import Session
 from drtool.errors import DrtoolError, SourceError
-from drtool.repository.locks import Lock
+from drtool.repository.locks import Lock, process_start_time
 from drtool.snapshot.model import DIR, Snapshot
 from drtool.snapshot.sets import set_of
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot, load_tree, store_tree
@@ -60,6 +60,7 @@ class WorkerOptions:
     join_only: bool = False          # never open a new set, only help with an open one
     wait: bool = True                # wait for shards others hold (take them over if they expire)
     owner: str | None = None         # default host:pid
+    since: datetime | None = None    # a set committed since then counts as this run's (process start)
     sleep: Callable[[float], None] = time.sleep
     client_factory: Callable[[ObjectStoreSource], S3SourceClient] = make_client
 
@@ -84,6 +85,19 @@ class WorkerResult:
                 "snapshots": [r.as_dict() for r in self.results], "failures": self.failures}
 
 
+def process_started_at() -> datetime | None:
+    """When this process started (Linux: /proc), by this host's clock; None if unknown."""
+    ticks = process_start_time(os.getpid())
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            btime = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    if ticks is None:
+        return None
+    return datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
+
+
 def sharding_of(src: Any) -> Sharding | None:
     return src.sharding if isinstance(src, (FilesSource, ObjectStoreSource)) else None
 
@@ -97,7 +111,7 @@ def run_worker(session: Session, src: ShardedSource, tags: list[str] | None = No
     check_labels(session, src.name, tags)
     sets = ShardSets(session.catalog)
     owner = options.owner or f"{session.host}:{os.getpid()}"
-    row = sets.open_set(src.name, sharding.shards, session.host, options.join_only)
+    row = sets.open_set(src.name, sharding.shards, session.host, options.join_only, options.since)
     if row is None:
         return WorkerResult(src.name, None, "none", None)
     result = WorkerResult(src.name, row.id, "open", None)

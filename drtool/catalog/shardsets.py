@@ -84,14 +84,24 @@ class ShardSets:
         self.sqlite = self.engine.dialect.name == "sqlite"
 
     # ----- sets ------------------------------------------------------------------------------
-    def open_set(self, source: str, shards: int, host: str, join_only: bool = False) -> SetRow | None:
+    def open_set(self, source: str, shards: int, host: str, join_only: bool = False,
+                 since: datetime | None = None) -> SetRow | None:
         """The open set of ``source``, or a new one (None with ``join_only`` and none open).
 
         Two hosts opening at once: the partial unique index lets one insert
-        win; the other's insert fails and it joins the winner's set.
+        win; the other's insert fails and it joins the winner's set.  A set
+        committed at or after ``since`` (when the worker's process started)
+        is returned instead of opening a new one: a host that started with
+        the others but came late finds the night's work done, rather than
+        starting all of it again alone.
         """
         for _attempt in range(3):
             row = self._open_row(source)
+            if row is None and since is not None:
+                done = [r for r in self.sets(source) if r.state == "committed" and r.finished is not None
+                        and r.finished >= since]
+                if done:
+                    return done[-1]
             if row is not None:
                 if row.shards != shards:
                     raise ConfigError(f"the open snapshot set {row.id} of {source} has {row.shards} shards, "
