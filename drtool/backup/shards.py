@@ -98,10 +98,6 @@ def process_started_at() -> datetime | None:
     return datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
 
 
-def sharding_of(src: Any) -> Sharding | None:
-    return src.sharding if isinstance(src, (FilesSource, ObjectStoreSource)) else None
-
-
 def run_worker(session: Session, src: ShardedSource, tags: list[str] | None = None,
                options: WorkerOptions | None = None) -> WorkerResult:
     """Work on the source's open set (or a new one) until it commits, fails, or nothing is left."""
