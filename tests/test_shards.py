@@ -351,3 +351,36 @@ def test_leases_expire_are_taken_over_and_guard_every_write(tmp_path: Path) -> N
         assert sets.open_set("media", 2, "h1", join_only=True) is None
     finally:
         session.close()
+
+
+def test_concurrent_claims_on_postgresql_never_share_a_shard(pg: PgServer, tmp_path: Path) -> None:
+    """SKIP LOCKED: 8 claimers at once, each shard to exactly one of them, nobody waits on a row."""
+    import threading
+    pg.sql("CREATE DATABASE lease_race")
+    env = make_env(tmp_path / "dr")
+    env.env["DRTOOL_CATALOG"] = f"postgresql+psycopg://postgres@/lease_race?host={pg.root}&port={pg.port}"
+    env.catalog = env.env["DRTOOL_CATALOG"]  # type: ignore[assignment]
+    env.init()
+    session = env.session()
+    try:
+        sets = ShardSets(session.catalog)
+        row = sets.open_set("media", 64, "h")
+        assert row is not None
+        claimed: list[tuple[str, int]] = []
+        gate = threading.Barrier(8)
+
+        def claimer(name: str) -> None:
+            gate.wait()
+            while (lease := sets.claim(row.id, name, 60)) is not None:
+                claimed.append((name, lease.shard))
+                assert sets.finish(lease, "0" * 64)
+        threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(shard for _n, shard in claimed) == list(range(64))  # each shard once
+        assert len({name for name, _s in claimed}) >= 2
+        assert sets.try_commit(row.id)
+    finally:
+        session.close()
