@@ -36,7 +36,7 @@ from drtool.backup.shards import shard_listing
 from drtool.sources.shards import shard_of
 
 PINNED = {"a/": 29, "a/ab/": 190, "Foo.jpg": 117}  # BLAKE2b-64 mod 256: pinned, never to change
-LEASE = 3  # seconds: short, so the test waits little for the dead worker's lease (default: 300)
+LEASE = 5  # seconds: short, so the test waits little for the dead worker's lease (default: 300)
 
 
 @pytest.fixture(scope="module")
