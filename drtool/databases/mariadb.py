@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterator
 
 from drtool.childenv import child_environment
+from drtool.databases import mariadb_gtid as gtid
 from drtool.databases.engine import Labels, RestoreRequest
 from drtool.databases.logarchive import fetch_segment
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryShort
@@ -65,6 +66,8 @@ class MariadbEngine:
             return backup_physical(session, src, tags, self.name)
         meta = {"source": src.name, "source_type": self.name, "pitr": src.pitr,
                 "database": src.single_database, "databases": src.databases, "all": src.all}
+        if src.pitr:
+            meta["server_id"] = mariadb.server_id(src)  # names the archived binlog its coordinates point into
         with mariadb.client_options(src) as opts:
             return [run_dump(session, mariadb.dump_command(src, opts), child_environment(), src.name,
                              "dump.sql", MARIADB_DUMP, meta, tags, _dump_finish)]
@@ -77,10 +80,22 @@ class MariadbEngine:
         return RecoveryBase(snap, seq, 0, snap.time, seq - 1)
 
     def first_missing_name(self, gap: Gap, timeline: int, segment_size: int) -> str:
+        if gap.missing:
+            return gap.missing
         match = _STEM_RE.match(gap.before) or _STEM_RE.match(gap.after)
         if not match:
             return f"#{gap.first}"
         return f"{match.group(1)}.{gap.first:0{len(match.group(2))}d}"
+
+    def chain_from(self, base: RecoveryBase, segments: list[Segment]) -> list[Segment]:
+        """One server's binlogs by number, then by GTID onto another server's (``mariadb_gtid``)."""
+        return gtid.chain_from(base.snapshot.meta, segments)
+
+    def gaps_from(self, base: RecoveryBase | None, segments: list[Segment]) -> list[Gap]:
+        if base is None:
+            return []
+        found = gtid.gap_after(base.snapshot.meta, self.chain_from(base, segments), segments)
+        return [found] if found else []
 
     def reachable(self, when: datetime, reach: datetime, inclusive: bool) -> bool:
         return when <= reach
@@ -97,7 +112,8 @@ class MariadbEngine:
         return []  # a dump is consistent by itself
 
     def keep_from(self, base: RecoveryBase, segment_size: int) -> str:
-        return str(base.snapshot.meta.get("binlog_file", ""))
+        meta = base.snapshot.meta
+        return gtid.archived_name(meta.get("server_id"), str(meta.get("binlog_file", "")))
 
     def resolve_target(self, target: Any, timeline: int | None, segments: list[Segment],
                        segment_size: int) -> Any:
@@ -114,7 +130,8 @@ class MariadbEngine:
         return None  # binlogs follow each other by number
 
     def expiry_position(self, seg: Segment, base: RecoveryBase, segment_size: int) -> int | None:
-        """Binlogs by number, but only those of the base's own basename (others are not comparable)."""
+        """Binlogs by number, only those of the base's own server and basename (others are not comparable:
+        another server's files never expire here)."""
         if _stem(seg.name) != _stem(self.keep_from(base, segment_size)):
             return None
         return seg.seq
@@ -212,38 +229,58 @@ def pipe_into_client(server: mariadb.MariaSource, database: str | None, chunks: 
 
 def replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSource, single: str | None,
                     database: str | None) -> str | None:
-    """Replay the planned binlogs; return what was verifiably reached."""
+    """Replay the planned binlogs; return what was verifiably reached.
+
+    One ``mariadb-binlog`` per run of one server's consecutive files (the
+    first from the base's byte position, a run reached across a switchover
+    from the chain's GTID position), all into one client session.
+    """
     if not plan.segments:
         return None
-    meta = plan.base.snapshot.meta
     progress = mariadb.ReplayProgress()
+    stop = binlog_stop_time(plan.target_time, plan.inclusive) if plan.target_time else None
     with tempfile.TemporaryDirectory(prefix="drtool-replay-") as work:
-        files = []
-        for seg in plan.segments:  # a binlog that cannot be fetched fails the restore, never shortens it
-            path = os.path.join(work, seg.name)
-            with open(path, "wb") as handle:
-                handle.write(fetch_segment(session.repo, BINLOG, plan.source, seg.name))
-            files.append(path)
-        start = int(meta["binlog_pos"]) if plan.segments[0].name == meta.get("binlog_file") else None
-        stop = binlog_stop_time(plan.target_time, plan.inclusive) if plan.target_time else None
-        cmd = mariadb.replay_command(files, start, stop, single, database, server.bindir)
+        commands = []
+        for run, start in gtid.replay_runs(plan.base.snapshot.meta, plan.segments):
+            files = []
+            for seg in run:  # a binlog that cannot be fetched fails the restore, never shortens it
+                path = os.path.join(work, seg.name)
+                with open(path, "wb") as handle:
+                    handle.write(fetch_segment(session.repo, BINLOG, plan.source, seg.name))
+                files.append(path)
+            commands.append(mariadb.replay_command(files, start, stop, single, database, server.bindir))
+        failures: list[str] = []
+        try:
+            pipe_into_client(server, database, _replay_stream(commands, progress, failures), "binlog replay")
+        finally:
+            if failures:  # the reader's failure is the cause; the client's error on the cut stream is not
+                raise RestoreTargetError(failures[0])
+    return verify_replay(plan, progress, stop)
+
+
+def _replay_stream(commands: list[list[str]], progress: mariadb.ReplayProgress,
+                   failures: list[str]) -> Iterator[bytes]:
+    """The SQL of each ``mariadb-binlog`` in turn, noted by ``progress`` on its way to the client.
+
+    A failed reader ends the stream (noted in ``failures``) rather than
+    raising inside the client's feeding loop, which would leave it waiting.
+    """
+    for cmd in commands:
         producer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     stdin=subprocess.DEVNULL, env=child_environment({"TZ": "UTC"}))
         assert producer.stdout is not None and producer.stderr is not None
         errors = StderrTail(producer.stderr)
-
-        def chunks() -> Iterator[bytes]:
+        try:
             for chunk in iter(lambda: producer.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
                 progress.feed(chunk)
                 yield chunk
-
-        try:
-            pipe_into_client(server, database, chunks(), "binlog replay")
         finally:
+            if producer.poll() is None:
+                producer.stdout.close()
             code = producer.wait()
         if code != 0:
-            raise RestoreTargetError(f"mariadb-binlog failed (exit {code}): {errors.text()}")
-    return verify_replay(plan, progress, stop)
+            failures.append(f"mariadb-binlog failed (exit {code}): {errors.text()}")
+            return
 
 
 def verify_replay(plan: PitrPlan, progress: mariadb.ReplayProgress, stop: datetime | None) -> str:

@@ -224,6 +224,12 @@ def binary_logs(src: MariaSource) -> tuple[list[tuple[str, int]], str]:
     return logs, basename
 
 
+def server_id(src: MariaSource) -> int:
+    """``@@server_id``: the server part of the GTIDs it writes, and of its archived binlog names."""
+    rows = run_sql(src, "SELECT @@server_id")
+    return int(rows[0][0])
+
+
 def binlog_path(src: MariaSource, name: str, basename: str, workdir: str) -> str:
     """A readable copy of one binlog: the local file if we can read it, else a remote raw copy."""
     folder = src.binlog_dir or (os.path.dirname(basename) if basename and basename != "NULL" else "")
@@ -251,6 +257,9 @@ class BinlogInfo:
     gtid_list: str | None = None
     end_pos: int = 0
     events: int = 0
+    server_id: int | None = None  # the server that wrote the file (its format description event)
+    first_by_domain: dict[int, str] = field(default_factory=dict)  # first GTID per domain in the file
+    last_by_domain: dict[int, str] = field(default_factory=dict)   # last GTID per domain in the file
 
 
 def _event_time(match: re.Match[str]) -> datetime | None:
@@ -268,12 +277,21 @@ def scan_binlog(path: str, bindir: str | None = None) -> BinlogInfo:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=child_environment({"TZ": "UTC"}))
     assert proc.stdout is not None and proc.stderr is not None
+    listing: list[str] | None = None  # a Gtid list printed over several lines ("# 0-1-6]")
     for raw in proc.stdout:
         if not raw.startswith(b"#"):
             continue
-        match = _EVENT_RE.match(raw.decode("utf-8", "replace").rstrip("\n"))
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        if listing is not None:
+            listing.append(line[1:].strip())
+            if "]" in line:
+                info.gtid_list, listing = "".join(listing).split("]")[0], None
+            continue
+        match = _EVENT_RE.match(line)
         if match:
             _note_event(info, match)
+            if info.gtid_list is None and "\tGtid list [" in line and "]" not in line:
+                listing = [line.split("Gtid list [", 1)[1]]
     err = proc.stderr.read().decode("utf-8", "replace")
     if proc.wait() != 0:
         raise SourceError(f"mariadb-binlog cannot read {os.path.basename(path)}: "
@@ -288,21 +306,34 @@ def _note_event(info: BinlogInfo, match: re.Match[str]) -> None:
         info.first_time = info.first_time or stamp
         info.last_time = max(info.last_time or stamp, stamp)
     info.end_pos = max(info.end_pos, int(match.group(6)))
+    if info.server_id is None:
+        info.server_id = int(match.group(5))
     rest = match.group(7)
     gtid = _GTID_EVENT_RE.search(rest)
     if gtid:
         info.first_gtid = info.first_gtid or gtid.group(1)
         info.last_gtid = gtid.group(1)
+        domain = int(gtid.group(1).split("-", 1)[0])
+        info.first_by_domain.setdefault(domain, gtid.group(1))
+        info.last_by_domain[domain] = gtid.group(1)
     glist = _GTID_LIST_RE.search(rest)
     if glist and info.gtid_list is None:
         info.gtid_list = glist.group(1)
 
 
-def replay_command(files: list[str], start_pos: int | None, stop: datetime | None,
+def replay_command(files: list[str], start_pos: int | str | None, stop: datetime | None,
                    database: str | None, rewrite_to: str | None, bindir: str | None) -> list[str]:
-    """``mariadb-binlog`` turning binlogs into SQL; run it with TZ=UTC (times are local to it)."""
+    """``mariadb-binlog`` turning binlogs into SQL; run it with TZ=UTC (times are local to it).
+
+    ``start_pos``: a byte position in the first file, or a GTID list (events
+    after it in each domain; the replica's copy of an old primary's events is
+    skipped).  A GTID start turns off strict mode, which would refuse a
+    replica's own earlier transactions that sort before the primary's.
+    """
     cmd = [find_binary("mariadb-binlog", bindir), "--no-defaults"]
-    if start_pos is not None:
+    if isinstance(start_pos, str):
+        cmd += [f"--start-position={start_pos}", "--skip-gtid-strict-mode"]
+    elif start_pos is not None:
         cmd.append(f"--start-position={start_pos}")
     if stop is not None:
         cmd.append(f"--stop-datetime={stop.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}")
