@@ -272,7 +272,8 @@ def _event_time(match: re.Match[str]) -> datetime | None:
 
 def scan_binlog(path: str, bindir: str | None = None) -> BinlogInfo:
     """Event times, positions and GTIDs of one binlog file (``mariadb-binlog`` headers, UTC)."""
-    cmd = [find_binary("mariadb-binlog", bindir), "--no-defaults", "--base64-output=decode-rows", path]
+    cmd = [find_binary("mariadb-binlog", bindir), "--no-defaults", "--base64-output=decode-rows",
+           "--skip-gtid-strict-mode", path]  # a replica's own early GTIDs may sort before the primary's
     info = BinlogInfo()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=child_environment({"TZ": "UTC"}))
