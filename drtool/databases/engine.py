@@ -33,6 +33,7 @@ class RestoreRequest:
     start: bool = False
     port: int | None = None
     command_line: str | None = None  # this invocation, for "run it as … instead" messages
+    table: str | None = None         # DB.TABLE: one table of a mydumper snapshot (MariaDB)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -44,7 +44,7 @@ class MariadbEngine:
     name = "mariadb"
     log_kind = BINLOG
     base_kind = MARIADB_DUMP
-    base_kinds = (MARIADB_DUMP, "mariadb-physical")  # a dump, or a mariabackup (mariadb_physical)
+    base_kinds = (MARIADB_DUMP, "mariadb-physical", "mariadb-mydumper")  # + mariadb_physical, mariadb_mydumper
     labels = Labels(base="dump with binlog coordinates", log_file="binlog", event="binlog event",
                     archive_more="FLUSH BINARY LOGS; drtool mariadb binlog-push")
 
@@ -64,6 +64,9 @@ class MariadbEngine:
         if src.method == "physical":
             from drtool.databases.mariadb_physical import backup_physical
             return backup_physical(session, src, tags, self.name)
+        if src.method == "mydumper":
+            from drtool.databases.mariadb_mydumper import backup_mydumper
+            return backup_mydumper(session, src, tags, self.name)
         meta = {"source": src.name, "source_type": self.name, "pitr": src.pitr,
                 "database": src.single_database, "databases": src.databases, "all": src.all}
         if src.pitr:
@@ -139,7 +142,15 @@ class MariadbEngine:
     # ----- restore ----------------------------------------------------------------------------------
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: mariadb.MariaSource,
                 request: RestoreRequest) -> PitrResult:
-        if plan.base.snapshot.kind != MARIADB_DUMP:
+        kind = plan.base.snapshot.kind
+        if kind == "mariadb-mydumper":
+            from drtool.databases.mariadb_mydumper import restore_mydumper
+            return restore_mydumper(session, plan, src, request)
+        if request.table:
+            raise UsageError(f"--table needs a mydumper snapshot (method = \"mydumper\"); the base of this "
+                             f"restore, {plan.base.snapshot.short_id}, is a {kind}",
+                             hint="restore the database into a new one (--target-db) and copy the table from it")
+        if kind != MARIADB_DUMP:
             from drtool.databases.mariadb_physical import restore_physical
             return restore_physical(session, plan, src, request)
         return restore_dump(session, plan, src, target_db=request.target_db, target_dir=request.target,
@@ -192,7 +203,7 @@ def restore_dump(session: Session, plan: PitrPlan, src: mariadb.MariaSource, *, 
         server = instance.source(src.name)
     database = target_db or single
     try:
-        _create_database(server, database, fresh=instance is not None)
+        create_database(server, database, fresh=instance is not None)
         with session.lock("restore"):
             session.repo.load_index()
             pipe_into_client(server, database, stream_chunks(session.repo, plan.base.snapshot), "dump load")
@@ -208,7 +219,7 @@ def restore_dump(session: Session, plan: PitrPlan, src: mariadb.MariaSource, *, 
     return result
 
 
-def _create_database(server: mariadb.MariaSource, database: str | None, fresh: bool) -> None:
+def create_database(server: mariadb.MariaSource, database: str | None, fresh: bool) -> None:
     if database is None:
         return
     if not fresh and mariadb.database_exists(server, database):
@@ -228,7 +239,7 @@ def pipe_into_client(server: mariadb.MariaSource, database: str | None, chunks: 
 
 
 def replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSource, single: str | None,
-                    database: str | None) -> str | None:
+                    database: str | None, table: str | None = None) -> str | None:
     """Replay the planned binlogs; return what was verifiably reached.
 
     One ``mariadb-binlog`` per run of one server's consecutive files (the
@@ -248,7 +259,7 @@ def replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSource
                 with open(path, "wb") as handle:
                     handle.write(fetch_segment(session.repo, BINLOG, plan.source, seg.name))
                 files.append(path)
-            commands.append(mariadb.replay_command(files, start, stop, single, database, server.bindir))
+            commands.append(mariadb.replay_command(files, start, stop, single, database, server.bindir, table))
         failures: list[str] = []
         try:
             pipe_into_client(server, database, _replay_stream(commands, progress, failures), "binlog replay")

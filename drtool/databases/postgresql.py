@@ -186,8 +186,8 @@ class PostgresEngine:
         refuse_root(request.command_line)
         if not request.target:
             raise UsageError("PostgreSQL restore needs --target DIR (the new data directory)")
-        if request.target_db:
-            raise UsageError("--target-db is for MariaDB sources")
+        if request.target_db or request.table:
+            raise UsageError("--target-db and --table are for MariaDB sources")
         return restore_datadir(session, plan, src, request.target, fetch_env=fetch_environment(settings),
                                start=request.start, port=request.port)
 

@@ -31,8 +31,8 @@ from drtool.errors import ConfigError, RestoreTargetError, SourceError
 from drtool.sources.common import check_one_database_choice, check_table
 
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
-        "defaults_file", "bindir", "binlog_dir", "options", "pitr", "log_timeout", "method"}
-METHODS = ("dump", "physical")
+        "defaults_file", "bindir", "binlog_dir", "options", "pitr", "log_timeout", "method", "threads"}
+METHODS = ("dump", "physical", "mydumper")
 DUMP_END_MARKER = b"-- Dump completed"
 _COORD_RE = re.compile(rb"CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+)")
 _GTID_RE = re.compile(rb"SET GLOBAL gtid_slave_pos='([^']*)'")
@@ -60,7 +60,8 @@ class MariaSource:
     binlog_dir: str | None = None
     options: list[str] = field(default_factory=list)
     pitr: bool = True
-    method: str = "dump"       # or "physical": mariabackup of the whole server
+    method: str = "dump"       # or "physical": mariabackup of the whole server; "mydumper": per table
+    threads: int = 4           # mydumper / myloader threads
     no_defaults: bool = False  # a throwaway instance of drtool's own: ignore the host's option files
 
     @classmethod
@@ -72,9 +73,11 @@ class MariaSource:
                   password_file=table.get("password_file"), defaults_file=table.get("defaults_file"),
                   bindir=table.get("bindir"), binlog_dir=table.get("binlog_dir"),
                   options=list(table.get("options", [])), pitr=bool(table.get("pitr", True)),
-                  method=table.get("method", "dump"))
+                  method=table.get("method", "dump"), threads=table.get("threads", 4))
         if src.method not in METHODS:
             raise ConfigError(f"[sources.{name}]: method must be one of {', '.join(METHODS)}")
+        if not isinstance(src.threads, int) or isinstance(src.threads, bool) or not 1 <= src.threads <= 256:
+            raise ConfigError(f"[sources.{name}]: threads must be a whole number from 1 to 256")
         if src.method == "physical":
             if src.dbname or src.databases or src.all:
                 raise ConfigError(f"[sources.{name}]: a physical backup copies the whole server: "
@@ -323,7 +326,8 @@ def _note_event(info: BinlogInfo, match: re.Match[str]) -> None:
 
 
 def replay_command(files: list[str], start_pos: int | str | None, stop: datetime | None,
-                   database: str | None, rewrite_to: str | None, bindir: str | None) -> list[str]:
+                   database: str | None, rewrite_to: str | None, bindir: str | None,
+                   table: str | None = None) -> list[str]:
     """``mariadb-binlog`` turning binlogs into SQL; run it with TZ=UTC (times are local to it).
 
     ``start_pos``: a byte position in the first file, or a GTID list (events
@@ -342,6 +346,8 @@ def replay_command(files: list[str], start_pos: int | str | None, stop: datetime
         cmd.append(f"--database={database}")
         if rewrite_to and rewrite_to != database:
             cmd.append(f"--rewrite-db={database}->{rewrite_to}")
+    if table:
+        cmd.append(f"--table={table}")  # row events of that table only (a one-table restore)
     return cmd + files
 
 

@@ -1,0 +1,78 @@
+"""Binlog chains by GTID (``drtool.databases.mariadb_gtid``): pure rules on catalog rows, no server.
+
+The switchover against real servers is in test_mariadb_switchover.py; here
+the cases a real topology makes slow to stage: a diverged old primary, a
+missing file in the middle of one server's run, records written before
+``gtid_start`` / ``gtid_end`` existed.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from drtool.databases import mariadb_gtid as gtid
+from drtool.snapshot.logwindow import Segment
+
+T = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+
+def _seg(name: str, start: str, end: str, **extra: object) -> Segment:
+    return Segment(source="s", kind="binlog", name=name, object_id=name, size=1, archived_at=T,
+                   seq=int(name.rsplit(".", 1)[1]), extra={"gtid_start": start, "gtid_end": end, "last_gtid": end,
+                                                           **extra})
+
+
+BASE = {"binlog_file": "binlog.000001", "binlog_pos": 400, "gtid_pos": "0-1-10", "server_id": 1}
+
+
+def test_one_server_follows_file_numbers() -> None:
+    segs = [_seg("s1-binlog.000001", "0-1-5", "0-1-20"), _seg("s1-binlog.000002", "0-1-20", "0-1-30")]
+    assert [s.name for s in gtid.chain_from(BASE, segs)] == ["s1-binlog.000001", "s1-binlog.000002"]
+    assert gtid.replay_runs(BASE, segs) == [(segs, 400)]
+
+
+def test_switchover_jumps_by_gtid_and_starts_after_the_replayed_position() -> None:
+    old = [_seg("s1-binlog.000001", "0-1-5", "0-1-20")]
+    new = [_seg("s2-binlog.000001", "", "0-1-25", first_gtid="0-1-1"),  # replicated copies, then t1b
+           _seg("s2-binlog.000002", "0-1-25", "0-2-40"), _seg("s2-binlog.000003", "0-2-40", "0-2-50")]
+    chain = gtid.chain_from(BASE, old + new)
+    assert [s.name for s in chain] == ["s1-binlog.000001", "s2-binlog.000001", "s2-binlog.000002",
+                                       "s2-binlog.000003"]
+    runs = gtid.replay_runs(BASE, chain)
+    assert [(len(files), start) for files, start in runs] == [(1, 400), (3, "0-1-20")]
+
+
+def test_a_diverged_old_primary_is_not_followed() -> None:
+    """The new primary's seq 21 is not the old primary's seq 21: another history, never mixed in."""
+    segs = [_seg("s1-binlog.000001", "0-1-5", "0-1-20"), _seg("s3-binlog.000004", "0-2-20", "0-2-30")]
+    assert [s.name for s in gtid.chain_from(BASE, segs)] == ["s1-binlog.000001"]
+    gap = gtid.gap_after(BASE, gtid.chain_from(BASE, segs), segs)
+    assert gap is not None and gap.missing and "after GTID 0-1-20" in gap.missing
+
+
+def test_a_missing_file_of_one_server_is_named_by_number() -> None:
+    segs = [_seg("s1-binlog.000001", "0-1-5", "0-1-20"), _seg("s1-binlog.000003", "0-1-30", "0-1-40")]
+    chain = gtid.chain_from(BASE, segs)
+    gap = gtid.gap_after(BASE, chain, segs)
+    assert [s.name for s in chain] == ["s1-binlog.000001"]
+    assert gap is not None and (gap.first, gap.before, gap.after, gap.missing) == (
+        2, "s1-binlog.000001", "s1-binlog.000003", None)
+
+
+def test_base_from_a_replica_starts_in_the_primary_archive_by_gtid() -> None:
+    """A dump of a replica names the replica's file; the archive holds the primary's."""
+    meta = {"binlog_file": "binlog.000007", "binlog_pos": 900, "gtid_pos": "0-1-12", "server_id": 2}
+    segs = [_seg("s1-binlog.000001", "0-1-5", "0-1-20"), _seg("s1-binlog.000002", "0-1-20", "0-1-30")]
+    chain = gtid.chain_from(meta, segs)
+    assert [s.name for s in chain] == ["s1-binlog.000001", "s1-binlog.000002"]
+    assert gtid.replay_runs(meta, chain)[0][1] == "0-1-12"
+
+
+def test_records_from_before_gtid_ranges_and_bare_names_still_chain() -> None:
+    """Archives written by earlier builds: bare file names, Gtid_list + first/last GTID only."""
+    meta = {"binlog_file": "binlog.000001", "binlog_pos": 400, "gtid_pos": "0-1-10"}
+    old = Segment(source="s", kind="binlog", name="binlog.000001", object_id="a", size=1, archived_at=T, seq=1,
+                  extra={"gtid_list": "0-1-5", "first_gtid": "0-1-6", "last_gtid": "0-1-20"})
+    cov = gtid.coverage(old)
+    assert cov is not None and cov.start == {0: (1, 5)} and cov.end == {0: (1, 20)}
+    assert gtid.chain_from(meta, [old]) == [old]
+    assert gtid.parse_position("0-2-1,0-1-6,1-3-4") == {0: (1, 6), 1: (3, 4)}
