@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -121,3 +122,27 @@ def test_one_table_to_a_point_in_time_replays_only_its_rows(scenario: Scenario) 
     assert scenario.server.sql("SHOW TABLES FROM one_pit") == [("events",)]
     rows = scenario.server.sql("SELECT tag, count(*) FROM one_pit.events GROUP BY tag ORDER BY tag")
     assert rows == [("t0", 5), ("t1", 10)]
+
+
+def test_rehearsal_loads_the_table_files_and_replays_to_the_point(scenario: Scenario, tmp_path: Path) -> None:
+    """A mariadb sandbox for a mydumper snapshot: myloader into a fresh instance, replay, validate, remove."""
+    root = tmp_path / "sandboxes"
+    root.mkdir()
+    runbook = tmp_path / "mydumper.toml"
+    runbook.write_text(f'''source = "{SOURCE}"
+point_in_time = "{scenario.between.isoformat()}"
+sandbox = {{ type = "mariadb", database = "wiki", path = "{root}" }}
+[[validations]]
+type = "sql"
+query = "SELECT COUNT(*) FROM events"
+expect = 15
+[[validations]]
+type = "sql"
+query = "SELECT COUNT(*) FROM pages"
+expect = {PAGE_ROWS}
+''')
+    result = scenario.dr.run("rehearse", str(runbook), "--json")
+    assert result.code == 0, result.out + result.err
+    (doc,) = json.loads(result.out)
+    assert doc["status"] == "passed"
+    assert list(root.iterdir()) == []
