@@ -76,3 +76,28 @@ def test_records_from_before_gtid_ranges_and_bare_names_still_chain() -> None:
     assert cov is not None and cov.start == {0: (1, 5)} and cov.end == {0: (1, 20)}
     assert gtid.chain_from(meta, [old]) == [old]
     assert gtid.parse_position("0-2-1,0-1-6,1-3-4") == {0: (1, 6), 1: (3, 4)}
+
+
+def test_forget_keeps_what_an_older_base_needs_across_a_switchover() -> None:
+    """The oldest kept base by number is the new primary's; the old primary's base still crosses into the
+    new primary's file 2 by GTID, so that file stays although it is numbered before the newer base."""
+    from datetime import timedelta
+
+    from drtool.databases.mariadb import MARIADB
+    from drtool.databases.retention import plan_expiry
+    from drtool.snapshot.model import Snapshot
+
+    def snap(ident: str, hours: int, **meta: object) -> Snapshot:
+        return Snapshot(name="s", host="h", time=T + timedelta(hours=hours), tree="0" * 64, kind="mariadb-dump",
+                        meta=dict(meta), id=ident * 64)
+
+    older = snap("a", 0, binlog_file="binlog.000050", binlog_pos=400, gtid_pos="0-1-10", server_id=1)
+    newer = snap("b", 5, binlog_file="binlog.000003", binlog_pos=400, gtid_pos="0-2-45", server_id=2)
+    segs = [_seg("s1-binlog.000050", "0-1-5", "0-1-20"), _seg("s1-binlog.000051", "0-1-20", "0-1-30"),
+            _seg("s2-binlog.000001", "", "0-1-25", first_gtid="0-1-1"),
+            _seg("s2-binlog.000002", "0-1-25", "0-2-40"), _seg("s2-binlog.000003", "0-2-40", "0-2-50"),
+            _seg("s2-binlog.000004", "0-2-50", "0-2-60")]
+    bases = [b for b in (MARIADB.base_of(older, 0), MARIADB.base_of(newer, 0)) if b is not None]
+    plan = plan_expiry("s", MARIADB, segs, bases)
+    assert [s.name for s in plan.expire] == ["s2-binlog.000001"]
+    assert plan.keep_from == "s2-binlog.000003"
