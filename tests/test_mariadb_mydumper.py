@@ -146,3 +146,12 @@ expect = {PAGE_ROWS}
     (doc,) = json.loads(result.out)
     assert doc["status"] == "passed"
     assert list(root.iterdir()) == []
+
+
+def test_metadata_of_a_replica_dump_gives_the_primary_gtid() -> None:
+    """mydumper's metadata on a replica (format of mydumper 0.10): no own GTID, the primary's in the slave part."""
+    from drtool.sources.mydumper import parse_metadata
+    text = ("Started dump at: 2026-12-03 16:43:08\nSHOW MASTER STATUS:\n\tLog: binlog.000001\n\tPos: 1560\n"
+            "\tGTID:\n\nSHOW SLAVE STATUS:\n\tHost: 10.0.0.1\n\tLog: binlog.000003\n\tPos: 99\n\tGTID:0-1-77\n\n"
+            "Finished dump at: 2026-12-03 16:43:09\n")
+    assert parse_metadata(text) == {"binlog_file": "binlog.000001", "binlog_pos": 1560, "primary_gtid_pos": "0-1-77"}

@@ -23,8 +23,8 @@ from drtool.sources.mariadb import MariaSource, conn_args, find_binary
 METADATA = "metadata"
 SYSTEM_DATABASES = ("mysql", "sys", "performance_schema", "information_schema")
 FINISHED = "Finished dump at"
-_MASTER_RE = re.compile(r"SHOW MASTER STATUS:\s*\n\s*Log: (\S+)\s*\n\s*Pos: (\d+)\s*\n\s*GTID:\s*(\S*)")
-_SLAVE_RE = re.compile(r"SHOW SLAVE STATUS:.*?GTID:\s*(\S*)", re.DOTALL)
+_MASTER_RE = re.compile(r"SHOW MASTER STATUS:[ \t]*\n\s*Log: (\S+)[ \t]*\n\s*Pos: (\d+)[ \t]*\n\s*GTID:[ \t]*(\S*)")
+_SLAVE_RE = re.compile(r"SHOW SLAVE STATUS:.*?GTID:[ \t]*(\S*)", re.DOTALL)
 
 
 def defaults_option(opts: list[str]) -> list[str]:
