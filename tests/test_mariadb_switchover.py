@@ -147,3 +147,38 @@ def test_missing_gtids_across_servers_are_a_gap(scenario: Scenario, tmp_path: Pa
     result = copy.run("restore", "--source", SOURCE, "--point-in-time", scenario.between.isoformat(),
                       "--target-db", "never", "--dry-run")
     assert result.code == 1 and "binlog events after GTID" in result.err
+
+
+def test_dump_of_a_replica_replays_the_primary_archive_by_gtid(tmp_path: Path) -> None:
+    """Backed up on a dedicated replica, binlogs archived on the primary (each host runs drtool with its own
+    config for the one source): the replica's binlog coordinates name no archived file; the restore
+    starts in the primary's binlogs after the dump's GTID position."""
+    dr = make_env(tmp_path / "dr")
+    dr.init()
+    with mariadb_server() as primary, mariadb_server(server_id=2, extra=["--log-slave-updates"]) as replica:
+        replicate(replica, primary)
+        on_replica = str(write_config(dr.tmp / "replica.toml", str(dr.repo), {SOURCE: replica.source(dbname="wiki")}))
+        on_primary = str(write_config(dr.tmp / "primary.toml", str(dr.repo), {SOURCE: primary.source(dbname="wiki")}))
+        primary.sql("CREATE DATABASE wiki")
+        primary.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
+        insert_events(primary, "t0", 5)
+        wait_caught_up(replica, primary)
+        backup = dr.run("backup", "--source", SOURCE, env={"DRTOOL_CONFIG": on_replica})
+        assert backup.code == 0, backup.err
+        insert_events(primary, "t1", 10)
+        primary.sql("FLUSH BINARY LOGS")
+        time.sleep(1.1)
+        between = datetime.now(timezone.utc)
+        time.sleep(1.1)
+        insert_events(primary, "t2", 20)
+        primary.sql("FLUSH BINARY LOGS")
+        pushed = dr.run("mariadb", "binlog-push", "--source", SOURCE, env={"DRTOOL_CONFIG": on_primary})
+        assert pushed.code == 0, pushed.err
+        (snap,) = json.loads(dr.run("snapshots", "--name", SOURCE, "--json").out)
+        assert snap["meta"]["server_id"] == 2
+        result = dr.run("restore", "--source", SOURCE, "--point-in-time", between.isoformat(), "--target-db",
+                        "wiki_pit", "--json", env={"DRTOOL_CONFIG": on_primary})
+        assert result.code == 0, result.err
+        assert all(name.startswith("s1-") for name in json.loads(result.out)["plan"]["segments"])
+        rows = primary.sql("SELECT tag, count(*) FROM wiki_pit.events GROUP BY tag ORDER BY tag")
+        assert rows == [("t0", 5), ("t1", 10)]
