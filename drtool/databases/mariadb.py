@@ -10,6 +10,7 @@ can tell whether every planned binlog event before the stop time went in.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from drtool.core.session import Session
     from drtool.backup.streams import StreamTap
 
+log = logging.getLogger("drtool")
 MARIADB_DUMP = "mariadb-dump"
 _STEM_RE = re.compile(r"^(.*)\.(\d+)$")
 
@@ -70,7 +72,7 @@ class MariadbEngine:
         meta = {"source": src.name, "source_type": self.name, "pitr": src.pitr,
                 "database": src.single_database, "databases": src.databases, "all": src.all}
         if src.pitr:
-            meta["server_id"] = mariadb.server_id(src)  # names the archived binlog its coordinates point into
+            note_server_id(src, meta)
         with mariadb.client_options(src) as opts:
             return [run_dump(session, mariadb.dump_command(src, opts), child_environment(), src.name,
                              "dump.sql", MARIADB_DUMP, meta, tags, _dump_finish)]
@@ -158,6 +160,18 @@ class MariadbEngine:
 
 
 MARIADB = MariadbEngine()
+
+
+def note_server_id(src: mariadb.MariaSource, meta: dict[str, Any]) -> None:
+    """Record ``@@server_id``: it names the archived binlog a base's coordinates point into.
+
+    Best effort: without it the chain starts from the base's GTID position,
+    which is as exact; a backup must not fail over this one lookup.
+    """
+    try:
+        meta["server_id"] = mariadb.server_id(src)
+    except (SourceError, ValueError, IndexError) as exc:
+        log.warning("source %s: server id not recorded (%s); binlog replay will start by GTID", src.name, exc)
 
 
 def _stem(name: str) -> str:

@@ -51,7 +51,8 @@ def backup_mydumper(session: Session, src: mariadb.MariaSource, tags: list[str],
                             "database": src.single_database, "databases": src.databases, "all": src.all,
                             "threads": src.threads}
     if src.pitr:
-        meta["server_id"] = mariadb.server_id(src)
+        from drtool.databases.mariadb import note_server_id
+        note_server_id(src, meta)
     with tempfile.TemporaryDirectory(prefix="drtool-mydumper-") as work:
         outdir = os.path.join(work, DUMP_DIR)
         started = time.monotonic()
