@@ -182,3 +182,47 @@ def test_dump_of_a_replica_replays_the_primary_archive_by_gtid(tmp_path: Path) -
         assert all(name.startswith("s1-") for name in json.loads(result.out)["plan"]["segments"])
         rows = primary.sql("SELECT tag, count(*) FROM wiki_pit.events GROUP BY tag ORDER BY tag")
         assert rows == [("t0", 5), ("t1", 10)]
+
+
+def test_binlogs_archived_under_bare_names_by_an_earlier_drtool_still_chain(tmp_path: Path) -> None:
+    """An archive written before per-server names: binlog.000001 (no GTID range in its record) stays,
+    binlog-push counts it as archived, and the chain goes on by GTID into s1-binlog.000002."""
+    import os
+
+    from drtool.databases import logarchive
+    from drtool.sources.mariadb import MariaSource
+    dr = make_env(tmp_path / "dr")
+    dr.init()
+    with mariadb_server() as server:
+        table = server.source(dbname="wiki")
+        dr.env["DRTOOL_CONFIG"] = str(write_config(dr.tmp / "c.toml", str(dr.repo), {SOURCE: table}))
+        server.sql("CREATE DATABASE wiki")
+        server.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
+        insert_events(server, "t0", 5)
+        assert dr.run("backup", "--source", SOURCE).code == 0
+        insert_events(server, "t1", 10)
+        server.sql("FLUSH BINARY LOGS")
+        session = dr.session()
+        try:  # what an earlier drtool stored: the bare file name, Gtid_list + first/last GTID only
+            path = os.path.join(server.datadir, "binlog.000001")
+            payload = Path(path).read_bytes()
+            src = MariaSource.from_config(SOURCE, {k: v for k, v in table.items() if k != "type"})
+            seg = logarchive.binlog_record(session.repo, src, "binlog.000001", path, len(payload))
+            for key in ("gtid_start", "gtid_end", "server_id", "file"):
+                del seg.extra[key]
+            assert logarchive.store_segment(session.repo, seg, payload) == "stored"
+        finally:
+            session.close()
+        time.sleep(1.1)
+        between = datetime.now(timezone.utc)
+        time.sleep(1.1)
+        insert_events(server, "t2", 20)
+        server.sql("FLUSH BINARY LOGS")
+        pushed = {p["name"]: p["status"] for p in _push(dr)}
+        assert pushed == {"binlog.000001": "already-archived", "s1-binlog.000002": "stored"}
+        expected = [("t0", 5), ("t1", 10), ("t2", 20)]
+        for when, target, rows in ((["--point-in-time", between.isoformat()], "w_pit", expected[:2]),
+                                   (["--latest"], "w_last", expected)):
+            result = dr.run("restore", "--source", SOURCE, *when, "--target-db", target)
+            assert result.code == 0, result.err
+            assert server.sql(f"SELECT tag, count(*) FROM {target}.events GROUP BY tag ORDER BY tag") == rows

@@ -285,8 +285,12 @@ def binlog_push(repo: Repository, src: mariadb.MariaSource) -> list[PushResult]:
         for file_name, size in logs[:-1]:
             name = gtid.archived_name(server, file_name)
             object_id = segment_object_id(repo, BINLOG, src.name, name)
-            if _archived(repo, src.name, name, None) or _archived(repo, src.name, file_name, size):
+            if _archived(repo, src.name, name, None):
                 results.append(PushResult(name, "already-archived", size, object_id))
+                continue
+            if _archived(repo, src.name, file_name, size):  # by an earlier drtool, under the bare name
+                results.append(PushResult(file_name, "already-archived", size,
+                                          segment_object_id(repo, BINLOG, src.name, file_name)))
                 continue
             path = mariadb.binlog_path(src, file_name, basename, work)
             with open(path, "rb") as handle:
