@@ -20,8 +20,10 @@ primary's transactions again, with their original GTIDs).
 """
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from drtool.snapshot.logwindow import Gap, Segment
@@ -33,12 +35,18 @@ _STEM_RE = re.compile(r"^(.*)\.(\d+)$")
 
 def parse_position(text: str | None) -> Position:
     """``"0-1-100,1-3-7"`` (a GTID list or state) as the newest GTID per domain."""
+    return dict(_parse(text or ""))
+
+
+@lru_cache(maxsize=1 << 16)
+def _parse(text: str) -> tuple[tuple[int, tuple[int, int]], ...]:
+    """Cached: one file's end state is the next one's start, and windows re-read every file per base."""
     pos: Position = {}
-    for match in _GTID_RE.finditer(text or ""):
+    for match in _GTID_RE.finditer(text):
         domain, server, seq = (int(g) for g in match.groups())
         if domain not in pos or seq > pos[domain][1]:
             pos[domain] = (server, seq)
-    return pos
+    return tuple(pos.items())
 
 
 def format_position(pos: Position) -> str:
@@ -113,25 +121,64 @@ def base_file(meta: dict[str, Any], segments: list[Segment]) -> Segment | None:
     wanted = [archived_name(meta.get("server_id"), str(meta.get("binlog_file", "")))]
     if meta.get("server_id") is not None:
         wanted.append(str(meta.get("binlog_file", "")))
-    by_name = {s.name: s for s in segments}
+    by_name = _archive(segments).by_name
     return next((by_name[n] for n in wanted if n in by_name), None)
 
 
+class _Archive:
+    """One list of archived binlogs, indexed once for every base's chain (a window plans one per base)."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments, self.size = segments, len(segments)
+        self.by_name = {s.name: s for s in segments}
+        by_stem = {(stem(s.name), s.seq): s for s in segments if s.seq is not None}
+        self.successor = {s.name: by_stem.get((stem(s.name), s.seq + 1)) for s in segments if s.seq is not None}
+        self.covered = [(seg, cov) for seg in segments if (cov := coverage(seg)) is not None]
+        ends: dict[int, list[tuple[int, int]]] = {}
+        for index, (_seg, cov) in enumerate(self.covered):
+            for domain, (_server, seq) in cov.end.items():
+                ends.setdefault(domain, []).append((seq, index))
+        self.ends = {d: sorted(pairs) for d, pairs in ends.items()}
+
+    def beyond(self, pos: Position) -> list[tuple[Segment, Coverage]]:
+        """The files holding a GTID after ``pos`` in some domain (few, but at a switchover or a gap)."""
+        found: set[int] = set()
+        for domain, pairs in self.ends.items():
+            start = bisect.bisect_right(pairs, (pos.get(domain, (0, 0))[1], 1 << 62))
+            found.update(index for _seq, index in pairs[start:])
+        return [self.covered[i] for i in sorted(found)]
+
+
+_CACHED: list[_Archive] = []
+
+
+def _archive(segments: list[Segment]) -> _Archive:
+    cached = _CACHED[0] if _CACHED else None
+    if cached is None or cached.segments is not segments or cached.size != len(segments):
+        cached = _Archive(segments)  # holds the list, so its identity cannot be reused while cached
+        _CACHED[:] = [cached]
+    return cached
+
+
 def chain_from(meta: dict[str, Any], segments: list[Segment]) -> list[Segment]:
-    """The binlogs a replay from a base reads, in order (stops where the archive cannot continue)."""
-    by_stem: dict[tuple[str, int], Segment] = {(stem(s.name), s.seq): s for s in segments if s.seq is not None}
+    """The binlogs a replay from a base reads, in order (stops where the archive cannot continue).
+
+    Along one server's files the GTID state only grows (each file's end state
+    holds its predecessors'), so the position is taken at the end of each run.
+    """
+    archive = _archive(segments)
     pos = base_position(meta)
-    first = base_file(meta, segments)
     chain: list[Segment] = []
-    if first is not None:
-        chain.append(first)
-        pos = _after(pos, first)
-    while True:
-        nxt = _next(chain[-1] if chain else None, pos, by_stem, segments, {s.name for s in chain})
-        if nxt is None:
-            return chain
-        chain.append(nxt)
-        pos = _after(pos, nxt)
+    used: set[str] = set()
+    nxt = base_file(meta, segments) or _jump(pos, archive, used)
+    while nxt is not None:
+        while nxt is not None:
+            chain.append(nxt)
+            used.add(nxt.name)
+            last, nxt = nxt, archive.successor.get(nxt.name)
+        pos = _after(pos, last)
+        nxt = _jump(pos, archive, used)
+    return chain
 
 
 def _after(pos: Position, seg: Segment) -> Position:
@@ -139,55 +186,41 @@ def _after(pos: Position, seg: Segment) -> Position:
     return advance(pos, cov.end) if cov else pos
 
 
-def _next(last: Segment | None, pos: Position, by_stem: dict[tuple[str, int], Segment], segments: list[Segment],
-          used: set[str]) -> Segment | None:
-    if last is not None and last.seq is not None:
-        same = by_stem.get((stem(last.name), last.seq + 1))
-        if same is not None:
-            return same
+def _jump(pos: Position, archive: _Archive, used: set[str]) -> Segment | None:
+    """Across servers: the file that continues ``pos`` and reaches furthest."""
     if not pos:
         return None  # no GTID position to continue from (an archive without GTIDs): by name only
     best: tuple[int, int, str] | None = None
     found = None
-    for seg in segments:
-        cov = coverage(seg)
-        if seg.name in used or cov is None or not _follows(pos, cov):
+    for seg, cov in archive.beyond(pos):
+        if seg.name in used or not _follows(pos, cov):
             continue
-        gain = _advances(pos, cov)
-        if gain == 0:
-            continue
-        key = (gain, sum(n for _s, n in cov.end.values()), seg.name)
+        key = (_advances(pos, cov), sum(n for _s, n in cov.end.values()), seg.name)
         if best is None or key > best:
             best, found = key, seg
     return found
 
 
 def gap_after(meta: dict[str, Any], chain: list[Segment], segments: list[Segment]) -> Gap | None:
-    """What stops the chain while later binlogs are archived: the first missing file or GTIDs."""
+    """What stops the chain while later binlogs are archived: a missing file of the server the chain
+    was following (named by number), else the GTIDs no archived file continues (named by GTID)."""
+    last = chain[-1] if chain else None
+    if last is not None and last.seq is not None:
+        same = sorted((s for s in segments if s.seq is not None and s.seq > last.seq
+                       and stem(s.name) == stem(last.name)), key=lambda s: s.seq or 0)
+        if same:
+            return Gap(last.seq + 1, (same[0].seq or 0) - 1, last.name, same[0].name)
     pos = base_position(meta)
     for seg in chain:
         pos = _after(pos, seg)
     used = {s.name for s in chain}
-    later = [s for s in segments if s.name not in used and _beyond(pos, s)]
+    later = [seg for seg, _cov in _archive(segments).beyond(pos) if seg.name not in used]
     if not later:
         return None
-    last = chain[-1] if chain else None
-    same = sorted((s for s in later if last is not None and last.seq is not None and s.seq is not None
-                   and stem(s.name) == stem(last.name) and s.seq > last.seq), key=lambda s: s.seq or 0)
-    if last is not None and same:
-        first = (last.seq or 0) + 1
-        return Gap(first, (same[0].seq or first) - 1, last.name, same[0].name)
-    after = min(later, key=lambda s: (coverage(s) is None, s.first_time or s.archived_at, s.name))
+    after = min(later, key=lambda s: (s.first_time or s.archived_at, s.name))
     before = last.name if last is not None else "(backup start)"
     return Gap(0, 0, before, after.name,
                missing=f"binlog events after GTID {format_position(pos) or '(none)'} (before {after.name})")
-
-
-def _beyond(pos: Position, seg: Segment) -> bool:
-    cov = coverage(seg)
-    if cov is None:
-        return False
-    return _advances(pos, cov) > 0
 
 
 def replay_runs(meta: dict[str, Any], segments: list[Segment]) -> list[tuple[list[Segment], int | str | None]]:
