@@ -7,6 +7,9 @@ MASTER_LOG_FILE=…, MASTER_LOG_POS=…``; the dump is streamed into the
 an inclusive target replays every event stamped at or before the target's
 second.  The replay stream is read on its way to the client so that drtool
 can tell whether every planned binlog event before the stop time went in.
+Which binlogs a replay reads, across switchovers too, is planned by GTID
+(``mariadb_gtid``); per-table and physical bases live in ``mariadb_mydumper``
+and ``mariadb_physical``.
 """
 from __future__ import annotations
 
@@ -132,7 +135,7 @@ class MariadbEngine:
         return False  # resolve_target never gives a position
 
     def check_chain(self, source: str, chain: list[Segment], segments: list[Segment]) -> None:
-        return None  # binlogs follow each other by number
+        return None  # chain_from only links files that follow (by number, or by GTID across servers)
 
     def expiry_position(self, seg: Segment, base: RecoveryBase, segment_size: int) -> int | None:
         """Binlogs by number, only those of the base's own server and basename (others are not comparable:
