@@ -53,6 +53,7 @@ MAX_READERS = 1024
 SYNC_BATCH_ENTRIES = 262_144  # entries read in before one write transaction (~45 MiB of Python objects)
 _REC = struct.Struct(">IBQIII")  # pack number (big-endian: duplicates sort by it), then as ENTRY
 _NUM = struct.Struct(">I")
+_STAMP = struct.Struct(">Q")
 _DBS = (b"blobs", b"packs", b"members", b"indexes", b"meta")
 
 
@@ -246,9 +247,17 @@ class DiskIndex:
         return IntegrityError(f"the local index cache {self.path} is damaged ({exc})",
                               hint=f"remove {self.path} (it is rebuilt from the repository on the next run)")
 
-    def index_ids(self) -> set[str]:
+    def index_ids(self, before: int | None = None) -> set[str]:
+        """Cached index objects (``before``: only those added before that :meth:`stamp`)."""
         with self.env.begin(db=self._db[b"indexes"]) as txn:
-            return {bytes(key).decode() for key in txn.cursor().iternext(values=False)}
+            return {bytes(key).decode() for key, value in txn.cursor()
+                    if before is None or _STAMP.unpack_from(value)[0] < before}
+
+    def stamp(self) -> int:
+        """A counter of the write transactions that added index objects: taken before listing
+        ``index/``, it tells which cached objects that listing could not have shown yet."""
+        with self.env.begin(db=self._db[b"meta"]) as txn:
+            return int(_STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0)))[0])
 
     def packs(self) -> dict[bytes, int]:
         """pack id → entries (for maintenance commands; reads the whole pack table)."""
@@ -262,7 +271,7 @@ class DiskIndex:
     def items(self) -> Iterator[tuple[bytes, Location]]:
         """Every blob once with the location lookups give (checks and warming, not hot paths)."""
         with self.env.begin() as txn:
-            for blob_id, raw in txn.cursor(db=self._blobs).iternext_nodup():
+            for blob_id, raw in txn.cursor(db=self._blobs).iternext_nodup(keys=True, values=True):
                 number, blob_type, offset, length, inner, raw_length = _REC.unpack(raw)
                 pack_id = txn.get(_NUM.pack(number), db=self._packs)
                 yield bytes(blob_id), Location(pack_id, blob_type, offset, length, inner, raw_length)
@@ -284,6 +293,7 @@ class DiskIndex:
         try:
             with self.env.begin(write=True) as txn:
                 number = _NUM.unpack(txn.get(b"next_pack", _NUM.pack(0), db=meta))[0]
+                stamp = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=meta))[0]
                 for index_id, packs in objects:
                     if txn.get(index_id.encode(), db=indexes) is not None:
                         continue
@@ -299,10 +309,11 @@ class DiskIndex:
                         txn.put(_NUM.pack(number), b"".join(ids), db=self._db[b"members"])
                         numbers.append(_NUM.pack(number))
                         number += 1
-                    txn.put(index_id.encode(), b"".join(numbers), db=indexes)
+                    txn.put(index_id.encode(), _STAMP.pack(stamp) + b"".join(numbers), db=indexes)
                 rows.sort()
                 txn.cursor(db=self._blobs).putmulti(rows, dupdata=True)
                 txn.put(b"next_pack", _NUM.pack(number), db=meta)
+                txn.put(b"stamp", _STAMP.pack(stamp + 1), db=meta)
         except lmdb.MapFullError:
             raise CacheUnusable(f"{self.path} is full ({MAP_SIZE >> 30} GiB)") from None
         self.refresh()
@@ -313,8 +324,8 @@ class DiskIndex:
         with self.env.begin(write=True) as txn:
             blobs = txn.cursor(db=self._blobs)
             for index_id in index_ids:
-                numbers = txn.pop(index_id.encode(), db=indexes)
-                for pos in range(0, len(numbers or b""), _NUM.size):
+                numbers = txn.pop(index_id.encode(), db=indexes) or b""
+                for pos in range(_STAMP.size, len(numbers), _NUM.size):
                     number = numbers[pos:pos + _NUM.size]
                     ids = txn.pop(number, db=members) or b""
                     txn.delete(number, db=self._packs)
@@ -322,17 +333,22 @@ class DiskIndex:
                         _delete_dups_of_pack(blobs, ids[start:start + ID_SIZE], number)
         self.refresh()
 
-    def sync(self, listed: set[str], fetch: Callable[[str], list[tuple[bytes, bytes]] | None]) -> int:
-        """Make the cache hold exactly the listed index objects; returns how many were read in.
+    def sync(self, listed: set[str], fetch: Callable[[str], list[tuple[bytes, bytes]] | None],
+             listed_at: int | None = None) -> int:
+        """Make the cache hold the listed index objects and no others; returns how many were read in.
+
+        ``listed_at``: the :meth:`stamp` taken before listing; objects another
+        process cached after it are kept (the listing may predate them).
 
         ``fetch(id)``: the object's (pack id, packed entries), or None when
         it is listed but gone.  Objects are read in batches of about
         ``SYNC_BATCH_ENTRIES`` entries, so rebuilding the cache of a large
         repository holds one batch in memory, not the index.
         """
+        gone = self.index_ids(before=listed_at) - listed
+        if gone:
+            self.drop(gone)
         cached = self.index_ids()
-        if cached - listed:
-            self.drop(cached - listed)
         batch: list[tuple[str, list[tuple[bytes, bytes]]]] = []
         entries = added = 0
         for index_id in sorted(listed - cached):

@@ -50,8 +50,9 @@ def open_disk_index(repo_id: str) -> DiskIndex | None:
 
 
 def load_index(repo: Repository) -> None:
-    names = {info.name.split("/", 1)[1] for info in repo.backend.list(f"{INDEX}/")}
     disk = repo.disk_index()
+    listed_at = disk.stamp() if disk is not None else None
+    names = {info.name.split("/", 1)[1] for info in repo.backend.list(f"{INDEX}/")}
     if disk is None:
         _load_into_memory(repo, names)
         return
@@ -70,7 +71,7 @@ def load_index(repo: Repository) -> None:
         return packs
 
     try:
-        disk.sync(names, fetch)
+        disk.sync(names, fetch, listed_at)
     except ValueError as exc:
         raise IntegrityError(f"an index object is malformed: {exc}") from None
     for index_id in sorted(names - catalog_ids - read_in if repo.cache else ()):
