@@ -57,16 +57,17 @@ def load_index(repo: Repository) -> None:
         _load_into_memory(repo, names)
         return
     from drtool.repository.layered import LayeredIndex
+    cache = repo.cache  # once: a catalog opening in the background may arrive meanwhile
     catalog_ids: set[str] = set()
-    if repo.cache:
-        catalog_ids = repo.cache.cached_index_ids()
-        repo.cache.drop_indexes(catalog_ids - names)
+    if cache:
+        catalog_ids = cache.cached_index_ids()
+        cache.drop_indexes(catalog_ids - names)
     read_in: set[str] = set()
 
     def fetch(index_id: str) -> Packed | None:
         packs = _fetch(repo, index_id)
-        if packs is not None and repo.cache and index_id not in catalog_ids:
-            repo.cache.store_index(index_id, [PackRecord(p, unpack_entries(raw)) for p, raw in packs])
+        if packs is not None and cache and index_id not in catalog_ids:
+            cache.store_index(index_id, [PackRecord(p, unpack_entries(raw)) for p, raw in packs])
         read_in.add(index_id)
         return packs
 
@@ -74,7 +75,7 @@ def load_index(repo: Repository) -> None:
         disk.sync(names, fetch, listed_at)
     except ValueError as exc:
         raise IntegrityError(f"an index object is malformed: {exc}") from None
-    for index_id in sorted(names - catalog_ids - read_in if repo.cache else ()):
+    for index_id in sorted(names - catalog_ids - read_in if cache else ()):
         fetch(index_id)  # the catalog lacks it (rebuilt, or new) while the disk cache has it
     repo.index = LayeredIndex(disk)
 
