@@ -232,3 +232,56 @@ def test_a_listing_older_than_another_process_s_write_does_not_drop_it(cache_hom
     disk.sync({"i1"}, Fetcher(OBJECTS), disk.stamp())  # a listing taken after it: i2 is gone
     assert disk.index_ids() == {"i1"} and blob(35) not in disk
     disk.close()
+
+
+def many_objects(count: int) -> dict[str, list[tuple[bytes, bytes]]]:
+    objects = {f"m{k:03d}": index_object(100 + 3 * k, 3, 20, 10_000 + 60 * k) for k in range(count)}
+    objects["z-dup"] = index_object(900, 1, 20, 10_000)  # the first pack's blobs stored again
+    return objects
+
+
+def test_an_empty_cache_is_bulk_built_and_equals_one_built_incrementally(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from drtool.repository import diskindex
+    objects = many_objects(40)
+    monkeypatch.setattr(diskindex, "BUILD_RUN_ENTRIES", 500)  # several sorted runs to merge
+    monkeypatch.setattr(diskindex, "BUILD_COMMIT_ENTRIES", 300)
+    built = {}
+    for how in ("bulk", "incremental"):
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / how))
+        disk = DiskIndex.open(REPO)
+        assert disk is not None
+        if how == "bulk":
+            assert disk.sync(set(objects), Fetcher(objects)) == 41
+        else:
+            for index_id in sorted(objects):  # one at a time: never the bulk path
+                disk.sync(disk.index_ids() | {index_id}, Fetcher(objects))
+        built[how] = (dict(disk.items()), disk.packs(), disk.index_ids(), len(disk))
+        assert disk.get(blob(10_005)).pack_id == pack_id(100)  # m000's copy sorts first
+        disk.drop({"m000"})
+        assert disk.get(blob(10_005)).pack_id == pack_id(900)  # the other copy is still found
+        assert blob(10_025) not in disk and blob(10_065) in disk
+        disk.close()
+    assert built["bulk"] == built["incremental"]
+    assert len(built["bulk"][0]) == 40 * 60 and built["bulk"][3] == 40 * 60 + 20
+
+
+def test_an_interrupted_bulk_build_is_started_again(cache_home: Path) -> None:
+    objects = many_objects(20)
+    disk = DiskIndex.open(REPO)
+    assert disk is not None
+
+    def failing(index_id: str) -> list[tuple[bytes, bytes]] | None:
+        if index_id == "m010":
+            raise OSError("connection reset")
+        return objects[index_id]
+
+    with pytest.raises(OSError):
+        disk.sync(set(objects), failing)
+    disk.close()
+    again = DiskIndex.open(REPO)  # marked as building: not trusted, built afresh
+    assert again is not None and again.index_ids() == set() and blob(10_005) not in again
+    assert again.sync(set(objects), Fetcher(objects)) == 21
+    assert again.has_all(blob(10_000 + i).hex() for i in range(20 * 60))
+    assert not list(again.path.glob("build-*"))  # its temporary runs are gone
+    again.close()
