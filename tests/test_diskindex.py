@@ -189,24 +189,31 @@ def test_concurrent_writers_in_two_processes_neither_corrupt_nor_duplicate(cache
     disk.close()
 
 
-def test_the_layered_index_moves_indexed_packs_out_of_memory(cache_home: Path) -> None:
+def test_the_layered_index_moves_indexed_packs_out_of_memory(cache_home: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from drtool.repository import layered
+    monkeypatch.setattr(layered, "OVERLAY_ENTRIES", 4)
     disk = DiskIndex.open(REPO)
     assert disk is not None
     disk.sync({"i1"}, Fetcher(OBJECTS))
     index = LayeredIndex(disk)
+    written = {"i7": [(pack_id(7), b"".join(ENTRY.pack(0, blob(900 + i), 10 * i, 10, 0, 5) for i in range(3)))],
+               "i6": [(pack_id(6), ENTRY.pack(0, blob(800), 0, 10, 0, 5))]}
+    index.add_entries(pack_id(6), [BlobEntry(0, blob(800), 0, 10, 0, 5)])
+    assert index.written("i6", written.__getitem__) == set()  # below the threshold: stays in memory
     index.add_entries(pack_id(7), [BlobEntry(0, blob(900 + i), 10 * i, 10, 0, 5) for i in range(3)])
     index.add_entries(pack_id(8), [BlobEntry(0, blob(950), 0, 10, 0, 5)])
-    assert blob(901) in index and blob(3) in index
+    assert blob(901) in index and blob(3) in index and blob(800) not in disk
     assert index.has_all([blob(3).hex(), blob(950).hex()])
     assert index.get(blob(902)) == Location(pack_id(7), 0, 20, 10, 0, 5)
-    disk.add_indexes([("i7", [(pack_id(7), b"".join(ENTRY.pack(0, blob(900 + i), 10 * i, 10, 0, 5)
-                                                     for i in range(3)))])])
-    index.indexed({pack_id(7)})
+    cached = index.written("i7", written.__getitem__)  # past it: both objects move to the cache
+    assert cached == {pack_id(6), pack_id(7)} and disk.index_ids() == {"i1", "i6", "i7"}
+    index.indexed(cached)
     assert len(index.overlay) == 1 and set(index.overlay.packs) == {pack_id(8)}
     assert index.get(blob(902)) == Location(pack_id(7), 0, 20, 10, 0, 5)  # now from the disk
     assert index.get(blob(950)) == Location(pack_id(8), 0, 0, 10, 0, 5)
     assert dict(index.items()).keys() == {*(blob(i) for i in range(30)), *(blob(900 + i) for i in range(3)),
-                                          blob(950)}
+                                          blob(800), blob(950)}
     disk.close()
 
 

@@ -124,6 +124,7 @@ def _guard(path: Path) -> Iterator[None]:
 def _open_valid(path: Path, repo_id: str) -> lmdb.Environment:
     """Open the cache at ``path``; remove and recreate it when it is not a valid cache of ``repo_id``."""
     with _guard(path):
+        fresh = not (path / "data.mdb").exists()
         try:
             env = _open_env(path)
             if _valid(env, repo_id):
@@ -133,7 +134,8 @@ def _open_valid(path: Path, repo_id: str) -> lmdb.Environment:
             reason = "another format or repository, or an interrupted build"
         except lmdb.Error as exc:
             reason = str(exc)
-        log.warning("the index cache %s is not usable (%s); rebuilding it from the repository", path, reason)
+        if not fresh:
+            log.warning("the index cache %s is not usable (%s); rebuilding it from the repository", path, reason)
         for name in ("data.mdb", "lock.mdb"):
             try:
                 (path / name).unlink()

@@ -5,7 +5,7 @@ import LMDB (``drtool pg wal-push`` with asynchronous archiving stays light).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from drtool.repository.index import Location, MemoryIndex, PackRecord
 from drtool.repository.packfile import BlobEntry
@@ -13,20 +13,44 @@ from drtool.repository.packfile import BlobEntry
 if TYPE_CHECKING:
     from drtool.repository.diskindex import DiskIndex
 
+# This run's entries held in memory before they move to the cache (~70 bytes each: ~18 MiB)
+OVERLAY_ENTRIES = 262_144
+
 
 class LayeredIndex:
     """``Repository.index`` once loaded with a disk cache: the cache, plus this run's packs in memory.
 
-    Packs uploaded in this run go to ``overlay`` (a :class:`MemoryIndex`)
-    until the index object naming them is written; then they are added to
-    the cache and dropped from the overlay (:meth:`indexed`), so memory holds
-    at most the packs between two index objects.  Lookups ask the overlay
+    Packs uploaded in this run go to ``overlay`` (a :class:`MemoryIndex`).
+    Once their index object is written they may move to the cache; they do
+    when the overlay passes ``OVERLAY_ENTRIES`` (:meth:`written`,
+    :meth:`indexed`), so memory holds at most that many of this run's
+    entries, whatever the repository's size.  Lookups ask the overlay
     first, then the cache.  Same interface as :class:`MemoryIndex`.
     """
 
     def __init__(self, disk: DiskIndex) -> None:
         self.disk = disk
         self.overlay = MemoryIndex()
+        self.uncached: list[str] = []  # index objects this run wrote, not yet in the cache
+
+    def written(self, index_id: str, read: Callable[[str], list[tuple[bytes, bytes]]]) -> set[bytes]:
+        """Note an index object this run wrote; past OVERLAY_ENTRIES, move them all into the cache.
+
+        Returns the packs now cached (for :meth:`indexed`).  Below the
+        threshold nothing is written here: the next run's load reads these
+        objects in, before its data path allocates anything, instead of
+        this run's LMDB write transactions (their dirty pages are heap)
+        adding to its peak (+26 MiB on the nightly bench's first night).
+        ``read``: an index object's packed entries, read back from the
+        repository (cheaper than keeping them).
+        """
+        self.uncached.append(index_id)
+        if len(self.overlay) < OVERLAY_ENTRIES:
+            return set()
+        objects = [(i, read(i)) for i in self.uncached]
+        self.disk.add_indexes(objects)
+        self.uncached = []
+        return {pack_id for _i, packs in objects for pack_id, _raw in packs}
 
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self.overlay or blob_id in self.disk

@@ -28,7 +28,7 @@ from drtool.repository.keyslots import clear_interrupted_init, unlock_master, wr
 from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, KEYS, PACKS, key_name,
                                        object_name, pack_name)
 from drtool.repository.packfile import (FOOTER, BlobEntry, BufferPool, OpenGroup, PackBuilder,
-                                        PackFormatError, group_kind, groups_of, open_group, pack_entries, parse_trailer,
+                                        PackFormatError, group_kind, groups_of, open_group, parse_trailer,
                                         read_trailer, seal_open_group, trailer_span)
 from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
 
@@ -190,10 +190,11 @@ class Repository:
         if self.cache:
             self.cache.store_index(index_id, packs)
         index = self.index
-        if isinstance(index, LayeredIndex):  # on disk now: out of this run's memory
-            index.disk.add_indexes([(index_id, [(p.pack_id, pack_entries(p.entries)) for p in packs])])
-            with self._lock:
-                index.indexed({p.pack_id for p in packs})
+        if isinstance(index, LayeredIndex):
+            cached = index.written(index_id, self.read_index_packed)
+            if cached:  # in the disk cache now: out of this run's memory
+                with self._lock:
+                    index.indexed(cached)
         return index_id
 
     # ----- blobs --------------------------------------------------------------------
