@@ -100,7 +100,8 @@ def run(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     if status:
         raise SystemExit(f"{argv} failed: {err.decode()[-2000:]}")
     summary = json.loads(out).get("summary", {}) if out.strip().startswith(b"{") else {}
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+            "major_faults": usage.ru_majflt, "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
             "peak_anon_mib": round(peaks["RssAnon"] / 1024, 1), "peak_file_mib": round(peaks["RssFile"] / 1024, 1),
             "bytes_added": summary.get("bytes_added")}
 
@@ -203,10 +204,12 @@ def main() -> None:
         one = {"empty_backup": run([*drtool, "backup", str(data), "--name", "data", "--json"], empty),
                "large_backup": run([*drtool, "backup", str(data), "--name", f"data-{r}", "--json"], large)}
         one["time_ratio"] = round(one["large_backup"]["seconds"] / one["empty_backup"]["seconds"], 2)
+        one["cpu_ratio"] = round(one["large_backup"]["cpu_seconds"] / one["empty_backup"]["cpu_seconds"], 2)
         results["rounds"].append(one)
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(work / f"repo-empty-{r}", ignore_errors=True)
     results["median_time_ratio"] = statistics.median(one["time_ratio"] for one in results["rounds"])
+    results["median_cpu_ratio"] = statistics.median(one["cpu_ratio"] for one in results["rounds"])
     repo_id = next((work / "cache" / "drtool").iterdir()).name
     for entry in (work / "cache" / "drtool").iterdir():
         if (entry / "index" / "data.mdb").stat().st_size > (work / "cache" / "drtool" / repo_id / "index" /
