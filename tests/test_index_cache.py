@@ -131,3 +131,16 @@ def test_memory_of_lookups_does_not_grow_with_the_blobs_in_the_cache(tmp_path: P
     # Anonymous memory after 20,000 lookups: the cache is file-backed and mapped, so the 390,000
     # more blobs cost none (held in RAM, even packed as MemoryIndex packs them, they were ~27 MiB)
     assert large < small + 4 * 1024, (small, large)
+
+
+def test_the_index_can_still_be_held_in_memory(repo_env: DrEnv, tmp_path: Path) -> None:
+    """DRTOOL_INDEX_CACHE=memory, and the fallback when no cache directory is usable: no cache files."""
+    src = tmp_path / "src"
+    files = write_tree(src, {"a": os.urandom(1_200_000)})
+    memory = {"DRTOOL_INDEX_CACHE": "memory"}
+    snap = backup(repo_env, src, env=memory)
+    assert backup(repo_env, src, "again", env=memory)["summary"]["blobs_added"] == 0
+    assert not (Path(repo_env.env["XDG_CACHE_HOME"]) / "drtool").exists()
+    result = repo_env.run("restore", snap["id"], "--target", str(tmp_path / "out"), env=memory)
+    assert result.code == 0, result.err
+    assert (tmp_path / "out" / "src" / "a").read_bytes() == files["a"]
