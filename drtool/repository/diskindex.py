@@ -25,7 +25,9 @@ Layout (named databases): ``blobs`` blob id → (cache pack number, type,
 offset, length, inner, raw length), duplicates sorted by pack number (a blob
 stored in two packs has two; the first wins); ``packs`` number → pack id;
 ``members`` number → the pack's blob ids (to forget them when its index
-object goes); ``indexes`` index id → its pack numbers; ``meta``.
+object goes); ``indexes`` index id → the stamp it was added under and its
+pack numbers; ``meta`` (format, repository id, next pack number, stamp, and
+``building`` while a bulk build runs).
 """
 from __future__ import annotations
 
