@@ -23,13 +23,13 @@ from typing import Any, Callable, Iterator
 
 from drtool.errors import DrtoolError, SourceError
 from drtool.backup.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
+from drtool.backup.readers import SMALL_FILE, FileRead, ReadAhead, Reading
 from drtool.repository.chunker import Chunker
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, Node
 from drtool.snapshot.store import load_tree, store_tree
 from drtool.sources import files as fs
 
-SMALL_FILE = 256 * 1024
 CONTENT_HASHES = ("sha256", "sha1")  # sha1: what MediaWiki records for uploaded files
 log = logging.getLogger("drtool")
 
@@ -55,6 +55,7 @@ class DirJob:
     tree_id: str | None = None
     old_tree: str | None = None  # this directory's tree in the parent snapshot
     old_nodes: list[Node] = field(default_factory=list)
+    reads: int = 0  # small files of this directory queued on the readers, not yet taken back
 
     def track(self, refs: list[ChunkRef]) -> None:
         """Remember each distinct batch once (a 660 MiB dump has 40k refs but ~700 batches)."""
@@ -66,6 +67,8 @@ class DirJob:
 
     def ready(self) -> bool:
         """Amortised O(1): finished batches are dropped from the front."""
+        if self.reads:
+            return False
         while self.batches and self.batches[0].done():
             self.batches.popleft()
         return not self.batches
@@ -73,13 +76,18 @@ class DirJob:
 
 ProgressFn = Callable[[WalkStats], None]
 Frame = tuple[DirJob, Iterator[tuple[fs.Entry, Node | None]]]
+QueuedRead = tuple[DirJob, Node, fs.Entry]
+DEFERRED: list[ChunkRef] = []  # the file's read is queued: its chunk references come later
 
 
 class TreeWalker:
     def __init__(self, repo: Repository, pipeline: ChunkPipeline,
-                 progress: ProgressFn | None = None, content_hash: str | None = None) -> None:
+                 progress: ProgressFn | None = None, content_hash: str | None = None,
+                 reading: Reading | None = None) -> None:
         """``content_hash``: also record each file's sha256/sha1 (for ``drtool find --hash``),
-        computed on the walking thread from the buffers it reads anyway (hashlib drops the GIL)."""
+        computed from the buffers read anyway (hashlib drops the GIL).  ``reading``: how many
+        small files are read at once, and through what (default: 8 reader threads; 1 reads
+        each file on the walking thread when the walk reaches it)."""
         if content_hash is not None and content_hash not in CONTENT_HASHES:
             raise ValueError(f"unknown content hash {content_hash!r}")
         self.content_hash = content_hash
@@ -92,6 +100,16 @@ class TreeWalker:
         self._links: dict[str, list[ChunkRef] | list[str]] = {}
         self._zeros: dict[Chunker, ChunkRef] = {}
         self._scratch = memoryview(bytearray(SMALL_FILE))  # small files and the head of large ones
+        self.reading = reading or Reading()
+        self.ops = self.reading.ops
+        self._reads: ReadAhead[QueuedRead] | None = None
+        if self.reading.readers > 1:
+            self._reads = ReadAhead(self.reading, self._took, content_hash)
+
+    def close(self) -> None:
+        """Stop the reader threads (idle once a walk is over)."""
+        if self._reads is not None:
+            self._reads.close()
 
     def backup_roots(self, roots: list[str], parent_tree: str | None) -> str:
         """Store the given paths as one root tree; return its id."""
@@ -196,8 +214,11 @@ class TreeWalker:
             self.stats.dirs += 1
             job.children.append((node, frame[0]))
         elif node.type == FILE:
-            futures = self._file_content(node, entry, old)
+            futures = self._file_content(job, node, entry, old)
             if futures is None:
+                return None
+            if futures is DEFERRED:
+                job.nodes.append(node)  # counted when its read is taken back (_took)
                 return None
             if futures:
                 job.pending.append((node, futures))
@@ -207,8 +228,10 @@ class TreeWalker:
         job.nodes.append(node)
         return frame
 
-    def _file_content(self, node: Node, entry: fs.Entry, old: Node | None) -> list[ChunkRef] | None:
-        """References to the file's chunk ids, [] if content was reused, None if unreadable."""
+    def _file_content(self, job: DirJob, node: Node, entry: fs.Entry,
+                      old: Node | None) -> list[ChunkRef] | None:
+        """References to the file's chunk ids, [] if content was reused, None if unreadable,
+        DEFERRED if a reader thread reads it (hard links are read here: later links need the refs)."""
         if node.link_key and node.link_key in self._links:
             shared = self._links[node.link_key]
             node.hash = self._link_hashes.get(node.link_key)
@@ -224,6 +247,10 @@ class TreeWalker:
             if node.link_key:
                 self._links[node.link_key] = list(old.content)
             return []
+        if self._reads is not None and node.size < SMALL_FILE and not node.link_key:
+            job.reads += 1
+            self._reads.add((job, node, entry), entry.path, entry.st)
+            return DEFERRED
         try:
             futures = self._read_file(node, entry)
         except fs.Unreadable as exc:
@@ -246,7 +273,7 @@ class TreeWalker:
         # (changed_since) shows whether it still is a regular file; anything
         # read further is checked first.
         small = node.size < SMALL_FILE
-        fd = fs.open_for_backup(entry.path, check_regular=not small)
+        fd = self.ops.open(entry.path, not small)
         digest = hashlib.new(self.content_hash) if self.content_hash else None
         try:
             futures, total = self._read_content(fd, entry.path, node.size, small, digest)
@@ -256,7 +283,7 @@ class TreeWalker:
                 node.size = total
                 self.stats.changed.append(os.fsdecode(entry.path))
         finally:
-            os.close(fd)
+            self.ops.close(fd)
         if digest is not None:
             node.hash = f"{self.content_hash}:{digest.hexdigest()}"
         self.stats.files_read += 1
@@ -330,8 +357,44 @@ class TreeWalker:
             ref = self._zeros[chunker] = self.pipeline.add_segment(bytes(SEGMENT_BYTES), chunker)
         return ref
 
+    def _took(self, item: QueuedRead, read: FileRead, data: memoryview) -> None:
+        """A small file's read, taken back in walk order: into the pipeline, or reported."""
+        job, node, entry = item
+        job.reads -= 1
+        if read.grew:  # grew past its lstat size: read it here, following the growth
+            try:
+                futures = self._read_file(node, entry)
+            except fs.Unreadable as exc:
+                self._problem(exc)
+                _drop(job.nodes, node)
+                return
+        elif read.error is not None:
+            self._problem(read.error)
+            _drop(job.nodes, node)
+            return
+        else:
+            futures = [self.pipeline.add(data)] if len(data) else []
+            node.hash = read.hash
+            if read.changed:
+                node.changed = True
+                node.size = len(data)
+                self.stats.changed.append(os.fsdecode(entry.path))
+            self.stats.files_read += 1
+            if self.progress:
+                self.progress(self.stats)
+        if futures:
+            job.pending.append((node, futures))
+            job.track(futures)
+        self.stats.files += 1
+        self.stats.size += node.size
+
     def _drain(self, block: bool) -> None:
         self.repo.checkpoint()
+        if self._reads is not None:
+            if block:
+                self._reads.take_all()
+            else:
+                self._reads.take_done()
         if block:
             self.pipeline.submit_batch()
         while self._queue and (block or self._queue[0].ready()):
@@ -361,6 +424,14 @@ class TreeWalker:
             return None
         return job.old_tree
 
+
+
+def _drop(nodes: list[Node], node: Node) -> None:
+    """Remove ``node`` itself (not an equal one) from its directory; it is near the end."""
+    for i in range(len(nodes) - 1, -1, -1):
+        if nodes[i] is node:
+            del nodes[i]
+            return
 
 
 @cache
