@@ -233,3 +233,39 @@ def read_small(ops: FileOps, path: bytes, st: os.stat_result, view: memoryview,
         digest = hashlib.new(content_hash, view[:got])
     return FileRead(end=got, changed=changed or got != st.st_size,
                     hash=f"{content_hash}:{digest.hexdigest()}" if digest is not None else None)
+
+
+class ScanAhead:
+    """Directory listings (``scandir`` and an ``lstat`` per entry) made ahead on threads.
+
+    With the page cache cold, listing a directory waits on its blocks and on
+    every entry's inode: with reads on 8 threads, ~half of the walking
+    thread's samples were in ``scan_dir`` on the 200,000-file tree.  The walk
+    asks for a directory's first ``AHEAD`` subdirectories as soon as it has
+    listed it, and for one more each time it enters one, so listings run
+    ahead in walk order and at most ``AHEAD`` per open directory are held.
+    A listing made ahead is the one the walk uses: an entry that vanishes
+    after it is found as it would be had it vanished after a listing made
+    on the walking thread.
+    """
+
+    AHEAD = 4
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scan")
+        self._futures: dict[bytes, Future[tuple[list[fs.Entry], list[fs.Unreadable]]]] = {}
+
+    def ahead(self, path: bytes) -> None:
+        if path not in self._futures:
+            self._futures[path] = self._pool.submit(fs.scan_dir, path)
+
+    def scan(self, path: bytes) -> tuple[list[fs.Entry], list[fs.Unreadable]]:
+        """The listing made ahead, or one made now; raises Unreadable as ``fs.scan_dir`` does."""
+        future = self._futures.pop(path, None)
+        return fs.scan_dir(path) if future is None else future.result()
+
+    def close(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._futures.clear()
+        self._pool.shutdown(wait=True)

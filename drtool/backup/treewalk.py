@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cache
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 from drtool.errors import DrtoolError, SourceError
 from drtool.backup.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
-from drtool.backup.readers import SMALL_FILE, FileRead, ReadAhead, Reading
+from drtool.backup.readers import SMALL_FILE, FileRead, ReadAhead, Reading, ScanAhead
 from drtool.repository.chunker import Chunker
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, Node
@@ -56,6 +57,7 @@ class DirJob:
     old_tree: str | None = None  # this directory's tree in the parent snapshot
     old_nodes: list[Node] = field(default_factory=list)
     reads: int = 0  # small files of this directory queued on the readers, not yet taken back
+    subdirs: deque[bytes] = field(default_factory=deque)  # not yet listed ahead (ScanAhead)
 
     def track(self, refs: list[ChunkRef]) -> None:
         """Remember each distinct batch once (a 660 MiB dump has 40k refs but ~700 batches)."""
@@ -103,13 +105,17 @@ class TreeWalker:
         self.reading = reading or Reading()
         self.ops = self.reading.ops
         self._reads: ReadAhead[QueuedRead] | None = None
+        self._scans: ScanAhead | None = None
         if self.reading.readers > 1:
             self._reads = ReadAhead(self.reading, self._took, content_hash)
+            self._scans = ScanAhead(max(1, self.reading.readers // 2))
 
     def close(self) -> None:
-        """Stop the reader threads (idle once a walk is over)."""
+        """Stop the reader and scanner threads (idle once a walk is over)."""
         if self._reads is not None:
             self._reads.close()
+        if self._scans is not None:
+            self._scans.close()
 
     def backup_roots(self, roots: list[str], parent_tree: str | None) -> str:
         """Store the given paths as one root tree; return its id."""
@@ -173,9 +179,13 @@ class TreeWalker:
         """Read one directory; raises Unreadable (Vanished) if it cannot be listed."""
         job = DirJob(old_tree=old_tree, old_nodes=self._old_nodes(old_tree))
         old = {n.name: n for n in job.old_nodes}
-        entries, problems = fs.scan_dir(path)
+        entries, problems = fs.scan_dir(path) if self._scans is None else self._scans.scan(path)
         for problem in problems:
             self._problem(problem)
+        if self._scans is not None:
+            job.subdirs.extend(e.path for e in entries if stat.S_ISDIR(e.st.st_mode))
+            for _ in range(min(ScanAhead.AHEAD, len(job.subdirs))):
+                self._scans.ahead(job.subdirs.popleft())
         return job, ((entry, old.get(entry.name)) for entry in entries)
 
     def _walk(self, top: Frame) -> None:
@@ -191,6 +201,8 @@ class TreeWalker:
                 continue
             frame = self._add_entry(job, *item)
             if frame is not None:
+                if job.subdirs and self._scans is not None:  # entered one: list one more ahead
+                    self._scans.ahead(job.subdirs.popleft())
                 stack.append(frame)
 
     def _add_entry(self, job: DirJob, entry: fs.Entry, old: Node | None) -> Frame | None:
@@ -408,6 +420,7 @@ class TreeWalker:
         job.tree_id = self._unchanged_tree(job) or store_tree(self.repo, job.nodes)
         job.pending.clear()
         job.children.clear()
+        job.subdirs.clear()
         job.nodes = job.old_nodes = []
 
     def _unchanged_tree(self, job: DirJob) -> str | None:
