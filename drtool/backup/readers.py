@@ -37,9 +37,9 @@ from drtool.sources import files as fs
 
 DEFAULT_READERS = 8
 FILES_PER_TASK = 16
-TASK_BYTES = 1024 * 1024
+TASK_BYTES = 256 * 1024
 SMALL_FILE = 256 * 1024
-TASK_BUFFER = TASK_BYTES + SMALL_FILE + 1  # a task closes past 1 MiB; one file is at most SMALL_FILE + 1
+TASK_BUFFER = TASK_BYTES + SMALL_FILE + 1  # a task closes past 256 KiB; one file is at most SMALL_FILE + 1
 
 T = TypeVar("T")
 
