@@ -235,34 +235,43 @@ def read_small(ops: FileOps, path: bytes, st: os.stat_result, view: memoryview,
                     hash=f"{content_hash}:{digest.hexdigest()}" if digest is not None else None)
 
 
+Listing = tuple[list[fs.Entry], list[fs.Unreadable], list[Any]]
+
+
 class ScanAhead:
-    """Directory listings (``scandir`` and an ``lstat`` per entry) made ahead on threads.
+    """Directory listings (``scandir`` and an ``lstat`` per entry) made ahead on threads,
+    each with the directory's tree in the parent snapshot (``load_old``), decoded.
 
     With the page cache cold, listing a directory waits on its blocks and on
     every entry's inode: with reads on 8 threads, ~half of the walking
-    thread's samples were in ``scan_dir`` on the 200,000-file tree.  The walk
+    thread's samples were in ``scan_dir`` on the 200,000-file tree; on the
+    unchanged re-run, reading the parent's trees was as much again.  The walk
     asks for a directory's first ``AHEAD`` subdirectories as soon as it has
     listed it, and for one more each time it enters one, so listings run
     ahead in walk order and at most ``AHEAD`` per open directory are held.
     A listing made ahead is the one the walk uses: an entry that vanishes
-    after it is found as it would be had it vanished after a listing made
-    on the walking thread.
+    after it was listed is found missing when it is read, as before.
     """
 
     AHEAD = 4
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, load_old: Callable[[str | None], list[Any]]) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scan")
-        self._futures: dict[bytes, Future[tuple[list[fs.Entry], list[fs.Unreadable]]]] = {}
+        self._load_old = load_old
+        self._futures: dict[bytes, Future[Listing]] = {}
 
-    def ahead(self, path: bytes) -> None:
+    def ahead(self, path: bytes, old_tree: str | None) -> None:
         if path not in self._futures:
-            self._futures[path] = self._pool.submit(fs.scan_dir, path)
+            self._futures[path] = self._pool.submit(self._list, path, old_tree)
 
-    def scan(self, path: bytes) -> tuple[list[fs.Entry], list[fs.Unreadable]]:
+    def scan(self, path: bytes, old_tree: str | None) -> Listing:
         """The listing made ahead, or one made now; raises Unreadable as ``fs.scan_dir`` does."""
         future = self._futures.pop(path, None)
-        return fs.scan_dir(path) if future is None else future.result()
+        return self._list(path, old_tree) if future is None else future.result()
+
+    def _list(self, path: bytes, old_tree: str | None) -> Listing:
+        entries, problems = fs.scan_dir(path)
+        return entries, problems, self._load_old(old_tree)
 
     def close(self) -> None:
         for future in self._futures.values():

@@ -57,7 +57,7 @@ class DirJob:
     old_tree: str | None = None  # this directory's tree in the parent snapshot
     old_nodes: list[Node] = field(default_factory=list)
     reads: int = 0  # small files of this directory queued on the readers, not yet taken back
-    subdirs: deque[bytes] = field(default_factory=deque)  # not yet listed ahead (ScanAhead)
+    subdirs: deque[tuple[bytes, str | None]] = field(default_factory=deque)  # not yet listed ahead
 
     def track(self, refs: list[ChunkRef]) -> None:
         """Remember each distinct batch once (a 660 MiB dump has 40k refs but ~700 batches)."""
@@ -108,7 +108,7 @@ class TreeWalker:
         self._scans: ScanAhead | None = None
         if self.reading.readers > 1:
             self._reads = ReadAhead(self.reading, self._took, content_hash)
-            self._scans = ScanAhead(max(1, self.reading.readers // 2))
+            self._scans = ScanAhead(max(1, self.reading.readers // 2), self._old_nodes)
 
     def close(self) -> None:
         """Stop the reader and scanner threads (idle once a walk is over)."""
@@ -177,15 +177,19 @@ class TreeWalker:
 
     def _scan(self, path: bytes, old_tree: str | None) -> Frame:
         """Read one directory; raises Unreadable (Vanished) if it cannot be listed."""
-        job = DirJob(old_tree=old_tree, old_nodes=self._old_nodes(old_tree))
+        if self._scans is None:
+            old_nodes = self._old_nodes(old_tree)
+            entries, problems = fs.scan_dir(path)
+        else:
+            entries, problems, old_nodes = self._scans.scan(path, old_tree)
+        job = DirJob(old_tree=old_tree, old_nodes=old_nodes)
         old = {n.name: n for n in job.old_nodes}
-        entries, problems = fs.scan_dir(path) if self._scans is None else self._scans.scan(path)
         for problem in problems:
             self._problem(problem)
         if self._scans is not None:
-            job.subdirs.extend(e.path for e in entries if stat.S_ISDIR(e.st.st_mode))
+            job.subdirs.extend((e.path, _subtree(old.get(e.name))) for e in entries if stat.S_ISDIR(e.st.st_mode))
             for _ in range(min(ScanAhead.AHEAD, len(job.subdirs))):
-                self._scans.ahead(job.subdirs.popleft())
+                self._scans.ahead(*job.subdirs.popleft())
         return job, ((entry, old.get(entry.name)) for entry in entries)
 
     def _walk(self, top: Frame) -> None:
@@ -202,7 +206,7 @@ class TreeWalker:
             frame = self._add_entry(job, *item)
             if frame is not None:
                 if job.subdirs and self._scans is not None:  # entered one: list one more ahead
-                    self._scans.ahead(job.subdirs.popleft())
+                    self._scans.ahead(*job.subdirs.popleft())
                 stack.append(frame)
 
     def _add_entry(self, job: DirJob, entry: fs.Entry, old: Node | None) -> Frame | None:
@@ -215,7 +219,7 @@ class TreeWalker:
         frame: Frame | None = None
         if node.type == DIR:
             try:
-                frame = self._scan(entry.path, old.subtree if old and old.type == DIR else None)
+                frame = self._scan(entry.path, _subtree(old))
             except fs.Vanished as exc:
                 self._problem(exc)
                 return None
@@ -437,6 +441,10 @@ class TreeWalker:
             return None
         return job.old_tree
 
+
+
+def _subtree(old: Node | None) -> str | None:
+    return old.subtree if old is not None and old.type == DIR else None
 
 
 def _drop(nodes: list[Node], node: Node) -> None:
