@@ -117,9 +117,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if os.geteuid() != 0:
         sys.exit("bench --cold: dropping the page cache needs root (/proc/sys/vm/drop_caches)")
     args.work.mkdir(parents=True, exist_ok=True)
-    logs = args.work / "logs"
+    logs = args.work / "logs-cold"
     logs.mkdir(exist_ok=True)
-    tools = {n: TOOL_CLASSES[n](args.work) for n in args.tool_list}
+    # repositories under work/cold/: a nightly `scripts/bench` sharing the work dir resets work/<tool>
+    tools = {n: TOOL_CLASSES[n](args.work / "cold") for n in args.tool_list}
     facts = machine_facts(tools, logs)
     source = bench.dataset(args.work, args) / "smallfiles"
     results: dict[str, ToolResult] = {}
