@@ -13,10 +13,11 @@ the number of readers: tree and snapshot ids never depend on it.
 
 Bounds: at most ``readers`` files are open at once (one per thread), and
 at most ``2 * readers`` batches are queued or done but not yet taken back,
-each in a recycled buffer of ``TASK_BUFFER`` bytes: ~10 MiB with 8 readers,
+each in a recycled buffer of ``TASK_BUFFER`` bytes: ~8 MiB with 8 readers,
 whatever the number of files.  Large files (``SMALL_FILE`` or more at
 ``lstat``) are not read here: the walking thread streams them through the
-chunker in 8 MiB segments as before.
+chunker in 8 MiB segments as before; so are hard-linked files (their later
+links reuse the first one's chunk references).
 
 A file that grew past its ``lstat`` size before it was read comes back as
 ``GREW`` and is read again on the walking thread, which follows growth.

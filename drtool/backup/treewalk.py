@@ -5,6 +5,9 @@ as soon as all its files' chunk futures are done, so the walking thread
 keeps feeding workers instead of draining the pipeline at every directory.
 Unchanged files (size, mtime, ctime, inode equal to the parent snapshot's
 node, all blobs present) are taken over without being read.
+Small files are read on reader threads and directories listed ahead on
+scan threads (``readers``); their results come back in walk order, so the
+snapshot does not depend on how many threads read it.
 
 The walk keeps its own stack instead of recursing, so a tree may be as deep
 as paths allow (PATH_MAX), not as deep as Python's recursion limit.  Entries
@@ -187,7 +190,8 @@ class TreeWalker:
         for problem in problems:
             self._problem(problem)
         if self._scans is not None:
-            job.subdirs.extend((e.path, _subtree(old.get(e.name))) for e in entries if stat.S_ISDIR(e.st.st_mode))
+            job.subdirs.extend((e.path, _subtree(old.get(e.name)))
+                               for e in entries if stat.S_ISDIR(e.st.st_mode))
             for _ in range(min(ScanAhead.AHEAD, len(job.subdirs))):
                 self._scans.ahead(*job.subdirs.popleft())
         return job, ((entry, old.get(entry.name)) for entry in entries)
