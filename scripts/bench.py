@@ -241,8 +241,9 @@ class Drtool(Tool):
         return [sys.executable, "-m", "drtool"]
 
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "DRTOOL_REPOSITORY": str(self.repo),
-               "DRTOOL_PASSWORD": PASSWORD, "DRTOOL_CATALOG": str(self.catalog)}
+        # the blob index cache beside the catalog, like restic's cache: removed with the work dir
+        env = {**os.environ, "DRTOOL_REPOSITORY": str(self.repo), "DRTOOL_PASSWORD": PASSWORD,
+               "DRTOOL_CATALOG": str(self.catalog), "XDG_CACHE_HOME": str(self.catalog.parent / "cache")}
         if self.argv()[0] == sys.executable:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)

@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,9 @@ import pytest
 from drtool import api
 
 ROOT = Path(__file__).resolve().parent.parent
+# The blob index's disk cache (repository/diskindex.py) goes under XDG_CACHE_HOME: keep the tests'
+# caches out of the home directory (one directory per test process; per repository id inside).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="drtool-test-cache-")
 PASSWORD = "correct horse battery staple"
 
 
@@ -71,7 +75,7 @@ def make_env(tmp: Path) -> DrEnv:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRTOOL_")}
     env.update(DRTOOL_REPOSITORY=str(tmp / "repo"), DRTOOL_PASSWORD=PASSWORD,
                DRTOOL_CATALOG=str(tmp / "catalog.sqlite"), PYTHONPATH=str(ROOT),
-               XDG_STATE_HOME=str(tmp / "state"))
+               XDG_STATE_HOME=str(tmp / "state"), XDG_CACHE_HOME=str(tmp / "cache"))
     return DrEnv(tmp, tmp / "repo", tmp / "catalog.sqlite", env)
 
 

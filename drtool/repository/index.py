@@ -251,6 +251,25 @@ class MemoryIndex:
         for e in entries:
             append(e.blob_id, record(number, e.blob_type, e.offset, e.length, e.inner, e.raw_length))
 
+    def without_packs(self, pack_ids: set[bytes]) -> "MemoryIndex":
+        """A copy without the entries of ``pack_ids`` (the layered index's overlay, once they are
+        cached on disk); entries keep their order."""
+        kept = MemoryIndex()
+        done: set[int] = set()
+        for bucket in self._dir:
+            if id(bucket) in done:
+                continue
+            done.add(id(bucket))
+            for pos in range(0, len(bucket), _SLOT):
+                number, = struct.unpack_from("<I", bucket, pos + ID_SIZE)
+                pack_id = self._pack_ids[number]
+                if pack_id not in pack_ids:
+                    kept._append(bytes(bucket[pos:pos + ID_SIZE]),
+                                 _RECORD.pack(kept._pack_number(pack_id),
+                                              *_RECORD.unpack_from(bucket, pos + ID_SIZE)[1:]))
+        kept.packs = {p: n for p, n in self.packs.items() if p not in pack_ids}
+        return kept
+
     def items(self) -> Iterator[tuple[bytes, Location]]:
         """Every blob once, with the location lookups give (for checks and tests, not hot paths)."""
         done: set[int] = set()

@@ -13,7 +13,7 @@ import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from drtool.backends import capabilities
 from drtool.backends.base import Backend
@@ -23,13 +23,17 @@ from drtool.errors import DrtoolError, IntegrityError, ObjectMissing, Repository
 from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (IndexCache, Location, MemoryIndex, PackRecord, decode_index,
                                      decode_index_packed, encode_index)
+from drtool.repository.layered import LayeredIndex
 from drtool.repository.keyslots import clear_interrupted_init, unlock_master, wrap_slot
 from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, KEYS, PACKS, key_name,
                                        object_name, pack_name)
-from drtool.repository.packfile import (ENTRY, FOOTER, BlobEntry, BufferPool, OpenGroup, PackBuilder,
+from drtool.repository.packfile import (FOOTER, BlobEntry, BufferPool, OpenGroup, PackBuilder,
                                         PackFormatError, group_kind, groups_of, open_group, parse_trailer,
-                                        read_trailer, seal_open_group, trailer_span, unpack_entries)
+                                        read_trailer, seal_open_group, trailer_span)
 from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
+
+if TYPE_CHECKING:
+    from drtool.repository.diskindex import DiskIndex
 
 log = logging.getLogger("drtool")
 
@@ -77,6 +81,8 @@ class Repository:
         self.ids = IdMaker(master.id_key)
         self.index = MemoryIndex()
         self.cache = cache
+        self._disk: DiskIndex | None = None
+        self._disk_tried = False
         self._lock = threading.Lock()
         self._builders: dict[int, PackBuilder] = {}
         self._groups: dict[tuple[int, bool], OpenGroup] = {}
@@ -150,44 +156,21 @@ class Repository:
 
     # ----- index ------------------------------------------------------------------
     def load_index(self) -> None:
-        """Read every index object (through the cache) into memory, forgetting stale entries.
+        """Bring the blob index up to date with the repository's index objects (``indexload``):
+        the local disk cache where one can be used, else in memory."""
+        from drtool.repository.indexload import load_index
+        load_index(self)
 
-        Starting from an empty index matters for long-lived sessions: packs
-        that a prune deleted must not be deduplicated against.  Entries go
-        in packed, never as one Python object per blob, and the index is
-        sized for all of them first (see ``MemoryIndex.reserve``).
-        """
-        self.index = MemoryIndex()
-        names = {info.name.split("/", 1)[1] for info in self.backend.list(f"{INDEX}/")}
-        cached = self.cache.cached_index_ids() & names if self.cache else set()
-        rows: list[tuple[bytes, bytes]] = []
-        if self.cache:
-            self.cache.drop_indexes(self.cache.cached_index_ids() - names)
-            rows = list(self.cache.cached_pack_entries(cached))
-        fetched = []
-        for index_id in sorted(names - cached):
-            try:
-                fetched.append((index_id, self._read_index_packed(index_id)))
-            except ObjectMissing:
-                # Listed but gone: a prune deleted it and the store's listing lags (S3-compatible
-                # stores may).  Its packs were repacked or deleted; nothing may dedup against them.
-                log.debug("index object %s is listed but missing; skipped", index_id[:16])
-        self.index.reserve((sum(len(raw) for _pack, raw in rows)
-                            + sum(len(raw) for _id, packs in fetched for _pack, raw in packs)) // ENTRY.size)
-        for pack_id, raw_entries in rows:
-            try:
-                self.index.add_packed(pack_id, raw_entries)
-            except ValueError:
-                raise IntegrityError("the catalog's index cache is damaged",
-                                     hint="run 'drtool catalog rebuild'") from None
-        del rows
-        for index_id, packs in fetched:
-            for pack_id, raw_entries in packs:
-                self.index.add_packed(pack_id, raw_entries)
-            if self.cache:
-                self.cache.store_index(index_id, [PackRecord(p, unpack_entries(raw)) for p, raw in packs])
+    def disk_index(self) -> "DiskIndex | None":
+        """The local on-disk index cache, opened on first use (None: the index stays in memory)."""
+        if not self._disk_tried:
+            from drtool.repository.indexload import open_disk_index
+            self._disk_tried = True
+            self._disk = open_disk_index(self.config.repo_id)
+        return self._disk
 
-    def _read_index_packed(self, index_id: str) -> list[tuple[bytes, bytes]]:
+    def read_index_packed(self, index_id: str) -> list[tuple[bytes, bytes]]:
+        """(pack id, packed trailer entries) of an index object, without a BlobEntry per blob."""
         raw = self.get_object(INDEX, INDEX_KIND, index_id)
         try:
             return decode_index_packed(raw)
@@ -206,6 +189,12 @@ class Repository:
         index_id = self.put_object(INDEX, INDEX_KIND, plaintext)
         if self.cache:
             self.cache.store_index(index_id, packs)
+        index = self.index
+        if isinstance(index, LayeredIndex):
+            cached = index.written(index_id, self.read_index_packed)
+            if cached:  # in the disk cache now: out of this run's memory
+                with self._lock:
+                    index.indexed(cached)
         return index_id
 
     # ----- blobs --------------------------------------------------------------------
@@ -551,6 +540,10 @@ class Repository:
             self._builders.clear()
         for builder in builders:
             builder.abort()
+        if self._disk is not None:
+            self._disk.close()
+            self._disk, self._disk_tried = None, False
+            self.index = MemoryIndex()
 
 
 def _group_target(text: bool) -> int:

@@ -1,0 +1,519 @@
+"""The blob index on disk: an LMDB cache of the repository's index objects.
+
+Holding the whole index in memory cost ~70 bytes per blob (3.5 GiB peak at
+5 million tiny objects); a store of 10^8 blobs cannot afford it.  This
+cache keeps it in a memory-mapped B-tree in the local cache directory, so a
+process touches only the pages its lookups need, whatever the repository's
+size (restic and borg keep theirs in RAM; kopia maps index blobs from its
+cache the same way).
+
+**Never trusted over the repository.**  The cache is keyed by index object
+ids (content-derived: one id, one content).  Each run lists ``index/``,
+forgets the index objects that are gone and reads in the new ones
+(:meth:`DiskIndex.sync`); a file that is not a valid cache of this
+repository (damaged, another format, another repository) is removed and
+rebuilt from the index objects.  Entries of packs not yet named by an index
+object are never put here, so a crashed run cannot leave the cache claiming
+blobs the repository cannot prove.
+
+**Concurrency.**  LMDB serialises writers across processes (its lock file)
+and readers never block; opening, validating and resetting the files take
+an ``flock`` beside them.  LMDB forbids opening one file twice in a process,
+so environments are shared per path and reference-counted.
+
+Layout (named databases): ``blobs`` blob id → (cache pack number, type,
+offset, length, inner, raw length), duplicates sorted by pack number (a blob
+stored in two packs has two; the first wins); ``packs`` number → pack id;
+``members`` number → the pack's blob ids (to forget them when its index
+object goes); ``indexes`` index id → the stamp it was added under and its
+pack numbers; ``meta`` (format, repository id, next pack number, stamp, and
+``building`` while a bulk build runs).
+"""
+from __future__ import annotations
+
+import fcntl
+import heapq
+import logging
+import os
+import shutil
+import struct
+import tempfile
+import threading
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import lmdb
+
+from drtool.crypto.ids import ID_SIZE
+from drtool.repository.index import Location
+from drtool.repository.packfile import ENTRY
+
+log = logging.getLogger("drtool")
+
+CACHE_FORMAT = b"1"
+# Address space only (LMDB grows the file as it fills): ~130 bytes per blob, so 64 GiB is ~500 M blobs.
+MAP_SIZE = 64 << 30
+MAX_READERS = 1024
+SYNC_BATCH_ENTRIES = 16_384  # entries per write transaction of an incremental sync (its dirty pages are in RAM)
+BUILD_RUN_ENTRIES = 262_144  # entries per sorted run of a bulk build (~25 MiB of bytes objects)
+BUILD_COMMIT_ENTRIES = 131_072  # appended entries per write transaction of a bulk build
+PACK_ID_MEMO = 65_536  # pack ids remembered by number (restores look up many blobs of one pack)
+_REC = struct.Struct(">IBQIII")  # pack number (big-endian: duplicates sort by it), then as ENTRY
+_NUM = struct.Struct(">I")
+_STAMP = struct.Struct(">Q")
+_DBS = (b"blobs", b"packs", b"members", b"indexes", b"meta")
+
+
+class CacheUnusable(Exception):
+    """This directory cannot hold the cache for this process (permissions, no space, no LMDB)."""
+
+
+def cache_roots() -> list[Path]:
+    """Where to try, in order: ``DRTOOL_CACHE_DIR`` (may be shared, e.g. /var/cache/drtool), the
+    user's XDG cache, then a private directory under the temporary directory."""
+    roots = []
+    if os.environ.get("DRTOOL_CACHE_DIR"):
+        roots.append(Path(os.environ["DRTOOL_CACHE_DIR"]))
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    roots.append(Path(xdg) / "drtool")
+    roots.append(Path(tempfile.gettempdir()) / f"drtool-cache-{os.getuid()}")
+    return roots
+
+
+_envs: dict[str, list] = {}  # path -> [Environment, open count]: LMDB allows one per file per process
+_envs_lock = threading.Lock()
+
+
+def _acquire_env(path: Path, repo_id: str) -> lmdb.Environment:
+    key = str(path)
+    with _envs_lock:
+        held = _envs.get(key)
+        if held is not None:
+            held[1] += 1
+            return held[0]
+        env = _open_valid(path, repo_id)
+        _envs[key] = [env, 1]
+        return env
+
+
+def _release_env(path: Path) -> None:
+    with _envs_lock:
+        held = _envs.get(str(path))
+        if held is not None:
+            held[1] -= 1
+            if held[1] == 0:
+                del _envs[str(path)]
+                held[0].close()
+
+
+@contextmanager
+def _guard(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` beside the cache: held to open, validate, reset and bulk-build it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        guard = os.open(path / "open.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as exc:
+        raise CacheUnusable(f"{path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(guard)
+
+
+def _open_valid(path: Path, repo_id: str) -> lmdb.Environment:
+    """Open the cache at ``path``; remove and recreate it when it is not a valid cache of ``repo_id``."""
+    with _guard(path):
+        fresh = not (path / "data.mdb").exists()
+        try:
+            env = _open_env(path)
+            if _valid(env, repo_id):
+                env.reader_check()  # reader slots of processes that died
+                return env
+            env.close()
+            reason = "another format or repository, or an interrupted build"
+        except lmdb.Error as exc:
+            reason = str(exc)
+        if not fresh:
+            log.warning("the index cache %s is not usable (%s); rebuilding it from the repository", path, reason)
+        for name in ("data.mdb", "lock.mdb"):
+            try:
+                (path / name).unlink()
+            except FileNotFoundError:
+                pass
+        try:
+            env = _open_env(path)
+            with env.begin(write=True) as txn:
+                meta = env.open_db(b"meta", txn=txn)
+                txn.put(b"format", CACHE_FORMAT, db=meta)
+                txn.put(b"repository", repo_id.encode(), db=meta)
+                for name in _DBS[:-1]:
+                    env.open_db(name, txn=txn, dupsort=name == b"blobs")
+            return env
+        except lmdb.Error as exc:
+            raise CacheUnusable(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise CacheUnusable(f"{path}: {exc.strerror}") from None
+
+
+def _open_env(path: Path) -> lmdb.Environment:
+    # metasync=False: a crash may lose the last transaction, never the B-tree's integrity (and a
+    # lost transaction is an index object read in again).  readahead=False: lookups are random.
+    return lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=len(_DBS), max_readers=MAX_READERS,
+                     metasync=False, readahead=False, mode=0o600)
+
+
+def _valid(env: lmdb.Environment, repo_id: str) -> bool:
+    with env.begin() as txn:
+        if txn.get(b"meta") is None:
+            return False
+    meta = env.open_db(b"meta")
+    with env.begin(db=meta) as txn:
+        return (txn.get(b"format") == CACHE_FORMAT and txn.get(b"repository") == repo_id.encode()
+                and txn.get(b"building") is None)
+
+
+class DiskIndex:
+    """The on-disk blob index of one repository (see the module docstring).
+
+    Lookups use one read transaction per thread, kept open and renewed after
+    this process writes (:meth:`refresh`): a snapshot of the cache, like the
+    in-memory index was.  Thread-safe.
+    """
+
+    def __init__(self, path: Path, repo_id: str) -> None:
+        self.path = path
+        self.env = _acquire_env(path, repo_id)
+        try:
+            self._db = {name: self.env.open_db(name, dupsort=name == b"blobs") for name in _DBS}
+        except lmdb.Error as exc:
+            _release_env(path)
+            raise CacheUnusable(f"{path}: {exc}") from None
+        self._blobs, self._packs = self._db[b"blobs"], self._db[b"packs"]
+        self._local = threading.local()
+        self._generation = 0
+        # pack number -> id of the packs a restore reads (a lookup less per blob; bounded: ~6 MiB)
+        self._pack_ids: dict[int, bytes] = {}
+        self._readers: list[lmdb.Transaction] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, repo_id: str) -> "DiskIndex | None":
+        """The cache in the first usable root of :func:`cache_roots`; None when none is.
+
+        A shared root that this user may not write (the database's
+        ``archive_command`` runs as ``postgres``, the nightly backup as
+        ``drtool``) is passed over for a private one, never made unsafe.
+        """
+        for root in cache_roots():
+            path = root / repo_id / "index"
+            try:
+                return cls(path, repo_id)
+            except CacheUnusable as exc:
+                log.debug("index cache not usable here: %s", exc)
+        return None
+
+    # ----- reading -----------------------------------------------------------------
+    def _txn(self) -> lmdb.Transaction:
+        local = self._local
+        txn = getattr(local, "txn", None)
+        if txn is None or local.generation != self._generation:
+            if txn is not None:
+                txn.abort()
+            txn = local.txn = self.env.begin(db=self._blobs)
+            local.generation = self._generation
+            with self._readers_lock:
+                self._readers.append(txn)
+        return txn
+
+    def refresh(self) -> None:
+        """Make this process's own writes visible to its lookups (each thread renews on its next one)."""
+        self._generation += 1
+        self._pack_ids = {}
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        try:
+            return self._txn().get(blob_id) is not None
+        except lmdb.Error as exc:
+            raise self._damaged(exc) from None
+
+    def has_all(self, hex_ids: Iterable[str]) -> bool:
+        get, fromhex = self._txn().get, bytes.fromhex
+        try:
+            for hex_id in hex_ids:
+                if get(fromhex(hex_id)) is None:
+                    return False
+        except lmdb.Error as exc:
+            raise self._damaged(exc) from None
+        return True
+
+    def get(self, blob_id: bytes) -> Location | None:
+        txn = self._txn()
+        try:
+            raw = txn.get(blob_id)
+            if raw is None:
+                return None
+            number, blob_type, offset, length, inner, raw_length = _REC.unpack(raw)
+            pack_id = self._pack_ids.get(number)
+            if pack_id is None:
+                pack_id = txn.get(_NUM.pack(number), db=self._packs)
+                if pack_id is None or len(pack_id) != ID_SIZE:
+                    raise self._damaged(ValueError(f"no pack for cache number {number}"))
+                if len(self._pack_ids) >= PACK_ID_MEMO:
+                    self._pack_ids.clear()
+                self._pack_ids[number] = pack_id
+        except (lmdb.Error, struct.error) as exc:
+            raise self._damaged(exc) from None
+        return Location(pack_id, blob_type, offset, length, inner, raw_length)
+
+    def _damaged(self, exc: Exception) -> Exception:
+        from drtool.errors import IntegrityError
+        return IntegrityError(f"the local index cache {self.path} is damaged ({exc})",
+                              hint=f"remove {self.path} (it is rebuilt from the repository on the next run)")
+
+    def index_ids(self, before: int | None = None) -> set[str]:
+        """Cached index objects (``before``: only those added before that :meth:`stamp`)."""
+        with self.env.begin(db=self._db[b"indexes"]) as txn:
+            return {bytes(key).decode() for key, value in txn.cursor()
+                    if before is None or _STAMP.unpack_from(value)[0] < before}
+
+    def stamp(self) -> int:
+        """A counter of the write transactions that added index objects: taken before listing
+        ``index/``, it tells which cached objects that listing could not have shown yet."""
+        with self.env.begin(db=self._db[b"meta"]) as txn:
+            return int(_STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0)))[0])
+
+    def packs(self) -> dict[bytes, int]:
+        """pack id → entries (for maintenance commands; reads the whole pack table)."""
+        found: dict[bytes, int] = {}
+        with self.env.begin() as txn:
+            members = txn.cursor(db=self._db[b"members"])
+            for number, pack_id in txn.cursor(db=self._packs):
+                found[bytes(pack_id)] = found.get(bytes(pack_id), 0) + len(members.get(number) or b"") // ID_SIZE
+        return found
+
+    def items(self) -> Iterator[tuple[bytes, Location]]:
+        """Every blob once with the location lookups give (checks and warming, not hot paths)."""
+        with self.env.begin() as txn:
+            for blob_id, raw in txn.cursor(db=self._blobs).iternext_nodup(keys=True, values=True):
+                number, blob_type, offset, length, inner, raw_length = _REC.unpack(raw)
+                pack_id = txn.get(_NUM.pack(number), db=self._packs)
+                yield bytes(blob_id), Location(pack_id, blob_type, offset, length, inner, raw_length)
+
+    def __len__(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self._blobs)["entries"])
+
+    # ----- writing -----------------------------------------------------------------
+    def add_indexes(self, objects: list[tuple[str, list[tuple[bytes, bytes]]]]) -> None:
+        """Add index objects ((id, [(pack id, packed trailer entries)])) in one write transaction.
+
+        One already cached (another process read it in first) is skipped, so
+        concurrent runs never add a pack twice.  Entries go in sorted, which
+        keeps the B-tree's pages full and the transaction's writes local.
+        """
+        meta, indexes = self._db[b"meta"], self._db[b"indexes"]
+        rows: list[tuple[bytes, bytes]] = []
+        try:
+            with self.env.begin(write=True) as txn:
+                number = _NUM.unpack(txn.get(b"next_pack", _NUM.pack(0), db=meta))[0]
+                stamp = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=meta))[0]
+                for index_id, packs in objects:
+                    if txn.get(index_id.encode(), db=indexes) is not None:
+                        continue
+                    numbers = []
+                    for pack_id, raw in packs:
+                        if len(raw) % ENTRY.size:
+                            raise ValueError(f"index object {index_id}: partial blob entry")
+                        txn.put(_NUM.pack(number), pack_id, db=self._packs)
+                        ids = []
+                        for blob_type, blob_id, offset, length, inner, raw_length in ENTRY.iter_unpack(raw):
+                            rows.append((blob_id, _REC.pack(number, blob_type, offset, length, inner, raw_length)))
+                            ids.append(blob_id)
+                        txn.put(_NUM.pack(number), b"".join(ids), db=self._db[b"members"])
+                        numbers.append(_NUM.pack(number))
+                        number += 1
+                    txn.put(index_id.encode(), _STAMP.pack(stamp) + b"".join(numbers), db=indexes)
+                rows.sort()
+                txn.cursor(db=self._blobs).putmulti(rows, dupdata=True)
+                txn.put(b"next_pack", _NUM.pack(number), db=meta)
+                txn.put(b"stamp", _STAMP.pack(stamp + 1), db=meta)
+        except lmdb.MapFullError:
+            raise CacheUnusable(f"{self.path} is full ({MAP_SIZE >> 30} GiB)") from None
+        self.refresh()
+
+    def drop(self, index_ids: Iterable[str]) -> None:
+        """Forget index objects the repository no longer has (prune replaced or deleted them)."""
+        indexes, members = self._db[b"indexes"], self._db[b"members"]
+        with self.env.begin(write=True) as txn:
+            blobs = txn.cursor(db=self._blobs)
+            for index_id in index_ids:
+                numbers = txn.pop(index_id.encode(), db=indexes) or b""
+                for pos in range(_STAMP.size, len(numbers), _NUM.size):
+                    number = numbers[pos:pos + _NUM.size]
+                    ids = txn.pop(number, db=members) or b""
+                    txn.delete(number, db=self._packs)
+                    for start in range(0, len(ids), ID_SIZE):
+                        _delete_dups_of_pack(blobs, ids[start:start + ID_SIZE], number)
+        self.refresh()
+
+    def sync(self, listed: set[str], fetch: Callable[[str], list[tuple[bytes, bytes]] | None],
+             listed_at: int | None = None) -> int:
+        """Make the cache hold the listed index objects and no others; returns how many were read in.
+
+        ``listed_at``: the :meth:`stamp` taken before listing; objects another
+        process cached after it are kept (the listing may predate them).
+
+        ``fetch(id)``: the object's (pack id, packed entries), or None when
+        it is listed but gone.  Objects are read in batches of about
+        ``SYNC_BATCH_ENTRIES`` entries, so rebuilding the cache of a large
+        repository holds one batch in memory, not the index.
+        """
+        gone = self.index_ids(before=listed_at) - listed
+        if gone:
+            self.drop(gone)
+        cached = self.index_ids()
+        if len(listed - cached) > max(16, len(cached)):  # empty, or far behind: build it afresh
+            built = self._bulk_build(listed, fetch)
+            if built is not None:
+                return built
+            cached = self.index_ids()  # another process built it meanwhile
+        batch: list[tuple[str, list[tuple[bytes, bytes]]]] = []
+        entries = added = 0
+        for index_id in sorted(listed - cached):
+            packs = fetch(index_id)
+            if packs is None:
+                continue
+            batch.append((index_id, packs))
+            entries += sum(len(raw) for _pack, raw in packs) // ENTRY.size
+            added += 1
+            if entries >= SYNC_BATCH_ENTRIES:
+                self.add_indexes(batch)
+                batch, entries = [], 0
+        if batch:
+            self.add_indexes(batch)
+        return added
+
+    def _bulk_build(self, listed: set[str],
+                    fetch: Callable[[str], list[tuple[bytes, bytes]] | None]) -> int | None:
+        """Build the cache afresh from every listed index object; None when another process did.
+
+        Inserting millions of random keys one transaction at a time rewrites
+        a B-tree page per entry and holds each transaction's dirty pages in
+        RAM (~600 MiB at 20 M blobs).  Instead: sorted runs of entries in
+        temporary files, merged and appended in key order (LMDB's append
+        mode fills each page once), in transactions of ~130 k entries.  A
+        ``building`` mark makes an interrupted build invalid (rebuilt on the
+        next open); the ``flock`` makes other processes wait for it.
+        """
+        with _guard(self.path):
+            if self.index_ids() and len(listed - self.index_ids()) <= max(16, len(self.index_ids())):
+                return None
+            with self.env.begin(write=True) as txn:
+                for name in _DBS[:-1]:
+                    txn.drop(self._db[name], delete=False)
+                txn.put(b"building", b"1", db=self._db[b"meta"])
+            work = Path(tempfile.mkdtemp(prefix="build-", dir=self.path))
+            try:
+                done, runs = self._build_runs(sorted(listed), fetch, work)
+                merged = heapq.merge(*(_read_run(run) for run in runs))
+                while chunk := list(islice(merged, BUILD_COMMIT_ENTRIES)):
+                    with self.env.begin(write=True) as txn:
+                        txn.cursor(db=self._blobs).putmulti(((r[:ID_SIZE], r[ID_SIZE:]) for r in chunk),
+                                                            dupdata=True, append=True)
+                for run in runs:
+                    run.close()
+                with self.env.begin(write=True) as txn:
+                    meta = self._db[b"meta"]
+                    stamp = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=meta))[0]
+                    for index_id, numbers in done:
+                        txn.put(index_id.encode(), _STAMP.pack(stamp) + numbers, db=self._db[b"indexes"])
+                    txn.put(b"stamp", _STAMP.pack(stamp + 1), db=meta)
+                    txn.delete(b"building", db=meta)
+            except lmdb.MapFullError:
+                raise CacheUnusable(f"{self.path} is full ({MAP_SIZE >> 30} GiB)") from None
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        self.refresh()
+        return len(done)
+
+    def _build_runs(self, ids: list[str], fetch: Callable[[str], list[tuple[bytes, bytes]] | None],
+                    work: Path) -> tuple[list[tuple[str, bytes]], list[BinaryIO]]:
+        """Pack tables written as read; blob entries to sorted run files (id + record, 57 bytes)."""
+        done: list[tuple[str, bytes]] = []
+        runs: list[BinaryIO] = []
+        rows: list[bytes] = []
+        with self.env.begin(db=self._db[b"meta"]) as txn:  # numbers are never reused, not even here
+            number = _NUM.unpack(txn.get(b"next_pack", _NUM.pack(0)))[0]
+        for index_id in ids:
+            packs = fetch(index_id)
+            if packs is None:
+                continue
+            numbers = []
+            with self.env.begin(write=True) as txn:
+                for pack_id, raw in packs:
+                    if len(raw) % ENTRY.size:
+                        raise ValueError(f"index object {index_id}: partial blob entry")
+                    key = _NUM.pack(number)
+                    txn.put(key, pack_id, db=self._packs, append=True)
+                    ids_ = []
+                    for blob_type, blob_id, offset, length, inner, raw_length in ENTRY.iter_unpack(raw):
+                        rows.append(blob_id + _REC.pack(number, blob_type, offset, length, inner, raw_length))
+                        ids_.append(blob_id)
+                    txn.put(key, b"".join(ids_), db=self._db[b"members"], append=True)
+                    numbers.append(key)
+                    number += 1
+                txn.put(b"next_pack", _NUM.pack(number), db=self._db[b"meta"])
+            done.append((index_id, b"".join(numbers)))
+            if len(rows) >= BUILD_RUN_ENTRIES:
+                runs.append(_write_run(work, rows))
+                rows = []
+        if rows:
+            runs.append(_write_run(work, rows))
+        return done, runs
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for txn in readers:
+            try:
+                txn.abort()
+            except lmdb.Error:
+                pass
+        _release_env(self.path)
+
+
+def _delete_dups_of_pack(cursor: lmdb.Cursor, blob_id: bytes, number: bytes) -> None:
+    """Delete ``blob_id``'s entry that points at cache pack ``number`` (its other copies stay)."""
+    if not cursor.set_key(blob_id):
+        return
+    while True:
+        if bytes(cursor.value()[:_NUM.size]) == number:
+            cursor.delete()
+            return
+        if not cursor.next_dup():
+            return
+
+
+
+_ROW = ID_SIZE + _REC.size
+
+
+def _write_run(work: Path, rows: list[bytes]) -> BinaryIO:
+    rows.sort()
+    run = tempfile.TemporaryFile(dir=work)
+    run.write(b"".join(rows))
+    run.seek(0)
+    return run
+
+
+def _read_run(run: BinaryIO) -> Iterator[bytes]:
+    while block := run.read(_ROW * 1024):
+        for pos in range(0, len(block), _ROW):
+            yield block[pos:pos + _ROW]
