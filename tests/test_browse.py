@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,6 +239,33 @@ def test_dump_file_directory_and_stream(env: DrEnv, tmp_path: Path) -> None:
     assert early.stdout.strip() == "141" and early.stderr == ""   # a reader that stops: as SIGPIPE, quiet
     wrong = spawn_bytes(env, "dump", "latest", "src/d9", "--name", "media")
     assert wrong.returncode == 1 and wrong.stderr.startswith(b"drtool: error: snapshot") and not wrong.stdout
+
+
+def test_what_backups_index_from_memory_equals_what_the_trees_give(env: DrEnv, tmp_path: Path) -> None:
+    """A backup hands its changed directories to the index instead of reading the trees back:
+    the rows must be the ones ``catalog rebuild`` derives from the trees alone -- removed
+    directories with subdirectories, a file replaced by a directory and back, a hash first
+    recorded for unchanged files."""
+    src = make_tree(tmp_path / "src")
+    (src / "d3" / "deep" / "er").mkdir(parents=True)
+    (src / "d3" / "deep" / "er" / "leaf.txt").write_text("leaf\n")
+    ok(env.run("backup", str(src), "--name", "media"))
+    shutil.rmtree(src / "d3")
+    (src / "d0" / "file0.txt").unlink()
+    (src / "d0" / "file0.txt").mkdir()
+    (src / "d0" / "file0.txt" / "inside.txt").write_text("a directory now\n")
+    ok(env.run("backup", str(src), "--name", "media"))
+    shutil.rmtree(src / "d0" / "file0.txt")
+    (src / "d0" / "file0.txt").write_text("a file again\n")
+    ok(env.run("backup", str(src), "--name", "media", "--content-hash", "sha256"))
+    written = versions(env, "*")
+    assert {"src/d3/deep/er/leaf.txt", "src/d0/file0.txt/inside.txt"} <= {v["path"] for v in written}
+    assert [(v["type"], v["snapshots"]) for v in written if v["path"] == "src/d0/file0.txt"] == [
+        ("file", 1), ("dir", 1), ("file", 1)]
+    unchanged = [v for v in written if v["type"] == "file" and v["snapshots"] == 3]
+    assert unchanged and all(v["hash"] for v in unchanged)
+    ok(env.run("catalog", "rebuild"))
+    assert versions(env, "*") == written
 
 
 def test_an_older_snapshot_arriving_late_reindexes_its_series(env: DrEnv, tmp_path: Path) -> None:

@@ -94,11 +94,12 @@ def check_content_hash(content_hash: str | None) -> None:
                          hint=f"use one of: {', '.join(CONTENT_HASHES)}")
 
 
-def _record_in_catalog(session: Session, snap: Snapshot) -> None:
+def _record_in_catalog(session: Session, snap: Snapshot, trees: dict[str, list[Node]] | None = None) -> None:
     """The snapshot is committed to the repository by now; say so if the catalog fails.
 
     The per-file index (``drtool find``) is brought up to date here; if that
     fails the backup still succeeds: ``find`` indexes what is missing when next run.
+    ``trees``: the walk's changed directories, so the index reads no tree back.
     """
     try:
         session.catalog.add_snapshots([snap])
@@ -106,7 +107,7 @@ def _record_in_catalog(session: Session, snap: Snapshot) -> None:
         raise CatalogError(f"snapshot {snap.short_id} is saved in the repository, but {exc}") from None
     from drtool.browse.index import index_new_snapshot  # imports SQLAlchemy: not at start-up
     try:
-        index_new_snapshot(session, snap)
+        index_new_snapshot(session, snap, trees)
     except DrtoolError as exc:
         log.warning("snapshot %s is saved, but the file index was not updated (%s); "
                     "'drtool find' will index it when next run", snap.short_id, exc)
@@ -146,7 +147,7 @@ def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] 
         snap = _snapshot(session, name, when, tree_id, "files", parent, tags, walker.stats,
                          started, paths=[os.path.abspath(p) for p in paths])
         _commit(session, lock, snap)
-    _record_in_catalog(session, snap)
+    _record_in_catalog(session, snap, walker.trees)
     return BackupResult(snap, walker.stats.unreadable, walker.stats.changed,
                         session.repo.backend.stats.as_dict(), walker.stats.vanished)
 

@@ -30,6 +30,7 @@ from drtool.snapshot.store import load_tree, store_tree
 from drtool.sources import files as fs
 
 SMALL_FILE = 256 * 1024
+TREE_MEMO_NODES = 20_000  # nodes of changed directories kept for the file index (~8 MiB at most)
 CONTENT_HASHES = ("sha256", "sha1")  # sha1: what MediaWiki records for uploaded files
 log = logging.getLogger("drtool")
 
@@ -92,6 +93,13 @@ class TreeWalker:
         self._links: dict[str, list[ChunkRef] | list[str]] = {}
         self._zeros: dict[Chunker, ChunkRef] = {}
         self._scratch = memoryview(bytearray(SMALL_FILE))  # small files and the head of large ones
+        # The old and new nodes of every directory that changed, by tree id: the file index
+        # compares the snapshot with its parent right after the backup (``browse.trees``),
+        # and these are exactly the trees it descends into -- without them it read them back
+        # from the packs just written.  Bounded: a first backup of many files reads them back.
+        self.trees: dict[str, list[Node]] = {}
+        self._memo_nodes = 0
+        self._unread: set[str] = set()
 
     def backup_roots(self, roots: list[str], parent_tree: str | None) -> str:
         """Store the given paths as one root tree; return its id."""
@@ -142,6 +150,7 @@ class TreeWalker:
         try:
             return load_tree(self.repo, tree_id)
         except DrtoolError:
+            self._unread.add(tree_id)  # not what the tree holds: never handed to the file index
             return []  # a damaged parent only costs re-reading, never correctness
 
     def _problem(self, exc: fs.Unreadable) -> None:
@@ -343,9 +352,22 @@ class TreeWalker:
         for node, child in job.children:
             node.subtree = child.tree_id
         job.tree_id = self._unchanged_tree(job) or store_tree(self.repo, job.nodes)
+        if job.tree_id != job.old_tree:
+            self._remember_trees(job)
         job.pending.clear()
         job.children.clear()
         job.nodes = job.old_nodes = []
+
+    def _remember_trees(self, job: DirJob) -> None:
+        """Keep a changed directory's old and new nodes for the file index, while within bounds."""
+        size = len(job.nodes) + len(job.old_nodes)
+        if self._memo_nodes + size > TREE_MEMO_NODES:
+            return
+        self._memo_nodes += size
+        assert job.tree_id is not None
+        self.trees[job.tree_id] = job.nodes
+        if job.old_tree is not None and job.old_tree not in self._unread:
+            self.trees[job.old_tree] = job.old_nodes
 
     def _unchanged_tree(self, job: DirJob) -> str | None:
         """The parent snapshot's tree id when every entry is as it was: nothing to encode.

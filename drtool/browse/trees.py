@@ -8,7 +8,7 @@ changes, not 200,000 nodes.  Both the file index and ``drtool diff`` use it.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, SYMLINK, Node
@@ -50,14 +50,21 @@ def meta_signature(node: Node) -> tuple[object, ...]:
 
 
 def tree_changes(repo: Repository, old_tree: str | None, new_tree: str | None,
-                 prefix: str = "", with_hashes: bool = False, checked: bool = True) -> Iterator[Change]:
+                 prefix: str = "", with_hashes: bool = False, checked: bool = True,
+                 known: Mapping[str, list[Node]] | None = None) -> Iterator[Change]:
     """(path, old node, new node) for every entry added (old None), removed (new None) or
     changed in data or metadata, parents before children; paths as ``restore --include``
     takes them (relative to the snapshot's root, '/'-separated).  ``with_hashes``: also an
     entry whose recorded content hash differs (first recorded: the file index keeps it).
     ``checked=False`` skips the entry-name checks of ``load_tree_checked`` (a third of the
-    cost): for the file index, which only records names and never turns them into paths."""
-    load = load_tree_checked if checked else load_tree
+    cost): for the file index, which only records names and never turns them into paths.
+    ``known``: trees already in memory by id (a backup's changed directories), not read again."""
+    read = load_tree_checked if checked else load_tree
+    memo = known or {}
+
+    def load(repo: Repository, tree_id: str) -> list[Node]:
+        nodes = memo.get(tree_id)
+        return nodes if nodes is not None else read(repo, tree_id)
     stack: list[tuple[str, str | None, str | None]] = [(prefix, old_tree, new_tree)]
     while stack:
         base, old_id, new_id = stack.pop()
