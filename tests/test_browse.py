@@ -29,6 +29,8 @@ from conftest import DrEnv, make_env
 from drtool.backup.run import backup_paths
 from drtool.browse.listing import resolve
 from drtool.catalog.files import FileIndex
+from drtool.snapshot.model import Node, Snapshot
+from drtool.snapshot.store import save_snapshot, store_tree
 from s3server import MotoServer, client_env, create_bucket, moto_server  # noqa: F401
 
 
@@ -189,6 +191,22 @@ def test_ls_long_recursive_and_json(env: DrEnv, tmp_path: Path) -> None:
     assert len(one) == 1 and one[0].startswith("-rw-------")
     missing = env.run("ls", "latest", "src/nope", "--name", "media")
     assert missing.code == 1 and "has no 'src/nope'" in missing.err and "d0" in missing.err
+
+
+def test_ls_refuses_a_forged_tree(env: DrEnv) -> None:
+    """``ls`` prints stored entries without a ``Node`` each; a tree no backup writes still fails
+    clearly: a name that leads out of its directory, a size that is not a number."""
+    with env.session() as session, session.lock("backup"):
+        escaping = store_tree(session.repo, [Node(name="..", type="file"), Node(name="ok", type="file")])
+        odd = store_tree(session.repo, [Node(name="f", type="file", size="big")])  # type: ignore[arg-type]
+        root = store_tree(session.repo, [Node(name="bad", type="dir", subtree=escaping),
+                                         Node(name="odd", type="dir", subtree=odd)])
+        session.repo.flush()
+        save_snapshot(session.repo, Snapshot(name="forged", host="h", time=datetime.now(timezone.utc), tree=root))
+    assert ok(env.run("ls", "latest", "--name", "forged")).split() == ["bad/", "odd/"]
+    for flag, path, words in (("-R", "", "entry name '..'"), ("-l", "odd", "size is not a non-negative integer")):
+        result = env.run("ls", flag, "latest", path, "--name", "forged")
+        assert result.code == 1 and words in result.err and "Traceback" not in result.err, result.err
 
 
 def test_diff_added_removed_modified_metadata(env: DrEnv, tmp_path: Path) -> None:

@@ -10,11 +10,21 @@ from __future__ import annotations
 import hashlib
 from typing import Iterator, Mapping
 
+from drtool.errors import UsageError
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, SYMLINK, Node
 from drtool.snapshot.store import load_tree, load_tree_checked
 
 Change = tuple[str, "Node | None", "Node | None"]
+
+
+def normal_path(path: str) -> str:
+    """A path inside a snapshot as ``restore --include`` takes it: no leading '/', no '.' or '..'."""
+    parts = [p for p in path.strip().split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise UsageError(f"path {path!r} is not a path inside a snapshot",
+                         hint="give a path as 'drtool ls' prints it, e.g. media/photos")
+    return "/".join(parts)
 
 
 def content_id(node: Node) -> str:
