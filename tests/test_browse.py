@@ -160,7 +160,7 @@ def test_restore_include_and_find_agree_on_what_a_path_holds(env: DrEnv, tmp_pat
     (src / "d1_old").mkdir()  # shares the prefix "d1", and '_' is a wildcard in SQL LIKE
     (src / "d1_old" / "kept.txt").write_text("a sibling, not inside src/d1\n")
     (src / "d1xold").mkdir()  # what 'd1_old' would match if the '_' were not escaped
-    (src / "dx1old" / "other.txt").write_text("not inside src/d1_old\n")
+    (src / "d1xold" / "other.txt").write_text("not inside src/d1_old\n")
     second = ok(env.run("backup", str(src), "--name", "media", "--content-hash", "sha256", "--json"))
     for include in ("src/d1", "src/d1_old", "src/d1/file1.txt", "src"):
         found = {(v["path"], v["hash"]) for v in versions(env, "--path", include)
