@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
-from drtool.browse.trees import Change, content_id, data_signature, meta_signature, tree_changes
+from drtool.browse.trees import (Change, WalkedChanges, content_id, data_signature, meta_signature,
+                                 tree_changes)
 from drtool.catalog.files import ChangeBatch, FileIndex, IndexedSnapshot, VersionRow
 from drtool.core.session import Session
 from drtool.errors import DrtoolError
@@ -55,10 +56,13 @@ def series_of(snap: Snapshot) -> str:
 
 
 def _index_one(session: Session, index: FileIndex, snap: Snapshot, last: IndexedSnapshot | None,
-               result: IndexResult, known: Mapping[str, list[Node]] | None = None) -> IndexedSnapshot:
+               result: IndexResult, walked: WalkedChanges | None = None) -> IndexedSnapshot:
     entry = IndexedSnapshot(snap.id, series_of(snap), last.seq + 1 if last else 1, snap.tree, snap.time)
-    changes = tree_changes(session.repo, last.tree if last else None, snap.tree,
-                           with_hashes=True, checked=False, known=known)
+    old_tree = last.tree if last else None
+    if walked is not None and (walked.parent_tree, walked.tree) == (old_tree, snap.tree):
+        changes = walked.all_changes(session.repo)  # what the backup's walk found: no tree read back
+    else:
+        changes = tree_changes(session.repo, old_tree, snap.tree, with_hashes=True, checked=False)
     index.record(entry, _batches(changes, result))
     result.snapshots += 1
     return entry
@@ -90,10 +94,9 @@ def _batches(changes: Iterable[Change], result: IndexResult) -> Iterator[ChangeB
 
 
 def index_series(session: Session, index: FileIndex, snaps: list[Snapshot],
-                 result: IndexResult | None = None,
-                 trees: Mapping[str, list[Node]] | None = None) -> IndexResult:
+                 result: IndexResult | None = None, walked: WalkedChanges | None = None) -> IndexResult:
     """Index the snapshots of one series that the index lacks (``snaps``: all of them, oldest first).
-    ``trees``: trees in memory by id (``tree_changes``)."""
+    ``walked``: a backup's changes against its parent (used for that pair of trees only)."""
     result = result or IndexResult()
     if not snaps:
         return result
@@ -110,7 +113,7 @@ def index_series(session: Session, index: FileIndex, snaps: list[Snapshot],
         last, pending = None, snaps
     for snap in pending:
         try:
-            last = _index_one(session, index, snap, last, result, trees)
+            last = _index_one(session, index, snap, last, result, walked)
         except DrtoolError as exc:
             if last is None or last.snapshot_id == snap.id:
                 raise
@@ -156,15 +159,15 @@ def catch_up(session: Session, names: Iterable[str] | None = None, load_index: b
 
 
 def index_new_snapshot(session: Session, snap: Snapshot,
-                       trees: Mapping[str, list[Node]] | None = None) -> IndexResult:
+                       walked: WalkedChanges | None = None) -> IndexResult:
     """After a backup: index its series from what the catalog lists (no repository listing).
-    ``trees``: the backup's changed directories (``TreeWalker.trees``): comparing the
+    ``walked``: what the backup's walk found changed (``TreeWalker.walked``): comparing the
     snapshot with its parent then reads no tree back from the repository."""
     snaps = [s for s in session.catalog.snapshots(snap.name) if s.name == snap.name]
     if all(s.id != snap.id for s in snaps):
         snaps.append(snap)
     snaps.sort(key=lambda s: (s.time, s.id))
-    return index_series(session, FileIndex(session.catalog), snaps, trees=trees)
+    return index_series(session, FileIndex(session.catalog), snaps, walked=walked)
 
 
 def rebuild(session: Session) -> IndexResult:
