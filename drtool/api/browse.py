@@ -58,7 +58,7 @@ def ls(session: Session, snapshot: str, path: str = "", *, name: str | None = No
     """The entries of a directory in a snapshot (all below it with ``recursive``)."""
     snap = session.find_snapshot(_snapshot_ref(snapshot), name)
     with session.lock("ls", read_only_ok=True):
-        session.repo.load_index()
+        session.repo.load_index(trees_only=True)  # a listing reads trees only
         return list(_feature("listing").ls(session.repo, snap, path, recursive))
 
 
@@ -67,7 +67,7 @@ def ls_lines(session: Session, snapshot: str, path: str = "", *, name: str | Non
     """What ``drtool ls`` prints, streamed (``ls -R`` of a million entries is never a list)."""
     snap = session.find_snapshot(_snapshot_ref(snapshot), name)
     with session.lock("ls", read_only_ok=True):
-        session.repo.load_index()
+        session.repo.load_index(trees_only=True)  # a listing reads trees only
         yield from _feature("listing").ls_lines(session.repo, snap, path, recursive, long_format)
 
 
@@ -92,7 +92,7 @@ def diff(session: Session, first: str, second: str, *, name: str | None = None) 
     old = session.find_snapshot(_snapshot_ref(first), name)
     new = session.find_snapshot(_snapshot_ref(second), name)
     with session.lock("diff", read_only_ok=True):
-        session.repo.load_index()
+        session.repo.load_index(trees_only=True)
         return _feature("listing").diff(session.repo, old, new)  # type: ignore[no-any-return]
 
 

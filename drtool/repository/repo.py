@@ -28,7 +28,7 @@ from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, K
                                        object_name, pack_name)
 from drtool.repository.packfile import (ENTRY, FOOTER, BlobEntry, BufferPool, OpenGroup, PackBuilder,
                                         PackFormatError, group_kind, groups_of, open_group, parse_trailer,
-                                        read_trailer, seal_open_group, trailer_span, unpack_entries)
+                                        TREE_BLOB, read_trailer, seal_open_group, trailer_span, unpack_entries)
 from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
 
 log = logging.getLogger("drtool")
@@ -149,15 +149,20 @@ class Repository:
         self.backend.delete(key_name(slot_id))
 
     # ----- index ------------------------------------------------------------------
-    def load_index(self) -> None:
+    def load_index(self, trees_only: bool = False) -> None:
         """Read every index object (through the cache) into memory, forgetting stale entries.
 
         Starting from an empty index matters for long-lived sessions: packs
         that a prune deleted must not be deduplicated against.  Entries go
         in packed, never as one Python object per blob, and the index is
         sized for all of them first (see ``MemoryIndex.reserve``).
+        ``trees_only``: only tree blobs, for commands that read nothing else (``ls``,
+        ``diff``: on 200,000 small files, 3,200 trees among 256,000 blobs); never for
+        one that writes (it would not deduplicate against the data).  The next
+        ``load_index()`` loads everything.
         """
         self.index = MemoryIndex()
+        only = TREE_BLOB if trees_only else None
         names = {info.name.split("/", 1)[1] for info in self.backend.list(f"{INDEX}/")}
         cached = self.cache.cached_index_ids() & names if self.cache else set()
         rows: list[tuple[bytes, bytes]] = []
@@ -172,18 +177,19 @@ class Repository:
                 # Listed but gone: a prune deleted it and the store's listing lags (S3-compatible
                 # stores may).  Its packs were repacked or deleted; nothing may dedup against them.
                 log.debug("index object %s is listed but missing; skipped", index_id[:16])
-        self.index.reserve((sum(len(raw) for _pack, raw in rows)
-                            + sum(len(raw) for _id, packs in fetched for _pack, raw in packs)) // ENTRY.size)
+        if not trees_only:
+            self.index.reserve((sum(len(raw) for _pack, raw in rows)
+                                + sum(len(raw) for _id, packs in fetched for _pack, raw in packs)) // ENTRY.size)
         for pack_id, raw_entries in rows:
             try:
-                self.index.add_packed(pack_id, raw_entries)
+                self.index.add_packed(pack_id, raw_entries, only)
             except ValueError:
                 raise IntegrityError("the catalog's index cache is damaged",
                                      hint="run 'drtool catalog rebuild'") from None
         del rows
         for index_id, packs in fetched:
             for pack_id, raw_entries in packs:
-                self.index.add_packed(pack_id, raw_entries)
+                self.index.add_packed(pack_id, raw_entries, only)
             if self.cache:
                 self.cache.store_index(index_id, [PackRecord(p, unpack_entries(raw)) for p, raw in packs])
 
