@@ -8,7 +8,8 @@
 The CLI imports nothing else below it (tests/test_layering.py): what a
 command needs is exported by one module per feature -- ``settings`` (light:
 configuration, names, times), ``repo_access``, ``backing_up``, ``restoring``,
-``databases``, ``maintenance``, ``monitoring``, ``rehearsals``, ``objectstores``, ``browse``.  Names are
+``databases``, ``maintenance``, ``monitoring``, ``rehearsals``, ``objectstores``, ``shardsets``,
+``browse``.  Names are
 resolved lazily, so ``drtool pg wal-push`` does not pay for the restore
 engine it never runs.  Every failure is a :class:`drtool.errors.DrtoolError`
 with an ``exit_code``.
