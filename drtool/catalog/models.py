@@ -203,8 +203,9 @@ snapshot_set_table = Table(
     Column("host", String(255)),
     Column("note", Text, default=""),
 )
-Index("ix_snapshot_sets_open", snapshot_set_table.c.repo_id, snapshot_set_table.c.source, unique=True,
-      sqlite_where=snapshot_set_table.c.state == "open", postgresql_where=snapshot_set_table.c.state == "open")
+# ix_snapshot_sets_open: unique (repo_id, source) WHERE state = 'open', created by migration 0006 and
+# not repeated here: its ``postgresql_where`` would import SQLAlchemy's PostgreSQL dialect on every
+# catalog open (~45 ms of start-up; see ix_file_versions_hash).
 
 # One row per shard of a set: its lease (owner, token, expiry in epoch seconds of the catalog's clock).
 shard_lease_table = Table(
