@@ -20,7 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from drtool.api.backing_up import backup, backup_command
+    from drtool.api.backing_up import FileOps, Reading, backup, backup_command
     from drtool.api.browse import (diff, dump, find_files, index_files, ls, ls_lines, mount, parse_size,
                                    rewrite, rewrite_history)
     from drtool.api.maintenance import check, rebuild_catalog
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 _HOME = {
     "KdfParams": "repo_access", "Session": "repo_access", "init": "repo_access",
     "open_repository": "repo_access", "snapshots": "repo_access",
-    "backup": "backing_up", "backup_command": "backing_up",
+    "backup": "backing_up", "backup_command": "backing_up", "FileOps": "backing_up", "Reading": "backing_up",
     "RestoreRequest": "restoring", "pick_snapshot": "restoring", "restore": "restoring",
     "restore_plan": "restoring",
     "check": "maintenance", "rebuild_catalog": "maintenance",

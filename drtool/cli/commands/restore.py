@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 @click.option("--start", is_flag=True, help="With --source: start the restored server and wait for recovery.")
 @click.option("--port", type=int, help="With --source: port for the restored server.")
 @click.option("--target-db", metavar="DB", help="With a MariaDB --source: load into this new database.")
+@click.option("--table", metavar="DB.TABLE",
+              help="With a MariaDB mydumper --source: restore this table only (docs/databases.md).")
 @recovery_target_options
 @click.option("--to-bucket", metavar="URL",
               help="With an object-store --source: put the objects under s3://BUCKET[/PREFIX] "
@@ -55,7 +57,8 @@ if TYPE_CHECKING:
 @pass_state
 def restore(state: CliState, snapshot: str | None, target: str | None, name: str | None, when: str | None,
             includes: tuple[str, ...], allow_partial: bool, overwrite: str, source: str | None, latest: bool,
-            exclusive: bool, start: bool, port: int | None, target_db: str | None, to_bucket: str | None,
+            exclusive: bool, start: bool, port: int | None, target_db: str | None, table: str | None,
+            to_bucket: str | None,
             dry_run: bool, as_json: bool) -> None:
     """Restore SNAPSHOT (an id, or 'latest') or the snapshot at --point-in-time into --target.
 
@@ -63,7 +66,7 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
     is restored whole: every shard into the same --target or --to-bucket URL."""
     sharded = _sharded(state, source)
     if sharded is not None or (snapshot or "").startswith("set-"):
-        if when or name or latest or exclusive or start or port or target_db:
+        if when or name or latest or exclusive or start or port or target_db or table:
             raise UsageError("a snapshot set takes SNAPSHOT (set-ID or 'latest') with --target or --to-bucket; "
                              "no --point-in-time, --name or database options")
         return run_set_restore(state, SetRestore(snapshot or "latest", source, sharded, target, to_bucket,
@@ -72,9 +75,9 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
         from drtool.api import objectstores
         object_source = objectstores.object_source(state.settings, source)
         if object_source is not None:
-            if name or latest or exclusive or start or port or target_db:
+            if name or latest or exclusive or start or port or target_db or table:
                 raise UsageError("an object-store --source takes no --name, --latest, --exclusive, "
-                                 "--start, --port or --target-db")
+                                 "--start, --port, --target-db or --table")
             if to_bucket is None:  # into a directory: the ordinary file restore of the series NAME
                 name, source = source, None
             else:
@@ -87,11 +90,12 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
             raise UsageError("--source takes no --name, --include, --allow-partial or --overwrite")
         request = SourceRestore(source=source, snapshot=snapshot, when=when, latest=latest,
                                 inclusive=not exclusive, dry_run=dry_run, as_json=as_json,
-                                target=target, target_db=target_db, start=start, port=port,
+                                target=target, target_db=target_db, start=start, port=port, table=table,
                                 **click.get_current_context().meta.get("recovery_targets", {}))
         return run_source_restore(state, request)
-    if latest or exclusive or start or port or target_db or click.get_current_context().meta.get("recovery_targets"):
-        raise UsageError("--latest, --exclusive, --start, --port, --target-db, --target-* and --timeline "
+    if latest or exclusive or start or port or target_db or table \
+            or click.get_current_context().meta.get("recovery_targets"):
+        raise UsageError("--latest, --exclusive, --start, --port, --target-db, --table, --target-* and --timeline "
                          "need --source")
     if not target:
         raise UsageError("--target is required")
@@ -224,6 +228,7 @@ class SourceRestore:
     target_db: str | None
     start: bool
     port: int | None
+    table: str | None = None        # MariaDB mydumper: DB.TABLE only
     target_lsn: str | None = None   # PostgreSQL recovery targets other than a time
     target_xid: str | None = None
     target_name: str | None = None
@@ -252,7 +257,8 @@ def run_source_restore(state: CliState, request: SourceRestore) -> None:
         emit(plan.as_dict(), request.as_json, "\n".join(["plan (dry run, nothing restored):", *plan.lines()]))
         return
     server = databases.DatabaseRestoreRequest(target=request.target, target_db=request.target_db,
-                                              start=request.start, port=request.port, command_line=command_line())
+                                              start=request.start, port=request.port, command_line=command_line(),
+                                              table=request.table)
     result = databases.restore_pitr(session, state.settings, src, point, server, inclusive=request.inclusive,
                                     snapshot=request.snapshot, target=target, timeline=request.timeline)
     emit(result.as_dict(), request.as_json, "\n".join([*result.plan.lines(), *result.lines()]))
