@@ -3,6 +3,7 @@
 per-file index against a drtool without it, on the same data in one run.
 
     scripts/bench --browse [--files N] [--snapshots S] [--big-mib M] [--baseline DIR] [--json]
+    scripts/bench --browse --work DIR --files N --browse-only   (find and ls again on a kept DIR)
 
 A tree of N small files (0.5-8 KiB, 64 per directory) is backed up S times by drtool and
 restic, ~1 % of the files rewritten between snapshots.  ``--baseline DIR`` (a drtool checkout
@@ -111,13 +112,18 @@ def backups(args: argparse.Namespace, work: Path, envs: dict[str, dict[str, str]
         "changed_files_per_snapshot": max(1, len(paths) // 100),
         "catalog_mib": os.path.getsize(envs["drtool"]["DRTOOL_CATALOG"]) / 2**20,
     }
-    target = paths[len(paths) // 2].name
-    result["find_s"] = {"drtool": median([*drtool(envs["drtool"]), "find", target], envs["drtool"]),
-                        "restic": median(["restic", "find", target], envs["restic"])}
-    result["ls_R_s"] = {"drtool": median([*drtool(envs["drtool"]), "ls", "-R", "latest", "--name", "small"],
-                                         envs["drtool"]),
-                        "restic": median(["restic", "ls", "latest"], envs["restic"])}
+    result.update(browsing(args, envs))
     return result
+
+
+def browsing(args: argparse.Namespace, envs: dict[str, dict[str, str]]) -> dict[str, object]:
+    """``find`` of one name across all snapshots and ``ls -R`` of the last, drtool and restic."""
+    target = f"file{args.files // 2:07d}.txt"  # the middle file of make_tree
+    return {"find_s": {"drtool": median([*drtool(envs["drtool"]), "find", target], envs["drtool"]),
+                       "restic": median(["restic", "find", target], envs["restic"])},
+            "ls_R_s": {"drtool": median([*drtool(envs["drtool"]), "ls", "-R", "latest", "--name", "small"],
+                                        envs["drtool"]),
+                       "restic": median(["restic", "ls", "latest"], envs["restic"])}}
 
 
 def big_file(args: argparse.Namespace, work: Path, env: dict[str, str]) -> dict[str, float]:
@@ -160,7 +166,17 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="a drtool checkout without the file index")
     parser.add_argument("--work", type=Path)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--browse-only", action="store_true",
+                        help="time find and ls -R again on the repositories a kept --work DIR holds")
     args = parser.parse_args()
+    if args.browse_only:
+        if not args.work:
+            parser.error("--browse-only needs the --work DIR of an earlier run")
+        result = browsing(args, environments(args.work, None))
+        print(json.dumps(result, indent=2) if args.json else "\n".join(
+            f"{key}: drtool {v['drtool']:.2f} s, restic {v['restic']:.2f} s, ratio {v['drtool'] / v['restic']:.2f}"
+            for key, v in result.items()))
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="drtool-bench-browse-"))
     work.mkdir(parents=True, exist_ok=True)
     envs = environments(work, args.baseline)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,8 @@ from conftest import DrEnv, make_env
 from drtool.backup.run import backup_paths
 from drtool.browse.listing import resolve
 from drtool.catalog.files import FileIndex
+from drtool.snapshot.model import Node, Snapshot
+from drtool.snapshot.store import save_snapshot, store_tree
 from s3server import MotoServer, client_env, create_bucket, moto_server  # noqa: F401
 
 
@@ -154,8 +157,12 @@ def test_restore_include_and_find_agree_on_what_a_path_holds(env: DrEnv, tmp_pat
     ok(env.run("backup", str(src), "--name", "media", "--content-hash", "sha256"))
     (src / "d1" / "file1.txt").write_text("changed later\n")
     (src / "d1" / "extra.txt").write_text("only in the second snapshot\n")
+    (src / "d1_old").mkdir()  # shares the prefix "d1", and '_' is a wildcard in SQL LIKE
+    (src / "d1_old" / "kept.txt").write_text("a sibling, not inside src/d1\n")
+    (src / "d1xold").mkdir()  # what 'd1_old' would match if the '_' were not escaped
+    (src / "d1xold" / "other.txt").write_text("not inside src/d1_old\n")
     second = ok(env.run("backup", str(src), "--name", "media", "--content-hash", "sha256", "--json"))
-    for include in ("src/d1", "src/d1/file1.txt", "src"):
+    for include in ("src/d1", "src/d1_old", "src/d1/file1.txt", "src"):
         found = {(v["path"], v["hash"]) for v in versions(env, "--path", include)
                  if v["last"]["id"] == second["id"] and v["type"] == "file"}
         target = tmp_path / "restored" / include.replace("/", "_")
@@ -188,6 +195,22 @@ def test_ls_long_recursive_and_json(env: DrEnv, tmp_path: Path) -> None:
     assert len(one) == 1 and one[0].startswith("-rw-------")
     missing = env.run("ls", "latest", "src/nope", "--name", "media")
     assert missing.code == 1 and "has no 'src/nope'" in missing.err and "d0" in missing.err
+
+
+def test_ls_refuses_a_forged_tree(env: DrEnv) -> None:
+    """``ls`` prints stored entries without a ``Node`` each; a tree no backup writes still fails
+    clearly: a name that leads out of its directory, a size that is not a number."""
+    with env.session() as session, session.lock("backup"):
+        escaping = store_tree(session.repo, [Node(name="..", type="file"), Node(name="ok", type="file")])
+        odd = store_tree(session.repo, [Node(name="f", type="file", size="big")])  # type: ignore[arg-type]
+        root = store_tree(session.repo, [Node(name="bad", type="dir", subtree=escaping),
+                                         Node(name="odd", type="dir", subtree=odd)])
+        session.repo.flush()
+        save_snapshot(session.repo, Snapshot(name="forged", host="h", time=datetime.now(timezone.utc), tree=root))
+    assert ok(env.run("ls", "latest", "--name", "forged")).split() == ["bad/", "odd/"]
+    for flag, path, words in (("-R", "", "entry name '..'"), ("-l", "odd", "size is not a non-negative integer")):
+        result = env.run("ls", flag, "latest", path, "--name", "forged")
+        assert result.code == 1 and words in result.err and "Traceback" not in result.err, result.err
 
 
 def test_diff_added_removed_modified_metadata(env: DrEnv, tmp_path: Path) -> None:
@@ -238,6 +261,33 @@ def test_dump_file_directory_and_stream(env: DrEnv, tmp_path: Path) -> None:
     assert early.stdout.strip() == "141" and early.stderr == ""   # a reader that stops: as SIGPIPE, quiet
     wrong = spawn_bytes(env, "dump", "latest", "src/d9", "--name", "media")
     assert wrong.returncode == 1 and wrong.stderr.startswith(b"drtool: error: snapshot") and not wrong.stdout
+
+
+def test_what_backups_index_from_memory_equals_what_the_trees_give(env: DrEnv, tmp_path: Path) -> None:
+    """A backup hands its changed directories to the index instead of reading the trees back:
+    the rows must be the ones ``catalog rebuild`` derives from the trees alone -- removed
+    directories with subdirectories, a file replaced by a directory and back, a hash first
+    recorded for unchanged files."""
+    src = make_tree(tmp_path / "src")
+    (src / "d3" / "deep" / "er").mkdir(parents=True)
+    (src / "d3" / "deep" / "er" / "leaf.txt").write_text("leaf\n")
+    ok(env.run("backup", str(src), "--name", "media"))
+    shutil.rmtree(src / "d3")
+    (src / "d0" / "file0.txt").unlink()
+    (src / "d0" / "file0.txt").mkdir()
+    (src / "d0" / "file0.txt" / "inside.txt").write_text("a directory now\n")
+    ok(env.run("backup", str(src), "--name", "media"))
+    shutil.rmtree(src / "d0" / "file0.txt")
+    (src / "d0" / "file0.txt").write_text("a file again\n")
+    ok(env.run("backup", str(src), "--name", "media", "--content-hash", "sha256"))
+    written = versions(env, "*")
+    assert {"src/d3/deep/er/leaf.txt", "src/d0/file0.txt/inside.txt"} <= {v["path"] for v in written}
+    assert [(v["type"], v["snapshots"]) for v in written if v["path"] == "src/d0/file0.txt"] == [
+        ("file", 1), ("dir", 1), ("file", 1)]
+    unchanged = [v for v in written if v["type"] == "file" and v["snapshots"] == 3]
+    assert unchanged and all(v["hash"] for v in unchanged)
+    ok(env.run("catalog", "rebuild"))
+    assert versions(env, "*") == written
 
 
 def test_an_older_snapshot_arriving_late_reindexes_its_series(env: DrEnv, tmp_path: Path) -> None:

@@ -27,6 +27,15 @@ def test_add_packed_matches_add_pack() -> None:
     assert packed.get(entries_a[0].blob_id).pack_id == pack_a
 
 
+def test_a_trees_only_load_finds_the_trees_and_no_data() -> None:
+    entries = _entries(60)
+    index = MemoryIndex()
+    index.add_packed(os.urandom(32), pack_entries(entries), only_type=TREE_BLOB)
+    trees = [e for e in entries if e.blob_type == TREE_BLOB]
+    assert trees and all(index.get(e.blob_id).offset == e.offset for e in trees)
+    assert all(index.get(e.blob_id) is None for e in entries if e.blob_type == DATA_BLOB)
+
+
 def test_add_packed_rejects_a_partial_entry() -> None:
     with pytest.raises(ValueError):
         MemoryIndex().add_packed(os.urandom(32), pack_entries(_entries(2))[:-1])

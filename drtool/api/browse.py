@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 from drtool.core.session import Session
 from drtool.errors import UsageError
@@ -28,7 +28,7 @@ def _feature(name: str) -> Any:
     which ``drtool.api`` must not cost commands that never browse (``pg wal-push``)."""
     return importlib.import_module(f"drtool.browse.{name}")
 
-__all__ = ["diff", "dump", "find_files", "index_files", "ls", "mount", "parse_size", "rewrite",
+__all__ = ["diff", "dump", "find_files", "index_files", "ls", "ls_lines", "mount", "parse_size", "rewrite",
            "rewrite_history"]
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,
@@ -58,8 +58,17 @@ def ls(session: Session, snapshot: str, path: str = "", *, name: str | None = No
     """The entries of a directory in a snapshot (all below it with ``recursive``)."""
     snap = session.find_snapshot(_snapshot_ref(snapshot), name)
     with session.lock("ls", read_only_ok=True):
-        session.repo.load_index()
+        session.repo.load_index(trees_only=True)  # a listing reads trees only
         return list(_feature("listing").ls(session.repo, snap, path, recursive))
+
+
+def ls_lines(session: Session, snapshot: str, path: str = "", *, name: str | None = None,
+             recursive: bool = False, long_format: bool = False) -> Iterator[str]:
+    """What ``drtool ls`` prints, streamed (``ls -R`` of a million entries is never a list)."""
+    snap = session.find_snapshot(_snapshot_ref(snapshot), name)
+    with session.lock("ls", read_only_ok=True):
+        session.repo.load_index(trees_only=True)  # a listing reads trees only
+        yield from _feature("listing").ls_lines(session.repo, snap, path, recursive, long_format)
 
 
 def find_files(session: Session, patterns: list[str], *, path: str | None = None,
@@ -83,7 +92,7 @@ def diff(session: Session, first: str, second: str, *, name: str | None = None) 
     old = session.find_snapshot(_snapshot_ref(first), name)
     new = session.find_snapshot(_snapshot_ref(second), name)
     with session.lock("diff", read_only_ok=True):
-        session.repo.load_index()
+        session.repo.load_index(trees_only=True)
         return _feature("listing").diff(session.repo, old, new)  # type: ignore[no-any-return]
 
 

@@ -24,6 +24,7 @@ from drtool.core.heap import collector_paused
 from drtool.backup.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
 from drtool.core.session import Session
 from drtool.backup.readers import Reading
+from drtool.browse.trees import WalkedChanges
 from drtool.backup.treewalk import CONTENT_HASHES, ProgressFn, TreeWalker, WalkStats
 from drtool.repository.locks import Lock
 from drtool.snapshot.model import FILE, Node, Snapshot
@@ -95,11 +96,12 @@ def check_content_hash(content_hash: str | None) -> None:
                          hint=f"use one of: {', '.join(CONTENT_HASHES)}")
 
 
-def _record_in_catalog(session: Session, snap: Snapshot) -> None:
+def _record_in_catalog(session: Session, snap: Snapshot, walked: WalkedChanges | None = None) -> None:
     """The snapshot is committed to the repository by now; say so if the catalog fails.
 
     The per-file index (``drtool find``) is brought up to date here; if that
     fails the backup still succeeds: ``find`` indexes what is missing when next run.
+    ``walked``: what the walk found changed against the parent, so the index reads no tree back.
     """
     try:
         session.catalog.add_snapshots([snap])
@@ -107,7 +109,7 @@ def _record_in_catalog(session: Session, snap: Snapshot) -> None:
         raise CatalogError(f"snapshot {snap.short_id} is saved in the repository, but {exc}") from None
     from drtool.browse.index import index_new_snapshot  # imports SQLAlchemy: not at start-up
     try:
-        index_new_snapshot(session, snap)
+        index_new_snapshot(session, snap, walked)
     except DrtoolError as exc:
         log.warning("snapshot %s is saved, but the file index was not updated (%s); "
                     "'drtool find' will index it when next run", snap.short_id, exc)
@@ -153,7 +155,7 @@ def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] 
         snap = _snapshot(session, name, when, tree_id, kind, parent, tags, walker.stats,
                          started, paths=[os.path.abspath(p) for p in paths], meta=meta)
         _commit(session, lock, snap)
-    _record_in_catalog(session, snap)
+    _record_in_catalog(session, snap, walker.walked)
     return BackupResult(snap, walker.stats.unreadable, walker.stats.changed,
                         session.repo.backend.stats.as_dict(), walker.stats.vanished)
 

@@ -28,12 +28,14 @@ from typing import Any, Callable, Iterator
 from drtool.errors import DrtoolError, SourceError
 from drtool.backup.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
 from drtool.backup.readers import SMALL_FILE, FileRead, ReadAhead, Reading, ScanAhead
+from drtool.browse.trees import WalkedChanges, level_changes
 from drtool.repository.chunker import Chunker
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, Node
 from drtool.snapshot.store import load_tree, store_tree
 from drtool.sources import files as fs
 
+WALKED_CHANGES = 20_000  # changes kept for the file index; beyond that it compares the trees itself
 CONTENT_HASHES = ("sha256", "sha1")  # sha1: what MediaWiki records for uploaded files
 log = logging.getLogger("drtool")
 
@@ -57,6 +59,7 @@ class DirJob:
     children: list[tuple[Node, "DirJob"]] = field(default_factory=list)
     batches: deque[Batch] = field(default_factory=deque)
     tree_id: str | None = None
+    path: str = ""  # in the snapshot ('/'-separated, '' for the root)
     old_tree: str | None = None  # this directory's tree in the parent snapshot
     old_nodes: list[Node] = field(default_factory=list)
     reads: int = 0  # small files of this directory queued on the readers, not yet taken back
@@ -105,6 +108,10 @@ class TreeWalker:
         self._links: dict[str, list[ChunkRef] | list[str]] = {}
         self._zeros: dict[Chunker, ChunkRef] = {}
         self._scratch = memoryview(bytearray(SMALL_FILE))  # small files and the head of large ones
+        # What changed against the parent, for the file index (``browse.trees.WalkedChanges``);
+        # None once it would exceed WALKED_CHANGES (a first backup of many files) or a
+        # parent tree could not be read: the index then compares the trees itself.
+        self.walked: WalkedChanges | None = None
         self.reading = reading or Reading()
         self.ops = self.reading.ops
         self._reads: ReadAhead[QueuedRead] | None = None
@@ -122,6 +129,7 @@ class TreeWalker:
 
     def backup_roots(self, roots: list[str], parent_tree: str | None) -> str:
         """Store the given paths as one root tree; return its id."""
+        self.walked = WalkedChanges(parent_tree)
         root = DirJob(old_tree=parent_tree, old_nodes=self._old_nodes(parent_tree))
         old_root = {n.name: n for n in root.old_nodes}
         seen: set[str] = set()
@@ -142,6 +150,8 @@ class TreeWalker:
         self._queue.append(root)
         self._drain(block=True)
         assert root.tree_id is not None
+        if self.walked is not None:
+            self.walked.tree = root.tree_id
         return root.tree_id
 
     def _root_still_there(self, path: bytes, before: os.stat_result) -> None:
@@ -169,6 +179,7 @@ class TreeWalker:
         try:
             return load_tree(self.repo, tree_id)
         except DrtoolError:
+            self.walked = None  # [] is not what the tree holds: the index must not take it as such
             return []  # a damaged parent only costs re-reading, never correctness
 
     def _problem(self, exc: fs.Unreadable) -> None:
@@ -232,6 +243,7 @@ class TreeWalker:
                 frame = (DirJob(), iter(()))
         if frame is not None:
             self.stats.dirs += 1
+            frame[0].path = f"{job.path}/{node.name}" if job.path else node.name
             job.children.append((node, frame[0]))
         elif node.type == FILE:
             futures = self._file_content(job, node, entry, old)
@@ -426,10 +438,29 @@ class TreeWalker:
         for node, child in job.children:
             node.subtree = child.tree_id
         job.tree_id = self._unchanged_tree(job) or store_tree(self.repo, job.nodes)
+        if job.tree_id != job.old_tree and self.walked is not None:
+            self._walked_changes(job, self.walked)
         job.pending.clear()
         job.children.clear()
         job.subdirs.clear()
         job.nodes = job.old_nodes = []
+
+    def _walked_changes(self, job: DirJob, walked: WalkedChanges) -> None:
+        """This directory's changes against the parent's (the comparison ``tree_changes`` makes).
+
+        Subdirectories that changed were compared when they were finished
+        (post-order, against the parent's tree of the same name); one that is
+        gone, is no longer a directory, or could not be read (walked empty,
+        without its old tree) has its old tree read by the index instead.
+        """
+        changes, below = level_changes(job.path, job.old_nodes, job.nodes, with_hashes=True)
+        walked.changes.extend(changes)
+        walked_from = {node.name: child.old_tree for node, child in job.children}
+        for path, old_sub, new_sub in below:
+            if old_sub is not None and (new_sub is None or walked_from.get(path.rsplit("/", 1)[-1]) != old_sub):
+                walked.removed.append((path, old_sub))
+        if len(walked.changes) > WALKED_CHANGES:
+            self.walked = None
 
     def _unchanged_tree(self, job: DirJob) -> str | None:
         """The parent snapshot's tree id when every entry is as it was: nothing to encode.

@@ -13,7 +13,7 @@ import tarfile
 from typing import BinaryIO, Iterator
 
 from drtool.browse.listing import resolve
-from drtool.browse.find import normal_path
+from drtool.browse.trees import normal_path
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Snapshot
 from drtool.snapshot.store import load_tree_checked, walk_tree

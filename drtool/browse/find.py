@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Callable, ContextManager
 
 from drtool.browse.index import catch_up
+from drtool.browse.trees import normal_path
 from drtool.catalog.files import FileIndex, VersionFilter
 from drtool.core.session import Session
 from drtool.errors import UsageError
@@ -115,15 +116,6 @@ def like_pattern(glob: str) -> str | None:
 def _shown_path(path: str) -> str:
     """Paths and globs as the index stores paths (``names.display``: escaped, one-to-one)."""
     return display(normal_path(path))
-
-
-def normal_path(path: str) -> str:
-    """A path inside a snapshot as ``restore --include`` takes it: no leading '/', no '.' or '..'."""
-    parts = [p for p in path.strip().split("/") if p]
-    if any(p in (".", "..") for p in parts):
-        raise UsageError(f"path {path!r} is not a path inside a snapshot",
-                         hint="give a path as 'drtool ls' prints it, e.g. media/photos")
-    return "/".join(parts)
 
 
 def _filter(query: FindQuery) -> VersionFilter:

@@ -14,16 +14,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
-from drtool.browse.trees import content_id, data_signature, meta_signature, tree_changes
-from drtool.catalog.files import FileIndex, IndexedSnapshot
+from drtool.browse.trees import (Change, WalkedChanges, content_id, data_signature, meta_signature,
+                                 tree_changes)
+from drtool.catalog.files import ChangeBatch, FileIndex, IndexedSnapshot, VersionRow
 from drtool.core.session import Session
 from drtool.errors import DrtoolError
 from drtool.snapshot.model import Node, Snapshot
 from drtool.snapshot.names import display
 
 log = logging.getLogger("drtool")
+BATCH = 5000  # changes per batch of rows (one transaction for the whole snapshot)
 
 
 @dataclass
@@ -35,12 +37,12 @@ class IndexResult:
     failed: list[str] = field(default_factory=list)
 
 
-def version_row(path: str, node: Node) -> dict[str, Any]:
+def version_row(path: str, node: Node) -> VersionRow:
     """``path``: in the escaped form of ``names.display`` (printable UTF-8, one-to-one), as
-    every catalog column: a name that is not UTF-8 cannot be stored as it is."""
-    return {"path": path, "basename": path.rsplit("/", 1)[-1], "type": node.type, "size": node.size,
-            "mtime_ns": node.mtime_ns, "mode": node.mode, "content": content_id(node),
-            "hash": node.hash or None}
+    every catalog column: a name that is not UTF-8 cannot be stored as it is.  A tuple in
+    the order of ``files.ROW_COLUMNS``: rows go to the driver as they are."""
+    return (path, path.rsplit("/", 1)[-1], node.type, node.size, node.mtime_ns, node.mode, content_id(node),
+            node.hash or None)
 
 
 def same_version(before: Node, after: Node) -> bool:
@@ -54,31 +56,47 @@ def series_of(snap: Snapshot) -> str:
 
 
 def _index_one(session: Session, index: FileIndex, snap: Snapshot, last: IndexedSnapshot | None,
-               result: IndexResult) -> IndexedSnapshot:
-    closed: list[str] = []
-    added: list[dict[str, Any]] = []
-    hashed: dict[str, str] = {}
-    for raw_path, before, after in tree_changes(session.repo, last.tree if last else None, snap.tree,
-                                                with_hashes=True, checked=False):
-        path = display(raw_path)
-        if before is not None and after is not None and after.hash and same_version(before, after):
-            hashed[path] = after.hash  # only the hash is new: the version stays, now with its hash
-            continue
-        if before is not None:
-            closed.append(path)
-        if after is not None:
-            added.append(version_row(path, after))
+               result: IndexResult, walked: WalkedChanges | None = None) -> IndexedSnapshot:
     entry = IndexedSnapshot(snap.id, series_of(snap), last.seq + 1 if last else 1, snap.tree, snap.time)
-    index.record(entry, closed, added, hashed)
+    old_tree = last.tree if last else None
+    if walked is not None and (walked.parent_tree, walked.tree) == (old_tree, snap.tree):
+        changes = walked.all_changes(session.repo)  # what the backup's walk found: no tree read back
+    else:
+        changes = tree_changes(session.repo, old_tree, snap.tree, with_hashes=True, checked=False)
+    index.record(entry, _batches(changes, result))
     result.snapshots += 1
-    result.versions_added += len(added)
-    result.versions_closed += len(closed)
     return entry
 
 
+def _batches(changes: Iterable[Change], result: IndexResult) -> Iterator[ChangeBatch]:
+    """The changes as rows, a bounded batch at a time: a first snapshot of a million files
+    is written without holding a million rows in memory."""
+    closed: list[str] = []
+    added: list[VersionRow] = []
+    hashed: dict[str, str] = {}
+    for raw_path, before, after in changes:
+        path = display(raw_path)
+        if before is not None and after is not None and after.hash and same_version(before, after):
+            hashed[path] = after.hash  # only the hash is new: the version stays, now with its hash
+        else:
+            if before is not None:
+                closed.append(path)
+            if after is not None:
+                added.append(version_row(path, after))
+        if len(closed) + len(added) + len(hashed) >= BATCH:
+            yield closed, added, hashed
+            result.versions_added += len(added)
+            result.versions_closed += len(closed)
+            closed, added, hashed = [], [], {}
+    yield closed, added, hashed
+    result.versions_added += len(added)
+    result.versions_closed += len(closed)
+
+
 def index_series(session: Session, index: FileIndex, snaps: list[Snapshot],
-                 result: IndexResult | None = None) -> IndexResult:
-    """Index the snapshots of one series that the index lacks (``snaps``: all of them, oldest first)."""
+                 result: IndexResult | None = None, walked: WalkedChanges | None = None) -> IndexResult:
+    """Index the snapshots of one series that the index lacks (``snaps``: all of them, oldest first).
+    ``walked``: a backup's changes against its parent (used for that pair of trees only)."""
     result = result or IndexResult()
     if not snaps:
         return result
@@ -95,7 +113,7 @@ def index_series(session: Session, index: FileIndex, snaps: list[Snapshot],
         last, pending = None, snaps
     for snap in pending:
         try:
-            last = _index_one(session, index, snap, last, result)
+            last = _index_one(session, index, snap, last, result, walked)
         except DrtoolError as exc:
             if last is None or last.snapshot_id == snap.id:
                 raise
@@ -140,13 +158,16 @@ def catch_up(session: Session, names: Iterable[str] | None = None, load_index: b
     return result
 
 
-def index_new_snapshot(session: Session, snap: Snapshot) -> IndexResult:
-    """After a backup: index its series from what the catalog lists (no repository listing)."""
+def index_new_snapshot(session: Session, snap: Snapshot,
+                       walked: WalkedChanges | None = None) -> IndexResult:
+    """After a backup: index its series from what the catalog lists (no repository listing).
+    ``walked``: what the backup's walk found changed (``TreeWalker.walked``): comparing the
+    snapshot with its parent then reads no tree back from the repository."""
     snaps = [s for s in session.catalog.snapshots(snap.name) if s.name == snap.name]
     if all(s.id != snap.id for s in snaps):
         snaps.append(snap)
     snaps.sort(key=lambda s: (s.time, s.id))
-    return index_series(session, FileIndex(session.catalog), snaps)
+    return index_series(session, FileIndex(session.catalog), snaps, walked=walked)
 
 
 def rebuild(session: Session) -> IndexResult:

@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from drtool.backends import capabilities
-from drtool.browse.find import normal_path
 from drtool.browse.index import catch_up
+from drtool.browse.trees import normal_path
 from drtool.catalog.files import record_rewrite
 from drtool.core.rollback import record_forgotten
 from drtool.core.session import Session

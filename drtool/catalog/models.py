@@ -155,8 +155,10 @@ file_version_table = Table(
 Index("ix_file_versions_path", file_version_table.c.repo_id, file_version_table.c.series,
       file_version_table.c.path, file_version_table.c.end_seq)
 Index("ix_file_versions_basename", file_version_table.c.repo_id, file_version_table.c.basename)
-Index("ix_file_versions_hash", file_version_table.c.repo_id, file_version_table.c.hash,
-      sqlite_where=file_version_table.c.hash.isnot(None), postgresql_where=file_version_table.c.hash.isnot(None))
+# Partial (WHERE hash IS NOT NULL) in the migration that creates it (0005).  Not said here:
+# ``postgresql_where`` makes SQLAlchemy import its PostgreSQL dialect on every catalog open
+# (~45 ms of every command's start-up), and these definitions never create the schema.
+Index("ix_file_versions_hash", file_version_table.c.repo_id, file_version_table.c.hash)
 
 # Which snapshots the file index covers, and each one's position in its series.
 file_index_snapshot_table = Table(
@@ -201,8 +203,9 @@ snapshot_set_table = Table(
     Column("host", String(255)),
     Column("note", Text, default=""),
 )
-Index("ix_snapshot_sets_open", snapshot_set_table.c.repo_id, snapshot_set_table.c.source, unique=True,
-      sqlite_where=snapshot_set_table.c.state == "open", postgresql_where=snapshot_set_table.c.state == "open")
+# ix_snapshot_sets_open: unique (repo_id, source) WHERE state = 'open', created by migration 0006 and
+# not repeated here: its ``postgresql_where`` would import SQLAlchemy's PostgreSQL dialect on every
+# catalog open (~45 ms of start-up; see ix_file_versions_hash).
 
 # One row per shard of a set: its lease (owner, token, expiry in epoch seconds of the catalog's clock).
 shard_lease_table = Table(

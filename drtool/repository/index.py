@@ -224,19 +224,21 @@ class MemoryIndex:
             self._pack_ids.append(pack_id)
         return number
 
-    def add_packed(self, pack_id: bytes, raw_entries: bytes) -> None:
+    def add_packed(self, pack_id: bytes, raw_entries: bytes, only_type: int | None = None) -> None:
         """Add a pack from its packed trailer entries, without a BlobEntry per blob.
 
         Loading the index from the catalog is on every command's start-up
         path: building ~50 k BlobEntry objects only to re-pack them cost
         0.05 s on the bench repository (cProfile), ~1 s per million blobs.
+        ``only_type``: add only the blobs of that type (readers of trees).
         """
         if len(raw_entries) % ENTRY.size:
             raise ValueError("partial blob entry")
         number = self._pack_number(pack_id)
         append, record = self._append, _RECORD.pack
         for blob_type, blob_id, offset, length, inner, raw_length in ENTRY.iter_unpack(raw_entries):
-            append(blob_id, record(number, blob_type, offset, length, inner, raw_length))
+            if only_type is None or blob_type == only_type:
+                append(blob_id, record(number, blob_type, offset, length, inner, raw_length))
         self.packs[pack_id] = len(raw_entries) // ENTRY.size
 
     def add_pack(self, pack: PackRecord) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from drtool.errors import IntegrityError, ObjectMissing
 from drtool.repository.index import MemoryIndex, PackRecord
 from drtool.repository.objects import INDEX
-from drtool.repository.packfile import ENTRY, unpack_entries
+from drtool.repository.packfile import ENTRY, TREE_BLOB, unpack_entries
 
 if TYPE_CHECKING:
     from drtool.repository.diskindex import DiskIndex
@@ -49,12 +49,13 @@ def open_disk_index(repo_id: str) -> DiskIndex | None:
     return disk
 
 
-def load_index(repo: Repository) -> None:
+def load_index(repo: Repository, trees_only: bool = False) -> None:
+    """``trees_only`` narrows only the in-memory fallback (see ``Repository.load_index``)."""
     disk = repo.disk_index()
     listed_at = disk.stamp() if disk is not None else None
     names = {info.name.split("/", 1)[1] for info in repo.backend.list(f"{INDEX}/")}
     if disk is None:
-        _load_into_memory(repo, names)
+        _load_into_memory(repo, names, TREE_BLOB if trees_only else None)
         return
     from drtool.repository.layered import LayeredIndex
     cache = repo.cache  # once: a catalog opening in the background may arrive meanwhile
@@ -90,7 +91,7 @@ def _fetch(repo: Repository, index_id: str) -> Packed | None:
         return None
 
 
-def _load_into_memory(repo: Repository, names: set[str]) -> None:
+def _load_into_memory(repo: Repository, names: set[str], only: int | None = None) -> None:
     """Read every index object (through the catalog) into memory, forgetting stale entries.
 
     Starting from an empty index matters for long-lived sessions: packs
@@ -106,17 +107,18 @@ def _load_into_memory(repo: Repository, names: set[str]) -> None:
         cache.drop_indexes(cache.cached_index_ids() - names)
         rows = list(cache.cached_pack_entries(cached))
     fetched = [(i, packs) for i in sorted(names - cached) if (packs := _fetch(repo, i)) is not None]
-    index.reserve((sum(len(raw) for _pack, raw in rows)
-                   + sum(len(raw) for _id, packs in fetched for _pack, raw in packs)) // ENTRY.size)
+    if only is None:
+        index.reserve((sum(len(raw) for _pack, raw in rows)
+                       + sum(len(raw) for _id, packs in fetched for _pack, raw in packs)) // ENTRY.size)
     for pack_id, raw_entries in rows:
         try:
-            index.add_packed(pack_id, raw_entries)
+            index.add_packed(pack_id, raw_entries, only)
         except ValueError:
             raise IntegrityError("the catalog's index cache is damaged",
                                  hint="run 'drtool catalog rebuild'") from None
     del rows
     for index_id, packs in fetched:
         for pack_id, raw_entries in packs:
-            index.add_packed(pack_id, raw_entries)
+            index.add_packed(pack_id, raw_entries, only)
         if cache:
             cache.store_index(index_id, [PackRecord(p, unpack_entries(raw)) for p, raw in packs])

@@ -96,11 +96,20 @@ def encode_tree(nodes: list[Node]) -> bytes:
 
 
 def decode_tree(raw: bytes) -> list[Node]:
+    return [Node.from_dict(item) for item in decode_tree_items(raw)]
+
+
+def decode_tree_items(raw: bytes) -> list[dict[str, Any]]:
+    """The tree's entries as stored (sparse dicts: absent fields have ``Node``'s defaults),
+    for readers that only print them (``ls -R`` of 200,000 entries: no ``Node`` each)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:  # surrogate escapes: trees of non-UTF-8 names
         data = json.loads(raw)
-    return [Node.from_dict(item) for item in data["nodes"]]
+    items = data["nodes"]
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ValueError("tree nodes are not a list of objects")
+    return items
 
 
 @dataclass

@@ -9,7 +9,7 @@ from drtool.errors import IntegrityError, SnapshotNotFound
 from drtool.repository.objects import SNAPSHOT_KIND, SNAPSHOTS
 from drtool.repository.packfile import TREE_BLOB
 from drtool.repository.repo import Repository
-from drtool.snapshot.model import FILE, Node, Snapshot, decode_tree, encode_tree
+from drtool.snapshot.model import FILE, NODE_TYPES, Node, Snapshot, decode_tree, decode_tree_items, encode_tree
 from drtool.snapshot.names import tree_names_problem
 
 
@@ -71,6 +71,30 @@ def load_tree_checked(repo: Repository, tree_id: str) -> list[Node]:
                              hint="a backup never writes such a name: the repository was tampered with "
                                   "by someone holding the key; run 'drtool check'")
     return nodes
+
+
+def load_tree_items(repo: Repository, tree_id: str) -> list[dict[str, Any]]:
+    """A tree's entries as stored (``decode_tree_items``), with the checks a listing relies
+    on: safe, distinct names, known types, subtrees that are tree ids.  The fields a listing
+    prints are checked by whoever prints them (``browse.listing``)."""
+    raw = repo.read_blob(bytes.fromhex(tree_id))
+    try:
+        items = decode_tree_items(raw)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"tree {tree_id[:16]} is malformed: {exc}") from None
+    problem = tree_names_problem([item.get("name") for item in items])
+    for item in items:
+        if problem is not None:
+            break
+        if item.get("type") not in NODE_TYPES:
+            problem = f"entry {item['name']!r}: unknown type {item.get('type')!r}"
+        elif item.get("subtree") is not None and not _is_blob_id(item["subtree"]):
+            problem = f"entry {item['name']!r}: subtree is not a tree id"
+    if problem is not None:
+        raise IntegrityError(f"tree {tree_id[:16]} is malformed: {problem}",
+                             hint="a backup never writes such a name: the repository was tampered with "
+                                  "by someone holding the key; run 'drtool check'")
+    return items
 
 
 def walk_tree(repo: Repository, tree_id: str, prefix: str = "") -> Iterator[tuple[str, Node]]:

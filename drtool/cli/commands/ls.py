@@ -1,11 +1,15 @@
 """``drtool ls SNAPSHOT [PATH]``: what a snapshot holds, like ``ls`` (-l, -R, --json)."""
 from __future__ import annotations
 
+from itertools import islice
+
 import click
 
 from drtool import api
 from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import json_option, name_option
+
+CHUNK_LINES = 8192
 
 
 @click.command("ls")
@@ -20,12 +24,13 @@ def ls(state: CliState, snapshot: str, path: str, long_format: bool, recursive: 
        as_json: bool) -> None:
     """List PATH in SNAPSHOT (an id, or 'latest' with --name); paths as restore --include takes them."""
     # local repositories: trees and index straight from the repository (no catalog, as restore)
-    entries = api.ls(state.session(defer_catalog=True), snapshot, path, name=name, recursive=recursive)
+    session = state.session(defer_catalog=True)
     if as_json:
-        emit([e.as_dict() for e in entries], True)
+        emit([e.as_dict() for e in api.ls(session, snapshot, path, name=name, recursive=recursive)], True)
         return
-    if entries:  # one write: ls -R of 200,000 entries line by line cost more than reading the trees
-        click.echo("\n".join(e.long_line() if long_format else e.short_line() for e in entries))
+    lines = api.ls_lines(session, snapshot, path, name=name, recursive=recursive, long_format=long_format)
+    for chunk in iter(lambda: list(islice(lines, CHUNK_LINES)), []):
+        click.echo("\n".join(chunk))  # a write per chunk, not per line; nothing held but the chunk
 
 
 def register(cli: click.Group) -> None:
