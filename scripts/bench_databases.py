@@ -11,7 +11,7 @@ its default key derivation and a local repository.
 Measured, in one run on the machine as it is:
 
 * backup night 1: ``drtool backup --source`` (physical: mariabackup / pg_basebackup
-  streamed into the repository; logical: mariadb-dump) vs the native tool writing
+  streamed into the repository; logical: mariadb-dump and mydumper) vs the native tool writing
   into a local directory (``mariabackup --backup --target-dir``, ``pg_basebackup -D``);
 * night 2 after updating 1 % of the rows: time and bytes stored (compressed,
   encrypted) as a share of the data size;
@@ -133,7 +133,8 @@ def mariadb_bench(work: Path, rows: int) -> dict[str, Any]:
         config = work / "drtool.toml"
         base = f'type = "mariadb"\nsocket = "{sock}"\nuser = "root"\npassword_file = "{pw}"\n'
         config.write_text(f'repository = "{work / "repo"}"\n[sources.phys]\n{base}method = "physical"\n'
-                          f'[sources.dump]\n{base}dbname = "sbtest"\n')
+                          f'[sources.dump]\n{base}dbname = "sbtest"\n'
+                          f'[sources.md]\n{base}dbname = "sbtest"\nmethod = "mydumper"\nthreads = 2\n')
         dr = Drtool(work, config)
         dr("init")
         out: dict[str, Any] = {"data_bytes": size, "rows": 4 * rows}
@@ -145,12 +146,16 @@ def mariadb_bench(work: Path, rows: int) -> dict[str, Any]:
         out["physical_night1_stored"] = dr.stored("phys")
         out["logical_backup_s"] = timed(lambda: dr("backup", "--source", "dump"))
         out["logical_night1_stored"] = dr.stored("dump")
+        out["mydumper_backup_s"] = timed(lambda: dr("backup", "--source", "md"))
+        out["mydumper_night1_stored"] = dr.stored("md")
         for t in range(1, 5):  # 1 % of the rows, scattered
             sql(f"UPDATE sbtest{t} SET k = k + 1, c = REVERSE(c) WHERE id % 100 = 0", "sbtest")
         out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "phys"))
         out["physical_night2_stored"] = dr.stored("phys")
         out["logical_night2_s"] = timed(lambda: dr("backup", "--source", "dump"))
         out["logical_night2_stored"] = dr.stored("dump")
+        out["mydumper_night2_s"] = timed(lambda: dr("backup", "--source", "md"))
+        out["mydumper_night2_stored"] = dr.stored("md")
         # binlog written after night 2's physical base, archived, for the replay rate
         for t in range(1, 5):
             sql(f"UPDATE sbtest{t} SET k = k + 1 WHERE id % 20 = 1", "sbtest")
@@ -173,6 +178,10 @@ def mariadb_bench(work: Path, rows: int) -> dict[str, Any]:
                                                     "--target", str(root / "r-latest")))
         out["logical_restore_s"] = timed(lambda: dr("restore", dump[:12], "--source", "dump",
                                                     "--target-db", "sbtest_restored"))
+        md = json.loads(dr("snapshots", "--name", "md", "--json"))[-1]["id"]
+        out["mydumper_restore_s"] = timed(lambda: dr("restore", md[:12], "--source", "md", "--target-db", "sb_md"))
+        out["mydumper_table_restore_s"] = timed(lambda: dr("restore", md[:12], "--source", "md", "--table",
+                                                           "sbtest.sbtest1", "--target-db", "sb_md1"))
         replay = out["physical_latest_s"] - out["physical_restore_s"]
         out["replay_mib_s"] = out["replay_bytes"] / 2**20 / replay if replay > 0 else None
         return out
@@ -256,9 +265,17 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
                                                             f"{d['logical_night2_s']:.1f} s"
         if "logical_backup_s" in d else "—")
     row("  logical night 2 stored", lambda d: mib(d["logical_night2_stored"]) if "logical_night2_stored" in d else "—")
+    row("drtool mydumper backup night 1 / night 2 (2 threads)",
+        lambda d: f"{d['mydumper_backup_s']:.1f} s / {d['mydumper_night2_s']:.1f} s" if "mydumper_backup_s" in d
+        else "—")
+    row("  mydumper night 2 stored", lambda d: mib(d["mydumper_night2_stored"]) if "mydumper_night2_stored" in d
+        else "—")
     row("restore floor by hand (cp -a [+ prepare])", lambda d: f"{d['floor_restore_s']:.1f} s")
     row("drtool physical restore (× floor)", lambda d: ratio(d, "physical_restore_s", "floor_restore_s"))
     row("drtool logical restore (load)", lambda d: f"{d['logical_restore_s']:.1f} s" if "logical_restore_s" in d else "—")
+    row("drtool mydumper restore: database / one of 4 tables (2 threads)",
+        lambda d: f"{d['mydumper_restore_s']:.1f} s / {d['mydumper_table_restore_s']:.1f} s"
+        if "mydumper_restore_s" in d else "—")
     row("PITR replay rate", lambda d: f"{d['replay_mib_s']:.1f} MiB/s of binlog ({mib(d['replay_bytes'])})"
         if d.get("replay_mib_s") else "—")
     return "\n".join(lines)

@@ -430,8 +430,9 @@ def maria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaScenario]:
 def test_mariadb_forget_keeps_window_dump_and_binlogs_then_pitr_works(maria: MariaScenario,
                                                                      tmp_path: Path) -> None:
     snaps = _snapshots(maria.dr, "wiki")
+    meta = snaps[1]["meta"]  # binlogs are archived under the writing server's id (s1-binlog.000002)
     _check_forget(maria.dr, "wiki", _within_seconds(snaps[2], maria.inside), "binlog",
-                  snaps[1]["meta"]["binlog_file"])
+                  f"s{meta['server_id']}-{meta['binlog_file']}")
     # The operator's ~/.my.cnf must not reach drtool's own throwaway instance.
     home = tmp_path / "home"
     home.mkdir()

@@ -33,3 +33,12 @@ def test_exactly_one_database_choice(cls: type, table: dict) -> None:
 def test_valid_tables_parse() -> None:
     assert PgSource.from_config("svc", {"dbname": "svc", "port": 5433}).port == 5433
     assert MariaSource.from_config("wiki", {"all": True, "socket": "/run/mysqld.sock"}).all
+
+
+def test_mydumper_method_and_threads() -> None:
+    src = MariaSource.from_config("wiki", {"dbname": "wiki", "method": "mydumper", "threads": 8})
+    assert (src.method, src.threads) == ("mydumper", 8)
+    assert MariaSource.from_config("wiki", {"dbname": "wiki"}).threads == 4
+    for bad in (0, 257, "8", True):
+        with pytest.raises(ConfigError, match=r"\[sources.wiki\]: threads must be a whole number from 1 to 256"):
+            MariaSource.from_config("wiki", {"dbname": "wiki", "method": "mydumper", "threads": bad})

@@ -8,7 +8,8 @@
 The CLI imports nothing else below it (tests/test_layering.py): what a
 command needs is exported by one module per feature -- ``settings`` (light:
 configuration, names, times), ``repo_access``, ``backing_up``, ``restoring``,
-``databases``, ``maintenance``, ``monitoring``, ``rehearsals``, ``objectstores``, ``browse``.  Names are
+``databases``, ``maintenance``, ``monitoring``, ``rehearsals``, ``objectstores``, ``shardsets``,
+``browse``.  Names are
 resolved lazily, so ``drtool pg wal-push`` does not pay for the restore
 engine it never runs.  Every failure is a :class:`drtool.errors.DrtoolError`
 with an ``exit_code``.
@@ -19,7 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from drtool.api.backing_up import backup, backup_command
+    from drtool.api.backing_up import FileOps, Reading, backup, backup_command
     from drtool.api.browse import (diff, dump, find_files, index_files, ls, mount, parse_size, rewrite,
                                    rewrite_history)
     from drtool.api.maintenance import check, rebuild_catalog
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 _HOME = {
     "KdfParams": "repo_access", "Session": "repo_access", "init": "repo_access",
     "open_repository": "repo_access", "snapshots": "repo_access",
-    "backup": "backing_up", "backup_command": "backing_up",
+    "backup": "backing_up", "backup_command": "backing_up", "FileOps": "backing_up", "Reading": "backing_up",
     "RestoreRequest": "restoring", "pick_snapshot": "restoring", "restore": "restoring",
     "restore_plan": "restoring",
     "check": "maintenance", "rebuild_catalog": "maintenance",

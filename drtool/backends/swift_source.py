@@ -138,6 +138,24 @@ class SwiftSourceClient:
                 return
             marker = page[-1].get("name") or page[-1].get("subdir")
 
+    def iter_level(self, prefix: str) -> Iterator[tuple[str, ListedObject | None]]:
+        """One level below ``prefix`` in name order (a ``delimiter=/`` listing): objects as
+        ``(name, object)``, "directories" as ``(sub-prefix, None)``."""
+        marker = ""
+        while True:
+            self._count("lists")
+            _headers, page = self._call(self._conn().get_container, "listing", self.bucket, prefix=prefix,
+                                        marker=marker, limit=PAGE, delimiter="/")
+            for item in page:
+                if "subdir" in item:
+                    yield item["subdir"], None
+                else:
+                    yield item["name"], ListedObject(item["name"], int(item["bytes"]), str(item["hash"]),
+                                                     _listing_ns(item["last_modified"]))
+            if len(page) < PAGE:
+                return
+            marker = page[-1].get("name") or page[-1].get("subdir")
+
     def open_object(self, key: str) -> FetchedObject | None:
         self._count("gets")
         try:

@@ -22,8 +22,9 @@ from drtool.backup.run import BackupResult, backup_command, backup_paths
 from drtool.backup.treewalk import CONTENT_HASHES
 from drtool.config import Settings
 from drtool.core.session import Session
-from drtool.errors import ConfigError, DrtoolError
+from drtool.errors import ConfigError, DrtoolError, SourceError
 from drtool.sources.objectstore import OBJECT_STORE_TYPES, ObjectStoreSource, source_from_table
+from drtool.sources.shards import Sharding, sharding_from_table
 
 
 class SourceEngine(Protocol):
@@ -46,6 +47,7 @@ class FilesSource:
     name: str
     paths: list[str]
     content_hash: str | None = None  # "sha256" / "sha1": per-file hashes for drtool find --hash
+    sharding: Sharding | None = None  # shards = N: a snapshot set made by many workers (docs/scale.md)
 
 
 @dataclass
@@ -72,7 +74,7 @@ def parse_source(name: str, table: Any, engines: Engines) -> Source:
         content_hash = table.get("content_hash")
         if content_hash is not None and content_hash not in CONTENT_HASHES:
             raise ConfigError(f"[sources.{name}]: content_hash must be one of {', '.join(CONTENT_HASHES)}")
-        return FilesSource(name, [str(p) for p in paths], content_hash)
+        return FilesSource(name, [str(p) for p in paths], content_hash, sharding_from_table(name, table))
     if kind == "command":
         if not table.get("command"):
             raise ConfigError(f"[sources.{name}]: a command source needs command = \"...\"")
@@ -109,6 +111,12 @@ def source_type(src: Source, engines: Engines) -> str:
 
 
 def backup_source(session: Session, src: Source, tags: list[str], engines: Engines) -> list[BackupResult]:
+    if isinstance(src, (FilesSource, ObjectStoreSource)) and src.sharding is not None:
+        from drtool.backup.shards import WorkerOptions, process_started_at, run_worker  # a worker of its set
+        worker = run_worker(session, src, tags, WorkerOptions(since=process_started_at()))
+        if worker.state == "failed" or (worker.failures and worker.state != "committed"):
+            raise SourceError(f"snapshot set {worker.set_id}: {'; '.join(worker.failures) or worker.state}")
+        return worker.results
     if isinstance(src, FilesSource):
         return [backup_paths(session, src.paths, src.name, tags, content_hash=src.content_hash)]
     if isinstance(src, ObjectStoreSource):

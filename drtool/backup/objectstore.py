@@ -22,7 +22,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from drtool.backends.s3_source import FetchedObject, ListedObject, S3SourceClient
 from drtool.backup.pipeline import SEGMENT_BYTES, ChunkPipeline, ChunkRef, resolve
@@ -79,8 +79,11 @@ class Fetch:
 
 class ObjectTreeBuilder:
     def __init__(self, repo: Repository, pipeline: ChunkPipeline, client: S3SourceClient,
-                 prefix: str) -> None:
+                 prefix: str, listing: Callable[[str], Iterator[ListedObject]] | None = None) -> None:
+        """``listing``: the objects to take, in key order (default: all under ``prefix``; a shard's
+        worker passes its shard's listing, ``drtool.backup.shards``)."""
         self.repo, self.pipeline, self.client, self.prefix = repo, pipeline, client, prefix
+        self.listing = listing or client.iter_objects
         self.stats = WalkStats()
         self._pool = ThreadPoolExecutor(max_workers=client.connections, thread_name_prefix="get")
         self._window: deque[Fetch] = deque()
@@ -93,7 +96,7 @@ class ObjectTreeBuilder:
         stack: list[tuple[str, OpenDir]] = [("", root)]
         last = ""
         try:
-            for listed in self.client.iter_objects(self.prefix):
+            for listed in self.listing(self.prefix):
                 if listed.key <= last:
                     raise SourceError(f"the listing of {self._where(self.prefix)} is not in key order "
                                       f"({listed.key!r} after {last!r}); no snapshot was written",

@@ -23,6 +23,7 @@ from drtool.errors import CatalogError, DrtoolError, SourceError, UsageError
 from drtool.core.heap import collector_paused
 from drtool.backup.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
 from drtool.core.session import Session
+from drtool.backup.readers import Reading
 from drtool.backup.treewalk import CONTENT_HASHES, ProgressFn, TreeWalker, WalkStats
 from drtool.repository.locks import Lock
 from drtool.snapshot.model import FILE, Node, Snapshot
@@ -133,18 +134,24 @@ def _commit(session: Session, lock: Lock, snap: Snapshot) -> None:
 def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] | None = None,
                  progress: ProgressFn | None = None,
                  clock: Callable[[], datetime] | None = None,
-                 content_hash: str | None = None) -> BackupResult:
+                 content_hash: str | None = None, kind: str = "files",
+                 meta: dict[str, Any] | None = None, reading: Reading | None = None) -> BackupResult:
     """``clock`` gives the snapshot time (injected by tests that need old snapshots);
-    ``content_hash`` ('sha256', 'sha1') records each file's hash for ``drtool find --hash``."""
+    ``content_hash`` ('sha256', 'sha1') records each file's hash for ``drtool find --hash``;
+    ``kind`` and ``meta``: a tree a database tool wrote (``mariadb-mydumper``: one file per table);
+    ``reading``: reader threads and file operations (tests inject counting or faulty ones)."""
     check_labels(session, name, tags)
     check_content_hash(content_hash)
     started = time.monotonic()
     when = clock() if clock else datetime.now(timezone.utc)
     with _backup_frame(session, name) as (lock, parent, pipeline):
-        walker = TreeWalker(session.repo, pipeline, progress, content_hash)
-        tree_id = walker.backup_roots(paths, parent.tree if parent else None)
-        snap = _snapshot(session, name, when, tree_id, "files", parent, tags, walker.stats,
-                         started, paths=[os.path.abspath(p) for p in paths])
+        walker = TreeWalker(session.repo, pipeline, progress, content_hash, reading)
+        try:
+            tree_id = walker.backup_roots(paths, parent.tree if parent else None)
+        finally:
+            walker.close()
+        snap = _snapshot(session, name, when, tree_id, kind, parent, tags, walker.stats,
+                         started, paths=[os.path.abspath(p) for p in paths], meta=meta)
         _commit(session, lock, snap)
     _record_in_catalog(session, snap)
     return BackupResult(snap, walker.stats.unreadable, walker.stats.changed,

@@ -5,6 +5,9 @@ as soon as all its files' chunk futures are done, so the walking thread
 keeps feeding workers instead of draining the pipeline at every directory.
 Unchanged files (size, mtime, ctime, inode equal to the parent snapshot's
 node, all blobs present) are taken over without being read.
+Small files are read on reader threads and directories listed ahead on
+scan threads (``readers``); their results come back in walk order, so the
+snapshot does not depend on how many threads read it.
 
 The walk keeps its own stack instead of recursing, so a tree may be as deep
 as paths allow (PATH_MAX), not as deep as Python's recursion limit.  Entries
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cache
@@ -23,13 +27,13 @@ from typing import Any, Callable, Iterator
 
 from drtool.errors import DrtoolError, SourceError
 from drtool.backup.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
+from drtool.backup.readers import SMALL_FILE, FileRead, ReadAhead, Reading, ScanAhead
 from drtool.repository.chunker import Chunker
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, Node
 from drtool.snapshot.store import load_tree, store_tree
 from drtool.sources import files as fs
 
-SMALL_FILE = 256 * 1024
 CONTENT_HASHES = ("sha256", "sha1")  # sha1: what MediaWiki records for uploaded files
 log = logging.getLogger("drtool")
 
@@ -55,6 +59,8 @@ class DirJob:
     tree_id: str | None = None
     old_tree: str | None = None  # this directory's tree in the parent snapshot
     old_nodes: list[Node] = field(default_factory=list)
+    reads: int = 0  # small files of this directory queued on the readers, not yet taken back
+    subdirs: deque[tuple[bytes, str | None]] = field(default_factory=deque)  # not yet listed ahead
 
     def track(self, refs: list[ChunkRef]) -> None:
         """Remember each distinct batch once (a 660 MiB dump has 40k refs but ~700 batches)."""
@@ -66,6 +72,8 @@ class DirJob:
 
     def ready(self) -> bool:
         """Amortised O(1): finished batches are dropped from the front."""
+        if self.reads:
+            return False
         while self.batches and self.batches[0].done():
             self.batches.popleft()
         return not self.batches
@@ -73,13 +81,18 @@ class DirJob:
 
 ProgressFn = Callable[[WalkStats], None]
 Frame = tuple[DirJob, Iterator[tuple[fs.Entry, Node | None]]]
+QueuedRead = tuple[DirJob, Node, fs.Entry]
+DEFERRED: list[ChunkRef] = []  # the file's read is queued: its chunk references come later
 
 
 class TreeWalker:
     def __init__(self, repo: Repository, pipeline: ChunkPipeline,
-                 progress: ProgressFn | None = None, content_hash: str | None = None) -> None:
+                 progress: ProgressFn | None = None, content_hash: str | None = None,
+                 reading: Reading | None = None) -> None:
         """``content_hash``: also record each file's sha256/sha1 (for ``drtool find --hash``),
-        computed on the walking thread from the buffers it reads anyway (hashlib drops the GIL)."""
+        computed from the buffers read anyway (hashlib drops the GIL).  ``reading``: how many
+        small files are read at once, and through what (default: 8 reader threads; 1 reads
+        each file on the walking thread when the walk reaches it)."""
         if content_hash is not None and content_hash not in CONTENT_HASHES:
             raise ValueError(f"unknown content hash {content_hash!r}")
         self.content_hash = content_hash
@@ -92,6 +105,20 @@ class TreeWalker:
         self._links: dict[str, list[ChunkRef] | list[str]] = {}
         self._zeros: dict[Chunker, ChunkRef] = {}
         self._scratch = memoryview(bytearray(SMALL_FILE))  # small files and the head of large ones
+        self.reading = reading or Reading()
+        self.ops = self.reading.ops
+        self._reads: ReadAhead[QueuedRead] | None = None
+        self._scans: ScanAhead | None = None
+        if self.reading.readers > 1:
+            self._reads = ReadAhead(self.reading, self._took, content_hash)
+            self._scans = ScanAhead(max(1, self.reading.readers // 2), self._old_nodes)
+
+    def close(self) -> None:
+        """Stop the reader and scanner threads (idle once a walk is over)."""
+        if self._reads is not None:
+            self._reads.close()
+        if self._scans is not None:
+            self._scans.close()
 
     def backup_roots(self, roots: list[str], parent_tree: str | None) -> str:
         """Store the given paths as one root tree; return its id."""
@@ -153,11 +180,20 @@ class TreeWalker:
 
     def _scan(self, path: bytes, old_tree: str | None) -> Frame:
         """Read one directory; raises Unreadable (Vanished) if it cannot be listed."""
-        job = DirJob(old_tree=old_tree, old_nodes=self._old_nodes(old_tree))
+        if self._scans is None:
+            old_nodes = self._old_nodes(old_tree)
+            entries, problems = fs.scan_dir(path)
+        else:
+            entries, problems, old_nodes = self._scans.scan(path, old_tree)
+        job = DirJob(old_tree=old_tree, old_nodes=old_nodes)
         old = {n.name: n for n in job.old_nodes}
-        entries, problems = fs.scan_dir(path)
         for problem in problems:
             self._problem(problem)
+        if self._scans is not None:
+            job.subdirs.extend((e.path, _subtree(old.get(e.name)))
+                               for e in entries if stat.S_ISDIR(e.st.st_mode))
+            for _ in range(min(ScanAhead.AHEAD, len(job.subdirs))):
+                self._scans.ahead(*job.subdirs.popleft())
         return job, ((entry, old.get(entry.name)) for entry in entries)
 
     def _walk(self, top: Frame) -> None:
@@ -173,6 +209,8 @@ class TreeWalker:
                 continue
             frame = self._add_entry(job, *item)
             if frame is not None:
+                if job.subdirs and self._scans is not None:  # entered one: list one more ahead
+                    self._scans.ahead(*job.subdirs.popleft())
                 stack.append(frame)
 
     def _add_entry(self, job: DirJob, entry: fs.Entry, old: Node | None) -> Frame | None:
@@ -185,7 +223,7 @@ class TreeWalker:
         frame: Frame | None = None
         if node.type == DIR:
             try:
-                frame = self._scan(entry.path, old.subtree if old and old.type == DIR else None)
+                frame = self._scan(entry.path, _subtree(old))
             except fs.Vanished as exc:
                 self._problem(exc)
                 return None
@@ -196,8 +234,11 @@ class TreeWalker:
             self.stats.dirs += 1
             job.children.append((node, frame[0]))
         elif node.type == FILE:
-            futures = self._file_content(node, entry, old)
+            futures = self._file_content(job, node, entry, old)
             if futures is None:
+                return None
+            if futures is DEFERRED:
+                job.nodes.append(node)  # counted when its read is taken back (_took)
                 return None
             if futures:
                 job.pending.append((node, futures))
@@ -207,8 +248,10 @@ class TreeWalker:
         job.nodes.append(node)
         return frame
 
-    def _file_content(self, node: Node, entry: fs.Entry, old: Node | None) -> list[ChunkRef] | None:
-        """References to the file's chunk ids, [] if content was reused, None if unreadable."""
+    def _file_content(self, job: DirJob, node: Node, entry: fs.Entry,
+                      old: Node | None) -> list[ChunkRef] | None:
+        """References to the file's chunk ids, [] if content was reused, None if unreadable,
+        DEFERRED if a reader thread reads it (hard links are read here: later links need the refs)."""
         if node.link_key and node.link_key in self._links:
             shared = self._links[node.link_key]
             node.hash = self._link_hashes.get(node.link_key)
@@ -224,6 +267,10 @@ class TreeWalker:
             if node.link_key:
                 self._links[node.link_key] = list(old.content)
             return []
+        if self._reads is not None and node.size < SMALL_FILE and not node.link_key:
+            job.reads += 1
+            self._reads.add((job, node, entry), entry.path, entry.st)
+            return DEFERRED
         try:
             futures = self._read_file(node, entry)
         except fs.Unreadable as exc:
@@ -246,7 +293,7 @@ class TreeWalker:
         # (changed_since) shows whether it still is a regular file; anything
         # read further is checked first.
         small = node.size < SMALL_FILE
-        fd = fs.open_for_backup(entry.path, check_regular=not small)
+        fd = self.ops.open(entry.path, not small)
         digest = hashlib.new(self.content_hash) if self.content_hash else None
         try:
             futures, total = self._read_content(fd, entry.path, node.size, small, digest)
@@ -256,7 +303,7 @@ class TreeWalker:
                 node.size = total
                 self.stats.changed.append(os.fsdecode(entry.path))
         finally:
-            os.close(fd)
+            self.ops.close(fd)
         if digest is not None:
             node.hash = f"{self.content_hash}:{digest.hexdigest()}"
         self.stats.files_read += 1
@@ -330,8 +377,44 @@ class TreeWalker:
             ref = self._zeros[chunker] = self.pipeline.add_segment(bytes(SEGMENT_BYTES), chunker)
         return ref
 
+    def _took(self, item: QueuedRead, read: FileRead, data: memoryview) -> None:
+        """A small file's read, taken back in walk order: into the pipeline, or reported."""
+        job, node, entry = item
+        job.reads -= 1
+        if read.grew:  # grew past its lstat size: read it here, following the growth
+            try:
+                futures = self._read_file(node, entry)
+            except fs.Unreadable as exc:
+                self._problem(exc)
+                _drop(job.nodes, node)
+                return
+        elif read.error is not None:
+            self._problem(read.error)
+            _drop(job.nodes, node)
+            return
+        else:
+            futures = [self.pipeline.add(data)] if len(data) else []
+            node.hash = read.hash
+            if read.changed:
+                node.changed = True
+                node.size = len(data)
+                self.stats.changed.append(os.fsdecode(entry.path))
+            self.stats.files_read += 1
+            if self.progress:
+                self.progress(self.stats)
+        if futures:
+            job.pending.append((node, futures))
+            job.track(futures)
+        self.stats.files += 1
+        self.stats.size += node.size
+
     def _drain(self, block: bool) -> None:
         self.repo.checkpoint()
+        if self._reads is not None:
+            if block:
+                self._reads.take_all()
+            else:
+                self._reads.take_done()
         if block:
             self.pipeline.submit_batch()
         while self._queue and (block or self._queue[0].ready()):
@@ -345,6 +428,7 @@ class TreeWalker:
         job.tree_id = self._unchanged_tree(job) or store_tree(self.repo, job.nodes)
         job.pending.clear()
         job.children.clear()
+        job.subdirs.clear()
         job.nodes = job.old_nodes = []
 
     def _unchanged_tree(self, job: DirJob) -> str | None:
@@ -361,6 +445,18 @@ class TreeWalker:
             return None
         return job.old_tree
 
+
+
+def _subtree(old: Node | None) -> str | None:
+    return old.subtree if old is not None and old.type == DIR else None
+
+
+def _drop(nodes: list[Node], node: Node) -> None:
+    """Remove ``node`` itself (not an equal one) from its directory; it is near the end."""
+    for i in range(len(nodes) - 1, -1, -1):
+        if nodes[i] is node:
+            del nodes[i]
+            return
 
 
 @cache

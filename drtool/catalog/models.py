@@ -185,3 +185,37 @@ rewrite_table = Table(
     Column("new_id", String(64), nullable=True),
     Column("outcome", Text, default=""),
 )
+
+# Snapshot sets of sharded sources (migration 0006): coordination of the workers, not a cache.
+# The repository's record of a set is each shard snapshot's ``meta["set"]``; these rows say
+# which set is being made and who holds which shard.  At most one open set per source.
+snapshot_set_table = Table(
+    "snapshot_sets", metadata,
+    Column("repo_id", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("source", String(255), nullable=False),
+    Column("shards", Integer, nullable=False),
+    Column("state", String(16), nullable=False),          # open | committed | failed
+    Column("created", DateTime(timezone=True)),
+    Column("finished", DateTime(timezone=True), nullable=True),
+    Column("host", String(255)),
+    Column("note", Text, default=""),
+)
+Index("ix_snapshot_sets_open", snapshot_set_table.c.repo_id, snapshot_set_table.c.source, unique=True,
+      sqlite_where=snapshot_set_table.c.state == "open", postgresql_where=snapshot_set_table.c.state == "open")
+
+# One row per shard of a set: its lease (owner, token, expiry in epoch seconds of the catalog's clock).
+shard_lease_table = Table(
+    "shard_leases", metadata,
+    Column("repo_id", String(64), primary_key=True),
+    Column("set_id", String(64), primary_key=True),
+    Column("shard", Integer, primary_key=True),
+    Column("state", String(16), nullable=False),          # todo | leased | done | failed
+    Column("owner", String(255), nullable=True),
+    Column("token", String(64), nullable=True),
+    Column("expires", Float, nullable=True),
+    Column("snapshot_id", String(64), nullable=True),
+    Column("attempts", Integer, default=0),
+    Column("errors", Integer, default=0),
+    Column("error", Text, default=""),
+)

@@ -33,6 +33,7 @@ class RestoreRequest:
     start: bool = False
     port: int | None = None
     command_line: str | None = None  # this invocation, for "run it as … instead" messages
+    table: str | None = None         # DB.TABLE: one table of a mydumper snapshot (MariaDB)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,6 +68,12 @@ class DatabaseEngine(Protocol):
     def base_of(self, snap: Snapshot, segment_size: int) -> RecoveryBase | None: ...
 
     def first_missing_name(self, gap: Gap, timeline: int, segment_size: int) -> str: ...
+
+    def chain_from(self, base: RecoveryBase, segments: list[Segment]) -> list[Segment]:
+        """The log files a replay from ``base`` reads, in order (WAL: by number; binlogs: by GTID)."""
+
+    def gaps_from(self, base: RecoveryBase | None, segments: list[Segment]) -> list[Gap]:
+        """The holes in the archive after ``base`` (None: anywhere)."""
 
     def reachable(self, when: datetime, reach: datetime, inclusive: bool) -> bool:
         """Can replay stop at ``when`` when the archive's newest event is at ``reach``?"""

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from drtool.backends.registry import open_backend
+from drtool.databases import mariadb_gtid as gtid
 from drtool.snapshot.logwindow import BINLOG, WAL, Segment
 from drtool.errors import DrtoolError, IntegrityError, ObjectMissing, UsageError
 from drtool.repository.objects import (INFO_SUFFIX, LOG_INFO_KIND, LOG_KINDS, log_kind, log_prefix,
@@ -245,36 +246,74 @@ def _unlink(path: str) -> None:
 
 
 # ----- MariaDB binlogs -------------------------------------------------------------------------------
-def binlog_record(repo: Repository, src: mariadb.MariaSource, name: str, path: str, size: int) -> Segment:
+def binlog_record(repo: Repository, src: mariadb.MariaSource, name: str, path: str, size: int,
+                  file_name: str | None = None) -> Segment:
+    """What the catalog needs of one binlog: times, positions, and the GTIDs it covers.
+
+    ``gtid_start`` is the file's Gtid_list (the server's state before it; a
+    domain the server never logged before starts just before its first GTID
+    here), ``gtid_end`` that state after the file's own GTIDs: the planner
+    chains files by these, across servers (``mariadb_gtid``).
+    """
     info = mariadb.scan_binlog(path, src.bindir)
+    start = gtid.parse_position(info.gtid_list)
+    for domain, first in gtid.parse_position(",".join(info.first_by_domain.values())).items():
+        start.setdefault(domain, (first[0], first[1] - 1))
+    end = gtid.advance(start, gtid.parse_position(",".join(info.last_by_domain.values())))
     return Segment(source=src.name, kind=BINLOG, name=name,
                    object_id=segment_object_id(repo, BINLOG, src.name, name), size=size,
                    archived_at=datetime.now(timezone.utc), seq=mariadb.binlog_seq(name),
                    first_time=info.first_time, last_time=info.last_time, start_pos="4",
                    end_pos=str(info.end_pos),
                    extra={"first_gtid": info.first_gtid, "last_gtid": info.last_gtid,
-                          "gtid_list": info.gtid_list, "events": info.events})
+                          "gtid_list": info.gtid_list, "events": info.events, "file": file_name or name,
+                          "server_id": info.server_id, "gtid_start": gtid.format_position(start),
+                          "gtid_end": gtid.format_position(end)})
 
 
 def binlog_push(repo: Repository, src: mariadb.MariaSource) -> list[PushResult]:
-    """Ship every closed binlog (all but the server's current one) not yet archived."""
+    """Ship every closed binlog (all but the server's current one) not yet archived.
+
+    Archived as ``s<server_id>-<file>``: after a switchover the new primary's
+    files have the old primary's names.  A file archived by an older drtool
+    under its bare name (same size) counts as archived.
+    """
     logs, basename = mariadb.binary_logs(src)
+    server = mariadb.server_id(src)
     results = []
     with tempfile.TemporaryDirectory(prefix="drtool-binlog-") as work:
-        for name, _size in logs[:-1]:
+        for file_name, size in logs[:-1]:
+            name = gtid.archived_name(server, file_name)
             object_id = segment_object_id(repo, BINLOG, src.name, name)
-            data_name = object_name(source_prefix(repo, BINLOG, src.name), object_id)
-            if repo.backend.stat(data_name + INFO_SUFFIX) is not None:
-                results.append(PushResult(name, "already-archived", _size, object_id))
+            if _archived(repo, src.name, name, None):
+                results.append(PushResult(name, "already-archived", size, object_id))
                 continue
-            path = mariadb.binlog_path(src, name, basename, work)
+            if _archived(repo, src.name, file_name, size):  # by an earlier drtool, under the bare name
+                results.append(PushResult(file_name, "already-archived", size,
+                                          segment_object_id(repo, BINLOG, src.name, file_name)))
+                continue
+            path = mariadb.binlog_path(src, file_name, basename, work)
             with open(path, "rb") as handle:
                 payload = handle.read()
-            seg = binlog_record(repo, src, name, path, len(payload))
+            seg = binlog_record(repo, src, name, path, len(payload), file_name)
             results.append(PushResult(name, store_segment(repo, seg, payload), len(payload), object_id))
             if path.startswith(work):
                 os.unlink(path)
     return results
+
+
+def _archived(repo: Repository, source: str, name: str, size: int | None) -> bool:
+    """Is ``name`` archived (with ``size`` given: a legacy bare-named file of exactly that size)?"""
+    prefix = source_prefix(repo, BINLOG, source)
+    object_id = segment_object_id(repo, BINLOG, source, name)
+    if repo.backend.stat(object_name(prefix, object_id) + INFO_SUFFIX) is None:
+        return False
+    if size is None:
+        return True
+    try:
+        return int(json.loads(repo.get_object(prefix, LOG_INFO_KIND, object_id + INFO_SUFFIX))["size"]) == size
+    except (DrtoolError, ValueError, KeyError, TypeError):
+        return False
 
 
 # ----- catalog -------------------------------------------------------------------------------------------

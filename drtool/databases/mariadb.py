@@ -7,9 +7,13 @@ MASTER_LOG_FILE=…, MASTER_LOG_POS=…``; the dump is streamed into the
 an inclusive target replays every event stamped at or before the target's
 second.  The replay stream is read on its way to the client so that drtool
 can tell whether every planned binlog event before the stop time went in.
+Which binlogs a replay reads, across switchovers too, is planned by GTID
+(``mariadb_gtid``); per-table and physical bases live in ``mariadb_mydumper``
+and ``mariadb_physical``.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -19,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterator
 
 from drtool.childenv import child_environment
+from drtool.databases import mariadb_gtid as gtid
 from drtool.databases.engine import Labels, RestoreRequest
 from drtool.databases.logarchive import fetch_segment
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryShort
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
     from drtool.core.session import Session
     from drtool.backup.streams import StreamTap
 
+log = logging.getLogger("drtool")
 MARIADB_DUMP = "mariadb-dump"
 _STEM_RE = re.compile(r"^(.*)\.(\d+)$")
 
@@ -43,7 +49,7 @@ class MariadbEngine:
     name = "mariadb"
     log_kind = BINLOG
     base_kind = MARIADB_DUMP
-    base_kinds = (MARIADB_DUMP, "mariadb-physical")  # a dump, or a mariabackup (mariadb_physical)
+    base_kinds = (MARIADB_DUMP, "mariadb-physical", "mariadb-mydumper")  # + mariadb_physical, mariadb_mydumper
     labels = Labels(base="dump with binlog coordinates", log_file="binlog", event="binlog event",
                     archive_more="FLUSH BINARY LOGS; drtool mariadb binlog-push")
 
@@ -63,8 +69,13 @@ class MariadbEngine:
         if src.method == "physical":
             from drtool.databases.mariadb_physical import backup_physical
             return backup_physical(session, src, tags, self.name)
+        if src.method == "mydumper":
+            from drtool.databases.mariadb_mydumper import backup_mydumper
+            return backup_mydumper(session, src, tags, self.name)
         meta = {"source": src.name, "source_type": self.name, "pitr": src.pitr,
                 "database": src.single_database, "databases": src.databases, "all": src.all}
+        if src.pitr:
+            note_server_id(src, meta)
         with mariadb.client_options(src) as opts:
             return [run_dump(session, mariadb.dump_command(src, opts), child_environment(), src.name,
                              "dump.sql", MARIADB_DUMP, meta, tags, _dump_finish)]
@@ -77,10 +88,22 @@ class MariadbEngine:
         return RecoveryBase(snap, seq, 0, snap.time, seq - 1)
 
     def first_missing_name(self, gap: Gap, timeline: int, segment_size: int) -> str:
+        if gap.missing:
+            return gap.missing
         match = _STEM_RE.match(gap.before) or _STEM_RE.match(gap.after)
         if not match:
             return f"#{gap.first}"
         return f"{match.group(1)}.{gap.first:0{len(match.group(2))}d}"
+
+    def chain_from(self, base: RecoveryBase, segments: list[Segment]) -> list[Segment]:
+        """One server's binlogs by number, then by GTID onto another server's (``mariadb_gtid``)."""
+        return gtid.chain_from(base.snapshot.meta, segments)
+
+    def gaps_from(self, base: RecoveryBase | None, segments: list[Segment]) -> list[Gap]:
+        if base is None:
+            return []
+        found = gtid.gap_after(base.snapshot.meta, self.chain_from(base, segments), segments)
+        return [found] if found else []
 
     def reachable(self, when: datetime, reach: datetime, inclusive: bool) -> bool:
         return when <= reach
@@ -97,7 +120,8 @@ class MariadbEngine:
         return []  # a dump is consistent by itself
 
     def keep_from(self, base: RecoveryBase, segment_size: int) -> str:
-        return str(base.snapshot.meta.get("binlog_file", ""))
+        meta = base.snapshot.meta
+        return gtid.archived_name(meta.get("server_id"), str(meta.get("binlog_file", "")))
 
     def resolve_target(self, target: Any, timeline: int | None, segments: list[Segment],
                        segment_size: int) -> Any:
@@ -111,10 +135,11 @@ class MariadbEngine:
         return False  # resolve_target never gives a position
 
     def check_chain(self, source: str, chain: list[Segment], segments: list[Segment]) -> None:
-        return None  # binlogs follow each other by number
+        return None  # chain_from only links files that follow (by number, or by GTID across servers)
 
     def expiry_position(self, seg: Segment, base: RecoveryBase, segment_size: int) -> int | None:
-        """Binlogs by number, but only those of the base's own basename (others are not comparable)."""
+        """Binlogs by number, only those of the base's own server and basename (others are not comparable:
+        another server's files never expire here)."""
         if _stem(seg.name) != _stem(self.keep_from(base, segment_size)):
             return None
         return seg.seq
@@ -122,7 +147,15 @@ class MariadbEngine:
     # ----- restore ----------------------------------------------------------------------------------
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: mariadb.MariaSource,
                 request: RestoreRequest) -> PitrResult:
-        if plan.base.snapshot.kind != MARIADB_DUMP:
+        kind = plan.base.snapshot.kind
+        if kind == "mariadb-mydumper":
+            from drtool.databases.mariadb_mydumper import restore_mydumper
+            return restore_mydumper(session, plan, src, request)
+        if request.table:
+            raise UsageError(f"--table needs a mydumper snapshot (method = \"mydumper\"); the base of this "
+                             f"restore, {plan.base.snapshot.short_id}, is a {kind}",
+                             hint="restore the database into a new one (--target-db) and copy the table from it")
+        if kind != MARIADB_DUMP:
             from drtool.databases.mariadb_physical import restore_physical
             return restore_physical(session, plan, src, request)
         return restore_dump(session, plan, src, target_db=request.target_db, target_dir=request.target,
@@ -130,6 +163,18 @@ class MariadbEngine:
 
 
 MARIADB = MariadbEngine()
+
+
+def note_server_id(src: mariadb.MariaSource, meta: dict[str, Any]) -> None:
+    """Record ``@@server_id``: it names the archived binlog a base's coordinates point into.
+
+    Best effort: without it the chain starts from the base's GTID position,
+    which is as exact; a backup must not fail over this one lookup.
+    """
+    try:
+        meta["server_id"] = mariadb.server_id(src)
+    except (SourceError, ValueError, IndexError) as exc:
+        log.warning("source %s: server id not recorded (%s); binlog replay will start by GTID", src.name, exc)
 
 
 def _stem(name: str) -> str:
@@ -175,7 +220,7 @@ def restore_dump(session: Session, plan: PitrPlan, src: mariadb.MariaSource, *, 
         server = instance.source(src.name)
     database = target_db or single
     try:
-        _create_database(server, database, fresh=instance is not None)
+        create_database(server, database, fresh=instance is not None)
         with session.lock("restore"):
             session.repo.load_index()
             pipe_into_client(server, database, stream_chunks(session.repo, plan.base.snapshot), "dump load")
@@ -191,7 +236,7 @@ def restore_dump(session: Session, plan: PitrPlan, src: mariadb.MariaSource, *, 
     return result
 
 
-def _create_database(server: mariadb.MariaSource, database: str | None, fresh: bool) -> None:
+def create_database(server: mariadb.MariaSource, database: str | None, fresh: bool) -> None:
     if database is None:
         return
     if not fresh and mariadb.database_exists(server, database):
@@ -211,39 +256,59 @@ def pipe_into_client(server: mariadb.MariaSource, database: str | None, chunks: 
 
 
 def replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSource, single: str | None,
-                    database: str | None) -> str | None:
-    """Replay the planned binlogs; return what was verifiably reached."""
+                    database: str | None, table: str | None = None) -> str | None:
+    """Replay the planned binlogs; return what was verifiably reached.
+
+    One ``mariadb-binlog`` per run of one server's consecutive files (the
+    first from the base's byte position, a run reached across a switchover
+    from the chain's GTID position), all into one client session.
+    """
     if not plan.segments:
         return None
-    meta = plan.base.snapshot.meta
     progress = mariadb.ReplayProgress()
+    stop = binlog_stop_time(plan.target_time, plan.inclusive) if plan.target_time else None
     with tempfile.TemporaryDirectory(prefix="drtool-replay-") as work:
-        files = []
-        for seg in plan.segments:  # a binlog that cannot be fetched fails the restore, never shortens it
-            path = os.path.join(work, seg.name)
-            with open(path, "wb") as handle:
-                handle.write(fetch_segment(session.repo, BINLOG, plan.source, seg.name))
-            files.append(path)
-        start = int(meta["binlog_pos"]) if plan.segments[0].name == meta.get("binlog_file") else None
-        stop = binlog_stop_time(plan.target_time, plan.inclusive) if plan.target_time else None
-        cmd = mariadb.replay_command(files, start, stop, single, database, server.bindir)
+        commands = []
+        for run, start in gtid.replay_runs(plan.base.snapshot.meta, plan.segments):
+            files = []
+            for seg in run:  # a binlog that cannot be fetched fails the restore, never shortens it
+                path = os.path.join(work, seg.name)
+                with open(path, "wb") as handle:
+                    handle.write(fetch_segment(session.repo, BINLOG, plan.source, seg.name))
+                files.append(path)
+            commands.append(mariadb.replay_command(files, start, stop, single, database, server.bindir, table))
+        failures: list[str] = []
+        try:
+            pipe_into_client(server, database, _replay_stream(commands, progress, failures), "binlog replay")
+        finally:
+            if failures:  # the reader's failure is the cause; the client's error on the cut stream is not
+                raise RestoreTargetError(failures[0])
+    return verify_replay(plan, progress, stop)
+
+
+def _replay_stream(commands: list[list[str]], progress: mariadb.ReplayProgress,
+                   failures: list[str]) -> Iterator[bytes]:
+    """The SQL of each ``mariadb-binlog`` in turn, noted by ``progress`` on its way to the client.
+
+    A failed reader ends the stream (noted in ``failures``) rather than
+    raising inside the client's feeding loop, which would leave it waiting.
+    """
+    for cmd in commands:
         producer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     stdin=subprocess.DEVNULL, env=child_environment({"TZ": "UTC"}))
         assert producer.stdout is not None and producer.stderr is not None
         errors = StderrTail(producer.stderr)
-
-        def chunks() -> Iterator[bytes]:
+        try:
             for chunk in iter(lambda: producer.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
                 progress.feed(chunk)
                 yield chunk
-
-        try:
-            pipe_into_client(server, database, chunks(), "binlog replay")
         finally:
+            if producer.poll() is None:
+                producer.stdout.close()
             code = producer.wait()
         if code != 0:
-            raise RestoreTargetError(f"mariadb-binlog failed (exit {code}): {errors.text()}")
-    return verify_replay(plan, progress, stop)
+            failures.append(f"mariadb-binlog failed (exit {code}): {errors.text()}")
+            return
 
 
 def verify_replay(plan: PitrPlan, progress: mariadb.ReplayProgress, stop: datetime | None) -> str:

@@ -47,6 +47,9 @@ def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str],
     datadir, replica = _server_facts(src)
     meta: dict[str, Any] = {"source": src.name, "source_type": engine, "method": "physical", "pitr": src.pitr,
                             "replica": replica}
+    if src.pitr:
+        from drtool.databases.mariadb import note_server_id
+        note_server_id(src, meta)
     with mariadb.client_options(src) as opts, tempfile.TemporaryDirectory(prefix="drtool-mariabackup-") as work:
         command = mariabackup.backup_command(src, opts, datadir, work, replica)
         return [run_dump(session, command, child_environment(), src.name, "backup.mbstream", MARIADB_PHYSICAL,

@@ -20,8 +20,8 @@ from drtool.databases.logarchive import sync_log_segments
 from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import DrtoolError, SnapshotNotFound, UsageError
 from drtool.snapshot.timeparse import in_utc_and_host
-from drtool.snapshot.logwindow import (Gap, RecoveryBase, Segment, Window, compute_window, contiguous_run,
-                                       find_gaps, reach, recovery_bases, wal_segment_size)
+from drtool.snapshot.logwindow import (Gap, RecoveryBase, Segment, Window, compute_window, reach, recovery_bases,
+                                       wal_segment_size)
 
 if TYPE_CHECKING:
     from drtool.catalog.store import Catalog
@@ -214,7 +214,7 @@ def _choose_base(source: str, engine: DatabaseEngine, found: list[RecoveryBase],
         raise SnapshotNotFound(f"no {engine.labels.base} of source {source} was consistent at or before "
                                f"{when.isoformat()}; the first is from {found[0].consistent_at.isoformat()}")  # type: ignore[union-attr]
     for base in reversed(candidates):
-        chain = contiguous_run(segments, base.start_seq, base.timeline)
+        chain = engine.chain_from(base, segments)
         end = reach(base, chain)
         if end is not None:
             return base, chain, end
@@ -234,7 +234,7 @@ def _gap_at(base: RecoveryBase) -> Any:
 
 def _unreachable(source: str, engine: DatabaseEngine, base: RecoveryBase, segments: list[Segment],
                  when: datetime, end: datetime) -> DrtoolError:
-    gaps = find_gaps(segments, base.start_seq)
+    gaps = engine.gaps_from(base, segments)
     if gaps:
         missing = engine.first_missing_name(gaps[0], base.timeline, wal_segment_size(segments))
         return RecoveryPointUnreachable(

@@ -25,7 +25,7 @@ from drtool.databases.engine import Labels, RestoreRequest
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryPointUnreachable, RecoveryShort
 from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import SnapshotNotFound, SourceError, UsageError
-from drtool.snapshot.logwindow import WAL, Gap, RecoveryBase, Segment
+from drtool.snapshot.logwindow import WAL, Gap, RecoveryBase, Segment, contiguous_run, find_gaps
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.store import StreamReader, prefetched, stream_chunks
 from drtool.sources import postgres
@@ -98,6 +98,13 @@ class PostgresEngine:
 
     def first_missing_name(self, gap: Gap, timeline: int, segment_size: int) -> str:
         return postgres.segment_name(timeline, gap.first, segment_size)
+
+    def chain_from(self, base: RecoveryBase, segments: list[Segment]) -> list[Segment]:
+        """WAL segments by number from the base's start, the highest timeline per number."""
+        return contiguous_run(segments, base.start_seq, base.timeline)
+
+    def gaps_from(self, base: RecoveryBase | None, segments: list[Segment]) -> list[Gap]:
+        return find_gaps(segments, base.start_seq if base is not None else None)
 
     def reachable(self, when: datetime, reach: datetime, inclusive: bool) -> bool:
         """Recovery stops before the first commit after the target: an inclusive target needs one."""
@@ -179,8 +186,8 @@ class PostgresEngine:
         refuse_root(request.command_line)
         if not request.target:
             raise UsageError("PostgreSQL restore needs --target DIR (the new data directory)")
-        if request.target_db:
-            raise UsageError("--target-db is for MariaDB sources")
+        if request.target_db or request.table:
+            raise UsageError("--target-db and --table are for MariaDB sources")
         return restore_datadir(session, plan, src, request.target, fetch_env=fetch_environment(settings),
                                start=request.start, port=request.port)
 

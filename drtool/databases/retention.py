@@ -183,8 +183,11 @@ def plan_expiry(source: str, engine: DatabaseEngine, segments: list[Segment],
     numbered = [(seg, engine.expiry_position(seg, oldest, seg_size)) for seg in segments]
     newest = max((n for _, n in numbered if n is not None), default=None)
     reason = f"before {plan.keep_from}, where the oldest kept base {oldest.snapshot.short_id} starts"
+    # Whatever a kept base's replay reads stays, whatever its number: after a MariaDB switchover an
+    # older base's chain crosses by GTID into the new primary's early files (numbered before a newer base).
+    needed = {seg.object_id for base in bases for seg in engine.chain_from(base, segments)}
     for seg, number in sorted(numbered, key=lambda p: (p[1] if p[1] is not None else -1, p[0].name)):
-        if number is None or number >= oldest.start_seq or number == newest:
+        if number is None or number >= oldest.start_seq or number == newest or seg.object_id in needed:
             continue
         plan.expire.append(ExpiredSegment(seg.name, seg.object_id, seg.size, reason))
     return plan

@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drtool.backends import capabilities
-from drtool.errors import ConfigError, DrtoolError, UsageError
+from drtool.errors import ConfigError, DrtoolError, SnapshotNotFound, UsageError
 from drtool.databases import retention as pitr_retention
 from drtool.databases.retention import LogExpiry
 from drtool.core.rollback import record_forgotten
@@ -36,7 +36,9 @@ from drtool.core.session import Session
 from drtool.repository.objects import SNAPSHOTS, object_name
 from drtool.repository.tombstones import write_tombstone
 from drtool.snapshot.model import Snapshot
+from drtool.snapshot.names import matches
 from drtool.snapshot.retention import Decision, RetentionPolicy, SnapshotRef, apply_policy
+from drtool.snapshot.sets import SnapshotSet, find_set, group_sets
 from drtool.snapshot.store import list_snapshot_ids, resolve_snapshot_id
 from drtool.testing_hooks import crash_point
 
@@ -137,8 +139,10 @@ def forget(session: Session, policy_for: PolicyFn, *, name: str | None = None,
     with session.lock("forget") as lock:
         session.sync()
         by_name: dict[str, list[Snapshot]] = {}
-        for snap in session.snapshots(name):
-            by_name.setdefault(snap.name, []).append(snap)
+        snapsets, plain = group_sets(session.snapshots())
+        for snap in plain:
+            if not name or matches(snap.name, name):
+                by_name.setdefault(snap.name, []).append(snap)
         policies = {series: policy_for(series) for series in sorted(by_name)}
         pins = pinned or pitr_retention.pitr_pins(by_name, policies, now, tz)
         for series, snaps in sorted(by_name.items()):
@@ -147,6 +151,8 @@ def forget(session: Session, policy_for: PolicyFn, *, name: str | None = None,
                 result.skipped.append(series)
                 continue
             result.series.append(_decide(series, snaps, policy, now, tz, pins))
+        _decide_sets([s for s in snapsets if not name or matches(s.source, name)], policy_for, now, tz,
+                     result, by_name)
         if name and not by_name:
             log.warning("no snapshots named %r", name)
         if not dry_run:
@@ -185,6 +191,40 @@ def _decide(series: str, snaps: list[Snapshot], policy: RetentionPolicy, now: da
             for s in snaps]
     decisions = apply_policy(refs, policy, now=now, tz=tz)
     return SeriesResult(series, policy.describe(), decisions)
+
+
+def _decide_sets(snapsets: list[SnapshotSet], policy_for: PolicyFn, now: datetime, tz: tzinfo,
+                 result: ForgetResult, by_name: dict[str, list[Snapshot]]) -> None:
+    """A snapshot set is one unit: the policy of its source (``[sources.NAME.retention]``) keeps or
+    removes whole sets, every shard with its set.  Only complete sets count for keep-N slots; an
+    incomplete set newer than the newest complete one may still be in progress and is kept, an
+    older one is superseded and removed."""
+    by_source: dict[str, list[SnapshotSet]] = {}
+    for snapset in snapsets:
+        by_source.setdefault(snapset.source, []).append(snapset)
+    for source, sets in sorted(by_source.items()):
+        policy = policy_for(source)
+        by_name[source] = [snap for s in sets for snap in s.snapshots]  # for the PITR pass: not a database
+        if policy is None:
+            result.skipped.append(source)
+            continue
+        complete = [s for s in sets if s.complete]
+        refs = [SnapshotRef(s.id, s.time, frozenset(s.snapshots[0].tags)) for s in complete]
+        verdicts = {d.snapshot.id: d for d in apply_policy(refs, policy, now=now, tz=tz)}
+        newest = complete[-1].time if complete else None
+        series = SeriesResult(source, f"{policy.describe()} (snapshot sets)")
+        for snapset in sets:
+            verdict = verdicts.get(snapset.id)
+            if verdict is not None:
+                keep, reasons = verdict.keep, verdict.reasons
+            elif newest is None or snapset.time > newest:
+                keep, reasons = True, ("incomplete snapshot set, may still be in progress",)
+            else:
+                keep, reasons = False, ("incomplete snapshot set, superseded by a complete one",)
+            reasons = (f"set {snapset.id}",) + tuple(reasons)
+            series.decisions += [Decision(SnapshotRef(snap.id, snap.time), keep, reasons)
+                                 for snap in snapset.snapshots]
+        result.series.append(series)
 
 
 def _remove(session: Session, lock: Any, series: SeriesResult,
@@ -235,7 +275,9 @@ def forget_ids(session: Session, refs: list[str], *, dry_run: bool = False) -> F
         vanished = {m.object_id: m for m in (session.rollback.missing_snapshots if session.rollback else [])}
         listed = set(list_snapshot_ids(session.repo))
         candidates = sorted(listed | set(vanished))
-        chosen = list(dict.fromkeys(resolve_snapshot_id(candidates, ref) for ref in refs))
+        set_members = _set_refs(list(snaps.values()), [r for r in refs if r.startswith("set-")])
+        chosen = list(dict.fromkeys([resolve_snapshot_id(candidates, ref) for ref in refs
+                                     if not ref.startswith("set-")] + set_members))
         series = SeriesResult("(given by id)", "explicit ids")
         for snap_id in chosen:
             snap = snaps.get(snap_id)
@@ -247,3 +289,16 @@ def forget_ids(session: Session, refs: list[str], *, dry_run: bool = False) -> F
             return result
         _remove(session, lock, series, {i: m.label for i, m in vanished.items()})
     return result
+
+
+def _set_refs(snaps: list[Snapshot], refs: list[str]) -> list[str]:
+    """``drtool forget set-ID``: the ids of every snapshot of those sets (a set goes as a whole)."""
+    sets, _plain = group_sets(snaps)
+    chosen = []
+    for ref in refs:
+        found = find_set(sets, ref)
+        if found is None:
+            raise SnapshotNotFound(f"no snapshot set {ref!r} in the repository",
+                                   hint="'drtool snapshots' lists the sets")
+        chosen += [s.id for s in found.snapshots]
+    return chosen

@@ -37,7 +37,8 @@ from drtool.errors import ConfigError, DrtoolError
 from drtool.core.session import Session
 from drtool.snapshot.coverage import Coverage, judge, rehearse_every
 from drtool.snapshot.model import Snapshot
-from drtool.snapshot.names import display
+from drtool.snapshot.names import display, matches
+from drtool.snapshot.sets import group_sets, stand_in
 from drtool.snapshot.timeparse import format_duration, parse_duration
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -183,8 +184,15 @@ def collect(session: Session, data: Mapping[str, Any], *, source: str | None = N
     now = now or datetime.now(timezone.utc)
     configured = set(_table(data.get("sources"), "sources"))
     by_name: dict[str, list[Snapshot]] = {}
-    for snap in session.snapshots(source):
-        by_name.setdefault(display(snap.name), []).append(snap)  # escaped: a listing never breaks
+    snapsets, plain = group_sets(session.snapshots())
+    for snap in plain:
+        if source is None or matches(snap.name, source):
+            by_name.setdefault(display(snap.name), []).append(snap)  # escaped: a listing never breaks
+    for snapset in snapsets:  # a sharded source is judged by its complete snapshot sets
+        if snapset.complete and (source is None or matches(snapset.source, source)):
+            by_name.setdefault(display(snapset.source), []).append(stand_in(snapset))
+    for snaps in by_name.values():
+        snaps.sort(key=lambda s: (s.time, s.id))
     names = {display(source)} if source else configured | set(by_name)
     runs = _failed_runs(session)
     coverage = source_coverage(session, data, sorted(names), now)

@@ -34,6 +34,7 @@ from drtool.rehearse.sandbox import (FILE_CHECKS, CheckResult, CheckRunner, Sand
 from drtool.core.session import Session
 from drtool.repository.objects import REHEARSAL_KIND, REHEARSALS, object_name
 from drtool.snapshot.model import Snapshot
+from drtool.snapshot.sets import SnapshotSet, group_sets, stand_in
 from drtool.snapshot.timeparse import format_duration, parse_point_in_time
 
 __all__ = ["RehearseOptions", "RehearsalResult", "last_rehearsal", "rebuild_rehearsals", "rehearse",
@@ -197,6 +198,7 @@ class Rehearsal:
         self.rng = random.Random(self.seed)
         self.result = RehearsalResult(runbook, session.host, self.seed, self.clock())
         self.log = _Log(options.log, self.clock, self.result.started)
+        self.snapset: SnapshotSet | None = None  # the step's snapshot set (a sharded source)
         self.sandboxes: list[tuple[StepResult, Sandbox]] = []
 
     def run(self) -> RehearsalResult:
@@ -239,7 +241,8 @@ class Rehearsal:
             sandbox.create()
             phase = "restoring"
             self._restore(where, res, sandbox, snap)
-            runner = CheckRunner(self.session, sandbox, snap, self.rng, self.clock, self._chained_env())
+            runner = CheckRunner(self.session, sandbox, snap, self.rng, self.clock, self._chained_env(),
+                                 shards=self.snapset.snapshots if self.snapset else None)
             phase = "checking the restored files"
             self._run_checks(where, step, res, runner, [c for c in step.checks if c.type in FILE_CHECKS])
             phase = f"starting the {sandbox.kind} sandbox"
@@ -273,7 +276,20 @@ class Rehearsal:
                 self.log(f"{where}:   {line}")
 
     def _pick(self, step: Step, series: str, now: datetime) -> tuple[Snapshot, datetime]:
+        """A snapshot of the series, or for a sharded source a complete snapshot set (one unit:
+        ``self.snapset`` holds it, and the returned snapshot stands for it, at the set's time)."""
         snaps = self.session.snapshots(series)
+        self.snapset = None
+        if not snaps:
+            sets = [s for s in group_sets(self.session.snapshots())[0] if s.source == series and s.complete]
+            stand_ins = [stand_in(s) for s in sets]
+            if stand_ins:
+                snap, target = self._choose(step, series, now, stand_ins)
+                self.snapset = sets[stand_ins.index(snap)]
+                return snap, target
+        return self._choose(step, series, now, snaps)
+
+    def _choose(self, step: Step, series: str, now: datetime, snaps: list[Snapshot]) -> tuple[Snapshot, datetime]:
         if not snaps:
             raise SnapshotNotFound(f"the repository has no snapshot named {series!r}")
         point = step.point
@@ -293,11 +309,16 @@ class Rehearsal:
         return eligible[-1], target
 
     def _restore(self, where: str, res: StepResult, sandbox: Sandbox, snap: Snapshot) -> None:
-        self.log(f"{where}: restoring into {sandbox.kind} sandbox {sandbox.path}")
-        restored = sandbox.restore_files(self.session, snap)
-        res.restored = {"files": restored.files, "dirs": restored.dirs, "bytes": restored.bytes}
-        self.log(f"{where}: restored {restored.files} file(s), {restored.dirs} dir(s), "
-                 f"{restored.bytes / 2**20:.1f} MiB")
+        self.log(f"{where}: restoring into {sandbox.kind} sandbox {sandbox.path}"
+                 + (f" (snapshot set {self.snapset.id}, {self.snapset.shards} shards)" if self.snapset else ""))
+        members = self.snapset.snapshots if self.snapset else [snap]
+        res.restored = {"files": 0, "dirs": 0, "bytes": 0}
+        for member in members:
+            restored = sandbox.restore_files(self.session, member)
+            for key in res.restored:
+                res.restored[key] += getattr(restored, key)
+        self.log(f"{where}: restored {res.restored['files']} file(s), {res.restored['dirs']} dir(s), "
+                 f"{res.restored['bytes'] / 2**20:.1f} MiB")
 
     def _bring_up(self, where: str, step: Step, res: StepResult, sandbox: Sandbox,
                   snap: Snapshot) -> datetime:

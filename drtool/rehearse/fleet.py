@@ -41,6 +41,7 @@ from drtool.rehearse.drill import RehearsalResult, RehearseOptions, rebuild_rehe
 from drtool.rehearse.runbook import (DB_SANDBOXES, Check, Objectives, RecoveryPoint, Runbook, SandboxSpec,
                                      Step)
 from drtool.snapshot.model import Snapshot
+from drtool.snapshot.sets import group_sets, stand_in
 from drtool.sources.objectstore import OBJECT_STORE_TYPES
 from drtool.snapshot.timeparse import format_duration
 
@@ -92,6 +93,8 @@ def series_of(name: str, table: dict[str, Any], names_in_repo: set[str],
     """(what the step names, the snapshot series): the source and its own series, or one of its
     ``NAME/db`` series at random (named directly: a runbook step does the same)."""
     base = str(table.get("name") or name)
+    if "shards" in table:  # a sharded source: its snapshot sets are rehearsed whole, never one shard
+        return name, base
     children = sorted(n for n in names_in_repo if n.startswith(base + "/"))
     if base in names_in_repo or not children:
         return name, base  # no snapshot at all: the step fails "no snapshot named ..."
@@ -175,13 +178,22 @@ def rehearse_sample(session: Session, sources: Mapping[str, Any], count: int,
         table = sources[pick.source]
         step_source, series = series_of(pick.source, table, names_in_repo, rng)
         intervals = _recoverable(session, series) if kinds[pick.source] != "directory" else []
-        point, note = recovery_point(kinds[pick.source], session.snapshots(series), window, now, rng,
+        point, note = recovery_point(kinds[pick.source], _restorable(session, series), window, now, rng,
                                      intervals)
         if note:
             _log(options, f"sample: {pick.source}: {note}")
         book = sampled_runbook(pick.source, step_source, kinds[pick.source], point, window)
         results.append(rehearse(session, book, replace(options, seed=rng.randrange(2**31))))
     return results
+
+
+def _restorable(session: Session, series: str) -> list[Snapshot]:
+    """The series' snapshots, or for a sharded source one stand-in per complete snapshot set."""
+    snaps = session.snapshots(series)
+    if snaps:
+        return snaps
+    sets = [s for s in group_sets(session.snapshots())[0] if s.source == series and s.complete]
+    return [stand_in(s) for s in sets]
 
 
 def _recoverable(session: Session, series: str) -> list[tuple[datetime, datetime]]:

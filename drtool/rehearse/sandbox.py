@@ -193,8 +193,11 @@ class CheckRunner:
     """Runs a step's validations against its sandbox; a failure is a result, not an exception."""
 
     def __init__(self, session: Session, sandbox: Sandbox, snap: Snapshot, rng: random.Random,
-                 clock: Callable[[], datetime], extra_env: dict[str, str] | None = None) -> None:
+                 clock: Callable[[], datetime], extra_env: dict[str, str] | None = None,
+                 shards: list[Snapshot] | None = None) -> None:
+        """``shards``: a snapshot set's snapshots, all restored into this sandbox (checked as one)."""
         self.session, self.sandbox, self.snap = session, sandbox, snap
+        self.snaps = shards or [snap]
         self.rng, self.clock = rng, clock
         self.extra_env = extra_env or {}
 
@@ -214,13 +217,15 @@ class CheckRunner:
 
     def _files(self, check: Check) -> tuple[bool, str]:
         files, size = count_files(self.sandbox.data_dir)
-        want_files, want_size = manifest_totals(self.session, self.snap)
+        totals = [manifest_totals(self.session, snap) for snap in self.snaps]
+        want_files, want_size = sum(t[0] for t in totals), sum(t[1] for t in totals)
         ok = _within(files, want_files, check.tolerance) and _within(size, want_size, check.tolerance)
         return ok, (f"restored {files} file(s), {size} bytes; the manifest says {want_files} "
                     f"file(s), {want_size} bytes (tolerance {check.tolerance * 100:g}%)")
 
     def _sample(self, check: Check) -> tuple[bool, str]:
-        nodes = [(p, n) for p, n in walk_tree(self.session.repo, self.snap.tree) if n.type == FILE]
+        nodes = [(p, n) for snap in self.snaps for p, n in walk_tree(self.session.repo, snap.tree)
+                 if n.type == FILE]
         if not nodes:
             return True, "the snapshot holds no regular files to sample"
         sample = self.rng.sample(nodes, min(check.count, len(nodes)))

@@ -34,6 +34,7 @@ from drtool.errors import DrtoolError, RestoreTargetError, SourceError
 from drtool.databases import planner
 from drtool.databases.engine import RestoreRequest
 from drtool.databases.mariadb import MARIADB, restore_dump
+from drtool.databases.mariadb_mydumper import MARIADB_MYDUMPER, restore_mydumper
 from drtool.databases.mariadb_physical import MARIADB_PHYSICAL, restore_physical
 from drtool.databases.postgresql import POSTGRESQL, fetch_environment, restore_datadir, verify_recovery
 from drtool.rehearse.sandbox import Sandbox, remove_tree
@@ -184,6 +185,8 @@ class MariadbSandbox(DatabaseSandbox):
         with self._client_env():
             if snap.kind == MARIADB_PHYSICAL:
                 return self._bring_up_physical(session, snap, src, target, latest)
+            if snap.kind == MARIADB_MYDUMPER:
+                return self._bring_up_mydumper(session, snap, src, target, latest)
             if snap.kind == MARIADB.base_kind and snap.meta.get("binlog_file") and src.pitr:
                 plan = planner.plan_pitr(session, snap.name, MARIADB, None if latest else target)
                 result = restore_dump(session, plan, src, target_db=None, target_dir=self.instance.root,
@@ -209,6 +212,20 @@ class MariadbSandbox(DatabaseSandbox):
             plan = planner.plan_pitr(session, snap.name, MARIADB, None, snapshot=snap.id)
         restore_physical(session, plan, src, RestoreRequest(target=self.instance.root))
         self.instance.start(extra=["--skip-grant-tables", "--skip-slave-start"])
+        if plan.immediate:
+            return plan.base.consistent_at
+        return plan.recoverable_until if latest else min(target, plan.recoverable_until)
+
+    def _bring_up_mydumper(self, session: Session, snap: Snapshot, src: mariadb.MariaSource, target: datetime,
+                           latest: bool) -> datetime:
+        """Per-table files loaded by myloader into the fresh instance, binlogs replayed to the point."""
+        assert self.instance is not None
+        if src.pitr and snap.meta.get("binlog_file"):
+            plan = planner.plan_pitr(session, snap.name, MARIADB, None if latest else target)
+        else:
+            plan = planner.plan_pitr(session, snap.name, MARIADB, None, snapshot=snap.id)
+        result = restore_mydumper(session, plan, src, RestoreRequest(target=self.instance.root, start=True))
+        self.database = self.database or result.target_db
         if plan.immediate:
             return plan.base.consistent_at
         return plan.recoverable_until if latest else min(target, plan.recoverable_until)

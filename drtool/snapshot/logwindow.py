@@ -62,6 +62,7 @@ class Gap:
     last: int
     before: str
     after: str
+    missing: str | None = None  # what is missing, when not a file number (MariaDB: GTIDs across servers)
 
     @property
     def count(self) -> int:
@@ -145,6 +146,12 @@ class LogRules(Protocol):
 
     def first_missing_name(self, gap: Gap, timeline: int, segment_size: int) -> str: ...
 
+    def chain_from(self, base: RecoveryBase, segments: list[Segment]) -> list[Segment]:
+        """The log files a replay from ``base`` reads, in order, up to where the archive stops."""
+
+    def gaps_from(self, base: RecoveryBase | None, segments: list[Segment]) -> list[Gap]:
+        """The holes in the archive after ``base`` (None: anywhere)."""
+
 
 def recovery_bases(snapshots: Iterable[Snapshot], rules: LogRules, segments: list[Segment]) -> list[RecoveryBase]:
     """Restorable starting points among ``snapshots``, oldest first."""
@@ -215,12 +222,12 @@ def compute_window(source: str, rules: LogRules, snapshots: Iterable[Snapshot],
     found = recovery_bases(snapshots, rules, segments)
     intervals = []
     for base in found:
-        end = reach(base, contiguous_run(segments, base.start_seq, base.timeline))
+        end = reach(base, rules.chain_from(base, segments))
         if end is not None:
             intervals.append((base.consistent_at, end))
     window = Window(source, rules.log_kind, _merge(intervals), segments=len(segments), bases=len(found))
-    start = found[0].start_seq if found else None
     seg_size, timeline = wal_segment_size(segments), (found[0].timeline if found else 1)
     window.gaps = [{"first_missing": rules.first_missing_name(g, timeline, seg_size), "count": g.count,
-                    "after": g.before, "before": g.after} for g in find_gaps(segments, start)]
+                    "after": g.before, "before": g.after}
+                   for g in rules.gaps_from(found[0] if found else None, segments)]
     return window

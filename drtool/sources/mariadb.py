@@ -31,8 +31,8 @@ from drtool.errors import ConfigError, RestoreTargetError, SourceError
 from drtool.sources.common import check_one_database_choice, check_table
 
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
-        "defaults_file", "bindir", "binlog_dir", "options", "pitr", "log_timeout", "method"}
-METHODS = ("dump", "physical")
+        "defaults_file", "bindir", "binlog_dir", "options", "pitr", "log_timeout", "method", "threads"}
+METHODS = ("dump", "physical", "mydumper")
 DUMP_END_MARKER = b"-- Dump completed"
 _COORD_RE = re.compile(rb"CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+)")
 _GTID_RE = re.compile(rb"SET GLOBAL gtid_slave_pos='([^']*)'")
@@ -60,7 +60,8 @@ class MariaSource:
     binlog_dir: str | None = None
     options: list[str] = field(default_factory=list)
     pitr: bool = True
-    method: str = "dump"       # or "physical": mariabackup of the whole server
+    method: str = "dump"       # or "physical": mariabackup of the whole server; "mydumper": per table
+    threads: int = 4           # mydumper / myloader threads
     no_defaults: bool = False  # a throwaway instance of drtool's own: ignore the host's option files
 
     @classmethod
@@ -72,9 +73,11 @@ class MariaSource:
                   password_file=table.get("password_file"), defaults_file=table.get("defaults_file"),
                   bindir=table.get("bindir"), binlog_dir=table.get("binlog_dir"),
                   options=list(table.get("options", [])), pitr=bool(table.get("pitr", True)),
-                  method=table.get("method", "dump"))
+                  method=table.get("method", "dump"), threads=table.get("threads", 4))
         if src.method not in METHODS:
             raise ConfigError(f"[sources.{name}]: method must be one of {', '.join(METHODS)}")
+        if not isinstance(src.threads, int) or isinstance(src.threads, bool) or not 1 <= src.threads <= 256:
+            raise ConfigError(f"[sources.{name}]: threads must be a whole number from 1 to 256")
         if src.method == "physical":
             if src.dbname or src.databases or src.all:
                 raise ConfigError(f"[sources.{name}]: a physical backup copies the whole server: "
@@ -224,6 +227,12 @@ def binary_logs(src: MariaSource) -> tuple[list[tuple[str, int]], str]:
     return logs, basename
 
 
+def server_id(src: MariaSource) -> int:
+    """``@@server_id``: the server part of the GTIDs it writes, and of its archived binlog names."""
+    rows = run_sql(src, "SELECT @@server_id")
+    return int(rows[0][0])
+
+
 def binlog_path(src: MariaSource, name: str, basename: str, workdir: str) -> str:
     """A readable copy of one binlog: the local file if we can read it, else a remote raw copy."""
     folder = src.binlog_dir or (os.path.dirname(basename) if basename and basename != "NULL" else "")
@@ -251,6 +260,9 @@ class BinlogInfo:
     gtid_list: str | None = None
     end_pos: int = 0
     events: int = 0
+    server_id: int | None = None  # the server that wrote the file (its format description event)
+    first_by_domain: dict[int, str] = field(default_factory=dict)  # first GTID per domain in the file
+    last_by_domain: dict[int, str] = field(default_factory=dict)   # last GTID per domain in the file
 
 
 def _event_time(match: re.Match[str]) -> datetime | None:
@@ -263,17 +275,27 @@ def _event_time(match: re.Match[str]) -> datetime | None:
 
 def scan_binlog(path: str, bindir: str | None = None) -> BinlogInfo:
     """Event times, positions and GTIDs of one binlog file (``mariadb-binlog`` headers, UTC)."""
-    cmd = [find_binary("mariadb-binlog", bindir), "--no-defaults", "--base64-output=decode-rows", path]
+    cmd = [find_binary("mariadb-binlog", bindir), "--no-defaults", "--base64-output=decode-rows",
+           "--skip-gtid-strict-mode", path]  # a replica's own early GTIDs may sort before the primary's
     info = BinlogInfo()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=child_environment({"TZ": "UTC"}))
     assert proc.stdout is not None and proc.stderr is not None
+    listing: list[str] | None = None  # a Gtid list printed over several lines ("# 0-1-6]")
     for raw in proc.stdout:
         if not raw.startswith(b"#"):
             continue
-        match = _EVENT_RE.match(raw.decode("utf-8", "replace").rstrip("\n"))
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        if listing is not None:
+            listing.append(line[1:].strip())
+            if "]" in line:
+                info.gtid_list, listing = "".join(listing).split("]")[0], None
+            continue
+        match = _EVENT_RE.match(line)
         if match:
             _note_event(info, match)
+            if info.gtid_list is None and "\tGtid list [" in line and "]" not in line:
+                listing = [line.split("Gtid list [", 1)[1]]
     err = proc.stderr.read().decode("utf-8", "replace")
     if proc.wait() != 0:
         raise SourceError(f"mariadb-binlog cannot read {os.path.basename(path)}: "
@@ -288,21 +310,35 @@ def _note_event(info: BinlogInfo, match: re.Match[str]) -> None:
         info.first_time = info.first_time or stamp
         info.last_time = max(info.last_time or stamp, stamp)
     info.end_pos = max(info.end_pos, int(match.group(6)))
+    if info.server_id is None:
+        info.server_id = int(match.group(5))
     rest = match.group(7)
     gtid = _GTID_EVENT_RE.search(rest)
     if gtid:
         info.first_gtid = info.first_gtid or gtid.group(1)
         info.last_gtid = gtid.group(1)
+        domain = int(gtid.group(1).split("-", 1)[0])
+        info.first_by_domain.setdefault(domain, gtid.group(1))
+        info.last_by_domain[domain] = gtid.group(1)
     glist = _GTID_LIST_RE.search(rest)
     if glist and info.gtid_list is None:
         info.gtid_list = glist.group(1)
 
 
-def replay_command(files: list[str], start_pos: int | None, stop: datetime | None,
-                   database: str | None, rewrite_to: str | None, bindir: str | None) -> list[str]:
-    """``mariadb-binlog`` turning binlogs into SQL; run it with TZ=UTC (times are local to it)."""
+def replay_command(files: list[str], start_pos: int | str | None, stop: datetime | None,
+                   database: str | None, rewrite_to: str | None, bindir: str | None,
+                   table: str | None = None) -> list[str]:
+    """``mariadb-binlog`` turning binlogs into SQL; run it with TZ=UTC (times are local to it).
+
+    ``start_pos``: a byte position in the first file, or a GTID list (events
+    after it in each domain; the replica's copy of an old primary's events is
+    skipped).  A GTID start turns off strict mode, which would refuse a
+    replica's own earlier transactions that sort before the primary's.
+    """
     cmd = [find_binary("mariadb-binlog", bindir), "--no-defaults"]
-    if start_pos is not None:
+    if isinstance(start_pos, str):
+        cmd += [f"--start-position={start_pos}", "--skip-gtid-strict-mode"]
+    elif start_pos is not None:
         cmd.append(f"--start-position={start_pos}")
     if stop is not None:
         cmd.append(f"--stop-datetime={stop.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}")
@@ -310,6 +346,8 @@ def replay_command(files: list[str], start_pos: int | None, stop: datetime | Non
         cmd.append(f"--database={database}")
         if rewrite_to and rewrite_to != database:
             cmd.append(f"--rewrite-db={database}->{rewrite_to}")
+    if table:
+        cmd.append(f"--table={table}")  # row events of that table only (a one-table restore)
     return cmd + files
 
 

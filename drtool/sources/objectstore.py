@@ -22,12 +22,13 @@ from drtool.errors import ConfigError
 from drtool.snapshot.model import DIR, FILE, Node
 from drtool.snapshot.names import entry_name_problem
 from drtool.sources.common import check_table
+from drtool.sources.shards import SHARD_KEYS, Sharding, sharding_from_table
 
 OBJECT_STORE_TYPES = ("s3", "swift")
 KEYS = {"s3": frozenset({"type", "endpoint", "bucket", "prefix", "region", "profile", "connections",
-                         "addressing_style"}),
+                         "addressing_style"}) | SHARD_KEYS,
         "swift": frozenset({"type", "auth_url", "auth_version", "user", "container", "prefix", "connections",
-                            "project_name", "user_domain_name", "project_domain_name", "region"})}
+                            "project_name", "user_domain_name", "project_domain_name", "region"}) | SHARD_KEYS}
 SECRET_KEYS = ("access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key",
                "session_token", "aws_session_token", "key", "os_password", "token")
 DEFAULT_CONNECTIONS = 8
@@ -53,6 +54,7 @@ class ObjectStoreSource:
     auth_version: str = "1.0"
     user: str | None = None
     keystone: dict[str, str] | None = None  # project_name, user_domain_name, ... (Keystone v3)
+    sharding: Sharding | None = None  # shards = N: a snapshot set made by many workers (docs/scale.md)
 
     @property
     def scheme(self) -> str:
@@ -97,7 +99,8 @@ def source_from_table(name: str, table: dict[str, Any]) -> ObjectStoreSource:
         raise ConfigError(f"[sources.{name}]: {url_key} must be a URL such as \"https://store.example.org\" "
                           f"(without credentials)")
     src = ObjectStoreSource(name=name, type=kind, bucket=bucket, prefix=prefix,
-                            region=_opt_str(table, "region"), connections=connections)
+                            region=_opt_str(table, "region"), connections=connections,
+                            sharding=sharding_from_table(name, table))
     if kind == "swift":
         return _swift_fields(name, table, src, endpoint)
     src.endpoint, src.profile, src.addressing_style = endpoint, _opt_str(table, "profile"), style

@@ -23,15 +23,28 @@ from drtool.errors import PartialSuccess, SourceError, UsageError
 @click.option("--source", metavar="NAME", help="Back up the configured [sources.NAME].",
               shell_complete=source_names)
 @click.option("--all", "all_sources", is_flag=True, help="Back up every configured source.")
+@click.option("--join", "join_only", is_flag=True,
+              help="Sharded --source: only help with its open snapshot set; never open a new one.")
+@click.option("--abandon-set", is_flag=True,
+              help="Sharded --source: mark its open snapshot set failed (the next run opens a new one).")
 @click.option("--content-hash", type=click.Choice(["sha256", "sha1"]),
               help="Record each file's hash for 'drtool find --hash' (or content_hash in [sources.NAME]).")
 @tag_option
 @json_option
 @pass_state
 def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: str | None,
-           filename: str | None, source: str | None, all_sources: bool, content_hash: str | None,
-           tags: tuple[str, ...], as_json: bool) -> None:
-    """Back up PATHs (or a command's output, or configured sources) as new snapshots."""
+           filename: str | None, source: str | None, all_sources: bool, join_only: bool, abandon_set: bool,
+           content_hash: str | None, tags: tuple[str, ...], as_json: bool) -> None:
+    """Back up PATHs (or a command's output, or configured sources) as new snapshots.
+
+    A source with shards = N is backed up by workers: run this on as many hosts
+    as you like; they share the shards through the catalog (docs/scale.md)."""
+    if (join_only or abandon_set) and not source:
+        raise UsageError("--join and --abandon-set need --source NAME (a source with shards = N)")
+    if source and (join_only or abandon_set or _is_sharded(state, source)):
+        if paths or command or name or all_sources:
+            raise UsageError("--source takes no PATH, --from-command, --name or --all")
+        return run_shard_worker(state, source, join_only, abandon_set, list(tags), as_json)
     if content_hash and (source or all_sources or command):
         raise UsageError("--content-hash is for backups of PATHs",
                          hint="for configured sources set content_hash = \"sha256\" in [sources.NAME]")
@@ -96,6 +109,54 @@ def run_source_backup(state: CliState, source: str | None, all_sources: bool, ta
     if unreadable:
         raise PartialSuccess(f"snapshots saved, but {len(unreadable)} entries could not be read "
                              f"and are not in them (listed above)")
+
+
+# ----- backup --source NAME of a sharded source: one worker of its snapshot set --------------------
+def _is_sharded(state: CliState, source: str) -> bool:
+    from drtool.api import shardsets
+    return shardsets.sharded_source(state.settings, source) is not None
+
+
+def run_shard_worker(state: CliState, source: str, join_only: bool, abandon: bool, tags: list[str],
+                     as_json: bool) -> None:
+    from drtool.api import shardsets
+    src = shardsets.sharded_source(state.settings, source)
+    if src is None:
+        raise UsageError(f"source {source} has no shards = N", hint="--join and --abandon-set are for sharded sources")
+    session = state.session()
+    if abandon:
+        row = shardsets.abandon_set(session, source)
+        emit({"abandoned": row.id if row else None}, as_json,
+             f"snapshot set {row.id} of {source} marked failed" if row else f"{source} has no open snapshot set")
+        return
+    tune_malloc_for_backup()
+    state.run_name = source
+    worker = shardsets.work_on_source(session, src, tags, join_only=join_only)
+    prog = worker.progress
+    lines = [f"{source}: shard {r.snapshot.meta['set']['shard']}: snapshot {r.snapshot.short_id} "
+             f"{r.snapshot.summary['files']} files, new {mib(r.snapshot.summary['bytes_added'])}"
+             for r in worker.results]
+    lines += [f"{source}: shard {i}: adopted the snapshot a stopped worker had written" for i in worker.adopted]
+    if worker.set_id is None:
+        lines.append(f"{source}: no open snapshot set to join")
+    elif prog is not None:
+        lines.append(f"{source}: snapshot set {worker.set_id} {worker.state}: {prog.done}/{prog.total} shards done"
+                     + (f", {prog.leased} held by other workers" if prog.leased else "")
+                     + (f", {prog.failed} failed" if prog.failed else ""))
+    emit(worker.as_dict(), as_json, "\n".join(lines))
+    for result in worker.results:
+        log_backup_summary(result)
+        for line in result.unreadable:
+            click.echo(f"drtool: warning: unreadable: {line}", err=True)
+    for line in worker.failures:  # an attempt that failed and was retried is only a warning
+        click.echo(f"drtool: {'warning' if worker.state == 'committed' else 'error'}: {source}: {line}", err=True)
+    if worker.state == "failed":
+        raise SourceError(f"snapshot set {worker.set_id} of {source} failed",
+                          hint="see the errors above; the next run opens a new set")
+    if worker.failures and worker.state != "committed":
+        raise SourceError(f"{len(worker.failures)} shard attempt(s) failed; other workers retry them")
+    if any(r.unreadable for r in worker.results):
+        raise PartialSuccess("snapshots saved, but some entries could not be read and are not in them")
 
 
 def register(group: click.Group) -> None:

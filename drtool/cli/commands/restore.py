@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 @click.option("--start", is_flag=True, help="With --source: start the restored server and wait for recovery.")
 @click.option("--port", type=int, help="With --source: port for the restored server.")
 @click.option("--target-db", metavar="DB", help="With a MariaDB --source: load into this new database.")
+@click.option("--table", metavar="DB.TABLE",
+              help="With a MariaDB mydumper --source: restore this table only (docs/databases.md).")
 @recovery_target_options
 @click.option("--to-bucket", metavar="URL",
               help="With an object-store --source: put the objects under s3://BUCKET[/PREFIX] "
@@ -55,16 +57,27 @@ if TYPE_CHECKING:
 @pass_state
 def restore(state: CliState, snapshot: str | None, target: str | None, name: str | None, when: str | None,
             includes: tuple[str, ...], allow_partial: bool, overwrite: str, source: str | None, latest: bool,
-            exclusive: bool, start: bool, port: int | None, target_db: str | None, to_bucket: str | None,
+            exclusive: bool, start: bool, port: int | None, target_db: str | None, table: str | None,
+            to_bucket: str | None,
             dry_run: bool, as_json: bool) -> None:
-    """Restore SNAPSHOT (an id, or 'latest') or the snapshot at --point-in-time into --target."""
+    """Restore SNAPSHOT (an id, or 'latest') or the snapshot at --point-in-time into --target.
+
+    A snapshot set (SNAPSHOT 'set-...', or 'latest' with a --source that has shards = N)
+    is restored whole: every shard into the same --target or --to-bucket URL."""
+    sharded = _sharded(state, source)
+    if sharded is not None or (snapshot or "").startswith("set-"):
+        if when or name or latest or exclusive or start or port or target_db or table:
+            raise UsageError("a snapshot set takes SNAPSHOT (set-ID or 'latest') with --target or --to-bucket; "
+                             "no --point-in-time, --name or database options")
+        return run_set_restore(state, SetRestore(snapshot or "latest", source, sharded, target, to_bucket,
+                                                 list(includes), overwrite, allow_partial, dry_run, as_json))
     if source:
         from drtool.api import objectstores
         object_source = objectstores.object_source(state.settings, source)
         if object_source is not None:
-            if name or latest or exclusive or start or port or target_db:
+            if name or latest or exclusive or start or port or target_db or table:
                 raise UsageError("an object-store --source takes no --name, --latest, --exclusive, "
-                                 "--start, --port or --target-db")
+                                 "--start, --port, --target-db or --table")
             if to_bucket is None:  # into a directory: the ordinary file restore of the series NAME
                 name, source = source, None
             else:
@@ -77,11 +90,12 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
             raise UsageError("--source takes no --name, --include, --allow-partial or --overwrite")
         request = SourceRestore(source=source, snapshot=snapshot, when=when, latest=latest,
                                 inclusive=not exclusive, dry_run=dry_run, as_json=as_json,
-                                target=target, target_db=target_db, start=start, port=port,
+                                target=target, target_db=target_db, start=start, port=port, table=table,
                                 **click.get_current_context().meta.get("recovery_targets", {}))
         return run_source_restore(state, request)
-    if latest or exclusive or start or port or target_db or click.get_current_context().meta.get("recovery_targets"):
-        raise UsageError("--latest, --exclusive, --start, --port, --target-db, --target-* and --timeline "
+    if latest or exclusive or start or port or target_db or table \
+            or click.get_current_context().meta.get("recovery_targets"):
+        raise UsageError("--latest, --exclusive, --start, --port, --target-db, --table, --target-* and --timeline "
                          "need --source")
     if not target:
         raise UsageError("--target is required")
@@ -214,6 +228,7 @@ class SourceRestore:
     target_db: str | None
     start: bool
     port: int | None
+    table: str | None = None        # MariaDB mydumper: DB.TABLE only
     target_lsn: str | None = None   # PostgreSQL recovery targets other than a time
     target_xid: str | None = None
     target_name: str | None = None
@@ -242,7 +257,8 @@ def run_source_restore(state: CliState, request: SourceRestore) -> None:
         emit(plan.as_dict(), request.as_json, "\n".join(["plan (dry run, nothing restored):", *plan.lines()]))
         return
     server = databases.DatabaseRestoreRequest(target=request.target, target_db=request.target_db,
-                                              start=request.start, port=request.port, command_line=command_line())
+                                              start=request.start, port=request.port, command_line=command_line(),
+                                              table=request.table)
     result = databases.restore_pitr(session, state.settings, src, point, server, inclusive=request.inclusive,
                                     snapshot=request.snapshot, target=target, timeline=request.timeline)
     emit(result.as_dict(), request.as_json, "\n".join([*result.plan.lines(), *result.lines()]))
@@ -272,6 +288,64 @@ def run_bucket_restore(state: CliState, src: ObjectStoreSource, url: str, snapsh
     if result.failed:
         raise PartialSuccess(f"{len(result.failed)} object(s) could not be put into {result.url}",
                              hint="re-run the restore; objects already there are simply written again")
+
+
+# ----- snapshot sets of sharded sources ---------------------------------------------------------
+def _sharded(state: CliState, source: str | None):  # type: ignore[no-untyped-def]
+    if not source:
+        return None
+    from drtool.api import shardsets
+    return shardsets.sharded_source(state.settings, source)
+
+
+@dataclass
+class SetRestore:
+    ref: str
+    source: str | None
+    src: object
+    target: str | None
+    to_bucket: str | None
+    includes: list[str]
+    overwrite: str
+    allow_partial: bool
+    dry_run: bool
+    as_json: bool
+
+
+def run_set_restore(state: CliState, req: SetRestore) -> None:
+    """Every shard of a set into one directory or one bucket prefix."""
+    from drtool.api import objectstores, shardsets
+    if bool(req.target) == bool(req.to_bucket):
+        raise UsageError("give either --target DIR or --to-bucket URL for a snapshot set")
+    if req.to_bucket and (req.dry_run or not isinstance(req.src, objectstores.ObjectStoreSource)):
+        raise UsageError("--to-bucket needs the set's object-store --source (its endpoint and credentials) "
+                         "and takes no --dry-run")
+    session = state.session()
+    snapset = shardsets.pick_set(session, req.ref, req.source)
+    if not req.as_json:
+        click.echo(f"restoring snapshot set {snapset.id} ({display(snapset.source)}, {snapset.shards} shards, "
+                   f"taken {in_utc_and_host(snapset.time)}) to {req.target or req.to_bucket}", err=True)
+    if req.to_bucket:
+        result = shardsets.restore_set_into_bucket(session, snapset, req.src, req.to_bucket,  # type: ignore[arg-type]
+                                                   req.includes, req.allow_partial)
+        text = f"restored snapshot set {snapset.id}: {result.total('objects')} objects, " \
+               f"{mib(result.total('bytes'))} to {req.to_bucket}"
+    else:
+        assert req.target is not None
+        result = shardsets.restore_set(session, snapset, req.target, req.includes, req.overwrite,
+                                       req.allow_partial, req.dry_run)
+        verb = "would restore" if req.dry_run else "restored"
+        text = f"{verb} snapshot set {snapset.id}: {result.total('files')} files, " \
+               f"{mib(result.total('bytes'))} to {req.target}"
+    emit(result.as_dict(), req.as_json, text)
+    failed = [line for r in result.shards for line in getattr(r, "failed", [])]
+    damaged = [line for r in result.shards for line in getattr(r, "damaged", [])]
+    kept = sum(int(getattr(r, "not_overwritten_count", 0)) for r in result.shards)
+    for line in failed + damaged:
+        click.echo(f"drtool: error: not restored: {line}", err=True)
+    if failed or damaged or (kept and not req.dry_run):
+        raise PartialSuccess(f"{len(failed) + len(damaged)} item(s) not restored, {kept} existing item(s) "
+                             f"left as they are", hint="see the messages above")
 
 
 def register(group: click.Group) -> None:
