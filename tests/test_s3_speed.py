@@ -3,7 +3,9 @@
 Promises: a restore from a store with the ConcurrentReads capability reads
 neighbouring groups of a pack together (fewer reads than groups), keeps at
 most ``connections`` reads in flight and at most ``connections * request``
-bytes, writes exactly the files, and fails the files of a read that fails;
+bytes, writes exactly the files, and fails the files of a read that fails; a store that streams reads a pack's groups
+(gaps and all) with one request, hands each on with exactly its bytes within the
+window, and a stream that breaks fails only the groups not yet handed on;
 the token bucket holds its rate within 5 % over a 30 s transfer (injected
 clock) for small and large requests from many threads; a real transfer
 through moto is slowed to the limit and the limits and time waited show in
