@@ -5,7 +5,7 @@
                        [--profile DIR] [--keep] [--work DIR]
 
 For each tool: a fresh moto server (``python -m moto.server`` on a free
-loopback port), the counting and delaying proxy ``scripts/s3_proxy.py`` in
+loopback port), the counting and delaying proxy ``scripts/s3_proxy.py`` (tests/fault_proxy.py) in
 front of it (``--latency-ms`` added to every request; 0 by default), then
 ``init``, a backup of night 1 of ../shared/bench/make_dataset.py and a
 restore of it, verified against the source.  Reported per tool: wall time,
@@ -202,7 +202,7 @@ def run_tool(name: str, args: argparse.Namespace, data: Path, logs: Path) -> Res
         counts = lab.stats()
         res.requests["backup"] = counts["requests"]
         f["backup_s"], f["rss_backup_mib"] = run.seconds, run.maxrss_mib
-        puts = sum(counts["requests"].get(k, 0) for k in ("put", "part", "initiate", "complete"))
+        puts = sum(counts["requests"].get(k, 0) for k in ("put", "put_if_absent", "part", "initiate", "complete"))
         f["puts_per_gib"] = puts / (src_bytes / GIB)
         f["objects"], stored = lab.stored(prefix)
         f["stored_mib"] = stored / MIB

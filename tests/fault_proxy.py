@@ -6,15 +6,22 @@ wire, not by patching botocore.  Rules select a request *kind* (put, part,
 complete, get, range_get, list, delete, head, ...) and a *fault*; each
 applies to a number of matching requests (or at a seeded random rate), and
 everything injected is recorded for the test to assert on.
+
+The same proxy serves the S3 bench (``scripts/s3_proxy.py`` runs it as a
+process): ``latency_ms`` is added to every request, requests are counted per
+kind with the bytes each way, and ``GET /_proxy/stats`` / ``POST
+/_proxy/reset`` read and zero those counts from another process.
 """
 from __future__ import annotations
 
 import http.client
+import json
 import random
 import socket
 import struct
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -48,6 +55,8 @@ def classify(method: str, target: str, headers: dict[str, str]) -> str:
     if method == "POST":
         if "uploadId" in query:
             return "complete"
+        if "restore" in query:
+            return "restore"
         return "initiate" if "uploads" in query else "post"
     if method == "GET":
         if not has_key:
@@ -74,17 +83,22 @@ class Rule:
 class FaultProxy:
     """Threaded proxy on 127.0.0.1; ``url`` is the endpoint to give S3Backend."""
 
-    def __init__(self, upstream: str, *, stall_seconds: float = 3.0, seed: int = 0) -> None:
+    def __init__(self, upstream: str, *, stall_seconds: float = 3.0, seed: int = 0,
+                 latency_ms: float = 0.0, port: int = 0) -> None:
         up = urlsplit(upstream)
         self.upstream = (up.hostname or "127.0.0.1", up.port or 80)
         self.stall_seconds = stall_seconds
+        self.latency = latency_ms / 1000.0  # added before every request is forwarded
+        self.kinds: Counter[str] = Counter()  # requests per kind since the last reset
+        self.bytes_up = self.bytes_down = 0
         self.rules: list[Rule] = []
         self.injected: list[tuple[str, str, str]] = []  # (kind, fault, method + path)
         self.requests: list[tuple[str, str]] = []  # (kind, method + path), every request
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
+        self._server.request_queue_size = 128
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -113,6 +127,18 @@ class FaultProxy:
             self.rules.clear()
             self.injected.clear()
             self.requests.clear()
+            self.kinds.clear()
+            self.bytes_up = self.bytes_down = 0
+
+    def stats(self) -> dict[str, object]:
+        """Requests per kind and bytes each way since the last reset (the bench's counts)."""
+        with self._lock:
+            return {"requests": dict(self.kinds), "bytes_up": self.bytes_up, "bytes_down": self.bytes_down}
+
+    def moved(self, up: int, down: int) -> None:
+        with self._lock:
+            self.bytes_up += up
+            self.bytes_down += down
 
     def count(self, kind: str) -> int:
         with self._lock:
@@ -122,6 +148,7 @@ class FaultProxy:
         """Record the request and pick the fault to inject, if any."""
         with self._lock:
             self.requests.append((kind, what))
+            self.kinds[kind] += 1
             for rule in self.rules:
                 if rule.kind not in ("*", kind):
                     continue
@@ -170,18 +197,24 @@ class _Handler(BaseHTTPRequestHandler):
             chunks = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
+                if size == 0:  # then optional trailers, up to a blank line
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
                     return b"".join(chunks)
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
         return b""
 
     def _handle(self) -> None:
+        if self.path.startswith("/_proxy/"):
+            self._control()
+            return
         body = self._read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
         kind = classify(self.command, self.path, headers)
         fault = self.proxy.choose(kind, f"{self.command} {self.path}")
+        if self.proxy.latency:
+            time.sleep(self.proxy.latency)
         if fault in _ERRORS:
             status, code, message = _ERRORS[fault]
             self._send(status, [("Content-Type", "application/xml")], _error_body(code, message))
@@ -189,6 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
         else:
             status, resp_headers, resp_body = self._forward(body)
+            self.proxy.moved(len(body), len(resp_body))
             if fault == "stall":
                 time.sleep(self.proxy.stall_seconds)
                 self._reset()
@@ -196,6 +230,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_truncated(status, resp_headers, resp_body)
             else:
                 self._send(status, resp_headers, resp_body)
+
+    def _control(self) -> None:
+        """``/_proxy/stats`` (GET) and ``/_proxy/reset`` (POST): the counts, as JSON."""
+        if self.path == "/_proxy/reset":
+            self.proxy.reset()
+        self._send(200, [("Content-Type", "application/json")], json.dumps(self.proxy.stats()).encode())
 
     def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(*self.proxy.upstream, timeout=60)

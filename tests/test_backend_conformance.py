@@ -144,8 +144,11 @@ def test_each_backend_has_its_capabilities(tmp_path: Path, moto_server: MotoServ
                                        "ConditionalCreate", "LocationSetup", "TemporaryCleanup", "GroupSharing"}
     s3 = S3Backend.from_url("s3://bucket/prefix", {})
     assert _capabilities_of(s3) == {"ConditionalCreate", "ObjectLock", "ServerClock", "LocationSetup",
-                                    "BufferedReads", "ConcurrentReads", "PartWrites", "ColdStorage"}
-    assert capabilities.read_concurrency(s3) == (4, 16 * 1024 * 1024)  # [s3] connections, ~a pack
+                                    "BufferedReads", "ConcurrentReads", "StreamedReads", "PartWrites",
+                                    "ColdStorage"}
+    # [s3] connections; requests of up to 64 MiB (a whole pack), streamed group by group
+    assert capabilities.read_concurrency(s3) == (4, 64 * 1024 * 1024)
+    assert capabilities.range_opener(s3) is not None and capabilities.range_opener(local) is None
     assert capabilities.read_concurrency(local) is None  # local restores read on the decrypting threads
     assert _capabilities_of(MemoryBackend()) == {"ConditionalCreate"}
     for backend, cap in ((local, StagedWrites), (local, BufferedReads), (s3, ObjectLock)):

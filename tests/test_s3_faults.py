@@ -376,3 +376,36 @@ def test_options_are_validated() -> None:
     with pytest.raises(UsageError):
         S3Backend.from_url("s3://b/p", {"limit_download": "quick"})
     assert be.url == "s3://b/p"
+
+
+@pytest.mark.parametrize("fault", ["truncate", "reset", "500", "error200", "stall"])
+def test_a_streamed_range_resumes_after_a_fault_and_returns_exact_bytes(
+        faulty_s3: S3Backend, proxy: FaultProxy, fault: str) -> None:
+    """A restore streams a pack group by group (open_range): a body that breaks off is read on
+    from the first byte not yet handed on, and the caller gets exactly the range's bytes."""
+    faulty_s3.put("packs/bb/streamed", LARGE)
+    proxy.reset()
+    proxy.add("range_get", fault, count=1, skip=0)
+    stream = faulty_s3.open_range("packs/bb/streamed", 1000, 5 * MiB)
+    first, second = bytearray(2 * MiB), bytearray(3 * MiB - 300)
+    try:
+        stream.readinto(memoryview(first))
+        stream.skip(300)  # a gap nobody needs
+        stream.readinto(memoryview(second))
+    finally:
+        stream.close()
+    assert bytes(first) == LARGE[1000:1000 + 2 * MiB]
+    assert bytes(second) == LARGE[1000 + 2 * MiB + 300:1000 + 5 * MiB]
+    assert [f for _k, f, _w in proxy.injected] == [fault]
+    assert 2 <= proxy.count("range_get") <= 3  # the faulted request and its resumption (500: botocore's retry)
+
+
+def test_a_streamed_range_that_keeps_failing_raises_transient(faulty_s3: S3Backend, proxy: FaultProxy) -> None:
+    faulty_s3.put("packs/bb/broken", LARGE)
+    proxy.reset()
+    proxy.add("range_get", "truncate", count=0)
+    stream = faulty_s3.open_range("packs/bb/broken", 0, 4 * MiB)
+    with pytest.raises(TransientBackendError, match="kept failing"):
+        stream.readinto(memoryview(bytearray(4 * MiB)))
+    stream.close()
+    assert proxy.count("range_get") == FAST["read_attempts"]

@@ -19,7 +19,7 @@ protocol costs 10-30 µs.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from drtool.backends.base import Backend, StagedObject
 from drtool.errors import UsageError
@@ -85,6 +85,34 @@ class ConcurrentReads(Protocol):
 
     def read_concurrency(self) -> tuple[int, int]:
         """(requests to keep in flight, bytes per request)."""
+
+
+class RangeStream(Protocol):
+    """A range of one object, read front to back."""
+
+    def readinto(self, view: memoryview) -> None:
+        """Fill ``view`` with the next ``len(view)`` bytes, or raise."""
+
+    def skip(self, amount: int) -> None:
+        """Read past ``amount`` bytes."""
+
+    def close(self) -> None:
+        """Give the connection back (whatever is left unread is dropped)."""
+
+
+@runtime_checkable
+class StreamedReads(Protocol):
+    """A ranged read handed on piece by piece as its bytes arrive (S3: one GET per pack).
+
+    With ConcurrentReads, a restore then reads whole runs of a pack with
+    one request and hands each group to the decrypting threads as soon as
+    it is in, so its memory is bounded by the groups in flight rather than
+    by ``connections * request_bytes``.  Fallback: None, and a request is
+    read whole into one buffer before its groups are handed on.
+    """
+
+    def open_range(self, name: str, offset: int, length: int) -> RangeStream:
+        """A stream of bytes ``offset .. offset + length`` of ``name``."""
 
 
 @runtime_checkable
@@ -190,7 +218,7 @@ class GroupSharing(Protocol):
         """The id of the group the location is shared with, or None when it is private."""
 
 
-CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ConcurrentReads,
+CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ConcurrentReads, StreamedReads,
                                   ColdStorage, ConditionalCreate, ObjectLock, ServerClock, LocationSetup,
                                   TemporaryCleanup, GroupSharing)
 
@@ -260,6 +288,13 @@ def read_concurrency(backend: Backend) -> tuple[int, int] | None:
     """(requests in flight, bytes per request) for stores where reads pay a round trip; else None."""
     if supports(backend, ConcurrentReads):
         return backend.read_concurrency()  # type: ignore[attr-defined, no-any-return]
+    return None
+
+
+def range_opener(backend: Backend) -> Callable[[str, int, int], RangeStream] | None:
+    """``open_range`` of a store that streams ranged reads, or None."""
+    if supports(backend, StreamedReads):
+        return backend.open_range  # type: ignore[attr-defined, no-any-return]
     return None
 
 

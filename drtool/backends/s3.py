@@ -43,6 +43,7 @@ from drtool.backends.s3_errors import (BODY_ERRORS, CLIENT_ERRORS, STAT_FIELDS, 
                                        NotSupported, Precondition, attempt_number,
                                        classify_conditional, error_code, is_missing)
 from drtool.backends.s3_options import MIN_PART, parse_options
+from drtool.backends.s3_stream import S3RangeStream
 from drtool.backends.s3_upload import MultipartUpload, md5, multipart_etag
 from drtool.backends.throttle import CHUNK, PartsBody, TokenBucket, throttled
 from drtool.errors import (BackendError, ObjectMissing, RepositoryNotFound, TransientBackendError,
@@ -53,11 +54,12 @@ from drtool.errors import (BackendError, ObjectMissing, RepositoryNotFound, Tran
 # import); tests/test_objects.py checks that the two agree.
 UNLOCKED_PREFIXES = ("locks/",)
 PACKS_PREFIX = "packs/"  # the only objects that get the configured storage class
-# A restore reads neighbouring groups with one ranged GET of up to this size (about a pack):
-# per-request costs (a round trip, botocore's ~1 ms, and on some servers a read of the whole
-# object per ranged GET) then stay small, and `connections` of them in flight (4 x 16 MiB by
-# default) bound the memory a restore spends on downloads.
-READ_REQUEST_BYTES = 16 * 1024 * 1024
+# A restore reads neighbouring groups with one ranged GET of up to this size (more than a pack,
+# ~16-20 MiB): per-request costs (a round trip, botocore's ~1 ms, and on some servers a read of
+# the whole object per ranged GET) are then paid about once per pack.  The body is streamed
+# group by group (s3_stream.py), so the size of a request does not bound memory; the groups
+# in flight do (restore/fetch.py).
+READ_REQUEST_BYTES = 64 * 1024 * 1024
 SPARE_CONNECTIONS = 4  # beyond `connections`: lock heartbeat, index and snapshot reads
 
 
@@ -123,8 +125,12 @@ class S3Backend(ObjectLockMethods, Backend):
         return client
 
     def read_concurrency(self) -> tuple[int, int]:
-        """``connections`` ranged reads of up to 16 MiB in flight (capability ConcurrentReads)."""
+        """``connections`` ranged reads of up to 64 MiB in flight (capability ConcurrentReads)."""
         return int(self.opts["connections"]), READ_REQUEST_BYTES
+
+    def open_range(self, name: str, offset: int, length: int) -> S3RangeStream:
+        """One ranged GET, read in order as it arrives (capability StreamedReads)."""
+        return S3RangeStream(self, name, offset, length)
 
     def body(self, data: bytes | memoryview | PartsBody) -> bytes | memoryview | PartsBody:
         """A request body, read through the upload limit when there is one."""

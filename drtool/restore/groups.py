@@ -156,17 +156,37 @@ class GroupWriter:
         self._zero_blobs: set[bytes] = set()
         # Remote stores: groups are read ahead, coalesced, on the fetcher's own threads.
         shape = capabilities.read_concurrency(repo.backend)
-        self.fetcher = RangeFetcher(repo, shape[0], shape[1], self._submit_fetched) if shape else None
+        self.fetcher = (RangeFetcher(repo, shape[0], shape[1], self._submit_fetched,
+                                     capabilities.range_opener(repo.backend)) if shape else None)
         if self.fetcher is not None:
             # Sealed bytes arrive in the fetcher's buffers: a worker holds only its plaintext and
             # zstd's input, so fewer spare buffers do (each may be a 16 MiB text group).
             self._buffers.keep = workers
 
     def submit(self, loc: Location, refs: list[BlobRef]) -> None:
+        if self._zero_blobs:
+            refs = self._skip_known_zeros(refs)
+            if not refs:
+                return
         if self.fetcher is not None:
             self.fetcher.add(loc, refs)
         else:
             self._submit(self._run, loc, refs)
+
+    def _skip_known_zeros(self, refs: list[BlobRef]) -> list[BlobRef]:
+        """Settle the references to blobs already checked and found all zero: they are holes in
+        files cut to size, so their group need not be read again (one zero blob is shared by
+        every sparse region of every file: the walk hands its group out again and again)."""
+        zero_blobs = self._zero_blobs
+        keep = [ref for ref in refs if ref[4] not in zero_blobs]
+        if len(keep) < len(refs):
+            counts: dict[FileJob, int] = {}
+            for ref in refs:
+                if ref[4] in zero_blobs:
+                    counts[ref[0]] = counts.get(ref[0], 0) + 1
+            for job, count in counts.items():
+                self.settle(job, count)
+        return keep
 
     def flush(self) -> None:
         """Groups held back to be read together go out now (files are waiting for them)."""

@@ -16,7 +16,8 @@ from typing import Any, Iterable
 
 from drtool.backends.base import Backend
 from drtool.backends.capabilities import (BufferedReads, ConcurrentReads, GroupSharing, LocationSetup, ObjectLock,
-                                          ServerClock, TemporaryCleanup, ViewReads, supports)
+                                          RangeStream, ServerClock, StreamedReads, TemporaryCleanup, ViewReads,
+                                          supports)
 
 
 class _ViewReads:
@@ -38,6 +39,13 @@ class _ConcurrentReads:
 
     def read_concurrency(self) -> tuple[int, int]:
         return self.inner.read_concurrency()  # type: ignore[no-any-return]
+
+
+class _StreamedReads:
+    inner: Any
+
+    def open_range(self, name: str, offset: int, length: int) -> RangeStream:
+        return self.inner.open_range(name, offset, length)  # type: ignore[no-any-return]
 
 
 class _ObjectLock:
@@ -86,7 +94,7 @@ class _GroupSharing:
 
 FORWARDERS: dict[type, type] = {
     ViewReads: _ViewReads, BufferedReads: _BufferedReads, ConcurrentReads: _ConcurrentReads,
-    ObjectLock: _ObjectLock,
+    StreamedReads: _StreamedReads, ObjectLock: _ObjectLock,
     ServerClock: _ServerClock, LocationSetup: _LocationSetup, TemporaryCleanup: _TemporaryCleanup,
     GroupSharing: _GroupSharing,
 }
