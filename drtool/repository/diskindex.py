@@ -47,6 +47,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import lmdb
 
 from drtool.crypto.ids import ID_SIZE
+from drtool.repository.idfilter import STALE, IdFilter, capacity_for, open_for_cache
 from drtool.repository.index import Location
 from drtool.repository.packfile import ENTRY
 
@@ -64,6 +65,7 @@ _REC = struct.Struct(">IBQIII")  # pack number (big-endian: duplicates sort by i
 _NUM = struct.Struct(">I")
 _STAMP = struct.Struct(">Q")
 _DBS = (b"blobs", b"packs", b"members", b"indexes", b"meta")
+FILTER_FILE = "ids.bloom"  # the absent-id filter (idfilter), beside data.mdb
 
 
 class CacheUnusable(Exception):
@@ -198,6 +200,12 @@ class DiskIndex:
         self._pack_ids: dict[int, bytes] = {}
         self._readers: list[lmdb.Transaction] = []
         self._readers_lock = threading.Lock()
+        self._retired: list[IdFilter] = []  # replaced filters (a thread may still read one)
+        self._filter = None
+        if os.environ.get("DRTOOL_INDEX_FILTER", "on") != "off":
+            self._filter = open_for_cache(self.path / FILTER_FILE, self.env, self._blobs, self._db[b"members"],
+                                          lambda txn: _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0),
+                                                                            db=self._db[b"meta"]))[0])
         self._closed = False
 
     @classmethod
@@ -225,9 +233,25 @@ class DiskIndex:
                 txn.abort()
             txn = local.txn = self.env.begin(db=self._blobs)
             local.generation = self._generation
+            # The filter serves this snapshot only if it covers it (its stamp is not behind).
+            at = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=self._db[b"meta"]))[0]
+            filt = self._filter
+            local.filter = filt if filt is not None and at <= filt.stamp() != STALE else None
             with self._readers_lock:
                 self._readers.append(txn)
         return txn
+
+    def _filter_add(self, stamp: int, ids: Iterable[bytes]) -> None:
+        """Inside a write transaction that moves the cache from ``stamp`` to ``stamp + 1``."""
+        filt = self._filter
+        if filt is None:
+            return
+        if filt.stamp() != stamp:  # a writer that did not keep it, or a bulk build replaced it
+            filt.set_stamp(STALE)
+            self._filter = None
+            return
+        filt.add(ids)
+        filt.set_stamp(stamp + 1)
 
     def refresh(self) -> None:
         """Make this process's own writes visible to its lookups (each thread renews on its next one)."""
@@ -235,8 +259,12 @@ class DiskIndex:
         self._pack_ids = {}
 
     def __contains__(self, blob_id: bytes) -> bool:
+        txn = self._txn()
+        filt = self._local.filter
+        if filt is not None and not filt.maybe(blob_id):
+            return False
         try:
-            return self._txn().get(blob_id) is not None
+            return txn.get(blob_id) is not None
         except lmdb.Error as exc:
             raise self._damaged(exc) from None
 
@@ -252,6 +280,9 @@ class DiskIndex:
 
     def get(self, blob_id: bytes) -> Location | None:
         txn = self._txn()
+        filt = self._local.filter
+        if filt is not None and not filt.maybe(blob_id):
+            return None
         try:
             raw = txn.get(blob_id)
             if raw is None:
@@ -339,6 +370,7 @@ class DiskIndex:
                     txn.put(index_id.encode(), _STAMP.pack(stamp) + b"".join(numbers), db=indexes)
                 rows.sort()
                 txn.cursor(db=self._blobs).putmulti(rows, dupdata=True)
+                self._filter_add(stamp, (blob_id for blob_id, _rec in rows))
                 txn.put(b"next_pack", _NUM.pack(number), db=meta)
                 txn.put(b"stamp", _STAMP.pack(stamp + 1), db=meta)
         except lmdb.MapFullError:
@@ -416,14 +448,21 @@ class DiskIndex:
                 for name in _DBS[:-1]:
                     txn.drop(self._db[name], delete=False)
                 txn.put(b"building", b"1", db=self._db[b"meta"])
+                began = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=self._db[b"meta"]))[0]
             work = Path(tempfile.mkdtemp(prefix="build-", dir=self.path))
+            made = None
             try:
                 done, runs = self._build_runs(sorted(listed), fetch, work)
+                if self._filter is not None:  # a new filter, sized for these entries, filled as they go in
+                    entries = sum(os.fstat(run.fileno()).st_size for run in runs) // _ROW
+                    made = IdFilter.start(self.path / FILTER_FILE, capacity_for(entries))
                 merged = heapq.merge(*(_read_run(run) for run in runs))
                 while chunk := list(islice(merged, BUILD_COMMIT_ENTRIES)):
                     with self.env.begin(write=True) as txn:
                         txn.cursor(db=self._blobs).putmulti(((r[:ID_SIZE], r[ID_SIZE:]) for r in chunk),
                                                             dupdata=True, append=True)
+                    if made is not None:
+                        made.add(r[:ID_SIZE] for r in chunk)
                 for run in runs:
                     run.close()
                 with self.env.begin(write=True) as txn:
@@ -433,12 +472,32 @@ class DiskIndex:
                         txn.put(index_id.encode(), _STAMP.pack(stamp) + numbers, db=self._db[b"indexes"])
                     txn.put(b"stamp", _STAMP.pack(stamp + 1), db=meta)
                     txn.delete(b"building", db=meta)
+                    self._install_built_filter(made, stamp == began, stamp + 1)
+                    made = None
             except lmdb.MapFullError:
                 raise CacheUnusable(f"{self.path} is full ({MAP_SIZE >> 30} GiB)") from None
             finally:
+                if made is not None:
+                    made.discard()
                 shutil.rmtree(work, ignore_errors=True)
         self.refresh()
         return len(done)
+
+    def _install_built_filter(self, made: IdFilter | None, whole: bool, stamp: int) -> None:
+        """In the bulk build's last transaction: put its filter in place, unless another
+        process added entries during the build (``whole`` False: they are not in it)."""
+        old = self._filter
+        if old is not None:
+            old.set_stamp(STALE)  # whatever happens next, the old file no longer covers the cache
+            self._retired.append(old)
+            self._filter = None
+        if made is None:
+            return
+        if whole:
+            made.install(self.path / FILTER_FILE, stamp)
+            self._filter = made
+        else:
+            made.discard()
 
     def _build_runs(self, ids: list[str], fetch: Callable[[str], list[tuple[bytes, bytes]] | None],
                     work: Path) -> tuple[list[tuple[str, bytes]], list[BinaryIO]]:
@@ -486,6 +545,9 @@ class DiskIndex:
                 txn.abort()
             except lmdb.Error:
                 pass
+        for filt in [self._filter, *self._retired]:
+            if filt is not None:
+                filt.close()
         _release_env(self.path)
 
 

@@ -1,0 +1,205 @@
+"""A Bloom filter of blob ids in front of the disk index: absent ids answered without the B-tree.
+
+A lookup in the LMDB cache of 20 M blobs costs 2.5–3.2 µs (four B-tree
+levels in a 2.2 GB mapping: cache and TLB misses), and a backup of new data
+mostly asks for ids that are not there.  This filter, a file beside
+``data.mdb`` mapped shared, answers most of those with one or two byte reads.
+
+**No false negatives**, which is what makes it safe: every id in the cache
+is in the filter.  Bits are set inside the LMDB write transaction that adds
+the entries (LMDB serialises writers across processes, so two processes
+never race on a byte), flushed to disk before that transaction commits, and
+the header's ``stamp`` then equals the cache's ``meta/stamp``.  A filter
+whose stamp is behind the cache's (a writer that did not keep it, a crash,
+a bulk build that replaced the file) is not used: plain lookups answer, and
+the next open rebuilds it from the cache.  Dropping packs leaves their bits
+(false positives: the B-tree answers).  Blob ids are keyed BLAKE3 hashes,
+uniform, so their own bytes are the hash functions (four 64-bit words).
+
+Layout: header (magic, stamp, bit count, capacity), then the bits.  Sized
+at ``BITS_PER_ENTRY`` bits per entry of its capacity (about 1.5 bytes per
+blob; a false-positive rate of ~0.6 % when full), rebuilt bigger when the
+cache outgrows it.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import random
+import struct
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from drtool.crypto.ids import ID_SIZE
+
+log = logging.getLogger("drtool")
+
+MAGIC = b"DRBLOOM1"
+_PROBES = struct.Struct("<4Q").unpack_from  # a blob id (32 bytes) as four 64-bit hash values
+_ALL_PROBES = struct.Struct("<4Q").iter_unpack
+_HEADER = struct.Struct("<8sQQQ")  # magic, stamp, bits, capacity
+STALE = (1 << 64) - 1  # a stamp no cache has: written when the filter cannot be kept up to date
+BITS_PER_ENTRY = 12
+MIN_CAPACITY = 1 << 20
+HEADROOM = 1.25  # capacity = entries × this (+ MIN_CAPACITY) when built
+
+
+def capacity_for(entries: int) -> int:
+    return int(entries * HEADROOM) + MIN_CAPACITY
+
+
+class IdFilter:
+    """The mapped filter file: :meth:`maybe` (False: certainly absent), :meth:`add`, the stamp."""
+
+    def __init__(self, path: Path, file: int, mapping: mmap.mmap) -> None:
+        self.path = path
+        self._fd = file
+        self._map = mapping
+        _magic, _stamp, self.bits, self.capacity = _HEADER.unpack_from(mapping, 0)
+        self._bits = memoryview(mapping)[_HEADER.size:]
+
+    @classmethod
+    def open(cls, path: Path) -> IdFilter | None:
+        """The filter at ``path``, or None when it is missing or not a whole filter file."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size < _HEADER.size:
+                raise ValueError
+            mapping = mmap.mmap(fd, size)
+            magic, _stamp, bits, capacity = _HEADER.unpack_from(mapping, 0)
+            if magic != MAGIC or not bits or size != _HEADER.size + (bits + 7) // 8 or not capacity:
+                mapping.close()
+                raise ValueError
+            mapping.madvise(mmap.MADV_RANDOM)
+        except (OSError, ValueError):
+            os.close(fd)
+            return None
+        return cls(path, fd, mapping)
+
+    @classmethod
+    def start(cls, path: Path, capacity: int) -> IdFilter:
+        """A new, empty filter in a temporary file beside ``path`` (stamp STALE until :meth:`install`)."""
+        bits = capacity * BITS_PER_ENTRY
+        size = _HEADER.size + (bits + 7) // 8
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            mapping = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        _HEADER.pack_into(mapping, 0, MAGIC, STALE, bits, capacity)
+        return cls(tmp, fd, mapping)
+
+    def install(self, path: Path, stamp: int) -> None:
+        """Stamp a filter made by :meth:`start`, make it durable and rename it to ``path``."""
+        self.set_stamp(stamp)
+        os.fsync(self._fd)
+        os.replace(self.path, path)
+        self.path = path
+
+    def discard(self) -> None:
+        """Close and remove a filter made by :meth:`start` that was not installed."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def stamp(self) -> int:
+        return int(struct.unpack_from("<Q", self._map, 8)[0])
+
+    def set_stamp(self, stamp: int) -> None:
+        """Flush the bits, then record which cache state they cover (flushed too)."""
+        self._map.flush()
+        struct.pack_into("<Q", self._map, 8, stamp)
+        self._map.flush()
+
+    def maybe(self, blob_id: bytes) -> bool:
+        """False: ``blob_id`` is certainly not in the cache.  Four probes, one per 8 bytes of the id."""
+        m, n = self._bits, self.bits
+        a, b, c, d = _PROBES(blob_id)
+        h = a % n
+        if not (m[h >> 3] >> (h & 7)) & 1:
+            return False
+        h = b % n
+        if not (m[h >> 3] >> (h & 7)) & 1:
+            return False
+        h = c % n
+        if not (m[h >> 3] >> (h & 7)) & 1:
+            return False
+        h = d % n
+        return bool((m[h >> 3] >> (h & 7)) & 1)
+
+    def add(self, ids: Iterable[bytes]) -> None:
+        m, n = self._bits, self.bits
+        for a, b, c, d in _ALL_PROBES(b"".join(ids)):
+            h = a % n
+            m[h >> 3] |= 1 << (h & 7)
+            h = b % n
+            m[h >> 3] |= 1 << (h & 7)
+            h = c % n
+            m[h >> 3] |= 1 << (h & 7)
+            h = d % n
+            m[h >> 3] |= 1 << (h & 7)
+
+    def close(self) -> None:
+        self._bits.release()
+        try:
+            self._map.close()
+        finally:
+            os.close(self._fd)
+
+
+def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, stamp_of: Callable[[Any], int]) -> IdFilter | None:
+    """The disk index's filter, rebuilt from the cache's pack members (``members``: number →
+    blob ids) when it is missing, damaged, not at the cache's stamp or overfull; None (plain
+    lookups) when it cannot be written.  ``env``: the cache's LMDB environment."""
+    def fits(filt: IdFilter | None, txn: Any) -> bool:
+        return (filt is not None and filt.stamp() == stamp_of(txn)
+                and txn.stat(blobs)["entries"] <= 2 * filt.capacity and _samples_in(filt, txn, members))
+
+    found = IdFilter.open(path)
+    with env.begin() as txn:
+        if fits(found, txn):
+            return found
+    if found is not None:
+        found.close()
+    try:
+        with env.begin(write=True) as txn:  # other writers wait: nothing is added meanwhile
+            found = IdFilter.open(path)  # another process may have rebuilt it first
+            if fits(found, txn):
+                return found
+            if found is not None:
+                found.close()
+            made = IdFilter.start(path, capacity_for(int(txn.stat(blobs)["entries"])))
+            try:
+                for _number, ids in txn.cursor(db=members):
+                    made.add(ids[pos:pos + ID_SIZE] for pos in range(0, len(ids), ID_SIZE))
+                made.install(path, stamp_of(txn))
+            except BaseException:
+                made.discard()
+                raise
+        return made
+    except Exception as exc:  # OSError (no space, permissions) or an LMDB error: lookups still work
+        log.warning("no absent-id filter for the index cache %s (%s): plain lookups", path.parent, exc)
+        return None
+
+
+def _samples_in(filt: IdFilter, txn: Any, members: Any, packs: int = 16) -> bool:
+    """Whether the ids of a few random cached packs are in the filter: a file whose bits were
+    lost (zeroed pages after a crash, a copy gone wrong) is caught at open, not trusted."""
+    cursor = txn.cursor(db=members)
+    if not cursor.last():
+        return True
+    top = int.from_bytes(cursor.key(), "big")
+    for _ in range(packs):
+        if cursor.set_range(random.randrange(top + 1).to_bytes(4, "big")):
+            ids = cursor.value()
+            if not all(filt.maybe(bytes(ids[pos:pos + ID_SIZE])) for pos in range(0, len(ids), ID_SIZE)):
+                return False
+    return True
