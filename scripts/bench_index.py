@@ -18,7 +18,8 @@
 4. Lookups against the built cache in this process: median ns per lookup
    of present and absent ids, per call and through ``has_all``, next to a
    ``dict`` lookup on the same machine at the same time (the machine's
-   load shows in that reference).
+   load shows in that reference); then again without the absent-id filter
+   (``DRTOOL_INDEX_FILTER=off``), and the filter's size and false positives.
 """
 from __future__ import annotations
 
@@ -158,6 +159,11 @@ def lookups(repo_id: str, blobs: int, samples: int = 100_000) -> dict[str, Any]:
     result["dict_reference_ns"] = median_ns(reference.get, ref_keys)
     result["cache_bytes"] = (disk.path / "data.mdb").stat().st_size
     result["cache_bytes_per_blob"] = round(result["cache_bytes"] / blobs, 1)
+    bloom = disk.path / "ids.bloom"
+    if bloom.exists() and disk._filter is not None:
+        result["filter_bytes"] = bloom.stat().st_size
+        result["filter_bytes_per_blob"] = round(bloom.stat().st_size / blobs, 2)
+        result["filter_false_positives"] = sum(map(disk._filter.maybe, absent)) / len(absent)
     disk.close()
     return result
 
@@ -217,6 +223,9 @@ def main() -> None:
             repo_id = entry.name
     os.environ["XDG_CACHE_HOME"] = base["XDG_CACHE_HOME"]
     results["lookups"] = lookups(repo_id, args.blobs)
+    os.environ["DRTOOL_INDEX_FILTER"] = "off"  # the same lookups without the absent-id filter
+    results["lookups_without_filter"] = lookups(repo_id, args.blobs)
+    del os.environ["DRTOOL_INDEX_FILTER"]
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=None if args.json else 2))
