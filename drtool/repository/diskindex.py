@@ -279,10 +279,8 @@ class DiskIndex:
         return True
 
     def get(self, blob_id: bytes) -> Location | None:
+        # No filter here: restores and checks ask for ids that are there (it would only cost).
         txn = self._txn()
-        filt = self._local.filter
-        if filt is not None and not filt.maybe(blob_id):
-            return None
         try:
             raw = txn.get(blob_id)
             if raw is None:
