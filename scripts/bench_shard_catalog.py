@@ -4,6 +4,9 @@ Usage (from the repository root, with .venv): .venv/bin/python scripts/bench_sha
 (DIRS x 100 files of 64 bytes, shards = 8, two workers, two sets; a throwaway PostgreSQL from tests/dbservers.py).
 """
 import json, os, subprocess, sys, time
+if any(a in ("-h", "--help") for a in sys.argv[1:]):
+    print(__doc__.strip())
+    sys.exit(0)
 sys.path.insert(0, "tests")
 from pathlib import Path
 from dbservers import postgres_server

@@ -3,6 +3,9 @@
 Usage (repository root, with .venv): .venv/bin/python scripts/bench_shard_overhead.py
 """
 import os, subprocess, sys, time
+if any(a in ("-h", "--help") for a in sys.argv[1:]):
+    print(__doc__.strip())
+    sys.exit(0)
 sys.path.insert(0, "tests")
 from pathlib import Path
 from conftest import make_env

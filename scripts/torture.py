@@ -42,6 +42,7 @@ from drtool.snapshot.logwindow import WAL  # noqa: E402
 from drtool.errors import DrtoolError, LockHeld  # noqa: E402
 from drtool.databases import logarchive  # noqa: E402
 from drtool.core.session import OpenOptions  # noqa: E402
+from torture_s3 import AWS_ENV, create_bucket, start_moto  # noqa: E402  (scripts/torture_s3.py)
 
 PASSWORD = "torture passphrase"
 CRASH_POINTS = {
@@ -430,41 +431,6 @@ class FaultSwitch:
     def off(self) -> None:
         self.tally.faults += len(self.proxy.injected)
         self.proxy.reset()
-
-
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-           "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def start_moto(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """moto's S3 server on a free port (as tests/s3server.py, without pytest)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(work / "moto.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=log, env={**os.environ, **AWS_ENV})
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"torture: moto server did not start (see {work / 'moto.log'})")
-
-
-def create_bucket(endpoint: str) -> str:
-    import boto3
-
-    bucket = f"torture-{random.SystemRandom().randrange(16 ** 10):010x}"
-    boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
-                          region_name="us-east-1").client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    return bucket
 
 
 def s3_phase(work: Path, rng: random.Random, tally: Tally, deadline: float, min_runs: int = 0) -> list[Lab]:

@@ -290,6 +290,37 @@ def test_what_backups_index_from_memory_equals_what_the_trees_give(env: DrEnv, t
     assert versions(env, "*") == written
 
 
+def all_index_rows(dr: DrEnv) -> list[tuple[Any, ...]]:
+    from sqlalchemy import select
+    from drtool.catalog.files import version_table
+    v = version_table.c
+    with dr.session() as session, session.catalog.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(v.series, v.path, v.basename, v.type, v.size, v.mtime_ns,
+                                                      v.mode, v.content, v.hash, v.first_seq, v.end_seq)
+                                               .order_by(v.series, v.path, v.first_seq))]
+
+
+def test_a_first_backup_beyond_the_walked_limit_indexes_what_a_rebuild_does(env: DrEnv, tmp_path: Path) -> None:
+    """Above ``WALKED_CHANGES`` the walk stops collecting (memory) and the index compares the
+    trees itself, streaming: a first backup of that many files must still index every file,
+    the same rows ``catalog rebuild`` derives."""
+    from drtool.backup.treewalk import WALKED_CHANGES
+    src = tmp_path / "many"
+    for i in range(WALKED_CHANGES + 100):
+        folder = src / f"d{i % 50}"
+        if i < 50:
+            folder.mkdir(parents=True)
+        (folder / f"f{i}").write_bytes(b"%d" % (i % 7))
+    ok(env.run("backup", str(src), "--name", "many"))
+    written = all_index_rows(env)
+    files = [row for row in written if row[3] == "file"]
+    assert len(files) == WALKED_CHANGES + 100 and {row[1].rsplit("/", 1)[-1] for row in files} == {
+        f"f{i}" for i in range(WALKED_CHANGES + 100)}
+    assert all(row[10] is None and row[9] == 1 for row in written)
+    ok(env.run("catalog", "rebuild"))
+    assert all_index_rows(env) == written
+
+
 def test_an_older_snapshot_arriving_late_reindexes_its_series(env: DrEnv, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", files=4)
     ok(env.run("backup", str(src), "--name", "media"))

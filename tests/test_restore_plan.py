@@ -195,35 +195,81 @@ def test_more_files_than_may_stay_open_still_restore(repo_env: DrEnv, tmp_path: 
     assert not [p for p in (tmp_path / "out").rglob(".drtool-part-*")]
 
 
-def test_a_wrong_place_in_the_index_cache_is_caught_by_the_blob_id(repo_env: DrEnv, tmp_path: Path) -> None:
-    """The catalog's index cache is not authenticated (a shared PostgreSQL catalog is
-    writable by others): blobs of one group with swapped inner offsets must not be
-    written into each other's files."""
+def _two_same_size_files(repo_env: DrEnv, tmp_path: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.bin").write_bytes(os.urandom(5000))
     (src / "b.bin").write_bytes(os.urandom(5000))
     assert repo_env.run("backup", str(src), "--name", "t").code == 0
+    return src
+
+
+def _swap_inner_offsets(records: list[list[int]], type_at: int, inner_at: int, size_at: int) -> bool:
+    """Swap the inner offsets of the two 5000-byte data blobs of one group (False: not found)."""
+    same_size = [r for r in records if r[type_at] == DATA_BLOB and r[size_at] == 5000]
+    if len(same_size) != 2:
+        return False
+    same_size[0][inner_at], same_size[1][inner_at] = same_size[1][inner_at], same_size[0][inner_at]
+    return True
+
+
+def _restore_is_refused(repo_env: DrEnv, tmp_path: Path) -> None:
+    with _session(repo_env) as session:
+        with pytest.raises(IntegrityError, match="does not match its id"):
+            api.restore(session, "latest", str(tmp_path / "out"))
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_a_wrong_place_in_the_catalog_index_copy_is_caught_by_the_blob_id(
+        repo_env: DrEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog's copy of the index is not authenticated (a shared PostgreSQL catalog is
+    writable by others) and is what the in-memory index loads from when no disk cache can be
+    used: blobs of one group with swapped inner offsets must not be written into each
+    other's files."""
+    monkeypatch.setenv("DRTOOL_INDEX_CACHE", "memory")
+    src = _two_same_size_files(repo_env, tmp_path)
     with sqlite3.connect(repo_env.catalog) as db:
         for pack_id, entries in db.execute("SELECT pack_id, entries FROM index_packs").fetchall():
             records = [list(r) for r in ENTRY.iter_unpack(entries)]
-            same_size = [r for r in records if r[0] == DATA_BLOB and r[5] == 5000]
-            if len(same_size) == 2:
-                same_size[0][4], same_size[1][4] = same_size[1][4], same_size[0][4]
+            if _swap_inner_offsets(records, 0, 4, 5):
                 swapped = b"".join(ENTRY.pack(*r) for r in records)
                 db.execute("UPDATE index_packs SET entries = ? WHERE pack_id = ?", (swapped, pack_id))
                 break
         else:
             pytest.fail("both files' blobs should share one group")
-    # A session with its catalog (as for S3 repositories) loads the index from the cache.
+    _restore_is_refused(repo_env, tmp_path)
+    # With the disk cache (the default), the catalog's copy is not read for lookups at all.
+    monkeypatch.delenv("DRTOOL_INDEX_CACHE")
     with _session(repo_env) as session:
-        with pytest.raises(IntegrityError, match="does not match its id"):
-            api.restore(session, "latest", str(tmp_path / "out"))
-    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
-    # The CLI restores from a local repository without the catalog: the tampered cache is not read.
-    result = repo_env.run("restore", "latest", "--target", str(tmp_path / "cli"))
-    assert result.code == 0, result.err
-    assert (tmp_path / "cli" / "src" / "a.bin").read_bytes() == (src / "a.bin").read_bytes()
+        api.restore(session, "latest", str(tmp_path / "disk"))
+    assert (tmp_path / "disk" / "src" / "b.bin").read_bytes() == (src / "b.bin").read_bytes()
+
+
+def test_a_wrong_place_in_the_disk_index_cache_is_caught_by_the_blob_id(repo_env: DrEnv, tmp_path: Path) -> None:
+    """The LMDB index cache (repository/diskindex.py) is a local file anyone with the user's
+    rights can damage: a swapped inner offset must be caught by the blob id, not restored."""
+    import lmdb
+    from drtool.repository.diskindex import _REC
+    src = _two_same_size_files(repo_env, tmp_path)
+    with _session(repo_env) as session:
+        session.repo.load_index()  # brings the disk cache up to date with the repository
+        disk = session.repo.disk_index()
+        assert disk is not None
+        path = disk.path
+    env = lmdb.open(str(path), max_dbs=8, subdir=True)
+    try:
+        blobs = env.open_db(b"blobs", dupsort=True)
+        with env.begin(write=True, db=blobs) as txn:
+            rows = [(bytes(k), list(_REC.unpack(bytes(v)))) for k, v in txn.cursor()]
+            records = [rec for _key, rec in rows]
+            assert _swap_inner_offsets(records, 1, 4, 5), "both files' blobs should share one group"
+            for key, rec in rows:
+                txn.delete(key, db=blobs)
+            for key, rec in rows:
+                txn.put(key, _REC.pack(*rec), db=blobs, dupdata=True)
+    finally:
+        env.close()
+    _restore_is_refused(repo_env, tmp_path)
 
 
 def test_a_local_restore_needs_no_catalog_and_leaves_it_alone(repo_env: DrEnv, tmp_path: Path) -> None:

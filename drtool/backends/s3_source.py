@@ -121,20 +121,20 @@ class S3SourceClient:
             with self.stats._lock:
                 setattr(self.stats, name, getattr(self.stats, name) + 1)
 
-    def iter_objects(self, prefix: str) -> Iterator[ListedObject]:
-        """Every object under ``prefix`` in key order, one page in memory at a time."""
+    def _pages(self, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+        """ListObjectsV2 pages under ``prefix``, following continuation tokens."""
         token: str | None = None
         while True:
             args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if delimiter:
+                args["Delimiter"] = delimiter
             if token:
                 args["ContinuationToken"] = token
             try:
                 page = self.client.list_objects_v2(**args)
             except CLIENT_ERRORS as exc:
                 raise self.errors.map(exc, "listing", prefix or None) from None
-            for item in page.get("Contents", ()):
-                yield ListedObject(item["Key"], int(item["Size"]), str(item.get("ETag", "")).strip('"'),
-                                   _ns(item["LastModified"]))
+            yield page
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
@@ -142,30 +142,26 @@ class S3SourceClient:
                 raise BackendError(f"listing s3://{self.bucket}/{prefix} was truncated without a "
                                    f"continuation token", hint="the server's ListObjectsV2 is broken")
 
+    @staticmethod
+    def _listed(item: dict[str, Any]) -> ListedObject:
+        return ListedObject(item["Key"], int(item["Size"]), str(item.get("ETag", "")).strip('"'),
+                            _ns(item["LastModified"]))
+
+    def iter_objects(self, prefix: str) -> Iterator[ListedObject]:
+        """Every object under ``prefix`` in key order, one page in memory at a time."""
+        for page in self._pages(prefix):
+            for item in page.get("Contents", ()):
+                yield self._listed(item)
+
     def iter_level(self, prefix: str) -> Iterator[tuple[str, ListedObject | None]]:
         """One level below ``prefix`` in key order: ``(key, object)`` for objects directly under it,
         ``(sub-prefix ending in '/', None)`` for each "directory" (a delimiter listing: one entry
         per directory, so sharded workers find their units without listing every object)."""
-        token: str | None = None
-        while True:
-            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/", "MaxKeys": 1000}
-            if token:
-                args["ContinuationToken"] = token
-            try:
-                page = self.client.list_objects_v2(**args)
-            except CLIENT_ERRORS as exc:
-                raise self.errors.map(exc, "listing", prefix or None) from None
+        for page in self._pages(prefix, delimiter="/"):
             entries: list[tuple[str, ListedObject | None]] = [
-                (item["Key"], ListedObject(item["Key"], int(item["Size"]), str(item.get("ETag", "")).strip('"'),
-                                           _ns(item["LastModified"]))) for item in page.get("Contents", ())]
+                (item["Key"], self._listed(item)) for item in page.get("Contents", ())]
             entries += [(p["Prefix"], None) for p in page.get("CommonPrefixes", ())]
             yield from sorted(entries, key=lambda e: e[0])  # a page covers one key range: merged in order
-            if not page.get("IsTruncated"):
-                return
-            token = page.get("NextContinuationToken")
-            if not token:
-                raise BackendError(f"listing s3://{self.bucket}/{prefix} was truncated without a "
-                                   f"continuation token", hint="the server's ListObjectsV2 is broken")
 
     def open_object(self, key: str) -> FetchedObject | None:
         """GET one object; None when it was deleted since it was listed."""

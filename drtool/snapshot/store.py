@@ -150,12 +150,8 @@ def _is_blob_id(value: object) -> bool:
 STREAM_BATCH = 256
 
 
-def stream_chunks(repo: Repository, snap: Snapshot, filename: str | None = None) -> Iterator[bytes]:
-    """The plaintext of a stream snapshot (a dump, a base backup: one file), blob by blob, verified.
-
-    ``filename`` picks one file of a snapshot of several streams (a base
-    backup with tablespaces: one tar per tablespace).
-    """
+def stream_ids(repo: Repository, snap: Snapshot, filename: str | None = None) -> list[bytes]:
+    """The blob ids of a stream snapshot's file (the only one, or ``filename``)."""
     nodes = [n for n in load_tree(repo, snap.tree) if n.type == FILE]
     if filename is not None:
         nodes = [n for n in nodes if n.name == filename]
@@ -163,7 +159,16 @@ def stream_chunks(repo: Repository, snap: Snapshot, filename: str | None = None)
             raise IntegrityError(f"snapshot {snap.short_id} has no file {filename}")
     if len(nodes) != 1:
         raise IntegrityError(f"snapshot {snap.short_id} is not a single-file stream ({len(nodes)} files)")
-    ids = [bytes.fromhex(hexid) for hexid in nodes[0].content]
+    return [bytes.fromhex(hexid) for hexid in nodes[0].content]
+
+
+def stream_chunks(repo: Repository, snap: Snapshot, filename: str | None = None) -> Iterator[bytes]:
+    """The plaintext of a stream snapshot (a dump, a base backup: one file), blob by blob, verified.
+
+    ``filename`` picks one file of a snapshot of several streams (a base
+    backup with tablespaces: one tar per tablespace).
+    """
+    ids = stream_ids(repo, snap, filename)
     for start in range(0, len(ids), STREAM_BATCH):  # neighbouring blobs of a pack in one ranged read
         for view in repo.read_blobs(ids[start:start + STREAM_BATCH]):
             yield bytes(view)

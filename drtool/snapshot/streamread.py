@@ -19,29 +19,16 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
-from drtool.errors import IntegrityError
 from drtool.repository.index import Location
 from drtool.repository.repo import Repository
-from drtool.snapshot.model import FILE, Snapshot
-from drtool.snapshot.store import load_tree
+from drtool.snapshot.model import Snapshot
+from drtool.snapshot.store import stream_ids
 
 MiB = 1024 * 1024
 WINDOW_BYTES = 8 * MiB       # a window ends at the first group change past this ...
 WINDOW_MAX = 32 * MiB        # ... or here
 BUFFER_BYTES = 18 * MiB      # a window of one whole 16 MiB text group fits
 GROUP_CACHE_BYTES = 128 * MiB  # old and new groups of a night-2 stream, for all workers
-
-
-def stream_ids(repo: Repository, snap: Snapshot, filename: str | None = None) -> list[bytes]:
-    """The blob ids of a stream snapshot's file (the only one, or ``filename``)."""
-    nodes = [n for n in load_tree(repo, snap.tree) if n.type == FILE]
-    if filename is not None:
-        nodes = [n for n in nodes if n.name == filename]
-        if not nodes:
-            raise IntegrityError(f"snapshot {snap.short_id} has no file {filename}")
-    if len(nodes) != 1:
-        raise IntegrityError(f"snapshot {snap.short_id} is not a single-file stream ({len(nodes)} files)")
-    return [bytes.fromhex(hexid) for hexid in nodes[0].content]
 
 
 def windows(locs: list[Location]) -> list[tuple[int, int, int]]:
