@@ -143,3 +143,23 @@ def test_entries_added_without_the_filter_make_it_stale_not_wrong(cache_home: Pa
     assert again is not None
     assert_no_false_negatives(again, late)
     again.close()
+
+
+def test_a_handle_open_across_a_bulk_build_never_trusts_the_replaced_filter(cache_home: Path) -> None:
+    small, _small_ids = make_objects(1, 50)
+    other = DiskIndex.open(REPO)  # a second handle, as another thread or process would hold
+    assert other is not None
+    other.sync(set(small), small.get)
+    filter_of(other)
+    builder = DiskIndex.open(REPO)
+    assert builder is not None
+    objects, ids = make_objects(40, 100)  # far behind: the cache is built afresh, with a new filter
+    builder.sync(set(objects), objects.get)
+    every = [b for blob_ids in ids.values() for b in blob_ids]
+    assert_no_false_negatives(builder, every)
+    other.refresh()
+    assert all(b in other for b in every)  # its old mapping is marked stale, not consulted
+    other._txn()
+    assert other._local.filter is None
+    other.close()
+    builder.close()
