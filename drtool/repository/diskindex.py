@@ -248,6 +248,7 @@ class DiskIndex:
             return
         if filt.stamp() != stamp:  # a writer that did not keep it, or a bulk build replaced it
             filt.set_stamp(STALE)
+            self._retired.append(filt)
             self._filter = None
             return
         filt.add(ids)
