@@ -263,6 +263,25 @@ def test_dump_file_directory_and_stream(env: DrEnv, tmp_path: Path) -> None:
     assert wrong.returncode == 1 and wrong.stderr.startswith(b"drtool: error: snapshot") and not wrong.stdout
 
 
+def test_dump_of_a_big_file_stops_at_a_damaged_pack(env: DrEnv, tmp_path: Path) -> None:
+    """A big file is dumped by the stream reader's worker pool (``WINDOWED_BYTES``): a damaged
+    pack must stop it with one line and a non-zero exit, never pass on wrong bytes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(12 << 20))
+    ok(env.run("backup", str(src), "--name", "media"))
+    good = spawn_bytes(env, "dump", "latest", "src/big.bin", "--name", "media")
+    assert good.returncode == 0 and good.stdout == (src / "big.bin").read_bytes(), good.stderr
+    packs = sorted((p for p in (env.repo / "packs").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(packs[-1].read_bytes())  # the biggest pack holds the file's data
+    data[len(data) // 2] ^= 0x01
+    packs[-1].write_bytes(bytes(data))
+    bad = spawn_bytes(env, "dump", "latest", "src/big.bin", "--name", "media")
+    assert bad.returncode != 0
+    assert bad.stderr.startswith(b"drtool: ") and bad.stderr.count(b"\n") <= 2 and b"Traceback" not in bad.stderr
+    assert bad.stdout != (src / "big.bin").read_bytes() and (src / "big.bin").read_bytes().startswith(bad.stdout)
+
+
 def test_what_backups_index_from_memory_equals_what_the_trees_give(env: DrEnv, tmp_path: Path) -> None:
     """A backup hands its changed directories to the index instead of reading the trees back:
     the rows must be the ones ``catalog rebuild`` derives from the trees alone -- removed

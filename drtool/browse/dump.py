@@ -17,9 +17,11 @@ from drtool.browse.trees import normal_path
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, Snapshot
 from drtool.snapshot.store import load_tree_checked, walk_tree
+from drtool.snapshot.streamread import read_blobs_windowed
 from drtool.errors import DrtoolError
 
 BLOBS_PER_READ = 64   # blob ids located and fetched together (ranged reads merge neighbours)
+WINDOWED_BYTES = 8 << 20  # files this big are read by the stream reader's worker pool
 
 _TAR_TYPES = {DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE, FIFO: tarfile.FIFOTYPE,
               CHARDEV: tarfile.CHRTYPE, BLOCKDEV: tarfile.BLKTYPE, FILE: tarfile.REGTYPE}
@@ -53,7 +55,11 @@ def dump(repo: Repository, snap: Snapshot, path: str | None, out: BinaryIO) -> i
         node = resolve(repo, snap, base)
     if node.type == FILE:
         written = 0
-        for chunk in file_chunks(repo, node):
+        # A big file (a dump, a media master) is read by the stream reader's worker pool, as a
+        # restore of it would be; small ones blob by blob (a pool per file costs more than it saves).
+        chunks = (read_blobs_windowed(repo, [bytes.fromhex(c) for c in node.content])
+                  if node.size >= WINDOWED_BYTES else file_chunks(repo, node))
+        for chunk in chunks:
             out.write(chunk)
             written += len(chunk)
         out.flush()

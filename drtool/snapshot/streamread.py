@@ -52,7 +52,12 @@ def read_stream(repo: Repository, snap: Snapshot, filename: str | None = None,
     Each view is valid until the next one is asked for (its buffer is then
     reused): consumers write it out (a pipe, a file) or copy it first.
     """
-    ids = stream_ids(repo, snap, filename)
+    yield from read_blobs_windowed(repo, stream_ids(repo, snap, filename), workers)
+
+
+def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None = None) -> Iterator[memoryview]:
+    """The verified plaintext of the blobs ``ids`` (one big file's content), in order, read by
+    a pool of workers in windows of several MiB: the same contract as :func:`read_stream`."""
     locs = [repo.locate(blob_id) for blob_id in ids]
     runs = windows(locs)
     workers = workers or max(2, os.cpu_count() or 2)
