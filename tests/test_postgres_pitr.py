@@ -248,8 +248,11 @@ def test_wal_push_is_idempotent_and_refuses_different_content(repo_env: DrEnv, t
     bad = repo_env.spawn("pg", "wal-fetch", "--source", "db1", segment.name, str(fetched),
                          env={"DRTOOL_PASSWORD": "wrong"})
     assert bad.returncode == 126  # PostgreSQL must abort recovery, not treat it as end of WAL
-    names = "".join(_wal_objects(repo_env))
-    assert "db1" not in names and segment.name not in names
+    # Names are keyed ids only (a keyed series id / a keyed segment id): neither the source nor the segment name shows in the repository
+    # ("db1" is itself hex, so a substring test of the names would fail one run in ~30).
+    names = _wal_objects(repo_env)
+    assert all(re.fullmatch(r"[0-9a-f]{32}/[0-9a-f]{64}(\.info)?", name) for name in names), names
+    assert segment.name not in "".join(names)
 
 
 def _wal_objects(dr: DrEnv) -> list[str]:
