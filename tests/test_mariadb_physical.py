@@ -107,6 +107,14 @@ def test_physical_restore_refuses_target_db(scenario: Scenario) -> None:
     assert result.code == 2 and "restores a whole server" in result.err
 
 
+def test_tablespace_map_is_refused_for_a_mariadb_source(scenario: Scenario, tmp_path: Path) -> None:
+    """An option that cannot apply is refused, not silently ignored (PostgreSQL tablespaces only)."""
+    result = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", str(tmp_path / "t"),
+                             "--tablespace-map", f"/srv/fast={tmp_path / 'fast'}")
+    assert result.code == 2 and "--tablespace-map is for PostgreSQL" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "t").exists()
+
+
 @pytest.mark.slow
 def test_physical_backup_of_a_replica_records_the_primary_coordinates(tmp_path: Path) -> None:
     """Backed up on a replica (--slave-info): the primary's GTID position is recorded beside the

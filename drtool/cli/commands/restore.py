@@ -250,6 +250,10 @@ def run_source_restore(state: CliState, request: SourceRestore) -> None:
     if isinstance(src, (backing_up.FilesSource, backing_up.CommandSource)):
         raise UsageError(f"source {request.source} is a {backing_up.source_type(src, engines)} source",
                          hint=f"use 'drtool restore --name {request.source} --point-in-time TIME --target DIR'")
+    kind = backing_up.source_type(src, engines)
+    if request.tablespace_map and kind != "postgresql":
+        raise UsageError(f"--tablespace-map is for PostgreSQL base backups; source {request.source} is a {kind} "
+                         "source", hint="leave it out (MariaDB restores go to --target or --target-db)")
     point: datetime | None = resolve_point(request.when) if request.when else None
     session = state.session()
     if request.dry_run:
