@@ -121,4 +121,4 @@ def verify_restore(target: Path, expected: Path) -> tuple[bool, str]:
     if p.returncode == 0:
         return True, ""
     lines = (p.stdout + p.stderr).strip().splitlines()
-    return False, f"restore differs from night2 ({len(lines)} diff lines): " + " | ".join(lines[:3])
+    return False, f"restore differs from {expected.name} ({len(lines)} diff lines): " + " | ".join(lines[:3])

@@ -216,7 +216,7 @@ def run_tool(name: str, args: argparse.Namespace, data: Path, logs: Path) -> Res
         gets = sum(counts["requests"].get(k, 0) for k in ("get", "range_get"))
         f["restore_s"], f["rss_restore_mib"] = run.seconds, run.maxrss_mib
         f["gets_per_gib"] = gets / (src_bytes / GIB)
-        res.verified, msg = verify(tool.restore_dir, source)
+        res.verified, msg = bench.verify_restore(tool.restore_dir, source)
         if msg:
             res.notes.append(msg)
         bench.log(f"{name}: restore verified: {res.verified}")
@@ -228,19 +228,6 @@ def run_tool(name: str, args: argparse.Namespace, data: Path, logs: Path) -> Res
         if not args.keep:
             shutil.rmtree(tool.home, ignore_errors=True)
     return res
-
-
-def verify(target: Path, expected: Path) -> tuple[bool, str]:
-    """The restored copy of ``expected`` (found under ``target`` by its dump) is identical."""
-    root = bench.find_restored_root(target)
-    if root is None:
-        return False, "restored tree not found (no dumps/wiki.sql under target)"
-    p = subprocess.run(["diff", "-rq", "--no-dereference", str(expected), str(root)],
-                       capture_output=True, text=True)
-    if p.returncode == 0:
-        return True, ""
-    lines = (p.stdout + p.stderr).strip().splitlines()
-    return False, f"restore differs from the source ({len(lines)} diff lines): " + " | ".join(lines[:3])
 
 
 def judge(fig: Figure, results: dict[str, Result]) -> dict[str, Any]:
