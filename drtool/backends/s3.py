@@ -294,13 +294,18 @@ class S3Backend(ObjectLockMethods, Backend):
         etag = str(head.get("ETag", "")).strip('"')
         return etag in (md5(data).hex(), multipart_etag(self.opts, data))
 
-    def _store(self, name: str, data: bytes | PartsBody, conditional: bool) -> None:
-        """Upload, then verify with a HEAD; an upload that does not verify is sent again."""
-        problem = ""
+    def _attempts(self) -> Iterator[int]:
+        """``read_attempts`` tries; each after the first is counted and waits its backoff."""
         for attempt in range(self.opts["read_attempts"]):
             if attempt:
                 self._add_stat("retries", 1)
                 self._backoff(attempt - 1)
+            yield attempt
+
+    def _store(self, name: str, data: bytes | PartsBody, conditional: bool) -> None:
+        """Upload, then verify with a HEAD; an upload that does not verify is sent again."""
+        problem = ""
+        for _attempt in self._attempts():
             args = self._put_args(name)
             if conditional:
                 args["IfNoneMatch"] = "*"
@@ -363,10 +368,7 @@ class S3Backend(ObjectLockMethods, Backend):
                 "Range": f"bytes={offset}-{offset + length - 1}"}
         view = memoryview(buf)[:length]
         last = ""
-        for attempt in range(self.opts["read_attempts"]):
-            if attempt:
-                self._add_stat("retries", 1)
-                self._backoff(attempt - 1)
+        for _attempt in self._attempts():
             resp = self.call("reading", name, self.client.get_object, **args)
             content_range = str(resp.get("ContentRange") or "")
             if int(resp.get("ContentLength", -1)) != length or not content_range.startswith(f"bytes {offset}-"):
@@ -407,10 +409,7 @@ class S3Backend(ObjectLockMethods, Backend):
         if offset is not None and length is not None:
             args["Range"] = f"bytes={offset}-{offset + length - 1}"
         last = ""
-        for attempt in range(self.opts["read_attempts"]):
-            if attempt:
-                self._add_stat("retries", 1)
-                self._backoff(attempt - 1)
+        for _attempt in self._attempts():
             resp = self.call("reading", name, self.client.get_object, **args)
             try:
                 data = self._read_body(resp)
