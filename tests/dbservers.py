@@ -381,6 +381,18 @@ def write_config(path: Path, repository: str, sources: dict[str, dict[str, Any]]
     return path
 
 
+@contextmanager
+def archived_postgres(dr: Any, passphrase: str, source: str = "pg") -> Iterator[tuple[PgServer, dict[str, str]]]:
+    """A throwaway PostgreSQL archiving into ``dr``'s repository with the documented
+    archive_command, and a config naming it as a base-backup source (``dr.env`` and the
+    yielded archive environment both point at it): the set-up every PITR scenario shares."""
+    env = archive_env(dr.tmp, dr.env, passphrase)
+    with postgres_server(archive_env=env, source=source) as server:
+        config = write_config(dr.tmp / "drtool.toml", str(dr.repo), {source: server.source(method="basebackup")})
+        env["DRTOOL_CONFIG"] = dr.env["DRTOOL_CONFIG"] = str(config)
+        yield server, env
+
+
 def insert_events(server: MariaServer, tag: str, count: int, database: str = "wiki") -> None:
     """Rows (tag, 0..count-1) in ``events``: the PITR scenarios' marker for "written at tN"."""
     conn = server.connect(database)

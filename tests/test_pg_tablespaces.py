@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from conftest import PASSWORD, DrEnv, make_env
-from dbservers import PgServer, archive_env, postgres_server, run_as_server_user, stop_postgres, write_config
+from dbservers import PgServer, archived_postgres, run_as_server_user, stop_postgres
 
 SOURCE = "pg"
 
@@ -40,10 +40,7 @@ class Scenario:
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     dr = make_env(tmp_path_factory.mktemp("pgtblspc"))
     dr.init()
-    env = archive_env(dr.tmp, dr.env, PASSWORD)
-    with postgres_server(archive_env=env, source=SOURCE) as server:
-        config = write_config(dr.tmp / "drtool.toml", str(dr.repo), {SOURCE: server.source(method="basebackup")})
-        env["DRTOOL_CONFIG"] = dr.env["DRTOOL_CONFIG"] = str(config)
+    with archived_postgres(dr, PASSWORD, SOURCE) as (server, env):
         location = Path(server.root) / "fast-disk"
         location.mkdir()
         server.sql(f"CREATE TABLESPACE fast LOCATION '{location}'")

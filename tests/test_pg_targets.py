@@ -20,8 +20,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import PASSWORD, DrEnv, make_env
-from dbservers import (PgServer, archive_env, postgres_server, run_as_server_user, stop_postgres,
-                       write_config)
+from dbservers import PgServer, archived_postgres, run_as_server_user, stop_postgres
 
 SOURCE = "pg"
 
@@ -39,10 +38,7 @@ class Scenario:
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     dr = make_env(tmp_path_factory.mktemp("pgtargets"))
     dr.init()
-    env = archive_env(dr.tmp, dr.env, PASSWORD)
-    with postgres_server(archive_env=env, source=SOURCE) as server:
-        config = write_config(dr.tmp / "drtool.toml", str(dr.repo), {SOURCE: server.source(method="basebackup")})
-        env["DRTOOL_CONFIG"] = dr.env["DRTOOL_CONFIG"] = str(config)
+    with archived_postgres(dr, PASSWORD, SOURCE) as (server, env):
         assert dr.run("backup", "--source", SOURCE).code == 0
         server.sql("CREATE TABLE events (tag text, n int)")
         server.sql("INSERT INTO events SELECT 't1', g FROM generate_series(1, 10) g")

@@ -23,9 +23,8 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import PASSWORD, DrEnv, make_env
-from dbservers import (MariaServer, PgServer, archive_env, free_port, insert_events, mariadb_server,
-                       postgres_server, run_as_server_user, stop_postgres, stop_restored_mariadb,
-                       write_config)
+from dbservers import (MariaServer, PgServer, archived_postgres, free_port, insert_events, mariadb_server,
+                       run_as_server_user, stop_postgres, stop_restored_mariadb, write_config)
 from drtool.backends.local import LocalBackend
 from drtool.catalog.logs import LogCatalog
 from drtool.databases.mariadb import MARIADB
@@ -341,10 +340,7 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgScenario]:
     """Bases B0, B1, B2 with WAL between and after; ``inside`` lies between t1 and t2."""
     dr = make_env(tmp_path_factory.mktemp("pgret"))
     dr.init()
-    env = archive_env(dr.tmp, dr.env, PASSWORD)
-    with postgres_server(archive_env=env, source="pg") as server:
-        config = write_config(dr.tmp / "drtool.toml", str(dr.repo), {"pg": server.source(method="basebackup")})
-        env["DRTOOL_CONFIG"] = dr.env["DRTOOL_CONFIG"] = str(config)
+    with archived_postgres(dr, PASSWORD, "pg") as (server, env):
 
         def backup() -> None:
             result = dr.run("backup", "--source", "pg")

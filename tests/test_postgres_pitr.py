@@ -20,8 +20,7 @@ from typing import Iterator
 import pytest
 
 from conftest import PASSWORD, DrEnv, make_env
-from dbservers import (PgServer, archive_env, free_port, postgres_server, run_as_server_user,
-                       stop_postgres, write_config)
+from dbservers import PgServer, archived_postgres, free_port, run_as_server_user, stop_postgres
 
 SOURCE = "pg"
 
@@ -44,12 +43,7 @@ def _insert(server: PgServer, tag: str, count: int) -> None:
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     dr = make_env(tmp_path_factory.mktemp("pgpitr"))
     dr.init()
-    env = archive_env(dr.tmp, dr.env, PASSWORD)
-    with postgres_server(archive_env=env, source=SOURCE) as server:
-        config = write_config(dr.tmp / "drtool.toml", str(dr.repo),
-                              {SOURCE: server.source(method="basebackup")})
-        env["DRTOOL_CONFIG"] = str(config)
-        dr.env["DRTOOL_CONFIG"] = str(config)
+    with archived_postgres(dr, PASSWORD, SOURCE) as (server, env):
         result = dr.run("backup", "--source", SOURCE, "--json")
         assert result.code == 0, result.err
         server.sql("CREATE TABLE events (tag text, n int, at timestamptz DEFAULT clock_timestamp())")
@@ -63,7 +57,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         time.sleep(1.1)
         _insert(server, "t3", 30)
         t3_segment = server.switch_wal_and_wait()
-        yield Scenario(dr, server, env, config, between, t3_segment)
+        yield Scenario(dr, server, env, Path(env["DRTOOL_CONFIG"]), between, t3_segment)
 
 
 def test_base_backup_snapshot_records_wal_coordinates(scenario: Scenario) -> None:
