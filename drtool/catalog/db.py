@@ -20,17 +20,12 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, Oper
 
 from drtool.catalog import integrity
 from drtool.catalog.location import catalog_url, default_catalog_path
+from drtool.catalog.peek import MIGRATIONS, head_revision
 from drtool.errors import CatalogError, ConfigError
 
 __all__ = ["catalog_url", "default_catalog_path", "head_revision", "open_engine"]
 
-MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("drtool")
-
-
-def head_revision() -> str:
-    """Revisions are named NNNN_*.py with revision id NNNN, so the head is the highest."""
-    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql")

@@ -22,6 +22,7 @@ from drtool.catalog.models import file_index_snapshot_table as indexed_table
 from drtool.catalog.models import file_version_table as version_table
 from drtool.catalog.models import rewrite_table
 from drtool.catalog.models import snapshot_table
+from drtool.catalog.peek import VersionFilter
 from drtool.catalog.store import Catalog, _slices
 from drtool.errors import CatalogError
 
@@ -41,23 +42,6 @@ class IndexedSnapshot:
     seq: int
     tree: str
     time: datetime
-
-
-@dataclass
-class VersionFilter:
-    """What ``find`` asks for; every field optional.  Globs are matched again in Python."""
-    basename_like: list[str] | None = None
-    basename_equal: list[str] | None = None
-    path_like: str | None = None
-    series: list[str] | None = None
-    host: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    min_size: int | None = None
-    max_size: int | None = None
-    mtime_after_ns: int | None = None
-    mtime_before_ns: int | None = None
-    hash_prefixes: list[str] | None = None  # "sha256:ab12", "sha1:..." or a content id prefix
 
 
 class FileIndex:

@@ -8,10 +8,11 @@ by itself; what the check finds is damage from outside (a disk error, a
 copy taken mid-write, a stray write into the file), which is rare and not
 tied to any particular open.  So the full check runs when there is a reason:
 
-* the catalog was not closed cleanly: a ``-wal`` file is left over (SQLite
-  checkpoints and deletes it when the last connection closes; another
-  process using the catalog right now also leaves one -- a needless check,
-  never a missed one);
+* the catalog was not closed cleanly: a ``-wal`` file with frames in it is
+  left over (SQLite checkpoints and deletes it when the last writer closes;
+  a read-only reader, ``catalog.peek``, leaves an empty one, which holds
+  nothing; another process using the catalog right now also leaves frames
+  -- a needless check, never a missed one);
 * no check of this very file is on record: a new catalog, a file replaced
   or restored from a copy (another inode), a record that cannot be read;
 * the last full check is older than :data:`CHECK_EVERY`;
@@ -40,8 +41,11 @@ def record_path(catalog: Path) -> Path:
 
 def reason_to_check(catalog: Path, now: float | None = None) -> str | None:
     """Why the catalog needs a full check before use, or None when it does not."""
-    if Path(f"{catalog}-wal").exists():
-        return "a write-ahead log was left (not closed cleanly, or in use)"
+    try:
+        if os.stat(f"{catalog}-wal").st_size > 0:
+            return "a write-ahead log was left (not closed cleanly, or in use)"
+    except OSError:
+        pass  # none: the last writer closed cleanly
     try:
         info = catalog.stat()
         record = json.loads(record_path(catalog).read_text(encoding="utf-8"))

@@ -28,7 +28,8 @@ def find(state: CliState, patterns: tuple[str, ...], path: str | None, names: tu
          as_json: bool) -> None:
     """Find files by name glob (PATTERN matches the base name; with a '/' the whole path) across
     snapshots; each version is listed once with the first and last snapshot holding it."""
-    versions = api.find_files(state.session(), list(patterns), path=path, names=list(names), host=host,
+    # deferred: an SQLite catalog that is current is read without opening it (browse/find.py)
+    versions = api.find_files(state.session(defer_catalog=True), list(patterns), path=path, names=list(names), host=host,
                               since=since, until=until, min_size=min_size, max_size=max_size,
                               newer=newer, older=older, hash=digest)
     if as_json:
