@@ -13,11 +13,12 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from conftest import DrEnv
+from conftest import DrEnv, make_env
 
 from drtool.catalog import peek
 from drtool.catalog.files import FileIndex
 from drtool.catalog.peek import VersionFilter
+from drtool.errors import EXIT_WRONG_PASSWORD
 
 
 def _tree(root: Path, tag: str) -> Path:
@@ -85,3 +86,39 @@ def test_find_reads_without_sqlalchemy_and_still_sees_another_hosts_snapshot(rep
     forgot = repo_env.run("forget", found[0]["first"]["id"], env=other)  # the other host forgets it
     assert forgot.code == 0, forgot.err
     assert _find(repo_env, "only-there.txt")[0] == []  # this catalog still listed it: synced first
+
+
+def test_a_current_catalog_answers_without_the_key(repo_env: DrEnv, tmp_path: Path) -> None:
+    """No key is derived when the catalog is current: a wrong passphrase shows it (a derivation would
+    fail).  The catalog is readable by its owner without any passphrase; the key guards the repository,
+    and as soon as the repository must be read (a snapshot to sync), the passphrase is checked."""
+    src = _tree(tmp_path / "src", "one")
+    assert repo_env.run("backup", str(src), "--name", "media").code == 0
+    wrong = {"DRTOOL_PASSWORD": "not the passphrase"}
+    found, _ = _find(repo_env, "file7.txt", extra=wrong)
+    assert [v["path"] for v in found] == ["src/d1/file7.txt"]
+
+    (src / "d1" / "file7.txt").write_text("changed")
+    assert repo_env.run("backup", str(src), "--name", "media").code == 0
+    assert [v["path"] for v in _find(repo_env, "file7.txt", extra=wrong)[0]] == ["src/d1/file7.txt"] * 2
+    other = {"DRTOOL_CATALOG": str(tmp_path / "other-host.sqlite"), "DRTOOL_HOST": "host-two"}
+    assert repo_env.run("backup", str(src), "--name", "media", env=other).code == 0
+    refused = repo_env.run("find", "file7.txt", env=wrong)
+    assert refused.code == EXIT_WRONG_PASSWORD and "Traceback" not in refused.err
+
+
+def test_a_default_location_catalog_is_found_without_the_key(dr: DrEnv, tmp_path: Path) -> None:
+    """Without DRTOOL_CATALOG the catalog's directory is named by the repository id (inside the
+    encrypted config): its marker names the repository, and its snapshot list must match."""
+    dr.env.pop("DRTOOL_CATALOG")
+    dr.init()
+    src = _tree(tmp_path / "src", "one")
+    assert dr.run("backup", str(src), "--name", "media").code == 0
+    found, imported = _find(dr, "file7.txt", extra={"DRTOOL_PASSWORD": "not the passphrase"})
+    assert [v["path"] for v in found] == ["src/d1/file7.txt"] and " sqlalchemy" not in imported
+    elsewhere = make_env(tmp_path / "elsewhere")  # another repository: its catalog never answers for this one
+    elsewhere.env.pop("DRTOOL_CATALOG")
+    elsewhere.env["XDG_STATE_HOME"] = dr.env["XDG_STATE_HOME"]
+    elsewhere.init()
+    assert elsewhere.run("backup", str(src), "--name", "media").code == 0
+    assert _find(elsewhere, "file7.txt")[0][0]["first"]["id"] != found[0]["first"]["id"]

@@ -19,15 +19,19 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
-from typing import Any, Callable, ContextManager, Iterator
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
+from drtool.backends.base import Backend
 from drtool.browse.trees import normal_path
 from drtool.catalog import integrity
-from drtool.catalog.location import sqlite_path
-from drtool.catalog.peek import PeekDamaged, PeekFailed, VersionFilter, index_state, versions
-from drtool.core.rollback import detect
+from drtool.catalog.location import catalogs_of_repository, sqlite_path
+from drtool.catalog.peek import (PeekDamaged, PeekFailed, VersionFilter, index_state, peek_seen, repo_ids,
+                                 versions)
+from drtool.core.rollback import FORGOTTEN, PRESENT, SNAPSHOT, VANISHED
 from drtool.core.session import Session
 from drtool.errors import UsageError
+from drtool.repository.objects import SNAPSHOTS
 from drtool.snapshot.names import display
 from drtool.snapshot.store import list_snapshot_ids
 
@@ -176,17 +180,65 @@ def find(session: Session, query: FindQuery,
          lock: Callable[[], ContextManager[Any]] | None = None) -> list[Version]:
     """Every matching file version, with the snapshots it is in (first and last by time).
     ``lock``: the repository lock, taken only if snapshots must be indexed first."""
-    if not query.patterns and query.path is None and query.hash is None:
-        raise UsageError("find needs a PATTERN, --path or --hash",
-                         hint="e.g. drtool find '*.jpg' --name media, or --path media/photos")
-    query = replace(query, patterns=[display(p) for p in query.patterns])
+    query = _checked(query)
     wanted = _filter(query)
-    rows = _read_only(session, wanted)
+    rows = None
+    if session.catalog_deferred:
+        repo_id = session.repo.config.repo_id
+        rows = _current_rows(sqlite_path(session.options.catalog, repo_id), repo_id,
+                             set(list_snapshot_ids(session.repo)), wanted)
     if rows is None:
         from drtool.browse.index import catch_up  # the catalog layer, SQLAlchemy and all
         from drtool.catalog.files import FileIndex
         catch_up(session, lock=lock)
         rows = FileIndex(session.catalog).versions(wanted)
+    return _collect(query, rows)
+
+
+def find_without_key(backend: Backend, repository: str, catalog: str | None,
+                     query: FindQuery) -> list[Version] | None:
+    """The answer from an SQLite catalog that is current, before any key is derived; None: not so.
+
+    The catalog is named by the repository id, which is inside the encrypted
+    config; without the key it is found by its contents instead: the one
+    whose snapshot list of some repository id is exactly what the repository
+    LISTs (snapshot ids are unique to their repository).  Candidates: the
+    ``catalog`` file given, or the default-location catalogs whose marker
+    names ``repository``.  What such a catalog answers is what its owner can
+    read in it with any SQLite tool: the passphrase protects the repository,
+    not this file (mode 0600), so it is not asked for here.
+    """
+    query = _checked(query)
+    listed = {info.name.split("/", 1)[1] for info in backend.list(f"{SNAPSHOTS}/")}
+    for repo_id, path in _candidates(repository, catalog):
+        rows = _current_rows(path, repo_id, listed, _filter(query))
+        if rows is not None:
+            return _collect(query, rows)
+    return None
+
+
+def _candidates(repository: str, catalog: str | None) -> list[tuple[str, Path]]:
+    if catalog and "://" in catalog:
+        return []  # a server catalog is opened with SQLAlchemy, as ever
+    if not catalog:
+        return catalogs_of_repository(repository)
+    path = Path(catalog).absolute()
+    try:
+        return [(repo_id, path) for repo_id in repo_ids(path)] if path.is_file() else []
+    except PeekDamaged:
+        raise
+    except PeekFailed:
+        return []
+
+
+def _checked(query: FindQuery) -> FindQuery:
+    if not query.patterns and query.path is None and query.hash is None:
+        raise UsageError("find needs a PATTERN, --path or --hash",
+                         hint="e.g. drtool find '*.jpg' --name media, or --path media/photos")
+    return replace(query, patterns=[display(p) for p in query.patterns])
+
+
+def _collect(query: FindQuery, rows: Iterable[Any]) -> list[Version]:
     found: dict[int, Version] = {}
     for row in rows:
         if row.id in found:
@@ -203,27 +255,34 @@ def find(session: Session, query: FindQuery,
     return sorted(found.values(), key=lambda v: (v.series, v.path, v.first.time))
 
 
-def _read_only(session: Session, wanted: VersionFilter) -> Iterator[Any] | None:
-    """The rows read straight from an SQLite catalog that is current; None: open it and catch up."""
-    if not session.catalog_deferred:
+def _current_rows(path: Path | None, repo_id: str, listed: set[str],
+                  wanted: VersionFilter) -> Iterator[Any] | None:
+    """The rows read straight from an SQLite catalog that is current; None: open it and catch up.
+
+    Current: no full integrity check due, no migration, exactly the listed
+    snapshots (none added or forgotten elsewhere), all indexed, and a memory
+    of committed snapshots with nothing to report or update (``rollback.detect``
+    would do nothing).
+    """
+    if not listed or path is None or not path.is_file() or integrity.reason_to_check(path) is not None:
         return None
-    repo_id = session.repo.config.repo_id
-    path = sqlite_path(session.options.catalog, repo_id)
-    if path is None or not path.is_file() or integrity.reason_to_check(path) is not None:
-        return None
-    listed = set(list_snapshot_ids(session.repo))
     try:
         state = index_state(path, repo_id)
         if state is None or not state.at_head or state.snapshots != listed or not listed <= state.indexed:
             return None
-        report = detect(session, snapshot_ids=listed, read_only=True)
-        if report.warnings():
-            return None  # the catalog's memory is to be updated, and that is the open catalog's work
+        if any(_to_report(row.state, object_id in listed) for object_id, row in
+               peek_seen(path, repo_id, SNAPSHOT).items()):
+            return None
     except PeekDamaged:
         raise  # the one-line error with the rebuild hint (a CatalogError)
     except PeekFailed:
         return None  # busy or unreadable for now: the ordinary path waits, or says what is wrong
     return versions(path, repo_id, wanted)  # streamed; damage met on the way is PeekDamaged too
+
+
+def _to_report(state: str, is_listed: bool) -> bool:
+    """Whether ``rollback.detect`` would report or record something about this remembered snapshot."""
+    return (state in (PRESENT, VANISHED) and not is_listed) or (state in (VANISHED, FORGOTTEN) and is_listed)
 
 
 def _utc(value: datetime) -> datetime:

@@ -132,6 +132,19 @@ def index_state(path: Path, repo_id: str) -> IndexState | None:
     return IndexState(head is not None and head[0] == head_revision(), snaps, indexed)
 
 
+def repo_ids(path: Path) -> list[str]:
+    """The repositories an SQLite catalog holds snapshots of."""
+    conn = _connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT DISTINCT repo_id FROM snapshots")]
+    except sqlite3.Error as exc:
+        if "no such table" in str(exc):
+            return []
+        raise _failed(path, exc) from None
+    finally:
+        conn.close()
+
+
 VersionRow = namedtuple("VersionRow", "id series path basename type size mtime_ns mode content hash "
                                       "snapshot_id host time")
 _VERSIONS = ("SELECT v.id, v.series, v.path, v.basename, v.type, v.size, v.mtime_ns, v.mode, v.content, "
