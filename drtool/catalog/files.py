@@ -110,7 +110,10 @@ class FileIndex:
     def versions(self, wanted: VersionFilter) -> Iterator[Any]:
         """Rows of (version columns, snapshot id, host, time) for every snapshot a version is in.
 
-        Ordered by version then snapshot time, so callers can group them.
+        Ordered by version id then snapshot time, so callers can group them.  Not by series and
+        path first: SQLite then walks ``ix_file_versions_path`` over every version of the
+        repository to spare a sort, instead of ``ix_file_versions_basename`` for a name (0.3-0.8 s
+        against 6 ms for one name among 211,000 versions).
         """
         v, f, s = version_table.c, indexed_table.c, snapshot_table.c
         query = (select(v.id, v.series, v.path, v.basename, v.type, v.size, v.mtime_ns, v.mode,
@@ -124,7 +127,7 @@ class FileIndex:
         for condition in _conditions(wanted):
             query = query.where(condition)
         with self.catalog.engine.connect() as conn:
-            yield from conn.execute(query.order_by(v.series, v.path, v.id, s.time, s.id))
+            yield from conn.execute(query.order_by(v.id, s.time, s.id))
 
 
 def _insert_versions(conn: Any, repo_id: str, entry: IndexedSnapshot, added: list[VersionRow]) -> None:

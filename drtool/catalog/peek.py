@@ -161,7 +161,7 @@ def versions(path: Path, repo_id: str, wanted: VersionFilter) -> Iterator[Versio
     for condition, values in _conditions(wanted):
         sql += f" AND {condition}"
         params += values
-    sql += " ORDER BY v.series, v.path, v.id, s.time, s.id"
+    sql += " ORDER BY v.id, s.time, s.id"  # as FileIndex.versions, and why
     conn = _connect(path)
     try:
         for row in conn.execute(sql, params):
