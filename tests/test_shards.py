@@ -227,6 +227,14 @@ keep_last = 1
     assert sum(s["summary"]["files_unchanged"] for s in second["snapshots"]) == len(files) - 1
     assert all(s["parent"] for s in second["snapshots"])  # each shard's parent: its previous snapshot
     files["d01/sub/f0.bin"] = b"new"
+    # find --name of a sharded source searches every shard's series: both versions of the file
+    found = env.run("find", "f0.bin", "--name", "tree", "--json")
+    assert found.code == 0, found.err
+    versions = json.loads(found.out)
+    named = sum(1 for rel in files if rel.endswith("/f0.bin"))
+    assert len(versions) == named + 1, found.out  # every f0.bin once, d01's twice (old and new)
+    assert [v["size"] for v in versions].count(3) == 1, found.out
+    assert env.run("find", "f0.bin", "--name", "tre", "--json").out.strip() == "[]"  # not a prefix match
 
     target = tmp_path / "out"
     plan = env.run("restore", "latest", "--source", "tree", "--target", str(target), "--dry-run", "--json")
