@@ -260,6 +260,17 @@ keep_last = 1
     assert rehearsal.code == 0, rehearsal.err
     step = json.loads(rehearsal.out)[0]["steps"][0]
     assert step["status"] == "passed" and step["restored"]["files"] == len(files), step
+    # a drill can restore a sample of the set's shards: which ones is drawn, the checks hold for them
+    book = tmp_path / "sample.toml"
+    book.write_text('name = "sample"\nsource = "tree"\nshards = 2\n\n[[validations]]\ntype = "files"\n'
+                    'tolerance = "0%"\n\n[[validations]]\ntype = "sample"\ncount = 5\n')
+    sampled = env.run("rehearse", str(book), "--json")
+    assert sampled.code == 0, sampled.err
+    step = json.loads(sampled.out)[0]["steps"][0]
+    assert step["status"] == "passed", step
+    assert step["shards"]["of"] == 4 and len(set(step["shards"]["restored"])) == 2, step["shards"]
+    assert set(step["shards"]["restored"]) <= {0, 1, 2, 3}
+    assert 0 < step["restored"]["files"] < len(files), step["restored"]
     status = env.run("status", "--json")
     (tree,) = [s for s in json.loads(status.out)["sources"] if s["name"] == "tree"]
     assert tree["snapshots"] == 1 and "never backed up" not in status.out, status.out
