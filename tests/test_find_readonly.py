@@ -50,6 +50,7 @@ def test_the_read_only_rows_are_the_query_rows(repo_env: DrEnv, tmp_path: Path) 
     filters = [VersionFilter(basename_equal=["file4.txt", "file5.txt"]),
                VersionFilter(basename_like=["file1%", "100\\%\\_sure.txt"]),
                VersionFilter(path_like="src/d1/%", series=["media"]),
+               VersionFilter(series=["nothing"], series_like=["oth%"]), VersionFilter(series_like=["m_d%", "x"]),
                VersionFilter(basename_like=["%"], host="nobody"),
                VersionFilter(basename_like=["%"], since=now - timedelta(hours=1), until=now + timedelta(hours=1)),
                VersionFilter(basename_like=["%"], until=now - timedelta(hours=1)),

@@ -41,6 +41,7 @@ class VersionFilter:
     basename_equal: list[str] | None = None
     path_like: str | None = None
     series: list[str] | None = None
+    series_like: list[str] | None = None  # LIKE patterns (escape "\\") for more series: a source's shards
     host: str | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -181,8 +182,11 @@ def _conditions(wanted: VersionFilter) -> Iterator[tuple[str, list[Any]]]:
         yield "(" + " OR ".join(c for c, _ in names) + ")", [v for _, vs in names for v in vs]
     if wanted.path_like is not None:
         yield "v.path LIKE ? ESCAPE '\\'", [wanted.path_like]
-    if wanted.series:
-        yield f"v.series IN ({', '.join('?' * len(wanted.series))})", list(wanted.series)
+    if wanted.series or wanted.series_like:
+        series = [("v.series IN (" + ", ".join("?" * len(wanted.series)) + ")", list(wanted.series))] \
+            if wanted.series else []
+        series += [("v.series LIKE ? ESCAPE '\\'", [p]) for p in wanted.series_like or []]
+        yield "(" + " OR ".join(c for c, _ in series) + ")", [v for _, vs in series for v in vs]
     if wanted.host is not None:
         yield "s.host = ?", [wanted.host]
     if wanted.since is not None:

@@ -132,7 +132,7 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
 
 
 def _pipe(cmd: list[str], chunks: Iterator[bytes], what: str) -> None:
-    code, errors = feed_stdin(cmd, chunks)
+    code, errors, _ = feed_stdin(cmd, chunks)
     if code != 0:
         raise RestoreTargetError(f"{what} failed (exit {code}): {errors or '(no message)'}")
 
