@@ -78,9 +78,12 @@ def feed_stdin(cmd: list[str], chunks: Iterable[bytes]) -> tuple[int, str]:
     try:
         for chunk in chunks:
             proc.stdin.write(chunk)
-        proc.stdin.close()
     except BrokenPipeError:
         pass
-    finally:
+    finally:  # also when ``chunks`` raised (a damaged snapshot): the child must see end of input, or wait forever
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
         code = proc.wait()
     return code, errors.text()
