@@ -127,18 +127,3 @@ def choose(snapshots: list[Snapshot], identity: dict[str, Any], current_lsn: int
         return Night(None, f"full: the chain of {prev.short_id} has {length} member(s) (full_every = {full_every})")
     return Night(prev, f"incremental to {prev.short_id} (chain member {length + 1} of at most {full_every})",
                  length + 1)
-
-
-def dependents(snapshots: list[Snapshot]) -> dict[str, list[str]]:
-    """{snapshot id: ids of the incrementals whose chains need it}, for snapshots some chain needs."""
-    needed: dict[str, list[str]] = {}
-    for snap in snapshots:
-        if not is_incremental(snap):
-            continue
-        try:
-            ancestors = chain_of(snap, snapshots)[:-1]
-        except ChainBroken:
-            continue  # already unrestorable: nothing to protect
-        for ancestor in ancestors:
-            needed.setdefault(ancestor.id, []).append(snap.id)
-    return needed

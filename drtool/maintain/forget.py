@@ -278,6 +278,7 @@ def forget_ids(session: Session, refs: list[str], *, dry_run: bool = False) -> F
         set_members = _set_refs(list(snaps.values()), [r for r in refs if r.startswith("set-")])
         chosen = list(dict.fromkeys([resolve_snapshot_id(candidates, ref) for ref in refs
                                      if not ref.startswith("set-")] + set_members))
+        pitr_retention.check_chains_survive(list(snaps.values()), set(chosen))
         series = SeriesResult("(given by id)", "explicit ids")
         for snap_id in chosen:
             snap = snaps.get(snap_id)
