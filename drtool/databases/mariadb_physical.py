@@ -12,7 +12,9 @@ private start with ``--skip-grant-tables`` and no networking (the copied
 accounts have production's passwords, which drtool does not hold), replay,
 stop; with ``--start`` the server is started normally for the operator.
 Always with ``--skip-slave-start``: a copy of a replica must never start
-replicating from production on its own.
+replicating from production on its own.  Nights after the first are
+incremental (``mariadb_chain``): a restore extracts the chain's members into
+their own directories and applies each incremental onto the prepared full.
 """
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ Two consequences, one per half of this module:
   starting …``) without consuming a keep-N slot.  For PostgreSQL the base
   counts from its *consistent* point (the end of ``pg_basebackup``), not its
   start time.  Bucket rules keep bases themselves, so the windows they imply
-  start at a kept base and need no pin.
+  start at a kept base and need no pin.  A kept MariaDB physical
+  incremental also pins every member of its chain (``chain_dependents``):
+  without its full and the incrementals before it, it restores nothing.
 * **Expiry.**  After forgetting, a log file *entirely older* than the start of
   the oldest kept base (PostgreSQL: that base's start WAL file; MariaDB: the
   binlog file of the dump's coordinates) can never be replayed by any restore,

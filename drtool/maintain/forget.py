@@ -15,7 +15,8 @@ blobs it reuses stay until a prune, which needs the exclusive lock.
 **PITR.**  ``pinned(snapshot) -> str | None`` keeps a snapshot ("pinned:
 <reason>") without consuming any keep-N slot.  Default: the pins of
 ``drtool.databases.retention`` — the base backup / dump a database series'
-keep_within window starts from.  After deleting snapshots, forget also deletes
+keep_within window starts from, and every member of a kept incremental's chain
+(``drtool forget ID`` refuses to break such a chain).  After deleting snapshots, forget also deletes
 the WAL / binlog files older than the oldest kept base of each database series
 (``keep_log_segments=True`` opts out); they are listed with reasons in dry runs.
 """
