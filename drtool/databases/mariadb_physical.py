@@ -130,8 +130,8 @@ def _check_lsns(meta: dict[str, Any], checkpoints: bytes | None) -> None:
     meta.update(chain.parse_checkpoints(checkpoints.decode("utf-8", "replace")))
     want = "incremental" if meta.get(chain.PARENT) else "full"
     if meta.get("backup_type") != want or "to_lsn" not in meta:
-        raise SourceError(f"mariabackup of {meta['source']} wrote a {meta.get('backup_type', 'unknown')} backup "
-                          f"where a {want} one was asked for; no snapshot was written")
+        raise SourceError(f"mariabackup of {meta['source']} wrote a backup of type "
+                          f"{meta.get('backup_type', 'unknown')} where {want} was asked for; no snapshot was written")
 
 
 def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
