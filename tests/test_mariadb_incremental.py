@@ -253,3 +253,33 @@ def test_chain_policy_full_every_and_the_full_flag(scenario: Scenario) -> None:
     assert forced["backup_type"] == "full" and forced["chain_reason"] == "full: --full given"
     refused = scenario.dr.run("backup", "--name", "x", "--from-command", "true", "--full")
     assert refused.code == 2 and "--full is for configured sources" in refused.err
+
+
+def test_a_damaged_chain_member_is_named_and_nothing_is_left(scenario: Scenario, tmp_path: Path) -> None:
+    """A pack only the last incremental uses is damaged: the restore names that member and leaves no
+    half-extracted copy behind."""
+    from drtool import api
+    from drtool.repository.objects import pack_name
+    from drtool.snapshot.store import stream_ids
+    copy = tmp_path / "repo"
+    shutil.copytree(scenario.dr.repo, copy)
+    with api.open_repository(str(copy), PASSWORD.encode(), catalog=str(tmp_path / "c1.sqlite")) as session:
+        session.repo.load_index()
+        by_id = {s.id: s for s in session.snapshots(SOURCE)}
+        packs = [{session.repo.locate(b).pack_id for b in stream_ids(session.repo, by_id[s["id"]])}
+                 for s in scenario.snaps]
+    only_last = sorted(packs[2] - packs[0] - packs[1])
+    assert only_last, "the last incremental has packs of its own"
+    damaged = copy / pack_name(only_last[0])
+    body = bytearray(damaged.read_bytes())
+    middle = len(body) // 2
+    body[middle:middle + 64] = bytes(64)
+    damaged.write_bytes(bytes(body))
+    target = tmp_path / "restored"
+    env = {"DRTOOL_REPOSITORY": str(copy), "DRTOOL_CATALOG": str(tmp_path / "c2.sqlite")}
+    result = scenario.dr.run("restore", scenario.snaps[2]["id"][:12], "--source", SOURCE, "--target", str(target),
+                             env=env)
+    assert result.code == 1, result.err
+    assert f"snapshot {scenario.snaps[2]['id'][:8]} of the restore chain cannot be read" in result.err
+    assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
+    assert not target.exists() or not any(target.iterdir())

@@ -149,7 +149,11 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
         raise RestoreTargetError(f"restore target {instance.root} is not empty",
                                  hint="choose a new --target for the restored MariaDB server")
     os.makedirs(instance.datadir, mode=0o700, exist_ok=True)
-    _extract_and_prepare(session, members, instance.root, instance.datadir, src.bindir)
+    try:
+        _extract_and_prepare(session, members, instance.root, instance.datadir, src.bindir)
+    except BaseException:
+        _empty(instance.root)  # a half-extracted or unprepared copy must not pass for a restored one
+        raise
     reached = "the backup's consistent point (no binlog replayed)"
     if plan.segments:
         # a transaction's row events come out of mariadb-binlog as one BINLOG statement: an
@@ -193,6 +197,16 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
              f"mariabackup --prepare of incremental snapshot {member.short_id}")
         shutil.rmtree(incremental)
     log.info("prepared %s in %.1fs", datadir, time.monotonic() - started)
+
+
+def _empty(root: str) -> None:
+    """Remove what this restore wrote into ``root`` (it was empty or new: checked before writing)."""
+    for entry in os.listdir(root):
+        path = os.path.join(root, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
 
 
 def _pipe(cmd: list[str], chunks: Iterator[bytes], what: str, member: Snapshot | None = None) -> None:
