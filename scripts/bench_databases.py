@@ -366,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="time restores and the native/floor runs this "
                     "often and keep the best (a shared host)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep --work (servers stopped; repositories, "
+                    "catalogs and native copies stay) for profiling a step by hand")
     args = ap.parse_args(argv)
     global REPEAT
     REPEAT = max(1, args.repeat)
@@ -376,12 +378,14 @@ def main(argv: list[str] | None = None) -> int:
         if "mariadb" not in args.skip:
             (args.work / "m").mkdir(parents=True)
             results["mariadb"] = mariadb_bench(args.work / "m", args.maria_rows, "logical" not in args.skip)
-            shutil.rmtree(args.work / "m", ignore_errors=True)  # ~5 copies of the data: room for the next
+            if not args.keep:
+                shutil.rmtree(args.work / "m", ignore_errors=True)  # ~5 copies of the data: room for the next
         if "postgresql" not in args.skip:
             (args.work / "p").mkdir(parents=True)
             results["postgresql"] = pg_bench(args.work / "p", args.pg_scale)
     finally:
-        shutil.rmtree(args.work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(args.work, ignore_errors=True)
     print(json.dumps(results, indent=2) if args.json else table(results.get("mariadb"), results.get("postgresql")))
     return 0
 

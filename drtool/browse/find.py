@@ -19,7 +19,8 @@ from drtool.browse.trees import normal_path
 from drtool.catalog.files import FileIndex, VersionFilter
 from drtool.core.session import Session
 from drtool.errors import UsageError
-from drtool.snapshot.names import display
+from drtool.snapshot.names import display, like_literal
+from drtool.sources.shards import shard_series_like
 
 _HASH_TEXT = re.compile(r"^(?:(sha1|sha256):)?([0-9a-fA-F]{4,64})$")
 
@@ -119,7 +120,8 @@ def _shown_path(path: str) -> str:
 
 
 def _filter(query: FindQuery) -> VersionFilter:
-    wanted = VersionFilter(series=[display(n) for n in query.names] or None, host=query.host,
+    wanted = VersionFilter(series=[display(n) for n in query.names] or None,
+                           series_like=[shard_series_like(display(n)) for n in query.names] or None, host=query.host,
                            since=query.since, until=query.until, min_size=query.min_size,
                            max_size=query.max_size)
     basenames = [p for p in query.patterns if "/" not in p]
@@ -129,7 +131,7 @@ def _filter(query: FindQuery) -> VersionFilter:
     if query.path is not None:
         prefix = _shown_path(query.path)
         if prefix:
-            wanted.path_like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            wanted.path_like = like_literal(prefix) + "%"
     if query.newer is not None:
         wanted.mtime_after_ns = int(query.newer.timestamp() * 1e9)
     if query.older is not None:

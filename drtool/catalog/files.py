@@ -50,6 +50,7 @@ class VersionFilter:
     basename_equal: list[str] | None = None
     path_like: str | None = None
     series: list[str] | None = None
+    series_like: list[str] | None = None  # LIKE patterns (escape "\\") for more series: a source's shards
     host: str | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -176,8 +177,9 @@ def _conditions(wanted: VersionFilter) -> Iterable[Any]:
         yield or_(*names)
     if wanted.path_like is not None:
         yield v.path.like(wanted.path_like, escape="\\")
-    if wanted.series:
-        yield v.series.in_(wanted.series)
+    if wanted.series or wanted.series_like:
+        yield or_(v.series.in_(wanted.series or []),
+                  *(v.series.like(pattern, escape="\\") for pattern in wanted.series_like or []))
     if wanted.host is not None:
         yield s.host == wanted.host
     if wanted.since is not None:

@@ -212,7 +212,7 @@ def _empty(root: str) -> None:
 def _pipe(cmd: list[str], chunks: Iterator[bytes], what: str, member: Snapshot | None = None) -> None:
     """Feed a stored stream to ``cmd``; a member that cannot be read is named (the chain is broken there)."""
     try:
-        code, errors = feed_stdin(cmd, chunks)
+        code, errors, _ = feed_stdin(cmd, chunks)
     except DrtoolError as exc:
         if member is None:
             raise

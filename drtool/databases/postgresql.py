@@ -27,7 +27,6 @@ from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import SnapshotNotFound, SourceError, UsageError
 from drtool.snapshot.logwindow import WAL, Gap, RecoveryBase, Segment, contiguous_run, find_gaps
 from drtool.snapshot.model import Snapshot
-from drtool.snapshot.store import StreamReader
 from drtool.snapshot.streamread import read_stream
 from drtool.sources import postgres
 
@@ -351,7 +350,7 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
     with session.lock("restore"):
         session.repo.load_index()
         base = pg_tablespaces.BASE_TAR if "tablespaces" in snap.meta else None
-        members = postgres.extract_base_tar(StreamReader(read_stream(session.repo, snap, base)), target)
+        members = postgres.extract_base_tar(read_stream(session.repo, snap, base), target)
         members += pg_tablespaces.extract_tablespaces(session, snap, places, postgres.extract_base_tar)
     if places:
         pg_tablespaces.write_tablespace_map(target, places)
