@@ -98,6 +98,19 @@ def test_chain_of_an_incremental_and_a_missing_member_named() -> None:
     assert "\n" not in message and "--full" in message
 
 
+def test_a_copied_chain_finds_its_parents_by_the_ids_they_were_copied_from() -> None:
+    """``drtool copy`` gives every snapshot a new id and keeps the meta (the parent's old id)."""
+    original = nights(3)
+    copies = []
+    for n, snap in enumerate(original):
+        meta = dict(snap.meta, copied_from={"repository": "b" * 8, "snapshot": snap.id,
+                                            "origin": {"repository": "a" * 8, "snapshot": snap.id}})
+        copies.append(Snapshot("db", "h", snap.time, "tree", kind=snap.kind, meta=meta, id=f"{n:02d}" + "cd" * 31))
+    assert chain.chain_of(copies[2], copies) == copies
+    with pytest.raises(chain.ChainBroken):
+        chain.chain_of(copies[2], [copies[0], copies[2]])
+
+
 def test_checkpoints_parse() -> None:
     text = "backup_type = incremental\nfrom_lsn = 44864\nto_lsn = 50112\nlast_lsn = 54484\nrecover_binlog_info = 0\n"
     assert chain.parse_checkpoints(text) == {"backup_type": "incremental", "from_lsn": 44864, "to_lsn": 50112,

@@ -64,8 +64,14 @@ def chain_of(snap: Snapshot, snapshots: Iterable[Snapshot]) -> list[Snapshot]:
     """``snap`` and the ancestors it is incremental to, full first; ChainBroken names a missing one.
 
     A snapshot without a parent (a full one, or one from before incrementals) is its own chain.
+    In a repository filled by ``drtool copy`` the ids differ from the original's: a parent is
+    also found by the snapshot id it was copied from (``copied_from``, and its ``origin``).
     """
-    by_id = {s.id: s for s in snapshots}
+    by_id: dict[str, Snapshot] = {}
+    for snap_ in snapshots:
+        by_id[snap_.id] = snap_
+        for copied in _copied_ids(snap_):
+            by_id.setdefault(copied, snap_)
     chain = [snap]
     while is_incremental(chain[0]):
         parent_id = str(chain[0].meta[PARENT])
@@ -78,6 +84,16 @@ def chain_of(snap: Snapshot, snapshots: Iterable[Snapshot]) -> list[Snapshot]:
             raise ChainBroken(f"the incremental chain of snapshot {snap.short_id} loops at {parent.short_id}")
         chain.insert(0, parent)
     return chain
+
+
+def _copied_ids(snap: Snapshot) -> list[str]:
+    """The ids this snapshot had in the repositories it was copied from (``maintain.copy``)."""
+    copied = snap.meta.get("copied_from")
+    if not isinstance(copied, dict):
+        return []
+    origin = copied.get("origin")
+    ids = [copied.get("snapshot"), origin.get("snapshot") if isinstance(origin, dict) else None]
+    return [i for i in ids if isinstance(i, str) and i]
 
 
 @dataclass(frozen=True)
