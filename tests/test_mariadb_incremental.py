@@ -283,3 +283,28 @@ def test_a_damaged_chain_member_is_named_and_nothing_is_left(scenario: Scenario,
     assert f"snapshot {scenario.snaps[2]['id'][:8]} of the restore chain cannot be read" in result.err
     assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
     assert not target.exists() or not any(target.iterdir())
+
+
+def test_a_copied_chain_restores_from_the_copy(scenario: Scenario, tmp_path: Path) -> None:
+    """``drtool copy`` gives every snapshot a new id: the copy of night 3 still finds its chain."""
+    second = {"DRTOOL_REPOSITORY": str(tmp_path / "second"), "DRTOOL_CATALOG": str(tmp_path / "second.sqlite")}
+    copied = scenario.dr.run("copy", "--to", str(tmp_path / "second"), "--name", SOURCE)
+    assert copied.code == 0, copied.err
+    snaps = json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json", env=second).out)
+    by_source_id = {s["meta"]["copied_from"]["snapshot"]: s["id"] for s in snaps}
+    chain = [by_source_id[s["id"]] for s in scenario.snaps]
+    assert chain != [s["id"] for s in scenario.snaps]  # new ids in the copy
+    target = Path(scenario.server.root) / "fromcopy"
+    try:
+        result = scenario.dr.run("restore", chain[2][:12], "--source", SOURCE, "--target", str(target), "--start",
+                                 "--json", env=second)
+        assert result.code == 0, result.err
+        report = json.loads(result.out)
+        assert report["plan"]["chain"] == chain
+        conn = pymysql.connect(unix_socket=report["socket"], user="root", password=scenario.server.password)
+        with conn.cursor() as cur:
+            cur.execute("SELECT tag, count(*) FROM wiki.events GROUP BY tag ORDER BY tag")
+            assert list(cur.fetchall()) == [("t0", 5), ("t1", 10), ("t1b", 7), ("t2", 20)]
+        conn.close()
+    finally:
+        stop_restored_mariadb(target)
