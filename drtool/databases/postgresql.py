@@ -65,8 +65,11 @@ class PostgresEngine:
                              hint=f"restore the dump file with 'drtool restore latest --name {src.name} "
                                   f"--target DIR'")
 
-    def backup(self, session: Session, src: postgres.PgSource, tags: list[str]) -> list[BackupResult]:
-        """A base backup (``method = "basebackup"``), or pg_dump per database plus globals."""
+    def backup(self, session: Session, src: postgres.PgSource, tags: list[str],
+               full: bool = False) -> list[BackupResult]:
+        """A base backup (``method = "basebackup"``), or pg_dump per database plus globals.
+
+        Every one is full already (``full``: ``--full``, meaningful for MariaDB's incremental nights)."""
         from drtool.backup.streams import run_dump
         base_meta = {"source": src.name, "source_type": self.name}
         with postgres.credentials_env(src) as env:
@@ -190,6 +193,9 @@ class PostgresEngine:
         return None
 
     # ----- restore ----------------------------------------------------------------------------------
+    def base_chain(self, base: Snapshot, snapshots: list[Snapshot]) -> list[Snapshot]:
+        return [base]  # every base backup is whole
+
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: postgres.PgSource,
                 request: RestoreRequest) -> PitrResult:
         refuse_root(request.command_line)

@@ -81,10 +81,13 @@ def feed_stdin(cmd: list[str], chunks: Iterable[bytes], count_lines: bool = Fals
     try:
         for chunk in chunks:
             proc.stdin.write(chunk)
-        proc.stdin.close()
     except BrokenPipeError:
         pass
-    finally:
+    finally:  # also when ``chunks`` raised (a damaged snapshot): the child must see end of input, or wait forever
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
         code = proc.wait()
     return code, errors.text(), lines.total() if lines is not None else 0
 
