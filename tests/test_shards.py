@@ -404,3 +404,17 @@ def test_concurrent_claims_on_postgresql_never_share_a_shard(pg: PgServer, tmp_p
         assert sets.try_commit(row.id)
     finally:
         session.close()
+
+
+def test_a_worker_knows_when_it_started_to_the_tick() -> None:
+    """A set committed just before a worker started must not count as committed after it:
+    /proc/stat's whole-second boot time once made the start up to a second early."""
+    import subprocess
+    import sys
+    from datetime import datetime, timedelta, timezone
+    before = datetime.now(timezone.utc)
+    out = subprocess.run([sys.executable, "-c", "from drtool.backup.shards import process_started_at; "
+                          "print(process_started_at().isoformat())"], capture_output=True, text=True, check=True)
+    after = datetime.now(timezone.utc)
+    started = datetime.fromisoformat(out.stdout.strip())
+    assert before - timedelta(milliseconds=30) <= started <= after, (before, started, after)

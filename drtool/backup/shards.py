@@ -29,7 +29,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, cast
 
 from drtool.backends.s3_source import ListedObject, S3SourceClient
@@ -86,16 +86,24 @@ class WorkerResult:
 
 
 def process_started_at() -> datetime | None:
-    """When this process started (Linux: /proc), by this host's clock; None if unknown."""
+    """When this process started, by this host's wall clock (Linux: /proc); None if unknown.
+
+    Its age is measured on the boot-time clock (the process's start tick
+    against ``CLOCK_BOOTTIME`` now, both to 10 ms) and taken from the wall
+    clock.  Not ``btime`` of /proc/stat plus the start tick: ``btime`` is
+    whole seconds, so that sum could be up to a second early, and a set
+    committed in that second counted as "committed after this worker
+    started": a backup started right after the previous night's set was
+    committed found that set and did nothing.
+    """
     ticks = process_start_time(os.getpid())
-    try:
-        with open("/proc/stat", encoding="ascii") as handle:
-            btime = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
     if ticks is None:
         return None
-    return datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
+    try:
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return datetime.now(timezone.utc) - timedelta(seconds=max(0.0, age))
 
 
 def run_worker(session: Session, src: ShardedSource, tags: list[str] | None = None,
