@@ -210,6 +210,8 @@ def test_the_layered_index_moves_indexed_packs_out_of_memory(cache_home: Path,
     assert cached == {pack_id(6), pack_id(7)} and disk.index_ids() == {"i1", "i6", "i7"}
     index.indexed(cached)
     assert len(index.overlay) == 1 and set(index.overlay.packs) == {pack_id(8)}
+    assert blob(902) in index and blob(800) in index and blob(950) in index  # the cache's, then the overlay's
+    assert blob(902) not in index.overlay and blob(999) not in index
     assert index.get(blob(902)) == Location(pack_id(7), 0, 20, 10, 0, 5)  # now from the disk
     assert index.get(blob(950)) == Location(pack_id(8), 0, 0, 10, 0, 5)
     assert dict(index.items()).keys() == {*(blob(i) for i in range(30)), *(blob(900 + i) for i in range(3)),

@@ -231,12 +231,14 @@ class DiskIndex:
         if txn is None or local.generation != self._generation:
             if txn is not None:
                 txn.abort()
+            generation = self._generation  # before the snapshot: a refresh meanwhile renews it again
             txn = local.txn = self.env.begin(db=self._blobs)
-            local.generation = self._generation
             # The filter serves this snapshot only if it covers it (its stamp is not behind).
             at = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=self._db[b"meta"]))[0]
             filt = self._filter
             local.filter = filt if filt is not None and at <= filt.stamp() != STALE else None
+            local.get = txn.get
+            local.generation = generation  # last: ``__contains__`` trusts the fields once it is set
             with self._readers_lock:
                 self._readers.append(txn)
         return txn
@@ -260,12 +262,16 @@ class DiskIndex:
         self._pack_ids = {}
 
     def __contains__(self, blob_id: bytes) -> bool:
-        txn = self._txn()
-        filt = self._local.filter
+        # A backup asks this for every new chunk: one thread-local read for the transaction's
+        # ``get`` and the filter (``_txn`` renews both after this process's own writes).
+        local = self._local
+        if getattr(local, "generation", -1) != self._generation:
+            self._txn()
+        filt = local.filter
         if filt is not None and not filt.maybe(blob_id):
             return False
         try:
-            return txn.get(blob_id) is not None
+            return local.get(blob_id) is not None
         except lmdb.Error as exc:
             raise self._damaged(exc) from None
 
