@@ -138,6 +138,11 @@ class IdFilter:
             return False
         return bool((m[base + (b >> 30 & 63)] >> (b >> 27 & 7)) & 1)
 
+    def release_pages(self) -> None:
+        """Unmap the pages this process touched (``DiskIndex.release_pages``): shared and
+        file-backed, so nothing is lost, and a later lookup maps its page again."""
+        self._map.madvise(mmap.MADV_DONTNEED)
+
     def add(self, ids: Iterable[bytes]) -> None:
         m, blocks = self._bits, self._blocks
         for a, b, _c, _d in _ALL_PROBES(b"".join(ids)):

@@ -49,6 +49,7 @@ class LayeredIndex:
             return set()
         objects = [(i, read(i)) for i in self.uncached]
         self.disk.add_indexes(objects)
+        self.disk.release_pages()  # the insert's B-tree pages: not this run's working set
         self.uncached = []
         return {pack_id for _i, packs in objects for pack_id, _raw in packs}
 
