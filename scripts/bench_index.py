@@ -2,6 +2,7 @@
 """The blob index at repository scale: a backup against a synthetic index of millions of blobs.
 
     .venv/bin/python scripts/bench_index.py --blobs 20000000 --gib 1 [--json] [--work DIR]
+    .venv/bin/python scripts/bench_index.py --rounds 0 --work DIR      (the lookups only)
     scripts/bench --index                      (the same, with the defaults)
 
 1. A repository whose ``index/`` holds ``--blobs`` synthetic entries (ids
@@ -16,7 +17,9 @@
    /proc every 20 ms.  The first run against the large repository (a
    backup of one small file) builds the disk cache, or brings it up to date.
 4. Lookups against the built cache in this process: median ns per lookup
-   of present and absent ids, per call and through ``has_all``, next to a
+   of present and absent ids on the path a backup takes (``Repository.add_blob``
+   asks a ``LayeredIndex``: the cache, then this run's overlay), of ids in
+   the overlay, of the cache alone, and through ``has_all``, next to a
    ``dict`` lookup on the same machine at the same time (the machine's
    load shows in that reference); then again without the absent-id filter
    (``DRTOOL_INDEX_FILTER=off``), and the filter's size and false positives.
