@@ -72,7 +72,7 @@ def test_pipeline_segments_are_bounded_recycled_and_freed_when_idle(tmp_path) ->
 
     from drtool.backup import pipeline as pipeline_module
     from drtool.backup.pipeline import ChunkPipeline
-    pipeline = ChunkPipeline(_repo())
+    pipeline = ChunkPipeline(_repo(), segment_idle=0.3)
     try:
         held = [pipeline.take_buffer() for _ in range(pipeline_module.SEGMENT_BUFFERS)]
         got: list[bytearray] = []
@@ -88,7 +88,7 @@ def test_pipeline_segments_are_bounded_recycled_and_freed_when_idle(tmp_path) ->
         again = pipeline.take_buffer()
         assert any(again is buf for buf in held)  # recycled while in use
         pipeline.give_buffer(again)
-        time.sleep(pipeline_module.SEGMENT_IDLE_SECONDS + 0.2)
+        time.sleep(0.5)
         fresh = pipeline.take_buffer()
         assert all(fresh is not buf for buf in held)  # the idle ones were freed
         pipeline.give_buffer(fresh)

@@ -24,7 +24,7 @@ BATCH_BUFFER = BATCH_BYTES + 256 * 1024  # a batch closes past 1 MiB; a small fi
 BATCH_BUFFERS_KEPT = 6
 SEGMENT_BYTES = 8 * 1024 * 1024
 SEGMENT_BUFFERS = 4
-SEGMENT_IDLE_SECONDS = 0.5  # a segment buffer unused this long is freed (take_buffer)
+SEGMENT_IDLE_SECONDS = 5.0  # a segment buffer unused this long is freed (take_buffer)
 TEXT_PROBE = 32 * 1024
 TEXT_RATIO = 0.6
 
@@ -90,8 +90,10 @@ def resolve(refs: list[ChunkRef]) -> list[str]:
 
 class ChunkPipeline:
     def __init__(self, repo: Repository, workers: int | None = None,
-                 inflight_bytes: int = DEFAULT_INFLIGHT_BYTES) -> None:
+                 inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+                 segment_idle: float = SEGMENT_IDLE_SECONDS) -> None:
         self.repo = repo
+        self._segment_idle = segment_idle
         self.workers = workers or max(2, os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="chunk")
         self._budget = ByteBudget(inflight_bytes)
@@ -176,9 +178,10 @@ class ChunkPipeline:
         Reading into a few reused buffers instead of fresh 8 MiB objects
         avoids ~1.3 GB of page-faulted allocations per night of the bench.
         They are made on first need (small-file trees never pay for them)
-        and freed after SEGMENT_IDLE_SECONDS unused: once the nightly dump
-        was stored, its 32 MiB of segments sat idle under the media files'
-        reader buffers, at the backup's peak.
+        and freed after ``segment_idle`` seconds unused (a dump followed by
+        a long walk of small files need not keep its 32 MiB of segments;
+        not less than a few seconds, or a loaded machine's stalls would
+        have them freed and faulted in again in the middle of a dump).
         """
         self._segment_slots.acquire()
         self._expire_segments()
@@ -193,7 +196,7 @@ class ChunkPipeline:
         self._segment_slots.release()
 
     def _expire_segments(self) -> None:
-        limit, dropped = time.monotonic() - SEGMENT_IDLE_SECONDS, 0
+        limit, dropped = time.monotonic() - self._segment_idle, 0
         with self._buffers_lock:
             while self._free_segments and self._free_segments[0][1] < limit:
                 del self._free_segments[0]

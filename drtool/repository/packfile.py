@@ -42,7 +42,7 @@ DATA_BLOB = 0
 TREE_BLOB = 1
 BLOB_TYPE_NAMES = {DATA_BLOB: "data", TREE_BLOB: "tree"}
 _GROUP_KINDS = {DATA_BLOB: GROUP_DATA_KIND, TREE_BLOB: GROUP_TREE_KIND}
-POOL_IDLE_SECONDS = 0.5  # a recycled group buffer unused this long is freed (BufferPool)
+POOL_IDLE_SECONDS = 5.0  # a recycled group buffer unused this long is freed (BufferPool)
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,11 @@ class BufferPool:
     its 4096 pages is faulted in and zeroed, and unmapped again after
     sealing.  Reusing a few buffers took night 1 of the bench from ~460 k to
     ~150 k minor faults.  At most ``keep`` buffers per capacity are kept, and
-    none longer than ``idle`` seconds unused: the text groups of a dump are
-    not needed once the dump is stored, and two idle 16 MiB buffers were part
-    of the nightly backup's peak while its media files were read.  Expired
-    buffers are handed back to the system (``trim_heap``), not only to malloc.
+    none longer than ``idle`` seconds unused: a dump's 16 MiB text groups are
+    not needed by a long walk of small files after it.  Expired buffers are
+    handed back to the system (``trim_heap``), not only to malloc.  Not less
+    than a few seconds: a loaded machine's stalls would have them freed and
+    faulted in again in the middle of a dump.
     """
 
     def __init__(self, keep: int = 2, idle: float = POOL_IDLE_SECONDS,
