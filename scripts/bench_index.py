@@ -2,6 +2,7 @@
 """The blob index at repository scale: a backup against a synthetic index of millions of blobs.
 
     .venv/bin/python scripts/bench_index.py --blobs 20000000 --gib 1 [--json] [--work DIR]
+    .venv/bin/python scripts/bench_index.py --rounds 0 --work DIR      (the lookups only)
     scripts/bench --index                      (the same, with the defaults)
 
 1. A repository whose ``index/`` holds ``--blobs`` synthetic entries (ids
@@ -16,7 +17,9 @@
    /proc every 20 ms.  The first run against the large repository (a
    backup of one small file) builds the disk cache, or brings it up to date.
 4. Lookups against the built cache in this process: median ns per lookup
-   of present and absent ids, per call and through ``has_all``, next to a
+   of present and absent ids on the path a backup takes (``Repository.add_blob``
+   asks a ``LayeredIndex``: the cache, then this run's overlay), of ids in
+   the overlay, of the cache alone, and through ``has_all``, next to a
    ``dict`` lookup on the same machine at the same time (the machine's
    load shows in that reference); then again without the absent-id filter
    (``DRTOOL_INDEX_FILTER=off``), and the filter's size and false positives.
@@ -108,12 +111,22 @@ def run(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 
 def lookups(repo_id: str, blobs: int, samples: int = 100_000) -> dict[str, Any]:
+    """``present_ns`` / ``absent_ns``: the path a backup takes (``Repository.add_blob`` asks
+    ``repo.index``, a ``LayeredIndex``: the cache, then this run's overlay, here holding
+    ``OVERLAY_ENTRIES // 2`` entries of packs this run wrote); ``disk_*``: the cache alone."""
     from drtool.repository.diskindex import DiskIndex
+    from drtool.repository.layered import OVERLAY_ENTRIES, LayeredIndex
+    from drtool.repository.packfile import ENTRY
     disk = DiskIndex.open(repo_id)
     assert disk is not None
     rng = random.Random(1)
     present = [blob_id(rng.randrange(blobs)) for _ in range(samples)]
     absent = [os.urandom(32) for _ in range(samples)]
+    layered = LayeredIndex(disk)
+    own = [os.urandom(32) for _ in range(OVERLAY_ENTRIES // 2)]
+    for start in range(0, len(own), BLOBS_PER_PACK):
+        entries = b"".join(ENTRY.pack(0, i, 0, 1, 0, 1) for i in own[start:start + BLOBS_PER_PACK])
+        layered.add_packed(os.urandom(32), entries)
     reference = {blob_id(i): i for i in range(200_000)}
     ref_keys = list(reference)
 
@@ -149,9 +162,12 @@ def lookups(repo_id: str, blobs: int, samples: int = 100_000) -> dict[str, Any]:
     result: dict[str, Any] = {"first_touch": {}, "resident": {}}
     for phase in ("first_touch", "resident"):
         faults = resource.getrusage(resource.RUSAGE_SELF)
-        result[phase] = {"present_ns": median_ns(disk.__contains__, present),
-                         "present_wall_ns": wall_ns[disk.__contains__],
-                         "absent_ns": median_ns(disk.__contains__, absent),
+        result[phase] = {"present_ns": median_ns(layered.__contains__, present),
+                         "present_wall_ns": wall_ns[layered.__contains__],
+                         "absent_ns": median_ns(layered.__contains__, absent),
+                         "own_ns": median_ns(layered.__contains__, own[:samples]),
+                         "disk_present_ns": median_ns(disk.__contains__, present),
+                         "disk_absent_ns": median_ns(disk.__contains__, absent),
                          "get_ns": median_ns(disk.get, present[:50_000]), "has_all_ns": has_all_ns(present)}
         after = resource.getrusage(resource.RUSAGE_SELF)
         result[phase]["page_faults"] = {"minor": after.ru_minflt - faults.ru_minflt,
@@ -214,8 +230,9 @@ def main() -> None:
         results["rounds"].append(one)
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(work / f"repo-empty-{r}", ignore_errors=True)
-    results["median_time_ratio"] = statistics.median(one["time_ratio"] for one in results["rounds"])
-    results["median_cpu_ratio"] = statistics.median(one["cpu_ratio"] for one in results["rounds"])
+    if results["rounds"]:  # --rounds 0: the cache and the lookups only
+        results["median_time_ratio"] = statistics.median(one["time_ratio"] for one in results["rounds"])
+        results["median_cpu_ratio"] = statistics.median(one["cpu_ratio"] for one in results["rounds"])
     repo_id = next((work / "cache" / "drtool").iterdir()).name
     for entry in (work / "cache" / "drtool").iterdir():
         if (entry / "index" / "data.mdb").stat().st_size > (work / "cache" / "drtool" / repo_id / "index" /

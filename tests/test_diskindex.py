@@ -210,6 +210,8 @@ def test_the_layered_index_moves_indexed_packs_out_of_memory(cache_home: Path,
     assert cached == {pack_id(6), pack_id(7)} and disk.index_ids() == {"i1", "i6", "i7"}
     index.indexed(cached)
     assert len(index.overlay) == 1 and set(index.overlay.packs) == {pack_id(8)}
+    assert blob(902) in index and blob(800) in index and blob(950) in index  # the cache's, then the overlay's
+    assert blob(902) not in index.overlay and blob(999) not in index
     assert index.get(blob(902)) == Location(pack_id(7), 0, 20, 10, 0, 5)  # now from the disk
     assert index.get(blob(950)) == Location(pack_id(8), 0, 0, 10, 0, 5)
     assert dict(index.items()).keys() == {*(blob(i) for i in range(30)), *(blob(900 + i) for i in range(3)),
@@ -292,6 +294,36 @@ def test_an_interrupted_bulk_build_is_started_again(cache_home: Path) -> None:
     assert again.has_all(blob(10_000 + i).hex() for i in range(20 * 60))
     assert not list(again.path.glob("build-*"))  # its temporary runs are gone
     again.close()
+
+
+def _mapped_rss_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                inside = len(head) == 6 and head[5] == str(path)
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux: reads /proc/self/smaps")
+def test_released_pages_leave_the_resident_set_and_every_lookup_still_answers(cache_home: Path) -> None:
+    objects = {f"x{i}": index_object(100 + 40 * i, 40, 25, 10_000 + 1000 * i) for i in range(8)}  # 8,000 blobs
+    disk = DiskIndex.open(REPO)
+    assert disk is not None
+    disk.sync(set(objects), Fetcher(objects))
+    ids = [blob(10_000 + n) for n in range(8000)]
+    assert all(i in disk for i in ids)
+    data, bloom = cache_home / "data.mdb", cache_home / "ids.bloom"
+    assert _mapped_rss_kib(data) > 0 and _mapped_rss_kib(bloom) > 0
+    disk.release_pages()
+    assert _mapped_rss_kib(data) == 0 and _mapped_rss_kib(bloom) == 0
+    assert all(i in disk for i in ids) and blob(9_999) not in disk  # mapped again from the page cache
+    assert disk.get(ids[123]) == Location(pack_id(104), 0, 2300, 90, 7, 1023)
+    disk.close()
 
 
 def test_entries_added_while_another_handle_bulk_builds_are_neither_lost_nor_misplaced(cache_home: Path) -> None:

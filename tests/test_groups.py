@@ -24,7 +24,7 @@ def test_a_blob_larger_than_the_group_buffer_grows_it_and_reads_back() -> None:
 def test_recycled_buffers_never_leak_old_bytes_into_a_new_group() -> None:
     repo = _repo()
     envelope = repo.envelope
-    pool = BufferPool(keep=1)
+    pool = BufferPool(keep=1, idle=3600)  # however slow this machine, the buffer is still kept
     first = OpenGroup(1 << 20, pool)
     first.add(b"a" * 32, b"\xff" * 700_000)
     seal_open_group(envelope, DATA_BLOB, first)
@@ -43,6 +43,58 @@ def test_pool_keeps_at_most_its_limit() -> None:
         pool.give(buf)
     kept = {id(pool.take(4096)) for _ in range(3)}
     assert len(kept & {id(b) for b in buffers}) == 2
+
+
+def test_pool_frees_buffers_left_idle_and_keeps_the_ones_in_use() -> None:
+    now = [100.0]
+    pool = BufferPool(keep=2, idle=0.5, clock=lambda: now[0])
+    old, recent = pool.take(4096), pool.take(4096)
+    pool.give(old)
+    now[0] += 0.4
+    pool.give(recent)
+    now[0] += 0.2  # old: idle 0.6 s, freed; recent: 0.2 s, kept
+    assert pool.take(4096) is recent
+    fresh = pool.take(4096)
+    assert fresh is not old and fresh is not recent  # nothing left: a fresh buffer
+    big = pool.take(16 << 20)
+    pool.give(big)
+    now[0] += 1.0
+    pool.give(pool.take(4096))  # any use of the pool frees what went idle, of every size
+    assert pool.take(16 << 20) is not big
+    pool.give(recent)
+    pool.clear()
+    assert pool.take(4096) is not recent
+
+
+def test_pipeline_segments_are_bounded_recycled_and_freed_when_idle(tmp_path) -> None:
+    import threading
+    import time
+
+    from drtool.backup import pipeline as pipeline_module
+    from drtool.backup.pipeline import ChunkPipeline
+    pipeline = ChunkPipeline(_repo(), segment_idle=0.3)
+    try:
+        held = [pipeline.take_buffer() for _ in range(pipeline_module.SEGMENT_BUFFERS)]
+        got: list[bytearray] = []
+        waiter = threading.Thread(target=lambda: got.append(pipeline.take_buffer()))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and not got  # all in flight: the next one waits
+        pipeline.give_buffer(held[0])
+        waiter.join(5)
+        assert got and got[0] is held[0]  # the one given back, not a new one
+        for buf in [got[0], *held[1:]]:
+            pipeline.give_buffer(buf)
+        again = pipeline.take_buffer()
+        assert any(again is buf for buf in held)  # recycled while in use
+        pipeline.give_buffer(again)
+        time.sleep(0.5)
+        fresh = pipeline.take_buffer()
+        assert all(fresh is not buf for buf in held)  # the idle ones were freed
+        pipeline.give_buffer(fresh)
+    finally:
+        pipeline.close()
+    assert not pipeline._free_segments
 
 
 def test_group_cache_loads_a_group_once_for_concurrent_readers() -> None:

@@ -8,14 +8,14 @@ depth, never on the size of the data set.
 from __future__ import annotations
 
 import os
-import queue
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import zstandard
 
 from drtool.repository.chunker import Chunker
-from drtool.repository.packfile import DATA_BLOB
+from drtool.repository.packfile import DATA_BLOB, trim_heap
 from drtool.repository.repo import Repository
 
 DEFAULT_INFLIGHT_BYTES = 16 * 1024 * 1024
@@ -24,6 +24,7 @@ BATCH_BUFFER = BATCH_BYTES + 256 * 1024  # a batch closes past 1 MiB; a small fi
 BATCH_BUFFERS_KEPT = 6
 SEGMENT_BYTES = 8 * 1024 * 1024
 SEGMENT_BUFFERS = 4
+SEGMENT_IDLE_SECONDS = 5.0  # a segment buffer unused this long is freed (take_buffer)
 TEXT_PROBE = 32 * 1024
 TEXT_RATIO = 0.6
 
@@ -89,8 +90,10 @@ def resolve(refs: list[ChunkRef]) -> list[str]:
 
 class ChunkPipeline:
     def __init__(self, repo: Repository, workers: int | None = None,
-                 inflight_bytes: int = DEFAULT_INFLIGHT_BYTES) -> None:
+                 inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+                 segment_idle: float = SEGMENT_IDLE_SECONDS) -> None:
         self.repo = repo
+        self._segment_idle = segment_idle
         self.workers = workers or max(2, os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="chunk")
         self._budget = ByteBudget(inflight_bytes)
@@ -99,8 +102,8 @@ class ChunkPipeline:
         self.text_chunker = Chunker(repo.config.stream_chunk_avg, seed)
         self._probe = zstandard.ZstdCompressor(level=1)
         self._batch = Batch()
-        self._buffers: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._buffers_made = 0
+        self._free_segments: list[tuple[bytearray, float]] = []  # LIFO; (buffer, when it came back)
+        self._segment_slots = threading.BoundedSemaphore(SEGMENT_BUFFERS)
         self._buffers_lock = threading.Lock()
         self._batch_buffers: list[bytearray] = []
 
@@ -135,6 +138,8 @@ class ChunkPipeline:
         batch.future.add_done_callback(lambda _f: self._budget.release(size))
 
     def _take_batch_buffer(self, at_least: int) -> bytearray:
+        if self._free_segments:  # small files now: large ones' segments may have gone idle
+            self._expire_segments()
         with self._buffers_lock:
             if self._batch_buffers and at_least <= BATCH_BUFFER:
                 return self._batch_buffers.pop()
@@ -168,19 +173,36 @@ class ChunkPipeline:
         return self._process_batch(list(chunker.cut(data)), text=chunker is self.text_chunker)
 
     def take_buffer(self) -> bytearray:
-        """A recycled 8 MiB segment buffer (blocks while all are in flight).
+        """A recycled 8 MiB segment buffer (blocks while all SEGMENT_BUFFERS are in flight).
 
         Reading into a few reused buffers instead of fresh 8 MiB objects
         avoids ~1.3 GB of page-faulted allocations per night of the bench.
+        They are made on first need (small-file trees never pay for them)
+        and freed after ``segment_idle`` seconds unused (a dump followed by
+        a long walk of small files need not keep its 32 MiB of segments;
+        not less than a few seconds, or a loaded machine's stalls would
+        have them freed and faulted in again in the middle of a dump).
         """
+        self._segment_slots.acquire()
+        self._expire_segments()
         with self._buffers_lock:
-            if self._buffers.empty() and self._buffers_made < SEGMENT_BUFFERS:
-                self._buffers_made += 1  # made on first need: small-file trees never pay for them
-                return bytearray(SEGMENT_BYTES)
-        return self._buffers.get()
+            if self._free_segments:
+                return self._free_segments.pop()[0]
+        return bytearray(SEGMENT_BYTES)
 
     def give_buffer(self, buf: bytearray) -> None:
-        self._buffers.put(buf)
+        with self._buffers_lock:
+            self._free_segments.append((buf, time.monotonic()))
+        self._segment_slots.release()
+
+    def _expire_segments(self) -> None:
+        limit, dropped = time.monotonic() - self._segment_idle, 0
+        with self._buffers_lock:
+            while self._free_segments and self._free_segments[0][1] < limit:
+                del self._free_segments[0]
+                dropped += 1
+        if dropped:
+            trim_heap()
 
     def add_buffer_segment(self, buf: bytearray, length: int, chunker: Chunker) -> ChunkRef:
         """Like add_segment for a pooled buffer, which returns to the pool once processed
@@ -220,4 +242,11 @@ class ChunkPipeline:
         return self.text_chunker if ratio < TEXT_RATIO else self.file_chunker
 
     def close(self) -> None:
+        """Wait for the workers, then free the recycled buffers (32 MiB of segments, the batches)
+        and hand the heap's free pages back: the commit and the catalog step that follow a
+        backup's data path need none of it (idempotent)."""
         self._pool.shutdown(wait=True)
+        with self._buffers_lock:
+            self._batch_buffers.clear()
+            self._free_segments.clear()
+        trim_heap()

@@ -152,6 +152,7 @@ def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] 
             tree_id = walker.backup_roots(paths, parent.tree if parent else None)
         finally:
             walker.close()
+        pipeline.close()  # its buffers are freed before the last groups are sealed
         snap = _snapshot(session, name, when, tree_id, kind, parent, tags, walker.stats,
                          started, paths=[os.path.abspath(p) for p in paths], meta=meta)
         _commit(session, lock, snap)
@@ -190,6 +191,7 @@ def backup_streams(session: Session, streams: Iterator[tuple[str, IO[bytes]]], n
             if any(node.name == filename for node in nodes):
                 raise SourceError(f"the backup of {name} wrote {filename} twice; no snapshot was written")
             nodes.append(_store_stream(pipeline, stream, filename))
+        pipeline.close()  # every segment is stored: its buffers are freed before the commit
         if verify is not None:
             verify()
         nodes.sort(key=lambda node: node.name)

@@ -231,12 +231,14 @@ class DiskIndex:
         if txn is None or local.generation != self._generation:
             if txn is not None:
                 txn.abort()
+            generation = self._generation  # before the snapshot: a refresh meanwhile renews it again
             txn = local.txn = self.env.begin(db=self._blobs)
-            local.generation = self._generation
             # The filter serves this snapshot only if it covers it (its stamp is not behind).
             at = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=self._db[b"meta"]))[0]
             filt = self._filter
             local.filter = filt if filt is not None and at <= filt.stamp() != STALE else None
+            local.get = txn.get
+            local.generation = generation  # last: ``__contains__`` trusts the fields once it is set
             with self._readers_lock:
                 self._readers.append(txn)
         return txn
@@ -260,12 +262,16 @@ class DiskIndex:
         self._pack_ids = {}
 
     def __contains__(self, blob_id: bytes) -> bool:
-        txn = self._txn()
-        filt = self._local.filter
+        # A backup asks this for every new chunk: one thread-local read for the transaction's
+        # ``get`` and the filter (``_txn`` renews both after this process's own writes).
+        local = self._local
+        if getattr(local, "generation", -1) != self._generation:
+            self._txn()
+        filt = local.filter
         if filt is not None and not filt.maybe(blob_id):
             return False
         try:
-            return txn.get(blob_id) is not None
+            return local.get(blob_id) is not None
         except lmdb.Error as exc:
             raise self._damaged(exc) from None
 
@@ -298,6 +304,25 @@ class DiskIndex:
         except (lmdb.Error, struct.error) as exc:
             raise self._damaged(exc) from None
         return Location(pack_id, blob_type, offset, length, inner, raw_length)
+
+    def release_pages(self) -> None:
+        """Drop the cache's mapped pages from this process's resident set (they stay in the page cache).
+
+        Moving a run's entries into the cache (``LayeredIndex.written``, every
+        262,144 new blobs) reads B-tree pages through the mapping, and those
+        stay counted in the process's RSS: a 200,000-file first backup that
+        moved its entries four times peaked at 204 MiB (64 MiB of mapped
+        files) against 148 MiB without.  ``MADV_DONTNEED`` on a shared file
+        mapping only unmaps: the next lookup maps its page again from the
+        page cache (a minor fault), whatever thread is reading.  Linux only;
+        elsewhere nothing happens.
+        """
+        start = _mapping_start(self.path / "data.mdb")
+        if start is not None:
+            _madvise_dontneed(start, (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
+        filt = self._filter
+        if filt is not None:
+            filt.release_pages()
 
     def _damaged(self, exc: Exception) -> Exception:
         from drtool.errors import IntegrityError
@@ -566,6 +591,31 @@ def _delete_dups_of_pack(cursor: lmdb.Cursor, blob_id: bytes, number: bytes) -> 
 
 
 _ROW = ID_SIZE + _REC.size
+_MADV_DONTNEED = 4  # Linux
+
+
+def _mapping_start(path: Path) -> int | None:
+    """Where this process maps ``path`` (LMDB does not say: ``info()['map_addr']`` is 0), from
+    /proc/self/maps; None when it is not mapped or the system has no such file."""
+    wanted = str(path)
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == wanted and fields[2] == "00000000":
+                    return int(fields[0].split("-")[0], 16)
+    except OSError:
+        pass
+    return None
+
+
+def _madvise_dontneed(start: int, length: int) -> None:
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_DONTNEED)
+    except (OSError, AttributeError):
+        pass
 
 
 def _write_run(work: Path, rows: list[bytes]) -> BinaryIO:

@@ -38,7 +38,7 @@ from drtool.crypto.ids import ID_SIZE
 log = logging.getLogger("drtool")
 
 MAGIC = b"DRBLOOM2"
-_PROBES = struct.Struct("<4Q").unpack_from  # a blob id (32 bytes) as four 64-bit hash values
+_PROBES = struct.Struct("<2Q").unpack_from  # a blob id's first 16 bytes as two 64-bit hash values
 _ALL_PROBES = struct.Struct("<4Q").iter_unpack
 _HEADER = struct.Struct("<8sQQQ32x")  # magic, stamp, bits, capacity; 64 bytes: blocks stay cache-line aligned
 STALE = (1 << 64) - 1  # a stamp no cache has: written when the filter cannot be kept up to date
@@ -128,7 +128,7 @@ class IdFilter:
         """False: ``blob_id`` is certainly not in the cache.  The id's first 8 bytes pick a
         64-byte block (one cache line, one page: the one memory miss), the next 8 four bits in it."""
         m = self._bits
-        a, b, _c, _d = _PROBES(blob_id)
+        a, b = _PROBES(blob_id)
         base = (a % self._blocks) << 6
         if not (m[base + (b >> 3 & 63)] >> (b & 7)) & 1:
             return False
@@ -137,6 +137,11 @@ class IdFilter:
         if not (m[base + (b >> 21 & 63)] >> (b >> 18 & 7)) & 1:
             return False
         return bool((m[base + (b >> 30 & 63)] >> (b >> 27 & 7)) & 1)
+
+    def release_pages(self) -> None:
+        """Unmap the pages this process touched (``DiskIndex.release_pages``): shared and
+        file-backed, so nothing is lost, and a later lookup maps its page again."""
+        self._map.madvise(mmap.MADV_DONTNEED)
 
     def add(self, ids: Iterable[bytes]) -> None:
         m, blocks = self._bits, self._blocks

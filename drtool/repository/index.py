@@ -80,6 +80,11 @@ _RECORD = struct.Struct("<IBQIII")  # pack number, type, offset, length, inner, 
 _SLOT = ID_SIZE + _RECORD.size       # one entry: blob id, then its record
 BUCKET_CAPACITY = 16                 # entries before a bucket splits (~0.9 KiB: one find ~0.3 us)
 _FILL_AFTER_RESERVE = 10             # entries per bucket a reserved directory is sized for
+# The absent-id bitmap of MemoryIndex: 2^22 bits (512 KiB), from hash bits 40-61 (the directory uses
+# the low ones; a million-blob index has 2^17 buckets).  With a layered index's overlay of at most
+# 262,144 entries, ~6 % of absent ids still search their bucket; a large in-memory index fills it.
+_SEEN_BITS = 1 << 22
+_SEEN_SHIFT, _SEEN_MASK = 40, _SEEN_BITS - 1
 
 
 class _Bucket(bytearray):
@@ -121,6 +126,9 @@ class MemoryIndex:
         self._mask = 0  # directory index = hash(id) & mask; len(_dir) == mask + 1
         self._dir: list[_Bucket] = [_Bucket(0)]
         self._entries = 0
+        # One bit per id (bits of its hash above the directory's), so most absent ids skip the
+        # bucket search: the layered index asks its overlay for every chunk the cache lacks.
+        self._seen = bytearray(_SEEN_BITS >> 3)
         self.packs: dict[bytes, int] = {}
         self._pack_ids: list[bytes] = []
         self._pack_numbers: dict[bytes, int] = {}
@@ -147,7 +155,16 @@ class MemoryIndex:
         return bucket, pos if len(blob_id) == ID_SIZE else -1
 
     def __contains__(self, blob_id: bytes) -> bool:
-        return self._find(blob_id)[1] >= 0
+        # ``_find`` inlined: a backup asks this (through the layered index) for every new chunk.
+        h = hash(blob_id)
+        seen = h >> _SEEN_SHIFT & _SEEN_MASK
+        if not self._seen[seen >> 3] >> (seen & 7) & 1:
+            return False
+        bucket = self._dir[h & self._mask]
+        pos = bucket.find(blob_id)
+        while pos > 0 and pos % _SLOT:
+            pos = bucket.find(blob_id, pos + 1)
+        return pos >= 0 and len(blob_id) == ID_SIZE
 
     def has_all(self, hex_ids: Iterable[str]) -> bool:
         """Whether every blob (hex ids, as trees list them) is in the index.
@@ -179,7 +196,10 @@ class MemoryIndex:
         return Location(self._pack_ids[number], blob_type, offset, length, inner, raw_length)
 
     def _append(self, blob_id: bytes, record: bytes) -> None:
-        bucket = self._dir[hash(blob_id) & self._mask]
+        h = hash(blob_id)
+        seen = h >> _SEEN_SHIFT & _SEEN_MASK
+        self._seen[seen >> 3] |= 1 << (seen & 7)
+        bucket = self._dir[h & self._mask]
         bucket += blob_id
         bucket += record
         self._entries += 1

@@ -73,9 +73,11 @@ def load_index(repo: Repository, trees_only: bool = False) -> None:
         return packs
 
     try:
-        disk.sync(names, fetch, listed_at)
+        added = disk.sync(names, fetch, listed_at)
     except ValueError as exc:
         raise IntegrityError(f"an index object is malformed: {exc}") from None
+    if added:
+        disk.release_pages()  # the pages the sync wrote through are not the run's lookups
     for index_id in sorted(names - catalog_ids - read_in if cache else ()):
         fetch(index_id)  # the catalog lacks it (rebuilt, or new) while the disk cache has it
     repo.index = LayeredIndex(disk)

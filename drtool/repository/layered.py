@@ -49,11 +49,16 @@ class LayeredIndex:
             return set()
         objects = [(i, read(i)) for i in self.uncached]
         self.disk.add_indexes(objects)
+        self.disk.release_pages()  # the insert's B-tree pages: not this run's working set
         self.uncached = []
         return {pack_id for _i, packs in objects for pack_id, _raw in packs}
 
     def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self.overlay or blob_id in self.disk
+        # The cache first: an id it holds is answered without the overlay's bucket search
+        # (~1 us with this run's 200 k entries); an absent one costs its filter, then the overlay.
+        # Either order is the same set: packs reach the cache (and its readers' next snapshot)
+        # before ``indexed`` takes them out of the overlay.
+        return blob_id in self.disk or blob_id in self.overlay
 
     def has_all(self, hex_ids: Iterable[str]) -> bool:
         overlay = self.overlay

@@ -20,10 +20,12 @@ their bytes.
 """
 from __future__ import annotations
 
+import functools
 import struct
 import threading
+import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import blake3
 
@@ -40,6 +42,7 @@ DATA_BLOB = 0
 TREE_BLOB = 1
 BLOB_TYPE_NAMES = {DATA_BLOB: "data", TREE_BLOB: "tree"}
 _GROUP_KINDS = {DATA_BLOB: GROUP_DATA_KIND, TREE_BLOB: GROUP_TREE_KIND}
+POOL_IDLE_SECONDS = 5.0  # a recycled group buffer unused this long is freed (BufferPool)
 
 
 @dataclass(frozen=True)
@@ -82,26 +85,73 @@ class BufferPool:
     A 16 MiB group is above glibc's mmap threshold: allocated fresh, each of
     its 4096 pages is faulted in and zeroed, and unmapped again after
     sealing.  Reusing a few buffers took night 1 of the bench from ~460 k to
-    ~150 k minor faults.  At most ``keep`` buffers per capacity are kept.
+    ~150 k minor faults.  At most ``keep`` buffers per capacity are kept, and
+    none longer than ``idle`` seconds unused: a dump's 16 MiB text groups are
+    not needed by a long walk of small files after it.  Expired buffers are
+    handed back to the system (``trim_heap``), not only to malloc.  Not less
+    than a few seconds: a loaded machine's stalls would have them freed and
+    faulted in again in the middle of a dump.
     """
 
-    def __init__(self, keep: int = 2) -> None:
+    def __init__(self, keep: int = 2, idle: float = POOL_IDLE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.keep = keep
-        self._free: dict[int, list[bytearray]] = {}
+        self.idle = idle
+        self._clock = clock
+        self._free: dict[int, list[tuple[bytearray, float]]] = {}  # oldest first
         self._lock = threading.Lock()
 
     def take(self, capacity: int) -> bytearray:
         with self._lock:
+            expired = self._expire()
             free = self._free.get(capacity)
-            if free:
-                return free.pop()
-        return bytearray(capacity)
+            buf = free.pop()[0] if free else None
+        if expired:
+            trim_heap()
+        return buf if buf is not None else bytearray(capacity)
 
     def give(self, buf: bytearray) -> None:
         with self._lock:
             free = self._free.setdefault(len(buf), [])
             if len(free) < self.keep:
-                free.append(buf)
+                free.append((buf, self._clock()))
+            expired = self._expire()
+        if expired:
+            trim_heap()
+
+    def _expire(self) -> int:
+        """Drop buffers unused for ``idle`` seconds; how many bytes were dropped."""
+        dropped, limit = 0, self._clock() - self.idle
+        for free in self._free.values():
+            while free and free[0][1] < limit:
+                dropped += len(free.pop(0)[0])
+        return dropped
+
+    def clear(self) -> None:
+        """Drop every kept buffer (the data path is done: nothing will take one again)."""
+        with self._lock:
+            self._free.clear()
+
+
+def trim_heap() -> None:
+    """Give malloc's free pages back to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    The backup pins glibc's trim threshold at 16 MiB so that its recycled
+    buffers are not faulted in again and again; memory freed for good (an
+    expired pool buffer, the end of the data path) is returned with this.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
 
 
 class OpenGroup:

@@ -304,6 +304,7 @@ class Repository:
         for key, group in groups:
             if len(group.members):
                 self._pack_group(key, group)
+        self._group_buffers.clear()  # every group is sealed: the next one (if any) takes a fresh buffer
         with self._lock:
             builders = list(self._builders.values())
             self._builders.clear()
