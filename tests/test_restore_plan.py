@@ -127,15 +127,6 @@ class TestRecycledOpen:
             pool.give(buf)
         assert len(pool._free) == 2
 
-    def test_a_byte_capped_pool_drops_its_largest_spares_first(self) -> None:
-        """Streamed restores cap the spares in bytes: counted alone, they drift to the largest size."""
-        pool = ScratchPool(keep=4, max_bytes=3 * MiB)
-        one, two, big = pool.take(MiB), pool.take(2 * MiB), pool.take(16 * MiB)
-        for buf in (one, two, big):
-            pool.give(buf)
-        assert sorted(len(b) for b in pool._free) == [MiB, 2 * MiB]
-        assert pool.take(MiB) is one and pool.take(MiB) is two
-
 
 class RecordingBackend(FaultyBackend):
     """Records every ranged read of a pack (name, offset): the reads a restore makes."""

@@ -95,11 +95,8 @@ class ScratchPool:
     buffers; at most ``keep`` buffers are kept, the largest first.
     """
 
-    def __init__(self, keep: int, max_bytes: int | None = None) -> None:
-        """``max_bytes``: spare bytes kept at most (else only the count is bounded; the
-        smallest-fit rule then drifts the spares towards the largest size over time)."""
+    def __init__(self, keep: int) -> None:
         self.keep = keep
-        self.max_bytes = max_bytes
         self._free: list[bytearray] = []
         self._lock = threading.Lock()
 
@@ -117,9 +114,6 @@ class ScratchPool:
             self._free.append(buf)
             if len(self._free) > self.keep:
                 self._free.remove(min(self._free, key=len))
-            if self.max_bytes is not None:
-                while sum(len(b) for b in self._free) > self.max_bytes:
-                    self._free.remove(max(self._free, key=len))
 
 
 class OpenedGroup:

@@ -36,7 +36,6 @@ LAG_BYTES = 64 * MiB       # a group the walk has not touched for this much file
 CROWDED_LAG_BYTES = 8 * MiB  # ... or this much, while many files wait for their groups
 MAX_PENDING_REFS = 65536   # blob references held by the planner at most (~100 bytes each)
 WRITE_BATCH = 512          # buffers per pwritev (IOV_MAX is 1024)
-STREAMED_SPARE_BYTES = 32 * MiB  # remote restores: spare plaintext buffers kept at most (see below)
 
 
 class FileJob:
@@ -160,12 +159,11 @@ class GroupWriter:
         self.fetcher = (RangeFetcher(repo, shape[0], shape[1], self._submit_fetched,
                                      capabilities.range_opener(repo.backend)) if shape else None)
         if self.fetcher is not None:
-            # Sealed bytes arrive in the fetcher's buffers: a worker holds only its plaintext and
-            # zstd's input.  Two spares per worker (one of each) keep them from being mapped and
-            # faulted in again for every group; the byte cap stops the spares drifting to four
-            # 16 MiB ones.  Restore of the S3 bench at 20 ms, spares capped at 48 / 32 / 16 MiB:
-            # peak RSS 192-215 / 177-190 / 161 MiB, system time 1.9-2.1 / 2.3-2.5 / 2.6-2.7 s.
-            self._buffers = ScratchPool(keep=2 * workers, max_bytes=STREAMED_SPARE_BYTES)
+            # Sealed bytes arrive in the fetcher's ring: a worker holds only its plaintext and
+            # zstd's input, so fewer spare buffers do (each may be a 16 MiB text group).  Keeping
+            # four, capped at 32 MiB by dropping the largest, was tried: it mapped a fresh
+            # 16 MiB buffer for most text groups (restore system time +0.9 s, 2026-12-04).
+            self._buffers.keep = workers
 
     def submit(self, loc: Location, refs: list[BlobRef]) -> None:
         if self._zero_blobs:
