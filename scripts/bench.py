@@ -13,6 +13,7 @@ of N small files. See docs/performance.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -469,11 +470,27 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
+_WORK_LOCKS: list[Any] = []  # held open (locked) until the process exits
+
+
+def claim_work_dir(work: Path) -> None:
+    """Create WORK and hold an exclusive lock on it for this process's life: two benches sharing
+    one work directory reset each other's repositories and data, and the figures of both are then
+    wrong without any error."""
+    work.mkdir(parents=True, exist_ok=True)
+    handle = open(work / ".bench-lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"bench: another bench is using {work}; wait for it, or give this one --work DIR")
+    _WORK_LOCKS.append(handle)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if not MAKE_DATASET.is_file():
         sys.exit(f"bench: data generator not found: {MAKE_DATASET}")
-    args.work.mkdir(parents=True, exist_ok=True)
+    claim_work_dir(args.work)
     logs = args.work / "logs"
     logs.mkdir(exist_ok=True)
     tools = {n: TOOL_CLASSES[n](args.work) for n in ALL_TOOLS if n in args.tool_list}

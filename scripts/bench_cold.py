@@ -116,7 +116,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench --cold: dropping the page cache needs root (/proc/sys/vm/drop_caches)")
-    args.work.mkdir(parents=True, exist_ok=True)
+    bench.claim_work_dir(args.work)
     logs = args.work / "logs-cold"
     logs.mkdir(exist_ok=True)
     # repositories under work/cold/: a nightly `scripts/bench` sharing the work dir resets work/<tool>

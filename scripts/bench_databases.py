@@ -14,11 +14,17 @@ Measured, in one run on the machine as it is:
   streamed into the repository; logical: mariadb-dump and mydumper) vs the native tool writing
   into a local directory (``mariabackup --backup --target-dir``, ``pg_basebackup -D``);
 * night 2 after updating 1 % of the rows: time and bytes stored (compressed,
-  encrypted) as a share of the data size;
+  encrypted) as a share of the data size — MariaDB's physical night 2 is incremental
+  (``mariabackup --incremental-lsn``); a second source on the same server with
+  ``full_every = 1`` takes full nights into a repository of its own (in the same one it
+  would deduplicate against the incremental's pages), for comparison.  Before each night
+  MariaDB's dirty pages are flushed (a nightly backup runs hours after the day's changes,
+  which are in the data files by then, not only in the redo log);
 * restore: drtool physical (extract + prepare / unpack) and logical (load into a new
   database) vs the floor by hand: ``cp -a`` of the native backup (+ ``mariabackup
   --prepare`` for MariaDB: drtool's physical restore prepares, so the floor does too;
-  neither starts the server);
+  neither starts the server); MariaDB physical twice: night 1 (a full) and night 2
+  (the chain: full + incremental, each extracted, then prepared and applied);
 * the fixed cost of one drtool command (``snapshots``: start-up, key derivation,
   index), which every drtool figure above includes and the native tools do not pay;
 * PITR replay rate: binlog written after the base, replayed by ``drtool restore
@@ -152,10 +158,23 @@ def mariadb_bench(work: Path, rows: int, logical: bool = True) -> dict[str, Any]
         config = work / "drtool.toml"
         base = f'type = "mariadb"\nsocket = "{sock}"\nuser = "root"\npassword_file = "{pw}"\n'
         config.write_text(f'repository = "{work / "repo"}"\n[sources.phys]\n{base}method = "physical"\n'
+                          f'[sources.physfull]\n{base}method = "physical"\nfull_every = 1\n'
                           f'[sources.dump]\n{base}dbname = "sbtest"\n'
                           f'[sources.md]\n{base}dbname = "sbtest"\nmethod = "mydumper"\nthreads = 2\n')
         dr = Drtool(work, config)
         dr("init")
+        (work / "cmp").mkdir()
+        full_dr = Drtool(work / "cmp", config)  # the full nights' own repository
+        full_dr("init")
+
+        def settle() -> None:
+            """Flush every dirty page (the checkpoint passes the current LSN), then flush as usual."""
+            want = int(sql("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'").split()[1])
+            sql("SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0.001, innodb_max_dirty_pages_pct = 0")
+            while int(sql("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_last_checkpoint'").split()[1]) < want:
+                time.sleep(0.5)
+            sql("SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0, innodb_max_dirty_pages_pct = 90")
+        settle()
         out: dict[str, Any] = {"data_bytes": size, "rows": 4 * rows}
         native = root / "native"
         def native_backup(i: int) -> None:
@@ -165,6 +184,7 @@ def mariadb_bench(work: Path, rows: int, logical: bool = True) -> dict[str, Any]
         out["native_backup_s"] = best(native_backup)
         out["physical_backup_s"] = timed(lambda: dr("backup", "--source", "phys"))
         out["physical_night1_stored"] = dr.stored("phys")
+        full_dr("backup", "--source", "physfull")  # the comparison's night 1, in its own repository
         out["fixed_s"] = timed(lambda: dr("snapshots", "--name", "phys", "--json"))
         if logical:
             out["logical_backup_s"] = timed(lambda: dr("backup", "--source", "dump"))
@@ -173,8 +193,15 @@ def mariadb_bench(work: Path, rows: int, logical: bool = True) -> dict[str, Any]
             out["mydumper_night1_stored"] = dr.stored("md")
         for t in range(1, 5):  # 1 % of the rows, scattered
             sql(f"UPDATE sbtest{t} SET k = k + 1, c = REVERSE(c) WHERE id % 100 = 0", "sbtest")
+        settle()
         out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "phys"))
         out["physical_night2_stored"] = dr.stored("phys")
+        night2 = json.loads(dr("snapshots", "--name", "phys", "--json"))[-1]
+        out["physical_night2_type"] = night2["meta"].get("backup_type", "full")
+        out["physical_night2_streamed"] = night2["meta"].get("dump_bytes")
+        out["physical_night2_full_s"] = timed(lambda: full_dr("backup", "--source", "physfull"))
+        out["physical_night2_full_stored"] = full_dr.stored("physfull")
+        shutil.rmtree(work / "cmp", ignore_errors=True)  # room for the restores
         if logical:
             out["logical_night2_s"] = timed(lambda: dr("backup", "--source", "dump"))
             out["logical_night2_stored"] = dr.stored("dump")
@@ -185,13 +212,17 @@ def mariadb_bench(work: Path, rows: int, logical: bool = True) -> dict[str, Any]
             sql(f"UPDATE sbtest{t} SET k = k + 1 WHERE id % 20 = 1", "sbtest")
         sql("FLUSH BINARY LOGS")
         dr("mariadb", "binlog-push", "--source", "phys")
-        phys = json.loads(dr("snapshots", "--name", "phys", "--json"))[-1]["id"]
+        night1 = json.loads(dr("snapshots", "--name", "phys", "--json"))[0]["id"]
+        phys = night2["id"]
         copy = root / "floor"
 
         def floor(i: int) -> None:
             run(["cp", "-a", str(native), f"{copy}{i}"])
             run(["mariabackup", "--no-defaults", "--prepare", f"--target-dir={copy}{i}"])
         out["floor_restore_s"] = best(floor, copy)
+        out["physical_full_restore_s"] = best(lambda i: dr("-v", "restore", night1[:12], "--source", "phys",
+                                                           "--target", str(root / f"r-full{i}")), root / "r-full")
+        shutil.rmtree(f"{root / 'r-full'}{REPEAT - 1}", ignore_errors=True)
         out["physical_restore_s"] = best(lambda i: dr("-v", "restore", phys[:12], "--source", "phys",
                                                       "--target", str(root / f"r-phys{i}")), root / "r-phys")
         shutil.rmtree(f"{copy}{REPEAT - 1}", ignore_errors=True)
@@ -291,9 +322,15 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
     row("native backup into a local directory", lambda d: f"{d['native_backup_s']:.1f} s")
     row("drtool physical backup, night 1 (× native)", lambda d: ratio(d, "physical_backup_s", "native_backup_s"))
     row("  stored", lambda d: mib(d["physical_night1_stored"]))
-    row("drtool physical, night 2 after 1 % rows changed", lambda d: f"{d['physical_night2_s']:.1f} s")
+    row("drtool physical, night 2 after 1 % rows changed", lambda d: f"{d['physical_night2_s']:.1f} s"
+        + (f" ({d['physical_night2_type']})" if "physical_night2_type" in d else ""))
     row("  stored (share of data size)", lambda d: f"{mib(d['physical_night2_stored'])} "
-                                                 f"({d['physical_night2_stored'] / d['data_bytes']:.1%})")
+                                                 f"({d['physical_night2_stored'] / d['data_bytes']:.1%})"
+        + (f", streamed {mib(d['physical_night2_streamed'])}" if d.get("physical_night2_streamed") else ""))
+    row("  the same night 2 as a full backup: time / stored",
+        lambda d: f"{d['physical_night2_full_s']:.1f} s / {mib(d['physical_night2_full_stored'])} "
+                  f"({d['physical_night2_full_stored'] / d['data_bytes']:.1%})" if "physical_night2_full_s" in d
+        else "—")
     row("drtool logical backup night 1 / night 2", lambda d: f"{d['logical_backup_s']:.1f} s / "
                                                             f"{d['logical_night2_s']:.1f} s"
         if "logical_backup_s" in d else "—")
@@ -306,7 +343,9 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
     row("  mydumper night 2 stored", lambda d: mib(d["mydumper_night2_stored"]) if "mydumper_night2_stored" in d
         else "—")
     row("restore floor by hand (cp -a [+ prepare])", lambda d: f"{d['floor_restore_s']:.1f} s")
-    row("drtool physical restore (× floor)", lambda d: ratio(d, "physical_restore_s", "floor_restore_s"))
+    row("drtool physical restore of night 1, a full (× floor)",
+        lambda d: ratio(d, "physical_full_restore_s", "floor_restore_s") if "physical_full_restore_s" in d else "—")
+    row("drtool physical restore of night 2 (× floor)", lambda d: ratio(d, "physical_restore_s", "floor_restore_s"))
     row("drtool logical restore (load)", lambda d: f"{d['logical_restore_s']:.1f} s" if "logical_restore_s" in d else "—")
     row("drtool mydumper restore: database / one of 4 tables (2 threads)",
         lambda d: f"{d['mydumper_restore_s']:.1f} s / {d['mydumper_table_restore_s']:.1f} s"
@@ -327,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="time restores and the native/floor runs this "
                     "often and keep the best (a shared host)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep --work (servers stopped; repositories, "
+                    "catalogs and native copies stay) for profiling a step by hand")
     args = ap.parse_args(argv)
     global REPEAT
     REPEAT = max(1, args.repeat)
@@ -337,12 +378,14 @@ def main(argv: list[str] | None = None) -> int:
         if "mariadb" not in args.skip:
             (args.work / "m").mkdir(parents=True)
             results["mariadb"] = mariadb_bench(args.work / "m", args.maria_rows, "logical" not in args.skip)
-            shutil.rmtree(args.work / "m", ignore_errors=True)  # ~5 copies of the data: room for the next
+            if not args.keep:
+                shutil.rmtree(args.work / "m", ignore_errors=True)  # ~5 copies of the data: room for the next
         if "postgresql" not in args.skip:
             (args.work / "p").mkdir(parents=True)
             results["postgresql"] = pg_bench(args.work / "p", args.pg_scale)
     finally:
-        shutil.rmtree(args.work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(args.work, ignore_errors=True)
     print(json.dumps(results, indent=2) if args.json else table(results.get("mariadb"), results.get("postgresql")))
     return 0
 

@@ -291,7 +291,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
+    bench.claim_work_dir(args.work)
     logs = args.work / "logs"
     logs.mkdir(exist_ok=True)
     data = bench.dataset(args.work, args)

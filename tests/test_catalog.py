@@ -49,6 +49,9 @@ def test_snapshots_json_contract(repo_env: DrEnv, tmp_path: Path) -> None:
 
 
 def test_overwritten_catalog_is_detected_with_the_fix(repo_env: DrEnv, tmp_path: Path) -> None:
+    """The full check (``drtool check``; otherwise daily or after an unclean close: catalog/integrity.py)
+    finds damage wherever it is; from then on every command reports it until the rebuild.
+    Damage met by a query is tested in test_catalog_damage.py."""
     populate(repo_env, tmp_path)
     repo_env.run("snapshots")  # make sure everything is checkpointed into the main file
     data = bytearray(repo_env.catalog.read_bytes())
@@ -57,6 +60,8 @@ def test_overwritten_catalog_is_detected_with_the_fix(repo_env: DrEnv, tmp_path:
     repo_env.catalog.write_bytes(bytes(data))
     for suffix in ("-wal", "-shm"):
         Path(str(repo_env.catalog) + suffix).unlink(missing_ok=True)
+    checked = repo_env.run("check")
+    assert checked.code == 1 and "catalog rebuild" in checked.err
     result = repo_env.run("snapshots")
     assert result.code == 1
     assert "catalog rebuild" in result.err

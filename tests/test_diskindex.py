@@ -292,3 +292,45 @@ def test_an_interrupted_bulk_build_is_started_again(cache_home: Path) -> None:
     assert again.has_all(blob(10_000 + i).hex() for i in range(20 * 60))
     assert not list(again.path.glob("build-*"))  # its temporary runs are gone
     again.close()
+
+
+def test_entries_added_while_another_handle_bulk_builds_are_neither_lost_nor_misplaced(cache_home: Path) -> None:
+    """Two runs on one host share the cache: one rebuilds it from scratch (append-mode inserts,
+    pack numbers taken in several transactions) while the other adds the index object it has
+    just written.  Neither may lose entries or point a blob at the other's pack."""
+    import threading
+    objects = many_objects(20)  # more than 16 objects into an empty cache: the bulk build
+    late = [("late", index_object(950, 1, 5, 90_000))]  # ids above every built one
+    builder, adder = DiskIndex.open(REPO), DiskIndex.open(REPO)
+    assert builder is not None and adder is not None
+    second_fetch, resume = threading.Event(), threading.Event()
+
+    def slow_fetch(index_id: str) -> list[tuple[bytes, bytes]] | None:
+        if index_id == sorted(objects)[1]:
+            second_fetch.set()
+            assert resume.wait(30)
+        return objects[index_id]
+
+    build = threading.Thread(target=builder.sync, args=(set(objects), slow_fetch))
+    build.start()
+    assert second_fetch.wait(30)
+    add = threading.Thread(target=adder.add_indexes, args=(late,))
+    add.start()
+    add.join(0.5)  # give the adder its chance to interleave (it must wait for the build instead)
+    resume.set()
+    build.join(60)
+    add.join(60)
+    assert not build.is_alive() and not add.is_alive()
+    for handle in (builder, adder):
+        handle.refresh()
+        for index_id, packs in [*objects.items(), *late]:
+            for pack, raw in packs:
+                for entry in ENTRY.iter_unpack(raw):
+                    found = handle.get(entry[1])
+                    assert found is not None, (index_id, entry[1].hex())
+                    copies = {p for i, ps in [*objects.items(), *late] for p, r in ps
+                              if any(e[1] == entry[1] for e in ENTRY.iter_unpack(r))}
+                    assert found.pack_id in copies, (index_id, found.pack_id)
+    assert builder.index_ids() == set(objects) | {"late"}
+    builder.close()
+    adder.close()

@@ -224,9 +224,18 @@ keep_last = 1
     code, out, err = finish(spawn(env, "backup", "--source", "tree", "--json"))
     assert code == 0, err
     second = json.loads(out)
-    assert sum(s["summary"]["files_unchanged"] for s in second["snapshots"]) == len(files) - 1
+    assert sum(s["summary"]["files_unchanged"] for s in second["snapshots"]) == len(files) - 1, \
+        [(s.get("parent"), s["summary"]) for s in second["snapshots"]]  # seen once at 0: which part failed
     assert all(s["parent"] for s in second["snapshots"])  # each shard's parent: its previous snapshot
     files["d01/sub/f0.bin"] = b"new"
+    # find --name of a sharded source searches every shard's series: both versions of the file
+    found = env.run("find", "f0.bin", "--name", "tree", "--json")
+    assert found.code == 0, found.err
+    versions = json.loads(found.out)
+    named = sum(1 for rel in files if rel.endswith("/f0.bin"))
+    assert len(versions) == named + 1, found.out  # every f0.bin once, d01's twice (old and new)
+    assert [v["size"] for v in versions].count(3) == 1, found.out
+    assert env.run("find", "f0.bin", "--name", "tre", "--json").out.strip() == "[]"  # not a prefix match
 
     target = tmp_path / "out"
     plan = env.run("restore", "latest", "--source", "tree", "--target", str(target), "--dry-run", "--json")
@@ -252,6 +261,17 @@ keep_last = 1
     assert rehearsal.code == 0, rehearsal.err
     step = json.loads(rehearsal.out)[0]["steps"][0]
     assert step["status"] == "passed" and step["restored"]["files"] == len(files), step
+    # a drill can restore a sample of the set's shards: which ones is drawn, the checks hold for them
+    book = tmp_path / "sample.toml"
+    book.write_text('name = "sample"\nsource = "tree"\nshards = 2\n\n[[validations]]\ntype = "files"\n'
+                    'tolerance = "0%"\n\n[[validations]]\ntype = "sample"\ncount = 5\n')
+    sampled = env.run("rehearse", str(book), "--json")
+    assert sampled.code == 0, sampled.err
+    step = json.loads(sampled.out)[0]["steps"][0]
+    assert step["status"] == "passed", step
+    assert step["shards"]["of"] == 4 and len(set(step["shards"]["restored"])) == 2, step["shards"]
+    assert set(step["shards"]["restored"]) <= {0, 1, 2, 3}
+    assert 0 < step["restored"]["files"] < len(files), step["restored"]
     status = env.run("status", "--json")
     (tree,) = [s for s in json.loads(status.out)["sources"] if s["name"] == "tree"]
     assert tree["snapshots"] == 1 and "never backed up" not in status.out, status.out

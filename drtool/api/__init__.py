@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from drtool.api.backing_up import FileOps, Reading, backup, backup_command
-    from drtool.api.browse import (diff, dump, find_files, index_files, ls, ls_lines, mount, parse_size,
-                                   rewrite, rewrite_history)
+    from drtool.api.browse import (diff, dump, find_files, find_files_without_key, index_files, ls, ls_lines,
+                                   mount, parse_size, rewrite, rewrite_history)
     from drtool.api.maintenance import check, rebuild_catalog
     from drtool.api.repo_access import KdfParams, Session, init, open_repository, snapshots
     from drtool.api.restoring import RestoreRequest, pick_snapshot, restore, restore_plan
@@ -34,8 +34,8 @@ _HOME = {
     "RestoreRequest": "restoring", "pick_snapshot": "restoring", "restore": "restoring",
     "restore_plan": "restoring",
     "check": "maintenance", "rebuild_catalog": "maintenance",
-    **dict.fromkeys(("diff", "dump", "find_files", "index_files", "ls", "ls_lines", "mount", "parse_size",
-                     "rewrite", "rewrite_history"), "browse"),
+    **dict.fromkeys(("diff", "dump", "find_files", "find_files_without_key", "index_files", "ls", "ls_lines",
+                     "mount", "parse_size", "rewrite", "rewrite_history"), "browse"),
 }
 __all__ = sorted(_HOME)
 

@@ -12,6 +12,7 @@ import importlib
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
+from drtool.backends.registry import open_backend
 from drtool.core.session import Session
 from drtool.errors import UsageError
 from drtool.snapshot.timeparse import parse_point_in_time
@@ -28,7 +29,7 @@ def _feature(name: str) -> Any:
     which ``drtool.api`` must not cost commands that never browse (``pg wal-push``)."""
     return importlib.import_module(f"drtool.browse.{name}")
 
-__all__ = ["diff", "dump", "find_files", "index_files", "ls", "ls_lines", "mount", "parse_size", "rewrite",
+__all__ = ["diff", "dump", "find_files", "find_files_without_key", "index_files", "ls", "ls_lines", "mount", "parse_size", "rewrite",
            "rewrite_history"]
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,
@@ -78,14 +79,36 @@ def find_files(session: Session, patterns: list[str], *, path: str | None = None
                hash: str | None = None) -> list[_find.Version]:
     """File versions matching every condition given (globs, sizes like '10M', times like
     '2026-11-20' or '-7d'), each with the first and last snapshot holding it."""
-    find = _feature("find")
-    query = find.FindQuery(patterns=list(patterns), path=path, names=list(names or []), host=host,
-                            since=_time(since), until=_time(until),
-                            min_size=parse_size(min_size, "--min-size") if min_size else None,
-                            max_size=parse_size(max_size, "--max-size") if max_size else None,
-                            newer=_time(newer), older=_time(older), hash=hash)
-    return find.find(session, query,  # type: ignore[no-any-return]
-                     lock=lambda: session.lock("find", read_only_ok=True))
+    query = _find_query(patterns, path=path, names=names, host=host, since=since, until=until,
+                        min_size=min_size, max_size=max_size, newer=newer, older=older, hash=hash)
+    return _feature("find").find(session, query,  # type: ignore[no-any-return]
+                                 lock=lambda: session.lock("find", read_only_ok=True))
+
+
+def find_files_without_key(repository: str, patterns: list[str], *, catalog: str | None = None,
+                           backend_options: dict[str, Any] | None = None,
+                           **conditions: Any) -> list[_find.Version] | None:
+    """:func:`find_files` answered from an SQLite catalog that is already current, without
+    deriving the key (one LIST of the repository's snapshots); None when the repository
+    must be opened (``browse.find.find_without_key`` says when and why this is safe)."""
+    query = _find_query(patterns, **conditions)
+    backend = open_backend(repository, backend_options or {})
+    try:
+        return _feature("find").find_without_key(  # type: ignore[no-any-return]
+            backend, repository, catalog, query)
+    finally:
+        backend.close()
+
+
+def _find_query(patterns: list[str], *, path: str | None = None, names: list[str] | None = None,
+                host: str | None = None, since: str | None = None, until: str | None = None,
+                min_size: str | None = None, max_size: str | None = None, newer: str | None = None,
+                older: str | None = None, hash: str | None = None) -> _find.FindQuery:
+    return _feature("find").FindQuery(  # type: ignore[no-any-return]
+        patterns=list(patterns), path=path, names=list(names or []), host=host, since=_time(since),
+        until=_time(until), min_size=parse_size(min_size, "--min-size") if min_size else None,
+        max_size=parse_size(max_size, "--max-size") if max_size else None, newer=_time(newer),
+        older=_time(older), hash=hash)
 
 
 def diff(session: Session, first: str, second: str, *, name: str | None = None) -> _listing.DiffResult:

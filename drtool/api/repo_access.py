@@ -5,7 +5,7 @@ from typing import Any
 
 from drtool.backends.capabilities import create_location
 from drtool.backends.registry import open_backend
-from drtool.core.session import OpenOptions, Session
+from drtool.core.session import OpenOptions, Session, import_catalog_layer
 from drtool.crypto.keys import KdfParams
 from drtool.repository.locks import read_locks, remove_locks, stale_reason
 from drtool.repository.objects import key_name
@@ -13,7 +13,7 @@ from drtool.repository.repo import Repository
 from drtool.snapshot.model import Snapshot
 
 __all__ = ["KdfParams", "OpenOptions", "Repository", "Session", "Snapshot", "create_location", "init",
-           "key_name", "open_backend", "open_repository", "read_locks", "remove_locks", "snapshots",
+           "import_catalog_layer", "key_name", "open_backend", "open_repository", "read_locks", "remove_locks", "snapshots",
            "stale_reason"]
 
 

@@ -11,17 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from drtool.backup.configured import FilesSource, get_source
 from drtool.catalog.shardsets import SetRow, ShardSets
 from drtool.config import Settings
 from drtool.core.session import Session
-from drtool.databases.engine import source_engines
 from drtool.errors import SnapshotNotFound, UsageError
 from drtool.snapshot.sets import SnapshotSet, find_set, group_sets, is_set_ref
-from drtool.sources.objectstore import ObjectStoreSource
 
 if TYPE_CHECKING:  # the worker imports boto3: only when a backup runs, not for 'drtool snapshots'
     from drtool.backup.shards import WorkerResult
+    from drtool.sources.objectstore import ObjectStoreSource
 
 __all__ = ["SetRestoreResult", "SnapshotSet", "abandon_set", "is_set_ref",
            "pick_set", "restore_set", "restore_set_into_bucket", "set_rows", "sharded_source", "snapshot_sets",
@@ -29,7 +27,11 @@ __all__ = ["SetRestoreResult", "SnapshotSet", "abandon_set", "is_set_ref",
 
 
 def sharded_source(settings: Settings, name: str) -> Any:
-    """The configured source ``name`` if it has ``shards = N``, else None (raises if unknown)."""
+    """The configured source ``name`` if it has ``shards = N``, else None (raises if unknown).
+    The source modules are imported here: ``drtool snapshots`` lists sets without them (~0.05 s)."""
+    from drtool.backup.configured import FilesSource, get_source
+    from drtool.databases.engine import source_engines
+    from drtool.sources.objectstore import ObjectStoreSource
     src = get_source(settings, name, source_engines())
     sharded = isinstance(src, (FilesSource, ObjectStoreSource)) and src.sharding is not None
     return src if sharded else None

@@ -36,7 +36,7 @@ class SourceEngine(Protocol):
 
     def source_from_config(self, name: str, table: dict[str, Any]) -> Any: ...
 
-    def backup(self, session: Session, src: Any, tags: list[str]) -> list[BackupResult]: ...
+    def backup(self, session: Session, src: Any, tags: list[str], full: bool = False) -> list[BackupResult]: ...
 
 
 Engines = Mapping[str, SourceEngine]
@@ -110,7 +110,9 @@ def source_type(src: Source, engines: Engines) -> str:
     return "files" if isinstance(src, FilesSource) else "command"
 
 
-def backup_source(session: Session, src: Source, tags: list[str], engines: Engines) -> list[BackupResult]:
+def backup_source(session: Session, src: Source, tags: list[str], engines: Engines,
+                  full: bool = False) -> list[BackupResult]:
+    """``full``: a database engine's full backup where it would take an incremental one (``--full``)."""
     if isinstance(src, (FilesSource, ObjectStoreSource)) and src.sharding is not None:
         from drtool.backup.shards import WorkerOptions, process_started_at, run_worker  # a worker of its set
         worker = run_worker(session, src, tags, WorkerOptions(since=process_started_at()))
@@ -127,7 +129,7 @@ def backup_source(session: Session, src: Source, tags: list[str], engines: Engin
                                meta={"source": src.name, "source_type": "command"})]
     engine = engine_of(src, engines)
     assert engine is not None, src
-    return engine.backup(session, src, tags)
+    return engine.backup(session, src, tags, full=full)
 
 
 @dataclass
@@ -143,8 +145,8 @@ class SourcesRun:
 
 
 def backup_sources(session: Session, settings: Settings, names: list[str] | None, tags: list[str],
-                   engines: Engines) -> SourcesRun:
-    """Back up the named sources (all configured ones when ``names`` is None)."""
+                   engines: Engines, full: bool = False) -> SourcesRun:
+    """Back up the named sources (all configured ones when ``names`` is None); ``full``: ``--full``."""
     sources = (load_sources(settings, engines) if names is None
                else {n: get_source(settings, n, engines) for n in names})
     if not sources:
@@ -153,7 +155,7 @@ def backup_sources(session: Session, settings: Settings, names: list[str] | None
     run = SourcesRun()
     for name, src in sources.items():
         try:
-            run.results[name] = backup_source(session, src, tags, engines)
+            run.results[name] = backup_source(session, src, tags, engines, full)
         except DrtoolError as exc:
             run.failures[name] = exc.one_line()
     return run

@@ -2,31 +2,30 @@
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: the catalog is a cache
 of the repository, so losing the last transaction on power loss costs a
-re-sync, never data.  A damaged file is detected on open (``PRAGMA
-quick_check``) and reported with the fix: ``drtool catalog rebuild``.
+re-sync, never data.  A damaged file is reported with the fix, ``drtool
+catalog rebuild``: by the full check on open (``PRAGMA quick_check``, run
+when ``integrity.reason_to_check`` gives a reason or the command asks), and
+by any query that meets a damaged page (``_on_error``).
 """
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
+from drtool.catalog import integrity
 from drtool.catalog.location import catalog_url, default_catalog_path
+from drtool.catalog.peek import MIGRATIONS, head_revision
 from drtool.errors import CatalogError, ConfigError
 
 __all__ = ["catalog_url", "default_catalog_path", "head_revision", "open_engine"]
 
-MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("drtool")
-
-
-def head_revision() -> str:
-    """Revisions are named NNNN_*.py with revision id NNNN, so the head is the highest."""
-    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql")
@@ -76,8 +75,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cursor.close()
 
 
-def open_engine(url: str, replace_damaged: bool = False, explicit: bool = False) -> Engine:
+def open_engine(url: str, replace_damaged: bool = False, explicit: bool = False,
+                full_check: bool = False) -> Engine:
     """An engine on a usable, migrated catalog.
+
+    ``full_check`` (``drtool check``, ``catalog rebuild``): check every page
+    of an SQLite catalog now, whatever ``integrity.reason_to_check`` says.
 
     ``replace_damaged`` (``drtool catalog rebuild``): a damaged SQLite file is
     moved aside (``catalog.sqlite.damaged-<time>``, kept for inspection) and
@@ -87,7 +90,7 @@ def open_engine(url: str, replace_damaged: bool = False, explicit: bool = False)
     """
     check_url(url, explicit)
     try:
-        return _open_engine(url)
+        return _open_engine(url, full_check or replace_damaged)
     except _DamagedCatalog:
         if not (replace_damaged and url.startswith("sqlite:")):
             raise
@@ -96,32 +99,39 @@ def open_engine(url: str, replace_damaged: bool = False, explicit: bool = False)
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{path}{suffix}").exists():
                 os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+        integrity.forget_check(path)
         log.warning("the damaged catalog was moved to %s; a new one is built", aside)
-        return _open_engine(url)
+        return _open_engine(url, True)
 
 
 class _DamagedCatalog(CatalogError):
     """Not an SQLite database, or pages that fail the integrity check."""
 
 
-def _open_engine(url: str) -> Engine:
+def _open_engine(url: str, full_check: bool) -> Engine:
     is_sqlite = url.startswith("sqlite:")
     path = _prepare_sqlite_file(url) if is_sqlite else None
+    why = ("asked for" if full_check else integrity.reason_to_check(path)) if path is not None else None
     try:
         engine = create_engine(url, future=True, pool_pre_ping=not is_sqlite)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise ConfigError(f"the catalog URL cannot be used: {_short(exc)}",
                           hint="the catalog is a file path (SQLite) or postgresql+psycopg://user@host/db "
                                "(pip install drtool[postgresql])") from None
-    if is_sqlite:
+    if path is not None:
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "handle_error", _damage_reporter(path))
     try:
         with engine.connect() as conn:
-            if is_sqlite:
+            if path is not None and why is not None:
+                log.debug("full check of the catalog %s: %s", path, why)
                 result = conn.execute(text("PRAGMA quick_check")).scalar()
                 if result != "ok":
+                    integrity.forget_check(path)
                     raise _DamagedCatalog(f"the catalog {path} is damaged ({result})")
             _migrate(conn)
+        if path is not None and why is not None:
+            integrity.record_check(path)
     except CatalogError:
         engine.dispose()
         raise
@@ -133,6 +143,22 @@ def _open_engine(url: str) -> Engine:
             sign in _short(exc) for sign in ("not a database", "malformed"))
         raise (_DamagedCatalog if damaged else CatalogError)(message) from None
     return engine
+
+
+#: what SQLite says of a file that is damaged (SQLITE_CORRUPT, SQLITE_NOTADB), not merely busy or locked
+DAMAGE_SIGNS = ("malformed", "not a database")
+
+
+def _damage_reporter(path: Path):  # type: ignore[no-untyped-def]
+    """A ``handle_error`` hook: a damaged page met by any query, long after the open, is the
+    catalog's damage -- the one-line error with the rebuild hint, not a driver traceback."""
+    def on_error(context) -> None:  # type: ignore[no-untyped-def]
+        exc = context.original_exception
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError) \
+                and any(sign in str(exc) for sign in DAMAGE_SIGNS):
+            integrity.forget_check(path)  # the next open checks every page
+            raise _DamagedCatalog(f"the catalog {path} is damaged ({_short(exc)})")
+    return on_error
 
 
 MIGRATION_LOCK = 0x64727463  # "drtc": PostgreSQL advisory lock key for schema upgrades

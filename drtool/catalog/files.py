@@ -22,6 +22,7 @@ from drtool.catalog.models import file_index_snapshot_table as indexed_table
 from drtool.catalog.models import file_version_table as version_table
 from drtool.catalog.models import rewrite_table
 from drtool.catalog.models import snapshot_table
+from drtool.catalog.peek import VersionFilter
 from drtool.catalog.store import Catalog, _slices
 from drtool.errors import CatalogError
 
@@ -41,23 +42,6 @@ class IndexedSnapshot:
     seq: int
     tree: str
     time: datetime
-
-
-@dataclass
-class VersionFilter:
-    """What ``find`` asks for; every field optional.  Globs are matched again in Python."""
-    basename_like: list[str] | None = None
-    basename_equal: list[str] | None = None
-    path_like: str | None = None
-    series: list[str] | None = None
-    host: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    min_size: int | None = None
-    max_size: int | None = None
-    mtime_after_ns: int | None = None
-    mtime_before_ns: int | None = None
-    hash_prefixes: list[str] | None = None  # "sha256:ab12", "sha1:..." or a content id prefix
 
 
 class FileIndex:
@@ -126,7 +110,10 @@ class FileIndex:
     def versions(self, wanted: VersionFilter) -> Iterator[Any]:
         """Rows of (version columns, snapshot id, host, time) for every snapshot a version is in.
 
-        Ordered by version then snapshot time, so callers can group them.
+        Ordered by version id then snapshot time, so callers can group them.  Not by series and
+        path first: SQLite then walks ``ix_file_versions_path`` over every version of the
+        repository to spare a sort, instead of ``ix_file_versions_basename`` for a name (0.3-0.8 s
+        against 6 ms for one name among 211,000 versions).
         """
         v, f, s = version_table.c, indexed_table.c, snapshot_table.c
         query = (select(v.id, v.series, v.path, v.basename, v.type, v.size, v.mtime_ns, v.mode,
@@ -140,7 +127,7 @@ class FileIndex:
         for condition in _conditions(wanted):
             query = query.where(condition)
         with self.catalog.engine.connect() as conn:
-            yield from conn.execute(query.order_by(v.series, v.path, v.id, s.time, s.id))
+            yield from conn.execute(query.order_by(v.id, s.time, s.id))
 
 
 def _insert_versions(conn: Any, repo_id: str, entry: IndexedSnapshot, added: list[VersionRow]) -> None:
@@ -176,8 +163,9 @@ def _conditions(wanted: VersionFilter) -> Iterable[Any]:
         yield or_(*names)
     if wanted.path_like is not None:
         yield v.path.like(wanted.path_like, escape="\\")
-    if wanted.series:
-        yield v.series.in_(wanted.series)
+    if wanted.series or wanted.series_like:
+        yield or_(v.series.in_(wanted.series or []),
+                  *(v.series.like(pattern, escape="\\") for pattern in wanted.series_like or []))
     if wanted.host is not None:
         yield s.host == wanted.host
     if wanted.since is not None:

@@ -29,8 +29,11 @@ class Catalog:
         self.repo_id = repo_id
 
     @classmethod
-    def open(cls, value: str | None, repo_id: str, replace_damaged: bool = False) -> "Catalog":
-        return cls(open_engine(catalog_url(value, repo_id), replace_damaged, explicit=bool(value)), repo_id)
+    def open(cls, value: str | None, repo_id: str, replace_damaged: bool = False,
+             full_check: bool = False) -> "Catalog":
+        """``full_check``: check every page now (``db.open_engine``), not only when there is a reason."""
+        return cls(open_engine(catalog_url(value, repo_id), replace_damaged, explicit=bool(value),
+                               full_check=full_check), repo_id)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -137,16 +137,21 @@ class CliState:
             options.host = self.settings.host
         return options
 
-    def session(self, defer_catalog: bool = False, replace_damaged_catalog: bool = False) -> Session:
-        """The session; ``defer_catalog`` (restores, backups) applies to local repositories only."""
+    def session(self, defer_catalog: bool = False, replace_damaged_catalog: bool = False,
+                check_catalog: bool = False) -> Session:
+        """The session; ``defer_catalog`` (restores, backups) applies to local repositories only.
+        ``check_catalog`` (``drtool check``): a full integrity check of an SQLite catalog on open."""
         if self._session is None:
-            from drtool.api.repo_access import Session
+            from drtool.api.repo_access import Session, import_catalog_layer
             from drtool.api.settings import is_local_url
             options = self.open_options()
+            deferred = defer_catalog and is_local_url(options.repository)
+            if not deferred and self._unlock is not None:
+                import_catalog_layer()  # while the key is still being derived on its thread
             repo = self._take_unlocked()
-            self._session = Session.open(options, repository=repo,
-                                         defer_catalog=defer_catalog and is_local_url(options.repository),
-                                         replace_damaged_catalog=replace_damaged_catalog)
+            self._session = Session.open(options, repository=repo, defer_catalog=deferred,
+                                         replace_damaged_catalog=replace_damaged_catalog,
+                                         check_catalog=check_catalog)
         return self._session
 
     def finish(self, command: str | None, exit_code: int, message: str = "") -> None:

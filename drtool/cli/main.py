@@ -39,7 +39,7 @@ class LazyGroup(click.Group):
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple:  # type: ignore[type-arg]
         """Start deriving the repository key before the command's modules are imported."""
-        if args and args[0] not in NO_SESSION_COMMANDS and not HELP_FLAGS.intersection(args) \
+        if args and args[0] not in NO_EARLY_UNLOCK and not HELP_FLAGS.intersection(args) \
                 and not ctx.resilient_parsing and not _async_wal_push(_state_for(ctx), args):
             # (resilient parsing: shell completion, which must never derive a key or prompt)
             _state_for(ctx).start_unlock()
@@ -114,6 +114,8 @@ def _state_for(ctx: click.Context) -> CliState:
 
 _state: CliState | None = None
 NO_SESSION_COMMANDS = frozenset({"init"})
+# No key derivation at start-up: ``find`` first tries the catalog without the key (browse/find.py).
+NO_EARLY_UNLOCK = NO_SESSION_COMMANDS | {"find"}
 HELP_FLAGS = frozenset({"-h", "--help"})
 # Top-level command name -> its module in drtool/cli/commands/ (one per noun; a test keeps this true).
 COMMAND_MODULE_OF = {

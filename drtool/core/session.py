@@ -66,10 +66,11 @@ class Session:
     """
 
     def __init__(self, repo: Repository, catalog: Catalog | None, options: OpenOptions,
-                 replace_damaged_catalog: bool = False) -> None:
+                 replace_damaged_catalog: bool = False, check_catalog: bool = False) -> None:
         self.repo = repo
         self.options = options
         self.replace_damaged_catalog = replace_damaged_catalog
+        self.check_catalog = check_catalog
         self.host = options.host
         self._catalog = catalog
         self._catalog_opening: threading.Thread | None = None
@@ -83,11 +84,13 @@ class Session:
     @classmethod
     def open(cls, options: OpenOptions, backend: Backend | None = None, *,
              repository: Repository | None = None, defer_catalog: bool = False,
-             replace_damaged_catalog: bool = False) -> "Session":
+             replace_damaged_catalog: bool = False, check_catalog: bool = False) -> "Session":
         """``repository``: one already unlocked (the CLI derives the key while it starts up).
 
         ``replace_damaged_catalog``: a damaged SQLite catalog file is moved
         aside and started afresh (``drtool catalog rebuild``).
+        ``check_catalog`` (``drtool check``): every page of an SQLite catalog
+        is checked on open, not only when ``catalog.integrity`` sees a reason.
         """
         if repository is not None:
             repo = repository
@@ -97,7 +100,7 @@ class Session:
         else:
             repo = _open_repository_while_importing_catalog(
                 backend or open_backend(options.repository, options.backend_options), options.passphrase)
-        session = cls(repo, None, options, replace_damaged_catalog)
+        session = cls(repo, None, options, replace_damaged_catalog, check_catalog)
         if not defer_catalog:
             try:
                 session.catalog  # noqa: B018  (opens it: errors belong to the open)
@@ -122,7 +125,8 @@ class Session:
 
     def _open_catalog(self) -> Catalog:
         from drtool.catalog.store import Catalog
-        catalog = Catalog.open(self.options.catalog, self.repo.config.repo_id, self.replace_damaged_catalog)
+        catalog = Catalog.open(self.options.catalog, self.repo.config.repo_id, self.replace_damaged_catalog,
+                               full_check=self.check_catalog)
         if not self.options.catalog:  # shell completion finds a default-location catalog by its marker
             from drtool.catalog.location import remember_repository
             remember_repository(self.repo.config.repo_id, self.options.repository)
@@ -255,6 +259,12 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def import_catalog_layer() -> None:
+    """Import the catalog layer (SQLAlchemy, ~0.3 s) now, while the CLI's start-up thread derives
+    the key: without this the import would start only once the key is there."""
+    import drtool.catalog.store  # noqa: F401  (the import is the work done here)
 
 
 def _open_repository_while_importing_catalog(backend: Backend, passphrase: bytes) -> Repository:

@@ -63,7 +63,8 @@ class DatabaseEngine(Protocol):
     def check_pitr_source(self, src: Any) -> None:
         """Raise UsageError when the source's backups cannot start a point-in-time recovery."""
 
-    def backup(self, session: Session, src: Any, tags: list[str]) -> list[BackupResult]: ...
+    def backup(self, session: Session, src: Any, tags: list[str], full: bool = False) -> list[BackupResult]:
+        """``full``: take a full backup even where the engine would take an incremental one."""
 
     # ----- the log archive (pure rules; ``drtool.snapshot.logwindow.LogRules``)
     def base_of(self, snap: Snapshot, segment_size: int) -> RecoveryBase | None: ...
@@ -101,6 +102,10 @@ class DatabaseEngine(Protocol):
 
     def check_chain(self, source: str, chain: list[Segment], segments: list[Segment]) -> None:
         """Raise when the archive holds the planned files but recovery could still not follow them."""
+
+    def base_chain(self, base: Snapshot, snapshots: list[Snapshot]) -> list[Snapshot]:
+        """The snapshots a restore of ``base`` reads, oldest first: ``[base]``, or a full and its
+        incrementals (MariaDB physical); raises SnapshotNotFound naming a missing one."""
 
     # ----- restore
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: Any,

@@ -64,11 +64,13 @@ class MariadbEngine:
         if not src.pitr:
             raise UsageError(f"source {src.name} has pitr = false: its dumps carry no binlog coordinates")
 
-    def backup(self, session: Session, src: mariadb.MariaSource, tags: list[str]) -> list[BackupResult]:
+    def backup(self, session: Session, src: mariadb.MariaSource, tags: list[str],
+               full: bool = False) -> list[BackupResult]:
+        """``full``: no incremental tonight (``--full``; only physical nights are incremental)."""
         from drtool.backup.streams import run_dump
         if src.method == "physical":
             from drtool.databases.mariadb_physical import backup_physical
-            return backup_physical(session, src, tags, self.name)
+            return backup_physical(session, src, tags, self.name, full)
         if src.method == "mydumper":
             from drtool.databases.mariadb_mydumper import backup_mydumper
             return backup_mydumper(session, src, tags, self.name)
@@ -143,6 +145,11 @@ class MariadbEngine:
         if _stem(seg.name) != _stem(self.keep_from(base, segment_size)):
             return None
         return seg.seq
+
+    def base_chain(self, base: Snapshot, snapshots: list[Snapshot]) -> list[Snapshot]:
+        """A physical incremental and its ancestors back to the full (``mariadb_chain``)."""
+        from drtool.databases.mariadb_chain import chain_of
+        return chain_of(base, snapshots)
 
     # ----- restore ----------------------------------------------------------------------------------
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: mariadb.MariaSource,
@@ -249,7 +256,7 @@ def pipe_into_client(server: mariadb.MariaSource, database: str | None, chunks: 
                      what: str) -> None:
     with mariadb.client_options(server) as opts:
         cmd = mariadb.client_command(server, opts, database, extra=["--binary-mode", "--max-allowed-packet=1G"])
-        code, errors = feed_stdin(cmd, chunks)
+        code, errors, _ = feed_stdin(cmd, chunks)
     if code != 0:
         raise RestoreTargetError(f"{what} into {database or 'the server'} failed (mariadb exit {code}): "
                                  f"{errors or '(no message)'}")

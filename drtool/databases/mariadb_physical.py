@@ -12,26 +12,31 @@ private start with ``--skip-grant-tables`` and no networking (the copied
 accounts have production's passwords, which drtool does not hold), replay,
 stop; with ``--start`` the server is started normally for the operator.
 Always with ``--skip-slave-start``: a copy of a replica must never start
-replicating from production on its own.
+replicating from production on its own.  Nights after the first are
+incremental (``mariadb_chain``): a restore extracts the chain's members into
+their own directories and applies each incremental onto the prepared full.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from drtool.childenv import child_environment
+from drtool.databases import mariadb_chain as chain
 from drtool.databases.planner import PitrPlan, PitrResult
-from drtool.errors import RestoreTargetError, SourceError, UsageError
+from drtool.errors import DrtoolError, RestoreTargetError, SourceError, UsageError
 from drtool.snapshot.streamread import read_stream
 from drtool.sources import mariabackup, mariadb
 from drtool.sources.common import feed_stdin
 
 if TYPE_CHECKING:
     from drtool.backup.run import BackupResult
+    from drtool.snapshot.model import Snapshot
     from drtool.backup.streams import StreamTap
     from drtool.core.session import Session
     from drtool.databases.engine import RestoreRequest
@@ -42,18 +47,23 @@ PREPARE_TIMEOUT = 6 * 3600
 REPLAY_PACKET = "1G"  # the server's maximum
 
 
-def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str], engine: str) -> list[BackupResult]:
-    """Stream mariabackup of the whole server into one snapshot (``backup.mbstream``)."""
+def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str], engine: str,
+                    full: bool = False) -> list[BackupResult]:
+    """Stream mariabackup of the whole server into one snapshot (``backup.mbstream``): full, or
+    incremental to the previous physical snapshot (``mariadb_chain.choose``)."""
     from drtool.backup.streams import binary_streams, run_dump
     datadir, replica = _server_facts(src)
+    identity = server_identity(src, datadir)
+    night = chain.choose(session.snapshots(src.name), identity, _current_lsn(src), src.full_every, full)
+    log.info("source %s: physical backup %s", src.name, night.reason)
     meta: dict[str, Any] = {"source": src.name, "source_type": engine, "method": "physical", "pitr": src.pitr,
-                            "replica": replica}
+                            "replica": replica, "server_identity": identity, **night.meta()}
     if src.pitr:
         from drtool.databases.mariadb import note_server_id
         note_server_id(src, meta)
     with mariadb.client_options(src) as opts, tempfile.TemporaryDirectory(prefix="drtool-mariabackup-") as work, \
             binary_streams(session):
-        command = mariabackup.backup_command(src, opts, datadir, work, replica)
+        command = mariabackup.backup_command(src, opts, datadir, work, replica, incremental_lsn=night.lsn)
         return [run_dump(session, command, child_environment(), src.name, "backup.mbstream", MARIADB_PHYSICAL,
                          meta, tags, _physical_finish)]
 
@@ -72,8 +82,33 @@ def _server_facts(src: mariadb.MariaSource) -> tuple[str, bool]:
     return datadir, replica
 
 
+def server_identity(src: mariadb.MariaSource, datadir: str) -> dict[str, Any]:
+    """What says tonight's server is the one a chain was taken from (``mariadb_chain.IDENTITY_KEYS``).
+
+    The system tablespace's device and inode change when the data directory is
+    re-cloned or restored, even under the same path, host and server id.
+    """
+    server_id, hostname, home, files = mariadb.run_sql(
+        src, "SELECT @@server_id, @@hostname, IFNULL(@@innodb_data_home_dir, ''), @@innodb_data_file_path")[0]
+    first = str(files).split(";")[0].split(":")[0]
+    path = os.path.join(str(home) or datadir, first)
+    try:
+        info = os.stat(path)
+        system = f"{info.st_dev}:{info.st_ino}"
+    except OSError:
+        system = f"unreadable {path}"  # the same string every night: identity by the other keys
+    return {"server_id": int(server_id), "hostname": str(hostname), "datadir": os.path.normpath(datadir),
+            "system_tablespace": system}
+
+
+def _current_lsn(src: mariadb.MariaSource) -> int | None:
+    rows = mariadb.run_sql(src, "SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
+    return int(rows[0][1]) if rows and len(rows[0]) > 1 and str(rows[0][1]).isdigit() else None
+
+
 def _physical_finish(tap: StreamTap, meta: dict[str, Any]) -> None:
-    files = mariabackup.stream_files(bytes(tap.tail), (mariabackup.INFO_FILE, mariabackup.SLAVE_INFO_FILE))
+    wanted = (mariabackup.INFO_FILE, mariabackup.SLAVE_INFO_FILE, chain.CHECKPOINTS_FILE)
+    files = mariabackup.stream_files(bytes(tap.tail), wanted)
     info = files.get(mariabackup.INFO_FILE)
     if info is None:
         raise SourceError(f"the mariabackup stream of {meta['source']} does not end with xtrabackup_info: it "
@@ -81,9 +116,22 @@ def _physical_finish(tap: StreamTap, meta: dict[str, Any]) -> None:
     meta.update(mariabackup.parse_backup_info(info.decode("utf-8", "replace")))
     if mariabackup.SLAVE_INFO_FILE in files:
         meta.update(mariabackup.parse_slave_info(files[mariabackup.SLAVE_INFO_FILE].decode("utf-8", "replace")))
+    _check_lsns(meta, files.get(chain.CHECKPOINTS_FILE))
     if meta.get("pitr") and "binlog_file" not in meta:
         raise SourceError(f"the mariabackup stream of {meta['source']} carries no binlog coordinates",
                           hint="enable log_bin on the server, or set pitr = false for this source")
+
+
+def _check_lsns(meta: dict[str, Any], checkpoints: bytes | None) -> None:
+    """Record the LSNs the next night starts from; an incremental must start where its parent ended."""
+    if checkpoints is None:
+        raise SourceError(f"the mariabackup stream of {meta['source']} has no xtrabackup_checkpoints; "
+                          f"no snapshot was written")
+    meta.update(chain.parse_checkpoints(checkpoints.decode("utf-8", "replace")))
+    want = "incremental" if meta.get(chain.PARENT) else "full"
+    if meta.get("backup_type") != want or "to_lsn" not in meta:
+        raise SourceError(f"mariabackup of {meta['source']} wrote a backup of type "
+                          f"{meta.get('backup_type', 'unknown')} where {want} was asked for; no snapshot was written")
 
 
 def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
@@ -92,23 +140,20 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
     from drtool.databases.mariadb import replay_binlogs
     if request.target_db or not request.target:
         raise UsageError("a physical MariaDB backup restores a whole server: give --target DIR (not --target-db)")
-    meta = plan.base.snapshot.meta
-    mariabackup.check_prepare_version(str(meta.get("server_version", "")), mariabackup.tool_version(src.bindir))
+    members = plan.chain or [plan.base.snapshot]
+    tool = mariabackup.tool_version(src.bindir)
+    for member in members:
+        mariabackup.check_prepare_version(str(member.meta.get("server_version", "")), tool)
     instance = mariadb.Instance(request.target, None, src.bindir)
     if os.path.exists(instance.root) and os.listdir(instance.root):
         raise RestoreTargetError(f"restore target {instance.root} is not empty",
                                  hint="choose a new --target for the restored MariaDB server")
     os.makedirs(instance.datadir, mode=0o700, exist_ok=True)
-    started = time.monotonic()
-    with session.lock("restore"):
-        session.repo.load_index()
-        _pipe(mariabackup.extract_command(instance.datadir, src.bindir),
-              read_stream(session.repo, plan.base.snapshot), "mbstream -x")
-    log.info("extracted snapshot %s into %s in %.1fs", plan.base.snapshot.short_id, instance.datadir,
-             time.monotonic() - started)
-    started = time.monotonic()
-    _run(mariabackup.prepare_command(instance.datadir, src.bindir), "mariabackup --prepare")
-    log.info("prepared %s in %.1fs", instance.datadir, time.monotonic() - started)
+    try:
+        _extract_and_prepare(session, members, instance.root, instance.datadir, src.bindir)
+    except BaseException:
+        _empty(instance.root)  # a half-extracted or unprepared copy must not pass for a restored one
+        raise
     reached = "the backup's consistent point (no binlog replayed)"
     if plan.segments:
         # a transaction's row events come out of mariadb-binlog as one BINLOG statement: an
@@ -131,8 +176,49 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
     return result
 
 
-def _pipe(cmd: list[str], chunks: Iterator[bytes], what: str) -> None:
-    code, errors = feed_stdin(cmd, chunks)
+def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, datadir: str,
+                         bindir: str | None) -> None:
+    """The full into ``datadir``, each incremental into its own directory under ``root``; prepare the
+    full, then apply each incremental onto it in order (its directory removed once applied)."""
+    dirs = [datadir] + [os.path.join(root, f"incremental-{n}") for n in range(1, len(members))]
+    started = time.monotonic()
+    with session.lock("restore"):
+        session.repo.load_index()
+        for member, target in zip(members, dirs):
+            os.makedirs(target, mode=0o700, exist_ok=True)
+            _pipe(mariabackup.extract_command(target, bindir), read_stream(session.repo, member),
+                  f"mbstream -x of snapshot {member.short_id}", member)
+    log.info("extracted %d snapshot(s) %s into %s in %.1fs", len(members),
+             ", ".join(m.short_id for m in members), root, time.monotonic() - started)
+    started = time.monotonic()
+    _run(mariabackup.prepare_command(datadir, bindir), f"mariabackup --prepare of snapshot {members[0].short_id}")
+    for member, incremental in zip(members[1:], dirs[1:]):
+        _run(mariabackup.prepare_command(datadir, bindir, incremental),
+             f"mariabackup --prepare of incremental snapshot {member.short_id}")
+        shutil.rmtree(incremental)
+    log.info("prepared %s in %.1fs", datadir, time.monotonic() - started)
+
+
+def _empty(root: str) -> None:
+    """Remove what this restore wrote into ``root`` (it was empty or new: checked before writing)."""
+    for entry in os.listdir(root):
+        path = os.path.join(root, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+
+
+def _pipe(cmd: list[str], chunks: Iterator[bytes], what: str, member: Snapshot | None = None) -> None:
+    """Feed a stored stream to ``cmd``; a member that cannot be read is named (the chain is broken there)."""
+    try:
+        code, errors, _ = feed_stdin(cmd, chunks)
+    except DrtoolError as exc:
+        if member is None:
+            raise
+        raise RestoreTargetError(f"snapshot {member.short_id} of the restore chain cannot be read: "
+                                 f"{exc.one_line()}", hint="check it with 'drtool check --read-data'; restore an "
+                                 "older base, or take a full backup (drtool backup --source NAME --full)") from None
     if code != 0:
         raise RestoreTargetError(f"{what} failed (exit {code}): {errors or '(no message)'}")
 

@@ -29,11 +29,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from drtool.childenv import child_environment
 from drtool.errors import RestoreTargetError, SourceError, UsageError
-from drtool.snapshot.store import StreamReader
 from drtool.snapshot.streamread import read_stream
 from drtool.sources import postgres
 from drtool.sources.common import StderrTail, widen_pipe
@@ -302,13 +301,13 @@ def check_locations(target: str, places: dict[str, str]) -> None:
 
 
 def extract_tablespaces(session: Session, snap: Snapshot, places: dict[str, str],
-                        extract: Callable[[IO[bytes], str], int]) -> int:
+                        extract: Callable[[Iterable[bytes], str], int]) -> int:
     """Unpack each ``OID.tar`` into its location (mode 0700, as PostgreSQL wants it)."""
     members = 0
     for oid, place in places.items():
         os.makedirs(place, mode=0o700, exist_ok=True)
         os.chmod(place, 0o700)
-        members += extract(StreamReader(read_stream(session.repo, snap, f"{oid}.tar")), place)
+        members += extract(read_stream(session.repo, snap, f"{oid}.tar"), place)
     return members
 
 

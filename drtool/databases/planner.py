@@ -22,6 +22,7 @@ from drtool.errors import DrtoolError, SnapshotNotFound, UsageError
 from drtool.snapshot.timeparse import in_utc_and_host
 from drtool.snapshot.logwindow import (Gap, RecoveryBase, Segment, Window, compute_window, reach, recovery_bases,
                                        wal_segment_size)
+from drtool.snapshot.model import Snapshot
 
 if TYPE_CHECKING:
     from drtool.catalog.store import Catalog
@@ -78,6 +79,7 @@ class PitrPlan:
     target: RecoveryTarget | None = None     # an LSN, transaction or restore point instead of a time
     position: TargetPosition | None = None   # where the archive holds ``target``
     timeline: int | None = None              # None: follow the latest timeline
+    chain: list[Snapshot] = field(default_factory=list)  # a full + its incrementals up to base (MariaDB physical)
 
     @property
     def latest(self) -> bool:
@@ -108,6 +110,7 @@ class PitrPlan:
                 "target_time": target, "inclusive": self.inclusive,
                 "recoverable_until": self.recoverable_until.isoformat(),
                 "target": self.target.as_dict() if self.target else None, "timeline": self.timeline,
+                "chain": [s.id for s in self.chain] if len(self.chain) > 1 else None,
                 "data_loss_window": [loss[0].isoformat(), loss[1].isoformat()] if loss else None}
 
     def lines(self) -> list[str]:
@@ -126,6 +129,10 @@ class PitrPlan:
         out = [f"source {self.source} ({self.engine.name}): recover to {what}",
                f"base: snapshot {snap.short_id} ({snap.kind}, taken {in_utc_and_host(snap.time)}, "
                f"consistent from {self.base.consistent_at.isoformat()})"]
+        if len(self.chain) > 1:
+            out.append(f"chain: full {self.chain[0].short_id} ({in_utc_and_host(self.chain[0].time)}) + "
+                       f"{len(self.chain) - 1} incremental(s) "
+                       f"{', '.join(s.short_id for s in self.chain[1:])}: each prepared onto the full in turn")
         if self.segments:
             out.append(f"logs: {len(self.segments)} file(s) {self.segments[0].name} .. {self.segments[-1].name} "
                        f"({sum(s.size for s in self.segments) / 2**20:.1f} MiB)")
@@ -144,6 +151,17 @@ class PitrPlan:
 def plan_pitr(session: Session, source: str, engine: DatabaseEngine, when: datetime | None,
               inclusive: bool = True, snapshot: str | None = None, target: RecoveryTarget | None = None,
               timeline: int | None = None) -> PitrPlan:
+    """The plan (:func:`_plan_pitr`) with the snapshots its base is restored from: an incremental's
+    chain must be whole, or the restore stops here naming the missing member."""
+    snapshots = session.snapshots(source)
+    plan = _plan_pitr(session, snapshots, source, engine, when, inclusive, snapshot, target, timeline)
+    plan.chain = engine.base_chain(plan.base.snapshot, snapshots)
+    return plan
+
+
+def _plan_pitr(session: Session, snapshots: list[Snapshot], source: str, engine: DatabaseEngine,
+               when: datetime | None, inclusive: bool, snapshot: str | None, target: RecoveryTarget | None,
+               timeline: int | None) -> PitrPlan:
     """Choose the base and the log files for a restore to ``when`` (None: latest) or ``target``.
 
     With ``snapshot`` (an id prefix) that base is restored to the moment it
@@ -155,7 +173,7 @@ def plan_pitr(session: Session, source: str, engine: DatabaseEngine, when: datet
     if timeline is not None:
         segments = [s for s in segments if s.timeline is None or s.timeline <= timeline]
     position = engine.resolve_target(target, timeline, segments, wal_segment_size(segments))
-    found = recovery_bases(session.snapshots(source), engine, segments)
+    found = recovery_bases(snapshots, engine, segments)
     if timeline is not None:
         found = [b for b in found if b.timeline <= timeline]
     if not found:

@@ -27,7 +27,6 @@ from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import SnapshotNotFound, SourceError, UsageError
 from drtool.snapshot.logwindow import WAL, Gap, RecoveryBase, Segment, contiguous_run, find_gaps
 from drtool.snapshot.model import Snapshot
-from drtool.snapshot.store import StreamReader
 from drtool.snapshot.streamread import read_stream
 from drtool.sources import postgres
 
@@ -66,8 +65,11 @@ class PostgresEngine:
                              hint=f"restore the dump file with 'drtool restore latest --name {src.name} "
                                   f"--target DIR'")
 
-    def backup(self, session: Session, src: postgres.PgSource, tags: list[str]) -> list[BackupResult]:
-        """A base backup (``method = "basebackup"``), or pg_dump per database plus globals."""
+    def backup(self, session: Session, src: postgres.PgSource, tags: list[str],
+               full: bool = False) -> list[BackupResult]:
+        """A base backup (``method = "basebackup"``), or pg_dump per database plus globals.
+
+        Every one is full already (``full``: ``--full``, meaningful for MariaDB's incremental nights)."""
         from drtool.backup.streams import run_dump
         base_meta = {"source": src.name, "source_type": self.name}
         with postgres.credentials_env(src) as env:
@@ -191,6 +193,9 @@ class PostgresEngine:
         return None
 
     # ----- restore ----------------------------------------------------------------------------------
+    def base_chain(self, base: Snapshot, snapshots: list[Snapshot]) -> list[Snapshot]:
+        return [base]  # every base backup is whole
+
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: postgres.PgSource,
                 request: RestoreRequest) -> PitrResult:
         refuse_root(request.command_line)
@@ -345,7 +350,7 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
     with session.lock("restore"):
         session.repo.load_index()
         base = pg_tablespaces.BASE_TAR if "tablespaces" in snap.meta else None
-        members = postgres.extract_base_tar(StreamReader(read_stream(session.repo, snap, base)), target)
+        members = postgres.extract_base_tar(read_stream(session.repo, snap, base), target)
         members += pg_tablespaces.extract_tablespaces(session, snap, places, postgres.extract_base_tar)
     if places:
         pg_tablespaces.write_tablespace_map(target, places)

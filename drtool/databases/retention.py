@@ -13,7 +13,9 @@ Two consequences, one per half of this module:
   starting …``) without consuming a keep-N slot.  For PostgreSQL the base
   counts from its *consistent* point (the end of ``pg_basebackup``), not its
   start time.  Bucket rules keep bases themselves, so the windows they imply
-  start at a kept base and need no pin.
+  start at a kept base and need no pin.  A kept MariaDB physical
+  incremental also pins every member of its chain (``chain_dependents``):
+  without its full and the incrementals before it, it restores nothing.
 * **Expiry.**  After forgetting, a log file *entirely older* than the start of
   the oldest kept base (PostgreSQL: that base's start WAL file; MariaDB: the
   binlog file of the dump's coordinates) can never be replayed by any restore,
@@ -39,9 +41,9 @@ from datetime import datetime, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from drtool.backends import capabilities
-from drtool.databases.engine import DatabaseEngine, detect_engine
+from drtool.databases.engine import DatabaseEngine, detect_engine, engines
 from drtool.databases.logarchive import source_prefix, sync_log_segments
-from drtool.errors import DrtoolError
+from drtool.errors import DrtoolError, SnapshotNotFound, UsageError
 from drtool.repository.locks import Lock
 from drtool.repository.objects import INFO_SUFFIX, object_name
 from drtool.snapshot.logwindow import RecoveryBase, Segment, recovery_bases, wal_segment_size
@@ -88,11 +90,27 @@ def usable_bases(snapshots: Iterable[Snapshot], engine: DatabaseEngine,
 
 def base_pins(snapshots: Sequence[Snapshot], policy: RetentionPolicy, now: datetime,
               tz: tzinfo) -> dict[str, str]:
-    """{snapshot id: reason} for the one base the series' keep_within window needs, if the
-    policy would otherwise forget it."""
+    """{snapshot id: reason} for the one base the series' keep_within window needs, and for every
+    snapshot a kept incremental's chain needs (MariaDB physical), if the policy would otherwise
+    forget them."""
     engine = series_engine(snapshots)
+    chains = engine or next((e for e in engines() if any(s.kind in e.base_kinds for s in snapshots)), None)
+    if chains is None or policy.is_empty():
+        return {}
+    pins = _window_pin(snapshots, engine, policy, now, tz) if engine is not None else {}
+    refs = [SnapshotRef(s.id, s.time, frozenset(s.tags), pins.get(s.id)) for s in snapshots]
+    kept = {d.snapshot.id for d in apply_policy(refs, policy, now=now, tz=tz) if d.keep}
+    for ancestor, needers in chain_dependents(chains, snapshots).items():
+        kept_needers = [n for n in needers if n in kept]
+        if kept_needers and ancestor not in kept:
+            pins[ancestor] = f"in the chain of kept incremental {kept_needers[-1][:8]}"
+    return pins
+
+
+def _window_pin(snapshots: Sequence[Snapshot], engine: DatabaseEngine, policy: RetentionPolicy, now: datetime,
+                tz: tzinfo) -> dict[str, str]:
     start = window_start(snapshots, policy, now)
-    if engine is None or start is None or policy.is_empty():
+    if start is None:
         return {}
     before = [b for b in usable_bases(snapshots, engine, []) if b.consistent_at <= start]
     if not before:
@@ -103,6 +121,36 @@ def base_pins(snapshots: Sequence[Snapshot], policy: RetentionPolicy, now: datet
     if base.snapshot.id in kept:
         return {}
     return {base.snapshot.id: f"pitr base for window starting {_stamp(start)}"}
+
+
+def chain_dependents(engine: DatabaseEngine, snapshots: Sequence[Snapshot]) -> dict[str, list[str]]:
+    """{snapshot id: the incrementals (ids, oldest first) whose restore chains read it}.
+
+    A chain already broken protects nothing (it cannot be restored anyway)."""
+    needed: dict[str, list[str]] = {}
+    bases = [s for s in snapshots if s.kind in engine.base_kinds]
+    for snap in bases:
+        try:
+            chain = engine.base_chain(snap, bases)
+        except SnapshotNotFound:
+            continue
+        for ancestor in chain[:-1]:
+            needed.setdefault(ancestor.id, []).append(snap.id)
+    return needed
+
+
+def check_chains_survive(snapshots: Sequence[Snapshot], doomed: set[str]) -> None:
+    """``drtool forget ID…``: refuse to forget a snapshot that a remaining incremental's chain needs
+    (forgetting the incrementals with it is fine: the chain goes as a whole)."""
+    for engine in engines():
+        for ancestor, needers in chain_dependents(engine, snapshots).items():
+            left = [n[:8] for n in needers if n not in doomed]
+            if ancestor in doomed and left:
+                raise UsageError(
+                    f"snapshot {ancestor[:8]} is in the restore chain of incremental backup(s) {', '.join(left)}: "
+                    f"forgetting it alone would leave them unrestorable",
+                    hint=f"forget the chain with it (drtool forget {ancestor[:8]} {' '.join(left)}), or let the "
+                         f"retention policy drop it after a newer full backup")
 
 
 def pitr_pins(by_series: Mapping[str, Sequence[Snapshot]],

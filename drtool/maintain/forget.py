@@ -15,7 +15,8 @@ blobs it reuses stay until a prune, which needs the exclusive lock.
 **PITR.**  ``pinned(snapshot) -> str | None`` keeps a snapshot ("pinned:
 <reason>") without consuming any keep-N slot.  Default: the pins of
 ``drtool.databases.retention`` — the base backup / dump a database series'
-keep_within window starts from.  After deleting snapshots, forget also deletes
+keep_within window starts from, and every member of a kept incremental's chain
+(``drtool forget ID`` refuses to break such a chain).  After deleting snapshots, forget also deletes
 the WAL / binlog files older than the oldest kept base of each database series
 (``keep_log_segments=True`` opts out); they are listed with reasons in dry runs.
 """
@@ -278,6 +279,7 @@ def forget_ids(session: Session, refs: list[str], *, dry_run: bool = False) -> F
         set_members = _set_refs(list(snaps.values()), [r for r in refs if r.startswith("set-")])
         chosen = list(dict.fromkeys([resolve_snapshot_id(candidates, ref) for ref in refs
                                      if not ref.startswith("set-")] + set_members))
+        pitr_retention.check_chains_survive(list(snaps.values()), set(chosen))
         series = SeriesResult("(given by id)", "explicit ids")
         for snap_id in chosen:
             snap = snaps.get(snap_id)

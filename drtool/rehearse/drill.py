@@ -91,6 +91,7 @@ class StepResult:
     failed: list[str] = field(default_factory=list)
     kept: str | None = None
     server_log: str | None = None  # the end of a failed step's server log (the sandbox goes)
+    shards: dict[str, Any] | None = None  # a snapshot set: which shards were restored, of how many
 
     @property
     def rto_seconds(self) -> float | None:
@@ -115,7 +116,7 @@ class StepResult:
                 "rpo_seconds": self.rpo_seconds, "objectives": self.objectives.as_dict(),
                 "status": self.status, "error": self.error, "restored": self.restored,
                 "checks": [c.as_dict() for c in self.checks], "failed": self.failed,
-                "kept": self.kept, "server_log": self.server_log}
+                "kept": self.kept, "server_log": self.server_log, "shards": self.shards}
 
 
 @dataclass
@@ -199,6 +200,8 @@ class Rehearsal:
         self.result = RehearsalResult(runbook, session.host, self.seed, self.clock())
         self.log = _Log(options.log, self.clock, self.result.started)
         self.snapset: SnapshotSet | None = None  # the step's snapshot set (a sharded source)
+        self.members: list[Snapshot] = []  # the set's snapshots the step restores (all, or a sample)
+        self.shard_numbers: list[int] = []  # and their shard numbers
         self.sandboxes: list[tuple[StepResult, Sandbox]] = []
 
     def run(self) -> RehearsalResult:
@@ -242,7 +245,7 @@ class Rehearsal:
             phase = "restoring"
             self._restore(where, res, sandbox, snap)
             runner = CheckRunner(self.session, sandbox, snap, self.rng, self.clock, self._chained_env(),
-                                 shards=self.snapset.snapshots if self.snapset else None)
+                                 shards=self.members if self.snapset else None)
             phase = "checking the restored files"
             self._run_checks(where, step, res, runner, [c for c in step.checks if c.type in FILE_CHECKS])
             phase = f"starting the {sandbox.kind} sandbox"
@@ -286,8 +289,19 @@ class Rehearsal:
             if stand_ins:
                 snap, target = self._choose(step, series, now, stand_ins)
                 self.snapset = sets[stand_ins.index(snap)]
+                self.members = self._sample_shards(step, self.snapset)
                 return snap, target
         return self._choose(step, series, now, snaps)
+
+    def _sample_shards(self, step: Step, snapset: SnapshotSet) -> list[Snapshot]:
+        """Every shard, or ``shards = K`` of them drawn with the drill's seed: a set of 256
+        shards of 2 TB each cannot be restored whole every quarter, but any one of them can
+        be, and which one is not known in advance."""
+        if step.shards is None or step.shards >= snapset.shards:
+            self.shard_numbers = sorted(snapset.members)
+            return snapset.snapshots
+        self.shard_numbers = sorted(self.rng.sample(sorted(snapset.members), step.shards))
+        return [snapset.members[i] for i in self.shard_numbers]
 
     def _choose(self, step: Step, series: str, now: datetime, snaps: list[Snapshot]) -> tuple[Snapshot, datetime]:
         if not snaps:
@@ -309,9 +323,14 @@ class Rehearsal:
         return eligible[-1], target
 
     def _restore(self, where: str, res: StepResult, sandbox: Sandbox, snap: Snapshot) -> None:
+        members = self.members if self.snapset else [snap]
+        if self.snapset:
+            numbers = self.shard_numbers
+            res.shards = {"restored": numbers, "of": self.snapset.shards}
+            which = (f"{self.snapset.shards} shards" if len(numbers) == self.snapset.shards else
+                     f"shards {', '.join(map(str, numbers))} of {self.snapset.shards}, drawn at random")
         self.log(f"{where}: restoring into {sandbox.kind} sandbox {sandbox.path}"
-                 + (f" (snapshot set {self.snapset.id}, {self.snapset.shards} shards)" if self.snapset else ""))
-        members = self.snapset.snapshots if self.snapset else [snap]
+                 + (f" (snapshot set {self.snapset.id}, {which})" if self.snapset else ""))
         res.restored = {"files": 0, "dirs": 0, "bytes": 0}
         for member in members:
             restored = sandbox.restore_files(self.session, member)

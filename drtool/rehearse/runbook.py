@@ -28,7 +28,7 @@ SANDBOX_TYPES = ("directory", "postgresql", "mariadb")
 DB_SANDBOXES = ("postgresql", "mariadb")
 CHECK_TYPES = ("sql", "files", "sample", "command")
 POINT_KEYS = ("latest", "random_within", "point_in_time")
-STEP_KEYS = {"name", "source", "sandbox", "validations", "objectives", *POINT_KEYS}
+STEP_KEYS = {"name", "source", "sandbox", "validations", "objectives", "shards", *POINT_KEYS}
 TOP_KEYS = STEP_KEYS | {"description", "seed", "steps", "variables"}
 SANDBOX_KEYS = {"directory": {"type", "path"},
                 "postgresql": {"type", "path", "database"},
@@ -106,6 +106,7 @@ class Step:
     checks: list[Check] = field(default_factory=list)
     objectives: Objectives = field(default_factory=Objectives)
     where: str = ""
+    shards: int | None = None  # a sharded source: restore this many of the set's shards, drawn at random
 
 
 @dataclass
@@ -494,7 +495,10 @@ def _step(ctx: _Ctx, key: PathKey, table: dict[str, Any], default_name: str) -> 
                        "an array of tables ([[validations]])")
     checks = [_check(ctx, key + ("validations", i), c, sandbox) for i, c in enumerate(raw_checks)]
     objectives = _objectives(ctx, key + ("objectives",), table.get("objectives", {}))
-    return Step(name, source, _point(ctx, key, table), sandbox, checks, objectives, ctx.where(key))
+    shards = _want(ctx, key + ("shards",), table["shards"], int, "an integer") if "shards" in table else None
+    if shards is not None and shards < 1:
+        raise ctx.error(key + ("shards",), "must be at least 1 (leave it out to restore every shard)")
+    return Step(name, source, _point(ctx, key, table), sandbox, checks, objectives, ctx.where(key), shards)
 
 
 def parse_runbook(text: str, path: str, overrides: dict[str, str] | None = None) -> Runbook:

@@ -348,7 +348,9 @@ class DiskIndex:
         meta, indexes = self._db[b"meta"], self._db[b"indexes"]
         rows: list[tuple[bytes, bytes]] = []
         try:
-            with self.env.begin(write=True) as txn:
+            # the guard: a bulk build in another run takes pack numbers in many transactions and
+            # appends keys in order; an add in between would collide with both
+            with _guard(self.path), self.env.begin(write=True) as txn:
                 number = _NUM.unpack(txn.get(b"next_pack", _NUM.pack(0), db=meta))[0]
                 stamp = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=meta))[0]
                 for index_id, packs in objects:
@@ -379,7 +381,7 @@ class DiskIndex:
     def drop(self, index_ids: Iterable[str]) -> None:
         """Forget index objects the repository no longer has (prune replaced or deleted them)."""
         indexes, members = self._db[b"indexes"], self._db[b"members"]
-        with self.env.begin(write=True) as txn:
+        with _guard(self.path), self.env.begin(write=True) as txn:  # not during a bulk build
             blobs = txn.cursor(db=self._blobs)
             for index_id in index_ids:
                 numbers = txn.pop(index_id.encode(), db=indexes) or b""
@@ -438,7 +440,7 @@ class DiskIndex:
         temporary files, merged and appended in key order (LMDB's append
         mode fills each page once), in transactions of ~130 k entries.  A
         ``building`` mark makes an interrupted build invalid (rebuilt on the
-        next open); the ``flock`` makes other processes wait for it.
+        next open); the ``flock`` makes other processes' opens, adds and drops wait for it.
         """
         with _guard(self.path):
             if self.index_ids() and len(listed - self.index_ids()) <= max(16, len(self.index_ids())):

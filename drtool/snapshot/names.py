@@ -120,3 +120,9 @@ def _escape_char(char: str) -> str:
     if code < 0x100:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def like_literal(text: str) -> str:
+    """``text`` as a LIKE pattern matching only itself (escape character ``\\``): a name or path
+    that is a prefix in the catalog's queries must not act as a wildcard."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

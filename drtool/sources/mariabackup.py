@@ -30,15 +30,19 @@ _VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 
 def backup_command(src: MariaSource, opts: list[str], datadir: str, workdir: str,
-                   replica: bool = False) -> list[str]:
+                   replica: bool = False, incremental_lsn: int | None = None) -> list[str]:
     """mariabackup streaming the whole server; ``workdir`` stays empty (it is only a required name).
 
-    ``--slave-info`` on a replica records the primary's coordinates and GTID.
+    ``--slave-info`` on a replica records the primary's coordinates and GTID;
+    ``--incremental-lsn`` copies only the pages changed since that LSN (the
+    previous night's ``to_lsn``), with no base directory on this host.
     """
     cmd = [find_binary("mariabackup", src.bindir), *opts, "--backup", "--stream=mbstream",
            f"--target-dir={workdir}", f"--datadir={datadir}", *conn_args(src)]
     if replica:
         cmd.append("--slave-info")
+    if incremental_lsn is not None:
+        cmd.append(f"--incremental-lsn={incremental_lsn}")
     return cmd + src.options
 
 
@@ -127,5 +131,7 @@ def extract_command(target: str, bindir: str | None) -> list[str]:
     return [find_binary("mbstream", bindir), "-x", "-C", target]
 
 
-def prepare_command(target: str, bindir: str | None) -> list[str]:
-    return [find_binary("mariabackup", bindir), "--no-defaults", "--prepare", f"--target-dir={target}"]
+def prepare_command(target: str, bindir: str | None, incremental_dir: str | None = None) -> list[str]:
+    """Prepare a full backup; with ``incremental_dir``, apply that incremental onto the prepared full."""
+    cmd = [find_binary("mariabackup", bindir), "--no-defaults", "--prepare", f"--target-dir={target}"]
+    return cmd + ([f"--incremental-dir={incremental_dir}"] if incremental_dir else [])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drtool.errors import ConfigError
+from drtool.snapshot.names import like_literal
 
 SHARD_KEYS = frozenset({"shards", "shard_depth", "lease_seconds"})
 MAX_SHARDS = 4096
@@ -79,6 +80,12 @@ def shard_series(name: str, shard: int, shards: int) -> str:
     """
     width = len(str(shards - 1))
     return f"{name}/shard-{shard:0{width}d}-of-{shards}"
+
+
+def shard_series_like(name: str) -> str:
+    """A SQL LIKE pattern (escape ``\\``) matching every shard series of ``name``, whatever the
+    shard count: ``find --name NAME`` of a sharded source searches all its shards."""
+    return f"{like_literal(name)}/shard-%-of-%"
 
 
 def set_meta(set_id: str, source: str, shard: int, shards: int, time_iso: str) -> dict[str, Any]:

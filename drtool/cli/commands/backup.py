@@ -27,6 +27,8 @@ from drtool.errors import PartialSuccess, SourceError, UsageError
               help="Sharded --source: only help with its open snapshot set; never open a new one.")
 @click.option("--abandon-set", is_flag=True,
               help="Sharded --source: mark its open snapshot set failed (the next run opens a new one).")
+@click.option("--full", is_flag=True,
+              help="--source/--all: a full physical backup where an incremental one would be taken.")
 @click.option("--content-hash", type=click.Choice(["sha256", "sha1"]),
               help="Record each file's hash for 'drtool find --hash' (or content_hash in [sources.NAME]).")
 @tag_option
@@ -34,7 +36,7 @@ from drtool.errors import PartialSuccess, SourceError, UsageError
 @pass_state
 def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: str | None,
            filename: str | None, source: str | None, all_sources: bool, join_only: bool, abandon_set: bool,
-           content_hash: str | None, tags: tuple[str, ...], as_json: bool) -> None:
+           full: bool, content_hash: str | None, tags: tuple[str, ...], as_json: bool) -> None:
     """Back up PATHs (or a command's output, or configured sources) as new snapshots.
 
     A source with shards = N is backed up by workers: run this on as many hosts
@@ -45,13 +47,15 @@ def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: s
         if paths or command or name or all_sources:
             raise UsageError("--source takes no PATH, --from-command, --name or --all")
         return run_shard_worker(state, source, join_only, abandon_set, list(tags), as_json)
+    if full and not (source or all_sources):
+        raise UsageError("--full is for configured sources (--source NAME or --all)")
     if content_hash and (source or all_sources or command):
         raise UsageError("--content-hash is for backups of PATHs",
                          hint="for configured sources set content_hash = \"sha256\" in [sources.NAME]")
     if source or all_sources:
         if paths or command or name:
             raise UsageError("--source/--all take no PATH, --from-command or --name")
-        return run_source_backup(state, source, all_sources, list(tags), as_json)
+        return run_source_backup(state, source, all_sources, list(tags), as_json, full)
     if not name:
         raise UsageError("--name is required (or use --source NAME / --all)")
     if bool(paths) == bool(command):
@@ -82,19 +86,21 @@ def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: s
 
 # ----- backup --source / --all: the configured sources -----------------------------------------
 def run_source_backup(state: CliState, source: str | None, all_sources: bool, tags: list[str],
-                      as_json: bool) -> None:
+                      as_json: bool, full: bool = False) -> None:
     from drtool.api import backing_up
     if source and all_sources:
         raise UsageError("give either --source NAME or --all")
     from drtool.api.backing_up import source_engines
     run = backing_up.backup_sources(state.session(), state.settings, None if all_sources else [source or ""],
-                                     tags, source_engines())
+                                     tags, source_engines(), full)
     lines = []
     for name, results in run.results.items():
         for result in results:
             snap, s = result.snapshot, result.snapshot.summary
             ratio = s["bytes_added_raw"] / s["size"] if s.get("size") else 0.0
-            lines.append(f"{name}: snapshot {snap.short_id} ({snap.name}, {snap.kind}) "
+            incremental = snap.meta.get("incremental_parent")
+            kind = f"{snap.kind}, incremental to {incremental[:8]}" if incremental else snap.kind
+            lines.append(f"{name}: snapshot {snap.short_id} ({snap.name}, {kind}) "
                          f"{s['size'] / 2**20:.1f} MiB, new {s['bytes_added_raw'] / 2**20:.1f} MiB "
                          f"({ratio:.0%}), stored {s['bytes_added'] / 2**20:.1f} MiB")
     emit(run.as_dict(), as_json, "\n".join(lines) if lines else None)

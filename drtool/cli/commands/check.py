@@ -17,7 +17,7 @@ from drtool.cli.options import json_option
 def check(state: CliState, read_data: bool, read_data_subset: float | None, as_json: bool) -> None:
     """Verify the repository's structure (and data with --read-data)."""
     fraction = 1.0 if read_data else (read_data_subset or 0.0) / 100
-    report = api.check(state.session(), fraction)
+    report = api.check(state.session(check_catalog=True), fraction)  # the catalog's pages too
     lines = [f"checked {report.snapshots} snapshot(s), {report.packs} pack(s); "
              f"read {report.packs_read} pack(s), {report.blobs_read} blob(s)"]
     lines += [f"warning: {w}" for w in report.warnings] if state.verbose else []

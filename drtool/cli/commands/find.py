@@ -28,9 +28,16 @@ def find(state: CliState, patterns: tuple[str, ...], path: str | None, names: tu
          as_json: bool) -> None:
     """Find files by name glob (PATTERN matches the base name; with a '/' the whole path) across
     snapshots; each version is listed once with the first and last snapshot holding it."""
-    versions = api.find_files(state.session(), list(patterns), path=path, names=list(names), host=host,
-                              since=since, until=until, min_size=min_size, max_size=max_size,
-                              newer=newer, older=older, hash=digest)
+    conditions = dict(path=path, names=list(names), host=host, since=since, until=until, min_size=min_size,
+                      max_size=max_size, newer=newer, older=older, hash=digest)
+    # An SQLite catalog that is already current answers without the key (browse/find.py); else the
+    # key is derived now (main.NO_EARLY_UNLOCK) while the catalog layer is imported, and the catalog is
+    # opened, synced and indexed.
+    versions = api.find_files_without_key(state.repository(), list(patterns), catalog=state.settings.catalog,
+                                          backend_options=state.settings.backend_options, **conditions)
+    if versions is None:
+        state.start_unlock()
+        versions = api.find_files(state.session(), list(patterns), **conditions)
     if as_json:
         emit([v.as_dict() for v in versions], True)
         return

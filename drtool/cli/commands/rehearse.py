@@ -103,6 +103,9 @@ def _summary(result: RehearsalResult) -> str:
         rpo = fmt_seconds(step.rpo_seconds) + _goal(step.objectives.rpo)
         lines.append(f"  {step.name[:16]:16} {step.source[:16]:16} {snap:8}  {recovered:25}  "
                      f"{rto:18} {rpo:18} {step.status}")
+        if step.shards and len(step.shards["restored"]) < step.shards["of"]:
+            lines.append(f"  {'':16} sampled shards {', '.join(map(str, step.shards['restored']))} "
+                         f"of {step.shards['of']}: the RTO is theirs, not the whole set's")
     lines += [f"  failed: {line}" for line in result.failed_checks]
     if result.record_error:
         lines.append(f"  not recorded: {result.record_error}")

@@ -1,0 +1,139 @@
+"""The rules of incremental MariaDB physical chains (no server): the nightly policy, chains, retention.
+
+Snapshots here are plain ``Snapshot`` values with the meta a physical backup
+records; the real backups and restores are in test_mariadb_incremental.py.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from drtool.databases import mariadb_chain as chain
+from drtool.databases.retention import base_pins, check_chains_survive
+from drtool.errors import UsageError
+from drtool.snapshot.model import Snapshot
+from drtool.snapshot.retention import RetentionPolicy
+
+T0 = datetime(2026, 11, 1, 2, 0, tzinfo=timezone.utc)
+IDENTITY = {"server_id": 1, "hostname": "db1", "datadir": "/var/lib/mysql", "system_tablespace": "2049:131"}
+
+
+def physical(n: int, parent: Snapshot | None = None, *, to_lsn: int | None = None, old: bool = False,
+             **identity: object) -> Snapshot:
+    """Night ``n``'s physical snapshot; ``old``: the meta drtool recorded before incrementals."""
+    meta: dict[str, object] = {"source": "db", "method": "physical", "binlog_file": f"binlog.{n:06d}",
+                               "binlog_pos": 4, "server_version": "10.11.19-MariaDB"}
+    if not old:
+        meta.update(to_lsn=to_lsn if to_lsn is not None else 1000 * n, server_identity={**IDENTITY, **identity},
+                    backup_type="incremental" if parent else "full")
+        if parent is not None:
+            meta[chain.PARENT] = parent.id
+    return Snapshot("db", "h", T0 + timedelta(days=n), "tree", kind=chain.PHYSICAL_KIND, meta=meta,
+                    id=f"{n:02d}" + "ab" * 31)
+
+
+def nights(count: int) -> list[Snapshot]:
+    """A full, then incrementals each on the previous."""
+    snaps = [physical(0)]
+    for n in range(1, count):
+        snaps.append(physical(n, snaps[-1]))
+    return snaps
+
+
+def test_first_night_is_full_then_incremental_to_the_previous_from_its_to_lsn() -> None:
+    assert chain.choose([], IDENTITY, 10, 7).parent is None
+    snaps = nights(2)
+    night = chain.choose(snaps, IDENTITY, 5000, 7)
+    assert night.parent is snaps[-1] and night.lsn == 1000 and night.chain_length == 3
+    assert night.meta() == {chain.PARENT: snaps[-1].id, "chain_length": 3, "chain_reason": night.reason}
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("full flag", "--full given"),
+    ("old previous", "predates incremental backups"),
+    ("other server id", "server_id changed"),
+    ("re-cloned datadir", "system_tablespace changed"),
+    ("lsn behind", "is behind"),
+    ("chain long", "(full_every = 3)"),
+    ("broken chain", "is broken"),
+])
+def test_a_full_backup_whenever_the_lineage_is_in_doubt(case: str, expected: str) -> None:
+    snaps = nights(2)
+    identity, lsn, full_every, force = dict(IDENTITY), 5000, 7, False
+    if case == "full flag":
+        force = True
+    elif case == "old previous":
+        snaps = [physical(0, old=True)]
+    elif case == "other server id":
+        identity["server_id"] = 2
+    elif case == "re-cloned datadir":
+        identity["system_tablespace"] = "2049:999"
+    elif case == "lsn behind":
+        lsn = 999
+    elif case == "chain long":
+        snaps, full_every = nights(3), 3
+    elif case == "broken chain":
+        snaps = snaps[1:]
+    night = chain.choose(snaps, identity, lsn, full_every, force)
+    assert night.parent is None and night.lsn is None, night
+    assert night.reason.startswith("full: ") and expected in night.reason, night.reason
+
+
+def test_only_physical_snapshots_count_and_full_every_one_means_always_full() -> None:
+    dump = Snapshot("db", "h", T0 + timedelta(days=9), "tree", kind="mariadb-dump", meta={}, id="ff" * 32)
+    snaps = nights(2) + [dump]
+    assert chain.choose(snaps, IDENTITY, 5000, 7).parent is snaps[1]
+    assert chain.choose(snaps, IDENTITY, 5000, 1).parent is None
+
+
+def test_chain_of_an_incremental_and_a_missing_member_named() -> None:
+    snaps = nights(4)
+    assert chain.chain_of(snaps[3], snaps) == snaps
+    assert chain.chain_of(physical(7, old=True), snaps) == [physical(7, old=True)]  # old meta: a full base
+    with pytest.raises(chain.ChainBroken) as caught:
+        chain.chain_of(snaps[3], [snaps[0], snaps[2], snaps[3]])
+    message = caught.value.one_line()
+    assert f"needs snapshot {snaps[1].short_id} (parent of {snaps[2].short_id})" in message
+    assert "\n" not in message and "--full" in message
+
+
+def test_a_copied_chain_finds_its_parents_by_the_ids_they_were_copied_from() -> None:
+    """``drtool copy`` gives every snapshot a new id and keeps the meta (the parent's old id)."""
+    original = nights(3)
+    copies = []
+    for n, snap in enumerate(original):
+        meta = dict(snap.meta, copied_from={"repository": "b" * 8, "snapshot": snap.id,
+                                            "origin": {"repository": "a" * 8, "snapshot": snap.id}})
+        copies.append(Snapshot("db", "h", snap.time, "tree", kind=snap.kind, meta=meta, id=f"{n:02d}" + "cd" * 31))
+    assert chain.chain_of(copies[2], copies) == copies
+    with pytest.raises(chain.ChainBroken):
+        chain.chain_of(copies[2], [copies[0], copies[2]])
+
+
+def test_checkpoints_parse() -> None:
+    text = "backup_type = incremental\nfrom_lsn = 44864\nto_lsn = 50112\nlast_lsn = 54484\nrecover_binlog_info = 0\n"
+    assert chain.parse_checkpoints(text) == {"backup_type": "incremental", "from_lsn": 44864, "to_lsn": 50112,
+                                             "last_lsn": 54484}
+    assert chain.parse_checkpoints("backup_type = full-backuped\nto_lsn = 7\n") == {"backup_type": "full",
+                                                                                     "to_lsn": 7}
+
+
+def test_retention_keeps_every_member_a_kept_incremental_needs() -> None:
+    snaps = nights(4) + [physical(4)] + [physical(5)]
+    snaps[5] = physical(5, snaps[4])          # a second chain: full 4, incremental 5
+    pins = base_pins(snaps, RetentionPolicy(keep_last=1), T0 + timedelta(days=6), timezone.utc)
+    assert set(pins) == {snaps[4].id}          # the newest is incremental 5: its full stays, chain 0-3 goes
+    assert pins[snaps[4].id] == f"in the chain of kept incremental {snaps[5].id[:8]}"
+    daily = base_pins(snaps[:4], RetentionPolicy(keep_last=2), T0 + timedelta(days=4), timezone.utc)
+    assert set(daily) == {snaps[0].id, snaps[1].id}  # nights 2 and 3 kept: 0 and 1 are their chain
+
+
+def test_forget_by_id_refuses_to_break_a_chain_but_takes_it_whole() -> None:
+    snaps = nights(3)
+    with pytest.raises(UsageError) as caught:
+        check_chains_survive(snaps, {snaps[0].id})
+    assert f"snapshot {snaps[0].short_id} is in the restore chain of incremental backup(s) " \
+           f"{snaps[1].short_id}, {snaps[2].short_id}" in str(caught.value)
+    check_chains_survive(snaps, {s.id for s in snaps})  # the whole chain: fine
+    check_chains_survive(snaps, {snaps[2].id})           # the newest incremental alone: fine
