@@ -317,7 +317,7 @@ def test_a_streamed_fetcher_reads_a_pack_with_one_request_and_bounds_groups_in_f
     assert sorted(o for o, _ in delivered) == [0, 100, 250, 400, 500]
     for offset, data in delivered:
         assert data == bytes((offset + i) % 251 for i in range(100))
-    assert fetcher.budget.used == 0 and fetcher.budget.peak <= 300
+    assert fetcher.ring is not None and fetcher.ring.held == 0 and fetcher.ring.peak <= 300
 
 
 def test_a_broken_stream_fails_only_the_groups_not_yet_handed_on() -> None:
@@ -336,4 +336,4 @@ def test_a_broken_stream_fails_only_the_groups_not_yet_handed_on() -> None:
     fetcher.wait()
     fetcher.shutdown()
     assert outcome == {0: "ok", 100: "ok", 200: "error", 300: "error"}
-    assert fetcher.budget.used == 0 and opener.closed == 1
+    assert fetcher.ring is not None and fetcher.ring.held == 0 and opener.closed == 1

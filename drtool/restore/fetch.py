@@ -16,7 +16,9 @@ span is a whole run of one pack, usually the whole pack (requests of up to
 arrive: the decrypting threads start on a pack's first group while the rest
 is still on the wire, and each group sits in a buffer of its own size.
 Memory is then bounded by ``window`` bytes of sealed groups read and not yet
-decrypted, whatever the number of connections and the request size.
+decrypted, whatever the number of connections and the request size: the
+groups are read into slices of one ring buffer of that size (``ring.py``),
+allocated once, so no group's pages are faulted in again.
 Otherwise (stores that only read whole ranges) a span is read into one
 buffer, and the budget is ``connections * request_bytes``.  Either way a
 byte budget is taken before bytes are read and given back once their group
@@ -35,12 +37,15 @@ from drtool.repository.index import Location
 from drtool.repository.objects import pack_name
 from drtool.repository.reading import ScratchPool
 from drtool.repository.repo import Repository
+from drtool.restore.ring import Ring
 
 MiB = 1024 * 1024
 MAX_GAP = 256 * 1024  # unneeded bytes between two groups that one read may carry along
-# Sealed bytes read and not yet decrypted, streamed reads: two workers' queues of ~2-4 MiB
-# groups and a group arriving on each connection; a 16 MiB group still goes, alone.
-STREAM_WINDOW = 32 * MiB
+# Sealed bytes read and not yet decrypted, streamed reads (the ring's size): two workers'
+# queues of ~2-4 MiB groups and a group arriving on each connection.  32 MiB gave a restore
+# peak of 202-210 MiB, 24 MiB 195-202, 16 MiB 194 (side lab, 2026-12-04); a group bigger
+# than the ring still goes, alone.
+STREAM_WINDOW = 16 * MiB
 STREAM_HOLD = 32 * MiB  # references held back per pack before a streamed pack is read (no data)
 Opener = Callable[[str, int, int], RangeStream]
 # Streamed restores: buffers from 1 MiB up are mmap'ed and unmapped when freed.  Under glibc's
@@ -116,14 +121,14 @@ class RangeFetcher:
         self.hold_bytes = STREAM_HOLD if opener is not None else 2 * request_bytes
         self.deliver = deliver
         self.opener = opener
-        self.budget = ByteBudget(window if opener is not None else connections * request_bytes)
+        self.budget = ByteBudget(connections * request_bytes)  # whole-range reads
+        self.ring = Ring(window) if opener is not None else None  # streamed reads
         self.requests = 0
         # Streamed: no bytes are taken before a request starts, so the walk is held back here
         # instead (else it runs ahead, opens files until their limit forces a flush per file,
         # and every flush sends a group or two as a request of its own).
         self._requests_in_flight = threading.BoundedSemaphore(connections)
-        # Streamed: one buffer per group (sizes rounded up to whole MiB), a few recycled.
-        self._buffers = ScratchPool(keep=4 if opener else connections)
+        self._buffers = ScratchPool(keep=connections)  # whole-range reads
         if opener is not None:
             _pin_mmap_threshold(STREAM_MMAP_THRESHOLD)
         self._pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="fetch")
@@ -171,7 +176,7 @@ class RangeFetcher:
     def _send(self, span: Span) -> None:
         size = span.hi - span.lo
         self.requests += 1
-        if self.opener is not None:  # the budget is taken group by group as the body arrives
+        if self.opener is not None:  # ring space is taken group by group as the body arrives
             self._requests_in_flight.acquire()
             self._futures.append(self._pool.submit(self._stream, span))
         else:  # buffers are whole requests, recycled: the budget counts what they hold, used or not
@@ -237,16 +242,10 @@ class RangeFetcher:
             self._requests_in_flight.release()
 
     def _read_group(self, stream: RangeStream, length: int) -> tuple[memoryview, Callable[[], None]]:
-        """The next ``length`` bytes of ``stream`` in a pooled buffer, and how to give it back."""
-        self.budget.acquire(length)
-        buf = self._buffers.take(length)
-
-        def done() -> None:
-            self._buffers.give(buf)
-            self.budget.release(length)
-
+        """The next ``length`` bytes of ``stream`` in a slice of the ring, and how to give it back."""
+        assert self.ring is not None
+        view, done = self.ring.take(length)
         try:
-            view = memoryview(buf)[:length]
             stream.readinto(view)
         except BaseException:
             done()

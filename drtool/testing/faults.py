@@ -9,13 +9,18 @@ in ``injected`` so a test can assert the fault actually happened.
 
 The wrapper has the core operations and ``put_if_absent``, all of which
 rules can hit, and mirrors the inner backend's read concurrency, Object Lock,
-server clock, location setup and temporaries cleanup (:mod:`drtool.testing.mirror`).  It
+server clock, location setup and temporaries cleanup (:mod:`drtool.testing.mirror`).
+Streamed ranged reads (StreamedReads, S3's restore path) are the ``stream``
+operation: ``fail`` before the stream opens, ``truncate`` breaks it off
+halfway, ``flip`` damages the middle byte as it passes, ``fail_after``
+raises once the last byte is read.  It
 deliberately lacks staged and part writes and mapped or buffered reads:
 callers then take the shared fallbacks, which go through ``put`` and
 ``get_range``, where the rules fire.
 """
 from __future__ import annotations
 
+import functools
 import random
 import threading
 from dataclasses import dataclass, field
@@ -23,12 +28,12 @@ from typing import Any, Callable, Iterator
 
 from drtool.backends import capabilities
 from drtool.backends.base import Backend, ObjectInfo
-from drtool.backends.capabilities import (ConcurrentReads, GroupSharing, LocationSetup, ObjectLock, ServerClock,
-                                          TemporaryCleanup)
+from drtool.backends.capabilities import (ConcurrentReads, GroupSharing, LocationSetup, ObjectLock, RangeStream,
+                                          ServerClock, StreamedReads, TemporaryCleanup)
 from drtool.errors import BackendError, DrtoolError, TransientBackendError
 from drtool.testing.mirror import mirrored_class
 
-OPS = ("put", "put_if_absent", "get", "get_range", "stat", "delete", "list")
+OPS = ("put", "put_if_absent", "get", "get_range", "stream", "stat", "delete", "list")
 ACTIONS = ("fail", "fail_after", "truncate", "flip", "drop")
 
 
@@ -81,7 +86,10 @@ class FaultyBackend(Backend):
     MIRRORED = (ConcurrentReads, ObjectLock, ServerClock, LocationSetup, TemporaryCleanup, GroupSharing)
 
     def __new__(cls, inner: Backend, *args: Any, **kwargs: Any) -> "FaultyBackend":
-        return super().__new__(mirrored_class(cls, inner, cls.MIRRORED))  # type: ignore[no-any-return]
+        mixed = mirrored_class(cls, inner, cls.MIRRORED)
+        if inner is not None and capabilities.supports(inner, StreamedReads):
+            mixed = _with_faulty_streams(mixed)
+        return super().__new__(mixed)  # type: ignore[no-any-return]
 
     def __init__(self, inner: Backend, *, fail_rate: float = 0.0, seed: int = 0,
                  random_ops: tuple[str, ...] = OPS) -> None:
@@ -112,11 +120,11 @@ class FaultyBackend(Backend):
 
     def truncate_get(self, prefix: str = "", *, nth: int = 1, times: int = 1) -> list[FaultRule]:
         return [self.add_rule(op, "truncate", prefix=prefix, nth=nth, times=times)
-                for op in ("get", "get_range")]
+                for op in ("get", "get_range", "stream")]
 
     def flip_get(self, prefix: str = "", *, nth: int = 1, times: int = 1) -> list[FaultRule]:
         return [self.add_rule(op, "flip", prefix=prefix, nth=nth, times=times)
-                for op in ("get", "get_range")]
+                for op in ("get", "get_range", "stream")]
 
     def fail_delete(self, prefix: str = "", *, times: int = 0) -> FaultRule:
         return self.add_rule("delete", "fail", prefix=prefix, times=times, error=BackendError)
@@ -220,3 +228,53 @@ class FaultyBackend(Backend):
 
     def close(self) -> None:
         self.inner.close()
+
+
+class _FaultyStream:
+    """An inner streamed range with the ``stream`` rule that fired when it was opened."""
+
+    def __init__(self, inner: RangeStream, rule: "FaultRule | None", name: str, length: int) -> None:
+        self.inner, self.rule, self.name, self.length = inner, rule, name, length
+        self.pos = 0
+
+    def _passing(self, amount: int) -> None:
+        """Raise where the rule breaks the stream before bytes ``pos .. pos + amount`` pass."""
+        action = self.rule.action if self.rule is not None else None
+        if action == "truncate" and self.pos + amount > self.length // 2:
+            raise TransientBackendError(f"injected fault: stream {self.name} broke off")
+
+    def readinto(self, view: memoryview) -> None:
+        self._passing(len(view))
+        self.inner.readinto(view)
+        start, self.pos = self.pos, self.pos + len(view)
+        action = self.rule.action if self.rule is not None else None
+        middle = self.length // 2
+        if action == "flip" and start <= middle < self.pos:
+            view[middle - start] ^= 0x01
+        if action == "fail_after" and self.pos == self.length:
+            raise TransientBackendError(f"injected fault: stream {self.name} failed")
+
+    def skip(self, amount: int) -> None:
+        self._passing(amount)
+        self.inner.skip(amount)
+        self.pos += amount
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _FaultyStreamedReads:
+    inner: Any
+
+    def open_range(self, name: str, offset: int, length: int) -> RangeStream:
+        rule = self._check("stream", name)  # type: ignore[attr-defined]
+        if rule is not None and rule.action == "fail":
+            self._raise(rule, "stream", name)  # type: ignore[attr-defined]
+        return _FaultyStream(self.inner.open_range(name, offset, length), rule, name, length)
+
+
+@functools.lru_cache(maxsize=None)
+def _with_faulty_streams(base: type) -> type:
+    """``base`` (a FaultyBackend class) with StreamedReads whose streams the rules can hit."""
+    namespace = {"__module__": base.__module__, "__qualname__": base.__qualname__, "__doc__": base.__doc__}
+    return type(base)(base.__name__, (base, _FaultyStreamedReads), namespace)
