@@ -118,106 +118,142 @@ class Drtool:
 
 # ----- MariaDB --------------------------------------------------------------------------------------
 def mariadb_bench(work: Path, rows: int, logical: bool = True) -> dict[str, Any]:
-    root = work / "maria"
-    data, sock, tmp = root / "data", root / "m.sock", root / "tmp"
-    tmp.mkdir(parents=True)
-    user = ["--user=root"] if os.geteuid() == 0 else []
-    run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=normal",
-         "--skip-test-db", f"--tmpdir={tmp}", *user])
-    server = subprocess.Popen(["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={sock}",
-                               "--skip-networking", f"--log-bin={data}/binlog", "--server-id=1",
-                               "--binlog-format=ROW", "--innodb-buffer-pool-size=256M", f"--tmpdir={tmp}",
-                               f"--pid-file={root}/m.pid", f"--log-error={root}/err.log", *user],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bench = MariaBench(work, logical)
+    bench.start()
     try:
+        bench.load(rows)
+        bench.nights()
+        bench.restores()
+        return bench.out
+    finally:
+        bench.stop()
+
+
+class MariaBench:
+    """One throwaway MariaDB server and the figures measured against it, step by step."""
+
+    def __init__(self, work: Path, logical: bool) -> None:
+        self.work, self.logical, self.root = work, logical, work / "maria"
+        self.data, self.sock, self.tmp = self.root / "data", self.root / "m.sock", self.root / "tmp"
+        self.user = ["--user=root"] if os.geteuid() == 0 else []
+        self.out: dict[str, Any] = {}
+        self.server: subprocess.Popen[bytes] | None = None
+        self.night2_id = ""
+
+    def start(self) -> None:
+        self.tmp.mkdir(parents=True)
+        run(["mariadb-install-db", "--no-defaults", f"--datadir={self.data}",
+             "--auth-root-authentication-method=normal", "--skip-test-db", f"--tmpdir={self.tmp}", *self.user])
+        self.server = subprocess.Popen(
+            ["mariadbd", "--no-defaults", f"--datadir={self.data}", f"--socket={self.sock}", "--skip-networking",
+             f"--log-bin={self.data}/binlog", "--server-id=1", "--binlog-format=ROW",
+             "--innodb-buffer-pool-size=256M", f"--tmpdir={self.tmp}", f"--pid-file={self.root}/m.pid",
+             f"--log-error={self.root}/err.log", *self.user], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(300):
-            if subprocess.run(["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-e", "SELECT 1"],
+            if subprocess.run(["mariadb", "--no-defaults", f"--socket={self.sock}", "-uroot", "-e", "SELECT 1"],
                               capture_output=True).returncode == 0:
                 break
             time.sleep(0.2)
-
-        def sql(query: str, database: str = "") -> str:
-            return run(["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", f"-p{ROOT_PW}", "-N", "-e",
-                        query, *([database] if database else [])]).stdout
-        run(["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-e",
+        run(["mariadb", "--no-defaults", f"--socket={self.sock}", "-uroot", "-e",
              f"ALTER USER root@localhost IDENTIFIED BY '{ROOT_PW}'"])
-        sql("CREATE DATABASE sbtest")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.send_signal(signal.SIGTERM)
+            self.server.wait(timeout=120)
+
+    def sql(self, query: str, database: str = "") -> str:
+        return run(["mariadb", "--no-defaults", f"--socket={self.sock}", "-uroot", f"-p{ROOT_PW}", "-N", "-e",
+                    query, *([database] if database else [])]).stdout
+
+    def load(self, rows: int) -> None:
+        """sbtest tables, the drtool configuration, and two repositories (the full nights' own)."""
+        self.sql("CREATE DATABASE sbtest")
         for t in range(1, 5):
-            sql(f"CREATE TABLE sbtest{t} (id INT PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL, "
-                f"pad CHAR(60) NOT NULL, KEY k_{t}(k)) ENGINE=InnoDB", "sbtest")
-            sql(f"INSERT INTO sbtest{t} SELECT seq, FLOOR(RAND(seq)*{rows}), "
-                f"SUBSTRING(REPEAT(SHA2(seq, 256), 2), 1, 120), SUBSTRING(SHA2(seq * 7, 256), 1, 60) "
-                f"FROM seq_1_to_{rows}", "sbtest")
-        size = int(sql("SELECT SUM(data_length + index_length) FROM information_schema.tables "
-                       "WHERE table_schema = 'sbtest'").strip())
+            self.sql(f"CREATE TABLE sbtest{t} (id INT PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL, "
+                     f"pad CHAR(60) NOT NULL, KEY k_{t}(k)) ENGINE=InnoDB", "sbtest")
+            self.sql(f"INSERT INTO sbtest{t} SELECT seq, FLOOR(RAND(seq)*{rows}), "
+                     f"SUBSTRING(REPEAT(SHA2(seq, 256), 2), 1, 120), SUBSTRING(SHA2(seq * 7, 256), 1, 60) "
+                     f"FROM seq_1_to_{rows}", "sbtest")
+        size = int(self.sql("SELECT SUM(data_length + index_length) FROM information_schema.tables "
+                            "WHERE table_schema = 'sbtest'").strip())
         log(f"MariaDB: 4 tables x {rows} rows, {size / 2**20:.0f} MiB (data + index)")
-        pw = root / "rootpw"
+        self.out.update(data_bytes=size, rows=4 * rows)
+        pw = self.root / "rootpw"
         pw.write_text(ROOT_PW + "\n")
-        cnf = root / "client.cnf"
-        cnf.write_text(f'[client]\npassword="{ROOT_PW}"\n')
-        config = work / "drtool.toml"
-        base = f'type = "mariadb"\nsocket = "{sock}"\nuser = "root"\npassword_file = "{pw}"\n'
-        config.write_text(f'repository = "{work / "repo"}"\n[sources.phys]\n{base}method = "physical"\n'
+        self.cnf = self.root / "client.cnf"
+        self.cnf.write_text(f'[client]\npassword="{ROOT_PW}"\n')
+        config = self.work / "drtool.toml"
+        base = f'type = "mariadb"\nsocket = "{self.sock}"\nuser = "root"\npassword_file = "{pw}"\n'
+        config.write_text(f'repository = "{self.work / "repo"}"\n[sources.phys]\n{base}method = "physical"\n'
                           f'[sources.physfull]\n{base}method = "physical"\nfull_every = 1\n'
                           f'[sources.dump]\n{base}dbname = "sbtest"\n'
                           f'[sources.md]\n{base}dbname = "sbtest"\nmethod = "mydumper"\nthreads = 2\n')
-        dr = Drtool(work, config)
-        dr("init")
-        (work / "cmp").mkdir()
-        full_dr = Drtool(work / "cmp", config)  # the full nights' own repository
-        full_dr("init")
+        self.dr = Drtool(self.work, config)
+        self.dr("init")
+        (self.work / "cmp").mkdir()
+        self.full_dr = Drtool(self.work / "cmp", config)  # the full nights' own repository
+        self.full_dr("init")
+        self.settle()
 
-        def settle() -> None:
-            """Flush every dirty page (the checkpoint passes the current LSN), then flush as usual."""
-            want = int(sql("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'").split()[1])
-            sql("SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0.001, innodb_max_dirty_pages_pct = 0")
-            while int(sql("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_last_checkpoint'").split()[1]) < want:
-                time.sleep(0.5)
-            sql("SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0, innodb_max_dirty_pages_pct = 90")
-        settle()
-        out: dict[str, Any] = {"data_bytes": size, "rows": 4 * rows}
-        native = root / "native"
+    def settle(self) -> None:
+        """Flush every dirty page (the checkpoint passes the current LSN), then flush as usual."""
+        want = int(self.sql("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'").split()[1])
+        self.sql("SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0.001, innodb_max_dirty_pages_pct = 0")
+        while int(self.sql("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_last_checkpoint'").split()[1]) < want:
+            time.sleep(0.5)
+        self.sql("SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0, innodb_max_dirty_pages_pct = 90")
+
+    def nights(self) -> None:
+        """Native copy, night 1 (physical, logical), 1 % of the rows changed, night 2 (incremental and
+        full, each in its own repository), then binlog written after night 2 for the replay rate."""
+        out, dr, full_dr, native = self.out, self.dr, self.full_dr, self.root / "native"
+
         def native_backup(i: int) -> None:
             shutil.rmtree(native, ignore_errors=True)
-            run(["mariabackup", f"--defaults-extra-file={cnf}", "--backup", f"--target-dir={native}",
-                 f"--datadir={data}", f"--socket={sock}", "--user=root"])
+            run(["mariabackup", f"--defaults-extra-file={self.cnf}", "--backup", f"--target-dir={native}",
+                 f"--datadir={self.data}", f"--socket={self.sock}", "--user=root"])
         out["native_backup_s"] = best(native_backup)
         out["physical_backup_s"] = timed(lambda: dr("backup", "--source", "phys"))
         out["physical_night1_stored"] = dr.stored("phys")
         full_dr("backup", "--source", "physfull")  # the comparison's night 1, in its own repository
         out["fixed_s"] = timed(lambda: dr("snapshots", "--name", "phys", "--json"))
-        if logical:
-            out["logical_backup_s"] = timed(lambda: dr("backup", "--source", "dump"))
-            out["logical_night1_stored"] = dr.stored("dump")
-            out["mydumper_backup_s"] = timed(lambda: dr("backup", "--source", "md"))
-            out["mydumper_night1_stored"] = dr.stored("md")
+        self.logical_night("1")
         for t in range(1, 5):  # 1 % of the rows, scattered
-            sql(f"UPDATE sbtest{t} SET k = k + 1, c = REVERSE(c) WHERE id % 100 = 0", "sbtest")
-        settle()
+            self.sql(f"UPDATE sbtest{t} SET k = k + 1, c = REVERSE(c) WHERE id % 100 = 0", "sbtest")
+        self.settle()
         out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "phys"))
         out["physical_night2_stored"] = dr.stored("phys")
         night2 = json.loads(dr("snapshots", "--name", "phys", "--json"))[-1]
+        self.night2_id = night2["id"]
         out["physical_night2_type"] = night2["meta"].get("backup_type", "full")
         out["physical_night2_streamed"] = night2["meta"].get("dump_bytes")
         out["physical_night2_full_s"] = timed(lambda: full_dr("backup", "--source", "physfull"))
         out["physical_night2_full_stored"] = full_dr.stored("physfull")
-        shutil.rmtree(work / "cmp", ignore_errors=True)  # room for the restores
-        if logical:
-            out["logical_night2_s"] = timed(lambda: dr("backup", "--source", "dump"))
-            out["logical_night2_stored"] = dr.stored("dump")
-            out["mydumper_night2_s"] = timed(lambda: dr("backup", "--source", "md"))
-            out["mydumper_night2_stored"] = dr.stored("md")
-        # binlog written after night 2's physical base, archived, for the replay rate
+        shutil.rmtree(self.work / "cmp", ignore_errors=True)  # room for the restores
+        self.logical_night("2")
         for t in range(1, 5):
-            sql(f"UPDATE sbtest{t} SET k = k + 1 WHERE id % 20 = 1", "sbtest")
-        sql("FLUSH BINARY LOGS")
+            self.sql(f"UPDATE sbtest{t} SET k = k + 1 WHERE id % 20 = 1", "sbtest")
+        self.sql("FLUSH BINARY LOGS")
         dr("mariadb", "binlog-push", "--source", "phys")
-        night1 = json.loads(dr("snapshots", "--name", "phys", "--json"))[0]["id"]
-        phys = night2["id"]
-        copy = root / "floor"
+
+    def logical_night(self, night: str) -> None:
+        if not self.logical:
+            return
+        key = "backup" if night == "1" else "night2"
+        self.out[f"logical_{key}_s"] = timed(lambda: self.dr("backup", "--source", "dump"))
+        self.out[f"logical_night{night}_stored"] = self.dr.stored("dump")
+        self.out[f"mydumper_{key}_s"] = timed(lambda: self.dr("backup", "--source", "md"))
+        self.out[f"mydumper_night{night}_stored"] = self.dr.stored("md")
+
+    def restores(self) -> None:
+        """The floor by hand, physical restores of night 1 (full) and night 2 (the chain), the
+        latest point (binlog replay), and the logical loads."""
+        out, dr, root, copy = self.out, self.dr, self.root, self.root / "floor"
+        night1, phys = json.loads(dr("snapshots", "--name", "phys", "--json"))[0]["id"], self.night2_id
 
         def floor(i: int) -> None:
-            run(["cp", "-a", str(native), f"{copy}{i}"])
+            run(["cp", "-a", str(root / "native"), f"{copy}{i}"])
             run(["mariabackup", "--no-defaults", "--prepare", f"--target-dir={copy}{i}"])
         out["floor_restore_s"] = best(floor, copy)
         out["physical_full_restore_s"] = best(lambda i: dr("-v", "restore", night1[:12], "--source", "phys",
@@ -232,7 +268,7 @@ def mariadb_bench(work: Path, rows: int, logical: bool = True) -> dict[str, Any]
         out["replay_bytes"] = plan["segment_bytes"]
         out["physical_latest_s"] = timed(lambda: dr("restore", "--source", "phys", "--latest",
                                                     "--target", str(root / "r-latest")))
-        if logical:
+        if self.logical:
             dump = json.loads(dr("snapshots", "--name", "dump", "--json"))[-1]["id"]
             out["logical_restore_s"] = timed(lambda: dr("restore", dump[:12], "--source", "dump",
                                                         "--target-db", "sbtest_restored"))
@@ -243,10 +279,6 @@ def mariadb_bench(work: Path, rows: int, logical: bool = True) -> dict[str, Any]
                                                                "sbtest.sbtest1", "--target-db", "sb_md1"))
         replay = out["physical_latest_s"] - out["physical_restore_s"]
         out["replay_mib_s"] = out["replay_bytes"] / 2**20 / replay if replay > 0 else None
-        return out
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=120)
 
 
 # ----- PostgreSQL ----------------------------------------------------------------------------------
