@@ -31,7 +31,6 @@ pack numbers; ``meta`` (format, repository id, next pack number, stamp, and
 """
 from __future__ import annotations
 
-import fcntl
 import heapq
 import logging
 import os
@@ -39,7 +38,6 @@ import shutil
 import struct
 import tempfile
 import threading
-from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -47,16 +45,14 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import lmdb
 
 from drtool.crypto.ids import ID_SIZE
+from drtool.repository.cacheenv import (DBS, MAP_SIZE, CacheUnusable, acquire_env, cache_roots, guard,
+                                        madvise_dontneed, mapping_start, release_env)
 from drtool.repository.idfilter import STALE, IdFilter, capacity_for, open_for_cache
 from drtool.repository.index import Location
 from drtool.repository.packfile import ENTRY
 
 log = logging.getLogger("drtool")
 
-CACHE_FORMAT = b"1"
-# Address space only (LMDB grows the file as it fills): ~130 bytes per blob, so 64 GiB is ~500 M blobs.
-MAP_SIZE = 64 << 30
-MAX_READERS = 1024
 SYNC_BATCH_ENTRIES = 16_384  # entries per write transaction of an incremental sync (its dirty pages are in RAM)
 BUILD_RUN_ENTRIES = 262_144  # entries per sorted run of a bulk build (~25 MiB of bytes objects)
 BUILD_COMMIT_ENTRIES = 131_072  # appended entries per write transaction of a bulk build
@@ -64,117 +60,7 @@ PACK_ID_MEMO = 65_536  # pack ids remembered by number (restores look up many bl
 _REC = struct.Struct(">IBQIII")  # pack number (big-endian: duplicates sort by it), then as ENTRY
 _NUM = struct.Struct(">I")
 _STAMP = struct.Struct(">Q")
-_DBS = (b"blobs", b"packs", b"members", b"indexes", b"meta")
 FILTER_FILE = "ids.bloom"  # the absent-id filter (idfilter), beside data.mdb
-
-
-class CacheUnusable(Exception):
-    """This directory cannot hold the cache for this process (permissions, no space, no LMDB)."""
-
-
-def cache_roots() -> list[Path]:
-    """Where to try, in order: ``DRTOOL_CACHE_DIR`` (may be shared, e.g. /var/cache/drtool), the
-    user's XDG cache, then a private directory under the temporary directory."""
-    roots = []
-    if os.environ.get("DRTOOL_CACHE_DIR"):
-        roots.append(Path(os.environ["DRTOOL_CACHE_DIR"]))
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    roots.append(Path(xdg) / "drtool")
-    roots.append(Path(tempfile.gettempdir()) / f"drtool-cache-{os.getuid()}")
-    return roots
-
-
-_envs: dict[str, list] = {}  # path -> [Environment, open count]: LMDB allows one per file per process
-_envs_lock = threading.Lock()
-
-
-def _acquire_env(path: Path, repo_id: str) -> lmdb.Environment:
-    key = str(path)
-    with _envs_lock:
-        held = _envs.get(key)
-        if held is not None:
-            held[1] += 1
-            return held[0]
-        env = _open_valid(path, repo_id)
-        _envs[key] = [env, 1]
-        return env
-
-
-def _release_env(path: Path) -> None:
-    with _envs_lock:
-        held = _envs.get(str(path))
-        if held is not None:
-            held[1] -= 1
-            if held[1] == 0:
-                del _envs[str(path)]
-                held[0].close()
-
-
-@contextmanager
-def _guard(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` beside the cache: held to open, validate, reset and bulk-build it."""
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        guard = os.open(path / "open.lock", os.O_CREAT | os.O_RDWR, 0o600)
-    except OSError as exc:
-        raise CacheUnusable(f"{path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(guard)
-
-
-def _open_valid(path: Path, repo_id: str) -> lmdb.Environment:
-    """Open the cache at ``path``; remove and recreate it when it is not a valid cache of ``repo_id``."""
-    with _guard(path):
-        fresh = not (path / "data.mdb").exists()
-        try:
-            env = _open_env(path)
-            if _valid(env, repo_id):
-                env.reader_check()  # reader slots of processes that died
-                return env
-            env.close()
-            reason = "another format or repository, or an interrupted build"
-        except lmdb.Error as exc:
-            reason = str(exc)
-        if not fresh:
-            log.warning("the index cache %s is not usable (%s); rebuilding it from the repository", path, reason)
-        for name in ("data.mdb", "lock.mdb"):
-            try:
-                (path / name).unlink()
-            except FileNotFoundError:
-                pass
-        try:
-            env = _open_env(path)
-            with env.begin(write=True) as txn:
-                meta = env.open_db(b"meta", txn=txn)
-                txn.put(b"format", CACHE_FORMAT, db=meta)
-                txn.put(b"repository", repo_id.encode(), db=meta)
-                for name in _DBS[:-1]:
-                    env.open_db(name, txn=txn, dupsort=name == b"blobs")
-            return env
-        except lmdb.Error as exc:
-            raise CacheUnusable(f"{path}: {exc}") from None
-        except OSError as exc:
-            raise CacheUnusable(f"{path}: {exc.strerror}") from None
-
-
-def _open_env(path: Path) -> lmdb.Environment:
-    # metasync=False: a crash may lose the last transaction, never the B-tree's integrity (and a
-    # lost transaction is an index object read in again).  readahead=False: lookups are random.
-    return lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=len(_DBS), max_readers=MAX_READERS,
-                     metasync=False, readahead=False, mode=0o600)
-
-
-def _valid(env: lmdb.Environment, repo_id: str) -> bool:
-    with env.begin() as txn:
-        if txn.get(b"meta") is None:
-            return False
-    meta = env.open_db(b"meta")
-    with env.begin(db=meta) as txn:
-        return (txn.get(b"format") == CACHE_FORMAT and txn.get(b"repository") == repo_id.encode()
-                and txn.get(b"building") is None)
 
 
 class DiskIndex:
@@ -187,11 +73,11 @@ class DiskIndex:
 
     def __init__(self, path: Path, repo_id: str) -> None:
         self.path = path
-        self.env = _acquire_env(path, repo_id)
+        self.env = acquire_env(path, repo_id)
         try:
-            self._db = {name: self.env.open_db(name, dupsort=name == b"blobs") for name in _DBS}
+            self._db = {name: self.env.open_db(name, dupsort=name == b"blobs") for name in DBS}
         except lmdb.Error as exc:
-            _release_env(path)
+            release_env(path)
             raise CacheUnusable(f"{path}: {exc}") from None
         self._blobs, self._packs = self._db[b"blobs"], self._db[b"packs"]
         self._local = threading.local()
@@ -317,9 +203,9 @@ class DiskIndex:
         page cache (a minor fault), whatever thread is reading.  Linux only;
         elsewhere nothing happens.
         """
-        start = _mapping_start(self.path / "data.mdb")
+        start = mapping_start(self.path / "data.mdb")
         if start is not None:
-            _madvise_dontneed(start, (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
+            madvise_dontneed(start, (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
         filt = self._filter
         if filt is not None:
             filt.release_pages()
@@ -375,7 +261,7 @@ class DiskIndex:
         try:
             # the guard: a bulk build in another run takes pack numbers in many transactions and
             # appends keys in order; an add in between would collide with both
-            with _guard(self.path), self.env.begin(write=True) as txn:
+            with guard(self.path), self.env.begin(write=True) as txn:
                 number = _NUM.unpack(txn.get(b"next_pack", _NUM.pack(0), db=meta))[0]
                 stamp = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=meta))[0]
                 for index_id, packs in objects:
@@ -406,7 +292,7 @@ class DiskIndex:
     def drop(self, index_ids: Iterable[str]) -> None:
         """Forget index objects the repository no longer has (prune replaced or deleted them)."""
         indexes, members = self._db[b"indexes"], self._db[b"members"]
-        with _guard(self.path), self.env.begin(write=True) as txn:  # not during a bulk build
+        with guard(self.path), self.env.begin(write=True) as txn:  # not during a bulk build
             blobs = txn.cursor(db=self._blobs)
             for index_id in index_ids:
                 numbers = txn.pop(index_id.encode(), db=indexes) or b""
@@ -467,11 +353,11 @@ class DiskIndex:
         ``building`` mark makes an interrupted build invalid (rebuilt on the
         next open); the ``flock`` makes other processes' opens, adds and drops wait for it.
         """
-        with _guard(self.path):
+        with guard(self.path):
             if self.index_ids() and len(listed - self.index_ids()) <= max(16, len(self.index_ids())):
                 return None
             with self.env.begin(write=True) as txn:
-                for name in _DBS[:-1]:
+                for name in DBS[:-1]:
                     txn.drop(self._db[name], delete=False)
                 txn.put(b"building", b"1", db=self._db[b"meta"])
                 began = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=self._db[b"meta"]))[0]
@@ -574,7 +460,7 @@ class DiskIndex:
         for filt in [self._filter, *self._retired]:
             if filt is not None:
                 filt.close()
-        _release_env(self.path)
+        release_env(self.path)
 
 
 def _delete_dups_of_pack(cursor: lmdb.Cursor, blob_id: bytes, number: bytes) -> None:
@@ -591,33 +477,6 @@ def _delete_dups_of_pack(cursor: lmdb.Cursor, blob_id: bytes, number: bytes) -> 
 
 
 _ROW = ID_SIZE + _REC.size
-_MADV_DONTNEED = 4  # Linux
-
-
-def _mapping_start(path: Path) -> int | None:
-    """Where this process maps ``path`` (LMDB does not say: ``info()['map_addr']`` is 0), from
-    /proc/self/maps; None when it is not mapped or the system has no such file."""
-    wanted = str(path)
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split(None, 5)
-                if len(fields) == 6 and fields[5].rstrip("\n") == wanted and fields[2] == "00000000":
-                    return int(fields[0].split("-")[0], 16)
-    except OSError:
-        pass
-    return None
-
-
-def _madvise_dontneed(start: int, length: int) -> None:
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_DONTNEED)
-    except (OSError, AttributeError):
-        pass
-
-
 def _write_run(work: Path, rows: list[bytes]) -> BinaryIO:
     rows.sort()
     run = tempfile.TemporaryFile(dir=work)
