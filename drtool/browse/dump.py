@@ -44,6 +44,8 @@ def dump(repo: Repository, snap: Snapshot, path: str | None, out: BinaryIO) -> i
     ``path`` None: a stream snapshot's single file (its dump), or a files
     snapshot as a tar stream of everything.
     """
+    if isinstance(out, io.RawIOBase):  # tarfile, like most writers, ignores short write counts
+        out = io.BufferedWriter(out, buffer_size=1 << 20)  # type: ignore[assignment]
     if path is None and is_stream(snap):
         nodes = list(_top_files(repo, snap))
         if len(nodes) != 1:
@@ -60,11 +62,24 @@ def dump(repo: Repository, snap: Snapshot, path: str | None, out: BinaryIO) -> i
         chunks = (read_blobs_windowed(repo, [bytes.fromhex(c) for c in node.content])
                   if node.size >= WINDOWED_BYTES else file_chunks(repo, node))
         for chunk in chunks:
-            out.write(chunk)
+            write_all(out, chunk)
             written += len(chunk)
         out.flush()
         return written
     return _tar(repo, node, base, out)
+
+
+def write_all(out: BinaryIO, data: memoryview | bytes) -> None:
+    """Write all of ``data``: an unbuffered stream (``sys.stdout.buffer`` under
+    ``PYTHONUNBUFFERED=1`` or ``python -u``, as systemd units and containers often set) is a raw
+    ``FileIO`` whose ``write`` makes one system call and may take only part of it -- a pipe
+    whose reader is slow or gone.  Ignoring the count would drop the rest and exit 0."""
+    view = memoryview(data).cast("B")
+    while len(view):
+        count = out.write(view)
+        if count is None:  # a non-blocking stream that is full: not what dump is given
+            raise BlockingIOError(0, "the output stream would block")
+        view = view[count:]
 
 
 def _top_files(repo: Repository, snap: Snapshot) -> Iterator[Node]:
