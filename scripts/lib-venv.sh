@@ -9,14 +9,16 @@ ensure_venv() {
     python3 -m venv .venv
   fi
   local stamp=".venv/.drtool-installed${extras:+-$extras}"
-  if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+  # the stamp names the checkout the editable install points at: a venv shared with another
+  # checkout (a git worktree's .venv symlink) is re-pointed here rather than silently run there
+  if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ "$(cat "$stamp")" != "$PWD" ]; then
     if ! { .venv/bin/python -m pip install -q --upgrade pip &&
            .venv/bin/python -m pip install -q -e "$spec"; } >.venv/pip.log 2>&1; then
       cat .venv/pip.log >&2
       echo "pip install failed (log above)" >&2
       return 1
     fi
-    touch "$stamp"
+    echo "$PWD" >"$stamp"
   fi
   export PATH="$PWD/.venv/bin:$PATH"
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from drtool.repository.index import Location, MemoryIndex, PackRecord
-from drtool.repository.packfile import BlobEntry
+from drtool.repository.packfile import BlobEntry, trim_heap
 
 if TYPE_CHECKING:
     from drtool.repository.diskindex import DiskIndex
@@ -49,6 +49,7 @@ class LayeredIndex:
             return set()
         _added, packs = self.disk.add_in_batches(self.uncached, read)  # a few MiB of entries at a time
         self.disk.release_pages()  # the insert's B-tree pages: not this run's working set
+        trim_heap()  # the batches' rows and the transactions' pages were freed inside the heap
         self.uncached = []
         return packs
 
