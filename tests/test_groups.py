@@ -192,3 +192,115 @@ def test_packs_of_tiny_blobs_are_indexed_before_four_of_them_fill() -> None:
     objects = [decode_index(repo.get_object(INDEX, INDEX_KIND, name)) for name in repo.list_objects(INDEX)]
     assert len(objects) >= 2, "the first full pack was not indexed on its own"
     assert sum(len(record.entries) for packs in objects for record in packs) == count
+
+
+def _text(size: int, seed: int = 1) -> bytes:
+    """Compressible, dump-like bytes (words from a small vocabulary), not a repeated pattern."""
+    import random
+    rng = random.Random(seed)
+    words = [bytes(rng.choices(b"etaoinshrdlu", k=rng.randint(2, 9))) for _ in range(2000)]
+    out = bytearray()
+    while len(out) < size:
+        out += b" ".join(rng.choices(words, k=64)) + b".\n"
+    return bytes(out[:size])
+
+
+def _groups_by_blob(repo: Repository) -> dict[bytes, tuple[bytes, int, int]]:
+    """blob id -> (pack id, group offset, group plaintext size), read back from the packs' trailers."""
+    from drtool.repository.repo import iter_pack_names
+    found: dict[bytes, tuple[bytes, int, int]] = {}
+    for name in iter_pack_names(repo.backend):
+        pack_id = bytes.fromhex(name.rsplit("/", 1)[1])
+        entries = repo.read_pack_entries(pack_id)
+        plain: dict[int, int] = {}
+        for e in entries:
+            plain[e.offset] = max(plain.get(e.offset, 0), e.inner + e.raw_length)
+        for e in entries:
+            found[e.blob_id] = (pack_id, e.offset, plain[e.offset])
+    return found
+
+
+def test_text_files_shorter_than_a_long_group_get_short_text_groups_of_their_own() -> None:
+    from drtool.backup.pipeline import ChunkPipeline, resolve
+    from drtool.repository.repo import SHORT_TEXT_GROUP_TARGET_SIZE, TEXT_GROUP_TARGET_SIZE
+    repo = _repo()
+    pipeline = ChunkPipeline(repo)
+    svg, noise = _text(3 << 20), os.urandom(3 << 20)
+    try:
+        assert pipeline.chunker_for(svg, len(svg)) is pipeline.short_text_chunker
+        assert pipeline.chunker_for(svg, TEXT_GROUP_TARGET_SIZE) is pipeline.text_chunker
+        assert pipeline.chunker_for(svg) is pipeline.text_chunker  # size unknown: a stream
+        assert pipeline.chunker_for(noise, len(noise)) is pipeline.file_chunker
+        refs = [pipeline.add_segment(noise[:1 << 20], pipeline.file_chunker)]
+        refs += [pipeline.add_segment(svg[i:i + (1 << 20)], pipeline.short_text_chunker)
+                 for i in range(0, len(svg), 1 << 20)]
+        refs.append(pipeline.add_segment(noise[1 << 20:], pipeline.file_chunker))
+        per_ref = [[bytes.fromhex(i) for i in resolve([ref])] for ref in refs]
+    finally:
+        pipeline.close()
+    repo.flush()
+    groups = _groups_by_blob(repo)
+    ids = [blob_id for found in per_ref for blob_id in found]
+    noise_ids = set(per_ref[0]) | set(per_ref[-1])
+    for blob_id in ids:
+        pack_id, offset, plain = groups[blob_id]
+        if blob_id in noise_ids:
+            continue
+        assert plain <= SHORT_TEXT_GROUP_TARGET_SIZE + 4 * repo.config.stream_chunk_avg
+        sharing = {b for b, g in groups.items() if g[:2] == (pack_id, offset)}
+        assert not sharing & noise_ids  # a mixed group whose sample is noise would be stored raw
+    assert b"".join(bytes(b) for b in repo.read_blobs(ids)) == noise[:1 << 20] + svg + noise[1 << 20:]
+
+
+def test_the_end_of_a_dump_seals_its_long_group_and_frees_its_buffers() -> None:
+    from drtool.backup.pipeline import ChunkPipeline, resolve
+    from drtool.repository.repo import TEXT_GROUP_TARGET_SIZE
+    repo = _repo()
+    pipeline = ChunkPipeline(repo)
+    dump = _text(TEXT_GROUP_TARGET_SIZE + (6 << 20))
+    try:
+        refs = []
+        for start in range(0, len(dump), 8 << 20):
+            part = dump[start:start + (8 << 20)]
+            buf = pipeline.take_buffer()
+            buf[:len(part)] = part
+            refs.append(pipeline.add_buffer_segment(buf, len(part), pipeline.text_chunker))
+        ids = resolve(refs)  # every segment stored: one long group sealed, the second still open
+        assert repo.group_buffer_bytes() >= TEXT_GROUP_TARGET_SIZE
+        pipeline.end_of_text_file()
+        assert repo.group_buffer_bytes() == 0  # no open long group, no 16 MiB spare
+        refs = [pipeline.add_segment(_text(1 << 20, seed=2), pipeline.short_text_chunker)]
+        resolve(refs)
+        assert repo.group_buffer_bytes() < TEXT_GROUP_TARGET_SIZE // 2
+    finally:
+        pipeline.close()
+    repo.flush()
+    assert b"".join(bytes(b) for b in repo.read_blobs([bytes.fromhex(i) for i in ids])) == dump
+
+
+def test_a_dump_still_being_stored_is_sealed_by_its_last_segment() -> None:
+    import threading
+
+    from drtool.backup.pipeline import ChunkPipeline, resolve
+    from drtool.repository.repo import TEXT_GROUP_TARGET_SIZE
+    repo = _repo()
+    pipeline = ChunkPipeline(repo, workers=2)
+    dump = _text(10 << 20, seed=3)
+    try:
+        gate = threading.Event()
+        pipeline._pool.submit(gate.wait)  # one worker held: the dump's segments queue behind it
+        pipeline._pool.submit(gate.wait)
+        buf = pipeline.take_buffer()
+        buf[:len(dump) - (8 << 20)] = dump[8 << 20:]
+        first = pipeline.take_buffer()
+        first[:8 << 20] = dump[:8 << 20]
+        refs = [pipeline.add_buffer_segment(first, 8 << 20, pipeline.text_chunker),
+                pipeline.add_buffer_segment(buf, len(dump) - (8 << 20), pipeline.text_chunker)]
+        pipeline.end_of_text_file()  # nothing stored yet: sealed when the last segment is
+        gate.set()
+        ids = resolve(refs)
+        assert repo.group_buffer_bytes() < TEXT_GROUP_TARGET_SIZE
+    finally:
+        pipeline.close()
+    repo.flush()
+    assert b"".join(bytes(b) for b in repo.read_blobs([bytes.fromhex(i) for i in ids])) == dump

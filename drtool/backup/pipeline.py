@@ -16,14 +16,14 @@ import zstandard
 
 from drtool.repository.chunker import Chunker
 from drtool.repository.packfile import DATA_BLOB, trim_heap
-from drtool.repository.repo import Repository
+from drtool.repository.repo import LONG_TEXT, OTHER, SHORT_TEXT, TEXT_GROUP_TARGET_SIZE, Repository
 
 DEFAULT_INFLIGHT_BYTES = 16 * 1024 * 1024
 BATCH_BYTES = 1024 * 1024
 BATCH_BUFFER = BATCH_BYTES + 256 * 1024  # a batch closes past 1 MiB; a small file is < 256 KiB
 BATCH_BUFFERS_KEPT = 6
 SEGMENT_BYTES = 8 * 1024 * 1024
-SEGMENT_BUFFERS = 4
+SEGMENT_BUFFERS = 3  # two workers cutting and one being read into (4 cost 8 MiB of peak RSS for no speed)
 SEGMENT_IDLE_SECONDS = 5.0  # a segment buffer unused this long is freed (take_buffer)
 TEXT_PROBE = 32 * 1024
 TEXT_RATIO = 0.6
@@ -100,6 +100,9 @@ class ChunkPipeline:
         seed = repo.master.chunker_seed
         self.file_chunker = Chunker(repo.config.file_chunk_avg, seed)
         self.text_chunker = Chunker(repo.config.stream_chunk_avg, seed)
+        self.short_text_chunker = Chunker(repo.config.stream_chunk_avg, seed)  # cuts the same; other groups
+        self._text_segments = 0  # long-text segments handed to the workers and not done yet
+        self._seal_text_when_done = False
         self._probe = zstandard.ZstdCompressor(level=1)
         self._batch = Batch()
         self._free_segments: list[tuple[bytearray, float]] = []  # LIFO; (buffer, when it came back)
@@ -170,7 +173,9 @@ class ChunkPipeline:
         return (batch, WHOLE_BATCH)
 
     def _process_segment(self, data: bytes | memoryview, chunker: Chunker) -> list[bytes]:
-        return self._process_batch(list(chunker.cut(data)), text=chunker is self.text_chunker)
+        text = (LONG_TEXT if chunker is self.text_chunker else
+                SHORT_TEXT if chunker is self.short_text_chunker else OTHER)
+        return self._process_batch(list(chunker.cut(data)), text)
 
     def take_buffer(self) -> bytearray:
         """A recycled 8 MiB segment buffer (blocks while all SEGMENT_BUFFERS are in flight).
@@ -208,6 +213,9 @@ class ChunkPipeline:
         """Like add_segment for a pooled buffer, which returns to the pool once processed
         (every new blob is copied into its compression group by then)."""
         batch = Batch()
+        if chunker is self.text_chunker:
+            with self._buffers_lock:
+                self._text_segments += 1
         batch.future = self._pool.submit(self._process_buffer, buf, length, chunker)
         return (batch, WHOLE_BATCH)
 
@@ -217,8 +225,25 @@ class ChunkPipeline:
                 return self._process_segment(view[:length], chunker)
         finally:
             self.give_buffer(buf)
+            if chunker is self.text_chunker:
+                with self._buffers_lock:
+                    self._text_segments -= 1
+                    seal = self._seal_text_when_done and not self._text_segments
+                    self._seal_text_when_done &= not seal
+                if seal:
+                    self.repo.seal_group_now(DATA_BLOB, LONG_TEXT)
 
-    def _process_batch(self, chunks: list[memoryview | bytes], text: bool = False) -> list[bytes]:
+    def end_of_text_file(self) -> None:
+        """A long text file (a dump) is all handed over: once its segments are stored, seal
+        its last long-window group rather than keep its 16 MiB buffer open for what the walk
+        reads next (text-like files too short for such groups do not go there)."""
+        with self._buffers_lock:
+            seal = not self._text_segments
+            self._seal_text_when_done = not seal
+        if seal:  # all stored already (rare: the walk is usually ahead); here, so errors are raised
+            self.repo.seal_group_now(DATA_BLOB, LONG_TEXT)
+
+    def _process_batch(self, chunks: list[memoryview | bytes], text: int = OTHER) -> list[bytes]:
         ids = []
         repo = self.repo
         for chunk in chunks:
@@ -227,19 +252,24 @@ class ChunkPipeline:
             ids.append(blob_id)
         return ids
 
-    def chunker_for(self, first_block: bytes) -> Chunker:
+    def chunker_for(self, first_block: bytes, size: int | None = None) -> Chunker:
         """Small chunks for compressible (dump-like) data, large ones otherwise.
 
         Scattered row edits in a SQL dump touch nearly every 1 MiB chunk, so
         text-like data gets ~16 KiB chunks and stores only the edited
         neighbourhoods again (compression still sees 16 MiB groups); media
-        keeps 1 MiB chunks, which keeps the index small.
+        keeps 1 MiB chunks, which keeps the index small.  A text-like file
+        of known ``size`` under one 16 MiB group is cut the same way but goes
+        to 4 MiB text groups (``short_text_chunker``).
         """
         probe = first_block[:TEXT_PROBE]
         if len(probe) < TEXT_PROBE:
             return self.file_chunker
         ratio = len(self._probe.compress(probe)) / len(probe)
-        return self.text_chunker if ratio < TEXT_RATIO else self.file_chunker
+        if ratio >= TEXT_RATIO:
+            return self.file_chunker
+        short = size is not None and size < TEXT_GROUP_TARGET_SIZE
+        return self.short_text_chunker if short else self.text_chunker
 
     def close(self) -> None:
         """Wait for the workers, then free the recycled buffers (32 MiB of segments, the batches)

@@ -342,17 +342,17 @@ class TreeWalker:
             return ([self.pipeline.add(self._scratch[:got])] if got else []), got
         if small:
             fs.ensure_regular(fd, path)  # before reading on without bound
-        return self._submit_segments(fd, path, self._scratch[:got], digest)
+        return self._submit_segments(fd, path, self._scratch[:got], digest, size)
 
-    def _submit_segments(self, fd: int, path: bytes, first: memoryview,
-                         digest: Any = None) -> tuple[list[ChunkRef], int]:
+    def _submit_segments(self, fd: int, path: bytes, first: memoryview, digest: Any = None,
+                         size: int | None = None) -> tuple[list[ChunkRef], int]:
         """Segments of a large file; whole segments in a hole are not read.
 
         Segments are cut independently, so a segment of zeros always yields
         the same chunks: holes reuse one zero segment's result (same ids as
         reading the zeros, at the cost of an lseek).
         """
-        chunker = self.pipeline.chunker_for(first)
+        chunker = self.pipeline.chunker_for(first, size)
         refs: list[ChunkRef] = []
         total = 0
         buf = self.pipeline.take_buffer()
@@ -381,6 +381,8 @@ class TreeWalker:
         finally:
             if buf is not None:
                 self.pipeline.give_buffer(buf)
+            if chunker is self.pipeline.text_chunker:
+                self.pipeline.end_of_text_file()
         return refs, total
 
     def _zero_segment(self, chunker: Chunker) -> ChunkRef:

@@ -127,6 +127,16 @@ class BufferPool:
                 dropped += len(free.pop(0)[0])
         return dropped
 
+    def kept_bytes(self) -> int:
+        """Bytes of the buffers kept for re-use."""
+        with self._lock:
+            return sum(len(buf) for free in self._free.values() for buf, _ in free)
+
+    def drop(self, capacity: int) -> None:
+        """Drop the kept buffers of one capacity (no more groups of that size are expected soon)."""
+        with self._lock:
+            self._free.pop(capacity, None)
+
     def clear(self) -> None:
         """Drop every kept buffer (the data path is done: nothing will take one again)."""
         with self._lock:

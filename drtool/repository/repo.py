@@ -29,7 +29,7 @@ from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, K
                                        object_name, pack_name)
 from drtool.repository.packfile import (FOOTER, BlobEntry, BufferPool, OpenGroup, PackBuilder,
                                         PackFormatError, group_kind, groups_of, open_group, parse_trailer,
-                                        read_trailer, seal_open_group, trailer_span)
+                                        read_trailer, seal_open_group, trailer_span, trim_heap)
 from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
 
 if TYPE_CHECKING:
@@ -51,6 +51,14 @@ INDEX_SLICE = 256  # entries indexed per hold of the repository lock
 # 200,000-file backup's peak (memray), for no measurable gain in size.
 GROUP_TARGET_SIZE = 2 * 1024 * 1024
 TEXT_GROUP_TARGET_SIZE = 16 * 1024 * 1024
+# What a blob's group holds (``add_blob``'s ``text``): other data; dumps, in long-window
+# groups; text-like files too short to fill one of those (bench media: 84 SVGs of
+# 0.25-8 MiB), kept apart from incompressible data (a group whose middle sample does not
+# compress is stored raw) in groups that do not hold a 16 MiB buffer for a few files.
+OTHER, LONG_TEXT, SHORT_TEXT = 0, 1, 2
+SHORT_TEXT_GROUP_TARGET_SIZE = 4 * 1024 * 1024
+_GROUP_TARGETS = {OTHER: GROUP_TARGET_SIZE, LONG_TEXT: TEXT_GROUP_TARGET_SIZE,
+                  SHORT_TEXT: SHORT_TEXT_GROUP_TARGET_SIZE}
 RUN_BYTES = 16 * 1024 * 1024
 
 
@@ -89,8 +97,10 @@ class Repository:
         self._disk_tried = False
         self._lock = threading.Lock()
         self._builders: dict[int, PackBuilder] = {}
-        self._groups: dict[tuple[int, bool], OpenGroup] = {}
-        self._group_buffers = BufferPool()
+        self._groups: dict[tuple[int, int], OpenGroup] = {}
+        # One spare buffer per group size: a second one, kept 5 s, was an idle 16 MiB
+        # at night 1's peak (a dump's buffer while the media were read).
+        self._group_buffers = BufferPool(keep=1)
         self._pending: set[bytes] = set()
         self._group_cache = GroupCache()
         self._uploads: list[Future[PackRecord]] = []
@@ -217,12 +227,13 @@ class Repository:
         return blob_id in self.index or blob_id in self._pending
 
     def add_blob(self, blob_type: int, blob_id: bytes, data: bytes | memoryview,
-                 text: bool = False) -> bool:
+                 text: int = OTHER) -> bool:
         """Queue a blob for its compression group; False when it is a duplicate.
 
         Thread-safe.  The caller whose blob fills a group seals it, so
         compression and encryption run on the worker threads in parallel.
-        ``text`` blobs (dump-like data) go to 16 MiB long-window groups.
+        ``text``: LONG_TEXT (or True) blobs (dump-like data) go to 16 MiB
+        long-window groups, SHORT_TEXT ones to 4 MiB groups of their own.
         """
         key = (blob_type, text)
         full: list[OpenGroup] = []
@@ -245,7 +256,26 @@ class Repository:
             self._pack_group(key, group)
         return True
 
-    def _group_capacity(self, text: bool) -> int:
+    def seal_group_now(self, blob_type: int, text: int) -> None:
+        """Seal the open group of that kind as it is, and free the spare buffer of its size
+        with the heap's free pages: a dump ended, and its last long-window group and spare
+        would otherwise hold 32 MiB through the rest of the walk (night 1's peak, with the
+        media's buffers on top)."""
+        key = (blob_type, text)
+        with self._lock:
+            group = self._groups.pop(key, None)
+        if group is not None:
+            self._pack_group(key, group)
+        self._group_buffers.drop(self._group_capacity(text))
+        trim_heap()
+
+    def group_buffer_bytes(self) -> int:
+        """Bytes of group buffers held now: the open groups' and the spares kept for re-use."""
+        with self._lock:
+            held = sum(group.capacity for group in self._groups.values())
+        return held + self._group_buffers.kept_bytes()
+
+    def _group_capacity(self, text: int) -> int:
         """A full group plus one average chunk; a blob that does not fit starts the next group."""
         return _group_target(text) + (4 * self.config.stream_chunk_avg if text else self.config.file_chunk_avg)
 
@@ -254,9 +284,9 @@ class Repository:
         self.add_blob(blob_type, blob_id, data)
         return blob_id
 
-    def _pack_group(self, key: tuple[int, bool], open_group_: OpenGroup) -> None:
+    def _pack_group(self, key: tuple[int, int], open_group_: OpenGroup) -> None:
         blob_type, text = key
-        group = seal_open_group(self.envelope, blob_type, open_group_, long=text)
+        group = seal_open_group(self.envelope, blob_type, open_group_, long=text == LONG_TEXT)
         while True:
             with self._lock:
                 builder = self._builders.get(blob_type)
@@ -566,8 +596,8 @@ class Repository:
             self.index = MemoryIndex()
 
 
-def _group_target(text: bool) -> int:
-    return TEXT_GROUP_TARGET_SIZE if text else GROUP_TARGET_SIZE
+def _group_target(text: int) -> int:
+    return _GROUP_TARGETS[int(text)]
 
 
 def iter_pack_names(backend: Backend) -> Iterable[str]:
