@@ -167,59 +167,6 @@ def test_group_cache_resize_evicts_down_to_the_new_limit() -> None:
     assert cache.get((b"p", 9)) is None
 
 
-def test_packs_of_tiny_blobs_are_indexed_before_four_of_them_fill() -> None:
-    """An index object moves into the disk cache in one write transaction (a dirty page per
-    entry, kept by LMDB): a 16 MiB pack of tiny files holds ~5,500 entries, so an object is
-    written once INDEX_EVERY_ENTRIES are waiting, not only every INDEX_EVERY_PACKS packs."""
-    import time
-
-    from drtool.repository.index import decode_index
-    from drtool.repository.objects import INDEX, INDEX_KIND
-    from drtool.repository.repo import INDEX_EVERY_ENTRIES, INDEX_EVERY_PACKS, PACK_TARGET_SIZE
-    repo = _repo()
-    blob_size = 900
-    count = (PACK_TARGET_SIZE // blob_size) * 2  # two packs of incompressible tiny blobs
-    assert PACK_TARGET_SIZE // blob_size > INDEX_EVERY_ENTRIES and INDEX_EVERY_PACKS > 2
-    for number in range(count):
-        repo.store_blob(DATA_BLOB, os.urandom(blob_size))
-        if number % 1000 == 0:
-            repo.checkpoint()
-    deadline = time.monotonic() + 60
-    while not repo.list_objects(INDEX) and time.monotonic() < deadline:
-        repo.checkpoint()  # the first pack's upload finishes: its index object is due
-        time.sleep(0.02)
-    repo.flush()
-    objects = [decode_index(repo.get_object(INDEX, INDEX_KIND, name)) for name in repo.list_objects(INDEX)]
-    assert len(objects) >= 2, "the first full pack was not indexed on its own"
-    assert sum(len(record.entries) for packs in objects for record in packs) == count
-
-
-def _text(size: int, seed: int = 1) -> bytes:
-    """Compressible, dump-like bytes (words from a small vocabulary), not a repeated pattern."""
-    import random
-    rng = random.Random(seed)
-    words = [bytes(rng.choices(b"etaoinshrdlu", k=rng.randint(2, 9))) for _ in range(2000)]
-    out = bytearray()
-    while len(out) < size:
-        out += b" ".join(rng.choices(words, k=64)) + b".\n"
-    return bytes(out[:size])
-
-
-def _groups_by_blob(repo: Repository) -> dict[bytes, tuple[bytes, int, int]]:
-    """blob id -> (pack id, group offset, group plaintext size), read back from the packs' trailers."""
-    from drtool.repository.repo import iter_pack_names
-    found: dict[bytes, tuple[bytes, int, int]] = {}
-    for name in iter_pack_names(repo.backend):
-        pack_id = bytes.fromhex(name.rsplit("/", 1)[1])
-        entries = repo.read_pack_entries(pack_id)
-        plain: dict[int, int] = {}
-        for e in entries:
-            plain[e.offset] = max(plain.get(e.offset, 0), e.inner + e.raw_length)
-        for e in entries:
-            found[e.blob_id] = (pack_id, e.offset, plain[e.offset])
-    return found
-
-
 def test_text_files_shorter_than_a_long_group_get_short_text_groups_of_their_own() -> None:
     from drtool.backup.pipeline import ChunkPipeline, resolve
     from drtool.repository.repo import SHORT_TEXT_GROUP_TARGET_SIZE, TEXT_GROUP_TARGET_SIZE

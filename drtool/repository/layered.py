@@ -47,11 +47,12 @@ class LayeredIndex:
         self.uncached.append(index_id)
         if len(self.overlay) < OVERLAY_ENTRIES:
             return set()
-        _added, packs = self.disk.add_in_batches(self.uncached, read)  # a few MiB of entries at a time
+        objects = [(i, read(i)) for i in self.uncached]
+        self.disk.add_indexes(objects)
         self.disk.release_pages()  # the insert's B-tree pages: not this run's working set
-        trim_heap()  # the batches' rows and the transactions' pages were freed inside the heap
+        trim_heap()  # the move's rows were freed inside the heap
         self.uncached = []
-        return packs
+        return {pack_id for _i, packs in objects for pack_id, _raw in packs}
 
     def __contains__(self, blob_id: bytes) -> bool:
         # The cache first: an id it holds is answered without the overlay's bucket search
