@@ -167,6 +167,32 @@ def test_group_cache_resize_evicts_down_to_the_new_limit() -> None:
     assert cache.get((b"p", 9)) is None
 
 
+def _text(size: int, seed: int = 1) -> bytes:
+    """Compressible, dump-like bytes (words from a small vocabulary), not a repeated pattern."""
+    import random
+    rng = random.Random(seed)
+    words = [bytes(rng.choices(b"etaoinshrdlu", k=rng.randint(2, 9))) for _ in range(2000)]
+    out = bytearray()
+    while len(out) < size:
+        out += b" ".join(rng.choices(words, k=64)) + b".\n"
+    return bytes(out[:size])
+
+
+def _groups_by_blob(repo: Repository) -> dict[bytes, tuple[bytes, int, int]]:
+    """blob id -> (pack id, group offset, group plaintext size), read back from the packs' trailers."""
+    from drtool.repository.repo import iter_pack_names
+    found: dict[bytes, tuple[bytes, int, int]] = {}
+    for name in iter_pack_names(repo.backend):
+        pack_id = bytes.fromhex(name.rsplit("/", 1)[1])
+        entries = repo.read_pack_entries(pack_id)
+        plain: dict[int, int] = {}
+        for e in entries:
+            plain[e.offset] = max(plain.get(e.offset, 0), e.inner + e.raw_length)
+        for e in entries:
+            found[e.blob_id] = (pack_id, e.offset, plain[e.offset])
+    return found
+
+
 def test_text_files_shorter_than_a_long_group_get_short_text_groups_of_their_own() -> None:
     from drtool.backup.pipeline import ChunkPipeline, resolve
     from drtool.repository.repo import SHORT_TEXT_GROUP_TARGET_SIZE, TEXT_GROUP_TARGET_SIZE
