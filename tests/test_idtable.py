@@ -83,15 +83,19 @@ def test_present_and_absent_answers_equal_lmdb_on_random_ids(cache_home: Path) -
     disk.close()
 
 
-def test_ids_that_overflow_their_buckets_are_answered_by_lmdb(cache_home: Path) -> None:
+def test_ids_that_overflow_their_buckets_are_answered_by_lmdb_even_after_removals(cache_home: Path) -> None:
     disk = DiskIndex.open(REPO)
     assert disk is not None
-    lead = os.urandom(8)  # 30 ids with one home bucket: 8 fit, the rest overflow
-    crowded = [lead + os.urandom(24) for _ in range(30)]
-    disk.sync({"c"}, {"c": index_object(crowded)}.get)
-    answers = table_answers(disk, crowded + [lead + os.urandom(24)])
-    assert answers.count(True) == 8 and answers.count(None) == 23
-    assert all(b in disk for b in crowded) and lead + os.urandom(24) not in disk
+    lead = os.urandom(8)  # ids with one home bucket: the first 8 fill its window, the rest overflow
+    first, crowded = [lead + os.urandom(24) for _ in range(8)], [lead + os.urandom(24) for _ in range(22)]
+    disk.sync({"a"}, {"a": index_object(first)}.get)
+    disk.sync({"a", "b"}, {"a": index_object(first), "b": index_object(crowded)}.get)
+    stranger = lead + os.urandom(24)
+    assert table_answers(disk, first + crowded + [stranger]) == [True] * 8 + [None] * 23
+    assert all(b in disk for b in first + crowded) and stranger not in disk
+    disk.drop({"a"})  # the window has room again, but the ids that overflowed are still not in it
+    assert table_answers(disk, first + crowded + [stranger]) == [None] * 31
+    assert not any(b in disk for b in first) and all(b in disk for b in crowded)
     disk.close()
 
 
