@@ -102,7 +102,7 @@ class DiskIndex:
         self._table: IdTable | None = None
         if os.environ.get("DRTOOL_INDEX_TABLE", "on") != "off":
             self._table = idtable.open_for_cache(self.path / TABLE_FILE, self.env, self._blobs,
-                                                 self._db[b"members"], self._token_of)
+                                                 self._db[b"members"], self._db[b"meta"], self._token_of)
         self._closed = False
 
     def _token_of(self, txn: lmdb.Transaction) -> bytes:

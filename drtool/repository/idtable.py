@@ -230,11 +230,12 @@ class IdTable:
             os.close(self._fd)
 
 
-def open_for_cache(path: Path, env: Any, blobs: Any, members: Any,
+def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, meta: Any,
                    token_of: Callable[[Any], bytes]) -> IdTable | None:
     """The disk index's table, rebuilt from the cache's pack members inside a write transaction
     (no writer changes the cache meanwhile) when it is missing, damaged, not at the cache's token
-    or overfull; None (plain lookups) when it cannot be written."""
+    or overfull; None (plain lookups) when it cannot be written, or while another handle of this
+    process bulk-builds the cache (its member lists are then ahead of its blobs)."""
     def fits(table: IdTable | None, txn: Any) -> bool:
         return (table is not None and table.token() == token_of(txn)
                 and txn.stat(blobs)["entries"] <= OVERFULL * table.capacity and _samples_in(table, txn, members))
@@ -252,6 +253,8 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any,
                 return found
             if found is not None:
                 found.close()
+            if txn.get(b"building", db=meta) is not None:  # members ahead of blobs: not now
+                return None
             made = IdTable.start(path, capacity_for(int(txn.stat(blobs)["entries"])))
             try:
                 for count, (_number, ids) in enumerate(txn.cursor(db=members), 1):
