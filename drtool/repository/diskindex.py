@@ -102,7 +102,8 @@ class DiskIndex:
         self._table: IdTable | None = None
         if os.environ.get("DRTOOL_INDEX_TABLE", "on") != "off":
             self._table = idtable.open_for_cache(self.path / TABLE_FILE, self.env, self._blobs,
-                                                 self._db[b"members"], self._db[b"meta"], self._token_of)
+                                                 self._db[b"members"], self._db[b"meta"], self._token_of,
+                                                 self._release_cache_pages)
         self._closed = False
 
     def _token_of(self, txn: lmdb.Transaction) -> bytes:
@@ -274,14 +275,17 @@ class DiskIndex:
         page cache (a minor fault), whatever thread is reading.  Linux only;
         elsewhere nothing happens.
         """
-        start = mapping_start(self.path / "data.mdb")
-        if start is not None:
-            madvise_dontneed(start, (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
+        self._release_cache_pages()
         filt = self._filter
         if filt is not None:
             filt.release_pages()
         if self._table is not None:
             self._table.release_pages()
+
+    def _release_cache_pages(self) -> None:
+        start = mapping_start(self.path / "data.mdb")
+        if start is not None:
+            madvise_dontneed(start, (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
 
     def _damaged(self, exc: Exception) -> Exception:
         from drtool.errors import IntegrityError

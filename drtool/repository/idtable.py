@@ -231,11 +231,13 @@ class IdTable:
 
 
 def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, meta: Any,
-                   token_of: Callable[[Any], bytes]) -> IdTable | None:
+                   token_of: Callable[[Any], bytes], release: Callable[[], None]) -> IdTable | None:
     """The disk index's table, rebuilt from the cache's pack members inside a write transaction
     (no writer changes the cache meanwhile) when it is missing, damaged, not at the cache's token
     or overfull; None (plain lookups) when it cannot be written, or while another handle of this
-    process bulk-builds the cache (its member lists are then ahead of its blobs)."""
+    process bulk-builds the cache (its member lists are then ahead of its blobs).  ``release``:
+    drop the cache's mapped pages from the resident set (the member lists of 20 M blobs are
+    ~640 MB of them)."""
     def fits(table: IdTable | None, txn: Any) -> bool:
         return (table is not None and table.token() == token_of(txn)
                 and txn.stat(blobs)["entries"] <= OVERFULL * table.capacity and _samples_in(table, txn, members))
@@ -259,10 +261,12 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, meta: Any,
             try:
                 for count, (_number, ids) in enumerate(txn.cursor(db=members), 1):
                     made.add(ids[pos:pos + ID_SIZE] for pos in range(0, len(ids), ID_SIZE))
-                    if count % 4096 == 0:  # the pages filled so far: not this run's resident set
+                    if count % 4096 == 0:  # the pages read and filled so far: not this run's
                         made.release_pages()
+                        release()
                 made.install(path, token_of(txn))
                 made.release_pages()
+                release()
             except BaseException:
                 made.discard()
                 raise
