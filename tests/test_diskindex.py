@@ -219,6 +219,35 @@ def test_the_layered_index_moves_indexed_packs_out_of_memory(cache_home: Path,
     disk.close()
 
 
+def test_moving_a_runs_entries_commits_whole_objects_in_small_transactions(cache_home: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transaction's dirty pages are heap (LMDB keeps them after it): a run's 262,144 entries
+    go in as several transactions of whole index objects, not one."""
+    from drtool.repository import diskindex, layered
+    monkeypatch.setattr(layered, "OVERLAY_ENTRIES", 6)
+    monkeypatch.setattr(diskindex, "SYNC_BATCH_ENTRIES", 2)
+    disk = DiskIndex.open(REPO)
+    assert disk is not None
+    index = LayeredIndex(disk)
+    objects = {f"m{p}": [(pack_id(p), b"".join(ENTRY.pack(0, blob(p * 100 + i), 10 * i, 10, 0, 5)
+                                               for i in range(2)))] for p in range(3)}
+    read: list[str] = []
+
+    def fetch(index_id: str) -> list[tuple[bytes, bytes]]:
+        read.append(index_id)
+        return objects[index_id]
+
+    before = disk.stamp()
+    for p in range(3):
+        index.add_entries(pack_id(p), [BlobEntry(0, blob(p * 100 + i), 10 * i, 10, 0, 5) for i in range(2)])
+        moved = index.written(f"m{p}", fetch)
+        assert moved == (set() if p < 2 else {pack_id(0), pack_id(1), pack_id(2)})
+    assert disk.stamp() == before + 3  # one commit per object here: each holds a whole object
+    assert read == ["m0", "m1", "m2"] and disk.index_ids() == {"m0", "m1", "m2"}
+    assert disk.has_all(blob(p * 100 + i).hex() for p in range(3) for i in range(2))
+    disk.close()
+
+
 def test_a_memory_index_without_some_packs_keeps_the_rest_and_their_order() -> None:
     index = MemoryIndex()
     for p in range(6):

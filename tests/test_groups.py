@@ -165,3 +165,30 @@ def test_group_cache_resize_evicts_down_to_the_new_limit() -> None:
     assert kept == [2, 3]  # the oldest went first
     cache.put((b"p", 9), bytes(20))  # a group larger than a quarter of the limit is not kept
     assert cache.get((b"p", 9)) is None
+
+
+def test_packs_of_tiny_blobs_are_indexed_before_four_of_them_fill() -> None:
+    """An index object moves into the disk cache in one write transaction (a dirty page per
+    entry, kept by LMDB): a 16 MiB pack of tiny files holds ~5,500 entries, so an object is
+    written once INDEX_EVERY_ENTRIES are waiting, not only every INDEX_EVERY_PACKS packs."""
+    import time
+
+    from drtool.repository.index import decode_index
+    from drtool.repository.objects import INDEX, INDEX_KIND
+    from drtool.repository.repo import INDEX_EVERY_ENTRIES, INDEX_EVERY_PACKS, PACK_TARGET_SIZE
+    repo = _repo()
+    blob_size = 900
+    count = (PACK_TARGET_SIZE // blob_size) * 2  # two packs of incompressible tiny blobs
+    assert PACK_TARGET_SIZE // blob_size > INDEX_EVERY_ENTRIES and INDEX_EVERY_PACKS > 2
+    for number in range(count):
+        repo.store_blob(DATA_BLOB, os.urandom(blob_size))
+        if number % 1000 == 0:
+            repo.checkpoint()
+    deadline = time.monotonic() + 60
+    while not repo.list_objects(INDEX) and time.monotonic() < deadline:
+        repo.checkpoint()  # the first pack's upload finishes: its index object is due
+        time.sleep(0.02)
+    repo.flush()
+    objects = [decode_index(repo.get_object(INDEX, INDEX_KIND, name)) for name in repo.list_objects(INDEX)]
+    assert len(objects) >= 2, "the first full pack was not indexed on its own"
+    assert sum(len(record.entries) for packs in objects for record in packs) == count

@@ -47,11 +47,10 @@ class LayeredIndex:
         self.uncached.append(index_id)
         if len(self.overlay) < OVERLAY_ENTRIES:
             return set()
-        objects = [(i, read(i)) for i in self.uncached]
-        self.disk.add_indexes(objects)
+        _added, packs = self.disk.add_in_batches(self.uncached, read)  # a few MiB of entries at a time
         self.disk.release_pages()  # the insert's B-tree pages: not this run's working set
         self.uncached = []
-        return {pack_id for _i, packs in objects for pack_id, _raw in packs}
+        return packs
 
     def __contains__(self, blob_id: bytes) -> bool:
         # The cache first: an id it holds is answered without the overlay's bucket search

@@ -40,6 +40,10 @@ log = logging.getLogger("drtool")
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 16 * 1024 * 1024
 INDEX_EVERY_PACKS = 4  # bounds the trailer entries held in memory (~200 B per blob)
+# ... or sooner, at this many entries: 16 MiB packs of tiny files hold ~5,500 blobs each, and an
+# index object moves into the disk cache in one write transaction whose dirty pages (one per
+# entry, at worst) are heap that LMDB keeps afterwards (see DiskIndex.add_in_batches)
+INDEX_EVERY_ENTRIES = 8_192
 MAX_PENDING_UPLOADS = 2
 INDEX_SLICE = 256  # entries indexed per hold of the repository lock
 # Groups of other data: 2 MiB.  Every group in flight costs its buffer, zstd's
@@ -326,8 +330,16 @@ class Repository:
         """
         with self._lock:
             done = [f for f in self._uploads if f.done()]
-        if len(done) + len(self._unindexed) >= INDEX_EVERY_PACKS:
+        failed = any(f.exception() is not None for f in done)  # collected at once: it raises
+        if done and (failed or self._index_due(len(done), sum(len(f.result().entries) for f in done
+                                                              if f.exception() is None))):
             self._collect_uploads(final=False, only_done=True)
+
+    def _index_due(self, more_packs: int = 0, more_entries: int = 0) -> bool:
+        """Enough uploaded packs (with ``more_*`` about to join them) for an index object."""
+        packs = len(self._unindexed) + more_packs
+        return packs >= INDEX_EVERY_PACKS or (
+            packs > 0 and sum(len(r.entries) for r in self._unindexed) + more_entries >= INDEX_EVERY_ENTRIES)
 
     def _collect_uploads(self, final: bool, only_done: bool = False) -> None:
         with self._lock:
@@ -344,7 +356,7 @@ class Repository:
                 error = error or exc
         if error is not None:
             raise error
-        if self._unindexed and (final or len(self._unindexed) >= INDEX_EVERY_PACKS):
+        if self._unindexed and (final or self._index_due()):
             self.write_index(self._unindexed)
             self._unindexed = []
 
