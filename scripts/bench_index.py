@@ -21,8 +21,10 @@
    asks a ``LayeredIndex``: the cache, then this run's overlay), of ids in
    the overlay, of the cache alone, and through ``has_all``, next to a
    ``dict`` lookup on the same machine at the same time (the machine's
-   load shows in that reference); then again without the absent-id filter
-   (``DRTOOL_INDEX_FILTER=off``), and the filter's size and false positives.
+   load shows in that reference); then again without the exact id table
+   (``DRTOOL_INDEX_TABLE=off``: the filter, then LMDB), then with neither
+   (plain LMDB), and the filter's and the table's size, the filter's false
+   positives and the share of lookups the table sent to LMDB.
 """
 from __future__ import annotations
 
@@ -180,6 +182,15 @@ def lookups(repo_id: str, blobs: int, samples: int = 100_000) -> dict[str, Any]:
         result["filter_bytes"] = bloom.stat().st_size
         result["filter_bytes_per_blob"] = round(bloom.stat().st_size / blobs, 2)
         result["filter_false_positives"] = sum(map(disk._filter.maybe, absent)) / len(absent)
+    table = disk.path / "ids.table"
+    if table.exists() and disk._table is not None:
+        disk._txn()
+        token = disk._local.token
+        result["table_bytes"] = table.stat().st_size
+        result["table_bytes_per_blob"] = round(table.stat().st_size / blobs, 1)
+        result["table_unanswered"] = {  # sent to LMDB (overflowed buckets), of 100,000 each
+            "present": sum(disk._table.answer(k, token) is None for k in present) / len(present),
+            "absent": sum(disk._table.answer(k, token) is None for k in absent) / len(absent)}
     disk.close()
     return result
 
@@ -240,9 +251,11 @@ def main() -> None:
             repo_id = entry.name
     os.environ["XDG_CACHE_HOME"] = base["XDG_CACHE_HOME"]
     results["lookups"] = lookups(repo_id, args.blobs)
-    os.environ["DRTOOL_INDEX_FILTER"] = "off"  # the same lookups without the absent-id filter
+    os.environ["DRTOOL_INDEX_TABLE"] = "off"  # the same lookups without the exact id table
+    results["lookups_without_table"] = lookups(repo_id, args.blobs)
+    os.environ["DRTOOL_INDEX_FILTER"] = "off"  # and without the absent-id filter: plain LMDB
     results["lookups_without_filter"] = lookups(repo_id, args.blobs)
-    del os.environ["DRTOOL_INDEX_FILTER"]
+    del os.environ["DRTOOL_INDEX_FILTER"], os.environ["DRTOOL_INDEX_TABLE"]
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=None if args.json else 2))

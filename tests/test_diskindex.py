@@ -366,3 +366,15 @@ def test_entries_added_while_another_handle_bulk_builds_are_neither_lost_nor_mis
     assert builder.index_ids() == set(objects) | {"late"}
     builder.close()
     adder.close()
+
+
+def test_renewing_the_snapshot_many_times_does_not_use_up_lmdb_s_reader_slots(cache_home: Path) -> None:
+    """Each renewal (after every write of a long run) used to keep its old transaction, and
+    with it one of LMDB's 1,024 reader slots: the 1,025th failed with MDB_READERS_FULL."""
+    disk = DiskIndex.open(REPO)
+    assert disk is not None
+    disk.sync({"i1"}, Fetcher(OBJECTS))
+    for _ in range(3000):
+        disk.refresh()
+        assert blob(1) in disk
+    disk.close()

@@ -20,7 +20,7 @@ import lmdb
 
 log = logging.getLogger("drtool")
 
-CACHE_FORMAT = b"1"
+CACHE_FORMAT = b"2"  # 2: meta/token and the id table (a format-1 cache is rebuilt)
 # Address space only (LMDB grows the file as it fills): ~130 bytes per blob, so 64 GiB is ~500 M blobs.
 MAP_SIZE = 64 << 30
 MAX_READERS = 1024

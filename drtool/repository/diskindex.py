@@ -26,8 +26,11 @@ offset, length, inner, raw length), duplicates sorted by pack number (a blob
 stored in two packs has two; the first wins); ``packs`` number → pack id;
 ``members`` number → the pack's blob ids (to forget them when its index
 object goes); ``indexes`` index id → the stamp it was added under and its
-pack numbers; ``meta`` (format, repository id, next pack number, stamp, and
-``building`` while a bulk build runs).
+pack numbers; ``meta`` (format, repository id, next pack number, stamp, the
+``token`` of the blobs' state that :mod:`idtable` checks, and ``building``
+while a bulk build runs).  Beside ``data.mdb``: the absent-id filter
+(:mod:`idfilter`) and the exact id table (:mod:`idtable`), which answers
+``in`` for present and absent ids while its token is the snapshot's.
 """
 from __future__ import annotations
 
@@ -40,16 +43,20 @@ import tempfile
 import threading
 from itertools import islice
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import lmdb
 
 from drtool.crypto.ids import ID_SIZE
+from drtool.repository import idtable
+from drtool.repository.buildruns import NUM as _NUM, REC as _REC, ROW, build_runs, read_run
 from drtool.repository.cacheenv import (DBS, MAP_SIZE, CacheUnusable, acquire_env, cache_roots, guard,
                                         madvise_dontneed, mapping_start, release_env)
 from drtool.repository.idfilter import STALE, IdFilter, capacity_for, open_for_cache
+from drtool.repository.idtable import IdTable
 from drtool.repository.index import Location
 from drtool.repository.packfile import ENTRY
+from drtool.testing_hooks import crash_point
 
 log = logging.getLogger("drtool")
 
@@ -57,10 +64,9 @@ SYNC_BATCH_ENTRIES = 16_384  # entries per write transaction of an incremental s
 BUILD_RUN_ENTRIES = 262_144  # entries per sorted run of a bulk build (~25 MiB of bytes objects)
 BUILD_COMMIT_ENTRIES = 131_072  # appended entries per write transaction of a bulk build
 PACK_ID_MEMO = 65_536  # pack ids remembered by number (restores look up many blobs of one pack)
-_REC = struct.Struct(">IBQIII")  # pack number (big-endian: duplicates sort by it), then as ENTRY
-_NUM = struct.Struct(">I")
 _STAMP = struct.Struct(">Q")
 FILTER_FILE = "ids.bloom"  # the absent-id filter (idfilter), beside data.mdb
+TABLE_FILE = "ids.table"  # the exact id table (idtable), beside data.mdb
 
 
 class DiskIndex:
@@ -87,12 +93,22 @@ class DiskIndex:
         self._readers: list[lmdb.Transaction] = []
         self._readers_lock = threading.Lock()
         self._retired: list[IdFilter] = []  # replaced filters (a thread may still read one)
+        self._retired_tables: list[IdTable] = []
         self._filter = None
         if os.environ.get("DRTOOL_INDEX_FILTER", "on") != "off":
             self._filter = open_for_cache(self.path / FILTER_FILE, self.env, self._blobs, self._db[b"members"],
                                           lambda txn: _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0),
                                                                             db=self._db[b"meta"]))[0])
+        self._table: IdTable | None = None
+        if os.environ.get("DRTOOL_INDEX_TABLE", "on") != "off":
+            self._table = idtable.open_for_cache(self.path / TABLE_FILE, self.env, self._blobs,
+                                                 self._db[b"members"], self._db[b"meta"], self._token_of,
+                                                 self._release_cache_pages)
         self._closed = False
+
+    def _token_of(self, txn: lmdb.Transaction) -> bytes:
+        """The token of the blobs' state ``txn`` sees (a new one per write that changes them)."""
+        return bytes(txn.get(b"token", idtable.NO_TOKEN, db=self._db[b"meta"]))
 
     @classmethod
     def open(cls, repo_id: str) -> "DiskIndex | None":
@@ -117,17 +133,65 @@ class DiskIndex:
         if txn is None or local.generation != self._generation:
             if txn is not None:
                 txn.abort()
+                with self._readers_lock:  # its reader slot goes with the object (LMDB has 1,024)
+                    self._readers.remove(txn)
             generation = self._generation  # before the snapshot: a refresh meanwhile renews it again
             txn = local.txn = self.env.begin(db=self._blobs)
             # The filter serves this snapshot only if it covers it (its stamp is not behind).
             at = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=self._db[b"meta"]))[0]
             filt = self._filter
             local.filter = filt if filt is not None and at <= filt.stamp() != STALE else None
+            local.token = token = self._token_of(txn)
+            local.table = table = self._current_table(token)
+            local.answer = table.answerer(token) if table is not None else None
             local.get = txn.get
             local.generation = generation  # last: ``__contains__`` trusts the fields once it is set
             with self._readers_lock:
                 self._readers.append(txn)
         return txn
+
+    def _current_table(self, token: bytes) -> IdTable | None:
+        """The table if it holds the state ``token``; one another process rebuilt is mapped anew."""
+        table = self._table
+        if table is not None and table.token() == token:
+            return table
+        if table is None and os.environ.get("DRTOOL_INDEX_TABLE", "on") == "off":
+            return None
+        fresh = IdTable.open(self.path / TABLE_FILE)
+        if fresh is None or fresh.token() != token:
+            if fresh is not None:
+                fresh.close()
+            return None
+        if table is not None:
+            self._retired_tables.append(table)
+        self._table = fresh
+        return fresh
+
+    def _table_begin(self, txn: lmdb.Transaction) -> IdTable | None:
+        """In a write transaction that changes the blobs: the table, set ``BUSY``, if it holds the
+        state this transaction starts from; else None (it is then stale for everyone: the
+        transaction's new token matches nothing it holds)."""
+        table = self._table
+        if table is None:
+            return None
+        if table.token() != self._token_of(txn):
+            self._retired_tables.append(table)
+            self._table = None
+            return None
+        table.set_token(idtable.BUSY)
+        return table
+
+    def _table_end(self, table: IdTable | None, token: bytes) -> None:
+        """After the commit (still under the guard): the table holds the committed state."""
+        crash_point("index-table-after-commit")
+        if table is not None:
+            table.set_token(token)
+
+    def _table_failed(self, table: IdTable | None) -> None:
+        """The transaction did not commit: the ``BUSY`` table is left for the next open to rebuild."""
+        if table is not None and table is self._table:
+            self._retired_tables.append(table)
+            self._table = None
 
     def _filter_add(self, stamp: int, ids: Iterable[bytes]) -> None:
         """Inside a write transaction that moves the cache from ``stamp`` to ``stamp + 1``."""
@@ -153,6 +217,11 @@ class DiskIndex:
         local = self._local
         if getattr(local, "generation", -1) != self._generation:
             self._txn()
+        answer = local.answer
+        if answer is not None:
+            found = answer(blob_id)
+            if found is not None:
+                return found
         filt = local.filter
         if filt is not None and not filt.maybe(blob_id):
             return False
@@ -163,9 +232,12 @@ class DiskIndex:
 
     def has_all(self, hex_ids: Iterable[str]) -> bool:
         get, fromhex = self._txn().get, bytes.fromhex
+        answer = self._local.answer or (lambda _blob_id: None)
         try:
             for hex_id in hex_ids:
-                if get(fromhex(hex_id)) is None:
+                blob_id = fromhex(hex_id)
+                found = answer(blob_id)
+                if found is False or found is None and get(blob_id) is None:
                     return False
         except lmdb.Error as exc:
             raise self._damaged(exc) from None
@@ -203,12 +275,17 @@ class DiskIndex:
         page cache (a minor fault), whatever thread is reading.  Linux only;
         elsewhere nothing happens.
         """
-        start = mapping_start(self.path / "data.mdb")
-        if start is not None:
-            madvise_dontneed(start, (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
+        self._release_cache_pages()
         filt = self._filter
         if filt is not None:
             filt.release_pages()
+        if self._table is not None:
+            self._table.release_pages()
+
+    def _release_cache_pages(self) -> None:
+        start = mapping_start(self.path / "data.mdb")
+        if start is not None:
+            madvise_dontneed(start, (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
 
     def _damaged(self, exc: Exception) -> Exception:
         from drtool.errors import IntegrityError
@@ -256,52 +333,83 @@ class DiskIndex:
         concurrent runs never add a pack twice.  Entries go in sorted, which
         keeps the B-tree's pages full and the transaction's writes local.
         """
-        meta, indexes = self._db[b"meta"], self._db[b"indexes"]
-        rows: list[tuple[bytes, bytes]] = []
+        table = None
         try:
             # the guard: a bulk build in another run takes pack numbers in many transactions and
             # appends keys in order; an add in between would collide with both
-            with guard(self.path), self.env.begin(write=True) as txn:
-                number = _NUM.unpack(txn.get(b"next_pack", _NUM.pack(0), db=meta))[0]
-                stamp = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=meta))[0]
-                for index_id, packs in objects:
-                    if txn.get(index_id.encode(), db=indexes) is not None:
-                        continue
-                    numbers = []
-                    for pack_id, raw in packs:
-                        if len(raw) % ENTRY.size:
-                            raise ValueError(f"index object {index_id}: partial blob entry")
-                        txn.put(_NUM.pack(number), pack_id, db=self._packs)
-                        ids = []
-                        for blob_type, blob_id, offset, length, inner, raw_length in ENTRY.iter_unpack(raw):
-                            rows.append((blob_id, _REC.pack(number, blob_type, offset, length, inner, raw_length)))
-                            ids.append(blob_id)
-                        txn.put(_NUM.pack(number), b"".join(ids), db=self._db[b"members"])
-                        numbers.append(_NUM.pack(number))
-                        number += 1
-                    txn.put(index_id.encode(), _STAMP.pack(stamp) + b"".join(numbers), db=indexes)
-                rows.sort()
-                txn.cursor(db=self._blobs).putmulti(rows, dupdata=True)
-                self._filter_add(stamp, (blob_id for blob_id, _rec in rows))
-                txn.put(b"next_pack", _NUM.pack(number), db=meta)
-                txn.put(b"stamp", _STAMP.pack(stamp + 1), db=meta)
+            with guard(self.path):
+                with self.env.begin(write=True) as txn:
+                    table = self._table_begin(txn)
+                    token = self._add_in(txn, objects, table)
+                self._table_end(table, token)
         except lmdb.MapFullError:
+            self._table_failed(table)
             raise CacheUnusable(f"{self.path} is full ({MAP_SIZE >> 30} GiB)") from None
+        except BaseException:
+            self._table_failed(table)
+            raise
         self.refresh()
+
+    def _add_in(self, txn: lmdb.Transaction, objects: list[tuple[str, list[tuple[bytes, bytes]]]],
+                table: IdTable | None) -> bytes:
+        """The body of :meth:`add_indexes`' write transaction; returns the new token."""
+        meta, indexes = self._db[b"meta"], self._db[b"indexes"]
+        rows: list[tuple[bytes, bytes]] = []
+        number = _NUM.unpack(txn.get(b"next_pack", _NUM.pack(0), db=meta))[0]
+        stamp = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=meta))[0]
+        for index_id, packs in objects:
+            if txn.get(index_id.encode(), db=indexes) is not None:
+                continue
+            numbers = []
+            for pack_id, raw in packs:
+                if len(raw) % ENTRY.size:
+                    raise ValueError(f"index object {index_id}: partial blob entry")
+                txn.put(_NUM.pack(number), pack_id, db=self._packs)
+                ids = []
+                for blob_type, blob_id, offset, length, inner, raw_length in ENTRY.iter_unpack(raw):
+                    rows.append((blob_id, _REC.pack(number, blob_type, offset, length, inner, raw_length)))
+                    ids.append(blob_id)
+                txn.put(_NUM.pack(number), b"".join(ids), db=self._db[b"members"])
+                numbers.append(_NUM.pack(number))
+                number += 1
+            txn.put(index_id.encode(), _STAMP.pack(stamp) + b"".join(numbers), db=indexes)
+        rows.sort()
+        txn.cursor(db=self._blobs).putmulti(rows, dupdata=True)
+        self._filter_add(stamp, (blob_id for blob_id, _rec in rows))
+        if table is not None:
+            table.add(blob_id for blob_id, _rec in rows)
+        txn.put(b"next_pack", _NUM.pack(number), db=meta)
+        txn.put(b"stamp", _STAMP.pack(stamp + 1), db=meta)
+        token = idtable.new_token()
+        txn.put(b"token", token, db=meta)
+        return token
 
     def drop(self, index_ids: Iterable[str]) -> None:
         """Forget index objects the repository no longer has (prune replaced or deleted them)."""
         indexes, members = self._db[b"indexes"], self._db[b"members"]
-        with guard(self.path), self.env.begin(write=True) as txn:  # not during a bulk build
-            blobs = txn.cursor(db=self._blobs)
-            for index_id in index_ids:
-                numbers = txn.pop(index_id.encode(), db=indexes) or b""
-                for pos in range(_STAMP.size, len(numbers), _NUM.size):
-                    number = numbers[pos:pos + _NUM.size]
-                    ids = txn.pop(number, db=members) or b""
-                    txn.delete(number, db=self._packs)
-                    for start in range(0, len(ids), ID_SIZE):
-                        _delete_dups_of_pack(blobs, ids[start:start + ID_SIZE], number)
+        table = None
+        try:
+            with guard(self.path):  # not during a bulk build
+                with self.env.begin(write=True) as txn:
+                    table = self._table_begin(txn)
+                    blobs = txn.cursor(db=self._blobs)
+                    for index_id in index_ids:
+                        numbers = txn.pop(index_id.encode(), db=indexes) or b""
+                        for pos in range(_STAMP.size, len(numbers), _NUM.size):
+                            number = numbers[pos:pos + _NUM.size]
+                            ids = txn.pop(number, db=members) or b""
+                            txn.delete(number, db=self._packs)
+                            for start in range(0, len(ids), ID_SIZE):
+                                blob_id = ids[start:start + ID_SIZE]
+                                _delete_dups_of_pack(blobs, blob_id, number)
+                                if table is not None and not blobs.set_key(blob_id):  # no other copy
+                                    table.remove(blob_id)
+                    token = idtable.new_token()
+                    txn.put(b"token", token, db=self._db[b"meta"])
+                self._table_end(table, token)
+        except BaseException:
+            self._table_failed(table)
+            raise
         self.refresh()
 
     def sync(self, listed: set[str], fetch: Callable[[str], list[tuple[bytes, bytes]] | None],
@@ -360,21 +468,27 @@ class DiskIndex:
                 for name in DBS[:-1]:
                     txn.drop(self._db[name], delete=False)
                 txn.put(b"building", b"1", db=self._db[b"meta"])
+                txn.put(b"token", idtable.new_token(), db=self._db[b"meta"])  # no table holds this
                 began = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=self._db[b"meta"]))[0]
             work = Path(tempfile.mkdtemp(prefix="build-", dir=self.path))
-            made = None
+            made = table = None
             try:
-                done, runs = self._build_runs(sorted(listed), fetch, work)
+                done, runs = build_runs(self.env, self._db, sorted(listed), fetch, work, BUILD_RUN_ENTRIES)
+                entries = sum(os.fstat(run.fileno()).st_size for run in runs) // ROW
                 if self._filter is not None:  # a new filter, sized for these entries, filled as they go in
-                    entries = sum(os.fstat(run.fileno()).st_size for run in runs) // _ROW
                     made = IdFilter.start(self.path / FILTER_FILE, capacity_for(entries))
-                merged = heapq.merge(*(_read_run(run) for run in runs))
+                if self._table is not None:  # and a new table
+                    table = IdTable.start(self.path / TABLE_FILE, idtable.capacity_for(entries))
+                merged = heapq.merge(*(read_run(run) for run in runs))
                 while chunk := list(islice(merged, BUILD_COMMIT_ENTRIES)):
                     with self.env.begin(write=True) as txn:
                         txn.cursor(db=self._blobs).putmulti(((r[:ID_SIZE], r[ID_SIZE:]) for r in chunk),
                                                             dupdata=True, append=True)
                     if made is not None:
                         made.add(r[:ID_SIZE] for r in chunk)
+                    if table is not None:
+                        table.add(r[:ID_SIZE] for r in chunk)
+                        table.release_pages()  # 1.2 GB at 20 M blobs: not this run's resident set
                 for run in runs:
                     run.close()
                 with self.env.begin(write=True) as txn:
@@ -386,11 +500,18 @@ class DiskIndex:
                     txn.delete(b"building", db=meta)
                     self._install_built_filter(made, stamp == began, stamp + 1)
                     made = None
+                    token = idtable.new_token()
+                    txn.put(b"token", token, db=meta)
+                    if table is not None:  # durable and in place before the token commits
+                        self._install_built_table(table, stamp == began, token)
+                        table = None
             except lmdb.MapFullError:
                 raise CacheUnusable(f"{self.path} is full ({MAP_SIZE >> 30} GiB)") from None
             finally:
                 if made is not None:
                     made.discard()
+                if table is not None:
+                    table.discard()
                 shutil.rmtree(work, ignore_errors=True)
         self.refresh()
         return len(done)
@@ -411,40 +532,17 @@ class DiskIndex:
         else:
             made.discard()
 
-    def _build_runs(self, ids: list[str], fetch: Callable[[str], list[tuple[bytes, bytes]] | None],
-                    work: Path) -> tuple[list[tuple[str, bytes]], list[BinaryIO]]:
-        """Pack tables written as read; blob entries to sorted run files (id + record, 57 bytes)."""
-        done: list[tuple[str, bytes]] = []
-        runs: list[BinaryIO] = []
-        rows: list[bytes] = []
-        with self.env.begin(db=self._db[b"meta"]) as txn:  # numbers are never reused, not even here
-            number = _NUM.unpack(txn.get(b"next_pack", _NUM.pack(0)))[0]
-        for index_id in ids:
-            packs = fetch(index_id)
-            if packs is None:
-                continue
-            numbers = []
-            with self.env.begin(write=True) as txn:
-                for pack_id, raw in packs:
-                    if len(raw) % ENTRY.size:
-                        raise ValueError(f"index object {index_id}: partial blob entry")
-                    key = _NUM.pack(number)
-                    txn.put(key, pack_id, db=self._packs, append=True)
-                    ids_ = []
-                    for blob_type, blob_id, offset, length, inner, raw_length in ENTRY.iter_unpack(raw):
-                        rows.append(blob_id + _REC.pack(number, blob_type, offset, length, inner, raw_length))
-                        ids_.append(blob_id)
-                    txn.put(key, b"".join(ids_), db=self._db[b"members"], append=True)
-                    numbers.append(key)
-                    number += 1
-                txn.put(b"next_pack", _NUM.pack(number), db=self._db[b"meta"])
-            done.append((index_id, b"".join(numbers)))
-            if len(rows) >= BUILD_RUN_ENTRIES:
-                runs.append(_write_run(work, rows))
-                rows = []
-        if rows:
-            runs.append(_write_run(work, rows))
-        return done, runs
+    def _install_built_table(self, made: IdTable, whole: bool, token: bytes) -> None:
+        """As :meth:`_install_built_filter`, for the id table (installed with the token the build's
+        last transaction commits: a crash before that commit leaves a token nothing has)."""
+        if self._table is not None:
+            self._retired_tables.append(self._table)
+            self._table = None
+        if whole:
+            made.install(self.path / TABLE_FILE, token)
+            self._table = made
+        else:
+            made.discard()
 
     def close(self) -> None:
         if self._closed:
@@ -460,6 +558,9 @@ class DiskIndex:
         for filt in [self._filter, *self._retired]:
             if filt is not None:
                 filt.close()
+        for table in [self._table, *self._retired_tables]:
+            if table is not None:
+                table.close()
         release_env(self.path)
 
 
@@ -473,19 +574,3 @@ def _delete_dups_of_pack(cursor: lmdb.Cursor, blob_id: bytes, number: bytes) -> 
             return
         if not cursor.next_dup():
             return
-
-
-
-_ROW = ID_SIZE + _REC.size
-def _write_run(work: Path, rows: list[bytes]) -> BinaryIO:
-    rows.sort()
-    run = tempfile.TemporaryFile(dir=work)
-    run.write(b"".join(rows))
-    run.seek(0)
-    return run
-
-
-def _read_run(run: BinaryIO) -> Iterator[bytes]:
-    while block := run.read(_ROW * 1024):
-        for pos in range(0, len(block), _ROW):
-            yield block[pos:pos + _ROW]
