@@ -230,3 +230,25 @@ def test_copy_refuses_an_incremental_whose_chain_is_in_neither_repository(scenar
     copied = json.loads(scenario.dr.run("snapshots", "--json", env=third_env).out)
     assert sorted(s["meta"]["copied_from"]["snapshot"] for s in copied) == sorted([scenario.ids["A"],
                                                                                  scenario.ids["A2"]])
+
+
+def test_a_lost_parent_comes_back_from_the_second_repository(scenario: Scenario, tmp_path: Path) -> None:
+    """The runbook's repair: B is lost here but copied to a second site; copying B2's copy back
+    brings B with it (B2 itself is already here), and the chain is whole again."""
+    second = tmp_path / "second"
+    second_env = {"DRTOOL_REPOSITORY": str(second), "DRTOOL_CATALOG": str(tmp_path / "second.sqlite")}
+    assert scenario.dr.run("copy", "--to", str(second), "--name", SOURCE).code == 0
+    env = broken_copy(scenario, tmp_path, "B")
+    copies = {s["meta"]["copied_from"]["snapshot"]: s["id"]
+              for s in json.loads(scenario.dr.run("snapshots", "--json", env=second_env).out)}
+    back = scenario.dr.run("copy", copies[scenario.ids["B2"]][:12], "--to", env["DRTOOL_REPOSITORY"], "--json",
+                           env=second_env)
+    assert back.code == 0, back.err
+    report = json.loads(back.out)
+    assert [c["source"] for c in report["copied"]] == [copies[scenario.ids["B"]]]
+    assert [s["source"] for s in report["skipped"]] == [copies[scenario.ids["B2"]]]
+    window = json.loads(scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json", env=env).out)
+    assert window["bases"] == 4 and window["broken_bases"] == []
+    plan = json.loads(scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", "/nonexistent",
+                                      "--dry-run", "--json", env=env).out)
+    assert plan["base"]["snapshot"] == scenario.ids["B2"] and plan["passed_over"] == []
