@@ -151,12 +151,13 @@ def _weekly_chains(weeks: int, per_week: int = 7) -> list[Snapshot]:
     RetentionPolicy(keep_last=1), RetentionPolicy(keep_last=3), RetentionPolicy(keep_last=9),
     RetentionPolicy(keep_daily=2), RetentionPolicy(keep_weekly=2), RetentionPolicy(keep_monthly=1),
     RetentionPolicy(keep_within=timedelta(days=3)), RetentionPolicy(keep_within=timedelta(days=10)),
-    RetentionPolicy(keep_last=1, keep_weekly=3),
+    RetentionPolicy(keep_last=1, keep_weekly=3), RetentionPolicy(keep_tags=frozenset({"audit"})),
 ], ids=str)
 def test_no_policy_leaves_a_kept_incremental_without_its_parents(policy: RetentionPolicy) -> None:
     """What forget decides (the pins, then the policy with them, as ``maintain.forget._decide``)."""
     from drtool.snapshot.retention import SnapshotRef, apply_policy
     snaps = _weekly_chains(3)
+    snaps[10].tags.append("audit")  # an incremental in mid-chain, kept for its tag alone
     now = snaps[-1].time + timedelta(hours=1)
     pins = base_pins(snaps, policy, now, timezone.utc)
     refs = [SnapshotRef(s.id, s.time, frozenset(s.tags), pins.get(s.id)) for s in snaps]

@@ -252,3 +252,23 @@ def test_a_lost_parent_comes_back_from_the_second_repository(scenario: Scenario,
     plan = json.loads(scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", "/nonexistent",
                                       "--dry-run", "--json", env=env).out)
     assert plan["base"]["snapshot"] == scenario.ids["B2"] and plan["passed_over"] == []
+
+
+def test_a_damaged_manifest_breaks_the_chain_like_a_lost_one(scenario: Scenario, tmp_path: Path) -> None:
+    """B's manifest cannot be read (bytes overwritten): listings skip it with a warning, so B2 is no
+    base and the restore to the target passes over it, as when B is lost."""
+    env = broken_copy(scenario, tmp_path)
+    manifest = Path(env["DRTOOL_REPOSITORY"]) / "snapshots" / scenario.ids["B"]
+    body = bytearray(manifest.read_bytes())
+    body[len(body) // 2] ^= 0xFF
+    manifest.write_bytes(bytes(body))
+    result = scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json", env=env)
+    assert result.code == 0, result.err
+    assert scenario.ids["B"][:8] in result.err and "drtool check" in result.err  # the skipped manifest
+    window = json.loads(result.out)
+    assert window["bases"] == 2 and [b["snapshot"] for b in window["broken_bases"]] == [scenario.ids["B2"]]
+    plan = json.loads(scenario.dr.run("restore", "--source", SOURCE, "--point-in-time",
+                                      scenario.target.isoformat(), "--target", "/nonexistent", "--dry-run",
+                                      "--json", env=env).out)
+    assert plan["base"]["snapshot"] == scenario.ids["A2"]
+    assert [b["snapshot"] for b in plan["passed_over"]] == [scenario.ids["B2"]]
