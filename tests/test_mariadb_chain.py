@@ -137,3 +137,60 @@ def test_forget_by_id_refuses_to_break_a_chain_but_takes_it_whole() -> None:
            f"{snaps[1].short_id}, {snaps[2].short_id}" in str(caught.value)
     check_chains_survive(snaps, {s.id for s in snaps})  # the whole chain: fine
     check_chains_survive(snaps, {snaps[2].id})           # the newest incremental alone: fine
+
+
+def _weekly_chains(weeks: int, per_week: int = 7) -> list[Snapshot]:
+    """``weeks`` chains of a full and ``per_week - 1`` incrementals, one night each."""
+    snaps: list[Snapshot] = []
+    for n in range(weeks * per_week):
+        snaps.append(physical(n, snaps[-1] if n % per_week else None))
+    return snaps
+
+
+@pytest.mark.parametrize("policy", [
+    RetentionPolicy(keep_last=1), RetentionPolicy(keep_last=3), RetentionPolicy(keep_last=9),
+    RetentionPolicy(keep_daily=2), RetentionPolicy(keep_weekly=2), RetentionPolicy(keep_monthly=1),
+    RetentionPolicy(keep_within=timedelta(days=3)), RetentionPolicy(keep_within=timedelta(days=10)),
+    RetentionPolicy(keep_last=1, keep_weekly=3), RetentionPolicy(keep_tags=frozenset({"audit"})),
+], ids=str)
+def test_no_policy_leaves_a_kept_incremental_without_its_parents(policy: RetentionPolicy) -> None:
+    """What forget decides (the pins, then the policy with them, as ``maintain.forget._decide``)."""
+    from drtool.snapshot.retention import SnapshotRef, apply_policy
+    snaps = _weekly_chains(3)
+    snaps[10].tags.append("audit")  # an incremental in mid-chain, kept for its tag alone
+    now = snaps[-1].time + timedelta(hours=1)
+    pins = base_pins(snaps, policy, now, timezone.utc)
+    refs = [SnapshotRef(s.id, s.time, frozenset(s.tags), pins.get(s.id)) for s in snaps]
+    kept = {d.snapshot.id for d in apply_policy(refs, policy, now=now, tz=timezone.utc) if d.keep}
+    assert kept, policy
+    for snap in snaps:
+        if snap.id in kept:
+            assert {m.id for m in chain.chain_of(snap, snaps)} <= kept, (policy, snap.short_id)
+    check_chains_survive(snaps, {s.id for s in snaps if s.id not in kept})  # what it removes is whole chains
+
+
+def test_the_window_pin_skips_an_incremental_whose_chain_is_broken() -> None:
+    """keep_within's first moment falls after incremental 8, whose full (7) is lost: the pin goes to
+    the newest base that restores (incremental 6, with its chain 0..5), not to 8."""
+    snaps = [s for s in _weekly_chains(2) if s.meta["binlog_file"] != "binlog.000007"]
+    policy = RetentionPolicy(keep_within=timedelta(days=4, hours=12))
+    now = snaps[-1].time
+    pins = base_pins(snaps, policy, now, timezone.utc)
+    eight = next(s for s in snaps if s.meta["binlog_file"] == "binlog.000008")
+    six = next(s for s in snaps if s.meta["binlog_file"] == "binlog.000006")
+    assert eight.id not in pins
+    assert pins[six.id].startswith("pitr base for window starting")
+    assert all(s.id in pins for s in snaps if int(s.meta["binlog_file"][-6:]) < 6)
+
+
+def test_window_counts_only_bases_with_a_whole_chain() -> None:
+    from drtool.databases.mariadb import MARIADB
+    from drtool.snapshot.logwindow import compute_window
+    snaps = _weekly_chains(2, per_week=3)           # 0 full, 1, 2; 3 full, 4, 5
+    whole = compute_window("db", MARIADB, snaps, [])
+    assert whole.bases == 6 and whole.broken == []
+    lost = [s for s in snaps if s is not snaps[3]]
+    window = compute_window("db", MARIADB, lost, [])
+    assert window.bases == 3 and [b.base.snapshot for b in window.broken] == [snaps[4], snaps[5]]
+    assert window.end == snaps[2].time              # no binlogs: each whole base is its own instant
+    assert f"needs snapshot {snaps[3].short_id} (parent of {snaps[4].short_id})" in str(window.broken[1].error)

@@ -86,4 +86,6 @@ def print_window(window: Any, as_json: bool) -> None:
         lines.append("recoverable: nothing yet (no base with its logs)")
     lines += [f"gap: {g['count']} file(s) missing from {g['first_missing']} (after {g['after']})"
               for g in window.gaps]
+    lines += [f"not a usable base: {b.error} (its chain is broken: not counted above; take a full backup: "
+              f"drtool backup --source {window.source} --full)" for b in window.broken]
     emit(window.as_dict(), as_json, "\n".join(lines))

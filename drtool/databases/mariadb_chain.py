@@ -38,10 +38,19 @@ _CHECKPOINT_RE = re.compile(r"^(backup_type|from_lsn|to_lsn|last_lsn)\s*=\s*(\S+
 
 
 class ChainBroken(SnapshotNotFound):
-    """An incremental's ancestor is not in the repository: the chain cannot be restored."""
+    """An incremental's ancestor is not in the repository: the chain cannot be restored.
+
+    ``snapshot`` is the incremental asked for, ``missing`` the id of the absent ancestor and
+    ``child`` the member that names it as its parent, so callers (window, copy) can say it
+    in their own words."""
 
     hint = ("restore an older base (drtool restore SNAPSHOT --source NAME, or an earlier --point-in-time), "
             "and take a full backup now: drtool backup --source NAME --full")
+
+    def __init__(self, message: str, hint: str | None = None, *, snapshot: Snapshot | None = None,
+                 missing: str = "", child: Snapshot | None = None) -> None:
+        super().__init__(message, hint)
+        self.snapshot, self.missing, self.child = snapshot, missing, child
 
 
 def parse_checkpoints(text: str) -> dict[str, Any]:
@@ -79,9 +88,11 @@ def chain_of(snap: Snapshot, snapshots: Iterable[Snapshot]) -> list[Snapshot]:
         if parent is None:
             raise ChainBroken(f"snapshot {snap.short_id} of source {snap.name} is an incremental physical backup "
                               f"whose chain needs snapshot {parent_id[:8]} (parent of {chain[0].short_id}), "
-                              f"which is not in the repository")
+                              f"which is not in the repository", snapshot=snap, missing=parent_id,
+                              child=chain[0])
         if parent in chain or len(chain) > 10_000:
-            raise ChainBroken(f"the incremental chain of snapshot {snap.short_id} loops at {parent.short_id}")
+            raise ChainBroken(f"the incremental chain of snapshot {snap.short_id} loops at {parent.short_id}",
+                              snapshot=snap, missing=parent.id, child=chain[0])
         chain.insert(0, parent)
     return chain
 

@@ -11,6 +11,7 @@ reads, how it is restored and verified) is asked of the engine.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,8 @@ from drtool.databases.logarchive import sync_log_segments
 from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import DrtoolError, SnapshotNotFound, UsageError
 from drtool.snapshot.timeparse import in_utc_and_host
-from drtool.snapshot.logwindow import (Gap, RecoveryBase, Segment, Window, compute_window, reach, recovery_bases,
-                                       wal_segment_size)
+from drtool.snapshot.logwindow import (BrokenBase, Gap, RecoveryBase, Segment, Window, complete_bases,
+                                       compute_window, reach, recovery_bases, wal_segment_size)
 from drtool.snapshot.model import Snapshot
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from drtool.config import Settings
     from drtool.core.session import Session
 
+log = logging.getLogger("drtool")
 
 class RecoveryPointUnreachable(DrtoolError):
     """The archive cannot bring any base to the requested time (gap, or not archived yet)."""
@@ -80,6 +82,7 @@ class PitrPlan:
     position: TargetPosition | None = None   # where the archive holds ``target``
     timeline: int | None = None              # None: follow the latest timeline
     chain: list[Snapshot] = field(default_factory=list)  # a full + its incrementals up to base (MariaDB physical)
+    passed_over: list[BrokenBase] = field(default_factory=list)  # newer bases whose chain is broken
 
     @property
     def latest(self) -> bool:
@@ -111,6 +114,7 @@ class PitrPlan:
                 "recoverable_until": self.recoverable_until.isoformat(),
                 "target": self.target.as_dict() if self.target else None, "timeline": self.timeline,
                 "chain": [s.id for s in self.chain] if len(self.chain) > 1 else None,
+                "passed_over": [b.as_dict() for b in self.passed_over],
                 "data_loss_window": [loss[0].isoformat(), loss[1].isoformat()] if loss else None}
 
     def lines(self) -> list[str]:
@@ -133,6 +137,7 @@ class PitrPlan:
             out.append(f"chain: full {self.chain[0].short_id} ({in_utc_and_host(self.chain[0].time)}) + "
                        f"{len(self.chain) - 1} incremental(s) "
                        f"{', '.join(s.short_id for s in self.chain[1:])}: each prepared onto the full in turn")
+        out += [f"passed over: {b.error}" for b in self.passed_over]
         if self.segments:
             out.append(f"logs: {len(self.segments)} file(s) {self.segments[0].name} .. {self.segments[-1].name} "
                        f"({sum(s.size for s in self.segments) / 2**20:.1f} MiB)")
@@ -156,6 +161,9 @@ def plan_pitr(session: Session, source: str, engine: DatabaseEngine, when: datet
     snapshots = session.snapshots(source)
     plan = _plan_pitr(session, snapshots, source, engine, when, inclusive, snapshot, target, timeline)
     plan.chain = engine.base_chain(plan.base.snapshot, snapshots)
+    for broken in plan.passed_over:
+        log.warning("snapshot %s is not used as the base: %s; restoring from the older complete base %s",
+                    broken.base.snapshot.short_id, broken.error, plan.base.snapshot.short_id)
     return plan
 
 
@@ -167,7 +175,10 @@ def _plan_pitr(session: Session, snapshots: list[Snapshot], source: str, engine:
     With ``snapshot`` (an id prefix) that base is restored to the moment it
     became consistent (no later log is replayed), or to ``target`` if given.
     ``timeline`` restricts the plan to log files of that timeline and its
-    ancestors (PostgreSQL follows ``recovery_target_timeline``).
+    ancestors (PostgreSQL follows ``recovery_target_timeline``).  Otherwise
+    only bases whose chain is whole are candidates: an incremental whose full
+    or parent is gone is passed over for an older complete chain, and named
+    when none reaches the target.
     """
     segments = sync_log_segments(session).segments(source, engine.log_kind)
     if timeline is not None:
@@ -180,25 +191,57 @@ def _plan_pitr(session: Session, snapshots: list[Snapshot], source: str, engine:
         raise SnapshotNotFound(f"source {source} has no {engine.labels.base} in the repository"
                                + (f" on timeline {timeline} or before" if timeline is not None else ""),
                                hint=f"run 'drtool backup --source {source}' first")
-    if snapshot is not None:
+    if snapshot is not None:  # the chain of a named base is checked (and named) by plan_pitr
         found = [b for b in found if b.snapshot.id.startswith(snapshot)]
         if len(found) != 1:
             raise SnapshotNotFound(f"snapshot {snapshot!r} is not a single {engine.labels.base} of source "
                                    f"{source}", hint=f"list them with 'drtool snapshots --name {source}'")
         if target is None:
             when = found[0].consistent_at
-    if target is not None and position is not None:
-        return _plan_target(source, engine, found, segments, target, position, inclusive, timeline,
-                            explicit_base=snapshot is not None)
-    base, chain, end = _choose_base(source, engine, found, segments, when)
-    if snapshot is not None:
+        if target is not None and position is not None:
+            return _plan_target(source, engine, found, segments, target, position, inclusive, timeline,
+                                explicit_base=True)
+        base, chain, end = _choose_base(source, engine, found, segments, when)
         return PitrPlan(source, engine, base, engine.immediate(chain, base), when, inclusive, end, immediate=True,
                         timeline=timeline)
+    whole, broken = complete_bases(found, snapshots, engine)
+    try:
+        if not whole:
+            raise SnapshotNotFound(f"source {source} has no {engine.labels.base} with a whole chain")
+        if target is not None and position is not None:
+            plan = _plan_target(source, engine, whole, segments, target, position, inclusive, timeline,
+                                explicit_base=False)
+        else:
+            plan = _plan_time(source, engine, whole, segments, when, inclusive, timeline)
+    except (SnapshotNotFound, RecoveryPointUnreachable) as exc:
+        wanted = [b for b in broken if when is None or b.base.consistent_at <= when]
+        if not wanted:
+            raise
+        raise _no_whole_chain(source, wanted[-1], exc) from None
+    plan.passed_over = [b for b in broken if b.base.consistent_at > plan.base.consistent_at
+                        and (when is None or b.base.consistent_at <= when)]
+    return plan
+
+
+def _plan_time(source: str, engine: DatabaseEngine, found: list[RecoveryBase], segments: list[Segment],
+               when: datetime | None, inclusive: bool, timeline: int | None) -> PitrPlan:
+    """The newest base consistent by ``when`` and the log files from it to ``when`` (None: all)."""
+    base, chain, end = _choose_base(source, engine, found, segments, when)
     if when is not None and not engine.reachable(when, end, inclusive):
         raise _unreachable(source, engine, base, segments, when, end)
     needed = engine.needed(chain, when)
     engine.check_chain(source, needed, segments)
     return PitrPlan(source, engine, base, needed, when, inclusive, end, timeline=timeline)
+
+
+def _no_whole_chain(source: str, broken: BrokenBase, why: DrtoolError) -> SnapshotNotFound:
+    """The newest base for the target has a broken chain and no older whole chain serves instead."""
+    error = broken.error
+    return type(error)(f"{error}, and no older base with a whole chain serves instead ({why})",
+                       hint=f"restore an earlier point that an older full reaches ('drtool mariadb window "
+                            f"--source {source}' lists them), find the missing snapshot in a copy of the "
+                            f"repository ('drtool copy' it back), and take a full backup now: drtool "
+                            f"backup --source {source} --full")
 
 
 def _plan_target(source: str, engine: DatabaseEngine, found: list[RecoveryBase], segments: list[Segment],

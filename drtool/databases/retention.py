@@ -46,7 +46,7 @@ from drtool.databases.logarchive import source_prefix, sync_log_segments
 from drtool.errors import DrtoolError, SnapshotNotFound, UsageError
 from drtool.repository.locks import Lock
 from drtool.repository.objects import INFO_SUFFIX, object_name
-from drtool.snapshot.logwindow import RecoveryBase, Segment, recovery_bases, wal_segment_size
+from drtool.snapshot.logwindow import RecoveryBase, Segment, complete_bases, recovery_bases, wal_segment_size
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.retention import RetentionPolicy, SnapshotRef, apply_policy
 from drtool.testing_hooks import crash_point
@@ -77,15 +77,18 @@ def window_start(snapshots: Sequence[Snapshot], policy: RetentionPolicy, now: da
 def usable_bases(snapshots: Iterable[Snapshot], engine: DatabaseEngine,
                  segments: list[Segment]) -> list[RecoveryBase]:
     """Recovery bases oldest first; a snapshot with unreadable coordinates is skipped, not fatal
-    (it cannot start a recovery anyway, and one odd manifest must not stop retention)."""
+    (it cannot start a recovery anyway, and one odd manifest must not stop retention), and so is an
+    incremental whose chain is broken: the window pin must fall on a base that restores."""
+    snaps = list(snapshots)
     found: list[RecoveryBase] = []
-    for snap in snapshots:
+    for snap in snaps:
         try:
             found += recovery_bases([snap], engine, segments)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("snapshot %s: unreadable recovery coordinates (%s); not treated as a base",
                         snap.short_id, exc)
-    return sorted(found, key=lambda b: b.consistent_at)
+    whole, _broken = complete_bases(sorted(found, key=lambda b: b.consistent_at), snaps, engine)
+    return whole
 
 
 def base_pins(snapshots: Sequence[Snapshot], policy: RetentionPolicy, now: datetime,

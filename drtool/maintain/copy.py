@@ -39,7 +39,8 @@ from drtool.backends.registry import is_local_url, open_backend
 from drtool.catalog.logs import LogCatalog
 from drtool.core.coldpacks import warm_snapshots
 from drtool.crypto.keys import KdfParams
-from drtool.errors import DrtoolError, UsageError
+from drtool.errors import DrtoolError, SnapshotNotFound, UsageError
+from drtool.databases.engine import engines
 from drtool.databases.logarchive import fetch_segment, segment_object_id, store_segment, sync_log_segments
 from drtool.core.session import OpenOptions, Session
 from drtool.repository.locks import Lock
@@ -86,6 +87,8 @@ class CopyReport:
     blobs_copied: int = 0
     bytes_copied: int = 0
     bytes_stored: int = 0
+    chain_parents: list[dict[str, Any]] = field(default_factory=list)  # not asked for: an incremental's chain
+    refused: list[dict[str, Any]] = field(default_factory=list)        # incrementals whose chain is lost
     rehearsals_copied: int = 0
     log_files_copied: int = 0
     id_map_full: bool = False
@@ -193,6 +196,7 @@ class Copier:
         self.dst.repo.load_index()
         selected = self._select(options)
         self._find_copied()
+        selected = self._with_chains(selected, explicit=bool(options.snapshots))
         # A cold source (packs in GLACIER): warm what the snapshots to copy need, and wait.
         self.report.warm = _warm_dict(warm_snapshots(self.src.repo, [s.tree for s in selected
                                                                      if s.id not in self.done]))
@@ -215,6 +219,41 @@ class Copier:
             return self.src.snapshots(options.name)
         chosen = {s.id: s for s in (self.src.find_snapshot(ref, options.name)
                                     for ref in options.snapshots)}
+        return sorted(chosen.values(), key=lambda s: (s.time, s.id))
+
+    def _with_chains(self, selected: list[Snapshot], explicit: bool) -> list[Snapshot]:
+        """``selected`` with every snapshot their restore chains read (a MariaDB physical
+        incremental's full and parents) that the destination lacks, oldest first, so no copy is
+        an incremental without its parents.  An incremental whose chain is in neither repository
+        is not copied: named ids stop the copy before anything is written; otherwise it is left
+        out and listed in ``refused`` (the CLI exits 3)."""
+        source = self.src.snapshots()
+        everything = source + list(self.dst_snaps.values())
+        in_source = {s.id for s in source}
+        chosen = {s.id: s for s in selected}
+        for snap in selected:
+            engine = next((e for e in engines() if snap.kind in e.base_kinds), None)
+            if engine is None:
+                continue
+            try:
+                members = engine.base_chain(snap, everything)
+            except SnapshotNotFound as exc:
+                if snap.id in self.done:
+                    continue  # already there (copied before chains were checked): nothing to add
+                problem = _lost_chain(snap, exc)
+                if explicit:
+                    raise SnapshotNotFound(f"{problem}; nothing was copied",
+                                           hint="copy a full backup and the incrementals after it instead "
+                                                f"('drtool snapshots --name {snap.name}' shows them)") from None
+                log.warning("%s: not copied", problem)
+                self.report.refused.append({**_brief(snap, ""), "problem": problem})
+                del chosen[snap.id]
+                continue
+            for member in members[:-1]:
+                if member.id in in_source and member.id not in self.done and member.id not in chosen:
+                    chosen[member.id] = member
+                    self.report.chain_parents.append(_brief(member, ""))
+                    log.info("snapshot %s is copied too: incremental %s needs it", member.short_id, snap.short_id)
         return sorted(chosen.values(), key=lambda s: (s.time, s.id))
 
     def _find_copied(self) -> None:
@@ -424,6 +463,16 @@ def _origin(snap: Snapshot, repo_id: str) -> tuple[str, str]:
     return repo_id, snap.id
 
 
+def _lost_chain(snap: Snapshot, exc: SnapshotNotFound) -> str:
+    """One line: which ancestor of incremental ``snap`` neither repository holds."""
+    missing, child = getattr(exc, "missing", ""), getattr(exc, "child", None)
+    if not missing or child is None:
+        return f"snapshot {snap.short_id}: {exc}"
+    return (f"snapshot {snap.short_id} of {snap.name} is an incremental physical backup whose chain needs snapshot "
+            f"{missing[:8]} (parent of {child.short_id}), which is in neither repository: a copy could not "
+            f"be restored")
+
+
 def _same_backup(a: Snapshot, b: Snapshot) -> bool:
     return a.name == b.name and a.host == b.host and a.time == b.time
 
@@ -437,8 +486,12 @@ def summary_line(report: CopyReport) -> str:
     """One line for people (the CLI prints it; scripts use --json)."""
     mib = 1024 * 1024
     extras = ""
+    if report.chain_parents:
+        extras += f"; copied with them: {len(report.chain_parents)} parent(s) that incremental(s) need"
+    if report.refused:
+        extras += f"; {len(report.refused)} incremental(s) with a lost chain not copied"
     if report.rehearsals_copied or report.log_files_copied:
-        extras = (f"; {report.rehearsals_copied} rehearsal record(s), "
+        extras += (f"; {report.rehearsals_copied} rehearsal record(s), "
                   f"{report.log_files_copied} log file(s)")
     return (f"copied {len(report.copied)} snapshot(s) to {report.destination}, "
             f"{len(report.skipped)} already there; {report.blobs_copied} new blob(s), "

@@ -349,6 +349,12 @@ def _add_window(status: SourceStatus, session: Session, now: datetime) -> None:
     gaps = getattr(window, "gaps", None)
     if gaps:
         status.raise_to(WARNING, f"{len(gaps)} gap(s) in the archived log chain")
+    broken = getattr(window, "broken", None)
+    if broken:  # incrementals whose full or a parent is gone: no base (the next night is full by itself)
+        newest, missing = broken[-1].base.snapshot, getattr(broken[-1].error, "missing", "") or "?"
+        status.raise_to(WARNING, f"{len(broken)} incremental backup(s) with a broken chain, the newest "
+                                 f"{newest.short_id} ({missing[:8]} is missing): take a full backup "
+                                 f"(drtool backup --source {status.name} --full)")
 
 
 def _check_rpo(status: SourceStatus) -> None:

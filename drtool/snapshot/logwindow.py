@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Protocol
 
+from drtool.errors import SnapshotNotFound
 from drtool.repository.objects import BINLOG, WAL  # noqa: F401 - re-exported; log kinds are object prefixes too
 from drtool.snapshot.model import Snapshot
 
@@ -152,6 +153,40 @@ class LogRules(Protocol):
     def gaps_from(self, base: RecoveryBase | None, segments: list[Segment]) -> list[Gap]:
         """The holes in the archive after ``base`` (None: anywhere)."""
 
+    def base_chain(self, base: Snapshot, snapshots: list[Snapshot]) -> list[Snapshot]:
+        """The snapshots a restore of ``base`` reads; raises SnapshotNotFound naming a missing one."""
+
+
+@dataclass
+class BrokenBase:
+    """A base whose restore chain is not whole (an incremental whose full or a parent is gone)."""
+
+    base: RecoveryBase
+    error: SnapshotNotFound
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.base.as_dict(), "problem": str(self.error)}
+
+
+def complete_bases(found: list[RecoveryBase], snapshots: Iterable[Snapshot],
+                   rules: LogRules) -> tuple[list[RecoveryBase], list[BrokenBase]]:
+    """``found`` split into the bases whose whole chain is in ``snapshots`` and the broken ones.
+
+    Only a base with its chain down to the full can be restored: a broken one
+    starts no recovery, so it counts neither in windows nor in plans.
+    """
+    everything = list(snapshots)
+    whole: list[RecoveryBase] = []
+    broken: list[BrokenBase] = []
+    for base in found:
+        try:
+            rules.base_chain(base.snapshot, everything)
+        except SnapshotNotFound as exc:
+            broken.append(BrokenBase(base, exc))
+        else:
+            whole.append(base)
+    return whole, broken
+
 
 def recovery_bases(snapshots: Iterable[Snapshot], rules: LogRules, segments: list[Segment]) -> list[RecoveryBase]:
     """Restorable starting points among ``snapshots``, oldest first."""
@@ -190,6 +225,7 @@ class Window:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     segments: int = 0
     bases: int = 0
+    broken: list[BrokenBase] = field(default_factory=list)  # bases that cannot start a recovery
 
     @property
     def start(self) -> datetime | None:
@@ -204,7 +240,7 @@ class Window:
                 "start": self.start.isoformat() if self.start else None,
                 "end": self.end.isoformat() if self.end else None,
                 "intervals": [[a.isoformat(), b.isoformat()] for a, b in self.intervals],
-                "gaps": self.gaps}
+                "gaps": self.gaps, "broken_bases": [b.as_dict() for b in self.broken]}
 
 
 def _merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
@@ -219,13 +255,16 @@ def _merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, d
 
 def compute_window(source: str, rules: LogRules, snapshots: Iterable[Snapshot],
                    segments: list[Segment]) -> Window:
-    found = recovery_bases(snapshots, rules, segments)
+    """Intervals reachable from the complete bases (a broken chain's members are listed, not used)."""
+    everything = list(snapshots)
+    found, broken = complete_bases(recovery_bases(everything, rules, segments), everything, rules)
     intervals = []
     for base in found:
         end = reach(base, rules.chain_from(base, segments))
         if end is not None:
             intervals.append((base.consistent_at, end))
-    window = Window(source, rules.log_kind, _merge(intervals), segments=len(segments), bases=len(found))
+    window = Window(source, rules.log_kind, _merge(intervals), segments=len(segments), bases=len(found),
+                    broken=broken)
     seg_size, timeline = wal_segment_size(segments), (found[0].timeline if found else 1)
     window.gaps = [{"first_missing": rules.first_missing_name(g, timeline, seg_size), "count": g.count,
                     "after": g.before, "before": g.after}

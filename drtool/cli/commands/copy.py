@@ -14,7 +14,7 @@ from drtool.api.settings import Settings, read_passphrase
 from drtool.cli.complete import snapshot_ids
 from drtool.cli.context import CliState, emit, pass_state
 from drtool.cli.options import json_option, name_option
-from drtool.errors import ConfigError, UsageError, WrongPassword
+from drtool.errors import ConfigError, PartialSuccess, UsageError, WrongPassword
 
 log = logging.getLogger("drtool")
 
@@ -115,6 +115,13 @@ def copy(state: CliState, snapshots: tuple[str, ...], to: str | None, name: str 
     if created:
         text = f"created repository at {report.destination}\n{text}"
     emit(report.as_dict(), as_json, text)
+    if report.refused:
+        ids = " ".join(r["source"][:8] for r in report.refused)
+        raise PartialSuccess(f"{len(report.refused)} incremental snapshot(s) not copied, their chain is lost: "
+                             f"{report.refused[0]['problem']}" + (" (and more, see the warnings)"
+                                                                 if len(report.refused) > 1 else ""),
+                             hint=f"they cannot be restored anywhere; take a full backup (drtool backup "
+                                  f"--source NAME --full), then forget them: drtool forget {ids}")
 
 
 def register(group: click.Group) -> None:

@@ -1,0 +1,274 @@
+"""Broken incremental chains against a real throwaway MariaDB server: window, restore, forget, copy.
+
+Two chains of ``method = "physical"`` nights: full A, incremental A2, then
+(``--full``) full B, incremental B2, with rows between them and every binlog
+shipped.  Each test breaks a *copy* of that repository the way chains break
+(a snapshot lost from the repository) and checks that nothing treats a
+member of a broken chain as restorable: ``drtool mariadb window`` does not
+count it, ``restore --point-in-time`` passes over it for an older whole chain
+(or names the missing parent in one line), forget keeps chains whole and
+``drtool copy`` never writes an incremental without its parents.
+Tests run in file order (one worker per file).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import pymysql
+import pytest
+
+from conftest import DrEnv, make_env
+from dbservers import MariaServer, insert_events, mariadb_server, stop_restored_mariadb, write_config
+from test_mariadb_incremental import checksums, restored_checksums, settle, touch_pages
+
+SOURCE = "wikichain"
+
+
+@dataclass
+class Scenario:
+    dr: DrEnv
+    server: MariaServer
+    ids: dict[str, str]            # A, A2, B, B2 -> snapshot id
+    target: datetime               # after B2, before the last rows
+    at_target: list[tuple[Any, ...]]
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    dr = make_env(tmp_path_factory.mktemp("mychain"))
+    dr.init()
+    with mariadb_server() as server:
+        config = write_config(dr.tmp / "drtool.toml", str(dr.repo), {SOURCE: server.source(method="physical")})
+        dr.env["DRTOOL_CONFIG"] = str(config)
+        ids: dict[str, str] = {}
+
+        def night(label: str, *extra: str) -> None:
+            result = dr.run("backup", "--source", SOURCE, "--json", *extra)
+            assert result.code == 0, result.err
+            (made,) = json.loads(result.out)["sources"][SOURCE]
+            ids[label] = made["id"]
+        server.sql("CREATE DATABASE wiki")
+        server.sql("CREATE TABLE wiki.events (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(8), n INT)")
+        server.sql("CREATE TABLE wiki.pages (id INT PRIMARY KEY, n INT, body VARCHAR(400))")
+        server.sql("INSERT INTO pages SELECT seq, 0, REPEAT(SHA2(seq, 256), 6) FROM seq_1_to_8000", "wiki")
+        insert_events(server, "a", 5)
+        settle(server)
+        night("A")
+        touch_pages(server, 0)
+        insert_events(server, "a2", 6)
+        night("A2")
+        touch_pages(server, 1)
+        insert_events(server, "b", 7)
+        night("B", "--full")
+        touch_pages(server, 2)
+        insert_events(server, "b2", 8)
+        night("B2")
+        insert_events(server, "t", 9)
+        server.sql("FLUSH BINARY LOGS")
+        time.sleep(1.1)
+        target, at_target = datetime.now(timezone.utc), checksums(server)
+        time.sleep(1.1)
+        touch_pages(server, 3)
+        insert_events(server, "late", 10)
+        server.sql("FLUSH BINARY LOGS")
+        pushed = dr.run("mariadb", "binlog-push", "--source", SOURCE)
+        assert pushed.code == 0, pushed.err
+        yield Scenario(dr, server, ids, target, at_target)
+
+
+def broken_copy(scenario: Scenario, tmp: Path, *lost: str) -> dict[str, str]:
+    """A copy of the repository without the snapshots ``lost`` (labels), and the env that uses it."""
+    copy = tmp / "repo"
+    shutil.copytree(scenario.dr.repo, copy)
+    for label in lost:
+        os.unlink(copy / "snapshots" / scenario.ids[label])
+    return {"DRTOOL_REPOSITORY": str(copy), "DRTOOL_CATALOG": str(tmp / "catalog.sqlite")}
+
+
+def events(socket: str, password: str) -> list[tuple[Any, ...]]:
+    conn = pymysql.connect(unix_socket=socket, user="root", password=password)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT tag, count(*) FROM wiki.events GROUP BY tag ORDER BY min(id)")
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def test_the_chains_as_taken(scenario: Scenario) -> None:
+    snaps = {s["id"]: s["meta"] for s in json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json").out)}
+    ids = scenario.ids
+    assert snaps[ids["A2"]]["incremental_parent"] == ids["A"] and snaps[ids["B2"]]["incremental_parent"] == ids["B"]
+    assert snaps[ids["B"]]["backup_type"] == "full"
+    window = json.loads(scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json").out)
+    assert window["bases"] == 4 and window["broken_bases"] == [] and len(window["intervals"]) == 1
+    assert "broken chain" not in scenario.dr.run("status", "--source", SOURCE).out
+
+
+def test_window_does_not_count_an_incremental_whose_full_is_lost(scenario: Scenario, tmp_path: Path) -> None:
+    env = broken_copy(scenario, tmp_path, "B")
+    result = scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json", env=env)
+    assert result.code == 0, result.err
+    window = json.loads(result.out)
+    assert window["bases"] == 2  # A and A2; B2 has no full
+    (broken,) = window["broken_bases"]
+    assert broken["snapshot"] == scenario.ids["B2"]
+    assert f"needs snapshot {scenario.ids['B'][:8]} (parent of {scenario.ids['B2'][:8]})" in broken["problem"]
+    text = scenario.dr.run("mariadb", "window", "--source", SOURCE, env=env).out
+    assert "2 base(s)" in text and f"not a usable base: snapshot {scenario.ids['B2'][:8]}" in text
+    assert f"--source {SOURCE} --full" in text
+    status = scenario.dr.run("status", "--source", SOURCE, env=env)
+    assert status.code == 1, status.out + status.err  # WARNING
+    assert f"1 incremental backup(s) with a broken chain, the newest {scenario.ids['B2'][:8]} " \
+           f"({scenario.ids['B'][:8]} is missing)" in status.out
+
+
+def test_window_with_every_chain_broken_is_empty(scenario: Scenario, tmp_path: Path) -> None:
+    env = broken_copy(scenario, tmp_path, "A", "B")
+    window = json.loads(scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json", env=env).out)
+    assert window["bases"] == 0 and window["intervals"] == [] and window["start"] is None
+    assert {b["snapshot"] for b in window["broken_bases"]} == {scenario.ids["A2"], scenario.ids["B2"]}
+
+
+def test_restore_passes_over_a_broken_chain_for_an_older_whole_one(scenario: Scenario, tmp_path: Path) -> None:
+    """B is lost: the target after B2 is reached from A2 (chain A, A2) and the binlogs since."""
+    env = broken_copy(scenario, tmp_path, "B")
+    target = Path(scenario.server.root) / "fallback"
+    try:
+        result = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
+                                 "--target", str(target), "--start", "--json", env=env)
+        assert result.code == 0, result.err
+        report = json.loads(result.out)
+        assert report["plan"]["base"]["snapshot"] == scenario.ids["A2"]
+        assert report["plan"]["chain"] == [scenario.ids["A"], scenario.ids["A2"]]
+        assert [b["snapshot"] for b in report["plan"]["passed_over"]] == [scenario.ids["B2"]]
+        assert f"snapshot {scenario.ids['B2'][:8]} is not used as the base" in result.err
+        assert restored_checksums(report["socket"], scenario.server.password) == scenario.at_target
+        assert events(report["socket"], scenario.server.password) == [("a", 5), ("a2", 6), ("b", 7), ("b2", 8),
+                                                                       ("t", 9)]
+    finally:
+        stop_restored_mariadb(target)
+
+
+def test_restore_names_the_missing_parent_when_no_whole_chain_serves(scenario: Scenario, tmp_path: Path) -> None:
+    env = broken_copy(scenario, tmp_path, "A", "B")
+    target = tmp_path / "never"
+    result = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
+                             "--target", str(target), env=env)
+    assert result.code == 1, result.err
+    b, b2 = scenario.ids["B"][:8], scenario.ids["B2"][:8]
+    assert f"snapshot {b2} of source {SOURCE} is an incremental physical backup whose chain needs snapshot {b} " \
+           f"(parent of {b2}), which is not in the repository, and no older base with a whole chain" in result.err
+    assert f"drtool backup --source {SOURCE} --full" in result.err
+    assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
+    assert not target.exists()
+    named = scenario.dr.run("restore", b2, "--source", SOURCE, "--target", str(target), env=env)
+    assert named.code == 1 and f"needs snapshot {b} (parent of {b2})" in named.err and not target.exists()
+
+
+def test_forget_keeps_whole_chains(scenario: Scenario, tmp_path: Path) -> None:
+    """--keep-last 1 keeps B2 and its full B, drops chain A whole; forget B alone is refused."""
+    env = broken_copy(scenario, tmp_path)
+    ids = scenario.ids
+    result = scenario.dr.run("forget", "--name", SOURCE, "--keep-last", "1", "--json", env=env)
+    assert result.code == 0, result.err
+    (series,) = json.loads(result.out)["series"]
+    assert {k["id"] for k in series["keep"]} == {ids["B"], ids["B2"]}
+    assert set(series["removed"]) == {ids["A"], ids["A2"]}
+    refused = scenario.dr.run("forget", ids["B"][:8], env=env)
+    assert refused.code == 2 and f"restore chain of incremental backup(s) {ids['B2'][:8]}" in refused.err
+    window = json.loads(scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json", env=env).out)
+    assert window["bases"] == 2 and window["broken_bases"] == []
+
+
+def test_copying_an_incremental_copies_its_parents(scenario: Scenario, tmp_path: Path) -> None:
+    second = {"DRTOOL_REPOSITORY": str(tmp_path / "second"), "DRTOOL_CATALOG": str(tmp_path / "second.sqlite")}
+    result = scenario.dr.run("copy", scenario.ids["A2"][:12], "--to", str(tmp_path / "second"), "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert [c["source"] for c in report["copied"]] == [scenario.ids["A"], scenario.ids["A2"]]
+    assert [c["source"] for c in report["chain_parents"]] == [scenario.ids["A"]]
+    window = json.loads(scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json", env=second).out)
+    assert window["bases"] == 2 and window["broken_bases"] == []
+    target = Path(scenario.server.root) / "copied-a2"
+    try:
+        restored = scenario.dr.run("restore", report["copied"][1]["id"][:12], "--source", SOURCE, "--target",
+                                   str(target), "--start", "--json", env=second)
+        assert restored.code == 0, restored.err
+        socket = json.loads(restored.out)["socket"]
+        assert events(socket, scenario.server.password) == [("a", 5), ("a2", 6)]
+    finally:
+        stop_restored_mariadb(target)
+
+
+def test_copy_refuses_an_incremental_whose_chain_is_in_neither_repository(scenario: Scenario,
+                                                                          tmp_path: Path) -> None:
+    env = broken_copy(scenario, tmp_path, "B")
+    third = tmp_path / "third"
+    third_env = {"DRTOOL_REPOSITORY": str(third), "DRTOOL_CATALOG": str(tmp_path / "third.sqlite")}
+    b, b2 = scenario.ids["B"][:8], scenario.ids["B2"][:8]
+    named = scenario.dr.run("copy", b2, "--to", str(third), env=env)
+    assert named.code == 1, named.err
+    assert f"snapshot {b2} of {SOURCE} is an incremental physical backup whose chain needs snapshot {b} " \
+           f"(parent of {b2}), which is in neither repository" in named.err and "nothing was copied" in named.err
+    assert "Traceback" not in named.err and len(named.err.strip().splitlines()) == 1
+    listed = scenario.dr.run("snapshots", "--json", env=third_env)
+    assert listed.code != 0 or json.loads(listed.out) == []
+    everything = scenario.dr.run("copy", "--to", str(third), "--name", SOURCE, "--json", env=env)
+    assert everything.code == 3, everything.err
+    report = json.loads(everything.out)
+    assert [c["source"] for c in report["copied"]] == [scenario.ids["A"], scenario.ids["A2"]]
+    assert [r["source"] for r in report["refused"]] == [scenario.ids["B2"]]
+    assert f"drtool forget {b2}" in everything.err
+    copied = json.loads(scenario.dr.run("snapshots", "--json", env=third_env).out)
+    assert sorted(s["meta"]["copied_from"]["snapshot"] for s in copied) == sorted([scenario.ids["A"],
+                                                                                 scenario.ids["A2"]])
+
+
+def test_a_lost_parent_comes_back_from_the_second_repository(scenario: Scenario, tmp_path: Path) -> None:
+    """The runbook's repair: B is lost here but copied to a second site; copying B2's copy back
+    brings B with it (B2 itself is already here), and the chain is whole again."""
+    second = tmp_path / "second"
+    second_env = {"DRTOOL_REPOSITORY": str(second), "DRTOOL_CATALOG": str(tmp_path / "second.sqlite")}
+    assert scenario.dr.run("copy", "--to", str(second), "--name", SOURCE).code == 0
+    env = broken_copy(scenario, tmp_path, "B")
+    copies = {s["meta"]["copied_from"]["snapshot"]: s["id"]
+              for s in json.loads(scenario.dr.run("snapshots", "--json", env=second_env).out)}
+    back = scenario.dr.run("copy", copies[scenario.ids["B2"]][:12], "--to", env["DRTOOL_REPOSITORY"], "--json",
+                           env=second_env)
+    assert back.code == 0, back.err
+    report = json.loads(back.out)
+    assert [c["source"] for c in report["copied"]] == [copies[scenario.ids["B"]]]
+    assert [s["source"] for s in report["skipped"]] == [copies[scenario.ids["B2"]]]
+    window = json.loads(scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json", env=env).out)
+    assert window["bases"] == 4 and window["broken_bases"] == []
+    plan = json.loads(scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", "/nonexistent",
+                                      "--dry-run", "--json", env=env).out)
+    assert plan["base"]["snapshot"] == scenario.ids["B2"] and plan["passed_over"] == []
+
+
+def test_a_damaged_manifest_breaks_the_chain_like_a_lost_one(scenario: Scenario, tmp_path: Path) -> None:
+    """B's manifest cannot be read (bytes overwritten): listings skip it with a warning, so B2 is no
+    base and the restore to the target passes over it, as when B is lost."""
+    env = broken_copy(scenario, tmp_path)
+    manifest = Path(env["DRTOOL_REPOSITORY"]) / "snapshots" / scenario.ids["B"]
+    body = bytearray(manifest.read_bytes())
+    body[len(body) // 2] ^= 0xFF
+    manifest.write_bytes(bytes(body))
+    result = scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json", env=env)
+    assert result.code == 0, result.err
+    assert scenario.ids["B"][:8] in result.err and "drtool check" in result.err  # the skipped manifest
+    window = json.loads(result.out)
+    assert window["bases"] == 2 and [b["snapshot"] for b in window["broken_bases"]] == [scenario.ids["B2"]]
+    plan = json.loads(scenario.dr.run("restore", "--source", SOURCE, "--point-in-time",
+                                      scenario.target.isoformat(), "--target", "/nonexistent", "--dry-run",
+                                      "--json", env=env).out)
+    assert plan["base"]["snapshot"] == scenario.ids["A2"]
+    assert [b["snapshot"] for b in plan["passed_over"]] == [scenario.ids["B2"]]
