@@ -25,13 +25,13 @@ from drtool.repository.index import Location
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.store import stream_ids
-from drtool.snapshot.streamgroups import GroupKey, PlannedGroups, group_key
+from drtool.snapshot.streamgroups import PlannedGroups, group_key, plan_runs
 
 MiB = 1024 * 1024
 WINDOW_BYTES = 8 * MiB       # a window ends at the first group change past this ...
 WINDOW_MAX = 32 * MiB        # ... or here
 BUFFER_BYTES = 18 * MiB      # a window of one whole 16 MiB text group fits
-GROUP_BUDGET_BYTES = 128 * MiB  # groups kept open for later windows, for all workers (streamgroups)
+GROUP_BUDGET_BYTES = 192 * MiB  # groups kept open for later runs, all workers (streamgroups)
 
 
 def windows(locs: list[Location]) -> list[tuple[int, int, int]]:
@@ -64,18 +64,20 @@ def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None 
     locs = [repo.locate(blob_id) for blob_id in ids]
     runs = windows(locs)
     workers = workers or max(2, os.cpu_count() or 2)
-    groups = PlannedGroups(repo, group_uses(locs, runs), GROUP_BUDGET_BYTES, workers)
+    window_runs, uses = plan_runs(locs, runs)
+    groups = PlannedGroups(repo, uses, GROUP_BUDGET_BYTES, workers)
     free: list[bytearray] = []
 
-    def fill(index: int, start: int, end: int, buf: bytearray) -> bytearray:
-        pinned = groups.pin(locs[start:end])
-        try:
-            pos = 0
-            for blob_id, loc in zip(ids[start:end], locs[start:end]):
-                buf[pos:pos + loc.raw_length] = groups.blob(pinned[group_key(loc)], blob_id, loc)
-                pos += loc.raw_length
-        finally:
-            groups.window_done(index, pinned)
+    def fill(index: int, buf: bytearray) -> bytearray:
+        pos = 0
+        for run, start, end in window_runs[index]:
+            group = groups.pin(locs[start])
+            try:
+                for blob_id, loc in zip(ids[start:end], locs[start:end]):
+                    buf[pos:pos + loc.raw_length] = groups.blob(group, blob_id, loc)
+                    pos += loc.raw_length
+            finally:
+                groups.done(group, group_key(locs[start]), run)
         return buf
 
     def buffer(size: int) -> bytearray:
@@ -96,8 +98,8 @@ def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None 
                         item = next(queued, None)
                         if item is None:
                             break
-                        index, (start, end, size) = item
-                        pending.append((pool.submit(fill, index, start, end, buffer(size)), size))
+                        index, (_start, _end, size) = item
+                        pending.append((pool.submit(fill, index, buffer(size)), size))
                     if not pending:
                         return
                     future, size = pending.popleft()
@@ -110,11 +112,3 @@ def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None 
     finally:
         groups.close()  # after the pool: no worker still reads a group
 
-
-def group_uses(locs: list[Location], runs: list[tuple[int, int, int]]) -> dict[GroupKey, list[int]]:
-    """For each group, the windows (indices) that read blobs from it."""
-    uses: dict[GroupKey, list[int]] = {}
-    for index, (start, end, _size) in enumerate(runs):
-        for key in {group_key(loc) for loc in locs[start:end]}:
-            uses.setdefault(key, []).append(index)
-    return uses
