@@ -58,14 +58,16 @@ def read_stream(repo: Repository, snap: Snapshot, filename: str | None = None,
     yield from read_blobs_windowed(repo, stream_ids(repo, snap, filename), workers)
 
 
-def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None = None) -> Iterator[memoryview]:
+def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None = None, *,
+                        budget: int = GROUP_BUDGET_BYTES) -> Iterator[memoryview]:
     """The verified plaintext of the blobs ``ids`` (one big file's content), in order, read by
-    a pool of workers in windows of several MiB: the same contract as :func:`read_stream`."""
+    a pool of workers in windows of several MiB: the same contract as :func:`read_stream`.
+    ``budget``: bytes of opened groups kept for later runs (:class:`PlannedGroups`)."""
     locs = [repo.locate(blob_id) for blob_id in ids]
     runs = windows(locs)
     workers = workers or max(2, os.cpu_count() or 2)
     window_runs, uses = plan_runs(locs, runs)
-    groups = PlannedGroups(repo, uses, GROUP_BUDGET_BYTES, workers)
+    groups = PlannedGroups(repo, uses, budget, workers)
     free: list[bytearray] = []
 
     def fill(index: int, buf: bytearray) -> bytearray:
