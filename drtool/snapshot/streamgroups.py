@@ -9,10 +9,11 @@ half of a stream read's CPU).  The reader knows every run of blobs it will
 read before it starts, so here a group stays open exactly while a later run
 still needs it, and when the budget is full the group needed furthest ahead
 goes first (Belady's rule, optimal for a known sequence): 19 and 33
-openings with 192 MiB (38-40 with 128 MiB).  Groups are decrypted and decompressed into recycled buffers (a
-fresh 16 MiB buffer is faulted in page by page), and a blob already checked
-against its id in a group that is still open is not hashed again (a run of
-zero pages is one 64 KiB blob repeated thousands of times).
+openings with 192 MiB (38-40 with 128 MiB).  Groups are decrypted and
+decompressed into recycled buffers (a fresh 16 MiB buffer is faulted in
+page by page), and a blob already checked against its id in a group that
+is still open is not hashed again (a run of zero pages is one 64 KiB blob
+repeated thousands of times).
 """
 from __future__ import annotations
 
@@ -49,15 +50,15 @@ class PlannedGroups:
     ``uses`` maps each group to the runs of neighbouring blobs (numbered in
     stream order, :func:`plan_runs`) read from it.  A worker pins the group
     of a run (:meth:`pin`), cuts its blobs (:meth:`blob`), and calls
-    :meth:`done`: a group no later run needs is released at once.  A pinned group is never evicted (one per worker:
-    the budget may be passed by that much for a moment).
+    :meth:`done`: a group no later run needs is released at once.  A pinned
+    group is never evicted (one per worker: the budget may be passed by that
+    much for a moment).
     """
 
     def __init__(self, repo: Repository, uses: dict[GroupKey, list[int]], budget: int, workers: int) -> None:
         """``uses``: for each group, the runs that read it, ascending."""
         self.repo = repo
         self.budget = budget
-        self.opened_count = 0  # groups decrypted and decompressed (the bench and tests read it)
         self._uses = {key: deque(runs) for key, runs in uses.items()}
         self._resident: dict[GroupKey, _Open] = {}
         self._loading: dict[GroupKey, threading.Event] = {}
@@ -82,7 +83,6 @@ class PlannedGroups:
         try:
             opened = self.repo.open_group_recycled(loc, self._pool)
             with self._lock:
-                self.opened_count += 1
                 group = self._resident[key] = _Open(opened)
                 group.pins = 1
                 self._bytes += len(opened.plain)
