@@ -8,9 +8,11 @@ of a PostgreSQL restore).  Here the blobs are cut into windows of ~8 MiB
 that end where a compression group ends when they can, so each group is
 opened once; workers (AES-GCM, zstd and BLAKE3 release the GIL) fill
 recycled window buffers; the caller gets them in stream order.  Groups
-shared by neighbouring windows (a night-2 snapshot alternates between old
-and new groups) come from the repository's group cache, opened once even
-when two workers want them at the same time.
+shared by several windows (a night-2 snapshot alternates between old and
+new groups; zero pages all along a mariabackup stream are one old blob)
+stay open while a later window needs them and the budget allows
+(``streamgroups``), opened once even when two workers want them at the
+same time.
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ from drtool.repository.index import Location
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.store import stream_ids
+from drtool.snapshot.streamgroups import PlannedGroups, group_key, plan_runs
 
 MiB = 1024 * 1024
 WINDOW_BYTES = 8 * MiB       # a window ends at the first group change past this ...
 WINDOW_MAX = 32 * MiB        # ... or here
 BUFFER_BYTES = 18 * MiB      # a window of one whole 16 MiB text group fits
-GROUP_CACHE_BYTES = 128 * MiB  # old and new groups of a night-2 stream, for all workers
+GROUP_BUDGET_BYTES = 192 * MiB  # groups kept open for later runs, all workers (streamgroups)
 
 
 def windows(locs: list[Location]) -> list[tuple[int, int, int]]:
@@ -55,20 +58,28 @@ def read_stream(repo: Repository, snap: Snapshot, filename: str | None = None,
     yield from read_blobs_windowed(repo, stream_ids(repo, snap, filename), workers)
 
 
-def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None = None) -> Iterator[memoryview]:
+def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None = None, *,
+                        budget: int = GROUP_BUDGET_BYTES) -> Iterator[memoryview]:
     """The verified plaintext of the blobs ``ids`` (one big file's content), in order, read by
-    a pool of workers in windows of several MiB: the same contract as :func:`read_stream`."""
+    a pool of workers in windows of several MiB: the same contract as :func:`read_stream`.
+    ``budget``: bytes of opened groups kept for later runs (:class:`PlannedGroups`)."""
     locs = [repo.locate(blob_id) for blob_id in ids]
     runs = windows(locs)
     workers = workers or max(2, os.cpu_count() or 2)
-    repo.limit_group_cache(GROUP_CACHE_BYTES)
+    window_runs, uses = plan_runs(locs, runs)
+    groups = PlannedGroups(repo, uses, budget, workers)
     free: list[bytearray] = []
 
-    def fill(start: int, end: int, size: int, buf: bytearray) -> bytearray:
+    def fill(index: int, buf: bytearray) -> bytearray:
         pos = 0
-        for view in repo.read_blobs(ids[start:end], locs[start:end]):
-            buf[pos:pos + len(view)] = view
-            pos += len(view)
+        for run, start, end in window_runs[index]:
+            group = groups.pin(locs[start])
+            try:
+                for blob_id, loc in zip(ids[start:end], locs[start:end]):
+                    buf[pos:pos + loc.raw_length] = groups.blob(group, blob_id, loc)
+                    pos += loc.raw_length
+            finally:
+                groups.done(group, group_key(locs[start]), run)
         return buf
 
     def buffer(size: int) -> bytearray:
@@ -80,21 +91,26 @@ def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None 
         return bytearray(max(size, BUFFER_BYTES))
 
     pending: deque[tuple[Future[bytearray], int]] = deque()
-    queued = iter(runs)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stream-read") as pool:
-        try:
-            while True:
-                while len(pending) < workers + 1:
-                    run = next(queued, None)
-                    if run is None:
-                        break
-                    pending.append((pool.submit(fill, *run, buffer(run[2])), run[2]))
-                if not pending:
-                    return
-                future, size = pending.popleft()
-                buf = future.result()
-                yield memoryview(buf)[:size]
-                free.append(buf)  # the consumer asked for the next window: done with this one
-        finally:
-            for future, _size in pending:
-                future.cancel()
+    queued = iter(enumerate(runs))
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stream-read") as pool:
+            try:
+                while True:
+                    while len(pending) < workers + 1:
+                        item = next(queued, None)
+                        if item is None:
+                            break
+                        index, (_start, _end, size) = item
+                        pending.append((pool.submit(fill, index, buffer(size)), size))
+                    if not pending:
+                        return
+                    future, size = pending.popleft()
+                    buf = future.result()
+                    yield memoryview(buf)[:size]
+                    free.append(buf)  # the consumer asked for the next window: done with this one
+            finally:
+                for future, _size in pending:
+                    future.cancel()
+    finally:
+        groups.close()  # after the pool: no worker still reads a group
+
