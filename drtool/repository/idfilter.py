@@ -166,7 +166,7 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, stamp_of: Cal
     lookups) when it cannot be written.  ``env``: the cache's LMDB environment."""
     def fits(filt: IdFilter | None, txn: Any) -> bool:
         return (filt is not None and filt.stamp() == stamp_of(txn)
-                and txn.stat(blobs)["entries"] <= 2 * filt.capacity and _samples_in(filt, txn, members))
+                and txn.stat(blobs)["entries"] <= 2 * filt.capacity and members_sampled_in(txn, members, filt.maybe))
 
     found = IdFilter.open(path)
     with env.begin() as txn:
@@ -195,9 +195,10 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, stamp_of: Cal
         return None
 
 
-def _samples_in(filt: IdFilter, txn: Any, members: Any, packs: int = 16) -> bool:
-    """Whether the ids of a few random cached packs are in the filter: a file whose bits were
-    lost (zeroed pages after a crash, a copy gone wrong) is caught at open, not trusted."""
+def members_sampled_in(txn: Any, members: Any, holds: Callable[[bytes], bool], packs: int = 16) -> bool:
+    """Whether ``holds`` answers yes for every id of a few random cached packs: a filter or id
+    table whose file lost its contents (zeroed pages after a crash, a copy gone wrong) is caught
+    at open, not trusted.  ``members``: the cache's pack number -> blob ids database."""
     cursor = txn.cursor(db=members)
     if not cursor.last():
         return True
@@ -205,6 +206,6 @@ def _samples_in(filt: IdFilter, txn: Any, members: Any, packs: int = 16) -> bool
     for _ in range(packs):
         if cursor.set_range(random.randrange(top + 1).to_bytes(4, "big")):
             ids = cursor.value()
-            if not all(filt.maybe(bytes(ids[pos:pos + ID_SIZE])) for pos in range(0, len(ids), ID_SIZE)):
+            if not all(holds(bytes(ids[pos:pos + ID_SIZE])) for pos in range(0, len(ids), ID_SIZE)):
                 return False
     return True

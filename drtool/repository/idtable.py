@@ -39,12 +39,12 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import random
 import struct
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from drtool.crypto.ids import ID_SIZE
+from drtool.repository.idfilter import members_sampled_in
 
 log = logging.getLogger("drtool")
 
@@ -240,7 +240,7 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, meta: Any,
     ~640 MB of them)."""
     def fits(table: IdTable | None, txn: Any) -> bool:
         return (table is not None and table.token() == token_of(txn)
-                and txn.stat(blobs)["entries"] <= OVERFULL * table.capacity and _samples_in(table, txn, members))
+                and txn.stat(blobs)["entries"] <= OVERFULL * table.capacity and members_sampled_in(txn, members, table.holds))
 
     found = IdTable.open(path)
     with env.begin() as txn:
@@ -274,18 +274,3 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, meta: Any,
     except Exception as exc:  # OSError (no space, permissions) or an LMDB error: lookups still work
         log.warning("no id table for the index cache %s (%s): plain lookups", path.parent, exc)
         return None
-
-
-def _samples_in(table: IdTable, txn: Any, members: Any, packs: int = 16) -> bool:
-    """Whether the ids of a few random cached packs are in the table: a file whose buckets were
-    lost (zeroed pages after a crash, a copy gone wrong) is caught at open, not trusted."""
-    cursor = txn.cursor(db=members)
-    if not cursor.last():
-        return True
-    top = int.from_bytes(cursor.key(), "big")
-    for _ in range(packs):
-        if cursor.set_range(random.randrange(top + 1).to_bytes(4, "big")):
-            ids = cursor.value()
-            if not all(table.holds(bytes(ids[pos:pos + ID_SIZE])) for pos in range(0, len(ids), ID_SIZE)):
-                return False
-    return True
