@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from drtool.crypto.ids import ID_SIZE
+from drtool.repository.mappedfile import create_mapped, open_mapped
 
 log = logging.getLogger("drtool")
 
@@ -66,40 +67,18 @@ class IdFilter:
     @classmethod
     def open(cls, path: Path) -> IdFilter | None:
         """The filter at ``path``, or None when it is missing or not a whole filter file."""
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError:
-            return None
-        try:
-            size = os.fstat(fd).st_size
-            if size < _HEADER.size:
-                raise ValueError
-            mapping = mmap.mmap(fd, size)
+        def valid(mapping: mmap.mmap, size: int) -> bool:
             magic, _stamp, bits, capacity = _HEADER.unpack_from(mapping, 0)
-            if (magic != MAGIC or not bits or bits % BLOCK_BITS or size != _HEADER.size + bits // 8
-                    or not capacity):
-                mapping.close()
-                raise ValueError
-            mapping.madvise(mmap.MADV_RANDOM)
-        except (OSError, ValueError):
-            os.close(fd)
-            return None
-        return cls(path, fd, mapping)
+            return (magic == MAGIC and bool(bits) and not bits % BLOCK_BITS
+                    and size == _HEADER.size + bits // 8 and bool(capacity))
+        opened = open_mapped(path, _HEADER.size, valid)
+        return cls(path, *opened) if opened is not None else None
 
     @classmethod
     def start(cls, path: Path, capacity: int) -> IdFilter:
         """A new, empty filter in a temporary file beside ``path`` (stamp STALE until :meth:`install`)."""
         bits = -(-capacity * BITS_PER_ENTRY // BLOCK_BITS) * BLOCK_BITS
-        size = _HEADER.size + (bits + 7) // 8
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            mapping = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
+        tmp, fd, mapping = create_mapped(path, _HEADER.size + (bits + 7) // 8)
         _HEADER.pack_into(mapping, 0, MAGIC, STALE, bits, capacity)
         return cls(tmp, fd, mapping)
 

@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterable
 
 from drtool.crypto.ids import ID_SIZE
 from drtool.repository.idfilter import members_sampled_in
+from drtool.repository.mappedfile import create_mapped, open_mapped
 
 log = logging.getLogger("drtool")
 
@@ -96,39 +97,17 @@ class IdTable:
     @classmethod
     def open(cls, path: Path) -> IdTable | None:
         """The table at ``path``, or None when it is missing or not a whole table file."""
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError:
-            return None
-        try:
-            size = os.fstat(fd).st_size
-            if size < _HEADER.size:
-                raise ValueError
-            mapping = mmap.mmap(fd, size)
+        def valid(mapping: mmap.mmap, size: int) -> bool:
             magic, _token, buckets, capacity = _HEADER.unpack_from(mapping, 0)
-            if magic != MAGIC or not buckets or not capacity or size != cls._size(buckets):
-                mapping.close()
-                raise ValueError
-            mapping.madvise(mmap.MADV_RANDOM)
-        except (OSError, ValueError):
-            os.close(fd)
-            return None
-        return cls(path, fd, mapping)
+            return magic == MAGIC and bool(buckets) and bool(capacity) and size == cls._size(buckets)
+        opened = open_mapped(path, _HEADER.size, valid)
+        return cls(path, *opened) if opened is not None else None
 
     @classmethod
     def start(cls, path: Path, capacity: int) -> IdTable:
         """A new, empty table in a temporary file beside ``path`` (``STALE`` until :meth:`install`)."""
         buckets = int(capacity / (4 * LOAD)) + 1
-        size = cls._size(buckets)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            mapping = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
+        tmp, fd, mapping = create_mapped(path, cls._size(buckets))
         _HEADER.pack_into(mapping, 0, MAGIC, STALE, buckets, capacity)
         return cls(tmp, fd, mapping)
 
