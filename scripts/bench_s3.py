@@ -71,6 +71,7 @@ class Result:
     verified: Optional[bool] = None
     error: Optional[str] = None
     notes: list[str] = field(default_factory=list)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # step -> tool / moto / proxy CPU s
 
 
 class S3Lab:
@@ -119,6 +120,17 @@ class S3Lab:
                 count += 1
                 size += int(item["Size"])
         return count, size
+
+    def server_cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) the moto server and the proxy have used so far: they
+        share the machine's cores with the tool, so a step's wall time cannot fall below
+        (the tool's CPU + theirs) / cores; the report shows that floor beside each result."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = {}
+        for role, proc in zip(("moto", "proxy"), self.procs):
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu[role] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return cpu
 
     def close(self) -> None:
         for proc in reversed(self.procs):
@@ -197,8 +209,10 @@ def run_tool(name: str, args: argparse.Namespace, data: Path, logs: Path) -> Res
         bench.read_tree(source)
         bench.step(tool, res, "init", tool.init_cmd(), logs, args.timeout)
         lab.stats(reset=True)
+        before = lab.server_cpu()
         run = bench.step(tool, res, "backup", tool.wrap(tool.backup_cmd(source, "night1"), "backup"),
                          logs, args.timeout)
+        res.cpu["backup"] = _step_cpu(run, before, lab.server_cpu())
         counts = lab.stats()
         res.requests["backup"] = counts["requests"]
         f["backup_s"], f["rss_backup_mib"] = run.seconds, run.maxrss_mib
@@ -210,7 +224,9 @@ def run_tool(name: str, args: argparse.Namespace, data: Path, logs: Path) -> Res
         tool.restore_dir.mkdir(parents=True, exist_ok=True)
         argv, cwd = tool.restore_cmd("night1")
         lab.stats(reset=True)
+        before = lab.server_cpu()
         run = bench.step(tool, res, "restore", tool.wrap(argv, "restore"), logs, args.timeout, cwd)
+        res.cpu["restore"] = _step_cpu(run, before, lab.server_cpu())
         counts = lab.stats()
         res.requests["restore"] = counts["requests"]
         gets = sum(counts["requests"].get(k, 0) for k in ("get", "range_get"))
@@ -228,6 +244,37 @@ def run_tool(name: str, args: argparse.Namespace, data: Path, logs: Path) -> Res
         if not args.keep:
             shutil.rmtree(tool.home, ignore_errors=True)
     return res
+
+
+def _step_cpu(run: "bench.Run", before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {"wall": run.seconds, "tool": run.user_s + run.sys_s,
+            **{role: after[role] - before[role] for role in after}}
+
+
+def cpu_floor_lines(results: dict[str, Result]) -> list[str]:
+    """Where each step's wall time stands against the CPU the whole set-up needed.
+
+    On a machine of C cores, a step in which the tool, moto and the proxy used T seconds
+    of CPU between them cannot take less than T / C of wall time.  For drtool's speed
+    targets (≤ 0.5 × restic's wall) the line also says how much CPU the target leaves
+    drtool once the servers' share of its own run is paid."""
+    cores = len(os.sched_getaffinity(0))
+    lines = [f"CPU accounting ({cores} cores; user + system seconds of the tool and of the servers"
+             " during each step):"]
+    restic = results.get("restic")
+    for name, res in results.items():
+        for phase, cpu in res.cpu.items():
+            total = cpu["tool"] + cpu["moto"] + cpu["proxy"]
+            line = (f"  {name} {phase}: wall {cpu['wall']:.2f} s; CPU tool {cpu['tool']:.2f} + moto "
+                    f"{cpu['moto']:.2f} + proxy {cpu['proxy']:.2f} = {total:.2f} s; "
+                    f"floor on {cores} cores {total / cores:.2f} s")
+            if name == "drtool" and restic is not None and phase in restic.cpu:
+                target = 0.5 * restic.cpu[phase]["wall"]
+                budget = cores * target - cpu["moto"] - cpu["proxy"]
+                line += (f"; target 0.5 x restic = {target:.2f} s leaves drtool {max(budget, 0):.2f} s of CPU"
+                         f" (it used {cpu['tool']:.2f})")
+            lines.append(line)
+    return lines
 
 
 def judge(fig: Figure, results: dict[str, Result]) -> dict[str, Any]:
@@ -313,6 +360,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"  {name} {phase}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         for note in ([f"ERROR {res.error}"] if res.error else []) + res.notes:
             print(f"  {name}: {note}")
+    print()
+    print("\n".join(cpu_floor_lines(results)))
     return 0
 
 
