@@ -99,18 +99,24 @@ def restore(state: CliState, snapshot: str | None, target: str | None, name: str
                          "need --source")
     if not target:
         raise UsageError("--target is required")
-    point = _which_point(snapshot, when)
-    request = RestoreRequest(target, list(includes), overwrite, allow_partial=allow_partial, dry_run=dry_run)
+    _restore_files(state, snapshot, name, _which_point(snapshot, when),
+                   RestoreRequest(target, list(includes), overwrite, allow_partial=allow_partial, dry_run=dry_run),
+                   as_json)
+
+
+def _restore_files(state: CliState, snapshot: str | None, name: str | None, point: datetime | None,
+                   request: RestoreRequest, as_json: bool) -> None:
+    """The file restore: the snapshot picked once (by id, 'latest' or point in time) and handed on."""
     session = state.session(defer_catalog=True)  # local repositories: snapshot and index from the repository
-    pick = api.pick_snapshot(session, snapshot, name, point)  # picked once, handed on as it is
-    if dry_run:
+    pick = api.pick_snapshot(session, snapshot, name, point)
+    if request.dry_run:
         result = restoring.restore_snapshot(session, pick, request)
     else:
         if not as_json:
             if point is not None:
                 click.echo(f"point in time: {in_utc_and_host(point)}", err=True)
             click.echo(f"restoring snapshot {pick.short_id} ({display(pick.name)}, taken "
-                       f"{in_utc_and_host(pick.time)}) to {target}", err=True)
+                       f"{in_utc_and_host(pick.time)}) to {request.target}", err=True)
         with byte_progress("restoring", pick.summary.get("size")) as progress:
             request.progress = progress
             result = restoring.restore_snapshot(session, pick, request)
