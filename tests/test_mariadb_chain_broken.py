@@ -3,11 +3,13 @@
 Two chains of ``method = "physical"`` nights: full A, incremental A2, then
 (``--full``) full B, incremental B2, with rows between them and every binlog
 shipped.  Each test breaks a *copy* of that repository the way chains break
-(a snapshot lost from the repository) and checks that nothing treats a
-member of a broken chain as restorable: ``drtool mariadb window`` does not
+(a snapshot lost from the repository; a pack file of a full deleted or its
+bytes changed) and checks that nothing treats a member of a broken chain as
+restorable: ``drtool check`` reports it, ``drtool mariadb window`` does not
 count it, ``restore --point-in-time`` passes over it for an older whole chain
-(or names the missing parent in one line), forget keeps chains whole and
-``drtool copy`` never writes an incremental without its parents.
+(or names the missing parent or pack in one line), a rehearsal that falls
+back records a warning, forget keeps chains whole and ``drtool copy`` never
+writes an incremental without its parents.
 Tests run in file order (one worker per file).
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Iterator
 import pymysql
 import pytest
 
-from conftest import DrEnv, make_env
+from conftest import PASSWORD, DrEnv, make_env
 from dbservers import MariaServer, insert_events, mariadb_server, stop_restored_mariadb, write_config
 from test_mariadb_incremental import checksums, restored_checksums, settle, touch_pages
 
@@ -110,6 +112,9 @@ def test_the_chains_as_taken(scenario: Scenario) -> None:
     window = json.loads(scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json").out)
     assert window["bases"] == 4 and window["broken_bases"] == [] and len(window["intervals"]) == 1
     assert "broken chain" not in scenario.dr.run("status", "--source", SOURCE).out
+    check = scenario.dr.run("check", "--json")
+    assert check.code == 0, check.err
+    assert json.loads(check.out)["broken_chains"] == []
 
 
 def test_window_does_not_count_an_incremental_whose_full_is_lost(scenario: Scenario, tmp_path: Path) -> None:
@@ -272,3 +277,157 @@ def test_a_damaged_manifest_breaks_the_chain_like_a_lost_one(scenario: Scenario,
                                       "--json", env=env).out)
     assert plan["base"]["snapshot"] == scenario.ids["A2"]
     assert [b["snapshot"] for b in plan["passed_over"]] == [scenario.ids["B2"]]
+    check = scenario.dr.run("check", "--json", env=env)
+    assert check.code == 1
+    (broken,) = json.loads(check.out)["broken_chains"]
+    assert broken["snapshot"] == scenario.ids["B2"] and "whose manifest cannot be read" in broken["problem"]
+
+
+# ----- check, and damaged packs of a chain's full -------------------------------------------------
+def own_packs(scenario: Scenario, env: dict[str, str], label: str) -> list[Path]:
+    """The pack files of snapshot ``label``'s stream that no snapshot of the other chain reads (its own
+    incremental may share one: the nightly non-InnoDB files are the same bytes)."""
+    from drtool import api
+    from drtool.repository.objects import pack_name
+    from drtool.snapshot.store import stream_ids
+    repo = Path(env["DRTOOL_REPOSITORY"])
+    with api.open_repository(str(repo), PASSWORD.encode(), catalog=str(repo.parent / "look.sqlite")) as session:
+        session.repo.load_index()
+        packs = {s.id: {session.repo.locate(b).pack_id for b in stream_ids(session.repo, s)}
+                 for s in session.snapshots(SOURCE)}
+    other = ("A", "A2") if label.startswith("B") else ("B", "B2")
+    mine = packs[scenario.ids[label]].difference(*(packs[scenario.ids[o]] for o in other))
+    assert mine, f"snapshot {label} has packs the other chain does not read"
+    return [repo / pack_name(p) for p in sorted(mine)]
+
+
+def test_check_reports_an_incremental_whose_parent_is_lost(scenario: Scenario, tmp_path: Path) -> None:
+    env = broken_copy(scenario, tmp_path, "B")
+    b, b2 = scenario.ids["B"][:8], scenario.ids["B2"][:8]
+    result = scenario.dr.run("check", "--json", env=env)
+    assert result.code == 1, result.err
+    report = json.loads(result.out)
+    (broken,) = report["broken_chains"]
+    assert broken["snapshot"] == scenario.ids["B2"] and broken["member"] == scenario.ids["B"]
+    assert broken["problem"] in report["errors"]
+    text = scenario.dr.run("check", env=env)
+    assert text.code == 1 and "Traceback" not in text.err
+    (line,) = [x for x in text.out.splitlines() if f"snapshot {b2} " in x]
+    assert f"cannot be restored: its chain needs snapshot {b} (parent of {b2}), which is not in the repository" \
+           in line and f"drtool backup --source {SOURCE} --full" in line and f"drtool forget {b2}" in line
+
+
+def test_a_lost_pack_of_the_full_is_found_before_extracting_and_an_older_chain_serves(
+        scenario: Scenario, tmp_path: Path) -> None:
+    """A pack full B reads (chain A does not) is deleted: check names B2 as taken down with B, and the restore to
+    the target after B2 finds the loss by stat before it extracts anything, then restores chain A, A2."""
+    env = broken_copy(scenario, tmp_path)
+    lost = own_packs(scenario, env, "B")[0]
+    os.unlink(lost)
+    name = f"packs/{lost.parent.name}/{lost.name}"
+    b, b2 = scenario.ids["B"][:8], scenario.ids["B2"][:8]
+    check = scenario.dr.run("check", "--json", env=env)  # plain: the listing, no pack read
+    assert check.code == 1, check.err
+    report = json.loads(check.out)
+    assert report["packs_read"] == 0 and f"pack {name} is missing" in report["errors"]
+    (broken,) = report["broken_chains"]
+    assert broken["snapshot"] == scenario.ids["B2"] and broken["damage"] == f"pack {name}"
+    assert f"its chain needs snapshot {b} (the full of its chain), which is affected by damaged data " \
+           f"(pack {name})" in broken["problem"]
+    target = Path(scenario.server.root) / "pack-fallback"
+    try:
+        result = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
+                                 "--target", str(target), "--start", "--json", env=env)
+        assert result.code == 0, result.err
+        restored = json.loads(result.out)
+        assert restored["plan"]["chain"] == [scenario.ids["A"], scenario.ids["A2"]]
+        passed = restored["plan"]["passed_over"]  # the full B is a base too
+        assert [p["snapshot"] for p in passed] == [scenario.ids["B"], scenario.ids["B2"]]
+        assert all(name in p["problem"] for p in passed)
+        warning = [x for x in result.err.splitlines() if "not used as the base" in x][-1]
+        assert f"snapshot {b2} is not used as the base: snapshot {b2} of source {SOURCE} cannot be restored: " \
+               f"snapshot {b} of its chain (the full) needs data that is not in the repository (pack {name} is " \
+               f"missing from the repository); restoring from the older complete base " \
+               f"{scenario.ids['A2'][:8]}" in warning
+        assert restored_checksums(restored["socket"], scenario.server.password) == scenario.at_target
+    finally:
+        stop_restored_mariadb(target)
+
+
+def test_a_lost_pack_with_no_older_chain_stops_before_writing(scenario: Scenario, tmp_path: Path) -> None:
+    env = broken_copy(scenario, tmp_path)
+    lost = own_packs(scenario, env, "B")[0]
+    os.unlink(lost)
+    os.unlink(Path(env["DRTOOL_REPOSITORY"]) / "snapshots" / scenario.ids["A"])  # chain A broken: nothing serves
+    target = tmp_path / "never"
+    b, b2 = scenario.ids["B"][:8], scenario.ids["B2"][:8]
+    for args in (("--point-in-time", scenario.target.isoformat()), ("--latest",), (b2,)):
+        result = scenario.dr.run("restore", *args, "--source", SOURCE, "--target", str(target), env=env)
+        assert result.code == 1, result.err
+        assert f"snapshot {b2} of source {SOURCE} cannot be restored: snapshot {b} of its chain (the full) needs " \
+               f"data that is not in the repository (pack packs/{lost.parent.name}/{lost.name} is missing" \
+               in result.err and f"drtool backup --source {SOURCE} --full" in result.err
+        assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
+        assert not target.exists()
+
+
+def test_a_corrupt_pack_of_the_full_is_named_and_leaves_nothing(scenario: Scenario, tmp_path: Path) -> None:
+    """Bytes of a pack full B reads (chain A does not) changed (same size): check --read-data attributes it to B2's
+    chain; the restore finds it while extracting B, in one line naming B and the pack, and removes the
+    target it created."""
+    env = broken_copy(scenario, tmp_path)
+    rotten = own_packs(scenario, env, "B")[0]
+    body = bytearray(rotten.read_bytes())
+    body[len(body) // 2:len(body) // 2 + 64] = bytes(64)
+    rotten.write_bytes(bytes(body))
+    b, b2 = scenario.ids["B"][:8], scenario.ids["B2"][:8]
+    assert json.loads(scenario.dr.run("check", "--json", env=env).out)["broken_chains"] == []  # metadata is fine
+    check = scenario.dr.run("check", "--read-data", "--json", env=env)
+    assert check.code == 1, check.err
+    (broken,) = json.loads(check.out)["broken_chains"]
+    assert broken["snapshot"] == scenario.ids["B2"] and broken["member"] == scenario.ids["B"]
+    assert broken["damage"] == f"pack packs/{rotten.parent.name}/{rotten.name}"
+    target = tmp_path / "restored"
+    result = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
+                             "--target", str(target), env=env)
+    assert result.code == 1, result.err
+    assert f"snapshot {b} of the restore chain cannot be read: pack {rotten.name[:16]} is damaged" in result.err
+    assert f"drtool backup --source {SOURCE} --full" in result.err
+    assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
+    assert not target.exists()
+
+
+def test_a_rehearsal_that_falls_back_records_a_warning(scenario: Scenario, tmp_path: Path) -> None:
+    """Full B is lost: the drill passes from chain A, A2, and says so in its summary, its JSON, the
+    catalog's history and the record in the repository.  (Not a lost pack of B: the drill first
+    restores the chosen snapshot's own file, B2's, which may share that pack.)"""
+    env = broken_copy(scenario, tmp_path, "B")
+    root = tmp_path / "sandboxes"
+    root.mkdir()
+    runbook = tmp_path / "chain.toml"
+    runbook.write_text(f'''source = "{SOURCE}"
+point_in_time = "{scenario.target.isoformat()}"
+sandbox = {{ type = "mariadb", database = "wiki", path = "{root}" }}
+[[validations]]
+type = "sql"
+query = "SELECT COUNT(*) FROM events"
+expect = 35
+''')
+    b2, a2 = scenario.ids["B2"][:8], scenario.ids["A2"][:8]
+    result = scenario.dr.run("rehearse", str(runbook), env=env)
+    assert result.code == 0, result.out + result.err
+    (summary,) = [x for x in result.out.splitlines() if x.startswith("  warning: ")]
+    assert f"snapshot {b2} was not used as the base" in summary and f"older complete base {a2} instead" in summary
+    assert list(root.iterdir()) == []
+    (doc,) = json.loads(scenario.dr.run("rehearsals", "--json", env=env).out)
+    (step,) = doc["steps"]
+    assert doc["status"] == "passed" and doc["warnings"] == [summary[len("  warning: "):]]
+    assert [f"step {step['name']!r}: {w}" for w in step["warnings"]] == doc["warnings"]
+    assert step["snapshot"] == scenario.ids["B2"]
+    assert "warning: " in scenario.dr.run("rehearsals", env=env).out
+    fresh = dict(env, DRTOOL_CATALOG=str(tmp_path / "fresh.sqlite"))  # history from the repository's record
+    (again,) = json.loads(scenario.dr.run("rehearsals", "--json", env=fresh).out)
+    assert again["warnings"] == doc["warnings"]
+    html = tmp_path / "report.html"
+    assert scenario.dr.run("report", "--html", str(html), env=env).code == 0
+    assert f"snapshot {b2} was not used as the base" in html.read_text()

@@ -107,6 +107,10 @@ class DatabaseEngine(Protocol):
         """The snapshots a restore of ``base`` reads, oldest first: ``[base]``, or a full and its
         incrementals (MariaDB physical); raises SnapshotNotFound naming a missing one."""
 
+    def checks_chain_data(self, base: Snapshot) -> bool:
+        """Should a restore of ``base`` first make sure every pack its chain reads is in the repository
+        (``snapshot.presence``)?  True where a restore does long work before it reaches the last member."""
+
     # ----- restore
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: Any,
                 request: RestoreRequest) -> PitrResult: ...

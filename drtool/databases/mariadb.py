@@ -151,6 +151,11 @@ class MariadbEngine:
         from drtool.databases.mariadb_chain import chain_of
         return chain_of(base, snapshots)
 
+    def checks_chain_data(self, base: Snapshot) -> bool:
+        """Physical bases: a chain's members are extracted and prepared one after another, so a pack
+        lost from the last one would otherwise be found after all the others were extracted."""
+        return base.kind == "mariadb-physical"
+
     # ----- restore ----------------------------------------------------------------------------------
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: mariadb.MariaSource,
                 request: RestoreRequest) -> PitrResult:

@@ -18,6 +18,7 @@ their own directories and applies each incremental onto the prepared full.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -148,11 +149,15 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
     if os.path.exists(instance.root) and os.listdir(instance.root):
         raise RestoreTargetError(f"restore target {instance.root} is not empty",
                                  hint="choose a new --target for the restored MariaDB server")
+    created = not os.path.exists(instance.root)
     os.makedirs(instance.datadir, mode=0o700, exist_ok=True)
     try:
         _extract_and_prepare(session, members, instance.root, instance.datadir, src.bindir)
     except BaseException:
         _empty(instance.root)  # a half-extracted or unprepared copy must not pass for a restored one
+        if created:
+            with contextlib.suppress(OSError):  # never hide the error that brought us here
+                os.rmdir(instance.root)
         raise
     reached = "the backup's consistent point (no binlog replayed)"
     if plan.segments:
@@ -216,9 +221,11 @@ def _pipe(cmd: list[str], chunks: Iterator[bytes], what: str, member: Snapshot |
     except DrtoolError as exc:
         if member is None:
             raise
-        raise RestoreTargetError(f"snapshot {member.short_id} of the restore chain cannot be read: "
-                                 f"{exc.one_line()}", hint="check it with 'drtool check --read-data'; restore an "
-                                 "older base, or take a full backup (drtool backup --source NAME --full)") from None
+        source = str(member.meta.get("source") or member.name)
+        raise RestoreTargetError(f"snapshot {member.short_id} of the restore chain cannot be read: {exc}; "
+                                 f"nothing was restored", hint="'drtool check --read-data' lists what else is "
+                                 "damaged; restore an older base (an earlier --point-in-time), and take a full "
+                                 f"backup now: drtool backup --source {source} --full") from None
     if code != 0:
         raise RestoreTargetError(f"{what} failed (exit {code}): {errors or '(no message)'}")
 

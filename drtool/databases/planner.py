@@ -153,23 +153,84 @@ class PitrPlan:
         return out
 
 
+class BaseDataMissing(SnapshotNotFound):
+    """A base's chain is whole, but a pack one of its members reads is not in the repository."""
+
+    hint = ("run 'drtool check' to see what else is missing; restore an older base (an earlier "
+            "--point-in-time), and take a full backup now: drtool backup --source NAME --full")
+
+
 def plan_pitr(session: Session, source: str, engine: DatabaseEngine, when: datetime | None,
               inclusive: bool = True, snapshot: str | None = None, target: RecoveryTarget | None = None,
               timeline: int | None = None) -> PitrPlan:
     """The plan (:func:`_plan_pitr`) with the snapshots its base is restored from: an incremental's
-    chain must be whole, or the restore stops here naming the missing member."""
+    chain must be whole, or the restore stops here naming the missing member.
+
+    Where the engine asks for it (MariaDB physical chains), every pack the chain's members read
+    must also be in the repository (:func:`_chain_data_missing`): a base whose chain lacks one is
+    passed over like a broken chain, and planning starts again without it, so a lost pack is
+    found before anything is extracted, not after the full was."""
     snapshots = session.snapshots(source)
-    plan = _plan_pitr(session, snapshots, source, engine, when, inclusive, snapshot, target, timeline)
-    plan.chain = engine.base_chain(plan.base.snapshot, snapshots)
+    unreadable: dict[str, str] = {}  # chain member id -> the pack (or tree) it lacks
+    readable: set[str] = set()
+    while True:
+        plan = _plan_pitr(session, snapshots, source, engine, when, inclusive, snapshot, target, timeline,
+                          unreadable)
+        plan.chain = engine.base_chain(plan.base.snapshot, snapshots)
+        members = [m for m in plan.chain or [plan.base.snapshot] if m.id not in readable]
+        if not engine.checks_chain_data(plan.base.snapshot) or not members:
+            break
+        found = _chain_data_missing(session, members)
+        readable.update(m.id for m in members if m.id not in found)
+        if not found:
+            break
+        unreadable.update(found)
+        if snapshot is not None:  # a named base: nothing else to try
+            raise _data_missing(source, plan.base.snapshot, plan.chain, unreadable)
     for broken in plan.passed_over:
         log.warning("snapshot %s is not used as the base: %s; restoring from the older complete base %s",
                     broken.base.snapshot.short_id, broken.error, plan.base.snapshot.short_id)
     return plan
 
 
+def _chain_data_missing(session: Session, members: list[Snapshot]) -> dict[str, str]:
+    """Member id -> what it lacks, from the index and one ``stat`` per pack (``snapshot.presence``)."""
+    from drtool.snapshot.presence import missing_data
+    with session.lock("restore", read_only_ok=True):
+        session.repo.load_index()
+        return missing_data(session.repo, members)
+
+
+def _data_missing(source: str, base: Snapshot, chain: list[Snapshot], unreadable: dict[str, str]) -> BaseDataMissing:
+    """``base`` cannot be restored: the first member of its chain that lacks data, in one line."""
+    members = chain or [base]
+    member = next(m for m in members if m.id in unreadable)
+    which = ("it" if member.id == base.id else
+             f"snapshot {member.short_id} of its chain ({'the full' if member is members[0] else 'an incremental'})")
+    return BaseDataMissing(f"snapshot {base.short_id} of source {source} cannot be restored: {which} needs data "
+                           f"that is not in the repository ({unreadable[member.id]})",
+                           hint=BaseDataMissing.hint.replace("NAME", source))
+
+
+def _unusable(found: list[RecoveryBase], snapshots: list[Snapshot], engine: DatabaseEngine, source: str,
+              unreadable: dict[str, str]) -> tuple[list[RecoveryBase], list[BrokenBase]]:
+    """``found`` (whole chains) split again: bases whose chain has a member that lacks data are broken."""
+    if not unreadable:
+        return found, []
+    usable: list[RecoveryBase] = []
+    broken: list[BrokenBase] = []
+    for base in found:
+        chain = engine.base_chain(base.snapshot, snapshots)
+        if any(m.id in unreadable for m in chain or [base.snapshot]):
+            broken.append(BrokenBase(base, _data_missing(source, base.snapshot, chain, unreadable)))
+        else:
+            usable.append(base)
+    return usable, broken
+
+
 def _plan_pitr(session: Session, snapshots: list[Snapshot], source: str, engine: DatabaseEngine,
                when: datetime | None, inclusive: bool, snapshot: str | None, target: RecoveryTarget | None,
-               timeline: int | None) -> PitrPlan:
+               timeline: int | None, unreadable: dict[str, str] | None = None) -> PitrPlan:
     """Choose the base and the log files for a restore to ``when`` (None: latest) or ``target``.
 
     With ``snapshot`` (an id prefix) that base is restored to the moment it
@@ -177,8 +238,9 @@ def _plan_pitr(session: Session, snapshots: list[Snapshot], source: str, engine:
     ``timeline`` restricts the plan to log files of that timeline and its
     ancestors (PostgreSQL follows ``recovery_target_timeline``).  Otherwise
     only bases whose chain is whole are candidates: an incremental whose full
-    or parent is gone is passed over for an older complete chain, and named
-    when none reaches the target.
+    or parent is gone, or (``unreadable``: member id -> what it lacks) one of
+    whose members lacks a pack, is passed over for an older complete chain,
+    and named when none reaches the target.
     """
     segments = sync_log_segments(session).segments(source, engine.log_kind)
     if timeline is not None:
@@ -205,6 +267,8 @@ def _plan_pitr(session: Session, snapshots: list[Snapshot], source: str, engine:
         return PitrPlan(source, engine, base, engine.immediate(chain, base), when, inclusive, end, immediate=True,
                         timeline=timeline)
     whole, broken = complete_bases(found, snapshots, engine)
+    whole, lacking = _unusable(whole, snapshots, engine, source, unreadable or {})
+    broken = sorted(broken + lacking, key=lambda b: b.base.consistent_at)
     try:
         if not whole:
             raise SnapshotNotFound(f"source {source} has no {engine.labels.base} with a whole chain")

@@ -196,6 +196,9 @@ class PostgresEngine:
     def base_chain(self, base: Snapshot, snapshots: list[Snapshot]) -> list[Snapshot]:
         return [base]  # every base backup is whole
 
+    def checks_chain_data(self, base: Snapshot) -> bool:
+        return False  # one base, read from its first pack on: a lost pack stops the restore as it reads
+
     def restore(self, session: Session, settings: Settings, plan: PitrPlan, src: postgres.PgSource,
                 request: RestoreRequest) -> PitrResult:
         refuse_root(request.command_line)

@@ -35,6 +35,7 @@ class CheckReport:
     damaged_objects: list[str] = field(default_factory=list)
     affected_snapshots: dict[str, list[str]] = field(default_factory=dict)
     vanished: list[dict[str, object]] = field(default_factory=list)
+    broken_chains: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -53,6 +54,8 @@ class Checker:
         self.bad_blobs: set[bytes] = set()
         self.bad_packs: set[bytes] = set()
         self.snaps: list[Snapshot] = []
+        self.damaged_snapshots: set[str] = set()  # ids whose manifest cannot be read
+        self.culprits: dict[str, str] = {}  # affected snapshot id -> the damaged pack, blob or tree it needs
 
     def run(self, read_fraction: float = 0.0, seed: int | None = None) -> CheckReport:
         self._check_keys()
@@ -65,6 +68,8 @@ class Checker:
             self._read_packs(sorted(pack_sizes), read_fraction, seed)
         if self.bad_blobs or self.bad_packs:
             self._find_affected()
+        self.report.broken_chains = broken_chains(self.snaps, self.damaged_snapshots, self.culprits)
+        self.report.errors += [str(c["problem"]) for c in self.report.broken_chains]
         return self.report
 
     def _damaged(self, name: str, message: str) -> None:
@@ -102,6 +107,7 @@ class Checker:
                 snap = load_snapshot(self.repo, snap_id)
             except DrtoolError as exc:
                 self._damaged(object_name(SNAPSHOTS, snap_id), str(exc))
+                self.damaged_snapshots.add(snap_id)
                 continue
             self.snaps.append(snap)
             self.report.snapshots += 1
@@ -172,34 +178,71 @@ class Checker:
         self.report.blobs_read += len(entries)
 
     def _find_affected(self) -> None:
+        memo: dict[str, str] = {}
         for snap in self.snaps:
-            hurt = self._tree_hurt(snap.tree, {})
-            if hurt:
+            culprit = self._tree_hurt(snap.tree, memo)
+            if culprit:
                 label = f"{snap.short_id} ({display(snap.name)} {snap.time.isoformat()})"
                 self.report.affected_snapshots[snap.id] = [label]
-                self.report.errors.append(f"snapshot {label} is affected by damaged data")
+                self.culprits[snap.id] = culprit
+                self.report.errors.append(f"snapshot {label} is affected by damaged data ({culprit})")
 
-    def _tree_hurt(self, tree_id: str, memo: dict[str, bool]) -> bool:
+    def _tree_hurt(self, tree_id: str, memo: dict[str, str]) -> str:
+        """The first damaged thing the tree needs ("pack packs/…", "blob …", "tree …"), or ""."""
         if tree_id in memo:
             return memo[tree_id]
         tree_blob = bytes.fromhex(tree_id)
-        hurt = tree_blob in self.bad_blobs or self._blob_in_bad_pack(tree_blob)
+        hurt = self._blob_hurt(tree_blob, "tree")
         if not hurt:
             try:
                 nodes = load_tree(self.repo, tree_id)
             except DrtoolError:
-                nodes, hurt = [], True
+                nodes, hurt = [], f"tree {tree_id[:16]}"
             for node in nodes:
-                if any(bytes.fromhex(c) in self.bad_blobs or self._blob_in_bad_pack(bytes.fromhex(c))
-                       for c in node.content) or (node.subtree and self._tree_hurt(node.subtree, memo)):
-                    hurt = True
+                hurt = next((h for h in (self._blob_hurt(bytes.fromhex(c), "blob") for c in node.content) if h),
+                            "") or (self._tree_hurt(node.subtree, memo) if node.subtree else "")
+                if hurt:
                     break
         memo[tree_id] = hurt
         return hurt
 
-    def _blob_in_bad_pack(self, blob_id: bytes) -> bool:
+    def _blob_hurt(self, blob_id: bytes, what: str) -> str:
         loc = self.repo.index.get(blob_id)
-        return loc is not None and loc.pack_id in self.bad_packs
+        if loc is not None and loc.pack_id in self.bad_packs:
+            return f"pack {pack_name(loc.pack_id)}"
+        return f"{what} {blob_id.hex()[:16]}" if blob_id in self.bad_blobs else ""
+
+
+def broken_chains(snaps: list[Snapshot], unreadable: set[str], culprits: dict[str, str]) -> list[dict[str, object]]:
+    """Incremental physical snapshots that cannot be restored because of another member of their chain:
+    one missing (or whose manifest cannot be read: ``unreadable``), or one affected by damaged data
+    (``culprits``: snapshot id -> the damaged pack).  Damage to the incremental itself is already
+    reported as such; this names the incrementals that damage elsewhere takes down with it."""
+    from drtool.databases.mariadb_chain import ChainBroken, chain_of, is_incremental
+    found: list[dict[str, object]] = []
+    for snap in snaps:
+        if not is_incremental(snap):
+            continue
+        source = str(snap.meta.get("source") or snap.name)
+        try:
+            chain = chain_of(snap, snaps)
+        except ChainBroken as exc:
+            child = exc.child.short_id if exc.child else snap.short_id
+            state = "whose manifest cannot be read" if exc.missing in unreadable else "which is not in the repository"
+            what, member, damage = f"needs snapshot {exc.missing[:8]} (parent of {child}), {state}", exc.missing, ""
+        else:
+            hurt = next((m for m in chain[:-1] if m.id in culprits), None)
+            if hurt is None:
+                continue
+            role = "the full" if hurt is chain[0] else "an incremental"
+            what, member, damage = (f"needs snapshot {hurt.short_id} ({role} of its chain), which is affected "
+                                    f"by damaged data ({culprits[hurt.id]})", hurt.id, culprits[hurt.id])
+        found.append({"snapshot": snap.id, "name": snap.name, "member": member, "damage": damage,
+                      "problem": f"incremental physical snapshot {snap.short_id} ({display(snap.name)} "
+                                 f"{snap.time.isoformat()}) cannot be restored: its chain {what}; take a full "
+                                 f"backup (drtool backup --source {source} --full) and forget the orphan "
+                                 f"(drtool forget {snap.short_id})"})
+    return found
 
 
 def check(session: Session, read_fraction: float = 0.0, seed: int | None = None,

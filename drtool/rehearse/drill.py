@@ -92,6 +92,7 @@ class StepResult:
     kept: str | None = None
     server_log: str | None = None  # the end of a failed step's server log (the sandbox goes)
     shards: dict[str, Any] | None = None  # a snapshot set: which shards were restored, of how many
+    warnings: list[str] = field(default_factory=list)  # e.g. the newest chain was passed over
 
     @property
     def rto_seconds(self) -> float | None:
@@ -116,7 +117,8 @@ class StepResult:
                 "rpo_seconds": self.rpo_seconds, "objectives": self.objectives.as_dict(),
                 "status": self.status, "error": self.error, "restored": self.restored,
                 "checks": [c.as_dict() for c in self.checks], "failed": self.failed,
-                "kept": self.kept, "server_log": self.server_log, "shards": self.shards}
+                "kept": self.kept, "server_log": self.server_log, "shards": self.shards,
+                "warnings": self.warnings}
 
 
 @dataclass
@@ -153,6 +155,10 @@ class RehearsalResult:
     def failed_checks(self) -> list[str]:
         return [line for s in self.steps for line in s.failed] + self.drill_failed
 
+    @property
+    def warnings(self) -> list[str]:
+        return [f"step {s.name!r}: {line}" for s in self.steps for line in s.warnings]
+
     def document(self) -> dict[str, Any]:
         """The JSON stored in the repository and the catalog (format 1)."""
         book = self.runbook
@@ -162,7 +168,7 @@ class RehearsalResult:
                 "recovered": _iso(self.recovered), "status": self.status,
                 "rto_seconds": self.rto_seconds, "rpo_seconds": self.rpo_seconds,
                 "objectives": book.objectives.as_dict(), "failed_checks": self.failed_checks,
-                "drill_failed": self.drill_failed, "program_version": __version__,
+                "drill_failed": self.drill_failed, "warnings": self.warnings, "program_version": __version__,
                 "variables": book.variables, "sandbox_root": self.sandbox_root,
                 "steps": [s.as_dict() for s in self.steps]}
 
@@ -344,7 +350,12 @@ class Rehearsal:
         if sandbox.kind != "directory":
             self.log(f"{where}: starting the {sandbox.kind} sandbox server")
         assert res.target is not None
-        recovered = sandbox.bring_up(self.session, snap, res.target, step.point.mode == "latest")
+        try:
+            recovered = sandbox.bring_up(self.session, snap, res.target, step.point.mode == "latest")
+        finally:
+            res.warnings += sandbox.warnings
+            for line in sandbox.warnings:
+                self.log(f"{where}: WARNING: {line}")
         if recovered != snap.time:
             self.log(f"{where}: data recovered to {recovered.isoformat()}")
         return recovered

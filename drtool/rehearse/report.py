@@ -30,6 +30,7 @@ th{background:#f6f8fa}
 .charts{display:flex;flex-wrap:wrap;gap:16px}
 .source{border:1px solid #d1d9e0;border-radius:6px;padding:4px 16px 12px;margin-top:16px}
 ul.failed{color:#cf222e;font-size:13px}
+ul.warnings{color:#9a6700;font-size:13px}
 """
 
 
@@ -48,6 +49,7 @@ class Entry:
     failed: list[str] = field(default_factory=list)
     snapshot: str | None = None
     server_log: str | None = None  # end of a failed step's server log (the sandbox is gone)
+    warnings: list[str] = field(default_factory=list)  # e.g. the newest chain was passed over
 
 
 def _time(text: str) -> datetime:
@@ -65,7 +67,7 @@ def entries_by_source(docs: list[dict[str, Any]]) -> dict[str, list[Entry]]:
                 _time(doc["started"]), doc["runbook"], doc.get("id", ""), step["status"],
                 step.get("rto_seconds"), step.get("rpo_seconds"), goals.get("rto"), goals.get("rpo"),
                 list(step.get("failed", [])) + list(doc.get("drill_failed", [])), step.get("snapshot"),
-                step.get("server_log")))
+                step.get("server_log"), list(step.get("warnings", []))))
     for entries in found.values():
         entries.sort(key=lambda e: e.started)
     return dict(sorted(found.items()))
@@ -116,6 +118,8 @@ def _source_section(source: str, entries: list[Entry]) -> str:
             f'RTO {_versus(last.rto, last.rto_goal)}, RPO {_versus(last.rpo, last.rpo_goal)}. '
             f'{passed} of {len(entries)} rehearsal(s) in this period passed.</p>'
             + (f'<ul class="failed">{failed}</ul>' if failed else "")
+            + (f'<ul class="warnings">{"".join(f"<li>warning: {escape(w)}</li>" for w in last.warnings)}</ul>'
+               if last.warnings else "")
             + (f'<details class="server-log"><summary>Server log of the failed step (end)</summary>'
                f'<pre>{escape(last.server_log)}</pre></details>' if last.server_log else "")
             + '<div class="charts">\n'
@@ -127,7 +131,8 @@ def _history_table(docs: list[dict[str, Any]]) -> str:
     rows = []
     for doc in reversed(docs):
         sources = ", ".join(s["source"] for s in doc.get("steps", []))
-        failed = "<br>".join(escape(f) for f in doc.get("failed_checks", [])) or "–"
+        failed = "<br>".join([escape(f) for f in doc.get("failed_checks", [])]
+                             + [f"warning: {escape(w)}" for w in doc.get("warnings", [])]) or "–"
         rows.append(f"<tr><td>{_time(doc['started']):%Y-%m-%d %H:%M}</td><td>{escape(doc['runbook'])}</td>"
                     f"<td>{escape(sources)}</td><td>{_badge(doc['status'])}</td>"
                     f"<td>{escape(human(doc.get('rto_seconds')))}</td>"

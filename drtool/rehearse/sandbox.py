@@ -63,6 +63,8 @@ class Sandbox:
         self.root = spec.path or root or sandbox_root(None)[0]
         self.path = ""
         self.snapshot: Snapshot | None = None
+        #: what the drill lead must hear although the step may pass (a base passed over for an older one)
+        self.warnings: list[str] = []
 
     @property
     def data_dir(self) -> str:

@@ -136,6 +136,15 @@ class DatabaseSandbox(Sandbox):
         except OSError:
             return None
 
+    def note_plan(self, plan: planner.PitrPlan) -> planner.PitrPlan:
+        """A newer base passed over (its chain broken, or a member lacking a pack) is a warning in the
+        rehearsal's record: the step may pass, but from an older chain than on-call would expect."""
+        for broken in plan.passed_over:
+            self.warnings.append(f"snapshot {broken.base.snapshot.short_id} was not used as the base: "
+                                 f"{broken.error}; restored from the older complete base "
+                                 f"{plan.base.snapshot.short_id} instead")
+        return plan
+
     def stop(self) -> None:
         """Stop the server (idempotent)."""
 
@@ -188,7 +197,7 @@ class MariadbSandbox(DatabaseSandbox):
             if snap.kind == MARIADB_MYDUMPER:
                 return self._bring_up_mydumper(session, snap, src, target, latest)
             if snap.kind == MARIADB.base_kind and snap.meta.get("binlog_file") and src.pitr:
-                plan = planner.plan_pitr(session, snap.name, MARIADB, None if latest else target)
+                plan = self.note_plan(planner.plan_pitr(session, snap.name, MARIADB, None if latest else target))
                 result = restore_dump(session, plan, src, target_db=None, target_dir=self.instance.root,
                                       start=True)
                 self.database = self.database or result.target_db
@@ -207,9 +216,9 @@ class MariadbSandbox(DatabaseSandbox):
         """
         assert self.instance is not None
         if src.pitr and snap.meta.get("binlog_file"):
-            plan = planner.plan_pitr(session, snap.name, MARIADB, None if latest else target)
+            plan = self.note_plan(planner.plan_pitr(session, snap.name, MARIADB, None if latest else target))
         else:
-            plan = planner.plan_pitr(session, snap.name, MARIADB, None, snapshot=snap.id)
+            plan = self.note_plan(planner.plan_pitr(session, snap.name, MARIADB, None, snapshot=snap.id))
         restore_physical(session, plan, src, RestoreRequest(target=self.instance.root))
         self.instance.start(extra=["--skip-grant-tables", "--skip-slave-start"])
         if plan.immediate:
@@ -221,9 +230,9 @@ class MariadbSandbox(DatabaseSandbox):
         """Per-table files loaded by myloader into the fresh instance, binlogs replayed to the point."""
         assert self.instance is not None
         if src.pitr and snap.meta.get("binlog_file"):
-            plan = planner.plan_pitr(session, snap.name, MARIADB, None if latest else target)
+            plan = self.note_plan(planner.plan_pitr(session, snap.name, MARIADB, None if latest else target))
         else:
-            plan = planner.plan_pitr(session, snap.name, MARIADB, None, snapshot=snap.id)
+            plan = self.note_plan(planner.plan_pitr(session, snap.name, MARIADB, None, snapshot=snap.id))
         result = restore_mydumper(session, plan, src, RestoreRequest(target=self.instance.root, start=True))
         self.database = self.database or result.target_db
         if plan.immediate:
@@ -352,7 +361,7 @@ class PostgresSandbox(DatabaseSandbox):
     def _recover(self, session: Session, snap: Snapshot, target: datetime, latest: bool,
                  src: postgres.PgSource | None) -> datetime:
         """Base backup + WAL replay through drtool.databases, as 'drtool restore' does."""
-        plan = planner.plan_pitr(session, snap.name, POSTGRESQL, None if latest else target)
+        plan = self.note_plan(planner.plan_pitr(session, snap.name, POSTGRESQL, None if latest else target))
         fetch_env = fetch_environment(self.context.settings) if self.context.settings else {}
         if not fetch_env:
             raise RestoreTargetError("a postgresql sandbox for a base backup needs the drtool settings")

@@ -107,6 +107,7 @@ def _summary(result: RehearsalResult) -> str:
             lines.append(f"  {'':16} sampled shards {', '.join(map(str, step.shards['restored']))} "
                          f"of {step.shards['of']}: the RTO is theirs, not the whole set's")
     lines += [f"  failed: {line}" for line in result.failed_checks]
+    lines += [f"  warning: {line}" for line in result.warnings]
     if result.record_error:
         lines.append(f"  not recorded: {result.record_error}")
     return "\n".join(lines)
@@ -163,10 +164,11 @@ def _history_line(doc: dict[str, Any], source: str | None) -> str:
         point = f"{step['source']}@{_short_time(step.get('recovered_to') or step.get('target'))}"
         rto, rpo, status = step.get("rto_seconds"), step.get("rpo_seconds"), step["status"]
         failed = step.get("failed", []) + doc.get("drill_failed", [])
+        failed += [f"warning: {w}" for w in step.get("warnings", [])]
     else:
         point = f"{len(steps)} steps"
         rto, rpo, status = doc.get("rto_seconds"), doc.get("rpo_seconds"), doc["status"]
-        failed = doc.get("failed_checks", [])
+        failed = doc.get("failed_checks", []) + [f"warning: {w}" for w in doc.get("warnings", [])]
     return (f"{doc['id'][:8]:8}  {doc['runbook'][:20]:20}  {point[:28]:28}  "
             f"{_short_time(doc['started']):19}  {_short_time(doc['finished']):19}  "
             f"{fmt_seconds(rto):>9}  {fmt_seconds(rpo):>9}  {status:6}  {' | '.join(failed) or '-'}")
