@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -431,3 +432,28 @@ expect = 35
     html = tmp_path / "report.html"
     assert scenario.dr.run("report", "--html", str(html), env=env).code == 0
     assert f"snapshot {b2} was not used as the base" in html.read_text()
+
+
+def test_a_read_only_repository_restores_a_chain_without_a_lock(scenario: Scenario, tmp_path: Path) -> None:
+    """A DR site mounts its copy read-only (or holds a restore-only S3 role): a database restore,
+    like a file restore, runs without a lock and says so, instead of failing to write one."""
+    if os.geteuid() != 0:
+        pytest.fail("the read-only repository test needs root for a bind mount (CI runs as root)")
+    env = broken_copy(scenario, tmp_path)
+    mount = tmp_path / "ro-repo"
+    mount.mkdir()
+    subprocess.run(["mount", "--bind", env["DRTOOL_REPOSITORY"], str(mount)], check=True)
+    target = Path(scenario.server.root) / "from-read-only"
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=True)
+        env["DRTOOL_REPOSITORY"] = str(mount)
+        result = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
+                                 "--target", str(target), "--start", "--json", env=env)
+        assert result.code == 0, result.err
+        assert "the repository is read-only here" in result.err and "runs without a lock" in result.err
+        report = json.loads(result.out)
+        assert report["plan"]["chain"] == [scenario.ids["B"], scenario.ids["B2"]]
+        assert restored_checksums(report["socket"], scenario.server.password) == scenario.at_target
+    finally:
+        stop_restored_mariadb(target)
+        subprocess.run(["umount", "-l", str(mount)], check=False)

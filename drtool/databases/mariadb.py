@@ -233,7 +233,7 @@ def restore_dump(session: Session, plan: PitrPlan, src: mariadb.MariaSource, *, 
     database = target_db or single
     try:
         create_database(server, database, fresh=instance is not None)
-        with session.lock("restore"):
+        with session.lock("restore", read_only_ok=True):
             session.repo.load_index()
             pipe_into_client(server, database, stream_chunks(session.repo, plan.base.snapshot), "dump load")
             reached = replay_binlogs(session, plan, server, single, database)

@@ -125,7 +125,7 @@ def restore_mydumper(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
     try:
         if request.target_db:
             create_database(server, request.target_db, fresh=instance is not None)
-        with session.lock("restore"):
+        with session.lock("restore", read_only_ok=True):
             session.repo.load_index()
             _load(session, plan.base.snapshot, server, src.threads, table, request.target_db)
             reached = replay_binlogs(session, plan, server, single, database, table=table[1] if table else None)

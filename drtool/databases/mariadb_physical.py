@@ -165,7 +165,7 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
         # UPDATE of 125,000 rows is ~50 MB, past the 16 MiB default ("server has gone away")
         instance.start(extra=["--skip-grant-tables", "--skip-slave-start", f"--max-allowed-packet={REPLAY_PACKET}"])
         try:
-            with session.lock("restore"):
+            with session.lock("restore", read_only_ok=True):
                 reached = replay_binlogs(session, plan, instance.source(src.name), None, None) or reached
         finally:
             instance.stop()
@@ -187,7 +187,7 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
     full, then apply each incremental onto it in order (its directory removed once applied)."""
     dirs = [datadir] + [os.path.join(root, f"incremental-{n}") for n in range(1, len(members))]
     started = time.monotonic()
-    with session.lock("restore"):
+    with session.lock("restore", read_only_ok=True):
         session.repo.load_index()
         for member, target in zip(members, dirs):
             os.makedirs(target, mode=0o700, exist_ok=True)

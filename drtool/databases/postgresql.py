@@ -350,7 +350,7 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
     places = pg_tablespaces.locations(snap, tablespace_map or {})
     pg_tablespaces.check_locations(target, places)
     postgres.prepare_datadir(target)
-    with session.lock("restore"):
+    with session.lock("restore", read_only_ok=True):
         session.repo.load_index()
         base = pg_tablespaces.BASE_TAR if "tablespaces" in snap.meta else None
         members = postgres.extract_base_tar(read_stream(session.repo, snap, base), target)
