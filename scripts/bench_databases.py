@@ -27,6 +27,10 @@ Measured, in one run on the machine as it is:
   (the chain: full + incremental, each extracted, then prepared and applied);
 * the fixed cost of one drtool command (``snapshots``: start-up, key derivation,
   index), which every drtool figure above includes and the native tools do not pay;
+* CPU seconds (user + sys, with child processes) of the native copy and of night 1,
+  and the load average at the start and the end: the kernel shares the cores between
+  sessions (autogroups), so on a busy host drtool's wall time is its CPU at a fraction
+  of a core while the native copy mostly waits on the page cache and the disk;
 * PITR replay rate: binlog written after the base, replayed by ``drtool restore
   --latest`` (MiB of binlog per second, the physical restore time subtracted).
 """
