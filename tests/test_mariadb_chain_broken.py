@@ -426,6 +426,12 @@ expect = 35
     assert [f"step {step['name']!r}: {w}" for w in step["warnings"]] == doc["warnings"]
     assert step["snapshot"] == scenario.ids["B2"]
     assert "warning: " in scenario.dr.run("rehearsals", env=env).out
+    status = scenario.dr.run("status", "--source", SOURCE, "--json", env=env)
+    assert status.code == 1, status.out + status.err  # WARNING (the broken chain, and the drill's fallback)
+    (mine,) = [s for s in json.loads(status.out)["sources"] if s["name"] == SOURCE]
+    assert mine["rehearsal"]["success"] is True and mine["rehearsal"]["warnings"] == step["warnings"]
+    assert f"last rehearsal passed with a warning ({mine['rehearsal']['time']}): {step['warnings'][0]}" \
+        in mine["messages"]
     fresh = dict(env, DRTOOL_CATALOG=str(tmp_path / "fresh.sqlite"))  # history from the repository's record
     (again,) = json.loads(scenario.dr.run("rehearsals", "--json", env=fresh).out)
     assert again["warnings"] == doc["warnings"]

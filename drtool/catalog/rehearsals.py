@@ -28,7 +28,9 @@ class RehearsalSummary:
 
     ``status`` is this source's step result ("passed"/"failed"); objectives
     are in seconds (None when the runbook sets none); ``failed_checks`` are
-    one-line messages for this step and for missed drill-wide objectives.
+    one-line messages for this step and for missed drill-wide objectives;
+    ``warnings`` what the step passed despite (its restore passed over the
+    newest base: a broken chain or a lost pack).
     """
 
     id: str
@@ -45,6 +47,7 @@ class RehearsalSummary:
     rpo_objective: float | None
     snapshot_id: str | None
     failed_checks: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -155,4 +158,4 @@ def summarize_step(doc: dict[str, Any], position: int) -> RehearsalSummary:
         status=step["status"], rehearsal_status=doc["status"],
         rto_seconds=step.get("rto_seconds"), rpo_seconds=step.get("rpo_seconds"),
         rto_objective=objectives.get("rto"), rpo_objective=objectives.get("rpo"),
-        snapshot_id=step.get("snapshot"), failed_checks=failed)
+        snapshot_id=step.get("snapshot"), failed_checks=failed, warnings=list(step.get("warnings", [])))

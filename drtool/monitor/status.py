@@ -281,6 +281,9 @@ def _add_rehearsal(status: SourceStatus, session: Session) -> None:
     if r and r["success"] is False:
         detail = f": {r['failed_checks'][0]}" if r["failed_checks"] else ""
         status.raise_to(WARNING, f"last rehearsal failed ({r['time'] or 'unknown time'}){detail}")
+    elif r and r["warnings"]:  # it passed, from an older base than the newest: that one is unusable
+        status.raise_to(WARNING, f"last rehearsal passed with a warning ({r['time'] or 'unknown time'}): "
+                                 f"{r['warnings'][0]}")
 
 
 def describe_rehearsal(found: Any) -> dict[str, Any] | None:
@@ -301,7 +304,8 @@ def describe_rehearsal(found: Any) -> dict[str, Any] | None:
             "time": when.isoformat() if isinstance(when, datetime) else when,
             "runbook": get("runbook", None), "id": get("id", None),
             "rto_seconds": get("rto_seconds", None), "rpo_seconds": get("rpo_seconds", None),
-            "failed_checks": list(get("failed_checks", None) or [])}
+            "failed_checks": list(get("failed_checks", None) or []),
+            "warnings": list(get("warnings", None) or [])}
 
 
 def source_coverage(session: Session, data: Mapping[str, Any], names: list[str],
