@@ -339,7 +339,8 @@ class DiskIndex:
 
         In key ranges (:mod:`keyranges`): a first transaction writes the pack
         tables and the ``moving`` mark, one per range puts that range's
-        entries in sorted, a last one records the objects as cached.  The
+        entries in sorted, a last one records the objects as cached (a move
+        of one range, as a sync's batches, is all one transaction).  The
         cache's ``flock`` is held throughout (no other writer in between;
         opens wait), and the id table is ``BUSY`` until the end.
         """
@@ -352,9 +353,15 @@ class DiskIndex:
                 with self.env.begin(write=True) as txn:
                     table = self._table_begin(txn)
                     move = self._begin_move(txn, objects)
-                self._move_ranges(move)
-                with self.env.begin(write=True) as txn:
-                    token = self._end_move(txn, move, table)
+                    entries = sum(len(raw) for _number, raw in move.packs) // ENTRY.size
+                    ranges = keyranges.range_count(entries, int(txn.stat(self._blobs)["leaf_pages"]))
+                    if ranges == 1:
+                        txn.cursor(db=self._blobs).putmulti(next(keyranges.range_rows(move.packs, 1)), dupdata=True)
+                        token = self._end_move(txn, move, table)
+                if ranges > 1:
+                    self._move_ranges(move, ranges)
+                    with self.env.begin(write=True) as txn:
+                        token = self._end_move(txn, move, table)
                 self._table_end(table, token)
         except lmdb.MapFullError:
             self._table_failed(table)
@@ -372,15 +379,10 @@ class DiskIndex:
         self._filter_add(move.stamp, ids_of(move.id_runs))
         return move
 
-    def _move_ranges(self, move: Move) -> None:
+    def _move_ranges(self, move: Move, ranges: int) -> None:
         """One write transaction per key range (each with a new token); the cache's mapped pages
         the inserts read are dropped after each (they are read again from the page cache)."""
-        entries = sum(len(raw) for _number, raw in move.packs) // ENTRY.size
-        if not entries:
-            return
-        with self.env.begin() as txn:
-            leaves = int(txn.stat(self._blobs)["leaf_pages"])
-        for rows in keyranges.range_rows(move.packs, keyranges.range_count(entries, leaves)):
+        for rows in keyranges.range_rows(move.packs, ranges):
             with self.env.begin(write=True) as txn:
                 txn.cursor(db=self._blobs).putmulti(rows, dupdata=True)
                 txn.put(b"token", idtable.new_token(), db=self._db[b"meta"])
