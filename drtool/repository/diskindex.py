@@ -420,6 +420,7 @@ class DiskIndex:
                         if table is not None:
                             table.remove(blob_id)
                 txn.delete(keyranges.MOVING, db=meta)
+                txn.delete(keyranges.BUILDING, db=meta)
                 token = idtable.new_token()
                 txn.put(b"token", token, db=meta)
             self._table_end(table, token)

@@ -234,8 +234,8 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, meta: Any,
                 return found
             if found is not None:
                 found.close()
-            if txn.get(b"building", db=meta) is not None or txn.get(b"moving", db=meta) is not None:
-                return None  # members ahead of blobs (a bulk build, a move between ranges): not now
+            if txn.get(b"building", db=meta) is not None:  # members ahead of blobs (a bulk build,
+                return None  # or a move between key ranges): not now
                 return None
             made = IdTable.start(path, capacity_for(int(txn.stat(blobs)["entries"])))
             try:

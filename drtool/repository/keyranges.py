@@ -23,6 +23,9 @@ between ranges and takes those packs' entries out again
 (:func:`forget_pack`); the index objects, never recorded as cached, are
 read in again by the next sync.  The cache so never holds entries of an
 index object it does not list (which a later ``drop`` could not find).
+A move also sets ``building``, the mark of an interrupted bulk build: a
+drtool from before this module that finds it rebuilds the whole cache
+(still correct) instead of trusting the half-moved entries.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from drtool.repository.packfile import ENTRY
 
 STAMP = struct.Struct(">Q")  # meta's ``stamp``, and the head of an ``indexes`` row
 MOVING = b"moving"  # meta key: the pack numbers of a move under way (see the module docstring)
+BUILDING = b"building"  # meta key of a bulk build under way; a move sets it too (an older drtool's check)
 TARGET_DIRTY_PAGES = 2048  # dirty pages (4 KiB) one range's transaction should hold: ~8 MiB
 LEAF_ENTRIES = 40  # blob entries in a leaf page after random inserts (57-byte nodes, ~2/3 full)
 MAX_RANGES = 256  # one leading byte
@@ -68,6 +72,7 @@ def begin_move(txn: lmdb.Transaction, dbs: dict[bytes, Any],
         move.done.append((index_id, b"".join(numbers)))
     txn.put(b"next_pack", NUM.pack(number), db=meta)
     txn.put(MOVING, b"".join(numbers for _i, numbers in move.done), db=meta)
+    txn.put(BUILDING, b"1", db=meta)  # what a drtool without MOVING knows: it rebuilds the cache
     return move
 
 
@@ -79,6 +84,7 @@ def end_move(txn: lmdb.Transaction, dbs: dict[bytes, Any], move: Move) -> None:
         txn.put(index_id.encode(), STAMP.pack(move.stamp) + numbers, db=dbs[b"indexes"])
     txn.put(b"stamp", STAMP.pack(move.stamp + 1), db=meta)
     txn.delete(MOVING, db=meta)
+    txn.delete(BUILDING, db=meta)
 
 
 def range_count(entries: int, leaf_pages: int) -> int:
