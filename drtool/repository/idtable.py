@@ -236,7 +236,6 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, meta: Any,
                 found.close()
             if txn.get(b"building", db=meta) is not None:  # members ahead of blobs (a bulk build,
                 return None  # or a move between key ranges): not now
-                return None
             made = IdTable.start(path, capacity_for(int(txn.stat(blobs)["entries"])))
             try:
                 for count, (_number, ids) in enumerate(txn.cursor(db=members), 1):
