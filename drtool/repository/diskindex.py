@@ -54,7 +54,7 @@ from drtool.repository.cacheenv import (DBS, MAP_SIZE, CacheUnusable, acquire_en
                                         madvise_dontneed, mapping_start, release_env)
 from drtool.repository.idfilter import STALE, IdFilter, capacity_for, open_for_cache
 from drtool.repository.idtable import IdTable
-from drtool.repository.keyranges import STAMP as _STAMP, Move, ids_of
+from drtool.repository.keyranges import STAMP as _STAMP, Move
 from drtool.repository.index import Location
 from drtool.repository.packfile import ENTRY
 from drtool.testing_hooks import crash_point
@@ -200,18 +200,15 @@ class DiskIndex:
             self._retired_tables.append(table)
             self._table = None
 
-    def _filter_add(self, stamp: int, ids: Iterable[bytes]) -> None:
-        """Inside a write transaction that moves the cache from ``stamp`` to ``stamp + 1``."""
+    def _filter_for(self, stamp: int) -> IdFilter | None:
+        """At the start of a move from ``stamp``: the filter, if it covers that state (else it
+        is retired: a writer that did not keep it, or a bulk build replaced it)."""
         filt = self._filter
-        if filt is None:
-            return
-        if filt.stamp() != stamp:  # a writer that did not keep it, or a bulk build replaced it
+        if filt is not None and filt.stamp() != stamp:
             filt.set_stamp(STALE)
             self._retired.append(filt)
-            self._filter = None
-            return
-        filt.add(ids)
-        filt.set_stamp(stamp + 1)
+            self._filter = filt = None
+        return filt
 
     def refresh(self) -> None:
         """Make this process's own writes visible to its lookups (each thread renews on its next one)."""
@@ -356,10 +353,10 @@ class DiskIndex:
                     entries = sum(len(raw) for _number, raw in move.packs) // ENTRY.size
                     ranges = keyranges.range_count(entries, int(txn.stat(self._blobs)["leaf_pages"]))
                     if ranges == 1:
-                        txn.cursor(db=self._blobs).putmulti(next(keyranges.range_rows(move.packs, 1)), dupdata=True)
+                        self._put_range(txn, next(keyranges.range_rows(move.packs, 1)), move, table)
                         token = self._end_move(txn, move, table)
                 if ranges > 1:
-                    self._move_ranges(move, ranges)
+                    self._move_ranges(move, ranges, table)
                     with self.env.begin(write=True) as txn:
                         token = self._end_move(txn, move, table)
                 self._table_end(table, token)
@@ -372,19 +369,31 @@ class DiskIndex:
         self.refresh()
 
     def _begin_move(self, txn: lmdb.Transaction, objects: list[tuple[str, list[tuple[bytes, bytes]]]]) -> Move:
-        """The move's first transaction (:func:`keyranges.begin_move`), a new token, and the new
-        ids in the absent-id filter (early is safe: it may only say "maybe" too often)."""
+        """The move's first transaction (:func:`keyranges.begin_move`), a new token, and the
+        absent-id filter it will add to (if it covers the state the move starts from)."""
         move = keyranges.begin_move(txn, self._db, objects)
         txn.put(b"token", idtable.new_token(), db=self._db[b"meta"])
-        self._filter_add(move.stamp, ids_of(move.id_runs))
+        move.filter = self._filter_for(move.stamp)
         return move
 
-    def _move_ranges(self, move: Move, ranges: int) -> None:
+    def _put_range(self, txn: lmdb.Transaction, rows: list[tuple[bytes, bytes]], move: Move,
+                   table: IdTable | None) -> None:
+        """A range's entries, and its ids in the filter (flushed before the commit: it never
+        lacks a committed id) and in the ``BUSY`` table: one range's ids at a time, not the move's."""
+        txn.cursor(db=self._blobs).putmulti(rows, dupdata=True)
+        ids = [blob_id for blob_id, _rec in rows]
+        if move.filter is not None:
+            move.filter.add(ids)
+            move.filter.set_stamp(move.stamp)
+        if table is not None:
+            table.add(ids)
+
+    def _move_ranges(self, move: Move, ranges: int, table: IdTable | None) -> None:
         """One write transaction per key range (each with a new token); the cache's mapped pages
         the inserts read are dropped after each (they are read again from the page cache)."""
         for rows in keyranges.range_rows(move.packs, ranges):
             with self.env.begin(write=True) as txn:
-                txn.cursor(db=self._blobs).putmulti(rows, dupdata=True)
+                self._put_range(txn, rows, move, table)
                 txn.put(b"token", idtable.new_token(), db=self._db[b"meta"])
             del rows
             crash_point("index-move-between-ranges")
@@ -392,10 +401,10 @@ class DiskIndex:
 
     def _end_move(self, txn: lmdb.Transaction, move: Move, table: IdTable | None) -> bytes:
         """The move's last transaction (:func:`keyranges.end_move`); returns the new token (the
-        table, ``BUSY`` since the first, gets the ids before it commits)."""
+        table stays ``BUSY`` until the commit)."""
         keyranges.end_move(txn, self._db, move)
-        if table is not None:
-            table.add(ids_of(move.id_runs))
+        if move.filter is not None:
+            move.filter.set_stamp(move.stamp + 1)
         token = idtable.new_token()
         txn.put(b"token", token, db=self._db[b"meta"])
         return token

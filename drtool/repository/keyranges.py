@@ -66,7 +66,6 @@ def begin_move(txn: lmdb.Transaction, dbs: dict[bytes, Any],
             ids = ids_of_pack(raw)
             txn.put(key, ids, db=dbs[b"members"])
             move.packs.append((number, raw))
-            move.id_runs.append(ids)
             numbers.append(key)
             number += 1
         move.done.append((index_id, b"".join(numbers)))
@@ -172,20 +171,13 @@ def _delete_dups_of_pack(cursor: lmdb.Cursor, blob_id: bytes, number: bytes) -> 
             return
 
 
-def ids_of(runs: list[bytes]) -> Iterator[bytes]:
-    """The ids in runs of joined 32-byte ids."""
-    for run in runs:
-        for start in range(0, len(run), ID_SIZE):
-            yield run[start:start + ID_SIZE]
-
-
 class Move:
     """What a move's first transaction took on (see :meth:`drtool.repository.diskindex.DiskIndex.add_indexes`)."""
 
-    __slots__ = ("stamp", "packs", "id_runs", "done")
+    __slots__ = ("stamp", "packs", "done", "filter")
 
     def __init__(self, stamp: int) -> None:
         self.stamp = stamp
         self.packs: list[tuple[int, bytes]] = []  # (cache pack number, packed entries)
-        self.id_runs: list[bytes] = []  # each pack's ids, joined: for the filter and the table
         self.done: list[tuple[str, bytes]] = []  # (index id, its packed pack numbers)
+        self.filter: Any = None  # the absent-id filter the move adds to (idfilter.IdFilter), if any
