@@ -27,8 +27,8 @@ stored in two packs has two; the first wins); ``packs`` number → pack id;
 ``members`` number → the pack's blob ids (to forget them when its index
 object goes); ``indexes`` index id → the stamp it was added under and its
 pack numbers; ``meta`` (format, repository id, next pack number, stamp, the
-``token`` of the blobs' state that :mod:`idtable` checks, and ``building``
-while a bulk build runs).  Beside ``data.mdb``: the absent-id filter
+``token`` of the blobs' state that :mod:`idtable` checks, ``building``
+while a bulk build or a move runs, and a move's ``moving`` mark: :mod:`keyranges`).  Beside ``data.mdb``: the absent-id filter
 (:mod:`idfilter`) and the exact id table (:mod:`idtable`), which answers
 ``in`` for present and absent ids while its token is the snapshot's.
 """
