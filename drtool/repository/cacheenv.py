@@ -132,8 +132,9 @@ def _valid(env: lmdb.Environment, repo_id: str) -> bool:
             return False
     meta = env.open_db(b"meta")
     with env.begin(db=meta) as txn:
+        # ``building`` with ``moving``: a move between key ranges, undone after the open (keyranges)
         return (txn.get(b"format") == CACHE_FORMAT and txn.get(b"repository") == repo_id.encode()
-                and txn.get(b"building") is None)
+                and (txn.get(b"building") is None or txn.get(b"moving") is not None))
 
 
 _MADV_DONTNEED = 4  # Linux

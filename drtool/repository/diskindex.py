@@ -27,8 +27,8 @@ stored in two packs has two; the first wins); ``packs`` number → pack id;
 ``members`` number → the pack's blob ids (to forget them when its index
 object goes); ``indexes`` index id → the stamp it was added under and its
 pack numbers; ``meta`` (format, repository id, next pack number, stamp, the
-``token`` of the blobs' state that :mod:`idtable` checks, and ``building``
-while a bulk build runs).  Beside ``data.mdb``: the absent-id filter
+``token`` of the blobs' state that :mod:`idtable` checks, ``building``
+while a bulk build or a move runs, and a move's ``moving`` mark: :mod:`keyranges`).  Beside ``data.mdb``: the absent-id filter
 (:mod:`idfilter`) and the exact id table (:mod:`idtable`), which answers
 ``in`` for present and absent ids while its token is the snapshot's.
 """
@@ -48,12 +48,13 @@ from typing import Callable, Iterable, Iterator
 import lmdb
 
 from drtool.crypto.ids import ID_SIZE
-from drtool.repository import idtable
+from drtool.repository import idtable, keyranges
 from drtool.repository.buildruns import NUM as _NUM, REC as _REC, ROW, build_runs, read_run
 from drtool.repository.cacheenv import (DBS, MAP_SIZE, CacheUnusable, acquire_env, cache_roots, guard,
                                         madvise_dontneed, mapping_start, release_env)
 from drtool.repository.idfilter import STALE, IdFilter, capacity_for, open_for_cache
 from drtool.repository.idtable import IdTable
+from drtool.repository.keyranges import STAMP as _STAMP, Move
 from drtool.repository.index import Location
 from drtool.repository.packfile import ENTRY
 from drtool.testing_hooks import crash_point
@@ -63,9 +64,7 @@ log = logging.getLogger("drtool")
 SYNC_BATCH_ENTRIES = 16_384  # entries per write transaction of an incremental sync (its dirty pages are in RAM)
 BUILD_RUN_ENTRIES = 262_144  # entries per sorted run of a bulk build (~25 MiB of bytes objects)
 BUILD_COMMIT_ENTRIES = 131_072  # appended entries per write transaction of a bulk build
-RELEASE_EVERY = 32_768  # entries added between drops of the cache's mapped pages (see _add_in)
 PACK_ID_MEMO = 65_536  # pack ids remembered by number (restores look up many blobs of one pack)
-_STAMP = struct.Struct(">Q")
 FILTER_FILE = "ids.bloom"  # the absent-id filter (idfilter), beside data.mdb
 TABLE_FILE = "ids.table"  # the exact id table (idtable), beside data.mdb
 
@@ -96,11 +95,18 @@ class DiskIndex:
         self._retired: list[IdFilter] = []  # replaced filters (a thread may still read one)
         self._retired_tables: list[IdTable] = []
         self._filter = None
+        self._table: IdTable | None = None
+        try:
+            if self._moving():  # before the filter and table are checked against the cache
+                with guard(path):
+                    self._undo_interrupted_move()
+        except BaseException:
+            release_env(path)
+            raise
         if os.environ.get("DRTOOL_INDEX_FILTER", "on") != "off":
             self._filter = open_for_cache(self.path / FILTER_FILE, self.env, self._blobs, self._db[b"members"],
                                           lambda txn: _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0),
                                                                             db=self._db[b"meta"]))[0])
-        self._table: IdTable | None = None
         if os.environ.get("DRTOOL_INDEX_TABLE", "on") != "off":
             self._table = idtable.open_for_cache(self.path / TABLE_FILE, self.env, self._blobs,
                                                  self._db[b"members"], self._db[b"meta"], self._token_of,
@@ -194,18 +200,15 @@ class DiskIndex:
             self._retired_tables.append(table)
             self._table = None
 
-    def _filter_add(self, stamp: int, ids: Iterable[bytes]) -> None:
-        """Inside a write transaction that moves the cache from ``stamp`` to ``stamp + 1``."""
+    def _filter_for(self, stamp: int) -> IdFilter | None:
+        """At the start of a move from ``stamp``: the filter, if it covers that state (else it
+        is retired: a writer that did not keep it, or a bulk build replaced it)."""
         filt = self._filter
-        if filt is None:
-            return
-        if filt.stamp() != stamp:  # a writer that did not keep it, or a bulk build replaced it
+        if filt is not None and filt.stamp() != stamp:
             filt.set_stamp(STALE)
             self._retired.append(filt)
-            self._filter = None
-            return
-        filt.add(ids)
-        filt.set_stamp(stamp + 1)
+            self._filter = filt = None
+        return filt
 
     def refresh(self) -> None:
         """Make this process's own writes visible to its lookups (each thread renews on its next one)."""
@@ -328,20 +331,34 @@ class DiskIndex:
 
     # ----- writing -----------------------------------------------------------------
     def add_indexes(self, objects: list[tuple[str, list[tuple[bytes, bytes]]]]) -> None:
-        """Add index objects ((id, [(pack id, packed trailer entries)])) in one write transaction.
+        """Add index objects ((id, [(pack id, packed trailer entries)])); one already cached
+        (another process read it in first) is skipped, so concurrent runs never add a pack twice.
 
-        One already cached (another process read it in first) is skipped, so
-        concurrent runs never add a pack twice.  Entries go in sorted, which
-        keeps the B-tree's pages full and the transaction's writes local.
+        In key ranges (:mod:`keyranges`): a first transaction writes the pack
+        tables and the ``moving`` mark, one per range puts that range's
+        entries in sorted, a last one records the objects as cached (a move
+        of one range, as a sync's batches, is all one transaction).  The
+        cache's ``flock`` is held throughout (no other writer in between;
+        opens wait), and the id table is ``BUSY`` until the end.
         """
         table = None
         try:
             # the guard: a bulk build in another run takes pack numbers in many transactions and
             # appends keys in order; an add in between would collide with both
             with guard(self.path):
+                self._undo_interrupted_move()
                 with self.env.begin(write=True) as txn:
                     table = self._table_begin(txn)
-                    token = self._add_in(txn, objects, table)
+                    move = self._begin_move(txn, objects)
+                    entries = sum(len(raw) for _number, raw in move.packs) // ENTRY.size
+                    ranges = keyranges.range_count(entries, int(txn.stat(self._blobs)["leaf_pages"]))
+                    if ranges == 1:
+                        self._put_range(txn, next(keyranges.range_rows(move.packs, 1)), move, table)
+                        token = self._end_move(txn, move, table)
+                if ranges > 1:
+                    self._move_ranges(move, ranges, table)
+                    with self.env.begin(write=True) as txn:
+                        token = self._end_move(txn, move, table)
                 self._table_end(table, token)
         except lmdb.MapFullError:
             self._table_failed(table)
@@ -351,73 +368,89 @@ class DiskIndex:
             raise
         self.refresh()
 
-    def _add_in(self, txn: lmdb.Transaction, objects: list[tuple[str, list[tuple[bytes, bytes]]]],
-                table: IdTable | None) -> bytes:
-        """The body of :meth:`add_indexes`' write transaction; returns the new token.
+    def _begin_move(self, txn: lmdb.Transaction, objects: list[tuple[str, list[tuple[bytes, bytes]]]]) -> Move:
+        """The move's first transaction (:func:`keyranges.begin_move`), a new token, and the
+        absent-id filter it will add to (if it covers the state the move starts from)."""
+        move = keyranges.begin_move(txn, self._db, objects)
+        txn.put(b"token", idtable.new_token(), db=self._db[b"meta"])
+        move.filter = self._filter_for(move.stamp)
+        return move
 
-        Entries go in pack by pack, each pack's sorted: a run's move holds
-        262,144 of them, and one list of (id, record) tuples for all was ~47
-        MiB of heap at once (the 1,000,000-file backup's steps of RSS); the
-        transaction's dirty pages are the same in any order.  The cache's
-        mapped pages the inserts read are dropped every ``RELEASE_EVERY``
-        entries, not only at the end (they are read again from the page cache).
-        """
-        meta, indexes = self._db[b"meta"], self._db[b"indexes"]
-        cursor = txn.cursor(db=self._blobs)
-        id_runs: list[bytes] = []  # each pack's ids, joined: 32 bytes an entry, for the filter and table
-        since_release = 0
-        number = _NUM.unpack(txn.get(b"next_pack", _NUM.pack(0), db=meta))[0]
-        stamp = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=meta))[0]
-        for index_id, packs in objects:
-            if txn.get(index_id.encode(), db=indexes) is not None:
-                continue
-            numbers = []
-            for pack_id, raw in packs:
-                if len(raw) % ENTRY.size:
-                    raise ValueError(f"index object {index_id}: partial blob entry")
-                txn.put(_NUM.pack(number), pack_id, db=self._packs)
-                rows = [(blob_id, _REC.pack(number, blob_type, offset, length, inner, raw_length))
-                        for blob_type, blob_id, offset, length, inner, raw_length in ENTRY.iter_unpack(raw)]
-                ids = b"".join(blob_id for blob_id, _rec in rows)
-                rows.sort()
-                cursor.putmulti(rows, dupdata=True)
-                txn.put(_NUM.pack(number), ids, db=self._db[b"members"])
-                id_runs.append(ids)
-                numbers.append(_NUM.pack(number))
-                number += 1
-                since_release += len(rows)
-                if since_release >= RELEASE_EVERY:
-                    self._release_cache_pages()
-                    since_release = 0
-            txn.put(index_id.encode(), _STAMP.pack(stamp) + b"".join(numbers), db=indexes)
-        self._filter_add(stamp, _ids_of(id_runs))
+    def _put_range(self, txn: lmdb.Transaction, rows: list[tuple[bytes, bytes]], move: Move,
+                   table: IdTable | None) -> None:
+        """A range's entries, and its ids in the filter (flushed before the commit: it never
+        lacks a committed id) and in the ``BUSY`` table: one range's ids at a time, not the move's."""
+        txn.cursor(db=self._blobs).putmulti(rows, dupdata=True)
+        ids = [blob_id for blob_id, _rec in rows]
+        if move.filter is not None:
+            move.filter.add(ids)
+            move.filter.set_stamp(move.stamp)
         if table is not None:
-            table.add(_ids_of(id_runs))
-        txn.put(b"next_pack", _NUM.pack(number), db=meta)
-        txn.put(b"stamp", _STAMP.pack(stamp + 1), db=meta)
+            table.add(ids)
+
+    def _move_ranges(self, move: Move, ranges: int, table: IdTable | None) -> None:
+        """One write transaction per key range (each with a new token); the cache's mapped pages
+        the inserts read are dropped after each (they are read again from the page cache)."""
+        for rows in keyranges.range_rows(move.packs, ranges):
+            with self.env.begin(write=True) as txn:
+                self._put_range(txn, rows, move, table)
+                txn.put(b"token", idtable.new_token(), db=self._db[b"meta"])
+            del rows
+            crash_point("index-move-between-ranges")
+            self._release_cache_pages()
+
+    def _end_move(self, txn: lmdb.Transaction, move: Move, table: IdTable | None) -> bytes:
+        """The move's last transaction (:func:`keyranges.end_move`); returns the new token (the
+        table stays ``BUSY`` until the commit)."""
+        keyranges.end_move(txn, self._db, move)
+        if move.filter is not None:
+            move.filter.set_stamp(move.stamp + 1)
         token = idtable.new_token()
-        txn.put(b"token", token, db=meta)
+        txn.put(b"token", token, db=self._db[b"meta"])
         return token
+
+    def _moving(self) -> bool:
+        with self.env.begin(db=self._db[b"meta"]) as txn:
+            return txn.get(keyranges.MOVING) is not None
+
+    def _undo_interrupted_move(self) -> None:
+        """Under the guard: a ``moving`` mark means its mover died between its transactions (a
+        live one holds the guard): take its packs out, so the cache holds only listed objects."""
+        if not self._moving():
+            return
+        meta = self._db[b"meta"]
+        log.warning("the index cache %s holds an interrupted move; taking it out", self.path)
+        table = None
+        try:
+            with self.env.begin(write=True) as txn:
+                table = self._table_begin(txn)
+                for number in keyranges.pack_numbers(txn.get(keyranges.MOVING, db=meta) or b""):
+                    for blob_id in keyranges.forget_pack(txn, self._db, number):
+                        if table is not None:
+                            table.remove(blob_id)
+                txn.delete(keyranges.MOVING, db=meta)
+                txn.delete(keyranges.BUILDING, db=meta)
+                token = idtable.new_token()
+                txn.put(b"token", token, db=meta)
+            self._table_end(table, token)
+        except BaseException:
+            self._table_failed(table)
+            raise
+        self.refresh()
 
     def drop(self, index_ids: Iterable[str]) -> None:
         """Forget index objects the repository no longer has (prune replaced or deleted them)."""
-        indexes, members = self._db[b"indexes"], self._db[b"members"]
         table = None
         try:
             with guard(self.path):  # not during a bulk build
+                self._undo_interrupted_move()
                 with self.env.begin(write=True) as txn:
                     table = self._table_begin(txn)
-                    blobs = txn.cursor(db=self._blobs)
                     for index_id in index_ids:
-                        numbers = txn.pop(index_id.encode(), db=indexes) or b""
-                        for pos in range(_STAMP.size, len(numbers), _NUM.size):
-                            number = numbers[pos:pos + _NUM.size]
-                            ids = txn.pop(number, db=members) or b""
-                            txn.delete(number, db=self._packs)
-                            for start in range(0, len(ids), ID_SIZE):
-                                blob_id = ids[start:start + ID_SIZE]
-                                _delete_dups_of_pack(blobs, blob_id, number)
-                                if table is not None and not blobs.set_key(blob_id):  # no other copy
+                        numbers = txn.pop(index_id.encode(), db=self._db[b"indexes"]) or b""
+                        for number in keyranges.pack_numbers(numbers[_STAMP.size:]):
+                            for blob_id in keyranges.forget_pack(txn, self._db, number):
+                                if table is not None:  # no other copy
                                     table.remove(blob_id)
                     token = idtable.new_token()
                     txn.put(b"token", token, db=self._db[b"meta"])
@@ -483,6 +516,7 @@ class DiskIndex:
                 for name in DBS[:-1]:
                     txn.drop(self._db[name], delete=False)
                 txn.put(b"building", b"1", db=self._db[b"meta"])
+                txn.delete(keyranges.MOVING, db=self._db[b"meta"])  # its packs went with the rest
                 txn.put(b"token", idtable.new_token(), db=self._db[b"meta"])  # no table holds this
                 began = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=self._db[b"meta"]))[0]
             work = Path(tempfile.mkdtemp(prefix="build-", dir=self.path))
@@ -578,21 +612,3 @@ class DiskIndex:
                 table.close()
         release_env(self.path)
 
-
-def _delete_dups_of_pack(cursor: lmdb.Cursor, blob_id: bytes, number: bytes) -> None:
-    """Delete ``blob_id``'s entry that points at cache pack ``number`` (its other copies stay)."""
-    if not cursor.set_key(blob_id):
-        return
-    while True:
-        if bytes(cursor.value()[:_NUM.size]) == number:
-            cursor.delete()
-            return
-        if not cursor.next_dup():
-            return
-
-
-def _ids_of(runs: list[bytes]) -> Iterator[bytes]:
-    """The ids in runs of joined 32-byte ids."""
-    for run in runs:
-        for start in range(0, len(run), ID_SIZE):
-            yield run[start:start + ID_SIZE]

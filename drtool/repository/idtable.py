@@ -234,8 +234,8 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, meta: Any,
                 return found
             if found is not None:
                 found.close()
-            if txn.get(b"building", db=meta) is not None:  # members ahead of blobs: not now
-                return None
+            if txn.get(b"building", db=meta) is not None:  # members ahead of blobs (a bulk build,
+                return None  # or a move between key ranges): not now
             made = IdTable.start(path, capacity_for(int(txn.stat(blobs)["entries"])))
             try:
                 for count, (_number, ids) in enumerate(txn.cursor(db=members), 1):
