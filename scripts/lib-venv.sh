@@ -12,8 +12,11 @@ ensure_venv() {
   # the stamp names the checkout the editable install points at: a venv shared with another
   # checkout (a git worktree's .venv symlink) is re-pointed here rather than silently run there
   if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ "$(cat "$stamp")" != "$PWD" ]; then
-    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-           .venv/bin/python -m pip install -q -e "$spec"; } >.venv/pip.log 2>&1; then
+    # pip writes its console scripts' #! line from the interpreter's path as invoked: through a
+    # worktree's .venv symlink that would name the worktree, and break when it is removed
+    local python; python="$(cd .venv && pwd -P)/bin/python"
+    if ! { "$python" -m pip install -q --upgrade pip &&
+           "$python" -m pip install -q -e "$spec"; } >.venv/pip.log 2>&1; then
       cat .venv/pip.log >&2
       echo "pip install failed (log above)" >&2
       return 1
