@@ -34,14 +34,12 @@ while a bulk build or a move runs, and a move's ``moving`` mark: :mod:`keyranges
 """
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import shutil
 import struct
 import tempfile
 import threading
-from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -49,7 +47,7 @@ import lmdb
 
 from drtool.crypto.ids import ID_SIZE
 from drtool.repository import idtable, keyranges
-from drtool.repository.buildruns import NUM as _NUM, REC as _REC, ROW, build_runs, read_run
+from drtool.repository.buildruns import NUM as _NUM, REC as _REC, ROW, append_runs, build_runs
 from drtool.repository.cacheenv import (DBS, MAP_SIZE, CacheUnusable, acquire_env, cache_roots, guard,
                                         madvise_dontneed, mapping_start, release_env)
 from drtool.repository.idfilter import STALE, IdFilter, capacity_for, open_for_cache
@@ -528,18 +526,7 @@ class DiskIndex:
                     made = IdFilter.start(self.path / FILTER_FILE, capacity_for(entries))
                 if self._table is not None:  # and a new table
                     table = IdTable.start(self.path / TABLE_FILE, idtable.capacity_for(entries))
-                merged = heapq.merge(*(read_run(run) for run in runs))
-                while chunk := list(islice(merged, BUILD_COMMIT_ENTRIES)):
-                    with self.env.begin(write=True) as txn:
-                        txn.cursor(db=self._blobs).putmulti(((r[:ID_SIZE], r[ID_SIZE:]) for r in chunk),
-                                                            dupdata=True, append=True)
-                    if made is not None:
-                        made.add(r[:ID_SIZE] for r in chunk)
-                    if table is not None:
-                        table.add(r[:ID_SIZE] for r in chunk)
-                        table.release_pages()  # 1.2 GB at 20 M blobs: not this run's resident set
-                for run in runs:
-                    run.close()
+                append_runs(self.env, self._blobs, runs, BUILD_COMMIT_ENTRIES, made, table)
                 with self.env.begin(write=True) as txn:
                     meta = self._db[b"meta"]
                     stamp = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=meta))[0]
