@@ -45,7 +45,7 @@ from typing import Any, Callable, Generic, TypeVar
 from drtool.sources import files as fs
 
 DEFAULT_READERS = 2
-DEFAULT_SCANNERS = 4
+DEFAULT_SCANNERS = 2
 FILES_PER_TASK = 64
 TASK_BYTES = 512 * 1024
 SMALL_FILE = 256 * 1024
