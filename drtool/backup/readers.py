@@ -2,22 +2,30 @@
 
 A first backup of a million tiny files with a cold page cache waits on the
 disk, not on the CPU: one file at a time on the walking thread, ~69 % of
-the samples were in ``read``.  Cold reads of small files are ~3.6x faster
-with 8 in flight on the bench disk, so the walking thread queues small
-files into *read batches* (up to ``FILES_PER_TASK`` files or
-``TASK_BYTES``), a pool of ``readers`` threads opens, reads, ``fstat``\\ s
-and closes them (every one of those system calls drops the GIL), and the
-walk takes the results back strictly in the order it queued them.  The
-chunk pipeline therefore sees the same bytes in the same order whatever
-the number of readers: tree and snapshot ids never depend on it.
+the samples were in ``read``.  Cold reads of small files are several times
+faster with many in flight, so the walking thread queues small files into
+*read batches* (up to ``FILES_PER_TASK`` files or ``TASK_BYTES``), and a
+few ``readers`` threads each take a whole batch: open every file of it and
+ask the kernel to start reading it (``fs.prefetch``), then read, ``fstat``
+and close them one after the other.  The disk gets a batch's reads at once
+from one thread.  Until 4 December each batch of 16 files was read by one
+of 8 threads, one file after the other; every system call drops the GIL,
+and with 8 readers, 4 scanners, the walk and the chunk workers all wanting
+it back, that cost ~38 ``futex`` calls per file and more system time than
+user time on the cold 1,000,000-file tree (docs/performance.md, "Many
+files, cold cache").  The walk takes the results back strictly in the
+order it queued them, so the chunk pipeline sees the same bytes in the
+same order whatever the number of readers: tree and snapshot ids never
+depend on it.
 
-Bounds: at most ``readers`` files are open at once (one per thread), and
-at most ``2 * readers`` batches are queued or done but not yet taken back,
-each in a recycled buffer of ``TASK_BUFFER`` bytes: ~8 MiB with 8 readers,
-whatever the number of files.  Large files (``SMALL_FILE`` or more at
-``lstat``) are not read here: the walking thread streams them through the
-chunker in 8 MiB segments as before; so are hard-linked files (their later
-links reuse the first one's chunk references).
+Bounds: at most ``readers * FILES_PER_TASK`` small files are open at once
+(a batch per thread), and at most ``2 * readers`` batches are queued or
+done but not yet taken back, each in a recycled buffer of ``TASK_BUFFER``
+bytes: ~5 MiB with 2 readers, whatever the number of files.  Large files
+(``SMALL_FILE`` or more at ``lstat``) are not read here: the walking thread
+streams them through the chunker in 8 MiB segments as before; so are
+hard-linked files (their later links reuse the first one's chunk
+references).
 
 A file that grew past its ``lstat`` size before it was read comes back as
 ``GREW`` and is read again on the walking thread, which follows growth.
@@ -36,9 +44,10 @@ from typing import Any, Callable, Generic, TypeVar
 
 from drtool.sources import files as fs
 
-DEFAULT_READERS = 8
-FILES_PER_TASK = 16
-TASK_BYTES = 256 * 1024
+DEFAULT_READERS = 2
+DEFAULT_SCANNERS = 2
+FILES_PER_TASK = 64
+TASK_BYTES = 512 * 1024
 SMALL_FILE = 256 * 1024
 TASK_BUFFER = TASK_BYTES + SMALL_FILE + 1  # a task closes past 256 KiB; one file is at most SMALL_FILE + 1
 
@@ -63,15 +72,18 @@ class FileOps:
 
 @dataclass(frozen=True)
 class Reading:
-    """How a file-tree backup reads: ``readers`` threads (1: one file at a time,
-    in walk order, on a reader thread), through ``ops``."""
+    """How a file-tree backup reads: ``readers`` threads reading batches of small
+    files and ``scanners`` threads listing directories ahead (``readers=1``: one
+    file at a time, in walk order, on the walking thread, and no scanners),
+    through ``ops``."""
 
     readers: int = DEFAULT_READERS
+    scanners: int = DEFAULT_SCANNERS
     ops: FileOps = field(default_factory=FileOps)
 
     def __post_init__(self) -> None:
-        if self.readers < 1:
-            raise ValueError("readers must be at least 1")
+        if self.readers < 1 or self.scanners < 1:
+            raise ValueError("readers and scanners must be at least 1")
 
 
 GREW = "grew"  # the file grew past what lstat said: the walking thread reads it again
@@ -189,33 +201,60 @@ class ReadAhead(Generic[T]):
         return bytearray(max(at_least, TASK_BUFFER))
 
     def _read_task(self, task: ReadTask[T]) -> list[FileRead]:
-        """On a reader thread: read each file of the batch into its place in the buffer."""
+        """On a reader thread: open and prefetch the whole batch, then read each file into
+        its place in the buffer.  Every descriptor is closed whatever happens."""
         ops, buf = self.reading.ops, task.buf
         assert buf is not None
+        opened: list[int | fs.Unreadable | None] = []
+        try:
+            for path in task.paths:
+                try:
+                    fd = ops.open(path, False)
+                except fs.Unreadable as exc:
+                    opened.append(exc)
+                    continue
+                opened.append(fd)
+                fs.prefetch(fd)
+            return self._read_opened(task, buf, opened)
+        finally:
+            for fd in opened:
+                if isinstance(fd, int):
+                    ops.close(fd)
+
+    def _read_opened(self, task: ReadTask[T], buf: bytearray,
+                     opened: list[int | fs.Unreadable | None]) -> list[FileRead]:
+        """Read the batch's open files in order; each descriptor is closed (and set to None)
+        as soon as its file is read."""
+        ops = self.reading.ops
         out: list[FileRead] = []
         offset = 0
         with memoryview(buf) as view:
-            for path, want, st in zip(task.paths, task.sizes, task.stats):
-                with view[offset:offset + want] as room:
-                    read = read_small(ops, path, st, room, self.content_hash)
+            for i, (path, want, st) in enumerate(zip(task.paths, task.sizes, task.stats)):
+                fd = opened[i]
+                if isinstance(fd, fs.Unreadable):
+                    read = FileRead(error=fd)
+                else:
+                    assert fd is not None
+                    opened[i] = None
+                    try:
+                        with view[offset:offset + want] as room:
+                            read = read_open_file(fd, path, st, room, self.content_hash)
+                    finally:
+                        ops.close(fd)
                 read.start, read.end = offset, offset + read.end
                 offset = read.end
                 out.append(read)
         return out
 
 
-def read_small(ops: FileOps, path: bytes, st: os.stat_result, view: memoryview,
-               content_hash: str | None) -> FileRead:
-    """Read one small file into ``view`` (its lstat size + 1); ``end`` is the byte count.
+def read_open_file(fd: int, path: bytes, st: os.stat_result, view: memoryview,
+                   content_hash: str | None) -> FileRead:
+    """Read one open small file into ``view`` (its lstat size + 1); ``end`` is the byte count.
 
     The one ``fstat`` after reading (``changed_since``) also shows whether
     the name still is a regular file: a FIFO or directory that took it is
-    "vanished", as on the walking thread.
+    "vanished", as on the walking thread.  The caller closes ``fd``.
     """
-    try:
-        fd = ops.open(path, False)
-    except fs.Unreadable as exc:
-        return FileRead(error=exc)
     try:
         try:
             got = fs.read_some(fd, path, view)
@@ -227,8 +266,6 @@ def read_small(ops: FileOps, path: bytes, st: os.stat_result, view: memoryview,
         changed = fs.changed_since(fd, path, st)
     except fs.Unreadable as exc:
         return FileRead(error=exc)
-    finally:
-        ops.close(fd)
     digest: Any = None
     if content_hash is not None:
         digest = hashlib.new(content_hash, view[:got])

@@ -94,7 +94,7 @@ class TreeWalker:
                  reading: Reading | None = None) -> None:
         """``content_hash``: also record each file's sha256/sha1 (for ``drtool find --hash``),
         computed from the buffers read anyway (hashlib drops the GIL).  ``reading``: how many
-        small files are read at once, and through what (default: 8 reader threads; 1 reads
+        small files are read at once, and through what (default: 2 reader threads; 1 reads
         each file on the walking thread when the walk reaches it)."""
         if content_hash is not None and content_hash not in CONTENT_HASHES:
             raise ValueError(f"unknown content hash {content_hash!r}")
@@ -118,7 +118,7 @@ class TreeWalker:
         self._scans: ScanAhead | None = None
         if self.reading.readers > 1:
             self._reads = ReadAhead(self.reading, self._took, content_hash)
-            self._scans = ScanAhead(max(1, self.reading.readers // 2), self._old_nodes)
+            self._scans = ScanAhead(self.reading.scanners, self._old_nodes)
 
     def close(self) -> None:
         """Stop the reader and scanner threads (idle once a walk is over)."""
@@ -226,6 +226,12 @@ class TreeWalker:
 
     def _add_entry(self, job: DirJob, entry: fs.Entry, old: Node | None) -> Frame | None:
         """Record one entry in ``job``; for a directory return its frame to walk next."""
+        if old is not None and fs.unchanged_as_is(old, entry.st) and self._reusable(old):
+            job.nodes.append(old)
+            self.stats.files += 1
+            self.stats.files_unchanged += 1
+            self.stats.size += old.size
+            return None
         try:
             node = fs.node_from_stat(entry.name, entry.path, entry.st)
         except fs.Unreadable as exc:
@@ -271,8 +277,7 @@ class TreeWalker:
                 node.content = list(shared)  # type: ignore[arg-type]
                 return []
             return list(shared)  # type: ignore[arg-type]
-        if fs.unchanged(node, old) and old is not None and self._all_stored(old.content) \
-                and self._hash_known(old):
+        if fs.unchanged(node, old) and old is not None and self._reusable(old):
             node.content = list(old.content)
             node.hash = old.hash
             self.stats.files_unchanged += 1
@@ -292,6 +297,10 @@ class TreeWalker:
             self._links[node.link_key] = futures
             self._link_hashes[node.link_key] = node.hash
         return futures
+
+    def _reusable(self, old: Node) -> bool:
+        """The parent's content of an unchanged file may be taken over without reading it."""
+        return self._all_stored(old.content) and self._hash_known(old)
 
     def _hash_known(self, old: Node) -> bool:
         """An unchanged file is read once more if its hash is asked for and not yet recorded."""

@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 from drtool.backup.readers import FileOps
+from drtool.sources.files import Unreadable
 
 
 class CountingFileOps(FileOps):
@@ -66,4 +67,21 @@ class FaultyFileOps(FileOps):
             action = self.before.pop(os.fsdecode(os.path.basename(path)), None)
         if action is not None:
             action(path)
+        return super().open(path, check_regular)
+
+
+class FailingFileOps(CountingFileOps):
+    """Opening a file called one of ``fail``'s names raises ``Unreadable`` with that reason
+    (an I/O error or a permission a root test run cannot otherwise be refused), once
+    per name; every other file is opened and counted as by :class:`CountingFileOps`."""
+
+    def __init__(self, fail: dict[str, str]) -> None:
+        super().__init__()
+        self.fail = dict(fail)
+
+    def open(self, path: bytes, check_regular: bool) -> int:
+        with self._lock:
+            reason = self.fail.pop(os.fsdecode(os.path.basename(path)), None)
+        if reason is not None:
+            raise Unreadable(path, reason)
         return super().open(path, check_regular)
