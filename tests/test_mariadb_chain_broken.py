@@ -105,6 +105,12 @@ def events(socket: str, password: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def restore_started(scenario: Scenario, target: Path, env: dict[str, str]) -> Any:
+    """``restore --source`` to the scenario's target time into ``target``, the server started."""
+    return scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
+                           "--target", str(target), "--start", "--json", env=env)
+
+
 def test_the_chains_as_taken(scenario: Scenario) -> None:
     snaps = {s["id"]: s["meta"] for s in json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json").out)}
     ids = scenario.ids
@@ -148,8 +154,7 @@ def test_restore_passes_over_a_broken_chain_for_an_older_whole_one(scenario: Sce
     env = broken_copy(scenario, tmp_path, "B")
     target = Path(scenario.server.root) / "fallback"
     try:
-        result = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
-                                 "--target", str(target), "--start", "--json", env=env)
+        result = restore_started(scenario, target, env)
         assert result.code == 0, result.err
         report = json.loads(result.out)
         assert report["plan"]["base"]["snapshot"] == scenario.ids["A2"]
@@ -337,8 +342,7 @@ def test_a_lost_pack_of_the_full_is_found_before_extracting_and_an_older_chain_s
            f"(pack {name})" in broken["problem"]
     target = Path(scenario.server.root) / "pack-fallback"
     try:
-        result = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
-                                 "--target", str(target), "--start", "--json", env=env)
+        result = restore_started(scenario, target, env)
         assert result.code == 0, result.err
         restored = json.loads(result.out)
         assert restored["plan"]["chain"] == [scenario.ids["A"], scenario.ids["A2"]]
@@ -453,8 +457,7 @@ def test_a_read_only_repository_restores_a_chain_without_a_lock(scenario: Scenar
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=True)
         env["DRTOOL_REPOSITORY"] = str(mount)
-        result = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
-                                 "--target", str(target), "--start", "--json", env=env)
+        result = restore_started(scenario, target, env)
         assert result.code == 0, result.err
         assert "the repository is read-only here" in result.err and "runs without a lock" in result.err
         report = json.loads(result.out)
