@@ -182,4 +182,6 @@ expect = 0
     (doc,) = json.loads(result.out)
     assert doc["status"] == "passed"
     assert doc["steps"][0]["recovered_to"] == scenario.between.isoformat()
+    # restored once, by the physical restore: not first as a plain copy of the mariabackup stream
+    assert "is restored by the mariadb restore below (no plain copy of its files first" in result.err
     assert list(root.iterdir()) == []

@@ -187,6 +187,16 @@ class MariadbSandbox(DatabaseSandbox):
             return mariadb.MariaSource.from_config(self.context.source, conf)
         return mariadb.MariaSource(name=self.context.source or "sandbox", all=True)
 
+    def restores_from_repository(self, snap: Snapshot) -> bool:
+        if snap.kind in (MARIADB_PHYSICAL, MARIADB_MYDUMPER):
+            return True
+        if snap.kind != MARIADB.base_kind or not snap.meta.get("binlog_file"):
+            return False
+        try:
+            return self._source().pitr
+        except DrtoolError:
+            return False  # bring_up reports the configuration problem
+
     def bring_up(self, session: Session, snap: Snapshot, target: datetime, latest: bool) -> datetime:
         src = self._source()
         self.instance = mariadb.Instance(os.path.join(self.make_server_dir(), "db"), None, src.bindir)
@@ -342,6 +352,9 @@ class PostgresSandbox(DatabaseSandbox):
     def _source(self) -> postgres.PgSource | None:
         conf = self.source_conf()
         return postgres.PgSource.from_config(self.context.source, conf) if conf else None
+
+    def restores_from_repository(self, snap: Snapshot) -> bool:
+        return snap.kind == POSTGRESQL.base_kind
 
     def bring_up(self, session: Session, snap: Snapshot, target: datetime, latest: bool) -> datetime:
         self.prefix = _server_prefix(capabilities.shared_group(session.repo.backend))
