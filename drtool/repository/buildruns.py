@@ -1,11 +1,15 @@
-"""The bulk build's two passes (``DiskIndex._bulk_build``): pack tables written as the index
-objects are read, blob entries to sorted run files (:func:`build_runs`); then the runs merged and
-appended in key order (:func:`append_runs`).  Apart from :mod:`drtool.repository.diskindex` to keep
-that module readable.
+"""The bulk build of the disk index (:func:`bulk_build`, for ``DiskIndex.sync`` of an empty or
+far-behind cache) and its two passes: pack tables written as the index objects are read, blob
+entries to sorted run files (:func:`build_runs`); then the runs merged and appended in key order
+(:func:`append_runs`), with a new filter and id table filled as they go.  Apart from
+:mod:`drtool.repository.diskindex`, which keeps the cache's reads and incremental writes: the
+build replaces the cache wholesale and touches its internals only under its ``flock``.
 """
 from __future__ import annotations
 
 import heapq
+import os
+import shutil
 import struct
 import tempfile
 from itertools import islice
@@ -15,15 +19,20 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 import lmdb
 
 from drtool.crypto.ids import ID_SIZE
+from drtool.repository import idtable
+from drtool.repository.cacheenv import DBS, MAP_SIZE, CacheUnusable, guard
+from drtool.repository.idfilter import IdFilter, capacity_for
+from drtool.repository.idtable import IdTable
 from drtool.repository.packfile import ENTRY
 
 if TYPE_CHECKING:
-    from drtool.repository.idfilter import IdFilter
-    from drtool.repository.idtable import IdTable
+    from drtool.repository.diskindex import DiskIndex
 
 REC = struct.Struct(">IBQIII")  # pack number (big-endian: duplicates sort by it), then as ENTRY
 NUM = struct.Struct(">I")
 ROW = ID_SIZE + REC.size  # a run's row: blob id + record (57 bytes)
+FILTER_FILE = "ids.bloom"  # the absent-id filter (idfilter), beside data.mdb
+TABLE_FILE = "ids.table"  # the exact id table (idtable), beside data.mdb
 
 
 def build_runs(env: lmdb.Environment, db: dict[bytes, Any], ids: list[str],
@@ -79,7 +88,7 @@ def read_run(run: BinaryIO) -> Iterator[bytes]:
 
 
 def append_runs(env: lmdb.Environment, blobs: Any, runs: list[BinaryIO], commit_entries: int,
-                new_filter: "IdFilter | None", new_table: "IdTable | None") -> None:
+                new_filter: IdFilter | None, new_table: IdTable | None) -> None:
     """The runs merged in key order and appended to ``blobs`` (LMDB's append mode fills each page
     once) in transactions of ``commit_entries``; each chunk's ids also go to the build's new filter
     and id table, whose pages are released as they fill (1.2 GB at 20 M blobs: not this run's
@@ -95,3 +104,63 @@ def append_runs(env: lmdb.Environment, blobs: Any, runs: list[BinaryIO], commit_
             new_table.release_pages()
     for run in runs:
         run.close()
+
+
+def bulk_build(index: "DiskIndex", listed: set[str], fetch: Callable[[str], list[tuple[bytes, bytes]] | None],
+               run_entries: int, commit_entries: int) -> int | None:
+    """Build the cache afresh from every listed index object; None when another process did.
+
+    Inserting millions of random keys one transaction at a time rewrites
+    a B-tree page per entry and holds each transaction's dirty pages in
+    RAM (~600 MiB at 20 M blobs).  Instead: sorted runs of entries in
+    temporary files, merged and appended in key order (LMDB's append
+    mode fills each page once), in transactions of ~130 k entries.  A
+    ``building`` mark makes an interrupted build invalid (rebuilt on the
+    next open); the ``flock`` makes other processes' opens, adds and drops wait for it.
+    """
+    from drtool.repository import keyranges  # it imports this module's record layout
+    stamp_of = keyranges.STAMP
+    with guard(index.path):
+        if index.index_ids() and len(listed - index.index_ids()) <= max(16, len(index.index_ids())):
+            return None
+        with index.env.begin(write=True) as txn:
+            for name in DBS[:-1]:
+                txn.drop(index._db[name], delete=False)
+            txn.put(b"building", b"1", db=index._db[b"meta"])
+            txn.delete(keyranges.MOVING, db=index._db[b"meta"])  # its packs went with the rest
+            txn.put(b"token", idtable.new_token(), db=index._db[b"meta"])  # no table holds this
+            began = stamp_of.unpack(txn.get(b"stamp", stamp_of.pack(0), db=index._db[b"meta"]))[0]
+        work = Path(tempfile.mkdtemp(prefix="build-", dir=index.path))
+        made = table = None
+        try:
+            done, runs = build_runs(index.env, index._db, sorted(listed), fetch, work, run_entries)
+            entries = sum(os.fstat(run.fileno()).st_size for run in runs) // ROW
+            if index._filter is not None:  # a new filter, sized for these entries, filled as they go in
+                made = IdFilter.start(index.path / FILTER_FILE, capacity_for(entries))
+            if index._table is not None:  # and a new table
+                table = IdTable.start(index.path / TABLE_FILE, idtable.capacity_for(entries))
+            append_runs(index.env, index._blobs, runs, commit_entries, made, table)
+            with index.env.begin(write=True) as txn:
+                meta = index._db[b"meta"]
+                stamp = stamp_of.unpack(txn.get(b"stamp", stamp_of.pack(0), db=meta))[0]
+                for index_id, numbers in done:
+                    txn.put(index_id.encode(), stamp_of.pack(stamp) + numbers, db=index._db[b"indexes"])
+                txn.put(b"stamp", stamp_of.pack(stamp + 1), db=meta)
+                txn.delete(b"building", db=meta)
+                index._install_built_filter(made, stamp == began, stamp + 1)
+                made = None
+                token = idtable.new_token()
+                txn.put(b"token", token, db=meta)
+                if table is not None:  # durable and in place before the token commits
+                    index._install_built_table(table, stamp == began, token)
+                    table = None
+        except lmdb.MapFullError:
+            raise CacheUnusable(f"{index.path} is full ({MAP_SIZE >> 30} GiB)") from None
+        finally:
+            if made is not None:
+                made.discard()
+            if table is not None:
+                table.discard()
+            shutil.rmtree(work, ignore_errors=True)
+    index.refresh()
+    return len(done)

@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import struct
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -47,10 +45,10 @@ import lmdb
 
 from drtool.crypto.ids import ID_SIZE
 from drtool.repository import idtable, keyranges
-from drtool.repository.buildruns import NUM as _NUM, REC as _REC, ROW, append_runs, build_runs
+from drtool.repository.buildruns import FILTER_FILE, NUM as _NUM, REC as _REC, TABLE_FILE, bulk_build
 from drtool.repository.cacheenv import (DBS, MAP_SIZE, CacheUnusable, acquire_env, cache_roots, guard,
                                         madvise_dontneed, mapping_start, release_env)
-from drtool.repository.idfilter import STALE, IdFilter, capacity_for, open_for_cache
+from drtool.repository.idfilter import STALE, IdFilter, open_for_cache
 from drtool.repository.idtable import IdTable
 from drtool.repository.keyranges import STAMP as _STAMP, Move
 from drtool.repository.index import Location
@@ -63,8 +61,6 @@ SYNC_BATCH_ENTRIES = 16_384  # entries per write transaction of an incremental s
 BUILD_RUN_ENTRIES = 262_144  # entries per sorted run of a bulk build (~25 MiB of bytes objects)
 BUILD_COMMIT_ENTRIES = 131_072  # appended entries per write transaction of a bulk build
 PACK_ID_MEMO = 65_536  # pack ids remembered by number (restores look up many blobs of one pack)
-FILTER_FILE = "ids.bloom"  # the absent-id filter (idfilter), beside data.mdb
-TABLE_FILE = "ids.table"  # the exact id table (idtable), beside data.mdb
 
 
 class DiskIndex:
@@ -497,60 +493,9 @@ class DiskIndex:
 
     def _bulk_build(self, listed: set[str],
                     fetch: Callable[[str], list[tuple[bytes, bytes]] | None]) -> int | None:
-        """Build the cache afresh from every listed index object; None when another process did.
-
-        Inserting millions of random keys one transaction at a time rewrites
-        a B-tree page per entry and holds each transaction's dirty pages in
-        RAM (~600 MiB at 20 M blobs).  Instead: sorted runs of entries in
-        temporary files, merged and appended in key order (LMDB's append
-        mode fills each page once), in transactions of ~130 k entries.  A
-        ``building`` mark makes an interrupted build invalid (rebuilt on the
-        next open); the ``flock`` makes other processes' opens, adds and drops wait for it.
-        """
-        with guard(self.path):
-            if self.index_ids() and len(listed - self.index_ids()) <= max(16, len(self.index_ids())):
-                return None
-            with self.env.begin(write=True) as txn:
-                for name in DBS[:-1]:
-                    txn.drop(self._db[name], delete=False)
-                txn.put(b"building", b"1", db=self._db[b"meta"])
-                txn.delete(keyranges.MOVING, db=self._db[b"meta"])  # its packs went with the rest
-                txn.put(b"token", idtable.new_token(), db=self._db[b"meta"])  # no table holds this
-                began = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=self._db[b"meta"]))[0]
-            work = Path(tempfile.mkdtemp(prefix="build-", dir=self.path))
-            made = table = None
-            try:
-                done, runs = build_runs(self.env, self._db, sorted(listed), fetch, work, BUILD_RUN_ENTRIES)
-                entries = sum(os.fstat(run.fileno()).st_size for run in runs) // ROW
-                if self._filter is not None:  # a new filter, sized for these entries, filled as they go in
-                    made = IdFilter.start(self.path / FILTER_FILE, capacity_for(entries))
-                if self._table is not None:  # and a new table
-                    table = IdTable.start(self.path / TABLE_FILE, idtable.capacity_for(entries))
-                append_runs(self.env, self._blobs, runs, BUILD_COMMIT_ENTRIES, made, table)
-                with self.env.begin(write=True) as txn:
-                    meta = self._db[b"meta"]
-                    stamp = _STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0), db=meta))[0]
-                    for index_id, numbers in done:
-                        txn.put(index_id.encode(), _STAMP.pack(stamp) + numbers, db=self._db[b"indexes"])
-                    txn.put(b"stamp", _STAMP.pack(stamp + 1), db=meta)
-                    txn.delete(b"building", db=meta)
-                    self._install_built_filter(made, stamp == began, stamp + 1)
-                    made = None
-                    token = idtable.new_token()
-                    txn.put(b"token", token, db=meta)
-                    if table is not None:  # durable and in place before the token commits
-                        self._install_built_table(table, stamp == began, token)
-                        table = None
-            except lmdb.MapFullError:
-                raise CacheUnusable(f"{self.path} is full ({MAP_SIZE >> 30} GiB)") from None
-            finally:
-                if made is not None:
-                    made.discard()
-                if table is not None:
-                    table.discard()
-                shutil.rmtree(work, ignore_errors=True)
-        self.refresh()
-        return len(done)
+        """Build the cache afresh from every listed index object; None when another process did
+        (:func:`buildruns.bulk_build`)."""
+        return bulk_build(self, listed, fetch, BUILD_RUN_ENTRIES, BUILD_COMMIT_ENTRIES)
 
     def _install_built_filter(self, made: IdFilter | None, whole: bool, stamp: int) -> None:
         """In the bulk build's last transaction: put its filter in place, unless another
