@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import logging
 import mmap
-import os
 import random
 import struct
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from drtool.crypto.ids import ID_SIZE
-from drtool.repository.mappedfile import create_mapped, open_mapped
+from drtool.repository.mappedfile import MappedFile, create_mapped, open_mapped
 
 log = logging.getLogger("drtool")
 
@@ -53,13 +52,11 @@ def capacity_for(entries: int) -> int:
     return int(entries * HEADROOM) + MIN_CAPACITY
 
 
-class IdFilter:
+class IdFilter(MappedFile):
     """The mapped filter file: :meth:`maybe` (False: certainly absent), :meth:`add`, the stamp."""
 
     def __init__(self, path: Path, file: int, mapping: mmap.mmap) -> None:
-        self.path = path
-        self._fd = file
-        self._map = mapping
+        super().__init__(path, file, mapping)
         _magic, _stamp, self.bits, self.capacity = _HEADER.unpack_from(mapping, 0)
         self._bits = memoryview(mapping)[_HEADER.size:]
         self._blocks = self.bits // BLOCK_BITS
@@ -85,14 +82,7 @@ class IdFilter:
     def install(self, path: Path, stamp: int) -> None:
         """Stamp a filter made by :meth:`start`, make it durable and rename it to ``path``."""
         self.set_stamp(stamp)
-        os.fsync(self._fd)
-        os.replace(self.path, path)
-        self.path = path
-
-    def discard(self) -> None:
-        """Close and remove a filter made by :meth:`start` that was not installed."""
-        self.close()
-        self.path.unlink(missing_ok=True)
+        self._durable_over(path)
 
     def stamp(self) -> int:
         return int(struct.unpack_from("<Q", self._map, 8)[0])
@@ -133,10 +123,7 @@ class IdFilter:
 
     def close(self) -> None:
         self._bits.release()
-        try:
-            self._map.close()
-        finally:
-            os.close(self._fd)
+        super().close()
 
 
 def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, stamp_of: Callable[[Any], int]) -> IdFilter | None:

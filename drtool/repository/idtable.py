@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable
 
 from drtool.crypto.ids import ID_SIZE
 from drtool.repository.idfilter import members_sampled_in
-from drtool.repository.mappedfile import create_mapped, open_mapped
+from drtool.repository.mappedfile import MappedFile, create_mapped, open_mapped
 
 log = logging.getLogger("drtool")
 
@@ -78,14 +78,12 @@ def capacity_for(entries: int) -> int:
     return int(entries * HEADROOM) + MIN_CAPACITY
 
 
-class IdTable:
+class IdTable(MappedFile):
     """The mapped table file: :meth:`answer` (True, False, or None: ask LMDB), :meth:`add`,
     :meth:`remove` and the token (see the module docstring)."""
 
     def __init__(self, path: Path, fd: int, mapping: mmap.mmap) -> None:
-        self.path = path
-        self._fd = fd
-        self._map = mapping
+        super().__init__(path, fd, mapping)
         _magic, _token, self.buckets, self.capacity = _HEADER.unpack_from(mapping, 0)
         self._flags = _HEADER.size
         self._base = self._flags + -(-(self.buckets + 1) // 64) * 64
@@ -115,18 +113,11 @@ class IdTable:
         """Stamp a table made by :meth:`start`, make it durable and rename it over ``path``,
         first marking the file there ``STALE`` for the processes that still map it."""
         self.set_token(token)
-        os.fsync(self._fd)
         old = IdTable.open(path)
         if old is not None:
             old.set_token(STALE)
             old.close()
-        os.replace(self.path, path)
-        self.path = path
-
-    def discard(self) -> None:
-        """Close and remove a table made by :meth:`start` that was not installed."""
-        self.close()
-        self.path.unlink(missing_ok=True)
+        self._durable_over(path)
 
     def token(self) -> bytes:
         return self._map[_TOKEN]
@@ -201,12 +192,6 @@ class IdTable:
 
     def release_pages(self) -> None:
         self._map.madvise(mmap.MADV_DONTNEED)
-
-    def close(self) -> None:
-        try:
-            self._map.close()
-        finally:
-            os.close(self._fd)
 
 
 def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, meta: Any,

@@ -3,7 +3,8 @@ and the exact id table (idtable).
 
 Both are opened the same way (a file that is not whole and valid is as good as missing: it is
 rebuilt) and made the same way (a temporary file beside the final name, sized, mapped,
-renamed into place once filled); this module holds those two steps once.
+renamed into place once filled, or removed); this module holds those steps once, and
+:class:`MappedFile` the life cycle both classes share.
 """
 from __future__ import annotations
 
@@ -49,3 +50,29 @@ def create_mapped(path: Path, size: int) -> tuple[Path, int, mmap.mmap]:
         tmp.unlink(missing_ok=True)
         raise
     return tmp, fd, mapping
+
+
+class MappedFile:
+    """A file mapped whole, as :func:`open_mapped` or :func:`create_mapped` made it."""
+
+    def __init__(self, path: Path, fd: int, mapping: mmap.mmap) -> None:
+        self.path = path
+        self._fd = fd
+        self._map = mapping
+
+    def _durable_over(self, path: Path) -> None:
+        """Flush a file made by :func:`create_mapped` to disk and rename it over ``path``."""
+        os.fsync(self._fd)
+        os.replace(self.path, path)
+        self.path = path
+
+    def discard(self) -> None:
+        """Close and remove a file made by :func:`create_mapped` that was not installed."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        try:
+            self._map.close()
+        finally:
+            os.close(self._fd)
