@@ -82,6 +82,11 @@ class TransientBackendError(BackendError):
     """A failure that may succeed on retry (timeouts, 5xx, resets)."""
 
 
+class RepositoryFull(BackendError):
+    """The repository's file system is full: the run stops, and what it stored unindexed is
+    removed again (it would only hold the space the user must free)."""
+
+
 class ReadOnlyRepository(BackendError):
     """The repository cannot be written by this process (read-only mount, permissions, a
     restore-only S3 policy).  Restore and check go on without a lock; writers fail."""

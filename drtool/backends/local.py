@@ -18,7 +18,8 @@ from typing import Iterator, Sequence
 
 from drtool.backends.base import Backend, ObjectInfo, StagedObject
 from drtool.backends.local_staged import DIRECT_IO_DEFAULT, LocalStagedObject, WriteFailures, fsync_dir
-from drtool.errors import BackendError, ObjectMissing, ReadOnlyRepository, RepositoryNotFound, UsageError
+from drtool.errors import (BackendError, ObjectMissing, ReadOnlyRepository, RepositoryFull, RepositoryNotFound,
+                           UsageError)
 
 TMP_PREFIX = ".tmp-"
 SHARED_DIR_MODE = 0o2770   # group-shared repository: setgid keeps the group on new entries
@@ -329,7 +330,7 @@ class LocalBackend(Backend):
 
 def _write_error(exc: OSError, what: str) -> BackendError:
     if exc.errno == errno.ENOSPC:
-        return BackendError(f"repository disk is full while writing {what}",
+        return RepositoryFull(f"repository disk is full while writing {what}",
                             hint="free space on the repository file system; nothing was committed")
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return ReadOnlyRepository(f"cannot write {what}: {exc.strerror}")

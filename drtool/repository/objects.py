@@ -29,6 +29,11 @@ are checked against these by the tests.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
+from drtool.errors import DrtoolError
+
 # ----- name prefixes ------------------------------------------------------------------------------
 CONFIG = "config"
 KEYS = "keys"
@@ -89,3 +94,26 @@ def pack_id_from_name(name: str) -> bytes:
 def log_prefix(kind: str, source_key: str) -> str:
     """Folder of one source's archived logs (``source_key``: a keyed hash of its name)."""
     return f"{kind}/{source_key}"
+
+
+FORMAT_VERSION = 1  # of the repository (its ``config`` object)
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    repo_id: str
+    version: int = FORMAT_VERSION
+    file_chunk_avg: int = 1024 * 1024
+    stream_chunk_avg: int = 16 * 1024
+    compression_level: int = 3
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "RepoConfig":
+        data = json.loads(raw)
+        if data.get("version") != FORMAT_VERSION:
+            raise DrtoolError(f"repository format version {data.get('version')} is not supported",
+                              hint="upgrade drtool")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})

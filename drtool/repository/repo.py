@@ -7,26 +7,26 @@ every pending pack and then the index object that names them, and only after
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from drtool.backends import capabilities
 from drtool.backends.base import Backend
 from drtool.crypto.ids import IdMaker
 from drtool.crypto.keys import KdfParams, KeySlot, MasterKey
-from drtool.errors import DrtoolError, IntegrityError, ObjectMissing, RepositoryExists, RepositoryNotFound
+from drtool.errors import (DrtoolError, IntegrityError, ObjectMissing, RepositoryExists, RepositoryFull,
+                           RepositoryNotFound)
 from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (IndexCache, Location, MemoryIndex, PackRecord, decode_index,
                                      decode_index_packed, encode_index)
 from drtool.repository.layered import LayeredIndex
 from drtool.repository.keyslots import clear_interrupted_init, unlock_master, wrap_slot
-from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, KEYS, PACKS, key_name,
-                                       object_name, pack_name)
+from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, KEYS, PACKS,
+                                       RepoConfig, key_name, object_name, pack_name)
 from drtool.repository.packfile import (FOOTER, BlobEntry, BufferPool, OpenGroup, PackBuilder,
                                         PackFormatError, group_kind, groups_of, open_group, parse_trailer,
                                         read_trailer, seal_open_group, trailer_span, trim_heap)
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("drtool")
 
-FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 16 * 1024 * 1024
 INDEX_EVERY_PACKS = 4  # bounds the trailer entries held in memory (~200 B per blob)
 MAX_PENDING_UPLOADS = 2
@@ -56,26 +55,6 @@ SHORT_TEXT_GROUP_TARGET_SIZE = 4 * 1024 * 1024
 _GROUP_TARGETS = {OTHER: GROUP_TARGET_SIZE, LONG_TEXT: TEXT_GROUP_TARGET_SIZE,
                   SHORT_TEXT: SHORT_TEXT_GROUP_TARGET_SIZE}
 RUN_BYTES = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class RepoConfig:
-    repo_id: str
-    version: int = FORMAT_VERSION
-    file_chunk_avg: int = 1024 * 1024
-    stream_chunk_avg: int = 16 * 1024
-    compression_level: int = 3
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.__dict__, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> "RepoConfig":
-        data = json.loads(raw)
-        if data.get("version") != FORMAT_VERSION:
-            raise DrtoolError(f"repository format version {data.get('version')} is not supported",
-                              hint="upgrade drtool")
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 class Repository:
@@ -373,10 +352,20 @@ class Repository:
             except BaseException as exc:  # keep waiting for the rest before re-raising
                 error = error or exc
         if error is not None:
+            if isinstance(error, RepositoryFull):
+                self._remove_unindexed()
             raise error
         if self._unindexed and (final or len(self._unindexed) >= INDEX_EVERY_PACKS):
             self.write_index(self._unindexed)
             self._unindexed = []
+
+    def _remove_unindexed(self) -> None:
+        """Full disk: this run's packs that no index names (e.g. the tree pack stored beside the
+        failed one) are of use to no run and hold the space the user must free."""
+        for record in self._unindexed:
+            with contextlib.suppress(DrtoolError):
+                self.backend.delete(pack_name(record.pack_id))
+        self._unindexed = []
 
     def locate(self, blob_id: bytes) -> Location:
         loc = self.index.get(blob_id)
