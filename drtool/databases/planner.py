@@ -178,7 +178,7 @@ def plan_pitr(session: Session, source: str, engine: DatabaseEngine, when: datet
     chain must be whole, or the restore stops here naming the missing member.
 
     Where the engine asks for it (MariaDB physical chains), every pack the chain's members read
-    must also be in the repository (:func:`_chain_data_missing`): a base whose chain lacks one is
+    must also be in the repository (:func:`chain_data_missing`): a base whose chain lacks one is
     passed over like a broken chain, and planning starts again without it, so a lost pack is
     found before anything is extracted, not after the full was.  A ``dry_run`` asks the local index
     cache first (``snapshot.presence.missing_data_cached``) and loads the index only when that cache

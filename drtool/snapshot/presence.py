@@ -65,9 +65,9 @@ def missing_data_cached(repo: Repository, snaps: Iterable[Snapshot]) -> dict[str
     blob the cache places in a pack that ``stat`` finds whole is there, whatever the cache's age.
     A blob the cache lacks, or a pack gone or short (a prune may have moved the blob since), is
     answered only by the up-to-date index: the caller then loads it.  None: there is no disk cache
-    (the in-memory fallback would be the whole index)."""
+    (the in-memory fallback would be the whole index), or it is empty."""
     disk = repo.disk_index()
-    if disk is None:
+    if disk is None or len(disk) == 0:  # a host that never loaded this repository's index: nothing to ask
         return None
     from drtool.repository.layered import LayeredIndex
     saved, repo.index = repo.index, LayeredIndex(disk)
