@@ -164,7 +164,7 @@ def test_restore_passes_over_a_broken_chain_for_an_older_whole_one(scenario: Sce
         b, b2, a, a2 = (scenario.ids[k][:8] for k in ("B", "B2", "A", "A2"))
         assert f"passed over snapshot {b2} (incremental, " in warning
         assert f"of source {SOURCE}: snapshot {b} (parent of {b2}) is not in the repository; restoring the older " \
-               f"chain {a} (full, " in warning and f"+ {a2} (incremental, " in warning
+               f"chain {a} (full, " in warning and f"+ 1 incremental(s) {a2} (the last " in warning
         assert restored_checksums(report["socket"], scenario.server.password) == scenario.at_target
         assert events(report["socket"], scenario.server.password) == [("a", 5), ("a2", 6), ("b", 7), ("b2", 8),
                                                                        ("t", 9)]
@@ -364,10 +364,10 @@ def test_a_lost_pack_of_the_full_is_found_before_extracting_and_an_older_chain_s
         assert all(name in p["problem"] for p in passed)
         (warning,) = [x for x in result.err.splitlines() if "passed over" in x]  # once for B and B2
         a, a2 = scenario.ids["A"][:8], scenario.ids["A2"][:8]
-        assert f"passed over snapshots {b} (full, " in warning and f"+ {b2} (incremental, " in warning
+        assert f"passed over snapshots {b} (full, " in warning and f"+ 1 incremental(s) {b2} (the last " in warning
         assert f"of source {SOURCE}: full {b} needs data that is not in the repository (pack {name} is missing " \
                f"from the repository); restoring the older chain {a} (full, " in warning
-        assert f"+ {a2} (incremental, " in warning and warning.endswith(") instead")
+        assert f"+ 1 incremental(s) {a2} (the last " in warning and warning.endswith(") instead")
         assert restored["plan"]["fallback"] == [warning.split("WARNING: ", 1)[1]]
         assert restored_checksums(restored["socket"], scenario.server.password) == scenario.at_target
     finally:
@@ -437,7 +437,7 @@ expect = 35
     result = scenario.dr.run("rehearse", str(runbook), env=env)
     assert result.code == 0, result.out + result.err
     (summary,) = [x for x in result.out.splitlines() if x.startswith("  warning: ")]
-    assert f"passed over snapshot {b2} (incremental, " in summary and f"+ {a2} (incremental, " in summary
+    assert f"passed over snapshot {b2} (incremental, " in summary and f"+ 1 incremental(s) {a2} (the last " in summary
     assert summary.endswith(") instead")
     assert list(root.iterdir()) == []
     (doc,) = json.loads(scenario.dr.run("rehearsals", "--json", env=env).out)
@@ -500,6 +500,12 @@ def test_window_does_not_count_a_chain_whose_full_lost_a_pack(scenario: Scenario
     assert all(f"pack {name} is missing from the repository" in b["problem"] for b in window["broken_bases"])
     whole = json.loads(scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json").out)
     assert window["start"] == whole["start"] and window["end"] == whole["end"]
+    b, b2 = scenario.ids["B"][:8], scenario.ids["B2"][:8]
+    text = scenario.dr.run("mariadb", "window", "--source", SOURCE, env=env).out
+    (line,) = [x for x in text.splitlines() if name in x]  # the chain once, for its one cause
+    assert line.startswith(f"not usable bases: snapshots {b} (full, ") and f"+ 1 incremental(s) {b2} (the last " \
+        in line and f"of source {SOURCE}: full {b} needs data that is not in the repository (pack {name} is " \
+        f"missing from the repository)" in line and f"drtool backup --source {SOURCE} --full" in line
 
 
 def test_window_says_why_a_range_is_not_restorable(scenario: Scenario, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ restored instead.  Bases passed over for the same cause are one line here.
 """
 from __future__ import annotations
 
+from datetime import timezone
 from typing import TYPE_CHECKING
 
 from drtool.databases.mariadb_chain import ChainBroken, is_incremental
@@ -60,23 +61,45 @@ def _cause(error: SnapshotNotFound) -> tuple[str, str]:
     return f"other:{error}", str(error)
 
 
+def _when(snap: Snapshot) -> str:
+    return snap.time.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
 def _members(snaps: list[Snapshot]) -> str:
-    """``3f2a9c1d (full, 2026-11-24T02:00:04+00:00) + 7c1e04aa (incremental, …)``"""
-    return " + ".join(f"{s.short_id} ({'incremental' if is_incremental(s) else 'full'}, {s.time.isoformat()})"
-                      for s in snaps)
+    """``3f2a9c1d (full, 2026-11-24T02:00:04+00:00)``, or for several ``3f2a9c1d (full, …) + 2
+    incremental(s) 51d0b8e2, 7c1e04aa (the last 2026-11-26T02:00:05+00:00)``: a week's chain in one
+    readable clause."""
+    first, rest = snaps[0], snaps[1:]
+    head = f"{first.short_id} ({'incremental' if is_incremental(first) else 'full'}, {_when(first)})"
+    if not rest:
+        return head
+    return f"{head} + {len(rest)} incremental(s) {', '.join(s.short_id for s in rest)} (the last {_when(rest[-1])})"
+
+
+def _snapshots(snaps: list[Snapshot]) -> str:
+    return f"{'snapshot' if len(snaps) == 1 else 'snapshots'} {_members(snaps)}"
+
+
+def grouped(broken: list[BrokenBase]) -> list[tuple[str, list[Snapshot]]]:
+    """(why, the bases it makes unusable), one entry per cause, in the order first met."""
+    groups: dict[str, tuple[str, list[Snapshot]]] = {}
+    for one in broken:
+        key, why = _cause(one.error)
+        groups.setdefault(key, (why, []))[1].append(one.base.snapshot)
+    return list(groups.values())
 
 
 def fallback_lines(source: str, passed_over: list[BrokenBase], base: Snapshot, chain: list[Snapshot]) -> list[str]:
     """One line per cause: the bases passed over for it, the member and pack (or parent) that is the
     reason, and the chain restored instead (``base`` and its ``chain``)."""
-    groups: dict[str, tuple[str, list[Snapshot]]] = {}
-    for broken in passed_over:
-        key, why = _cause(broken.error)
-        groups.setdefault(key, (why, []))[1].append(broken.base.snapshot)
     instead = (f"the older chain {_members(chain)}" if len(chain) > 1
-               else f"the older complete base {base.short_id} ({base.time.isoformat()})")
-    lines = []
-    for why, snaps in groups.values():
-        lines.append(f"passed over {'snapshot' if len(snaps) == 1 else 'snapshots'} {_members(snaps)} of source "
-                     f"{source}: {why}; restoring {instead} instead")
-    return lines
+               else f"the older complete base {base.short_id} ({_when(base)})")
+    return [f"passed over {_snapshots(snaps)} of source {source}: {why}; restoring {instead} instead"
+            for why, snaps in grouped(passed_over)]
+
+
+def unusable_lines(source: str, broken: list[BrokenBase]) -> list[str]:
+    """``drtool mariadb window``'s bases that cannot start a recovery, one line per cause."""
+    return [f"{'not a usable base' if len(snaps) == 1 else 'not usable bases'}: {_snapshots(snaps)} of source "
+            f"{source}: {why} (its chain is broken: not counted above; take a full backup: drtool backup "
+            f"--source {source} --full)" for why, snaps in grouped(broken)]

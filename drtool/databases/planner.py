@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from drtool.databases.engine import DatabaseEngine, RestoreRequest, engine_of_source, require_engine
-from drtool.databases.fallback import data_missing, fallback_lines
+from drtool.databases.fallback import data_missing, fallback_lines, unusable_lines
 from drtool.databases.logarchive import sync_log_segments
 from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import DrtoolError, SnapshotNotFound, UsageError
@@ -63,7 +63,9 @@ def recoverable_window(session: Session, source: str, engine: DatabaseEngine | N
             return whole, []
         unreadable = chain_data_missing(session, list(members.values()), quick=True, purpose="window")
         return _unusable(whole, snapshots, resolved, source, unreadable)
-    return compute_window(source, engine, snapshots, logs.segments(source, engine.log_kind), lacking)
+    window = compute_window(source, engine, snapshots, logs.segments(source, engine.log_kind), lacking)
+    window.unusable = unusable_lines(source, window.broken)
+    return window
 
 
 def window_from_catalog(catalog: Catalog, source: str) -> Window | None:

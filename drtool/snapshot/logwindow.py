@@ -227,6 +227,7 @@ class Window:
     bases: int = 0
     broken: list[BrokenBase] = field(default_factory=list)  # bases that cannot start a recovery
     lost: list[LostRange] = field(default_factory=list)  # what the broken bases alone would have covered
+    unusable: list[str] = field(default_factory=list)  # ``broken`` in words, one line per cause (the planner's)
 
     @property
     def start(self) -> datetime | None:
@@ -242,7 +243,7 @@ class Window:
                 "end": self.end.isoformat() if self.end else None,
                 "intervals": [[a.isoformat(), b.isoformat()] for a, b in self.intervals],
                 "gaps": self.gaps, "broken_bases": [b.as_dict() for b in self.broken],
-                "not_restorable": [r.as_dict() for r in self.lost]}
+                "not_restorable": [r.as_dict() for r in self.lost], "unusable": self.unusable}
 
 
 @dataclass
