@@ -160,7 +160,11 @@ def test_restore_passes_over_a_broken_chain_for_an_older_whole_one(scenario: Sce
         assert report["plan"]["base"]["snapshot"] == scenario.ids["A2"]
         assert report["plan"]["chain"] == [scenario.ids["A"], scenario.ids["A2"]]
         assert [b["snapshot"] for b in report["plan"]["passed_over"]] == [scenario.ids["B2"]]
-        assert f"snapshot {scenario.ids['B2'][:8]} is not used as the base" in result.err
+        (warning,) = [x for x in result.err.splitlines() if "passed over" in x]
+        b, b2, a, a2 = (scenario.ids[k][:8] for k in ("B", "B2", "A", "A2"))
+        assert f"passed over snapshot {b2} (incremental, " in warning
+        assert f"of source {SOURCE}: snapshot {b} (parent of {b2}) is not in the repository; restoring the older " \
+               f"chain {a} (full, " in warning and f"+ 1 incremental(s) {a2} (the last " in warning
         assert restored_checksums(report["socket"], scenario.server.password) == scenario.at_target
         assert events(report["socket"], scenario.server.password) == [("a", 5), ("a2", 6), ("b", 7), ("b2", 8),
                                                                        ("t", 9)]
@@ -335,7 +339,16 @@ def test_a_lost_pack_of_the_full_is_found_before_extracting_and_an_older_chain_s
     check = scenario.dr.run("check", "--json", env=env)  # plain: the listing, no pack read
     assert check.code == 1, check.err
     report = json.loads(check.out)
-    assert report["packs_read"] == 0 and f"pack {name} is missing" in report["errors"]
+    assert report["packs_read"] == 0
+    (line,) = [e for e in report["errors"] if name in e]  # the pack once, with what depends on it
+    assert line.startswith(f"pack {name} is missing; needed by snapshot(s) {b} (")
+    assert line.count(f"{b2} ({SOURCE} ") == 1  # B2 needs the pack itself, or through its full: named once
+    (problem,) = [p for p in report["problems"] if p["object"] == name]
+    assert scenario.ids["B"] in problem["snapshots"] and scenario.ids["B2"] in problem["snapshots"] + problem["chains"]
+    plan = json.loads(scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
+                                      "--target", "/nonexistent", "--dry-run", "--json", env=env).out)
+    assert [p["snapshot"] for p in plan["passed_over"]] == [scenario.ids["B"], scenario.ids["B2"]]  # the cache
+    assert plan["chain"] == [scenario.ids["A"], scenario.ids["A2"]]  # still names the pack: not trusted
     (broken,) = report["broken_chains"]
     assert broken["snapshot"] == scenario.ids["B2"] and broken["damage"] == f"pack {name}"
     assert f"its chain needs snapshot {b} (the full of its chain), which is affected by damaged data " \
@@ -349,11 +362,13 @@ def test_a_lost_pack_of_the_full_is_found_before_extracting_and_an_older_chain_s
         passed = restored["plan"]["passed_over"]  # the full B is a base too
         assert [p["snapshot"] for p in passed] == [scenario.ids["B"], scenario.ids["B2"]]
         assert all(name in p["problem"] for p in passed)
-        warning = [x for x in result.err.splitlines() if "not used as the base" in x][-1]
-        assert f"snapshot {b2} is not used as the base: snapshot {b2} of source {SOURCE} cannot be restored: " \
-               f"snapshot {b} of its chain (the full) needs data that is not in the repository (pack {name} is " \
-               f"missing from the repository); restoring from the older complete base " \
-               f"{scenario.ids['A2'][:8]}" in warning
+        (warning,) = [x for x in result.err.splitlines() if "passed over" in x]  # once for B and B2
+        a, a2 = scenario.ids["A"][:8], scenario.ids["A2"][:8]
+        assert f"passed over snapshots {b} (full, " in warning and f"+ 1 incremental(s) {b2} (the last " in warning
+        assert f"of source {SOURCE}: full {b} needs data that is not in the repository (pack {name} is missing " \
+               f"from the repository); restoring the older chain {a} (full, " in warning
+        assert f"+ 1 incremental(s) {a2} (the last " in warning and warning.endswith(") instead")
+        assert restored["plan"]["fallback"] == [warning.split("WARNING: ", 1)[1]]
         assert restored_checksums(restored["socket"], scenario.server.password) == scenario.at_target
     finally:
         stop_restored_mariadb(target)
@@ -422,7 +437,8 @@ expect = 35
     result = scenario.dr.run("rehearse", str(runbook), env=env)
     assert result.code == 0, result.out + result.err
     (summary,) = [x for x in result.out.splitlines() if x.startswith("  warning: ")]
-    assert f"snapshot {b2} was not used as the base" in summary and f"older complete base {a2} instead" in summary
+    assert f"passed over snapshot {b2} (incremental, " in summary and f"+ 1 incremental(s) {a2} (the last " in summary
+    assert summary.endswith(") instead")
     assert list(root.iterdir()) == []
     (doc,) = json.loads(scenario.dr.run("rehearsals", "--json", env=env).out)
     (step,) = doc["steps"]
@@ -441,7 +457,7 @@ expect = 35
     assert again["warnings"] == doc["warnings"]
     html = tmp_path / "report.html"
     assert scenario.dr.run("report", "--html", str(html), env=env).code == 0
-    assert f"snapshot {b2} was not used as the base" in html.read_text()
+    assert f"passed over snapshot {b2} (incremental, " in html.read_text()
 
 
 def test_a_read_only_repository_restores_a_chain_without_a_lock(scenario: Scenario, tmp_path: Path) -> None:
@@ -466,3 +482,110 @@ def test_a_read_only_repository_restores_a_chain_without_a_lock(scenario: Scenar
     finally:
         stop_restored_mariadb(target)
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# ----- the window sees lost packs; check names each pack once; a dry run stays cheap ---------------------
+def test_window_does_not_count_a_chain_whose_full_lost_a_pack(scenario: Scenario, tmp_path: Path) -> None:
+    """A pack only full B reads is deleted: B and B2 are no bases (the same presence check as the restore's),
+    and the window stays whole, since A2 and the binlogs since reach every time B2 would have."""
+    env = broken_copy(scenario, tmp_path)
+    lost = own_packs(scenario, env, "B")[0]
+    os.unlink(lost)
+    name = f"packs/{lost.parent.name}/{lost.name}"
+    result = scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json", env=env)
+    assert result.code == 0, result.err
+    window = json.loads(result.out)
+    assert window["bases"] == 2 and len(window["intervals"]) == 1 and window["not_restorable"] == []
+    assert [b["snapshot"] for b in window["broken_bases"]] == [scenario.ids["B"], scenario.ids["B2"]]
+    assert all(f"pack {name} is missing from the repository" in b["problem"] for b in window["broken_bases"])
+    whole = json.loads(scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json").out)
+    assert window["start"] == whole["start"] and window["end"] == whole["end"]
+    b, b2 = scenario.ids["B"][:8], scenario.ids["B2"][:8]
+    text = scenario.dr.run("mariadb", "window", "--source", SOURCE, env=env).out
+    (line,) = [x for x in text.splitlines() if name in x]  # the chain once, for its one cause
+    assert line.startswith(f"not usable bases: snapshots {b} (full, ") and f"+ 1 incremental(s) {b2} (the last " \
+        in line and f"of source {SOURCE}: full {b} needs data that is not in the repository (pack {name} is " \
+        f"missing from the repository)" in line and f"drtool backup --source {SOURCE} --full" in line
+
+
+def test_window_says_why_a_range_is_not_restorable(scenario: Scenario, tmp_path: Path) -> None:
+    """A pack that full A and full B both read is deleted (B deduplicates against A: no pack is A's alone):
+    every chain lacks it, nothing can be restored, and the window says why for the whole range the
+    intact repository covers, naming the four snapshots and the pack."""
+    env = broken_copy(scenario, tmp_path)
+    lost = shared_pack(scenario, env)
+    os.unlink(lost)
+    name = f"packs/{lost.parent.name}/{lost.name}"
+    window = json.loads(scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json", env=env).out)
+    assert window["bases"] == 0 and window["intervals"] == [] and len(window["broken_bases"]) == 4
+    whole = json.loads(scenario.dr.run("mariadb", "window", "--source", SOURCE, "--json").out)
+    (lost_range,) = window["not_restorable"]
+    assert [lost_range["start"], lost_range["end"]] == whole["intervals"][0]
+    assert lost_range["snapshots"] == [scenario.ids[k] for k in ("A", "A2", "B", "B2")]
+    assert all(f"pack {name} is missing from the repository" in p for p in lost_range["problems"])
+    text = scenario.dr.run("mariadb", "window", "--source", SOURCE, env=env)
+    assert text.code == 0, text.err
+    b, b2 = scenario.ids["B"][:8], scenario.ids["B2"][:8]
+    (line,) = [x for x in text.out.splitlines() if x.startswith("not restorable: ")]
+    assert f"only snapshot(s) {', '.join(scenario.ids[k][:8] for k in ('A', 'A2', 'B', 'B2'))} would reach it, " \
+           f"and they are not usable (snapshot {b2} of source {SOURCE} cannot be restored: snapshot {b} of its " \
+           f"chain (the full) needs data that is not in the repository (pack {name} is missing from the " \
+           f"repository))" in line
+
+
+def shared_pack(scenario: Scenario, env: dict[str, str]) -> Path:
+    """A pack file that both fulls, A and B, read."""
+    from drtool import api
+    from drtool.repository.objects import pack_name
+    from drtool.snapshot.store import stream_ids
+    repo = Path(env["DRTOOL_REPOSITORY"])
+    with api.open_repository(str(repo), PASSWORD.encode(), catalog=str(repo.parent / "look.sqlite")) as session:
+        session.repo.load_index()
+        packs = {s.id: {session.repo.locate(b).pack_id for b in stream_ids(session.repo, s)}
+                 for s in session.snapshots(SOURCE)}
+    both = packs[scenario.ids["A"]] & packs[scenario.ids["B"]]
+    assert both, "full B deduplicates against full A"
+    return repo / pack_name(sorted(both)[0])
+
+
+def test_check_names_a_corrupt_pack_once_with_what_depends_on_it(scenario: Scenario, tmp_path: Path) -> None:
+    """Bytes of a pack only full B reads changed: its hash and its groups both fail, B needs it and B2 falls with
+    B; check --read-data says all of it in one error line (before: four lines naming the pack)."""
+    env = broken_copy(scenario, tmp_path)
+    rotten = own_packs(scenario, env, "B")[0]
+    body = bytearray(rotten.read_bytes())
+    body[len(body) // 2:len(body) // 2 + 64] = bytes(64)
+    rotten.write_bytes(bytes(body))
+    name = f"packs/{rotten.parent.name}/{rotten.name}"
+    b, b2 = scenario.ids["B"][:8], scenario.ids["B2"][:8]
+    result = scenario.dr.run("check", "--read-data", "--json", env=env)
+    assert result.code == 1, result.err
+    report = json.loads(result.out)
+    assert report["damaged_objects"] == [name]
+    (line,) = [e for e in report["errors"] if name in e]
+    assert line.count(name) == 1 and len(report["errors"]) == 1
+    assert line.startswith(f"pack {name} does not match its name (bytes changed); ")
+    assert f"needed by snapshot(s) {b} ({SOURCE} " in line and line.count(f"{b2} ({SOURCE} ") == 1
+    assert f"drtool backup --source {SOURCE} --full" in line
+    text = scenario.dr.run("check", "--read-data", env=env)
+    assert text.code == 1 and "1 error(s) found" in text.out
+    assert [x for x in text.out.splitlines() if name in x] == [f"error: {line}"]
+    assert f"check found 1 error(s); damaged objects: {name}" in text.err
+
+
+def test_a_dry_run_reads_no_index_object_when_the_cache_has_the_chain(scenario: Scenario, tmp_path: Path) -> None:
+    """The local index cache holds every blob of chain B, B2 and every pack is there (a stat each): the dry run
+    plans without reading the repository's index objects.  Shown with an index object that cannot be read: the
+    dry run plans B2, while anything that loads the index (here the restore itself) stops on it."""
+    env = broken_copy(scenario, tmp_path)
+    assert scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", "/nonexistent", "--dry-run",
+                           env=env).code == 0  # the cache is up to date with this repository
+    (Path(env["DRTOOL_REPOSITORY"]) / "index" / ("ab" * 32)).write_bytes(b"not an index object")
+    plan = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
+                           "--target", "/nonexistent", "--dry-run", "--json", env=env)
+    assert plan.code == 0, plan.err
+    assert json.loads(plan.out)["chain"] == [scenario.ids["B"], scenario.ids["B2"]]
+    target = tmp_path / "never"
+    restore = scenario.dr.run("restore", "--source", SOURCE, "--point-in-time", scenario.target.isoformat(),
+                              "--target", str(target), env=env)
+    assert restore.code != 0 and "Traceback" not in restore.err and not target.exists()

@@ -86,6 +86,10 @@ def print_window(window: Any, as_json: bool) -> None:
         lines.append("recoverable: nothing yet (no base with its logs)")
     lines += [f"gap: {g['count']} file(s) missing from {g['first_missing']} (after {g['after']})"
               for g in window.gaps]
-    lines += [f"not a usable base: {b.error} (its chain is broken: not counted above; take a full backup: "
-              f"drtool backup --source {window.source} --full)" for b in window.broken]
+    lines += window.unusable or [f"not a usable base: {b.error} (its chain is broken: not counted above; take a "
+                                 f"full backup: drtool backup --source {window.source} --full)" for b in window.broken]
+    lines += [f"not restorable: {r.start.astimezone().isoformat()} .. {r.end.astimezone().isoformat()}: only "
+              f"snapshot(s) {', '.join(b.base.snapshot.short_id for b in r.because)} would reach it, and "
+              f"{'it is' if len(r.because) == 1 else 'they are'} not usable ({r.because[-1].error})"
+              for r in window.lost]
     emit(window.as_dict(), as_json, "\n".join(lines))

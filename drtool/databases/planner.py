@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from drtool.databases.engine import DatabaseEngine, RestoreRequest, engine_of_source, require_engine
+from drtool.databases.fallback import data_missing, fallback_lines, unusable_lines
 from drtool.databases.logarchive import sync_log_segments
 from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import DrtoolError, SnapshotNotFound, UsageError
@@ -45,11 +46,26 @@ class RecoveryShort(DrtoolError):
 
 # ----- windows ----------------------------------------------------------------------------------------
 def recoverable_window(session: Session, source: str, engine: DatabaseEngine | None = None) -> Window:
-    """Times the source can be restored to from the repository, and the gaps that limit it."""
+    """Times the source can be restored to from the repository, and the gaps that limit it.
+
+    A base whose chain lacks a pack is no base here either: the same presence check as a
+    restore's (:func:`chain_data_missing`, the quick form), so the window never promises a
+    range that the restore would then pass over or refuse."""
     logs = sync_log_segments(session)
     snapshots = session.snapshots(source)
     engine = engine or require_engine(snapshots, logs.segments(source), source)
-    return compute_window(source, engine, snapshots, logs.segments(source, engine.log_kind))
+    resolved = engine
+
+    def lacking(whole: list[RecoveryBase]) -> tuple[list[RecoveryBase], list[BrokenBase]]:
+        members = {m.id: m for b in whole if resolved.checks_chain_data(b.snapshot)
+                   for m in resolved.base_chain(b.snapshot, snapshots) or [b.snapshot]}
+        if not members:
+            return whole, []
+        unreadable = chain_data_missing(session, list(members.values()), quick=True, purpose="window")
+        return _unusable(whole, snapshots, resolved, source, unreadable)
+    window = compute_window(source, engine, snapshots, logs.segments(source, engine.log_kind), lacking)
+    window.unusable = unusable_lines(source, window.broken)
+    return window
 
 
 def window_from_catalog(catalog: Catalog, source: str) -> Window | None:
@@ -114,8 +130,12 @@ class PitrPlan:
                 "recoverable_until": self.recoverable_until.isoformat(),
                 "target": self.target.as_dict() if self.target else None, "timeline": self.timeline,
                 "chain": [s.id for s in self.chain] if len(self.chain) > 1 else None,
-                "passed_over": [b.as_dict() for b in self.passed_over],
+                "passed_over": [b.as_dict() for b in self.passed_over], "fallback": self.fallback(),
                 "data_loss_window": [loss[0].isoformat(), loss[1].isoformat()] if loss else None}
+
+    def fallback(self) -> list[str]:
+        """One line per reason newer bases were passed over, naming the chain restored instead."""
+        return fallback_lines(self.source, self.passed_over, self.base.snapshot, self.chain)
 
     def lines(self) -> list[str]:
         snap = self.base.snapshot
@@ -137,7 +157,7 @@ class PitrPlan:
             out.append(f"chain: full {self.chain[0].short_id} ({in_utc_and_host(self.chain[0].time)}) + "
                        f"{len(self.chain) - 1} incremental(s) "
                        f"{', '.join(s.short_id for s in self.chain[1:])}: each prepared onto the full in turn")
-        out += [f"passed over: {b.error}" for b in self.passed_over]
+        out += self.fallback()
         if self.segments:
             out.append(f"logs: {len(self.segments)} file(s) {self.segments[0].name} .. {self.segments[-1].name} "
                        f"({sum(s.size for s in self.segments) / 2**20:.1f} MiB)")
@@ -153,23 +173,19 @@ class PitrPlan:
         return out
 
 
-class BaseDataMissing(SnapshotNotFound):
-    """A base's chain is whole, but a pack one of its members reads is not in the repository."""
-
-    hint = ("run 'drtool check' to see what else is missing; restore an older base (an earlier "
-            "--point-in-time), and take a full backup now: drtool backup --source NAME --full")
-
-
 def plan_pitr(session: Session, source: str, engine: DatabaseEngine, when: datetime | None,
               inclusive: bool = True, snapshot: str | None = None, target: RecoveryTarget | None = None,
-              timeline: int | None = None) -> PitrPlan:
+              timeline: int | None = None, dry_run: bool = False) -> PitrPlan:
     """The plan (:func:`_plan_pitr`) with the snapshots its base is restored from: an incremental's
     chain must be whole, or the restore stops here naming the missing member.
 
     Where the engine asks for it (MariaDB physical chains), every pack the chain's members read
-    must also be in the repository (:func:`_chain_data_missing`): a base whose chain lacks one is
+    must also be in the repository (:func:`chain_data_missing`): a base whose chain lacks one is
     passed over like a broken chain, and planning starts again without it, so a lost pack is
-    found before anything is extracted, not after the full was."""
+    found before anything is extracted, not after the full was.  A ``dry_run`` asks the local index
+    cache first (``snapshot.presence.missing_data_cached``) and loads the index only when that cache
+    cannot vouch for every blob: a plan must not name a chain that cannot be restored, but it need
+    not cost what the restore costs."""
     snapshots = session.snapshots(source)
     unreadable: dict[str, str] = {}  # chain member id -> the pack (or tree) it lacks
     readable: set[str] = set()
@@ -180,36 +196,32 @@ def plan_pitr(session: Session, source: str, engine: DatabaseEngine, when: datet
         members = [m for m in plan.chain or [plan.base.snapshot] if m.id not in readable]
         if not engine.checks_chain_data(plan.base.snapshot) or not members:
             break
-        found = _chain_data_missing(session, members)
+        found = chain_data_missing(session, members, quick=dry_run)
         readable.update(m.id for m in members if m.id not in found)
         if not found:
             break
         unreadable.update(found)
         if snapshot is not None:  # a named base: nothing else to try
-            raise _data_missing(source, plan.base.snapshot, plan.chain, unreadable)
-    for broken in plan.passed_over:
-        log.warning("snapshot %s is not used as the base: %s; restoring from the older complete base %s",
-                    broken.base.snapshot.short_id, broken.error, plan.base.snapshot.short_id)
+            raise data_missing(source, plan.base.snapshot, plan.chain, unreadable)
+    for line in plan.fallback():
+        log.warning("%s", line)
     return plan
 
 
-def _chain_data_missing(session: Session, members: list[Snapshot]) -> dict[str, str]:
-    """Member id -> what it lacks, from the index and one ``stat`` per pack (``snapshot.presence``)."""
-    from drtool.snapshot.presence import missing_data
-    with session.lock("restore", read_only_ok=True):
+def chain_data_missing(session: Session, members: list[Snapshot], quick: bool = False,
+                       purpose: str = "restore") -> dict[str, str]:
+    """Member id -> what it lacks, from the index and one ``stat`` per pack (``snapshot.presence``).
+
+    ``quick`` (dry runs, ``mariadb window``): the local index cache as it stands answers first,
+    without a lock, a listing of the index objects or reading new ones; only when it cannot vouch
+    for every blob and pack is the index brought up to date (under a lock) and asked again, so a
+    stale cache never makes a chain look broken."""
+    from drtool.snapshot.presence import missing_data, missing_data_cached
+    if quick and missing_data_cached(session.repo, members) == {}:
+        return {}
+    with session.lock(purpose, read_only_ok=True):
         session.repo.load_index()
         return missing_data(session.repo, members)
-
-
-def _data_missing(source: str, base: Snapshot, chain: list[Snapshot], unreadable: dict[str, str]) -> BaseDataMissing:
-    """``base`` cannot be restored: the first member of its chain that lacks data, in one line."""
-    members = chain or [base]
-    member = next(m for m in members if m.id in unreadable)
-    which = ("it" if member.id == base.id else
-             f"snapshot {member.short_id} of its chain ({'the full' if member is members[0] else 'an incremental'})")
-    return BaseDataMissing(f"snapshot {base.short_id} of source {source} cannot be restored: {which} needs data "
-                           f"that is not in the repository ({unreadable[member.id]})",
-                           hint=BaseDataMissing.hint.replace("NAME", source))
 
 
 def _unusable(found: list[RecoveryBase], snapshots: list[Snapshot], engine: DatabaseEngine, source: str,
@@ -222,7 +234,7 @@ def _unusable(found: list[RecoveryBase], snapshots: list[Snapshot], engine: Data
     for base in found:
         chain = engine.base_chain(base.snapshot, snapshots)
         if any(m.id in unreadable for m in chain or [base.snapshot]):
-            broken.append(BrokenBase(base, _data_missing(source, base.snapshot, chain, unreadable)))
+            broken.append(BrokenBase(base, data_missing(source, base.snapshot, chain, unreadable)))
         else:
             usable.append(base)
     return usable, broken
@@ -375,10 +387,10 @@ def _unreachable(source: str, engine: DatabaseEngine, base: RecoveryBase, segmen
 
 def plan_from_config(session: Session, src: Any, when: datetime | None, inclusive: bool,
                      snapshot: str | None = None, target: RecoveryTarget | None = None,
-                     timeline: int | None = None) -> PitrPlan:
+                     timeline: int | None = None, dry_run: bool = False) -> PitrPlan:
     engine = _engine_of(src)
     engine.check_pitr_source(src)
-    return plan_pitr(session, src.name, engine, when, inclusive, snapshot, target, timeline)
+    return plan_pitr(session, src.name, engine, when, inclusive, snapshot, target, timeline, dry_run)
 
 
 def _engine_of(src: Any) -> DatabaseEngine:

@@ -9,40 +9,19 @@ authenticated.  Damage is reported per object, with the snapshots it hurts.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Callable
 
 from drtool.crypto.ids import content_hash
 from drtool.errors import DrtoolError
 from drtool.core.rollback import detect
 from drtool.core.session import Session
+from drtool.maintain.checkreport import CheckReport, Problem, broken_chains, summarise  # noqa: F401 - CheckReport re-exported
 from drtool.repository.objects import (INDEX, PACKS, SNAPSHOTS, key_name, object_name, pack_id_from_name,
                                        pack_name)
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.names import display
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot, load_tree, load_tree_checked
-
-
-@dataclass
-class CheckReport:
-    snapshots: int = 0
-    packs: int = 0
-    packs_read: int = 0
-    blobs_read: int = 0
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    damaged_objects: list[str] = field(default_factory=list)
-    affected_snapshots: dict[str, list[str]] = field(default_factory=dict)
-    vanished: list[dict[str, object]] = field(default_factory=list)
-    broken_chains: list[dict[str, object]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__, ok=self.ok)
 
 
 class Checker:
@@ -56,6 +35,7 @@ class Checker:
         self.snaps: list[Snapshot] = []
         self.damaged_snapshots: set[str] = set()  # ids whose manifest cannot be read
         self.culprits: dict[str, str] = {}  # affected snapshot id -> the damaged pack, blob or tree it needs
+        self.problems: dict[str, Problem] = {}  # one per damaged thing, in the order found (checkreport)
 
     def run(self, read_fraction: float = 0.0, seed: int | None = None) -> CheckReport:
         self._check_keys()
@@ -69,12 +49,20 @@ class Checker:
         if self.bad_blobs or self.bad_packs:
             self._find_affected()
         self.report.broken_chains = broken_chains(self.snaps, self.damaged_snapshots, self.culprits)
-        self.report.errors += [str(c["problem"]) for c in self.report.broken_chains]
+        self.report.errors = summarise(self.problems, self.snaps, self.culprits, self.report.broken_chains)
+        self.report.problems = [p.as_dict() for p in self.problems.values()]
         return self.report
 
     def _damaged(self, name: str, message: str) -> None:
-        self.report.damaged_objects.append(name)
-        self.report.errors.append(message)
+        """A repository object is damaged or missing: named once, however many ways it failed."""
+        if name not in self.problems:
+            self.report.damaged_objects.append(name)
+        self._problem(name, message)
+
+    def _problem(self, key: str, message: str) -> None:
+        problem = self.problems.setdefault(key, Problem(key))
+        if message not in problem.messages:
+            problem.messages.append(message)
 
     def _check_keys(self) -> None:
         for slot in self.repo.list_key_slots():
@@ -137,14 +125,13 @@ class Checker:
                 nodes = load_tree_checked(self.repo, tree_id)
             except DrtoolError as exc:
                 self.bad_blobs.add(bytes.fromhex(tree_id))
-                self.report.errors.append(f"tree {tree_id[:16]}: {exc}")
+                self._problem(f"tree {tree_id[:16]}", f"tree {tree_id[:16]}: {exc}")
                 continue
             for node in nodes:
                 for hexid in node.content:
                     blob_id = bytes.fromhex(hexid)
                     if blob_id not in self.repo.index:
-                        if blob_id not in self.bad_blobs:
-                            self.report.errors.append(f"data blob {hexid[:16]} is not in any index")
+                        self._problem(f"blob {hexid[:16]}", f"data blob {hexid[:16]} is not in any index")
                         self.bad_blobs.add(blob_id)
                 if node.subtree:
                     stack.append(node.subtree)
@@ -167,25 +154,24 @@ class Checker:
             self._damaged(name, f"pack {name} cannot be read: {exc}")
             return
         self.report.packs_read += 1
-        if content_hash(data) != pack_id:
-            self.bad_packs.add(pack_id)
-            self._damaged(name, f"pack {name} does not match its name (bytes changed)")
+        message = "" if content_hash(data) == pack_id else f"pack {name} does not match its name (bytes changed)"
         entries, problems = self.repo.verify_pack(pack_id, data)
-        if problems:
+        if problems:  # one message: the pack is named once however many ways it fails
+            message = (f"{message}; " if message else f"pack {name}: ") + problems[0] + (
+                f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        if message:
             self.bad_packs.add(pack_id)
-            self._damaged(name, f"pack {name}: {problems[0]}"
-                          + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+            self._damaged(name, message)
         self.report.blobs_read += len(entries)
 
     def _find_affected(self) -> None:
         memo: dict[str, str] = {}
         for snap in self.snaps:
             culprit = self._tree_hurt(snap.tree, memo)
-            if culprit:
+            if culprit:  # reported with the culprit's problem (checkreport.summarise)
                 label = f"{snap.short_id} ({display(snap.name)} {snap.time.isoformat()})"
                 self.report.affected_snapshots[snap.id] = [label]
                 self.culprits[snap.id] = culprit
-                self.report.errors.append(f"snapshot {label} is affected by damaged data ({culprit})")
 
     def _tree_hurt(self, tree_id: str, memo: dict[str, str]) -> str:
         """The first damaged thing the tree needs ("pack packs/…", "blob …", "tree …"), or ""."""
@@ -211,38 +197,6 @@ class Checker:
         if loc is not None and loc.pack_id in self.bad_packs:
             return f"pack {pack_name(loc.pack_id)}"
         return f"{what} {blob_id.hex()[:16]}" if blob_id in self.bad_blobs else ""
-
-
-def broken_chains(snaps: list[Snapshot], unreadable: set[str], culprits: dict[str, str]) -> list[dict[str, object]]:
-    """Incremental physical snapshots that cannot be restored because of another member of their chain:
-    one missing (or whose manifest cannot be read: ``unreadable``), or one affected by damaged data
-    (``culprits``: snapshot id -> the damaged pack).  Damage to the incremental itself is already
-    reported as such; this names the incrementals that damage elsewhere takes down with it."""
-    from drtool.databases.mariadb_chain import ChainBroken, chain_of, is_incremental
-    found: list[dict[str, object]] = []
-    for snap in snaps:
-        if not is_incremental(snap):
-            continue
-        source = str(snap.meta.get("source") or snap.name)
-        try:
-            chain = chain_of(snap, snaps)
-        except ChainBroken as exc:
-            child = exc.child.short_id if exc.child else snap.short_id
-            state = "whose manifest cannot be read" if exc.missing in unreadable else "which is not in the repository"
-            what, member, damage = f"needs snapshot {exc.missing[:8]} (parent of {child}), {state}", exc.missing, ""
-        else:
-            hurt = next((m for m in chain[:-1] if m.id in culprits), None)
-            if hurt is None:
-                continue
-            role = "the full" if hurt is chain[0] else "an incremental"
-            what, member, damage = (f"needs snapshot {hurt.short_id} ({role} of its chain), which is affected "
-                                    f"by damaged data ({culprits[hurt.id]})", hurt.id, culprits[hurt.id])
-        found.append({"snapshot": snap.id, "name": snap.name, "member": member, "damage": damage,
-                      "problem": f"incremental physical snapshot {snap.short_id} ({display(snap.name)} "
-                                 f"{snap.time.isoformat()}) cannot be restored: its chain {what}; take a full "
-                                 f"backup (drtool backup --source {source} --full) and forget the orphan "
-                                 f"(drtool forget {snap.short_id})"})
-    return found
 
 
 def check(session: Session, read_fraction: float = 0.0, seed: int | None = None,

@@ -139,10 +139,7 @@ class DatabaseSandbox(Sandbox):
     def note_plan(self, plan: planner.PitrPlan) -> planner.PitrPlan:
         """A newer base passed over (its chain broken, or a member lacking a pack) is a warning in the
         rehearsal's record: the step may pass, but from an older chain than on-call would expect."""
-        for broken in plan.passed_over:
-            self.warnings.append(f"snapshot {broken.base.snapshot.short_id} was not used as the base: "
-                                 f"{broken.error}; restored from the older complete base "
-                                 f"{plan.base.snapshot.short_id} instead")
+        self.warnings += plan.fallback()  # one line per cause, as the restore warns
         return plan
 
     def stop(self) -> None:

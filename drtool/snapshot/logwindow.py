@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from drtool.errors import SnapshotNotFound
 from drtool.repository.objects import BINLOG, WAL  # noqa: F401 - re-exported; log kinds are object prefixes too
@@ -226,6 +226,8 @@ class Window:
     segments: int = 0
     bases: int = 0
     broken: list[BrokenBase] = field(default_factory=list)  # bases that cannot start a recovery
+    lost: list[LostRange] = field(default_factory=list)  # what the broken bases alone would have covered
+    unusable: list[str] = field(default_factory=list)  # ``broken`` in words, one line per cause (the planner's)
 
     @property
     def start(self) -> datetime | None:
@@ -240,7 +242,22 @@ class Window:
                 "start": self.start.isoformat() if self.start else None,
                 "end": self.end.isoformat() if self.end else None,
                 "intervals": [[a.isoformat(), b.isoformat()] for a, b in self.intervals],
-                "gaps": self.gaps, "broken_bases": [b.as_dict() for b in self.broken]}
+                "gaps": self.gaps, "broken_bases": [b.as_dict() for b in self.broken],
+                "not_restorable": [r.as_dict() for r in self.lost], "unusable": self.unusable}
+
+
+@dataclass
+class LostRange:
+    """Times only broken bases would reach: not restorable, and ``because`` says why."""
+
+    start: datetime
+    end: datetime
+    because: list[BrokenBase]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(),
+                "snapshots": [b.base.snapshot.id for b in self.because],
+                "problems": [str(b.error) for b in self.because]}
 
 
 def _merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
@@ -253,18 +270,46 @@ def _merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, d
     return merged
 
 
+def _subtract(whole: list[tuple[datetime, datetime]],
+              holes: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The parts of the merged intervals ``whole`` outside every interval of ``holes`` (merged too)."""
+    left: list[tuple[datetime, datetime]] = []
+    for start, end in whole:
+        for h_start, h_end in holes:
+            if h_end <= start or h_start >= end:
+                continue
+            if h_start > start:
+                left.append((start, h_start))
+            start = max(start, h_end)
+        if start < end:
+            left.append((start, end))
+    return left
+
+
+Unusable = Callable[[list[RecoveryBase]], tuple[list[RecoveryBase], list[BrokenBase]]]
+
+
 def compute_window(source: str, rules: LogRules, snapshots: Iterable[Snapshot],
-                   segments: list[Segment]) -> Window:
-    """Intervals reachable from the complete bases (a broken chain's members are listed, not used)."""
+                   segments: list[Segment], unusable: Unusable | None = None) -> Window:
+    """Intervals reachable from the complete bases (a broken chain's members are listed, not used).
+
+    ``unusable`` splits the complete bases again (the planner's pack-presence check: a chain
+    whose member lost a pack); times that only broken bases reach are ``Window.lost``, each with
+    the bases that would have reached them, so the window says why a range is not restorable."""
     everything = list(snapshots)
     found, broken = complete_bases(recovery_bases(everything, rules, segments), everything, rules)
-    intervals = []
-    for base in found:
-        end = reach(base, rules.chain_from(base, segments))
-        if end is not None:
-            intervals.append((base.consistent_at, end))
+    if unusable is not None:
+        found, lacking = unusable(found)
+        broken = sorted(broken + lacking, key=lambda b: b.base.consistent_at)
+    reaches = {id(b): reach(b, rules.chain_from(b, segments)) for b in found + [x.base for x in broken]}
+    intervals = [(b.consistent_at, end) for b in found if (end := reaches[id(b)]) is not None]
     window = Window(source, rules.log_kind, _merge(intervals), segments=len(segments), bases=len(found),
                     broken=broken)
+    for start, end in _subtract(_merge([(b.base.consistent_at, r) for b in broken
+                                        if (r := reaches[id(b.base)]) is not None]), window.intervals):
+        because = [b for b in broken if (r := reaches[id(b.base)]) is not None
+                   and b.base.consistent_at < end and r > start]
+        window.lost.append(LostRange(start, end, because))
     seg_size, timeline = wal_segment_size(segments), (found[0].timeline if found else 1)
     window.gaps = [{"first_missing": rules.first_missing_name(g, timeline, seg_size), "count": g.count,
                     "after": g.before, "before": g.after}

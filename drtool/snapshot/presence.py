@@ -57,6 +57,26 @@ def missing_data(repo: Repository, snaps: Iterable[Snapshot]) -> dict[str, str]:
     return problems
 
 
+def missing_data_cached(repo: Repository, snaps: Iterable[Snapshot]) -> dict[str, str] | None:
+    """:func:`missing_data` answered from the local index cache as it stands, without listing the
+    repository's index objects or reading new ones (dry runs, ``mariadb window``).
+
+    Only an empty answer can be trusted: packs are named by their content and never change, so a
+    blob the cache places in a pack that ``stat`` finds whole is there, whatever the cache's age.
+    A blob the cache lacks, or a pack gone or short (a prune may have moved the blob since), is
+    answered only by the up-to-date index: the caller then loads it.  None: there is no disk cache
+    (the in-memory fallback would be the whole index), or it is empty."""
+    disk = repo.disk_index()
+    if disk is None or len(disk) == 0:  # a host that never loaded this repository's index: nothing to ask
+        return None
+    from drtool.repository.layered import LayeredIndex
+    saved, repo.index = repo.index, LayeredIndex(disk)
+    try:
+        return missing_data(repo, snaps)
+    finally:
+        repo.index = saved
+
+
 def packs_of(repo: Repository, snap: Snapshot) -> dict[bytes, int]:
     """Every pack ``snap`` reads (its trees' and its files'), each with the end of the last group it
     needs there.  Raises the repository's error for a tree or blob that cannot be found."""

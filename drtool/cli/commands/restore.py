@@ -264,7 +264,7 @@ def run_source_restore(state: CliState, request: SourceRestore) -> None:
     session = state.session()
     if request.dry_run:
         plan = databases.plan_from_config(session, src, point, request.inclusive, request.snapshot, target,
-                                          request.timeline)
+                                          request.timeline, dry_run=True)
         emit(plan.as_dict(), request.as_json, "\n".join(["plan (dry run, nothing restored):", *plan.lines()]))
         return
     server = databases.DatabaseRestoreRequest(target=request.target, target_db=request.target_db,
