@@ -98,9 +98,12 @@ def load_index(repo: Repository, trees_only: bool = False, read_only: bool = Fal
     for index_id in sorted(names - catalog_ids - read_in if cache else ()):
         fetch(index_id)  # the catalog lacks it (rebuilt, or new) while the disk cache has it
     repo.index = index = LayeredIndex(disk)
-    for packs in held:
-        for pack_id, raw_entries in packs:
-            index.add_packed(pack_id, raw_entries)
+    try:
+        for packs in held:
+            for pack_id, raw_entries in packs:
+                index.add_packed(pack_id, raw_entries)
+    except ValueError as exc:
+        raise IntegrityError(f"an index object is malformed: {exc}") from None
 
 
 def _fetch(repo: Repository, index_id: str) -> Packed | None:
