@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from drtool.repository.diskindex import FILTER_FILE, DiskIndex
-from drtool.repository.idfilter import IdFilter
+from drtool.repository.idfilter import SAMPLED_PER_PACK, IdFilter, members_sampled_in
 from drtool.repository.layered import LayeredIndex
 from drtool.repository.packfile import ENTRY
 
@@ -163,3 +163,31 @@ def test_a_handle_open_across_a_bulk_build_never_trusts_the_replaced_filter(cach
     assert other._local.filter is None
     other.close()
     builder.close()
+
+
+def test_the_open_check_samples_a_bounded_number_of_ids_of_each_pack_and_catches_a_lost_one(
+        cache_home: Path) -> None:
+    """Opening a filter or id table checks a sample of cached ids: a bounded one (it was every
+    id of 16 packs, twice per open), spread over each pack, and still a check that fails."""
+    big = [os.urandom(32) for _ in range(1600)]
+    small = [os.urandom(32) for _ in range(10)]
+    disk = DiskIndex.open(REPO)
+    assert disk is not None
+    disk.sync({"big", "small"}, {"big": [(os.urandom(32), index_object(big, 1600)[0][1])],
+                                 "small": [(os.urandom(32), index_object(small, 10)[0][1])]}.get)
+    asked: list[bytes] = []
+
+    def holds(blob_id: bytes) -> bool:
+        asked.append(blob_id)
+        return True
+
+    with disk.env.begin() as txn:
+        assert members_sampled_in(txn, disk._db[b"members"], holds)
+        assert 0 < len(asked) <= 16 * SAMPLED_PER_PACK
+        assert set(asked) <= set(big) | set(small)
+        sampled_big = {b for b in asked if b in set(big)}
+        if sampled_big:  # spread over the pack, not its first ids
+            assert max(big.index(b) for b in sampled_big) >= 1600 - 1600 // SAMPLED_PER_PACK - 1
+        lost = set(big[::2]) | set(small[::2])  # half of every pack's ids gone from the file
+        assert not members_sampled_in(txn, disk._db[b"members"], lambda blob_id: blob_id not in lost)
+    disk.close()

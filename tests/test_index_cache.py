@@ -144,3 +144,33 @@ def test_the_index_can_still_be_held_in_memory(repo_env: DrEnv, tmp_path: Path) 
     result = repo_env.run("restore", snap["id"], "--target", str(tmp_path / "out"), env=memory)
     assert result.code == 0, result.err
     assert (tmp_path / "out" / "src" / "a").read_bytes() == files["a"]
+
+
+def cached_index_ids(dr: DrEnv) -> set[str]:
+    from drtool.repository.diskindex import DiskIndex
+    disk = DiskIndex.open(cache_dir(dr).parent.name)
+    assert disk is not None
+    try:
+        return disk.index_ids()
+    finally:
+        disk.close()
+
+
+def test_a_restore_reads_index_objects_the_cache_lacks_without_writing_them_into_it(
+        cached: DrEnv, tmp_path: Path) -> None:
+    """A restore holds the few index objects its cache lacks in memory (the next backup caches
+    them): what it restores is the same, and a backup after it still learns them."""
+    src = tmp_path / "src"
+    write_tree(src, {"a": os.urandom(1_000_000)})
+    backup(cached, src)
+    files = write_tree(src, {"a": (src / "a").read_bytes(), "b": os.urandom(600_000)})
+    second = backup(cached, src)  # caches the first backup's index objects, not its own
+    listed = {p.name for p in (cached.repo / "index").rglob("*") if p.is_file()}
+    before = cached_index_ids(cached)
+    assert before < listed  # the second backup's objects: in the repository only
+    assert restored(cached, second["id"], tmp_path / "out") == files
+    assert cached_index_ids(cached) == before  # read, not cached
+    (cache_dir(cached) / "data.mdb").unlink()  # an empty cache: a disaster-recovery host
+    assert restored(cached, second["id"], tmp_path / "out2") == files
+    assert backup(cached, src, "again")["summary"]["blobs_added"] == 0  # the backup knows every blob
+    assert cached_index_ids(cached) == listed | {p.name for p in (cached.repo / "index").rglob("*") if p.is_file()}

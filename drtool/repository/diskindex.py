@@ -462,7 +462,7 @@ class DiskIndex:
         process cached after it are kept (the listing may predate them).
 
         ``fetch(id)``: the object's (pack id, packed entries), or None when
-        it is listed but gone.  Objects are read in batches of about
+        it is listed but gone (or the caller keeps it out of the cache: a restore).  Objects are read in batches of about
         ``SYNC_BATCH_ENTRIES`` entries, so rebuilding the cache of a large
         repository holds one batch in memory, not the index.
         """

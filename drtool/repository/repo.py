@@ -144,7 +144,7 @@ class Repository:
         self.backend.delete(key_name(slot_id))
 
     # ----- index ------------------------------------------------------------------
-    def load_index(self, trees_only: bool = False) -> None:
+    def load_index(self, trees_only: bool = False, read_only: bool = False) -> None:
         """Bring the blob index up to date with the repository's index objects (``indexload``):
         the local disk cache where one can be used, else in memory.
 
@@ -153,9 +153,11 @@ class Repository:
         trees among 256,000 blobs); never for one that writes (it would not deduplicate
         against the data).  The next ``load_index()`` loads everything.  The disk cache
         is brought up to date whole either way (lookups there cost no memory).
+        ``read_only`` (restores): a few index objects the disk cache lacks are held in
+        memory for this run rather than written into the cache (``indexload``).
         """
         from drtool.repository.indexload import load_index
-        load_index(self, trees_only=trees_only)
+        load_index(self, trees_only=trees_only, read_only=read_only)
 
     def disk_index(self) -> "DiskIndex | None":
         """The local on-disk index cache, opened on first use (None: the index stays in memory)."""

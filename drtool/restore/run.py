@@ -552,7 +552,7 @@ def plan(session: Session, snap: Snapshot, target: str, includes: list[str],
     With tree packs still in an archive class nothing can be walked: the
     result then only says which tree packs must be warmed first.
     """
-    session.repo.load_index()
+    session.repo.load_index(read_only=True)
     warm = cold_packs(session.repo, snap, includes, wait=False)
     if warm is not None and warm.scope == "trees" and warm.needed:
         result = RestoreResult(snap, os.path.abspath(target), plan_only=True)
@@ -566,7 +566,7 @@ def restore(session: Session, snap: Snapshot, target: str, *, includes: list[str
             allow_partial: bool = False, progress: Callable[[int], None] | None = None,
             overwrite: str = DEFAULT_POLICY) -> RestoreResult:
     with session.lock("restore", read_only_ok=True):
-        session.repo.load_index()
+        session.repo.load_index(read_only=True)  # the repository's new index objects: not cached here
         session.repo.limit_group_cache(RESTORE_GROUP_CACHE)
         warm = cold_packs(session.repo, snap, includes or [], wait=True)
         with collector_paused():
