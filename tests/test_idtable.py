@@ -17,6 +17,7 @@ import lmdb
 import pytest
 
 from drtool.repository import idtable
+from drtool.repository.cacheenv import CACHE_FORMAT
 from drtool.repository.diskindex import TABLE_FILE, DiskIndex
 from drtool.repository.idtable import IdTable
 from drtool.repository.packfile import ENTRY
@@ -222,14 +223,16 @@ def test_a_crash_between_the_lmdb_commit_and_the_table_update_leaves_it_stale(ca
     again.close()
 
 
-def test_a_cache_of_the_previous_format_is_rebuilt_and_gets_a_table(cache_home: Path) -> None:
-    """A format-1 cache (no token, no table) as the previous version wrote it."""
+@pytest.mark.parametrize("previous", [b"1", b"2"])
+def test_a_cache_of_the_previous_format_is_rebuilt_and_gets_a_table(cache_home: Path, previous: bytes) -> None:
+    """A format-1 cache (no token, no table) as the previous version wrote it; format 2 (no
+    removals token: a version that does not renew it must not share the cache) likewise."""
     cache_home.mkdir(parents=True)
     old_id = os.urandom(32)
     env = lmdb.open(str(cache_home), map_size=1 << 24, max_dbs=5)
     with env.begin(write=True) as txn:
         meta = env.open_db(b"meta", txn=txn)
-        txn.put(b"format", b"1", db=meta)
+        txn.put(b"format", previous, db=meta)
         txn.put(b"repository", REPO.encode(), db=meta)
         blobs = env.open_db(b"blobs", txn=txn, dupsort=True)
         txn.put(old_id, bytes(25), db=blobs)
@@ -244,7 +247,7 @@ def test_a_cache_of_the_previous_format_is_rebuilt_and_gets_a_table(cache_home: 
     every = [b for blob_ids in ids.values() for b in blob_ids]
     assert table_answers(disk, every) == [True] * 100 and all(b in disk for b in every)
     with disk.env.begin(db=disk._db[b"meta"]) as txn:
-        assert txn.get(b"format") == b"2"
+        assert txn.get(b"format") == CACHE_FORMAT == b"3"
     disk.close()
 
 

@@ -147,18 +147,33 @@ def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] 
     started = time.monotonic()
     when = clock() if clock else datetime.now(timezone.utc)
     with _backup_frame(session, name) as (lock, parent, pipeline):
+        index = session.repo.index
+        since = index.removals_token()  # before any look-up: a removal after it voids the mark
+        complete = parent is not None and since is not None and index.is_complete(parent.tree)
         walker = TreeWalker(session.repo, pipeline, progress, content_hash, reading)
         try:
-            tree_id = walker.backup_roots(paths, parent.tree if parent else None)
+            tree_id = walker.backup_roots(paths, parent.tree if parent else None, complete)
         finally:
             walker.close()
         pipeline.close()  # its buffers are freed before the last groups are sealed
         snap = _snapshot(session, name, when, tree_id, kind, parent, tags, walker.stats,
                          started, paths=[os.path.abspath(p) for p in paths], meta=meta)
         _commit(session, lock, snap)
+        if since is not None:
+            _mark_complete(session, tree_id, since)
     _record_in_catalog(session, snap, walker.walked)
     return BackupResult(snap, walker.stats.unreadable, walker.stats.changed,
                         session.repo.backend.stats.as_dict(), walker.stats.vanished)
+
+
+def _mark_complete(session: Session, tree_id: str, since: bytes) -> None:
+    """Every blob the committed tree reads is indexed: it was stored or looked up in this run, or
+    taken over under its parent's mark (``repository.completeness``).  Only a speed-up for the
+    next run: failing to record it fails nothing."""
+    try:
+        session.repo.index.mark_complete(tree_id, since)
+    except Exception as exc:  # an LMDB error, a full disk: the next run looks every blob up
+        log.info("index cache: no completeness mark for tree %s (%s)", tree_id[:8], exc)
 
 
 def backup_stream(session: Session, stream: IO[bytes], name: str, filename: str,
@@ -328,6 +343,7 @@ def _snapshot(session: Session, name: str, when: datetime, tree_id: str, kind: s
     repo = session.repo
     summary = {"files": stats.files, "dirs": stats.dirs, "size": stats.size,
                "files_read": stats.files_read, "files_unchanged": stats.files_unchanged,
+               "files_known_present": stats.files_known_present,
                "blobs_added": repo.new_blobs, "bytes_added": repo.new_bytes_stored,
                "bytes_added_raw": repo.new_bytes_raw, "unreadable": len(stats.unreadable),
                "changed_during_backup": len(stats.changed), "vanished": len(stats.vanished),

@@ -47,6 +47,7 @@ class WalkStats:
     size: int = 0
     files_read: int = 0
     files_unchanged: int = 0
+    files_known_present: int = 0  # unchanged files taken over on the parent's completeness mark
     unreadable: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
@@ -114,6 +115,7 @@ class TreeWalker:
         self.walked: WalkedChanges | None = None
         self.reading = reading or Reading()
         self.ops = self.reading.ops
+        self.parent_complete = False
         self._reads: ReadAhead[QueuedRead] | None = None
         self._scans: ScanAhead | None = None
         if self.reading.readers > 1:
@@ -127,8 +129,14 @@ class TreeWalker:
         if self._scans is not None:
             self._scans.close()
 
-    def backup_roots(self, roots: list[str], parent_tree: str | None) -> str:
-        """Store the given paths as one root tree; return its id."""
+    def backup_roots(self, roots: list[str], parent_tree: str | None, parent_complete: bool = False) -> str:
+        """Store the given paths as one root tree; return its id.
+
+        ``parent_complete``: the index holds every blob of ``parent_tree``
+        (``repository.completeness``), so an unchanged file's blobs are not
+        looked up one by one before it is taken over.
+        """
+        self.parent_complete = parent_complete and parent_tree is not None
         self.walked = WalkedChanges(parent_tree)
         root = DirJob(old_tree=parent_tree, old_nodes=self._old_nodes(parent_tree))
         old_root = {n.name: n for n in root.old_nodes}
@@ -299,8 +307,14 @@ class TreeWalker:
         return futures
 
     def _reusable(self, old: Node) -> bool:
-        """The parent's content of an unchanged file may be taken over without reading it."""
-        return self._all_stored(old.content) and self._hash_known(old)
+        """The parent's content of an unchanged file may be taken over without reading it:
+        its blobs are indexed (known for the whole parent tree, or looked up)."""
+        if not self._hash_known(old):
+            return False
+        if self.parent_complete:
+            self.stats.files_known_present += 1
+            return True
+        return self._all_stored(old.content)
 
     def _hash_known(self, old: Node) -> bool:
         """An unchanged file is read once more if its hash is asked for and not yet recorded."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 import lmdb
 
 from drtool.crypto.ids import ID_SIZE
-from drtool.repository import idtable
+from drtool.repository import completeness, idtable
 from drtool.repository.cacheenv import DBS, MAP_SIZE, CacheUnusable, guard
 from drtool.repository.idfilter import IdFilter, capacity_for
 from drtool.repository.idtable import IdTable
@@ -127,6 +127,7 @@ def bulk_build(index: "DiskIndex", listed: set[str], fetch: Callable[[str], list
             for name in DBS[:-1]:
                 txn.drop(index._db[name], delete=False)
             txn.put(b"building", b"1", db=index._db[b"meta"])
+            completeness.removed(txn, index._db[b"meta"])  # everything leaves, if only for a moment
             txn.delete(keyranges.MOVING, db=index._db[b"meta"])  # its packs went with the rest
             txn.put(b"token", idtable.new_token(), db=index._db[b"meta"])  # no table holds this
             began = stamp_of.unpack(txn.get(b"stamp", stamp_of.pack(0), db=index._db[b"meta"]))[0]

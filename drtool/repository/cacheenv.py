@@ -18,9 +18,13 @@ from typing import Iterator
 
 import lmdb
 
+from drtool.repository import completeness
+
 log = logging.getLogger("drtool")
 
-CACHE_FORMAT = b"2"  # 2: meta/token and the id table (a format-1 cache is rebuilt)
+# 2: meta/token and the id table (a format-1 cache is rebuilt); 3: completeness marks and the
+# removals token (:mod:`completeness`): a drtool that does not renew it must not share the cache
+CACHE_FORMAT = b"3"
 # Address space only (LMDB grows the file as it fills): ~130 bytes per blob, so 64 GiB is ~500 M blobs.
 MAP_SIZE = 64 << 30
 MAX_READERS = 1024
@@ -110,6 +114,7 @@ def _open_valid(path: Path, repo_id: str) -> lmdb.Environment:
                 meta = env.open_db(b"meta", txn=txn)
                 txn.put(b"format", CACHE_FORMAT, db=meta)
                 txn.put(b"repository", repo_id.encode(), db=meta)
+                completeness.removed(txn, meta)  # the first removals token
                 for name in DBS[:-1]:
                     env.open_db(name, txn=txn, dupsort=name == b"blobs")
             return env

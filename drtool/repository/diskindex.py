@@ -44,7 +44,7 @@ from typing import Callable, Iterable, Iterator
 import lmdb
 
 from drtool.crypto.ids import ID_SIZE
-from drtool.repository import idtable, keyranges
+from drtool.repository import completeness, idtable, keyranges
 from drtool.repository.buildruns import FILTER_FILE, NUM as _NUM, REC as _REC, TABLE_FILE, bulk_build
 from drtool.repository.cacheenv import (DBS, MAP_SIZE, CacheUnusable, acquire_env, cache_roots, guard,
                                         madvise_dontneed, mapping_start, release_env)
@@ -301,6 +301,21 @@ class DiskIndex:
         ``index/``, it tells which cached objects that listing could not have shown yet."""
         with self.env.begin(db=self._db[b"meta"]) as txn:
             return int(_STAMP.unpack(txn.get(b"stamp", _STAMP.pack(0)))[0])
+
+    def removals_token(self) -> bytes | None:
+        """The cache's ``removals`` token (:mod:`completeness`), read before a backup's look-ups."""
+        with self.env.begin() as txn:
+            return completeness.token(txn, self._db[b"meta"])
+
+    def mark_complete(self, tree_id: str, since: bytes, pending: list[str]) -> bool:
+        """Record that every blob of ``tree_id`` is indexed (``pending``: this run's index
+        objects not cached yet), unless entries left the cache since ``since`` was read."""
+        with self.env.begin(write=True) as txn:
+            return completeness.mark(txn, self._db[b"meta"], tree_id, since, pending)
+
+    def is_complete(self, tree_id: str) -> bool:
+        with self.env.begin() as txn:
+            return completeness.is_complete(txn, self._db[b"meta"], self._db[b"indexes"], tree_id)
 
     def packs(self) -> dict[bytes, int]:
         """pack id → entries (for maintenance commands; reads the whole pack table)."""

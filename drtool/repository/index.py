@@ -166,6 +166,16 @@ class MemoryIndex:
             pos = bucket.find(blob_id, pos + 1)
         return pos >= 0 and len(blob_id) == ID_SIZE
 
+    def removals_token(self) -> bytes | None:
+        """No completeness marks without the disk cache (:mod:`completeness`): look every blob up."""
+        return None
+
+    def mark_complete(self, tree_id: str, since: bytes) -> bool:
+        return False
+
+    def is_complete(self, tree_id: str) -> bool:
+        return False
+
     def has_all(self, hex_ids: Iterable[str]) -> bool:
         """Whether every blob (hex ids, as trees list them) is in the index.
 

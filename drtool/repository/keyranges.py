@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import lmdb
 
 from drtool.crypto.ids import ID_SIZE
+from drtool.repository import completeness
 from drtool.repository.buildruns import NUM, REC
 from drtool.repository.packfile import ENTRY
 
@@ -143,6 +144,7 @@ def forget_pack(txn: lmdb.Transaction, dbs: dict[bytes, Any], number: bytes) -> 
     """Take cache pack ``number`` out (its pack row, member list and blob entries; other packs'
     copies of its blobs stay); returns its ids that no pack holds any more."""
     blobs = txn.cursor(db=dbs[b"blobs"])
+    completeness.removed(txn, dbs[b"meta"])  # entries leave: no completeness mark holds any more
     ids = txn.pop(number, db=dbs[b"members"]) or b""
     txn.delete(number, db=dbs[b"packs"])
     gone = []

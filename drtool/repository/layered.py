@@ -68,6 +68,17 @@ class LayeredIndex:
         fromhex, disk = bytes.fromhex, self.disk
         return all(blob_id in overlay or blob_id in disk for blob_id in map(fromhex, hex_ids))
 
+    def removals_token(self) -> bytes | None:
+        return self.disk.removals_token()
+
+    def mark_complete(self, tree_id: str, since: bytes) -> bool:
+        """Every blob ``tree_id`` reads is indexed now: in the cache, or in the index objects this
+        run wrote (``uncached``, which a later run must find cached: :mod:`completeness`)."""
+        return self.disk.mark_complete(tree_id, since, list(self.uncached))
+
+    def is_complete(self, tree_id: str) -> bool:
+        return self.disk.is_complete(tree_id)
+
     def get(self, blob_id: bytes) -> Location | None:
         found = self.overlay.get(blob_id)
         return found if found is not None else self.disk.get(blob_id)
