@@ -113,3 +113,114 @@ def test_without_the_disk_cache_every_blob_is_looked_up(repo_env: DrEnv, tmp_pat
         result = repo_env.run("backup", str(src), "--name", "n", "--json", env=memory)
         assert result.code == 0, result.err
     assert counts(json.loads(result.out)) == (0, 10, 0)
+
+
+# ----- directories taken over whole on their listing (backup/listings.py)
+
+def leaf_tree(src: Path) -> list[Path]:
+    """Four leaf directories of regular files under one directory that also holds a file."""
+    leaves = [src / "top" / f"d{i}" for i in range(4)]
+    for leaf in leaves:
+        leaf.mkdir(parents=True)
+        for j in range(3):
+            (leaf / f"f{j}.bin").write_bytes(os.urandom(50 + j))
+    (src / "top" / "note.txt").write_bytes(b"note")
+    return leaves
+
+
+def listed(snap: dict) -> int:
+    return snap["summary"]["dirs_listed_as_before"]
+
+
+def restored_equal(env: DrEnv, snap: dict, src: Path, out: Path) -> None:
+    result = env.run("restore", snap["id"], "--target", str(out))
+    assert result.code == 0, result.err
+    from treegen import describe
+    assert describe(out / src.name) == describe(src)
+
+
+def change_size_kept(leaf: Path) -> None:
+    path = leaf / "f1.bin"
+    data = path.read_bytes()
+    path.write_bytes(bytes(reversed(data)))  # same size, new content (and mtime/ctime)
+
+
+def change_mode(leaf: Path) -> None:
+    (leaf / "f0.bin").chmod(0o600)
+
+
+def add_file(leaf: Path) -> None:
+    (leaf / "new.bin").write_bytes(b"new")
+
+
+def remove_file(leaf: Path) -> None:
+    (leaf / "f2.bin").unlink()
+
+
+def add_hard_link(leaf: Path) -> None:
+    os.link(leaf / "f0.bin", leaf.parent / "linked.bin")  # f0 has two links now
+
+
+def add_symlink(leaf: Path) -> None:
+    (leaf / "f2.bin").unlink()
+    (leaf / "f2.bin").symlink_to("f0.bin")
+
+
+def add_subdir(leaf: Path) -> None:
+    (leaf / "sub").mkdir()
+
+
+def restore_old_mtime(leaf: Path) -> None:
+    path = leaf / "f1.bin"
+    st = path.stat()
+    path.write_bytes(b"X" * st.st_size)  # same size, mtime put back: only ctime tells
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("change", [change_size_kept, change_mode, add_file, remove_file, add_hard_link,
+                                    add_symlink, add_subdir, restore_old_mtime])
+def test_a_leaf_directory_is_taken_over_whole_only_while_its_listing_is_as_before(
+        repo_env: DrEnv, tmp_path: Path, change) -> None:
+    src = tmp_path / "src"
+    leaves = leaf_tree(src)
+    first = backup(repo_env, src)
+    assert listed(first) == 0
+    recorded = backup(repo_env, src)  # parent now marked complete: per-file reuse, listings recorded
+    assert counts(recorded) == (0, 13, 13)
+    whole = backup(repo_env, src)
+    assert listed(whole) == 4 and counts(whole) == (0, 13, 13)
+    assert whole["summary"]["size"] == first["summary"]["size"]
+    change(leaves[2])
+    after = backup(repo_env, src)
+    assert listed(after) == 3  # the changed directory is walked file by file
+    restored_equal(repo_env, after, src, tmp_path / "out")
+
+
+def test_whole_directories_give_the_tree_the_file_by_file_walk_gives(repo_env: DrEnv, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    leaf_tree(src)
+    trees = []
+    for _ in range(3):
+        backup(repo_env, src)
+        with repo_env.session() as session:
+            trees.append(session.snapshots("n")[-1].tree)
+    assert len(set(trees)) == 1
+    memory = repo_env.run("backup", str(src), "--name", "m", "--json", env={"DRTOOL_INDEX_CACHE": "memory"})
+    assert memory.code == 0, memory.err
+    with repo_env.session() as session:
+        assert session.snapshots("m")[-1].tree == trees[0]
+
+
+def test_no_directory_is_taken_over_whole_when_a_content_hash_is_asked_for(repo_env: DrEnv,
+                                                                            tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    leaf_tree(src)
+    for _ in range(3):
+        backup(repo_env, src)
+    hashed = repo_env.run("backup", str(src), "--name", "n", "--content-hash", "sha256", "--json")
+    assert hashed.code == 0, hashed.err
+    summary = json.loads(hashed.out)["summary"]
+    assert summary["dirs_listed_as_before"] == 0 and summary["files_read"] == 13  # hashes not yet recorded
+    found = repo_env.run("find", "--hash", "sha256:" + __import__("hashlib").sha256(
+        (src / "top" / "note.txt").read_bytes()).hexdigest())
+    assert found.code == 0 and "note.txt" in found.out

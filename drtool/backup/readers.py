@@ -278,7 +278,7 @@ Listing = tuple[list[fs.Entry], list[fs.Unreadable], list[Any]]
 
 class ScanAhead:
     """Directory listings (``scandir`` and an ``lstat`` per entry) made ahead on threads,
-    each with the directory's tree in the parent snapshot (``load_old``), decoded.
+    each with the directory's tree in the parent snapshot (``load_old``, given the listing), decoded.
 
     With the page cache cold, listing a directory waits on its blocks and on
     every entry's inode: with reads on 8 threads, ~half of the walking
@@ -293,7 +293,7 @@ class ScanAhead:
 
     AHEAD = 4
 
-    def __init__(self, threads: int, load_old: Callable[[str | None], list[Any]]) -> None:
+    def __init__(self, threads: int, load_old: Callable[[str | None, list[fs.Entry]], list[Any]]) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scan")
         self._load_old = load_old
         self._futures: dict[bytes, Future[Listing]] = {}
@@ -309,7 +309,7 @@ class ScanAhead:
 
     def _list(self, path: bytes, old_tree: str | None) -> Listing:
         entries, problems = fs.scan_dir(path)
-        return entries, problems, self._load_old(old_tree)
+        return entries, problems, self._load_old(old_tree, entries)
 
     def close(self) -> None:
         for future in self._futures.values():

@@ -160,17 +160,19 @@ def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] 
                          started, paths=[os.path.abspath(p) for p in paths], meta=meta)
         _commit(session, lock, snap)
         if since is not None:
-            _mark_complete(session, tree_id, since)
+            _mark_complete(session, tree_id, since, walker.listings)
     _record_in_catalog(session, snap, walker.walked)
     return BackupResult(snap, walker.stats.unreadable, walker.stats.changed,
                         session.repo.backend.stats.as_dict(), walker.stats.vanished)
 
 
-def _mark_complete(session: Session, tree_id: str, since: bytes) -> None:
+def _mark_complete(session: Session, tree_id: str, since: bytes, listings: dict[str, bytes]) -> None:
     """Every blob the committed tree reads is indexed: it was stored or looked up in this run, or
-    taken over under its parent's mark (``repository.completeness``).  Only a speed-up for the
-    next run: failing to record it fails nothing."""
+    taken over under its parent's mark (``repository.completeness``); and the listings its new
+    trees were built from (``backup.listings``).  Only a speed-up for the next run: failing to
+    record them fails nothing."""
     try:
+        session.repo.index.record_listings(listings)
         session.repo.index.mark_complete(tree_id, since)
     except Exception as exc:  # an LMDB error, a full disk: the next run looks every blob up
         log.info("index cache: no completeness mark for tree %s (%s)", tree_id[:8], exc)
@@ -344,6 +346,7 @@ def _snapshot(session: Session, name: str, when: datetime, tree_id: str, kind: s
     summary = {"files": stats.files, "dirs": stats.dirs, "size": stats.size,
                "files_read": stats.files_read, "files_unchanged": stats.files_unchanged,
                "files_known_present": stats.files_known_present,
+               "dirs_listed_as_before": stats.dirs_listed_as_before,
                "blobs_added": repo.new_blobs, "bytes_added": repo.new_bytes_stored,
                "bytes_added_raw": repo.new_bytes_raw, "unreadable": len(stats.unreadable),
                "changed_during_backup": len(stats.changed), "vanished": len(stats.vanished),

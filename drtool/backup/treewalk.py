@@ -26,6 +26,7 @@ from functools import cache
 from typing import Any, Callable, Iterator
 
 from drtool.errors import DrtoolError, SourceError
+from drtool.backup.listings import listing_digest, nodes_digest
 from drtool.backup.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
 from drtool.backup.readers import SMALL_FILE, FileRead, ReadAhead, Reading, ScanAhead
 from drtool.browse.trees import WalkedChanges, level_changes
@@ -48,6 +49,7 @@ class WalkStats:
     files_read: int = 0
     files_unchanged: int = 0
     files_known_present: int = 0  # unchanged files taken over on the parent's completeness mark
+    dirs_listed_as_before: int = 0  # directories taken over whole on their listing (listings)
     unreadable: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
@@ -65,6 +67,7 @@ class DirJob:
     old_nodes: list[Node] = field(default_factory=list)
     reads: int = 0  # small files of this directory queued on the readers, not yet taken back
     subdirs: deque[tuple[bytes, str | None]] = field(default_factory=deque)  # not yet listed ahead
+    listing_known: bool = False  # its listing's digest is recorded for ``old_tree`` (taken over whole)
 
     def track(self, refs: list[ChunkRef]) -> None:
         """Remember each distinct batch once (a 660 MiB dump has 40k refs but ~700 batches)."""
@@ -87,6 +90,7 @@ ProgressFn = Callable[[WalkStats], None]
 Frame = tuple[DirJob, Iterator[tuple[fs.Entry, Node | None]]]
 QueuedRead = tuple[DirJob, Node, fs.Entry]
 DEFERRED: list[ChunkRef] = []  # the file's read is queued: its chunk references come later
+REUSED: list[Node] = []  # a directory's listing is the one its parent tree was built from (listings)
 
 
 class TreeWalker:
@@ -116,11 +120,14 @@ class TreeWalker:
         self.reading = reading or Reading()
         self.ops = self.reading.ops
         self.parent_complete = False
+        self._whole_dirs = False  # directories may be taken over whole on their listing (listings)
+        # tree id -> digest of the listing it was built from, for the index cache (listings)
+        self.listings: dict[str, bytes] = {}
         self._reads: ReadAhead[QueuedRead] | None = None
         self._scans: ScanAhead | None = None
         if self.reading.readers > 1:
             self._reads = ReadAhead(self.reading, self._took, content_hash)
-            self._scans = ScanAhead(self.reading.scanners, self._old_nodes)
+            self._scans = ScanAhead(self.reading.scanners, self._old_for)
 
     def close(self) -> None:
         """Stop the reader and scanner threads (idle once a walk is over)."""
@@ -137,6 +144,7 @@ class TreeWalker:
         looked up one by one before it is taken over.
         """
         self.parent_complete = parent_complete and parent_tree is not None
+        self._whole_dirs = self.parent_complete and self.content_hash is None
         self.walked = WalkedChanges(parent_tree)
         root = DirJob(old_tree=parent_tree, old_nodes=self._old_nodes(parent_tree))
         old_root = {n.name: n for n in root.old_nodes}
@@ -190,6 +198,16 @@ class TreeWalker:
             self.walked = None  # [] is not what the tree holds: the index must not take it as such
             return []  # a damaged parent only costs re-reading, never correctness
 
+    def _old_for(self, tree_id: str | None, entries: list[fs.Entry]) -> list[Node]:
+        """The parent's nodes for a directory just listed, or REUSED when the listing is the
+        one ``tree_id`` was built from (``listings``): then nothing of it is read.  Runs on the
+        scan threads."""
+        if self._whole_dirs and tree_id:
+            known = self.repo.index.listing_digest(tree_id)
+            if known is not None and known == listing_digest(entries):
+                return REUSED
+        return self._old_nodes(tree_id)
+
     def _problem(self, exc: fs.Unreadable) -> None:
         if isinstance(exc, fs.Vanished):
             self.stats.vanished.append(str(exc))
@@ -200,14 +218,22 @@ class TreeWalker:
     def _scan(self, path: bytes, old_tree: str | None) -> Frame:
         """Read one directory; raises Unreadable (Vanished) if it cannot be listed."""
         if self._scans is None:
-            old_nodes = self._old_nodes(old_tree)
             entries, problems = fs.scan_dir(path)
+            old_nodes = self._old_for(old_tree, entries)
         else:
             entries, problems, old_nodes = self._scans.scan(path, old_tree)
-        job = DirJob(old_tree=old_tree, old_nodes=old_nodes)
-        old = {n.name: n for n in job.old_nodes}
         for problem in problems:
             self._problem(problem)
+        if old_nodes is REUSED:  # regular files only, each as the parent recorded it
+            stats = self.stats
+            stats.files += len(entries)
+            stats.files_unchanged += len(entries)
+            stats.files_known_present += len(entries)
+            stats.size += sum(entry.st.st_size for entry in entries)
+            stats.dirs_listed_as_before += 1
+            return DirJob(old_tree=old_tree, listing_known=True), iter(())
+        job = DirJob(old_tree=old_tree, old_nodes=old_nodes)
+        old = {n.name: n for n in job.old_nodes}
         if self._scans is not None:
             job.subdirs.extend((e.path, _subtree(old.get(e.name)))
                                for e in entries if stat.S_ISDIR(e.st.st_mode))
@@ -465,6 +491,10 @@ class TreeWalker:
         job.tree_id = self._unchanged_tree(job) or store_tree(self.repo, job.nodes)
         if job.tree_id != job.old_tree and self.walked is not None:
             self._walked_changes(job, self.walked)
+        if not job.listing_known and job.tree_id not in self.listings:
+            digest = nodes_digest(job.nodes)
+            if digest is not None:
+                self.listings[job.tree_id] = digest
         job.pending.clear()
         job.children.clear()
         job.subdirs.clear()

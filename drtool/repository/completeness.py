@@ -40,16 +40,34 @@ import lmdb
 
 REMOVALS = b"removals"  # meta: a random token, new whenever entries leave the cache
 MARK = b"complete:"  # meta: MARK + tree id -> removals token + pending index ids ("," separated)
+LISTING = b"listing:"  # meta: LISTING + tree id -> digest of the listing it was built from (backup.listings)
 TOKEN_SIZE = 16
 
 
 def removed(txn: lmdb.Transaction, meta: Any) -> None:
-    """Entries are leaving the cache in ``txn``: a new token, and every mark is forgotten."""
+    """Entries are leaving the cache in ``txn``: a new token, and every mark is forgotten (and
+    the listing digests: facts about trees, never wrong, but forgotten here so that they do not
+    pile up between prunes; the next run records them again)."""
     txn.put(REMOVALS, os.urandom(TOKEN_SIZE), db=meta)
     cursor = txn.cursor(db=meta)
-    found = cursor.set_range(MARK)
-    while found and bytes(cursor.key()).startswith(MARK):
-        found = cursor.delete()  # moves to the next key
+    for prefix in (LISTING, MARK):
+        found = cursor.set_range(prefix)
+        while found and bytes(cursor.key()).startswith(prefix):
+            found = cursor.delete()  # moves to the next key
+
+
+def listing(txn: lmdb.Transaction, meta: Any, tree_id: str) -> bytes | None:
+    """The digest of the listing ``tree_id`` was built from, if recorded."""
+    try:
+        found = txn.get(LISTING + bytes.fromhex(tree_id), db=meta)
+    except ValueError:
+        return None
+    return bytes(found) if found is not None else None
+
+
+def record_listings(txn: lmdb.Transaction, meta: Any, digests: dict[str, bytes]) -> None:
+    for tree_id, digest in digests.items():
+        txn.put(LISTING + bytes.fromhex(tree_id), digest, db=meta)
 
 
 def token(txn: lmdb.Transaction, meta: Any) -> bytes | None:

@@ -317,6 +317,18 @@ class DiskIndex:
         with self.env.begin() as txn:
             return completeness.is_complete(txn, self._db[b"meta"], self._db[b"indexes"], tree_id)
 
+    def listing_digest(self, tree_id: str) -> bytes | None:
+        """(``backup.listings``; asked from the scan threads: this thread's read snapshot.)"""
+        try:
+            return completeness.listing(self._txn(), self._db[b"meta"], tree_id)
+        except lmdb.Error as exc:
+            raise self._damaged(exc) from None
+
+    def record_listings(self, digests: dict[str, bytes]) -> None:
+        if digests:
+            with self.env.begin(write=True) as txn:
+                completeness.record_listings(txn, self._db[b"meta"], digests)
+
     def packs(self) -> dict[bytes, int]:
         """pack id → entries (for maintenance commands; reads the whole pack table)."""
         found: dict[bytes, int] = {}

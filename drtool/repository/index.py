@@ -176,6 +176,12 @@ class MemoryIndex:
     def is_complete(self, tree_id: str) -> bool:
         return False
 
+    def listing_digest(self, tree_id: str) -> bytes | None:
+        return None
+
+    def record_listings(self, digests: dict[str, bytes]) -> None:
+        """Nowhere to keep them without the disk cache."""
+
     def has_all(self, hex_ids: Iterable[str]) -> bool:
         """Whether every blob (hex ids, as trees list them) is in the index.
 

@@ -79,6 +79,12 @@ class LayeredIndex:
     def is_complete(self, tree_id: str) -> bool:
         return self.disk.is_complete(tree_id)
 
+    def listing_digest(self, tree_id: str) -> bytes | None:
+        return self.disk.listing_digest(tree_id)
+
+    def record_listings(self, digests: dict[str, bytes]) -> None:
+        self.disk.record_listings(digests)
+
     def get(self, blob_id: bytes) -> Location | None:
         found = self.overlay.get(blob_id)
         return found if found is not None else self.disk.get(blob_id)
