@@ -6,16 +6,19 @@ devices, sparse files, names that are not UTF-8) live in one place.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
 from drtool.snapshot.model import (BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node)
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
+    """One listed entry (slots: one per file of every run, ~200,000 a second listed)."""
     path: bytes
     name: str
     st: os.stat_result
@@ -51,6 +54,9 @@ def _error(path: bytes, exc: OSError, vanished: frozenset[int] = frozenset(_VANI
 
 
 _GONE = frozenset({errno.ENOENT, errno.ENOTDIR})
+# os.fsdecode is exactly this decode, behind two Python-level calls per name
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+_BY_NAME = operator.attrgetter("name")
 
 
 def scan_dir(path: bytes) -> tuple[list[Entry], list[Unreadable]]:
@@ -70,10 +76,10 @@ def scan_dir(path: bytes) -> tuple[list[Entry], list[Unreadable]]:
                 except OSError as exc:
                     problems.append(_error(e.path, exc, _GONE))
                     continue
-                entries.append(Entry(e.path, os.fsdecode(e.name), st))
+                entries.append(Entry(e.path, e.name.decode(_FS_ENCODING, _FS_ERRORS), st))
     except OSError as exc:
         raise _error(path, exc, _GONE) from None
-    entries.sort(key=lambda e: e.name)
+    entries.sort(key=_BY_NAME)
     return entries, problems
 
 
