@@ -1,0 +1,80 @@
+"""zstd into a reused output area (repository/compressinto.py) and the envelope's use of it."""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import zstandard
+
+from drtool.repository import compressinto
+from drtool.repository.envelope import INTO_MIN, RAW, ZSTD, Envelope
+
+pytestmark = pytest.mark.skipif(not compressinto.available(), reason="zstd's cffi backend is not installed")
+
+
+def _text(size: int, seed: int = 1) -> bytes:
+    """Dump-like rows: compressible, with repeats far apart (what the long-window profile is for)."""
+    rng = random.Random(seed)
+    words = [f"w{rng.randrange(5000)}".encode() for _ in range(3000)]
+    rows, total = [], 0
+    while total < size:
+        row = b"INSERT INTO t VALUES (" + b",".join(rng.choice(words) for _ in range(12)) + b");\n"
+        rows.append(row)
+        total += len(row)
+    return b"".join(rows)[:size]
+
+
+@pytest.mark.parametrize("profile", ["long", "text", "comp"])
+def test_frames_are_the_ones_the_c_backend_writes_with_the_same_profile(profile: str) -> None:
+    envelope = Envelope(os.urandom(32))
+    envelope.text_ldm = profile == "long"
+    long = profile != "comp"
+    data = _text(3 * 1024 * 1024)
+    out = bytearray(compressinto.bound(len(data)))
+    size = envelope._into(long).compress_into(data, out)
+    assert bytes(out[:size]) == envelope._compressor(long).compress(data)
+    assert zstandard.ZstdDecompressor().decompress(bytes(out[:size])) == data
+
+
+def test_one_context_compresses_frame_after_frame_into_the_same_area() -> None:
+    comp = compressinto.IntoCompressor(level=3)
+    area = compressinto.OutputArea()
+    first, second = _text(2_000_000, seed=2), _text(1_500_000, seed=3)
+    out = area.take(compressinto.bound(len(first)))
+    with memoryview(out) as view:
+        size = comp.compress_into(first, view)
+        assert zstandard.ZstdDecompressor().decompress(bytes(view[:size])) == first
+    again = area.take(compressinto.bound(len(second)))
+    assert again is out  # no new mapping for a frame that fits
+    with memoryview(again) as view:
+        size = comp.compress_into(second, view)
+        assert zstandard.ZstdDecompressor().decompress(bytes(view[:size])) == second
+    old_size = len(out)
+    bigger = area.take(old_size + 1)
+    assert len(bigger) > old_size and out.closed  # grown: the smaller mapping is unmapped
+    area.release()  # pages handed back; the mapping stays usable
+    with memoryview(bigger) as view:
+        size = comp.compress_into(first, view)
+        assert zstandard.ZstdDecompressor().decompress(bytes(view[:size])) == first
+
+
+def test_an_output_below_zstd_s_bound_is_refused() -> None:
+    comp = compressinto.IntoCompressor(level=3)
+    data = os.urandom(100_000)
+    with pytest.raises(ValueError):
+        comp.compress_into(data, bytearray(compressinto.bound(len(data)) - 1))
+
+
+@pytest.mark.parametrize("long", [True, False])
+def test_sealed_groups_open_to_their_plaintext_compressed_or_raw(long: bool) -> None:
+    envelope = Envelope(os.urandom(32))
+    text, noise = _text(INTO_MIN + 123_456), os.urandom(INTO_MIN + 5)
+    sealed_text = envelope.seal(b"group", b"", memoryview(text), long=long)
+    sealed_noise = envelope.seal(b"group", b"", noise, long=long)
+    assert sealed_text[1] == ZSTD and len(sealed_text) < len(text) // 2
+    assert sealed_noise[1] == RAW  # the sample said incompressible: stored as it is
+    assert bytes(envelope.open(b"group", b"", sealed_text)) == text
+    assert bytes(envelope.open(b"group", b"", sealed_noise)) == noise
+    envelope.release_output()
+    assert bytes(envelope.open(b"group", b"", envelope.seal(b"group", b"", text, long=long))) == text
