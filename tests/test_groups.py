@@ -121,6 +121,23 @@ def test_pipeline_segments_are_bounded_recycled_and_freed_when_idle(tmp_path) ->
     assert not pipeline._free_segments
 
 
+def test_pipeline_keeps_no_buffer_once_reading_is_done_until_it_reads_again() -> None:
+    from drtool.backup.pipeline import ChunkPipeline
+    pipeline = ChunkPipeline(_repo(), segment_idle=3600)
+    try:
+        idle, busy = pipeline.take_buffer(), pipeline.take_buffer()
+        pipeline.give_buffer(idle)
+        pipeline.reading_done()  # the walk's last segment is handed over; one is still being cut
+        assert not pipeline._free_segments  # the idle one is freed at once
+        pipeline.give_buffer(busy)
+        assert not pipeline._free_segments  # and the busy one as it comes back
+        again = pipeline.take_buffer()  # reading again (another stream): recycled as before
+        pipeline.give_buffer(again)
+        assert pipeline.take_buffer() is again
+    finally:
+        pipeline.close()
+
+
 def test_group_cache_loads_a_group_once_for_concurrent_readers() -> None:
     import threading
     import time
