@@ -23,7 +23,6 @@ SAMPLE_MIN_SAVING = 0.03
 KEEP_RAW_RATIO = 0.97
 LDM_MIN_MATCH = 64
 LDM_HASH_RATE_LOG = 6
-INTO_MIN = 1024 * 1024  # compressed into the thread's reused output area from this size on (groups)
 
 
 class EnvelopeError(Exception):
@@ -126,21 +125,24 @@ class Envelope:
 
     def seal(self, kind: bytes, object_id: bytes, data: bytes | memoryview,
              compress: bool = True, long: bool = False) -> bytearray:
-        if compress and len(data) >= INTO_MIN and compressinto.available():
+        if compress and len(data) >= 64 and compressinto.available():
             return self._seal_compressed_into(_context(kind, object_id), data, long)
         mode, payload = self.compress(data, long) if compress else (RAW, data)
         return self._aead.seal(payload, _context(kind, object_id), flags=mode)
 
     def _seal_compressed_into(self, context: bytes, data: bytes | memoryview, long: bool) -> bytearray:
-        """:meth:`seal` for groups: the same decisions as :meth:`compress`, but zstd writes into
-        this thread's reused output area (see ``compressinto``), and only the sealed copy is new."""
+        """:meth:`seal` with the same decisions as :meth:`compress`, but zstd writes into this
+        thread's reused output area (see ``compressinto``), and only the sealed copy is new.
+        Every object goes this way, not only groups: a thread that compressed a small long-window
+        group with ``ZstdCompressor`` held a second LDM context (~7 MiB resident) to the end."""
         size = len(data)
         into = self._into(long)
         with memoryview(self._area().take(compressinto.bound(size))) as out:
-            middle = size // 2
-            sampled = into.compress_into(data[middle:middle + SAMPLE_SIZE], out)
-            if sampled > SAMPLE_SIZE * (1 - SAMPLE_MIN_SAVING):
-                return self._aead.seal(data, context, flags=RAW)
+            if size > 4 * SAMPLE_SIZE:
+                middle = size // 2
+                sampled = into.compress_into(data[middle:middle + SAMPLE_SIZE], out)
+                if sampled > SAMPLE_SIZE * (1 - SAMPLE_MIN_SAVING):
+                    return self._aead.seal(data, context, flags=RAW)
             packed = into.compress_into(data, out)
             if packed >= size * KEEP_RAW_RATIO:
                 return self._aead.seal(data, context, flags=RAW)
