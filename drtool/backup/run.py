@@ -130,6 +130,10 @@ def _commit(session: Session, lock: Lock, snap: Snapshot) -> None:
     lock.ensure_held()
     save_snapshot(session.repo, snap)
     crash_point("backup-after-snapshot")
+    try:  # open before the lock goes: a prune may replace this run's index objects after it
+        session.catalog  # noqa: B018
+    except CatalogError:
+        pass  # reported once the snapshot is saved (_record_in_catalog)
 
 
 def backup_paths(session: Session, paths: list[str], name: str, tags: list[str] | None = None,

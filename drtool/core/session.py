@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from drtool.backends.base import Backend
 from drtool.backends.registry import open_backend
 from drtool.crypto.keys import KdfParams
-from drtool.errors import DrtoolError, ReadOnlyRepository, SnapshotNotFound, UsageError
+from drtool.errors import DrtoolError, ObjectMissing, ReadOnlyRepository, SnapshotNotFound, UsageError
 from drtool.repository.locks import Lock
 from drtool.repository.repo import RepoConfig, Repository
 from drtool.snapshot.model import Snapshot
@@ -131,11 +131,16 @@ class Session:
         data is stored (SQLAlchemy and the catalog held ~19 MiB through the
         data path, at the nightly backup's peak); the index objects written
         meanwhile are read back here (a few, local) so that the catalog
-        caches every index object, as if it had been open all along.
+        caches every index object, as if it had been open all along.  The
+        backup does this before it lets go of its lock; one replaced since
+        (a prune's repack) is not cached, as it would have been dropped.
         """
         written, self.repo.uncached_index_ids = self.repo.uncached_index_ids, []
         for index_id in written:
-            catalog.store_index(index_id, self.repo.read_index_object(index_id))
+            try:
+                catalog.store_index(index_id, self.repo.read_index_object(index_id))
+            except ObjectMissing:
+                log.debug("index object %s is gone; not cached", index_id)
 
     def _open_catalog(self) -> Catalog:
         from drtool.catalog.store import Catalog
