@@ -62,7 +62,8 @@ class Session:
     loads the index from the repository itself -- which is as fast there as
     the cache, and works when the catalog is lost or damaged -- while the
     catalog (SQLAlchemy: ~0.25 s to import) is opened in the background
-    for the run history (:meth:`warm_catalog`).
+    for the run history (:meth:`warm_catalog`); a backup does the same once
+    its data is stored.
     """
 
     def __init__(self, repo: Repository, catalog: Catalog | None, options: OpenOptions,
