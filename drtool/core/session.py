@@ -139,7 +139,7 @@ class Session:
         written, self.repo.uncached_index_ids = self.repo.uncached_index_ids, []
         for index_id in written:
             try:
-                catalog.store_index(index_id, self.repo.read_index_object(index_id))
+                catalog.store_index_packed(index_id, self.repo.read_index_packed(index_id))
             except ObjectMissing:
                 log.debug("index object %s is gone; not cached", index_id)
 
