@@ -317,6 +317,7 @@ class Repository:
             if len(group.members):
                 self._pack_group(key, group)
         self._group_buffers.clear()  # every group is sealed: the next one (if any) takes a fresh buffer
+        self.envelope.release_output()  # this thread's compressed output pages (the last groups)
         with self._lock:
             builders = list(self._builders.values())
             self._builders.clear()
