@@ -72,7 +72,8 @@ class IntoCompressor:
         if self._cctx == _ffi.NULL:
             raise MemoryError("cannot create a zstd context")
         settings = _parameters(params) if params is not None else [(_lib.ZSTD_c_compressionLevel, level)]
-        settings += [(_lib.ZSTD_c_contentSizeFlag, 1), (_lib.ZSTD_c_checksumFlag, 0), (_lib.ZSTD_c_dictIDFlag, 0)]
+        settings += [(_lib.ZSTD_c_contentSizeFlag, 1), (_lib.ZSTD_c_checksumFlag, 0),
+                     (_lib.ZSTD_c_dictIDFlag, 0)]
         for name, value in settings:
             self._check(_lib.ZSTD_CCtx_setParameter(self._cctx, name, value))
 
