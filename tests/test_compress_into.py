@@ -80,3 +80,34 @@ def test_sealed_objects_open_to_their_plaintext_compressed_or_raw(long: bool, si
     assert bytes(envelope.open(b"group", b"", sealed_noise)) == noise
     envelope.release_output()
     assert bytes(envelope.open(b"group", b"", envelope.seal(b"group", b"", text, long=long))) == text
+
+
+def test_without_cffi_groups_are_sealed_by_the_c_backend_and_read_by_either(tmp_path) -> None:
+    """An installation without zstd's cffi backend keeps ZstdCompressor.compress; what either
+    path seals, both open."""
+    import subprocess
+    import sys
+
+    key, text = os.urandom(32), _text(3_000_000, seed=4)
+    (tmp_path / "plain").write_bytes(text)
+    sealed_here = Envelope(key).seal(b"group", b"", text, long=True)
+    (tmp_path / "here").write_bytes(sealed_here)
+    script = f"""
+import sys
+sys.modules["zstandard._cffi"] = None  # as if zstandard's cffi backend could not load
+from pathlib import Path
+from drtool.repository import compressinto
+from drtool.repository.envelope import Envelope
+assert not compressinto.available()
+base = Path({str(tmp_path)!r})
+envelope = Envelope(bytes.fromhex({key.hex()!r}))
+plain = (base / "plain").read_bytes()
+assert bytes(envelope.open(b"group", b"", (base / "here").read_bytes())) == plain
+(base / "there").write_bytes(envelope.seal(b"group", b"", plain, long=True))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr
+    sealed_there = (tmp_path / "there").read_bytes()
+    assert sealed_there[1] == ZSTD
+    assert bytes(Envelope(key).open(b"group", b"", sealed_there)) == text

@@ -29,7 +29,7 @@ try:  # shipped with python-zstandard; needs cffi (a dependency of cryptography)
     from zstandard import backend_cffi as _cffi_backend
     _ffi: Any = _cffi_backend.ffi
     _lib: Any = _cffi_backend.lib
-except ImportError:  # pragma: no cover - depends on the installation
+except ImportError:  # a zstandard build without its cffi extension, or no cffi (tested in a subprocess)
     _ffi = _lib = None
 
 AREA_ROUND = 1024 * 1024
