@@ -8,7 +8,7 @@ import pytest
 import zstandard
 
 from drtool.repository import compressinto
-from drtool.repository.envelope import RAW, ZSTD, Envelope
+from drtool.repository.envelope import INTO_MIN, RAW, ZSTD, Envelope
 
 pytestmark = pytest.mark.skipif(not compressinto.available(), reason="zstd's cffi backend is not installed")
 
@@ -67,7 +67,7 @@ def test_an_output_below_zstd_s_bound_is_refused() -> None:
 
 
 @pytest.mark.parametrize("long", [True, False])
-@pytest.mark.parametrize("size", [100, 50_000, 2_000_000])
+@pytest.mark.parametrize("size", [100, 50_000, INTO_MIN, 2_000_000])
 def test_sealed_objects_open_to_their_plaintext_compressed_or_raw(long: bool, size: int) -> None:
     envelope = Envelope(os.urandom(32))
     text, noise = _text(size), os.urandom(size)
