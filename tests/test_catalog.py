@@ -101,6 +101,27 @@ def test_index_cache_is_used_and_rebuilt(repo_env: DrEnv, tmp_path: Path) -> Non
         session.close()
 
 
+def test_index_objects_written_before_a_deferred_catalog_opens_are_cached(repo_env: DrEnv) -> None:
+    """A backup from a local repository opens its catalog only after the data is stored: the
+    index objects written meanwhile are cached when it opens, as if it had been open all along."""
+    from conftest import PASSWORD
+    from drtool.api.repo_access import OpenOptions, Session
+    from drtool.repository.packfile import DATA_BLOB
+    options = OpenOptions(str(repo_env.repo), PASSWORD.encode(), str(repo_env.catalog))
+    session = Session.open(options, defer_catalog=True)
+    try:
+        assert session.catalog_deferred
+        session.repo.load_index()
+        session.repo.store_blob(DATA_BLOB, os.urandom(100_000))
+        session.repo.flush()  # writes an index object while no catalog is open
+        written = set(session.repo.list_objects("index"))
+        assert written
+        assert session.catalog.cached_index_ids() == written
+        assert session.repo.uncached_index_ids == []
+    finally:
+        session.close()
+
+
 def test_runs_are_recorded_in_history(repo_env: DrEnv, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -27,9 +27,11 @@ def test_recycled_buffers_never_leak_old_bytes_into_a_new_group() -> None:
     pool = BufferPool(keep=1, idle=3600)  # however slow this machine, the buffer is still kept
     first = OpenGroup(1 << 20, pool)
     first.add(b"a" * 32, b"\xff" * 700_000)
+    recycled = first.buf
     seal_open_group(envelope, DATA_BLOB, first)
+    assert first.buf is not recycled  # a sealed group lets go of its buffer
     second = OpenGroup(1 << 20, pool)
-    assert second.buf is first.buf  # the same buffer came back from the pool
+    assert second.buf is recycled  # the same buffer came back from the pool
     second.add(b"b" * 32, b"short")
     sealed = seal_open_group(envelope, DATA_BLOB, second)
     assert bytes(open_group(envelope, DATA_BLOB, sealed.sealed)) == b"short"
@@ -43,6 +45,28 @@ def test_pool_keeps_at_most_its_limit() -> None:
         pool.give(buf)
     kept = {id(pool.take(4096)) for _ in range(3)}
     assert len(kept & {id(b) for b in buffers}) == 2
+
+
+def test_a_dropped_size_is_not_kept_when_given_back_until_taken_again() -> None:
+    pool = BufferPool(keep=1, idle=3600)
+    late = pool.take(1 << 20)  # a group of that size still being sealed when its stream ended
+    pool.drop(1 << 20)
+    assert pool.give(late) is False  # not kept: the caller lets go of it
+    assert pool.kept_bytes() == 0
+    again = pool.take(1 << 20)  # groups of that size again: buffers are recycled as before
+    assert pool.give(again) is True
+    assert pool.take(1 << 20) is again
+
+
+def test_a_group_sealed_after_its_size_was_dropped_leaves_nothing_in_the_pool() -> None:
+    repo = _repo()
+    pool = BufferPool(keep=1, idle=3600)
+    group = OpenGroup(1 << 20, pool)
+    group.add(b"c" * 32, b"text " * 1000)
+    pool.drop(1 << 20)
+    sealed = seal_open_group(repo.envelope, DATA_BLOB, group)
+    assert pool.kept_bytes() == 0 and len(group.buf) == 0
+    assert bytes(open_group(repo.envelope, DATA_BLOB, sealed.sealed)) == b"text " * 1000
 
 
 def test_pool_frees_buffers_left_idle_and_keeps_the_ones_in_use() -> None:
@@ -95,6 +119,23 @@ def test_pipeline_segments_are_bounded_recycled_and_freed_when_idle(tmp_path) ->
     finally:
         pipeline.close()
     assert not pipeline._free_segments
+
+
+def test_pipeline_keeps_no_buffer_once_reading_is_done_until_it_reads_again() -> None:
+    from drtool.backup.pipeline import ChunkPipeline
+    pipeline = ChunkPipeline(_repo(), segment_idle=3600)
+    try:
+        idle, busy = pipeline.take_buffer(), pipeline.take_buffer()
+        pipeline.give_buffer(idle)
+        pipeline.reading_done()  # the walk's last segment is handed over; one is still being cut
+        assert not pipeline._free_segments  # the idle one is freed at once
+        pipeline.give_buffer(busy)
+        assert not pipeline._free_segments  # and the busy one as it comes back
+        again = pipeline.take_buffer()  # reading again (another stream): recycled as before
+        pipeline.give_buffer(again)
+        assert pipeline.take_buffer() is again
+    finally:
+        pipeline.close()
 
 
 def test_group_cache_loads_a_group_once_for_concurrent_readers() -> None:

@@ -109,6 +109,7 @@ class ChunkPipeline:
         self._segment_slots = threading.BoundedSemaphore(SEGMENT_BUFFERS)
         self._buffers_lock = threading.Lock()
         self._batch_buffers: list[bytearray] = []
+        self._reading_done = False  # set by reading_done(): buffers coming back are not kept
 
     def add(self, chunk: memoryview | bytes) -> ChunkRef:
         """Copy one small file's content into the open batch; the buffer may be reused at once."""
@@ -154,7 +155,8 @@ class ChunkPipeline:
                 return self._process_batch([view[start:end] for start, end in spans])
         finally:
             with self._buffers_lock:
-                if len(buf) == BATCH_BUFFER and len(self._batch_buffers) < BATCH_BUFFERS_KEPT:
+                if (len(buf) == BATCH_BUFFER and len(self._batch_buffers) < BATCH_BUFFERS_KEPT
+                        and not self._reading_done):
                     self._batch_buffers.append(buf)
 
     def add_segment(self, data: bytes, chunker: Chunker) -> ChunkRef:
@@ -191,14 +193,31 @@ class ChunkPipeline:
         self._segment_slots.acquire()
         self._expire_segments()
         with self._buffers_lock:
+            self._reading_done = False
             if self._free_segments:
                 return self._free_segments.pop()[0]
         return bytearray(SEGMENT_BYTES)
 
     def give_buffer(self, buf: bytearray) -> None:
         with self._buffers_lock:
-            self._free_segments.append((buf, time.monotonic()))
+            if not self._reading_done:
+                self._free_segments.append((buf, time.monotonic()))
         self._segment_slots.release()
+
+    def reading_done(self) -> None:
+        """The walk has read and handed over everything: free the idle segment and batch buffers
+        now, and the others as the workers give them back, rather than at :meth:`close`.
+
+        The walk ends waiting for the last groups to be sealed; the recycled
+        buffers nothing will read into again were still held then (night 2 of
+        the bench, whose dump is read last, peaked there with two idle 8 MiB
+        segments).  Taking a segment buffer again undoes this.
+        """
+        with self._buffers_lock:
+            self._reading_done = True
+            self._free_segments.clear()
+            self._batch_buffers.clear()
+        trim_heap()
 
     def _expire_segments(self) -> None:
         limit, dropped = time.monotonic() - self._segment_idle, 0

@@ -480,6 +480,7 @@ class TreeWalker:
                 self._reads.take_done()
         if block:
             self.pipeline.submit_batch()
+            self.pipeline.reading_done()
         while self._queue and (block or self._queue[0].ready()):
             self._finish(self._queue.popleft())
 

@@ -109,8 +109,13 @@ class Catalog:
 
     def store_index(self, index_id: str, packs: list[PackRecord]) -> None:
         """One transaction per index object (batched, WAL mode)."""
-        rows = [{"repo_id": self.repo_id, "index_id": index_id, "pack_id": p.pack_id.hex(),
-                 "entries": pack_entries(p.entries)} for p in packs]
+        self.store_index_packed(index_id, [(p.pack_id, pack_entries(p.entries)) for p in packs])
+
+    def store_index_packed(self, index_id: str, packs: list[tuple[bytes, bytes]]) -> None:
+        """:meth:`store_index` from (pack id, its entries packed), as ``read_index_packed`` gives
+        them: the rows keep entries packed, so none is decoded (41,000 cost ~0.1 s of CPU)."""
+        rows = [{"repo_id": self.repo_id, "index_id": index_id, "pack_id": pack_id.hex(),
+                 "entries": entries} for pack_id, entries in packs]
         with self._begin() as conn:
             conn.execute(delete(index_pack_table).where(index_pack_table.c.repo_id == self.repo_id,
                                                     index_pack_table.c.index_id == index_id))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from drtool.backends.base import Backend
 from drtool.backends.registry import open_backend
 from drtool.crypto.keys import KdfParams
-from drtool.errors import DrtoolError, ReadOnlyRepository, SnapshotNotFound, UsageError
+from drtool.errors import DrtoolError, ObjectMissing, ReadOnlyRepository, SnapshotNotFound, UsageError
 from drtool.repository.locks import Lock
 from drtool.repository.repo import RepoConfig, Repository
 from drtool.snapshot.model import Snapshot
@@ -62,7 +62,8 @@ class Session:
     loads the index from the repository itself -- which is as fast there as
     the cache, and works when the catalog is lost or damaged -- while the
     catalog (SQLAlchemy: ~0.25 s to import) is opened in the background
-    for the run history (:meth:`warm_catalog`).
+    for the run history (:meth:`warm_catalog`); a backup does the same once
+    its data is stored.
     """
 
     def __init__(self, repo: Repository, catalog: Catalog | None, options: OpenOptions,
@@ -121,7 +122,26 @@ class Session:
             else:
                 self._catalog = self._open_catalog()
             self.repo.cache = self._catalog
+            self._cache_written_indexes(self._catalog)
         return self._catalog
+
+    def _cache_written_indexes(self, catalog: Catalog) -> None:
+        """Cache the index objects this run wrote before its catalog was open.
+
+        A backup from a local repository opens its catalog only once its
+        data is stored (SQLAlchemy and the catalog held ~19 MiB through the
+        data path, at the nightly backup's peak); the index objects written
+        meanwhile are read back here (a few, local) so that the catalog
+        caches every index object, as if it had been open all along.  The
+        backup does this before it lets go of its lock; one replaced since
+        (a prune's repack) is not cached, as it would have been dropped.
+        """
+        written, self.repo.uncached_index_ids = self.repo.uncached_index_ids, []
+        for index_id in written:
+            try:
+                catalog.store_index_packed(index_id, self.repo.read_index_packed(index_id))
+            except ObjectMissing:
+                log.debug("index object %s is gone; not cached", index_id)
 
     def _open_catalog(self) -> Catalog:
         from drtool.catalog.store import Catalog

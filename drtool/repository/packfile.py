@@ -99,10 +99,12 @@ class BufferPool:
         self.idle = idle
         self._clock = clock
         self._free: dict[int, list[tuple[bytearray, float]]] = {}  # oldest first
+        self._dropped: set[int] = set()  # capacities not wanted again until the next take
         self._lock = threading.Lock()
 
     def take(self, capacity: int) -> bytearray:
         with self._lock:
+            self._dropped.discard(capacity)
             expired = self._expire()
             free = self._free.get(capacity)
             buf = free.pop()[0] if free else None
@@ -110,14 +112,18 @@ class BufferPool:
             trim_heap()
         return buf if buf is not None else bytearray(capacity)
 
-    def give(self, buf: bytearray) -> None:
+    def give(self, buf: bytearray) -> bool:
+        """Take ``buf`` back for re-use; False when it is not kept (its size was dropped):
+        the caller then trims the heap once it holds no reference to it (``OpenGroup``)."""
         with self._lock:
+            kept = len(buf) not in self._dropped
             free = self._free.setdefault(len(buf), [])
-            if len(free) < self.keep:
+            if len(free) < self.keep and kept:
                 free.append((buf, self._clock()))
             expired = self._expire()
         if expired:
             trim_heap()
+        return kept
 
     def _expire(self) -> int:
         """Drop buffers unused for ``idle`` seconds; how many bytes were dropped."""
@@ -133,9 +139,13 @@ class BufferPool:
             return sum(len(buf) for free in self._free.values() for buf, _ in free)
 
     def drop(self, capacity: int) -> None:
-        """Drop the kept buffers of one capacity (no more groups of that size are expected soon)."""
+        """Drop the kept buffers of one capacity (no more groups of that size are expected soon),
+        and do not keep one given back later, until a buffer of that size is taken again: the
+        dump's last long group, still being sealed on another worker when the dump ended, kept
+        its 16 MiB as a spare through the rest of the walk (night 1's peak)."""
         with self._lock:
             self._free.pop(capacity, None)
+            self._dropped.add(capacity)
 
     def clear(self) -> None:
         """Drop every kept buffer (the data path is done: nothing will take one again)."""
@@ -195,8 +205,11 @@ class OpenGroup:
 
     def _release(self) -> None:
         if self._pool is not None:
-            self._pool.give(self.buf)
-            self._pool = None
+            pool, buf = self._pool, self.buf
+            self._pool, self.buf = None, bytearray()
+            if not pool.give(buf):
+                del buf  # the last reference: its pages can go back to the system now
+                trim_heap()
 
     def __len__(self) -> int:
         return self.size

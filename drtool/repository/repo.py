@@ -68,6 +68,7 @@ class Repository:
         self.ids = IdMaker(master.id_key)
         self.index = MemoryIndex()
         self.cache = cache
+        self.uncached_index_ids: list[str] = []  # index objects this run wrote while no cache was set
         self._disk: DiskIndex | None = None
         self._disk_tried = False
         self._lock = threading.Lock()
@@ -187,6 +188,8 @@ class Repository:
         index_id = self.put_object(INDEX, INDEX_KIND, plaintext)
         if self.cache:
             self.cache.store_index(index_id, packs)
+        else:  # a catalog opened later caches it then (Session.catalog)
+            self.uncached_index_ids.append(index_id)
         index = self.index
         if isinstance(index, LayeredIndex):
             cached = index.written(index_id, self.read_index_packed)
@@ -316,6 +319,7 @@ class Repository:
             if len(group.members):
                 self._pack_group(key, group)
         self._group_buffers.clear()  # every group is sealed: the next one (if any) takes a fresh buffer
+        self.envelope.release_output()  # this thread's compressed output pages (the last groups)
         with self._lock:
             builders = list(self._builders.values())
             self._builders.clear()

@@ -62,7 +62,7 @@ def backup(state: CliState, paths: tuple[str, ...], name: str | None, command: s
         raise UsageError("give either PATH... or --from-command CMD")
     tune_malloc_for_backup()
     state.run_name = name
-    session = state.session(defer_catalog=True)  # local repositories: opened while the data is read
+    session = state.session(defer_catalog=True)  # local repositories: opened once the data is stored
     if command:
         result = api.backup_command(session, command, name, filename, list(tags))
     else:
