@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from drtool.repository.objects import SNAPSHOTS, object_name
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.names import display
 
@@ -79,7 +80,7 @@ def summarise(problems: dict[str, Problem], snaps: list[Snapshot], culprits: dic
             .snapshots.append(snap_id)
     orphans: dict[str, list[dict[str, object]]] = {}
     for chain in chains:
-        key = key_of(str(chain["damage"])) if chain["damage"] else f"snapshots/{chain['member']}"
+        key = key_of(str(chain["damage"])) if chain["damage"] else object_name(SNAPSHOTS, str(chain["member"]))
         if key in problems:  # named once: an incremental that needs the pack itself is listed there
             if str(chain["snapshot"]) not in problems[key].snapshots:
                 problems[key].chains.append(str(chain["snapshot"]))
