@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from types import ModuleType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import zstandard
 
@@ -45,6 +45,24 @@ def _into_module() -> ModuleType:
         from drtool.repository import compressinto
         _compressinto = compressinto
     return _compressinto
+
+
+def _zstd_size_worth_keeping(data: bytes | memoryview,
+                             compressed_size: Callable[[bytes | memoryview], int]) -> int | None:
+    """The compressed size of ``data`` when zstd saves enough to keep it, else None (store RAW).
+
+    One decision for both ways of compressing (a fresh result, or into a reused area):
+    a large object's middle sample must save 3 % first, so incompressible media cost one
+    16 KiB compression, not a whole one; the whole must then save 3 %.  The last call of
+    ``compressed_size`` is the whole object's.
+    """
+    size = len(data)
+    if size > 4 * SAMPLE_SIZE:
+        middle = size // 2
+        if compressed_size(data[middle:middle + SAMPLE_SIZE]) > SAMPLE_SIZE * (1 - SAMPLE_MIN_SAVING):
+            return None
+    packed = compressed_size(data)
+    return packed if packed < size * KEEP_RAW_RATIO else None
 
 
 class EnvelopeError(Exception):
@@ -135,15 +153,12 @@ class Envelope:
         if size < 64:
             return RAW, data
         comp = self._compressor(long)
-        if size > 4 * SAMPLE_SIZE:
-            middle = size // 2
-            sample = comp.compress(data[middle:middle + SAMPLE_SIZE])
-            if len(sample) > SAMPLE_SIZE * (1 - SAMPLE_MIN_SAVING):
-                return RAW, data
-        packed = comp.compress(data)
-        if len(packed) >= size * KEEP_RAW_RATIO:
-            return RAW, data
-        return ZSTD, packed
+        last: list[bytes] = []
+
+        def compressed_size(view: bytes | memoryview) -> int:
+            last[:] = [comp.compress(view)]
+            return len(last[0])
+        return (RAW, data) if _zstd_size_worth_keeping(data, compressed_size) is None else (ZSTD, last[0])
 
     def seal(self, kind: bytes, object_id: bytes, data: bytes | memoryview,
              compress: bool = True, long: bool = False) -> bytearray:
@@ -155,16 +170,10 @@ class Envelope:
     def _seal_compressed_into(self, context: bytes, data: bytes | memoryview, long: bool) -> bytearray:
         """:meth:`seal` with the same decisions as :meth:`compress`, but zstd writes into this
         thread's reused output area (see ``compressinto``), and only the sealed copy is new."""
-        size = len(data)
         into = self._into(long)
-        with memoryview(self._area().take(_into_module().bound(size))) as out:
-            if size > 4 * SAMPLE_SIZE:
-                middle = size // 2
-                sampled = into.compress_into(data[middle:middle + SAMPLE_SIZE], out)
-                if sampled > SAMPLE_SIZE * (1 - SAMPLE_MIN_SAVING):
-                    return self._aead.seal(data, context, flags=RAW)
-            packed = into.compress_into(data, out)
-            if packed >= size * KEEP_RAW_RATIO:
+        with memoryview(self._area().take(_into_module().bound(len(data)))) as out:
+            packed = _zstd_size_worth_keeping(data, lambda view: into.compress_into(view, out))
+            if packed is None:
                 return self._aead.seal(data, context, flags=RAW)
             return self._aead.seal(out[:packed], context, flags=ZSTD)
 
