@@ -42,3 +42,11 @@ def test_mydumper_method_and_threads() -> None:
     for bad in (0, 257, "8", True):
         with pytest.raises(ConfigError, match=r"\[sources.wiki\]: threads must be a whole number from 1 to 256"):
             MariaSource.from_config("wiki", {"dbname": "wiki", "method": "mydumper", "threads": bad})
+
+
+def test_subpage_is_a_physical_switch_on_by_default() -> None:
+    assert MariaSource.from_config("wiki", {"method": "physical"}).subpage is True
+    assert MariaSource.from_config("wiki", {"method": "physical", "subpage": False}).subpage is False
+    for table in ({"method": "physical", "subpage": "no"}, {"dbname": "wiki", "subpage": False}):
+        with pytest.raises(ConfigError, match=r"\[sources.wiki\]: subpage is true or false, for method"):
+            MariaSource.from_config("wiki", table)

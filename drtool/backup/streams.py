@@ -67,8 +67,12 @@ class StreamTap:
 
 def run_dump(session: Session, command: list[str], env: dict[str, str], name: str, filename: str,
              kind: str, meta: dict[str, Any], tags: list[str],
-             finish: Callable[[StreamTap, dict[str, Any]], None] | None = None) -> BackupResult:
-    """Stream a dump command into a snapshot; exit status and ``finish`` may veto the commit."""
+             finish: Callable[[StreamTap, dict[str, Any]], None] | None = None,
+             rewrite: Callable[[IO[bytes]], IO[bytes]] | None = None) -> BackupResult:
+    """Stream a dump command into a snapshot; exit status and ``finish`` may veto the commit.
+
+    ``rewrite`` wraps the program's stdout (a physical backup's sub-page form); the tap, and so
+    ``finish``, see the rewritten stream."""
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, env=child_environment(base=env))
@@ -76,7 +80,7 @@ def run_dump(session: Session, command: list[str], env: dict[str, str], name: st
         raise SourceError(f"cannot start {command[0]}: {exc.strerror}") from None
     assert proc.stdout is not None and proc.stderr is not None
     widen_pipe(proc.stdout.fileno())
-    tap, errors = StreamTap(proc.stdout), StderrTail(proc.stderr)
+    tap, errors = StreamTap(rewrite(proc.stdout) if rewrite else proc.stdout), StderrTail(proc.stderr)
     program = command[0].rsplit("/", 1)[-1]
 
     def verify() -> None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from drtool.childenv import child_environment
 from drtool.databases import mariadb_chain as chain
+from drtool.databases import subpage_format
 from drtool.databases.planner import PitrPlan, PitrResult
 from drtool.errors import DrtoolError, RestoreTargetError, SourceError, UsageError
 from drtool.snapshot.streamread import read_stream
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from drtool.backup.streams import StreamTap
     from drtool.core.session import Session
     from drtool.databases.engine import RestoreRequest
+    from drtool.databases.subpage_backup import SubpageNight
 
 log = logging.getLogger("drtool")
 MARIADB_PHYSICAL = "mariadb-physical"
@@ -62,11 +64,41 @@ def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str],
     if src.pitr:
         from drtool.databases.mariadb import note_server_id
         note_server_id(src, meta)
-    with mariadb.client_options(src) as opts, tempfile.TemporaryDirectory(prefix="drtool-mariabackup-") as work, \
-            binary_streams(session):
-        command = mariabackup.backup_command(src, opts, datadir, work, replica, incremental_lsn=night.lsn)
-        return [run_dump(session, command, child_environment(), src.name, "backup.mbstream", MARIADB_PHYSICAL,
-                         meta, tags, _physical_finish)]
+    subpage = _subpage_night(session, src, night.parent)
+
+    def finish(tap: StreamTap, meta: dict[str, Any]) -> None:
+        if subpage is not None:
+            subpage.finish(src.name, meta)
+        _physical_finish(tap, meta)
+    try:
+        with mariadb.client_options(src) as opts, \
+                tempfile.TemporaryDirectory(prefix="drtool-mariabackup-") as work, binary_streams(session):
+            command = mariabackup.backup_command(src, opts, datadir, work, replica, incremental_lsn=night.lsn)
+            result = run_dump(session, command, child_environment(), src.name, "backup.mbstream",
+                              MARIADB_PHYSICAL, meta, tags, finish, rewrite=subpage.wrap if subpage else None)
+    except BaseException:
+        if subpage is not None:
+            subpage.abort()
+        raise
+    if subpage is not None:
+        subpage.commit(result.snapshot.id)
+    return [result]
+
+
+def _subpage_night(session: Session, src: mariadb.MariaSource, parent: Snapshot | None) -> SubpageNight | None:
+    """Tonight's block map, or None (``subpage = false``, or no cache directory: the night is stored
+    as mariabackup wrote it).  A parent with no map here (another host, a lost cache, a parent from
+    before sub-page members) gives a night of whole pages that starts a new map."""
+    from drtool.databases.blockmap import BlockMapStore
+    from drtool.databases.subpage_backup import SubpageNight
+    if not src.subpage:
+        return None
+    store = BlockMapStore.open(session.repo.config.repo_id, src.name)
+    if store is None:
+        log.warning("source %s: no writable cache directory for the block map; incrementals store whole "
+                    "pages (set DRTOOL_CACHE_DIR)", src.name)
+        return None
+    return SubpageNight(store, parent.id if parent is not None else None)
 
 
 def _server_facts(src: mariadb.MariaSource) -> tuple[str, bool]:
@@ -108,8 +140,11 @@ def _current_lsn(src: mariadb.MariaSource) -> int | None:
 
 
 def _physical_finish(tap: StreamTap, meta: dict[str, Any]) -> None:
-    wanted = (mariabackup.INFO_FILE, mariabackup.SLAVE_INFO_FILE, chain.CHECKPOINTS_FILE)
+    renamed = chain.CHECKPOINTS_FILE + subpage_format.SUFFIX  # a sub-page incremental's (subpage_backup)
+    wanted = (mariabackup.INFO_FILE, mariabackup.SLAVE_INFO_FILE, chain.CHECKPOINTS_FILE, renamed)
     files = mariabackup.stream_files(bytes(tap.tail), wanted)
+    if renamed in files:
+        files[chain.CHECKPOINTS_FILE] = files.pop(renamed)
     info = files.get(mariabackup.INFO_FILE)
     if info is None:
         raise SourceError(f"the mariabackup stream of {meta['source']} does not end with xtrabackup_info: it "
@@ -145,6 +180,7 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
     tool = mariabackup.tool_version(src.bindir)
     for member in members:
         mariabackup.check_prepare_version(str(member.meta.get("server_version", "")), tool)
+        subpage_format.check_readable(member.meta.get("subpage"), member.short_id)
     instance = mariadb.Instance(request.target, None, src.bindir)
     if os.path.exists(instance.root) and os.listdir(instance.root):
         raise RestoreTargetError(f"restore target {instance.root} is not empty",
@@ -195,6 +231,12 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
                   f"mbstream -x of snapshot {member.short_id}", member)
     log.info("extracted %d snapshot(s) %s into %s in %.1fs", len(members),
              ", ".join(m.short_id for m in members), root, time.monotonic() - started)
+    if any(member.meta.get("subpage") for member in members):
+        from drtool.databases.subpage_restore import rebuild_chain
+        started = time.monotonic()
+        pages = rebuild_chain(datadir, dirs[1:])
+        log.info("rebuilt %d page(s) of the incrementals' .delta files from their changed blocks in %.1fs",
+                 pages, time.monotonic() - started)
     started = time.monotonic()
     _run(mariabackup.prepare_command(datadir, bindir), f"mariabackup --prepare of snapshot {members[0].short_id}")
     for member, incremental in zip(members[1:], dirs[1:]):

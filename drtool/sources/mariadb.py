@@ -32,7 +32,7 @@ from drtool.sources.common import check_one_database_choice, check_table
 
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
         "defaults_file", "bindir", "binlog_dir", "options", "pitr", "log_timeout", "method", "threads",
-        "full_every"}
+        "full_every", "subpage"}
 METHODS = ("dump", "physical", "mydumper")
 DUMP_END_MARKER = b"-- Dump completed"
 _COORD_RE = re.compile(rb"CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+)")
@@ -64,6 +64,7 @@ class MariaSource:
     method: str = "dump"       # or "physical": mariabackup of the whole server; "mydumper": per table
     threads: int = 4           # mydumper / myloader threads
     full_every: int = 7        # physical: a full backup at least every N nights (N-1 incrementals between)
+    subpage: bool = True       # physical: incrementals store changed 512-byte blocks (databases/subpage_*)
     no_defaults: bool = False  # a throwaway instance of drtool's own: ignore the host's option files
 
     @classmethod
@@ -76,13 +77,15 @@ class MariaSource:
                   bindir=table.get("bindir"), binlog_dir=table.get("binlog_dir"),
                   options=list(table.get("options", [])), pitr=bool(table.get("pitr", True)),
                   method=table.get("method", "dump"), threads=table.get("threads", 4),
-                  full_every=table.get("full_every", 7))
+                  full_every=table.get("full_every", 7), subpage=table.get("subpage", True))
         if src.method not in METHODS:
             raise ConfigError(f"[sources.{name}]: method must be one of {', '.join(METHODS)}")
         if not isinstance(src.threads, int) or isinstance(src.threads, bool) or not 1 <= src.threads <= 256:
             raise ConfigError(f"[sources.{name}]: threads must be a whole number from 1 to 256")
         if "full_every" in table and src.method != "physical":
             raise ConfigError(f"[sources.{name}]: full_every is for method = \"physical\" (incremental nights)")
+        if "subpage" in table and (src.method != "physical" or not isinstance(src.subpage, bool)):
+            raise ConfigError(f"[sources.{name}]: subpage is true or false, for method = \"physical\"")
         if not isinstance(src.full_every, int) or isinstance(src.full_every, bool) or src.full_every < 1:
             raise ConfigError(f"[sources.{name}]: full_every must be a whole number of nights, 1 or more "
                               f"(1: every physical backup is full)")

@@ -1,0 +1,235 @@
+"""mariabackup's stream on its way into the repository: fingerprinted (full), delta pages cut to blocks.
+
+:class:`SubpageStream` sits between mariabackup's stdout and the backup's
+reader.  Every chunk passes through as it came except:
+
+* in a full, tablespace files (``*.ibd``, ``ibdataN``, ``undoN``) are
+  fingerprinted into tonight's block map on their way past;
+* in an incremental, each ``X.delta`` becomes ``X.delta.drtool-subpage``
+  (:mod:`drtool.databases.subpage_format`): pages whose previous version the
+  map knows are stored as their changed 512-byte blocks; the map learns the
+  new pages' fingerprints.  ``xtrabackup_checkpoints`` is renamed too, so a
+  drtool from before sub-page members fails ``--prepare`` loudly (no
+  checkpoints) instead of applying an incremental without its pages.
+
+A ``.delta`` that cannot be cut (its ``.meta`` did not come first, or a
+ROW_FORMAT=COMPRESSED table) is stored as it came and dropped from the map,
+so the next night stores that file's pages whole.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from drtool.databases import innodb_delta as delta
+from drtool.databases import subpage_format as fmt
+from drtool.databases.blockmap import BlockMap, BlockMapStore
+from drtool.errors import SourceError
+from drtool.sources import mbstream
+from drtool.sources.mbstream import Chunk
+
+log = logging.getLogger("drtool")
+TABLESPACE = re.compile(rb"(?:^|/)(?:ibdata\d+|undo\d+)$|\.ibd$")
+CHECKPOINTS = b"xtrabackup_checkpoints"
+
+
+@dataclass
+class SubpageStats:
+    """What a night's rewrite did; recorded in the snapshot's meta (``subpage``)."""
+
+    pages: int = 0
+    pages_as_blocks: int = 0
+    delta_bytes: int = 0
+    stored_bytes: int = 0
+    files_as_came: list[str] = field(default_factory=list)
+
+    def meta(self) -> dict[str, Any]:
+        return {"format": fmt.FORMAT, "pages": self.pages, "pages_as_blocks": self.pages_as_blocks,
+                "delta_bytes": self.delta_bytes, "stored_bytes": self.stored_bytes,
+                "files_as_came": self.files_as_came[:20]}
+
+
+class _DeltaCut:
+    """One ``.delta`` file being cut: its parser and where its sub-page file has got to."""
+
+    def __init__(self, path: bytes, page_size: int) -> None:
+        self.path, self.page_size = path, page_size
+        self.parser = delta.DeltaParser(page_size)
+        self.written = 0
+        self.blocks_per_page = page_size // fmt.BLOCK
+
+
+class SubpageStream:
+    """A readable stream (``read1``/``readinto``) of the rewritten mbstream."""
+
+    def __init__(self, source: IO[bytes], blockmap: BlockMap, incremental: bool) -> None:
+        self._chunks = mbstream.read_chunks(source)
+        self._map, self._incremental = blockmap, incremental
+        self._pieces: deque[memoryview] = deque()
+        self._metas: dict[bytes, delta.DeltaMeta] = {}
+        self._cuts: dict[bytes, _DeltaCut] = {}
+        self.stats = SubpageStats()
+        self.cut_short = False
+
+    # ----- the reader's side -----------------------------------------------------------------
+    def read1(self, size: int = -1) -> bytes:
+        if not self._fill():
+            return b""
+        piece = self._pieces[0]
+        take = len(piece) if size < 0 else min(size, len(piece))
+        self._consume(take)
+        return bytes(piece[:take])
+
+    read = read1
+
+    def readinto(self, buffer: memoryview) -> int:
+        """As many pieces as fit, copied once into the caller's buffer (the backup's segments)."""
+        filled = 0
+        while filled < len(buffer) and self._fill():
+            piece = self._pieces[0]
+            take = min(len(buffer) - filled, len(piece))
+            buffer[filled:filled + take] = piece[:take]
+            self._consume(take)
+            filled += take
+        return filled
+
+    def _fill(self) -> bool:
+        """Make a piece ready; False at the end of the stream."""
+        while not self._pieces:
+            try:
+                chunk = next(self._chunks, None)
+            except mbstream.StreamCut:
+                chunk = None  # mariabackup died mid-chunk: its exit status is the message (``check_whole``)
+                self.cut_short = True
+            if chunk is None:
+                return False
+            self._take(chunk)
+        return True
+
+    def check_whole(self, source: str) -> None:
+        """After mariabackup exited 0: the stream must have ended between chunks, every .delta closed."""
+        if self.cut_short or self._cuts:
+            raise SourceError(f"the mariabackup stream of {source} was cut short (a chunk or a .delta file "
+                              f"is incomplete); no snapshot was written")
+
+    def _consume(self, count: int) -> None:
+        piece = self._pieces[0]
+        if count == len(piece):
+            self._pieces.popleft()
+        else:
+            self._pieces[0] = piece[count:]
+
+    def _emit(self, *parts: bytes) -> None:
+        self._pieces.extend(memoryview(part) for part in parts if part)
+
+    # ----- the rewrite -----------------------------------------------------------------------
+    def _take(self, chunk: Chunk) -> None:
+        path = chunk.path
+        if not self._incremental:
+            if chunk.kind == mbstream.PAYLOAD and TABLESPACE.search(path):
+                self._fingerprint_full(path, chunk.offset, chunk.payload)
+            self._emit(chunk.head, chunk.payload)
+            return
+        if path.endswith(delta.DELTA_SUFFIX):
+            self._delta_chunk(chunk)
+            return
+        if path.endswith(delta.META_SUFFIX) and chunk.kind == mbstream.PAYLOAD:
+            meta = delta.DeltaMeta.parse(chunk.payload)
+            if meta is not None:
+                self._metas[path[:-len(delta.META_SUFFIX)]] = meta
+        if path == CHECKPOINTS:
+            self._rename(chunk, CHECKPOINTS + fmt.SUFFIX)
+            return
+        self._emit(chunk.head, chunk.payload)
+
+    def _rename(self, chunk: Chunk, new_path: bytes) -> None:
+        if chunk.kind == mbstream.EOF:
+            self._emit(mbstream.eof_chunk(new_path, chunk.flags))
+        else:
+            self._emit(mbstream.payload_chunk(new_path, chunk.offset, chunk.payload, chunk.flags))
+
+    def _fingerprint_full(self, path: bytes, offset: int, payload: bytes) -> None:
+        if offset % fmt.BLOCK or len(payload) % fmt.BLOCK:
+            self._map.forget(path)  # not block-aligned: not a tablespace copy this map can follow
+            return
+        if payload:
+            self._map.write(path, offset // fmt.BLOCK, fmt.fingerprints(payload, self._map.seed), 0)
+
+    def _delta_chunk(self, chunk: Chunk) -> None:
+        target = chunk.path[:-len(delta.DELTA_SUFFIX)]
+        cut = self._cuts.get(chunk.path)
+        if cut is None:
+            meta = self._metas.get(target)
+            if meta is None or meta.zip_size:
+                self._map.forget(target)
+                if chunk.path.decode("utf-8", "replace") not in self.stats.files_as_came:
+                    self.stats.files_as_came.append(chunk.path.decode("utf-8", "replace"))
+                self._emit(chunk.head, chunk.payload)
+                return
+            cut = self._cuts[chunk.path] = _DeltaCut(chunk.path, meta.page_size)
+            self._write_cut(cut, fmt.file_header(meta.page_size))
+        if chunk.kind == mbstream.EOF:
+            cut.parser.finish()
+            del self._cuts[chunk.path]
+            self._emit(mbstream.eof_chunk(chunk.path + fmt.SUFFIX, chunk.flags))
+            return
+        self.stats.delta_bytes += len(chunk.payload)
+        records = [self._record(cut, target, item) for item in cut.parser.feed(chunk.payload)]
+        self._write_cut(cut, b"".join(records))
+
+    def _record(self, cut: _DeltaCut, target: bytes, item: tuple[str, int, bytes]) -> bytes:
+        kind, page_no, page = item
+        if kind == "header":
+            return fmt.header_record(page)
+        first = page_no * cut.blocks_per_page
+        new_fps = fmt.fingerprints(page, self._map.seed)
+        old_fps = (self._map.read(target, first, cut.blocks_per_page)
+                   if self._map.page_size(target) in (0, cut.page_size) else None)
+        record, stored = fmt.encode_page(page_no, page, new_fps, old_fps)
+        self._map.write(target, first, new_fps, cut.page_size)
+        self.stats.pages += 1
+        if stored < cut.blocks_per_page or record[0] == fmt.BLOCKS:
+            self.stats.pages_as_blocks += 1
+        return record
+
+    def _write_cut(self, cut: _DeltaCut, data: bytes) -> None:
+        if data:
+            self._emit(mbstream.payload_chunk(cut.path + fmt.SUFFIX, cut.written, data))
+            cut.written += len(data)
+            self.stats.stored_bytes += len(data)
+
+
+class SubpageNight:
+    """Tonight's block map and stream rewrite for one physical backup: begun before mariabackup
+    starts, committed under the snapshot's id once it is stored, thrown away if it is not."""
+
+    def __init__(self, store: BlockMapStore, parent_id: str | None) -> None:
+        self.store, self.incremental = store, parent_id is not None
+        parent = store.committed(parent_id) if parent_id else None
+        self.parent_known = parent is not None
+        if parent_id and parent is None:
+            log.warning("no block map of snapshot %s on this host (another host took it, or the cache was "
+                        "lost): tonight's incremental stores its changed pages whole; the next full starts "
+                        "a new map", parent_id[:8])
+        self.map = store.begin(parent)
+        self.stream: SubpageStream | None = None
+
+    def wrap(self, stdout: IO[bytes]) -> IO[bytes]:
+        self.stream = SubpageStream(stdout, self.map, self.incremental)
+        return self.stream  # type: ignore[return-value]
+
+    def finish(self, source: str, meta: dict[str, Any]) -> None:
+        """Refuse a cut stream; an incremental records the sub-page format it needs to be restored."""
+        assert self.stream is not None
+        self.stream.check_whole(source)
+        if self.incremental:
+            meta["subpage"] = {**self.stream.stats.meta(), "map_from_parent": self.parent_known}
+
+    def commit(self, snapshot_id: str) -> None:
+        self.store.commit(self.map, snapshot_id)
+
+    def abort(self) -> None:
+        self.store.abort(self.map)
