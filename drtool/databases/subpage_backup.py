@@ -71,6 +71,7 @@ class SubpageStream:
         self._pieces: deque[memoryview] = deque()
         self._metas: dict[bytes, delta.DeltaMeta] = {}
         self._cuts: dict[bytes, _DeltaCut] = {}
+        self._as_came: set[bytes] = set()
         self.stats = SubpageStats()
         self.cut_short = False
 
@@ -163,7 +164,8 @@ class SubpageStream:
         cut = self._cuts.get(chunk.path)
         if cut is None:
             meta = self._metas.get(target)
-            if meta is None or meta.zip_size:
+            if meta is None or meta.zip_size or chunk.path in self._as_came:
+                self._as_came.add(chunk.path)  # every later chunk of it too, even if its .meta comes now
                 self._map.forget(target)
                 if chunk.path.decode("utf-8", "replace") not in self.stats.files_as_came:
                     self.stats.files_as_came.append(chunk.path.decode("utf-8", "replace"))
@@ -176,6 +178,7 @@ class SubpageStream:
             del self._cuts[chunk.path]
             self._emit(mbstream.eof_chunk(chunk.path + fmt.SUFFIX, chunk.flags))
             return
+        chunk.check()
         self.stats.delta_bytes += len(chunk.payload)
         records = [self._record(cut, target, item) for item in cut.parser.feed(chunk.payload)]
         self._write_cut(cut, b"".join(records))

@@ -1,0 +1,189 @@
+"""The sub-page stream rewrite and the rebuild, on synthetic tablespaces and the real ``mbstream -x``.
+
+No server here (tests/test_mariadb_subpage.py has the real one): these build
+mbstreams the way mariabackup lays them out — a full with ``t.ibd``, an
+incremental with ``t.ibd.meta`` then ``t.ibd.delta`` — to reach what a small
+server does not: deltas of several clusters, chunks cut mid-page, files
+interleaved, a ``.delta`` before its ``.meta``, a stream cut short, a damaged
+chunk.  Every rebuilt ``.delta`` must be byte for byte the one written.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import random
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dbservers import maria_binary
+from drtool.databases import innodb_delta
+from drtool.databases.blockmap import BlockMapStore
+from drtool.databases.subpage_backup import SubpageStream
+from drtool.databases.subpage_restore import rebuild_chain
+from drtool.errors import SourceError
+from drtool.sources import mbstream
+
+PAGE = 4096  # small pages: a cluster names 1023 of them, so a few thousand cross clusters
+
+
+def tablespace(pages: int, seed: int) -> bytearray:
+    rng = random.Random(seed)
+    return bytearray(rng.randbytes(pages * PAGE))
+
+
+def delta_file(data: bytes, numbers: list[int]) -> bytes:
+    """``numbers``' pages of ``data`` laid out as mariabackup's write filter does."""
+    out = bytearray()
+    per = innodb_delta.per_cluster(PAGE)
+    for start in range(0, max(len(numbers), 1), per):
+        group = numbers[start:start + per]
+        last = start + per >= len(numbers)
+        header = bytearray(PAGE)
+        header[:4] = innodb_delta.LAST if last else innodb_delta.MORE
+        for i, number in enumerate(group):
+            struct.pack_into(">I", header, 4 + 4 * i, number)
+        if len(group) < per:
+            struct.pack_into(">I", header, 4 + 4 * len(group), innodb_delta.END)
+        out += header
+        for number in group:
+            out += data[number * PAGE:(number + 1) * PAGE]
+    return bytes(out)
+
+
+def chunks(path: bytes, data: bytes, cut: int) -> list[bytes]:
+    return [mbstream.payload_chunk(path, pos, data[pos:pos + cut]) for pos in range(0, len(data), cut)] + \
+        [mbstream.eof_chunk(path)]
+
+
+def interleave(first: list[bytes], second: list[bytes]) -> list[bytes]:
+    """Chunks of two files alternating (``--parallel``), each file's in its own order."""
+    return [x for pair in itertools.zip_longest(first, second) for x in pair if x is not None]
+
+
+def meta(page_size: int = PAGE, zip_size: int = 0) -> bytes:
+    return f"page_size = {page_size}\nzip_size = {zip_size}\nspace_id = 5\n".encode()
+
+
+def run(stream: bytes, blockmap_store: BlockMapStore, parent: str | None, name: str,
+        incremental: bool) -> tuple[bytes, SubpageStream]:
+    pending = blockmap_store.begin(blockmap_store.committed(parent) if parent else None)
+    rewritten = SubpageStream(io.BufferedReader(io.BytesIO(stream)), pending, incremental)  # type: ignore[arg-type]
+    buffer = bytearray(1 << 20)
+    out = bytearray()
+    while count := rewritten.readinto(memoryview(buffer)):
+        out += buffer[:count]
+    rewritten.check_whole(name)
+    blockmap_store.commit(pending, name)
+    return bytes(out), rewritten
+
+
+def extract(stream: bytes, target: Path) -> Path:
+    target.mkdir()
+    proc = subprocess.run([maria_binary("mbstream"), "-x", "-C", str(target)], input=stream, capture_output=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    return target
+
+
+def mutate(data: bytearray, pages: list[int], rng: random.Random) -> None:
+    """A few bytes in the middle and the page's header and trailer, as a row update does."""
+    for number in pages:
+        base = number * PAGE
+        for where in (16, rng.randrange(64, PAGE - 64), PAGE - 8):
+            data[base + where:base + where + 6] = rng.randbytes(6)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BlockMapStore:
+    (tmp_path / "maps").mkdir()
+    return BlockMapStore(tmp_path / "maps")
+
+
+def test_two_nights_over_several_clusters_rebuild_byte_for_byte(store: BlockMapStore, tmp_path: Path) -> None:
+    rng = random.Random(1)
+    data = tablespace(3000, 1)
+    full = b"".join(chunks(b"db/t.ibd", bytes(data), 1 << 20))
+    out, _ = run(full, store, None, "n0", False)
+    assert out == full  # a full passes through unchanged
+    nights = []
+    for n in (1, 2):
+        changed = sorted(rng.sample(range(3000), 2100))  # three clusters of 1023
+        mutate(data, changed, rng)
+        written = delta_file(bytes(data), changed)
+        stream = b"".join(chunks(b"db/t.ibd.meta", meta(), 1 << 20) + chunks(b"db/t.ibd.delta", written, 777_777))
+        out, rewritten = run(stream, store, f"n{n - 1}", f"n{n}", True)
+        assert rewritten.stats.pages == 2100 and rewritten.stats.pages_as_blocks == 2100
+        assert rewritten.stats.stored_bytes < 0.45 * len(written)  # 3 of 8 blocks a page, + 22 bytes
+        nights.append((out, written))
+    full_dir = extract(full, tmp_path / "full")
+    dirs = [extract(out, tmp_path / f"inc{n}") for n, (out, _) in enumerate(nights, 1)]
+    assert (dirs[0] / "db" / "t.ibd.delta.drtool-subpage").exists()
+    assert rebuild_chain(str(full_dir), [str(d) for d in dirs]) == 4200
+    for directory, (_, written) in zip(dirs, nights):
+        assert (directory / "db" / "t.ibd.delta").read_bytes() == written
+        assert not list(directory.rglob("*.drtool-subpage"))
+
+
+def test_a_delta_before_its_meta_is_stored_as_it_came_and_forgotten(store: BlockMapStore, tmp_path: Path) -> None:
+    rng = random.Random(2)
+    data = tablespace(50, 2)
+    full = b"".join(chunks(b"t.ibd", bytes(data), 1 << 20))
+    run(full, store, None, "n0", False)
+    mutate(data, [3, 7], rng)
+    first = delta_file(bytes(data), [3, 7])
+    delta_chunks = chunks(b"t.ibd.delta", first, 5000)  # its .meta comes between its chunks
+    stream = b"".join(delta_chunks[:1] + chunks(b"t.ibd.meta", meta(), 1 << 20) + delta_chunks[1:])
+    out, rewritten = run(stream, store, "n0", "n1", True)
+    assert rewritten.stats.files_as_came == ["t.ibd.delta"] and b"t.ibd.delta" + b".drtool-subpage" not in out
+    mutate(data, [3, 9], rng)  # page 3 again: its base is night 1's page, which the map no longer claims
+    second = delta_file(bytes(data), [3, 9])
+    stream = b"".join(chunks(b"t.ibd.meta", meta(), 1 << 20) + chunks(b"t.ibd.delta", second, 1 << 20))
+    out2, rewritten2 = run(stream, store, "n1", "n2", True)
+    assert rewritten2.stats.pages == 2 and rewritten2.stats.pages_as_blocks == 0  # whole: the map forgot t.ibd
+    dirs = [extract(out, tmp_path / "i1"), extract(out2, tmp_path / "i2")]
+    rebuild_chain(str(extract(full, tmp_path / "full")), [str(d) for d in dirs])
+    assert (dirs[0] / "t.ibd.delta").read_bytes() == first and (dirs[1] / "t.ibd.delta").read_bytes() == second
+
+
+def test_compressed_tables_pass_through(store: BlockMapStore) -> None:
+    data = tablespace(10, 3)
+    run(b"".join(chunks(b"t.ibd", bytes(data), 1 << 20)), store, None, "n0", False)
+    written = delta_file(bytes(data), [1, 2])
+    stream = b"".join(chunks(b"t.ibd.meta", meta(16384, PAGE), 1 << 20) + chunks(b"t.ibd.delta", written, 1 << 20))
+    out, rewritten = run(stream, store, "n0", "n1", True)
+    assert rewritten.stats.files_as_came == ["t.ibd.delta"] and out == stream
+
+
+def test_interleaved_files_and_renamed_checkpoints(store: BlockMapStore, tmp_path: Path) -> None:
+    rng = random.Random(4)
+    a, b = tablespace(40, 5), tablespace(40, 6)
+    full = b"".join(interleave(chunks(b"a.ibd", bytes(a), PAGE * 3), chunks(b"b.ibd", bytes(b), PAGE * 5)))
+    run(full, store, None, "n0", False)
+    mutate(a, [1, 30], rng)
+    mutate(b, [2, 39], rng)
+    da, db = delta_file(bytes(a), [1, 30]), delta_file(bytes(b), [2, 39])
+    parts = chunks(b"a.ibd.meta", meta(), 99) + chunks(b"b.ibd.meta", meta(), 99)
+    parts += interleave(chunks(b"a.ibd.delta", da, 5000), chunks(b"b.ibd.delta", db, 3001))
+    parts += chunks(b"xtrabackup_checkpoints", b"backup_type = incremental\n", 100)
+    out, rewritten = run(b"".join(parts), store, "n0", "n1", True)
+    assert rewritten.stats.pages_as_blocks == 4
+    inc = extract(out, tmp_path / "inc")
+    assert not (inc / "xtrabackup_checkpoints").exists()
+    rebuild_chain(str(extract(full, tmp_path / "full")), [str(inc)])
+    assert (inc / "a.ibd.delta").read_bytes() == da and (inc / "b.ibd.delta").read_bytes() == db
+    assert (inc / "xtrabackup_checkpoints").read_bytes() == b"backup_type = incremental\n"
+
+
+def test_a_stream_cut_short_or_damaged_is_refused(store: BlockMapStore) -> None:
+    data = tablespace(8, 7)
+    written = delta_file(bytes(data), [1])
+    stream = b"".join(chunks(b"t.ibd.meta", meta(), 1 << 20) + chunks(b"t.ibd.delta", written, 1 << 20))
+    with pytest.raises(SourceError, match="cut short"):
+        run(stream[:-40], store, None, "n1", True)
+    damaged = bytearray(stream)
+    damaged[-100] ^= 1  # inside the .delta payload
+    with pytest.raises(SourceError, match="a checksum does not match in t.ibd.delta"):
+        run(bytes(damaged), store, None, "n1", True)
