@@ -178,7 +178,6 @@ class SubpageStream:
             del self._cuts[chunk.path]
             self._emit(mbstream.eof_chunk(chunk.path + fmt.SUFFIX, chunk.flags))
             return
-        chunk.check()
         self.stats.delta_bytes += len(chunk.payload)
         records = [self._record(cut, target, item) for item in cut.parser.feed(chunk.payload)]
         self._write_cut(cut, b"".join(records))
