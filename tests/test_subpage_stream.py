@@ -187,3 +187,29 @@ def test_a_stream_cut_short_or_not_an_mbstream_is_refused(store: BlockMapStore) 
     not_magic[0:8] = b"XBSTCK02"
     with pytest.raises(SourceError, match="does not start with XBSTCK01"):
         run(bytes(not_magic), store, None, "n1", True)
+
+
+def test_a_map_that_cannot_be_written_is_not_kept_and_the_parents_stays(store: BlockMapStore,
+                                                                        tmp_path: Path) -> None:
+    """The cache's disk is gone mid-night (here: tonight's map directory removed): the stream is
+    still rewritten whole and correct, the map is thrown away, the parent's map is untouched."""
+    import shutil
+    rng = random.Random(8)
+    data = tablespace(20, 8)
+    full = b"".join(chunks(b"t.ibd", bytes(data), 1 << 20))
+    run(full, store, None, "n0", False)
+    mutate(data, [4, 5], rng)
+    written = delta_file(bytes(data), [4, 5])
+    stream = b"".join(chunks(b"t.ibd.meta", meta(), 1 << 20) + chunks(b"t.ibd.delta", written, 1 << 20))
+    pending = store.begin(store.committed("n0"))
+    shutil.rmtree(pending.directory)
+    rewritten = SubpageStream(io.BufferedReader(io.BytesIO(stream)), pending, True)  # type: ignore[arg-type]
+    out = b""
+    while piece := rewritten.read1(1 << 16):
+        out += piece
+    assert pending.failed and rewritten.stats.pages_as_blocks == 0  # the parent's links went with it
+    assert store.commit(pending, "n1") is False
+    assert store.committed("n1") is None and store.committed("n0") is not None
+    inc = extract(out, tmp_path / "inc")
+    rebuild_chain(str(extract(full, tmp_path / "full")), [str(inc)])
+    assert (inc / "t.ibd.delta").read_bytes() == written

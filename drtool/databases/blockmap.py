@@ -21,7 +21,6 @@ page is checked against a digest of the real page taken at backup time.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -47,7 +46,8 @@ class BlockMap:
                  writable: bool = False) -> None:
         self.directory, self.seed, self.files, self.writable = directory, seed, files, writable
         self._handles: dict[str, int] = {}
-        self._own: set[str] = set()  # files this map has its own copy of (not a parent's hard link)
+        self._own: set[str] = set()
+        self.failed = False  # files this map has its own copy of (not a parent's hard link)
 
     # ----- reading --------------------------------------------------------------------------
     def page_size(self, path: bytes) -> int | None:
@@ -60,7 +60,10 @@ class BlockMap:
         entry = self.files.get(_key(path))
         if entry is None:
             return None
-        data = os.pread(self._fd(str(entry["file"])), count * FP_BYTES, first_block * FP_BYTES)
+        try:
+            data = os.pread(self._fd(str(entry["file"])), count * FP_BYTES, first_block * FP_BYTES)
+        except OSError:
+            return None  # unreadable is unknown: the page is stored whole
         if len(data) != count * FP_BYTES:
             return None
         found = array("Q")
@@ -69,7 +72,21 @@ class BlockMap:
 
     # ----- writing --------------------------------------------------------------------------
     def write(self, path: bytes, first_block: int, fps: array, page_size: int) -> None:
-        """Record ``fps`` for the blocks from ``first_block`` (copying a parent's file on first write)."""
+        """Record ``fps`` for the blocks from ``first_block`` (copying a parent's file on first write).
+
+        A map that cannot be written (disk full, cache removed) is not an error of the backup: it
+        is marked ``failed``, no longer written, and never committed (the next night stores whole
+        pages and starts a new one)."""
+        if self.failed:
+            return
+        try:
+            self._write(path, first_block, fps, page_size)
+        except OSError as exc:
+            self.failed = True
+            log.warning("the block map in %s cannot be written (%s): the next night stores its changed "
+                        "pages whole", self.directory, exc.strerror or exc)
+
+    def _write(self, path: bytes, first_block: int, fps: array, page_size: int) -> None:
         key = _key(path)
         entry = self.files.get(key)
         if entry is None:
@@ -90,8 +107,12 @@ class BlockMap:
         self._own.discard(key)
         if entry is not None:
             self._close(str(entry["file"]))
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(self.directory / str(entry["file"]))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                self.failed = True
 
     def _break_link(self, name: str) -> None:
         """A parent's file is hard-linked in; copy it before changing it (the parent's map stays valid)."""
@@ -168,20 +189,31 @@ class BlockMapStore:
             os.link(parent.directory / str(entry["file"]), directory / str(entry["file"]))
         return BlockMap(directory, parent.seed, {k: dict(v) for k, v in parent.files.items()}, writable=True)
 
-    def commit(self, pending: BlockMap, snapshot_id: str) -> None:
-        """Make ``pending`` the map of the committed ``snapshot_id`` and drop the older ones."""
-        pending.sync()
-        pending.close()
-        final = self.base / snapshot_id
-        os.replace(pending.directory, final)
-        fd = os.open(self.base, os.O_RDONLY)
+    def commit(self, pending: BlockMap, snapshot_id: str) -> bool:
+        """Make ``pending`` the map of the committed ``snapshot_id`` and drop the older ones; False
+        (and the map thrown away) when it could not be written whole — the snapshot is stored either
+        way, and the next night stores whole pages."""
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            if pending.failed:
+                raise OSError("a write failed earlier")
+            pending.sync()
+            pending.close()
+            final = self.base / snapshot_id
+            os.replace(pending.directory, final)
+            fd = os.open(self.base, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("the block map of snapshot %s could not be kept (%s): the next night stores its "
+                        "changed pages whole", snapshot_id[:8], exc.strerror or exc)
+            self.abort(pending)
+            return False
         for entry in self.base.iterdir():
             if entry.name != snapshot_id and not entry.name.startswith(PENDING):
                 shutil.rmtree(entry, ignore_errors=True)
+        return True
 
     def abort(self, pending: BlockMap) -> None:
         pending.close()

@@ -98,7 +98,12 @@ def _subpage_night(session: Session, src: mariadb.MariaSource, parent: Snapshot 
         log.warning("source %s: no writable cache directory for the block map; incrementals store whole "
                     "pages (set DRTOOL_CACHE_DIR)", src.name)
         return None
-    return SubpageNight(store, parent.id if parent is not None else None)
+    try:
+        return SubpageNight(store, parent.id if parent is not None else None)
+    except OSError as exc:
+        log.warning("source %s: the block map cannot be started in %s (%s); tonight is stored as mariabackup "
+                    "writes it", src.name, store.base, exc.strerror or exc)
+        return None
 
 
 def _server_facts(src: mariadb.MariaSource) -> tuple[str, bool]:

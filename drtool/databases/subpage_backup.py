@@ -230,8 +230,8 @@ class SubpageNight:
         if self.incremental:
             meta["subpage"] = {**self.stream.stats.meta(), "map_from_parent": self.parent_known}
 
-    def commit(self, snapshot_id: str) -> None:
-        self.store.commit(self.map, snapshot_id)
+    def commit(self, snapshot_id: str) -> bool:
+        return self.store.commit(self.map, snapshot_id)
 
     def abort(self) -> None:
         self.store.abort(self.map)
