@@ -79,6 +79,21 @@ def make_env(tmp: Path) -> DrEnv:
     return DrEnv(tmp, tmp / "repo", tmp / "catalog.sqlite", env)
 
 
+def fixture_copy(fixture: Path, tmp: Path, old_catalog: bool) -> DrEnv:
+    """A checked-in repository made by an earlier drtool (tests/fixtures/*), copied so a test may
+    write to it, opened with its passphrase file; with ``old_catalog``, the catalog file it came
+    with (so the catalog migrations run on it), else a fresh catalog rebuilt from the repository."""
+    import shutil
+    env = make_env(tmp)
+    shutil.copytree(fixture / "repo", env.repo)
+    (env.repo / "locks").mkdir(exist_ok=True)  # git keeps no empty directories
+    if old_catalog:
+        shutil.copy(fixture / "catalog.sqlite", env.catalog)
+    env.env.pop("DRTOOL_PASSWORD")
+    env.env["DRTOOL_PASSWORD_FILE"] = str(fixture / "passphrase")
+    return env
+
+
 @pytest.fixture
 def dr(tmp_path: Path) -> DrEnv:
     return make_env(tmp_path / "dr")

@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import DrEnv, ROOT, make_env
+from conftest import DrEnv, ROOT, fixture_copy
 
 FIXTURE = ROOT / "tests" / "fixtures" / "repo-format-1"
 
@@ -34,14 +33,7 @@ def manifest(root: Path) -> dict[str, dict[str, object]]:
 
 @pytest.fixture(params=["fresh-catalog", "old-catalog"])
 def fixture_env(request: pytest.FixtureRequest, tmp_path: Path) -> DrEnv:
-    env = make_env(tmp_path / "dr")
-    shutil.copytree(FIXTURE / "repo", env.repo)
-    (env.repo / "locks").mkdir(exist_ok=True)  # git keeps no empty directories
-    if request.param == "old-catalog":
-        shutil.copy(FIXTURE / "catalog.sqlite", env.catalog)
-    env.env.pop("DRTOOL_PASSWORD")
-    env.env["DRTOOL_PASSWORD_FILE"] = str(FIXTURE / "passphrase")
-    return env
+    return fixture_copy(FIXTURE, tmp_path / "dr", old_catalog=request.param == "old-catalog")
 
 
 def test_old_repository_lists_restores_and_checks(fixture_env: DrEnv, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from conftest import DrEnv, ROOT, make_env
+from conftest import DrEnv, ROOT, fixture_copy
 from dbservers import short_tmpdir, stop_restored_mariadb, write_config
 
 FIXTURE = ROOT / "tests" / "fixtures" / "mariadb-physical-1"
@@ -28,13 +28,7 @@ EXPECTED: dict[str, Any] = json.loads((FIXTURE / "expected.json").read_text())
 
 @pytest.fixture(params=["fresh-catalog", "old-catalog"])
 def fixture_env(request: pytest.FixtureRequest, tmp_path: Path) -> DrEnv:
-    env = make_env(tmp_path / "dr")
-    shutil.copytree(FIXTURE / "repo", env.repo)
-    (env.repo / "locks").mkdir(exist_ok=True)  # git keeps no empty directories
-    if request.param == "old-catalog":
-        shutil.copy(FIXTURE / "catalog.sqlite", env.catalog)
-    env.env.pop("DRTOOL_PASSWORD")
-    env.env["DRTOOL_PASSWORD_FILE"] = str(FIXTURE / "passphrase")
+    env = fixture_copy(FIXTURE, tmp_path / "dr", old_catalog=request.param == "old-catalog")
     # the socket named here does not exist: nothing may connect to the (gone) source to restore it
     config = write_config(env.tmp / "drtool.toml", str(env.repo),
                           {EXPECTED["source"]: {"type": "mariadb", "socket": str(env.tmp / "gone.sock"),
