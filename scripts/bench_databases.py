@@ -246,8 +246,10 @@ class MariaBench:
             self.sql(f"UPDATE sbtest{t} SET k = k + 1, c = REVERSE(c) WHERE id % 100 = 0", "sbtest")
         self.settle()
         out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "phys"))
+        out["physical_night2_cpu_s"] = LAST_CPU
         out["physical_night2_stored"] = dr.stored("phys")
         night2 = json.loads(dr("snapshots", "--name", "phys", "--json"))[-1]
+        out["physical_night2_subpage"] = night2["meta"].get("subpage")
         self.night2_id = night2["id"]
         out["physical_night2_type"] = night2["meta"].get("backup_type", "full")
         out["physical_night2_streamed"] = night2["meta"].get("dump_bytes")
@@ -281,9 +283,11 @@ class MariaBench:
         out["floor_restore_s"] = best(floor, copy)
         out["physical_full_restore_s"] = best(lambda i: dr("-v", "restore", night1[:12], "--source", "phys",
                                                            "--target", str(root / f"r-full{i}")), root / "r-full")
+        out["physical_full_restore_cpu_s"] = LAST_CPU
         shutil.rmtree(f"{root / 'r-full'}{REPEAT - 1}", ignore_errors=True)
         out["physical_restore_s"] = best(lambda i: dr("-v", "restore", phys[:12], "--source", "phys",
                                                       "--target", str(root / f"r-phys{i}")), root / "r-phys")
+        out["physical_restore_cpu_s"] = LAST_CPU
         shutil.rmtree(f"{copy}{REPEAT - 1}", ignore_errors=True)
         shutil.rmtree(f"{root / 'r-phys'}{REPEAT - 1}", ignore_errors=True)
         plan = json.loads(dr("restore", "--source", "phys", "--latest", "--target", "/nonexistent",
@@ -373,6 +377,9 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
         cells = [fn(d) if d else "—" for d in (maria, pg)]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
 
+    def cpu(d: dict[str, Any], key: str) -> str:
+        return f", CPU {d[key]:.1f} s" if d.get(key) else ""
+
     def ratio(d: dict[str, Any], a: str, b: str) -> str:
         return f"{d[a]:.1f} s ({d[a] / d[b]:.2f}×)" if d.get(a) is not None else "—"
     row("data size (data + indexes)", lambda d: mib(d["data_bytes"]))
@@ -384,10 +391,13 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
         else "—")
     row("  stored", lambda d: mib(d["physical_night1_stored"]))
     row("drtool physical, night 2 after 1 % rows changed", lambda d: f"{d['physical_night2_s']:.1f} s"
-        + (f" ({d['physical_night2_type']})" if "physical_night2_type" in d else ""))
+        + (f" ({d['physical_night2_type']})" if "physical_night2_type" in d else "")
+        + (f", CPU {d['physical_night2_cpu_s']:.1f} s" if d.get("physical_night2_cpu_s") else ""))
     row("  stored (share of data size)", lambda d: f"{mib(d['physical_night2_stored'])} "
                                                  f"({d['physical_night2_stored'] / d['data_bytes']:.1%})"
-        + (f", streamed {mib(d['physical_night2_streamed'])}" if d.get("physical_night2_streamed") else ""))
+        + (f", streamed {mib(d['physical_night2_streamed'])}" if d.get("physical_night2_streamed") else "")
+        + (f"; {d['physical_night2_subpage']['pages_as_blocks']} of {d['physical_night2_subpage']['pages']} "
+           f"changed pages as blocks" if d.get("physical_night2_subpage") else ""))
     row("  the same night 2 as a full backup: time / stored",
         lambda d: f"{d['physical_night2_full_s']:.1f} s / {mib(d['physical_night2_full_stored'])} "
                   f"({d['physical_night2_full_stored'] / d['data_bytes']:.1%})" if "physical_night2_full_s" in d
@@ -405,8 +415,10 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
         else "—")
     row("restore floor by hand (cp -a [+ prepare])", lambda d: f"{d['floor_restore_s']:.1f} s")
     row("drtool physical restore of night 1, a full (× floor)",
-        lambda d: ratio(d, "physical_full_restore_s", "floor_restore_s") if "physical_full_restore_s" in d else "—")
-    row("drtool physical restore of night 2 (× floor)", lambda d: ratio(d, "physical_restore_s", "floor_restore_s"))
+        lambda d: ratio(d, "physical_full_restore_s", "floor_restore_s") + cpu(d, "physical_full_restore_cpu_s")
+        if "physical_full_restore_s" in d else "—")
+    row("drtool physical restore of night 2 (× floor)",
+        lambda d: ratio(d, "physical_restore_s", "floor_restore_s") + cpu(d, "physical_restore_cpu_s"))
     row("drtool logical restore (load)", lambda d: f"{d['logical_restore_s']:.1f} s" if "logical_restore_s" in d else "—")
     row("drtool mydumper restore: database / one of 4 tables (2 threads)",
         lambda d: f"{d['mydumper_restore_s']:.1f} s / {d['mydumper_table_restore_s']:.1f} s"
