@@ -149,13 +149,24 @@ def test_a_delta_before_its_meta_is_stored_as_it_came_and_forgotten(store: Block
     assert (dirs[0] / "t.ibd.delta").read_bytes() == first and (dirs[1] / "t.ibd.delta").read_bytes() == second
 
 
+def test_an_empty_delta_is_rebuilt_empty(store: BlockMapStore, tmp_path: Path) -> None:
+    run(b"".join(chunks(b"t.ibd", bytes(tablespace(4, 9)), 1 << 20)), store, None, "n0", False)
+    stream = b"".join(chunks(b"t.ibd.meta", meta(), 1 << 20)) + mbstream.eof_chunk(b"t.ibd.delta")
+    out, rewritten = run(stream, store, "n0", "n1", True)
+    assert rewritten.stats.pages == 0
+    inc = extract(out, tmp_path / "inc")
+    rebuild_chain(str(tmp_path), [str(inc)])
+    assert (inc / "t.ibd.delta").read_bytes() == b""
+
+
 def test_compressed_tables_pass_through(store: BlockMapStore) -> None:
     data = tablespace(10, 3)
     run(b"".join(chunks(b"t.ibd", bytes(data), 1 << 20)), store, None, "n0", False)
     written = delta_file(bytes(data), [1, 2])
     stream = b"".join(chunks(b"t.ibd.meta", meta(16384, PAGE), 1 << 20) + chunks(b"t.ibd.delta", written, 1 << 20))
     out, rewritten = run(stream, store, "n0", "n1", True)
-    assert rewritten.stats.files_as_came == ["t.ibd.delta"] and out == stream
+    assert rewritten.stats.files_as_came == ["t.ibd.delta"] and rewritten.stats.count_as_came == 1
+    assert out == stream
 
 
 def test_interleaved_files_and_renamed_checkpoints(store: BlockMapStore, tmp_path: Path) -> None:

@@ -78,11 +78,13 @@ class DeltaParser:
         self._pending: list[int] = []
         self._next = 0
         self._ended = False
+        self._fed = False
 
     def feed(self, data: bytes | memoryview) -> Iterator[tuple[str, int, bytes]]:
         """Items for the whole pages ``data`` completes; the rest is kept for the next piece."""
         size = self.page_size
         view = memoryview(data)
+        self._fed = self._fed or bool(view)
         start = 0
         if self._carry:
             need = size - len(self._carry)
@@ -108,6 +110,8 @@ class DeltaParser:
         return "header", -1, page
 
     def finish(self) -> None:
+        if not self._fed and not self._carry:
+            return  # an empty .delta: nothing to rebuild either
         if self._carry or self._next < len(self._pending) or not self._ended:
             raise SourceError("an incremental .delta file ends in the middle of a cluster: the stream was cut")
 

@@ -44,12 +44,21 @@ class SubpageStats:
     pages_as_blocks: int = 0
     delta_bytes: int = 0
     stored_bytes: int = 0
-    files_as_came: list[str] = field(default_factory=list)
+    files_as_came: list[str] = field(default_factory=list)  # the first 20 named
+    count_as_came: int = 0
+    _seen: set[bytes] = field(default_factory=set)
+
+    def note_as_came(self, path: bytes) -> None:
+        if path not in self._seen:
+            self._seen.add(path)
+            self.count_as_came += 1
+            if len(self.files_as_came) < 20:
+                self.files_as_came.append(path.decode("utf-8", "replace"))
 
     def meta(self) -> dict[str, Any]:
         return {"format": fmt.FORMAT, "pages": self.pages, "pages_as_blocks": self.pages_as_blocks,
                 "delta_bytes": self.delta_bytes, "stored_bytes": self.stored_bytes,
-                "files_as_came": self.files_as_came[:20]}
+                "files_as_came": self.files_as_came, "count_as_came": self.count_as_came}
 
 
 class _DeltaCut:
@@ -167,8 +176,7 @@ class SubpageStream:
             if meta is None or meta.zip_size or chunk.path in self._as_came:
                 self._as_came.add(chunk.path)  # every later chunk of it too, even if its .meta comes now
                 self._map.forget(target)
-                if chunk.path.decode("utf-8", "replace") not in self.stats.files_as_came:
-                    self.stats.files_as_came.append(chunk.path.decode("utf-8", "replace"))
+                self.stats.note_as_came(chunk.path)
                 self._emit(chunk.head, chunk.payload)
                 return
             cut = self._cuts[chunk.path] = _DeltaCut(chunk.path, meta.page_size)
