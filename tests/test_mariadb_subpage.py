@@ -203,3 +203,57 @@ def test_rebuilt_delta_files_are_what_mariabackup_wrote(nights: Nights, tmp_path
     for inc in incs:
         step = subprocess.run(prepare + [f"--incremental-dir={inc}"], capture_output=True, text=True, check=False)
         assert step.returncode == 0, step.stderr[-500:]
+
+
+def test_tables_created_dropped_truncated_and_rebuilt_between_nights(nights: Nights) -> None:
+    """DDL between the nights of a chain, with mariabackup copying in parallel (chunks of several
+    files interleaved): every table restores as it was, whatever became of its file."""
+    server, dr = nights.server, nights.dr
+    config = write_config(dr.tmp / "ddl.toml", str(dr.repo),
+                          {"ddl": server.source(method="physical", options=["--parallel=4"])})
+    env = {"DRTOOL_CONFIG": str(config)}
+    for name in ("gone", "emptied", "rebuilt"):
+        server.sql(f"CREATE TABLE wiki.{name} (id INT PRIMARY KEY, body VARCHAR(400))")
+        server.sql(f"INSERT INTO {name} SELECT seq, REPEAT(SHA2(seq, 256), 5) FROM seq_1_to_3000", "wiki")
+    tables = "wiki.pages, wiki.events, wiki.emptied, wiki.rebuilt"
+
+    def night() -> tuple[str, list[tuple[Any, ...]], dict[str, Any]]:
+        settle(server)
+        sums = server.sql(f"CHECKSUM TABLE {tables}")
+        result = dr.run("backup", "--source", "ddl", "--json", env=env)
+        assert result.code == 0, result.err
+        (made,) = json.loads(result.out)["sources"]["ddl"]
+        return made["id"], sums, made["meta"]
+    night()
+    server.sql("DROP TABLE wiki.gone")
+    server.sql("TRUNCATE TABLE wiki.emptied")
+    server.sql("INSERT INTO emptied SELECT seq, 'after truncate' FROM seq_1_to_100", "wiki")
+    server.sql("ALTER TABLE wiki.rebuilt ADD COLUMN extra INT NOT NULL DEFAULT 7, FORCE")
+    server.sql("CREATE TABLE wiki.born (id INT PRIMARY KEY, body VARCHAR(100))")
+    server.sql("INSERT INTO born SELECT seq, 'new' FROM seq_1_to_500", "wiki")
+    nights.change(5)
+    second, second_sums, second_meta = night()
+    server.sql("UPDATE wiki.rebuilt SET body = REVERSE(body) WHERE id % 10 = 0")
+    server.sql("UPDATE wiki.born SET body = 'changed' WHERE id % 3 = 0")
+    nights.change(6)
+    third, third_sums, third_meta = night()
+    assert second_meta["backup_type"] == third_meta["backup_type"] == "incremental"
+    assert third_meta["subpage"]["pages_as_blocks"] > 0
+    for snapshot_id, sums, name in ((second, second_sums, "ddl2"), (third, third_sums, "ddl3")):
+        target = Path(server.root) / name
+        try:
+            result = dr.run("restore", snapshot_id[:12], "--source", "ddl", "--target", str(target), "--start",
+                            "--json", env=env)
+            assert result.code == 0, result.err
+            conn = pymysql.connect(unix_socket=json.loads(result.out)["socket"], user="root",
+                                   password=server.password)
+            with conn.cursor() as cur:
+                cur.execute(f"CHECKSUM TABLE {tables}")
+                assert list(cur.fetchall()) == sums, f"{name} restored differently"
+                cur.execute("SELECT COUNT(*) FROM wiki.born")
+                assert cur.fetchone() == (500,)
+                cur.execute("SHOW TABLES FROM wiki LIKE 'gone'")
+                assert cur.fetchall() == ()
+            conn.close()
+        finally:
+            stop_restored_mariadb(target)
