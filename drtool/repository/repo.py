@@ -8,11 +8,12 @@ every pending pack and then the index object that names them, and only after
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from drtool.backends import capabilities
 from drtool.backends.base import Backend
@@ -372,6 +373,13 @@ class Repository:
             with contextlib.suppress(DrtoolError):
                 self.backend.delete(pack_name(record.pack_id))
         self._unindexed = []
+
+    def with_index(self, index: Any) -> "Repository":
+        """This repository (same backend, keys and caches) looking blobs up in ``index``: a question
+        asked of another index (the local cache as it stands) without swapping this one's."""
+        view = copy.copy(self)
+        view.index = index
+        return view
 
     def locate(self, blob_id: bytes) -> Location:
         loc = self.index.get(blob_id)

@@ -70,11 +70,7 @@ def missing_data_cached(repo: Repository, snaps: Iterable[Snapshot]) -> dict[str
     if disk is None or len(disk) == 0:  # a host that never loaded this repository's index: nothing to ask
         return None
     from drtool.repository.layered import LayeredIndex
-    saved, repo.index = repo.index, LayeredIndex(disk)
-    try:
-        return missing_data(repo, snaps)
-    finally:
-        repo.index = saved
+    return missing_data(repo.with_index(LayeredIndex(disk)), snaps)
 
 
 def packs_of(repo: Repository, snap: Snapshot) -> dict[bytes, int]:
