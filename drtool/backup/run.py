@@ -26,6 +26,7 @@ from drtool.core.session import Session
 from drtool.backup.readers import Reading
 from drtool.browse.trees import WalkedChanges
 from drtool.backup.treewalk import CONTENT_HASHES, ProgressFn, TreeWalker, WalkStats
+from drtool.repository.cacheenv import CACHE_ERRORS
 from drtool.repository.locks import Lock
 from drtool.snapshot.model import FILE, Node, Snapshot
 from drtool.snapshot.names import display, entry_name_problem, label_problem
@@ -177,7 +178,7 @@ def _mark_complete(session: Session, tree_id: str, since: bytes, listings: dict[
     try:
         session.repo.index.record_listings(listings)
         session.repo.index.mark_complete(tree_id, since)
-    except Exception as exc:  # an LMDB error, a full disk: the next run looks every blob up
+    except CACHE_ERRORS as exc:  # an LMDB error, a full disk: the next run looks every blob up
         log.info("index cache: no completeness mark for tree %s (%s)", tree_id[:8], exc)
 
 

@@ -35,6 +35,11 @@ class CacheUnusable(Exception):
     """This directory cannot hold the cache for this process (permissions, no space, no LMDB)."""
 
 
+# What writing to the cache may raise that only costs a speed-up (a full disk, an LMDB error):
+# callers that treat the cache as optional catch these, and let anything else (a bug) through.
+CACHE_ERRORS: tuple[type[BaseException], ...] = (lmdb.Error, OSError, CacheUnusable)
+
+
 def cache_roots() -> list[Path]:
     """Where to try, in order: ``DRTOOL_CACHE_DIR`` (may be shared, e.g. /var/cache/drtool), the
     user's XDG cache, then a private directory under the temporary directory."""
