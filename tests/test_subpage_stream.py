@@ -251,3 +251,23 @@ def test_a_section_of_many_tables_keeps_few_files_open(store: BlockMapStore, tmp
     inc = extract(bytes(out), tmp_path / "inc")
     rebuild_chain(str(extract(full, tmp_path / "full")), [str(inc)])
     assert all((inc / path.decode()).with_suffix(".ibd.delta").read_bytes() == data for path, data in written.items())
+
+
+def test_a_full_disk_while_rebuilding_is_one_line_naming_the_file(store: BlockMapStore, tiny_fs: Path) -> None:
+    """The target's file system fills up while a .delta is rebuilt (a real 2 MiB tmpfs): a restore
+    error naming the file and what to do, not an OSError."""
+    from drtool.errors import RestoreTargetError
+    rng = random.Random(10)
+    data = tablespace(300, 10)
+    full = b"".join(chunks(b"t.ibd", bytes(data), 1 << 20))
+    run(full, store, None, "n0", False)
+    changed = list(range(300))
+    mutate(data, changed, rng)
+    stream = b"".join(chunks(b"t.ibd.meta", meta(), 1 << 20) +
+                      chunks(b"t.ibd.delta", delta_file(bytes(data), changed), 1 << 20))
+    out, _ = run(stream, store, "n0", "n1", True)
+    full_dir, inc = extract(full, tiny_fs / "full"), extract(out, tiny_fs / "inc")  # 1.2 MiB + ~0.5 MiB
+    with pytest.raises(RestoreTargetError) as caught:
+        rebuild_chain(str(full_dir), [str(inc)])  # the rebuilt 1.2 MiB does not fit
+    assert str(caught.value).startswith(f"cannot rebuild {inc / 't.ibd.delta'}: No space left on device")
+    assert "free space on the --target file system" in caught.value.hint

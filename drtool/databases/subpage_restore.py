@@ -134,13 +134,20 @@ def _rebuild_file(directory: str, relative: str, bases: _Bases) -> int:
         raise RestoreTargetError(f"{output} and its sub-page form are both in the stored stream; nothing "
                                  f"was restored")
     pages = 0
-    with open(source, "rb") as handle, open(output, "wb") as out:
-        page_size = fmt.page_size_of(handle, source)
-        for kind, page_no, digest, data, mask in fmt.read_records(handle, source):
-            if kind == fmt.BLOCKS:
-                where = f"page {page_no} of {target} in {directory}"
-                data = fmt.rebuild_page(bases.page(target, page_no, page_size, where), mask, data, digest, where)
-                pages += 1
-            out.write(data)
-    os.unlink(source)
+    try:
+        with open(source, "rb") as handle, open(output, "wb") as out:
+            page_size = fmt.page_size_of(handle, source)
+            for kind, page_no, digest, data, mask in fmt.read_records(handle, source):
+                if kind == fmt.BLOCKS:
+                    where = f"page {page_no} of {target} in {directory}"
+                    data = fmt.rebuild_page(bases.page(target, page_no, page_size, where), mask, data, digest,
+                                            where)
+                    pages += 1
+                out.write(data)
+        os.unlink(source)
+    except OSError as exc:
+        raise RestoreTargetError(f"cannot rebuild {output}: {exc.strerror or exc}; nothing was restored",
+                                 hint="free space on the --target file system (each incremental's .delta files "
+                                      "are rebuilt there at their full size) or restore to another --target") \
+            from None
     return pages
