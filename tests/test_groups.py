@@ -280,9 +280,9 @@ def test_the_end_of_a_dump_seals_its_long_group_and_frees_its_buffers() -> None:
             buf[:len(part)] = part
             refs.append(pipeline.add_buffer_segment(buf, len(part), pipeline.text_chunker))
         ids = resolve(refs)  # every segment stored: one long group sealed, the second still open
-        assert repo.group_buffer_bytes() >= TEXT_GROUP_TARGET_SIZE
+        assert repo.group_buffer_bytes() >= 1 << repo.envelope.stream_window_log  # its context
         pipeline.end_of_text_file()
-        assert repo.group_buffer_bytes() == 0  # no open long group, no 16 MiB spare
+        assert repo.group_buffer_bytes() == 0  # no open long group, no context or spare kept
         refs = [pipeline.add_segment(_text(1 << 20, seed=2), pipeline.short_text_chunker)]
         resolve(refs)
         assert repo.group_buffer_bytes() < TEXT_GROUP_TARGET_SIZE // 2
@@ -292,17 +292,16 @@ def test_the_end_of_a_dump_seals_its_long_group_and_frees_its_buffers() -> None:
     assert b"".join(bytes(b) for b in repo.read_blobs([bytes.fromhex(i) for i in ids])) == dump
 
 
-def test_a_dump_still_being_stored_is_sealed_by_its_last_segment() -> None:
+def test_the_end_of_a_dump_waits_for_its_segments_and_then_seals_its_long_groups() -> None:
     import threading
 
     from drtool.backup.pipeline import ChunkPipeline, resolve
-    from drtool.repository.repo import TEXT_GROUP_TARGET_SIZE
     repo = _repo()
     pipeline = ChunkPipeline(repo, workers=2)
     dump = _text(10 << 20, seed=3)
     try:
         gate = threading.Event()
-        pipeline._pool.submit(gate.wait)  # one worker held: the dump's segments queue behind it
+        pipeline._pool.submit(gate.wait)  # both workers held: the dump's segments queue behind them
         pipeline._pool.submit(gate.wait)
         buf = pipeline.take_buffer()
         buf[:len(dump) - (8 << 20)] = dump[8 << 20:]
@@ -310,10 +309,15 @@ def test_a_dump_still_being_stored_is_sealed_by_its_last_segment() -> None:
         first[:8 << 20] = dump[:8 << 20]
         refs = [pipeline.add_buffer_segment(first, 8 << 20, pipeline.text_chunker),
                 pipeline.add_buffer_segment(buf, len(dump) - (8 << 20), pipeline.text_chunker)]
-        pipeline.end_of_text_file()  # nothing stored yet: sealed when the last segment is
+        walk = threading.Thread(target=pipeline.end_of_text_file)
+        walk.start()
+        walk.join(0.3)
+        assert walk.is_alive()  # nothing stored yet: the walk does not read on
         gate.set()
+        walk.join(30)
+        assert not walk.is_alive()
+        assert repo.group_buffer_bytes() == 0  # stored, sealed, contexts freed before the walk goes on
         ids = resolve(refs)
-        assert repo.group_buffer_bytes() < TEXT_GROUP_TARGET_SIZE
     finally:
         pipeline.close()
     repo.flush()
