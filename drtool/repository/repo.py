@@ -24,9 +24,9 @@ from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (IndexCache, Location, MemoryIndex, PackRecord, decode_index,
                                      decode_index_packed, encode_index)
 from drtool.repository.layered import LayeredIndex
-from drtool.repository.longgroups import LongGroups, StreamGroup
-from drtool.repository.keyslots import clear_interrupted_init, unlock_master, wrap_slot
-from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, KEYS, PACKS,
+from drtool.repository.longgroups import LongGroups
+from drtool.repository.keyslots import clear_interrupted_init, list_slots, remove_slot, unlock_master, wrap_slot
+from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, PACKS,
                                        RepoConfig, key_name, object_name, pack_name)
 from drtool.repository.packfile import (FOOTER, BlobEntry, BufferPool, OpenGroup, PackBuilder,
                                         PackFormatError, SealedGroup, group_kind, groups_of, open_group,
@@ -126,14 +126,7 @@ class Repository:
 
     # ----- key slots --------------------------------------------------------------
     def list_key_slots(self) -> list[KeySlot]:
-        slots = []
-        for info in self.backend.list(f"{KEYS}/"):
-            slot_id = info.name.split("/", 1)[1]
-            try:
-                slots.append(KeySlot.from_bytes(slot_id, self.backend.get(info.name)))
-            except ValueError:
-                slots.append(KeySlot(slot_id, b"", KdfParams(), b"", "", label="<damaged>"))
-        return sorted(slots, key=lambda s: s.created)
+        return list_slots(self.backend)
 
     def add_key_slot(self, passphrase: bytes, *, kdf: KdfParams | None = None, label: str = "") -> KeySlot:
         slot = wrap_slot(self.master, passphrase, kdf, label)
@@ -141,13 +134,7 @@ class Repository:
         return slot
 
     def remove_key_slot(self, slot_id: str) -> None:
-        ids = [s.slot_id for s in self.list_key_slots()]
-        if slot_id not in ids:
-            raise DrtoolError(f"no key slot {slot_id}", hint="see 'drtool key list'")
-        if len(ids) == 1:
-            raise DrtoolError("refusing to remove the last key slot",
-                              hint="add another key first, or the repository becomes unreadable")
-        self.backend.delete(key_name(slot_id))
+        remove_slot(self.backend, slot_id)
 
     # ----- index ------------------------------------------------------------------
     def load_index(self, trees_only: bool = False, read_only: bool = False) -> None:
