@@ -7,6 +7,7 @@ depth, never on the size of the data set.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import time
@@ -24,6 +25,10 @@ BATCH_BUFFER = BATCH_BYTES + 256 * 1024  # a batch closes past 1 MiB; a small fi
 BATCH_BUFFERS_KEPT = 6
 SEGMENT_BYTES = 8 * 1024 * 1024
 SEGMENT_BUFFERS = 2  # two workers cutting and one being read into (4 cost 8 MiB of peak RSS for no speed)
+# A segment buffer given back after a short read (a media file) keeps at most this much of
+# what earlier reads made resident: a dump's full segments stay, the tail a 500 KiB image
+# did not reach is handed back (night 1's media phase held both buffers' 8 MiB).
+SEGMENT_KEEP_RESIDENT = 2 * 1024 * 1024
 SEGMENT_IDLE_SECONDS = 5.0  # a segment buffer unused this long is freed (take_buffer)
 TEXT_PROBE = 32 * 1024
 TEXT_RATIO = 0.6
@@ -104,7 +109,7 @@ class ChunkPipeline:
         self._text_segments = 0  # long-text segments handed to the workers and not done yet
         self._probe = zstandard.ZstdCompressor(level=1)
         self._batch = Batch()
-        self._free_segments: list[tuple[bytearray, float]] = []  # LIFO; (buffer, when it came back)
+        self._free_segments: list[tuple[mmap.mmap, float]] = []  # LIFO; (buffer, when it came back)
         self._segment_slots = threading.BoundedSemaphore(SEGMENT_BUFFERS)
         self._buffers_lock = threading.Lock()
         self._text_idle = threading.Condition(self._buffers_lock)
@@ -191,7 +196,7 @@ class ChunkPipeline:
             self.repo.add_long_blobs(DATA_BLOB, view, blobs)
         return [blob[0] for blob in blobs]
 
-    def take_buffer(self) -> bytearray:
+    def take_buffer(self) -> mmap.mmap:
         """A recycled 8 MiB segment buffer (blocks while all SEGMENT_BUFFERS are in flight).
 
         Reading into a few reused buffers instead of fresh 8 MiB objects
@@ -201,6 +206,9 @@ class ChunkPipeline:
         a long walk of small files need not keep its 32 MiB of segments;
         not less than a few seconds, or a loaded machine's stalls would
         have them freed and faulted in again in the middle of a dump).
+        They are anonymous mappings, not bytearrays (which are zeroed, so
+        wholly resident, at once): only the pages reads reach are resident,
+        and a short read hands back the tail past ``SEGMENT_KEEP_RESIDENT``.
         """
         self._segment_slots.acquire()
         self._expire_segments()
@@ -208,9 +216,9 @@ class ChunkPipeline:
             self._reading_done = False
             if self._free_segments:
                 return self._free_segments.pop()[0]
-        return bytearray(SEGMENT_BYTES)
+        return mmap.mmap(-1, SEGMENT_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
-    def give_buffer(self, buf: bytearray) -> None:
+    def give_buffer(self, buf: mmap.mmap) -> None:
         with self._buffers_lock:
             if not self._reading_done:
                 self._free_segments.append((buf, time.monotonic()))
@@ -240,7 +248,7 @@ class ChunkPipeline:
         if dropped:
             trim_heap()
 
-    def add_buffer_segment(self, buf: bytearray, length: int, chunker: Chunker) -> ChunkRef:
+    def add_buffer_segment(self, buf: mmap.mmap, length: int, chunker: Chunker) -> ChunkRef:
         """Like add_segment for a pooled buffer, which returns to the pool once processed
         (every new blob is copied into its compression group by then)."""
         batch = Batch()
@@ -250,11 +258,12 @@ class ChunkPipeline:
         batch.future = self._pool.submit(self._process_buffer, buf, length, chunker)
         return (batch, WHOLE_BATCH)
 
-    def _process_buffer(self, buf: bytearray, length: int, chunker: Chunker) -> list[bytes]:
+    def _process_buffer(self, buf: mmap.mmap, length: int, chunker: Chunker) -> list[bytes]:
         try:
             with memoryview(buf) as view:
                 return self._process_segment(view[:length], chunker)
         finally:
+            _release_tail(buf, length)
             self.give_buffer(buf)
             if chunker is self.text_chunker:
                 with self._text_idle:
@@ -313,3 +322,13 @@ class ChunkPipeline:
             self._batch_buffers.clear()
             self._free_segments.clear()
         trim_heap()
+
+
+def _release_tail(buf: mmap.mmap, used: int) -> None:
+    """Hand back the pages of a segment buffer past ``max(used, SEGMENT_KEEP_RESIDENT)``: a short
+    read (the end of a file, a media file) does not need what an earlier 8 MiB read made resident.
+    Full segments (a dump's) skip the call; at most a few thousand short ones fault the pages in
+    again (files of more than 2 MiB and less than 8)."""
+    start = -(-max(used, SEGMENT_KEEP_RESIDENT) // mmap.PAGESIZE) * mmap.PAGESIZE
+    if start < len(buf):
+        buf.madvise(mmap.MADV_DONTNEED, start, len(buf) - start)
