@@ -179,3 +179,23 @@ def test_a_profile_change_between_groups_makes_a_new_context() -> None:
         finally:
             repo.envelope.text_ldm = True
     assert b"".join(bytes(b) for b in repo.read_blobs([b[0] for b in _runs(data, 16 * 1024, repo)])) == data
+
+
+def test_incompressible_long_blobs_go_to_a_buffered_group_stored_raw() -> None:
+    """A compressed stream (``pg_dump -Fc`` through ``--from-command``) is cut as text: its
+    segments fail the middle-sample test and are stored raw as before, not zstd-framed."""
+    from drtool.repository.envelope import RAW
+    repo = _repo()
+    noise, text = os.urandom(5 << 20), _text(5 << 20, seed=50)
+    for data in (noise, text):
+        with memoryview(data) as view:
+            repo.add_long_blobs(DATA_BLOB, view, _runs(data, 16 * 1024, repo))
+    assert repo._long is not None and len(repo._long._open) == 1  # only the text is streamed
+    repo.flush()
+    for data, mode in ((noise, RAW), (text, ZSTD)):
+        ids = [b[0] for b in _runs(data, 16 * 1024, repo)]
+        loc = repo.locate(ids[0])
+        sealed = repo.backend.get(pack_name(loc.pack_id))[loc.offset:loc.offset + loc.length]
+        assert sealed[1] == mode
+        assert {repo.locate(blob_id)[:3] for blob_id in ids} == {loc[:3]}  # one group each
+        assert b"".join(bytes(b) for b in repo.read_blobs(ids)) == data

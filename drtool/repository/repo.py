@@ -209,6 +209,10 @@ class Repository:
         """
         if text == LONG_TEXT and self._long is not None:
             return self.add_long_blobs(blob_type, memoryview(data), [(blob_id, 0, len(data))]) > 0
+        return self._add_buffered(blob_type, blob_id, data, text)
+
+    def _add_buffered(self, blob_type: int, blob_id: bytes, data: bytes | memoryview, text: int) -> bool:
+        """:meth:`add_blob` into a group buffer, sealed in one shot by the worker that fills it."""
         key = (blob_type, text)
         full: list[OpenGroup] = []
         with self._lock:
@@ -232,9 +236,10 @@ class Repository:
 
     def add_long_blobs(self, blob_type: int, view: memoryview, blobs: list[tuple[bytes, int, int]]) -> int:
         """Queue blobs (blob id, offset, length in ``view``) for this thread's long groups
-        (``longgroups``), duplicates left out; how many were new."""
-        if self._long is None:
-            return sum(self.add_blob(blob_type, blob_id, view[offset:offset + length], LONG_TEXT)
+        (``longgroups``), duplicates left out; how many were new.  Where streaming is missing, or
+        the middle of ``view`` does not compress, they go to a buffered long group (stored raw)."""
+        if self._long is None or not self.envelope.sample_compresses(view):
+            return sum(self._add_buffered(blob_type, blob_id, view[offset:offset + length], LONG_TEXT)
                        for blob_id, offset, length in blobs)
         with self._lock:
             fresh = []
