@@ -99,7 +99,7 @@ def test_pipeline_segments_are_bounded_recycled_and_freed_when_idle(tmp_path) ->
     pipeline = ChunkPipeline(_repo(), segment_idle=0.3)
     try:
         held = [pipeline.take_buffer() for _ in range(pipeline_module.SEGMENT_BUFFERS)]
-        got: list[bytearray] = []
+        got: list[object] = []
         waiter = threading.Thread(target=lambda: got.append(pipeline.take_buffer()))
         waiter.start()
         waiter.join(0.3)
@@ -280,9 +280,9 @@ def test_the_end_of_a_dump_seals_its_long_group_and_frees_its_buffers() -> None:
             buf[:len(part)] = part
             refs.append(pipeline.add_buffer_segment(buf, len(part), pipeline.text_chunker))
         ids = resolve(refs)  # every segment stored: one long group sealed, the second still open
-        assert repo.group_buffer_bytes() >= TEXT_GROUP_TARGET_SIZE
+        assert repo.group_buffer_bytes() >= 1 << repo.envelope.stream_window_log  # its context
         pipeline.end_of_text_file()
-        assert repo.group_buffer_bytes() == 0  # no open long group, no 16 MiB spare
+        assert repo.group_buffer_bytes() == 0  # no open long group, no context or spare kept
         refs = [pipeline.add_segment(_text(1 << 20, seed=2), pipeline.short_text_chunker)]
         resolve(refs)
         assert repo.group_buffer_bytes() < TEXT_GROUP_TARGET_SIZE // 2
@@ -292,17 +292,16 @@ def test_the_end_of_a_dump_seals_its_long_group_and_frees_its_buffers() -> None:
     assert b"".join(bytes(b) for b in repo.read_blobs([bytes.fromhex(i) for i in ids])) == dump
 
 
-def test_a_dump_still_being_stored_is_sealed_by_its_last_segment() -> None:
+def test_the_end_of_a_dump_waits_for_its_segments_and_then_seals_its_long_groups() -> None:
     import threading
 
     from drtool.backup.pipeline import ChunkPipeline, resolve
-    from drtool.repository.repo import TEXT_GROUP_TARGET_SIZE
     repo = _repo()
     pipeline = ChunkPipeline(repo, workers=2)
     dump = _text(10 << 20, seed=3)
     try:
         gate = threading.Event()
-        pipeline._pool.submit(gate.wait)  # one worker held: the dump's segments queue behind it
+        pipeline._pool.submit(gate.wait)  # both workers held: the dump's segments queue behind them
         pipeline._pool.submit(gate.wait)
         buf = pipeline.take_buffer()
         buf[:len(dump) - (8 << 20)] = dump[8 << 20:]
@@ -310,11 +309,60 @@ def test_a_dump_still_being_stored_is_sealed_by_its_last_segment() -> None:
         first[:8 << 20] = dump[:8 << 20]
         refs = [pipeline.add_buffer_segment(first, 8 << 20, pipeline.text_chunker),
                 pipeline.add_buffer_segment(buf, len(dump) - (8 << 20), pipeline.text_chunker)]
-        pipeline.end_of_text_file()  # nothing stored yet: sealed when the last segment is
+        walk = threading.Thread(target=pipeline.end_of_text_file)
+        walk.start()
+        walk.join(0.3)
+        assert walk.is_alive()  # nothing stored yet: the walk does not read on
         gate.set()
+        walk.join(30)
+        assert not walk.is_alive()
+        assert repo.group_buffer_bytes() == 0  # stored, sealed, contexts freed before the walk goes on
         ids = resolve(refs)
-        assert repo.group_buffer_bytes() < TEXT_GROUP_TARGET_SIZE
     finally:
         pipeline.close()
     repo.flush()
     assert b"".join(bytes(b) for b in repo.read_blobs([bytes.fromhex(i) for i in ids])) == dump
+
+
+def _resident_kib(buf: object) -> int:
+    """KiB of ``buf``'s own pages that are resident (/proc/self/pagemap's present bit)."""
+    import ctypes
+    import mmap
+    import struct
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buf))  # type: ignore[arg-type]
+    pages = len(buf) // mmap.PAGESIZE  # type: ignore[arg-type]
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(address // mmap.PAGESIZE * 8)
+        entries = struct.unpack(f"<{pages}Q", pagemap.read(pages * 8))
+    return sum(1 for entry in entries if entry >> 63) * mmap.PAGESIZE // 1024
+
+
+def test_a_segment_buffer_hands_back_the_tail_a_short_read_did_not_reach() -> None:
+    """A dump's full segment keeps its 8 MiB resident for the next one; a media file's short read
+    leaves at most SEGMENT_KEEP_RESIDENT of it (night 1's media phase held both buffers whole)."""
+    import sys
+
+    import pytest
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/smaps")
+    from drtool.backup import pipeline as pipeline_module
+    from drtool.backup.pipeline import ChunkPipeline, resolve
+    repo = _repo()
+    pipeline = ChunkPipeline(repo)
+    size = pipeline_module.SEGMENT_BYTES
+    try:
+        buf = pipeline.take_buffer()
+        assert _resident_kib(buf) < size // 1024 // 2  # a new buffer is not resident before reading
+        data = os.urandom(size)
+        buf[:] = data
+        resolve([pipeline.add_buffer_segment(buf, size, pipeline.file_chunker)])
+        buf = pipeline.take_buffer()
+        assert _resident_kib(buf) >= size // 1024 - 64  # a full segment's pages stay for the next
+        buf[:300_000] = data[:300_000]
+        resolve([pipeline.add_buffer_segment(buf, 300_000, pipeline.file_chunker)])
+        buf = pipeline.take_buffer()
+        assert _resident_kib(buf) <= pipeline_module.SEGMENT_KEEP_RESIDENT // 1024 + 64
+        assert bytes(buf[:300_000]) == data[:300_000]  # what is kept is kept
+        pipeline.give_buffer(buf)
+    finally:
+        pipeline.close()

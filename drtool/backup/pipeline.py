@@ -7,6 +7,7 @@ depth, never on the size of the data set.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import time
@@ -23,7 +24,11 @@ BATCH_BYTES = 1024 * 1024
 BATCH_BUFFER = BATCH_BYTES + 256 * 1024  # a batch closes past 1 MiB; a small file is < 256 KiB
 BATCH_BUFFERS_KEPT = 6
 SEGMENT_BYTES = 8 * 1024 * 1024
-SEGMENT_BUFFERS = 3  # two workers cutting and one being read into (4 cost 8 MiB of peak RSS for no speed)
+SEGMENT_BUFFERS = 2  # two workers cutting and one being read into (4 cost 8 MiB of peak RSS for no speed)
+# A segment buffer given back after a short read (a media file) keeps at most this much of
+# what earlier reads made resident: a dump's full segments stay, the tail a 500 KiB image
+# did not reach is handed back (night 1's media phase held both buffers' 8 MiB).
+SEGMENT_KEEP_RESIDENT = 2 * 1024 * 1024
 SEGMENT_IDLE_SECONDS = 5.0  # a segment buffer unused this long is freed (take_buffer)
 TEXT_PROBE = 32 * 1024
 TEXT_RATIO = 0.6
@@ -102,12 +107,12 @@ class ChunkPipeline:
         self.text_chunker = Chunker(repo.config.stream_chunk_avg, seed)
         self.short_text_chunker = Chunker(repo.config.stream_chunk_avg, seed)  # cuts the same; other groups
         self._text_segments = 0  # long-text segments handed to the workers and not done yet
-        self._seal_text_when_done = False
         self._probe = zstandard.ZstdCompressor(level=1)
         self._batch = Batch()
-        self._free_segments: list[tuple[bytearray, float]] = []  # LIFO; (buffer, when it came back)
+        self._free_segments: list[tuple[mmap.mmap, float]] = []  # LIFO; (buffer, when it came back)
         self._segment_slots = threading.BoundedSemaphore(SEGMENT_BUFFERS)
         self._buffers_lock = threading.Lock()
+        self._text_idle = threading.Condition(self._buffers_lock)
         self._batch_buffers: list[bytearray] = []
         self._reading_done = False  # set by reading_done(): buffers coming back are not kept
 
@@ -175,11 +180,23 @@ class ChunkPipeline:
         return (batch, WHOLE_BATCH)
 
     def _process_segment(self, data: bytes | memoryview, chunker: Chunker) -> list[bytes]:
-        text = (LONG_TEXT if chunker is self.text_chunker else
-                SHORT_TEXT if chunker is self.short_text_chunker else OTHER)
+        if chunker is self.text_chunker:
+            return self._process_long(data)
+        text = SHORT_TEXT if chunker is self.short_text_chunker else OTHER
         return self._process_batch(list(chunker.cut(data)), text)
 
-    def take_buffer(self) -> bytearray:
+    def _process_long(self, data: bytes | memoryview) -> list[bytes]:
+        """A long text segment: its chunks go to this worker's long group in one call, so that
+        neighbouring new chunks are compressed as one run (``Repository.add_long_blobs``)."""
+        with memoryview(data) as view:
+            blobs, offset, make_id = [], 0, self.repo.ids.blob_id
+            for chunk in self.text_chunker.cut(view):
+                blobs.append((make_id(chunk), offset, len(chunk)))
+                offset += len(chunk)
+            self.repo.add_long_blobs(DATA_BLOB, view, blobs)
+        return [blob[0] for blob in blobs]
+
+    def take_buffer(self) -> mmap.mmap:
         """A recycled 8 MiB segment buffer (blocks while all SEGMENT_BUFFERS are in flight).
 
         Reading into a few reused buffers instead of fresh 8 MiB objects
@@ -189,6 +206,9 @@ class ChunkPipeline:
         a long walk of small files need not keep its 32 MiB of segments;
         not less than a few seconds, or a loaded machine's stalls would
         have them freed and faulted in again in the middle of a dump).
+        They are anonymous mappings, not bytearrays (which are zeroed, so
+        wholly resident, at once): only the pages reads reach are resident,
+        and a short read hands back the tail past ``SEGMENT_KEEP_RESIDENT``.
         """
         self._segment_slots.acquire()
         self._expire_segments()
@@ -196,9 +216,9 @@ class ChunkPipeline:
             self._reading_done = False
             if self._free_segments:
                 return self._free_segments.pop()[0]
-        return bytearray(SEGMENT_BYTES)
+        return mmap.mmap(-1, SEGMENT_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
-    def give_buffer(self, buf: bytearray) -> None:
+    def give_buffer(self, buf: mmap.mmap) -> None:
         with self._buffers_lock:
             if not self._reading_done:
                 self._free_segments.append((buf, time.monotonic()))
@@ -228,7 +248,7 @@ class ChunkPipeline:
         if dropped:
             trim_heap()
 
-    def add_buffer_segment(self, buf: bytearray, length: int, chunker: Chunker) -> ChunkRef:
+    def add_buffer_segment(self, buf: mmap.mmap, length: int, chunker: Chunker) -> ChunkRef:
         """Like add_segment for a pooled buffer, which returns to the pool once processed
         (every new blob is copied into its compression group by then)."""
         batch = Batch()
@@ -238,29 +258,32 @@ class ChunkPipeline:
         batch.future = self._pool.submit(self._process_buffer, buf, length, chunker)
         return (batch, WHOLE_BATCH)
 
-    def _process_buffer(self, buf: bytearray, length: int, chunker: Chunker) -> list[bytes]:
+    def _process_buffer(self, buf: mmap.mmap, length: int, chunker: Chunker) -> list[bytes]:
         try:
             with memoryview(buf) as view:
                 return self._process_segment(view[:length], chunker)
         finally:
+            _release_tail(buf, length)
             self.give_buffer(buf)
             if chunker is self.text_chunker:
-                with self._buffers_lock:
+                with self._text_idle:
                     self._text_segments -= 1
-                    seal = self._seal_text_when_done and not self._text_segments
-                    self._seal_text_when_done &= not seal
-                if seal:
-                    self.repo.seal_group_now(DATA_BLOB, LONG_TEXT)
+                    if not self._text_segments:
+                        self._text_idle.notify_all()
 
     def end_of_text_file(self) -> None:
-        """A long text file (a dump) is all handed over: once its segments are stored, seal
-        its last long-window group rather than keep its 16 MiB buffer open for what the walk
-        reads next (text-like files too short for such groups do not go there)."""
-        with self._buffers_lock:
-            seal = not self._text_segments
-            self._seal_text_when_done = not seal
-        if seal:  # all stored already (rare: the walk is usually ahead); here, so errors are raised
-            self.repo.seal_group_now(DATA_BLOB, LONG_TEXT)
+        """A long text file (a dump) is all handed over: wait until its segments are stored, then
+        seal its last long groups and free their zstd contexts, before the walk reads on.
+
+        The walk used to go on at once: the dump's last segments were stored while the next
+        files were read, so the long groups (and their contexts) and the media's first buffers
+        were resident together, night 1's peak (+18-20 MiB for ~0.2 s).  The wait is the time
+        the workers take for the dump's last one or two segments (text-like files too short
+        for long groups do not come here)."""
+        with self._text_idle:
+            while self._text_segments:
+                self._text_idle.wait()
+        self.repo.seal_group_now(DATA_BLOB, LONG_TEXT)
 
     def _process_batch(self, chunks: list[memoryview | bytes], text: int = OTHER) -> list[bytes]:
         ids = []
@@ -299,3 +322,13 @@ class ChunkPipeline:
             self._batch_buffers.clear()
             self._free_segments.clear()
         trim_heap()
+
+
+def _release_tail(buf: mmap.mmap, used: int) -> None:
+    """Hand back the pages of a segment buffer past ``max(used, SEGMENT_KEEP_RESIDENT)``: a short
+    read (the end of a file, a media file) does not need what an earlier 8 MiB read made resident.
+    Full segments (a dump's) skip the call; at most a few thousand short ones fault the pages in
+    again (files of more than 2 MiB and less than 8)."""
+    start = -(-max(used, SEGMENT_KEEP_RESIDENT) // mmap.PAGESIZE) * mmap.PAGESIZE
+    if start < len(buf):
+        buf.madvise(mmap.MADV_DONTNEED, start, len(buf) - start)

@@ -8,6 +8,7 @@ leaves unreferenced packs at worst, never a snapshot that lies.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import subprocess
 import threading
@@ -272,7 +273,7 @@ def _store_stream(pipeline: ChunkPipeline, stream: IO[bytes], filename: str) -> 
     return node
 
 
-def _fill(readinto: Callable[[memoryview], int | None], buf: bytearray) -> int:
+def _fill(readinto: Callable[[memoryview], int | None], buf: mmap.mmap) -> int:
     """Read into ``buf`` until it is full or the stream ends; how many bytes came."""
     filled = 0
     with memoryview(buf) as view:

@@ -28,7 +28,7 @@ from drtool.errors import (
     UsageError,
     WrongPassword,
 )
-from drtool.repository.objects import CONFIG, INDEX, KEYS, LOCKS, PACKS, SNAPSHOTS
+from drtool.repository.objects import CONFIG, INDEX, KEYS, LOCKS, PACKS, SNAPSHOTS, key_name
 
 
 def clear_interrupted_init(backend: Backend) -> None:
@@ -58,6 +58,29 @@ def wrap_slot(master: MasterKey, passphrase: bytes, kdf: KdfParams | None, label
         return wrap_master_key(master, passphrase, params=kdf, label=label)
     except KeyDerivationFailed as exc:
         raise KeyDerivationError(f"cannot derive a key for the new slot: {exc}") from None
+
+
+def list_slots(backend: Backend) -> list[KeySlot]:
+    """Every key slot, oldest first; one that does not parse is listed as ``<damaged>``."""
+    slots = []
+    for info in backend.list(f"{KEYS}/"):
+        slot_id = info.name.split("/", 1)[1]
+        try:
+            slots.append(KeySlot.from_bytes(slot_id, backend.get(info.name)))
+        except ValueError:
+            slots.append(KeySlot(slot_id, b"", KdfParams(), b"", "", label="<damaged>"))
+    return sorted(slots, key=lambda s: s.created)
+
+
+def remove_slot(backend: Backend, slot_id: str) -> None:
+    """Delete one key slot; never the last one (the repository would be unreadable)."""
+    ids = [s.slot_id for s in list_slots(backend)]
+    if slot_id not in ids:
+        raise DrtoolError(f"no key slot {slot_id}", hint="see 'drtool key list'")
+    if len(ids) == 1:
+        raise DrtoolError("refusing to remove the last key slot",
+                          hint="add another key first, or the repository becomes unreadable")
+    backend.delete(key_name(slot_id))
 
 
 def foreign_format(backend: Backend) -> str | None:

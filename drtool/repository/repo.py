@@ -25,12 +25,13 @@ from drtool.repository.envelope import Envelope, EnvelopeError
 from drtool.repository.index import (IndexCache, Location, MemoryIndex, PackRecord, decode_index,
                                      decode_index_packed, encode_index)
 from drtool.repository.layered import LayeredIndex
-from drtool.repository.keyslots import clear_interrupted_init, unlock_master, wrap_slot
-from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, KEYS, PACKS,
+from drtool.repository.longgroups import LongGroups
+from drtool.repository.keyslots import clear_interrupted_init, list_slots, remove_slot, unlock_master, wrap_slot
+from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, PACKS,
                                        RepoConfig, key_name, object_name, pack_name)
 from drtool.repository.packfile import (FOOTER, BlobEntry, BufferPool, OpenGroup, PackBuilder,
-                                        PackFormatError, group_kind, groups_of, open_group, parse_trailer,
-                                        read_trailer, seal_open_group, trailer_span, trim_heap)
+                                        PackFormatError, SealedGroup, group_kind, groups_of, open_group,
+                                        parse_trailer, read_trailer, seal_open_group, trailer_span, trim_heap)
 from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
 
 if TYPE_CHECKING:
@@ -78,6 +79,10 @@ class Repository:
         # One spare buffer per group size: a second one, kept 5 s, was an idle 16 MiB
         # at night 1's peak (a dump's buffer while the media were read).
         self._group_buffers = BufferPool(keep=1)
+        # Long groups are compressed as they fill, one per worker (longgroups), where libzstd's
+        # streaming calls are at hand; otherwise they are filled into a buffer as other groups.
+        self._long = (LongGroups(self.envelope, TEXT_GROUP_TARGET_SIZE)
+                      if self.envelope.streaming_available() else None)
         self._pending: set[bytes] = set()
         self._group_cache = GroupCache()
         self._uploads: list[Future[PackRecord]] = []
@@ -122,14 +127,7 @@ class Repository:
 
     # ----- key slots --------------------------------------------------------------
     def list_key_slots(self) -> list[KeySlot]:
-        slots = []
-        for info in self.backend.list(f"{KEYS}/"):
-            slot_id = info.name.split("/", 1)[1]
-            try:
-                slots.append(KeySlot.from_bytes(slot_id, self.backend.get(info.name)))
-            except ValueError:
-                slots.append(KeySlot(slot_id, b"", KdfParams(), b"", "", label="<damaged>"))
-        return sorted(slots, key=lambda s: s.created)
+        return list_slots(self.backend)
 
     def add_key_slot(self, passphrase: bytes, *, kdf: KdfParams | None = None, label: str = "") -> KeySlot:
         slot = wrap_slot(self.master, passphrase, kdf, label)
@@ -137,13 +135,7 @@ class Repository:
         return slot
 
     def remove_key_slot(self, slot_id: str) -> None:
-        ids = [s.slot_id for s in self.list_key_slots()]
-        if slot_id not in ids:
-            raise DrtoolError(f"no key slot {slot_id}", hint="see 'drtool key list'")
-        if len(ids) == 1:
-            raise DrtoolError("refusing to remove the last key slot",
-                              hint="add another key first, or the repository becomes unreadable")
-        self.backend.delete(key_name(slot_id))
+        remove_slot(self.backend, slot_id)
 
     # ----- index ------------------------------------------------------------------
     def load_index(self, trees_only: bool = False, read_only: bool = False) -> None:
@@ -216,6 +208,12 @@ class Repository:
         ``text``: LONG_TEXT (or True) blobs (dump-like data) go to 16 MiB
         long-window groups, SHORT_TEXT ones to 4 MiB groups of their own.
         """
+        if text == LONG_TEXT and self._long is not None:
+            return self.add_long_blobs(blob_type, memoryview(data), [(blob_id, 0, len(data))]) > 0
+        return self._add_buffered(blob_type, blob_id, data, text)
+
+    def _add_buffered(self, blob_type: int, blob_id: bytes, data: bytes | memoryview, text: int) -> bool:
+        """:meth:`add_blob` into a group buffer, sealed in one shot by the worker that fills it."""
         key = (blob_type, text)
         full: list[OpenGroup] = []
         with self._lock:
@@ -237,6 +235,25 @@ class Repository:
             self._pack_group(key, group)
         return True
 
+    def add_long_blobs(self, blob_type: int, view: memoryview, blobs: list[tuple[bytes, int, int]]) -> int:
+        """Queue blobs (blob id, offset, length in ``view``) for this thread's long groups
+        (``longgroups``), duplicates left out; how many were new.  Where streaming is missing, or
+        the middle of ``view`` does not compress, they go to a buffered long group (stored raw)."""
+        if self._long is None or not self.envelope.sample_compresses(view):
+            return sum(self._add_buffered(blob_type, blob_id, view[offset:offset + length], LONG_TEXT)
+                       for blob_id, offset, length in blobs)
+        with self._lock:
+            fresh = []
+            for blob in blobs:
+                if blob[0] not in self.index and blob[0] not in self._pending:
+                    self._pending.add(blob[0])  # also a repeat within ``blobs`` is queued once
+                    fresh.append(blob)
+            queued = len(fresh)
+            self.new_blobs += len(fresh)
+            self.new_bytes_raw += sum(blob[2] for blob in fresh)
+        self._long.add(blob_type, view, fresh, self._lock, self._store_sealed)
+        return queued
+
     def seal_group_now(self, blob_type: int, text: int) -> None:
         """Seal the open group of that kind as it is, and free the spare buffer of its size
         with the heap's free pages: a dump ended, and its last long-window group and spare
@@ -245,8 +262,11 @@ class Repository:
         key = (blob_type, text)
         with self._lock:
             group = self._groups.pop(key, None)
+            long = self._long.detach_all(blob_type) if self._long is not None and text == LONG_TEXT else []
         if group is not None:
             self._pack_group(key, group)
+        if long:
+            self._long.seal_detached(long, self._store_sealed)
         self._group_buffers.drop(self._group_capacity(text))
         trim_heap()
 
@@ -254,6 +274,7 @@ class Repository:
         """Bytes of group buffers held now: the open groups' and the spares kept for re-use."""
         with self._lock:
             held = sum(group.capacity for group in self._groups.values())
+            held += self._long.held_bytes() if self._long is not None else 0
         return held + self._group_buffers.kept_bytes()
 
     def _group_capacity(self, text: int) -> int:
@@ -267,7 +288,12 @@ class Repository:
 
     def _pack_group(self, key: tuple[int, int], open_group_: OpenGroup) -> None:
         blob_type, text = key
-        group = seal_open_group(self.envelope, blob_type, open_group_, long=text == LONG_TEXT)
+        self._store_sealed(seal_open_group(self.envelope, blob_type, open_group_, long=text == LONG_TEXT))
+
+    def _store_sealed(self, group: SealedGroup) -> None:
+        """Add a sealed group to its type's pack (written out as it comes), and hand a full
+        pack to the uploaders."""
+        blob_type = group.blob_type
         while True:
             with self._lock:
                 builder = self._builders.get(blob_type)
@@ -316,9 +342,12 @@ class Repository:
         with self._lock:
             groups = list(self._groups.items())
             self._groups.clear()
+            long = self._long.detach_all() if self._long is not None else []
         for key, group in groups:
             if len(group.members):
                 self._pack_group(key, group)
+        if self._long is not None:
+            self._long.seal_detached(long, self._store_sealed)
         self._group_buffers.clear()  # every group is sealed: the next one (if any) takes a fresh buffer
         self.envelope.release_output()  # this thread's compressed output pages (the last groups)
         with self._lock:

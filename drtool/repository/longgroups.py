@@ -1,0 +1,174 @@
+"""Long groups compressed as they fill: one open per worker thread, no plaintext copy kept.
+
+A dump's 16 MiB long-window groups used to be filled into a 16 MiB buffer
+and compressed in one shot when full, on the worker whose blob filled it.
+Compression is most of a dump's CPU, so both workers were usually sealing
+while a third group filled: three 16 MiB buffers, plus each compression's
+output and sealed copy, were night 1's peak ("Nightly backup peak RSS" in
+docs/performance.md).  Here each worker thread has a group of its own and
+feeds its blobs to a streaming zstd context as it adds them
+(``compressinto.FrameStream``): what a group holds is the context's
+window-sized buffer and the output so far, and sealing a full group only
+ends its frame and encrypts it.  The frames are what one-shot compression
+of the same bytes writes (16 MiB groups: byte for byte), so readers see no
+difference.  Which blobs share a group changes: a worker's group holds the
+segments that worker cut, not consecutive ones.
+"""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from drtool.repository.packfile import SealedGroup, group_kind
+
+if TYPE_CHECKING:
+    from drtool.repository.compressinto import FrameStream
+    from drtool.repository.envelope import Envelope
+
+
+class StreamGroup:
+    """One worker's open long group: its members, and the frame its bytes went into.
+
+    ``lock`` is held while a blob is fed and while the group is sealed, so a
+    group taken away by another thread (a dump's end, the flush) is sealed
+    only after the feed in progress.
+    """
+
+    __slots__ = ("stream", "members", "size", "lock")
+
+    def __init__(self, stream: FrameStream) -> None:
+        self.stream = stream
+        self.members: list[tuple[bytes, int, int]] = []  # (blob id, inner offset, raw length)
+        self.size = 0
+        self.lock = threading.Lock()
+
+    def add(self, blobs: list[tuple[bytes, int, int]], view: memoryview) -> None:
+        """Feed blobs given as (blob id, offset, length) in ``view``; neighbouring ones in one call
+        (a dump's 16 KiB chunks one call each cost ~5 % more CPU than 1 MiB runs)."""
+        run_start = run_end = -1
+        for blob_id, offset, length in blobs:
+            if offset != run_end:
+                if run_start >= 0:
+                    self.stream.feed(view[run_start:run_end])
+                run_start = offset
+            run_end = offset + length
+            self.members.append((blob_id, self.size, length))
+            self.size += length
+        if run_start >= 0:
+            self.stream.feed(view[run_start:run_end])
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class LongGroups:
+    """The open long groups of one repository, by (blob type, thread), and idle streams to reuse.
+
+    Not locked itself: :meth:`enter` and :meth:`detach` run under the
+    repository's lock; :meth:`seal` and :meth:`close_idle` take their own.
+    """
+
+    def __init__(self, envelope: Envelope, expected: int) -> None:
+        """``expected``: a group's size; one is sealed once it holds that much."""
+        self._envelope = envelope
+        self._expected = expected
+        self._open: dict[tuple[int, int], StreamGroup] = {}
+        self._idle: list[FrameStream] = []
+        self._idle_lock = threading.Lock()
+
+    def add(self, blob_type: int, view: memoryview, blobs: list[tuple[bytes, int, int]],
+            lock: threading.Lock, store: Callable[[SealedGroup], None]) -> None:
+        """Feed new blobs (blob id, offset, length in ``view``) to this thread's groups, outside
+        the repository's ``lock``; a group that reaches its size is sealed and handed to ``store``
+        (its last blob may pass the size: there is no buffer to overflow)."""
+        while blobs:
+            with lock:
+                group = self.enter(blob_type)
+            try:
+                take, size = 0, len(group)
+                while take < len(blobs) and size < self._expected:
+                    size += blobs[take][2]
+                    take += 1
+                group.add(blobs[:take], view)
+            finally:
+                group.lock.release()
+            blobs = blobs[take:]
+            if len(group) >= self._expected:
+                with lock:
+                    full = self.detach(blob_type, group)
+                if full:
+                    store(self.seal(blob_type, group))
+
+    def seal_detached(self, groups: list[tuple[int, StreamGroup]], store: Callable[[SealedGroup], None]) -> None:
+        """Seal groups taken out of the open ones (a dump ended; the flush) into ``store``, and free
+        the idle streams' contexts: the next long group, if any, makes a new one."""
+        for blob_type, group in groups:
+            if len(group.members):
+                store(self.seal(blob_type, group))
+            else:
+                group.stream.close()
+        self.close_idle()
+
+    def enter(self, blob_type: int) -> StreamGroup:
+        """This thread's open group of ``blob_type`` (made when there is none), its lock taken:
+        the caller feeds it, then releases the lock (call under the repository's lock)."""
+        key = (blob_type, threading.get_ident())
+        group = self._open.get(key)
+        if group is None:
+            group = self._open[key] = StreamGroup(self._take_stream())
+        group.lock.acquire()  # free: only this thread feeds it, and a sealer detaches first
+        return group
+
+    def detach(self, blob_type: int, group: StreamGroup) -> bool:
+        """Take this thread's full ``group`` out of the open ones; False when another thread
+        took it already (and seals it)."""
+        key = (blob_type, threading.get_ident())
+        if self._open.get(key) is group:
+            del self._open[key]
+            return True
+        return False
+
+    def detach_all(self, blob_type: int | None = None) -> list[tuple[int, StreamGroup]]:
+        """Every open group (of ``blob_type``, or all) taken out, to be sealed as it is."""
+        taken = [(key, group) for key, group in self._open.items() if blob_type in (None, key[0])]
+        for key, _group in taken:
+            del self._open[key]
+        return [(key[0], group) for key, group in taken]
+
+    def seal(self, blob_type: int, group: StreamGroup) -> SealedGroup:
+        """End a detached group's frame and encrypt it; its stream goes back to the idle ones."""
+        with group.lock:
+            try:
+                frame = group.stream.finish()
+                with frame:
+                    sealed = self._envelope.seal_frame(group_kind(blob_type), b"", frame)
+            except BaseException:
+                group.stream.close()  # a frame ended halfway is not reused
+                raise
+        with self._idle_lock:
+            self._idle.append(group.stream)
+        return SealedGroup(blob_type, group.members, sealed, group.size)
+
+    def _take_stream(self) -> FrameStream:
+        profile = self._envelope.stream_profile()
+        with self._idle_lock:
+            while self._idle:
+                stream = self._idle.pop()
+                if stream.profile == profile:
+                    return stream
+                stream.close()
+        return self._envelope.frame_stream(self._expected)
+
+    def close_idle(self) -> None:
+        """Free the idle streams' contexts and output pages now: no long group is expected soon
+        (a dump ended, or the data path is done), and each holds ~19 MiB at window log 24."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for stream in idle:
+            stream.close()
+
+    def held_bytes(self) -> int:
+        """Bytes the open groups and idle streams may hold resident."""
+        with self._idle_lock:
+            idle = sum(stream.resident() for stream in self._idle)
+        return idle + sum(group.stream.resident() for group in list(self._open.values()))
