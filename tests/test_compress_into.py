@@ -2,27 +2,15 @@
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
 import zstandard
 
 from drtool.repository import compressinto
+from treegen import dump_like_text
 from drtool.repository.envelope import INTO_MIN, RAW, ZSTD, Envelope
 
 pytestmark = pytest.mark.skipif(not compressinto.available(), reason="zstd's cffi backend is not installed")
-
-
-def _text(size: int, seed: int = 1) -> bytes:
-    """Dump-like rows: compressible, with repeats far apart (what the long-window profile is for)."""
-    rng = random.Random(seed)
-    words = [f"w{rng.randrange(5000)}".encode() for _ in range(3000)]
-    rows, total = [], 0
-    while total < size:
-        row = b"INSERT INTO t VALUES (" + b",".join(rng.choice(words) for _ in range(12)) + b");\n"
-        rows.append(row)
-        total += len(row)
-    return b"".join(rows)[:size]
 
 
 @pytest.mark.parametrize("profile", ["long", "text", "comp"])
@@ -30,7 +18,7 @@ def test_frames_are_the_ones_the_c_backend_writes_with_the_same_profile(profile:
     envelope = Envelope(os.urandom(32))
     envelope.text_ldm = profile == "long"
     long = profile != "comp"
-    data = _text(3 * 1024 * 1024)
+    data = dump_like_text(3 * 1024 * 1024)
     out = bytearray(compressinto.bound(len(data)))
     size = envelope._into(long).compress_into(data, out)
     assert bytes(out[:size]) == envelope._compressor(long).compress(data)
@@ -40,7 +28,7 @@ def test_frames_are_the_ones_the_c_backend_writes_with_the_same_profile(profile:
 def test_one_context_compresses_frame_after_frame_into_the_same_area() -> None:
     comp = compressinto.IntoCompressor(level=3)
     area = compressinto.OutputArea()
-    first, second = _text(2_000_000, seed=2), _text(1_500_000, seed=3)
+    first, second = dump_like_text(2_000_000, seed=2), dump_like_text(1_500_000, seed=3)
     out = area.take(compressinto.bound(len(first)))
     with memoryview(out) as view:
         size = comp.compress_into(first, view)
@@ -70,7 +58,7 @@ def test_an_output_below_zstd_s_bound_is_refused() -> None:
 @pytest.mark.parametrize("size", [100, 50_000, INTO_MIN, 2_000_000])
 def test_sealed_objects_open_to_their_plaintext_compressed_or_raw(long: bool, size: int) -> None:
     envelope = Envelope(os.urandom(32))
-    text, noise = _text(size), os.urandom(size)
+    text, noise = dump_like_text(size), os.urandom(size)
     sealed_text = envelope.seal(b"group", b"", memoryview(text), long=long)
     sealed_noise = envelope.seal(b"group", b"", noise, long=long)
     if size > 1000:  # a hundred bytes need not compress; the rest must
@@ -88,7 +76,7 @@ def test_without_cffi_groups_are_sealed_by_the_c_backend_and_read_by_either(tmp_
     import subprocess
     import sys
 
-    key, text = os.urandom(32), _text(3_000_000, seed=4)
+    key, text = os.urandom(32), dump_like_text(3_000_000, seed=4)
     (tmp_path / "plain").write_bytes(text)
     sealed_here = Envelope(key).seal(b"group", b"", text, long=True)
     (tmp_path / "here").write_bytes(sealed_here)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-import random
 import threading
 
 import pytest
 import zstandard
 
 from drtool.repository import compressinto
+from treegen import dump_like_text
 from drtool.repository.envelope import ZSTD, Envelope
 from drtool.repository.objects import pack_name
 from drtool.repository.packfile import DATA_BLOB, open_group
@@ -19,21 +19,9 @@ from drtool.testing import MemoryBackend
 pytestmark = pytest.mark.skipif(not compressinto.available(), reason="zstd's cffi backend is not installed")
 
 
-def _text(size: int, seed: int = 1) -> bytes:
-    """Dump-like rows: compressible, with repeats far apart (what the long-window profile is for)."""
-    rng = random.Random(seed)
-    words = [f"w{rng.randrange(5000)}".encode() for _ in range(3000)]
-    rows, total = [], 0
-    while total < size:
-        row = b"INSERT INTO t VALUES (" + b",".join(rng.choice(words) for _ in range(12)) + b");\n"
-        rows.append(row)
-        total += len(row)
-    return b"".join(rows)[:size]
-
-
 def test_a_streamed_frame_carries_its_content_size_and_opens_with_today_s_readers() -> None:
     envelope = Envelope(os.urandom(32))
-    data = _text(5 * 1024 * 1024 + 4321)
+    data = dump_like_text(5 * 1024 * 1024 + 4321)
     stream = envelope.frame_stream(TEXT_GROUP_TARGET_SIZE)
     for start in range(0, len(data), 16 * 1024):
         stream.feed(data[start:start + 16 * 1024])
@@ -53,7 +41,7 @@ def test_a_streamed_long_group_is_the_frame_one_shot_compression_writes() -> Non
     frames differ only where one-shot compression tunes itself to a known size."""
     envelope = Envelope(os.urandom(32))
     envelope.stream_window_log = 24  # the one-shot profile's window
-    data = _text(TEXT_GROUP_TARGET_SIZE + 12345, seed=2)
+    data = dump_like_text(TEXT_GROUP_TARGET_SIZE + 12345, seed=2)
     stream = envelope.frame_stream(TEXT_GROUP_TARGET_SIZE)
     with memoryview(data) as view:
         for start in range(0, len(data), 1 << 20):
@@ -68,7 +56,7 @@ def test_a_streamed_long_group_is_the_frame_one_shot_compression_writes() -> Non
 def test_a_stream_reuses_its_context_and_grows_its_output_for_an_oversized_frame() -> None:
     envelope = Envelope(os.urandom(32))
     stream = envelope.frame_stream(64 * 1024)  # room for a small frame: the big one must grow it
-    big, small = os.urandom(3 << 20) + _text(2 << 20, seed=3), _text(100_000, seed=4)
+    big, small = os.urandom(3 << 20) + dump_like_text(2 << 20, seed=3), dump_like_text(100_000, seed=4)
     for data in (big, small, big):
         for start in range(0, len(data), 300_000):
             stream.feed(data[start:start + 300_000])
@@ -82,7 +70,7 @@ def test_a_stream_holds_its_window_not_its_group() -> None:
     feeding 16 MiB through an 8 MiB window leaves a context of about 8 MiB plus its tables."""
     envelope = Envelope(os.urandom(32))
     stream = envelope.frame_stream(TEXT_GROUP_TARGET_SIZE)
-    data = _text(TEXT_GROUP_TARGET_SIZE, seed=5)
+    data = dump_like_text(TEXT_GROUP_TARGET_SIZE, seed=5)
     with memoryview(data) as view:
         for start in range(0, len(data), 1 << 20):
             stream.feed(view[start:start + (1 << 20)])
@@ -106,7 +94,7 @@ def _runs(data: bytes, blob_size: int, repo: Repository) -> list[tuple[bytes, in
 
 def test_each_thread_fills_a_long_group_of_its_own_and_every_blob_reads_back() -> None:
     repo = _repo()
-    parts = [_text(12 << 20, seed=10 + n) for n in range(3)]
+    parts = [dump_like_text(12 << 20, seed=10 + n) for n in range(3)]
     blobs = [_runs(part, 16 * 1024, repo) for part in parts]
 
     def add(n: int) -> None:
@@ -133,7 +121,7 @@ def test_each_thread_fills_a_long_group_of_its_own_and_every_blob_reads_back() -
 
 def test_a_long_group_is_sealed_at_its_target_and_repeats_are_stored_once() -> None:
     repo = _repo()
-    data = _text(TEXT_GROUP_TARGET_SIZE + (3 << 20), seed=20)
+    data = dump_like_text(TEXT_GROUP_TARGET_SIZE + (3 << 20), seed=20)
     blobs = _runs(data, 64 * 1024, repo)
     with memoryview(data) as view:
         assert repo.add_long_blobs(DATA_BLOB, view, blobs + blobs[:5]) == len(blobs)
@@ -151,7 +139,7 @@ def test_a_long_group_is_sealed_at_its_target_and_repeats_are_stored_once() -> N
 
 def test_sealing_the_long_groups_now_frees_every_context() -> None:
     repo = _repo()
-    data = _text(3 << 20, seed=30)
+    data = dump_like_text(3 << 20, seed=30)
     with memoryview(data) as view:
         repo.add_long_blobs(DATA_BLOB, view, _runs(data, 16 * 1024, repo))
     assert repo.group_buffer_bytes() >= 1 << repo.envelope.stream_window_log  # a context is held
@@ -165,7 +153,7 @@ def test_a_profile_change_between_groups_makes_a_new_context() -> None:
     """Physical backups turn long-distance matching off for their run (``text_ldm``): a stream
     made with the other profile is not reused for the next group."""
     repo = _repo()
-    data = _text(2 << 20, seed=40)
+    data = dump_like_text(2 << 20, seed=40)
     with memoryview(data) as view:
         repo.add_long_blobs(DATA_BLOB, view, _runs(data[:1 << 20], 16 * 1024, repo))
         repo.flush()
@@ -186,7 +174,7 @@ def test_incompressible_long_blobs_go_to_a_buffered_group_stored_raw() -> None:
     segments fail the middle-sample test and are stored raw as before, not zstd-framed."""
     from drtool.repository.envelope import RAW
     repo = _repo()
-    noise, text = os.urandom(5 << 20), _text(5 << 20, seed=50)
+    noise, text = os.urandom(5 << 20), dump_like_text(5 << 20, seed=50)
     for data in (noise, text):
         with memoryview(data) as view:
             repo.add_long_blobs(DATA_BLOB, view, _runs(data, 16 * 1024, repo))

@@ -60,3 +60,16 @@ def describe(root: Path) -> dict[bytes, tuple]:
 
 def allocated_bytes(path: Path) -> int:
     return os.stat(path).st_blocks * 512
+
+
+def dump_like_text(size: int, seed: int = 1) -> bytes:
+    """Dump-like rows: compressible, with repeats far apart (what the long-window profile is for)."""
+    import random
+    rng = random.Random(seed)
+    words = [f"w{rng.randrange(5000)}".encode() for _ in range(3000)]
+    rows, total = [], 0
+    while total < size:
+        row = b"INSERT INTO t VALUES (" + b",".join(rng.choice(words) for _ in range(12)) + b");\n"
+        rows.append(row)
+        total += len(row)
+    return b"".join(rows)[:size]
