@@ -221,11 +221,11 @@ def _text(size: int, seed: int = 1) -> bytes:
 
 def _groups_by_blob(repo: Repository) -> dict[bytes, tuple[bytes, int, int]]:
     """blob id -> (pack id, group offset, group plaintext size), read back from the packs' trailers."""
-    from drtool.repository.repo import iter_pack_names
+    from drtool.repository.packinspect import iter_pack_names, read_pack_entries
     found: dict[bytes, tuple[bytes, int, int]] = {}
     for name in iter_pack_names(repo.backend):
         pack_id = bytes.fromhex(name.rsplit("/", 1)[1])
-        entries = repo.read_pack_entries(pack_id)
+        entries = read_pack_entries(repo, pack_id)
         plain: dict[int, int] = {}
         for e in entries:
             plain[e.offset] = max(plain.get(e.offset, 0), e.inner + e.raw_length)

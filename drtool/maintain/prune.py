@@ -42,6 +42,7 @@ from drtool.repository.locks import Lock
 from drtool.repository.objects import (CONFIG, INDEX, KEYS, PACKS, PRUNE, PRUNE_KIND, SNAPSHOTS, object_name,
                                        pack_id_from_name, pack_name)
 from drtool.repository.packfile import BlobEntry
+from drtool.repository.packinspect import read_pack_trailer
 from drtool.repository.repo import Repository
 from drtool.repository.tombstones import write_tombstone
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot, load_tree
@@ -256,7 +257,7 @@ class Pruner:
     def _load_loose(self, pack_id: bytes, size: int) -> None:
         """A pack no index lists (interrupted backup, or condemned): read its trailer only."""
         try:
-            entries = self.repo.read_pack_trailer(pack_id, size)
+            entries = read_pack_trailer(self.repo, pack_id, size)
         except ObjectMissing:
             return  # deleted since listing
         except DrtoolError as exc:

@@ -19,6 +19,7 @@ from drtool.core.rollback import INDEX as SEEN_INDEX
 from drtool.core.session import Session
 from drtool.repository.index import PackRecord
 from drtool.repository.objects import INDEX, PACKS, pack_id_from_name
+from drtool.repository.packinspect import read_pack_entries
 from drtool.snapshot.store import list_snapshot_ids, load_snapshot
 from drtool.testing_hooks import crash_point
 
@@ -120,7 +121,7 @@ def _index_loose_packs(session: Session, damaged: list[str]) -> int:
     records = []
     for pack_id in loose:
         try:
-            records.append(PackRecord(pack_id, repo.read_pack_entries(pack_id)))
+            records.append(PackRecord(pack_id, read_pack_entries(repo, pack_id)))
         except DrtoolError as exc:
             damaged.append(str(exc))
     if records:

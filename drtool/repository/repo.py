@@ -13,7 +13,7 @@ import logging
 import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from drtool.backends import capabilities
 from drtool.backends.base import Backend
@@ -29,9 +29,9 @@ from drtool.repository.longgroups import LongGroups
 from drtool.repository.keyslots import clear_interrupted_init, list_slots, remove_slot, unlock_master, wrap_slot
 from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, PACKS,
                                        RepoConfig, key_name, object_name, pack_name)
-from drtool.repository.packfile import (FOOTER, BlobEntry, BufferPool, OpenGroup, PackBuilder,
-                                        PackFormatError, SealedGroup, group_kind, groups_of, open_group,
-                                        parse_trailer, read_trailer, seal_open_group, trailer_span, trim_heap)
+from drtool.repository.packfile import (BlobEntry, BufferPool, OpenGroup, PackBuilder, PackFormatError,
+                                        SealedGroup, group_kind, groups_of, open_group, read_trailer,
+                                        seal_open_group, trim_heap)
 from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
 
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ class Repository:
             group.add(blob_id, data)  # the one copy out of the (recycled) read buffer
             self.new_blobs += 1
             self.new_bytes_raw += len(data)
-            if len(group) >= _group_target(text):
+            if len(group) >= _GROUP_TARGETS[int(text)]:
                 full.append(self._groups.pop(key))
         for group in full:
             self._pack_group(key, group)
@@ -279,7 +279,7 @@ class Repository:
 
     def _group_capacity(self, text: int) -> int:
         """A full group plus one average chunk; a blob that does not fit starts the next group."""
-        return _group_target(text) + (4 * self.config.stream_chunk_avg if text else self.config.file_chunk_avg)
+        return _GROUP_TARGETS[int(text)] + (4 * self.config.stream_chunk_avg if text else self.config.file_chunk_avg)
 
     def store_blob(self, blob_type: int, data: bytes | memoryview) -> bytes:
         blob_id = self.ids.blob_id(data)
@@ -562,28 +562,6 @@ class Repository:
                 problems.append(str(exc))
         return entries, problems
 
-    def read_pack_entries(self, pack_id: bytes) -> list[BlobEntry]:
-        data = self.backend.get(pack_name(pack_id))
-        try:
-            return read_trailer(self.envelope, data)
-        except (PackFormatError, EnvelopeError) as exc:
-            raise IntegrityError(f"pack {pack_id.hex()} is damaged: {exc}") from None
-
-    def read_pack_trailer(self, pack_id: bytes, size: int) -> list[BlobEntry]:
-        """A pack's entries from its footer and trailer alone: two ranged reads, no groups.
-
-        ``size``: the pack's size (from a listing).  ObjectMissing when the pack
-        is gone; IntegrityError, with what is wrong, when it is damaged or forged.
-        """
-        name = pack_name(pack_id)
-        if size < FOOTER.size:
-            raise IntegrityError("pack is shorter than its footer")
-        try:
-            start, length = trailer_span(self.backend.get_range(name, size - FOOTER.size, FOOTER.size), size)
-            return parse_trailer(self.envelope, self.backend.get_range(name, start, length), start)
-        except (PackFormatError, EnvelopeError) as exc:
-            raise IntegrityError(str(exc)) from None
-
     # ----- sealed whole objects (snapshots, index, rehearsals, log segments) ----------
     def put_object(self, prefix: str, kind: bytes, plaintext: bytes, object_id: str | None = None) -> str:
         object_id = object_id or self.ids.object_id(kind.decode(), plaintext).hex()
@@ -614,14 +592,6 @@ class Repository:
             self._disk.close()
             self._disk, self._disk_tried = None, False
             self.index = MemoryIndex()
-
-
-def _group_target(text: int) -> int:
-    return _GROUP_TARGETS[int(text)]
-
-
-def iter_pack_names(backend: Backend) -> Iterable[str]:
-    return (info.name for info in backend.list(f"{PACKS}/"))
 
 
 def repository_exists(backend: Backend) -> bool:
