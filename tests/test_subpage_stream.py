@@ -97,6 +97,19 @@ def mutate(data: bytearray, pages: list[int], rng: random.Random) -> None:
             data[base + where:base + where + 6] = rng.randbytes(6)
 
 
+def one_table_night(store: BlockMapStore, pages: int, changed: list[int], seed: int) -> tuple[bytes, bytes, bytes]:
+    """Night "n0": a full of ``t.ibd`` (``pages`` pages) through the rewrite; then ``changed`` pages
+    updated as a row update does.  Returns the full's stream, the .delta mariabackup would write
+    and the incremental stream carrying it (.meta first)."""
+    data = tablespace(pages, seed)
+    full = b"".join(chunks(b"t.ibd", bytes(data), 1 << 20))
+    run(full, store, None, "n0", False)
+    mutate(data, changed, random.Random(seed))
+    written = delta_file(bytes(data), changed)
+    stream = b"".join(chunks(b"t.ibd.meta", meta(), 1 << 20) + chunks(b"t.ibd.delta", written, 1 << 20))
+    return full, written, stream
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> BlockMapStore:
     (tmp_path / "maps").mkdir()
@@ -206,13 +219,7 @@ def test_a_map_that_cannot_be_written_is_not_kept_and_the_parents_stays(store: B
     """The cache's disk is gone mid-night (here: tonight's map directory removed): the stream is
     still rewritten whole and correct, the map is thrown away, the parent's map is untouched."""
     import shutil
-    rng = random.Random(8)
-    data = tablespace(20, 8)
-    full = b"".join(chunks(b"t.ibd", bytes(data), 1 << 20))
-    run(full, store, None, "n0", False)
-    mutate(data, [4, 5], rng)
-    written = delta_file(bytes(data), [4, 5])
-    stream = b"".join(chunks(b"t.ibd.meta", meta(), 1 << 20) + chunks(b"t.ibd.delta", written, 1 << 20))
+    full, written, stream = one_table_night(store, 20, [4, 5], 8)
     pending = store.begin(store.committed("n0"))
     shutil.rmtree(pending.directory)
     rewritten = SubpageStream(io.BufferedReader(io.BytesIO(stream)), pending, True)  # type: ignore[arg-type]
@@ -257,14 +264,7 @@ def test_a_full_disk_while_rebuilding_is_one_line_naming_the_file(store: BlockMa
     """The target's file system fills up while a .delta is rebuilt (a real 2 MiB tmpfs): a restore
     error naming the file and what to do, not an OSError."""
     from drtool.errors import RestoreTargetError
-    rng = random.Random(10)
-    data = tablespace(300, 10)
-    full = b"".join(chunks(b"t.ibd", bytes(data), 1 << 20))
-    run(full, store, None, "n0", False)
-    changed = list(range(300))
-    mutate(data, changed, rng)
-    stream = b"".join(chunks(b"t.ibd.meta", meta(), 1 << 20) +
-                      chunks(b"t.ibd.delta", delta_file(bytes(data), changed), 1 << 20))
+    full, _, stream = one_table_night(store, 300, list(range(300)), 10)
     out, _ = run(stream, store, "n0", "n1", True)
     full_dir, inc = extract(full, tiny_fs / "full"), extract(out, tiny_fs / "inc")  # 1.2 MiB + ~0.5 MiB
     with pytest.raises(RestoreTargetError) as caught:
