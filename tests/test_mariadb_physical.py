@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -185,3 +186,51 @@ expect = 0
     # restored once, by the physical restore: not first as a plain copy of the mariabackup stream
     assert "is restored by the mariadb restore below (no plain copy of its files first" in result.err
     assert list(root.iterdir()) == []
+
+
+def run_on_terminal(dr: DrEnv, *args: str, timeout: float = 300) -> tuple[int, str, str]:
+    """``drtool ARGS`` as an on-call engineer runs it: stderr a terminal (a pty), stdout a pipe."""
+    import pty
+    import subprocess
+    import sys
+    import time
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "drtool", *args], env={**dr.env, "COLUMNS": "160"},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, cwd=dr.tmp)
+    os.close(slave)
+    seen, deadline = bytearray(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: every holder of the terminal's other end has closed it
+            break
+        if not data:
+            break
+        seen += data
+    os.close(master)
+    out = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0]
+    return proc.returncode, out.decode(), seen.decode(errors="replace")
+
+
+def test_a_restore_on_a_terminal_tells_each_stage_as_it_ends(scenario: Scenario) -> None:
+    """At 3 a.m. a long physical restore shows what it is doing, then leaves one line per stage
+    (what it moved, how long it took); the result still goes to stdout."""
+    target = Path(scenario.server.root) / "on-terminal"
+    try:
+        code, out, err = run_on_terminal(scenario.dr, "restore", "--source", SOURCE, "--point-in-time",
+                                         scenario.between.isoformat(), "--target", str(target))
+        assert code == 0, err
+        (snap,) = json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json").out)
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", err).replace("\r", "\n")  # the terminal's escapes
+        lines = [line.strip() for line in plain.splitlines() if line.strip().startswith("done:")]
+        assert len(lines) == 3, plain[-2000:]
+        mib = snap["meta"]["dump_bytes"] / 2**20
+        assert lines[0].startswith(f"done: extracting the full {snap['short_id']} (") \
+            and lines[0].endswith(f", {mib:,.1f} MiB)"), lines
+        assert lines[1].startswith(f"done: preparing the full {snap['short_id']} (mariabackup --prepare) ("), lines
+        assert lines[2].startswith("done: replaying ") and "binlog file(s)" in lines[2] \
+            and "events up to " in lines[2], lines
+        assert "Traceback" not in err
+        assert "prepared data directory" in out  # the report itself is unchanged, on stdout
+    finally:
+        stop_restored_mariadb(target)

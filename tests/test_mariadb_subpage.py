@@ -24,6 +24,7 @@ import pymysql
 import pytest
 
 from conftest import PASSWORD, DrEnv, make_env
+from drtool.core import stages
 from dbservers import MariaServer, maria_binary, mariadb_server, stop_restored_mariadb, write_config
 from test_mariadb_incremental import settle
 
@@ -77,11 +78,37 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
         yield state
 
 
-def restore_sums(nights: Nights, snapshot_id: str, source: str, name: str) -> list[tuple[Any, ...]]:
+class StageLog:
+    """A :class:`drtool.core.stages.StageWatcher` that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.finished: list[tuple[str, bool, int | None, int, str]] = []
+        self.open: list[str] = []
+
+    def begun(self, stage: stages.Stage) -> None:
+        self.open.append(stage.text)
+
+    def advanced(self, stage: stages.Stage, nbytes: int) -> None:
+        assert stage.text in self.open and nbytes > 0
+
+    def noted(self, stage: stages.Stage, detail: str) -> None:
+        assert stage.text in self.open
+
+    def ended_texts(self) -> list[str]:
+        return [text for text, *_ in self.finished]
+
+    def ended(self, stage: stages.Stage, ok: bool) -> None:
+        self.open.remove(stage.text)
+        self.finished.append((stage.text, ok, stage.total_bytes, stage.done_bytes, stage.detail))
+
+
+def restore_sums(nights: Nights, snapshot_id: str, source: str, name: str,
+                 watcher: StageLog | None = None) -> list[tuple[Any, ...]]:
     target = Path(nights.server.root) / name
     try:
-        result = nights.dr.run("-v", "restore", snapshot_id[:12], "--source", source, "--target", str(target),
-                               "--start", "--json")
+        with stages.watching(watcher):
+            result = nights.dr.run("-v", "restore", snapshot_id[:12], "--source", source, "--target",
+                                   str(target), "--start", "--json")
         assert result.code == 0, result.err
         report = json.loads(result.out)
         conn = pymysql.connect(unix_socket=report["socket"], user="root", password=nights.server.password)
@@ -110,11 +137,26 @@ def test_incrementals_store_the_changed_blocks_of_the_changed_pages(nights: Nigh
 
 
 def test_every_night_restores_to_the_servers_contents_at_that_night(nights: Nights) -> None:
+    watched = StageLog()
     for night in (1, 2):
         made = nights.made[SUB][night]
-        restored = restore_sums(nights, made["id"], SUB, f"night{night}")
+        restored = restore_sums(nights, made["id"], SUB, f"night{night}", watched if night == 2 else None)
         assert restored == nights.sums[night], f"night {night} restored differently"
     assert nights.sums[1] != nights.sums[2]  # the nights differ, so a stale page would show
+    # the chain's restore told its stages in order, each extraction's bytes the stored stream's length
+    full, first, second = (nights.made[SUB][n] for n in (0, 1, 2))
+    ids = [m["id"][:8] for m in (full, first, second)]
+    assert watched.ended_texts() == [
+        f"extracting the full {ids[0]} (1 of 3)", f"extracting incremental {ids[1]} (2 of 3)",
+        f"extracting incremental {ids[2]} (3 of 3)", "rebuilding the changed pages of 2 incremental(s)",
+        f"preparing the full {ids[0]} (mariabackup --prepare)",
+        f"applying incremental {ids[1]} (2 of 3) (mariabackup --prepare)",
+        f"applying incremental {ids[2]} (3 of 3) (mariabackup --prepare)"], watched.finished
+    assert all(ok for _, ok, *_ in watched.finished) and not watched.open
+    for (_, _, total, done, _), made in zip(watched.finished, (full, first, second)):
+        assert total == done == made["meta"]["dump_bytes"], (total, done, made["meta"]["dump_bytes"])
+    rebuilt = int(watched.finished[3][4].split()[0])
+    assert rebuilt >= first["meta"]["subpage"]["pages_as_blocks"] + second["meta"]["subpage"]["pages_as_blocks"]
 
 
 def test_a_lost_block_map_costs_one_night_of_whole_pages(nights: Nights) -> None:

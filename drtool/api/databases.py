@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from drtool.core.stages import Stage, watching
 from drtool.databases.engine import RestoreRequest as DatabaseRestoreRequest
 from drtool.databases.engine import engine_named, source_engines
 from drtool.databases.logarchive import FetchFailed, SegmentNotArchived, binlog_push, wal_fetch, wal_push
@@ -14,9 +15,9 @@ if TYPE_CHECKING:
     from drtool.config import Settings
     from drtool.repository.repo import Repository
 
-__all__ = ["DatabaseRestoreRequest", "FetchFailed", "RecoveryTarget", "SegmentNotArchived", "binlog_push",
+__all__ = ["DatabaseRestoreRequest", "FetchFailed", "RecoveryTarget", "SegmentNotArchived", "Stage", "binlog_push",
            "create_restore_point", "engine_named", "plan_from_config", "recoverable_window", "recovery_target",
-           "restore_pitr", "source_engines", "tablespace_map", "wal_fetch", "wal_push"]
+           "restore_pitr", "source_engines", "tablespace_map", "wal_fetch", "wal_push", "watching"]
 
 
 def create_restore_point(repo: Repository, settings: Settings, source: str, name: str) -> dict[str, Any]:

@@ -165,3 +165,10 @@ def require_engine(snapshots: Iterable[Snapshot], segments: Iterable[Segment], s
     if engine is None:
         raise SnapshotNotFound(f"source {source!r} has no base backup, dump or archived log in the repository")
     return engine
+
+
+def stream_bytes(snap: Snapshot) -> int | None:
+    """A stream snapshot's stored length (the dump as written, after any rewrite), for a restore's
+    progress bar; None where the snapshot does not say (made before drtool recorded it)."""
+    value = snap.meta.get("dump_bytes")
+    return value if isinstance(value, int) and value > 0 else None

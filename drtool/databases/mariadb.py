@@ -23,8 +23,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterator
 
 from drtool.childenv import child_environment
+from drtool.core import stages
 from drtool.databases import mariadb_gtid as gtid
-from drtool.databases.engine import Labels, RestoreRequest
+from drtool.databases.engine import Labels, RestoreRequest, stream_bytes
 from drtool.databases.logarchive import fetch_segment
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryShort
 from drtool.errors import RestoreTargetError, SourceError, UsageError
@@ -235,7 +236,9 @@ def restore_dump(session: Session, plan: PitrPlan, src: mariadb.MariaSource, *, 
         create_database(server, database, fresh=instance is not None)
         with session.lock("restore", read_only_ok=True):
             session.repo.load_index()
-            pipe_into_client(server, database, stream_chunks(session.repo, plan.base.snapshot), "dump load")
+            snap = plan.base.snapshot
+            with stages.stage(f"loading the dump {snap.short_id}", stream_bytes(snap)) as step:
+                pipe_into_client(server, database, step.counted(stream_chunks(session.repo, snap)), "dump load")
             reached = replay_binlogs(session, plan, server, single, database)
     finally:
         if instance is not None and not start:
@@ -290,16 +293,18 @@ def replay_binlogs(session: Session, plan: PitrPlan, server: mariadb.MariaSource
                 files.append(path)
             commands.append(mariadb.replay_command(files, start, stop, single, database, server.bindir, table))
         failures: list[str] = []
-        try:
-            pipe_into_client(server, database, _replay_stream(commands, progress, failures), "binlog replay")
-        finally:
-            if failures:  # the reader's failure is the cause; the client's error on the cut stream is not
-                raise RestoreTargetError(failures[0])
+        with stages.stage(f"replaying {len(plan.segments)} binlog file(s)") as step:
+            try:
+                pipe_into_client(server, database, _replay_stream(commands, progress, failures, step),
+                                 "binlog replay")
+            finally:
+                if failures:  # the reader's failure is the cause; the client's error on the cut stream is not
+                    raise RestoreTargetError(failures[0])
     return verify_replay(plan, progress, stop)
 
 
 def _replay_stream(commands: list[list[str]], progress: mariadb.ReplayProgress,
-                   failures: list[str]) -> Iterator[bytes]:
+                   failures: list[str], step: stages.Stage | None = None) -> Iterator[bytes]:
     """The SQL of each ``mariadb-binlog`` in turn, noted by ``progress`` on its way to the client.
 
     A failed reader ends the stream (noted in ``failures``) rather than
@@ -313,6 +318,10 @@ def _replay_stream(commands: list[list[str]], progress: mariadb.ReplayProgress,
         try:
             for chunk in iter(lambda: producer.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
                 progress.feed(chunk)
+                if step is not None:
+                    step.advance(len(chunk))
+                    if progress.last_time is not None:
+                        step.note(f"events up to {progress.last_time:%Y-%m-%d %H:%M:%S} UTC")
                 yield chunk
         finally:
             if producer.poll() is None:

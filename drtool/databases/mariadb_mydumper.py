@@ -25,6 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from drtool.childenv import child_environment
+from drtool.core import stages
 from drtool.databases.planner import PitrPlan, PitrResult
 from drtool.errors import RestoreTargetError, SourceError, UsageError
 from drtool.snapshot.model import FILE
@@ -150,11 +151,10 @@ def _load(session: Session, snap: Snapshot, server: mariadb.MariaSource, threads
         folder = os.path.join(work, DUMP_DIR)
         os.makedirs(folder, mode=0o700)
         count = _materialise(session, snap, folder, table)
-        started = time.monotonic()
-        with mariadb.client_options(server) as opts:
+        with stages.stage(f"loading {count} file(s) with myloader ({threads} thread(s))"), \
+                mariadb.client_options(server) as opts:
             _run(mydumper.load_command(server, opts, folder, threads, target_db, binlog=target_db is not None),
                  "myloader", RestoreTargetError)
-        log.info("myloader loaded %d file(s) with %d thread(s) in %.1fs", count, threads, time.monotonic() - started)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -163,10 +163,12 @@ def _materialise(session: Session, snap: Snapshot, folder: str, table: tuple[str
     files = {path.split("/", 1)[1]: node for path, node in walk_tree(session.repo, snap.tree)
              if node.type == FILE and path.startswith(DUMP_DIR + "/") and path.count("/") == 1}
     wanted = mydumper.table_files(list(files), *table) if table else list(files)
-    for name in wanted:
-        ids = [bytes.fromhex(blob) for blob in files[name].content]
-        with open(os.path.join(folder, name), "wb") as handle:
-            for start in range(0, len(ids), READ_BATCH):  # neighbouring blobs of a pack in one ranged read
-                for view in session.repo.read_blobs(ids[start:start + READ_BATCH]):
-                    handle.write(view)
+    total = sum(files[name].size or 0 for name in wanted)
+    with stages.stage(f"fetching {len(wanted)} file(s) of snapshot {snap.short_id}", total or None) as step:
+        for name in wanted:
+            ids = [bytes.fromhex(blob) for blob in files[name].content]
+            with open(os.path.join(folder, name), "wb") as handle:
+                for start in range(0, len(ids), READ_BATCH):  # neighbouring blobs of a pack in one ranged read
+                    for view in step.counted(session.repo.read_blobs(ids[start:start + READ_BATCH])):
+                        handle.write(view)
     return len(wanted)

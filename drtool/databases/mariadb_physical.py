@@ -24,12 +24,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from drtool.childenv import child_environment
+from drtool.core import stages
 from drtool.databases import mariadb_chain as chain
 from drtool.databases import subpage_format
+from drtool.databases.engine import stream_bytes
 from drtool.databases.planner import PitrPlan, PitrResult
 from drtool.errors import DrtoolError, RestoreTargetError, SourceError, UsageError
 from drtool.snapshot.streamread import read_stream
@@ -227,28 +228,31 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
     """The full into ``datadir``, each incremental into its own directory under ``root``; prepare the
     full, then apply each incremental onto it in order (its directory removed once applied)."""
     dirs = [datadir] + [os.path.join(root, f"incremental-{n}") for n in range(1, len(members))]
-    started = time.monotonic()
     with session.lock("restore", read_only_ok=True):
         session.repo.load_index()
-        for member, target in zip(members, dirs):
+        for number, (member, target) in enumerate(zip(members, dirs)):
             os.makedirs(target, mode=0o700, exist_ok=True)
-            _pipe(mariabackup.extract_command(target, bindir), read_stream(session.repo, member),
-                  f"mbstream -x of snapshot {member.short_id}", member)
-    log.info("extracted %d snapshot(s) %s into %s in %.1fs", len(members),
-             ", ".join(m.short_id for m in members), root, time.monotonic() - started)
+            with stages.stage(f"extracting {_member_label(member, number, len(members))}",
+                              stream_bytes(member)) as step:
+                _pipe(mariabackup.extract_command(target, bindir), step.counted(read_stream(session.repo, member)),
+                      f"mbstream -x of snapshot {member.short_id}", member)
     if any(member.meta.get("subpage") for member in members):
         from drtool.databases.subpage_restore import rebuild_chain
-        started = time.monotonic()
-        pages = rebuild_chain(datadir, dirs[1:])
-        log.info("rebuilt %d page(s) of the incrementals' .delta files from their changed blocks in %.1fs",
-                 pages, time.monotonic() - started)
-    started = time.monotonic()
-    _run(mariabackup.prepare_command(datadir, bindir), f"mariabackup --prepare of snapshot {members[0].short_id}")
-    for member, incremental in zip(members[1:], dirs[1:]):
-        _run(mariabackup.prepare_command(datadir, bindir, incremental),
-             f"mariabackup --prepare of incremental snapshot {member.short_id}")
+        with stages.stage(f"rebuilding the changed pages of {len(members) - 1} incremental(s)") as step:
+            step.note(f"{rebuild_chain(datadir, dirs[1:])} page(s) rebuilt")
+    with stages.stage(f"preparing the full {members[0].short_id} (mariabackup --prepare)"):
+        _run(mariabackup.prepare_command(datadir, bindir), f"mariabackup --prepare of snapshot {members[0].short_id}")
+    for number, (member, incremental) in enumerate(zip(members[1:], dirs[1:]), 1):
+        with stages.stage(f"applying {_member_label(member, number, len(members))} (mariabackup --prepare)"):
+            _run(mariabackup.prepare_command(datadir, bindir, incremental),
+                 f"mariabackup --prepare of incremental snapshot {member.short_id}")
         shutil.rmtree(incremental)
-    log.info("prepared %s in %.1fs", datadir, time.monotonic() - started)
+
+
+def _member_label(member: Snapshot, number: int, count: int) -> str:
+    if number == 0:
+        return f"the full {member.short_id}" + (f" (1 of {count})" if count > 1 else "")
+    return f"incremental {member.short_id} ({number + 1} of {count})"
 
 
 def _empty(root: str) -> None:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from drtool.childenv import child_environment
 from drtool.databases import pg_tablespaces
-from drtool.databases.engine import Labels, RestoreRequest
+from drtool.core import stages
+from drtool.databases.engine import Labels, RestoreRequest, stream_bytes
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryPointUnreachable, RecoveryShort
 from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import SnapshotNotFound, SourceError, UsageError
@@ -353,8 +354,12 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
     with session.lock("restore", read_only_ok=True):
         session.repo.load_index()
         base = pg_tablespaces.BASE_TAR if "tablespaces" in snap.meta else None
-        members = postgres.extract_base_tar(read_stream(session.repo, snap, base), target)
-        members += pg_tablespaces.extract_tablespaces(session, snap, places, postgres.extract_base_tar)
+        with stages.stage(f"extracting the base backup {snap.short_id}",
+                          None if base else stream_bytes(snap)) as step:
+            members = postgres.extract_base_tar(step.counted(read_stream(session.repo, snap, base)), target)
+        if snap.meta.get("tablespaces"):
+            with stages.stage(f"extracting {len(snap.meta['tablespaces'])} tablespace(s)"):
+                members += pg_tablespaces.extract_tablespaces(session, snap, places, postgres.extract_base_tar)
     if places:
         pg_tablespaces.write_tablespace_map(target, places)
     for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
@@ -376,7 +381,8 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
                             f"WAL via {script}, then promotes; port {port or 'from its configuration'}, "
                             f"socket directory {socket_dir})")
         return result
-    result.outcome = postgres.start_and_wait(target, src.bindir, timeout)
+    with stages.stage(f"recovery: PostgreSQL replays up to {len(plan.segments)} WAL file(s) and promotes"):
+        result.outcome = postgres.start_and_wait(target, src.bindir, timeout)
     try:
         result.reached = verify_recovery(plan, result.outcome)
     except RecoveryShort as exc:

@@ -19,7 +19,7 @@ from drtool.api.settings import display, in_utc_and_host, parse_point_in_time, z
 from drtool.cli.complete import snapshot_ids, source_names
 from drtool.cli.context import CliState, command_line, emit, pass_state
 from drtool.cli.options import dry_run_option, json_option, name_option, recovery_target_options
-from drtool.cli.progress import byte_progress
+from drtool.cli.progress import byte_progress, restore_stages
 from drtool.cli.values import mib
 from drtool.errors import DrtoolError, PartialSuccess, UsageError
 
@@ -271,8 +271,9 @@ def run_source_restore(state: CliState, request: SourceRestore) -> None:
                                               start=request.start, port=request.port, command_line=command_line(),
                                               tablespace_map=databases.tablespace_map(request.tablespace_map),
                                               table=request.table)
-    result = databases.restore_pitr(session, state.settings, src, point, server, inclusive=request.inclusive,
-                                    snapshot=request.snapshot, target=target, timeline=request.timeline)
+    with restore_stages():
+        result = databases.restore_pitr(session, state.settings, src, point, server, inclusive=request.inclusive,
+                                        snapshot=request.snapshot, target=target, timeline=request.timeline)
     emit(result.as_dict(), request.as_json, "\n".join([*result.plan.lines(), *result.lines()]))
 
 
