@@ -87,11 +87,14 @@ def test_restore_between_t2_and_t3_gives_exactly_t1_and_t2(scenario: Scenario) -
     assert "plan (dry run" in plan.out and "base: snapshot" in plan.out and not target.exists()
     # the resolved instant in UTC and in the host's zone (issue 16)
     assert re.search(r"recover to \S+Z \(UTC\) = \S+-0[45]:00 \(America/New_York\) \(inclusive\)", plan.out)
-    proc = run_as_server_user(["restore", "--source", SOURCE, "--point-in-time", scenario.between.isoformat(),
+    proc = run_as_server_user(["-v", "restore", "--source", SOURCE, "--point-in-time", scenario.between.isoformat(),
                                "--target", str(target), "--start", "--port", str(port), "--json"],
                               scenario.env)
     try:
         assert proc.returncode == 0, proc.stderr + scenario.server.log_tail()
+        # -v: each stage's start and duration (a terminal would show them live; docs/databases.md)
+        assert re.search(r"extracting the base backup \w{8}: done in \d+\.\ds", proc.stderr), proc.stderr
+        assert re.search(r"recovery: PostgreSQL replays up to \d+ WAL file\(s\) and promotes: done in", proc.stderr)
         report = json.loads(proc.stdout)
         assert report["started"] and "stopping before commit" in report["outcome"]["stopped"]
         assert report["reached"] == report["outcome"]["stopped"]  # verified from the server's own log
