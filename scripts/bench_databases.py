@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -126,10 +127,23 @@ class Drtool:
 
     def __call__(self, *args: str, prefix: list[str] | None = None) -> str:
         proc = run([*(prefix or []), PY, "-m", "drtool", *args], self.env)
+        self.last_stderr = proc.stderr
         for line in proc.stderr.splitlines():
             if "INFO" in line or "warning" in line:
                 log(line)
         return proc.stdout
+
+    def stage_seconds(self) -> dict[str, float]:
+        """The last command's restore stages (``-v`` logs "STAGE: done in N.Ns"), summed by kind:
+        where a restore's time goes (extracting the streams, rebuilding pages, --prepare, replay)."""
+        kinds = {"extracting": "extract", "rebuilding": "rebuild", "preparing": "prepare", "applying": "prepare",
+                 "replaying": "replay"}
+        out: dict[str, float] = {}
+        for match in re.finditer(r"INFO: (\w+) .*?: done in (\d+\.\d+)s", self.last_stderr):
+            kind = kinds.get(match.group(1))
+            if kind:
+                out[kind] = out.get(kind, 0.0) + float(match.group(2))
+        return out
 
     def stored(self, source: str) -> int:
         """Bytes the newest snapshot of ``source`` added to the repository (compressed, encrypted)."""
@@ -284,10 +298,12 @@ class MariaBench:
         out["physical_full_restore_s"] = best(lambda i: dr("-v", "restore", night1[:12], "--source", "phys",
                                                            "--target", str(root / f"r-full{i}")), root / "r-full")
         out["physical_full_restore_cpu_s"] = LAST_CPU
+        out["physical_full_restore_stages"] = dr.stage_seconds()
         shutil.rmtree(f"{root / 'r-full'}{REPEAT - 1}", ignore_errors=True)
         out["physical_restore_s"] = best(lambda i: dr("-v", "restore", phys[:12], "--source", "phys",
                                                       "--target", str(root / f"r-phys{i}")), root / "r-phys")
         out["physical_restore_cpu_s"] = LAST_CPU
+        out["physical_restore_stages"] = dr.stage_seconds()
         shutil.rmtree(f"{copy}{REPEAT - 1}", ignore_errors=True)
         shutil.rmtree(f"{root / 'r-phys'}{REPEAT - 1}", ignore_errors=True)
         plan = json.loads(dr("restore", "--source", "phys", "--latest", "--target", "/nonexistent",
@@ -419,6 +435,9 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
         if "physical_full_restore_s" in d else "—")
     row("drtool physical restore of night 2 (× floor)",
         lambda d: ratio(d, "physical_restore_s", "floor_restore_s") + cpu(d, "physical_restore_cpu_s"))
+    row("  where the restores' time went (night 1; night 2)",
+        lambda d: "; ".join(", ".join(f"{kind} {sec:.1f} s" for kind, sec in d.get(key, {}).items()) or "—"
+                            for key in ("physical_full_restore_stages", "physical_restore_stages")))
     row("drtool logical restore (load)", lambda d: f"{d['logical_restore_s']:.1f} s" if "logical_restore_s" in d else "—")
     row("drtool mydumper restore: database / one of 4 tables (2 threads)",
         lambda d: f"{d['mydumper_restore_s']:.1f} s / {d['mydumper_table_restore_s']:.1f} s"
