@@ -186,6 +186,15 @@ expect = 0
     # restored once, by the physical restore: not first as a plain copy of the mariabackup stream
     assert "is restored by the mariadb restore below (no plain copy of its files first" in result.err
     assert list(root.iterdir()) == []
+    # where the step's RTO went, in its record and its log: extraction (all the stream), prepare, replay
+    (snap,) = json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json").out)
+    stages = doc["steps"][0]["stages"]
+    assert [s["stage"] for s in stages] == [f"extracting the full {snap['short_id']}",
+                                            f"preparing the full {snap['short_id']} (mariabackup --prepare)",
+                                            stages[2]["stage"]] and stages[2]["stage"].startswith("replaying ")
+    assert stages[0]["bytes"] == snap["meta"]["dump_bytes"] and all(s["ok"] and s["seconds"] >= 0 for s in stages)
+    assert "events up to " in stages[2]["detail"]
+    assert f"done: extracting the full {snap['short_id']} (" in result.err
 
 
 def run_on_terminal(dr: DrEnv, *args: str, timeout: float = 300) -> tuple[int, str, str]:

@@ -32,6 +32,7 @@ from drtool.errors import DrtoolError, SnapshotNotFound
 from drtool.rehearse.runbook import Objectives, Runbook, Step
 from drtool.rehearse.sandbox import (FILE_CHECKS, CheckResult, CheckRunner, Sandbox, SandboxContext,
                                make_sandbox, sandbox_root, sigterm_as_interrupt)
+from drtool.core import stages
 from drtool.core.session import Session
 from drtool.repository.objects import REHEARSAL_KIND, REHEARSALS, object_name
 from drtool.snapshot.model import Snapshot
@@ -94,6 +95,7 @@ class StepResult:
     server_log: str | None = None  # the end of a failed step's server log (the sandbox goes)
     shards: dict[str, Any] | None = None  # a snapshot set: which shards were restored, of how many
     warnings: list[str] = field(default_factory=list)  # e.g. the newest chain was passed over
+    stages: list[dict[str, Any]] = field(default_factory=list)  # the database restore's stages: where RTO went
 
     @property
     def rto_seconds(self) -> float | None:
@@ -119,7 +121,7 @@ class StepResult:
                 "status": self.status, "error": self.error, "restored": self.restored,
                 "checks": [c.as_dict() for c in self.checks], "failed": self.failed,
                 "kept": self.kept, "server_log": self.server_log, "shards": self.shards,
-                "warnings": self.warnings}
+                "warnings": self.warnings, "stages": self.stages}
 
 
 @dataclass
@@ -175,6 +177,29 @@ class RehearsalResult:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.document(), id=self.id, record_error=self.record_error)
+
+
+class _StageTimes:
+    """Keeps a database restore's stages in the step's record and log: a drill's RTO broken down
+    (extracting, preparing, replaying), so the drill lead sees which part to work on."""
+
+    def __init__(self, res: StepResult, log: Callable[[str], None]) -> None:
+        self._res, self._log = res, log
+
+    def begun(self, stage: stages.Stage) -> None:
+        pass
+
+    def advanced(self, stage: stages.Stage, nbytes: int) -> None:
+        pass
+
+    def noted(self, stage: stages.Stage, detail: str) -> None:
+        pass
+
+    def ended(self, stage: stages.Stage, ok: bool) -> None:
+        self._res.stages.append({"stage": stage.text, "seconds": round(stage.seconds, 3),
+                                 "bytes": stage.done_bytes, "detail": stage.detail, "ok": ok})
+        moved = f", {stage.done_bytes / 2**20:.1f} MiB" if stage.done_bytes else ""
+        self._log(f"{'done' if ok else 'FAILED'}: {stage.text} ({fmt_seconds(stage.seconds)}{moved})")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -362,7 +387,8 @@ class Rehearsal:
             self.log(f"{where}: starting the {sandbox.kind} sandbox server")
         assert res.target is not None
         try:
-            recovered = sandbox.bring_up(self.session, snap, res.target, step.point.mode == "latest")
+            with stages.watching(_StageTimes(res, lambda line: self.log(f"{where}: {line}"))):
+                recovered = sandbox.bring_up(self.session, snap, res.target, step.point.mode == "latest")
         finally:
             res.warnings += sandbox.warnings
             for line in sandbox.warnings:
