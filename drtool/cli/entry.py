@@ -8,9 +8,18 @@ start-up, so the first interrupt simply says so and exits 130.  Once the
 command runs (``allow_interrupts``, called by the ``drtool`` group) an
 interrupt is a ``KeyboardInterrupt`` again, handled by ``main``; after the
 command, while the interpreter shuts down, it is quiet once more.
+
+Start-up also runs without the cyclic garbage collector: importing click,
+SQLAlchemy and the command's modules allocates enough containers to trigger
+several full collections over everything imported so far, ~0.15 s of CPU
+for every command (a cron run, each ``wal-push`` of an archiving server),
+and import leaves no cycles worth collecting.  When the command starts, what
+the imports made is frozen out of later collections and the collector runs
+as usual.
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -37,6 +46,27 @@ def allow_interrupts() -> None:
     """From here on an interrupt raises KeyboardInterrupt (the command cleans up and exits 130)."""
     if signal.getsignal(signal.SIGINT) is _quiet_exit:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _collector_held:
+        collector_after_start_up()
+
+
+_collector_held = False
+
+
+def hold_collector_for_start_up() -> None:
+    global _collector_held
+    if gc.isenabled():
+        gc.disable()
+        _collector_held = True
+
+
+def collector_after_start_up() -> None:
+    """The imports' objects frozen out of later collections; the collector on again."""
+    global _collector_held
+    if _collector_held:
+        gc.freeze()
+        gc.enable()
+        _collector_held = False
 
 
 def _looks_like_no_memory(exc: BaseException) -> bool:
@@ -45,6 +75,7 @@ def _looks_like_no_memory(exc: BaseException) -> bool:
 
 def run() -> None:
     quiet_interrupts()
+    hold_collector_for_start_up()
     try:
         from drtool.cli.main import main
         code = main(sys.argv[1:])
@@ -53,5 +84,6 @@ def run() -> None:
                 "not enough memory to load drtool (raise ulimit -v / the unit's MemoryMax)")
         os.write(2, f"drtool: error: cannot run: {what}\n".encode("utf-8", "replace"))
         code = 126 if "wal-fetch" in sys.argv else 1
+    collector_after_start_up()  # a command that ended before it started (--help, a usage error)
     quiet_interrupts()
     sys.exit(code)
