@@ -29,6 +29,7 @@ def _backup(session, command: list[str]):  # type: ignore[no-untyped-def]
 
 
 def test_a_physical_stream_reads_back_and_the_run_turns_run_groups_off_again(repo_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from drtool.snapshot.store import stream_ids
     from drtool.snapshot.streamread import read_stream
     dump = _dump(tmp_path, 20 << 20)
     with repo_env.session() as session:
@@ -37,6 +38,8 @@ def test_a_physical_stream_reads_back_and_the_run_turns_run_groups_off_again(rep
         session.repo.load_index()
         assert b"".join(bytes(view) for view in read_stream(session.repo, result.snapshot)) == dump.read_bytes()
         assert 0 < result.snapshot.summary["bytes_added"] < dump.stat().st_size
+        ids = stream_ids(session.repo, result.snapshot)
+        assert 10 <= len(ids) <= 60  # ~1 MiB chunks, as large files get (16 KiB ones: ~1,300)
 
 
 def test_a_failing_dump_program_writes_no_snapshot(repo_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
