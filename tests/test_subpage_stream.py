@@ -273,18 +273,34 @@ def test_a_full_disk_while_rebuilding_is_one_line_naming_the_file(store: BlockMa
     assert "free space on the --target file system" in caught.value.hint
 
 
-@pytest.mark.parametrize("read_size", [1000, 777_777])
+class Trickle(io.RawIOBase):
+    """A pipe read without a buffer in between: each read returns at most 1,000 bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def,override]
+        return self._data.readinto(memoryview(buffer)[:1000])
+
+
+@pytest.mark.parametrize("read_size, source", [(1000, io.BufferedReader), (777_777, io.BufferedReader),
+                                               (777_777, Trickle)])
 def test_a_full_read_in_pieces_across_its_payloads_is_fingerprinted_whole(store: BlockMapStore, tmp_path: Path,
-                                                                          read_size: int) -> None:
+                                                                          read_size: int, source: type) -> None:
     """A full's payloads go straight into the reader's buffer; reads that end mid-block (1000
-    bytes, 777,777) carry the block's start to the next read, so the map learns every block:
-    the next night stores each changed page as its blocks, and rebuilds byte for byte."""
+    bytes, 777,777; a source that returns 1,000 bytes a call) carry the block's start to the
+    next read, so the map learns every block: the next night stores each changed page as its
+    blocks, and rebuilds byte for byte."""
     data = tablespace(300, 11)
     other = tablespace(10, 12)
     full = b"".join(interleave(chunks(b"db/t.ibd", bytes(data), 5 * PAGE + 512), chunks(b"db/o.frm", bytes(other),
                                                                                         3333)))
     pending = store.begin(None)
-    rewritten = SubpageStream(io.BufferedReader(io.BytesIO(full)), pending, False)  # type: ignore[arg-type]
+    reader = Trickle(full) if source is Trickle else io.BufferedReader(io.BytesIO(full))
+    rewritten = SubpageStream(reader, pending, False)  # type: ignore[arg-type]
     out, buffer = bytearray(), bytearray(read_size)
     while count := rewritten.readinto(memoryview(buffer)):
         out += buffer[:count]

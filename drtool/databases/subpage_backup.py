@@ -121,9 +121,13 @@ class _FullPassage:
                 self._path, self._block = head.path, head.offset // fmt.BLOCK
 
     def _payload(self, into: memoryview) -> int:
-        count = self._source.readinto(into) or 0  # a buffered pipe: fills ``into`` unless the stream ends
-        if count < len(into):
-            self.cut_short = self.ended = True
+        count = 0
+        while count < len(into):  # one call on a buffered pipe; a raw one may return less
+            got = self._source.readinto(into[count:]) or 0
+            if not got:  # the stream ended inside a payload
+                self.cut_short = self.ended = True
+                break
+            count += got
         if self._path is not None and count:
             self._fingerprint(into[:count])
         self._left -= count
