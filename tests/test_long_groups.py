@@ -187,3 +187,37 @@ def test_incompressible_long_blobs_go_to_a_buffered_group_stored_raw() -> None:
         assert sealed[1] == mode
         assert {repo.locate(blob_id)[:3] for blob_id in ids} == {loc[:3]}  # one group each
         assert b"".join(bytes(b) for b in repo.read_blobs(ids)) == data
+
+
+def test_physical_streams_seal_long_runs_of_new_blobs_in_one_shot() -> None:
+    """``run_groups`` (a physical backup's run): a segment's 8 MiB of new neighbouring blobs is one
+    group compressed in one shot, with no streaming context made; a run cut short by repeats
+    (under RUN_GROUP_MIN) still goes to the streamed group; every blob reads back."""
+    from drtool.repository.longgroups import RUN_GROUP_MIN
+    repo = _repo()
+    data = dump_like_text(8 << 20, seed=60)
+    blobs = _runs(data, 16 * 1024, repo)
+    repo.envelope.text_ldm, repo.envelope.run_groups = False, True
+    try:
+        with memoryview(data) as view:
+            repo.add_long_blobs(DATA_BLOB, view, blobs[:100])  # 1.6 MiB: a group of its own
+            assert repo.group_buffer_bytes() == 0  # no context: sealed in one shot
+            # repeats of the first run split what follows: 2 new blobs (32 KiB) then 300
+            mixed = blobs[102:104] + blobs[:10] + blobs[110:410]
+            repo.add_long_blobs(DATA_BLOB, view, mixed)
+            assert repo._long is not None and len(repo._long._open) == 1  # the short run streams
+            assert 32 * 1024 < RUN_GROUP_MIN <= 300 * 16 * 1024
+        repo.flush()
+    finally:
+        repo.envelope.text_ldm, repo.envelope.run_groups = True, False
+    stored = [b for b in blobs[:104] + blobs[110:410] if b not in blobs[100:102]]
+    groups = {}
+    for blob_id, _, _ in stored:
+        groups.setdefault(repo.locate(blob_id)[:3], []).append(blob_id)
+    assert sorted(len(ids) for ids in groups.values()) == [2, 100, 300]
+    first = repo.locate(blobs[0][0])
+    sealed = repo.backend.get(pack_name(first.pack_id))[first.offset:first.offset + first.length]
+    assert sealed[1] == ZSTD
+    assert bytes(open_group(repo.envelope, DATA_BLOB, sealed)) == data[:blobs[100][1]]
+    ids = [b[0] for b in stored]
+    assert b"".join(bytes(b) for b in repo.read_blobs(ids)) == b"".join(data[o:o + n] for _, o, n in stored)

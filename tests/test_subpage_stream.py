@@ -271,3 +271,55 @@ def test_a_full_disk_while_rebuilding_is_one_line_naming_the_file(store: BlockMa
         rebuild_chain(str(full_dir), [str(inc)])  # the rebuilt 1.2 MiB does not fit
     assert str(caught.value).startswith(f"cannot rebuild {inc / 't.ibd.delta'}: No space left on device")
     assert "free space on the --target file system" in caught.value.hint
+
+
+class Trickle(io.RawIOBase):
+    """A pipe read without a buffer in between: each read returns at most 1,000 bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def,override]
+        return self._data.readinto(memoryview(buffer)[:1000])
+
+
+@pytest.mark.parametrize("read_size, source", [(1000, io.BufferedReader), (777_777, io.BufferedReader),
+                                               (777_777, Trickle)])
+def test_a_full_read_in_pieces_across_its_payloads_is_fingerprinted_whole(store: BlockMapStore, tmp_path: Path,
+                                                                          read_size: int, source: type) -> None:
+    """A full's payloads go straight into the reader's buffer; reads that end mid-block (1000
+    bytes, 777,777; a source that returns 1,000 bytes a call) carry the block's start to the
+    next read, so the map learns every block: the next night stores each changed page as its
+    blocks, and rebuilds byte for byte."""
+    data = tablespace(300, 11)
+    other = tablespace(10, 12)
+    full = b"".join(interleave(chunks(b"db/t.ibd", bytes(data), 5 * PAGE + 512), chunks(b"db/o.frm", bytes(other),
+                                                                                        3333)))
+    pending = store.begin(None)
+    reader = Trickle(full) if source is Trickle else io.BufferedReader(io.BytesIO(full))
+    rewritten = SubpageStream(reader, pending, False)  # type: ignore[arg-type]
+    out, buffer = bytearray(), bytearray(read_size)
+    while count := rewritten.readinto(memoryview(buffer)):
+        out += buffer[:count]
+    rewritten.check_whole("n0")
+    assert bytes(out) == full
+    assert store.commit(pending, "n0")
+    changed = [0, 5, 6, 149, 299]
+    mutate(data, changed, random.Random(11))
+    written = delta_file(bytes(data), changed)
+    stream = b"".join(chunks(b"db/t.ibd.meta", meta(), 1 << 20) + chunks(b"db/t.ibd.delta", written, 1 << 20))
+    inc_stream, night = run(stream, store, "n0", "n1", True)
+    assert night.stats.pages_as_blocks == len(changed)
+    inc = extract(inc_stream, tmp_path / "inc")
+    rebuild_chain(str(extract(full, tmp_path / "full")), [str(inc)])
+    assert (inc / "db" / "t.ibd.delta").read_bytes() == written
+
+
+def test_a_full_cut_short_is_refused(store: BlockMapStore) -> None:
+    full = b"".join(chunks(b"t.ibd", bytes(tablespace(8, 13)), 1 << 20))
+    for cut in (len(full) - 40 - len(b"XBSTCK01"), 30):  # inside a payload, inside the first header
+        with pytest.raises(SourceError, match="cut short"):
+            run(full[:cut], store, None, "n0", False)

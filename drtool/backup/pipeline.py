@@ -106,6 +106,9 @@ class ChunkPipeline:
         self.file_chunker = Chunker(repo.config.file_chunk_avg, seed)
         self.text_chunker = Chunker(repo.config.stream_chunk_avg, seed)
         self.short_text_chunker = Chunker(repo.config.stream_chunk_avg, seed)  # cuts the same; other groups
+        # physical streams (``run_groups``): large chunks, scanned from 3/4 of the average on
+        # (FastCDC 0.47 s against 0.73 s on an 880 MiB mariabackup stream; _process_long)
+        self.physical_chunker = Chunker(repo.config.file_chunk_avg, seed, repo.config.file_chunk_avg * 3 // 4)
         self._text_segments = 0  # long-text segments handed to the workers and not done yet
         self._probe = zstandard.ZstdCompressor(level=1)
         self._batch = Batch()
@@ -187,10 +190,16 @@ class ChunkPipeline:
 
     def _process_long(self, data: bytes | memoryview) -> list[bytes]:
         """A long text segment: its chunks go to this worker's long group in one call, so that
-        neighbouring new chunks are compressed as one run (``Repository.add_long_blobs``)."""
+        neighbouring new chunks are compressed as one run (``Repository.add_long_blobs``).
+
+        A physical backup's stream (``run_groups``) is cut in chunks of ~1.6 MiB: 16 KiB ones
+        dedup a dump's edited rows, but a full's pages change under every scattered update (a
+        night-2 full stored 894 of night 1's ~915 MiB with them), and each blob costs its id
+        lookups, index and trailer entries at backup and a copy call at restore."""
+        chunker = self.physical_chunker if self.repo.envelope.run_groups else self.text_chunker
         with memoryview(data) as view:
             blobs, offset, make_id = [], 0, self.repo.ids.blob_id
-            for chunk in self.text_chunker.cut(view):
+            for chunk in chunker.cut(view):
                 blobs.append((make_id(chunk), offset, len(chunk)))
                 offset += len(chunk)
             self.repo.add_long_blobs(DATA_BLOB, view, blobs)

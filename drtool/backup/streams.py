@@ -102,10 +102,12 @@ def run_dump(session: Session, command: list[str], env: dict[str, str], name: st
 @contextmanager
 def binary_streams(session: Session) -> Iterator[None]:
     """Physical backups (mariabackup, pg_basebackup): data-file pages, for which zstd's
-    long-distance matching costs half the compression speed and saves nothing."""
+    long-distance matching costs half the compression speed and saves nothing, and whose
+    long runs of new blobs are compressed in one shot (``repository.longgroups``)."""
     envelope = session.repo.envelope
-    before, envelope.text_ldm = envelope.text_ldm, False
+    before = envelope.text_ldm, envelope.run_groups
+    envelope.text_ldm, envelope.run_groups = False, True
     try:
         yield
     finally:
-        envelope.text_ldm = before
+        envelope.text_ldm, envelope.run_groups = before

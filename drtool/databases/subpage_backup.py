@@ -71,12 +71,94 @@ class _DeltaCut:
         self.blocks_per_page = page_size // fmt.BLOCK
 
 
+class _FullPassage:
+    """A full's stream passed through as it came, its payloads read straight into the reader's
+    buffer (the backup's segment) and fingerprinted there.
+
+    Reading each 10 MiB payload into a fresh ``bytes`` first and copying it on cost a
+    page-faulted allocation and a copy per byte of the full (about 0.5 s of CPU per GiB
+    with the parsing, measured on an 880 MiB stream).  A payload split across two reads
+    keeps the part of a 512-byte block it ended in (``carry``) for the next."""
+
+    def __init__(self, source: IO[bytes], blockmap: BlockMap) -> None:
+        self._source, self._map = source, blockmap
+        self._head = memoryview(b"")  # header bytes not yet handed over
+        self._left = 0                # payload bytes of the current chunk not yet read
+        self._path: bytes | None = None  # the tablespace being fingerprinted, or None
+        self._block = 0               # its block the next fingerprint is of
+        self._carry = bytearray()
+        self.cut_short = False
+        self.ended = False
+
+    def readinto(self, buffer: memoryview) -> int:
+        filled = 0
+        while filled < len(buffer) and not self.ended:
+            if self._head:
+                take = min(len(buffer) - filled, len(self._head))
+                buffer[filled:filled + take] = self._head[:take]
+                self._head = self._head[take:]
+            elif self._left:
+                take = self._payload(buffer[filled:filled + min(len(buffer) - filled, self._left)])
+            else:
+                self._next_chunk()
+                continue
+            filled += take
+        return filled
+
+    def _next_chunk(self) -> None:
+        try:
+            head = mbstream.read_head(self._source)
+        except mbstream.StreamCut:
+            head, self.cut_short = None, True  # mariabackup died mid-chunk: its exit status is the message
+        if head is None:
+            self.ended = True
+            return
+        self._head, self._left, self._path, self._carry = memoryview(head.head), head.length, None, bytearray()
+        if head.kind == mbstream.PAYLOAD and head.length and TABLESPACE.search(head.path):
+            if head.offset % fmt.BLOCK or head.length % fmt.BLOCK:
+                self._map.forget(head.path)  # not block-aligned: not a tablespace copy this map can follow
+            else:
+                self._path, self._block = head.path, head.offset // fmt.BLOCK
+
+    def _payload(self, into: memoryview) -> int:
+        count = 0
+        while count < len(into):  # one call on a buffered pipe; a raw one may return less
+            got = self._source.readinto(into[count:]) or 0
+            if not got:  # the stream ended inside a payload
+                self.cut_short = self.ended = True
+                break
+            count += got
+        if self._path is not None and count:
+            self._fingerprint(into[:count])
+        self._left -= count
+        return count
+
+    def _fingerprint(self, data: memoryview) -> None:
+        used = 0
+        if self._carry:
+            used = min(fmt.BLOCK - len(self._carry), len(data))
+            self._carry += data[:used]
+            if len(self._carry) < fmt.BLOCK:
+                return
+            self._write(memoryview(self._carry))
+        whole = (len(data) - used) // fmt.BLOCK * fmt.BLOCK
+        if whole:
+            self._write(data[used:used + whole])
+        self._carry = bytearray(data[used + whole:])
+
+    def _write(self, blocks: memoryview) -> None:
+        assert self._path is not None
+        self._map.write(self._path, self._block, fmt.fingerprints(blocks, self._map.seed), 0)
+        self._block += len(blocks) // fmt.BLOCK
+
+
 class SubpageStream:
-    """A readable stream (``read1``/``readinto``) of the rewritten mbstream."""
+    """A readable stream (``read1``/``readinto``) of the rewritten mbstream (a full: as it came)."""
 
     def __init__(self, source: IO[bytes], blockmap: BlockMap, incremental: bool) -> None:
+        self._full = None if incremental else _FullPassage(source, blockmap)
         self._chunks = mbstream.read_chunks(source)
-        self._map, self._incremental = blockmap, incremental
+        self._map = blockmap
         self._pieces: deque[memoryview] = deque()
         self._metas: dict[bytes, delta.DeltaMeta] = {}
         self._cuts: dict[bytes, _DeltaCut] = {}
@@ -86,6 +168,9 @@ class SubpageStream:
 
     # ----- the reader's side -----------------------------------------------------------------
     def read1(self, size: int = -1) -> bytes:
+        if self._full is not None:
+            buffer = bytearray(size if size > 0 else 1 << 20)
+            return bytes(buffer[:self.readinto(memoryview(buffer))])
         if not self._fill():
             return b""
         piece = self._pieces[0]
@@ -97,6 +182,8 @@ class SubpageStream:
 
     def readinto(self, buffer: memoryview) -> int:
         """As many pieces as fit, copied once into the caller's buffer (the backup's segments)."""
+        if self._full is not None:
+            return self._full.readinto(buffer)
         filled = 0
         while filled < len(buffer) and self._fill():
             piece = self._pieces[0]
@@ -121,7 +208,7 @@ class SubpageStream:
 
     def check_whole(self, source: str) -> None:
         """After mariabackup exited 0: the stream must have ended between chunks, every .delta closed."""
-        if self.cut_short or self._cuts:
+        if self.cut_short or self._cuts or (self._full is not None and self._full.cut_short):
             raise SourceError(f"the mariabackup stream of {source} was cut short (a chunk or a .delta file "
                               f"is incomplete); no snapshot was written")
 
@@ -138,11 +225,6 @@ class SubpageStream:
     # ----- the rewrite -----------------------------------------------------------------------
     def _take(self, chunk: Chunk) -> None:
         path = chunk.path
-        if not self._incremental:
-            if chunk.kind == mbstream.PAYLOAD and TABLESPACE.search(path):
-                self._fingerprint_full(path, chunk.offset, chunk.payload)
-            self._emit(chunk.head, chunk.payload)
-            return
         if path.endswith(delta.DELTA_SUFFIX):
             self._delta_chunk(chunk)
             return
@@ -160,13 +242,6 @@ class SubpageStream:
             self._emit(mbstream.eof_chunk(new_path, chunk.flags))
         else:
             self._emit(mbstream.payload_chunk(new_path, chunk.offset, chunk.payload, chunk.flags))
-
-    def _fingerprint_full(self, path: bytes, offset: int, payload: bytes) -> None:
-        if offset % fmt.BLOCK or len(payload) % fmt.BLOCK:
-            self._map.forget(path)  # not block-aligned: not a tablespace copy this map can follow
-            return
-        if payload:
-            self._map.write(path, offset // fmt.BLOCK, fmt.fingerprints(payload, self._map.seed), 0)
 
     def _delta_chunk(self, chunk: Chunk) -> None:
         target = chunk.path[:-len(delta.DELTA_SUFFIX)]

@@ -16,9 +16,11 @@ READ_BLOCK = 8 * 1024 * 1024
 
 
 class Chunker:
-    def __init__(self, avg_size: int, seed: int) -> None:
+    def __init__(self, avg_size: int, seed: int, min_size: int | None = None) -> None:
+        """``min_size``: a quarter of the average unless given; the cut scans from there, so a
+        larger minimum scans less of the data (physical streams: ``ChunkPipeline``)."""
         self.avg_size = avg_size
-        self._cdc = FastCDC(avg_size, min_size=max(64, avg_size // 4),
+        self._cdc = FastCDC(avg_size, min_size=min_size or max(64, avg_size // 4),
                             max_size=min(16 * 1024 * 1024, avg_size * 4), seed=seed)
 
     def cut(self, data: bytes | memoryview) -> Iterator[memoryview]:

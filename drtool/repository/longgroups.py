@@ -13,6 +13,16 @@ ends its frame and encrypts it.  The frames are what one-shot compression
 of the same bytes writes (16 MiB groups: byte for byte), so readers see no
 difference.  Which blobs share a group changes: a worker's group holds the
 segments that worker cut, not consecutive ones.
+
+Physical backups' streams (``Envelope.run_groups``, set by
+``backup.streams.binary_streams``) skip the streaming context for runs of
+new blobs of 1 MiB or more: such a run (a full's whole 8 MiB segment) is
+compressed in one shot from the segment buffer as a group of its own.
+libzstd's streaming calls copy every input byte into the context's window
+and, once it wraps, match in its slower two-segment mode: on a mariabackup
+stream one shot cost 17-25 % less zstd CPU at the same ratio (level 1's
+window is 512 KiB either way).  The frames are the ones buffered groups get,
+so readers see no difference.
 """
 from __future__ import annotations
 
@@ -20,6 +30,8 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from drtool.repository.packfile import SealedGroup, group_kind
+
+RUN_GROUP_MIN = 1024 * 1024  # a run of new blobs this long is a group of its own (``run_groups``)
 
 if TYPE_CHECKING:
     from drtool.repository.compressinto import FrameStream
@@ -81,6 +93,8 @@ class LongGroups:
         """Feed new blobs (blob id, offset, length in ``view``) to this thread's groups, outside
         the repository's ``lock``; a group that reaches its size is sealed and handed to ``store``
         (its last blob may pass the size: there is no buffer to overflow)."""
+        if self._envelope.run_groups:
+            blobs = self._seal_runs(blob_type, view, blobs, store)
         while blobs:
             with lock:
                 group = self.enter(blob_type)
@@ -98,6 +112,22 @@ class LongGroups:
                     full = self.detach(blob_type, group)
                 if full:
                     store(self.seal(blob_type, group))
+
+    def _seal_runs(self, blob_type: int, view: memoryview, blobs: list[tuple[bytes, int, int]],
+                   store: Callable[[SealedGroup], None]) -> list[tuple[bytes, int, int]]:
+        """Seal each run of neighbouring blobs of RUN_GROUP_MIN or more as one group, compressed in
+        one shot on this thread; the blobs of shorter runs are returned for the streamed groups."""
+        rest: list[tuple[bytes, int, int]] = []
+        for run in _runs(blobs):
+            start, end = run[0][1], run[-1][1] + run[-1][2]
+            if end - start < RUN_GROUP_MIN:
+                rest.extend(run)
+                continue
+            with view[start:end] as plain:
+                sealed = self._envelope.seal(group_kind(blob_type), b"", plain, long=True)
+            store(SealedGroup(blob_type, [(blob_id, offset - start, length) for blob_id, offset, length in run],
+                              sealed, end - start))
+        return rest
 
     def seal_detached(self, groups: list[tuple[int, StreamGroup]], store: Callable[[SealedGroup], None]) -> None:
         """Seal groups taken out of the open ones (a dump ended; the flush) into ``store``, and free
@@ -172,3 +202,15 @@ class LongGroups:
         with self._idle_lock:
             idle = sum(stream.resident() for stream in self._idle)
         return idle + sum(group.stream.resident() for group in list(self._open.values()))
+
+
+def _runs(blobs: list[tuple[bytes, int, int]]) -> list[list[tuple[bytes, int, int]]]:
+    """``blobs`` (blob id, offset, length) split where one does not start where the previous ended."""
+    runs: list[list[tuple[bytes, int, int]]] = []
+    end = -1
+    for blob in blobs:
+        if blob[1] != end:
+            runs.append([])
+        runs[-1].append(blob)
+        end = blob[1] + blob[2]
+    return runs

@@ -43,6 +43,43 @@ class Chunk:
     head: bytes
 
 
+@dataclass
+class ChunkHead:
+    """A chunk's header as it came (``head``); a P chunk's ``length`` payload bytes follow it."""
+
+    path: bytes
+    kind: int
+    flags: int
+    offset: int
+    length: int
+    head: bytes
+
+
+def read_head(stream: IO[bytes]) -> ChunkHead | None:
+    """The next chunk's header, None at the end of the stream; the payload is left to read.
+
+    A stream that is not an mbstream, or is cut inside the header, raises SourceError."""
+    head = _read_exact(stream, len(MAGIC) + _CHUNK_HEAD.size, allow_end=True)
+    if not head:
+        return None
+    if head[:len(MAGIC)] != MAGIC:
+        raise SourceError("the mariabackup stream is damaged: a chunk does not start with XBSTCK01")
+    flags, kind, path_len = _CHUNK_HEAD.unpack_from(head, len(MAGIC))
+    if path_len > MAX_PATH:
+        raise SourceError(f"the mariabackup stream is damaged: a chunk names a path of {path_len} bytes")
+    path = _read_exact(stream, path_len)
+    if kind == EOF:
+        return ChunkHead(path, kind, flags, 0, 0, head + path)
+    if kind != PAYLOAD:  # MariaDB's mbstream has P and E only (Percona's sparse S is not read here)
+        raise SourceError(f"the mariabackup stream has a chunk of unknown type {kind:#x} (file "
+                          f"{path.decode('utf-8', 'replace')}): a mariabackup newer than this drtool?")
+    payload_head = _read_exact(stream, _PAYLOAD_HEAD.size)
+    length, offset, _checksum = _PAYLOAD_HEAD.unpack(payload_head)  # not checked: see read_chunks
+    if length > MAX_PAYLOAD:
+        raise SourceError(f"the mariabackup stream is damaged: a chunk claims {length} bytes")
+    return ChunkHead(path, kind, flags, offset, length, head + path + payload_head)
+
+
 def read_chunks(stream: IO[bytes]) -> Iterator[Chunk]:
     """The chunks of ``stream`` in order; a stream that is not an mbstream, or is cut, raises SourceError.
 
@@ -50,27 +87,11 @@ def read_chunks(stream: IO[bytes]) -> Iterator[Chunk]:
     (checking cost 0.6–1.6 s of CPU per GiB here); ``mbstream -x`` checks every stored chunk at
     restore, and each page rebuilt from blocks is checked against its digest."""
     while True:
-        head = _read_exact(stream, len(MAGIC) + _CHUNK_HEAD.size, allow_end=True)
-        if not head:
+        head = read_head(stream)
+        if head is None:
             return
-        if head[:len(MAGIC)] != MAGIC:
-            raise SourceError("the mariabackup stream is damaged: a chunk does not start with XBSTCK01")
-        flags, kind, path_len = _CHUNK_HEAD.unpack_from(head, len(MAGIC))
-        if path_len > MAX_PATH:
-            raise SourceError(f"the mariabackup stream is damaged: a chunk names a path of {path_len} bytes")
-        path = _read_exact(stream, path_len)
-        if kind == EOF:
-            yield Chunk(path, kind, flags, 0, b"", head + path)
-            continue
-        if kind != PAYLOAD:  # MariaDB's mbstream has P and E only (Percona's sparse S is not read here)
-            raise SourceError(f"the mariabackup stream has a chunk of unknown type {kind:#x} (file "
-                              f"{path.decode('utf-8', 'replace')}): a mariabackup newer than this drtool?")
-        payload_head = _read_exact(stream, _PAYLOAD_HEAD.size)
-        length, offset, _checksum = _PAYLOAD_HEAD.unpack(payload_head)  # not checked: see read_chunks
-        if length > MAX_PAYLOAD:
-            raise SourceError(f"the mariabackup stream is damaged: a chunk claims {length} bytes")
-        payload = _read_exact(stream, length)
-        yield Chunk(path, kind, flags, offset, payload, head + path + payload_head)
+        payload = _read_exact(stream, head.length) if head.length else b""
+        yield Chunk(head.path, head.kind, head.flags, head.offset, payload, head.head)
 
 
 def payload_chunk(path: bytes, offset: int, payload: bytes | memoryview, flags: int = 0) -> bytes:
