@@ -47,7 +47,7 @@ from drtool.crypto.ids import ID_SIZE
 from drtool.repository import completeness, idtable, keyranges
 from drtool.repository.buildruns import FILTER_FILE, NUM as _NUM, REC as _REC, TABLE_FILE, bulk_build
 from drtool.repository.cacheenv import (DBS, MAP_SIZE, CacheUnusable, acquire_env, cache_roots, guard,
-                                        madvise_dontneed, mapping_start, release_env)
+                                        madvise_dontneed, mapping_start, read_ahead, release_env)
 from drtool.repository.idfilter import STALE, IdFilter, open_for_cache
 from drtool.repository.idtable import IdTable
 from drtool.repository.keyranges import STAMP as _STAMP, Move
@@ -57,7 +57,7 @@ from drtool.testing_hooks import crash_point
 
 log = logging.getLogger("drtool")
 
-SYNC_BATCH_ENTRIES = 16_384  # entries per write transaction of an incremental sync (its dirty pages are in RAM)
+SYNC_BATCH_ENTRIES = 262_144  # entries per move of an incremental sync (held in RAM: ~13 MiB packed)
 BUILD_RUN_ENTRIES = 262_144  # entries per sorted run of a bulk build (~25 MiB of bytes objects)
 BUILD_COMMIT_ENTRIES = 131_072  # appended entries per write transaction of a bulk build
 PACK_ID_MEMO = 65_536  # pack ids remembered by number (restores look up many blobs of one pack)
@@ -187,6 +187,19 @@ class DiskIndex:
         crash_point("index-table-after-commit")
         if table is not None:
             table.set_token(token)
+
+    def _before_move(self, adding: int) -> None:
+        """Under the guard: a table the move would make overfull is replaced by a bigger one now,
+        not by the next run's open (:func:`idtable.grown_for`); then the files a large move
+        touches most pages of are read in order (:func:`cacheenv.read_ahead`)."""
+        table = self._table
+        grown = None if table is None else idtable.grown_for(
+            table, adding, self.path / TABLE_FILE, self.env, self._blobs, self._db[b"members"], self._db[b"meta"],
+            self._token_of, self._release_cache_pages)
+        if grown is not None:
+            self._retired_tables.append(table)
+            self._table = grown
+        read_ahead([self.path / "data.mdb", self.path / TABLE_FILE, self.path / FILTER_FILE], adding)
 
     def _table_failed(self, table: IdTable | None) -> None:
         """The transaction did not commit: the ``BUSY`` table is left for the next open to rebuild."""
@@ -368,6 +381,7 @@ class DiskIndex:
             # appends keys in order; an add in between would collide with both
             with guard(self.path):
                 self._undo_interrupted_move()
+                self._before_move(sum(len(raw) for _i, packs in objects for _p, raw in packs) // ENTRY.size)
                 with self.env.begin(write=True) as txn:
                     table = self._table_begin(txn)
                     move = self._begin_move(txn, objects)
@@ -489,15 +503,18 @@ class DiskIndex:
         process cached after it are kept (the listing may predate them).
 
         ``fetch(id)``: the object's (pack id, packed entries), or None when
-        it is listed but gone (or the caller keeps it out of the cache: a restore).  Objects are read in batches of about
-        ``SYNC_BATCH_ENTRIES`` entries, so rebuilding the cache of a large
-        repository holds one batch in memory, not the index.
+        it is listed but gone (or the caller keeps it out of the cache: a restore).  An empty
+        or far-behind cache is built afresh (:meth:`_bulk_build`); else objects are read in
+        batches of about ``SYNC_BATCH_ENTRIES`` entries, each one move (:meth:`add_indexes`):
+        the entries a backup left below ``OVERLAY_ENTRIES`` for the next run go in at once
+        (in key ranges, each leaf written once), not in 16,384-entry transactions that each
+        rewrote half the leaves (1,000,000 files: 5.5 s of CPU, 13 moves, against 2.6 s).
         """
         gone = self.index_ids(before=listed_at) - listed
         if gone:
             self.drop(gone)
         cached = self.index_ids()
-        if len(listed - cached) > max(16, len(cached)):  # empty, or far behind: build it afresh
+        if listed - cached and (not cached or len(listed - cached) > max(16, len(cached))):  # empty or far behind
             built = self._bulk_build(listed, fetch)
             if built is not None:
                 return built
