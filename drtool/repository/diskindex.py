@@ -188,15 +188,17 @@ class DiskIndex:
         if table is not None:
             table.set_token(token)
 
-    def _before_move(self, adding: int) -> None:
+    def _before_move(self, adding: int, grow_table: bool) -> None:
         """Under the guard: a table the move would make overfull is replaced by a bigger one now,
-        not by the next run's open (:func:`idtable.grown_for`); then the files a large move
-        touches most pages of are read in order (:func:`cacheenv.read_ahead`)."""
-        table = self._table
+        not by the next run's open (:func:`idtable.grown_for`), unless the move is a backup's own
+        (``LayeredIndex.written``: its lookups then map the bigger table's pages, +45-60 MiB at the
+        1,000,000-file first backup's peak); then the files a large move touches most pages of
+        are read in order (:func:`cacheenv.read_ahead`)."""
+        table = self._table if grow_table else None
         grown = None if table is None else idtable.grown_for(
             table, adding, self.path / TABLE_FILE, self.env, self._blobs, self._db[b"members"], self._db[b"meta"],
             self._token_of, self._release_cache_pages)
-        if grown is not None:
+        if grown is not None and table is not None:
             self._retired_tables.append(table)
             self._table = grown
         read_ahead([self.path / "data.mdb", self.path / TABLE_FILE, self.path / FILTER_FILE], adding)
@@ -364,7 +366,7 @@ class DiskIndex:
             return int(txn.stat(self._blobs)["entries"])
 
     # ----- writing -----------------------------------------------------------------
-    def add_indexes(self, objects: list[tuple[str, list[tuple[bytes, bytes]]]]) -> None:
+    def add_indexes(self, objects: list[tuple[str, list[tuple[bytes, bytes]]]], grow_table: bool = True) -> None:
         """Add index objects ((id, [(pack id, packed trailer entries)])); one already cached
         (another process read it in first) is skipped, so concurrent runs never add a pack twice.
 
@@ -373,7 +375,8 @@ class DiskIndex:
         entries in sorted, a last one records the objects as cached (a move
         of one range, as a sync's batches, is all one transaction).  The
         cache's ``flock`` is held throughout (no other writer in between;
-        opens wait), and the id table is ``BUSY`` until the end.
+        opens wait), and the id table is ``BUSY`` until the end.  ``grow_table`` False: a table
+        the move makes overfull is left for the next open to rebuild (:meth:`_before_move`).
         """
         table = None
         try:
@@ -381,7 +384,7 @@ class DiskIndex:
             # appends keys in order; an add in between would collide with both
             with guard(self.path):
                 self._undo_interrupted_move()
-                self._before_move(sum(len(raw) for _i, packs in objects for _p, raw in packs) // ENTRY.size)
+                self._before_move(sum(len(raw) for _i, packs in objects for _p, raw in packs) // ENTRY.size, grow_table)
                 with self.env.begin(write=True) as txn:
                     table = self._table_begin(txn)
                     move = self._begin_move(txn, objects)
@@ -424,8 +427,9 @@ class DiskIndex:
             table.add(ids)
 
     def _move_ranges(self, move: Move, ranges: int, table: IdTable | None) -> None:
-        """One write transaction per key range (each with a new token); the cache's mapped pages
-        the inserts read are dropped after each (they are read again from the page cache)."""
+        """One write transaction per key range (each with a new token); the cache's and the table's
+        mapped pages the inserts touched are dropped after each (read again from the page cache:
+        a table sized for 1 M ids is 65 MB, nearly every page of it touched by a 214,000-entry move)."""
         for rows in keyranges.range_rows(move.packs, ranges):
             with self.env.begin(write=True) as txn:
                 self._put_range(txn, rows, move, table)
@@ -433,6 +437,8 @@ class DiskIndex:
             del rows
             crash_point("index-move-between-ranges")
             self._release_cache_pages()
+            if table is not None:
+                table.release_pages()
 
     def _end_move(self, txn: lmdb.Transaction, move: Move, table: IdTable | None) -> bytes:
         """The move's last transaction (:func:`keyranges.end_move`); returns the new token (the

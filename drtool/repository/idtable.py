@@ -220,14 +220,12 @@ def grown_for(table: IdTable, adding: int, path: Path, env: Any, blobs: Any, mem
     """Before a move of ``adding`` entries (under the cache's ``flock``): a new, bigger table when
     the move would take ``table`` past ``OVERFULL``, else None (keep it).
 
-    Without this the next open rebuilt it, from every member list, on the
-    next run's path to its walk: a first backup of 1,000,000 files moved
-    its entries into the table its empty cache had opened with (65,536),
-    and the re-run rebuilt it (2.6 s of CPU, ~10 s of reads and writes
-    cold).  The new one has room for three more moves like this one, so a
-    first backup grows it once, while the cache is still empty (then it
-    costs nothing); later, one rebuild here replaces the one at the next
-    open (the same ids, read warm)."""
+    A sync's move (at a run's start): without this the next open rebuilt
+    the table from every member list, on the next run's path to its walk
+    (a 200,000-file re-run's load put its entries into the 65,536 table of
+    the empty cache, and the run after it rebuilt it: 1.0-1.2 s).  The new
+    one has room for three more moves like this one; one rebuild here
+    replaces the one at the next open (the same ids, read warm)."""
     with env.begin() as txn:
         if table.token() != token_of(txn):
             return None  # stale: the move leaves it so, and the next open rebuilds it
@@ -240,8 +238,13 @@ def grown_for(table: IdTable, adding: int, path: Path, env: Any, blobs: Any, mem
 def rebuild(path: Path, env: Any, blobs: Any, members: Any, meta: Any, token_of: Callable[[Any], bytes],
             release: Callable[[], None], fits: Callable[[IdTable | None, Any], bool], room: int) -> IdTable | None:
     """A table rebuilt from the member lists in a write transaction, sized for the cache's entries
-    or ``room`` if more; the one there if ``fits`` it by then (another process rebuilt it first)."""
+    or ``room`` if more; the one there if ``fits`` it by then (another process rebuilt it first).
+    The cache's file is read in order first (every member list is read: one 4 KiB fault per page
+    of a cold mapping otherwise, :func:`cacheenv.read_ahead`)."""
+    from drtool.repository.cacheenv import read_ahead
     try:
+        with env.begin() as txn:
+            read_ahead([path.parent / "data.mdb"], int(txn.stat(blobs)["entries"]))
         with env.begin(write=True) as txn:
             found = IdTable.open(path)  # another process may have rebuilt it first
             if fits(found, txn):
