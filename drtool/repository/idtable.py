@@ -179,6 +179,44 @@ class IdTable(MappedFile):
             else:
                 m[self._flags + home] = 1
 
+    def fill_sorted(self, ids: Iterable[bytes], release: Callable[[], None] = lambda: None) -> None:
+        """Fill a new, empty table from ids in ascending order, whose home buckets then ascend too:
+        each bucket written once, no search (``add`` costs ~3 µs an id: a rebuild of 786,000 ids
+        took 2.6 s of CPU).  An id goes in its home bucket or, when that is full, the next one,
+        after the ids carried there from before; what fits in neither flags its home, as ``add``.
+        ``release``: called with the table's own pages every 262,144 ids."""
+        buckets, at = self.buckets, 0
+        carry: list[bytes] = []  # ids of bucket ``at - 1`` that did not fit there
+        mine: list[bytes] = []  # ids of bucket ``at``
+        for count, blob_id in enumerate(ids, 1):
+            home = _LEAD(blob_id)[0] * buckets >> 64
+            if home != at:
+                carry = self._settle(at, carry, mine)
+                if carry and home > at + 1:
+                    self._settle(at + 1, carry, [])
+                    carry = []
+                at, mine = home, []
+            mine.append(bytes(blob_id))
+            if count % 262_144 == 0:
+                self.release_pages()
+                release()
+        carry = self._settle(at, carry, mine)
+        if carry:
+            self._settle(at + 1, carry, [])
+
+    def _settle(self, bucket: int, carried: list[bytes], mine: list[bytes]) -> list[bytes]:
+        """Write ``bucket``: the ids carried from the one before first (they have no other place),
+        then its own; returns its own that did not fit (for the next bucket)."""
+        placed = carried[:4]
+        if len(carried) > 4:
+            self._map[self._flags + bucket - 1] = 1
+        room = 4 - len(placed)
+        placed.extend(mine[:room])
+        if placed:
+            start = self._base + bucket * BUCKET
+            self._map[start:start + len(placed) * SLOT] = b"".join(placed)
+        return mine[room:]
+
     def remove(self, blob_id: bytes) -> None:
         """Take an id out (one that overflowed is not here: its flag sends lookups to LMDB)."""
         _home, pos = self._slot_of(bytes(blob_id))
@@ -237,10 +275,10 @@ def grown_for(table: IdTable, adding: int, path: Path, env: Any, blobs: Any, mem
 
 def rebuild(path: Path, env: Any, blobs: Any, members: Any, meta: Any, token_of: Callable[[Any], bytes],
             release: Callable[[], None], fits: Callable[[IdTable | None, Any], bool], room: int) -> IdTable | None:
-    """A table rebuilt from the member lists in a write transaction, sized for the cache's entries
+    """A table rebuilt from the cache's blob ids in a write transaction, sized for the cache's entries
     or ``room`` if more; the one there if ``fits`` it by then (another process rebuilt it first).
-    The cache's file is read in order first (every member list is read: one 4 KiB fault per page
-    of a cold mapping otherwise, :func:`cacheenv.read_ahead`)."""
+    The cache's file is read in order first (every leaf is read: one 4 KiB fault per page of a
+    cold mapping otherwise, :func:`cacheenv.read_ahead`)."""
     from drtool.repository.cacheenv import read_ahead
     try:
         with env.begin() as txn:
@@ -254,12 +292,8 @@ def rebuild(path: Path, env: Any, blobs: Any, members: Any, meta: Any, token_of:
             if txn.get(b"building", db=meta) is not None:  # members ahead of blobs (a bulk build,
                 return None  # or a move between key ranges): not now
             made = IdTable.start(path, capacity_for(max(room, int(txn.stat(blobs)["entries"]))))
-            try:
-                for count, (_number, ids) in enumerate(txn.cursor(db=members), 1):
-                    made.add(ids[pos:pos + ID_SIZE] for pos in range(0, len(ids), ID_SIZE))
-                    if count % 4096 == 0:  # the pages read and filled so far: not this run's
-                        made.release_pages()
-                        release()
+            try:  # every cached id once, in key order; the pages read and filled: not this run's
+                made.fill_sorted(txn.cursor(db=blobs).iternext_nodup(keys=True, values=False), release)
                 made.install(path, token_of(txn))
                 made.release_pages()
                 release()
