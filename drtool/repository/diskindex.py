@@ -196,7 +196,7 @@ class DiskIndex:
         are read in order (:func:`cacheenv.read_ahead`)."""
         table = self._table if grow_table else None
         grown = None if table is None else idtable.grown_for(
-            table, adding, self.path / TABLE_FILE, self.env, self._blobs, self._db[b"members"], self._db[b"meta"],
+            table, adding, self.path / TABLE_FILE, self.env, self._blobs, self._db[b"meta"],
             self._token_of, self._release_cache_pages)
         if grown is not None and table is not None:
             self._retired_tables.append(table)

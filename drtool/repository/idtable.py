@@ -234,7 +234,7 @@ class IdTable(MappedFile):
 
 def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, meta: Any,
                    token_of: Callable[[Any], bytes], release: Callable[[], None]) -> IdTable | None:
-    """The disk index's table, rebuilt from the cache's pack members inside a write transaction
+    """The disk index's table, rebuilt from the cache's blob ids inside a write transaction
     (no writer changes the cache meanwhile) when it is missing, damaged, not at the cache's token
     or overfull; None (plain lookups) when it cannot be written, or while another handle of this
     process bulk-builds the cache (its member lists are then ahead of its blobs).  ``release``:
@@ -250,10 +250,10 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, meta: Any,
             return found
     if found is not None:
         found.close()
-    return rebuild(path, env, blobs, members, meta, token_of, release, fits, 0)
+    return rebuild(path, env, blobs, meta, token_of, release, fits, 0)
 
 
-def grown_for(table: IdTable, adding: int, path: Path, env: Any, blobs: Any, members: Any, meta: Any,
+def grown_for(table: IdTable, adding: int, path: Path, env: Any, blobs: Any, meta: Any,
               token_of: Callable[[Any], bytes], release: Callable[[], None]) -> IdTable | None:
     """Before a move of ``adding`` entries (under the cache's ``flock``): a new, bigger table when
     the move would take ``table`` past ``OVERFULL``, else None (keep it).
@@ -270,10 +270,10 @@ def grown_for(table: IdTable, adding: int, path: Path, env: Any, blobs: Any, mem
         entries = int(txn.stat(blobs)["entries"])
     if entries + adding <= OVERFULL * table.capacity:
         return None
-    return rebuild(path, env, blobs, members, meta, token_of, release, lambda _t, _x: False, entries + 4 * adding)
+    return rebuild(path, env, blobs, meta, token_of, release, lambda _t, _x: False, entries + 4 * adding)
 
 
-def rebuild(path: Path, env: Any, blobs: Any, members: Any, meta: Any, token_of: Callable[[Any], bytes],
+def rebuild(path: Path, env: Any, blobs: Any, meta: Any, token_of: Callable[[Any], bytes],
             release: Callable[[], None], fits: Callable[[IdTable | None, Any], bool], room: int) -> IdTable | None:
     """A table rebuilt from the cache's blob ids in a write transaction, sized for the cache's entries
     or ``room`` if more; the one there if ``fits`` it by then (another process rebuilt it first).
@@ -289,8 +289,8 @@ def rebuild(path: Path, env: Any, blobs: Any, members: Any, meta: Any, token_of:
                 return found
             if found is not None:
                 found.close()
-            if txn.get(b"building", db=meta) is not None:  # members ahead of blobs (a bulk build,
-                return None  # or a move between key ranges): not now
+            if txn.get(b"building", db=meta) is not None:  # a bulk build or a move half done
+                return None  # (its blobs are not all in yet): not now
             made = IdTable.start(path, capacity_for(max(room, int(txn.stat(blobs)["entries"]))))
             try:  # every cached id once, in key order; the pages read and filled: not this run's
                 made.fill_sorted(txn.cursor(db=blobs).iternext_nodup(keys=True, values=False), release)
