@@ -263,7 +263,7 @@ def test_an_empty_cache_is_bulk_built_and_equals_one_built_incrementally(tmp_pat
         if how == "bulk":
             assert disk.sync(set(objects), Fetcher(objects)) == 41
         else:
-            for index_id in sorted(objects):  # one at a time: never the bulk path
+            for index_id in sorted(objects):  # one at a time: the bulk path for the first only
                 disk.sync(disk.index_ids() | {index_id}, Fetcher(objects))
         built[how] = (dict(disk.items()), disk.packs(), disk.index_ids(), len(disk))
         assert disk.get(blob(10_005)).pack_id == pack_id(100)  # m000's copy sorts first
@@ -378,3 +378,54 @@ def test_renewing_the_snapshot_many_times_does_not_use_up_lmdb_s_reader_slots(ca
         disk.refresh()
         assert blob(1) in disk
     disk.close()
+
+
+def test_an_empty_cache_built_from_a_run_s_objects_keeps_that_run_s_completeness_mark(cache_home: Path) -> None:
+    """A first backup that moved nothing marks its tree complete with all its index objects
+    pending; the re-run's build of the empty cache takes nothing out, so the mark holds (issue 21:
+    the re-run looked up every file's blobs again)."""
+    objects = many_objects(20)  # more than 16: built afresh before this change too
+    disk = DiskIndex.open(REPO)
+    assert disk is not None
+    tree = "ab" * 32
+    assert disk.mark_complete(tree, disk.removals_token(), sorted(objects))
+    assert not disk.is_complete(tree)  # its objects have not reached the cache yet
+    assert disk.sync(set(objects), Fetcher(objects)) == 21
+    assert disk.is_complete(tree) and disk.has_all(blob(10_000 + i).hex() for i in range(20 * 60))
+    # a cache that held entries and is built afresh (far behind) forgets its marks: entries left
+    more = {f"n{k:03d}": index_object(2000 + k, 1, 5, 50_000 + 5 * k) for k in range(40)}
+    assert disk.mark_complete(tree, disk.removals_token(), [])
+    disk.sync(set(objects) | set(more), Fetcher({**objects, **more}))
+    assert not disk.is_complete(tree) and disk.has_all(blob(50_000 + i).hex() for i in range(200))
+    disk.close()
+
+
+def test_the_objects_a_run_left_uncached_go_into_the_cache_in_one_move(cache_home: Path) -> None:
+    """Index objects another run (or host) wrote since: all found, moved in at once (in key
+    ranges), not in 16,384-entry moves that each rewrote half the cache's leaves."""
+    disk = DiskIndex.open(REPO)
+    assert disk is not None
+    disk.sync(set(OBJECTS), Fetcher(OBJECTS))
+    left = {f"r{k}": index_object(5000 + 10 * k, 4, 1000, 100_000 + 4000 * k) for k in range(10)}
+    before = disk.stamp()
+    assert disk.sync(set(OBJECTS) | set(left), Fetcher({**OBJECTS, **left})) == 10
+    assert disk.stamp() == before + 1  # one move of 40,000 entries
+    assert disk.has_all(blob(100_000 + i).hex() for i in range(40_000)) and blob(140_000) not in disk
+    assert disk.index_ids() == set(OBJECTS) | set(left)
+    disk.close()
+
+
+def test_read_ahead_reads_a_file_a_large_write_touches_and_skips_one_a_small_write_does_not(tmp_path: Path) -> None:
+    from drtool.repository.cacheenv import read_ahead
+    path = tmp_path / "data.mdb"
+    path.write_bytes(os.urandom(4 << 20))  # 1,024 pages
+
+    def read_bytes(keys: int) -> int:
+        with open("/proc/self/io") as io:
+            before = int(next(line for line in io if line.startswith("rchar:")).split()[1])
+        read_ahead([path, tmp_path / "missing"], keys)
+        with open("/proc/self/io") as io:
+            return int(next(line for line in io if line.startswith("rchar:")).split()[1]) - before
+
+    assert read_bytes(64) >= 4 << 20  # 64 keys x 16 >= 1,024 pages
+    assert read_bytes(63) < 1 << 20

@@ -266,3 +266,55 @@ def test_a_damaged_table_file_is_rebuilt(cache_home: Path) -> None:
     every = [b for blob_ids in ids.values() for b in blob_ids]
     assert table_answers(again, every) == [True] * 100
     again.close()
+
+
+def test_a_move_past_the_table_s_room_grows_it_and_the_next_open_keeps_it(cache_home: Path) -> None:
+    """A first backup's moves filled the table its empty cache had opened with (65,536 ids), and
+    the next run's open rebuilt it from every member list, before its walk (issue 21)."""
+    disk = DiskIndex.open(REPO)
+    assert disk is not None
+    small = IdTable.open(cache_home / TABLE_FILE)
+    assert small is not None and small.capacity == idtable.MIN_CAPACITY
+    objects, ids = make_objects(10, 10_000)  # one move of 100,000 entries: past OVERFULL x 65,536
+    disk.add_indexes(sorted(objects.items()))
+    assert small.token() == idtable.STALE  # replaced: a process still mapping it asks LMDB
+    small.close()
+    sample = random.sample([b for blob_ids in ids.values() for b in blob_ids], 2000)
+    absent = [os.urandom(32) for _ in range(1000)]
+    assert table_answers(disk, sample + absent) == [True] * 2000 + [False] * 1000
+    inode = (cache_home / TABLE_FILE).stat().st_ino
+    disk.close()
+    again = DiskIndex.open(REPO)
+    assert again is not None and again._table is not None
+    assert (cache_home / TABLE_FILE).stat().st_ino == inode  # kept, not rebuilt
+    assert table_answers(again, sample + absent) == [True] * 2000 + [False] * 1000
+    assert len(again) + 3 * 100_000 <= idtable.OVERFULL * again._table.capacity  # room for three more
+    more, more_ids = make_objects(1, 1000, "more")  # a small move keeps it
+    again.add_indexes(sorted(more.items()))
+    assert (cache_home / TABLE_FILE).stat().st_ino == inode
+    assert table_answers(again, more_ids[next(iter(more))] + sample) == [True] * 3000
+    again.close()
+
+
+def test_a_table_filled_in_key_order_answers_as_one_filled_id_by_id(tmp_path: Path) -> None:
+    """The rebuild fills a new table from the cache's ids in key order (``fill_sorted``): each
+    id found, ids crowded past their two buckets flagged (LMDB answers), absent ids absent."""
+    lead = os.urandom(8)
+    crowded = [lead + os.urandom(24) for _ in range(30)]  # one home bucket: 8 fit in its window
+    ids = [os.urandom(32) for _ in range(50_000)] + crowded
+    absent = [os.urandom(32) for _ in range(5000)]
+    answers = {}
+    for how in ("sorted", "add"):
+        table = IdTable.start(tmp_path / f"{how}.table", idtable.capacity_for(len(ids)))
+        if how == "sorted":
+            table.fill_sorted(sorted(ids))
+        else:
+            table.add(ids)
+        table.set_token(b"t" * 8)
+        answers[how] = [table.answer(b, b"t" * 8) for b in ids + absent]
+        table.discard()
+    for found in answers.values():
+        assert False not in found[:50_030] and True not in found[50_030:]  # never a wrong answer
+        assert found[:50_000].count(True) >= 50_000 - 16  # only ids beside the crowded bucket miss
+        assert 1 <= found[50_000:50_030].count(True) <= 8  # its window holds 8 ids at most
+    assert sum(a is None for a in answers["sorted"]) <= sum(a is None for a in answers["add"]) + 8

@@ -124,10 +124,11 @@ def bulk_build(index: "DiskIndex", listed: set[str], fetch: Callable[[str], list
         if index.index_ids() and len(listed - index.index_ids()) <= max(16, len(index.index_ids())):
             return None
         with index.env.begin(write=True) as txn:
+            if txn.stat(index._blobs)["entries"]:  # everything leaves, if only for a moment; from a
+                completeness.removed(txn, index._db[b"meta"])  # cache without entries nothing does
             for name in DBS[:-1]:
                 txn.drop(index._db[name], delete=False)
             txn.put(b"building", b"1", db=index._db[b"meta"])
-            completeness.removed(txn, index._db[b"meta"])  # everything leaves, if only for a moment
             txn.delete(keyranges.MOVING, db=index._db[b"meta"])  # its packs went with the rest
             txn.put(b"token", idtable.new_token(), db=index._db[b"meta"])  # no table holds this
             began = stamp_of.unpack(txn.get(b"stamp", stamp_of.pack(0), db=index._db[b"meta"]))[0]

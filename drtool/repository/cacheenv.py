@@ -172,3 +172,30 @@ def madvise_dontneed(start: int, length: int) -> None:
         libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_DONTNEED)
     except (OSError, AttributeError):
         pass
+
+
+READ_AHEAD_SHARE = 16  # read a file ahead when a write's random keys may touch 1/16 of its pages or more
+_PAGE = 4096
+
+
+def read_ahead(paths: list[Path], keys: int) -> None:
+    """Read in order, into the page cache, each file of which a write of ``keys`` random keys
+    may touch a sixteenth of the pages or more.
+
+    The cache's files are mapped for random lookups (``readahead=False``,
+    and the id table's buckets are random by design), so on a cold cache
+    every page a move touches is one 4 KiB read: the 214,000 entries a
+    1,000,000-file first backup left for the re-run went into the cache in
+    10.6 s, 8 of them faults, against 2.9 s after reading its 200 MB in
+    order (0.3 s here).  The pages go to the page cache, not this process
+    (a 1 MiB buffer is reused); a file already cached costs the copy."""
+    buffer = bytearray(1 << 20)
+    for path in paths:
+        try:
+            with open(path, "rb", buffering=0) as handle:
+                if keys * READ_AHEAD_SHARE < os.fstat(handle.fileno()).st_size // _PAGE:
+                    continue
+                while handle.readinto(buffer):
+                    pass
+        except OSError:
+            pass  # a missing table or filter: nothing to read

@@ -48,7 +48,7 @@ class LayeredIndex:
         if len(self.overlay) < OVERLAY_ENTRIES:
             return set()
         objects = [(i, read(i)) for i in self.uncached]
-        self.disk.add_indexes(objects)
+        self.disk.add_indexes(objects, grow_table=False)  # its lookups would map a bigger table
         self.disk.release_pages()  # the insert's B-tree pages: not this run's working set
         trim_heap()  # the move's rows were freed inside the heap
         self.uncached = []
