@@ -16,16 +16,18 @@ from dataclasses import dataclass, field
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
-from drtool.browse.trees import (Change, WalkedChanges, content_id, data_signature, meta_signature,
-                                 tree_changes)
+from drtool.browse.trees import (Change, WalkedChanges, content_id, content_id_of, data_signature,
+                                 first_entries, meta_signature, tree_changes)
 from drtool.catalog.files import ChangeBatch, FileIndex, IndexedSnapshot, VersionRow
 from drtool.core.session import Session
 from drtool.errors import DrtoolError
-from drtool.snapshot.model import Node, Snapshot
+from drtool.repository.repo import Repository
+from drtool.snapshot.model import NODE_DEFAULTS, Node, Snapshot
 from drtool.snapshot.names import display
 
 log = logging.getLogger("drtool")
 BATCH = 5000  # changes per batch of rows (one transaction for the whole snapshot)
+_SIZE, _MTIME, _MODE = NODE_DEFAULTS["size"], NODE_DEFAULTS["mtime_ns"], NODE_DEFAULTS["mode"]
 
 
 @dataclass
@@ -60,10 +62,13 @@ def _index_one(session: Session, index: FileIndex, snap: Snapshot, last: Indexed
     entry = IndexedSnapshot(snap.id, series_of(snap), last.seq + 1 if last else 1, snap.tree, snap.time)
     old_tree = last.tree if last else None
     if walked is not None and (walked.parent_tree, walked.tree) == (old_tree, snap.tree):
-        changes = walked.all_changes(session.repo)  # what the backup's walk found: no tree read back
+        batches = _batches(walked.all_changes(session.repo), result)  # what the walk found: no tree read
+    elif old_tree is None:  # every entry is new: rows straight from the stored entries
+        batches = _first_batches(session.repo, snap.tree, result)
     else:
-        changes = tree_changes(session.repo, old_tree, snap.tree, with_hashes=True, checked=False)
-    index.record(entry, _batches(changes, result))
+        batches = _batches(tree_changes(session.repo, old_tree, snap.tree, with_hashes=True, checked=False),
+                           result)
+    index.record(entry, batches)
     result.snapshots += 1
     return entry
 
@@ -91,6 +96,28 @@ def _batches(changes: Iterable[Change], result: IndexResult) -> Iterator[ChangeB
     yield closed, added, hashed
     result.versions_added += len(added)
     result.versions_closed += len(closed)
+
+
+def _first_batches(repo: Repository, tree: str, result: IndexResult) -> Iterator[ChangeBatch]:
+    """:func:`_batches` of a series' first snapshot (every entry added), rows made from the
+    entries as stored: the same rows in the same order, without a ``Node`` per entry."""
+    added: list[VersionRow] = []
+    for raw_path, item in first_entries(repo, tree):
+        added.append(item_row(display(raw_path), item))
+        if len(added) >= BATCH:
+            yield [], added, {}
+            result.versions_added += len(added)
+            added = []
+    yield [], added, {}
+    result.versions_added += len(added)
+
+
+def item_row(path: str, item: dict[str, Any]) -> VersionRow:
+    """:func:`version_row` of a stored entry (absent fields are ``Node``'s defaults)."""
+    kind = item["type"]
+    return (path, path.rsplit("/", 1)[-1], kind, item.get("size", _SIZE), item.get("mtime_ns", _MTIME),
+            item.get("mode", _MODE), content_id_of(kind, item.get("content", []), item.get("target")),
+            item.get("hash") or None)
 
 
 def index_series(session: Session, index: FileIndex, snaps: list[Snapshot],

@@ -76,6 +76,7 @@ class Node:
 _ZERO_KEPT = frozenset({"mode", "uid", "gid", "mtime_ns", "ctime_ns", "inode", "size"})
 _FIELDS = frozenset(Node.__dataclass_fields__)
 _DEFAULTS = {name: f.default for name, f in Node.__dataclass_fields__.items() if f.default is not MISSING}
+NODE_DEFAULTS = _DEFAULTS  # what a field absent from a stored entry means (readers of raw items)
 _TEMPLATE = {name: _DEFAULTS.get(name) for name in Node.__dataclass_fields__}  # name, type, content: replaced
 
 
@@ -98,6 +99,15 @@ def encode_tree(nodes: list[Node]) -> bytes:
 
 def decode_tree(raw: bytes) -> list[Node]:
     return [Node.from_dict(item) for item in decode_tree_items(raw)]
+
+
+def check_item(item: dict[str, Any]) -> None:
+    """The check :meth:`Node.from_dict` makes, for readers that keep the raw entry (written out
+    there too: it runs for every entry of every parent tree a re-run decodes)."""
+    if "name" not in item or item.get("type") not in NODE_TYPES:
+        if "name" not in item or "type" not in item:
+            raise ValueError("tree node without name or type")
+        raise ValueError(f"unknown node type {item['type']!r}")
 
 
 def decode_tree_items(raw: bytes) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ from drtool.errors import IntegrityError, SnapshotNotFound
 from drtool.repository.objects import SNAPSHOT_KIND, SNAPSHOTS
 from drtool.repository.packfile import TREE_BLOB
 from drtool.repository.repo import Repository
-from drtool.snapshot.model import FILE, NODE_TYPES, Node, Snapshot, decode_tree, decode_tree_items, encode_tree
+from drtool.snapshot.model import (FILE, NODE_TYPES, Node, Snapshot, check_item, decode_tree, decode_tree_items,
+                                   encode_tree)
 from drtool.snapshot.names import tree_names_problem
 
 
@@ -51,6 +52,20 @@ def load_tree(repo: Repository, tree_id: str) -> list[Node]:
         return decode_tree(raw)
     except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise IntegrityError(f"tree {tree_id[:16]} is malformed: {exc}") from None
+
+
+def load_tree_entries(repo: Repository, tree_id: str) -> list[dict[str, Any]]:
+    """A tree's entries as stored (sparse dicts), checked only as :func:`load_tree` checks them
+    (names are not: see :func:`load_tree_items`), without a ``Node`` each: for the file index of
+    a first snapshot, which copies a few fields and never turns names into paths."""
+    raw = repo.read_blob(bytes.fromhex(tree_id))
+    try:
+        items = decode_tree_items(raw)
+        for item in items:
+            check_item(item)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"tree {tree_id[:16]} is malformed: {exc}") from None
+    return items
 
 
 def load_tree_checked(repo: Repository, tree_id: str) -> list[Node]:
