@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from conftest import DrEnv, make_env
+from conftest import DrEnv
 from drtool.browse.index import IndexResult, _batches, _first_batches
 from drtool.browse.trees import first_entries, tree_changes
 from drtool.catalog.files import FileIndex, IndexedSnapshot
@@ -59,10 +59,8 @@ def tree_of(session: Any, snapshot_id: str) -> str:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> DrEnv:
-    dr = make_env(tmp_path / "dr")
-    ok(dr.run("init"))
-    return dr
+def env(repo_env: DrEnv) -> DrEnv:
+    return repo_env  # an initialised repository (conftest)
 
 
 def test_first_rows_are_the_tree_comparison_rows(env: DrEnv, tmp_path: Path) -> None:
