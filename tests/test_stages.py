@@ -1,6 +1,7 @@
 """The stages a long restore tells (drtool.core.stages): what a watcher hears, and when."""
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -84,3 +85,22 @@ def test_bytes_counted_from_several_threads_add_up() -> None:
         for thread in threads:
             thread.join()
     assert step.done_bytes == 120_000
+
+
+def test_a_watcher_may_hear_only_the_ends_and_each_leaves_one_summary_line() -> None:
+    class Ends(stages.StageWatcher):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def ended(self, stage: stages.Stage, ok: bool) -> None:
+            self.lines.append(stage.summary(ok))
+
+    ends = Ends()
+    with stages.watching(ends):
+        with stages.stage("extracting", 3 * 2**30) as step:
+            step.advance(3 * 2**30)
+            step.note("12 page(s) rebuilt")
+        with pytest.raises(OSError), stages.stage("preparing"):
+            raise OSError("disk full")
+    assert re.fullmatch(r"done: extracting \(\d+\.\d s, 3,072\.0 MiB, 12 page\(s\) rebuilt\)", ends.lines[0])
+    assert re.fullmatch(r"FAILED: preparing \(\d+\.\d s\)", ends.lines[1]), ends.lines

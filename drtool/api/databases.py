@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from drtool.core.stages import Stage, watching
+from drtool.core.stages import Stage, StageWatcher, watching
 from drtool.databases.engine import RestoreRequest as DatabaseRestoreRequest
 from drtool.databases.engine import engine_named, source_engines
 from drtool.databases.logarchive import FetchFailed, SegmentNotArchived, binlog_push, wal_fetch, wal_push
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from drtool.config import Settings
     from drtool.repository.repo import Repository
 
-__all__ = ["DatabaseRestoreRequest", "FetchFailed", "RecoveryTarget", "SegmentNotArchived", "Stage", "binlog_push",
-           "create_restore_point", "engine_named", "plan_from_config", "recoverable_window", "recovery_target",
+__all__ = ["DatabaseRestoreRequest", "FetchFailed", "RecoveryTarget", "SegmentNotArchived", "Stage",
+           "StageWatcher", "binlog_push", "create_restore_point", "engine_named", "plan_from_config", "recoverable_window", "recovery_target",
            "restore_pitr", "source_engines", "tablespace_map", "wal_fetch", "wal_push", "watching"]
 
 

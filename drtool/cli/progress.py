@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from drtool.cli.values import mib
+
+if TYPE_CHECKING:  # the databases' modules load only for a database restore
+    from drtool.api.databases import Stage
 
 
 @contextlib.contextmanager
@@ -49,12 +54,13 @@ def walk_progress(description: str) -> Iterator[Callable[[Any], None] | None]:
 def restore_stages() -> Iterator[None]:
     """A database restore's stages on a terminal: a live bar for the current one, a line for each
     one finished (what it moved, how long it took).  Nothing when stderr is not a terminal."""
-    from drtool.api.databases import watching
     if not sys.stderr.isatty():
         yield
         return
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from drtool.api.databases import watching
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[moved]}"),
                         TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=Console(stderr=True),
@@ -64,37 +70,30 @@ def restore_stages() -> Iterator[None]:
 
 
 class _StageDisplay:
-    """A stage watcher (``drtool.core.stages.StageWatcher``) drawing on a rich ``Progress``."""
+    """A stage watcher drawing on a rich ``Progress``: a bar while a stage runs, its summary line
+    once it ends."""
 
     def __init__(self, progress: Any) -> None:
         self._progress = progress
         self._tasks: dict[int, Any] = {}
 
-    def begun(self, stage: Any) -> None:
+    def begun(self, stage: Stage) -> None:
         self._tasks[id(stage)] = self._progress.add_task(stage.text, total=stage.total_bytes, detail="",
                                                          moved=_moved(stage))
 
-    def advanced(self, stage: Any, nbytes: int) -> None:
+    def advanced(self, stage: Stage, nbytes: int) -> None:
         self._progress.update(self._tasks[id(stage)], advance=nbytes, moved=_moved(stage))
 
-    def noted(self, stage: Any, detail: str) -> None:
+    def noted(self, stage: Stage, detail: str) -> None:
         self._progress.update(self._tasks[id(stage)], detail=detail)
 
-    def ended(self, stage: Any, ok: bool) -> None:
-        task = self._tasks.pop(id(stage))
-        self._progress.remove_task(task)
-        moved = f", {_mib(stage.done_bytes)}" if stage.done_bytes else ""
-        detail = f", {stage.detail}" if stage.detail else ""
-        self._progress.console.print(f"{'done' if ok else 'FAILED'}: {stage.text} ({stage.seconds:.1f} s{moved}"
-                                     f"{detail})", highlight=False, markup=False)
+    def ended(self, stage: Stage, ok: bool) -> None:
+        self._progress.remove_task(self._tasks.pop(id(stage)))
+        self._progress.console.print(stage.summary(ok), highlight=False, markup=False)
 
 
-def _mib(nbytes: int) -> str:
-    return f"{nbytes / 2**20:,.1f} MiB"
-
-
-def _moved(stage: Any) -> str:
-    """'1,234.5 of 2,000.0 MiB', or '' for a stage that moves no bytes (a prepare, a wait)."""
+def _moved(stage: Stage) -> str:
+    """'1234.5 of 2000.0 MiB', or '' for a stage that moves no bytes (a prepare, a wait)."""
     if stage.total_bytes:
-        return f"{_mib(stage.done_bytes)[:-4]} of {_mib(stage.total_bytes)}"
-    return _mib(stage.done_bytes) if stage.done_bytes else ""
+        return f"{mib(stage.done_bytes)[:-4]} of {mib(stage.total_bytes)}"
+    return mib(stage.done_bytes) if stage.done_bytes else ""

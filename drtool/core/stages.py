@@ -19,23 +19,28 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol, TypeVar
+from typing import Iterable, Iterator, TypeVar
 
 log = logging.getLogger("drtool.stages")
 
 Chunk = TypeVar("Chunk", bytes, bytearray, memoryview)
 
 
-class StageWatcher(Protocol):
-    """What a display implements; every call comes from the restoring process, any thread."""
+class StageWatcher:
+    """What a display overrides (any of it; the rest ignores the call).  Every call comes from
+    the restoring process, on any of its threads."""
 
-    def begun(self, stage: "Stage") -> None: ...
+    def begun(self, stage: "Stage") -> None:
+        pass
 
-    def advanced(self, stage: "Stage", nbytes: int) -> None: ...
+    def advanced(self, stage: "Stage", nbytes: int) -> None:
+        pass
 
-    def noted(self, stage: "Stage", detail: str) -> None: ...
+    def noted(self, stage: "Stage", detail: str) -> None:
+        pass
 
-    def ended(self, stage: "Stage", ok: bool) -> None: ...
+    def ended(self, stage: "Stage", ok: bool) -> None:
+        pass
 
 
 @dataclass
@@ -66,6 +71,12 @@ class Stage:
         self.detail = detail
         if self._watcher is not None:
             self._watcher.noted(self, detail)
+
+    def summary(self, ok: bool) -> str:
+        """The one line a finished stage leaves: ``done: TEXT (12.3 s, 1,024.0 MiB, detail)``."""
+        moved = f", {self.done_bytes / 2**20:,.1f} MiB" if self.done_bytes else ""
+        detail = f", {self.detail}" if self.detail else ""
+        return f"{'done' if ok else 'FAILED'}: {self.text} ({self.seconds:.1f} s{moved}{detail})"
 
     def counted(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:
         """``chunks`` passed through, each one's size added to the stage as it is handed on."""

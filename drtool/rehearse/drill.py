@@ -179,27 +179,17 @@ class RehearsalResult:
         return dict(self.document(), id=self.id, record_error=self.record_error)
 
 
-class _StageTimes:
+class _StageTimes(stages.StageWatcher):
     """Keeps a database restore's stages in the step's record and log: a drill's RTO broken down
     (extracting, preparing, replaying), so the drill lead sees which part to work on."""
 
     def __init__(self, res: StepResult, log: Callable[[str], None]) -> None:
         self._res, self._log = res, log
 
-    def begun(self, stage: stages.Stage) -> None:
-        pass
-
-    def advanced(self, stage: stages.Stage, nbytes: int) -> None:
-        pass
-
-    def noted(self, stage: stages.Stage, detail: str) -> None:
-        pass
-
     def ended(self, stage: stages.Stage, ok: bool) -> None:
         self._res.stages.append({"stage": stage.text, "seconds": round(stage.seconds, 3),
                                  "bytes": stage.done_bytes, "detail": stage.detail, "ok": ok})
-        moved = f", {stage.done_bytes / 2**20:.1f} MiB" if stage.done_bytes else ""
-        self._log(f"{'done' if ok else 'FAILED'}: {stage.text} ({fmt_seconds(stage.seconds)}{moved})")
+        self._log(stage.summary(ok))
 
 
 def _iso(value: datetime | None) -> str | None:
