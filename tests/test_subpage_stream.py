@@ -16,13 +16,14 @@ import random
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dbservers import maria_binary
 from drtool.databases import innodb_delta
 from drtool.databases.blockmap import BlockMapStore
-from drtool.databases.subpage_backup import SubpageStream
+from drtool.databases.subpage_backup import FullPassage, SubpageStream, rewritten_stream
 from drtool.databases.subpage_restore import rebuild_chain
 from drtool.errors import SourceError
 from drtool.sources import mbstream
@@ -69,9 +70,10 @@ def meta(page_size: int = PAGE, zip_size: int = 0) -> bytes:
 
 
 def run(stream: bytes, blockmap_store: BlockMapStore, parent: str | None, name: str,
-        incremental: bool) -> tuple[bytes, SubpageStream]:
+        incremental: bool) -> tuple[bytes, Any]:
     pending = blockmap_store.begin(blockmap_store.committed(parent) if parent else None)
-    rewritten = SubpageStream(io.BufferedReader(io.BytesIO(stream)), pending, incremental)  # type: ignore[arg-type]
+    rewritten = rewritten_stream(io.BufferedReader(io.BytesIO(stream)), pending, incremental)  # type: ignore[arg-type]
+    assert isinstance(rewritten, SubpageStream if incremental else FullPassage)
     buffer = bytearray(1 << 20)
     out = bytearray()
     while count := rewritten.readinto(memoryview(buffer)):
@@ -222,7 +224,7 @@ def test_a_map_that_cannot_be_written_is_not_kept_and_the_parents_stays(store: B
     full, written, stream = one_table_night(store, 20, [4, 5], 8)
     pending = store.begin(store.committed("n0"))
     shutil.rmtree(pending.directory)
-    rewritten = SubpageStream(io.BufferedReader(io.BytesIO(stream)), pending, True)  # type: ignore[arg-type]
+    rewritten = SubpageStream(io.BufferedReader(io.BytesIO(stream)), pending)  # type: ignore[arg-type]
     out = b""
     while piece := rewritten.read1(1 << 16):
         out += piece
@@ -248,7 +250,7 @@ def test_a_section_of_many_tables_keeps_few_files_open(store: BlockMapStore, tmp
         written[path] = delta_file(bytes(data), [1])
         parts += chunks(path + b".meta", meta(), 1 << 20) + chunks(path + b".delta", written[path], 1 << 20)
     pending = store.begin(store.committed("n0"))
-    rewritten = SubpageStream(io.BufferedReader(io.BytesIO(b"".join(parts))), pending, True)  # type: ignore[arg-type]
+    rewritten = SubpageStream(io.BufferedReader(io.BytesIO(b"".join(parts))), pending)  # type: ignore[arg-type]
     out, most_open = bytearray(), 0
     while piece := rewritten.read1(1 << 16):
         out += piece
@@ -300,7 +302,7 @@ def test_a_full_read_in_pieces_across_its_payloads_is_fingerprinted_whole(store:
                                                                                         3333)))
     pending = store.begin(None)
     reader = Trickle(full) if source is Trickle else io.BufferedReader(io.BytesIO(full))
-    rewritten = SubpageStream(reader, pending, False)  # type: ignore[arg-type]
+    rewritten = FullPassage(reader, pending)  # type: ignore[arg-type]
     out, buffer = bytearray(), bytearray(read_size)
     while count := rewritten.readinto(memoryview(buffer)):
         out += buffer[:count]

@@ -1,7 +1,9 @@
 """mariabackup's stream on its way into the repository: fingerprinted (full), delta pages cut to blocks.
 
-:class:`SubpageStream` sits between mariabackup's stdout and the backup's
-reader.  Every chunk passes through as it came except:
+:func:`rewritten_stream` puts one of two readers between mariabackup's
+stdout and the backup's reader: :class:`FullPassage` for a full,
+:class:`SubpageStream` for an incremental.  Every chunk passes through as it
+came except:
 
 * in a full, tablespace files (``*.ibd``, ``ibdataN``, ``undoN``) are
   fingerprinted into tonight's block map on their way past;
@@ -71,7 +73,7 @@ class _DeltaCut:
         self.blocks_per_page = page_size // fmt.BLOCK
 
 
-class _FullPassage:
+class FullPassage:
     """A full's stream passed through as it came, its payloads read straight into the reader's
     buffer (the backup's segment) and fingerprinted there.
 
@@ -90,6 +92,12 @@ class _FullPassage:
         self.cut_short = False
         self.ended = False
 
+    def read1(self, size: int = -1) -> bytes:
+        buffer = bytearray(size if size > 0 else 1 << 20)
+        return bytes(buffer[:self.readinto(memoryview(buffer))])
+
+    read = read1
+
     def readinto(self, buffer: memoryview) -> int:
         filled = 0
         while filled < len(buffer) and not self.ended:
@@ -104,6 +112,11 @@ class _FullPassage:
                 continue
             filled += take
         return filled
+
+    def check_whole(self, source: str) -> None:
+        """After mariabackup exited 0: the stream must have ended between chunks."""
+        if self.cut_short:
+            raise _cut_short(source)
 
     def _next_chunk(self) -> None:
         try:
@@ -152,11 +165,15 @@ class _FullPassage:
         self._block += len(blocks) // fmt.BLOCK
 
 
-class SubpageStream:
-    """A readable stream (``read1``/``readinto``) of the rewritten mbstream (a full: as it came)."""
+def _cut_short(source: str) -> SourceError:
+    return SourceError(f"the mariabackup stream of {source} was cut short (a chunk or a .delta file "
+                       f"is incomplete); no snapshot was written")
 
-    def __init__(self, source: IO[bytes], blockmap: BlockMap, incremental: bool) -> None:
-        self._full = None if incremental else _FullPassage(source, blockmap)
+
+class SubpageStream:
+    """A readable stream (``read1``/``readinto``) of an incremental's mbstream, its deltas rewritten."""
+
+    def __init__(self, source: IO[bytes], blockmap: BlockMap) -> None:
         self._chunks = mbstream.read_chunks(source)
         self._map = blockmap
         self._pieces: deque[memoryview] = deque()
@@ -168,9 +185,6 @@ class SubpageStream:
 
     # ----- the reader's side -----------------------------------------------------------------
     def read1(self, size: int = -1) -> bytes:
-        if self._full is not None:
-            buffer = bytearray(size if size > 0 else 1 << 20)
-            return bytes(buffer[:self.readinto(memoryview(buffer))])
         if not self._fill():
             return b""
         piece = self._pieces[0]
@@ -182,8 +196,6 @@ class SubpageStream:
 
     def readinto(self, buffer: memoryview) -> int:
         """As many pieces as fit, copied once into the caller's buffer (the backup's segments)."""
-        if self._full is not None:
-            return self._full.readinto(buffer)
         filled = 0
         while filled < len(buffer) and self._fill():
             piece = self._pieces[0]
@@ -208,9 +220,8 @@ class SubpageStream:
 
     def check_whole(self, source: str) -> None:
         """After mariabackup exited 0: the stream must have ended between chunks, every .delta closed."""
-        if self.cut_short or self._cuts or (self._full is not None and self._full.cut_short):
-            raise SourceError(f"the mariabackup stream of {source} was cut short (a chunk or a .delta file "
-                              f"is incomplete); no snapshot was written")
+        if self.cut_short or self._cuts:
+            raise _cut_short(source)
 
     def _consume(self, count: int) -> None:
         piece = self._pieces[0]
@@ -287,6 +298,11 @@ class SubpageStream:
             self.stats.stored_bytes += len(data)
 
 
+def rewritten_stream(source: IO[bytes], blockmap: BlockMap, incremental: bool) -> FullPassage | SubpageStream:
+    """The reader a night's stream goes through: an incremental is rewritten, a full only watched."""
+    return SubpageStream(source, blockmap) if incremental else FullPassage(source, blockmap)
+
+
 class SubpageNight:
     """Tonight's block map and stream rewrite for one physical backup: begun before mariabackup
     starts, committed under the snapshot's id once it is stored, thrown away if it is not."""
@@ -300,17 +316,17 @@ class SubpageNight:
                         "lost): tonight's incremental stores its changed pages whole; the next full starts "
                         "a new map", parent_id[:8])
         self.map = store.begin(parent)
-        self.stream: SubpageStream | None = None
+        self.stream: FullPassage | SubpageStream | None = None
 
     def wrap(self, stdout: IO[bytes]) -> IO[bytes]:
-        self.stream = SubpageStream(stdout, self.map, self.incremental)
+        self.stream = rewritten_stream(stdout, self.map, self.incremental)
         return self.stream  # type: ignore[return-value]
 
     def finish(self, source: str, meta: dict[str, Any]) -> None:
         """Refuse a cut stream; an incremental records the sub-page format it needs to be restored."""
         assert self.stream is not None
         self.stream.check_whole(source)
-        if self.incremental:
+        if isinstance(self.stream, SubpageStream):
             meta["subpage"] = {**self.stream.stats.meta(), "map_from_parent": self.parent_known}
 
     def commit(self, snapshot_id: str) -> bool:
