@@ -325,3 +325,54 @@ def test_a_full_cut_short_is_refused(store: BlockMapStore) -> None:
     for cut in (len(full) - 40 - len(b"XBSTCK01"), 30):  # inside a payload, inside the first header
         with pytest.raises(SourceError, match="cut short"):
             run(full[:cut], store, None, "n0", False)
+
+
+def many_tables_chain(store: BlockMapStore, tmp_path: Path, tables: int) -> tuple[Path, list[Path], list[dict]]:
+    """A full of ``tables`` tables of different sizes and two incrementals changing a share of each:
+    the extracted full, the extracted members, and per member the .delta mariabackup wrote per table."""
+    rng = random.Random(21)
+    datas = {f"db/t{n}.ibd".encode(): tablespace(60 + 150 * n, 30 + n) for n in range(tables)}
+    full = b"".join(b"".join(chunks(path, bytes(data), 1 << 16)) for path, data in datas.items())
+    run(full, store, None, "n0", False)
+    members, written = [], []
+    for night in (1, 2):
+        parts, deltas = [], {}
+        for path, data in datas.items():
+            changed = sorted(rng.sample(range(len(data) // PAGE), len(data) // PAGE // 3))
+            mutate(data, changed, rng)
+            deltas[path] = delta_file(bytes(data), changed)
+            parts += chunks(path + b".meta", meta(), 99) + chunks(path + b".delta", deltas[path], 50_000)
+        out, rewritten = run(b"".join(parts), store, f"n{night - 1}", f"n{night}", True)
+        assert rewritten.stats.pages_as_blocks == rewritten.stats.pages > 0
+        members.append(extract(out, tmp_path / f"inc{night}"))
+        written.append(deltas)
+    return extract(full, tmp_path / "full"), members, written
+
+
+def test_a_member_of_many_tables_is_rebuilt_on_threads_byte_for_byte(store: BlockMapStore, tmp_path: Path) -> None:
+    """The files of a member are rebuilt side by side; the second member's bases are the first's
+    rebuilt pages, so members must still go one after another."""
+    full_dir, members, written = many_tables_chain(store, tmp_path, 9)
+    pages = sum(len(delta) // PAGE for deltas in written for delta in deltas.values())
+    rebuilt = rebuild_chain(str(full_dir), [str(m) for m in members])
+    assert 0.9 * pages < rebuilt < pages  # every page but the header pages (one per cluster)
+    for member, deltas in zip(members, written):
+        for path, delta in deltas.items():
+            assert (member / (path.decode() + ".delta")).read_bytes() == delta
+        assert not list(member.rglob("*.drtool-subpage"))
+
+
+def test_one_wrong_base_among_many_tables_fails_the_rebuild_naming_its_page(store: BlockMapStore,
+                                                                             tmp_path: Path) -> None:
+    """A base damaged in one table, while the other tables are rebuilt on other threads: the
+    error names that table's page and is not lost among the files that went well."""
+    from drtool.errors import RestoreTargetError
+    full_dir, members, _ = many_tables_chain(store, tmp_path, 9)
+    damaged = full_dir / "db" / "t4.ibd"
+    data = bytearray(damaged.read_bytes())
+    data[:] = bytes(len(data))  # every page of the full's copy of t4 zeroed
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(RestoreTargetError) as caught:
+        rebuild_chain(str(full_dir), [str(m) for m in members])
+    assert "of db/t4.ibd in" in str(caught.value) and "does not match the digest" in str(caught.value)
+    assert not (members[1] / "db" / "t0.ibd.delta").exists()  # the second member was not begun
