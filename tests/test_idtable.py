@@ -318,3 +318,30 @@ def test_a_table_filled_in_key_order_answers_as_one_filled_id_by_id(tmp_path: Pa
         assert found[:50_000].count(True) >= 50_000 - 16  # only ids beside the crowded bucket miss
         assert 1 <= found[50_000:50_030].count(True) <= 8  # its window holds 8 ids at most
     assert sum(a is None for a in answers["sorted"]) <= sum(a is None for a in answers["add"]) + 8
+
+
+def test_a_table_filled_in_steps_with_repeated_ids_is_the_table_filled_once(tmp_path: Path) -> None:
+    """A bulk build feeds the table its merged runs a transaction at a time, and a blob stored in
+    two packs comes twice: the table must come out byte for byte as one filled from the unique ids
+    in one go (a repeated id taking a second slot would crowd its neighbours out to LMDB)."""
+    lead = os.urandom(8)
+    unique = sorted([os.urandom(32) for _ in range(40_000)] + [lead + os.urandom(24) for _ in range(12)])
+    rng = random.Random(5)
+    fed = sorted(unique + rng.sample(unique, 4000))  # every repeat right after its first
+    files = {}
+    for how in ("once", "steps"):
+        table = IdTable.start(tmp_path / f"{how}.table", idtable.capacity_for(len(unique)))
+        if how == "once":
+            table.fill_sorted(unique)
+        else:
+            fill = idtable.SortedFill(table)
+            for start in range(0, len(fed), 777):  # steps that end anywhere, in a bucket or a repeat
+                for blob_id in fed[start:start + 777]:
+                    fill.put(blob_id)
+                table.release_pages()
+            fill.close()
+        table.install(tmp_path / f"{how}.table", b"t" * 8)
+        assert [table.answer(b, b"t" * 8) for b in unique].count(False) == 0
+        table.close()
+        files[how] = (tmp_path / f"{how}.table").read_bytes()
+    assert files["once"] == files["steps"]

@@ -22,7 +22,7 @@ from drtool.crypto.ids import ID_SIZE
 from drtool.repository import completeness, idtable
 from drtool.repository.cacheenv import DBS, MAP_SIZE, CacheUnusable, guard
 from drtool.repository.idfilter import IdFilter, capacity_for
-from drtool.repository.idtable import IdTable
+from drtool.repository.idtable import IdTable, SortedFill
 from drtool.repository.packfile import ENTRY
 
 if TYPE_CHECKING:
@@ -94,14 +94,18 @@ def append_runs(env: lmdb.Environment, blobs: Any, runs: list[BinaryIO], commit_
     and id table, whose pages are released as they fill (1.2 GB at 20 M blobs: not this run's
     resident set).  The runs are closed."""
     merged = heapq.merge(*(read_run(run) for run in runs))
+    fill = SortedFill(new_table) if new_table is not None else None  # ids come in key order: no search
     while chunk := list(islice(merged, commit_entries)):
         with env.begin(write=True) as txn:
             txn.cursor(db=blobs).putmulti(((r[:ID_SIZE], r[ID_SIZE:]) for r in chunk), dupdata=True, append=True)
         if new_filter is not None:
             new_filter.add(r[:ID_SIZE] for r in chunk)
-        if new_table is not None:
-            new_table.add(r[:ID_SIZE] for r in chunk)
+        if fill is not None and new_table is not None:
+            for row in chunk:
+                fill.put(row[:ID_SIZE])
             new_table.release_pages()
+    if fill is not None:
+        fill.close()
     for run in runs:
         run.close()
 
