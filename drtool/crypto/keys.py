@@ -115,7 +115,7 @@ def _derivation_key(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
     """A private memo key: the passphrase itself is never held as a dictionary key."""
     context = f"{params.memory_kib}/{params.iterations}/{params.lanes}".encode()
     return blake2b(passphrase, key=salt[:64], person=b"drtool-kdf-memo",
-                           digest_size=32).digest() + sha256(context).digest()
+                   digest_size=32).digest() + sha256(context).digest()
 
 
 def derive_wrapping_key(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
