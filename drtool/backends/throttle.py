@@ -13,7 +13,6 @@ sleep are injected so that tests can check the arithmetic without waiting.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import threading
 import time
 from typing import Callable, Sequence
@@ -97,6 +96,7 @@ class PartsBody:
         return self._size
 
     def md5(self) -> bytes:
+        import hashlib  # here: libcrypto stays unloaded for a local backup (drtool/digests.py)
         digest = hashlib.md5(usedforsecurity=False)
         for part in self._parts:
             digest.update(part)

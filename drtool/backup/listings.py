@@ -21,10 +21,10 @@ and no content hash is asked for.
 """
 from __future__ import annotations
 
-import hashlib
 import stat
 from typing import Iterable
 
+from drtool.digests import blake2b
 from drtool.snapshot.model import FILE, Node
 from drtool.sources.files import Entry
 
@@ -34,7 +34,7 @@ _REG = stat.S_IFREG
 def _digest(rows: list[tuple[object, ...]]) -> bytes:
     # repr escapes what is not printable (lone surrogates of non-UTF-8 names included): one
     # text per listing, in name order, with every field the "as is" rule compares.
-    return hashlib.blake2b(repr(rows).encode(), digest_size=16).digest()
+    return blake2b(repr(rows).encode(), digest_size=16).digest()
 
 
 def listing_digest(entries: Iterable[Entry]) -> bytes | None:

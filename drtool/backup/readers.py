@@ -34,7 +34,6 @@ file never costs its neighbours.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import deque
@@ -42,6 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
 
+from drtool.digests import new_hash
 from drtool.sources import files as fs
 
 DEFAULT_READERS = 2
@@ -268,7 +268,7 @@ def read_open_file(fd: int, path: bytes, st: os.stat_result, view: memoryview,
         return FileRead(error=exc)
     digest: Any = None
     if content_hash is not None:
-        digest = hashlib.new(content_hash, view[:got])
+        digest = new_hash(content_hash, view[:got])
     return FileRead(end=got, changed=changed or got != st.st_size,
                     hash=f"{content_hash}:{digest.hexdigest()}" if digest is not None else None)
 

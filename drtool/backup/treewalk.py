@@ -16,7 +16,6 @@ shows the tree as found); entries that cannot be read make the run exit 3.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Callable, Iterator
 
+from drtool.digests import new_hash
 from drtool.errors import DrtoolError, SourceError
 from drtool.backup.listings import listing_digest, nodes_digest
 from drtool.backup.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
@@ -355,7 +355,7 @@ class TreeWalker:
         # read further is checked first.
         small = node.size < SMALL_FILE
         fd = self.ops.open(entry.path, not small)
-        digest = hashlib.new(self.content_hash) if self.content_hash else None
+        digest = new_hash(self.content_hash) if self.content_hash else None
         try:
             futures, total = self._read_content(fd, entry.path, node.size, small, digest)
             changed = fs.changed_since(fd, entry.path, entry.st)  # first: it raises if not regular

@@ -7,10 +7,10 @@ changes, not 200,000 nodes.  Both the file index and ``drtool diff`` use it.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from drtool.digests import blake2b
 from drtool.errors import UsageError
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, FILE, SYMLINK, Node
@@ -41,12 +41,12 @@ def content_id_of(kind: str, content: list[str], target: str | None) -> str:
     if kind == FILE and len(content) == 1:
         return content[0][:32]
     if kind == FILE:
-        digest = hashlib.blake2b(digest_size=16)
+        digest = blake2b(digest_size=16)
         for blob in content:
             digest.update(blob.encode())
         return digest.hexdigest()
     if kind == SYMLINK and target is not None:
-        return hashlib.blake2b(target.encode(errors="surrogateescape"), digest_size=16).hexdigest()
+        return blake2b(target.encode(errors="surrogateescape"), digest_size=16).hexdigest()
     return ""
 
 

@@ -8,10 +8,8 @@ a passphrase re-wraps one slot; the data never needs re-encryption.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
-import secrets
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,6 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from drtool.crypto.aead import Aead, AuthenticationFailed
+from drtool.digests import blake2b, random_bits, sha256, token_hex
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class MasterKey:
 
     @classmethod
     def generate(cls) -> "MasterKey":
-        return cls(os.urandom(32), os.urandom(32), secrets.randbits(63) or 1)
+        return cls(os.urandom(32), os.urandom(32), random_bits(63) or 1)
 
     def to_json(self) -> bytes:
         return json.dumps({
@@ -115,8 +114,8 @@ _DERIVED: dict[bytes, bytes] = {}
 def _derivation_key(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
     """A private memo key: the passphrase itself is never held as a dictionary key."""
     context = f"{params.memory_kib}/{params.iterations}/{params.lanes}".encode()
-    return hashlib.blake2b(passphrase, key=salt[:64], person=b"drtool-kdf-memo",
-                           digest_size=32).digest() + hashlib.sha256(context).digest()
+    return blake2b(passphrase, key=salt[:64], person=b"drtool-kdf-memo",
+                   digest_size=32).digest() + sha256(context).digest()
 
 
 def derive_wrapping_key(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
@@ -147,7 +146,7 @@ def derive_wrapping_key(passphrase: bytes, salt: bytes, params: KdfParams) -> by
 def wrap_master_key(master: MasterKey, passphrase: bytes, *, params: KdfParams | None = None,
                     label: str = "") -> KeySlot:
     params = params or KdfParams()
-    slot_id = secrets.token_hex(16)
+    slot_id = token_hex(16)
     salt = os.urandom(16)
     kek = derive_wrapping_key(passphrase, salt, params)
     wrapped = bytes(Aead(kek).seal(master.to_json(), _slot_context(slot_id)))

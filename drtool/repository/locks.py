@@ -27,13 +27,13 @@ import json
 import logging
 import os
 import random
-import secrets
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+from drtool.digests import token_hex
 from drtool.errors import DrtoolError, IntegrityError, LockHeld
 from drtool.repository.objects import LOCK_KIND, LOCKS, object_name
 from drtool.repository.repo import Repository
@@ -74,7 +74,7 @@ class Lock:
         self.refresh_interval = refresh
         self.stale_after = stale_after
         self.host = host or socket.gethostname()
-        self.lock_id = secrets.token_hex(16)
+        self.lock_id = token_hex(16)
         self.created = clock()
         self.lost: str | None = None
         self.last_refresh = self.created

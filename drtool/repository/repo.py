@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterator
@@ -19,6 +18,7 @@ from drtool.backends import capabilities
 from drtool.backends.base import Backend
 from drtool.crypto.ids import IdMaker
 from drtool.crypto.keys import KdfParams, KeySlot, MasterKey
+from drtool.digests import token_hex
 from drtool.errors import (DrtoolError, IntegrityError, ObjectMissing, RepositoryExists, RepositoryFull,
                            RepositoryNotFound)
 from drtool.repository.envelope import Envelope, EnvelopeError
@@ -106,7 +106,7 @@ class Repository:
         if group is not None:
             capabilities.share_with_group(backend, group)
         master = MasterKey.generate()
-        config = config or RepoConfig(repo_id=secrets.token_hex(16))
+        config = config or RepoConfig(repo_id=token_hex(16))
         slot = wrap_slot(master, passphrase, kdf, "initial")
         backend.put(key_name(slot.slot_id), slot.to_bytes())
         envelope = Envelope(master.encryption_key)

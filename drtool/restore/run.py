@@ -20,12 +20,12 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import secrets
 import stat
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from drtool.digests import token_hex
 from drtool.errors import DrtoolError, IntegrityError, RestoreTargetError, UsageError
 from drtool.core.heap import collector_paused
 from drtool.core import coldpacks
@@ -179,7 +179,7 @@ class Restorer:
         self._pending_links: list[tuple[str, str, Node]] = []
         self._dirs: list[tuple[str, Node]] = []
         self._root: DirHandle | None = None
-        self._run_token = secrets.token_hex(4)  # part names: no getrandom per file
+        self._run_token = token_hex(4)  # part names: no getrandom per file
         self._part_numbers = itertools.count()
         self._fatal: BaseException | None = None
         self._lock = threading.Lock()

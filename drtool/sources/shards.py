@@ -16,10 +16,10 @@ instead of every worker listing the whole bucket.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from drtool.digests import blake2b
 from drtool.errors import ConfigError
 from drtool.snapshot.names import like_literal
 
@@ -68,7 +68,7 @@ def sharding_from_table(name: str, table: dict[str, Any]) -> Sharding | None:
 def shard_of(unit: str | bytes, shards: int) -> int:
     """The shard of a unit: the same on every host, in every process, in every version."""
     data = unit if isinstance(unit, bytes) else unit.encode("utf-8", "surrogateescape")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") % shards
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big") % shards
 
 
 def shard_series(name: str, shard: int, shards: int) -> str:
