@@ -53,13 +53,14 @@ class _File:
 
 @dataclass
 class _Payload:
-    """The payload being read: its file, where the next byte goes, what is left, its CRC so far."""
+    """A payload being written: its file, where its next byte goes, what is left, the CRC-32 it must
+    have, and its pieces handed to the writers (each returns its piece's CRC-32); an E chunk is one
+    with ``offset`` -1 (its file closed once the window's writes are over)."""
 
     file: _File
     offset: int
     left: int
     expected_crc: int
-    crc: int = 0
     pieces: list[tuple[Future[int], int]] = field(default_factory=list)
 
 
