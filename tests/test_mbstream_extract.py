@@ -9,6 +9,7 @@ names, bytes and modes.  A full disk is a real 2 MiB tmpfs.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import subprocess
@@ -133,3 +134,33 @@ def test_a_full_disk_is_one_line_naming_the_file(tiny_fs: Path) -> None:
     assert "free space on the --target file system" in caught.value.hint
     assert not isinstance(caught.value, StreamDamaged)
     assert os.listdir(tiny_fs / "data")  # what was written stays for the caller to remove (restore_physical)
+
+
+def test_a_damaged_pack_mid_stream_names_the_member_in_one_line(repo_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The stored stream's bytes fail their check part-way through (a pack changed on disk): the
+    extraction stops with the restore chain's one line naming the member and the pack, not a
+    stream error (the windows before it were written; the restore then removes them)."""
+    from drtool.backup.run import backup_stream
+    from drtool.backup.streams import binary_streams
+    from drtool.databases.mariadb_physical import _extract
+    from drtool.snapshot.streamread import read_stream
+    stream = sample_stream()
+    with repo_env.session() as session:
+        with binary_streams(session):
+            snap = backup_stream(session, io.BytesIO(stream), "phys", "backup.mbstream").snapshot
+        packs = sorted((p for p in (repo_env.repo / "packs").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+        rotten = packs[-1]
+        body = bytearray(rotten.read_bytes())
+        body[len(body) * 3 // 4] ^= 0x01
+        rotten.write_bytes(bytes(body))
+        session.repo.load_index()
+        target = tmp_path / "data"
+        target.mkdir()
+        with pytest.raises(RestoreTargetError) as caught:
+            _extract(read_stream(session.repo, snap), str(target), snap)
+    message = str(caught.value)
+    assert message.startswith(f"snapshot {snap.short_id} of the restore chain cannot be read: pack "
+                              f"{rotten.name[:16]} is damaged"), message
+    assert message.endswith("nothing was restored") and "\n" not in message
+    assert not isinstance(caught.value, StreamDamaged)
+    assert "drtool backup --source phys --full" in caught.value.hint
