@@ -30,7 +30,12 @@ Measured, in one run on the machine as it is:
 * CPU seconds (user + sys, with child processes) of the native copy and of night 1,
   and the load average at the start and the end: the kernel shares the cores between
   sessions (autogroups), so on a busy host drtool's wall time is its CPU at a fraction
-  of a core while the native copy mostly waits on the page cache and the disk;
+  of a core while the native copy mostly waits on the page cache and the disk.  System
+  time is shown apart: on the bench's VM (Firecracker, free page reporting) writing into
+  memory that sat free for a few seconds cost ~1.8 s of system time per GiB against
+  ~0.35 s for memory freed a moment before, so the same native copy took 1.4 s or 9.0 s
+  of CPU depending on what ran before it (docs/performance.md, 6 December, physrestore);
+  compare steps by their user time, or run --repeat 2+ (the best run is kept);
 * PITR replay rate: binlog written after the base, replayed by ``drtool restore
   --latest`` (MiB of binlog per second, the physical restore time subtracted).
 """
@@ -74,6 +79,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None, **kw: Any) -> subproc
 
 
 LAST_CPU = 0.0  # CPU seconds (user + sys) of the child processes of the last timed() or best() run
+LAST_SYS = 0.0  # ... of which system time: on the bench's VM mostly page-cache writes (see the docstring)
 
 
 def children_cpu() -> float:
@@ -81,15 +87,19 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def children_sys() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+
+
 def timed(fn: Callable[[], Any]) -> float:
     """Wall seconds of ``fn()``; its children's CPU seconds go to LAST_CPU.  On a shared host
     the kernel shares the cores between sessions (autogroups), so under load a wall-clock
     ratio is mostly a ratio of CPU seconds: the bench reports both."""
-    global LAST_CPU
-    before, start = children_cpu(), time.monotonic()
+    global LAST_CPU, LAST_SYS
+    before, sys_before, start = children_cpu(), children_sys(), time.monotonic()
     fn()
     wall = time.monotonic() - start
-    LAST_CPU = children_cpu() - before
+    LAST_CPU, LAST_SYS = children_cpu() - before, children_sys() - sys_before
     return wall
 
 
@@ -100,14 +110,14 @@ def best(fn: Callable[[int], Any], *made: Path) -> float:
     """The best of ``REPEAT`` timed runs of ``fn(i)`` (a fresh target per run): on a shared
     host the minimum is the figure least disturbed by other jobs.  ``made``: what a run
     creates (suffixed with ``i``), removed after every run but the last (disk space)."""
-    global LAST_CPU
+    global LAST_CPU, LAST_SYS
     runs = []
     for i in range(REPEAT):
-        runs.append((timed(lambda: fn(i)), LAST_CPU))
+        runs.append((timed(lambda: fn(i)), LAST_CPU, LAST_SYS))
         if i + 1 < REPEAT:
             for path in made:
                 shutil.rmtree(f"{path}{i}", ignore_errors=True)
-    wall, LAST_CPU = min(runs)
+    wall, LAST_CPU, LAST_SYS = min(runs)
     return wall
 
 
@@ -249,9 +259,9 @@ class MariaBench:
             run(["mariabackup", f"--defaults-extra-file={self.cnf}", "--backup", f"--target-dir={native}",
                  f"--datadir={self.data}", f"--socket={self.sock}", "--user=root"])
         out["native_backup_s"] = best(native_backup)
-        out["native_backup_cpu_s"] = LAST_CPU
+        out["native_backup_cpu_s"], out["native_backup_sys_s"] = LAST_CPU, LAST_SYS
         out["physical_backup_s"] = timed(lambda: dr("backup", "--source", "phys"))
-        out["physical_backup_cpu_s"] = LAST_CPU
+        out["physical_backup_cpu_s"], out["physical_backup_sys_s"] = LAST_CPU, LAST_SYS
         out["physical_night1_stored"] = dr.stored("phys")
         full_dr("backup", "--source", "physfull")  # the comparison's night 1, in its own repository
         out["fixed_s"] = timed(lambda: dr("snapshots", "--name", "phys", "--json"))
@@ -295,14 +305,15 @@ class MariaBench:
             run(["cp", "-a", str(root / "native"), f"{copy}{i}"])
             run(["mariabackup", "--no-defaults", "--prepare", f"--target-dir={copy}{i}"])
         out["floor_restore_s"] = best(floor, copy)
+        out["floor_restore_cpu_s"], out["floor_restore_sys_s"] = LAST_CPU, LAST_SYS
         out["physical_full_restore_s"] = best(lambda i: dr("-v", "restore", night1[:12], "--source", "phys",
                                                            "--target", str(root / f"r-full{i}")), root / "r-full")
-        out["physical_full_restore_cpu_s"] = LAST_CPU
+        out["physical_full_restore_cpu_s"], out["physical_full_restore_sys_s"] = LAST_CPU, LAST_SYS
         out["physical_full_restore_stages"] = dr.stage_seconds()
         shutil.rmtree(f"{root / 'r-full'}{REPEAT - 1}", ignore_errors=True)
         out["physical_restore_s"] = best(lambda i: dr("-v", "restore", phys[:12], "--source", "phys",
                                                       "--target", str(root / f"r-phys{i}")), root / "r-phys")
-        out["physical_restore_cpu_s"] = LAST_CPU
+        out["physical_restore_cpu_s"], out["physical_restore_sys_s"] = LAST_CPU, LAST_SYS
         out["physical_restore_stages"] = dr.stage_seconds()
         shutil.rmtree(f"{copy}{REPEAT - 1}", ignore_errors=True)
         shutil.rmtree(f"{root / 'r-phys'}{REPEAT - 1}", ignore_errors=True)
@@ -365,9 +376,9 @@ def pg_bench(work: Path, scale: int) -> dict[str, Any]:
             run([*as_pg, f"{bindir}/pg_basebackup", "-D", str(native), "-h", str(root), "-p", str(port),
                  "-U", "postgres", "-X", "none", "-c", "fast"])
         out["native_backup_s"] = best(native_backup)
-        out["native_backup_cpu_s"] = LAST_CPU
+        out["native_backup_cpu_s"], out["native_backup_sys_s"] = LAST_CPU, LAST_SYS
         out["physical_backup_s"] = timed(lambda: dr("backup", "--source", "pg"))
-        out["physical_backup_cpu_s"] = LAST_CPU
+        out["physical_backup_cpu_s"], out["physical_backup_sys_s"] = LAST_CPU, LAST_SYS
         out["physical_night1_stored"] = dr.stored("pg")
         out["fixed_s"] = timed(lambda: dr("snapshots", "--name", "pg", "--json"))
         run([*psql, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0"])
@@ -394,7 +405,9 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
 
     def cpu(d: dict[str, Any], key: str) -> str:
-        return f", CPU {d[key]:.1f} s" if d.get(key) else ""
+        sys_key = key.replace("_cpu_s", "_sys_s")
+        return (f", CPU {d[key]:.1f} s" + (f" (sys {d[sys_key]:.1f})" if d.get(sys_key) is not None else "")
+                if d.get(key) else "")
 
     def ratio(d: dict[str, Any], a: str, b: str) -> str:
         return f"{d[a]:.1f} s ({d[a] / d[b]:.2f}×)" if d.get(a) is not None else "—"
@@ -403,7 +416,9 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
     row("drtool physical backup, night 1 (× native)", lambda d: ratio(d, "physical_backup_s", "native_backup_s"))
     row("  CPU, user + sys with children: native / drtool (×)",
         lambda d: f"{d['native_backup_cpu_s']:.1f} s / {d['physical_backup_cpu_s']:.1f} s "
-                  f"({d['physical_backup_cpu_s'] / d['native_backup_cpu_s']:.2f}×)" if d.get("native_backup_cpu_s")
+                  f"({d['physical_backup_cpu_s'] / d['native_backup_cpu_s']:.2f}×)"
+                  + (f"; sys {d['native_backup_sys_s']:.1f} / {d['physical_backup_sys_s']:.1f} s"
+                     if "native_backup_sys_s" in d else "") if d.get("native_backup_cpu_s")
         else "—")
     row("  stored", lambda d: mib(d["physical_night1_stored"]))
     row("drtool physical, night 2 after 1 % rows changed", lambda d: f"{d['physical_night2_s']:.1f} s"
@@ -429,7 +444,8 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
         else "—")
     row("  mydumper night 2 stored", lambda d: mib(d["mydumper_night2_stored"]) if "mydumper_night2_stored" in d
         else "—")
-    row("restore floor by hand (cp -a [+ prepare])", lambda d: f"{d['floor_restore_s']:.1f} s")
+    row("restore floor by hand (cp -a [+ prepare])",
+        lambda d: f"{d['floor_restore_s']:.1f} s" + cpu(d, "floor_restore_cpu_s"))
     row("drtool physical restore of night 1, a full (× floor)",
         lambda d: ratio(d, "physical_full_restore_s", "floor_restore_s") + cpu(d, "physical_full_restore_cpu_s")
         if "physical_full_restore_s" in d else "—")

@@ -243,3 +243,15 @@ def test_a_restore_on_a_terminal_tells_each_stage_as_it_ends(scenario: Scenario)
         assert "prepared data directory" in out  # the report itself is unchanged, on stdout
     finally:
         stop_restored_mariadb(target)
+
+
+def test_a_full_disk_while_extracting_is_one_line_and_leaves_no_target(scenario: Scenario, tiny_fs: Path) -> None:
+    """The stream is extracted in process (not by mbstream -x): a target file system that fills up
+    stops the restore with one line naming the file, and nothing that looks restored is left."""
+    target = tiny_fs / "restored"
+    result = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", str(target))
+    assert result.code == 1, result.err
+    (line,) = result.err.strip().splitlines()
+    assert line.startswith(f"drtool: error: cannot write {target}/data/") and \
+        "No space left on device; nothing was restored" in line, line
+    assert not target.exists() and os.listdir(tiny_fs) == []

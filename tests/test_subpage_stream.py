@@ -13,6 +13,7 @@ import io
 import os
 import itertools
 import random
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -25,7 +26,7 @@ from drtool.databases import innodb_delta
 from drtool.databases.blockmap import BlockMapStore
 from drtool.databases.subpage_backup import FullPassage, SubpageStream, rewritten_stream
 from drtool.databases.subpage_restore import rebuild_chain
-from drtool.errors import SourceError
+from drtool.errors import RestoreTargetError, SourceError
 from drtool.sources import mbstream
 
 PAGE = 4096  # small pages: a cluster names 1023 of them, so a few thousand cross clusters
@@ -376,3 +377,40 @@ def test_one_wrong_base_among_many_tables_fails_the_rebuild_naming_its_page(stor
         rebuild_chain(str(full_dir), [str(m) for m in members])
     assert "of db/t4.ibd in" in str(caught.value) and "does not match the digest" in str(caught.value)
     assert not (members[1] / "db" / "t0.ibd.delta").exists()  # the second member was not begun
+
+
+def test_several_tables_rebuilt_at_once_byte_for_byte_and_a_bad_base_named(store: BlockMapStore,
+                                                                          tmp_path: Path) -> None:
+    """One incremental with five tables of different sizes (their files are rebuilt on several threads,
+    each in batches of pages): each .delta byte for byte; a base page changed under one table fails
+    the rebuild naming that table's page, whatever the other threads were doing."""
+    rng = random.Random(5)
+    sizes = {f"db/t{n}.ibd".encode(): pages for n, pages in enumerate((900, 40, 2500, 1, 700))}
+    data = {path: tablespace(pages, n) for n, (path, pages) in enumerate(sizes.items())}
+    full = b"".join(x for path in data for x in chunks(path, bytes(data[path]), 1 << 20))
+    run(full, store, None, "n0", False)
+    written, parts = {}, []
+    for path, pages in sizes.items():
+        changed = sorted(rng.sample(range(pages), max(1, pages * 2 // 3)))
+        mutate(data[path], changed, rng)
+        written[path] = delta_file(bytes(data[path]), changed)
+        parts.append(chunks(path + b".meta", meta(), 1 << 20) + chunks(path + b".delta", written[path], 300_000))
+    stream = b"".join(interleave(interleave(parts[0], parts[1]), interleave(parts[2], parts[3])) + parts[4])
+    out, rewritten = run(stream, store, "n0", "n1", True)
+    assert rewritten.stats.pages_as_blocks == sum(max(1, p * 2 // 3) for p in sizes.values())
+    full_dir = extract(full, tmp_path / "full")
+    inc = extract(out, tmp_path / "inc")
+    spare = tmp_path / "inc-copy"
+    shutil.copytree(inc, spare)
+    assert rebuild_chain(str(full_dir), [str(inc)]) == rewritten.stats.pages_as_blocks
+    for path, delta in written.items():
+        assert (inc / (path.decode() + ".delta")).read_bytes() == delta
+    changed_in_t2 = innodb_delta.page_numbers(str(inc / "db" / "t2.ibd.delta"), PAGE)[5]
+    with open(full_dir / "db" / "t2.ibd", "r+b") as handle:  # the full's copy of one page of t2, not as backed up
+        for block in range(0, PAGE, 512):  # every block: some are not stored in the delta
+            handle.seek(changed_in_t2 * PAGE + block + 100)
+            handle.write(b"\xff")
+    with pytest.raises(RestoreTargetError) as caught:
+        rebuild_chain(str(full_dir), [str(spare)])
+    assert str(caught.value).startswith(f"page {changed_in_t2} of db/t2.ibd in {spare}: the rebuilt page does not "
+                                        f"match the digest"), caught.value

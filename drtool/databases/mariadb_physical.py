@@ -6,7 +6,8 @@ after mariabackup exited 0 and the stream's closing ``xtrabackup_info`` was
 seen).  Its binlog coordinates make it a base like a dump's, so binlog
 replay after it is the same as after a dump.  Restoring is: the prepare
 tool's version checked against the backup's server *before* anything is
-written, ``mbstream -x`` of the stored stream into ``DIR/data``,
+written, the stored stream extracted into ``DIR/data`` (in process, as
+``mbstream -x`` would: :mod:`drtool.databases.mbstream_extract`),
 ``mariabackup --prepare``, then — when binlogs are to be replayed — a
 private start with ``--skip-grant-tables`` and no networking (the copied
 accounts have production's passwords, which drtool does not hold), replay,
@@ -35,7 +36,6 @@ from drtool.databases.planner import PitrPlan, PitrResult
 from drtool.errors import DrtoolError, RestoreTargetError, SourceError, UsageError
 from drtool.snapshot.streamread import read_stream
 from drtool.sources import mariabackup, mariadb
-from drtool.sources.common import feed_stdin
 
 if TYPE_CHECKING:
     from drtool.backup.run import BackupResult
@@ -234,8 +234,7 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
             os.makedirs(target, mode=0o700, exist_ok=True)
             with stages.stage(f"extracting {_member_label(member, number, len(members))}",
                               stream_bytes(member)) as step:
-                _pipe(mariabackup.extract_command(target, bindir), step.counted(read_stream(session.repo, member)),
-                      f"mbstream -x of snapshot {member.short_id}", member)
+                _extract(step.counted(read_stream(session.repo, member)), target, member)
     if any(member.meta.get("subpage") for member in members):
         from drtool.databases.subpage_restore import rebuild_chain
         with stages.stage(f"rebuilding the changed pages of {len(members) - 1} incremental(s)") as step:
@@ -265,20 +264,27 @@ def _empty(root: str) -> None:
             os.unlink(path)
 
 
-def _pipe(cmd: list[str], chunks: Iterator[bytes], what: str, member: Snapshot | None = None) -> None:
-    """Feed a stored stream to ``cmd``; a member that cannot be read is named (the chain is broken there)."""
+def _extract(windows: Iterator[memoryview], target: str, member: Snapshot) -> None:
+    """Write the member's stored mbstream into ``target`` (:mod:`mbstream_extract`, in process: what
+    ``mbstream -x`` wrote, on more than one core); a member that cannot be read is named (the chain is
+    broken there)."""
+    from drtool.databases.mbstream_extract import MbstreamWriter
+    with MbstreamWriter(target, f"snapshot {member.short_id}") as writer:
+        for window in _readable(windows, member):
+            writer.write(window)
+        writer.finish()
+
+
+def _readable(windows: Iterator[memoryview], member: Snapshot) -> Iterator[memoryview]:
+    """``windows``, with a read that fails (a damaged or lost pack) said in one line naming ``member``."""
     try:
-        code, errors, _ = feed_stdin(cmd, chunks)
+        yield from windows
     except DrtoolError as exc:
-        if member is None:
-            raise
         source = str(member.meta.get("source") or member.name)
         raise RestoreTargetError(f"snapshot {member.short_id} of the restore chain cannot be read: {exc}; "
                                  f"nothing was restored", hint="'drtool check --read-data' lists what else is "
                                  "damaged; restore an older base (an earlier --point-in-time), and take a full "
                                  f"backup now: drtool backup --source {source} --full") from None
-    if code != 0:
-        raise RestoreTargetError(f"{what} failed (exit {code}): {errors or '(no message)'}")
 
 
 def _run(cmd: list[str], what: str) -> None:

@@ -149,28 +149,24 @@ def page_size_of(handle: IO[bytes], name: str) -> int:
     return int(_FILE_HEAD.unpack(head)[1])
 
 
-def rebuild_page(base: bytes, mask: int, blocks: bytes, digest: bytes, where: str) -> bytearray:
-    """The new page: ``base`` with the stored blocks laid over it, checked against its digest.
-
-    The mask is walked by its set bits only (a changed page has a few of its 32), and the page
-    is handed back as the bytearray it was built in: a restore rebuilds every changed page of
-    the chain, so a bit-by-bit loop and a copy per page were a third of its CPU."""
-    page = bytearray(base)
+def rebuild_page_in(page: memoryview, mask: int, blocks: bytes, digest: bytes, where: str) -> None:
+    """Lay the stored blocks over ``page`` (its previous version, rebuilt in place) and check the
+    result against its digest.  Only the set bits of ``mask`` are visited (a row update changes a
+    few of a page's 32 blocks)."""
     view = memoryview(blocks)
     taken = 0
     while mask:
-        lowest = mask & -mask
-        start = (lowest.bit_length() - 1) * BLOCK
+        low = mask & -mask
+        start = (low.bit_length() - 1) * BLOCK
         page[start:start + BLOCK] = view[taken:taken + BLOCK]
         taken += BLOCK
-        mask ^= lowest
+        mask ^= low
     if blake3.blake3(page).digest(DIGEST) != digest:
         raise RestoreTargetError(f"{where}: the rebuilt page does not match the digest stored at backup time "
                                  f"(its previous version in the chain is not the one the backup compared "
                                  f"against); nothing was restored",
                                  hint="restore the chain's full backup alone (an earlier --point-in-time), or "
                                       "check the repository: drtool check --read-data")
-    return page
 
 
 def _exact(handle: IO[bytes], size: int, name: str) -> bytes:

@@ -5,7 +5,7 @@ one stream on stdout; drtool stores it as it comes (no temporary copy).  The
 stream ends with ``xtrabackup_info``, which names the server version and the
 binlog coordinates (file, position, GTID) the copy is consistent with: read
 from the stream's tail, they make the backup the base of a point-in-time
-restore.  A restore extracts the stream (``mbstream -x``), prepares it
+restore.  A restore extracts the stream (in process, as ``mbstream -x`` would), prepares it
 (``mariabackup --prepare``, which must be of the backup's server series),
 and starts ``mariadbd`` on it.
 """
@@ -125,10 +125,6 @@ def check_prepare_version(backup_server: str, tool: str) -> None:
             f"this backup was taken from MariaDB {backup_server or '(unknown version)'}, but mariabackup here "
             f"is {tool}: prepare needs the same series ({'.'.join(map(str, want)) if want else '?'})",
             hint="install that MariaDB series' mariabackup (package mariadb-backup) or set 'bindir' to it")
-
-
-def extract_command(target: str, bindir: str | None) -> list[str]:
-    return [find_binary("mbstream", bindir), "-x", "-C", target]
 
 
 def prepare_command(target: str, bindir: str | None, incremental_dir: str | None = None) -> list[str]:
