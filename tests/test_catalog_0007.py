@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import DateTime, MetaData, Table, create_engine, insert, text
 
 from conftest import ROOT, DrEnv, fixture_copy
@@ -164,3 +165,26 @@ def test_an_old_postgresql_catalog_keeps_its_file_index(tmp_path: Path) -> None:
         finally:
             check.dispose()
         assert ids[:14] == list(range(1, 15)) and len(ids) == 16
+
+
+def test_an_index_write_that_fails_leaves_no_rows_and_no_key(repo_env: DrEnv) -> None:
+    """A repository's key is made inside the transaction of its first version rows: an index
+    write that fails half-way (a tree that cannot be read, an interrupted run) leaves neither."""
+    from drtool.catalog.files import FileIndex, IndexedSnapshot
+    from drtool.errors import DrtoolError
+
+    def batches() -> Any:
+        yield [], [("a.txt", "a.txt", "file", 1, 0, 0o644, "", None)], {}
+        raise DrtoolError("the next tree cannot be read")
+
+    with repo_env.session() as session:
+        index = FileIndex(session.catalog)
+        entry = IndexedSnapshot("f" * 64, "media", 1, "e" * 64, datetime.now(timezone.utc))
+        with pytest.raises(DrtoolError):
+            index.record(entry, batches())
+        with session.catalog.engine.connect() as conn:
+            counts = [conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar()
+                      for table in ("file_index_repos", "file_versions", "file_index_snapshots")]
+        assert counts == [0, 0, 0]
+        index.record(entry, iter([([], [("a.txt", "a.txt", "file", 1, 0, 0o644, "", None)], {})]))
+        assert index.counts() == {"versions": 1, "snapshots": 1}
