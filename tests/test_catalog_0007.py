@@ -188,3 +188,45 @@ def test_an_index_write_that_fails_leaves_no_rows_and_no_key(repo_env: DrEnv) ->
         assert counts == [0, 0, 0]
         index.record(entry, iter([([], [("a.txt", "a.txt", "file", 1, 0, 0o644, "", None)], {})]))
         assert index.counts() == {"versions": 1, "snapshots": 1}
+
+
+def test_a_repository_key_another_host_is_making_is_waited_for_and_taken(tmp_path: Path) -> None:
+    """Two hosts write a repository's first index rows into a shared PostgreSQL catalog at once:
+    the second waits for the first's key, then uses it (no unique violation, one key)."""
+    import threading
+    import time
+
+    from dbservers import postgres_server
+    from drtool.catalog.files import FileIndex, IndexedSnapshot
+    from drtool.catalog.models import file_index_repo_table
+    from drtool.catalog.store import Catalog
+
+    with postgres_server() as server:
+        server.sql("CREATE DATABASE shared")
+        url = f"postgresql+psycopg://postgres@/shared?host={server.root}&port={server.port}"
+        repo_id = "ab" * 16
+        host_a, host_b = Catalog(open_engine(url), repo_id), Catalog(open_engine(url), repo_id)
+        errors: list[BaseException] = []
+
+        def index_on_a() -> None:
+            entry = IndexedSnapshot("a" * 64, "alpha", 1, "e" * 64, datetime.now(timezone.utc))
+            try:
+                FileIndex(host_a).record(entry, iter([([], [("a.txt", "a.txt", "file", 1, 0, 0o644, "", None)], {})]))
+            except BaseException as exc:  # noqa: BLE001  (reported below)
+                errors.append(exc)
+
+        try:
+            with host_b.engine.connect() as conn:  # B made the key and has not committed yet
+                conn.execute(insert(file_index_repo_table).values(repo_id=repo_id))
+                writer = threading.Thread(target=index_on_a)
+                writer.start()
+                time.sleep(0.5)  # A now waits on B's uncommitted row
+                conn.commit()
+            writer.join(timeout=30)
+            assert not writer.is_alive() and errors == []
+            assert FileIndex(host_b).counts() == {"versions": 1, "snapshots": 1}
+            with host_b.engine.connect() as conn:
+                assert conn.execute(text("SELECT COUNT(*) FROM file_index_repos")).scalar() == 1
+        finally:
+            host_a.close()
+            host_b.close()

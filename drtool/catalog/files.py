@@ -28,7 +28,7 @@ from drtool.catalog.models import file_version_table as version_table
 from drtool.catalog.models import rewrite_table
 from drtool.catalog.models import snapshot_table
 from drtool.catalog.peek import VersionFilter
-from drtool.catalog.store import Catalog, _slices
+from drtool.catalog.store import Catalog, _slices, insert_new
 from drtool.errors import CatalogError
 
 INSERT_BATCH = 5000
@@ -78,10 +78,12 @@ class FileIndex:
 
     def _key(self, conn: Any) -> int:
         """The repository's key, made when its first version is written (inside that transaction:
-        a failed first write leaves no key behind either)."""
+        a failed first write leaves no key behind either).  Another host making it meanwhile is
+        fine (``insert_new``: on PostgreSQL this waits for that host's transaction, then takes
+        its key)."""
         key = conn.execute(select(self._key_query())).scalar()
         if key is None:
-            conn.execute(insert(repo_key_table).values(repo_id=self.repo_id))
+            insert_new(conn, repo_key_table, [{"repo_id": self.repo_id}])
             key = conn.execute(select(self._key_query())).scalar_one()
         return int(key)
 
