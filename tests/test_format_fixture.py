@@ -64,3 +64,16 @@ def test_old_repository_archived_wal_is_fetched(fixture_env: DrEnv, tmp_path: Pa
     absent = fixture_env.run("pg", "wal-fetch", "--source", wal["source"], "000000010000000000000002",
                              str(tmp_path / "absent"))
     assert absent.code == 1 and "not in the archive" in absent.err
+
+
+def test_old_repository_answers_find(fixture_env: DrEnv) -> None:
+    """``find`` on the old repository: its old catalog migrated (0003 -> head, file index filled
+    from the trees), or a fresh one; one version of README.txt per night (appended to on night 2)."""
+    expected = json.loads((FIXTURE / "expected.json").read_text())["media"]
+    found = fixture_env.run("find", "README.txt", "--json")
+    assert found.code == 0, found.err
+    versions = json.loads(found.out)
+    assert [v["path"] for v in versions] == ["media/README.txt"] * 2
+    assert sorted(v["size"] for v in versions) == sorted({f["README.txt"]["size"] for f in expected.values()})
+    again = fixture_env.run("find", "README.txt", "--json")  # now from the index as it stands
+    assert again.code == 0 and json.loads(again.out) == versions

@@ -8,6 +8,9 @@ their changes (a row per file per snapshot would be 200 million rows).  Each
 indexed snapshot has a position ``seq`` in its series; a version exists in
 the snapshots whose position lies in ``[first_seq, end_seq)`` and that are
 still in the catalog's snapshot list (a forgotten snapshot simply drops out).
+Version rows carry the repository's short integer key (``file_index_repos``,
+migration 0007), not its id: the id was ~60 bytes of every row and of each of
+its three index entries.
 """
 from __future__ import annotations
 
@@ -19,12 +22,13 @@ from typing import Any, Iterable, Iterator
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from drtool.catalog.models import file_index_repo_table as repo_key_table
 from drtool.catalog.models import file_index_snapshot_table as indexed_table
 from drtool.catalog.models import file_version_table as version_table
 from drtool.catalog.models import rewrite_table
 from drtool.catalog.models import snapshot_table
 from drtool.catalog.peek import VersionFilter
-from drtool.catalog.store import Catalog, _slices
+from drtool.catalog.store import Catalog, _slices, insert_new
 from drtool.errors import CatalogError
 
 INSERT_BATCH = 5000
@@ -67,6 +71,22 @@ class FileIndex:
             rows = conn.execute(query.order_by(cols.series, cols.seq)).all()
         return [IndexedSnapshot(r.snapshot_id, r.series, r.seq, r.tree, _utc(r.time)) for r in rows]
 
+    def _key_query(self) -> Any:
+        """The repository's key (``file_index_repos``), as a scalar subquery: NULL, so no rows,
+        when it has none yet."""
+        return select(repo_key_table.c.id).where(repo_key_table.c.repo_id == self.repo_id).scalar_subquery()
+
+    def _key(self, conn: Any) -> int:
+        """The repository's key, made when its first version is written (inside that transaction:
+        a failed first write leaves no key behind either).  Another host making it meanwhile is
+        fine (``insert_new``: on PostgreSQL this waits for that host's transaction, then takes
+        its key)."""
+        key = conn.execute(select(self._key_query())).scalar()
+        if key is None:
+            insert_new(conn, repo_key_table, [{"repo_id": self.repo_id}])
+            key = conn.execute(select(self._key_query())).scalar_one()
+        return int(key)
+
     def record(self, entry: IndexedSnapshot, batches: Iterable[ChangeBatch]) -> None:
         """One snapshot's changes in one transaction, batch by batch: close old versions, insert
         new ones, and add content hashes first recorded for unchanged versions (path -> hash).
@@ -80,35 +100,38 @@ class FileIndex:
     def _record(self, entry: IndexedSnapshot, batches: Iterable[ChangeBatch]) -> None:
         vcols = version_table.c
         with self.catalog._begin() as conn, _page_cache(conn, INSERT_CACHE_KIB):
+            key = self._key(conn)
             for closed, added, hashed in batches:
                 for path, digest in hashed.items():
                     conn.execute(update(version_table).where(
-                        vcols.repo_id == self.repo_id, vcols.series == entry.series, vcols.path == path,
+                        vcols.repo_key == key, vcols.series == entry.series, vcols.path == path,
                         vcols.end_seq.is_(None)).values(hash=digest))
                 for part in _slices(closed):
                     conn.execute(update(version_table).where(
-                        vcols.repo_id == self.repo_id, vcols.series == entry.series, vcols.path.in_(part),
+                        vcols.repo_key == key, vcols.series == entry.series, vcols.path.in_(part),
                         vcols.end_seq.is_(None)).values(end_seq=entry.seq))
-                _insert_versions(conn, self.repo_id, entry, added)
+                _insert_versions(conn, key, entry, added)
             conn.execute(insert(indexed_table), [{
                 "repo_id": self.repo_id, "snapshot_id": entry.snapshot_id, "series": entry.series,
                 "seq": entry.seq, "tree": entry.tree, "time": entry.time.astimezone(timezone.utc)}])
 
     def drop_series(self, series: str) -> None:
         with self.catalog._begin() as conn:
-            for table in (version_table, indexed_table):
-                conn.execute(delete(table).where(table.c.repo_id == self.repo_id, table.c.series == series))
+            conn.execute(delete(version_table).where(version_table.c.repo_key == self._key_query(),
+                                                     version_table.c.series == series))
+            conn.execute(delete(indexed_table).where(indexed_table.c.repo_id == self.repo_id,
+                                                     indexed_table.c.series == series))
 
     def clear(self) -> None:
         with self.catalog._begin() as conn:
-            for table in (version_table, indexed_table):
-                conn.execute(delete(table).where(table.c.repo_id == self.repo_id))
+            conn.execute(delete(version_table).where(version_table.c.repo_key == self._key_query()))
+            conn.execute(delete(indexed_table).where(indexed_table.c.repo_id == self.repo_id))
 
     def counts(self) -> dict[str, int]:
         """Rows in the index (for ``catalog rebuild`` and the growth measurements)."""
         with self.catalog.engine.connect() as conn:
             versions = conn.execute(select(func.count()).select_from(version_table).where(
-                version_table.c.repo_id == self.repo_id)).scalar_one()
+                version_table.c.repo_key == self._key_query())).scalar_one()
             snaps = conn.execute(select(func.count()).select_from(indexed_table).where(
                 indexed_table.c.repo_id == self.repo_id)).scalar_one()
         return {"versions": int(versions), "snapshots": int(snaps)}
@@ -125,11 +148,11 @@ class FileIndex:
         query = (select(v.id, v.series, v.path, v.basename, v.type, v.size, v.mtime_ns, v.mode,
                         v.content, v.hash, s.id.label("snapshot_id"), s.host, s.time)
                  .select_from(version_table
-                              .join(indexed_table, and_(f.repo_id == v.repo_id, f.series == v.series,
+                              .join(indexed_table, and_(f.repo_id == self.repo_id, f.series == v.series,
                                                         f.seq >= v.first_seq,
                                                         or_(v.end_seq.is_(None), f.seq < v.end_seq)))
                               .join(snapshot_table, and_(s.repo_id == f.repo_id, s.id == f.snapshot_id)))
-                 .where(v.repo_id == self.repo_id))
+                 .where(v.repo_key == self._key_query()))
         for condition in _conditions(wanted):
             query = query.where(condition)
         with self.catalog.engine.connect() as conn:
@@ -152,20 +175,20 @@ def _page_cache(conn: Any, kib: int) -> Iterator[None]:
         raw.execute(f"PRAGMA cache_size = {int(before)}")
 
 
-def _insert_versions(conn: Any, repo_id: str, entry: IndexedSnapshot, added: list[VersionRow]) -> None:
+def _insert_versions(conn: Any, key: int, entry: IndexedSnapshot, added: list[VersionRow]) -> None:
     """Plain DB-API ``executemany`` in batches: the first snapshot of 200,000 files inserts
     200,000 rows, and SQLAlchemy's per-row parameter handling cost ~4x the insert itself
     (20,000 rows: 0.79 s against 0.2 s)."""
     marks = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
     if marks is None:  # any other driver: the portable way
         for start in range(0, len(added), INSERT_BATCH):
-            conn.execute(insert(version_table), [dict(zip(ROW_COLUMNS, row), repo_id=repo_id, series=entry.series,
+            conn.execute(insert(version_table), [dict(zip(ROW_COLUMNS, row), repo_key=key, series=entry.series,
                                                       first_seq=entry.seq) for row in added[start:start + INSERT_BATCH]])
         return
-    columns = ("repo_id", "series", "first_seq") + ROW_COLUMNS
+    columns = ("repo_key", "series", "first_seq") + ROW_COLUMNS
     statement = (f"INSERT INTO file_versions ({', '.join(columns)}) "
                  f"VALUES ({', '.join([marks] * len(columns))})")
-    head = (repo_id, entry.series, entry.seq)
+    head = (key, entry.series, entry.seq)
     cursor = conn.connection.driver_connection.cursor()
     try:
         for start in range(0, len(added), INSERT_BATCH):

@@ -150,15 +150,16 @@ VersionRow = namedtuple("VersionRow", "id series path basename type size mtime_n
                                       "snapshot_id host time")
 _VERSIONS = ("SELECT v.id, v.series, v.path, v.basename, v.type, v.size, v.mtime_ns, v.mode, v.content, "
              "v.hash, s.id, s.host, s.time FROM file_versions v "
-             "JOIN file_index_snapshots f ON f.repo_id = v.repo_id AND f.series = v.series "
+             "JOIN file_index_snapshots f ON f.repo_id = ? AND f.series = v.series "
              "AND f.seq >= v.first_seq AND (v.end_seq IS NULL OR f.seq < v.end_seq) "
-             "JOIN snapshots s ON s.repo_id = f.repo_id AND s.id = f.snapshot_id WHERE v.repo_id = ?")
+             "JOIN snapshots s ON s.repo_id = f.repo_id AND s.id = f.snapshot_id "
+             "WHERE v.repo_key = (SELECT id FROM file_index_repos WHERE repo_id = ?)")  # migration 0007
 
 
 def versions(path: Path, repo_id: str, wanted: VersionFilter) -> Iterator[VersionRow]:
     """``files.FileIndex.versions`` through the standard library: the same rows, in the same order
     (tests/test_find_readonly.py compares the two)."""
-    sql, params = _VERSIONS, [repo_id]
+    sql, params = _VERSIONS, [repo_id, repo_id]
     for condition, values in _conditions(wanted):
         sql += f" AND {condition}"
         params += values
