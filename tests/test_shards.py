@@ -373,6 +373,46 @@ def test_leases_expire_are_taken_over_and_guard_every_write(tmp_path: Path) -> N
         session.close()
 
 
+def test_a_worker_that_looks_as_the_last_shard_ends_reports_the_set_committed(tmp_path: Path) -> None:
+    """The race seen in the four-worker test: with no shard left to claim, a worker tried to commit
+    (another still held a shard), that other worker finished its shard at once, and this one then
+    saw nobody holding a shard and left saying "open" while the set was complete.  It now looks
+    once more and commits it (or finds it committed)."""
+    from drtool.api.shardsets import sharded_source
+    from drtool.backup.shards import WorkerOptions, run_worker
+    from drtool.config import load_config
+    (tmp_path / "tree").mkdir()
+    env = make_env(tmp_path / "dr")
+    write_config(env, f'[sources.tree]\ntype = "files"\npaths = ["{tmp_path / "tree"}"]\nshards = 2\n')
+    env.init()
+    session = env.session()
+    try:
+        others = ShardSets(session.catalog)
+        row = others.open_set("tree", 2, "other-host")
+        assert row is not None
+        held = [others.claim(row.id, "other-host:1", 300) for _ in range(2)]  # the other worker's two shards
+
+        class OtherWorkerEndsMeanwhile(ShardSets):
+            def try_commit(self, set_id: str) -> bool:
+                committed = super().try_commit(set_id)
+                while held:  # ... and just after this commit attempt, the other worker's shards are done
+                    lease = held.pop()
+                    assert lease is not None and super().finish(lease, "f" * 64)
+                return committed
+
+        def no_sleep(seconds: float) -> None:
+            raise AssertionError("the worker waited although nobody held a shard")
+
+        src = sharded_source(load_config(env.env["DRTOOL_CONFIG"]), "tree")
+        result = run_worker(session, src, options=WorkerOptions(sets_factory=OtherWorkerEndsMeanwhile,
+                                                                 sleep=no_sleep))
+        assert result.set_id == row.id and not result.results  # it claimed nothing
+        assert (result.state, result.committed_here) == ("committed", True)
+        assert others.get_set(row.id).state == "committed"  # type: ignore[union-attr]
+    finally:
+        session.close()
+
+
 def test_concurrent_claims_on_postgresql_never_share_a_shard(pg: PgServer, tmp_path: Path) -> None:
     """SKIP LOCKED: 8 claimers at once, each shard to exactly one of them, nobody waits on a row."""
     import threading

@@ -63,6 +63,7 @@ class WorkerOptions:
     since: datetime | None = None    # a set committed since then counts as this run's (process start)
     sleep: Callable[[float], None] = time.sleep
     client_factory: Callable[[ObjectStoreSource], S3SourceClient] = make_client
+    sets_factory: Callable[[Any], ShardSets] = ShardSets  # the catalog's sets (a test wraps them)
 
 
 @dataclass
@@ -113,12 +114,13 @@ def run_worker(session: Session, src: ShardedSource, tags: list[str] | None = No
     sharding = src.sharding
     assert sharding is not None, src
     check_labels(session, src.name, tags)
-    sets = ShardSets(session.catalog)
+    sets = options.sets_factory(session.catalog)
     owner = options.owner or f"{session.host}:{os.getpid()}"
     row = sets.open_set(src.name, sharding.shards, session.host, options.join_only, options.since)
     if row is None:
         return WorkerResult(src.name, None, "none", None)
     result = WorkerResult(src.name, row.id, "open", None)
+    looked_again = False
     while True:
         lease = sets.claim(row.id, owner, sharding.lease_seconds)
         if lease is None:
@@ -127,11 +129,17 @@ def run_worker(session: Session, src: ShardedSource, tags: list[str] | None = No
                 log.info("snapshot set %s of %s committed", row.id, src.name)
             state = (sets.get_set(row.id) or row).state
             prog = sets.progress(row.id)
-            if state != "open" or not options.wait or prog.leased == 0:
+            if state != "open" or not options.wait or (prog.leased == 0 and (looked_again or prog.failed)):
                 result.state, result.progress = state, prog
                 return result
+            if prog.leased == 0:
+                # nobody holds a shard, yet the set is open: the last one was finished between the
+                # commit attempt and this look (its worker commits it), or handed back: once more
+                looked_again = True
+                continue
             options.sleep(min(max(prog.next_expiry_in or 0.0, 0.2), sharding.heartbeat_seconds, POLL_SECONDS))
             continue
+        looked_again = False
         if not _work_on(session, src, row, lease, sets, tags, options, result):
             result.state, result.progress = (sets.get_set(row.id) or row).state, sets.progress(row.id)
             return result
