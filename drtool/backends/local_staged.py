@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from drtool.backends.base import StagedObject
 from drtool.errors import BackendError
+from drtool.fdio import pwrite_all, write_all
 
 BLOCK = 4096                    # O_DIRECT alignment that every Linux block device accepts
 BUFFER_SIZE = 1024 * 1024       # one aligned write per MiB (one buffer per open pack)
@@ -150,7 +151,7 @@ class LocalStagedObject(StagedObject):
         try:
             self._raise_background_failure()
             if self._buf is None:
-                _write_all(self._fd, view)
+                write_all(self._fd, view)
             else:
                 while view:
                     take = min(len(view), BUFFER_SIZE - self._filled)
@@ -177,13 +178,13 @@ class LocalStagedObject(StagedObject):
         if self._failed is not None:
             return
         try:
-            _pwrite_all(self._fd, memoryview(buf)[:length], offset)
+            pwrite_all(self._fd, memoryview(buf)[:length], offset)
         except OSError as exc:
             if exc.errno != errno.EINVAL or not self._direct:
                 raise
             self._direct = False  # refused at write time: carry on buffered
             _disable_direct(self._fd)
-            _pwrite_all(self._fd, memoryview(buf)[:length], offset)
+            pwrite_all(self._fd, memoryview(buf)[:length], offset)
 
     def _written(self) -> None:
         with self._idle:
@@ -259,18 +260,6 @@ def _enable_direct(fd: int) -> bool:
 def _disable_direct(fd: int) -> None:
     import fcntl
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def fsync_dir(folder: Path) -> None:

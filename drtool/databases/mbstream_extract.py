@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from drtool.errors import RestoreTargetError
+from drtool.fdio import pwrite_all
 from drtool.sources import mbstream
 
 _HEAD = len(mbstream.MAGIC) + struct.calcsize("<BBI")
@@ -251,9 +252,7 @@ class MbstreamWriter:
         """Write ``data`` at ``offset`` of ``file``; its CRC-32 (computed here, on a writer thread)."""
         crc = zlib.crc32(data)
         try:
-            while data:
-                done = os.pwrite(file.fd, data, offset)
-                data, offset = data[done:], offset + done
+            pwrite_all(file.fd, data, offset)
         except OSError as exc:
             raise _write_error(file.full, exc) from None
         return crc

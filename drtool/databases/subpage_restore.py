@@ -26,6 +26,7 @@ from pathlib import Path
 from drtool.databases import innodb_delta as delta
 from drtool.databases import subpage_format as fmt
 from drtool.errors import RestoreTargetError
+from drtool.fdio import write_all
 
 log = logging.getLogger("drtool")
 CHECKPOINTS = "xtrabackup_checkpoints"
@@ -151,11 +152,6 @@ def _rebuild_alone(full_dir: str, earlier: list[str], directory: str, relative: 
         bases.close()
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data):]
-
-
 def _subpage_files(directory: str) -> list[str]:
     suffix = fmt.SUFFIX.decode()
     found = []
@@ -193,9 +189,9 @@ def _rebuild_file(directory: str, relative: str, bases: _Bases) -> int:
                         slot[:] = data
                     used += page_size
                     if used == len(batch):
-                        _write_all(fd, batch)
+                        write_all(fd, batch)
                         used = 0
-                _write_all(fd, batch[:used])
+                write_all(fd, batch[:used])
             finally:
                 os.close(fd)
         os.unlink(source)
