@@ -56,6 +56,12 @@ class StagedObject(abc.ABC):
     can stream have the ``StagedWrites`` capability.
     """
 
+    #: Whether ``write`` may keep (a view of) the bytes it is given after it returns, e.g. to
+    #: upload them from another thread.  Then the caller hands it bytes of their own; a sink
+    #: that copies or writes them out before returning says False, and the backup writes to it
+    #: straight from buffers it reuses for the next group.
+    retains_data: bool = True
+
     @abc.abstractmethod
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data``."""

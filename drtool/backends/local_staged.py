@@ -122,6 +122,8 @@ _write_behind = _WriteBehind()
 class LocalStagedObject(StagedObject):
     """A pack streamed into ``.tmp-*`` in its prefix folder, then fsync'ed and renamed."""
 
+    retains_data = False  # ``write`` copies into its aligned buffer, or writes before it returns
+
     def __init__(self, folder: Path, final_path: Callable[[str], Path],
                  on_commit: Callable[[int], None], error: Callable[[OSError, str], BackendError],
                  direct_io: bool = True, failures: WriteFailures | None = None,

@@ -13,8 +13,10 @@ buffers: multi-MiB groups would otherwise be copied twice more.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 FORMAT_VERSION = 1
@@ -22,6 +24,7 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 HEADER_SIZE = 2 + NONCE_SIZE
 OVERHEAD = HEADER_SIZE + TAG_SIZE
+STREAM_CHUNK = 256 * 1024  # what :meth:`Aead.seal_to` encrypts at a time
 
 
 class AuthenticationFailed(Exception):
@@ -39,6 +42,7 @@ class Aead:
         if len(key) != 32:
             raise ValueError("AES-256-GCM needs a 32-byte key")
         self._cipher = AESGCM(key)
+        self._key = key
 
     def seal(self, plaintext: bytes | memoryview, associated: bytes, flags: int = 0) -> bytearray:
         nonce = os.urandom(NONCE_SIZE)
@@ -49,6 +53,26 @@ class Aead:
         self._cipher.encrypt_into(nonce, plaintext, associated + bytes([flags]),
                                   memoryview(out)[HEADER_SIZE:])
         return out
+
+    def seal_to(self, plaintext: bytes | memoryview, associated: bytes, write: Callable[[memoryview], None],
+                scratch: bytearray, flags: int = 0) -> None:
+        """Pass the message :meth:`seal` makes to ``write`` piece by piece, encrypted through
+        ``scratch`` (``STREAM_CHUNK + 15`` bytes; each piece is a view valid during its call).
+
+        The same bytes as :meth:`seal` (GCM's ciphertext is the plaintext's length, the tag
+        follows), without a sealed copy of a whole multi-MiB group beside its plaintext: a
+        backup writes each group into its pack this way (``PackBuilder.add``).
+        """
+        nonce = os.urandom(NONCE_SIZE)
+        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(associated + bytes([flags]))
+        write(memoryview(bytes([FORMAT_VERSION, flags]) + nonce))
+        with memoryview(plaintext) as plain, memoryview(scratch) as out:
+            for start in range(0, len(plain), STREAM_CHUNK):
+                with plain[start:start + STREAM_CHUNK] as piece, out[:encryptor.update_into(piece, out)] as done:
+                    write(done)
+        encryptor.finalize()
+        write(memoryview(encryptor.tag))
 
     def open(self, sealed: bytes | bytearray | memoryview, associated: bytes) -> tuple[int, bytearray]:
         """Return (flags, plaintext)."""

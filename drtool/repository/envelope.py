@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import zstandard
 
-from drtool.crypto.aead import Aead, AuthenticationFailed, plaintext_size
+from drtool.crypto.aead import OVERHEAD, STREAM_CHUNK, Aead, AuthenticationFailed, plaintext_size
 
 if TYPE_CHECKING:
     from drtool.repository.compressinto import FrameStream, IntoCompressor, OutputArea
@@ -80,6 +80,41 @@ class BufferSource(Protocol):
     def take(self, size: int) -> bytearray: ...
 
     def give(self, buf: bytearray) -> None: ...
+
+
+class PendingSeal:
+    """An object compressed (or not) and not encrypted yet: sealed as it is written out
+    (:meth:`write_to`), or whole (:meth:`sealed`).
+
+    ``payload`` is a view into a buffer its maker reuses (a group buffer, a
+    thread's output area, a stream's mapping), so it is valid until the one who
+    stores it says it is done (``SealedGroup.done``).  A backup used to seal every
+    2-4 MiB group into a fresh buffer before writing it into its pack: a second
+    copy of each group, and the heap's holes they left (night 1's peak RSS).
+    """
+
+    __slots__ = ("_envelope", "payload", "context", "flags")
+
+    def __init__(self, envelope: "Envelope", payload: memoryview, context: bytes, flags: int) -> None:
+        self._envelope = envelope
+        self.payload = payload
+        self.context = context
+        self.flags = flags
+
+    def __len__(self) -> int:
+        """The sealed length."""
+        return OVERHEAD + len(self.payload)
+
+    def write_to(self, write: Callable[[memoryview], None]) -> None:
+        """Encrypt into ``write``, a piece at a time (each a view valid during its call)."""
+        self._envelope._aead.seal_to(self.payload, self.context, write, self._envelope._seal_scratch(), self.flags)
+
+    def sealed(self) -> bytearray:
+        """The whole sealed object, in a buffer of its own."""
+        return self._envelope._aead.seal(self.payload, self.context, flags=self.flags)
+
+    def release(self) -> None:
+        self.payload.release()
 
 
 class Envelope:
@@ -167,6 +202,32 @@ class Envelope:
         if len(sample) < 64:
             return True
         return len(self._compressor().compress(sample)) <= len(sample) * (1 - SAMPLE_MIN_SAVING)
+
+    def pending_frame(self, kind: bytes, object_id: bytes, frame: memoryview) -> PendingSeal:
+        """:meth:`seal_frame`, sealed when written out (:class:`PendingSeal`)."""
+        return PendingSeal(self, frame, _context(kind, object_id), ZSTD)
+
+    def pending_seal(self, kind: bytes, object_id: bytes, data: memoryview,
+                     long: bool = False) -> PendingSeal | bytearray:
+        """:meth:`seal`, sealed when written out: ``data`` compressed into this thread's output
+        area, or kept as it is when stored raw (:class:`PendingSeal`; the area is reused by this
+        thread's next compression, so it is written out first).  Objects :meth:`seal` compresses
+        into a fresh result (small ones) are sealed at once."""
+        if len(data) < (64 if long else INTO_MIN) or not _into_module().available():
+            return self.seal(kind, object_id, data, long=long)
+        into = self._into(long)
+        area = self._area().take(_into_module().bound(len(data)))
+        with memoryview(area) as out:
+            packed = _zstd_size_worth_keeping(data, lambda view: into.compress_into(view, out))
+        if packed is None:
+            return PendingSeal(self, data[:], _context(kind, object_id), RAW)
+        return PendingSeal(self, memoryview(area)[:packed], _context(kind, object_id), ZSTD)
+
+    def _seal_scratch(self) -> bytearray:
+        scratch = getattr(self._local, "seal_scratch", None)
+        if scratch is None:
+            scratch = self._local.seal_scratch = bytearray(STREAM_CHUNK + 15)
+        return scratch
 
     def seal_frame(self, kind: bytes, object_id: bytes, frame: bytes | memoryview) -> bytearray:
         """Seal an already compressed zstd frame (a streamed long group) as a ZSTD object.

@@ -166,18 +166,24 @@ class LongGroups:
         return [(key[0], group) for key, group in taken]
 
     def seal(self, blob_type: int, group: StreamGroup) -> SealedGroup:
-        """End a detached group's frame and encrypt it; its stream goes back to the idle ones."""
+        """End a detached group's frame, to be encrypted as it is written into its pack (a sealed
+        copy of each 4 MiB frame was the heap's largest churn in a dump); its stream goes back to
+        the idle ones once the group is written out (:meth:`SealedGroup.done`)."""
+        stream = group.stream
         with group.lock:
             try:
-                frame = group.stream.finish()
-                with frame:
-                    sealed = self._envelope.seal_frame(group_kind(blob_type), b"", frame)
+                frame = stream.finish()
             except BaseException:
-                group.stream.close()  # a frame ended halfway is not reused
+                stream.close()  # a frame ended halfway is not reused
                 raise
-        with self._idle_lock:
-            self._idle.append(group.stream)
-        return SealedGroup(blob_type, group.members, sealed, group.size)
+        pending = self._envelope.pending_frame(group_kind(blob_type), b"", frame)
+
+        def release() -> None:
+            pending.release()
+            frame.release()
+            with self._idle_lock:
+                self._idle.append(stream)
+        return SealedGroup(blob_type, group.members, pending, group.size, release)
 
     def _take_stream(self) -> FrameStream:
         profile = self._envelope.stream_profile()

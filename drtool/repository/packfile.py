@@ -21,6 +21,7 @@ their bytes.
 from __future__ import annotations
 
 import functools
+import mmap
 import struct
 import threading
 import time
@@ -31,7 +32,7 @@ import blake3
 
 from drtool.backends.base import StagedObject
 from drtool.crypto.ids import ID_SIZE, content_hash
-from drtool.repository.envelope import Envelope
+from drtool.repository.envelope import RAW, Envelope, PendingSeal
 from drtool.repository.objects import GROUP_DATA_KIND, GROUP_TREE_KIND, TRAILER_KIND, pack_name
 
 MAGIC = b"DRP2"
@@ -43,6 +44,7 @@ TREE_BLOB = 1
 BLOB_TYPE_NAMES = {DATA_BLOB: "data", TREE_BLOB: "tree"}
 _GROUP_KINDS = {DATA_BLOB: GROUP_DATA_KIND, TREE_BLOB: GROUP_TREE_KIND}
 POOL_IDLE_SECONDS = 5.0  # a recycled group buffer unused this long is freed (BufferPool)
+GroupBuffer = bytearray | mmap.mmap
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,24 @@ def group_kind(blob_type: int) -> bytes:
 
 @dataclass
 class SealedGroup:
+    """A group on its way into a pack: sealed, or sealed as it is written (:class:`PendingSeal`).
+
+    With ``release`` set, the bytes lie in a buffer their maker reuses (the
+    group buffer, a thread's output area, a stream's mapping) once ``done`` is
+    called, which the one who stores the group does when they are written out.
+    """
+
     blob_type: int
     members: list[tuple[bytes, int, int]]  # (blob id, inner offset, raw length)
-    sealed: bytes
+    sealed: bytes | bytearray | PendingSeal
     raw_size: int
+    release: Callable[[], None] | None = None
+
+    def done(self) -> None:
+        """The group is written out (or copied): its buffer may be reused (idempotent)."""
+        release, self.release = self.release, None
+        if release is not None:
+            release()
 
 
 class BufferPool:
@@ -91,6 +107,11 @@ class BufferPool:
     handed back to the system (``trim_heap``), not only to malloc.  Not less
     than a few seconds: a loaded machine's stalls would have them freed and
     faulted in again in the middle of a dump.
+
+    The buffers are anonymous mappings, not heap blocks: only the pages a
+    group reaches are resident (a tree group, a group of text-like files
+    sealed at a dump's end), and freeing one leaves no hole in the heap
+    between the allocations that outlive it.
     """
 
     def __init__(self, keep: int = 2, idle: float = POOL_IDLE_SECONDS,
@@ -98,11 +119,11 @@ class BufferPool:
         self.keep = keep
         self.idle = idle
         self._clock = clock
-        self._free: dict[int, list[tuple[bytearray, float]]] = {}  # oldest first
+        self._free: dict[int, list[tuple[GroupBuffer, float]]] = {}  # oldest first
         self._dropped: set[int] = set()  # capacities not wanted again until the next take
         self._lock = threading.Lock()
 
-    def take(self, capacity: int) -> bytearray:
+    def take(self, capacity: int) -> GroupBuffer:
         with self._lock:
             self._dropped.discard(capacity)
             expired = self._expire()
@@ -110,9 +131,9 @@ class BufferPool:
             buf = free.pop()[0] if free else None
         if expired:
             trim_heap()
-        return buf if buf is not None else bytearray(capacity)
+        return buf if buf is not None else mmap.mmap(-1, capacity, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
-    def give(self, buf: bytearray) -> bool:
+    def give(self, buf: GroupBuffer) -> bool:
         """Take ``buf`` back for re-use; False when it is not kept (its size was dropped):
         the caller then trims the heap once it holds no reference to it (``OpenGroup``)."""
         with self._lock:
@@ -181,7 +202,7 @@ class OpenGroup:
 
     def __init__(self, capacity: int = 0, pool: BufferPool | None = None) -> None:
         self._pool = pool
-        self.buf = pool.take(capacity) if pool is not None and capacity else bytearray(capacity)
+        self.buf: GroupBuffer = pool.take(capacity) if pool is not None and capacity else bytearray(capacity)
         self.size = 0
         self.members: list[tuple[bytes, int, int]] = []
 
@@ -217,14 +238,25 @@ class OpenGroup:
 
 def seal_open_group(envelope: Envelope, blob_type: int, group: OpenGroup,
                     long: bool = False) -> SealedGroup:
-    """Compress and encrypt a group as one message (called on worker threads).
+    """Compress a group as one message (called on worker threads), to be encrypted as it is
+    written into its pack (:class:`PendingSeal`).
 
-    The sealed bytes never alias the group buffer, which goes back to its pool.
+    The group buffer goes back to its pool once the group is written out
+    (:meth:`SealedGroup.done`), or at once when its compressed form is in the
+    thread's output area.
     """
     with group.view() as plain:
-        sealed = envelope.seal(group_kind(blob_type), b"", plain, long=long)
-    group._release()
-    return SealedGroup(blob_type, group.members, sealed, group.size)
+        sealed = envelope.pending_seal(group_kind(blob_type), b"", plain, long=long)
+    if not isinstance(sealed, PendingSeal):
+        group._release()
+        return SealedGroup(blob_type, group.members, sealed, group.size)
+    if sealed.flags != RAW:
+        group._release()
+
+    def release() -> None:
+        sealed.release()
+        group._release()  # a no-op when released already
+    return SealedGroup(blob_type, group.members, sealed, group.size, release)
 
 
 def seal_group(envelope: Envelope, blob_type: int, blobs: list[tuple[bytes, bytes | memoryview]],
@@ -265,15 +297,28 @@ class PackBuilder:
         return self._sink is not None
 
     def add(self, group: SealedGroup) -> None:
+        """Write the group out (or keep it).  A pending one is encrypted straight into a sink that
+        is done with what it is given when ``write`` returns (``StagedObject.retains_data``),
+        a piece at a time; kept or given to any other sink, it is sealed whole first."""
+        sealed = group.sealed
         for blob_id, inner, raw_length in group.members:
-            self.entries.append(BlobEntry(group.blob_type, blob_id, self.size, len(group.sealed),
+            self.entries.append(BlobEntry(group.blob_type, blob_id, self.size, len(sealed),
                                           inner, raw_length))
-        if self._sink is not None and self._hasher is not None:
-            self._sink.write(group.sealed)
-            self._hasher.update(group.sealed)
+        self.size += len(sealed)
+        if isinstance(sealed, PendingSeal):
+            if self._sink is not None and not self._sink.retains_data:
+                sealed.write_to(self._write)
+                return
+            sealed = sealed.sealed()
+        if self._sink is not None:
+            self._write(sealed)
         else:
-            self._parts.append(group.sealed)
-        self.size += len(group.sealed)
+            self._parts.append(sealed)
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self._sink is not None and self._hasher is not None
+        self._sink.write(data)
+        self._hasher.update(data)
 
     def commit_staged(self, envelope: Envelope) -> bytes:
         """Append the trailer, name the streamed pack by its hash and make it visible."""

@@ -293,20 +293,23 @@ class Repository:
     def _store_sealed(self, group: SealedGroup) -> None:
         """Add a sealed group to its type's pack (written out as it comes), and hand a full
         pack to the uploaders."""
-        blob_type = group.blob_type
-        while True:
-            with self._lock:
-                builder = self._builders.get(blob_type)
-                if builder is None:
-                    builder = self._builders[blob_type] = PackBuilder(capabilities.stage(self.backend, PACKS))
-            with builder.lock:  # writing a streamed group must not hold up add_blob
-                if builder.closed:
-                    continue  # another thread just retired it: take the next one
-                builder.add(group)
-                full = builder.closed = builder.size >= PACK_TARGET_SIZE
-            break
+        blob_type, stored = group.blob_type, len(group.sealed)
+        try:
+            while True:
+                with self._lock:
+                    builder = self._builders.get(blob_type)
+                    if builder is None:
+                        builder = self._builders[blob_type] = PackBuilder(capabilities.stage(self.backend, PACKS))
+                with builder.lock:  # writing a streamed group must not hold up add_blob
+                    if builder.closed:
+                        continue  # another thread just retired it: take the next one
+                    builder.add(group)
+                    full = builder.closed = builder.size >= PACK_TARGET_SIZE
+                break
+        finally:
+            group.done()  # written out or copied: its buffer may be reused
         with self._lock:
-            self.new_bytes_stored += len(group.sealed)
+            self.new_bytes_stored += stored
             if full and self._builders.get(blob_type) is builder:
                 del self._builders[blob_type]
         if full:
