@@ -39,7 +39,7 @@ from drtool.fdio import pwrite_all, write_all
 
 BLOCK = 4096                    # O_DIRECT alignment that every Linux block device accepts
 BUFFER_SIZE = 1024 * 1024       # one aligned write per MiB (one buffer per open pack)
-WRITES_IN_FLIGHT = 6            # full buffers queued for the write-behind thread at most
+WRITES_IN_FLIGHT = 2            # full buffers queued for the write-behind thread at most
 DIRECT_IO_DEFAULT = os.environ.get("DRTOOL_DIRECT_IO", "1") != "0"
 
 _free_buffers: list[mmap.mmap] = []

@@ -16,7 +16,6 @@ from drtool.catalog.models import index_file_table, index_pack_table, run_table,
 from drtool.errors import CatalogError
 from drtool.repository.index import PackRecord
 from drtool.repository.objects import INDEX, object_name
-from drtool.repository.packfile import pack_entries
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.names import display
 
@@ -109,7 +108,7 @@ class Catalog:
 
     def store_index(self, index_id: str, packs: list[PackRecord]) -> None:
         """One transaction per index object (batched, WAL mode)."""
-        self.store_index_packed(index_id, [(p.pack_id, pack_entries(p.entries)) for p in packs])
+        self.store_index_packed(index_id, [(p.pack_id, p.packed()) for p in packs])
 
     def store_index_packed(self, index_id: str, packs: list[tuple[bytes, bytes]]) -> None:
         """:meth:`store_index` from (pack id, its entries packed), as ``read_index_packed`` gives

@@ -8,7 +8,6 @@ lists whole packs, so it is written only after those packs are safely stored
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple, Protocol
 
 from drtool.crypto.ids import ID_SIZE
@@ -26,17 +25,47 @@ class Location(NamedTuple):
     raw_length: int
 
 
-@dataclass
 class PackRecord:
-    pack_id: bytes
-    entries: list[BlobEntry]
+    """A pack's trailer entries, as :class:`BlobEntry` objects or still packed (``packed``).
+
+    A backup keeps its packs' entries packed until their index object is
+    written (``Repository._upload_pack``): a few thousand entries per pack of a
+    dump, ~53 bytes each packed and ~260 as objects.
+    """
+
+    __slots__ = ("pack_id", "_entries", "_packed")
+
+    def __init__(self, pack_id: bytes, entries: list[BlobEntry] | None = None,
+                 packed: bytes | None = None) -> None:
+        self.pack_id = pack_id
+        self._entries = entries if entries is not None else (None if packed is not None else [])
+        self._packed = packed
+
+    @property
+    def entries(self) -> list[BlobEntry]:
+        if self._entries is None:
+            return unpack_entries(self._packed or b"")
+        return self._entries
+
+    def packed(self) -> bytes:
+        """The entries as index objects and the catalog store them."""
+        return self._packed if self._packed is not None else pack_entries(self.entries)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PackRecord):
+            return NotImplemented
+        return self.pack_id == other.pack_id and self.packed() == other.packed()
+
+    def __repr__(self) -> str:
+        return f"PackRecord({self.pack_id.hex()[:16]}, {len(self.packed()) // ENTRY.size} entries)"
 
 
 def encode_index(packs: Iterable[PackRecord]) -> bytes:
     parts: list[bytes] = []
     for pack in packs:
-        parts.append(PACK_HEADER.pack(pack.pack_id, len(pack.entries)))
-        parts.append(pack_entries(pack.entries))
+        packed = pack.packed()
+        parts.append(PACK_HEADER.pack(pack.pack_id, len(packed) // ENTRY.size))
+        parts.append(packed)
     return b"".join(parts)
 
 

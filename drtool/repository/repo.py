@@ -29,7 +29,7 @@ from drtool.repository.longgroups import LongGroups
 from drtool.repository.keyslots import clear_interrupted_init, list_slots, remove_slot, unlock_master, wrap_slot
 from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, PACKS,
                                        RepoConfig, key_name, object_name, pack_name)
-from drtool.repository.packfile import (BlobEntry, BufferPool, OpenGroup, PackBuilder, PackFormatError,
+from drtool.repository.packfile import (ENTRY, BlobEntry, BufferPool, OpenGroup, PackBuilder, PackFormatError,
                                         SealedGroup, group_kind, groups_of, open_group, read_trailer,
                                         seal_open_group, trim_heap)
 from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
@@ -328,17 +328,18 @@ class Repository:
         else:
             pack_id, parts = builder.finish_parts(self.envelope)
             capabilities.put_parts(self.backend, pack_name(pack_id), parts)
-        record = PackRecord(pack_id, builder.entries)
+        packed = builder.packed_entries()
         # In slices, releasing the lock in between: indexing a pack of 5,000
         # small files at once held up every add_blob (and the walking
         # thread's tree blobs) for ~10 ms.
-        for start in range(0, len(record.entries), INDEX_SLICE):
-            part = record.entries[start:start + INDEX_SLICE]
+        step = INDEX_SLICE * ENTRY.size
+        for start in range(0, len(packed), step):
+            part = [BlobEntry(*fields) for fields in ENTRY.iter_unpack(packed[start:start + step])]
             with self._lock:
                 self.index.add_entries(pack_id, part)
                 for entry in part:
                     self._pending.discard(entry.blob_id)
-        return record
+        return PackRecord(pack_id, packed=packed)  # packed until its index object is written
 
     def flush(self) -> None:
         """Store all pending groups and packs, then the index naming them (the write-order barrier)."""
