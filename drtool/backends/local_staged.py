@@ -39,7 +39,11 @@ from drtool.fdio import pwrite_all, write_all
 
 BLOCK = 4096                    # O_DIRECT alignment that every Linux block device accepts
 BUFFER_SIZE = 1024 * 1024       # one aligned write per MiB (one buffer per open pack)
-WRITES_IN_FLIGHT = 2            # full buffers queued for the write-behind thread at most
+# Full buffers queued for the write-behind thread at most.  The disk takes a 1 MiB direct write in
+# ~0.5 ms; the queue fills when the writer waits for a core, not for the disk, and with 6 all
+# 8 pooled buffers were resident at the nightly bench's peak (9 MiB of shared memory; 2: 3-5 MiB,
+# same CPU: docs/performance.md, "Sealed as written").
+WRITES_IN_FLIGHT = 2
 DIRECT_IO_DEFAULT = os.environ.get("DRTOOL_DIRECT_IO", "1") != "0"
 
 _free_buffers: list[mmap.mmap] = []

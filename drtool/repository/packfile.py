@@ -104,7 +104,7 @@ class BufferPool:
     ~150 k minor faults.  At most ``keep`` buffers per capacity are kept, and
     none longer than ``idle`` seconds unused: a dump's 16 MiB text groups are
     not needed by a long walk of small files after it.  Expired buffers are
-    handed back to the system (``trim_heap``), not only to malloc.  Not less
+    handed back to the system (unmapped), not only to malloc.  Not less
     than a few seconds: a loaded machine's stalls would have them freed and
     faulted in again in the middle of a dump.
 

@@ -43,9 +43,9 @@ PACK_TARGET_SIZE = 16 * 1024 * 1024
 INDEX_EVERY_PACKS = 4  # bounds the trailer entries held in memory (~200 B per blob)
 MAX_PENDING_UPLOADS = 2
 INDEX_SLICE = 256  # entries indexed per hold of the repository lock
-# Groups of other data: 2 MiB.  Every group in flight costs its buffer, zstd's
-# output bound and the sealed copy; at 4 MiB those were ~20 MiB of the
-# 200,000-file backup's peak (memray), for no measurable gain in size.
+# Groups of other data: 2 MiB.  Every group in flight costs its buffer and zstd's
+# output (and, until groups were sealed as written, a sealed copy); at 4 MiB those
+# were ~20 MiB of the 200,000-file backup's peak (memray), for no measurable gain in size.
 GROUP_TARGET_SIZE = 2 * 1024 * 1024
 TEXT_GROUP_TARGET_SIZE = 16 * 1024 * 1024
 # What a blob's group holds (``add_blob``'s ``text``): other data; dumps, in long-window
