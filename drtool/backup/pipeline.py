@@ -71,7 +71,7 @@ class Batch:
         self.spans: list[tuple[int, int]] = []
         self.size = 0
         self.future: Future[list[bytes]] | None = None
-        self.buf: bytearray | None = None
+        self.buf: mmap.mmap | None = None
 
     def done(self) -> bool:
         return self.future is not None and self.future.done()
@@ -116,7 +116,7 @@ class ChunkPipeline:
         self._segment_slots = threading.BoundedSemaphore(SEGMENT_BUFFERS)
         self._buffers_lock = threading.Lock()
         self._text_idle = threading.Condition(self._buffers_lock)
-        self._batch_buffers: list[bytearray] = []
+        self._batch_buffers: list[mmap.mmap] = []
         self._reading_done = False  # set by reading_done(): buffers coming back are not kept
 
     def add(self, chunk: memoryview | bytes) -> ChunkRef:
@@ -149,15 +149,17 @@ class ChunkPipeline:
         batch.future = self._pool.submit(self._process_spans, buf, spans)
         batch.future.add_done_callback(lambda _f: self._budget.release(size))
 
-    def _take_batch_buffer(self, at_least: int) -> bytearray:
+    def _take_batch_buffer(self, at_least: int) -> mmap.mmap:
+        """A recycled batch buffer: an anonymous mapping, as the segments are, so that batches
+        made and freed while the media of night 1 are read leave no holes in the heap."""
         if self._free_segments:  # small files now: large ones' segments may have gone idle
             self._expire_segments()
         with self._buffers_lock:
             if self._batch_buffers and at_least <= BATCH_BUFFER:
                 return self._batch_buffers.pop()
-        return bytearray(max(at_least, BATCH_BUFFER))
+        return mmap.mmap(-1, max(at_least, BATCH_BUFFER), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
-    def _process_spans(self, buf: bytearray, spans: list[tuple[int, int]]) -> list[bytes]:
+    def _process_spans(self, buf: mmap.mmap, spans: list[tuple[int, int]]) -> list[bytes]:
         try:
             with memoryview(buf) as view:
                 return self._process_batch([view[start:end] for start, end in spans])

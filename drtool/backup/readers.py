@@ -34,6 +34,7 @@ file never costs its neighbours.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections import deque
@@ -112,7 +113,7 @@ class ReadTask(Generic[T]):
         self.sizes: list[int] = []
         self.stats: list[os.stat_result] = []
         self.reserved = 0
-        self.buf: bytearray | None = None
+        self.buf: mmap.mmap | None = None
         self.future: Future[list[FileRead]] | None = None
 
 
@@ -135,7 +136,7 @@ class ReadAhead(Generic[T]):
         self._window = 2 * reading.readers
         self._queued: deque[ReadTask[T]] = deque()
         self._open: ReadTask[T] = ReadTask()
-        self._buffers: list[bytearray] = []
+        self._buffers: list[mmap.mmap] = []
         self._buffers_lock = threading.Lock()
 
     def add(self, item: T, path: bytes, st: os.stat_result) -> None:
@@ -194,11 +195,13 @@ class ReadAhead(Generic[T]):
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def _take_buffer(self, at_least: int) -> bytearray:
+    def _take_buffer(self, at_least: int) -> mmap.mmap:
+        """A recycled task buffer: an anonymous mapping (only what reads reach is resident, and
+        one freed leaves no hole in the heap between longer-lived allocations)."""
         with self._buffers_lock:
             if self._buffers and at_least <= TASK_BUFFER:
                 return self._buffers.pop()
-        return bytearray(max(at_least, TASK_BUFFER))
+        return mmap.mmap(-1, max(at_least, TASK_BUFFER), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
     def _read_task(self, task: ReadTask[T]) -> list[FileRead]:
         """On a reader thread: open and prefetch the whole batch, then read each file into
@@ -221,7 +224,7 @@ class ReadAhead(Generic[T]):
                 if isinstance(fd, int):
                     ops.close(fd)
 
-    def _read_opened(self, task: ReadTask[T], buf: bytearray,
+    def _read_opened(self, task: ReadTask[T], buf: mmap.mmap,
                      opened: list[int | fs.Unreadable | None]) -> list[FileRead]:
         """Read the batch's open files in order; each descriptor is closed (and set to None)
         as soon as its file is read."""
