@@ -2,12 +2,16 @@
 reused buffer ever reaches a sink that keeps what it is given (issue 21, branch nightrss2)."""
 from __future__ import annotations
 
+import ctypes
 import os
 import random
+import struct
 from pathlib import Path
 
 from drtool.backends.base import StagedObject
 from drtool.backends.local import LocalBackend
+from drtool.backup.pipeline import ChunkPipeline
+from drtool.backup.readers import TASK_BUFFER, FileRead, ReadAhead, Reading
 from drtool.crypto.aead import STREAM_CHUNK
 from drtool.repository.index import PackRecord, encode_index
 from drtool.repository.packfile import DATA_BLOB, BufferPool, pack_entries
@@ -117,18 +121,60 @@ def test_the_local_sink_is_done_with_what_it_is_given_when_write_returns(tmp_pat
         assert backend.get(f"packs/{int(direct)}") == expected
 
 
+def resident(buf: object, start: int = 0, length: int | None = None) -> int:
+    """Bytes of ``buf[start:start + length]`` in memory now, page by page (``/proc/self/pagemap``)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    view = memoryview(buf)  # type: ignore[arg-type]
+    length = len(view) - start if length is None else length
+    address = ctypes.addressof(ctypes.c_char.from_buffer(view)) + start
+    first, last = address // page, (address + length - 1) // page
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(first * 8)
+        raw = pagemap.read((last - first + 1) * 8)
+    return page * sum(1 for (entry,) in struct.iter_unpack("<Q", raw) if entry >> 63)
+
+
 def test_a_fresh_group_buffer_is_resident_only_where_written() -> None:
     """A group buffer from the pool is an anonymous mapping: a tree group holding a few KiB
     does not make its whole capacity resident (zero-filled heap buffers did, and left holes)."""
-    def resident() -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     pool = BufferPool(keep=1, idle=3600)
-    before = resident()
-    buf = pool.take(64 * MIB)
+    buf = pool.take(16 * MIB)
     buf[:MIB] = os.urandom(MIB)
-    assert resident() - before < 16 * MIB
-    assert len(buf) == 64 * MIB and bytes(buf[MIB:MIB + 4096]) == bytes(4096)
+    assert resident(buf) <= MIB + 8192
+    assert len(buf) == 16 * MIB and bytes(buf[MIB:MIB + 4096]) == bytes(4096)
+
+
+def test_batch_and_read_buffers_are_resident_only_where_written(tmp_path: Path) -> None:
+    """The pipeline's batch buffers and the readers' task buffers are anonymous mappings too:
+    a batch of one small file, a read task of a few, hold the pages they reached."""
+    pipeline = ChunkPipeline(Repository.init(MemoryBackend(), b"pw"))
+    try:
+        batch, _index = pipeline.add(os.urandom(3000))
+        assert batch.buf is not None and len(batch.buf) >= MIB
+        assert resident(batch.buf) <= 8192
+        pipeline.submit_batch()
+    finally:
+        pipeline.close()
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(os.urandom(2000))
+        paths.append(path)
+    seen: list[tuple[int, int]] = []
+
+    def handle(item: int, read: FileRead, data: memoryview) -> None:
+        if item == 0:  # the first file starts its task's buffer
+            seen.append((resident(data, 0, TASK_BUFFER), len(data)))
+    ahead: ReadAhead[int] = ReadAhead(Reading(readers=2), handle)
+    try:
+        for i, path in enumerate(paths):
+            ahead.add(i, os.fsencode(path), path.lstat())
+        ahead.submit()
+        while ahead.take(block=True):
+            pass
+    finally:
+        ahead.close()
+    assert seen and seen[0][1] == 2000 and seen[0][0] <= 4 * 8192
 
 
 def test_pack_records_keep_entries_packed_and_write_the_same_index() -> None:
