@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("drtool")
 
 PACK_TARGET_SIZE = 16 * 1024 * 1024
-INDEX_EVERY_PACKS = 4  # bounds the trailer entries held in memory (~200 B per blob)
+INDEX_EVERY_PACKS = 4  # bounds the trailer entries held in memory (53 B per blob, packed)
 MAX_PENDING_UPLOADS = 2
 INDEX_SLICE = 256  # entries indexed per hold of the repository lock
 # Groups of other data: 2 MiB.  Every group in flight costs its buffer and zstd's
@@ -306,8 +306,8 @@ class Repository:
                     builder.add(group)
                     full = builder.closed = builder.size >= PACK_TARGET_SIZE
                 break
-        finally:
-            group.done()  # written out or copied: its buffer may be reused
+        finally:  # written out or copied: its buffer may be reused
+            group.done()
         with self._lock:
             self.new_bytes_stored += stored
             if full and self._builders.get(blob_type) is builder:
@@ -328,11 +328,9 @@ class Repository:
         else:
             pack_id, parts = builder.finish_parts(self.envelope)
             capabilities.put_parts(self.backend, pack_name(pack_id), parts)
-        packed = builder.packed_entries()
-        # In slices, releasing the lock in between: indexing a pack of 5,000
-        # small files at once held up every add_blob (and the walking
-        # thread's tree blobs) for ~10 ms.
-        step = INDEX_SLICE * ENTRY.size
+        packed, step = builder.packed_entries(), INDEX_SLICE * ENTRY.size
+        # In slices, releasing the lock in between: indexing a pack of 5,000 small files at
+        # once held up every add_blob (and the walking thread's tree blobs) for ~10 ms.
         for start in range(0, len(packed), step):
             part = [BlobEntry(*fields) for fields in ENTRY.iter_unpack(packed[start:start + step])]
             with self._lock:
