@@ -37,6 +37,13 @@ INTO_MIN = 1024 * 1024
 # dump stores ~3.7 % larger than with a 16 MiB window, for ~9 MiB less per worker
 # ("Nightly backup peak RSS, 6 December night" in docs/performance.md).
 STREAM_WINDOW_LOG = 23
+# Physical backups' data-file pages (``run_groups``): zstd's fast strategy at level -3 (it skips
+# ahead where it finds no match) with the literals still Huffman-coded, which negative levels
+# otherwise turn off.  On a mariabackup stream of sysbench tables, one shot on 8 MiB segments:
+# 1.06 s of CPU per GiB at 0.384 of the input against level 1's 1.33 s at 0.381 (plain level -3:
+# 0.64 s at 0.611; docs/performance.md, 6 December, physcpu2).  The frames are ordinary zstd
+# frames.  Only through libzstd's own calls (``compressinto``); without them, level 1.
+BINARY_LEVEL = -3
 
 
 _compressinto: ModuleType | None = None
@@ -110,7 +117,7 @@ class Envelope:
         of the bench is bound by this compression, so the faster profile
         wins there while the repository stays well under the size target.
         """
-        attr = ("long" if self.text_ldm else "text") if long else "comp"
+        attr = self._long_attr() if long else "comp"
         comp = getattr(self._local, attr, None)
         if comp is None:
             level, params = self._profile(attr)
@@ -119,21 +126,29 @@ class Envelope:
             setattr(self._local, attr, comp)
         return comp
 
+    def _long_attr(self) -> str:
+        """The profile of long groups now: ``binary`` (physical streams), ``long`` (LDM) or ``text``."""
+        return "binary" if self.run_groups else "long" if self.text_ldm else "text"
+
     def _profile(self, attr: str) -> tuple[int, zstandard.ZstdCompressionParameters | None]:
-        """(level, parameters) of a compressor: ``long`` (LDM), ``text`` or ``comp``."""
+        """(level, parameters) of a compressor: ``long`` (LDM), ``text``, ``binary`` or ``comp``;
+        ``binary`` is ``text`` here, and :data:`BINARY_LEVEL` with Huffman-coded literals through
+        libzstd's calls (:meth:`_into`, :meth:`frame_stream`)."""
         if attr == "long":
             return self.text_level, zstandard.ZstdCompressionParameters.from_level(
                 self.text_level, window_log=24, enable_ldm=True,
                 ldm_min_match=LDM_MIN_MATCH, ldm_hash_rate_log=LDM_HASH_RATE_LOG)
-        return (self.text_level if attr == "text" else self.level), None
+        return (self.text_level if attr in ("text", "binary") else self.level), None
 
     def _into(self, long: bool) -> IntoCompressor:
         """This thread's compressor into its output area, with the profile of :meth:`_compressor`."""
-        attr = ("long" if self.text_ldm else "text") if long else "comp"
+        attr = self._long_attr() if long else "comp"
         comp = getattr(self._local, "into_" + attr, None)
         if comp is None:
             level, params = self._profile(attr)
-            comp = _into_module().IntoCompressor(level, params)
+            if attr == "binary":
+                level = BINARY_LEVEL
+            comp = _into_module().IntoCompressor(level, params, huffman_literals=attr == "binary")
             setattr(self._local, "into_" + attr, comp)
         return comp
 
@@ -143,17 +158,20 @@ class Envelope:
 
     def stream_profile(self) -> str:
         """The profile a long group's stream is made with now (``text_ldm`` may change per run)."""
-        return "long" if self.text_ldm else "text"
+        return self._long_attr()
 
     def frame_stream(self, expected: int) -> FrameStream:
         """A new stream compressing one long group at a time as it fills, with the profile of
         long groups (:meth:`_compressor`); ``expected``: the group's usual size."""
-        level, params = self._profile(self.stream_profile())
+        profile = self.stream_profile()
+        level, params = self._profile(profile)
         if params is not None:  # the long profile, over the stream's window
             params = zstandard.ZstdCompressionParameters.from_level(
                 self.text_level, window_log=self.stream_window_log, enable_ldm=True,
                 ldm_min_match=LDM_MIN_MATCH, ldm_hash_rate_log=LDM_HASH_RATE_LOG)
-        stream = _into_module().FrameStream(level, params, expected)
+        if profile == "binary":
+            level = BINARY_LEVEL
+        stream = _into_module().FrameStream(level, params, expected, huffman_literals=profile == "binary")
         stream.profile = self.stream_profile()
         return stream
 
