@@ -153,8 +153,8 @@ class FrameStream:
     """
 
     def __init__(self, level: int = 1, params: zstandard.ZstdCompressionParameters | None = None,
-                 expected: int = 0, huffman_literals: bool = False) -> None:
-        self._cctx = _new_cctx(level, params, huffman_literals)
+                 expected: int = 0) -> None:
+        self._cctx = _new_cctx(level, params)
         self._map = mmap.mmap(-1, _rounded(HEADER_ROOM + bound(expected) + AREA_ROUND),
                               flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._pos = _ffi.new("size_t *", HEADER_ROOM)

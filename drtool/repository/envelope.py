@@ -37,14 +37,18 @@ INTO_MIN = 1024 * 1024
 # dump stores ~3.7 % larger than with a 16 MiB window, for ~9 MiB less per worker
 # ("Nightly backup peak RSS, 6 December night" in docs/performance.md).
 STREAM_WINDOW_LOG = 23
-# Physical backups' data-file pages (``run_groups``): zstd's fast strategy at level -3 (it skips
-# ahead where it finds no match) with the literals still Huffman-coded, which negative levels
-# otherwise turn off.  On a mariabackup stream of sysbench tables, one shot on 8 MiB segments:
-# 1.06 s of CPU per GiB at 0.384 of the input against level 1's 1.33 s at 0.381 (plain level -3:
-# 0.64 s at 0.611); a whole full (with redo log, system tablespace, indexes) stored 2.2-2.5 %
-# more (docs/performance.md, 6 December, physcpu2).  The frames are ordinary zstd frames.
-# Only through libzstd's own calls (``compressinto``); without them, level 1.
+# Physical backups' data-file pages (``run_groups``), groups sealed in one shot: zstd's fast
+# strategy at level -3 (it skips ahead where it finds no match) with the literals still
+# Huffman-coded, which negative levels otherwise turn off.  On a mariabackup stream of sysbench
+# tables, one shot on 8 MiB segments: 1.06 s of CPU per GiB at 0.384 of the input against level
+# 1's 1.33 s at 0.381 (plain level -3: 0.64 s at 0.611); a whole full (redo log, system
+# tablespace, indexes) stored 2.2-2.5 % more.  Pages that compress much better lose with it
+# (pgbench's: level 1 0.67 s per GiB at 0.065, level -3 0.60 s at 0.096), so a group whose
+# middle sample level 1 shrinks below BINARY_MIN_SAMPLE_RATIO keeps level 1 (pgbench's samples:
+# 0.04-0.22; sysbench's: median 0.39).  docs/performance.md, 6 December, physcpu2.  The frames
+# are ordinary zstd frames.  Only through libzstd's own calls (``compressinto``).
 BINARY_LEVEL = -3
+BINARY_MIN_SAMPLE_RATIO = 0.25
 
 
 _compressinto: ModuleType | None = None
@@ -118,7 +122,7 @@ class Envelope:
         of the bench is bound by this compression, so the faster profile
         wins there while the repository stays well under the size target.
         """
-        attr = self._long_attr() if long else "comp"
+        attr = ("long" if self.text_ldm else "text") if long else "comp"
         comp = getattr(self._local, attr, None)
         if comp is None:
             level, params = self._profile(attr)
@@ -127,31 +131,34 @@ class Envelope:
             setattr(self._local, attr, comp)
         return comp
 
-    def _long_attr(self) -> str:
-        """The profile of long groups now: ``binary`` (physical streams), ``long`` (LDM) or ``text``."""
-        return "binary" if self.run_groups else "long" if self.text_ldm else "text"
-
     def _profile(self, attr: str) -> tuple[int, zstandard.ZstdCompressionParameters | None]:
-        """(level, parameters) of a compressor: ``long`` (LDM), ``text``, ``binary`` or ``comp``;
-        ``binary`` is ``text`` here, and :data:`BINARY_LEVEL` with Huffman-coded literals through
-        libzstd's calls (:meth:`_into`, :meth:`frame_stream`)."""
+        """(level, parameters) of a compressor: ``long`` (LDM), ``text`` or ``comp``."""
         if attr == "long":
             return self.text_level, zstandard.ZstdCompressionParameters.from_level(
                 self.text_level, window_log=24, enable_ldm=True,
                 ldm_min_match=LDM_MIN_MATCH, ldm_hash_rate_log=LDM_HASH_RATE_LOG)
-        return (self.text_level if attr in ("text", "binary") else self.level), None
+        return (self.text_level if attr == "text" else self.level), None
 
-    def _into(self, long: bool) -> IntoCompressor:
-        """This thread's compressor into its output area, with the profile of :meth:`_compressor`."""
-        attr = self._long_attr() if long else "comp"
+    def _into(self, long: bool, binary: bool = False) -> IntoCompressor:
+        """This thread's compressor into its output area, with the profile of :meth:`_compressor`;
+        ``binary``: :data:`BINARY_LEVEL` with Huffman-coded literals (:meth:`_binary_pays`)."""
+        attr = "binary" if binary else ("long" if self.text_ldm else "text") if long else "comp"
         comp = getattr(self._local, "into_" + attr, None)
         if comp is None:
-            level, params = self._profile(attr)
-            if attr == "binary":
-                level = BINARY_LEVEL
-            comp = _into_module().IntoCompressor(level, params, huffman_literals=attr == "binary")
+            if binary:
+                comp = _into_module().IntoCompressor(BINARY_LEVEL, huffman_literals=True)
+            else:
+                comp = _into_module().IntoCompressor(*self._profile(attr))
             setattr(self._local, "into_" + attr, comp)
         return comp
+
+    def _binary_pays(self, data: bytes | memoryview) -> bool:
+        """Whether a physical stream's group is compressed at :data:`BINARY_LEVEL`: its middle
+        sample does not shrink below :data:`BINARY_MIN_SAMPLE_RATIO` at level 1 (one 16 KiB
+        compression per group; pages that compress much better lose more size than time there)."""
+        middle = len(data) // 2
+        sample = data[middle:middle + SAMPLE_SIZE]
+        return len(self._compressor(long=True).compress(sample)) >= len(sample) * BINARY_MIN_SAMPLE_RATIO
 
     def streaming_available(self) -> bool:
         """Whether long groups can be compressed as they fill (:meth:`frame_stream`)."""
@@ -159,20 +166,17 @@ class Envelope:
 
     def stream_profile(self) -> str:
         """The profile a long group's stream is made with now (``text_ldm`` may change per run)."""
-        return self._long_attr()
+        return "long" if self.text_ldm else "text"
 
     def frame_stream(self, expected: int) -> FrameStream:
         """A new stream compressing one long group at a time as it fills, with the profile of
         long groups (:meth:`_compressor`); ``expected``: the group's usual size."""
-        profile = self.stream_profile()
-        level, params = self._profile(profile)
+        level, params = self._profile(self.stream_profile())
         if params is not None:  # the long profile, over the stream's window
             params = zstandard.ZstdCompressionParameters.from_level(
                 self.text_level, window_log=self.stream_window_log, enable_ldm=True,
                 ldm_min_match=LDM_MIN_MATCH, ldm_hash_rate_log=LDM_HASH_RATE_LOG)
-        if profile == "binary":
-            level = BINARY_LEVEL
-        stream = _into_module().FrameStream(level, params, expected, huffman_literals=profile == "binary")
+        stream = _into_module().FrameStream(level, params, expected)
         stream.profile = self.stream_profile()
         return stream
 
@@ -236,7 +240,7 @@ class Envelope:
     def _seal_compressed_into(self, context: bytes, data: bytes | memoryview, long: bool) -> bytearray:
         """:meth:`seal` with the same decisions as :meth:`compress`, but zstd writes into this
         thread's reused output area (see ``compressinto``), and only the sealed copy is new."""
-        into = self._into(long)
+        into = self._into(long, binary=long and self.run_groups and self._binary_pays(data))
         with memoryview(self._area().take(_into_module().bound(len(data)))) as out:
             packed = _zstd_size_worth_keeping(data, lambda view: into.compress_into(view, out))
             if packed is None:
