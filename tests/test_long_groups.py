@@ -221,3 +221,45 @@ def test_physical_streams_seal_long_runs_of_new_blobs_in_one_shot() -> None:
     assert bytes(open_group(repo.envelope, DATA_BLOB, sealed)) == data[:blobs[100][1]]
     ids = [b[0] for b in stored]
     assert b"".join(bytes(b) for b in repo.read_blobs(ids)) == b"".join(data[o:o + n] for _, o, n in stored)
+
+
+def _libzstd_frame(data: bytes, settings: list[tuple[str, int]]) -> bytes:
+    """The frame libzstd writes for ``data`` with these parameters (plus content size, no checksum,
+    no dictionary id), set here through its own calls: what drtool's frames are compared with."""
+    lib, ffi = compressinto._lib, compressinto._ffi
+    cctx = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
+    for name, value in settings + [("ZSTD_c_contentSizeFlag", 1), ("ZSTD_c_checksumFlag", 0),
+                                   ("ZSTD_c_dictIDFlag", 0)]:
+        assert not lib.ZSTD_isError(lib.ZSTD_CCtx_setParameter(cctx, getattr(lib, name), value))
+    out = bytearray(compressinto.bound(len(data)))
+    with ffi.from_buffer(out, require_writable=True) as dst:
+        size = lib.ZSTD_compress2(cctx, dst, len(dst), data, len(data))
+    assert not lib.ZSTD_isError(size)
+    return bytes(out[:size])
+
+
+def _pgbench_like(size: int) -> bytes:
+    """Rows padded with blanks, as pgbench's accounts: level 1 shrinks them to a few per cent."""
+    rows = b"".join(b"%08d|%04d|%08d|" % (i, i // 100000, 0) + b" " * 84 + b"\n" for i in range(size // 112 + 1))
+    return rows[:size]
+
+
+def test_physical_streams_compress_at_a_negative_level_with_huffman_coded_literals() -> None:
+    """``run_groups`` (a physical backup): a group sealed in one shot is a level -3 frame whose
+    literals are still Huffman-coded (a negative level alone leaves them raw: on data-file pages
+    0.61 of the input instead of 0.38), unless its sample compresses far better at level 1
+    (pgbench-like pages: level 1's frame, which -3 would store half as large again); both read back."""
+    from drtool.repository.envelope import BINARY_LEVEL, _context
+    envelope = Envelope(os.urandom(32))
+    envelope.text_ldm, envelope.run_groups = False, True
+    pages, dense = dump_like_text(3 << 20, seed=70), _pgbench_like(3 << 20)
+    assert BINARY_LEVEL == -3
+    binary = [("ZSTD_c_compressionLevel", -3), ("ZSTD_c_literalCompressionMode", 1)]
+    level_1 = [("ZSTD_c_compressionLevel", 1)]
+    assert len(_libzstd_frame(pages, binary)) < 0.8 * len(_libzstd_frame(pages, [("ZSTD_c_compressionLevel", -3)]))
+    assert len(_libzstd_frame(dense, level_1)) < 0.8 * len(_libzstd_frame(dense, binary))
+    for data, settings in ((pages, binary), (dense, level_1)):
+        sealed = envelope.seal(b"group-data", b"", data, long=True)
+        mode, frame = envelope._aead.open(sealed, _context(b"group-data", b""))
+        assert mode == ZSTD and bytes(frame) == _libzstd_frame(data, settings)
+        assert bytes(envelope.open(b"group-data", b"", sealed)) == data

@@ -190,18 +190,19 @@ class ChunkPipeline:
         text = SHORT_TEXT if chunker is self.short_text_chunker else OTHER
         return self._process_batch(list(chunker.cut(data)), text)
 
-    def _process_long(self, data: bytes | memoryview) -> list[bytes]:
+    def _process_long(self, data: bytes | memoryview, cuts: list[int] | None = None) -> list[bytes]:
         """A long text segment: its chunks go to this worker's long group in one call, so that
         neighbouring new chunks are compressed as one run (``Repository.add_long_blobs``).
 
         A physical backup's stream (``run_groups``) is cut in chunks of ~1.6 MiB: 16 KiB ones
         dedup a dump's edited rows, but a full's pages change under every scattered update (a
         night-2 full stored 894 of night 1's ~915 MiB with them), and each blob costs its id
-        lookups, index and trailer entries at backup and a copy call at restore."""
+        lookups, index and trailer entries at backup and a copy call at restore.  ``cuts``: the
+        chunks' starts, given by the stream (``add_buffer_segment``)."""
         chunker = self.physical_chunker if self.repo.envelope.run_groups else self.text_chunker
         with memoryview(data) as view:
             blobs, offset, make_id = [], 0, self.repo.ids.blob_id
-            for chunk in chunker.cut(view):
+            for chunk in (chunker.cut(view) if cuts is None else _pieces(view, cuts)):
                 blobs.append((make_id(chunk), offset, len(chunk)))
                 offset += len(chunk)
             self.repo.add_long_blobs(DATA_BLOB, view, blobs)
@@ -259,19 +260,25 @@ class ChunkPipeline:
         if dropped:
             trim_heap()
 
-    def add_buffer_segment(self, buf: mmap.mmap, length: int, chunker: Chunker) -> ChunkRef:
+    def add_buffer_segment(self, buf: mmap.mmap, length: int, chunker: Chunker,
+                           cuts: list[int] | None = None) -> ChunkRef:
         """Like add_segment for a pooled buffer, which returns to the pool once processed
-        (every new blob is copied into its compression group by then)."""
+        (every new blob is copied into its compression group by then).  ``cuts``: where a long
+        text segment's chunks start (offsets in it, ascending), given by the stream's own
+        structure (a full's mbstream); None: ``chunker`` finds them."""
         batch = Batch()
         if chunker is self.text_chunker:
             with self._buffers_lock:
                 self._text_segments += 1
-        batch.future = self._pool.submit(self._process_buffer, buf, length, chunker)
+        batch.future = self._pool.submit(self._process_buffer, buf, length, chunker, cuts)
         return (batch, WHOLE_BATCH)
 
-    def _process_buffer(self, buf: mmap.mmap, length: int, chunker: Chunker) -> list[bytes]:
+    def _process_buffer(self, buf: mmap.mmap, length: int, chunker: Chunker,
+                        cuts: list[int] | None = None) -> list[bytes]:
         try:
             with memoryview(buf) as view:
+                if cuts is not None and chunker is self.text_chunker:
+                    return self._process_long(view[:length], cuts)
                 return self._process_segment(view[:length], chunker)
         finally:
             _release_tail(buf, length)
@@ -333,6 +340,12 @@ class ChunkPipeline:
             self._batch_buffers.clear()
             self._free_segments.clear()
         trim_heap()
+
+
+def _pieces(view: memoryview, cuts: list[int]) -> list[memoryview]:
+    """``view`` cut at ``cuts`` (offsets in it, ascending; those outside it are ignored)."""
+    starts = [0, *(cut for cut in cuts if 0 < cut < len(view)), len(view)]
+    return [view[start:end] for start, end in zip(starts, starts[1:]) if end > start]
 
 
 def _release_tail(buf: mmap.mmap, used: int) -> None:

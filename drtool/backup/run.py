@@ -240,6 +240,7 @@ def _store_stream(pipeline: ChunkPipeline, stream: IO[bytes], filename: str) -> 
     refs, size = [], 0
     started, reading, waiting = time.monotonic(), 0.0, 0.0
     readinto = getattr(stream, "readinto1", None) or getattr(stream, "readinto", None)
+    boundaries = getattr(stream, "boundaries", None)  # where the stream's structure cuts it (a full's mbstream)
     if readinto is None:  # a plain reader: segments as bytes
         read = _reader(stream)
         for segment in iter(lambda: read(SEGMENT_BYTES), b""):
@@ -260,8 +261,10 @@ def _store_stream(pipeline: ChunkPipeline, stream: IO[bytes], filename: str) -> 
             if not length:
                 pipeline.give_buffer(buf)
                 break
+            cuts = boundaries(size + length) if boundaries is not None else None
+            refs.append(pipeline.add_buffer_segment(buf, length, pipeline.text_chunker,
+                                                    None if cuts is None else [cut - size for cut in cuts]))
             size += length
-            refs.append(pipeline.add_buffer_segment(buf, length, pipeline.text_chunker))
             if length < len(buf):
                 break
     ended = time.monotonic()

@@ -53,6 +53,12 @@ class StreamTap:
             self._keep(buffer[:count])
         return count
 
+    def boundaries(self, upto: int) -> list[int] | None:
+        """Where the stream's own structure says its pieces start, below stream offset ``upto``
+        (a full's mbstream: ``FullPassage``); None: the backup finds cut points itself."""
+        find = getattr(self.stream, "boundaries", None)
+        return find(upto) if find is not None else None
+
     def _keep(self, data: bytes | memoryview) -> None:
         self.total += len(data)
         if len(self.head) < self._head_limit:

@@ -36,6 +36,9 @@ from drtool.sources.mbstream import Chunk
 log = logging.getLogger("drtool")
 TABLESPACE = re.compile(rb"(?:^|/)(?:ibdata\d+|undo\d+)$|\.ibd$")
 CHECKPOINTS = b"xtrabackup_checkpoints"
+# A full's stream is cut where its files are: at the header of every payload of this size or more
+# and at each multiple of it in the file the payload is from (``FullPassage.boundaries``).
+PIECE = 1024 * 1024
 
 
 @dataclass
@@ -80,10 +83,20 @@ class FullPassage:
     Reading each 10 MiB payload into a fresh ``bytes`` first and copying it on cost a
     page-faulted allocation and a copy per byte of the full (about 0.5 s of CPU per GiB
     with the parsing, measured on an 880 MiB stream).  A payload split across two reads
-    keeps the part of a 512-byte block it ended in (``carry``) for the next."""
+    keeps the part of a 512-byte block it ended in (``carry``) for the next.
+
+    It also says where the stream's pieces (the repository's blobs) should start
+    (:meth:`boundaries`): at each large payload's header and at every :data:`PIECE`
+    of the file's own offsets, so a piece holds the same pages of the same file
+    whatever came before it in the stream (a file that grew, one added), and the
+    backup need not search for cut points (FastCDC: ~0.12 s of CPU per GiB).
+    Small files' chunks run together up to a header :data:`PIECE` past the last cut."""
 
     def __init__(self, source: IO[bytes], blockmap: BlockMap) -> None:
         self._source, self._map = source, blockmap
+        self._pos = 0                 # stream offset of the next byte handed over
+        self._cuts: list[int] = []    # stream offsets where a piece should start, ascending
+        self._last_cut = 0
         self._head = memoryview(b"")  # header bytes not yet handed over
         self._left = 0                # payload bytes of the current chunk not yet read
         self._path: bytes | None = None  # the tablespace being fingerprinted, or None
@@ -111,7 +124,31 @@ class FullPassage:
                 self._next_chunk()
                 continue
             filled += take
+            self._pos += take
         return filled
+
+    def boundaries(self, upto: int) -> list[int]:
+        """The stream offsets below ``upto`` where a piece should start (taken: each is given once)."""
+        count = 0
+        while count < len(self._cuts) and self._cuts[count] < upto:
+            count += 1
+        taken, self._cuts = self._cuts[:count], self._cuts[count:]
+        return taken
+
+    def _cut(self, offset: int) -> None:
+        if offset > self._last_cut:
+            self._cuts.append(offset)
+            self._last_cut = offset
+
+    def _note_cuts(self, head: mbstream.ChunkHead) -> None:
+        """Where this chunk's pieces start (its header is at ``_pos``): see the class docstring."""
+        large = head.kind == mbstream.PAYLOAD and head.length >= PIECE
+        if large or self._pos - self._last_cut >= PIECE:
+            self._cut(self._pos)
+        if large:
+            start = self._pos + len(head.head) - head.offset  # where file offset 0 would be
+            for file_offset in range(-(-head.offset // PIECE) * PIECE, head.offset + head.length, PIECE):
+                self._cut(start + file_offset)
 
     def check_whole(self, source: str) -> None:
         """After mariabackup exited 0: the stream must have ended between chunks."""
@@ -126,6 +163,7 @@ class FullPassage:
         if head is None:
             self.ended = True
             return
+        self._note_cuts(head)
         self._head, self._left, self._path, self._carry = memoryview(head.head), head.length, None, bytearray()
         if head.kind == mbstream.PAYLOAD and head.length and TABLESPACE.search(head.path):
             if head.offset % fmt.BLOCK or head.length % fmt.BLOCK:

@@ -63,9 +63,12 @@ def _check(result: int) -> int:
     return result
 
 
-def _new_cctx(level: int, params: zstandard.ZstdCompressionParameters | None) -> Any:
+def _new_cctx(level: int, params: zstandard.ZstdCompressionParameters | None,
+              huffman_literals: bool = False) -> Any:
     """A libzstd context with ``level`` or ``params``; frames with their content size (when
-    known), no checksum, no dictionary id, as ``ZstdCompressor`` writes them by default."""
+    known), no checksum, no dictionary id, as ``ZstdCompressor`` writes them by default.
+    ``huffman_literals``: literals Huffman-coded even at a negative level (which turns that off
+    by default; ``ZstdCompressionParameters`` has no setting for it)."""
     if _lib is None:
         raise RuntimeError("zstd's cffi backend is not available")
     cctx = _lib.ZSTD_createCCtx()
@@ -75,6 +78,8 @@ def _new_cctx(level: int, params: zstandard.ZstdCompressionParameters | None) ->
     settings = _parameters(params) if params is not None else [(_lib.ZSTD_c_compressionLevel, level)]
     settings += [(_lib.ZSTD_c_contentSizeFlag, 1), (_lib.ZSTD_c_checksumFlag, 0),
                  (_lib.ZSTD_c_dictIDFlag, 0)]
+    if huffman_literals:
+        settings.append((_lib.ZSTD_c_literalCompressionMode, _lib.ZSTD_ps_enable))
     for name, value in settings:
         _check(_lib.ZSTD_CCtx_setParameter(cctx, name, value))
     return cctx
@@ -88,8 +93,9 @@ class IntoCompressor:
     checksum, as ``ZstdCompressor``'s do by default.
     """
 
-    def __init__(self, level: int = 3, params: zstandard.ZstdCompressionParameters | None = None) -> None:
-        self._cctx = _new_cctx(level, params)
+    def __init__(self, level: int = 3, params: zstandard.ZstdCompressionParameters | None = None,
+                 huffman_literals: bool = False) -> None:
+        self._cctx = _new_cctx(level, params, huffman_literals)
 
     def compress_into(self, data: bytes | bytearray | memoryview, out: Any) -> int:
         """Compress ``data`` as one frame into the writable buffer ``out``; the frame's length.

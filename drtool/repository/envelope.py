@@ -37,6 +37,18 @@ INTO_MIN = 1024 * 1024
 # dump stores ~3.7 % larger than with a 16 MiB window, for ~9 MiB less per worker
 # ("Nightly backup peak RSS, 6 December night" in docs/performance.md).
 STREAM_WINDOW_LOG = 23
+# Physical backups' data-file pages (``run_groups``), groups sealed in one shot: zstd's fast
+# strategy at level -3 (it skips ahead where it finds no match) with the literals still
+# Huffman-coded, which negative levels otherwise turn off.  On a mariabackup stream of sysbench
+# tables, one shot on 8 MiB segments: 1.06 s of CPU per GiB at 0.384 of the input against level
+# 1's 1.33 s at 0.381 (plain level -3: 0.64 s at 0.611); a whole full (redo log, system
+# tablespace, indexes) stored 2.2-2.5 % more.  Pages that compress much better lose with it
+# (pgbench's: level 1 0.67 s per GiB at 0.065, level -3 0.60 s at 0.096), so a group whose
+# middle sample level 1 shrinks below BINARY_MIN_SAMPLE_RATIO keeps level 1 (pgbench's samples:
+# 0.04-0.22; sysbench's: median 0.39).  docs/performance.md, 6 December, physcpu2.  The frames
+# are ordinary zstd frames.  Only through libzstd's own calls (``compressinto``).
+BINARY_LEVEL = -3
+BINARY_MIN_SAMPLE_RATIO = 0.25
 
 
 _compressinto: ModuleType | None = None
@@ -162,15 +174,26 @@ class Envelope:
                 ldm_min_match=LDM_MIN_MATCH, ldm_hash_rate_log=LDM_HASH_RATE_LOG)
         return (self.text_level if attr == "text" else self.level), None
 
-    def _into(self, long: bool) -> IntoCompressor:
-        """This thread's compressor into its output area, with the profile of :meth:`_compressor`."""
-        attr = ("long" if self.text_ldm else "text") if long else "comp"
+    def _into(self, long: bool, binary: bool = False) -> IntoCompressor:
+        """This thread's compressor into its output area, with the profile of :meth:`_compressor`;
+        ``binary``: :data:`BINARY_LEVEL` with Huffman-coded literals (:meth:`_binary_pays`)."""
+        attr = "binary" if binary else ("long" if self.text_ldm else "text") if long else "comp"
         comp = getattr(self._local, "into_" + attr, None)
         if comp is None:
-            level, params = self._profile(attr)
-            comp = _into_module().IntoCompressor(level, params)
+            if binary:
+                comp = _into_module().IntoCompressor(BINARY_LEVEL, huffman_literals=True)
+            else:
+                comp = _into_module().IntoCompressor(*self._profile(attr))
             setattr(self._local, "into_" + attr, comp)
         return comp
+
+    def _binary_pays(self, data: bytes | memoryview) -> bool:
+        """Whether a physical stream's group is compressed at :data:`BINARY_LEVEL`: its middle
+        sample does not shrink below :data:`BINARY_MIN_SAMPLE_RATIO` at level 1 (one 16 KiB
+        compression per group; pages that compress much better lose more size than time there)."""
+        middle = len(data) // 2
+        sample = data[middle:middle + SAMPLE_SIZE]
+        return len(self._compressor(long=True).compress(sample)) >= len(sample) * BINARY_MIN_SAMPLE_RATIO
 
     def streaming_available(self) -> bool:
         """Whether long groups can be compressed as they fill (:meth:`frame_stream`)."""
@@ -278,7 +301,7 @@ class Envelope:
     def _seal_compressed_into(self, context: bytes, data: bytes | memoryview, long: bool) -> bytearray:
         """:meth:`seal` with the same decisions as :meth:`compress`, but zstd writes into this
         thread's reused output area (see ``compressinto``), and only the sealed copy is new."""
-        into = self._into(long)
+        into = self._into(long, binary=long and self.run_groups and self._binary_pays(data))
         with memoryview(self._area().take(_into_module().bound(len(data)))) as out:
             packed = _zstd_size_worth_keeping(data, lambda view: into.compress_into(view, out))
             if packed is None:
