@@ -15,7 +15,7 @@ import pytest
 
 from conftest import DrEnv
 from drtool import api
-from drtool.backup.readers import FILES_PER_TASK
+from drtool.backup.readers import FILES_PER_TASK, FileOps
 from drtool.testing.files import CountingFileOps, FailingFileOps, FaultyFileOps
 from treegen import describe
 
@@ -48,10 +48,14 @@ def test_snapshot_is_the_same_whatever_the_number_of_readers(repo_env: DrEnv, tm
     results = {readers: backup_with(repo_env, src, f"r{readers}", api.Reading(readers=readers),
                                     content_hash="sha256")
                for readers in (1, 2, 8)}  # separate series: no parent, every file is read
+    # and through Python's own calls (no compiled helper), listing and reading on 8 threads
+    results[0] = backup_with(repo_env, src, "python", api.Reading(readers=8, ops=FileOps(compiled=False)),
+                             content_hash="sha256")
     trees = {readers: r.snapshot.tree for readers, r in results.items()}
     assert len(set(trees.values())) == 1, trees
     summaries = {readers: (r.snapshot.summary["files"], r.snapshot.summary["files_read"],
                            r.snapshot.summary["size"]) for readers, r in results.items()}
+    assert len(trees) == 4
     assert len(set(summaries.values())) == 1 and summaries[8][0] == 6 * 41 + 3, summaries
     out = tmp_path / "out"
     restored = repo_env.run("restore", results[8].snapshot.id, "--target", str(out))
@@ -168,10 +172,13 @@ def _append(path: bytes) -> None:
         handle.write(b"appended between the scan and the read\n" * 50)
 
 
-@pytest.mark.parametrize("readers", [1, 8])
-def test_problems_of_one_file_are_reported_as_before(repo_env: DrEnv, tmp_path: Path, readers: int) -> None:
+@pytest.mark.parametrize("readers,compiled", [(1, True), (8, True), (8, False)])
+def test_problems_of_one_file_are_reported_as_before(repo_env: DrEnv, tmp_path: Path, readers: int,
+                                                     compiled: bool) -> None:
     """Vanished and replaced files are left out with a warning (no exit 3), a file that
-    grew is stored as read and listed as changed; its 200 neighbours are all stored."""
+    grew is stored as read and listed as changed; its 200 neighbours are all stored.
+    With the compiled helper the faults come just before the batch is read; without it
+    (Python's calls), just before each file is opened."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(200):
@@ -179,7 +186,8 @@ def test_problems_of_one_file_are_reported_as_before(repo_env: DrEnv, tmp_path: 
     (src / "n050-gone.txt").write_text("deleted before it is opened")
     (src / "n100-fifo.txt").write_text("replaced by a FIFO before it is opened")
     (src / "n150-grows.log").write_bytes(b"line\n" * 100)
-    ops = FaultyFileOps({"n050-gone.txt": _unlink, "n100-fifo.txt": _into_fifo, "n150-grows.log": _append})
+    ops = FaultyFileOps({"n050-gone.txt": _unlink, "n100-fifo.txt": _into_fifo, "n150-grows.log": _append},
+                        compiled=compiled)
     result = backup_with(repo_env, src, "faults", api.Reading(readers=readers, ops=ops))
     assert ops.before == {}, "every fault was injected"
     assert result.unreadable == []

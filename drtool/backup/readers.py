@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +45,7 @@ from typing import Any, Callable, Generic, TypeVar
 
 from drtool.digests import new_hash
 from drtool.sources import files as fs
+from drtool.sources import fsbatch
 
 DEFAULT_READERS = 2
 DEFAULT_SCANNERS = 2
@@ -56,13 +58,35 @@ T = TypeVar("T")
 
 
 class FileOps:
-    """The calls that open and close a source file, as one object the walk is given.
+    """The calls that list directories and open, read and close source files, as one object
+    the walk is given.
 
+    ``compiled``: list directories and read batches of small files through the compiled
+    helper (``sources.fsbatch``: one GIL release per directory and per batch) when it is
+    built (None), always (True: an error where it is not) or never (False: Python's own
+    calls, one GIL release per system call; the fallback, tested beside it).
     Production uses this class as it is; tests hand the walk a subclass
     (drtool.testing.files) that counts files open at once or makes a
     chosen file vanish, grow or fail just before it is opened, without
     patching drtool's own modules.
     """
+
+    def __init__(self, compiled: bool | None = None) -> None:
+        self.native = fsbatch.load() if compiled is not False else None
+        if compiled and self.native is None:
+            raise RuntimeError("the compiled helper drtool.sources._fsbatch is not built")
+
+    def scan(self, path: bytes) -> tuple[list[fs.Entry], list[fs.Unreadable]]:
+        """One directory's entries sorted by name, with lstat results (``fs.scan_dir``)."""
+        if self.native is None:
+            return fs.scan_dir(path)
+        return fsbatch.scan_dir(self.native, path)
+
+    def read_batch(self, paths: list[bytes], wants: list[int], buf: mmap.mmap | bytearray) -> list[tuple[int, ...]]:
+        """Through the compiled helper only: each file opened, prefetched, read once (up to its
+        ``want``, packed into ``buf``), fstat'ed and closed; one outcome tuple per file."""
+        assert self.native is not None
+        return self.native.read_batch(paths, wants, buf)  # type: ignore[no-any-return]
 
     def open(self, path: bytes, check_regular: bool) -> int:
         return fs.open_for_backup(path, check_regular=check_regular)
@@ -208,6 +232,8 @@ class ReadAhead(Generic[T]):
         its place in the buffer.  Every descriptor is closed whatever happens."""
         ops, buf = self.reading.ops, task.buf
         assert buf is not None
+        if ops.native is not None:
+            return self._read_compiled(task, buf)
         opened: list[int | fs.Unreadable | None] = []
         try:
             for path in task.paths:
@@ -223,6 +249,22 @@ class ReadAhead(Generic[T]):
             for fd in opened:
                 if isinstance(fd, int):
                     ops.close(fd)
+
+    def _read_compiled(self, task: ReadTask[T], buf: mmap.mmap) -> list[FileRead]:
+        """The batch in one call of the compiled helper, its outcomes read by the rules of
+        :func:`read_open_file` (the pure-Python path)."""
+        outcomes = self.reading.ops.read_batch(task.paths, task.sizes, buf)
+        out: list[FileRead] = []
+        offset = 0
+        with memoryview(buf) as view:
+            for path, st, outcome in zip(task.paths, task.stats, outcomes):
+                read = outcome_read(path, st, outcome)
+                read.start, read.end = offset, offset + read.end
+                offset = read.end
+                if read.error is None and not read.grew and self.content_hash is not None:
+                    read.hash = content_digest(self.content_hash, view[read.start:read.end])
+                out.append(read)
+        return out
 
     def _read_opened(self, task: ReadTask[T], buf: mmap.mmap,
                      opened: list[int | fs.Unreadable | None]) -> list[FileRead]:
@@ -269,11 +311,33 @@ def read_open_file(fd: int, path: bytes, st: os.stat_result, view: memoryview,
         changed = fs.changed_since(fd, path, st)
     except fs.Unreadable as exc:
         return FileRead(error=exc)
-    digest: Any = None
-    if content_hash is not None:
-        digest = new_hash(content_hash, view[:got])
     return FileRead(end=got, changed=changed or got != st.st_size,
-                    hash=f"{content_hash}:{digest.hexdigest()}" if digest is not None else None)
+                    hash=content_digest(content_hash, view[:got]) if content_hash is not None else None)
+
+
+def content_digest(content_hash: str, data: memoryview) -> str:
+    return f"{content_hash}:{new_hash(content_hash, data).hexdigest()}"
+
+
+def outcome_read(path: bytes, st: os.stat_result, outcome: tuple[int, ...]) -> FileRead:
+    """One file's outcome from the compiled helper (kind, bytes read or errno, then its
+    fstat's size, mtime, ctime and mode) as :func:`read_open_file` makes it; ``end`` is
+    the byte count, no hash yet."""
+    kind, got, size, mtime_ns, ctime_ns, mode = outcome
+    if kind == fsbatch.READ_OK:
+        if not stat.S_ISREG(mode):
+            return FileRead(error=fs.Vanished(path, fs.REPLACED))
+        changed = size != st.st_size or mtime_ns != st.st_mtime_ns or ctime_ns != st.st_ctime_ns
+        return FileRead(end=got, changed=changed or got != st.st_size)
+    if kind == fsbatch.GREW:
+        return FileRead(grew=True)
+    if kind == fsbatch.OPEN_FAILED:
+        return FileRead(error=fs._error(path, fsbatch.os_error(got)))
+    if kind == fsbatch.READ_FAILED:
+        if not stat.S_ISREG(mode):  # reading a FIFO, device or directory fails: vanished
+            return FileRead(error=fs.Vanished(path, fs.REPLACED))
+        return FileRead(error=fs._error(path, fsbatch.os_error(got), fs._GONE))
+    return FileRead(error=fs.Unreadable(path, os.strerror(got)))  # FSTAT_FAILED
 
 
 Listing = tuple[list[fs.Entry], list[fs.Unreadable], list[Any]]
@@ -296,7 +360,9 @@ class ScanAhead:
 
     AHEAD = 4
 
-    def __init__(self, threads: int, load_old: Callable[[str | None, list[fs.Entry]], list[Any]]) -> None:
+    def __init__(self, threads: int, load_old: Callable[[str | None, list[fs.Entry]], list[Any]],
+                 ops: FileOps) -> None:
+        self._ops = ops
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scan")
         self._load_old = load_old
         self._futures: dict[bytes, Future[Listing]] = {}
@@ -311,7 +377,7 @@ class ScanAhead:
         return self._list(path, old_tree) if future is None else future.result()
 
     def _list(self, path: bytes, old_tree: str | None) -> Listing:
-        entries, problems = fs.scan_dir(path)
+        entries, problems = self._ops.scan(path)
         return entries, problems, self._load_old(old_tree, entries)
 
     def close(self) -> None:

@@ -127,7 +127,7 @@ class TreeWalker:
         self._scans: ScanAhead | None = None
         if self.reading.readers > 1:
             self._reads = ReadAhead(self.reading, self._took, content_hash)
-            self._scans = ScanAhead(self.reading.scanners, self._old_for)
+            self._scans = ScanAhead(self.reading.scanners, self._old_for, self.ops)
 
     def close(self) -> None:
         """Stop the reader and scanner threads (idle once a walk is over)."""
@@ -218,7 +218,7 @@ class TreeWalker:
     def _scan(self, path: bytes, old_tree: str | None) -> Frame:
         """Read one directory; raises Unreadable (Vanished) if it cannot be listed."""
         if self._scans is None:
-            entries, problems = fs.scan_dir(path)
+            entries, problems = self.ops.scan(path)
             old_nodes = self._old_for(old_tree, entries)
         else:
             entries, problems, old_nodes = self._scans.scan(path, old_tree)

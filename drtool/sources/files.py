@@ -193,10 +193,13 @@ def prefetch(fd: int) -> None:
         pass
 
 
+REPLACED = "replaced by another kind of file during the backup"
+
+
 def ensure_regular(fd: int, path: bytes) -> os.stat_result:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        raise Vanished(path, "replaced by another kind of file during the backup")
+        raise Vanished(path, REPLACED)
     return st
 
 

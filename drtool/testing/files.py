@@ -1,13 +1,15 @@
 """File operations for a file-tree backup that count or misbehave, on real files.
 
-Handed to a backup as ``api.Reading(readers=N, ops=...)``: the walk opens
-and closes every file it reads through them, so a test can see how many
-files were open at once, or make one chosen file vanish, grow or be
-replaced just before it is opened, with everything else real (the file
-system, the reader threads, the pipeline, the repository).
+Handed to a backup as ``api.Reading(readers=N, ops=...)``: the walk lists,
+opens and reads through them, so a test can see how many files were open at
+once, or make one chosen file vanish, grow or be replaced just before it is
+opened (or, through the compiled helper, just before its batch is read), with
+everything else real (the file system, the reader threads, the pipeline, the
+repository).
 """
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import time
@@ -26,6 +28,7 @@ class CountingFileOps(FileOps):
     """
 
     def __init__(self, hold: float = 0.0) -> None:
+        super().__init__(compiled=False)  # counts each open: files are opened one by one in Python
         self.hold = hold
         self.open_now = 0
         self.peak = 0
@@ -51,23 +54,33 @@ class CountingFileOps(FileOps):
 
 
 class FaultyFileOps(FileOps):
-    """Runs ``before[name](path)`` just before the file called ``name`` is opened (once).
+    """Runs ``before[name](path)`` just before the file called ``name`` is opened (once);
+    with the compiled helper (``compiled``), just before the batch holding it is read.
 
     The action changes the real file system: unlink the file (it vanished
     between the scan and the read), append to it (it grew), replace it by
     a FIFO, or take its permissions away.
     """
 
-    def __init__(self, before: dict[str, Callable[[bytes], None]]) -> None:
+    def __init__(self, before: dict[str, Callable[[bytes], None]], compiled: bool | None = None) -> None:
+        super().__init__(compiled)
         self.before = dict(before)
         self._lock = threading.Lock()
 
-    def open(self, path: bytes, check_regular: bool) -> int:
+    def _act(self, path: bytes) -> None:
         with self._lock:
             action = self.before.pop(os.fsdecode(os.path.basename(path)), None)
         if action is not None:
             action(path)
+
+    def open(self, path: bytes, check_regular: bool) -> int:
+        self._act(path)
         return super().open(path, check_regular)
+
+    def read_batch(self, paths: list[bytes], wants: list[int], buf: mmap.mmap | bytearray) -> list[tuple[int, ...]]:
+        for path in paths:
+            self._act(path)
+        return super().read_batch(paths, wants, buf)
 
 
 class FailingFileOps(CountingFileOps):
