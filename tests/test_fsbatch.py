@@ -84,6 +84,23 @@ def test_a_listing_is_the_same_through_the_helper(tmp_path: Path) -> None:
     assert by_name["caf\u00e9 \u65e5\u672c"].path == os.fsencode(root) + "/caf\u00e9 \u65e5\u672c".encode()
 
 
+def test_a_directory_larger_than_one_chunk_is_listed_whole(tmp_path: Path) -> None:
+    """The helper lists 1,024 entries per GIL release (its buffer stays that small): a
+    directory of 2,500 entries of every kind comes back whole and as Python lists it."""
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(2500):
+        if i % 100 == 7:
+            (big / f"d{i:05d}").mkdir()
+        elif i % 100 == 13:
+            os.symlink(f"f{i:05d}", big / f"s{i:05d}")
+        else:
+            (big / f"f{i:05d}").write_bytes(b"x" * (i % 17))
+    compiled, python = listed(FileOps(compiled=True), os.fsencode(big)), listed(FileOps(compiled=False),
+                                                                                 os.fsencode(big))
+    assert compiled == python and len(compiled[0]) == 2500 and compiled[1] == []
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_a_directory_that_cannot_be_listed_raises_as_before(tmp_path: Path, compiled: bool) -> None:
     (tmp_path / "a file").write_text("not a directory")

@@ -1,4 +1,5 @@
-/* Directory listings and small-file reads with the GIL released once per call.
+/* Directory listings and small-file reads with the GIL released once per directory
+ * (per 1,024 entries) and once per batch of files.
  *
  * Why (docs/performance.md, "Many files, cold: one GIL release per directory
  * and per batch"): Python's os.scandir, lstat, open, posix_fadvise, readv,
@@ -6,10 +7,10 @@
  * of a backup.  With the walk, the chunk workers and the other listing or
  * reading thread wanting it, each of those became a hand-off between threads
  * (a futex wake-up of the other vCPU), and on the 2-core VM a fifth of a cold
- * backup's samples were those hand-offs.  Here a whole directory is listed
- * and lstat'ed, or a whole batch of small files opened, prefetched, read,
- * fstat'ed and closed, in one call that holds no Python object meanwhile;
- * the Python objects are made afterwards with the GIL held.
+ * backup's samples were those hand-offs.  Here a directory is listed and
+ * lstat'ed (1,024 entries at a time), or a whole batch of small files opened,
+ * prefetched, read, fstat'ed and closed, without the GIL and without touching
+ * a Python object; the Python objects are made afterwards with the GIL held.
  *
  * The rules about what an outcome means (vanished, replaced, grown, changed)
  * stay in Python (drtool/sources/fsbatch.py, drtool/backup/readers.py); this
@@ -141,23 +142,25 @@ listing_free(Listing *l)
     free(l->names);
 }
 
-/* Without the GIL: every entry of ``path`` but . and .., each with its lstat
- * (fstatat on the directory's descriptor).  Returns 0 or an errno (opendir,
- * readdir, ENOMEM). */
+/* Entries listed per GIL release: a directory of any size is listed through a
+ * buffer of this many entries (~160 bytes each, names aside), not held whole in C. */
+#define CHUNK_ENTRIES 1024
+
+/* Without the GIL: up to CHUNK_ENTRIES more entries of ``dir`` (. and .. left
+ * out), each with its lstat (fstatat on the directory's descriptor).  Sets
+ * *done at the end of the directory.  Returns 0 or an errno (readdir, ENOMEM). */
 static int
-list_dir(const char *path, Listing *l)
+list_some(DIR *dir, Listing *l, int *done)
 {
-    DIR *dir = opendir(path);
-    int err = 0;
-    if (dir == NULL)
-        return errno;
     int dfd = dirfd(dir);
-    for (;;) {
+    l->count = 0;
+    l->names_len = 0;
+    while (l->count < CHUNK_ENTRIES) {
         errno = 0;
         struct dirent *de = readdir(dir);
         if (de == NULL) {
-            err = errno;
-            break;
+            *done = 1;
+            return errno;
         }
         const char *name = de->d_name;
         if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0)))
@@ -166,7 +169,8 @@ list_dir(const char *path, Listing *l)
         if (l->count == l->room) {
             size_t room = l->room ? 2 * l->room : 64;
             Listed *items = realloc(l->items, room * sizeof(Listed));
-            if (items == NULL) { err = ENOMEM; break; }
+            if (items == NULL)
+                return ENOMEM;
             l->items = items;
             l->room = room;
         }
@@ -175,7 +179,8 @@ list_dir(const char *path, Listing *l)
             while (room < l->names_len + len)
                 room *= 2;
             char *names = realloc(l->names, room);
-            if (names == NULL) { err = ENOMEM; break; }
+            if (names == NULL)
+                return ENOMEM;
             l->names = names;
             l->names_room = room;
         }
@@ -190,27 +195,24 @@ list_dir(const char *path, Listing *l)
         } while (rc != 0 && errno == EINTR);
         it->err = rc == 0 ? 0 : errno;
     }
-    closedir(dir);
-    return err;
+    return 0;
 }
 
-/* (path + '/' + name as os.scandir's DirEntry.path, name decoded as os.fsdecode, stat_result)
- * for each entry, and (path, errno) for each entry whose lstat failed. */
-static PyObject *
-build_listing(PyObject *dirpath, const Listing *l)
+/* Appends (path + '/' + name as os.scandir's DirEntry.path, name decoded as
+ * os.fsdecode, stat_result) to ``entries`` for each listed entry, and (path, errno)
+ * to ``problems`` for each entry whose lstat failed.  -1 with an exception set. */
+static int
+append_listing(PyObject *dirpath, const Listing *l, PyObject *entries, PyObject *problems)
 {
     const char *base = PyBytes_AS_STRING(dirpath);
     Py_ssize_t base_len = PyBytes_GET_SIZE(dirpath);
     int sep = base_len > 0 && base[base_len - 1] != '/';
-    PyObject *entries = PyList_New(0), *problems = PyList_New(0), *item = NULL;
-    if (entries == NULL || problems == NULL)
-        goto fail;
     for (size_t i = 0; i < l->count; i++) {
         const Listed *it = &l->items[i];
         const char *name = l->names + it->name_at;
-        PyObject *full = PyBytes_FromStringAndSize(NULL, base_len + sep + (Py_ssize_t)it->name_len);
+        PyObject *item, *full = PyBytes_FromStringAndSize(NULL, base_len + sep + (Py_ssize_t)it->name_len);
         if (full == NULL)
-            goto fail;
+            return -1;
         char *out = PyBytes_AS_STRING(full);
         memcpy(out, base, base_len);
         if (sep)
@@ -218,37 +220,27 @@ build_listing(PyObject *dirpath, const Listing *l)
         memcpy(out + base_len + sep, name, it->name_len);
         if (it->err) {
             item = Py_BuildValue("(Ni)", full, it->err);
-            if (item == NULL || PyList_Append(problems, item) < 0)
-                goto fail;
         }
         else {
             PyObject *decoded = PyUnicode_DecodeFSDefaultAndSize(name, (Py_ssize_t)it->name_len);
             PyObject *st = decoded ? make_stat(&it->st) : NULL;
-            if (st == NULL) {
-                Py_DECREF(full);
-                Py_XDECREF(decoded);
-                goto fail;
-            }
-            item = PyTuple_Pack(3, full, decoded, st);
+            item = st ? PyTuple_Pack(3, full, decoded, st) : NULL;
             Py_DECREF(full);
-            Py_DECREF(decoded);
-            Py_DECREF(st);
-            if (item == NULL || PyList_Append(entries, item) < 0)
-                goto fail;
+            Py_XDECREF(decoded);
+            Py_XDECREF(st);
         }
-        Py_CLEAR(item);
+        if (item == NULL || PyList_Append(it->err ? problems : entries, item) < 0) {
+            Py_XDECREF(item);
+            return -1;
+        }
+        Py_DECREF(item);
     }
-    return Py_BuildValue("(NN)", entries, problems);
-fail:
-    Py_XDECREF(item);
-    Py_XDECREF(entries);
-    Py_XDECREF(problems);
-    return NULL;
+    return 0;
 }
 
 PyDoc_STRVAR(scan_doc,
 "scan(path: bytes) -> (entries, problems)\n\n"
-"List a directory and lstat every entry with the GIL released once.\n"
+"List a directory and lstat every entry, the GIL released once per 1,024 entries.\n"
 "entries: (path, name, os.stat_result) in directory order; problems: (path, errno)\n"
 "of entries whose lstat failed.  Raises OSError when the directory cannot be listed.");
 
@@ -263,22 +255,44 @@ fsbatch_scan(PyObject *module, PyObject *path)
         PyErr_SetString(PyExc_ValueError, "scan: embedded null byte");
         return NULL;
     }
+    PyObject *entries = PyList_New(0), *problems = PyList_New(0), *result = NULL;
     Listing l = {0};
-    int err;
-    Py_BEGIN_ALLOW_THREADS
-    err = list_dir(PyBytes_AS_STRING(path), &l);
-    Py_END_ALLOW_THREADS
-    if (err == ENOMEM) {
-        listing_free(&l);
-        return PyErr_NoMemory();
+    DIR *dir = NULL;
+    int err = 0, done = 0;
+    if (entries == NULL || problems == NULL)
+        goto out;
+    while (!done) {
+        Py_BEGIN_ALLOW_THREADS
+        if (dir == NULL) {
+            dir = opendir(PyBytes_AS_STRING(path));
+            if (dir == NULL)
+                err = errno;
+        }
+        if (dir != NULL)
+            err = list_some(dir, &l, &done);
+        Py_END_ALLOW_THREADS
+        if (err)
+            break;
+        if (append_listing(path, &l, entries, problems) < 0)
+            goto out;
     }
-    if (err) {
-        listing_free(&l);
+    if (err == ENOMEM)
+        PyErr_NoMemory();
+    else if (err) {
         errno = err;
-        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
     }
-    PyObject *result = build_listing(path, &l);
+    else
+        result = PyTuple_Pack(2, entries, problems);
+out:
+    if (dir != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        closedir(dir);
+        Py_END_ALLOW_THREADS
+    }
     listing_free(&l);
+    Py_XDECREF(entries);
+    Py_XDECREF(problems);
     return result;
 }
 

@@ -6,9 +6,10 @@ files made ~7 per file (``scandir``'s ``readdir``, ``lstat``, ``open``,
 threads, and with the walk and the chunk workers wanting the GIL each one
 was a hand-off between threads: ~22 % of a cold first backup's samples on
 the 2-core VM were those wake-ups (docs/performance.md). The compiled helper
-``_fsbatch`` (``_fsbatch.c``, built by setup.py, optional) lists a whole
-directory with its ``lstat``s, or opens, prefetches, reads, ``fstat``s and
-closes a whole batch of small files, in one call that releases the GIL once.
+``_fsbatch`` (``_fsbatch.c``, built by setup.py, optional) lists a directory
+with its ``lstat``s releasing the GIL once per 1,024 entries (so its own
+buffer stays small whatever the directory), and opens, prefetches, reads,
+``fstat``s and closes a whole batch of small files releasing it once.
 
 It only makes the calls and reports their results; what they mean (an entry
 that vanished, a file replaced or grown) is decided here and in
