@@ -35,6 +35,35 @@ def test_the_compiled_helper_is_built() -> None:
     assert FileOps().native is not None and FileOps(compiled=False).native is None
 
 
+class OpensCounted(FileOps):
+    """A caller's own file operations, written before the helper existed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: list[bytes] = []
+
+    def open(self, path: bytes, check_regular: bool) -> int:
+        self.opened.append(path)
+        return super().open(path, check_regular)
+
+
+def test_a_subclass_that_opens_files_itself_is_called_for_every_file(tmp_path: Path) -> None:
+    """``FileOps`` subclasses overriding ``open`` (``api.FileOps`` is public) keep being
+    called for each small file: the helper, which opens a batch itself, is theirs only
+    when they ask for it."""
+    for i in range(5):
+        (tmp_path / f"f{i}").write_bytes(b"x" * i)
+    ops = OpensCounted()
+    assert ops.native is None
+    ahead = ReadAhead(Reading(readers=2, ops=ops), lambda item, read, data: None)
+    for i in range(5):
+        path = os.fsencode(tmp_path / f"f{i}")
+        ahead.add(i, path, os.lstat(path))
+    ahead.take_all()
+    ahead.close()
+    assert sorted(ops.opened) == [os.fsencode(tmp_path / f"f{i}") for i in range(5)]
+
+
 def make_tricky_dir(root: Path) -> Path:
     """Every kind of entry a listing meets, with names that are not plain ASCII."""
     root.mkdir()

@@ -64,7 +64,9 @@ class FileOps:
     ``compiled``: list directories and read batches of small files through the compiled
     helper (``sources.fsbatch``: one GIL release per directory and per batch) when it is
     built (None), always (True: an error where it is not) or never (False: Python's own
-    calls, one GIL release per system call; the fallback, tested beside it).
+    calls, one GIL release per system call; the fallback, tested beside it).  A subclass
+    that overrides ``open`` or ``close`` is called for every file unless it asks for the
+    helper (which opens and closes a batch's files itself).
     Production uses this class as it is; tests hand the walk a subclass
     (drtool.testing.files) that counts files open at once or makes a
     chosen file vanish, grow or fail just before it is opened, without
@@ -72,6 +74,8 @@ class FileOps:
     """
 
     def __init__(self, compiled: bool | None = None) -> None:
+        if compiled is None and (type(self).open is not FileOps.open or type(self).close is not FileOps.close):
+            compiled = False
         self.native = fsbatch.load() if compiled is not False else None
         if compiled and self.native is None:
             raise RuntimeError("the compiled helper drtool.sources._fsbatch is not built")
