@@ -121,6 +121,56 @@ def test_pipeline_segments_are_bounded_recycled_and_freed_when_idle(tmp_path) ->
     assert not pipeline._free_segments
 
 
+def test_a_physical_stream_may_have_more_segments_out_and_frees_them_afterwards() -> None:
+    """A physical backup's program reads ahead while both workers compress (deeper_segments);
+    afterwards the reader is held to the usual depth again and the extra buffers are freed,
+    whether they came back during the stream or after it."""
+    import threading
+
+    from drtool.backup import pipeline as pipeline_module
+    from drtool.backup.pipeline import ChunkPipeline
+    usual, deep = pipeline_module.SEGMENT_BUFFERS, pipeline_module.PHYSICAL_SEGMENT_BUFFERS
+    assert deep > usual
+    pipeline = ChunkPipeline(_repo(), segment_idle=3600)
+
+    def take(count: int, wait: float = 5) -> tuple[list[object], threading.Thread]:
+        """Up to ``count`` buffers taken on a helper thread within ``wait`` seconds (so a wrong
+        limit fails the test rather than hanging it); the thread, to collect a late one."""
+        got: list[object] = []
+        taker = threading.Thread(target=lambda: got.extend(pipeline.take_buffer() for _ in range(count)),
+                                 daemon=True)
+        taker.start()
+        taker.join(wait)
+        return got, taker
+
+    try:
+        for give_back_during_stream in (True, False):
+            with pipeline.deeper_segments():
+                held, _ = take(deep)
+                assert len(held) == deep, "the reader waited with fewer than the deeper limit out"
+                late, taker = take(1, wait=0.3)
+                assert not late  # the deeper limit holds too
+                pipeline.give_buffer(held.pop())
+                taker.join(5)
+                held += late  # the waiting reader got the one given back
+                assert len(held) == deep
+                if give_back_during_stream:
+                    for buf in held:
+                        pipeline.give_buffer(buf)
+                    held = []
+            for buf in held:
+                pipeline.give_buffer(buf)
+            assert len(pipeline._free_segments) <= usual  # those past the usual depth were freed
+            taken, taker = take(usual + 1, wait=0.5)
+            assert len(taken) == usual, "the usual depth is not back after the stream"
+            for buf in list(taken):
+                pipeline.give_buffer(buf)
+            taker.join(5)
+            pipeline.give_buffer(taken[-1])  # the taker's last one, once one came back
+    finally:
+        pipeline.close()
+
+
 def test_pipeline_keeps_no_buffer_once_reading_is_done_until_it_reads_again() -> None:
     from drtool.backup.pipeline import ChunkPipeline
     pipeline = ChunkPipeline(_repo(), segment_idle=3600)

@@ -12,6 +12,8 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Iterator
 
 import zstandard
 
@@ -25,6 +27,11 @@ BATCH_BUFFER = BATCH_BYTES + 256 * 1024  # a batch closes past 1 MiB; a small fi
 BATCH_BUFFERS_KEPT = 6
 SEGMENT_BYTES = 8 * 1024 * 1024
 SEGMENT_BUFFERS = 2  # two workers cutting and one being read into (4 cost 8 MiB of peak RSS for no speed)
+# A physical backup's program (mariabackup, pg_basebackup) reads its files synchronously and
+# stalls on a full pipe: with two buffers both at the workers it stood idle ~1.5 s of a 6 s
+# full-size night 1, its disk reads and the workers' zstd taking turns.  Four let it run ahead
+# (night 1 -8 % wall; six and eight gained nothing more).  ``ChunkPipeline.deeper_segments``.
+PHYSICAL_SEGMENT_BUFFERS = 4
 # A segment buffer given back after a short read (a media file) keeps at most this much of
 # what earlier reads made resident: a dump's full segments stay, the tail a 500 KiB image
 # did not reach is handed back (night 1's media phase held both buffers' 8 MiB).
@@ -113,8 +120,10 @@ class ChunkPipeline:
         self._probe = zstandard.ZstdCompressor(level=1)
         self._batch = Batch()
         self._free_segments: list[tuple[mmap.mmap, float]] = []  # LIFO; (buffer, when it came back)
-        self._segment_slots = threading.BoundedSemaphore(SEGMENT_BUFFERS)
         self._buffers_lock = threading.Lock()
+        self._segment_depth = SEGMENT_BUFFERS  # segment buffers that may be out at once
+        self._segments_out = 0
+        self._segment_returned = threading.Condition(self._buffers_lock)
         self._text_idle = threading.Condition(self._buffers_lock)
         self._batch_buffers: list[mmap.mmap] = []
         self._reading_done = False  # set by reading_done(): buffers coming back are not kept
@@ -222,7 +231,10 @@ class ChunkPipeline:
         wholly resident, at once): only the pages reads reach are resident,
         and a short read hands back the tail past ``SEGMENT_KEEP_RESIDENT``.
         """
-        self._segment_slots.acquire()
+        with self._segment_returned:
+            while self._segments_out >= self._segment_depth:
+                self._segment_returned.wait()
+            self._segments_out += 1
         self._expire_segments()
         with self._buffers_lock:
             self._reading_done = False
@@ -231,10 +243,26 @@ class ChunkPipeline:
         return mmap.mmap(-1, SEGMENT_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
     def give_buffer(self, buf: mmap.mmap) -> None:
-        with self._buffers_lock:
-            if not self._reading_done:
+        with self._segment_returned:
+            if not self._reading_done and len(self._free_segments) < self._segment_depth:
                 self._free_segments.append((buf, time.monotonic()))
-        self._segment_slots.release()
+            self._segments_out -= 1
+            self._segment_returned.notify()
+
+    @contextmanager
+    def deeper_segments(self, buffers: int = PHYSICAL_SEGMENT_BUFFERS) -> Iterator[None]:
+        """Let the reader have ``buffers`` segments out at once while a program's stream is read
+        (a physical backup's: the program keeps reading its files while the workers compress),
+        then go back to the usual depth: buffers past it are freed as they come back, so a
+        walk of files after the stream holds no more than before."""
+        with self._buffers_lock:
+            before, self._segment_depth = self._segment_depth, max(buffers, self._segment_depth)
+        try:
+            yield
+        finally:
+            with self._buffers_lock:
+                self._segment_depth = before
+                del self._free_segments[:-before]
 
     def reading_done(self) -> None:
         """The walk has read and handed over everything: free the idle segment and batch buffers

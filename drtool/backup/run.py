@@ -13,7 +13,7 @@ import os
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, Callable, Iterator
@@ -208,11 +208,13 @@ def backup_streams(session: Session, streams: Iterator[tuple[str, IO[bytes]]], n
     when = clock() if clock else datetime.now(timezone.utc)
     with _backup_frame(session, name) as (lock, parent, pipeline):
         nodes: list[Node] = []
-        for filename, stream in streams:
-            check_labels(session, name, tags, filename)
-            if any(node.name == filename for node in nodes):
-                raise SourceError(f"the backup of {name} wrote {filename} twice; no snapshot was written")
-            nodes.append(_store_stream(pipeline, stream, filename))
+        # a physical backup's program reads its files ahead while the workers compress
+        with pipeline.deeper_segments() if session.repo.envelope.run_groups else nullcontext():
+            for filename, stream in streams:
+                check_labels(session, name, tags, filename)
+                if any(node.name == filename for node in nodes):
+                    raise SourceError(f"the backup of {name} wrote {filename} twice; no snapshot was written")
+                nodes.append(_store_stream(pipeline, stream, filename))
         pipeline.close()  # every segment is stored: its buffers are freed before the commit
         if verify is not None:
             verify()
