@@ -53,6 +53,7 @@ from drtool.repository.idtable import IdTable
 from drtool.repository.keyranges import STAMP as _STAMP, Move
 from drtool.repository.index import Location
 from drtool.repository.packfile import ENTRY
+from drtool.repository.residency import ResidentBound, add_in_steps
 from drtool.testing_hooks import crash_point
 
 log = logging.getLogger("drtool")
@@ -90,6 +91,7 @@ class DiskIndex:
         self._retired_tables: list[IdTable] = []
         self._filter = None
         self._table: IdTable | None = None
+        self._resident = ResidentBound(self._over_budget)  # lookups' mapped pages (residency.py)
         try:
             if self._moving():  # before the filter and table are checked against the cache
                 with guard(path):
@@ -145,6 +147,7 @@ class DiskIndex:
             local.token = token = self._token_of(txn)
             local.table = table = self._current_table(token)
             local.answer = table.answerer(token) if table is not None else None
+            local.paged = table is not None and table.paged
             local.get = txn.get
             local.generation = generation  # last: ``__contains__`` trusts the fields once it is set
             with self._readers_lock:
@@ -230,13 +233,16 @@ class DiskIndex:
         local = self._local
         if getattr(local, "generation", -1) != self._generation:
             self._txn()
+        self._resident.tick()
+        filt = local.filter
+        if local.paged and filt is not None and not filt.maybe(blob_id):
+            return False  # a read table bucket costs more than the filter's mapped block
         answer = local.answer
         if answer is not None:
             found = answer(blob_id)
             if found is not None:
                 return found
-        filt = local.filter
-        if filt is not None and not filt.maybe(blob_id):
+        if filt is not None and not local.paged and not filt.maybe(blob_id):
             return False
         try:
             return local.get(blob_id) is not None
@@ -246,19 +252,24 @@ class DiskIndex:
     def has_all(self, hex_ids: Iterable[str]) -> bool:
         get, fromhex = self._txn().get, bytes.fromhex
         answer = self._local.answer or (lambda _blob_id: None)
+        asked = 0
         try:
             for hex_id in hex_ids:
                 blob_id = fromhex(hex_id)
+                asked += 1
                 found = answer(blob_id)
                 if found is False or found is None and get(blob_id) is None:
                     return False
         except lmdb.Error as exc:
             raise self._damaged(exc) from None
+        finally:
+            self._resident.tick(asked)
         return True
 
     def get(self, blob_id: bytes) -> Location | None:
         # No filter here: restores and checks ask for ids that are there (it would only cost).
         txn = self._txn()
+        self._resident.tick()
         try:
             raw = txn.get(blob_id)
             if raw is None:
@@ -289,11 +300,23 @@ class DiskIndex:
         elsewhere nothing happens.
         """
         self._release_cache_pages()
-        filt = self._filter
+        filt, table = self._filter, self._table  # another thread may replace them meanwhile
         if filt is not None:
             filt.release_pages()
-        if self._table is not None:
-            self._table.release_pages()
+        if table is not None:
+            table.release_pages()
+
+    def _over_budget(self) -> None:
+        """Past the budget (residency.py): table buckets are read from now on, pages released."""
+        table = self._table
+        if table is not None and not table.paged:
+            table.paged = True
+            self._generation += 1
+            log.debug("index cache: mapped pages past the budget; id table buckets are read from now on")
+        try:
+            self.release_pages()
+        except ValueError:  # a mapping closed meanwhile (close(), a replaced file)
+            pass
 
     def _release_cache_pages(self) -> None:
         start = mapping_start(self.path / "data.mdb")
@@ -420,11 +443,16 @@ class DiskIndex:
         lacks a committed id) and in the ``BUSY`` table: one range's ids at a time, not the move's."""
         txn.cursor(db=self._blobs).putmulti(rows, dupdata=True)
         ids = [blob_id for blob_id, _rec in rows]
+
+        def release() -> None:  # the move's own filter and table, which may not be the open ones yet
+            self._release_cache_pages()
+            for mapped in (move.filter, table):
+                if mapped is not None:
+                    mapped.release_pages()
+        self._resident.check(release)  # the B-tree pages the inserts touched
+        add_in_steps(ids, [m.add for m in (move.filter, table) if m is not None], self._resident, release)
         if move.filter is not None:
-            move.filter.add(ids)
             move.filter.set_stamp(move.stamp)
-        if table is not None:
-            table.add(ids)
 
     def _move_ranges(self, move: Move, ranges: int, table: IdTable | None) -> None:
         """One write transaction per key range (each with a new token); the cache's and the table's

@@ -134,7 +134,8 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, stamp_of: Cal
     lookups) when it cannot be written.  ``env``: the cache's LMDB environment."""
     def fits(filt: IdFilter | None, txn: Any) -> bool:
         return (filt is not None and filt.stamp() == stamp_of(txn)
-                and txn.stat(blobs)["entries"] <= 2 * filt.capacity and members_sampled_in(txn, members, filt.maybe))
+                and txn.stat(blobs)["entries"] <= 2 * filt.capacity
+                and members_sampled_in(txn, members, filt.maybe, release=filt.release_pages))
 
     found = IdFilter.open(path)
     with env.begin() as txn:
@@ -164,7 +165,7 @@ def open_for_cache(path: Path, env: Any, blobs: Any, members: Any, stamp_of: Cal
 
 
 def members_sampled_in(txn: Any, members: Any, holds: Callable[[bytes], bool], packs: int = 16,
-                       per_pack: int = SAMPLED_PER_PACK) -> bool:
+                       per_pack: int = SAMPLED_PER_PACK, release: Callable[[], None] | None = None) -> bool:
     """Whether ``holds`` answers yes for a sample of the ids of a few random cached packs: a filter
     or id table whose file lost its contents (zeroed pages after a crash, a copy gone wrong) is
     caught at open, not trusted.  ``members``: the cache's pack number -> blob ids database.
@@ -174,7 +175,9 @@ def members_sampled_in(txn: Any, members: Any, holds: Callable[[bytes], bool], p
     and id table) on every open: 0.05-0.1 s of CPU at the start of each restore and backup,
     for a check whose ids, being hashes, land on random pages of the file either way.  A
     damaged file that a sample misses answers "absent" for ids it lost (a blob stored again,
-    never one skipped), and the next open samples other ids."""
+    never one skipped), and the next open samples other ids.  ``release``: called after each
+    pack's ids, to unmap the pages they touched (``repository.residency``: on a kernel that maps
+    2 MiB folios, 1,024 random ids could map 2 GiB of a large table at open)."""
     cursor = txn.cursor(db=members)
     if not cursor.last():
         return True
@@ -185,6 +188,9 @@ def members_sampled_in(txn: Any, members: Any, holds: Callable[[bytes], bool], p
             count = len(ids) // ID_SIZE
             step = max(1, -(-count // per_pack))
             picked = range(random.randrange(step) * ID_SIZE, count * ID_SIZE, step * ID_SIZE)
-            if not all(holds(bytes(ids[pos:pos + ID_SIZE])) for pos in picked):
+            held = all(holds(bytes(ids[pos:pos + ID_SIZE])) for pos in picked)
+            if release is not None:
+                release()
+            if not held:
                 return False
     return True

@@ -1,0 +1,110 @@
+"""Keeping the index cache's mapped pages out of a backup's resident set.
+
+The cache (LMDB's ``data.mdb``, the id table, the absent-id filter) is read
+through shared file mappings, and every page a lookup maps counts in the
+process's RSS until it is unmapped, although it is clean page cache the
+kernel can drop at any time.  With small pages that was a few MiB per
+thousand lookups.  Kernels that keep files in large folios (seen on 6.18
+with ext4: the 1.2 GB id table of a 20 M-blob cache sat in the page cache
+as 2 MiB folios after being read or written in order) map a whole folio
+per fault, PMD or PTEs alike (``MADV_NOHUGEPAGE`` and ``MADV_RANDOM`` did
+not change it): ~1,000 lookups of a 1 GiB backup against that cache mapped
+~900 MiB of the table and the run peaked at 932-1,166 MiB RSS, 80 MiB of it
+its own memory.
+
+So lookups are counted, and every :data:`CHECK_EVERY` of them the process's
+resident file pages are read (``/proc/self/statm``, one ``pread``); past
+:data:`BUDGET_BYTES` more than after the last release, the cache's pages
+are released (``DiskIndex.release_pages``: an unmap; the next lookup maps
+its page again from the page cache).  Between two checks at most
+``CHECK_EVERY`` folios can be mapped (64 MiB at 2 MiB folios).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable
+
+CHECK_EVERY = 32  # lookups between two reads of the resident file pages (~2 µs each)
+BUDGET_BYTES = 64 * 1024 * 1024  # mapped cache pages allowed before they are released
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class _Statm:
+    """``/proc/self/statm``'s resident shared (file-backed) pages, kept open per process
+    (a descriptor opened before a fork would read the parent's)."""
+
+    def __init__(self) -> None:
+        self._fd = -1
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def file_bytes(self) -> int | None:
+        """Resident file-backed bytes of this process, or None where there is no procfs."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                try:
+                    self._fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    self._fd = -1
+            if self._fd < 0:
+                return None
+            try:
+                fields = os.pread(self._fd, 128, 0).split()
+                return int(fields[2]) * _PAGE
+            except (OSError, IndexError, ValueError):
+                return None
+
+
+STATM = _Statm()
+
+
+class ResidentBound:
+    """Counts lookups and calls ``release`` when the mapped file pages grew past ``budget``.
+
+    ``resident``: how many file-backed bytes are resident (``STATM.file_bytes`` by default);
+    ``budget`` and ``every`` are the module's constants unless a unit test of this one
+    mechanism sets them.  Thread-safe enough for counting: a lost increment only delays a check.
+    """
+
+    def __init__(self, release: Callable[[], None], resident: Callable[[], int | None] = STATM.file_bytes,
+                 budget: int | None = None, every: int | None = None) -> None:
+        self._release, self._resident = release, resident
+        self._budget = BUDGET_BYTES if budget is None else budget
+        self._every = CHECK_EVERY if every is None else every
+        self._count = 0
+        self._floor: int | None = resident()  # what the process had mapped before any lookup
+        self.releases = 0
+
+    def tick(self, lookups: int = 1, release: Callable[[], None] | None = None) -> None:
+        """Note ``lookups`` more lookups (or ids written); every ``every`` of them, :meth:`check`."""
+        self._count += lookups
+        if self._count >= self._every:
+            self._count = 0
+            self.check(release)
+
+    def check(self, release: Callable[[], None] | None = None) -> None:
+        """Release (``release``, else the bound's own) if the resident file pages grew past the
+        budget since the last release; the level after it is the new floor."""
+        now = self._resident()
+        if now is None:
+            return
+        if self._floor is None or now < self._floor:
+            self._floor = now
+        elif now - self._floor > self._budget:
+            (release or self._release)()
+            self.releases += 1
+            after = self._resident()
+            self._floor = now if after is None else after
+
+
+def add_in_steps(ids: list[bytes], adders: list[Callable[[list[bytes]], None]], bound: ResidentBound,
+                 release: Callable[[], None]) -> None:
+    """``ids`` given to each of ``adders`` (a move's filter and table) ``CHECK_EVERY`` at a time,
+    the bound checked between: random ids touch a page (or a 2 MiB folio) each."""
+    for start in range(0, len(ids), CHECK_EVERY):
+        part = ids[start:start + CHECK_EVERY]
+        for add in adders:
+            add(part)
+        bound.tick(len(part), release)
