@@ -18,6 +18,7 @@ from drtool.core.session import Session
 from drtool.maintain.checkreport import CheckReport, Problem, broken_chains, summarise  # noqa: F401 - CheckReport re-exported
 from drtool.repository.objects import (INDEX, PACKS, SNAPSHOTS, key_name, object_name, pack_id_from_name,
                                        pack_name)
+from drtool.repository.packinspect import verify_pack
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.names import display
@@ -155,7 +156,7 @@ class Checker:
             return
         self.report.packs_read += 1
         message = "" if content_hash(data) == pack_id else f"pack {name} does not match its name (bytes changed)"
-        entries, problems = self.repo.verify_pack(pack_id, data)
+        entries, problems = verify_pack(self.repo, pack_id, data)
         if problems:  # one message: the pack is named once however many ways it fails
             message = (f"{message}; " if message else f"pack {name}: ") + problems[0] + (
                 f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")

@@ -47,13 +47,13 @@ from drtool.crypto.ids import ID_SIZE
 from drtool.repository import completeness, idtable, keyranges
 from drtool.repository.buildruns import FILTER_FILE, NUM as _NUM, REC as _REC, TABLE_FILE, bulk_build
 from drtool.repository.cacheenv import (DBS, MAP_SIZE, CacheUnusable, acquire_env, cache_roots, guard,
-                                        madvise_dontneed, mapping_start, read_ahead, release_env)
+                                        read_ahead, release_env)
 from drtool.repository.idfilter import STALE, IdFilter, open_for_cache
 from drtool.repository.idtable import IdTable
 from drtool.repository.keyranges import STAMP as _STAMP, Move
 from drtool.repository.index import Location
 from drtool.repository.packfile import ENTRY
-from drtool.repository.residency import ResidentBound, add_in_steps
+from drtool.repository.residency import MappedPages, ResidentBound, add_in_steps
 from drtool.testing_hooks import crash_point
 
 log = logging.getLogger("drtool")
@@ -64,7 +64,7 @@ BUILD_COMMIT_ENTRIES = 131_072  # appended entries per write transaction of a bu
 PACK_ID_MEMO = 65_536  # pack ids remembered by number (restores look up many blobs of one pack)
 
 
-class DiskIndex:
+class DiskIndex(MappedPages):
     """The on-disk blob index of one repository (see the module docstring).
 
     Lookups use one read transaction per thread, kept open and renewed after
@@ -287,42 +287,6 @@ class DiskIndex:
             raise self._damaged(exc) from None
         return Location(pack_id, blob_type, offset, length, inner, raw_length)
 
-    def release_pages(self) -> None:
-        """Drop the cache's mapped pages from this process's resident set (they stay in the page cache).
-
-        Moving a run's entries into the cache (``LayeredIndex.written``, every
-        262,144 new blobs) reads B-tree pages through the mapping, and those
-        stay counted in the process's RSS: a 200,000-file first backup that
-        moved its entries four times peaked at 204 MiB (64 MiB of mapped
-        files) against 148 MiB without.  ``MADV_DONTNEED`` on a shared file
-        mapping only unmaps: the next lookup maps its page again from the
-        page cache (a minor fault), whatever thread is reading.  Linux only;
-        elsewhere nothing happens.
-        """
-        self._release_cache_pages()
-        filt, table = self._filter, self._table  # another thread may replace them meanwhile
-        if filt is not None:
-            filt.release_pages()
-        if table is not None:
-            table.release_pages()
-
-    def _over_budget(self) -> None:
-        """Past the budget (residency.py): table buckets are read from now on, pages released."""
-        table = self._table
-        if table is not None and not table.paged:
-            table.paged = True
-            self._generation += 1
-            log.debug("index cache: mapped pages past the budget; id table buckets are read from now on")
-        try:
-            self.release_pages()
-        except ValueError:  # a mapping closed meanwhile (close(), a replaced file)
-            pass
-
-    def _release_cache_pages(self) -> None:
-        start = mapping_start(self.path / "data.mdb")
-        if start is not None:
-            madvise_dontneed(start, (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
-
     def _damaged(self, exc: Exception) -> Exception:
         from drtool.errors import IntegrityError
         return IntegrityError(f"the local index cache {self.path} is damaged ({exc})",
@@ -445,10 +409,7 @@ class DiskIndex:
         ids = [blob_id for blob_id, _rec in rows]
 
         def release() -> None:  # the move's own filter and table, which may not be the open ones yet
-            self._release_cache_pages()
-            for mapped in (move.filter, table):
-                if mapped is not None:
-                    mapped.release_pages()
+            self._release_mapped(move.filter, table)
         self._resident.check(release)  # the B-tree pages the inserts touched
         add_in_steps(ids, [m.add for m in (move.filter, table) if m is not None], self._resident, release)
         if move.filter is not None:

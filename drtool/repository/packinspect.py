@@ -2,7 +2,7 @@
 
 Prune and ``catalog rebuild`` ask a pack itself what it holds (the index may
 be what they are rebuilding or cleaning up); ``check`` authenticates a whole
-pack through ``Repository.verify_pack``.  Split from :mod:`repository.repo`,
+pack with :func:`verify_pack`.  Split from :mod:`repository.repo`,
 which keeps writing and reading blobs.
 """
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Iterable
 
 from drtool.errors import IntegrityError
 from drtool.repository.envelope import EnvelopeError
+from drtool.repository.index import Location
 from drtool.repository.objects import PACKS, pack_name
-from drtool.repository.packfile import (FOOTER, BlobEntry, PackFormatError, parse_trailer, read_trailer,
-                                        trailer_span)
+from drtool.repository.packfile import (FOOTER, BlobEntry, PackFormatError, groups_of, parse_trailer,
+                                        read_trailer, trailer_span)
 
 if TYPE_CHECKING:
     from drtool.backends.base import Backend
@@ -47,3 +48,23 @@ def read_pack_trailer(repo: Repository, pack_id: bytes, size: int) -> list[BlobE
         return parse_trailer(repo.envelope, repo.backend.get_range(name, start, length), start)
     except (PackFormatError, EnvelopeError) as exc:
         raise IntegrityError(str(exc)) from None
+
+
+def verify_pack(repo: Repository, pack_id: bytes, data: bytes) -> tuple[list[BlobEntry], list[str]]:
+    """Authenticate every group and blob of a whole pack (``data``); return (entries, problems)."""
+    try:
+        entries = read_trailer(repo.envelope, data)
+    except (PackFormatError, EnvelopeError) as exc:
+        return [], [f"damaged trailer ({exc})"]
+    problems: list[str] = []
+    view = memoryview(data)
+    for members in groups_of(entries):
+        first = members[0]
+        loc = Location(pack_id, first.blob_type, first.offset, first.length, 0, 0)
+        try:
+            plain = repo._open_group(loc, view[first.offset:first.offset + first.length])
+            for e in members:
+                repo._blob_from_group(e.blob_id, loc._replace(inner=e.inner, raw_length=e.raw_length), plain)
+        except IntegrityError as exc:
+            problems.append(str(exc))
+    return entries, problems

@@ -29,8 +29,8 @@ from drtool.repository.longgroups import LongGroups
 from drtool.repository.keyslots import clear_interrupted_init, list_slots, remove_slot, unlock_master, wrap_slot
 from drtool.repository.objects import (CONFIG, CONFIG_KIND, INDEX, INDEX_KIND, PACKS,
                                        RepoConfig, key_name, object_name, pack_name)
-from drtool.repository.packfile import (ENTRY, BlobEntry, BufferPool, OpenGroup, PackBuilder, PackFormatError,
-                                        SealedGroup, group_kind, groups_of, open_group, read_trailer,
+from drtool.repository.packfile import (ENTRY, BlobEntry, BufferPool, OpenGroup, PackBuilder,
+                                        SealedGroup, group_kind, open_group,
                                         seal_open_group, trim_heap)
 from drtool.repository.reading import GroupCache, OpenedGroup, ScratchPool
 
@@ -543,26 +543,6 @@ class Repository:
             raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is damaged at offset {loc.offset} "
                                  f"({exc})") from None
         return OpenedGroup(plain, held, buffers)
-
-    def verify_pack(self, pack_id: bytes, data: bytes) -> tuple[list[BlobEntry], list[str]]:
-        """Authenticate every group and blob of a whole pack; return (entries, problems)."""
-        try:
-            entries = read_trailer(self.envelope, data)
-        except (PackFormatError, EnvelopeError) as exc:
-            return [], [f"damaged trailer ({exc})"]
-        problems: list[str] = []
-        view = memoryview(data)
-        for members in groups_of(entries):
-            first = members[0]
-            loc = Location(pack_id, first.blob_type, first.offset, first.length, 0, 0)
-            try:
-                plain = self._open_group(loc, view[first.offset:first.offset + first.length])
-                for e in members:
-                    self._blob_from_group(e.blob_id, loc._replace(inner=e.inner, raw_length=e.raw_length),
-                                          plain)
-            except IntegrityError as exc:
-                problems.append(str(exc))
-        return entries, problems
 
     # ----- sealed whole objects (snapshots, index, rehearsals, log segments) ----------
     def put_object(self, prefix: str, kind: bytes, plaintext: bytes, object_id: str | None = None) -> str:
