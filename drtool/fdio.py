@@ -4,7 +4,10 @@ file with a hole where data should be.  Shared by the staged local backend and t
 that write files themselves (mbstream extraction, the sub-page rebuild)."""
 from __future__ import annotations
 
+import errno
+import mmap
 import os
+import threading
 
 
 def write_all(fd: int, view: memoryview) -> None:
@@ -18,3 +21,94 @@ def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+# ----- writing a restore's big files around the page cache ----------------------------------------
+DIRECT_ALIGN = 4096          # offsets, lengths and memory of O_DIRECT writes (every block size up to 4 KiB)
+DIRECT_MIN = 64 * 1024       # a shorter write goes through the page cache: not worth the copy
+DIRECT_SCRATCH = 4 * 1024 * 1024  # each writing thread's aligned buffer
+
+
+def open_direct(path: str) -> int:
+    """A second, O_DIRECT descriptor on the existing file ``path``; -1 where the file system
+    refuses O_DIRECT (the caller then writes through the page cache only)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return -1
+        raise
+
+
+class DirectWrites:
+    """``pwrite`` of a restore's data, its whole aligned blocks with O_DIRECT.
+
+    Why: a physical restore writes gigabytes to terabytes that the page
+    cache cannot keep and the database reads with O_DIRECT anyway (InnoDB),
+    and every page-cache page it allocates is system time.  On the bench VM
+    (free-page reporting hands freed memory back to the host, so each new
+    page is a host fault) writing a 2.5 GiB mariabackup stream cost 5-6 s of
+    system time buffered and 0.8 s with O_DIRECT; ``cp -a`` of the same
+    copy costs 1.7-3.9 s.  The unaligned head and tail of a write go through
+    ``fd`` (the page cache), the middle through ``direct_fd`` from a
+    page-aligned buffer per thread (O_DIRECT needs aligned memory).  A file
+    system that accepts O_DIRECT at open and then refuses the write (EINVAL)
+    turns it off for the rest of the restore.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._local = threading.local()
+
+    def pwrite(self, fd: int, direct_fd: int, view: memoryview, offset: int) -> None:
+        """Write all of ``view`` at ``offset`` of the file open as ``fd`` (and ``direct_fd``, or -1)."""
+        start = -(-offset // DIRECT_ALIGN) * DIRECT_ALIGN
+        end = (offset + len(view)) // DIRECT_ALIGN * DIRECT_ALIGN
+        if not self.enabled or direct_fd < 0 or len(view) < DIRECT_MIN or end - start < DIRECT_ALIGN:
+            pwrite_all(fd, view, offset)
+            return
+        pwrite_all(fd, view[:start - offset], offset)
+        done = self._direct(direct_fd, view[start - offset:end - offset], start)
+        pwrite_all(fd, view[start - offset + done:], start + done)
+
+    def _direct(self, direct_fd: int, view: memoryview, offset: int) -> int:
+        """Write aligned ``view`` at ``offset`` through ``direct_fd``; the bytes written (all of them,
+        unless the file system refused O_DIRECT: then the caller writes the rest)."""
+        scratch = self._scratch()
+        done = 0
+        while done < len(view):
+            size = min(len(scratch), len(view) - done)
+            copy_into(scratch, view[done:done + size])
+            try:
+                pwrite_all(direct_fd, memoryview(scratch)[:size], offset + done)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.enabled = False
+                return done
+            done += size
+        return done
+
+    def _scratch(self) -> mmap.mmap:
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:  # anonymous mappings are page-aligned
+            scratch = self._local.scratch = mmap.mmap(-1, DIRECT_SCRATCH, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        return scratch
+
+
+def copy_into(target: mmap.mmap | bytearray | memoryview, source: memoryview, at: int = 0) -> None:
+    """``target[at:at + len(source)] = source``, without holding the GIL during the copy where
+    ``source`` is writable memory (ctypes' memmove releases it): a slice assignment
+    holds it, and a restore's workers copying megabytes each stopped the thread that parses
+    the stream (py-spy --gil: the copies were a quarter of the GIL's time)."""
+    size = len(source)
+    if size < _UNLOCKED_COPY_MIN or source.readonly or not source.contiguous:
+        target[at:at + size] = source
+        return
+    import ctypes  # here: a backup never needs it (start-up time)
+    dst = (ctypes.c_char * size).from_buffer(target, at)
+    src = (ctypes.c_char * size).from_buffer(source)
+    ctypes.memmove(dst, src, size)
+
+
+_UNLOCKED_COPY_MIN = 256 * 1024

@@ -21,6 +21,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
+from drtool.fdio import copy_into
 from drtool.repository.index import Location
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import Snapshot
@@ -76,7 +77,7 @@ def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None 
             group = groups.pin(locs[start])
             try:
                 for blob_id, loc in zip(ids[start:end], locs[start:end]):
-                    buf[pos:pos + loc.raw_length] = groups.blob(group, blob_id, loc)
+                    copy_into(buf, groups.blob(group, blob_id, loc), pos)  # without the GIL
                     pos += loc.raw_length
             finally:
                 groups.done(group, group_key(locs[start]), run)
