@@ -24,7 +24,7 @@ from typing import Iterable
 from drtool.errors import IntegrityError
 from drtool.repository.index import Location
 from drtool.repository.reading import OpenedGroup, ScratchPool
-from drtool.repository.repo import Repository
+from drtool.repository.repo import GROUP_TARGET_SIZE, Repository
 
 GroupKey = tuple[bytes, int, int]  # pack id, blob type, offset: Location[:3]
 
@@ -64,7 +64,11 @@ class PlannedGroups:
         self._loading: dict[GroupKey, threading.Event] = {}
         self._bytes = 0
         self._lock = threading.Lock()
-        self._pool = ScratchPool(keep=workers + 2)
+        # as many buffers as the budget's groups (the smallest ones) and the workers' in flight: a
+        # group released gives its buffers to the next one opened, not to the allocator (a fresh
+        # 16 MiB bytearray is zeroed with the GIL held: py-spy --gil, ~15 % of a full restore's GIL
+        # time when only workers + 2 were kept).  Never more than were in use at once.
+        self._pool = ScratchPool(keep=2 * (workers + 2) + budget // GROUP_TARGET_SIZE)
 
     def pin(self, loc: Location) -> _Open:
         """The group of ``loc``, opened if it is not, pinned until :meth:`done`."""
