@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -255,3 +256,17 @@ def test_a_full_disk_while_extracting_is_one_line_and_leaves_no_target(scenario:
     assert line.startswith(f"drtool: error: cannot write {target}/data/") and \
         "No space left on device; nothing was restored" in line, line
     assert not target.exists() and os.listdir(tiny_fs) == []
+
+
+def test_a_full_restored_alone_is_written_around_the_page_cache(scenario: Scenario, tmp_path: Path) -> None:
+    """Its files are written with O_DIRECT (the server reads them so; a terabyte would only churn the
+    cache), and they are whole: the server starts on them (the PITR test) and they match the stream."""
+    (snap,) = json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json").out)
+    target = tmp_path / "alone"
+    result = scenario.dr.run("restore", snap["id"][:12], "--source", SOURCE, "--target", str(target))
+    assert result.code == 0, result.err
+    files = [str(p) for p in (target / "data").rglob("*") if p.is_file()]
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES,SIZE", *files],
+                         capture_output=True, text=True, check=True).stdout.split()
+    resident, size = sum(map(int, out[0::2])), sum(map(int, out[1::2]))
+    assert size > 10 * 1024 * 1024 and resident < size // 4, (resident, size)
