@@ -1,9 +1,13 @@
-"""The compiled helper (drtool/sources/_fsbatch.c); everything else is in setup.cfg.
+"""The compiled helpers (drtool/sources/_fsbatch.c, drtool/databases/_fingerprint.c); everything
+else is in setup.cfg.
 
-Optional: where it cannot be built (no compiler, no Python headers) the
-install goes on and drtool uses its pure-Python path (drtool/sources/fsbatch.py).
+Optional: where one cannot be built (no compiler, no Python headers; for _fingerprint, no
+libxxhash-dev) the install goes on and drtool uses its pure-Python path
+(drtool/sources/fsbatch.py, drtool/databases/subpage_format.fingerprints).
 """
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("drtool.sources._fsbatch", ["drtool/sources/_fsbatch.c"],
-                             extra_compile_args=["-O2", "-Wall"], optional=True)])
+                             extra_compile_args=["-O2", "-Wall"], optional=True),
+                   Extension("drtool.databases._fingerprint", ["drtool/databases/_fingerprint.c"],
+                             libraries=["xxhash"], extra_compile_args=["-O2", "-Wall"], optional=True)])

@@ -11,11 +11,13 @@ ensure_venv() {
   local stamp=".venv/.drtool-installed${extras:+-$extras}"
   # the stamp names the checkout the editable install points at: a venv shared with another
   # checkout (a git worktree's .venv symlink) is re-pointed here rather than silently run there
-  # setup.py builds the compiled helper (drtool/sources/_fsbatch.c) in place: a changed source,
-  # or a checkout without the built module, is installed (and built) again
-  local built=(drtool/sources/_fsbatch*.so)
+  # setup.py builds the compiled helpers (drtool/sources/_fsbatch.c, drtool/databases/_fingerprint.c)
+  # in place: a changed source, or a checkout without a built module, is installed (and built) again
+  local built=(drtool/sources/_fsbatch*.so) fingerprint=(drtool/databases/_fingerprint*.so)
   if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ setup.py -nt "$stamp" ] ||
-     [ drtool/sources/_fsbatch.c -nt "$stamp" ] || [ ! -e "${built[0]}" ] || [ "$(cat "$stamp")" != "$PWD" ]; then
+     [ drtool/sources/_fsbatch.c -nt "$stamp" ] || [ drtool/databases/_fingerprint.c -nt "$stamp" ] ||
+     [ ! -e "${built[0]}" ] || { [ -f /usr/include/xxhash.h ] && [ ! -e "${fingerprint[0]}" ]; } ||
+     [ "$(cat "$stamp")" != "$PWD" ]; then
     # pip writes its console scripts' #! line from the interpreter's path as invoked: through a
     # worktree's .venv symlink that would name the worktree, and break when it is removed
     local python; python="$(cd .venv && pwd -P)/bin/python"
