@@ -7,10 +7,13 @@ drtool's readers waited on the pipe (600,000-row bench: extraction 3.8–4.4 s
 of which ``mbstream -x`` 1.7 s of system time in ``write``, drtool's
 reading alone 1.0 s).  Here the windows :func:`~drtool.snapshot.streamread.read_stream`
 yields are parsed where they lie and each window's payload bytes are
-written with ``pwrite`` straight from the window on a few threads (``pwrite``
-and ``crc32`` release the GIL), the next windows being read meanwhile: no
-pipe, no copy in user space.  Each window's writes end before the next one
-is asked for (its buffer is then reused), so memory is the reader's.
+written with ``pwrite`` from the window on a few threads (``pwrite`` and
+zlib-ng's ``crc32`` release the GIL), the next windows being read meanwhile:
+no pipe.  With ``direct`` (a full restored alone), each piece's whole blocks
+go through ``fdio.DirectWrites`` (copied into an aligned buffer, written with
+O_DIRECT: no page-cache pages, which were most of the restore's system
+time).  Each window's writes end before the next one is asked for (its
+buffer is then reused), so memory is the reader's.
 
 The result is ``mbstream -x``'s: the same files with the same bytes (mode
 0660 less the umask; directories 0700), every payload's CRC-32 and offset
