@@ -62,9 +62,9 @@ def verify_pack(repo: Repository, pack_id: bytes, data: bytes) -> tuple[list[Blo
         first = members[0]
         loc = Location(pack_id, first.blob_type, first.offset, first.length, 0, 0)
         try:
-            plain = repo._open_group(loc, view[first.offset:first.offset + first.length])
+            plain = repo.open_group_plain(loc, view[first.offset:first.offset + first.length])
             for e in members:
-                repo._blob_from_group(e.blob_id, loc._replace(inner=e.inner, raw_length=e.raw_length), plain)
+                repo.blob_from_group(e.blob_id, loc._replace(inner=e.inner, raw_length=e.raw_length), plain)
         except IntegrityError as exc:
             problems.append(str(exc))
     return entries, problems

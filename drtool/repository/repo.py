@@ -448,7 +448,7 @@ class Repository:
             cached = self._group_cache.get((first.pack_id, first.offset))
             if cached is not None:
                 while start < len(locs) and locs[start][:3] == first[:3]:
-                    yield self._blob_from_group(blob_ids[start], locs[start], cached)
+                    yield self.blob_from_group(blob_ids[start], locs[start], cached)
                     start += 1
                 continue
             end = self._run_end(locs, start)
@@ -484,18 +484,19 @@ class Repository:
             if plain is None:
                 sealed = raw[loc.offset - lo:loc.offset - lo + loc.length]
                 plain = opened[loc.offset] = self._group_cache.get_or_load(
-                    (pack_id, loc.offset), lambda: self._open_group(loc, sealed))
-            yield self._blob_from_group(blob_id, loc, plain)
+                    (pack_id, loc.offset), lambda: self.open_group_plain(loc, sealed))
+            yield self.blob_from_group(blob_id, loc, plain)
 
-    def _open_group(self, loc: Location, sealed: bytes | memoryview) -> bytes | bytearray:
+    def open_group_plain(self, loc: Location, sealed: bytes | memoryview) -> bytes | bytearray:
+        """The plaintext of the sealed group at ``loc`` (a damaged one is an IntegrityError naming the pack)."""
         try:
             return open_group(self.envelope, loc.blob_type, sealed)
         except EnvelopeError as exc:
             raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is damaged at offset {loc.offset} "
                                  f"({exc})") from None
 
-    def _blob_from_group(self, blob_id: bytes, loc: Location,
-                         plain: bytes | bytearray | memoryview) -> memoryview:
+    def blob_from_group(self, blob_id: bytes, loc: Location,
+                        plain: bytes | bytearray | memoryview) -> memoryview:
         """Cut one blob out of its group (no copy) and check it is the one asked for."""
         data = self.cut_blob(blob_id, loc.inner, loc.raw_length, memoryview(plain))
         if data is None:

@@ -21,7 +21,6 @@ import threading
 from collections import deque
 from typing import Iterable
 
-from drtool.errors import IntegrityError
 from drtool.repository.index import Location
 from drtool.repository.reading import OpenedGroup, ScratchPool
 from drtool.repository.repo import GROUP_TARGET_SIZE, Repository
@@ -103,10 +102,7 @@ class PlannedGroups:
         mark = (loc.inner, loc.raw_length, blob_id)
         if mark in group.checked:
             return group.opened.plain[loc.inner:loc.inner + loc.raw_length]
-        data = self.repo.cut_blob(blob_id, loc.inner, loc.raw_length, group.opened.plain)
-        if data is None:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} in pack {loc.pack_id.hex()[:16]} "
-                                 f"does not match its id")
+        data = self.repo.blob_from_group(blob_id, loc, group.opened.plain)  # IntegrityError if not it
         group.checked.add(mark)
         return data
 
