@@ -95,8 +95,10 @@ def test_the_process_s_resident_file_pages_grow_when_a_mapping_is_touched(tmp_pa
         assert released is not None and released - before < (4 << 20)
 
 
+@pytest.mark.parametrize("probe", ["c", "python"])  # the paged lookup in C (_idprobe.c) and its fallback
 def test_lookups_past_the_budget_release_the_cache_pages_and_still_answer_right(
-        cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        cache_home: Path, monkeypatch: pytest.MonkeyPatch, probe: str) -> None:
+    monkeypatch.setenv("DRTOOL_INDEX_PROBE", probe)
     objects, present = _objects(8, 2000)
     absent = [os.urandom(32) for _ in range(2000)]
     disk = DiskIndex.open(REPO)
@@ -111,6 +113,7 @@ def test_lookups_past_the_budget_release_the_cache_pages_and_still_answer_right(
         assert all(blob_id in disk for blob_id in present)
         assert not any(blob_id in disk for blob_id in absent)
         assert disk._table.paged  # buckets are read now, not mapped
+        assert (type(disk._local.answer).__name__ == "PagedProbe") == (probe == "c")
         assert disk._resident.releases > 0
         assert all(blob_id in disk for blob_id in present[:500])  # and answer the same when read
         assert not any(blob_id in disk for blob_id in absent[:500])

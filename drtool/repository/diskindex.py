@@ -146,7 +146,7 @@ class DiskIndex(MappedPages):
             local.filter = filt if filt is not None and at <= filt.stamp() != STALE else None
             local.token = token = self._token_of(txn)
             local.table = table = self._current_table(token)
-            local.answer = table.answerer(token) if table is not None else None
+            local.answer = table.answerer(token, local.filter) if table is not None else None
             local.paged = table is not None and table.paged
             local.get = txn.get
             local.generation = generation  # last: ``__contains__`` trusts the fields once it is set
@@ -234,9 +234,7 @@ class DiskIndex(MappedPages):
         if getattr(local, "generation", -1) != self._generation:
             self._txn()
         self._resident.tick()
-        filt = local.filter
-        if local.paged and filt is not None and not filt.maybe(blob_id):
-            return False  # a read table bucket costs more than the filter's mapped block
+        filt = local.filter  # a paged table's answer asks it first (IdTable.answerer)
         answer = local.answer
         if answer is not None:
             found = answer(blob_id)

@@ -109,6 +109,11 @@ class IdFilter(MappedFile):
             return False
         return bool((m[base + (b >> 30 & 63)] >> (b >> 27 & 7)) & 1)
 
+    def layout(self) -> tuple[mmap.mmap, int, int]:
+        """The mapping, where its bits start and how many 64-byte blocks they are (for the paged
+        table's lookup in C, ``idtable._PagedProbe``, which asks :meth:`maybe`'s question)."""
+        return self._map, _HEADER.size, self._blocks
+
     def release_pages(self) -> None:
         """Unmap the pages this process touched (``DiskIndex.release_pages``): shared and
         file-backed, so nothing is lost, and a later lookup maps its page again."""
