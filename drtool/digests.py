@@ -32,6 +32,10 @@ except ImportError:  # pragma: no cover - depends on the interpreter
         from hashlib import sha256
 
 
+#: what ``content_hash`` / ``--content-hash`` may name (sha1: what MediaWiki records for uploads)
+CONTENT_HASHES = ("sha256", "sha1")
+
+
 def token_hex(nbytes: int) -> str:
     """``secrets.token_hex`` (which is ``os.urandom(n).hex()``) without importing ``hmac``."""
     return os.urandom(nbytes).hex()

@@ -174,6 +174,7 @@ def test_cut_off_bodies_are_fetched_again_and_bad_keys_are_reported(
     ({"type": "swift", "container": "c", "auth_url": "http://h/auth/v1.0", "user": "a:u", "key": "s3cr3t"},
      "credentials do not belong in the config"),
     ({"type": "swift", "bucket": "c", "auth_url": "http://h/auth/v1.0", "user": "a:u"}, "unknown key(s) bucket"),
+    ({"bucket": "b", "content_hash": "md5"}, "content_hash must be one of sha256, sha1"),
 ])
 def test_bad_tables_are_refused_naming_the_problem(table: dict, problem: str) -> None:
     from drtool.backup.configured import parse_source
@@ -207,6 +208,7 @@ def test_the_documented_tables_parse() -> None:
         "commons-media": "s3", "commons-thumbs": "swift"}
     assert parsed["commons-media"].url == "s3://wiki-media/originals/"
     assert parsed["commons-thumbs"].url == "swift://wiki-thumbs/thumbs/"
+    assert parsed["commons-media"].content_hash == "sha1" and parsed["commons-thumbs"].content_hash is None
 
 
 class OutOfOrderStore:
@@ -244,3 +246,42 @@ def test_a_listing_out_of_key_order_writes_no_snapshot(dr: DrEnv) -> None:
                                 client_factory=lambda _src: OutOfOrderStore())  # type: ignore[arg-type,return-value]
         assert "not in key order" in caught.value.one_line()
         assert session.snapshots("m") == []
+
+
+def test_objects_are_found_by_name_etag_and_content_hash(moto_server: MotoServer, proxy: FaultProxy,  # noqa: F811
+                                                         tmp_path: Path) -> None:
+    """"Find me that one file" in a bucket: by key glob, by the ETag the store serves, and with
+    ``content_hash = "sha1"`` by the SHA-1 a MediaWiki file table records (``img_sha1``); turning
+    the setting on fetches the unchanged objects once more, so none is left without its hash."""
+    import hashlib
+    bucket = create_bucket(moto_server.url)
+    bodies = {"media/a/Foo.jpg": os.urandom(3000), "media/b/Bar.png": b"png" * 100,
+              "media/b/c/Foo.jpg": os.urandom(10), "media/big.tif": os.urandom(9 * 1024 * 1024 + 5)}
+    for key, body in bodies.items():
+        put(moto_server.url, bucket, key, body, "image/jpeg")
+    s3 = make_client(moto_server.url)
+    etags = {key: s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"') for key in bodies}
+    dr = source_env(tmp_path, proxy.url, bucket)
+    backup(dr)
+
+    def find(*args: str) -> list[str]:
+        result = dr.run("find", *args, "--json")
+        assert result.code == 0, result.err
+        return sorted(v["path"] for v in json.loads(result.out))
+    assert find("Foo.jpg") == ["a/Foo.jpg", "b/c/Foo.jpg"]
+    assert find("b/*.png") == ["b/Bar.png"] and find("--path", "b") == ["b", "b/Bar.png", "b/c", "b/c/Foo.jpg"]
+    assert find("--hash", "etag:" + etags["media/a/Foo.jpg"]) == ["a/Foo.jpg"]
+    assert find("--hash", etags["media/big.tif"][:12]) == ["big.tif"]  # a bare prefix tries ETags too
+    assert find("--hash", "etag:" + hashlib.md5(b"not stored").hexdigest()) == []
+
+    config = Path(dr.env["DRTOOL_CONFIG"])
+    config.write_text(config.read_text() + 'content_hash = "sha1"\n')
+    proxy.reset()
+    backup(dr)
+    assert gets(proxy, bucket) == sorted(bodies)  # no hash recorded yet: every object fetched once more
+    for key, body in bodies.items():
+        assert find("--hash", "sha1:" + hashlib.sha1(body).hexdigest()) == [key[len("media/"):]]
+    proxy.reset()
+    backup(dr)
+    assert gets(proxy, bucket) == []  # hashes recorded: unchanged objects are not fetched again
+    assert find("--hash", "sha1:" + hashlib.sha1(bodies["media/big.tif"]).hexdigest()) == ["big.tif"]

@@ -5,6 +5,8 @@ packages; a counting proxy in front of it shows what was fetched.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -130,6 +132,13 @@ def test_native_swift_api_with_tempauth(swift: SwiftServer, tmp_path: Path) -> N
         assert got == body
         assert headers["content-type"] == ("image/webp" if key == "thumbs/1/4.jpg" else "image/jpeg")
         assert headers["x-object-meta-width"] == ("60" if key == "thumbs/1/4.jpg" else "120")
+    # find: by name, and by the ETag Swift serves (the MD5 of a plain object's body)
+    found = dr.run("find", "4.jpg", "--json")
+    assert found.code == 0 and sorted((v["path"], v["size"]) for v in json.loads(found.out)) == [
+        ("1/4.jpg", 7), ("1/4.jpg", 304)]
+    digest = hashlib.md5(objects["thumbs/0/3.jpg"]).hexdigest()
+    found = dr.run("find", "--hash", f"etag:{digest}", "--json")
+    assert found.code == 0 and [v["path"] for v in json.loads(found.out)] == ["0/3.jpg"]
 
 
 def key_nowhere_stored(dr: DrEnv, key: str) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
 from drtool.backup.run import BackupResult, backup_command, backup_paths
-from drtool.backup.treewalk import CONTENT_HASHES
+from drtool.digests import CONTENT_HASHES
 from drtool.config import Settings
 from drtool.core.session import Session
 from drtool.errors import ConfigError, DrtoolError, SourceError

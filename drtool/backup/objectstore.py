@@ -30,6 +30,7 @@ from drtool.backup.run import (BackupResult, _backup_frame, _commit, _record_in_
                                check_labels)
 from drtool.backup.treewalk import SMALL_FILE, WalkStats
 from drtool.core.session import Session
+from drtool.digests import new_hash
 from drtool.errors import DrtoolError, SourceError, TransientBackendError
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import DIR, Node
@@ -41,6 +42,8 @@ WINDOW_PER_CONNECTION = 4
 FETCH_ATTEMPTS = 3
 
 ClientFactory = Callable[[obj.ObjectStoreSource], S3SourceClient]
+# a GET's result: the object, its body (small) or chunk refs (large), its content_hash digest
+Fetched = tuple[FetchedObject, bytes | list[ChunkRef], str | None]
 
 
 def make_client(src: obj.ObjectStoreSource) -> S3SourceClient:
@@ -74,15 +77,18 @@ class Fetch:
     directory: OpenDir
     listed: ListedObject
     name: str
-    future: Future[tuple[FetchedObject, bytes | list[ChunkRef]] | None]
+    future: Future[Fetched | None]
 
 
 class ObjectTreeBuilder:
     def __init__(self, repo: Repository, pipeline: ChunkPipeline, client: S3SourceClient,
-                 prefix: str, listing: Callable[[str], Iterator[ListedObject]] | None = None) -> None:
+                 prefix: str, listing: Callable[[str], Iterator[ListedObject]] | None = None,
+                 content_hash: str | None = None) -> None:
         """``listing``: the objects to take, in key order (default: all under ``prefix``; a shard's
-        worker passes its shard's listing, ``drtool.backup.shards``)."""
+        worker passes its shard's listing, ``drtool.backup.shards``).  ``content_hash``: "sha256"
+        or "sha1" of each fetched body is recorded (``drtool find --hash``); else the ETag."""
         self.repo, self.pipeline, self.client, self.prefix = repo, pipeline, client, prefix
+        self.content_hash = content_hash
         self.listing = listing or client.iter_objects
         self.stats = WalkStats()
         self._pool = ThreadPoolExecutor(max_workers=client.connections, thread_name_prefix="get")
@@ -177,8 +183,9 @@ class ObjectTreeBuilder:
         self.stats.files += 1
         old = directory.old.get(name)
         if obj.unchanged(old, listed.size, listed.etag, listed.mtime_ns) and old is not None \
-                and self.repo.index.has_all(old.content):
+                and not obj.hash_missing(old, self.content_hash) and self.repo.index.has_all(old.content):
             node = Node.from_dict(old.to_dict())
+            node.hash = node.hash or obj.etag_hash(listed.etag)  # a parent made before hashes were kept
             directory.nodes.append(node)
             self.stats.files_unchanged += 1
             self.stats.size += node.size
@@ -188,7 +195,7 @@ class ObjectTreeBuilder:
         directory.fetches += 1
         self._window.append(Fetch(directory, listed, name, self._pool.submit(self._fetch, listed.key)))
 
-    def _fetch(self, key: str) -> tuple[FetchedObject, bytes | list[ChunkRef]] | None:
+    def _fetch(self, key: str) -> Fetched | None:
         """GET with a few attempts: botocore retries failed requests, not bodies cut off mid-read.
 
         A large object's blobs from a failed attempt stay unreferenced
@@ -203,18 +210,22 @@ class ObjectTreeBuilder:
                 time.sleep(0.2 * attempt)
         raise AssertionError("unreachable")
 
-    def _fetch_once(self, key: str) -> tuple[FetchedObject, bytes | list[ChunkRef]] | None:
-        """On a GET thread: the whole body of a small object, or chunk refs of a large one."""
+    def _fetch_once(self, key: str) -> Fetched | None:
+        """On a GET thread: the whole body of a small object, or chunk refs of a large one, and
+        the body's ``content_hash`` digest (``"sha1:HEX"``) if the source records one."""
         fetched = self.client.open_object(key)
         if fetched is None:
             return None
+        digest = new_hash(self.content_hash) if self.content_hash else None
         try:
             head = _read_exactly(fetched, min(SMALL_FILE, fetched.size + 1))
             if len(head) < SMALL_FILE:
                 if len(head) != fetched.size:
                     raise TransientBackendError(f"reading object {key} gave {len(head)} of "
                                                 f"{fetched.size} bytes")
-                return fetched, head
+                if digest is not None:
+                    digest.update(head)
+                return fetched, head, _digest_text(self.content_hash, digest)
             with self._probe_lock:
                 chunker = self.pipeline.chunker_for(head)
             refs: list[ChunkRef] = []
@@ -222,13 +233,15 @@ class ObjectTreeBuilder:
             total = 0
             while segment:
                 total += len(segment)
+                if digest is not None:
+                    digest.update(segment)
                 refs.append(self.pipeline.add_segment(segment, chunker))
                 if len(segment) < SEGMENT_BYTES:
                     break
                 segment = _read_exactly(fetched, SEGMENT_BYTES)
             if total != fetched.size:
                 raise TransientBackendError(f"reading object {key} gave {total} of {fetched.size} bytes")
-            return fetched, refs
+            return fetched, refs, _digest_text(self.content_hash, digest)
         finally:
             fetched.close()
 
@@ -247,14 +260,14 @@ class ObjectTreeBuilder:
                 log.warning("%s was deleted during the backup; not in this snapshot",
                             self._where(fetch.listed.key))
                 continue
-            fetched, body = result
+            fetched, body, digest = result
             refs = ([self.pipeline.add(body)] if body else []) if isinstance(body, bytes) else body
             size = len(body) if isinstance(body, bytes) else fetched.size
             # The listing's Last-Modified, which the next run compares with (a GET's header may be
             # rounded differently, as Swift's S3 API does); the GET's if the object was replaced.
             as_listed = fetched.etag == fetch.listed.etag
             node = obj.object_node(fetch.name, size, fetch.listed.mtime_ns if as_listed else fetched.mtime_ns,
-                                   fetched.etag, fetched.content_type, fetched.metadata)
+                                   fetched.etag, fetched.content_type, fetched.metadata, digest)
             if not as_listed:
                 self.stats.changed.append(f"{self._where(fetch.listed.key)}")
             fetch.directory.nodes.append(node)
@@ -288,6 +301,10 @@ class ObjectTreeBuilder:
             directory.nodes, directory.pending, directory.old = [], [], {}
 
 
+def _digest_text(content_hash: str | None, digest: Any) -> str | None:
+    return f"{content_hash}:{digest.hexdigest()}" if digest is not None else None
+
+
 def _read_exactly(fetched: FetchedObject, size: int) -> bytes:
     """Up to ``size`` bytes (fewer only at the end of the body)."""
     parts, got = [], 0
@@ -311,7 +328,8 @@ def backup_object_store(session: Session, src: obj.ObjectStoreSource, tags: list
     try:
         client.check_bucket()
         with _backup_frame(session, src.name) as (lock, parent, pipeline):
-            builder = ObjectTreeBuilder(session.repo, pipeline, client, src.prefix)
+            builder = ObjectTreeBuilder(session.repo, pipeline, client, src.prefix,
+                                        content_hash=src.content_hash)
             tree_id = builder.build(parent.tree if parent else None)
             meta: dict[str, Any] = {"source": src.name, "source_type": src.type, "bucket": src.bucket,
                                     "prefix": src.prefix, "endpoint": src.endpoint or "",

@@ -26,7 +26,8 @@ from drtool.backup.pipeline import SEGMENT_BYTES, ChunkPipeline, resolve
 from drtool.core.session import Session
 from drtool.backup.readers import Reading
 from drtool.browse.trees import WalkedChanges
-from drtool.backup.treewalk import CONTENT_HASHES, ProgressFn, TreeWalker, WalkStats
+from drtool.backup.treewalk import ProgressFn, TreeWalker, WalkStats
+from drtool.digests import CONTENT_HASHES
 from drtool.repository.cacheenv import CACHE_ERRORS
 from drtool.repository.locks import Lock
 from drtool.snapshot.model import FILE, Node, Snapshot

@@ -278,7 +278,8 @@ def _shard_objects(session: Session, src: ObjectStoreSource, series: str, shard:
         client.check_bucket()
         with _backup_frame(session, series) as (lock, parent, pipeline):
             listing = shard_listing(client, shard, shards, src.sharding.depth)
-            builder = ObjectTreeBuilder(session.repo, pipeline, client, src.prefix, listing)
+            builder = ObjectTreeBuilder(session.repo, pipeline, client, src.prefix, listing,
+                                        content_hash=src.content_hash)
             tree_id = builder.build(parent.tree if parent else None)
             meta.update(source_type=src.type, bucket=src.bucket, prefix=src.prefix, endpoint=src.endpoint or "",
                         requests=client.stats.as_dict())

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Callable, Iterator
 
-from drtool.digests import new_hash
+from drtool.digests import CONTENT_HASHES, new_hash
 from drtool.errors import DrtoolError, SourceError
 from drtool.backup.listings import listing_digest, nodes_digest
 from drtool.backup.pipeline import SEGMENT_BYTES, Batch, ChunkPipeline, ChunkRef, resolve
@@ -37,7 +37,6 @@ from drtool.snapshot.store import load_tree, store_tree
 from drtool.sources import files as fs
 
 WALKED_CHANGES = 20_000  # changes kept for the file index; beyond that it compares the trees itself
-CONTENT_HASHES = ("sha256", "sha1")  # sha1: what MediaWiki records for uploaded files
 log = logging.getLogger("drtool")
 
 

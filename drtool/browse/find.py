@@ -36,7 +36,9 @@ from drtool.snapshot.names import display, like_literal
 from drtool.snapshot.store import list_snapshot_ids
 from drtool.sources.shards import shard_series_like
 
-_HASH_TEXT = re.compile(r"^(?:(sha1|sha256):)?([0-9a-fA-F]{4,64})$")
+# an object's ETag may end in "-N" (a multipart upload: N parts)
+_HASH_TEXT = re.compile(r"^(?:(sha1|sha256):([0-9a-fA-F]{4,64})|etag:([0-9a-fA-F]{4,64}(?:-[0-9]+)?)"
+                        r"|([0-9a-fA-F]{4,64}))$")
 
 
 @dataclass
@@ -156,14 +158,19 @@ def _filter(query: FindQuery) -> VersionFilter:
 
 
 def _hash_prefixes(text: str) -> list[str]:
+    """What the hash and content columns may start with: one kind if named, else every kind
+    (an object-store source records its objects' ETags when it records no content hash)."""
     match = _HASH_TEXT.match(text.strip())
     if match is None:
         raise UsageError(f"--hash {text!r} is not a hex digest",
-                         hint="give sha256:HEX, sha1:HEX or a hex prefix of at least 4 digits")
-    algorithm, digits = match.group(1), match.group(2).lower()
+                         hint="give sha256:HEX, sha1:HEX, etag:HEX or a hex prefix of at least 4 digits")
+    algorithm, named, etag, bare = match.groups()
     if algorithm:
-        return [f"{algorithm}:{digits}"]
-    return [f"sha256:{digits}", f"sha1:{digits}", digits]
+        return [f"{algorithm}:{named.lower()}"]
+    if etag:
+        return [f"etag:{etag.lower()}"]
+    digits = bare.lower()
+    return [f"sha256:{digits}", f"sha1:{digits}", f"etag:{digits}", digits]
 
 
 def _matches(query: FindQuery, path: str) -> bool:

@@ -43,7 +43,8 @@ class Node:
     link_key: str | None = None
     rdev: int = 0
     changed: bool = False
-    hash: str | None = None  # "sha256:<hex>" / "sha1:<hex>" when the source asks for content hashes
+    hash: str | None = None  # "sha256:<hex>" / "sha1:<hex>" when the source asks for content hashes;
+    # an object-store source's objects otherwise carry "etag:<etag>" (drtool find --hash)
     # Extended metadata of an entry that is not a file-system file: for an object-store source,
     # {"etag", "content_type", "user"} (drtool.sources.objectstore). Absent (None) for files,
     # so file trees encode as before; older versions ignore it (unknown keys are skipped).

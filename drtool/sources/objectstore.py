@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from drtool.digests import CONTENT_HASHES
 from drtool.errors import ConfigError
 from drtool.snapshot.model import DIR, FILE, Node
 from drtool.snapshot.names import entry_name_problem
@@ -26,9 +27,10 @@ from drtool.sources.shards import SHARD_KEYS, Sharding, sharding_from_table
 
 OBJECT_STORE_TYPES = ("s3", "swift")
 KEYS = {"s3": frozenset({"type", "endpoint", "bucket", "prefix", "region", "profile", "connections",
-                         "addressing_style"}) | SHARD_KEYS,
+                         "addressing_style", "content_hash"}) | SHARD_KEYS,
         "swift": frozenset({"type", "auth_url", "auth_version", "user", "container", "prefix", "connections",
-                            "project_name", "user_domain_name", "project_domain_name", "region"}) | SHARD_KEYS}
+                            "project_name", "user_domain_name", "project_domain_name", "region",
+                            "content_hash"}) | SHARD_KEYS}
 SECRET_KEYS = ("access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key",
                "session_token", "aws_session_token", "key", "os_password", "token")
 DEFAULT_CONNECTIONS = 8
@@ -55,6 +57,7 @@ class ObjectStoreSource:
     user: str | None = None
     keystone: dict[str, str] | None = None  # project_name, user_domain_name, ... (Keystone v3)
     sharding: Sharding | None = None  # shards = N: a snapshot set made by many workers (docs/scale.md)
+    content_hash: str | None = None  # "sha256" / "sha1" of each body, for drtool find --hash
 
     @property
     def scheme(self) -> str:
@@ -98,9 +101,12 @@ def source_from_table(name: str, table: dict[str, Any]) -> ObjectStoreSource:
             or "@" in endpoint.split("://", 1)[1].split("/", 1)[0]):
         raise ConfigError(f"[sources.{name}]: {url_key} must be a URL such as \"https://store.example.org\" "
                           f"(without credentials)")
+    content_hash = table.get("content_hash")
+    if content_hash is not None and content_hash not in CONTENT_HASHES:
+        raise ConfigError(f"[sources.{name}]: content_hash must be one of {', '.join(CONTENT_HASHES)}")
     src = ObjectStoreSource(name=name, type=kind, bucket=bucket, prefix=prefix,
                             region=_opt_str(table, "region"), connections=connections,
-                            sharding=sharding_from_table(name, table))
+                            sharding=sharding_from_table(name, table), content_hash=content_hash)
     if kind == "swift":
         return _swift_fields(name, table, src, endpoint)
     src.endpoint, src.profile, src.addressing_style = endpoint, _opt_str(table, "profile"), style
@@ -152,10 +158,25 @@ def key_parts(key: str, prefix: str) -> tuple[list[str], bool]:
 
 
 def object_node(name: str, size: int, mtime_ns: int, etag: str, content_type: str,
-                user: dict[str, str]) -> Node:
+                user: dict[str, str], digest: str | None = None) -> Node:
+    """``digest``: ``"sha1:HEX"`` / ``"sha256:HEX"`` of the body when the source has ``content_hash``."""
     node = Node(name=name, type=FILE, mode=FILE_MODE, mtime_ns=mtime_ns, size=size)
     node.xmeta = {"etag": etag, "content_type": content_type, "user": dict(sorted(user.items()))}
+    node.hash = digest or etag_hash(etag)
     return node
+
+
+def etag_hash(etag: str) -> str | None:
+    """What ``drtool find --hash etag:HEX`` matches when the body's own hash is not recorded: the
+    ETag the store serves (an MD5 of the body for a plain S3 PUT or a Swift object; not for
+    multipart uploads, ``HEX-N``, or SSE-KMS, so it is named for what it is, not ``md5:``)."""
+    return f"etag:{etag.lower()}" if etag else None
+
+
+def hash_missing(old: Node, content_hash: str | None) -> bool:
+    """An unchanged object must still be fetched when ``content_hash`` is set and its node has no
+    such hash yet (the setting is new): else ``find --hash`` would miss every unchanged object."""
+    return content_hash is not None and not (old.hash or "").startswith(content_hash + ":")
 
 
 def dir_node(name: str) -> Node:

@@ -19,7 +19,7 @@ from drtool.cli.options import json_option
 @click.option("--max-size", metavar="SIZE", help="Files of at most SIZE.")
 @click.option("--newer", metavar="TIME", help="Files modified at or after TIME.")
 @click.option("--older", metavar="TIME", help="Files modified at or before TIME.")
-@click.option("--hash", "digest", metavar="HEX", help="Content hash (sha256:HEX, sha1:HEX or a prefix).")
+@click.option("--hash", "digest", metavar="HEX", help="Content hash (sha256:HEX, sha1:HEX, an object's etag:HEX, or a prefix).")
 @json_option
 @pass_state
 def find(state: CliState, patterns: tuple[str, ...], path: str | None, names: tuple[str, ...],
