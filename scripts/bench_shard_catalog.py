@@ -1,7 +1,9 @@
 """Catalog bytes per object on PostgreSQL for a sharded files source (docs/scale.md).
 
-Usage (from the repository root, with .venv): .venv/bin/python scripts/bench_shard_catalog.py [DIRS]
+Usage (from the repository root, with .venv): .venv/bin/python scripts/bench_shard_catalog.py [DIRS] [HASH]
 (DIRS x 100 files of 64 bytes, shards = 8, two workers, two sets; a throwaway PostgreSQL from tests/dbservers.py).
+HASH: content_hash = "sha1" or "sha256" for the source (the per-row cost of a recorded hash: an
+object-store source records an ETag, "etag:" + 32 hex digits, a little shorter than "sha1:" + 40).
 """
 import json, os, subprocess, sys, time
 if any(a in ("-h", "--help") for a in sys.argv[1:]):
@@ -13,6 +15,7 @@ from dbservers import postgres_server
 from conftest import make_env
 
 N_DIRS, PER_DIR, SHARDS = int(sys.argv[1]) if len(sys.argv) > 1 else 200, 100, 8
+HASH_LINE = f'content_hash = "{sys.argv[2]}"\n' if len(sys.argv) > 2 else ""
 tmp = Path(os.environ.get("TMPDIR", "/var/tmp")) / "drtool-shard-catalog"; subprocess.run(["rm", "-rf", str(tmp)]); tmp.mkdir(parents=True)
 src = tmp / "media"
 for d in range(N_DIRS):
@@ -24,7 +27,7 @@ with postgres_server() as pg:
     pg.sql("CREATE DATABASE cat")
     env = make_env(tmp / "dr")
     env.env["DRTOOL_CATALOG"] = f"postgresql+psycopg://postgres@/cat?host={pg.root}&port={pg.port}"
-    (tmp / "drtool.toml").write_text(f'[sources.media]\ntype = "files"\npaths = ["{src}"]\nshards = {SHARDS}\n')
+    (tmp / "drtool.toml").write_text(f'[sources.media]\ntype = "files"\npaths = ["{src}"]\nshards = {SHARDS}\n{HASH_LINE}')
     env.env["DRTOOL_CONFIG"] = str(tmp / "drtool.toml")
     assert env.run("init").code == 0
     def sizes():
