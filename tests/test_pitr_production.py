@@ -85,11 +85,14 @@ class PgCluster:
 
     def stop_load(self) -> None:
         if self.pgbench is not None:
-            os.killpg(self.pgbench.pid, signal.SIGINT)  # runuser does not pass signals on: the whole group
+            # The whole group: runuser does not pass signals on.  SIGTERM, not SIGINT: a suite run
+            # from a non-interactive shell's background job (CI) inherits SIGINT ignored, and a
+            # pgbench that ignored it went on writing through every "quiet" point (CI, 6 December)
+            os.killpg(self.pgbench.pid, signal.SIGTERM)
             try:
                 self.pgbench.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.pgbench.kill()
+                os.killpg(self.pgbench.pid, signal.SIGKILL)
                 self.pgbench.wait()
             self.pgbench = None
 
@@ -186,11 +189,9 @@ class Point:
 def _quiet_point(cluster: PgCluster) -> Point:
     """Stop the workload, take a moment in between commits, fingerprint, resume.
 
-    The moment is taken only once pgbench's backends are gone: a COMMIT the client sent before
-    it was stopped gets its commit record's time before the WAL flush it then waits for, and is
-    seen by others only after it.  On a disk busy with other work (the suite's other worker)
-    that flush may take longer than the pause, and a point's fingerprint would miss a commit
-    that recovery to the point's time rightly replays."""
+    The moment is taken only once pgbench's backends are gone (checked by their name): a point
+    taken while the workload still wrote, as when pgbench ignored the signal meant to stop it,
+    is a fingerprint that no restore to the point's time can match."""
     def pgbench_backends() -> int:
         return int(cluster.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'")[0][0])
     assert pgbench_backends() > 0, "the workload's backends are not found by their application_name"
