@@ -166,7 +166,7 @@ class IdTable(MappedFile):
             filter_map, filter_offset, blocks = filt.layout() if filt is not None else (None, 0, 0)
             return _PagedProbe(filter_map, filter_offset, blocks, self._map, token, self._fd, self.buckets,
                                self._base, self._flags)  # type: ignore[no-any-return]
-        maybe = filt.maybe if filt is not None else None
+        maybe = filt.maybe if filt is not None and self.paged else None  # mapped: the bucket is cheaper
         m, buckets, base, flags, find, fd = (self._map, self.buckets, self._base, self._flags, self._map.find,
                                              self._fd)
 
@@ -190,8 +190,6 @@ class IdTable(MappedFile):
             return pos, overflowed
 
         search = read if self.paged else mapped
-        if not self.paged:
-            maybe = None
 
         def answer(blob_id: bytes) -> bool | None:
             if maybe is not None and not maybe(blob_id):
