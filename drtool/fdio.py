@@ -8,6 +8,8 @@ import errno
 import mmap
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 
 def write_all(fd: int, view: memoryview) -> None:
@@ -112,3 +114,51 @@ def copy_into(target: mmap.mmap | bytearray | memoryview, source: memoryview, at
 
 
 _UNLOCKED_COPY_MIN = 256 * 1024
+
+
+# ----- making a restored tree durable ----------------------------------------------------------------
+SYNC_THREADS = 8  # fsyncs in flight: each waits on the device, and a queue of them is what a disk serves best
+
+
+def sync_tree(root: str, fsync: Callable[[int], None] = os.fsync, threads: int = SYNC_THREADS) -> int:
+    """``fsync`` every regular file under ``root``, then every directory (deepest first) and the
+    directory holding ``root``; the number of files and directories synced.
+
+    Why: a restore is done when its bytes survive a power cut, not when they are in the page
+    cache.  A physical MariaDB restore is started on afterwards and InnoDB does not sync files it
+    did not write (PostgreSQL syncs its data directory before crash recovery, InnoDB does not);
+    pgBackRest syncs every restored file and path for the same reason.  The files written with
+    O_DIRECT are on the device already, so their ``fsync`` is the file system's metadata (sizes,
+    extents) and the device's cache.  An error raises ``OSError`` naming the path.
+    """
+    files: list[str] = []
+    dirs: list[str] = []
+    _collect(root, files, dirs)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync") as pool:
+        list(pool.map(lambda path: _sync_path(path, os.O_RDONLY, fsync), files))
+    for path in [*reversed(dirs), os.path.dirname(os.path.abspath(root))]:
+        _sync_path(path, os.O_RDONLY | os.O_DIRECTORY, fsync)
+    return len(files) + len(dirs)
+
+
+def _collect(directory: str, files: list[str], dirs: list[str]) -> None:
+    dirs.append(directory)
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                _collect(entry.path, files, dirs)
+            elif entry.is_file(follow_symlinks=False):
+                files.append(entry.path)
+
+
+def _sync_path(path: str, flags: int, fsync: Callable[[int], None]) -> None:
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
+    try:
+        fsync(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
+    finally:
+        os.close(fd)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from drtool.fdio import DIRECT_ALIGN, DIRECT_MIN, DirectWrites, copy_into, open_direct
+from drtool.fdio import DIRECT_ALIGN, DIRECT_MIN, DirectWrites, copy_into, open_direct, sync_tree
+from pagecache import unwritten_pages
 
 MiB = 1024 * 1024
 
@@ -98,3 +99,46 @@ def test_copy_into_copies_every_kind_of_source(kind: str) -> None:
     copy_into(target, source, at=12345)
     assert target[12345:12345 + len(source)] == source.tobytes()
     assert not any(target[:12345]) and not any(target[12345 + len(source):])
+
+
+def test_sync_tree_leaves_no_page_of_the_tree_unwritten(tmp_path: Path) -> None:
+    """Every file's dirty pages reach the disk (``cachestat``), files nested at any depth; the
+    count is every file and directory; symlinks are not followed (their target is not ours)."""
+    root = tmp_path / "restored"
+    (root / "data" / "db").mkdir(parents=True)
+    files = [root / "data" / "ibdata1", root / "data" / "db" / "t.ibd", root / "top"]
+    for n, path in enumerate(files):
+        path.write_bytes(os.urandom(256 * 1024 + n))
+    (root / "link").symlink_to("/etc/hostname")
+    assert unwritten_pages(files), "the files were written through the page cache: some pages are dirty"
+    assert sync_tree(str(root)) == len(files) + 3
+    assert unwritten_pages(files) == {}
+
+
+def test_sync_tree_syncs_files_before_their_directories_and_the_parent_last(tmp_path: Path) -> None:
+    """The order the durability argument needs: a directory's entries are synced after the files
+    they name, the directory holding the tree (its entry for the tree) last."""
+    root = tmp_path / "restored"
+    (root / "sub").mkdir(parents=True)
+    (root / "a").write_bytes(b"a")
+    (root / "sub" / "b").write_bytes(b"b")
+    synced: list[str] = []
+
+    def record(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+    sync_tree(str(root), fsync=record, threads=1)
+    assert sorted(synced[:2]) == sorted([str(root / "a"), str(root / "sub" / "b")])
+    assert synced[2:] == [str(root / "sub"), str(root), str(tmp_path)]
+
+
+def test_sync_tree_names_the_path_that_failed(tmp_path: Path) -> None:
+    root = tmp_path / "restored"
+    root.mkdir()
+    (root / "bad").write_bytes(b"x")
+
+    def failing(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/bad"):
+            raise OSError(5, "Input/output error")
+    with pytest.raises(OSError) as caught:
+        sync_tree(str(root), fsync=failing)
+    assert caught.value.filename == str(root / "bad") and caught.value.errno == 5

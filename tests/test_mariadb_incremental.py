@@ -26,6 +26,7 @@ import pytest
 
 from conftest import PASSWORD, DrEnv, make_env
 from dbservers import MariaServer, insert_events, mariadb_server, stop_restored_mariadb, write_config
+from pagecache import unwritten_pages
 
 SOURCE = "wikiinc"
 OLD = "wikiold"
@@ -124,6 +125,20 @@ def test_nights_two_and_three_are_incremental_links_of_one_chain(scenario: Scena
     assert inc1["server_identity"]["server_id"] == 1
     # only changed pages: an incremental streams a fraction of the full's bytes
     assert inc1["dump_bytes"] < full["dump_bytes"] / 2 and inc2["dump_bytes"] < full["dump_bytes"] / 2
+
+
+def test_a_chain_restored_without_replay_is_on_disk_when_the_restore_returns(scenario: Scenario,
+                                                                            tmp_path: Path) -> None:
+    """A chain's members are written through the page cache (the rebuild and the prepares read them
+    back): the restore syncs the prepared tree before it says done, so no page of it is dirty."""
+    target = tmp_path / "chain"
+    result = scenario.dr.run("-v", "restore", scenario.snaps[2]["id"][:12], "--source", SOURCE,
+                             "--target", str(target))
+    assert result.code == 0, result.err
+    assert "syncing the restored files to disk" in result.err
+    files = [p for p in target.rglob("*") if p.is_file()]
+    assert len(files) > 5 and not (target / "incremental-1").exists()
+    assert unwritten_pages(files) == {}
 
 
 def test_dry_run_shows_the_chain(scenario: Scenario) -> None:

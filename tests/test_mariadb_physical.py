@@ -23,6 +23,7 @@ import pytest
 from conftest import DrEnv, make_env
 from dbservers import (MariaServer, insert_events, maria_binary, mariadb_server, stop_restored_mariadb,
                        wiki_history_t0_to_t3, write_config)
+from pagecache import unwritten_pages
 
 SOURCE = "wikiphys"
 
@@ -187,14 +188,15 @@ expect = 0
     # restored once, by the physical restore: not first as a plain copy of the mariabackup stream
     assert "is restored by the mariadb restore below (no plain copy of its files first" in result.err
     assert list(root.iterdir()) == []
-    # where the step's RTO went, in its record and its log: extraction (all the stream), prepare, replay
+    # where the step's RTO went, in its record and its log: extraction (all the stream), prepare, sync, replay
     (snap,) = json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json").out)
     stages = doc["steps"][0]["stages"]
     assert [s["stage"] for s in stages] == [f"extracting the full {snap['short_id']}",
                                             f"preparing the full {snap['short_id']} (mariabackup --prepare)",
-                                            stages[2]["stage"]] and stages[2]["stage"].startswith("replaying ")
+                                            "syncing the restored files to disk",
+                                            stages[3]["stage"]] and stages[3]["stage"].startswith("replaying ")
     assert stages[0]["bytes"] == snap["meta"]["dump_bytes"] and all(s["ok"] and s["seconds"] >= 0 for s in stages)
-    assert "events up to " in stages[2]["detail"]
+    assert "events up to " in stages[3]["detail"]
     assert f"done: extracting the full {snap['short_id']} (" in result.err
 
 
@@ -233,13 +235,15 @@ def test_a_restore_on_a_terminal_tells_each_stage_as_it_ends(scenario: Scenario)
         (snap,) = json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json").out)
         plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", err).replace("\r", "\n")  # the terminal's escapes
         lines = [line.strip() for line in plain.splitlines() if line.strip().startswith("done:")]
-        assert len(lines) == 3, plain[-2000:]
+        assert len(lines) == 4, plain[-2000:]
         mib = snap["meta"]["dump_bytes"] / 2**20
         assert lines[0].startswith(f"done: extracting the full {snap['short_id']} (") \
             and lines[0].endswith(f", {mib:,.1f} MiB)"), lines
         assert lines[1].startswith(f"done: preparing the full {snap['short_id']} (mariabackup --prepare) ("), lines
-        assert lines[2].startswith("done: replaying ") and "binlog file(s)" in lines[2] \
-            and "events up to " in lines[2], lines
+        assert lines[2].startswith("done: syncing the restored files to disk (") \
+            and "files and directories synced)" in lines[2], lines
+        assert lines[3].startswith("done: replaying ") and "binlog file(s)" in lines[3] \
+            and "events up to " in lines[3], lines
         assert "Traceback" not in err
         assert "prepared data directory" in out  # the report itself is unchanged, on stdout
     finally:
@@ -258,9 +262,12 @@ def test_a_full_disk_while_extracting_is_one_line_and_leaves_no_target(scenario:
     assert not target.exists() and os.listdir(tiny_fs) == []
 
 
-def test_a_full_restored_alone_is_written_around_the_page_cache(scenario: Scenario, tmp_path: Path) -> None:
+def test_a_full_restored_alone_is_written_around_the_page_cache_and_synced(scenario: Scenario,
+                                                                         tmp_path: Path) -> None:
     """Its files are written with O_DIRECT (the server reads them so; a terabyte would only churn the
-    cache), and they are whole: the server starts on them (the PITR test) and they match the stream."""
+    cache), and they are whole: the server starts on them (the PITR test) and they match the stream.
+    When the restore returns nothing of them is left in the page cache to write (the buffered heads
+    and tails, the prepare's writes): InnoDB would not sync them."""
     (snap,) = json.loads(scenario.dr.run("snapshots", "--name", SOURCE, "--json").out)
     target = tmp_path / "alone"
     result = scenario.dr.run("restore", snap["id"][:12], "--source", SOURCE, "--target", str(target))
@@ -270,3 +277,4 @@ def test_a_full_restored_alone_is_written_around_the_page_cache(scenario: Scenar
                          capture_output=True, text=True, check=True).stdout.split()
     resident, size = sum(map(int, out[0::2])), sum(map(int, out[1::2]))
     assert size > 10 * 1024 * 1024 and resident < size // 4, (resident, size)
+    assert unwritten_pages([Path(f) for f in files]) == {}

@@ -151,7 +151,8 @@ def test_every_night_restores_to_the_servers_contents_at_that_night(nights: Nigh
         f"extracting incremental {ids[2]} (3 of 3)", "rebuilding the changed pages of 2 incremental(s)",
         f"preparing the full {ids[0]} (mariabackup --prepare)",
         f"applying incremental {ids[1]} (2 of 3) (mariabackup --prepare)",
-        f"applying incremental {ids[2]} (3 of 3) (mariabackup --prepare)"], watched.finished
+        f"applying incremental {ids[2]} (3 of 3) (mariabackup --prepare)",
+        "syncing the restored files to disk"], watched.finished
     assert all(ok for _, ok, *_ in watched.finished) and not watched.open
     for (_, _, total, done, _), made in zip(watched.finished, (full, first, second)):
         assert total == done == made["meta"]["dump_bytes"], (total, done, made["meta"]["dump_bytes"])

@@ -34,6 +34,7 @@ from drtool.databases import subpage_format
 from drtool.databases.engine import stream_bytes
 from drtool.databases.planner import PitrPlan, PitrResult
 from drtool.errors import DrtoolError, RestoreTargetError, SourceError, UsageError
+from drtool.fdio import sync_tree
 from drtool.snapshot.streamread import read_stream
 from drtool.sources import mariabackup, mariadb
 
@@ -247,6 +248,18 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
             _run(mariabackup.prepare_command(datadir, bindir, incremental),
                  f"mariabackup --prepare of incremental snapshot {member.short_id}")
         shutil.rmtree(incremental)
+    with stages.stage("syncing the restored files to disk") as step:
+        step.note(f"{_sync(root)} files and directories synced")
+
+
+def _sync(root: str) -> int:
+    """The restored tree made durable (``fdio.sync_tree``: InnoDB will not sync what it did not
+    write); a failure is the restore's, with the path."""
+    try:
+        return sync_tree(root)
+    except OSError as exc:
+        raise RestoreTargetError(f"cannot sync {exc.filename} to disk: {exc.strerror}; nothing was restored",
+                                 hint="check the --target file system (dmesg) and restore again") from None
 
 
 def _member_label(member: Snapshot, number: int, count: int) -> str:
