@@ -13,12 +13,13 @@ import io
 import os
 import random
 import subprocess
+from collections import deque
 from pathlib import Path
 
 import pytest
 
 from dbservers import maria_binary
-from drtool.databases.mbstream_extract import MbstreamWriter, StreamDamaged
+from drtool.databases.mbstream_extract import LAG, MbstreamWriter, StreamDamaged
 from drtool.errors import RestoreTargetError
 from drtool.sources import mbstream
 
@@ -50,15 +51,21 @@ def tree(root: Path) -> dict[str, tuple[int, bytes | None]]:
     return out
 
 
-def extract(stream: bytes, target: Path, cuts: list[int], writers: int = 2, direct: bool = True) -> None:
+def extract(stream: bytes, target: Path, cuts: list[int], writers: int = 2, direct: bool = True,
+            lag: int = LAG) -> None:
     """Feed ``stream`` to the writer in windows ending at ``cuts``; each window's buffer is
-    overwritten once written, as the stream reader reuses it."""
+    overwritten as soon as the stream reader would reuse it (``lag`` windows later: a write
+    still reading it then would write zeros)."""
     target.mkdir()
-    with MbstreamWriter(str(target), "snapshot abcd1234", writers, direct=direct) as writer:
+    held: deque[bytearray] = deque()
+    with MbstreamWriter(str(target), "snapshot abcd1234", writers, direct=direct, lag=lag) as writer:
         for start, end in zip([0, *cuts], [*cuts, len(stream)]):
             window = bytearray(stream[start:end])
             writer.write(memoryview(window))
-            window[:] = bytes(len(window))
+            held.append(window)
+            if len(held) > lag:
+                reused = held.popleft()
+                reused[:] = bytes(len(reused))
         writer.finish()
 
 
@@ -68,8 +75,9 @@ def mbstream_x(stream: bytes, target: Path) -> subprocess.CompletedProcess[bytes
                           check=False, timeout=120)
 
 
+@pytest.mark.parametrize("lag", [0, LAG], ids=["lag0", f"lag{LAG}"])
 @pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
-def test_the_same_tree_as_mbstream_x_whatever_the_windows(tmp_path: Path, direct: bool) -> None:
+def test_the_same_tree_as_mbstream_x_whatever_the_windows(tmp_path: Path, direct: bool, lag: int) -> None:
     stream = sample_stream()
     assert mbstream_x(stream, tmp_path / "native").returncode == 0
     want = tree(tmp_path / "native")
@@ -79,7 +87,7 @@ def test_the_same_tree_as_mbstream_x_whatever_the_windows(tmp_path: Path, direct
     awkward = [first + 3, first + 12, first + 20, first + 40, first + 60, 4 * MiB + 1]
     for number, cuts in enumerate([[], awkward, list(range(8 * MiB, len(stream), 8 * MiB)),
                                    list(range(1, 200)) + list(range(3 * MiB, len(stream), 3 * MiB + 5))]):
-        extract(stream, tmp_path / f"mine{number}", cuts, writers=1 + number % 3, direct=direct)
+        extract(stream, tmp_path / f"mine{number}", cuts, writers=1 + number % 3, direct=direct, lag=lag)
         assert tree(tmp_path / f"mine{number}") == want, number
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from drtool.errors import IntegrityError
 from drtool.snapshot.store import stream_ids
-from drtool.snapshot.streamgroups import group_key
-from drtool.snapshot.streamread import read_blobs_windowed, read_stream
+from drtool.snapshot.streamgroups import group_key, plan_runs, whole_group_run
+from drtool.snapshot.streamread import read_blobs_windowed, read_stream, windows
 
 MiB = 1024 * 1024
 
@@ -107,3 +107,48 @@ def test_a_damaged_group_read_by_several_workers_is_one_error_not_a_hang(repo_en
     assert not reader.is_alive(), "the read hung on a damaged group"
     assert "is damaged" in str(outcome.get("error")) and "\n" not in str(outcome["error"])
     assert outcome["got"] < len(data)
+
+
+def test_groups_read_whole_are_decoded_into_the_window_and_still_checked(repo_env) -> None:  # type: ignore[no-untyped-def]
+    """A fresh stream's runs are whole groups, decoded straight into the window (no group buffer);
+    a read that stops inside a group (its run is only the group's start) takes the copying path;
+    a damaged whole group is one error naming its pack."""
+    data = _hex(40 * MiB)
+    with repo_env.session() as session:
+        snap = _backup(session, data)
+        session.repo.load_index()
+        ids = stream_ids(session.repo, snap)
+        locs = [session.repo.locate(blob_id) for blob_id in ids]
+        per_window, uses = plan_runs(locs, windows(locs))
+        whole = [whole_group_run(locs[start:end], uses) for per in per_window for _run, start, end in per]
+        assert any(whole) and not all(whole), whole  # both paths in one read
+        got, opened = _read(session, ids, workers=2)
+        assert got == data and opened == len(uses)
+        cut = len(ids) // 2  # inside the second group: that run is not the whole group
+        part, _ = _read(session, ids[:cut], workers=2)
+        assert part == data[:sum(loc.raw_length for loc in locs[:cut])]
+        loc = locs[0]
+    pack = next(p for p in (repo_env.repo / "packs").rglob(loc.pack_id.hex()))
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.length // 2] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    with repo_env.session() as session:
+        session.repo.load_index()
+        with pytest.raises(IntegrityError) as caught:
+            _read(session, ids, workers=2)
+    assert f"pack {loc.pack_id.hex()[:16]} is damaged" in str(caught.value)
+
+
+def test_whole_group_run_needs_the_only_use_and_blobs_back_to_back_from_the_start() -> None:
+    from drtool.repository.index import Location
+    pack = b"p" * 32
+
+    def loc(inner: int, length: int, offset: int = 0) -> Location:
+        return Location(pack, 0, offset, 100, inner, length)
+    key = group_key(loc(0, 1))
+    run = [loc(0, 10), loc(10, 5), loc(15, 7)]
+    assert whole_group_run(run, {key: [3]})
+    assert not whole_group_run(run, {key: [3, 9]})                       # another run needs it later
+    assert not whole_group_run([loc(10, 5), loc(15, 7)], {key: [3]})     # not from its start
+    assert not whole_group_run([loc(0, 10), loc(0, 10)], {key: [3]})     # a blob repeated (zero pages)
+    assert not whole_group_run([loc(0, 10), loc(12, 5)], {key: [3]})     # a gap

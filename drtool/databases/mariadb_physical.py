@@ -228,6 +228,7 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
                          bindir: str | None) -> None:
     """The full into ``datadir``, each incremental into its own directory under ``root``; prepare the
     full, then apply each incremental onto it in order (its directory removed once applied)."""
+    from drtool.databases.mbstream_extract import LAG  # the windows _extract keeps writing: held as long
     dirs = [datadir] + [os.path.join(root, f"incremental-{n}") for n in range(1, len(members))]
     with session.lock("restore", read_only_ok=True):
         session.repo.load_index()
@@ -235,7 +236,7 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
             os.makedirs(target, mode=0o700, exist_ok=True)
             with stages.stage(f"extracting {_member_label(member, number, len(members))}",
                               stream_bytes(member)) as step:
-                _extract(step.counted(read_stream(session.repo, member)), target, member,
+                _extract(step.counted(read_stream(session.repo, member, hold=LAG)), target, member,
                          direct=len(members) == 1)
     if any(member.meta.get("subpage") for member in members):
         from drtool.databases.subpage_restore import rebuild_chain
@@ -288,8 +289,8 @@ def _extract(windows: Iterator[memoryview], target: str, member: Snapshot, direc
     rebuild and ``--prepare --incremental-dir`` read the full's pages back at once (bench: with the
     full written around the cache, the rebuild read 112,000 pages from disk, 2.7 -> 6.0 s).
     """
-    from drtool.databases.mbstream_extract import MbstreamWriter
-    with MbstreamWriter(target, f"snapshot {member.short_id}", direct=direct) as writer:
+    from drtool.databases.mbstream_extract import LAG, MbstreamWriter
+    with MbstreamWriter(target, f"snapshot {member.short_id}", direct=direct, lag=LAG) as writer:
         for window in _readable(windows, member):
             writer.write(window)
         writer.finish()

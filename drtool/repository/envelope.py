@@ -323,13 +323,16 @@ class Envelope:
         raise EnvelopeError(f"unknown compression mode {mode}")
 
     def open_recycled(self, kind: bytes, object_id: bytes, sealed: bytes | bytearray | memoryview,
-                      buffers: BufferSource) -> tuple[memoryview, list[bytearray]]:
+                      buffers: BufferSource, into: memoryview | None = None) -> tuple[memoryview, list[bytearray]]:
         """Like :meth:`open`, but decrypting and decompressing into recycled buffers.
 
         Returns the plaintext (a view into one of them) and the buffers to
         give back once the plaintext is no longer used.  zstd decodes a whole
         frame straight into the buffer when it knows the content size (which
         every frame drtool writes records): no fresh pages, no second copy.
+        ``into``: where a compressed plaintext of exactly its length is decoded
+        instead (a restore's window, when the group fills that part of it whole:
+        no copy out of a group buffer); then ``into`` itself is returned.
         """
         cipher_size = plaintext_size(sealed)
         first = buffers.take(cipher_size)
@@ -345,31 +348,40 @@ class Envelope:
             buffers.give(first)
             raise EnvelopeError(f"unknown compression mode {mode}")
         try:
-            plain, held = self._decompress_recycled(payload, buffers)
+            plain, held = self._decompress_recycled(payload, buffers, into)
         finally:
             payload.release()
             buffers.give(first)
         return plain, held
 
-    def _decompress_recycled(self, payload: memoryview,
-                             buffers: BufferSource) -> tuple[memoryview, list[bytearray]]:
+    def _decompress_recycled(self, payload: memoryview, buffers: BufferSource,
+                             into: memoryview | None = None) -> tuple[memoryview, list[bytearray]]:
         try:
             size = zstandard.frame_content_size(payload)
             if size < 0:  # not written by drtool's compressor: the allocating path
                 return memoryview(self._decompressor().decompress(payload)), []
         except zstandard.ZstdError as exc:
             raise EnvelopeError(f"decompression failed: {exc}") from None
+        if into is not None and len(into) == size:
+            self._decompress_into(payload, into)
+            return into, []
         out = buffers.take(size)
         try:
             with memoryview(out) as target:
-                done = self._decompressor().stream_reader(payload).readinto(target[:size])
-        except zstandard.ZstdError as exc:
+                self._decompress_into(payload, target[:size])
+        except EnvelopeError:
             buffers.give(out)
-            raise EnvelopeError(f"decompression failed: {exc}") from None
-        if done != size:
-            buffers.give(out)
-            raise EnvelopeError(f"decompression failed: {done} of {size} bytes")
+            raise
         return memoryview(out)[:size], [out]
+
+    def _decompress_into(self, payload: memoryview, target: memoryview) -> None:
+        """The whole frame into ``target``, exactly its length (its recorded content size)."""
+        try:
+            done = self._decompressor().stream_reader(payload).readinto(target)
+        except zstandard.ZstdError as exc:
+            raise EnvelopeError(f"decompression failed: {exc}") from None
+        if done != len(target):
+            raise EnvelopeError(f"decompression failed: {done} of {len(target)} bytes")
 
 
 def _context(kind: bytes, object_id: bytes) -> bytes:

@@ -511,7 +511,8 @@ class Repository:
             return None
         return data
 
-    def open_group_recycled(self, loc: Location, buffers: ScratchPool) -> OpenedGroup:
+    def open_group_recycled(self, loc: Location, buffers: ScratchPool,
+                            into: memoryview | None = None) -> OpenedGroup:
         """The plaintext of the group at ``loc``, decrypted and decompressed into pooled buffers.
 
         A restore opens each group it needs once (it plans which of its
@@ -519,11 +520,12 @@ class Repository:
         fresh buffer per group.  Blobs still have to be checked against
         their ids (:meth:`cut_blob`): the group's AEAD proves it was written
         with this key, not that it is the group the index points at.
+        ``into``: see :meth:`Envelope.open_recycled` (``plain`` is then ``into``).
         """
         raw = buffers.take(loc.length)
         try:
             sealed = capabilities.read_into(self.backend, pack_name(loc.pack_id), loc.offset, loc.length, raw)
-            return self.open_group_sealed(loc, sealed, buffers)
+            return self.open_group_sealed(loc, sealed, buffers, into)
         finally:
             buffers.give(raw)  # decrypted into another buffer: the sealed bytes are done with
 
@@ -532,14 +534,15 @@ class Repository:
         can, for :meth:`open_group_sealed`."""
         return capabilities.read_into(self.backend, pack_name(pack_id), offset, length, buf)
 
-    def open_group_sealed(self, loc: Location, sealed: bytes | memoryview, buffers: ScratchPool) -> OpenedGroup:
+    def open_group_sealed(self, loc: Location, sealed: bytes | memoryview, buffers: ScratchPool,
+                          into: memoryview | None = None) -> OpenedGroup:
         """Like :meth:`open_group_recycled` for a group the caller already read (a restore
         from S3 fetches several neighbouring groups with one ranged read)."""
         if len(sealed) != loc.length:
             raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is shorter than the index says "
                                  f"(group at offset {loc.offset})")
         try:
-            plain, held = self.envelope.open_recycled(group_kind(loc.blob_type), b"", sealed, buffers)
+            plain, held = self.envelope.open_recycled(group_kind(loc.blob_type), b"", sealed, buffers, into)
         except EnvelopeError as exc:
             raise IntegrityError(f"pack {loc.pack_id.hex()[:16]} is damaged at offset {loc.offset} "
                                  f"({exc})") from None

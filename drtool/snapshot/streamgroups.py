@@ -21,6 +21,7 @@ import threading
 from collections import deque
 from typing import Iterable
 
+from drtool.fdio import copy_into
 from drtool.repository.index import Location
 from drtool.repository.reading import OpenedGroup, ScratchPool
 from drtool.repository.repo import GROUP_TARGET_SIZE, Repository
@@ -106,6 +107,24 @@ class PlannedGroups:
         group.checked.add(mark)
         return data
 
+    def read_whole(self, run: int, ids: list[bytes], locs: list[Location], target: memoryview) -> None:
+        """Run ``run`` is the only one of its group and its blobs lie in the group back to back from
+        its start (:func:`whole_group_run`): the group is decoded straight into ``target`` (the run's
+        part of a window, no copy out of a group buffer) and each blob checked there.  A group
+        holding more than the run is decoded into a buffer of the pool and the run copied out."""
+        opened = self.repo.open_group_recycled(locs[0], self._pool, into=target)
+        try:
+            for blob_id, loc in zip(ids, locs):
+                data = self.repo.blob_from_group(blob_id, loc, opened.plain)  # IntegrityError if not it
+                if opened.plain is not target:
+                    copy_into(target, data, loc.inner)
+        finally:
+            opened.release()
+        with self._lock:
+            uses = self._uses.get(group_key(locs[0]))
+            if uses is not None and run in uses:
+                uses.remove(run)
+
     def done(self, group: _Open, key: GroupKey, run: int) -> None:
         """Run ``run`` (numbered in stream order, see :func:`plan_runs`) of ``group`` is copied out:
         unpin it, and release it if no later run needs it."""
@@ -147,6 +166,20 @@ class PlannedGroups:
 
 
 Run = tuple[int, int, int]  # number in stream order, first blob, end
+
+
+def whole_group_run(locs: list[Location], uses: dict[GroupKey, list[int]]) -> bool:
+    """Whether a run's blobs (``locs``) are its group's only use and lie in it back to back from its
+    start: the group can then be decoded straight into the run's place (:meth:`PlannedGroups.read_whole`;
+    a full backup's stream is mostly such runs, a night 2's repeats and old pages are not)."""
+    if len(uses.get(group_key(locs[0]), ())) != 1 or locs[0].inner != 0:
+        return False
+    end = 0
+    for loc in locs:
+        if loc.inner != end:
+            return False
+        end += loc.raw_length
+    return True
 
 
 def plan_runs(locs: list[Location],

@@ -26,7 +26,7 @@ from drtool.repository.index import Location
 from drtool.repository.repo import Repository
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.store import stream_ids
-from drtool.snapshot.streamgroups import PlannedGroups, group_key, plan_runs
+from drtool.snapshot.streamgroups import PlannedGroups, group_key, plan_runs, whole_group_run
 
 MiB = 1024 * 1024
 WINDOW_BYTES = 8 * MiB       # a window ends at the first group change past this ...
@@ -50,17 +50,20 @@ def windows(locs: list[Location]) -> list[tuple[int, int, int]]:
 
 
 def read_stream(repo: Repository, snap: Snapshot, filename: str | None = None,
-                workers: int | None = None) -> Iterator[memoryview]:
+                workers: int | None = None, hold: int = 0) -> Iterator[memoryview]:
     """The verified plaintext of a stream snapshot in windows of several MiB.
 
-    Each view is valid until the next one is asked for (its buffer is then
-    reused): consumers write it out (a pipe, a file) or copy it first.
+    Each view is valid until ``hold + 1`` more have been asked for (its buffer
+    is then reused): consumers write it out (a pipe, a file) or copy it first.
+    ``hold``: how many windows a consumer may still be writing while it takes
+    the next ones (the mbstream writer keeps its writes in flight across
+    windows; each held window is one more buffer of memory).
     """
-    yield from read_blobs_windowed(repo, stream_ids(repo, snap, filename), workers)
+    yield from read_blobs_windowed(repo, stream_ids(repo, snap, filename), workers, hold=hold)
 
 
 def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None = None, *,
-                        budget: int = GROUP_BUDGET_BYTES) -> Iterator[memoryview]:
+                        budget: int = GROUP_BUDGET_BYTES, hold: int = 0) -> Iterator[memoryview]:
     """The verified plaintext of the blobs ``ids`` (one big file's content), in order, read by
     a pool of workers in windows of several MiB: the same contract as :func:`read_stream`.
     ``budget``: bytes of opened groups kept for later runs (:class:`PlannedGroups`)."""
@@ -68,12 +71,18 @@ def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None 
     runs = windows(locs)
     workers = workers or max(2, os.cpu_count() or 2)
     window_runs, uses = plan_runs(locs, runs)
+    whole = {run: whole_group_run(locs[start:end], uses) for per in window_runs for run, start, end in per}
     groups = PlannedGroups(repo, uses, budget, workers)
     free: list[bytearray] = []
 
     def fill(index: int, buf: bytearray) -> bytearray:
         pos = 0
         for run, start, end in window_runs[index]:
+            if whole[run]:
+                size = sum(loc.raw_length for loc in locs[start:end])
+                groups.read_whole(run, ids[start:end], locs[start:end], memoryview(buf)[pos:pos + size])
+                pos += size
+                continue
             group = groups.pin(locs[start])
             try:
                 for blob_id, loc in zip(ids[start:end], locs[start:end]):
@@ -92,6 +101,7 @@ def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None 
         return bytearray(max(size, BUFFER_BYTES))
 
     pending: deque[tuple[Future[bytearray], int]] = deque()
+    held: deque[bytearray] = deque()  # yielded, still the consumer's (hold)
     queued = iter(enumerate(runs))
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stream-read") as pool:
@@ -108,7 +118,9 @@ def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None 
                     future, size = pending.popleft()
                     buf = future.result()
                     yield memoryview(buf)[:size]
-                    free.append(buf)  # the consumer asked for the next window: done with this one
+                    held.append(buf)  # the consumer asked for the next window: done with the oldest held
+                    if len(held) > hold:
+                        free.append(held.popleft())
             finally:
                 for future, _size in pending:
                     future.cancel()
