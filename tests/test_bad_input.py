@@ -9,7 +9,7 @@ import pytest
 
 import subprocess
 
-from conftest import DrEnv, spawn_without_override
+from conftest import PASSWORD, DrEnv, spawn_without_override
 
 
 def assert_one_line(err: str) -> None:
@@ -397,3 +397,27 @@ def test_interrupt_during_start_up_is_one_line_and_exit_130(repo_env: DrEnv) -> 
         assert len([line for line in err.splitlines() if line.startswith("drtool:")]) == 1, err
         assert "interrupted" in err
     assert len(outcomes) == 6
+
+
+def test_an_ignored_interrupt_stays_ignored(repo_env: DrEnv, tmp_path: Path) -> None:
+    """Started with SIGINT ignored (``cmd &`` in a script, ``nohup``), drtool is not stopped by it,
+    neither during start-up nor while the command runs: Ctrl-C at the terminal is not for it."""
+    import signal
+    import sys
+    import time
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    assert repo_env.run("backup", str(src), "--name", "n").code == 0
+    secret = tmp_path / "secret"
+    secret.write_text(PASSWORD)
+    env = {**repo_env.env, "DRTOOL_PASSWORD": "", "DRTOOL_PASSWORD_COMMAND": f"sh -c 'sleep 1.5; cat {secret}'"}
+    proc = subprocess.Popen([sys.executable, "-m", "drtool", "snapshots"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    for delay in (0.4, 0.6, 0.8):  # start-up, then the password command running
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "interrupted" not in err and " n " in out, (out, err)

@@ -36,8 +36,12 @@ def _quiet_exit(_signum: int, _frame: object) -> None:
 
 
 def quiet_interrupts() -> None:
+    """SIGINT ends start-up quietly, unless whoever started drtool ignores it (a job started in
+    the background with ``&`` or ``nohup``, which Ctrl-C at the terminal must not stop): an
+    ignored SIGINT stays ignored, as Python's own handler leaves it."""
     try:
-        signal.signal(signal.SIGINT, _quiet_exit)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, _quiet_exit)
     except ValueError:  # not the main thread: nothing to do
         pass
 
