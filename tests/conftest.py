@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,9 +58,12 @@ class DrEnv:
 
     def spawn(self, *args: str, env: dict[str, str] | None = None,
               timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run the CLI as a separate process (needed for kill -9 crash tests)."""
+        """Run the CLI as a separate process (needed for kill -9 crash tests), with SIGINT as a
+        terminal gives it: a suite started in the background (CI) has it ignored, and drtool
+        keeps an ignored SIGINT ignored."""
         return subprocess.run([sys.executable, "-m", "drtool", *args], env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout, cwd=self.tmp)
+                              capture_output=True, text=True, timeout=timeout, cwd=self.tmp,
+                              preexec_fn=terminal_signals)
 
     def init(self) -> CliResult:
         result = self.run("init")
@@ -107,6 +111,11 @@ def repo_env(dr: DrEnv) -> DrEnv:
 
 def init_repo(repo: str, catalog: str) -> str:
     return api.init(repo, PASSWORD.encode(), catalog=catalog)  # the default key derivation, as deployed
+
+
+def terminal_signals() -> None:
+    """In a child before exec: SIGINT back to its default, as a shell at a terminal starts a command."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def spawn_without_override(env: DrEnv, *args: str) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DrEnv, make_env
+from conftest import DrEnv, make_env, terminal_signals
 from drtool.backup.run import backup_paths
 from drtool.browse.listing import resolve
 from drtool.catalog.files import FileIndex
@@ -420,7 +420,8 @@ def test_mount_read_with_ordinary_tools(env: DrEnv, tmp_path: Path, stop: str) -
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "drtool", "mount", str(mnt)], env=env.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=terminal_signals)  # Ctrl-C as at a terminal, even under CI
     try:
         _wait_for_mount(proc, mnt)
         assert sorted(os.listdir(mnt)) == ["by-host", "by-name", "by-time", "ids", "latest"]
