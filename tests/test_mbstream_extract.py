@@ -144,7 +144,6 @@ def test_a_damaged_pack_mid_stream_names_the_member_in_one_line(repo_env, tmp_pa
     from drtool.backup.run import backup_stream
     from drtool.backup.streams import binary_streams
     from drtool.databases.mariadb_physical import _extract
-    from drtool.snapshot.streamread import read_stream
     stream = sample_stream()
     with repo_env.session() as session:
         with binary_streams(session):
@@ -158,7 +157,7 @@ def test_a_damaged_pack_mid_stream_names_the_member_in_one_line(repo_env, tmp_pa
         target = tmp_path / "data"
         target.mkdir()
         with pytest.raises(RestoreTargetError) as caught:
-            _extract(read_stream(session.repo, snap), str(target), snap)
+            _extract(session.repo, snap, str(target))
     message = str(caught.value)
     assert message.startswith(f"snapshot {snap.short_id} of the restore chain cannot be read: pack "
                               f"{rotten.name[:16]} is damaged"), message

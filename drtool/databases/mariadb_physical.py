@@ -25,7 +25,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from drtool.childenv import child_environment
 from drtool.core import stages
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from drtool.core.session import Session
     from drtool.databases.engine import RestoreRequest
     from drtool.databases.subpage_backup import SubpageNight
+    from drtool.repository.repo import Repository
 
 log = logging.getLogger("drtool")
 MARIADB_PHYSICAL = "mariadb-physical"
@@ -228,7 +229,6 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
                          bindir: str | None) -> None:
     """The full into ``datadir``, each incremental into its own directory under ``root``; prepare the
     full, then apply each incremental onto it in order (its directory removed once applied)."""
-    from drtool.databases.mbstream_extract import LAG  # the windows _extract keeps writing: held as long
     dirs = [datadir] + [os.path.join(root, f"incremental-{n}") for n in range(1, len(members))]
     with session.lock("restore", read_only_ok=True):
         session.repo.load_index()
@@ -236,8 +236,7 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
             os.makedirs(target, mode=0o700, exist_ok=True)
             with stages.stage(f"extracting {_member_label(member, number, len(members))}",
                               stream_bytes(member)) as step:
-                _extract(step.counted(read_stream(session.repo, member, hold=LAG)), target, member,
-                         direct=len(members) == 1)
+                _extract(session.repo, member, target, direct=len(members) == 1, counted=step.counted)
     if any(member.meta.get("subpage") for member in members):
         from drtool.databases.subpage_restore import rebuild_chain
         with stages.stage(f"rebuilding the changed pages of {len(members) - 1} incremental(s)") as step:
@@ -279,10 +278,12 @@ def _empty(root: str) -> None:
             os.unlink(path)
 
 
-def _extract(windows: Iterator[memoryview], target: str, member: Snapshot, direct: bool = False) -> None:
+def _extract(repo: Repository, member: Snapshot, target: str, direct: bool = False,
+             counted: Callable[[Iterator[memoryview]], Iterator[memoryview]] = iter) -> None:
     """Write the member's stored mbstream into ``target`` (:mod:`mbstream_extract`, in process: what
     ``mbstream -x`` wrote, on more than one core); a member that cannot be read is named (the chain is
-    broken there).
+    broken there).  The stream is read here, so that the reader holds each window as long as the
+    writer may still be writing it (``hold`` = ``lag``); ``counted``: the stage's byte count.
 
     ``direct``: around the page cache (``fdio.DirectWrites``), for a full restored alone: only the
     server reads its pages next, with O_DIRECT.  A chain's members stay in the page cache: the
@@ -290,6 +291,7 @@ def _extract(windows: Iterator[memoryview], target: str, member: Snapshot, direc
     full written around the cache, the rebuild read 112,000 pages from disk, 2.7 -> 6.0 s).
     """
     from drtool.databases.mbstream_extract import LAG, MbstreamWriter
+    windows = counted(read_stream(repo, member, hold=LAG))
     with MbstreamWriter(target, f"snapshot {member.short_id}", direct=direct, lag=LAG) as writer:
         for window in _readable(windows, member):
             writer.write(window)

@@ -107,8 +107,8 @@ class PlannedGroups:
         group.checked.add(mark)
         return data
 
-    def read_whole(self, run: int, ids: list[bytes], locs: list[Location], target: memoryview) -> None:
-        """Run ``run`` is the only one of its group and its blobs lie in the group back to back from
+    def read_whole(self, ids: list[bytes], locs: list[Location], target: memoryview) -> None:
+        """The run of ``locs`` is the only one of its group and its blobs lie in the group back to back from
         its start (:func:`whole_group_run`): the group is decoded straight into ``target`` (the run's
         part of a window, no copy out of a group buffer) and each blob checked there.  A group
         holding more than the run is decoded into a buffer of the pool and the run copied out."""
@@ -121,9 +121,7 @@ class PlannedGroups:
         finally:
             opened.release()
         with self._lock:
-            uses = self._uses.get(group_key(locs[0]))
-            if uses is not None and run in uses:
-                uses.remove(run)
+            self._uses.pop(group_key(locs[0]), None)  # this run was its only use
 
     def done(self, group: _Open, key: GroupKey, run: int) -> None:
         """Run ``run`` (numbered in stream order, see :func:`plan_runs`) of ``group`` is copied out:

@@ -80,7 +80,7 @@ def read_blobs_windowed(repo: Repository, ids: list[bytes], workers: int | None 
         for run, start, end in window_runs[index]:
             if whole[run]:
                 size = sum(loc.raw_length for loc in locs[start:end])
-                groups.read_whole(run, ids[start:end], locs[start:end], memoryview(buf)[pos:pos + size])
+                groups.read_whole(ids[start:end], locs[start:end], memoryview(buf)[pos:pos + size])
                 pos += size
                 continue
             group = groups.pin(locs[start])
