@@ -164,3 +164,19 @@ def test_a_damaged_pack_mid_stream_names_the_member_in_one_line(repo_env, tmp_pa
     assert message.endswith("nothing was restored") and "\n" not in message
     assert not isinstance(caught.value, StreamDamaged)
     assert "drtool backup --source phys --full" in caught.value.hint
+
+
+def test_thousands_of_small_files_in_one_window_stay_under_the_descriptor_limit(tmp_path: Path) -> None:
+    """A MediaWiki section has thousands of small tables (.frm, .ibd): a window of 3,000 files must
+    not hold their descriptors until its writes are over ("Too many open files")."""
+    import resource
+    stream = b"".join(mbstream.payload_chunk(f"db/t{n}.frm".encode(), 0, n.to_bytes(4, "big") * 100)
+                      + mbstream.eof_chunk(f"db/t{n}.frm".encode()) for n in range(3000))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (400, hard))
+    try:
+        extract(stream, tmp_path / "mine", [])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(list((tmp_path / "mine/db").iterdir())) == 3000
+    assert (tmp_path / "mine/db/t2999.frm").read_bytes() == (2999).to_bytes(4, "big") * 100

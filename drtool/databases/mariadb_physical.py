@@ -34,7 +34,7 @@ from drtool.databases import subpage_format
 from drtool.databases.engine import stream_bytes
 from drtool.databases.planner import PitrPlan, PitrResult
 from drtool.errors import DrtoolError, RestoreTargetError, SourceError, UsageError
-from drtool.fdio import sync_tree
+from drtool.databases.tree_writer import empty_directory, sync_restored
 from drtool.snapshot.streamread import read_stream
 from drtool.sources import mariabackup, mariadb
 
@@ -198,7 +198,7 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
     try:
         _extract_and_prepare(session, members, instance.root, instance.datadir, src.bindir)
     except BaseException:
-        _empty(instance.root)  # a half-extracted or unprepared copy must not pass for a restored one
+        empty_directory(instance.root)  # a half-extracted or unprepared copy must not pass for a restored one
         if created:
             with contextlib.suppress(OSError):  # never hide the error that brought us here
                 os.rmdir(instance.root)
@@ -249,33 +249,13 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
                  f"mariabackup --prepare of incremental snapshot {member.short_id}")
         shutil.rmtree(incremental)
     with stages.stage("syncing the restored files to disk") as step:
-        step.note(f"{_sync(root)} files and directories synced")
-
-
-def _sync(root: str) -> int:
-    """The restored tree made durable (``fdio.sync_tree``: InnoDB will not sync what it did not
-    write); a failure is the restore's, with the path."""
-    try:
-        return sync_tree(root)
-    except OSError as exc:
-        raise RestoreTargetError(f"cannot sync {exc.filename} to disk: {exc.strerror}; nothing was restored",
-                                 hint="check the --target file system (dmesg) and restore again") from None
+        step.note(f"{sync_restored(root)} files and directories synced")
 
 
 def _member_label(member: Snapshot, number: int, count: int) -> str:
     if number == 0:
         return f"the full {member.short_id}" + (f" (1 of {count})" if count > 1 else "")
     return f"incremental {member.short_id} ({number + 1} of {count})"
-
-
-def _empty(root: str) -> None:
-    """Remove what this restore wrote into ``root`` (it was empty or new: checked before writing)."""
-    for entry in os.listdir(root):
-        path = os.path.join(root, entry)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
 
 
 def _extract(repo: Repository, member: Snapshot, target: str, direct: bool = False,
