@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pytest
 
 from conftest import PASSWORD, DrEnv, make_env
 from dbservers import PgServer, archived_postgres, run_as_server_user, stop_postgres
+from pagecache import unwritten_pages
 
 SOURCE = "pg"
 
@@ -115,6 +117,41 @@ def test_unusable_tablespace_locations_are_refused_first(scenario: Scenario, map
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not target.exists()
     assert sorted(os.listdir(scenario.location)) != []  # production's tablespace untouched
+
+
+def test_a_restore_without_start_is_on_disk_when_it_returns(scenario: Scenario) -> None:
+    """Not started, the restored tree is not synced by PostgreSQL's own start-up yet: drtool's
+    restore has synced every file of the data directory and of the tablespace (``cachestat``)."""
+    root = Path(scenario.server.root)
+    target, mapped = root / "unstarted", root / "unstarted-fast"
+    try:
+        result = run_as_server_user(["-v", "restore", "--source", SOURCE, "--latest", "--tablespace-map",
+                                     f"{scenario.location}={mapped}", "--target", str(target)], scenario.env)
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"syncing the restored files to disk: done in \d+\.\ds", result.stderr), result.stderr
+        files = [path for place in (target, mapped) for path in place.rglob("*") if path.is_file()
+                 and not path.is_symlink()]
+        assert len(files) > 900 and any(mapped in path.parents for path in files)
+        assert unwritten_pages(files) == {}
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(mapped, ignore_errors=True)
+
+
+def test_a_restore_that_fails_part_way_says_so_in_one_line_and_leaves_nothing(scenario: Scenario,
+                                                                             tiny_fs: Path) -> None:
+    """A full disk while the base backup is unpacked (a 2 MiB tmpfs): one line naming the file,
+    exit 1, and no half-unpacked data directory left to be mistaken for a restored one."""
+    os.chmod(tiny_fs, 0o777)  # the restore runs as the server's OS user
+    target, mapped = tiny_fs / "restored", Path(scenario.server.root) / "failed-fast"
+    result = run_as_server_user(["restore", "--source", SOURCE, "--latest", "--tablespace-map",
+                                 f"{scenario.location}={mapped}", "--target", str(target)], scenario.env)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("drtool: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"drtool: error: cannot write {target}/"), result.stderr
+    assert "No space left on device; nothing was restored" in errors[0] and "Traceback" not in result.stderr
+    assert not target.exists()  # created by the restore, removed with what was in it
+    assert not mapped.exists() or os.listdir(mapped) == []
 
 
 def test_rehearsal_sandbox_maps_the_tablespace_inside_itself(scenario: Scenario) -> None:

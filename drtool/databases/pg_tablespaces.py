@@ -29,11 +29,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from drtool.childenv import child_environment
 from drtool.errors import RestoreTargetError, SourceError, UsageError
-from drtool.snapshot.streamread import read_stream
 from drtool.sources import postgres
 from drtool.sources.common import StderrTail, widen_pipe
 
@@ -300,14 +299,14 @@ def check_locations(target: str, places: dict[str, str]) -> None:
         raise RestoreTargetError("two tablespaces are mapped to the same location")
 
 
-def extract_tablespaces(session: Session, snap: Snapshot, places: dict[str, str],
-                        extract: Callable[[Iterable[bytes], str], int]) -> int:
-    """Unpack each ``OID.tar`` into its location (mode 0700, as PostgreSQL wants it)."""
+def extract_tablespaces(places: dict[str, str], extract: Callable[[str, str], int]) -> int:
+    """Unpack each ``OID.tar`` into its location (mode 0700, as PostgreSQL wants it) with
+    ``extract(FILENAME, PLACE)``; the member count."""
     members = 0
     for oid, place in places.items():
         os.makedirs(place, mode=0o700, exist_ok=True)
         os.chmod(place, 0o700)
-        members += extract(read_stream(session.repo, snap, f"{oid}.tar"), place)
+        members += extract(f"{oid}.tar", place)
     return members
 
 

@@ -11,18 +11,20 @@ archived; planning checks that instead of letting the server fail with
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from drtool.childenv import child_environment
 from drtool.databases import pg_tablespaces
 from drtool.core import stages
 from drtool.databases.engine import Labels, RestoreRequest, stream_bytes
+from drtool.databases.tree_writer import empty_directory, sync_restored
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryPointUnreachable, RecoveryShort
 from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.errors import SnapshotNotFound, SourceError, UsageError
@@ -350,30 +352,24 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
     snap = plan.base.snapshot
     places = pg_tablespaces.locations(snap, tablespace_map or {})
     pg_tablespaces.check_locations(target, places)
+    created = not os.path.exists(target)
     postgres.prepare_datadir(target)
-    with session.lock("restore", read_only_ok=True):
-        session.repo.load_index()
-        base = pg_tablespaces.BASE_TAR if "tablespaces" in snap.meta else None
-        with stages.stage(f"extracting the base backup {snap.short_id}",
-                          None if base else stream_bytes(snap)) as step:
-            members = postgres.extract_base_tar(step.counted(read_stream(session.repo, snap, base)), target)
-        if snap.meta.get("tablespaces"):
-            with stages.stage(f"extracting {len(snap.meta['tablespaces'])} tablespace(s)"):
-                members += pg_tablespaces.extract_tablespaces(session, snap, places, postgres.extract_base_tar)
-    if places:
-        pg_tablespaces.write_tablespace_map(target, places)
-    for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
-        if os.path.exists(os.path.join(target, stale)):
-            os.unlink(os.path.join(target, stale))
-    script = postgres.write_fetch_script(target, plan.source, fetch_env, sys.executable)
     if start and port is None:
         port = free_port()  # never collide with the production server's 5432
-    socket_dir = socket_dir_for(target)
-    settings = postgres.recovery_settings(f"{shlex.quote(script)} %f %p", plan.target_time, plan.inclusive, port,
-                                          socket_dir, immediate=plan.immediate,
-                                          target=(plan.target.kind, plan.target.value) if plan.target else None,
-                                          timeline=plan.timeline)
-    postgres.write_recovery_files(target, settings)
+    try:
+        members = _extract_base(session, snap, target, places)
+        socket_dir = socket_dir_for(target)
+        script = _configure_recovery(plan, target, places, fetch_env, port, socket_dir)
+        with stages.stage("syncing the restored files to disk") as step:  # with the recovery files
+            step.note(f"{sum(sync_restored(root) for root in [target, *places.values()])} files and directories "
+                      f"synced")
+    except BaseException:
+        for root in [target, *places.values()]:  # new or empty before: a half-unpacked copy must not
+            empty_directory(root)                # pass for a restored one
+        if created:
+            with contextlib.suppress(OSError):  # never hide the error that brought us here
+                os.rmdir(target)
+        raise
     result = PitrResult(plan, target, members=members, script=script, port=port, socket_dir=socket_dir,
                         log_file=postgres.recovery_log(target))
     if not start:
@@ -394,6 +390,53 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
                         f"connect with: psql -h {socket_dir} -p {port} (stop: {pg_ctl} -D {target} stop)")
     result.notes.append(f"connection: {conninfo(host=socket_dir, port=str(port))}")
     return result
+
+
+def _configure_recovery(plan: PitrPlan, target: str, places: dict[str, str], fetch_env: dict[str, str],
+                        port: int | None, socket_dir: str) -> str:
+    """``tablespace_map``, the fetch script, the recovery settings and ``recovery.signal``; the
+    script's path."""
+    if places:
+        pg_tablespaces.write_tablespace_map(target, places)
+    for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
+        if os.path.exists(os.path.join(target, stale)):
+            os.unlink(os.path.join(target, stale))
+    script = postgres.write_fetch_script(target, plan.source, fetch_env, sys.executable)
+    settings = postgres.recovery_settings(f"{shlex.quote(script)} %f %p", plan.target_time, plan.inclusive, port,
+                                          socket_dir, immediate=plan.immediate,
+                                          target=(plan.target.kind, plan.target.value) if plan.target else None,
+                                          timeline=plan.timeline)
+    postgres.write_recovery_files(target, settings)
+    return script
+
+
+def _extract_base(session: Session, snap: Snapshot, target: str, places: dict[str, str]) -> int:
+    """Unpack the base backup (and its tablespaces); the member count."""
+    with session.lock("restore", read_only_ok=True):
+        session.repo.load_index()
+        base = pg_tablespaces.BASE_TAR if "tablespaces" in snap.meta else None
+        with stages.stage(f"extracting the base backup {snap.short_id}",
+                          None if base else stream_bytes(snap)) as step:
+            members = extract_tar(session.repo, snap, base, target, step.counted)
+        if snap.meta.get("tablespaces"):
+            with stages.stage(f"extracting {len(snap.meta['tablespaces'])} tablespace(s)"):
+                members += pg_tablespaces.extract_tablespaces(
+                    places, lambda filename, place: extract_tar(session.repo, snap, filename, place))
+    return members
+
+
+def extract_tar(repo: Repository, snap: Snapshot, filename: str | None, target: str,
+                counted: Callable[[Iterator[memoryview]], Iterator[memoryview]] = iter) -> int:
+    """Write the stored tar ``filename`` of ``snap`` into ``target`` (:mod:`tar_extract`, in
+    process, whole blocks around the page cache); the member count.  The stream is read here so
+    that the reader holds each window as long as the writer may still be writing it."""
+    from drtool.databases.tar_extract import LAG, TarWriter
+    windows = counted(read_stream(repo, snap, filename, hold=LAG))
+    with TarWriter(target, f"snapshot {snap.short_id}", lag=LAG) as writer:
+        for window in windows:
+            writer.write(window)
+        writer.finish()
+        return writer.members
 
 
 def conninfo(**params: str) -> str:

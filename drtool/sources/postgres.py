@@ -29,7 +29,7 @@ from typing import IO, Any, Iterable, Iterator
 
 from drtool.childenv import child_environment
 from drtool.errors import ConfigError, RestoreTargetError, SourceError
-from drtool.sources.common import check_one_database_choice, check_table, feed_stdin
+from drtool.sources.common import check_one_database_choice, check_table
 
 METHODS = ("dump", "basebackup")
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
@@ -445,33 +445,6 @@ def prepare_datadir(target: str) -> None:
         os.chmod(target, 0o700)
     except OSError as exc:
         raise RestoreTargetError(f"cannot create {target}: {exc.strerror}") from None
-
-
-def extract_base_tar(chunks: Iterable[bytes], target: str) -> int:
-    """Unpack a pg_basebackup tar stream into ``target`` with GNU tar; return the member count.
-
-    A child process, not Python's ``tarfile``: extracting in this process (block
-    reads, joins, slices, one more copy per byte) kept the restore's main thread
-    busy for most of a 600 MB base backup while the decryption workers waited;
-    ``tar`` writes on the other core.  Its own safeguards hold: members named
-    with ``..`` are refused (exit 2, reported here), a leading ``/`` is stripped
-    (the member lands inside ``target``), symbolic links are created last, so
-    nothing is written through one, and files belong to whoever restores
-    (``--no-same-owner``: run restore as the PostgreSQL OS user) with the modes
-    the backup recorded (``-p``; PostgreSQL wants 0600/0700).
-    """
-    cmd = ["tar", "--extract", "--file=-", f"--directory={target}", "--no-same-owner", "--same-permissions",
-           "--delay-directory-restore", "--verbose"]
-    try:
-        code, errors, members = feed_stdin(cmd, chunks, count_lines=True)
-    except OSError as exc:
-        raise RestoreTargetError(f"cannot start tar to unpack the base backup: {exc.strerror}",
-                                 hint="install GNU tar (Debian: tar)") from None
-    if code != 0:
-        raise RestoreTargetError(f"tar could not unpack the base backup into {target} (exit {code}): "
-                                 f"{errors or '(no message)'}",
-                                 hint="the target is incomplete: remove it before restoring again")
-    return members
 
 
 FETCH_ABSENT = 99
