@@ -20,6 +20,7 @@ import pytest
 
 from dbservers import maria_binary
 from drtool.databases.mbstream_extract import LAG, MbstreamWriter, StreamDamaged
+from drtool.databases.tree_writer import INLINE_BYTES
 from drtool.errors import RestoreTargetError
 from drtool.sources import mbstream
 
@@ -52,13 +53,14 @@ def tree(root: Path) -> dict[str, tuple[int, bytes | None]]:
 
 
 def extract(stream: bytes, target: Path, cuts: list[int], writers: int = 2, direct: bool = True,
-            lag: int = LAG) -> None:
+            lag: int = LAG, inline_bytes: int = INLINE_BYTES) -> None:
     """Feed ``stream`` to the writer in windows ending at ``cuts``; each window's buffer is
     overwritten as soon as the stream reader would reuse it (``lag`` windows later: a write
     still reading it then would write zeros)."""
     target.mkdir()
     held: deque[bytearray] = deque()
-    with MbstreamWriter(str(target), "snapshot abcd1234", writers, direct=direct, lag=lag) as writer:
+    with MbstreamWriter(str(target), "snapshot abcd1234", writers, direct=direct, lag=lag,
+                        inline_bytes=inline_bytes) as writer:
         for start, end in zip([0, *cuts], [*cuts, len(stream)]):
             window = bytearray(stream[start:end])
             writer.write(memoryview(window))
@@ -75,9 +77,11 @@ def mbstream_x(stream: bytes, target: Path) -> subprocess.CompletedProcess[bytes
                           check=False, timeout=120)
 
 
-@pytest.mark.parametrize("lag", [0, LAG], ids=["lag0", f"lag{LAG}"])
+@pytest.mark.parametrize("lag, inline_bytes", [(0, INLINE_BYTES), (LAG, INLINE_BYTES), (LAG, 0)],
+                         ids=["lag0", f"lag{LAG}", "no_inline"])
 @pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
-def test_the_same_tree_as_mbstream_x_whatever_the_windows(tmp_path: Path, direct: bool, lag: int) -> None:
+def test_the_same_tree_as_mbstream_x_whatever_the_windows(tmp_path: Path, direct: bool, lag: int,
+                                                          inline_bytes: int) -> None:
     stream = sample_stream()
     assert mbstream_x(stream, tmp_path / "native").returncode == 0
     want = tree(tmp_path / "native")
@@ -87,7 +91,8 @@ def test_the_same_tree_as_mbstream_x_whatever_the_windows(tmp_path: Path, direct
     awkward = [first + 3, first + 12, first + 20, first + 40, first + 60, 4 * MiB + 1]
     for number, cuts in enumerate([[], awkward, list(range(8 * MiB, len(stream), 8 * MiB)),
                                    list(range(1, 200)) + list(range(3 * MiB, len(stream), 3 * MiB + 5))]):
-        extract(stream, tmp_path / f"mine{number}", cuts, writers=1 + number % 3, direct=direct, lag=lag)
+        extract(stream, tmp_path / f"mine{number}", cuts, writers=1 + number % 3, direct=direct, lag=lag,
+                inline_bytes=inline_bytes)
         assert tree(tmp_path / f"mine{number}") == want, number
 
 
@@ -166,7 +171,9 @@ def test_a_damaged_pack_mid_stream_names_the_member_in_one_line(repo_env, tmp_pa
     assert "drtool backup --source phys --full" in caught.value.hint
 
 
-def test_thousands_of_small_files_in_one_window_stay_under_the_descriptor_limit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline_bytes", [INLINE_BYTES, 0], ids=["written_inline", "by_the_writers"])
+def test_thousands_of_small_files_in_one_window_stay_under_the_descriptor_limit(tmp_path: Path,
+                                                                              inline_bytes: int) -> None:
     """A MediaWiki section has thousands of small tables (.frm, .ibd): a window of 3,000 files must
     not hold their descriptors until its writes are over ("Too many open files")."""
     import resource
@@ -175,7 +182,7 @@ def test_thousands_of_small_files_in_one_window_stay_under_the_descriptor_limit(
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (400, hard))
     try:
-        extract(stream, tmp_path / "mine", [])
+        extract(stream, tmp_path / "mine", [], inline_bytes=inline_bytes)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert len(list((tmp_path / "mine/db").iterdir())) == 3000

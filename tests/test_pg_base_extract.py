@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 
 from drtool.databases.tar_extract import LAG, TarWriter
-from drtool.databases.tree_writer import StreamDamaged
+from drtool.databases.tree_writer import INLINE_BYTES, StreamDamaged
 from drtool.errors import RestoreTargetError
 
 MiB = 1024 * 1024
@@ -49,14 +49,15 @@ def entry(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o600, body: byt
 
 
 def extract(stream: bytes, target: Path, cuts: list[int] | None = None, writers: int = 2, direct: bool = True,
-            lag: int = LAG) -> int:
+            lag: int = LAG, inline_bytes: int = INLINE_BYTES) -> int:
     """Feed ``stream`` to a TarWriter in windows ending at ``cuts`` (7,777-byte windows if None);
     each window's buffer is zeroed as soon as the reader would reuse it."""
     if cuts is None:
         cuts = list(range(7_777, len(stream), 7_777))
     target.mkdir(exist_ok=True)
     held: deque[bytearray] = deque()
-    with TarWriter(str(target), "snapshot abcd1234", writers, direct=direct, lag=lag) as writer:
+    with TarWriter(str(target), "snapshot abcd1234", writers, direct=direct, lag=lag,
+                   inline_bytes=inline_bytes) as writer:
         for start, end in zip([0, *cuts], [*cuts, len(stream)]):
             window = bytearray(stream[start:end])
             writer.write(memoryview(window))
@@ -111,8 +112,11 @@ def sample_members() -> list[tuple[tarfile.TarInfo, bytes | None]]:
 
 
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT], ids=["pax", "gnu"])
-@pytest.mark.parametrize("direct, lag", [(True, LAG), (False, LAG), (True, 0)], ids=["o_direct", "page_cache", "lag0"])
-def test_the_same_tree_as_gnu_tar_whatever_the_windows(tmp_path: Path, fmt: int, direct: bool, lag: int) -> None:
+@pytest.mark.parametrize("direct, lag, inline_bytes", [(True, LAG, INLINE_BYTES), (False, LAG, INLINE_BYTES),
+                                                       (True, 0, INLINE_BYTES), (True, LAG, 0)],
+                         ids=["o_direct", "page_cache", "lag0", "no_inline"])
+def test_the_same_tree_as_gnu_tar_whatever_the_windows(tmp_path: Path, fmt: int, direct: bool, lag: int,
+                                                        inline_bytes: int) -> None:
     stream = archive_bytes(sample_members(), fmt)
     assert gnu_tar(stream, tmp_path / "native").returncode == 0
     want = tree(tmp_path / "native")
@@ -121,7 +125,8 @@ def test_the_same_tree_as_gnu_tar_whatever_the_windows(tmp_path: Path, fmt: int,
     header = 512 * 3  # the pax/long-name header and the first member's header
     awkward = [1, 100, 511, 512, 513, header + 1, header + 511, header + 515, 3 * MiB + 7, 8 * MiB + 4096]
     for number, cuts in enumerate([[], awkward, None, list(range(1, 300)) + list(range(2 * MiB, len(stream), MiB))]):
-        members = extract(stream, tmp_path / f"mine{number}", cuts, writers=1 + number % 3, direct=direct, lag=lag)
+        members = extract(stream, tmp_path / f"mine{number}", cuts, writers=1 + number % 3, direct=direct, lag=lag,
+                          inline_bytes=inline_bytes)
         assert tree(tmp_path / f"mine{number}") == want, number
         assert members == 14, number  # every file, directory and link (not the long-name headers)
 
@@ -210,12 +215,14 @@ def few_descriptors() -> Iterator[int]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_thousands_of_small_files_in_one_window_stay_under_the_descriptor_limit(tmp_path: Path,
-                                                                              few_descriptors: int) -> None:
-    """Finished files wait for their window's writes before they are closed: a window of 3,000 small
-    files must not hold a descriptor (two, with O_DIRECT) for each ("Too many open files")."""
+@pytest.mark.parametrize("inline_bytes", [INLINE_BYTES, 0], ids=["written_inline", "by_the_writers"])
+def test_thousands_of_small_files_in_one_window_stay_under_the_descriptor_limit(tmp_path: Path, few_descriptors: int,
+                                                                              inline_bytes: int) -> None:
+    """A window of 3,000 small files must not hold a descriptor (two, with O_DIRECT) for each ("Too
+    many open files"): small files are written and closed at once; files handed to the writers
+    (``inline_bytes`` 0) wait for their window's writes, and at 128 waiting the parser waits."""
     members = [entry(f"base/16384/{n}", body=n.to_bytes(4, "big") * 100) for n in range(3000)]
     stream = archive_bytes(members, USTAR)
-    assert extract(stream, tmp_path / "data", cuts=[]) == 3000
+    assert extract(stream, tmp_path / "data", cuts=[], inline_bytes=inline_bytes) == 3000
     assert (tmp_path / "data/base/16384/2999").read_bytes() == (2999).to_bytes(4, "big") * 100
     assert len(list((tmp_path / "data/base/16384").iterdir())) == 3000

@@ -109,8 +109,7 @@ class MbstreamWriter(TreeWriter):
         path = head[_HEAD:len(head) - (_PAYLOAD.size if kind == mbstream.PAYLOAD else 0)]
         file = self._open(path, jobs)
         if kind == mbstream.EOF:
-            self._ending.append(file)  # closed once this window's writes are done and checked
-            del self._files[path]
+            self.finish_file(path)  # closed now, or once this window's writes are done and checked
             return
         length, offset, crc = _PAYLOAD.unpack_from(head, len(head) - _PAYLOAD.size)
         if length > mbstream.MAX_PAYLOAD:
@@ -124,14 +123,20 @@ class MbstreamWriter(TreeWriter):
         if length:
             self._payload = payload
         else:
-            self._ending.append(payload)
+            self._check(payload, 0)
 
     def _payload_piece(self, window: memoryview, pos: int, jobs: list[Future[Any]]) -> int:
         """Hand the payload's bytes in ``window`` from ``pos`` to the writers."""
         payload = self._payload
         assert payload is not None
         size = min(payload.left, len(window) - pos)
-        payload.pieces.extend(self.submit(payload.file, window[pos:pos + size], payload.offset, jobs))
+        data = window[pos:pos + size]
+        if size == payload.left <= self.inline_bytes and not payload.pieces:  # all of a small payload
+            self.write_now(payload.file, data, payload.offset)
+            payload.offset, payload.left, self._payload = payload.offset + size, 0, None
+            self._check(payload, zlib_ng.crc32(data))
+            return pos + size
+        payload.pieces.extend(self.submit(payload.file, data, payload.offset, jobs))
         payload.offset += size
         payload.left -= size
         if not payload.left:
@@ -148,11 +153,15 @@ class MbstreamWriter(TreeWriter):
             crc = 0
             for job, size in payload.pieces:
                 crc = zlib_ng.crc32_combine(crc, job.result(), size)
-            if crc != payload.expected_crc:
-                raise StreamDamaged(f"the mariabackup stream of {self.what} is damaged: a chunk of "
-                                    f"{payload.file.path} ending at offset {payload.offset} does not match its "
-                                    f"CRC-32; nothing was restored")
+            self._check(payload, crc)
         super()._window_done(ending)
+
+    def _check(self, payload: _Payload, crc: int) -> None:
+        """``crc`` (of the payload's bytes as written) against the one its chunk header gives."""
+        if crc != payload.expected_crc:
+            raise StreamDamaged(f"the mariabackup stream of {self.what} is damaged: a chunk of "
+                                f"{payload.file.path} ending at offset {payload.offset} does not match its "
+                                f"CRC-32; nothing was restored")
 
     def _open(self, path: bytes, jobs: list[Future[Any]]) -> OpenFile:
         file = self._files.get(path)

@@ -99,21 +99,25 @@ class TarWriter(TreeWriter):
         if self._extended is not None:
             self._extended += window[pos:pos + size]
         else:
-            assert self._file is not None
-            self.submit(self._file, window[pos:pos + size], self._file.end, jobs)
-            self._file.end += size
+            file = self._file
+            assert file is not None
+            if file.end == 0 and size == self._left <= self.inline_bytes:  # all of a small file
+                self.write_now(file, window[pos:pos + size], 0)
+            else:
+                self.submit(file, window[pos:pos + size], file.end, jobs)
+            file.end += size
         self._left -= size
         if not self._left:
-            self._member_done()
+            self._member_done(jobs)
         return pos + size
 
-    def _member_done(self) -> None:
+    def _member_done(self, jobs: list[Future[Any]]) -> None:
         if self._extended is not None:
             self._take_extended(bytes(self._extended))
             self._extended = None
         elif self._file is not None:
-            self._ending.append(self._files.pop(os.fsencode(self._file.path)))  # closed once the window's
-            self._file = None                                                   # writes are over
+            self.finish_file(os.fsencode(self._file.path))
+            self._file = None
 
     def _header(self, block: bytes, jobs: list[Future[Any]]) -> None:
         if block == bytes(BLOCK):
@@ -128,7 +132,7 @@ class TarWriter(TreeWriter):
                 raise self.damaged(f"is damaged: an extended header claims {member.size} bytes")
             self._extended, self._extended_kind, self._left = bytearray(), member.kind, member.size
             if not member.size:
-                self._member_done()
+                self._member_done(jobs)
             return
         self._pending = {}
         self.members += 1
@@ -192,7 +196,7 @@ class TarWriter(TreeWriter):
         file.mtime = member.mtime
         self._file, self._left = file, member.size
         if not member.size:
-            self._member_done()
+            self._member_done(jobs)
 
     def _directory(self, member: _Member) -> None:
         name = self._place(member)

@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from drtool.errors import RestoreTargetError
-from drtool.fdio import DirectWrites, open_direct, sync_tree
+from drtool.fdio import DirectWrites, open_direct, pwrite_all, sync_tree
 
 SPLIT_BYTES = 1 << 20          # a piece of a window at least twice this long is split between writers
 ALIGN = 64 * 1024              # where it is split
 WRITERS = max(2, min(4, os.cpu_count() or 2))
 LAG = 2  # windows whose writes may still run while the next is parsed (read_stream(hold=LAG))
 MAX_OPEN_FILES = 128  # files (two descriptors each) open or waiting for their window's writes, at most
+INLINE_BYTES = 64 * 1024  # a small file's bytes, whole in one window, are written by the parser itself
 
 
 class StreamDamaged(RestoreTargetError):
@@ -57,6 +58,7 @@ class OpenFile:
     direct_fd: int = -1  # the same file opened with O_DIRECT (fdio.DirectWrites), or -1
     end: int = 0
     mtime: float | None = None  # set once its writes are over, where the stream records one
+    queued: bool = False  # some of its bytes went to the writers (else it can be closed at once)
 
     def close(self) -> None:
         """Close both descriptors (once: a later call does nothing)."""
@@ -78,12 +80,14 @@ class TreeWriter:
     stream_name = "the stream"  # "the mariabackup stream": how messages name what is being read
 
     def __init__(self, target: str, what: str, writers: int = WRITERS, direct: bool = True,
-                 lag: int = 0) -> None:
+                 lag: int = 0, inline_bytes: int = INLINE_BYTES) -> None:
         """``direct``: write whole blocks with O_DIRECT where the file system allows it
         (:class:`~drtool.fdio.DirectWrites`); off, everything goes through the page cache.
         ``lag``: how many windows :meth:`write` may return with writes still running — the
-        windows must stay valid that long (``read_stream(hold=lag)``); :meth:`finish` waits for all."""
-        self.target, self.what, self.lag = target, what, lag
+        windows must stay valid that long (``read_stream(hold=lag)``); :meth:`finish` waits for all.
+        ``inline_bytes``: a file (payload) up to this size, whole in one window, is written by
+        the parsing thread and closed at once (:meth:`write_now`)."""
+        self.target, self.what, self.lag, self.inline_bytes = target, what, lag, inline_bytes
         self._direct = DirectWrites(direct)
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="restore-write")
         self._writers = writers
@@ -218,11 +222,30 @@ class TreeWriter:
             pass
         self._dirs.add(directory)
 
+    def write_now(self, file: OpenFile, data: memoryview, offset: int) -> None:
+        """Write a small piece on the parsing thread, so that its file can be closed at once: a
+        catalog's thousands of 8 KiB files each held descriptors until their window's writes were
+        over, and the parser waited for the writers whenever 128 were held."""
+        try:
+            pwrite_all(file.fd, data, offset)
+        except OSError as exc:
+            raise write_error(file.full, exc) from None
+
+    def finish_file(self, key: bytes) -> None:
+        """``key``'s file has all its bytes: closed now if they were all written here, else once
+        its window's writes are over."""
+        file = self._files.pop(key)
+        if file.queued:
+            self._ending.append(file)
+            return
+        self._window_done([file])
+
     def submit(self, file: OpenFile, data: memoryview, offset: int,
                jobs: list[Future[Any]]) -> list[tuple[Future[Any], int]]:
         """Hand ``data`` (to be written at ``offset`` of ``file``) to the writers, split when long;
         each piece's job and size, in order (also added to ``jobs``, the window's)."""
         size = len(data)
+        file.queued = True
         cuts = [0]
         if size >= 2 * SPLIT_BYTES:
             step = -(-size // self._writers // ALIGN) * ALIGN
