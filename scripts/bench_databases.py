@@ -63,6 +63,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_databases_table import table  # noqa: E402  (the report's layout, kept apart)
 PY = sys.executable
 PASSWORD = "bench-only-not-a-secret"
 ROOT_PW = "bench-root-pw"
@@ -143,6 +145,30 @@ def sync_fs(path: Path) -> float:
     return time.monotonic() - start
 
 
+def restore_floors(out: dict[str, Any], native: Path, copy: Path, prepare: Callable[[Path], None] | None,
+                   cold_restore: Callable[[], Any], cold_target: Path) -> None:
+    """The restore floor by hand (``cp -a`` of the native copy [+ ``prepare``]), best of
+    ``REPEAT``, with and without ``sync -f``; then, caches dropped before each, the floor and
+    drtool's ``cold_restore`` once (the backup copy and the repository read from disk)."""
+    syncs: list[float] = []
+
+    def floor(i: int) -> None:
+        run(["cp", "-a", str(native), f"{copy}{i}"])
+        if prepare:
+            prepare(Path(f"{copy}{i}"))
+        syncs.append(sync_fs(Path(f"{copy}{i}")))
+    out["floor_durable_s"] = best(floor, copy)
+    out["floor_restore_s"] = out["floor_durable_s"] - syncs[LAST_BEST]
+    out["floor_restore_cpu_s"], out["floor_restore_sys_s"] = LAST_CPU, LAST_SYS
+    shutil.rmtree(f"{copy}{REPEAT - 1}", ignore_errors=True)
+    if drop_caches():
+        out["floor_cold_s"] = timed(lambda: floor(REPEAT))
+        shutil.rmtree(f"{copy}{REPEAT}", ignore_errors=True)
+        drop_caches()
+        out["physical_full_cold_s"] = timed(cold_restore)
+        shutil.rmtree(cold_target, ignore_errors=True)
+
+
 def drop_caches() -> bool:
     """Write back and drop the page cache (root only): a nightly backup of a big server, and a
     restore at 3 a.m., read cold.  False where it cannot be done (the cold figures are skipped)."""
@@ -180,7 +206,7 @@ class Drtool:
         """The last command's restore stages (``-v`` logs "STAGE: done in N.Ns"), summed by kind:
         where a restore's time goes (extracting the streams, rebuilding pages, --prepare, replay)."""
         kinds = {"extracting": "extract", "rebuilding": "rebuild", "preparing": "prepare", "applying": "prepare",
-                 "replaying": "replay"}
+                 "replaying": "replay", "syncing": "sync"}
         out: dict[str, float] = {}
         for match in re.finditer(r"INFO: (\w+) .*?: done in (\d+\.\d+)s", self.last_stderr):
             kind = kinds.get(match.group(1))
@@ -360,23 +386,10 @@ class MariaBench:
         out, dr, root, copy = self.out, self.dr, self.root, self.root / "floor"
         night1, phys = json.loads(dr("snapshots", "--name", "phys", "--json"))[0]["id"], self.night2_id
 
-        syncs: list[float] = []
-
-        def floor(i: int) -> None:
-            run(["cp", "-a", str(root / "native"), f"{copy}{i}"])
-            run(["mariabackup", "--no-defaults", "--prepare", f"--target-dir={copy}{i}"])
-            syncs.append(sync_fs(Path(f"{copy}{i}")))
-        out["floor_durable_s"] = best(floor, copy)
-        out["floor_restore_s"] = out["floor_durable_s"] - syncs[LAST_BEST]
-        out["floor_restore_cpu_s"], out["floor_restore_sys_s"] = LAST_CPU, LAST_SYS
-        shutil.rmtree(f"{copy}{REPEAT - 1}", ignore_errors=True)
-        if drop_caches():  # once each cold: the backup copy and the repository read from disk
-            out["floor_cold_s"] = timed(lambda: floor(REPEAT))
-            shutil.rmtree(f"{copy}{REPEAT}", ignore_errors=True)
-            drop_caches()
-            out["physical_full_cold_s"] = timed(lambda: dr("restore", night1[:12], "--source", "phys",
-                                                           "--target", str(root / "r-cold")))
-            shutil.rmtree(root / "r-cold", ignore_errors=True)
+        def prepare(made: Path) -> None:
+            run(["mariabackup", "--no-defaults", "--prepare", f"--target-dir={made}"])
+        restore_floors(out, root / "native", copy, prepare, lambda: dr(
+            "restore", night1[:12], "--source", "phys", "--target", str(root / "r-cold")), root / "r-cold")
         out["physical_full_restore_s"] = best(lambda i: dr("-v", "restore", night1[:12], "--source", "phys",
                                                            "--target", str(root / f"r-full{i}")), root / "r-full")
         out["physical_full_restore_cpu_s"], out["physical_full_restore_sys_s"] = LAST_CPU, LAST_SYS
@@ -454,100 +467,19 @@ def pg_bench(work: Path, scale: int) -> dict[str, Any]:
         run([*psql, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0"])
         out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "pg"))
         out["physical_night2_stored"] = dr.stored("pg")
-        snap = json.loads(dr("snapshots", "--name", "pg", "--json"))[-1]["id"]
-        out["floor_restore_s"] = best(lambda i: run(["cp", "-a", str(native), str(root / f"floor{i}")]),
-                                      root / "floor")
-        out["physical_restore_s"] = best(lambda i: dr("restore", snap[:12], "--source", "pg",
-                                                      "--target", str(root / f"r-phys{i}"), prefix=as_pg),
-                                         root / "r-phys")
+        night1, snap = (item["id"] for item in json.loads(dr("snapshots", "--name", "pg", "--json")))
+        restore_floors(out, native, root / "floor", None, lambda: dr(
+            "restore", night1[:12], "--source", "pg", "--target", str(root / "r-cold"), prefix=as_pg), root / "r-cold")
+        for key, snapshot in (("physical_full_restore", night1), ("physical_restore", snap)):
+            out[f"{key}_s"] = best(lambda i: dr("-v", "restore", snapshot[:12], "--source", "pg",
+                                                "--target", str(root / f"r-{key}{i}"), prefix=as_pg),
+                                   root / f"r-{key}")
+            out[f"{key}_cpu_s"], out[f"{key}_sys_s"] = LAST_CPU, LAST_SYS
+            out[f"{key}_stages"] = dr.stage_seconds()
+            shutil.rmtree(f"{root / f'r-{key}'}{REPEAT - 1}", ignore_errors=True)
         return out
     finally:
         subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-
-
-def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
-    def mib(n: float) -> str:
-        return f"{n / 2**20:.0f} MiB"
-    lines = ["| | MariaDB | PostgreSQL |", "|---|---|---|"]
-
-    def row(label: str, fn: Callable[[dict[str, Any]], str]) -> None:
-        cells = [fn(d) if d else "—" for d in (maria, pg)]
-        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
-
-    def cpu(d: dict[str, Any], key: str) -> str:
-        sys_key = key.replace("_cpu_s", "_sys_s")
-        return (f", CPU {d[key]:.1f} s" + (f" (sys {d[sys_key]:.1f})" if d.get(sys_key) is not None else "")
-                if d.get(key) else "")
-
-    def ratio(d: dict[str, Any], a: str, b: str) -> str:
-        return f"{d[a]:.1f} s ({d[a] / d[b]:.2f}×)" if d.get(a) is not None else "—"
-    row("data size (data + indexes)", lambda d: mib(d["data_bytes"]))
-    row("native backup into a local directory", lambda d: f"{d['native_backup_s']:.1f} s")
-    row("drtool physical backup, night 1 (× native)", lambda d: ratio(d, "physical_backup_s", "native_backup_s"))
-    row("  CPU, user + sys with children: native / drtool (×)",
-        lambda d: f"{d['native_backup_cpu_s']:.1f} s / {d['physical_backup_cpu_s']:.1f} s "
-                  f"({d['physical_backup_cpu_s'] / d['native_backup_cpu_s']:.2f}×)"
-                  + (f"; sys {d['native_backup_sys_s']:.1f} / {d['physical_backup_sys_s']:.1f} s"
-                     if "native_backup_sys_s" in d else "") if d.get("native_backup_cpu_s")
-        else "—")
-    row("native backup + sync -f (on disk, as drtool's packs are)", lambda d: f"{d['native_durable_s']:.1f} s"
-        if "native_durable_s" in d else "—")
-    row("drtool physical backup, night 1 (× native + sync)",
-        lambda d: ratio(d, "physical_backup_s", "native_durable_s") + (
-            f"; runs {' / '.join(f'{w:.1f}' for w in d['physical_backup_runs_s'])} s"
-            if "physical_backup_runs_s" in d else "") if "native_durable_s" in d else "—")
-    row("  cold (caches dropped): native + sync / drtool (×)",
-        lambda d: f"{d['native_cold_durable_s']:.1f} s / {d['physical_cold_s']:.1f} s "
-                  f"({d['physical_cold_s'] / d['native_cold_durable_s']:.2f}×); native alone "
-                  f"{d['native_cold_s']:.1f} s" if "physical_cold_s" in d else "—")
-    row("  stored", lambda d: mib(d["physical_night1_stored"]))
-    row("drtool physical, night 2 after 1 % rows changed", lambda d: f"{d['physical_night2_s']:.1f} s"
-        + (f" ({d['physical_night2_type']})" if "physical_night2_type" in d else "")
-        + (f", CPU {d['physical_night2_cpu_s']:.1f} s" if d.get("physical_night2_cpu_s") else ""))
-    row("  stored (share of data size)", lambda d: f"{mib(d['physical_night2_stored'])} "
-                                                 f"({d['physical_night2_stored'] / d['data_bytes']:.1%})"
-        + (f", streamed {mib(d['physical_night2_streamed'])}" if d.get("physical_night2_streamed") else "")
-        + (f"; {d['physical_night2_subpage']['pages_as_blocks']} of {d['physical_night2_subpage']['pages']} "
-           f"changed pages as blocks" if d.get("physical_night2_subpage") else ""))
-    row("  the same night 2 as a full backup: time / stored",
-        lambda d: f"{d['physical_night2_full_s']:.1f} s / {mib(d['physical_night2_full_stored'])} "
-                  f"({d['physical_night2_full_stored'] / d['data_bytes']:.1%})" if "physical_night2_full_s" in d
-        else "—")
-    row("drtool logical backup night 1 / night 2", lambda d: f"{d['logical_backup_s']:.1f} s / "
-                                                            f"{d['logical_night2_s']:.1f} s"
-        if "logical_backup_s" in d else "—")
-    row("  logical night 2 stored", lambda d: mib(d["logical_night2_stored"]) if "logical_night2_stored" in d else "—")
-    row("drtool fixed cost per command (start-up, key derivation, index)", lambda d: f"{d['fixed_s']:.1f} s"
-        if "fixed_s" in d else "—")
-    row("drtool mydumper backup night 1 / night 2 (2 threads)",
-        lambda d: f"{d['mydumper_backup_s']:.1f} s / {d['mydumper_night2_s']:.1f} s" if "mydumper_backup_s" in d
-        else "—")
-    row("  mydumper night 2 stored", lambda d: mib(d["mydumper_night2_stored"]) if "mydumper_night2_stored" in d
-        else "—")
-    row("restore floor by hand (cp -a [+ prepare])",
-        lambda d: f"{d['floor_restore_s']:.1f} s" + cpu(d, "floor_restore_cpu_s"))
-    row("drtool physical restore of night 1, a full (× floor)",
-        lambda d: ratio(d, "physical_full_restore_s", "floor_restore_s") + cpu(d, "physical_full_restore_cpu_s")
-        if "physical_full_restore_s" in d else "—")
-    row("restore floor + sync -f (on disk, as drtool's restore ends)",
-        lambda d: f"{d['floor_durable_s']:.1f} s" if "floor_durable_s" in d else "—")
-    row("drtool physical restore of night 1 (× floor + sync)",
-        lambda d: ratio(d, "physical_full_restore_s", "floor_durable_s") if "floor_durable_s" in d else "—")
-    row("  cold (caches dropped): floor + sync / drtool night 1 (×)",
-        lambda d: f"{d['floor_cold_s']:.1f} s / {d['physical_full_cold_s']:.1f} s "
-                  f"({d['physical_full_cold_s'] / d['floor_cold_s']:.2f}×)" if "floor_cold_s" in d else "—")
-    row("drtool physical restore of night 2 (× floor)",
-        lambda d: ratio(d, "physical_restore_s", "floor_restore_s") + cpu(d, "physical_restore_cpu_s"))
-    row("  where the restores' time went (night 1; night 2)",
-        lambda d: "; ".join(", ".join(f"{kind} {sec:.1f} s" for kind, sec in d.get(key, {}).items()) or "—"
-                            for key in ("physical_full_restore_stages", "physical_restore_stages")))
-    row("drtool logical restore (load)", lambda d: f"{d['logical_restore_s']:.1f} s" if "logical_restore_s" in d else "—")
-    row("drtool mydumper restore: database / one of 4 tables (2 threads)",
-        lambda d: f"{d['mydumper_restore_s']:.1f} s / {d['mydumper_table_restore_s']:.1f} s"
-        if "mydumper_restore_s" in d else "—")
-    row("PITR replay rate", lambda d: f"{d['replay_mib_s']:.1f} MiB/s of binlog ({mib(d['replay_bytes'])})"
-        if d.get("replay_mib_s") else "—")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
