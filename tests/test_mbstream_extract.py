@@ -13,7 +13,6 @@ import io
 import os
 import random
 import subprocess
-from collections import deque
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from drtool.databases.mbstream_extract import LAG, MbstreamWriter, StreamDamaged
 from drtool.databases.tree_writer import INLINE_BYTES
 from drtool.errors import RestoreTargetError
 from drtool.sources import mbstream
+from windowfeed import feed_windows
 
 MiB = 1024 * 1024
 
@@ -58,17 +58,9 @@ def extract(stream: bytes, target: Path, cuts: list[int], writers: int = 2, dire
     overwritten as soon as the stream reader would reuse it (``lag`` windows later: a write
     still reading it then would write zeros)."""
     target.mkdir()
-    held: deque[bytearray] = deque()
     with MbstreamWriter(str(target), "snapshot abcd1234", writers, direct=direct, lag=lag,
                         inline_bytes=inline_bytes) as writer:
-        for start, end in zip([0, *cuts], [*cuts, len(stream)]):
-            window = bytearray(stream[start:end])
-            writer.write(memoryview(window))
-            held.append(window)
-            if len(held) > lag:
-                reused = held.popleft()
-                reused[:] = bytes(len(reused))
-        writer.finish()
+        feed_windows(writer, stream, cuts)
 
 
 def mbstream_x(stream: bytes, target: Path) -> subprocess.CompletedProcess[bytes]:

@@ -16,7 +16,6 @@ import resource
 import stat
 import subprocess
 import tarfile
-from collections import deque
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +24,7 @@ import pytest
 from drtool.databases.tar_extract import LAG, TarWriter
 from drtool.databases.tree_writer import INLINE_BYTES, StreamDamaged
 from drtool.errors import RestoreTargetError
+from windowfeed import feed_windows
 
 MiB = 1024 * 1024
 MTIME = 1_700_000_000
@@ -50,22 +50,14 @@ def entry(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o600, body: byt
 
 def extract(stream: bytes, target: Path, cuts: list[int] | None = None, writers: int = 2, direct: bool = True,
             lag: int = LAG, inline_bytes: int = INLINE_BYTES) -> int:
-    """Feed ``stream`` to a TarWriter in windows ending at ``cuts`` (7,777-byte windows if None);
-    each window's buffer is zeroed as soon as the reader would reuse it."""
+    """Feed ``stream`` to a TarWriter in windows ending at ``cuts`` (7,777-byte windows if None),
+    as the stream reader does (``windowfeed``); the member count."""
     if cuts is None:
         cuts = list(range(7_777, len(stream), 7_777))
     target.mkdir(exist_ok=True)
-    held: deque[bytearray] = deque()
     with TarWriter(str(target), "snapshot abcd1234", writers, direct=direct, lag=lag,
                    inline_bytes=inline_bytes) as writer:
-        for start, end in zip([0, *cuts], [*cuts, len(stream)]):
-            window = bytearray(stream[start:end])
-            writer.write(memoryview(window))
-            held.append(window)
-            if len(held) > lag:
-                reused = held.popleft()
-                reused[:] = bytes(len(reused))
-        writer.finish()
+        feed_windows(writer, stream, cuts)
         return writer.members
 
 
