@@ -218,3 +218,19 @@ def test_thousands_of_small_files_in_one_window_stay_under_the_descriptor_limit(
     assert extract(stream, tmp_path / "data", cuts=[], inline_bytes=inline_bytes) == 3000
     assert (tmp_path / "data/base/16384/2999").read_bytes() == (2999).to_bytes(4, "big") * 100
     assert len(list((tmp_path / "data/base/16384").iterdir())) == 3000
+
+
+def test_a_big_file_goes_around_the_page_cache_and_small_ones_through_it(tmp_path: Path) -> None:
+    """The restore writes a data file's whole blocks with O_DIRECT (``fincore``: few of its pages
+    are in the page cache afterwards); with ``direct`` off, most are."""
+    body = random.Random(9).randbytes(12 * MiB)
+    stream = archive_bytes([entry("base", tarfile.DIRTYPE, 0o700), entry("base/16396", body=body),
+                            entry("base/PG_VERSION", body=b"15\n")], USTAR)
+    for direct in (True, False):
+        extract(stream, tmp_path / f"d{direct}", list(range(3 * MiB, len(stream), 3 * MiB)), direct=direct)
+    resident = {direct: int(subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES",
+                                            str(tmp_path / f"d{direct}" / "base/16396")],
+                                           capture_output=True, text=True, check=True).stdout.split()[0])
+                for direct in (True, False)}
+    assert resident[True] <= 64 * 4096 and resident[False] >= len(body) // 2, resident
+    assert (tmp_path / "dTrue/base/16396").read_bytes() == body

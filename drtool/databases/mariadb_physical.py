@@ -33,8 +33,8 @@ from drtool.databases import mariadb_chain as chain
 from drtool.databases import subpage_format
 from drtool.databases.engine import stream_bytes
 from drtool.databases.planner import PitrPlan, PitrResult
-from drtool.errors import DrtoolError, RestoreTargetError, SourceError, UsageError
 from drtool.databases.tree_writer import empty_directory, sync_restored
+from drtool.errors import DrtoolError, RestoreTargetError, SourceError, UsageError
 from drtool.snapshot.streamread import read_stream
 from drtool.sources import mariabackup, mariadb
 

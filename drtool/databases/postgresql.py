@@ -24,9 +24,9 @@ from drtool.childenv import child_environment
 from drtool.databases import pg_tablespaces
 from drtool.core import stages
 from drtool.databases.engine import Labels, RestoreRequest, stream_bytes
-from drtool.databases.tree_writer import empty_directory, sync_restored
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryPointUnreachable, RecoveryShort
 from drtool.databases.targets import RecoveryTarget, TargetPosition
+from drtool.databases.tree_writer import empty_directory, sync_restored
 from drtool.errors import SnapshotNotFound, SourceError, UsageError
 from drtool.snapshot.logwindow import WAL, Gap, RecoveryBase, Segment, contiguous_run, find_gaps
 from drtool.snapshot.model import Snapshot

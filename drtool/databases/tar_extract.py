@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drtool.databases.tree_writer import LAG, OpenFile, TreeWriter, write_error
+from drtool.fdio import DIRECT_MIN
 
 __all__ = ["LAG", "TarWriter"]
 
@@ -108,10 +109,10 @@ class TarWriter(TreeWriter):
             file.end += size
         self._left -= size
         if not self._left:
-            self._member_done(jobs)
+            self._member_done()
         return pos + size
 
-    def _member_done(self, jobs: list[Future[Any]]) -> None:
+    def _member_done(self) -> None:
         if self._extended is not None:
             self._take_extended(bytes(self._extended))
             self._extended = None
@@ -132,7 +133,7 @@ class TarWriter(TreeWriter):
                 raise self.damaged(f"is damaged: an extended header claims {member.size} bytes")
             self._extended, self._extended_kind, self._left = bytearray(), member.kind, member.size
             if not member.size:
-                self._member_done(jobs)
+                self._member_done()
             return
         self._pending = {}
         self.members += 1
@@ -188,7 +189,7 @@ class TarWriter(TreeWriter):
 
     def _regular(self, member: _Member, jobs: list[Future[Any]]) -> None:
         name = self._place(member)
-        file = self.create(os.fsencode(name), name, jobs, 0o600)
+        file = self.create(os.fsencode(name), name, jobs, 0o600, direct=member.size >= DIRECT_MIN)
         try:
             os.fchmod(file.fd, member.mode)
         except OSError as exc:
@@ -196,7 +197,7 @@ class TarWriter(TreeWriter):
         file.mtime = member.mtime
         self._file, self._left = file, member.size
         if not member.size:
-            self._member_done(jobs)
+            self._member_done()
 
     def _directory(self, member: _Member) -> None:
         name = self._place(member)

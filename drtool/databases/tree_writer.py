@@ -175,9 +175,11 @@ class TreeWriter:
             raise self.damaged(f"has {name} twice")
         self._seen.add(name)
 
-    def create(self, key: bytes, name: str, jobs: list[Future[Any]], mode: int = 0o660) -> OpenFile:
+    def create(self, key: bytes, name: str, jobs: list[Future[Any]], mode: int = 0o660,
+               direct: bool = True) -> OpenFile:
         """Create ``name`` (new: O_EXCL, never through a link) and its parent directories; ``jobs``:
-        the current window's writes so far (waited for when too many files are open)."""
+        the current window's writes so far (waited for when too many files are open); ``direct``
+        False: no O_DIRECT descriptor (a file known to be too small for one)."""
         self._make_room(jobs)
         full = os.path.join(self.target, name)
         try:
@@ -186,7 +188,7 @@ class TreeWriter:
         except OSError as exc:
             raise write_error(full, exc) from None
         file = self._files[key] = OpenFile(name, full, fd)
-        if self._direct.enabled:
+        if direct and self._direct.enabled:
             try:
                 file.direct_fd = open_direct(full)
             except OSError as exc:

@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterator
 
 from drtool.childenv import child_environment
 from drtool.errors import ConfigError, RestoreTargetError, SourceError
