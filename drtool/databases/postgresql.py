@@ -356,6 +356,7 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
     postgres.prepare_datadir(target)
     if start and port is None:
         port = free_port()  # never collide with the production server's 5432
+    socket_dir = target
     try:
         members = _extract_base(session, snap, target, places)
         socket_dir = socket_dir_for(target)
@@ -369,6 +370,9 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
         if created:
             with contextlib.suppress(OSError):  # never hide the error that brought us here
                 os.rmdir(target)
+        if socket_dir != target:  # the private socket directory made for it under /tmp
+            with contextlib.suppress(OSError):
+                os.rmdir(socket_dir)
         raise
     result = PitrResult(plan, target, members=members, script=script, port=port, socket_dir=socket_dir,
                         log_file=postgres.recovery_log(target))
