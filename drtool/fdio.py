@@ -126,8 +126,8 @@ def sync_tree(root: str, fsync: Callable[[int], None] = os.fsync, threads: int =
 
     Why: a restore is done when its bytes survive a power cut, not when they are in the page
     cache.  A physical MariaDB restore is started on afterwards and InnoDB does not sync files it
-    did not write (PostgreSQL syncs its data directory before crash recovery, InnoDB does not);
-    pgBackRest syncs every restored file and path for the same reason.  The files written with
+    did not write; PostgreSQL syncs its data directory when it starts, but a restore not started
+    yet must not depend on that; pgBackRest syncs every restored file and path for the same reason.  The files written with
     O_DIRECT are on the device already, so their ``fsync`` is the file system's metadata (sizes,
     extents) and the device's cache.  An error raises ``OSError`` naming the path.
     """

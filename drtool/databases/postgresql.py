@@ -435,11 +435,8 @@ def extract_tar(repo: Repository, snap: Snapshot, filename: str | None, target: 
     process, whole blocks around the page cache); the member count.  The stream is read here so
     that the reader holds each window as long as the writer may still be writing it."""
     from drtool.databases.tar_extract import LAG, TarWriter
-    windows = counted(read_stream(repo, snap, filename, hold=LAG))
     with TarWriter(target, f"snapshot {snap.short_id}", lag=LAG) as writer:
-        for window in windows:
-            writer.write(window)
-        writer.finish()
+        writer.write_stream(counted(read_stream(repo, snap, filename, hold=writer.lag)))
         return writer.members
 
 

@@ -35,6 +35,7 @@ from drtool.fdio import DIRECT_MIN
 __all__ = ["LAG", "TarWriter"]
 
 BLOCK = 512
+_END_BLOCK = bytes(BLOCK)  # two of them end an archive
 _REGULAR = (b"0", b"\0", b"7")
 _EXTENDED_MAX = 1 << 20  # a pax or GNU long-name header's data (a name is at most PATH_MAX)
 
@@ -121,7 +122,7 @@ class TarWriter(TreeWriter):
             self._file = None
 
     def _header(self, block: bytes, jobs: list[Future[Any]]) -> None:
-        if block == bytes(BLOCK):
+        if block == _END_BLOCK:
             self._ended = True  # what follows the end-of-archive block is padding
             return
         if not _checksum_ok(block):
@@ -248,7 +249,7 @@ def _checksum_ok(block: bytes) -> bool:
     except ValueError:
         return False
     blanked = block[:148] + b" " * 8 + block[156:]
-    return stored in (sum(blanked), sum(byte - 256 if byte > 127 else byte for byte in blanked))
+    return stored == sum(blanked) or stored == sum(byte - 256 if byte > 127 else byte for byte in blanked)
 
 
 def _number(field: bytes) -> int:

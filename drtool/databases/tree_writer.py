@@ -31,7 +31,7 @@ import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from drtool.errors import RestoreTargetError
 from drtool.fdio import DirectWrites, open_direct, pwrite_all, sync_tree
@@ -121,6 +121,14 @@ class TreeWriter:
             self._ending = []
         while len(self._in_flight) > self.lag:
             self._complete()
+
+    def write_stream(self, windows: Iterable[memoryview]) -> None:
+        """Every window of a stored stream (:meth:`write`), then :meth:`finish`: the one loop both
+        restores run.  The windows must stay valid ``self.lag`` windows longer than the reader's
+        default (``read_stream(hold=writer.lag)``)."""
+        for window in windows:
+            self.write(window)
+        self.finish()
 
     def finish(self) -> None:
         """The stream ended: every write is over and checked, then :meth:`_at_end`."""
