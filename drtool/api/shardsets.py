@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from drtool.catalog.shardsets import SetRow, ShardSets
 from drtool.config import Settings
 from drtool.core.session import Session
 from drtool.errors import SnapshotNotFound, UsageError
 from drtool.snapshot.sets import SnapshotSet, find_set, group_sets, is_set_ref
 
 if TYPE_CHECKING:  # the worker imports boto3: only when a backup runs, not for 'drtool snapshots'
+    from drtool.catalog.shardsets import SetRow
     from drtool.backup.shards import WorkerResult
     from drtool.sources.objectstore import ObjectStoreSource
 
@@ -51,6 +51,7 @@ def work_on_source(session: Session, src: Any, tags: list[str], join_only: bool 
 
 def abandon_set(session: Session, source: str) -> SetRow | None:
     """Mark the source's open set failed (a set that can never finish, e.g. after a config change)."""
+    from drtool.catalog.shardsets import ShardSets
     sets = ShardSets(session.catalog)
     row = next((r for r in reversed(sets.sets(source)) if r.state == "open"), None)
     if row is not None:
@@ -66,6 +67,7 @@ def snapshot_sets(session: Session, source: str | None = None) -> list[SnapshotS
 
 def set_rows(session: Session, source: str | None = None) -> list[SetRow]:
     """The catalog's coordination rows (open, committed, failed sets)."""
+    from drtool.catalog.shardsets import ShardSets
     return ShardSets(session.catalog).sets(source)
 
 
