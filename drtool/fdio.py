@@ -28,7 +28,7 @@ def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 # ----- writing a restore's big files around the page cache ----------------------------------------
 DIRECT_ALIGN = 4096          # offsets, lengths and memory of O_DIRECT writes (every block size up to 4 KiB)
 DIRECT_MIN = 64 * 1024       # a shorter write goes through the page cache: not worth the copy
-DIRECT_SCRATCH = 4 * 1024 * 1024  # each writing thread's aligned buffer
+DIRECT_SCRATCH = 8 * 1024 * 1024  # each writing thread's aligned buffer (a window's piece: TreeWriter._cuts)
 
 
 def open_direct(path: str) -> int:
@@ -62,25 +62,47 @@ class DirectWrites:
         self.enabled = enabled
         self._local = threading.local()
 
-    def pwrite(self, fd: int, direct_fd: int, view: memoryview, offset: int) -> None:
-        """Write all of ``view`` at ``offset`` of the file open as ``fd`` (and ``direct_fd``, or -1)."""
+    def pwrite(self, fd: int, direct_fd: int, view: memoryview, offset: int, prefix: bytes = b"") -> None:
+        """Write all of ``prefix + view`` at ``offset`` of the file open as ``fd`` (and ``direct_fd``,
+        or -1).  ``prefix``: the start of an aligned block that an earlier piece held (the tree
+        writer's carry), gathered with ``view`` into the aligned buffer rather than joined first."""
+        if prefix and offset % DIRECT_ALIGN:
+            pwrite_all(fd, memoryview(prefix), offset)
+            offset, prefix = offset + len(prefix), b""
+        total = len(prefix) + len(view)
         start = -(-offset // DIRECT_ALIGN) * DIRECT_ALIGN
-        end = (offset + len(view)) // DIRECT_ALIGN * DIRECT_ALIGN
-        if not self.enabled or direct_fd < 0 or len(view) < DIRECT_MIN or end - start < DIRECT_ALIGN:
-            pwrite_all(fd, view, offset)
+        end = (offset + total) // DIRECT_ALIGN * DIRECT_ALIGN
+        if not self.enabled or direct_fd < 0 or total < DIRECT_MIN or end - start < DIRECT_ALIGN:
+            if prefix:
+                pwrite_all(fd, memoryview(prefix), offset)
+            pwrite_all(fd, view, offset + len(prefix))
             return
-        pwrite_all(fd, view[:start - offset], offset)
-        done = self._direct(direct_fd, view[start - offset:end - offset], start)
-        pwrite_all(fd, view[start - offset + done:], start + done)
+        head = start - offset  # 0 when there is a prefix (its offset is aligned)
+        pwrite_all(fd, view[:head], offset)
+        done = self._direct(direct_fd, [memoryview(prefix), view[head:end - offset - len(prefix)]], start)
+        if done < len(prefix):  # O_DIRECT refused at once: the rest through the page cache
+            pwrite_all(fd, memoryview(prefix)[done:], offset + done)
+            done = len(prefix)
+        pwrite_all(fd, view[head + done - len(prefix):], start + done)
 
-    def _direct(self, direct_fd: int, view: memoryview, offset: int) -> int:
-        """Write aligned ``view`` at ``offset`` through ``direct_fd``; the bytes written (all of them,
-        unless the file system refused O_DIRECT: then the caller writes the rest)."""
+    def _direct(self, direct_fd: int, parts: list[memoryview], offset: int) -> int:
+        """Write ``parts``, one aligned run, at ``offset`` through ``direct_fd``, gathered into this
+        thread's aligned buffer; the bytes written (all of them, unless the file system refused
+        O_DIRECT: then the caller writes the rest)."""
         scratch = self._scratch()
+        total = sum(len(part) for part in parts)
         done = 0
-        while done < len(view):
-            size = min(len(scratch), len(view) - done)
-            copy_into(scratch, view[done:done + size])
+        pending = [part for part in parts if len(part)]
+        while done < total:
+            size = 0
+            while pending and size < len(scratch):
+                part = pending[0]
+                take = min(len(part), len(scratch) - size)
+                copy_into(scratch, part[:take], size)
+                size += take
+                pending[0] = part[take:]
+                if not len(pending[0]):
+                    pending.pop(0)
             try:
                 pwrite_all(direct_fd, memoryview(scratch)[:size], offset + done)
             except OSError as exc:

@@ -61,6 +61,34 @@ def test_every_byte_lands_where_asked_whatever_the_alignment(tmp_path: Path, ena
     assert writes.enabled is enabled
 
 
+@pytest.mark.parametrize("enabled", [True, False], ids=["o_direct", "page_cache"])
+def test_a_prefix_is_written_before_the_view_at_any_offset(tmp_path: Path, enabled: bool) -> None:
+    """``prefix`` (the tree writer's carried partial block) lands at ``offset`` and the view after it,
+    gathered into one aligned write when the offset is a block boundary, through the page cache
+    when it is not or when the whole is short."""
+    rng = random.Random(4)
+    data = bytearray(rng.randbytes(12 * MiB))
+    writes = DirectWrites(enabled)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    direct = open_direct(str(tmp_path / "f"))
+    try:
+        for offset, prefix_len, view_len in [(0, 1000, 3 * MiB - 1000 + 17), (5 * MiB, 4095, 8193),
+                                             (6 * MiB, 3000, DIRECT_MIN * 2), (7 * MiB + 100, 500, MiB),
+                                             (9 * MiB, 100, 100), (10 * MiB, 1, 2 * MiB - 1)]:
+            prefix = bytes(data[offset:offset + prefix_len])
+            view = memoryview(data)[offset + prefix_len:offset + prefix_len + view_len]
+            writes.pwrite(fd, direct, view, offset, prefix)
+            del view
+    finally:
+        os.close(fd)
+        os.close(direct)
+    written = (tmp_path / "f").read_bytes()
+    for offset, size in [(0, 3 * MiB + 17), (5 * MiB, 4095 + 8193), (6 * MiB, 3000 + DIRECT_MIN * 2),
+                         (7 * MiB + 100, 500 + MiB), (9 * MiB, 200), (10 * MiB, 2 * MiB)]:
+        assert written[offset:offset + size] == data[offset:offset + size], offset
+    assert writes.enabled is enabled
+
+
 def test_the_aligned_middle_bypasses_the_page_cache(tmp_path: Path) -> None:
     """What the change is for: the restored file's blocks are not left in the page cache (only the
     unaligned edges are); written through the page cache, all of them are."""

@@ -81,8 +81,9 @@ def test_the_same_tree_as_mbstream_x_whatever_the_windows(tmp_path: Path, direct
                          "xtrabackup_info"}
     first = stream.index(b"XBSTCK01", 1)  # the second chunk's header
     awkward = [first + 3, first + 12, first + 20, first + 40, first + 60, 4 * MiB + 1]
+    in_blocks = list(range(5 * MiB, 5 * MiB + 20_000, 999)) + list(range(6 * MiB + 3, len(stream), 2 * MiB + 5))
     for number, cuts in enumerate([[], awkward, list(range(8 * MiB, len(stream), 8 * MiB)),
-                                   list(range(1, 200)) + list(range(3 * MiB, len(stream), 3 * MiB + 5))]):
+                                   list(range(1, 200)) + list(range(3 * MiB, len(stream), 3 * MiB + 5)), in_blocks]):
         extract(stream, tmp_path / f"mine{number}", cuts, writers=1 + number % 3, direct=direct, lag=lag,
                 inline_bytes=inline_bytes)
         assert tree(tmp_path / f"mine{number}") == want, number

@@ -116,7 +116,9 @@ def test_the_same_tree_as_gnu_tar_whatever_the_windows(tmp_path: Path, fmt: int,
     assert want["readonly"][1] == 0o500 and want["PG_VERSION"][1:3] == (0o640, MTIME + 1)
     header = 512 * 3  # the pax/long-name header and the first member's header
     awkward = [1, 100, 511, 512, 513, header + 1, header + 511, header + 515, 3 * MiB + 7, 8 * MiB + 4096]
-    for number, cuts in enumerate([[], awkward, None, list(range(1, 300)) + list(range(2 * MiB, len(stream), MiB))]):
+    in_blocks = list(range(MiB, MiB + 20_000, 999)) + list(range(4 * MiB + 100, len(stream), 2 * MiB + 3))
+    for number, cuts in enumerate([[], awkward, None, list(range(1, 300)) + list(range(2 * MiB, len(stream), MiB)),
+                                   in_blocks]):
         members = extract(stream, tmp_path / f"mine{number}", cuts, writers=1 + number % 3, direct=direct, lag=lag,
                           inline_bytes=inline_bytes)
         assert tree(tmp_path / f"mine{number}") == want, number
@@ -221,9 +223,11 @@ def test_thousands_of_small_files_in_one_window_stay_under_the_descriptor_limit(
 
 
 def test_a_big_file_goes_around_the_page_cache_and_small_ones_through_it(tmp_path: Path) -> None:
-    """The restore writes a data file's whole blocks with O_DIRECT (``fincore``: few of its pages
-    are in the page cache afterwards); with ``direct`` off, most are."""
-    body = random.Random(9).randbytes(12 * MiB)
+    """The restore writes a data file's whole blocks with O_DIRECT (``fincore``: of its pages only
+    the two at its end are in the page cache afterwards, the last partial one and the one finished
+    by the last window's few bytes, though every window ends inside a block: 8 pages before the
+    partial blocks were carried to the next window); with ``direct`` off, most are."""
+    body = random.Random(9).randbytes(12 * MiB + 1000)
     stream = archive_bytes([entry("base", tarfile.DIRTYPE, 0o700), entry("base/16396", body=body),
                             entry("base/PG_VERSION", body=b"15\n")], USTAR)
     for direct in (True, False):
@@ -232,5 +236,5 @@ def test_a_big_file_goes_around_the_page_cache_and_small_ones_through_it(tmp_pat
                                             str(tmp_path / f"d{direct}" / "base/16396")],
                                            capture_output=True, text=True, check=True).stdout.split()[0])
                 for direct in (True, False)}
-    assert resident[True] <= 64 * 4096 and resident[False] >= len(body) // 2, resident
+    assert resident[True] <= 2 * 4096 and resident[False] >= len(body) // 2, resident
     assert (tmp_path / "dTrue/base/16396").read_bytes() == body

@@ -109,7 +109,7 @@ class MbstreamWriter(TreeWriter):
         path = head[_HEAD:len(head) - (_PAYLOAD.size if kind == mbstream.PAYLOAD else 0)]
         file = self._open(path, jobs)
         if kind == mbstream.EOF:
-            self.finish_file(path)  # closed now, or once this window's writes are done and checked
+            self.finish_file(path, jobs)  # closed now, or once this window's writes are done and checked
             return
         length, offset, crc = _PAYLOAD.unpack_from(head, len(head) - _PAYLOAD.size)
         if length > mbstream.MAX_PAYLOAD:
@@ -171,8 +171,6 @@ class MbstreamWriter(TreeWriter):
         self.claim(name)
         return self.create(path, name, jobs)
 
-    def _pwrite(self, file: OpenFile, data: memoryview, offset: int) -> int:
-        """Write ``data`` at ``offset`` of ``file``; its CRC-32 (computed here, on a writer thread)."""
-        crc = zlib_ng.crc32(data)
-        super()._pwrite(file, data, offset)
-        return crc
+    def _digest(self, data: memoryview) -> int:
+        """A piece's CRC-32 (on a writer thread; a carried last block's where it is cut)."""
+        return zlib_ng.crc32(data)

@@ -110,15 +110,15 @@ class TarWriter(TreeWriter):
             file.end += size
         self._left -= size
         if not self._left:
-            self._member_done()
+            self._member_done(jobs)
         return pos + size
 
-    def _member_done(self) -> None:
+    def _member_done(self, jobs: list[Future[Any]]) -> None:
         if self._extended is not None:
             self._take_extended(bytes(self._extended))
             self._extended = None
         elif self._file is not None:
-            self.finish_file(os.fsencode(self._file.path))
+            self.finish_file(os.fsencode(self._file.path), jobs)
             self._file = None
 
     def _header(self, block: bytes, jobs: list[Future[Any]]) -> None:
@@ -134,7 +134,7 @@ class TarWriter(TreeWriter):
                 raise self.damaged(f"is damaged: an extended header claims {member.size} bytes")
             self._extended, self._extended_kind, self._left = bytearray(), member.kind, member.size
             if not member.size:
-                self._member_done()
+                self._member_done(jobs)
             return
         self._pending = {}
         self.members += 1
@@ -198,7 +198,7 @@ class TarWriter(TreeWriter):
         file.mtime = member.mtime
         self._file, self._left = file, member.size
         if not member.size:
-            self._member_done()
+            self._member_done(jobs)
 
     def _directory(self, member: _Member) -> None:
         name = self._place(member)
