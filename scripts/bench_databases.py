@@ -207,22 +207,25 @@ class Drtool:
                         DRTOOL_CATALOG=str(work / "catalog.sqlite"), DRTOOL_CONFIG=str(config),
                         PYTHONPATH=str(REPO_ROOT), XDG_STATE_HOME=str(work / "state"))
         self.env.pop("DRTOOL_PASSWORD", None)
+        self.stderrs: list[str] = []
 
     def __call__(self, *args: str, prefix: list[str] | None = None) -> str:
         proc = run([*(prefix or []), PY, "-m", "drtool", *args], self.env)
-        self.last_stderr = proc.stderr
+        self.stderrs = [*self.stderrs[-REPEAT:], proc.stderr]
         for line in proc.stderr.splitlines():
             if "INFO" in line or "warning" in line:
                 log(line)
         return proc.stdout
 
     def stage_seconds(self) -> dict[str, float]:
-        """The last command's restore stages (``-v`` logs "STAGE: done in N.Ns"), summed by kind:
-        where a restore's time goes (extracting the streams, rebuilding pages, --prepare, replay)."""
+        """The restore stages (``-v`` logs "STAGE: done in N.Ns") of the run the last best() kept,
+        summed by kind: where a restore's time goes (extracting the streams, rebuilding pages,
+        --prepare, replay)."""
         kinds = {"extracting": "extract", "rebuilding": "rebuild", "preparing": "prepare", "applying": "prepare",
                  "replaying": "replay", "syncing": "sync"}
         out: dict[str, float] = {}
-        for match in re.finditer(r"INFO: (\w+) .*?: done in (\d+\.\d+)s", self.last_stderr):
+        kept = self.stderrs[-REPEAT:][LAST_BEST]
+        for match in re.finditer(r"INFO: (\w+) .*?: done in (\d+\.\d+)s", kept):
             kind = kinds.get(match.group(1))
             if kind:
                 out[kind] = out.get(kind, 0.0) + float(match.group(2))

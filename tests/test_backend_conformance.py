@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -140,7 +141,7 @@ def test_each_backend_has_its_capabilities(tmp_path: Path, moto_server: MotoServ
 
     set_dummy_env(monkeypatch, moto_server.url)
     local = LocalBackend(tmp_path)
-    assert _capabilities_of(local) == {"StagedWrites", "PartWrites", "ViewReads", "BufferedReads",
+    assert _capabilities_of(local) == {"StagedWrites", "PartWrites", "ViewReads", "BufferedReads", "ReadAhead",
                                        "ConditionalCreate", "LocationSetup", "TemporaryCleanup", "GroupSharing"}
     s3 = S3Backend.from_url("s3://bucket/prefix", {})
     assert _capabilities_of(s3) == {"ConditionalCreate", "ObjectLock", "ServerClock", "LocationSetup",
@@ -160,10 +161,10 @@ def test_wrappers_mirror_exactly_the_capabilities_of_what_they_wrap(tmp_path: Pa
     """A wrapper must send callers down the path production takes with the wrapped backend,
     except where the fault wrapper must see the data (it has no staged, part or mapped I/O)."""
     local = LocalBackend(tmp_path)
-    assert _capabilities_of(FaultyBackend(local)) == {"ConditionalCreate", "LocationSetup", "TemporaryCleanup",
+    assert _capabilities_of(FaultyBackend(local)) == {"ReadAhead", "ConditionalCreate", "LocationSetup", "TemporaryCleanup",
                                                       "GroupSharing"}
     assert _capabilities_of(FaultyBackend(MemoryBackend())) == {"ConditionalCreate"}
-    assert _capabilities_of(LaggingListings(local)) == {"ViewReads", "BufferedReads", "ConditionalCreate",
+    assert _capabilities_of(LaggingListings(local)) == {"ViewReads", "BufferedReads", "ReadAhead", "ConditionalCreate",
                                                         "LocationSetup", "TemporaryCleanup", "GroupSharing"}
     assert _capabilities_of(LaggingListings()) == {"ConditionalCreate"}
     assert type(FaultyBackend(local)) is type(FaultyBackend(LocalBackend(tmp_path / "b")))  # one class per mix
@@ -227,6 +228,31 @@ def test_local_replace_leaves_no_temp_and_keeps_old_on_failure(tmp_path: Path) -
         os.chmod(tmp_path, 0o700)
     assert be.get("config") == b"new"
     assert sorted(os.listdir(tmp_path)) == ["config"]
+
+
+def test_local_read_ahead_queues_the_range_into_the_page_cache(tmp_path: Path) -> None:
+    """``read_ahead`` (``posix_fadvise(WILLNEED)``) reads the range in the background: the range's
+    pages arrive in the page cache without a read, the rest of the object does not; a missing
+    object is not an error (the read itself reports it)."""
+    from test_fdio import on_tmpfs, resident_bytes
+    if on_tmpfs(tmp_path):
+        pytest.fail(f"{tmp_path} is on a tmpfs, where every page is resident: run with TMPDIR on a disk")
+    local = LocalBackend(tmp_path)
+    local.put("packs/ab/cd", os.urandom(8 * 1024 * 1024))
+    path = tmp_path / "packs/ab/cd"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert resident_bytes(path) <= 64 * 1024
+    local.read_ahead("packs/ab/cd", 2 * 1024 * 1024, 4 * 1024 * 1024)
+    deadline = time.monotonic() + 10
+    while resident_bytes(path) < 4 * 1024 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert 4 * 1024 * 1024 <= resident_bytes(path) <= 4 * 1024 * 1024 + 256 * 1024
+    local.read_ahead("packs/ab/missing", 0, 4096)  # nothing raised
 
 
 def test_local_missing_root_is_repository_not_found(tmp_path: Path) -> None:

@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
+from conftest import PASSWORD
+from drtool.backends.local import LocalBackend
 from drtool.errors import IntegrityError
+from drtool.repository.repo import Repository
 from drtool.snapshot.store import stream_ids
 from drtool.snapshot.streamgroups import group_key, plan_runs, whole_group_run
 from drtool.snapshot.streamread import read_blobs_windowed, read_stream, windows
@@ -152,3 +155,63 @@ def test_whole_group_run_needs_the_only_use_and_blobs_back_to_back_from_the_star
     assert not whole_group_run([loc(10, 5), loc(15, 7)], {key: [3]})     # not from its start
     assert not whole_group_run([loc(0, 10), loc(0, 10)], {key: [3]})     # a blob repeated (zero pages)
     assert not whole_group_run([loc(0, 10), loc(12, 5)], {key: [3]})     # a gap
+
+
+class RecordingLocal(LocalBackend):
+    """The local backend, noting in order which ranges a read asks for ahead and which it reads."""
+
+    def __init__(self, root: Any) -> None:
+        super().__init__(root)
+        self.events: list[tuple[str, str, int, int]] = []
+        self._lock = threading.Lock()
+
+    def read_ahead(self, name: str, offset: int, length: int) -> None:
+        with self._lock:
+            self.events.append(("ahead", name, offset, length))
+        super().read_ahead(name, offset, length)
+
+    def get_range_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
+        with self._lock:
+            self.events.append(("read", name, offset, length))
+        return super().get_range_into(name, offset, length, buf)
+
+
+def _most_asked_unread(events: list[tuple[str, str, int, int]]) -> int:
+    asked: set[tuple[str, int, int]] = set()
+    most = 0
+    for kind, *where in events:
+        if kind == "ahead":
+            asked.add(tuple(where))  # type: ignore[arg-type]
+        else:
+            asked.discard(tuple(where))  # type: ignore[arg-type]
+        most = max(most, len(asked))
+    return most
+
+
+@pytest.mark.parametrize("lead, bounded", [(8 * MiB, True), (1024 * MiB, False)], ids=["8MiB", "1GiB"])
+def test_each_group_is_asked_for_once_before_it_is_read_and_only_lead_bytes_ahead(
+        repo_env, lead: int, bounded: bool) -> None:  # type: ignore[no-untyped-def]
+    """A cold restore's reads are queued ahead (``ReadAhead``): every group the reader opens was
+    asked for first, once, and no more than ``read_ahead`` bytes beyond the windows being filled
+    are asked for at a time (a terabyte stream must not ask for the whole repository at once)."""
+    data = _hex(150 * MiB)
+    with repo_env.session() as session:
+        snap = _backup(session, data)
+    backend = RecordingLocal(repo_env.repo)
+    repo = Repository.open(backend, PASSWORD.encode())
+    try:
+        repo.load_index()
+        ids = stream_ids(repo, snap)
+        got = b"".join(bytes(view) for view in read_blobs_windowed(repo, ids, workers=2, read_ahead=lead))
+    finally:
+        repo.close()
+    assert got == data
+    asked = [tuple(event[1:]) for event in backend.events if event[0] == "ahead"]
+    reads = [tuple(event[1:]) for event in backend.events if event[0] == "read"]
+    groups = set(asked)
+    assert len(asked) == len(groups) >= 8 and set(reads) == groups  # each once; every read was asked for
+    for index, event in enumerate(backend.events):
+        if event[0] == "read":
+            assert ("ahead", *event[1:]) in backend.events[:index]
+    # a window here is one 16 MiB group (~8 MiB stored), three are filled at a time, 8 MiB is one more
+    assert (_most_asked_unread(backend.events) <= 5) is bounded, _most_asked_unread(backend.events)

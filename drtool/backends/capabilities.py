@@ -73,6 +73,20 @@ class BufferedReads(Protocol):
 
 
 @runtime_checkable
+class ReadAhead(Protocol):
+    """Ask for a range to be read in the background before it is needed (local:
+    ``posix_fadvise(WILLNEED)``, which queues the reads and returns).
+
+    A cold physical restore read each group only when a worker reached it:
+    two workers, at most two reads in flight, each waited for.  Fallback:
+    nothing (each range is read when it is needed).
+    """
+
+    def read_ahead(self, name: str, offset: int, length: int) -> None:
+        """A hint: never raises for a missing object (the read itself reports it)."""
+
+
+@runtime_checkable
 class ConcurrentReads(Protocol):
     """A store whose every read pays a round trip (S3): keep several large ranged reads in flight.
 
@@ -218,7 +232,8 @@ class GroupSharing(Protocol):
         """The id of the group the location is shared with, or None when it is private."""
 
 
-CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ConcurrentReads, StreamedReads,
+CAPABILITIES: tuple[type, ...] = (StagedWrites, PartWrites, ViewReads, BufferedReads, ReadAhead, ConcurrentReads,
+                                  StreamedReads,
                                   ColdStorage, ConditionalCreate, ObjectLock, ServerClock, LocationSetup,
                                   TemporaryCleanup, GroupSharing)
 
@@ -282,6 +297,12 @@ def read_into(backend: Backend, name: str, offset: int, length: int, buf: bytear
     if supports(backend, BufferedReads):
         return backend.get_range_into(name, offset, length, buf)  # type: ignore[attr-defined, no-any-return]
     return memoryview(backend.get_range(name, offset, length))
+
+
+def read_ahead(backend: Backend, name: str, offset: int, length: int) -> None:
+    """Start reading the range in the background where the backend can; else nothing."""
+    if supports(backend, ReadAhead):
+        backend.read_ahead(name, offset, length)  # type: ignore[attr-defined]
 
 
 def read_concurrency(backend: Backend) -> tuple[int, int] | None:

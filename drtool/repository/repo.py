@@ -529,6 +529,11 @@ class Repository:
         finally:
             buffers.give(raw)  # decrypted into another buffer: the sealed bytes are done with
 
+    def read_group_ahead(self, loc: Location) -> None:
+        """Start reading the group at ``loc`` in the background where the backend can (a restore
+        that knows which groups come next: ``snapshot.streamread``)."""
+        capabilities.read_ahead(self.backend, pack_name(loc.pack_id), loc.offset, loc.length)
+
     def read_pack_range_into(self, pack_id: bytes, offset: int, length: int, buf: bytearray) -> memoryview:
         """Sealed bytes of a pack (several neighbouring groups) read into ``buf`` where the backend
         can, for :meth:`open_group_sealed`."""

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 from drtool.backends import capabilities
 from drtool.backends.base import Backend, ObjectInfo
 from drtool.backends.capabilities import (ConcurrentReads, GroupSharing, LocationSetup, ObjectLock, RangeStream,
-                                          ServerClock, StreamedReads, TemporaryCleanup)
+                                          ReadAhead, ServerClock, StreamedReads, TemporaryCleanup)
 from drtool.errors import BackendError, DrtoolError, TransientBackendError
 from drtool.testing.mirror import mirrored_class
 
@@ -83,7 +83,7 @@ class Injected:
 class FaultyBackend(Backend):
     """Wraps ``inner``; behaves exactly like it except where a rule fires."""
 
-    MIRRORED = (ConcurrentReads, ObjectLock, ServerClock, LocationSetup, TemporaryCleanup, GroupSharing)
+    MIRRORED = (ReadAhead, ConcurrentReads, ObjectLock, ServerClock, LocationSetup, TemporaryCleanup, GroupSharing)
 
     def __new__(cls, inner: Backend, *args: Any, **kwargs: Any) -> "FaultyBackend":
         mixed = mirrored_class(cls, inner, cls.MIRRORED)

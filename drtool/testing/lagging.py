@@ -29,7 +29,7 @@ from typing import Any, Iterator
 from drtool.backends import capabilities
 from drtool.backends.base import Backend, ObjectInfo
 from drtool.backends.capabilities import (BufferedReads, ConcurrentReads, GroupSharing, LocationSetup, ObjectLock,
-                                          ServerClock, TemporaryCleanup, ViewReads)
+                                          ReadAhead, ServerClock, TemporaryCleanup, ViewReads)
 from drtool.testing.memory import MemoryBackend
 from drtool.testing.mirror import mirrored_class
 
@@ -44,7 +44,7 @@ class _Change:
 class LaggingListings(Backend):
     """Wraps ``inner`` (default: a fresh :class:`MemoryBackend`); only its listings lag."""
 
-    MIRRORED = (ViewReads, BufferedReads, ConcurrentReads, ObjectLock, ServerClock, LocationSetup,
+    MIRRORED = (ViewReads, BufferedReads, ReadAhead, ConcurrentReads, ObjectLock, ServerClock, LocationSetup,
                 TemporaryCleanup, GroupSharing)
 
     def __new__(cls, inner: Backend | None = None, *args: Any, **kwargs: Any) -> "LaggingListings":

@@ -16,8 +16,8 @@ from typing import Any, Iterable
 
 from drtool.backends.base import Backend
 from drtool.backends.capabilities import (BufferedReads, ConcurrentReads, GroupSharing, LocationSetup, ObjectLock,
-                                          RangeStream, ServerClock, StreamedReads, TemporaryCleanup, ViewReads,
-                                          supports)
+                                          RangeStream, ReadAhead, ServerClock, StreamedReads, TemporaryCleanup,
+                                          ViewReads, supports)
 
 
 class _ViewReads:
@@ -32,6 +32,13 @@ class _BufferedReads:
 
     def get_range_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
         return self.inner.get_range_into(name, offset, length, buf)  # type: ignore[no-any-return]
+
+
+class _ReadAhead:
+    inner: Any
+
+    def read_ahead(self, name: str, offset: int, length: int) -> None:
+        self.inner.read_ahead(name, offset, length)
 
 
 class _ConcurrentReads:
@@ -93,7 +100,7 @@ class _GroupSharing:
 
 
 FORWARDERS: dict[type, type] = {
-    ViewReads: _ViewReads, BufferedReads: _BufferedReads, ConcurrentReads: _ConcurrentReads,
+    ViewReads: _ViewReads, BufferedReads: _BufferedReads, ReadAhead: _ReadAhead, ConcurrentReads: _ConcurrentReads,
     StreamedReads: _StreamedReads, ObjectLock: _ObjectLock,
     ServerClock: _ServerClock, LocationSetup: _LocationSetup, TemporaryCleanup: _TemporaryCleanup,
     GroupSharing: _GroupSharing,
