@@ -79,11 +79,14 @@ def spread_new_trees(folder: Path) -> None:
     (``chattr +T``: ext4's Orlov allocator spreads the subdirectories of a "top" directory).
 
     Why: on an ext4 without a journal (this bench's VM) creating a file first
-    skips every inode of its group deleted in the last minute (longer while
-    the inode table block is dirty), so right after the bench deleted a 1,000-file copy
-    beside it, a restore or ``cp -a`` spent 0.3-0.9 s more creating files,
-    by how many deletes happened to be recent: the floor varied 0.6-3.2 s.
-    A production file system has a journal, and no such scan."""
+    skips every inode of its group deleted moments before, reading each one's
+    inode-table block to find out (``bench_data.forget_deleted_inodes``; here
+    creates were still slow 40 s after a removal).  Right after the bench
+    removed a 1,000-file copy beside it, a restore or ``cp -a`` spent
+    0.3-0.9 s more creating files, by how many deletes happened to be
+    recent: the floor varied 0.6-3.2 s.  A production file system has a
+    journal, and no such scan.
+    """
     if subprocess.run(["chattr", "+T", str(folder)], capture_output=True).returncode != 0:
         log(f"note: chattr +T {folder} failed: file creation may be slowed by recent deletes beside it")
 
