@@ -16,9 +16,9 @@ from drtool.core.session import Session
 from drtool.errors import SnapshotNotFound, UsageError
 from drtool.snapshot.sets import SnapshotSet, find_set, group_sets, is_set_ref
 
-if TYPE_CHECKING:  # the worker imports boto3: only when a backup runs, not for 'drtool snapshots'
-    from drtool.catalog.shardsets import SetRow
+if TYPE_CHECKING:  # the worker imports boto3 (only when a backup runs), the set rows SQLAlchemy (not at start-up)
     from drtool.backup.shards import WorkerResult
+    from drtool.catalog.shardsets import SetRow
     from drtool.sources.objectstore import ObjectStoreSource
 
 __all__ = ["SetRestoreResult", "SnapshotSet", "abandon_set", "is_set_ref",
