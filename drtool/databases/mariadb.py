@@ -264,7 +264,7 @@ def pipe_into_client(server: mariadb.MariaSource, database: str | None, chunks: 
                      what: str) -> None:
     with mariadb.client_options(server) as opts:
         cmd = mariadb.client_command(server, opts, database, extra=["--binary-mode", "--max-allowed-packet=1G"])
-        code, errors, _ = feed_stdin(cmd, chunks)
+        code, errors = feed_stdin(cmd, chunks)
     if code != 0:
         raise RestoreTargetError(f"{what} into {database or 'the server'} failed (mariadb exit {code}): "
                                  f"{errors or '(no message)'}")

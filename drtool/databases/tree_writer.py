@@ -239,9 +239,10 @@ class TreeWriter:
         self._dirs.add(directory)
 
     def write_now(self, file: OpenFile, data: memoryview, offset: int) -> None:
-        """Write a small piece on the parsing thread, so that its file can be closed at once: a
-        catalog's thousands of 8 KiB files each held descriptors until their window's writes were
-        over, and the parser waited for the writers whenever 128 were held."""
+        """Write a small piece through the page cache where this is called: on the parsing thread,
+        so that its file can be closed at once (a catalog's thousands of 8 KiB files each held
+        descriptors until their window's writes were over, and the parser waited for the writers
+        whenever 128 were held); on a writer, a file's carried last partial block."""
         try:
             pwrite_all(file.fd, data, offset)
         except OSError as exc:
@@ -312,7 +313,7 @@ class TreeWriter:
         if file.carry:
             carry, at, file.carry = file.carry, file.carry_at, b""
             file.queued = True
-            jobs.append(self._pool.submit(self._pwrite_cached, file, carry, at))
+            jobs.append(self._pool.submit(self.write_now, file, memoryview(carry), at))
 
     def _digest(self, data: memoryview) -> Any:
         """What a write job returns for its piece (a format checks it when the window is done)."""
@@ -325,12 +326,6 @@ class TreeWriter:
         except OSError as exc:
             raise write_error(file.full, exc) from None
         return self._digest(data)
-
-    def _pwrite_cached(self, file: OpenFile, data: bytes, offset: int) -> None:
-        try:
-            pwrite_all(file.fd, memoryview(data), offset)
-        except OSError as exc:
-            raise write_error(file.full, exc) from None
 
 
 def _done(result: Any) -> Future[Any]:

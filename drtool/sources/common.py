@@ -64,20 +64,18 @@ def widen_pipe(fd: int, size: int = PIPE_BYTES) -> None:
         pass
 
 
-def feed_stdin(cmd: list[str], chunks: Iterable[bytes], count_lines: bool = False) -> tuple[int, str, int]:
-    """Run ``cmd`` with ``chunks`` as its standard input; return its exit code, stderr's tail and,
-    with ``count_lines``, how many lines it wrote to stdout (``tar --verbose``: one per member).
+def feed_stdin(cmd: list[str], chunks: Iterable[bytes]) -> tuple[int, str]:
+    """Run ``cmd`` with ``chunks`` as its standard input; return its exit code and stderr's tail.
 
     A child that stops reading early (it failed) is not an error of ours:
     its exit code and message say what happened.  A program that cannot be
     started raises ``OSError``.
     """
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=child_environment(),
-                            stdout=subprocess.PIPE if count_lines else subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL)
     assert proc.stdin is not None and proc.stderr is not None
     widen_pipe(proc.stdin.fileno())
     errors = StderrTail(proc.stderr)
-    lines = _LineCounter(proc.stdout) if proc.stdout is not None else None
     try:
         for chunk in chunks:
             proc.stdin.write(chunk)
@@ -89,21 +87,4 @@ def feed_stdin(cmd: list[str], chunks: Iterable[bytes], count_lines: bool = Fals
         except BrokenPipeError:
             pass
         code = proc.wait()
-    return code, errors.text(), lines.total() if lines is not None else 0
-
-
-class _LineCounter(threading.Thread):
-    """Counts a child's stdout lines as they come, so its pipe never fills while we feed it."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        super().__init__(daemon=True)
-        self.stream, self.lines = stream, 0
-        self.start()
-
-    def run(self) -> None:
-        for _line in self.stream:
-            self.lines += 1
-
-    def total(self) -> int:
-        self.join()
-        return self.lines
+    return code, errors.text()
