@@ -26,7 +26,7 @@ from drtool.core import stages
 from drtool.databases.engine import Labels, RestoreRequest, stream_bytes
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryPointUnreachable, RecoveryShort
 from drtool.databases.targets import RecoveryTarget, TargetPosition
-from drtool.databases.tree_writer import empty_directory, sync_restored
+from drtool.databases.tree_writer import empty_directory, sync_restored, write_error
 from drtool.errors import SnapshotNotFound, SourceError, UsageError
 from drtool.snapshot.logwindow import WAL, Gap, RecoveryBase, Segment, contiguous_run, find_gaps
 from drtool.snapshot.model import Snapshot
@@ -359,8 +359,11 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
     socket_dir = target
     try:
         members = _extract_base(session, snap, target, places)
-        socket_dir = socket_dir_for(target)
-        script = _configure_recovery(plan, target, places, fetch_env, port, socket_dir)
+        try:
+            socket_dir = socket_dir_for(target)
+            script = _configure_recovery(plan, target, places, fetch_env, port, socket_dir)
+        except OSError as exc:  # one line naming the file, not an internal error
+            raise write_error(exc.filename or target, exc) from None
         with stages.stage("syncing the restored files to disk") as step:  # with the recovery files
             step.note(f"{sum(sync_restored(root) for root in [target, *places.values()])} files and directories "
                       f"synced")

@@ -340,7 +340,9 @@ def write_error(path: str, exc: OSError) -> RestoreTargetError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return RestoreTargetError(f"cannot write {path}: {reason}; nothing was restored",
                                   hint="free space on the --target file system or restore to another --target")
-    return RestoreTargetError(f"cannot write {path}: {reason}; nothing was restored")
+    return RestoreTargetError(f"cannot write {path}: {reason}; nothing was restored",
+                              hint="fix what refused the write (permissions, the file system) and restore "
+                                   "again: what was written is removed, nothing resumes")
 
 
 def sync_restored(root: str) -> int:
