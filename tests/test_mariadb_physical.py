@@ -262,6 +262,25 @@ def test_a_full_disk_while_extracting_is_one_line_and_leaves_no_target(scenario:
     assert not target.exists() and os.listdir(tiny_fs) == []
 
 
+@pytest.mark.parametrize("under", ["a-file", "/proc"])
+def test_a_target_that_cannot_be_made_is_one_line_before_anything_is_read(scenario: Scenario, tmp_path: Path,
+                                                                        under: str) -> None:
+    """A --target under a file, or on a file system that refuses directories: the restore says
+    which directory it could not create, exit 1, no internal error (it was one before)."""
+    if under == "a-file":
+        (tmp_path / "a-file").write_text("not a directory\n")
+        parent = tmp_path / "a-file"
+    else:
+        parent = Path(under)
+    target = parent / "restored"
+    result = scenario.dr.run("restore", "--source", SOURCE, "--latest", "--target", str(target))
+    assert result.code == 1, result.err
+    (line,) = result.err.strip().splitlines()
+    assert line.startswith(f"drtool: error: cannot create {target}/data: ") and "internal error" not in line, line
+    assert "choose a writable --target" in line
+    assert not target.exists()
+
+
 def test_a_full_restored_alone_is_written_around_the_page_cache_and_synced(scenario: Scenario,
                                                                          tmp_path: Path) -> None:
     """Its files are written with O_DIRECT (the server reads them so; a terabyte would only churn the

@@ -154,6 +154,25 @@ def test_a_restore_that_fails_part_way_says_so_in_one_line_and_leaves_nothing(sc
     assert not mapped.exists() or os.listdir(mapped) == []
 
 
+def test_a_tablespace_location_that_cannot_be_made_is_one_line_and_leaves_nothing(scenario: Scenario) -> None:
+    """Mapped under a file: the checks made before unpacking pass (the location does not exist),
+    creating it fails once the data directory is unpacked. One line naming the location, exit 1,
+    no internal error (it was one before), and the unpacked data directory removed."""
+    root = Path(scenario.server.root)
+    blocker, target = root / "a-file", root / "never-made"
+    blocker.write_text("not a directory\n")
+    try:
+        result = run_as_server_user(["restore", "--source", SOURCE, "--latest", "--tablespace-map",
+                                     f"fast={blocker}/fast", "--target", str(target)], scenario.env)
+        assert result.returncode == 1, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"drtool: error: cannot create the tablespace location {blocker}/fast: "), line
+        assert "--tablespace-map" in line and "internal error" not in line
+        assert not target.exists()
+    finally:
+        blocker.unlink()
+
+
 def test_rehearsal_sandbox_maps_the_tablespace_inside_itself(scenario: Scenario) -> None:
     """A drill reads the table in the tablespace at T, and never writes to production's location."""
     root = scenario.dr.tmp / "sandboxes"

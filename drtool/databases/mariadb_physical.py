@@ -194,8 +194,8 @@ def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
         raise RestoreTargetError(f"restore target {instance.root} is not empty",
                                  hint="choose a new --target for the restored MariaDB server")
     created = not os.path.exists(instance.root)
-    os.makedirs(instance.datadir, mode=0o700, exist_ok=True)
     try:
+        mariadb.make_target_dir(instance.datadir)
         _extract_and_prepare(session, members, instance.root, instance.datadir, src.bindir)
     except BaseException:
         empty_directory(instance.root)  # a half-extracted or unprepared copy must not pass for a restored one
@@ -233,7 +233,7 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
     with session.lock("restore", read_only_ok=True):
         session.repo.load_index()
         for number, (member, target) in enumerate(zip(members, dirs)):
-            os.makedirs(target, mode=0o700, exist_ok=True)
+            mariadb.make_target_dir(target)
             with stages.stage(f"extracting {_member_label(member, number, len(members))}",
                               stream_bytes(member)) as step:
                 _extract(session.repo, member, target, direct=len(members) == 1, counted=step.counted)

@@ -304,8 +304,12 @@ def extract_tablespaces(places: dict[str, str], extract: Callable[[str, str], in
     ``extract(FILENAME, PLACE)``; the member count."""
     members = 0
     for oid, place in places.items():
-        os.makedirs(place, mode=0o700, exist_ok=True)
-        os.chmod(place, 0o700)
+        try:
+            os.makedirs(place, mode=0o700, exist_ok=True)
+            os.chmod(place, 0o700)
+        except OSError as exc:  # one line naming the location, not an internal error
+            raise RestoreTargetError(f"cannot create the tablespace location {place}: {exc.strerror}",
+                                     hint="map the tablespace to a writable location (--tablespace-map)") from None
         members += extract(f"{oid}.tar", place)
     return members
 

@@ -430,6 +430,16 @@ def server_command(datadir: str, socket: str, port: int | None, bindir: str | No
     return cmd + ["--skip-networking"]
 
 
+def make_target_dir(path: str) -> None:
+    """``mkdir -p`` at mode 0700 for a restored server's directories; a refusal (read-only, not a
+    directory, permissions) is the restore target's, said in one line, not an internal error."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise RestoreTargetError(f"cannot create {path}: {exc.strerror}",
+                                 hint="choose a writable --target for the restored MariaDB server") from None
+
+
 class Instance:
     """A throwaway mariadbd on a fresh data directory (restore target ``--target DIR``)."""
 
@@ -452,7 +462,7 @@ class Instance:
         if os.path.exists(self.root) and os.listdir(self.root):
             raise RestoreTargetError(f"restore target {self.root} is not empty",
                                      hint="choose a new --target for the fresh MariaDB instance")
-        os.makedirs(self.tmpdir, mode=0o700, exist_ok=True)
+        make_target_dir(self.tmpdir)
         _check_run(install_command(self.datadir, self.bindir, self.tmpdir), "mariadb-install-db")
 
     def start(self, timeout: float = 60.0, extra: list[str] | None = None, own_users: bool = False) -> None:
@@ -462,7 +472,7 @@ class Instance:
         and passwords are production's; readiness is then read from the error
         log ("ready for connections") instead of a passwordless probe.
         """
-        os.makedirs(self.tmpdir, mode=0o700, exist_ok=True)
+        make_target_dir(self.tmpdir)
         log_file = os.path.join(self.datadir, "mariadbd.err")
         log_start = os.path.getsize(log_file) if os.path.exists(log_file) else 0
         cmd = server_command(self.datadir, self.socket, self.port, self.bindir, self.tmpdir, extra)
