@@ -42,7 +42,7 @@ class RestoreRequest:
 class Labels:
     """How messages name an engine's things."""
 
-    base: str           # "base backup", "dump with binlog coordinates"
+    base: str           # "base backup", "backup with binlog coordinates" (a dump, mydumper or mariabackup)
     log_file: str       # "WAL segment", "binlog"
     event: str          # "transaction", "binlog event"
     archive_more: str   # how to archive the newest log now

@@ -51,7 +51,7 @@ class MariadbEngine:
     log_kind = BINLOG
     base_kind = MARIADB_DUMP
     base_kinds = (MARIADB_DUMP, "mariadb-physical", "mariadb-mydumper")  # + mariadb_physical, mariadb_mydumper
-    labels = Labels(base="dump with binlog coordinates", log_file="binlog", event="binlog event",
+    labels = Labels(base="backup with binlog coordinates", log_file="binlog", event="binlog event",
                     archive_more="FLUSH BINARY LOGS; drtool mariadb binlog-push")
 
     # ----- configuration and backup -----------------------------------------------------------
