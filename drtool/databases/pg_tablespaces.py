@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 from drtool.childenv import child_environment
 from drtool.errors import RestoreTargetError, SourceError, UsageError
 from drtool.sources import postgres
-from drtool.sources.common import StderrTail, widen_pipe
+from drtool.sources.common import StderrTail, make_private_dir, widen_pipe
 
 if TYPE_CHECKING:
     from drtool.backup.run import BackupResult
@@ -304,12 +304,8 @@ def extract_tablespaces(places: dict[str, str], extract: Callable[[str, str], in
     ``extract(FILENAME, PLACE)``; the member count."""
     members = 0
     for oid, place in places.items():
-        try:
-            os.makedirs(place, mode=0o700, exist_ok=True)
-            os.chmod(place, 0o700)
-        except OSError as exc:  # one line naming the location, not an internal error
-            raise RestoreTargetError(f"cannot create the tablespace location {place}: {exc.strerror}",
-                                     hint="map the tablespace to a writable location (--tablespace-map)") from None
+        make_private_dir(place, "the tablespace location ",
+                         hint="map the tablespace to a writable location (--tablespace-map)")
         members += extract(f"{oid}.tar", place)
     return members
 

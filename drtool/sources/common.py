@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import subprocess
 import threading
 from typing import IO, Any, Iterable
 
 from drtool.childenv import child_environment
 
-from drtool.errors import ConfigError
+from drtool.errors import ConfigError, RestoreTargetError
 
 #: keys every [sources.NAME] table may have, whatever its type: what monitoring (status
 #: thresholds, rehearse_every), retention and rehearsals read about the source
@@ -88,3 +89,14 @@ def feed_stdin(cmd: list[str], chunks: Iterable[bytes]) -> tuple[int, str]:
             pass
         code = proc.wait()
     return code, errors.text()
+
+
+def make_private_dir(path: str, what: str = "", hint: str | None = None) -> None:
+    """``mkdir -p`` at mode 0700, an existing directory too (PostgreSQL refuses a group-readable
+    data directory); a refusal (not a directory, read-only, permissions) is the restore target's,
+    one line naming ``what`` and ``path`` with ``hint``, not an internal error."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise RestoreTargetError(f"cannot create {what}{path}: {exc.strerror}", hint=hint) from None

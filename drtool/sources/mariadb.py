@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from drtool.childenv import child_environment
 from drtool.errors import ConfigError, RestoreTargetError, SourceError
-from drtool.sources.common import check_one_database_choice, check_table
+from drtool.sources.common import check_one_database_choice, check_table, make_private_dir
 
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
         "defaults_file", "bindir", "binlog_dir", "options", "pitr", "log_timeout", "method", "threads",
@@ -431,13 +431,8 @@ def server_command(datadir: str, socket: str, port: int | None, bindir: str | No
 
 
 def make_target_dir(path: str) -> None:
-    """``mkdir -p`` at mode 0700 for a restored server's directories; a refusal (read-only, not a
-    directory, permissions) is the restore target's, said in one line, not an internal error."""
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise RestoreTargetError(f"cannot create {path}: {exc.strerror}",
-                                 hint="choose a writable --target for the restored MariaDB server") from None
+    """A restored server's directory (:func:`~drtool.sources.common.make_private_dir`)."""
+    make_private_dir(path, hint="choose a writable --target for the restored MariaDB server")
 
 
 class Instance:

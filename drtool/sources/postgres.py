@@ -29,7 +29,7 @@ from typing import IO, Any, Iterator
 
 from drtool.childenv import child_environment
 from drtool.errors import ConfigError, RestoreTargetError, SourceError
-from drtool.sources.common import check_one_database_choice, check_table
+from drtool.sources.common import check_one_database_choice, check_table, make_private_dir
 
 METHODS = ("dump", "basebackup")
 KEYS = {"type", "host", "port", "socket", "user", "dbname", "databases", "all", "password_file",
@@ -440,11 +440,7 @@ def prepare_datadir(target: str) -> None:
     if os.path.exists(target) and os.listdir(target):
         raise RestoreTargetError(f"restore target {target} is not empty",
                                  hint="PostgreSQL needs a fresh data directory: choose a new --target")
-    try:
-        os.makedirs(target, mode=0o700, exist_ok=True)
-        os.chmod(target, 0o700)
-    except OSError as exc:
-        raise RestoreTargetError(f"cannot create {target}: {exc.strerror}") from None
+    make_private_dir(target)
 
 
 FETCH_ABSENT = 99
