@@ -1,5 +1,6 @@
 """Logical dumps from real throwaway servers: pg_dump -Fc, pg_dumpall --globals-only and
-mariadb-dump stream into snapshots; failed or truncated dumps never become one; night
+mariadb-dump stream into snapshots; failed or truncated dumps never become one (a server that
+is down or refuses the account is one line, before any tool runs); night
 two of a MediaWiki-like table (2 % of rows edited, 1 % appended) re-stores little.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import DrEnv, make_env
-from dbservers import MariaServer, PgServer, mariadb_server, postgres_server, write_config
+from dbservers import MariaServer, PgServer, mariadb_server, postgres_server, short_tmpdir, write_config
 
 ROWS = 5000
 EDITED = ROWS // 50      # 2 %
@@ -75,9 +76,32 @@ def test_failed_pg_dump_leaves_no_snapshot(dbs: Dbs) -> None:
 
 
 def test_failed_mariadb_dump_leaves_no_snapshot(dbs: Dbs) -> None:
+    """A wrong password: one line naming the server and the refusal, not a warning about the server
+    id followed by the dump tool's own error."""
     result = dbs.dr.run("backup", "--source", "mybadpw")
-    assert result.code == 1 and "Access denied" in result.err
+    lines = result.err.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.err
+    assert lines[0].startswith(f"drtool: error: source mybadpw: cannot connect to the MariaDB server at socket "
+                               f"{dbs.my.socket}: Access denied for user 'root'"), lines[0]
     assert _snapshots(dbs.dr, "mybadpw") == []
+
+
+@pytest.mark.parametrize("method", ["dump", "mydumper", "physical"])
+def test_a_mariadb_server_that_is_down_is_one_line_and_no_snapshot(dbs: Dbs, tmp_path: Path, method: str) -> None:
+    """Nothing listens on the source's socket (the server is stopped): every method stops before its
+    tool runs, with the socket and what to do, exit 1."""
+    down = Path(short_tmpdir("drdown-")) / "m.sock"  # a socket path must be short, as a real one is
+    config = write_config(tmp_path / "c.toml", str(dbs.dr.repo),
+                          {"mydown": {**dbs.my.source(**({} if method == "physical" else {"dbname": "wiki"})),
+                                      "socket": str(down), "method": method}})
+    result = dbs.dr.run("backup", "--source", "mydown", env={"DRTOOL_CONFIG": str(config)})
+    lines = result.err.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.err
+    assert lines[0].startswith(f"drtool: error: source mydown: cannot connect to the MariaDB server at socket {down}: "
+                               f"Can't connect to local server through socket"), lines[0]
+    assert "start the server, or fix host, port, socket, user or password_file in [sources.mydown]" in lines[0]
+    assert _snapshots(dbs.dr, "mydown") == []
+    down.parent.rmdir()
 
 
 def test_truncated_mariadb_dump_leaves_no_snapshot(dbs: Dbs, tmp_path: Path) -> None:

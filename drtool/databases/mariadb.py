@@ -182,10 +182,15 @@ def note_server_id(src: mariadb.MariaSource, meta: dict[str, Any]) -> None:
     """Record ``@@server_id``: it names the archived binlog a base's coordinates point into.
 
     Best effort: without it the chain starts from the base's GTID position,
-    which is as exact; a backup must not fail over this one lookup.
+    which is as exact; a backup must not fail over this one lookup.  A server
+    that cannot be reached at all is not this lookup's problem: the backup
+    stops at once with that one line (the dump tool would fail the same way,
+    after a misleading warning about the server id).
     """
     try:
         meta["server_id"] = mariadb.server_id(src)
+    except mariadb.ServerUnreachable:
+        raise
     except (SourceError, ValueError, IndexError) as exc:
         log.warning("source %s: server id not recorded (%s); binlog replay will start by GTID", src.name, exc)
 

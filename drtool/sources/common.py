@@ -47,7 +47,8 @@ class StderrTail(threading.Thread):
 
     def text(self) -> str:
         self.join(timeout=5)
-        return " | ".join(self.buf.decode(errors="replace").strip().splitlines()[-5:])
+        lines = (line.strip() for line in self.buf.decode(errors="replace").splitlines())
+        return " | ".join([line for line in lines if line][-5:])  # one line: no tabs, no blank lines
 
 
 PIPE_BYTES = 1024 * 1024

@@ -41,6 +41,10 @@ _EVENT_RE = re.compile(r"^#(\d{6})\s+(\d{1,2}):(\d\d):(\d\d) server id (\d+)\s+e
 _GTID_EVENT_RE = re.compile(r"\sGTID (\d+-\d+-\d+)")
 _GTID_LIST_RE = re.compile(r"\sGtid list \[([^\]]*)\]")
 BINLOG_SEQ_RE = re.compile(r"\.(\d+)$")
+# The client's errors that mean the server was not reached, or refused the account: no query of the
+# backup can succeed (2002/2003 nothing listening, 2005 unknown host, 2006/2013 connection lost,
+# 1045/1698 access denied).
+_UNREACHABLE_RE = re.compile(r"^ERROR (1045|1698|2002|2003|2005|2006|2013) \(\w+\)(?: at line \d+)?: (.*)$", re.M)
 
 
 @dataclass
@@ -222,9 +226,27 @@ def run_sql(src: MariaSource, sql: str) -> list[list[str]]:
         proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               timeout=300, check=False, env=child_environment())
     if proc.returncode != 0:
+        unreachable = _UNREACHABLE_RE.search(proc.stderr)
+        if unreachable:
+            raise ServerUnreachable(f"cannot connect to the MariaDB server at {server_address(src)}: "
+                                    f"{unreachable.group(2).strip()}",
+                                    hint=f"start the server, or fix host, port, socket, user or password_file in "
+                                         f"[sources.{src.name}]; nothing was written")
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
         raise SourceError(f"mariadb client failed for source {src.name}: {tail or proc.returncode}")
     return [line.split("\t") for line in proc.stdout.splitlines() if line]
+
+
+class ServerUnreachable(SourceError):
+    """The server did not answer, or refused the account: every later step would fail the same way,
+    so the backup stops here with this one line rather than a warning and the dump tool's error."""
+
+
+def server_address(src: MariaSource) -> str:
+    """Where the client connects, for messages: the socket, else host:port."""
+    if src.socket:
+        return f"socket {src.socket}"
+    return f"{src.host or 'localhost'}:{src.port or 3306}"
 
 
 def binary_logs(src: MariaSource) -> tuple[list[tuple[str, int]], str]:

@@ -107,6 +107,9 @@ def run_source_backup(state: CliState, source: str | None, all_sources: bool, ta
     unreadable = [line for results in run.results.values() for r in results for line in r.unreadable]
     for line in unreadable:
         click.echo(f"drtool: warning: unreadable: {line}", err=True)
+    if len(run.failures) == 1 and not run.results:  # one source, failed: its message is the one line
+        name, message = next(iter(run.failures.items()))
+        raise SourceError(f"source {name}: {message}")
     for name, message in run.failures.items():
         click.echo(f"drtool: error: source {name}: {message}", err=True)
     if run.failures:
