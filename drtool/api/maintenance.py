@@ -7,15 +7,17 @@ from drtool.maintain import rebuild as _rebuild
 from drtool.maintain.copy import CopyOptions, check_apart, copy_snapshots, open_destination, summary_line
 from drtool.maintain.forget import ForgetResult, config_policy, forget, forget_ids, zone_from_config
 from drtool.maintain.prune import DEFAULT_GRACE, DEFAULT_MAX_UNUSED, PruneOptions, PruneReport, prune
+from drtool.maintain.subset import DataSubset
 from drtool.snapshot.retention import RetentionPolicy
 
-__all__ = ["CopyOptions", "DEFAULT_GRACE", "DEFAULT_MAX_UNUSED", "ForgetResult", "PruneOptions", "PruneReport",
+__all__ = ["CopyOptions", "DataSubset", "DEFAULT_GRACE", "DEFAULT_MAX_UNUSED", "ForgetResult", "PruneOptions", "PruneReport",
            "RetentionPolicy", "check", "check_apart", "config_policy", "copy_snapshots", "forget", "forget_ids",
            "open_destination", "prune", "rebuild_catalog", "summary_line", "zone_from_config"]
 
 
-def check(session: Session, read_fraction: float = 0.0, seed: int | None = None) -> _check.CheckReport:
-    return _check.check(session, read_fraction, seed)
+def check(session: Session, read: DataSubset | None = None, seed: int | None = None) -> _check.CheckReport:
+    """``read``: the packs to download and verify besides the structure (``DataSubset.parse``)."""
+    return _check.check(session, read, seed)
 
 
 def rebuild_catalog(session: Session) -> _rebuild.RebuildResult:

@@ -8,7 +8,6 @@ authenticated.  Damage is reported per object, with the snapshots it hurts.
 """
 from __future__ import annotations
 
-import random
 from typing import Callable
 
 from drtool.crypto.ids import content_hash
@@ -16,6 +15,7 @@ from drtool.errors import DrtoolError
 from drtool.core.rollback import detect
 from drtool.core.session import Session
 from drtool.maintain.checkreport import CheckReport, Problem, broken_chains, summarise  # noqa: F401 - CheckReport re-exported
+from drtool.maintain.subset import DataSubset
 from drtool.repository.objects import (INDEX, PACKS, SNAPSHOTS, key_name, object_name, pack_id_from_name,
                                        pack_name)
 from drtool.repository.packinspect import verify_pack
@@ -38,15 +38,17 @@ class Checker:
         self.culprits: dict[str, str] = {}  # affected snapshot id -> the damaged pack, blob or tree it needs
         self.problems: dict[str, Problem] = {}  # one per damaged thing, in the order found (checkreport)
 
-    def run(self, read_fraction: float = 0.0, seed: int | None = None) -> CheckReport:
+    def run(self, read: DataSubset | None = None, seed: int | None = None) -> CheckReport:
+        """``read``: which packs to download and verify (none without it); ``seed``: of a random subset."""
         self._check_keys()
         self._load_indexes()
         pack_sizes = {pack_id_from_name(i.name): i.size for i in self.repo.backend.list(f"{PACKS}/")}
         self._check_packs_exist(pack_sizes)
         self._check_snapshots()
         self._check_memory()
-        if read_fraction > 0:
-            self._read_packs(sorted(pack_sizes), read_fraction, seed)
+        if read is not None:
+            self.report.read_subset = read.describe()
+            self._read_packs(read.select(pack_sizes, seed))
         if self.bad_blobs or self.bad_packs:
             self._find_affected()
         self.report.broken_chains = broken_chains(self.snaps, self.damaged_snapshots, self.culprits)
@@ -137,10 +139,7 @@ class Checker:
                 if node.subtree:
                     stack.append(node.subtree)
 
-    def _read_packs(self, pack_ids: list[bytes], fraction: float, seed: int | None) -> None:
-        if fraction < 1.0:
-            count = max(1, round(len(pack_ids) * fraction)) if pack_ids else 0
-            pack_ids = sorted(random.Random(seed).sample(pack_ids, count))
+    def _read_packs(self, pack_ids: list[bytes]) -> None:
         for pack_id in pack_ids:
             if self.progress:
                 self.progress(pack_name(pack_id))
@@ -200,7 +199,7 @@ class Checker:
         return f"{what} {blob_id.hex()[:16]}" if blob_id in self.bad_blobs else ""
 
 
-def check(session: Session, read_fraction: float = 0.0, seed: int | None = None,
+def check(session: Session, read: DataSubset | None = None, seed: int | None = None,
           progress: Callable[[str], None] | None = None) -> CheckReport:
     with session.lock("check", read_only_ok=True):
-        return Checker(session, progress).run(read_fraction, seed)
+        return Checker(session, progress).run(read, seed)

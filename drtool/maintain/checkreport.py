@@ -41,6 +41,7 @@ class CheckReport:
     snapshots: int = 0
     packs: int = 0
     packs_read: int = 0
+    read_subset: str = ""  # which packs were downloaded (DataSubset.describe), "" for none
     blobs_read: int = 0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
