@@ -14,6 +14,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import secrets
 import shutil
 import stat
@@ -131,8 +132,11 @@ def test_archive_as_postgres_and_nightly_backup_as_drtool_share_one_repository(d
         _psql(pg_root, port, as_postgres, "CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2)")
         # The nightly routine as the backup user: its base backup waits for postgres's archive_command.
         nightly = run_as(GROUP, ["drtool-nightly"], {**as_drtool, "DRTOOL_PRUNE_DAYS": "never",
-                                                     "DRTOOL_METRICS_TEXTFILE": ""}, timeout=600)
+                                                     "DRTOOL_METRICS_TEXTFILE": "", "DRTOOL_CHECK_PARTS": "1"},
+                         timeout=600)
         assert nightly.returncode == 0, f"drtool-nightly as drtool: {nightly.stderr}"
+        # its data check (1 part: every pack) read what the night wrote, as the backup user
+        assert re.search(r"read [1-9]\d* pack\(s\) \(part 1/1 by pack id\)", nightly.stdout), nightly.stdout
         _psql(pg_root, port, as_postgres, "INSERT INTO orders VALUES (3)")
         segment = _psql(pg_root, port, as_postgres, "SELECT pg_walfile_name(pg_switch_wal())")
         deadline = time.monotonic() + 60

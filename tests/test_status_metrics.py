@@ -245,8 +245,9 @@ NIGHTLY = Path(__file__).resolve().parent.parent / "scripts" / "drtool-nightly"
 
 
 def run_nightly(tmp: Path, today: str, fail: dict[str, int] | None = None,
-                *args: str) -> tuple[int, list[str]]:
-    """Run the wrapper against a fake drtool that records its arguments."""
+                *args: str, epoch_day: int = 20429, check_parts: str | None = None) -> tuple[int, list[str]]:
+    """Run the wrapper against a fake drtool that records its arguments (night ``epoch_day``:
+    20429 % 30 = 29, so the default check reads part 30/30)."""
     import os
     import subprocess
     calls = tmp / "calls"
@@ -254,8 +255,11 @@ def run_nightly(tmp: Path, today: str, fail: dict[str, int] | None = None,
     cases = "".join(f'  *" {cmd} "*) exit {code} ;;\n' for cmd, code in (fail or {}).items())
     fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\ncase " $* " in\n{cases}esac\nexit 0\n')
     fake.chmod(0o755)
-    env = dict(os.environ, DRTOOL=str(fake), DRTOOL_TODAY=today,
+    env = dict(os.environ, DRTOOL=str(fake), DRTOOL_TODAY=today, DRTOOL_EPOCH_DAY=str(epoch_day),
                DRTOOL_METRICS_TEXTFILE=str(tmp / "m.prom"))
+    env.pop("DRTOOL_CHECK_PARTS", None)
+    if check_parts is not None:
+        env["DRTOOL_CHECK_PARTS"] = check_parts
     proc = subprocess.run(["bash", str(NIGHTLY), *args], env=env, capture_output=True, text=True)
     lines = calls.read_text().splitlines() if calls.exists() else []
     calls.unlink(missing_ok=True)
@@ -264,13 +268,32 @@ def run_nightly(tmp: Path, today: str, fail: dict[str, int] | None = None,
 
 def test_nightly_wrapper_schedule_and_exit_codes(tmp_path: Path) -> None:
     metrics = f"metrics --textfile {tmp_path / 'm.prom'}"
-    assert run_nightly(tmp_path, "3") == (0, ["backup --all", metrics])
-    assert run_nightly(tmp_path, "7") == (0, ["backup --all", "forget --prune", metrics])
+    check = "check --read-data-subset 30/30"
+    assert run_nightly(tmp_path, "3") == (0, ["backup --all", check, metrics])
+    assert run_nightly(tmp_path, "7") == (0, ["backup --all", "forget --prune", check, metrics])
     assert run_nightly(tmp_path, "3", None, "--prune-days", "1,3") == \
-        (0, ["backup --all", "forget --prune", metrics])
-    # a failed backup: no forget/prune, metrics still written, exit with the backup's code
-    assert run_nightly(tmp_path, "7", {"backup": 11}) == (11, ["backup --all", metrics])
+        (0, ["backup --all", "forget --prune", check, metrics])
+    # a failed backup: no forget/prune, the data still checked, metrics still written, exit with the backup's code
+    assert run_nightly(tmp_path, "7", {"backup": 11}) == (11, ["backup --all", check, metrics])
     # partial backup (3) still prunes; a failing prune makes the run fail
     assert run_nightly(tmp_path, "7", {"backup": 3, "forget": 1}) == \
-        (3, ["backup --all", "forget --prune", metrics])
+        (3, ["backup --all", "forget --prune", check, metrics])
     assert run_nightly(tmp_path, "7", {"metrics": 1}, "--textfile", "")[0] == 0
+    # damage found by the check fails the night, after metrics were written
+    assert run_nightly(tmp_path, "3", {"check": 1}) == (1, ["backup --all", check, metrics])
+
+
+def test_nightly_check_reads_every_part_once_over_its_nights(tmp_path: Path) -> None:
+    """T consecutive nights name parts 1..T of T, each once: every pack read once per cycle."""
+    parts = []
+    for night in range(20000, 20007):
+        code, calls = run_nightly(tmp_path, "3", None, "--prune-days", "never", epoch_day=night, check_parts="7")
+        assert code == 0
+        (check,) = [c for c in calls if c.startswith("check ")]
+        parts.append(check.removeprefix("check --read-data-subset "))
+    assert sorted(parts) == [f"{n}/7" for n in range(1, 8)]
+    assert run_nightly(tmp_path, "3", None, "--check-parts", "never")[1] == [
+        "backup --all", f"metrics --textfile {tmp_path / 'm.prom'}"]
+    for bad in ("0", "x", "-3"):
+        code, calls = run_nightly(tmp_path, "3", check_parts=bad)
+        assert code == 2 and calls == []  # refused before anything ran
