@@ -247,7 +247,7 @@ NIGHTLY = Path(__file__).resolve().parent.parent / "scripts" / "drtool-nightly"
 def run_nightly(tmp: Path, today: str, fail: dict[str, int] | None = None,
                 *args: str, epoch_day: int = 20429, check_parts: str | None = None) -> tuple[int, list[str]]:
     """Run the wrapper against a fake drtool that records its arguments (night ``epoch_day``:
-    20429 % 30 = 29, so the default check reads part 30/30)."""
+    20429 % 30 = 29, so ``check_parts="30"`` reads part 30/30)."""
     import os
     import subprocess
     calls = tmp / "calls"
@@ -269,18 +269,18 @@ def run_nightly(tmp: Path, today: str, fail: dict[str, int] | None = None,
 def test_nightly_wrapper_schedule_and_exit_codes(tmp_path: Path) -> None:
     metrics = f"metrics --textfile {tmp_path / 'm.prom'}"
     check = "check --read-data-subset 30/30"
-    assert run_nightly(tmp_path, "3") == (0, ["backup --all", check, metrics])
-    assert run_nightly(tmp_path, "7") == (0, ["backup --all", "forget --prune", check, metrics])
+    assert run_nightly(tmp_path, "3") == (0, ["backup --all", metrics])  # no data check unless asked for
+    assert run_nightly(tmp_path, "7") == (0, ["backup --all", "forget --prune", metrics])
     assert run_nightly(tmp_path, "3", None, "--prune-days", "1,3") == \
-        (0, ["backup --all", "forget --prune", check, metrics])
+        (0, ["backup --all", "forget --prune", metrics])
     # a failed backup: no forget/prune, the data still checked, metrics still written, exit with the backup's code
-    assert run_nightly(tmp_path, "7", {"backup": 11}) == (11, ["backup --all", check, metrics])
+    assert run_nightly(tmp_path, "7", {"backup": 11}, check_parts="30") == (11, ["backup --all", check, metrics])
     # partial backup (3) still prunes; a failing prune makes the run fail
-    assert run_nightly(tmp_path, "7", {"backup": 3, "forget": 1}) == \
+    assert run_nightly(tmp_path, "7", {"backup": 3, "forget": 1}, check_parts="30") == \
         (3, ["backup --all", "forget --prune", check, metrics])
     assert run_nightly(tmp_path, "7", {"metrics": 1}, "--textfile", "")[0] == 0
     # damage found by the check fails the night, after metrics were written
-    assert run_nightly(tmp_path, "3", {"check": 1}) == (1, ["backup --all", check, metrics])
+    assert run_nightly(tmp_path, "3", {"check": 1}, check_parts="30") == (1, ["backup --all", check, metrics])
 
 
 def test_nightly_check_reads_every_part_once_over_its_nights(tmp_path: Path) -> None:
@@ -292,8 +292,10 @@ def test_nightly_check_reads_every_part_once_over_its_nights(tmp_path: Path) -> 
         (check,) = [c for c in calls if c.startswith("check ")]
         parts.append(check.removeprefix("check --read-data-subset "))
     assert sorted(parts) == [f"{n}/7" for n in range(1, 8)]
-    assert run_nightly(tmp_path, "3", None, "--check-parts", "never")[1] == [
+    assert run_nightly(tmp_path, "3", None, "--check-parts", "never", check_parts="7")[1] == [
         "backup --all", f"metrics --textfile {tmp_path / 'm.prom'}"]
+    assert run_nightly(tmp_path, "3", None, "--check-parts", "5", epoch_day=20002)[1][1] == \
+        "check --read-data-subset 3/5"
     for bad in ("0", "x", "-3"):
         code, calls = run_nightly(tmp_path, "3", check_parts=bad)
         assert code == 2 and calls == []  # refused before anything ran
