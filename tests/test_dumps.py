@@ -120,6 +120,22 @@ def test_truncated_mariadb_dump_leaves_no_snapshot(dbs: Dbs, tmp_path: Path) -> 
     assert _snapshots(dbs.dr, "mycut") == []
 
 
+def test_a_postgresql_server_that_is_down_is_one_line_before_the_base_backup(dbs: Dbs, tmp_path: Path) -> None:
+    """Nothing listens in the source's socket directory: the first query (the tablespaces a base
+    backup must map) says that the server cannot be reached, not that tablespaces cannot be listed."""
+    down = Path(short_tmpdir("drpgdown-"))
+    config = write_config(tmp_path / "c.toml", str(dbs.dr.repo),
+                          {"pgdown": {**dbs.pg.source(), "host": str(down), "method": "basebackup"}})
+    result = dbs.dr.run("backup", "--source", "pgdown", env={"DRTOOL_CONFIG": str(config)})
+    lines = result.err.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.err
+    assert lines[0].startswith(f"drtool: error: source pgdown: cannot connect to the PostgreSQL server at socket "
+                               f"directory {down}, port {dbs.pg.port}: No such file or directory; start the "
+                               f"server, or fix host, port, user, password_file or passfile in [sources.pgdown]"), lines[0]
+    assert _snapshots(dbs.dr, "pgdown") == []
+    down.rmdir()
+
+
 def test_pg_all_dumps_globals_and_every_database(dbs: Dbs) -> None:
     result = dbs.dr.run("backup", "--source", "pgall", "--json")
     assert result.code == 0, result.err

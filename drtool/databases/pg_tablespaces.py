@@ -57,8 +57,7 @@ def list_tablespaces(src: postgres.PgSource, env: dict[str, str]) -> list[dict[s
     proc = subprocess.run(cmd, capture_output=True, text=True, env=child_environment(base=env),
                           stdin=subprocess.DEVNULL, timeout=300, check=False)
     if proc.returncode != 0:
-        raise SourceError(f"cannot list the tablespaces of {src.name}: "
-                          f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}")
+        raise postgres.client_failure(src, f"cannot list the tablespaces of {src.name}", proc.stderr)
     spaces = []
     for line in proc.stdout.splitlines():
         fields = line.split(_SEP, 2)

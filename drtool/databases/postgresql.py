@@ -278,8 +278,7 @@ def _list_databases(src: postgres.PgSource, env: dict[str, str]) -> list[str]:
     proc = subprocess.run(postgres.list_databases_command(src), capture_output=True, text=True,
                           env=child_environment(base=env), stdin=subprocess.DEVNULL, timeout=300, check=False)
     if proc.returncode != 0:
-        raise SourceError(f"cannot list the databases of {src.name}: "
-                          f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}")
+        raise postgres.client_failure(src, f"cannot list the databases of {src.name}", proc.stderr)
     return [line for line in proc.stdout.splitlines() if line]
 
 

@@ -113,6 +113,25 @@ def find_binary(name: str, bindir: str | None = None) -> str:
                       hint="install the PostgreSQL client/server packages or set 'bindir'")
 
 
+# libpq's "connection to server on socket "…" failed: REASON" / "… at "host" (addr), port N failed: REASON"
+_CONNECT_FAILED_RE = re.compile(r'connection to server (?:on socket|at) .*? failed: (.*)')
+
+
+def client_failure(src: PgSource, what: str, stderr: str) -> SourceError:
+    """The error for a client program (psql) that failed doing ``what``: where libpq did not get a
+    connection (server down, wrong host or port, the account refused), that is the one line, not
+    the step that happened to be first; else ``what`` and the program's last lines."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    failed = next((m for m in map(_CONNECT_FAILED_RE.search, lines) if m), None)
+    if failed:
+        reason = " ".join(failed.group(1).split())
+        where = f"socket directory {src.host}" if (src.host or "").startswith("/") else (src.host or "localhost")
+        return SourceError(f"cannot connect to the PostgreSQL server at {where}, port {src.port or 5432}: {reason}",
+                           hint=f"start the server, or fix host, port, user, password_file or passfile in "
+                                f"[sources.{src.name}]; nothing was written")
+    return SourceError(f"{what}: {' | '.join(lines[-3:])}")
+
+
 def conn_args(src: PgSource) -> list[str]:
     args = ["--no-password"]
     if src.host:
