@@ -44,7 +44,10 @@ Measured, in one run on the machine as it is:
   of CPU depending on what ran before it (docs/performance.md, 6 December, physrestore);
   compare steps by their user time, or run --repeat 2+ (the best run is kept);
 * PITR replay rate: binlog written after the base, replayed by ``drtool restore
-  --latest`` (MiB of binlog per second, the physical restore time subtracted).
+  --latest`` (MiB of binlog per second, the physical restore time subtracted); for
+  PostgreSQL the WAL of a 5 % ``UPDATE`` after night 2, replayed by the server that
+  ``restore --latest --start`` starts (through ``drtool-wal-fetch.sh``, from the restore's
+  WAL prefetch), with how many of the planned files came from the prefetch.
 """
 from __future__ import annotations
 
@@ -507,9 +510,40 @@ def pg_bench(work: Path, scale: int) -> dict[str, Any]:
             out[f"{key}_cpu_s"], out[f"{key}_sys_s"] = LAST_CPU, LAST_SYS
             out[f"{key}_stages"] = dr.stage_seconds()
             shutil.rmtree(f"{root / f'r-{key}'}{REPEAT - 1}", ignore_errors=True)
+        pg_replay(out, dr, psql, as_pg, bindir, root)
         return out
     finally:
         subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+
+
+def pg_replay(out: dict[str, Any], dr: Drtool, psql: list[str], as_pg: list[str], bindir: str, root: Path) -> None:
+    """WAL after night 2 (a 5 % UPDATE: full-page images of most of pgbench_accounts), archived, then
+    ``restore --latest --start``: the server replays it through drtool-wal-fetch.sh, from this
+    restore's prefetch; the rate is the WAL over the time beyond night 2's restore."""
+    run([*psql, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 20 = 0"])
+    last = run([*psql, "SELECT pg_walfile_name(pg_current_wal_lsn())"]).stdout.strip()
+    run([*psql, "SELECT pg_switch_wal()"])
+    deadline = time.monotonic() + 600
+    while run([*psql, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver"]).stdout.strip() < last:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"WAL file {last} was not archived within 10 minutes")
+        time.sleep(0.5)
+    plan = json.loads(dr("restore", "--source", "pg", "--latest", "--target", "/nonexistent", "--dry-run", "--json"))
+    out["replay_bytes"], out["log_kind"] = plan["segment_bytes"], "WAL"
+    latest = root / "r-latest"
+    try:
+        report: dict[str, Any] = {}
+
+        def restore() -> None:
+            report.update(json.loads(dr("restore", "--source", "pg", "--latest", "--target", str(latest), "--start",
+                                        "--port", str(free_port()), "--json", prefix=as_pg)))
+        out["physical_latest_s"] = timed(restore)
+        out["prefetch"] = report.get("prefetch")
+    finally:
+        subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", str(latest), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(latest, ignore_errors=True)
+    replay = out["physical_latest_s"] - out["physical_restore_s"]
+    out["replay_mib_s"] = out["replay_bytes"] / 2**20 / replay if replay > 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,6 +85,8 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
     row("drtool mydumper restore: database / one of 4 tables (2 threads)",
         lambda d: f"{d['mydumper_restore_s']:.1f} s / {d['mydumper_table_restore_s']:.1f} s"
         if "mydumper_restore_s" in d else "—")
-    row("PITR replay rate", lambda d: f"{d['replay_mib_s']:.1f} MiB/s of binlog ({mib(d['replay_bytes'])})"
+    row("PITR replay rate (MariaDB: binlog by drtool; PostgreSQL: WAL by the server, --start)",
+        lambda d: f"{d['replay_mib_s']:.1f} MiB/s of {d.get('log_kind', 'binlog')} ({mib(d['replay_bytes'])})"
+        + (f"; {d['prefetch']['taken']} of {d['prefetch']['planned']} files fetched ahead" if d.get("prefetch") else "")
         if d.get("replay_mib_s") else "—")
     return "\n".join(lines)

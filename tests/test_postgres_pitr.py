@@ -175,6 +175,10 @@ def test_latest_restore_replays_every_archived_transaction(scenario: Scenario) -
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
         assert report["reached"].startswith("all archived WAL replayed")
+        # every planned file came from this restore's prefetch (no wal-fetch process), and the spool is gone
+        planned = len(report["plan"]["segments"])
+        assert report["prefetch"] == {"planned": planned, "fetched": planned, "taken": planned, "stopped": None}
+        assert planned >= 3 and not (target / "drtool-wal-prefetch").exists()
         rows = scenario.server.sql("SELECT tag, count(*) FROM events GROUP BY tag ORDER BY tag",
                                    port=report["port"], host=report["socket_dir"])
         assert rows == [("t1", 10), ("t2", 20), ("t3", 30)]

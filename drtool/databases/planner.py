@@ -417,12 +417,13 @@ class PitrResult:
     reached: str | None = None  # what replay verifiably reached
     log_file: str | None = None
     notes: list[str] = field(default_factory=list)  # the engine's next steps for the operator
+    prefetch: dict[str, Any] | None = None  # PostgreSQL --start: WAL fetched ahead (wal_prefetch)
 
     def as_dict(self) -> dict[str, Any]:
         return {"plan": self.plan.as_dict(), "target": self.target, "target_db": self.target_db,
                 "started": self.started, "outcome": self.outcome, "restore_command": self.script,
                 "socket": self.socket, "port": self.port, "socket_dir": self.socket_dir,
-                "reached": self.reached, "log": self.log_file}
+                "reached": self.reached, "log": self.log_file, "prefetch": self.prefetch}
 
     def lines(self) -> list[str]:
         where = self.target_db or self.target

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from drtool.childenv import child_environment
-from drtool.databases import pg_tablespaces
+from drtool.databases import pg_tablespaces, wal_prefetch
 from drtool.core import stages
 from drtool.databases.engine import Labels, RestoreRequest, stream_bytes
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryPointUnreachable, RecoveryShort
@@ -383,8 +383,13 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
                             f"WAL via {script}, then promotes; port {port or 'from its configuration'}, "
                             f"socket directory {socket_dir})")
         return result
-    with stages.stage(f"recovery: PostgreSQL replays up to {len(plan.segments)} WAL file(s) and promotes"):
-        result.outcome = postgres.start_and_wait(target, src.bindir, timeout)
+    with stages.stage(f"recovery: PostgreSQL replays up to {len(plan.segments)} WAL file(s) and promotes") as step:
+        with _prefetching(session, plan, target) as prefetch:
+            result.outcome = postgres.start_and_wait(target, src.bindir, timeout)
+        result.prefetch = {"planned": len(plan.segments), "fetched": prefetch.fetched, "taken": prefetch.taken,
+                           "stopped": prefetch.failure or None}
+        step.note(f"{prefetch.taken} of {len(plan.segments)} WAL file(s) fetched ahead by this restore"
+                  + (f" (stopped: {prefetch.failure})" if prefetch.failure else ""))
     try:
         result.reached = verify_recovery(plan, result.outcome)
     except RecoveryShort as exc:
@@ -398,6 +403,14 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
     return result
 
 
+def _prefetching(session: Session, plan: PitrPlan, target: str) -> wal_prefetch.WalPrefetcher:
+    """The planned WAL fetched ahead of the server while it replays (``wal_prefetch``)."""
+    from drtool.databases.logarchive import fetch_segment
+    files = [(seg.name, seg.size) for seg in plan.segments]
+    return wal_prefetch.WalPrefetcher(lambda name: fetch_segment(session.repo, WAL, plan.source, name), files,
+                                      wal_prefetch.spool_dir(target))
+
+
 def _configure_recovery(plan: PitrPlan, target: str, places: dict[str, str], fetch_env: dict[str, str],
                         port: int | None, socket_dir: str) -> str:
     """``tablespace_map``, the fetch script, the recovery settings and ``recovery.signal``; the
@@ -407,7 +420,8 @@ def _configure_recovery(plan: PitrPlan, target: str, places: dict[str, str], fet
     for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
         if os.path.exists(os.path.join(target, stale)):
             os.unlink(os.path.join(target, stale))
-    script = postgres.write_fetch_script(target, plan.source, fetch_env, sys.executable)
+    script = postgres.write_fetch_script(target, plan.source, fetch_env, sys.executable,
+                                         spool=wal_prefetch.spool_dir(target))
     settings = postgres.recovery_settings(f"{shlex.quote(script)} %f %p", plan.target_time, plan.inclusive, port,
                                           socket_dir, immediate=plan.immediate,
                                           target=(plan.target.kind, plan.target.value) if plan.target else None,

@@ -465,13 +465,20 @@ def prepare_datadir(target: str) -> None:
 FETCH_ABSENT = 99
 
 
-def write_fetch_script(target: str, source: str, env: dict[str, str], python: str) -> str:
-    """restore_command wrapper: repository settings in the environment, no secret in the file."""
+def write_fetch_script(target: str, source: str, env: dict[str, str], python: str, spool: str = "") -> str:
+    """restore_command wrapper: repository settings in the environment, no secret in the file.
+    ``spool``: where the restore that started the server puts the files it fetched ahead
+    (``databases.wal_prefetch``): one found there is moved into place without starting drtool."""
     path = os.path.join(target, "drtool-wal-fetch.sh")
     lines = ["#!/bin/sh",
              f"# Written by 'drtool restore': PostgreSQL restore_command for source {source}.",
              "# No secret here: the passphrase comes from DRTOOL_PASSWORD_FILE / _COMMAND.",
              "unset DRTOOL_PASSWORD"]
+    if spool:
+        lines += ["# Fetched ahead by the running 'drtool restore --start' (verified, under its own name):",
+                  f'spool={shlex.quote(spool)}',
+                  '[ -d "$spool" ] && printf \'%s\\n\' "$1" > "$spool/.asked"  # how far the server is',
+                  'if [ -f "$spool/$1" ] && mv -f "$spool/$1" "$2" 2>/dev/null; then exit 0; fi']
     lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
     # Only a definite "not archived" may reach PostgreSQL as 1 (end of recovery);
     # anything else (a broken interpreter or install exits 1 too) becomes 126, fatal.

@@ -1,0 +1,159 @@
+"""WAL fetched ahead of PostgreSQL by the restore (``databases.wal_prefetch``) and the fetch script's use
+of it.  The prefetcher gets its files through an injected fetch function and a "server" thread takes
+them from the spool as the fetch script does; the script itself runs under /bin/sh.  The same path
+with a real server and repository: tests/test_postgres_pitr.py (every planned file taken from the
+spool; a file missing from the archive stops the prefetch and recovery ends short, as before)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from drtool.databases.logarchive import SegmentNotArchived
+from drtool.databases.wal_prefetch import WalPrefetcher
+from drtool.sources.postgres import write_fetch_script
+
+NAMES = [f"0000000100000000000000{n:02X}" for n in range(1, 11)]
+
+
+def _content(name: str) -> bytes:
+    return name.encode() * 100  # 2,400 bytes, different for each file
+
+
+class Server:
+    """Asks for the files in order as the fetch script does (its name into ``.asked``, then ``mv
+    "$spool/$1" "$2"``), each once it is spooled (a server slower than the prefetch), except
+    ``skip``, which it asks for at once and fetches the old way (as when the prefetch is behind);
+    records the most bytes it ever saw waiting in the spool."""
+
+    def __init__(self, spool: Path, dest: Path, skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.spool, self.dest, self.skip = spool, dest, skip
+        self.most_waiting = 0
+        self.taken: list[str] = []
+
+    def take(self, names: list[str], timeout: float = 10.0) -> None:
+        for name in names:
+            if name in self.skip:
+                (self.spool / ".asked").write_text(name + "\n")
+                continue
+            deadline = time.monotonic() + timeout
+            while not (self.spool / name).exists():
+                waiting = sum(p.stat().st_size for p in self.spool.glob("0*") if p.exists())
+                self.most_waiting = max(self.most_waiting, waiting)
+                assert time.monotonic() < deadline, f"{name} never spooled"
+                time.sleep(0.005)
+            (self.spool / ".asked").write_text(name + "\n")
+            os.replace(self.spool / name, self.dest / name)
+            self.taken.append(name)
+
+
+def test_files_arrive_in_order_whole_and_never_more_than_the_queue(tmp_path: Path) -> None:
+    spool, dest = tmp_path / "spool", tmp_path / "pg_wal"
+    dest.mkdir()
+    fetched: list[str] = []
+
+    def fetch(name: str) -> bytes:
+        fetched.append(name)
+        return _content(name)
+    server = Server(spool, dest)
+    with WalPrefetcher(fetch, [(n, 2400) for n in NAMES], str(spool), queue_bytes=3 * 2400) as prefetch:
+        server.take(NAMES)
+    assert fetched == NAMES and server.taken == NAMES
+    assert all((dest / n).read_bytes() == _content(n) for n in NAMES)
+    assert server.most_waiting <= 3 * 2400
+    assert (prefetch.fetched, prefetch.taken, prefetch.failure) == (10, 10, "")
+    assert not spool.exists()
+
+
+def test_files_the_server_fetched_itself_are_skipped_or_dropped(tmp_path: Path) -> None:
+    """The server asked for three files before they were spooled and fetched them the old way: the
+    prefetch skips what the server has reached and drops what it spooled too late, else a queue
+    holding a stale file would stop it for good."""
+    spool, dest = tmp_path / "spool", tmp_path / "pg_wal"
+    dest.mkdir()
+    late = {NAMES[1], NAMES[2], NAMES[3]}
+    fetching, slow = threading.Event(), threading.Event()
+
+    def fetch(name: str) -> bytes:
+        if name in late:
+            fetching.set()
+            slow.wait(10)  # still fetching when the server asks for it
+        return _content(name)
+    server = Server(spool, dest, skip=late)
+    with WalPrefetcher(fetch, [(n, 2400) for n in NAMES], str(spool), queue_bytes=2400) as prefetch:
+        server.take(NAMES[:1])
+        assert fetching.wait(10)  # the prefetch is fetching the second file ...
+        server.take(NAMES[1:4])   # ... when the server asks for it and two more, and fetches them itself
+        slow.set()                # the second file is spooled now, stale, filling the queue of one
+        server.take(NAMES[4:])
+    assert server.taken == [n for n in NAMES if n not in late]
+    assert prefetch.taken == 7 and not spool.exists()
+
+
+def test_a_failed_fetch_stops_the_prefetch_and_leaves_the_rest_to_the_server(tmp_path: Path) -> None:
+    spool, dest = tmp_path / "spool", tmp_path / "pg_wal"
+    dest.mkdir()
+
+    def fetch(name: str) -> bytes:
+        if name == NAMES[3]:
+            raise SegmentNotArchived(f"wal file {name} of source pg is not in the archive")
+        return _content(name)
+    server = Server(spool, dest)
+    with WalPrefetcher(fetch, [(n, 2400) for n in NAMES], str(spool)) as prefetch:
+        server.take(NAMES[:3])
+        deadline = time.monotonic() + 10
+        while not prefetch.failure and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert sorted(p.name for p in spool.iterdir()) == [".asked"]  # nothing after the failure, no part file
+    assert prefetch.failure == f"{NAMES[3]}: wal file {NAMES[3]} of source pg is not in the archive"
+    assert (prefetch.fetched, prefetch.taken) == (3, 3) and not spool.exists()
+
+
+def test_stopping_while_the_queue_is_full_returns_at_once(tmp_path: Path) -> None:
+    """Recovery ended (or failed) with files still waiting: leaving the block does not wait for them."""
+    spool = tmp_path / "spool"
+    started = time.monotonic()
+    with WalPrefetcher(_content, [(n, 2400) for n in NAMES], str(spool), queue_bytes=2400) as prefetch:
+        deadline = time.monotonic() + 10
+        while prefetch.fetched < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert time.monotonic() - started < 5 and prefetch.fetched == 1 and not spool.exists()
+    assert threading.active_count() >= 1  # the prefetch thread was joined by __exit__ (no hang above)
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    """The restore_command script as a restore writes it, with an interpreter that does not exist:
+    whatever reaches drtool fails (126), so exit 0 means the spool answered."""
+    datadir = tmp_path / "data"
+    (datadir / "pg_wal").mkdir(parents=True)
+    return Path(write_fetch_script(str(datadir), "pg", {"DRTOOL_REPOSITORY": "/nowhere"},
+                                   str(tmp_path / "no-python"), spool=str(datadir / "drtool-wal-prefetch")))
+
+
+def test_the_script_moves_a_spooled_file_into_place_without_starting_drtool(script: Path) -> None:
+    datadir = script.parent
+    (datadir / "drtool-wal-prefetch").mkdir()
+    (datadir / "drtool-wal-prefetch" / NAMES[0]).write_bytes(_content(NAMES[0]))
+    done = subprocess.run([str(script), NAMES[0], "pg_wal/RECOVERYXLOG"], cwd=datadir, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert (datadir / "pg_wal" / "RECOVERYXLOG").read_bytes() == _content(NAMES[0])
+    assert [p.name for p in (datadir / "drtool-wal-prefetch").iterdir()] == [".asked"]
+    assert (datadir / "drtool-wal-prefetch" / ".asked").read_text() == NAMES[0] + "\n"  # how far the server is
+
+
+@pytest.mark.parametrize("spooled", [False, True])
+def test_a_file_not_spooled_goes_to_drtool(script: Path, spooled: bool) -> None:
+    """No spool directory (a restore without --start), or another file spooled: drtool is asked."""
+    datadir = script.parent
+    if spooled:
+        (datadir / "drtool-wal-prefetch").mkdir()
+        (datadir / "drtool-wal-prefetch" / NAMES[1]).write_bytes(_content(NAMES[1]))
+    asked = subprocess.run([str(script), "00000002.history", "pg_wal/RECOVERYHISTORY"], cwd=datadir,
+                           capture_output=True, text=True)
+    assert asked.returncode == 126 and "no-python" in asked.stderr  # it tried to run drtool
+    assert not (datadir / "pg_wal" / "RECOVERYHISTORY").exists()
