@@ -62,7 +62,7 @@ def test_files_arrive_in_order_whole_and_never_more_than_the_queue(tmp_path: Pat
     server = Server(spool, dest)
     with WalPrefetcher(fetch, [(n, 2400) for n in NAMES], str(spool), queue_bytes=3 * 2400) as prefetch:
         server.take(NAMES)
-    assert fetched == NAMES and server.taken == NAMES
+    assert sorted(fetched) == NAMES and server.taken == NAMES  # each once (two fetchers: any order)
     assert all((dest / n).read_bytes() == _content(n) for n in NAMES)
     assert server.most_waiting <= 3 * 2400
     assert (prefetch.fetched, prefetch.taken, prefetch.failure) == (10, 10, "")
@@ -84,7 +84,8 @@ def test_files_the_server_fetched_itself_are_skipped_or_dropped(tmp_path: Path) 
             slow.wait(10)  # still fetching when the server asks for it
         return _content(name)
     server = Server(spool, dest, skip=late)
-    with WalPrefetcher(fetch, [(n, 2400) for n in NAMES], str(spool), queue_bytes=2400) as prefetch:
+    with WalPrefetcher(fetch, [(n, 2400) for n in NAMES], str(spool), queue_bytes=2400,
+                       fetchers=1) as prefetch:
         server.take(NAMES[:1])
         assert fetching.wait(10)  # the prefetch is fetching the second file ...
         server.take(NAMES[1:4])   # ... when the server asks for it and two more, and fetches them itself
@@ -103,7 +104,7 @@ def test_a_failed_fetch_stops_the_prefetch_and_leaves_the_rest_to_the_server(tmp
             raise SegmentNotArchived(f"wal file {name} of source pg is not in the archive")
         return _content(name)
     server = Server(spool, dest)
-    with WalPrefetcher(fetch, [(n, 2400) for n in NAMES], str(spool)) as prefetch:
+    with WalPrefetcher(fetch, [(n, 2400) for n in NAMES], str(spool), fetchers=1) as prefetch:
         server.take(NAMES[:3])
         deadline = time.monotonic() + 10
         while not prefetch.failure and time.monotonic() < deadline:
@@ -111,6 +112,32 @@ def test_a_failed_fetch_stops_the_prefetch_and_leaves_the_rest_to_the_server(tmp
         assert sorted(p.name for p in spool.iterdir()) == [".asked"]  # nothing after the failure, no part file
     assert prefetch.failure == f"{NAMES[3]}: wal file {NAMES[3]} of source pg is not in the archive"
     assert (prefetch.fetched, prefetch.taken) == (3, 3) and not spool.exists()
+
+
+def test_several_fetches_are_in_flight_at_once_within_the_queue(tmp_path: Path) -> None:
+    """Three fetchers: three files are fetched at the same time (a barrier that only three callers
+    pass), files land out of order and are all taken; in flight counts against the queue."""
+    spool, dest = tmp_path / "spool", tmp_path / "pg_wal"
+    dest.mkdir()
+    together = threading.Barrier(3, timeout=10)
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def fetch(name: str) -> bytes:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        if name in NAMES[:3]:
+            together.wait()  # raises BrokenBarrierError unless three run at once
+        with lock:
+            in_flight[0] -= 1
+        return _content(name)
+    server = Server(spool, dest)
+    with WalPrefetcher(fetch, [(n, 2400) for n in NAMES], str(spool), queue_bytes=4 * 2400,
+                       fetchers=3) as prefetch:
+        server.take(NAMES)
+    assert server.taken == NAMES and prefetch.taken == 10 and most[0] == 3
+    assert server.most_waiting <= 4 * 2400
 
 
 def test_stopping_while_the_queue_is_full_returns_at_once(tmp_path: Path) -> None:

@@ -34,72 +34,103 @@ SPOOL_NAME = "drtool-wal-prefetch"
 ASKED = ".asked"  # in the spool: the file the server asked for last (written by the fetch script)
 QUEUE_BYTES = 128 * 1024 * 1024  # spooled and not yet taken, at most (pgBackRest's archive-get-queue-max)
 POLL_SECONDS = 0.02              # how often a full queue looks whether the server took a file
+FETCHERS = 2                     # fetches in flight at once
 
 Fetch = Callable[[str], bytes]   # a file's verified bytes, by name
 
 
 class WalPrefetcher:
-    """Fetches ``files`` ((name, size), in replay order) into ``spool`` on a thread, ahead of the server.
+    """Fetches ``files`` ((name, size), in replay order) into ``spool`` on ``fetchers`` threads, ahead of
+    the server.  Several fetches in flight hide an object store's latency per request and its
+    bandwidth per connection (one 16 MiB GET at a time is about what the server replays).
 
     Use as a context manager around the server's recovery: on the way out
-    the thread stops and the spool is removed, with whatever it still holds.
+    the threads stop and the spool is removed, with whatever it still holds.
     """
 
     def __init__(self, fetch: Fetch, files: list[tuple[str, int]], spool: str,
-                 queue_bytes: int = QUEUE_BYTES) -> None:
+                 queue_bytes: int = QUEUE_BYTES, fetchers: int = FETCHERS) -> None:
         self.fetch, self.files, self.spool, self.queue_bytes = fetch, files, spool, queue_bytes
         self.taken = 0       # spooled files the server took (moved away by the fetch script)
         self.fetched = 0
         self.failure = ""    # why prefetching stopped early ("" if it did not)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="wal-prefetch", daemon=True)
+        self._lock = threading.Lock()   # guards the counts, _next, _in_flight and _waiting
+        self._threads = [threading.Thread(target=self._run, name=f"wal-prefetch-{n}", daemon=True)
+                         for n in range(fetchers)]
+        self._next = 0                  # the next plan index to claim
+        self._in_flight = 0             # bytes being fetched (claimed, not spooled yet)
         self._waiting: dict[str, tuple[int, int]] = {}  # spooled, not taken yet: name -> (plan index, size)
         self._index = {name: index for index, (name, _size) in enumerate(files)}
 
     def __enter__(self) -> WalPrefetcher:
         os.makedirs(self.spool, mode=0o700, exist_ok=True)
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
-        self._look()  # the last files the server took count too
+        for thread in self._threads:
+            thread.join()
+        with self._lock:
+            self._look()  # the last files the server took count too
         shutil.rmtree(self.spool, ignore_errors=True)
         log.info("WAL prefetch: the server took %d of %d file(s) fetched ahead (%d planned)",
                  self.taken, self.fetched, len(self.files))
 
     def _run(self) -> None:
-        for index, (name, size) in enumerate(self.files):
-            if not self._room_for(size):
+        while True:
+            claim = self._claim()
+            if claim is None:
                 return
-            if index <= self._asked():  # the server got there first: it fetches this one itself
-                continue
+            index, name, size = claim
             try:
                 data = self.fetch(name)
             except DrtoolError as exc:  # the server's own fetch of this file reports it, the old way
-                self.failure = f"{name}: {exc.one_line()}"
-                log.info("WAL prefetch stopped at %s; the server fetches the rest itself", self.failure)
+                self._give_up(f"{name}: {exc.one_line()}", size)
                 return
-            if not self._spool(name, data):
+            problem = self._spool(name, data)
+            if problem:
+                self._give_up(problem, size)
                 return
-            self._waiting[name] = (index, len(data))
-            self.fetched += 1
+            with self._lock:
+                self._in_flight -= size
+                self._waiting[name] = (index, len(data))
+                self.fetched += 1
 
-    def _room_for(self, size: int) -> bool:
-        """Wait until the files waiting plus ``size`` fit in the queue (always true for an empty one);
-        False when stopped first."""
+    def _claim(self) -> tuple[int, str, int] | None:
+        """The next file to fetch, once it fits in the queue beside those waiting and in flight (at
+        once when both are empty); files the server has reached are passed over.  None when every
+        file is claimed, prefetching stopped, or the restore ends."""
         while not self._stop.is_set():
-            self._look()
-            if not self._waiting or sum(s for _i, s in self._waiting.values()) + size <= self.queue_bytes:
-                return True
+            with self._lock:
+                self._look()
+                asked = self._asked()
+                while self._next < len(self.files) and self._next <= asked:
+                    self._next += 1  # the server got there first: it fetches these itself
+                if self._next >= len(self.files) or self.failure:
+                    return None
+                name, size = self.files[self._next]
+                used = self._in_flight + sum(s for _i, s in self._waiting.values())
+                if used == 0 or used + size <= self.queue_bytes:
+                    self._next += 1
+                    self._in_flight += size
+                    return self._next - 1, name, size
             self._stop.wait(POLL_SECONDS)
-        return False
+        return None
+
+    def _give_up(self, why: str, size: int) -> None:
+        with self._lock:
+            self._in_flight -= size
+            if not self.failure:
+                self.failure = why
+                log.info("WAL prefetch stopped at %s; the server fetches the rest itself", why)
 
     def _look(self) -> None:
-        """Files gone from the spool were taken; waiting ones before the last the server asked for were
-        passed by (it fetched them the old way, before they were here): removed, so the queue makes
-        room for what comes next."""
+        """(Lock held.)  Files gone from the spool were taken; waiting ones before the last the server
+        asked for were passed by (it fetched them the old way, before they were here): removed, so
+        the queue makes room for what comes next."""
         gone = [name for name in self._waiting if not os.path.exists(os.path.join(self.spool, name))]
         for name in gone:
             del self._waiting[name]
@@ -108,7 +139,12 @@ class WalPrefetcher:
         for name, (index, _size) in list(self._waiting.items()):
             if index < reached:
                 del self._waiting[name]
-                _remove(os.path.join(self.spool, name))
+                try:
+                    os.unlink(os.path.join(self.spool, name))
+                except FileNotFoundError:  # taken after the look above: the server read it after all
+                    self.taken += 1
+                except OSError:
+                    pass
 
     def _asked(self) -> int:
         """The plan index of the file the server asked for last, -1 if none (or not a planned file)."""
@@ -118,20 +154,18 @@ class WalPrefetcher:
         except OSError:
             return -1
 
-    def _spool(self, name: str, data: bytes) -> bool:
+    def _spool(self, name: str, data: bytes) -> str:
         """Write a file under a temporary name and rename it: the script never sees half a file.
-        Not synced: the server reads it at once, and after a crash it asks again."""
+        Not synced: the server reads it at once, and after a crash it asks again.  "" or what failed."""
         tmp = os.path.join(self.spool, f".{name}.part")
         try:
             with open(tmp, "wb") as handle:
                 handle.write(data)
             os.replace(tmp, os.path.join(self.spool, name))
         except OSError as exc:
-            self.failure = f"cannot write {tmp}: {exc.strerror}"
-            log.info("WAL prefetch stopped: %s; the server fetches the rest itself", self.failure)
             _remove(tmp)
-            return False
-        return True
+            return f"cannot write {tmp}: {exc.strerror}"
+        return ""
 
 
 def spool_dir(datadir: str) -> str:
