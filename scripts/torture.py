@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from drtool import api  # noqa: E402
+from drtool.api.maintenance import DataSubset  # noqa: E402
 from drtool.snapshot.logwindow import WAL  # noqa: E402
 from drtool.errors import DrtoolError, LockHeld  # noqa: E402
 from drtool.databases import logarchive  # noqa: E402
@@ -199,7 +200,7 @@ class Lab:
             self.tally.verified += 1
 
     def check(self) -> None:
-        report = self.with_session(lambda s: api.check(s, 1.0))
+        report = self.with_session(lambda s: api.check(s, DataSubset.everything()))
         if report.ok:
             self.tally.checks += 1
         else:
@@ -489,7 +490,7 @@ def finish(lab: Lab) -> None:
         condemned = report["packs_condemned"] + report["packs_pending"]
         if condemned == 0:
             break
-    report = lab.with_session(lambda s: api.check(s, 1.0))
+    report = lab.with_session(lambda s: api.check(s, DataSubset.everything()))
     unindexed = [w for w in report.warnings if "not in any index" in w]
     if condemned or unindexed or not report.ok:
         lab.tally.problems.append(f"{lab.name}: after the final prune {condemned} pack(s) still condemned, "

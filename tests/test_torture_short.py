@@ -22,6 +22,7 @@ def test_short_torture_run_loses_nothing(tmp_path: Path) -> None:
                            "--work", str(tmp_path / "work"), "--json", str(summary)],
                           env=env, capture_output=True, text=True, timeout=600)
     print(proc.stdout[-3000:])
+    assert summary.exists(), f"the torture run wrote no summary (exit {proc.returncode}): {proc.stderr[-3000:]}"
     total = json.loads(summary.read_text())["total"]
     assert total["data_lost"] == 0, proc.stdout[-3000:]
     assert total["problems"] == [], proc.stdout[-3000:]
