@@ -102,3 +102,19 @@ def test_a_bad_subset_is_a_usage_error_before_the_passphrase(repo_env: DrEnv) ->
         "a part N/T (1/7 … 7/7), or a size (500M, 50G)"]
     both = repo_env.run("check", "--read-data", "--read-data-subset", "5")
     assert both.code == 2 and "either --read-data or --read-data-subset" in both.err
+
+
+def test_the_api_still_takes_a_share_of_packs(repo_env: DrEnv) -> None:
+    """``api.check(session, 1.0)`` (a share, as before the subset forms) reads every pack; 0 none."""
+    from drtool import api
+    data = repo_env.tmp / "data"
+    data.mkdir()
+    (data / "f").write_bytes(random.Random(1).randbytes(200_000))
+    assert repo_env.run("backup", "--name", "files", str(data)).code == 0
+    session = repo_env.session()
+    try:
+        everything, nothing = api.check(session, 1.0), api.check(session, 0)
+    finally:
+        session.close()
+    assert everything.packs_read == everything.packs > 0 and everything.read_subset == "every pack"
+    assert nothing.packs_read == 0 and nothing.read_subset == ""

@@ -15,8 +15,11 @@ __all__ = ["CopyOptions", "DataSubset", "DEFAULT_GRACE", "DEFAULT_MAX_UNUSED", "
            "open_destination", "prune", "rebuild_catalog", "summary_line", "zone_from_config"]
 
 
-def check(session: Session, read: DataSubset | None = None, seed: int | None = None) -> _check.CheckReport:
-    """``read``: the packs to download and verify besides the structure (``DataSubset.parse``)."""
+def check(session: Session, read: DataSubset | float | None = None, seed: int | None = None) -> _check.CheckReport:
+    """``read``: the packs to download and verify besides the structure (``DataSubset.parse``); a
+    number is the share of packs, as before 7 December (1.0 every pack, 0 none)."""
+    if isinstance(read, (int, float)):
+        read = DataSubset(percent=min(read, 1.0) * 100) if read > 0 else None
     return _check.check(session, read, seed)
 
 
