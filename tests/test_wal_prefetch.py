@@ -114,6 +114,19 @@ def test_a_failed_fetch_stops_the_prefetch_and_leaves_the_rest_to_the_server(tmp
     assert (prefetch.fetched, prefetch.taken) == (3, 3) and not spool.exists()
 
 
+def test_an_unexpected_error_stops_the_prefetch_quietly(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Not a drtool error (a bug, a library's own exception): no traceback from the thread, the same
+    fallback to the server's own fetches."""
+    def fetch(name: str) -> bytes:
+        raise KeyError(name)
+    with WalPrefetcher(fetch, [(n, 2400) for n in NAMES], str(tmp_path / "spool")) as prefetch:
+        deadline = time.monotonic() + 10
+        while not prefetch.failure and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert prefetch.failure.startswith(f"{NAMES[0]}: KeyError") or prefetch.failure.startswith(f"{NAMES[1]}: KeyError")
+    assert prefetch.fetched == 0 and "Traceback" not in capfd.readouterr().err
+
+
 def test_several_fetches_are_in_flight_at_once_within_the_queue(tmp_path: Path) -> None:
     """Three fetchers: three files are fetched at the same time (a barrier that only three callers
     pass), files land out of order and are all taken; in flight counts against the queue."""

@@ -90,6 +90,9 @@ class WalPrefetcher:
             except DrtoolError as exc:  # the server's own fetch of this file reports it, the old way
                 self._give_up(f"{name}: {exc.one_line()}", size)
                 return
+            except Exception as exc:  # noqa: BLE001 - best effort: never a traceback from this thread
+                self._give_up(f"{name}: {type(exc).__name__}: {exc}", size)
+                return
             problem = self._spool(name, data)
             if problem:
                 self._give_up(problem, size)
