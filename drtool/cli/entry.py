@@ -77,10 +77,25 @@ def _looks_like_no_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "failed to map segment" in str(exc)
 
 
+def _import_hashlib_quietly() -> None:
+    """``hashlib`` logs a traceback for each algorithm it cannot get from OpenSSL, at import, through
+    the root logger (seen under a tight address-space limit, ``ulimit -v``: four tracebacks for
+    the SHA-3 family before drtool's one line).  Imported here with a handler on the root logger
+    that drops them; an algorithm drtool needs and lacks fails where it is used, with one line."""
+    import logging
+    quiet = logging.NullHandler()
+    logging.root.addHandler(quiet)  # with a handler present, logging's stderr last resort stays unused
+    try:
+        import hashlib  # noqa: F401  (the import is the point)
+    finally:
+        logging.root.removeHandler(quiet)
+
+
 def run() -> None:
     quiet_interrupts()
     hold_collector_for_start_up()
     try:
+        _import_hashlib_quietly()
         from drtool.cli.main import main
         code = main(sys.argv[1:])
     except Exception as exc:  # noqa: BLE001 - e.g. no memory left to import the command's modules
