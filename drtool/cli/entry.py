@@ -77,25 +77,27 @@ def _looks_like_no_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "failed to map segment" in str(exc)
 
 
-def _import_hashlib_quietly() -> None:
-    """``hashlib`` logs a traceback for each algorithm it cannot get from OpenSSL, at import, through
-    the root logger (seen under a tight address-space limit, ``ulimit -v``: four tracebacks for
-    the SHA-3 family before drtool's one line).  Imported here with a handler on the root logger
-    that drops them; an algorithm drtool needs and lacks fails where it is used, with one line."""
+def _hashlib_noise(record: object) -> bool:
+    """False for the traceback ``hashlib`` logs, at import, for each algorithm it could not get from
+    OpenSSL (seen under a tight address-space limit, ``ulimit -v``, while the key was being
+    derived: four SHA-3 tracebacks before drtool's one line).  drtool does not use those; an
+    algorithm it needs and lacks fails where it is used, with one line."""
+    return getattr(record, "msg", None) != "code for hash %s was not found."
+
+
+def quiet_hashlib_import_noise() -> None:
+    """Filter that record out at the root logger, which ``hashlib`` logs it on (``logging.exception``,
+    configuring a stderr handler first).  drtool imports ``hashlib`` late or never, and not with
+    the rest of start-up here: its libcrypto stays out of a backup's memory (drtool/digests.py)."""
     import logging
-    quiet = logging.NullHandler()
-    logging.root.addHandler(quiet)  # with a handler present, logging's stderr last resort stays unused
-    try:
-        import hashlib  # noqa: F401  (the import is the point)
-    finally:
-        logging.root.removeHandler(quiet)
+    logging.root.addFilter(_hashlib_noise)
 
 
 def run() -> None:
     quiet_interrupts()
     hold_collector_for_start_up()
+    quiet_hashlib_import_noise()
     try:
-        _import_hashlib_quietly()
         from drtool.cli.main import main
         code = main(sys.argv[1:])
     except Exception as exc:  # noqa: BLE001 - e.g. no memory left to import the command's modules
