@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "drtool"
 
 RANK = {
     "errors": 0, "testing_hooks": 0, "childenv": 0, "digests": 0, "fdio": 0,
-    "crypto": 1, "backends": 1,
+    "crypto": 1, "backends": 1, "units": 1,
     "repository": 2,
     "snapshot": 3, "catalog": 3, "config": 3,
     "sources": 4,

@@ -16,6 +16,7 @@ from drtool.backends.registry import open_backend
 from drtool.core.session import Session
 from drtool.errors import UsageError
 from drtool.snapshot.timeparse import parse_point_in_time
+from drtool.units import parse_size
 
 if TYPE_CHECKING:
     from drtool.browse import find as _find
@@ -31,24 +32,6 @@ def _feature(name: str) -> Any:
 
 __all__ = ["diff", "dump", "find_files", "find_files_without_key", "index_files", "ls", "ls_lines", "mount", "parse_size", "rewrite",
            "rewrite_history"]
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,
-          "t": 2**40, "tib": 2**40}
-
-
-def parse_size(text: str, what: str) -> int:
-    """``4096``, ``10k``, ``1.5M``, ``2GiB`` (binary units) -> bytes; a clear usage error otherwise."""
-    value = text.strip().lower()
-    number = value.rstrip("kmgtib")
-    unit = value[len(number):]
-    try:
-        amount = float(number)
-    except ValueError:
-        amount = -1
-    if amount < 0 or unit not in _UNITS:
-        raise UsageError(f"{what} {text!r} is not a size", hint="give bytes or a size such as 10k, 1.5M, 2G")
-    return int(amount * _UNITS[unit])
-
 
 def _time(text: str | None) -> datetime | None:
     return parse_point_in_time(text) if text else None

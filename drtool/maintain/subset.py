@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass
 
 from drtool.errors import UsageError
+from drtool.units import parse_size, size_text
 
 _PART_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%?\s*$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt])(?:i?b)?\s*$", re.I)
-_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt])(?:i?b)?\s*$", re.I)  # a unit: not a percentage
 _HINT = "give a percentage (5 or 2.5%), a part N/T (1/7 … 7/7), or a size (500M, 50G)"
 
 
@@ -48,7 +48,7 @@ class DataSubset:
             return cls(part=number, parts=parts)
         size = _SIZE_RE.match(text)
         if size:
-            amount = int(float(size.group(1)) * _UNITS[size.group(2).lower()])
+            amount = parse_size(size.group(1) + size.group(2), "--read-data-subset")
             if amount <= 0:
                 raise UsageError(f"--read-data-subset {text!r}: the size must be above zero", hint=_HINT)
             return cls(size=amount)
@@ -65,7 +65,7 @@ class DataSubset:
         if self.parts:
             return f"part {self.part}/{self.parts} by pack id"
         if self.size:
-            return f"random packs of about {_size(self.size)}"
+            return f"random packs of about {size_text(self.size)}"
         return "every pack" if self.percent >= 100 else f"a random {self.percent:g} %"
 
     def select(self, pack_sizes: dict[bytes, int], seed: int | None = None) -> list[bytes]:
@@ -86,11 +86,6 @@ class DataSubset:
             return ids
         count = max(1, round(len(ids) * self.percent / 100)) if ids else 0
         return sorted(random.Random(seed).sample(ids, count))
-
-
-def _size(amount: int) -> str:
-    unit = max((u for u in _UNITS.items() if u[1] <= amount), key=lambda u: u[1], default=("", 1))
-    return f"{amount / unit[1]:g} {unit[0].upper()}iB" if unit[0] else f"{amount} bytes"
 
 
 def in_part(pack_id: bytes, part: int, parts: int) -> bool:
