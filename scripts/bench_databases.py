@@ -47,7 +47,9 @@ Measured, in one run on the machine as it is:
   --latest`` (MiB of binlog per second, the physical restore time subtracted); for
   PostgreSQL the WAL of a 5 % ``UPDATE`` after night 2, replayed by the server that
   ``restore --latest --start`` starts (through ``drtool-wal-fetch.sh``, from the restore's
-  WAL prefetch), with how many of the planned files came from the prefetch.
+  WAL prefetch), with how many of the planned files came from the prefetch; and the same
+  restore without ``--start``, the server started with ``pg_ctl`` as an operator would
+  (its first wal-fetch starts ``drtool pg wal-prefetch``), until it is out of recovery.
 """
 from __future__ import annotations
 
@@ -544,6 +546,37 @@ def pg_replay(out: dict[str, Any], dr: Drtool, psql: list[str], as_pg: list[str]
         shutil.rmtree(latest, ignore_errors=True)
     replay = out["physical_latest_s"] - out["physical_restore_s"]
     out["replay_mib_s"] = out["replay_bytes"] / 2**20 / replay if replay > 0 else None
+    operator_replay(out, dr, as_pg, bindir, root / "r-operator")
+
+
+def operator_replay(out: dict[str, Any], dr: Drtool, as_pg: list[str], bindir: str, target: Path) -> None:
+    """The same ``--latest`` restore without ``--start``, the server then started with ``pg_ctl`` as an
+    operator would: its first wal-fetch starts ``drtool pg wal-prefetch``.  Timed from the restore's
+    start until the server is out of recovery."""
+    port = str(free_port())
+    in_recovery = [*as_pg, f"{bindir}/psql", "-h", str(target), "-p", port, "-U", "postgres", "-d", "postgres",
+                   "-Atc", "SELECT pg_is_in_recovery()"]
+
+    def restore_and_start() -> None:
+        dr("restore", "--source", "pg", "--latest", "--target", str(target), "--port", port, prefix=as_pg)
+        run([*as_pg, f"{bindir}/pg_ctl", "-D", str(target), "-l", str(target / "server.log"), "-w", "-t", "600",
+             "start"])
+        deadline = time.monotonic() + 600
+        while subprocess.run(in_recovery, capture_output=True, text=True).stdout.strip() != "f":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server in {target} was still recovering after 10 minutes")
+            time.sleep(0.1)
+    try:
+        out["operator_latest_s"] = timed(restore_and_start)
+        time.sleep(1.5)  # the prefetch process notices the promotion and logs what the server took
+        log = (target / "drtool-wal-prefetch.log").read_text() if (target / "drtool-wal-prefetch.log").exists() else ""
+        done = [json.loads(line)["message"] for line in log.splitlines() if "WAL prefetch for" in line]
+        out["operator_prefetch"] = done[-1] if done else "no prefetch logged"
+    finally:
+        subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", str(target), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(target, ignore_errors=True)
+    replay = out["operator_latest_s"] - out["physical_restore_s"]
+    out["operator_replay_mib_s"] = out["replay_bytes"] / 2**20 / replay if replay > 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,4 +89,7 @@ def table(maria: dict[str, Any] | None, pg: dict[str, Any] | None) -> str:
         lambda d: f"{d['replay_mib_s']:.1f} MiB/s of {d.get('log_kind', 'binlog')} ({mib(d['replay_bytes'])})"
         + (f"; {d['prefetch']['taken']} of {d['prefetch']['planned']} files fetched ahead" if d.get("prefetch") else "")
         if d.get("replay_mib_s") else "—")
+    row("PostgreSQL replay, server started by the operator (pg_ctl after a restore without --start)",
+        lambda d: f"{d['operator_replay_mib_s']:.1f} MiB/s; {d.get('operator_prefetch', '')}"
+        if d.get("operator_replay_mib_s") else "—")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -288,6 +289,54 @@ def test_postgres_restore_to_each_point_is_exact(pg_cluster: PgCluster, pg_histo
     differing = sorted(table for table in expected if tables[table] != expected[table])
     assert not differing, f"at point {which} these tables differ: {differing}"  # all: a commit across
     # the point; some pages of one table: restored data
+
+
+def _restore_then_start(cluster: PgCluster, target: Path, port: int) -> Any:
+    """Restore without --start, then start the server with the command the restore printed (as an
+    operator or a systemd unit would); the server's fingerprint once it is out of recovery."""
+    restored = cluster.drtool("restore", "--source", SOURCE, "--latest", "--target", str(target),
+                              "--port", str(port))
+    assert restored.returncode == 0, restored.stderr
+    start = re.search(r"start it with: (pg_ctl -D \S+ -l \S+ start)", restored.stdout)
+    assert start and "wal-prefetch" in restored.stdout, restored.stdout
+    run_as("postgres", start.group(1).split(), cluster.env, timeout=120)  # waits 60 s at most, by default
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            with cluster.connect(host=str(target), port=port) as conn:
+                if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,):
+                    return pg_fingerprint(conn)
+        except Exception:  # still replaying: "the database system is starting up"
+            pass
+        assert time.monotonic() < deadline, (target / "drtool-recovery.log").read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def test_postgres_restore_started_by_the_operator_fetches_wal_ahead(pg_cluster: PgCluster,
+                                                                     pg_history: tuple[list[Point], Point]) -> None:
+    """Without --start the server's first wal-fetch starts 'drtool pg wal-prefetch' (as postgres,
+    detached): it serves the restore's plan, the replay is exact, and once the server is promoted
+    the process is gone with its spool."""
+    _points, latest = pg_history
+    target = pg_cluster.root / "restore-operator"
+    try:
+        tables = _restore_then_start(pg_cluster, target, free_port())
+        assert sorted(tables) == sorted(latest.tables) and tables == latest.tables
+        spool = target / "drtool-wal-prefetch"
+        deadline = time.monotonic() + 30
+        while spool.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not spool.exists(), sorted(p.name for p in spool.iterdir())
+        lines = [json.loads(line) for line in (target / "drtool-wal-prefetch.log").read_text().splitlines()
+                 if line.startswith("{")]
+        done = [line["message"] for line in lines if line.get("message", "").startswith("WAL prefetch for")]
+        assert len(done) == 1, lines
+        taken, fetched, planned = (int(n) for n in re.findall(r"(\d+)", done[0].split("took", 1)[1])[:3])
+        print(f"\noperator-started restore: {done[0]}")
+        assert planned >= 3 and fetched >= taken >= planned // 2, done[0]
+    finally:
+        run_as("postgres", ["pg_ctl", "-D", str(target), "-m", "fast", "-w", "stop"], pg_cluster.env)
+        shutil.rmtree(target, ignore_errors=True)
 
 
 # ----- MariaDB --------------------------------------------------------------------------------------

@@ -5,16 +5,18 @@ with a real server and repository: tests/test_postgres_pitr.py (every planned fi
 spool; a file missing from the archive stops the prefetch and recovery ends short, as before)."""
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
 from drtool.databases.logarchive import SegmentNotArchived
-from drtool.databases.wal_prefetch import WalPrefetcher
+from drtool.databases.wal_prefetch import SPOOL_NAME, WalPrefetcher, read_plan, serve, should_start, write_plan
 from drtool.sources.postgres import write_fetch_script
 
 NAMES = [f"0000000100000000000000{n:02X}" for n in range(1, 11)]
@@ -197,3 +199,102 @@ def test_a_file_not_spooled_goes_to_drtool(script: Path, spooled: bool) -> None:
                            capture_output=True, text=True)
     assert asked.returncode == 126 and "no-python" in asked.stderr  # it tried to run drtool
     assert not (datadir / "pg_wal" / "RECOVERYHISTORY").exists()
+
+
+# ----- the detached prefetch of a restore without --start (wal_prefetch.serve) ------------------------
+@pytest.fixture
+def datadir(tmp_path: Path) -> Path:
+    """A data directory in recovery whose server is alive (postmaster.pid names this process), with a
+    restore's plan of ten files in its spool."""
+    data = tmp_path / "data"
+    (data / "pg_wal").mkdir(parents=True)
+    (data / "recovery.signal").write_text("")
+    (data / "postmaster.pid").write_text(f"{os.getpid()}\n{data}\n")
+    write_plan(str(data / SPOOL_NAME), [(n, 2400) for n in NAMES])
+    return data
+
+
+def _serving(data: Path, fetch: Callable[[str], bytes] = _content,
+             idle_seconds: float = 60.0) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: out.update(
+        prefetch=serve(fetch, str(data / SPOOL_NAME), poll=0.01, idle_seconds=idle_seconds)))
+    thread.start()
+    return thread, out
+
+
+def _ended(thread: threading.Thread) -> bool:
+    thread.join(timeout=20)
+    return not thread.is_alive()
+
+
+def test_a_plan_is_served_until_every_file_was_taken_and_then_removed(datadir: Path) -> None:
+    spool = datadir / SPOOL_NAME
+    assert read_plan(str(spool)) == [(n, 2400) for n in NAMES] and should_start(str(spool))
+    thread, out = _serving(datadir)
+    Server(spool, datadir / "pg_wal").take(NAMES)
+    assert _ended(thread)
+    assert (out["prefetch"].fetched, out["prefetch"].taken) == (10, 10)
+    assert not spool.exists() and not should_start(str(spool))  # nothing for a later fetch to start
+
+
+def test_the_end_of_recovery_ends_the_process_and_removes_the_spool(datadir: Path) -> None:
+    spool = datadir / SPOOL_NAME
+    thread, out = _serving(datadir)
+    Server(spool, datadir / "pg_wal").take(NAMES[:3])  # a target reached after three files
+    (datadir / "recovery.signal").unlink()             # PostgreSQL promoted
+    assert _ended(thread) and out["prefetch"].taken == 3 and not spool.exists()
+
+
+@pytest.mark.parametrize("why", ["server gone", "idle"])
+def test_a_stopped_or_idle_server_keeps_the_plan_for_a_later_start(datadir: Path, why: str) -> None:
+    """The operator stopped the server mid-recovery (or it paused): spooled files go, the plan stays,
+    and the next wal-fetch after a restart starts a new process that goes on from there."""
+    spool = datadir / SPOOL_NAME
+    thread, _out = _serving(datadir, idle_seconds=0.5 if why == "idle" else 60.0)
+    Server(spool, datadir / "pg_wal").take(NAMES[:2])
+    if why == "server gone":
+        gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+        (datadir / "postmaster.pid").write_text(f"{gone}\n")  # a pid that exited
+    assert _ended(thread)
+    assert sorted(p.name for p in spool.iterdir()) == [".asked", ".lock", "plan"]
+    assert should_start(str(spool))
+    (datadir / "postmaster.pid").write_text(f"{os.getpid()}\n")  # the server started again
+    thread, out = _serving(datadir)  # it goes on after what the server asked for last
+    Server(spool, datadir / "pg_wal").take(NAMES[2:])
+    assert _ended(thread) and out["prefetch"].taken == 8 and not spool.exists()
+
+
+def test_a_second_process_finds_the_plan_served_and_exits(datadir: Path) -> None:
+    spool = datadir / SPOOL_NAME
+    holder = os.open(spool / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert not should_start(str(spool))
+        assert serve(_content, str(spool), poll=0.01) is None
+        assert (spool / "plan").exists() and not list(spool.glob("0*"))  # it fetched nothing
+    finally:
+        os.close(holder)
+
+
+def test_a_failed_fetch_removes_the_plan_so_no_process_starts_again(datadir: Path) -> None:
+    spool = datadir / SPOOL_NAME
+
+    def fetch(name: str) -> bytes:
+        if name == NAMES[2]:
+            raise SegmentNotArchived(f"wal file {name} of source pg is not in the archive")
+        return _content(name)
+    thread, out = _serving(datadir, fetch)
+    Server(spool, datadir / "pg_wal").take(NAMES[:2])
+    assert _ended(thread) and out["prefetch"].failure.startswith(NAMES[2])
+    assert not spool.exists() and not should_start(str(spool))
+
+
+def test_a_plan_that_does_not_parse_is_no_plan(tmp_path: Path) -> None:
+    (tmp_path / "plan").write_text("000000010000000000000001 not-a-size\n")
+    assert read_plan(str(tmp_path)) == [] and read_plan(str(tmp_path / "absent")) == []
+
+
+def test_the_script_passes_the_spool_to_wal_fetch(script: Path) -> None:
+    text = script.read_text()
+    assert 'wal-fetch --source pg --absent-exit-code 99 --spool "$spool" "$1" "$2"' in text

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DatabaseRestoreRequest", "FetchFailed", "RecoveryTarget", "SegmentNotArchived", "Stage",
            "StageWatcher", "binlog_push", "create_restore_point", "engine_named", "plan_from_config", "recoverable_window", "recovery_target",
-           "restore_pitr", "source_engines", "tablespace_map", "wal_fetch", "wal_push", "watching"]
+           "restore_pitr", "source_engines", "tablespace_map", "wal_fetch", "wal_prefetch", "wal_prefetch_log", "wal_prefetch_wanted", "wal_push",
+           "watching"]
 
 
 def create_restore_point(repo: Repository, settings: Settings, source: str, name: str) -> dict[str, Any]:
@@ -45,3 +46,29 @@ def tablespace_map(items: tuple[str, ...] | list[str]) -> dict[str, str]:
     """``--tablespace-map OLD=NEW`` options (OLD: a tablespace's location, name or oid) as a mapping."""
     from drtool.databases.pg_tablespaces import parse_mapping
     return parse_mapping(items)
+
+
+def wal_prefetch(repo: Repository, source: str, spool: str) -> str:
+    """Serve a restore's WAL plan ahead of the server (``drtool pg wal-prefetch``, started detached
+    by the server's first ``wal-fetch``); a line saying what it did."""
+    from drtool.databases import wal_prefetch as prefetching
+    from drtool.databases.logarchive import WAL, fetch_segment
+    prefetch = prefetching.serve(lambda name: fetch_segment(repo, WAL, source, name), spool)
+    if prefetch is None:
+        return "another process serves this plan"
+    return (f"the server took {prefetch.taken} of {prefetch.fetched} WAL file(s) fetched ahead "
+            f"({len(prefetch.files)} planned)" + (f"; stopped at {prefetch.failure}" if prefetch.failure else ""))
+
+
+def wal_prefetch_wanted(spool: str) -> bool:
+    """A restore without ``--start`` left a plan in ``spool`` and no process serves it yet."""
+    from drtool.databases import wal_prefetch as prefetching
+    return prefetching.should_start(spool)
+
+
+def wal_prefetch_log(spool: str) -> str:
+    """Where the prefetch process of ``spool`` logs (in the data directory, beside the spool)."""
+    import os
+
+    from drtool.databases import wal_prefetch as prefetching
+    return os.path.join(os.path.dirname(os.path.abspath(spool)), prefetching.LOG_NAME)

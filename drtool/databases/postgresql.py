@@ -360,7 +360,7 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
         members = _extract_base(session, snap, target, places)
         try:
             socket_dir = socket_dir_for(target)
-            script = _configure_recovery(plan, target, places, fetch_env, port, socket_dir)
+            script = _configure_recovery(plan, target, places, fetch_env, port, socket_dir, start)
         except OSError as exc:  # one line naming the file, not an internal error
             raise write_error(exc.filename or target, exc) from None
         with stages.stage("syncing the restored files to disk") as step:  # with the recovery files
@@ -382,6 +382,10 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
         result.notes.append(f"start it with: pg_ctl -D {target} -l {result.log_file} start  (PostgreSQL replays "
                             f"WAL via {script}, then promotes; port {port or 'from its configuration'}, "
                             f"socket directory {socket_dir})")
+        if plan.segments:
+            result.notes.append(f"its first WAL fetch starts 'drtool pg wal-prefetch', which fetches the "
+                                f"{len(plan.segments)} planned WAL file(s) ahead of it (log: "
+                                f"{os.path.join(target, wal_prefetch.LOG_NAME)})")
         return result
     with stages.stage(f"recovery: PostgreSQL replays up to {len(plan.segments)} WAL file(s) and promotes") as step:
         with _prefetching(session, plan, target) as prefetch:
@@ -412,9 +416,9 @@ def _prefetching(session: Session, plan: PitrPlan, target: str) -> wal_prefetch.
 
 
 def _configure_recovery(plan: PitrPlan, target: str, places: dict[str, str], fetch_env: dict[str, str],
-                        port: int | None, socket_dir: str) -> str:
+                        port: int | None, socket_dir: str, start: bool) -> str:
     """``tablespace_map``, the fetch script, the recovery settings and ``recovery.signal``; the
-    script's path."""
+    script's path.  Without ``start``, the plan for the prefetch the server's first fetch starts."""
     if places:
         pg_tablespaces.write_tablespace_map(target, places)
     for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
@@ -427,6 +431,8 @@ def _configure_recovery(plan: PitrPlan, target: str, places: dict[str, str], fet
                                           target=(plan.target.kind, plan.target.value) if plan.target else None,
                                           timeline=plan.timeline)
     postgres.write_recovery_files(target, settings)
+    if not start and plan.segments:
+        wal_prefetch.write_plan(wal_prefetch.spool_dir(target), [(seg.name, seg.size) for seg in plan.segments])
     return script
 
 

@@ -12,6 +12,13 @@ directory inside the data directory, at most ``queue_bytes`` ahead of what
 the server has taken, and the fetch script moves a spooled file into place
 without starting Python (as pgBackRest's asynchronous ``archive-get``).
 
+A restore without ``--start`` leaves the server to the operator (``pg_ctl``,
+systemd): it writes the plan into the spool instead (:func:`write_plan`), and
+the first ``wal-fetch`` the server runs starts a detached process
+(``drtool pg wal-prefetch``) that does the same from the plan
+(:func:`serve`), holding the spool's lock, until recovery ends, the server
+goes away or stops asking.
+
 Whatever is not spooled when the server asks — a timeline history file,
 a file outside the plan's order, one still being fetched, everything after
 a fetch here failed — goes the old way, through ``wal-fetch``, which also
@@ -20,10 +27,13 @@ bytes under its own name, so the server replays the same bytes either way.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import shutil
 import threading
+import time
 from typing import Callable
 
 from drtool.errors import DrtoolError
@@ -35,6 +45,10 @@ ASKED = ".asked"  # in the spool: the file the server asked for last (written by
 QUEUE_BYTES = 128 * 1024 * 1024  # spooled and not yet taken, at most (pgBackRest's archive-get-queue-max)
 POLL_SECONDS = 0.02              # how often a full queue looks whether the server took a file
 FETCHERS = 2                     # fetches in flight at once
+PLAN = "plan"    # in the spool: the planned files, "NAME SIZE" a line (a restore without --start)
+LOCK = ".lock"   # in the spool: held by the detached prefetch process for its life
+LOG_NAME = "drtool-wal-prefetch.log"  # in the data directory: what the detached process did
+IDLE_SECONDS = 600.0  # a server that asks for nothing new this long (stopped, paused): the process exits
 
 Fetch = Callable[[str], bytes]   # a file's verified bytes, by name
 
@@ -62,6 +76,7 @@ class WalPrefetcher:
         self._in_flight = 0             # bytes being fetched (claimed, not spooled yet)
         self._waiting: dict[str, tuple[int, int]] = {}  # spooled, not taken yet: name -> (plan index, size)
         self._index = {name: index for index, (name, _size) in enumerate(files)}
+        self.keep: tuple[str, ...] | None = None  # on exit: None removes the spool, else all but these
 
     def __enter__(self) -> WalPrefetcher:
         os.makedirs(self.spool, mode=0o700, exist_ok=True)
@@ -75,7 +90,12 @@ class WalPrefetcher:
             thread.join()
         with self._lock:
             self._look()  # the last files the server took count too
-        shutil.rmtree(self.spool, ignore_errors=True)
+        if self.keep is None:
+            shutil.rmtree(self.spool, ignore_errors=True)
+        else:
+            for entry in os.listdir(self.spool):
+                if entry not in self.keep:
+                    _remove(os.path.join(self.spool, entry))
         log.info("WAL prefetch: the server took %d of %d file(s) fetched ahead (%d planned)",
                  self.taken, self.fetched, len(self.files))
 
@@ -122,6 +142,21 @@ class WalPrefetcher:
                     return self._next - 1, name, size
             self._stop.wait(POLL_SECONDS)
         return None
+
+    def drained(self) -> bool:
+        """Nothing left to do: every file fetched and taken (or passed by), or prefetching stopped
+        and nothing it spooled still waits."""
+        with self._lock:
+            self._look()
+            done = self._next >= len(self.files) or bool(self.failure)
+            return done and self._in_flight == 0 and not self._waiting
+
+    def progress(self) -> tuple[int, int]:
+        """How far the server is (the plan index it asked for last) and how many files it took: a
+        server that moves neither is stopped or paused."""
+        with self._lock:
+            self._look()
+            return self._asked(), self.taken
 
     def _give_up(self, why: str, size: int) -> None:
         with self._lock:
@@ -173,6 +208,109 @@ class WalPrefetcher:
 
 def spool_dir(datadir: str) -> str:
     return os.path.join(datadir, SPOOL_NAME)
+
+
+# ----- the detached prefetch of a restore without --start ------------------------------------------
+def write_plan(spool: str, files: list[tuple[str, int]]) -> None:
+    """The restore's planned files, for the process the server's first ``wal-fetch`` starts."""
+    os.makedirs(spool, mode=0o700, exist_ok=True)
+    tmp = os.path.join(spool, f".{PLAN}.part")
+    with open(tmp, "w", encoding="ascii") as handle:
+        handle.writelines(f"{name} {size}\n" for name, size in files)
+    os.replace(tmp, os.path.join(spool, PLAN))
+
+
+def read_plan(spool: str) -> list[tuple[str, int]]:
+    """The planned files ([] when there is no plan, or it does not parse)."""
+    try:
+        with open(os.path.join(spool, PLAN), encoding="ascii") as handle:
+            rows = [line.split() for line in handle]
+        return [(name, int(size)) for name, size in rows]
+    except (OSError, ValueError, UnicodeDecodeError):
+        return []
+
+
+def should_start(spool: str) -> bool:
+    """A plan waits and no process serves it (checked by each ``wal-fetch`` the server runs; a
+    second process started in a race finds the lock held and exits)."""
+    return os.path.isfile(os.path.join(spool, PLAN)) and not _lock_held(spool)
+
+
+def _lock_held(spool: str) -> bool:
+    try:
+        fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return True  # cannot even look: do not start anything
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False
+
+
+def serve(fetch: Fetch, spool: str, poll: float = 0.5, idle_seconds: float = IDLE_SECONDS,
+          clock: Callable[[], float] = time.monotonic) -> WalPrefetcher | None:
+    """Fetch the spool's plan ahead of the server whose data directory holds it, until there is
+    nothing left to fetch, recovery ended (``recovery.signal`` gone), the server is gone, or it
+    asked for nothing new for ``idle_seconds``.  None when another process holds the lock.
+
+    The plan is removed with the spool when recovery ended, every file was taken, or a fetch
+    failed (the rest goes the old way, as with ``--start``); it stays when the server stopped or
+    idled, so the next ``wal-fetch`` after a restart starts a new process from where it is.
+    """
+    fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return None
+        files = read_plan(spool)
+        prefetch = WalPrefetcher(fetch, files, spool)
+        prefetch.keep = (PLAN, LOCK, ASKED)
+        with prefetch:
+            why = _watch(prefetch, os.path.dirname(os.path.abspath(spool)), poll, idle_seconds, clock)
+            if why != "idle" and why != "server gone":
+                prefetch.keep = None
+        log.info("WAL prefetch process exits (%s)", why)
+        return prefetch
+    finally:
+        os.close(fd)
+
+
+def _watch(prefetch: WalPrefetcher, datadir: str, poll: float, idle_seconds: float,
+           clock: Callable[[], float]) -> str:
+    """Wait until the prefetch should end; why it did."""
+    last, since = prefetch.progress(), clock()
+    while True:
+        time.sleep(poll)
+        if not os.path.exists(os.path.join(datadir, "recovery.signal")):
+            return "recovery ended"
+        if prefetch.drained():
+            return "prefetch stopped" if prefetch.failure else "every planned file fetched"
+        if not _server_running(datadir):
+            return "server gone"
+        now = prefetch.progress()
+        if now != last:
+            last, since = now, clock()
+        elif clock() - since > idle_seconds:
+            return "idle"
+
+
+def _server_running(datadir: str) -> bool:
+    """The postmaster named by ``postmaster.pid`` is alive (kill 0; another user's process counts)."""
+    try:
+        with open(os.path.join(datadir, "postmaster.pid"), encoding="ascii") as handle:
+            pid = int(handle.readline())
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _remove(path: str) -> None:

@@ -467,23 +467,25 @@ FETCH_ABSENT = 99
 
 def write_fetch_script(target: str, source: str, env: dict[str, str], python: str, spool: str = "") -> str:
     """restore_command wrapper: repository settings in the environment, no secret in the file.
-    ``spool``: where the restore that started the server puts the files it fetched ahead
-    (``databases.wal_prefetch``): one found there is moved into place without starting drtool."""
+    ``spool``: where files fetched ahead are put (``databases.wal_prefetch``: by the restore that
+    started the server, or by the process the first ``wal-fetch`` starts from the restore's plan):
+    one found there is moved into place without starting drtool."""
     path = os.path.join(target, "drtool-wal-fetch.sh")
     lines = ["#!/bin/sh",
              f"# Written by 'drtool restore': PostgreSQL restore_command for source {source}.",
              "# No secret here: the passphrase comes from DRTOOL_PASSWORD_FILE / _COMMAND.",
              "unset DRTOOL_PASSWORD"]
     if spool:
-        lines += ["# Fetched ahead by the running 'drtool restore --start' (verified, under its own name):",
+        lines += ["# Fetched ahead by 'drtool restore --start' or 'drtool pg wal-prefetch' (verified, own name):",
                   f'spool={shlex.quote(spool)}',
                   '[ -d "$spool" ] && printf \'%s\\n\' "$1" > "$spool/.asked"  # how far the server is',
                   'if [ -f "$spool/$1" ] && mv -f "$spool/$1" "$2" 2>/dev/null; then exit 0; fi']
     lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
     # Only a definite "not archived" may reach PostgreSQL as 1 (end of recovery);
     # anything else (a broken interpreter or install exits 1 too) becomes 126, fatal.
+    spool_option = ' --spool "$spool"' if spool else ""
     lines.append(f"{shlex.quote(python)} -m drtool pg wal-fetch --source {shlex.quote(source)} "
-                 f"--absent-exit-code {FETCH_ABSENT} \"$1\" \"$2\"")
+                 f"--absent-exit-code {FETCH_ABSENT}{spool_option} \"$1\" \"$2\"")
     lines += ["rc=$?", f'case $rc in 0) exit 0 ;; {FETCH_ABSENT}) exit 1 ;; *) exit 126 ;; esac']
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")

@@ -70,7 +70,12 @@ def wal_push(state: CliState, source: str, timeout: str | None, use_async: bool,
 
 
 def _spawn_worker(state: CliState, source: str, wal_dir: str, log_path: str) -> None:
-    """Start ``drtool pg archive-worker`` detached: its own session, no inherited descriptors."""
+    _spawn_detached(state, ["pg", "archive-worker", "--source", source, "--wal-dir", wal_dir], log_path)
+
+
+def _spawn_detached(state: CliState, args: list[str], log_path: str) -> None:
+    """Start ``drtool ARGS`` detached: its own session, no inherited descriptors, this command's
+    repository and configuration, its log (JSON lines) appended to ``log_path``."""
     import subprocess
 
     from drtool.api.log_shipping import trim_log
@@ -81,10 +86,9 @@ def _spawn_worker(state: CliState, source: str, wal_dir: str, log_path: str) -> 
         env["DRTOOL_REPOSITORY"] = state.repo_option
     trim_log(log_path)
     with open(log_path, "ab") as log_file:
-        subprocess.Popen([sys.executable, "-m", "drtool", "--log-format", "json", "pg", "archive-worker",
-                          "--source", source, "--wal-dir", wal_dir], env=env, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True, close_fds=True,
-                         cwd="/")
+        subprocess.Popen([sys.executable, "-m", "drtool", "--log-format", "json", *args], env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file,
+                         start_new_session=True, close_fds=True, cwd="/")
 
 
 @pg_group.command("archive-worker", hidden=True)
@@ -118,11 +122,14 @@ def archive_worker(state: CliState, source: str, wal_dir: str) -> None:
 @timeout_option
 @click.option("--absent-exit-code", type=click.IntRange(1, 125), default=1, show_default=True,
               help="Exit status for 'this file is not archived' (every other failure exits 126).")
+@click.option("--spool", type=click.Path(file_okay=False),
+              help="The restore's prefetch spool (drtool-wal-fetch.sh passes it): where a plan waits there, "
+                   "start the process that fetches it ahead.")
 @click.argument("name")
 @click.argument("dest", type=click.Path(dir_okay=False))
 @pass_state
-def wal_fetch(state: CliState, source: str, timeout: str | None, absent_exit_code: int, name: str,
-              dest: str) -> None:
+def wal_fetch(state: CliState, source: str, timeout: str | None, absent_exit_code: int, spool: str | None,
+              name: str, dest: str) -> None:
     """Restore one archived WAL file (restore_command: ... wal-fetch --source NAME %f %p).
 
     Exit 1 only when the repository was read and the file is not in it
@@ -131,6 +138,8 @@ def wal_fetch(state: CliState, source: str, timeout: str | None, absent_exit_cod
     PostgreSQL treats as fatal instead of promoting early with missing WAL.
     """
     from drtool.api import databases
+    if spool:
+        _start_prefetch(state, source, spool)
     try:
         with deadline(timeout_seconds(state, source, timeout), f"wal-fetch of {name}",
                       databases.FetchFailed.exit_code):
@@ -146,6 +155,34 @@ def wal_fetch(state: CliState, source: str, timeout: str | None, absent_exit_cod
         raise databases.FetchFailed(exc.one_line()) from None
     except Exception as exc:  # anything unexpected must stop recovery, not end it
         raise databases.FetchFailed(f"internal error: {type(exc).__name__}: {exc}") from None
+
+
+def _start_prefetch(state: CliState, source: str, spool: str) -> None:
+    """Start ``drtool pg wal-prefetch`` detached where a restore without ``--start`` left a plan and
+    nothing serves it yet (best effort: this fetch goes on either way)."""
+    from drtool.api import databases
+    try:
+        if databases.wal_prefetch_wanted(spool):
+            _spawn_detached(state, ["-v", "pg", "wal-prefetch", "--source", source, os.path.abspath(spool)],
+                            databases.wal_prefetch_log(spool))
+    except OSError as exc:
+        log.info("cannot start the WAL prefetch: %s", exc)
+
+
+@pg_group.command("wal-prefetch", hidden=True)
+@source_option
+@click.argument("spool", type=click.Path(file_okay=False))
+@pass_state
+def wal_prefetch(state: CliState, source: str, spool: str) -> None:
+    """Fetch a restore's planned WAL ahead of the server (started by wal-fetch --spool)."""
+    from drtool.api import databases
+    if not databases.wal_prefetch_wanted(spool):
+        return
+    repo = state.repository_only()
+    try:
+        log.info("WAL prefetch for %s: %s", source, databases.wal_prefetch(repo, source, spool))
+    finally:
+        repo.close()
 
 
 @pg_group.command("window")
