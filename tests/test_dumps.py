@@ -71,7 +71,10 @@ def _snapshots(dr: DrEnv, name: str) -> list[dict[str, Any]]:
 def test_failed_pg_dump_leaves_no_snapshot(dbs: Dbs) -> None:
     result = dbs.dr.run("backup", "--source", "pgmissing")
     assert result.code == 1
-    assert "pg_dump for pgmissing exited with status 1" in result.err and "no_such_db" in result.err
+    assert result.err.strip().splitlines() == [
+        f"drtool: error: source pgmissing: cannot connect to the PostgreSQL server at 127.0.0.1, port {dbs.pg.port}: "
+        f"FATAL: database \"no_such_db\" does not exist; create it, or fix dbname or databases in "
+        f"[sources.pgmissing]; nothing was written"], result.err
     assert _snapshots(dbs.dr, "pgmissing") == []
 
 
@@ -134,6 +137,45 @@ def test_a_postgresql_server_that_is_down_is_one_line_before_the_base_backup(dbs
                                f"server, or fix host, port, user, password_file or passfile in [sources.pgdown]"), lines[0]
     assert _snapshots(dbs.dr, "pgdown") == []
     down.rmdir()
+
+
+@pytest.mark.parametrize("kind", ["one database", "all"])
+def test_a_postgresql_server_that_is_down_is_one_line_before_a_dump(dbs: Dbs, tmp_path: Path, kind: str) -> None:
+    """pg_dump (one database) or pg_dumpall (the globals, first with all = true) cannot connect:
+    the same line as the base backup's, not the program's status and stderr."""
+    down = Path(short_tmpdir("drpgdown-"))
+    extra = {"dbname": "wiki"} if kind == "one database" else {"all": True}
+    config = write_config(tmp_path / "c.toml", str(dbs.dr.repo),
+                          {"pgdown": {**dbs.pg.source(), "host": str(down), **extra}})
+    result = dbs.dr.run("backup", "--source", "pgdown", env={"DRTOOL_CONFIG": str(config)})
+    lines = result.err.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.err
+    assert lines[0] == (f"drtool: error: source pgdown: cannot connect to the PostgreSQL server at socket directory "
+                        f"{down}, port {dbs.pg.port}: No such file or directory; start the server, or fix host, port, "
+                        f"user, password_file or passfile in [sources.pgdown]; nothing was written"), lines[0]
+    assert _snapshots(dbs.dr, "pgdown") == [] and _snapshots(dbs.dr, "pgdown/globals") == []
+    down.rmdir()
+
+
+def test_a_server_gone_part_way_names_what_was_stored_before_it(dbs: Dbs, tmp_path: Path) -> None:
+    """all = true: the globals and the database list come from the real server, then every pg_dump
+    finds it gone (a pg_dump that prints libpq's message): the line says what this run stored."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("pg_dumpall", "psql"):
+        (bindir / tool).symlink_to(Path(dbs.pg.bindir) / tool)
+    (bindir / "pg_dump").write_text(
+        "#!/bin/sh\necho 'pg_dump: error: connection to server at \"127.0.0.1\", port 5432 failed: Connection "
+        "refused' >&2\necho '\tIs the server running on that host and accepting TCP/IP connections?' >&2\nexit 1\n")
+    (bindir / "pg_dump").chmod(0o755)
+    config = write_config(tmp_path / "c.toml", str(dbs.dr.repo),
+                          {"pggone": {**dbs.pg.source(), "all": True, "bindir": str(bindir)}})
+    result = dbs.dr.run("backup", "--source", "pggone", env={"DRTOOL_CONFIG": str(config)})
+    lines = result.err.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.err
+    assert lines[0].startswith("drtool: error: source pggone: cannot connect to the PostgreSQL server at 127.0.0.1, "
+                               f"port {dbs.pg.port}: Connection refused; start the server"), lines[0]
+    assert lines[0].endswith("; stored before it: pggone/globals"), lines[0]
 
 
 def test_pg_all_dumps_globals_and_every_database(dbs: Dbs) -> None:

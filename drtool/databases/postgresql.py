@@ -73,22 +73,31 @@ class PostgresEngine:
         """A base backup (``method = "basebackup"``), or pg_dump per database plus globals.
 
         Every one is full already (``full``: ``--full``, meaningful for MariaDB's incremental nights)."""
-        from drtool.backup.streams import run_dump
         base_meta = {"source": src.name, "source_type": self.name}
         with postgres.credentials_env(src) as env:
             if src.method == "basebackup":
                 return [self._base_backup(session, src, env, dict(base_meta, method="basebackup"), tags)]
-            databases = [src.dbname] if src.dbname and not src.all and not src.databases else src.databases
-            results = []
-            if src.all:
-                results.append(run_dump(session, postgres.globals_command(src), env, f"{src.name}/globals",
-                                        "globals.sql", PG_GLOBALS, dict(base_meta), tags))
-                databases = _list_databases(src, env)
-            for database, snap_name in src.snapshot_names(databases).items():
-                meta = dict(base_meta, database=database, format="custom")
-                results.append(run_dump(session, postgres.dump_command(src, database), env, snap_name,
-                                        f"{database}.dump", PG_DUMP, meta, tags))
-            return results
+            results: list[BackupResult] = []
+            try:
+                return self._dumps(session, src, env, base_meta, tags, results)
+            except SourceError as exc:
+                raise postgres.dump_failure(src, exc, stored=[r.snapshot.name for r in results]) from None
+
+    def _dumps(self, session: Session, src: postgres.PgSource, env: dict[str, str], base_meta: dict[str, Any],
+               tags: list[str], results: list[BackupResult]) -> list[BackupResult]:
+        """pg_dump per database (custom format), plus pg_dumpall's globals with ``all``; each one's
+        result appended to ``results`` as it is stored."""
+        from drtool.backup.streams import run_dump
+        databases = [src.dbname] if src.dbname and not src.all and not src.databases else src.databases
+        if src.all:
+            results.append(run_dump(session, postgres.globals_command(src), env, f"{src.name}/globals",
+                                    "globals.sql", PG_GLOBALS, dict(base_meta), tags))
+            databases = _list_databases(src, env)
+        for database, snap_name in src.snapshot_names(databases).items():
+            meta = dict(base_meta, database=database, format="custom")
+            results.append(run_dump(session, postgres.dump_command(src, database), env, snap_name,
+                                    f"{database}.dump", PG_DUMP, meta, tags))
+        return results
 
     def _base_backup(self, session: Session, src: postgres.PgSource, env: dict[str, str], meta: dict[str, Any],
                      tags: list[str]) -> BackupResult:

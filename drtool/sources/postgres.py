@@ -115,6 +115,7 @@ def find_binary(name: str, bindir: str | None = None) -> str:
 
 # libpq's "connection to server on socket "…" failed: REASON" / "… at "host" (addr), port N failed: REASON"
 _CONNECT_FAILED_RE = re.compile(r'connection to server (?:on socket|at) .*? failed: (.*)')
+_NO_DATABASE_RE = re.compile(r'database ".*" does not exist')
 
 
 def client_failure(src: PgSource, what: str, stderr: str) -> SourceError:
@@ -126,10 +127,25 @@ def client_failure(src: PgSource, what: str, stderr: str) -> SourceError:
     if failed:
         reason = " ".join(failed.group(1).split())
         where = f"socket directory {src.host}" if (src.host or "").startswith("/") else (src.host or "localhost")
+        fix = (f"create it, or fix dbname or databases in [sources.{src.name}]"
+               if _NO_DATABASE_RE.search(reason) else
+               f"start the server, or fix host, port, user, password_file or passfile in [sources.{src.name}]")
         return SourceError(f"cannot connect to the PostgreSQL server at {where}, port {src.port or 5432}: {reason}",
-                           hint=f"start the server, or fix host, port, user, password_file or passfile in "
-                                f"[sources.{src.name}]; nothing was written")
+                           hint=f"{fix}; nothing was written")
     return SourceError(f"{what}: {' | '.join(lines[-3:])}")
+
+
+def dump_failure(src: PgSource, exc: SourceError, stored: list[str]) -> SourceError:
+    """A dump program's failure (pg_dump, pg_dumpall: their stderr is in the message) as the same
+    "cannot connect" line as every other PostgreSQL path when libpq got no connection; else as it
+    is.  ``stored``: snapshots this run wrote before it (the server went away part way)."""
+    failed = _CONNECT_FAILED_RE.search(str(exc))
+    if failed is None:
+        return exc
+    error = client_failure(src, "", failed.group(0).split(" | ")[0].split("; ")[0])
+    if stored:
+        error.hint = error.hint.replace("nothing was written", f"stored before it: {', '.join(stored)}")
+    return error
 
 
 def conn_args(src: PgSource) -> list[str]:
