@@ -5,6 +5,7 @@ that write files themselves (mbstream extraction, the sub-page rebuild)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import threading
@@ -184,3 +185,18 @@ def _sync_path(path: str, flags: int, fsync: Callable[[int], None]) -> None:
         raise OSError(exc.errno, exc.strerror, path) from None
     finally:
         os.close(fd)
+
+
+def lock_held(path: str) -> bool:
+    """True while some process holds an exclusive ``flock`` on ``path`` (made if absent): a probe
+    that takes the lock and lets go at once, for "is the worker running?"."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False

@@ -22,7 +22,6 @@ by the PostgreSQL OS user and live on a local file system.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from drtool.errors import DrtoolError, UsageError
+from drtool.fdio import lock_held
 
 log = logging.getLogger("drtool")
 DEFAULT_SPOOL_ROOT = "/var/spool/drtool"
@@ -83,16 +83,7 @@ class Spool:
 
     def worker_running(self) -> bool:
         """True while some process holds the worker lock."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                return True
-            raise
-        finally:
-            os.close(fd)
-        return False
+        return lock_held(self.lock_path)
 
     def write_marker(self, verdict: str, name: str, text: str = "") -> None:
         """Atomically: an ok marker must never be seen half-written or before the file is stored."""

@@ -27,7 +27,6 @@ bytes under its own name, so the server replays the same bytes either way.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -37,6 +36,7 @@ import time
 from typing import Callable
 
 from drtool.errors import DrtoolError
+from drtool.fdio import lock_held
 
 log = logging.getLogger("drtool")
 
@@ -238,18 +238,9 @@ def should_start(spool: str) -> bool:
 
 def _lock_held(spool: str) -> bool:
     try:
-        fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        return lock_held(os.path.join(spool, LOCK))
     except OSError:
         return True  # cannot even look: do not start anything
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return True
-        raise
-    finally:
-        os.close(fd)
-    return False
 
 
 def serve(fetch: Fetch, spool: str, poll: float = 0.5, idle_seconds: float = IDLE_SECONDS,
