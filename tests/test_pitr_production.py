@@ -318,6 +318,9 @@ def test_postgres_restore_started_by_the_operator_fetches_wal_ahead(pg_cluster: 
     detached): it serves the restore's plan, the replay is exact, and once the server is promoted
     the process is gone with its spool."""
     _points, latest = pg_history
+    for _ in range(12):  # a plan long enough that the server's own first fetches cannot take it all
+        pg_cluster.sql("SELECT pg_logical_emit_message(false, 'drtool-test', 'a WAL record, no table')")
+        pg_cluster.switch_and_wait_archived()
     target = pg_cluster.root / "restore-operator"
     try:
         tables = _restore_then_start(pg_cluster, target, free_port())

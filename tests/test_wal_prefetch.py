@@ -298,3 +298,14 @@ def test_a_plan_that_does_not_parse_is_no_plan(tmp_path: Path) -> None:
 def test_the_script_passes_the_spool_to_wal_fetch(script: Path) -> None:
     text = script.read_text()
     assert 'wal-fetch --source pg --absent-exit-code 99 --spool "$spool" "$1" "$2"' in text
+
+
+def test_a_spool_is_served_only_for_the_server_in_its_data_directory(datadir: Path, tmp_path: Path) -> None:
+    """restore_command runs in the server's data directory: a restored directory copied elsewhere and
+    started there still names the first one's spool, whose plan no process would serve usefully."""
+    spool = str(datadir / SPOOL_NAME)
+    elsewhere = tmp_path / "copied"
+    elsewhere.mkdir()
+    assert should_start(spool, server_dir=str(datadir)) and should_start(spool)
+    assert not should_start(spool, server_dir=str(elsewhere))
+    assert not should_start(spool, server_dir=str(tmp_path / "absent"))

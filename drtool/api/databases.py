@@ -60,10 +60,11 @@ def wal_prefetch(repo: Repository, source: str, spool: str) -> str:
             f"({len(prefetch.files)} planned)" + (f"; stopped at {prefetch.failure}" if prefetch.failure else ""))
 
 
-def wal_prefetch_wanted(spool: str) -> bool:
-    """A restore without ``--start`` left a plan in ``spool`` and no process serves it yet."""
+def wal_prefetch_wanted(spool: str, server_dir: str | None = None) -> bool:
+    """A restore without ``--start`` left a plan in ``spool`` and no process serves it yet (for
+    the server whose data directory is ``server_dir``, when given)."""
     from drtool.databases import wal_prefetch as prefetching
-    return prefetching.should_start(spool)
+    return prefetching.should_start(spool, server_dir)
 
 
 def wal_prefetch_log(spool: str) -> str:

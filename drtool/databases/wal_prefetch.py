@@ -230,10 +230,22 @@ def read_plan(spool: str) -> list[tuple[str, int]]:
         return []
 
 
-def should_start(spool: str) -> bool:
+def should_start(spool: str, server_dir: str | None = None) -> bool:
     """A plan waits and no process serves it (checked by each ``wal-fetch`` the server runs; a
-    second process started in a race finds the lock held and exits)."""
+    second process started in a race finds the lock held and exits).  ``server_dir``: the data
+    directory of the server asking (``restore_command``'s working directory); a spool of another
+    one (a restored directory copied elsewhere and started there) is not served, since the process
+    would watch a server that is not running and exit at once, on every fetch."""
+    if server_dir is not None and not _same_dir(server_dir, os.path.dirname(os.path.abspath(spool))):
+        return False
     return os.path.isfile(os.path.join(spool, PLAN)) and not _lock_held(spool)
+
+
+def _same_dir(one: str, other: str) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
 
 
 def _lock_held(spool: str) -> bool:

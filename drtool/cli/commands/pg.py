@@ -162,7 +162,7 @@ def _start_prefetch(state: CliState, source: str, spool: str) -> None:
     nothing serves it yet (best effort: this fetch goes on either way)."""
     from drtool.api import databases
     try:
-        if databases.wal_prefetch_wanted(spool):
+        if databases.wal_prefetch_wanted(spool, server_dir=os.getcwd()):  # PostgreSQL runs it in its data dir
             _spawn_detached(state, ["-v", "pg", "wal-prefetch", "--source", source, os.path.abspath(spool)],
                             databases.wal_prefetch_log(spool))
     except OSError as exc:
