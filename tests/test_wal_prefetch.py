@@ -309,3 +309,8 @@ def test_a_spool_is_served_only_for_the_server_in_its_data_directory(datadir: Pa
     assert should_start(spool, server_dir=str(datadir)) and should_start(spool)
     assert not should_start(spool, server_dir=str(elsewhere))
     assert not should_start(spool, server_dir=str(tmp_path / "absent"))
+
+
+def test_a_spool_gone_before_the_process_looks_is_nothing_to_serve(tmp_path: Path) -> None:
+    """Recovery ended (the spool removed) between the fetch that started the process and its start."""
+    assert serve(_content, str(tmp_path / "gone" / SPOOL_NAME), poll=0.01) is None

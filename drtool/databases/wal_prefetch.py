@@ -265,7 +265,10 @@ def serve(fetch: Fetch, spool: str, poll: float = 0.5, idle_seconds: float = IDL
     failed (the rest goes the old way, as with ``--start``); it stays when the server stopped or
     idled, so the next ``wal-fetch`` after a restart starts a new process from where it is.
     """
-    fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:  # the spool went away (recovery ended) since the fetch looked
+        return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -293,7 +296,7 @@ def _watch(prefetch: WalPrefetcher, datadir: str, poll: float, idle_seconds: flo
         if not os.path.exists(os.path.join(datadir, "recovery.signal")):
             return "recovery ended"
         if prefetch.drained():
-            return "prefetch stopped" if prefetch.failure else "every planned file fetched"
+            return "prefetch stopped" if prefetch.failure else "nothing left to fetch"
         if not _server_running(datadir):
             return "server gone"
         now = prefetch.progress()
