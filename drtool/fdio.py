@@ -1,7 +1,8 @@
 """Whole writes to a file descriptor: ``os.write``/``os.pwrite`` may write less than asked
 (a signal, a full pipe, some file systems near full), and a short write left unnoticed is a
 file with a hole where data should be.  Shared by the staged local backend and the restores
-that write files themselves (mbstream extraction, the sub-page rebuild)."""
+that write files themselves (mbstream extraction, the sub-page rebuild).  Also the ``flock``
+probe that tells whether a detached worker (the archive worker, the WAL prefetch) runs."""
 from __future__ import annotations
 
 import errno
