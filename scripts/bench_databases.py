@@ -568,9 +568,11 @@ def operator_replay(out: dict[str, Any], dr: Drtool, as_pg: list[str], bindir: s
             time.sleep(0.1)
     try:
         out["operator_latest_s"] = timed(restore_and_start)
-        time.sleep(1.5)  # the prefetch process notices the promotion and logs what the server took
-        log = (target / "drtool-wal-prefetch.log").read_text() if (target / "drtool-wal-prefetch.log").exists() else ""
-        done = [json.loads(line)["message"] for line in log.splitlines() if "WAL prefetch for" in line]
+        log, done, until = target / "drtool-wal-prefetch.log", [], time.monotonic() + 10
+        while not done and time.monotonic() < until:  # the process notices the promotion, then logs
+            time.sleep(0.2)
+            text = log.read_text() if log.exists() else ""
+            done = [json.loads(line)["message"] for line in text.splitlines() if "WAL prefetch for" in line]
         out["operator_prefetch"] = done[-1] if done else "no prefetch logged"
     finally:
         subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", str(target), "-m", "fast", "stop"], capture_output=True)
