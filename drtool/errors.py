@@ -99,6 +99,15 @@ class SourceError(DrtoolError):
     """A backup source could not be read (dump command failed, path missing)."""
 
 
+class ProgramFailed(SourceError):
+    """A source's program exited non-zero.  ``stderr``: its last lines, for an engine that can say
+    what went wrong better than the program's status (a PostgreSQL client that could not connect)."""
+
+    def __init__(self, message: str, stderr: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.stderr = stderr
+
+
 class RestoreTargetError(DrtoolError):
     """The restore target cannot be written (permissions, disk full)."""
 

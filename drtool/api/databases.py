@@ -69,7 +69,5 @@ def wal_prefetch_wanted(spool: str, server_dir: str | None = None) -> bool:
 
 def wal_prefetch_log(spool: str) -> str:
     """Where the prefetch process of ``spool`` logs (in the data directory, beside the spool)."""
-    import os
-
     from drtool.databases import wal_prefetch as prefetching
-    return os.path.join(os.path.dirname(os.path.abspath(spool)), prefetching.LOG_NAME)
+    return prefetching.log_path(spool)

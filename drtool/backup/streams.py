@@ -15,7 +15,7 @@ from typing import IO, Any, Callable, Iterator
 from drtool.backup.run import BackupResult, backup_stream
 from drtool.childenv import child_environment
 from drtool.core.session import Session
-from drtool.errors import SourceError
+from drtool.errors import ProgramFailed, SourceError
 from drtool.sources.common import StderrTail, widen_pipe
 
 HEAD_BYTES = 1024 * 1024
@@ -92,8 +92,9 @@ def run_dump(session: Session, command: list[str], env: dict[str, str], name: st
     def verify() -> None:
         code = proc.wait()
         if code != 0:
-            raise SourceError(f"{program} for {name} exited with status {code}; no snapshot was written. "
-                              f"stderr: {errors.text() or '(empty)'}", hint="the repository is unchanged")
+            raise ProgramFailed(f"{program} for {name} exited with status {code}; no snapshot was written. "
+                                f"stderr: {errors.text() or '(empty)'}", "\n".join(errors.lines()),
+                                hint="the repository is unchanged")
         if finish is not None:
             finish(tap, meta)
         meta["dump_bytes"] = tap.total

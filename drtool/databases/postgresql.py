@@ -27,7 +27,7 @@ from drtool.databases.engine import Labels, RestoreRequest, stream_bytes
 from drtool.databases.planner import PitrPlan, PitrResult, RecoveryPointUnreachable, RecoveryShort
 from drtool.databases.targets import RecoveryTarget, TargetPosition
 from drtool.databases.tree_writer import empty_directory, sync_restored, write_error
-from drtool.errors import SnapshotNotFound, SourceError, UsageError
+from drtool.errors import ProgramFailed, SnapshotNotFound, SourceError, UsageError
 from drtool.snapshot.logwindow import WAL, Gap, RecoveryBase, Segment, contiguous_run, find_gaps
 from drtool.snapshot.model import Snapshot
 from drtool.snapshot.streamread import read_stream
@@ -80,7 +80,7 @@ class PostgresEngine:
             results: list[BackupResult] = []
             try:
                 return self._dumps(session, src, env, base_meta, tags, results)
-            except SourceError as exc:
+            except ProgramFailed as exc:
                 raise postgres.dump_failure(src, exc, stored=[r.snapshot.name for r in results]) from None
 
     def _dumps(self, session: Session, src: postgres.PgSource, env: dict[str, str], base_meta: dict[str, Any],
@@ -394,7 +394,7 @@ def restore_datadir(session: Session, plan: PitrPlan, src: postgres.PgSource, ta
         if plan.segments:
             result.notes.append(f"its first WAL fetch starts 'drtool pg wal-prefetch', which fetches the "
                                 f"{len(plan.segments)} planned WAL file(s) ahead of it (log: "
-                                f"{os.path.join(target, wal_prefetch.LOG_NAME)})")
+                                f"{wal_prefetch.log_path(wal_prefetch.spool_dir(target))})")
         return result
     with stages.stage(f"recovery: PostgreSQL replays up to {len(plan.segments)} WAL file(s) and promotes") as step:
         with _prefetching(session, plan, target) as prefetch:

@@ -210,6 +210,11 @@ def spool_dir(datadir: str) -> str:
     return os.path.join(datadir, SPOOL_NAME)
 
 
+def log_path(spool: str) -> str:
+    """The detached process's log, in the data directory beside the spool."""
+    return os.path.join(os.path.dirname(os.path.abspath(spool)), LOG_NAME)
+
+
 # ----- the detached prefetch of a restore without --start ------------------------------------------
 def write_plan(spool: str, files: list[tuple[str, int]]) -> None:
     """The restore's planned files, for the process the server's first ``wal-fetch`` starts."""

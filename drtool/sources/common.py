@@ -45,10 +45,14 @@ class StderrTail(threading.Thread):
         for piece in iter(lambda: self.stream.read(4096), b""):
             self.buf = (self.buf + piece)[-4000:]
 
-    def text(self) -> str:
+    def lines(self) -> list[str]:
+        """The last five non-blank lines, stripped."""
         self.join(timeout=5)
         lines = (line.strip() for line in self.buf.decode(errors="replace").splitlines())
-        return " | ".join([line for line in lines if line][-5:])  # one line: no tabs, no blank lines
+        return [line for line in lines if line][-5:]
+
+    def text(self) -> str:
+        return " | ".join(self.lines())  # one line: no tabs, no blank lines
 
 
 PIPE_BYTES = 1024 * 1024

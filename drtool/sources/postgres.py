@@ -25,10 +25,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Sequence
 
 from drtool.childenv import child_environment
-from drtool.errors import ConfigError, RestoreTargetError, SourceError
+from drtool.errors import ConfigError, ProgramFailed, RestoreTargetError, SourceError
 from drtool.sources.common import check_one_database_choice, check_table, make_private_dir
 
 METHODS = ("dump", "basebackup")
@@ -118,10 +118,11 @@ _CONNECT_FAILED_RE = re.compile(r'connection to server (?:on socket|at) .*? fail
 _NO_DATABASE_RE = re.compile(r'database ".*" does not exist')
 
 
-def client_failure(src: PgSource, what: str, stderr: str) -> SourceError:
+def client_failure(src: PgSource, what: str, stderr: str, stored: Sequence[str] = ()) -> SourceError:
     """The error for a client program (psql) that failed doing ``what``: where libpq did not get a
     connection (server down, wrong host or port, the account refused), that is the one line, not
-    the step that happened to be first; else ``what`` and the program's last lines."""
+    the step that happened to be first; else ``what`` and the program's last lines.  ``stored``: the
+    snapshots this run wrote before the failure (the hint names them instead of "nothing")."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     failed = next((m for m in map(_CONNECT_FAILED_RE.search, lines) if m), None)
     if failed:
@@ -131,21 +132,18 @@ def client_failure(src: PgSource, what: str, stderr: str) -> SourceError:
                if _NO_DATABASE_RE.search(reason) else
                f"start the server, or fix host, port, user, password_file or passfile in [sources.{src.name}]")
         return SourceError(f"cannot connect to the PostgreSQL server at {where}, port {src.port or 5432}: {reason}",
-                           hint=f"{fix}; nothing was written")
+                           hint=f"{fix}; " + (f"stored before it: {', '.join(stored)}" if stored
+                                              else "nothing was written"))
     return SourceError(f"{what}: {' | '.join(lines[-3:])}")
 
 
-def dump_failure(src: PgSource, exc: SourceError, stored: list[str]) -> SourceError:
-    """A dump program's failure (pg_dump, pg_dumpall: their stderr is in the message) as the same
-    "cannot connect" line as every other PostgreSQL path when libpq got no connection; else as it
-    is.  ``stored``: snapshots this run wrote before it (the server went away part way)."""
-    failed = _CONNECT_FAILED_RE.search(str(exc))
-    if failed is None:
+def dump_failure(src: PgSource, exc: ProgramFailed, stored: list[str]) -> SourceError:
+    """A dump program's failure (pg_dump, pg_dumpall) as the same "cannot connect" line as every
+    other PostgreSQL path when libpq got no connection; else as it is.  ``stored``: snapshots this
+    run wrote before it (the server went away part way)."""
+    if not any(map(_CONNECT_FAILED_RE.search, exc.stderr.splitlines())):
         return exc
-    error = client_failure(src, "", failed.group(0).split(" | ")[0].split("; ")[0])
-    if stored:
-        error.hint = error.hint.replace("nothing was written", f"stored before it: {', '.join(stored)}")
-    return error
+    return client_failure(src, "", exc.stderr, stored)
 
 
 def conn_args(src: PgSource) -> list[str]:
