@@ -56,193 +56,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_databases_pg import pg_bench  # noqa: E402  (the PostgreSQL half)
 from bench_databases_table import table  # noqa: E402  (the report's layout, kept apart)
-PY = sys.executable
-PASSWORD = "bench-only-not-a-secret"
-ROOT_PW = "bench-root-pw"
-
-
-def log(msg: str) -> None:
-    print(f"[bench-db {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def spread_new_trees(folder: Path) -> None:
-    """Every tree made in ``folder`` (copies, restore targets) starts in a block group of its own
-    (``chattr +T``: ext4's Orlov allocator spreads the subdirectories of a "top" directory).
-
-    Why: on an ext4 without a journal (this bench's VM) creating a file first
-    skips every inode of its group deleted moments before, reading each one's
-    inode-table block to find out (``bench_data.forget_deleted_inodes``; here
-    creates were still slow 40 s after a removal).  Right after the bench
-    removed a 1,000-file copy beside it, a restore or ``cp -a`` spent
-    0.3-0.9 s more creating files, by how many deletes happened to be
-    recent: the floor varied 0.6-3.2 s.  A production file system has a
-    journal, and no such scan.
-    """
-    if subprocess.run(["chattr", "+T", str(folder)], capture_output=True).returncode != 0:
-        log(f"note: chattr +T {folder} failed: file creation may be slowed by recent deletes beside it")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def run(cmd: list[str], env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, **kw)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(cmd[:4])} failed ({proc.returncode}): {proc.stderr[-1500:]}")
-    return proc
-
-
-LAST_CPU = 0.0  # CPU seconds (user + sys) of the child processes of the last timed() or best() run
-LAST_SYS = 0.0  # ... of which system time: on the bench's VM mostly page-cache writes (see the docstring)
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def children_sys() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    """Wall seconds of ``fn()``; its children's CPU seconds go to LAST_CPU.  On a shared host
-    the kernel shares the cores between sessions (autogroups), so under load a wall-clock
-    ratio is mostly a ratio of CPU seconds: the bench reports both."""
-    global LAST_CPU, LAST_SYS
-    before, sys_before, start = children_cpu(), children_sys(), time.monotonic()
-    fn()
-    wall = time.monotonic() - start
-    LAST_CPU, LAST_SYS = children_cpu() - before, children_sys() - sys_before
-    return wall
-
-
-REPEAT = 1  # --repeat: restores and the native/floor runs are timed this often, the best kept
-
-
-def best(fn: Callable[[int], Any], *made: Path) -> float:
-    """The best of ``REPEAT`` timed runs of ``fn(i)`` (a fresh target per run): on a shared
-    host the minimum is the figure least disturbed by other jobs.  ``made``: what a run
-    creates (suffixed with ``i``), removed after every run but the last (disk space)."""
-    global LAST_CPU, LAST_SYS
-    runs = []
-    for i in range(REPEAT):
-        runs.append((timed(lambda: fn(i)), LAST_CPU, LAST_SYS))
-        if i + 1 < REPEAT:
-            for path in made:
-                shutil.rmtree(f"{path}{i}", ignore_errors=True)
-    wall, LAST_CPU, LAST_SYS = min(runs)
-    global LAST_BEST
-    LAST_BEST = runs.index(min(runs))
-    return wall
-
-
-LAST_BEST = 0  # which run of the last best() was kept
-
-
-def sync_fs(path: Path) -> float:
-    """Seconds of ``sync -f`` (syncfs) on ``path``'s file system: what a copy costs to be on disk.
-    drtool's backups (packs fsync'ed before the index) and its physical MariaDB restore (the tree
-    synced before it says done, as pgBackRest's restore) end durable; mariabackup's target and
-    ``cp -a`` end in the page cache, so the durable floor adds this."""
-    start = time.monotonic()
-    run(["sync", "-f", str(path)])
-    return time.monotonic() - start
-
-
-def restore_floors(out: dict[str, Any], native: Path, copy: Path, prepare: Callable[[Path], None] | None,
-                   cold_restore: Callable[[], Any], cold_target: Path) -> None:
-    """The restore floor by hand (``cp -a`` of the native copy [+ ``prepare``]), best of
-    ``REPEAT``, with and without ``sync -f``; then, caches dropped before each, the floor and
-    drtool's ``cold_restore`` once (the backup copy and the repository read from disk)."""
-    syncs: list[float] = []
-
-    def floor(i: int) -> None:
-        run(["cp", "-a", str(native), f"{copy}{i}"])
-        if prepare:
-            prepare(Path(f"{copy}{i}"))
-        syncs.append(sync_fs(Path(f"{copy}{i}")))
-    out["floor_durable_s"] = best(floor, copy)
-    out["floor_restore_s"] = out["floor_durable_s"] - syncs[LAST_BEST]
-    out["floor_restore_cpu_s"], out["floor_restore_sys_s"] = LAST_CPU, LAST_SYS
-    shutil.rmtree(f"{copy}{REPEAT - 1}", ignore_errors=True)
-    if drop_caches():
-        out["floor_cold_s"] = timed(lambda: floor(REPEAT))
-        shutil.rmtree(f"{copy}{REPEAT}", ignore_errors=True)
-        drop_caches()
-        out["physical_full_cold_s"] = timed(cold_restore)
-        shutil.rmtree(cold_target, ignore_errors=True)
-
-
-def drop_caches() -> bool:
-    """Write back and drop the page cache (root only): a nightly backup of a big server, and a
-    restore at 3 a.m., read cold.  False where it cannot be done (the cold figures are skipped)."""
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        return False
-    return True
-
-
-def du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
-
-
-class Drtool:
-    def __init__(self, work: Path, config: Path) -> None:
-        self.repo, self.env = work / "repo", dict(os.environ)
-        pw = work / "password"
-        pw.write_text(PASSWORD + "\n")
-        self.env.update(DRTOOL_REPOSITORY=str(self.repo), DRTOOL_PASSWORD_FILE=str(pw),
-                        DRTOOL_CATALOG=str(work / "catalog.sqlite"), DRTOOL_CONFIG=str(config),
-                        PYTHONPATH=str(REPO_ROOT), XDG_STATE_HOME=str(work / "state"))
-        self.env.pop("DRTOOL_PASSWORD", None)
-        self.stderrs: list[str] = []
-
-    def __call__(self, *args: str, prefix: list[str] | None = None) -> str:
-        proc = run([*(prefix or []), PY, "-m", "drtool", *args], self.env)
-        self.stderrs = [*self.stderrs[-REPEAT:], proc.stderr]
-        for line in proc.stderr.splitlines():
-            if "INFO" in line or "warning" in line:
-                log(line)
-        return proc.stdout
-
-    def stage_seconds(self) -> dict[str, float]:
-        """The restore stages (``-v`` logs "STAGE: done in N.Ns") of the run the last best() kept,
-        summed by kind: where a restore's time goes (extracting the streams, rebuilding pages,
-        --prepare, replay)."""
-        kinds = {"extracting": "extract", "rebuilding": "rebuild", "preparing": "prepare", "applying": "prepare",
-                 "replaying": "replay", "syncing": "sync"}
-        out: dict[str, float] = {}
-        kept = self.stderrs[-REPEAT:][LAST_BEST]
-        for match in re.finditer(r"INFO: (\w+) .*?: done in (\d+\.\d+)s", kept):
-            kind = kinds.get(match.group(1))
-            if kind:
-                out[kind] = out.get(kind, 0.0) + float(match.group(2))
-        return out
-
-    def stored(self, source: str) -> int:
-        """Bytes the newest snapshot of ``source`` added to the repository (compressed, encrypted)."""
-        snaps = json.loads(self("snapshots", "--name", source, "--json"))
-        return int(snaps[-1]["summary"]["bytes_added"])
+from bench_db_common import (ROOT_PW, Drtool, best, clock, drop_caches, log, restore_floors, run,  # noqa: E402
+                             spread_new_trees, sync_fs, timed)
 
 
 # ----- MariaDB --------------------------------------------------------------------------------------
@@ -347,12 +173,12 @@ class MariaBench:
                  f"--datadir={self.data}", f"--socket={self.sock}", "--user=root"])
             syncs.append(sync_fs(native))
         out["native_durable_s"] = best(native_backup)
-        out["native_backup_s"] = out["native_durable_s"] - syncs[LAST_BEST]
-        out["native_backup_cpu_s"], out["native_backup_sys_s"] = LAST_CPU, LAST_SYS
+        out["native_backup_s"] = out["native_durable_s"] - syncs[clock.kept]
+        out["native_backup_cpu_s"], out["native_backup_sys_s"] = clock.cpu, clock.sys
         # night 1 twice, a full into each empty repository (the second is the full nights' own), the
         # best kept as the native copy's is: the same number of tries on both sides
-        nights = [(timed(lambda: dr("backup", "--source", "phys")), LAST_CPU, LAST_SYS),
-                  (timed(lambda: full_dr("backup", "--source", "physfull")), LAST_CPU, LAST_SYS)]
+        nights = [(timed(lambda: dr("backup", "--source", "phys")), clock.cpu, clock.sys),
+                  (timed(lambda: full_dr("backup", "--source", "physfull")), clock.cpu, clock.sys)]
         out["physical_backup_runs_s"] = [wall for wall, _cpu, _sys in nights]
         out["physical_backup_s"], out["physical_backup_cpu_s"], out["physical_backup_sys_s"] = min(nights)
         out["physical_night1_stored"] = dr.stored("phys")
@@ -363,7 +189,7 @@ class MariaBench:
             self.sql(f"UPDATE sbtest{t} SET k = k + 1, c = REVERSE(c) WHERE id % 100 = 0", "sbtest")
         self.settle()
         out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "phys"))
-        out["physical_night2_cpu_s"] = LAST_CPU
+        out["physical_night2_cpu_s"] = clock.cpu
         out["physical_night2_stored"] = dr.stored("phys")
         night2 = json.loads(dr("snapshots", "--name", "phys", "--json"))[-1]
         out["physical_night2_subpage"] = night2["meta"].get("subpage")
@@ -418,14 +244,14 @@ class MariaBench:
             "restore", night1[:12], "--source", "phys", "--target", str(root / "r-cold")), root / "r-cold")
         out["physical_full_restore_s"] = best(lambda i: dr("-v", "restore", night1[:12], "--source", "phys",
                                                            "--target", str(root / f"r-full{i}")), root / "r-full")
-        out["physical_full_restore_cpu_s"], out["physical_full_restore_sys_s"] = LAST_CPU, LAST_SYS
+        out["physical_full_restore_cpu_s"], out["physical_full_restore_sys_s"] = clock.cpu, clock.sys
         out["physical_full_restore_stages"] = dr.stage_seconds()
-        shutil.rmtree(f"{root / 'r-full'}{REPEAT - 1}", ignore_errors=True)
+        shutil.rmtree(f"{root / 'r-full'}{clock.repeat - 1}", ignore_errors=True)
         out["physical_restore_s"] = best(lambda i: dr("-v", "restore", phys[:12], "--source", "phys",
                                                       "--target", str(root / f"r-phys{i}")), root / "r-phys")
-        out["physical_restore_cpu_s"], out["physical_restore_sys_s"] = LAST_CPU, LAST_SYS
+        out["physical_restore_cpu_s"], out["physical_restore_sys_s"] = clock.cpu, clock.sys
         out["physical_restore_stages"] = dr.stage_seconds()
-        shutil.rmtree(f"{root / 'r-phys'}{REPEAT - 1}", ignore_errors=True)
+        shutil.rmtree(f"{root / 'r-phys'}{clock.repeat - 1}", ignore_errors=True)
         plan = json.loads(dr("restore", "--source", "phys", "--latest", "--target", "/nonexistent",
                              "--dry-run", "--json"))
         out["replay_bytes"] = plan["segment_bytes"]
@@ -444,142 +270,6 @@ class MariaBench:
         out["replay_mib_s"] = out["replay_bytes"] / 2**20 / replay if replay > 0 else None
 
 
-# ----- PostgreSQL ----------------------------------------------------------------------------------
-def pg_bindir() -> str:
-    out = run(["pg_config", "--bindir"]).stdout.strip()
-    for folder in [out, *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]:
-        if folder and os.access(os.path.join(folder, "initdb"), os.X_OK):
-            return str(folder)
-    raise SystemExit("bench: PostgreSQL server binaries not found")
-
-
-def pg_bench(work: Path, scale: int) -> dict[str, Any]:
-    bindir, root = pg_bindir(), work / "pg"
-    as_pg = ["unshare", "--user", "--map-user=1000", "--map-group=1000"] if os.geteuid() == 0 else []
-    data, port = root / "data", free_port()
-    root.mkdir(parents=True)
-    spread_new_trees(root)
-    pw = root / "pgpw"
-    pw.write_text("pgpw\n")
-    run([*as_pg, f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"])
-    config = work / "drtool.toml"
-    config.write_text(f'repository = "{work / "repo"}"\n[sources.pg]\ntype = "postgresql"\nmethod = "basebackup"\n'
-                      f'host = "{root}"\nport = {port}\nuser = "postgres"\nbindir = "{bindir}"\n'
-                      f'archive_async = true\nspool_dir = "{root / "spool"}"\n')
-    dr = Drtool(work, config)
-    dr("init")
-    with open(data / "postgresql.conf", "a", encoding="utf-8") as conf:
-        conf.write(f"\nport = {port}\nlisten_addresses = ''\nunix_socket_directories = '{root}'\n"
-                   f"wal_level = replica\narchive_mode = on\nmax_wal_size = 4GB\n"
-                   f"archive_command = '{PY} -m drtool pg wal-push --source pg %p'\n")
-    run([*as_pg, f"{bindir}/pg_ctl", "-D", str(data), "-w", "-l", str(root / "log"), "start"], dr.env)
-    try:
-        psql = [*as_pg, f"{bindir}/psql", "-h", str(root), "-p", str(port), "-U", "postgres", "-At", "-c"]
-        run([*as_pg, f"{bindir}/pgbench", "-i", "-s", str(scale), "-h", str(root), "-p", str(port),
-             "-U", "postgres", "postgres"])
-        size = int(run([*psql, "SELECT pg_database_size('postgres')"]).stdout.strip())
-        log(f"PostgreSQL: pgbench -i -s {scale}, {size / 2**20:.0f} MiB")
-        out: dict[str, Any] = {"data_bytes": size, "scale": scale}
-        native = root / "native"
-        def native_backup(i: int) -> None:
-            shutil.rmtree(native, ignore_errors=True)
-            run([*as_pg, f"{bindir}/pg_basebackup", "-D", str(native), "-h", str(root), "-p", str(port),
-                 "-U", "postgres", "-X", "none", "-c", "fast"])
-        out["native_backup_s"] = best(native_backup)
-        out["native_backup_cpu_s"], out["native_backup_sys_s"] = LAST_CPU, LAST_SYS
-        out["physical_backup_s"] = timed(lambda: dr("backup", "--source", "pg"))
-        out["physical_backup_cpu_s"], out["physical_backup_sys_s"] = LAST_CPU, LAST_SYS
-        out["physical_night1_stored"] = dr.stored("pg")
-        out["fixed_s"] = timed(lambda: dr("snapshots", "--name", "pg", "--json"))
-        if drop_caches():  # once each cold, drtool into a repository of its own (pg_basebackup syncs its copy)
-            out["native_cold_s"] = out["native_cold_durable_s"] = timed(lambda: native_backup(REPEAT))
-            (work / "cold").mkdir()
-            cold_dr = Drtool(work / "cold", config)
-            cold_dr("init")
-            drop_caches()
-            out["physical_cold_s"] = timed(lambda: cold_dr("backup", "--source", "pg"))
-            shutil.rmtree(work / "cold")
-        run([*psql, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0"])
-        out["physical_night2_s"] = timed(lambda: dr("backup", "--source", "pg"))
-        out["physical_night2_stored"] = dr.stored("pg")
-        night1, snap = (item["id"] for item in json.loads(dr("snapshots", "--name", "pg", "--json")))
-        restore_floors(out, native, root / "floor", None, lambda: dr(
-            "restore", night1[:12], "--source", "pg", "--target", str(root / "r-cold"), prefix=as_pg), root / "r-cold")
-        for key, snapshot in (("physical_full_restore", night1), ("physical_restore", snap)):
-            out[f"{key}_s"] = best(lambda i: dr("-v", "restore", snapshot[:12], "--source", "pg",
-                                                "--target", str(root / f"r-{key}{i}"), prefix=as_pg),
-                                   root / f"r-{key}")
-            out[f"{key}_cpu_s"], out[f"{key}_sys_s"] = LAST_CPU, LAST_SYS
-            out[f"{key}_stages"] = dr.stage_seconds()
-            shutil.rmtree(f"{root / f'r-{key}'}{REPEAT - 1}", ignore_errors=True)
-        pg_replay(out, dr, psql, as_pg, bindir, root)
-        return out
-    finally:
-        subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-
-
-def pg_replay(out: dict[str, Any], dr: Drtool, psql: list[str], as_pg: list[str], bindir: str, root: Path) -> None:
-    """WAL after night 2 (a 5 % UPDATE: full-page images of most of pgbench_accounts), archived, then
-    ``restore --latest --start``: the server replays it through drtool-wal-fetch.sh, from this
-    restore's prefetch; the rate is the WAL over the time beyond night 2's restore."""
-    run([*psql, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 20 = 0"])
-    last = run([*psql, "SELECT pg_walfile_name(pg_current_wal_lsn())"]).stdout.strip()
-    run([*psql, "SELECT pg_switch_wal()"])
-    deadline = time.monotonic() + 600
-    while run([*psql, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver"]).stdout.strip() < last:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"WAL file {last} was not archived within 10 minutes")
-        time.sleep(0.5)
-    plan = json.loads(dr("restore", "--source", "pg", "--latest", "--target", "/nonexistent", "--dry-run", "--json"))
-    out["replay_bytes"], out["log_kind"] = plan["segment_bytes"], "WAL"
-    latest = root / "r-latest"
-    try:
-        report: dict[str, Any] = {}
-
-        def restore() -> None:
-            report.update(json.loads(dr("restore", "--source", "pg", "--latest", "--target", str(latest), "--start",
-                                        "--port", str(free_port()), "--json", prefix=as_pg)))
-        out["physical_latest_s"] = timed(restore)
-        out["prefetch"] = report.get("prefetch")
-    finally:
-        subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", str(latest), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(latest, ignore_errors=True)
-    replay = out["physical_latest_s"] - out["physical_restore_s"]
-    out["replay_mib_s"] = out["replay_bytes"] / 2**20 / replay if replay > 0 else None
-    operator_replay(out, dr, as_pg, bindir, root / "r-operator")
-
-
-def operator_replay(out: dict[str, Any], dr: Drtool, as_pg: list[str], bindir: str, target: Path) -> None:
-    """The same ``--latest`` restore without ``--start``, the server then started with ``pg_ctl`` as an
-    operator would: its first wal-fetch starts ``drtool pg wal-prefetch``.  Timed from the restore's
-    start until the server is out of recovery."""
-    port = str(free_port())
-    in_recovery = [*as_pg, f"{bindir}/psql", "-h", str(target), "-p", port, "-U", "postgres", "-d", "postgres",
-                   "-Atc", "SELECT pg_is_in_recovery()"]
-
-    def restore_and_start() -> None:
-        dr("restore", "--source", "pg", "--latest", "--target", str(target), "--port", port, prefix=as_pg)
-        run([*as_pg, f"{bindir}/pg_ctl", "-D", str(target), "-l", str(target / "server.log"), "-w", "-t", "600",
-             "start"])
-        deadline = time.monotonic() + 600
-        while subprocess.run(in_recovery, capture_output=True, text=True).stdout.strip() != "f":
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server in {target} was still recovering after 10 minutes")
-            time.sleep(0.1)
-    try:
-        out["operator_latest_s"] = timed(restore_and_start)
-        log, done, until = target / "drtool-wal-prefetch.log", [], time.monotonic() + 10
-        while not done and time.monotonic() < until:  # the process notices the promotion, then logs
-            time.sleep(0.2)
-            text = log.read_text() if log.exists() else ""
-            done = [json.loads(line)["message"] for line in text.splitlines() if "WAL prefetch for" in line]
-        out["operator_prefetch"] = done[-1] if done else "no prefetch logged"
-    finally:
-        subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", str(target), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(target, ignore_errors=True)
-    replay = out["operator_latest_s"] - out["physical_restore_s"]
-    out["operator_replay_mib_s"] = out["replay_bytes"] / 2**20 / replay if replay > 0 else None
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/bench --databases", description=__doc__.splitlines()[0])
@@ -595,8 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep --work (servers stopped; repositories, "
                     "catalogs and native copies stay) for profiling a step by hand")
     args = ap.parse_args(argv)
-    global REPEAT
-    REPEAT = max(1, args.repeat)
+    clock.repeat = max(1, args.repeat)
     if args.work.exists():
         shutil.rmtree(args.work)
     results: dict[str, Any] = {"load_average_start": os.getloadavg()[0]}
