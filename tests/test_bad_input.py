@@ -68,6 +68,23 @@ def test_unwritable_restore_target(repo_env: DrEnv, tmp_path: Path) -> None:
     assert "not writable" in result.stderr
 
 
+@pytest.mark.parametrize("under", ["device", "file", "below a file"])
+def test_a_restore_target_that_is_not_a_directory_is_named_as_such(repo_env: DrEnv, under: str) -> None:
+    """A device or a file as --target (or a folder below a file): said so, not "File exists"."""
+    src = repo_env.tmp / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    assert repo_env.run("backup", str(src), "--name", "n").code == 0
+    plain = repo_env.tmp / "plain"
+    plain.write_text("not a folder")
+    target = {"device": "/dev/full", "file": str(plain), "below a file": str(plain / "sub")}[under]
+    result = spawn_without_override(repo_env, "restore", "latest", "--target", target)
+    assert result.returncode in (1, 2), result.stderr
+    assert "is not a directory" in result.stderr or "is a file" in result.stderr, result.stderr
+    assert "File exists" not in result.stderr and "Traceback" not in result.stderr
+    assert plain.read_text() == "not a folder"
+
+
 def test_restore_into_full_disk_leaves_no_complete_looking_file(repo_env: DrEnv, tmp_path: Path,
                                                                  tiny_fs: Path) -> None:
     src = tmp_path / "src"

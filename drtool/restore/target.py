@@ -26,6 +26,7 @@ never replaced by a file, and a non-empty directory never removed.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -103,8 +104,7 @@ def open_root(target: str, create: bool) -> DirHandle:
             return DirHandle(None, "", True)
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
     except OSError as exc:
-        raise RestoreTargetError(f"restore target {target} is not writable: {exc.strerror}",
-                                 hint="choose a writable --target") from None
+        raise _unusable(target, exc) from None
     if create:
         probe = ".drtool-part-probe"
         try:
@@ -112,9 +112,18 @@ def open_root(target: str, create: bool) -> DirHandle:
             os.unlink(probe, dir_fd=fd)
         except OSError as exc:
             os.close(fd)
-            raise RestoreTargetError(f"restore target {target} is not writable: {exc.strerror}",
-                                     hint="choose a writable --target") from None
+            raise _unusable(target, exc) from None
     return DirHandle(fd, "", False)
+
+
+def _unusable(target: str, exc: OSError) -> RestoreTargetError:
+    """Why ``target`` cannot be restored into: a file where a directory must be ("File exists"
+    from mkdir, for ``--target /dev/full``, told nobody that) or no right to write."""
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return RestoreTargetError(f"restore target {target} is not a directory (it, or a folder on its path, "
+                                  f"is a file)", hint="choose a directory for --target")
+    return RestoreTargetError(f"restore target {target} is not writable: {exc.strerror}",
+                              hint="choose a writable --target")
 
 
 def lstat_at(parent: DirHandle, name: str) -> os.stat_result | None:
