@@ -68,8 +68,11 @@ def test_unwritable_restore_target(repo_env: DrEnv, tmp_path: Path) -> None:
     assert "not writable" in result.stderr
 
 
-@pytest.mark.parametrize("under", ["device", "file", "below a file"])
-def test_a_restore_target_that_is_not_a_directory_is_named_as_such(repo_env: DrEnv, under: str) -> None:
+@pytest.mark.parametrize("under, code, said", [("device", 1, "is not a directory"),
+                                                ("below a file", 1, "is not a directory"),
+                                                ("file", 2, "is a file")])  # a usage error, from the option
+def test_a_restore_target_that_is_not_a_directory_is_named_as_such(repo_env: DrEnv, under: str, code: int,
+                                                                     said: str) -> None:
     """A device or a file as --target (or a folder below a file): said so, not "File exists"."""
     src = repo_env.tmp / "src"
     src.mkdir()
@@ -79,9 +82,10 @@ def test_a_restore_target_that_is_not_a_directory_is_named_as_such(repo_env: DrE
     plain.write_text("not a folder")
     target = {"device": "/dev/full", "file": str(plain), "below a file": str(plain / "sub")}[under]
     result = spawn_without_override(repo_env, "restore", "latest", "--target", target)
-    assert result.returncode in (1, 2), result.stderr
-    assert "is not a directory" in result.stderr or "is a file" in result.stderr, result.stderr
-    assert "File exists" not in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == code, result.stderr
+    assert said in result.stderr and "File exists" not in result.stderr and "Traceback" not in result.stderr
+    if code == 1:
+        assert_one_line(result.stderr)
     assert plain.read_text() == "not a folder"
 
 

@@ -117,8 +117,8 @@ def open_root(target: str, create: bool) -> DirHandle:
 
 
 def _unusable(target: str, exc: OSError) -> RestoreTargetError:
-    """Why ``target`` cannot be restored into: a file where a directory must be ("File exists"
-    from mkdir, for ``--target /dev/full``, told nobody that) or no right to write."""
+    """Why ``target`` cannot be restored into: a file where a directory must be (mkdir's "File
+    exists" for ``--target /dev/full`` named the wrong problem), or no right to write."""
     if exc.errno in (errno.EEXIST, errno.ENOTDIR):
         return RestoreTargetError(f"restore target {target} is not a directory (it, or a folder on its path, "
                                   f"is a file)", hint="choose a directory for --target")
