@@ -529,6 +529,16 @@ def test_daily_matches_oracle(snapshots, n, tz) -> None:
     assert got == expected
 
 
+def test_a_wall_time_the_zone_skipped_is_bucketed_by_its_real_hour() -> None:
+    """02:00 in Berlin on 29 March 2026 never happened (clocks went to 03:00): as an aware time it
+    is 01:00 UTC, the same instant as 03:00 CEST, so one hourly bucket keeps one of the two
+    (found by the property test below: the skipped wall time had made a bucket of its own)."""
+    skipped, after = datetime(2026, 3, 29, 2, 0, tzinfo=BERLIN), datetime(2026, 3, 29, 3, 0, tzinfo=BERLIN)
+    assert skipped.astimezone(UTC) == after.astimezone(UTC)
+    decisions = apply_policy(snaps(skipped, after), RetentionPolicy(keep_hourly=-1), now=NOW, tz=BERLIN)
+    assert sum(any(r.startswith("hourly ") for r in d.reasons) for d in decisions) == 1
+
+
 @settings(max_examples=200)
 @given(snapshot_lists(), st.sampled_from([UTC, BERLIN, NEW_YORK]))
 def test_hourly_buckets_are_real_hours_in_whole_hour_zones(snapshots, tz) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 
 from drtool.errors import UsageError
 from drtool.snapshot.timeparse import format_duration, parse_duration
@@ -253,7 +253,9 @@ def apply_policy(
     last_bucket: list[object] = [object() for _ in rules]
     decisions: list[Decision] = []
     for rank, snap in enumerate(ordered):
-        local = snap.time.astimezone(tz)
+        # through UTC: a time already in ``tz`` is left as it is by astimezone, even a wall time
+        # that zone skipped (02:30 on a spring-forward night), which would make its own bucket
+        local = snap.time.astimezone(timezone.utc).astimezone(tz)
         reasons = _fixed_reasons(snap, policy, within_start)
         for i, (_, _, bucketer, label) in enumerate(rules):
             if remaining[i] == 0:
