@@ -19,8 +19,9 @@ Semantics follow restic's ``forget``:
 Buckets are computed after converting each time into the explicit ``tz``.
 Hourly buckets key on (local date, local hour, UTC offset): in the autumn
 fall-back the wall-clock hour 02:00 occurs twice and these are two separate
-hours of real time, so they are two buckets; the skipped spring hour simply
-has no snapshots.  Weekly buckets use ISO weeks (``isocalendar``), so
+hours of real time, so they are two buckets; the skipped spring hour has
+no snapshots (a time given as a wall time inside it is the instant it names,
+in the hour after: each time goes through UTC before ``tz``).  Weekly buckets use ISO weeks (``isocalendar``), so
 2020-12-31 is in 2020-W53 and 2021-01-01 is still in 2020-W53.
 """
 from __future__ import annotations
