@@ -180,3 +180,20 @@ def test_thousands_of_small_files_in_one_window_stay_under_the_descriptor_limit(
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert len(list((tmp_path / "mine/db").iterdir())) == 3000
     assert (tmp_path / "mine/db/t2999.frm").read_bytes() == (2999).to_bytes(4, "big") * 100
+
+
+def test_a_prepare_that_fails_names_mariabackups_error_line_and_what_to_do() -> None:
+    """mariabackup ends a failed --prepare with InnoDB's shutdown notes: the message shows its error
+    line instead, and the hint sends the reader to an earlier point and a new full backup (not the
+    target's "free space ...; re-running restore resumes": the backup did not prepare, a re-run cannot)."""
+    from drtool.databases.mariadb_physical import _run
+    fails = ["sh", "-c", "echo '[00] Last binlog file ./binlog.000002, position 318624' >&2; "
+             "echo '[00] mariabackup: error: The log was only applied up to LSN 9570184, instead of 9570200' >&2; "
+             "echo '[Note] InnoDB: Starting shutdown...' >&2; exit 1"]
+    with pytest.raises(RestoreTargetError) as caught:
+        _run(fails, "mariabackup --prepare of incremental snapshot cfc4eb07", "wikiinc")
+    assert str(caught.value) == ("mariabackup --prepare of incremental snapshot cfc4eb07 failed (exit 1): [00] "
+                                 "mariabackup: error: The log was only applied up to LSN 9570184, instead of 9570200; "
+                                 "nothing was restored")
+    assert caught.value.hint is not None and "drtool backup --source wikiinc --full" in caught.value.hint
+    assert "free space" not in caught.value.hint

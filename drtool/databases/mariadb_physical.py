@@ -241,12 +241,14 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
         from drtool.databases.subpage_restore import rebuild_chain
         with stages.stage(f"rebuilding the changed pages of {len(members) - 1} incremental(s)") as step:
             step.note(f"{rebuild_chain(datadir, dirs[1:])} page(s) rebuilt")
+    source = str(members[0].meta.get("source") or members[0].name)
     with stages.stage(f"preparing the full {members[0].short_id} (mariabackup --prepare)"):
-        _run(mariabackup.prepare_command(datadir, bindir), f"mariabackup --prepare of snapshot {members[0].short_id}")
+        _run(mariabackup.prepare_command(datadir, bindir), f"mariabackup --prepare of snapshot {members[0].short_id}",
+             source)
     for number, (member, incremental) in enumerate(zip(members[1:], dirs[1:]), 1):
         with stages.stage(f"applying {_member_label(member, number, len(members))} (mariabackup --prepare)"):
             _run(mariabackup.prepare_command(datadir, bindir, incremental),
-                 f"mariabackup --prepare of incremental snapshot {member.short_id}")
+                 f"mariabackup --prepare of incremental snapshot {member.short_id}", source)
         shutil.rmtree(incremental)
     with stages.stage("syncing the restored files to disk") as step:
         step.note(f"{sync_restored(root)} files and directories synced")
@@ -287,9 +289,16 @@ def _readable(windows: Iterator[memoryview], member: Snapshot) -> Iterator[memor
                                  f"backup now: drtool backup --source {source} --full") from None
 
 
-def _run(cmd: list[str], what: str) -> None:
+def _run(cmd: list[str], what: str, source: str) -> None:
+    """A prepare step; its failure names mariabackup's error lines (its last lines are often
+    the shutdown that follows) and what to do: the target's default hint ("free space ...;
+    re-running restore resumes") is wrong here, the backup itself did not prepare."""
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False,
                           env=child_environment(), timeout=PREPARE_TIMEOUT)
     if proc.returncode != 0:
-        raise RestoreTargetError(f"{what} failed (exit {proc.returncode}): "
-                                 f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}")
+        lines = proc.stderr.strip().splitlines()
+        shown = [line for line in lines if "error" in line.lower()][-2:] or lines[-3:]
+        raise RestoreTargetError(f"{what} failed (exit {proc.returncode}): {' | '.join(shown)}; nothing was restored",
+                                 hint="restore an earlier point (an earlier --point-in-time or snapshot), run "
+                                 "'drtool check --read-data', and take a full backup now: drtool backup "
+                                 f"--source {source} --full")
