@@ -186,12 +186,16 @@ def test_a_prepare_that_fails_names_mariabackups_error_line_and_what_to_do() -> 
     """mariabackup ends a failed --prepare with InnoDB's shutdown notes: the message shows its error
     line instead, and the hint sends the reader to an earlier point and a new full backup (not the
     target's "free space ...; re-running restore resumes": the backup did not prepare, a re-run cannot)."""
+    from datetime import datetime, timezone
+
     from drtool.databases.mariadb_physical import _run
+    from drtool.snapshot.model import Snapshot
     fails = ["sh", "-c", "echo '[00] Last binlog file ./binlog.000002, position 318624' >&2; "
              "echo '[00] mariabackup: error: The log was only applied up to LSN 9570184, instead of 9570200' >&2; "
              "echo '[Note] InnoDB: Starting shutdown...' >&2; exit 1"]
     with pytest.raises(RestoreTargetError) as caught:
-        _run(fails, "mariabackup --prepare of incremental snapshot cfc4eb07", "wikiinc")
+        _run(fails, "mariabackup --prepare of incremental snapshot cfc4eb07",
+             Snapshot(name="wikiinc", host="h", time=datetime.now(timezone.utc), tree="", meta={"source": "wikiinc"}))
     assert str(caught.value) == ("mariabackup --prepare of incremental snapshot cfc4eb07 failed (exit 1): [00] "
                                  "mariabackup: error: The log was only applied up to LSN 9570184, instead of 9570200; "
                                  "nothing was restored")

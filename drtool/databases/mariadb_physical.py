@@ -241,14 +241,13 @@ def _extract_and_prepare(session: Session, members: list[Snapshot], root: str, d
         from drtool.databases.subpage_restore import rebuild_chain
         with stages.stage(f"rebuilding the changed pages of {len(members) - 1} incremental(s)") as step:
             step.note(f"{rebuild_chain(datadir, dirs[1:])} page(s) rebuilt")
-    source = str(members[0].meta.get("source") or members[0].name)
     with stages.stage(f"preparing the full {members[0].short_id} (mariabackup --prepare)"):
         _run(mariabackup.prepare_command(datadir, bindir), f"mariabackup --prepare of snapshot {members[0].short_id}",
-             source)
+             members[0])
     for number, (member, incremental) in enumerate(zip(members[1:], dirs[1:]), 1):
         with stages.stage(f"applying {_member_label(member, number, len(members))} (mariabackup --prepare)"):
             _run(mariabackup.prepare_command(datadir, bindir, incremental),
-                 f"mariabackup --prepare of incremental snapshot {member.short_id}", source)
+                 f"mariabackup --prepare of incremental snapshot {member.short_id}", member)
         shutil.rmtree(incremental)
     with stages.stage("syncing the restored files to disk") as step:
         step.note(f"{sync_restored(root)} files and directories synced")
@@ -282,14 +281,18 @@ def _readable(windows: Iterator[memoryview], member: Snapshot) -> Iterator[memor
     try:
         yield from windows
     except DrtoolError as exc:
-        source = str(member.meta.get("source") or member.name)
         raise RestoreTargetError(f"snapshot {member.short_id} of the restore chain cannot be read: {exc}; "
-                                 f"nothing was restored", hint="'drtool check --read-data' lists what else is "
-                                 "damaged; restore an older base (an earlier --point-in-time), and take a full "
-                                 f"backup now: drtool backup --source {source} --full") from None
+                                 f"nothing was restored", hint=_unusable_chain_hint(member)) from None
 
 
-def _run(cmd: list[str], what: str, source: str) -> None:
+def _unusable_chain_hint(member: Snapshot) -> str:
+    """What to do when a member of the chain cannot be read or prepared: nothing was restored."""
+    source = str(member.meta.get("source") or member.name)
+    return ("'drtool check --read-data' lists what else is damaged; restore an older base (an earlier "
+            f"--point-in-time), and take a full backup now: drtool backup --source {source} --full")
+
+
+def _run(cmd: list[str], what: str, member: Snapshot) -> None:
     """A prepare step; its failure names mariabackup's error lines (its last lines are often
     the shutdown that follows) and what to do: the target's default hint ("free space ...;
     re-running restore resumes") is wrong here, the backup itself did not prepare."""
@@ -299,6 +302,4 @@ def _run(cmd: list[str], what: str, source: str) -> None:
         lines = proc.stderr.strip().splitlines()
         shown = [line for line in lines if "error" in line.lower()][-2:] or lines[-3:]
         raise RestoreTargetError(f"{what} failed (exit {proc.returncode}): {' | '.join(shown)}; nothing was restored",
-                                 hint="restore an earlier point (an earlier --point-in-time or snapshot), run "
-                                 "'drtool check --read-data', and take a full backup now: drtool backup "
-                                 f"--source {source} --full")
+                                 hint=_unusable_chain_hint(member))
