@@ -114,6 +114,15 @@ class RestoreTargetError(DrtoolError):
     hint = "free space or choose another --target; re-running restore resumes"
 
 
+class RestoreChainError(RestoreTargetError):
+    """The stored backup cannot be made into a database: a member of its chain is unreadable, or
+    the engine's prepare of it failed.  Unlike a target problem, re-running the restore cannot help,
+    so the default hint points away from this chain."""
+
+    hint = ("'drtool check --read-data' lists what is damaged; restore an earlier --point-in-time (another "
+            "chain), and take a full backup of the source now (drtool backup --source NAME --full)")
+
+
 class SnapshotNotFound(DrtoolError):
     hint = "list snapshots with 'drtool snapshots'"
 

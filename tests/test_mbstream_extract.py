@@ -20,7 +20,7 @@ import pytest
 from dbservers import maria_binary
 from drtool.databases.mbstream_extract import LAG, MbstreamWriter, StreamDamaged
 from drtool.databases.tree_writer import INLINE_BYTES
-from drtool.errors import RestoreTargetError
+from drtool.errors import RestoreChainError, RestoreTargetError
 from drtool.sources import mbstream
 from windowfeed import feed_windows
 
@@ -122,6 +122,9 @@ def test_a_damaged_stream_is_refused_in_one_line_naming_the_snapshot(tmp_path: P
     assert "the mariabackup stream of snapshot abcd1234" in message and says in message, message
     assert "\n" not in message and message.endswith("nothing was restored")
     assert not (tmp_path / "x").exists() and not Path("/etc/x").exists()
+    assert isinstance(caught.value, RestoreChainError)  # the stored backup is bad: a re-run cannot help
+    assert "re-running restore resumes" not in caught.value.one_line()
+    assert "drtool check --read-data" in caught.value.hint
 
 
 def test_a_full_disk_is_one_line_naming_the_file(tiny_fs: Path) -> None:
@@ -131,7 +134,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tiny_fs: Path) -> None:
     message = str(caught.value)
     assert message == f"cannot write {tiny_fs / 'data'}/db1/t1.ibd: No space left on device; nothing was restored"
     assert "free space on the --target file system" in caught.value.hint
-    assert not isinstance(caught.value, StreamDamaged)
+    assert not isinstance(caught.value, RestoreChainError)  # the target's problem, not the backup's
     assert os.listdir(tiny_fs / "data")  # what was written stays for the caller to remove (restore_physical)
 
 
@@ -160,7 +163,7 @@ def test_a_damaged_pack_mid_stream_names_the_member_in_one_line(repo_env, tmp_pa
     assert message.startswith(f"snapshot {snap.short_id} of the restore chain cannot be read: pack "
                               f"{rotten.name[:16]} is damaged"), message
     assert message.endswith("nothing was restored") and "\n" not in message
-    assert not isinstance(caught.value, StreamDamaged)
+    assert not isinstance(caught.value, StreamDamaged) and isinstance(caught.value, RestoreChainError)
     assert "drtool backup --source phys --full" in caught.value.hint
 
 
@@ -199,5 +202,6 @@ def test_a_prepare_that_fails_names_mariabackups_error_line_and_what_to_do() -> 
     assert str(caught.value) == ("mariabackup --prepare of incremental snapshot cfc4eb07 failed (exit 1): [00] "
                                  "mariabackup: error: The log was only applied up to LSN 9570184, instead of 9570200; "
                                  "nothing was restored")
+    assert isinstance(caught.value, RestoreChainError)
     assert caught.value.hint is not None and "drtool backup --source wikiinc --full" in caught.value.hint
     assert "free space" not in caught.value.hint

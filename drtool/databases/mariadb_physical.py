@@ -34,7 +34,7 @@ from drtool.databases import subpage_format
 from drtool.databases.engine import stream_bytes
 from drtool.databases.planner import PitrPlan, PitrResult
 from drtool.databases.tree_writer import empty_directory, sync_restored
-from drtool.errors import DrtoolError, RestoreTargetError, SourceError, UsageError
+from drtool.errors import DrtoolError, RestoreChainError, RestoreTargetError, SourceError, UsageError
 from drtool.snapshot.streamread import read_stream
 from drtool.sources import mariabackup, mariadb
 
@@ -281,8 +281,8 @@ def _readable(windows: Iterator[memoryview], member: Snapshot) -> Iterator[memor
     try:
         yield from windows
     except DrtoolError as exc:
-        raise RestoreTargetError(f"snapshot {member.short_id} of the restore chain cannot be read: {exc}; "
-                                 f"nothing was restored", hint=_unusable_chain_hint(member)) from None
+        raise RestoreChainError(f"snapshot {member.short_id} of the restore chain cannot be read: {exc}; "
+                                f"nothing was restored", hint=_unusable_chain_hint(member)) from None
 
 
 def _unusable_chain_hint(member: Snapshot) -> str:
@@ -301,5 +301,5 @@ def _run(cmd: list[str], what: str, member: Snapshot) -> None:
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         shown = [line for line in lines if "error" in line.lower()][-2:] or lines[-3:]
-        raise RestoreTargetError(f"{what} failed (exit {proc.returncode}): {' | '.join(shown)}; nothing was restored",
-                                 hint=_unusable_chain_hint(member))
+        raise RestoreChainError(f"{what} failed (exit {proc.returncode}): {' | '.join(shown)}; nothing was restored",
+                                hint=_unusable_chain_hint(member))

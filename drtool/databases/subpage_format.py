@@ -32,7 +32,7 @@ from typing import IO, Iterator
 import blake3
 import xxhash
 
-from drtool.errors import RestoreTargetError
+from drtool.errors import RestoreChainError
 
 SUFFIX = b".drtool-subpage"
 FILE_MAGIC = b"DRSUBPG1"
@@ -140,10 +140,10 @@ def read_records(handle: IO[bytes], name: str) -> Iterator[tuple[int, int, bytes
     whole page for HEADER/WHOLE and the stored blocks for BLOCKS."""
     head = handle.read(_FILE_HEAD.size)
     if len(head) != _FILE_HEAD.size or head[:8] != FILE_MAGIC:
-        raise RestoreTargetError(f"{name} is not a drtool sub-page file (damaged, or from a newer drtool)")
+        raise RestoreChainError(f"{name} is not a drtool sub-page file (damaged, or from a newer drtool)")
     _magic, page_size, block = _FILE_HEAD.unpack(head)
     if block != BLOCK or page_size % BLOCK:
-        raise RestoreTargetError(f"{name}: unsupported block size {block} / page size {page_size}")
+        raise RestoreChainError(f"{name}: unsupported block size {block} / page size {page_size}")
     mask_len = page_size // BLOCK // 8 or 1
     while True:
         kind_raw = handle.read(1)
@@ -161,7 +161,7 @@ def read_records(handle: IO[bytes], name: str) -> Iterator[tuple[int, int, bytes
             mask = int.from_bytes(_exact(handle, mask_len, name), "little")
             yield kind, page_no, digest, _exact(handle, bin(mask).count("1") * BLOCK, name), mask
         else:
-            raise RestoreTargetError(f"{name} is damaged: unknown record kind {kind}")
+            raise RestoreChainError(f"{name} is damaged: unknown record kind {kind}")
 
 
 def page_size_of(handle: IO[bytes], name: str) -> int:
@@ -169,7 +169,7 @@ def page_size_of(handle: IO[bytes], name: str) -> int:
     head = handle.read(_FILE_HEAD.size)
     handle.seek(0)
     if len(head) != _FILE_HEAD.size or head[:8] != FILE_MAGIC:
-        raise RestoreTargetError(f"{name} is not a drtool sub-page file (damaged, or from a newer drtool)")
+        raise RestoreChainError(f"{name} is not a drtool sub-page file (damaged, or from a newer drtool)")
     return int(_FILE_HEAD.unpack(head)[1])
 
 
@@ -186,23 +186,23 @@ def rebuild_page_in(page: memoryview, mask: int, blocks: bytes, digest: bytes, w
         taken += BLOCK
         mask ^= low
     if blake3.blake3(page).digest(DIGEST) != digest:
-        raise RestoreTargetError(f"{where}: the rebuilt page does not match the digest stored at backup time "
-                                 f"(its previous version in the chain is not the one the backup compared "
-                                 f"against); nothing was restored",
-                                 hint="restore the chain's full backup alone (an earlier --point-in-time), or "
-                                      "check the repository: drtool check --read-data")
+        raise RestoreChainError(f"{where}: the rebuilt page does not match the digest stored at backup time "
+                                f"(its previous version in the chain is not the one the backup compared "
+                                f"against); nothing was restored",
+                                hint="restore the chain's full backup alone (an earlier --point-in-time), or "
+                                     "check the repository: drtool check --read-data")
 
 
 def _exact(handle: IO[bytes], size: int, name: str) -> bytes:
     data = handle.read(size)
     if len(data) != size:
-        raise RestoreTargetError(f"{name} ends in the middle of a record: the stored stream is damaged")
+        raise RestoreChainError(f"{name} ends in the middle of a record: the stored stream is damaged")
     return data
 
 
 def check_readable(recorded: object, snapshot: str) -> None:
     """Refuse, before anything is written, a member stored in a sub-page format newer than this drtool's."""
     if isinstance(recorded, dict) and int(recorded.get("format", 0)) > FORMAT:
-        raise RestoreTargetError(f"snapshot {snapshot} stores its pages in sub-page format "
-                                 f"{recorded.get('format')}, newer than this drtool reads ({FORMAT})",
-                                 hint="restore with the drtool version that took the backup, or a newer one")
+        raise RestoreChainError(f"snapshot {snapshot} stores its pages in sub-page format "
+                                f"{recorded.get('format')}, newer than this drtool reads ({FORMAT})",
+                                hint="restore with the drtool version that took the backup, or a newer one")

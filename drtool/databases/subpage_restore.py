@@ -25,7 +25,7 @@ from pathlib import Path
 
 from drtool.databases import innodb_delta as delta
 from drtool.databases import subpage_format as fmt
-from drtool.errors import RestoreTargetError
+from drtool.errors import RestoreChainError, RestoreTargetError
 from drtool.fdio import write_all
 
 log = logging.getLogger("drtool")
@@ -58,8 +58,8 @@ class _Bases:
             index = _position(numbers, ordered, page_no)
             if index is not None:
                 if member_page_size != page_size:
-                    raise RestoreTargetError(f"{where}: page size {page_size} where the chain's earlier "
-                                             f"{path} has {member_page_size}; nothing was restored")
+                    raise RestoreChainError(f"{where}: page size {page_size} where the chain's earlier "
+                                            f"{path} has {member_page_size}; nothing was restored")
                 self._read_into(path, delta.page_offset(index, page_size), out, where)
                 return
         self._read_into(self._full_path(target), page_no * page_size, out, where)
@@ -83,8 +83,8 @@ class _Bases:
             if os.path.exists(path):
                 meta = delta.DeltaMeta.parse(Path(path[:-len(".delta")] + ".meta").read_bytes())
                 if meta is None:
-                    raise RestoreTargetError(f"{path[:-len('.delta')]}.meta is missing or damaged; nothing "
-                                             f"was restored")
+                    raise RestoreChainError(f"{path[:-len('.delta')]}.meta is missing or damaged; nothing "
+                                            f"was restored")
                 size = meta.zip_size or meta.page_size
                 numbers = delta.page_numbers(path, size)
                 ordered = all(numbers[i] < numbers[i + 1] for i in range(len(numbers) - 1))
@@ -99,11 +99,11 @@ class _Bases:
             try:
                 fd = self._fds[path] = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
-                raise RestoreTargetError(f"{where}: its previous version is not in the chain ({path} is "
-                                         f"missing); nothing was restored") from None
+                raise RestoreChainError(f"{where}: its previous version is not in the chain ({path} is "
+                                        f"missing); nothing was restored") from None
         if os.preadv(fd, [out], offset) != len(out):
-            raise RestoreTargetError(f"{where}: its previous version is not in the chain ({path} ends before "
-                                     f"offset {offset + len(out)}); nothing was restored")
+            raise RestoreChainError(f"{where}: its previous version is not in the chain ({path} ends before "
+                                    f"offset {offset + len(out)}); nothing was restored")
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -168,8 +168,8 @@ def _rebuild_file(directory: str, relative: str, bases: _Bases) -> int:
     output = source[:-len(fmt.SUFFIX)]
     target = relative[:-len(fmt.SUFFIX) - len(".delta")]
     if os.path.exists(output):
-        raise RestoreTargetError(f"{output} and its sub-page form are both in the stored stream; nothing "
-                                 f"was restored")
+        raise RestoreChainError(f"{output} and its sub-page form are both in the stored stream; nothing "
+                                f"was restored")
     pages = 0
     try:
         with open(source, "rb", buffering=_READ_BUFFER) as handle:

@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from drtool.errors import RestoreTargetError
+from drtool.errors import RestoreChainError, RestoreTargetError
 from drtool.fdio import DIRECT_ALIGN, DIRECT_SCRATCH, DirectWrites, open_direct, pwrite_all, sync_tree
 
 SPLIT_BYTES = 1 << 20          # a piece of a window at least twice this long is split between writers
@@ -44,7 +44,7 @@ MAX_OPEN_FILES = 128  # files (two descriptors each) open or waiting for their w
 INLINE_BYTES = 64 * 1024  # a small file's bytes, whole in one window, are written by the parser itself
 
 
-class StreamDamaged(RestoreTargetError):
+class StreamDamaged(RestoreChainError):
     """The stored stream does not parse as its format: nothing of it is trusted."""
 
 
