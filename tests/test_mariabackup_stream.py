@@ -61,3 +61,19 @@ def test_prepare_needs_the_backup_server_series(server: str, tool: str, ok: bool
     else:
         with pytest.raises(RestoreTargetError, match="prepare needs the same series"):
             mariabackup.check_prepare_version(server, tool)
+
+
+@pytest.mark.parametrize("meta, refused", [
+    ({"backup_type": "incremental", "to_lsn": 9570200, "last_lsn": 9570200}, True),   # the copy seen in CI
+    ({"backup_type": "incremental", "to_lsn": 9570200, "last_lsn": 9570215}, True),
+    ({"backup_type": "incremental", "to_lsn": 9570200, "last_lsn": 9570216}, False),  # the checkpoint's record
+    ({"backup_type": "full", "to_lsn": 9570200, "last_lsn": 9570200}, False),         # a full's prepare does not ask
+    ({"backup_type": "incremental", "to_lsn": 9570200}, False),                       # no last_lsn to compare
+])
+def test_an_incremental_whose_log_ends_before_its_checkpoints_record_is_refused(meta: dict[str, object],
+                                                                                refused: bool) -> None:
+    if refused:
+        with pytest.raises(mariabackup.ShortRedoCopy, match="this copy could not be prepared; no snapshot was written"):
+            mariabackup.check_redo_copied(meta)
+    else:
+        mariabackup.check_redo_copied(meta)

@@ -51,13 +51,17 @@ log = logging.getLogger("drtool")
 MARIADB_PHYSICAL = "mariadb-physical"
 PREPARE_TIMEOUT = 6 * 3600
 REPLAY_PACKET = "1G"  # the server's maximum
+COPY_ATTEMPTS = 3  # mariabackup runs per night when a copy's redo log stops short (ShortRedoCopy)
 
 
 def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str], engine: str,
                     full: bool = False) -> list[BackupResult]:
     """Stream mariabackup of the whole server into one snapshot (``backup.mbstream``): full, or
-    incremental to the previous physical snapshot (``mariadb_chain.choose``)."""
-    from drtool.backup.streams import binary_streams, run_dump
+    incremental to the previous physical snapshot (``mariadb_chain.choose``).
+
+    A copy whose redo log stops short of its own checkpoint (``mariabackup.ShortRedoCopy``, a race
+    inside mariabackup on a quiet server) could never be prepared: it is not stored, and the backup
+    is taken again, up to :data:`COPY_ATTEMPTS` times."""
     datadir, replica = _server_facts(src)
     identity = server_identity(src, datadir)
     night = chain.choose(session.snapshots(src.name), identity, _current_lsn(src), src.full_every, full)
@@ -67,6 +71,21 @@ def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str],
     if src.pitr:
         from drtool.databases.mariadb import note_server_id
         note_server_id(src, meta)
+    for attempt in range(1, COPY_ATTEMPTS + 1):
+        try:
+            return [_backup_once(session, src, night, dict(meta), tags, datadir, replica)]
+        except mariabackup.ShortRedoCopy as exc:
+            if attempt == COPY_ATTEMPTS:
+                raise
+            log.warning("source %s: %s; taking the backup again (attempt %d of %d)", src.name, exc,
+                        attempt + 1, COPY_ATTEMPTS)
+    raise AssertionError("unreachable")
+
+
+def _backup_once(session: Session, src: mariadb.MariaSource, night: chain.Night, meta: dict[str, Any],
+                 tags: list[str], datadir: str, replica: bool) -> BackupResult:
+    """One mariabackup run stored as tonight's snapshot; nothing is kept if it is refused."""
+    from drtool.backup.streams import binary_streams, run_dump
     subpage = _subpage_night(session, src, night.parent)
 
     def finish(tap: StreamTap, meta: dict[str, Any]) -> None:
@@ -85,7 +104,7 @@ def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str],
         raise
     if subpage is not None:
         subpage.commit(result.snapshot.id)
-    return [result]
+    return result
 
 
 def _subpage_night(session: Session, src: mariadb.MariaSource, parent: Snapshot | None) -> SubpageNight | None:
@@ -176,6 +195,7 @@ def _check_lsns(meta: dict[str, Any], checkpoints: bytes | None) -> None:
     if meta.get("backup_type") != want or "to_lsn" not in meta:
         raise SourceError(f"mariabackup of {meta['source']} wrote a backup of type "
                           f"{meta.get('backup_type', 'unknown')} where {want} was asked for; no snapshot was written")
+    mariabackup.check_redo_copied(meta)
 
 
 def restore_physical(session: Session, plan: PitrPlan, src: mariadb.MariaSource,
