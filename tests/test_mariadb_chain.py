@@ -194,3 +194,47 @@ def test_window_counts_only_bases_with_a_whole_chain() -> None:
     assert window.bases == 3 and [b.base.snapshot for b in window.broken] == [snaps[4], snaps[5]]
     assert window.end == snaps[2].time              # no binlogs: each whole base is its own instant
     assert f"needs snapshot {snaps[3].short_id} (parent of {snaps[4].short_id})" in str(window.broken[1].error)
+
+
+def short(snap: Snapshot) -> Snapshot:
+    """``snap`` as an older drtool stored an incremental whose copied redo log ended at its to_lsn."""
+    snap.meta.update(last_lsn=snap.meta["to_lsn"])
+    return snap
+
+
+def test_a_chain_through_an_incremental_copied_short_cannot_be_prepared_and_the_next_night_is_full() -> None:
+    """Night 2 ended its copied log at its checkpoint (stored before backups refused that): it and
+    night 3 on top of it are unusable bases, night 1 is not; tonight starts a new chain."""
+    snaps = nights(4)
+    for snap in snaps:
+        snap.meta.setdefault("last_lsn", snap.meta["to_lsn"] + 500)
+    short(snaps[2])
+    assert chain.chain_of(snaps[1], snaps) == snaps[:2]
+    for broken in snaps[2:]:
+        with pytest.raises(chain.ChainUnpreparable) as caught:
+            chain.chain_of(broken, snaps)
+        assert caught.value.member is snaps[2]
+    assert str(caught.value) == (f"snapshot {snaps[3].short_id} of source db cannot be prepared: its chain holds "
+                                 f"incremental {snaps[2].short_id}, whose copied redo log ends before its checkpoint "
+                                 f"(last_lsn 2000 < to_lsn 2000 + 16), which mariabackup --prepare refuses")
+    night = chain.choose(snaps, IDENTITY, 9000, 7)
+    assert night.parent is None and "is broken" in night.reason and "cannot be prepared" in night.reason
+    # a full whose log ends at its checkpoint prepares (its prepare makes no such comparison)
+    alone = nights(1)
+    alone[0].meta["last_lsn"] = alone[0].meta["to_lsn"]
+    assert chain.chain_of(alone[0], alone) == alone
+
+
+def test_check_names_the_short_incremental_and_what_it_takes_down_in_one_line() -> None:
+    from drtool.maintain.checkreport import broken_chains, summarise
+    snaps = nights(4)
+    for snap in snaps:
+        snap.meta.setdefault("last_lsn", snap.meta["to_lsn"] + 500)
+    short(snaps[2])
+    found = broken_chains(snaps, set(), {})
+    assert [f["snapshot"] for f in found] == [snaps[2].id, snaps[3].id]
+    (line,) = summarise({}, snaps, {}, found)
+    assert line.startswith(f"incremental physical snapshots {snaps[2].short_id} (")
+    assert (f"cannot be restored: their chain holds incremental {snaps[2].short_id}, whose copied redo log ends "
+            f"before its checkpoint (mariabackup --prepare refuses it); take a full backup (drtool backup --source "
+            f"db --full) and forget the orphans (drtool forget {snaps[2].short_id} {snaps[3].short_id})") in line

@@ -13,11 +13,9 @@ again, or refused in one line with nothing stored.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +23,7 @@ import pytest
 
 from conftest import DrEnv, make_env
 from dbservers import MariaServer, insert_events, maria_binary, mariadb_server, write_config
+from shortredo import shortening_bindir
 from drtool.sources import mariabackup
 
 SOURCE = "wikiredo"
@@ -88,53 +87,6 @@ def test_an_incrementals_prepare_needs_its_log_to_reach_16_bytes_past_its_checkp
 def mariabackup_lsns(directory: Path) -> dict[str, object]:
     from drtool.databases.mariadb_chain import parse_checkpoints
     return parse_checkpoints((directory / "xtrabackup_checkpoints").read_text())
-
-
-SHORTENING = '''#!{python}
-"""mariabackup, but the first {short} incremental --backup runs end their copied log at to_lsn."""
-import os, re, struct, subprocess, sys, zlib
-REAL, RUNS, SHORT = {real!r}, {runs!r}, {short}
-args = sys.argv[1:]
-if "--backup" not in args or not any(a.startswith("--incremental-lsn") for a in args):
-    os.execv(REAL, [REAL, *args])
-with open(RUNS, "a") as runs:
-    runs.write("run\\n")
-with open(RUNS) as runs:
-    run = len(runs.read().splitlines())
-proc = subprocess.Popen([REAL, *args], stdout=subprocess.PIPE)
-data = proc.stdout.read()
-out, pos = bytearray(), 0
-while pos < len(data):
-    flags, kind, plen = struct.unpack_from("<BBI", data, pos + 8)
-    path, body = data[pos + 14:pos + 14 + plen], pos + 14 + plen
-    if kind != ord("P"):
-        out += data[pos:body]
-        pos = body
-        continue
-    length, offset, crc = struct.unpack_from("<QQI", data, body)
-    payload = data[body + 20:body + 20 + length]
-    if path == b"xtrabackup_checkpoints" and run <= SHORT:
-        text = payload.decode()
-        last = re.search(r"last_lsn = (\\d+)", text).group(1)
-        payload = re.sub(r"(?m)^to_lsn = \\d+$", "to_lsn = " + last, text).encode()
-    out += data[pos:body] + struct.pack("<QQI", len(payload), offset, zlib.crc32(payload)) + payload
-    pos = body + 20 + length
-sys.stdout.buffer.write(out)
-sys.exit(proc.wait())
-'''
-
-
-def shortening_bindir(tmp_path: Path, short: int) -> tuple[Path, Path]:
-    """A bindir whose mariabackup shortens the first ``short`` incremental copies; the file that counts them."""
-    bindir, runs = tmp_path / f"bin{short}", tmp_path / f"runs{short}"
-    bindir.mkdir()
-    for program in ("mbstream", "mariadbd", "mariadb", "mariadb-binlog", "mariadb-install-db"):
-        os.symlink(maria_binary(program), bindir / program)
-    fake = bindir / "mariabackup"
-    fake.write_text(SHORTENING.format(python=sys.executable, short=short, real=maria_binary("mariabackup"),
-                                      runs=str(runs)))
-    fake.chmod(0o755)
-    return bindir, runs
 
 
 def night(dr: DrEnv, config: Path) -> tuple[int, str, list[dict[str, object]]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import timezone
 from typing import TYPE_CHECKING
 
-from drtool.databases.mariadb_chain import ChainBroken, is_incremental
+from drtool.databases.mariadb_chain import ChainBroken, ChainUnpreparable, is_incremental
 from drtool.errors import SnapshotNotFound
 from drtool.snapshot.model import Snapshot
 
@@ -55,6 +55,9 @@ def _cause(error: SnapshotNotFound) -> tuple[str, str]:
         member = error.member
         what = f"{'incremental' if is_incremental(member) else 'full'} {member.short_id}"
         return f"data:{member.id}:{error.lack}", f"{what} needs data that is not in the repository ({error.lack})"
+    if isinstance(error, ChainUnpreparable):
+        return (f"short:{error.member.id}", f"incremental {error.member.short_id}'s copied redo log ends before its "
+                                            f"checkpoint (mariabackup --prepare refuses it)")
     if isinstance(error, ChainBroken) and error.missing and error.child is not None:
         return (f"missing:{error.missing}", f"snapshot {error.missing[:8]} (parent of {error.child.short_id}) "
                                             f"is not in the repository")

@@ -16,7 +16,9 @@ base, but nothing says it came from this server); a server that is not the
 one the chain was taken from (``server_id``, host name, data directory, or
 the system tablespace file's inode — a re-cloned or restored data directory
 gets new files); a server whose current LSN is behind the parent's
-``to_lsn``; a parent whose own chain is broken; or a chain that has reached
+``to_lsn``; a parent whose own chain is broken (a member missing, or one whose
+copied redo log stops short of its checkpoint, which ``--prepare`` refuses:
+:class:`ChainUnpreparable`); or a chain that has reached
 ``full_every`` members (one full plus ``full_every - 1`` incrementals), which
 bounds both the restore's prepare work and how much one damaged member can
 take down.
@@ -29,6 +31,7 @@ from typing import Any, Iterable
 
 from drtool.errors import SnapshotNotFound
 from drtool.snapshot.model import Snapshot
+from drtool.sources.mariabackup import FILE_CHECKPOINT_SIZE, redo_stops_short
 
 PHYSICAL_KIND = "mariadb-physical"
 CHECKPOINTS_FILE = b"xtrabackup_checkpoints"
@@ -51,6 +54,17 @@ class ChainBroken(SnapshotNotFound):
                  missing: str = "", child: Snapshot | None = None) -> None:
         super().__init__(message, hint)
         self.snapshot, self.missing, self.child = snapshot, missing, child
+
+
+class ChainUnpreparable(ChainBroken):
+    """Every member is present, but one is an incremental whose copied redo log ends before its
+    checkpoint's record (``mariabackup.redo_stops_short``): ``--prepare`` refuses it, so it and
+    every later member of its chain cannot be restored.  ``member`` is that incremental.  drtool
+    refuses such copies at backup time; older drtool versions stored them."""
+
+    def __init__(self, message: str, *, snapshot: Snapshot, member: Snapshot) -> None:
+        super().__init__(message, snapshot=snapshot, child=member)
+        self.member = member
 
 
 def parse_checkpoints(text: str) -> dict[str, Any]:
@@ -94,6 +108,13 @@ def chain_of(snap: Snapshot, snapshots: Iterable[Snapshot]) -> list[Snapshot]:
             raise ChainBroken(f"the incremental chain of snapshot {snap.short_id} loops at {parent.short_id}",
                               snapshot=snap, missing=parent.id, child=chain[0])
         chain.insert(0, parent)
+    short = next((member for member in chain if redo_stops_short(member.meta)), None)
+    if short is not None:
+        which = "it is an incremental" if short is snap else f"its chain holds incremental {short.short_id},"
+        raise ChainUnpreparable(f"snapshot {snap.short_id} of source {snap.name} cannot be prepared: {which} whose "
+                                f"copied redo log ends before its checkpoint (last_lsn {short.meta['last_lsn']} < "
+                                f"to_lsn {short.meta['to_lsn']} + {FILE_CHECKPOINT_SIZE}), which mariabackup "
+                                f"--prepare refuses", snapshot=snap, member=short)
     return chain
 
 

@@ -120,17 +120,22 @@ def _orphans_line(group: list[dict[str, object]], by_id: dict[str, Snapshot]) ->
 
 
 def broken_chains(snaps: list[Snapshot], unreadable: set[str], culprits: dict[str, str]) -> list[dict[str, object]]:
-    """Incremental physical snapshots that cannot be restored because of another member of their chain:
-    one missing (or whose manifest cannot be read: ``unreadable``), or one affected by damaged data
-    (``culprits``: snapshot id -> the damaged pack).  Damage to the incremental itself is already
-    reported as such; this names the incrementals that damage elsewhere takes down with it."""
-    from drtool.databases.mariadb_chain import ChainBroken, chain_of, is_incremental
+    """Incremental physical snapshots that cannot be restored because of a member of their chain:
+    one missing (or whose manifest cannot be read: ``unreadable``), one affected by damaged data
+    (``culprits``: snapshot id -> the damaged pack), or one whose copied redo log stops short
+    (``ChainUnpreparable``: that incremental itself is named too, nothing else reports it).
+    Damage to the incremental itself is already reported as such; this names the incrementals
+    that damage elsewhere takes down with it."""
+    from drtool.databases.mariadb_chain import ChainBroken, ChainUnpreparable, chain_of, is_incremental
     found: list[dict[str, object]] = []
     for snap in snaps:
         if not is_incremental(snap):
             continue
         try:
             chain = chain_of(snap, snaps)
+        except ChainUnpreparable as exc:
+            what, member, damage = (f"holds incremental {exc.member.short_id}, whose copied redo log ends before its "
+                                    f"checkpoint (mariabackup --prepare refuses it)", exc.member.id, "")
         except ChainBroken as exc:
             child = exc.child.short_id if exc.child else snap.short_id
             state = "whose manifest cannot be read" if exc.missing in unreadable else "which is not in the repository"

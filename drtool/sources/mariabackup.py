@@ -107,16 +107,22 @@ class ShortRedoCopy(SourceError):
             "happening, take a full backup (--full) or update mariadb-backup")
 
 
+def redo_stops_short(meta: dict[str, Any]) -> bool:
+    """An incremental whose copied redo log ends before its checkpoint's record: ``--prepare``
+    refuses it (see :class:`ShortRedoCopy`).  Fulls, and snapshots without both LSNs, do not."""
+    to_lsn, last_lsn = meta.get("to_lsn"), meta.get("last_lsn")
+    return (meta.get("backup_type") == "incremental" and isinstance(to_lsn, int) and isinstance(last_lsn, int)
+            and last_lsn - to_lsn < FILE_CHECKPOINT_SIZE)
+
+
 def check_redo_copied(meta: dict[str, Any]) -> None:
     """Refuse an incremental that ``--prepare`` would refuse (see :class:`ShortRedoCopy`), before
     it is stored."""
-    to_lsn, last_lsn = meta.get("to_lsn"), meta.get("last_lsn")
-    if meta.get("backup_type") != "incremental" or to_lsn is None or last_lsn is None:
-        return
-    if last_lsn - to_lsn < FILE_CHECKPOINT_SIZE:
-        raise ShortRedoCopy(f"mariabackup's incremental copy of the redo log ends at LSN {last_lsn}, but its "
-                            f"checkpoint {to_lsn} needs it to reach {to_lsn + FILE_CHECKPOINT_SIZE}: this copy "
-                            f"could not be prepared; no snapshot was written")
+    if redo_stops_short(meta):
+        raise ShortRedoCopy(f"mariabackup's incremental copy of the redo log ends at LSN {meta['last_lsn']}, but "
+                            f"its checkpoint {meta['to_lsn']} needs it to reach "
+                            f"{meta['to_lsn'] + FILE_CHECKPOINT_SIZE}: this copy could not be prepared; "
+                            f"no snapshot was written")
 
 
 def parse_slave_info(text: str) -> dict[str, Any]:
