@@ -86,6 +86,17 @@ def maria_binary(name: str) -> str:
                 f"and mariadb-client (scripts/test does)")
 
 
+def bindir_with_mariabackup(bindir: Path, script: str) -> Path:
+    """A ``bindir`` of the real MariaDB programs but a stand-in ``mariabackup`` (``script``)."""
+    bindir.mkdir()
+    for program in ("mbstream", "mariadbd", "mariadb", "mariadb-binlog", "mariadb-install-db"):
+        os.symlink(maria_binary(program), bindir / program)
+    fake = bindir / "mariabackup"
+    fake.write_text(script)
+    fake.chmod(0o755)
+    return bindir
+
+
 def drtool_env(dr_env: dict[str, str], password_file: str) -> dict[str, str]:
     """The environment a server's archive_command gets: passphrase by file only."""
     env = {k: v for k, v in dr_env.items() if k != "DRTOOL_PASSWORD"}

@@ -9,11 +9,10 @@ Used by ``test_mariadb_redo_copy`` and by the generator of the
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from dbservers import maria_binary
+from dbservers import bindir_with_mariabackup, maria_binary
 
 SCRIPT = '''#!{python}
 """mariabackup, but the first {short} incremental --backup runs end their copied log at to_lsn."""
@@ -51,12 +50,6 @@ sys.exit(proc.wait())
 
 def shortening_bindir(tmp_path: Path, short: int) -> tuple[Path, Path]:
     """A bindir whose mariabackup shortens the first ``short`` incremental copies; the file that counts them."""
-    bindir, runs = tmp_path / f"bin{short}", tmp_path / f"runs{short}"
-    bindir.mkdir()
-    for program in ("mbstream", "mariadbd", "mariadb", "mariadb-binlog", "mariadb-install-db"):
-        os.symlink(maria_binary(program), bindir / program)
-    fake = bindir / "mariabackup"
-    fake.write_text(SCRIPT.format(python=sys.executable, short=short, real=maria_binary("mariabackup"),
-                                  runs=str(runs)))
-    fake.chmod(0o755)
-    return bindir, runs
+    runs = tmp_path / f"runs{short}"
+    script = SCRIPT.format(python=sys.executable, short=short, real=maria_binary("mariabackup"), runs=str(runs))
+    return bindir_with_mariabackup(tmp_path / f"bin{short}", script), runs

@@ -196,19 +196,20 @@ def test_window_counts_only_bases_with_a_whole_chain() -> None:
     assert f"needs snapshot {snaps[3].short_id} (parent of {snaps[4].short_id})" in str(window.broken[1].error)
 
 
-def short(snap: Snapshot) -> Snapshot:
-    """``snap`` as an older drtool stored an incremental whose copied redo log ended at its to_lsn."""
-    snap.meta.update(last_lsn=snap.meta["to_lsn"])
-    return snap
+def nights_with_a_short_third() -> list[Snapshot]:
+    """Four nights whose copied logs reach past their checkpoints, but night 2's (the third), which
+    an older drtool stored with its copied redo log ending at its to_lsn."""
+    snaps = nights(4)
+    for snap in snaps:
+        snap.meta["last_lsn"] = snap.meta["to_lsn"] + 500
+    snaps[2].meta["last_lsn"] = snaps[2].meta["to_lsn"]
+    return snaps
 
 
 def test_a_chain_through_an_incremental_copied_short_cannot_be_prepared_and_the_next_night_is_full() -> None:
     """Night 2 ended its copied log at its checkpoint (stored before backups refused that): it and
     night 3 on top of it are unusable bases, night 1 is not; tonight starts a new chain."""
-    snaps = nights(4)
-    for snap in snaps:
-        snap.meta.setdefault("last_lsn", snap.meta["to_lsn"] + 500)
-    short(snaps[2])
+    snaps = nights_with_a_short_third()
     assert chain.chain_of(snaps[1], snaps) == snaps[:2]
     for broken in snaps[2:]:
         with pytest.raises(chain.ChainUnpreparable) as caught:
@@ -227,10 +228,7 @@ def test_a_chain_through_an_incremental_copied_short_cannot_be_prepared_and_the_
 
 def test_check_names_the_short_incremental_and_what_it_takes_down_in_one_line() -> None:
     from drtool.maintain.checkreport import broken_chains, summarise
-    snaps = nights(4)
-    for snap in snaps:
-        snap.meta.setdefault("last_lsn", snap.meta["to_lsn"] + 500)
-    short(snaps[2])
+    snaps = nights_with_a_short_third()
     found = broken_chains(snaps, set(), {})
     assert [f["snapshot"] for f in found] == [snaps[2].id, snaps[3].id]
     (line,) = summarise({}, snaps, {}, found)

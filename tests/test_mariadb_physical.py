@@ -21,7 +21,7 @@ import pymysql
 import pytest
 
 from conftest import DrEnv, make_env
-from dbservers import (MariaServer, insert_events, maria_binary, mariadb_server, stop_restored_mariadb,
+from dbservers import (MariaServer, bindir_with_mariabackup, insert_events, mariadb_server, stop_restored_mariadb,
                        wiki_history_t0_to_t3, write_config)
 from pagecache import unwritten_pages
 
@@ -86,13 +86,8 @@ def test_point_in_time_restore_from_a_physical_base(scenario: Scenario) -> None:
 def test_prepare_tool_of_another_series_is_refused_before_anything_is_written(scenario: Scenario,
                                                                                 tmp_path: Path) -> None:
     """A mariabackup of another server series cannot prepare this backup: one clear line, no target."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for program in ("mbstream", "mariadbd", "mariadb", "mariadb-binlog", "mariadb-install-db"):
-        os.symlink(maria_binary(program), bindir / program)
-    fake = bindir / "mariabackup"
-    fake.write_text("#!/bin/sh\necho 'mariabackup based on MariaDB server 11.4.2-MariaDB debian-linux-gnu' >&2\n")
-    fake.chmod(0o755)
+    bindir = bindir_with_mariabackup(tmp_path / "bin", "#!/bin/sh\necho 'mariabackup based on MariaDB server "
+                                                       "11.4.2-MariaDB debian-linux-gnu' >&2\n")
     config = write_config(tmp_path / "drtool.toml", str(scenario.dr.repo),
                           {SOURCE: scenario.server.source(method="physical", bindir=str(bindir))})
     target = tmp_path / "never"

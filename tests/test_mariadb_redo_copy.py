@@ -95,6 +95,15 @@ def night(dr: DrEnv, config: Path) -> tuple[int, str, list[dict[str, object]]]:
     return result.code, result.err, snaps
 
 
+def shortened_night(dr: DrEnv, server: MariaServer, tmp_path: Path,
+                    short: int) -> tuple[int, str, list[dict[str, object]], Path]:
+    """A night whose first ``short`` mariabackup runs copy the redo log short; the runs' record."""
+    bindir, runs = shortening_bindir(tmp_path, short=short)
+    config = write_config(tmp_path / f"short{short}.toml", str(dr.repo),
+                          {SOURCE: server.source(method="physical", bindir=str(bindir))})
+    return (*night(dr, config), runs)
+
+
 def test_an_incremental_copied_short_is_taken_again_or_refused_with_nothing_stored(server: MariaServer,
                                                                                    tmp_path: Path) -> None:
     dr = make_env(tmp_path / "dr")
@@ -105,10 +114,7 @@ def test_an_incremental_copied_short_is_taken_again_or_refused_with_nothing_stor
     (full,) = snaps
 
     insert_events(server, "t1", 10)
-    bindir, runs = shortening_bindir(tmp_path, short=1)
-    once = write_config(tmp_path / "once.toml", str(dr.repo),
-                        {SOURCE: server.source(method="physical", bindir=str(bindir))})
-    code, err, snaps = night(dr, once)
+    code, err, snaps, runs = shortened_night(dr, server, tmp_path, short=1)
     assert code == 0, err
     assert len(runs.read_text().splitlines()) == 2  # the short copy, then the one that was stored
     assert "could not be prepared; no snapshot was written; taking the backup again (attempt 2 of 3)" in err
@@ -117,10 +123,7 @@ def test_an_incremental_copied_short_is_taken_again_or_refused_with_nothing_stor
     assert meta["incremental_parent"] == full["id"] and meta["last_lsn"] - meta["to_lsn"] >= 16
 
     insert_events(server, "t2", 10)
-    bindir, runs = shortening_bindir(tmp_path, short=99)
-    always = write_config(tmp_path / "always.toml", str(dr.repo),
-                          {SOURCE: server.source(method="physical", bindir=str(bindir))})
-    code, err, after = night(dr, always)
+    code, err, after, runs = shortened_night(dr, server, tmp_path, short=99)
     assert code == 1
     assert len(runs.read_text().splitlines()) == 3
     last_line = err.strip().splitlines()[-1]
