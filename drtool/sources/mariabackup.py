@@ -97,7 +97,7 @@ class ShortRedoCopy(SourceError):
     end of the backup) and refuses a copied log that does not hold the checkpoint's 16-byte
     FILE_CHECKPOINT record after it: ``last_lsn`` (where the copied log ends) must be at least
     ``to_lsn`` + 16, or prepare fails with "The log was only applied up to LSN L-16, instead of
-    T".  ``test_mariadb_physical`` checks that rule against the real mariabackup; a full's
+    T".  ``test_mariadb_redo_copy`` checks that rule against the real mariabackup; a full's
     prepare makes no such comparison.  mariabackup 10.11 does not check it at backup time, and
     an incremental whose copy ended exactly at ``to_lsn`` was seen in this project's CI: most
     likely a checkpoint the quiet server wrote during the backup's last step.  A run taken again
