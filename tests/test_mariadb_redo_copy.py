@@ -121,6 +121,7 @@ def test_an_incremental_copied_short_is_taken_again_or_refused_with_nothing_stor
     assert len(snaps) == 2
     meta = snaps[1]["meta"]
     assert meta["incremental_parent"] == full["id"] and meta["last_lsn"] - meta["to_lsn"] >= 16
+    assert meta["copy_attempts"] == 2 and "copy_attempts" not in full["meta"]
 
     insert_events(server, "t2", 10)
     code, err, after, runs = shortened_night(dr, server, tmp_path, short=99)

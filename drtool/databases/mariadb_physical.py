@@ -73,7 +73,8 @@ def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str],
         note_server_id(src, meta)
     for attempt in range(1, COPY_ATTEMPTS + 1):
         try:
-            return [_backup_once(session, src, night, dict(meta), tags, datadir, replica)]
+            retried = {"copy_attempts": attempt} if attempt > 1 else {}  # for monitoring: mariabackup misbehaved
+            return [_backup_once(session, src, night, {**meta, **retried}, tags, datadir, replica)]
         except mariabackup.ShortRedoCopy as exc:
             if attempt == COPY_ATTEMPTS:
                 raise
