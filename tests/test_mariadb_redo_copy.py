@@ -19,10 +19,12 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
+import pymysql
 import pytest
 
 from conftest import DrEnv, make_env
-from dbservers import MariaServer, insert_events, maria_binary, mariadb_server, write_config
+from dbservers import (MariaServer, insert_events, maria_binary, mariadb_server, short_tmpdir,
+                       stop_restored_mariadb, write_config)
 from shortredo import shortening_bindir
 from drtool.sources import mariabackup
 
@@ -104,6 +106,25 @@ def shortened_night(dr: DrEnv, server: MariaServer, tmp_path: Path,
     return (*night(dr, config), runs)
 
 
+def assert_restores(dr: DrEnv, config: Path, snapshot: str, server: MariaServer, rows: int) -> None:
+    """The snapshot's chain restores (extract, prepare, apply) into a server holding ``rows`` events."""
+    target = Path(short_tmpdir("drredo-")) / "r"  # a unix socket path is short
+    try:
+        result = dr.run("restore", snapshot[:12], "--source", SOURCE, "--target", str(target), "--start", "--json",
+                        env={"DRTOOL_CONFIG": str(config)})
+        assert result.code == 0, result.err
+        conn = pymysql.connect(unix_socket=json.loads(result.out)["socket"], user="root", password=server.password)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM wiki.events")
+                assert cur.fetchone() == (rows,)
+        finally:
+            conn.close()
+    finally:
+        stop_restored_mariadb(target)
+        shutil.rmtree(target.parent, ignore_errors=True)
+
+
 def test_an_incremental_copied_short_is_taken_again_or_refused_with_nothing_stored(server: MariaServer,
                                                                                    tmp_path: Path) -> None:
     dr = make_env(tmp_path / "dr")
@@ -114,6 +135,7 @@ def test_an_incremental_copied_short_is_taken_again_or_refused_with_nothing_stor
     (full,) = snaps
 
     insert_events(server, "t1", 10)
+    (rows,), = server.sql("SELECT count(*) FROM wiki.events")
     code, err, snaps, runs = shortened_night(dr, server, tmp_path, short=1)
     assert code == 0, err
     assert len(runs.read_text().splitlines()) == 2  # the short copy, then the one that was stored
@@ -122,6 +144,7 @@ def test_an_incremental_copied_short_is_taken_again_or_refused_with_nothing_stor
     meta = snaps[1]["meta"]
     assert meta["incremental_parent"] == full["id"] and meta["last_lsn"] - meta["to_lsn"] >= 16
     assert meta["copy_attempts"] == 2 and "copy_attempts" not in full["meta"]
+    assert_restores(dr, plain, snaps[1]["id"], server, rows)  # the retried night's chain prepares
 
     insert_events(server, "t2", 10)
     code, err, after, runs = shortened_night(dr, server, tmp_path, short=99)
