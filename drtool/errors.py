@@ -114,13 +114,19 @@ class RestoreTargetError(DrtoolError):
     hint = "free space or choose another --target; re-running restore resumes"
 
 
+def unusable_chain_hint(source: str = "NAME") -> str:
+    """What to do when the stored backup itself cannot be restored: nothing was restored."""
+    return ("'drtool check --read-data' lists what else is damaged; restore an older base (an earlier "
+            f"--point-in-time), and take a full backup now: drtool backup --source {source} --full")
+
+
 class RestoreChainError(RestoreTargetError):
     """The stored backup cannot be made into a database: a member of its chain is unreadable, or
     the engine's prepare of it failed.  Unlike a target problem, re-running the restore cannot help,
-    so the default hint points away from this chain."""
+    so the hint points away from this chain (``unusable_chain_hint``, with the source's name where
+    the raiser knows it)."""
 
-    hint = ("'drtool check --read-data' lists what is damaged; restore an earlier --point-in-time (another "
-            "chain), and take a full backup of the source now (drtool backup --source NAME --full)")
+    hint = unusable_chain_hint()
 
 
 class SnapshotNotFound(DrtoolError):

@@ -63,7 +63,7 @@ class ChainUnpreparable(ChainBroken):
     refuses such copies at backup time; older drtool versions stored them."""
 
     def __init__(self, message: str, *, snapshot: Snapshot, member: Snapshot) -> None:
-        super().__init__(message, snapshot=snapshot, child=member)
+        super().__init__(message, snapshot=snapshot)
         self.member = member
 
 

@@ -34,7 +34,8 @@ from drtool.databases import subpage_format
 from drtool.databases.engine import stream_bytes
 from drtool.databases.planner import PitrPlan, PitrResult
 from drtool.databases.tree_writer import empty_directory, sync_restored
-from drtool.errors import DrtoolError, RestoreChainError, RestoreTargetError, SourceError, UsageError
+from drtool.errors import (DrtoolError, RestoreChainError, RestoreTargetError, SourceError, UsageError,
+                           unusable_chain_hint)
 from drtool.snapshot.streamread import read_stream
 from drtool.sources import mariabackup, mariadb
 
@@ -71,16 +72,18 @@ def backup_physical(session: Session, src: mariadb.MariaSource, tags: list[str],
     if src.pitr:
         from drtool.databases.mariadb import note_server_id
         note_server_id(src, meta)
-    for attempt in range(1, COPY_ATTEMPTS + 1):
+    for attempt in range(1, COPY_ATTEMPTS):
         try:
-            retried = {"copy_attempts": attempt} if attempt > 1 else {}  # for monitoring: mariabackup misbehaved
-            return [_backup_once(session, src, night, {**meta, **retried}, tags, datadir, replica)]
+            return [_backup_once(session, src, night, _attempt_meta(meta, attempt), tags, datadir, replica)]
         except mariabackup.ShortRedoCopy as exc:
-            if attempt == COPY_ATTEMPTS:
-                raise
             log.warning("source %s: %s; taking the backup again (attempt %d of %d)", src.name, exc,
                         attempt + 1, COPY_ATTEMPTS)
-    raise AssertionError("unreachable")
+    return [_backup_once(session, src, night, _attempt_meta(meta, COPY_ATTEMPTS), tags, datadir, replica)]
+
+
+def _attempt_meta(meta: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """A fresh copy per run; a night that needed more than one says so (for monitoring)."""
+    return {**meta, "copy_attempts": attempt} if attempt > 1 else dict(meta)
 
 
 def _backup_once(session: Session, src: mariadb.MariaSource, night: chain.Night, meta: dict[str, Any],
@@ -307,10 +310,7 @@ def _readable(windows: Iterator[memoryview], member: Snapshot) -> Iterator[memor
 
 
 def _unusable_chain_hint(member: Snapshot) -> str:
-    """What to do when a member of the chain cannot be read or prepared: nothing was restored."""
-    source = str(member.meta.get("source") or member.name)
-    return ("'drtool check --read-data' lists what else is damaged; restore an older base (an earlier "
-            f"--point-in-time), and take a full backup now: drtool backup --source {source} --full")
+    return unusable_chain_hint(str(member.meta.get("source") or member.name))
 
 
 def _run(cmd: list[str], what: str, member: Snapshot) -> None:
